@@ -1,0 +1,24 @@
+/* Allocation wrappers: out of memory aborts with file and line (h2o's h2o_mem_alloc).
+ * Tests may install a failure hook to fail the i-th allocation. */
+#ifndef TMS_CORE_ALLOC_H
+#define TMS_CORE_ALLOC_H
+
+#include <stddef.h>
+
+/** Abort the process after reporting file and line; never returns. */
+_Noreturn void tms_oom(const char *file, int line);
+
+void *tms__malloc(size_t n, const char *file, int line);
+void *tms__calloc(size_t n, size_t size, const char *file, int line);
+void *tms__realloc(void *p, size_t n, const char *file, int line);
+char *tms__strdup(const char *s, const char *file, int line);
+char *tms__strndup(const char *s, size_t n, const char *file, int line);
+
+#define tms_malloc(n) tms__malloc((n), __FILE__, __LINE__)
+#define tms_calloc(n, s) tms__calloc((n), (s), __FILE__, __LINE__)
+#define tms_realloc(p, n) tms__realloc((p), (n), __FILE__, __LINE__)
+#define tms_strdup(s) tms__strdup((s), __FILE__, __LINE__)
+#define tms_strndup(s, n) tms__strndup((s), (n), __FILE__, __LINE__)
+#define tms_new(T) ((T *)tms_calloc(1, sizeof(T)))
+
+#endif

@@ -1,0 +1,292 @@
+#include "core/mailbox.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <string.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "core/alloc.h"
+#include "core/status.h"
+
+struct tms_mailbox {
+    pthread_mutex_t lock;
+    pthread_cond_t cond; /* threaded mode only */
+    tms_msg_t *head, *tail;
+    size_t queued_requests; /* counted against capacity */
+    size_t depth;           /* everything queued */
+    size_t capacity;
+    size_t peak;
+    uint64_t rejected;
+    bool closed;
+    bool threaded;
+    char name[32];
+    /* loop mode */
+    uv_async_t *async;
+    tms_msg_handler_fn on_message;
+    void *owner;
+};
+
+static void drain(uv_async_t *handle);
+
+static tms_mailbox_t *alloc_mailbox(const char *name, size_t capacity)
+{
+    tms_mailbox_t *mb = tms_new(tms_mailbox_t);
+    pthread_mutex_init(&mb->lock, NULL);
+    mb->capacity = capacity ? capacity : 1;
+    snprintf(mb->name, sizeof(mb->name), "%s", name);
+    return mb;
+}
+
+tms_mailbox_t *tms_mailbox_new(uv_loop_t *loop, const char *name, size_t capacity,
+                               tms_msg_handler_fn on_message, void *owner)
+{
+    tms_mailbox_t *mb = alloc_mailbox(name, capacity);
+    mb->on_message = on_message;
+    mb->owner = owner;
+    mb->async = tms_new(uv_async_t);
+    mb->async->data = mb;
+    if (uv_async_init(loop, mb->async, drain) != 0)
+        tms_oom(__FILE__, __LINE__);
+    return mb;
+}
+
+tms_mailbox_t *tms_mailbox_new_threaded(const char *name, size_t capacity)
+{
+    tms_mailbox_t *mb = alloc_mailbox(name, capacity);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&mb->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    mb->threaded = true;
+    return mb;
+}
+
+/* Appends under the lock; returns true when the consumer must be woken (the list
+ * went from empty to non-empty), so a burst of posts costs one wake-up. */
+static bool append_locked(tms_mailbox_t *mb, tms_msg_t *msg)
+{
+    bool was_empty = mb->head == NULL;
+    msg->next = NULL;
+    if (mb->tail)
+        mb->tail->next = msg;
+    else
+        mb->head = msg;
+    mb->tail = msg;
+    mb->depth++;
+    if (msg->kind != TMS_MSG_REPLY)
+        mb->queued_requests++;
+    if (mb->depth > mb->peak)
+        mb->peak = mb->depth;
+    return was_empty;
+}
+
+static void wake(tms_mailbox_t *mb)
+{
+    if (mb->threaded)
+        pthread_cond_signal(&mb->cond);
+    else
+        uv_async_send(mb->async);
+}
+
+int tms_mailbox_post(tms_mailbox_t *mb, tms_msg_t **msg)
+{
+    bool need_wake;
+    pthread_mutex_lock(&mb->lock);
+    if (mb->closed) {
+        pthread_mutex_unlock(&mb->lock);
+        return -TMS_ECLOSED;
+    }
+    /* A stop message is never refused: shutdown must get through a full box. */
+    if ((*msg)->kind == TMS_MSG_REQUEST && mb->queued_requests >= mb->capacity) {
+        mb->rejected++;
+        pthread_mutex_unlock(&mb->lock);
+        return -TMS_EFULL;
+    }
+    need_wake = append_locked(mb, *msg);
+    pthread_mutex_unlock(&mb->lock);
+    *msg = NULL;
+    if (need_wake)
+        wake(mb);
+    return 0;
+}
+
+void tms_mailbox_reply(tms_msg_t *msg)
+{
+    tms_mailbox_t *mb = msg->reply_to;
+    bool need_wake;
+    msg->kind = TMS_MSG_REPLY;
+    if (!mb)
+        goto undeliverable;
+    /* Replies are accepted even after close: the requester is still draining. A
+     * mailbox is freed only after every request it sent has been answered. */
+    pthread_mutex_lock(&mb->lock);
+    need_wake = append_locked(mb, msg);
+    pthread_mutex_unlock(&mb->lock);
+    if (need_wake)
+        wake(mb);
+    return;
+undeliverable:
+    if (msg->free_fn)
+        msg->free_fn(msg);
+}
+
+static tms_msg_t *pop_all_locked(tms_mailbox_t *mb)
+{
+    tms_msg_t *list = mb->head;
+    mb->head = mb->tail = NULL;
+    mb->depth = 0;
+    mb->queued_requests = 0;
+    return list;
+}
+
+static void deliver(tms_mailbox_t *mb, tms_msg_t *msg)
+{
+    msg->next = NULL;
+    if (msg->kind == TMS_MSG_REPLY) {
+        if (msg->cont)
+            msg->cont(msg);
+        else if (msg->free_fn)
+            msg->free_fn(msg);
+    } else {
+        mb->on_message(mb->owner, msg);
+    }
+}
+
+/* Drains in batches: take the whole list at once so the lock is held only for a
+ * pointer swap, and handle every message taken, including ones posted meanwhile by
+ * a handler (they wake the async again and arrive in the next batch). */
+static void drain(uv_async_t *handle)
+{
+    tms_mailbox_t *mb = handle->data;
+    tms_msg_t *list, *next;
+    pthread_mutex_lock(&mb->lock);
+    list = pop_all_locked(mb);
+    pthread_mutex_unlock(&mb->lock);
+    for (; list; list = next) {
+        next = list->next;
+        deliver(mb, list);
+    }
+}
+
+tms_msg_t *tms_mailbox_take(tms_mailbox_t *mb, int timeout_ms)
+{
+    tms_msg_t *msg = NULL;
+    struct timespec deadline;
+    if (timeout_ms >= 0) {
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_sec += timeout_ms / 1000;
+        deadline.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (deadline.tv_nsec >= 1000000000L) {
+            deadline.tv_sec++;
+            deadline.tv_nsec -= 1000000000L;
+        }
+    }
+    pthread_mutex_lock(&mb->lock);
+    while (!mb->head && !mb->closed) {
+        if (timeout_ms < 0) {
+            pthread_cond_wait(&mb->cond, &mb->lock);
+        } else if (pthread_cond_timedwait(&mb->cond, &mb->lock, &deadline) == ETIMEDOUT) {
+            break;
+        }
+    }
+    if (mb->head) {
+        msg = mb->head;
+        mb->head = msg->next;
+        if (!mb->head)
+            mb->tail = NULL;
+        mb->depth--;
+        if (msg->kind != TMS_MSG_REPLY)
+            mb->queued_requests--;
+        msg->next = NULL;
+    }
+    pthread_mutex_unlock(&mb->lock);
+    return msg;
+}
+
+size_t tms_mailbox_depth(tms_mailbox_t *mb)
+{
+    size_t d;
+    pthread_mutex_lock(&mb->lock);
+    d = mb->depth;
+    pthread_mutex_unlock(&mb->lock);
+    return d;
+}
+
+size_t tms_mailbox_peak(tms_mailbox_t *mb)
+{
+    size_t d;
+    pthread_mutex_lock(&mb->lock);
+    d = mb->peak;
+    pthread_mutex_unlock(&mb->lock);
+    return d;
+}
+
+uint64_t tms_mailbox_rejected(tms_mailbox_t *mb)
+{
+    uint64_t r;
+    pthread_mutex_lock(&mb->lock);
+    r = mb->rejected;
+    pthread_mutex_unlock(&mb->lock);
+    return r;
+}
+
+const char *tms_mailbox_name(tms_mailbox_t *mb)
+{
+    return mb->name;
+}
+
+void tms_mailbox_close(tms_mailbox_t *mb)
+{
+    pthread_mutex_lock(&mb->lock);
+    mb->closed = true;
+    pthread_mutex_unlock(&mb->lock);
+    if (mb->threaded)
+        pthread_cond_broadcast(&mb->cond);
+}
+
+static void free_list(tms_msg_t *list)
+{
+    tms_msg_t *next;
+    for (; list; list = next) {
+        next = list->next;
+        if (list->free_fn)
+            list->free_fn(list);
+    }
+}
+
+static void destroy(tms_mailbox_t *mb)
+{
+    free_list(mb->head);
+    pthread_mutex_destroy(&mb->lock);
+    if (mb->threaded)
+        pthread_cond_destroy(&mb->cond);
+    free(mb);
+}
+
+static void on_async_closed(uv_handle_t *handle)
+{
+    tms_mailbox_t *mb = handle->data;
+    free(handle);
+    destroy(mb);
+}
+
+void tms_mailbox_free(tms_mailbox_t **pmb)
+{
+    tms_mailbox_t *mb = *pmb;
+    if (!mb)
+        return;
+    *pmb = NULL;
+    pthread_mutex_lock(&mb->lock);
+    mb->closed = true;
+    pthread_mutex_unlock(&mb->lock);
+    if (mb->threaded) {
+        destroy(mb);
+        return;
+    }
+    uv_close((uv_handle_t *)mb->async, on_async_closed);
+}

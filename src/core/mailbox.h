@@ -1,0 +1,82 @@
+/* Bounded mailboxes and messages: the only way actors (and the worker threads that
+ * serve them) talk to each other.
+ *
+ * A message embeds its list link as its first member; a mailbox is a list, a mutex
+ * for cross-thread posts and either a uv_async_t (the consumer is a loop) or a
+ * condition variable (the consumer is a dedicated thread, e.g. the SQLite owner).
+ * Requests count against the bound; replies do not, since every reply answers a
+ * request its receiver itself sent, so they are bounded by the receiver's own
+ * in-flight limit. */
+#ifndef TMS_CORE_MAILBOX_H
+#define TMS_CORE_MAILBOX_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct tms_msg tms_msg_t;
+typedef struct tms_mailbox tms_mailbox_t;
+
+/* Continuation: runs on the thread of msg->reply_to when the reply arrives. */
+typedef void (*tms_cont_fn)(tms_msg_t *msg);
+/* A mailbox owner's handler for requests and stop messages. */
+typedef void (*tms_msg_handler_fn)(void *owner, tms_msg_t *msg);
+
+typedef enum tms_msg_kind {
+    TMS_MSG_REQUEST = 0, /* delivered to the owner's handler */
+    TMS_MSG_REPLY = 1,   /* delivered by calling msg->cont(msg) */
+    TMS_MSG_STOP = 2,    /* delivered to the owner's handler; finish and stop */
+} tms_msg_kind_t;
+
+struct tms_msg {
+    tms_msg_t *next; /* list link: first member */
+    tms_msg_kind_t kind;
+    int op;                   /* operation code of the receiver's protocol */
+    tms_mailbox_t *reply_to;  /* where the reply goes; NULL for one-way messages */
+    tms_cont_fn cont;         /* continuation for the reply */
+    void *ctx;                /* requester's context, untouched by the receiver */
+    void (*free_fn)(tms_msg_t *msg); /* frees an undeliverable message; may be NULL */
+};
+
+/** Create a mailbox consumed on `loop` by on_message(owner, msg); capacity bounds
+ * queued requests. Must be called on the loop's thread. Never NULL. */
+tms_mailbox_t *tms_mailbox_new(uv_loop_t *loop, const char *name, size_t capacity,
+                               tms_msg_handler_fn on_message, void *owner);
+
+/** Create a mailbox consumed by a dedicated thread through tms_mailbox_take. */
+tms_mailbox_t *tms_mailbox_new_threaded(const char *name, size_t capacity);
+
+/** Post a request (or stop) message. Takes ownership and clears *msg on success.
+ * Returns 0, -TMS_EFULL when the bound is reached (caller keeps *msg and answers
+ * UNAVAILABLE), or -TMS_ECLOSED after close. Safe from any thread. */
+int tms_mailbox_post(tms_mailbox_t *mb, tms_msg_t **msg);
+
+/** Send msg back to msg->reply_to as a reply; never fails for lack of room. If the
+ * reply mailbox is closed or absent, the message is freed through msg->free_fn. */
+void tms_mailbox_reply(tms_msg_t *msg);
+
+/** Threaded consumer: wait up to timeout_ms (-1 forever) for the next message.
+ * Returns NULL on timeout or when the mailbox is closed and drained. */
+tms_msg_t *tms_mailbox_take(tms_mailbox_t *mb, int timeout_ms);
+
+/** Number of messages waiting (requests and replies). Safe from any thread. */
+size_t tms_mailbox_depth(tms_mailbox_t *mb);
+
+/** High-water mark of queued messages since creation. */
+size_t tms_mailbox_peak(tms_mailbox_t *mb);
+
+/** Requests refused because the mailbox was full, since creation. */
+uint64_t tms_mailbox_rejected(tms_mailbox_t *mb);
+
+/** The name given at creation. */
+const char *tms_mailbox_name(tms_mailbox_t *mb);
+
+/** Refuse new posts; messages still queued are delivered (loop mode) or returned by
+ * take (threaded mode) until empty. */
+void tms_mailbox_close(tms_mailbox_t *mb);
+
+/** Free the mailbox. Loop mode: closes the async handle, frees in its close
+ * callback; any message still queued is freed through its free_fn. Sets *mb NULL. */
+void tms_mailbox_free(tms_mailbox_t **mb);
+
+#endif

@@ -1,0 +1,40 @@
+/* Process-wide Prometheus metrics: counters, gauges computed on scrape, and
+ * histograms with fixed latency buckets. Registration takes a lock and is O(n) in
+ * the number of series (cache the returned pointer on hot paths); updates are
+ * lock-free atomics, safe from any thread. */
+#ifndef TMS_CORE_METRICS_H
+#define TMS_CORE_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tms_counter tms_counter_t;
+typedef struct tms_histogram tms_histogram_t;
+
+/** Get or create the counter `name{labels}`; labels is preformatted Prometheus label
+ * text without braces (`route="/x",status="200"`) or "" for none. Never NULL. */
+tms_counter_t *tms_metrics_counter(const char *name, const char *help, const char *labels);
+
+/** Add n to a counter. */
+void tms_counter_add(tms_counter_t *c, uint64_t n);
+
+/** Current value of a counter. */
+uint64_t tms_counter_value(const tms_counter_t *c);
+
+/** Get or create a histogram of seconds with buckets from 100 us to 10 s. */
+tms_histogram_t *tms_metrics_histogram(const char *name, const char *help, const char *labels);
+
+/** Record one observation in seconds. */
+void tms_histogram_observe(tms_histogram_t *h, double seconds);
+
+/** Register a gauge computed at scrape time by fn(arg); fn must be thread-safe. */
+void tms_metrics_gauge_fn(const char *name, const char *help, const char *labels,
+                          double (*fn)(void *arg), void *arg);
+
+/** Render every series in Prometheus text format 0.0.4; caller frees the result. */
+char *tms_metrics_render(size_t *len);
+
+/** Drop every series (tests and shutdown). */
+void tms_metrics_reset(void);
+
+#endif
