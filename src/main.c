@@ -1,6 +1,464 @@
+/* tms: the command line, and the one place that wires adapters to actors from the
+ * configuration. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
-int main(void)
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <sodium.h>
+#include <uv.h>
+
+#include "actors/auth.h"
+#include "actors/gateway.h"
+#include "core/config.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/status.h"
+#include "core/workpool.h"
+#include "io/http1.h"
+#include "io/rest.h"
+#include "io/sqlite.h"
+
+#define MAX_SETS 64
+#define LAG_INTERVAL_MS 100
+
+typedef struct cli {
+    const char *command;
+    const char *config_path;
+    const char *sets[MAX_SETS];
+    int nsets;
+    const char *args[4];
+    int nargs;
+} cli_t;
+
+static const char usage[] =
+    "usage: tms <command> [--config FILE] [--set section.key=value ...]\n"
+    "commands:\n"
+    "  serve                      run the server (REST, actors, embedded stores)\n"
+    "  migrate                    apply database migrations and exit\n"
+    "  user set-role EMAIL ROLE   make a user 'admin' or 'user'\n"
+    "  config                     print every setting with its default\n"
+    "  version                    print the version\n";
+
+static int parse_cli(int argc, char **argv, cli_t *cli)
 {
-    puts("tms: not yet wired");
+    memset(cli, 0, sizeof(*cli));
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            cli->config_path = argv[++i];
+        } else if (strcmp(argv[i], "--set") == 0 && i + 1 < argc) {
+            if (cli->nsets == MAX_SETS)
+                return -1;
+            cli->sets[cli->nsets++] = argv[++i];
+        } else if (strncmp(argv[i], "--set=", 6) == 0 && cli->nsets < MAX_SETS) {
+            cli->sets[cli->nsets++] = argv[i] + 6;
+        } else if (argv[i][0] == '-') {
+            return -1;
+        } else if (!cli->command) {
+            cli->command = argv[i];
+        } else if (cli->nargs < 4) {
+            cli->args[cli->nargs++] = argv[i];
+        } else {
+            return -1;
+        }
+    }
+    return cli->command ? 0 : -1;
+}
+
+/* Defaults, file, environment, --set; one line naming the key on error. */
+static int load_config(const cli_t *cli, tms_config_t *cfg)
+{
+    char err[512] = "";
+    tms_log_level_t level;
+    tms_config_defaults(cfg);
+    if (tms_config_load_file(cfg, cli->config_path, err, sizeof(err)) ||
+        tms_config_load_env(cfg, err, sizeof(err)))
+        goto fail;
+    for (int i = 0; i < cli->nsets; i++) {
+        if (tms_config_set(cfg, cli->sets[i], err, sizeof(err)))
+            goto fail;
+    }
+    if (tms_config_finish(cfg, err, sizeof(err)))
+        goto fail;
+    if (tms_log_parse_level(cfg->log.level, &level) == 0)
+        tms_log_set_level(level);
     return 0;
+fail:
+    fprintf(stderr, "tms: %s\n", err);
+    return -1;
+}
+
+static int make_dir(const char *path)
+{
+    char buf[1024];
+    size_t n = strlen(path);
+    if (n >= sizeof(buf))
+        return -1;
+    memcpy(buf, path, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] == '/' || buf[i] == '\0') {
+            char c = buf[i];
+            buf[i] = '\0';
+            if (mkdir(buf, 0700) != 0 && errno != EEXIST)
+                return -1;
+            buf[i] = c;
+        }
+    }
+    return 0;
+}
+
+/* The configured secret, or the one kept in <data.dir>/jwt.secret, created once with
+ * 48 random bytes (hex) so tokens survive restarts. */
+static int load_secret(const tms_config_t *cfg, char *out, size_t size)
+{
+    char path[1100];
+    unsigned char raw[48];
+    int fd;
+    ssize_t n;
+    if (cfg->auth.jwt_secret[0]) {
+        snprintf(out, size, "%s", cfg->auth.jwt_secret);
+        return 0;
+    }
+    snprintf(path, sizeof(path), "%s/jwt.secret", cfg->data.dir);
+    fd = open(path, O_RDONLY);
+    if (fd >= 0) {
+        n = read(fd, out, size - 1);
+        close(fd);
+        if (n < 32) {
+            fprintf(stderr, "tms: auth.jwt_secret: %s is shorter than 32 bytes\n", path);
+            return -1;
+        }
+        out[n] = '\0';
+        out[strcspn(out, "\r\n")] = '\0';
+        return 0;
+    }
+    randombytes_buf(raw, sizeof(raw));
+    sodium_bin2hex(out, size, raw, sizeof(raw));
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
+    if (fd < 0 || write(fd, out, strlen(out)) != (ssize_t)strlen(out) || fsync(fd) != 0) {
+        fprintf(stderr, "tms: auth.jwt_secret: cannot write %s: %s\n", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    tms_log_info("jwt_secret_generated", "path=%s", path);
+    return 0;
+}
+
+static const char *sqlite_path(const char *url)
+{
+    return url + strlen("sqlite://");
+}
+
+/* ---- serve ------------------------------------------------------------ */
+
+typedef struct server {
+    uv_loop_t *loop;
+    tms_config_t *cfg;
+    tms_sqlite_t *db;
+    tms_workpool_t *hashers;
+    tms_auth_t *auth;
+    tms_gateway_t *gateway;
+    tms_rest_t *rest;
+    tms_http_server_t *http;
+    uv_signal_t sigint, sigterm;
+    uv_timer_t lag_timer, drain_timer;
+    uint64_t lag_expected;
+    double lag_max; /* seconds, worst over the last interval window */
+    uint64_t drain_deadline;
+    int stopping;
+} server_t;
+
+static double lag_gauge(void *arg)
+{
+    return ((server_t *)arg)->lag_max;
+}
+
+/* Measures how late the loop runs a 100 ms timer: the loop-lag gauge that shows a
+ * blocked loop (the login-burst test watches it). */
+static void on_lag_tick(uv_timer_t *t)
+{
+    server_t *s = t->data;
+    uint64_t now = uv_hrtime();
+    double lag = now > s->lag_expected ? (double)(now - s->lag_expected) / 1e9 : 0;
+    s->lag_max = lag > s->lag_max * 0.9 ? lag : s->lag_max * 0.9;
+    s->lag_expected = now + LAG_INTERVAL_MS * 1000000ull;
+}
+
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Last step of shutdown: nothing is in flight, so actors and stores can go. */
+static void finish_shutdown(server_t *s)
+{
+    uv_timer_stop(&s->drain_timer);
+    close_handle((uv_handle_t *)&s->drain_timer);
+    close_handle((uv_handle_t *)&s->lag_timer);
+    close_handle((uv_handle_t *)&s->sigint);
+    close_handle((uv_handle_t *)&s->sigterm);
+    tms_http_server_free(&s->http);
+    tms_rest_free(&s->rest);
+    tms_gateway_free(&s->gateway);
+    tms_auth_free(&s->auth);
+    tms_workpool_free(&s->hashers);
+    tms_sqlite_close(&s->db);
+    tms_log_info("stopped", "%s", "");
+}
+
+static void on_drain_tick(uv_timer_t *t)
+{
+    server_t *s = t->data;
+    if (tms_rest_pending(s->rest) == 0 || uv_now(s->loop) >= s->drain_deadline) {
+        if (tms_rest_pending(s->rest))
+            tms_log_warn("shutdown_abandoned", "pending=%zu", tms_rest_pending(s->rest));
+        else
+            finish_shutdown(s);
+    }
+}
+
+static void on_http_stopped(void *arg)
+{
+    server_t *s = arg;
+    /* Calls whose client already got a 504 may still be with the actors. */
+    uv_timer_start(&s->drain_timer, on_drain_tick, 0, 10);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    server_t *s = h->data;
+    if (s->stopping) {
+        tms_log_warn("shutdown_forced", "signal=%d", signum);
+        _exit(1);
+    }
+    s->stopping = 1;
+    tms_log_info("stopping", "signal=%d inflight=%zu grace_s=%lld", signum,
+                 tms_http_server_inflight(s->http), (long long)s->cfg->server.shutdown_grace);
+    s->drain_deadline = uv_now(s->loop) + (uint64_t)s->cfg->server.shutdown_grace * 1000;
+    tms_http_server_stop(s->http, (uint64_t)s->cfg->server.shutdown_grace * 1000, on_http_stopped,
+                         s);
+}
+
+static int cmd_serve(tms_config_t *cfg)
+{
+    static server_t srv;
+    server_t *s = &srv;
+    char err[512], secret[600];
+    tms_http_limits_t limits;
+    tms_auth_config_t acfg;
+    tms_gateway_config_t gcfg;
+    tms_rest_config_t rcfg;
+    int rc = 1;
+
+    s->loop = uv_default_loop();
+    s->cfg = cfg;
+    signal(SIGPIPE, SIG_IGN);
+    if (make_dir(cfg->data.dir) != 0) {
+        fprintf(stderr, "tms: data.dir: cannot create %s: %s\n", cfg->data.dir, strerror(errno));
+        return 1;
+    }
+    if (load_secret(cfg, secret, sizeof(secret)) != 0)
+        return 1;
+    s->db = tms_sqlite_open(sqlite_path(cfg->users.url), (size_t)cfg->server.mailbox_capacity, err,
+                            sizeof(err));
+    if (!s->db) {
+        fprintf(stderr, "tms: users.url: %s\n", err);
+        return 1;
+    }
+    s->hashers =
+        tms_workpool_new("hash", (int)cfg->auth.hash_threads, (size_t)cfg->auth.hash_queue);
+    acfg = (tms_auth_config_t){
+        .jwt_key = (const unsigned char *)secret,
+        .jwt_key_len = strlen(secret),
+        .issuer = cfg->auth.issuer,
+        .token_ttl = cfg->auth.token_ttl,
+        .argon2_opslimit = (unsigned long long)cfg->auth.argon2_opslimit,
+        .argon2_memlimit = (size_t)cfg->auth.argon2_memlimit_kib * 1024,
+        .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+    };
+    s->auth = tms_auth_start(s->loop, &acfg, tms_sqlite_user_store(s->db), s->hashers);
+    sodium_memzero(secret, sizeof(secret));
+    gcfg = (tms_gateway_config_t){
+        .api_per_minute = (uint32_t)cfg->ratelimit.api_per_minute,
+        .login_per_15min = (uint32_t)cfg->ratelimit.login_per_15min,
+        .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+    };
+    s->gateway = tms_gateway_start(s->loop, &gcfg, tms_auth_mailbox(s->auth));
+    rcfg = (tms_rest_config_t){
+        .gateway = tms_gateway_mailbox(s->gateway),
+        .users = tms_sqlite_user_store(s->db),
+        .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+    };
+    s->rest = tms_rest_new(s->loop, &rcfg);
+    tms_http_limits_default(&limits);
+    limits.max_head_bytes = (size_t)cfg->http.max_head_bytes;
+    limits.max_body_bytes = (size_t)cfg->http.max_body_bytes;
+    limits.head_timeout_ms = (uint64_t)cfg->http.head_timeout * 1000;
+    limits.idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000;
+    limits.max_connections = (size_t)cfg->http.max_connections;
+    s->http = tms_http_server_new(s->loop, &limits, tms_rest_handle, s->rest);
+    if (tms_http_server_listen(s->http, cfg->http.addr) != 0) {
+        fprintf(stderr, "tms: http.addr: cannot listen on %s\n", cfg->http.addr);
+        goto fail;
+    }
+
+    uv_signal_init(s->loop, &s->sigint);
+    uv_signal_init(s->loop, &s->sigterm);
+    s->sigint.data = s->sigterm.data = s;
+    uv_signal_start(&s->sigint, on_signal, SIGINT);
+    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
+    uv_timer_init(s->loop, &s->lag_timer);
+    uv_timer_init(s->loop, &s->drain_timer);
+    s->lag_timer.data = s->drain_timer.data = s;
+    s->lag_expected = uv_hrtime() + LAG_INTERVAL_MS * 1000000ull;
+    uv_timer_start(&s->lag_timer, on_lag_tick, LAG_INTERVAL_MS, LAG_INTERVAL_MS);
+    uv_unref((uv_handle_t *)&s->lag_timer);
+    tms_metrics_gauge_fn("tms_loop_lag_seconds", "how late the event loop ran a 100 ms timer", "",
+                         lag_gauge, s);
+
+    tms_log_info("listening", "proto=http addr=%s port=%d version=%s users=sqlite data_dir=%s",
+                 cfg->http.addr, tms_http_server_port(s->http), TMS_VERSION, cfg->data.dir);
+    uv_run(s->loop, UV_RUN_DEFAULT);
+    rc = 0;
+    if (s->http) /* the loop ended without a full shutdown */
+        rc = 1;
+    tms_metrics_reset();
+    uv_loop_close(s->loop);
+    return rc;
+fail:
+    tms_http_server_stop(s->http, 0, NULL, NULL);
+    uv_run(s->loop, UV_RUN_NOWAIT);
+    finish_shutdown(s);
+    uv_run(s->loop, UV_RUN_DEFAULT);
+    tms_metrics_reset();
+    return 1;
+}
+
+/* ---- one-shot store commands ------------------------------------------ */
+
+static void on_role_set(tms_msg_t *msg)
+{
+    *(tms_user_op_t **)msg->ctx = (tms_user_op_t *)msg;
+}
+
+static void free_op(tms_msg_t *msg)
+{
+    free(msg);
+}
+
+/* Runs one SET_ROLE through the store's own thread on a private loop, so the CLI
+ * and the server share one code path to the database (WAL lets both run at once). */
+static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
+{
+    uv_loop_t loop;
+    tms_mailbox_t *replies;
+    tms_user_op_t *op, *done = NULL;
+    char err[512];
+    tms_sqlite_t *db;
+    int rc = 1;
+
+    if (strcmp(role, "admin") != 0 && strcmp(role, "user") != 0) {
+        fprintf(stderr, "tms: role must be 'admin' or 'user'\n");
+        return 2;
+    }
+    if (make_dir(cfg->data.dir) != 0) {
+        fprintf(stderr, "tms: data.dir: cannot create %s\n", cfg->data.dir);
+        return 1;
+    }
+    db = tms_sqlite_open(sqlite_path(cfg->users.url), 4, err, sizeof(err));
+    if (!db) {
+        fprintf(stderr, "tms: users.url: %s\n", err);
+        return 1;
+    }
+    uv_loop_init(&loop);
+    replies = tms_mailbox_new(&loop, "cli", 1, NULL, NULL);
+    op = calloc(1, sizeof(*op));
+    if (!op)
+        abort();
+    op->msg.op = TMS_USER_SET_ROLE;
+    op->msg.reply_to = replies;
+    op->msg.cont = on_role_set;
+    op->msg.ctx = &done;
+    op->msg.free_fn = free_op;
+    snprintf(op->key, sizeof(op->key), "%s", email);
+    snprintf(op->user.role, sizeof(op->user.role), "%s", role);
+    if (tms_user_store_submit(tms_sqlite_user_store(db), &op) != 0) {
+        free(op);
+        fprintf(stderr, "tms: user store refused the request\n");
+    } else {
+        while (!done)
+            uv_run(&loop, UV_RUN_ONCE);
+        if (done->err.code == TMS_OK) {
+            printf("%s is now %s\n", done->user.email, done->user.role);
+            rc = 0;
+        } else if (done->err.code == TMS_NOT_FOUND) {
+            fprintf(stderr, "tms: no user with email %s\n", email);
+        } else {
+            fprintf(stderr, "tms: %s\n", done->err.message);
+        }
+        free(done);
+    }
+    tms_mailbox_free(&replies);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    tms_sqlite_close(&db);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    cli_t cli;
+    tms_config_t *cfg;
+    int rc;
+    if (parse_cli(argc, argv, &cli) != 0) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    if (strcmp(cli.command, "version") == 0) {
+        printf("tms %s\n", TMS_VERSION);
+        return 0;
+    }
+    if (sodium_init() < 0) {
+        fprintf(stderr, "tms: libsodium failed to initialise\n");
+        return 1;
+    }
+    cfg = calloc(1, sizeof(*cfg));
+    if (!cfg)
+        return 1;
+    if (strcmp(cli.command, "config") == 0) {
+        tms_config_write_defaults(stdout);
+        free(cfg);
+        return 0;
+    }
+    if (load_config(&cli, cfg) != 0) {
+        free(cfg);
+        return 2;
+    }
+    if (strcmp(cli.command, "serve") == 0 && cli.nargs == 0) {
+        rc = cmd_serve(cfg);
+    } else if (strcmp(cli.command, "migrate") == 0 && cli.nargs == 0) {
+        char err[512];
+        if (make_dir(cfg->data.dir) != 0 ||
+            tms_sqlite_migrate(sqlite_path(cfg->tasks.url), err, sizeof(err)) != 0) {
+            fprintf(stderr, "tms: migrate: %s\n", err);
+            rc = 1;
+        } else {
+            rc = 0;
+        }
+    } else if (strcmp(cli.command, "user") == 0 && cli.nargs == 3 &&
+               strcmp(cli.args[0], "set-role") == 0) {
+        rc = cmd_set_role(cfg, cli.args[1], cli.args[2]);
+    } else {
+        fputs(usage, stderr);
+        rc = 2;
+    }
+    free(cfg);
+    return rc;
 }

@@ -31,10 +31,10 @@ typedef enum tms_msg_kind {
 struct tms_msg {
     tms_msg_t *next; /* list link: first member */
     tms_msg_kind_t kind;
-    int op;                   /* operation code of the receiver's protocol */
-    tms_mailbox_t *reply_to;  /* where the reply goes; NULL for one-way messages */
-    tms_cont_fn cont;         /* continuation for the reply */
-    void *ctx;                /* requester's context, untouched by the receiver */
+    int op;                          /* operation code of the receiver's protocol */
+    tms_mailbox_t *reply_to;         /* where the reply goes; NULL for one-way messages */
+    tms_cont_fn cont;                /* continuation for the reply */
+    void *ctx;                       /* requester's context, untouched by the receiver */
     void (*free_fn)(tms_msg_t *msg); /* frees an undeliverable message; may be NULL */
 };
 

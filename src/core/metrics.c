@@ -10,9 +10,8 @@
 #include "core/alloc.h"
 
 #define NBUCKETS 14
-static const double bucket_bounds[NBUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                               0.005,  0.01,    0.025,  0.05,  0.1,
-                                               0.25,   0.5,     1.0,    10.0};
+static const double bucket_bounds[NBUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                               0.025,  0.05,    0.1,    0.25,  0.5,    1.0,   10.0};
 
 typedef enum { KIND_COUNTER, KIND_GAUGE_FN, KIND_HISTOGRAM } kind_t;
 
@@ -137,7 +136,6 @@ static const char *type_name(kind_t k)
     return k == KIND_COUNTER ? "counter" : k == KIND_HISTOGRAM ? "histogram" : "gauge";
 }
 
-
 char *tms_metrics_render(size_t *len)
 {
     sbuf_t b = {tms_malloc(4096), 0, 4096};
@@ -173,16 +171,16 @@ char *tms_metrics_render(size_t *len)
                 for (int i = 0; i <= NBUCKETS; i++) {
                     cum += atomic_load(&t->u.hist.buckets[i]);
                     if (i < NBUCKETS)
-                        sb_printf(&b, "%s_bucket{%s%sle=\"%g\"} %llu\n", t->name, l,
-                                  *l ? "," : "", bucket_bounds[i], (unsigned long long)cum);
+                        sb_printf(&b, "%s_bucket{%s%sle=\"%g\"} %llu\n", t->name, l, *l ? "," : "",
+                                  bucket_bounds[i], (unsigned long long)cum);
                     else
                         sb_printf(&b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", t->name, l,
                                   *l ? "," : "", (unsigned long long)cum);
                 }
                 sb_printf(&b, "%s_sum%s%s%s %.9f\n", t->name, *l ? "{" : "", l, *l ? "}" : "",
                           (double)atomic_load(&t->u.hist.sum_ns) / 1e9);
-                sb_printf(&b, "%s_count%s%s%s %llu\n", t->name, *l ? "{" : "", l,
-                          *l ? "}" : "", (unsigned long long)atomic_load(&t->u.hist.count));
+                sb_printf(&b, "%s_count%s%s%s %llu\n", t->name, *l ? "{" : "", l, *l ? "}" : "",
+                          (unsigned long long)atomic_load(&t->u.hist.count));
             }
         }
     }

@@ -11,32 +11,32 @@
 #include "core/mailbox.h"
 #include "core/status.h"
 
-#define TMS_USER_ID_LEN 24     /* hex of a 12-byte ObjectId */
+#define TMS_USER_ID_LEN 24 /* hex of a 12-byte ObjectId */
 #define TMS_EMAIL_MAX 254
 #define TMS_HASH_MAX 255
 
 typedef struct tms_user {
     char id[TMS_USER_ID_LEN + 1];
     char email[TMS_EMAIL_MAX + 1];
-    char role[8];                      /* "user" | "admin" */
+    char role[8];                         /* "user" | "admin" */
     char password_hash[TMS_HASH_MAX + 1]; /* argon2id ($argon2id$...) or bcrypt ($2b$...) */
     int64_t token_version;
-    int64_t created_at_ms;             /* Unix epoch milliseconds */
+    int64_t created_at_ms; /* Unix epoch milliseconds */
 } tms_user_t;
 
 /* Operation codes, carried in op->msg.op. */
 typedef enum tms_user_op_kind {
-    TMS_USER_CREATE = 1,     /* in: user (all fields). err ALREADY_EXISTS if email taken */
-    TMS_USER_GET_BY_EMAIL,   /* in: key = email. out: user, or err NOT_FOUND */
-    TMS_USER_GET_BY_ID,      /* in: key = id. out: user, or err NOT_FOUND */
-    TMS_USER_BUMP_VERSION,   /* in: key = id; new_hash if non-empty replaces the password
-                              * hash in the same write. Atomic increment of
-                              * token_version. out: user after the change, or NOT_FOUND */
-    TMS_USER_SET_ROLE,       /* in: key = email, user.role. out: user, or NOT_FOUND */
-    TMS_USER_DELETE,         /* in: key = id. out: user as it was, or NOT_FOUND */
-    TMS_USER_RESTORE,        /* in: user (all fields): re-insert a deleted user as it was;
-                              * err ALREADY_EXISTS if the id or email is taken */
-    TMS_USER_PING,           /* readiness probe: err OK when the store answers */
+    TMS_USER_CREATE = 1,   /* in: user (all fields). err ALREADY_EXISTS if email taken */
+    TMS_USER_GET_BY_EMAIL, /* in: key = email. out: user, or err NOT_FOUND */
+    TMS_USER_GET_BY_ID,    /* in: key = id. out: user, or err NOT_FOUND */
+    TMS_USER_BUMP_VERSION, /* in: key = id; new_hash if non-empty replaces the password
+                            * hash in the same write. Atomic increment of
+                            * token_version. out: user after the change, or NOT_FOUND */
+    TMS_USER_SET_ROLE,     /* in: key = email, user.role. out: user, or NOT_FOUND */
+    TMS_USER_DELETE,       /* in: key = id. out: user as it was, or NOT_FOUND */
+    TMS_USER_RESTORE,      /* in: user (all fields): re-insert a deleted user as it was;
+                            * err ALREADY_EXISTS if the id or email is taken */
+    TMS_USER_PING,         /* readiness probe: err OK when the store answers */
 } tms_user_op_kind_t;
 
 typedef struct tms_user_op {

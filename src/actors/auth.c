@@ -1,0 +1,583 @@
+#include "actors/auth.h"
+
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "core/alloc.h"
+#include "core/api.h"
+#include "core/clock.h"
+#include "core/jwt.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/password.h"
+
+#define PASSWORD_MIN 8
+#define PASSWORD_MAX 256
+#define EMAIL_MIN 3
+
+struct tms_auth {
+    tms_mailbox_t *mailbox;
+    tms_user_store_t *users;
+    tms_workpool_t *hashers;
+    unsigned char key[512];
+    size_t key_len;
+    char issuer[128];
+    int64_t token_ttl;
+    unsigned long long opslimit;
+    size_t memlimit;
+    char dummy_hash[crypto_pwhash_STRBYTES]; /* verified for unknown emails */
+    size_t inflight;
+    tms_counter_t *logins_ok, *logins_failed, *registrations;
+};
+
+/* A hashing job: runs on the hash pool with its own copies of the inputs. */
+typedef struct hash_job {
+    tms_job_t job;
+    tms_auth_t *auth;
+    tms_api_call_t *call;
+    int verify; /* 1: verify password against hash (and rehash if weak); 0: hash */
+    char password[PASSWORD_MAX + 1];
+    size_t password_len;
+    char hash[TMS_HASH_MAX + 1];  /* verify: stored hash */
+    char fresh[TMS_HASH_MAX + 1]; /* hash / rehash result, "" if none */
+    int ok;
+} hash_job_t;
+
+static void on_message(void *owner, tms_msg_t *msg);
+
+/* ---- replies ---------------------------------------------------------- */
+
+static void finish(tms_auth_t *auth, tms_api_call_t *call)
+{
+    auth->inflight--;
+    sodium_memzero(call->user.password_hash, sizeof(call->user.password_hash));
+    tms_mailbox_reply(&call->msg);
+}
+
+static void fail(tms_auth_t *auth, tms_api_call_t *call, tms_status_t code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void fail(tms_auth_t *auth, tms_api_call_t *call, tms_status_t code, const char *fmt, ...)
+{
+    va_list ap;
+    call->err.code = code;
+    va_start(ap, fmt);
+    vsnprintf(call->err.message, sizeof(call->err.message), fmt, ap);
+    va_end(ap);
+    finish(auth, call);
+}
+
+/* ---- the user store -------------------------------------------------- */
+
+typedef void (*store_cont_fn)(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op);
+
+typedef struct store_req {
+    tms_user_op_t op;
+    tms_auth_t *auth;
+    store_cont_fn then;
+} store_req_t;
+
+static void free_store_req(tms_msg_t *msg)
+{
+    free(msg);
+}
+
+static void on_store_reply(tms_msg_t *msg)
+{
+    store_req_t *req = (store_req_t *)msg;
+    tms_api_call_t *call = msg->ctx;
+    req->then(req->auth, call, &req->op);
+    sodium_memzero(req, sizeof(*req));
+    free(req);
+}
+
+/* Sends one store operation for call; `then` runs on this loop with the result. */
+static void store(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_kind_t kind, const char *key,
+                  const tms_user_t *user, const char *new_hash, store_cont_fn then)
+{
+    store_req_t *req = tms_new(store_req_t);
+    tms_user_op_t *op = &req->op;
+    req->auth = auth;
+    req->then = then;
+    op->msg.op = (int)kind;
+    op->msg.reply_to = auth->mailbox;
+    op->msg.cont = on_store_reply;
+    op->msg.ctx = call;
+    op->msg.free_fn = free_store_req;
+    if (key)
+        snprintf(op->key, sizeof(op->key), "%s", key);
+    if (user)
+        op->user = *user;
+    if (new_hash)
+        snprintf(op->new_hash, sizeof(op->new_hash), "%s", new_hash);
+    if (tms_user_store_submit(auth->users, &op) != 0) {
+        free(req);
+        fail(auth, call, TMS_UNAVAILABLE, "user store is overloaded, retry later");
+    }
+}
+
+/* Store errors other than the expected ones are reported without internals. */
+static int store_failed(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
+{
+    if (op->err.code == TMS_OK)
+        return 0;
+    if (op->err.code == TMS_UNAVAILABLE)
+        fail(auth, call, TMS_UNAVAILABLE, "user store unavailable, retry later");
+    else
+        fail(auth, call, TMS_INTERNAL, "internal error");
+    return 1;
+}
+
+/* ---- the hash pool ---------------------------------------------------- */
+
+typedef void (*hash_cont_fn)(tms_auth_t *auth, tms_api_call_t *call, hash_job_t *job);
+
+static void run_hash_job(tms_job_t *job)
+{
+    hash_job_t *h = (hash_job_t *)job;
+    h->fresh[0] = '\0';
+    if (h->verify) {
+        h->ok = tms_password_verify(h->password, h->password_len, h->hash) == 1;
+        if (h->ok &&
+            tms_password_needs_rehash(h->hash, h->auth->opslimit, h->auth->memlimit) == 1 &&
+            tms_password_hash(h->password, h->password_len, h->auth->opslimit, h->auth->memlimit,
+                              h->fresh, sizeof(h->fresh)) != 0)
+            h->fresh[0] = '\0';
+    } else {
+        h->ok = tms_password_hash(h->password, h->password_len, h->auth->opslimit,
+                                  h->auth->memlimit, h->fresh, sizeof(h->fresh)) == 0;
+    }
+    sodium_memzero(h->password, sizeof(h->password));
+}
+
+static void free_hash_job(tms_msg_t *msg)
+{
+    sodium_memzero(msg, sizeof(hash_job_t));
+    free(msg);
+}
+
+static void hash_submit(tms_auth_t *auth, tms_api_call_t *call, int verify, const char *hash,
+                        tms_cont_fn cont)
+{
+    hash_job_t *h = tms_new(hash_job_t);
+    tms_job_t *job = &h->job;
+    h->auth = auth;
+    h->call = call;
+    h->verify = verify;
+    h->password_len = strlen(call->password);
+    memcpy(h->password, call->password, h->password_len);
+    if (hash)
+        snprintf(h->hash, sizeof(h->hash), "%s", hash);
+    job->run = run_hash_job;
+    job->msg.reply_to = auth->mailbox;
+    job->msg.cont = cont;
+    job->msg.ctx = call;
+    job->msg.free_fn = free_hash_job;
+    if (tms_workpool_submit(auth->hashers, &job) != 0) {
+        free_hash_job(&h->job.msg);
+        fail(auth, call, TMS_UNAVAILABLE, "server busy, retry later");
+    }
+}
+
+/* ---- validation ------------------------------------------------------- */
+
+/* Trims and lower-cases the email in place; API.md: 3..254 chars, one '@'. */
+static int normalize_email(char *email, const char **why)
+{
+    size_t len, start = 0, at = 0, ats = 0;
+    len = strlen(email);
+    while (start < len && isspace((unsigned char)email[start]))
+        start++;
+    while (len > start && isspace((unsigned char)email[len - 1]))
+        len--;
+    memmove(email, email + start, len - start);
+    len -= start;
+    email[len] = '\0';
+    if (len < EMAIL_MIN || len > TMS_EMAIL_MAX) {
+        *why = "email must be 3 to 254 characters";
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)email[i];
+        if (c <= 0x20 || c == 0x7f) {
+            *why = "email must not contain spaces or control characters";
+            return -1;
+        }
+        if (c == '@') {
+            ats++;
+            at = i;
+        }
+        email[i] = (char)tolower(c);
+    }
+    if (ats != 1 || at == 0 || at == len - 1) {
+        *why = "email must contain exactly one @ between a name and a domain";
+        return -1;
+    }
+    return 0;
+}
+
+static int check_credentials(tms_auth_t *auth, tms_api_call_t *call)
+{
+    const char *why = NULL;
+    size_t plen;
+    if (!call->email || !call->password) {
+        fail(auth, call, TMS_INVALID_ARGUMENT, "email and password are required");
+        return -1;
+    }
+    if (normalize_email(call->email, &why) != 0) {
+        fail(auth, call, TMS_INVALID_ARGUMENT, "%s", why);
+        return -1;
+    }
+    plen = strlen(call->password);
+    if (plen < PASSWORD_MIN || plen > PASSWORD_MAX) {
+        fail(auth, call, TMS_INVALID_ARGUMENT, "password must be 8 to 256 bytes");
+        return -1;
+    }
+    return 0;
+}
+
+static void issue_token(tms_auth_t *auth, tms_api_call_t *call)
+{
+    call->token =
+        tms_jwt_sign(auth->key, auth->key_len, auth->issuer, call->user.id, call->user.role,
+                     call->user.token_version, tms_now_ms() / 1000, auth->token_ttl);
+    if (!call->token) {
+        tms_log_error("jwt_sign_failed", "user=%s", call->user.id);
+        fail(auth, call, TMS_INTERNAL, "internal error");
+        return;
+    }
+    finish(auth, call);
+}
+
+/* ---- register --------------------------------------------------------- */
+
+static void register_created(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
+{
+    if (op->err.code == TMS_ALREADY_EXISTS) {
+        fail(auth, call, TMS_ALREADY_EXISTS, "email already registered");
+        return;
+    }
+    if (store_failed(auth, call, op))
+        return;
+    call->user = op->user;
+    tms_counter_add(auth->registrations, 1);
+    tms_log_info("user_registered", "user=%s", call->user.id);
+    issue_token(auth, call);
+}
+
+static void register_hashed(tms_msg_t *msg)
+{
+    hash_job_t *h = (hash_job_t *)msg;
+    tms_api_call_t *call = h->call;
+    tms_auth_t *auth = h->auth;
+    tms_user_t user;
+    if (!h->ok) {
+        free_hash_job(msg);
+        tms_log_error("password_hash_failed", "rid=%s", call->request_id);
+        fail(auth, call, TMS_INTERNAL, "internal error");
+        return;
+    }
+    memset(&user, 0, sizeof(user));
+    tms_objectid_new(user.id);
+    snprintf(user.email, sizeof(user.email), "%s", call->email);
+    snprintf(user.role, sizeof(user.role), "user");
+    snprintf(user.password_hash, sizeof(user.password_hash), "%s", h->fresh);
+    user.token_version = 0;
+    user.created_at_ms = tms_now_ms();
+    free_hash_job(msg);
+    store(auth, call, TMS_USER_CREATE, NULL, &user, NULL, register_created);
+    sodium_memzero(&user, sizeof(user));
+}
+
+static void do_register(tms_auth_t *auth, tms_api_call_t *call)
+{
+    if (check_credentials(auth, call) == 0)
+        hash_submit(auth, call, 0, NULL, register_hashed);
+}
+
+/* ---- login ------------------------------------------------------------ */
+
+static void login_bumped(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
+{
+    if (op->err.code == TMS_NOT_FOUND) { /* deleted between lookup and bump */
+        tms_counter_add(auth->logins_failed, 1);
+        fail(auth, call, TMS_UNAUTHENTICATED, "invalid email or password");
+        return;
+    }
+    if (store_failed(auth, call, op))
+        return;
+    call->user = op->user;
+    tms_counter_add(auth->logins_ok, 1);
+    issue_token(auth, call);
+}
+
+static void login_verified(tms_msg_t *msg)
+{
+    hash_job_t *h = (hash_job_t *)msg;
+    tms_api_call_t *call = h->call;
+    tms_auth_t *auth = h->auth;
+    char fresh[TMS_HASH_MAX + 1];
+    int ok = h->ok && call->user.id[0] != '\0';
+    snprintf(fresh, sizeof(fresh), "%s", h->fresh);
+    free_hash_job(msg);
+    if (!ok) {
+        tms_counter_add(auth->logins_failed, 1);
+        fail(auth, call, TMS_UNAUTHENTICATED, "invalid email or password");
+        return;
+    }
+    /* The version bump kills older tokens; a legacy (bcrypt) or weak hash is replaced
+     * in the same write. */
+    if (fresh[0])
+        tms_log_info("password_rehashed", "user=%s", call->user.id);
+    store(auth, call, TMS_USER_BUMP_VERSION, call->user.id, NULL, fresh, login_bumped);
+    sodium_memzero(fresh, sizeof(fresh));
+}
+
+static void login_found(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
+{
+    if (op->err.code == TMS_NOT_FOUND) {
+        /* Verify against a dummy hash anyway so that unknown emails take as long as
+         * wrong passwords. */
+        memset(&call->user, 0, sizeof(call->user));
+        hash_submit(auth, call, 1, auth->dummy_hash, login_verified);
+        return;
+    }
+    if (store_failed(auth, call, op))
+        return;
+    call->user = op->user;
+    hash_submit(auth, call, 1, op->user.password_hash, login_verified);
+}
+
+static void do_login(tms_auth_t *auth, tms_api_call_t *call)
+{
+    if (check_credentials(auth, call) == 0)
+        store(auth, call, TMS_USER_GET_BY_EMAIL, call->email, NULL, NULL, login_found);
+}
+
+/* ---- authentication --------------------------------------------------- */
+
+static void authenticated(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
+{
+    int64_t claimed = call->user.token_version;
+    if (op->err.code == TMS_NOT_FOUND) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "user no longer exists");
+        return;
+    }
+    if (store_failed(auth, call, op))
+        return;
+    if (op->user.token_version != claimed) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "token revoked");
+        return;
+    }
+    call->principal.authenticated = true;
+    snprintf(call->principal.user_id, sizeof(call->principal.user_id), "%s", op->user.id);
+    snprintf(call->principal.role, sizeof(call->principal.role), "%s", op->user.role);
+    snprintf(call->principal.email, sizeof(call->principal.email), "%s", op->user.email);
+    call->user = op->user;
+    finish(auth, call);
+}
+
+/* Verifies the bearer token: signature, alg, exp and iss here, then the token
+ * version against the store, so logout and login revoke at once. */
+static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
+{
+    tms_jwt_claims_t claims;
+    char why[128];
+    if (!call->bearer || !call->bearer[0]) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "missing bearer token");
+        return;
+    }
+    if (tms_jwt_verify(auth->key, auth->key_len, auth->issuer, call->bearer, tms_now_ms() / 1000,
+                       &claims, why, sizeof(why)) != TMS_OK) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "%s", why[0] ? why : "invalid token");
+        return;
+    }
+    memset(&call->user, 0, sizeof(call->user));
+    call->user.token_version = claims.token_version;
+    store(auth, call, TMS_USER_GET_BY_ID, claims.sub, NULL, NULL, authenticated);
+}
+
+/* ---- operations on a verified principal ------------------------------ */
+
+static int is_admin(const tms_api_call_t *call)
+{
+    return strcmp(call->principal.role, "admin") == 0;
+}
+
+/* Resolves the target of logout/delete: empty means self; others need admin. */
+static int allowed_target(tms_auth_t *auth, tms_api_call_t *call)
+{
+    if (call->target_id[0] == '\0')
+        snprintf(call->target_id, sizeof(call->target_id), "%s", call->principal.user_id);
+    if (!tms_objectid_valid(call->target_id)) {
+        fail(auth, call, TMS_INVALID_ARGUMENT, "invalid user id");
+        return 0;
+    }
+    if (strcmp(call->target_id, call->principal.user_id) != 0 && !is_admin(call)) {
+        fail(auth, call, TMS_PERMISSION_DENIED, "only the user or an admin may do this");
+        return 0;
+    }
+    return 1;
+}
+
+static void logout_done(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
+{
+    if (op->err.code == TMS_NOT_FOUND) {
+        fail(auth, call, TMS_NOT_FOUND, "user not found");
+        return;
+    }
+    if (store_failed(auth, call, op))
+        return;
+    call->flag = true;
+    tms_log_info("user_logged_out", "user=%s by=%s", op->user.id, call->principal.user_id);
+    finish(auth, call);
+}
+
+static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
+{
+    if (op->err.code == TMS_NOT_FOUND) {
+        fail(auth, call, TMS_NOT_FOUND, "user %s not found", call->target_id);
+        return;
+    }
+    if (store_failed(auth, call, op))
+        return;
+    call->flag = true;
+    tms_log_info("user_deleted", "user=%s by=%s", op->user.id, call->principal.user_id);
+    finish(auth, call);
+}
+
+static void looked_up(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
+{
+    if (op->err.code == TMS_NOT_FOUND) {
+        if (call->op == TMS_API_USER_EXISTS) {
+            call->flag = false;
+            finish(auth, call);
+        } else {
+            fail(auth, call, TMS_NOT_FOUND, "user %s not found", call->target_id);
+        }
+        return;
+    }
+    if (store_failed(auth, call, op))
+        return;
+    call->flag = true;
+    call->user = op->user;
+    finish(auth, call);
+}
+
+static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
+{
+    switch (call->op) {
+    case TMS_API_REGISTER:
+        do_register(auth, call);
+        return;
+    case TMS_API_LOGIN:
+        do_login(auth, call);
+        return;
+    case TMS_API_VERIFY_TOKEN:
+        do_authenticate(auth, call);
+        return;
+    case TMS_API_ME:
+        /* authenticate already loaded the user */
+        finish(auth, call);
+        return;
+    case TMS_API_LOGOUT:
+        if (allowed_target(auth, call))
+            store(auth, call, TMS_USER_BUMP_VERSION, call->target_id, NULL, NULL, logout_done);
+        return;
+    case TMS_API_DELETE_USER:
+        if (allowed_target(auth, call))
+            store(auth, call, TMS_USER_DELETE, call->target_id, NULL, NULL, deleted);
+        return;
+    case TMS_API_USER_EXISTS:
+    case TMS_API_USER_INFO:
+        if (!tms_objectid_valid(call->target_id)) {
+            if (call->op == TMS_API_USER_EXISTS) {
+                call->flag = false;
+                finish(auth, call);
+            } else {
+                fail(auth, call, TMS_INVALID_ARGUMENT, "invalid user id");
+            }
+            return;
+        }
+        store(auth, call, TMS_USER_GET_BY_ID, call->target_id, NULL, NULL, looked_up);
+        return;
+    default:
+        fail(auth, call, TMS_UNIMPLEMENTED, "operation not served by auth");
+        return;
+    }
+}
+
+static void on_message(void *owner, tms_msg_t *msg)
+{
+    tms_auth_t *auth = owner;
+    tms_api_call_t *call = (tms_api_call_t *)msg;
+    if (msg->kind == TMS_MSG_STOP) {
+        if (msg->free_fn)
+            msg->free_fn(msg);
+        return;
+    }
+    auth->inflight++;
+    if (msg->op == TMS_STAGE_AUTHENTICATE)
+        do_authenticate(auth, call);
+    else
+        do_execute(auth, call);
+}
+
+static double mailbox_depth(void *arg)
+{
+    return (double)tms_mailbox_depth(arg);
+}
+
+tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_user_store_t *users,
+                           tms_workpool_t *hashers)
+{
+    tms_auth_t *auth = tms_new(tms_auth_t);
+    const char dummy[] = "dummy password for timing";
+    auth->users = users;
+    auth->hashers = hashers;
+    auth->key_len = cfg->jwt_key_len < sizeof(auth->key) ? cfg->jwt_key_len : sizeof(auth->key);
+    memcpy(auth->key, cfg->jwt_key, auth->key_len);
+    snprintf(auth->issuer, sizeof(auth->issuer), "%s", cfg->issuer);
+    auth->token_ttl = cfg->token_ttl;
+    auth->opslimit = cfg->argon2_opslimit;
+    auth->memlimit = cfg->argon2_memlimit;
+    /* Once at start, before the loop serves anyone. */
+    if (tms_password_hash(dummy, sizeof(dummy) - 1, auth->opslimit, auth->memlimit,
+                          auth->dummy_hash, sizeof(auth->dummy_hash)) != 0)
+        tms_oom(__FILE__, __LINE__);
+    auth->mailbox = tms_mailbox_new(loop, "auth", cfg->mailbox_capacity, on_message, auth);
+    auth->logins_ok =
+        tms_metrics_counter("tms_auth_logins_total", "logins by outcome", "outcome=\"ok\"");
+    auth->logins_failed =
+        tms_metrics_counter("tms_auth_logins_total", "logins by outcome", "outcome=\"failed\"");
+    auth->registrations =
+        tms_metrics_counter("tms_auth_registrations_total", "accounts registered", "");
+    tms_metrics_gauge_fn("tms_mailbox_depth", "messages waiting in an actor's mailbox",
+                         "actor=\"auth\"", mailbox_depth, auth->mailbox);
+    return auth;
+}
+
+tms_mailbox_t *tms_auth_mailbox(tms_auth_t *auth)
+{
+    return auth->mailbox;
+}
+
+size_t tms_auth_inflight(tms_auth_t *auth)
+{
+    return auth->inflight;
+}
+
+void tms_auth_free(tms_auth_t **pauth)
+{
+    tms_auth_t *auth = *pauth;
+    if (!auth)
+        return;
+    *pauth = NULL;
+    tms_mailbox_free(&auth->mailbox);
+    sodium_memzero(auth->key, sizeof(auth->key));
+    free(auth);
+}

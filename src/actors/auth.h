@@ -1,0 +1,43 @@
+/* The auth actor: accounts, passwords and tokens. It owns the rules of API.md's
+ * /api/auth routes and AuthService: validation, hashing (on the hash pool, never on
+ * the loop), token issue and verification (version checks against the store), and
+ * who may log out or delete whom. It reaches users only through the user store
+ * port. */
+#ifndef TMS_ACTORS_AUTH_H
+#define TMS_ACTORS_AUTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/mailbox.h"
+#include "core/user_store.h"
+#include "core/workpool.h"
+
+typedef struct tms_auth tms_auth_t;
+
+typedef struct tms_auth_config {
+    const unsigned char *jwt_key; /* copied */
+    size_t jwt_key_len;           /* >= 32 */
+    const char *issuer;
+    int64_t token_ttl; /* seconds */
+    unsigned long long argon2_opslimit;
+    size_t argon2_memlimit; /* bytes */
+    size_t mailbox_capacity;
+} tms_auth_config_t;
+
+/** Start the actor on loop; it takes calls (tms_api_call_t) at its mailbox at once.
+ * users and hashers are borrowed and must outlive the actor. Never NULL. */
+tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_user_store_t *users,
+                           tms_workpool_t *hashers);
+
+/** The actor's mailbox: post tms_api_call_t with msg.op = TMS_STAGE_*. */
+tms_mailbox_t *tms_auth_mailbox(tms_auth_t *auth);
+
+/** Calls being worked on (waiting for the store or the hash pool). */
+size_t tms_auth_inflight(tms_auth_t *auth);
+
+/** Free once no call is in flight (after the front ends drained). Sets *auth NULL. */
+void tms_auth_free(tms_auth_t **auth);
+
+#endif

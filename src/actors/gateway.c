@@ -1,0 +1,149 @@
+#include "actors/gateway.h"
+
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/api.h"
+#include "core/metrics.h"
+#include "core/ratelimit.h"
+
+#define RATELIMIT_MAX_KEYS 100000
+
+struct tms_gateway {
+    uv_loop_t *loop;
+    tms_mailbox_t *mailbox;
+    tms_mailbox_t *auth;
+    tms_ratelimit_t *api_limit;
+    tms_ratelimit_t *login_limit;
+    tms_counter_t *limited;
+};
+
+/* Hands the call back to the adapter that posted it. */
+static void reply_to_origin(tms_api_call_t *call)
+{
+    call->msg.reply_to = call->origin_reply_to;
+    call->msg.cont = call->origin_cont;
+    call->msg.ctx = call->origin_ctx;
+    tms_mailbox_reply(&call->msg);
+}
+
+static void on_hop_reply(tms_msg_t *msg);
+
+/* Posts the call to an actor for one stage; its reply comes back to on_hop_reply. */
+static void hop(tms_gateway_t *gw, tms_api_call_t *call, tms_mailbox_t *to, tms_api_stage_t stage)
+{
+    tms_msg_t *msg = &call->msg;
+    msg->kind = TMS_MSG_REQUEST;
+    msg->op = (int)stage;
+    msg->reply_to = gw->mailbox;
+    msg->cont = on_hop_reply;
+    if (tms_mailbox_post(to, &msg) != 0) {
+        tms_error_set(&call->err, TMS_UNAVAILABLE, "server overloaded, retry later");
+        reply_to_origin(call);
+    }
+}
+
+static tms_mailbox_t *owner_of(tms_gateway_t *gw, tms_api_op_t op)
+{
+    (void)op; /* every operation served so far belongs to the auth actor */
+    return gw->auth;
+}
+
+static void on_hop_reply(tms_msg_t *msg)
+{
+    tms_api_call_t *call = (tms_api_call_t *)msg;
+    tms_gateway_t *gw = msg->ctx;
+    if (call->err.code != TMS_OK || msg->op == TMS_STAGE_EXECUTE) {
+        reply_to_origin(call);
+        return;
+    }
+    /* Authenticated: now the owning actor runs the operation. */
+    hop(gw, call, owner_of(gw, call->op), TMS_STAGE_EXECUTE);
+}
+
+static int limit(tms_gateway_t *gw, tms_api_call_t *call, tms_ratelimit_t *rl, const char *key,
+                 const char *what)
+{
+    tms_ratelimit_result_t r = tms_ratelimit_take(rl, key, uv_now(gw->loop));
+    if (r.limit == 0)
+        return 0; /* disabled */
+    call->ratelimit.applied = true;
+    call->ratelimit.limit = r.limit;
+    call->ratelimit.remaining = r.remaining;
+    call->ratelimit.reset_s = r.reset_s;
+    call->ratelimit.retry_after_s = r.retry_after_s;
+    if (r.allowed)
+        return 0;
+    tms_counter_add(gw->limited, 1);
+    tms_error_set(&call->err, TMS_RESOURCE_EXHAUSTED, "too many %s, retry in %llu s", what,
+                  (unsigned long long)r.retry_after_s);
+    return -1;
+}
+
+static void on_message(void *owner, tms_msg_t *msg)
+{
+    tms_gateway_t *gw = owner;
+    tms_api_call_t *call = (tms_api_call_t *)msg;
+    if (msg->kind == TMS_MSG_STOP) {
+        if (msg->free_fn)
+            msg->free_fn(msg);
+        return;
+    }
+    call->origin_reply_to = msg->reply_to;
+    call->origin_cont = msg->cont;
+    call->origin_ctx = msg->ctx;
+    /* The adapter's route is kept in origin_*; while actors work on the call,
+     * msg->ctx is ours. */
+    msg->ctx = gw;
+    if (limit(gw, call, gw->api_limit, call->client_addr, "requests") != 0)
+        goto reply;
+    if (call->op == TMS_API_LOGIN && call->email) {
+        char key[TMS_EMAIL_MAX + 80];
+        size_t n = 0;
+        for (const char *p = call->email; *p && n < TMS_EMAIL_MAX; p++) {
+            if (!isspace((unsigned char)*p))
+                key[n++] = (char)tolower((unsigned char)*p);
+        }
+        snprintf(key + n, sizeof(key) - n, "|%s", call->client_addr);
+        if (limit(gw, call, gw->login_limit, key, "login attempts") != 0)
+            goto reply;
+    }
+    hop(gw, call, tms_api_op_needs_auth(call->op) ? gw->auth : owner_of(gw, call->op),
+        tms_api_op_needs_auth(call->op) ? TMS_STAGE_AUTHENTICATE : TMS_STAGE_EXECUTE);
+    return;
+reply:
+    reply_to_origin(call);
+}
+
+tms_gateway_t *tms_gateway_start(uv_loop_t *loop, const tms_gateway_config_t *cfg,
+                                 tms_mailbox_t *auth)
+{
+    tms_gateway_t *gw = tms_new(tms_gateway_t);
+    gw->loop = loop;
+    gw->auth = auth;
+    gw->mailbox = tms_mailbox_new(loop, "gateway", cfg->mailbox_capacity, on_message, gw);
+    gw->api_limit = tms_ratelimit_new(cfg->api_per_minute, 60 * 1000, RATELIMIT_MAX_KEYS);
+    gw->login_limit = tms_ratelimit_new(cfg->login_per_15min, 15 * 60 * 1000, RATELIMIT_MAX_KEYS);
+    gw->limited = tms_metrics_counter("tms_ratelimited_total", "calls refused by a rate limit", "");
+    return gw;
+}
+
+tms_mailbox_t *tms_gateway_mailbox(tms_gateway_t *gw)
+{
+    return gw->mailbox;
+}
+
+void tms_gateway_free(tms_gateway_t **pgw)
+{
+    tms_gateway_t *gw = *pgw;
+    if (!gw)
+        return;
+    *pgw = NULL;
+    tms_mailbox_free(&gw->mailbox);
+    tms_ratelimit_free(&gw->api_limit);
+    tms_ratelimit_free(&gw->login_limit);
+    free(gw);
+}

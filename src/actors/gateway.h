@@ -1,0 +1,32 @@
+/* The gateway actor: the single entry for API calls from every protocol adapter
+ * (REST now, gRPC later). It applies the rate limits of API.md, has the auth actor
+ * authenticate calls that need a token, and routes each call to the actor that owns
+ * its operation. Adapters only translate protocol to tms_api_call_t and back. */
+#ifndef TMS_ACTORS_GATEWAY_H
+#define TMS_ACTORS_GATEWAY_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/mailbox.h"
+
+typedef struct tms_gateway tms_gateway_t;
+
+typedef struct tms_gateway_config {
+    uint32_t api_per_minute;  /* per client address; 0 disables */
+    uint32_t login_per_15min; /* per email and address; 0 disables */
+    size_t mailbox_capacity;
+} tms_gateway_config_t;
+
+/** Start the gateway on loop, routing account operations to auth. Never NULL. */
+tms_gateway_t *tms_gateway_start(uv_loop_t *loop, const tms_gateway_config_t *cfg,
+                                 tms_mailbox_t *auth);
+
+/** Where adapters post calls (tms_api_call_t with reply_to and cont set). */
+tms_mailbox_t *tms_gateway_mailbox(tms_gateway_t *gw);
+
+/** Free once no call is in flight. Sets *gw NULL. */
+void tms_gateway_free(tms_gateway_t **gw);
+
+#endif

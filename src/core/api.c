@@ -1,0 +1,82 @@
+#include "core/api.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "core/alloc.h"
+
+static void free_msg(tms_msg_t *msg)
+{
+    tms_api_call_t *call = (tms_api_call_t *)msg;
+    tms_api_call_free(&call);
+}
+
+tms_api_call_t *tms_api_call_new(tms_api_op_t op)
+{
+    tms_api_call_t *call = tms_new(tms_api_call_t);
+    call->op = op;
+    call->msg.free_fn = free_msg;
+    return call;
+}
+
+static void free_secret(char *s)
+{
+    if (!s)
+        return;
+    sodium_memzero(s, strlen(s));
+    free(s);
+}
+
+void tms_api_call_free(tms_api_call_t **pcall)
+{
+    tms_api_call_t *call = *pcall;
+    if (!call)
+        return;
+    *pcall = NULL;
+    free_secret(call->bearer);
+    free(call->email);
+    free_secret(call->password);
+    free_secret(call->token);
+    sodium_memzero(call->user.password_hash, sizeof(call->user.password_hash));
+    free(call);
+}
+
+static const char *const op_names[TMS_API_OP_COUNT] = {
+    [TMS_API_REGISTER] = "register",       [TMS_API_LOGIN] = "login",
+    [TMS_API_LOGOUT] = "logout",           [TMS_API_ME] = "me",
+    [TMS_API_DELETE_USER] = "delete_user", [TMS_API_USER_EXISTS] = "user_exists",
+    [TMS_API_USER_INFO] = "user_info",     [TMS_API_VERIFY_TOKEN] = "verify_token",
+};
+
+const char *tms_api_op_name(tms_api_op_t op)
+{
+    if ((unsigned)op >= TMS_API_OP_COUNT || !op_names[op])
+        return "unknown";
+    return op_names[op];
+}
+
+bool tms_api_op_needs_auth(tms_api_op_t op)
+{
+    switch (op) {
+    case TMS_API_REGISTER:
+    case TMS_API_LOGIN:
+    case TMS_API_VERIFY_TOKEN:
+        return false;
+    default:
+        return true;
+    }
+}
+
+void tms_api_fail(tms_api_call_t *call, tms_status_t code, const char *fmt, ...)
+{
+    va_list ap;
+    call->err.code = code;
+    va_start(ap, fmt);
+    vsnprintf(call->err.message, sizeof(call->err.message), fmt, ap);
+    va_end(ap);
+    tms_mailbox_reply(&call->msg);
+}

@@ -1,0 +1,98 @@
+/* A protocol-neutral API call: what the REST and gRPC adapters turn a request into,
+ * and what the gateway actor routes to the auth and task actors. One struct for
+ * every operation keeps "one implementation per operation": the adapters only fill
+ * arguments and render results.
+ *
+ * Ownership: the adapter allocates a call with tms_api_call_new, posts it to the
+ * gateway with reply_to/cont set, and frees it with tms_api_call_free when the reply
+ * arrives. Actors forward the same call and reply with it; strings are owned by
+ * the call. */
+#ifndef TMS_CORE_API_H
+#define TMS_CORE_API_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/mailbox.h"
+#include "core/status.h"
+#include "core/user_store.h"
+
+typedef enum tms_api_op {
+    TMS_API_REGISTER = 1, /* email, password -> token, user */
+    TMS_API_LOGIN,        /* email, password -> token, user */
+    TMS_API_LOGOUT,       /* bearer; target_id (empty: self) -> ok */
+    TMS_API_ME,           /* bearer -> user */
+    TMS_API_DELETE_USER,  /* bearer; target_id -> ok */
+    TMS_API_USER_EXISTS,  /* bearer; target_id -> flag */
+    TMS_API_USER_INFO,    /* bearer; target_id -> user (email, role) */
+    TMS_API_VERIFY_TOKEN, /* token in bearer -> flag (valid), user id and role */
+    TMS_API_OP_COUNT,
+} tms_api_op_t;
+
+/* Where the call is in its route: the gateway sets it before each hop. */
+typedef enum tms_api_stage {
+    TMS_STAGE_AUTHENTICATE = 1, /* auth actor: verify the bearer token, fill principal */
+    TMS_STAGE_EXECUTE,          /* owning actor: perform the operation */
+} tms_api_stage_t;
+
+/* Who is calling, once the bearer token was verified. */
+typedef struct tms_principal {
+    bool authenticated;
+    char user_id[TMS_USER_ID_LEN + 1];
+    char role[8];
+    char email[TMS_EMAIL_MAX + 1];
+} tms_principal_t;
+
+/* Rate-limit outcome for the adapters' headers (RateLimit-*, Retry-After). */
+typedef struct tms_api_ratelimit {
+    bool applied;
+    uint32_t limit, remaining;
+    uint64_t reset_s, retry_after_s;
+} tms_api_ratelimit_t;
+
+typedef struct tms_api_call {
+    tms_msg_t msg; /* first member; msg.op is a tms_api_stage_t */
+    tms_api_op_t op;
+    uint64_t deadline_ms; /* uv_now-based absolute deadline; 0 = none */
+    char request_id[65];
+    char client_addr[64];
+
+    /* arguments (NULL when absent) */
+    char *bearer;
+    char *email;
+    char *password;
+    char target_id[32];
+
+    /* set by the gateway / auth actor */
+    tms_principal_t principal;
+
+    /* results */
+    tms_error_t err;
+    tms_api_ratelimit_t ratelimit;
+    tms_user_t user; /* password_hash always cleared before reply */
+    char *token;
+    bool flag;
+
+    /* the adapter's reply route, kept while actors forward the call */
+    tms_mailbox_t *origin_reply_to;
+    tms_cont_fn origin_cont;
+    void *origin_ctx;
+} tms_api_call_t;
+
+/** Allocate a zeroed call for op; never NULL. */
+tms_api_call_t *tms_api_call_new(tms_api_op_t op);
+
+/** Free a call and every string it owns; wipes the password. Sets *call NULL. */
+void tms_api_call_free(tms_api_call_t **call);
+
+/** The op's name for logs and metrics ("register", ...). */
+const char *tms_api_op_name(tms_api_op_t op);
+
+/** True when op needs a verified bearer token before it runs. */
+bool tms_api_op_needs_auth(tms_api_op_t op);
+
+/** Set the call's error and reply to its current reply_to. */
+void tms_api_fail(tms_api_call_t *call, tms_status_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

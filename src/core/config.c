@@ -1,0 +1,320 @@
+#include "core/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/status.h"
+
+typedef enum { T_STR, T_INT, T_ENUM } type_t;
+
+typedef struct key {
+    const char *section, *name;
+    type_t type;
+    size_t offset, size; /* T_STR/T_ENUM: buffer size */
+    int64_t min, max;    /* T_INT bounds */
+    const char *choices; /* T_ENUM: "a|b" */
+    const char *def;
+    const char *doc;
+} key_t_;
+
+#define STR(sec, key, field, def, doc)                                                             \
+    {                                                                                              \
+#sec, #key, T_STR, offsetof(tms_config_t, field), sizeof(((tms_config_t *)0)->field), 0,   \
+            0, NULL, def, doc                                                                      \
+    }
+#define INT(sec, key, field, min, max, def, doc)                                                   \
+    {                                                                                              \
+#sec, #key, T_INT, offsetof(tms_config_t, field), 0, min, max, NULL, def, doc              \
+    }
+#define ENUM(sec, key, field, choices, def, doc)                                                   \
+    {                                                                                              \
+#sec, #key, T_ENUM, offsetof(tms_config_t, field), sizeof(((tms_config_t *)0)->field), 0,  \
+            0, choices, def, doc                                                                   \
+    }
+
+static const key_t_ keys[] = {
+    STR(http, addr, http.addr, "0.0.0.0:3000", "REST listener, host:port"),
+    INT(http, max_head_bytes, http.max_head_bytes, 1024, 1 << 20, "16384",
+        "request line + headers limit in bytes (431 beyond)"),
+    INT(http, max_body_bytes, http.max_body_bytes, 0, 64 << 20, "1048576",
+        "request body limit in bytes (413 beyond)"),
+    INT(http, head_timeout, http.head_timeout, 1, 3600, "10",
+        "seconds for a request head to arrive"),
+    INT(http, idle_timeout, http.idle_timeout, 1, 86400, "60",
+        "seconds an idle keep-alive connection is kept"),
+    INT(http, max_connections, http.max_connections, 1, 1000000, "10000",
+        "open connections per worker; more are closed at accept"),
+    STR(grpc, addr, grpc.addr, "0.0.0.0:50051", "gRPC listener, host:port"),
+    INT(server, workers, server.workers, 1, 1, "1",
+        "event loops (only 1 is supported in this version)"),
+    INT(server, shutdown_grace, server.shutdown_grace, 0, 600, "10",
+        "seconds in-flight requests get to finish on SIGTERM/SIGINT"),
+    INT(server, mailbox_capacity, server.mailbox_capacity, 1, 1000000, "1024",
+        "queued requests per actor before it answers UNAVAILABLE"),
+    INT(server, request_timeout, server.request_timeout, 1, 600, "30",
+        "seconds an API call may take before DEADLINE_EXCEEDED"),
+    STR(data, dir, data.dir, "./data", "embedded stores, generated secret, Maildir"),
+    STR(users, url, users.url, "",
+        "user store: sqlite:///path (default sqlite://<data.dir>/tms.db)"),
+    STR(tasks, url, tasks.url, "",
+        "task store: sqlite:///path (default sqlite://<data.dir>/tms.db)"),
+    ENUM(tasks, migrate, tasks.migrate, "auto|off", "auto",
+         "auto applies migrations at start; off leaves it to `tms migrate`"),
+    STR(events, brokers, events.brokers, "", "Kafka bootstrap servers; empty: in-process bus"),
+    STR(mail, url, mail.url, "", "mailer: maildir:///path (default maildir://<data.dir>/mail)"),
+    STR(auth, jwt_secret, auth.jwt_secret, "",
+        "HS256 key, at least 32 bytes; empty: generated once into <data.dir>/jwt.secret"),
+    INT(auth, token_ttl, auth.token_ttl, 1, 31536000, "3600", "token lifetime in seconds"),
+    STR(auth, issuer, auth.issuer, "tms", "JWT iss claim, checked on every token"),
+    INT(auth, hash_threads, auth.hash_threads, 1, 64, "2", "password hashing threads"),
+    INT(auth, hash_queue, auth.hash_queue, 1, 100000, "256",
+        "queued password hashes before logins answer UNAVAILABLE"),
+    INT(auth, argon2_opslimit, auth.argon2_opslimit, 1, 64, "2", "argon2id passes"),
+    INT(auth, argon2_memlimit_kib, auth.argon2_memlimit_kib, 8, 4194304, "65536",
+        "argon2id memory in KiB"),
+    INT(ratelimit, api_per_minute, ratelimit.api_per_minute, 0, 100000000, "100",
+        "API requests per minute per client address; 0 disables"),
+    INT(ratelimit, login_per_15min, ratelimit.login_per_15min, 0, 100000000, "5",
+        "logins per 15 minutes per email and address; 0 disables"),
+    INT(ratelimit, task_create_per_hour, ratelimit.task_create_per_hour, 0, 100000000, "10",
+        "task creations per hour per user; 0 disables"),
+    ENUM(log, level, log.level, "debug|info|warn|error", "info", "minimum level logged"),
+};
+#define NKEYS (sizeof(keys) / sizeof(keys[0]))
+
+static const key_t_ *find_key(const char *section, const char *name)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        if (strcmp(keys[i].section, section) == 0 && strcmp(keys[i].name, name) == 0)
+            return &keys[i];
+    }
+    return NULL;
+}
+
+static int enum_ok(const key_t_ *k, const char *v)
+{
+    const char *p = k->choices;
+    size_t n = strlen(v);
+    while (p && *p) {
+        const char *bar = strchr(p, '|');
+        size_t len = bar ? (size_t)(bar - p) : strlen(p);
+        if (len == n && strncmp(p, v, n) == 0)
+            return 1;
+        p = bar ? bar + 1 : NULL;
+    }
+    return 0;
+}
+
+/* Sets one key from text; the error names the key as section.key. */
+static int set_value(tms_config_t *cfg, const key_t_ *k, const char *value, char *err,
+                     size_t err_len)
+{
+    char *base = (char *)cfg + k->offset;
+    if (k->type == T_INT) {
+        char *end;
+        long long v;
+        errno = 0;
+        v = strtoll(value, &end, 10);
+        while (end && isspace((unsigned char)*end))
+            end++;
+        if (errno || end == value || *end != '\0') {
+            snprintf(err, err_len, "config: %s.%s: \"%.64s\" is not an integer", k->section,
+                     k->name, value);
+            return -TMS_EINVAL;
+        }
+        if (v < k->min || v > k->max) {
+            snprintf(err, err_len, "config: %s.%s: %lld is out of range %lld..%lld", k->section,
+                     k->name, v, (long long)k->min, (long long)k->max);
+            return -TMS_EINVAL;
+        }
+        *(int64_t *)base = v;
+        return 0;
+    }
+    if (strlen(value) >= k->size) {
+        snprintf(err, err_len, "config: %s.%s: value longer than %zu bytes", k->section, k->name,
+                 k->size - 1);
+        return -TMS_EINVAL;
+    }
+    if (k->type == T_ENUM && !enum_ok(k, value)) {
+        snprintf(err, err_len, "config: %s.%s: \"%.64s\" is not one of %s", k->section, k->name,
+                 value, k->choices);
+        return -TMS_EINVAL;
+    }
+    memcpy(base, value, strlen(value) + 1);
+    return 0;
+}
+
+void tms_config_defaults(tms_config_t *cfg)
+{
+    char err[256];
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < NKEYS; i++)
+        (void)set_value(cfg, &keys[i], keys[i].def, err, sizeof(err));
+}
+
+typedef struct {
+    tms_config_t *cfg;
+    char *err;
+    size_t err_len;
+    int rc;
+    const char *path;
+} ini_ctx_t;
+
+static int on_ini(void *user, const char *section, const char *name, const char *value)
+{
+    ini_ctx_t *c = user;
+    const key_t_ *k;
+    if (c->rc)
+        return 0;
+    k = find_key(section, name);
+    if (!k) {
+        snprintf(c->err, c->err_len, "config: %s: unknown key %s.%s", c->path, section, name);
+        c->rc = -TMS_EINVAL;
+        return 0;
+    }
+    c->rc = set_value(c->cfg, k, value, c->err, c->err_len);
+    return c->rc == 0;
+}
+
+int tms_config_load_file(tms_config_t *cfg, const char *path, char *err, size_t err_len)
+{
+    ini_ctx_t c = {cfg, err, err_len, 0, path};
+    int r;
+    if (!path)
+        return 0;
+    r = ini_parse(path, on_ini, &c);
+    if (c.rc)
+        return c.rc;
+    if (r < 0) {
+        snprintf(err, err_len, "config: cannot read %s", path);
+        return -TMS_EIO;
+    }
+    if (r > 0) {
+        snprintf(err, err_len, "config: %s:%d: syntax error", path, r);
+        return -TMS_EINVAL;
+    }
+    return 0;
+}
+
+int tms_config_load_env(tms_config_t *cfg, char *err, size_t err_len)
+{
+    for (size_t i = 0; i < NKEYS; i++) {
+        char var[128];
+        const char *v;
+        size_t n = (size_t)snprintf(var, sizeof(var), "TMS_%s_%s", keys[i].section, keys[i].name);
+        for (size_t j = 0; j < n; j++)
+            var[j] = (char)toupper((unsigned char)var[j]);
+        v = getenv(var);
+        if (v) {
+            int rc = set_value(cfg, &keys[i], v, err, err_len);
+            if (rc) {
+                size_t used = strlen(err);
+                snprintf(err + used, err_len - used, " (from %s)", var);
+                return rc;
+            }
+        }
+    }
+    return 0;
+}
+
+int tms_config_set(tms_config_t *cfg, const char *assignment, char *err, size_t err_len)
+{
+    const char *eq = strchr(assignment, '=');
+    const char *dot = strchr(assignment, '.');
+    char section[64], name[64];
+    const key_t_ *k;
+    if (!eq || !dot || dot > eq || (size_t)(dot - assignment) >= sizeof(section) ||
+        (size_t)(eq - dot - 1) >= sizeof(name)) {
+        snprintf(err, err_len, "config: --set \"%.64s\": expected section.key=value", assignment);
+        return -TMS_EINVAL;
+    }
+    memcpy(section, assignment, (size_t)(dot - assignment));
+    section[dot - assignment] = '\0';
+    memcpy(name, dot + 1, (size_t)(eq - dot - 1));
+    name[eq - dot - 1] = '\0';
+    k = find_key(section, name);
+    if (!k) {
+        snprintf(err, err_len, "config: unknown key %.64s.%.64s", section, name);
+        return -TMS_EINVAL;
+    }
+    return set_value(cfg, k, eq + 1, err, err_len);
+}
+
+static int check_url(const char *key, const char *url, const char *const *schemes, char *err,
+                     size_t err_len)
+{
+    for (; *schemes; schemes++) {
+        if (strncmp(url, *schemes, strlen(*schemes)) == 0)
+            return 0;
+    }
+    snprintf(err, err_len, "config: %s: \"%.128s\" is not supported by this build", key, url);
+    return -TMS_EINVAL;
+}
+
+static int check_addr(const char *key, const char *addr, char *err, size_t err_len)
+{
+    const char *colon = strrchr(addr, ':');
+    char *end;
+    long port;
+    if (!colon || colon == addr)
+        goto bad;
+    port = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || end == colon + 1 || port < 0 || port > 65535)
+        goto bad;
+    return 0;
+bad:
+    snprintf(err, err_len, "config: %s: \"%.128s\" is not host:port", key, addr);
+    return -TMS_EINVAL;
+}
+
+int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
+{
+    static const char *const sqlite_only[] = {"sqlite://", NULL};
+    static const char *const maildir_only[] = {"maildir://", NULL};
+    if (cfg->data.dir[0] == '\0') {
+        snprintf(err, err_len, "config: data.dir: must not be empty");
+        return -TMS_EINVAL;
+    }
+    if (check_addr("http.addr", cfg->http.addr, err, err_len) ||
+        check_addr("grpc.addr", cfg->grpc.addr, err, err_len))
+        return -TMS_EINVAL;
+    if (cfg->users.url[0] == '\0')
+        snprintf(cfg->users.url, sizeof(cfg->users.url), "sqlite://%.900s/tms.db", cfg->data.dir);
+    if (cfg->tasks.url[0] == '\0')
+        snprintf(cfg->tasks.url, sizeof(cfg->tasks.url), "sqlite://%.900s/tms.db", cfg->data.dir);
+    if (cfg->mail.url[0] == '\0')
+        snprintf(cfg->mail.url, sizeof(cfg->mail.url), "maildir://%.900s/mail", cfg->data.dir);
+    if (check_url("users.url", cfg->users.url, sqlite_only, err, err_len) ||
+        check_url("tasks.url", cfg->tasks.url, sqlite_only, err, err_len) ||
+        check_url("mail.url", cfg->mail.url, maildir_only, err, err_len))
+        return -TMS_EINVAL;
+    if (cfg->events.brokers[0] != '\0') {
+        snprintf(err, err_len, "config: events.brokers: Kafka is not supported by this build");
+        return -TMS_EINVAL;
+    }
+    if (cfg->auth.jwt_secret[0] != '\0' && strlen(cfg->auth.jwt_secret) < 32) {
+        snprintf(err, err_len, "config: auth.jwt_secret: must be at least 32 bytes");
+        return -TMS_EINVAL;
+    }
+    return 0;
+}
+
+void tms_config_write_defaults(void *file)
+{
+    FILE *f = file;
+    const char *section = "";
+    fprintf(f, "# TMS configuration. Every key is shown with its default.\n"
+               "# Each key can be overridden by the environment variable TMS_<SECTION>_<KEY>\n"
+               "# and on the command line by --set section.key=value.\n");
+    for (size_t i = 0; i < NKEYS; i++) {
+        if (strcmp(section, keys[i].section) != 0) {
+            section = keys[i].section;
+            fprintf(f, "\n[%s]\n", section);
+        }
+        fprintf(f, "# %s\n%s = %s\n", keys[i].doc, keys[i].name, keys[i].def);
+    }
+}

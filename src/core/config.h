@@ -1,0 +1,78 @@
+/* Configuration: defaults, then the config file, then TMS_SECTION_KEY environment
+ * variables, then --set section.key=value, each layer overriding the last. Every
+ * key is declared once in config.c's table (name, type, bounds, default, doc), so
+ * config/tms.conf, the validation and the error messages cannot drift apart. */
+#ifndef TMS_CORE_CONFIG_H
+#define TMS_CORE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tms_config {
+    struct {
+        char addr[128];
+        int64_t max_head_bytes, max_body_bytes;
+        int64_t head_timeout, idle_timeout; /* seconds */
+        int64_t max_connections;
+    } http;
+    struct {
+        char addr[128];
+    } grpc;
+    struct {
+        int64_t workers;
+        int64_t shutdown_grace; /* seconds */
+        int64_t mailbox_capacity;
+        int64_t request_timeout; /* seconds: deadline of every API call */
+    } server;
+    struct {
+        char dir[1024];
+    } data;
+    struct {
+        char url[1024];
+    } users;
+    struct {
+        char url[1024];
+        char migrate[8]; /* auto | off */
+    } tasks;
+    struct {
+        char brokers[1024];
+    } events;
+    struct {
+        char url[1024];
+    } mail;
+    struct {
+        char jwt_secret[512];
+        int64_t token_ttl;
+        char issuer[128];
+        int64_t hash_threads, hash_queue;
+        int64_t argon2_opslimit, argon2_memlimit_kib;
+    } auth;
+    struct {
+        int64_t api_per_minute, login_per_15min, task_create_per_hour;
+    } ratelimit;
+    struct {
+        char level[8];
+    } log;
+} tms_config_t;
+
+/** Fill every field with its default. */
+void tms_config_defaults(tms_config_t *cfg);
+
+/** Load path (NULL: none) over the current values. On error writes one line naming
+ * the key (or file and line) into err and returns -TMS_EINVAL (or -TMS_EIO when the
+ * file cannot be read). */
+int tms_config_load_file(tms_config_t *cfg, const char *path, char *err, size_t err_len);
+
+/** Apply every TMS_SECTION_KEY variable of the environment that names a key. */
+int tms_config_load_env(tms_config_t *cfg, char *err, size_t err_len);
+
+/** Apply "section.key=value". Unknown keys and bad values fail naming the key. */
+int tms_config_set(tms_config_t *cfg, const char *assignment, char *err, size_t err_len);
+
+/** Cross-key checks and derived defaults (users.url from data.dir, ...). */
+int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len);
+
+/** Write the documented default config file text (config/tms.conf) to a FILE*. */
+void tms_config_write_defaults(void *file);
+
+#endif

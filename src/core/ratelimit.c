@@ -1,0 +1,245 @@
+#include "core/ratelimit.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "core/alloc.h"
+
+/* Levels are kept in units of 1/window_ms token, so that a millisecond refills exactly
+ * `limit` units and a take costs exactly `window_ms` units: integer arithmetic only. */
+
+#define MIN_BUCKETS 64
+/* Expired entries dropped from the LRU tail per take: keeps take O(1). */
+#define SWEEP_PER_TAKE 2
+
+typedef struct entry {
+    struct entry *hnext;               /* hash chain */
+    struct entry *lru_prev, *lru_next; /* lru_prev towards most recently used */
+    uint64_t hash;
+    uint64_t level; /* units, 0..cap */
+    uint64_t last_ms;
+    size_t key_len;
+    char key[]; /* NUL-terminated */
+} entry_t;
+
+struct tms_ratelimit {
+    uint32_t limit;
+    uint64_t window_ms;
+    uint64_t cap; /* limit * window_ms */
+    size_t max_keys;
+    size_t count;
+    size_t nbuckets; /* power of two */
+    entry_t **buckets;
+    entry_t *mru, *lru; /* both ends of the recency list */
+    /* Keyed hash: keys come from clients, so chains must not be predictable. */
+    unsigned char seed[crypto_shorthash_KEYBYTES];
+};
+
+tms_ratelimit_t *tms_ratelimit_new(uint32_t limit, uint64_t window_ms, size_t max_keys)
+{
+    tms_ratelimit_t *rl;
+
+    if (limit > 0 && (window_ms == 0 || max_keys == 0 || window_ms > UINT64_MAX / limit))
+        return NULL;
+    if (sodium_init() < 0)
+        return NULL;
+    rl = tms_new(tms_ratelimit_t);
+    rl->limit = limit;
+    rl->window_ms = window_ms;
+    rl->cap = (uint64_t)limit * window_ms;
+    rl->max_keys = max_keys;
+    rl->nbuckets = MIN_BUCKETS;
+    rl->buckets = tms_calloc(rl->nbuckets, sizeof *rl->buckets);
+    randombytes_buf(rl->seed, sizeof rl->seed);
+    return rl;
+}
+
+void tms_ratelimit_free(tms_ratelimit_t **prl)
+{
+    tms_ratelimit_t *rl;
+    entry_t *e, *next;
+
+    if (!prl || !*prl)
+        return;
+    rl = *prl;
+    for (e = rl->mru; e; e = next) {
+        next = e->lru_next;
+        free(e);
+    }
+    free(rl->buckets);
+    free(rl);
+    *prl = NULL;
+}
+
+size_t tms_ratelimit_size(const tms_ratelimit_t *rl)
+{
+    return rl ? rl->count : 0;
+}
+
+static uint64_t hash_key(const tms_ratelimit_t *rl, const char *key, size_t len)
+{
+    unsigned char h[crypto_shorthash_BYTES];
+    uint64_t v;
+
+    crypto_shorthash(h, (const unsigned char *)key, len, rl->seed);
+    memcpy(&v, h, sizeof v);
+    return v;
+}
+
+static void lru_unlink(tms_ratelimit_t *rl, entry_t *e)
+{
+    if (e->lru_prev)
+        e->lru_prev->lru_next = e->lru_next;
+    else
+        rl->mru = e->lru_next;
+    if (e->lru_next)
+        e->lru_next->lru_prev = e->lru_prev;
+    else
+        rl->lru = e->lru_prev;
+    e->lru_prev = e->lru_next = NULL;
+}
+
+static void lru_push_front(tms_ratelimit_t *rl, entry_t *e)
+{
+    e->lru_prev = NULL;
+    e->lru_next = rl->mru;
+    if (rl->mru)
+        rl->mru->lru_prev = e;
+    rl->mru = e;
+    if (!rl->lru)
+        rl->lru = e;
+}
+
+static void remove_entry(tms_ratelimit_t *rl, entry_t *e)
+{
+    entry_t **pp = &rl->buckets[e->hash & (rl->nbuckets - 1)];
+
+    while (*pp != e)
+        pp = &(*pp)->hnext;
+    *pp = e->hnext;
+    lru_unlink(rl, e);
+    rl->count--;
+    free(e);
+}
+
+/* Double the bucket array once the load factor passes 1; O(n), amortised O(1). */
+static void maybe_grow(tms_ratelimit_t *rl)
+{
+    size_t n = rl->nbuckets * 2, i;
+    entry_t **b, *e, *next;
+
+    if (rl->count <= rl->nbuckets || n / 2 > rl->max_keys)
+        return;
+    b = tms_calloc(n, sizeof *b);
+    for (i = 0; i < rl->nbuckets; i++) {
+        for (e = rl->buckets[i]; e; e = next) {
+            next = e->hnext;
+            e->hnext = b[e->hash & (n - 1)];
+            b[e->hash & (n - 1)] = e;
+        }
+    }
+    free(rl->buckets);
+    rl->buckets = b;
+    rl->nbuckets = n;
+}
+
+/* An entry untouched for a whole window is full again: dropping it changes nothing. */
+static int expired(const tms_ratelimit_t *rl, const entry_t *e, uint64_t now_ms)
+{
+    return now_ms >= e->last_ms && now_ms - e->last_ms >= rl->window_ms;
+}
+
+static entry_t *lookup(tms_ratelimit_t *rl, const char *key, size_t len, uint64_t h)
+{
+    entry_t *e;
+
+    for (e = rl->buckets[h & (rl->nbuckets - 1)]; e; e = e->hnext) {
+        if (e->hash == h && e->key_len == len && memcmp(e->key, key, len) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+static entry_t *insert(tms_ratelimit_t *rl, const char *key, size_t len, uint64_t h,
+                       uint64_t now_ms)
+{
+    entry_t *e;
+    size_t slot;
+
+    /* When full, the LRU entry goes whether or not it has expired: under a flood of new
+     * keys an old key may get a fresh bucket early, but memory stays bounded. */
+    if (rl->count >= rl->max_keys)
+        remove_entry(rl, rl->lru);
+    e = tms_malloc(sizeof *e + len + 1);
+    memset(e, 0, sizeof *e);
+    memcpy(e->key, key, len);
+    e->key[len] = '\0';
+    e->key_len = len;
+    e->hash = h;
+    e->level = rl->cap;
+    e->last_ms = now_ms;
+    slot = h & (rl->nbuckets - 1);
+    e->hnext = rl->buckets[slot];
+    rl->buckets[slot] = e;
+    lru_push_front(rl, e);
+    rl->count++;
+    maybe_grow(rl);
+    return e;
+}
+
+static uint64_t ceil_div(uint64_t a, uint64_t b)
+{
+    return a / b + (a % b != 0);
+}
+
+tms_ratelimit_result_t tms_ratelimit_take(tms_ratelimit_t *rl, const char *key, uint64_t now_ms)
+{
+    tms_ratelimit_result_t r = {.allowed = 1};
+    entry_t *e;
+    size_t len;
+    uint64_t h;
+    int i;
+
+    if (!rl || rl->limit == 0)
+        return r;
+    if (!key)
+        key = "";
+    r.limit = rl->limit;
+    len = strlen(key);
+    h = hash_key(rl, key, len);
+
+    e = lookup(rl, key, len, h);
+    for (i = 0; i < SWEEP_PER_TAKE && rl->lru && rl->lru != e && expired(rl, rl->lru, now_ms); i++)
+        remove_entry(rl, rl->lru);
+
+    if (e) {
+        if (now_ms > e->last_ms) {
+            uint64_t elapsed = now_ms - e->last_ms;
+            /* elapsed < window_ms here, so elapsed * limit < cap cannot overflow. */
+            if (elapsed >= rl->window_ms || rl->cap - e->level <= elapsed * rl->limit)
+                e->level = rl->cap;
+            else
+                e->level += elapsed * rl->limit;
+            e->last_ms = now_ms;
+        }
+        lru_unlink(rl, e);
+        lru_push_front(rl, e);
+    } else {
+        e = insert(rl, key, len, h, now_ms);
+    }
+
+    if (e->level >= rl->window_ms) {
+        e->level -= rl->window_ms;
+    } else {
+        uint64_t wait_ms = ceil_div(rl->window_ms - e->level, rl->limit);
+        r.allowed = 0;
+        r.retry_after_s = ceil_div(wait_ms, 1000);
+        if (r.retry_after_s == 0)
+            r.retry_after_s = 1;
+    }
+    r.remaining = (uint32_t)(e->level / rl->window_ms);
+    r.reset_s = ceil_div(ceil_div(rl->cap - e->level, rl->limit), 1000);
+    return r;
+}

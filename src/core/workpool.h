@@ -1,0 +1,34 @@
+/* A bounded pool of worker threads for CPU work that must not run on a loop
+ * (password hashing). A job is a message: the pool runs job->run(job) on one of
+ * its threads, then replies with it to job->msg.reply_to, so the continuation runs
+ * on the submitter's loop. Sized on its own rather than with libuv's threadpool,
+ * whose 4 threads are shared with DNS and file work. */
+#ifndef TMS_CORE_WORKPOOL_H
+#define TMS_CORE_WORKPOOL_H
+
+#include <stddef.h>
+
+#include "core/mailbox.h"
+
+typedef struct tms_workpool tms_workpool_t;
+
+typedef struct tms_job tms_job_t;
+struct tms_job {
+    tms_msg_t msg; /* first member; reply_to and cont set by the submitter */
+    void (*run)(tms_job_t *job);
+};
+
+/** Start `threads` workers sharing a queue of at most `capacity` jobs. Never NULL. */
+tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity);
+
+/** Queue a job; takes ownership and clears *job on success. Returns 0, -TMS_EFULL
+ * (queue full: answer UNAVAILABLE) or -TMS_ECLOSED. */
+int tms_workpool_submit(tms_workpool_t *pool, tms_job_t **job);
+
+/** Jobs waiting to run. */
+size_t tms_workpool_depth(tms_workpool_t *pool);
+
+/** Stop taking jobs, run those queued, join the threads and free. Sets *pool NULL. */
+void tms_workpool_free(tms_workpool_t **pool);
+
+#endif

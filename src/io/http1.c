@@ -1,0 +1,1257 @@
+/* Strict HTTP/1.1 server: libuv for I/O, llhttp (no lenient flags) for parsing.
+ *
+ * Per connection the parser is fed only while no request is with the handler: when
+ * on_message_complete fires the parser pauses, unread bytes stay in conn->in, and
+ * parsing resumes after the response has been written. Responses are thus in order
+ * and at most one request per connection is in flight. */
+#include "io/http1.h"
+
+#include <errno.h>
+#include <llhttp.h>
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/metrics.h"
+
+#define READ_CHUNK 65536
+#define LINGER_MS 2000
+/* Bytes buffered while a request is with the handler before reading pauses. */
+#define PENDING_MAX (256 * 1024)
+#define DETACHED_STATUS 499
+
+typedef enum phase {
+    PH_IDLE,    /* between requests: idle timer */
+    PH_HEAD,    /* request line and headers arriving: head timer */
+    PH_BODY,    /* body arriving: inactivity timer */
+    PH_HANDLER, /* request with the handler: no timer, parser paused */
+    PH_WRITING, /* response queued, waiting for its write callback */
+    PH_LINGER,  /* final response written, shutdown sent, discarding input */
+} phase_t;
+
+typedef struct conn conn_t;
+
+typedef struct hoff {
+    size_t name, value;
+} hoff_t;
+
+typedef struct hreq {
+    tms_http_request_t pub; /* first: the handler sees &pub */
+    conn_t *conn;           /* NULL once the connection is gone */
+    char *buf;              /* request line and header strings, NUL-separated */
+    size_t len, cap;
+    size_t url_off; /* SIZE_MAX until the URL started */
+    bool url_done;
+    hoff_t *hoff;
+    size_t nh, hcap;
+    bool in_field, in_value;
+    char *body;
+    size_t body_len, body_cap;
+    char method[24];
+    bool is_head, keep_alive, dispatched;
+} hreq_t;
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_shutdown_t shutdown;
+    tms_http_server_t *srv;
+    conn_t *prev, *next;
+    llhttp_t parser;
+    phase_t phase;
+    int handles; /* open uv handles; freed when 0 */
+    bool closing, reading, peer_eof, ready, in_trailers;
+    hreq_t *req;
+    size_t head_bytes;
+    int err_status; /* set by a callback that rejects: 413, 431 or 400 */
+    const char *err_reason;
+    char *in; /* unparsed input */
+    size_t in_len, in_cap;
+    char client_addr[64];
+};
+
+typedef struct metric_entry {
+    struct metric_entry *next;
+    char *route, *method;
+    int status;
+    tms_counter_t *counter;
+    tms_histogram_t *hist;
+} metric_entry_t;
+
+struct tms_http_server {
+    uv_loop_t *loop;
+    tms_http_limits_t limits;
+    tms_http_handler_fn handler;
+    void *ctx;
+    llhttp_settings_t settings;
+    uv_tcp_t listener;
+    uv_timer_t grace;
+    bool listening, listener_closed, stopping, grace_closing, stopped;
+    void (*on_stopped)(void *arg);
+    void *stop_arg;
+    conn_t *conns;
+    size_t nconns, inflight;
+    uint64_t rng[2];
+    char rbuf[READ_CHUNK]; /* shared: every read is consumed in its read callback */
+    time_t date_sec;
+    char date[40];
+    metric_entry_t *metrics;
+};
+
+static atomic_long open_connections;
+
+static double connections_gauge(void *arg)
+{
+    (void)arg;
+    return (double)atomic_load(&open_connections);
+}
+
+void tms_http_limits_default(tms_http_limits_t *l)
+{
+    l->max_head_bytes = 16384;
+    l->max_body_bytes = 1024 * 1024;
+    l->head_timeout_ms = 10000;
+    l->idle_timeout_ms = 60000;
+    l->max_connections = 10000;
+}
+
+const char *tms_http_header_get(const tms_http_request_t *req, const char *name)
+{
+    for (size_t i = 0; i < req->nheaders; i++) {
+        if (strcasecmp(req->headers[i].name, name) == 0)
+            return req->headers[i].value;
+    }
+    return NULL;
+}
+
+/* ---- small helpers ---- */
+
+static void buf_append(char **buf, size_t *len, size_t *cap, const char *p, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap : 256;
+        while (c < *len + n + 1)
+            c *= 2;
+        *buf = tms_realloc(*buf, c);
+        *cap = c;
+    }
+    memcpy(*buf + *len, p, n);
+    *len += n;
+    (*buf)[*len] = '\0';
+}
+
+static uint64_t rng_next(tms_http_server_t *s)
+{
+    /* xorshift128+: request ids need uniqueness, not secrecy. */
+    uint64_t a = s->rng[0], b = s->rng[1];
+    s->rng[0] = b;
+    a ^= a << 23;
+    s->rng[1] = a ^ b ^ (a >> 17) ^ (b >> 26);
+    return s->rng[1] + b;
+}
+
+static bool request_id_sane(const char *v)
+{
+    size_t n = 0;
+    for (; v[n]; n++) {
+        char c = v[n];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == ':' || c == '-'))
+            return false;
+    }
+    return n >= 1 && n <= 64;
+}
+
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'))
+        return true;
+    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return "Unknown";
+    }
+}
+
+static const char *http_date(tms_http_server_t *s)
+{
+    time_t now = time(NULL);
+    if (now != s->date_sec) {
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        strftime(s->date, sizeof s->date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        s->date_sec = now;
+    }
+    return s->date;
+}
+
+static void json_escape(char **buf, size_t *len, size_t *cap, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char tmp[8];
+        if (c == '"' || c == '\\') {
+            tmp[0] = '\\';
+            tmp[1] = (char)c;
+            buf_append(buf, len, cap, tmp, 2);
+        } else if (c < 0x20) {
+            snprintf(tmp, sizeof tmp, "\\u%04x", c);
+            buf_append(buf, len, cap, tmp, 6);
+        } else {
+            buf_append(buf, len, cap, (const char *)&c, 1);
+        }
+    }
+}
+
+static char *error_body(tms_status_t code, const char *message, size_t *out_len)
+{
+    char *b = NULL;
+    size_t len = 0, cap = 0;
+    const char *name = tms_status_name(code);
+    buf_append(&b, &len, &cap, "{\"error\":{\"code\":\"", 18);
+    buf_append(&b, &len, &cap, name, strlen(name));
+    buf_append(&b, &len, &cap, "\",\"message\":\"", 13);
+    json_escape(&b, &len, &cap, message ? message : "");
+    buf_append(&b, &len, &cap, "\"}}", 3);
+    *out_len = len;
+    return b;
+}
+
+/* ---- metrics and logs ---- */
+
+static void observe(tms_http_server_t *s, const char *route, const char *method, int status,
+                    double seconds)
+{
+    metric_entry_t *e = NULL;
+    char labels[256];
+    if (s) {
+        /* O(distinct route x method x status); a few dozen in practice. */
+        for (e = s->metrics; e; e = e->next) {
+            if (e->status == status && strcmp(e->route, route) == 0 &&
+                strcmp(e->method, method) == 0)
+                break;
+        }
+    }
+    if (!e) {
+        tms_counter_t *c;
+        tms_histogram_t *h;
+        snprintf(labels, sizeof labels, "route=\"%s\",method=\"%s\",status=\"%d\"", route, method,
+                 status);
+        c = tms_metrics_counter("tms_http_requests_total", "HTTP requests completed", labels);
+        snprintf(labels, sizeof labels, "route=\"%s\"", route);
+        h = tms_metrics_histogram("tms_http_request_duration_seconds",
+                                  "HTTP request duration from head complete to response", labels);
+        if (!s) {
+            tms_counter_add(c, 1);
+            tms_histogram_observe(h, seconds);
+            return;
+        }
+        e = tms_new(metric_entry_t);
+        e->route = tms_strdup(route);
+        e->method = tms_strdup(method);
+        e->status = status;
+        e->counter = c;
+        e->hist = h;
+        e->next = s->metrics;
+        s->metrics = e;
+    }
+    tms_counter_add(e->counter, 1);
+    tms_histogram_observe(e->hist, seconds);
+}
+
+static void log_request(tms_http_server_t *s, const tms_http_request_t *r, int status)
+{
+    char qpath[256];
+    uint64_t now = uv_hrtime();
+    double secs = r->start_ns && now >= r->start_ns ? (double)(now - r->start_ns) / 1e9 : 0.0;
+    const char *path = r->path ? r->path : "-";
+    const char *route = r->route ? r->route : "unmatched";
+    const char *method = r->method && r->method[0] ? r->method : "-";
+    tms_log_quote(qpath, sizeof qpath, path, strlen(path));
+    tms_log_info("request", "method=%s route=%s path=%s status=%d dur_ms=%.3f rid=%s client=%s",
+                 method, route, qpath, status, secs * 1e3, r->request_id,
+                 r->client_addr[0] ? r->client_addr : "-");
+    observe(s, route, method, status, secs);
+}
+
+/* ---- requests ---- */
+
+static hreq_t *req_new(conn_t *c)
+{
+    hreq_t *r = tms_new(hreq_t);
+    r->conn = c;
+    r->url_off = SIZE_MAX;
+    r->pub.route = "unmatched";
+    r->pub.query = "";
+    r->pub.body = "";
+    snprintf(r->pub.client_addr, sizeof r->pub.client_addr, "%s", c->client_addr);
+    return r;
+}
+
+static void req_free(hreq_t *r)
+{
+    if (!r)
+        return;
+    free(r->buf);
+    free(r->hoff);
+    free(r->pub.headers);
+    free(r->body);
+    free(r);
+}
+
+/* Fill the public view of r once its head is complete (r->buf no longer moves). */
+static void req_finish_head(tms_http_server_t *s, hreq_t *r)
+{
+    char *url;
+    char *q;
+    const char *rid;
+    if (r->url_off == SIZE_MAX) {
+        r->url_off = r->len;
+        buf_append(&r->buf, &r->len, &r->cap, "", 1);
+    }
+    url = r->buf + r->url_off;
+    q = strchr(url, '?');
+    if (q) {
+        *q = '\0';
+        r->pub.query = q + 1;
+    }
+    r->pub.path = url;
+    r->pub.method = r->method;
+    r->pub.headers = tms_calloc(r->nh ? r->nh : 1, sizeof(tms_http_header_t));
+    for (size_t i = 0; i < r->nh; i++) {
+        r->pub.headers[i].name = r->buf + r->hoff[i].name;
+        r->pub.headers[i].value = r->hoff[i].value == SIZE_MAX ? "" : r->buf + r->hoff[i].value;
+    }
+    r->pub.nheaders = r->nh;
+    rid = tms_http_header_get(&r->pub, "X-Request-Id");
+    if (rid && request_id_sane(rid)) {
+        snprintf(r->pub.request_id, sizeof r->pub.request_id, "%s", rid);
+    } else {
+        snprintf(r->pub.request_id, sizeof r->pub.request_id, "%016llx%016llx",
+                 (unsigned long long)rng_next(s), (unsigned long long)rng_next(s));
+    }
+    r->pub.start_ns = uv_hrtime();
+}
+
+/* ---- connection lifecycle ---- */
+
+static void on_handle_close(uv_handle_t *h);
+static void process(conn_t *c);
+static void maybe_stopped(tms_http_server_t *s);
+static void begin_linger(conn_t *c);
+
+static void read_start(conn_t *c);
+
+static void conn_close(conn_t *c)
+{
+    hreq_t *r = c->req;
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->req = NULL;
+    if (r) {
+        if (r->dispatched) {
+            /* The handler still owns it; tms_http_respond will only free it. */
+            r->conn = NULL;
+            c->srv->inflight--;
+        } else {
+            req_free(r);
+        }
+    }
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, on_handle_close);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_close);
+}
+
+static void on_handle_close(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    tms_http_server_t *s = c->srv;
+    if (--c->handles > 0)
+        return;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    atomic_fetch_sub(&open_connections, 1);
+    free(c->in);
+    free(c);
+    maybe_stopped(s);
+}
+
+static void timer_restart(conn_t *c, uint64_t ms, uv_timer_cb cb)
+{
+    uv_timer_stop(&c->timer);
+    if (ms > 0)
+        uv_timer_start(&c->timer, cb, ms, 0);
+}
+
+typedef struct wreq {
+    uv_write_t w;
+    conn_t *conn;
+    bool close_after, final;
+    char data[];
+} wreq_t;
+
+static void on_write(uv_write_t *w, int status)
+{
+    wreq_t *wr = (wreq_t *)w;
+    conn_t *c = wr->conn;
+    bool close_after = wr->close_after, final = wr->final;
+    free(wr);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    if (!final)
+        return; /* 100 Continue */
+    if (close_after || c->srv->stopping) {
+        begin_linger(c);
+        return;
+    }
+    c->phase = PH_IDLE;
+    process(c);
+}
+
+/* Queue len bytes (copied) on c. final marks the response that ends a request. */
+static void conn_write(conn_t *c, const char *data, size_t len, bool final, bool close_after)
+{
+    wreq_t *wr = tms_malloc(sizeof *wr + len);
+    uv_buf_t b;
+    int rc;
+    wr->conn = c;
+    wr->final = final;
+    wr->close_after = close_after;
+    memcpy(wr->data, data, len);
+    b = uv_buf_init(wr->data, (unsigned)len);
+    rc = uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rc < 0) {
+        free(wr);
+        conn_close(c);
+    }
+}
+
+/* Serialize status line, headers and body into one buffer owned by the caller. */
+static char *build_response(tms_http_server_t *s, int status, const char *rid, bool close_after,
+                            const tms_http_header_t *headers, size_t nheaders,
+                            const char *content_type, const char *body, size_t body_len,
+                            bool omit_body, size_t *out_len)
+{
+    char *b = NULL;
+    size_t len = 0, cap = 512 + body_len;
+    char line[256];
+    int n;
+    bool no_body_status = status == 204 || status == 304 || (status >= 100 && status < 200);
+    b = tms_malloc(cap);
+    n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, reason_phrase(status),
+                 http_date(s));
+    buf_append(&b, &len, &cap, line, (size_t)n);
+    if (content_type && !no_body_status) {
+        buf_append(&b, &len, &cap, "Content-Type: ", 14);
+        buf_append(&b, &len, &cap, content_type, strcspn(content_type, "\r\n"));
+        buf_append(&b, &len, &cap, "\r\n", 2);
+    }
+    if (status != 204 && !(status >= 100 && status < 200)) {
+        n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", no_body_status ? 0 : body_len);
+        buf_append(&b, &len, &cap, line, (size_t)n);
+    }
+    n = snprintf(line, sizeof line, "X-Request-Id: %s\r\n", rid);
+    buf_append(&b, &len, &cap, line, (size_t)n);
+    if (close_after)
+        buf_append(&b, &len, &cap, "Connection: close\r\n", 19);
+    for (size_t i = 0; i < nheaders; i++) {
+        const char *hn = headers[i].name, *hv = headers[i].value;
+        if (!hn || !hv || !hn[0] || strpbrk(hn, "\r\n: ") || strpbrk(hv, "\r\n")) {
+            tms_log_warn("http_bad_header", "rid=%s dropped a response header with CR/LF", rid);
+            continue;
+        }
+        buf_append(&b, &len, &cap, hn, strlen(hn));
+        buf_append(&b, &len, &cap, ": ", 2);
+        buf_append(&b, &len, &cap, hv, strlen(hv));
+        buf_append(&b, &len, &cap, "\r\n", 2);
+    }
+    buf_append(&b, &len, &cap, "\r\n", 2);
+    if (body_len && !omit_body && !no_body_status)
+        buf_append(&b, &len, &cap, body, body_len);
+    *out_len = len;
+    return b;
+}
+
+/* Answer a request the server itself rejects (400, 408, 413, 431), then close. */
+static void conn_fail(conn_t *c, int status, tms_status_t code, const char *message)
+{
+    tms_http_server_t *s = c->srv;
+    hreq_t *r = c->req;
+    tms_http_request_t view;
+    char *body, *resp;
+    size_t body_len, resp_len;
+    memset(&view, 0, sizeof view);
+    if (r) {
+        view.method = r->method;
+        view.path = r->url_off != SIZE_MAX && r->url_done ? r->buf + r->url_off : NULL;
+        view.start_ns = r->pub.start_ns;
+    }
+    view.route = "unmatched";
+    snprintf(view.client_addr, sizeof view.client_addr, "%s", c->client_addr);
+    snprintf(view.request_id, sizeof view.request_id, "%016llx%016llx",
+             (unsigned long long)rng_next(s), (unsigned long long)rng_next(s));
+    body = error_body(code, message, &body_len);
+    resp = build_response(s, status, view.request_id, true, NULL, 0, "application/json", body,
+                          body_len, false, &resp_len);
+    log_request(s, &view, status);
+    free(body);
+    req_free(r);
+    c->req = NULL;
+    c->phase = PH_WRITING;
+    uv_timer_stop(&c->timer);
+    conn_write(c, resp, resp_len, true, true);
+    free(resp);
+}
+
+static void on_linger_timeout(uv_timer_t *t)
+{
+    conn_close(t->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    conn_t *c = req->data;
+    if (status < 0 && !c->closing)
+        conn_close(c);
+}
+
+/* Half-close after the final response and drain input for a while, so that the client
+ * reads the response instead of getting a reset for unread request bytes. */
+static void begin_linger(conn_t *c)
+{
+    c->phase = PH_LINGER;
+    c->in_len = 0;
+    c->shutdown.data = c;
+    if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        conn_close(c);
+        return;
+    }
+    timer_restart(c, c->srv->stopping ? 200 : LINGER_MS, on_linger_timeout);
+    if (c->peer_eof)
+        conn_close(c);
+    else
+        read_start(c);
+}
+
+static void on_conn_timeout(uv_timer_t *t)
+{
+    conn_t *c = t->data;
+    switch (c->phase) {
+    case PH_HEAD:
+    case PH_BODY:
+        conn_fail(c, 408, TMS_DEADLINE_EXCEEDED, "request not received in time");
+        break;
+    case PH_HANDLER:
+    case PH_WRITING:
+        break; /* the handler owns deadlines */
+    default:
+        conn_close(c);
+        break;
+    }
+}
+
+/* ---- llhttp callbacks ---- */
+
+static int reject(conn_t *c, int status, const char *reason)
+{
+    if (!c->err_status) {
+        c->err_status = status;
+        c->err_reason = reason;
+    }
+    return -1;
+}
+
+static int count_head(conn_t *c, size_t n)
+{
+    c->head_bytes += n;
+    if (c->head_bytes > c->srv->limits.max_head_bytes)
+        return reject(c, 431, "request head too large");
+    return 0;
+}
+
+static int on_message_begin(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    c->head_bytes = 0;
+    c->in_trailers = false;
+    c->req = req_new(c);
+    c->phase = PH_HEAD;
+    timer_restart(c, c->srv->limits.head_timeout_ms, on_conn_timeout);
+    return 0;
+}
+
+static int on_method(llhttp_t *p, const char *at, size_t n)
+{
+    return count_head(p->data, n + 1);
+}
+
+static int on_method_complete(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    snprintf(c->req->method, sizeof c->req->method, "%s",
+             llhttp_method_name((llhttp_method_t)llhttp_get_method(p)));
+    c->req->is_head = llhttp_get_method(p) == HTTP_HEAD;
+    return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t n)
+{
+    conn_t *c = p->data;
+    hreq_t *r = c->req;
+    if (count_head(c, n))
+        return -1;
+    if (r->url_off == SIZE_MAX)
+        r->url_off = r->len;
+    buf_append(&r->buf, &r->len, &r->cap, at, n);
+    return 0;
+}
+
+static int on_url_complete(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    hreq_t *r = c->req;
+    if (r->url_off == SIZE_MAX)
+        r->url_off = r->len;
+    buf_append(&r->buf, &r->len, &r->cap, "", 1);
+    r->url_done = true;
+    return count_head(c, 12); /* " HTTP/1.1\r\n" */
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    conn_t *c = p->data;
+    hreq_t *r = c->req;
+    if (count_head(c, n))
+        return -1;
+    if (c->in_trailers)
+        return 0;
+    if (!r->in_field) {
+        if (r->nh == r->hcap) {
+            r->hcap = r->hcap ? r->hcap * 2 : 16;
+            r->hoff = tms_realloc(r->hoff, r->hcap * sizeof *r->hoff);
+        }
+        r->hoff[r->nh].name = r->len;
+        r->hoff[r->nh].value = SIZE_MAX;
+        r->nh++;
+        r->in_field = true;
+    }
+    buf_append(&r->buf, &r->len, &r->cap, at, n);
+    return 0;
+}
+
+static int on_header_field_complete(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    hreq_t *r = c->req;
+    if (count_head(c, 4)) /* ": " and CRLF */
+        return -1;
+    if (c->in_trailers)
+        return 0;
+    if (!r->in_field || !r->nh)
+        return reject(c, 400, "empty header name");
+    r->in_field = false;
+    for (const char *q = r->buf + r->hoff[r->nh - 1].name; *q; q++) {
+        if (!is_tchar((unsigned char)*q))
+            return reject(c, 400, "invalid header name");
+    }
+    buf_append(&r->buf, &r->len, &r->cap, "", 1);
+    r->in_value = false;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    conn_t *c = p->data;
+    hreq_t *r = c->req;
+    if (count_head(c, n))
+        return -1;
+    if (c->in_trailers || !r->nh)
+        return 0;
+    if (!r->in_value) {
+        r->hoff[r->nh - 1].value = r->len;
+        r->in_value = true;
+    }
+    buf_append(&r->buf, &r->len, &r->cap, at, n);
+    return 0;
+}
+
+static int on_header_value_complete(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    hreq_t *r = c->req;
+    size_t start;
+    if (c->in_trailers || !r->nh)
+        return 0;
+    if (!r->in_value)
+        r->hoff[r->nh - 1].value = r->len;
+    start = r->hoff[r->nh - 1].value;
+    while (r->len > start && (r->buf[r->len - 1] == ' ' || r->buf[r->len - 1] == '\t'))
+        r->buf[--r->len] = '\0';
+    buf_append(&r->buf, &r->len, &r->cap, "", 1);
+    r->in_value = false;
+    return 0;
+}
+
+static int on_headers_complete(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    tms_http_server_t *s = c->srv;
+    hreq_t *r = c->req;
+    const char *expect;
+    if (p->upgrade)
+        return reject(c, 400, "upgrade not supported");
+    if ((p->flags & F_CONTENT_LENGTH) && p->content_length > s->limits.max_body_bytes)
+        return reject(c, 413, "request body too large");
+    req_finish_head(s, r);
+    c->in_trailers = true;
+    c->phase = PH_BODY;
+    timer_restart(c, s->limits.idle_timeout_ms, on_conn_timeout);
+    expect = tms_http_header_get(&r->pub, "Expect");
+    if (expect && strcasecmp(expect, "100-continue") == 0 && p->http_major == 1 &&
+        p->http_minor == 1 && ((p->flags & F_CHUNKED) || p->content_length > 0)) {
+        static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
+        conn_write(c, cont, sizeof cont - 1, false, false);
+    }
+    return 0;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t n)
+{
+    conn_t *c = p->data;
+    hreq_t *r = c->req;
+    if (r->body_len + n > c->srv->limits.max_body_bytes)
+        return reject(c, 413, "request body too large");
+    buf_append(&r->body, &r->body_len, &r->body_cap, at, n);
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    conn_t *c = p->data;
+    hreq_t *r = c->req;
+    r->keep_alive = llhttp_should_keep_alive(p) != 0;
+    if (r->body)
+        r->pub.body = r->body;
+    r->pub.body_len = r->body_len;
+    c->ready = true;
+    return HPE_PAUSED;
+}
+
+static const char *parse_reason(llhttp_errno_t e)
+{
+    switch (e) {
+    case HPE_UNEXPECTED_CONTENT_LENGTH:
+        return "conflicting Content-Length";
+    case HPE_INVALID_CONTENT_LENGTH:
+        return "invalid Content-Length";
+    case HPE_INVALID_CHUNK_SIZE:
+        return "invalid chunk size";
+    case HPE_INVALID_TRANSFER_ENCODING:
+        return "invalid Transfer-Encoding";
+    case HPE_INVALID_METHOD:
+        return "invalid method";
+    case HPE_INVALID_URL:
+        return "invalid request target";
+    case HPE_INVALID_VERSION:
+        return "invalid HTTP version";
+    case HPE_INVALID_HEADER_TOKEN:
+        return "invalid header";
+    case HPE_INVALID_CONSTANT:
+        return "invalid request line";
+    case HPE_CR_EXPECTED:
+    case HPE_LF_EXPECTED:
+    case HPE_STRICT:
+        return "invalid line ending";
+    case HPE_PAUSED_H2_UPGRADE:
+        return "HTTP/2 not supported";
+    default:
+        return "parse error";
+    }
+}
+
+/* ---- feeding the parser ---- */
+
+static void dispatch(conn_t *c)
+{
+    tms_http_server_t *s = c->srv;
+    hreq_t *r = c->req;
+    r->dispatched = true;
+    c->phase = PH_HANDLER;
+    uv_timer_stop(&c->timer);
+    s->inflight++;
+    s->handler(s->ctx, &r->pub);
+}
+
+/* Parse buffered input until a request is complete, an error, or the input runs out. */
+static void process(conn_t *c)
+{
+    while (!c->closing && (c->phase == PH_IDLE || c->phase == PH_HEAD || c->phase == PH_BODY)) {
+        llhttp_errno_t e;
+        size_t used;
+        if (c->in_len == 0) {
+            if (c->peer_eof) {
+                conn_close(c); /* nothing more will come */
+                return;
+            }
+            if (c->phase == PH_IDLE) {
+                if (c->srv->stopping) {
+                    conn_close(c);
+                    return;
+                }
+                timer_restart(c, c->srv->limits.idle_timeout_ms, on_conn_timeout);
+            }
+            break;
+        }
+        e = llhttp_execute(&c->parser, c->in, c->in_len);
+        if (e == HPE_OK) {
+            used = c->in_len;
+        } else if (e == HPE_PAUSED && c->ready) {
+            used = (size_t)(llhttp_get_error_pos(&c->parser) - c->in);
+            llhttp_resume(&c->parser);
+        } else {
+            int status = c->err_status ? c->err_status : 400;
+            const char *why = c->err_status ? c->err_reason : parse_reason(e);
+            char msg[128];
+            tms_status_t code = TMS_INVALID_ARGUMENT;
+            if (status == 413 || status == 431)
+                code = TMS_RESOURCE_EXHAUSTED;
+            snprintf(msg, sizeof msg, "%s%s", status == 400 ? "malformed HTTP request: " : "", why);
+            c->in_len = 0;
+            conn_fail(c, status, code, msg);
+            return;
+        }
+        memmove(c->in, c->in + used, c->in_len - used);
+        c->in_len -= used;
+        if (c->ready) {
+            c->ready = false;
+            dispatch(c);
+            break;
+        }
+    }
+    if (c->in_len == 0 && c->in_cap > READ_CHUNK) {
+        free(c->in);
+        c->in = NULL;
+        c->in_cap = 0;
+    }
+    if (!c->closing && !c->peer_eof && c->phase != PH_LINGER) {
+        if (c->in_len < PENDING_MAX)
+            read_start(c);
+        else if (c->reading) {
+            uv_read_stop((uv_stream_t *)&c->tcp);
+            c->reading = false;
+        }
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    conn_t *c = h->data;
+    (void)suggested;
+    *buf = uv_buf_init(c->srv->rbuf, sizeof c->srv->rbuf);
+}
+
+static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = st->data;
+    if (c->closing)
+        return;
+    if (nread < 0) {
+        if (nread == UV_EOF && (c->phase == PH_HANDLER || c->phase == PH_WRITING)) {
+            /* Half-close: answer, then close. */
+            c->peer_eof = true;
+            uv_read_stop(st);
+            c->reading = false;
+        } else if (nread == UV_EOF && c->phase == PH_BODY) {
+            conn_fail(c, 400, TMS_INVALID_ARGUMENT, "malformed HTTP request: truncated body");
+        } else {
+            conn_close(c);
+        }
+        return;
+    }
+    if (nread == 0)
+        return;
+    if (c->phase == PH_LINGER)
+        return; /* discard */
+    buf_append(&c->in, &c->in_len, &c->in_cap, buf->base, (size_t)nread);
+    if (c->phase == PH_BODY)
+        timer_restart(c, c->srv->limits.idle_timeout_ms, on_conn_timeout);
+    if (c->phase == PH_IDLE || c->phase == PH_HEAD || c->phase == PH_BODY)
+        process(c);
+    else if (c->in_len >= PENDING_MAX) {
+        uv_read_stop(st);
+        c->reading = false;
+    }
+}
+
+static void read_start(conn_t *c)
+{
+    if (!c->reading && !c->closing) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->reading = true;
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    tms_http_server_t *s = server->data;
+    conn_t *c;
+    struct sockaddr_storage ss;
+    int sslen = sizeof ss;
+    if (status < 0) {
+        tms_log_warn("http_accept", "error=\"%s\"", uv_strerror(status));
+        return;
+    }
+    c = tms_new(conn_t);
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->handles = 2;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    atomic_fetch_add(&open_connections, 1);
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+        conn_close(c);
+        return;
+    }
+    if (s->stopping || s->nconns > s->limits.max_connections) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
+        if (ss.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&ss, c->client_addr, sizeof c->client_addr);
+        else if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_addr, sizeof c->client_addr);
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
+    c->parser.data = c;
+    c->phase = PH_IDLE;
+    process(c);
+}
+
+/* ---- server ---- */
+
+tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t *limits,
+                                       tms_http_handler_fn handler, void *ctx)
+{
+    tms_http_server_t *s = tms_new(tms_http_server_t);
+    s->loop = loop;
+    if (limits)
+        s->limits = *limits;
+    else
+        tms_http_limits_default(&s->limits);
+    s->handler = handler;
+    s->ctx = ctx;
+    llhttp_settings_init(&s->settings);
+    s->settings.on_message_begin = on_message_begin;
+    s->settings.on_method = on_method;
+    s->settings.on_method_complete = on_method_complete;
+    s->settings.on_url = on_url;
+    s->settings.on_url_complete = on_url_complete;
+    s->settings.on_header_field = on_header_field;
+    s->settings.on_header_field_complete = on_header_field_complete;
+    s->settings.on_header_value = on_header_value;
+    s->settings.on_header_value_complete = on_header_value_complete;
+    s->settings.on_headers_complete = on_headers_complete;
+    s->settings.on_body = on_body;
+    s->settings.on_message_complete = on_message_complete;
+    uv_timer_init(loop, &s->grace);
+    s->grace.data = s;
+    if (uv_random(NULL, NULL, s->rng, sizeof s->rng, 0, NULL) < 0 || (!s->rng[0] && !s->rng[1])) {
+        s->rng[0] = uv_hrtime() | 1;
+        s->rng[1] = (uint64_t)(uintptr_t)s ^ 0x9e3779b97f4a7c15ull;
+    }
+    tms_metrics_gauge_fn("tms_http_connections", "Open HTTP/1.1 connections", "", connections_gauge,
+                         NULL);
+    return s;
+}
+
+static int parse_addr(const char *addr, struct sockaddr_storage *ss)
+{
+    char host[128];
+    const char *colon;
+    const char *port_s;
+    char *end;
+    long port;
+    if (addr[0] == '[') {
+        const char *rb = strchr(addr, ']');
+        if (!rb || rb[1] != ':' || (size_t)(rb - addr - 1) >= sizeof host)
+            return -TMS_EINVAL;
+        memcpy(host, addr + 1, (size_t)(rb - addr - 1));
+        host[rb - addr - 1] = '\0';
+        port_s = rb + 2;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon || (size_t)(colon - addr) >= sizeof host)
+            return -TMS_EINVAL;
+        memcpy(host, addr, (size_t)(colon - addr));
+        host[colon - addr] = '\0';
+        if (!host[0])
+            strcpy(host, "0.0.0.0");
+        port_s = colon + 1;
+    }
+    errno = 0;
+    port = strtol(port_s, &end, 10);
+    if (errno || end == port_s || *end || port < 0 || port > 65535)
+        return -TMS_EINVAL;
+    memset(ss, 0, sizeof *ss);
+    if (addr[0] == '[')
+        return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) ? -TMS_EINVAL : 0;
+    return uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) ? -TMS_EINVAL : 0;
+}
+
+int tms_http_server_listen(tms_http_server_t *s, const char *addr)
+{
+    struct sockaddr_storage ss;
+    int fd = -1, one = 1, rc;
+    socklen_t sl;
+    if (s->listening || s->stopping) {
+        tms_log_error("http_listen", "addr=%s error=\"already listening or stopping\"", addr);
+        return -TMS_EINVAL;
+    }
+    if (parse_addr(addr, &ss) < 0) {
+        tms_log_error("http_listen", "addr=%s error=\"invalid address\"", addr);
+        return -TMS_EINVAL;
+    }
+    sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    /* libuv 1.44 has no UV_TCP_REUSEPORT: set the option on our own socket. */
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto fail_errno;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
+        goto fail_errno;
+    if (bind(fd, (struct sockaddr *)&ss, sl) < 0)
+        goto fail_errno;
+    uv_tcp_init(s->loop, &s->listener);
+    s->listener.data = s;
+    s->listening = true;
+    rc = uv_tcp_open(&s->listener, fd);
+    if (rc == 0) {
+        fd = -1; /* owned by the handle */
+        rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
+    }
+    if (rc < 0) {
+        tms_log_error("http_listen", "addr=%s error=\"%s\"", addr, uv_strerror(rc));
+        if (fd >= 0)
+            close(fd);
+        return -TMS_EIO;
+    }
+    tms_log_info("http_listen", "addr=%s port=%d", addr, tms_http_server_port(s));
+    return 0;
+
+fail_errno:
+    tms_log_error("http_listen", "addr=%s error=\"%s\"", addr, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    return -TMS_EIO;
+}
+
+int tms_http_server_port(tms_http_server_t *s)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (!s->listening || s->listener_closed)
+        return -1;
+    if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header_t *headers,
+                      size_t nheaders, const char *content_type, const char *body, size_t body_len)
+{
+    hreq_t *r = (hreq_t *)req;
+    conn_t *c = r->conn;
+    tms_http_server_t *s;
+    bool close_after;
+    char *resp;
+    size_t resp_len;
+    if (!c) {
+        log_request(NULL, req, DETACHED_STATUS);
+        req_free(r);
+        return;
+    }
+    s = c->srv;
+    close_after = !r->keep_alive || s->stopping;
+    resp = build_response(s, status, req->request_id, close_after, headers, nheaders, content_type,
+                          body, body_len, r->is_head, &resp_len);
+    c->req = NULL;
+    c->phase = PH_WRITING;
+    s->inflight--;
+    log_request(s, req, status);
+    req_free(r);
+    conn_write(c, resp, resp_len, true, close_after);
+    free(resp);
+}
+
+void tms_http_respond_error(tms_http_request_t *req, tms_status_t code, const char *message,
+                            const tms_http_header_t *headers, size_t nheaders)
+{
+    size_t len;
+    char *body = error_body(code, message, &len);
+    tms_http_respond(req, tms_status_http(code), headers, nheaders, "application/json", body, len);
+    free(body);
+}
+
+static void on_grace_close(uv_handle_t *h)
+{
+    tms_http_server_t *s = h->data;
+    s->stopped = true;
+    if (s->on_stopped)
+        s->on_stopped(s->stop_arg);
+}
+
+static void maybe_stopped(tms_http_server_t *s)
+{
+    if (!s->stopping || !s->listener_closed || s->nconns > 0 || s->grace_closing)
+        return;
+    s->grace_closing = true;
+    uv_timer_stop(&s->grace);
+    uv_close((uv_handle_t *)&s->grace, on_grace_close);
+}
+
+static void on_listener_close(uv_handle_t *h)
+{
+    tms_http_server_t *s = h->data;
+    s->listener_closed = true;
+    maybe_stopped(s);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    tms_http_server_t *s = t->data;
+    for (conn_t *c = s->conns; c; c = c->next)
+        conn_close(c);
+}
+
+void tms_http_server_stop(tms_http_server_t *s, uint64_t grace_ms, void (*on_stopped)(void *arg),
+                          void *arg)
+{
+    if (s->stopping)
+        return;
+    s->stopping = true;
+    s->on_stopped = on_stopped;
+    s->stop_arg = arg;
+    if (s->listening)
+        uv_close((uv_handle_t *)&s->listener, on_listener_close);
+    else
+        s->listener_closed = true;
+    for (conn_t *c = s->conns; c; c = c->next) {
+        if (c->phase != PH_HANDLER && c->phase != PH_WRITING && c->phase != PH_LINGER)
+            conn_close(c);
+    }
+    uv_timer_start(&s->grace, on_grace, grace_ms, 0);
+    maybe_stopped(s);
+}
+
+void tms_http_server_free(tms_http_server_t **sp)
+{
+    tms_http_server_t *s;
+    if (!sp || !*sp)
+        return;
+    s = *sp;
+    if (!s->stopped) {
+        tms_log_error("http_free", "error=\"server freed before stop completed; leaking it\"");
+        *sp = NULL;
+        return;
+    }
+    while (s->metrics) {
+        metric_entry_t *e = s->metrics;
+        s->metrics = e->next;
+        free(e->route);
+        free(e->method);
+        free(e);
+    }
+    free(s);
+    *sp = NULL;
+}
+
+size_t tms_http_server_inflight(tms_http_server_t *s)
+{
+    return s->inflight;
+}
+
+size_t tms_http_server_connections(tms_http_server_t *s)
+{
+    return s->nconns;
+}

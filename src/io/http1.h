@@ -1,0 +1,96 @@
+/* Strict HTTP/1.1 server on libuv + llhttp: keep-alive, in-order pipelining (one request
+ * with the handler at a time per connection), chunked request bodies, head/body limits,
+ * slowloris and idle timeouts, graceful stop. Everything runs on the loop thread of the
+ * loop given to tms_http_server_new; no function here is thread-safe. */
+#ifndef TMS_IO_HTTP1_H
+#define TMS_IO_HTTP1_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/status.h"
+
+typedef struct tms_http_server tms_http_server_t;
+
+/* One header; both strings NUL-terminated. */
+typedef struct tms_http_header {
+    const char *name;
+    const char *value;
+} tms_http_header_t;
+
+typedef struct tms_http_limits {
+    size_t max_head_bytes;    /* request line + headers (default 16384) -> 431 */
+    size_t max_body_bytes;    /* de-chunked body (default 1 MiB) -> 413 */
+    uint64_t head_timeout_ms; /* whole head after its first byte (default 10000) -> 408 */
+    uint64_t idle_timeout_ms; /* keep-alive idle, and body inactivity (default 60000) */
+    size_t max_connections;   /* default 10000; beyond it accept and close at once */
+} tms_http_limits_t;
+
+/** Fill *l with the defaults of API.md "Limits". */
+void tms_http_limits_default(tms_http_limits_t *l);
+
+typedef struct tms_http_request {
+    const char *method;         /* "GET", ... */
+    const char *path;           /* raw (not decoded) path without the query string */
+    const char *query;          /* raw query string without '?', "" if none */
+    tms_http_header_t *headers; /* names as received; trailers are dropped */
+    size_t nheaders;
+    const char *body; /* de-chunked body, NUL-terminated; "" when empty */
+    size_t body_len;
+    char request_id[65];  /* client's X-Request-Id if sane, else 32 hex chars */
+    char client_addr[64]; /* peer IP, no port */
+    const char *route;    /* set by the handler (static string); default "unmatched" */
+    uint64_t start_ns;    /* uv_hrtime() at head complete */
+    void *user;           /* free for the handler */
+} tms_http_request_t;
+
+/* Called once per request on the loop thread; the handler must eventually call
+ * tms_http_respond (or tms_http_respond_error) exactly once, now or later. */
+typedef void (*tms_http_handler_fn)(void *ctx, tms_http_request_t *req);
+
+/** Find a header value by case-insensitive name (first match), or NULL. O(nheaders). */
+const char *tms_http_header_get(const tms_http_request_t *req, const char *name);
+
+/** Create a server on loop; limits NULL means defaults. Caller frees with
+ * tms_http_server_free after tms_http_server_stop has completed. */
+tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t *limits,
+                                       tms_http_handler_fn handler, void *ctx);
+
+/** Bind and listen on "host:port" (IPv4 or [v6]:port, numeric) with SO_REUSEPORT.
+ * Returns 0, -TMS_EINVAL (bad address, already listening) or -TMS_EIO, with a log line. */
+int tms_http_server_listen(tms_http_server_t *s, const char *addr);
+
+/** The port actually bound, or -1 if not listening. */
+int tms_http_server_port(tms_http_server_t *s);
+
+/** Respond to req exactly once (synchronously from the handler or later on the loop
+ * thread). Adds Date, Content-Type (if given), Content-Length, X-Request-Id and
+ * Connection: close when the connection will close; headers with CR/LF are dropped.
+ * req is freed by this call; if its connection is already gone, it only logs and frees. */
+void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header_t *headers,
+                      size_t nheaders, const char *content_type, const char *body, size_t body_len);
+
+/** Respond {"error":{"code":CODE,"message":MSG}} with the HTTP status of API.md
+ * (tms_status_http); message is JSON-escaped. Frees req like tms_http_respond. */
+void tms_http_respond_error(tms_http_request_t *req, tms_status_t code, const char *message,
+                            const tms_http_header_t *headers, size_t nheaders);
+
+/** Graceful stop: stop accepting, close idle connections now, let requests with the
+ * handler finish (their responses carry Connection: close), close what is still open
+ * after grace_ms, then call on_stopped(arg) from the loop once every handle is closed.
+ * Requests whose connection was closed stay valid until the handler responds. */
+void tms_http_server_stop(tms_http_server_t *s, uint64_t grace_ms, void (*on_stopped)(void *arg),
+                          void *arg);
+
+/** Free a server whose stop has completed (or that never listened and was stopped);
+ * sets *s to NULL. NULL and *s == NULL are no-ops. */
+void tms_http_server_free(tms_http_server_t **s);
+
+/** Requests currently with the handler on live connections. */
+size_t tms_http_server_inflight(tms_http_server_t *s);
+
+/** Open connections of this server. */
+size_t tms_http_server_connections(tms_http_server_t *s);
+
+#endif

@@ -1,0 +1,36 @@
+/* The REST adapter: maps HTTP requests on the API.md routes to tms_api_call_t for
+ * the gateway actor and renders the replies as JSON; also serves /healthz, /readyz,
+ * /metrics and /openapi.json. Routes, JSON bodies and status codes live here and
+ * nowhere else; domain rules live in the actors. */
+#ifndef TMS_IO_REST_H
+#define TMS_IO_REST_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/mailbox.h"
+#include "core/user_store.h"
+#include "io/http1.h"
+
+typedef struct tms_rest tms_rest_t;
+
+typedef struct tms_rest_config {
+    tms_mailbox_t *gateway;   /* where calls go */
+    tms_user_store_t *users;  /* pinged by /readyz */
+    uint64_t call_timeout_ms; /* deadline of each call: 504 after it */
+} tms_rest_config_t;
+
+/** Create the adapter on loop. Never NULL. */
+tms_rest_t *tms_rest_new(uv_loop_t *loop, const tms_rest_config_t *cfg);
+
+/** The tms_http_handler_fn to give the HTTP server, with the adapter as ctx. */
+void tms_rest_handle(void *rest, tms_http_request_t *req);
+
+/** Calls and probes sent and not yet answered by the actors. */
+size_t tms_rest_pending(tms_rest_t *rest);
+
+/** Free once tms_rest_pending() is 0. Sets *rest NULL. */
+void tms_rest_free(tms_rest_t **rest);
+
+#endif

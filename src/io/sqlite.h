@@ -1,0 +1,32 @@
+/* The embedded store: one SQLite database file owned by one dedicated thread that
+ * takes operations from its own bounded mailbox, runs them and replies. Nothing
+ * else touches the sqlite3 handle. It serves the user store port (and later the
+ * task store port) of core/. */
+#ifndef TMS_IO_SQLITE_H
+#define TMS_IO_SQLITE_H
+
+#include <stddef.h>
+
+#include "core/user_store.h"
+
+typedef struct tms_sqlite tms_sqlite_t;
+
+/** Open (create) the database at path with WAL, synchronous=FULL, foreign keys and a
+ * busy timeout, apply pending migrations and start the owner thread, which takes at
+ * most queue_capacity queued operations. Returns after the thread is ready, or NULL
+ * with a one-line reason in err (unopenable file, failed migration, or a schema
+ * newer than this binary). */
+tms_sqlite_t *tms_sqlite_open(const char *path, size_t queue_capacity, char *err, size_t err_len);
+
+/** The user store port served by db (owned by db, valid until tms_sqlite_close). */
+tms_user_store_t *tms_sqlite_user_store(tms_sqlite_t *db);
+
+/** Stop accepting (submit returns -TMS_ECLOSED), run and answer every queued
+ * operation, join the thread, close the database and free it. Sets *db NULL. */
+void tms_sqlite_close(tms_sqlite_t **db);
+
+/** Open the database at path, apply pending migrations and close it, on the calling
+ * thread (for `tms migrate`). Returns 0, or -TMS_EIO with a one-line reason in err. */
+int tms_sqlite_migrate(const char *path, char *err, size_t err_len);
+
+#endif

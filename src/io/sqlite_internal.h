@@ -1,0 +1,82 @@
+/* Private to src/io/sqlite*.c: the owner thread's view of the database and the
+ * contract between the generic db thread (sqlite.c) and the ports it serves
+ * (sqlite_users.c, later sqlite_tasks.c). Every function here runs on the owner
+ * thread unless its comment says otherwise. */
+#ifndef TMS_IO_SQLITE_INTERNAL_H
+#define TMS_IO_SQLITE_INTERNAL_H
+
+#include <pthread.h>
+#include <sqlite3.h>
+#include <stddef.h>
+
+#include "core/mailbox.h"
+#include "core/status.h"
+#include "core/user_store.h"
+#include "io/sqlite.h"
+
+/* Ports served by the db thread. The port index travels in the high bits of msg->op
+ * while the message is queued (ports number their own ops from 1, so they would
+ * collide otherwise) and is removed before the port sees the message. 0 is unused so
+ * that an untagged message is caught. */
+enum {
+    TMS_SQLITE_PORT_USERS = 1,
+    TMS_SQLITE_NPORTS,
+};
+#define TMS_SQLITE_PORT_SHIFT 16
+
+/* What the db thread needs from a port. */
+typedef struct tms_sqlite_port {
+    const char *name;
+    /** After the database is open: allocate the port's state (statement cache,
+     * metrics). Never NULL. */
+    void *(*start)(sqlite3 *db);
+    /** Run one operation and store its outcome in msg; the db thread replies. */
+    void (*run)(void *state, sqlite3 *db, tms_msg_t *msg);
+    /** Before the database closes: finalize statements and free state. */
+    void (*stop)(void *state);
+} tms_sqlite_port_t;
+
+extern const tms_sqlite_port_t tms__sqlite_users_port;
+
+struct tms_sqlite {
+    tms_user_store_t user_store; /* submit: tms__sqlite_users_submit */
+    tms_mailbox_t *mb;           /* threaded; consumed only by the owner thread */
+    pthread_t thread;
+    char *path;
+    void *port_state[TMS_SQLITE_NPORTS]; /* owner thread only */
+    /* start-up handshake: the owner thread reports whether open and migrate worked */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int started; /* 0 while starting, 1 when start_rc is set */
+    int start_rc;
+    char start_err[256];
+};
+
+/** Any thread: tag msg with port, mark it a request and post it to the db thread.
+ * Takes ownership and clears *msg on success; on failure the message is left as it
+ * was. Returns 0, -TMS_EFULL, -TMS_ECLOSED or -TMS_EINVAL (op out of range). */
+int tms__sqlite_post(tms_sqlite_t *db, int port, tms_msg_t **msg);
+
+/** The user store port's submit (any thread). */
+int tms__sqlite_users_submit(tms_user_store_t *self, tms_user_op_t **op);
+
+/** Open path, set the pragmas and apply migrations; *out is the handle for the
+ * calling thread. Returns 0 or -TMS_EIO with a one-line reason in err. */
+int tms__sqlite_open_db(const char *path, sqlite3 **out, char *err, size_t err_len);
+
+/** Apply pending migrations, each in its own transaction. Returns 0 or -TMS_EIO
+ * with err (failed migration, or a schema newer than this binary). */
+int tms__sqlite_apply_migrations(sqlite3 *db, char *err, size_t err_len);
+
+/** The statement cached in *slot, prepared from sql on first use. NULL on failure
+ * (logged). Call tms__sqlite_done after each use. */
+sqlite3_stmt *tms__sqlite_stmt(sqlite3 *db, sqlite3_stmt **slot, const char *sql);
+
+/** Reset st and clear its bindings so it holds no lock or snapshot between ops. */
+void tms__sqlite_done(sqlite3_stmt *st);
+
+/** Turn a failed result code into a client-safe error: busy, locked, I/O, full ->
+ * UNAVAILABLE, anything else -> INTERNAL. Logs the SQLite message, never SQL text. */
+void tms__sqlite_fail(tms_error_t *err, sqlite3 *db, int rc, const char *op);
+
+#endif

@@ -1,0 +1,99 @@
+/* Versioned schema migrations for the embedded store. Append only: a released
+ * migration never changes, a new one is added at the end. */
+#include <stdio.h>
+
+#include "core/log.h"
+#include "io/sqlite_internal.h"
+
+/* migrations[i] brings the schema from version i to version i + 1. */
+static const char *const migrations[] = {
+    /* 1: users */
+    "CREATE TABLE users ("
+    " id TEXT PRIMARY KEY,"
+    " email TEXT NOT NULL UNIQUE,"
+    " password_hash TEXT NOT NULL,"
+    " role TEXT NOT NULL CHECK (role IN ('user', 'admin')),"
+    " token_version INTEGER NOT NULL DEFAULT 0,"
+    " created_at_ms INTEGER NOT NULL)",
+};
+
+#define KNOWN ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+static int current_version(sqlite3 *db, int *version)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "SELECT coalesce(max(version), 0) FROM schema_migrations", -1,
+                                &st, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        *version = sqlite3_column_int(st, 0);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static int record_version(sqlite3 *db, int version)
+{
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db,
+                                "INSERT INTO schema_migrations (version, applied_at)"
+                                " VALUES (?1, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                                -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int(st, 1, version);
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+            rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* Each step reads the version and applies one migration inside one IMMEDIATE
+ * transaction, so two processes migrating the same file at once apply each
+ * migration exactly once: the second waits for the write lock, then sees the new
+ * version. */
+int tms__sqlite_apply_migrations(sqlite3 *db, char *err, size_t err_len)
+{
+    for (;;) {
+        int version = 0;
+        if (sqlite3_exec(db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
+            snprintf(err, err_len, "sqlite: cannot begin migration: %s", sqlite3_errmsg(db));
+            return -TMS_EIO;
+        }
+        if (sqlite3_exec(db,
+                         "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                         " version INTEGER PRIMARY KEY, applied_at TEXT)",
+                         NULL, NULL, NULL) != SQLITE_OK ||
+            current_version(db, &version) != SQLITE_OK) {
+            snprintf(err, err_len, "sqlite: cannot read schema version: %s", sqlite3_errmsg(db));
+            goto fail;
+        }
+        if (version > KNOWN) {
+            snprintf(err, err_len,
+                     "sqlite: database schema version %d is newer than this binary knows (%d);"
+                     " upgrade tms",
+                     version, KNOWN);
+            goto fail;
+        }
+        if (version == KNOWN) {
+            if (sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+                snprintf(err, err_len, "sqlite: commit failed: %s", sqlite3_errmsg(db));
+                goto fail;
+            }
+            return 0;
+        }
+        if (sqlite3_exec(db, migrations[version], NULL, NULL, NULL) != SQLITE_OK ||
+            record_version(db, version + 1) != SQLITE_OK ||
+            sqlite3_exec(db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK) {
+            snprintf(err, err_len, "sqlite: migration %d failed: %s", version + 1,
+                     sqlite3_errmsg(db));
+            goto fail;
+        }
+        tms_log_info("sqlite_migrated", "version=%d", version + 1);
+    }
+fail:
+    if (!sqlite3_get_autocommit(db))
+        sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+    return -TMS_EIO;
+}

@@ -1,0 +1,214 @@
+/* The user store port on SQLite: one prepared statement per operation, each a
+ * single autocommit statement (writes use RETURNING, so the reply shows exactly the
+ * row that was written or deleted). Runs on the db owner thread. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "io/sqlite_internal.h"
+
+#define COLS "id, email, password_hash, role, token_version, created_at_ms"
+
+enum { NOPS = TMS_USER_PING + 1 };
+
+static const char *const op_names[NOPS] = {
+    [TMS_USER_CREATE] = "create",       [TMS_USER_GET_BY_EMAIL] = "get_by_email",
+    [TMS_USER_GET_BY_ID] = "get_by_id", [TMS_USER_BUMP_VERSION] = "bump_version",
+    [TMS_USER_SET_ROLE] = "set_role",   [TMS_USER_DELETE] = "delete",
+    [TMS_USER_RESTORE] = "restore",     [TMS_USER_PING] = "ping",
+};
+
+/* CREATE and RESTORE share the insert. */
+static const char *const op_sql[NOPS] = {
+    [TMS_USER_CREATE] = "INSERT INTO users (" COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [TMS_USER_GET_BY_EMAIL] = "SELECT " COLS " FROM users WHERE email = ?1",
+    [TMS_USER_GET_BY_ID] = "SELECT " COLS " FROM users WHERE id = ?1",
+    [TMS_USER_BUMP_VERSION] = "UPDATE users SET token_version = token_version + 1,"
+                              " password_hash = coalesce(nullif(?2, ''), password_hash)"
+                              " WHERE id = ?1 RETURNING " COLS,
+    [TMS_USER_SET_ROLE] = "UPDATE users SET role = ?2 WHERE email = ?1 RETURNING " COLS,
+    [TMS_USER_DELETE] = "DELETE FROM users WHERE id = ?1 RETURNING " COLS,
+    [TMS_USER_RESTORE] = "INSERT INTO users (" COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    [TMS_USER_PING] = "SELECT max(version) FROM schema_migrations",
+};
+
+typedef struct users {
+    sqlite3_stmt *stmt[NOPS];
+    tms_histogram_t *duration[NOPS];
+    tms_counter_t *errors[NOPS];
+} users_t;
+
+static void *users_start(sqlite3 *db)
+{
+    users_t *u = tms_new(users_t);
+    char labels[64];
+    (void)db; /* statements are prepared on first use */
+    for (int i = 1; i < NOPS; i++) {
+        snprintf(labels, sizeof(labels), "store=\"sqlite\",op=\"%s\"", op_names[i]);
+        u->duration[i] = tms_metrics_histogram("tms_store_duration_seconds",
+                                               "Time to run one store operation.", labels);
+        u->errors[i] = tms_metrics_counter("tms_store_errors_total",
+                                           "Store operations that failed (UNAVAILABLE or "
+                                           "INTERNAL; not found and conflicts excluded).",
+                                           labels);
+    }
+    return u;
+}
+
+static void users_stop(void *state)
+{
+    users_t *u = state;
+    for (int i = 0; i < NOPS; i++)
+        sqlite3_finalize(u->stmt[i]);
+    free(u);
+}
+
+/* Binds a fixed-size field without trusting it to be terminated. */
+static void bind_str(sqlite3_stmt *st, int i, const char *s, size_t cap)
+{
+    sqlite3_bind_text(st, i, s, (int)strnlen(s, cap), SQLITE_STATIC);
+}
+
+static void bind_user(sqlite3_stmt *st, const tms_user_t *u)
+{
+    bind_str(st, 1, u->id, sizeof(u->id));
+    bind_str(st, 2, u->email, sizeof(u->email));
+    bind_str(st, 3, u->password_hash, sizeof(u->password_hash));
+    bind_str(st, 4, u->role, sizeof(u->role));
+    sqlite3_bind_int64(st, 5, u->token_version);
+    sqlite3_bind_int64(st, 6, u->created_at_ms);
+}
+
+static void column_str(char *dst, size_t cap, sqlite3_stmt *st, int i)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+    int n = sqlite3_column_bytes(st, i);
+    snprintf(dst, cap, "%.*s", n, s ? (const char *)s : "");
+}
+
+static void read_user(sqlite3_stmt *st, tms_user_t *u)
+{
+    column_str(u->id, sizeof(u->id), st, 0);
+    column_str(u->email, sizeof(u->email), st, 1);
+    column_str(u->password_hash, sizeof(u->password_hash), st, 2);
+    column_str(u->role, sizeof(u->role), st, 3);
+    u->token_version = sqlite3_column_int64(st, 4);
+    u->created_at_ms = sqlite3_column_int64(st, 5);
+}
+
+static void constraint_error(tms_user_op_t *op, sqlite3 *db, int rc, const char *name)
+{
+    switch (rc) {
+    case SQLITE_CONSTRAINT_UNIQUE:
+        /* email is the only UNIQUE column besides the primary key */
+        tms_error_set(&op->err, TMS_ALREADY_EXISTS, "email already registered");
+        break;
+    case SQLITE_CONSTRAINT_PRIMARYKEY:
+        tms_error_set(&op->err, TMS_ALREADY_EXISTS, "user id already exists");
+        break;
+    default:
+        tms__sqlite_fail(&op->err, db, rc, name);
+        break;
+    }
+}
+
+/* Steps st to the end: a row (at most one) is read into op->user. Stepping to
+ * SQLITE_DONE matters for writes: the autocommit transaction commits there. */
+static void run_stmt(tms_user_op_t *op, sqlite3 *db, sqlite3_stmt *st, const char *name)
+{
+    int rc, rows = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (rows++ == 0 && op->msg.op != TMS_USER_PING)
+            read_user(st, &op->user);
+    }
+    if (rc != SQLITE_DONE) {
+        if ((rc & 0xff) == SQLITE_CONSTRAINT)
+            constraint_error(op, db, rc, name);
+        else
+            tms__sqlite_fail(&op->err, db, rc, name);
+        return;
+    }
+    switch (op->msg.op) {
+    case TMS_USER_CREATE:
+    case TMS_USER_RESTORE:
+    case TMS_USER_PING:
+        break;
+    default:
+        if (rows == 0)
+            tms_error_set(&op->err, TMS_NOT_FOUND, "user not found");
+        break;
+    }
+}
+
+static void bind_op(tms_user_op_t *op, sqlite3_stmt *st)
+{
+    switch (op->msg.op) {
+    case TMS_USER_CREATE:
+    case TMS_USER_RESTORE:
+        bind_user(st, &op->user);
+        break;
+    case TMS_USER_GET_BY_EMAIL:
+    case TMS_USER_GET_BY_ID:
+    case TMS_USER_DELETE:
+        bind_str(st, 1, op->key, sizeof(op->key));
+        break;
+    case TMS_USER_BUMP_VERSION:
+        bind_str(st, 1, op->key, sizeof(op->key));
+        bind_str(st, 2, op->new_hash, sizeof(op->new_hash));
+        break;
+    case TMS_USER_SET_ROLE:
+        bind_str(st, 1, op->key, sizeof(op->key));
+        bind_str(st, 2, op->user.role, sizeof(op->user.role));
+        break;
+    default:
+        break;
+    }
+}
+
+static void users_run(void *state, sqlite3 *db, tms_msg_t *msg)
+{
+    users_t *u = state;
+    tms_user_op_t *op = (tms_user_op_t *)msg;
+    int kind = msg->op;
+    uint64_t t0 = uv_hrtime();
+    sqlite3_stmt *st;
+
+    tms_error_set(&op->err, TMS_OK, "%s", "");
+    if (kind <= 0 || kind >= NOPS) {
+        tms_log_error("sqlite_bad_op", "port=users op=%d", kind);
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return;
+    }
+    st = tms__sqlite_stmt(db, &u->stmt[kind], op_sql[kind]);
+    if (!st) {
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+    } else {
+        bind_op(op, st);
+        run_stmt(op, db, st, op_names[kind]);
+        tms__sqlite_done(st);
+    }
+    if (op->err.code == TMS_INTERNAL || op->err.code == TMS_UNAVAILABLE)
+        tms_counter_add(u->errors[kind], 1);
+    tms_histogram_observe(u->duration[kind], (double)(uv_hrtime() - t0) / 1e9);
+}
+
+const tms_sqlite_port_t tms__sqlite_users_port = {
+    .name = "users",
+    .start = users_start,
+    .run = users_run,
+    .stop = users_stop,
+};
+
+int tms__sqlite_users_submit(tms_user_store_t *self, tms_user_op_t **op)
+{
+    tms_sqlite_t *db = (tms_sqlite_t *)self; /* user_store is its first member */
+    tms_msg_t *msg = &(*op)->msg;
+    int rc = tms__sqlite_post(db, TMS_SQLITE_PORT_USERS, &msg);
+    if (rc == 0)
+        *op = NULL;
+    return rc;
+}

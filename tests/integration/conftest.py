@@ -1,0 +1,454 @@
+"""Black-box harness: starts the real `tms` binary and talks to it over real sockets.
+
+Environment:
+  TMS_BIN  path of the binary (default <repo>/build/tms)
+"""
+import json
+import os
+import re
+import secrets
+import select
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+TMS_BIN = os.environ.get("TMS_BIN", str(REPO / "build" / "tms"))
+
+JWT_SECRET = "integration-test-secret-0123456789abcdefghijklmn"  # 48 bytes
+assert len(JWT_SECRET.encode()) == 48
+DEFAULT_PASSWORD = "Sup3r-S3cret-Passw0rd!"
+
+START_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+ID_RE = re.compile(r"^[0-9a-f]{24}$")
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+
+# API.md error table: gRPC status name -> HTTP status.
+STATUS_HTTP = {
+    "INVALID_ARGUMENT": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 412,
+    "RESOURCE_EXHAUSTED": 429,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+
+
+def free_port():
+    """A port that was free a moment ago (bind to 0, read it, release it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def unique_email(prefix="user"):
+    return f"{prefix}-{secrets.token_hex(6)}@example.com"
+
+
+def run_cli(args, env=None, timeout=30):
+    """Run `tms <args>` to completion; returns CompletedProcess (text mode)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run([TMS_BIN, *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def _norm_key(k):
+    return k.replace("__", ".")
+
+
+class TmsServer:
+    """One `tms serve` process on a free port with its own data dir."""
+
+    def __init__(self, workdir, settings=None, env=None, secret=JWT_SECRET,
+                 data_dir=None, ratelimits_off=True):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.secret = secret
+        self.port = None
+        self.proc = None
+        self.returncode = None
+        self.env = dict(env or {})
+        base = {}
+        if ratelimits_off:
+            base.update({
+                "ratelimit.api_per_minute": "0",
+                "ratelimit.login_per_15min": "0",
+                "ratelimit.task_create_per_hour": "0",
+            })
+        if secret is not None:
+            base["auth.jwt_secret"] = secret
+        base.update({_norm_key(k): str(v) for k, v in (settings or {}).items()})
+        self.settings = base
+        self._log_index = 0
+        self.log_path = None
+        self._log_file = None
+
+    # -- lifecycle -------------------------------------------------------
+    def command(self):
+        cmd = [TMS_BIN, "serve",
+               "--set", f"http.addr=127.0.0.1:{self.port}",
+               "--set", "grpc.addr=127.0.0.1:0",
+               "--set", f"data.dir={self.data_dir}"]
+        for k, v in self.settings.items():
+            cmd += ["--set", f"{k}={v}"]
+        return cmd
+
+    def start(self):
+        assert self.proc is None or self.proc.poll() is not None
+        self.port = free_port()
+        self._log_index += 1
+        self.log_path = self.workdir / f"stderr-{self._log_index}.log"
+        self._log_file = open(self.log_path, "wb")
+        env = dict(os.environ)
+        env.update(self.env)
+        self.proc = subprocess.Popen(self.command(), stdout=self._log_file,
+                                     stderr=self._log_file, stdin=subprocess.DEVNULL,
+                                     env=env)
+        self.returncode = None
+        deadline = time.monotonic() + START_TIMEOUT
+        # Wait for the listener with plain connects so readiness probing costs at
+        # most one HTTP request (matters when rate limits are on).
+        while True:
+            if self.proc.poll() is not None:
+                self._log_file.close()
+                pytest.fail(f"tms serve exited with {self.proc.returncode} during start; "
+                            f"stderr:\n{self.log_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"tms serve did not answer /healthz within {START_TIMEOUT}s; "
+                            f"stderr:\n{self.log_text()[-4000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    pass
+            except OSError:
+                time.sleep(0.05)
+                continue
+            try:
+                r = requests.get(self.url("/healthz"), timeout=2)
+                if r.status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT):
+        """Send sig, wait; returns the exit code (None if it had to be killed)."""
+        if self.proc is None:
+            return self.returncode
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self.returncode = None
+                self._close_log()
+                return None
+        self.returncode = self.proc.returncode
+        self._close_log()
+        return self.returncode
+
+    def stop_ok(self, sig=signal.SIGTERM):
+        """Stop and assert a clean exit (code 0 within 10 s)."""
+        alive = self.proc is not None and self.proc.poll() is None
+        t0 = time.monotonic()
+        rc = self.stop(sig)
+        took = time.monotonic() - t0
+        assert rc is not None, (f"tms did not exit within {STOP_TIMEOUT}s after {sig!r}; "
+                                f"stderr tail:\n{self.log_text()[-3000:]}")
+        assert rc == 0, (f"tms exited with {rc} (alive before stop: {alive}, {took:.2f}s); "
+                         f"stderr tail:\n{self.log_text()[-3000:]}")
+        return took
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close_log()
+
+    def _close_log(self):
+        if self._log_file and not self._log_file.closed:
+            self._log_file.close()
+
+    def log_text(self):
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    # -- HTTP helpers ----------------------------------------------------
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def request(self, method, path, token=None, headers=None, **kw):
+        h = dict(headers or {})
+        if token is not None:
+            h["Authorization"] = f"Bearer {token}"
+        kw.setdefault("timeout", 10)
+        return requests.request(method, self.url(path), headers=h, **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+    def register(self, email=None, password=DEFAULT_PASSWORD):
+        """Register a fresh user; returns (token, user)."""
+        email = email or unique_email()
+        r = self.post("/api/auth/register", json={"email": email, "password": password})
+        assert r.status_code == 201, f"register {email}: {r.status_code} {r.text}"
+        body = r.json()
+        return body["token"], body["user"]
+
+    def login(self, email, password=DEFAULT_PASSWORD):
+        return self.post("/api/auth/login", json={"email": email, "password": password})
+
+    def login_ok(self, email, password=DEFAULT_PASSWORD):
+        r = self.login(email, password)
+        assert r.status_code == 200, f"login {email}: {r.status_code} {r.text}"
+        return r.json()["token"], r.json()["user"]
+
+    def me(self, token):
+        return self.get("/api/auth/me", token=token)
+
+    def set_role(self, email, role="admin"):
+        return run_cli(["user", "set-role", email, role,
+                        "--set", f"data.dir={self.data_dir}"])
+
+
+# -- assertion helpers ---------------------------------------------------------
+
+def assert_error(resp, http_status, code=None):
+    """resp is an API error: exact {"error":{"code","message"}} body, code matching status."""
+    assert resp.status_code == http_status, (
+        f"expected HTTP {http_status}, got {resp.status_code}: {resp.text[:500]}")
+    ctype = resp.headers.get("Content-Type", "")
+    assert ctype.startswith("application/json"), f"error Content-Type {ctype!r}"
+    try:
+        body = resp.json()
+    except ValueError:
+        pytest.fail(f"error body is not JSON: {resp.text[:500]!r}")
+    assert isinstance(body, dict) and set(body) == {"error"}, f"error body shape: {body!r}"
+    err = body["error"]
+    assert isinstance(err, dict) and set(err) == {"code", "message"}, f"error object: {err!r}"
+    assert isinstance(err["code"], str) and isinstance(err["message"], str), err
+    assert err["message"], "empty error message"
+    if code is not None:
+        assert err["code"] == code, f"expected code {code}, got {err['code']}"
+    if err["code"] in STATUS_HTTP:
+        assert STATUS_HTTP[err["code"]] == resp.status_code, (
+            f"code {err['code']} does not match HTTP {resp.status_code}")
+    assert resp.headers.get("X-Request-Id"), "error response without X-Request-Id"
+    return err
+
+
+def assert_user_shape(user, email=None, role="user"):
+    assert isinstance(user, dict), user
+    for k in ("id", "email", "role", "createdAt"):
+        assert k in user, f"user lacks {k}: {user!r}"
+    assert ID_RE.match(user["id"]), f"bad user id {user['id']!r}"
+    assert TS_RE.match(user["createdAt"]), f"bad createdAt {user['createdAt']!r}"
+    assert user["role"] == role
+    if email is not None:
+        assert user["email"] == email
+    assert_no_secrets(user)
+
+
+SECRET_KEY_RE = re.compile(r"pass|hash|salt|secret", re.I)
+
+
+def assert_no_secrets(obj, password=None):
+    """No key that looks like a password/hash, and no value equal to the password."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            assert not SECRET_KEY_RE.search(k), f"response carries {k!r}"
+            assert_no_secrets(v, password)
+    elif isinstance(obj, list):
+        for v in obj:
+            assert_no_secrets(v, password)
+    elif isinstance(obj, str) and password is not None:
+        assert password not in obj, "password echoed in response"
+
+
+# -- raw HTTP over sockets -------------------------------------------------------
+
+def raw_connect(port, timeout=5.0):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.settimeout(timeout)
+    return s
+
+
+class RawResponse:
+    def __init__(self, status, reason, headers, body):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # dict, lower-case names
+        self.body = body
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return f"<RawResponse {self.status} {self.headers} {self.body[:200]!r}>"
+
+
+class RawReader:
+    """Parses consecutive HTTP/1.1 responses from one socket."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.eof = False
+
+    def _fill(self):
+        if self.eof:
+            return False
+        data = self.sock.recv(65536)
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def _read_until(self, marker):
+        while marker not in self.buf:
+            if not self._fill():
+                raise ConnectionError(f"EOF before {marker!r}; got {self.buf[:300]!r}")
+        i = self.buf.index(marker) + len(marker)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def _read_n(self, n):
+        while len(self.buf) < n:
+            if not self._fill():
+                raise ConnectionError(f"EOF in body; wanted {n}, have {len(self.buf)}")
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_response(self, head_only=False):
+        head = self._read_until(b"\r\n\r\n").decode("latin-1")
+        lines = head.split("\r\n")
+        parts = lines[0].split(" ", 2)
+        assert parts[0].startswith("HTTP/1."), f"bad status line {lines[0]!r}"
+        status = int(parts[1])
+        headers = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        body = b""
+        if head_only or status in (204, 304) or 100 <= status < 200:
+            return RawResponse(status, parts[2] if len(parts) > 2 else "", headers, body)
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            while True:
+                size_line = self._read_until(b"\r\n")
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    # trailers until empty line
+                    while self._read_until(b"\r\n") != b"\r\n":
+                        pass
+                    break
+                body += self._read_n(size)
+                self._read_n(2)
+        elif "content-length" in headers:
+            body = self._read_n(int(headers["content-length"]))
+        else:
+            while self._fill():
+                pass
+            body, self.buf = self.buf, b""
+        return RawResponse(status, parts[2] if len(parts) > 2 else "", headers, body)
+
+    def at_eof(self, timeout=3.0):
+        """True when the peer closes (EOF or reset) within timeout with no more data."""
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except socket.timeout:
+            return False
+        if data:
+            self.buf += data
+            return False
+        self.eof = True
+        return True
+
+
+def readable(sock, timeout=0.0):
+    r, _, _ = select.select([sock], [], [], timeout)
+    return bool(r)
+
+
+# -- fixtures -------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def tms_bin():
+    if not os.access(TMS_BIN, os.X_OK):
+        pytest.fail(f"tms binary not found at {TMS_BIN} (set TMS_BIN)")
+    return TMS_BIN
+
+
+@pytest.fixture(scope="session")
+def server(tms_bin, tmp_path_factory):
+    """One shared server with default settings (rate limits off, known secret)."""
+    srv = TmsServer(tmp_path_factory.mktemp("tms-session"))
+    srv.start()
+    yield srv
+    srv.stop_ok()
+
+
+@pytest.fixture
+def make_server(tms_bin, tmp_path):
+    """Factory: make_server(settings={...}, env={...}, secret=..., data_dir=...,
+    start=True, **kw) where kw keys use '__' for '.' (ratelimit__api_per_minute=5).
+    Servers still running at teardown must stop cleanly."""
+    servers = []
+    counter = [0]
+
+    def factory(settings=None, env=None, secret=JWT_SECRET, data_dir=None, start=True,
+                ratelimits_off=True, **kw):
+        counter[0] += 1
+        s = dict(settings or {})
+        s.update(kw)
+        srv = TmsServer(tmp_path / f"srv{counter[0]}", settings=s, env=env, secret=secret,
+                        data_dir=data_dir, ratelimits_off=ratelimits_off)
+        servers.append(srv)
+        if start:
+            srv.start()
+        return srv
+
+    yield factory
+    errors = []
+    for srv in servers:
+        if srv.proc is not None and srv.proc.poll() is None:
+            try:
+                srv.stop_ok()
+            except AssertionError as e:
+                errors.append(str(e))
+    if errors:
+        pytest.fail("server teardown: " + "; ".join(errors))
+
+
+@pytest.fixture
+def scratch_dir():
+    with tempfile.TemporaryDirectory(prefix="tms-it-") as d:
+        yield Path(d)

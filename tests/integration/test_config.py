@@ -1,0 +1,154 @@
+"""Configuration: --set, environment overrides, validation, generated secret, CLI."""
+import os
+import subprocess
+import time
+
+import jwt
+import pytest
+
+from conftest import JWT_SECRET, TMS_BIN, free_port, run_cli
+
+
+def serve_fails(tmp_path, sets=(), env=None, with_secret=True, timeout=10):
+    """Run `tms serve` expected to refuse; returns (returncode, stderr lines)."""
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    args = ["serve", "--set", f"http.addr=127.0.0.1:{free_port()}",
+            "--set", "grpc.addr=127.0.0.1:0", "--set", f"data.dir={data}"]
+    if with_secret:
+        args += ["--set", f"auth.jwt_secret={JWT_SECRET}"]
+    for s in sets:
+        args += ["--set", s]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    t0 = time.monotonic()
+    try:
+        p = subprocess.run([TMS_BIN, *args], capture_output=True, text=True, timeout=timeout,
+                           env=full_env, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"tms serve with {sets} {env} did not exit within {timeout}s "
+                    f"(stderr: {e.stderr!r})")
+    assert time.monotonic() - t0 < timeout
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    return p.returncode, lines
+
+
+@pytest.mark.parametrize("setting,key", [
+    ("auth.token_ttl=abc", "auth.token_ttl"),
+    ("auth.token_ttl=-5", "auth.token_ttl"),
+    ("auth.token_ttl=12abc", "auth.token_ttl"),
+    ("ratelimit.api_per_minute=lots", "ratelimit.api_per_minute"),
+    ("ratelimit.login_per_15min=-1", "ratelimit.login_per_15min"),
+    ("http.max_body_bytes=big", "http.max_body_bytes"),
+    ("http.max_head_bytes=", "http.max_head_bytes"),
+    ("http.head_timeout=soon", "http.head_timeout"),
+    ("server.workers=many", "server.workers"),
+    ("http.addr=not-an-address", "http.addr"),
+    ("log.level=chatty", "log.level"),
+    ("tasks.migrate=sometimes", "tasks.migrate"),
+])
+def test_bad_value_refused_with_one_line(tms_bin, tmp_path, setting, key):
+    rc, lines = serve_fails(tmp_path, [setting])
+    assert rc != 0
+    assert len(lines) == 1, f"expected one stderr line, got: {lines}"
+    assert key in lines[0], lines
+
+
+def test_bad_env_value_refused(tms_bin, tmp_path):
+    rc, lines = serve_fails(tmp_path, env={"TMS_AUTH_TOKEN_TTL": "abc"})
+    assert rc != 0
+    assert len(lines) == 1, lines
+    assert "auth.token_ttl" in lines[0] or "TMS_AUTH_TOKEN_TTL" in lines[0], lines
+
+
+def test_short_secret_refused(tms_bin, tmp_path):
+    rc, lines = serve_fails(tmp_path, ["auth.jwt_secret=" + "s" * 31], with_secret=False)
+    assert rc != 0
+    assert len(lines) == 1, lines
+    assert "auth.jwt_secret" in lines[0]
+    assert "s" * 31 not in lines[0], "secret echoed to stderr"
+
+
+def test_unknown_key_refused(tms_bin, tmp_path):
+    rc, lines = serve_fails(tmp_path, ["foo.bar=1"])
+    assert rc != 0
+    assert len(lines) == 1, lines
+    assert "foo.bar" in lines[0]
+
+
+def test_malformed_set_refused(tms_bin, tmp_path):
+    rc, lines = serve_fails(tmp_path, ["no-equals-sign"])
+    assert rc != 0
+    assert lines
+
+
+def test_secret_of_32_bytes_accepted(make_server):
+    srv = make_server(secret="k" * 32)
+    token, _ = srv.register()
+    jwt.decode(token, "k" * 32, algorithms=["HS256"])
+
+
+def test_env_token_ttl(make_server):
+    srv = make_server(env={"TMS_AUTH_TOKEN_TTL": "120"})
+    token, _ = srv.register()
+    c = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+    assert c["exp"] - c["iat"] == 120
+
+
+def test_set_token_ttl(make_server):
+    srv = make_server(auth__token_ttl=77)
+    token, _ = srv.register()
+    c = jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+    assert c["exp"] - c["iat"] == 77
+
+
+def test_env_secret(make_server):
+    secret = "env-provided-secret-" + "e" * 30
+    srv = make_server(secret=None, env={"TMS_AUTH_JWT_SECRET": secret})
+    token, _ = srv.register()
+    jwt.decode(token, secret, algorithms=["HS256"])
+
+
+def test_generated_secret_persists_across_restart(make_server, tmp_path):
+    data = tmp_path / "persist-data"
+    srv = make_server(secret=None, data_dir=data)
+    email = "persist-" + os.urandom(4).hex() + "@example.com"
+    token, user = srv.register(email)
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "HS256"
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, JWT_SECRET, algorithms=["HS256"])
+    srv.stop_ok()
+    assert any(data.iterdir()), "nothing kept in data.dir"
+
+    srv2 = make_server(secret=None, data_dir=data)
+    r = srv2.me(token)
+    assert r.status_code == 200, f"token from the first run refused after restart: {r.text}"
+    assert r.json()["id"] == user["id"]
+    srv2.login_ok(email)
+
+
+def test_users_persist_across_restart(make_server, tmp_path):
+    data = tmp_path / "persist-users"
+    srv = make_server(data_dir=data)
+    email = "restart-" + os.urandom(4).hex() + "@example.com"
+    token, user = srv.register(email)
+    srv.stop_ok()
+    srv2 = make_server(data_dir=data)
+    assert srv2.me(token).json()["id"] == user["id"]
+    _, again = srv2.login_ok(email)
+    assert again["id"] == user["id"]
+
+
+def test_version_command(tms_bin):
+    p = run_cli(["version"], timeout=10)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip()
+
+
+def test_migrate_command(tms_bin, tmp_path):
+    p = run_cli(["migrate", "--set", f"data.dir={tmp_path}"], timeout=20)
+    assert p.returncode == 0, p.stderr
+    # idempotent
+    p = run_cli(["migrate", "--set", f"data.dir={tmp_path}"], timeout=20)
+    assert p.returncode == 0, p.stderr

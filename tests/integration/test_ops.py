@@ -1,0 +1,102 @@
+"""Operational endpoints: /healthz, /readyz, /metrics, /openapi.json."""
+import re
+
+METRIC_LINE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*'
+    r'(\{([a-zA-Z_][a-zA-Z0-9_]*="([^"\\\n]|\\.)*"(,\s*)?)*\})?'
+    r' (\S+)( -?\d+)?$')
+
+
+def test_healthz(server):
+    r = server.get("/healthz")
+    assert r.status_code == 200
+
+
+def test_readyz_names_dependencies(server):
+    r = server.get("/readyz")
+    assert r.status_code == 200, r.text
+    assert r.headers.get("Content-Type", "").startswith("application/json")
+    body = r.json()
+    assert isinstance(body, dict) and body, body
+    text = r.text.lower()
+    assert any(w in text for w in ("users", "tasks", "sqlite", "store", "db")), body
+
+
+def test_metrics_prometheus_text(server):
+    token, user = server.register()
+    server.me(token)
+    server.get("/api/auth/me")
+    server.get("/healthz")
+    r = server.get("/metrics")
+    assert r.status_code == 200
+    assert r.headers.get("Content-Type", "").startswith("text/plain"), r.headers
+    text = r.text
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            if line.startswith("# TYPE"):
+                assert re.match(r"^# TYPE \S+ (counter|gauge|histogram|summary|untyped)$",
+                                line), line
+            continue
+        assert METRIC_LINE.match(line), f"not exposition format: {line!r}"
+    req_lines = [l for l in text.splitlines() if l.startswith("tms_http_requests_total{")]
+    assert req_lines, "no tms_http_requests_total samples"
+    assert any('route="/api/auth/me"' in l for l in req_lines), req_lines[:20]
+    assert any('route="/api/auth/register"' in l for l in req_lines), req_lines[:20]
+    assert any("status=" in l or "code=" in l for l in req_lines), req_lines[:5]
+    assert re.search(r"^# TYPE tms_http_requests_total counter$", text, re.M)
+    buckets = [l for l in text.splitlines() if re.match(r"^\w+_bucket\{", l)]
+    assert buckets, "no histogram buckets"
+    assert any('le="+Inf"' in l for l in buckets)
+    hist = re.search(r"^# TYPE (\w+) histogram$", text, re.M)
+    assert hist, "no histogram TYPE line"
+    name = hist.group(1)
+    assert re.search(rf"^{name}_sum", text, re.M) and re.search(rf"^{name}_count", text, re.M)
+
+
+def test_metrics_counter_increases(server):
+    def count(text):
+        total = 0.0
+        for l in text.splitlines():
+            if l.startswith("tms_http_requests_total{") and 'route="/api/auth/me"' in l:
+                total += float(l.rsplit(" ", 1)[1])
+        return total
+
+    before = count(server.get("/metrics").text)
+    for _ in range(3):
+        server.get("/api/auth/me")
+    after = count(server.get("/metrics").text)
+    assert after - before == 3
+
+
+def test_metrics_route_label_is_template(server):
+    """Raw user ids must not become label values (unbounded cardinality)."""
+    token, user = server.register()
+    assert server.delete(f"/api/auth/delete/{user['id']}", token=token).status_code == 200
+    server.get("/api/nope/" + "z" * 20)
+    text = server.get("/metrics").text
+    assert user["id"] not in text
+    assert "z" * 20 not in text
+
+
+def test_openapi(server):
+    r = server.get("/openapi.json")
+    assert r.status_code == 200
+    assert r.headers.get("Content-Type", "").startswith("application/json")
+    doc = r.json()
+    assert re.fullmatch(r"3\.1\.\d+", doc.get("openapi", "")), doc.get("openapi")
+    paths = doc.get("paths", {})
+    want = {"/api/auth/register": "post", "/api/auth/login": "post",
+            "/api/auth/logout": "post", "/api/auth/me": "get"}
+    for path, method in want.items():
+        assert path in paths, f"{path} missing from openapi paths: {sorted(paths)}"
+        assert method in paths[path], f"{method} {path} missing"
+    delete = [p for p in paths if p.startswith("/api/auth/delete/{")]
+    assert delete, f"no /api/auth/delete/{{...}} path: {sorted(paths)}"
+    assert "delete" in paths[delete[0]]
+
+
+def test_openapi_validates(server):
+    from openapi_spec_validator import OpenAPIV31SpecValidator, validate
+    doc = server.get("/openapi.json").json()
+    validate(doc, cls=OpenAPIV31SpecValidator)

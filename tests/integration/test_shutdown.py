@@ -1,0 +1,110 @@
+"""Graceful stop on SIGTERM/SIGINT."""
+import json
+import signal
+import socket
+import time
+
+import pytest
+
+from conftest import DEFAULT_PASSWORD, RawReader, raw_connect, unique_email
+
+
+def login_request(email):
+    body = json.dumps({"email": email, "password": DEFAULT_PASSWORD}).encode()
+    return (b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def test_sigterm_finishes_in_flight_requests(make_server):
+    srv = make_server()
+    emails = [unique_email("drain") for _ in range(8)]
+    for e in emails:
+        srv.register(e)
+    socks = [raw_connect(srv.port, timeout=10) for _ in emails]
+    # make sure every connection was accepted before the stop (a request served on it)
+    for s in socks:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    readers = [RawReader(s) for s in socks]
+    for r in readers:
+        assert r.read_response().status == 200
+    for s, e in zip(socks, emails):
+        s.sendall(login_request(e))
+    time.sleep(0.02)
+    t0 = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    results = []
+    for r in readers:
+        try:
+            results.append(r.read_response().status)
+        except (ConnectionError, OSError) as ex:
+            results.append(repr(ex))
+    for s in socks:
+        s.close()
+    assert results == [200] * len(emails), f"in-flight logins during SIGTERM: {results}"
+    rc = srv.stop()
+    took = time.monotonic() - t0
+    assert rc == 0, f"exit code {rc}; stderr:\n{srv.log_text()[-2000:]}"
+    assert took < 10
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+
+
+def test_no_new_connections_after_sigterm(make_server):
+    srv = make_server()
+    email = unique_email("drain2")
+    srv.register(email)
+    # keep the server busy draining one slow request
+    busy = raw_connect(srv.port, timeout=10)
+    busy.sendall(login_request(email))
+    time.sleep(0.01)
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    served = False
+    try:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=2)
+        try:
+            s.settimeout(2)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = s.recv(100)
+            served = data.startswith(b"HTTP/1.1 200")
+        except OSError:
+            pass
+        finally:
+            s.close()
+    except OSError:
+        pass
+    try:
+        status = RawReader(busy).read_response().status
+    except (ConnectionError, OSError) as ex:
+        status = repr(ex)
+    busy.close()
+    assert status == 200, f"in-flight login: {status}"
+    assert not served, "a connection opened 300 ms after SIGTERM was still served"
+    rc = srv.stop()
+    assert rc == 0, srv.log_text()[-2000:]
+
+
+def test_idle_and_partial_connections_do_not_block_stop(make_server):
+    srv = make_server()
+    idle = raw_connect(srv.port)
+    idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert RawReader(idle).read_response().status == 200
+    partial = raw_connect(srv.port)
+    partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    time.sleep(0.1)
+    took = srv.stop_ok()
+    assert took < 10
+    idle.close()
+    partial.close()
+
+
+def test_sigint_exits_zero(make_server):
+    srv = make_server()
+    srv.register()
+    srv.stop_ok(signal.SIGINT)
+
+
+def test_stop_logs_and_exit_fast_when_idle(make_server):
+    srv = make_server()
+    took = srv.stop_ok()
+    assert took < 5, f"idle server took {took:.1f}s to stop"
