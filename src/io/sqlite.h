@@ -21,8 +21,9 @@ tms_sqlite_t *tms_sqlite_open(const char *path, size_t queue_capacity, char *err
 /** The user store port served by db (owned by db, valid until tms_sqlite_close). */
 tms_user_store_t *tms_sqlite_user_store(tms_sqlite_t *db);
 
-/** Stop accepting (submit returns -TMS_ECLOSED), run and answer every queued
- * operation, join the thread, close the database and free it. Sets *db NULL. */
+/** Stop accepting (a submit racing with close gets -TMS_ECLOSED; none may follow it),
+ * run and answer every queued operation, join the thread, close the database and
+ * free it. Sets *db NULL. */
 void tms_sqlite_close(tms_sqlite_t **db);
 
 /** Open the database at path, apply pending migrations and close it, on the calling

@@ -1,0 +1,101 @@
+/* Config: defaults, file, environment and --set layering, and one clear error
+ * naming the key for every kind of bad value. */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "core/config.h"
+#include "core/status.h"
+#include "test.h"
+
+static void test_defaults(void)
+{
+    tms_config_t c;
+    char err[256];
+    tms_config_defaults(&c);
+    CHECK_EQ_STR(c.http.addr, "0.0.0.0:3000");
+    CHECK_EQ_STR(c.grpc.addr, "0.0.0.0:50051");
+    CHECK_EQ_INT(c.auth.token_ttl, 3600);
+    CHECK_EQ_INT(c.ratelimit.api_per_minute, 100);
+    CHECK_EQ_INT(c.ratelimit.login_per_15min, 5);
+    CHECK_EQ_INT(c.ratelimit.task_create_per_hour, 10);
+    CHECK_EQ_INT(c.http.max_head_bytes, 16384);
+    CHECK_EQ_INT(c.http.max_body_bytes, 1048576);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
+    CHECK_EQ_STR(c.users.url, "sqlite://./data/tms.db");
+    CHECK_EQ_STR(c.mail.url, "maildir://./data/mail");
+}
+
+static void test_layers(void)
+{
+    tms_config_t c;
+    char err[256] = "";
+    char path[] = "/tmp/tms_config_testXXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "[auth]\ntoken_ttl = 100\nissuer = file\n[http]\naddr = 127.0.0.1:1\n");
+    fclose(f);
+    tms_config_defaults(&c);
+    CHECK_EQ_INT(tms_config_load_file(&c, path, err, sizeof(err)), 0);
+    CHECK_EQ_INT(c.auth.token_ttl, 100);
+    setenv("TMS_AUTH_TOKEN_TTL", "200", 1);
+    CHECK_EQ_INT(tms_config_load_env(&c, err, sizeof(err)), 0);
+    CHECK_EQ_INT(c.auth.token_ttl, 200);
+    CHECK_EQ_STR(c.auth.issuer, "file");
+    CHECK_EQ_INT(tms_config_set(&c, "auth.token_ttl=300", err, sizeof(err)), 0);
+    CHECK_EQ_INT(c.auth.token_ttl, 300);
+    unsetenv("TMS_AUTH_TOKEN_TTL");
+    remove(path);
+}
+
+static void expect_error(const char *assignment, const char *needle)
+{
+    tms_config_t c;
+    char err[256] = "";
+    tms_config_defaults(&c);
+    int rc = tms_config_set(&c, assignment, err, sizeof(err));
+    if (rc == 0)
+        rc = tms_config_finish(&c, err, sizeof(err));
+    CHECK_EQ_INT(rc, -TMS_EINVAL);
+    CHECK(strstr(err, needle) != NULL);
+    CHECK(strchr(err, '\n') == NULL);
+}
+
+static void test_errors(void)
+{
+    expect_error("auth.token_ttl=abc", "auth.token_ttl");
+    expect_error("auth.token_ttl=0", "auth.token_ttl");
+    expect_error("auth.token_ttl=12x", "auth.token_ttl");
+    expect_error("foo.bar=1", "foo.bar");
+    expect_error("nodot=1", "section.key=value");
+    expect_error("tasks.migrate=sometimes", "tasks.migrate");
+    expect_error("auth.jwt_secret=short", "auth.jwt_secret");
+    expect_error("http.addr=nowhere", "http.addr");
+    expect_error("http.addr=1.2.3.4:99999", "http.addr");
+    expect_error("users.url=mysql://x", "users.url");
+    expect_error("ratelimit.api_per_minute=-1", "ratelimit.api_per_minute");
+}
+
+static void test_bad_file(void)
+{
+    tms_config_t c;
+    char err[256] = "";
+    char path[] = "/tmp/tms_config_testXXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "w");
+    fprintf(f, "[auth]\nno_such_key = 1\n");
+    fclose(f);
+    tms_config_defaults(&c);
+    CHECK_EQ_INT(tms_config_load_file(&c, path, err, sizeof(err)), -TMS_EINVAL);
+    CHECK(strstr(err, "auth.no_such_key") != NULL);
+    CHECK_EQ_INT(tms_config_load_file(&c, "/nonexistent/tms.conf", err, sizeof(err)), -TMS_EIO);
+    remove(path);
+}
+
+int main(void)
+{
+    RUN_TEST(test_defaults);
+    RUN_TEST(test_layers);
+    RUN_TEST(test_errors);
+    RUN_TEST(test_bad_file);
+    TEST_EXIT();
+}
