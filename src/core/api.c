@@ -41,6 +41,17 @@ void tms_api_call_free(tms_api_call_t **pcall)
     free(call->email);
     free_secret(call->password);
     free_secret(call->token);
+    free(call->title);
+    free(call->description);
+    free(call->status);
+    free(call->assigned_to);
+    free(call->idempotency_key);
+    free(call->cursor);
+    free(call->next_cursor);
+    tms_task_dispose(&call->task);
+    for (size_t i = 0; i < call->ntasks; i++)
+        tms_task_dispose(&call->tasks[i]);
+    free(call->tasks);
     sodium_memzero(call->user.password_hash, sizeof(call->user.password_hash));
     free(call);
 }

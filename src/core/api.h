@@ -15,6 +15,7 @@
 
 #include "core/mailbox.h"
 #include "core/status.h"
+#include "core/task.h"
 #include "core/user_store.h"
 
 typedef enum tms_api_op {
@@ -26,6 +27,14 @@ typedef enum tms_api_op {
     TMS_API_USER_EXISTS,  /* bearer; target_id -> flag */
     TMS_API_USER_INFO,    /* bearer; target_id -> user (email, role) */
     TMS_API_VERIFY_TOKEN, /* token in bearer -> flag (valid), user id and role */
+    TMS_API_TASK_CREATE,  /* bearer; title, description, status?, assigned_to?,
+                           * idempotency_key? -> task (replayed when idempotent) */
+    TMS_API_TASK_GET,     /* bearer; task_id -> task */
+    TMS_API_TASK_LIST,    /* bearer; assigned_to?, status?, limit (0 = default),
+                           * cursor? -> tasks, next_cursor */
+    TMS_API_TASK_UPDATE,  /* bearer; task_id, any of title/description/status/
+                           * assigned_to ("" unassigns), if_match? -> task */
+    TMS_API_TASK_DELETE,  /* bearer; task_id, if_match? -> ok */
     TMS_API_OP_COUNT,
 } tms_api_op_t;
 
@@ -62,6 +71,17 @@ typedef struct tms_api_call {
     char *email;
     char *password;
     char target_id[32];
+    /* task arguments: NULL = not given */
+    int64_t task_id; /* parsed by the adapter; 0 = malformed id */
+    char *title;
+    char *description;
+    char *status;
+    char *assigned_to; /* "" = nobody (update: unassign) */
+    bool has_if_match;
+    int64_t if_match; /* expected version */
+    char *idempotency_key;
+    char *cursor;
+    int32_t limit; /* 0 = default */
 
     /* set by the gateway / auth actor */
     tms_principal_t principal;
@@ -72,6 +92,11 @@ typedef struct tms_api_call {
     tms_user_t user; /* password_hash always cleared before reply */
     char *token;
     bool flag;
+    tms_task_t task;
+    tms_task_t *tasks; /* list: heap array of ntasks */
+    size_t ntasks;
+    char *next_cursor; /* NULL at the end */
+    bool replayed;     /* idempotent create answered with the first result */
 
     /* the adapter's reply route, kept while actors forward the call */
     tms_mailbox_t *origin_reply_to;

@@ -163,6 +163,17 @@ class TmsServer:
         self._close_log()
         return self.returncode
 
+    def wait_exit(self, timeout=STOP_TIMEOUT):
+        """Wait (sending nothing) for the process to exit; returns its code or None."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        self.returncode = self.proc.returncode
+        self._close_log()
+        return self.returncode
+
     def stop_ok(self, sig=signal.SIGTERM):
         """Stop and assert a clean exit (code 0 within 10 s)."""
         alive = self.proc is not None and self.proc.poll() is None

@@ -41,7 +41,7 @@ def test_sigterm_finishes_in_flight_requests(make_server):
     for s in socks:
         s.close()
     assert results == [200] * len(emails), f"in-flight logins during SIGTERM: {results}"
-    rc = srv.stop()
+    rc = srv.wait_exit(10 - (time.monotonic() - t0))
     took = time.monotonic() - t0
     assert rc == 0, f"exit code {rc}; stderr:\n{srv.log_text()[-2000:]}"
     assert took < 10
@@ -80,8 +80,8 @@ def test_no_new_connections_after_sigterm(make_server):
     busy.close()
     assert status == 200, f"in-flight login: {status}"
     assert not served, "a connection opened 300 ms after SIGTERM was still served"
-    rc = srv.stop()
-    assert rc == 0, srv.log_text()[-2000:]
+    rc = srv.wait_exit()
+    assert rc == 0, f"exit code {rc}; stderr:\n{srv.log_text()[-2000:]}"
 
 
 def test_idle_and_partial_connections_do_not_block_stop(make_server):

@@ -1,0 +1,34 @@
+/* The JSON shapes of API.md's events, built in one place for every store and bus,
+ * and event ids. */
+#ifndef TMS_CORE_EVENTS_H
+#define TMS_CORE_EVENTS_H
+
+#include <stdint.h>
+
+#include "core/user_store.h"
+
+#define TMS_TOPIC_NOTIFICATIONS "notifications"
+#define TMS_TOPIC_USER_DELETED "user_deleted"
+#define TMS_TOPIC_COMPENSATE "compensate_user_deletion"
+
+/** A new random (v4) UUID as 36 characters plus NUL. Thread-safe. */
+void tms_event_id_new(char out[37]);
+
+/** {type, user_id, task_id, event_id, title, occurred_at}: task_id as decimal string.
+ * Returns heap JSON text; never NULL. */
+char *tms_event_notification_json(const char *type, const char *user_id, int64_t task_id,
+                                  const char *event_id, const char *title, int64_t occurred_ms);
+
+/** {user: {id, email, role, tokenVersion, createdAt}, event_id}: for user_deleted and
+ * compensate_user_deletion. Never includes the password hash. Heap; never NULL. */
+char *tms_event_user_json(const tms_user_t *user, const char *event_id);
+
+/** Parse a user event back (id, email, role, token_version, created_at_ms filled;
+ * password_hash left empty). Returns 0 or -TMS_EINVAL. */
+int tms_event_user_parse(const char *json, tms_user_t *user, char event_id[37]);
+
+/** Parse a notification event. Returns 0 or -TMS_EINVAL; *title is heap. */
+int tms_event_notification_parse(const char *json, char type[16], char user_id[25],
+                                 int64_t *task_id, char event_id[37], char **title);
+
+#endif

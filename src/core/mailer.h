@@ -1,0 +1,52 @@
+/* The mailer port: Maildir now, SMTP later. A mail is a message that comes back to
+ * mail->msg.reply_to with err set; OK means the message is stored (Maildir) or the
+ * server accepted it (SMTP). Sending the same event_id twice must not produce a
+ * second delivery where the adapter can prevent it. */
+#ifndef TMS_CORE_MAILER_H
+#define TMS_CORE_MAILER_H
+
+#include <stdint.h>
+
+#include "core/mailbox.h"
+#include "core/status.h"
+#include "core/user_store.h"
+
+typedef struct tms_mail {
+    tms_msg_t msg; /* first member */
+    char to[TMS_EMAIL_MAX + 1];
+    char subject[256]; /* UTF-8; encoded by the renderer when not ASCII */
+    char event_id[37]; /* the Message-ID is derived from it */
+    char *text;        /* plain text body, UTF-8, heap */
+    char *html;        /* HTML body, UTF-8, heap; may be NULL */
+    int64_t date_ms;   /* Date: header */
+    tms_error_t err;   /* out: OK, INVALID_ARGUMENT (unsafe address), UNAVAILABLE */
+    int duplicate;     /* out: the adapter found it already delivered */
+} tms_mail_t;
+
+/** Allocate a zeroed mail; never NULL. */
+tms_mail_t *tms_mail_new(void);
+
+/** Free a mail and its bodies. Sets *m NULL. */
+void tms_mail_free(tms_mail_t **m);
+
+typedef struct tms_mailer tms_mailer_t;
+struct tms_mailer {
+    const char *name; /* "maildir", "smtp" */
+    /** Queue mail; on success takes ownership and later replies. Returns 0,
+     * -TMS_EFULL or -TMS_ECLOSED. */
+    int (*submit)(tms_mailer_t *self, tms_mail_t **mail);
+};
+
+static inline int tms_mailer_submit(tms_mailer_t *m, tms_mail_t **mail)
+{
+    return m->submit(m, mail);
+}
+
+/** Render mail as an RFC 5322 message with CRLF line ends: Date, From, To, Subject
+ * (RFC 2047 encoded when not ASCII), Message-ID <event_id@domain>, MIME-Version and
+ * a multipart/alternative text + HTML body (quoted-printable). Returns heap text, or
+ * NULL when a header value would carry CR, LF or another control character (header
+ * injection) or an address is not a plain addr-spec. */
+char *tms_mail_render(const tms_mail_t *mail, const char *from, const char *domain, size_t *len);
+
+#endif

@@ -1,0 +1,67 @@
+/* The outbox port (and its inbox twin): durable event hand-off between a store and
+ * the event bus. Stores write events into their outbox in the transaction of the
+ * change that caused them; the relay (core/relay.h) reads pending events in order,
+ * publishes them and marks them sent once the bus accepted them. Consumers record
+ * what they handled in the inbox (keyed by consumer and event_id) to drop
+ * redeliveries. */
+#ifndef TMS_CORE_OUTBOX_H
+#define TMS_CORE_OUTBOX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/mailbox.h"
+#include "core/status.h"
+
+typedef struct tms_outbox_event {
+    int64_t seq; /* outbox order: publish in ascending seq */
+    char event_id[37];
+    char topic[64];
+    char key[64];
+    char *payload; /* JSON text, heap */
+    int64_t created_at_ms;
+} tms_outbox_event_t;
+
+typedef enum tms_outbox_op_kind {
+    TMS_OUTBOX_FETCH = 1, /* in: limit. out: events[0..nevents) not yet sent, by seq */
+    TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Idempotent */
+    TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event */
+    TMS_INBOX_SEEN,       /* in: consumer, event_id. out: seen */
+    TMS_INBOX_RECORD,     /* in: consumer, event_id. Idempotent */
+    TMS_OUTBOX_PENDING,   /* out: count of unsent events */
+} tms_outbox_op_kind_t;
+
+typedef struct tms_outbox_op {
+    tms_msg_t msg; /* first member; msg.op is a tms_outbox_op_kind_t */
+    /* in */
+    int limit;
+    int64_t *seqs; /* heap */
+    size_t nseqs;
+    tms_outbox_event_t event; /* ADD */
+    char consumer[32];
+    char event_id[37];
+    /* out */
+    tms_error_t err;
+    tms_outbox_event_t *events; /* heap array; payloads heap */
+    size_t nevents;
+    bool seen;
+    int64_t count;
+} tms_outbox_op_t;
+
+/** Free everything an op owns and the op. Sets *op NULL. */
+void tms_outbox_op_free(tms_outbox_op_t **op);
+
+typedef struct tms_outbox tms_outbox_t;
+struct tms_outbox {
+    const char *name;
+    /** Queue op; as tms_task_store_t.submit. */
+    int (*submit)(tms_outbox_t *self, tms_outbox_op_t **op);
+};
+
+static inline int tms_outbox_submit(tms_outbox_t *o, tms_outbox_op_t **op)
+{
+    return o->submit(o, op);
+}
+
+#endif

@@ -1,0 +1,35 @@
+/* A task as every layer sees it (API.md "task"). Strings are heap-owned by the
+ * struct; tms_task_dispose frees them. */
+#ifndef TMS_CORE_TASK_H
+#define TMS_CORE_TASK_H
+
+#include <stdint.h>
+
+#include "core/user_store.h"
+
+#define TMS_TITLE_MAX_CHARS 200
+#define TMS_DESCRIPTION_MAX_CHARS 10000
+#define TMS_LIST_LIMIT_MAX 200
+#define TMS_LIST_LIMIT_DEFAULT 50
+
+typedef struct tms_task {
+    int64_t id;
+    char *title;                           /* heap; NULL only in an empty struct */
+    char *description;                     /* heap */
+    char status[16];                       /* "open" | "in progress" | "closed" */
+    char assigned_to[TMS_USER_ID_LEN + 1]; /* "" = nobody */
+    char created_by[TMS_USER_ID_LEN + 1];
+    int64_t created_at_ms, updated_at_ms;
+    int64_t version; /* 1 at creation, +1 per change */
+} tms_task_t;
+
+/** Free the strings of t and zero it. */
+void tms_task_dispose(tms_task_t *t);
+
+/** Deep copy src into dst (dst's old strings are not freed). */
+void tms_task_copy(tms_task_t *dst, const tms_task_t *src);
+
+/** True when s is one of the three statuses. */
+int tms_task_status_valid(const char *s);
+
+#endif

@@ -1,0 +1,91 @@
+/* The task store port: what the task actor needs from wherever tasks live (SQLite
+ * now, PostgreSQL later). As with the user store, an operation is a message that
+ * comes back to op->msg.reply_to with err set; the adapter never calls back on its
+ * own thread.
+ *
+ * Writes that cause an event (create or update with notify set, and the user store's
+ * delete) write the event into the store's outbox in the same transaction, so an
+ * event exists if and only if its change was committed (core/outbox.h). */
+#ifndef TMS_CORE_TASK_STORE_H
+#define TMS_CORE_TASK_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/mailbox.h"
+#include "core/status.h"
+#include "core/task.h"
+
+#define TMS_EVENT_ID_LEN 36 /* UUID text */
+#define TMS_IDEMPOTENCY_KEY_MAX 128
+#define TMS_IDEMPOTENCY_TTL_MS (24LL * 3600 * 1000)
+
+typedef enum tms_task_op_kind {
+    TMS_TASK_CREATE = 1,    /* in: task (all but id/version), idem_* (optional), notify.
+                             * out: task with id and version 1. With an idempotency key
+                             * already used by the same user within 24 h: the first task
+                             * and replayed = true if idem_hash matches, else err
+                             * ALREADY_EXISTS. */
+    TMS_TASK_GET,           /* in: id. out: task, or NOT_FOUND */
+    TMS_TASK_LIST,          /* in: filter_assigned_to, filter_status ("" = any), after_id,
+                             * limit. out: tasks[0..ntasks) ordered by id ascending with
+                             * id > after_id, has_more */
+    TMS_TASK_UPDATE,        /* in: id, expected_version (0 = any), set_* flags with the new
+                             * values in task, updated_at_ms, notify. out: task after the
+                             * change (version + 1), or NOT_FOUND, or FAILED_PRECONDITION
+                             * when the version differs */
+    TMS_TASK_DELETE,        /* in: id, expected_version (0 = any). out: task as it was,
+                             * NOT_FOUND or FAILED_PRECONDITION */
+    TMS_TASK_UNASSIGN_USER, /* in: user_id. Every task assigned to user_id gets no
+                             * assignee (version + 1). out: count */
+    TMS_TASK_PING,          /* readiness probe */
+} tms_task_op_kind_t;
+
+/* The event a write must also record (in the same transaction). */
+typedef struct tms_task_notify {
+    bool enabled;
+    char type[16]; /* "task_created" | "task_assigned" */
+    char event_id[TMS_EVENT_ID_LEN + 1];
+} tms_task_notify_t;
+
+typedef struct tms_task_op {
+    tms_msg_t msg; /* first member; msg.op is a tms_task_op_kind_t */
+    /* in */
+    int64_t id;
+    int64_t expected_version;
+    tms_task_t task; /* create: the new task; update: new values of the set_* fields */
+    bool set_title, set_description, set_status, set_assigned_to;
+    tms_task_notify_t notify;
+    char idem_key[TMS_IDEMPOTENCY_KEY_MAX + 1]; /* "" = none */
+    char idem_hash[65];                         /* hex SHA-256 of the normalized request */
+    char filter_assigned_to[TMS_USER_ID_LEN + 1];
+    char filter_status[16];
+    int64_t after_id;
+    int limit;
+    char user_id[TMS_USER_ID_LEN + 1];
+    /* out */
+    tms_error_t err;
+    bool replayed;
+    tms_task_t *tasks; /* list: heap array, each disposed with tms_task_dispose */
+    size_t ntasks;
+    bool has_more;
+    int64_t count;
+} tms_task_op_t;
+
+/** Free everything an op owns (task strings, list) and the op itself. */
+void tms_task_op_free(tms_task_op_t **op);
+
+typedef struct tms_task_store tms_task_store_t;
+struct tms_task_store {
+    const char *name; /* "sqlite", "postgres" */
+    /** Queue op; on success takes ownership (clears *op) and later replies to
+     * (*op)->msg.reply_to. Returns 0, -TMS_EFULL or -TMS_ECLOSED. */
+    int (*submit)(tms_task_store_t *self, tms_task_op_t **op);
+};
+
+static inline int tms_task_store_submit(tms_task_store_t *s, tms_task_op_t **op)
+{
+    return s->submit(s, op);
+}
+
+#endif
