@@ -14,12 +14,17 @@
 
 #include "actors/auth.h"
 #include "actors/gateway.h"
+#include "actors/notifier.h"
+#include "actors/task.h"
 #include "core/config.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/relay.h"
 #include "core/status.h"
 #include "core/workpool.h"
+#include "io/bus_local.h"
 #include "io/http1.h"
+#include "io/maildir.h"
 #include "io/rest.h"
 #include "io/sqlite.h"
 
@@ -160,16 +165,21 @@ static const char *sqlite_path(const char *url)
 typedef struct server {
     uv_loop_t *loop;
     tms_config_t *cfg;
-    tms_sqlite_t *db;
-    tms_workpool_t *hashers;
+    tms_sqlite_t *users_db, *tasks_db; /* the same handle when both URLs name one file */
+    tms_workpool_t *hashers, *mail_pool;
+    tms_event_bus_t *bus;
+    tms_mailer_t *mailer;
+    tms_relay_t *users_relay, *tasks_relay; /* the same relay for one file */
     tms_auth_t *auth;
+    tms_task_actor_t *task;
+    tms_notifier_t *notifier;
     tms_gateway_t *gateway;
     tms_rest_t *rest;
     tms_http_server_t *http;
     uv_signal_t sigint, sigterm;
     uv_timer_t lag_timer, drain_timer;
     uint64_t lag_expected;
-    double lag_max; /* seconds, worst over the last interval window */
+    double lag_max; /* seconds, decaying maximum */
     uint64_t drain_deadline;
     int stopping;
 } server_t;
@@ -192,14 +202,16 @@ static void on_lag_tick(uv_timer_t *t)
 
 static void close_handle(uv_handle_t *h)
 {
-    if (!uv_is_closing(h))
+    if (h->loop && !uv_is_closing(h))
         uv_close(h, NULL);
 }
 
-/* Last step of shutdown: nothing is in flight, so actors and stores can go. */
+/* Last step of shutdown: nothing is in flight, so actors and stores can go. Also
+ * the clean-up path of a failed start, so every free here accepts NULL. */
 static void finish_shutdown(server_t *s)
 {
-    uv_timer_stop(&s->drain_timer);
+    if (s->drain_timer.loop)
+        uv_timer_stop(&s->drain_timer);
     close_handle((uv_handle_t *)&s->drain_timer);
     close_handle((uv_handle_t *)&s->lag_timer);
     close_handle((uv_handle_t *)&s->sigint);
@@ -207,27 +219,55 @@ static void finish_shutdown(server_t *s)
     tms_http_server_free(&s->http);
     tms_rest_free(&s->rest);
     tms_gateway_free(&s->gateway);
+    tms_notifier_free(&s->notifier);
+    tms_task_actor_free(&s->task);
     tms_auth_free(&s->auth);
+    if (s->users_relay == s->tasks_relay)
+        s->users_relay = NULL;
+    tms_relay_free(&s->users_relay);
+    tms_relay_free(&s->tasks_relay);
+    tms_bus_local_free(&s->bus);
+    tms_maildir_free(&s->mailer);
     tms_workpool_free(&s->hashers);
-    tms_sqlite_close(&s->db);
-    tms_log_info("stopped", "%s", "");
+    tms_workpool_free(&s->mail_pool);
+    if (s->users_db == s->tasks_db)
+        s->users_db = NULL;
+    tms_sqlite_close(&s->users_db);
+    tms_sqlite_close(&s->tasks_db);
+}
+
+static size_t work_in_flight(server_t *s)
+{
+    return tms_rest_pending(s->rest) + tms_auth_inflight(s->auth) +
+           tms_task_actor_inflight(s->task) + tms_notifier_inflight(s->notifier) +
+           (size_t)tms_relay_busy(s->tasks_relay) +
+           (size_t)(s->users_relay ? tms_relay_busy(s->users_relay) : 0);
 }
 
 static void on_drain_tick(uv_timer_t *t)
 {
     server_t *s = t->data;
-    if (tms_rest_pending(s->rest) == 0 || uv_now(s->loop) >= s->drain_deadline) {
-        if (tms_rest_pending(s->rest))
-            tms_log_warn("shutdown_abandoned", "pending=%zu", tms_rest_pending(s->rest));
-        else
-            finish_shutdown(s);
+    size_t busy = work_in_flight(s);
+    if (busy == 0) {
+        finish_shutdown(s);
+        tms_log_info("stopped", "%s", "clean=1");
+    } else if (uv_now(s->loop) >= s->drain_deadline) {
+        /* Acknowledged writes are committed; what is left (outbox events, emails)
+         * is redone after the next start. */
+        tms_log_warn("stopped", "clean=0 in_flight=%zu", busy);
+        fflush(stderr);
+        _exit(0);
     }
 }
 
 static void on_http_stopped(void *arg)
 {
     server_t *s = arg;
-    /* Calls whose client already got a 504 may still be with the actors. */
+    /* No new requests; let the relays finish their batch and the actors their work
+     * (a call whose client already got a 504 may still be with them). */
+    tms_relay_stop(s->tasks_relay, NULL, NULL);
+    if (s->users_relay && s->users_relay != s->tasks_relay)
+        tms_relay_stop(s->users_relay, NULL, NULL);
     uv_timer_start(&s->drain_timer, on_drain_tick, 0, 10);
 }
 
@@ -242,19 +282,108 @@ static void on_signal(uv_signal_t *h, int signum)
     tms_log_info("stopping", "signal=%d inflight=%zu grace_s=%lld", signum,
                  tms_http_server_inflight(s->http), (long long)s->cfg->server.shutdown_grace);
     s->drain_deadline = uv_now(s->loop) + (uint64_t)s->cfg->server.shutdown_grace * 1000;
-    tms_http_server_stop(s->http, (uint64_t)s->cfg->server.shutdown_grace * 1000, on_http_stopped,
-                         s);
+    tms_http_server_stop(s->http, (uint64_t)s->cfg->server.shutdown_grace * 1000,
+                         on_http_stopped, s);
+}
+
+static tms_sqlite_t *open_db(const char *key, const char *url, const tms_config_t *cfg)
+{
+    char err[512];
+    tms_sqlite_t *db = tms_sqlite_open(sqlite_path(url), (size_t)cfg->server.mailbox_capacity,
+                                       err, sizeof(err));
+    if (!db)
+        fprintf(stderr, "tms: %s: %s\n", key, err);
+    return db;
+}
+
+/* Starts stores, bus, mailer, relays and the four actors; 0 or -1 (already said). */
+static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
+{
+    char err[512];
+    const char *maildir = cfg->mail.url + strlen("maildir://");
+    tms_outbox_t *users_outbox, *tasks_outbox;
+
+    s->users_db = open_db("users.url", cfg->users.url, cfg);
+    if (!s->users_db)
+        return -1;
+    if (strcmp(sqlite_path(cfg->users.url), sqlite_path(cfg->tasks.url)) == 0)
+        s->tasks_db = s->users_db;
+    else if (!(s->tasks_db = open_db("tasks.url", cfg->tasks.url, cfg)))
+        return -1;
+    users_outbox = tms_sqlite_outbox(s->users_db);
+    tasks_outbox = tms_sqlite_outbox(s->tasks_db);
+
+    s->bus = tms_bus_local_new(s->loop);
+    s->mail_pool = tms_workpool_new("mail", 2, (size_t)cfg->server.mailbox_capacity);
+    s->mailer = tms_maildir_new(maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
+                                s->mail_pool, err, sizeof(err));
+    if (!s->mailer) {
+        fprintf(stderr, "tms: mail.url: %s\n", err);
+        return -1;
+    }
+    s->tasks_relay = tms_relay_new(s->loop, tasks_outbox, s->bus, 1000);
+    s->users_relay = s->users_db == s->tasks_db
+                         ? s->tasks_relay
+                         : tms_relay_new(s->loop, users_outbox, s->bus, 1000);
+
+    s->hashers = tms_workpool_new("hash", (int)cfg->auth.hash_threads,
+                                  (size_t)cfg->auth.hash_queue);
+    s->auth = tms_auth_start(s->loop,
+                             &(tms_auth_config_t){
+                                 .jwt_key = (const unsigned char *)secret,
+                                 .jwt_key_len = strlen(secret),
+                                 .issuer = cfg->auth.issuer,
+                                 .token_ttl = cfg->auth.token_ttl,
+                                 .argon2_opslimit = (unsigned long long)cfg->auth.argon2_opslimit,
+                                 .argon2_memlimit = (size_t)cfg->auth.argon2_memlimit_kib * 1024,
+                                 .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                                 .bus = s->bus,
+                                 .inbox = users_outbox,
+                                 .relay = s->users_relay,
+                             },
+                             tms_sqlite_user_store(s->users_db), s->hashers);
+    s->task = tms_task_actor_start(s->loop, &(tms_task_actor_config_t){
+                                                .mailbox_capacity =
+                                                    (size_t)cfg->server.mailbox_capacity,
+                                                .tasks = tms_sqlite_task_store(s->tasks_db),
+                                                .outbox = tasks_outbox,
+                                                .auth = tms_auth_mailbox(s->auth),
+                                                .bus = s->bus,
+                                                .relay = s->tasks_relay,
+                                            });
+    s->notifier = tms_notifier_start(s->loop, &(tms_notifier_config_t){
+                                                  .mailbox_capacity =
+                                                      (size_t)cfg->server.mailbox_capacity,
+                                                  .mailer = s->mailer,
+                                                  .inbox = tasks_outbox,
+                                                  .auth = tms_auth_mailbox(s->auth),
+                                                  .bus = s->bus,
+                                              });
+    s->gateway = tms_gateway_start(
+        s->loop,
+        &(tms_gateway_config_t){
+            .api_per_minute = (uint32_t)cfg->ratelimit.api_per_minute,
+            .login_per_15min = (uint32_t)cfg->ratelimit.login_per_15min,
+            .task_create_per_hour = (uint32_t)cfg->ratelimit.task_create_per_hour,
+            .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+        },
+        tms_auth_mailbox(s->auth), tms_task_actor_mailbox(s->task));
+    s->rest = tms_rest_new(s->loop, &(tms_rest_config_t){
+                                        .gateway = tms_gateway_mailbox(s->gateway),
+                                        .users = tms_sqlite_user_store(s->users_db),
+                                        .tasks = tms_sqlite_task_store(s->tasks_db),
+                                        .call_timeout_ms =
+                                            (uint64_t)cfg->server.request_timeout * 1000,
+                                    });
+    return 0;
 }
 
 static int cmd_serve(tms_config_t *cfg)
 {
     static server_t srv;
     server_t *s = &srv;
-    char err[512], secret[600];
+    char secret[600];
     tms_http_limits_t limits;
-    tms_auth_config_t acfg;
-    tms_gateway_config_t gcfg;
-    tms_rest_config_t rcfg;
     int rc = 1;
 
     s->loop = uv_default_loop();
@@ -266,37 +395,11 @@ static int cmd_serve(tms_config_t *cfg)
     }
     if (load_secret(cfg, secret, sizeof(secret)) != 0)
         return 1;
-    s->db = tms_sqlite_open(sqlite_path(cfg->users.url), (size_t)cfg->server.mailbox_capacity, err,
-                            sizeof(err));
-    if (!s->db) {
-        fprintf(stderr, "tms: users.url: %s\n", err);
-        return 1;
-    }
-    s->hashers =
-        tms_workpool_new("hash", (int)cfg->auth.hash_threads, (size_t)cfg->auth.hash_queue);
-    acfg = (tms_auth_config_t){
-        .jwt_key = (const unsigned char *)secret,
-        .jwt_key_len = strlen(secret),
-        .issuer = cfg->auth.issuer,
-        .token_ttl = cfg->auth.token_ttl,
-        .argon2_opslimit = (unsigned long long)cfg->auth.argon2_opslimit,
-        .argon2_memlimit = (size_t)cfg->auth.argon2_memlimit_kib * 1024,
-        .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-    };
-    s->auth = tms_auth_start(s->loop, &acfg, tms_sqlite_user_store(s->db), s->hashers);
+    rc = start_parts(s, cfg, secret);
     sodium_memzero(secret, sizeof(secret));
-    gcfg = (tms_gateway_config_t){
-        .api_per_minute = (uint32_t)cfg->ratelimit.api_per_minute,
-        .login_per_15min = (uint32_t)cfg->ratelimit.login_per_15min,
-        .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-    };
-    s->gateway = tms_gateway_start(s->loop, &gcfg, tms_auth_mailbox(s->auth));
-    rcfg = (tms_rest_config_t){
-        .gateway = tms_gateway_mailbox(s->gateway),
-        .users = tms_sqlite_user_store(s->db),
-        .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
-    };
-    s->rest = tms_rest_new(s->loop, &rcfg);
+    if (rc != 0)
+        goto fail;
+
     tms_http_limits_default(&limits);
     limits.max_head_bytes = (size_t)cfg->http.max_head_bytes;
     limits.max_body_bytes = (size_t)cfg->http.max_body_bytes;
@@ -306,6 +409,7 @@ static int cmd_serve(tms_config_t *cfg)
     s->http = tms_http_server_new(s->loop, &limits, tms_rest_handle, s->rest);
     if (tms_http_server_listen(s->http, cfg->http.addr) != 0) {
         fprintf(stderr, "tms: http.addr: cannot listen on %s\n", cfg->http.addr);
+        tms_http_server_stop(s->http, 0, NULL, NULL);
         goto fail;
     }
 
@@ -320,20 +424,19 @@ static int cmd_serve(tms_config_t *cfg)
     s->lag_expected = uv_hrtime() + LAG_INTERVAL_MS * 1000000ull;
     uv_timer_start(&s->lag_timer, on_lag_tick, LAG_INTERVAL_MS, LAG_INTERVAL_MS);
     uv_unref((uv_handle_t *)&s->lag_timer);
-    tms_metrics_gauge_fn("tms_loop_lag_seconds", "how late the event loop ran a 100 ms timer", "",
-                         lag_gauge, s);
+    tms_metrics_gauge_fn("tms_loop_lag_seconds", "how late the event loop ran a 100 ms timer",
+                         "", lag_gauge, s);
 
-    tms_log_info("listening", "proto=http addr=%s port=%d version=%s users=sqlite data_dir=%s",
+    tms_log_info("listening",
+                 "proto=http addr=%s port=%d version=%s users=sqlite tasks=sqlite events=local "
+                 "mail=maildir data_dir=%s",
                  cfg->http.addr, tms_http_server_port(s->http), TMS_VERSION, cfg->data.dir);
     uv_run(s->loop, UV_RUN_DEFAULT);
-    rc = 0;
-    if (s->http) /* the loop ended without a full shutdown */
-        rc = 1;
+    rc = s->rest ? 1 : 0; /* the loop ended without a full shutdown */
     tms_metrics_reset();
     uv_loop_close(s->loop);
     return rc;
 fail:
-    tms_http_server_stop(s->http, 0, NULL, NULL);
     uv_run(s->loop, UV_RUN_NOWAIT);
     finish_shutdown(s);
     uv_run(s->loop, UV_RUN_DEFAULT);

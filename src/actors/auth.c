@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/clock.h"
+#include "core/events.h"
 #include "core/jwt.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -32,6 +33,10 @@ struct tms_auth {
     size_t memlimit;
     char dummy_hash[crypto_pwhash_STRBYTES]; /* verified for unknown emails */
     size_t inflight;
+    tms_event_bus_t *bus;
+    tms_outbox_t *inbox;
+    tms_relay_t *relay;
+    tms_counter_t *restored;
     tms_counter_t *logins_ok, *logins_failed, *registrations;
 };
 
@@ -447,6 +452,8 @@ static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
         return;
     call->flag = true;
     tms_log_info("user_deleted", "user=%s by=%s", op->user.id, call->principal.user_id);
+    if (auth->relay) /* the store wrote user_deleted into its outbox with the delete */
+        tms_relay_kick(auth->relay);
     finish(auth, call);
 }
 
@@ -511,6 +518,115 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
     }
 }
 
+/* ---- the saga: compensate_user_deletion -------------------------------- */
+
+#define COMPENSATION_GROUP "compensation-group"
+
+typedef struct comp_job {
+    tms_auth_t *auth;
+    tms_delivery_t *delivery;
+    tms_user_t user;
+    char event_id[37];
+} comp_job_t;
+
+static void comp_ack(comp_job_t *job, int ok)
+{
+    job->auth->bus->ack(job->auth->bus, &job->delivery, ok);
+    job->auth->inflight--;
+    sodium_memzero(job, sizeof(*job));
+    free(job);
+}
+
+static void on_comp_recorded(tms_msg_t *msg)
+{
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    comp_job_t *job = msg->ctx;
+    int ok = op->err.code == TMS_OK;
+    tms_outbox_op_free(&op);
+    comp_ack(job, ok);
+}
+
+static void comp_inbox(comp_job_t *job, tms_outbox_op_kind_t kind, tms_cont_fn cont)
+{
+    tms_outbox_op_t *op = tms_new(tms_outbox_op_t);
+    op->msg.op = (int)kind;
+    op->msg.reply_to = job->auth->mailbox;
+    op->msg.cont = cont;
+    op->msg.ctx = job;
+    snprintf(op->consumer, sizeof(op->consumer), COMPENSATION_GROUP);
+    snprintf(op->event_id, sizeof(op->event_id), "%s", job->event_id);
+    if (tms_outbox_submit(job->auth->inbox, &op) != 0) {
+        tms_outbox_op_free(&op);
+        comp_ack(job, 0);
+    }
+}
+
+static void on_restored(tms_msg_t *msg)
+{
+    store_req_t *req = (store_req_t *)msg;
+    comp_job_t *job = msg->ctx;
+    tms_status_t code = req->op.err.code;
+    free(req);
+    if (code == TMS_ALREADY_EXISTS) {
+        /* Restored by an earlier delivery, or the email was registered again since:
+         * either way there is nothing left to restore. */
+        tms_log_warn("user_restore_skipped", "user=%s reason=exists", job->user.id);
+    } else if (code != TMS_OK) {
+        comp_ack(job, 0);
+        return;
+    } else {
+        tms_counter_add(job->auth->restored, 1);
+        tms_log_warn("user_restored", "user=%s", job->user.id);
+    }
+    comp_inbox(job, TMS_INBOX_RECORD, on_comp_recorded);
+}
+
+static void on_comp_seen(tms_msg_t *msg)
+{
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    comp_job_t *job = msg->ctx;
+    store_req_t *req;
+    tms_user_op_t *uop;
+    int failed = op->err.code != TMS_OK, seen = op->seen;
+    tms_outbox_op_free(&op);
+    if (failed || seen) {
+        comp_ack(job, !failed);
+        return;
+    }
+    req = tms_new(store_req_t);
+    req->auth = job->auth;
+    uop = &req->op;
+    uop->msg.op = TMS_USER_RESTORE;
+    uop->msg.reply_to = job->auth->mailbox;
+    uop->msg.cont = on_restored;
+    uop->msg.ctx = job;
+    uop->msg.free_fn = free_store_req;
+    uop->user = job->user;
+    /* Old tokens stay dead: the restored user starts one version later. The hash is
+     * empty: the store takes it from the deleted user's tombstone. */
+    uop->user.token_version++;
+    uop->user.password_hash[0] = '\0';
+    if (tms_user_store_submit(job->auth->users, &uop) != 0) {
+        free(req);
+        comp_ack(job, 0);
+    }
+}
+
+static void on_compensate(tms_auth_t *auth, tms_delivery_t *d)
+{
+    comp_job_t *job = tms_new(comp_job_t);
+    job->auth = auth;
+    job->delivery = d;
+    auth->inflight++;
+    if (tms_event_user_parse(d->payload, &job->user, job->event_id) != 0 ||
+        !tms_objectid_valid(job->user.id)) {
+        tms_log_error("event_malformed", "topic=%s dropped=1", d->topic);
+        comp_ack(job, 1);
+        return;
+    }
+    comp_inbox(job, TMS_INBOX_SEEN, on_comp_seen);
+}
+
 static void on_message(void *owner, tms_msg_t *msg)
 {
     tms_auth_t *auth = owner;
@@ -518,6 +634,10 @@ static void on_message(void *owner, tms_msg_t *msg)
     if (msg->kind == TMS_MSG_STOP) {
         if (msg->free_fn)
             msg->free_fn(msg);
+        return;
+    }
+    if (msg->op == TMS_EVENT_DELIVERY) {
+        on_compensate(auth, (tms_delivery_t *)msg);
         return;
     }
     auth->inflight++;
@@ -550,6 +670,15 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
                           auth->dummy_hash, sizeof(auth->dummy_hash)) != 0)
         tms_oom(__FILE__, __LINE__);
     auth->mailbox = tms_mailbox_new(loop, "auth", cfg->mailbox_capacity, on_message, auth);
+    auth->bus = cfg->bus;
+    auth->inbox = cfg->inbox;
+    auth->relay = cfg->relay;
+    auth->restored = tms_metrics_counter("tms_saga_total", "delete-user saga outcomes",
+                                         "outcome=\"restored\"");
+    if (auth->bus && auth->inbox &&
+        auth->bus->subscribe(auth->bus, TMS_TOPIC_COMPENSATE, COMPENSATION_GROUP, auth->mailbox))
+        tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_COMPENSATE,
+                      COMPENSATION_GROUP);
     auth->logins_ok =
         tms_metrics_counter("tms_auth_logins_total", "logins by outcome", "outcome=\"ok\"");
     auth->logins_failed =

@@ -10,7 +10,10 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/event_bus.h"
 #include "core/mailbox.h"
+#include "core/outbox.h"
+#include "core/relay.h"
 #include "core/user_store.h"
 #include "core/workpool.h"
 
@@ -24,9 +27,13 @@ typedef struct tms_auth_config {
     unsigned long long argon2_opslimit;
     size_t argon2_memlimit; /* bytes */
     size_t mailbox_capacity;
+    tms_event_bus_t *bus; /* compensate_user_deletion arrives through it; may be NULL */
+    tms_outbox_t *inbox;  /* handled-event log of the user store; may be NULL */
+    tms_relay_t *relay;   /* kicked after a delete wrote its user_deleted event */
 } tms_auth_config_t;
 
-/** Start the actor on loop; it takes calls (tms_api_call_t) at its mailbox at once.
+/** Start the actor on loop (subscribed to compensate_user_deletion in group
+ * compensation-group when a bus is given); it takes calls (tms_api_call_t) at its mailbox at once.
  * users and hashers are borrowed and must outlive the actor. Never NULL. */
 tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_user_store_t *users,
                            tms_workpool_t *hashers);

@@ -16,8 +16,10 @@ struct tms_gateway {
     uv_loop_t *loop;
     tms_mailbox_t *mailbox;
     tms_mailbox_t *auth;
+    tms_mailbox_t *task;
     tms_ratelimit_t *api_limit;
     tms_ratelimit_t *login_limit;
+    tms_ratelimit_t *create_limit;
     tms_counter_t *limited;
 };
 
@@ -48,9 +50,20 @@ static void hop(tms_gateway_t *gw, tms_api_call_t *call, tms_mailbox_t *to, tms_
 
 static tms_mailbox_t *owner_of(tms_gateway_t *gw, tms_api_op_t op)
 {
-    (void)op; /* every operation served so far belongs to the auth actor */
-    return gw->auth;
+    switch (op) {
+    case TMS_API_TASK_CREATE:
+    case TMS_API_TASK_GET:
+    case TMS_API_TASK_LIST:
+    case TMS_API_TASK_UPDATE:
+    case TMS_API_TASK_DELETE:
+        return gw->task;
+    default:
+        return gw->auth;
+    }
 }
+
+static int limit(tms_gateway_t *gw, tms_api_call_t *call, tms_ratelimit_t *rl, const char *key,
+                 const char *what);
 
 static void on_hop_reply(tms_msg_t *msg)
 {
@@ -60,7 +73,12 @@ static void on_hop_reply(tms_msg_t *msg)
         reply_to_origin(call);
         return;
     }
-    /* Authenticated: now the owning actor runs the operation. */
+    /* Authenticated: the per-user creation limit, then the owning actor. */
+    if (call->op == TMS_API_TASK_CREATE &&
+        limit(gw, call, gw->create_limit, call->principal.user_id, "task creations") != 0) {
+        reply_to_origin(call);
+        return;
+    }
     hop(gw, call, owner_of(gw, call->op), TMS_STAGE_EXECUTE);
 }
 
@@ -119,14 +137,17 @@ reply:
 }
 
 tms_gateway_t *tms_gateway_start(uv_loop_t *loop, const tms_gateway_config_t *cfg,
-                                 tms_mailbox_t *auth)
+                                 tms_mailbox_t *auth, tms_mailbox_t *task)
 {
     tms_gateway_t *gw = tms_new(tms_gateway_t);
     gw->loop = loop;
     gw->auth = auth;
+    gw->task = task;
     gw->mailbox = tms_mailbox_new(loop, "gateway", cfg->mailbox_capacity, on_message, gw);
     gw->api_limit = tms_ratelimit_new(cfg->api_per_minute, 60 * 1000, RATELIMIT_MAX_KEYS);
     gw->login_limit = tms_ratelimit_new(cfg->login_per_15min, 15 * 60 * 1000, RATELIMIT_MAX_KEYS);
+    gw->create_limit =
+        tms_ratelimit_new(cfg->task_create_per_hour, 3600 * 1000, RATELIMIT_MAX_KEYS);
     gw->limited = tms_metrics_counter("tms_ratelimited_total", "calls refused by a rate limit", "");
     return gw;
 }
@@ -145,5 +166,6 @@ void tms_gateway_free(tms_gateway_t **pgw)
     tms_mailbox_free(&gw->mailbox);
     tms_ratelimit_free(&gw->api_limit);
     tms_ratelimit_free(&gw->login_limit);
+    tms_ratelimit_free(&gw->create_limit);
     free(gw);
 }

@@ -16,12 +16,14 @@ typedef struct tms_gateway tms_gateway_t;
 typedef struct tms_gateway_config {
     uint32_t api_per_minute;  /* per client address; 0 disables */
     uint32_t login_per_15min; /* per email and address; 0 disables */
+    uint32_t task_create_per_hour; /* per user; 0 disables */
     size_t mailbox_capacity;
 } tms_gateway_config_t;
 
-/** Start the gateway on loop, routing account operations to auth. Never NULL. */
+/** Start the gateway on loop, routing account operations to auth and task
+ * operations to task. Never NULL. */
 tms_gateway_t *tms_gateway_start(uv_loop_t *loop, const tms_gateway_config_t *cfg,
-                                 tms_mailbox_t *auth);
+                                 tms_mailbox_t *auth, tms_mailbox_t *task);
 
 /** Where adapters post calls (tms_api_call_t with reply_to and cont set). */
 tms_mailbox_t *tms_gateway_mailbox(tms_gateway_t *gw);

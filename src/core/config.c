@@ -66,6 +66,8 @@ static const key_t_ keys[] = {
          "auto applies migrations at start; off leaves it to `tms migrate`"),
     STR(events, brokers, events.brokers, "", "Kafka bootstrap servers; empty: in-process bus"),
     STR(mail, url, mail.url, "", "mailer: maildir:///path (default maildir://<data.dir>/mail)"),
+    STR(mail, from, mail.from, "no-reply@tms.local",
+        "sender address of assignment emails; its domain names the Message-IDs"),
     STR(auth, jwt_secret, auth.jwt_secret, "",
         "HS256 key, at least 32 bytes; empty: generated once into <data.dir>/jwt.secret"),
     INT(auth, token_ttl, auth.token_ttl, 1, 31536000, "3600", "token lifetime in seconds"),
@@ -292,6 +294,11 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
         check_url("tasks.url", cfg->tasks.url, sqlite_only, err, err_len) ||
         check_url("mail.url", cfg->mail.url, maildir_only, err, err_len))
         return -TMS_EINVAL;
+    if (!strchr(cfg->mail.from, '@') || strpbrk(cfg->mail.from, " <>,;\"\r\n")) {
+        snprintf(err, err_len, "config: mail.from: \"%.128s\" is not a plain address",
+                 cfg->mail.from);
+        return -TMS_EINVAL;
+    }
     if (cfg->events.brokers[0] != '\0') {
         snprintf(err, err_len, "config: events.brokers: Kafka is not supported by this build");
         return -TMS_EINVAL;

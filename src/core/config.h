@@ -39,6 +39,7 @@ typedef struct tms_config {
     } events;
     struct {
         char url[1024];
+        char from[256];
     } mail;
     struct {
         char jwt_secret[512];

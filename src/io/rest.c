@@ -11,6 +11,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/text.h"
 
 extern const unsigned char tms_openapi_json[];
 extern const unsigned long tms_openapi_json_len;
@@ -46,6 +47,11 @@ static const route_t routes[] = {
     {"POST", "/api/auth/logout", TMS_API_LOGOUT, "/api/auth/logout"},
     {"GET", "/api/auth/me", TMS_API_ME, "/api/auth/me"},
     {"DELETE", "/api/auth/delete/:id", TMS_API_DELETE_USER, "/api/auth/delete/:id"},
+    {"POST", "/api/task", TMS_API_TASK_CREATE, "/api/task"},
+    {"GET", "/api/task", TMS_API_TASK_LIST, "/api/task"},
+    {"GET", "/api/task/:id", TMS_API_TASK_GET, "/api/task/:id"},
+    {"PATCH", "/api/task/:id", TMS_API_TASK_UPDATE, "/api/task/:id"},
+    {"DELETE", "/api/task/:id", TMS_API_TASK_DELETE, "/api/task/:id"},
 };
 #define NROUTES (sizeof(routes) / sizeof(routes[0]))
 
@@ -69,11 +75,25 @@ static json_t *user_json(const tms_user_t *u)
                      "createdAt", tms_format_time(u->created_at_ms, ts, sizeof(ts)));
 }
 
+static json_t *task_json(const tms_task_t *t)
+{
+    char id[24], created[32], updated[32];
+    snprintf(id, sizeof(id), "%lld", (long long)t->id);
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:I}", "id", id, "title",
+                     t->title ? t->title : "", "description",
+                     t->description ? t->description : "", "status", t->status, "assignedTo",
+                     t->assigned_to[0] ? json_string(t->assigned_to) : json_null(), "createdBy",
+                     t->created_by, "createdAt",
+                     tms_format_time(t->created_at_ms, created, sizeof(created)), "updatedAt",
+                     tms_format_time(t->updated_at_ms, updated, sizeof(updated)), "version",
+                     (json_int_t)t->version);
+}
+
 /* Renders a finished call: errors per API.md's table, results per route. */
 static void render(tms_http_request_t *req, tms_api_call_t *call)
 {
-    tms_http_header_t h[5];
-    char lim[24], rem[24], reset[24], retry[24];
+    tms_http_header_t h[6];
+    char lim[24], rem[24], reset[24], retry[24], etag[32];
     size_t nh = 0;
     json_t *body = NULL;
     int status = 200;
@@ -111,6 +131,26 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
     case TMS_API_LOGOUT:
     case TMS_API_DELETE_USER:
         body = json_pack("{s:b}", "success", 1);
+        break;
+    case TMS_API_TASK_CREATE:
+    case TMS_API_TASK_GET:
+    case TMS_API_TASK_UPDATE:
+        /* A replayed create answers exactly as the first request did. */
+        status = call->op == TMS_API_TASK_CREATE ? 201 : 200;
+        snprintf(etag, sizeof(etag), "\"%lld\"", (long long)call->task.version);
+        h[nh++] = (tms_http_header_t){"ETag", etag};
+        body = task_json(&call->task);
+        break;
+    case TMS_API_TASK_LIST: {
+        json_t *arr = json_array();
+        for (size_t i = 0; i < call->ntasks; i++)
+            json_array_append_new(arr, task_json(&call->tasks[i]));
+        body = json_pack("{s:o, s:o}", "tasks", arr, "nextCursor",
+                         call->next_cursor ? json_string(call->next_cursor) : json_null());
+        break;
+    }
+    case TMS_API_TASK_DELETE:
+        body = json_pack("{s:s}", "message", "Task deleted");
         break;
     default:
         tms_http_respond_error(req, TMS_INTERNAL, "internal error", h, nh);
@@ -231,6 +271,172 @@ bad:
     return -1;
 }
 
+/* Parses a task body: a JSON object whose only keys are title, description, status
+ * (strings) and assignedTo (string, or null = nobody). Unknown keys are refused, as
+ * API.md asks. Answers 400 itself and returns -1 on bad input. */
+static int parse_task_body(tms_http_request_t *req, tms_api_call_t *call, int update)
+{
+    json_error_t jerr;
+    json_t *root, *v;
+    const char *key, *problem = NULL;
+    char msg[160];
+    root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root) {
+        problem = "malformed JSON body";
+        goto bad;
+    }
+    if (!json_is_object(root)) {
+        problem = "request body must be a JSON object";
+        goto bad;
+    }
+    json_object_foreach(root, key, v)
+    {
+        char **slot = strcmp(key, "title") == 0         ? &call->title
+                      : strcmp(key, "description") == 0 ? &call->description
+                      : strcmp(key, "status") == 0      ? &call->status
+                      : strcmp(key, "assignedTo") == 0  ? &call->assigned_to
+                                                        : NULL;
+        if (!slot) {
+            snprintf(msg, sizeof(msg), "unknown field: %.64s", key);
+            problem = msg;
+            goto bad;
+        }
+        if (json_is_null(v) && slot == &call->assigned_to) {
+            *slot = tms_strdup("");
+            continue;
+        }
+        if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v)) {
+            snprintf(msg, sizeof(msg), "%.32s must be a string%s", key,
+                     slot == &call->assigned_to ? " or null" : "");
+            problem = msg;
+            goto bad;
+        }
+        *slot = tms_strdup(json_string_value(v));
+    }
+    if (update && json_object_size(root) == 0) {
+        problem = "no fields to update";
+        goto bad;
+    }
+    json_decref(root);
+    return 0;
+bad:
+    if (root)
+        json_decref(root);
+    tms_http_respond_error(req, TMS_INVALID_ARGUMENT, problem, NULL, 0);
+    return -1;
+}
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* Percent-decodes (and '+' as space) s[0..len) into a new string; NULL when the
+ * encoding is broken or decodes to a NUL. */
+static char *url_decode(const char *s, size_t len)
+{
+    char *out = tms_malloc(len + 1), *o = out;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%') {
+            if (i + 2 >= len || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0 ||
+                (hexval(s[i + 1]) == 0 && hexval(s[i + 2]) == 0)) {
+                free(out);
+                return NULL;
+            }
+            *o++ = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+            i += 2;
+        } else {
+            *o++ = s[i] == '+' ? ' ' : s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Parses ?assignedTo=&status=&limit=&cursor= into call; unknown parameters are
+ * ignored, as Express does. Answers 400 itself and returns -1 on bad input. */
+static int parse_list_query(tms_http_request_t *req, tms_api_call_t *call)
+{
+    const char *q = req->query, *problem = NULL;
+    while (*q) {
+        const char *amp = strchr(q, '&'), *eq;
+        size_t n = amp ? (size_t)(amp - q) : strlen(q);
+        eq = memchr(q, '=', n);
+        if (eq) {
+            size_t klen = (size_t)(eq - q);
+            char *value = url_decode(eq + 1, n - klen - 1);
+            char **slot = NULL;
+            if (!value) {
+                problem = "malformed query string";
+                goto bad;
+            }
+#define KEY(k) (klen == sizeof(k) - 1 && memcmp(q, k, klen) == 0)
+            if (KEY("assignedTo"))
+                slot = &call->assigned_to;
+            else if (KEY("status"))
+                slot = &call->status;
+            else if (KEY("cursor"))
+                slot = &call->cursor;
+            else if (KEY("limit")) {
+                int64_t v = tms_parse_id(value, strlen(value));
+                free(value);
+                if (v < 1 || v > TMS_LIST_LIMIT_MAX) {
+                    problem = "limit must be an integer from 1 to 200";
+                    goto bad;
+                }
+                call->limit = (int32_t)v;
+            } else {
+                free(value);
+            }
+#undef KEY
+            if (slot) {
+                if (*slot) { /* a repeated parameter is ambiguous */
+                    free(value);
+                    problem = "query parameter given twice";
+                    goto bad;
+                }
+                if (value[0] == '\0' && slot != &call->cursor) {
+                    free(value); /* an empty filter means no filter */
+                } else {
+                    *slot = value;
+                }
+            }
+        }
+        q += n + (amp ? 1 : 0);
+    }
+    return 0;
+bad:
+    tms_http_respond_error(req, TMS_INVALID_ARGUMENT, problem, NULL, 0);
+    return -1;
+}
+
+/* If-Match: "3", W/"3" or 3 name a version; "*" means any. */
+static int parse_if_match(tms_http_request_t *req, tms_api_call_t *call)
+{
+    const char *h = tms_http_header_get(req, "If-Match");
+    size_t n;
+    if (!h || strcmp(h, "*") == 0)
+        return 0;
+    if (strncmp(h, "W/", 2) == 0)
+        h += 2;
+    n = strlen(h);
+    if (n >= 2 && h[0] == '"' && h[n - 1] == '"') {
+        h++;
+        n -= 2;
+    }
+    call->if_match = tms_parse_id(h, n);
+    if (call->if_match <= 0) {
+        tms_http_respond_error(req, TMS_INVALID_ARGUMENT,
+                               "If-Match must be a version ETag such as \"3\"", NULL, 0);
+        return -1;
+    }
+    call->has_if_match = true;
+    return 0;
+}
+
 /* Matches path against a route path; a trailing ":id" captures one segment. */
 static int match_path(const char *pattern, const char *path, size_t path_len, char *id,
                       size_t id_size)
@@ -252,20 +458,32 @@ static int match_path(const char *pattern, const char *path, size_t path_len, ch
 
 /* ---- operations endpoints --------------------------------------------- */
 
+/* /readyz asks every store to answer a ping; the reply waits for all of them or
+ * for READY_TIMEOUT_MS, whichever comes first. */
 typedef struct probe {
-    tms_user_op_t op;
     uv_timer_t timer;
     tms_rest_t *rest;
-    tms_http_request_t *req;
-    int answered;
+    tms_http_request_t *req; /* NULL once answered */
+    int outstanding;         /* pings not yet answered, + 1 for the timer */
+    const char *users, *tasks;
 } probe_t;
 
-static void respond_ready(tms_http_request_t *req, const char *users)
+typedef struct ping {
+    union {
+        tms_user_op_t user;
+        tms_task_op_t task;
+    } op; /* first member: the message */
+    probe_t *probe;
+    const char **result;
+} ping_t;
+
+static void respond_ready(probe_t *p)
 {
-    int ok = strcmp(users, "ok") == 0;
-    json_t *body = json_pack("{s:s, s:{s:s}}", "status", ok ? "ready" : "unavailable", "checks",
-                             "users", users);
-    respond_json(req, ok ? 200 : 503, body, NULL, 0);
+    int ok = strcmp(p->users, "ok") == 0 && strcmp(p->tasks, "ok") == 0;
+    json_t *body = json_pack("{s:s, s:{s:s, s:s}}", "status", ok ? "ready" : "unavailable",
+                             "checks", "users", p->users, "tasks", p->tasks);
+    respond_json(p->req, ok ? 200 : 503, body, NULL, 0);
+    p->req = NULL;
 }
 
 static void on_probe_closed(uv_handle_t *h)
@@ -275,44 +493,87 @@ static void on_probe_closed(uv_handle_t *h)
     free(p);
 }
 
-static void on_probe_reply(tms_msg_t *msg)
+static void probe_release(probe_t *p)
 {
-    probe_t *p = (probe_t *)msg;
-    if (!p->answered)
-        respond_ready(p->req, p->op.err.code == TMS_OK ? "ok" : "unavailable");
-    uv_close((uv_handle_t *)&p->timer, on_probe_closed);
+    if (--p->outstanding == 0)
+        uv_close((uv_handle_t *)&p->timer, on_probe_closed);
+}
+
+static void on_ping_reply(tms_msg_t *msg)
+{
+    ping_t *ping = (ping_t *)msg;
+    probe_t *p = ping->probe;
+    /* Both op structs start with the message and keep err at their own offset. */
+    tms_status_t code = ping->result == &p->users ? ping->op.user.err.code : ping->op.task.err.code;
+    *ping->result = code == TMS_OK ? "ok" : "unavailable";
+    free(ping);
+    if (p->req && strcmp(p->users, "pending") != 0 && strcmp(p->tasks, "pending") != 0) {
+        uv_timer_stop(&p->timer);
+        respond_ready(p);
+        probe_release(p); /* the timer's share */
+    }
+    probe_release(p);
 }
 
 static void on_probe_timeout(uv_timer_t *t)
 {
     probe_t *p = t->data;
-    p->answered = 1;
-    respond_ready(p->req, "timeout");
+    if (strcmp(p->users, "pending") == 0)
+        p->users = "timeout";
+    if (strcmp(p->tasks, "pending") == 0)
+        p->tasks = "timeout";
+    respond_ready(p);
+    probe_release(p);
 }
 
-static void free_probe(tms_msg_t *msg)
+static void free_ping(tms_msg_t *msg)
 {
     free(msg);
+}
+
+static void send_ping(probe_t *p, int users)
+{
+    ping_t *ping = tms_new(ping_t);
+    tms_msg_t *msg = &ping->op.user.msg;
+    int rc;
+    ping->probe = p;
+    ping->result = users ? &p->users : &p->tasks;
+    msg->op = users ? TMS_USER_PING : TMS_TASK_PING;
+    msg->reply_to = p->rest->replies;
+    msg->cont = on_ping_reply;
+    msg->free_fn = free_ping;
+    if (users) {
+        tms_user_op_t *op = &ping->op.user;
+        rc = tms_user_store_submit(p->rest->cfg.users, &op);
+    } else {
+        tms_task_op_t *op = &ping->op.task;
+        rc = tms_task_store_submit(p->rest->cfg.tasks, &op);
+    }
+    if (rc != 0) {
+        *ping->result = "overloaded";
+        free(ping);
+        return;
+    }
+    p->outstanding++;
 }
 
 static void readyz(tms_rest_t *rest, tms_http_request_t *req)
 {
     probe_t *p = tms_new(probe_t);
-    tms_user_op_t *op = &p->op;
     p->rest = rest;
     p->req = req;
-    op->msg.op = TMS_USER_PING;
-    op->msg.reply_to = rest->replies;
-    op->msg.cont = on_probe_reply;
-    op->msg.free_fn = free_probe;
-    if (tms_user_store_submit(rest->cfg.users, &op) != 0) {
-        free(p);
-        respond_ready(req, "overloaded");
-        return;
-    }
-    rest->pending++;
+    p->users = p->tasks = "pending";
+    p->outstanding = 1; /* the timer */
     uv_timer_init(rest->loop, &p->timer);
     p->timer.data = p;
+    rest->pending++;
+    send_ping(p, 1);
+    send_ping(p, 0);
+    if (p->outstanding == 1) { /* both refused at once */
+        respond_ready(p);
+        probe_release(p);
+        return;
+    }
     uv_timer_start(&p->timer, on_probe_timeout, READY_TIMEOUT_MS, 0);
 }
 
@@ -362,6 +623,37 @@ wrong_method : {
 }
 }
 
+/* Fills call from the request for op; answers 400 itself and returns -1 on bad input. */
+static int decode_call(tms_http_request_t *req, tms_api_op_t op, const char *id,
+                       tms_api_call_t *call)
+{
+    const char *idem;
+    if (op == TMS_API_REGISTER || op == TMS_API_LOGIN)
+        return parse_credentials(req, call);
+    call->bearer = bearer_token(req);
+    switch (op) {
+    case TMS_API_DELETE_USER:
+        snprintf(call->target_id, sizeof(call->target_id), "%s", id);
+        return 0;
+    case TMS_API_TASK_CREATE:
+        idem = tms_http_header_get(req, "Idempotency-Key");
+        if (idem)
+            call->idempotency_key = tms_strdup(idem);
+        return parse_task_body(req, call, 0);
+    case TMS_API_TASK_LIST:
+        return parse_list_query(req, call);
+    case TMS_API_TASK_GET:
+    case TMS_API_TASK_UPDATE:
+    case TMS_API_TASK_DELETE:
+        call->task_id = tms_parse_id(id, strlen(id)); /* 0: malformed, the actor says so */
+        if (op != TMS_API_TASK_GET && parse_if_match(req, call) != 0)
+            return -1;
+        return op == TMS_API_TASK_UPDATE ? parse_task_body(req, call, 1) : 0;
+    default:
+        return 0;
+    }
+}
+
 void tms_rest_handle(void *ctx, tms_http_request_t *req)
 {
     tms_rest_t *rest = ctx;
@@ -384,20 +676,14 @@ void tms_rest_handle(void *ctx, tms_http_request_t *req)
             continue;
         req->route = r->name;
         if (m < 0) {
-            tms_http_respond_error(req, TMS_INVALID_ARGUMENT, "invalid user id", NULL, 0);
+            tms_http_respond_error(req, TMS_INVALID_ARGUMENT, "invalid id", NULL, 0);
             return;
         }
         tms_api_call_t *call = tms_api_call_new(r->op);
-        if (r->op == TMS_API_REGISTER || r->op == TMS_API_LOGIN) {
-            if (parse_credentials(req, call) != 0) {
-                tms_api_call_free(&call);
-                return;
-            }
-        } else {
-            call->bearer = bearer_token(req);
+        if (decode_call(req, r->op, id, call) != 0) {
+            tms_api_call_free(&call);
+            return;
         }
-        if (r->op == TMS_API_DELETE_USER)
-            snprintf(call->target_id, sizeof(call->target_id), "%s", id);
         send_call(rest, req, call);
         return;
     }

@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "core/mailbox.h"
+#include "core/task_store.h"
 #include "core/user_store.h"
 #include "io/http1.h"
 
@@ -18,6 +19,7 @@ typedef struct tms_rest tms_rest_t;
 typedef struct tms_rest_config {
     tms_mailbox_t *gateway;   /* where calls go */
     tms_user_store_t *users;  /* pinged by /readyz */
+    tms_task_store_t *tasks;  /* pinged by /readyz */
     uint64_t call_timeout_ms; /* deadline of each call: 504 after it */
 } tms_rest_config_t;
 

@@ -19,6 +19,8 @@
 
 static const tms_sqlite_port_t *const ports[TMS_SQLITE_NPORTS] = {
     [TMS_SQLITE_PORT_USERS] = &tms__sqlite_users_port,
+    [TMS_SQLITE_PORT_TASKS] = &tms__sqlite_tasks_port,
+    [TMS_SQLITE_PORT_OUTBOX] = &tms__sqlite_outbox_port,
 };
 
 static int exec_pragma(sqlite3 *db, const char *sql, char *err, size_t err_len)
@@ -210,6 +212,10 @@ tms_sqlite_t *tms_sqlite_open(const char *path, size_t queue_capacity, char *err
 
     s->user_store.name = "sqlite";
     s->user_store.submit = tms__sqlite_users_submit;
+    s->task_store.name = "sqlite";
+    s->task_store.submit = tms__sqlite_tasks_submit;
+    s->outbox.name = "sqlite";
+    s->outbox.submit = tms__sqlite_outbox_submit;
     s->path = tms_strdup(path);
     s->mb = tms_mailbox_new_threaded("sqlite", queue_capacity);
     pthread_mutex_init(&s->lock, NULL);
@@ -238,6 +244,16 @@ fail:
 tms_user_store_t *tms_sqlite_user_store(tms_sqlite_t *db)
 {
     return &db->user_store;
+}
+
+tms_task_store_t *tms_sqlite_task_store(tms_sqlite_t *db)
+{
+    return &db->task_store;
+}
+
+tms_outbox_t *tms_sqlite_outbox(tms_sqlite_t *db)
+{
+    return &db->outbox;
 }
 
 void tms_sqlite_close(tms_sqlite_t **pdb)

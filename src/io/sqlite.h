@@ -7,6 +7,8 @@
 
 #include <stddef.h>
 
+#include "core/outbox.h"
+#include "core/task_store.h"
 #include "core/user_store.h"
 
 typedef struct tms_sqlite tms_sqlite_t;
@@ -20,6 +22,12 @@ tms_sqlite_t *tms_sqlite_open(const char *path, size_t queue_capacity, char *err
 
 /** The user store port served by db (owned by db, valid until tms_sqlite_close). */
 tms_user_store_t *tms_sqlite_user_store(tms_sqlite_t *db);
+
+/** The task store port served by db (owned by db, valid until tms_sqlite_close). */
+tms_task_store_t *tms_sqlite_task_store(tms_sqlite_t *db);
+
+/** The outbox and inbox of db (owned by db, valid until tms_sqlite_close). */
+tms_outbox_t *tms_sqlite_outbox(tms_sqlite_t *db);
 
 /** Stop accepting (a submit racing with close gets -TMS_ECLOSED; none may follow it),
  * run and answer every queued operation, join the thread, close the database and

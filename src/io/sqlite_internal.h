@@ -11,6 +11,8 @@
 
 #include "core/mailbox.h"
 #include "core/status.h"
+#include "core/outbox.h"
+#include "core/task_store.h"
 #include "core/user_store.h"
 #include "io/sqlite.h"
 
@@ -20,6 +22,8 @@
  * that an untagged message is caught. */
 enum {
     TMS_SQLITE_PORT_USERS = 1,
+    TMS_SQLITE_PORT_TASKS,
+    TMS_SQLITE_PORT_OUTBOX,
     TMS_SQLITE_NPORTS,
 };
 #define TMS_SQLITE_PORT_SHIFT 16
@@ -37,9 +41,13 @@ typedef struct tms_sqlite_port {
 } tms_sqlite_port_t;
 
 extern const tms_sqlite_port_t tms__sqlite_users_port;
+extern const tms_sqlite_port_t tms__sqlite_tasks_port;
+extern const tms_sqlite_port_t tms__sqlite_outbox_port;
 
 struct tms_sqlite {
-    tms_user_store_t user_store; /* submit: tms__sqlite_users_submit */
+    tms_user_store_t user_store; /* first member; submit: tms__sqlite_users_submit */
+    tms_task_store_t task_store; /* submit: tms__sqlite_tasks_submit */
+    tms_outbox_t outbox;         /* submit: tms__sqlite_outbox_submit */
     tms_mailbox_t *mb;           /* threaded; consumed only by the owner thread */
     pthread_t thread;
     char *path;
@@ -59,6 +67,20 @@ int tms__sqlite_post(tms_sqlite_t *db, int port, tms_msg_t **msg);
 
 /** The user store port's submit (any thread). */
 int tms__sqlite_users_submit(tms_user_store_t *self, tms_user_op_t **op);
+
+/** The task store port's submit (any thread). */
+int tms__sqlite_tasks_submit(tms_task_store_t *self, tms_task_op_t **op);
+
+/** The outbox port's submit (any thread). */
+int tms__sqlite_outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op);
+
+/** Run sql (no parameters, no rows) on db; returns the SQLite result code. */
+int tms__sqlite_exec(sqlite3 *db, const char *sql);
+
+/** Insert one outbox row (in the caller's transaction). Returns the result code. */
+int tms__sqlite_outbox_insert(sqlite3 *db, sqlite3_stmt **slot, const char *event_id,
+                              const char *topic, const char *key, const char *payload,
+                              int64_t now_ms);
 
 /** Open path, set the pragmas and apply migrations; *out is the handle for the
  * calling thread. Returns 0 or -TMS_EIO with a one-line reason in err. */

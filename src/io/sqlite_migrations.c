@@ -15,6 +15,47 @@ static const char *const migrations[] = {
     " role TEXT NOT NULL CHECK (role IN ('user', 'admin')),"
     " token_version INTEGER NOT NULL DEFAULT 0,"
     " created_at_ms INTEGER NOT NULL)",
+    /* 2: tasks, the outbox and inbox of events, idempotency records and the
+     * tombstones that let the delete-user saga restore a user as it was */
+    "CREATE TABLE tasks ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT," /* never reused, even after a delete */
+    " title TEXT NOT NULL,"
+    " description TEXT NOT NULL,"
+    " status TEXT NOT NULL CHECK (status IN ('open', 'in progress', 'closed')),"
+    " assigned_to TEXT,"
+    " created_by TEXT NOT NULL,"
+    " created_at_ms INTEGER NOT NULL,"
+    " updated_at_ms INTEGER NOT NULL,"
+    " version INTEGER NOT NULL);"
+    "CREATE INDEX tasks_assigned ON tasks (assigned_to, id);"
+    "CREATE INDEX tasks_status ON tasks (status, id);"
+    "CREATE INDEX tasks_assigned_status ON tasks (assigned_to, status, id);"
+    "CREATE TABLE outbox ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " event_id TEXT NOT NULL UNIQUE,"
+    " topic TEXT NOT NULL,"
+    " key TEXT NOT NULL,"
+    " payload TEXT NOT NULL,"
+    " created_at_ms INTEGER NOT NULL,"
+    " sent_at_ms INTEGER);"
+    "CREATE INDEX outbox_pending ON outbox (seq) WHERE sent_at_ms IS NULL;"
+    "CREATE TABLE inbox ("
+    " consumer TEXT NOT NULL,"
+    " event_id TEXT NOT NULL,"
+    " handled_at_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (consumer, event_id));"
+    "CREATE TABLE idempotency ("
+    " user_id TEXT NOT NULL,"
+    " key TEXT NOT NULL,"
+    " request_hash TEXT NOT NULL,"
+    " task_id INTEGER NOT NULL,"
+    " created_at_ms INTEGER NOT NULL,"
+    " PRIMARY KEY (user_id, key));"
+    "CREATE TABLE deleted_users ("
+    " id TEXT PRIMARY KEY,"
+    " password_hash TEXT NOT NULL,"
+    " token_version INTEGER NOT NULL,"
+    " deleted_at_ms INTEGER NOT NULL)",
 };
 
 #define KNOWN ((int)(sizeof(migrations) / sizeof(migrations[0])))

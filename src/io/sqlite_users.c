@@ -7,6 +7,8 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
+#include "core/events.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "io/sqlite_internal.h"
@@ -36,8 +38,11 @@ static const char *const op_sql[NOPS] = {
     [TMS_USER_PING] = "SELECT max(version) FROM schema_migrations",
 };
 
+enum { ST_TOMB_PUT, ST_TOMB_GET, ST_TOMB_DEL, ST_OUTBOX, NEXTRA };
+
 typedef struct users {
     sqlite3_stmt *stmt[NOPS];
+    sqlite3_stmt *extra[NEXTRA];
     tms_histogram_t *duration[NOPS];
     tms_counter_t *errors[NOPS];
 } users_t;
@@ -64,6 +69,8 @@ static void users_stop(void *state)
     users_t *u = state;
     for (int i = 0; i < NOPS; i++)
         sqlite3_finalize(u->stmt[i]);
+    for (int i = 0; i < NEXTRA; i++)
+        sqlite3_finalize(u->extra[i]);
     free(u);
 }
 
@@ -169,6 +176,115 @@ static void bind_op(tms_user_op_t *op, sqlite3_stmt *st)
     }
 }
 
+/* Steps a statement with no rows wanted; returns the SQLite result (DONE is ok). */
+static int step_done(sqlite3_stmt *st)
+{
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+        ;
+    tms__sqlite_done(st);
+    return rc;
+}
+
+/* Delete writes, in one transaction: the delete, a tombstone keeping what the
+ * event may not carry (the password hash) so compensation can restore the user,
+ * and the user_deleted event in the outbox. */
+static int delete_user(users_t *u, tms_user_op_t *op, sqlite3 *db)
+{
+    sqlite3_stmt *st = tms__sqlite_stmt(db, &u->stmt[TMS_USER_DELETE], op_sql[TMS_USER_DELETE]);
+    char event_id[37], *payload;
+    int rc;
+    if (!st)
+        return SQLITE_ERROR;
+    bind_op(op, st);
+    run_stmt(op, db, st, "delete");
+    tms__sqlite_done(st);
+    if (op->err.code != TMS_OK)
+        return SQLITE_OK; /* NOT_FOUND or a failure already set */
+    st = tms__sqlite_stmt(db, &u->extra[ST_TOMB_PUT],
+                          "INSERT OR REPLACE INTO deleted_users (id, password_hash,"
+                          " token_version, deleted_at_ms) VALUES (?1, ?2, ?3, ?4)");
+    if (!st)
+        return SQLITE_ERROR;
+    bind_str(st, 1, op->user.id, sizeof(op->user.id));
+    bind_str(st, 2, op->user.password_hash, sizeof(op->user.password_hash));
+    sqlite3_bind_int64(st, 3, op->user.token_version);
+    sqlite3_bind_int64(st, 4, tms_now_ms());
+    if ((rc = step_done(st)) != SQLITE_DONE)
+        return rc;
+    tms_event_id_new(event_id);
+    payload = tms_event_user_json(&op->user, event_id);
+    rc = tms__sqlite_outbox_insert(db, &u->extra[ST_OUTBOX], event_id, TMS_TOPIC_USER_DELETED,
+                                   op->user.id, payload, tms_now_ms());
+    free(payload);
+    return rc;
+}
+
+/* Restore re-inserts the user; with no hash given, the tombstone's hash comes back
+ * and the token version moves past the one at deletion, so old tokens stay dead. */
+static int restore_user(users_t *u, tms_user_op_t *op, sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    int rc;
+    if (op->user.password_hash[0] == '\0') {
+        st = tms__sqlite_stmt(db, &u->extra[ST_TOMB_GET],
+                              "SELECT password_hash, token_version FROM deleted_users"
+                              " WHERE id = ?1");
+        if (!st)
+            return SQLITE_ERROR;
+        bind_str(st, 1, op->user.id, sizeof(op->user.id));
+        /* No tombstone: an unusable hash; the user must be given a new password. */
+        snprintf(op->user.password_hash, sizeof(op->user.password_hash), "!");
+        if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            int64_t tv = sqlite3_column_int64(st, 1) + 1;
+            column_str(op->user.password_hash, sizeof(op->user.password_hash), st, 0);
+            if (tv > op->user.token_version)
+                op->user.token_version = tv;
+            rc = SQLITE_DONE;
+        }
+        tms__sqlite_done(st);
+        if (rc != SQLITE_DONE)
+            return rc;
+    }
+    st = tms__sqlite_stmt(db, &u->stmt[TMS_USER_RESTORE], op_sql[TMS_USER_RESTORE]);
+    if (!st)
+        return SQLITE_ERROR;
+    bind_op(op, st);
+    run_stmt(op, db, st, "restore");
+    tms__sqlite_done(st);
+    if (op->err.code != TMS_OK)
+        return SQLITE_OK;
+    st = tms__sqlite_stmt(db, &u->extra[ST_TOMB_DEL], "DELETE FROM deleted_users WHERE id = ?1");
+    if (!st)
+        return SQLITE_ERROR;
+    bind_str(st, 1, op->user.id, sizeof(op->user.id));
+    rc = step_done(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Runs fn in BEGIN IMMEDIATE ... COMMIT; rolls back when fn failed or set an error. */
+static void in_transaction(users_t *u, tms_user_op_t *op, sqlite3 *db,
+                           int (*fn)(users_t *, tms_user_op_t *, sqlite3 *), const char *name)
+{
+    int rc = tms__sqlite_exec(db, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK) {
+        tms__sqlite_fail(&op->err, db, rc, name);
+        return;
+    }
+    rc = fn(u, op, db);
+    if (rc != SQLITE_OK || op->err.code != TMS_OK) {
+        if (rc != SQLITE_OK && op->err.code == TMS_OK)
+            tms__sqlite_fail(&op->err, db, rc, name);
+        tms__sqlite_exec(db, "ROLLBACK");
+        return;
+    }
+    rc = tms__sqlite_exec(db, "COMMIT");
+    if (rc != SQLITE_OK) {
+        tms__sqlite_fail(&op->err, db, rc, name);
+        tms__sqlite_exec(db, "ROLLBACK");
+    }
+}
+
 static void users_run(void *state, sqlite3 *db, tms_msg_t *msg)
 {
     users_t *u = state;
@@ -183,6 +299,11 @@ static void users_run(void *state, sqlite3 *db, tms_msg_t *msg)
         tms_error_set(&op->err, TMS_INTERNAL, "internal error");
         return;
     }
+    if (kind == TMS_USER_DELETE || kind == TMS_USER_RESTORE) {
+        in_transaction(u, op, db, kind == TMS_USER_DELETE ? delete_user : restore_user,
+                       op_names[kind]);
+        goto out;
+    }
     st = tms__sqlite_stmt(db, &u->stmt[kind], op_sql[kind]);
     if (!st) {
         tms_error_set(&op->err, TMS_INTERNAL, "internal error");
@@ -191,6 +312,7 @@ static void users_run(void *state, sqlite3 *db, tms_msg_t *msg)
         run_stmt(op, db, st, op_names[kind]);
         tms__sqlite_done(st);
     }
+out:
     if (op->err.code == TMS_INTERNAL || op->err.code == TMS_UNAVAILABLE)
         tms_counter_add(u->errors[kind], 1);
     tms_histogram_observe(u->duration[kind], (double)(uv_hrtime() - t0) / 1e9);

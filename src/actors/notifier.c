@@ -1,0 +1,277 @@
+#include "actors/notifier.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/api.h"
+#include "core/clock.h"
+#include "core/events.h"
+#include "core/log.h"
+#include "core/metrics.h"
+
+#define CONSUMER "notification-group"
+#define SUBJECT "New Task Assigned"
+
+struct tms_notifier {
+    tms_mailbox_t *mailbox;
+    tms_notifier_config_t cfg;
+    size_t inflight;
+    tms_counter_t *sent, *duplicate, *dropped, *failed;
+};
+
+typedef struct job job_t;
+struct job {
+    tms_notifier_t *n;
+    tms_delivery_t *delivery;
+    char type[16];
+    char user_id[25];
+    int64_t task_id;
+    char event_id[37];
+    char *title;
+    void (*then)(job_t *job, tms_outbox_op_t *op);
+};
+
+static void ack(job_t *job, int ok)
+{
+    tms_notifier_t *n = job->n;
+    n->cfg.bus->ack(n->cfg.bus, &job->delivery, ok);
+    n->inflight--;
+    free(job->title);
+    free(job);
+}
+
+/* ---- inbox ----------------------------------------------------------- */
+
+static void on_inbox_reply(tms_msg_t *msg)
+{
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    job_t *job = msg->ctx;
+    job->then(job, op);
+    tms_outbox_op_free(&op);
+}
+
+static void inbox(job_t *job, tms_outbox_op_kind_t kind,
+                  void (*then)(job_t *job, tms_outbox_op_t *op))
+{
+    tms_outbox_op_t *op = tms_new(tms_outbox_op_t);
+    op->msg.op = (int)kind;
+    op->msg.reply_to = job->n->mailbox;
+    op->msg.cont = on_inbox_reply;
+    op->msg.ctx = job;
+    snprintf(op->consumer, sizeof(op->consumer), CONSUMER);
+    snprintf(op->event_id, sizeof(op->event_id), "%s", job->event_id);
+    job->then = then;
+    if (tms_outbox_submit(job->n->cfg.inbox, &op) != 0) {
+        tms_outbox_op_free(&op);
+        ack(job, 0);
+    }
+}
+
+static void recorded(job_t *job, tms_outbox_op_t *op)
+{
+    /* If the record failed, a redelivery mails again; the Maildir adapter still
+     * recognises the event_id, and SMTP receivers the Message-ID. */
+    ack(job, op->err.code == TMS_OK);
+}
+
+/* ---- mail ------------------------------------------------------------ */
+
+static char *html_escape(const char *s)
+{
+    size_t n = 0;
+    char *out, *o;
+    for (const char *p = s; *p; p++)
+        n += (*p == '<' || *p == '>') ? 4 : *p == '&' ? 5 : *p == '"' ? 6 : 1;
+    out = o = tms_malloc(n + 1);
+    for (const char *p = s; *p; p++) {
+        const char *rep = *p == '<'   ? "&lt;"
+                          : *p == '>' ? "&gt;"
+                          : *p == '&' ? "&amp;"
+                          : *p == '"' ? "&quot;"
+                                      : NULL;
+        if (rep) {
+            memcpy(o, rep, strlen(rep));
+            o += strlen(rep);
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+static void on_mail_reply(tms_msg_t *msg)
+{
+    tms_mail_t *mail = (tms_mail_t *)msg;
+    job_t *job = msg->ctx;
+    tms_status_t code = mail->err.code;
+    int duplicate = mail->duplicate;
+    tms_mail_free(&mail);
+    if (code == TMS_OK) {
+        tms_counter_add(duplicate ? job->n->duplicate : job->n->sent, 1);
+        tms_log_info("email_sent", "event=%s task=%" PRId64 " user=%s duplicate=%d",
+                     job->event_id, job->task_id, job->user_id, duplicate);
+        inbox(job, TMS_INBOX_RECORD, recorded);
+    } else if (code == TMS_INVALID_ARGUMENT) {
+        tms_counter_add(job->n->dropped, 1);
+        tms_log_error("email_dropped", "event=%s reason=unsafe_mail", job->event_id);
+        inbox(job, TMS_INBOX_RECORD, recorded);
+    } else {
+        tms_counter_add(job->n->failed, 1);
+        tms_log_warn("email_failed", "event=%s error=%s", job->event_id, tms_status_name(code));
+        ack(job, 0);
+    }
+}
+
+static void free_mail_msg(tms_msg_t *msg)
+{
+    tms_mail_t *m = (tms_mail_t *)msg;
+    tms_mail_free(&m);
+}
+
+static void send_mail(job_t *job, const char *email)
+{
+    tms_mail_t *mail = tms_mail_new();
+    char *title_html = html_escape(job->title);
+    size_t tlen = strlen(job->title) + 128, hlen = strlen(title_html) + 256;
+    mail->text = tms_malloc(tlen);
+    snprintf(mail->text, tlen,
+             "Hello,\n\nYou have been assigned a task.\n\nTask %" PRId64 ": %s\n\n-- TMS\n",
+             job->task_id, job->title);
+    mail->html = tms_malloc(hlen);
+    snprintf(mail->html, hlen,
+             "<p>Hello,</p><p>You have been assigned a task.</p>"
+             "<p><b>Task %" PRId64 ":</b> %s</p><p>-- TMS</p>\n",
+             job->task_id, title_html);
+    free(title_html);
+    snprintf(mail->to, sizeof(mail->to), "%s", email);
+    snprintf(mail->subject, sizeof(mail->subject), SUBJECT);
+    snprintf(mail->event_id, sizeof(mail->event_id), "%s", job->event_id);
+    mail->date_ms = tms_now_ms();
+    mail->msg.reply_to = job->n->mailbox;
+    mail->msg.cont = on_mail_reply;
+    mail->msg.ctx = job;
+    mail->msg.free_fn = free_mail_msg;
+    if (tms_mailer_submit(job->n->cfg.mailer, &mail) != 0) {
+        tms_mail_free(&mail);
+        ack(job, 0);
+    }
+}
+
+/* ---- assignee lookup --------------------------------------------------- */
+
+static void on_user_info(tms_msg_t *msg)
+{
+    tms_api_call_t *q = (tms_api_call_t *)msg;
+    job_t *job = msg->ctx;
+    if (q->err.code == TMS_NOT_FOUND || q->err.code == TMS_INVALID_ARGUMENT) {
+        tms_counter_add(job->n->dropped, 1);
+        tms_log_warn("email_dropped", "event=%s reason=assignee_gone user=%s", job->event_id,
+                     job->user_id);
+        tms_api_call_free(&q);
+        inbox(job, TMS_INBOX_RECORD, recorded);
+        return;
+    }
+    if (q->err.code != TMS_OK) {
+        tms_api_call_free(&q);
+        ack(job, 0);
+        return;
+    }
+    send_mail(job, q->user.email);
+    tms_api_call_free(&q);
+}
+
+static void seen_checked(job_t *job, tms_outbox_op_t *op)
+{
+    tms_api_call_t *q;
+    tms_msg_t *msg;
+    if (op->err.code != TMS_OK) {
+        ack(job, 0);
+        return;
+    }
+    if (op->seen) {
+        tms_counter_add(job->n->duplicate, 1);
+        ack(job, 1);
+        return;
+    }
+    q = tms_api_call_new(TMS_API_USER_INFO);
+    snprintf(q->target_id, sizeof(q->target_id), "%s", job->user_id);
+    msg = &q->msg;
+    msg->op = TMS_STAGE_EXECUTE;
+    msg->reply_to = job->n->mailbox;
+    msg->cont = on_user_info;
+    msg->ctx = job;
+    if (tms_mailbox_post(job->n->cfg.auth, &msg) != 0) {
+        tms_api_call_free(&q);
+        ack(job, 0);
+    }
+}
+
+static void on_message(void *owner, tms_msg_t *msg)
+{
+    tms_notifier_t *n = owner;
+    tms_delivery_t *d = (tms_delivery_t *)msg;
+    job_t *job;
+    if (msg->kind == TMS_MSG_STOP || msg->op != TMS_EVENT_DELIVERY) {
+        if (msg->free_fn)
+            msg->free_fn(msg);
+        return;
+    }
+    job = tms_new(job_t);
+    job->n = n;
+    job->delivery = d;
+    n->inflight++;
+    if (tms_event_notification_parse(d->payload, job->type, job->user_id, &job->task_id,
+                                     job->event_id, &job->title) != 0 ||
+        (strcmp(job->type, "task_created") != 0 && strcmp(job->type, "task_assigned") != 0)) {
+        tms_counter_add(n->dropped, 1);
+        tms_log_error("event_malformed", "topic=%s dropped=1", d->topic);
+        ack(job, 1); /* a poison message must not stall the topic */
+        return;
+    }
+    inbox(job, TMS_INBOX_SEEN, seen_checked);
+}
+
+static double mailbox_depth(void *arg)
+{
+    return (double)tms_mailbox_depth(arg);
+}
+
+tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t *cfg)
+{
+    tms_notifier_t *n = tms_new(tms_notifier_t);
+    n->cfg = *cfg;
+    n->mailbox = tms_mailbox_new(loop, "notifier", cfg->mailbox_capacity, on_message, n);
+#define EMAILS(outcome)                                                                            \
+    tms_metrics_counter("tms_emails_total", "assignment emails by outcome",                        \
+                        "outcome=\"" outcome "\"")
+    n->sent = EMAILS("sent");
+    n->duplicate = EMAILS("duplicate");
+    n->dropped = EMAILS("dropped");
+    n->failed = EMAILS("failed");
+#undef EMAILS
+    tms_metrics_gauge_fn("tms_mailbox_depth", "messages waiting in an actor's mailbox",
+                         "actor=\"notifier\"", mailbox_depth, n->mailbox);
+    if (cfg->bus->subscribe(cfg->bus, TMS_TOPIC_NOTIFICATIONS, CONSUMER, n->mailbox))
+        tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_NOTIFICATIONS,
+                      CONSUMER);
+    return n;
+}
+
+size_t tms_notifier_inflight(tms_notifier_t *n)
+{
+    return n->inflight;
+}
+
+void tms_notifier_free(tms_notifier_t **pn)
+{
+    tms_notifier_t *n = *pn;
+    if (!n)
+        return;
+    *pn = NULL;
+    tms_mailbox_free(&n->mailbox);
+    free(n);
+}

@@ -1,0 +1,35 @@
+/* The notifier actor: consumes `notifications` (group notification-group) and sends
+ * the assignee one email per event through the mailer port. Redeliveries are
+ * dropped by event_id through the inbox; the mail's Message-ID comes from the
+ * event_id, so even a resend after a crash is recognisable. */
+#ifndef TMS_ACTORS_NOTIFIER_H
+#define TMS_ACTORS_NOTIFIER_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "core/event_bus.h"
+#include "core/mailbox.h"
+#include "core/mailer.h"
+#include "core/outbox.h"
+
+typedef struct tms_notifier tms_notifier_t;
+
+typedef struct tms_notifier_config {
+    size_t mailbox_capacity;
+    tms_mailer_t *mailer;  /* borrowed */
+    tms_outbox_t *inbox;   /* handled-event log; borrowed */
+    tms_mailbox_t *auth;   /* assignee email lookups */
+    tms_event_bus_t *bus;  /* borrowed */
+} tms_notifier_config_t;
+
+/** Start the actor on loop and subscribe it to notifications. Never NULL. */
+tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t *cfg);
+
+/** Deliveries being worked on. */
+size_t tms_notifier_inflight(tms_notifier_t *n);
+
+/** Free once nothing is in flight. Sets *n NULL. */
+void tms_notifier_free(tms_notifier_t **n);
+
+#endif

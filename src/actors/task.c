@@ -1,0 +1,765 @@
+#include "actors/task.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "core/alloc.h"
+#include "core/api.h"
+#include "core/clock.h"
+#include "core/events.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/text.h"
+
+#define CONSUMER "task-group"
+#define MAX_ATTEMPTS 3 /* optimistic-concurrency retries without If-Match */
+
+struct tms_task_actor {
+    uv_loop_t *loop;
+    tms_mailbox_t *mailbox;
+    tms_task_actor_config_t cfg;
+    size_t inflight;
+    tms_counter_t *saga_unassigned, *saga_compensated, *saga_failed;
+};
+
+/* One call (or one delivery) in progress. */
+typedef struct job job_t;
+typedef void (*step_fn)(job_t *job, tms_task_op_t *op);
+struct job {
+    tms_task_actor_t *a;
+    tms_api_call_t *call;        /* NULL for a delivery */
+    tms_delivery_t *delivery;    /* user_deleted */
+    tms_user_t deleted_user;     /* from the delivery */
+    char event_id[37];           /* of the delivery */
+    tms_task_t current;          /* update/delete: the task as read */
+    int attempts;
+    step_fn then;
+    void (*outbox_then)(job_t *job, tms_outbox_op_t *op);
+    void (*after_exists)(job_t *job);
+};
+
+/* ---- completion ------------------------------------------------------- */
+
+static void finish(job_t *job)
+{
+    tms_task_actor_t *a = job->a;
+    a->inflight--;
+    tms_task_dispose(&job->current);
+    tms_mailbox_reply(&job->call->msg);
+    free(job);
+}
+
+static void fail(job_t *job, tms_status_t code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void fail(job_t *job, tms_status_t code, const char *fmt, ...)
+{
+    va_list ap;
+    job->call->err.code = code;
+    va_start(ap, fmt);
+    vsnprintf(job->call->err.message, sizeof(job->call->err.message), fmt, ap);
+    va_end(ap);
+    finish(job);
+}
+
+/* ---- the store -------------------------------------------------------- */
+
+static void on_store_reply(tms_msg_t *msg)
+{
+    tms_task_op_t *op = (tms_task_op_t *)msg;
+    job_t *job = msg->ctx;
+    job->then(job, op);
+    tms_task_op_free(&op);
+}
+
+static void free_task_op(tms_msg_t *msg)
+{
+    tms_task_op_t *op = (tms_task_op_t *)msg;
+    tms_task_op_free(&op);
+}
+
+static tms_task_op_t *new_op(job_t *job, tms_task_op_kind_t kind, step_fn then)
+{
+    tms_task_op_t *op = tms_new(tms_task_op_t);
+    op->msg.op = (int)kind;
+    op->msg.reply_to = job->a->mailbox;
+    op->msg.cont = on_store_reply;
+    op->msg.ctx = job;
+    op->msg.free_fn = free_task_op;
+    job->then = then;
+    return op;
+}
+
+/* Submits op; on refusal answers the call (or nacks the delivery) at once. */
+static void submit(job_t *job, tms_task_op_t *op);
+
+static int store_failed(job_t *job, tms_task_op_t *op)
+{
+    if (op->err.code == TMS_OK)
+        return 0;
+    if (op->err.code == TMS_UNAVAILABLE)
+        fail(job, TMS_UNAVAILABLE, "task store unavailable, retry later");
+    else if (op->err.code == TMS_NOT_FOUND)
+        fail(job, TMS_NOT_FOUND, "task %" PRId64 " not found", job->call->task_id);
+    else if (op->err.code == TMS_ALREADY_EXISTS || op->err.code == TMS_FAILED_PRECONDITION)
+        fail(job, op->err.code, "%s", op->err.message);
+    else
+        fail(job, TMS_INTERNAL, "internal error");
+    return 1;
+}
+
+/* ---- validation -------------------------------------------------------- */
+
+/* Trims *field in place and checks 1..max characters of UTF-8. */
+static int check_text(job_t *job, char *field, const char *name, long max)
+{
+    long n;
+    tms_text_trim(field);
+    n = tms_utf8_length(field, strlen(field));
+    if (n < 0) {
+        fail(job, TMS_INVALID_ARGUMENT, "%s must be valid UTF-8", name);
+        return -1;
+    }
+    if (n < 1 || n > max) {
+        fail(job, TMS_INVALID_ARGUMENT, "%s must be 1 to %ld characters", name, max);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- does the assignee exist (asked of the auth actor) ----------------- */
+
+static void on_exists(tms_msg_t *msg)
+{
+    tms_api_call_t *q = (tms_api_call_t *)msg;
+    job_t *job = msg->ctx;
+    tms_status_t code = q->err.code;
+    bool exists = q->flag;
+    tms_api_call_free(&q);
+    if (code != TMS_OK) {
+        fail(job, code == TMS_UNAVAILABLE ? TMS_UNAVAILABLE : TMS_INTERNAL,
+             "cannot check the assignee, retry later");
+        return;
+    }
+    if (!exists) {
+        fail(job, TMS_INVALID_ARGUMENT, "Assigned user does not exist");
+        return;
+    }
+    job->after_exists(job);
+}
+
+/* Calls next(job) once user_id is known to exist; answers 400 otherwise. */
+static void require_user(job_t *job, const char *user_id, void (*next)(job_t *job))
+{
+    tms_api_call_t *q;
+    tms_msg_t *msg;
+    if (!tms_objectid_valid(user_id)) {
+        fail(job, TMS_INVALID_ARGUMENT, "Assigned user does not exist");
+        return;
+    }
+    q = tms_api_call_new(TMS_API_USER_EXISTS);
+    snprintf(q->target_id, sizeof(q->target_id), "%s", user_id);
+    snprintf(q->request_id, sizeof(q->request_id), "%s", job->call->request_id);
+    job->after_exists = next;
+    msg = &q->msg;
+    msg->op = TMS_STAGE_EXECUTE;
+    msg->reply_to = job->a->mailbox;
+    msg->cont = on_exists;
+    msg->ctx = job;
+    if (tms_mailbox_post(job->a->cfg.auth, &msg) != 0) {
+        tms_api_call_free(&q);
+        fail(job, TMS_UNAVAILABLE, "server overloaded, retry later");
+    }
+}
+
+static int is_admin(const tms_api_call_t *call)
+{
+    return strcmp(call->principal.role, "admin") == 0;
+}
+
+static void kick_relay(job_t *job)
+{
+    if (job->a->cfg.relay)
+        tms_relay_kick(job->a->cfg.relay);
+}
+
+/* ---- create ------------------------------------------------------------ */
+
+static void created(job_t *job, tms_task_op_t *op)
+{
+    if (store_failed(job, op))
+        return;
+    job->call->task = op->task;
+    memset(&op->task, 0, sizeof(op->task));
+    job->call->replayed = op->replayed;
+    if (op->notify.enabled && !op->replayed)
+        kick_relay(job);
+    if (!op->replayed)
+        tms_log_info("task_created", "task=%" PRId64 " by=%s assignee=%s rid=%s",
+                     job->call->task.id, job->call->principal.user_id,
+                     job->call->task.assigned_to[0] ? job->call->task.assigned_to : "-",
+                     job->call->request_id);
+    finish(job);
+}
+
+/* SHA-256 over the normalized fields: the same request gives the same digest
+ * whichever protocol or JSON spacing it came in. */
+static void request_digest(const tms_task_t *t, char out[65])
+{
+    crypto_hash_sha256_state st;
+    unsigned char d[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256_init(&st);
+    crypto_hash_sha256_update(&st, (const unsigned char *)t->title, strlen(t->title) + 1);
+    crypto_hash_sha256_update(&st, (const unsigned char *)t->description,
+                              strlen(t->description) + 1);
+    crypto_hash_sha256_update(&st, (const unsigned char *)t->status, strlen(t->status) + 1);
+    crypto_hash_sha256_update(&st, (const unsigned char *)t->assigned_to,
+                              strlen(t->assigned_to) + 1);
+    crypto_hash_sha256_final(&st, d);
+    sodium_bin2hex(out, 65, d, sizeof(d));
+}
+
+static void create_store(job_t *job)
+{
+    tms_api_call_t *call = job->call;
+    tms_task_op_t *op = new_op(job, TMS_TASK_CREATE, created);
+    int64_t now = tms_now_ms();
+    op->task.title = tms_strdup(call->title);
+    op->task.description = tms_strdup(call->description);
+    snprintf(op->task.status, sizeof(op->task.status), "%s", call->status ? call->status : "open");
+    snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s",
+             call->assigned_to ? call->assigned_to : "");
+    snprintf(op->task.created_by, sizeof(op->task.created_by), "%s", call->principal.user_id);
+    op->task.created_at_ms = op->task.updated_at_ms = now;
+    op->task.version = 1;
+    if (op->task.assigned_to[0]) {
+        op->notify.enabled = true;
+        snprintf(op->notify.type, sizeof(op->notify.type), "task_created");
+        tms_event_id_new(op->notify.event_id);
+    }
+    if (call->idempotency_key) {
+        snprintf(op->idem_key, sizeof(op->idem_key), "%s", call->idempotency_key);
+        request_digest(&op->task, op->idem_hash);
+    }
+    submit(job, op);
+}
+
+static void do_create(job_t *job)
+{
+    tms_api_call_t *call = job->call;
+    if (!call->title) {
+        fail(job, TMS_INVALID_ARGUMENT, "title is required");
+        return;
+    }
+    if (!call->description) {
+        fail(job, TMS_INVALID_ARGUMENT, "description is required");
+        return;
+    }
+    if (check_text(job, call->title, "title", TMS_TITLE_MAX_CHARS) ||
+        check_text(job, call->description, "description", TMS_DESCRIPTION_MAX_CHARS))
+        return;
+    if (call->status && !tms_task_status_valid(call->status)) {
+        fail(job, TMS_INVALID_ARGUMENT, "status must be one of open, in progress, closed");
+        return;
+    }
+    if (call->idempotency_key) {
+        size_t n = strlen(call->idempotency_key);
+        int ok = n >= 1 && n <= TMS_IDEMPOTENCY_KEY_MAX;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = call->idempotency_key[i] > 0x20 && call->idempotency_key[i] < 0x7f;
+        if (!ok) {
+            fail(job, TMS_INVALID_ARGUMENT,
+                 "Idempotency-Key must be 1 to 128 printable ASCII characters");
+            return;
+        }
+    }
+    if (call->assigned_to && call->assigned_to[0])
+        require_user(job, call->assigned_to, create_store);
+    else
+        create_store(job);
+}
+
+/* ---- get and list ------------------------------------------------------ */
+
+static void got(job_t *job, tms_task_op_t *op)
+{
+    if (store_failed(job, op))
+        return;
+    job->call->task = op->task;
+    memset(&op->task, 0, sizeof(op->task));
+    finish(job);
+}
+
+static int check_id(job_t *job)
+{
+    if (job->call->task_id <= 0) {
+        fail(job, TMS_INVALID_ARGUMENT, "task id must be a positive integer");
+        return -1;
+    }
+    return 0;
+}
+
+static void do_get(job_t *job)
+{
+    tms_task_op_t *op;
+    if (check_id(job))
+        return;
+    op = new_op(job, TMS_TASK_GET, got);
+    op->id = job->call->task_id;
+    submit(job, op);
+}
+
+#define CURSOR_PREFIX "t1:"
+
+/* Cursors are opaque to clients: base64url of "t1:<last id>". */
+static char *cursor_encode(int64_t last_id)
+{
+    char raw[40], *out;
+    size_t n = (size_t)snprintf(raw, sizeof(raw), CURSOR_PREFIX "%" PRId64, last_id);
+    size_t cap = sodium_base64_encoded_len(n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    out = tms_malloc(cap);
+    sodium_bin2base64(out, cap, (const unsigned char *)raw, n,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    return out;
+}
+
+static int64_t cursor_decode(const char *cursor)
+{
+    unsigned char raw[40];
+    size_t n = 0;
+    if (strlen(cursor) > 40 ||
+        sodium_base642bin(raw, sizeof(raw) - 1, cursor, strlen(cursor), NULL, &n, NULL,
+                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
+        n <= strlen(CURSOR_PREFIX) || memcmp(raw, CURSOR_PREFIX, strlen(CURSOR_PREFIX)) != 0)
+        return 0;
+    return tms_parse_id((const char *)raw + 3, n - 3);
+}
+
+static void listed(job_t *job, tms_task_op_t *op)
+{
+    tms_api_call_t *call = job->call;
+    if (store_failed(job, op))
+        return;
+    call->tasks = op->tasks;
+    call->ntasks = op->ntasks;
+    op->tasks = NULL;
+    op->ntasks = 0;
+    if (op->has_more && call->ntasks > 0)
+        call->next_cursor = cursor_encode(call->tasks[call->ntasks - 1].id);
+    finish(job);
+}
+
+static void do_list(job_t *job)
+{
+    tms_api_call_t *call = job->call;
+    tms_task_op_t *op;
+    int64_t after = 0;
+    int limit = call->limit ? call->limit : TMS_LIST_LIMIT_DEFAULT;
+    if (limit < 1 || limit > TMS_LIST_LIMIT_MAX) {
+        fail(job, TMS_INVALID_ARGUMENT, "limit must be 1 to %d", TMS_LIST_LIMIT_MAX);
+        return;
+    }
+    if (call->status && !tms_task_status_valid(call->status)) {
+        fail(job, TMS_INVALID_ARGUMENT, "status must be one of open, in progress, closed");
+        return;
+    }
+    if (call->assigned_to && call->assigned_to[0] && !tms_objectid_valid(call->assigned_to)) {
+        fail(job, TMS_INVALID_ARGUMENT, "assignedTo must be a user id");
+        return;
+    }
+    if (call->cursor && (after = cursor_decode(call->cursor)) <= 0) {
+        fail(job, TMS_INVALID_ARGUMENT, "invalid cursor");
+        return;
+    }
+    op = new_op(job, TMS_TASK_LIST, listed);
+    if (call->assigned_to)
+        snprintf(op->filter_assigned_to, sizeof(op->filter_assigned_to), "%s",
+                 call->assigned_to);
+    if (call->status)
+        snprintf(op->filter_status, sizeof(op->filter_status), "%s", call->status);
+    op->after_id = after;
+    op->limit = limit;
+    submit(job, op);
+}
+
+/* ---- update and delete: read, check, write with the version read ------- */
+
+static void read_current(job_t *job);
+
+static int version_conflict(job_t *job, tms_task_op_t *op)
+{
+    if (op->err.code != TMS_FAILED_PRECONDITION || job->call->has_if_match)
+        return 0;
+    /* Someone changed the task between our read and write; the client asked for no
+     * particular version, so read again and re-apply. */
+    if (++job->attempts < MAX_ATTEMPTS) {
+        tms_task_dispose(&job->current);
+        read_current(job);
+    } else {
+        fail(job, TMS_ABORTED, "task %" PRId64 " is changing too often, retry",
+             job->call->task_id);
+    }
+    return 1;
+}
+
+static void updated(job_t *job, tms_task_op_t *op)
+{
+    if (version_conflict(job, op) || store_failed(job, op))
+        return;
+    job->call->task = op->task;
+    memset(&op->task, 0, sizeof(op->task));
+    if (op->notify.enabled) {
+        tms_log_info("task_assigned", "task=%" PRId64 " assignee=%s rid=%s", op->id,
+                     job->call->task.assigned_to, job->call->request_id);
+        kick_relay(job);
+    }
+    finish(job);
+}
+
+static void update_store(job_t *job)
+{
+    tms_api_call_t *call = job->call;
+    tms_task_op_t *op = new_op(job, TMS_TASK_UPDATE, updated);
+    op->id = call->task_id;
+    op->expected_version = job->current.version;
+    op->task.updated_at_ms = tms_now_ms();
+    if (call->title) {
+        op->set_title = true;
+        op->task.title = tms_strdup(call->title);
+    }
+    if (call->description) {
+        op->set_description = true;
+        op->task.description = tms_strdup(call->description);
+    }
+    if (call->status) {
+        op->set_status = true;
+        snprintf(op->task.status, sizeof(op->task.status), "%s", call->status);
+    }
+    if (call->assigned_to) {
+        op->set_assigned_to = true;
+        snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s", call->assigned_to);
+        /* API.md: an event when the assignee changes to another user. */
+        if (call->assigned_to[0] && strcmp(call->assigned_to, job->current.assigned_to) != 0) {
+            op->notify.enabled = true;
+            snprintf(op->notify.type, sizeof(op->notify.type), "task_assigned");
+            tms_event_id_new(op->notify.event_id);
+        }
+    }
+    submit(job, op);
+}
+
+static void deleted(job_t *job, tms_task_op_t *op)
+{
+    if (version_conflict(job, op) || store_failed(job, op))
+        return;
+    tms_log_info("task_deleted", "task=%" PRId64 " by=%s rid=%s", op->id,
+                 job->call->principal.user_id, job->call->request_id);
+    job->call->flag = true;
+    finish(job);
+}
+
+static void delete_store(job_t *job)
+{
+    tms_task_op_t *op = new_op(job, TMS_TASK_DELETE, deleted);
+    op->id = job->call->task_id;
+    op->expected_version = job->current.version;
+    submit(job, op);
+}
+
+static void on_current(job_t *job, tms_task_op_t *op)
+{
+    tms_api_call_t *call = job->call;
+    const char *me = call->principal.user_id;
+    int creator, assignee;
+    if (store_failed(job, op))
+        return;
+    job->current = op->task;
+    memset(&op->task, 0, sizeof(op->task));
+    creator = strcmp(job->current.created_by, me) == 0;
+    assignee = strcmp(job->current.assigned_to, me) == 0;
+    if (call->op == TMS_API_TASK_UPDATE ? !(creator || assignee || is_admin(call))
+                                        : !(creator || is_admin(call))) {
+        fail(job, TMS_PERMISSION_DENIED,
+             call->op == TMS_API_TASK_UPDATE
+                 ? "only the creator, the assignee or an admin may update this task"
+                 : "only the creator or an admin may delete this task");
+        return;
+    }
+    if (call->has_if_match && call->if_match != job->current.version) {
+        fail(job, TMS_FAILED_PRECONDITION, "version mismatch: task %" PRId64 " is at version %" PRId64,
+             call->task_id, job->current.version);
+        return;
+    }
+    if (call->op == TMS_API_TASK_DELETE) {
+        delete_store(job);
+        return;
+    }
+    if (call->assigned_to && call->assigned_to[0] &&
+        strcmp(call->assigned_to, job->current.assigned_to) != 0 && job->attempts == 0)
+        require_user(job, call->assigned_to, update_store);
+    else
+        update_store(job);
+}
+
+static void read_current(job_t *job)
+{
+    tms_task_op_t *op = new_op(job, TMS_TASK_GET, on_current);
+    op->id = job->call->task_id;
+    submit(job, op);
+}
+
+static void do_update(job_t *job)
+{
+    tms_api_call_t *call = job->call;
+    if (check_id(job))
+        return;
+    if (!call->title && !call->description && !call->status && !call->assigned_to) {
+        fail(job, TMS_INVALID_ARGUMENT, "no fields to update");
+        return;
+    }
+    if ((call->title && check_text(job, call->title, "title", TMS_TITLE_MAX_CHARS)) ||
+        (call->description &&
+         check_text(job, call->description, "description", TMS_DESCRIPTION_MAX_CHARS)))
+        return;
+    if (call->status && !tms_task_status_valid(call->status)) {
+        fail(job, TMS_INVALID_ARGUMENT, "status must be one of open, in progress, closed");
+        return;
+    }
+    if (call->assigned_to && call->assigned_to[0] && !tms_objectid_valid(call->assigned_to)) {
+        fail(job, TMS_INVALID_ARGUMENT, "Assigned user does not exist");
+        return;
+    }
+    read_current(job);
+}
+
+static void do_delete(job_t *job)
+{
+    if (check_id(job) == 0)
+        read_current(job);
+}
+
+/* ---- the saga: user_deleted ------------------------------------------- */
+
+static void ack(job_t *job, int ok)
+{
+    tms_task_actor_t *a = job->a;
+    a->cfg.bus->ack(a->cfg.bus, &job->delivery, ok);
+    a->inflight--;
+    free(job);
+}
+
+typedef void (*outbox_step_fn)(job_t *job, tms_outbox_op_t *op);
+
+static void on_outbox_reply(tms_msg_t *msg)
+{
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    job_t *job = msg->ctx;
+    job->outbox_then(job, op);
+    tms_outbox_op_free(&op);
+}
+
+static void outbox(job_t *job, tms_outbox_op_kind_t kind, outbox_step_fn then,
+                   tms_outbox_op_t *op)
+{
+    op->msg.op = (int)kind;
+    op->msg.reply_to = job->a->mailbox;
+    op->msg.cont = on_outbox_reply;
+    op->msg.ctx = job;
+    snprintf(op->consumer, sizeof(op->consumer), CONSUMER);
+    snprintf(op->event_id, sizeof(op->event_id), "%s", job->event_id);
+    job->outbox_then = then;
+    if (tms_outbox_submit(job->a->cfg.outbox, &op) != 0) {
+        tms_outbox_op_free(&op);
+        ack(job, 0); /* redelivered later */
+    }
+}
+
+static void recorded(job_t *job, tms_outbox_op_t *op)
+{
+    ack(job, op->err.code == TMS_OK);
+}
+
+static void record_handled(job_t *job)
+{
+    outbox(job, TMS_INBOX_RECORD, recorded, tms_new(tms_outbox_op_t));
+}
+
+static void compensation_written(job_t *job, tms_outbox_op_t *op)
+{
+    if (op->err.code != TMS_OK) {
+        tms_counter_add(job->a->saga_failed, 1);
+        tms_log_error("saga_compensation_failed", "user=%s error=%s", job->deleted_user.id,
+                      tms_status_name(op->err.code));
+        ack(job, 0);
+        return;
+    }
+    tms_counter_add(job->a->saga_compensated, 1);
+    tms_log_warn("saga_compensating", "user=%s", job->deleted_user.id);
+    kick_relay(job);
+    record_handled(job);
+}
+
+/* Unassigning failed: ask for the user back with compensate_user_deletion. */
+static void compensate(job_t *job)
+{
+    tms_outbox_op_t *op = tms_new(tms_outbox_op_t);
+    tms_event_id_new(op->event.event_id);
+    snprintf(op->event.topic, sizeof(op->event.topic), TMS_TOPIC_COMPENSATE);
+    snprintf(op->event.key, sizeof(op->event.key), "%s", job->deleted_user.id);
+    op->event.payload = tms_event_user_json(&job->deleted_user, op->event.event_id);
+    outbox(job, TMS_OUTBOX_ADD, compensation_written, op);
+}
+
+static void unassigned(job_t *job, tms_task_op_t *op)
+{
+    if (op->err.code != TMS_OK) {
+        tms_log_warn("saga_unassign_failed", "user=%s error=%s", job->deleted_user.id,
+                     tms_status_name(op->err.code));
+        compensate(job);
+        return;
+    }
+    tms_counter_add(job->a->saga_unassigned, 1);
+    tms_log_info("saga_unassigned", "user=%s tasks=%" PRId64, job->deleted_user.id, op->count);
+    record_handled(job);
+}
+
+static void seen_checked(job_t *job, tms_outbox_op_t *op)
+{
+    tms_task_op_t *t;
+    if (op->err.code != TMS_OK) {
+        ack(job, 0);
+        return;
+    }
+    if (op->seen) {
+        ack(job, 1); /* a redelivery */
+        return;
+    }
+#ifdef TMS_FAULTS
+    /* Test-only switch (never compiled into release builds): make unassigning fail
+     * so the compensation path can be exercised end to end. */
+    if (getenv("TMS_FAULT_UNASSIGN")) {
+        compensate(job);
+        return;
+    }
+#endif
+    t = new_op(job, TMS_TASK_UNASSIGN_USER, unassigned);
+    snprintf(t->user_id, sizeof(t->user_id), "%s", job->deleted_user.id);
+    t->task.updated_at_ms = tms_now_ms();
+    submit(job, t);
+}
+
+static void on_user_deleted(tms_task_actor_t *a, tms_delivery_t *d)
+{
+    job_t *job = tms_new(job_t);
+    job->a = a;
+    job->delivery = d;
+    a->inflight++;
+    if (tms_event_user_parse(d->payload, &job->deleted_user, job->event_id) != 0) {
+        tms_log_error("event_malformed", "topic=%s dropped=1", d->topic);
+        ack(job, 1); /* a poison message is dropped, never retried forever */
+        return;
+    }
+    outbox(job, TMS_INBOX_SEEN, seen_checked, tms_new(tms_outbox_op_t));
+}
+
+/* ---- dispatch ---------------------------------------------------------- */
+
+static void submit(job_t *job, tms_task_op_t *op)
+{
+    if (tms_task_store_submit(job->a->cfg.tasks, &op) == 0)
+        return;
+    tms_task_op_free(&op);
+    if (job->call)
+        fail(job, TMS_UNAVAILABLE, "task store is overloaded, retry later");
+    else
+        ack(job, 0);
+}
+
+static void on_message(void *owner, tms_msg_t *msg)
+{
+    tms_task_actor_t *a = owner;
+    tms_api_call_t *call;
+    job_t *job;
+    if (msg->kind == TMS_MSG_STOP) {
+        if (msg->free_fn)
+            msg->free_fn(msg);
+        return;
+    }
+    if (msg->op == TMS_EVENT_DELIVERY) {
+        on_user_deleted(a, (tms_delivery_t *)msg);
+        return;
+    }
+    call = (tms_api_call_t *)msg;
+    job = tms_new(job_t);
+    job->a = a;
+    job->call = call;
+    a->inflight++;
+    switch (call->op) {
+    case TMS_API_TASK_CREATE:
+        do_create(job);
+        break;
+    case TMS_API_TASK_GET:
+        do_get(job);
+        break;
+    case TMS_API_TASK_LIST:
+        do_list(job);
+        break;
+    case TMS_API_TASK_UPDATE:
+        do_update(job);
+        break;
+    case TMS_API_TASK_DELETE:
+        do_delete(job);
+        break;
+    default:
+        fail(job, TMS_UNIMPLEMENTED, "operation not served by the task actor");
+        break;
+    }
+}
+
+static double mailbox_depth(void *arg)
+{
+    return (double)tms_mailbox_depth(arg);
+}
+
+tms_task_actor_t *tms_task_actor_start(uv_loop_t *loop, const tms_task_actor_config_t *cfg)
+{
+    tms_task_actor_t *a = tms_new(tms_task_actor_t);
+    a->loop = loop;
+    a->cfg = *cfg;
+    a->mailbox = tms_mailbox_new(loop, "task", cfg->mailbox_capacity, on_message, a);
+    a->saga_unassigned = tms_metrics_counter("tms_saga_total", "delete-user saga outcomes",
+                                             "outcome=\"unassigned\"");
+    a->saga_compensated = tms_metrics_counter("tms_saga_total", "delete-user saga outcomes",
+                                              "outcome=\"compensated\"");
+    a->saga_failed = tms_metrics_counter("tms_saga_total", "delete-user saga outcomes",
+                                         "outcome=\"failed\"");
+    tms_metrics_gauge_fn("tms_mailbox_depth", "messages waiting in an actor's mailbox",
+                         "actor=\"task\"", mailbox_depth, a->mailbox);
+    if (cfg->bus && cfg->bus->subscribe(cfg->bus, TMS_TOPIC_USER_DELETED, CONSUMER, a->mailbox))
+        tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_USER_DELETED, CONSUMER);
+    return a;
+}
+
+tms_mailbox_t *tms_task_actor_mailbox(tms_task_actor_t *a)
+{
+    return a->mailbox;
+}
+
+size_t tms_task_actor_inflight(tms_task_actor_t *a)
+{
+    return a->inflight;
+}
+
+void tms_task_actor_free(tms_task_actor_t **pa)
+{
+    tms_task_actor_t *a = *pa;
+    if (!a)
+        return;
+    *pa = NULL;
+    tms_mailbox_free(&a->mailbox);
+    free(a);
+}

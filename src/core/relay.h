@@ -1,0 +1,32 @@
+/* The outbox relay: moves committed events from a store's outbox to the event bus.
+ * One batch at a time, in outbox order: fetch pending events, publish each, and mark
+ * sent exactly those the bus accepted. Runs when kicked after a write, and on a
+ * timer so that events left by a crash or a failed publish go out too. */
+#ifndef TMS_CORE_RELAY_H
+#define TMS_CORE_RELAY_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/event_bus.h"
+#include "core/outbox.h"
+
+typedef struct tms_relay tms_relay_t;
+
+/** Start relaying from outbox to bus on loop, polling every poll_ms. Never NULL. */
+tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_t *bus,
+                           uint64_t poll_ms);
+
+/** Something was written to the outbox: run a batch soon (coalesced). */
+void tms_relay_kick(tms_relay_t *relay);
+
+/** True while a batch is in flight. */
+int tms_relay_busy(tms_relay_t *relay);
+
+/** Stop polling; a batch in flight finishes. on_stopped(arg) runs when idle. */
+void tms_relay_stop(tms_relay_t *relay, void (*on_stopped)(void *arg), void *arg);
+
+/** Free a stopped relay (after on_stopped; handles close asynchronously). */
+void tms_relay_free(tms_relay_t **relay);
+
+#endif

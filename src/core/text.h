@@ -1,0 +1,19 @@
+/* Small text helpers for validation: trimming, UTF-8 length, hex digests. */
+#ifndef TMS_CORE_TEXT_H
+#define TMS_CORE_TEXT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/** Remove leading and trailing ASCII whitespace from s in place; returns s. */
+char *tms_text_trim(char *s);
+
+/** Number of code points in s[0..len), or -1 when s is not valid UTF-8 (overlong
+ * forms, surrogates and code points above U+10FFFF are invalid) or holds a NUL. */
+long tms_utf8_length(const char *s, size_t len);
+
+/** Parse a positive decimal int64 with no sign, spaces or leading zeros; 0 when s
+ * is not one (so 0 doubles as "malformed", since ids start at 1). */
+int64_t tms_parse_id(const char *s, size_t len);
+
+#endif

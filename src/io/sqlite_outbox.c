@@ -1,0 +1,224 @@
+/* The outbox and inbox port on SQLite: pending events in seq order for the relay,
+ * marking them sent, standalone events (saga compensation), and the consumers'
+ * handled-event log. Runs on the db owner thread. */
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "io/sqlite_internal.h"
+
+enum { NOPS = TMS_OUTBOX_PENDING + 1 };
+
+static const char *const op_names[NOPS] = {
+    [TMS_OUTBOX_FETCH] = "outbox_fetch", [TMS_OUTBOX_MARK_SENT] = "outbox_mark_sent",
+    [TMS_OUTBOX_ADD] = "outbox_add",     [TMS_INBOX_SEEN] = "inbox_seen",
+    [TMS_INBOX_RECORD] = "inbox_record", [TMS_OUTBOX_PENDING] = "outbox_pending",
+};
+
+static const char *const op_sql[NOPS] = {
+    [TMS_OUTBOX_FETCH] = "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
+                         " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT ?1",
+    [TMS_OUTBOX_MARK_SENT] = "UPDATE outbox SET sent_at_ms = ?2 WHERE seq = ?1",
+    [TMS_OUTBOX_ADD] = NULL, /* tms__sqlite_outbox_insert */
+    [TMS_INBOX_SEEN] = "SELECT 1 FROM inbox WHERE consumer = ?1 AND event_id = ?2",
+    [TMS_INBOX_RECORD] = "INSERT OR IGNORE INTO inbox (consumer, event_id, handled_at_ms)"
+                         " VALUES (?1, ?2, ?3)",
+    [TMS_OUTBOX_PENDING] = "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL",
+};
+
+typedef struct outbox {
+    sqlite3_stmt *stmt[NOPS];
+    tms_histogram_t *duration[NOPS];
+    tms_counter_t *errors[NOPS];
+} outbox_t;
+
+int tms__sqlite_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
+}
+
+int tms__sqlite_outbox_insert(sqlite3 *db, sqlite3_stmt **slot, const char *event_id,
+                              const char *topic, const char *key, const char *payload,
+                              int64_t now_ms)
+{
+    sqlite3_stmt *st = tms__sqlite_stmt(db, slot,
+                                        "INSERT INTO outbox (event_id, topic, key, payload,"
+                                        " created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
+    int rc;
+    if (!st)
+        return SQLITE_ERROR;
+    sqlite3_bind_text(st, 1, event_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, topic, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, key, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, payload, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, now_ms);
+    rc = sqlite3_step(st);
+    tms__sqlite_done(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+static void *outbox_start(sqlite3 *db)
+{
+    outbox_t *o = tms_new(outbox_t);
+    char labels[64];
+    (void)db;
+    for (int i = 1; i < NOPS; i++) {
+        snprintf(labels, sizeof(labels), "store=\"sqlite\",op=\"%s\"", op_names[i]);
+        o->duration[i] = tms_metrics_histogram("tms_store_duration_seconds",
+                                               "Time to run one store operation.", labels);
+        o->errors[i] = tms_metrics_counter("tms_store_errors_total",
+                                           "Store operations that failed (UNAVAILABLE or "
+                                           "INTERNAL; not found and conflicts excluded).",
+                                           labels);
+    }
+    return o;
+}
+
+static void outbox_stop(void *state)
+{
+    outbox_t *o = state;
+    for (int i = 0; i < NOPS; i++)
+        sqlite3_finalize(o->stmt[i]);
+    free(o);
+}
+
+static char *column_dup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+    return tms_strndup(s ? (const char *)s : "", (size_t)sqlite3_column_bytes(st, i));
+}
+
+static void column_str(char *dst, size_t cap, sqlite3_stmt *st, int i)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+    snprintf(dst, cap, "%.*s", sqlite3_column_bytes(st, i), s ? (const char *)s : "");
+}
+
+static int fetch(tms_outbox_op_t *op, sqlite3_stmt *st)
+{
+    size_t cap = op->limit > 0 ? (size_t)op->limit : 1;
+    int rc;
+    sqlite3_bind_int(st, 1, (int)cap);
+    op->events = tms_calloc(cap, sizeof(tms_outbox_event_t));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && op->nevents < cap) {
+        tms_outbox_event_t *e = &op->events[op->nevents++];
+        e->seq = sqlite3_column_int64(st, 0);
+        column_str(e->event_id, sizeof(e->event_id), st, 1);
+        column_str(e->topic, sizeof(e->topic), st, 2);
+        column_str(e->key, sizeof(e->key), st, 3);
+        e->payload = column_dup(st, 4);
+        e->created_at_ms = sqlite3_column_int64(st, 5);
+    }
+    return rc == SQLITE_ROW ? SQLITE_DONE : rc;
+}
+
+/* Marks every seq in one transaction: one fsync for the batch. */
+static int mark_sent(tms_outbox_op_t *op, sqlite3 *db, sqlite3_stmt *st)
+{
+    int64_t now = tms_now_ms();
+    int rc = tms__sqlite_exec(db, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK)
+        return rc;
+    for (size_t i = 0; i < op->nseqs; i++) {
+        sqlite3_bind_int64(st, 1, op->seqs[i]);
+        sqlite3_bind_int64(st, 2, now);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_DONE) {
+            tms__sqlite_exec(db, "ROLLBACK");
+            return rc;
+        }
+    }
+    rc = tms__sqlite_exec(db, "COMMIT");
+    if (rc != SQLITE_OK) {
+        tms__sqlite_exec(db, "ROLLBACK");
+        return rc;
+    }
+    return SQLITE_DONE;
+}
+
+static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
+{
+    outbox_t *o = state;
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    int kind = msg->op, rc;
+    uint64_t t0 = uv_hrtime();
+    sqlite3_stmt *st = NULL;
+
+    tms_error_set(&op->err, TMS_OK, "%s", "");
+    if (kind <= 0 || kind >= NOPS) {
+        tms_log_error("sqlite_bad_op", "port=outbox op=%d", kind);
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return;
+    }
+    if (kind == TMS_OUTBOX_ADD) {
+        tms_outbox_event_t *e = &op->event;
+        rc = tms__sqlite_outbox_insert(db, &o->stmt[kind], e->event_id, e->topic, e->key,
+                                       e->payload ? e->payload : "{}", tms_now_ms());
+        rc = rc == SQLITE_OK ? SQLITE_DONE : rc;
+        goto done;
+    }
+    st = tms__sqlite_stmt(db, &o->stmt[kind], op_sql[kind]);
+    if (!st) {
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        goto out;
+    }
+    switch (kind) {
+    case TMS_OUTBOX_FETCH:
+        rc = fetch(op, st);
+        break;
+    case TMS_OUTBOX_MARK_SENT:
+        rc = mark_sent(op, db, st);
+        break;
+    case TMS_INBOX_SEEN:
+    case TMS_INBOX_RECORD:
+        sqlite3_bind_text(st, 1, op->consumer, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, op->event_id, -1, SQLITE_STATIC);
+        if (kind == TMS_INBOX_RECORD)
+            sqlite3_bind_int64(st, 3, tms_now_ms());
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            op->seen = true;
+            rc = SQLITE_DONE;
+        }
+        break;
+    default: /* TMS_OUTBOX_PENDING */
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            op->count = sqlite3_column_int64(st, 0);
+            rc = SQLITE_DONE;
+        }
+        break;
+    }
+    tms__sqlite_done(st);
+done:
+    if (rc != SQLITE_DONE)
+        tms__sqlite_fail(&op->err, db, rc, op_names[kind]);
+out:
+    if (op->err.code == TMS_INTERNAL || op->err.code == TMS_UNAVAILABLE)
+        tms_counter_add(o->errors[kind], 1);
+    tms_histogram_observe(o->duration[kind], (double)(uv_hrtime() - t0) / 1e9);
+}
+
+const tms_sqlite_port_t tms__sqlite_outbox_port = {
+    .name = "outbox",
+    .start = outbox_start,
+    .run = outbox_run,
+    .stop = outbox_stop,
+};
+
+int tms__sqlite_outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op)
+{
+    tms_sqlite_t *db = (tms_sqlite_t *)((char *)self - offsetof(tms_sqlite_t, outbox));
+    tms_msg_t *msg = &(*op)->msg;
+    int rc = tms__sqlite_post(db, TMS_SQLITE_PORT_OUTBOX, &msg);
+    if (rc == 0)
+        *op = NULL;
+    return rc;
+}

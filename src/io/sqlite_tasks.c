@@ -1,0 +1,458 @@
+/* The task store port on SQLite. Writes that record an event or an idempotency key
+ * run in one BEGIN IMMEDIATE transaction with them, so a task change, its outbox
+ * event and its idempotency record commit together or not at all. Runs on the db
+ * owner thread. */
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/events.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "io/sqlite_internal.h"
+
+#define COLS                                                                                       \
+    "id, title, description, status, assigned_to, created_by, created_at_ms, updated_at_ms,"      \
+    " version"
+
+enum { NOPS = TMS_TASK_PING + 1 };
+
+static const char *const op_names[NOPS] = {
+    [TMS_TASK_CREATE] = "task_create", [TMS_TASK_GET] = "task_get",
+    [TMS_TASK_LIST] = "task_list",     [TMS_TASK_UPDATE] = "task_update",
+    [TMS_TASK_DELETE] = "task_delete", [TMS_TASK_UNASSIGN_USER] = "task_unassign_user",
+    [TMS_TASK_PING] = "task_ping",
+};
+
+enum stmt_id {
+    ST_INSERT,
+    ST_GET,
+    ST_LIST, /* + 0..3: with assignee filter (1) and/or status filter (2) */
+    ST_UPDATE = ST_LIST + 4,
+    ST_DELETE,
+    ST_UNASSIGN,
+    ST_IDEM_GET,
+    ST_IDEM_PUT,
+    ST_OUTBOX,
+    ST_PING,
+    ST_COUNT,
+};
+
+static const char *const list_sql[4] = {
+    "SELECT " COLS " FROM tasks WHERE id > ?1 ORDER BY id LIMIT ?4",
+    "SELECT " COLS " FROM tasks WHERE id > ?1 AND assigned_to = ?2 ORDER BY id LIMIT ?4",
+    "SELECT " COLS " FROM tasks WHERE id > ?1 AND status = ?3 ORDER BY id LIMIT ?4",
+    "SELECT " COLS " FROM tasks WHERE id > ?1 AND assigned_to = ?2 AND status = ?3"
+    " ORDER BY id LIMIT ?4",
+};
+
+typedef struct tasks {
+    sqlite3_stmt *stmt[ST_COUNT];
+    tms_histogram_t *duration[NOPS];
+    tms_counter_t *errors[NOPS];
+} tasks_t;
+
+static void *tasks_start(sqlite3 *db)
+{
+    tasks_t *t = tms_new(tasks_t);
+    char labels[64];
+    (void)db;
+    for (int i = 1; i < NOPS; i++) {
+        snprintf(labels, sizeof(labels), "store=\"sqlite\",op=\"%s\"", op_names[i]);
+        t->duration[i] = tms_metrics_histogram("tms_store_duration_seconds",
+                                               "Time to run one store operation.", labels);
+        t->errors[i] = tms_metrics_counter("tms_store_errors_total",
+                                           "Store operations that failed (UNAVAILABLE or "
+                                           "INTERNAL; not found and conflicts excluded).",
+                                           labels);
+    }
+    return t;
+}
+
+static void tasks_stop(void *state)
+{
+    tasks_t *t = state;
+    for (int i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(t->stmt[i]);
+    free(t);
+}
+
+static sqlite3_stmt *stmt(tasks_t *t, sqlite3 *db, enum stmt_id id, const char *sql)
+{
+    return tms__sqlite_stmt(db, &t->stmt[id], sql);
+}
+
+static char *column_dup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+    return tms_strndup(s ? (const char *)s : "", (size_t)sqlite3_column_bytes(st, i));
+}
+
+static void column_str(char *dst, size_t cap, sqlite3_stmt *st, int i)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+    snprintf(dst, cap, "%.*s", sqlite3_column_bytes(st, i), s ? (const char *)s : "");
+}
+
+static void read_task(sqlite3_stmt *st, tms_task_t *t)
+{
+    tms_task_dispose(t);
+    t->id = sqlite3_column_int64(st, 0);
+    t->title = column_dup(st, 1);
+    t->description = column_dup(st, 2);
+    column_str(t->status, sizeof(t->status), st, 3);
+    column_str(t->assigned_to, sizeof(t->assigned_to), st, 4);
+    column_str(t->created_by, sizeof(t->created_by), st, 5);
+    t->created_at_ms = sqlite3_column_int64(st, 6);
+    t->updated_at_ms = sqlite3_column_int64(st, 7);
+    t->version = sqlite3_column_int64(st, 8);
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_STATIC);
+}
+
+/* "" is stored as NULL: nobody. */
+static void bind_assignee(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s[0])
+        sqlite3_bind_text(st, i, s, -1, SQLITE_STATIC);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+/* Steps a statement that returns at most one task row; 1 row, 0 none, <0 error. */
+static int step_task(tms_task_op_t *op, sqlite3 *db, sqlite3_stmt *st, tms_task_t *out)
+{
+    int rc, rows = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (rows++ == 0 && out)
+            read_task(st, out);
+    }
+    tms__sqlite_done(st);
+    if (rc != SQLITE_DONE) {
+        tms__sqlite_fail(&op->err, db, rc, op_names[op->msg.op]);
+        return -1;
+    }
+    return rows > 0;
+}
+
+static int get_task(tasks_t *t, tms_task_op_t *op, sqlite3 *db, int64_t id, tms_task_t *out)
+{
+    sqlite3_stmt *st = stmt(t, db, ST_GET, "SELECT " COLS " FROM tasks WHERE id = ?1");
+    if (!st) {
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return -1;
+    }
+    sqlite3_bind_int64(st, 1, id);
+    return step_task(op, db, st, out);
+}
+
+static int write_event(tasks_t *t, tms_task_op_t *op, sqlite3 *db, const tms_task_t *task)
+{
+    char key[24];
+    char *payload;
+    int rc;
+    snprintf(key, sizeof(key), "%" PRId64, task->id);
+    payload = tms_event_notification_json(op->notify.type, task->assigned_to, task->id,
+                                          op->notify.event_id, task->title, task->updated_at_ms);
+    rc = tms__sqlite_outbox_insert(db, &t->stmt[ST_OUTBOX], op->notify.event_id,
+                                   TMS_TOPIC_NOTIFICATIONS, key, payload, task->updated_at_ms);
+    free(payload);
+    if (rc != SQLITE_OK) {
+        tms__sqlite_fail(&op->err, db, rc, "outbox_insert");
+        return -1;
+    }
+    return 0;
+}
+
+/* An idempotency key already used by this user within the TTL decides the answer:
+ * 1 = replayed (op->task filled), 0 = go on, -1 = error set. */
+static int check_idempotency(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
+{
+    sqlite3_stmt *st = stmt(t, db, ST_IDEM_GET,
+                            "SELECT request_hash, task_id, created_at_ms FROM idempotency"
+                            " WHERE user_id = ?1 AND key = ?2");
+    int rc, found = 0, same = 0;
+    int64_t task_id = 0, created = 0;
+    if (!st) {
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return -1;
+    }
+    bind_text(st, 1, op->task.created_by);
+    bind_text(st, 2, op->idem_key);
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *h = sqlite3_column_text(st, 0);
+        found = 1;
+        same = h && strcmp((const char *)h, op->idem_hash) == 0;
+        task_id = sqlite3_column_int64(st, 1);
+        created = sqlite3_column_int64(st, 2);
+        rc = SQLITE_DONE;
+    }
+    tms__sqlite_done(st);
+    if (rc != SQLITE_DONE) {
+        tms__sqlite_fail(&op->err, db, rc, "idempotency_get");
+        return -1;
+    }
+    if (!found || op->task.created_at_ms - created > TMS_IDEMPOTENCY_TTL_MS)
+        return 0; /* unused, or expired: the new request takes the key */
+    if (!same) {
+        tms_error_set(&op->err, TMS_ALREADY_EXISTS,
+                      "Idempotency-Key reused with a different request");
+        return -1;
+    }
+    rc = get_task(t, op, db, task_id, &op->task);
+    if (rc < 0)
+        return -1;
+    if (rc == 0) {
+        tms_error_set(&op->err, TMS_ALREADY_EXISTS,
+                      "Idempotency-Key was used for a task that no longer exists");
+        return -1;
+    }
+    op->replayed = true;
+    return 1;
+}
+
+static int do_create(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    int rc;
+    if (op->idem_key[0] && (rc = check_idempotency(t, op, db)) != 0)
+        return rc < 0 ? -1 : 0;
+    st = stmt(t, db, ST_INSERT,
+              "INSERT INTO tasks (title, description, status, assigned_to, created_by,"
+              " created_at_ms, updated_at_ms, version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 1)"
+              " RETURNING " COLS);
+    if (!st)
+        goto internal;
+    bind_text(st, 1, op->task.title);
+    bind_text(st, 2, op->task.description);
+    bind_text(st, 3, op->task.status);
+    bind_assignee(st, 4, op->task.assigned_to);
+    bind_text(st, 5, op->task.created_by);
+    sqlite3_bind_int64(st, 6, op->task.created_at_ms);
+    if (step_task(op, db, st, &op->task) != 1)
+        return -1;
+    if (op->idem_key[0]) {
+        st = stmt(t, db, ST_IDEM_PUT,
+                  "INSERT OR REPLACE INTO idempotency (user_id, key, request_hash, task_id,"
+                  " created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5)");
+        if (!st)
+            goto internal;
+        bind_text(st, 1, op->task.created_by);
+        bind_text(st, 2, op->idem_key);
+        bind_text(st, 3, op->idem_hash);
+        sqlite3_bind_int64(st, 4, op->task.id);
+        sqlite3_bind_int64(st, 5, op->task.created_at_ms);
+        if (step_task(op, db, st, NULL) < 0)
+            return -1;
+    }
+    if (op->notify.enabled && write_event(t, op, db, &op->task) != 0)
+        return -1;
+    return 0;
+internal:
+    tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+    return -1;
+}
+
+/* Reads the row and checks the expected version: 0 ok, -1 error set. */
+static int check_version(tasks_t *t, tms_task_op_t *op, sqlite3 *db, tms_task_t *current)
+{
+    int rc = get_task(t, op, db, op->id, current);
+    if (rc < 0)
+        return -1;
+    if (rc == 0) {
+        tms_error_set(&op->err, TMS_NOT_FOUND, "task %" PRId64 " not found", op->id);
+        return -1;
+    }
+    if (op->expected_version && op->expected_version != current->version) {
+        tms_error_set(&op->err, TMS_FAILED_PRECONDITION,
+                      "version mismatch: task %" PRId64 " is at version %" PRId64, op->id,
+                      current->version);
+        return -1;
+    }
+    return 0;
+}
+
+static int do_update(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
+{
+    tms_task_t current = {0};
+    sqlite3_stmt *st;
+    int rc = check_version(t, op, db, &current);
+    tms_task_dispose(&current);
+    if (rc)
+        return -1;
+    st = stmt(t, db, ST_UPDATE,
+              "UPDATE tasks SET"
+              " title = CASE WHEN ?2 THEN ?3 ELSE title END,"
+              " description = CASE WHEN ?4 THEN ?5 ELSE description END,"
+              " status = CASE WHEN ?6 THEN ?7 ELSE status END,"
+              " assigned_to = CASE WHEN ?8 THEN ?9 ELSE assigned_to END,"
+              " version = version + 1, updated_at_ms = ?10"
+              " WHERE id = ?1 RETURNING " COLS);
+    if (!st) {
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return -1;
+    }
+    sqlite3_bind_int64(st, 1, op->id);
+    sqlite3_bind_int(st, 2, op->set_title);
+    bind_text(st, 3, op->task.title);
+    sqlite3_bind_int(st, 4, op->set_description);
+    bind_text(st, 5, op->task.description);
+    sqlite3_bind_int(st, 6, op->set_status);
+    bind_text(st, 7, op->task.status);
+    sqlite3_bind_int(st, 8, op->set_assigned_to);
+    bind_assignee(st, 9, op->task.assigned_to);
+    sqlite3_bind_int64(st, 10, op->task.updated_at_ms);
+    if (step_task(op, db, st, &op->task) != 1)
+        return -1;
+    if (op->notify.enabled && write_event(t, op, db, &op->task) != 0)
+        return -1;
+    return 0;
+}
+
+static int do_delete(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
+{
+    sqlite3_stmt *st;
+    if (check_version(t, op, db, &op->task))
+        return -1;
+    st = stmt(t, db, ST_DELETE, "DELETE FROM tasks WHERE id = ?1");
+    if (!st) {
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return -1;
+    }
+    sqlite3_bind_int64(st, 1, op->id);
+    return step_task(op, db, st, NULL) < 0 ? -1 : 0;
+}
+
+static void do_list(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
+{
+    int which = (op->filter_assigned_to[0] ? 1 : 0) | (op->filter_status[0] ? 2 : 0);
+    sqlite3_stmt *st = stmt(t, db, (enum stmt_id)(ST_LIST + which), list_sql[which]);
+    size_t cap = (size_t)op->limit;
+    int rc;
+    if (!st) {
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return;
+    }
+    sqlite3_bind_int64(st, 1, op->after_id);
+    bind_text(st, 2, op->filter_assigned_to);
+    bind_text(st, 3, op->filter_status);
+    sqlite3_bind_int(st, 4, op->limit + 1); /* one more tells whether a next page exists */
+    op->tasks = tms_calloc(cap ? cap : 1, sizeof(tms_task_t));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        if (op->ntasks == cap) {
+            op->has_more = true;
+            continue;
+        }
+        read_task(st, &op->tasks[op->ntasks++]);
+    }
+    tms__sqlite_done(st);
+    if (rc != SQLITE_DONE)
+        tms__sqlite_fail(&op->err, db, rc, "task_list");
+}
+
+static void do_unassign(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
+{
+    sqlite3_stmt *st = stmt(t, db, ST_UNASSIGN,
+                            "UPDATE tasks SET assigned_to = NULL, version = version + 1,"
+                            " updated_at_ms = ?2 WHERE assigned_to = ?1");
+    if (!st) {
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return;
+    }
+    bind_text(st, 1, op->user_id);
+    sqlite3_bind_int64(st, 2, op->task.updated_at_ms ? op->task.updated_at_ms : 0);
+    if (step_task(op, db, st, NULL) >= 0)
+        op->count = sqlite3_changes(db);
+}
+
+/* Runs fn inside BEGIN IMMEDIATE ... COMMIT, rolling back on error. */
+static void in_transaction(tasks_t *t, tms_task_op_t *op, sqlite3 *db,
+                           int (*fn)(tasks_t *, tms_task_op_t *, sqlite3 *))
+{
+    int rc = tms__sqlite_exec(db, "BEGIN IMMEDIATE");
+    if (rc != SQLITE_OK) {
+        tms__sqlite_fail(&op->err, db, rc, "begin");
+        return;
+    }
+    if (fn(t, op, db) != 0) {
+        tms__sqlite_exec(db, "ROLLBACK");
+        return;
+    }
+    rc = tms__sqlite_exec(db, "COMMIT");
+    if (rc != SQLITE_OK) {
+        tms__sqlite_fail(&op->err, db, rc, "commit");
+        tms__sqlite_exec(db, "ROLLBACK");
+    }
+}
+
+static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
+{
+    tasks_t *t = state;
+    tms_task_op_t *op = (tms_task_op_t *)msg;
+    int kind = msg->op;
+    uint64_t t0 = uv_hrtime();
+    sqlite3_stmt *st;
+
+    tms_error_set(&op->err, TMS_OK, "%s", "");
+    if (kind <= 0 || kind >= NOPS) {
+        tms_log_error("sqlite_bad_op", "port=tasks op=%d", kind);
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return;
+    }
+    switch (kind) {
+    case TMS_TASK_CREATE:
+        in_transaction(t, op, db, do_create);
+        break;
+    case TMS_TASK_GET: {
+        int rc = get_task(t, op, db, op->id, &op->task);
+        if (rc == 0)
+            tms_error_set(&op->err, TMS_NOT_FOUND, "task %" PRId64 " not found", op->id);
+        break;
+    }
+    case TMS_TASK_LIST:
+        do_list(t, op, db);
+        break;
+    case TMS_TASK_UPDATE:
+        in_transaction(t, op, db, do_update);
+        break;
+    case TMS_TASK_DELETE:
+        in_transaction(t, op, db, do_delete);
+        break;
+    case TMS_TASK_UNASSIGN_USER:
+        do_unassign(t, op, db);
+        break;
+    case TMS_TASK_PING:
+        st = stmt(t, db, ST_PING, "SELECT count(*) FROM schema_migrations");
+        if (!st)
+            tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        else
+            step_task(op, db, st, NULL);
+        break;
+    }
+    if (op->err.code == TMS_INTERNAL || op->err.code == TMS_UNAVAILABLE)
+        tms_counter_add(t->errors[kind], 1);
+    tms_histogram_observe(t->duration[kind], (double)(uv_hrtime() - t0) / 1e9);
+}
+
+const tms_sqlite_port_t tms__sqlite_tasks_port = {
+    .name = "tasks",
+    .start = tasks_start,
+    .run = tasks_run,
+    .stop = tasks_stop,
+};
+
+int tms__sqlite_tasks_submit(tms_task_store_t *self, tms_task_op_t **op)
+{
+    tms_sqlite_t *db = (tms_sqlite_t *)((char *)self - offsetof(tms_sqlite_t, task_store));
+    tms_msg_t *msg = &(*op)->msg;
+    int rc = tms__sqlite_post(db, TMS_SQLITE_PORT_TASKS, &msg);
+    if (rc == 0)
+        *op = NULL;
+    return rc;
+}
