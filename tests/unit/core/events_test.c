@@ -1,0 +1,66 @@
+/* Event shapes of API.md: build, parse back, and never leak a password hash. */
+#include "core/events.h"
+#include "test.h"
+
+static void test_event_id(void)
+{
+    char a[37], b[37];
+    tms_event_id_new(a);
+    tms_event_id_new(b);
+    CHECK_EQ_INT(strlen(a), 36);
+    CHECK(a[8] == '-' && a[13] == '-' && a[14] == '4' && a[18] == '-' && a[23] == '-');
+    CHECK(strcmp(a, b) != 0);
+}
+
+static void test_notification_roundtrip(void)
+{
+    char type[16], user[25], eid[37], *title = NULL;
+    int64_t task = 0;
+    char *json = tms_event_notification_json("task_assigned", "0123456789abcdef01234567", 42,
+                                             "e1e1e1e1-0000-4000-8000-000000000000", "T\"itle\n",
+                                             1764338400123);
+    CHECK(strstr(json, "\"task_id\":\"42\"") != NULL);
+    CHECK(strstr(json, "\"occurred_at\":\"2025-11-28T14:00:00.123Z\"") != NULL);
+    CHECK_EQ_INT(tms_event_notification_parse(json, type, user, &task, eid, &title), 0);
+    CHECK_EQ_STR(type, "task_assigned");
+    CHECK_EQ_STR(user, "0123456789abcdef01234567");
+    CHECK_EQ_INT(task, 42);
+    CHECK_EQ_STR(title, "T\"itle\n");
+    free(title);
+    free(json);
+    CHECK_EQ_INT(tms_event_notification_parse("{}", type, user, &task, eid, &title), -1);
+    CHECK(tms_event_notification_parse("not json", type, user, &task, eid, &title) != 0);
+}
+
+static void test_user_roundtrip(void)
+{
+    tms_user_t u = {.id = "0123456789abcdef01234567",
+                    .email = "a@b.c",
+                    .role = "admin",
+                    .password_hash = "$argon2id$secret",
+                    .token_version = 7,
+                    .created_at_ms = 1764338400123};
+    tms_user_t back;
+    char eid[37];
+    char *json = tms_event_user_json(&u, "e2e2e2e2-0000-4000-8000-000000000000");
+    CHECK(strstr(json, "argon2") == NULL);
+    CHECK(strstr(json, "\"tokenVersion\":7") != NULL);
+    CHECK_EQ_INT(tms_event_user_parse(json, &back, eid), 0);
+    CHECK_EQ_STR(back.id, u.id);
+    CHECK_EQ_STR(back.email, u.email);
+    CHECK_EQ_STR(back.role, u.role);
+    CHECK_EQ_INT(back.token_version, 7);
+    CHECK_EQ_INT(back.created_at_ms, u.created_at_ms);
+    CHECK_EQ_STR(eid, "e2e2e2e2-0000-4000-8000-000000000000");
+    CHECK_EQ_STR(back.password_hash, "");
+    free(json);
+    CHECK(tms_event_user_parse("{\"user\":{}}", &back, eid) != 0);
+}
+
+int main(void)
+{
+    RUN_TEST(test_event_id);
+    RUN_TEST(test_notification_roundtrip);
+    RUN_TEST(test_user_roundtrip);
+    TEST_EXIT();
+}
