@@ -282,15 +282,15 @@ static void on_signal(uv_signal_t *h, int signum)
     tms_log_info("stopping", "signal=%d inflight=%zu grace_s=%lld", signum,
                  tms_http_server_inflight(s->http), (long long)s->cfg->server.shutdown_grace);
     s->drain_deadline = uv_now(s->loop) + (uint64_t)s->cfg->server.shutdown_grace * 1000;
-    tms_http_server_stop(s->http, (uint64_t)s->cfg->server.shutdown_grace * 1000,
-                         on_http_stopped, s);
+    tms_http_server_stop(s->http, (uint64_t)s->cfg->server.shutdown_grace * 1000, on_http_stopped,
+                         s);
 }
 
 static tms_sqlite_t *open_db(const char *key, const char *url, const tms_config_t *cfg)
 {
     char err[512];
-    tms_sqlite_t *db = tms_sqlite_open(sqlite_path(url), (size_t)cfg->server.mailbox_capacity,
-                                       err, sizeof(err));
+    tms_sqlite_t *db =
+        tms_sqlite_open(sqlite_path(url), (size_t)cfg->server.mailbox_capacity, err, sizeof(err));
     if (!db)
         fprintf(stderr, "tms: %s: %s\n", key, err);
     return db;
@@ -326,8 +326,8 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                          ? s->tasks_relay
                          : tms_relay_new(s->loop, users_outbox, s->bus, 1000);
 
-    s->hashers = tms_workpool_new("hash", (int)cfg->auth.hash_threads,
-                                  (size_t)cfg->auth.hash_queue);
+    s->hashers =
+        tms_workpool_new("hash", (int)cfg->auth.hash_threads, (size_t)cfg->auth.hash_queue);
     s->auth = tms_auth_start(s->loop,
                              &(tms_auth_config_t){
                                  .jwt_key = (const unsigned char *)secret,
@@ -342,39 +342,39 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                                  .relay = s->users_relay,
                              },
                              tms_sqlite_user_store(s->users_db), s->hashers);
-    s->task = tms_task_actor_start(s->loop, &(tms_task_actor_config_t){
-                                                .mailbox_capacity =
-                                                    (size_t)cfg->server.mailbox_capacity,
-                                                .tasks = tms_sqlite_task_store(s->tasks_db),
-                                                .outbox = tasks_outbox,
-                                                .auth = tms_auth_mailbox(s->auth),
-                                                .bus = s->bus,
-                                                .relay = s->tasks_relay,
-                                            });
-    s->notifier = tms_notifier_start(s->loop, &(tms_notifier_config_t){
-                                                  .mailbox_capacity =
-                                                      (size_t)cfg->server.mailbox_capacity,
-                                                  .mailer = s->mailer,
-                                                  .inbox = tasks_outbox,
-                                                  .auth = tms_auth_mailbox(s->auth),
-                                                  .bus = s->bus,
-                                              });
-    s->gateway = tms_gateway_start(
-        s->loop,
-        &(tms_gateway_config_t){
-            .api_per_minute = (uint32_t)cfg->ratelimit.api_per_minute,
-            .login_per_15min = (uint32_t)cfg->ratelimit.login_per_15min,
-            .task_create_per_hour = (uint32_t)cfg->ratelimit.task_create_per_hour,
-            .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-        },
-        tms_auth_mailbox(s->auth), tms_task_actor_mailbox(s->task));
-    s->rest = tms_rest_new(s->loop, &(tms_rest_config_t){
-                                        .gateway = tms_gateway_mailbox(s->gateway),
-                                        .users = tms_sqlite_user_store(s->users_db),
-                                        .tasks = tms_sqlite_task_store(s->tasks_db),
-                                        .call_timeout_ms =
-                                            (uint64_t)cfg->server.request_timeout * 1000,
+    s->task =
+        tms_task_actor_start(s->loop, &(tms_task_actor_config_t){
+                                          .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                                          .tasks = tms_sqlite_task_store(s->tasks_db),
+                                          .outbox = tasks_outbox,
+                                          .auth = tms_auth_mailbox(s->auth),
+                                          .bus = s->bus,
+                                          .relay = s->tasks_relay,
+                                      });
+    s->notifier =
+        tms_notifier_start(s->loop, &(tms_notifier_config_t){
+                                        .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                                        .mailer = s->mailer,
+                                        .inbox = tasks_outbox,
+                                        .auth = tms_auth_mailbox(s->auth),
+                                        .bus = s->bus,
                                     });
+    s->gateway =
+        tms_gateway_start(s->loop,
+                          &(tms_gateway_config_t){
+                              .api_per_minute = (uint32_t)cfg->ratelimit.api_per_minute,
+                              .login_per_15min = (uint32_t)cfg->ratelimit.login_per_15min,
+                              .task_create_per_hour = (uint32_t)cfg->ratelimit.task_create_per_hour,
+                              .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                          },
+                          tms_auth_mailbox(s->auth), tms_task_actor_mailbox(s->task));
+    s->rest =
+        tms_rest_new(s->loop, &(tms_rest_config_t){
+                                  .gateway = tms_gateway_mailbox(s->gateway),
+                                  .users = tms_sqlite_user_store(s->users_db),
+                                  .tasks = tms_sqlite_task_store(s->tasks_db),
+                                  .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                              });
     return 0;
 }
 
@@ -424,8 +424,8 @@ static int cmd_serve(tms_config_t *cfg)
     s->lag_expected = uv_hrtime() + LAG_INTERVAL_MS * 1000000ull;
     uv_timer_start(&s->lag_timer, on_lag_tick, LAG_INTERVAL_MS, LAG_INTERVAL_MS);
     uv_unref((uv_handle_t *)&s->lag_timer);
-    tms_metrics_gauge_fn("tms_loop_lag_seconds", "how late the event loop ran a 100 ms timer",
-                         "", lag_gauge, s);
+    tms_metrics_gauge_fn("tms_loop_lag_seconds", "how late the event loop ran a 100 ms timer", "",
+                         lag_gauge, s);
 
     tms_log_info("listening",
                  "proto=http addr=%s port=%d version=%s users=sqlite tasks=sqlite events=local "

@@ -673,8 +673,8 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     auth->bus = cfg->bus;
     auth->inbox = cfg->inbox;
     auth->relay = cfg->relay;
-    auth->restored = tms_metrics_counter("tms_saga_total", "delete-user saga outcomes",
-                                         "outcome=\"restored\"");
+    auth->restored =
+        tms_metrics_counter("tms_saga_total", "delete-user saga outcomes", "outcome=\"restored\"");
     if (auth->bus && auth->inbox &&
         auth->bus->subscribe(auth->bus, TMS_TOPIC_COMPENSATE, COMPENSATION_GROUP, auth->mailbox))
         tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_COMPENSATE,

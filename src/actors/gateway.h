@@ -14,8 +14,8 @@
 typedef struct tms_gateway tms_gateway_t;
 
 typedef struct tms_gateway_config {
-    uint32_t api_per_minute;  /* per client address; 0 disables */
-    uint32_t login_per_15min; /* per email and address; 0 disables */
+    uint32_t api_per_minute;       /* per client address; 0 disables */
+    uint32_t login_per_15min;      /* per email and address; 0 disables */
     uint32_t task_create_per_hour; /* per user; 0 disables */
     size_t mailbox_capacity;
 } tms_gateway_config_t;

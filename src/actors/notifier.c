@@ -112,8 +112,8 @@ static void on_mail_reply(tms_msg_t *msg)
     tms_mail_free(&mail);
     if (code == TMS_OK) {
         tms_counter_add(duplicate ? job->n->duplicate : job->n->sent, 1);
-        tms_log_info("email_sent", "event=%s task=%" PRId64 " user=%s duplicate=%d",
-                     job->event_id, job->task_id, job->user_id, duplicate);
+        tms_log_info("email_sent", "event=%s task=%" PRId64 " user=%s duplicate=%d", job->event_id,
+                     job->task_id, job->user_id, duplicate);
         inbox(job, TMS_INBOX_RECORD, recorded);
     } else if (code == TMS_INVALID_ARGUMENT) {
         tms_counter_add(job->n->dropped, 1);
@@ -256,8 +256,7 @@ tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t 
     tms_metrics_gauge_fn("tms_mailbox_depth", "messages waiting in an actor's mailbox",
                          "actor=\"notifier\"", mailbox_depth, n->mailbox);
     if (cfg->bus->subscribe(cfg->bus, TMS_TOPIC_NOTIFICATIONS, CONSUMER, n->mailbox))
-        tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_NOTIFICATIONS,
-                      CONSUMER);
+        tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_NOTIFICATIONS, CONSUMER);
     return n;
 }
 

@@ -17,10 +17,10 @@ typedef struct tms_notifier tms_notifier_t;
 
 typedef struct tms_notifier_config {
     size_t mailbox_capacity;
-    tms_mailer_t *mailer;  /* borrowed */
-    tms_outbox_t *inbox;   /* handled-event log; borrowed */
-    tms_mailbox_t *auth;   /* assignee email lookups */
-    tms_event_bus_t *bus;  /* borrowed */
+    tms_mailer_t *mailer; /* borrowed */
+    tms_outbox_t *inbox;  /* handled-event log; borrowed */
+    tms_mailbox_t *auth;  /* assignee email lookups */
+    tms_event_bus_t *bus; /* borrowed */
 } tms_notifier_config_t;
 
 /** Start the actor on loop and subscribe it to notifications. Never NULL. */

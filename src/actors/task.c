@@ -32,11 +32,11 @@ typedef struct job job_t;
 typedef void (*step_fn)(job_t *job, tms_task_op_t *op);
 struct job {
     tms_task_actor_t *a;
-    tms_api_call_t *call;        /* NULL for a delivery */
-    tms_delivery_t *delivery;    /* user_deleted */
-    tms_user_t deleted_user;     /* from the delivery */
-    char event_id[37];           /* of the delivery */
-    tms_task_t current;          /* update/delete: the task as read */
+    tms_api_call_t *call;     /* NULL for a delivery */
+    tms_delivery_t *delivery; /* user_deleted */
+    tms_user_t deleted_user;  /* from the delivery */
+    char event_id[37];        /* of the delivery */
+    tms_task_t current;       /* update/delete: the task as read */
     int attempts;
     step_fn then;
     void (*outbox_then)(job_t *job, tms_outbox_op_t *op);
@@ -377,8 +377,7 @@ static void do_list(job_t *job)
     }
     op = new_op(job, TMS_TASK_LIST, listed);
     if (call->assigned_to)
-        snprintf(op->filter_assigned_to, sizeof(op->filter_assigned_to), "%s",
-                 call->assigned_to);
+        snprintf(op->filter_assigned_to, sizeof(op->filter_assigned_to), "%s", call->assigned_to);
     if (call->status)
         snprintf(op->filter_status, sizeof(op->filter_status), "%s", call->status);
     op->after_id = after;
@@ -400,8 +399,7 @@ static int version_conflict(job_t *job, tms_task_op_t *op)
         tms_task_dispose(&job->current);
         read_current(job);
     } else {
-        fail(job, TMS_ABORTED, "task %" PRId64 " is changing too often, retry",
-             job->call->task_id);
+        fail(job, TMS_ABORTED, "task %" PRId64 " is changing too often, retry", job->call->task_id);
     }
     return 1;
 }
@@ -490,8 +488,9 @@ static void on_current(job_t *job, tms_task_op_t *op)
         return;
     }
     if (call->has_if_match && call->if_match != job->current.version) {
-        fail(job, TMS_FAILED_PRECONDITION, "version mismatch: task %" PRId64 " is at version %" PRId64,
-             call->task_id, job->current.version);
+        fail(job, TMS_FAILED_PRECONDITION,
+             "version mismatch: task %" PRId64 " is at version %" PRId64, call->task_id,
+             job->current.version);
         return;
     }
     if (call->op == TMS_API_TASK_DELETE) {
@@ -562,8 +561,7 @@ static void on_outbox_reply(tms_msg_t *msg)
     tms_outbox_op_free(&op);
 }
 
-static void outbox(job_t *job, tms_outbox_op_kind_t kind, outbox_step_fn then,
-                   tms_outbox_op_t *op)
+static void outbox(job_t *job, tms_outbox_op_kind_t kind, outbox_step_fn then, tms_outbox_op_t *op)
 {
     op->msg.op = (int)kind;
     op->msg.reply_to = job->a->mailbox;
@@ -735,8 +733,8 @@ tms_task_actor_t *tms_task_actor_start(uv_loop_t *loop, const tms_task_actor_con
                                              "outcome=\"unassigned\"");
     a->saga_compensated = tms_metrics_counter("tms_saga_total", "delete-user saga outcomes",
                                               "outcome=\"compensated\"");
-    a->saga_failed = tms_metrics_counter("tms_saga_total", "delete-user saga outcomes",
-                                         "outcome=\"failed\"");
+    a->saga_failed =
+        tms_metrics_counter("tms_saga_total", "delete-user saga outcomes", "outcome=\"failed\"");
     tms_metrics_gauge_fn("tms_mailbox_depth", "messages waiting in an actor's mailbox",
                          "actor=\"task\"", mailbox_depth, a->mailbox);
     if (cfg->bus && cfg->bus->subscribe(cfg->bus, TMS_TOPIC_USER_DELETED, CONSUMER, a->mailbox))

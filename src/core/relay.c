@@ -28,6 +28,7 @@ struct tms_relay {
     int64_t *accepted;
     size_t naccepted;
     size_t nfailed;
+    int64_t pending; /* unsent events at the last count */
     tms_counter_t *published, *failed;
 };
 
@@ -51,14 +52,14 @@ static void schedule(tms_relay_t *r, uint64_t ms)
         uv_timer_start(r->timer, on_timer, ms, 0);
 }
 
-static void finish_batch(tms_relay_t *r)
+static double pending_gauge(void *arg)
 {
-    int full = r->batch && r->batch->nevents == BATCH;
-    int failed = r->nfailed > 0;
-    tms_outbox_op_free(&r->batch);
-    free(r->accepted);
-    r->accepted = NULL;
-    r->naccepted = r->nfailed = 0;
+    return (double)((tms_relay_t *)arg)->pending;
+}
+
+/* The batch is over: go idle and plan the next one. */
+static void batch_done(tms_relay_t *r, int go_on_now)
+{
     r->busy = 0;
     if (r->stopping) {
         if (r->on_stopped)
@@ -67,12 +68,47 @@ static void finish_batch(tms_relay_t *r)
     }
     /* More may be waiting: go on at once unless something failed, in which case
      * the poll interval is the retry back-off. */
-    if ((r->again || full) && !failed) {
-        r->again = 0;
-        schedule(r, 0);
-    } else {
-        r->again = 0;
-        schedule(r, r->poll_ms);
+    schedule(r, go_on_now || r->again ? 0 : r->poll_ms);
+    r->again = 0;
+}
+
+static void on_counted(tms_msg_t *msg)
+{
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    tms_relay_t *r = msg->ctx;
+    int go_on_now = op->limit; /* the decision finish_batch carried along */
+    if (op->err.code == TMS_OK)
+        r->pending = op->count;
+    tms_outbox_op_free(&op);
+    batch_done(r, go_on_now);
+}
+
+static void finish_batch(tms_relay_t *r)
+{
+    int full = r->batch && r->batch->nevents == BATCH;
+    int go_on_now = (r->again || full) && r->nfailed == 0;
+    if (r->nfailed)
+        r->again = 0; /* retry after the poll interval, not in a tight loop */
+    tms_outbox_op_t *op;
+    tms_outbox_op_free(&r->batch);
+    free(r->accepted);
+    r->accepted = NULL;
+    r->naccepted = r->nfailed = 0;
+    if (r->stopping) {
+        batch_done(r, 0);
+        return;
+    }
+    /* Refresh the pending-events gauge (an index-only count) as the batch's last
+     * step, so that nothing of the relay is in flight once it is idle. */
+    op = tms_new(tms_outbox_op_t);
+    op->msg.op = TMS_OUTBOX_PENDING;
+    op->msg.reply_to = r->replies;
+    op->msg.cont = on_counted;
+    op->msg.ctx = r;
+    op->limit = go_on_now;
+    if (tms_outbox_submit(r->outbox, &op) != 0) {
+        tms_outbox_op_free(&op);
+        batch_done(r, go_on_now);
     }
 }
 
@@ -144,8 +180,8 @@ static void on_fetched(tms_msg_t *msg)
         publish_ctx_t *p = tms_new(publish_ctx_t);
         p->relay = r;
         p->seq = e->seq;
-        if (r->bus->publish(r->bus, e->topic, e->key, e->payload, strlen(e->payload),
-                            on_published, p) != 0) {
+        if (r->bus->publish(r->bus, e->topic, e->key, e->payload, strlen(e->payload), on_published,
+                            p) != 0) {
             free(p);
             r->nfailed++;
             tms_counter_add(r->failed, 1);
@@ -184,10 +220,12 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
     uv_timer_init(loop, r->timer);
     r->timer->data = r;
     r->replies = tms_mailbox_new(loop, "relay", 1, NULL, r);
-    r->published = tms_metrics_counter("tms_outbox_published_total",
-                                       "outbox events accepted by the bus", "");
+    r->published =
+        tms_metrics_counter("tms_outbox_published_total", "outbox events accepted by the bus", "");
     r->failed = tms_metrics_counter("tms_outbox_publish_failures_total",
                                     "outbox events the bus refused (retried later)", "");
+    tms_metrics_gauge_fn("tms_outbox_pending_events", "outbox events not yet accepted by the bus",
+                         "", pending_gauge, r);
     schedule(r, 0); /* events left from before a restart go out at start */
     return r;
 }

@@ -80,8 +80,8 @@ static json_t *task_json(const tms_task_t *t)
     char id[24], created[32], updated[32];
     snprintf(id, sizeof(id), "%lld", (long long)t->id);
     return json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:I}", "id", id, "title",
-                     t->title ? t->title : "", "description",
-                     t->description ? t->description : "", "status", t->status, "assignedTo",
+                     t->title ? t->title : "", "description", t->description ? t->description : "",
+                     "status", t->status, "assignedTo",
                      t->assigned_to[0] ? json_string(t->assigned_to) : json_null(), "createdBy",
                      t->created_by, "createdAt",
                      tms_format_time(t->created_at_ms, created, sizeof(created)), "updatedAt",

@@ -15,7 +15,7 @@
 #include "io/sqlite_internal.h"
 
 #define COLS                                                                                       \
-    "id, title, description, status, assigned_to, created_by, created_at_ms, updated_at_ms,"      \
+    "id, title, description, status, assigned_to, created_by, created_at_ms, updated_at_ms,"       \
     " version"
 
 enum { NOPS = TMS_TASK_PING + 1 };

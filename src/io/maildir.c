@@ -1,0 +1,423 @@
+/* Maildir mailer. The loop never touches the file system: submit wraps the mail in a
+ * workpool job, the worker renders and writes it, and on the submitter's loop the
+ * job's continuation copies the outcome into the mail and hands the mail itself to
+ * the mail's own continuation, so the caller only ever sees its tms_mail_t.
+ *
+ * Delivery is idempotent per event: the file name is `<event_id>.tms`, the file is
+ * written under a unique name in tmp/ and hard-linked into new/, where link() fails
+ * with EEXIST if the event was delivered before (rename would silently replace it).
+ * A reader that already moved the mail to cur/ is found by a scan of cur/ before the
+ * write (O(files in cur/); fine for a local mailbox). A reader moving the file from
+ * new/ to cur/ between that scan and the link can still cause a second copy; that
+ * window is a few microseconds, and consumers are at-least-once anyway. */
+#include "io/maildir.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/metrics.h"
+
+/* Maildir convention: files left in tmp/ this long by a crash are garbage. */
+#define STALE_TMP_SECONDS (36 * 3600)
+/* Room left in a path buffer after the directory for "/new/<36>.tms.<pid>.<n>". */
+#define NAME_ROOM 96
+
+typedef struct maildir {
+    tms_mailer_t base; /* first member */
+    atomic_int refs;   /* the owner plus one per mail in flight */
+    char *dir, *from, *domain;
+    tms_workpool_t *pool;
+    tms_counter_t *written, *duplicates;
+    tms_histogram_t *duration;
+    atomic_uint_fast64_t tmp_seq;
+} maildir_t;
+
+typedef struct write_job {
+    tms_job_t job; /* first member */
+    maildir_t *md;
+    tms_mail_t *mail;
+    tms_error_t err; /* filled on the worker, copied into the mail on the loop */
+    int duplicate;
+} write_job_t;
+
+static void release(maildir_t *md)
+{
+    if (atomic_fetch_sub(&md->refs, 1) != 1)
+        return;
+    free(md->dir);
+    free(md->from);
+    free(md->domain);
+    free(md);
+}
+
+/* ---- the write, on a worker thread ---------------------------------------- */
+
+static bool event_id_ok(const char *id)
+{
+    if (strnlen(id, 37) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        if (!((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f') || id[i] == '-'))
+            return false;
+    }
+    return true;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* 1 when cur/ holds a file whose name starts with name (a reader adds ":2,FLAGS"), 0
+ * when not, -1 with errno on error. */
+static int in_cur(const char *cur, const char *name)
+{
+    size_t n = strlen(name);
+    struct dirent *e;
+    DIR *d = opendir(cur);
+    int found = 0;
+    if (!d)
+        return -1;
+    errno = 0;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, name, n) == 0) {
+            found = 1;
+            break;
+        }
+    }
+    if (!found && errno != 0) {
+        int saved = errno;
+        closedir(d);
+        errno = saved;
+        return -1;
+    }
+    closedir(d);
+    return found;
+}
+
+static int write_all(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int fsync_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int rc;
+    if (fd < 0)
+        return -1;
+    rc = fsync(fd);
+    if (rc != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return close(fd);
+}
+
+static void run_write(tms_job_t *job)
+{
+    write_job_t *w = (write_job_t *)job;
+    maildir_t *md = w->md;
+    const tms_mail_t *mail = w->mail;
+    double t0 = now_seconds();
+    char name[64], tmp[PATH_MAX], dst[PATH_MAX], dir_new[PATH_MAX], dir_cur[PATH_MAX];
+    const char *op = "render";
+    char *text = NULL;
+    size_t len = 0;
+    int fd = -1, rc;
+    bool tmp_made = false;
+
+    if (!event_id_ok(mail->event_id)) {
+        tms_error_set(&w->err, TMS_INVALID_ARGUMENT, "bad event id");
+        goto done;
+    }
+    text = tms_mail_render(mail, md->from, md->domain, &len);
+    if (!text) {
+        tms_error_set(&w->err, TMS_INVALID_ARGUMENT, "unsafe mail header");
+        goto done;
+    }
+    snprintf(name, sizeof(name), "%s.tms", mail->event_id);
+    snprintf(dir_new, sizeof(dir_new), "%s/new", md->dir);
+    snprintf(dir_cur, sizeof(dir_cur), "%s/cur", md->dir);
+    snprintf(dst, sizeof(dst), "%s/new/%s", md->dir, name);
+    snprintf(tmp, sizeof(tmp), "%s/tmp/%s.%ld.%llu", md->dir, name, (long)getpid(),
+             (unsigned long long)atomic_fetch_add(&md->tmp_seq, 1));
+
+    op = "stat";
+    struct stat st;
+    if (lstat(dst, &st) == 0)
+        goto duplicate;
+    if (errno != ENOENT)
+        goto io_error;
+    op = "scan_cur";
+    rc = in_cur(dir_cur, name);
+    if (rc < 0)
+        goto io_error;
+    if (rc > 0)
+        goto duplicate;
+
+    op = "open";
+    fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0)
+        goto io_error;
+    tmp_made = true;
+    op = "write";
+    if (write_all(fd, text, len) != 0)
+        goto io_error;
+    op = "fsync";
+    if (fsync(fd) != 0)
+        goto io_error;
+    op = "close";
+    rc = close(fd);
+    fd = -1;
+    if (rc != 0)
+        goto io_error;
+    op = "link";
+    if (link(tmp, dst) != 0) {
+        if (errno == EEXIST)
+            goto duplicate; /* a concurrent writer of the same event won */
+        /* File systems without hard links: the existence check above stands in. */
+        if (errno != EPERM && errno != ENOTSUP && errno != ENOSYS)
+            goto io_error;
+        op = "rename";
+        if (rename(tmp, dst) != 0)
+            goto io_error;
+        tmp_made = false;
+    }
+    op = "fsync_dir";
+    if (fsync_dir(dir_new) != 0)
+        goto io_error;
+    tms_counter_add(md->written, 1);
+    goto done;
+
+duplicate:
+    w->duplicate = 1;
+    tms_counter_add(md->duplicates, 1);
+    goto done;
+
+io_error : {
+    int e = errno;
+    tms_log_error("maildir_write_failed", "event_id=%s op=%s errno=%d error=\"%s\"", mail->event_id,
+                  op, e, strerror(e));
+    tms_error_set(&w->err, TMS_UNAVAILABLE, "maildir write failed");
+}
+done:
+    if (fd >= 0)
+        close(fd);
+    if (tmp_made)
+        unlink(tmp);
+    free(text);
+    tms_histogram_observe(md->duration, now_seconds() - t0);
+}
+
+/* ---- back on the submitter's loop ---------------------------------------- */
+
+static void return_mail(tms_mail_t *mail)
+{
+    mail->msg.kind = TMS_MSG_REPLY;
+    mail->msg.next = NULL;
+    if (mail->msg.cont)
+        mail->msg.cont(&mail->msg);
+    else if (mail->msg.free_fn)
+        mail->msg.free_fn(&mail->msg);
+    else
+        tms_mail_free(&mail);
+}
+
+/* The job arrived in mail->msg.reply_to's mailbox, so this already runs where the
+ * mail's continuation must: call it directly rather than queue a second hop. */
+static void on_written(tms_msg_t *msg)
+{
+    write_job_t *w = (write_job_t *)msg;
+    tms_mail_t *mail = w->mail;
+    mail->err = w->err;
+    mail->duplicate = w->duplicate;
+    release(w->md);
+    free(w);
+    return_mail(mail);
+}
+
+/* The reply could not be delivered (no reply_to, or it was freed): drop both. */
+static void free_job_msg(tms_msg_t *msg)
+{
+    write_job_t *w = (write_job_t *)msg;
+    tms_mail_t *mail = w->mail;
+    release(w->md);
+    free(w);
+    if (mail->msg.free_fn)
+        mail->msg.free_fn(&mail->msg);
+    else
+        tms_mail_free(&mail);
+}
+
+static int submit(tms_mailer_t *self, tms_mail_t **mail)
+{
+    maildir_t *md = (maildir_t *)self;
+    write_job_t *w = tms_new(write_job_t);
+    tms_job_t *job = &w->job;
+    int rc;
+    w->md = md;
+    w->mail = *mail;
+    job->run = run_write;
+    job->msg.op = 0;
+    job->msg.reply_to = (*mail)->msg.reply_to;
+    job->msg.cont = on_written;
+    job->msg.ctx = w;
+    job->msg.free_fn = free_job_msg;
+    atomic_fetch_add(&md->refs, 1);
+    rc = tms_workpool_submit(md->pool, &job);
+    if (rc != 0) {
+        release(md);
+        free(w);
+        return rc; /* the caller keeps the mail */
+    }
+    *mail = NULL;
+    return 0;
+}
+
+/* ---- setup ---------------------------------------------------------------- */
+
+/* mkdir that accepts an existing directory. */
+static int make_dir(const char *path)
+{
+    struct stat st;
+    if (mkdir(path, 0700) == 0)
+        return 0;
+    if (errno != EEXIST)
+        return -1;
+    if (stat(path, &st) != 0)
+        return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    return 0;
+}
+
+/* mkdir -p: the configured path's parents may not exist yet (data.dir/mail). */
+static int make_dirs(const char *path)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof(buf), "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (make_dir(buf) != 0)
+            return -1;
+        *p = '/';
+    }
+    return make_dir(buf);
+}
+
+/* Files a crash left in tmp/ (Maildir: older than 36 hours). */
+static void clean_tmp(const char *dir)
+{
+    char tmpdir[PATH_MAX], path[PATH_MAX + 256];
+    struct dirent *e;
+    struct stat st;
+    time_t now = time(NULL);
+    DIR *d;
+    snprintf(tmpdir, sizeof(tmpdir), "%s/tmp", dir);
+    d = opendir(tmpdir);
+    if (!d)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", tmpdir, e->d_name);
+        if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && now - st.st_mtime > STALE_TMP_SECONDS)
+            unlink(path);
+    }
+    closedir(d);
+}
+
+tms_mailer_t *tms_maildir_new(const char *dir, const char *from, const char *domain,
+                              tms_workpool_t *pool, char *err, size_t err_len)
+{
+    static const char *const subdirs[] = {"tmp", "new", "cur"};
+    char path[PATH_MAX];
+    maildir_t *md;
+    tms_mail_t probe = {0};
+    char *text;
+    if (!dir || !*dir || !from || !domain || !pool) {
+        snprintf(err, err_len, "maildir: missing directory, from, domain or pool");
+        return NULL;
+    }
+    if (strlen(dir) >= PATH_MAX - NAME_ROOM) {
+        snprintf(err, err_len, "maildir: path too long");
+        return NULL;
+    }
+    /* Checked once here so a bad setting stops start-up instead of every mail. */
+    snprintf(probe.to, sizeof(probe.to), "%s", from);
+    snprintf(probe.event_id, sizeof(probe.event_id), "00000000-0000-4000-8000-000000000000");
+    text = tms_mail_render(&probe, from, domain, NULL);
+    if (!text) {
+        snprintf(err, err_len, "maildir: from address or domain not usable in a mail header");
+        return NULL;
+    }
+    free(text);
+    if (make_dirs(dir) != 0) {
+        snprintf(err, err_len, "maildir %s: %s", dir, strerror(errno));
+        return NULL;
+    }
+    for (size_t i = 0; i < sizeof(subdirs) / sizeof(subdirs[0]); i++) {
+        snprintf(path, sizeof(path), "%s/%s", dir, subdirs[i]);
+        if (make_dir(path) != 0 || access(path, W_OK | X_OK) != 0) {
+            snprintf(err, err_len, "maildir %s: %s", path, strerror(errno));
+            return NULL;
+        }
+    }
+    clean_tmp(dir);
+
+    md = tms_new(maildir_t);
+    md->base.name = "maildir";
+    md->base.submit = submit;
+    atomic_init(&md->refs, 1);
+    atomic_init(&md->tmp_seq, 0);
+    md->dir = tms_strdup(dir);
+    md->from = tms_strdup(from);
+    md->domain = tms_strdup(domain);
+    md->pool = pool;
+    md->written = tms_metrics_counter("tms_mail_written_total", "Mails written to the Maildir", "");
+    md->duplicates = tms_metrics_counter("tms_mail_duplicates_total",
+                                         "Mails not written because their event was delivered", "");
+    md->duration = tms_metrics_histogram("tms_mail_write_duration_seconds",
+                                         "Time to render, write and sync one Maildir mail", "");
+    return &md->base;
+}
+
+void tms_maildir_free(tms_mailer_t **pm)
+{
+    tms_mailer_t *m = *pm;
+    if (!m)
+        return;
+    *pm = NULL;
+    release((maildir_t *)m);
+}

@@ -1,0 +1,25 @@
+/* The Maildir mailer: each mail becomes one file `<dir>/new/<event_id>.tms`, written on
+ * a worker pool thread (tmp/, fsync, link into new/, fsync new/). The file name comes
+ * from the event id alone, so a second submission of the same event finds the first
+ * and reports duplicate instead of writing again. */
+#ifndef TMS_IO_MAILDIR_H
+#define TMS_IO_MAILDIR_H
+
+#include <stddef.h>
+
+#include "core/mailer.h"
+#include "core/workpool.h"
+
+/** Create the Maildir mailer: makes dir and dir/{tmp,new,cur} (mode 0700) when
+ * missing. from is the From address and domain the Message-ID right-hand side (both
+ * copied). File writes run on pool, which the caller owns and must keep until every
+ * submitted mail came back. Returns NULL with a message in err when a directory
+ * cannot be created or written, or from/domain are not usable in a header. */
+tms_mailer_t *tms_maildir_new(const char *dir, const char *from, const char *domain,
+                              tms_workpool_t *pool, char *err, size_t err_len);
+
+/** Release the mailer; sets *m NULL. Mails still in flight keep what they need and
+ * still come back. */
+void tms_maildir_free(tms_mailer_t **m);
+
+#endif

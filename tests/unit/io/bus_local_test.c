@@ -1,0 +1,335 @@
+/* In-process bus: a copy per consumer group, done only after every ack, nack and
+ * refusal fail the publish, no-subscriber publishes complete asynchronously, order
+ * per subscriber, and freeing with deliveries outstanding leaks nothing. */
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "core/event_bus.h"
+#include "core/metrics.h"
+#include "core/status.h"
+#include "io/bus_local.h"
+#include "test.h"
+
+#define MAX_HELD 64
+
+typedef struct consumer {
+    tms_mailbox_t *mailbox;
+    tms_delivery_t *held[MAX_HELD]; /* received, not yet acked */
+    int n;
+} consumer_t;
+
+typedef struct result {
+    int calls;
+    int status;
+} result_t;
+
+static void on_delivery(void *owner, tms_msg_t *msg)
+{
+    consumer_t *c = owner;
+    CHECK_EQ_INT(msg->op, TMS_EVENT_DELIVERY);
+    CHECK_EQ_INT(msg->kind, TMS_MSG_REQUEST);
+    if (c->n < MAX_HELD)
+        c->held[c->n++] = (tms_delivery_t *)msg;
+}
+
+static void on_done(void *ctx, int status)
+{
+    result_t *r = ctx;
+    r->calls++;
+    r->status = status;
+}
+
+static void consumer_init(consumer_t *c, uv_loop_t *loop, const char *name, size_t cap)
+{
+    memset(c, 0, sizeof(*c));
+    c->mailbox = tms_mailbox_new(loop, name, cap, on_delivery, c);
+}
+
+/* Acknowledge the i-th held delivery. */
+static void ack_at(tms_event_bus_t *bus, consumer_t *c, int i, int ok)
+{
+    tms_delivery_t *d = c->held[i];
+    bus->ack(bus, &d, ok);
+    CHECK(d == NULL);
+    c->held[i] = NULL;
+}
+
+/* A few loop turns: deliveries, then completions (a zero timer). */
+static void spin(uv_loop_t *loop)
+{
+    for (int i = 0; i < 4; i++)
+        uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static void finish(uv_loop_t *loop, tms_event_bus_t **bus, consumer_t *cs, int ncs)
+{
+    tms_bus_local_free(bus);
+    for (int i = 0; i < ncs; i++)
+        tms_mailbox_free(&cs[i].mailbox);
+    uv_run(loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(loop), 0);
+}
+
+static uint64_t counter(const char *name, const char *labels)
+{
+    return tms_counter_value(tms_metrics_counter(name, "", labels));
+}
+
+static void test_two_groups_done_after_both_acks(void)
+{
+    uv_loop_t loop;
+    consumer_t cs[3];
+    result_t r = {0};
+    const char payload[] = "{\"type\":\"task_assigned\",\"task_id\":\"42\"}";
+    uv_loop_init(&loop);
+    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    CHECK_EQ_STR(bus->name, "local");
+    consumer_init(&cs[0], &loop, "notifier", 8);
+    consumer_init(&cs[1], &loop, "audit", 8);
+    consumer_init(&cs[2], &loop, "other", 8);
+    CHECK_EQ_INT(bus->subscribe(bus, "notifications", "notifier", cs[0].mailbox), 0);
+    CHECK_EQ_INT(bus->subscribe(bus, "notifications", "audit", cs[1].mailbox), 0);
+    CHECK_EQ_INT(bus->subscribe(bus, "user_deleted", "notifier", cs[2].mailbox), 0);
+    CHECK_EQ_INT(bus->subscribe(bus, "notifications", "audit", cs[2].mailbox), -TMS_EINVAL);
+    uint64_t pub0 = counter("tms_bus_published_total", "topic=\"notifications\"");
+    uint64_t del0 =
+        counter("tms_bus_delivered_total", "topic=\"notifications\",group=\"notifier\"");
+
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "42", payload, strlen(payload), on_done, &r),
+                 0);
+    spin(&loop);
+    CHECK_EQ_INT(cs[0].n, 1);
+    CHECK_EQ_INT(cs[1].n, 1);
+    CHECK_EQ_INT(cs[2].n, 0);
+    for (int i = 0; i < 2 && cs[i].n; i++) {
+        tms_delivery_t *d = cs[i].held[0];
+        CHECK_EQ_STR(d->topic, "notifications");
+        CHECK_EQ_STR(d->key, "42");
+        CHECK_EQ_INT(d->payload_len, strlen(payload));
+        CHECK_EQ_STR(d->payload, payload);
+        CHECK_EQ_INT(d->attempt, 1);
+    }
+    if (cs[0].n && cs[1].n)
+        CHECK(cs[0].held[0] != cs[1].held[0]); /* each its own copy */
+    CHECK_EQ_INT(r.calls, 0);
+    ack_at(bus, &cs[0], 0, 1);
+    spin(&loop);
+    CHECK_EQ_INT(r.calls, 0); /* audit has not acked */
+    ack_at(bus, &cs[1], 0, 1);
+    CHECK_EQ_INT(r.calls, 0); /* never inside ack */
+    spin(&loop);
+    CHECK_EQ_INT(r.calls, 1);
+    CHECK_EQ_INT(r.status, 0);
+    CHECK_EQ_INT(counter("tms_bus_published_total", "topic=\"notifications\"") - pub0, 1);
+    CHECK_EQ_INT(
+        counter("tms_bus_delivered_total", "topic=\"notifications\",group=\"notifier\"") - del0, 1);
+
+    /* Refused at once: done never follows. */
+    result_t bad = {0};
+    CHECK_EQ_INT(bus->publish(bus, "bad topic", "k", "x", 1, on_done, &bad), -TMS_EINVAL);
+    CHECK_EQ_INT(bus->publish(bus, "notifications",
+                              "a-key-much-longer-than-the-sixty-three-bytes-a-delivery-can-hold-x",
+                              "x", 1, on_done, &bad),
+                 -TMS_EINVAL);
+    spin(&loop);
+    CHECK_EQ_INT(bad.calls, 0);
+    finish(&loop, &bus, cs, 3);
+}
+
+static void test_nack(void)
+{
+    uv_loop_t loop;
+    consumer_t cs[2];
+    result_t r = {0};
+    uv_loop_init(&loop);
+    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    consumer_init(&cs[0], &loop, "a", 8);
+    consumer_init(&cs[1], &loop, "b", 8);
+    bus->subscribe(bus, "notifications", "a", cs[0].mailbox);
+    bus->subscribe(bus, "notifications", "b", cs[1].mailbox);
+    uint64_t nack0 = counter("tms_bus_nacked_total", "topic=\"notifications\",group=\"a\"");
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "7", "{}", 2, on_done, &r), 0);
+    spin(&loop);
+    CHECK_EQ_INT(cs[0].n + cs[1].n, 2);
+    ack_at(bus, &cs[0], 0, 0);
+    spin(&loop);
+    CHECK_EQ_INT(r.calls, 0); /* b still holds its copy */
+    ack_at(bus, &cs[1], 0, 1);
+    spin(&loop);
+    CHECK_EQ_INT(r.calls, 1);
+    CHECK_EQ_INT(r.status, -TMS_EIO);
+    CHECK_EQ_INT(counter("tms_bus_nacked_total", "topic=\"notifications\",group=\"a\"") - nack0, 1);
+    finish(&loop, &bus, cs, 2);
+}
+
+static void test_no_subscribers_async(void)
+{
+    uv_loop_t loop;
+    result_t r = {0};
+    uv_loop_init(&loop);
+    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u1", "{}", 2, on_done, &r), 0);
+    CHECK_EQ_INT(r.calls, 0); /* not inside publish */
+    uv_run(&loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(r.calls, 1);
+    CHECK_EQ_INT(r.status, 0);
+    /* An empty payload is fine too. */
+    CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u1", NULL, 0, on_done, &r), 0);
+    uv_run(&loop, UV_RUN_DEFAULT); /* completes, then nothing keeps the loop alive */
+    CHECK_EQ_INT(r.calls, 2);
+    finish(&loop, &bus, NULL, 0);
+}
+
+static void test_full_mailbox(void)
+{
+    uv_loop_t loop;
+    consumer_t cs[2];
+    result_t r1 = {0}, r2 = {0}, r3 = {0};
+    uv_loop_init(&loop);
+    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    consumer_init(&cs[0], &loop, "roomy", 16);
+    consumer_init(&cs[1], &loop, "tight", 1);
+    bus->subscribe(bus, "notifications", "roomy", cs[0].mailbox);
+    bus->subscribe(bus, "notifications", "tight", cs[1].mailbox);
+    /* Without a loop turn, tight's single slot is taken by the first event. */
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "1", "{}", 2, on_done, &r1), 0);
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "2", "{}", 2, on_done, &r2), 0);
+    spin(&loop);
+    CHECK_EQ_INT(cs[0].n, 2);
+    CHECK_EQ_INT(cs[1].n, 1);
+    CHECK_EQ_INT(r2.calls, 0); /* roomy still holds the second event */
+    ack_at(bus, &cs[0], 1, 1);
+    spin(&loop);
+    CHECK_EQ_INT(r2.calls, 1);
+    CHECK_EQ_INT(r2.status, -TMS_EFULL);
+    ack_at(bus, &cs[0], 0, 1);
+    ack_at(bus, &cs[1], 0, 1);
+    spin(&loop);
+    CHECK_EQ_INT(r1.calls, 1);
+    CHECK_EQ_INT(r1.status, 0);
+
+    /* Refused by the only subscriber: the failure still arrives asynchronously. */
+    tms_mailbox_close(cs[1].mailbox);
+    tms_bus_local_free(&bus);
+    bus = tms_bus_local_new(&loop);
+    bus->subscribe(bus, "notifications", "tight", cs[1].mailbox);
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "3", "{}", 2, on_done, &r3), 0);
+    CHECK_EQ_INT(r3.calls, 0);
+    spin(&loop);
+    CHECK_EQ_INT(r3.calls, 1);
+    CHECK_EQ_INT(r3.status, -TMS_ECLOSED);
+    finish(&loop, &bus, cs, 2);
+}
+
+static void test_order_per_subscriber(void)
+{
+    uv_loop_t loop;
+    consumer_t cs[2];
+    result_t r[10] = {{0}};
+    char key[16], payload[32];
+    uv_loop_init(&loop);
+    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    consumer_init(&cs[0], &loop, "a", 64);
+    consumer_init(&cs[1], &loop, "b", 64);
+    bus->subscribe(bus, "notifications", "a", cs[0].mailbox);
+    bus->subscribe(bus, "notifications", "b", cs[1].mailbox);
+    for (int i = 0; i < 10; i++) {
+        snprintf(key, sizeof(key), "%d", i);
+        snprintf(payload, sizeof(payload), "{\"n\":%d}", i);
+        CHECK_EQ_INT(
+            bus->publish(bus, "notifications", key, payload, strlen(payload), on_done, &r[i]), 0);
+        if (i == 4)
+            spin(&loop); /* across batches too */
+    }
+    spin(&loop);
+    for (int c = 0; c < 2; c++) {
+        CHECK_EQ_INT(cs[c].n, 10);
+        for (int i = 0; i < cs[c].n; i++) {
+            snprintf(key, sizeof(key), "%d", i);
+            CHECK_EQ_STR(cs[c].held[i]->key, key);
+        }
+    }
+    /* Acks in reverse order: each publish completes on its own. */
+    for (int i = 9; i >= 0; i--) {
+        ack_at(bus, &cs[0], i, 1);
+        ack_at(bus, &cs[1], i, 1);
+    }
+    spin(&loop);
+    for (int i = 0; i < 10; i++) {
+        CHECK_EQ_INT(r[i].calls, 1);
+        CHECK_EQ_INT(r[i].status, 0);
+    }
+    finish(&loop, &bus, cs, 2);
+}
+
+static int republished;
+
+static void on_done_republish(void *ctx, int status)
+{
+    tms_event_bus_t *bus = ctx;
+    (void)status;
+    /* Publishing again from done must not re-enter: the new done comes later. */
+    if (republished++ == 0)
+        CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u", "{}", 2, on_done_republish, bus), 0);
+}
+
+static void test_publish_from_done(void)
+{
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    republished = 0;
+    CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u", "{}", 2, on_done_republish, bus), 0);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(republished, 2);
+    finish(&loop, &bus, NULL, 0);
+}
+
+static void test_dropped_and_outstanding(void)
+{
+    uv_loop_t loop;
+    consumer_t cs[2];
+    result_t r1 = {0}, r2 = {0}, r3 = {0};
+    uv_loop_init(&loop);
+    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    consumer_init(&cs[0], &loop, "held", 8);
+    consumer_init(&cs[1], &loop, "gone", 8);
+    bus->subscribe(bus, "notifications", "held", cs[0].mailbox);
+    bus->subscribe(bus, "user_deleted", "gone", cs[1].mailbox);
+    /* A copy freed unhandled by its mailbox counts as a nack. */
+    CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u", "{}", 2, on_done, &r1), 0);
+    tms_mailbox_free(&cs[1].mailbox);
+    spin(&loop);
+    CHECK_EQ_INT(r1.calls, 1);
+    CHECK_EQ_INT(r1.status, -TMS_EIO);
+
+    /* Free the bus with one copy in a consumer's hands and one still queued. */
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "1", "{}", 2, on_done, &r2), 0);
+    spin(&loop);
+    CHECK_EQ_INT(cs[0].n, 1);
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "2", "{}", 2, on_done, &r3), 0);
+    tms_bus_local_free(&bus);
+    CHECK(bus == NULL);
+    /* The consumer stopped: it frees what it holds through free_fn (no ack now). */
+    tms_delivery_t *d = cs[0].held[0];
+    d->msg.free_fn(&d->msg);
+    tms_mailbox_free(&cs[0].mailbox); /* frees the queued copy */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(r2.calls, 0);
+    CHECK_EQ_INT(r3.calls, 0);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+int main(void)
+{
+    RUN_TEST(test_two_groups_done_after_both_acks);
+    RUN_TEST(test_nack);
+    RUN_TEST(test_no_subscribers_async);
+    RUN_TEST(test_full_mailbox);
+    RUN_TEST(test_order_per_subscriber);
+    RUN_TEST(test_publish_from_done);
+    RUN_TEST(test_dropped_and_outstanding);
+    TEST_EXIT();
+}
