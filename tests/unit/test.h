@@ -25,7 +25,7 @@ static int tms_test_checks;
         tms_test_checks++;                                                                         \
         if (va_ != vb_) {                                                                          \
             tms_test_failures++;                                                                   \
-            fprintf(stderr, "%s:%d: CHECK_EQ_INT failed: %s = %lld, %s = %lld\n", __FILE__,       \
+            fprintf(stderr, "%s:%d: CHECK_EQ_INT failed: %s = %lld, %s = %lld\n", __FILE__,        \
                     __LINE__, #a, va_, #b, vb_);                                                   \
         }                                                                                          \
     } while (0)
@@ -36,8 +36,8 @@ static int tms_test_checks;
         tms_test_checks++;                                                                         \
         if (!sa_ || !sb_ || strcmp(sa_, sb_) != 0) {                                               \
             tms_test_failures++;                                                                   \
-            fprintf(stderr, "%s:%d: CHECK_EQ_STR failed: %s = \"%s\", %s = \"%s\"\n", __FILE__,   \
-                    __LINE__, #a, sa_ ? sa_ : "(null)", #b, sb_ ? sb_ : "(null)");                \
+            fprintf(stderr, "%s:%d: CHECK_EQ_STR failed: %s = \"%s\", %s = \"%s\"\n", __FILE__,    \
+                    __LINE__, #a, sa_ ? sa_ : "(null)", #b, sb_ ? sb_ : "(null)");                 \
         }                                                                                          \
     } while (0)
 
