@@ -86,6 +86,9 @@ int tms__sqlite_outbox_insert(sqlite3 *db, sqlite3_stmt **slot, const char *even
  * calling thread. Returns 0 or -TMS_EIO with a one-line reason in err. */
 int tms__sqlite_open_db(const char *path, sqlite3 **out, char *err, size_t err_len);
 
+/** The schema version this binary migrates to (the number of migrations). */
+int tms__sqlite_schema_version(void);
+
 /** Apply pending migrations, each in its own transaction. Returns 0 or -TMS_EIO
  * with err (failed migration, or a schema newer than this binary). */
 int tms__sqlite_apply_migrations(sqlite3 *db, char *err, size_t err_len);

@@ -60,6 +60,11 @@ static const char *const migrations[] = {
 
 #define KNOWN ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
+int tms__sqlite_schema_version(void)
+{
+    return KNOWN;
+}
+
 static int current_version(sqlite3 *db, int *version)
 {
     sqlite3_stmt *st = NULL;

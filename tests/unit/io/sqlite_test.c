@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/metrics.h"
 #include "io/sqlite.h"
+#include "io/sqlite_internal.h"
 #include "test.h"
 
 static uv_loop_t loop;
@@ -294,7 +295,8 @@ static void test_migrations_idempotent(void)
     r = call(tms_sqlite_user_store(db), op);
     CHECK_EQ_INT(r.err.code, TMS_OK);
     tms_sqlite_close(&db);
-    CHECK_EQ_INT(raw_query("SELECT max(version) FROM schema_migrations"), 1);
+    CHECK_EQ_INT(raw_query("SELECT max(version) FROM schema_migrations"),
+                 tms__sqlite_schema_version());
 
     db = open_db(8);
     if (!db)
@@ -303,8 +305,9 @@ static void test_migrations_idempotent(void)
     CHECK_EQ_INT(r.err.code, TMS_OK);
     tms_sqlite_close(&db);
     CHECK_EQ_INT(tms_sqlite_migrate(path, err, sizeof(err)), 0);
-    CHECK_EQ_INT(raw_query("SELECT count(*) FROM schema_migrations"), 1);
-    CHECK_EQ_INT(raw_query("SELECT max(version) FROM schema_migrations"), 1);
+    CHECK_EQ_INT(raw_query("SELECT count(*) FROM schema_migrations"), tms__sqlite_schema_version());
+    CHECK_EQ_INT(raw_query("SELECT max(version) FROM schema_migrations"),
+                 tms__sqlite_schema_version());
     {
         sqlite3 *raw = NULL;
         sqlite3_stmt *st = NULL;
