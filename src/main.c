@@ -337,6 +337,7 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                                  .argon2_opslimit = (unsigned long long)cfg->auth.argon2_opslimit,
                                  .argon2_memlimit = (size_t)cfg->auth.argon2_memlimit_kib * 1024,
                                  .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                                 .user_cache_ms = (uint64_t)cfg->auth.user_cache_ms,
                                  .bus = s->bus,
                                  .inbox = users_outbox,
                                  .relay = s->users_relay,

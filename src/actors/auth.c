@@ -16,12 +16,15 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/password.h"
+#include "core/user_cache.h"
 
 #define PASSWORD_MIN 8
 #define PASSWORD_MAX 256
 #define EMAIL_MIN 3
 
 struct tms_auth {
+    uv_loop_t *loop;
+    tms_user_cache_t *cache;
     tms_mailbox_t *mailbox;
     tms_user_store_t *users;
     tms_workpool_t *hashers;
@@ -316,6 +319,7 @@ static void login_bumped(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *
     if (store_failed(auth, call, op))
         return;
     call->user = op->user;
+    tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
     tms_counter_add(auth->logins_ok, 1);
     issue_token(auth, call);
 }
@@ -386,6 +390,15 @@ static void authenticated(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t 
     finish(auth, call);
 }
 
+/* A store answer refreshes the cache; a cache hit must not, or a change made by
+ * another writer would never be seen while requests keep coming. */
+static void authenticated_by_store(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
+{
+    if (op->err.code == TMS_OK)
+        tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
+    authenticated(auth, call, op);
+}
+
 /* Verifies the bearer token: signature, alg, exp and iss here, then the token
  * version against the store, so logout and login revoke at once. */
 static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
@@ -403,7 +416,18 @@ static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
     }
     memset(&call->user, 0, sizeof(call->user));
     call->user.token_version = claims.token_version;
-    store(auth, call, TMS_USER_GET_BY_ID, claims.sub, NULL, NULL, authenticated);
+    {
+        /* Versions only grow: a cached version above the claim proves the token
+         * revoked, an equal one proves it current; a lower one may be stale. */
+        tms_user_op_t hit;
+        if (tms_user_cache_get(auth->cache, claims.sub, uv_now(auth->loop), &hit.user) &&
+            hit.user.token_version >= claims.token_version) {
+            hit.err.code = TMS_OK;
+            authenticated(auth, call, &hit);
+            return;
+        }
+    }
+    store(auth, call, TMS_USER_GET_BY_ID, claims.sub, NULL, NULL, authenticated_by_store);
 }
 
 /* ---- operations on a verified principal ------------------------------ */
@@ -438,6 +462,7 @@ static void logout_done(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *o
     if (store_failed(auth, call, op))
         return;
     call->flag = true;
+    tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
     tms_log_info("user_logged_out", "user=%s by=%s", op->user.id, call->principal.user_id);
     finish(auth, call);
 }
@@ -451,6 +476,7 @@ static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
     if (store_failed(auth, call, op))
         return;
     call->flag = true;
+    tms_user_cache_remove(auth->cache, op->user.id);
     tms_log_info("user_deleted", "user=%s by=%s", op->user.id, call->principal.user_id);
     if (auth->relay) /* the store wrote user_deleted into its outbox with the delete */
         tms_relay_kick(auth->relay);
@@ -659,6 +685,8 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     const char dummy[] = "dummy password for timing";
     auth->users = users;
     auth->hashers = hashers;
+    auth->loop = loop;
+    auth->cache = tms_user_cache_new(cfg->user_cache_ms, 100000);
     auth->key_len = cfg->jwt_key_len < sizeof(auth->key) ? cfg->jwt_key_len : sizeof(auth->key);
     memcpy(auth->key, cfg->jwt_key, auth->key_len);
     snprintf(auth->issuer, sizeof(auth->issuer), "%s", cfg->issuer);
@@ -707,6 +735,7 @@ void tms_auth_free(tms_auth_t **pauth)
         return;
     *pauth = NULL;
     tms_mailbox_free(&auth->mailbox);
+    tms_user_cache_free(&auth->cache);
     sodium_memzero(auth->key, sizeof(auth->key));
     free(auth);
 }

@@ -72,6 +72,9 @@ static const key_t_ keys[] = {
         "HS256 key, at least 32 bytes; empty: generated once into <data.dir>/jwt.secret"),
     INT(auth, token_ttl, auth.token_ttl, 1, 31536000, "3600", "token lifetime in seconds"),
     STR(auth, issuer, auth.issuer, "tms", "JWT iss claim, checked on every token"),
+    INT(auth, user_cache_ms, auth.user_cache_ms, 0, 60000, "1000",
+        "ms a verified user is trusted without asking the store; this process's own "
+        "logins, logouts and deletes apply at once, other writers within this time; 0 off"),
     INT(auth, hash_threads, auth.hash_threads, 1, 64, "2", "password hashing threads"),
     INT(auth, hash_queue, auth.hash_queue, 1, 100000, "256",
         "queued password hashes before logins answer UNAVAILABLE"),

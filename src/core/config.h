@@ -45,6 +45,7 @@ typedef struct tms_config {
         char jwt_secret[512];
         int64_t token_ttl;
         char issuer[128];
+        int64_t user_cache_ms;
         int64_t hash_threads, hash_queue;
         int64_t argon2_opslimit, argon2_memlimit_kib;
     } auth;
