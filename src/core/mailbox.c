@@ -23,6 +23,10 @@ struct tms_mailbox {
     uint64_t rejected;
     bool closed;
     bool threaded;
+    /* loop mode, touched only on the owner thread: the same-thread fast path */
+    pthread_t owner_thread;
+    bool in_ready;
+    tms_mailbox_t *ready_next;
     char name[32];
     /* loop mode */
     uv_async_t *async;
@@ -47,6 +51,7 @@ tms_mailbox_t *tms_mailbox_new(uv_loop_t *loop, const char *name, size_t capacit
     tms_mailbox_t *mb = alloc_mailbox(name, capacity);
     mb->on_message = on_message;
     mb->owner = owner;
+    mb->owner_thread = pthread_self();
     mb->async = tms_new(uv_async_t);
     mb->async->data = mb;
     if (uv_async_init(loop, mb->async, drain) != 0)
@@ -85,12 +90,49 @@ static bool append_locked(tms_mailbox_t *mb, tms_msg_t *msg)
     return was_empty;
 }
 
+/* Same-thread fast path. While a loop thread drains a mailbox, posts it makes to
+ * other mailboxes of its own loop need no eventfd round trip: the mailbox joins a
+ * per-thread ready list that the outer drain empties before returning to libuv.
+ * Actor hops on one loop (gateway -> auth -> gateway -> rest) then cost no system
+ * call. Rounds are capped so a chain of posts cannot keep the loop from its I/O. */
+static __thread tms_mailbox_t *ready_head, *ready_tail;
+static __thread int draining;
+#define MAX_READY_ROUNDS 1024
+
 static void wake(tms_mailbox_t *mb)
 {
-    if (mb->threaded)
+    if (mb->threaded) {
         pthread_cond_signal(&mb->cond);
-    else
+    } else if (draining && pthread_equal(pthread_self(), mb->owner_thread)) {
+        if (!mb->in_ready) {
+            mb->in_ready = true;
+            mb->ready_next = NULL;
+            if (ready_tail)
+                ready_tail->ready_next = mb;
+            else
+                ready_head = mb;
+            ready_tail = mb;
+        }
+    } else {
         uv_async_send(mb->async);
+    }
+}
+
+static void ready_remove(tms_mailbox_t *mb)
+{
+    tms_mailbox_t **p = &ready_head, *prev = NULL;
+    if (!mb->in_ready)
+        return;
+    while (*p && *p != mb) {
+        prev = *p;
+        p = &(*p)->ready_next;
+    }
+    if (*p) {
+        *p = mb->ready_next;
+        if (ready_tail == mb)
+            ready_tail = prev;
+    }
+    mb->in_ready = false;
 }
 
 int tms_mailbox_post(tms_mailbox_t *mb, tms_msg_t **msg)
@@ -160,9 +202,8 @@ static void deliver(tms_mailbox_t *mb, tms_msg_t *msg)
 /* Drains in batches: take the whole list at once so the lock is held only for a
  * pointer swap, and handle every message taken, including ones posted meanwhile by
  * a handler (they wake the async again and arrive in the next batch). */
-static void drain(uv_async_t *handle)
+static void drain_one(tms_mailbox_t *mb)
 {
-    tms_mailbox_t *mb = handle->data;
     tms_msg_t *list, *next;
     pthread_mutex_lock(&mb->lock);
     list = pop_all_locked(mb);
@@ -171,6 +212,29 @@ static void drain(uv_async_t *handle)
         next = list->next;
         deliver(mb, list);
     }
+}
+
+static void drain(uv_async_t *handle)
+{
+    int rounds = 0;
+    if (draining) { /* not expected: libuv does not nest callbacks */
+        drain_one(handle->data);
+        return;
+    }
+    draining = 1;
+    drain_one(handle->data);
+    while (ready_head) {
+        tms_mailbox_t *mb = ready_head;
+        ready_head = mb->ready_next;
+        if (!ready_head)
+            ready_tail = NULL;
+        mb->in_ready = false;
+        if (++rounds > MAX_READY_ROUNDS)
+            uv_async_send(mb->async); /* let I/O in; the rest follows next turn */
+        else
+            drain_one(mb);
+    }
+    draining = 0;
 }
 
 tms_msg_t *tms_mailbox_take(tms_mailbox_t *mb, int timeout_ms)
@@ -288,5 +352,6 @@ void tms_mailbox_free(tms_mailbox_t **pmb)
         destroy(mb);
         return;
     }
+    ready_remove(mb);
     uv_close((uv_handle_t *)mb->async, on_async_closed);
 }

@@ -200,8 +200,54 @@ static void test_threaded_consumer(void)
     tms_mailbox_free(&mb);
 }
 
+/* A post made by a handler to another mailbox of the same loop is delivered in the
+ * same loop turn (the ready-list fast path), in order, without a second wake-up. */
+typedef struct relay_owner {
+    tms_mailbox_t *next;
+    int seen;
+} relay_owner_t;
+
+static void forward(void *owner, tms_msg_t *msg)
+{
+    relay_owner_t *o = owner;
+    o->seen++;
+    if (o->next) {
+        msg->kind = TMS_MSG_REQUEST;
+        CHECK_EQ_INT(tms_mailbox_post(o->next, &msg), 0);
+    }
+}
+
+static void test_same_thread_fast_path(void)
+{
+    uv_loop_t loop;
+    relay_owner_t a = {0}, b = {0}, c = {0};
+    tms_mailbox_t *ma, *mb, *mc;
+    item_t items[3];
+    uv_loop_init(&loop);
+    mc = tms_mailbox_new(&loop, "c", 8, forward, &c);
+    mb = tms_mailbox_new(&loop, "b", 8, forward, &b);
+    ma = tms_mailbox_new(&loop, "a", 8, forward, &a);
+    a.next = mb;
+    b.next = mc;
+    for (int i = 0; i < 3; i++) {
+        tms_msg_t *m = &items[i].msg;
+        items[i] = (item_t){.value = i};
+        CHECK_EQ_INT(tms_mailbox_post(ma, &m), 0);
+    }
+    uv_run(&loop, UV_RUN_NOWAIT); /* one turn: a -> b -> c */
+    CHECK_EQ_INT(a.seen, 3);
+    CHECK_EQ_INT(b.seen, 3);
+    CHECK_EQ_INT(c.seen, 3);
+    tms_mailbox_free(&ma);
+    tms_mailbox_free(&mb);
+    tms_mailbox_free(&mc);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
+    RUN_TEST(test_same_thread_fast_path);
     RUN_TEST(test_fifo_and_bound);
     RUN_TEST(test_request_reply);
     RUN_TEST(test_cross_thread);
