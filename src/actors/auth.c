@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/password.h"
+#include "core/token_cache.h"
 #include "core/user_cache.h"
 
 #define PASSWORD_MIN 8
@@ -25,6 +26,7 @@
 struct tms_auth {
     uv_loop_t *loop;
     tms_user_cache_t *cache;
+    tms_token_cache_t *tokens;
     tms_mailbox_t *mailbox;
     tms_user_store_t *users;
     tms_workpool_t *hashers;
@@ -409,10 +411,14 @@ static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
         fail(auth, call, TMS_UNAUTHENTICATED, "missing bearer token");
         return;
     }
-    if (tms_jwt_verify(auth->key, auth->key_len, auth->issuer, call->bearer, tms_now_ms() / 1000,
-                       &claims, why, sizeof(why)) != TMS_OK) {
-        fail(auth, call, TMS_UNAUTHENTICATED, "%s", why[0] ? why : "invalid token");
-        return;
+    int64_t now_s = tms_now_ms() / 1000;
+    if (!tms_token_cache_get(auth->tokens, call->bearer, now_s, &claims)) {
+        if (tms_jwt_verify(auth->key, auth->key_len, auth->issuer, call->bearer, now_s, &claims,
+                           why, sizeof(why)) != TMS_OK) {
+            fail(auth, call, TMS_UNAUTHENTICATED, "%s", why[0] ? why : "invalid token");
+            return;
+        }
+        tms_token_cache_put(auth->tokens, call->bearer, &claims);
     }
     memset(&call->user, 0, sizeof(call->user));
     call->user.token_version = claims.token_version;
@@ -687,6 +693,7 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     auth->hashers = hashers;
     auth->loop = loop;
     auth->cache = tms_user_cache_new(cfg->user_cache_ms, 100000);
+    auth->tokens = tms_token_cache_new(20000);
     auth->key_len = cfg->jwt_key_len < sizeof(auth->key) ? cfg->jwt_key_len : sizeof(auth->key);
     memcpy(auth->key, cfg->jwt_key, auth->key_len);
     snprintf(auth->issuer, sizeof(auth->issuer), "%s", cfg->issuer);
@@ -736,6 +743,7 @@ void tms_auth_free(tms_auth_t **pauth)
     *pauth = NULL;
     tms_mailbox_free(&auth->mailbox);
     tms_user_cache_free(&auth->cache);
+    tms_token_cache_free(&auth->tokens);
     sodium_memzero(auth->key, sizeof(auth->key));
     free(auth);
 }

@@ -17,7 +17,7 @@
 #include "core/text.h"
 
 #define CONSUMER "task-group"
-#define MAX_ATTEMPTS 3 /* optimistic-concurrency retries without If-Match */
+#define MAX_ATTEMPTS 16 /* optimistic-concurrency retries without If-Match */
 
 struct tms_task_actor {
     uv_loop_t *loop;
@@ -423,7 +423,15 @@ static void update_store(job_t *job)
     tms_api_call_t *call = job->call;
     tms_task_op_t *op = new_op(job, TMS_TASK_UPDATE, updated);
     op->id = call->task_id;
-    op->expected_version = job->current.version;
+    /* The write is conditional on the version read when the answer depends on it: the
+     * client's If-Match, a permission held only as the assignee, or an assignee change
+     * (whether it mails someone). A creator's or admin's plain field change is not:
+     * concurrent ones then all apply, in store order, with no retries. */
+    op->expected_version =
+        call->has_if_match || call->assigned_to ||
+                !(is_admin(call) || strcmp(job->current.created_by, call->principal.user_id) == 0)
+            ? job->current.version
+            : 0;
     op->task.updated_at_ms = tms_now_ms();
     if (call->title) {
         op->set_title = true;
