@@ -679,11 +679,6 @@ static void on_message(void *owner, tms_msg_t *msg)
         do_execute(auth, call);
 }
 
-static double mailbox_depth(void *arg)
-{
-    return (double)tms_mailbox_depth(arg);
-}
-
 tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_user_store_t *users,
                            tms_workpool_t *hashers)
 {
@@ -720,8 +715,7 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
         tms_metrics_counter("tms_auth_logins_total", "logins by outcome", "outcome=\"failed\"");
     auth->registrations =
         tms_metrics_counter("tms_auth_registrations_total", "accounts registered", "");
-    tms_metrics_gauge_fn("tms_mailbox_depth", "messages waiting in an actor's mailbox",
-                         "actor=\"auth\"", mailbox_depth, auth->mailbox);
+    tms_mailbox_export_depth(auth->mailbox);
     return auth;
 }
 

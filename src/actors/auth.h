@@ -28,9 +28,9 @@ typedef struct tms_auth_config {
     size_t argon2_memlimit; /* bytes */
     size_t mailbox_capacity;
     uint64_t user_cache_ms; /* how long a verified user is trusted without the store */
-    tms_event_bus_t *bus; /* compensate_user_deletion arrives through it; may be NULL */
-    tms_outbox_t *inbox;  /* handled-event log of the user store; may be NULL */
-    tms_relay_t *relay;   /* kicked after a delete wrote its user_deleted event */
+    tms_event_bus_t *bus;   /* compensate_user_deletion arrives through it; may be NULL */
+    tms_outbox_t *inbox;    /* handled-event log of the user store; may be NULL */
+    tms_relay_t *relay;     /* kicked after a delete wrote its user_deleted event */
 } tms_auth_config_t;
 
 /** Start the actor on loop (subscribed to compensate_user_deletion in group

@@ -235,11 +235,6 @@ static void on_message(void *owner, tms_msg_t *msg)
     inbox(job, TMS_INBOX_SEEN, seen_checked);
 }
 
-static double mailbox_depth(void *arg)
-{
-    return (double)tms_mailbox_depth(arg);
-}
-
 tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t *cfg)
 {
     tms_notifier_t *n = tms_new(tms_notifier_t);
@@ -253,8 +248,7 @@ tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t 
     n->dropped = EMAILS("dropped");
     n->failed = EMAILS("failed");
 #undef EMAILS
-    tms_metrics_gauge_fn("tms_mailbox_depth", "messages waiting in an actor's mailbox",
-                         "actor=\"notifier\"", mailbox_depth, n->mailbox);
+    tms_mailbox_export_depth(n->mailbox);
     if (cfg->bus->subscribe(cfg->bus, TMS_TOPIC_NOTIFICATIONS, CONSUMER, n->mailbox))
         tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_NOTIFICATIONS, CONSUMER);
     return n;

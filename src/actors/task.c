@@ -726,11 +726,6 @@ static void on_message(void *owner, tms_msg_t *msg)
     }
 }
 
-static double mailbox_depth(void *arg)
-{
-    return (double)tms_mailbox_depth(arg);
-}
-
 tms_task_actor_t *tms_task_actor_start(uv_loop_t *loop, const tms_task_actor_config_t *cfg)
 {
     tms_task_actor_t *a = tms_new(tms_task_actor_t);
@@ -743,8 +738,7 @@ tms_task_actor_t *tms_task_actor_start(uv_loop_t *loop, const tms_task_actor_con
                                               "outcome=\"compensated\"");
     a->saga_failed =
         tms_metrics_counter("tms_saga_total", "delete-user saga outcomes", "outcome=\"failed\"");
-    tms_metrics_gauge_fn("tms_mailbox_depth", "messages waiting in an actor's mailbox",
-                         "actor=\"task\"", mailbox_depth, a->mailbox);
+    tms_mailbox_export_depth(a->mailbox);
     if (cfg->bus && cfg->bus->subscribe(cfg->bus, TMS_TOPIC_USER_DELETED, CONSUMER, a->mailbox))
         tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_USER_DELETED, CONSUMER);
     return a;

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "core/alloc.h"
+#include "core/metrics.h"
 #include "core/status.h"
 
 struct tms_mailbox {
@@ -297,6 +298,19 @@ uint64_t tms_mailbox_rejected(tms_mailbox_t *mb)
     r = mb->rejected;
     pthread_mutex_unlock(&mb->lock);
     return r;
+}
+
+static double depth_gauge(void *arg)
+{
+    return (double)tms_mailbox_depth(arg);
+}
+
+void tms_mailbox_export_depth(tms_mailbox_t *mb)
+{
+    char labels[64];
+    snprintf(labels, sizeof(labels), "actor=\"%s\"", mb->name);
+    tms_metrics_gauge_fn("tms_mailbox_depth", "messages waiting in an actor's mailbox", labels,
+                         depth_gauge, mb);
 }
 
 const char *tms_mailbox_name(tms_mailbox_t *mb)

@@ -68,6 +68,9 @@ size_t tms_mailbox_peak(tms_mailbox_t *mb);
 /** Requests refused because the mailbox was full, since creation. */
 uint64_t tms_mailbox_rejected(tms_mailbox_t *mb);
 
+/** Export this mailbox's depth as the gauge tms_mailbox_depth{actor="<name>"}. */
+void tms_mailbox_export_depth(tms_mailbox_t *mb);
+
 /** The name given at creation. */
 const char *tms_mailbox_name(tms_mailbox_t *mb);
 

@@ -11,6 +11,7 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "io/sqlite_internal.h"
 
 /* How long a write waits for another connection (another process, `tms migrate`)
@@ -275,4 +276,36 @@ int tms_sqlite_migrate(const char *path, char *err, size_t err_len)
         return rc;
     sqlite3_close(db);
     return 0;
+}
+
+void tms__sqlite_port_metrics(const char *const *names, int nops, tms_histogram_t **duration,
+                              tms_counter_t **errors)
+{
+    char labels[64];
+    for (int i = 1; i < nops; i++) {
+        snprintf(labels, sizeof(labels), "store=\"sqlite\",op=\"%s\"", names[i]);
+        duration[i] = tms_metrics_histogram("tms_store_duration_seconds",
+                                            "Time to run one store operation.", labels);
+        errors[i] = tms_metrics_counter("tms_store_errors_total",
+                                        "Store operations that failed (UNAVAILABLE or "
+                                        "INTERNAL; not found and conflicts excluded).",
+                                        labels);
+    }
+}
+
+char *tms__sqlite_column_dup(sqlite3_stmt *st, int i)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+    return tms_strndup(s ? (const char *)s : "", (size_t)sqlite3_column_bytes(st, i));
+}
+
+void tms__sqlite_column_str(char *dst, size_t cap, sqlite3_stmt *st, int i)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+    snprintf(dst, cap, "%.*s", sqlite3_column_bytes(st, i), s ? (const char *)s : "");
+}
+
+int tms__sqlite_exec(sqlite3 *db, const char *sql)
+{
+    return sqlite3_exec(db, sql, NULL, NULL, NULL);
 }

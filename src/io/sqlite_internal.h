@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "core/mailbox.h"
+#include "core/metrics.h"
 #include "core/status.h"
 #include "core/outbox.h"
 #include "core/task_store.h"
@@ -73,6 +74,17 @@ int tms__sqlite_tasks_submit(tms_task_store_t *self, tms_task_op_t **op);
 
 /** The outbox port's submit (any thread). */
 int tms__sqlite_outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op);
+
+/** Register tms_store_duration_seconds and tms_store_errors_total for ops 1..nops-1
+ * of a port (store="sqlite", op=names[i]) into duration[] and errors[]. */
+void tms__sqlite_port_metrics(const char *const *names, int nops, tms_histogram_t **duration,
+                              tms_counter_t **errors);
+
+/** Column i of the current row as a heap string ("" for NULL). */
+char *tms__sqlite_column_dup(sqlite3_stmt *st, int i);
+
+/** Column i of the current row copied into dst (truncated to cap, "" for NULL). */
+void tms__sqlite_column_str(char *dst, size_t cap, sqlite3_stmt *st, int i);
 
 /** Run sql (no parameters, no rows) on db; returns the SQLite result code. */
 int tms__sqlite_exec(sqlite3 *db, const char *sql);

@@ -38,11 +38,6 @@ typedef struct outbox {
     tms_counter_t *errors[NOPS];
 } outbox_t;
 
-int tms__sqlite_exec(sqlite3 *db, const char *sql)
-{
-    return sqlite3_exec(db, sql, NULL, NULL, NULL);
-}
-
 int tms__sqlite_outbox_insert(sqlite3 *db, sqlite3_stmt **slot, const char *event_id,
                               const char *topic, const char *key, const char *payload,
                               int64_t now_ms)
@@ -66,17 +61,8 @@ int tms__sqlite_outbox_insert(sqlite3 *db, sqlite3_stmt **slot, const char *even
 static void *outbox_start(sqlite3 *db)
 {
     outbox_t *o = tms_new(outbox_t);
-    char labels[64];
-    (void)db;
-    for (int i = 1; i < NOPS; i++) {
-        snprintf(labels, sizeof(labels), "store=\"sqlite\",op=\"%s\"", op_names[i]);
-        o->duration[i] = tms_metrics_histogram("tms_store_duration_seconds",
-                                               "Time to run one store operation.", labels);
-        o->errors[i] = tms_metrics_counter("tms_store_errors_total",
-                                           "Store operations that failed (UNAVAILABLE or "
-                                           "INTERNAL; not found and conflicts excluded).",
-                                           labels);
-    }
+    (void)db; /* statements are prepared on first use */
+    tms__sqlite_port_metrics(op_names, NOPS, o->duration, o->errors);
     return o;
 }
 
@@ -88,18 +74,6 @@ static void outbox_stop(void *state)
     free(o);
 }
 
-static char *column_dup(sqlite3_stmt *st, int i)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-    return tms_strndup(s ? (const char *)s : "", (size_t)sqlite3_column_bytes(st, i));
-}
-
-static void column_str(char *dst, size_t cap, sqlite3_stmt *st, int i)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-    snprintf(dst, cap, "%.*s", sqlite3_column_bytes(st, i), s ? (const char *)s : "");
-}
-
 static int fetch(tms_outbox_op_t *op, sqlite3_stmt *st)
 {
     size_t cap = op->limit > 0 ? (size_t)op->limit : 1;
@@ -109,10 +83,10 @@ static int fetch(tms_outbox_op_t *op, sqlite3_stmt *st)
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && op->nevents < cap) {
         tms_outbox_event_t *e = &op->events[op->nevents++];
         e->seq = sqlite3_column_int64(st, 0);
-        column_str(e->event_id, sizeof(e->event_id), st, 1);
-        column_str(e->topic, sizeof(e->topic), st, 2);
-        column_str(e->key, sizeof(e->key), st, 3);
-        e->payload = column_dup(st, 4);
+        tms__sqlite_column_str(e->event_id, sizeof(e->event_id), st, 1);
+        tms__sqlite_column_str(e->topic, sizeof(e->topic), st, 2);
+        tms__sqlite_column_str(e->key, sizeof(e->key), st, 3);
+        e->payload = tms__sqlite_column_dup(st, 4);
         e->created_at_ms = sqlite3_column_int64(st, 5);
     }
     return rc == SQLITE_ROW ? SQLITE_DONE : rc;

@@ -58,17 +58,8 @@ typedef struct tasks {
 static void *tasks_start(sqlite3 *db)
 {
     tasks_t *t = tms_new(tasks_t);
-    char labels[64];
-    (void)db;
-    for (int i = 1; i < NOPS; i++) {
-        snprintf(labels, sizeof(labels), "store=\"sqlite\",op=\"%s\"", op_names[i]);
-        t->duration[i] = tms_metrics_histogram("tms_store_duration_seconds",
-                                               "Time to run one store operation.", labels);
-        t->errors[i] = tms_metrics_counter("tms_store_errors_total",
-                                           "Store operations that failed (UNAVAILABLE or "
-                                           "INTERNAL; not found and conflicts excluded).",
-                                           labels);
-    }
+    (void)db; /* statements are prepared on first use */
+    tms__sqlite_port_metrics(op_names, NOPS, t->duration, t->errors);
     return t;
 }
 
@@ -85,27 +76,15 @@ static sqlite3_stmt *stmt(tasks_t *t, sqlite3 *db, enum stmt_id id, const char *
     return tms__sqlite_stmt(db, &t->stmt[id], sql);
 }
 
-static char *column_dup(sqlite3_stmt *st, int i)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-    return tms_strndup(s ? (const char *)s : "", (size_t)sqlite3_column_bytes(st, i));
-}
-
-static void column_str(char *dst, size_t cap, sqlite3_stmt *st, int i)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-    snprintf(dst, cap, "%.*s", sqlite3_column_bytes(st, i), s ? (const char *)s : "");
-}
-
 static void read_task(sqlite3_stmt *st, tms_task_t *t)
 {
     tms_task_dispose(t);
     t->id = sqlite3_column_int64(st, 0);
-    t->title = column_dup(st, 1);
-    t->description = column_dup(st, 2);
-    column_str(t->status, sizeof(t->status), st, 3);
-    column_str(t->assigned_to, sizeof(t->assigned_to), st, 4);
-    column_str(t->created_by, sizeof(t->created_by), st, 5);
+    t->title = tms__sqlite_column_dup(st, 1);
+    t->description = tms__sqlite_column_dup(st, 2);
+    tms__sqlite_column_str(t->status, sizeof(t->status), st, 3);
+    tms__sqlite_column_str(t->assigned_to, sizeof(t->assigned_to), st, 4);
+    tms__sqlite_column_str(t->created_by, sizeof(t->created_by), st, 5);
     t->created_at_ms = sqlite3_column_int64(st, 6);
     t->updated_at_ms = sqlite3_column_int64(st, 7);
     t->version = sqlite3_column_int64(st, 8);

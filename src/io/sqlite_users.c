@@ -50,17 +50,8 @@ typedef struct users {
 static void *users_start(sqlite3 *db)
 {
     users_t *u = tms_new(users_t);
-    char labels[64];
     (void)db; /* statements are prepared on first use */
-    for (int i = 1; i < NOPS; i++) {
-        snprintf(labels, sizeof(labels), "store=\"sqlite\",op=\"%s\"", op_names[i]);
-        u->duration[i] = tms_metrics_histogram("tms_store_duration_seconds",
-                                               "Time to run one store operation.", labels);
-        u->errors[i] = tms_metrics_counter("tms_store_errors_total",
-                                           "Store operations that failed (UNAVAILABLE or "
-                                           "INTERNAL; not found and conflicts excluded).",
-                                           labels);
-    }
+    tms__sqlite_port_metrics(op_names, NOPS, u->duration, u->errors);
     return u;
 }
 
@@ -90,19 +81,12 @@ static void bind_user(sqlite3_stmt *st, const tms_user_t *u)
     sqlite3_bind_int64(st, 6, u->created_at_ms);
 }
 
-static void column_str(char *dst, size_t cap, sqlite3_stmt *st, int i)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-    int n = sqlite3_column_bytes(st, i);
-    snprintf(dst, cap, "%.*s", n, s ? (const char *)s : "");
-}
-
 static void read_user(sqlite3_stmt *st, tms_user_t *u)
 {
-    column_str(u->id, sizeof(u->id), st, 0);
-    column_str(u->email, sizeof(u->email), st, 1);
-    column_str(u->password_hash, sizeof(u->password_hash), st, 2);
-    column_str(u->role, sizeof(u->role), st, 3);
+    tms__sqlite_column_str(u->id, sizeof(u->id), st, 0);
+    tms__sqlite_column_str(u->email, sizeof(u->email), st, 1);
+    tms__sqlite_column_str(u->password_hash, sizeof(u->password_hash), st, 2);
+    tms__sqlite_column_str(u->role, sizeof(u->role), st, 3);
     u->token_version = sqlite3_column_int64(st, 4);
     u->created_at_ms = sqlite3_column_int64(st, 5);
 }
@@ -237,7 +221,7 @@ static int restore_user(users_t *u, tms_user_op_t *op, sqlite3 *db)
         snprintf(op->user.password_hash, sizeof(op->user.password_hash), "!");
         if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
             int64_t tv = sqlite3_column_int64(st, 1) + 1;
-            column_str(op->user.password_hash, sizeof(op->user.password_hash), st, 0);
+            tms__sqlite_column_str(op->user.password_hash, sizeof(op->user.password_hash), st, 0);
             if (tv > op->user.token_version)
                 op->user.token_version = tv;
             rc = SQLITE_DONE;
