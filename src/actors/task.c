@@ -399,7 +399,8 @@ static int version_conflict(job_t *job, tms_task_op_t *op)
         tms_task_dispose(&job->current);
         read_current(job);
     } else {
-        fail(job, TMS_ABORTED, "task %" PRId64 " is changing too often, retry", job->call->task_id);
+        fail(job, TMS_UNAVAILABLE, "task %" PRId64 " is changing too often, retry",
+             job->call->task_id);
     }
     return 1;
 }

@@ -221,6 +221,35 @@ class TmsServer:
     def delete(self, path, **kw):
         return self.request("DELETE", path, **kw)
 
+    def patch(self, path, **kw):
+        return self.request("PATCH", path, **kw)
+
+    # -- task helpers ----------------------------------------------------
+    def create_task(self, token, title=None, description="some description", headers=None,
+                    **fields):
+        """POST /api/task expecting 201; returns the task dict."""
+        body = {"title": title or f"task {secrets.token_hex(4)}", "description": description}
+        body.update(fields)
+        r = self.post("/api/task", token=token, json=body, headers=headers)
+        assert r.status_code == 201, f"create task {body!r}: {r.status_code} {r.text[:500]}"
+        return r.json()
+
+    def get_task(self, token, task_id):
+        return self.get(f"/api/task/{task_id}", token=token)
+
+    def task_ok(self, token, task_id):
+        r = self.get_task(token, task_id)
+        assert r.status_code == 200, f"get task {task_id}: {r.status_code} {r.text[:500]}"
+        return r.json()
+
+    def list_tasks(self, token, **params):
+        return self.get("/api/task", token=token, params=params)
+
+    @property
+    def maildir(self):
+        """The default Maildir of the embedded setup: <data.dir>/mail."""
+        return self.data_dir / "mail"
+
     def register(self, email=None, password=DEFAULT_PASSWORD):
         """Register a fresh user; returns (token, user)."""
         email = email or unique_email()
@@ -297,6 +326,124 @@ def assert_no_secrets(obj, password=None):
             assert_no_secrets(v, password)
     elif isinstance(obj, str) and password is not None:
         assert password not in obj, "password echoed in response"
+
+
+TASK_KEYS = {"id", "title", "description", "status", "assignedTo", "createdBy", "createdAt",
+             "updatedAt", "version"}
+TASK_ID_RE = re.compile(r"^[1-9][0-9]{0,18}$")
+
+
+def assert_task_shape(task):
+    assert isinstance(task, dict), task
+    assert set(task) == TASK_KEYS, f"task keys {sorted(task)}"
+    assert isinstance(task["id"], str) and TASK_ID_RE.match(task["id"]), task["id"]
+    assert isinstance(task["title"], str) and task["title"]
+    assert isinstance(task["description"], str) and task["description"]
+    assert task["status"] in ("open", "in progress", "closed"), task["status"]
+    assert task["assignedTo"] is None or (isinstance(task["assignedTo"], str)
+                                          and ID_RE.match(task["assignedTo"])), task
+    assert isinstance(task["createdBy"], str) and ID_RE.match(task["createdBy"]), task
+    assert TS_RE.match(task["createdAt"]), task["createdAt"]
+    assert TS_RE.match(task["updatedAt"]), task["updatedAt"]
+    assert task["updatedAt"] >= task["createdAt"], task
+    assert isinstance(task["version"], int) and not isinstance(task["version"], bool)
+    assert task["version"] >= 1
+    return task
+
+
+def make_admin(srv, email=None):
+    """Register a user, make it admin with the CLI, log in again; returns (token, user)."""
+    email = email or unique_email("admin")
+    srv.register(email)
+    res = srv.set_role(email, "admin")
+    assert res.returncode == 0, f"set-role failed ({res.returncode}): {res.stderr}"
+    token, user = srv.login_ok(email)
+    assert user["role"] == "admin", user
+    return token, user
+
+
+# -- Maildir ---------------------------------------------------------------------
+
+class Mail:
+    """One message file of a Maildir `new/` directory."""
+
+    def __init__(self, path, raw):
+        import email
+        import email.policy
+        self.path = path
+        self.raw = raw
+        self.msg = email.message_from_bytes(raw, policy=email.policy.default)
+
+    @property
+    def to_addrs(self):
+        from email.utils import getaddresses
+        return [a.lower() for _, a in getaddresses([str(v) for v in self.msg.get_all("To", [])])]
+
+    def part(self, subtype):
+        p = self.msg.get_body(preferencelist=(subtype,))
+        assert p is not None, f"no text/{subtype} part in {self.path.name}"
+        assert p.get_content_type() == f"text/{subtype}", p.get_content_type()
+        return p
+
+    @property
+    def text(self):
+        return self.part("plain").get_content()
+
+    @property
+    def html(self):
+        return self.part("html").get_content()
+
+    def mentions_task(self, task_id):
+        return re.search(rf"\b{re.escape(str(task_id))}\b", self.text) is not None
+
+    def __repr__(self):
+        return f"<Mail {self.path.name} To={self.msg.get('To')!r} Subject={self.msg.get('Subject')!r}>"
+
+
+_MAIL_CACHE = {}
+
+
+def read_mails(maildir):
+    """Every message in <maildir>/new (files there are complete: Maildir writes to tmp/ and
+    renames), parsed once per path."""
+    new = Path(maildir) / "new"
+    out = []
+    if not new.is_dir():
+        return out
+    for p in sorted(new.iterdir()):
+        if p.name.startswith("."):
+            continue
+        try:
+            st = p.stat()
+            key = (str(p), st.st_ino, st.st_size)
+            mail = _MAIL_CACHE.get(key)
+            if mail is None:
+                mail = _MAIL_CACHE[key] = Mail(p, p.read_bytes())
+        except FileNotFoundError:
+            continue
+        out.append(mail)
+    return out
+
+
+def mails_to(maildir, address, task_id=None):
+    address = address.lower()
+    return [m for m in read_mails(maildir)
+            if address in m.to_addrs and (task_id is None or m.mentions_task(task_id))]
+
+
+def wait_mails(maildir, address, count=1, task_id=None, timeout=10.0, settle=0.0):
+    """Poll until at least `count` messages to `address` (about task_id) exist; then wait
+    `settle` seconds more and return every matching message (the caller checks the count)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = mails_to(maildir, address, task_id)
+        if len(got) >= count or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if settle:
+        time.sleep(settle)
+        got = mails_to(maildir, address, task_id)
+    return got
 
 
 # -- raw HTTP over sockets -------------------------------------------------------
