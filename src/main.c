@@ -216,6 +216,14 @@ static void finish_shutdown(server_t *s)
     close_handle((uv_handle_t *)&s->lag_timer);
     close_handle((uv_handle_t *)&s->sigint);
     close_handle((uv_handle_t *)&s->sigterm);
+    /* Worker threads first: closing a store or pool answers what it still holds,
+     * into mailboxes that are still alive (and free the replies with them). */
+    if (s->users_db == s->tasks_db)
+        s->users_db = NULL;
+    tms_sqlite_close(&s->users_db);
+    tms_sqlite_close(&s->tasks_db);
+    tms_workpool_free(&s->hashers);
+    tms_workpool_free(&s->mail_pool);
     tms_http_server_free(&s->http);
     tms_rest_free(&s->rest);
     tms_gateway_free(&s->gateway);
@@ -228,12 +236,6 @@ static void finish_shutdown(server_t *s)
     tms_relay_free(&s->tasks_relay);
     tms_bus_local_free(&s->bus);
     tms_maildir_free(&s->mailer);
-    tms_workpool_free(&s->hashers);
-    tms_workpool_free(&s->mail_pool);
-    if (s->users_db == s->tasks_db)
-        s->users_db = NULL;
-    tms_sqlite_close(&s->users_db);
-    tms_sqlite_close(&s->tasks_db);
 }
 
 static size_t work_in_flight(server_t *s)

@@ -580,8 +580,7 @@ static void on_comp_recorded(tms_msg_t *msg)
 
 static void comp_inbox(comp_job_t *job, tms_outbox_op_kind_t kind, tms_cont_fn cont)
 {
-    tms_outbox_op_t *op = tms_new(tms_outbox_op_t);
-    op->msg.op = (int)kind;
+    tms_outbox_op_t *op = tms_outbox_op_new(kind);
     op->msg.reply_to = job->auth->mailbox;
     op->msg.cont = cont;
     op->msg.ctx = job;

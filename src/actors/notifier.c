@@ -56,8 +56,7 @@ static void on_inbox_reply(tms_msg_t *msg)
 static void inbox(job_t *job, tms_outbox_op_kind_t kind,
                   void (*then)(job_t *job, tms_outbox_op_t *op))
 {
-    tms_outbox_op_t *op = tms_new(tms_outbox_op_t);
-    op->msg.op = (int)kind;
+    tms_outbox_op_t *op = tms_outbox_op_new(kind);
     op->msg.reply_to = job->n->mailbox;
     op->msg.cont = on_inbox_reply;
     op->msg.ctx = job;

@@ -592,7 +592,7 @@ static void recorded(job_t *job, tms_outbox_op_t *op)
 
 static void record_handled(job_t *job)
 {
-    outbox(job, TMS_INBOX_RECORD, recorded, tms_new(tms_outbox_op_t));
+    outbox(job, TMS_INBOX_RECORD, recorded, tms_outbox_op_new(TMS_INBOX_RECORD));
 }
 
 static void compensation_written(job_t *job, tms_outbox_op_t *op)
@@ -613,7 +613,7 @@ static void compensation_written(job_t *job, tms_outbox_op_t *op)
 /* Unassigning failed: ask for the user back with compensate_user_deletion. */
 static void compensate(job_t *job)
 {
-    tms_outbox_op_t *op = tms_new(tms_outbox_op_t);
+    tms_outbox_op_t *op = tms_outbox_op_new(TMS_OUTBOX_ADD);
     tms_event_id_new(op->event.event_id);
     snprintf(op->event.topic, sizeof(op->event.topic), TMS_TOPIC_COMPENSATE);
     snprintf(op->event.key, sizeof(op->event.key), "%s", job->deleted_user.id);
@@ -670,7 +670,7 @@ static void on_user_deleted(tms_task_actor_t *a, tms_delivery_t *d)
         ack(job, 1); /* a poison message is dropped, never retried forever */
         return;
     }
-    outbox(job, TMS_INBOX_SEEN, seen_checked, tms_new(tms_outbox_op_t));
+    outbox(job, TMS_INBOX_SEEN, seen_checked, tms_outbox_op_new(TMS_INBOX_SEEN));
 }
 
 /* ---- dispatch ---------------------------------------------------------- */

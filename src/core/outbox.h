@@ -52,6 +52,9 @@ typedef struct tms_outbox_op {
 /** Free everything an op owns and the op. Sets *op NULL. */
 void tms_outbox_op_free(tms_outbox_op_t **op);
 
+/** Allocate a zeroed op whose msg.free_fn frees it (for undeliverable replies). */
+tms_outbox_op_t *tms_outbox_op_new(tms_outbox_op_kind_t kind);
+
 typedef struct tms_outbox tms_outbox_t;
 struct tms_outbox {
     const char *name;

@@ -33,6 +33,20 @@ void tms_outbox_op_free(tms_outbox_op_t **pop)
     free(op);
 }
 
+static void free_outbox_msg(tms_msg_t *msg)
+{
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    tms_outbox_op_free(&op);
+}
+
+tms_outbox_op_t *tms_outbox_op_new(tms_outbox_op_kind_t kind)
+{
+    tms_outbox_op_t *op = tms_new(tms_outbox_op_t);
+    op->msg.op = (int)kind;
+    op->msg.free_fn = free_outbox_msg;
+    return op;
+}
+
 tms_mail_t *tms_mail_new(void)
 {
     return tms_new(tms_mail_t);

@@ -100,8 +100,7 @@ static void finish_batch(tms_relay_t *r)
     }
     /* Refresh the pending-events gauge (an index-only count) as the batch's last
      * step, so that nothing of the relay is in flight once it is idle. */
-    op = tms_new(tms_outbox_op_t);
-    op->msg.op = TMS_OUTBOX_PENDING;
+    op = tms_outbox_op_new(TMS_OUTBOX_PENDING);
     op->msg.reply_to = r->replies;
     op->msg.cont = on_counted;
     op->msg.ctx = r;
@@ -130,8 +129,7 @@ static void mark_sent(tms_relay_t *r)
         finish_batch(r);
         return;
     }
-    op = tms_new(tms_outbox_op_t);
-    op->msg.op = TMS_OUTBOX_MARK_SENT;
+    op = tms_outbox_op_new(TMS_OUTBOX_MARK_SENT);
     op->msg.reply_to = r->replies;
     op->msg.cont = on_marked;
     op->msg.ctx = r;
@@ -194,9 +192,8 @@ static void on_fetched(tms_msg_t *msg)
 
 static void run_batch(tms_relay_t *r)
 {
-    tms_outbox_op_t *op = tms_new(tms_outbox_op_t);
+    tms_outbox_op_t *op = tms_outbox_op_new(TMS_OUTBOX_FETCH);
     r->busy = 1;
-    op->msg.op = TMS_OUTBOX_FETCH;
     op->msg.reply_to = r->replies;
     op->msg.cont = on_fetched;
     op->msg.ctx = r;
