@@ -1,0 +1,234 @@
+/* The task actor's rules with an in-memory task store and a fake auth actor (fakes
+ * are fine in unit tests): who may change what, If-Match, and which writes carry an
+ * event (task_created with an assignee, task_assigned on a change of assignee). */
+#include <uv.h>
+
+#include "actors/task.h"
+#include "core/alloc.h"
+#include "core/api.h"
+#include "test.h"
+
+#define ALICE "aaaaaaaaaaaaaaaaaaaaaaaa"
+#define BOB "bbbbbbbbbbbbbbbbbbbbbbbb"
+#define CAROL "cccccccccccccccccccccccc"
+#define NOBODY "dddddddddddddddddddddddd"
+
+/* ---- an in-memory task store ------------------------------------------ */
+
+typedef struct fake_store {
+    tms_task_store_t port;
+    tms_task_t tasks[16];
+    int n;
+    tms_task_notify_t last_notify;
+    int writes;
+} fake_store_t;
+
+static int store_submit(tms_task_store_t *self, tms_task_op_t **pop)
+{
+    fake_store_t *s = (fake_store_t *)self;
+    tms_task_op_t *op = *pop;
+    tms_task_t *t = NULL;
+    *pop = NULL;
+    if (op->id > 0 && op->id <= s->n && s->tasks[op->id - 1].id)
+        t = &s->tasks[op->id - 1];
+    switch (op->msg.op) {
+    case TMS_TASK_CREATE:
+        t = &s->tasks[s->n++];
+        tms_task_copy(t, &op->task);
+        t->id = s->n;
+        t->version = 1;
+        tms_task_dispose(&op->task);
+        tms_task_copy(&op->task, t);
+        s->last_notify = op->notify;
+        s->writes++;
+        break;
+    case TMS_TASK_GET:
+        if (t)
+            tms_task_copy(&op->task, t);
+        else
+            op->err.code = TMS_NOT_FOUND;
+        break;
+    case TMS_TASK_UPDATE:
+        if (!t) {
+            op->err.code = TMS_NOT_FOUND;
+        } else if (op->expected_version && op->expected_version != t->version) {
+            op->err.code = TMS_FAILED_PRECONDITION;
+        } else {
+            if (op->set_assigned_to)
+                snprintf(t->assigned_to, sizeof(t->assigned_to), "%s", op->task.assigned_to);
+            if (op->set_status)
+                snprintf(t->status, sizeof(t->status), "%s", op->task.status);
+            t->version++;
+            tms_task_dispose(&op->task);
+            tms_task_copy(&op->task, t);
+            s->last_notify = op->notify;
+            s->writes++;
+        }
+        break;
+    case TMS_TASK_DELETE:
+        if (!t) {
+            op->err.code = TMS_NOT_FOUND;
+        } else {
+            tms_task_dispose(t);
+            s->writes++;
+        }
+        break;
+    default:
+        op->err.code = TMS_UNIMPLEMENTED;
+    }
+    tms_mailbox_reply(&op->msg);
+    return 0;
+}
+
+/* ---- a fake auth actor: ALICE, BOB and CAROL exist ---------------------- */
+
+static void on_auth(void *owner, tms_msg_t *msg)
+{
+    tms_api_call_t *call = (tms_api_call_t *)msg;
+    call->flag = strcmp(call->target_id, NOBODY) != 0;
+    tms_mailbox_reply(msg);
+}
+
+/* ---- driving calls ------------------------------------------------------ */
+
+typedef struct env {
+    uv_loop_t loop;
+    fake_store_t store;
+    tms_mailbox_t *auth, *replies;
+    tms_task_actor_t *actor;
+} env_t;
+
+static tms_api_call_t *done_call;
+static void on_reply(tms_msg_t *msg)
+{
+    done_call = (tms_api_call_t *)msg;
+}
+
+static tms_api_call_t *run(env_t *e, tms_api_call_t *call, const char *as, const char *role)
+{
+    tms_msg_t *msg = &call->msg;
+    snprintf(call->principal.user_id, sizeof(call->principal.user_id), "%s", as);
+    snprintf(call->principal.role, sizeof(call->principal.role), "%s", role);
+    call->principal.authenticated = true;
+    msg->op = TMS_STAGE_EXECUTE;
+    msg->reply_to = e->replies;
+    msg->cont = on_reply;
+    done_call = NULL;
+    CHECK_EQ_INT(tms_mailbox_post(tms_task_actor_mailbox(e->actor), &msg), 0);
+    while (!done_call)
+        uv_run(&e->loop, UV_RUN_ONCE);
+    return done_call;
+}
+
+static tms_status_t create(env_t *e, const char *as, const char *assignee)
+{
+    tms_api_call_t *c = tms_api_call_new(TMS_API_TASK_CREATE);
+    tms_status_t code;
+    c->title = tms_strdup("  Title  ");
+    c->description = tms_strdup("Description");
+    if (assignee)
+        c->assigned_to = tms_strdup(assignee);
+    c = run(e, c, as, "user");
+    code = c->err.code;
+    if (code == TMS_OK) {
+        CHECK_EQ_STR(c->task.title, "Title"); /* trimmed */
+        CHECK_EQ_STR(c->task.created_by, as);
+    }
+    tms_api_call_free(&c);
+    return code;
+}
+
+static tms_status_t update(env_t *e, int64_t id, const char *as, const char *role,
+                           const char *assignee, int64_t if_match)
+{
+    tms_api_call_t *c = tms_api_call_new(TMS_API_TASK_UPDATE);
+    tms_status_t code;
+    c->task_id = id;
+    if (assignee)
+        c->assigned_to = tms_strdup(assignee);
+    else
+        c->status = tms_strdup("closed");
+    c->has_if_match = if_match > 0;
+    c->if_match = if_match;
+    c = run(e, c, as, role);
+    code = c->err.code;
+    tms_api_call_free(&c);
+    return code;
+}
+
+static tms_status_t delete (env_t *e, int64_t id, const char *as, const char *role)
+{
+    tms_api_call_t *c = tms_api_call_new(TMS_API_TASK_DELETE);
+    tms_status_t code;
+    c->task_id = id;
+    c = run(e, c, as, role);
+    code = c->err.code;
+    tms_api_call_free(&c);
+    return code;
+}
+
+static void test_rules(void)
+{
+    static env_t e;
+    memset(&e, 0, sizeof(e));
+    e.store.port.name = "fake";
+    e.store.port.submit = store_submit;
+    uv_loop_init(&e.loop);
+    e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth, NULL);
+    e.replies = tms_mailbox_new(&e.loop, "replies", 1, NULL, NULL);
+    e.actor = tms_task_actor_start(&e.loop, &(tms_task_actor_config_t){
+                                                .mailbox_capacity = 16,
+                                                .tasks = &e.store.port,
+                                                .auth = e.auth,
+                                            });
+
+    /* create: an event only with an assignee, who must exist */
+    CHECK_EQ_INT(create(&e, ALICE, NULL), TMS_OK);
+    CHECK(!e.store.last_notify.enabled);
+    CHECK_EQ_INT(create(&e, ALICE, BOB), TMS_OK); /* task 2, assigned to BOB */
+    CHECK(e.store.last_notify.enabled);
+    CHECK_EQ_STR(e.store.last_notify.type, "task_created");
+    CHECK_EQ_INT(strlen(e.store.last_notify.event_id), 36);
+    CHECK_EQ_INT(create(&e, ALICE, NOBODY), TMS_INVALID_ARGUMENT);
+    CHECK_EQ_INT(create(&e, ALICE, "not-an-id"), TMS_INVALID_ARGUMENT);
+    CHECK_EQ_INT(e.store.n, 2);
+
+    /* update: creator, assignee or admin */
+    CHECK_EQ_INT(update(&e, 2, CAROL, "user", NULL, 0), TMS_PERMISSION_DENIED);
+    CHECK_EQ_INT(update(&e, 2, BOB, "user", NULL, 0), TMS_OK);    /* assignee */
+    CHECK_EQ_INT(update(&e, 2, CAROL, "admin", NULL, 0), TMS_OK); /* admin */
+    CHECK_EQ_INT(update(&e, 99, ALICE, "user", NULL, 0), TMS_NOT_FOUND);
+    /* If-Match */
+    CHECK_EQ_INT(update(&e, 2, ALICE, "user", NULL, 1), TMS_FAILED_PRECONDITION);
+    CHECK_EQ_INT(update(&e, 2, ALICE, "user", NULL, 3), TMS_OK);
+    /* reassignment: an event to the new assignee only when it changes */
+    CHECK_EQ_INT(update(&e, 2, ALICE, "user", CAROL, 0), TMS_OK);
+    CHECK(e.store.last_notify.enabled);
+    CHECK_EQ_STR(e.store.last_notify.type, "task_assigned");
+    CHECK_EQ_INT(update(&e, 2, ALICE, "user", CAROL, 0), TMS_OK);
+    CHECK(!e.store.last_notify.enabled);
+    CHECK_EQ_INT(update(&e, 2, ALICE, "user", "", 0), TMS_OK); /* unassign: no event */
+    CHECK(!e.store.last_notify.enabled);
+    CHECK_EQ_INT(update(&e, 2, ALICE, "user", NOBODY, 0), TMS_INVALID_ARGUMENT);
+
+    /* delete: creator or admin, not the assignee */
+    CHECK_EQ_INT(update(&e, 1, ALICE, "user", BOB, 0), TMS_OK);
+    CHECK_EQ_INT(delete (&e, 1, BOB, "user"), TMS_PERMISSION_DENIED);
+    CHECK_EQ_INT(delete (&e, 1, CAROL, "admin"), TMS_OK);
+    CHECK_EQ_INT(delete (&e, 1, ALICE, "user"), TMS_NOT_FOUND);
+    CHECK_EQ_INT(delete (&e, 2, ALICE, "user"), TMS_OK);
+
+    tms_task_actor_free(&e.actor);
+    tms_mailbox_free(&e.auth);
+    tms_mailbox_free(&e.replies);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&e.loop), 0);
+    for (int i = 0; i < e.store.n; i++)
+        tms_task_dispose(&e.store.tasks[i]);
+}
+
+int main(void)
+{
+    RUN_TEST(test_rules);
+    TEST_EXIT();
+}
