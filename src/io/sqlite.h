@@ -1,7 +1,7 @@
 /* The embedded store: one SQLite database file owned by one dedicated thread that
  * takes operations from its own bounded mailbox, runs them and replies. Nothing
- * else touches the sqlite3 handle. It serves the user store port (and later the
- * task store port) of core/. */
+ * else touches the sqlite3 handle. It serves the user store, task store and outbox
+ * ports of core/. */
 #ifndef TMS_IO_SQLITE_H
 #define TMS_IO_SQLITE_H
 

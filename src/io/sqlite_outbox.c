@@ -24,8 +24,12 @@ static const char *const op_names[NOPS] = {
 static const char *const op_sql[NOPS] = {
     [TMS_OUTBOX_FETCH] = "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
                          " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT ?1",
-    [TMS_OUTBOX_MARK_SENT] = "UPDATE outbox SET sent_at_ms = ?2 WHERE seq = ?1",
-    [TMS_OUTBOX_ADD] = NULL, /* tms__sqlite_outbox_insert */
+    /* Marking again keeps the first time: a relay retry is not a second send. */
+    [TMS_OUTBOX_MARK_SENT] = "UPDATE outbox SET sent_at_ms = ?2 WHERE seq = ?1"
+                             " AND sent_at_ms IS NULL",
+    /* Adding an event_id again is a retry of the same event, not a second one. */
+    [TMS_OUTBOX_ADD] = "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
+                       " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (event_id) DO NOTHING",
     [TMS_INBOX_SEEN] = "SELECT 1 FROM inbox WHERE consumer = ?1 AND event_id = ?2",
     [TMS_INBOX_RECORD] = "INSERT OR IGNORE INTO inbox (consumer, event_id, handled_at_ms)"
                          " VALUES (?1, ?2, ?3)",
@@ -126,17 +130,18 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
     sqlite3_stmt *st = NULL;
 
     tms_error_set(&op->err, TMS_OK, "%s", "");
+    /* An op that came back as a reply may be submitted again: drop old outputs. */
+    op->seen = false;
+    op->count = 0;
+    for (size_t i = 0; i < op->nevents; i++)
+        free(op->events[i].payload);
+    free(op->events);
+    op->events = NULL;
+    op->nevents = 0;
     if (kind <= 0 || kind >= NOPS) {
         tms_log_error("sqlite_bad_op", "port=outbox op=%d", kind);
         tms_error_set(&op->err, TMS_INTERNAL, "internal error");
         return;
-    }
-    if (kind == TMS_OUTBOX_ADD) {
-        tms_outbox_event_t *e = &op->event;
-        rc = tms__sqlite_outbox_insert(db, &o->stmt[kind], e->event_id, e->topic, e->key,
-                                       e->payload ? e->payload : "{}", tms_now_ms());
-        rc = rc == SQLITE_OK ? SQLITE_DONE : rc;
-        goto done;
     }
     st = tms__sqlite_stmt(db, &o->stmt[kind], op_sql[kind]);
     if (!st) {
@@ -150,6 +155,16 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
     case TMS_OUTBOX_MARK_SENT:
         rc = mark_sent(op, db, st);
         break;
+    case TMS_OUTBOX_ADD: {
+        tms_outbox_event_t *e = &op->event;
+        sqlite3_bind_text(st, 1, e->event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, e->topic, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 3, e->key, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 4, e->payload ? e->payload : "{}", -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 5, tms_now_ms());
+        rc = sqlite3_step(st);
+        break;
+    }
     case TMS_INBOX_SEEN:
     case TMS_INBOX_RECORD:
         sqlite3_bind_text(st, 1, op->consumer, -1, SQLITE_STATIC);
@@ -171,7 +186,6 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
         break;
     }
     tms__sqlite_done(st);
-done:
     if (rc != SQLITE_DONE)
         tms__sqlite_fail(&op->err, db, rc, op_names[kind]);
 out:

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/events.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -345,7 +346,8 @@ static void do_unassign(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
         return;
     }
     bind_text(st, 1, op->user_id);
-    sqlite3_bind_int64(st, 2, op->task.updated_at_ms ? op->task.updated_at_ms : 0);
+    /* The caller's clock when it gave one, so every write of a saga step agrees. */
+    sqlite3_bind_int64(st, 2, op->task.updated_at_ms ? op->task.updated_at_ms : tms_now_ms());
     if (step_task(op, db, st, NULL) >= 0)
         op->count = sqlite3_changes(db);
 }
@@ -379,6 +381,15 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
     sqlite3_stmt *st;
 
     tms_error_set(&op->err, TMS_OK, "%s", "");
+    /* An op that came back as a reply may be submitted again: drop old outputs. */
+    op->replayed = false;
+    op->has_more = false;
+    op->count = 0;
+    for (size_t i = 0; i < op->ntasks; i++)
+        tms_task_dispose(&op->tasks[i]);
+    free(op->tasks);
+    op->tasks = NULL;
+    op->ntasks = 0;
     if (kind <= 0 || kind >= NOPS) {
         tms_log_error("sqlite_bad_op", "port=tasks op=%d", kind);
         tms_error_set(&op->err, TMS_INTERNAL, "internal error");
