@@ -23,9 +23,11 @@
 #include "core/status.h"
 #include "core/workpool.h"
 #include "io/bus_local.h"
+#include "io/grpc.h"
 #include "io/http1.h"
 #include "io/maildir.h"
 #include "io/rest.h"
+#include "io/pg.h"
 #include "io/sqlite.h"
 
 #define MAX_SETS 64
@@ -166,6 +168,7 @@ typedef struct server {
     uv_loop_t *loop;
     tms_config_t *cfg;
     tms_sqlite_t *users_db, *tasks_db; /* the same handle when both URLs name one file */
+    tms_pg_t *tasks_pg;                /* tasks.url=postgres://...: instead of tasks_db */
     tms_workpool_t *hashers, *mail_pool;
     tms_event_bus_t *bus;
     tms_mailer_t *mailer;
@@ -176,6 +179,7 @@ typedef struct server {
     tms_gateway_t *gateway;
     tms_rest_t *rest;
     tms_http_server_t *http;
+    tms_grpc_server_t *grpc; /* the gRPC listener (grpc.addr) */
     uv_signal_t sigint, sigterm;
     uv_timer_t lag_timer, drain_timer;
     uint64_t lag_expected;
@@ -222,9 +226,11 @@ static void finish_shutdown(server_t *s)
         s->users_db = NULL;
     tms_sqlite_close(&s->users_db);
     tms_sqlite_close(&s->tasks_db);
+    tms_pg_close(&s->tasks_pg);
     tms_workpool_free(&s->hashers);
     tms_workpool_free(&s->mail_pool);
     tms_http_server_free(&s->http);
+    tms_grpc_server_free(&s->grpc);
     tms_rest_free(&s->rest);
     tms_gateway_free(&s->gateway);
     tms_notifier_free(&s->notifier);
@@ -240,7 +246,7 @@ static void finish_shutdown(server_t *s)
 
 static size_t work_in_flight(server_t *s)
 {
-    return tms_rest_pending(s->rest) + tms_auth_inflight(s->auth) +
+    return tms_rest_pending(s->rest) + tms_grpc_server_busy(s->grpc) + tms_auth_inflight(s->auth) +
            tms_task_actor_inflight(s->task) + tms_notifier_inflight(s->notifier) +
            (size_t)tms_relay_busy(s->tasks_relay) +
            (size_t)(s->users_relay ? tms_relay_busy(s->users_relay) : 0);
@@ -286,6 +292,8 @@ static void on_signal(uv_signal_t *h, int signum)
     s->drain_deadline = uv_now(s->loop) + (uint64_t)s->cfg->server.shutdown_grace * 1000;
     tms_http_server_stop(s->http, (uint64_t)s->cfg->server.shutdown_grace * 1000, on_http_stopped,
                          s);
+    /* gRPC: GOAWAY now; the drain waits for its calls and connections (busy count). */
+    tms_grpc_server_stop(s->grpc, (uint64_t)s->cfg->server.shutdown_grace * 1000, NULL, NULL);
 }
 
 static tms_sqlite_t *open_db(const char *key, const char *url, const tms_config_t *cfg)
@@ -304,16 +312,38 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
     char err[512];
     const char *maildir = cfg->mail.url + strlen("maildir://");
     tms_outbox_t *users_outbox, *tasks_outbox;
+    tms_task_store_t *tasks_store;
 
     s->users_db = open_db("users.url", cfg->users.url, cfg);
     if (!s->users_db)
         return -1;
-    if (strcmp(sqlite_path(cfg->users.url), sqlite_path(cfg->tasks.url)) == 0)
-        s->tasks_db = s->users_db;
-    else if (!(s->tasks_db = open_db("tasks.url", cfg->tasks.url, cfg)))
-        return -1;
+    if (tms_pg_url(cfg->tasks.url)) {
+        s->tasks_pg = tms_pg_open(
+            s->loop, cfg->tasks.url,
+            &(tms_pg_options_t){
+                .pool_size = (int)cfg->tasks.pool_size,
+                .pipeline_depth = (int)cfg->tasks.pipeline_depth,
+                .statement_timeout_ms = (int)cfg->tasks.statement_timeout_ms,
+                .queue_capacity = (size_t)cfg->server.mailbox_capacity,
+                .accept_async_commit = strcmp(cfg->tasks.synchronous_commit, "accept-off") == 0,
+                .migrate = strcmp(cfg->tasks.migrate, "auto") == 0,
+            },
+            err, sizeof(err));
+        if (!s->tasks_pg) {
+            fprintf(stderr, "tms: tasks.url: %s\n", err);
+            return -1;
+        }
+        tasks_store = tms_pg_task_store(s->tasks_pg);
+        tasks_outbox = tms_pg_outbox(s->tasks_pg);
+    } else {
+        if (strcmp(sqlite_path(cfg->users.url), sqlite_path(cfg->tasks.url)) == 0)
+            s->tasks_db = s->users_db;
+        else if (!(s->tasks_db = open_db("tasks.url", cfg->tasks.url, cfg)))
+            return -1;
+        tasks_store = tms_sqlite_task_store(s->tasks_db);
+        tasks_outbox = tms_sqlite_outbox(s->tasks_db);
+    }
     users_outbox = tms_sqlite_outbox(s->users_db);
-    tasks_outbox = tms_sqlite_outbox(s->tasks_db);
 
     s->bus = tms_bus_local_new(s->loop);
     s->mail_pool = tms_workpool_new("mail", 2, (size_t)cfg->server.mailbox_capacity);
@@ -348,7 +378,7 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
     s->task =
         tms_task_actor_start(s->loop, &(tms_task_actor_config_t){
                                           .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-                                          .tasks = tms_sqlite_task_store(s->tasks_db),
+                                          .tasks = tasks_store,
                                           .outbox = tasks_outbox,
                                           .auth = tms_auth_mailbox(s->auth),
                                           .bus = s->bus,
@@ -375,7 +405,7 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
         tms_rest_new(s->loop, &(tms_rest_config_t){
                                   .gateway = tms_gateway_mailbox(s->gateway),
                                   .users = tms_sqlite_user_store(s->users_db),
-                                  .tasks = tms_sqlite_task_store(s->tasks_db),
+                                  .tasks = tasks_store,
                                   .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
                               });
     return 0;
@@ -416,6 +446,20 @@ static int cmd_serve(tms_config_t *cfg)
         goto fail;
     }
 
+    /* The gRPC listener on grpc.addr, beside the HTTP one. */
+    s->grpc = tms_grpc_server_new(
+        s->loop, &(tms_grpc_config_t){
+                     .gateway = tms_gateway_mailbox(s->gateway),
+                     .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                     .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
+                     .max_connections = (size_t)cfg->http.max_connections,
+                 });
+    if (tms_grpc_server_listen(s->grpc, cfg->grpc.addr) != 0) {
+        fprintf(stderr, "tms: grpc.addr: cannot listen on %s\n", cfg->grpc.addr);
+        tms_http_server_stop(s->http, 0, NULL, NULL);
+        goto fail;
+    }
+
     uv_signal_init(s->loop, &s->sigint);
     uv_signal_init(s->loop, &s->sigterm);
     s->sigint.data = s->sigterm.data = s;
@@ -431,9 +475,10 @@ static int cmd_serve(tms_config_t *cfg)
                          lag_gauge, s);
 
     tms_log_info("listening",
-                 "proto=http addr=%s port=%d version=%s users=sqlite tasks=sqlite events=local "
+                 "proto=http addr=%s port=%d version=%s users=sqlite tasks=%s events=local "
                  "mail=maildir data_dir=%s",
-                 cfg->http.addr, tms_http_server_port(s->http), TMS_VERSION, cfg->data.dir);
+                 cfg->http.addr, tms_http_server_port(s->http), TMS_VERSION,
+                 s->tasks_pg ? "postgres" : "sqlite", cfg->data.dir);
     uv_run(s->loop, UV_RUN_DEFAULT);
     rc = s->rest ? 1 : 0; /* the loop ended without a full shutdown */
     tms_metrics_reset();
@@ -552,7 +597,10 @@ int main(int argc, char **argv)
     } else if (strcmp(cli.command, "migrate") == 0 && cli.nargs == 0) {
         char err[512];
         if (make_dir(cfg->data.dir) != 0 ||
-            tms_sqlite_migrate(sqlite_path(cfg->tasks.url), err, sizeof(err)) != 0) {
+            (tms_pg_url(cfg->tasks.url)
+                 ? tms_sqlite_migrate(sqlite_path(cfg->users.url), err, sizeof(err)) != 0 ||
+                       tms_pg_migrate_sync(cfg->tasks.url, err, sizeof(err)) != 0
+                 : tms_sqlite_migrate(sqlite_path(cfg->tasks.url), err, sizeof(err)) != 0)) {
             fprintf(stderr, "tms: migrate: %s\n", err);
             rc = 1;
         } else {

@@ -61,9 +61,19 @@ static const key_t_ keys[] = {
     STR(users, url, users.url, "",
         "user store: sqlite:///path (default sqlite://<data.dir>/tms.db)"),
     STR(tasks, url, tasks.url, "",
-        "task store: sqlite:///path (default sqlite://<data.dir>/tms.db)"),
+        "task store: sqlite:///path or postgres://user@host/db (default "
+        "sqlite://<data.dir>/tms.db)"),
     ENUM(tasks, migrate, tasks.migrate, "auto|off", "auto",
          "auto applies migrations at start; off leaves it to `tms migrate`"),
+    INT(tasks, pool_size, tasks.pool_size, 1, 64, "4", "PostgreSQL: connections per worker"),
+    INT(tasks, pipeline_depth, tasks.pipeline_depth, 1, 1024, "32",
+        "PostgreSQL: statements in flight per connection (pipeline mode); 1 turns pipelining "
+        "off"),
+    INT(tasks, statement_timeout_ms, tasks.statement_timeout_ms, 100, 600000, "5000",
+        "PostgreSQL: server-side statement_timeout in ms; a slower statement fails with 503"),
+    ENUM(tasks, synchronous_commit, tasks.synchronous_commit, "require|accept-off", "require",
+         "PostgreSQL: require refuses to start on a server with synchronous_commit=off "
+         "(acknowledged writes could be lost); accept-off starts anyway"),
     STR(events, brokers, events.brokers, "", "Kafka bootstrap servers; empty: in-process bus"),
     STR(mail, url, mail.url, "", "mailer: maildir:///path (default maildir://<data.dir>/mail)"),
     STR(mail, from, mail.from, "no-reply@tms.local",
@@ -279,6 +289,7 @@ bad:
 int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
 {
     static const char *const sqlite_only[] = {"sqlite://", NULL};
+    static const char *const task_stores[] = {"sqlite://", "postgres://", "postgresql://", NULL};
     static const char *const maildir_only[] = {"maildir://", NULL};
     if (cfg->data.dir[0] == '\0') {
         snprintf(err, err_len, "config: data.dir: must not be empty");
@@ -294,7 +305,7 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
     if (cfg->mail.url[0] == '\0')
         snprintf(cfg->mail.url, sizeof(cfg->mail.url), "maildir://%.900s/mail", cfg->data.dir);
     if (check_url("users.url", cfg->users.url, sqlite_only, err, err_len) ||
-        check_url("tasks.url", cfg->tasks.url, sqlite_only, err, err_len) ||
+        check_url("tasks.url", cfg->tasks.url, task_stores, err, err_len) ||
         check_url("mail.url", cfg->mail.url, maildir_only, err, err_len))
         return -TMS_EINVAL;
     if (!strchr(cfg->mail.from, '@') || strpbrk(cfg->mail.from, " <>,;\"\r\n")) {

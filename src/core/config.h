@@ -32,7 +32,9 @@ typedef struct tms_config {
     } users;
     struct {
         char url[1024];
-        char migrate[8]; /* auto | off */
+        char migrate[8];                                         /* auto | off */
+        int64_t pool_size, pipeline_depth, statement_timeout_ms; /* PostgreSQL only */
+        char synchronous_commit[8];                              /* require | accept-off */
     } tasks;
     struct {
         char brokers[1024];

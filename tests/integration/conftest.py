@@ -2,6 +2,8 @@
 
 Environment:
   TMS_BIN  path of the binary (default <repo>/build/tms)
+  TMS_TEST_TASKS_URL  when set (postgres://.../db), every server keeps its tasks in
+           PostgreSQL: a fresh database per data dir on that server (see pg_tasks_url)
 """
 import json
 import os
@@ -65,6 +67,33 @@ def run_cli(args, env=None, timeout=30):
                           timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
 
 
+# -- tasks on PostgreSQL (TMS_TEST_TASKS_URL) -----------------------------------
+
+TASKS_URL = os.environ.get("TMS_TEST_TASKS_URL", "")
+_PG_DATABASES = set()
+
+
+def pg_tasks_url(data_dir):
+    """A database of its own for the server(s) of one data dir (pagination tests list
+    every task), created on first use and dropped at the end of the session."""
+    import hashlib
+    name = "tms_it_" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:16]
+    if name not in _PG_DATABASES:
+        subprocess.run(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", TASKS_URL, "-c",
+                        f"CREATE DATABASE {name}"], check=True, capture_output=True)
+        _PG_DATABASES.add(name)
+    base, _, query = TASKS_URL.partition("?")
+    return base.rsplit("/", 1)[0] + "/" + name + (("?" + query) if query else "")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_pg_databases():
+    yield
+    for name in sorted(_PG_DATABASES):
+        subprocess.run(["psql", "-qAt", TASKS_URL, "-c",
+                        f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
+
+
 def _norm_key(k):
     return k.replace("__", ".")
 
@@ -93,6 +122,8 @@ class TmsServer:
         if secret is not None:
             base["auth.jwt_secret"] = secret
         base.update({_norm_key(k): str(v) for k, v in (settings or {}).items()})
+        if TASKS_URL and "tasks.url" not in base:
+            base["tasks.url"] = pg_tasks_url(self.data_dir)
         self.settings = base
         self._log_index = 0
         self.log_path = None

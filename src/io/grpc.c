@@ -1,0 +1,1196 @@
+/* gRPC over HTTP/2 (nghttp2 callbacks API on libuv).
+ *
+ * Per connection: bytes read go to nghttp2_session_mem_recv; whatever the session
+ * wants to send is pulled with nghttp2_session_mem_send after each read and after
+ * each asynchronous reply, and written with one uv_write. A request stream collects
+ * its length-prefixed messages; a unary call is dispatched when the client ends the
+ * stream, reflection answers each message as it arrives. Responses are written
+ * through a data provider over the stream's output buffer, which defers while empty
+ * and ends with the trailers (grpc-status, grpc-message). An error before any
+ * message is a trailers-only response.
+ *
+ * A call with the actors is a pending_t that outlives its stream: a deadline, a
+ * RST_STREAM from the client or a closed connection only detach it, and the reply,
+ * when it comes, is dropped and freed (as rest.c does). */
+#include "io/grpc.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <nghttp2/nghttp2.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/api.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/status.h"
+#include "io/grpc_codec.h"
+#include "io/grpc_wire.h"
+
+#define READ_CHUNK 65536
+#define WRITE_HIGH (1024 * 1024) /* stop pulling frames while this much is unwritten */
+#define DEFAULT_STREAMS 100
+#define DEFAULT_MESSAGE (4 * 1024 * 1024)
+#define DEFAULT_HEADER_LIST 16384
+#define DEFAULT_IDLE_MS 60000
+#define DEFAULT_MAX_CONNECTIONS 10000
+#define STREAM_WINDOW (1024 * 1024)
+#define CONN_WINDOW (16 * 1024 * 1024)
+/* Rapid reset (CVE-2023-44487): a token bucket of RST_STREAM frames per connection,
+ * our own so the defence does not depend on the installed nghttp2; nghttp2's
+ * limiter (when built in) is set as a second line. */
+#define RST_BURST 500
+#define RST_PER_SEC 100
+/* CONTINUATION flood (CVE-2024-28182): frames after one HEADERS. */
+#define MAX_CONTINUATIONS 8
+#define NOT_GRPC_BODY "this is a gRPC server: use content-type application/grpc\n"
+
+typedef struct conn conn_t;
+typedef struct gstream gstream_t;
+typedef struct pending pending_t;
+
+struct gstream {
+    gstream_t *prev, *next;
+    conn_t *conn;
+    int32_t id;
+    const tms_grpc_method_t *method;
+    int method_index; /* metrics row; nmethods = unknown */
+    /* request head */
+    char path[256];
+    bool path_long, is_post, grpc_ctype, bad_encoding, has_timeout, bad_timeout;
+    uint64_t timeout_ms;
+    char *authorization;
+    size_t header_bytes;
+    bool too_large;
+    /* request body */
+    uint8_t *in;
+    size_t in_len, in_cap;
+    uint8_t *msg;
+    size_t msg_len;
+    int nmsgs;
+    bool remote_closed;
+    /* response */
+    bool headers_sent, finished, plain, eof, deferred, watching;
+    bool not_grpc; /* answered 415 once the client has sent its whole request */
+    uint8_t *out;
+    size_t out_len, out_off, out_cap;
+    tms_status_t status;
+    char *status_msg;
+    pending_t *pending;
+    uint64_t start_ns;
+    char request_id[33];
+};
+
+struct pending {
+    uv_timer_t timer;
+    tms_grpc_server_t *srv;
+    gstream_t *st; /* NULL once the stream was answered otherwise or is gone */
+    tms_api_op_t op;
+};
+
+struct conn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    tms_grpc_server_t *srv;
+    conn_t *prev, *next;
+    nghttp2_session *h2;
+    gstream_t *streams;
+    size_t nstreams;
+    int handles;
+    bool closing;
+    size_t unwritten; /* bytes handed to uv_write and not yet written */
+    int writes;
+    double rst_tokens;
+    uint64_t rst_last_ms;
+    int continuations;
+    const char *abuse; /* reason once the connection was found abusing */
+    char client_addr[64];
+};
+
+struct tms_grpc_server {
+    uv_loop_t *loop;
+    tms_grpc_config_t cfg;
+    tms_mailbox_t *replies;
+    uv_tcp_t listener;
+    uv_timer_t grace;
+    bool listening, listener_closed, stopping, grace_started, grace_closing, stopped;
+    void (*on_stopped)(void *arg);
+    void *stop_arg;
+    conn_t *conns;
+    size_t nconns, pending;
+    uint64_t rng[2];
+    nghttp2_session_callbacks *callbacks;
+    nghttp2_option *option;
+    const tms_grpc_method_t *methods;
+    size_t nmethods;
+    tms_counter_t **requests;    /* [(nmethods + 1) * 17], created on first use */
+    tms_histogram_t **durations; /* [nmethods + 1] */
+    char rbuf[READ_CHUNK];
+};
+
+/* ---- metrics and logs ---- */
+
+static void count_abuse(const char *reason)
+{
+    char labels[64];
+    snprintf(labels, sizeof(labels), "reason=\"%s\"", reason);
+    tms_counter_add(
+        tms_metrics_counter("tms_grpc_abuse_total", "HTTP/2 connections closed for abuse", labels),
+        1);
+}
+
+static void observe(tms_grpc_server_t *s, gstream_t *st, tms_status_t code)
+{
+    size_t row = (size_t)st->method_index;
+    const char *name = row < s->nmethods ? s->methods[row].path : "unknown";
+    double secs = (double)(uv_hrtime() - st->start_ns) / 1e9;
+    size_t cell = row * 17 + ((unsigned)code <= 16 ? (size_t)code : TMS_UNKNOWN);
+    char labels[160], qpath[96];
+    if (!s->requests[cell]) {
+        snprintf(labels, sizeof(labels), "method=\"%s\",code=\"%s\"", name, tms_status_name(code));
+        s->requests[cell] =
+            tms_metrics_counter("tms_grpc_requests_total", "gRPC calls completed", labels);
+    }
+    if (!s->durations[row]) {
+        snprintf(labels, sizeof(labels), "method=\"%s\"", name);
+        s->durations[row] =
+            tms_metrics_histogram("tms_grpc_request_duration_seconds",
+                                  "gRPC call duration from headers to status", labels);
+    }
+    tms_counter_add(s->requests[cell], 1);
+    tms_histogram_observe(s->durations[row], secs);
+    tms_log_quote(qpath, sizeof(qpath), st->path, strlen(st->path));
+    tms_log_info("grpc_request", "method=%s code=%s dur_ms=%.3f rid=%s client=%s", qpath,
+                 tms_status_name(code), secs * 1e3, st->request_id,
+                 st->conn ? st->conn->client_addr : "-");
+}
+
+static uint64_t rng_next(tms_grpc_server_t *s)
+{
+    uint64_t a = s->rng[0], b = s->rng[1]; /* xorshift128+: ids need uniqueness only */
+    s->rng[0] = b;
+    a ^= a << 23;
+    s->rng[1] = a ^ b ^ (a >> 17) ^ (b >> 26);
+    return s->rng[1] + b;
+}
+
+/* ---- output ---- */
+
+static void conn_flush(conn_t *c);
+
+static void out_append(gstream_t *st, const void *data, size_t len)
+{
+    if (st->out_len + len > st->out_cap) {
+        size_t cap = st->out_cap ? st->out_cap : 256;
+        while (cap < st->out_len + len)
+            cap *= 2;
+        st->out = tms_realloc(st->out, cap);
+        st->out_cap = cap;
+    }
+    memcpy(st->out + st->out_len, data, len);
+    st->out_len += len;
+}
+
+#define NV(n, v)                                                                                   \
+    {                                                                                              \
+        (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE             \
+    }
+
+static ssize_t on_data_read(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length,
+                            uint32_t *flags, nghttp2_data_source *source, void *user)
+{
+    gstream_t *st = source->ptr;
+    size_t avail = st->out_len - st->out_off;
+    if (avail) {
+        size_t n = avail < length ? avail : length;
+        memcpy(buf, st->out + st->out_off, n);
+        st->out_off += n;
+        if (st->out_off == st->out_len)
+            st->out_off = st->out_len = 0;
+        return (ssize_t)n;
+    }
+    if (!st->eof) {
+        st->deferred = true;
+        return NGHTTP2_ERR_DEFERRED;
+    }
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (!st->plain) {
+        char code[8];
+        char *msg = tms_grpc_percent_encode(st->status_msg ? st->status_msg : "");
+        nghttp2_nv trailers[2] = {NV("grpc-status", code), NV("grpc-message", msg)};
+        snprintf(code, sizeof(code), "%d", (int)st->status);
+        trailers[0].valuelen = strlen(code);
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        nghttp2_submit_trailer(h2, id, trailers, st->status_msg && st->status_msg[0] ? 2 : 1);
+        free(msg);
+    }
+    return 0;
+}
+
+static void resume(gstream_t *st)
+{
+    if (st->deferred) {
+        st->deferred = false;
+        nghttp2_session_resume_data(st->conn->h2, st->id);
+    }
+}
+
+/* Response headers with the data provider; later output is appended to st->out. */
+static void start_response(gstream_t *st)
+{
+    nghttp2_nv h[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
+                      NV("grpc-accept-encoding", "identity")};
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_data_read};
+    st->headers_sent = true;
+    nghttp2_submit_response(st->conn->h2, st->id, h, sizeof(h) / sizeof(h[0]), &prd);
+}
+
+/* Queue one response message (copied). */
+static void send_message(gstream_t *st, const uint8_t *data, size_t len)
+{
+    uint8_t prefix[TMS_GRPC_FRAME_HEADER];
+    tms_grpc_frame_header(prefix, (uint32_t)len);
+    out_append(st, prefix, sizeof(prefix));
+    if (len)
+        out_append(st, data, len);
+    if (!st->headers_sent)
+        start_response(st);
+    else
+        resume(st);
+}
+
+/* End the call with a status: trailers after the messages, or trailers-only. */
+static void finish(gstream_t *st, tms_status_t code, const char *message)
+{
+    tms_grpc_server_t *s = st->conn->srv;
+    if (st->finished)
+        return;
+    st->finished = true;
+    st->watching = false;
+    observe(s, st, code);
+    if (st->headers_sent) {
+        st->status = code;
+        free(st->status_msg);
+        st->status_msg = tms_strdup(code == TMS_OK ? "" : (message ? message : ""));
+        st->eof = true;
+        resume(st);
+        return;
+    }
+    {
+        char num[8];
+        char *msg = tms_grpc_percent_encode(message ? message : "");
+        nghttp2_nv h[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
+                          NV("grpc-accept-encoding", "identity"), NV("grpc-status", num),
+                          NV("grpc-message", msg)};
+        snprintf(num, sizeof(num), "%d", (int)code);
+        h[3].valuelen = strlen(num);
+        st->headers_sent = true;
+        nghttp2_submit_response(st->conn->h2, st->id, h, code != TMS_OK && msg[0] ? 5 : 4, NULL);
+        free(msg);
+    }
+}
+
+/* A request that is not gRPC (browsers, h2spec): a plain HTTP/2 answer, sent only
+ * after the whole request arrived, like any HTTP server, so a malformed frame later
+ * in that request still meets the open-stream rules of RFC 9113. */
+static void respond_plain(gstream_t *st, const char *status)
+{
+    nghttp2_nv h[] = {NV(":status", status), NV("content-type", "text/plain")};
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_data_read};
+    st->finished = st->plain = st->eof = st->headers_sent = true;
+    out_append(st, NOT_GRPC_BODY, sizeof(NOT_GRPC_BODY) - 1);
+    nghttp2_submit_response(st->conn->h2, st->id, h, 2, &prd);
+}
+
+/* ---- calls to the gateway ---- */
+
+static void on_pending_closed(uv_handle_t *h)
+{
+    pending_t *p = h->data;
+    p->srv->pending--;
+    free(p);
+}
+
+static void render(gstream_t *st, tms_api_call_t *call)
+{
+    uint8_t *out;
+    size_t len;
+    tms_error_t err;
+    if (tms_grpc_encode_reply(st->method, call, &out, &len, &err) != TMS_OK) {
+        finish(st, err.code, err.message);
+        return;
+    }
+    send_message(st, out, len);
+    free(out);
+    finish(st, TMS_OK, NULL);
+}
+
+static void on_reply(tms_msg_t *msg)
+{
+    tms_api_call_t *call = (tms_api_call_t *)msg;
+    pending_t *p = msg->ctx;
+    gstream_t *st = p->st;
+    if (st) {
+        st->pending = NULL;
+        render(st, call);
+        conn_flush(st->conn);
+    }
+    tms_api_call_free(&call);
+    uv_close((uv_handle_t *)&p->timer, on_pending_closed);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    pending_t *p = t->data;
+    gstream_t *st = p->st;
+    if (!st)
+        return;
+    tms_log_warn("deadline_exceeded", "rid=%s op=%s proto=grpc", st->request_id,
+                 tms_api_op_name(p->op));
+    st->pending = NULL;
+    p->st = NULL; /* the call is still with the actors; its reply is dropped */
+    finish(st, TMS_DEADLINE_EXCEEDED, "deadline exceeded");
+    conn_flush(st->conn);
+}
+
+static char *bearer_of(const char *h)
+{
+    if (strncasecmp(h, "Bearer ", 7) != 0)
+        return tms_strdup(""); /* present but not a bearer token: invalid */
+    h += 7;
+    while (*h == ' ')
+        h++;
+    return tms_strdup(h);
+}
+
+static void dispatch_api(gstream_t *st)
+{
+    conn_t *c = st->conn;
+    tms_grpc_server_t *s = c->srv;
+    tms_error_t err;
+    tms_api_call_t *call = tms_grpc_decode_call(st->method, st->msg, st->msg_len, &err);
+    uint64_t timeout = s->cfg.call_timeout_ms;
+    uint64_t elapsed_ms = (uv_hrtime() - st->start_ns) / 1000000;
+    tms_msg_t *msg;
+    pending_t *p;
+    if (!call) {
+        finish(st, err.code, err.message);
+        return;
+    }
+    if (st->has_timeout && st->timeout_ms < timeout)
+        timeout = st->timeout_ms;
+    if (elapsed_ms >= timeout) {
+        tms_api_call_free(&call);
+        finish(st, TMS_DEADLINE_EXCEEDED, "deadline exceeded");
+        return;
+    }
+    timeout -= elapsed_ms;
+    if (!call->bearer && st->authorization)
+        call->bearer = bearer_of(st->authorization);
+    snprintf(call->request_id, sizeof(call->request_id), "%s", st->request_id);
+    snprintf(call->client_addr, sizeof(call->client_addr), "%s", c->client_addr);
+    call->deadline_ms = uv_now(s->loop) + timeout;
+    p = tms_new(pending_t);
+    p->srv = s;
+    p->st = st;
+    p->op = call->op;
+    msg = &call->msg;
+    msg->kind = TMS_MSG_REQUEST;
+    msg->reply_to = s->replies;
+    msg->cont = on_reply;
+    msg->ctx = p;
+    if (tms_mailbox_post(s->cfg.gateway, &msg) != 0) {
+        free(p);
+        tms_api_call_free(&call);
+        finish(st, TMS_UNAVAILABLE, "server overloaded, retry later");
+        return;
+    }
+    s->pending++;
+    st->pending = p;
+    uv_timer_init(s->loop, &p->timer);
+    p->timer.data = p;
+    uv_timer_start(&p->timer, on_deadline, timeout, 0);
+}
+
+/* ---- requests ---- */
+
+static void health(gstream_t *st, const uint8_t *msg, size_t len)
+{
+    char service[128];
+    uint8_t *out;
+    size_t n;
+    int status;
+    if (tms_grpc_health_decode(msg, len, service, sizeof(service)) != 0) {
+        finish(st, TMS_INVALID_ARGUMENT, "malformed protobuf request");
+        return;
+    }
+    if (service[0] && strcmp(service, "AuthService") != 0 && strcmp(service, "TaskService") != 0 &&
+        strcmp(service, "grpc.health.v1.Health") != 0) {
+        if (st->method->kind == TMS_GRPC_HEALTH_CHECK) {
+            finish(st, TMS_NOT_FOUND, "unknown service");
+            return;
+        }
+        status = 3; /* SERVICE_UNKNOWN */
+    } else {
+        status = st->conn->srv->stopping ? 2 : 1; /* NOT_SERVING : SERVING */
+    }
+    tms_grpc_health_encode(status, &out, &n);
+    send_message(st, out, n);
+    free(out);
+    if (st->method->kind == TMS_GRPC_HEALTH_CHECK)
+        finish(st, TMS_OK, NULL);
+    else
+        st->watching = true; /* open until the client cancels or the server stops */
+}
+
+/* One whole request message arrived. */
+static void on_message(gstream_t *st, const uint8_t *data, size_t len)
+{
+    if (st->method->kind == TMS_GRPC_REFLECTION) {
+        uint8_t *out;
+        size_t n;
+        if (tms_grpc_reflection_answer(data, len, &out, &n) != 0) {
+            finish(st, TMS_INVALID_ARGUMENT, "malformed reflection request");
+            return;
+        }
+        send_message(st, out, n);
+        free(out);
+        return;
+    }
+    if (st->nmsgs++ > 0) {
+        finish(st, TMS_INVALID_ARGUMENT, "a unary call takes exactly one request message");
+        return;
+    }
+    st->msg = tms_malloc(len ? len : 1);
+    memcpy(st->msg, data, len);
+    st->msg_len = len;
+}
+
+/* The client ended its side of the stream. */
+static void on_request_end(gstream_t *st)
+{
+    if (!st->finished && st->not_grpc) {
+        respond_plain(st, "415");
+        return;
+    }
+    if (st->finished || !st->method)
+        return;
+    if (st->method->kind == TMS_GRPC_REFLECTION) {
+        finish(st, TMS_OK, NULL);
+        return;
+    }
+    if (st->nmsgs != 1) {
+        finish(st, TMS_INVALID_ARGUMENT, "a unary call takes exactly one request message");
+        return;
+    }
+    if (st->pending)
+        return;
+    if (st->method->kind == TMS_GRPC_API)
+        dispatch_api(st);
+    else
+        health(st, st->msg, st->msg_len);
+}
+
+static void on_headers_done(gstream_t *st)
+{
+    tms_grpc_server_t *s = st->conn->srv;
+    if (!st->grpc_ctype) {
+        st->not_grpc = true; /* its body is discarded (no method) */
+        return;
+    }
+    if (st->too_large) {
+        finish(st, TMS_RESOURCE_EXHAUSTED, "header list too large");
+        return;
+    }
+    if (!st->is_post) {
+        finish(st, TMS_UNIMPLEMENTED, "gRPC needs POST");
+        return;
+    }
+    if (st->bad_encoding) {
+        finish(st, TMS_UNIMPLEMENTED, "grpc-encoding not supported; use identity");
+        return;
+    }
+    if (st->bad_timeout) {
+        finish(st, TMS_INVALID_ARGUMENT, "malformed grpc-timeout");
+        return;
+    }
+    st->method = st->path_long ? NULL : tms_grpc_method_find(st->path, strlen(st->path));
+    if (!st->method) {
+        finish(st, TMS_UNIMPLEMENTED, "unknown method");
+        return;
+    }
+    st->method_index = (int)(st->method - s->methods);
+    if (s->stopping && st->method->kind == TMS_GRPC_API) {
+        finish(st, TMS_UNAVAILABLE, "server shutting down");
+        return;
+    }
+}
+
+static void stream_free(gstream_t *st)
+{
+    if (st->pending) {
+        st->pending->st = NULL; /* the reply will be dropped */
+        st->pending = NULL;
+    }
+    if (!st->finished && st->method)
+        observe(st->conn->srv, st, TMS_CANCELLED);
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        st->conn->streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    st->conn->nstreams--;
+    free(st->authorization);
+    free(st->in);
+    free(st->msg);
+    free(st->out);
+    free(st->status_msg);
+    free(st);
+}
+
+/* ---- nghttp2 callbacks ---- */
+
+static int on_begin_frame(nghttp2_session *h2, const nghttp2_frame_hd *hd, void *user)
+{
+    conn_t *c = user;
+    if (hd->type == NGHTTP2_CONTINUATION) {
+        if (++c->continuations > MAX_CONTINUATIONS) {
+            c->abuse = "continuation_flood";
+            return NGHTTP2_ERR_CALLBACK_FAILURE;
+        }
+    } else if (hd->type == NGHTTP2_HEADERS) {
+        c->continuations = 0;
+    }
+    return 0;
+}
+
+static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
+{
+    conn_t *c = user;
+    gstream_t *st;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0;
+    st = tms_new(gstream_t);
+    st->conn = c;
+    st->id = frame->hd.stream_id;
+    st->method_index = (int)c->srv->nmethods;
+    st->start_ns = uv_hrtime();
+    snprintf(st->request_id, sizeof(st->request_id), "%016llx%016llx",
+             (unsigned long long)rng_next(c->srv), (unsigned long long)rng_next(c->srv));
+    st->next = c->streams;
+    if (c->streams)
+        c->streams->prev = st;
+    c->streams = st;
+    c->nstreams++;
+    nghttp2_session_set_stream_user_data(h2, st->id, st);
+    return 0;
+}
+
+#define IS(lit) (namelen == sizeof(lit) - 1 && memcmp(name, lit, namelen) == 0)
+
+static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint8_t *name,
+                     size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                     void *user)
+{
+    conn_t *c = user;
+    gstream_t *st;
+    if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
+        return 0; /* trailers from the client carry nothing we use */
+    st = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+    if (!st)
+        return 0;
+    st->header_bytes += namelen + valuelen + 32; /* RFC 9113 6.5.2 accounting */
+    if (st->header_bytes > c->srv->cfg.max_header_list_bytes) {
+        st->too_large = true;
+        return 0;
+    }
+    if (IS(":path")) {
+        st->path_long = valuelen >= sizeof(st->path);
+        if (!st->path_long) {
+            memcpy(st->path, value, valuelen);
+            st->path[valuelen] = '\0';
+        }
+    } else if (IS(":method")) {
+        st->is_post = valuelen == 4 && memcmp(value, "POST", 4) == 0;
+    } else if (IS("content-type")) {
+        /* application/grpc, application/grpc+proto, application/grpc;... */
+        st->grpc_ctype = valuelen >= 16 && memcmp(value, "application/grpc", 16) == 0 &&
+                         (valuelen == 16 || value[16] == '+' || value[16] == ';');
+    } else if (IS("grpc-encoding")) {
+        st->bad_encoding = !(valuelen == 8 && memcmp(value, "identity", 8) == 0);
+    } else if (IS("grpc-timeout")) {
+        char tmp[16];
+        st->has_timeout = true;
+        if (valuelen >= sizeof(tmp)) {
+            st->bad_timeout = true;
+        } else {
+            memcpy(tmp, value, valuelen);
+            tmp[valuelen] = '\0';
+            st->bad_timeout = tms_grpc_timeout_parse(tmp, &st->timeout_ms) != 0;
+        }
+    } else if (IS("authorization")) {
+        free(st->authorization);
+        st->authorization = tms_strndup((const char *)value, valuelen);
+    }
+    return 0;
+}
+
+#undef IS
+
+static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t *data,
+                         size_t len, void *user)
+{
+    conn_t *c = user;
+    gstream_t *st = nghttp2_session_get_stream_user_data(h2, id);
+    tms_grpc_frame_t f;
+    size_t off = 0;
+    int rc;
+    if (!st || st->finished || !st->method)
+        return 0; /* answered already: the rest of the body is discarded */
+    if (st->in_len + len > st->in_cap) {
+        size_t cap = st->in_cap ? st->in_cap : 1024;
+        while (cap < st->in_len + len)
+            cap *= 2;
+        st->in = tms_realloc(st->in, cap);
+        st->in_cap = cap;
+    }
+    memcpy(st->in + st->in_len, data, len);
+    st->in_len += len;
+    while (!st->finished && (rc = tms_grpc_frame_parse(st->in + off, st->in_len - off,
+                                                       c->srv->cfg.max_message_bytes, &f)) != 0) {
+        if (rc == -TMS_ERANGE) {
+            char m[96];
+            snprintf(m, sizeof(m), "message larger than %zu bytes", c->srv->cfg.max_message_bytes);
+            finish(st, TMS_RESOURCE_EXHAUSTED, m);
+            break;
+        }
+        if (rc < 0 || f.compressed) {
+            finish(st, TMS_INTERNAL,
+                   rc < 0 ? "malformed message prefix"
+                          : "compressed message without grpc-encoding");
+            break;
+        }
+        off += f.consumed;
+        on_message(st, f.data, f.len);
+    }
+    if (st->finished) {
+        st->in_len = 0;
+        return 0;
+    }
+    memmove(st->in, st->in + off, st->in_len - off);
+    st->in_len -= off;
+    return 0;
+}
+
+/* Token bucket of RST_STREAM frames received. */
+static int rst_allowed(conn_t *c)
+{
+    uint64_t now = uv_now(c->srv->loop);
+    c->rst_tokens += (double)(now - c->rst_last_ms) * RST_PER_SEC / 1000.0;
+    if (c->rst_tokens > RST_BURST)
+        c->rst_tokens = RST_BURST;
+    c->rst_last_ms = now;
+    if (c->rst_tokens < 1)
+        return 0;
+    c->rst_tokens -= 1;
+    return 1;
+}
+
+static void conn_abuse(conn_t *c, const char *reason)
+{
+    if (c->abuse && strcmp(c->abuse, reason) != 0)
+        return;
+    c->abuse = reason;
+    count_abuse(reason);
+    tms_log_warn("grpc_abuse", "reason=%s client=%s", reason, c->client_addr);
+    nghttp2_session_terminate_session(c->h2, NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
+{
+    conn_t *c = user;
+    gstream_t *st;
+    if (frame->hd.type == NGHTTP2_RST_STREAM) {
+        if (!rst_allowed(c)) {
+            c->abuse = NULL;
+            conn_abuse(c, "rapid_reset");
+        }
+        return 0;
+    }
+    if (frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA)
+        return 0;
+    st = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+    if (!st)
+        return 0;
+    if (frame->hd.type == NGHTTP2_HEADERS && frame->headers.cat == NGHTTP2_HCAT_REQUEST)
+        on_headers_done(st);
+    if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+        st->remote_closed = true;
+        on_request_end(st);
+    }
+    return 0;
+}
+
+static int on_frame_send(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
+{
+    conn_t *c = user;
+    gstream_t *st;
+    if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code == NGHTTP2_ENHANCE_YOUR_CALM &&
+        !c->abuse) {
+        c->abuse = "h2_limit"; /* nghttp2's own limiter (e.g. its reset rate limit) */
+        count_abuse(c->abuse);
+        tms_log_warn("grpc_abuse", "reason=%s client=%s", c->abuse, c->client_addr);
+    }
+    if ((frame->hd.type == NGHTTP2_HEADERS || frame->hd.type == NGHTTP2_DATA) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        /* Answered before the client finished sending: tell it to stop (gRPC's
+         * RST_STREAM NO_ERROR after the trailers). */
+        st = nghttp2_session_get_stream_user_data(h2, frame->hd.stream_id);
+        if (st && !st->remote_closed)
+            nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+    }
+    return 0;
+}
+
+static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_code, void *user)
+{
+    gstream_t *st = nghttp2_session_get_stream_user_data(h2, id);
+    if (st) {
+        nghttp2_session_set_stream_user_data(h2, id, NULL);
+        stream_free(st);
+    }
+    return 0;
+}
+
+/* ---- connections ---- */
+
+static void maybe_stopped(tms_grpc_server_t *s);
+
+static void on_conn_handle_closed(uv_handle_t *h)
+{
+    conn_t *c = h->data;
+    tms_grpc_server_t *s = c->srv;
+    if (--c->handles > 0)
+        return;
+    while (c->streams) {
+        nghttp2_session_set_stream_user_data(c->h2, c->streams->id, NULL);
+        stream_free(c->streams);
+    }
+    nghttp2_session_del(c->h2);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    free(c);
+    maybe_stopped(s);
+}
+
+static void conn_close(conn_t *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    uv_timer_stop(&c->timer);
+    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+}
+
+typedef struct wreq {
+    uv_write_t w;
+    conn_t *conn;
+    size_t len;
+    uint8_t data[];
+} wreq_t;
+
+static void on_write(uv_write_t *w, int status)
+{
+    wreq_t *wr = (wreq_t *)w;
+    conn_t *c = wr->conn;
+    c->unwritten -= wr->len;
+    c->writes--;
+    free(wr);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    conn_flush(c);
+}
+
+/* Pull what the session wants to send and write it; close when it is done. */
+static void conn_flush(conn_t *c)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (c->closing)
+        return;
+    while (c->unwritten + len < WRITE_HIGH) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(c->h2, &data);
+        if (n < 0) {
+            free(buf);
+            conn_close(c);
+            return;
+        }
+        if (n == 0)
+            break;
+        if (len + (size_t)n > cap) {
+            cap = cap ? cap : 16384;
+            while (cap < len + (size_t)n)
+                cap *= 2;
+            buf = tms_realloc(buf, cap);
+        }
+        memcpy(buf + len, data, (size_t)n);
+        len += (size_t)n;
+    }
+    if (len) {
+        wreq_t *wr = tms_malloc(sizeof(*wr) + len);
+        uv_buf_t b;
+        memcpy(wr->data, buf, len);
+        wr->conn = c;
+        wr->len = len;
+        b = uv_buf_init((char *)wr->data, (unsigned)len);
+        if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
+            free(wr);
+            free(buf);
+            conn_close(c);
+            return;
+        }
+        c->unwritten += len;
+        c->writes++;
+    }
+    free(buf);
+    if (c->writes == 0 && !nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2))
+        conn_close(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    conn_t *c = h->data;
+    *buf = uv_buf_init(c->srv->rbuf, sizeof(c->srv->rbuf));
+}
+
+static void on_idle(uv_timer_t *t)
+{
+    conn_t *c = t->data;
+    if (c->nstreams > 0) {
+        uv_timer_again(t);
+        return;
+    }
+    nghttp2_session_terminate_session(c->h2, NGHTTP2_NO_ERROR);
+    conn_flush(c);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    conn_t *c = stream->data;
+    ssize_t rv;
+    if (c->closing)
+        return;
+    if (nread < 0) {
+        conn_close(c);
+        return;
+    }
+    if (nread == 0)
+        return;
+    uv_timer_again(&c->timer);
+    rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
+    if (rv < 0) {
+        const char *reason = c->abuse                                   ? c->abuse
+                             : rv == NGHTTP2_ERR_FLOODED                ? "flood"
+                             : rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ? "continuation_flood"
+                                                                        : NULL;
+        if (reason) {
+            c->abuse = NULL;
+            conn_abuse(c, reason);
+        } else {
+            tms_log_info("grpc_conn_error", "client=%s error=\"%s\"", c->client_addr,
+                         nghttp2_strerror((int)rv));
+            nghttp2_session_terminate_session(c->h2, NGHTTP2_PROTOCOL_ERROR);
+        }
+        /* A fatal error leaves the session unusable for reading: send the GOAWAY
+         * if it can still be sent, then close. */
+        uv_read_stop(stream);
+        conn_flush(c);
+        if (!c->closing && c->writes == 0)
+            conn_close(c);
+        return;
+    }
+    conn_flush(c);
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    tms_grpc_server_t *s = listener->data;
+    conn_t *c;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->cfg.max_concurrent_streams},
+        {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)s->cfg.max_header_list_bytes},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+    };
+    if (status < 0)
+        return;
+    c = tms_new(conn_t);
+    c->srv = s;
+    uv_tcp_init(s->loop, &c->tcp);
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c->timer.data = c;
+    c->handles = 2;
+    c->rst_tokens = RST_BURST;
+    c->rst_last_ms = uv_now(s->loop);
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    nghttp2_session_server_new2(&c->h2, s->callbacks, c, s->option);
+    if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0 || s->stopping ||
+        s->nconns > s->cfg.max_connections) {
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+        if (ss.ss_family == AF_INET)
+            uv_ip4_name((struct sockaddr_in *)&ss, c->client_addr, sizeof(c->client_addr));
+        else if (ss.ss_family == AF_INET6)
+            uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_addr, sizeof(c->client_addr));
+    }
+    /* SETTINGS at once: nghttp2's own default for concurrent streams is unlimited. */
+    nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
+    nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
+    uv_timer_start(&c->timer, on_idle, s->cfg.idle_timeout_ms, s->cfg.idle_timeout_ms);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
+        conn_close(c);
+        return;
+    }
+    conn_flush(c);
+}
+
+/* ---- server ---- */
+
+tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t *cfg)
+{
+    tms_grpc_server_t *s = tms_new(tms_grpc_server_t);
+    nghttp2_session_callbacks *cb;
+    s->loop = loop;
+    s->cfg = *cfg;
+    if (!s->cfg.max_concurrent_streams)
+        s->cfg.max_concurrent_streams = DEFAULT_STREAMS;
+    if (!s->cfg.max_message_bytes)
+        s->cfg.max_message_bytes = DEFAULT_MESSAGE;
+    if (!s->cfg.max_header_list_bytes)
+        s->cfg.max_header_list_bytes = DEFAULT_HEADER_LIST;
+    if (!s->cfg.idle_timeout_ms)
+        s->cfg.idle_timeout_ms = DEFAULT_IDLE_MS;
+    if (!s->cfg.max_connections)
+        s->cfg.max_connections = DEFAULT_MAX_CONNECTIONS;
+    if (!s->cfg.call_timeout_ms)
+        s->cfg.call_timeout_ms = 30000;
+    s->methods = tms_grpc_methods(&s->nmethods);
+    s->requests = tms_calloc((s->nmethods + 1) * 17, sizeof(*s->requests));
+    s->durations = tms_calloc(s->nmethods + 1, sizeof(*s->durations));
+    /* Replies are not counted against a mailbox bound; 1 is only the request bound. */
+    s->replies = tms_mailbox_new(loop, "grpc", 1, NULL, s);
+    if (nghttp2_session_callbacks_new(&cb) != 0 || nghttp2_option_new(&s->option) != 0)
+        tms_oom(__FILE__, __LINE__);
+    nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
+    nghttp2_session_callbacks_set_on_begin_headers_callback(cb, on_begin_headers);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_header);
+    nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, on_data_chunk);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_frame_recv);
+    nghttp2_session_callbacks_set_on_frame_send_callback(cb, on_frame_send);
+    nghttp2_session_callbacks_set_on_stream_close_callback(cb, on_stream_close);
+    s->callbacks = cb;
+    nghttp2_option_set_stream_reset_rate_limit(s->option, 1000, 33);
+    nghttp2_option_set_max_continuations(s->option, MAX_CONTINUATIONS);
+    if (uv_random(NULL, NULL, s->rng, sizeof(s->rng), 0, NULL) < 0 || (!s->rng[0] && !s->rng[1])) {
+        s->rng[0] = uv_hrtime() | 1;
+        s->rng[1] = (uint64_t)(uintptr_t)s ^ 0x9e3779b97f4a7c15ull;
+    }
+    return s;
+}
+
+static int parse_addr(const char *addr, struct sockaddr_storage *ss)
+{
+    char host[128];
+    const char *port_s, *colon;
+    char *end;
+    long port;
+    if (addr[0] == '[') {
+        const char *rb = strchr(addr, ']');
+        if (!rb || rb[1] != ':' || (size_t)(rb - addr - 1) >= sizeof(host))
+            return -TMS_EINVAL;
+        memcpy(host, addr + 1, (size_t)(rb - addr - 1));
+        host[rb - addr - 1] = '\0';
+        port_s = rb + 2;
+    } else {
+        colon = strrchr(addr, ':');
+        if (!colon || (size_t)(colon - addr) >= sizeof(host))
+            return -TMS_EINVAL;
+        memcpy(host, addr, (size_t)(colon - addr));
+        host[colon - addr] = '\0';
+        if (!host[0])
+            strcpy(host, "0.0.0.0");
+        port_s = colon + 1;
+    }
+    errno = 0;
+    port = strtol(port_s, &end, 10);
+    if (errno || end == port_s || *end || port < 0 || port > 65535)
+        return -TMS_EINVAL;
+    memset(ss, 0, sizeof(*ss));
+    if (addr[0] == '[')
+        return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) ? -TMS_EINVAL : 0;
+    return uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) ? -TMS_EINVAL : 0;
+}
+
+int tms_grpc_server_listen(tms_grpc_server_t *s, const char *addr)
+{
+    struct sockaddr_storage ss;
+    int fd, one = 1, rc;
+    socklen_t sl;
+    if (s->listening || s->stopping || parse_addr(addr, &ss) < 0) {
+        tms_log_error("grpc_listen", "addr=%s error=\"invalid address or already listening\"",
+                      addr);
+        return -TMS_EINVAL;
+    }
+    sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    /* Bind on our own socket (SO_REUSEPORT) before any handle exists, so that a
+     * taken address leaves nothing to close. */
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
+        bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 511) < 0) {
+        tms_log_error("grpc_listen", "addr=%s error=\"%s\"", addr, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -TMS_EIO;
+    }
+    uv_tcp_init(s->loop, &s->listener);
+    s->listener.data = s;
+    s->listening = true;
+    rc = uv_tcp_open(&s->listener, fd);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
+    else
+        close(fd);
+    if (rc < 0) {
+        tms_log_error("grpc_listen", "addr=%s error=\"%s\"", addr, uv_strerror(rc));
+        return -TMS_EIO;
+    }
+    tms_log_info("grpc_listen", "addr=%s port=%d", addr, tms_grpc_server_port(s));
+    return 0;
+}
+
+int tms_grpc_server_port(tms_grpc_server_t *s)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (!s->listening || s->listener_closed)
+        return -1;
+    if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len) < 0)
+        return -1;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+static void on_grace_closed(uv_handle_t *h)
+{
+    tms_grpc_server_t *s = h->data;
+    s->stopped = true;
+    if (s->on_stopped)
+        s->on_stopped(s->stop_arg);
+}
+
+static void maybe_stopped(tms_grpc_server_t *s)
+{
+    if (!s->stopping || !s->listener_closed || s->nconns > 0 || s->grace_closing)
+        return;
+    s->grace_closing = true;
+    uv_timer_stop(&s->grace);
+    uv_close((uv_handle_t *)&s->grace, on_grace_closed);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    tms_grpc_server_t *s = h->data;
+    s->listener_closed = true;
+    maybe_stopped(s);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    tms_grpc_server_t *s = t->data;
+    for (conn_t *c = s->conns; c; c = c->next)
+        conn_close(c);
+}
+
+void tms_grpc_server_stop(tms_grpc_server_t *s, uint64_t grace_ms, void (*on_stopped)(void *arg),
+                          void *arg)
+{
+    if (s->stopping)
+        return;
+    s->stopping = true;
+    s->on_stopped = on_stopped;
+    s->stop_arg = arg;
+    uv_timer_init(s->loop, &s->grace);
+    s->grace.data = s;
+    s->grace_started = true;
+    if (s->listening)
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+    else
+        s->listener_closed = true;
+    for (conn_t *c = s->conns; c; c = c->next) {
+        /* Watch streams end now (NOT_SERVING would be news to nobody after GOAWAY). */
+        for (gstream_t *st = c->streams; st; st = st->next) {
+            if (st->watching)
+                finish(st, TMS_UNAVAILABLE, "server shutting down");
+        }
+        nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
+                              NULL, 0);
+        conn_flush(c);
+    }
+    uv_timer_start(&s->grace, on_grace, grace_ms, 0);
+    maybe_stopped(s);
+}
+
+size_t tms_grpc_server_busy(tms_grpc_server_t *s)
+{
+    if (!s)
+        return 0;
+    return s->pending + s->nconns + (s->stopping && !s->stopped ? 1 : 0);
+}
+
+void tms_grpc_server_free(tms_grpc_server_t **sp)
+{
+    tms_grpc_server_t *s = sp ? *sp : NULL;
+    if (!s)
+        return;
+    *sp = NULL;
+    if ((s->listening || s->grace_started) && (!s->stopped || s->pending)) {
+        tms_log_error("grpc_free", "error=\"server freed before stop completed; leaking it\"");
+        return;
+    }
+    tms_mailbox_free(&s->replies);
+    nghttp2_session_callbacks_del(s->callbacks);
+    nghttp2_option_del(s->option);
+    free(s->requests);
+    free(s->durations);
+    free(s);
+}

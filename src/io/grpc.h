@@ -1,0 +1,55 @@
+/* The gRPC adapter: HTTP/2 cleartext with prior knowledge (nghttp2, one server
+ * session per connection, driven by libuv reads and writes) serving AuthService and
+ * TaskService of API.md by turning each call into a tms_api_call_t for the gateway
+ * actor (the twin of rest.c), plus grpc.health.v1.Health and server reflection
+ * (v1alpha and v1). Limits: SETTINGS sent at once with 100 concurrent streams,
+ * messages over max_message_bytes answered RESOURCE_EXHAUSTED, a header list limit,
+ * and rapid-reset and CONTINUATION-flood defences that close the connection with
+ * GOAWAY (counted in tms_grpc_abuse_total). Everything runs on the loop thread. */
+#ifndef TMS_IO_GRPC_H
+#define TMS_IO_GRPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/mailbox.h"
+
+typedef struct tms_grpc_server tms_grpc_server_t;
+
+typedef struct tms_grpc_config {
+    tms_mailbox_t *gateway;          /* where calls go */
+    uint64_t call_timeout_ms;        /* deadline of a call without (or above) grpc-timeout */
+    uint32_t max_concurrent_streams; /* 0: 100 */
+    size_t max_message_bytes;        /* 0: 4 MiB; larger -> RESOURCE_EXHAUSTED */
+    size_t max_header_list_bytes;    /* 0: 16 KiB */
+    uint64_t idle_timeout_ms;        /* 0: 60 s; a connection with no stream for so long */
+    size_t max_connections;          /* 0: 10000; beyond it accept and close at once */
+} tms_grpc_config_t;
+
+/** Create the server on loop. Never NULL. */
+tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t *cfg);
+
+/** Bind and listen on "host:port" (IPv4 or [v6]:port, numeric; port 0 picks one)
+ * with SO_REUSEPORT. Returns 0, -TMS_EINVAL (bad address, already listening) or
+ * -TMS_EIO, with a log line. */
+int tms_grpc_server_listen(tms_grpc_server_t *s, const char *addr);
+
+/** The port actually bound, or -1 if not listening. */
+int tms_grpc_server_port(tms_grpc_server_t *s);
+
+/** Graceful stop: stop accepting, send GOAWAY on every connection (streams already
+ * open finish; health answers NOT_SERVING), close what is still open after grace_ms,
+ * then call on_stopped(arg) (may be NULL) once every handle is closed. */
+void tms_grpc_server_stop(tms_grpc_server_t *s, uint64_t grace_ms, void (*on_stopped)(void *arg),
+                          void *arg);
+
+/** What stop still waits for: calls with the actors, open connections, and 1 while
+ * a started stop has not completed. 0 before stop only when idle. */
+size_t tms_grpc_server_busy(tms_grpc_server_t *s);
+
+/** Free a server that never listened, or whose stop completed and whose busy count
+ * is 0 (otherwise it logs and leaks rather than free live handles). Sets *s NULL. */
+void tms_grpc_server_free(tms_grpc_server_t **s);
+
+#endif

@@ -1,0 +1,344 @@
+/* Protobuf <-> tms_api_call_t for the gRPC adapter, and the health service. */
+#include "io/grpc_codec.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <protobuf-c/protobuf-c.h>
+
+#include "auth.pb-c.h"
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/text.h"
+#include "health.pb-c.h"
+#include "io/grpc_wire.h"
+#include "task.pb-c.h"
+
+static const tms_grpc_method_t methods[] = {
+    {"/AuthService/Register", TMS_GRPC_API, TMS_API_REGISTER},
+    {"/AuthService/Login", TMS_GRPC_API, TMS_API_LOGIN},
+    {"/AuthService/Logout", TMS_GRPC_API, TMS_API_LOGOUT},
+    {"/AuthService/UserExists", TMS_GRPC_API, TMS_API_USER_EXISTS},
+    {"/AuthService/VerifyToken", TMS_GRPC_API, TMS_API_VERIFY_TOKEN},
+    {"/AuthService/GetUserInfo", TMS_GRPC_API, TMS_API_USER_INFO},
+    {"/AuthService/DeleteUser", TMS_GRPC_API, TMS_API_DELETE_USER},
+    {"/TaskService/CreateTask", TMS_GRPC_API, TMS_API_TASK_CREATE},
+    {"/TaskService/ListTasks", TMS_GRPC_API, TMS_API_TASK_LIST},
+    {"/TaskService/GetTask", TMS_GRPC_API, TMS_API_TASK_GET},
+    {"/TaskService/UpdateTask", TMS_GRPC_API, TMS_API_TASK_UPDATE},
+    {"/TaskService/DeleteTask", TMS_GRPC_API, TMS_API_TASK_DELETE},
+    {"/grpc.health.v1.Health/Check", TMS_GRPC_HEALTH_CHECK, 0},
+    {"/grpc.health.v1.Health/Watch", TMS_GRPC_HEALTH_WATCH, 0},
+    {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", TMS_GRPC_REFLECTION, 0},
+    {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", TMS_GRPC_REFLECTION, 0},
+};
+#define NMETHODS (sizeof(methods) / sizeof(methods[0]))
+
+const tms_grpc_method_t *tms_grpc_methods(size_t *n)
+{
+    *n = NMETHODS;
+    return methods;
+}
+
+const tms_grpc_method_t *tms_grpc_method_find(const char *path, size_t len)
+{
+    for (size_t i = 0; i < NMETHODS; i++) {
+        if (strlen(methods[i].path) == len && memcmp(methods[i].path, path, len) == 0)
+            return &methods[i];
+    }
+    return NULL;
+}
+
+static const ProtobufCMessageDescriptor *request_type(tms_api_op_t op)
+{
+    switch (op) {
+    case TMS_API_REGISTER:
+        return &register_request__descriptor;
+    case TMS_API_LOGIN:
+        return &login_request__descriptor;
+    case TMS_API_LOGOUT:
+        return &logout_request__descriptor;
+    case TMS_API_USER_EXISTS:
+        return &user_exists_request__descriptor;
+    case TMS_API_VERIFY_TOKEN:
+        return &verify_token_request__descriptor;
+    case TMS_API_USER_INFO:
+    case TMS_API_DELETE_USER:
+        return &user_infor_request__descriptor;
+    case TMS_API_TASK_CREATE:
+        return &create_task_request__descriptor;
+    case TMS_API_TASK_LIST:
+        return &list_tasks_request__descriptor;
+    case TMS_API_TASK_GET:
+        return &get_task_request__descriptor;
+    case TMS_API_TASK_UPDATE:
+        return &update_task_request__descriptor;
+    case TMS_API_TASK_DELETE:
+        return &delete_task_request__descriptor;
+    default:
+        return NULL;
+    }
+}
+
+/* An empty proto3 string means "not given" in create and list requests. */
+static char *given(const char *s)
+{
+    return s && s[0] ? tms_strdup(s) : NULL;
+}
+
+static void set_target(tms_api_call_t *call, const char *id)
+{
+    snprintf(call->target_id, sizeof(call->target_id), "%s", id ? id : "");
+}
+
+/* protoc-c 1.4 has no proto3 `optional`: read which of UpdateTaskRequest's fields
+ * 2..5 were sent from the raw message. */
+static int update_presence(const uint8_t *msg, size_t len, int present[6])
+{
+    tms_pb_reader_t r;
+    tms_pb_field_t f;
+    int rc;
+    tms_pb_reader_init(&r, msg, len);
+    while ((rc = tms_pb_next(&r, &f)) == 1) {
+        if (f.number >= 2 && f.number <= 5 && f.wire_type == 2)
+            present[f.number] = 1;
+    }
+    return rc;
+}
+
+tms_api_call_t *tms_grpc_decode_call(const tms_grpc_method_t *m, const uint8_t *msg, size_t len,
+                                     tms_error_t *err)
+{
+    const ProtobufCMessageDescriptor *type = request_type(m->op);
+    ProtobufCMessage *pm;
+    tms_api_call_t *call;
+    if (!type) {
+        tms_error_set(err, TMS_UNIMPLEMENTED, "method not implemented");
+        return NULL;
+    }
+    pm = protobuf_c_message_unpack(type, NULL, len, msg);
+    if (!pm) {
+        tms_error_set(err, TMS_INVALID_ARGUMENT, "malformed protobuf request");
+        return NULL;
+    }
+    call = tms_api_call_new(m->op);
+    switch (m->op) {
+    case TMS_API_REGISTER:
+    case TMS_API_LOGIN: {
+        /* Register and Login requests share the layout {email=1, password=2}. */
+        RegisterRequest *r = (RegisterRequest *)pm;
+        call->email = tms_strdup(r->email);
+        call->password = tms_strdup(r->password);
+        break;
+    }
+    case TMS_API_LOGOUT:
+        set_target(call, ((LogoutRequest *)pm)->userid);
+        break;
+    case TMS_API_USER_EXISTS:
+        set_target(call, ((UserExistsRequest *)pm)->userid);
+        break;
+    case TMS_API_USER_INFO:
+    case TMS_API_DELETE_USER:
+        set_target(call, ((UserInforRequest *)pm)->userid);
+        break;
+    case TMS_API_VERIFY_TOKEN:
+        call->bearer = tms_strdup(((VerifyTokenRequest *)pm)->token);
+        break;
+    case TMS_API_TASK_CREATE: {
+        CreateTaskRequest *r = (CreateTaskRequest *)pm;
+        call->title = tms_strdup(r->title); /* "" is a title the actor refuses */
+        call->description = tms_strdup(r->description);
+        call->status = given(r->status);
+        call->assigned_to = given(r->assignedto);
+        break;
+    }
+    case TMS_API_TASK_LIST: {
+        ListTasksRequest *r = (ListTasksRequest *)pm;
+        if (r->limit < 0 || r->limit > TMS_LIST_LIMIT_MAX) {
+            tms_error_set(err, TMS_INVALID_ARGUMENT, "limit must be an integer from 1 to 200");
+            goto bad;
+        }
+        call->limit = r->limit;
+        call->status = given(r->status);
+        call->assigned_to = given(r->assignedto);
+        call->cursor = given(r->cursor);
+        break;
+    }
+    case TMS_API_TASK_GET:
+    case TMS_API_TASK_DELETE: {
+        /* GetTaskRequest and DeleteTaskRequest share the layout {id=1}. */
+        const char *id = ((GetTaskRequest *)pm)->id;
+        call->task_id = tms_parse_id(id, strlen(id)); /* 0: malformed, the actor says so */
+        break;
+    }
+    case TMS_API_TASK_UPDATE: {
+        UpdateTaskRequest *r = (UpdateTaskRequest *)pm;
+        int present[6] = {0};
+        update_presence(msg, len, present); /* the message parsed, so this does too */
+        call->task_id = tms_parse_id(r->id, strlen(r->id));
+        if (present[2])
+            call->title = tms_strdup(r->title);
+        if (present[3])
+            call->description = tms_strdup(r->description);
+        if (present[4])
+            call->assigned_to = tms_strdup(r->assignedto); /* "" unassigns */
+        if (present[5])
+            call->status = tms_strdup(r->status);
+        if (!present[2] && !present[3] && !present[4] && !present[5]) {
+            tms_error_set(err, TMS_INVALID_ARGUMENT, "no fields to update");
+            goto bad;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    protobuf_c_message_free_unpacked(pm, NULL);
+    return call;
+bad:
+    protobuf_c_message_free_unpacked(pm, NULL);
+    tms_api_call_free(&call);
+    return NULL;
+}
+
+/* Serializes m into a new buffer. */
+static void pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
+{
+    *len = protobuf_c_message_get_packed_size(m);
+    *out = tms_malloc(*len ? *len : 1);
+    protobuf_c_message_pack(m, *out);
+}
+
+/* Task strings point into the caller's buffers, valid while the message is packed. */
+typedef struct task_text {
+    char id[24], created[32], updated[32];
+} task_text_t;
+
+static void task_message(Task *pt, task_text_t *tx, const tms_task_t *t)
+{
+    task__init(pt);
+    snprintf(tx->id, sizeof(tx->id), "%lld", (long long)t->id);
+    pt->id = tx->id;
+    pt->title = t->title ? t->title : "";
+    pt->description = t->description ? t->description : "";
+    pt->assignedto = (char *)t->assigned_to;
+    pt->status = (char *)t->status;
+    pt->createdat = tms_format_time(t->created_at_ms, tx->created, sizeof(tx->created));
+    pt->updatedat = tms_format_time(t->updated_at_ms, tx->updated, sizeof(tx->updated));
+    pt->createdby = (char *)t->created_by;
+    pt->version = t->version;
+}
+
+tms_status_t tms_grpc_encode_reply(const tms_grpc_method_t *m, const tms_api_call_t *call,
+                                   uint8_t **out, size_t *len, tms_error_t *err)
+{
+    *out = NULL;
+    *len = 0;
+    if (call->err.code != TMS_OK) {
+        if (call->op == TMS_API_VERIFY_TOKEN && call->err.code == TMS_UNAUTHENTICATED) {
+            VerifyTokenResponse r = VERIFY_TOKEN_RESPONSE__INIT;
+            r.valid = 0;
+            pack(&r.base, out, len);
+            return TMS_OK;
+        }
+        *err = call->err;
+        return err->code;
+    }
+    switch (m->op) {
+    case TMS_API_REGISTER:
+    case TMS_API_LOGIN: {
+        AuthResponse r = AUTH_RESPONSE__INIT;
+        r.token = call->token ? call->token : "";
+        pack(&r.base, out, len);
+        break;
+    }
+    case TMS_API_LOGOUT: {
+        LogoutResponse r = LOGOUT_RESPONSE__INIT;
+        r.success = 1;
+        pack(&r.base, out, len);
+        break;
+    }
+    case TMS_API_USER_EXISTS: {
+        UserExistsResponse r = USER_EXISTS_RESPONSE__INIT;
+        r.exists = call->flag;
+        pack(&r.base, out, len);
+        break;
+    }
+    case TMS_API_VERIFY_TOKEN: {
+        VerifyTokenResponse r = VERIFY_TOKEN_RESPONSE__INIT;
+        r.valid = call->principal.authenticated;
+        r.userid = (char *)call->principal.user_id;
+        r.role = (char *)call->principal.role;
+        pack(&r.base, out, len);
+        break;
+    }
+    case TMS_API_USER_INFO: {
+        UserInfoResponse r = USER_INFO_RESPONSE__INIT;
+        r.email = (char *)call->user.email;
+        r.role = (char *)call->user.role;
+        pack(&r.base, out, len);
+        break;
+    }
+    case TMS_API_DELETE_USER: {
+        Empty r = EMPTY__INIT;
+        pack(&r.base, out, len);
+        break;
+    }
+    case TMS_API_TASK_CREATE:
+    case TMS_API_TASK_GET:
+    case TMS_API_TASK_UPDATE: {
+        Task t;
+        task_text_t tx;
+        task_message(&t, &tx, &call->task);
+        pack(&t.base, out, len);
+        break;
+    }
+    case TMS_API_TASK_LIST: {
+        ListTasksResponse r = LIST_TASKS_RESPONSE__INIT;
+        Task *tasks = tms_calloc(call->ntasks ? call->ntasks : 1, sizeof(Task));
+        Task **ptrs = tms_calloc(call->ntasks ? call->ntasks : 1, sizeof(Task *));
+        task_text_t *tx = tms_calloc(call->ntasks ? call->ntasks : 1, sizeof(task_text_t));
+        for (size_t i = 0; i < call->ntasks; i++) {
+            task_message(&tasks[i], &tx[i], &call->tasks[i]);
+            ptrs[i] = &tasks[i];
+        }
+        r.n_tasks = call->ntasks;
+        r.tasks = ptrs;
+        r.nextcursor = call->next_cursor ? call->next_cursor : "";
+        pack(&r.base, out, len);
+        free(tasks);
+        free(ptrs);
+        free(tx);
+        break;
+    }
+    case TMS_API_TASK_DELETE: {
+        DeleteTaskResponse r = DELETE_TASK_RESPONSE__INIT;
+        r.message = "Task deleted";
+        pack(&r.base, out, len);
+        break;
+    }
+    default:
+        tms_error_set(err, TMS_INTERNAL, "internal error");
+        return TMS_INTERNAL;
+    }
+    return TMS_OK;
+}
+
+int tms_grpc_health_decode(const uint8_t *msg, size_t len, char *service, size_t size)
+{
+    Grpc__Health__V1__HealthCheckRequest *r =
+        grpc__health__v1__health_check_request__unpack(NULL, len, msg);
+    if (!r)
+        return -TMS_EINVAL;
+    snprintf(service, size, "%s", r->service);
+    grpc__health__v1__health_check_request__free_unpacked(r, NULL);
+    return 0;
+}
+
+void tms_grpc_health_encode(int status, uint8_t **out, size_t *len)
+{
+    Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+    r.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
+    pack(&r.base, out, len);
+}

@@ -1,0 +1,888 @@
+/* The PostgreSQL pool: a few libpq connections in non-blocking pipeline mode, each
+ * socket on a uv_poll of the owning loop, a bounded FIFO of operations waiting for a
+ * connection, per-op deadlines, and reconnection with exponential backoff and
+ * jitter. Every operation is one prepared statement followed by a sync, so a failed
+ * statement aborts only itself and results come back in order. Ports (pg_tasks.c,
+ * pg_outbox.c) turn ops into statement calls and results back into ops. */
+#include "io/pg.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "io/pg_internal.h"
+
+#define MAX_OPS 16
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+#define TICK_MS 50
+
+static const tms_pg_port_t *const ports[TMS_PG_NPORTS] = {
+    [TMS_PG_PORT_TASKS] = &tms__pg_tasks_port,
+    [TMS_PG_PORT_OUTBOX] = &tms__pg_outbox_port,
+};
+
+/* Process-wide pool gauges (every pool adds to them), so a scrape never reads a
+ * freed pool. */
+static long g_up, g_queued, g_inflight;
+
+typedef struct req req_t;
+struct req {
+    req_t *next;
+    int port; /* -1: a connection's setup (the prepares) */
+    tms_msg_t *msg;
+    tms_pg_call_t call;
+    uint64_t t0;       /* uv_hrtime at submit */
+    uint64_t deadline; /* uv_now ms */
+    int nq;            /* statements before the sync */
+    int ngot;          /* results read */
+    PGresult *res;     /* the first result */
+    PGresult *err;     /* the first error */
+};
+
+typedef struct conn conn_t;
+
+typedef struct poll_h {
+    uv_poll_t h;
+    tms_pg_t *pg;
+} poll_h_t;
+
+typedef struct gai_h {
+    uv_getaddrinfo_t r;
+    conn_t *c; /* NULL once the connection gave up on this lookup */
+} gai_h_t;
+
+typedef enum { DOWN, RESOLVING, CONNECTING, SETUP, READY } conn_state_t;
+
+struct conn {
+    tms_pg_t *pg;
+    int idx;
+    conn_state_t state;
+    PGconn *pq;
+    poll_h_t *poll;
+    int fd, events;
+    uv_timer_t timer; /* reconnect backoff */
+    gai_h_t *gai;
+    req_t *head, *tail;
+    int ninflight;
+    int failures; /* consecutive failed connects or drops */
+    uint64_t started;
+    int dirty; /* sent since the last flush */
+};
+
+struct tms_pg {
+    tms_task_store_t task_store; /* first member */
+    tms_outbox_t outbox;
+    uv_loop_t *loop;
+    tms_pg_options_t opt;
+    PQconninfoOption *info;
+    char *resolve_host; /* NULL: libpq connects without a name lookup */
+    char options[1024];
+    conn_t *conns;
+    int nconns, up;
+    req_t *qhead, *qtail;
+    size_t qlen;
+    uv_timer_t tick;
+    int closing, handles;
+    uint64_t rng;
+    tms_histogram_t *duration[TMS_PG_NPORTS][MAX_OPS];
+    tms_counter_t *errors[TMS_PG_NPORTS][MAX_OPS];
+};
+
+static void conn_down(conn_t *c, const char *why);
+static void pump(tms_pg_t *pg);
+static void on_poll(uv_poll_t *h, int status, int events);
+
+/* ---- small helpers ------------------------------------------------------- */
+
+const char *tms__pg_i64(char *buf, size_t size, long long v)
+{
+    snprintf(buf, size, "%lld", v);
+    return buf;
+}
+
+void tms__pg_str(char *dst, size_t cap, const PGresult *res, int r, int c)
+{
+    snprintf(dst, cap, "%s", PQgetisnull(res, r, c) ? "" : PQgetvalue(res, r, c));
+}
+
+char *tms__pg_dup(const PGresult *res, int r, int c)
+{
+    return tms_strdup(PQgetisnull(res, r, c) ? "" : PQgetvalue(res, r, c));
+}
+
+long long tms__pg_int(const PGresult *res, int r, int c)
+{
+    return PQgetisnull(res, r, c) ? 0 : atoll(PQgetvalue(res, r, c));
+}
+
+bool tms_pg_url(const char *url)
+{
+    return strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0;
+}
+
+tms_pg_t *tms__pg_of_tasks(tms_task_store_t *self)
+{
+    return (tms_pg_t *)((char *)self - offsetof(tms_pg_t, task_store));
+}
+
+tms_pg_t *tms__pg_of_outbox(tms_outbox_t *self)
+{
+    return (tms_pg_t *)((char *)self - offsetof(tms_pg_t, outbox));
+}
+
+tms_task_store_t *tms_pg_task_store(tms_pg_t *pg)
+{
+    return &pg->task_store;
+}
+
+tms_outbox_t *tms_pg_outbox(tms_pg_t *pg)
+{
+    return &pg->outbox;
+}
+
+int tms_pg_connections_up(tms_pg_t *pg)
+{
+    return pg->up;
+}
+
+static void gauge_add(long *g, long d)
+{
+    __atomic_add_fetch(g, d, __ATOMIC_RELAXED);
+}
+
+static double gauge_read(void *arg)
+{
+    return (double)__atomic_load_n((long *)arg, __ATOMIC_RELAXED);
+}
+
+static void quiet(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
+static void one_line(char *dst, size_t cap, const char *m)
+{
+    char tmp[256];
+    snprintf(tmp, sizeof(tmp), "%.*s", (int)strcspn(m ? m : "", "\n"), m ? m : "");
+    tms_log_quote(dst, cap, tmp, strlen(tmp));
+}
+
+/* ---- completing ops ----------------------------------------------------- */
+
+static void free_req(req_t *r)
+{
+    free(r->call.heap);
+    PQclear(r->res);
+    PQclear(r->err);
+    free(r);
+}
+
+/* SQLSTATE classes that mean "try again later" rather than a bug: connection (08),
+ * resources (53), operator intervention and statement timeout (57), transaction
+ * rollback on serialization or deadlock (40). */
+static void map_error(tms_error_t *e, const PGresult *res, const char *op)
+{
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    char msg[256];
+    one_line(msg, sizeof(msg), PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+    if (!state)
+        state = "";
+    if (!strncmp(state, "08", 2) || !strncmp(state, "53", 2) || !strncmp(state, "57", 2) ||
+        !strncmp(state, "40", 2) || !state[0]) {
+        tms_log_warn("pg_unavailable", "op=%s sqlstate=%s msg=%s", op, state, msg);
+        tms_error_set(e, TMS_UNAVAILABLE, "store unavailable");
+    } else {
+        tms_log_error("pg_error", "op=%s sqlstate=%s msg=%s", op, state, msg);
+        tms_error_set(e, TMS_INTERNAL, "internal error");
+    }
+}
+
+static void reply(tms_pg_t *pg, req_t *r)
+{
+    const tms_pg_port_t *p = ports[r->port];
+    int op = r->msg->op;
+    tms_error_t *e = p->err(r->msg);
+    if (op > 0 && op < p->nops) {
+        if (e->code == TMS_INTERNAL || e->code == TMS_UNAVAILABLE)
+            tms_counter_add(pg->errors[r->port][op], 1);
+        tms_histogram_observe(pg->duration[r->port][op], (double)(uv_hrtime() - r->t0) / 1e9);
+    }
+    tms_mailbox_reply(r->msg);
+    free_req(r);
+}
+
+static void fail_req(tms_pg_t *pg, req_t *r, const char *why)
+{
+    if (r->port < 0) {
+        free_req(r);
+        return;
+    }
+    tms_error_set(ports[r->port]->err(r->msg), TMS_UNAVAILABLE, "%s", why);
+    reply(pg, r);
+}
+
+/* ---- the socket ---------------------------------------------------------- */
+
+static void release(tms_pg_t *pg)
+{
+    if (--pg->handles == 0) {
+        free(pg->conns);
+        free(pg);
+    }
+}
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    poll_h_t *p = (poll_h_t *)h;
+    tms_pg_t *pg = p->pg;
+    free(p);
+    release(pg);
+}
+
+static void unwatch(conn_t *c)
+{
+    if (c->poll) {
+        uv_close((uv_handle_t *)&c->poll->h, on_poll_closed);
+        c->poll = NULL;
+    }
+    c->fd = -1;
+    c->events = 0;
+}
+
+/* Watch the connection's current socket for events (libpq may change the socket
+ * while connecting). */
+static int watch(conn_t *c, int events)
+{
+    int fd = PQsocket(c->pq);
+    if (fd < 0)
+        return -1;
+    if (c->poll && fd != c->fd)
+        unwatch(c);
+    if (!c->poll) {
+        c->poll = tms_new(poll_h_t);
+        c->poll->pg = c->pg;
+        if (uv_poll_init(c->pg->loop, &c->poll->h, fd) != 0) {
+            free(c->poll);
+            c->poll = NULL;
+            return -1;
+        }
+        c->pg->handles++;
+        c->poll->h.data = c;
+        c->fd = fd;
+        c->events = 0;
+    }
+    if (events != c->events) {
+        c->events = events;
+        uv_poll_start(&c->poll->h, events, on_poll);
+    }
+    return 0;
+}
+
+static void flush(conn_t *c)
+{
+    int rc = PQflush(c->pq);
+    c->dirty = 0;
+    if (rc < 0)
+        conn_down(c, PQerrorMessage(c->pq));
+    else
+        watch(c, rc == 1 ? UV_READABLE | UV_WRITABLE : UV_READABLE);
+}
+
+/* ---- connection lifecycle ------------------------------------------------ */
+
+static int unreachable(tms_pg_t *pg)
+{
+    if (pg->up > 0)
+        return 0;
+    for (int i = 0; i < pg->nconns; i++)
+        if (pg->conns[i].failures == 0)
+            return 0;
+    return 1;
+}
+
+static uint64_t jitter(tms_pg_t *pg, uint64_t max)
+{
+    pg->rng ^= pg->rng << 13;
+    pg->rng ^= pg->rng >> 7;
+    pg->rng ^= pg->rng << 17;
+    return max ? pg->rng % (max + 1) : 0;
+}
+
+static void start_connect(conn_t *c);
+
+static void on_backoff(uv_timer_t *t)
+{
+    start_connect(t->data);
+}
+
+static void conn_down(conn_t *c, const char *why)
+{
+    tms_pg_t *pg = c->pg;
+    req_t *r;
+    char msg[256];
+    if (c->state == READY) {
+        pg->up--;
+        gauge_add(&g_up, -1);
+    }
+    one_line(msg, sizeof(msg), why);
+    tms_log(pg->closing ? TMS_LOG_DEBUG : TMS_LOG_WARN, "pg_conn_down",
+            "conn=%d state=%d inflight=%d why=%s", c->idx, (int)c->state, c->ninflight, msg);
+    unwatch(c);
+    if (c->gai) {
+        c->gai->c = NULL;
+        uv_cancel((uv_req_t *)&c->gai->r);
+        c->gai = NULL;
+    }
+    PQfinish(c->pq);
+    c->pq = NULL;
+    c->state = DOWN;
+    /* Whatever was in flight may or may not have committed; the caller learns
+     * UNAVAILABLE and retries (creates with an Idempotency-Key replay safely). */
+    while ((r = c->head) != NULL) {
+        c->head = r->next;
+        gauge_add(&g_inflight, -1);
+        fail_req(pg, r, "store unavailable");
+    }
+    c->tail = NULL;
+    c->ninflight = 0;
+    if (pg->closing)
+        return;
+    c->failures++;
+    {
+        int shift = c->failures - 1 < 6 ? c->failures - 1 : 6;
+        uint64_t delay = (uint64_t)BACKOFF_MIN_MS << shift;
+        if (delay > BACKOFF_MAX_MS)
+            delay = BACKOFF_MAX_MS;
+        /* full jitter over the upper half: spreads reconnects of many instances */
+        delay = delay / 2 + jitter(pg, delay / 2);
+        uv_timer_start(&c->timer, on_backoff, c->failures == 1 ? jitter(pg, 20) : delay, 0);
+    }
+    pump(pg); /* with every connection failing, queued ops fail now, not at deadline */
+}
+
+static void send_setup(conn_t *c)
+{
+    req_t *r = tms_new(req_t);
+    r->port = -1;
+    r->deadline = uv_now(c->pg->loop) + (uint64_t)c->pg->opt.statement_timeout_ms + 1000;
+    PQsetnonblocking(c->pq, 1);
+    PQsetNoticeProcessor(c->pq, quiet, NULL);
+    if (PQenterPipelineMode(c->pq) != 1) {
+        free(r);
+        conn_down(c, "cannot enter pipeline mode");
+        return;
+    }
+    for (int p = 0; p < TMS_PG_NPORTS; p++) {
+        for (size_t i = 0; i < ports[p]->nstmts; i++) {
+            if (PQsendPrepare(c->pq, ports[p]->stmts[i].name, ports[p]->stmts[i].sql, 0, NULL) !=
+                1) {
+                free(r);
+                conn_down(c, PQerrorMessage(c->pq));
+                return;
+            }
+            r->nq++;
+        }
+    }
+    if (PQpipelineSync(c->pq) != 1) {
+        free(r);
+        conn_down(c, PQerrorMessage(c->pq));
+        return;
+    }
+    c->head = c->tail = r;
+    c->ninflight = 1;
+    c->state = SETUP;
+    flush(c);
+}
+
+static void connect_step(conn_t *c)
+{
+    PostgresPollingStatusType st = PQconnectPoll(c->pq);
+    switch (st) {
+    case PGRES_POLLING_OK:
+        send_setup(c);
+        return;
+    case PGRES_POLLING_READING:
+        if (watch(c, UV_READABLE) != 0)
+            conn_down(c, "no socket");
+        return;
+    case PGRES_POLLING_WRITING:
+        if (watch(c, UV_WRITABLE) != 0)
+            conn_down(c, "no socket");
+        return;
+    default:
+        conn_down(c, PQerrorMessage(c->pq));
+        return;
+    }
+}
+
+static void connect_to(conn_t *c, const char *hostaddr)
+{
+    tms_pg_t *pg = c->pg;
+    const char *kw[64], *val[64];
+    int n = 0;
+    for (PQconninfoOption *o = pg->info; o->keyword && n < 60; o++) {
+        if (!o->val || !strcmp(o->keyword, "options") ||
+            (hostaddr && !strcmp(o->keyword, "hostaddr")))
+            continue;
+        kw[n] = o->keyword;
+        val[n++] = o->val;
+    }
+    kw[n] = "options";
+    val[n++] = pg->options;
+    if (hostaddr) {
+        kw[n] = "hostaddr";
+        val[n++] = hostaddr;
+    }
+    kw[n] = NULL;
+    val[n] = NULL;
+    c->pq = PQconnectStartParams(kw, val, 0);
+    c->state = CONNECTING;
+    if (!c->pq || PQstatus(c->pq) == CONNECTION_BAD) {
+        conn_down(c, c->pq ? PQerrorMessage(c->pq) : "out of memory");
+        return;
+    }
+    /* libpq: after PQconnectStart, act as if PQconnectPoll said WRITING. */
+    if (watch(c, UV_WRITABLE) != 0)
+        conn_down(c, "no socket");
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    gai_h_t *g = (gai_h_t *)req;
+    conn_t *c = g->c;
+    char ip[64] = "";
+    if (c && status == 0) {
+        for (struct addrinfo *a = res; a && !ip[0]; a = a->ai_next) {
+            if (a->ai_family == AF_INET)
+                uv_ip4_name((struct sockaddr_in *)a->ai_addr, ip, sizeof(ip));
+            else if (a->ai_family == AF_INET6)
+                uv_ip6_name((struct sockaddr_in6 *)a->ai_addr, ip, sizeof(ip));
+        }
+    }
+    uv_freeaddrinfo(res);
+    free(g);
+    if (!c)
+        return;
+    c->gai = NULL;
+    if (!ip[0]) {
+        conn_down(c, status ? uv_strerror(status) : "host has no address");
+        return;
+    }
+    connect_to(c, ip);
+}
+
+static void start_connect(conn_t *c)
+{
+    tms_pg_t *pg = c->pg;
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
+    if (pg->closing)
+        return;
+    c->started = uv_now(pg->loop);
+    if (!pg->resolve_host) {
+        connect_to(c, NULL);
+        return;
+    }
+    c->state = RESOLVING;
+    c->gai = tms_new(gai_h_t);
+    c->gai->c = c;
+    if (uv_getaddrinfo(pg->loop, &c->gai->r, on_resolved, pg->resolve_host, NULL, &hints) != 0) {
+        free(c->gai);
+        c->gai = NULL;
+        conn_down(c, "cannot start name lookup");
+    }
+}
+
+/* ---- results ------------------------------------------------------------- */
+
+static void setup_done(conn_t *c, req_t *r)
+{
+    tms_pg_t *pg = c->pg;
+    if (r->err) {
+        char msg[256];
+        one_line(msg, sizeof(msg), PQresultErrorMessage(r->err));
+        free_req(r);
+        tms_log_error("pg_prepare", "conn=%d msg=%s", c->idx, msg);
+        conn_down(c, "prepare failed");
+        return;
+    }
+    free_req(r);
+    c->state = READY;
+    c->failures = 0;
+    pg->up++;
+    gauge_add(&g_up, 1);
+    tms_log_info("pg_conn_up", "conn=%d up=%d", c->idx, pg->up);
+}
+
+static void complete(conn_t *c, req_t *r)
+{
+    c->head = r->next;
+    if (!c->head)
+        c->tail = NULL;
+    c->ninflight--;
+    if (r->port < 0) {
+        setup_done(c, r);
+        return;
+    }
+    gauge_add(&g_inflight, -1);
+    {
+        const tms_pg_port_t *p = ports[r->port];
+        int op = r->msg->op;
+        const char *name = op > 0 && op < p->nops ? p->op_names[op] : "?";
+        if (r->err)
+            map_error(p->err(r->msg), r->err, name);
+        else if (r->res)
+            p->finish(r->msg, r->res);
+        else
+            tms_error_set(p->err(r->msg), TMS_INTERNAL, "internal error");
+    }
+    reply(c->pg, r);
+}
+
+/* Reads every result that has arrived. In pipeline mode each op's results end with
+ * NULL and then its sync's PGRES_PIPELINE_SYNC, which completes it. */
+static void drain_results(conn_t *c)
+{
+    int nulls = 0;
+    while (c->head && c->pq && !PQisBusy(c->pq)) {
+        req_t *r = c->head;
+        PGresult *res = PQgetResult(c->pq);
+        if (!res) {
+            if (r->ngot == 0 || ++nulls > 1)
+                break; /* nothing more of this op yet */
+            continue;
+        }
+        nulls = 0;
+        switch (PQresultStatus(res)) {
+        case PGRES_PIPELINE_SYNC:
+            PQclear(res);
+            complete(c, r);
+            break;
+        case PGRES_FATAL_ERROR:
+        case PGRES_NONFATAL_ERROR:
+        case PGRES_BAD_RESPONSE:
+        case PGRES_PIPELINE_ABORTED:
+            r->ngot++;
+            if (!r->err)
+                r->err = res;
+            else
+                PQclear(res);
+            break;
+        default:
+            r->ngot++;
+            if (!r->res)
+                r->res = res;
+            else
+                PQclear(res);
+            break;
+        }
+        if (c->state == DOWN)
+            return;
+    }
+    if (c->pq && PQstatus(c->pq) == CONNECTION_BAD)
+        conn_down(c, PQerrorMessage(c->pq));
+}
+
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    conn_t *c = h->data;
+    tms_pg_t *pg = c->pg;
+    if (status < 0) {
+        conn_down(c, uv_strerror(status));
+        return;
+    }
+    if (c->state == CONNECTING) {
+        connect_step(c);
+        return;
+    }
+    if (events & UV_WRITABLE) {
+        flush(c);
+        if (c->state == DOWN)
+            return;
+    }
+    if (events & UV_READABLE) {
+        if (PQconsumeInput(c->pq) != 1) {
+            conn_down(c, PQerrorMessage(c->pq));
+            return;
+        }
+        drain_results(c);
+    }
+    pump(pg);
+}
+
+/* ---- dispatch ------------------------------------------------------------ */
+
+static conn_t *pick(tms_pg_t *pg)
+{
+    conn_t *best = NULL;
+    for (int i = 0; i < pg->nconns; i++) {
+        conn_t *c = &pg->conns[i];
+        if (c->state == READY && c->ninflight < pg->opt.pipeline_depth &&
+            (!best || c->ninflight < best->ninflight))
+            best = c;
+    }
+    return best;
+}
+
+static void send_req(conn_t *c, req_t *r)
+{
+    if (PQsendQueryPrepared(c->pq, r->call.stmt, r->call.nparams, r->call.values, NULL, NULL, 0) !=
+            1 ||
+        PQpipelineSync(c->pq) != 1) {
+        /* The connection is broken: this op fails like the ones in flight. */
+        r->next = NULL;
+        if (c->tail)
+            c->tail->next = r;
+        else
+            c->head = r;
+        c->tail = r;
+        c->ninflight++;
+        conn_down(c, PQerrorMessage(c->pq));
+        return;
+    }
+    r->next = NULL;
+    if (c->tail)
+        c->tail->next = r;
+    else
+        c->head = r;
+    c->tail = r;
+    c->ninflight++;
+    c->dirty = 1;
+}
+
+static void pump(tms_pg_t *pg)
+{
+    req_t *r;
+    conn_t *c;
+    while ((r = pg->qhead) != NULL && !pg->closing) {
+        int dead = unreachable(pg);
+        c = dead ? NULL : pick(pg);
+        if (!dead && !c)
+            break;
+        pg->qhead = r->next;
+        if (!pg->qhead)
+            pg->qtail = NULL;
+        pg->qlen--;
+        gauge_add(&g_queued, -1);
+        if (dead) {
+            fail_req(pg, r, "store unavailable");
+            continue;
+        }
+        gauge_add(&g_inflight, 1);
+        send_req(c, r);
+    }
+    for (int i = 0; i < pg->nconns; i++)
+        if (pg->conns[i].dirty && pg->conns[i].state == READY)
+            flush(&pg->conns[i]);
+}
+
+int tms__pg_submit(tms_pg_t *pg, int port, tms_msg_t *msg)
+{
+    req_t *r;
+    if (pg->closing)
+        return -TMS_ECLOSED;
+    if (pg->qlen >= pg->opt.queue_capacity)
+        return -TMS_EFULL;
+    msg->kind = TMS_MSG_REQUEST; /* a caller may reuse an op that came back */
+    r = tms_new(req_t);
+    r->port = port;
+    r->msg = msg;
+    r->nq = 1;
+    r->t0 = uv_hrtime();
+    r->deadline = uv_now(pg->loop) + (uint64_t)pg->opt.statement_timeout_ms + 1000;
+    if (ports[port]->prepare(msg, &r->call) != 0) {
+        reply(pg, r);
+        return 0;
+    }
+    /* A readiness probe answers now when no connection is up. */
+    if (port == TMS_PG_PORT_TASKS && msg->op == TMS_TASK_PING && pg->up == 0) {
+        fail_req(pg, r, "store unavailable");
+        return 0;
+    }
+    if (pg->qtail)
+        pg->qtail->next = r;
+    else
+        pg->qhead = r;
+    pg->qtail = r;
+    pg->qlen++;
+    gauge_add(&g_queued, 1);
+    pump(pg);
+    return 0;
+}
+
+/* Deadlines: queued ops that waited too long fail; a connection whose oldest op or
+ * whose connect is overdue is dropped (failing its ops) and reconnected. */
+static void on_tick(uv_timer_t *t)
+{
+    tms_pg_t *pg = t->data;
+    uint64_t now = uv_now(pg->loop);
+    req_t *r;
+    while ((r = pg->qhead) != NULL && now >= r->deadline) {
+        pg->qhead = r->next;
+        if (!pg->qhead)
+            pg->qtail = NULL;
+        pg->qlen--;
+        gauge_add(&g_queued, -1);
+        fail_req(pg, r, "store unavailable");
+    }
+    for (int i = 0; i < pg->nconns; i++) {
+        conn_t *c = &pg->conns[i];
+        if ((c->state == RESOLVING || c->state == CONNECTING) &&
+            now - c->started > (uint64_t)pg->opt.statement_timeout_ms)
+            conn_down(c, "connect timed out");
+        else if ((c->state == READY || c->state == SETUP) && c->head && now >= c->head->deadline)
+            conn_down(c, "operation deadline passed");
+    }
+}
+
+/* ---- open and close ------------------------------------------------------ */
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    release(h->data);
+}
+
+static void metrics(tms_pg_t *pg)
+{
+    char labels[96];
+    for (int p = 0; p < TMS_PG_NPORTS; p++) {
+        for (int i = 1; i < ports[p]->nops && i < MAX_OPS; i++) {
+            snprintf(labels, sizeof(labels), "store=\"postgres\",op=\"%s\"", ports[p]->op_names[i]);
+            pg->duration[p][i] = tms_metrics_histogram("tms_store_duration_seconds",
+                                                       "Time to run one store operation.", labels);
+            pg->errors[p][i] = tms_metrics_counter("tms_store_errors_total",
+                                                   "Store operations that failed (UNAVAILABLE or "
+                                                   "INTERNAL; not found and conflicts excluded).",
+                                                   labels);
+        }
+    }
+    tms_metrics_gauge_fn("tms_pg_connections_up", "PostgreSQL connections ready.", "", gauge_read,
+                         &g_up);
+    tms_metrics_gauge_fn("tms_pg_queue_depth", "Operations waiting for a PostgreSQL connection.",
+                         "", gauge_read, &g_queued);
+    tms_metrics_gauge_fn("tms_pg_inflight", "Operations sent to PostgreSQL, not yet answered.", "",
+                         gauge_read, &g_inflight);
+}
+
+/* Which host name, if any, the pool must resolve itself (libpq's lookup blocks). */
+static void find_host(tms_pg_t *pg)
+{
+    const char *host = NULL, *hostaddr = NULL, *opts = NULL;
+    for (PQconninfoOption *o = pg->info; o->keyword; o++) {
+        if (!strcmp(o->keyword, "host"))
+            host = o->val;
+        else if (!strcmp(o->keyword, "hostaddr"))
+            hostaddr = o->val;
+        else if (!strcmp(o->keyword, "options"))
+            opts = o->val;
+    }
+    snprintf(pg->options, sizeof(pg->options), "%s%s-c statement_timeout=%d", opts ? opts : "",
+             opts && opts[0] ? " " : "", pg->opt.statement_timeout_ms);
+    if (hostaddr && hostaddr[0])
+        return;
+    if (!host || !host[0] || host[0] == '/' || host[0] == '@')
+        return; /* unix socket */
+    if (strchr(host, ',')) {
+        tms_log_warn("pg_multi_host", "%s", "several hosts: libpq resolves them (may block)");
+        return;
+    }
+    pg->resolve_host = tms_strdup(host);
+}
+
+tms_pg_t *tms_pg_open(uv_loop_t *loop, const char *url, const tms_pg_options_t *opt, char *err,
+                      size_t err_len)
+{
+    tms_pg_t *pg;
+    char *perr = NULL;
+    PQconninfoOption *info;
+    PGconn *sync;
+
+    sync = tms__pg_connect_sync(url, err, err_len);
+    if (!sync)
+        return NULL;
+    if (tms__pg_check_server(sync, opt && opt->accept_async_commit, err, err_len) != 0 ||
+        (opt && opt->migrate && tms__pg_apply_migrations(sync, err, err_len) != 0)) {
+        PQfinish(sync);
+        return NULL;
+    }
+    PQfinish(sync);
+    info = PQconninfoParse(url, &perr);
+    if (!info) {
+        snprintf(err, err_len, "postgres: bad URL: %s", perr ? perr : "out of memory");
+        PQfreemem(perr);
+        return NULL;
+    }
+
+    pg = tms_new(tms_pg_t);
+    pg->task_store.name = "postgres";
+    pg->task_store.submit = tms__pg_tasks_submit;
+    pg->outbox.name = "postgres";
+    pg->outbox.submit = tms__pg_outbox_submit;
+    pg->loop = loop;
+    pg->info = info;
+    if (opt)
+        pg->opt = *opt;
+    if (pg->opt.pool_size <= 0)
+        pg->opt.pool_size = 4;
+    if (pg->opt.pipeline_depth <= 0)
+        pg->opt.pipeline_depth = 32;
+    if (pg->opt.statement_timeout_ms <= 0)
+        pg->opt.statement_timeout_ms = 5000;
+    if (pg->opt.queue_capacity == 0)
+        pg->opt.queue_capacity = 1024;
+    pg->rng = uv_hrtime() | 1;
+    find_host(pg);
+    metrics(pg);
+
+    uv_timer_init(loop, &pg->tick);
+    pg->tick.data = pg;
+    pg->handles++;
+    uv_timer_start(&pg->tick, on_tick, TICK_MS, TICK_MS);
+    uv_unref((uv_handle_t *)&pg->tick);
+    pg->nconns = pg->opt.pool_size;
+    pg->conns = tms_calloc((size_t)pg->nconns, sizeof(conn_t));
+    for (int i = 0; i < pg->nconns; i++) {
+        conn_t *c = &pg->conns[i];
+        c->pg = pg;
+        c->idx = i;
+        c->fd = -1;
+        uv_timer_init(loop, &c->timer);
+        c->timer.data = c;
+        pg->handles++;
+        start_connect(c);
+    }
+    return pg;
+}
+
+void tms_pg_close(tms_pg_t **ppg)
+{
+    tms_pg_t *pg = *ppg;
+    req_t *r;
+    if (!pg)
+        return;
+    *ppg = NULL;
+    pg->closing = 1;
+    while ((r = pg->qhead) != NULL) {
+        pg->qhead = r->next;
+        gauge_add(&g_queued, -1);
+        fail_req(pg, r, "store closing");
+    }
+    pg->qtail = NULL;
+    pg->qlen = 0;
+    for (int i = 0; i < pg->nconns; i++) {
+        conn_t *c = &pg->conns[i];
+        if (c->state != DOWN || c->pq)
+            conn_down(c, "closing");
+        c->timer.data = pg;
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    }
+    PQconninfoFree(pg->info);
+    pg->info = NULL;
+    free(pg->resolve_host);
+    pg->resolve_host = NULL;
+    uv_close((uv_handle_t *)&pg->tick, on_handle_closed);
+}

@@ -1,0 +1,89 @@
+/* Private to src/io/pg*.c: the contract between the generic pool (pg.c) and the
+ * ports it serves (pg_tasks.c, pg_outbox.c), and the blocking helpers used at start
+ * (pg_migrations.c). Everything here runs on the pool's loop thread unless its
+ * comment says otherwise. */
+#ifndef TMS_IO_PG_INTERNAL_H
+#define TMS_IO_PG_INTERNAL_H
+
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "core/mailbox.h"
+#include "core/metrics.h"
+#include "core/status.h"
+#include "io/pg.h"
+
+#define TMS_PG_MAX_PARAMS 16
+
+/* One prepared statement: its name on every connection and its text. */
+typedef struct tms_pg_stmt {
+    const char *name;
+    const char *sql;
+} tms_pg_stmt_t;
+
+/* One operation as one statement call: what pg.c sends. values[] may point into the
+ * op (it outlives the send) or into num[]/heap, which live until the op completes. */
+typedef struct tms_pg_call {
+    const char *stmt;
+    int nparams;
+    const char *values[TMS_PG_MAX_PARAMS];
+    char num[8][24];
+    char *heap; /* freed with the call */
+} tms_pg_call_t;
+
+/* What pg.c needs from a port. Ops are numbered 1..nops-1. */
+typedef struct tms_pg_port {
+    const char *name;
+    int nops;
+    const char *const *op_names;
+    const tms_pg_stmt_t *stmts;
+    size_t nstmts;
+    /** Reset msg's outcome and fill call; returns 0, or -1 with the op's error set. */
+    int (*prepare)(tms_msg_t *msg, tms_pg_call_t *call);
+    /** Store the outcome of a successful statement (rows or command status). */
+    void (*finish)(tms_msg_t *msg, const PGresult *res);
+    /** The op's error slot. */
+    tms_error_t *(*err)(tms_msg_t *msg);
+} tms_pg_port_t;
+
+enum { TMS_PG_PORT_TASKS = 0, TMS_PG_PORT_OUTBOX, TMS_PG_NPORTS };
+
+extern const tms_pg_port_t tms__pg_tasks_port;
+extern const tms_pg_port_t tms__pg_outbox_port;
+
+/** Queue msg for port on pg (loop thread). Returns 0 (ownership taken), -TMS_EFULL or
+ * -TMS_ECLOSED. */
+int tms__pg_submit(tms_pg_t *pg, int port, tms_msg_t *msg);
+
+/** The ports' submit functions (loop thread). */
+int tms__pg_tasks_submit(tms_task_store_t *self, tms_task_op_t **op);
+int tms__pg_outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op);
+
+/** The pg of a task store / outbox port pointer. */
+tms_pg_t *tms__pg_of_tasks(tms_task_store_t *self);
+tms_pg_t *tms__pg_of_outbox(tms_outbox_t *self);
+
+/** Format v into buf (for a call's num[] slot); returns buf. */
+const char *tms__pg_i64(char *buf, size_t size, long long v);
+
+/** Copy column c of row r into dst (truncated, "" for NULL). */
+void tms__pg_str(char *dst, size_t cap, const PGresult *res, int r, int c);
+
+/** Column c of row r as a heap string ("" for NULL). */
+char *tms__pg_dup(const PGresult *res, int r, int c);
+
+/** Column c of row r as an integer (0 for NULL). */
+long long tms__pg_int(const PGresult *res, int r, int c);
+
+/** Blocking: connect to url with a notice processor that logs nothing. NULL with err. */
+PGconn *tms__pg_connect_sync(const char *url, char *err, size_t err_len);
+
+/** Blocking: refuse synchronous_commit off unless accept_async. 0 or -TMS_EIO + err. */
+int tms__pg_check_server(PGconn *c, bool accept_async, char *err, size_t err_len);
+
+/** Blocking: apply pending migrations under an advisory lock, each in its own
+ * transaction. 0 or -TMS_EIO with err (failed migration, schema newer than us). */
+int tms__pg_apply_migrations(PGconn *c, char *err, size_t err_len);
+
+#endif

@@ -1,0 +1,146 @@
+/* The outbox and inbox port on PostgreSQL: pending events in seq order for the
+ * relay, marking them sent, standalone events (saga compensation), and the
+ * consumers' handled-event log; one prepared statement each. Runs on the pool's loop
+ * thread. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/log.h"
+#include "io/pg_internal.h"
+
+enum { NOPS = TMS_OUTBOX_PENDING + 1 };
+
+static const char *const op_names[NOPS] = {
+    [TMS_OUTBOX_FETCH] = "outbox_fetch", [TMS_OUTBOX_MARK_SENT] = "outbox_mark_sent",
+    [TMS_OUTBOX_ADD] = "outbox_add",     [TMS_INBOX_SEEN] = "inbox_seen",
+    [TMS_INBOX_RECORD] = "inbox_record", [TMS_OUTBOX_PENDING] = "outbox_pending",
+};
+
+static const tms_pg_stmt_t stmts[] = {
+    {"outbox_fetch", "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
+                     " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT $1"},
+    /* one statement marks the whole batch: one commit */
+    {"outbox_mark_sent", "UPDATE outbox SET sent_at_ms = $2 WHERE seq = ANY($1::bigint[])"},
+    {"outbox_add", "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
+                   " VALUES ($1, $2, $3, $4, $5)"},
+    {"inbox_seen", "SELECT 1 FROM inbox WHERE consumer = $1 AND event_id = $2"},
+    {"inbox_record", "INSERT INTO inbox (consumer, event_id, handled_at_ms) VALUES ($1, $2, $3)"
+                     " ON CONFLICT DO NOTHING"},
+    {"outbox_pending", "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL"},
+};
+
+/* "{1,2,3}": a bigint[] parameter in text form. Heap. */
+static char *seq_array(const int64_t *seqs, size_t n)
+{
+    size_t cap = n * 21 + 3, len = 0;
+    char *s = tms_malloc(cap);
+    s[len++] = '{';
+    for (size_t i = 0; i < n; i++)
+        len += (size_t)snprintf(s + len, cap - len, "%s%lld", i ? "," : "", (long long)seqs[i]);
+    snprintf(s + len, cap - len, "}");
+    return s;
+}
+
+static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
+{
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    const char **v = c->values;
+    op->seen = false;
+    op->count = 0;
+    tms_error_set(&op->err, TMS_OK, "%s", "");
+    if (msg->op <= 0 || msg->op >= NOPS) {
+        tms_log_error("pg_bad_op", "port=outbox op=%d", msg->op);
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return -1;
+    }
+    c->stmt = op_names[msg->op];
+    switch (msg->op) {
+    case TMS_OUTBOX_FETCH:
+        c->nparams = 1;
+        v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->limit > 0 ? op->limit : 1);
+        break;
+    case TMS_OUTBOX_MARK_SENT:
+        c->nparams = 2;
+        c->heap = seq_array(op->seqs, op->nseqs);
+        v[0] = c->heap;
+        v[1] = tms__pg_i64(c->num[0], sizeof(c->num[0]), tms_now_ms());
+        break;
+    case TMS_OUTBOX_ADD:
+        c->nparams = 5;
+        v[0] = op->event.event_id;
+        v[1] = op->event.topic;
+        v[2] = op->event.key;
+        v[3] = op->event.payload ? op->event.payload : "{}";
+        v[4] = tms__pg_i64(c->num[0], sizeof(c->num[0]), tms_now_ms());
+        break;
+    case TMS_INBOX_SEEN:
+    case TMS_INBOX_RECORD:
+        c->nparams = msg->op == TMS_INBOX_RECORD ? 3 : 2;
+        v[0] = op->consumer;
+        v[1] = op->event_id;
+        v[2] = tms__pg_i64(c->num[0], sizeof(c->num[0]), tms_now_ms());
+        break;
+    default: /* PENDING */
+        c->nparams = 0;
+        break;
+    }
+    return 0;
+}
+
+static void finish(tms_msg_t *msg, const PGresult *res)
+{
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    int n = PQntuples(res);
+    switch (msg->op) {
+    case TMS_OUTBOX_FETCH: {
+        size_t cap = op->limit > 0 ? (size_t)op->limit : 1;
+        op->events = tms_calloc(cap, sizeof(tms_outbox_event_t));
+        op->nevents = 0;
+        for (int r = 0; r < n && op->nevents < cap; r++) {
+            tms_outbox_event_t *e = &op->events[op->nevents++];
+            e->seq = tms__pg_int(res, r, 0);
+            tms__pg_str(e->event_id, sizeof(e->event_id), res, r, 1);
+            tms__pg_str(e->topic, sizeof(e->topic), res, r, 2);
+            tms__pg_str(e->key, sizeof(e->key), res, r, 3);
+            e->payload = tms__pg_dup(res, r, 4);
+            e->created_at_ms = tms__pg_int(res, r, 5);
+        }
+        break;
+    }
+    case TMS_INBOX_SEEN:
+        op->seen = n > 0;
+        break;
+    case TMS_OUTBOX_PENDING:
+        op->count = n > 0 ? tms__pg_int(res, 0, 0) : 0;
+        break;
+    default:
+        break;
+    }
+}
+
+static tms_error_t *err_of(tms_msg_t *msg)
+{
+    return &((tms_outbox_op_t *)msg)->err;
+}
+
+const tms_pg_port_t tms__pg_outbox_port = {
+    .name = "outbox",
+    .nops = NOPS,
+    .op_names = op_names,
+    .stmts = stmts,
+    .nstmts = sizeof(stmts) / sizeof(stmts[0]),
+    .prepare = prepare,
+    .finish = finish,
+    .err = err_of,
+};
+
+int tms__pg_outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op)
+{
+    int rc = tms__pg_submit(tms__pg_of_outbox(self), TMS_PG_PORT_OUTBOX, &(*op)->msg);
+    if (rc == 0)
+        *op = NULL;
+    return rc;
+}

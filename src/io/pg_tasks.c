@@ -1,0 +1,240 @@
+/* The task store port on PostgreSQL: each operation is one prepared statement. The
+ * writes call the functions of migration 1, which check the version or the
+ * idempotency key, change the task and write its outbox event and idempotency record
+ * in the statement's own transaction, exactly as sqlite_tasks.c does in BEGIN
+ * IMMEDIATE. Runs on the pool's loop thread. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "io/pg_internal.h"
+
+#define COLS                                                                                       \
+    "id, title, description, status, assigned_to, created_by, created_at_ms, updated_at_ms,"       \
+    " version"
+#define OUT_COLS                                                                                   \
+    "o_st, o_id, o_title, o_description, o_status, o_assigned_to, o_created_by, o_created_at_ms,"  \
+    " o_updated_at_ms, o_version"
+
+enum { NOPS = TMS_TASK_PING + 1 };
+
+static const char *const op_names[NOPS] = {
+    [TMS_TASK_CREATE] = "task_create", [TMS_TASK_GET] = "task_get",
+    [TMS_TASK_LIST] = "task_list",     [TMS_TASK_UPDATE] = "task_update",
+    [TMS_TASK_DELETE] = "task_delete", [TMS_TASK_UNASSIGN_USER] = "task_unassign_user",
+    [TMS_TASK_PING] = "task_ping",
+};
+
+static const tms_pg_stmt_t stmts[] = {
+    {"task_create", "SELECT " OUT_COLS " FROM tms_task_create($1, $2, $3, $4, $5, $6, $7, $8,"
+                    " $9, $10, $11)"},
+    {"task_get", "SELECT " COLS " FROM tasks WHERE id = $1"},
+    {"task_list0", "SELECT " COLS " FROM tasks WHERE id > $1 ORDER BY id LIMIT $2"},
+    {"task_list1", "SELECT " COLS " FROM tasks WHERE id > $1 AND assigned_to = $3"
+                   " ORDER BY id LIMIT $2"},
+    {"task_list2", "SELECT " COLS " FROM tasks WHERE id > $1 AND status = $3"
+                   " ORDER BY id LIMIT $2"},
+    {"task_list3", "SELECT " COLS " FROM tasks WHERE id > $1 AND assigned_to = $3"
+                   " AND status = $4 ORDER BY id LIMIT $2"},
+    {"task_update", "SELECT " OUT_COLS " FROM tms_task_update($1, $2, $3, $4, $5, $6, $7, $8,"
+                    " $9, $10, $11, $12, $13)"},
+    {"task_delete", "SELECT " OUT_COLS " FROM tms_task_delete($1, $2)"},
+    {"task_unassign", "UPDATE tasks SET assigned_to = NULL, version = version + 1,"
+                      " updated_at_ms = $2 WHERE assigned_to = $1"},
+    {"task_ping", "SELECT count(*) FROM schema_migrations"},
+};
+
+static const char *const list_stmt[4] = {"task_list0", "task_list1", "task_list2", "task_list3"};
+
+static const char *b(bool v)
+{
+    return v ? "t" : "f";
+}
+
+static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
+{
+    tms_task_op_t *op = (tms_task_op_t *)msg;
+    const char **v = c->values;
+    op->replayed = false;
+    op->has_more = false;
+    op->count = 0;
+    tms_error_set(&op->err, TMS_OK, "%s", "");
+    switch (msg->op) {
+    case TMS_TASK_CREATE:
+        c->stmt = "task_create";
+        c->nparams = 11;
+        v[0] = op->task.title ? op->task.title : "";
+        v[1] = op->task.description ? op->task.description : "";
+        v[2] = op->task.status;
+        v[3] = op->task.assigned_to;
+        v[4] = op->task.created_by;
+        v[5] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->task.created_at_ms);
+        v[6] = op->idem_key;
+        v[7] = op->idem_hash;
+        v[8] = tms__pg_i64(c->num[1], sizeof(c->num[1]), TMS_IDEMPOTENCY_TTL_MS);
+        v[9] = op->notify.enabled ? op->notify.type : "";
+        v[10] = op->notify.event_id;
+        return 0;
+    case TMS_TASK_GET:
+        c->stmt = "task_get";
+        c->nparams = 1;
+        v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->id);
+        return 0;
+    case TMS_TASK_LIST: {
+        int which = (op->filter_assigned_to[0] ? 1 : 0) | (op->filter_status[0] ? 2 : 0);
+        int n = 2;
+        c->stmt = list_stmt[which];
+        v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->after_id);
+        /* one more row tells whether a next page exists */
+        v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), (long long)op->limit + 1);
+        if (which & 1)
+            v[n++] = op->filter_assigned_to;
+        if (which & 2)
+            v[n++] = op->filter_status;
+        c->nparams = n;
+        return 0;
+    }
+    case TMS_TASK_UPDATE:
+        c->stmt = "task_update";
+        c->nparams = 13;
+        v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->id);
+        v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->expected_version);
+        v[2] = b(op->set_title);
+        v[3] = op->task.title ? op->task.title : "";
+        v[4] = b(op->set_description);
+        v[5] = op->task.description ? op->task.description : "";
+        v[6] = b(op->set_status);
+        v[7] = op->task.status;
+        v[8] = b(op->set_assigned_to);
+        v[9] = op->task.assigned_to;
+        v[10] = tms__pg_i64(c->num[2], sizeof(c->num[2]), op->task.updated_at_ms);
+        v[11] = op->notify.enabled ? op->notify.type : "";
+        v[12] = op->notify.event_id;
+        return 0;
+    case TMS_TASK_DELETE:
+        c->stmt = "task_delete";
+        c->nparams = 2;
+        v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->id);
+        v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->expected_version);
+        return 0;
+    case TMS_TASK_UNASSIGN_USER:
+        c->stmt = "task_unassign";
+        c->nparams = 2;
+        v[0] = op->user_id;
+        v[1] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->task.updated_at_ms);
+        return 0;
+    case TMS_TASK_PING:
+        c->stmt = "task_ping";
+        c->nparams = 0;
+        return 0;
+    }
+    tms_log_error("pg_bad_op", "port=tasks op=%d", msg->op);
+    tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+    return -1;
+}
+
+/* Row r from column c0 on: the nine task columns. */
+static void read_task(const PGresult *res, int r, int c0, tms_task_t *t)
+{
+    tms_task_dispose(t);
+    t->id = tms__pg_int(res, r, c0);
+    t->title = tms__pg_dup(res, r, c0 + 1);
+    t->description = tms__pg_dup(res, r, c0 + 2);
+    tms__pg_str(t->status, sizeof(t->status), res, r, c0 + 3);
+    tms__pg_str(t->assigned_to, sizeof(t->assigned_to), res, r, c0 + 4);
+    tms__pg_str(t->created_by, sizeof(t->created_by), res, r, c0 + 5);
+    t->created_at_ms = tms__pg_int(res, r, c0 + 6);
+    t->updated_at_ms = tms__pg_int(res, r, c0 + 7);
+    t->version = tms__pg_int(res, r, c0 + 8);
+}
+
+/* The outcome of a write function: its o_st column decides. */
+static void finish_write(tms_task_op_t *op, const PGresult *res)
+{
+    const char *st = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "";
+    if (strcmp(st, "ok") == 0 || strcmp(st, "replayed") == 0) {
+        read_task(res, 0, 1, &op->task);
+        op->replayed = st[0] == 'r';
+    } else if (strcmp(st, "not_found") == 0) {
+        tms_error_set(&op->err, TMS_NOT_FOUND, "task %" PRId64 " not found", op->id);
+    } else if (strcmp(st, "conflict") == 0 && op->msg.op == TMS_TASK_CREATE) {
+        tms_error_set(&op->err, TMS_ALREADY_EXISTS,
+                      "Idempotency-Key reused with a different request");
+    } else if (strcmp(st, "conflict") == 0) {
+        if (op->msg.op == TMS_TASK_DELETE)
+            read_task(res, 0, 1, &op->task);
+        tms_error_set(&op->err, TMS_FAILED_PRECONDITION,
+                      "version mismatch: task %" PRId64 " is at version %lld", op->id,
+                      tms__pg_int(res, 0, 9));
+    } else if (strcmp(st, "gone") == 0) {
+        tms_error_set(&op->err, TMS_ALREADY_EXISTS,
+                      "Idempotency-Key was used for a task that no longer exists");
+    } else {
+        tms_log_error("pg_bad_result", "op=%s st=%s", op_names[op->msg.op], st);
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+    }
+}
+
+static void finish(tms_msg_t *msg, const PGresult *res)
+{
+    tms_task_op_t *op = (tms_task_op_t *)msg;
+    int n = PQntuples(res);
+    switch (msg->op) {
+    case TMS_TASK_CREATE:
+    case TMS_TASK_UPDATE:
+    case TMS_TASK_DELETE:
+        finish_write(op, res);
+        break;
+    case TMS_TASK_GET:
+        if (n == 0)
+            tms_error_set(&op->err, TMS_NOT_FOUND, "task %" PRId64 " not found", op->id);
+        else
+            read_task(res, 0, 0, &op->task);
+        break;
+    case TMS_TASK_LIST: {
+        size_t cap = op->limit > 0 ? (size_t)op->limit : 0;
+        op->tasks = tms_calloc(cap ? cap : 1, sizeof(tms_task_t));
+        op->ntasks = 0;
+        for (int r = 0; r < n; r++) {
+            if (op->ntasks == cap) {
+                op->has_more = true;
+                break;
+            }
+            read_task(res, r, 0, &op->tasks[op->ntasks++]);
+        }
+        break;
+    }
+    case TMS_TASK_UNASSIGN_USER:
+        op->count = atoll(PQcmdTuples((PGresult *)res));
+        break;
+    default: /* PING */
+        break;
+    }
+}
+
+static tms_error_t *err_of(tms_msg_t *msg)
+{
+    return &((tms_task_op_t *)msg)->err;
+}
+
+const tms_pg_port_t tms__pg_tasks_port = {
+    .name = "tasks",
+    .nops = NOPS,
+    .op_names = op_names,
+    .stmts = stmts,
+    .nstmts = sizeof(stmts) / sizeof(stmts[0]),
+    .prepare = prepare,
+    .finish = finish,
+    .err = err_of,
+};
+
+int tms__pg_tasks_submit(tms_task_store_t *self, tms_task_op_t **op)
+{
+    int rc = tms__pg_submit(tms__pg_of_tasks(self), TMS_PG_PORT_TASKS, &(*op)->msg);
+    if (rc == 0)
+        *op = NULL;
+    return rc;
+}
