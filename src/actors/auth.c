@@ -81,6 +81,22 @@ static void fail(tms_auth_t *auth, tms_api_call_t *call, tms_status_t code, cons
     finish(auth, call);
 }
 
+/* True (and the call answered) when nobody waits for it any more: checked before
+ * every store operation and password hash of a call, so an abandoned call costs
+ * neither I/O nor hashing time. */
+static bool abandoned(tms_auth_t *auth, tms_api_call_t *call)
+{
+    const char *why;
+    tms_status_t code;
+    if (!tms_api_call_abandoned(call, uv_now(auth->loop)))
+        return false;
+    code = tms_api_abandoned_status(call, &why);
+    tms_log_debug("call_abandoned", "rid=%s op=%s why=%s", call->request_id,
+                  tms_api_op_name(call->op), why);
+    fail(auth, call, code, "%s", why);
+    return true;
+}
+
 /* ---- the user store -------------------------------------------------- */
 
 typedef void (*store_cont_fn)(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op);
@@ -111,6 +127,10 @@ static void store(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_kind_t kin
 {
     store_req_t *req = tms_new(store_req_t);
     tms_user_op_t *op = &req->op;
+    if (abandoned(auth, call)) {
+        free(req);
+        return;
+    }
     req->auth = auth;
     req->then = then;
     op->msg.op = (int)kind;
@@ -174,7 +194,12 @@ static void hash_submit(tms_auth_t *auth, tms_api_call_t *call, int verify, cons
                         tms_cont_fn cont)
 {
     hash_job_t *h = tms_new(hash_job_t);
-    tms_job_t *job = &h->job;
+    tms_job_t *job;
+    if (abandoned(auth, call)) {
+        free(h);
+        return;
+    }
+    job = &h->job;
     h->auth = auth;
     h->call = call;
     h->verify = verify;

@@ -675,8 +675,27 @@ static void on_user_deleted(tms_task_actor_t *a, tms_delivery_t *d)
 
 /* ---- dispatch ---------------------------------------------------------- */
 
+/* True (and the call answered) when nobody waits for it any more: checked before
+ * every store operation of a call, so an abandoned call does no more I/O. */
+static bool abandoned(job_t *job)
+{
+    const char *why;
+    tms_status_t code;
+    if (!job->call || !tms_api_call_abandoned(job->call, uv_now(job->a->loop)))
+        return false;
+    code = tms_api_abandoned_status(job->call, &why);
+    tms_log_debug("call_abandoned", "rid=%s op=%s why=%s", job->call->request_id,
+                  tms_api_op_name(job->call->op), why);
+    fail(job, code, "%s", why);
+    return true;
+}
+
 static void submit(job_t *job, tms_task_op_t *op)
 {
+    if (abandoned(job)) {
+        tms_task_op_free(&op);
+        return;
+    }
     if (tms_task_store_submit(job->a->cfg.tasks, &op) == 0)
         return;
     tms_task_op_free(&op);
@@ -686,26 +705,9 @@ static void submit(job_t *job, tms_task_op_t *op)
         ack(job, 0);
 }
 
-static void on_message(void *owner, tms_msg_t *msg)
+static void run_call(job_t *job)
 {
-    tms_task_actor_t *a = owner;
-    tms_api_call_t *call;
-    job_t *job;
-    if (msg->kind == TMS_MSG_STOP) {
-        if (msg->free_fn)
-            msg->free_fn(msg);
-        return;
-    }
-    if (msg->op == TMS_EVENT_DELIVERY) {
-        on_user_deleted(a, (tms_delivery_t *)msg);
-        return;
-    }
-    call = (tms_api_call_t *)msg;
-    job = tms_new(job_t);
-    job->a = a;
-    job->call = call;
-    a->inflight++;
-    switch (call->op) {
+    switch (job->call->op) {
     case TMS_API_TASK_CREATE:
         do_create(job);
         break;
@@ -725,6 +727,66 @@ static void on_message(void *owner, tms_msg_t *msg)
         fail(job, TMS_UNIMPLEMENTED, "operation not served by the task actor");
         break;
     }
+}
+
+#ifdef TMS_FAULTS
+/* Test-only switch (never compiled into release builds): TMS_FAULT_TASK_DELAY_MS
+ * holds every call that long before the task actor starts it, so tests can reset a
+ * stream or pass a deadline while a call waits, and see that it then does no work. */
+typedef struct delayed {
+    uv_timer_t timer;
+    job_t *job;
+} delayed_t;
+
+static void free_delayed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_delay_over(uv_timer_t *t)
+{
+    delayed_t *d = t->data;
+    run_call(d->job);
+    uv_close((uv_handle_t *)t, free_delayed);
+}
+
+static bool delay_call(job_t *job)
+{
+    const char *ms = getenv("TMS_FAULT_TASK_DELAY_MS");
+    delayed_t *d;
+    if (!ms || atoi(ms) <= 0)
+        return false;
+    d = tms_new(delayed_t);
+    d->job = job;
+    uv_timer_init(job->a->loop, &d->timer);
+    d->timer.data = d;
+    uv_timer_start(&d->timer, on_delay_over, (uint64_t)atoi(ms), 0);
+    return true;
+}
+#endif
+
+static void on_message(void *owner, tms_msg_t *msg)
+{
+    tms_task_actor_t *a = owner;
+    job_t *job;
+    if (msg->kind == TMS_MSG_STOP) {
+        if (msg->free_fn)
+            msg->free_fn(msg);
+        return;
+    }
+    if (msg->op == TMS_EVENT_DELIVERY) {
+        on_user_deleted(a, (tms_delivery_t *)msg);
+        return;
+    }
+    job = tms_new(job_t);
+    job->a = a;
+    job->call = (tms_api_call_t *)msg;
+    a->inflight++;
+#ifdef TMS_FAULTS
+    if (delay_call(job))
+        return;
+#endif
+    run_call(job);
 }
 
 tms_task_actor_t *tms_task_actor_start(uv_loop_t *loop, const tms_task_actor_config_t *cfg)

@@ -52,8 +52,38 @@ void tms_api_call_free(tms_api_call_t **pcall)
     for (size_t i = 0; i < call->ntasks; i++)
         tms_task_dispose(&call->tasks[i]);
     free(call->tasks);
+    tms_api_cancel_release(&call->cancel);
     sodium_memzero(call->user.password_hash, sizeof(call->user.password_hash));
     free(call);
+}
+
+tms_api_cancel_t *tms_api_cancel_attach(tms_api_call_t *call)
+{
+    if (!call->cancel)
+        call->cancel = tms_new(tms_api_cancel_t);
+    call->cancel->refs = 2; /* the call's and the adapter's */
+    return call->cancel;
+}
+
+void tms_api_cancel_release(tms_api_cancel_t **pc)
+{
+    tms_api_cancel_t *c = *pc;
+    *pc = NULL;
+    if (c && --c->refs == 0)
+        free(c);
+}
+
+bool tms_api_call_abandoned(const tms_api_call_t *call, uint64_t now_ms)
+{
+    return (call->cancel && call->cancel->cancelled) ||
+           (call->deadline_ms && now_ms >= call->deadline_ms);
+}
+
+tms_status_t tms_api_abandoned_status(const tms_api_call_t *call, const char **message)
+{
+    bool cancelled = call->cancel && call->cancel->cancelled;
+    *message = cancelled ? "cancelled by the client" : "deadline exceeded";
+    return cancelled ? TMS_CANCELLED : TMS_DEADLINE_EXCEEDED;
 }
 
 static const char *const op_names[TMS_API_OP_COUNT] = {

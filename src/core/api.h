@@ -52,6 +52,14 @@ typedef struct tms_principal {
     char email[TMS_EMAIL_MAX + 1];
 } tms_principal_t;
 
+/* Set by an adapter when nobody waits for a call's answer any more (a gRPC client
+ * reset its stream). Shared by the adapter and the call, counted; loop thread only,
+ * like every actor that reads it. */
+typedef struct tms_api_cancel {
+    int refs;
+    bool cancelled;
+} tms_api_cancel_t;
+
 /* Rate-limit outcome for the adapters' headers (RateLimit-*, Retry-After). */
 typedef struct tms_api_ratelimit {
     bool applied;
@@ -65,6 +73,7 @@ typedef struct tms_api_call {
     uint64_t deadline_ms; /* uv_now-based absolute deadline; 0 = none */
     char request_id[65];
     char client_addr[64];
+    tms_api_cancel_t *cancel; /* NULL: the adapter cannot cancel this call */
 
     /* arguments (NULL when absent) */
     char *bearer;
@@ -109,6 +118,23 @@ tms_api_call_t *tms_api_call_new(tms_api_op_t op);
 
 /** Free a call and every string it owns; wipes the password. Sets *call NULL. */
 void tms_api_call_free(tms_api_call_t **call);
+
+/** Give call a cancel flag and return the adapter's reference to it (release it
+ * with tms_api_cancel_release; the call releases its own when freed). */
+tms_api_cancel_t *tms_api_cancel_attach(tms_api_call_t *call);
+
+/** Drop one reference; frees the flag with the last one. Sets *c NULL. */
+void tms_api_cancel_release(tms_api_cancel_t **c);
+
+/** Nobody waits for the answer any more: the adapter cancelled the call or its
+ * deadline (uv_now based, like deadline_ms) has passed at now_ms. Actors ask this
+ * before they start store or hashing work, so an abandoned call costs no I/O;
+ * work already sent runs to its end. */
+bool tms_api_call_abandoned(const tms_api_call_t *call, uint64_t now_ms);
+
+/** Why an abandoned call was abandoned: CANCELLED or DEADLINE_EXCEEDED, and a
+ * message for its answer (which its adapter may already have given on its own). */
+tms_status_t tms_api_abandoned_status(const tms_api_call_t *call, const char **message);
 
 /** The op's name for logs and metrics ("register", ...). */
 const char *tms_api_op_name(tms_api_op_t op);

@@ -92,6 +92,7 @@ struct pending {
     tms_grpc_server_t *srv;
     gstream_t *st; /* NULL once the stream was answered otherwise or is gone */
     tms_api_op_t op;
+    tms_api_cancel_t *cancel; /* set when the stream is reset before the reply */
 };
 
 struct conn {
@@ -314,6 +315,7 @@ static void on_pending_closed(uv_handle_t *h)
 {
     pending_t *p = h->data;
     p->srv->pending--;
+    tms_api_cancel_release(&p->cancel);
     free(p);
 }
 
@@ -400,12 +402,14 @@ static void dispatch_api(gstream_t *st)
     p->srv = s;
     p->st = st;
     p->op = call->op;
+    p->cancel = tms_api_cancel_attach(call);
     msg = &call->msg;
     msg->kind = TMS_MSG_REQUEST;
     msg->reply_to = s->replies;
     msg->cont = on_reply;
     msg->ctx = p;
     if (tms_mailbox_post(s->cfg.gateway, &msg) != 0) {
+        tms_api_cancel_release(&p->cancel);
         free(p);
         tms_api_call_free(&call);
         finish(st, TMS_UNAVAILABLE, "server overloaded, retry later");
@@ -535,7 +539,10 @@ static void on_headers_done(gstream_t *st)
 static void stream_free(gstream_t *st)
 {
     if (st->pending) {
-        st->pending->st = NULL; /* the reply will be dropped */
+        /* Reset or closed before the answer: the reply will be dropped, and the
+         * actors skip whatever store work of the call has not started yet. */
+        st->pending->cancel->cancelled = true;
+        st->pending->st = NULL;
         st->pending = NULL;
     }
     if (!st->finished && st->method)

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO, DEFAULT_PASSWORD, make_admin, unique_email
+from conftest import REPO, DEFAULT_PASSWORD, TMS_BIN, make_admin, unique_email
 
 grpc = pytest.importorskip("grpc")
 protoc = pytest.importorskip("grpc_tools.protoc")
@@ -621,3 +621,35 @@ def test_h2spec(cli):
     allowed = {"Sends stream identifier that is numerically smaller than previous"}
     failed = set(re.findall(r"× \d+: (.+)", failures))
     assert failed <= allowed, summary + "\n" + failures
+
+
+def test_reset_or_expired_call_does_no_store_work(pb, make_server):
+    """A call whose client reset its stream, or whose grpc-timeout passed, while it
+    waited for the task actor, is dropped before it touches the store: no task is
+    written for an answer nobody receives. TMS_FAULT_TASK_DELAY_MS (test-only, the
+    ASan build) makes the task actor hold each call that long."""
+    srv = make_server(env={"TMS_FAULT_TASK_DELAY_MS": "700"})
+    c = Client(pb, srv)
+    try:
+        token, _ = srv.register()
+        req = pb.task_pb2.CreateTaskRequest
+        kept = c.task.CreateTask(req(title="kept", description="waited and answered"),
+                                 metadata=c.md(token), timeout=10)
+        assert kept.title == "kept"
+        if "asan" not in TMS_BIN:
+            pytest.skip("TMS_FAULT_TASK_DELAY_MS is compiled out of this build")
+        with pytest.raises(grpc.RpcError) as e:
+            c.task.CreateTask(req(title="expired", description="deadline passed"),
+                              metadata=c.md(token), timeout=0.2)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        fut = c.task.CreateTask.future(req(title="reset", description="stream reset"),
+                                       metadata=c.md(token), timeout=10)
+        time.sleep(0.2)
+        assert fut.cancel()
+        time.sleep(1.5)  # both would have been written by now
+        r = srv.list_tasks(token, limit=100)
+        assert r.status_code == 200, r.text
+        titles = [t["title"] for t in r.json()["tasks"]]
+        assert titles == ["kept"], titles
+    finally:
+        c.channel.close()
