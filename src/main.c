@@ -17,6 +17,7 @@
 #include "actors/notifier.h"
 #include "actors/task.h"
 #include "core/config.h"
+#include "core/events.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/relay.h"
@@ -25,8 +26,12 @@
 #include "io/bus_local.h"
 #include "io/grpc.h"
 #include "io/http1.h"
+#include "io/kafka.h"
+#include "io/mail_dlq.h"
 #include "io/maildir.h"
+#include "io/mongo.h"
 #include "io/rest.h"
+#include "io/smtp.h"
 #include "io/pg.h"
 #include "io/sqlite.h"
 
@@ -48,6 +53,8 @@ static const char usage[] =
     "  serve                      run the server (REST, actors, embedded stores)\n"
     "  migrate                    apply database migrations and exit\n"
     "  user set-role EMAIL ROLE   make a user 'admin' or 'user'\n"
+    "  mail dlq list              list SMTP dead letters (mail.dlq_dir)\n"
+    "  mail dlq replay [EVENT_ID] send dead letters again through mail.url\n"
     "  config                     print every setting with its default\n"
     "  version                    print the version\n";
 
@@ -169,6 +176,7 @@ typedef struct server {
     tms_config_t *cfg;
     tms_sqlite_t *users_db, *tasks_db; /* the same handle when both URLs name one file */
     tms_pg_t *tasks_pg;                /* tasks.url=postgres://...: instead of tasks_db */
+    tms_mongo_t *users_mongo;          /* users.url=mongodb://...: instead of users_db */
     tms_workpool_t *hashers, *mail_pool;
     tms_event_bus_t *bus;
     tms_mailer_t *mailer;
@@ -227,6 +235,7 @@ static void finish_shutdown(server_t *s)
     tms_sqlite_close(&s->users_db);
     tms_sqlite_close(&s->tasks_db);
     tms_pg_close(&s->tasks_pg);
+    tms_mongo_close(&s->users_mongo);
     tms_workpool_free(&s->hashers);
     tms_workpool_free(&s->mail_pool);
     tms_http_server_free(&s->http);
@@ -240,8 +249,14 @@ static void finish_shutdown(server_t *s)
         s->users_relay = NULL;
     tms_relay_free(&s->users_relay);
     tms_relay_free(&s->tasks_relay);
-    tms_bus_local_free(&s->bus);
-    tms_maildir_free(&s->mailer);
+    if (s->bus && strcmp(s->bus->name, "kafka") == 0)
+        tms_kafka_bus_free(&s->bus);
+    else
+        tms_bus_local_free(&s->bus);
+    if (s->mailer && strcmp(s->mailer->name, "smtp") == 0)
+        tms_smtp_free(&s->mailer);
+    else
+        tms_maildir_free(&s->mailer);
 }
 
 static size_t work_in_flight(server_t *s)
@@ -249,7 +264,8 @@ static size_t work_in_flight(server_t *s)
     return tms_rest_pending(s->rest) + tms_grpc_server_busy(s->grpc) + tms_auth_inflight(s->auth) +
            tms_task_actor_inflight(s->task) + tms_notifier_inflight(s->notifier) +
            (size_t)tms_relay_busy(s->tasks_relay) +
-           (size_t)(s->users_relay ? tms_relay_busy(s->users_relay) : 0);
+           (size_t)(s->users_relay ? tms_relay_busy(s->users_relay) : 0) +
+           (s->bus && strcmp(s->bus->name, "kafka") == 0 ? tms_kafka_bus_busy(s->bus) : 0);
 }
 
 static void on_drain_tick(uv_timer_t *t)
@@ -276,6 +292,12 @@ static void on_http_stopped(void *arg)
     tms_relay_stop(s->tasks_relay, NULL, NULL);
     if (s->users_relay && s->users_relay != s->tasks_relay)
         tms_relay_stop(s->users_relay, NULL, NULL);
+    /* Kafka consumers finish what they hold, then leave their groups. */
+    if (strcmp(s->bus->name, "kafka") == 0)
+        tms_kafka_bus_stop(s->bus);
+    /* Mails backing off come back at once (their events stay pending). */
+    if (strcmp(s->mailer->name, "smtp") == 0)
+        tms_smtp_stop(s->mailer);
     uv_timer_start(&s->drain_timer, on_drain_tick, 0, 10);
 }
 
@@ -306,6 +328,72 @@ static tms_sqlite_t *open_db(const char *key, const char *url, const tms_config_
     return db;
 }
 
+static tms_mongo_t *open_mongo(const tms_config_t *cfg)
+{
+    char err[512];
+    tms_mongo_t *m = tms_mongo_open(
+        cfg->users.url,
+        &(tms_mongo_options_t){
+            .pool_size = (int)cfg->users.pool_size,
+            .server_selection_timeout_ms = (int)cfg->users.server_selection_timeout_ms,
+            .socket_timeout_ms = (int)cfg->users.socket_timeout_ms,
+            .queue_capacity = (size_t)cfg->server.mailbox_capacity,
+        },
+        err, sizeof(err));
+    if (!m)
+        fprintf(stderr, "tms: users.url: %s\n", err);
+    return m;
+}
+
+/* The user store and its outbox: MongoDB for users.url=mongodb://..., else SQLite. */
+static int open_users(server_t *s, const tms_config_t *cfg, tms_user_store_t **store,
+                      tms_outbox_t **outbox)
+{
+    if (tms_mongo_url(cfg->users.url)) {
+        if (!(s->users_mongo = open_mongo(cfg)))
+            return -1;
+        *store = tms_mongo_user_store(s->users_mongo);
+        *outbox = tms_mongo_outbox(s->users_mongo);
+        return 0;
+    }
+    if (!(s->users_db = open_db("users.url", cfg->users.url, cfg)))
+        return -1;
+    *store = tms_sqlite_user_store(s->users_db);
+    *outbox = tms_sqlite_outbox(s->users_db);
+    return 0;
+}
+
+static tms_smtp_options_t smtp_options(const tms_config_t *cfg)
+{
+    return (tms_smtp_options_t){
+        .url = cfg->mail.url,
+        .from = cfg->mail.from,
+        .domain = strchr(cfg->mail.from, '@') + 1,
+        .starttls = cfg->mail.starttls,
+        .dlq_dir = cfg->mail.dlq_dir,
+        .ca_file = cfg->mail.ca_file,
+        .timeout_ms = cfg->mail.timeout_ms,
+        .max_concurrent = (int)cfg->mail.max_concurrent,
+        .queue_capacity = (size_t)cfg->server.mailbox_capacity,
+        .retry_attempts = (int)cfg->mail.retry_attempts,
+        .retry_base_ms = cfg->mail.retry_base_ms,
+        .retry_max_ms = cfg->mail.retry_max_ms,
+        .breaker_window = (int)cfg->mail.breaker_window,
+        .breaker_threshold_pct = (int)cfg->mail.breaker_threshold,
+        .breaker_cooldown_ms = cfg->mail.breaker_cooldown_ms,
+    };
+}
+
+static int smtp_url(const char *url)
+{
+    return strncmp(url, "smtp://", 7) == 0 || strncmp(url, "smtps://", 8) == 0;
+}
+
+static int kafka_ready(void *bus)
+{
+    return tms_kafka_bus_reachable(bus);
+}
+
 /* Starts stores, bus, mailer, relays and the four actors; 0 or -1 (already said). */
 static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
 {
@@ -313,9 +401,9 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
     const char *maildir = cfg->mail.url + strlen("maildir://");
     tms_outbox_t *users_outbox, *tasks_outbox;
     tms_task_store_t *tasks_store;
+    tms_user_store_t *users_store;
 
-    s->users_db = open_db("users.url", cfg->users.url, cfg);
-    if (!s->users_db)
+    if (open_users(s, cfg, &users_store, &users_outbox) != 0)
         return -1;
     if (tms_pg_url(cfg->tasks.url)) {
         s->tasks_pg = tms_pg_open(
@@ -336,25 +424,50 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
         tasks_store = tms_pg_task_store(s->tasks_pg);
         tasks_outbox = tms_pg_outbox(s->tasks_pg);
     } else {
-        if (strcmp(sqlite_path(cfg->users.url), sqlite_path(cfg->tasks.url)) == 0)
+        if (s->users_db && strcmp(sqlite_path(cfg->users.url), sqlite_path(cfg->tasks.url)) == 0)
             s->tasks_db = s->users_db;
         else if (!(s->tasks_db = open_db("tasks.url", cfg->tasks.url, cfg)))
             return -1;
         tasks_store = tms_sqlite_task_store(s->tasks_db);
         tasks_outbox = tms_sqlite_outbox(s->tasks_db);
     }
-    users_outbox = tms_sqlite_outbox(s->users_db);
 
-    s->bus = tms_bus_local_new(s->loop);
+    if (cfg->events.brokers[0]) {
+        static const char *const topics[] = {TMS_TOPIC_NOTIFICATIONS, TMS_TOPIC_USER_DELETED,
+                                             TMS_TOPIC_COMPENSATE, NULL};
+        s->bus = tms_kafka_bus_new(s->loop,
+                                   &(tms_kafka_options_t){
+                                       .brokers = cfg->events.brokers,
+                                       .client_id = cfg->events.client_id,
+                                       .topics = topics,
+                                       .partitions = (int)cfg->events.partitions,
+                                       .replication = (int)cfg->events.replication,
+                                       .dlq_after = (int)cfg->events.dlq_after,
+                                       .retry_ms = (int)cfg->events.retry_ms,
+                                       .publish_timeout_ms = (int)cfg->events.publish_timeout_ms,
+                                   },
+                                   err, sizeof(err));
+        if (!s->bus) {
+            fprintf(stderr, "tms: events.brokers: %s\n", err);
+            return -1;
+        }
+    } else {
+        s->bus = tms_bus_local_new(s->loop);
+    }
     s->mail_pool = tms_workpool_new("mail", 2, (size_t)cfg->server.mailbox_capacity);
-    s->mailer = tms_maildir_new(maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
-                                s->mail_pool, err, sizeof(err));
+    if (smtp_url(cfg->mail.url)) {
+        tms_smtp_options_t opt = smtp_options(cfg);
+        s->mailer = tms_smtp_new(s->loop, &opt, s->mail_pool, err, sizeof(err));
+    } else {
+        s->mailer = tms_maildir_new(maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
+                                    s->mail_pool, err, sizeof(err));
+    }
     if (!s->mailer) {
         fprintf(stderr, "tms: mail.url: %s\n", err);
         return -1;
     }
     s->tasks_relay = tms_relay_new(s->loop, tasks_outbox, s->bus, 1000);
-    s->users_relay = s->users_db == s->tasks_db
+    s->users_relay = users_outbox == tasks_outbox
                          ? s->tasks_relay
                          : tms_relay_new(s->loop, users_outbox, s->bus, 1000);
 
@@ -374,7 +487,7 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                                  .inbox = users_outbox,
                                  .relay = s->users_relay,
                              },
-                             tms_sqlite_user_store(s->users_db), s->hashers);
+                             users_store, s->hashers);
     s->task =
         tms_task_actor_start(s->loop, &(tms_task_actor_config_t){
                                           .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
@@ -401,13 +514,15 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                               .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
                           },
                           tms_auth_mailbox(s->auth), tms_task_actor_mailbox(s->task));
-    s->rest =
-        tms_rest_new(s->loop, &(tms_rest_config_t){
-                                  .gateway = tms_gateway_mailbox(s->gateway),
-                                  .users = tms_sqlite_user_store(s->users_db),
-                                  .tasks = tasks_store,
-                                  .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
-                              });
+    s->rest = tms_rest_new(
+        s->loop, &(tms_rest_config_t){
+                     .gateway = tms_gateway_mailbox(s->gateway),
+                     .users = users_store,
+                     .tasks = tasks_store,
+                     .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                     .events_ready = strcmp(s->bus->name, "kafka") == 0 ? kafka_ready : NULL,
+                     .events_arg = s->bus,
+                 });
     return 0;
 }
 
@@ -475,10 +590,11 @@ static int cmd_serve(tms_config_t *cfg)
                          lag_gauge, s);
 
     tms_log_info("listening",
-                 "proto=http addr=%s port=%d version=%s users=sqlite tasks=%s events=local "
-                 "mail=maildir data_dir=%s",
+                 "proto=http addr=%s port=%d version=%s users=%s tasks=%s events=%s "
+                 "mail=%s data_dir=%s",
                  cfg->http.addr, tms_http_server_port(s->http), TMS_VERSION,
-                 s->tasks_pg ? "postgres" : "sqlite", cfg->data.dir);
+                 s->users_mongo ? "mongodb" : "sqlite", s->tasks_pg ? "postgres" : "sqlite",
+                 s->bus->name, s->mailer->name, cfg->data.dir);
     uv_run(s->loop, UV_RUN_DEFAULT);
     rc = s->rest ? 1 : 0; /* the loop ended without a full shutdown */
     tms_metrics_reset();
@@ -512,7 +628,9 @@ static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
     tms_mailbox_t *replies;
     tms_user_op_t *op, *done = NULL;
     char err[512];
-    tms_sqlite_t *db;
+    tms_sqlite_t *db = NULL;
+    tms_mongo_t *mongo = NULL;
+    tms_user_store_t *store;
     int rc = 1;
 
     if (strcmp(role, "admin") != 0 && strcmp(role, "user") != 0) {
@@ -523,8 +641,13 @@ static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
         fprintf(stderr, "tms: data.dir: cannot create %s\n", cfg->data.dir);
         return 1;
     }
-    db = tms_sqlite_open(sqlite_path(cfg->users.url), 4, err, sizeof(err));
-    if (!db) {
+    if (tms_mongo_url(cfg->users.url)) {
+        if (!(mongo = open_mongo(cfg)))
+            return 1;
+        store = tms_mongo_user_store(mongo);
+    } else if ((db = tms_sqlite_open(sqlite_path(cfg->users.url), 4, err, sizeof(err)))) {
+        store = tms_sqlite_user_store(db);
+    } else {
         fprintf(stderr, "tms: users.url: %s\n", err);
         return 1;
     }
@@ -540,7 +663,7 @@ static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
     op->msg.free_fn = free_op;
     snprintf(op->key, sizeof(op->key), "%s", email);
     snprintf(op->user.role, sizeof(op->user.role), "%s", role);
-    if (tms_user_store_submit(tms_sqlite_user_store(db), &op) != 0) {
+    if (tms_user_store_submit(store, &op) != 0) {
         free(op);
         fprintf(stderr, "tms: user store refused the request\n");
     } else {
@@ -560,7 +683,41 @@ static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     tms_sqlite_close(&db);
+    tms_mongo_close(&mongo);
     return rc;
+}
+
+/* `tms mail dlq list|replay [EVENT_ID]`: works on the files directly, so it runs
+ * beside a live server; replay sends synchronously (this is not a loop). */
+static int cmd_mail_dlq(tms_config_t *cfg, const cli_t *cli)
+{
+    int n;
+    if (strcmp(cli->args[1], "list") == 0 && cli->nargs == 2) {
+        n = tms_mail_dlq_list(cfg->mail.dlq_dir, stdout);
+        if (n < 0) {
+            if (errno == ENOENT)
+                return 0; /* nothing was ever dead-lettered */
+            fprintf(stderr, "tms: mail.dlq_dir %s: %s\n", cfg->mail.dlq_dir, strerror(errno));
+            return 1;
+        }
+        return 0;
+    }
+    if (strcmp(cli->args[1], "replay") == 0 && cli->nargs <= 3) {
+        tms_smtp_options_t opt = smtp_options(cfg);
+        if (!smtp_url(cfg->mail.url)) {
+            fprintf(stderr, "tms: mail.url: replay needs smtp:// or smtps://\n");
+            return 2;
+        }
+        n = tms_mail_dlq_replay(cfg->mail.dlq_dir, cli->nargs == 3 ? cli->args[2] : NULL, &opt,
+                                stdout);
+        if (n < 0) {
+            fprintf(stderr, "tms: mail.dlq_dir %s: %s\n", cfg->mail.dlq_dir, strerror(errno));
+            return 1;
+        }
+        return n == 0 ? 0 : 1;
+    }
+    fputs(usage, stderr);
+    return 2;
 }
 
 int main(int argc, char **argv)
@@ -598,7 +755,8 @@ int main(int argc, char **argv)
         char err[512];
         if (make_dir(cfg->data.dir) != 0 ||
             (tms_pg_url(cfg->tasks.url)
-                 ? tms_sqlite_migrate(sqlite_path(cfg->users.url), err, sizeof(err)) != 0 ||
+                 ? (!tms_mongo_url(cfg->users.url) &&
+                    tms_sqlite_migrate(sqlite_path(cfg->users.url), err, sizeof(err)) != 0) ||
                        tms_pg_migrate_sync(cfg->tasks.url, err, sizeof(err)) != 0
                  : tms_sqlite_migrate(sqlite_path(cfg->tasks.url), err, sizeof(err)) != 0)) {
             fprintf(stderr, "tms: migrate: %s\n", err);
@@ -606,6 +764,9 @@ int main(int argc, char **argv)
         } else {
             rc = 0;
         }
+    } else if (strcmp(cli.command, "mail") == 0 && cli.nargs >= 2 &&
+               strcmp(cli.args[0], "dlq") == 0) {
+        rc = cmd_mail_dlq(cfg, &cli);
     } else if (strcmp(cli.command, "user") == 0 && cli.nargs == 3 &&
                strcmp(cli.args[0], "set-role") == 0) {
         rc = cmd_set_role(cfg, cli.args[1], cli.args[2]);

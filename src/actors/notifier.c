@@ -19,7 +19,7 @@ struct tms_notifier {
     tms_mailbox_t *mailbox;
     tms_notifier_config_t cfg;
     size_t inflight;
-    tms_counter_t *sent, *duplicate, *dropped, *failed;
+    tms_counter_t *sent, *duplicate, *dropped, *failed, *dead_letter;
 };
 
 typedef struct job job_t;
@@ -113,6 +113,12 @@ static void on_mail_reply(tms_msg_t *msg)
         tms_counter_add(duplicate ? job->n->duplicate : job->n->sent, 1);
         tms_log_info("email_sent", "event=%s task=%" PRId64 " user=%s duplicate=%d", job->event_id,
                      job->task_id, job->user_id, duplicate);
+        inbox(job, TMS_INBOX_RECORD, recorded);
+    } else if (code == TMS_FAILED_PRECONDITION) {
+        /* Refused permanently and kept as a dead letter by the mailer: handled. */
+        tms_counter_add(job->n->dead_letter, 1);
+        tms_log_warn("email_dead_letter", "event=%s task=%" PRId64 " user=%s", job->event_id,
+                     job->task_id, job->user_id);
         inbox(job, TMS_INBOX_RECORD, recorded);
     } else if (code == TMS_INVALID_ARGUMENT) {
         tms_counter_add(job->n->dropped, 1);
@@ -231,6 +237,16 @@ static void on_message(void *owner, tms_msg_t *msg)
         ack(job, 1); /* a poison message must not stall the topic */
         return;
     }
+#ifdef TMS_FAULTS
+    /* Test-only switch (never compiled into release builds): an event with this
+     * title fails every time, as a poison message for the dead-letter path. */
+    const char *poison = getenv("TMS_FAULT_NOTIFY_FAIL_TITLE");
+    if (poison && strcmp(poison, job->title) == 0) {
+        tms_counter_add(n->failed, 1);
+        ack(job, 0);
+        return;
+    }
+#endif
     inbox(job, TMS_INBOX_SEEN, seen_checked);
 }
 
@@ -246,6 +262,7 @@ tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t 
     n->duplicate = EMAILS("duplicate");
     n->dropped = EMAILS("dropped");
     n->failed = EMAILS("failed");
+    n->dead_letter = EMAILS("dead_letter");
 #undef EMAILS
     tms_mailbox_export_depth(n->mailbox);
     if (cfg->bus->subscribe(cfg->bus, TMS_TOPIC_NOTIFICATIONS, CONSUMER, n->mailbox))

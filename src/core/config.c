@@ -59,7 +59,16 @@ static const key_t_ keys[] = {
         "seconds an API call may take before DEADLINE_EXCEEDED"),
     STR(data, dir, data.dir, "./data", "embedded stores, generated secret, Maildir"),
     STR(users, url, users.url, "",
-        "user store: sqlite:///path (default sqlite://<data.dir>/tms.db)"),
+        "user store: sqlite:///path or mongodb://host:port/db (default "
+        "sqlite://<data.dir>/tms.db)"),
+    INT(users, pool_size, users.pool_size, 1, 64, "4",
+        "MongoDB: worker threads, one pooled connection each (operations in flight)"),
+    INT(users, server_selection_timeout_ms, users.server_selection_timeout_ms, 100, 600000, "2000",
+        "MongoDB: how long an operation waits for a reachable server before failing with 503, "
+        "unless the URL sets serverSelectionTimeoutMS"),
+    INT(users, socket_timeout_ms, users.socket_timeout_ms, 100, 600000, "5000",
+        "MongoDB: how long an operation waits for a reply before failing with 503, unless the "
+        "URL sets socketTimeoutMS"),
     STR(tasks, url, tasks.url, "",
         "task store: sqlite:///path or postgres://user@host/db (default "
         "sqlite://<data.dir>/tms.db)"),
@@ -75,9 +84,45 @@ static const key_t_ keys[] = {
          "PostgreSQL: require refuses to start on a server with synchronous_commit=off "
          "(acknowledged writes could be lost); accept-off starts anyway"),
     STR(events, brokers, events.brokers, "", "Kafka bootstrap servers; empty: in-process bus"),
-    STR(mail, url, mail.url, "", "mailer: maildir:///path (default maildir://<data.dir>/mail)"),
+    STR(events, client_id, events.client_id, "tms", "Kafka client.id (tells instances apart)"),
+    INT(events, partitions, events.partitions, 1, 1000, "3",
+        "Kafka: partitions of the topics TMS creates at start when missing"),
+    INT(events, replication, events.replication, 1, 32, "1",
+        "Kafka: replication factor of the topics TMS creates"),
+    INT(events, dlq_after, events.dlq_after, 1, 1000, "5",
+        "Kafka: attempts at an event before it goes to <topic>.dlq"),
+    INT(events, retry_ms, events.retry_ms, 10, 60000, "200",
+        "Kafka: back-off before the second attempt at an event, doubled per attempt"),
+    INT(events, publish_timeout_ms, events.publish_timeout_ms, 1000, 600000, "10000",
+        "Kafka: a publish not acknowledged by then fails (the outbox retries it)"),
+    STR(mail, url, mail.url, "",
+        "mailer: maildir:///path (default maildir://<data.dir>/mail), or "
+        "smtp://[user:password@]host:port / smtps://... (implicit TLS)"),
     STR(mail, from, mail.from, "no-reply@tms.local",
         "sender address of assignment emails; its domain names the Message-IDs"),
+    ENUM(mail, starttls, mail.starttls, "off|try|require", "try",
+         "SMTP: STARTTLS on smtp:// URLs; require fails a send without it"),
+    STR(mail, ca_file, mail.ca_file, "",
+        "SMTP: PEM file of CAs that verify the server's certificate; empty: the system store"),
+    INT(mail, timeout_ms, mail.timeout_ms, 100, 600000, "5000",
+        "SMTP: one send (connect to final reply) fails after this many ms"),
+    INT(mail, max_concurrent, mail.max_concurrent, 1, 256, "4",
+        "SMTP: sends in flight at once (and connections kept for reuse)"),
+    INT(mail, retry_attempts, mail.retry_attempts, 1, 100, "4",
+        "SMTP: attempts at a mail after transient failures (4xx, connect, timeout); then the "
+        "event stays pending and is redelivered"),
+    INT(mail, retry_base_ms, mail.retry_base_ms, 1, 600000, "500",
+        "SMTP: back-off cap before the 2nd attempt, doubled per attempt (full jitter)"),
+    INT(mail, retry_max_ms, mail.retry_max_ms, 1, 3600000, "10000", "SMTP: largest back-off cap"),
+    INT(mail, breaker_window, mail.breaker_window, 1, 64, "10",
+        "SMTP circuit breaker: judged over the last N sends"),
+    INT(mail, breaker_threshold, mail.breaker_threshold, 1, 100, "50",
+        "SMTP circuit breaker: opens when this % of the last N sends failed"),
+    INT(mail, breaker_cooldown_ms, mail.breaker_cooldown_ms, 100, 3600000, "10000",
+        "SMTP circuit breaker: ms open before one probe send (half-open)"),
+    STR(mail, dlq_dir, mail.dlq_dir, "",
+        "SMTP: dead letters (permanent 5xx), one file per event (default "
+        "<data.dir>/mail-dlq); `tms mail dlq list|replay`"),
     STR(auth, jwt_secret, auth.jwt_secret, "",
         "HS256 key, at least 32 bytes; empty: generated once into <data.dir>/jwt.secret"),
     INT(auth, token_ttl, auth.token_ttl, 1, 31536000, "3600", "token lifetime in seconds"),
@@ -288,9 +333,9 @@ bad:
 
 int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
 {
-    static const char *const sqlite_only[] = {"sqlite://", NULL};
+    static const char *const user_stores[] = {"sqlite://", "mongodb://", "mongodb+srv://", NULL};
     static const char *const task_stores[] = {"sqlite://", "postgres://", "postgresql://", NULL};
-    static const char *const maildir_only[] = {"maildir://", NULL};
+    static const char *const mailers[] = {"maildir://", "smtp://", "smtps://", NULL};
     if (cfg->data.dir[0] == '\0') {
         snprintf(err, err_len, "config: data.dir: must not be empty");
         return -TMS_EINVAL;
@@ -304,17 +349,15 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
         snprintf(cfg->tasks.url, sizeof(cfg->tasks.url), "sqlite://%.900s/tms.db", cfg->data.dir);
     if (cfg->mail.url[0] == '\0')
         snprintf(cfg->mail.url, sizeof(cfg->mail.url), "maildir://%.900s/mail", cfg->data.dir);
-    if (check_url("users.url", cfg->users.url, sqlite_only, err, err_len) ||
+    if (cfg->mail.dlq_dir[0] == '\0')
+        snprintf(cfg->mail.dlq_dir, sizeof(cfg->mail.dlq_dir), "%.900s/mail-dlq", cfg->data.dir);
+    if (check_url("users.url", cfg->users.url, user_stores, err, err_len) ||
         check_url("tasks.url", cfg->tasks.url, task_stores, err, err_len) ||
-        check_url("mail.url", cfg->mail.url, maildir_only, err, err_len))
+        check_url("mail.url", cfg->mail.url, mailers, err, err_len))
         return -TMS_EINVAL;
     if (!strchr(cfg->mail.from, '@') || strpbrk(cfg->mail.from, " <>,;\"\r\n")) {
         snprintf(err, err_len, "config: mail.from: \"%.128s\" is not a plain address",
                  cfg->mail.from);
-        return -TMS_EINVAL;
-    }
-    if (cfg->events.brokers[0] != '\0') {
-        snprintf(err, err_len, "config: events.brokers: Kafka is not supported by this build");
         return -TMS_EINVAL;
     }
     if (cfg->auth.jwt_secret[0] != '\0' && strlen(cfg->auth.jwt_secret) < 32) {

@@ -29,6 +29,9 @@ typedef struct tms_config {
     } data;
     struct {
         char url[1024];
+        int64_t pool_size;                   /* MongoDB only: worker threads = connections */
+        int64_t server_selection_timeout_ms; /* MongoDB: unless the URL sets it */
+        int64_t socket_timeout_ms;           /* MongoDB: unless the URL sets it */
     } users;
     struct {
         char url[1024];
@@ -38,10 +41,22 @@ typedef struct tms_config {
     } tasks;
     struct {
         char brokers[1024];
+        char client_id[64];              /* Kafka client.id */
+        int64_t partitions, replication; /* of topics created at start */
+        int64_t dlq_after, retry_ms;     /* consumer attempts, first back-off */
+        int64_t publish_timeout_ms;      /* a publish fails after this */
     } events;
     struct {
         char url[1024];
         char from[256];
+        char starttls[8];                          /* SMTP: off | try | require */
+        int64_t timeout_ms, max_concurrent;        /* SMTP: per send; transfers at once */
+        int64_t retry_attempts;                    /* SMTP: attempts per mail before pending */
+        int64_t retry_base_ms, retry_max_ms;       /* SMTP: full-jitter back-off bounds */
+        int64_t breaker_window, breaker_threshold; /* SMTP: last N sends, % failed to open */
+        int64_t breaker_cooldown_ms;               /* SMTP: open -> half-open */
+        char dlq_dir[1024];                        /* dead letters (default <data.dir>/mail-dlq) */
+        char ca_file[1024]; /* SMTP: PEM CAs for TLS; empty: the system store */
     } mail;
     struct {
         char jwt_secret[512];

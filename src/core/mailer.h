@@ -19,7 +19,9 @@ typedef struct tms_mail {
     char *text;        /* plain text body, UTF-8, heap */
     char *html;        /* HTML body, UTF-8, heap; may be NULL */
     int64_t date_ms;   /* Date: header */
-    tms_error_t err;   /* out: OK, INVALID_ARGUMENT (unsafe address), UNAVAILABLE */
+    tms_error_t err;   /* out: OK, INVALID_ARGUMENT (unsafe address), UNAVAILABLE (try
+                        * again later), FAILED_PRECONDITION (refused for good and kept
+                        * as a dead letter: do not retry) */
     int duplicate;     /* out: the adapter found it already delivered */
 } tms_mail_t;
 

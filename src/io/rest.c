@@ -482,6 +482,14 @@ static void respond_ready(probe_t *p)
     int ok = strcmp(p->users, "ok") == 0 && strcmp(p->tasks, "ok") == 0;
     json_t *body = json_pack("{s:s, s:{s:s, s:s}}", "status", ok ? "ready" : "unavailable",
                              "checks", "users", p->users, "tasks", p->tasks);
+    /* The event bus (Kafka) answers from its own state: no round trip needed. */
+    if (p->rest->cfg.events_ready) {
+        int ev = p->rest->cfg.events_ready(p->rest->cfg.events_arg);
+        ok = ok && ev;
+        json_object_set_new(json_object_get(body, "checks"), "events",
+                            json_string(ev ? "ok" : "unavailable"));
+        json_object_set_new(body, "status", json_string(ok ? "ready" : "unavailable"));
+    }
     respond_json(p->req, ok ? 200 : 503, body, NULL, 0);
     p->req = NULL;
 }

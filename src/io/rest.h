@@ -21,6 +21,9 @@ typedef struct tms_rest_config {
     tms_user_store_t *users;  /* pinged by /readyz */
     tms_task_store_t *tasks;  /* pinged by /readyz */
     uint64_t call_timeout_ms; /* deadline of each call: 504 after it */
+    /* optional: /readyz also reports "events", ok when events_ready(events_arg) */
+    int (*events_ready)(void *events_arg);
+    void *events_arg;
 } tms_rest_config_t;
 
 /** Create the adapter on loop. Never NULL. */

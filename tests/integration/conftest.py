@@ -4,6 +4,9 @@ Environment:
   TMS_BIN  path of the binary (default <repo>/build/tms)
   TMS_TEST_TASKS_URL  when set (postgres://.../db), every server keeps its tasks in
            PostgreSQL: a fresh database per data dir on that server (see pg_tasks_url)
+  TMS_TEST_USERS_URL  when set (mongodb://host:port/db), every server keeps its users
+           in MongoDB (FerretDB from scripts/service-mongo): a fresh database per data
+           dir (see mongo_users_url)
 """
 import json
 import os
@@ -86,6 +89,45 @@ def pg_tasks_url(data_dir):
     return base.rsplit("/", 1)[0] + "/" + name + (("?" + query) if query else "")
 
 
+# -- users on MongoDB (TMS_TEST_USERS_URL) ---------------------------------------
+
+USERS_URL = os.environ.get("TMS_TEST_USERS_URL", "")
+
+
+def mongo_users_url(data_dir, base=None):
+    """A database of its own for the server(s) of one data dir, on the server of base
+    (default TMS_TEST_USERS_URL). MongoDB creates it on first write; it is dropped at the
+    end of the session when pymongo is installed."""
+    import hashlib
+    base = base or USERS_URL
+    name = "tms_it_" + hashlib.sha1(str(data_dir).encode()).hexdigest()[:16]
+    prefix, _, query = base.partition("?")
+    host = prefix.split("://", 1)[1].split("/", 1)[0]
+    url = prefix.split("://", 1)[0] + "://" + host + "/" + name + (("?" + query) if query else "")
+    _MONGO_DATABASES.add((url, name))
+    return url
+
+
+_MONGO_DATABASES = set()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_mongo_databases():
+    yield
+    if not _MONGO_DATABASES:
+        return
+    try:
+        import pymongo
+    except ImportError:
+        return
+    for url, name in sorted(_MONGO_DATABASES):
+        try:
+            with pymongo.MongoClient(url, serverSelectionTimeoutMS=2000) as client:
+                client.drop_database(name)
+        except pymongo.errors.PyMongoError:
+            pass
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _drop_pg_databases():
     yield
@@ -124,6 +166,8 @@ class TmsServer:
         base.update({_norm_key(k): str(v) for k, v in (settings or {}).items()})
         if TASKS_URL and "tasks.url" not in base:
             base["tasks.url"] = pg_tasks_url(self.data_dir)
+        if USERS_URL and "users.url" not in base:
+            base["users.url"] = mongo_users_url(self.data_dir)
         self.settings = base
         self._log_index = 0
         self.log_path = None
@@ -301,8 +345,10 @@ class TmsServer:
         return self.get("/api/auth/me", token=token)
 
     def set_role(self, email, role="admin"):
-        return run_cli(["user", "set-role", email, role,
-                        "--set", f"data.dir={self.data_dir}"])
+        args = ["user", "set-role", email, role, "--set", f"data.dir={self.data_dir}"]
+        if "users.url" in self.settings:  # the store the server uses, not the default
+            args += ["--set", f"users.url={self.settings['users.url']}"]
+        return run_cli(args)
 
 
 # -- assertion helpers ---------------------------------------------------------

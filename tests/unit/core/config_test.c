@@ -75,6 +75,27 @@ static void test_errors(void)
     expect_error("ratelimit.api_per_minute=-1", "ratelimit.api_per_minute");
 }
 
+/* mail.url takes smtp:// and smtps:// besides maildir://; SMTP settings are bounded. */
+static void test_smtp(void)
+{
+    tms_config_t c;
+    char err[256] = "";
+    tms_config_defaults(&c);
+    CHECK_EQ_INT(tms_config_set(&c, "mail.url=smtps://u:p@mail.example.com:465", err, sizeof(err)),
+                 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
+    CHECK_EQ_STR(c.mail.dlq_dir, "./data/mail-dlq");
+    CHECK_EQ_STR(c.mail.starttls, "try");
+    CHECK_EQ_INT(c.mail.timeout_ms, 5000);
+    CHECK_EQ_INT(c.mail.breaker_window, 10);
+    CHECK_EQ_INT(c.mail.breaker_threshold, 50);
+    CHECK_EQ_INT(c.mail.breaker_cooldown_ms, 10000);
+    expect_error("mail.url=ftp://x", "mail.url");
+    expect_error("mail.starttls=maybe", "mail.starttls");
+    expect_error("mail.breaker_window=65", "mail.breaker_window");
+    expect_error("mail.retry_attempts=0", "mail.retry_attempts");
+}
+
 static void test_bad_file(void)
 {
     tms_config_t c;
@@ -97,5 +118,6 @@ int main(void)
     RUN_TEST(test_layers);
     RUN_TEST(test_errors);
     RUN_TEST(test_bad_file);
+    RUN_TEST(test_smtp);
     TEST_EXIT();
 }

@@ -1,0 +1,1150 @@
+/* Kafka event bus on librdkafka. Every librdkafka queue we read (the producer's
+ * main queue: delivery reports, admin results, errors, stats; each consumer's
+ * queue: messages, rebalances) signals through a non-blocking pipe watched by
+ * uv_poll, and is then served with zero timeouts, so the loop never waits
+ * inside librdkafka except in free (purging what is left at shutdown).
+ *
+ * A consumed message becomes an entry: the delivery handed to the subscriber's
+ * mailbox, kept in its partition's list in offset order until it is handled.
+ * The stored offset (committed by librdkafka's auto-commit) advances only over
+ * handled entries at the head of that list. Costs: a take and an ack are O(1)
+ * amortised; the retry list is O(n) in entries waiting for a redelivery (a few,
+ * normally). */
+#include "io/kafka.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <syslog.h>
+#include <unistd.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/metrics.h"
+#include "core/status.h"
+
+#define HOUSEKEEPING_MS 500
+#define ADMIN_RETRY_MS 5000
+#define RETRY_MAX_MS 30000
+#define MAX_TOPICS 16
+
+typedef struct kbus kbus_t;
+typedef struct sub sub_t;
+typedef struct part part_t;
+
+typedef enum entry_state {
+    HELD = 1,  /* in the subscriber's mailbox or handler */
+    RETRY,     /* waiting in the retry list for a redelivery */
+    DLQ,       /* being produced to the dead-letter topic */
+    DLQ_RETRY, /* that failed; waiting in the retry list to try again */
+    DONE,      /* handled (or dead-lettered); waits for earlier offsets */
+    DROPPED,   /* its mailbox was freed unhandled: blocks the offset forever */
+} entry_state_t;
+
+typedef struct entry {
+    tms_delivery_t d;          /* first member, so the message casts */
+    struct entry *prev, *next; /* part->head list, offset order */
+    struct entry *retry_next;
+    part_t *part; /* NULL once orphaned (revoked, or the bus is gone) */
+    sub_t *sub;   /* NULL once the bus is gone */
+    int32_t partition;
+    int64_t offset;
+    entry_state_t state;
+    int bump; /* the next redelivery is a new attempt (not a full-mailbox retry)
+               */
+    uint64_t due;
+} entry_t;
+
+struct part {
+    part_t *next;
+    int32_t partition;
+    int64_t next_take; /* first offset not yet taken; -1 before the first */
+    int64_t sought;    /* the offset of our last seek; -1 none */
+    int64_t stored;    /* next offset to consume as stored for commit; -1 none */
+    entry_t *head, *tail;
+};
+
+struct sub {
+    sub_t *next;
+    kbus_t *bus;
+    char topic[64], group[64];
+    tms_mailbox_t *mailbox;
+    rd_kafka_t *rk;
+    rd_kafka_queue_t *queue;
+    int fds[2];
+    uv_poll_t poll;
+    part_t *parts;
+    entry_t *retries;
+    size_t inflight; /* HELD entries */
+    size_t owned;    /* RETRY, DLQ, DLQ_RETRY entries */
+    int started, paused, closing, closed;
+    _Atomic int64_t lag;
+    tms_counter_t *delivered, *retried, *dead, *revoked;
+};
+
+typedef struct pub {
+    tms_publish_done_fn done;
+    void *ctx;
+    entry_t *entry; /* a dead-letter publish: its entry */
+} pub_t;
+
+struct kbus {
+    tms_event_bus_t base; /* first member */
+    uv_loop_t *loop;
+    tms_kafka_options_t opt;
+    char *brokers, *client_id;
+    char *topics[MAX_TOPICS];
+    int ntopics;
+    rd_kafka_t *producer;
+    rd_kafka_queue_t *main_q;
+    int fds[2];
+    uv_poll_t poll;
+    uv_timer_t housekeeping, retry_timer;
+    uint64_t retry_due; /* when retry_timer fires; 0 idle */
+    sub_t *subs;
+    size_t outstanding; /* publishes awaiting their delivery report */
+    int handles;        /* uv handles not yet closed */
+    int topics_ready, admin_pending, stopping, freeing;
+    _Atomic int reachable;
+    uint64_t admin_retry_at;
+    tms_counter_t *published, *publish_failed;
+};
+
+static void post_entry(sub_t *s, entry_t *e);
+static void to_dlq(entry_t *e);
+static void start_consumer(sub_t *s);
+static void check_close(sub_t *s);
+
+/* ---- small helpers ---------------------------------------------------------
+ */
+
+static int set(rd_kafka_conf_t *conf, const char *key, const char *value, char *err, size_t len)
+{
+    if (rd_kafka_conf_set(conf, key, value, err, len) != RD_KAFKA_CONF_OK)
+        return -TMS_EINVAL;
+    return 0;
+}
+
+/* librdkafka logs from its own threads; tms_log is thread-safe. Notices and
+ * below are noise for an operator (reconnects are visible in the error events).
+ */
+static void on_rdkafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+    char q[512];
+    (void)rk;
+    /* FAIL (connection failures) also arrives as an error event, logged there. */
+    if (level > LOG_WARNING || strcmp(fac, "FAIL") == 0)
+        return;
+    tms_log(level <= LOG_ERR ? TMS_LOG_ERROR : TMS_LOG_WARN, "kafka_log", "facility=%s msg=%s", fac,
+            tms_log_quote(q, sizeof(q), buf, strlen(buf)));
+}
+
+static int make_pipe(int fds[2])
+{
+    if (pipe(fds) != 0)
+        return -TMS_EIO;
+    for (int i = 0; i < 2; i++) {
+        if (fcntl(fds[i], F_SETFL, O_NONBLOCK) != 0 || fcntl(fds[i], F_SETFD, FD_CLOEXEC) != 0) {
+            close(fds[0]);
+            close(fds[1]);
+            return -TMS_EIO;
+        }
+    }
+    return 0;
+}
+
+static void drain_pipe(int fd)
+{
+    char buf[256];
+    while (read(fd, buf, sizeof(buf)) > 0) {
+    }
+}
+
+static void handle_gone(kbus_t *bus)
+{
+    if (--bus->handles == 0) {
+        for (int i = 0; i < bus->ntopics; i++)
+            free(bus->topics[i]);
+        free(bus->brokers);
+        free(bus->client_id);
+        free(bus);
+    }
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    handle_gone(h->data);
+}
+
+/* A consumer's poll handle points at its sub, which lives until the handle
+ * closes. */
+static void on_sub_closed(uv_handle_t *h)
+{
+    sub_t *s = h->data;
+    kbus_t *bus = s->bus;
+    free(s);
+    handle_gone(bus);
+}
+
+static uint64_t backoff_ms(const kbus_t *bus, int attempt)
+{
+    uint64_t ms = (uint64_t)bus->opt.retry_ms;
+    for (int i = 1; i < attempt && ms < RETRY_MAX_MS; i++)
+        ms *= 2;
+    return ms < RETRY_MAX_MS ? ms : RETRY_MAX_MS;
+}
+
+/* ---- entries and offsets ------------------------------------------------ */
+
+static void entry_free(entry_t *e)
+{
+    free(e->d.payload);
+    free(e);
+}
+
+static void unlink_entry(part_t *p, entry_t *e)
+{
+    if (e->prev)
+        e->prev->next = e->next;
+    else
+        p->head = e->next;
+    if (e->next)
+        e->next->prev = e->prev;
+    else
+        p->tail = e->prev;
+    e->prev = e->next = NULL;
+}
+
+/* Store the offset after the longest handled prefix of the partition;
+ * librdkafka's auto-commit then commits it (and commits once more when the
+ * partition is revoked). */
+static void advance(sub_t *s, part_t *p)
+{
+    int64_t store = -1;
+    while (p->head && p->head->state == DONE) {
+        entry_t *e = p->head;
+        store = e->offset + 1;
+        unlink_entry(p, e);
+        entry_free(e);
+    }
+    if (store < 0)
+        return;
+    p->stored = store;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, s->topic, p->partition)->offset = store;
+    rd_kafka_resp_err_t err = rd_kafka_offsets_store(s->rk, l);
+    if (err)
+        tms_log_warn("kafka_offset_store_failed", "topic=%s partition=%d error=\"%s\"", s->topic,
+                     (int)p->partition, rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void finish(entry_t *e)
+{
+    e->state = DONE;
+    free(e->d.payload);
+    e->d.payload = NULL;
+    advance(e->sub, e->part);
+}
+
+static void retry_remove(sub_t *s, entry_t *e)
+{
+    for (entry_t **pp = &s->retries; *pp; pp = &(*pp)->retry_next) {
+        if (*pp == e) {
+            *pp = e->retry_next;
+            e->retry_next = NULL;
+            return;
+        }
+    }
+}
+
+static void on_retry_timer(uv_timer_t *t);
+
+static void arm_retry_timer(kbus_t *bus, uint64_t due)
+{
+    if (bus->freeing)
+        return;
+    if (bus->retry_due && bus->retry_due <= due)
+        return;
+    bus->retry_due = due;
+    uint64_t now = uv_now(bus->loop);
+    uv_timer_start(&bus->retry_timer, on_retry_timer, due > now ? due - now : 0, 0);
+}
+
+static void schedule_retry(entry_t *e, entry_state_t state, uint64_t ms)
+{
+    sub_t *s = e->sub;
+    e->state = state;
+    e->due = uv_now(s->bus->loop) + ms;
+    e->retry_next = s->retries;
+    s->retries = e;
+    s->owned++;
+    arm_retry_timer(s->bus, e->due);
+}
+
+static void on_retry_timer(uv_timer_t *t)
+{
+    kbus_t *bus = t->data;
+    uint64_t now = uv_now(bus->loop), next = 0;
+    bus->retry_due = 0;
+    for (sub_t *s = bus->subs; s; s = s->next) {
+        entry_t *due = NULL;
+        /* Take the due ones first: posting may put an entry straight back. */
+        for (entry_t **pp = &s->retries; *pp;) {
+            entry_t *e = *pp;
+            if (e->due <= now) {
+                *pp = e->retry_next;
+                e->retry_next = due;
+                due = e;
+            } else {
+                if (!next || e->due < next)
+                    next = e->due;
+                pp = &e->retry_next;
+            }
+        }
+        while (due) {
+            entry_t *e = due;
+            due = e->retry_next;
+            e->retry_next = NULL;
+            s->owned--;
+            if (e->state == DLQ_RETRY) {
+                to_dlq(e);
+            } else {
+                if (e->bump)
+                    e->d.attempt++;
+                tms_counter_add(s->retried, 1);
+                post_entry(s, e);
+            }
+        }
+        check_close(s);
+    }
+    if (next)
+        arm_retry_timer(bus, next);
+}
+
+/* ---- producing ------------------------------------------------------------
+ */
+
+static int produce(kbus_t *bus, const char *topic, const char *key, const char *payload, size_t len,
+                   const entry_t *dead, pub_t *pub)
+{
+    rd_kafka_resp_err_t err;
+    if (dead) {
+        char part[16], off[24], att[16];
+        snprintf(part, sizeof(part), "%d", (int)dead->partition);
+        snprintf(off, sizeof(off), "%" PRId64, dead->offset);
+        snprintf(att, sizeof(att), "%d", dead->d.attempt);
+        err = rd_kafka_producev(
+            bus->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
+            RD_KAFKA_V_VALUE((void *)payload, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_HEADER("tms.topic", dead->d.topic, -1),
+            RD_KAFKA_V_HEADER("tms.partition", part, -1), RD_KAFKA_V_HEADER("tms.offset", off, -1),
+            RD_KAFKA_V_HEADER("tms.attempts", att, -1), RD_KAFKA_V_OPAQUE(pub), RD_KAFKA_V_END);
+    } else {
+        err = rd_kafka_producev(
+            bus->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
+            RD_KAFKA_V_VALUE((void *)payload, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+            RD_KAFKA_V_OPAQUE(pub), RD_KAFKA_V_END);
+    }
+    if (err) {
+        tms_log_warn("kafka_produce_refused", "topic=%s error=\"%s\"", topic,
+                     rd_kafka_err2str(err));
+        return err == RD_KAFKA_RESP_ERR__QUEUE_FULL ? -TMS_EFULL : -TMS_EIO;
+    }
+    bus->outstanding++;
+    return 0;
+}
+
+static void on_dlq_done(void *ctx, int status)
+{
+    entry_t *e = ctx;
+    sub_t *s = e->sub;
+    s->owned--;
+    if (!e->part) {
+        entry_free(e);
+    } else if (status == 0) {
+        tms_counter_add(s->dead, 1);
+        tms_log_warn("event_dead_lettered", "topic=%s partition=%d offset=%" PRId64 " attempts=%d",
+                     s->topic, (int)e->partition, e->offset, e->d.attempt);
+        finish(e);
+    } else {
+        schedule_retry(e, DLQ_RETRY, backoff_ms(s->bus, 3));
+    }
+    check_close(s);
+}
+
+static void to_dlq(entry_t *e)
+{
+    sub_t *s = e->sub;
+    char topic[80];
+    pub_t *pub = tms_new(pub_t);
+    pub->done = on_dlq_done;
+    pub->ctx = e;
+    pub->entry = e;
+    snprintf(topic, sizeof(topic), "%s.dlq", s->topic);
+    e->state = DLQ;
+    s->owned++;
+    if (produce(s->bus, topic, e->d.key, e->d.payload, e->d.payload_len, e, pub) != 0) {
+        free(pub);
+        s->owned--;
+        schedule_retry(e, DLQ_RETRY, backoff_ms(s->bus, 3));
+    }
+}
+
+/* One report; failures are counted into *failed and logged once per batch by
+ * the caller (with the broker down, every queued event times out at once). */
+static void on_delivery(kbus_t *bus, const rd_kafka_message_t *m, int *failed)
+{
+    pub_t *pub = m->_private;
+    bus->outstanding--;
+    if (bus->freeing) {
+        /* Publishers are gone; a dead-letter entry belongs to nobody else now. */
+        if (pub->entry)
+            entry_free(pub->entry);
+        free(pub);
+        return;
+    }
+    if (m->err) {
+        tms_counter_add(bus->publish_failed, 1);
+        if ((*failed)++ == 0)
+            tms_log_warn("kafka_delivery_failed", "topic=%s error=\"%s\"",
+                         rd_kafka_topic_name(m->rkt), rd_kafka_err2str(m->err));
+    } else {
+        tms_counter_add(bus->published, 1);
+        atomic_store(&bus->reachable, 1);
+    }
+    pub->done(pub->ctx, m->err ? -TMS_EIO : 0);
+    free(pub);
+}
+
+/* ---- topics (admin API) -------------------------------------------------- */
+
+static void create_topics(kbus_t *bus)
+{
+    rd_kafka_NewTopic_t *nt[MAX_TOPICS * 2];
+    size_t n = 0;
+    char errstr[256], name[80];
+    rd_kafka_AdminOptions_t *ao =
+        rd_kafka_AdminOptions_new(bus->producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+    rd_kafka_AdminOptions_set_request_timeout(ao, 10000, errstr, sizeof(errstr));
+    for (int i = 0; i < bus->ntopics; i++) {
+        for (int dlq = 0; dlq < 2; dlq++) {
+            snprintf(name, sizeof(name), "%s%s", bus->topics[i], dlq ? ".dlq" : "");
+            nt[n] = rd_kafka_NewTopic_new(name, bus->opt.partitions, bus->opt.replication, errstr,
+                                          sizeof(errstr));
+            if (nt[n])
+                n++;
+            else
+                tms_log_error("kafka_topic_invalid", "topic=%s error=\"%s\"", name, errstr);
+        }
+    }
+    bus->admin_pending = 1;
+    rd_kafka_CreateTopics(bus->producer, nt, n, ao, bus->main_q);
+    rd_kafka_NewTopic_destroy_array(nt, n);
+    rd_kafka_AdminOptions_destroy(ao);
+}
+
+static void on_topics_created(kbus_t *bus, rd_kafka_event_t *ev)
+{
+    const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
+    size_t n = 0, created = 0;
+    int failed = rd_kafka_event_error(ev) != 0;
+    const rd_kafka_topic_result_t **tr = res ? rd_kafka_CreateTopics_result_topics(res, &n) : NULL;
+    bus->admin_pending = 0;
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_resp_err_t err = rd_kafka_topic_result_error(tr[i]);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            created++;
+        else if (err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+            failed = 1;
+    }
+    if (failed) {
+        tms_log_warn("kafka_topics_not_created", "error=\"%s\" retry_ms=%d",
+                     rd_kafka_event_error_string(ev), ADMIN_RETRY_MS);
+        bus->admin_retry_at = uv_now(bus->loop) + ADMIN_RETRY_MS;
+    } else {
+        atomic_store(&bus->reachable, 1);
+        tms_log_info("kafka_topics_ready", "created=%zu", created);
+    }
+    /* Consumers start either way: a missing topic is found by their periodic
+     * metadata refresh once something creates it (the broker may auto-create). */
+    if (!bus->topics_ready) {
+        bus->topics_ready = 1;
+        for (sub_t *s = bus->subs; s; s = s->next)
+            start_consumer(s);
+    }
+}
+
+static void on_main_readable(uv_poll_t *h, int status, int events)
+{
+    kbus_t *bus = h->data;
+    rd_kafka_event_t *ev;
+    (void)status;
+    (void)events;
+    drain_pipe(bus->fds[0]);
+    while ((ev = rd_kafka_queue_poll(bus->main_q, 0))) {
+        switch (rd_kafka_event_type(ev)) {
+        case RD_KAFKA_EVENT_DR: {
+            const rd_kafka_message_t *m;
+            int failed = 0;
+            while ((m = rd_kafka_event_message_next(ev)))
+                on_delivery(bus, m, &failed);
+            if (failed > 1)
+                tms_log_warn("kafka_deliveries_failed", "count=%d", failed);
+            break;
+        }
+        case RD_KAFKA_EVENT_CREATETOPICS_RESULT:
+            on_topics_created(bus, ev);
+            break;
+        case RD_KAFKA_EVENT_STATS:
+            /* Any broker connection up (compact JSON: no spaces). */
+            atomic_store(&bus->reachable,
+                         strstr(rd_kafka_event_stats(ev), "\"state\":\"UP\"") != NULL);
+            break;
+        case RD_KAFKA_EVENT_ERROR:
+            if (rd_kafka_event_error(ev) == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+                atomic_store(&bus->reachable, 0);
+            tms_log(rd_kafka_event_error_is_fatal(ev) ? TMS_LOG_ERROR : TMS_LOG_WARN, "kafka_error",
+                    "client=producer error=\"%s\"", rd_kafka_event_error_string(ev));
+            break;
+        default:
+            break;
+        }
+        rd_kafka_event_destroy(ev);
+    }
+}
+
+/* ---- consuming ------------------------------------------------------------
+ */
+
+static part_t *find_part(sub_t *s, int32_t partition)
+{
+    for (part_t *p = s->parts; p; p = p->next) {
+        if (p->partition == partition)
+            return p;
+    }
+    return NULL;
+}
+
+static rd_kafka_topic_partition_list_t *assigned_list(sub_t *s)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    for (part_t *p = s->parts; p; p = p->next)
+        rd_kafka_topic_partition_list_add(l, s->topic, p->partition);
+    return l;
+}
+
+/* Send the partition's fetcher back to the first offset we have not taken
+ * (asynchronous; librdkafka drops messages fetched before the seek). */
+static void seek_back(sub_t *s, part_t *p)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_error_t *err;
+    rd_kafka_topic_partition_list_add(l, s->topic, p->partition)->offset = p->next_take;
+    p->sought = p->next_take;
+    err = rd_kafka_seek_partitions(s->rk, l, 0);
+    if (err)
+        rd_kafka_error_destroy(err);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Flow control: a consumer holding max_inflight deliveries stops fetching;
+ * librdkafka resumes each partition from the offset after the last message
+ * taken. */
+static void set_paused(sub_t *s, int paused)
+{
+    rd_kafka_topic_partition_list_t *l;
+    if (s->paused == paused || !s->started || s->closing)
+        return;
+    s->paused = paused;
+    l = assigned_list(s);
+    if (l->cnt)
+        (void)(paused ? rd_kafka_pause_partitions(s->rk, l) : rd_kafka_resume_partitions(s->rk, l));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void on_entry_dropped(tms_msg_t *msg)
+{
+    entry_t *e = (entry_t *)msg;
+    if (!e->sub || !e->part) {
+        entry_free(e);
+        return;
+    }
+    /* The subscriber is gone with this event unhandled: it must never be
+     * committed over, so it stays in its partition as a barrier until the
+     * partition goes. */
+    e->sub->inflight--;
+    e->state = DROPPED;
+    free(e->d.payload);
+    e->d.payload = NULL;
+}
+
+static void post_entry(sub_t *s, entry_t *e)
+{
+    tms_msg_t *msg = &e->d.msg;
+    memset(msg, 0, sizeof(*msg));
+    msg->kind = TMS_MSG_REQUEST;
+    msg->op = TMS_EVENT_DELIVERY;
+    msg->free_fn = on_entry_dropped;
+    e->state = HELD;
+    e->bump = 0;
+    if (tms_mailbox_post(s->mailbox, &msg) == 0) {
+        s->inflight++;
+        tms_counter_add(s->delivered, 1);
+        if (s->inflight >= (size_t)s->bus->opt.max_inflight)
+            set_paused(s, 1);
+        return;
+    }
+    /* Mailbox full: try again shortly, without counting an attempt. */
+    schedule_retry(e, RETRY, (uint64_t)s->bus->opt.retry_ms);
+}
+
+static void take(sub_t *s, const rd_kafka_message_t *m)
+{
+    part_t *p = find_part(s, m->partition);
+    entry_t *e;
+    if (!p || (p->next_take >= 0 && m->offset < p->next_take))
+        return; /* not ours (any more), or already taken */
+    if (p->next_take >= 0 && m->offset > p->next_take && p->sought != p->next_take) {
+        /* Offsets skipped: go back for them rather than commit over them. A gap that
+         * is still there after the seek is real (e.g. transaction markers). */
+        tms_log_warn("kafka_offset_gap", "topic=%s partition=%d expected=%" PRId64 " got=%" PRId64,
+                     s->topic, (int)p->partition, p->next_take, m->offset);
+        seek_back(s, p);
+        return;
+    }
+    p->next_take = m->offset + 1;
+    atomic_store(&s->bus->reachable, 1);
+    e = tms_new(entry_t);
+    e->sub = s;
+    e->part = p;
+    e->partition = m->partition;
+    e->offset = m->offset;
+    snprintf(e->d.topic, sizeof(e->d.topic), "%s", s->topic);
+    snprintf(e->d.key, sizeof(e->d.key), "%.*s", m->key_len < 63 ? (int)m->key_len : 63,
+             m->key ? (const char *)m->key : "");
+    e->d.payload = tms_malloc(m->len + 1);
+    if (m->len)
+        memcpy(e->d.payload, m->payload, m->len);
+    e->d.payload[m->len] = '\0';
+    e->d.payload_len = m->len;
+    e->d.attempt = 1;
+    e->d.bus_ref = s;
+    e->prev = p->tail;
+    if (p->tail)
+        p->tail->next = e;
+    else
+        p->head = e;
+    p->tail = e;
+    post_entry(s, e);
+}
+
+/* A partition leaves this consumer: held entries are orphaned (their acks are
+ * ignored), waiting ones are dropped; the next owner starts from the committed
+ * offset, i.e. from the first of them. */
+static void revoke_part(sub_t *s, part_t *p)
+{
+    for (entry_t *e = p->head, *next; e; e = next) {
+        next = e->next;
+        e->prev = e->next = NULL;
+        switch (e->state) {
+        case HELD:
+        case DLQ:
+            e->part = NULL;
+            break;
+        case RETRY:
+        case DLQ_RETRY:
+            retry_remove(s, e);
+            s->owned--;
+            entry_free(e);
+            break;
+        default:
+            entry_free(e);
+        }
+    }
+    free(p);
+}
+
+static void revoke_all(sub_t *s)
+{
+    int n = 0;
+    for (part_t *p = s->parts, *next; p; p = next) {
+        next = p->next;
+        revoke_part(s, p);
+        n++;
+    }
+    s->parts = NULL;
+    if (n)
+        tms_counter_add(s->revoked, (uint64_t)n);
+}
+
+static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+                         rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+    sub_t *s = opaque;
+    if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        rd_kafka_assign(rk, parts);
+        for (int i = 0; i < parts->cnt; i++) {
+            if (find_part(s, parts->elems[i].partition))
+                continue;
+            part_t *p = tms_new(part_t);
+            p->partition = parts->elems[i].partition;
+            p->next_take = p->stored = p->sought = -1;
+            p->next = s->parts;
+            s->parts = p;
+        }
+        if (s->paused)
+            rd_kafka_pause_partitions(rk, parts);
+        tms_log_info("kafka_assigned", "topic=%s group=%s partitions=%d", s->topic, s->group,
+                     parts->cnt);
+    } else {
+        /* Revoked (or an error): stored offsets are committed by the unassign. */
+        revoke_all(s);
+        rd_kafka_assign(rk, NULL);
+        tms_log_info("kafka_revoked", "topic=%s group=%s partitions=%d", s->topic, s->group,
+                     parts ? parts->cnt : 0);
+    }
+}
+
+static void serve_closing(sub_t *s, int timeout_ms)
+{
+    rd_kafka_event_t *ev;
+    while ((ev = rd_kafka_queue_poll(s->queue, timeout_ms))) {
+        /* The close revokes the assignment; with the event API the revoke comes
+         * back as an event that we must answer, or the close never completes. */
+        if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_REBALANCE) {
+            revoke_all(s);
+            rd_kafka_assign(s->rk, NULL);
+        }
+        rd_kafka_event_destroy(ev);
+    }
+    if (!s->closed && rd_kafka_consumer_closed(s->rk)) {
+        s->closed = 1;
+        uv_poll_stop(&s->poll);
+        tms_log_info("kafka_consumer_closed", "topic=%s group=%s", s->topic, s->group);
+    }
+}
+
+static void on_consumer_readable(uv_poll_t *h, int status, int events)
+{
+    sub_t *s = h->data;
+    rd_kafka_message_t *m;
+    (void)status;
+    (void)events;
+    drain_pipe(s->fds[0]);
+    if (s->closing) {
+        serve_closing(s, 0);
+        return;
+    }
+    while ((m = rd_kafka_consumer_poll(s->rk, 0))) {
+        if (m->err) {
+            tms_log_warn("kafka_consume_error", "topic=%s group=%s error=\"%s\"", s->topic,
+                         s->group, rd_kafka_message_errstr(m));
+        } else {
+            take(s, m);
+        }
+        rd_kafka_message_destroy(m);
+    }
+}
+
+static void check_close(sub_t *s)
+{
+    if (!s->bus->stopping || s->closing || s->inflight || s->owned)
+        return;
+    s->closing = 1;
+    if (!s->started) {
+        s->closed = 1;
+        return;
+    }
+    rd_kafka_error_t *err = rd_kafka_consumer_close_queue(s->rk, s->queue);
+    if (err) {
+        tms_log_warn("kafka_close_failed", "group=%s error=\"%s\"", s->group,
+                     rd_kafka_error_string(err));
+        rd_kafka_error_destroy(err);
+        s->closed = 1;
+        return;
+    }
+    serve_closing(s, 0);
+}
+
+static void start_consumer(sub_t *s)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_resp_err_t err;
+    rd_kafka_topic_partition_list_add(l, s->topic, RD_KAFKA_PARTITION_UA);
+    err = rd_kafka_subscribe(s->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err) {
+        tms_log_error("kafka_subscribe_failed", "topic=%s group=%s error=\"%s\"", s->topic,
+                      s->group, rd_kafka_err2str(err));
+        return;
+    }
+    s->started = 1;
+    uv_poll_start(&s->poll, UV_READABLE, on_consumer_readable);
+    /* Anything queued before the pipe was armed. */
+    on_consumer_readable(&s->poll, 0, UV_READABLE);
+}
+
+/* ---- housekeeping: lag, admin retries, closing consumers --------------------
+ */
+
+static void on_housekeeping(uv_timer_t *t)
+{
+    kbus_t *bus = t->data;
+    if (bus->admin_retry_at && uv_now(bus->loop) >= bus->admin_retry_at && !bus->admin_pending) {
+        bus->admin_retry_at = 0;
+        create_topics(bus);
+    }
+    for (sub_t *s = bus->subs; s; s = s->next) {
+        int64_t lag = 0;
+        if (s->closing) {
+            if (!s->closed)
+                serve_closing(s, 0);
+            continue;
+        }
+        for (part_t *p = s->parts; p; p = p->next) {
+            int64_t lo, hi;
+            /* Cached watermarks from fetch responses: no request, no wait. */
+            if (rd_kafka_get_watermark_offsets(s->rk, s->topic, p->partition, &lo, &hi) || hi < 0)
+                continue;
+            int64_t from = p->stored >= 0 ? p->stored : p->head ? p->head->offset : hi;
+            if (hi > from)
+                lag += hi - from;
+        }
+        atomic_store(&s->lag, lag);
+    }
+}
+
+static double lag_gauge(void *arg)
+{
+    return (double)atomic_load(&((sub_t *)arg)->lag);
+}
+
+static double outq_gauge(void *arg)
+{
+    kbus_t *bus = arg;
+    return bus->freeing ? 0 : (double)rd_kafka_outq_len(bus->producer);
+}
+
+static double reachable_gauge(void *arg)
+{
+    return (double)atomic_load(&((kbus_t *)arg)->reachable);
+}
+
+/* ---- the port ---------------------------------------------------------------
+ */
+
+static bool name_ok(const char *s)
+{
+    size_t n = s ? strnlen(s, 60) : 0;
+    if (n == 0 || n > 58) /* room for ".dlq" in topic[64] */
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static int publish(tms_event_bus_t *self, const char *topic, const char *key, const char *payload,
+                   size_t len, tms_publish_done_fn done, void *ctx)
+{
+    kbus_t *bus = (kbus_t *)self;
+    pub_t *pub;
+    int rc;
+    if (!name_ok(topic) || !key || (!payload && len > 0) || !done)
+        return -TMS_EINVAL;
+    pub = tms_new(pub_t);
+    pub->done = done;
+    pub->ctx = ctx;
+    rc = produce(bus, topic, key, payload ? payload : "", len, NULL, pub);
+    if (rc != 0)
+        free(pub);
+    return rc;
+}
+
+static int subscribe(tms_event_bus_t *self, const char *topic, const char *group,
+                     tms_mailbox_t *mailbox)
+{
+    kbus_t *bus = (kbus_t *)self;
+    char err[512], labels[160];
+    rd_kafka_conf_t *conf;
+    sub_t *s;
+    if (!name_ok(topic) || !name_ok(group) || !mailbox || bus->stopping)
+        return -TMS_EINVAL;
+    for (s = bus->subs; s; s = s->next) {
+        if (strcmp(s->group, group) == 0)
+            return -TMS_EINVAL; /* one subscriber per group per process */
+    }
+    conf = rd_kafka_conf_new();
+    if (set(conf, "bootstrap.servers", bus->brokers, err, sizeof(err)) ||
+        set(conf, "client.id", bus->client_id, err, sizeof(err)) ||
+        set(conf, "group.id", group, err, sizeof(err)) ||
+        set(conf, "enable.auto.commit", "true", err, sizeof(err)) ||
+        set(conf, "auto.commit.interval.ms", "1000", err, sizeof(err)) ||
+        set(conf, "enable.auto.offset.store", "false", err, sizeof(err)) ||
+        set(conf, "auto.offset.reset", "earliest", err, sizeof(err)) ||
+        set(conf, "session.timeout.ms", "10000", err, sizeof(err)) ||
+        set(conf, "heartbeat.interval.ms", "1000", err, sizeof(err)) ||
+        set(conf, "topic.metadata.refresh.interval.ms", "5000", err, sizeof(err)) ||
+        set(conf, "reconnect.backoff.max.ms", "2000", err, sizeof(err))) {
+        tms_log_error("kafka_consumer_config", "group=%s error=\"%s\"", group, err);
+        rd_kafka_conf_destroy(conf);
+        return -TMS_EINVAL;
+    }
+    s = tms_new(sub_t);
+    s->bus = bus;
+    snprintf(s->topic, sizeof(s->topic), "%s", topic);
+    snprintf(s->group, sizeof(s->group), "%s", group);
+    s->mailbox = mailbox;
+    rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_opaque(conf, s);
+    s->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    if (!s->rk) {
+        tms_log_error("kafka_consumer_failed", "group=%s error=\"%s\"", group, err);
+        rd_kafka_conf_destroy(conf);
+        free(s);
+        return -TMS_EIO;
+    }
+    if (make_pipe(s->fds) != 0) {
+        rd_kafka_destroy(s->rk);
+        free(s);
+        return -TMS_EIO;
+    }
+    rd_kafka_poll_set_consumer(s->rk);
+    s->queue = rd_kafka_queue_get_consumer(s->rk);
+    rd_kafka_queue_io_event_enable(s->queue, s->fds[1], "1", 1);
+    uv_poll_init(bus->loop, &s->poll, s->fds[0]);
+    s->poll.data = s;
+    bus->handles++;
+    snprintf(labels, sizeof(labels), "topic=\"%s\",group=\"%s\"", topic, group);
+    s->delivered =
+        tms_metrics_counter("tms_kafka_delivered_total", "Kafka deliveries to consumers", labels);
+    s->retried = tms_metrics_counter("tms_kafka_redelivered_total",
+                                     "Kafka deliveries retried after a failure", labels);
+    s->dead = tms_metrics_counter("tms_kafka_dead_lettered_total",
+                                  "events moved to <topic>.dlq after dlq_after attempts", labels);
+    s->revoked = tms_metrics_counter("tms_kafka_partitions_revoked_total",
+                                     "partitions taken away by a rebalance", labels);
+    tms_metrics_gauge_fn("tms_kafka_consumer_lag", "messages after the committed position", labels,
+                         lag_gauge, s);
+    s->next = bus->subs;
+    bus->subs = s;
+    if (bus->topics_ready)
+        start_consumer(s);
+    return 0;
+}
+
+static void ack(tms_event_bus_t *self, tms_delivery_t **pd, int ok)
+{
+    entry_t *e = (entry_t *)*pd;
+    sub_t *s;
+    (void)self;
+    if (!e)
+        return;
+    *pd = NULL;
+    s = e->sub;
+    s->inflight--;
+    if (!e->part) {
+        entry_free(e); /* revoked meanwhile: the new owner has it */
+    } else if (ok) {
+        finish(e);
+    } else if (e->d.attempt >= s->bus->opt.dlq_after) {
+        to_dlq(e);
+    } else {
+        e->bump = 1;
+        schedule_retry(e, RETRY, backoff_ms(s->bus, e->d.attempt));
+    }
+    if (s->paused && !s->bus->stopping && s->inflight <= (size_t)s->bus->opt.max_inflight / 2)
+        set_paused(s, 0);
+    check_close(s);
+}
+
+tms_event_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *opt, char *err,
+                                   size_t err_len)
+{
+    kbus_t *bus = tms_new(kbus_t);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    char num[24];
+    bus->base.name = "kafka";
+    bus->base.publish = publish;
+    bus->base.subscribe = subscribe;
+    bus->base.ack = ack;
+    bus->loop = loop;
+    bus->opt = *opt;
+    bus->opt.partitions = opt->partitions > 0 ? opt->partitions : 3;
+    bus->opt.replication = opt->replication > 0 ? opt->replication : 1;
+    bus->opt.dlq_after = opt->dlq_after > 0 ? opt->dlq_after : 5;
+    bus->opt.retry_ms = opt->retry_ms > 0 ? opt->retry_ms : 200;
+    bus->opt.publish_timeout_ms = opt->publish_timeout_ms > 0 ? opt->publish_timeout_ms : 10000;
+    bus->opt.max_inflight = opt->max_inflight > 1 ? opt->max_inflight : 64;
+    bus->brokers = tms_strdup(opt->brokers ? opt->brokers : "");
+    bus->client_id = tms_strdup(opt->client_id ? opt->client_id : "tms");
+    bus->fds[0] = bus->fds[1] = -1;
+    for (const char *const *t = opt->topics; t && *t && bus->ntopics < MAX_TOPICS; t++)
+        bus->topics[bus->ntopics++] = tms_strdup(*t);
+    snprintf(num, sizeof(num), "%d", bus->opt.publish_timeout_ms);
+    /* Idempotent, acks=all: a delivery report means every in-sync replica has the
+     * event, written once and in order per partition. murmur2 picks the partition
+     * from the key as Java (and kafkajs) clients do, so per-key order holds
+     * across producers of both kinds. */
+    if (set(conf, "bootstrap.servers", bus->brokers, err, err_len) ||
+        set(conf, "client.id", bus->client_id, err, err_len) ||
+        set(conf, "enable.idempotence", "true", err, err_len) ||
+        set(conf, "acks", "all", err, err_len) || set(conf, "linger.ms", "2", err, err_len) ||
+        set(conf, "message.timeout.ms", num, err, err_len) ||
+        set(conf, "partitioner", "murmur2_random", err, err_len) ||
+        set(conf, "statistics.interval.ms", "1000", err, err_len) ||
+        set(conf, "topic.metadata.refresh.interval.ms", "10000", err, err_len) ||
+        set(conf, "reconnect.backoff.max.ms", "2000", err, err_len))
+        goto fail;
+    rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
+    rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR |
+                                       RD_KAFKA_EVENT_CREATETOPICS_RESULT | RD_KAFKA_EVENT_STATS);
+    bus->producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, err_len);
+    if (!bus->producer)
+        goto fail;
+    conf = NULL;
+    if (make_pipe(bus->fds) != 0) {
+        snprintf(err, err_len, "pipe: %s", strerror(errno));
+        goto fail;
+    }
+    bus->main_q = rd_kafka_queue_get_main(bus->producer);
+    rd_kafka_queue_io_event_enable(bus->main_q, bus->fds[1], "1", 1);
+    uv_poll_init(loop, &bus->poll, bus->fds[0]);
+    uv_timer_init(loop, &bus->housekeeping);
+    uv_timer_init(loop, &bus->retry_timer);
+    bus->poll.data = bus->housekeeping.data = bus->retry_timer.data = bus;
+    bus->handles = 3;
+    uv_poll_start(&bus->poll, UV_READABLE, on_main_readable);
+    uv_timer_start(&bus->housekeeping, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
+    uv_unref((uv_handle_t *)&bus->housekeeping);
+    bus->published = tms_metrics_counter("tms_kafka_published_total",
+                                         "events the brokers acknowledged (acks=all)", "");
+    bus->publish_failed = tms_metrics_counter(
+        "tms_kafka_publish_failures_total", "publishes that failed (retried from the outbox)", "");
+    tms_metrics_gauge_fn("tms_kafka_producer_queue", "messages waiting in the producer", "",
+                         outq_gauge, bus);
+    tms_metrics_gauge_fn("tms_kafka_up", "1 when a broker connection is up", "", reachable_gauge,
+                         bus);
+    if (bus->ntopics)
+        create_topics(bus);
+    else
+        bus->topics_ready = 1;
+    return &bus->base;
+fail:
+    if (conf)
+        rd_kafka_conf_destroy(conf);
+    if (bus->producer)
+        rd_kafka_destroy(bus->producer);
+    if (bus->fds[0] >= 0) {
+        close(bus->fds[0]);
+        close(bus->fds[1]);
+    }
+    for (int i = 0; i < bus->ntopics; i++)
+        free(bus->topics[i]);
+    free(bus->brokers);
+    free(bus->client_id);
+    free(bus);
+    return NULL;
+}
+
+void tms_kafka_bus_stop(tms_event_bus_t *self)
+{
+    kbus_t *bus = (kbus_t *)self;
+    if (!bus || bus->stopping)
+        return;
+    bus->stopping = 1;
+    for (sub_t *s = bus->subs; s; s = s->next) {
+        set_paused(s, 1);
+        check_close(s);
+    }
+}
+
+size_t tms_kafka_bus_busy(tms_event_bus_t *self)
+{
+    kbus_t *bus = (kbus_t *)self;
+    size_t n;
+    if (!bus)
+        return 0;
+    n = bus->outstanding;
+    for (sub_t *s = bus->subs; s; s = s->next)
+        n += s->inflight + s->owned + (bus->stopping && !s->closed ? 1 : 0);
+    return n;
+}
+
+int tms_kafka_bus_reachable(tms_event_bus_t *self)
+{
+    return self ? atomic_load(&((kbus_t *)self)->reachable) : 0;
+}
+
+static void close_fd_handle(uv_poll_t *poll, int fds[2], uv_close_cb on_closed)
+{
+    uv_close((uv_handle_t *)poll, on_closed);
+    close(fds[0]);
+    close(fds[1]);
+}
+
+void tms_kafka_bus_free(tms_event_bus_t **pbus)
+{
+    kbus_t *bus = (kbus_t *)*pbus;
+    if (!bus)
+        return;
+    *pbus = NULL;
+    bus->freeing = 1;
+    uv_timer_stop(&bus->retry_timer);
+    for (sub_t *s = bus->subs, *sn; s; s = sn) {
+        sn = s->next;
+        /* A consumer not closed by stop leaves its group here (blocking, bounded by
+         * librdkafka's close); its revoke runs on_rebalance, which frees its parts.
+         */
+        if (s->started && !s->closing) {
+            rd_kafka_consumer_close(s->rk);
+        } else if (s->started && !s->closed) {
+            for (int i = 0; i < 300 && !s->closed; i++)
+                serve_closing(s, 10);
+        }
+        rd_kafka_queue_destroy(s->queue);
+        revoke_all(s);
+        for (entry_t *e = s->retries, *en; e; e = en) {
+            en = e->retry_next;
+            entry_free(e);
+        }
+        rd_kafka_destroy(s->rk);
+        close_fd_handle(&s->poll, s->fds, on_sub_closed);
+    }
+    bus->subs = NULL;
+    /* Entries still held by consumers were orphaned by revoke_all (part NULL):
+     * their free_fn frees them without looking at the freed sub. Dead-letter
+     * publishes in flight are purged; on_delivery frees their entries. */
+    if (bus->outstanding) {
+        rd_kafka_purge(bus->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
+        for (int i = 0; i < 100 && bus->outstanding; i++) {
+            rd_kafka_event_t *ev = rd_kafka_queue_poll(bus->main_q, 10);
+            if (!ev)
+                continue;
+            if (rd_kafka_event_type(ev) == RD_KAFKA_EVENT_DR) {
+                const rd_kafka_message_t *m;
+                int failed = 0;
+                while ((m = rd_kafka_event_message_next(ev)))
+                    on_delivery(bus, m, &failed);
+            }
+            rd_kafka_event_destroy(ev);
+        }
+    }
+    rd_kafka_queue_destroy(bus->main_q);
+    rd_kafka_destroy(bus->producer);
+    uv_close((uv_handle_t *)&bus->housekeeping, on_handle_closed);
+    uv_close((uv_handle_t *)&bus->retry_timer, on_handle_closed);
+    close_fd_handle(&bus->poll, bus->fds, on_handle_closed);
+}

@@ -1,0 +1,355 @@
+/* Kafka bus against librdkafka's mock cluster (no broker): publish completes on
+ * the loop after the delivery report, a delivery carries topic/key/payload, a
+ * nack is redelivered and after dlq_after attempts lands in <topic>.dlq while
+ * the next event of the same partition is handled meanwhile, an unacknowledged
+ * event is redelivered to the next consumer of the group (offsets stop before
+ * it), and a publish fails while the broker is down and succeeds once it is
+ * back. */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include <librdkafka/rdkafka.h>
+#include <librdkafka/rdkafka_mock.h>
+
+#include "core/event_bus.h"
+#include "core/metrics.h"
+#include "io/kafka.h"
+#include "test.h"
+
+#define MAX_HELD 32
+
+typedef struct consumer {
+    tms_mailbox_t *mailbox;
+    tms_delivery_t *held[MAX_HELD];
+    int n; /* received in total */
+} consumer_t;
+
+typedef struct result {
+    int calls;
+    int status;
+} result_t;
+
+typedef struct mock {
+    rd_kafka_t *rk;
+    rd_kafka_mock_cluster_t *mc;
+    const char *brokers;
+} mock_t;
+
+static void on_delivery(void *owner, tms_msg_t *msg)
+{
+    consumer_t *c = owner;
+    CHECK_EQ_INT(msg->op, TMS_EVENT_DELIVERY);
+    if (c->n < MAX_HELD)
+        c->held[c->n] = (tms_delivery_t *)msg;
+    else
+        msg->free_fn(msg);
+    c->n++;
+}
+
+static void on_done(void *ctx, int status)
+{
+    result_t *r = ctx;
+    r->calls++;
+    r->status = status;
+}
+
+static void mock_start(mock_t *m)
+{
+    char err[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    rd_kafka_conf_set(conf, "log_level", "0", err, sizeof(err));
+    m->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+    CHECK(m->rk != NULL);
+    m->mc = rd_kafka_mock_cluster_new(m->rk, 1);
+    CHECK(m->mc != NULL);
+    m->brokers = rd_kafka_mock_cluster_bootstraps(m->mc);
+}
+
+static void mock_stop(mock_t *m)
+{
+    rd_kafka_mock_cluster_destroy(m->mc);
+    rd_kafka_destroy(m->rk);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Run the loop until *flag reaches want or ms pass; returns whether it did. */
+static bool spin_until(uv_loop_t *loop, const int *flag, int want, int ms)
+{
+    uv_timer_t tick;
+    uint64_t deadline = uv_now(loop) + (uint64_t)ms;
+    uv_timer_init(loop, &tick);
+    uv_timer_start(&tick, on_tick, 20, 20);
+    while (*flag < want && uv_now(loop) < deadline)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return *flag >= want;
+}
+
+static tms_event_bus_t *bus_new(uv_loop_t *loop, const mock_t *m, int dlq_after)
+{
+    char err[256] = "";
+    tms_event_bus_t *bus = tms_kafka_bus_new(loop,
+                                             &(tms_kafka_options_t){
+                                                 .brokers = m->brokers,
+                                                 .dlq_after = dlq_after,
+                                                 .retry_ms = 20,
+                                                 .publish_timeout_ms = 2000,
+                                             },
+                                             err, sizeof(err));
+    if (!bus)
+        fprintf(stderr, "kafka bus: %s\n", err);
+    CHECK(bus != NULL);
+    return bus;
+}
+
+/* Stop gracefully (held deliveries must be acked first), free, close the loop.
+ */
+static void bus_finish(uv_loop_t *loop, tms_event_bus_t **bus)
+{
+    int zero = 0;
+    tms_kafka_bus_stop(*bus);
+    for (int i = 0; i < 300 && tms_kafka_bus_busy(*bus); i++)
+        spin_until(loop, &zero, 1, 20);
+    CHECK_EQ_INT(tms_kafka_bus_busy(*bus), 0);
+    tms_kafka_bus_free(bus);
+    for (int i = 0; i < 4; i++)
+        uv_run(loop, UV_RUN_NOWAIT); /* close callbacks; mailboxes are still open */
+}
+
+static void publish_ok(uv_loop_t *loop, tms_event_bus_t *bus, const char *topic, const char *key,
+                       const char *payload)
+{
+    result_t r = {0, 99};
+    CHECK_EQ_INT(bus->publish(bus, topic, key, payload, strlen(payload), on_done, &r), 0);
+    CHECK_EQ_INT(r.calls, 0); /* never inside publish */
+    CHECK(spin_until(loop, &r.calls, 1, 10000));
+    CHECK_EQ_INT(r.status, 0);
+}
+
+static void test_publish_consume_ack(void)
+{
+    uv_loop_t loop;
+    mock_t m;
+    consumer_t c = {0};
+    tms_event_bus_t *bus;
+    uv_loop_init(&loop);
+    mock_start(&m);
+    rd_kafka_mock_topic_create(m.mc, "t1", 1, 1);
+    bus = bus_new(&loop, &m, 3);
+    c.mailbox = tms_mailbox_new(&loop, "c", 16, on_delivery, &c);
+    CHECK_EQ_INT(bus->subscribe(bus, "t1", "g1", c.mailbox), 0);
+    CHECK(bus->subscribe(bus, "t1", "g1", c.mailbox) < 0); /* one subscriber per group */
+    CHECK(bus->publish(bus, "bad topic", "k", "x", 1, on_done, NULL) < 0);
+    publish_ok(&loop, bus, "t1", "key-1", "{\"a\":1}");
+    CHECK(spin_until(&loop, &c.n, 1, 15000));
+    if (c.n >= 1) {
+        CHECK_EQ_STR(c.held[0]->topic, "t1");
+        CHECK_EQ_STR(c.held[0]->key, "key-1");
+        CHECK_EQ_STR(c.held[0]->payload, "{\"a\":1}");
+        CHECK_EQ_INT(c.held[0]->payload_len, 7);
+        CHECK_EQ_INT(c.held[0]->attempt, 1);
+        CHECK(tms_kafka_bus_busy(bus) >= 1);
+        bus->ack(bus, &c.held[0], 1);
+        CHECK(c.held[0] == NULL);
+    }
+    CHECK_EQ_INT(tms_kafka_bus_reachable(bus), 1);
+    bus_finish(&loop, &bus);
+    tms_mailbox_free(&c.mailbox);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    mock_stop(&m);
+}
+
+static void test_nack_retries_then_dead_letters_without_stalling(void)
+{
+    uv_loop_t loop;
+    mock_t m;
+    consumer_t c = {0}, dlq = {0};
+    tms_event_bus_t *bus;
+    int poison_attempts = 0, good = 0;
+    uv_loop_init(&loop);
+    mock_start(&m);
+    rd_kafka_mock_topic_create(m.mc, "t2", 1, 1);
+    rd_kafka_mock_topic_create(m.mc, "t2.dlq", 1, 1);
+    bus = bus_new(&loop, &m, 3);
+    c.mailbox = tms_mailbox_new(&loop, "c", 16, on_delivery, &c);
+    dlq.mailbox = tms_mailbox_new(&loop, "dlq", 16, on_delivery, &dlq);
+    CHECK_EQ_INT(bus->subscribe(bus, "t2", "g2", c.mailbox), 0);
+    CHECK_EQ_INT(bus->subscribe(bus, "t2.dlq", "g2-dlq", dlq.mailbox), 0);
+    publish_ok(&loop, bus, "t2", "same-key", "poison");
+    publish_ok(&loop, bus, "t2", "same-key", "good");
+    /* Handle what arrives: fail the poison every time, ack the good one. */
+    for (int i = 0; i < 400 && dlq.n == 0; i++) {
+        int seen = c.n;
+        spin_until(&loop, &c.n, seen + 1, 50);
+        for (int j = 0; j < c.n && j < MAX_HELD; j++) {
+            tms_delivery_t *d = c.held[j];
+            if (!d)
+                continue;
+            if (strcmp(d->payload, "poison") == 0) {
+                poison_attempts++;
+                CHECK_EQ_INT(d->attempt, poison_attempts);
+                bus->ack(bus, &c.held[j], 0);
+            } else {
+                good++;
+                /* the good event is not held up by the failing one before it */
+                CHECK(poison_attempts < 3);
+                bus->ack(bus, &c.held[j], 1);
+            }
+        }
+        spin_until(&loop, &dlq.n, 1, 10);
+    }
+    CHECK_EQ_INT(poison_attempts, 3);
+    CHECK_EQ_INT(good, 1);
+    CHECK(spin_until(&loop, &dlq.n, 1, 10000));
+    if (dlq.n >= 1) {
+        CHECK_EQ_STR(dlq.held[0]->payload, "poison");
+        CHECK_EQ_STR(dlq.held[0]->key, "same-key");
+        bus->ack(bus, &dlq.held[0], 1);
+    }
+    CHECK_EQ_INT(tms_counter_value(tms_metrics_counter("tms_kafka_dead_lettered_total", "",
+                                                       "topic=\"t2\",group=\"g2\"")),
+                 1);
+    bus_finish(&loop, &bus);
+    tms_mailbox_free(&c.mailbox);
+    tms_mailbox_free(&dlq.mailbox);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    mock_stop(&m);
+}
+
+/* Offsets stop before the first unacknowledged event: the group's next consumer
+ * starts there, even though a later event was acknowledged. */
+static void test_unacked_event_goes_to_next_consumer(void)
+{
+    uv_loop_t loop;
+    mock_t m;
+    consumer_t c = {0}, c2 = {0};
+    tms_event_bus_t *bus;
+    uv_loop_init(&loop);
+    mock_start(&m);
+    rd_kafka_mock_topic_create(m.mc, "t3", 1, 1);
+    bus = bus_new(&loop, &m, 5);
+    c.mailbox = tms_mailbox_new(&loop, "c", 16, on_delivery, &c);
+    CHECK_EQ_INT(bus->subscribe(bus, "t3", "g3", c.mailbox), 0);
+    publish_ok(&loop, bus, "t3", "k", "e1");
+    publish_ok(&loop, bus, "t3", "k", "e2");
+    publish_ok(&loop, bus, "t3", "k", "e3");
+    CHECK(spin_until(&loop, &c.n, 3, 15000));
+    if (c.n == 3) {
+        bus->ack(bus, &c.held[0], 1);
+        bus->ack(bus, &c.held[2], 1);
+    }
+    /* Let an auto-commit happen, then leave without handling e2 (a crash would do
+     * the same): free with e2 still held. */
+    {
+        int zero = 0;
+        spin_until(&loop, &zero, 1, 1500);
+    }
+    tms_kafka_bus_free(&bus);
+    if (c.held[1])
+        c.held[1]->msg.free_fn(&c.held[1]->msg);
+    tms_mailbox_free(&c.mailbox);
+    uv_run(&loop, UV_RUN_DEFAULT);
+
+    bus = bus_new(&loop, &m, 5);
+    c2.mailbox = tms_mailbox_new(&loop, "c2", 16, on_delivery, &c2);
+    CHECK_EQ_INT(bus->subscribe(bus, "t3", "g3", c2.mailbox), 0);
+    CHECK(spin_until(&loop, &c2.n, 2, 15000));
+    CHECK_EQ_INT(c2.n, 2); /* e2 and e3, not e1 */
+    if (c2.n >= 1)
+        CHECK_EQ_STR(c2.held[0]->payload, "e2");
+    for (int j = 0; j < c2.n && j < MAX_HELD; j++)
+        bus->ack(bus, &c2.held[j], 1);
+    bus_finish(&loop, &bus);
+    tms_mailbox_free(&c2.mailbox);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    mock_stop(&m);
+}
+
+/* Flow control: with max_inflight 4 the consumer pauses and resumes many times;
+ * every event still arrives exactly once, in order. */
+static void test_pause_resume_loses_nothing(void)
+{
+    uv_loop_t loop;
+    mock_t m;
+    consumer_t c = {0};
+    tms_event_bus_t *bus;
+    char err[256], payload[16];
+    int next = 0, acked = 0;
+    uv_loop_init(&loop);
+    mock_start(&m);
+    rd_kafka_mock_topic_create(m.mc, "t5", 1, 1);
+    bus = tms_kafka_bus_new(
+        &loop, &(tms_kafka_options_t){.brokers = m.brokers, .retry_ms = 20, .max_inflight = 4}, err,
+        sizeof(err));
+    CHECK(bus != NULL);
+    for (int i = 0; i < 30; i++) {
+        snprintf(payload, sizeof(payload), "e%d", i);
+        publish_ok(&loop, bus, "t5", "k", payload);
+    }
+    c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
+    CHECK_EQ_INT(bus->subscribe(bus, "t5", "g5", c.mailbox), 0);
+    /* Hold what arrives for a while (so the consumer pauses), then ack it all. */
+    for (int round = 0; round < 200 && acked < 30; round++) {
+        int seen = c.n;
+        spin_until(&loop, &c.n, seen + 1, 100);
+        CHECK(c.n - acked <= 5); /* max_inflight, plus one already in flight */
+        for (; next < c.n && next < MAX_HELD; next++) {
+            tms_delivery_t *d = c.held[next];
+            snprintf(payload, sizeof(payload), "e%d", next);
+            CHECK_EQ_STR(d->payload, payload);
+            bus->ack(bus, &c.held[next], 1);
+            acked++;
+        }
+    }
+    CHECK_EQ_INT(acked, 30);
+    CHECK_EQ_INT(c.n, 30);
+    bus_finish(&loop, &bus);
+    tms_mailbox_free(&c.mailbox);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    mock_stop(&m);
+}
+
+static void test_publish_fails_while_broker_down(void)
+{
+    uv_loop_t loop;
+    mock_t m;
+    tms_event_bus_t *bus;
+    result_t r = {0, 0};
+    uv_loop_init(&loop);
+    mock_start(&m);
+    rd_kafka_mock_topic_create(m.mc, "t4", 1, 1);
+    bus = bus_new(&loop, &m, 5);
+    publish_ok(&loop, bus, "t4", "k", "before");
+    rd_kafka_mock_broker_set_down(m.mc, 1);
+    CHECK_EQ_INT(bus->publish(bus, "t4", "k", "during", 6, on_done, &r), 0);
+    CHECK(spin_until(&loop, &r.calls, 1, 10000));
+    CHECK(r.status < 0); /* publish_timeout_ms (2 s) passed: the outbox keeps it */
+    rd_kafka_mock_broker_set_up(m.mc, 1);
+    publish_ok(&loop, bus, "t4", "k", "after");
+    bus_finish(&loop, &bus);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    mock_stop(&m);
+}
+
+int main(void)
+{
+    RUN_TEST(test_publish_consume_ack);
+    RUN_TEST(test_nack_retries_then_dead_letters_without_stalling);
+    RUN_TEST(test_unacked_event_goes_to_next_consumer);
+    RUN_TEST(test_pause_resume_loses_nothing);
+    RUN_TEST(test_publish_fails_while_broker_down);
+    tms_metrics_reset();
+    TEST_EXIT();
+}
