@@ -313,32 +313,6 @@ static void do_get(job_t *job)
     submit(job, op);
 }
 
-#define CURSOR_PREFIX "t1:"
-
-/* Cursors are opaque to clients: base64url of "t1:<last id>". */
-static char *cursor_encode(int64_t last_id)
-{
-    char raw[40], *out;
-    size_t n = (size_t)snprintf(raw, sizeof(raw), CURSOR_PREFIX "%" PRId64, last_id);
-    size_t cap = sodium_base64_encoded_len(n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    out = tms_malloc(cap);
-    sodium_bin2base64(out, cap, (const unsigned char *)raw, n,
-                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    return out;
-}
-
-static int64_t cursor_decode(const char *cursor)
-{
-    unsigned char raw[40];
-    size_t n = 0;
-    if (strlen(cursor) > 40 ||
-        sodium_base642bin(raw, sizeof(raw) - 1, cursor, strlen(cursor), NULL, &n, NULL,
-                          sodium_base64_VARIANT_URLSAFE_NO_PADDING) != 0 ||
-        n <= strlen(CURSOR_PREFIX) || memcmp(raw, CURSOR_PREFIX, strlen(CURSOR_PREFIX)) != 0)
-        return 0;
-    return tms_parse_id((const char *)raw + 3, n - 3);
-}
-
 static void listed(job_t *job, tms_task_op_t *op)
 {
     tms_api_call_t *call = job->call;
@@ -349,7 +323,7 @@ static void listed(job_t *job, tms_task_op_t *op)
     op->tasks = NULL;
     op->ntasks = 0;
     if (op->has_more && call->ntasks > 0)
-        call->next_cursor = cursor_encode(call->tasks[call->ntasks - 1].id);
+        call->next_cursor = tms_task_cursor_encode(call->tasks[call->ntasks - 1].id);
     finish(job);
 }
 
@@ -371,7 +345,7 @@ static void do_list(job_t *job)
         fail(job, TMS_INVALID_ARGUMENT, "assignedTo must be a user id");
         return;
     }
-    if (call->cursor && (after = cursor_decode(call->cursor)) <= 0) {
+    if (call->cursor && (after = tms_task_cursor_decode(call->cursor)) <= 0) {
         fail(job, TMS_INVALID_ARGUMENT, "invalid cursor");
         return;
     }

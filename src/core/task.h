@@ -32,4 +32,12 @@ void tms_task_copy(tms_task_t *dst, const tms_task_t *src);
 /** True when s is one of the three statuses. */
 int tms_task_status_valid(const char *s);
 
+/** The opaque list cursor naming the task after which the next page starts
+ * (base64url of "t1:<id>"); malloc'd, the caller frees. */
+char *tms_task_cursor_encode(int64_t last_id);
+
+/** The last id of a cursor made by tms_task_cursor_encode, or 0 when cursor is
+ * malformed (any string is safe). */
+int64_t tms_task_cursor_decode(const char *cursor);
+
 #endif

@@ -74,7 +74,8 @@ struct conn {
     size_t head_bytes;
     int err_status; /* set by a callback that rejects: 413, 431 or 400 */
     const char *err_reason;
-    char *in; /* unparsed input */
+    char *in;       /* unparsed input */
+    char prev_byte; /* last byte but SP/HT parsed before in[0] (obs-fold check) */
     size_t in_len, in_cap;
     char client_addr[64];
 };
@@ -328,7 +329,9 @@ static void log_request(tms_http_server_t *s, const tms_http_request_t *r, int s
     const char *path = r->path ? r->path : "-";
     const char *route = r->route ? r->route : "unmatched";
     const char *method = r->method && r->method[0] ? r->method : "-";
-    tms_log_quote(qpath, sizeof qpath, path, strlen(path));
+    /* Never the query string: clients put tokens and passwords there. A request that
+     * failed before its head was complete still has it attached here. */
+    tms_log_quote(qpath, sizeof qpath, path, strcspn(path, "?"));
     tms_log_info("request", "method=%s route=%s path=%s status=%d dur_ms=%.3f rid=%s client=%s",
                  method, route, qpath, status, secs * 1e3, r->request_id,
                  r->client_addr[0] ? r->client_addr : "-");
@@ -734,8 +737,17 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
 {
     conn_t *c = p->data;
     hreq_t *r = c->req;
+    const char *q;
     if (count_head(c, n))
         return -1;
+    /* llhttp 8 accepts obs-fold even in strict mode: the folded line comes as more of
+     * the value, with only spaces between it and the LF. RFC 9112 5.2 lets a server
+     * reject it, and a space-led line is how CVE-2024-27982 hides a Content-Length, so
+     * reject. (Otherwise a value follows its colon, or more of itself after a read.) */
+    for (q = at; q > c->in && (q[-1] == ' ' || q[-1] == '\t'); q--)
+        ;
+    if (n > 0 && (q > c->in ? q[-1] : c->prev_byte) == '\n') /* n == 0: an empty value */
+        return reject(c, 400, "obsolete line folding");
     if (c->in_trailers || !r->nh)
         return 0;
     if (!r->in_value) {
@@ -771,6 +783,8 @@ static int on_headers_complete(llhttp_t *p)
     const char *expect;
     if (p->upgrade)
         return reject(c, 400, "upgrade not supported");
+    if (p->http_major != 1) /* llhttp takes a request line without a version as HTTP/0.9 */
+        return reject(c, 400, "unsupported HTTP version");
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > s->limits.max_body_bytes)
         return reject(c, 413, "request body too large");
     req_finish_head(s, r);
@@ -891,6 +905,12 @@ static void process(conn_t *c)
             conn_fail(c, status, code, msg);
             return;
         }
+        for (size_t i = used; i > 0; i--) { /* only trailing spaces are walked */
+            if (c->in[i - 1] != ' ' && c->in[i - 1] != '\t') {
+                c->prev_byte = c->in[i - 1];
+                break;
+            }
+        }
         memmove(c->in, c->in + used, c->in_len - used);
         c->in_len -= used;
         if (c->ready) {
@@ -933,6 +953,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             uv_read_stop(st);
             c->reading = false;
         } else if (nread == UV_EOF && c->phase == PH_BODY) {
+            /* The peer is done: close after the answer, without lingering for input. */
+            c->peer_eof = true;
             conn_fail(c, 400, TMS_INVALID_ARGUMENT, "malformed HTTP request: truncated body");
         } else {
             conn_close(c);
