@@ -1,0 +1,203 @@
+# Common functions of the benchmark harness, sourced by bench/run and bench/pairs/*.sh.
+# Nothing here is run on its own. State lives in environment variables set by bench/run:
+#   ROOT      repository root          WORK  this run's scratch dir (bench/results/tmp/<ts>)
+#   DUR WARM  measurement / warm-up seconds         CONNS  HTTP/1.1 connections
+#   CLIENT_CPU SERVER_CPU  taskset lists            TASK_ID  the task every GET reads
+#   PG_URL    private PostgreSQL database (empty when the run has no PostgreSQL)
+# Every process started here is killed by the EXIT trap of the (sub)shell that started it.
+
+BIN="$ROOT/build-tools/bin"
+PY="$ROOT/build-venv-bench/bin/python"
+TOOLS="$ROOT/bench/tools.py"
+
+log() { printf '%s bench: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Pinning: the load client runs on CLIENT_CPU, the server and its database on SERVER_CPU.
+# (Functions fork when run with &: start background processes with taskset itself, so
+# that $! is the process to kill.)
+client() { taskset -c "$CLIENT_CPU" "$@"; }
+server() { taskset -c "$SERVER_CPU" "$@"; }
+
+# --- results -----------------------------------------------------------------------
+# rec PAIR KEY VALUE: one figure; report.py turns the lines into the JSON and table.
+rec() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$WORK/records.tsv"; }
+# raw PAIR NAME FILE: keeps a tool's whole output; it goes into the JSON as text.
+raw() { mkdir -p "$WORK/raw"; cp "$3" "$WORK/raw/$1.$2.txt"; }
+
+# --- processes ---------------------------------------------------------------------
+_PIDS=()
+_kill_all() {
+  local p
+  for p in "${_PIDS[@]+"${_PIDS[@]}"}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${_PIDS[@]+"${_PIDS[@]}"}"; do wait "$p" 2>/dev/null || true; done
+  _PIDS=()
+}
+track() { _PIDS+=("$1"); }
+untrack() { local p keep=(); for p in "${_PIDS[@]+"${_PIDS[@]}"}"; do [[ "$p" == "$1" ]] || keep+=("$p"); done; _PIDS=("${keep[@]+"${keep[@]}"}"); }
+# In a pair's subshell: forget the parent's processes, kill this subshell's at exit.
+on_exit() { _PIDS=(); trap '_kill_all' EXIT; }
+
+# tms_start NAME [--set k=v ...]: TMS pinned to SERVER_CPU on $WORK/data, rate limits off.
+# Sets TMS_PID, TMS_URL (REST), TMS_GRPC (host:port). Unpinned when TMS_UNPINNED=1 (seeding).
+tms_start() {
+  local name=$1; shift
+  local hp gp
+  hp=$(free_port); gp=$(free_port)
+  local cmd=("$ROOT/build/tms" serve --set data.dir="$WORK/data"
+    --set http.addr=127.0.0.1:$hp --set grpc.addr=127.0.0.1:$gp
+    --set ratelimit.api_per_minute=0 --set ratelimit.login_per_15min=0
+    --set ratelimit.task_create_per_hour=0 --set log.level=warn
+    --set http.max_connections=20000 "$@")
+  local cpus=$SERVER_CPU
+  [[ "${TMS_UNPINNED:-0}" == 1 ]] && cpus="0-$(($(nproc) - 1))"
+  taskset -c "$cpus" "${cmd[@]}" 2>>"$WORK/tms.$name.log" &
+  TMS_PID=$!; track "$TMS_PID"
+  TMS_URL="http://127.0.0.1:$hp"; TMS_GRPC="127.0.0.1:$gp"
+  local _
+  for _ in $(seq 150); do
+    curl -sf "$TMS_URL/readyz" >/dev/null 2>&1 && return 0
+    kill -0 "$TMS_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  tail -5 "$WORK/tms.$name.log" >&2
+  return 1
+}
+tms_stop() {
+  [[ -n "${TMS_PID:-}" ]] || return 0
+  kill "$TMS_PID" 2>/dev/null || true; wait "$TMS_PID" 2>/dev/null || true
+  untrack "$TMS_PID"; TMS_PID=
+}
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# nginx_start NAME CONF_BODY: nginx (1 worker) pinned to SERVER_CPU with the given
+# `server { ... }` blocks. Sets NGINX_PID.
+nginx_start() {
+  local dir="$WORK/nginx.$1"
+  mkdir -p "$dir"
+  cat > "$dir/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  open_file_cache max=64;
+  open_file_cache_valid 60s;
+  $2
+}
+CONF
+  taskset -c "$SERVER_CPU" nginx -c "$dir/nginx.conf" -p "$dir" &
+  NGINX_PID=$!; track "$NGINX_PID"
+  sleep 0.3
+  kill -0 "$NGINX_PID" 2>/dev/null || { cat "$dir/error.log" >&2; return 1; }
+}
+
+# --- load clients (always on CLIENT_CPU, warm-up then measurement) -------------------
+# wrk_measure PAIR SIDE URL [wrk args...]: records SIDE.rps/.p50_ms/.p99_ms/... of PAIR.
+wrk_measure() {
+  local pair=$1 side=$2 url=$3; shift 3
+  local out="$WORK/wrk.$pair.$side.txt"
+  client wrk -t1 -c"$CONNS" -d"${WARM}s" "$@" "$url" >/dev/null
+  client wrk -t1 -c"$CONNS" -d"${DUR}s" --latency "$@" "$url" > "$out"
+  raw "$pair" "$side.wrk" "$out"
+  "$PY" "$TOOLS" wrk "$out" | while read -r k v; do rec "$pair" "$side.$k" "$v"; done
+}
+wrk_rps() { awk '/Requests\/sec/ {print $2}' "$1"; }
+
+# h2load_measure PAIR SIDE URL [h2load args...]: records rps, and p50/p99 computed from
+# h2load's per-request log (its summary has no percentiles).
+h2load_measure() {
+  local pair=$1 side=$2 url=$3; shift 3
+  local out="$WORK/h2load.$pair.$side.txt" lf="$WORK/h2load.$pair.$side.log"
+  client h2load -t1 -D "$WARM" "$@" "$url" >/dev/null
+  client h2load -t1 -D "$DUR" --log-file="$lf" "$@" "$url" > "$out"
+  raw "$pair" "$side.h2load" "$out"
+  "$PY" "$TOOLS" h2load "$out" "$lf" | while read -r k v; do rec "$pair" "$side.$k" "$v"; done
+}
+
+# fixed_rate_measure PAIR SIDE URL RATE [h2load args...]: HTTP/1.1 load at a fixed rate
+# (h2load --rps on CONNS connections), so latency is measured below saturation. A
+# connection still waiting for a reply when its next request is due sends it late (and
+# that wait is not counted), so SIDE.rps falling short of SIDE.rate flags a hidden tail.
+fixed_rate_measure() {
+  local pair=$1 side=$2 url=$3 rate=$4; shift 4
+  local each=$(((rate + CONNS / 2) / CONNS))
+  ((each > 0)) || each=1
+  rec "$pair" "$side.rate" $((each * CONNS))
+  h2load_measure "$pair" "$side" "$url" --h1 -c"$CONNS" --rps="$each" "$@"
+}
+
+# pgbench_measure PAIR SIDE SCRIPT [pgbench args...]: -M prepared, CONNS clients, one thread.
+pgbench_measure() {
+  local pair=$1 side=$2 script=$3; shift 3
+  local out="$WORK/pgbench.$pair.$side.txt" lp="$WORK/pgblog.$pair.$side"
+  client pgbench -n -M prepared -c "$CONNS" -j 1 -T "$WARM" -f "$script" "$@" "$PG_URL" >/dev/null 2>&1
+  rm -f "$lp".*
+  (cd "$WORK" && client pgbench -n -M prepared -c "$CONNS" -j 1 -T "$DUR" -l --log-prefix="$lp" \
+    -f "$script" "$@" "$PG_URL" > "$out" 2>&1)
+  raw "$pair" "$side.pgbench" "$out"
+  "$PY" "$TOOLS" pgbench "$out" "$lp".* | while read -r k v; do rec "$pair" "$side.$k" "$v"; done
+  rm -f "$lp".*
+}
+
+# profile PAIR NAME LOAD...: with --profile, runs the LOAD command (which should last
+# about DUR+1 s) while perf samples the server's CPU. Keeps the split of that CPU by
+# command (other tenants of a shared machine show up there) and the top symbols of this
+# run's server processes only (TMS, nginx, this run's PostgreSQL and its backends).
+profile() {
+  ((PROFILE)) || return 0
+  local pair=$1 name=$2; shift 2
+  local data="$WORK/perf.$pair.$name.data" txt="$WORK/perf.$pair.$name.txt" pp lp pids i=0 pc rest
+  perf record -q -F 999 -C "$SERVER_CPU" -o "$data" -- sleep "$DUR" >/dev/null 2>&1 &
+  pp=$!
+  "$@" >/dev/null 2>&1 &
+  lp=$!
+  sleep 1
+  pids=$(our_server_pids)
+  wait "$lp" || true
+  wait "$pp" || true
+  perf report -i "$data" --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -8 > "$txt.comm"
+  perf report -i "$data" --pid="$pids" --sort comm,dso,sym --stdio 2>/dev/null |
+    grep -E '^ +[0-9]' | head -40 > "$txt"
+  perf report -i "$data" --pid="$pids" --sort comm,dso --stdio 2>/dev/null |
+    grep -E '^ +[0-9]' | head -10 > "$txt.dso"
+  raw "$pair" "perf.$name.comm" "$txt.comm"
+  raw "$pair" "perf.$name.dso" "$txt.dso"
+  rec "$pair" "perf.$name.ours_by_dso" "$(awk '{printf "%s%s:%s %s", (NR > 1 ? ", " : ""), $2, $3, $1}' "$txt.dso")"
+  raw "$pair" "perf.$name.top" "$txt"
+  rec "$pair" "perf.$name.cpu_by_command" "$(awk '{printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1}' "$txt.comm")"
+  while read -r pc rest; do
+    i=$((i + 1)); ((i <= 12)) || break
+    rec "$pair" "perf.$name.$(printf %02d $i)" "$pc $(echo "$rest" | tr -s ' ')"
+  done < "$txt"
+  rm -f "$data"
+}
+our_server_pids() {
+  local p list=() pm
+  for p in "${TMS_PID:-}" "${NGINX_PID:-}"; do
+    [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null && list+=("$p") && list+=($(pgrep -P "$p" || true))
+  done
+  if [[ -f "$WORK/pg/data/postmaster.pid" ]]; then
+    pm=$(head -1 "$WORK/pg/data/postmaster.pid")
+    list+=("$pm" $(pgrep -P "$pm" || true))
+  fi
+  (IFS=,; echo "${list[*]}")
+}
+
+# Writes a wrk Lua script sending METHOD with BODY (JSON) to $WORK/NAME.lua.
+wrk_lua() {
+  local name=$1 method=$2 body=$3
+  cat > "$WORK/$name.lua" <<LUA
+wrk.method = "$method"
+wrk.body = '$body'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+  echo "$WORK/$name.lua"
+}
+
+# Token and ids of the seeded data: user 0 reads, users 1.. are logged in by the storm.
+seed_get() { "$PY" -c "import json,sys; d=json.load(open('$WORK/seed.json')); print(eval(sys.argv[1]))" "$1"; }

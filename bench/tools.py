@@ -1,0 +1,544 @@
+#!/usr/bin/env python3
+"""Helpers of the benchmark harness (standard library only, except `report`, which
+needs matplotlib). Parsers print `key value` lines that bench/lib.sh records.
+
+  tools.py wrk FILE                 rps, p50/p90/p99 in ms, errors of `wrk --latency`
+  tools.py h2load FILE LOG          rps from h2load's summary, percentiles from --log-file
+  tools.py pgbench FILE LOG...      tps from pgbench's summary, percentiles from -l logs
+  tools.py ghz FILE                 the same from `ghz -O json`
+  tools.py seed URL OUT --users N --tasks N [--tasks-only]   through the API
+  tools.py seed-sql sqlite|pg DB|URL SEED N                 --quick: straight into the store
+  tools.py conns HOST PORT N PID    opens N keep-alive connections, prints RSS (KiB)
+  tools.py report WORK OUTDIR STAMP writes STAMP.json, STAMP.md, STAMP-*.png, latest.*
+"""
+import json
+import os
+import re
+import sys
+import threading
+import time
+
+
+def pct(values, p):
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100.0 * len(values) + 0.5)) - 1))
+    return values[k]
+
+
+def dur_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    if not m:
+        return float("nan")
+    v, u = float(m.group(1)), m.group(2)
+    return v * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[u]
+
+
+def out(d):
+    for k, v in d.items():
+        print(k, v)
+
+
+def cmd_wrk(path):
+    t = open(path).read()
+    d = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))}
+    for p in ("50", "90", "99"):
+        m = re.search(r"^\s+%s%%\s+(\S+)" % p, t, re.M)
+        if m:
+            d["p%s_ms" % p] = round(dur_ms(m.group(1)), 3)
+    m = re.search(r"Latency\s+(\S+)", t)
+    if m:
+        d["mean_ms"] = round(dur_ms(m.group(1)), 3)
+    m = re.search(r"(\d+) requests in", t)
+    d["requests"] = int(m.group(1)) if m else 0
+    errs = 0
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+    if m:
+        errs += int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", t)
+    if m:
+        errs += sum(int(x) for x in m.groups())
+    d["errors"] = errs
+    out(d)
+
+
+def cmd_h2load(path, logf):
+    t = open(path).read()
+    d = {"rps": float(re.search(r"finished in [^,]+, ([\d.]+) req/s", t).group(1))}
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", t)
+    d["requests"] = int(m.group(3))
+    d["errors"] = int(m.group(5)) + int(m.group(6))
+    lat = []
+    for line in open(logf):
+        f = line.split("\t")
+        if len(f) >= 3:
+            lat.append(int(f[2]) / 1000.0)
+    for p in (50, 90, 99):
+        d["p%d_ms" % p] = round(pct(lat, p), 3)
+    out(d)
+
+
+def cmd_pgbench(path, *logs):
+    t = open(path).read()
+    m = re.search(r"^tps = ([\d.]+)", t, re.M)
+    d = {"rps": float(m.group(1)) if m else 0.0}
+    m = re.search(r"number of failed transactions: (\d+)", t)
+    d["errors"] = int(m.group(1)) if m else 0
+    lat = []
+    for lf in logs:
+        for line in open(lf):
+            f = line.split()
+            if len(f) >= 3:
+                lat.append(int(f[2]) / 1000.0)
+    d["requests"] = len(lat)
+    for p in (50, 90, 99):
+        d["p%d_ms" % p] = round(pct(lat, p), 3)
+    out(d)
+
+
+def cmd_ghz(path):
+    r = json.load(open(path))
+    d = {"rps": round(r["rps"], 1), "requests": r["count"]}
+    for e in r.get("latencyDistribution") or []:
+        if e["percentage"] in (50, 90, 99):
+            d["p%d_ms" % e["percentage"]] = round(e["latency"] / 1e6, 3)
+    codes = r.get("statusCodeDistribution") or {}
+    d["errors"] = sum(v for k, v in codes.items() if k != "OK")
+    out(d)
+
+
+# --- seeding through the API -----------------------------------------------------------
+def _client(url):
+    import http.client
+    import urllib.parse
+    u = urllib.parse.urlparse(url)
+    return http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+
+
+def _call(conn, method, path, body=None, token=None):
+    h = {"Content-Type": "application/json"}
+    if token:
+        h["Authorization"] = "Bearer " + token
+    for attempt in range(50):  # 503 "server busy": back off and retry
+        conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=h)
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 503:
+            break
+        time.sleep(0.05 * (attempt + 1))
+    if r.status >= 300:
+        raise RuntimeError("%s %s: %d %s" % (method, path, r.status, data[:200]))
+    return json.loads(data)
+
+
+def _parallel(n_items, workers, url, fn):
+    """Runs fn(conn, i) for i in range(n_items) on `workers` keep-alive connections."""
+    lock = threading.Lock()
+    nxt = [0]
+    errors = []
+
+    def run():
+        conn = _client(url)
+        while True:
+            with lock:
+                i = nxt[0]
+                nxt[0] += 1
+            if i >= n_items or errors:
+                return
+            try:
+                fn(conn, i)
+            except Exception as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+                return
+
+    ts = [threading.Thread(target=run) for _ in range(workers)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def cmd_seed(url, outp, *args):
+    users = int(args[args.index("--users") + 1]) if "--users" in args else 100
+    tasks = int(args[args.index("--tasks") + 1]) if "--tasks" in args else 10000
+    t0 = time.time()
+    if "--tasks-only" in args:
+        seed = json.load(open(outp))
+    else:
+        seed = {"users": [None] * users, "password": "benchmark-password"}
+
+        def reg(conn, i):
+            r = _call(conn, "POST", "/api/auth/register",
+                      {"email": "bench%03d@example.com" % i, "password": seed["password"]})
+            seed["users"][i] = {"email": "bench%03d@example.com" % i, "id": r["user"]["id"],
+                                "token": r["token"]}
+
+        _parallel(users, 8, url, reg)
+    t1 = time.time()
+    us = seed["users"]
+    ids = [None] * tasks
+
+    def create(conn, i):
+        body = _task(us, i)
+        creator = body.pop("createdBy")
+        ids[i] = _call(conn, "POST", "/api/task", body, us[creator]["token"])["id"]
+
+    if tasks:
+        _parallel(tasks, 32, url, create)
+    seed["task_ids"] = ids
+    seed["seconds_users"] = round(t1 - t0, 2)
+    seed["seconds_tasks"] = round(time.time() - t1, 2)
+    json.dump(seed, open(outp, "w"))
+    print("seeded %d users in %.1fs, %d tasks in %.1fs" % (
+        len(us), t1 - t0, tasks, time.time() - t1), file=sys.stderr)
+
+
+def _task(us, i):
+    """The i-th seeded task (the same through the API or SQL)."""
+    body = {"title": "Task %d" % i,
+            "description": "Seeded task %d, %s" % (i, ("lorem ipsum " * (1 + i % 8)).strip()),
+            "createdBy": i % len(us)}
+    if i % 2:
+        body["assignedTo"] = us[(i * 7) % len(us)]["id"]
+    if i % 3 == 1:
+        body["status"] = "in progress"
+    return body
+
+
+def _rows(seed, n):
+    now = int(time.time() * 1000)
+    us = seed["users"]
+    for i in range(n):
+        t = _task(us, i)
+        yield (t["title"], t["description"], t.get("status", "open"), t.get("assignedTo"),
+               us[t["createdBy"]]["id"], now, now, 1)
+
+
+def cmd_seed_sql(kind, target, seedp, n):
+    """--quick: the same tasks straight into the store (TMS stopped). kind sqlite: target
+    is the database file; kind pg: target is a psql URL, rows go through COPY."""
+    n = int(n)
+    seed = json.load(open(seedp))
+    t0 = time.time()
+    cols = ("title, description, status, assigned_to, created_by, created_at_ms,"
+            " updated_at_ms, version")
+    if kind == "sqlite":
+        import sqlite3
+        db = sqlite3.connect(target)
+        db.executemany("INSERT INTO tasks (%s) VALUES (?, ?, ?, ?, ?, ?, ?, ?)" % cols,
+                       _rows(seed, n))
+        db.commit()
+        ids = [str(r[0]) for r in db.execute("SELECT id FROM tasks ORDER BY id")]
+        db.close()
+    else:
+        import subprocess
+        data = "".join("\t".join("\\N" if v is None else str(v) for v in r) + "\n"
+                       for r in _rows(seed, n))
+        subprocess.run(["psql", "-q", target, "-c", "COPY tasks (%s) FROM STDIN" % cols],
+                       input=data, text=True, check=True, stdout=subprocess.DEVNULL)
+        ids = subprocess.run(["psql", "-qAt", target, "-c", "SELECT id FROM tasks ORDER BY id"],
+                             capture_output=True, text=True, check=True).stdout.split()
+    seed["task_ids"] = ids[-n:]
+    seed["seconds_tasks"] = round(time.time() - t0, 2)
+    json.dump(seed, open(seedp, "w"))
+    print("seeded %d tasks with SQL in %.1fs" % (n, time.time() - t0), file=sys.stderr)
+
+
+# --- idle keep-alive connections ------------------------------------------------------
+def cmd_conns(host, port, n, pid):
+    import asyncio
+    import resource
+    n, port = int(n), int(port)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, n + 1000)), hard))
+    req = b"GET /healthz HTTP/1.1\r\nHost: bench\r\n\r\n"
+    sem = asyncio.Semaphore(500)
+    conns = []
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection(host, port)
+            w.write(req)
+            await w.drain()
+            head = await r.readuntil(b"\r\n\r\n")
+            m = re.search(rb"content-length:\s*(\d+)", head, re.I)
+            if m:
+                await r.readexactly(int(m.group(1)))
+            conns.append(w)
+
+    async def main():
+        t0 = time.time()
+        res = await asyncio.gather(*(one() for _ in range(n)), return_exceptions=True)
+        fails = [x for x in res if isinstance(x, Exception)]
+        await asyncio.sleep(1.0)
+        rss = int(re.search(r"VmRSS:\s+(\d+)", open("/proc/%s/status" % pid).read()).group(1))
+        print("open", len(conns))
+        print("failed", len(fails))
+        print("open_seconds", round(time.time() - t0, 2))
+        print("rss_kib", rss)
+        if fails:
+            print("first_error", repr(fails[0]).replace(" ", "_")[:120])
+        for w in conns:
+            w.close()
+
+    asyncio.run(main())
+
+
+# --- report ---------------------------------------------------------------------------
+def _num(v):
+    try:
+        f = float(v)
+        return int(f) if f.is_integer() and "." not in v else f
+    except ValueError:
+        return v
+
+
+def _ratio(a, b):
+    if a is None or b in (None, 0) or isinstance(a, str) or isinstance(b, str):
+        return None
+    return round(a / b, 3)
+
+
+def load_records(work):
+    pairs = {}
+    path = os.path.join(work, "records.tsv")
+    if os.path.exists(path):
+        for line in open(path):
+            p, k, v = line.rstrip("\n").split("\t", 2)
+            pairs.setdefault(p, {})[k] = _num(v)
+    return pairs
+
+
+def evaluate(P):
+    """Ratios and the issue's targets: list of (pair, what, value, target, met, note)."""
+    rows = []
+
+    def g(p, k):
+        return P.get(p, {}).get(k)
+
+    def row(pair, what, value, target, cmp, note=""):
+        met = None if value is None else cmp(value)
+        rows.append({"pair": pair, "what": what, "value": value, "target": target,
+                     "met": met, "note": note})
+
+    if "http" in P:
+        row("http", "GET rps TMS / nginx", _ratio(g("http", "tms.rps"), g("http", "nginx.rps")),
+            ">= 0.60", lambda v: v >= 0.6)
+        rate, got = g("http", "tms_fixed.rate"), g("http", "tms_fixed.rps")
+        kept = rate is not None and got is not None and got >= 0.95 * rate
+        row("http", "p99 at half nginx peak, TMS / nginx",
+            _ratio(g("http", "tms_fixed.p99_ms"), g("http", "nginx_fixed.p99_ms")),
+            "<= 2.0", lambda v: v <= 2.0 and kept,
+            "rate %s/s; achieved TMS %s/s, nginx %s/s%s" % (
+                rate, got, g("http", "nginx_fixed.rps"),
+                "" if kept else "; TMS could not keep the rate, so its queueing is not in its p99"))
+    if "pg_get" in P:
+        row("pg_get", "GET rps TMS (pipelined) / pgbench",
+            _ratio(g("pg_get", "tms.rps"), g("pg_get", "pgbench.rps")), ">= 0.70 (> 1.0 hoped)",
+            lambda v: v >= 0.7)
+        row("pg_get", "GET rps TMS (pipeline_depth=1) / pgbench",
+            _ratio(g("pg_get", "tms_unpipelined.rps"), g("pg_get", "pgbench.rps")), "info",
+            lambda v: None)
+    if "pg_post" in P:
+        row("pg_post", "POST rps TMS / pgbench INSERT task+outbox",
+            _ratio(g("pg_post", "tms.rps"), g("pg_post", "pgbench.rps")), ">= 0.80",
+            lambda v: v >= 0.8)
+        row("pg_post", "POST rps TMS / pgbench calling tms_task_create",
+            _ratio(g("pg_post", "tms.rps"), g("pg_post", "pgbench_fn.rps")), "info",
+            lambda v: None)
+        row("pg_post", "POST rps with Kafka on / off", None, ">= 0.90", lambda v: v >= 0.9,
+            "not measured: the harness has no Kafka pair yet")
+        row("pg_post", "Kafka p99 create response -> event consumed (ms)", None,
+            "<= linger.ms + 10", lambda v: None, "not measured: the harness has no Kafka pair yet")
+    if "grpc" in P:
+        row("grpc", "gRPC GetTask (h2load) / REST GET (wrk, 100 conns)",
+            _ratio(g("grpc", "tms_h2load.rps"), g("grpc", "rest.rps")), ">= 0.70",
+            lambda v: v >= 0.7)
+        row("grpc", "gRPC GetTask (h2load) / nginx h2 same bytes",
+            _ratio(g("grpc", "tms_h2load.rps"), g("grpc", "nginx_h2load.rps")), ">= 0.50",
+            lambda v: v >= 0.5)
+        row("grpc", "ghz GetTask / nginx h2 same bytes (h2load)",
+            _ratio(g("grpc", "tms_ghz.rps"), g("grpc", "nginx_h2load.rps")), "info",
+            lambda v: None, "different clients: ghz is the heavier one")
+    if "login" in P:
+        row("login", "logins/s in storm / (hash_threads / hash time alone)",
+            _ratio(g("login", "storm_login.rps"), g("login", "capacity_rps")), ">= 0.90",
+            lambda v: v >= 0.9, "hash threads share SERVER_CPU with the loop")
+        row("login", "logins/s in storm / (min(hash_threads, server cores) / hash time)",
+            _ratio(g("login", "storm_login.rps"), g("login", "capacity_cores_rps")), "info",
+            lambda v: None, "what the layout allows")
+        row("login", "GET rps in storm / alone",
+            _ratio(g("login", "storm_get.rps"), g("login", "alone_get.rps")), ">= 0.50",
+            lambda v: v >= 0.5)
+        row("login", "GET p99 in storm (ms)", g("login", "storm_get.p99_ms"), "< 10",
+            lambda v: v < 10)
+        row("login", "GET p99 in storm / alone",
+            _ratio(g("login", "storm_get.p99_ms"), g("login", "alone_get.p99_ms")), "info",
+            lambda v: None)
+    if "workers" in P:
+        if g("workers", "status") == "not_implemented":
+            row("workers", "rps workers=2 / workers=1", None, ">= 1.6", lambda v: v >= 1.6,
+                "not implemented: %s" % g("workers", "message"))
+        else:
+            row("workers", "rps workers=2 / workers=1",
+                _ratio(g("workers", "w2.rps"), g("workers", "w1.rps")), ">= 1.6",
+                lambda v: v >= 1.6)
+    if "memory" in P:
+        d = g("memory", "conns_rss_kib"), g("memory", "idle_rss_kib")
+        row("memory", "RSS with %s idle keep-alive conns - idle (MiB)" % g("memory", "conns_open"),
+            None if None in d else round((d[0] - d[1]) / 1024, 1), "<= 64",
+            lambda v: v <= 64)
+        d = g("memory", "after_rss_kib"), g("memory", "before_rss_kib")
+        row("memory", "RSS growth over %s requests (MiB)" % g("memory", "requests"),
+            None if None in d else round((d[0] - d[1]) / 1024, 1), "~0 (no growth)",
+            lambda v: v <= 1.0, "after a warm-up; <= 1 MiB counted as no growth")
+    return rows
+
+
+# Side-by-side bars: (pair, label, tms key, reference key, reference label)
+CHART = [
+    ("http", "GET /api/task/:id\nvs nginx", "tms", "nginx", "nginx"),
+    ("http", "GET fixed rate\nvs nginx", "tms_fixed", "nginx_fixed", "nginx"),
+    ("pg_get", "GET on PG\nvs pgbench", "tms", "pgbench", "pgbench"),
+    ("pg_post", "POST on PG\nvs pgbench", "tms", "pgbench", "pgbench"),
+    ("grpc", "gRPC GetTask\nvs nginx h2", "tms_h2load", "nginx_h2load", "nginx h2"),
+    ("grpc", "gRPC GetTask\nvs REST", "tms_h2load", "rest", "REST"),
+    ("login", "GET in login storm\nvs alone", "storm_get", "alone_get", "alone"),
+]
+
+
+def charts(P, outdir, stamp):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+    rows = [c for c in CHART if P.get(c[0], {}).get(c[2] + ".rps") is not None]
+    files = []
+    if not rows:
+        return files
+    labels = [c[1] for c in rows]
+    x = range(len(rows))
+    w = 0.38
+    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(rows)), 5))
+    tv = [P[c[0]].get(c[2] + ".rps") or 0 for c in rows]
+    rv = [P[c[0]].get(c[3] + ".rps") or 0 for c in rows]
+    ax.bar([i - w / 2 for i in x], tv, w, label="TMS", color="#1f77b4")
+    ax.bar([i + w / 2 for i in x], rv, w, label="reference", color="#aaaaaa")
+    for i, c in enumerate(rows):
+        ax.text(i + w / 2, rv[i], c[4], ha="center", va="bottom", fontsize=7)
+        if rv[i]:
+            ax.text(i - w / 2, tv[i], "%.2f" % (tv[i] / rv[i]), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("requests/s")
+    ax.set_title("Throughput, TMS beside reference (label on TMS bar: ratio)")
+    ax.legend()
+    fig.tight_layout()
+    f = os.path.join(outdir, "%s-throughput.png" % stamp)
+    fig.savefig(f, dpi=110)
+    files.append(f)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(max(10, 2.4 * len(rows)), 5))
+    for ax, p in zip(axes, ("p50", "p99")):
+        tv = [P[c[0]].get(c[2] + ".%s_ms" % p) or 0 for c in rows]
+        rv = [P[c[0]].get(c[3] + ".%s_ms" % p) or 0 for c in rows]
+        ax.bar([i - w / 2 for i in x], tv, w, label="TMS", color="#1f77b4")
+        ax.bar([i + w / 2 for i in x], rv, w, label="reference", color="#aaaaaa")
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, fontsize=7, rotation=30, ha="right")
+        ax.set_ylabel("%s latency (ms)" % p)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.set_title("%s latency, TMS beside reference" % p)
+        ax.legend()
+    fig.tight_layout()
+    f = os.path.join(outdir, "%s-latency.png" % stamp)
+    fig.savefig(f, dpi=110)
+    files.append(f)
+    plt.close(fig)
+    return files
+
+
+def fmt(v):
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "%.3g" % v if abs(v) < 100 else "%.0f" % v
+    return str(v)
+
+
+def cmd_report(work, outdir, stamp):
+    P = load_records(work)
+    meta = json.load(open(os.path.join(work, "meta.json")))
+    rawd = {}
+    rdir = os.path.join(work, "raw")
+    if os.path.isdir(rdir):
+        for name in sorted(os.listdir(rdir)):
+            rawd[name[:-4]] = open(os.path.join(rdir, name), errors="replace").read()
+    rows = evaluate(P)
+    pngs = []
+    try:
+        pngs = charts(P, outdir, stamp)
+    except Exception as e:  # noqa: BLE001 - the table and JSON still count
+        print("charts failed: %r" % e, file=sys.stderr)
+    doc = {"meta": meta, "pairs": P, "ratios": rows, "raw": rawd,
+           "charts": [os.path.basename(f) for f in pngs]}
+    json.dump(doc, open(os.path.join(outdir, stamp + ".json"), "w"), indent=1, sort_keys=True)
+
+    L = ["# TMS benchmark %s%s" % (stamp, " (--quick)" if meta.get("quick") else ""), "",
+         "commit `%s`%s; %s, %s CPUs; layout: %s; load average at start %s, at end %s." % (
+             meta.get("commit", "?")[:12], " (dirty tree)" if meta.get("dirty") else "",
+             meta.get("cpu_model", "?"), meta.get("nproc", "?"), meta.get("layout", "?"),
+             meta.get("loadavg_start", "?"), meta.get("loadavg_end", "?")),
+         "Each measurement: %ss after a %ss warm-up; HTTP/1.1 clients: %s connections, 1 thread; "
+         "data: %s users, %s tasks; seeding: %s." % (
+             meta.get("duration_s"), meta.get("warmup_s"), meta.get("connections"),
+             meta.get("users"), meta.get("tasks"), meta.get("seeding")), "",
+         "## Ratios and targets", "",
+         "| pair | ratio / figure | value | target | met |", "|---|---|---|---|---|"]
+    for r in rows:
+        met = {True: "yes", False: "**no**", None: "-"}[r["met"]]
+        L.append("| %s | %s | %s | %s | %s%s |" % (
+            r["pair"], r["what"], fmt(r["value"]), r["target"], met,
+            " (%s)" % r["note"] if r["note"] else ""))
+    L += ["", "## Raw figures", "", "| pair | side | rps | p50 ms | p99 ms | errors |",
+          "|---|---|---|---|---|---|"]
+    for p, d in P.items():
+        sides = []
+        for k in d:
+            if k.endswith(".rps"):
+                sides.append(k[:-4])
+        for s in sides:
+            L.append("| %s | %s | %s | %s | %s | %s |" % (
+                p, s, fmt(d.get(s + ".rps")), fmt(d.get(s + ".p50_ms")),
+                fmt(d.get(s + ".p99_ms")), fmt(d.get(s + ".errors"))))
+    other = [(p, k, v) for p, d in P.items() for k, v in d.items()
+             if not re.search(r"\.(rps|p50_ms|p90_ms|p99_ms|errors|requests|mean_ms|rate|max_ms)$", k)]
+    if other:
+        L += ["", "| pair | figure | value |", "|---|---|---|"]
+        L += ["| %s | %s | %s |" % (p, k, fmt(v)) for p, k, v in other]
+    for f in pngs:
+        L += ["", "![%s](%s)" % (os.path.basename(f), os.path.basename(f))]
+    md = "\n".join(L) + "\n"
+    open(os.path.join(outdir, stamp + ".md"), "w").write(md)
+    sys.stdout.write(md)
+    if not meta.get("all_pairs"):
+        return
+    latest = md
+    for f in pngs:
+        b = os.path.basename(f)
+        lb = b.replace(stamp, "latest")
+        import shutil
+        shutil.copyfile(f, os.path.join(outdir, lb))
+        latest = latest.replace("(%s)" % b, "(%s)" % lb)
+    open(os.path.join(outdir, "latest.md"), "w").write(latest)
+
+
+if __name__ == "__main__":
+    c, a = sys.argv[1], sys.argv[2:]
+    {"wrk": cmd_wrk, "h2load": cmd_h2load, "pgbench": cmd_pgbench,
+     "ghz": cmd_ghz, "seed": cmd_seed, "seed-sql": cmd_seed_sql, "conns": cmd_conns, "report": cmd_report}[c](*a)
