@@ -538,6 +538,120 @@ def test_continuation_flood_closes_connection(cli):
     assert cli.verify("x").valid is False
 
 
+def cpu_seconds(pid):
+    """User + system CPU time a process has used so far (from /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rapid_reset_flood(port, streams=3000):
+    """Open streams and reset each at once until the server hangs up; returns how
+    many were sent and whether a GOAWAY ENHANCE_YOUR_CALM came."""
+    sock, conn = h2_connect(port)
+    sent = 0
+    try:
+        try:
+            for i in range(streams):
+                sid = 1 + 2 * i
+                h2_request(conn, sock, sid, "/AuthService/VerifyToken", b"", end=False)
+                conn.reset_stream(sid, error_code=8)
+                sock.sendall(conn.data_to_send())
+                sent += 1
+        except Exception:  # noqa: BLE001 - the server closed while we still sent
+            pass
+        ev = h2_events(sock, conn, lambda s: any(isinstance(e, h2events.ConnectionTerminated)
+                                                 for e in s), timeout=5)
+        calm = any(isinstance(e, h2events.ConnectionTerminated) and e.error_code == 11
+                   for e in ev)
+        return sent, calm
+    finally:
+        sock.close()
+
+
+def continuation_flood(port, frames=5000):
+    """HEADERS without END_HEADERS, then CONTINUATION frames of one byte each until the
+    server hangs up; returns whether a GOAWAY came before the close."""
+    import hpack
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    try:
+        sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"),
+                                        (":path", "/AuthService/VerifyToken"),
+                                        (":authority", "x")])
+        head = len(block).to_bytes(3, "big") + b"\x01\x00" + (1).to_bytes(4, "big") + block
+        cont = (1).to_bytes(3, "big") + b"\x09\x00" + (1).to_bytes(4, "big") + b"\x00"
+        try:
+            sock.sendall(head + cont * frames)
+        except OSError:
+            pass
+        data = b""
+        sock.settimeout(5)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        return b"\x07\x00\x00\x00\x00\x00" in data
+    finally:
+        sock.close()
+
+
+def test_floods_cost_bounded_cpu_and_others_keep_their_latency(cli):
+    """Issue 10: rapid reset and CONTINUATION floods cost the server a bounded amount
+    of CPU per attacking connection (it hangs up instead of working through them), the
+    loop does not keep spinning afterwards, and a client calling meanwhile sees no
+    error and no stall."""
+    port = grpc_port(cli.srv)
+    pid = cli.srv.proc.pid
+    pb = cli.pb.health_pb2
+    latencies, errors, stop = [], [], threading.Event()
+
+    def probe():
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                cli.health.Check(pb.HealthCheckRequest(), timeout=5)
+                latencies.append(time.monotonic() - t0)
+            except grpc.RpcError as e:
+                errors.append(e.code())
+            time.sleep(0.01)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    try:
+        time.sleep(0.3)
+        cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+        attacks = 10
+        for _ in range(attacks):
+            sent, calm = rapid_reset_flood(port)
+            assert calm, "no GOAWAY ENHANCE_YOUR_CALM"
+            assert continuation_flood(port), "no GOAWAY for the CONTINUATION flood"
+        cpu1, wall1 = cpu_seconds(pid), time.monotonic()
+        time.sleep(1.0)
+        cpu2 = cpu_seconds(pid)
+    finally:
+        stop.set()
+        t.join(10)
+    per_attack_ms = (cpu1 - cpu0) * 1000 / (2 * attacks)
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1] if latencies else None
+    print(f"floods: {2 * attacks} attacking connections in {wall1 - wall0:.2f} s cost the "
+          f"server {(cpu1 - cpu0) * 1000:.0f} ms CPU ({per_attack_ms:.1f} ms each); idle "
+          f"after: {(cpu2 - cpu1) * 1000:.0f} ms CPU in 1 s; probe {len(latencies)} calls, "
+          f"p99 {p99 * 1000 if p99 else 0:.1f} ms, errors {errors}")
+    # Bounded: each attacking connection is cut off after a small, fixed amount of
+    # work (the sanitizer build is several times slower than release).
+    assert per_attack_ms < 100, f"{per_attack_ms:.1f} ms CPU per attacking connection"
+    # Nothing keeps running once the attackers are gone.
+    assert cpu2 - cpu1 < 0.2, f"{cpu2 - cpu1:.2f} s CPU in the idle second after"
+    assert not errors, errors
+    assert latencies and p99 < 0.25, f"probe p99 {p99}"
+
+
 # -- real clients --------------------------------------------------------------------
 
 def test_grpc_health_probe(cli):
