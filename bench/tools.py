@@ -349,10 +349,17 @@ def evaluate(P):
         row("pg_post", "POST rps TMS / pgbench calling tms_task_create",
             _ratio(g("pg_post", "tms.rps"), g("pg_post", "pgbench_fn.rps")), "info",
             lambda v: None)
-        row("pg_post", "POST rps with Kafka on / off", None, ">= 0.90", lambda v: v >= 0.9,
-            "not measured: the harness has no Kafka pair yet")
-        row("pg_post", "Kafka p99 create response -> event consumed (ms)", None,
-            "<= linger.ms + 10", lambda v: None, "not measured: the harness has no Kafka pair yet")
+        kafka = g("pg_post", "tms_kafka.rps")
+        row("pg_post", "POST rps with Kafka on / off", _ratio(kafka, g("pg_post", "tms.rps")),
+            ">= 0.90", lambda v: v >= 0.9,
+            "" if kafka is not None else "not measured: %s" % g("pg_post", "kafka_status"))
+        linger = g("pg_post", "kafka_linger_ms")
+        row("pg_post", "Kafka p99 create response -> event consumed (ms)",
+            g("pg_post", "kafka_e2e.p99_ms"), "<= linger.ms + 10",
+            lambda v: linger is not None and v <= linger + 10,
+            "linger.ms %s; p50 %s ms, %s of %s consumed, at %s creates/s" % (
+                linger, g("pg_post", "kafka_e2e.p50_ms"), g("pg_post", "kafka_e2e.consumed"),
+                g("pg_post", "kafka_e2e.created"), g("pg_post", "kafka_e2e.rate")))
     if "grpc" in P:
         row("grpc", "gRPC GetTask (h2load) / REST GET (wrk, 100 conns)",
             _ratio(g("grpc", "tms_h2load.rps"), g("grpc", "rest.rps")), ">= 0.70",
@@ -538,7 +545,86 @@ def cmd_report(work, outdir, stamp):
     open(os.path.join(outdir, "latest.md"), "w").write(latest)
 
 
+# --- Kafka: create response -> event consumed -------------------------------------------
+def cmd_kafka_e2e(url, token, assignee, brokers, n, rate):
+    """Creates n assigned tasks at a fixed rate (open loop, one keep-alive connection
+    per in-flight create) while a consumer of its own group reads `notifications`;
+    prints the latency from each create's response to its event arriving here."""
+    from confluent_kafka import Consumer
+    n, rate = int(n), float(rate)
+    got, sent, lock = {}, {}, threading.Lock()
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-e2e-%d" % os.getpid(),
+                  "auto.offset.reset": "latest", "enable.auto.commit": False,
+                  "fetch.wait.max.ms": 1, "fetch.min.bytes": 1})
+    c.subscribe(["notifications"])
+    assigned = threading.Event()
+    stop = threading.Event()
+
+    def consume():
+        while not stop.is_set():
+            m = c.poll(0.05)
+            if c.assignment():
+                assigned.set()
+            if m is None or m.error():
+                continue
+            t = time.monotonic()
+            try:
+                tid = str(json.loads(m.value())["task_id"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            with lock:
+                got.setdefault(tid, t)
+
+    th = threading.Thread(target=consume, daemon=True)
+    th.start()
+    assigned.wait(30)
+    time.sleep(1.0)  # the assignment's fetch position is settled
+    body = {"title": "e2e", "description": "kafka latency", "assignedTo": assignee}
+    start = time.monotonic() + 0.1
+    conns = [_client(url) for _ in range(8)]
+    errors = []
+
+    def one(i):
+        d = start + i / rate - time.monotonic()
+        if d > 0:
+            time.sleep(d)
+        conn = conns[i % len(conns)]
+        try:
+            task = _call(conn, "POST", "/api/task", body, token)
+            with lock:
+                sent[str(task["id"])] = time.monotonic()
+        except Exception as e:  # noqa: BLE001 - counted
+            errors.append(repr(e))
+
+    # one thread per connection slot keeps the schedule; creates on a slot are sequential
+    def slot(k):
+        for i in range(k, n, len(conns)):
+            one(i)
+
+    ts = [threading.Thread(target=slot, args=(k,)) for k in range(len(conns))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with lock:
+            if all(k in got for k in sent):
+                break
+        time.sleep(0.05)
+    stop.set()
+    th.join(5)
+    c.close()
+    lat = sorted((got[k] - v) * 1000 for k, v in sent.items() if k in got)
+    out({"n": n, "rate": rate, "created": len(sent), "consumed": len(lat),
+         "lost": len(sent) - len(lat), "errors": len(errors),
+         "p50_ms": round(pct(lat, 50), 2) if lat else None,
+         "p99_ms": round(pct(lat, 99), 2) if lat else None,
+         "max_ms": round(lat[-1], 2) if lat else None})
+
+
 if __name__ == "__main__":
     c, a = sys.argv[1], sys.argv[2:]
     {"wrk": cmd_wrk, "h2load": cmd_h2load, "pgbench": cmd_pgbench,
-     "ghz": cmd_ghz, "seed": cmd_seed, "seed-sql": cmd_seed_sql, "conns": cmd_conns, "report": cmd_report}[c](*a)
+     "ghz": cmd_ghz, "seed": cmd_seed, "seed-sql": cmd_seed_sql, "conns": cmd_conns, "kafka-e2e": cmd_kafka_e2e,
+     "report": cmd_report}[c](*a)
