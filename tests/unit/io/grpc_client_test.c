@@ -1,0 +1,763 @@
+/* Tests of the gRPC client (src/io/grpc_client.c) against the real TMS gRPC server
+ * (src/io/grpc.c) on the same loop, with a fake gateway mailbox that answers,
+ * fails or holds the calls the server forwards to it. */
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <uv.h>
+
+#include "core/api.h"
+#include "core/mailbox.h"
+#include "core/metrics.h"
+#include "core/status.h"
+#include "io/grpc.h"
+#include "io/grpc_client.h"
+#include "task.pb-c.h"
+#include "test.h"
+
+#define HELD_MAX 64
+
+static uv_loop_t *loop;
+
+/* ---- the fake gateway ---- */
+
+typedef enum gw_mode {
+    GW_ANSWER = 0,       /* a task with the requested id */
+    GW_FAIL,             /* fail_code / fail_msg */
+    GW_FAIL_THEN_ANSWER, /* fail the first fail_times arrivals, then answer */
+    GW_HOLD,             /* keep the call until the test replies */
+} gw_mode_t;
+
+typedef struct gateway {
+    tms_mailbox_t *mb;
+    gw_mode_t mode;
+    int arrivals;
+    tms_status_t fail_code;
+    const char *fail_msg;
+    int fail_times;
+    size_t desc_len; /* answer with a description this long */
+    tms_api_call_t *held[HELD_MAX];
+    int nheld;
+    int64_t last_task_id;
+} gateway_t;
+
+static void answer(gateway_t *gw, tms_api_call_t *call)
+{
+    call->task.id = call->task_id;
+    call->task.title = strdup("hello");
+    call->task.description = malloc(gw->desc_len + 1);
+    memset(call->task.description, 'd', gw->desc_len);
+    call->task.description[gw->desc_len] = '\0';
+    snprintf(call->task.status, sizeof(call->task.status), "open");
+    call->task.version = 1;
+    tms_mailbox_reply(&call->msg);
+}
+
+static void on_gateway(void *owner, tms_msg_t *msg)
+{
+    gateway_t *gw = owner;
+    tms_api_call_t *call = (tms_api_call_t *)msg;
+    if (msg->kind != TMS_MSG_REQUEST)
+        return;
+    gw->arrivals++;
+    gw->last_task_id = call->task_id;
+    switch (gw->mode) {
+    case GW_ANSWER:
+        answer(gw, call);
+        break;
+    case GW_FAIL:
+        tms_api_fail(call, gw->fail_code, "%s", gw->fail_msg);
+        break;
+    case GW_FAIL_THEN_ANSWER:
+        if (gw->arrivals <= gw->fail_times)
+            tms_api_fail(call, gw->fail_code, "%s", gw->fail_msg);
+        else
+            answer(gw, call);
+        break;
+    case GW_HOLD:
+        if (gw->nheld < HELD_MAX)
+            gw->held[gw->nheld++] = call;
+        else
+            tms_api_fail(call, TMS_INTERNAL, "test holds too many");
+        break;
+    }
+}
+
+/* Answer every held call (the server drops answers nobody waits for). */
+static void release_held(gateway_t *gw)
+{
+    for (int i = 0; i < gw->nheld; i++)
+        answer(gw, gw->held[i]);
+    gw->nheld = 0;
+}
+
+/* ---- the loop ---- */
+
+static void on_tick(uv_timer_t *t)
+{
+}
+
+typedef bool (*pred_fn)(void *arg);
+
+/* Run the loop until pred(arg) holds or timeout_ms passed; returns pred(arg). A
+ * ticking timer keeps uv_run from blocking while nothing else is due. */
+static bool run_until(pred_fn pred, void *arg, uint64_t timeout_ms)
+{
+    uv_timer_t tick;
+    uint64_t end;
+    bool ok;
+    uv_update_time(loop);
+    end = uv_now(loop) + timeout_ms;
+    uv_timer_init(loop, &tick);
+    uv_timer_start(&tick, on_tick, 2, 2);
+    while (!(ok = pred(arg)) && uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&tick, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return ok;
+}
+
+static bool never(void *arg)
+{
+    return false;
+}
+
+static void run_for(uint64_t ms)
+{
+    run_until(never, NULL, ms);
+}
+
+/* ---- one call's result ---- */
+
+typedef struct result {
+    int n; /* done calls: must end at 1 */
+    int status;
+    char message[256];
+    uint8_t resp[256];
+    size_t resp_len;
+    uint64_t at_ms;
+    bool client_closed_first; /* on_closed had run before done: wrong */
+} result_t;
+
+static bool g_closed;
+
+static void on_done(void *ctx, int status, const char *message, const uint8_t *resp,
+                    size_t resp_len)
+{
+    result_t *r = ctx;
+    r->n++;
+    r->status = status;
+    snprintf(r->message, sizeof(r->message), "%s", message ? message : "(null)");
+    r->resp_len = resp_len;
+    if (resp && resp_len <= sizeof(r->resp))
+        memcpy(r->resp, resp, resp_len);
+    r->at_ms = uv_now(loop);
+    r->client_closed_first = g_closed;
+}
+
+static bool is_done(void *arg)
+{
+    return ((result_t *)arg)->n > 0;
+}
+
+typedef struct many {
+    result_t *r;
+    int n;
+} many_t;
+
+static bool all_done(void *arg)
+{
+    many_t *m = arg;
+    for (int i = 0; i < m->n; i++) {
+        if (m->r[i].n == 0)
+            return false;
+    }
+    return true;
+}
+
+static bool held_at_least(void *arg)
+{
+    gateway_t *gw = arg;
+    return gw->nheld >= gw->fail_times; /* fail_times doubles as "wanted" in HOLD tests */
+}
+
+/* ---- fixtures ---- */
+
+typedef struct server {
+    gateway_t gw;
+    tms_grpc_server_t *srv;
+    int port;
+    bool stopped;
+} server_t;
+
+static void server_start(server_t *s, const char *addr, uint32_t max_streams)
+{
+    tms_grpc_config_t cfg = {0};
+    memset(s, 0, sizeof(*s));
+    s->gw.mb = tms_mailbox_new(loop, "gateway", 256, on_gateway, &s->gw);
+    cfg.gateway = s->gw.mb;
+    cfg.call_timeout_ms = 10000;
+    cfg.max_concurrent_streams = max_streams;
+    s->srv = tms_grpc_server_new(loop, &cfg);
+    CHECK_EQ_INT(tms_grpc_server_listen(s->srv, addr), 0);
+    s->port = tms_grpc_server_port(s->srv);
+}
+
+static void on_server_stopped(void *arg)
+{
+    ((server_t *)arg)->stopped = true;
+}
+
+static bool server_stopped(void *arg)
+{
+    return ((server_t *)arg)->stopped;
+}
+
+static bool server_idle(void *arg)
+{
+    return tms_grpc_server_busy(arg) == 0;
+}
+
+static void server_finish(server_t *s)
+{
+    release_held(&s->gw);
+    if (!s->stopped) {
+        tms_grpc_server_stop(s->srv, 100, on_server_stopped, s);
+        CHECK(run_until(server_stopped, s, 3000));
+    }
+    CHECK(run_until(server_idle, s->srv, 3000));
+    tms_grpc_server_free(&s->srv);
+    tms_mailbox_close(s->gw.mb);
+    tms_mailbox_free(&s->gw.mb);
+    uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static void on_client_closed(void *arg)
+{
+    *(bool *)arg = true;
+    g_closed = true;
+}
+
+static bool flag_set(void *arg)
+{
+    return *(bool *)arg;
+}
+
+static void client_close(tms_grpc_client_t **c)
+{
+    bool closed = false;
+    g_closed = false;
+    tms_grpc_client_close(c, on_client_closed, &closed);
+    CHECK(*c == NULL);
+    CHECK(run_until(flag_set, &closed, 3000));
+    g_closed = false;
+}
+
+static tms_grpc_client_t *client_new(const char *peer, int port, tms_grpc_client_options_t *o)
+{
+    char addr[64], err[256] = "";
+    tms_grpc_client_options_t opt = o ? *o : (tms_grpc_client_options_t){0};
+    tms_grpc_client_t *c;
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+    opt.peer = peer;
+    opt.addr = addr; /* the client copies it */
+    if (!opt.retry_base_ms)
+        opt.retry_base_ms = 5;
+    if (!opt.retry_max_ms)
+        opt.retry_max_ms = 20;
+    c = tms_grpc_client_new(loop, &opt, err, sizeof(err));
+    if (!c)
+        fprintf(stderr, "client_new: %s\n", err);
+    CHECK(c != NULL);
+    return c;
+}
+
+/* A GetTaskRequest{id} message. */
+static size_t get_task_req(uint8_t *buf, const char *id)
+{
+    GetTaskRequest r = GET_TASK_REQUEST__INIT;
+    r.id = (char *)id;
+    return get_task_request__pack(&r, buf);
+}
+
+static uint64_t counter(const char *name, const char *labels)
+{
+    return tms_counter_value(tms_metrics_counter(name, "", labels));
+}
+
+static uint64_t deadline_in(uint64_t ms)
+{
+    uv_update_time(loop);
+    return uv_now(loop) + ms;
+}
+
+/* ---- tests ---- */
+
+static void test_bad_options(void)
+{
+    char err[128];
+    tms_grpc_client_options_t o = {.peer = "x", .addr = "nohostport"};
+    CHECK(tms_grpc_client_new(loop, &o, err, sizeof(err)) == NULL);
+    o.addr = "127.0.0.1:0";
+    CHECK(tms_grpc_client_new(loop, &o, err, sizeof(err)) == NULL);
+    o.addr = "::1:80"; /* a v6 address needs brackets */
+    CHECK(tms_grpc_client_new(loop, &o, err, sizeof(err)) == NULL);
+    o.addr = "[::1]:80";
+    o.pool_size = -1;
+    CHECK(tms_grpc_client_new(loop, &o, err, sizeof(err)) == NULL);
+}
+
+static void test_unary_ok(void)
+{
+    server_t s;
+    result_t health = {0}, task = {0};
+    uint8_t req[64];
+    tms_grpc_client_options_t o = {.credential = "svc-secret"};
+    tms_grpc_client_t *c;
+    server_start(&s, "127.0.0.1:0", 0);
+    c = client_new("ok", s.port, &o);
+    CHECK(tms_grpc_client_healthy(c));
+    /* HealthCheckRequest{} is the empty message. */
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, deadline_in(2000), true,
+                         on_done, &health);
+    CHECK_EQ_INT(health.n, 0); /* never inside the call */
+    CHECK_EQ_INT(tms_grpc_client_busy(c), 1);
+    CHECK(run_until(is_done, &health, 3000));
+    CHECK_EQ_INT(health.status, TMS_OK);
+    CHECK_EQ_INT(health.resp_len, 2);
+    CHECK(health.resp[0] == 0x08 && health.resp[1] == 1); /* status SERVING */
+
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, get_task_req(req, "42"), deadline_in(2000),
+                         true, on_done, &task);
+    CHECK(run_until(is_done, &task, 3000));
+    CHECK_EQ_INT(task.status, TMS_OK);
+    CHECK_EQ_STR(task.message, "");
+    CHECK_EQ_INT(s.gw.arrivals, 1);
+    CHECK_EQ_INT(s.gw.last_task_id, 42);
+    Task *t = task__unpack(NULL, task.resp_len, task.resp);
+    CHECK(t != NULL);
+    if (t) {
+        CHECK_EQ_STR(t->id, "42");
+        CHECK_EQ_STR(t->title, "hello");
+        task__free_unpacked(t, NULL);
+    }
+    run_for(20);
+    CHECK_EQ_INT(health.n, 1);
+    CHECK_EQ_INT(task.n, 1);
+    CHECK_EQ_INT(tms_grpc_client_busy(c), 0);
+    CHECK(tms_grpc_client_healthy(c));
+    CHECK(counter("tms_grpc_client_calls_total", "peer=\"ok\",code=\"OK\"") == 2);
+    client_close(&c);
+    server_finish(&s);
+}
+
+static void test_status_and_message(void)
+{
+    server_t s;
+    result_t r = {0};
+    uint8_t req[64];
+    tms_grpc_client_t *c;
+    server_start(&s, "127.0.0.1:0", 0);
+    s.gw.mode = GW_FAIL;
+    s.gw.fail_code = TMS_NOT_FOUND;
+    s.gw.fail_msg = "task 42: 100% caf\xc3\xa9\nnot found";
+    c = client_new("status", s.port, NULL);
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, get_task_req(req, "42"), deadline_in(2000),
+                         true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_NOT_FOUND);
+    CHECK_EQ_STR(r.message, "task 42: 100% caf\xc3\xa9\nnot found");
+    CHECK_EQ_INT(r.resp_len, 0);
+    CHECK_EQ_INT(s.gw.arrivals, 1); /* an answer, not a failure: never retried */
+    /* A method the server does not know: its status comes through as well. */
+    memset(&r, 0, sizeof(r));
+    tms_grpc_client_call(c, "/TaskService/Nope", req, 0, deadline_in(2000), true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_UNIMPLEMENTED);
+    client_close(&c);
+    server_finish(&s);
+}
+
+static void test_deadline(void)
+{
+    server_t s;
+    result_t r = {0}, w = {0};
+    uint8_t req[64];
+    uint64_t start;
+    char labels[128];
+    tms_grpc_client_t *c;
+    server_start(&s, "127.0.0.1:0", 0);
+    s.gw.mode = GW_HOLD;
+    c = client_new("deadline", s.port, NULL);
+    start = deadline_in(0);
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, get_task_req(req, "7"), start + 150, true,
+                         on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_DEADLINE_EXCEEDED);
+    CHECK(r.at_ms >= start + 150 && r.at_ms < start + 1000);
+    CHECK_EQ_INT(s.gw.arrivals, 1); /* a deadline is not retried */
+    /* The server must see the stream reset: Watch has no deadline of its own there, so
+     * only our RST_STREAM ends it (the server counts it CANCELLED). */
+    snprintf(labels, sizeof(labels), "method=\"%s\",code=\"CANCELLED\"",
+             "/grpc.health.v1.Health/Watch");
+    uint64_t before = counter("tms_grpc_requests_total", labels);
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Watch", NULL, 0, deadline_in(100), true,
+                         on_done, &w);
+    CHECK(run_until(is_done, &w, 3000));
+    CHECK_EQ_INT(w.status, TMS_DEADLINE_EXCEEDED);
+    run_for(50);
+    CHECK_EQ_INT(counter("tms_grpc_requests_total", labels), before + 1);
+    CHECK_EQ_INT(r.n, 1);
+    CHECK_EQ_INT(w.n, 1);
+    client_close(&c);
+    server_finish(&s);
+}
+
+static bool held_cancelled(void *arg)
+{
+    gateway_t *gw = arg;
+    return gw->nheld > 0 && gw->held[0]->cancel && gw->held[0]->cancel->cancelled;
+}
+
+static void test_cancel(void)
+{
+    server_t s;
+    result_t r = {0};
+    uint8_t req[64];
+    tms_grpc_client_t *c;
+    tms_grpc_client_call_t *call;
+    server_start(&s, "127.0.0.1:0", 0);
+    s.gw.mode = GW_HOLD;
+    s.gw.fail_times = 1;
+    c = client_new("cancel", s.port, NULL);
+    call = tms_grpc_client_call(c, "/TaskService/GetTask", req, get_task_req(req, "9"), 0, false,
+                                on_done, &r);
+    CHECK(run_until(held_at_least, &s.gw, 3000));
+    tms_grpc_client_cancel(call);
+    CHECK_EQ_INT(r.n, 0); /* later, not in the caller's frame */
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_CANCELLED);
+    /* The server saw RST_STREAM: it flagged the call it gave the gateway. */
+    CHECK(run_until(held_cancelled, &s.gw, 3000));
+    run_for(20);
+    CHECK_EQ_INT(r.n, 1);
+    CHECK_EQ_INT(tms_grpc_client_busy(c), 0);
+    client_close(&c);
+    server_finish(&s);
+}
+
+static int free_port(void)
+{
+    uv_tcp_t t;
+    struct sockaddr_in sa;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss), port = -1;
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    uv_tcp_init(loop, &t);
+    if (uv_tcp_bind(&t, (struct sockaddr *)&sa, 0) == 0 &&
+        uv_tcp_getsockname(&t, (struct sockaddr *)&ss, &len) == 0)
+        port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
+    return port;
+}
+
+static void test_refused_and_breaker(void)
+{
+    tms_grpc_client_options_t o = {.retry_attempts = 3,
+                                   .breaker_window = 4,
+                                   .breaker_threshold_pct = 50,
+                                   .breaker_cooldown_ms = 300};
+    result_t r1 = {0}, r2 = {0}, r3 = {0}, r4 = {0}, r5 = {0};
+    const char *fails = "peer=\"refused\"";
+    int port = free_port();
+    uint64_t retries0, fails0, t0;
+    char addr[64];
+    server_t s;
+    tms_grpc_client_t *c;
+    CHECK(port > 0);
+    c = client_new("refused", port, &o);
+    retries0 = counter("tms_grpc_client_retries_total", fails);
+    fails0 = counter("tms_grpc_client_connect_failures_total", fails);
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, 0, false, on_done, &r1);
+    CHECK(run_until(is_done, &r1, 3000));
+    CHECK_EQ_INT(r1.status, TMS_UNAVAILABLE);
+    CHECK(strstr(r1.message, "refused") != NULL);
+    /* Three attempts in all, each a new connection: retried although not
+     * idempotent, since no byte of it left. */
+    CHECK_EQ_INT(counter("tms_grpc_client_retries_total", fails) - retries0, 2);
+    CHECK_EQ_INT(counter("tms_grpc_client_connect_failures_total", fails) - fails0, 3);
+    CHECK(tms_grpc_client_healthy(c) == false);
+    /* The fourth failure fills the window: the breaker opens, the retry is refused. */
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, 0, true, on_done, &r2);
+    CHECK(run_until(is_done, &r2, 3000));
+    CHECK_EQ_INT(r2.status, TMS_UNAVAILABLE);
+    CHECK_EQ_STR(r2.message, "peer refused unavailable: circuit open");
+    CHECK_EQ_INT(counter("tms_grpc_client_connect_failures_total", fails) - fails0, 4);
+    CHECK_EQ_INT(
+        counter("tms_grpc_client_breaker_transitions_total", "peer=\"refused\",to=\"open\""), 1);
+    /* Open: fails fast (next loop turn), with no connection attempt. */
+    t0 = deadline_in(0);
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, 0, true, on_done, &r3);
+    CHECK_EQ_INT(r3.n, 0);
+    CHECK(run_until(is_done, &r3, 3000));
+    CHECK_EQ_INT(r3.status, TMS_UNAVAILABLE);
+    CHECK_EQ_STR(r3.message, "peer refused unavailable: circuit open");
+    CHECK(r3.at_ms - t0 < 50);
+    CHECK_EQ_INT(counter("tms_grpc_client_connect_failures_total", fails) - fails0, 4);
+    CHECK(!tms_grpc_client_healthy(c));
+    /* The peer comes back; after the cool-down one probe goes through and closes the
+     * breaker, while a second call at the same time is still refused. */
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
+    server_start(&s, addr, 0);
+    run_for(350);
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, deadline_in(2000), true,
+                         on_done, &r4);
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, deadline_in(2000), true,
+                         on_done, &r5);
+    CHECK(run_until(is_done, &r4, 3000));
+    CHECK(run_until(is_done, &r5, 3000));
+    CHECK_EQ_INT(r4.status, TMS_OK);
+    CHECK_EQ_INT(r5.status, TMS_UNAVAILABLE);
+    CHECK_EQ_STR(r5.message, "peer refused unavailable: circuit open");
+    CHECK(tms_grpc_client_healthy(c));
+    CHECK_EQ_INT(
+        counter("tms_grpc_client_breaker_transitions_total", "peer=\"refused\",to=\"closed\""), 1);
+    memset(&r4, 0, sizeof(r4));
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, deadline_in(2000), true,
+                         on_done, &r4);
+    CHECK(run_until(is_done, &r4, 3000));
+    CHECK_EQ_INT(r4.status, TMS_OK);
+    CHECK(r1.n == 1 && r2.n == 1 && r3.n == 1 && r5.n == 1);
+    client_close(&c);
+    server_finish(&s);
+}
+
+static void test_retry_rules(void)
+{
+    tms_grpc_client_options_t o = {.retry_attempts = 3, .breaker_window = 40};
+    server_t s;
+    result_t r = {0};
+    uint8_t req[64];
+    size_t n = get_task_req(req, "5");
+    tms_grpc_client_t *c;
+    server_start(&s, "127.0.0.1:0", 0);
+    s.gw.mode = GW_FAIL;
+    s.gw.fail_code = TMS_UNAVAILABLE;
+    s.gw.fail_msg = "busy";
+    c = client_new("retry", s.port, &o);
+    /* Sent, not idempotent: the peer may have applied it, so once only. */
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(2000), false, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_UNAVAILABLE);
+    CHECK_EQ_STR(r.message, "busy");
+    CHECK_EQ_INT(s.gw.arrivals, 1);
+    /* Idempotent: every attempt. */
+    s.gw.arrivals = 0;
+    memset(&r, 0, sizeof(r));
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(2000), true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_UNAVAILABLE);
+    CHECK_EQ_INT(s.gw.arrivals, 3);
+    /* Idempotent, the peer recovers: the retry answers. */
+    s.gw.arrivals = 0;
+    s.gw.mode = GW_FAIL_THEN_ANSWER;
+    s.gw.fail_times = 1;
+    memset(&r, 0, sizeof(r));
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(2000), true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_OK);
+    CHECK_EQ_INT(s.gw.arrivals, 2);
+    /* Other errors are answers: not retried even when idempotent. */
+    s.gw.arrivals = 0;
+    s.gw.mode = GW_FAIL;
+    s.gw.fail_code = TMS_INTERNAL;
+    memset(&r, 0, sizeof(r));
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(2000), true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_INTERNAL);
+    CHECK_EQ_INT(s.gw.arrivals, 1);
+    /* Never past the deadline: the back-off would end after it. */
+    s.gw.arrivals = 0;
+    s.gw.fail_code = TMS_UNAVAILABLE;
+    o.retry_base_ms = 10000;
+    o.retry_max_ms = 10000;
+    client_close(&c);
+    c = client_new("retry", s.port, &o);
+    memset(&r, 0, sizeof(r));
+    uint64_t t0 = deadline_in(0);
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, t0 + 300, true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK(r.status == TMS_UNAVAILABLE || r.status == TMS_DEADLINE_EXCEEDED);
+    CHECK(r.at_ms <= t0 + 400);
+    client_close(&c);
+    server_finish(&s);
+}
+
+static void test_goaway(void)
+{
+    tms_grpc_client_options_t o = {.pool_size = 1, .breaker_window = 40};
+    server_t a, b;
+    result_t r[3] = {{0}};
+    many_t all = {r, 3};
+    uint8_t req[64];
+    size_t n = get_task_req(req, "3");
+    char addr[64];
+    uint64_t retries0;
+    tms_grpc_client_t *c;
+    server_start(&a, "127.0.0.1:0", 0);
+    a.gw.mode = GW_HOLD;
+    a.gw.fail_times = 1;
+    c = client_new("goaway", a.port, &o);
+    retries0 = counter("tms_grpc_client_retries_total", "peer=\"goaway\"");
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(3000), false, on_done,
+                         &r[0]);
+    CHECK(run_until(held_at_least, &a.gw, 3000));
+    /* The new process listens on the same port (SO_REUSEPORT) before the old one
+     * stops: a graceful restart. */
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", a.port);
+    server_start(&b, addr, 0);
+    /* Two more streams reach the old server's socket in this very turn, before it
+     * reads them; its GOAWAY names stream 1 as the last it will process. */
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(3000), false, on_done,
+                         &r[1]);
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(3000), false, on_done,
+                         &r[2]);
+    tms_grpc_server_stop(a.srv, 3000, on_server_stopped, &a);
+    run_for(100);
+    CHECK_EQ_INT(a.gw.arrivals, 1);
+    release_held(&a.gw); /* the old server finishes the stream it took */
+    CHECK(run_until(all_done, &all, 3000));
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(r[i].status, TMS_OK);
+        CHECK_EQ_INT(r[i].n, 1);
+    }
+    CHECK_EQ_INT(a.gw.arrivals, 1); /* nothing applied twice */
+    CHECK_EQ_INT(b.gw.arrivals, 2); /* the refused streams, on a new connection */
+    CHECK_EQ_INT(counter("tms_grpc_client_retries_total", "peer=\"goaway\"") - retries0, 2);
+    CHECK(run_until(server_stopped, &a, 3000));
+    client_close(&c);
+    server_finish(&a);
+    server_finish(&b);
+}
+
+static void test_oversized(void)
+{
+    tms_grpc_client_options_t o = {.max_message_bytes = 200};
+    server_t s;
+    result_t r = {0};
+    uint8_t req[64];
+    tms_grpc_client_t *c;
+    server_start(&s, "127.0.0.1:0", 0);
+    s.gw.desc_len = 5000;
+    c = client_new("big", s.port, &o);
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, get_task_req(req, "1"), deadline_in(2000),
+                         true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_RESOURCE_EXHAUSTED);
+    CHECK_EQ_INT(r.resp_len, 0);
+    CHECK_EQ_INT(s.gw.arrivals, 1);
+    /* Just below the limit passes, on the same connection. */
+    s.gw.desc_len = 100;
+    memset(&r, 0, sizeof(r));
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, get_task_req(req, "1"), deadline_in(2000),
+                         true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_OK);
+    client_close(&c);
+    server_finish(&s);
+}
+
+static void test_pool_spread(void)
+{
+    enum { CALLS = 20, POOL = 4 };
+    tms_grpc_client_options_t o = {.pool_size = POOL, .breaker_window = 40};
+    server_t s;
+    result_t r[CALLS];
+    many_t all = {r, CALLS};
+    uint8_t req[64];
+    size_t n = get_task_req(req, "11");
+    uint64_t retries0 = counter("tms_grpc_client_retries_total", "peer=\"pool\"");
+    tms_grpc_client_t *c;
+    memset(r, 0, sizeof(r));
+    /* At most 5 streams per connection: 20 calls held at once need all 4. */
+    server_start(&s, "127.0.0.1:0", CALLS / POOL);
+    s.gw.mode = GW_HOLD;
+    s.gw.fail_times = CALLS;
+    c = client_new("pool", s.port, &o);
+    for (int i = 0; i < CALLS; i++)
+        tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(3000), false, on_done,
+                             &r[i]);
+    CHECK_EQ_INT(tms_grpc_client_busy(c), CALLS);
+    CHECK(run_until(held_at_least, &s.gw, 3000));
+    CHECK_EQ_INT(s.gw.nheld, CALLS);
+    /* busy = calls with the gateway + connections: exactly the pool. */
+    CHECK_EQ_INT(tms_grpc_server_busy(s.srv), CALLS + POOL);
+    CHECK_EQ_INT(counter("tms_grpc_client_retries_total", "peer=\"pool\"") - retries0, 0);
+    release_held(&s.gw);
+    CHECK(run_until(all_done, &all, 3000));
+    for (int i = 0; i < CALLS; i++)
+        CHECK(r[i].n == 1 && r[i].status == TMS_OK);
+    CHECK_EQ_INT(tms_grpc_client_busy(c), 0);
+    client_close(&c);
+    server_finish(&s);
+}
+
+static void test_close_pending(void)
+{
+    server_t s;
+    result_t r[3] = {{0}};
+    uint8_t req[64];
+    size_t n = get_task_req(req, "13");
+    bool closed = false;
+    tms_grpc_client_t *c;
+    server_start(&s, "127.0.0.1:0", 0);
+    s.gw.mode = GW_HOLD;
+    s.gw.fail_times = 2;
+    c = client_new("close", s.port, NULL);
+    for (int i = 0; i < 2; i++)
+        tms_grpc_client_call(c, "/TaskService/GetTask", req, n, 0, true, on_done, &r[i]);
+    CHECK(run_until(held_at_least, &s.gw, 3000));
+    /* One more, which the server has not read yet when the client closes. */
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, 0, true, on_done, &r[2]);
+    g_closed = false;
+    tms_grpc_client_close(&c, on_client_closed, &closed);
+    CHECK(c == NULL);
+    CHECK(r[0].n == 0 && r[1].n == 0 && r[2].n == 0 && !closed);
+    CHECK(run_until(flag_set, &closed, 3000));
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ_INT(r[i].n, 1);
+        CHECK_EQ_INT(r[i].status, TMS_UNAVAILABLE);
+        CHECK_EQ_STR(r[i].message, "shutting down");
+        CHECK(!r[i].client_closed_first);
+    }
+    g_closed = false;
+    server_finish(&s);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    loop = malloc(sizeof(*loop));
+    uv_loop_init(loop);
+    RUN_TEST(test_bad_options);
+    RUN_TEST(test_unary_ok);
+    RUN_TEST(test_status_and_message);
+    RUN_TEST(test_deadline);
+    RUN_TEST(test_cancel);
+    RUN_TEST(test_refused_and_breaker);
+    RUN_TEST(test_retry_rules);
+    RUN_TEST(test_goaway);
+    RUN_TEST(test_oversized);
+    RUN_TEST(test_pool_spread);
+    RUN_TEST(test_close_pending);
+    uv_run(loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(uv_loop_close(loop), 0);
+    free(loop);
+    tms_metrics_reset();
+    TEST_EXIT();
+}
