@@ -3,6 +3,7 @@
  * fails or holds the calls the server forwards to it. */
 #include <arpa/inet.h>
 #include <inttypes.h>
+#include <nghttp2/nghttp2.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -16,6 +17,7 @@
 #include "core/status.h"
 #include "io/grpc.h"
 #include "io/grpc_client.h"
+#include "io/grpc_wire.h"
 #include "task.pb-c.h"
 #include "test.h"
 
@@ -293,6 +295,220 @@ static uint64_t deadline_in(uint64_t ms)
 {
     uv_update_time(loop);
     return uv_now(loop) + ms;
+}
+
+/* ---- a raw HTTP/2 server: sees the request headers and answers what the real
+ * server never would (HTTP errors, no grpc-status, REFUSED_STREAM) ---- */
+
+typedef enum raw_mode {
+    RAW_OK = 0,         /* one message, grpc-status 0 in trailers */
+    RAW_HTTP_503,       /* :status 503, nothing else */
+    RAW_NO_GRPC_STATUS, /* 200 and a message, then the end without trailers */
+    RAW_REFUSE_FIRST,   /* RST_STREAM REFUSED_STREAM on the first stream, then RAW_OK */
+} raw_mode_t;
+
+typedef struct raw_server {
+    uv_tcp_t listener;
+    int port;
+    raw_mode_t mode;
+    int streams; /* requests seen */
+    int conns;   /* connections open */
+    char method[16], scheme[16], path[64], authority[64], ctype[64], te[16], timeout[16], token[64];
+} raw_server_t;
+
+typedef struct raw_conn {
+    uv_tcp_t tcp;
+    raw_server_t *srv;
+    nghttp2_session *h2;
+    bool closing;
+    char rbuf[16384];
+} raw_conn_t;
+
+static void raw_flush(raw_conn_t *rc);
+
+static void on_raw_closed(uv_handle_t *h)
+{
+    raw_conn_t *rc = h->data;
+    rc->srv->conns--;
+    nghttp2_session_del(rc->h2);
+    free(rc);
+}
+
+static void raw_close(raw_conn_t *rc)
+{
+    if (rc->closing)
+        return;
+    rc->closing = true;
+    uv_close((uv_handle_t *)&rc->tcp, on_raw_closed);
+}
+
+static void on_raw_write(uv_write_t *w, int status)
+{
+    free(w);
+}
+
+static void raw_flush(raw_conn_t *rc)
+{
+    const uint8_t *data;
+    ssize_t n;
+    while (!rc->closing && (n = nghttp2_session_mem_send(rc->h2, &data)) > 0) {
+        uv_write_t *w = malloc(sizeof(*w) + (size_t)n);
+        uv_buf_t b = uv_buf_init((char *)(w + 1), (unsigned)n);
+        memcpy(w + 1, data, (size_t)n);
+        if (uv_write(w, (uv_stream_t *)&rc->tcp, &b, 1, on_raw_write) < 0) {
+            free(w);
+            raw_close(rc);
+        }
+    }
+}
+
+static void copy_value(char *dst, size_t size, const uint8_t *v, size_t len)
+{
+    snprintf(dst, size, "%.*s", (int)len, (const char *)v);
+}
+
+static int on_raw_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint8_t *name,
+                         size_t namelen, const uint8_t *value, size_t valuelen, uint8_t flags,
+                         void *user)
+{
+    raw_server_t *srv = ((raw_conn_t *)user)->srv;
+    const char *n = (const char *)name;
+#define RAW_IS(lit) (namelen == strlen(lit) && memcmp(n, lit, namelen) == 0)
+    if (RAW_IS(":method"))
+        copy_value(srv->method, sizeof(srv->method), value, valuelen);
+    else if (RAW_IS(":scheme"))
+        copy_value(srv->scheme, sizeof(srv->scheme), value, valuelen);
+    else if (RAW_IS(":path"))
+        copy_value(srv->path, sizeof(srv->path), value, valuelen);
+    else if (RAW_IS(":authority"))
+        copy_value(srv->authority, sizeof(srv->authority), value, valuelen);
+    else if (RAW_IS("content-type"))
+        copy_value(srv->ctype, sizeof(srv->ctype), value, valuelen);
+    else if (RAW_IS("te"))
+        copy_value(srv->te, sizeof(srv->te), value, valuelen);
+    else if (RAW_IS("grpc-timeout"))
+        copy_value(srv->timeout, sizeof(srv->timeout), value, valuelen);
+    else if (RAW_IS("x-tms-service-token"))
+        copy_value(srv->token, sizeof(srv->token), value, valuelen);
+#undef RAW_IS
+    return 0;
+}
+
+static const uint8_t raw_msg[] = {0, 0, 0, 0, 2, 0x08, 0x01};
+
+static ssize_t on_raw_body(nghttp2_session *h2, int32_t id, uint8_t *buf, size_t length,
+                           uint32_t *flags, nghttp2_data_source *source, void *user)
+{
+    raw_server_t *srv = ((raw_conn_t *)user)->srv;
+    memcpy(buf, raw_msg, sizeof(raw_msg));
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (srv->mode != RAW_NO_GRPC_STATUS) {
+        nghttp2_nv t[] = {{(uint8_t *)"grpc-status", (uint8_t *)"0", 11, 1, 0}};
+        *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+        nghttp2_submit_trailer(h2, id, t, 1);
+    }
+    return sizeof(raw_msg);
+}
+
+static int on_raw_frame(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
+{
+    raw_server_t *srv = ((raw_conn_t *)user)->srv;
+    nghttp2_nv ok[] = {{(uint8_t *)":status", (uint8_t *)"200", 7, 3, 0},
+                       {(uint8_t *)"content-type", (uint8_t *)"application/grpc", 12, 16, 0}};
+    nghttp2_nv unavailable[] = {{(uint8_t *)":status", (uint8_t *)"503", 7, 3, 0}};
+    nghttp2_data_provider prd = {.read_callback = on_raw_body};
+    if ((frame->hd.type != NGHTTP2_HEADERS && frame->hd.type != NGHTTP2_DATA) ||
+        !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+        return 0;
+    srv->streams++;
+    switch (srv->mode) {
+    case RAW_HTTP_503:
+        nghttp2_submit_response(h2, frame->hd.stream_id, unavailable, 1, NULL);
+        break;
+    case RAW_REFUSE_FIRST:
+        if (srv->streams == 1) {
+            nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                      NGHTTP2_REFUSED_STREAM);
+            break;
+        }
+        /* fall through */
+    case RAW_OK:
+    case RAW_NO_GRPC_STATUS:
+        nghttp2_submit_response(h2, frame->hd.stream_id, ok, 2, &prd);
+        break;
+    }
+    return 0;
+}
+
+static void on_raw_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    raw_conn_t *rc = h->data;
+    *buf = uv_buf_init(rc->rbuf, sizeof(rc->rbuf));
+}
+
+static void on_raw_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    raw_conn_t *rc = s->data;
+    if (nread < 0) {
+        raw_close(rc);
+        return;
+    }
+    if (nread > 0 && nghttp2_session_mem_recv(rc->h2, (uint8_t *)buf->base, (size_t)nread) < 0) {
+        raw_close(rc);
+        return;
+    }
+    raw_flush(rc);
+}
+
+static void on_raw_connection(uv_stream_t *l, int status)
+{
+    raw_server_t *srv = l->data;
+    raw_conn_t *rc = calloc(1, sizeof(*rc));
+    nghttp2_session_callbacks *cb;
+    rc->srv = srv;
+    srv->conns++;
+    uv_tcp_init(loop, &rc->tcp);
+    rc->tcp.data = rc;
+    nghttp2_session_callbacks_new(&cb);
+    nghttp2_session_callbacks_set_on_header_callback(cb, on_raw_header);
+    nghttp2_session_callbacks_set_on_frame_recv_callback(cb, on_raw_frame);
+    nghttp2_session_server_new(&rc->h2, cb, rc);
+    nghttp2_session_callbacks_del(cb);
+    if (uv_accept(l, (uv_stream_t *)&rc->tcp) < 0) {
+        raw_close(rc);
+        return;
+    }
+    nghttp2_submit_settings(rc->h2, NGHTTP2_FLAG_NONE, NULL, 0);
+    uv_read_start((uv_stream_t *)&rc->tcp, on_raw_alloc, on_raw_read);
+    raw_flush(rc);
+}
+
+static void raw_start(raw_server_t *srv, raw_mode_t mode)
+{
+    struct sockaddr_in sa;
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    memset(srv, 0, sizeof(*srv));
+    srv->mode = mode;
+    uv_ip4_addr("127.0.0.1", 0, &sa);
+    uv_tcp_init(loop, &srv->listener);
+    srv->listener.data = srv;
+    CHECK_EQ_INT(uv_tcp_bind(&srv->listener, (struct sockaddr *)&sa, 0), 0);
+    CHECK_EQ_INT(uv_listen((uv_stream_t *)&srv->listener, 16, on_raw_connection), 0);
+    uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
+    srv->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
+}
+
+static bool raw_no_conns(void *arg)
+{
+    return ((raw_server_t *)arg)->conns == 0;
+}
+
+/* Call after the client closed: its connections end, then ours. */
+static void raw_finish(raw_server_t *srv)
+{
+    uv_close((uv_handle_t *)&srv->listener, NULL);
+    CHECK(run_until(raw_no_conns, srv, 3000));
 }
 
 /* ---- tests ---- */
@@ -714,6 +930,86 @@ static void test_pool_spread(void)
     server_finish(&s);
 }
 
+static void test_request_headers(void)
+{
+    tms_grpc_client_options_t o = {.credential = "svc-secret"};
+    raw_server_t raw;
+    result_t r = {0};
+    char authority[64];
+    uint64_t ms = 0;
+    tms_grpc_client_t *c;
+    raw_start(&raw, RAW_OK);
+    c = client_new("raw", raw.port, &o);
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, deadline_in(2000), false,
+                         on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_OK);
+    CHECK(r.resp_len == 2 && r.resp[0] == 0x08 && r.resp[1] == 1);
+    snprintf(authority, sizeof(authority), "127.0.0.1:%d", raw.port);
+    CHECK_EQ_STR(raw.method, "POST");
+    CHECK_EQ_STR(raw.scheme, "http");
+    CHECK_EQ_STR(raw.path, "/grpc.health.v1.Health/Check");
+    CHECK_EQ_STR(raw.authority, authority);
+    CHECK_EQ_STR(raw.ctype, "application/grpc");
+    CHECK_EQ_STR(raw.te, "trailers");
+    CHECK_EQ_STR(raw.token, "svc-secret");
+    CHECK(raw.timeout[0] && raw.timeout[strlen(raw.timeout) - 1] == 'm');
+    CHECK_EQ_INT(tms_grpc_timeout_parse(raw.timeout, &ms), 0);
+    CHECK(ms > 1900 && ms <= 2000);
+    client_close(&c);
+    /* No credential, no deadline: neither header. */
+    raw.token[0] = raw.timeout[0] = '\0';
+    c = client_new("raw", raw.port, NULL);
+    memset(&r, 0, sizeof(r));
+    tms_grpc_client_call(c, "/x/y", NULL, 0, 0, false, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_OK);
+    CHECK_EQ_STR(raw.token, "");
+    CHECK_EQ_STR(raw.timeout, "");
+    client_close(&c);
+    raw_finish(&raw);
+}
+
+static void test_http_mapping(void)
+{
+    tms_grpc_client_options_t o = {.retry_attempts = 3, .breaker_window = 40};
+    raw_server_t raw;
+    result_t r = {0};
+    tms_grpc_client_t *c;
+    /* HTTP 503 without grpc-status: UNAVAILABLE; sent, so once unless idempotent. */
+    raw_start(&raw, RAW_HTTP_503);
+    c = client_new("raw_http", raw.port, &o);
+    tms_grpc_client_call(c, "/a/b", NULL, 0, deadline_in(2000), false, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_UNAVAILABLE);
+    CHECK(strstr(r.message, "HTTP 503") != NULL);
+    CHECK_EQ_INT(raw.streams, 1);
+    memset(&r, 0, sizeof(r));
+    tms_grpc_client_call(c, "/a/b", NULL, 0, deadline_in(2000), true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_UNAVAILABLE);
+    CHECK_EQ_INT(raw.streams, 4);
+    /* 200 and a message but no grpc-status: INTERNAL, and no message handed out. */
+    raw.mode = RAW_NO_GRPC_STATUS;
+    memset(&r, 0, sizeof(r));
+    tms_grpc_client_call(c, "/a/b", NULL, 0, deadline_in(2000), true, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_INTERNAL);
+    CHECK_EQ_INT(r.resp_len, 0);
+    CHECK_EQ_INT(raw.streams, 5);
+    /* REFUSED_STREAM: the peer did not process it, so even a non-idempotent call is
+     * tried again. */
+    raw.mode = RAW_REFUSE_FIRST;
+    raw.streams = 0;
+    memset(&r, 0, sizeof(r));
+    tms_grpc_client_call(c, "/a/b", NULL, 0, deadline_in(2000), false, on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_OK);
+    CHECK_EQ_INT(raw.streams, 2);
+    client_close(&c);
+    raw_finish(&raw);
+}
+
 static void test_close_pending(void)
 {
     server_t s;
@@ -761,6 +1057,8 @@ int main(void)
     RUN_TEST(test_goaway);
     RUN_TEST(test_oversized);
     RUN_TEST(test_pool_spread);
+    RUN_TEST(test_request_headers);
+    RUN_TEST(test_http_mapping);
     RUN_TEST(test_close_pending);
     uv_run(loop, UV_RUN_NOWAIT);
     CHECK_EQ_INT(uv_loop_close(loop), 0);
