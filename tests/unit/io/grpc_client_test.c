@@ -3,6 +3,7 @@
  * fails or holds the calls the server forwards to it. */
 #include <arpa/inet.h>
 #include <inttypes.h>
+#include <netdb.h>
 #include <nghttp2/nghttp2.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -527,6 +528,32 @@ static void test_bad_options(void)
     CHECK(tms_grpc_client_new(loop, &o, err, sizeof(err)) == NULL);
 }
 
+static void test_resolve_name(void)
+{
+    struct addrinfo hints = {.ai_socktype = SOCK_STREAM}, *res = NULL;
+    char addr[64], err[128];
+    server_t s;
+    result_t r = {0};
+    tms_grpc_client_options_t o = {.peer = "named"};
+    tms_grpc_client_t *c;
+    /* The client connects to the first address of the name: listen there. */
+    CHECK_EQ_INT(getaddrinfo("localhost", "1", &hints, &res), 0);
+    if (!res)
+        return;
+    server_start(&s, res->ai_family == AF_INET6 ? "[::1]:0" : "127.0.0.1:0", 0);
+    freeaddrinfo(res);
+    snprintf(addr, sizeof(addr), "localhost:%d", s.port);
+    o.addr = addr;
+    c = tms_grpc_client_new(loop, &o, err, sizeof(err));
+    CHECK(c != NULL);
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, deadline_in(2000), true,
+                         on_done, &r);
+    CHECK(run_until(is_done, &r, 3000));
+    CHECK_EQ_INT(r.status, TMS_OK);
+    client_close(&c);
+    server_finish(&s);
+}
+
 static void test_unary_ok(void)
 {
     server_t s;
@@ -615,7 +642,7 @@ static void test_deadline(void)
     s.gw.fail_times = 1;
     CHECK(run_until(held_at_least, &s.gw, 3000));
     /* grpc-timeout carried the deadline: the server's copy is within a few ms. */
-    CHECK(s.gw.held[0]->deadline_ms + 20 >= start + 150 &&
+    CHECK(s.gw.nheld == 1 && s.gw.held[0]->deadline_ms + 20 >= start + 150 &&
           s.gw.held[0]->deadline_ms <= start + 150 + 20);
     CHECK(run_until(is_done, &r, 3000));
     CHECK_EQ_INT(r.status, TMS_DEADLINE_EXCEEDED);
@@ -1049,6 +1076,7 @@ int main(void)
     uv_loop_init(loop);
     RUN_TEST(test_bad_options);
     RUN_TEST(test_unary_ok);
+    RUN_TEST(test_resolve_name);
     RUN_TEST(test_status_and_message);
     RUN_TEST(test_deadline);
     RUN_TEST(test_cancel);
