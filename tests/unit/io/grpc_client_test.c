@@ -292,6 +292,17 @@ static uint64_t counter(const char *name, const char *labels)
     return tms_counter_value(tms_metrics_counter(name, "", labels));
 }
 
+static bool metrics_has(const char *line)
+{
+    size_t len;
+    char *text = tms_metrics_render(&len);
+    bool found = strstr(text, line) != NULL;
+    if (!found)
+        fprintf(stderr, "metrics lack: %s", line);
+    free(text);
+    return found;
+}
+
 static uint64_t deadline_in(uint64_t ms)
 {
     uv_update_time(loop);
@@ -758,6 +769,7 @@ static void test_refused_and_breaker(void)
     CHECK(r3.at_ms - t0 < 50);
     CHECK_EQ_INT(counter("tms_grpc_client_connect_failures_total", fails) - fails0, 4);
     CHECK(!tms_grpc_client_healthy(c));
+    CHECK(metrics_has("tms_grpc_client_breaker_state{peer=\"refused\"} 1\n"));
     /* The peer comes back; after the cool-down one probe goes through and closes the
      * breaker, while a second call at the same time is still refused. */
     snprintf(addr, sizeof(addr), "127.0.0.1:%d", port);
@@ -782,6 +794,7 @@ static void test_refused_and_breaker(void)
     CHECK_EQ_INT(r4.status, TMS_OK);
     CHECK(r1.n == 1 && r2.n == 1 && r3.n == 1 && r5.n == 1);
     client_close(&c);
+    CHECK(metrics_has("tms_grpc_client_connections_up{peer=\"refused\"} 0\n"));
     server_finish(&s);
 }
 
@@ -948,6 +961,8 @@ static void test_pool_spread(void)
     /* busy = calls with the gateway + connections: exactly the pool. */
     CHECK_EQ_INT(tms_grpc_server_busy(s.srv), CALLS + POOL);
     CHECK_EQ_INT(counter("tms_grpc_client_retries_total", "peer=\"pool\"") - retries0, 0);
+    CHECK(metrics_has("tms_grpc_client_connections_up{peer=\"pool\"} 4\n"));
+    CHECK(metrics_has("tms_grpc_client_breaker_state{peer=\"pool\"} 0\n"));
     release_held(&s.gw);
     CHECK(run_until(all_done, &all, 3000));
     for (int i = 0; i < CALLS; i++)
