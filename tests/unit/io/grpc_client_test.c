@@ -1052,6 +1052,61 @@ static void test_http_mapping(void)
     raw_finish(&raw);
 }
 
+/* Done callbacks that call back into the client: a chained call, then a close. */
+typedef struct chain {
+    tms_grpc_client_t *c;
+    result_t first, second, third;
+    bool closed;
+} chain_t;
+
+static void on_third(void *ctx, int status, const char *message, const uint8_t *resp,
+                     size_t resp_len)
+{
+    chain_t *ch = ctx;
+    on_done(&ch->third, status, message, resp, resp_len);
+}
+
+static void on_second(void *ctx, int status, const char *message, const uint8_t *resp,
+                      size_t resp_len)
+{
+    chain_t *ch = ctx;
+    on_done(&ch->second, status, message, resp, resp_len);
+    /* Close from inside done; a call started after it still gets its answer. */
+    tms_grpc_client_t *c = ch->c;
+    tms_grpc_client_close(&ch->c, on_client_closed, &ch->closed);
+    tms_grpc_client_call(c, "/grpc.health.v1.Health/Check", NULL, 0, 0, true, on_third, ch);
+}
+
+static void on_first(void *ctx, int status, const char *message, const uint8_t *resp,
+                     size_t resp_len)
+{
+    chain_t *ch = ctx;
+    on_done(&ch->first, status, message, resp, resp_len);
+    tms_grpc_client_call(ch->c, "/grpc.health.v1.Health/Check", NULL, 0, deadline_in(2000), true,
+                         on_second, ch);
+}
+
+static void test_reentrant_done(void)
+{
+    server_t s;
+    chain_t ch;
+    memset(&ch, 0, sizeof(ch));
+    server_start(&s, "127.0.0.1:0", 0);
+    ch.c = client_new("chain", s.port, NULL);
+    tms_grpc_client_call(ch.c, "/grpc.health.v1.Health/Check", NULL, 0, deadline_in(2000), true,
+                         on_first, &ch);
+    g_closed = false;
+    CHECK(run_until(flag_set, &ch.closed, 3000));
+    CHECK(ch.first.n == 1 && ch.first.status == TMS_OK);
+    CHECK(ch.second.n == 1 && ch.second.status == TMS_OK);
+    CHECK(ch.third.n == 1 && ch.third.status == TMS_UNAVAILABLE);
+    CHECK_EQ_STR(ch.third.message, "shutting down");
+    CHECK(!ch.third.client_closed_first);
+    CHECK(ch.c == NULL);
+    g_closed = false;
+    server_finish(&s);
+}
+
 static void test_close_pending(void)
 {
     server_t s;
@@ -1103,6 +1158,7 @@ int main(void)
     RUN_TEST(test_request_headers);
     RUN_TEST(test_http_mapping);
     RUN_TEST(test_close_pending);
+    RUN_TEST(test_reentrant_done);
     uv_run(loop, UV_RUN_NOWAIT);
     CHECK_EQ_INT(uv_loop_close(loop), 0);
     free(loop);
