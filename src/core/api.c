@@ -91,6 +91,9 @@ static const char *const op_names[TMS_API_OP_COUNT] = {
     [TMS_API_LOGOUT] = "logout",           [TMS_API_ME] = "me",
     [TMS_API_DELETE_USER] = "delete_user", [TMS_API_USER_EXISTS] = "user_exists",
     [TMS_API_USER_INFO] = "user_info",     [TMS_API_VERIFY_TOKEN] = "verify_token",
+    [TMS_API_TASK_CREATE] = "task_create", [TMS_API_TASK_GET] = "task_get",
+    [TMS_API_TASK_LIST] = "task_list",     [TMS_API_TASK_UPDATE] = "task_update",
+    [TMS_API_TASK_DELETE] = "task_delete",
 };
 
 const char *tms_api_op_name(tms_api_op_t op)
