@@ -99,7 +99,7 @@ struct kbus {
     tms_event_bus_t base; /* first member */
     uv_loop_t *loop;
     tms_kafka_options_t opt;
-    char *brokers, *client_id;
+    char *brokers, *client_id, *group_suffix;
     char *topics[MAX_TOPICS];
     int ntopics;
     rd_kafka_t *producer;
@@ -174,6 +174,7 @@ static void handle_gone(kbus_t *bus)
             free(bus->topics[i]);
         free(bus->brokers);
         free(bus->client_id);
+        free(bus->group_suffix);
         free(bus);
     }
 }
@@ -872,13 +873,15 @@ static int publish(tms_event_bus_t *self, const char *topic, const char *key, co
     return rc;
 }
 
-static int subscribe(tms_event_bus_t *self, const char *topic, const char *group,
+static int subscribe(tms_event_bus_t *self, const char *topic, const char *role_group,
                      tms_mailbox_t *mailbox)
 {
     kbus_t *bus = (kbus_t *)self;
-    char err[512], labels[160];
+    char err[512], labels[160], group[64];
     rd_kafka_conf_t *conf;
     sub_t *s;
+    /* The suffix keeps deployments that share one cluster in groups of their own. */
+    snprintf(group, sizeof(group), "%s%s", role_group ? role_group : "", bus->group_suffix);
     if (!name_ok(topic) || !name_ok(group) || !mailbox || bus->stopping)
         return -TMS_EINVAL;
     for (s = bus->subs; s; s = s->next) {
@@ -990,6 +993,7 @@ tms_event_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
     bus->opt.max_inflight = opt->max_inflight > 1 ? opt->max_inflight : 64;
     bus->brokers = tms_strdup(opt->brokers ? opt->brokers : "");
     bus->client_id = tms_strdup(opt->client_id ? opt->client_id : "tms");
+    bus->group_suffix = tms_strdup(opt->group_suffix ? opt->group_suffix : "");
     bus->fds[0] = bus->fds[1] = -1;
     for (const char *const *t = opt->topics; t && *t && bus->ntopics < MAX_TOPICS; t++)
         bus->topics[bus->ntopics++] = tms_strdup(*t);
@@ -1055,6 +1059,7 @@ fail:
         free(bus->topics[i]);
     free(bus->brokers);
     free(bus->client_id);
+    free(bus->group_suffix);
     free(bus);
     return NULL;
 }
