@@ -21,10 +21,30 @@ static uint32_t bit_if(const char *s, uint32_t bit)
     return s ? bit : 0;
 }
 
+/* Never the password hash: it stays in the auth process. */
+static void user_to_pb(Tms__Internal__User *u, const tms_user_t *user)
+{
+    u->id = (char *)user->id;
+    u->email = (char *)user->email;
+    u->role = (char *)user->role;
+    u->token_version = user->token_version;
+    u->created_at_ms = user->created_at_ms;
+}
+
+static void user_from_pb(tms_user_t *user, const Tms__Internal__User *u)
+{
+    snprintf(user->id, sizeof(user->id), "%s", u->id ? u->id : "");
+    snprintf(user->email, sizeof(user->email), "%s", u->email ? u->email : "");
+    snprintf(user->role, sizeof(user->role), "%s", u->role ? u->role : "");
+    user->token_version = u->token_version;
+    user->created_at_ms = u->created_at_ms;
+}
+
 void tms_internal_encode_call(const tms_api_call_t *call, uint8_t **out, size_t *len)
 {
     Tms__Internal__ActorCall m = TMS__INTERNAL__ACTOR_CALL__INIT;
     Tms__Internal__Principal p = TMS__INTERNAL__PRINCIPAL__INIT;
+    Tms__Internal__User u = TMS__INTERNAL__USER__INIT;
     m.op = (int32_t)call->op;
     m.stage = call->msg.op;
     m.request_id = str(call->request_id);
@@ -57,6 +77,8 @@ void tms_internal_encode_call(const tms_api_call_t *call, uint8_t **out, size_t 
     m.idempotency_key = str(call->idempotency_key);
     m.cursor = str(call->cursor);
     m.limit = call->limit;
+    user_to_pb(&u, &call->user);
+    m.user = &u;
     *len = tms__internal__actor_call__get_packed_size(&m);
     *out = tms_malloc(*len ? *len : 1);
     tms__internal__actor_call__pack(&m, *out);
@@ -107,6 +129,8 @@ tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
         dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_IDEMPOTENCY_KEY, m->idempotency_key);
     call->cursor = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_CURSOR, m->cursor);
     call->limit = m->limit;
+    if (m->user)
+        user_from_pb(&call->user, m->user);
     if (m->password)
         sodium_memzero(m->password, strlen(m->password));
     if (m->bearer)
@@ -157,12 +181,8 @@ void tms_internal_encode_result(const tms_api_call_t *call, uint8_t **out, size_
     p.role = (char *)call->principal.role;
     p.email = (char *)call->principal.email;
     m.principal = &p;
-    u.id = (char *)call->user.id;
-    u.email = (char *)call->user.email;
-    u.role = (char *)call->user.role;
-    u.token_version = call->user.token_version;
-    u.created_at_ms = call->user.created_at_ms;
-    m.user = &u; /* never the password hash */
+    user_to_pb(&u, &call->user);
+    m.user = &u;
     m.has_token = call->token != NULL;
     m.token = str(call->token);
     m.flag = call->flag;
@@ -210,13 +230,8 @@ int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t 
         COPY(call->principal.role, m->principal->role);
         COPY(call->principal.email, m->principal->email);
     }
-    if (m->user) {
-        COPY(call->user.id, m->user->id);
-        COPY(call->user.email, m->user->email);
-        COPY(call->user.role, m->user->role);
-        call->user.token_version = m->user->token_version;
-        call->user.created_at_ms = m->user->created_at_ms;
-    }
+    if (m->user)
+        user_from_pb(&call->user, m->user);
     if (call->token) {
         sodium_memzero(call->token, strlen(call->token));
         free(call->token);
