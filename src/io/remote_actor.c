@@ -87,7 +87,8 @@ static void on_scan(uv_timer_t *t)
 {
     tms_remote_actor_t *r = t->data;
     /* O(calls in flight) every 50 ms; fine for the hundreds a process holds. */
-    for (job_t *job = r->jobs; job; job = job->next) {
+    for (job_t *job = r->jobs, *next; job; job = next) {
+        next = job->next; /* robust even if a client ended the call at once */
         if (!job->cancel_sent && job->call->cancel && job->call->cancel->cancelled) {
             job->cancel_sent = true;
             tms_grpc_client_cancel(job->handle);
