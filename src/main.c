@@ -536,7 +536,7 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                                    &(tms_kafka_options_t){
                                        .brokers = cfg->events.brokers,
                                        .client_id = cfg->events.client_id,
-                                       .group_suffix = cfg->events.group_suffix,
+                                       .ns = cfg->events.ns,
                                        .topics = topics,
                                        .partitions = (int)cfg->events.partitions,
                                        .replication = (int)cfg->events.replication,

@@ -108,9 +108,9 @@ static const key_t_ keys[] = {
          "(acknowledged writes could be lost); accept-off starts anyway"),
     STR(events, brokers, events.brokers, "", "Kafka bootstrap servers; empty: in-process bus"),
     STR(events, client_id, events.client_id, "tms", "Kafka client.id (tells instances apart)"),
-    STR(events, group_suffix, events.group_suffix, "",
-        "Kafka: appended to the consumer group names (notification-group...), so deployments "
-        "sharing one cluster do not take each other's events; empty: none"),
+    STR(events, namespace, events.ns, "",
+        "Kafka: topics become <namespace>.<topic> and consumer groups <group>.<namespace>, so "
+        "deployments sharing one cluster keep their events apart; empty: none"),
     INT(events, partitions, events.partitions, 1, 1000, "3",
         "Kafka: partitions of the topics TMS creates at start when missing"),
     INT(events, replication, events.replication, 1, 32, "1",

@@ -51,7 +51,7 @@ typedef struct tms_config {
     struct {
         char brokers[1024];
         char client_id[64];              /* Kafka client.id */
-        char group_suffix[32];           /* appended to consumer group names */
+        char ns[32];                     /* namespace of topics and groups */
         int64_t partitions, replication; /* of topics created at start */
         int64_t dlq_after, retry_ms;     /* consumer attempts, first back-off */
         int64_t publish_timeout_ms;      /* a publish fails after this */

@@ -33,7 +33,7 @@ typedef struct tms_kafka_options {
     int publish_timeout_ms;    /* a publish not acknowledged by then fails; 0: 10000
                                 */
     int max_inflight;          /* held deliveries per consumer before pausing; 0: 64 */
-    const char *group_suffix;  /* appended to every consumer group name; NULL: none */
+    const char *ns; /* namespace: topics "<ns>.<topic>", groups "<group>.<ns>"; NULL/"": none */
 } tms_kafka_options_t;
 
 /** Create the bus on loop: producer, topic creation (asynchronous; consumers
