@@ -7,7 +7,8 @@ Used by scripts/split (command line) and by tests/integration/conftest.py in spl
 Every process gets free ports (http.addr for /healthz, /readyz, /metrics and, on a
 gateway, the API; grpc.addr for the public services on a gateway and the internal one
 on auth and task), a data dir of its own, and the same generated service credential
-(peers.secret), JWT secret and Kafka consumer group suffix. Stores, Kafka and SMTP come
+(peers.secret), JWT secret and Kafka namespace (events.namespace: topics and consumer
+groups of its own, so deployments sharing one cluster stay apart). Stores, Kafka and SMTP come
 from the settings given (tasks.url, users.url, events.brokers, mail.url).
 """
 import os
@@ -35,7 +36,7 @@ class RoleProcess:
         self.dep = deployment
         self.role = role
         self.name = role if index == 0 else f"{role}{index + 1}"
-        self.data_dir = deployment.workdir / self.name
+        self.data_dir = deployment.data_root / self.name
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()  # http
         self.grpc_port = free_port()
@@ -125,14 +126,15 @@ class SplitDeployment:
     """The four roles as processes; gateways and notifiers may be several."""
 
     def __init__(self, tms_bin, workdir, settings, gateways=1, notifiers=1, env=None,
-                 secret=None):
+                 secret=None, data_root=None):
         self.tms_bin = str(tms_bin)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_root = Path(data_root) if data_root else self.workdir
         self.settings = dict(settings)
         self.env = dict(env or {})
         self.secret = secret or secrets.token_hex(24)
-        self.settings.setdefault("events.group_suffix", "-" + secrets.token_hex(4))
+        self.settings.setdefault("events.namespace", "split" + secrets.token_hex(4))
         if not self.settings.get("events.brokers"):
             raise ValueError("a split deployment needs events.brokers (Kafka)")
         self.procs = {"auth": [RoleProcess(self, "auth", 0)],
@@ -177,6 +179,20 @@ class SplitDeployment:
         for p in self.all():
             p.wait_healthy(timeout)
         return self
+
+    def wait_subscribed(self, timeout=30.0):
+        """Until the Kafka consumers of auth, task and notifiers hold partitions (a new
+        consumer group takes a few seconds to form)."""
+        want = [(self.auth, "compensate_user_deletion"), (self.task, "user_deleted")]
+        want += [(n, "notifications") for n in self.notifiers]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ns = self.settings.get("events.namespace", "")
+            full = (lambda t: f"{ns}.{t}") if ns else (lambda t: t)
+            if all(f"event=kafka_assigned topic={full(t)} " in p.log_text() for p, t in want):
+                return True
+            time.sleep(0.1)
+        return False
 
     def wait_ready(self, timeout=30.0):
         """Until every gateway's /readyz is 200 (peers connected, stores answering)."""
