@@ -46,10 +46,11 @@ tms_grpc_client_t *tms_grpc_client_new(uv_loop_t *loop, const tms_grpc_client_op
 /** Start a unary call of path ("/Service/Method") with one serialized request
  * message. deadline_ms is an absolute uv_now(loop) time (0: none) sent as
  * grpc-timeout and enforced here too (DEADLINE_EXCEEDED). idempotent allows retries
- * after the request was sent; otherwise only failures before any byte of it left
- * (connect refused, breaker open, GOAWAY before the stream started) are retried. The
- * breaker open and no retry left -> UNAVAILABLE at once. Returns a handle valid until
- * done runs (for tms_grpc_client_cancel). */
+ * after the request was sent (on UNAVAILABLE); otherwise only failures before any
+ * byte of it left (connect refused, GOAWAY before the stream started, REFUSED_STREAM)
+ * are retried. The breaker open -> UNAVAILABLE at once ("peer <name> unavailable:
+ * circuit open"), with no retry and no connection attempt. Returns a handle valid
+ * until done runs (for tms_grpc_client_cancel). */
 tms_grpc_client_call_t *tms_grpc_client_call(tms_grpc_client_t *c, const char *path,
                                              const uint8_t *req, size_t req_len,
                                              uint64_t deadline_ms, bool idempotent,

@@ -1,5 +1,6 @@
 #include "io/grpc_wire.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "core/alloc.h"
@@ -70,6 +71,53 @@ int tms_grpc_timeout_parse(const char *s, uint64_t *ms)
     }
     *ms = (v * ns_per_unit + 999999) / 1000000;
     return 0;
+}
+
+char *tms_grpc_timeout_format(uint64_t ms, char out[16])
+{
+    static const struct {
+        uint64_t ms;
+        char unit;
+    } units[] = {{1, 'm'}, {1000, 'S'}, {60000, 'M'}, {3600000, 'H'}};
+    size_t i = 0;
+    uint64_t v = ms;
+    /* 8 digits at most (the spec's TimeoutValue); 99999999 H is about 11k years. */
+    while (i + 1 < sizeof(units) / sizeof(units[0]) && v > 99999999) {
+        i++;
+        v = ms / units[i].ms + (ms % units[i].ms != 0);
+    }
+    if (v > 99999999)
+        v = 99999999;
+    snprintf(out, 16, "%llu%c", (unsigned long long)v, units[i].unit);
+    return out;
+}
+
+static int hexval(char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
+char *tms_grpc_percent_decode(const char *s, size_t len)
+{
+    char *out = tms_malloc(len + 1), *o = out;
+    for (size_t i = 0; i < len; i++) {
+        int hi, lo;
+        if (s[i] == '%' && i + 2 < len && (hi = hexval(s[i + 1])) >= 0 &&
+            (lo = hexval(s[i + 2])) >= 0) {
+            *o++ = (char)(hi << 4 | lo);
+            i += 2;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
 }
 
 char *tms_grpc_percent_encode(const char *s)

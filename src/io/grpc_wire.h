@@ -31,9 +31,19 @@ void tms_grpc_frame_header(uint8_t out[TMS_GRPC_FRAME_HEADER], uint32_t len);
  * milliseconds, rounded up. Returns 0 or -TMS_EINVAL. */
 int tms_grpc_timeout_parse(const char *s, uint64_t *ms);
 
+/** Format a timeout of ms milliseconds as a grpc-timeout value into out: "<n>m"
+ * while it fits in 8 digits, else whole seconds, minutes or hours (rounded up, so
+ * the peer never gives up before the caller). Returns out. */
+char *tms_grpc_timeout_format(uint64_t ms, char out[16]);
+
 /** Percent-encode s for grpc-message: bytes outside 0x20..0x7E and '%' become %XX.
  * Returns a heap string the caller frees; never NULL. */
 char *tms_grpc_percent_encode(const char *s);
+
+/** Decode a grpc-message value (s[0..len)): %XX becomes the byte; a '%' not
+ * followed by two hex digits is kept as is (the gRPC spec asks receivers to be
+ * lenient). Returns a heap string the caller frees; never NULL. */
+char *tms_grpc_percent_decode(const char *s, size_t len);
 
 /* Protobuf wire reader over buf[0..len). */
 typedef struct tms_pb_reader {

@@ -75,6 +75,40 @@ static void test_percent_encode(void)
     free(s);
 }
 
+static void test_percent_decode(void)
+{
+    const char *enc = "100%25 caf%C3%A9%0a";
+    char *s = tms_grpc_percent_decode(enc, strlen(enc));
+    CHECK_EQ_STR(s, "100% caf\xc3\xa9\n");
+    free(s);
+    /* Lenient: a bad or cut escape stays as it is; only len bytes are read. */
+    s = tms_grpc_percent_decode("50%zz 7%4", 9);
+    CHECK_EQ_STR(s, "50%zz 7%4");
+    free(s);
+    s = tms_grpc_percent_decode("ab%41cd", 5);
+    CHECK_EQ_STR(s, "abA");
+    free(s);
+    char *round = tms_grpc_percent_encode("d\xc3\xa9j\xc3\xa0 100%\r\n");
+    s = tms_grpc_percent_decode(round, strlen(round));
+    CHECK_EQ_STR(s, "d\xc3\xa9j\xc3\xa0 100%\r\n");
+    free(s);
+    free(round);
+}
+
+static void test_timeout_format(void)
+{
+    char buf[16];
+    uint64_t ms = 0;
+    CHECK_EQ_STR(tms_grpc_timeout_format(0, buf), "0m");
+    CHECK_EQ_STR(tms_grpc_timeout_format(123, buf), "123m");
+    CHECK_EQ_STR(tms_grpc_timeout_format(99999999, buf), "99999999m");
+    CHECK_EQ_STR(tms_grpc_timeout_format(100000000, buf), "100000S");
+    CHECK_EQ_STR(tms_grpc_timeout_format(100000001, buf), "100001S"); /* rounded up */
+    CHECK_EQ_STR(tms_grpc_timeout_format(UINT64_MAX, buf), "99999999H");
+    CHECK_EQ_INT(tms_grpc_timeout_parse(tms_grpc_timeout_format(4321, buf), &ms), 0);
+    CHECK_EQ_INT(ms, 4321);
+}
+
 static void test_pb_reader(void)
 {
     /* field 1 varint 150, field 2 "hi", field 3 fixed32 */
@@ -167,6 +201,8 @@ int main(void)
     RUN_TEST(test_frame_parse);
     RUN_TEST(test_timeout_parse);
     RUN_TEST(test_percent_encode);
+    RUN_TEST(test_percent_decode);
+    RUN_TEST(test_timeout_format);
     RUN_TEST(test_pb_reader);
     RUN_TEST(test_decode_update_presence);
     RUN_TEST(test_decode_create_and_verify);
