@@ -18,7 +18,7 @@
 typedef struct tms_grpc_server tms_grpc_server_t;
 
 typedef struct tms_grpc_config {
-    tms_mailbox_t *gateway;          /* where calls go; NULL: public API not served here */
+    tms_mailbox_t *gateway; /* where calls go; NULL: public API not served here */
     /* The internal service (/tms.internal.Actors/Call) of a split deployment: served
      * only when service_token is set, and only to callers presenting it in
      * x-tms-service-token (others get UNAUTHENTICATED). A call goes to the auth or
