@@ -418,6 +418,8 @@ static void dispatch_internal(gstream_t *st)
         finish(st, TMS_INVALID_ARGUMENT, "malformed internal call");
         return;
     }
+    if (call->request_id[0]) /* one request id in the logs of every process it crossed */
+        snprintf(st->request_id, sizeof(st->request_id), "%.32s", call->request_id);
     switch (call->op) {
     case TMS_API_TASK_CREATE:
     case TMS_API_TASK_GET:
