@@ -9,9 +9,10 @@ Environment:
            dir (see mongo_users_url)
   TMS_TEST_SPLIT=1  every server is a split deployment (issue 11): auth, task, notifier
            and gateway as four processes (scripts/tms_split.py) on the stores above and
-           Kafka (TMS_TEST_KAFKA_BROKERS); the TmsServer API stays the same, with the
-           gateway's port, pid and log first. Tests that need one process skip with
-           `single_process` and say why.
+           Kafka (TMS_TEST_KAFKA_BROKERS); the TmsServer API stays the same: port and
+           pid are the gateway's, log_text() is every process's log (the gateway's
+           first), GET /metrics concatenates every process's metrics, stop() and kill()
+           act on all four (a kill -9 test crashes the whole deployment).
 """
 import json
 import os
@@ -38,11 +39,6 @@ from tms_split import SplitDeployment  # noqa: E402
 
 SPLIT = os.environ.get("TMS_TEST_SPLIT", "") not in ("", "0")
 SPLIT_BROKERS = os.environ.get("TMS_TEST_KAFKA_BROKERS", "")
-
-
-def single_process(reason):
-    """Skip in split mode: the test needs what only one process has (say which)."""
-    return pytest.mark.skipif(SPLIT, reason="split deployment: " + reason)
 
 JWT_SECRET = "integration-test-secret-0123456789abcdefghijklmn"  # 48 bytes
 assert len(JWT_SECRET.encode()) == 48
