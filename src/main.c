@@ -202,6 +202,7 @@ typedef struct server {
     uv_signal_t sigint, sigterm;
     uv_timer_t lag_timer, drain_timer;
     uint64_t lag_expected;
+    unsigned ticks;
     double lag_max; /* seconds, decaying maximum */
     uint64_t drain_deadline;
     int stopping;
@@ -214,9 +215,13 @@ static double lag_gauge(void *arg)
 
 /* Measures how late the loop runs a 100 ms timer: the loop-lag gauge that shows a
  * blocked loop (the login-burst test watches it). */
+static void probe_unhealthy_peers(server_t *s);
+
 static void on_lag_tick(uv_timer_t *t)
 {
     server_t *s = t->data;
+    if (++s->ticks % 10 == 0 && !s->stopping)
+        probe_unhealthy_peers(s); /* once a second */
     uint64_t now = uv_hrtime();
     double lag = now > s->lag_expected ? (double)(now - s->lag_expected) / 1e9 : 0;
     s->lag_max = lag > s->lag_max * 0.9 ? lag : s->lag_max * 0.9;
@@ -430,6 +435,17 @@ static void probe_peer(tms_grpc_client_t *client, uv_loop_t *loop)
     static const uint8_t empty[1];
     tms_grpc_client_call(client, "/grpc.health.v1.Health/Check", empty, 0, uv_now(loop) + 1000,
                          true, on_probe_done, NULL);
+}
+
+/* A peer that is down is probed once a second, so its health (/readyz, tms_peer_up)
+ * comes back without waiting for traffic; the client's breaker and back-off bound
+ * what the probes cost while it stays down. */
+static void probe_unhealthy_peers(server_t *s)
+{
+    if (s->auth_client && !tms_grpc_client_healthy(s->auth_client))
+        probe_peer(s->auth_client, s->loop);
+    if (s->task_client && !tms_grpc_client_healthy(s->task_client))
+        probe_peer(s->task_client, s->loop);
 }
 
 static int peer_ready(void *client)
