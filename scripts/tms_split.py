@@ -133,6 +133,11 @@ class SplitDeployment:
         self.data_root = Path(data_root) if data_root else self.workdir
         self.settings = dict(settings)
         self.env = dict(env or {})
+        # mongo-c-driver keeps counters in /dev/shm/mongoc-<pid>; a process killed with
+        # SIGKILL leaves its segment behind, and a later process that gets the same pid
+        # prints a (non-logfmt) warning and falls back to malloc. Many short-lived
+        # processes make that likely: use malloc'd counters from the start.
+        self.env.setdefault("MONGOC_DISABLE_SHM", "1")
         self.secret = secret or secrets.token_hex(24)
         self.settings.setdefault("events.namespace", "split" + secrets.token_hex(4))
         if not self.settings.get("events.brokers"):
@@ -190,6 +195,26 @@ class SplitDeployment:
             ns = self.settings.get("events.namespace", "")
             full = (lambda t: f"{ns}.{t}") if ns else (lambda t: t)
             if all(f"event=kafka_assigned topic={full(t)} " in p.log_text() for p, t in want):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def wait_peers_up(self, timeout=30.0):
+        """Until every gateway reports its peers up (tms_peer_up in /metrics, which,
+        unlike polling /readyz, leaves no 503 in the logs)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ok = True
+            for g in self.gateways:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{g.port}/metrics",
+                                                timeout=2) as r:
+                        text = r.read().decode()
+                except OSError:
+                    text = ""
+                for peer in ("auth", "task"):
+                    ok = ok and f'tms_peer_up{{peer="{peer}"}} 1' in text
+            if ok:
                 return True
             time.sleep(0.1)
         return False

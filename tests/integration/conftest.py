@@ -222,8 +222,8 @@ class TmsServer:
         if not dep.wait_subscribed(timeout=45):
             pytest.fail("split deployment: Kafka consumers never got partitions:\n" +
                         self.log_text()[-4000:])
-        if not dep.wait_ready(timeout=30):  # its peers connected, as one process is at once
-            pytest.fail("split deployment: the gateway's /readyz never turned 200:\n" +
+        if not dep.wait_peers_up(timeout=30):  # ready, as one process is at once
+            pytest.fail("split deployment: the gateway's peers never came up:\n" +
                         self.log_text()[-4000:])
         return self
 
