@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,7 +33,9 @@
 #include "io/mongo.h"
 #include "io/rest.h"
 #include "io/smtp.h"
+#include "io/grpc_client.h"
 #include "io/pg.h"
+#include "io/remote_actor.h"
 #include "io/sqlite.h"
 
 #define MAX_SETS 64
@@ -45,12 +48,14 @@ typedef struct cli {
     int nsets;
     const char *args[4];
     int nargs;
+    char roles_set[96]; /* --roles X, applied as --set server.roles=X */
 } cli_t;
 
 static const char usage[] =
     "usage: tms <command> [--config FILE] [--set section.key=value ...]\n"
     "commands:\n"
-    "  serve                      run the server (REST, actors, embedded stores)\n"
+    "  serve [--roles R,...]      run the server (REST, actors, embedded stores); R any of\n"
+    "                             gateway,auth,task,notifier (default all, one process)\n"
     "  migrate                    apply database migrations and exit\n"
     "  user set-role EMAIL ROLE   make a user 'admin' or 'user'\n"
     "  mail dlq list              list SMTP dead letters (mail.dlq_dir)\n"
@@ -70,6 +75,9 @@ static int parse_cli(int argc, char **argv, cli_t *cli)
             cli->sets[cli->nsets++] = argv[++i];
         } else if (strncmp(argv[i], "--set=", 6) == 0 && cli->nsets < MAX_SETS) {
             cli->sets[cli->nsets++] = argv[i] + 6;
+        } else if (strcmp(argv[i], "--roles") == 0 && i + 1 < argc && cli->nsets < MAX_SETS) {
+            snprintf(cli->roles_set, sizeof(cli->roles_set), "server.roles=%s", argv[++i]);
+            cli->sets[cli->nsets++] = cli->roles_set;
         } else if (argv[i][0] == '-') {
             return -1;
         } else if (!cli->command) {
@@ -188,9 +196,13 @@ typedef struct server {
     tms_rest_t *rest;
     tms_http_server_t *http;
     tms_grpc_server_t *grpc; /* the gRPC listener (grpc.addr) */
+    /* Roles that run elsewhere (split deployment): a client and a proxy mailbox each. */
+    tms_grpc_client_t *auth_client, *task_client;
+    tms_remote_actor_t *auth_proxy, *task_proxy;
     uv_signal_t sigint, sigterm;
     uv_timer_t lag_timer, drain_timer;
     uint64_t lag_expected;
+    unsigned ticks;
     double lag_max; /* seconds, decaying maximum */
     uint64_t drain_deadline;
     int stopping;
@@ -203,9 +215,13 @@ static double lag_gauge(void *arg)
 
 /* Measures how late the loop runs a 100 ms timer: the loop-lag gauge that shows a
  * blocked loop (the login-burst test watches it). */
+static void probe_unhealthy_peers(server_t *s);
+
 static void on_lag_tick(uv_timer_t *t)
 {
     server_t *s = t->data;
+    if (++s->ticks % 10 == 0 && !s->stopping)
+        probe_unhealthy_peers(s); /* once a second */
     uint64_t now = uv_hrtime();
     double lag = now > s->lag_expected ? (double)(now - s->lag_expected) / 1e9 : 0;
     s->lag_max = lag > s->lag_max * 0.9 ? lag : s->lag_max * 0.9;
@@ -245,6 +261,13 @@ static void finish_shutdown(server_t *s)
     tms_notifier_free(&s->notifier);
     tms_task_actor_free(&s->task);
     tms_auth_free(&s->auth);
+    /* After everyone that posts to them; nothing is in flight by now. */
+    tms_remote_actor_free(&s->task_proxy);
+    tms_remote_actor_free(&s->auth_proxy);
+    if (s->task_client)
+        tms_grpc_client_close(&s->task_client, NULL, NULL);
+    if (s->auth_client)
+        tms_grpc_client_close(&s->auth_client, NULL, NULL);
     if (s->users_relay == s->tasks_relay)
         s->users_relay = NULL;
     tms_relay_free(&s->users_relay);
@@ -261,9 +284,12 @@ static void finish_shutdown(server_t *s)
 
 static size_t work_in_flight(server_t *s)
 {
-    return tms_rest_pending(s->rest) + tms_grpc_server_busy(s->grpc) + tms_auth_inflight(s->auth) +
-           tms_task_actor_inflight(s->task) + tms_notifier_inflight(s->notifier) +
-           (size_t)tms_relay_busy(s->tasks_relay) +
+    return tms_rest_pending(s->rest) + (s->grpc ? tms_grpc_server_busy(s->grpc) : 0) +
+           (s->auth ? tms_auth_inflight(s->auth) : 0) +
+           (s->task ? tms_task_actor_inflight(s->task) : 0) +
+           (s->notifier ? tms_notifier_inflight(s->notifier) : 0) +
+           tms_remote_actor_inflight(s->auth_proxy) + tms_remote_actor_inflight(s->task_proxy) +
+           (size_t)(s->tasks_relay ? tms_relay_busy(s->tasks_relay) : 0) +
            (size_t)(s->users_relay ? tms_relay_busy(s->users_relay) : 0) +
            (s->bus && strcmp(s->bus->name, "kafka") == 0 ? tms_kafka_bus_busy(s->bus) : 0);
 }
@@ -289,14 +315,15 @@ static void on_http_stopped(void *arg)
     server_t *s = arg;
     /* No new requests; let the relays finish their batch and the actors their work
      * (a call whose client already got a 504 may still be with them). */
-    tms_relay_stop(s->tasks_relay, NULL, NULL);
+    if (s->tasks_relay)
+        tms_relay_stop(s->tasks_relay, NULL, NULL);
     if (s->users_relay && s->users_relay != s->tasks_relay)
         tms_relay_stop(s->users_relay, NULL, NULL);
     /* Kafka consumers finish what they hold, then leave their groups. */
     if (strcmp(s->bus->name, "kafka") == 0)
         tms_kafka_bus_stop(s->bus);
     /* Mails backing off come back at once (their events stay pending). */
-    if (strcmp(s->mailer->name, "smtp") == 0)
+    if (s->mailer && strcmp(s->mailer->name, "smtp") == 0)
         tms_smtp_stop(s->mailer);
     uv_timer_start(&s->drain_timer, on_drain_tick, 0, 10);
 }
@@ -315,7 +342,8 @@ static void on_signal(uv_signal_t *h, int signum)
     tms_http_server_stop(s->http, (uint64_t)s->cfg->server.shutdown_grace * 1000, on_http_stopped,
                          s);
     /* gRPC: GOAWAY now; the drain waits for its calls and connections (busy count). */
-    tms_grpc_server_stop(s->grpc, (uint64_t)s->cfg->server.shutdown_grace * 1000, NULL, NULL);
+    if (s->grpc)
+        tms_grpc_server_stop(s->grpc, (uint64_t)s->cfg->server.shutdown_grace * 1000, NULL, NULL);
 }
 
 static tms_sqlite_t *open_db(const char *key, const char *url, const tms_config_t *cfg)
@@ -394,18 +422,103 @@ static int kafka_ready(void *bus)
     return tms_kafka_bus_reachable(bus);
 }
 
-/* Starts stores, bus, mailer, relays and the four actors; 0 or -1 (already said). */
+static void on_probe_done(void *ctx, int status, const char *message, const uint8_t *resp,
+                          size_t resp_len)
+{
+    (void)ctx; /* the client's own health state is what /readyz reads */
+}
+
+/* One health check to the peer: connects the client (it connects lazily) and
+ * refreshes its health, so /readyz turns ready without waiting for traffic. */
+static void probe_peer(tms_grpc_client_t *client, uv_loop_t *loop)
+{
+    static const uint8_t empty[1];
+    tms_grpc_client_call(client, "/grpc.health.v1.Health/Check", empty, 0, uv_now(loop) + 1000,
+                         true, on_probe_done, NULL);
+}
+
+/* A peer that is down is probed once a second, so its health (/readyz, tms_peer_up)
+ * comes back without waiting for traffic; the client's breaker and back-off bound
+ * what the probes cost while it stays down. */
+static void probe_unhealthy_peers(server_t *s)
+{
+    if (s->auth_client && !tms_grpc_client_healthy(s->auth_client))
+        probe_peer(s->auth_client, s->loop);
+    if (s->task_client && !tms_grpc_client_healthy(s->task_client))
+        probe_peer(s->task_client, s->loop);
+}
+
+static int peer_ready(void *client)
+{
+    tms_grpc_client_t *c = client;
+    if (tms_grpc_client_healthy(c))
+        return 1;
+    probe_peer(c, uv_default_loop());
+    return 0;
+}
+
+static double peer_up(void *client)
+{
+    return tms_grpc_client_healthy(client) ? 1 : 0;
+}
+
+/* A role this process does not run: a gRPC client for its peer and a proxy mailbox
+ * that callers post to as if it were the actor's own. */
+static tms_mailbox_t *start_proxy(server_t *s, const tms_config_t *cfg, const char *role,
+                                  const char *addr, tms_grpc_client_t **client,
+                                  tms_remote_actor_t **proxy)
+{
+    char err[512], labels[48];
+    *client = tms_grpc_client_new(s->loop,
+                                  &(tms_grpc_client_options_t){
+                                      .peer = role,
+                                      .addr = addr,
+                                      .credential = cfg->peers.secret,
+                                      .pool_size = (int)cfg->peers.pool_size,
+                                      .connect_timeout_ms = (int)cfg->peers.connect_timeout_ms,
+                                      .retry_attempts = (int)cfg->peers.retry_attempts,
+                                      .breaker_cooldown_ms = cfg->peers.breaker_cooldown_ms,
+                                  },
+                                  err, sizeof(err));
+    if (!*client) {
+        fprintf(stderr, "tms: peers.%s: %s\n", role, err);
+        return NULL;
+    }
+    *proxy = tms_remote_actor_start(s->loop,
+                                    &(tms_remote_actor_config_t){
+                                        .name = role,
+                                        .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                                        .default_timeout_ms = (uint64_t)cfg->peers.timeout_ms,
+                                        .client = *client,
+                                    });
+    probe_peer(*client, s->loop);
+    snprintf(labels, sizeof(labels), "peer=\"%s\"", role);
+    tms_metrics_gauge_fn("tms_peer_up", "1 while the peer answers and its breaker is closed",
+                         labels, peer_up, *client);
+    return tms_remote_actor_mailbox(*proxy);
+}
+
+/* Starts the stores, bus, mailer, relays and actors of the roles in server.roles,
+ * and a proxy for each role another process runs; 0 or -1 (already said).
+ *   gateway:  rate limits and routing (REST and public gRPC listen in cmd_serve)
+ *   auth:     user store, hashers, users relay, auth actor
+ *   task:     task store, tasks relay, task actor
+ *   notifier: mailer, the task store's inbox (dedup), notifier actor */
 static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
 {
     char err[512];
     const char *maildir = cfg->mail.url + strlen("maildir://");
-    tms_outbox_t *users_outbox, *tasks_outbox;
-    tms_task_store_t *tasks_store;
-    tms_user_store_t *users_store;
+    unsigned roles = cfg->server.role_mask;
+    tms_outbox_t *users_outbox = NULL, *tasks_outbox = NULL;
+    tms_task_store_t *tasks_store = NULL;
+    tms_user_store_t *users_store = NULL;
+    tms_mailbox_t *auth_mb = NULL, *task_mb = NULL;
 
-    if (open_users(s, cfg, &users_store, &users_outbox) != 0)
+    if ((roles & TMS_ROLE_AUTH) && open_users(s, cfg, &users_store, &users_outbox) != 0)
         return -1;
-    if (tms_pg_url(cfg->tasks.url)) {
+    if (!(roles & (TMS_ROLE_TASK | TMS_ROLE_NOTIFIER))) {
+        /* no task store in this process */
+    } else if (tms_pg_url(cfg->tasks.url)) {
         s->tasks_pg = tms_pg_open(
             s->loop, cfg->tasks.url,
             &(tms_pg_options_t){
@@ -439,6 +552,7 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                                    &(tms_kafka_options_t){
                                        .brokers = cfg->events.brokers,
                                        .client_id = cfg->events.client_id,
+                                       .ns = cfg->events.ns,
                                        .topics = topics,
                                        .partitions = (int)cfg->events.partitions,
                                        .replication = (int)cfg->events.replication,
@@ -454,75 +568,105 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
     } else {
         s->bus = tms_bus_local_new(s->loop);
     }
-    s->mail_pool = tms_workpool_new("mail", 2, (size_t)cfg->server.mailbox_capacity);
-    if (smtp_url(cfg->mail.url)) {
-        tms_smtp_options_t opt = smtp_options(cfg);
-        s->mailer = tms_smtp_new(s->loop, &opt, s->mail_pool, err, sizeof(err));
-    } else {
-        s->mailer = tms_maildir_new(maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
-                                    s->mail_pool, err, sizeof(err));
+    if (roles & TMS_ROLE_NOTIFIER) {
+        s->mail_pool = tms_workpool_new("mail", 2, (size_t)cfg->server.mailbox_capacity);
+        if (smtp_url(cfg->mail.url)) {
+            tms_smtp_options_t opt = smtp_options(cfg);
+            s->mailer = tms_smtp_new(s->loop, &opt, s->mail_pool, err, sizeof(err));
+        } else {
+            s->mailer = tms_maildir_new(maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
+                                        s->mail_pool, err, sizeof(err));
+        }
+        if (!s->mailer) {
+            fprintf(stderr, "tms: mail.url: %s\n", err);
+            return -1;
+        }
     }
-    if (!s->mailer) {
-        fprintf(stderr, "tms: mail.url: %s\n", err);
-        return -1;
-    }
-    s->tasks_relay = tms_relay_new(s->loop, tasks_outbox, s->bus, 1000);
-    s->users_relay = users_outbox == tasks_outbox
-                         ? s->tasks_relay
-                         : tms_relay_new(s->loop, users_outbox, s->bus, 1000);
+    if (roles & TMS_ROLE_TASK)
+        s->tasks_relay = tms_relay_new(s->loop, tasks_outbox, s->bus, 1000);
+    if (roles & TMS_ROLE_AUTH)
+        s->users_relay = users_outbox == tasks_outbox && s->tasks_relay
+                             ? s->tasks_relay
+                             : tms_relay_new(s->loop, users_outbox, s->bus, 1000);
 
-    s->hashers =
-        tms_workpool_new("hash", (int)cfg->auth.hash_threads, (size_t)cfg->auth.hash_queue);
-    s->auth = tms_auth_start(s->loop,
-                             &(tms_auth_config_t){
-                                 .jwt_key = (const unsigned char *)secret,
-                                 .jwt_key_len = strlen(secret),
-                                 .issuer = cfg->auth.issuer,
-                                 .token_ttl = cfg->auth.token_ttl,
-                                 .argon2_opslimit = (unsigned long long)cfg->auth.argon2_opslimit,
-                                 .argon2_memlimit = (size_t)cfg->auth.argon2_memlimit_kib * 1024,
-                                 .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-                                 .user_cache_ms = (uint64_t)cfg->auth.user_cache_ms,
-                                 .bus = s->bus,
-                                 .inbox = users_outbox,
-                                 .relay = s->users_relay,
-                             },
-                             users_store, s->hashers);
-    s->task =
-        tms_task_actor_start(s->loop, &(tms_task_actor_config_t){
-                                          .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-                                          .tasks = tasks_store,
-                                          .outbox = tasks_outbox,
-                                          .auth = tms_auth_mailbox(s->auth),
-                                          .bus = s->bus,
-                                          .relay = s->tasks_relay,
-                                      });
-    s->notifier =
-        tms_notifier_start(s->loop, &(tms_notifier_config_t){
-                                        .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-                                        .mailer = s->mailer,
-                                        .inbox = tasks_outbox,
-                                        .auth = tms_auth_mailbox(s->auth),
-                                        .bus = s->bus,
-                                    });
-    s->gateway =
-        tms_gateway_start(s->loop,
-                          &(tms_gateway_config_t){
-                              .api_per_minute = (uint32_t)cfg->ratelimit.api_per_minute,
-                              .login_per_15min = (uint32_t)cfg->ratelimit.login_per_15min,
-                              .task_create_per_hour = (uint32_t)cfg->ratelimit.task_create_per_hour,
-                              .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-                          },
-                          tms_auth_mailbox(s->auth), tms_task_actor_mailbox(s->task));
-    s->rest = tms_rest_new(
-        s->loop, &(tms_rest_config_t){
-                     .gateway = tms_gateway_mailbox(s->gateway),
-                     .users = users_store,
-                     .tasks = tasks_store,
-                     .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
-                     .events_ready = strcmp(s->bus->name, "kafka") == 0 ? kafka_ready : NULL,
-                     .events_arg = s->bus,
-                 });
+    if (roles & TMS_ROLE_AUTH) {
+        s->hashers =
+            tms_workpool_new("hash", (int)cfg->auth.hash_threads, (size_t)cfg->auth.hash_queue);
+        s->auth =
+            tms_auth_start(s->loop,
+                           &(tms_auth_config_t){
+                               .jwt_key = (const unsigned char *)secret,
+                               .jwt_key_len = strlen(secret),
+                               .issuer = cfg->auth.issuer,
+                               .token_ttl = cfg->auth.token_ttl,
+                               .argon2_opslimit = (unsigned long long)cfg->auth.argon2_opslimit,
+                               .argon2_memlimit = (size_t)cfg->auth.argon2_memlimit_kib * 1024,
+                               .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                               .user_cache_ms = (uint64_t)cfg->auth.user_cache_ms,
+                               .bus = s->bus,
+                               .inbox = users_outbox,
+                               .relay = s->users_relay,
+                           },
+                           users_store, s->hashers);
+        auth_mb = tms_auth_mailbox(s->auth);
+    } else if (roles & (TMS_ROLE_GATEWAY | TMS_ROLE_TASK | TMS_ROLE_NOTIFIER)) {
+        if (!(auth_mb =
+                  start_proxy(s, cfg, "auth", cfg->peers.auth, &s->auth_client, &s->auth_proxy)))
+            return -1;
+    }
+    if (roles & TMS_ROLE_TASK) {
+        s->task = tms_task_actor_start(s->loop,
+                                       &(tms_task_actor_config_t){
+                                           .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                                           .tasks = tasks_store,
+                                           .outbox = tasks_outbox,
+                                           .auth = auth_mb,
+                                           .bus = s->bus,
+                                           .relay = s->tasks_relay,
+                                       });
+        task_mb = tms_task_actor_mailbox(s->task);
+    } else if (roles & TMS_ROLE_GATEWAY) {
+        if (!(task_mb =
+                  start_proxy(s, cfg, "task", cfg->peers.task, &s->task_client, &s->task_proxy)))
+            return -1;
+    }
+    if (roles & TMS_ROLE_NOTIFIER)
+        s->notifier = tms_notifier_start(
+            s->loop, &(tms_notifier_config_t){
+                         .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                         .mailer = s->mailer,
+                         .inbox = tasks_outbox,
+                         .auth = auth_mb,
+                         .bus = s->bus,
+                     });
+    if (roles & TMS_ROLE_GATEWAY)
+        s->gateway = tms_gateway_start(
+            s->loop,
+            &(tms_gateway_config_t){
+                .api_per_minute = (uint32_t)cfg->ratelimit.api_per_minute,
+                .login_per_15min = (uint32_t)cfg->ratelimit.login_per_15min,
+                .task_create_per_hour = (uint32_t)cfg->ratelimit.task_create_per_hour,
+                .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+            },
+            auth_mb, task_mb);
+    /* Every process serves /healthz, /readyz and /metrics; only a gateway the API. */
+    {
+        tms_rest_config_t rc = {
+            .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+            .users = users_store,
+            .tasks = tasks_store,
+            .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+            .events_ready = strcmp(s->bus->name, "kafka") == 0 && roles != TMS_ROLE_GATEWAY
+                                ? kafka_ready
+                                : NULL,
+            .events_arg = s->bus,
+        };
+        if (s->auth_client)
+            rc.peers[rc.npeers++] = (tms_rest_peer_check_t){"auth", peer_ready, s->auth_client};
+        if (s->task_client)
+            rc.peers[rc.npeers++] = (tms_rest_peer_check_t){"task", peer_ready, s->task_client};
+        s->rest = tms_rest_new(s->loop, &rc);
+    }
     return 0;
 }
 
@@ -533,6 +677,7 @@ static int cmd_serve(tms_config_t *cfg)
     char secret[600];
     tms_http_limits_t limits;
     int rc = 1;
+    bool split;
 
     s->loop = uv_default_loop();
     s->cfg = cfg;
@@ -561,18 +706,26 @@ static int cmd_serve(tms_config_t *cfg)
         goto fail;
     }
 
-    /* The gRPC listener on grpc.addr, beside the HTTP one. */
-    s->grpc = tms_grpc_server_new(
-        s->loop, &(tms_grpc_config_t){
-                     .gateway = tms_gateway_mailbox(s->gateway),
-                     .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
-                     .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
-                     .max_connections = (size_t)cfg->http.max_connections,
-                 });
-    if (tms_grpc_server_listen(s->grpc, cfg->grpc.addr) != 0) {
-        fprintf(stderr, "tms: grpc.addr: cannot listen on %s\n", cfg->grpc.addr);
-        tms_http_server_stop(s->http, 0, NULL, NULL);
-        goto fail;
+    /* The gRPC listener on grpc.addr: the public services on a gateway, and in a
+     * split deployment the internal service on the roles others call. */
+    split = cfg->server.role_mask != TMS_ROLE_ALL;
+    if ((cfg->server.role_mask & TMS_ROLE_GATEWAY) ||
+        (split && (cfg->server.role_mask & (TMS_ROLE_AUTH | TMS_ROLE_TASK)))) {
+        s->grpc = tms_grpc_server_new(
+            s->loop, &(tms_grpc_config_t){
+                         .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+                         .service_token = split ? cfg->peers.secret : NULL,
+                         .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
+                         .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
+                         .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                         .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
+                         .max_connections = (size_t)cfg->http.max_connections,
+                     });
+        if (tms_grpc_server_listen(s->grpc, cfg->grpc.addr) != 0) {
+            fprintf(stderr, "tms: grpc.addr: cannot listen on %s\n", cfg->grpc.addr);
+            tms_http_server_stop(s->http, 0, NULL, NULL);
+            goto fail;
+        }
     }
 
     uv_signal_init(s->loop, &s->sigint);
@@ -590,11 +743,17 @@ static int cmd_serve(tms_config_t *cfg)
                          lag_gauge, s);
 
     tms_log_info("listening",
-                 "proto=http addr=%s port=%d version=%s users=%s tasks=%s events=%s "
-                 "mail=%s data_dir=%s",
-                 cfg->http.addr, tms_http_server_port(s->http), TMS_VERSION,
-                 s->users_mongo ? "mongodb" : "sqlite", s->tasks_pg ? "postgres" : "sqlite",
-                 s->bus->name, s->mailer->name, cfg->data.dir);
+                 "proto=http addr=%s port=%d grpc_port=%d version=%s roles=%s users=%s tasks=%s "
+                 "events=%s mail=%s data_dir=%s",
+                 cfg->http.addr, tms_http_server_port(s->http),
+                 s->grpc ? tms_grpc_server_port(s->grpc) : -1, TMS_VERSION, cfg->server.roles,
+                 !s->auth         ? "-"
+                 : s->users_mongo ? "mongodb"
+                                  : "sqlite",
+                 !(s->task || s->notifier) ? "-"
+                 : s->tasks_pg             ? "postgres"
+                                           : "sqlite",
+                 s->bus->name, s->mailer ? s->mailer->name : "-", cfg->data.dir);
     uv_run(s->loop, UV_RUN_DEFAULT);
     rc = s->rest ? 1 : 0; /* the loop ended without a full shutdown */
     tms_metrics_reset();

@@ -164,6 +164,7 @@ static void require_user(job_t *job, const char *user_id, void (*next)(job_t *jo
     q = tms_api_call_new(TMS_API_USER_EXISTS);
     snprintf(q->target_id, sizeof(q->target_id), "%s", user_id);
     snprintf(q->request_id, sizeof(q->request_id), "%s", job->call->request_id);
+    q->deadline_ms = job->call->deadline_ms; /* the check travels within the same budget */
     job->after_exists = next;
     msg = &q->msg;
     msg->op = TMS_STAGE_EXECUTE;

@@ -57,6 +57,29 @@ static const key_t_ keys[] = {
         "queued requests per actor before it answers UNAVAILABLE"),
     INT(server, request_timeout, server.request_timeout, 1, 600, "30",
         "seconds an API call may take before DEADLINE_EXCEEDED"),
+    STR(server, roles, server.roles, "gateway,auth,task,notifier",
+        "actors this process runs, any subset of gateway,auth,task,notifier (`tms serve "
+        "--roles`); the others are reached at peers.auth / peers.task"),
+    STR(peers, auth, peers.auth, "",
+        "host:port of the auth role's gRPC listener (its grpc.addr); needed when auth is not "
+        "in server.roles but gateway, task or notifier is"),
+    STR(peers, task, peers.task, "",
+        "host:port of the task role's gRPC listener; needed when gateway runs without task"),
+    STR(peers, secret, peers.secret, "",
+        "service credential (16+ bytes) every role of a split deployment shares; required "
+        "unless server.roles has all four roles"),
+    STR(peers, secret_file, peers.secret_file, "",
+        "file holding peers.secret (first line), used when peers.secret is empty"),
+    INT(peers, pool_size, peers.pool_size, 1, 64, "2", "HTTP/2 connections per peer"),
+    INT(peers, connect_timeout_ms, peers.connect_timeout_ms, 50, 60000, "2000",
+        "ms a connection to a peer may take"),
+    INT(peers, timeout_ms, peers.timeout_ms, 50, 600000, "5000",
+        "deadline of a call to a peer that carries none of its own (event handling)"),
+    INT(peers, retry_attempts, peers.retry_attempts, 1, 10, "3",
+        "attempts per call to a peer, first included; calls that change state are retried "
+        "only when the request never left"),
+    INT(peers, breaker_cooldown_ms, peers.breaker_cooldown_ms, 100, 600000, "2000",
+        "ms a peer's circuit breaker stays open (calls answer 503 at once) before a probe"),
     STR(data, dir, data.dir, "./data", "embedded stores, generated secret, Maildir"),
     STR(users, url, users.url, "",
         "user store: sqlite:///path or mongodb://host:port/db (default "
@@ -85,6 +108,9 @@ static const key_t_ keys[] = {
          "(acknowledged writes could be lost); accept-off starts anyway"),
     STR(events, brokers, events.brokers, "", "Kafka bootstrap servers; empty: in-process bus"),
     STR(events, client_id, events.client_id, "tms", "Kafka client.id (tells instances apart)"),
+    STR(events, namespace, events.ns, "",
+        "Kafka: topics become <namespace>.<topic> and consumer groups <group>.<namespace>, so "
+        "deployments sharing one cluster keep their events apart; empty: none"),
     INT(events, partitions, events.partitions, 1, 1000, "3",
         "Kafka: partitions of the topics TMS creates at start when missing"),
     INT(events, replication, events.replication, 1, 32, "1",
@@ -331,6 +357,103 @@ bad:
     return -TMS_EINVAL;
 }
 
+static int parse_roles(const char *text, unsigned *mask)
+{
+    static const char *const names[] = {"gateway", "auth", "task", "notifier"};
+    const char *p = text;
+    *mask = 0;
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        unsigned bit = 0;
+        while (n && isspace((unsigned char)*p))
+            p++, n--;
+        for (size_t i = 0; i < 4; i++) {
+            size_t len = strlen(names[i]);
+            if (n >= len && strncmp(p, names[i], len) == 0 && strspn(p + len, " \t") == n - len)
+                bit = 1u << i;
+        }
+        if (!bit)
+            return -1;
+        *mask |= bit;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return *mask ? 0 : -1;
+}
+
+/* The secret from peers.secret_file when peers.secret is empty: its first line. */
+static int read_secret_file(tms_config_t *cfg, char *err, size_t err_len)
+{
+    FILE *f;
+    size_t n;
+    if (cfg->peers.secret[0] || !cfg->peers.secret_file[0])
+        return 0;
+    f = fopen(cfg->peers.secret_file, "r");
+    if (!f) {
+        snprintf(err, err_len, "config: peers.secret_file: cannot read %.900s: %s",
+                 cfg->peers.secret_file, strerror(errno));
+        return -TMS_EINVAL;
+    }
+    n = fread(cfg->peers.secret, 1, sizeof(cfg->peers.secret) - 1, f);
+    fclose(f);
+    cfg->peers.secret[n] = '\0';
+    cfg->peers.secret[strcspn(cfg->peers.secret, "\r\n")] = '\0';
+    return 0;
+}
+
+/* server.roles and what a split deployment needs: the peers of the roles that run
+ * elsewhere, a shared service credential, and Kafka (the in-process bus cannot
+ * carry events between processes). */
+static int finish_roles(tms_config_t *cfg, char *err, size_t err_len)
+{
+    unsigned m;
+    if (parse_roles(cfg->server.roles, &m) != 0) {
+        snprintf(err, err_len,
+                 "config: server.roles: \"%.64s\" is not a list of gateway,auth,task,notifier",
+                 cfg->server.roles);
+        return -TMS_EINVAL;
+    }
+    cfg->server.role_mask = m;
+    if (m == TMS_ROLE_ALL)
+        return 0;
+    if (!(m & TMS_ROLE_AUTH) && (m & (TMS_ROLE_GATEWAY | TMS_ROLE_TASK | TMS_ROLE_NOTIFIER))) {
+        if (!cfg->peers.auth[0]) {
+            snprintf(err, err_len,
+                     "config: peers.auth: required when server.roles has no auth (%.64s)",
+                     cfg->server.roles);
+            return -TMS_EINVAL;
+        }
+        if (check_addr("peers.auth", cfg->peers.auth, err, err_len))
+            return -TMS_EINVAL;
+    }
+    if (!(m & TMS_ROLE_TASK) && (m & TMS_ROLE_GATEWAY)) {
+        if (!cfg->peers.task[0]) {
+            snprintf(err, err_len,
+                     "config: peers.task: required when server.roles has gateway but no task");
+            return -TMS_EINVAL;
+        }
+        if (check_addr("peers.task", cfg->peers.task, err, err_len))
+            return -TMS_EINVAL;
+    }
+    if (read_secret_file(cfg, err, err_len))
+        return -TMS_EINVAL;
+    if (strlen(cfg->peers.secret) < 16) {
+        snprintf(err, err_len,
+                 "config: peers.secret: a service credential of at least 16 bytes is required "
+                 "when server.roles is not all four roles (set peers.secret or "
+                 "peers.secret_file)");
+        return -TMS_EINVAL;
+    }
+    if (!cfg->events.brokers[0]) {
+        snprintf(err, err_len,
+                 "config: events.brokers: roles in separate processes exchange events through "
+                 "Kafka; set events.brokers when server.roles is not all four roles");
+        return -TMS_EINVAL;
+    }
+    return 0;
+}
+
 int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
 {
     static const char *const user_stores[] = {"sqlite://", "mongodb://", "mongodb+srv://", NULL};
@@ -364,7 +487,7 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
         snprintf(err, err_len, "config: auth.jwt_secret: must be at least 32 bytes");
         return -TMS_EINVAL;
     }
-    return 0;
+    return finish_roles(cfg, err, err_len);
 }
 
 void tms_config_write_defaults(void *file)

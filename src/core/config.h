@@ -23,7 +23,16 @@ typedef struct tms_config {
         int64_t shutdown_grace; /* seconds */
         int64_t mailbox_capacity;
         int64_t request_timeout; /* seconds: deadline of every API call */
+        char roles[64];          /* comma-separated subset of gateway,auth,task,notifier */
+        unsigned role_mask;      /* TMS_ROLE_* bits of roles; set by tms_config_finish */
     } server;
+    struct {
+        char auth[128], task[128]; /* host:port of those roles' gRPC listeners */
+        char secret[256];          /* service credential (from secret_file if empty) */
+        char secret_file[1024];
+        int64_t pool_size, connect_timeout_ms, timeout_ms, retry_attempts;
+        int64_t breaker_cooldown_ms;
+    } peers;
     struct {
         char dir[1024];
     } data;
@@ -42,6 +51,7 @@ typedef struct tms_config {
     struct {
         char brokers[1024];
         char client_id[64];              /* Kafka client.id */
+        char ns[32];                     /* namespace of topics and groups */
         int64_t partitions, replication; /* of topics created at start */
         int64_t dlq_after, retry_ms;     /* consumer attempts, first back-off */
         int64_t publish_timeout_ms;      /* a publish fails after this */
@@ -73,6 +83,13 @@ typedef struct tms_config {
         char level[8];
     } log;
 } tms_config_t;
+
+/* The roles of server.roles: the four actors and what each needs. */
+#define TMS_ROLE_GATEWAY 1u
+#define TMS_ROLE_AUTH 2u
+#define TMS_ROLE_TASK 4u
+#define TMS_ROLE_NOTIFIER 8u
+#define TMS_ROLE_ALL 15u
 
 /** Fill every field with its default. */
 void tms_config_defaults(tms_config_t *cfg);

@@ -25,12 +25,15 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/status.h"
 #include "io/grpc_codec.h"
+#include "io/grpc_internal.h"
 #include "io/grpc_wire.h"
 
 #define READ_CHUNK 65536
@@ -66,6 +69,7 @@ struct gstream {
     bool path_long, is_post, grpc_ctype, bad_encoding, has_timeout, bad_timeout;
     uint64_t timeout_ms;
     char *authorization;
+    char *service_token; /* x-tms-service-token, internal service only */
     size_t header_bytes;
     bool too_large;
     /* request body */
@@ -117,6 +121,7 @@ struct conn {
 struct tms_grpc_server {
     uv_loop_t *loop;
     tms_grpc_config_t cfg;
+    unsigned char token_hash[crypto_generichash_BYTES]; /* of cfg.service_token */
     tms_mailbox_t *replies;
     uv_tcp_t listener;
     uv_timer_t grace;
@@ -324,6 +329,15 @@ static void render(gstream_t *st, tms_api_call_t *call)
     uint8_t *out;
     size_t len;
     tms_error_t err;
+    if (st->method->kind == TMS_GRPC_INTERNAL) {
+        /* The domain outcome, errors included, is the payload: the calling process
+         * answers its own client with it. */
+        tms_internal_encode_result(call, &out, &len);
+        send_message(st, out, len);
+        free(out);
+        finish(st, TMS_OK, NULL);
+        return;
+    }
     if (tms_grpc_encode_reply(st->method, call, &out, &len, &err) != TMS_OK) {
         finish(st, err.code, err.message);
         return;
@@ -371,20 +385,70 @@ static char *bearer_of(const char *h)
     return tms_strdup(h);
 }
 
+static void post_call(gstream_t *st, tms_api_call_t *call, tms_mailbox_t *to);
+
 static void dispatch_api(gstream_t *st)
 {
-    conn_t *c = st->conn;
-    tms_grpc_server_t *s = c->srv;
     tms_error_t err;
-    tms_api_call_t *call = tms_grpc_decode_call(st->method, st->msg, st->msg_len, &err);
-    uint64_t timeout = s->cfg.call_timeout_ms;
-    uint64_t elapsed_ms = (uv_hrtime() - st->start_ns) / 1000000;
-    tms_msg_t *msg;
-    pending_t *p;
+    tms_api_call_t *call;
+    if (!st->conn->srv->cfg.gateway) {
+        finish(st, TMS_UNIMPLEMENTED, "this process does not serve the public API");
+        return;
+    }
+    call = tms_grpc_decode_call(st->method, st->msg, st->msg_len, &err);
     if (!call) {
         finish(st, err.code, err.message);
         return;
     }
+    if (!call->bearer && st->authorization)
+        call->bearer = bearer_of(st->authorization);
+    snprintf(call->request_id, sizeof(call->request_id), "%s", st->request_id);
+    snprintf(call->client_addr, sizeof(call->client_addr), "%s", st->conn->client_addr);
+    post_call(st, call, st->conn->srv->cfg.gateway);
+}
+
+/* A call of the internal service: straight to the local auth or task actor, with
+ * the stage, principal and request id the calling process gave it. */
+static void dispatch_internal(gstream_t *st)
+{
+    tms_grpc_server_t *s = st->conn->srv;
+    tms_api_call_t *call = tms_internal_decode_call(st->msg, st->msg_len);
+    tms_mailbox_t *to;
+    if (!call) {
+        finish(st, TMS_INVALID_ARGUMENT, "malformed internal call");
+        return;
+    }
+    if (call->request_id[0]) /* one request id in the logs of every process it crossed */
+        snprintf(st->request_id, sizeof(st->request_id), "%.32s", call->request_id);
+    switch (call->op) {
+    case TMS_API_TASK_CREATE:
+    case TMS_API_TASK_GET:
+    case TMS_API_TASK_LIST:
+    case TMS_API_TASK_UPDATE:
+    case TMS_API_TASK_DELETE:
+        to = call->msg.op == TMS_STAGE_AUTHENTICATE ? s->cfg.auth : s->cfg.task;
+        break;
+    default:
+        to = s->cfg.auth;
+    }
+    if (!to) {
+        tms_api_call_free(&call);
+        finish(st, TMS_UNIMPLEMENTED, "this process does not run the role of that call");
+        return;
+    }
+    post_call(st, call, to);
+}
+
+/* Hands a decoded call to an actor mailbox with the stream's deadline; the reply
+ * comes back to on_reply. A full mailbox answers UNAVAILABLE at once. */
+static void post_call(gstream_t *st, tms_api_call_t *call, tms_mailbox_t *to)
+{
+    conn_t *c = st->conn;
+    tms_grpc_server_t *s = c->srv;
+    uint64_t timeout = s->cfg.call_timeout_ms;
+    uint64_t elapsed_ms = (uv_hrtime() - st->start_ns) / 1000000;
+    tms_msg_t *msg;
+    pending_t *p;
     if (st->has_timeout && st->timeout_ms < timeout)
         timeout = st->timeout_ms;
     if (elapsed_ms >= timeout) {
@@ -393,10 +457,6 @@ static void dispatch_api(gstream_t *st)
         return;
     }
     timeout -= elapsed_ms;
-    if (!call->bearer && st->authorization)
-        call->bearer = bearer_of(st->authorization);
-    snprintf(call->request_id, sizeof(call->request_id), "%s", st->request_id);
-    snprintf(call->client_addr, sizeof(call->client_addr), "%s", c->client_addr);
     call->deadline_ms = uv_now(s->loop) + timeout;
     p = tms_new(pending_t);
     p->srv = s;
@@ -408,7 +468,7 @@ static void dispatch_api(gstream_t *st)
     msg->reply_to = s->replies;
     msg->cont = on_reply;
     msg->ctx = p;
-    if (tms_mailbox_post(s->cfg.gateway, &msg) != 0) {
+    if (tms_mailbox_post(to, &msg) != 0) {
         tms_api_cancel_release(&p->cancel);
         free(p);
         tms_api_call_free(&call);
@@ -497,8 +557,22 @@ static void on_request_end(gstream_t *st)
         return;
     if (st->method->kind == TMS_GRPC_API)
         dispatch_api(st);
+    else if (st->method->kind == TMS_GRPC_INTERNAL)
+        dispatch_internal(st);
     else
         health(st, st->msg, st->msg_len);
+}
+
+/* Constant time over the credential: both sides are hashed to one length first, so
+ * neither the content nor the length of the configured token leaks through timing. */
+static bool service_token_ok(tms_grpc_server_t *s, const gstream_t *st)
+{
+    unsigned char h[crypto_generichash_BYTES];
+    if (!s->cfg.service_token || !st->service_token)
+        return false;
+    crypto_generichash(h, sizeof(h), (const unsigned char *)st->service_token,
+                       strlen(st->service_token), NULL, 0);
+    return sodium_memcmp(h, s->token_hash, sizeof(h)) == 0;
 }
 
 static void on_headers_done(gstream_t *st)
@@ -530,7 +604,12 @@ static void on_headers_done(gstream_t *st)
         return;
     }
     st->method_index = (int)(st->method - s->methods);
-    if (s->stopping && st->method->kind == TMS_GRPC_API) {
+    if (st->method->kind == TMS_GRPC_INTERNAL && !service_token_ok(s, st)) {
+        finish(st, TMS_UNAUTHENTICATED, "internal method: missing or wrong service credential");
+        return;
+    }
+    if (s->stopping &&
+        (st->method->kind == TMS_GRPC_API || st->method->kind == TMS_GRPC_INTERNAL)) {
         finish(st, TMS_UNAVAILABLE, "server shutting down");
         return;
     }
@@ -555,6 +634,10 @@ static void stream_free(gstream_t *st)
         st->next->prev = st->prev;
     st->conn->nstreams--;
     free(st->authorization);
+    if (st->service_token) {
+        sodium_memzero(st->service_token, strlen(st->service_token));
+        free(st->service_token);
+    }
     free(st->in);
     free(st->msg);
     free(st->out);
@@ -645,6 +728,9 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
     } else if (IS("authorization")) {
         free(st->authorization);
         st->authorization = tms_strndup((const char *)value, valuelen);
+    } else if (IS(TMS_INTERNAL_TOKEN_HEADER)) {
+        free(st->service_token);
+        st->service_token = tms_strndup((const char *)value, valuelen);
     }
     return 0;
 }
@@ -996,6 +1082,12 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
     nghttp2_session_callbacks *cb;
     s->loop = loop;
     s->cfg = *cfg;
+    if (cfg->service_token) {
+        s->cfg.service_token = tms_strdup(cfg->service_token);
+        crypto_generichash(s->token_hash, sizeof(s->token_hash),
+                           (const unsigned char *)cfg->service_token, strlen(cfg->service_token),
+                           NULL, 0);
+    }
     if (!s->cfg.max_concurrent_streams)
         s->cfg.max_concurrent_streams = DEFAULT_STREAMS;
     if (!s->cfg.max_message_bytes)
@@ -1199,5 +1291,9 @@ void tms_grpc_server_free(tms_grpc_server_t **sp)
     nghttp2_option_del(s->option);
     free(s->requests);
     free(s->durations);
+    if (s->cfg.service_token) {
+        sodium_memzero((char *)s->cfg.service_token, strlen(s->cfg.service_token));
+        free((char *)s->cfg.service_token);
+    }
     free(s);
 }

@@ -18,7 +18,13 @@
 typedef struct tms_grpc_server tms_grpc_server_t;
 
 typedef struct tms_grpc_config {
-    tms_mailbox_t *gateway;          /* where calls go */
+    tms_mailbox_t *gateway; /* where calls go; NULL: public API not served here */
+    /* The internal service (/tms.internal.Actors/Call) of a split deployment: served
+     * only when service_token is set, and only to callers presenting it in
+     * x-tms-service-token (others get UNAUTHENTICATED). A call goes to the auth or
+     * task mailbox of its stage and op; NULL: that role does not run here. */
+    const char *service_token; /* copied */
+    tms_mailbox_t *auth, *task;
     uint64_t call_timeout_ms;        /* deadline of a call without (or above) grpc-timeout */
     uint32_t max_concurrent_streams; /* 0: 100 */
     size_t max_message_bytes;        /* 0: 4 MiB; larger -> RESOURCE_EXHAUSTED */

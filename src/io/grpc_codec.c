@@ -32,6 +32,7 @@ static const tms_grpc_method_t methods[] = {
     {"/grpc.health.v1.Health/Watch", TMS_GRPC_HEALTH_WATCH, 0},
     {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", TMS_GRPC_REFLECTION, 0},
     {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", TMS_GRPC_REFLECTION, 0},
+    {"/tms.internal.Actors/Call", TMS_GRPC_INTERNAL, 0},
 };
 #define NMETHODS (sizeof(methods) / sizeof(methods[0]))
 

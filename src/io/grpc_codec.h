@@ -16,6 +16,7 @@ typedef enum tms_grpc_kind {
     TMS_GRPC_HEALTH_CHECK, /* unary, answered by the adapter */
     TMS_GRPC_HEALTH_WATCH, /* server streaming, answered by the adapter */
     TMS_GRPC_REFLECTION,   /* bidirectional streaming, answered by the adapter */
+    TMS_GRPC_INTERNAL,     /* unary; a call between the roles of a split deployment */
 } tms_grpc_kind_t;
 
 typedef struct tms_grpc_method {

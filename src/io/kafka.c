@@ -99,7 +99,7 @@ struct kbus {
     tms_event_bus_t base; /* first member */
     uv_loop_t *loop;
     tms_kafka_options_t opt;
-    char *brokers, *client_id;
+    char *brokers, *client_id, *ns;
     char *topics[MAX_TOPICS];
     int ntopics;
     rd_kafka_t *producer;
@@ -174,6 +174,7 @@ static void handle_gone(kbus_t *bus)
             free(bus->topics[i]);
         free(bus->brokers);
         free(bus->client_id);
+        free(bus->ns);
         free(bus);
     }
 }
@@ -841,6 +842,17 @@ static double reachable_gauge(void *arg)
 /* ---- the port ---------------------------------------------------------------
  */
 
+/* "<ns>.<name>" within a namespace, else name (too long: left for name_ok to refuse). */
+static void ns_name(const kbus_t *bus, const char *name, char *out, size_t size)
+{
+    if (!name)
+        name = "";
+    if (bus->ns[0])
+        snprintf(out, size, "%s.%s", bus->ns, name);
+    else
+        snprintf(out, size, "%s", name);
+}
+
 static bool name_ok(const char *s)
 {
     size_t n = s ? strnlen(s, 60) : 0;
@@ -855,12 +867,14 @@ static bool name_ok(const char *s)
     return true;
 }
 
-static int publish(tms_event_bus_t *self, const char *topic, const char *key, const char *payload,
-                   size_t len, tms_publish_done_fn done, void *ctx)
+static int publish(tms_event_bus_t *self, const char *role_topic, const char *key,
+                   const char *payload, size_t len, tms_publish_done_fn done, void *ctx)
 {
     kbus_t *bus = (kbus_t *)self;
+    char topic[64];
     pub_t *pub;
     int rc;
+    ns_name(bus, role_topic, topic, sizeof(topic));
     if (!name_ok(topic) || !key || (!payload && len > 0) || !done)
         return -TMS_EINVAL;
     pub = tms_new(pub_t);
@@ -872,13 +886,20 @@ static int publish(tms_event_bus_t *self, const char *topic, const char *key, co
     return rc;
 }
 
-static int subscribe(tms_event_bus_t *self, const char *topic, const char *group,
+static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *role_group,
                      tms_mailbox_t *mailbox)
 {
     kbus_t *bus = (kbus_t *)self;
-    char err[512], labels[160];
+    char err[512], labels[160], group[64], topic[64];
     rd_kafka_conf_t *conf;
     sub_t *s;
+    /* A namespace keeps deployments that share one cluster apart: topics and groups
+     * of their own, so none takes (or has to skip) another's events. */
+    ns_name(bus, role_topic, topic, sizeof(topic));
+    if (bus->ns[0])
+        snprintf(group, sizeof(group), "%s.%s", role_group ? role_group : "", bus->ns);
+    else
+        snprintf(group, sizeof(group), "%s", role_group ? role_group : "");
     if (!name_ok(topic) || !name_ok(group) || !mailbox || bus->stopping)
         return -TMS_EINVAL;
     for (s = bus->subs; s; s = s->next) {
@@ -990,9 +1011,13 @@ tms_event_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
     bus->opt.max_inflight = opt->max_inflight > 1 ? opt->max_inflight : 64;
     bus->brokers = tms_strdup(opt->brokers ? opt->brokers : "");
     bus->client_id = tms_strdup(opt->client_id ? opt->client_id : "tms");
+    bus->ns = tms_strdup(opt->ns ? opt->ns : "");
     bus->fds[0] = bus->fds[1] = -1;
-    for (const char *const *t = opt->topics; t && *t && bus->ntopics < MAX_TOPICS; t++)
-        bus->topics[bus->ntopics++] = tms_strdup(*t);
+    for (const char *const *t = opt->topics; t && *t && bus->ntopics < MAX_TOPICS; t++) {
+        char name[64];
+        ns_name(bus, *t, name, sizeof(name));
+        bus->topics[bus->ntopics++] = tms_strdup(name);
+    }
     snprintf(num, sizeof(num), "%d", bus->opt.publish_timeout_ms);
     /* Idempotent, acks=all: a delivery report means every in-sync replica has the
      * event, written once and in order per partition. murmur2 picks the partition
@@ -1055,6 +1080,7 @@ fail:
         free(bus->topics[i]);
     free(bus->brokers);
     free(bus->client_id);
+    free(bus->ns);
     free(bus);
     return NULL;
 }

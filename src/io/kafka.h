@@ -33,6 +33,7 @@ typedef struct tms_kafka_options {
     int publish_timeout_ms;    /* a publish not acknowledged by then fails; 0: 10000
                                 */
     int max_inflight;          /* held deliveries per consumer before pausing; 0: 64 */
+    const char *ns; /* namespace: topics "<ns>.<topic>", groups "<group>.<ns>"; NULL/"": none */
 } tms_kafka_options_t;
 
 /** Create the bus on loop: producer, topic creation (asynchronous; consumers

@@ -191,8 +191,14 @@ static void on_deadline(uv_timer_t *timer)
 
 static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t *call)
 {
-    pending_t *p = tms_new(pending_t);
+    pending_t *p;
     tms_msg_t *msg = &call->msg;
+    if (!rest->cfg.gateway) {
+        tms_api_call_free(&call);
+        tms_http_respond_error(req, TMS_NOT_FOUND, "this process does not serve the API", NULL, 0);
+        return;
+    }
+    p = tms_new(pending_t);
     p->rest = rest;
     p->req = req;
     p->call = call;
@@ -463,9 +469,9 @@ static int match_path(const char *pattern, const char *path, size_t path_len, ch
 typedef struct probe {
     uv_timer_t timer;
     tms_rest_t *rest;
-    tms_http_request_t *req; /* NULL once answered */
-    int outstanding;         /* pings not yet answered, + 1 for the timer */
-    const char *users, *tasks;
+    tms_http_request_t *req;   /* NULL once answered */
+    int outstanding;           /* pings not yet answered, + 1 for the timer */
+    const char *users, *tasks; /* NULL: no such store in this process */
 } probe_t;
 
 typedef struct ping {
@@ -477,19 +483,41 @@ typedef struct ping {
     const char **result;
 } ping_t;
 
+static int check_ok(const char *result)
+{
+    return !result || strcmp(result, "ok") == 0;
+}
+
+static int check_done(const char *result)
+{
+    return !result || strcmp(result, "pending") != 0;
+}
+
 static void respond_ready(probe_t *p)
 {
-    int ok = strcmp(p->users, "ok") == 0 && strcmp(p->tasks, "ok") == 0;
-    json_t *body = json_pack("{s:s, s:{s:s, s:s}}", "status", ok ? "ready" : "unavailable",
-                             "checks", "users", p->users, "tasks", p->tasks);
-    /* The event bus (Kafka) answers from its own state: no round trip needed. */
-    if (p->rest->cfg.events_ready) {
-        int ev = p->rest->cfg.events_ready(p->rest->cfg.events_arg);
+    const tms_rest_config_t *cfg = &p->rest->cfg;
+    int ok = check_ok(p->users) && check_ok(p->tasks);
+    json_t *checks = json_object();
+    json_t *body;
+    if (p->users)
+        json_object_set_new(checks, "users", json_string(p->users));
+    if (p->tasks)
+        json_object_set_new(checks, "tasks", json_string(p->tasks));
+    /* The event bus (Kafka) and the peers answer from their own state: no round
+     * trip needed. */
+    if (cfg->events_ready) {
+        int ev = cfg->events_ready(cfg->events_arg);
         ok = ok && ev;
-        json_object_set_new(json_object_get(body, "checks"), "events",
-                            json_string(ev ? "ok" : "unavailable"));
-        json_object_set_new(body, "status", json_string(ok ? "ready" : "unavailable"));
+        json_object_set_new(checks, "events", json_string(ev ? "ok" : "unavailable"));
     }
+    for (size_t i = 0; i < cfg->npeers; i++) {
+        char name[48];
+        int up = cfg->peers[i].ready(cfg->peers[i].arg);
+        ok = ok && up;
+        snprintf(name, sizeof(name), "peer_%s", cfg->peers[i].name);
+        json_object_set_new(checks, name, json_string(up ? "ok" : "unavailable"));
+    }
+    body = json_pack("{s:s, s:o}", "status", ok ? "ready" : "unavailable", "checks", checks);
     respond_json(p->req, ok ? 200 : 503, body, NULL, 0);
     p->req = NULL;
 }
@@ -515,7 +543,7 @@ static void on_ping_reply(tms_msg_t *msg)
     tms_status_t code = ping->result == &p->users ? ping->op.user.err.code : ping->op.task.err.code;
     *ping->result = code == TMS_OK ? "ok" : "unavailable";
     free(ping);
-    if (p->req && strcmp(p->users, "pending") != 0 && strcmp(p->tasks, "pending") != 0) {
+    if (p->req && check_done(p->users) && check_done(p->tasks)) {
         uv_timer_stop(&p->timer);
         respond_ready(p);
         probe_release(p); /* the timer's share */
@@ -526,9 +554,9 @@ static void on_ping_reply(tms_msg_t *msg)
 static void on_probe_timeout(uv_timer_t *t)
 {
     probe_t *p = t->data;
-    if (strcmp(p->users, "pending") == 0)
+    if (!check_done(p->users))
         p->users = "timeout";
-    if (strcmp(p->tasks, "pending") == 0)
+    if (!check_done(p->tasks))
         p->tasks = "timeout";
     respond_ready(p);
     probe_release(p);
@@ -570,14 +598,17 @@ static void readyz(tms_rest_t *rest, tms_http_request_t *req)
     probe_t *p = tms_new(probe_t);
     p->rest = rest;
     p->req = req;
-    p->users = p->tasks = "pending";
+    p->users = rest->cfg.users ? "pending" : NULL;
+    p->tasks = rest->cfg.tasks ? "pending" : NULL;
     p->outstanding = 1; /* the timer */
     uv_timer_init(rest->loop, &p->timer);
     p->timer.data = p;
     rest->pending++;
-    send_ping(p, 1);
-    send_ping(p, 0);
-    if (p->outstanding == 1) { /* both refused at once */
+    if (rest->cfg.users)
+        send_ping(p, 1);
+    if (rest->cfg.tasks)
+        send_ping(p, 0);
+    if (p->outstanding == 1) { /* both refused at once, or nothing to ask */
         respond_ready(p);
         probe_release(p);
         return;

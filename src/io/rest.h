@@ -16,14 +16,23 @@
 
 typedef struct tms_rest tms_rest_t;
 
+/* A dependency /readyz reports from its own state, as "peer_<name>". */
+typedef struct tms_rest_peer_check {
+    const char *name; /* static */
+    int (*ready)(void *arg);
+    void *arg;
+} tms_rest_peer_check_t;
+
 typedef struct tms_rest_config {
-    tms_mailbox_t *gateway;   /* where calls go */
-    tms_user_store_t *users;  /* pinged by /readyz */
-    tms_task_store_t *tasks;  /* pinged by /readyz */
+    tms_mailbox_t *gateway;   /* where calls go; NULL: API routes answer 404 here */
+    tms_user_store_t *users;  /* pinged by /readyz; NULL: not in this process */
+    tms_task_store_t *tasks;  /* pinged by /readyz; NULL: not in this process */
     uint64_t call_timeout_ms; /* deadline of each call: 504 after it */
     /* optional: /readyz also reports "events", ok when events_ready(events_arg) */
     int (*events_ready)(void *events_arg);
     void *events_arg;
+    tms_rest_peer_check_t peers[4]; /* the peers this process calls (split deployment) */
+    size_t npeers;
 } tms_rest_config_t;
 
 /** Create the adapter on loop. Never NULL. */

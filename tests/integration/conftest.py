@@ -7,6 +7,12 @@ Environment:
   TMS_TEST_USERS_URL  when set (mongodb://host:port/db), every server keeps its users
            in MongoDB (FerretDB from scripts/service-mongo): a fresh database per data
            dir (see mongo_users_url)
+  TMS_TEST_SPLIT=1  every server is a split deployment (issue 11): auth, task, notifier
+           and gateway as four processes (scripts/tms_split.py) on the stores above and
+           Kafka (TMS_TEST_KAFKA_BROKERS); the TmsServer API stays the same: port and
+           pid are the gateway's, log_text() is every process's log (the gateway's
+           first), GET /metrics concatenates every process's metrics, stop() and kill()
+           act on all four (a kill -9 test crashes the whole deployment).
 """
 import json
 import os
@@ -20,11 +26,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import sys
+
 import pytest
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
 TMS_BIN = os.environ.get("TMS_BIN", str(REPO / "build" / "tms"))
+
+sys.path.insert(0, str(REPO / "scripts"))
+from tms_split import SplitDeployment  # noqa: E402
+
+SPLIT = os.environ.get("TMS_TEST_SPLIT", "") not in ("", "0")
+SPLIT_BROKERS = os.environ.get("TMS_TEST_KAFKA_BROKERS", "")
 
 JWT_SECRET = "integration-test-secret-0123456789abcdefghijklmn"  # 48 bytes
 assert len(JWT_SECRET.encode()) == 48
@@ -168,7 +182,15 @@ class TmsServer:
             base["tasks.url"] = pg_tasks_url(self.data_dir)
         if USERS_URL and "users.url" not in base:
             base["users.url"] = mongo_users_url(self.data_dir)
+        if SPLIT:
+            # One Kafka cluster for the session: a namespace per server (kept across its
+            # restarts), and mail into <data.dir>/mail as in one process.
+            base.setdefault("events.brokers", SPLIT_BROKERS)
+            base.setdefault("events.namespace", "it" + secrets.token_hex(4))
+            base.setdefault("mail.url", f"maildir://{self.data_dir}/mail")
         self.settings = base
+        self.split = None
+        self._split_secret = secrets.token_hex(24)
         self._log_index = 0
         self.log_path = None
         self._log_file = None
@@ -183,8 +205,32 @@ class TmsServer:
             cmd += ["--set", f"{k}={v}"]
         return cmd
 
+    def _start_split(self):
+        self._log_index += 1
+        dep = SplitDeployment(TMS_BIN, self.workdir / f"split-{self._log_index}", self.settings,
+                              env=self.env, secret=self._split_secret,
+                              data_root=self.data_dir / "roles")
+        self.split = dep
+        try:
+            dep.start(timeout=START_TIMEOUT)
+        except RuntimeError as e:
+            dep.stop(signal.SIGKILL, timeout=2)
+            pytest.fail(f"split deployment did not start: {e}")
+        self.port = dep.gateway.port
+        self.proc = dep.gateway.proc
+        self.returncode = None
+        if not dep.wait_subscribed(timeout=45):
+            pytest.fail("split deployment: Kafka consumers never got partitions:\n" +
+                        self.log_text()[-4000:])
+        if not dep.wait_peers_up(timeout=30):  # ready, as one process is at once
+            pytest.fail("split deployment: the gateway's peers never came up:\n" +
+                        self.log_text()[-4000:])
+        return self
+
     def start(self):
         assert self.proc is None or self.proc.poll() is not None
+        if SPLIT:
+            return self._start_split()
         self.port = free_port()
         self._log_index += 1
         self.log_path = self.workdir / f"stderr-{self._log_index}.log"
@@ -225,6 +271,11 @@ class TmsServer:
         """Send sig, wait; returns the exit code (None if it had to be killed)."""
         if self.proc is None:
             return self.returncode
+        if self.split is not None:
+            codes = self.split.stop(sig, timeout)
+            bad = [c for c in codes.values() if c != 0]
+            self.returncode = None if None in bad else (bad[0] if bad else 0)
+            return self.returncode
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -262,6 +313,10 @@ class TmsServer:
         return took
 
     def kill(self):
+        if self.split is not None:
+            for p in self.split.all():
+                p.kill()
+            return
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
@@ -272,6 +327,10 @@ class TmsServer:
             self._log_file.close()
 
     def log_text(self):
+        if self.split is not None:  # the gateway first: tests read its ports from it
+            return "".join(p.log_text() for p in
+                           self.split.gateways + [self.split.auth, self.split.task] +
+                           self.split.notifiers)
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")
@@ -285,7 +344,15 @@ class TmsServer:
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
         kw.setdefault("timeout", 10)
-        return requests.request(method, self.url(path), headers=h, **kw)
+        r = requests.request(method, self.url(path), headers=h, **kw)
+        if self.split is not None and method == "GET" and path == "/metrics" and r.ok:
+            # What a Prometheus scraping every process of the deployment sees: counters
+            # of the auth, task and notifier roles live in their own processes.
+            texts = [r.text] + [requests.get(f"http://127.0.0.1:{p.port}/metrics",
+                                             timeout=10).text
+                                for p in self.split.all() if p is not self.split.gateway]
+            r._content = "".join(texts).encode()
+        return r
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)

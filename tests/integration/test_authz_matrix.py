@@ -467,7 +467,7 @@ def test_secrets_in_odd_places_are_not_logged(srv, world):
 def test_zz_no_secret_in_any_log(srv):
     """Runs last in this module (name order is not relied on by the others): grep every
     log file the server wrote so far for every password, token and key used."""
-    texts = [p.read_text(errors="replace") for p in sorted(srv.workdir.glob("*.log"))]
+    texts = [p.read_text(errors="replace") for p in sorted(srv.workdir.rglob("*.log"))]
     assert texts and any("event=request" in t for t in texts)
     log = "\n".join(texts)
     leaks = []

@@ -96,6 +96,51 @@ static void test_smtp(void)
     expect_error("mail.retry_attempts=0", "mail.retry_attempts");
 }
 
+/* server.roles and the split deployment's checks, each error naming its key. */
+static void test_roles(void)
+{
+    tms_config_t c;
+    char err[512] = "", set[128];
+    char path[] = "/tmp/tms_config_secretXXXXXX";
+    int fd;
+    FILE *f;
+    tms_config_defaults(&c);
+    CHECK_EQ_STR(c.server.roles, "gateway,auth,task,notifier");
+    CHECK_EQ_INT(c.peers.pool_size, 2);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
+    CHECK_EQ_INT(c.server.role_mask, TMS_ROLE_ALL);
+    expect_error("server.roles=gateway,billing", "server.roles");
+    expect_error("server.roles=", "server.roles");
+    expect_error("server.roles=gateway", "peers.auth");
+    expect_error("server.roles=auth", "peers.secret");
+
+    tms_config_defaults(&c);
+    CHECK_EQ_INT(tms_config_set(&c, "server.roles=gateway, notifier", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_set(&c, "peers.auth=127.0.0.1:1", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), -TMS_EINVAL);
+    CHECK(strstr(err, "peers.task") != NULL);
+    CHECK_EQ_INT(tms_config_set(&c, "peers.task=nohost", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), -TMS_EINVAL);
+    CHECK(strstr(err, "peers.task") != NULL);
+    CHECK_EQ_INT(tms_config_set(&c, "peers.task=127.0.0.1:2", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), -TMS_EINVAL);
+    CHECK(strstr(err, "peers.secret") != NULL);
+
+    fd = mkstemp(path);
+    f = fdopen(fd, "w");
+    fprintf(f, "0123456789abcdef0123\n");
+    fclose(f);
+    snprintf(set, sizeof(set), "peers.secret_file=%s", path);
+    CHECK_EQ_INT(tms_config_set(&c, set, err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), -TMS_EINVAL);
+    CHECK(strstr(err, "events.brokers") != NULL);
+    CHECK_EQ_STR(c.peers.secret, "0123456789abcdef0123");
+    CHECK_EQ_INT(tms_config_set(&c, "events.brokers=127.0.0.1:9092", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
+    CHECK_EQ_INT(c.server.role_mask, TMS_ROLE_GATEWAY | TMS_ROLE_NOTIFIER);
+    remove(path);
+}
+
 static void test_bad_file(void)
 {
     tms_config_t c;
@@ -119,5 +164,6 @@ int main(void)
     RUN_TEST(test_errors);
     RUN_TEST(test_bad_file);
     RUN_TEST(test_smtp);
+    RUN_TEST(test_roles);
     TEST_EXIT();
 }

@@ -1,0 +1,256 @@
+"""Start TMS as a split deployment: gateway, auth, task and notifier roles as separate
+`tms serve --roles X` processes of one binary, talking gRPC to each other (issue 11).
+
+Used by scripts/split (command line) and by tests/integration/conftest.py in split mode
+(TMS_TEST_SPLIT=1). Standard library only.
+
+Every process gets free ports (http.addr for /healthz, /readyz, /metrics and, on a
+gateway, the API; grpc.addr for the public services on a gateway and the internal one
+on auth and task), a data dir of its own, and the same generated service credential
+(peers.secret), JWT secret and Kafka namespace (events.namespace: topics and consumer
+groups of its own, so deployments sharing one cluster stay apart). Stores, Kafka and SMTP come
+from the settings given (tasks.url, users.url, events.brokers, mail.url).
+"""
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+ROLES = ("auth", "task", "notifier", "gateway")  # start order: callees first
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RoleProcess:
+    """One `tms serve --roles <role>` process."""
+
+    def __init__(self, deployment, role, index):
+        self.dep = deployment
+        self.role = role
+        self.name = role if index == 0 else f"{role}{index + 1}"
+        self.data_dir = deployment.data_root / self.name
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()  # http
+        self.grpc_port = free_port()
+        self.proc = None
+        self.log_path = None
+        self._log_file = None
+        self._starts = 0
+
+    def command(self):
+        cmd = [self.dep.tms_bin, "serve", "--roles", self.role,
+               "--set", f"http.addr=127.0.0.1:{self.port}",
+               "--set", f"grpc.addr=127.0.0.1:{self.grpc_port}",
+               "--set", f"data.dir={self.data_dir}"]
+        for k, v in self.dep.role_settings(self.role).items():
+            cmd += ["--set", f"{k}={v}"]
+        return cmd
+
+    def spawn(self):
+        assert self.proc is None or self.proc.poll() is not None
+        self._starts += 1
+        self.log_path = self.dep.workdir / f"{self.name}-{self._starts}.log"
+        self._log_file = open(self.log_path, "wb")
+        env = dict(os.environ)
+        env.update(self.dep.env)
+        self.proc = subprocess.Popen(self.command(), stdout=self._log_file,
+                                     stderr=self._log_file, stdin=subprocess.DEVNULL, env=env)
+
+    def wait_healthy(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} during "
+                                   f"start:\n{self.log_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{self.name} did not answer /healthz within {timeout}s:\n"
+                                   f"{self.log_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz",
+                                            timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    def start(self, timeout=20.0):
+        self.spawn()
+        self.wait_healthy(timeout)
+        return self
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig):
+        if self.alive():
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout):
+        """Exit code, or None when it did not exit in time."""
+        if self.proc is None:
+            return 0
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._close_log()
+        return rc
+
+    def kill(self):
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+        self._close_log()
+
+    def _close_log(self):
+        if self._log_file and not self._log_file.closed:
+            self._log_file.close()
+
+    def log_text(self):
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+
+class SplitDeployment:
+    """The four roles as processes; gateways and notifiers may be several."""
+
+    def __init__(self, tms_bin, workdir, settings, gateways=1, notifiers=1, env=None,
+                 secret=None, data_root=None):
+        self.tms_bin = str(tms_bin)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_root = Path(data_root) if data_root else self.workdir
+        self.settings = dict(settings)
+        self.env = dict(env or {})
+        # mongo-c-driver keeps counters in /dev/shm/mongoc-<pid>; a process killed with
+        # SIGKILL leaves its segment behind, and a later process that gets the same pid
+        # prints a (non-logfmt) warning and falls back to malloc. Many short-lived
+        # processes make that likely: use malloc'd counters from the start.
+        self.env.setdefault("MONGOC_DISABLE_SHM", "1")
+        self.secret = secret or secrets.token_hex(24)
+        self.settings.setdefault("events.namespace", "split" + secrets.token_hex(4))
+        if not self.settings.get("events.brokers"):
+            raise ValueError("a split deployment needs events.brokers (Kafka)")
+        self.procs = {"auth": [RoleProcess(self, "auth", 0)],
+                      "task": [RoleProcess(self, "task", 0)],
+                      "notifier": [RoleProcess(self, "notifier", i) for i in range(notifiers)],
+                      "gateway": [RoleProcess(self, "gateway", i) for i in range(gateways)]}
+
+    @property
+    def auth(self):
+        return self.procs["auth"][0]
+
+    @property
+    def task(self):
+        return self.procs["task"][0]
+
+    @property
+    def gateways(self):
+        return self.procs["gateway"]
+
+    @property
+    def notifiers(self):
+        return self.procs["notifier"]
+
+    @property
+    def gateway(self):
+        return self.procs["gateway"][0]
+
+    def all(self):
+        return [p for role in ROLES for p in self.procs[role]]
+
+    def role_settings(self, role):
+        s = dict(self.settings)
+        s["peers.secret"] = self.secret
+        s["peers.auth"] = f"127.0.0.1:{self.auth.grpc_port}"
+        if role == "gateway":
+            s["peers.task"] = f"127.0.0.1:{self.task.grpc_port}"
+        return s
+
+    def start(self, timeout=30.0):
+        for p in self.all():
+            p.spawn()
+        for p in self.all():
+            p.wait_healthy(timeout)
+        return self
+
+    def wait_subscribed(self, timeout=30.0):
+        """Until the Kafka consumers of auth, task and notifiers hold partitions (a new
+        consumer group takes a few seconds to form)."""
+        want = [(self.auth, "compensate_user_deletion"), (self.task, "user_deleted")]
+        want += [(n, "notifications") for n in self.notifiers]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ns = self.settings.get("events.namespace", "")
+            full = (lambda t: f"{ns}.{t}") if ns else (lambda t: t)
+            if all(f"event=kafka_assigned topic={full(t)} " in p.log_text() for p, t in want):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def wait_peers_up(self, timeout=30.0):
+        """Until every gateway reports its peers up (tms_peer_up in /metrics, which,
+        unlike polling /readyz, leaves no 503 in the logs)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ok = True
+            for g in self.gateways:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{g.port}/metrics",
+                                                timeout=2) as r:
+                        text = r.read().decode()
+                except OSError:
+                    text = ""
+                for peer in ("auth", "task"):
+                    ok = ok and f'tms_peer_up{{peer="{peer}"}} 1' in text
+            if ok:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def wait_ready(self, timeout=30.0):
+        """Until every gateway's /readyz is 200 (peers connected, stores answering)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ok = True
+            for g in self.gateways:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{g.port}/readyz",
+                                                timeout=2) as r:
+                        ok = ok and r.status == 200
+                except OSError:
+                    ok = False
+            if ok:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0):
+        """Stop gateways first, then the roles they call; {name: exit code or None}."""
+        codes = {}
+        for p in reversed(self.all()):
+            p.signal(sig)
+            rc = p.wait(timeout)
+            if rc is None:
+                p.kill()
+            codes[p.name] = rc
+        return codes
+
+    def describe(self):
+        lines = []
+        for p in self.all():
+            lines.append(f"{p.name:10s} pid={p.proc.pid if p.proc else '-'} "
+                         f"http=http://127.0.0.1:{p.port} grpc=127.0.0.1:{p.grpc_port} "
+                         f"log={p.log_path}")
+        return "\n".join(lines)

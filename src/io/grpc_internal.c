@@ -1,0 +1,286 @@
+#include "io/grpc_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
+
+#include "core/alloc.h"
+#include "core/status.h"
+#include "internal.pb-c.h"
+
+/* "" for NULL: protobuf-c packs a string field from a non-NULL pointer. */
+static char *str(const char *s)
+{
+    return (char *)(s ? s : "");
+}
+
+static uint32_t bit_if(const char *s, uint32_t bit)
+{
+    return s ? bit : 0;
+}
+
+/* Never the password hash: it stays in the auth process. */
+static void user_to_pb(Tms__Internal__User *u, const tms_user_t *user)
+{
+    u->id = (char *)user->id;
+    u->email = (char *)user->email;
+    u->role = (char *)user->role;
+    u->token_version = user->token_version;
+    u->created_at_ms = user->created_at_ms;
+}
+
+static void user_from_pb(tms_user_t *user, const Tms__Internal__User *u)
+{
+    snprintf(user->id, sizeof(user->id), "%s", u->id ? u->id : "");
+    snprintf(user->email, sizeof(user->email), "%s", u->email ? u->email : "");
+    snprintf(user->role, sizeof(user->role), "%s", u->role ? u->role : "");
+    user->token_version = u->token_version;
+    user->created_at_ms = u->created_at_ms;
+}
+
+void tms_internal_encode_call(const tms_api_call_t *call, uint8_t **out, size_t *len)
+{
+    Tms__Internal__ActorCall m = TMS__INTERNAL__ACTOR_CALL__INIT;
+    Tms__Internal__Principal p = TMS__INTERNAL__PRINCIPAL__INIT;
+    Tms__Internal__User u = TMS__INTERNAL__USER__INIT;
+    m.op = (int32_t)call->op;
+    m.stage = call->msg.op;
+    m.request_id = str(call->request_id);
+    m.client_addr = str(call->client_addr);
+    p.authenticated = call->principal.authenticated;
+    p.user_id = str(call->principal.user_id);
+    p.role = str(call->principal.role);
+    p.email = str(call->principal.email);
+    m.principal = &p;
+    m.present = bit_if(call->bearer, TMS__INTERNAL__PRESENT__PRESENT_BEARER) |
+                bit_if(call->email, TMS__INTERNAL__PRESENT__PRESENT_EMAIL) |
+                bit_if(call->password, TMS__INTERNAL__PRESENT__PRESENT_PASSWORD) |
+                bit_if(call->title, TMS__INTERNAL__PRESENT__PRESENT_TITLE) |
+                bit_if(call->description, TMS__INTERNAL__PRESENT__PRESENT_DESCRIPTION) |
+                bit_if(call->status, TMS__INTERNAL__PRESENT__PRESENT_STATUS) |
+                bit_if(call->assigned_to, TMS__INTERNAL__PRESENT__PRESENT_ASSIGNED_TO) |
+                bit_if(call->idempotency_key, TMS__INTERNAL__PRESENT__PRESENT_IDEMPOTENCY_KEY) |
+                bit_if(call->cursor, TMS__INTERNAL__PRESENT__PRESENT_CURSOR);
+    m.bearer = str(call->bearer);
+    m.email = str(call->email);
+    m.password = str(call->password);
+    m.target_id = str(call->target_id);
+    m.task_id = call->task_id;
+    m.title = str(call->title);
+    m.description = str(call->description);
+    m.status = str(call->status);
+    m.assigned_to = str(call->assigned_to);
+    m.has_if_match = call->has_if_match;
+    m.if_match = call->if_match;
+    m.idempotency_key = str(call->idempotency_key);
+    m.cursor = str(call->cursor);
+    m.limit = call->limit;
+    user_to_pb(&u, &call->user);
+    m.user = &u;
+    *len = tms__internal__actor_call__get_packed_size(&m);
+    *out = tms_malloc(*len ? *len : 1);
+    tms__internal__actor_call__pack(&m, *out);
+}
+
+static char *dup_if(uint32_t present, uint32_t bit, const char *s)
+{
+    return (present & bit) ? tms_strdup(s) : NULL;
+}
+
+#define COPY(dst, src) snprintf((dst), sizeof(dst), "%s", (src) ? (src) : "")
+
+tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
+{
+    Tms__Internal__ActorCall *m = tms__internal__actor_call__unpack(NULL, len, msg);
+    tms_api_call_t *call;
+    uint32_t pr;
+    if (!m)
+        return NULL;
+    if (m->op < TMS_API_REGISTER || m->op >= TMS_API_OP_COUNT ||
+        (m->stage != TMS_STAGE_AUTHENTICATE && m->stage != TMS_STAGE_EXECUTE)) {
+        tms__internal__actor_call__free_unpacked(m, NULL);
+        return NULL;
+    }
+    pr = m->present;
+    call = tms_api_call_new((tms_api_op_t)m->op);
+    call->msg.op = m->stage;
+    COPY(call->request_id, m->request_id);
+    COPY(call->client_addr, m->client_addr);
+    if (m->principal) {
+        call->principal.authenticated = m->principal->authenticated;
+        COPY(call->principal.user_id, m->principal->user_id);
+        COPY(call->principal.role, m->principal->role);
+        COPY(call->principal.email, m->principal->email);
+    }
+    call->bearer = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_BEARER, m->bearer);
+    call->email = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_EMAIL, m->email);
+    call->password = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_PASSWORD, m->password);
+    COPY(call->target_id, m->target_id);
+    call->task_id = m->task_id;
+    call->title = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_TITLE, m->title);
+    call->description = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_DESCRIPTION, m->description);
+    call->status = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_STATUS, m->status);
+    call->assigned_to = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_ASSIGNED_TO, m->assigned_to);
+    call->has_if_match = m->has_if_match;
+    call->if_match = m->if_match;
+    call->idempotency_key =
+        dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_IDEMPOTENCY_KEY, m->idempotency_key);
+    call->cursor = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_CURSOR, m->cursor);
+    call->limit = m->limit;
+    if (m->user)
+        user_from_pb(&call->user, m->user);
+    if (m->password)
+        sodium_memzero(m->password, strlen(m->password));
+    if (m->bearer)
+        sodium_memzero(m->bearer, strlen(m->bearer));
+    tms__internal__actor_call__free_unpacked(m, NULL);
+    return call;
+}
+
+static void task_to_pb(Tms__Internal__Task *pb, const tms_task_t *t)
+{
+    tms__internal__task__init(pb);
+    pb->id = t->id;
+    pb->title = str(t->title);
+    pb->description = str(t->description);
+    pb->status = (char *)t->status;
+    pb->assigned_to = (char *)t->assigned_to;
+    pb->created_by = (char *)t->created_by;
+    pb->created_at_ms = t->created_at_ms;
+    pb->updated_at_ms = t->updated_at_ms;
+    pb->version = t->version;
+}
+
+static void task_from_pb(tms_task_t *t, const Tms__Internal__Task *pb)
+{
+    t->id = pb->id;
+    t->title = tms_strdup(str(pb->title));
+    t->description = tms_strdup(str(pb->description));
+    COPY(t->status, pb->status);
+    COPY(t->assigned_to, pb->assigned_to);
+    COPY(t->created_by, pb->created_by);
+    t->created_at_ms = pb->created_at_ms;
+    t->updated_at_ms = pb->updated_at_ms;
+    t->version = pb->version;
+}
+
+void tms_internal_encode_result(const tms_api_call_t *call, uint8_t **out, size_t *len)
+{
+    Tms__Internal__ActorResult m = TMS__INTERNAL__ACTOR_RESULT__INIT;
+    Tms__Internal__Principal p = TMS__INTERNAL__PRINCIPAL__INIT;
+    Tms__Internal__User u = TMS__INTERNAL__USER__INIT;
+    Tms__Internal__Task t = TMS__INTERNAL__TASK__INIT;
+    Tms__Internal__RateLimit rl = TMS__INTERNAL__RATE_LIMIT__INIT;
+    Tms__Internal__Task *items = NULL, **ptrs = NULL;
+    m.err_code = (int32_t)call->err.code;
+    m.err_message = (char *)call->err.message;
+    p.authenticated = call->principal.authenticated;
+    p.user_id = (char *)call->principal.user_id;
+    p.role = (char *)call->principal.role;
+    p.email = (char *)call->principal.email;
+    m.principal = &p;
+    user_to_pb(&u, &call->user);
+    m.user = &u;
+    m.has_token = call->token != NULL;
+    m.token = str(call->token);
+    m.flag = call->flag;
+    m.has_task = call->task.title != NULL;
+    if (m.has_task) {
+        task_to_pb(&t, &call->task);
+        m.task = &t;
+    }
+    if (call->ntasks) {
+        items = tms_calloc(call->ntasks, sizeof(*items));
+        ptrs = tms_calloc(call->ntasks, sizeof(*ptrs));
+        for (size_t i = 0; i < call->ntasks; i++) {
+            task_to_pb(&items[i], &call->tasks[i]);
+            ptrs[i] = &items[i];
+        }
+        m.n_tasks = call->ntasks;
+        m.tasks = ptrs;
+    }
+    m.has_next_cursor = call->next_cursor != NULL;
+    m.next_cursor = str(call->next_cursor);
+    m.replayed = call->replayed;
+    rl.applied = call->ratelimit.applied;
+    rl.limit = call->ratelimit.limit;
+    rl.remaining = call->ratelimit.remaining;
+    rl.reset_s = call->ratelimit.reset_s;
+    rl.retry_after_s = call->ratelimit.retry_after_s;
+    m.ratelimit = &rl;
+    *len = tms__internal__actor_result__get_packed_size(&m);
+    *out = tms_malloc(*len ? *len : 1);
+    tms__internal__actor_result__pack(&m, *out);
+    free(items);
+    free(ptrs);
+}
+
+int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t len)
+{
+    Tms__Internal__ActorResult *m = tms__internal__actor_result__unpack(NULL, len, msg);
+    if (!m)
+        return -TMS_EINVAL;
+    call->err.code = (tms_status_t)m->err_code;
+    COPY(call->err.message, m->err_message);
+    if (m->principal) {
+        call->principal.authenticated = m->principal->authenticated;
+        COPY(call->principal.user_id, m->principal->user_id);
+        COPY(call->principal.role, m->principal->role);
+        COPY(call->principal.email, m->principal->email);
+    }
+    if (m->user)
+        user_from_pb(&call->user, m->user);
+    if (call->token) {
+        sodium_memzero(call->token, strlen(call->token));
+        free(call->token);
+    }
+    call->token = m->has_token ? tms_strdup(str(m->token)) : NULL;
+    if (m->token)
+        sodium_memzero(m->token, strlen(m->token));
+    call->flag = m->flag;
+    tms_task_dispose(&call->task);
+    if (m->has_task && m->task)
+        task_from_pb(&call->task, m->task);
+    for (size_t i = 0; i < call->ntasks; i++)
+        tms_task_dispose(&call->tasks[i]);
+    free(call->tasks);
+    call->tasks = NULL;
+    call->ntasks = 0;
+    if (m->n_tasks) {
+        call->tasks = tms_calloc(m->n_tasks, sizeof(*call->tasks));
+        for (size_t i = 0; i < m->n_tasks; i++)
+            task_from_pb(&call->tasks[i], m->tasks[i]);
+        call->ntasks = m->n_tasks;
+    }
+    free(call->next_cursor);
+    call->next_cursor = m->has_next_cursor ? tms_strdup(str(m->next_cursor)) : NULL;
+    call->replayed = m->replayed;
+    if (m->ratelimit) {
+        call->ratelimit.applied = m->ratelimit->applied;
+        call->ratelimit.limit = m->ratelimit->limit;
+        call->ratelimit.remaining = m->ratelimit->remaining;
+        call->ratelimit.reset_s = m->ratelimit->reset_s;
+        call->ratelimit.retry_after_s = m->ratelimit->retry_after_s;
+    }
+    tms__internal__actor_result__free_unpacked(m, NULL);
+    return 0;
+}
+
+bool tms_internal_idempotent(const tms_api_call_t *call)
+{
+    if (call->msg.op == TMS_STAGE_AUTHENTICATE)
+        return true; /* verifies a token: reads only */
+    switch (call->op) {
+    case TMS_API_ME:
+    case TMS_API_USER_EXISTS:
+    case TMS_API_USER_INFO:
+    case TMS_API_VERIFY_TOKEN:
+    case TMS_API_TASK_GET:
+    case TMS_API_TASK_LIST:
+        return true;
+    default:
+        return false;
+    }
+}
