@@ -14,7 +14,9 @@ struct tms_relay {
     uv_loop_t *loop;
     tms_outbox_t *outbox;
     tms_event_bus_t *bus;
-    uv_timer_t *timer; /* freed in its close callback */
+    uv_timer_t *timer;   /* freed in its close callback */
+    uv_async_t *wake;    /* kicks from remote relays on other threads; freed on close */
+    tms_relay_t *remote; /* set on a remote relay only: the relay it kicks */
     uint64_t poll_ms;
     tms_mailbox_t *replies; /* outbox replies come back here */
     int busy;
@@ -205,6 +207,11 @@ static void run_batch(tms_relay_t *r)
     }
 }
 
+static void on_wake(uv_async_t *a)
+{
+    tms_relay_kick(a->data);
+}
+
 tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_t *bus,
                            uint64_t poll_ms)
 {
@@ -216,6 +223,10 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
     r->timer = tms_new(uv_timer_t);
     uv_timer_init(loop, r->timer);
     r->timer->data = r;
+    r->wake = tms_new(uv_async_t);
+    uv_async_init(loop, r->wake, on_wake);
+    r->wake->data = r;
+    uv_unref((uv_handle_t *)r->wake); /* the timer decides whether the loop lives */
     r->replies = tms_mailbox_new(loop, "relay", 1, NULL, r);
     r->published =
         tms_metrics_counter("tms_outbox_published_total", "outbox events accepted by the bus", "");
@@ -227,8 +238,20 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
     return r;
 }
 
+tms_relay_t *tms_relay_remote_new(tms_relay_t *relay)
+{
+    tms_relay_t *r = tms_new(tms_relay_t);
+    r->remote = relay;
+    return r;
+}
+
 void tms_relay_kick(tms_relay_t *r)
 {
+    if (r->remote) {
+        if (!r->stopping)
+            uv_async_send(r->remote->wake);
+        return;
+    }
     if (r->stopping)
         return;
     if (r->busy)
@@ -245,6 +268,11 @@ int tms_relay_busy(tms_relay_t *r)
 void tms_relay_stop(tms_relay_t *r, void (*on_stopped)(void *arg), void *arg)
 {
     r->stopping = 1;
+    if (r->remote) {
+        if (on_stopped)
+            on_stopped(arg);
+        return;
+    }
     uv_timer_stop(r->timer);
     r->on_stopped = on_stopped;
     r->stopped_arg = arg;
@@ -252,7 +280,7 @@ void tms_relay_stop(tms_relay_t *r, void (*on_stopped)(void *arg), void *arg)
         on_stopped(arg);
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void on_timer_closed(uv_handle_t *h) /* the timer and the wake-up */
 {
     free(h);
 }
@@ -263,7 +291,12 @@ void tms_relay_free(tms_relay_t **pr)
     if (!r)
         return;
     *pr = NULL;
+    if (r->remote) {
+        free(r);
+        return;
+    }
     uv_close((uv_handle_t *)r->timer, on_timer_closed);
+    uv_close((uv_handle_t *)r->wake, on_timer_closed);
     tms_mailbox_free(&r->replies);
     tms_outbox_op_free(&r->batch);
     free(r->accepted);
