@@ -677,7 +677,9 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
                  });
     if (tms_grpc_server_listen(s->grpc, grpc_addr) != 0) {
         fprintf(stderr, "tms: grpc.addr: cannot listen on %s\n", grpc_addr);
-        tms_http_server_stop(s->http, 0, NULL, NULL);
+        s->stops_pending = 2; /* the HTTP listener is open: it must close first */
+        tms_http_server_stop(s->http, 0, on_listener_stopped, s);
+        tms_grpc_server_stop(s->grpc, 0, on_listener_stopped, s);
         goto fail;
     }
 #ifdef TMS_FAULTS
