@@ -508,7 +508,12 @@ static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
     if (store_failed(auth, call, op))
         return;
     call->flag = true;
-    tms_user_cache_remove(auth->cache, op->user.id);
+    /* Not a removal but the user one version later, for user_cache_ms: every token
+     * dies at once in every worker, and a lookup another worker sent before the
+     * delete cannot put the user back when its answer comes after (a restore by the
+     * saga brings the user back at this very version). */
+    op->user.token_version++;
+    tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
     tms_log_info("user_deleted", "user=%s by=%s", op->user.id, call->principal.user_id);
     if (auth->relay) /* the store wrote user_deleted into its outbox with the delete */
         tms_relay_kick(auth->relay);
