@@ -313,3 +313,48 @@ def test_a_worker_that_cannot_start_stops_all(tmp_path):
     assert "LeakSanitizer" not in err and "AddressSanitizer" not in err, err
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_grpc_on_every_worker(make_server, tmp_path):
+    """gRPC listens on every worker too: many separate connections all answer, and a
+    logout over one of them revokes the token on all the others at once."""
+    grpc = pytest.importorskip("grpc")
+    protoc = pytest.importorskip("grpc_tools.protoc")
+    import importlib
+    import sys
+    from conftest import REPO
+    for name in ("auth.proto", "health.proto"):
+        assert protoc.main(["protoc", f"-I{REPO / 'src' / 'proto'}", f"--python_out={tmp_path}",
+                            f"--grpc_python_out={tmp_path}",
+                            str(REPO / "src" / "proto" / name)]) == 0
+    sys.path.insert(0, str(tmp_path))
+    try:
+        auth_pb2 = importlib.import_module("auth_pb2")
+        auth_grpc = importlib.import_module("auth_pb2_grpc")
+        health_pb2 = importlib.import_module("health_pb2")
+        health_grpc = importlib.import_module("health_pb2_grpc")
+    finally:
+        sys.path.remove(str(tmp_path))
+    srv = start(make_server, workers=2)
+    port = int(re.search(r"event=listening .* grpc_port=(\d+)", srv.log_text()).group(1))
+    token, _ = srv.register()
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}",
+                                      options=[("grpc.use_local_subchannel_pool", 1)])
+                for _ in range(16)]  # one TCP connection each
+    try:
+        for ch in channels:
+            h = health_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            assert h.status == health_pb2.HealthCheckResponse.SERVING
+            v = auth_grpc.AuthServiceStub(ch).VerifyToken(
+                auth_pb2.VerifyTokenRequest(token=token), timeout=10)
+            assert v.valid
+        auth_grpc.AuthServiceStub(channels[0]).Logout(
+            auth_pb2.LogoutRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=10)
+        for ch in channels:
+            v = auth_grpc.AuthServiceStub(ch).VerifyToken(
+                auth_pb2.VerifyTokenRequest(token=token), timeout=10)
+            assert not v.valid
+    finally:
+        for ch in channels:
+            ch.close()
+    srv.stop_ok()
