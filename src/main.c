@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,7 +204,7 @@ typedef struct server {
     tms_grpc_server_t *grpc; /* the gRPC listener (grpc.addr) */
     uv_timer_t lag_timer, drain_timer;
     uint64_t lag_expected;
-    double lag_max; /* seconds, decaying maximum */
+    _Atomic double lag_max; /* seconds, decaying maximum; read by any worker's /metrics */
     uint64_t drain_deadline;
     int stopping;
     int background_stopping; /* relays, Kafka and SMTP told to stop */
@@ -212,7 +213,7 @@ typedef struct server {
 
 static double lag_gauge(void *arg)
 {
-    return ((server_t *)arg)->lag_max;
+    return atomic_load_explicit(&((server_t *)arg)->lag_max, memory_order_relaxed);
 }
 
 /* Measures how late the loop runs a 100 ms timer: the loop-lag gauge that shows a
@@ -222,7 +223,8 @@ static void on_lag_tick(uv_timer_t *t)
     server_t *s = t->data;
     uint64_t now = uv_hrtime();
     double lag = now > s->lag_expected ? (double)(now - s->lag_expected) / 1e9 : 0;
-    s->lag_max = lag > s->lag_max * 0.9 ? lag : s->lag_max * 0.9;
+    double decayed = atomic_load_explicit(&s->lag_max, memory_order_relaxed) * 0.9;
+    atomic_store_explicit(&s->lag_max, lag > decayed ? lag : decayed, memory_order_relaxed);
     s->lag_expected = now + LAG_INTERVAL_MS * 1000000ull;
 }
 

@@ -1,5 +1,6 @@
 #include "core/relay.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,7 +31,7 @@ struct tms_relay {
     int64_t *accepted;
     size_t naccepted;
     size_t nfailed;
-    int64_t pending; /* unsent events at the last count */
+    _Atomic int64_t pending; /* unsent events at the last count; read by any worker */
     tms_counter_t *published, *failed;
 };
 
@@ -56,7 +57,7 @@ static void schedule(tms_relay_t *r, uint64_t ms)
 
 static double pending_gauge(void *arg)
 {
-    return (double)((tms_relay_t *)arg)->pending;
+    return (double)atomic_load_explicit(&((tms_relay_t *)arg)->pending, memory_order_relaxed);
 }
 
 /* The batch is over: go idle and plan the next one. */
@@ -80,7 +81,7 @@ static void on_counted(tms_msg_t *msg)
     tms_relay_t *r = msg->ctx;
     int go_on_now = op->limit; /* the decision finish_batch carried along */
     if (op->err.code == TMS_OK)
-        r->pending = op->count;
+        atomic_store_explicit(&r->pending, op->count, memory_order_relaxed);
     tms_outbox_op_free(&op);
     batch_done(r, go_on_now);
 }
