@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from conftest import (DEFAULT_PASSWORD, RawReader, raw_connect, run_cli, unique_email,
+from conftest import (DEFAULT_PASSWORD, TASKS_URL, RawReader, raw_connect, run_cli, unique_email,
                       wait_mails)
 
 REQ_RE = re.compile(r'^tms_worker_http_requests_total\{worker="(\d+)"\} (\d+)$', re.M)
@@ -26,6 +26,15 @@ def start(make_server, workers=2, **settings):
     while f"workers={workers} " not in srv.log_text():
         assert time.monotonic() < deadline, srv.log_text()[-2000:]
         time.sleep(0.05)
+    # each worker's dependencies answer (a PostgreSQL pool per worker connects after
+    # start): 16 new connections in a row get 200 from /readyz
+    ok = 0
+    while ok < 16:
+        r = requests.get(srv.url("/readyz"), headers={"Connection": "close"}, timeout=10)
+        ok = ok + 1 if r.status_code == 200 else 0
+        assert time.monotonic() < deadline, r.text
+        if not ok:
+            time.sleep(0.05)
     return srv
 
 
@@ -357,4 +366,25 @@ def test_grpc_on_every_worker(make_server, tmp_path):
     finally:
         for ch in channels:
             ch.close()
+    srv.stop_ok()
+
+
+@pytest.mark.skipif(not TASKS_URL, reason="tasks on PostgreSQL only (TMS_TEST_TASKS_URL)")
+def test_postgres_pool_per_worker(make_server):
+    """Each worker has its own pool of tasks.pool_size connections on its own loop."""
+    srv = start(make_server, workers=2, tasks__pool_size=3)
+    deadline = time.monotonic() + 15
+    while True:
+        text = srv.get("/metrics").text
+        up = {w: float(v) for w, v in
+              re.findall(r'^tms_pg_connections_up\{worker="(\d+)"\} (\S+)$', text, re.M)}
+        if up == {"0": 3.0, "1": 3.0}:
+            break
+        assert time.monotonic() < deadline, f"connections up per worker: {up}"
+        time.sleep(0.1)
+    token, _ = srv.register()
+    for c in conns_on_each_worker(srv.port):  # both pools serve
+        status, body = c.request("POST", "/api/task", token, {"title": "pg", "description": "d"})
+        assert status == 201, body
+        c.close()
     srv.stop_ok()
