@@ -388,3 +388,37 @@ def test_postgres_pool_per_worker(make_server):
         assert status == 201, body
         c.close()
     srv.stop_ok()
+
+
+KAFKA = __import__("os").environ.get("TMS_TEST_KAFKA_BROKERS", "")
+
+
+@pytest.mark.skipif(not KAFKA, reason="TMS_TEST_KAFKA_BROKERS is not set")
+def test_kafka_one_client_and_one_email_per_assignment(make_server):
+    """With Kafka, only worker 0 produces and consumes: each assignment made on either
+    worker is published once and mailed once; /readyz of every worker asks Kafka."""
+    import secrets
+    srv = start(make_server, workers=2, events__brokers=KAFKA,
+                events__client_id="tms-it-w-" + secrets.token_hex(3))
+    deadline = time.monotonic() + 30
+    while "event=kafka_assigned topic=notifications" not in srv.log_text():
+        assert time.monotonic() < deadline, srv.log_text()[-3000:]
+        time.sleep(0.1)
+    creator, _ = srv.register()
+    email = unique_email("kafka")
+    _, assignee = srv.register(email)
+    n = 12
+    for i in range(n):
+        r = requests.post(srv.url("/api/task"), timeout=10,
+                          headers={"Authorization": f"Bearer {creator}", "Connection": "close"},
+                          json={"title": f"k{i}", "description": "d", "assignedTo": assignee["id"]})
+        assert r.status_code == 201, r.text
+    served = per_worker(srv.get("/metrics").text)
+    assert all(served.get(w, 0) > 0 for w in (0, 1)), served
+    got = wait_mails(srv.maildir, email, n, timeout=30, settle=3)
+    assert len(got) == n, f"{len(got)} mails for {n} assignments"
+    for c in conns_on_each_worker(srv.port):
+        status, body = c.get("/readyz")
+        assert status == 200 and '"events"' in body, body
+        c.close()
+    srv.stop_ok()
