@@ -224,7 +224,9 @@ int tms_workers_run(int n, const tms_workers_hooks_t *hooks)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
 
     if (failed >= 0 || !spawned) {
-        if (n > 1 && failed >= 0)
+        /* Worker 0's reason is the whole story (no other had started); a later one's
+         * line is followed by which worker it was. */
+        if (failed > 0)
             fprintf(stderr, "tms: server.workers: worker %d of %d failed to start; stopping all\n",
                     failed, n);
         w->failed = 1;
