@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,8 @@
 #include "core/metrics.h"
 #include "core/relay.h"
 #include "core/status.h"
+#include "core/user_cache.h"
+#include "core/workers.h"
 #include "core/workpool.h"
 #include "io/bus_local.h"
 #include "io/grpc.h"
@@ -179,9 +182,20 @@ static const char *sqlite_path(const char *url)
 
 /* ---- serve ------------------------------------------------------------ */
 
+/* One worker's parts. Worker 0 owns what every worker shares (the embedded stores,
+ * the hash threads, the user cache, the rate limits) and runs the outbox relays, the
+ * notifier and the Kafka consumers; the others borrow the shared parts and kick
+ * worker 0's relays through stand-ins. Worker 0 stops last. */
 typedef struct server {
     uv_loop_t *loop;
     tms_config_t *cfg;
+    int index;                         /* worker number */
+    struct server *primary;            /* worker 0 on the others, else NULL */
+    tms_workers_t *workers;            /* for the number of workers still running */
+    tms_user_cache_t *user_cache;      /* shared by every worker's auth actor */
+    tms_gateway_limits_t *limits;      /* shared by every worker's gateway */
+    tms_counter_t *requests;           /* tms_worker_http_requests_total{worker="i"} */
+    int http_port, grpc_port;          /* bound ports */
     tms_sqlite_t *users_db, *tasks_db; /* the same handle when both URLs name one file */
     tms_pg_t *tasks_pg;                /* tasks.url=postgres://...: instead of tasks_db */
     tms_mongo_t *users_mongo;          /* users.url=mongodb://...: instead of users_db */
@@ -199,18 +213,19 @@ typedef struct server {
     /* Roles that run elsewhere (split deployment): a client and a proxy mailbox each. */
     tms_grpc_client_t *auth_client, *task_client;
     tms_remote_actor_t *auth_proxy, *task_proxy;
-    uv_signal_t sigint, sigterm;
     uv_timer_t lag_timer, drain_timer;
     uint64_t lag_expected;
     unsigned ticks;
-    double lag_max; /* seconds, decaying maximum */
+    _Atomic double lag_max; /* seconds, decaying maximum; read by any worker's /metrics */
     uint64_t drain_deadline;
     int stopping;
+    int background_stopping; /* relays, Kafka and SMTP told to stop */
+    int stops_pending;       /* failed start: listeners still closing */
 } server_t;
 
 static double lag_gauge(void *arg)
 {
-    return ((server_t *)arg)->lag_max;
+    return atomic_load_explicit(&((server_t *)arg)->lag_max, memory_order_relaxed);
 }
 
 /* Measures how late the loop runs a 100 ms timer: the loop-lag gauge that shows a
@@ -220,11 +235,13 @@ static void probe_unhealthy_peers(server_t *s);
 static void on_lag_tick(uv_timer_t *t)
 {
     server_t *s = t->data;
+    uint64_t now;
     if (++s->ticks % 10 == 0 && !s->stopping)
         probe_unhealthy_peers(s); /* once a second */
-    uint64_t now = uv_hrtime();
+    now = uv_hrtime();
     double lag = now > s->lag_expected ? (double)(now - s->lag_expected) / 1e9 : 0;
-    s->lag_max = lag > s->lag_max * 0.9 ? lag : s->lag_max * 0.9;
+    double decayed = atomic_load_explicit(&s->lag_max, memory_order_relaxed) * 0.9;
+    atomic_store_explicit(&s->lag_max, lag > decayed ? lag : decayed, memory_order_relaxed);
     s->lag_expected = now + LAG_INTERVAL_MS * 1000000ull;
 }
 
@@ -238,12 +255,18 @@ static void close_handle(uv_handle_t *h)
  * the clean-up path of a failed start, so every free here accepts NULL. */
 static void finish_shutdown(server_t *s)
 {
+    tms_metrics_drop_thread_gauges(); /* before what the gauges read goes */
     if (s->drain_timer.loop)
         uv_timer_stop(&s->drain_timer);
     close_handle((uv_handle_t *)&s->drain_timer);
     close_handle((uv_handle_t *)&s->lag_timer);
-    close_handle((uv_handle_t *)&s->sigint);
-    close_handle((uv_handle_t *)&s->sigterm);
+    if (s->primary) { /* borrowed from worker 0, which frees them after this worker ended */
+        s->users_db = s->tasks_db = NULL;
+        s->users_mongo = NULL;
+        s->hashers = NULL;
+        s->user_cache = NULL;
+        s->limits = NULL;
+    }
     /* Worker threads first: closing a store or pool answers what it still holds,
      * into mailboxes that are still alive (and free the replies with them). */
     if (s->users_db == s->tasks_db)
@@ -280,6 +303,8 @@ static void finish_shutdown(server_t *s)
         tms_smtp_free(&s->mailer);
     else
         tms_maildir_free(&s->mailer);
+    tms_user_cache_free(&s->user_cache);
+    tms_gateway_limits_free(&s->limits);
 }
 
 static size_t work_in_flight(server_t *s)
@@ -294,13 +319,35 @@ static size_t work_in_flight(server_t *s)
            (s->bus && strcmp(s->bus->name, "kafka") == 0 ? tms_kafka_bus_busy(s->bus) : 0);
 }
 
+/* No new requests; let the relays finish their batch and the actors their work
+ * (a call whose client already got a 504 may still be with them). */
+static void stop_background(server_t *s)
+{
+    s->background_stopping = 1;
+    if (s->tasks_relay)
+        tms_relay_stop(s->tasks_relay, NULL, NULL);
+    if (s->users_relay && s->users_relay != s->tasks_relay)
+        tms_relay_stop(s->users_relay, NULL, NULL);
+    /* Kafka consumers finish what they hold, then leave their groups. */
+    if (strcmp(s->bus->name, "kafka") == 0)
+        tms_kafka_bus_stop(s->bus);
+    /* Mails backing off come back at once (their events stay pending). */
+    if (s->mailer && strcmp(s->mailer->name, "smtp") == 0)
+        tms_smtp_stop(s->mailer);
+}
+
 static void on_drain_tick(uv_timer_t *t)
 {
     server_t *s = t->data;
-    size_t busy = work_in_flight(s);
-    if (busy == 0) {
+    size_t busy;
+    /* Worker 0's relays publish what the other workers' last writes left in the
+     * outbox, and its stores serve them: it goes on until they have ended. */
+    if (!s->background_stopping && (s->primary || tms_workers_alive(s->workers) <= 1))
+        stop_background(s);
+    busy = work_in_flight(s);
+    if (busy == 0 && s->background_stopping) {
         finish_shutdown(s);
-        tms_log_info("stopped", "%s", "clean=1");
+        tms_log_info("stopped", "worker=%d clean=1", s->index);
     } else if (uv_now(s->loop) >= s->drain_deadline) {
         /* Acknowledged writes are committed; what is left (outbox events, emails)
          * is redone after the next start. */
@@ -313,30 +360,14 @@ static void on_drain_tick(uv_timer_t *t)
 static void on_http_stopped(void *arg)
 {
     server_t *s = arg;
-    /* No new requests; let the relays finish their batch and the actors their work
-     * (a call whose client already got a 504 may still be with them). */
-    if (s->tasks_relay)
-        tms_relay_stop(s->tasks_relay, NULL, NULL);
-    if (s->users_relay && s->users_relay != s->tasks_relay)
-        tms_relay_stop(s->users_relay, NULL, NULL);
-    /* Kafka consumers finish what they hold, then leave their groups. */
-    if (strcmp(s->bus->name, "kafka") == 0)
-        tms_kafka_bus_stop(s->bus);
-    /* Mails backing off come back at once (their events stay pending). */
-    if (s->mailer && strcmp(s->mailer->name, "smtp") == 0)
-        tms_smtp_stop(s->mailer);
     uv_timer_start(&s->drain_timer, on_drain_tick, 0, 10);
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+/* On the worker's thread after the main thread took SIGINT/SIGTERM. */
+static void stop_worker(server_t *s)
 {
-    server_t *s = h->data;
-    if (s->stopping) {
-        tms_log_warn("shutdown_forced", "signal=%d", signum);
-        _exit(1);
-    }
     s->stopping = 1;
-    tms_log_info("stopping", "signal=%d inflight=%zu grace_s=%lld", signum,
+    tms_log_info("worker_stopping", "worker=%d inflight=%zu grace_s=%lld", s->index,
                  tms_http_server_inflight(s->http), (long long)s->cfg->server.shutdown_grace);
     s->drain_deadline = uv_now(s->loop) + (uint64_t)s->cfg->server.shutdown_grace * 1000;
     tms_http_server_stop(s->http, (uint64_t)s->cfg->server.shutdown_grace * 1000, on_http_stopped,
@@ -378,13 +409,13 @@ static int open_users(server_t *s, const tms_config_t *cfg, tms_user_store_t **s
                       tms_outbox_t **outbox)
 {
     if (tms_mongo_url(cfg->users.url)) {
-        if (!(s->users_mongo = open_mongo(cfg)))
+        if (!s->users_mongo && !(s->users_mongo = open_mongo(cfg)))
             return -1;
         *store = tms_mongo_user_store(s->users_mongo);
         *outbox = tms_mongo_outbox(s->users_mongo);
         return 0;
     }
-    if (!(s->users_db = open_db("users.url", cfg->users.url, cfg)))
+    if (!s->users_db && !(s->users_db = open_db("users.url", cfg->users.url, cfg)))
         return -1;
     *store = tms_sqlite_user_store(s->users_db);
     *outbox = tms_sqlite_outbox(s->users_db);
@@ -422,10 +453,54 @@ static int kafka_ready(void *bus)
     return tms_kafka_bus_reachable(bus);
 }
 
+/* The mailer (worker 0 only: it alone runs the notifier); 0 or -1 (already said). */
+static int start_mailer(server_t *s, const tms_config_t *cfg)
+{
+    char err[512];
+    const char *maildir = cfg->mail.url + strlen("maildir://");
+    s->mail_pool = tms_workpool_new("mail", 2, (size_t)cfg->server.mailbox_capacity);
+    if (smtp_url(cfg->mail.url)) {
+        tms_smtp_options_t opt = smtp_options(cfg);
+        s->mailer = tms_smtp_new(s->loop, &opt, s->mail_pool, err, sizeof(err));
+    } else {
+        s->mailer = tms_maildir_new(maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
+                                    s->mail_pool, err, sizeof(err));
+    }
+    if (!s->mailer) {
+        fprintf(stderr, "tms: mail.url: %s\n", err);
+        return -1;
+    }
+    return 0;
+}
+
+/* What every worker shares: worker 0 makes the cache and the limits (and opens the
+ * embedded stores and hash threads in start_parts); the others borrow all of it. */
+static void share_parts(server_t *s, const tms_config_t *cfg)
+{
+    server_t *p = s->primary;
+    if (!p) {
+        s->user_cache = tms_user_cache_new((uint64_t)cfg->auth.user_cache_ms, 100000);
+        s->limits = tms_gateway_limits_new((uint32_t)cfg->ratelimit.api_per_minute,
+                                           (uint32_t)cfg->ratelimit.login_per_15min,
+                                           (uint32_t)cfg->ratelimit.task_create_per_hour);
+        return;
+    }
+    s->users_db = p->users_db;
+    s->tasks_db = p->tasks_db;
+    s->users_mongo = p->users_mongo;
+    s->hashers = p->hashers;
+    s->user_cache = p->user_cache;
+    s->limits = p->limits;
+}
+
 static void on_probe_done(void *ctx, int status, const char *message, const uint8_t *resp,
                           size_t resp_len)
 {
     (void)ctx; /* the client's own health state is what /readyz reads */
+    (void)status;
+    (void)message;
+    (void)resp;
+    (void)resp_len;
 }
 
 /* One health check to the peer: connects the client (it connects lazily) and
@@ -448,13 +523,22 @@ static void probe_unhealthy_peers(server_t *s)
         probe_peer(s->task_client, s->loop);
 }
 
-static int peer_ready(void *client)
+static int peer_ready(server_t *s, tms_grpc_client_t *c)
 {
-    tms_grpc_client_t *c = client;
     if (tms_grpc_client_healthy(c))
         return 1;
-    probe_peer(c, uv_default_loop());
+    probe_peer(c, s->loop);
     return 0;
+}
+
+static int auth_peer_ready(void *arg)
+{
+    return peer_ready(arg, ((server_t *)arg)->auth_client);
+}
+
+static int task_peer_ready(void *arg)
+{
+    return peer_ready(arg, ((server_t *)arg)->task_client);
 }
 
 static double peer_up(void *client)
@@ -498,27 +582,13 @@ static tms_mailbox_t *start_proxy(server_t *s, const tms_config_t *cfg, const ch
     return tms_remote_actor_mailbox(*proxy);
 }
 
-/* Starts the stores, bus, mailer, relays and actors of the roles in server.roles,
- * and a proxy for each role another process runs; 0 or -1 (already said).
- *   gateway:  rate limits and routing (REST and public gRPC listen in cmd_serve)
- *   auth:     user store, hashers, users relay, auth actor
- *   task:     task store, tasks relay, task actor
- *   notifier: mailer, the task store's inbox (dedup), notifier actor */
-static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
+/* The task store and its outbox: PostgreSQL for tasks.url=postgres://..., else SQLite
+ * (the users' file when both URLs name one). 0 or -1 (already said). */
+static int open_tasks(server_t *s, const tms_config_t *cfg, tms_task_store_t **store,
+                      tms_outbox_t **outbox)
 {
     char err[512];
-    const char *maildir = cfg->mail.url + strlen("maildir://");
-    unsigned roles = cfg->server.role_mask;
-    tms_outbox_t *users_outbox = NULL, *tasks_outbox = NULL;
-    tms_task_store_t *tasks_store = NULL;
-    tms_user_store_t *users_store = NULL;
-    tms_mailbox_t *auth_mb = NULL, *task_mb = NULL;
-
-    if ((roles & TMS_ROLE_AUTH) && open_users(s, cfg, &users_store, &users_outbox) != 0)
-        return -1;
-    if (!(roles & (TMS_ROLE_TASK | TMS_ROLE_NOTIFIER))) {
-        /* no task store in this process */
-    } else if (tms_pg_url(cfg->tasks.url)) {
+    if (tms_pg_url(cfg->tasks.url)) {
         s->tasks_pg = tms_pg_open(
             s->loop, cfg->tasks.url,
             &(tms_pg_options_t){
@@ -527,25 +597,56 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                 .statement_timeout_ms = (int)cfg->tasks.statement_timeout_ms,
                 .queue_capacity = (size_t)cfg->server.mailbox_capacity,
                 .accept_async_commit = strcmp(cfg->tasks.synchronous_commit, "accept-off") == 0,
-                .migrate = strcmp(cfg->tasks.migrate, "auto") == 0,
+                .migrate = strcmp(cfg->tasks.migrate, "auto") == 0 && !s->primary,
             },
             err, sizeof(err));
         if (!s->tasks_pg) {
             fprintf(stderr, "tms: tasks.url: %s\n", err);
             return -1;
         }
-        tasks_store = tms_pg_task_store(s->tasks_pg);
-        tasks_outbox = tms_pg_outbox(s->tasks_pg);
-    } else {
-        if (s->users_db && strcmp(sqlite_path(cfg->users.url), sqlite_path(cfg->tasks.url)) == 0)
-            s->tasks_db = s->users_db;
-        else if (!(s->tasks_db = open_db("tasks.url", cfg->tasks.url, cfg)))
-            return -1;
-        tasks_store = tms_sqlite_task_store(s->tasks_db);
-        tasks_outbox = tms_sqlite_outbox(s->tasks_db);
+        *store = tms_pg_task_store(s->tasks_pg);
+        *outbox = tms_pg_outbox(s->tasks_pg);
+        return 0;
     }
+    if (!s->tasks_db && s->users_db &&
+        strcmp(sqlite_path(cfg->users.url), sqlite_path(cfg->tasks.url)) == 0)
+        s->tasks_db = s->users_db;
+    else if (!s->tasks_db && !(s->tasks_db = open_db("tasks.url", cfg->tasks.url, cfg)))
+        return -1;
+    *store = tms_sqlite_task_store(s->tasks_db);
+    *outbox = tms_sqlite_outbox(s->tasks_db);
+    return 0;
+}
 
-    if (cfg->events.brokers[0]) {
+/* Starts the stores, bus, mailer, relays and actors of the roles in server.roles for
+ * one worker, and a proxy for each role another process runs; 0 or -1 (already said).
+ *   gateway:  rate limits and routing (REST and public gRPC listen in start_worker)
+ *   auth:     user store, hashers, users relay, auth actor
+ *   task:     task store, tasks relay, task actor
+ *   notifier: mailer, the task store's inbox (dedup), notifier actor
+ * With server.workers > 1 every role runs here (config.c): worker 0 owns the shared
+ * parts, the relays and the notifier; the others borrow them. */
+static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
+{
+    char err[512];
+    unsigned roles = cfg->server.role_mask;
+    tms_outbox_t *users_outbox = NULL, *tasks_outbox = NULL;
+    tms_task_store_t *tasks_store = NULL;
+    tms_user_store_t *users_store = NULL;
+    tms_mailbox_t *auth_mb = NULL, *task_mb = NULL;
+    tms_event_bus_t *events;
+    const char *dummy_hash;
+
+    share_parts(s, cfg);
+    if ((roles & TMS_ROLE_AUTH) && open_users(s, cfg, &users_store, &users_outbox) != 0)
+        return -1;
+    if ((roles & (TMS_ROLE_TASK | TMS_ROLE_NOTIFIER)) &&
+        open_tasks(s, cfg, &tasks_store, &tasks_outbox) != 0)
+        return -1;
+
+    /* The other workers get an in-process bus nothing publishes to: their writes are
+     * published by worker 0's relays. */
+    if (cfg->events.brokers[0] && !s->primary) {
         static const char *const topics[] = {TMS_TOPIC_NOTIFICATIONS, TMS_TOPIC_USER_DELETED,
                                              TMS_TOPIC_COMPENSATE, NULL};
         s->bus = tms_kafka_bus_new(s->loop,
@@ -568,30 +669,27 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
     } else {
         s->bus = tms_bus_local_new(s->loop);
     }
-    if (roles & TMS_ROLE_NOTIFIER) {
-        s->mail_pool = tms_workpool_new("mail", 2, (size_t)cfg->server.mailbox_capacity);
-        if (smtp_url(cfg->mail.url)) {
-            tms_smtp_options_t opt = smtp_options(cfg);
-            s->mailer = tms_smtp_new(s->loop, &opt, s->mail_pool, err, sizeof(err));
-        } else {
-            s->mailer = tms_maildir_new(maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
-                                        s->mail_pool, err, sizeof(err));
-        }
-        if (!s->mailer) {
-            fprintf(stderr, "tms: mail.url: %s\n", err);
+    if (s->primary) {
+        s->tasks_relay = tms_relay_remote_new(s->primary->tasks_relay);
+        s->users_relay = s->primary->users_relay == s->primary->tasks_relay
+                             ? s->tasks_relay
+                             : tms_relay_remote_new(s->primary->users_relay);
+    } else {
+        if ((roles & TMS_ROLE_NOTIFIER) && start_mailer(s, cfg) != 0)
             return -1;
+        if (roles & TMS_ROLE_TASK)
+            s->tasks_relay = tms_relay_new(s->loop, tasks_outbox, s->bus, 1000);
+        if (roles & TMS_ROLE_AUTH) {
+            s->users_relay = users_outbox == tasks_outbox && s->tasks_relay
+                                 ? s->tasks_relay
+                                 : tms_relay_new(s->loop, users_outbox, s->bus, 1000);
+            s->hashers =
+                tms_workpool_new("hash", (int)cfg->auth.hash_threads, (size_t)cfg->auth.hash_queue);
         }
     }
-    if (roles & TMS_ROLE_TASK)
-        s->tasks_relay = tms_relay_new(s->loop, tasks_outbox, s->bus, 1000);
-    if (roles & TMS_ROLE_AUTH)
-        s->users_relay = users_outbox == tasks_outbox && s->tasks_relay
-                             ? s->tasks_relay
-                             : tms_relay_new(s->loop, users_outbox, s->bus, 1000);
+    dummy_hash = s->primary ? tms_auth_dummy_hash(s->primary->auth) : NULL;
 
     if (roles & TMS_ROLE_AUTH) {
-        s->hashers =
-            tms_workpool_new("hash", (int)cfg->auth.hash_threads, (size_t)cfg->auth.hash_queue);
         s->auth =
             tms_auth_start(s->loop,
                            &(tms_auth_config_t){
@@ -606,6 +704,8 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                                .bus = s->bus,
                                .inbox = users_outbox,
                                .relay = s->users_relay,
+                               .user_cache = s->user_cache,
+                               .dummy_hash = dummy_hash,
                            },
                            users_store, s->hashers);
         auth_mb = tms_auth_mailbox(s->auth);
@@ -630,7 +730,7 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                   start_proxy(s, cfg, "task", cfg->peers.task, &s->task_client, &s->task_proxy)))
             return -1;
     }
-    if (roles & TMS_ROLE_NOTIFIER)
+    if ((roles & TMS_ROLE_NOTIFIER) && !s->primary)
         s->notifier = tms_notifier_start(
             s->loop, &(tms_notifier_config_t){
                          .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
@@ -647,61 +747,91 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                 .login_per_15min = (uint32_t)cfg->ratelimit.login_per_15min,
                 .task_create_per_hour = (uint32_t)cfg->ratelimit.task_create_per_hour,
                 .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                .limits = s->limits,
             },
             auth_mb, task_mb);
-    /* Every process serves /healthz, /readyz and /metrics; only a gateway the API. */
+    /* Every process serves /healthz, /readyz and /metrics; only a gateway the API.
+     * /readyz asks worker 0's Kafka client, whichever worker answers. */
+    events = s->primary ? s->primary->bus : s->bus;
     {
         tms_rest_config_t rc = {
             .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
             .users = users_store,
             .tasks = tasks_store,
             .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
-            .events_ready = strcmp(s->bus->name, "kafka") == 0 && roles != TMS_ROLE_GATEWAY
+            .events_ready = strcmp(events->name, "kafka") == 0 && roles != TMS_ROLE_GATEWAY
                                 ? kafka_ready
                                 : NULL,
-            .events_arg = s->bus,
+            .events_arg = events,
         };
         if (s->auth_client)
-            rc.peers[rc.npeers++] = (tms_rest_peer_check_t){"auth", peer_ready, s->auth_client};
+            rc.peers[rc.npeers++] = (tms_rest_peer_check_t){"auth", auth_peer_ready, s};
         if (s->task_client)
-            rc.peers[rc.npeers++] = (tms_rest_peer_check_t){"task", peer_ready, s->task_client};
+            rc.peers[rc.npeers++] = (tms_rest_peer_check_t){"task", task_peer_ready, s};
         s->rest = tms_rest_new(s->loop, &rc);
     }
     return 0;
 }
 
-static int cmd_serve(tms_config_t *cfg)
-{
-    static server_t srv;
-    server_t *s = &srv;
+/* What the workers of `tms serve` share with the main thread. */
+typedef struct serve {
+    tms_config_t *cfg;
     char secret[600];
+    server_t *servers;                   /* one per worker */
+    char http_addr[160], grpc_addr[160]; /* worker 0's bound addresses, for the others */
+} serve_t;
+
+/* host:port with the port a listener actually got (the configured one may be 0). */
+static void bound_addr(char *out, size_t size, const char *configured, int port)
+{
+    const char *colon = strrchr(configured, ':');
+    snprintf(out, size, "%.*s:%d", (int)(colon - configured), configured, port);
+}
+
+static void on_listener_stopped(void *arg)
+{
+    ((server_t *)arg)->stops_pending--;
+}
+
+static void on_http_request(void *ctx, tms_http_request_t *req)
+{
+    server_t *s = ctx;
+    tms_counter_add(s->requests, 1);
+    tms_rest_handle(s->rest, req);
+}
+
+/* On worker index's thread: its parts, then its listeners on the ports worker 0 got. */
+static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
+{
+    serve_t *sv = arg;
+    server_t *s = &sv->servers[index];
+    tms_config_t *cfg = sv->cfg;
+    const char *http_addr = index ? sv->http_addr : cfg->http.addr;
+    const char *grpc_addr = index ? sv->grpc_addr : cfg->grpc.addr;
     tms_http_limits_t limits;
-    int rc = 1;
+    char labels[32];
     bool split;
 
-    s->loop = uv_default_loop();
+    s->loop = loop;
     s->cfg = cfg;
-    signal(SIGPIPE, SIG_IGN);
-    if (make_dir(cfg->data.dir) != 0) {
-        fprintf(stderr, "tms: data.dir: cannot create %s: %s\n", cfg->data.dir, strerror(errno));
-        return 1;
-    }
-    if (load_secret(cfg, secret, sizeof(secret)) != 0)
-        return 1;
-    rc = start_parts(s, cfg, secret);
-    sodium_memzero(secret, sizeof(secret));
-    if (rc != 0)
+    s->index = index;
+    s->workers = w;
+    s->primary = index ? &sv->servers[0] : NULL;
+    if (start_parts(s, cfg, sv->secret) != 0)
         goto fail;
 
+    snprintf(labels, sizeof(labels), "worker=\"%d\"", index);
+    s->requests = tms_metrics_counter("tms_worker_http_requests_total",
+                                      "HTTP requests taken by each worker loop", labels);
     tms_http_limits_default(&limits);
     limits.max_head_bytes = (size_t)cfg->http.max_head_bytes;
     limits.max_body_bytes = (size_t)cfg->http.max_body_bytes;
     limits.head_timeout_ms = (uint64_t)cfg->http.head_timeout * 1000;
     limits.idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000;
     limits.max_connections = (size_t)cfg->http.max_connections;
-    s->http = tms_http_server_new(s->loop, &limits, tms_rest_handle, s->rest);
-    if (tms_http_server_listen(s->http, cfg->http.addr) != 0) {
-        fprintf(stderr, "tms: http.addr: cannot listen on %s\n", cfg->http.addr);
+    s->http = tms_http_server_new(s->loop, &limits, on_http_request, s);
+    if (tms_http_server_listen(s->http, http_addr) != 0) {
+        fprintf(stderr, "tms: http.addr: cannot listen on %s\n", http_addr);
         tms_http_server_stop(s->http, 0, NULL, NULL);
         goto fail;
     }
@@ -710,7 +840,7 @@ static int cmd_serve(tms_config_t *cfg)
      * split deployment the internal service on the roles others call. */
     split = cfg->server.role_mask != TMS_ROLE_ALL;
     if ((cfg->server.role_mask & TMS_ROLE_GATEWAY) ||
-        (split && (cfg->server.role_mask & (TMS_ROLE_AUTH | TMS_ROLE_TASK)))) {
+        (split && (cfg->server.role_mask & (TMS_ROLE_AUTH | TMS_ROLE_TASK))))
         s->grpc = tms_grpc_server_new(
             s->loop, &(tms_grpc_config_t){
                          .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
@@ -721,18 +851,30 @@ static int cmd_serve(tms_config_t *cfg)
                          .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
                          .max_connections = (size_t)cfg->http.max_connections,
                      });
-        if (tms_grpc_server_listen(s->grpc, cfg->grpc.addr) != 0) {
-            fprintf(stderr, "tms: grpc.addr: cannot listen on %s\n", cfg->grpc.addr);
-            tms_http_server_stop(s->http, 0, NULL, NULL);
-            goto fail;
-        }
+    if (s->grpc && tms_grpc_server_listen(s->grpc, grpc_addr) != 0) {
+        fprintf(stderr, "tms: grpc.addr: cannot listen on %s\n", grpc_addr);
+        s->stops_pending = 2; /* the HTTP listener is open: it must close first */
+        tms_http_server_stop(s->http, 0, on_listener_stopped, s);
+        tms_grpc_server_stop(s->grpc, 0, on_listener_stopped, s);
+        goto fail;
+    }
+#ifdef TMS_FAULTS
+    if (index > 0 && getenv("TMS_FAULT_WORKER_START") &&
+        atoi(getenv("TMS_FAULT_WORKER_START")) == index) { /* test-only: a late failure */
+        fprintf(stderr, "tms: fault: worker %d refuses to start\n", index);
+        s->stops_pending = 2; /* every role runs with workers > 1: both listen */
+        tms_http_server_stop(s->http, 0, on_listener_stopped, s);
+        tms_grpc_server_stop(s->grpc, 0, on_listener_stopped, s);
+        goto fail;
+    }
+#endif
+    s->http_port = tms_http_server_port(s->http);
+    s->grpc_port = s->grpc ? tms_grpc_server_port(s->grpc) : -1;
+    if (index == 0) { /* read by the other workers, which start after this returns */
+        bound_addr(sv->http_addr, sizeof(sv->http_addr), cfg->http.addr, s->http_port);
+        bound_addr(sv->grpc_addr, sizeof(sv->grpc_addr), cfg->grpc.addr, s->grpc_port);
     }
 
-    uv_signal_init(s->loop, &s->sigint);
-    uv_signal_init(s->loop, &s->sigterm);
-    s->sigint.data = s->sigterm.data = s;
-    uv_signal_start(&s->sigint, on_signal, SIGINT);
-    uv_signal_start(&s->sigterm, on_signal, SIGTERM);
     uv_timer_init(s->loop, &s->lag_timer);
     uv_timer_init(s->loop, &s->drain_timer);
     s->lag_timer.data = s->drain_timer.data = s;
@@ -741,30 +883,88 @@ static int cmd_serve(tms_config_t *cfg)
     uv_unref((uv_handle_t *)&s->lag_timer);
     tms_metrics_gauge_fn("tms_loop_lag_seconds", "how late the event loop ran a 100 ms timer", "",
                          lag_gauge, s);
+    tms_log_info("worker_started", "worker=%d port=%d grpc_port=%d", index, s->http_port,
+                 s->grpc_port);
+    return 0;
+fail:
+    uv_run(s->loop, UV_RUN_NOWAIT);
+    while (s->stops_pending > 0) /* listeners that were listening close first */
+        uv_run(s->loop, UV_RUN_ONCE);
+    finish_shutdown(s);
+    return -1;
+}
 
+static void on_worker_stop(void *arg, int index)
+{
+    stop_worker(&((serve_t *)arg)->servers[index]);
+}
+
+static int on_worker_finished(void *arg, int index)
+{
+    return ((serve_t *)arg)->servers[index].rest ? 1 : 0; /* ended without a full shutdown */
+}
+
+static void on_started(void *arg, int nworkers)
+{
+    serve_t *sv = arg;
+    server_t *s = &sv->servers[0];
     tms_log_info("listening",
-                 "proto=http addr=%s port=%d grpc_port=%d version=%s roles=%s users=%s tasks=%s "
-                 "events=%s mail=%s data_dir=%s",
-                 cfg->http.addr, tms_http_server_port(s->http),
-                 s->grpc ? tms_grpc_server_port(s->grpc) : -1, TMS_VERSION, cfg->server.roles,
+                 "proto=http addr=%s port=%d grpc_port=%d workers=%d version=%s roles=%s "
+                 "users=%s tasks=%s events=%s mail=%s data_dir=%s",
+                 sv->cfg->http.addr, s->http_port, s->grpc_port, nworkers, TMS_VERSION,
+                 sv->cfg->server.roles,
                  !s->auth         ? "-"
                  : s->users_mongo ? "mongodb"
                                   : "sqlite",
                  !(s->task || s->notifier) ? "-"
                  : s->tasks_pg             ? "postgres"
                                            : "sqlite",
-                 s->bus->name, s->mailer ? s->mailer->name : "-", cfg->data.dir);
-    uv_run(s->loop, UV_RUN_DEFAULT);
-    rc = s->rest ? 1 : 0; /* the loop ended without a full shutdown */
+                 sv->cfg->events.brokers[0] ? "kafka" : "local",
+                 !s->mailer                    ? "-"
+                 : smtp_url(sv->cfg->mail.url) ? "smtp"
+                                               : "maildir",
+                 sv->cfg->data.dir);
+    sodium_memzero(sv->secret, sizeof(sv->secret)); /* every auth actor has its copy */
+}
+
+static void on_stopping(void *arg, int signum)
+{
+    serve_t *sv = arg;
+    tms_log_info("stopping", "signal=%d workers=%lld grace_s=%lld", signum,
+                 (long long)sv->cfg->server.workers, (long long)sv->cfg->server.shutdown_grace);
+}
+
+/* server.workers loops on their own threads (core/workers.h); this thread only takes
+ * the signals. */
+static int cmd_serve(tms_config_t *cfg)
+{
+    static serve_t sv;
+    tms_workers_hooks_t hooks = {
+        .start = start_worker,
+        .stop = on_worker_stop,
+        .finished = on_worker_finished,
+        .started = on_started,
+        .stopping = on_stopping,
+        .arg = &sv,
+    };
+    int rc;
+
+    sv.cfg = cfg;
+    signal(SIGPIPE, SIG_IGN);
+    if (make_dir(cfg->data.dir) != 0) {
+        fprintf(stderr, "tms: data.dir: cannot create %s: %s\n", cfg->data.dir, strerror(errno));
+        return 1;
+    }
+    if (load_secret(cfg, sv.secret, sizeof(sv.secret)) != 0)
+        return 1;
+    sv.servers = calloc((size_t)cfg->server.workers, sizeof(server_t));
+    if (!sv.servers)
+        return 1;
+    rc = tms_workers_run((int)cfg->server.workers, &hooks);
+    sodium_memzero(sv.secret, sizeof(sv.secret));
+    free(sv.servers);
     tms_metrics_reset();
-    uv_loop_close(s->loop);
     return rc;
-fail:
-    uv_run(s->loop, UV_RUN_NOWAIT);
-    finish_shutdown(s);
-    uv_run(s->loop, UV_RUN_DEFAULT);
-    tms_metrics_reset();
-    return 1;
 }
 
 /* ---- one-shot store commands ------------------------------------------ */

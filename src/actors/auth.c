@@ -26,6 +26,7 @@
 struct tms_auth {
     uv_loop_t *loop;
     tms_user_cache_t *cache;
+    bool own_cache;
     tms_token_cache_t *tokens;
     tms_mailbox_t *mailbox;
     tms_user_store_t *users;
@@ -507,7 +508,12 @@ static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
     if (store_failed(auth, call, op))
         return;
     call->flag = true;
-    tms_user_cache_remove(auth->cache, op->user.id);
+    /* Not a removal but the user one version later, for user_cache_ms: every token
+     * dies at once in every worker, and a lookup another worker sent before the
+     * delete cannot put the user back when its answer comes after (a restore by the
+     * saga brings the user back at this very version). */
+    op->user.token_version++;
+    tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
     tms_log_info("user_deleted", "user=%s by=%s", op->user.id, call->principal.user_id);
     if (auth->relay) /* the store wrote user_deleted into its outbox with the delete */
         tms_relay_kick(auth->relay);
@@ -711,7 +717,9 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     auth->users = users;
     auth->hashers = hashers;
     auth->loop = loop;
-    auth->cache = tms_user_cache_new(cfg->user_cache_ms, 100000);
+    auth->own_cache = cfg->user_cache == NULL;
+    auth->cache =
+        cfg->user_cache ? cfg->user_cache : tms_user_cache_new(cfg->user_cache_ms, 100000);
     auth->tokens = tms_token_cache_new(20000);
     auth->key_len = cfg->jwt_key_len < sizeof(auth->key) ? cfg->jwt_key_len : sizeof(auth->key);
     memcpy(auth->key, cfg->jwt_key, auth->key_len);
@@ -720,8 +728,10 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     auth->opslimit = cfg->argon2_opslimit;
     auth->memlimit = cfg->argon2_memlimit;
     /* Once at start, before the loop serves anyone. */
-    if (tms_password_hash(dummy, sizeof(dummy) - 1, auth->opslimit, auth->memlimit,
-                          auth->dummy_hash, sizeof(auth->dummy_hash)) != 0)
+    if (cfg->dummy_hash)
+        snprintf(auth->dummy_hash, sizeof(auth->dummy_hash), "%s", cfg->dummy_hash);
+    else if (tms_password_hash(dummy, sizeof(dummy) - 1, auth->opslimit, auth->memlimit,
+                               auth->dummy_hash, sizeof(auth->dummy_hash)) != 0)
         tms_oom(__FILE__, __LINE__);
     auth->mailbox = tms_mailbox_new(loop, "auth", cfg->mailbox_capacity, on_message, auth);
     auth->bus = cfg->bus;
@@ -753,6 +763,11 @@ size_t tms_auth_inflight(tms_auth_t *auth)
     return auth->inflight;
 }
 
+const char *tms_auth_dummy_hash(tms_auth_t *auth)
+{
+    return auth->dummy_hash;
+}
+
 void tms_auth_free(tms_auth_t **pauth)
 {
     tms_auth_t *auth = *pauth;
@@ -760,7 +775,8 @@ void tms_auth_free(tms_auth_t **pauth)
         return;
     *pauth = NULL;
     tms_mailbox_free(&auth->mailbox);
-    tms_user_cache_free(&auth->cache);
+    if (auth->own_cache)
+        tms_user_cache_free(&auth->cache);
     tms_token_cache_free(&auth->tokens);
     sodium_memzero(auth->key, sizeof(auth->key));
     free(auth);

@@ -14,6 +14,7 @@
 #include "core/mailbox.h"
 #include "core/outbox.h"
 #include "core/relay.h"
+#include "core/user_cache.h"
 #include "core/user_store.h"
 #include "core/workpool.h"
 
@@ -31,6 +32,13 @@ typedef struct tms_auth_config {
     tms_event_bus_t *bus;   /* compensate_user_deletion arrives through it; may be NULL */
     tms_outbox_t *inbox;    /* handled-event log of the user store; may be NULL */
     tms_relay_t *relay;     /* kicked after a delete wrote its user_deleted event */
+    /* The user cache shared by the auth actors of every worker (borrowed, outlives the
+     * actor); NULL: the actor makes its own of user_cache_ms. */
+    tms_user_cache_t *user_cache;
+    /* A hash of a dummy password made with these argon2 settings (copied), verified
+     * for unknown emails; NULL: the actor hashes one at start (tens of ms and
+     * argon2_memlimit bytes, which N workers starting at once would multiply). */
+    const char *dummy_hash;
 } tms_auth_config_t;
 
 /** Start the actor on loop (subscribed to compensate_user_deletion in group
@@ -44,6 +52,10 @@ tms_mailbox_t *tms_auth_mailbox(tms_auth_t *auth);
 
 /** Calls being worked on (waiting for the store or the hash pool). */
 size_t tms_auth_inflight(tms_auth_t *auth);
+
+/** The dummy hash the actor made or was given, for another worker's actor (valid
+ * until tms_auth_free). */
+const char *tms_auth_dummy_hash(tms_auth_t *auth);
 
 /** Free once no call is in flight (after the front ends drained). Sets *auth NULL. */
 void tms_auth_free(tms_auth_t **auth);

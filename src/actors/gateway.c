@@ -12,16 +12,45 @@
 
 #define RATELIMIT_MAX_KEYS 100000
 
+struct tms_gateway_limits {
+    tms_ratelimit_t *api_limit;
+    tms_ratelimit_t *login_limit;
+    tms_ratelimit_t *create_limit;
+};
+
 struct tms_gateway {
     uv_loop_t *loop;
     tms_mailbox_t *mailbox;
     tms_mailbox_t *auth;
     tms_mailbox_t *task;
-    tms_ratelimit_t *api_limit;
+    tms_ratelimit_t *api_limit; /* the three of *limits */
     tms_ratelimit_t *login_limit;
     tms_ratelimit_t *create_limit;
+    tms_gateway_limits_t *own_limits; /* NULL when borrowed */
     tms_counter_t *limited;
 };
+
+tms_gateway_limits_t *tms_gateway_limits_new(uint32_t api_per_minute, uint32_t login_per_15min,
+                                             uint32_t task_create_per_hour)
+{
+    tms_gateway_limits_t *l = tms_new(tms_gateway_limits_t);
+    l->api_limit = tms_ratelimit_new(api_per_minute, 60 * 1000, RATELIMIT_MAX_KEYS);
+    l->login_limit = tms_ratelimit_new(login_per_15min, 15 * 60 * 1000, RATELIMIT_MAX_KEYS);
+    l->create_limit = tms_ratelimit_new(task_create_per_hour, 3600 * 1000, RATELIMIT_MAX_KEYS);
+    return l;
+}
+
+void tms_gateway_limits_free(tms_gateway_limits_t **pl)
+{
+    tms_gateway_limits_t *l = *pl;
+    if (!l)
+        return;
+    *pl = NULL;
+    tms_ratelimit_free(&l->api_limit);
+    tms_ratelimit_free(&l->login_limit);
+    tms_ratelimit_free(&l->create_limit);
+    free(l);
+}
 
 /* Hands the call back to the adapter that posted it. */
 static void reply_to_origin(tms_api_call_t *call)
@@ -140,14 +169,17 @@ tms_gateway_t *tms_gateway_start(uv_loop_t *loop, const tms_gateway_config_t *cf
                                  tms_mailbox_t *auth, tms_mailbox_t *task)
 {
     tms_gateway_t *gw = tms_new(tms_gateway_t);
+    tms_gateway_limits_t *limits = cfg->limits;
     gw->loop = loop;
     gw->auth = auth;
     gw->task = task;
     gw->mailbox = tms_mailbox_new(loop, "gateway", cfg->mailbox_capacity, on_message, gw);
-    gw->api_limit = tms_ratelimit_new(cfg->api_per_minute, 60 * 1000, RATELIMIT_MAX_KEYS);
-    gw->login_limit = tms_ratelimit_new(cfg->login_per_15min, 15 * 60 * 1000, RATELIMIT_MAX_KEYS);
-    gw->create_limit =
-        tms_ratelimit_new(cfg->task_create_per_hour, 3600 * 1000, RATELIMIT_MAX_KEYS);
+    if (!limits)
+        limits = gw->own_limits = tms_gateway_limits_new(cfg->api_per_minute, cfg->login_per_15min,
+                                                         cfg->task_create_per_hour);
+    gw->api_limit = limits->api_limit;
+    gw->login_limit = limits->login_limit;
+    gw->create_limit = limits->create_limit;
     gw->limited = tms_metrics_counter("tms_ratelimited_total", "calls refused by a rate limit", "");
     return gw;
 }
@@ -164,8 +196,6 @@ void tms_gateway_free(tms_gateway_t **pgw)
         return;
     *pgw = NULL;
     tms_mailbox_free(&gw->mailbox);
-    tms_ratelimit_free(&gw->api_limit);
-    tms_ratelimit_free(&gw->login_limit);
-    tms_ratelimit_free(&gw->create_limit);
+    tms_gateway_limits_free(&gw->own_limits);
     free(gw);
 }

@@ -12,13 +12,26 @@
 #include "core/mailbox.h"
 
 typedef struct tms_gateway tms_gateway_t;
+typedef struct tms_gateway_limits tms_gateway_limits_t;
 
 typedef struct tms_gateway_config {
     uint32_t api_per_minute;       /* per client address; 0 disables */
     uint32_t login_per_15min;      /* per email and address; 0 disables */
     uint32_t task_create_per_hour; /* per user; 0 disables */
     size_t mailbox_capacity;
+    /* The rate limits shared by the gateways of every worker (borrowed, outlives the
+     * gateway); NULL: the gateway makes its own from the three numbers above. */
+    tms_gateway_limits_t *limits;
 } tms_gateway_config_t;
+
+/** The limiters of API.md's three rate limits (0 disables one), thread-safe, to be
+ * shared by the gateways of all workers so that a limit holds for the process. Never
+ * NULL. */
+tms_gateway_limits_t *tms_gateway_limits_new(uint32_t api_per_minute, uint32_t login_per_15min,
+                                             uint32_t task_create_per_hour);
+
+/** Free limits no gateway uses any more. Sets *l NULL. */
+void tms_gateway_limits_free(tms_gateway_limits_t **l);
 
 /** Start the gateway on loop, routing account operations to auth and task
  * operations to task. Never NULL. */

@@ -49,8 +49,12 @@ static const key_t_ keys[] = {
     INT(http, max_connections, http.max_connections, 1, 1000000, "10000",
         "open connections per worker; more are closed at accept"),
     STR(grpc, addr, grpc.addr, "0.0.0.0:50051", "gRPC listener, host:port"),
-    INT(server, workers, server.workers, 1, 1, "1",
-        "event loops (only 1 is supported in this version)"),
+    INT(server, workers, server.workers, 1, 64, "1",
+        "event loops, one thread each, all accepting on http.addr and grpc.addr "
+        "(SO_REUSEPORT); worker 0 also runs the outbox relays, the notifier and the Kafka "
+        "consumers. The rate limits, the user cache, the hash threads and the SQLite and "
+        "MongoDB stores are shared by all workers; PostgreSQL has tasks.pool_size "
+        "connections per worker"),
     INT(server, shutdown_grace, server.shutdown_grace, 0, 600, "10",
         "seconds in-flight requests get to finish on SIGTERM/SIGINT"),
     INT(server, mailbox_capacity, server.mailbox_capacity, 1, 1000000, "1024",
@@ -85,7 +89,8 @@ static const key_t_ keys[] = {
         "user store: sqlite:///path or mongodb://host:port/db (default "
         "sqlite://<data.dir>/tms.db)"),
     INT(users, pool_size, users.pool_size, 1, 64, "4",
-        "MongoDB: worker threads, one pooled connection each (operations in flight)"),
+        "MongoDB: worker threads, one pooled connection each (operations in flight); one pool "
+        "for all server.workers"),
     INT(users, server_selection_timeout_ms, users.server_selection_timeout_ms, 100, 600000, "2000",
         "MongoDB: how long an operation waits for a reachable server before failing with 503, "
         "unless the URL sets serverSelectionTimeoutMS"),
@@ -155,8 +160,10 @@ static const key_t_ keys[] = {
     STR(auth, issuer, auth.issuer, "tms", "JWT iss claim, checked on every token"),
     INT(auth, user_cache_ms, auth.user_cache_ms, 0, 60000, "1000",
         "ms a verified user is trusted without asking the store; this process's own "
-        "logins, logouts and deletes apply at once, other writers within this time; 0 off"),
-    INT(auth, hash_threads, auth.hash_threads, 1, 64, "2", "password hashing threads"),
+        "logins, logouts and deletes apply at once in every worker, other writers (another "
+        "instance, `tms user set-role`) within this time; 0 off"),
+    INT(auth, hash_threads, auth.hash_threads, 1, 64, "2",
+        "password hashing threads, shared by all server.workers"),
     INT(auth, hash_queue, auth.hash_queue, 1, 100000, "256",
         "queued password hashes before logins answer UNAVAILABLE"),
     INT(auth, argon2_opslimit, auth.argon2_opslimit, 1, 64, "2", "argon2id passes"),
@@ -417,6 +424,14 @@ static int finish_roles(tms_config_t *cfg, char *err, size_t err_len)
     cfg->server.role_mask = m;
     if (m == TMS_ROLE_ALL)
         return 0;
+    /* Worker 0 owns the relays, notifier and shared stores of a process that runs
+     * every role; a split role scales out as more processes instead. */
+    if (cfg->server.workers != 1) {
+        snprintf(err, err_len,
+                 "config: server.workers: must be 1 when server.roles is not all four roles "
+                 "(run more processes of a role instead)");
+        return -TMS_EINVAL;
+    }
     if (!(m & TMS_ROLE_AUTH) && (m & (TMS_ROLE_GATEWAY | TMS_ROLE_TASK | TMS_ROLE_NOTIFIER))) {
         if (!cfg->peers.auth[0]) {
             snprintf(err, err_len,

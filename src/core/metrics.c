@@ -29,6 +29,7 @@ typedef struct series {
     struct series *next;
     kind_t kind;
     char *name, *help, *labels;
+    char *owner; /* gauges: the thread label it was registered under, or NULL */
     union {
         struct tms_counter counter;
         struct tms_histogram hist;
@@ -41,6 +42,8 @@ typedef struct series {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static series_t *head, *tail;
+/* Appended to the labels of gauges registered from this thread (a worker's loop). */
+static __thread char thread_label[64];
 
 static series_t *find_or_add(kind_t kind, const char *name, const char *help, const char *labels)
 {
@@ -101,10 +104,49 @@ void tms_histogram_observe(tms_histogram_t *h, double seconds)
 void tms_metrics_gauge_fn(const char *name, const char *help, const char *labels,
                           double (*fn)(void *arg), void *arg)
 {
-    series_t *s = find_or_add(KIND_GAUGE_FN, name, help, labels ? labels : "");
+    char all[512];
+    series_t *s;
+    if (!labels)
+        labels = "";
+    if (thread_label[0]) {
+        snprintf(all, sizeof(all), "%s%s%s", labels, labels[0] ? "," : "", thread_label);
+        labels = all;
+    }
+    s = find_or_add(KIND_GAUGE_FN, name, help, labels);
     pthread_mutex_lock(&lock);
     s->u.gauge.fn = fn;
     s->u.gauge.arg = arg;
+    if (thread_label[0] && !s->owner)
+        s->owner = tms_strdup(thread_label);
+    pthread_mutex_unlock(&lock);
+}
+
+void tms_metrics_thread_label(const char *label)
+{
+    snprintf(thread_label, sizeof(thread_label), "%s", label ? label : "");
+}
+
+void tms_metrics_drop_thread_gauges(void)
+{
+    series_t **p, *s, *prev = NULL;
+    if (!thread_label[0])
+        return;
+    pthread_mutex_lock(&lock);
+    for (p = &head; (s = *p) != NULL;) {
+        if (s->kind == KIND_GAUGE_FN && s->owner && strcmp(s->owner, thread_label) == 0) {
+            *p = s->next;
+            if (tail == s)
+                tail = prev;
+            free(s->name);
+            free(s->help);
+            free(s->labels);
+            free(s->owner);
+            free(s);
+            continue;
+        }
+        prev = s;
+        p = &s->next;
+    }
     pthread_mutex_unlock(&lock);
 }
 
@@ -198,6 +240,7 @@ void tms_metrics_reset(void)
         free(s->name);
         free(s->help);
         free(s->labels);
+        free(s->owner);
         free(s);
     }
     head = tail = NULL;

@@ -31,6 +31,16 @@ void tms_histogram_observe(tms_histogram_t *h, double seconds);
 void tms_metrics_gauge_fn(const char *name, const char *help, const char *labels,
                           double (*fn)(void *arg), void *arg);
 
+/** From now on, gauges registered from the calling thread get `label` (preformatted,
+ * e.g. `worker="1"`; "" or NULL: none) appended to their labels, so that each worker
+ * loop exports its own series; counters and histograms stay shared and sum over all
+ * threads. */
+void tms_metrics_thread_label(const char *label);
+
+/** Unregister every gauge registered under the calling thread's label (before the
+ * objects their functions read are freed; a scrape in progress finishes first). */
+void tms_metrics_drop_thread_gauges(void);
+
 /** Render every series in Prometheus text format 0.0.4; caller frees the result. */
 char *tms_metrics_render(size_t *len);
 

@@ -1,5 +1,6 @@
 #include "core/ratelimit.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +26,7 @@ typedef struct entry {
 } entry_t;
 
 struct tms_ratelimit {
+    pthread_mutex_t lock; /* everything below */
     uint32_t limit;
     uint64_t window_ms;
     uint64_t cap; /* limit * window_ms */
@@ -53,6 +55,7 @@ tms_ratelimit_t *tms_ratelimit_new(uint32_t limit, uint64_t window_ms, size_t ma
     rl->nbuckets = MIN_BUCKETS;
     rl->buckets = tms_calloc(rl->nbuckets, sizeof *rl->buckets);
     randombytes_buf(rl->seed, sizeof rl->seed);
+    pthread_mutex_init(&rl->lock, NULL);
     return rl;
 }
 
@@ -69,13 +72,20 @@ void tms_ratelimit_free(tms_ratelimit_t **prl)
         free(e);
     }
     free(rl->buckets);
+    pthread_mutex_destroy(&rl->lock);
     free(rl);
     *prl = NULL;
 }
 
 size_t tms_ratelimit_size(const tms_ratelimit_t *rl)
 {
-    return rl ? rl->count : 0;
+    size_t n;
+    if (!rl)
+        return 0;
+    pthread_mutex_lock(&((tms_ratelimit_t *)rl)->lock);
+    n = rl->count;
+    pthread_mutex_unlock(&((tms_ratelimit_t *)rl)->lock);
+    return n;
 }
 
 static uint64_t hash_key(const tms_ratelimit_t *rl, const char *key, size_t len)
@@ -210,6 +220,7 @@ tms_ratelimit_result_t tms_ratelimit_take(tms_ratelimit_t *rl, const char *key, 
     len = strlen(key);
     h = hash_key(rl, key, len);
 
+    pthread_mutex_lock(&rl->lock);
     e = lookup(rl, key, len, h);
     for (i = 0; i < SWEEP_PER_TAKE && rl->lru && rl->lru != e && expired(rl, rl->lru, now_ms); i++)
         remove_entry(rl, rl->lru);
@@ -241,5 +252,6 @@ tms_ratelimit_result_t tms_ratelimit_take(tms_ratelimit_t *rl, const char *key, 
     }
     r.remaining = (uint32_t)(e->level / rl->window_ms);
     r.reset_s = ceil_div(ceil_div(rl->cap - e->level, rl->limit), 1000);
+    pthread_mutex_unlock(&rl->lock);
     return r;
 }

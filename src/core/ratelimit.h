@@ -1,7 +1,9 @@
 /* Token-bucket rate limiter keyed by string (client address, "email|address", user
- * id). Capacity `limit` tokens, refilled continuously at limit per window. Not
- * thread-safe: each limiter belongs to one loop thread, which is the only caller.
- * O(1) per take; memory bounded by max_keys entries plus their key strings. */
+ * id). Capacity `limit` tokens, refilled continuously at limit per window. Thread-safe:
+ * one limiter serves the gateways of every worker loop, so a limit holds for the whole
+ * process (each take holds one mutex for the O(1) update; uncontended below tens of
+ * thousands of takes per second and core). Memory bounded by max_keys entries plus
+ * their key strings. */
 #ifndef TMS_CORE_RATELIMIT_H
 #define TMS_CORE_RATELIMIT_H
 

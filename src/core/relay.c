@@ -1,5 +1,6 @@
 #include "core/relay.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,7 +15,9 @@ struct tms_relay {
     uv_loop_t *loop;
     tms_outbox_t *outbox;
     tms_event_bus_t *bus;
-    uv_timer_t *timer; /* freed in its close callback */
+    uv_timer_t *timer;   /* freed in its close callback */
+    uv_async_t *wake;    /* kicks from remote relays on other threads; freed on close */
+    tms_relay_t *remote; /* set on a remote relay only: the relay it kicks */
     uint64_t poll_ms;
     tms_mailbox_t *replies; /* outbox replies come back here */
     int busy;
@@ -28,7 +31,7 @@ struct tms_relay {
     int64_t *accepted;
     size_t naccepted;
     size_t nfailed;
-    int64_t pending; /* unsent events at the last count */
+    _Atomic int64_t pending; /* unsent events at the last count; read by any worker */
     tms_counter_t *published, *failed;
 };
 
@@ -54,7 +57,7 @@ static void schedule(tms_relay_t *r, uint64_t ms)
 
 static double pending_gauge(void *arg)
 {
-    return (double)((tms_relay_t *)arg)->pending;
+    return (double)atomic_load_explicit(&((tms_relay_t *)arg)->pending, memory_order_relaxed);
 }
 
 /* The batch is over: go idle and plan the next one. */
@@ -78,7 +81,7 @@ static void on_counted(tms_msg_t *msg)
     tms_relay_t *r = msg->ctx;
     int go_on_now = op->limit; /* the decision finish_batch carried along */
     if (op->err.code == TMS_OK)
-        r->pending = op->count;
+        atomic_store_explicit(&r->pending, op->count, memory_order_relaxed);
     tms_outbox_op_free(&op);
     batch_done(r, go_on_now);
 }
@@ -205,6 +208,11 @@ static void run_batch(tms_relay_t *r)
     }
 }
 
+static void on_wake(uv_async_t *a)
+{
+    tms_relay_kick(a->data);
+}
+
 tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_t *bus,
                            uint64_t poll_ms)
 {
@@ -216,6 +224,10 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
     r->timer = tms_new(uv_timer_t);
     uv_timer_init(loop, r->timer);
     r->timer->data = r;
+    r->wake = tms_new(uv_async_t);
+    uv_async_init(loop, r->wake, on_wake);
+    r->wake->data = r;
+    uv_unref((uv_handle_t *)r->wake); /* the timer decides whether the loop lives */
     r->replies = tms_mailbox_new(loop, "relay", 1, NULL, r);
     r->published =
         tms_metrics_counter("tms_outbox_published_total", "outbox events accepted by the bus", "");
@@ -227,8 +239,20 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
     return r;
 }
 
+tms_relay_t *tms_relay_remote_new(tms_relay_t *relay)
+{
+    tms_relay_t *r = tms_new(tms_relay_t);
+    r->remote = relay;
+    return r;
+}
+
 void tms_relay_kick(tms_relay_t *r)
 {
+    if (r->remote) {
+        if (!r->stopping)
+            uv_async_send(r->remote->wake);
+        return;
+    }
     if (r->stopping)
         return;
     if (r->busy)
@@ -245,6 +269,11 @@ int tms_relay_busy(tms_relay_t *r)
 void tms_relay_stop(tms_relay_t *r, void (*on_stopped)(void *arg), void *arg)
 {
     r->stopping = 1;
+    if (r->remote) {
+        if (on_stopped)
+            on_stopped(arg);
+        return;
+    }
     uv_timer_stop(r->timer);
     r->on_stopped = on_stopped;
     r->stopped_arg = arg;
@@ -252,7 +281,7 @@ void tms_relay_stop(tms_relay_t *r, void (*on_stopped)(void *arg), void *arg)
         on_stopped(arg);
 }
 
-static void on_timer_closed(uv_handle_t *h)
+static void on_timer_closed(uv_handle_t *h) /* the timer and the wake-up */
 {
     free(h);
 }
@@ -263,7 +292,12 @@ void tms_relay_free(tms_relay_t **pr)
     if (!r)
         return;
     *pr = NULL;
+    if (r->remote) {
+        free(r);
+        return;
+    }
     uv_close((uv_handle_t *)r->timer, on_timer_closed);
+    uv_close((uv_handle_t *)r->wake, on_timer_closed);
     tms_mailbox_free(&r->replies);
     tms_outbox_op_free(&r->batch);
     free(r->accepted);

@@ -17,7 +17,13 @@ typedef struct tms_relay tms_relay_t;
 tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_t *bus,
                            uint64_t poll_ms);
 
-/** Something was written to the outbox: run a batch soon (coalesced). */
+/** A stand-in for relay, which runs on another worker's loop: kicking it wakes relay
+ * through a uv_async (safe from any thread, coalesced), stopping it is immediate, and
+ * it is never busy. relay must outlive it. Never NULL; free with tms_relay_free. */
+tms_relay_t *tms_relay_remote_new(tms_relay_t *relay);
+
+/** Something was written to the outbox: run a batch soon (coalesced). Call it on the
+ * relay's loop thread (any thread for a remote relay). */
 void tms_relay_kick(tms_relay_t *relay);
 
 /** True while a batch is in flight. */

@@ -1,5 +1,6 @@
 #include "core/user_cache.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -14,6 +15,7 @@ typedef struct entry {
 } entry_t;
 
 struct tms_user_cache {
+    pthread_mutex_t lock;
     entry_t *buckets[NBUCKETS];
     size_t count, max;
     uint64_t ttl_ms;
@@ -33,6 +35,7 @@ tms_user_cache_t *tms_user_cache_new(uint64_t ttl_ms, size_t max_entries)
     tms_user_cache_t *c = tms_new(tms_user_cache_t);
     c->ttl_ms = ttl_ms;
     c->max = max_entries ? max_entries : 1;
+    pthread_mutex_init(&c->lock, NULL);
     return c;
 }
 
@@ -54,6 +57,7 @@ void tms_user_cache_free(tms_user_cache_t **pc)
     if (!*pc)
         return;
     clear(*pc);
+    pthread_mutex_destroy(&(*pc)->lock);
     free(*pc);
     *pc = NULL;
 }
@@ -69,13 +73,17 @@ static entry_t **find(tms_user_cache_t *c, const char *id)
 int tms_user_cache_get(tms_user_cache_t *c, const char *id, uint64_t now_ms, tms_user_t *out)
 {
     entry_t *e;
+    int hit = 0;
     if (c->ttl_ms == 0)
         return 0;
+    pthread_mutex_lock(&c->lock);
     e = *find(c, id);
-    if (!e || now_ms >= e->expires_ms)
-        return 0;
-    *out = e->user;
-    return 1;
+    if (e && now_ms < e->expires_ms) {
+        *out = e->user;
+        hit = 1;
+    }
+    pthread_mutex_unlock(&c->lock);
+    return hit;
 }
 
 void tms_user_cache_put(tms_user_cache_t *c, const tms_user_t *u, uint64_t now_ms)
@@ -83,7 +91,12 @@ void tms_user_cache_put(tms_user_cache_t *c, const tms_user_t *u, uint64_t now_m
     entry_t **p, *e;
     if (c->ttl_ms == 0)
         return;
+    pthread_mutex_lock(&c->lock);
     p = find(c, u->id);
+    if (*p && now_ms < (*p)->expires_ms && (*p)->user.token_version > u->token_version) {
+        pthread_mutex_unlock(&c->lock);
+        return; /* a stale read: the cached, newer version stands */
+    }
     if (!*p) {
         if (c->count >= c->max) {
             clear(c);
@@ -96,14 +109,19 @@ void tms_user_cache_put(tms_user_cache_t *c, const tms_user_t *u, uint64_t now_m
     e->user = *u;
     memset(e->user.password_hash, 0, sizeof(e->user.password_hash));
     e->expires_ms = now_ms + c->ttl_ms;
+    pthread_mutex_unlock(&c->lock);
 }
 
 void tms_user_cache_remove(tms_user_cache_t *c, const char *id)
 {
-    entry_t **p = find(c, id), *e = *p;
-    if (!e)
-        return;
-    *p = e->next;
-    free(e);
-    c->count--;
+    entry_t **p, *e;
+    pthread_mutex_lock(&c->lock);
+    p = find(c, id);
+    e = *p;
+    if (e) {
+        *p = e->next;
+        free(e);
+        c->count--;
+    }
+    pthread_mutex_unlock(&c->lock);
 }

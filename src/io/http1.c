@@ -106,14 +106,18 @@ struct tms_http_server {
     time_t date_sec;
     char date[40];
     metric_entry_t *metrics;
+    atomic_long open_connections; /* nconns, readable from the thread that renders metrics */
 };
-
-static atomic_long open_connections;
 
 static double connections_gauge(void *arg)
 {
+    return (double)atomic_load(&((tms_http_server_t *)arg)->open_connections);
+}
+
+static double zero_gauge(void *arg)
+{
     (void)arg;
-    return (double)atomic_load(&open_connections);
+    return 0;
 }
 
 void tms_http_limits_default(tms_http_limits_t *l)
@@ -440,7 +444,7 @@ static void on_handle_close(uv_handle_t *h)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
-    atomic_fetch_sub(&open_connections, 1);
+    atomic_fetch_sub(&s->open_connections, 1);
     free(c->in);
     free(c);
     maybe_stopped(s);
@@ -1006,7 +1010,7 @@ static void on_connection(uv_stream_t *server, int status)
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    atomic_fetch_add(&open_connections, 1);
+    atomic_fetch_add(&s->open_connections, 1);
     if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
         conn_close(c);
         return;
@@ -1061,7 +1065,7 @@ tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t 
         s->rng[1] = (uint64_t)(uintptr_t)s ^ 0x9e3779b97f4a7c15ull;
     }
     tms_metrics_gauge_fn("tms_http_connections", "Open HTTP/1.1 connections", "", connections_gauge,
-                         NULL);
+                         s);
     return s;
 }
 
@@ -1264,6 +1268,8 @@ void tms_http_server_free(tms_http_server_t **sp)
         free(e->method);
         free(e);
     }
+    /* The gauge must not read freed memory; a stopped server has no connections. */
+    tms_metrics_gauge_fn("tms_http_connections", "Open HTTP/1.1 connections", "", zero_gauge, NULL);
     free(s);
     *sp = NULL;
 }

@@ -27,7 +27,8 @@ static const tms_pg_port_t *const ports[TMS_PG_NPORTS] = {
 
 /* Process-wide pool gauges (every pool adds to them), so a scrape never reads a
  * freed pool. */
-static long g_up, g_queued, g_inflight;
+/* For a gauge that outlives its pool: a closed pool has nothing up or queued. */
+static long g_zero;
 
 typedef struct req req_t;
 struct req {
@@ -74,7 +75,8 @@ struct conn {
 };
 
 struct tms_pg {
-    tms_task_store_t task_store; /* first member */
+    tms_task_store_t task_store;     /* first member */
+    long g_up, g_queued, g_inflight; /* the gauges, read by any worker's /metrics */
     tms_outbox_t outbox;
     uv_loop_t *loop;
     tms_pg_options_t opt;
@@ -228,9 +230,12 @@ static void fail_req(tms_pg_t *pg, req_t *r, const char *why)
 
 /* ---- the socket ---------------------------------------------------------- */
 
+static void forget_gauges(void);
+
 static void release(tms_pg_t *pg)
 {
     if (--pg->handles == 0) {
+        forget_gauges();
         free(pg->conns);
         free(pg);
     }
@@ -327,7 +332,7 @@ static void conn_down(conn_t *c, const char *why)
     char msg[256];
     if (c->state == READY) {
         pg->up--;
-        gauge_add(&g_up, -1);
+        gauge_add(&pg->g_up, -1);
     }
     one_line(msg, sizeof(msg), why);
     tms_log(pg->closing ? TMS_LOG_DEBUG : TMS_LOG_WARN, "pg_conn_down",
@@ -345,7 +350,7 @@ static void conn_down(conn_t *c, const char *why)
      * UNAVAILABLE and retries (creates with an Idempotency-Key replay safely). */
     while ((r = c->head) != NULL) {
         c->head = r->next;
-        gauge_add(&g_inflight, -1);
+        gauge_add(&pg->g_inflight, -1);
         fail_req(pg, r, "store unavailable");
     }
     c->tail = NULL;
@@ -514,7 +519,7 @@ static void setup_done(conn_t *c, req_t *r)
     c->state = READY;
     c->failures = 0;
     pg->up++;
-    gauge_add(&g_up, 1);
+    gauge_add(&pg->g_up, 1);
     tms_log_info("pg_conn_up", "conn=%d up=%d", c->idx, pg->up);
 }
 
@@ -528,7 +533,7 @@ static void complete(conn_t *c, req_t *r)
         setup_done(c, r);
         return;
     }
-    gauge_add(&g_inflight, -1);
+    gauge_add(&c->pg->g_inflight, -1);
     {
         const tms_pg_port_t *p = ports[r->port];
         int op = r->msg->op;
@@ -667,12 +672,12 @@ static void pump(tms_pg_t *pg)
         if (!pg->qhead)
             pg->qtail = NULL;
         pg->qlen--;
-        gauge_add(&g_queued, -1);
+        gauge_add(&pg->g_queued, -1);
         if (dead) {
             fail_req(pg, r, "store unavailable");
             continue;
         }
-        gauge_add(&g_inflight, 1);
+        gauge_add(&pg->g_inflight, 1);
         send_req(c, r);
     }
     for (int i = 0; i < pg->nconns; i++)
@@ -709,7 +714,7 @@ int tms__pg_submit(tms_pg_t *pg, int port, tms_msg_t *msg)
         pg->qhead = r;
     pg->qtail = r;
     pg->qlen++;
-    gauge_add(&g_queued, 1);
+    gauge_add(&pg->g_queued, 1);
     pump(pg);
     return 0;
 }
@@ -726,7 +731,7 @@ static void on_tick(uv_timer_t *t)
         if (!pg->qhead)
             pg->qtail = NULL;
         pg->qlen--;
-        gauge_add(&g_queued, -1);
+        gauge_add(&pg->g_queued, -1);
         fail_req(pg, r, "store unavailable");
     }
     for (int i = 0; i < pg->nconns; i++) {
@@ -746,6 +751,17 @@ static void on_handle_closed(uv_handle_t *h)
     release(h->data);
 }
 
+/* The gauges stop reading a pool about to be freed. */
+static void forget_gauges(void)
+{
+    tms_metrics_gauge_fn("tms_pg_connections_up", "PostgreSQL connections ready.", "", gauge_read,
+                         &g_zero);
+    tms_metrics_gauge_fn("tms_pg_queue_depth", "Operations waiting for a PostgreSQL connection.",
+                         "", gauge_read, &g_zero);
+    tms_metrics_gauge_fn("tms_pg_inflight", "Operations sent to PostgreSQL, not yet answered.", "",
+                         gauge_read, &g_zero);
+}
+
 static void metrics(tms_pg_t *pg)
 {
     char labels[96];
@@ -761,11 +777,11 @@ static void metrics(tms_pg_t *pg)
         }
     }
     tms_metrics_gauge_fn("tms_pg_connections_up", "PostgreSQL connections ready.", "", gauge_read,
-                         &g_up);
+                         &pg->g_up);
     tms_metrics_gauge_fn("tms_pg_queue_depth", "Operations waiting for a PostgreSQL connection.",
-                         "", gauge_read, &g_queued);
+                         "", gauge_read, &pg->g_queued);
     tms_metrics_gauge_fn("tms_pg_inflight", "Operations sent to PostgreSQL, not yet answered.", "",
-                         gauge_read, &g_inflight);
+                         gauge_read, &pg->g_inflight);
 }
 
 /* Which host name, if any, the pool must resolve itself (libpq's lookup blocks). */
@@ -868,7 +884,7 @@ void tms_pg_close(tms_pg_t **ppg)
     pg->closing = 1;
     while ((r = pg->qhead) != NULL) {
         pg->qhead = r->next;
-        gauge_add(&g_queued, -1);
+        gauge_add(&pg->g_queued, -1);
         fail_req(pg, r, "store closing");
     }
     pg->qtail = NULL;

@@ -31,6 +31,7 @@
 #include <pthread.h>
 #include <inttypes.h>
 #include <stdbool.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,9 @@ struct smtp {
     send_t *active_list; /* transfers in curl */
     sock_t *socks;
     size_t held; /* mails owned: queued, active, backing off */
+    /* held and breaker.state for the gauges, which any worker's /metrics reads */
+    atomic_size_t held_gauge;
+    atomic_int state_gauge;
     int active;
     uint64_t rng;
     char sent_log[SENT_LOG][37];
@@ -130,18 +134,19 @@ static bool sent_log_has(smtp_t *m, const char *event_id)
 
 static double breaker_gauge(void *arg)
 {
-    return (double)((smtp_t *)arg)->breaker.state;
+    return (double)atomic_load_explicit(&((smtp_t *)arg)->state_gauge, memory_order_relaxed);
 }
 
 static double held_gauge(void *arg)
 {
-    return (double)((smtp_t *)arg)->held;
+    return (double)atomic_load_explicit(&((smtp_t *)arg)->held_gauge, memory_order_relaxed);
 }
 
 /* Logs and counts a breaker transition once, whatever caused it. */
 static void breaker_moved(smtp_t *m, tms_breaker_state_t from)
 {
     tms_breaker_state_t to = m->breaker.state;
+    atomic_store_explicit(&m->state_gauge, (int)to, memory_order_relaxed);
     if (to == from)
         return;
     tms_counter_add(to == TMS_BREAKER_OPEN        ? m->to_open
@@ -181,6 +186,7 @@ static void reply(tms_mail_t *mail, tms_status_t code, const char *why)
 static void finish(smtp_t *m, send_t *s, tms_status_t code, const char *why)
 {
     m->held--;
+    atomic_store_explicit(&m->held_gauge, m->held, memory_order_relaxed);
     reply(s->mail, code, why);
     s->mail = NULL;
     send_free(s);
@@ -271,6 +277,7 @@ static void dead_letter(smtp_t *m, send_t *s, long code)
     s->data = NULL;
     s->mail = NULL;
     m->held--;
+    atomic_store_explicit(&m->held_gauge, m->held, memory_order_relaxed);
     send_free(s);
 }
 
@@ -637,6 +644,7 @@ static int submit(tms_mailer_t *self, tms_mail_t **pmail)
     s->data = data;
     s->len = len;
     m->held++;
+    atomic_store_explicit(&m->held_gauge, m->held, memory_order_relaxed);
     enqueue(m, s);
     pump(m);
     return 0;
@@ -781,6 +789,7 @@ tms_mailer_t *tms_smtp_new(uv_loop_t *loop, const tms_smtp_options_t *opt, tms_w
     m->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^ 0x9e3779b97f4a7c15ull;
     tms_breaker_init(&m->breaker, opt->breaker_window, opt->breaker_threshold_pct,
                      opt->breaker_cooldown_ms);
+    atomic_store(&m->state_gauge, (int)m->breaker.state);
 
     m->multi = curl_multi_init();
     if (!m->multi)

@@ -9,6 +9,15 @@ import pytest
 from conftest import DEFAULT_PASSWORD, RawReader, raw_connect, unique_email
 
 
+@pytest.fixture(params=[1, 2], ids=["workers1", "workers2"])
+def make_server(request, make_server):
+    """Every stop test with one loop and with two (server.workers)."""
+    def factory(**kw):
+        kw.setdefault("server__workers", request.param)
+        return make_server(**kw)
+    return factory
+
+
 def login_request(email):
     body = json.dumps({"email": email, "password": DEFAULT_PASSWORD}).encode()
     return (b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

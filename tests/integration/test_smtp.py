@@ -152,14 +152,16 @@ def mailpit(tmp_path):
 
 
 def metrics(srv):
-    """/metrics as {'name{labels}': value}."""
+    """/metrics as {'name{labels}': value}, summed over workers (the worker="i" label of
+    per-loop gauges with server.workers > 1 dropped)."""
     r = srv.get("/metrics")
     assert r.status_code == 200
     out = {}
     for line in r.text.splitlines():
         if line and not line.startswith("#"):
             key, _, val = line.rpartition(" ")
-            out[key] = float(val)
+            key = re.sub(r',?worker="\d+"', "", key).replace("{,", "{").replace("{}", "")
+            out[key] = out.get(key, 0.0) + float(val)
     return out
 
 

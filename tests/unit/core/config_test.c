@@ -138,6 +138,13 @@ static void test_roles(void)
     CHECK_EQ_INT(tms_config_set(&c, "events.brokers=127.0.0.1:9092", err, sizeof(err)), 0);
     CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
     CHECK_EQ_INT(c.server.role_mask, TMS_ROLE_GATEWAY | TMS_ROLE_NOTIFIER);
+    /* several loops only in a process that runs every role */
+    CHECK_EQ_INT(tms_config_set(&c, "server.workers=2", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), -TMS_EINVAL);
+    CHECK(strstr(err, "server.workers") != NULL);
+    CHECK_EQ_INT(tms_config_set(&c, "server.roles=gateway,auth,task,notifier", err, sizeof(err)),
+                 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
     remove(path);
 }
 

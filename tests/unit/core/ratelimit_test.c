@@ -1,3 +1,4 @@
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -213,8 +214,39 @@ static void test_many_keys(void)
     tms_ratelimit_free(&rl);
 }
 
+/* One limiter, four threads (the gateways of four workers): the limit holds for all
+ * of them together, not per thread. */
+static tms_ratelimit_t *shared;
+
+static void *take_many(void *arg)
+{
+    long allowed = 0;
+    (void)arg;
+    for (int i = 0; i < 5000; i++)
+        allowed += tms_ratelimit_take(shared, "10.0.0.1", 1000).allowed;
+    return (void *)allowed;
+}
+
+static void test_shared_between_threads(void)
+{
+    pthread_t th[4];
+    long allowed = 0;
+    shared = tms_ratelimit_new(100, 60000, 1000);
+    for (long i = 0; i < 4; i++)
+        pthread_create(&th[i], NULL, take_many, NULL);
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(th[i], &r);
+        allowed += (long)r;
+    }
+    CHECK_EQ_INT(allowed, 100);
+    CHECK_EQ_INT(tms_ratelimit_size(shared), 1);
+    tms_ratelimit_free(&shared);
+}
+
 int main(void)
 {
+    RUN_TEST(test_shared_between_threads);
     RUN_TEST(test_allow_then_deny);
     RUN_TEST(test_refill);
     RUN_TEST(test_retry_after_hourly);

@@ -1,6 +1,7 @@
 /* Outbox relay with an in-memory outbox and bus (fakes are fine in unit tests):
  * events go out in seq order, only accepted ones are marked sent, refused ones are
  * retried on the next poll, and a kick runs a batch at once. */
+#include <pthread.h>
 #include <uv.h>
 
 #include "core/alloc.h"
@@ -102,8 +103,54 @@ static void test_relay(void)
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
+/* Another worker's thread kicks through a remote stand-in: the relay runs a batch at
+ * once on its own loop; stopping and freeing the stand-in leaves the relay alone. */
+static tms_relay_t *remote_of;
+
+static void *kick_from_thread(void *arg)
+{
+    (void)arg;
+    tms_relay_kick(remote_of);
+    return NULL;
+}
+
+static void test_remote_kick(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}};
+    fake_bus_t b = {.port = {.name = "fake", .publish = bus_publish}};
+    tms_relay_t *r;
+    pthread_t th;
+    uint64_t until;
+    int before;
+    uv_loop_init(&loop);
+    r = tms_relay_new(&loop, &o.port, &b.port, 10000); /* the poll never comes */
+    remote_of = tms_relay_remote_new(r);
+    CHECK_EQ_INT(tms_relay_busy(remote_of), 0);
+    while (o.fetches == 0 || tms_relay_busy(r)) /* the start batch */
+        uv_run(&loop, UV_RUN_ONCE);
+    before = o.fetches;
+    pthread_create(&th, NULL, kick_from_thread, NULL);
+    pthread_join(th, NULL);
+    until = uv_now(&loop) + 1000;
+    while (uv_now(&loop) < until && o.fetches == before)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK(o.fetches > before);
+    tms_relay_stop(remote_of, NULL, NULL);
+    tms_relay_kick(remote_of); /* stopped: a no-op */
+    tms_relay_free(&remote_of);
+    CHECK(remote_of == NULL);
+    tms_relay_stop(r, NULL, NULL);
+    while (tms_relay_busy(r))
+        uv_run(&loop, UV_RUN_ONCE);
+    tms_relay_free(&r);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     RUN_TEST(test_relay);
+    RUN_TEST(test_remote_kick);
     TEST_EXIT();
 }
