@@ -1027,6 +1027,9 @@ tms_event_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
         set(conf, "client.id", bus->client_id, err, err_len) ||
         set(conf, "enable.idempotence", "true", err, err_len) ||
         set(conf, "acks", "all", err, err_len) || set(conf, "linger.ms", "2", err, err_len) ||
+        /* librdkafka's default backs off up to 10 s: a broker back after an outage
+         * would leave the outbox waiting that long; 1 s is plenty of back-off. */
+        set(conf, "reconnect.backoff.max.ms", "1000", err, err_len) ||
         set(conf, "message.timeout.ms", num, err, err_len) ||
         set(conf, "partitioner", "murmur2_random", err, err_len) ||
         set(conf, "statistics.interval.ms", "1000", err, err_len) ||
