@@ -13,8 +13,12 @@ import time
 import pytest
 import requests
 
-from conftest import (DEFAULT_PASSWORD, TASKS_URL, RawReader, raw_connect, run_cli, unique_email,
-                      wait_mails)
+from conftest import (DEFAULT_PASSWORD, SPLIT, TASKS_URL, RawReader, raw_connect, run_cli,
+                      unique_email, wait_mails)
+
+# Several loops run in a process that has every role (config.c refuses workers > 1 in a
+# split deployment, whose roles scale out as more processes instead).
+pytestmark = pytest.mark.skipif(SPLIT, reason="server.workers > 1 needs every role in one process")
 
 REQ_RE = re.compile(r'^tms_worker_http_requests_total\{worker="(\d+)"\} (\d+)$', re.M)
 
