@@ -54,7 +54,7 @@ static const key_t_ keys[] = {
         "(SO_REUSEPORT); worker 0 also runs the outbox relays, the notifier and the Kafka "
         "consumers. The rate limits, the user cache, the hash threads and the SQLite and "
         "MongoDB stores are shared by all workers; PostgreSQL has tasks.pool_size "
-        "connections per worker"),
+        "connections per worker. Must be 1 unless server.roles has all four roles"),
     INT(server, shutdown_grace, server.shutdown_grace, 0, 600, "10",
         "seconds in-flight requests get to finish on SIGTERM/SIGINT"),
     INT(server, mailbox_capacity, server.mailbox_capacity, 1, 1000000, "1024",
