@@ -35,16 +35,13 @@
 #include "io/grpc_codec.h"
 #include "io/grpc_internal.h"
 #include "io/grpc_wire.h"
+#include "io/h2_io.h"
 
-#define READ_CHUNK 65536
-#define WRITE_HIGH (1024 * 1024) /* stop pulling frames while this much is unwritten */
 #define DEFAULT_STREAMS 100
 #define DEFAULT_MESSAGE (4 * 1024 * 1024)
 #define DEFAULT_HEADER_LIST 16384
 #define DEFAULT_IDLE_MS 60000
 #define DEFAULT_MAX_CONNECTIONS 10000
-#define STREAM_WINDOW (1024 * 1024)
-#define CONN_WINDOW (16 * 1024 * 1024)
 /* Rapid reset (CVE-2023-44487): a token bucket of RST_STREAM frames per connection,
  * our own so the defence does not depend on the installed nghttp2; nghttp2's
  * limiter (when built in) is set as a second line. */
@@ -100,17 +97,11 @@ struct pending {
 };
 
 struct conn {
-    uv_tcp_t tcp;
-    uv_timer_t timer;
+    tms_h2_io_t io; /* socket, idle timer, session */
     tms_grpc_server_t *srv;
     conn_t *prev, *next;
-    nghttp2_session *h2;
     gstream_t *streams;
     size_t nstreams;
-    int handles;
-    bool closing;
-    size_t unwritten; /* bytes handed to uv_write and not yet written */
-    int writes;
     double rst_tokens;
     uint64_t rst_last_ms;
     int continuations;
@@ -137,7 +128,7 @@ struct tms_grpc_server {
     size_t nmethods;
     tms_counter_t **requests;    /* [(nmethods + 1) * 17], created on first use */
     tms_histogram_t **durations; /* [nmethods + 1] */
-    char rbuf[READ_CHUNK];
+    char rbuf[TMS_H2_READ_CHUNK];
 };
 
 /* ---- metrics and logs ---- */
@@ -187,8 +178,6 @@ static uint64_t rng_next(tms_grpc_server_t *s)
 }
 
 /* ---- output ---- */
-
-static void conn_flush(conn_t *c);
 
 static void out_append(gstream_t *st, const void *data, size_t len)
 {
@@ -243,7 +232,7 @@ static void resume(gstream_t *st)
 {
     if (st->deferred) {
         st->deferred = false;
-        nghttp2_session_resume_data(st->conn->h2, st->id);
+        nghttp2_session_resume_data(st->conn->io.h2, st->id);
     }
 }
 
@@ -254,7 +243,7 @@ static void start_response(gstream_t *st)
                       NV("grpc-accept-encoding", "identity")};
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_data_read};
     st->headers_sent = true;
-    nghttp2_submit_response(st->conn->h2, st->id, h, sizeof(h) / sizeof(h[0]), &prd);
+    nghttp2_submit_response(st->conn->io.h2, st->id, h, sizeof(h) / sizeof(h[0]), &prd);
 }
 
 /* Queue one response message (copied). */
@@ -297,7 +286,7 @@ static void finish(gstream_t *st, tms_status_t code, const char *message)
         snprintf(num, sizeof(num), "%d", (int)code);
         h[3].valuelen = strlen(num);
         st->headers_sent = true;
-        nghttp2_submit_response(st->conn->h2, st->id, h, code != TMS_OK && msg[0] ? 5 : 4, NULL);
+        nghttp2_submit_response(st->conn->io.h2, st->id, h, code != TMS_OK && msg[0] ? 5 : 4, NULL);
         free(msg);
     }
 }
@@ -311,7 +300,7 @@ static void respond_plain(gstream_t *st, const char *status)
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_data_read};
     st->finished = st->plain = st->eof = st->headers_sent = true;
     out_append(st, NOT_GRPC_BODY, sizeof(NOT_GRPC_BODY) - 1);
-    nghttp2_submit_response(st->conn->h2, st->id, h, 2, &prd);
+    nghttp2_submit_response(st->conn->io.h2, st->id, h, 2, &prd);
 }
 
 /* ---- calls to the gateway ---- */
@@ -355,7 +344,7 @@ static void on_reply(tms_msg_t *msg)
     if (st) {
         st->pending = NULL;
         render(st, call);
-        conn_flush(st->conn);
+        tms_h2_io_flush(&st->conn->io);
     }
     tms_api_call_free(&call);
     uv_close((uv_handle_t *)&p->timer, on_pending_closed);
@@ -372,7 +361,7 @@ static void on_deadline(uv_timer_t *t)
     st->pending = NULL;
     p->st = NULL; /* the call is still with the actors; its reply is dropped */
     finish(st, TMS_DEADLINE_EXCEEDED, "deadline exceeded");
-    conn_flush(st->conn);
+    tms_h2_io_flush(&st->conn->io);
 }
 
 static char *bearer_of(const char *h)
@@ -803,7 +792,7 @@ static void conn_abuse(conn_t *c, const char *reason)
     c->abuse = reason;
     count_abuse(reason);
     tms_log_warn("grpc_abuse", "reason=%s client=%s", reason, c->client_addr);
-    nghttp2_session_terminate_session(c->h2, NGHTTP2_ENHANCE_YOUR_CALM);
+    nghttp2_session_terminate_session(c->io.h2, NGHTTP2_ENHANCE_YOUR_CALM);
 }
 
 static int on_frame_recv(nghttp2_session *h2, const nghttp2_frame *frame, void *user)
@@ -866,17 +855,15 @@ static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_code,
 
 static void maybe_stopped(tms_grpc_server_t *s);
 
-static void on_conn_handle_closed(uv_handle_t *h)
+static void on_conn_closed(tms_h2_io_t *io)
 {
-    conn_t *c = h->data;
+    conn_t *c = io->owner;
     tms_grpc_server_t *s = c->srv;
-    if (--c->handles > 0)
-        return;
     while (c->streams) {
-        nghttp2_session_set_stream_user_data(c->h2, c->streams->id, NULL);
+        nghttp2_session_set_stream_user_data(c->io.h2, c->streams->id, NULL);
         stream_free(c->streams);
     }
-    nghttp2_session_del(c->h2);
+    nghttp2_session_del(c->io.h2);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -890,137 +877,56 @@ static void on_conn_handle_closed(uv_handle_t *h)
 
 static void conn_close(conn_t *c)
 {
-    if (c->closing)
+    if (c->io.closing)
         return;
-    c->closing = true;
-    uv_timer_stop(&c->timer);
-    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
-    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+    tms_h2_io_close(&c->io);
 }
 
-typedef struct wreq {
-    uv_write_t w;
-    conn_t *conn;
-    size_t len;
-    uint8_t data[];
-} wreq_t;
-
-static void on_write(uv_write_t *w, int status)
+static void on_io_fail(tms_h2_io_t *io, const char *why)
 {
-    wreq_t *wr = (wreq_t *)w;
-    conn_t *c = wr->conn;
-    c->unwritten -= wr->len;
-    c->writes--;
-    free(wr);
-    if (c->closing)
-        return;
-    if (status < 0) {
-        conn_close(c);
-        return;
-    }
-    conn_flush(c);
+    conn_close(io->owner);
 }
 
-/* Pull what the session wants to send and write it; close when it is done. */
-static void conn_flush(conn_t *c)
+/* The session failed on what the client sent: count abuse, or answer a protocol
+ * error, with a GOAWAY if it can still be sent. */
+static void on_recv_failed(tms_h2_io_t *io, int rv)
 {
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    if (c->closing)
-        return;
-    while (c->unwritten + len < WRITE_HIGH) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(c->h2, &data);
-        if (n < 0) {
-            free(buf);
-            conn_close(c);
-            return;
-        }
-        if (n == 0)
-            break;
-        if (len + (size_t)n > cap) {
-            cap = cap ? cap : 16384;
-            while (cap < len + (size_t)n)
-                cap *= 2;
-            buf = tms_realloc(buf, cap);
-        }
-        memcpy(buf + len, data, (size_t)n);
-        len += (size_t)n;
+    conn_t *c = io->owner;
+    const char *reason = c->abuse                                   ? c->abuse
+                         : rv == NGHTTP2_ERR_FLOODED                ? "flood"
+                         : rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ? "continuation_flood"
+                                                                    : NULL;
+    if (reason) {
+        c->abuse = NULL;
+        conn_abuse(c, reason);
+    } else {
+        tms_log_info("grpc_conn_error", "client=%s error=\"%s\"", c->client_addr,
+                     nghttp2_strerror(rv));
+        nghttp2_session_terminate_session(c->io.h2, NGHTTP2_PROTOCOL_ERROR);
     }
-    if (len) {
-        wreq_t *wr = tms_malloc(sizeof(*wr) + len);
-        uv_buf_t b;
-        memcpy(wr->data, buf, len);
-        wr->conn = c;
-        wr->len = len;
-        b = uv_buf_init((char *)wr->data, (unsigned)len);
-        if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write) < 0) {
-            free(wr);
-            free(buf);
-            conn_close(c);
-            return;
-        }
-        c->unwritten += len;
-        c->writes++;
-    }
-    free(buf);
-    if (c->writes == 0 && !nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2))
+    /* A fatal error leaves the session unusable for reading: send the GOAWAY
+     * if it can still be sent, then close. */
+    uv_read_stop((uv_stream_t *)&io->tcp);
+    tms_h2_io_flush(io);
+    if (!io->closing && io->writes == 0)
         conn_close(c);
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    conn_t *c = h->data;
-    *buf = uv_buf_init(c->srv->rbuf, sizeof(c->srv->rbuf));
-}
+static const tms_h2_io_ops_t conn_ops = {
+    .fail = on_io_fail,
+    .recv_failed = on_recv_failed,
+    .closed = on_conn_closed,
+};
 
 static void on_idle(uv_timer_t *t)
 {
-    conn_t *c = t->data;
+    conn_t *c = ((tms_h2_io_t *)t->data)->owner;
     if (c->nstreams > 0) {
         uv_timer_again(t);
         return;
     }
-    nghttp2_session_terminate_session(c->h2, NGHTTP2_NO_ERROR);
-    conn_flush(c);
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-    conn_t *c = stream->data;
-    ssize_t rv;
-    if (c->closing)
-        return;
-    if (nread < 0) {
-        conn_close(c);
-        return;
-    }
-    if (nread == 0)
-        return;
-    uv_timer_again(&c->timer);
-    rv = nghttp2_session_mem_recv(c->h2, (const uint8_t *)buf->base, (size_t)nread);
-    if (rv < 0) {
-        const char *reason = c->abuse                                   ? c->abuse
-                             : rv == NGHTTP2_ERR_FLOODED                ? "flood"
-                             : rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ? "continuation_flood"
-                                                                        : NULL;
-        if (reason) {
-            c->abuse = NULL;
-            conn_abuse(c, reason);
-        } else {
-            tms_log_info("grpc_conn_error", "client=%s error=\"%s\"", c->client_addr,
-                         nghttp2_strerror((int)rv));
-            nghttp2_session_terminate_session(c->h2, NGHTTP2_PROTOCOL_ERROR);
-        }
-        /* A fatal error leaves the session unusable for reading: send the GOAWAY
-         * if it can still be sent, then close. */
-        uv_read_stop(stream);
-        conn_flush(c);
-        if (!c->closing && c->writes == 0)
-            conn_close(c);
-        return;
-    }
-    conn_flush(c);
+    nghttp2_session_terminate_session(c->io.h2, NGHTTP2_NO_ERROR);
+    tms_h2_io_flush(&c->io);
 }
 
 static void on_connection(uv_stream_t *listener, int status)
@@ -1032,17 +938,14 @@ static void on_connection(uv_stream_t *listener, int status)
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, s->cfg.max_concurrent_streams},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, (uint32_t)s->cfg.max_header_list_bytes},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, TMS_H2_STREAM_WINDOW},
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
     };
     if (status < 0)
         return;
     c = tms_new(conn_t);
     c->srv = s;
-    uv_tcp_init(s->loop, &c->tcp);
-    uv_timer_init(s->loop, &c->timer);
-    c->tcp.data = c->timer.data = c;
-    c->handles = 2;
+    tms_h2_io_init(&c->io, s->loop, &conn_ops, c, s->rbuf, sizeof(s->rbuf));
     c->rst_tokens = RST_BURST;
     c->rst_last_ms = uv_now(s->loop);
     c->next = s->conns;
@@ -1050,28 +953,25 @@ static void on_connection(uv_stream_t *listener, int status)
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    nghttp2_session_server_new2(&c->h2, s->callbacks, c, s->option);
-    if (uv_accept(listener, (uv_stream_t *)&c->tcp) < 0 || s->stopping ||
+    nghttp2_session_server_new2(&c->io.h2, s->callbacks, c, s->option);
+    if (uv_accept(listener, (uv_stream_t *)&c->io.tcp) < 0 || s->stopping ||
         s->nconns > s->cfg.max_connections) {
         conn_close(c);
         return;
     }
-    uv_tcp_nodelay(&c->tcp, 1);
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) == 0) {
+    if (uv_tcp_getpeername(&c->io.tcp, (struct sockaddr *)&ss, &len) == 0) {
         if (ss.ss_family == AF_INET)
             uv_ip4_name((struct sockaddr_in *)&ss, c->client_addr, sizeof(c->client_addr));
         else if (ss.ss_family == AF_INET6)
             uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_addr, sizeof(c->client_addr));
     }
+    uv_timer_start(&c->io.timer, on_idle, s->cfg.idle_timeout_ms, s->cfg.idle_timeout_ms);
     /* SETTINGS at once: nghttp2's own default for concurrent streams is unlimited. */
-    nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
-    nghttp2_session_set_local_window_size(c->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
-    uv_timer_start(&c->timer, on_idle, s->cfg.idle_timeout_ms, s->cfg.idle_timeout_ms);
-    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
+    if (tms_h2_io_start(&c->io, iv, sizeof(iv) / sizeof(iv[0])) < 0) {
         conn_close(c);
         return;
     }
-    conn_flush(c);
+    tms_h2_io_flush(&c->io);
 }
 
 /* ---- server ---- */
@@ -1260,10 +1160,10 @@ void tms_grpc_server_stop(tms_grpc_server_t *s, uint64_t grace_ms, void (*on_sto
             if (st->watching)
                 finish(st, TMS_UNAVAILABLE, "server shutting down");
         }
-        nghttp2_submit_goaway(c->h2, NGHTTP2_FLAG_NONE,
-                              nghttp2_session_get_last_proc_stream_id(c->h2), NGHTTP2_NO_ERROR,
+        nghttp2_submit_goaway(c->io.h2, NGHTTP2_FLAG_NONE,
+                              nghttp2_session_get_last_proc_stream_id(c->io.h2), NGHTTP2_NO_ERROR,
                               NULL, 0);
-        conn_flush(c);
+        tms_h2_io_flush(&c->io);
     }
     uv_timer_start(&s->grace, on_grace, grace_ms, 0);
     maybe_stopped(s);

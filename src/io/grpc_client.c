@@ -32,12 +32,9 @@
 #include "core/metrics.h"
 #include "core/status.h"
 #include "io/grpc_wire.h"
+#include "io/h2_io.h"
 
-#define READ_CHUNK 65536
-#define WRITE_HIGH (1024 * 1024) /* stop pulling frames while this much is unwritten */
 #define POOL_MAX 64
-#define STREAM_WINDOW (1024 * 1024)
-#define CONN_WINDOW (16 * 1024 * 1024)
 
 typedef struct conn conn_t;
 typedef tms_grpc_client_call_t call_t;
@@ -96,21 +93,16 @@ struct tms_grpc_client_call {
 };
 
 struct conn {
+    tms_h2_io_t io; /* socket, connect timeout timer, session */
     conn_t *prev, *next;
     tms_grpc_client_t *c;
     int slot; /* index in c->slots, -1 once replaced (GOAWAY) or closing */
-    uv_tcp_t tcp;
-    uv_timer_t timer; /* connect timeout */
     uv_connect_t creq;
     uv_getaddrinfo_t gai;
-    int handles;
-    bool resolving, up, goaway, closing;
+    bool resolving, up, goaway;
     int32_t goaway_last_id;
-    nghttp2_session *h2;
     call_t *calls; /* queued and streaming */
     int ncalls;
-    size_t unwritten;
-    int writes;
 };
 
 struct tms_grpc_client {
@@ -139,7 +131,7 @@ struct tms_grpc_client {
     tms_counter_t *by_code[17];
     tms_counter_t *retries, *to_open, *to_half_open, *to_closed, *connects, *connect_failures;
     tms_histogram_t *latency;
-    char rbuf[READ_CHUNK];
+    char rbuf[TMS_H2_READ_CHUNK];
 };
 
 /* ---- helpers, metrics, logs ---- */
@@ -287,7 +279,7 @@ static void call_detach(call_t *call)
     if (!conn)
         return;
     if (call->state == CALL_STREAM && call->stream_id > 0)
-        nghttp2_session_set_stream_user_data(conn->h2, call->stream_id, NULL);
+        nghttp2_session_set_stream_user_data(conn->io.h2, call->stream_id, NULL);
     if (call->cprev)
         call->cprev->cnext = call->cnext;
     else
@@ -387,7 +379,7 @@ static void call_abort(call_t *call, int status, const char *message, bool peer_
     if (call->state == CALL_FINISHING)
         return;
     if (call->state == CALL_STREAM && conn) {
-        nghttp2_submit_rst_stream(conn->h2, NGHTTP2_FLAG_NONE, call->stream_id, NGHTTP2_CANCEL);
+        nghttp2_submit_rst_stream(conn->io.h2, NGHTTP2_FLAG_NONE, call->stream_id, NGHTTP2_CANCEL);
     }
     call_detach(call);
     uv_timer_stop(&call->wake);
@@ -456,7 +448,7 @@ static bool submit_stream(conn_t *conn, call_t *call)
     if (c->credential)
         h[n++] = (nghttp2_nv)NV("x-tms-service-token", c->credential, strlen(c->credential));
     call->body_off = 0;
-    id = nghttp2_submit_request(conn->h2, NULL, h, n, &prd, call);
+    id = nghttp2_submit_request(conn->io.h2, NULL, h, n, &prd, call);
     if (id < 0)
         return false;
     call->stream_id = id;
@@ -469,9 +461,9 @@ static bool submit_stream(conn_t *conn, call_t *call)
 static void conn_maybe_free(conn_t *conn)
 {
     tms_grpc_client_t *c = conn->c;
-    if (conn->handles > 0 || conn->resolving)
+    if (conn->io.handles > 0 || conn->resolving)
         return;
-    nghttp2_session_del(conn->h2);
+    nghttp2_session_del(conn->io.h2);
     if (conn->prev)
         conn->prev->next = conn->next;
     else
@@ -483,11 +475,9 @@ static void conn_maybe_free(conn_t *conn)
     maybe_closed(c);
 }
 
-static void on_conn_closed(uv_handle_t *h)
+static void on_conn_closed(tms_h2_io_t *io)
 {
-    conn_t *conn = h->data;
-    conn->handles--;
-    conn_maybe_free(conn);
+    conn_maybe_free(io->owner);
 }
 
 /* Close the connection and fail the attempts on it: those the peer cannot have
@@ -496,9 +486,9 @@ static void conn_close(conn_t *conn, const char *why)
 {
     tms_grpc_client_t *c = conn->c;
     char msg[192];
-    if (conn->closing)
+    if (conn->io.closing)
         return;
-    conn->closing = true;
+    conn->io.closing = true;
     if (conn->slot >= 0)
         c->slots[conn->slot] = NULL;
     conn->slot = -1;
@@ -512,9 +502,7 @@ static void conn_close(conn_t *conn, const char *why)
         call_detach(call);
         attempt_failed(call, TMS_UNAVAILABLE, msg, unsent, true);
     }
-    uv_timer_stop(&conn->timer);
-    uv_close((uv_handle_t *)&conn->timer, on_conn_closed);
-    uv_close((uv_handle_t *)&conn->tcp, on_conn_closed);
+    tms_h2_io_close(&conn->io);
     if (conn->resolving)
         uv_cancel((uv_req_t *)&conn->gai); /* may be too late; on_resolved copes */
 }
@@ -537,104 +525,21 @@ static void conn_failed(conn_t *conn, const char *why)
     conn_close(conn, why);
 }
 
-typedef struct wreq {
-    uv_write_t w;
-    conn_t *conn;
-    size_t len;
-    uint8_t data[];
-} wreq_t;
-
-static void on_write(uv_write_t *w, int status)
+static void on_io_fail(tms_h2_io_t *io, const char *why)
 {
-    wreq_t *wr = (wreq_t *)w;
-    conn_t *conn = wr->conn;
-    conn->unwritten -= wr->len;
-    conn->writes--;
-    free(wr);
-    if (conn->closing)
-        return;
-    if (status < 0) {
-        conn_close(conn, uv_strerror(status));
-        return;
-    }
-    conn_flush(conn);
+    conn_close(io->owner, why);
 }
 
-/* Pull what the session wants to send and write it; close once the session is
- * done (after a GOAWAY, when its last stream ended). */
+static const tms_h2_io_ops_t conn_ops = {
+    .fail = on_io_fail,
+    .closed = on_conn_closed,
+};
+
+/* Nothing is written before the connection is up: calls queue on it meanwhile. */
 static void conn_flush(conn_t *conn)
 {
-    uint8_t *buf = NULL;
-    size_t len = 0, cap = 0;
-    if (conn->closing || !conn->up)
-        return;
-    while (conn->unwritten + len < WRITE_HIGH) {
-        const uint8_t *data;
-        ssize_t n = nghttp2_session_mem_send(conn->h2, &data);
-        if (n < 0) {
-            free(buf);
-            conn_close(conn, nghttp2_strerror((int)n));
-            return;
-        }
-        if (n == 0)
-            break;
-        if (len + (size_t)n > cap) {
-            cap = cap ? cap : 16384;
-            while (cap < len + (size_t)n)
-                cap *= 2;
-            buf = tms_realloc(buf, cap);
-        }
-        memcpy(buf + len, data, (size_t)n);
-        len += (size_t)n;
-    }
-    if (len) {
-        wreq_t *wr = tms_malloc(sizeof(*wr) + len);
-        uv_buf_t b;
-        int rc;
-        memcpy(wr->data, buf, len);
-        wr->conn = conn;
-        wr->len = len;
-        b = uv_buf_init((char *)wr->data, (unsigned)len);
-        rc = uv_write(&wr->w, (uv_stream_t *)&conn->tcp, &b, 1, on_write);
-        if (rc < 0) {
-            free(wr);
-            free(buf);
-            conn_close(conn, uv_strerror(rc));
-            return;
-        }
-        conn->unwritten += len;
-        conn->writes++;
-    }
-    free(buf);
-    if (conn->writes == 0 && !nghttp2_session_want_read(conn->h2) &&
-        !nghttp2_session_want_write(conn->h2))
-        conn_close(conn, "connection closed");
-}
-
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
-{
-    conn_t *conn = h->data;
-    *buf = uv_buf_init(conn->c->rbuf, sizeof(conn->c->rbuf));
-}
-
-static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
-{
-    conn_t *conn = stream->data;
-    ssize_t rv;
-    if (conn->closing)
-        return;
-    if (nread < 0) {
-        conn_close(conn, nread == UV_EOF ? "connection closed by peer" : uv_strerror((int)nread));
-        return;
-    }
-    if (nread == 0)
-        return;
-    rv = nghttp2_session_mem_recv(conn->h2, (const uint8_t *)buf->base, (size_t)nread);
-    if (rv < 0) {
-        conn_close(conn, nghttp2_strerror((int)rv));
-        return;
-    }
-    conn_flush(conn);
+    if (conn->up)
+        tms_h2_io_flush(&conn->io);
 }
 
 static void conn_up(conn_t *conn)
@@ -642,11 +547,11 @@ static void conn_up(conn_t *conn)
     tms_grpc_client_t *c = conn->c;
     nghttp2_settings_entry iv[] = {
         {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
-        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, STREAM_WINDOW},
+        {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, TMS_H2_STREAM_WINDOW},
     };
     call_t *call, *next;
     int rc;
-    uv_timer_stop(&conn->timer);
+    uv_timer_stop(&conn->io.timer);
     conn->up = true;
     atomic_fetch_add(&c->stats->conns_up, 1);
     tms_counter_add(c->connects, 1);
@@ -656,10 +561,7 @@ static void conn_up(conn_t *conn)
     c->connect_fails = 0;
     c->reconnect_at = 0;
     c->last_connect_ok = true;
-    uv_tcp_nodelay(&conn->tcp, 1);
-    nghttp2_submit_settings(conn->h2, NGHTTP2_FLAG_NONE, iv, sizeof(iv) / sizeof(iv[0]));
-    nghttp2_session_set_local_window_size(conn->h2, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
-    rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
+    rc = tms_h2_io_start(&conn->io, iv, sizeof(iv) / sizeof(iv[0]));
     if (rc < 0) {
         conn_close(conn, uv_strerror(rc));
         return;
@@ -677,7 +579,7 @@ static void conn_up(conn_t *conn)
 static void on_connect(uv_connect_t *req, int status)
 {
     conn_t *conn = req->data;
-    if (conn->closing)
+    if (conn->io.closing)
         return;
     if (status < 0) {
         char why[128];
@@ -692,7 +594,7 @@ static void conn_connect(conn_t *conn, const struct sockaddr *sa)
 {
     int rc;
     conn->creq.data = conn;
-    rc = uv_tcp_connect(&conn->creq, &conn->tcp, sa, on_connect);
+    rc = uv_tcp_connect(&conn->creq, &conn->io.tcp, sa, on_connect);
     if (rc < 0) {
         char why[128];
         snprintf(why, sizeof(why), "connect: %s", uv_strerror(rc));
@@ -704,7 +606,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     conn_t *conn = req->data;
     conn->resolving = false;
-    if (conn->closing) {
+    if (conn->io.closing) {
         if (res)
             uv_freeaddrinfo(res);
         conn_maybe_free(conn);
@@ -724,7 +626,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 
 static void on_connect_timeout(uv_timer_t *t)
 {
-    conn_failed(t->data, "connect timeout");
+    conn_failed(((tms_h2_io_t *)t->data)->owner, "connect timeout");
 }
 
 /* Open a connection in slot; it takes calls at once and sends them when up. */
@@ -734,18 +636,15 @@ static conn_t *conn_new(tms_grpc_client_t *c, int slot)
     conn->c = c;
     conn->slot = slot;
     c->slots[slot] = conn;
-    uv_tcp_init(c->loop, &conn->tcp);
-    uv_timer_init(c->loop, &conn->timer);
-    conn->tcp.data = conn->timer.data = conn;
-    conn->handles = 2;
-    if (nghttp2_session_client_new(&conn->h2, c->cb, conn) != 0)
+    tms_h2_io_init(&conn->io, c->loop, &conn_ops, conn, c->rbuf, sizeof(c->rbuf));
+    if (nghttp2_session_client_new(&conn->io.h2, c->cb, conn) != 0)
         tms_oom(__FILE__, __LINE__);
     conn->next = c->conns;
     if (c->conns)
         c->conns->prev = conn;
     c->conns = conn;
     c->live++;
-    uv_timer_start(&conn->timer, on_connect_timeout, (uint64_t)c->opt.connect_timeout_ms, 0);
+    uv_timer_start(&conn->io.timer, on_connect_timeout, (uint64_t)c->opt.connect_timeout_ms, 0);
     if (c->numeric) {
         conn_connect(conn, (const struct sockaddr *)&c->ss);
     } else {
@@ -827,7 +726,7 @@ static void start_attempt(call_t *call)
     call->grpc_message = NULL;
     if (!conn)
         conn = conn_new(c, empty);
-    if (conn->closing) { /* failed at once (bad address family, no fds) */
+    if (conn->io.closing) { /* failed at once (bad address family, no fds) */
         attempt_failed(call, TMS_UNAVAILABLE, "connect failed", true, true);
         return;
     }
@@ -847,7 +746,7 @@ static void start_attempt(call_t *call)
 
 static call_t *stream_call(conn_t *conn, int32_t id)
 {
-    call_t *call = nghttp2_session_get_stream_user_data(conn->h2, id);
+    call_t *call = nghttp2_session_get_stream_user_data(conn->io.h2, id);
     if (call)
         return call;
     /* Before its stream opens (HEADERS not yet sent) nghttp2 knows no user data. */

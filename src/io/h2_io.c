@@ -1,0 +1,150 @@
+/* One nghttp2 session over one uv_tcp_t (see h2_io.h). */
+#include "io/h2_io.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+
+#define WRITE_HIGH (1024 * 1024) /* stop pulling frames while this much is unwritten */
+
+typedef struct wreq {
+    uv_write_t w;
+    tms_h2_io_t *io;
+    size_t len;
+    uint8_t data[];
+} wreq_t;
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    tms_h2_io_t *io = h->data;
+    if (--io->handles == 0)
+        io->ops->closed(io);
+}
+
+void tms_h2_io_init(tms_h2_io_t *io, uv_loop_t *loop, const tms_h2_io_ops_t *ops, void *owner,
+                    char *rbuf, size_t rbuf_len)
+{
+    io->ops = ops;
+    io->owner = owner;
+    io->rbuf = rbuf;
+    io->rbuf_len = rbuf_len;
+    uv_tcp_init(loop, &io->tcp);
+    uv_timer_init(loop, &io->timer);
+    io->tcp.data = io->timer.data = io;
+    io->handles = 2;
+}
+
+void tms_h2_io_close(tms_h2_io_t *io)
+{
+    io->closing = true;
+    uv_timer_stop(&io->timer);
+    uv_close((uv_handle_t *)&io->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&io->tcp, on_handle_closed);
+}
+
+static void on_write(uv_write_t *w, int status)
+{
+    wreq_t *wr = (wreq_t *)w;
+    tms_h2_io_t *io = wr->io;
+    io->unwritten -= wr->len;
+    io->writes--;
+    free(wr);
+    if (io->closing)
+        return;
+    if (status < 0) {
+        io->ops->fail(io, uv_strerror(status));
+        return;
+    }
+    tms_h2_io_flush(io);
+}
+
+void tms_h2_io_flush(tms_h2_io_t *io)
+{
+    uint8_t *buf = NULL;
+    size_t len = 0, cap = 0;
+    if (io->closing)
+        return;
+    while (io->unwritten + len < WRITE_HIGH) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(io->h2, &data);
+        if (n < 0) {
+            free(buf);
+            io->ops->fail(io, nghttp2_strerror((int)n));
+            return;
+        }
+        if (n == 0)
+            break;
+        if (len + (size_t)n > cap) {
+            cap = cap ? cap : 16384;
+            while (cap < len + (size_t)n)
+                cap *= 2;
+            buf = tms_realloc(buf, cap);
+        }
+        memcpy(buf + len, data, (size_t)n);
+        len += (size_t)n;
+    }
+    if (len) {
+        wreq_t *wr = tms_malloc(sizeof(*wr) + len);
+        uv_buf_t b;
+        int rc;
+        memcpy(wr->data, buf, len);
+        wr->io = io;
+        wr->len = len;
+        b = uv_buf_init((char *)wr->data, (unsigned)len);
+        rc = uv_write(&wr->w, (uv_stream_t *)&io->tcp, &b, 1, on_write);
+        if (rc < 0) {
+            free(wr);
+            free(buf);
+            io->ops->fail(io, uv_strerror(rc));
+            return;
+        }
+        io->unwritten += len;
+        io->writes++;
+    }
+    free(buf);
+    /* The session is done (after a GOAWAY, when its last stream ended). */
+    if (io->writes == 0 && !nghttp2_session_want_read(io->h2) &&
+        !nghttp2_session_want_write(io->h2))
+        io->ops->fail(io, "connection closed");
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    tms_h2_io_t *io = h->data;
+    *buf = uv_buf_init(io->rbuf, (unsigned)io->rbuf_len);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    tms_h2_io_t *io = stream->data;
+    ssize_t rv;
+    if (io->closing)
+        return;
+    if (nread < 0) {
+        io->ops->fail(io, nread == UV_EOF ? "connection closed by peer" : uv_strerror((int)nread));
+        return;
+    }
+    if (nread == 0)
+        return;
+    /* Restarts an idle timer; uv_timer_again leaves a one-shot timer (repeat 0, as
+     * the client's connect timeout) alone. */
+    uv_timer_again(&io->timer);
+    rv = nghttp2_session_mem_recv(io->h2, (const uint8_t *)buf->base, (size_t)nread);
+    if (rv < 0) {
+        if (io->ops->recv_failed)
+            io->ops->recv_failed(io, (int)rv);
+        else
+            io->ops->fail(io, nghttp2_strerror((int)rv));
+        return;
+    }
+    tms_h2_io_flush(io);
+}
+
+int tms_h2_io_start(tms_h2_io_t *io, const nghttp2_settings_entry *iv, size_t niv)
+{
+    uv_tcp_nodelay(&io->tcp, 1);
+    nghttp2_submit_settings(io->h2, NGHTTP2_FLAG_NONE, iv, niv);
+    nghttp2_session_set_local_window_size(io->h2, NGHTTP2_FLAG_NONE, 0, TMS_H2_CONN_WINDOW);
+    return uv_read_start((uv_stream_t *)&io->tcp, on_alloc, on_read);
+}

@@ -1,0 +1,65 @@
+/* Drive one nghttp2 session over one uv_tcp_t: the byte plumbing that the gRPC
+ * server (grpc.c) and the gRPC client (grpc_client.c) share. Bytes read go to
+ * nghttp2_session_mem_recv; what the session wants to send is pulled with
+ * nghttp2_session_mem_send and written with one uv_write, up to a cap of unwritten
+ * bytes. Streams, settings policy and abuse defences stay with the owner. */
+#ifndef TMS_IO_H2_IO_H
+#define TMS_IO_H2_IO_H
+
+#include <nghttp2/nghttp2.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define TMS_H2_READ_CHUNK 65536
+#define TMS_H2_STREAM_WINDOW (1024 * 1024)
+#define TMS_H2_CONN_WINDOW (16 * 1024 * 1024)
+
+typedef struct tms_h2_io tms_h2_io_t;
+
+typedef struct tms_h2_io_ops {
+    /** The connection must close: a read, write or session error, the peer closed,
+     * or the session has nothing left to do; why is for the logs. */
+    void (*fail)(tms_h2_io_t *io, const char *why);
+    /** Optional: nghttp2_session_mem_recv failed with rv and the owner decides what
+     * to do (the session is unusable for reading); without it, fail is called. */
+    void (*recv_failed)(tms_h2_io_t *io, int rv);
+    /** Both handles are closed: the owner may free what embeds io. */
+    void (*closed)(tms_h2_io_t *io);
+} tms_h2_io_ops_t;
+
+/* Embedded in the owner's connection; the fields are read by the owner, written
+ * here (closing also by the owner, who may mark it before tms_h2_io_close). */
+struct tms_h2_io {
+    uv_tcp_t tcp;
+    uv_timer_t timer; /* the owner's: started with a repeat it is an idle timer */
+    nghttp2_session *h2;
+    const tms_h2_io_ops_t *ops;
+    void *owner;
+    char *rbuf; /* the owner's read buffer, shared by its connections */
+    size_t rbuf_len;
+    size_t unwritten; /* bytes handed to uv_write and not yet written */
+    int writes;
+    int handles;
+    bool closing;
+};
+
+/** Initialises io and its two handles on loop; h2 is the owner's to create (with
+ * the owner as session user data) and to delete once ops->closed ran. */
+void tms_h2_io_init(tms_h2_io_t *io, uv_loop_t *loop, const tms_h2_io_ops_t *ops, void *owner,
+                    char *rbuf, size_t rbuf_len);
+
+/** On a connected socket: no Nagle, our SETTINGS (iv) and connection window,
+ * then reading. Returns 0 or the negative libuv error of uv_read_start. */
+int tms_h2_io_start(tms_h2_io_t *io, const nghttp2_settings_entry *iv, size_t niv);
+
+/** Pulls what the session wants to send and writes it; calls ops->fail on an error
+ * or once the session neither reads nor writes and nothing is left unwritten. */
+void tms_h2_io_flush(tms_h2_io_t *io);
+
+/** Marks io closing, stops its timer and closes both handles; ops->closed runs
+ * after both are closed. Call once. */
+void tms_h2_io_close(tms_h2_io_t *io);
+
+#endif
