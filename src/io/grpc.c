@@ -14,7 +14,6 @@
  * when it comes, is dropped and freed (as rest.c does). */
 #include "io/grpc.h"
 
-#include <errno.h>
 #include <netinet/in.h>
 #include <nghttp2/nghttp2.h>
 #include <stdbool.h>
@@ -23,7 +22,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <sodium.h>
 
@@ -36,6 +34,7 @@
 #include "io/grpc_internal.h"
 #include "io/grpc_wire.h"
 #include "io/h2_io.h"
+#include "io/listen.h"
 
 #define DEFAULT_STREAMS 100
 #define DEFAULT_MESSAGE (4 * 1024 * 1024)
@@ -1024,88 +1023,28 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
     return s;
 }
 
-static int parse_addr(const char *addr, struct sockaddr_storage *ss)
-{
-    char host[128];
-    const char *port_s, *colon;
-    char *end;
-    long port;
-    if (addr[0] == '[') {
-        const char *rb = strchr(addr, ']');
-        if (!rb || rb[1] != ':' || (size_t)(rb - addr - 1) >= sizeof(host))
-            return -TMS_EINVAL;
-        memcpy(host, addr + 1, (size_t)(rb - addr - 1));
-        host[rb - addr - 1] = '\0';
-        port_s = rb + 2;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon || (size_t)(colon - addr) >= sizeof(host))
-            return -TMS_EINVAL;
-        memcpy(host, addr, (size_t)(colon - addr));
-        host[colon - addr] = '\0';
-        if (!host[0])
-            strcpy(host, "0.0.0.0");
-        port_s = colon + 1;
-    }
-    errno = 0;
-    port = strtol(port_s, &end, 10);
-    if (errno || end == port_s || *end || port < 0 || port > 65535)
-        return -TMS_EINVAL;
-    memset(ss, 0, sizeof(*ss));
-    if (addr[0] == '[')
-        return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) ? -TMS_EINVAL : 0;
-    return uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) ? -TMS_EINVAL : 0;
-}
-
 int tms_grpc_server_listen(tms_grpc_server_t *s, const char *addr)
 {
-    struct sockaddr_storage ss;
-    int fd, one = 1, rc;
-    socklen_t sl;
-    if (s->listening || s->stopping || parse_addr(addr, &ss) < 0) {
-        tms_log_error("grpc_listen", "addr=%s error=\"invalid address or already listening\"",
-                      addr);
+    int fd;
+    if (s->listening || s->stopping) {
+        tms_log_error("grpc_listen", "addr=%s error=\"already listening or stopping\"", addr);
         return -TMS_EINVAL;
     }
-    sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    /* Bind on our own socket (SO_REUSEPORT) before any handle exists, so that a
-     * taken address leaves nothing to close. */
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
-        bind(fd, (struct sockaddr *)&ss, sl) < 0 || listen(fd, 511) < 0) {
-        tms_log_error("grpc_listen", "addr=%s error=\"%s\"", addr, strerror(errno));
-        if (fd >= 0)
-            close(fd);
+    fd = tms_listen_socket(addr, "grpc_listen");
+    if (fd < 0)
+        return fd;
+    s->listening = true; /* the handle exists from here on, whatever the outcome */
+    if (tms_listen_start(s->loop, &s->listener, s, fd, on_connection, addr, "grpc_listen") < 0)
         return -TMS_EIO;
-    }
-    uv_tcp_init(s->loop, &s->listener);
-    s->listener.data = s;
-    s->listening = true;
-    rc = uv_tcp_open(&s->listener, fd);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
-    else
-        close(fd);
-    if (rc < 0) {
-        tms_log_error("grpc_listen", "addr=%s error=\"%s\"", addr, uv_strerror(rc));
-        return -TMS_EIO;
-    }
     tms_log_info("grpc_listen", "addr=%s port=%d", addr, tms_grpc_server_port(s));
     return 0;
 }
 
 int tms_grpc_server_port(tms_grpc_server_t *s)
 {
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
     if (!s->listening || s->listener_closed)
         return -1;
-    if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len) < 0)
-        return -1;
-    if (ss.ss_family == AF_INET)
-        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return tms_listen_port(&s->listener);
 }
 
 static void on_grace_closed(uv_handle_t *h)

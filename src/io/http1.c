@@ -6,7 +6,6 @@
  * and at most one request per connection is in flight. */
 #include "io/http1.h"
 
-#include <errno.h>
 #include <llhttp.h>
 #include <netinet/in.h>
 #include <stdatomic.h>
@@ -17,11 +16,11 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "io/listen.h"
 
 #define READ_CHUNK 65536
 #define LINGER_MS 2000
@@ -1069,98 +1068,28 @@ tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t 
     return s;
 }
 
-static int parse_addr(const char *addr, struct sockaddr_storage *ss)
-{
-    char host[128];
-    const char *colon;
-    const char *port_s;
-    char *end;
-    long port;
-    if (addr[0] == '[') {
-        const char *rb = strchr(addr, ']');
-        if (!rb || rb[1] != ':' || (size_t)(rb - addr - 1) >= sizeof host)
-            return -TMS_EINVAL;
-        memcpy(host, addr + 1, (size_t)(rb - addr - 1));
-        host[rb - addr - 1] = '\0';
-        port_s = rb + 2;
-    } else {
-        colon = strrchr(addr, ':');
-        if (!colon || (size_t)(colon - addr) >= sizeof host)
-            return -TMS_EINVAL;
-        memcpy(host, addr, (size_t)(colon - addr));
-        host[colon - addr] = '\0';
-        if (!host[0])
-            strcpy(host, "0.0.0.0");
-        port_s = colon + 1;
-    }
-    errno = 0;
-    port = strtol(port_s, &end, 10);
-    if (errno || end == port_s || *end || port < 0 || port > 65535)
-        return -TMS_EINVAL;
-    memset(ss, 0, sizeof *ss);
-    if (addr[0] == '[')
-        return uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)ss) ? -TMS_EINVAL : 0;
-    return uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) ? -TMS_EINVAL : 0;
-}
-
 int tms_http_server_listen(tms_http_server_t *s, const char *addr)
 {
-    struct sockaddr_storage ss;
-    int fd = -1, one = 1, rc;
-    socklen_t sl;
+    int fd;
     if (s->listening || s->stopping) {
         tms_log_error("http_listen", "addr=%s error=\"already listening or stopping\"", addr);
         return -TMS_EINVAL;
     }
-    if (parse_addr(addr, &ss) < 0) {
-        tms_log_error("http_listen", "addr=%s error=\"invalid address\"", addr);
-        return -TMS_EINVAL;
-    }
-    sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    /* libuv 1.44 has no UV_TCP_REUSEPORT: set the option on our own socket. */
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    fd = tms_listen_socket(addr, "http_listen");
     if (fd < 0)
-        goto fail_errno;
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) < 0)
-        goto fail_errno;
-    if (bind(fd, (struct sockaddr *)&ss, sl) < 0)
-        goto fail_errno;
-    uv_tcp_init(s->loop, &s->listener);
-    s->listener.data = s;
-    s->listening = true;
-    rc = uv_tcp_open(&s->listener, fd);
-    if (rc == 0) {
-        fd = -1; /* owned by the handle */
-        rc = uv_listen((uv_stream_t *)&s->listener, 511, on_connection);
-    }
-    if (rc < 0) {
-        tms_log_error("http_listen", "addr=%s error=\"%s\"", addr, uv_strerror(rc));
-        if (fd >= 0)
-            close(fd);
+        return fd;
+    s->listening = true; /* the handle exists from here on, whatever the outcome */
+    if (tms_listen_start(s->loop, &s->listener, s, fd, on_connection, addr, "http_listen") < 0)
         return -TMS_EIO;
-    }
     tms_log_info("http_listen", "addr=%s port=%d", addr, tms_http_server_port(s));
     return 0;
-
-fail_errno:
-    tms_log_error("http_listen", "addr=%s error=\"%s\"", addr, strerror(errno));
-    if (fd >= 0)
-        close(fd);
-    return -TMS_EIO;
 }
 
 int tms_http_server_port(tms_http_server_t *s)
 {
-    struct sockaddr_storage ss;
-    int len = sizeof ss;
     if (!s->listening || s->listener_closed)
         return -1;
-    if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len) < 0)
-        return -1;
-    if (ss.ss_family == AF_INET)
-        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+    return tms_listen_port(&s->listener);
 }
 
 void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header_t *headers,
