@@ -754,3 +754,39 @@ def make_server(tms_bin, tmp_path):
 def scratch_dir():
     with tempfile.TemporaryDirectory(prefix="tms-it-") as d:
         yield Path(d)
+
+
+def login_request(email, password=DEFAULT_PASSWORD):
+    """The bytes of one POST /api/auth/login (argon2id: slow enough to be in flight)."""
+    body = json.dumps({"email": email, "password": password}).encode()
+    return (b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def accepted_raw_conns(port, n):
+    """n raw connections, each known to be accepted (a /healthz answered on it), so a
+    stop that follows finds them open. Returns (sockets, their readers)."""
+    socks = [raw_connect(port, timeout=10) for _ in range(n)]
+    for s in socks:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    readers = [RawReader(s) for s in socks]
+    for r in readers:
+        assert r.read_response().status == 200
+    return socks, readers
+
+
+def sigterm_with_logins_in_flight(srv, socks, readers, emails):
+    """A login on each socket, SIGTERM while they run, and what each connection got: a
+    status, or the error met. Returns (results, monotonic time of the signal)."""
+    for s, e in zip(socks, emails):
+        s.sendall(login_request(e))
+    time.sleep(0.02)
+    t0 = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    results = []
+    for r in readers:
+        try:
+            results.append(r.read_response().status)
+        except (ConnectionError, OSError) as ex:
+            results.append(repr(ex))
+    return results, t0

@@ -1,12 +1,12 @@
 """Graceful stop on SIGTERM/SIGINT."""
-import json
 import signal
 import socket
 import time
 
 import pytest
 
-from conftest import SPLIT, DEFAULT_PASSWORD, RawReader, raw_connect, unique_email
+from conftest import (SPLIT, RawReader, accepted_raw_conns, login_request, raw_connect,
+                      sigterm_with_logins_in_flight, unique_email)
 
 
 @pytest.fixture(params=[1, 2], ids=["workers1", "workers2"])
@@ -22,35 +22,13 @@ def make_server(request, make_server):
     return factory
 
 
-def login_request(email):
-    body = json.dumps({"email": email, "password": DEFAULT_PASSWORD}).encode()
-    return (b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body) + body)
-
-
 def test_sigterm_finishes_in_flight_requests(make_server):
     srv = make_server()
     emails = [unique_email("drain") for _ in range(8)]
     for e in emails:
         srv.register(e)
-    socks = [raw_connect(srv.port, timeout=10) for _ in emails]
-    # make sure every connection was accepted before the stop (a request served on it)
-    for s in socks:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    readers = [RawReader(s) for s in socks]
-    for r in readers:
-        assert r.read_response().status == 200
-    for s, e in zip(socks, emails):
-        s.sendall(login_request(e))
-    time.sleep(0.02)
-    t0 = time.monotonic()
-    srv.proc.send_signal(signal.SIGTERM)
-    results = []
-    for r in readers:
-        try:
-            results.append(r.read_response().status)
-        except (ConnectionError, OSError) as ex:
-            results.append(repr(ex))
+    socks, readers = accepted_raw_conns(srv.port, len(emails))
+    results, t0 = sigterm_with_logins_in_flight(srv, socks, readers, emails)
     for s in socks:
         s.close()
     assert results == [200] * len(emails), f"in-flight logins during SIGTERM: {results}"

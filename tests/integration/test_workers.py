@@ -6,15 +6,14 @@ tms_worker_http_requests_total{worker="i"} of the serving worker rises by exactl
 import http.client
 import json
 import re
-import signal
 import statistics
 import time
 
 import pytest
 import requests
 
-from conftest import (DEFAULT_PASSWORD, SPLIT, TASKS_URL, RawReader, raw_connect, run_cli,
-                      unique_email, wait_mails)
+from conftest import (DEFAULT_PASSWORD, SPLIT, TASKS_URL, accepted_raw_conns, run_cli,
+                      sigterm_with_logins_in_flight, unique_email, wait_mails)
 
 # Several loops run in a process that has every role (config.c refuses workers > 1 in a
 # split deployment, whose roles scale out as more processes instead).
@@ -240,12 +239,6 @@ def test_rate_limits_hold_for_the_process(make_server):
     srv.stop_ok()
 
 
-def login_request(email):
-    body = json.dumps({"email": email, "password": DEFAULT_PASSWORD}).encode()
-    return (b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n" % len(body) + body)
-
-
 def test_sigterm_answers_in_flight_requests_on_every_worker(make_server):
     srv = start(make_server, workers=2)
     conns = conns_on_each_worker(srv.port)
@@ -253,27 +246,12 @@ def test_sigterm_answers_in_flight_requests_on_every_worker(make_server):
     emails = [unique_email("drain") for _ in range(8)]
     for e in emails:
         srv.register(e)
-    socks = [raw_connect(port, timeout=10) for _ in emails]
-    for s in socks:
-        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    readers = [RawReader(s) for s in socks]
-    for r in readers:
-        assert r.read_response().status == 200
+    socks, readers = accepted_raw_conns(port, len(emails))
     # a slow login (argon2id) in flight on each identified worker, and on the others
     for c, e in zip(conns, emails[:2]):
         c.c.request("POST", "/api/auth/login", body=json.dumps(
             {"email": e, "password": DEFAULT_PASSWORD}), headers={"Content-Type": "application/json"})
-    for s, e in zip(socks, emails):
-        s.sendall(login_request(e))
-    time.sleep(0.02)
-    t0 = time.monotonic()
-    srv.proc.send_signal(signal.SIGTERM)
-    results = []
-    for r in readers:
-        try:
-            results.append(r.read_response().status)
-        except (ConnectionError, OSError) as ex:
-            results.append(repr(ex))
+    results, t0 = sigterm_with_logins_in_flight(srv, socks, readers, emails)
     for c in conns:
         resp = c.c.getresponse()
         results.append(resp.status)
