@@ -24,12 +24,40 @@ ROLES = ("auth", "task", "notifier", "gateway")  # start order: callees first
 
 
 def free_port():
+    """A port that was free a moment ago (bind to 0, read it, release it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-class RoleProcess:
+class LoggedProcess:
+    """A child process whose output goes to one log file: RoleProcess here, and the
+    test harness's TmsServer (tests/integration/conftest.py) in one process."""
+
+    proc = None
+    log_path = None
+    _log_file = None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        if self.alive():
+            self.proc.kill()
+            self.proc.wait()
+        self._close_log()
+
+    def _close_log(self):
+        if self._log_file and not self._log_file.closed:
+            self._log_file.close()
+
+    def log_text(self):
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+
+class RoleProcess(LoggedProcess):
     """One `tms serve --roles <role>` process."""
 
     def __init__(self, deployment, role, index):
@@ -88,9 +116,6 @@ class RoleProcess:
         self.wait_healthy(timeout)
         return self
 
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
     def signal(self, sig):
         if self.alive():
             self.proc.send_signal(sig)
@@ -105,21 +130,6 @@ class RoleProcess:
             return None
         self._close_log()
         return rc
-
-    def kill(self):
-        if self.alive():
-            self.proc.kill()
-            self.proc.wait()
-        self._close_log()
-
-    def _close_log(self):
-        if self._log_file and not self._log_file.closed:
-            self._log_file.close()
-
-    def log_text(self):
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")
 
 
 class SplitDeployment:

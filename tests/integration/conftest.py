@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 TMS_BIN = os.environ.get("TMS_BIN", str(REPO / "build" / "tms"))
 
 sys.path.insert(0, str(REPO / "scripts"))
-from tms_split import SplitDeployment  # noqa: E402
+from tms_split import LoggedProcess, SplitDeployment, free_port  # noqa: E402
 
 SPLIT = os.environ.get("TMS_TEST_SPLIT", "") not in ("", "0")
 SPLIT_BROKERS = os.environ.get("TMS_TEST_KAFKA_BROKERS", "")
@@ -63,13 +63,6 @@ STATUS_HTTP = {
     "UNAVAILABLE": 503,
     "DEADLINE_EXCEEDED": 504,
 }
-
-
-def free_port():
-    """A port that was free a moment ago (bind to 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def unique_email(prefix="user"):
@@ -154,7 +147,7 @@ def _norm_key(k):
     return k.replace("__", ".")
 
 
-class TmsServer:
+class TmsServer(LoggedProcess):
     """One `tms serve` process on a free port with its own data dir."""
 
     def __init__(self, workdir, settings=None, env=None, secret=JWT_SECRET,
@@ -317,23 +310,14 @@ class TmsServer:
             for p in self.split.all():
                 p.kill()
             return
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self._close_log()
-
-    def _close_log(self):
-        if self._log_file and not self._log_file.closed:
-            self._log_file.close()
+        super().kill()
 
     def log_text(self):
         if self.split is not None:  # the gateway first: tests read its ports from it
             return "".join(p.log_text() for p in
                            self.split.gateways + [self.split.auth, self.split.task] +
                            self.split.notifiers)
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(errors="replace")
+        return super().log_text()
 
     # -- HTTP helpers ----------------------------------------------------
     def url(self, path):
