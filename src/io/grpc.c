@@ -113,11 +113,7 @@ struct tms_grpc_server {
     tms_grpc_config_t cfg;
     unsigned char token_hash[crypto_generichash_BYTES]; /* of cfg.service_token */
     tms_mailbox_t *replies;
-    uv_tcp_t listener;
-    uv_timer_t grace;
-    bool listening, listener_closed, stopping, grace_started, grace_closing, stopped;
-    void (*on_stopped)(void *arg);
-    void *stop_arg;
+    tms_listener_t lis;
     conn_t *conns;
     size_t nconns, pending;
     uint64_t rng[2];
@@ -490,7 +486,7 @@ static void health(gstream_t *st, const uint8_t *msg, size_t len)
         }
         status = 3; /* SERVICE_UNKNOWN */
     } else {
-        status = st->conn->srv->stopping ? 2 : 1; /* NOT_SERVING : SERVING */
+        status = st->conn->srv->lis.stopping ? 2 : 1; /* NOT_SERVING : SERVING */
     }
     tms_grpc_health_encode(status, &out, &n);
     send_message(st, out, n);
@@ -596,7 +592,7 @@ static void on_headers_done(gstream_t *st)
         finish(st, TMS_UNAUTHENTICATED, "internal method: missing or wrong service credential");
         return;
     }
-    if (s->stopping &&
+    if (s->lis.stopping &&
         (st->method->kind == TMS_GRPC_API || st->method->kind == TMS_GRPC_INTERNAL)) {
         finish(st, TMS_UNAVAILABLE, "server shutting down");
         return;
@@ -852,8 +848,6 @@ static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_code,
 
 /* ---- connections ---- */
 
-static void maybe_stopped(tms_grpc_server_t *s);
-
 static void on_conn_closed(tms_h2_io_t *io)
 {
     conn_t *c = io->owner;
@@ -871,7 +865,7 @@ static void on_conn_closed(tms_h2_io_t *io)
         c->next->prev = c->prev;
     s->nconns--;
     free(c);
-    maybe_stopped(s);
+    tms_listener_maybe_stopped(&s->lis);
 }
 
 static void conn_close(conn_t *c)
@@ -953,7 +947,7 @@ static void on_connection(uv_stream_t *listener, int status)
     s->conns = c;
     s->nconns++;
     nghttp2_session_server_new2(&c->io.h2, s->callbacks, c, s->option);
-    if (uv_accept(listener, (uv_stream_t *)&c->io.tcp) < 0 || s->stopping ||
+    if (uv_accept(listener, (uv_stream_t *)&c->io.tcp) < 0 || s->lis.stopping ||
         s->nconns > s->cfg.max_connections) {
         conn_close(c);
         return;
@@ -973,6 +967,14 @@ static void on_connection(uv_stream_t *listener, int status)
     tms_h2_io_flush(&c->io);
 }
 
+/* The grace of a stop is over. */
+static void close_all(void *arg)
+{
+    tms_grpc_server_t *s = arg;
+    for (conn_t *c = s->conns; c; c = c->next)
+        conn_close(c);
+}
+
 /* ---- server ---- */
 
 tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t *cfg)
@@ -981,6 +983,7 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
     nghttp2_session_callbacks *cb;
     s->loop = loop;
     s->cfg = *cfg;
+    tms_listener_init(&s->lis, s, &s->nconns, close_all);
     if (cfg->service_token) {
         s->cfg.service_token = tms_strdup(cfg->service_token);
         crypto_generichash(s->token_hash, sizeof(s->token_hash),
@@ -1025,74 +1028,19 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
 
 int tms_grpc_server_listen(tms_grpc_server_t *s, const char *addr)
 {
-    int fd;
-    if (s->listening || s->stopping) {
-        tms_log_error("grpc_listen", "addr=%s error=\"already listening or stopping\"", addr);
-        return -TMS_EINVAL;
-    }
-    fd = tms_listen_socket(addr, "grpc_listen");
-    if (fd < 0)
-        return fd;
-    s->listening = true; /* the handle exists from here on, whatever the outcome */
-    if (tms_listen_start(s->loop, &s->listener, s, fd, on_connection, addr, "grpc_listen") < 0)
-        return -TMS_EIO;
-    tms_log_info("grpc_listen", "addr=%s port=%d", addr, tms_grpc_server_port(s));
-    return 0;
+    return tms_listener_open(&s->lis, s->loop, addr, on_connection, "grpc_listen");
 }
 
 int tms_grpc_server_port(tms_grpc_server_t *s)
 {
-    if (!s->listening || s->listener_closed)
-        return -1;
-    return tms_listen_port(&s->listener);
-}
-
-static void on_grace_closed(uv_handle_t *h)
-{
-    tms_grpc_server_t *s = h->data;
-    s->stopped = true;
-    if (s->on_stopped)
-        s->on_stopped(s->stop_arg);
-}
-
-static void maybe_stopped(tms_grpc_server_t *s)
-{
-    if (!s->stopping || !s->listener_closed || s->nconns > 0 || s->grace_closing)
-        return;
-    s->grace_closing = true;
-    uv_timer_stop(&s->grace);
-    uv_close((uv_handle_t *)&s->grace, on_grace_closed);
-}
-
-static void on_listener_closed(uv_handle_t *h)
-{
-    tms_grpc_server_t *s = h->data;
-    s->listener_closed = true;
-    maybe_stopped(s);
-}
-
-static void on_grace(uv_timer_t *t)
-{
-    tms_grpc_server_t *s = t->data;
-    for (conn_t *c = s->conns; c; c = c->next)
-        conn_close(c);
+    return tms_listener_port(&s->lis);
 }
 
 void tms_grpc_server_stop(tms_grpc_server_t *s, uint64_t grace_ms, void (*on_stopped)(void *arg),
                           void *arg)
 {
-    if (s->stopping)
+    if (!tms_listener_stop(&s->lis, s->loop, grace_ms, on_stopped, arg))
         return;
-    s->stopping = true;
-    s->on_stopped = on_stopped;
-    s->stop_arg = arg;
-    uv_timer_init(s->loop, &s->grace);
-    s->grace.data = s;
-    s->grace_started = true;
-    if (s->listening)
-        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
-    else
-        s->listener_closed = true;
     for (conn_t *c = s->conns; c; c = c->next) {
         /* Watch streams end now (NOT_SERVING would be news to nobody after GOAWAY). */
         for (gstream_t *st = c->streams; st; st = st->next) {
@@ -1104,15 +1052,14 @@ void tms_grpc_server_stop(tms_grpc_server_t *s, uint64_t grace_ms, void (*on_sto
                               NULL, 0);
         tms_h2_io_flush(&c->io);
     }
-    uv_timer_start(&s->grace, on_grace, grace_ms, 0);
-    maybe_stopped(s);
+    tms_listener_maybe_stopped(&s->lis);
 }
 
 size_t tms_grpc_server_busy(tms_grpc_server_t *s)
 {
     if (!s)
         return 0;
-    return s->pending + s->nconns + (s->stopping && !s->stopped ? 1 : 0);
+    return s->pending + s->nconns + (s->lis.stopping && !s->lis.stopped ? 1 : 0);
 }
 
 void tms_grpc_server_free(tms_grpc_server_t **sp)
@@ -1121,7 +1068,7 @@ void tms_grpc_server_free(tms_grpc_server_t **sp)
     if (!s)
         return;
     *sp = NULL;
-    if ((s->listening || s->grace_started) && (!s->stopped || s->pending)) {
+    if ((s->lis.listening || s->lis.grace_started) && (!s->lis.stopped || s->pending)) {
         tms_log_error("grpc_free", "error=\"server freed before stop completed; leaking it\"");
         return;
     }

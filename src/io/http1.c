@@ -93,11 +93,7 @@ struct tms_http_server {
     tms_http_handler_fn handler;
     void *ctx;
     llhttp_settings_t settings;
-    uv_tcp_t listener;
-    uv_timer_t grace;
-    bool listening, listener_closed, stopping, grace_closing, stopped;
-    void (*on_stopped)(void *arg);
-    void *stop_arg;
+    tms_listener_t lis;
     conn_t *conns;
     size_t nconns, inflight;
     uint64_t rng[2];
@@ -404,7 +400,6 @@ static void req_finish_head(tms_http_server_t *s, hreq_t *r)
 
 static void on_handle_close(uv_handle_t *h);
 static void process(conn_t *c);
-static void maybe_stopped(tms_http_server_t *s);
 static void begin_linger(conn_t *c);
 
 static void read_start(conn_t *c);
@@ -446,7 +441,7 @@ static void on_handle_close(uv_handle_t *h)
     atomic_fetch_sub(&s->open_connections, 1);
     free(c->in);
     free(c);
-    maybe_stopped(s);
+    tms_listener_maybe_stopped(&s->lis);
 }
 
 static void timer_restart(conn_t *c, uint64_t ms, uv_timer_cb cb)
@@ -477,7 +472,7 @@ static void on_write(uv_write_t *w, int status)
     }
     if (!final)
         return; /* 100 Continue */
-    if (close_after || c->srv->stopping) {
+    if (close_after || c->srv->lis.stopping) {
         begin_linger(c);
         return;
     }
@@ -603,7 +598,7 @@ static void begin_linger(conn_t *c)
         conn_close(c);
         return;
     }
-    timer_restart(c, c->srv->stopping ? 200 : LINGER_MS, on_linger_timeout);
+    timer_restart(c, c->srv->lis.stopping ? 200 : LINGER_MS, on_linger_timeout);
     if (c->peer_eof)
         conn_close(c);
     else
@@ -882,7 +877,7 @@ static void process(conn_t *c)
                 return;
             }
             if (c->phase == PH_IDLE) {
-                if (c->srv->stopping) {
+                if (c->srv->lis.stopping) {
                     conn_close(c);
                     return;
                 }
@@ -1014,7 +1009,7 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
-    if (s->stopping || s->nconns > s->limits.max_connections) {
+    if (s->lis.stopping || s->nconns > s->limits.max_connections) {
         conn_close(c);
         return;
     }
@@ -1032,6 +1027,14 @@ static void on_connection(uv_stream_t *server, int status)
 }
 
 /* ---- server ---- */
+
+/* The grace of a stop is over. */
+static void close_all(void *arg)
+{
+    tms_http_server_t *s = arg;
+    for (conn_t *c = s->conns; c; c = c->next)
+        conn_close(c);
+}
 
 tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t *limits,
                                        tms_http_handler_fn handler, void *ctx)
@@ -1057,8 +1060,7 @@ tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t 
     s->settings.on_headers_complete = on_headers_complete;
     s->settings.on_body = on_body;
     s->settings.on_message_complete = on_message_complete;
-    uv_timer_init(loop, &s->grace);
-    s->grace.data = s;
+    tms_listener_init(&s->lis, s, &s->nconns, close_all);
     if (uv_random(NULL, NULL, s->rng, sizeof s->rng, 0, NULL) < 0 || (!s->rng[0] && !s->rng[1])) {
         s->rng[0] = uv_hrtime() | 1;
         s->rng[1] = (uint64_t)(uintptr_t)s ^ 0x9e3779b97f4a7c15ull;
@@ -1070,26 +1072,12 @@ tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t 
 
 int tms_http_server_listen(tms_http_server_t *s, const char *addr)
 {
-    int fd;
-    if (s->listening || s->stopping) {
-        tms_log_error("http_listen", "addr=%s error=\"already listening or stopping\"", addr);
-        return -TMS_EINVAL;
-    }
-    fd = tms_listen_socket(addr, "http_listen");
-    if (fd < 0)
-        return fd;
-    s->listening = true; /* the handle exists from here on, whatever the outcome */
-    if (tms_listen_start(s->loop, &s->listener, s, fd, on_connection, addr, "http_listen") < 0)
-        return -TMS_EIO;
-    tms_log_info("http_listen", "addr=%s port=%d", addr, tms_http_server_port(s));
-    return 0;
+    return tms_listener_open(&s->lis, s->loop, addr, on_connection, "http_listen");
 }
 
 int tms_http_server_port(tms_http_server_t *s)
 {
-    if (!s->listening || s->listener_closed)
-        return -1;
-    return tms_listen_port(&s->listener);
+    return tms_listener_port(&s->lis);
 }
 
 void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header_t *headers,
@@ -1107,7 +1095,7 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
         return;
     }
     s = c->srv;
-    close_after = !r->keep_alive || s->stopping;
+    close_after = !r->keep_alive || s->lis.stopping;
     resp = build_response(s, status, req->request_id, close_after, headers, nheaders, content_type,
                           body, body_len, r->is_head, &resp_len);
     c->req = NULL;
@@ -1128,55 +1116,16 @@ void tms_http_respond_error(tms_http_request_t *req, tms_status_t code, const ch
     free(body);
 }
 
-static void on_grace_close(uv_handle_t *h)
-{
-    tms_http_server_t *s = h->data;
-    s->stopped = true;
-    if (s->on_stopped)
-        s->on_stopped(s->stop_arg);
-}
-
-static void maybe_stopped(tms_http_server_t *s)
-{
-    if (!s->stopping || !s->listener_closed || s->nconns > 0 || s->grace_closing)
-        return;
-    s->grace_closing = true;
-    uv_timer_stop(&s->grace);
-    uv_close((uv_handle_t *)&s->grace, on_grace_close);
-}
-
-static void on_listener_close(uv_handle_t *h)
-{
-    tms_http_server_t *s = h->data;
-    s->listener_closed = true;
-    maybe_stopped(s);
-}
-
-static void on_grace(uv_timer_t *t)
-{
-    tms_http_server_t *s = t->data;
-    for (conn_t *c = s->conns; c; c = c->next)
-        conn_close(c);
-}
-
 void tms_http_server_stop(tms_http_server_t *s, uint64_t grace_ms, void (*on_stopped)(void *arg),
                           void *arg)
 {
-    if (s->stopping)
+    if (!tms_listener_stop(&s->lis, s->loop, grace_ms, on_stopped, arg))
         return;
-    s->stopping = true;
-    s->on_stopped = on_stopped;
-    s->stop_arg = arg;
-    if (s->listening)
-        uv_close((uv_handle_t *)&s->listener, on_listener_close);
-    else
-        s->listener_closed = true;
     for (conn_t *c = s->conns; c; c = c->next) {
         if (c->phase != PH_HANDLER && c->phase != PH_WRITING && c->phase != PH_LINGER)
             conn_close(c);
     }
-    uv_timer_start(&s->grace, on_grace, grace_ms, 0);
-    maybe_stopped(s);
+    tms_listener_maybe_stopped(&s->lis);
 }
 
 void tms_http_server_free(tms_http_server_t **sp)
@@ -1185,7 +1134,7 @@ void tms_http_server_free(tms_http_server_t **sp)
     if (!sp || !*sp)
         return;
     s = *sp;
-    if (!s->stopped) {
+    if (!s->lis.stopped) {
         tms_log_error("http_free", "error=\"server freed before stop completed; leaking it\"");
         *sp = NULL;
         return;

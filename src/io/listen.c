@@ -1,4 +1,4 @@
-/* Listening sockets (see listen.h). */
+/* Listeners and their graceful stop (see listen.h). */
 #include "io/listen.h"
 
 #include <errno.h>
@@ -44,7 +44,17 @@ static int parse_addr(const char *addr, struct sockaddr_storage *ss)
     return uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) ? -TMS_EINVAL : 0;
 }
 
-int tms_listen_socket(const char *addr, const char *event)
+void tms_listener_init(tms_listener_t *l, void *owner, const size_t *nconns,
+                       void (*close_all)(void *owner))
+{
+    l->owner = owner;
+    l->nconns = nconns;
+    l->close_all = close_all;
+}
+
+/* Bound before any handle exists, so a taken address leaves nothing to close.
+ * Returns the socket, or -TMS_EINVAL / -TMS_EIO (logged). */
+static int listen_socket(const char *addr, const char *event)
 {
     struct sockaddr_storage ss;
     int fd, one = 1;
@@ -54,8 +64,7 @@ int tms_listen_socket(const char *addr, const char *event)
         return -TMS_EINVAL;
     }
     sl = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    /* Our own socket: libuv 1.44 has no UV_TCP_REUSEPORT, and binding before any
-     * handle exists leaves nothing to close when the address is taken. */
+    /* Our own socket: libuv 1.44 has no UV_TCP_REUSEPORT. */
     fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0 ||
@@ -68,31 +77,91 @@ int tms_listen_socket(const char *addr, const char *event)
     return fd;
 }
 
-int tms_listen_start(uv_loop_t *loop, uv_tcp_t *listener, void *data, int fd, uv_connection_cb cb,
-                     const char *addr, const char *event)
+int tms_listener_open(tms_listener_t *l, uv_loop_t *loop, const char *addr, uv_connection_cb cb,
+                      const char *event)
 {
-    int rc;
-    uv_tcp_init(loop, listener);
-    listener->data = data;
-    rc = uv_tcp_open(listener, fd);
+    int fd, rc;
+    if (l->listening || l->stopping) {
+        tms_log_error(event, "addr=%s error=\"already listening or stopping\"", addr);
+        return -TMS_EINVAL;
+    }
+    fd = listen_socket(addr, event);
+    if (fd < 0)
+        return fd;
+    uv_tcp_init(loop, &l->tcp);
+    l->tcp.data = l->owner;
+    l->listening = true;
+    rc = uv_tcp_open(&l->tcp, fd);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)listener, 511, cb);
+        rc = uv_listen((uv_stream_t *)&l->tcp, 511, cb);
     else
         close(fd);
     if (rc < 0) {
         tms_log_error(event, "addr=%s error=\"%s\"", addr, uv_strerror(rc));
         return -TMS_EIO;
     }
+    tms_log_info(event, "addr=%s port=%d", addr, tms_listener_port(l));
     return 0;
 }
 
-int tms_listen_port(uv_tcp_t *listener)
+int tms_listener_port(tms_listener_t *l)
 {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
-    if (uv_tcp_getsockname(listener, (struct sockaddr *)&ss, &len) < 0)
+    if (!l->listening || l->closed)
+        return -1;
+    if (uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len) < 0)
         return -1;
     if (ss.ss_family == AF_INET)
         return ntohs(((struct sockaddr_in *)&ss)->sin_port);
     return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+static void on_grace_closed(uv_handle_t *h)
+{
+    tms_listener_t *l = h->data;
+    l->stopped = true;
+    if (l->on_stopped)
+        l->on_stopped(l->stop_arg);
+}
+
+void tms_listener_maybe_stopped(tms_listener_t *l)
+{
+    if (!l->stopping || !l->closed || *l->nconns > 0 || l->grace_closing)
+        return;
+    l->grace_closing = true;
+    uv_timer_stop(&l->grace);
+    uv_close((uv_handle_t *)&l->grace, on_grace_closed);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    tms_listener_t *l = (tms_listener_t *)h; /* tcp is the first member */
+    l->closed = true;
+    tms_listener_maybe_stopped(l);
+}
+
+static void on_grace(uv_timer_t *t)
+{
+    tms_listener_t *l = t->data;
+    l->close_all(l->owner);
+}
+
+bool tms_listener_stop(tms_listener_t *l, uv_loop_t *loop, uint64_t grace_ms,
+                       void (*on_stopped)(void *arg), void *arg)
+{
+    if (l->stopping)
+        return false;
+    l->stopping = true;
+    l->on_stopped = on_stopped;
+    l->stop_arg = arg;
+    uv_timer_init(loop, &l->grace);
+    l->grace.data = l;
+    l->grace_started = true;
+    if (l->listening)
+        uv_close((uv_handle_t *)&l->tcp, on_listener_closed);
+    else
+        l->closed = true;
+    uv_timer_start(&l->grace, on_grace, grace_ms, 0);
+    return true;
 }
