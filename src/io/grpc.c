@@ -1,8 +1,9 @@
 /* gRPC over HTTP/2 (nghttp2 callbacks API on libuv).
  *
- * Per connection: bytes read go to nghttp2_session_mem_recv; whatever the session
- * wants to send is pulled with nghttp2_session_mem_send after each read and after
- * each asynchronous reply, and written with one uv_write. A request stream collects
+ * Per connection, io/h2_io moves the bytes (shared with the client): reads go to
+ * nghttp2_session_mem_recv; whatever the session wants to send is pulled after each
+ * read and after each asynchronous reply, and written with one uv_write. The abuse
+ * defences (rapid reset, CONTINUATION flood, limits) stay here. A request stream collects
  * its length-prefixed messages; a unary call is dispatched when the client ends the
  * stream, reflection answers each message as it arrives. Responses are written
  * through a data provider over the stream's output buffer, which defers while empty
