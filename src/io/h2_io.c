@@ -7,6 +7,7 @@
 #include "core/alloc.h"
 
 #define WRITE_HIGH (1024 * 1024) /* stop pulling frames while this much is unwritten */
+#define LINGER_MS 500            /* a closing connection waits this long for the peer's FIN */
 
 typedef struct wreq {
     uv_write_t w;
@@ -35,12 +36,59 @@ void tms_h2_io_init(tms_h2_io_t *io, uv_loop_t *loop, const tms_h2_io_ops_t *ops
     io->handles = 2;
 }
 
+static void close_handles(tms_h2_io_t *io)
+{
+    if (io->handles_closing)
+        return;
+    io->handles_closing = true;
+    uv_timer_stop(&io->timer);
+    uv_close((uv_handle_t *)&io->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&io->tcp, on_handle_closed);
+}
+
+static void on_linger_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    tms_h2_io_t *io = h->data;
+    (void)suggested;
+    *buf = uv_buf_init(io->rbuf, (unsigned)io->rbuf_len);
+}
+
+/* Lingering: what the peer still sends is read and dropped until it closes too. */
+static void on_linger_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    (void)buf;
+    if (nread < 0) /* EOF (the peer has everything we sent) or an error */
+        close_handles(stream->data);
+}
+
+static void on_linger_timeout(uv_timer_t *t)
+{
+    close_handles(t->data);
+}
+
+static void on_shutdown(uv_shutdown_t *req, int status)
+{
+    tms_h2_io_t *io = req->data;
+    if (status < 0 || uv_read_start((uv_stream_t *)&io->tcp, on_linger_alloc, on_linger_read) < 0)
+        close_handles(io);
+}
+
+/* A close with unread bytes in the socket makes the kernel send RST, and a peer that
+ * gets RST may drop what we wrote last (our GOAWAY, a PING ACK) before reading it.
+ * So: FIN after the pending writes (uv_shutdown), read and drop until the peer
+ * closes as well, LINGER_MS at most, then close. */
 void tms_h2_io_close(tms_h2_io_t *io)
 {
     io->closing = true;
     uv_timer_stop(&io->timer);
-    uv_close((uv_handle_t *)&io->timer, on_handle_closed);
-    uv_close((uv_handle_t *)&io->tcp, on_handle_closed);
+    uv_read_stop((uv_stream_t *)&io->tcp);
+    io->shutdown_req.data = io;
+    if (uv_is_writable((uv_stream_t *)&io->tcp) &&
+        uv_shutdown(&io->shutdown_req, (uv_stream_t *)&io->tcp, on_shutdown) == 0) {
+        uv_timer_start(&io->timer, on_linger_timeout, LINGER_MS, 0);
+        return;
+    }
+    close_handles(io);
 }
 
 static void on_write(uv_write_t *w, int status)

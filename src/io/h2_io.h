@@ -43,6 +43,8 @@ struct tms_h2_io {
     int writes;
     int handles;
     bool closing;
+    bool handles_closing;
+    uv_shutdown_t shutdown_req; /* the lingering close's FIN */
 };
 
 /** Initialises io and its two handles on loop; h2 is the owner's to create (with
@@ -58,8 +60,10 @@ int tms_h2_io_start(tms_h2_io_t *io, const nghttp2_settings_entry *iv, size_t ni
  * or once the session neither reads nor writes and nothing is left unwritten. */
 void tms_h2_io_flush(tms_h2_io_t *io);
 
-/** Marks io closing, stops its timer and closes both handles; ops->closed runs
- * after both are closed. Call once. */
+/** Marks io closing and closes the connection gracefully: FIN after the pending
+ * writes, then what the peer still sends is dropped until it closes too (500 ms at
+ * most), so it never gets RST for bytes it sent before it saw our last frames; then
+ * both handles close and ops->closed runs. Call once. */
 void tms_h2_io_close(tms_h2_io_t *io);
 
 #endif

@@ -446,6 +446,36 @@ def test_non_grpc_request_answered_415_after_its_end(cli):
         sock.close()
 
 
+def test_client_goaway_then_more_bytes_gets_fin_not_reset(cli):
+    """A client that says GOAWAY and still has bytes on the way (h2spec 3.8/1 sends a
+    PING right after) must get a clean close, not a reset that makes its kernel drop
+    what the server sent last: the server lingers (FIN, reads and drops what still
+    comes) instead of closing with unread bytes. Here GOAWAY is followed by 192 KiB of
+    frames of an unknown type (ignored by HTTP/2), more than one read takes."""
+    sock, conn = h2_connect(grpc_port(cli.srv))
+    try:
+        h2_events(sock, conn, lambda s: any(isinstance(e, h2events.RemoteSettingsChanged)
+                                            for e in s))
+        goaway = (8).to_bytes(3, "big") + b"\x07\x00" + (0).to_bytes(4, "big") + bytes(8)
+        unknown = (16384).to_bytes(3, "big") + b"\xfa\x00" + (0).to_bytes(4, "big") + \
+            bytes(16384)
+        try:
+            sock.sendall(goaway + unknown * 12)
+        except OSError as e:
+            pytest.fail(f"the server reset the connection: {e!r}")
+        time.sleep(0.3)  # a reset, if one comes, has arrived
+        sock.settimeout(5)
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except ConnectionResetError as e:
+                pytest.fail(f"reset instead of a clean close: {e!r}")
+            if not chunk:
+                break  # FIN
+    finally:
+        sock.close()
+
+
 def test_101st_concurrent_stream_refused(cli):
     sock, conn = h2_connect(grpc_port(cli.srv))
     try:
