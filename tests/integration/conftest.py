@@ -33,6 +33,11 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 TMS_BIN = os.environ.get("TMS_BIN", str(REPO / "build" / "tms"))
+# Debian's libmongoc initialises itself when the binary loads and keeps counters in
+# /dev/shm/mongoc-<pid>; a tms killed with -9 (the crash tests) leaves its file, and a
+# later process given the same pid prints a warning line of mongoc's own before main
+# runs. TMS does not use those counters (they are for mongoc's stat tool).
+os.environ.setdefault("MONGOC_DISABLE_SHM", "1")
 
 sys.path.insert(0, str(REPO / "scripts"))
 from tms_split import LoggedProcess, SplitDeployment, free_port  # noqa: E402
