@@ -20,7 +20,7 @@ kafka_was_up=0
 [[ -f "$kafka_pid" ]] && kill -0 "$(cat "$kafka_pid")" 2>/dev/null && kafka_was_up=1
 if brokers=$("$ROOT/scripts/service-kafka" 2>>"$WORK/kafka.log"); then
   taskset -a -p -c "$SERVER_CPU" "$(cat "$kafka_pid")" >/dev/null
-  rec pg_post kafka_linger_ms "$(grep -o '"linger.ms", "[0-9]*"' "$ROOT/src/io/kafka.c" | grep -o '[0-9]*' | head -1)"
+  rec pg_post kafka_linger_ms "$(grep -o '"linger.ms", "[0-9]*"' "$ROOT/src/io/bus/kafka.c" | grep -o '[0-9]*' | head -1)"
   tms_start pg_post_kafka --set tasks.url="$PG_URL" --set events.brokers="$brokers" || die "tms with Kafka did not start"
   wrk_measure pg_post tms_kafka "$TMS_URL/api/task" -s "$lua" -H "Authorization: Bearer $tok"
   for _ in $(seq 600); do  # the outbox and the notifier catch up (60 s at most)

@@ -27,11 +27,11 @@
 #include "core/log.h"
 #include "core/relay.h"
 #include "core/workpool.h"
-#include "io/bus_local.h"
-#include "io/http1.h"
-#include "io/maildir.h"
-#include "io/rest.h"
-#include "io/sqlite.h"
+#include "io/bus/local.h"
+#include "io/http/http1.h"
+#include "io/mail/maildir.h"
+#include "io/http/rest.h"
+#include "io/store/sqlite/sqlite.h"
 
 static const char KEY[] = "0123456789abcdef0123456789abcdef-fuzz-key";
 

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 
 #include "core/api.h"
-#include "io/grpc_codec.h"
+#include "io/grpc/codec.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {

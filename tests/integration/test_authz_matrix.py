@@ -330,7 +330,7 @@ def test_authorization_matrix(op, caller, srv, world, rpc):
 
 def test_matrix_covers_every_route_and_method(rpc):
     """Every REST route of the adapter and every API method of the .proto files has a row."""
-    rest_src = (REPO / "src" / "io" / "rest.c").read_text()
+    rest_src = (REPO / "src" / "io" / "http" / "rest.c").read_text()
     routes = set(re.findall(r'\{"(GET|POST|PATCH|DELETE)", "(/api/[^"]+)", TMS_API_', rest_src))
     rows = {op.split()[0] + " " + op.split()[1].replace(":creator", ":id")
             for op in EXPECTED if not op.startswith("grpc ")}

@@ -10,7 +10,7 @@
  * handled entries at the head of that list. Costs: a take and an ack are O(1)
  * amortised; the retry list is O(n) in entries waiting for a redelivery (a few,
  * normally). */
-#include "io/kafka.h"
+#include "io/bus/kafka.h"
 
 #include <errno.h>
 #include <fcntl.h>

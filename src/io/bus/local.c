@@ -5,7 +5,7 @@
  * links back to its record through bus_ref; freeing the bus clears those links, so a
  * copy freed later (by its mailbox) finds nothing to update. Costs: a publish is
  * O(subscriptions); an ack is O(1). */
-#include "io/bus_local.h"
+#include "io/bus/local.h"
 
 #include <stdbool.h>
 #include <stdio.h>

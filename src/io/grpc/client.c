@@ -16,7 +16,7 @@
  * "Sent" means nghttp2 serialized the HEADERS of the attempt's stream: from then on
  * the peer may have run the call, so only idempotent calls are tried again, except
  * where the peer said it did not (REFUSED_STREAM, GOAWAY below the stream id). */
-#include "io/grpc_client.h"
+#include "io/grpc/client.h"
 
 #include <inttypes.h>
 #include <nghttp2/nghttp2.h>
@@ -31,8 +31,8 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/status.h"
-#include "io/grpc_wire.h"
-#include "io/h2_io.h"
+#include "io/grpc/wire.h"
+#include "io/grpc/h2_io.h"
 
 #define POOL_MAX 64
 

@@ -1,5 +1,5 @@
 /* Protobuf <-> tms_api_call_t for the gRPC adapter, and the health service. */
-#include "io/grpc_codec.h"
+#include "io/grpc/codec.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +12,7 @@
 #include "core/clock.h"
 #include "core/text.h"
 #include "health.pb-c.h"
-#include "io/grpc_wire.h"
+#include "io/grpc/wire.h"
 #include "task.pb-c.h"
 
 static const tms_grpc_method_t methods[] = {

@@ -1,5 +1,5 @@
 /* One nghttp2 session over one uv_tcp_t (see h2_io.h). */
-#include "io/h2_io.h"
+#include "io/grpc/h2_io.h"
 
 #include <stdlib.h>
 #include <string.h>

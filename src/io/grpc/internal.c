@@ -1,4 +1,4 @@
-#include "io/grpc_internal.h"
+#include "io/grpc/internal.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -12,8 +12,8 @@
 
 #include "core/alloc.h"
 #include "core/status.h"
-#include "io/grpc_codec.h"
-#include "io/grpc_wire.h"
+#include "io/grpc/codec.h"
+#include "io/grpc/wire.h"
 #include "reflection_v1.pb-c.h"
 
 extern const unsigned char tms_proto_descriptor_set[];

@@ -13,7 +13,7 @@
  * A call with the actors is a pending_t that outlives its stream: a deadline, a
  * RST_STREAM from the client or a closed connection only detach it, and the reply,
  * when it comes, is dropped and freed (as rest.c does). */
-#include "io/grpc.h"
+#include "io/grpc/server.h"
 
 #include <netinet/in.h>
 #include <nghttp2/nghttp2.h>
@@ -31,11 +31,11 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/status.h"
-#include "io/grpc_codec.h"
-#include "io/grpc_internal.h"
-#include "io/grpc_wire.h"
-#include "io/h2_io.h"
-#include "io/listen.h"
+#include "io/grpc/codec.h"
+#include "io/grpc/internal.h"
+#include "io/grpc/wire.h"
+#include "io/grpc/h2_io.h"
+#include "io/http/listen.h"
 
 #define DEFAULT_STREAMS 100
 #define DEFAULT_MESSAGE (4 * 1024 * 1024)

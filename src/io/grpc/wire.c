@@ -1,4 +1,4 @@
-#include "io/grpc_wire.h"
+#include "io/grpc/wire.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -4,7 +4,7 @@
  * on_message_complete fires the parser pauses, unread bytes stay in conn->in, and
  * parsing resumes after the response has been written. Responses are thus in order
  * and at most one request per connection is in flight. */
-#include "io/http1.h"
+#include "io/http/http1.h"
 
 #include <llhttp.h>
 #include <netinet/in.h>
@@ -20,7 +20,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "io/listen.h"
+#include "io/http/listen.h"
 
 #define READ_CHUNK 65536
 #define LINGER_MS 2000

@@ -1,5 +1,5 @@
 /* Listeners and their graceful stop (see listen.h). */
-#include "io/listen.h"
+#include "io/http/listen.h"
 
 #include <errno.h>
 #include <netinet/in.h>

@@ -1,4 +1,4 @@
-#include "io/rest.h"
+#include "io/http/rest.h"
 
 #include <jansson.h>
 #include <stdio.h>

@@ -12,7 +12,7 @@
 #include "core/mailbox.h"
 #include "core/task_store.h"
 #include "core/user_store.h"
-#include "io/http1.h"
+#include "io/http/http1.h"
 
 typedef struct tms_rest tms_rest_t;
 

@@ -1,7 +1,7 @@
 /* Dead-letter files of the SMTP mailer (see mail_dlq.h). Written on a worker thread;
  * listed and replayed by the CLI, which may run while the server does: a file only
  * appears complete (rename) and leaves by rename. */
-#include "io/mail_dlq.h"
+#include "io/mail/dlq.h"
 
 #include <dirent.h>
 #include <errno.h>

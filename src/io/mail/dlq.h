@@ -9,7 +9,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "io/smtp.h"
+#include "io/mail/smtp.h"
 
 /** Create dir (mode 0700, parents too) when missing and check it is writable.
  * Returns 0 or -1 with errno. */

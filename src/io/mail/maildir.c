@@ -10,7 +10,7 @@
  * write (O(files in cur/); fine for a local mailbox). A reader moving the file from
  * new/ to cur/ between that scan and the link can still cause a second copy; that
  * window is a few microseconds, and consumers are at-least-once anyway. */
-#include "io/maildir.h"
+#include "io/mail/maildir.h"
 
 #include <dirent.h>
 #include <errno.h>

@@ -24,7 +24,7 @@
  * restarts); a crash, or a lost 250 reply (timeout after the server accepted the
  * data), between acceptance and the inbox record can resend once; the copy carries
  * the same Message-ID (<event_id@domain>), so receivers can drop it. */
-#include "io/smtp.h"
+#include "io/mail/smtp.h"
 
 #include <curl/curl.h>
 #include <errno.h>
@@ -41,7 +41,7 @@
 #include "core/breaker.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "io/mail_dlq.h"
+#include "io/mail/dlq.h"
 
 /* Accepted event ids remembered: a redelivery after a failed inbox record (store
  * down) is answered from here instead of mailing again. O(n) lookup per submit;

@@ -1,4 +1,4 @@
-#include "io/remote_actor.h"
+#include "io/remote/actor.h"
 
 #include <stdbool.h>
 #include <stdio.h>
@@ -9,7 +9,7 @@
 #include "core/api.h"
 #include "core/log.h"
 #include "core/status.h"
-#include "io/grpc_internal.h"
+#include "io/grpc/internal.h"
 
 #define DEFAULT_TIMEOUT_MS 5000
 #define CANCEL_SCAN_MS 50 /* how soon a client's reset reaches the peer */

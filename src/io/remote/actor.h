@@ -14,7 +14,7 @@
 #include <uv.h>
 
 #include "core/mailbox.h"
-#include "io/grpc_client.h"
+#include "io/grpc/client.h"
 
 typedef struct tms_remote_actor tms_remote_actor_t;
 

@@ -9,7 +9,7 @@
 
 #include "core/metrics.h"
 #include "core/workpool.h"
-#include "io/mongo.h"
+#include "io/store/mongo/mongo.h"
 
 /* Collections. `User` is the original's; the others are ours. */
 #define TMS_MONGO_USERS "User"

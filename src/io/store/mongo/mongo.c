@@ -10,7 +10,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/status.h"
-#include "io/mongo_internal.h"
+#include "io/store/mongo/internal.h"
 
 #define DEFAULT_DB "tms"
 

@@ -10,7 +10,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "io/mongo_internal.h"
+#include "io/store/mongo/internal.h"
 
 const char *const tms__mongo_outbox_op_names[] = {
     [TMS_OUTBOX_FETCH] = "outbox_fetch", [TMS_OUTBOX_MARK_SENT] = "outbox_mark_sent",

@@ -11,7 +11,7 @@
 #include "core/clock.h"
 #include "core/events.h"
 #include "core/log.h"
-#include "io/mongo_internal.h"
+#include "io/store/mongo/internal.h"
 
 const char *const tms__mongo_user_op_names[] = {
     [TMS_USER_CREATE] = "create",       [TMS_USER_GET_BY_EMAIL] = "get_by_email",

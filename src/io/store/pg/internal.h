@@ -12,7 +12,7 @@
 #include "core/mailbox.h"
 #include "core/metrics.h"
 #include "core/status.h"
-#include "io/pg.h"
+#include "io/store/pg/pg.h"
 
 #define TMS_PG_MAX_PARAMS 16
 

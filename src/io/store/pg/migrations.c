@@ -7,7 +7,7 @@
 
 #include "core/log.h"
 #include "core/task_store.h"
-#include "io/pg_internal.h"
+#include "io/store/pg/internal.h"
 
 /* Any constant; shared by every TMS instance so that only one migrates at a time. */
 #define MIGRATION_LOCK_KEY 0x746d735f6d6967LL

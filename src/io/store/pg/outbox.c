@@ -9,7 +9,7 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "io/pg_internal.h"
+#include "io/store/pg/internal.h"
 
 enum { NOPS = TMS_OUTBOX_PENDING + 1 };
 

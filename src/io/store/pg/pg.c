@@ -4,7 +4,7 @@
  * jitter. Every operation is one prepared statement followed by a sync, so a failed
  * statement aborts only itself and results come back in order. Ports (pg_tasks.c,
  * pg_outbox.c) turn ops into statement calls and results back into ops. */
-#include "io/pg.h"
+#include "io/store/pg/pg.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +13,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "io/pg_internal.h"
+#include "io/store/pg/internal.h"
 
 #define MAX_OPS 16
 #define BACKOFF_MIN_MS 100

@@ -10,7 +10,7 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
-#include "io/pg_internal.h"
+#include "io/store/pg/internal.h"
 
 #define COLS                                                                                       \
     "id, title, description, status, assigned_to, created_by, created_at_ms, updated_at_ms,"       \

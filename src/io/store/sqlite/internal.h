@@ -15,7 +15,7 @@
 #include "core/outbox.h"
 #include "core/task_store.h"
 #include "core/user_store.h"
-#include "io/sqlite.h"
+#include "io/store/sqlite/sqlite.h"
 
 /* Ports served by the db thread. The port index travels in the high bits of msg->op
  * while the message is queued (ports number their own ops from 1, so they would

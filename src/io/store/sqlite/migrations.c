@@ -3,7 +3,7 @@
 #include <stdio.h>
 
 #include "core/log.h"
-#include "io/sqlite_internal.h"
+#include "io/store/sqlite/internal.h"
 
 /* migrations[i] brings the schema from version i to version i + 1. */
 static const char *const migrations[] = {

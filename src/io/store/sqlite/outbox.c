@@ -11,7 +11,7 @@
 #include "core/clock.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "io/sqlite_internal.h"
+#include "io/store/sqlite/internal.h"
 
 enum { NOPS = TMS_OUTBOX_PENDING + 1 };
 

@@ -3,7 +3,7 @@
  * one at a time from its mailbox, and closes the database when the mailbox is
  * closed and drained. Ports (sqlite_users.c, ...) know the SQL; this file knows the
  * thread and the mailbox. */
-#include "io/sqlite.h"
+#include "io/store/sqlite/sqlite.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,7 +12,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "io/sqlite_internal.h"
+#include "io/store/sqlite/internal.h"
 
 /* How long a write waits for another connection (another process, `tms migrate`)
  * to release the database before the op fails UNAVAILABLE. */

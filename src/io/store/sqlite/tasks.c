@@ -13,7 +13,7 @@
 #include "core/events.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "io/sqlite_internal.h"
+#include "io/store/sqlite/internal.h"
 
 #define COLS                                                                                       \
     "id, title, description, status, assigned_to, created_by, created_at_ms, updated_at_ms,"       \

@@ -11,7 +11,7 @@
 #include "core/events.h"
 #include "core/log.h"
 #include "core/metrics.h"
-#include "io/sqlite_internal.h"
+#include "io/store/sqlite/internal.h"
 
 #define COLS "id, email, password_hash, role, token_version, created_at_ms"
 

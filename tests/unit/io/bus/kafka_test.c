@@ -16,7 +16,7 @@
 
 #include "core/event_bus.h"
 #include "core/metrics.h"
-#include "io/kafka.h"
+#include "io/bus/kafka.h"
 #include "test.h"
 
 #define MAX_HELD 32

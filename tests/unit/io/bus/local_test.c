@@ -9,7 +9,7 @@
 #include "core/event_bus.h"
 #include "core/metrics.h"
 #include "core/status.h"
-#include "io/bus_local.h"
+#include "io/bus/local.h"
 #include "test.h"
 
 #define MAX_HELD 64

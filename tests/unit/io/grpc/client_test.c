@@ -16,9 +16,9 @@
 #include "core/mailbox.h"
 #include "core/metrics.h"
 #include "core/status.h"
-#include "io/grpc.h"
-#include "io/grpc_client.h"
-#include "io/grpc_wire.h"
+#include "io/grpc/server.h"
+#include "io/grpc/client.h"
+#include "io/grpc/wire.h"
 #include "task.pb-c.h"
 #include "test.h"
 

@@ -7,7 +7,7 @@
 
 #include "core/api.h"
 #include "core/status.h"
-#include "io/grpc_internal.h"
+#include "io/grpc/internal.h"
 #include "test.h"
 
 static void test_call_round_trip(void)

@@ -6,8 +6,8 @@
 #include "auth.pb-c.h"
 #include "core/api.h"
 #include "core/status.h"
-#include "io/grpc_codec.h"
-#include "io/grpc_wire.h"
+#include "io/grpc/codec.h"
+#include "io/grpc/wire.h"
 #include "task.pb-c.h"
 #include "test.h"
 

@@ -1,6 +1,6 @@
 /* HTTP/1.1 server tests: the server runs on a libuv loop in the main thread, a blocking
  * socket client runs the scenarios in a second thread. */
-#include "io/http1.h"
+#include "io/http/http1.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>

@@ -7,7 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "io/mail_dlq.h"
+#include "io/mail/dlq.h"
 #include "test.h"
 
 #define ID "0b9f6d2e-1c3a-4f5b-8e7d-6a5b4c3d2e1f"

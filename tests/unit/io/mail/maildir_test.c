@@ -17,7 +17,7 @@
 #include "core/mailer.h"
 #include "core/metrics.h"
 #include "core/workpool.h"
-#include "io/maildir.h"
+#include "io/mail/maildir.h"
 #include "test.h"
 
 #define EVENT_ID "6f1c2b7e-93a4-4d2e-8f00-1234567890ab"

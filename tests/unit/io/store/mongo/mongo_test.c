@@ -17,7 +17,7 @@
 #include "core/events.h"
 #include "core/outbox.h"
 #include "core/user_store.h"
-#include "io/mongo.h"
+#include "io/store/mongo/mongo.h"
 #include "test.h"
 
 static uv_loop_t loop;

@@ -15,7 +15,7 @@
 #include "core/metrics.h"
 #include "core/outbox.h"
 #include "core/task_store.h"
-#include "io/pg.h"
+#include "io/store/pg/pg.h"
 #include "test.h"
 
 static uv_loop_t loop;

@@ -10,8 +10,8 @@
 
 #include "core/alloc.h"
 #include "core/metrics.h"
-#include "io/sqlite.h"
-#include "io/sqlite_internal.h"
+#include "io/store/sqlite/sqlite.h"
+#include "io/store/sqlite/internal.h"
 #include "test.h"
 
 static uv_loop_t loop;

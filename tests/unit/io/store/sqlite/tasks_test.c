@@ -16,7 +16,7 @@
 #include "core/metrics.h"
 #include "core/outbox.h"
 #include "core/task_store.h"
-#include "io/sqlite.h"
+#include "io/store/sqlite/sqlite.h"
 #include "test.h"
 
 static uv_loop_t loop;
