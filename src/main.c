@@ -1046,6 +1046,13 @@ static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
     return rc;
 }
 
+/* Dead letters are replayed through SMTP (io/mail/dlq.h takes the sender). */
+static int dlq_send_smtp(void *opt, const char *to, const char *data, size_t len, long *code,
+                         char *err, size_t err_len)
+{
+    return tms_smtp_send_blocking(opt, to, data, len, code, err, err_len);
+}
+
 /* `tms mail dlq list|replay [EVENT_ID]`: works on the files directly, so it runs
  * beside a live server; replay sends synchronously (this is not a loop). */
 static int cmd_mail_dlq(tms_config_t *cfg, const cli_t *cli)
@@ -1067,8 +1074,8 @@ static int cmd_mail_dlq(tms_config_t *cfg, const cli_t *cli)
             fprintf(stderr, "tms: mail.url: replay needs smtp:// or smtps://\n");
             return 2;
         }
-        n = tms_mail_dlq_replay(cfg->mail.dlq_dir, cli->nargs == 3 ? cli->args[2] : NULL, &opt,
-                                stdout);
+        n = tms_mail_dlq_replay(cfg->mail.dlq_dir, cli->nargs == 3 ? cli->args[2] : NULL,
+                                dlq_send_smtp, &opt, stdout);
         if (n < 0) {
             fprintf(stderr, "tms: mail.dlq_dir %s: %s\n", cfg->mail.dlq_dir, strerror(errno));
             return 1;

@@ -253,7 +253,8 @@ int tms_mail_dlq_list(const char *dir, FILE *out)
 }
 
 typedef struct replay {
-    const tms_smtp_options_t *opt;
+    tms_mail_dlq_send_fn send;
+    void *ctx;
     FILE *out;
     int found;
 } replay_t;
@@ -273,8 +274,7 @@ static int replay_one(const char *dir, const char *id, const char *path, void *a
     }
     msg = original(text);
     header_value(msg, "To: ", to, sizeof(to));
-    if (tms_smtp_send_blocking(r->opt, to, msg, len - (size_t)(msg - text), &code, err,
-                               sizeof(err)) != 0) {
+    if (r->send(r->ctx, to, msg, len - (size_t)(msg - text), &code, err, sizeof(err)) != 0) {
         fprintf(r->out, "failed\t%s\t%ld %s\n", id, code, err);
         free(text);
         return 1;
@@ -290,10 +290,10 @@ static int replay_one(const char *dir, const char *id, const char *path, void *a
     return 0;
 }
 
-int tms_mail_dlq_replay(const char *dir, const char *event_id, const tms_smtp_options_t *opt,
+int tms_mail_dlq_replay(const char *dir, const char *event_id, tms_mail_dlq_send_fn send, void *ctx,
                         FILE *out)
 {
-    replay_t r = {opt, out, 0};
+    replay_t r = {send, ctx, out, 0};
     int failed = each_letter(dir, event_id, replay_one, &r);
     if (failed >= 0 && event_id && r.found == 0) {
         fprintf(out, "failed\t%s\tno such dead letter\n", event_id);

@@ -9,8 +9,6 @@
 #include <stddef.h>
 #include <stdio.h>
 
-#include "io/mail/smtp.h"
-
 /** Create dir (mode 0700, parents too) when missing and check it is writable.
  * Returns 0 or -1 with errno. */
 int tms_mail_dlq_prepare(const char *dir);
@@ -26,10 +24,17 @@ int tms_mail_dlq_write(const char *dir, const char *event_id, const char *reason
  * number listed, or -1 when dir cannot be read. */
 int tms_mail_dlq_list(const char *dir, FILE *out);
 
-/** Send the letter of event_id (or every letter when event_id is NULL) with opt;
+/** How replay sends one letter: data (len bytes) is the message as it was to be sent,
+ * to its recipient. Returns 0, or -1 with the reason in err and the server's last reply
+ * code in *code (0 when none). The caller supplies the mailer (the CLI: SMTP), so this
+ * file does not depend on smtp.c, which writes the letters. */
+typedef int (*tms_mail_dlq_send_fn)(void *ctx, const char *to, const char *data, size_t len,
+                                    long *code, char *err, size_t err_len);
+
+/** Send the letter of event_id (or every letter when event_id is NULL) with send(ctx);
  * a sent letter moves to dir/replayed/. Reports each on out. Returns the number that
  * failed (0: all sent), or -1 when dir cannot be read. */
-int tms_mail_dlq_replay(const char *dir, const char *event_id, const tms_smtp_options_t *opt,
+int tms_mail_dlq_replay(const char *dir, const char *event_id, tms_mail_dlq_send_fn send, void *ctx,
                         FILE *out);
 
 #endif

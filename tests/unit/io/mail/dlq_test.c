@@ -1,5 +1,6 @@
 /* Dead-letter files: durable write, reason sanitised into one header line, one file
- * per event however often it is written, unsafe event ids refused, listing. */
+ * per event however often it is written, unsafe event ids refused, listing, and
+ * replay through the sender it is given. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -84,6 +85,55 @@ static void test_list(void)
     CHECK_EQ_INT(tms_mail_dlq_list("/nonexistent/tms-dlq", stdout), -1);
 }
 
+/* The sender replay is given: records what it was asked to send, fails while fail is
+ * set. */
+typedef struct fake_send {
+    int fail, calls;
+    char to[64], data[256];
+} fake_send_t;
+
+static int fake_send(void *ctx, const char *to, const char *data, size_t len, long *code, char *err,
+                     size_t err_len)
+{
+    fake_send_t *f = ctx;
+    f->calls++;
+    snprintf(f->to, sizeof(f->to), "%s", to);
+    snprintf(f->data, sizeof(f->data), "%.*s", (int)len, data);
+    if (f->fail) {
+        *code = 451;
+        snprintf(err, err_len, "try later");
+        return -1;
+    }
+    *code = 250;
+    return 0;
+}
+
+static void test_replay(void)
+{
+    fake_send_t f = {.fail = 1};
+    char *out = NULL, path[512];
+    size_t len = 0;
+    FILE *o = open_memstream(&out, &len);
+    /* A failed send keeps the letter where it was. */
+    CHECK_EQ_INT(tms_mail_dlq_replay(dir, ID, fake_send, &f, o), 1);
+    CHECK_EQ_INT(tms_mail_dlq_replay(dir, "no-such-event", fake_send, &f, o), 1);
+    f.fail = 0;
+    /* The message as it was to be sent (our header lines dropped), to its recipient;
+     * the letter moves to replayed/. */
+    CHECK_EQ_INT(tms_mail_dlq_replay(dir, NULL, fake_send, &f, o), 0);
+    fclose(o);
+    CHECK_EQ_INT(f.calls, 2);
+    CHECK_EQ_STR(f.to, "bob@example.com");
+    CHECK_EQ_STR(f.data, MSG);
+    CHECK(strstr(out, "failed\t" ID "\t451 try later\n") != NULL);
+    CHECK(strstr(out, "failed\tno-such-event\tno such dead letter\n") != NULL);
+    CHECK(strstr(out, "sent\t" ID "\n") != NULL);
+    free(out);
+    snprintf(path, sizeof(path), "%s/replayed/%s.eml", dir, ID);
+    CHECK(access(path, F_OK) == 0);
+    CHECK_EQ_INT(tms_mail_dlq_list(dir, stdout), 0);
+}
+
 int main(void)
 {
     char cmd[300];
@@ -94,6 +144,7 @@ int main(void)
     RUN_TEST(test_write_and_rewrite);
     RUN_TEST(test_unsafe_ids_refused);
     RUN_TEST(test_list);
+    RUN_TEST(test_replay);
     *strrchr(dir, '/') = '\0';
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
     if (system(cmd) != 0)
