@@ -1,6 +1,6 @@
 # Database ceiling, reads: GET /api/task/:id with tasks on PostgreSQL (pool of 4
 # connections, pipelined: tasks.pipeline_depth=32, and unpipelined: 1) vs pgbench -M
-# prepared running the SELECT TMS sends (src/io/pg_tasks.c "task_get") with CONNS clients.
+# prepared running the SELECT TMS sends (src/io/store/pg/tasks.c "task_get") with CONNS clients.
 [[ -n "$PG_URL" ]] || die "no PostgreSQL"
 tok=$(seed_get "d['users'][0]['token']")
 id=$("$PY" -c "import json; print(json.load(open('$WORK/seed_pg.json'))['task_ids'][$TASK_ID - 1])")

@@ -1,7 +1,7 @@
 # Database ceiling, writes: POST /api/task on PostgreSQL, assigned (so each create also
 # writes its outbox row, and the relay and notifier then handle it) vs pgbench running
 # the same two INSERTs in one transaction (one statement), and vs pgbench calling the
-# function TMS calls (tms_task_create, src/io/pg_migrations.c).
+# function TMS calls (tms_task_create, src/io/store/pg/migrations.c).
 [[ -n "$PG_URL" ]] || die "no PostgreSQL"
 tok=$(seed_get "d['users'][0]['token']")
 creator=$(seed_get "d['users'][0]['id']")

@@ -11,7 +11,7 @@
  *
  * Per connection: bytes read go to nghttp2_session_mem_recv; whatever the session
  * wants to send is pulled with nghttp2_session_mem_send after each read and each
- * submit, and written with one uv_write (io/h2_io, shared with grpc.c, the server).
+ * submit, and written with one uv_write (h2_io, shared with server.c, the server).
  *
  * "Sent" means nghttp2 serialized the HEADERS of the attempt's stream: from then on
  * the peer may have run the call, so only idempotent calls are tried again, except

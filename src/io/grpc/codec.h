@@ -1,5 +1,5 @@
 /* The gRPC method table and the mapping between protobuf messages (src/proto) and
- * tms_api_call_t: the gRPC twin of the JSON parsing and rendering in rest.c. No
+ * tms_api_call_t: the gRPC twin of the JSON parsing and rendering in http/rest.c. No
  * domain rule lives here; validation beyond "is it a well-formed message" is the
  * actors'. */
 #ifndef TMS_IO_GRPC_CODEC_H

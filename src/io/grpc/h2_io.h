@@ -1,5 +1,5 @@
 /* Drive one nghttp2 session over one uv_tcp_t: the byte plumbing that the gRPC
- * server (grpc.c) and the gRPC client (grpc_client.c) share. Bytes read go to
+ * server (server.c) and the gRPC client (client.c) share. Bytes read go to
  * nghttp2_session_mem_recv; what the session wants to send is pulled with
  * nghttp2_session_mem_send and written with one uv_write, up to a cap of unwritten
  * bytes. Streams, settings policy and abuse defences stay with the owner. */

@@ -1,8 +1,8 @@
 /* The internal service of a split deployment (src/proto/internal.proto): one
  * method, /tms.internal.Actors/Call, that carries a tms_api_call_t to the process
  * running its auth or task actor and its results back. This file maps calls and
- * results to and from protobuf, and says which calls may be retried; grpc.c serves
- * the method and remote_actor.c calls it. */
+ * results to and from protobuf, and says which calls may be retried; server.c serves
+ * the method and remote/actor.c calls it. */
 #ifndef TMS_IO_GRPC_INTERNAL_H
 #define TMS_IO_GRPC_INTERNAL_H
 

@@ -1,6 +1,6 @@
 /* gRPC over HTTP/2 (nghttp2 callbacks API on libuv).
  *
- * Per connection, io/h2_io moves the bytes (shared with the client): reads go to
+ * Per connection, h2_io moves the bytes (shared with the client): reads go to
  * nghttp2_session_mem_recv; whatever the session wants to send is pulled after each
  * read and after each asynchronous reply, and written with one uv_write. The abuse
  * defences (rapid reset, CONTINUATION flood, limits) stay here. A request stream collects
@@ -12,7 +12,7 @@
  *
  * A call with the actors is a pending_t that outlives its stream: a deadline, a
  * RST_STREAM from the client or a closed connection only detach it, and the reply,
- * when it comes, is dropped and freed (as rest.c does). */
+ * when it comes, is dropped and freed (as http/rest.c does). */
 #include "io/grpc/server.h"
 
 #include <netinet/in.h>

@@ -1,7 +1,7 @@
 /* The gRPC adapter: HTTP/2 cleartext with prior knowledge (nghttp2, one server
  * session per connection, driven by libuv reads and writes) serving AuthService and
  * TaskService of API.md by turning each call into a tms_api_call_t for the gateway
- * actor (the twin of rest.c), plus grpc.health.v1.Health and server reflection
+ * actor (the twin of http/rest.c), plus grpc.health.v1.Health and server reflection
  * (v1alpha and v1). Limits: SETTINGS sent at once with 100 concurrent streams,
  * messages over max_message_bytes answered RESOURCE_EXHAUSTED, a header list limit,
  * and rapid-reset and CONTINUATION-flood defences that close the connection with

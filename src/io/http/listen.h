@@ -1,4 +1,4 @@
-/* The listener of a server (http1.c, grpc.c) and its graceful stop: parse the
+/* The listener of a server (http1.c, grpc/server.c) and its graceful stop: parse the
  * address, bind our own socket with SO_REUSEPORT, hand it to libuv; on stop close
  * it, give the connections a grace period, then have the owner close the rest. */
 #ifndef TMS_IO_LISTEN_H

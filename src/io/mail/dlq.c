@@ -1,4 +1,4 @@
-/* Dead-letter files of the SMTP mailer (see mail_dlq.h). Written on a worker thread;
+/* Dead-letter files of the SMTP mailer (see dlq.h). Written on a worker thread;
  * listed and replayed by the CLI, which may run while the server does: a file only
  * appears complete (rename) and leaves by rename. */
 #include "io/mail/dlq.h"

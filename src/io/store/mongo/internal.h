@@ -1,6 +1,6 @@
-/* Shared by the MongoDB adapter's files (mongo.c, mongo_users.c,
- * mongo_outbox.c): the handle, the worker hand-off and error mapping. Not for
- * use outside src/io/mongo*. */
+/* Shared by the MongoDB adapter's files (mongo.c, users.c,
+ * outbox.c): the handle, the worker hand-off and error mapping. Not for
+ * use outside src/io/store/mongo/. */
 #ifndef TMS_IO_MONGO_INTERNAL_H
 #define TMS_IO_MONGO_INTERNAL_H
 
@@ -64,7 +64,7 @@ int64_t tms__mongo_next_seq(tms_mongo_t *m, mongoc_client_t *client, tms_error_t
 void tms__mongo_port_metrics(const char *const *names, int nops, tms_histogram_t **duration,
                              tms_counter_t **errors);
 
-/* The ports' run functions (mongo_users.c, mongo_outbox.c). */
+/* The ports' run functions (users.c, outbox.c). */
 void tms__mongo_users_run(tms_mongo_t *m, mongoc_client_t *client, tms_msg_t *msg);
 void tms__mongo_outbox_run(tms_mongo_t *m, mongoc_client_t *client, tms_msg_t *msg);
 extern const char *const tms__mongo_user_op_names[];

@@ -1,7 +1,7 @@
 /* The outbox and inbox port on MongoDB. An event is a document of `Outbox`:
  * {_id: event_id, seq, topic, key, payload, createdAt, state, sentAt}, state
  * one of "prepared" (its change may not have happened yet: see delete in
- * mongo_users.c), "pending" (to publish), "sent", "aborted". Handled events are
+ * users.c), "pending" (to publish), "sent", "aborted". Handled events are
  * documents of `Inbox` keyed "<consumer>/<event_id>". Runs on a worker. */
 #include <stdio.h>
 #include <stdlib.h>

@@ -237,7 +237,7 @@ static void insert_user(mongoc_collection_t *c, tms_user_op_t *op, const char *w
  *   5. set the event "pending" (the relay publishes it).
  * Stopped after 3 or 4, an event stays "prepared"; once older than
  * TMS_MONGO_PREPARED_GRACE_MS, the relay's fetch settles it: user gone ->
- * "pending", user still there -> "aborted" (mongo_outbox.c). Each step is
+ * "pending", user still there -> "aborted" (outbox.c). Each step is
  * idempotent, so running that recovery twice, or at every start, changes
  * nothing. */
 static void delete_user(tms_mongo_t *m, mongoc_client_t *client, tms_user_op_t *op)

@@ -1,6 +1,6 @@
-/* Private to src/io/pg*.c: the contract between the generic pool (pg.c) and the
- * ports it serves (pg_tasks.c, pg_outbox.c), and the blocking helpers used at start
- * (pg_migrations.c). Everything here runs on the pool's loop thread unless its
+/* Private to src/io/store/pg/: the contract between the generic pool (pg.c) and the
+ * ports it serves (tasks.c, outbox.c), and the blocking helpers used at start
+ * (migrations.c). Everything here runs on the pool's loop thread unless its
  * comment says otherwise. */
 #ifndef TMS_IO_PG_INTERNAL_H
 #define TMS_IO_PG_INTERNAL_H

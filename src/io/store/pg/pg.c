@@ -2,8 +2,8 @@
  * socket on a uv_poll of the owning loop, a bounded FIFO of operations waiting for a
  * connection, per-op deadlines, and reconnection with exponential backoff and
  * jitter. Every operation is one prepared statement followed by a sync, so a failed
- * statement aborts only itself and results come back in order. Ports (pg_tasks.c,
- * pg_outbox.c) turn ops into statement calls and results back into ops. */
+ * statement aborts only itself and results come back in order. Ports (tasks.c,
+ * outbox.c) turn ops into statement calls and results back into ops. */
 #include "io/store/pg/pg.h"
 
 #include <stdio.h>

@@ -1,7 +1,7 @@
 /* The task store port on PostgreSQL: each operation is one prepared statement. The
  * writes call the functions of migration 1, which check the version or the
  * idempotency key, change the task and write its outbox event and idempotency record
- * in the statement's own transaction, exactly as sqlite_tasks.c does in BEGIN
+ * in the statement's own transaction, exactly as sqlite/tasks.c does in BEGIN
  * IMMEDIATE. Runs on the pool's loop thread. */
 #include <inttypes.h>
 #include <stdio.h>

@@ -1,6 +1,6 @@
-/* Private to src/io/sqlite*.c: the owner thread's view of the database and the
+/* Private to src/io/store/sqlite/: the owner thread's view of the database and the
  * contract between the generic db thread (sqlite.c) and the ports it serves
- * (sqlite_users.c, sqlite_tasks.c, sqlite_outbox.c). Every function here runs on the owner
+ * (users.c, tasks.c, outbox.c). Every function here runs on the owner
  * thread unless its comment says otherwise. */
 #ifndef TMS_IO_SQLITE_INTERNAL_H
 #define TMS_IO_SQLITE_INTERNAL_H

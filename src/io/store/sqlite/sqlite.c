@@ -1,7 +1,7 @@
 #define _GNU_SOURCE /* pthread_setname_np */
 /* The generic SQLite owner thread: opens the database, serves the ports' messages
  * one at a time from its mailbox, and closes the database when the mailbox is
- * closed and drained. Ports (sqlite_users.c, ...) know the SQL; this file knows the
+ * closed and drained. Ports (users.c, ...) know the SQL; this file knows the
  * thread and the mailbox. */
 #include "io/store/sqlite/sqlite.h"
 

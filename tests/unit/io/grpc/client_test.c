@@ -1,5 +1,5 @@
-/* Tests of the gRPC client (src/io/grpc_client.c) against the real TMS gRPC server
- * (src/io/grpc.c) on the same loop, with a fake gateway mailbox that answers,
+/* Tests of the gRPC client (src/io/grpc/client.c) against the real TMS gRPC server
+ * (src/io/grpc/server.c) on the same loop, with a fake gateway mailbox that answers,
  * fails or holds the calls the server forwards to it. */
 #include <arpa/inet.h>
 #include <inttypes.h>

@@ -1,5 +1,5 @@
 /* Unit tests of the gRPC adapter's wire helpers and protobuf mapping
- * (src/io/grpc_wire.c, src/io/grpc_codec.c). */
+ * (src/io/grpc/wire.c, src/io/grpc/codec.c). */
 #include <stdlib.h>
 #include <string.h>
 

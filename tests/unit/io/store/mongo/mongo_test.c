@@ -1,4 +1,4 @@
-/* Tests for src/io/mongo*.c against a real MongoDB-wire server
+/* Tests for src/io/store/mongo/ against a real MongoDB-wire server
  * (TMS_TEST_MONGO_URL, e.g. from scripts/service-mongo; skipped with exit code
  * 77 when unset): every user store and outbox op, atomic token bumps under
  * concurrency, a document as the Node original wrote it, delete recovery, and a

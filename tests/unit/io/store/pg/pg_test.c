@@ -1,4 +1,4 @@
-/* Tests for src/io/pg*.c against a real PostgreSQL (TMS_TEST_PG_URL; skipped with
+/* Tests for src/io/store/pg/ against a real PostgreSQL (TMS_TEST_PG_URL; skipped with
  * exit code 77 when unset): every task store and outbox op, idempotency, version
  * checks, a full queue, a killed connection and the start-up checks. Each run uses a
  * fresh database, dropped at the end. */

@@ -1,4 +1,4 @@
-/* Tests for src/io/sqlite*.c: the user store port on a temporary database file,
+/* Tests for src/io/store/sqlite/: the user store port on a temporary database file,
  * driven from a loop mailbox as the auth actor would. */
 #include <sqlite3.h>
 #include <stdint.h>

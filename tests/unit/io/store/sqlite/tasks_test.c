@@ -1,5 +1,5 @@
-/* Tests for src/io/sqlite_tasks.c and src/io/sqlite_outbox.c (and the user_deleted
- * event of sqlite_users.c): every task store and outbox op on a temporary database
+/* Tests for src/io/store/sqlite/tasks.c and outbox.c (and the user_deleted
+ * event of users.c): every task store and outbox op on a temporary database
  * file, driven from a loop mailbox as the actors would. Each test opens a fresh
  * database and removes it. */
 #include <inttypes.h>
