@@ -2,7 +2,7 @@
 connections killed during a create load, and the server stopped and restarted.
 
 Each test starts a private cluster (initdb in a temp dir, free port), so stopping
-it cannot disturb the shared one of scripts/services. Skipped when PostgreSQL 15
+it cannot disturb the shared one of scripts/service-pg. Skipped when PostgreSQL 15
 is not installed (scripts/setup --test installs it)."""
 import concurrent.futures
 import os
