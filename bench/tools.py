@@ -386,13 +386,9 @@ def evaluate(P):
             _ratio(g("login", "storm_get.p99_ms"), g("login", "alone_get.p99_ms")), "info",
             lambda v: None)
     if "workers" in P:
-        if g("workers", "status") == "not_implemented":
-            row("workers", "rps workers=2 / workers=1", None, ">= 1.6", lambda v: v >= 1.6,
-                "not implemented: %s" % g("workers", "message"))
-        else:
-            row("workers", "rps workers=2 / workers=1",
-                _ratio(g("workers", "w2.rps"), g("workers", "w1.rps")), ">= 1.6",
-                lambda v: v >= 1.6)
+        row("workers", "rps workers=2 / workers=1",
+            _ratio(g("workers", "w2.rps"), g("workers", "w1.rps")), ">= 1.6",
+            lambda v: v >= 1.6)
     if "memory" in P:
         d = g("memory", "conns_rss_kib"), g("memory", "idle_rss_kib")
         row("memory", "RSS with %s idle keep-alive conns - idle (MiB)" % g("memory", "conns_open"),
