@@ -1,5 +1,5 @@
 /* The gateway actor: the single entry for API calls from every protocol adapter
- * (REST now, gRPC later). It applies the rate limits of API.md, has the auth actor
+ * (REST and gRPC). It applies the rate limits of API.md, has the auth actor
  * authenticate calls that need a token, and routes each call to the actor that owns
  * its operation. Adapters only translate protocol to tms_api_call_t and back. */
 #ifndef TMS_ACTORS_GATEWAY_H

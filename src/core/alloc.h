@@ -1,5 +1,5 @@
-/* Allocation wrappers: out of memory aborts with file and line (h2o's h2o_mem_alloc).
- * Tests may install a failure hook to fail the i-th allocation. */
+/* Allocation wrappers: out of memory aborts with file and line (h2o's h2o_mem_alloc),
+ * so callers never see NULL and have no allocation-failure path to handle or test. */
 #ifndef TMS_CORE_ALLOC_H
 #define TMS_CORE_ALLOC_H
 

@@ -1,4 +1,4 @@
-/* The event bus port: in-process now, Kafka later. Publishing is asynchronous and
+/* The event bus port: in process or Kafka. Publishing is asynchronous and
  * reports acceptance through a completion on the publisher's loop; the relay marks
  * an outbox row sent only after it. Subscribers receive deliveries in their own
  * mailbox and acknowledge each one after its effect is durable; an unacknowledged

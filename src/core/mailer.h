@@ -1,4 +1,4 @@
-/* The mailer port: Maildir now, SMTP later. A mail is a message that comes back to
+/* The mailer port: Maildir or SMTP. A mail is a message that comes back to
  * mail->msg.reply_to with err set; OK means the message is stored (Maildir) or the
  * server accepted it (SMTP). Sending the same event_id twice must not produce a
  * second delivery where the adapter can prevent it. */

@@ -1,5 +1,5 @@
 /* The task store port: what the task actor needs from wherever tasks live (SQLite
- * now, PostgreSQL later). As with the user store, an operation is a message that
+ * or PostgreSQL). As with the user store, an operation is a message that
  * comes back to op->msg.reply_to with err set; the adapter never calls back on its
  * own thread.
  *

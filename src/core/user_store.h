@@ -1,5 +1,5 @@
 /* The user store port: what the auth actor needs from wherever users live (SQLite
- * now, MongoDB later). Operations are messages: the actor fills a tms_user_op_t,
+ * or MongoDB). Operations are messages: the actor fills a tms_user_op_t,
  * submits it, and gets the same op back as a reply in its mailbox (msg.cont runs
  * on the actor's loop) with `err` set. The adapter never calls back on its own
  * thread. */
