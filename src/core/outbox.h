@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "core/mailbox.h"
+#include "core/port.h"
 #include "core/status.h"
 
 typedef struct tms_outbox_event {
@@ -57,9 +58,14 @@ tms_outbox_op_t *tms_outbox_op_new(tms_outbox_op_kind_t kind);
 
 typedef struct tms_outbox tms_outbox_t;
 struct tms_outbox {
-    const char *name;
+    const char *name; /* for logs only, never to dispatch on */
     /** Queue op; as tms_task_store_t.submit. */
     int (*submit)(tms_outbox_t *self, tms_outbox_op_t **op);
+    /** Operations accepted and not yet answered (core/port.h). */
+    size_t (*busy)(tms_outbox_t *self);
+    /** Refuse new ops, answer those accepted, then cb(ctx) on the store's loop
+     * (core/port.h); self is invalid when cb runs. */
+    void (*close)(tms_outbox_t *self, tms_port_closed_fn cb, void *ctx);
 };
 
 static inline int tms_outbox_submit(tms_outbox_t *o, tms_outbox_op_t **op)
