@@ -26,8 +26,10 @@ typedef struct tms_outbox_event {
 
 typedef enum tms_outbox_op_kind {
     TMS_OUTBOX_FETCH = 1, /* in: limit. out: events[0..nevents) not yet sent, by seq */
-    TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Idempotent */
-    TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event */
+    TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Idempotent: a second mark keeps the
+                           * first send time; unknown seqs are ignored */
+    TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event;
+                           * the same event_id again is a retry (OK, nothing added) */
     TMS_INBOX_SEEN,       /* in: consumer, event_id. out: seen */
     TMS_INBOX_RECORD,     /* in: consumer, event_id. Idempotent */
     TMS_OUTBOX_PENDING,   /* out: count of unsent events */

@@ -37,8 +37,9 @@ typedef enum tms_task_op_kind {
                              * when the version differs */
     TMS_TASK_DELETE,        /* in: id, expected_version (0 = any). out: task as it was,
                              * NOT_FOUND or FAILED_PRECONDITION */
-    TMS_TASK_UNASSIGN_USER, /* in: user_id. Every task assigned to user_id gets no
-                             * assignee (version + 1). out: count */
+    TMS_TASK_UNASSIGN_USER, /* in: user_id, task.updated_at_ms (0: the store's clock).
+                             * Every task assigned to user_id gets no assignee
+                             * (version + 1). out: count */
     TMS_TASK_PING,          /* readiness probe */
 } tms_task_op_kind_t;
 

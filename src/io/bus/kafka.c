@@ -597,6 +597,7 @@ static void on_entry_dropped(tms_msg_t *msg)
     e->state = DROPPED;
     free(e->d.payload);
     e->d.payload = NULL;
+    check_close(e->sub);
 }
 
 static void post_entry(sub_t *s, entry_t *e)
@@ -838,6 +839,7 @@ static void on_housekeeping(uv_timer_t *t)
         }
         atomic_store(&s->lag, lag);
     }
+    maybe_closed(bus);
 }
 
 static double lag_gauge(void *arg)

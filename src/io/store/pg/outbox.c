@@ -14,10 +14,13 @@
 static const tms_pg_stmt_t stmts[] = {
     {"outbox_fetch", "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
                      " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT $1"},
-    /* one statement marks the whole batch: one commit */
-    {"outbox_mark_sent", "UPDATE outbox SET sent_at_ms = $2 WHERE seq = ANY($1::bigint[])"},
+    /* one statement marks the whole batch: one commit; a second mark keeps the first
+     * time (as on SQLite) */
+    {"outbox_mark_sent", "UPDATE outbox SET sent_at_ms = $2 WHERE seq = ANY($1::bigint[])"
+                         " AND sent_at_ms IS NULL"},
+    /* the same event again is a retry, not an error (as on SQLite and MongoDB) */
     {"outbox_add", "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
-                   " VALUES ($1, $2, $3, $4, $5)"},
+                   " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"},
     {"inbox_seen", "SELECT 1 FROM inbox WHERE consumer = $1 AND event_id = $2"},
     {"inbox_record", "INSERT INTO inbox (consumer, event_id, handled_at_ms) VALUES ($1, $2, $3)"
                      " ON CONFLICT DO NOTHING"},

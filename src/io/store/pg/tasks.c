@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "io/store/pg/internal.h"
 
@@ -111,7 +112,9 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
         c->stmt = "task_unassign";
         c->nparams = 2;
         v[0] = op->user_id;
-        v[1] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->task.updated_at_ms);
+        /* As on SQLite: without a time from the caller, the store's clock. */
+        v[1] = tms__pg_i64(c->num[0], sizeof(c->num[0]),
+                           op->task.updated_at_ms ? op->task.updated_at_ms : tms_now_ms());
         return 0;
     case TMS_TASK_PING:
         c->stmt = "task_ping";
