@@ -74,7 +74,8 @@ struct part {
 struct sub {
     sub_t *next;
     kbus_t *bus;
-    char topic[64], group[64];
+    char topic[64], group[64]; /* as in Kafka (with the namespace) */
+    char role_topic[64];       /* as the subscriber named it: what deliveries carry */
     tms_mailbox_t *mailbox;
     rd_kafka_t *rk;
     rd_kafka_queue_t *queue;
@@ -356,7 +357,7 @@ static int produce(kbus_t *bus, const char *topic, const char *key, const char *
         err = rd_kafka_producev(
             bus->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
             RD_KAFKA_V_VALUE((void *)payload, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADER("tms.topic", dead->d.topic, -1),
+            RD_KAFKA_V_HEADER("tms.topic", dead->sub->topic, -1),
             RD_KAFKA_V_HEADER("tms.partition", part, -1), RD_KAFKA_V_HEADER("tms.offset", off, -1),
             RD_KAFKA_V_HEADER("tms.attempts", att, -1), RD_KAFKA_V_OPAQUE(pub), RD_KAFKA_V_END);
     } else {
@@ -641,7 +642,7 @@ static void take(sub_t *s, const rd_kafka_message_t *m)
     e->part = p;
     e->partition = m->partition;
     e->offset = m->offset;
-    snprintf(e->d.topic, sizeof(e->d.topic), "%s", s->topic);
+    snprintf(e->d.topic, sizeof(e->d.topic), "%s", s->role_topic);
     snprintf(e->d.key, sizeof(e->d.key), "%.*s", m->key_len < 63 ? (int)m->key_len : 63,
              m->key ? (const char *)m->key : "");
     e->d.payload = tms_malloc(m->len + 1);
@@ -948,6 +949,7 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
     s = tms_new(sub_t);
     s->bus = bus;
     snprintf(s->topic, sizeof(s->topic), "%s", topic);
+    snprintf(s->role_topic, sizeof(s->role_topic), "%s", role_topic);
     snprintf(s->group, sizeof(s->group), "%s", group);
     s->mailbox = mailbox;
     rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);

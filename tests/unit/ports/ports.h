@@ -18,6 +18,7 @@
 
 #include "core/mailbox.h"
 #include "core/metrics.h"
+#include "core/status.h"
 #include "test.h"
 
 #define SKIPPED 77
