@@ -277,9 +277,10 @@ static void close_handle(uv_handle_t *h)
  *              stops once the calls it took are answered
  *   peers      worker 0 only: the other workers have ended (their writes use its
  *              embedded stores and are published by its relays)
- *   relays     the relays finish the batch in flight
- *   ports      the bus closes (consumers finish the deliveries they hold) and so
- *              does the mailer (mails waiting come back; their events stay pending)
+ *   relays     the relays finish the batch in flight, and the mailer closes: mails
+ *              waiting come back at once (their events stay pending), sends in
+ *              flight finish, so a batch whose events wait for mails ends soon
+ *   bus        the bus closes (consumers finish the deliveries they hold)
  *   actors     the notifier and the task actor finish what they hold and stop
  *   auth       the auth actor and the proxies stop (the others ask them to the end)
  *   stores     the store ports this worker owns close, answering what they hold
@@ -291,14 +292,14 @@ enum {
     STEP_FRONT,
     STEP_PEERS,
     STEP_RELAYS,
-    STEP_PORTS,
+    STEP_BUS,
     STEP_ACTORS,
     STEP_AUTH,
     STEP_STORES,
     STEP_DONE,
 };
 
-static const char *const step_names[] = {"listeners", "front", "peers",  "relays", "ports",
+static const char *const step_names[] = {"listeners", "front", "peers",  "relays", "bus",
                                          "actors",    "auth",  "stores", "done"};
 
 #define MIN_AFTER_LISTENERS_MS 1000
@@ -415,20 +416,24 @@ static void finish_shutdown(server_t *s)
     }
 }
 
-static void close_ports(server_t *s)
+static void close_mailer(server_t *s)
 {
-    tms_event_bus_t *bus = s->bus;
     tms_mailer_t *mailer = s->mailer;
-    s->bus = NULL;
-    s->kafka = NULL;
     s->mailer = NULL;
-    if (bus) {
-        s->step_pending++;
-        bus->close(bus, step_done, s);
-    }
     if (mailer) {
         s->step_pending++;
         mailer->close(mailer, step_done, s);
+    }
+}
+
+static void close_bus(server_t *s)
+{
+    tms_event_bus_t *bus = s->bus;
+    s->bus = NULL;
+    s->kafka = NULL;
+    if (bus) {
+        s->step_pending++;
+        bus->close(bus, step_done, s);
     }
 }
 
@@ -495,9 +500,10 @@ static void run_steps(server_t *s)
                 s->step_pending++;
                 tms_relay_stop(s->users_relay, step_done, s);
             }
+            close_mailer(s);
             break;
-        case STEP_PORTS:
-            close_ports(s);
+        case STEP_BUS:
+            close_bus(s);
             break;
         case STEP_ACTORS:
             stop_actor(s, s->notifier ? tms_notifier_mailbox(s->notifier) : NULL);
