@@ -605,20 +605,9 @@ static conn_t *pick(tms_pg_t *pg)
 
 static void send_req(conn_t *c, req_t *r)
 {
-    if (PQsendQueryPrepared(c->pq, r->call.stmt, r->call.nparams, r->call.values, NULL, NULL, 0) !=
-            1 ||
-        PQpipelineSync(c->pq) != 1) {
-        /* The connection is broken: this op fails like the ones in flight. */
-        r->next = NULL;
-        if (c->tail)
-            c->tail->next = r;
-        else
-            c->head = r;
-        c->tail = r;
-        c->ninflight++;
-        conn_down(c, PQerrorMessage(c->pq));
-        return;
-    }
+    bool sent = PQsendQueryPrepared(c->pq, r->call.stmt, r->call.nparams, r->call.values, NULL,
+                                    NULL, 0) == 1 &&
+                PQpipelineSync(c->pq) == 1;
     r->next = NULL;
     if (c->tail)
         c->tail->next = r;
@@ -626,6 +615,10 @@ static void send_req(conn_t *c, req_t *r)
         c->head = r;
     c->tail = r;
     c->ninflight++;
+    if (!sent) { /* the connection is broken: this op fails like the ones in flight */
+        conn_down(c, PQerrorMessage(c->pq));
+        return;
+    }
     c->dirty = 1;
 }
 
