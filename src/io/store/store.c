@@ -158,12 +158,6 @@ void tms_store_released(tms_store_t *st)
     uv_close((uv_handle_t *)&w->async, on_waker_closed);
 }
 
-void tms_store_abandon(tms_store_t *st)
-{
-    st->waker->cb = NULL;
-    tms_store_released(st);
-}
-
 /* ---- the ports ------------------------------------------------------------------ */
 
 static int submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **pmsg)

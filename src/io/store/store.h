@@ -101,10 +101,6 @@ struct tms_store {
 void tms_store_init(tms_store_t *st, const tms_store_backend_t *backend, uv_loop_t *loop,
                     unsigned serves);
 
-/** Undo tms_store_init for a backend that failed to start before any port was handed
- * out (loop thread); the backend then frees its memory. */
-void tms_store_abandon(tms_store_t *st);
-
 /** The ports (owned by st; each valid until its close's cb). Handing a port out makes
  * its close part of the backend's release. NULL for a port the backend does not serve. */
 tms_user_store_t *tms_store_users(tms_store_t *st);
