@@ -4,9 +4,9 @@
 Used by scripts/split (command line) and by tests/integration/conftest.py in split mode
 (TMS_TEST_SPLIT=1). Standard library only.
 
-Every process gets free ports (http.addr for /healthz, /readyz, /metrics and, on a
-gateway, the API; grpc.addr for the public services on a gateway and the internal one
-on auth and task), a data dir of its own, and the same generated service credential
+Every process gets free ports (http.addr for /healthz, /readyz and, on a gateway, the
+API; metrics.addr for /metrics; grpc.addr for the public services on a gateway and the
+internal one on auth and task), a data dir of its own, and the same generated service credential
 (peers.secret), JWT secret and Kafka namespace (events.namespace: topics and consumer
 groups of its own, so deployments sharing one cluster stay apart). Stores, Kafka and SMTP come
 from the settings given (tasks.url, users.url, events.brokers, mail.url).
@@ -68,6 +68,7 @@ class RoleProcess(LoggedProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()  # http
         self.grpc_port = free_port()
+        self.metrics_port = free_port()  # metrics.addr: /metrics is not on http.addr
         self.proc = None
         self.log_path = None
         self._log_file = None
@@ -77,6 +78,7 @@ class RoleProcess(LoggedProcess):
         cmd = [self.dep.tms_bin, "serve", "--roles", self.role,
                "--set", f"http.addr=127.0.0.1:{self.port}",
                "--set", f"grpc.addr=127.0.0.1:{self.grpc_port}",
+               "--set", f"metrics.addr=127.0.0.1:{self.metrics_port}",
                "--set", f"data.dir={self.data_dir}"]
         for k, v in self.dep.role_settings(self.role).items():
             cmd += ["--set", f"{k}={v}"]
@@ -217,7 +219,7 @@ class SplitDeployment:
             ok = True
             for g in self.gateways:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{g.port}/metrics",
+                    with urllib.request.urlopen(f"http://127.0.0.1:{g.metrics_port}/metrics",
                                                 timeout=2) as r:
                         text = r.read().decode()
                 except OSError:
@@ -262,5 +264,5 @@ class SplitDeployment:
         for p in self.all():
             lines.append(f"{p.name:10s} pid={p.proc.pid if p.proc else '-'} "
                          f"http=http://127.0.0.1:{p.port} grpc=127.0.0.1:{p.grpc_port} "
-                         f"log={p.log_path}")
+                         f"metrics=http://127.0.0.1:{p.metrics_port}/metrics log={p.log_path}")
         return "\n".join(lines)

@@ -719,6 +719,8 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                                .relay = s->users_relay,
                                .user_cache = s->user_cache,
                                .dummy_hash = dummy_hash,
+                               .hash_per_address = (size_t)cfg->auth.hash_per_address,
+                               .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
                            },
                            users_store, s->hashers);
         auth_mb = tms_auth_mailbox(s->auth);
