@@ -954,11 +954,6 @@ static void on_connection(uv_stream_t *listener, int status)
         conn_close(c);
         return;
     }
-    if (s->nconns > s->cfg.max_connections) {
-        tms_listener_refused_max(&s->lis);
-        conn_close(c);
-        return;
-    }
     if (uv_tcp_getpeername(&c->io.tcp, (struct sockaddr *)&ss, &len) == 0) {
         if (ss.ss_family == AF_INET)
             uv_ip4_name((struct sockaddr_in *)&ss, c->client_addr, sizeof(c->client_addr));
@@ -967,6 +962,11 @@ static void on_connection(uv_stream_t *listener, int status)
     }
     /* One address may not take every slot (limit_conn): the excess goes at once. */
     if (tms_listener_admit(&s->lis, c->client_addr, &c->slot) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (s->nconns > s->cfg.max_connections) {
+        tms_listener_refused_max(&s->lis);
         conn_close(c);
         return;
     }

@@ -1048,11 +1048,6 @@ static void on_connection(uv_stream_t *server, int status)
         conn_close(c);
         return;
     }
-    if (s->nconns > s->limits.max_connections) {
-        tms_listener_refused_max(&s->lis);
-        conn_close(c);
-        return;
-    }
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
         if (ss.ss_family == AF_INET)
             uv_ip4_name((struct sockaddr_in *)&ss, c->client_addr, sizeof c->client_addr);
@@ -1061,6 +1056,11 @@ static void on_connection(uv_stream_t *server, int status)
     }
     /* One address may not take every slot (limit_conn): the excess goes at once. */
     if (tms_listener_admit(&s->lis, c->client_addr, &c->slot) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (s->nconns > s->limits.max_connections) {
+        tms_listener_refused_max(&s->lis);
         conn_close(c);
         return;
     }
