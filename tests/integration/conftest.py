@@ -167,6 +167,7 @@ class TmsServer(LoggedProcess):
         self.secret = secret
         self.port = None
         self.metrics_port = None
+        self.http_host = "127.0.0.1"  # "[::]" for a dual-stack listener (IPv6 tests)
         self.proc = None
         self.returncode = None
         self.env = dict(env or {})
@@ -203,7 +204,7 @@ class TmsServer(LoggedProcess):
     # -- lifecycle -------------------------------------------------------
     def command(self):
         cmd = [TMS_BIN, "serve",
-               "--set", f"http.addr=127.0.0.1:{self.port}",
+               "--set", f"http.addr={self.http_host}:{self.port}",
                "--set", "grpc.addr=127.0.0.1:0",
                "--set", f"metrics.addr=127.0.0.1:{self.metrics_port}",
                "--set", f"data.dir={self.data_dir}"]
