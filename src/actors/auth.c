@@ -224,7 +224,8 @@ static void hash_submit(tms_auth_t *auth, tms_api_call_t *call, int verify, cons
      * have a few queued or running, so a few addresses cannot fill the queue and have
      * every other login answered 503. */
     tms_ratelimit_addr_key(call->client_addr, auth->ipv6_prefix, key, sizeof(key));
-    rc = tms_workpool_submit_keyed(auth->hashers, &job, key, auth->hash_per_address);
+    rc =
+        tms_workpool_submit_keyed(auth->hashers, &job, key[0] ? key : NULL, auth->hash_per_address);
     if (rc != 0) {
         free_hash_job(&h->job.msg);
         if (rc == -TMS_ERANGE) {
