@@ -23,6 +23,10 @@ from pathlib import Path
 ROLES = ("auth", "task", "notifier", "gateway")  # start order: callees first
 
 
+# What tms prints when an address it should listen on is taken (by anything).
+PORT_TAKEN = "address already in use"
+
+
 def free_port():
     """A port that was free a moment ago (bind to 0, read it, release it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -66,13 +70,16 @@ class RoleProcess(LoggedProcess):
         self.name = role if index == 0 else f"{role}{index + 1}"
         self.data_dir = deployment.data_root / self.name
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()  # http
-        self.grpc_port = free_port()
-        self.metrics_port = free_port()  # metrics.addr: /metrics is not on http.addr
+        self.new_ports()
         self.proc = None
         self.log_path = None
         self._log_file = None
         self._starts = 0
+
+    def new_ports(self):
+        self.port = free_port()  # http
+        self.grpc_port = free_port()
+        self.metrics_port = free_port()  # metrics.addr: /metrics is not on http.addr
 
     def command(self):
         cmd = [self.dep.tms_bin, "serve", "--roles", self.role,
@@ -190,11 +197,24 @@ class SplitDeployment:
             s["peers.task"] = f"127.0.0.1:{self.task.grpc_port}"
         return s
 
-    def start(self, timeout=30.0):
-        for p in self.all():
-            p.spawn()
-        for p in self.all():
-            p.wait_healthy(timeout)
+    def start(self, timeout=30.0, attempts=3):
+        """Start every role. free_port() is a race with every other program on the
+        machine: when a port was taken in between (tms refuses an address anything
+        listens on), all the roles start again on new ports."""
+        for attempt in range(attempts):
+            for p in self.all():
+                p.spawn()
+            try:
+                for p in self.all():
+                    p.wait_healthy(timeout)
+                return self
+            except RuntimeError as e:
+                if attempt == attempts - 1 or PORT_TAKEN not in str(e):
+                    raise
+                for p in self.all():
+                    p.kill()
+                    p.wait(5)
+                    p.new_ports()
         return self
 
     def wait_subscribed(self, timeout=30.0):

@@ -826,6 +826,17 @@ static bool serves_grpc(const tms_config_t *cfg)
            (split && (cfg->server.role_mask & (TMS_ROLE_AUTH | TMS_ROLE_TASK)));
 }
 
+/* http.max_connections_per_address, but at most half of http.max_connections: one
+ * address never holds every slot, whatever the two are set to. 0: no cap. */
+static size_t per_address_cap(const tms_config_t *cfg)
+{
+    size_t cap = (size_t)cfg->http.max_connections_per_address;
+    size_t half = (size_t)cfg->http.max_connections / 2;
+    if (cap && cap > half)
+        cap = half ? half : 1;
+    return cap;
+}
+
 /* On worker index's thread: its parts, then its listeners on the ports worker 0 got. */
 static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
 {
@@ -857,7 +868,7 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     limits.body_timeout_ms = (uint64_t)cfg->http.body_timeout * 1000;
     limits.send_timeout_ms = (uint64_t)cfg->http.send_timeout * 1000;
     limits.max_connections = (size_t)cfg->http.max_connections;
-    limits.max_connections_per_address = (size_t)cfg->http.max_connections_per_address;
+    limits.max_connections_per_address = per_address_cap(cfg);
     limits.ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix;
     s->http = tms_http_server_new(s->loop, &limits, on_http_request, s);
     if (tms_http_server_listen(s->http, http_addr) != 0) {
@@ -870,18 +881,17 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     split = cfg->server.role_mask != TMS_ROLE_ALL;
     if (serves_grpc(cfg))
         s->grpc = tms_grpc_server_new(
-            s->loop,
-            &(tms_grpc_config_t){
-                .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
-                .service_token = split ? cfg->peers.secret : NULL,
-                .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
-                .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
-                .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
-                .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
-                .max_connections = (size_t)cfg->http.max_connections,
-                .max_connections_per_address = (size_t)cfg->http.max_connections_per_address,
-                .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
-            });
+            s->loop, &(tms_grpc_config_t){
+                         .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+                         .service_token = split ? cfg->peers.secret : NULL,
+                         .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
+                         .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
+                         .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                         .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
+                         .max_connections = (size_t)cfg->http.max_connections,
+                         .max_connections_per_address = per_address_cap(cfg),
+                         .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
+                     });
     if (s->grpc && tms_grpc_server_listen(s->grpc, grpc_addr) != 0) {
         fprintf(stderr, "tms: grpc.addr: cannot listen on %s: %s\n", grpc_addr,
                 tms_grpc_server_error(s->grpc));

@@ -57,9 +57,9 @@ static const key_t_ keys[] = {
         "open connections per worker; more are closed at accept"),
     INT(http, max_connections_per_address, http.max_connections_per_address, 0, 1000000, "64",
         "open connections per client address (IPv6: per ratelimit.ipv6_prefix) on http.addr, "
-        "and as many again on grpc.addr, for the whole process; more are closed at accept "
-        "(tms_connections_refused_total). 0 off: set it behind a reverse proxy, whose "
-        "address every client would share"),
+        "and as many again on grpc.addr, for the whole process, and at most half of "
+        "http.max_connections; more are closed at accept (tms_connections_refused_total). 0 "
+        "off: set it behind a reverse proxy, whose address every client would share"),
     STR(grpc, addr, grpc.addr, "0.0.0.0:50051", "gRPC listener, host:port"),
     STR(metrics, addr, metrics.addr, "127.0.0.1:9090",
         "listener that serves only GET /metrics, without a token, host:port; keep it on "

@@ -43,7 +43,7 @@ TMS_BIN = os.environ.get("TMS_BIN", str(REPO / "build" / "tms"))
 os.environ.setdefault("MONGOC_DISABLE_SHM", "1")
 
 sys.path.insert(0, str(REPO / "scripts"))
-from tms_split import LoggedProcess, SplitDeployment, free_port  # noqa: E402
+from tms_split import PORT_TAKEN, LoggedProcess, SplitDeployment, free_port  # noqa: E402
 
 SPLIT = os.environ.get("TMS_TEST_SPLIT", "") not in ("", "0")
 SPLIT_BROKERS = os.environ.get("TMS_TEST_KAFKA_BROKERS", "")
@@ -235,10 +235,19 @@ class TmsServer(LoggedProcess):
                         self.log_text()[-4000:])
         return self
 
-    def start(self):
+    def start(self, attempts=3):
+        """Start on free ports. free_port() is a race with every other program on the
+        machine: a port taken in between (tms refuses an address anything listens on)
+        is retried on new ports."""
         assert self.proc is None or self.proc.poll() is not None
         if SPLIT:
             return self._start_split()
+        for attempt in range(attempts):
+            if self._start_once(last=attempt == attempts - 1):
+                return self
+        raise AssertionError("unreachable")
+
+    def _start_once(self, last):
         self.port = free_port()
         self.metrics_port = free_port()
         self._log_index += 1
@@ -256,6 +265,8 @@ class TmsServer(LoggedProcess):
         while True:
             if self.proc.poll() is not None:
                 self._log_file.close()
+                if not last and PORT_TAKEN in self.log_text():
+                    return False
                 pytest.fail(f"tms serve exited with {self.proc.returncode} during start; "
                             f"stderr:\n{self.log_text()[-4000:]}")
             if time.monotonic() > deadline:
@@ -271,7 +282,7 @@ class TmsServer(LoggedProcess):
             try:
                 r = requests.get(self.url("/healthz"), timeout=2)
                 if r.status_code == 200:
-                    return self
+                    return True
             except requests.RequestException:
                 pass
             time.sleep(0.05)

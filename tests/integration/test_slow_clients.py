@@ -263,3 +263,30 @@ def test_per_address_cap_on_grpc(make_server):
                   'listener="grpc",reason="per_address"') == 7
     for s in socks + [other]:
         s.close()
+
+
+@pytest.mark.skipif(SPLIT, reason="counts one process's connections")
+def test_the_audit_probe_six_slow_bodies_against_six_slots(make_server):
+    """The audit's probe, with the default per-address cap: http.max_connections=6 and
+    six sockets trickling a 1 MB body denied /healthz to everyone. One address now gets
+    at most half of the slots (3), so another address is still served."""
+    srv = make_server(settings={"http.max_connections": 6,
+                                "http.max_connections_per_address": 64})
+    head = (b"POST /api/auth/login HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000000\r\n\r\n")
+    socks = []
+    for _ in range(6):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        s.sendall(head + b"{")
+        socks.append(s)
+    time.sleep(0.5)
+    held = sum(1 for s in socks if not closed_soon(s, 0.3))
+    assert held == 3, f"{held} of 6 slow bodies held"
+    for _ in range(20):
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5,
+                                       source_address=(NORMAL_SRC, 0))
+        c.request("GET", "/healthz")
+        assert c.getresponse().status == 200
+        c.close()
+    for s in socks:
+        s.close()
