@@ -105,7 +105,8 @@ struct conn {
     double rst_tokens;
     uint64_t rst_last_ms;
     int continuations;
-    const char *abuse; /* reason once the connection was found abusing */
+    const char *abuse;       /* reason once the connection was found abusing */
+    tms_listen_slot_t *slot; /* this connection's place in its address's count */
     char client_addr[64];
 };
 
@@ -865,6 +866,7 @@ static void on_conn_closed(tms_h2_io_t *io)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    tms_listener_release(&s->lis, &c->slot);
     free(c);
     tms_listener_maybe_stopped(&s->lis);
 }
@@ -948,8 +950,7 @@ static void on_connection(uv_stream_t *listener, int status)
     s->conns = c;
     s->nconns++;
     nghttp2_session_server_new2(&c->io.h2, s->callbacks, c, s->option);
-    if (uv_accept(listener, (uv_stream_t *)&c->io.tcp) < 0 || s->lis.stopping ||
-        s->nconns > s->cfg.max_connections) {
+    if (uv_accept(listener, (uv_stream_t *)&c->io.tcp) < 0 || s->lis.stopping) {
         conn_close(c);
         return;
     }
@@ -958,6 +959,16 @@ static void on_connection(uv_stream_t *listener, int status)
             uv_ip4_name((struct sockaddr_in *)&ss, c->client_addr, sizeof(c->client_addr));
         else if (ss.ss_family == AF_INET6)
             uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_addr, sizeof(c->client_addr));
+    }
+    /* One address may not take every slot (limit_conn): the excess goes at once. */
+    if (tms_listener_admit(&s->lis, c->client_addr, &c->slot) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (s->nconns > s->cfg.max_connections) {
+        tms_listener_refused_max(&s->lis);
+        conn_close(c);
+        return;
     }
     uv_timer_start(&c->io.timer, on_idle, s->cfg.idle_timeout_ms, s->cfg.idle_timeout_ms);
     /* SETTINGS at once: nghttp2's own default for concurrent streams is unlimited. */
@@ -985,6 +996,7 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
     s->loop = loop;
     s->cfg = *cfg;
     tms_listener_init(&s->lis, s, &s->nconns, close_all);
+    tms_listener_limit(&s->lis, "grpc", cfg->max_connections_per_address, cfg->ipv6_prefix);
     if (cfg->service_token) {
         s->cfg.service_token = tms_strdup(cfg->service_token);
         crypto_generichash(s->token_hash, sizeof(s->token_hash),
@@ -1030,6 +1042,11 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
 int tms_grpc_server_listen(tms_grpc_server_t *s, const char *addr)
 {
     return tms_listener_open(&s->lis, s->loop, addr, on_connection, "grpc_listen");
+}
+
+const char *tms_grpc_server_error(tms_grpc_server_t *s)
+{
+    return s->lis.error;
 }
 
 int tms_grpc_server_port(tms_grpc_server_t *s)

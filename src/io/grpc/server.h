@@ -31,6 +31,10 @@ typedef struct tms_grpc_config {
     size_t max_header_list_bytes;    /* 0: 16 KiB */
     uint64_t idle_timeout_ms;        /* 0: 60 s; a connection with no stream for so long */
     size_t max_connections;          /* 0: 10000; beyond it accept and close at once */
+    /* Open connections per client address on this address, over every gRPC server of
+     * the process listening there; beyond it accept and close at once. 0: no cap. */
+    size_t max_connections_per_address;
+    unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
 } tms_grpc_config_t;
 
 /** Create the server on loop. Never NULL. */
@@ -43,6 +47,9 @@ int tms_grpc_server_listen(tms_grpc_server_t *s, const char *addr);
 
 /** The port actually bound, or -1 if not listening. */
 int tms_grpc_server_port(tms_grpc_server_t *s);
+
+/** Why the last tms_grpc_server_listen failed, in one phrase ("" before any). */
+const char *tms_grpc_server_error(tms_grpc_server_t *s);
 
 /** Graceful stop: stop accepting, send GOAWAY on every connection (streams already
  * open finish; health answers NOT_SERVING), close what is still open after grace_ms,
