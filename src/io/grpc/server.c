@@ -188,6 +188,7 @@ static void out_append(gstream_t *st, const void *data, size_t len)
     st->out_len += len;
 }
 
+/* Takes strlen(v) where it stands: v must be written before the array is built. */
 #define NV(n, v)                                                                                   \
     {                                                                                              \
         (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE             \
@@ -214,9 +215,8 @@ static ssize_t on_data_read(nghttp2_session *h2, int32_t id, uint8_t *buf, size_
     if (!st->plain) {
         char code[8];
         char *msg = tms_grpc_percent_encode(st->status_msg ? st->status_msg : "");
+        snprintf(code, sizeof(code), "%d", (int)st->status); /* before NV takes its length */
         nghttp2_nv trailers[2] = {NV("grpc-status", code), NV("grpc-message", msg)};
-        snprintf(code, sizeof(code), "%d", (int)st->status);
-        trailers[0].valuelen = strlen(code);
         *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         nghttp2_submit_trailer(h2, id, trailers, st->status_msg && st->status_msg[0] ? 2 : 1);
         free(msg);
@@ -276,11 +276,10 @@ static void finish(gstream_t *st, tms_status_t code, const char *message)
     {
         char num[8];
         char *msg = tms_grpc_percent_encode(message ? message : "");
+        snprintf(num, sizeof(num), "%d", (int)code); /* before NV takes its length */
         nghttp2_nv h[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
                           NV("grpc-accept-encoding", "identity"), NV("grpc-status", num),
                           NV("grpc-message", msg)};
-        snprintf(num, sizeof(num), "%d", (int)code);
-        h[3].valuelen = strlen(num);
         st->headers_sent = true;
         nghttp2_submit_response(st->conn->io.h2, st->id, h, code != TMS_OK && msg[0] ? 5 : 4, NULL);
         free(msg);
