@@ -6,8 +6,12 @@ seconds later with the hostile connections still open.
 
   bench/grpc_hold.py [--bin build/tms] [--conns 10] [--hold 15] reflection|unary|idle
     reflection  window 0, 48 reflection requests of 1 MiB on one stream
+    replies     window 0, 10,000 small reflection requests (1.2 KiB replies each)
     unary       8 GetTask streams with 4 MiB messages, no END_STREAM, no token
+                (--token x: with a bearer token that the call would reject)
     idle        --streams open streams per connection (headers only): fixed costs
+    mass        as idle over raw sockets from one thread (for --conns 10000), each
+                stream with an authorization header of --auth-bytes
 
 Uses the test venv (h2): build-venv/bin/python bench/grpc_hold.py ...
 """
@@ -33,14 +37,45 @@ def free_port():
         return s.getsockname()[1]
 
 
+def mass(port, nconns, nstreams, auth_bytes):
+    """nconns raw connections, each with nstreams open streams (HEADERS without
+    END_STREAM) of GetTask with an authorization header of auth_bytes; what the server
+    answers is read and dropped."""
+    import hpack
+    block = hpack.Encoder().encode([(":method", "POST"), (":scheme", "http"),
+                                    (":path", gp.GET_TASK), (":authority", "localhost"),
+                                    ("content-type", "application/grpc"),
+                                    ("authorization", "Bearer " + "x" * auth_bytes)])
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    socks = []
+    for _ in range(nconns):
+        sk = socket.create_connection(("127.0.0.1", port), timeout=10)
+        out = [preface]
+        for i in range(nstreams):
+            out.append(len(block).to_bytes(3, "big") + b"\x01\x04" +
+                       (1 + 2 * i).to_bytes(4, "big") + block)
+        sk.sendall(b"".join(out))
+        sk.setblocking(False)
+        socks.append(sk)
+        for x in socks[-50:]:  # keep their receive buffers from filling
+            try:
+                x.recv(1 << 16)
+            except OSError:
+                pass
+    return socks
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("probe", choices=("reflection", "unary", "idle"))
+    ap.add_argument("probe", choices=("reflection", "replies", "unary", "idle", "mass"))
     ap.add_argument("--bin", default=str(REPO / "build" / "tms"))
     ap.add_argument("--conns", type=int, default=10)
     ap.add_argument("--streams", type=int, default=100)
     ap.add_argument("--hold", type=float, default=15.0)
+    ap.add_argument("--auth-bytes", type=int, default=8)
     ap.add_argument("--set", action="append", default=[], help="section.key=value")
+    ap.add_argument("--token", default=None,
+                    help="unary: send 'authorization: Bearer TOKEN' (not a valid one)")
     a = ap.parse_args()
 
     tmp = tempfile.TemporaryDirectory(prefix="tms-hold-")
@@ -80,8 +115,11 @@ def main():
         def one():
             if a.probe == "reflection":
                 c = gp.reflection_window0(gport)
+            elif a.probe == "replies":
+                c = gp.reflection_window0(gport, messages=100, host_bytes=0, symbol="TaskService",
+                                          batch=100)
             elif a.probe == "unary":
-                c = gp.unfinished_unary(gport)
+                c = gp.unfinished_unary(gport, token=a.token)
             else:
                 c = gp.Conn(gport)
                 for i in range(a.streams):
@@ -91,6 +129,9 @@ def main():
                 conns.append(c)
 
         t0 = time.monotonic()
+        if a.probe == "mass":
+            conns = mass(gport, a.conns, a.streams, a.auth_bytes)
+            a.conns = 0
         threads = [threading.Thread(target=one) for _ in range(a.conns)]
         for t in threads:
             t.start()
@@ -102,6 +143,13 @@ def main():
         time.sleep(max(0.0, a.hold - 1.0))
         held = gp.rss_kib(proc.pid)
         stop.set()
+        if a.probe == "mass":
+            print(f"probe=mass conns={len(conns)} streams={a.streams} auth_bytes={a.auth_bytes} "
+                  f"sent_s={sent:.1f} rss_base_mib={base / 1024:.1f} "
+                  f"rss_peak_mib={peak[0] / 1024:.1f} rss_after_{a.hold:g}s_mib={held / 1024:.1f}")
+            for sk in conns:
+                sk.close()
+            return
         for c in conns:
             c.pump(0.01)
         answered = {}

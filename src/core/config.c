@@ -69,7 +69,7 @@ static const key_t_ keys[] = {
         "8388608",
         "reply bytes queued on one connection, unfinished socket writes included; beyond it as "
         "max_stream_output_bytes"),
-    INT(grpc, max_buffered_bytes, grpc.max_buffered_bytes, 1 << 20, (int64_t)1 << 40, "268435456",
+    INT(grpc, max_buffered_bytes, grpc.max_buffered_bytes, 1 << 20, (int64_t)1 << 40, "134217728",
         "all request and reply bytes held by the gRPC connections of one worker, each open "
         "stream counted as 1 KiB; beyond it a new stream is refused (RST_STREAM REFUSED_STREAM) "
         "and a call that needs more gets RESOURCE_EXHAUSTED"),

@@ -157,12 +157,13 @@ class Conn:
             pass
 
 
-def reflection_window0(port, messages=48, host_bytes=1 << 20, symbol=None):
-    """The audit's first probe: window 0, then `messages` reflection requests on one
-    stream (host padded to host_bytes). Returns the open Conn (stream 1)."""
+def reflection_window0(port, messages=48, host_bytes=1 << 20, symbol=None, batch=1):
+    """The audit's first probe: window 0, then `messages` sends of `batch` reflection
+    requests each on one stream (host padded to host_bytes). Returns the open Conn
+    (stream 1)."""
     c = Conn(port, window=0)
     c.headers(1, REFLECTION)
-    body = grpc_frame(reflection_request(host_bytes, symbol))
+    body = grpc_frame(reflection_request(host_bytes, symbol)) * batch
     for _ in range(messages):
         if not c.send(1, body):
             break

@@ -202,3 +202,26 @@ def test_reflection_reply_does_not_echo_the_request(server):
         assert 0 < got < 1024, got
     finally:
         c.close()
+
+
+def test_every_probe_leaves_nothing_counted(make_server):
+    """What the bounds count returns to zero once the connections are gone (a drift
+    would refuse streams for good; the server logs grpc_accounting if it finds one)."""
+    srv = make_server(grpc__receive_timeout=1, grpc__send_timeout=1)
+    port = grpc_port(srv)
+    conns = [gp.reflection_window0(port, messages=4, host_bytes=MiB),
+             gp.reflection_window0(port, messages=40, host_bytes=0, symbol="TaskService",
+                                   batch=100),
+             gp.unfinished_unary(port, streams=3),
+             gp.unfinished_unary(port, streams=3, size=3 * MiB, token="x")]
+    w0 = gp.Conn(port, window=0)
+    w0.headers(1, HEALTH)
+    w0.send(1, gp.grpc_frame(b""), end=True)
+    conns.append(w0)
+    time.sleep(2.5)  # receive and send deadlines pass
+    for c in conns:
+        c.close()
+    time.sleep(1.5)  # the lingering closes end
+    assert health_ok(port)
+    time.sleep(1.0)
+    assert "grpc_accounting" not in srv.log_text(), srv.log_text()[-3000:]

@@ -47,7 +47,7 @@
 #define DEFAULT_CONN_REQUEST (8 * 1024 * 1024)
 #define DEFAULT_STREAM_OUTPUT (4 * 1024 * 1024)
 #define DEFAULT_CONN_OUTPUT (8 * 1024 * 1024)
-#define DEFAULT_BUFFERED (256 * 1024 * 1024)
+#define DEFAULT_BUFFERED (128 * 1024 * 1024)
 #define DEFAULT_RECEIVE_MS 10000
 #define DEFAULT_SEND_MS 10000
 /* An open stream counted against max_buffered_bytes: our gstream_t and nghttp2's
@@ -1139,6 +1139,12 @@ static void on_conn_closed(tms_h2_io_t *io)
         c->next->prev = c->prev;
     s->nconns--;
     free(c);
+    if (s->nconns == 0 && s->held != 0) {
+        /* A drift would refuse streams for good: say so, and start again from 0. */
+        tms_log_error("grpc_accounting", "held=%zu error=\"bytes counted with no connection\"",
+                      s->held);
+        s->held = 0;
+    }
     tms_listener_maybe_stopped(&s->lis);
 }
 

@@ -41,7 +41,7 @@ typedef struct tms_grpc_config {
      * max_stream_output_bytes (4 MiB) or of one connection (socket writes included)
      * over max_connection_output_bytes (8 MiB), end the call that would pass the
      * bound with RESOURCE_EXHAUSTED (RST_STREAM ENHANCE_YOUR_CALM once a message was
-     * sent); max_buffered_bytes (256 MiB) bounds all of it over every connection of
+     * sent); max_buffered_bytes (128 MiB) bounds all of it over every connection of
      * the server, open streams counted at 1 KiB each (a stream over it is refused with
      * RST_STREAM REFUSED_STREAM). A stream whose request has not ended
      * receive_timeout_ms (10 s) after its headers (or after its last whole message,
