@@ -14,7 +14,7 @@ import grpc_probes as gp  # noqa: E402
 
 MiB = 1 << 20
 UNAUTHENTICATED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = "16", "4", "8"
-CANCEL = 8  # RST_STREAM codes
+CANCEL, REFUSED_STREAM = 8, 7  # RST_STREAM codes
 HEALTH = "/grpc.health.v1.Health/Check"
 
 
@@ -225,3 +225,29 @@ def test_every_probe_leaves_nothing_counted(make_server):
     assert health_ok(port)
     time.sleep(1.0)
     assert "grpc_accounting" not in srv.log_text(), srv.log_text()[-3000:]
+
+
+def test_streams_over_the_server_budget_are_refused(make_server):
+    """Open streams count 1 KiB each against grpc.max_buffered_bytes: with 1 MiB, the
+    streams past about 1,000 are refused with REFUSED_STREAM (safe to retry), and
+    once their connections are gone a normal client is served again."""
+    srv = make_server(grpc__max_buffered_bytes=MiB)
+    port = grpc_port(srv)
+    conns = []
+    try:
+        for _ in range(11):  # 1,100 streams, headers only
+            c = gp.Conn(port)
+            c.wait(lambda c=c: c.h2.remote_settings.max_concurrent_streams == 100, 5)
+            for i in range(100):
+                c.headers(1 + 2 * i, gp.GET_TASK, [("authorization", "Bearer x")])
+            conns.append(c)
+        last = conns[-1]
+        assert last.wait(lambda: last.status(199)[1] is not None, 10), last.events[-5:]
+        assert last.status(199) == (None, REFUSED_STREAM), last.events[-5:]
+        assert conns[0].status(1) == (None, None)
+        assert limited(srv, "server_buffers") >= 1
+    finally:
+        for c in conns:
+            c.close()
+    time.sleep(1.0)
+    assert health_ok(port)
