@@ -881,17 +881,27 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     split = cfg->server.role_mask != TMS_ROLE_ALL;
     if (serves_grpc(cfg))
         s->grpc = tms_grpc_server_new(
-            s->loop, &(tms_grpc_config_t){
-                         .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
-                         .service_token = split ? cfg->peers.secret : NULL,
-                         .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
-                         .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
-                         .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
-                         .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
-                         .max_connections = (size_t)cfg->http.max_connections,
-                         .max_connections_per_address = per_address_cap(cfg),
-                         .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
-                     });
+            s->loop,
+            &(tms_grpc_config_t){
+                .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+                .service_token = split ? cfg->peers.secret : NULL,
+                .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
+                .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
+                .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
+                .max_connections = (size_t)cfg->http.max_connections,
+                .max_connections_per_address = per_address_cap(cfg),
+                .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
+                .max_message_bytes = (size_t)cfg->grpc.max_message_bytes,
+                .max_unauthenticated_message_bytes =
+                    (size_t)cfg->grpc.max_unauthenticated_message_bytes,
+                .max_connection_request_bytes = (size_t)cfg->grpc.max_connection_request_bytes,
+                .max_stream_output_bytes = (size_t)cfg->grpc.max_stream_output_bytes,
+                .max_connection_output_bytes = (size_t)cfg->grpc.max_connection_output_bytes,
+                .max_buffered_bytes = (size_t)cfg->grpc.max_buffered_bytes,
+                .receive_timeout_ms = (uint64_t)cfg->grpc.receive_timeout * 1000,
+                .send_timeout_ms = (uint64_t)cfg->grpc.send_timeout * 1000,
+            });
     if (s->grpc && tms_grpc_server_listen(s->grpc, grpc_addr) != 0) {
         fprintf(stderr, "tms: grpc.addr: cannot listen on %s: %s\n", grpc_addr,
                 tms_grpc_server_error(s->grpc));

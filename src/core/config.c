@@ -61,6 +61,36 @@ static const key_t_ keys[] = {
         "http.max_connections; more are closed at accept (tms_connections_refused_total). 0 "
         "off: set it behind a reverse proxy, whose address every client would share"),
     STR(grpc, addr, grpc.addr, "0.0.0.0:50051", "gRPC listener, host:port"),
+    INT(grpc, max_message_bytes, grpc.max_message_bytes, 1024, 64 << 20, "4194304",
+        "request message limit in bytes (RESOURCE_EXHAUSTED beyond)"),
+    INT(grpc, max_unauthenticated_message_bytes, grpc.max_unauthenticated_message_bytes, 256,
+        1 << 20, "8192",
+        "request message limit in bytes on a call whose token is not checked before it runs: "
+        "methods that need none (Register, Login, VerifyToken, health, reflection) and token "
+        "methods called without an authorization header; a larger message is answered from its "
+        "prefix, before it is read (UNAUTHENTICATED on a token method, else RESOURCE_EXHAUSTED)"),
+    INT(grpc, max_connection_request_bytes, grpc.max_connection_request_bytes, 1024, 1 << 30,
+        "8388608",
+        "request bytes one connection may hold over all its streams (messages arriving or "
+        "waiting for their stream's end, copied credentials); at least max_message_bytes; the "
+        "call that would pass it gets RESOURCE_EXHAUSTED"),
+    INT(grpc, max_stream_output_bytes, grpc.max_stream_output_bytes, 1024, 1 << 30, "4194304",
+        "reply bytes queued on one stream and not yet taken by the client; beyond it the call "
+        "ends with RESOURCE_EXHAUSTED (RST_STREAM ENHANCE_YOUR_CALM once a reply was sent)"),
+    INT(grpc, max_connection_output_bytes, grpc.max_connection_output_bytes, 1024, 1 << 30,
+        "8388608",
+        "reply bytes queued on one connection, unfinished socket writes included; beyond it as "
+        "max_stream_output_bytes"),
+    INT(grpc, max_buffered_bytes, grpc.max_buffered_bytes, 1 << 20, (int64_t)1 << 40, "134217728",
+        "all request and reply bytes held by the gRPC connections of one worker, each open "
+        "stream counted as 1 KiB; beyond it a new stream is refused (RST_STREAM REFUSED_STREAM) "
+        "and a call that needs more gets RESOURCE_EXHAUSTED"),
+    INT(grpc, receive_timeout, grpc.receive_timeout, 1, 3600, "10",
+        "seconds from a stream's headers to the end of its request (on a reflection stream: to "
+        "each next message); DEADLINE_EXCEEDED beyond"),
+    INT(grpc, send_timeout, grpc.send_timeout, 1, 3600, "10",
+        "seconds a queued reply, or a connection's socket write, may wait with none of it taken "
+        "by the client; then the stream is reset (CANCEL) or the connection closed"),
     STR(metrics, addr, metrics.addr, "127.0.0.1:9090",
         "listener that serves only GET /metrics, without a token, host:port; keep it on "
         "loopback or a private network (each process on a host needs its own port); empty: "
@@ -510,6 +540,13 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
         return -TMS_EINVAL;
     if (cfg->metrics.token[0] && strlen(cfg->metrics.token) < 32) {
         snprintf(err, err_len, "config: metrics.token: must be at least 32 bytes");
+        return -TMS_EINVAL;
+    }
+    if (cfg->grpc.max_connection_request_bytes < cfg->grpc.max_message_bytes) {
+        snprintf(err, err_len,
+                 "config: grpc.max_connection_request_bytes: must be at least "
+                 "grpc.max_message_bytes (%lld)",
+                 (long long)cfg->grpc.max_message_bytes);
         return -TMS_EINVAL;
     }
     if (cfg->users.url[0] == '\0')

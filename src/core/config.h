@@ -19,6 +19,11 @@ typedef struct tms_config {
     } http;
     struct {
         char addr[128];
+        int64_t max_message_bytes, max_unauthenticated_message_bytes;
+        int64_t max_connection_request_bytes;
+        int64_t max_stream_output_bytes, max_connection_output_bytes;
+        int64_t max_buffered_bytes;            /* per worker */
+        int64_t receive_timeout, send_timeout; /* seconds */
     } grpc;
     struct {
         char addr[128];  /* separate /metrics listener; empty: none */
