@@ -39,22 +39,27 @@ untrack() { local p keep=(); for p in "${_PIDS[@]+"${_PIDS[@]}"}"; do [[ "$p" ==
 # In a pair's subshell: forget the parent's processes, kill this subshell's at exit.
 on_exit() { _PIDS=(); trap '_kill_all' EXIT; }
 
-# tms_start NAME [--set k=v ...]: TMS pinned to SERVER_CPU on $WORK/data, rate limits off.
-# Sets TMS_PID, TMS_URL (REST), TMS_GRPC (host:port). Unpinned when TMS_UNPINNED=1 (seeding).
+# tms_start NAME [--set k=v ...]: TMS pinned to SERVER_CPU on $WORK/data, rate limits and
+# per-address caps off (every load client comes from 127.0.0.1).
+# Sets TMS_PID, TMS_URL (REST), TMS_GRPC (host:port), TMS_METRICS_URL (GET /metrics).
+# Unpinned when TMS_UNPINNED=1 (seeding).
 tms_start() {
   local name=$1; shift
-  local hp gp
-  hp=$(free_port); gp=$(free_port)
+  local hp gp mp
+  hp=$(free_port); gp=$(free_port); mp=$(free_port)
   local cmd=("$ROOT/build/tms" serve --set data.dir="$WORK/data"
     --set http.addr=127.0.0.1:$hp --set grpc.addr=127.0.0.1:$gp
+    --set metrics.addr=127.0.0.1:$mp
     --set ratelimit.api_per_minute=0 --set ratelimit.login_per_15min=0
     --set ratelimit.task_create_per_hour=0 --set log.level=warn
-    --set http.max_connections=20000 "$@")
+    --set http.max_connections=20000 --set http.max_connections_per_address=0
+    --set auth.hash_per_address=0 "$@")
   local cpus=$SERVER_CPU
   [[ "${TMS_UNPINNED:-0}" == 1 ]] && cpus="0-$(($(nproc) - 1))"
   taskset -c "$cpus" "${cmd[@]}" 2>>"$WORK/tms.$name.log" &
   TMS_PID=$!; track "$TMS_PID"
   TMS_URL="http://127.0.0.1:$hp"; TMS_GRPC="127.0.0.1:$gp"
+  TMS_METRICS_URL="http://127.0.0.1:$mp/metrics"
   local _
   for _ in $(seq 150); do
     curl -sf "$TMS_URL/readyz" >/dev/null 2>&1 && return 0

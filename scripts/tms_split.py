@@ -4,9 +4,9 @@
 Used by scripts/split (command line) and by tests/integration/conftest.py in split mode
 (TMS_TEST_SPLIT=1). Standard library only.
 
-Every process gets free ports (http.addr for /healthz, /readyz, /metrics and, on a
-gateway, the API; grpc.addr for the public services on a gateway and the internal one
-on auth and task), a data dir of its own, and the same generated service credential
+Every process gets free ports (http.addr for /healthz, /readyz and, on a gateway, the
+API; metrics.addr for /metrics; grpc.addr for the public services on a gateway and the
+internal one on auth and task), a data dir of its own, and the same generated service credential
 (peers.secret), JWT secret and Kafka namespace (events.namespace: topics and consumer
 groups of its own, so deployments sharing one cluster stay apart). Stores, Kafka and SMTP come
 from the settings given (tasks.url, users.url, events.brokers, mail.url).
@@ -21,6 +21,10 @@ import urllib.request
 from pathlib import Path
 
 ROLES = ("auth", "task", "notifier", "gateway")  # start order: callees first
+
+
+# What tms prints when an address it should listen on is taken (by anything).
+PORT_TAKEN = "address already in use"
 
 
 def free_port():
@@ -66,17 +70,22 @@ class RoleProcess(LoggedProcess):
         self.name = role if index == 0 else f"{role}{index + 1}"
         self.data_dir = deployment.data_root / self.name
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()  # http
-        self.grpc_port = free_port()
+        self.new_ports()
         self.proc = None
         self.log_path = None
         self._log_file = None
         self._starts = 0
 
+    def new_ports(self):
+        self.port = free_port()  # http
+        self.grpc_port = free_port()
+        self.metrics_port = free_port()  # metrics.addr: /metrics is not on http.addr
+
     def command(self):
         cmd = [self.dep.tms_bin, "serve", "--roles", self.role,
                "--set", f"http.addr=127.0.0.1:{self.port}",
                "--set", f"grpc.addr=127.0.0.1:{self.grpc_port}",
+               "--set", f"metrics.addr=127.0.0.1:{self.metrics_port}",
                "--set", f"data.dir={self.data_dir}"]
         for k, v in self.dep.role_settings(self.role).items():
             cmd += ["--set", f"{k}={v}"]
@@ -188,11 +197,24 @@ class SplitDeployment:
             s["peers.task"] = f"127.0.0.1:{self.task.grpc_port}"
         return s
 
-    def start(self, timeout=30.0):
-        for p in self.all():
-            p.spawn()
-        for p in self.all():
-            p.wait_healthy(timeout)
+    def start(self, timeout=30.0, attempts=3):
+        """Start every role. free_port() is a race with every other program on the
+        machine: when a port was taken in between (tms refuses an address anything
+        listens on), all the roles start again on new ports."""
+        for attempt in range(attempts):
+            for p in self.all():
+                p.spawn()
+            try:
+                for p in self.all():
+                    p.wait_healthy(timeout)
+                return self
+            except RuntimeError as e:
+                if attempt == attempts - 1 or PORT_TAKEN not in str(e):
+                    raise
+                for p in self.all():
+                    p.kill()
+                    p.wait(5)
+                    p.new_ports()
         return self
 
     def wait_subscribed(self, timeout=30.0):
@@ -217,7 +239,7 @@ class SplitDeployment:
             ok = True
             for g in self.gateways:
                 try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{g.port}/metrics",
+                    with urllib.request.urlopen(f"http://127.0.0.1:{g.metrics_port}/metrics",
                                                 timeout=2) as r:
                         text = r.read().decode()
                 except OSError:
@@ -262,5 +284,5 @@ class SplitDeployment:
         for p in self.all():
             lines.append(f"{p.name:10s} pid={p.proc.pid if p.proc else '-'} "
                          f"http=http://127.0.0.1:{p.port} grpc=127.0.0.1:{p.grpc_port} "
-                         f"log={p.log_path}")
+                         f"metrics=http://127.0.0.1:{p.metrics_port}/metrics log={p.log_path}")
         return "\n".join(lines)

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,6 +32,7 @@
 #include "io/bus/local.h"
 #include "io/grpc/server.h"
 #include "io/http/http1.h"
+#include "io/http/listen.h"
 #include "io/bus/kafka.h"
 #include "io/mail/dlq.h"
 #include "io/mail/maildir.h"
@@ -217,7 +219,8 @@ typedef struct server {
     tms_gateway_t *gateway;
     tms_rest_t *rest;
     tms_http_server_t *http;
-    tms_grpc_server_t *grpc; /* the gRPC listener (grpc.addr) */
+    tms_grpc_server_t *grpc;         /* the gRPC listener (grpc.addr) */
+    tms_http_server_t *metrics_http; /* metrics.addr: worker 0 only */
     /* Roles that run elsewhere (split deployment): a client and a proxy mailbox each. */
     tms_grpc_client_t *auth_client, *task_client;
     tms_remote_actor_t *auth_proxy, *task_proxy;
@@ -387,6 +390,7 @@ static void finish_shutdown(server_t *s)
     tms_workpool_free(&s->hashers);
     tms_workpool_free(&s->mail_pool);
     tms_http_server_free(&s->http);
+    tms_http_server_free(&s->metrics_http);
     tms_grpc_server_free(&s->grpc);
     tms_rest_free(&s->rest);
     tms_gateway_free(&s->gateway);
@@ -558,11 +562,16 @@ static void stop_worker(server_t *s)
                  tms_http_server_inflight(s->http), (long long)s->cfg->server.shutdown_grace);
     s->deadline = uv_now(s->loop) + grace_ms;
     s->step = STEP_LISTENERS;
-    s->step_pending = 2;
+    s->step_pending = 3; /* HTTP, gRPC, metrics */
     tms_http_server_stop(s->http, grace_ms, on_listeners_stopped, s);
     /* gRPC: GOAWAY now; streams already open finish. */
     if (s->grpc)
         tms_grpc_server_stop(s->grpc, grace_ms, on_listeners_stopped, s);
+    else
+        on_listeners_stopped(s);
+    /* The metrics listener: what a scrape in progress needs, no more. */
+    if (s->metrics_http)
+        tms_http_server_stop(s->metrics_http, 1000, on_listeners_stopped, s);
     else
         on_listeners_stopped(s);
 }
@@ -580,6 +589,10 @@ static void abort_start(server_t *s)
     if (s->grpc) {
         s->step_pending++;
         tms_grpc_server_stop(s->grpc, 0, step_done, s);
+    }
+    if (s->metrics_http) {
+        s->step_pending++;
+        tms_http_server_stop(s->metrics_http, 0, step_done, s);
     }
     step_done(s);
 }
@@ -922,6 +935,8 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                                .relay = s->users_relay,
                                .user_cache = s->user_cache,
                                .dummy_hash = dummy_hash,
+                               .hash_per_address = (size_t)cfg->auth.hash_per_address,
+                               .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
                            },
                            users_store, s->hashers);
         auth_mb = tms_auth_mailbox(s->auth);
@@ -962,6 +977,7 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                 .api_per_minute = (uint32_t)cfg->ratelimit.api_per_minute,
                 .login_per_15min = (uint32_t)cfg->ratelimit.login_per_15min,
                 .task_create_per_hour = (uint32_t)cfg->ratelimit.task_create_per_hour,
+                .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
                 .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
                 .limits = s->limits,
             },
@@ -977,6 +993,7 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
             .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
             .events_ready = events && roles != TMS_ROLE_GATEWAY ? kafka_ready : NULL,
             .events_arg = events,
+            .metrics_token = cfg->metrics.token,
         };
         if (s->auth_client)
             rc.peers[rc.npeers++] = (tms_rest_peer_check_t){"auth", auth_peer_ready, s};
@@ -1007,6 +1024,26 @@ static void on_http_request(void *ctx, tms_http_request_t *req)
     server_t *s = ctx;
     tms_counter_add(s->requests, 1);
     tms_rest_handle(s->rest, req);
+}
+
+/* Whether this process listens on grpc.addr: the public services on a gateway, and in
+ * a split deployment the internal service on the roles others call. */
+static bool serves_grpc(const tms_config_t *cfg)
+{
+    bool split = cfg->server.role_mask != TMS_ROLE_ALL;
+    return (cfg->server.role_mask & TMS_ROLE_GATEWAY) ||
+           (split && (cfg->server.role_mask & (TMS_ROLE_AUTH | TMS_ROLE_TASK)));
+}
+
+/* http.max_connections_per_address, but at most half of http.max_connections: one
+ * address never holds every slot, whatever the two are set to. 0: no cap. */
+static size_t per_address_cap(const tms_config_t *cfg)
+{
+    size_t cap = (size_t)cfg->http.max_connections_per_address;
+    size_t half = (size_t)cfg->http.max_connections / 2;
+    if (cap && cap > half)
+        cap = half ? half : 1;
+    return cap;
 }
 
 /* On worker index's thread: its parts, then its listeners on the ports worker 0 got. */
@@ -1050,31 +1087,65 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     limits.max_body_bytes = (size_t)cfg->http.max_body_bytes;
     limits.head_timeout_ms = (uint64_t)cfg->http.head_timeout * 1000;
     limits.idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000;
+    limits.body_timeout_ms = (uint64_t)cfg->http.body_timeout * 1000;
+    limits.send_timeout_ms = (uint64_t)cfg->http.send_timeout * 1000;
     limits.max_connections = (size_t)cfg->http.max_connections;
+    limits.max_connections_per_address = per_address_cap(cfg);
+    limits.ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix;
     s->http = tms_http_server_new(s->loop, &limits, on_http_request, s);
     if (tms_http_server_listen(s->http, http_addr) != 0) {
-        fprintf(stderr, "tms: http.addr: cannot listen on %s\n", http_addr);
+        fprintf(stderr, "tms: http.addr: cannot listen on %s: %s\n", http_addr,
+                tms_http_server_error(s->http));
         goto fail;
     }
 
-    /* The gRPC listener on grpc.addr: the public services on a gateway, and in a
-     * split deployment the internal service on the roles others call. */
+    /* The gRPC listener on grpc.addr (serves_grpc). */
     split = cfg->server.role_mask != TMS_ROLE_ALL;
-    if ((cfg->server.role_mask & TMS_ROLE_GATEWAY) ||
-        (split && (cfg->server.role_mask & (TMS_ROLE_AUTH | TMS_ROLE_TASK))))
+    if (serves_grpc(cfg))
         s->grpc = tms_grpc_server_new(
-            s->loop, &(tms_grpc_config_t){
-                         .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
-                         .service_token = split ? cfg->peers.secret : NULL,
-                         .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
-                         .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
-                         .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
-                         .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
-                         .max_connections = (size_t)cfg->http.max_connections,
-                     });
+            s->loop,
+            &(tms_grpc_config_t){
+                .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+                .service_token = split ? cfg->peers.secret : NULL,
+                .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
+                .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
+                .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
+                .max_connections = (size_t)cfg->http.max_connections,
+                .max_connections_per_address = per_address_cap(cfg),
+                .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
+                .max_message_bytes = (size_t)cfg->grpc.max_message_bytes,
+                .max_unauthenticated_message_bytes =
+                    (size_t)cfg->grpc.max_unauthenticated_message_bytes,
+                .max_connection_request_bytes = (size_t)cfg->grpc.max_connection_request_bytes,
+                .max_stream_output_bytes = (size_t)cfg->grpc.max_stream_output_bytes,
+                .max_connection_output_bytes = (size_t)cfg->grpc.max_connection_output_bytes,
+                .max_buffered_bytes = (size_t)cfg->grpc.max_buffered_bytes,
+                .receive_timeout_ms = (uint64_t)cfg->grpc.receive_timeout * 1000,
+                .send_timeout_ms = (uint64_t)cfg->grpc.send_timeout * 1000,
+            });
     if (s->grpc && tms_grpc_server_listen(s->grpc, grpc_addr) != 0) {
-        fprintf(stderr, "tms: grpc.addr: cannot listen on %s\n", grpc_addr);
+        fprintf(stderr, "tms: grpc.addr: cannot listen on %s: %s\n", grpc_addr,
+                tms_grpc_server_error(s->grpc));
         goto fail;
+    }
+    /* /metrics without a token, apart from the public port: worker 0 serves it for the
+     * whole process (every counter is process-wide). */
+    if (index == 0 && cfg->metrics.addr[0]) {
+        tms_http_limits_t ml;
+        tms_http_limits_default(&ml);
+        ml.listener = "metrics";
+        ml.max_body_bytes = 0;
+        ml.max_connections = 64;
+        ml.head_timeout_ms = limits.head_timeout_ms;
+        ml.idle_timeout_ms = limits.idle_timeout_ms;
+        ml.send_timeout_ms = limits.send_timeout_ms;
+        s->metrics_http = tms_http_server_new(s->loop, &ml, tms_rest_handle_metrics, NULL);
+        if (tms_http_server_listen(s->metrics_http, cfg->metrics.addr) != 0) {
+            fprintf(stderr, "tms: metrics.addr: cannot listen on %s: %s\n", cfg->metrics.addr,
+                    tms_http_server_error(s->metrics_http));
+            goto fail;
+        }
     }
 #ifdef TMS_FAULTS
     if (index > 0 && getenv("TMS_FAULT_WORKER_START") &&
@@ -1145,6 +1216,52 @@ static void on_stopping(void *arg, int signum)
                  (long long)sv->cfg->server.workers, (long long)sv->cfg->server.shutdown_grace);
 }
 
+/* One `tms serve` per data dir: two would run relays over one SQLite file and split
+ * its Maildir. An flock on <data.dir>/tms.lock (holding the pid, for the message) is
+ * kept until exit; the kernel drops it however the process ends. 0 or -1 (said). */
+static int lock_data_dir(const tms_config_t *cfg)
+{
+    char path[1100], pid[32] = "";
+    ssize_t n;
+    int fd;
+    snprintf(path, sizeof(path), "%s/tms.lock", cfg->data.dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "tms: data.dir: cannot open %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        n = read(fd, pid, sizeof(pid) - 1);
+        pid[n > 0 ? strcspn(pid, "\n") : 0] = '\0';
+        fprintf(stderr,
+                "tms: data.dir: %s is in use by another tms serve (pid %s); each instance "
+                "needs its own data.dir\n",
+                cfg->data.dir, pid[0] ? pid : "unknown");
+        close(fd);
+        return -1;
+    }
+    if (ftruncate(fd, 0) == 0)
+        dprintf(fd, "%ld\n", (long)getpid());
+    return 0; /* fd stays open: the lock lives as long as the process */
+}
+
+/* A taken address stops start-up with one line before any store opens (the
+ * listeners check again when they bind). 0 or -1 (said). */
+static int check_addresses(const tms_config_t *cfg)
+{
+    const char *keys[] = {"http.addr", "grpc.addr", "metrics.addr"};
+    const char *addrs[] = {cfg->http.addr, serves_grpc(cfg) ? cfg->grpc.addr : "",
+                           cfg->metrics.addr};
+    char why[160];
+    for (int i = 0; i < 3; i++) {
+        if (addrs[i][0] && tms_listener_check(addrs[i], why, sizeof(why)) != 0) {
+            fprintf(stderr, "tms: %s: cannot listen on %s: %s\n", keys[i], addrs[i], why);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* server.workers loops on their own threads (core/workers.h); this thread only takes
  * the signals. */
 static int cmd_serve(tms_config_t *cfg)
@@ -1166,6 +1283,8 @@ static int cmd_serve(tms_config_t *cfg)
         fprintf(stderr, "tms: data.dir: cannot create %s: %s\n", cfg->data.dir, strerror(errno));
         return 1;
     }
+    if (lock_data_dir(cfg) != 0 || check_addresses(cfg) != 0)
+        return 1;
     if (load_secret(cfg, sv.secret, sizeof(sv.secret)) != 0)
         return 1;
     sv.servers = calloc((size_t)cfg->server.workers, sizeof(server_t));

@@ -24,7 +24,7 @@ if brokers=$("$ROOT/scripts/service-kafka" 2>>"$WORK/kafka.log"); then
   tms_start pg_post_kafka --set tasks.url="$PG_URL" --set events.brokers="$brokers" || die "tms with Kafka did not start"
   wrk_measure pg_post tms_kafka "$TMS_URL/api/task" -s "$lua" -H "Authorization: Bearer $tok"
   for _ in $(seq 600); do  # the outbox and the notifier catch up (60 s at most)
-    pending=$(curl -sf "$TMS_URL/metrics" | awk '/^tms_outbox_pending_events/ {s += $2} END {print s + 0}')
+    pending=$(curl -sf "$TMS_METRICS_URL" | awk '/^tms_outbox_pending_events/ {s += $2} END {print s + 0}')
     [[ "$pending" == 0 ]] && break
     sleep 0.1
   done

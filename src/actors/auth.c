@@ -16,6 +16,8 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/password.h"
+#include "core/ratelimit.h"
+#include "core/status.h"
 #include "core/token_cache.h"
 #include "core/user_cache.h"
 
@@ -45,6 +47,9 @@ struct tms_auth {
     tms_relay_t *relay;
     tms_counter_t *restored;
     tms_counter_t *logins_ok, *logins_failed, *registrations;
+    size_t hash_per_address;
+    unsigned ipv6_prefix;
+    tms_counter_t *hash_refused;
 };
 
 /* A hashing job: runs on the hash pool with its own copies of the inputs. */
@@ -198,6 +203,8 @@ static void hash_submit(tms_auth_t *auth, tms_api_call_t *call, int verify, cons
 {
     hash_job_t *h = tms_new(hash_job_t);
     tms_job_t *job;
+    char key[TMS_ADDR_KEY_MAX];
+    int rc;
     if (abandoned(auth, call)) {
         free(h);
         return;
@@ -215,8 +222,21 @@ static void hash_submit(tms_auth_t *auth, tms_api_call_t *call, int verify, cons
     job->msg.cont = cont;
     job->msg.ctx = call;
     job->msg.free_fn = free_hash_job;
-    if (tms_workpool_submit(auth->hashers, &job) != 0) {
+    /* A hash costs tens of ms of a hashing thread: one address (an IPv6 /64) may only
+     * have a few queued or running, so a few addresses cannot fill the queue and have
+     * every other login answered 503. */
+    tms_ratelimit_addr_key(call->client_addr, auth->ipv6_prefix, key, sizeof(key));
+    rc =
+        tms_workpool_submit_keyed(auth->hashers, &job, key[0] ? key : NULL, auth->hash_per_address);
+    if (rc != 0) {
         free_hash_job(&h->job.msg);
+        if (rc == -TMS_ERANGE) {
+            tms_counter_add(auth->hash_refused, 1);
+            call->ratelimit.retry_after_s = 1;
+            fail(auth, call, TMS_RESOURCE_EXHAUSTED,
+                 "too many password checks at once from this address, retry in 1 s");
+            return;
+        }
         fail(auth, call, TMS_UNAVAILABLE, "server busy, retry later");
     }
 }
@@ -761,6 +781,13 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
         tms_metrics_counter("tms_auth_logins_total", "logins by outcome", "outcome=\"failed\"");
     auth->registrations =
         tms_metrics_counter("tms_auth_registrations_total", "accounts registered", "");
+    auth->hash_per_address = cfg->hash_per_address;
+    auth->ipv6_prefix = cfg->ipv6_prefix ? cfg->ipv6_prefix : 64;
+    auth->hash_refused = tms_metrics_counter(
+        "tms_auth_hash_refused_total",
+        "registers and logins refused because their address had auth.hash_per_address "
+        "password hashes queued or running",
+        "");
     tms_mailbox_export_depth(auth->mailbox);
     return auth;
 }

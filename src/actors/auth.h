@@ -39,6 +39,10 @@ typedef struct tms_auth_config {
      * for unknown emails; NULL: the actor hashes one at start (tens of ms and
      * argon2_memlimit bytes, which N workers starting at once would multiply). */
     const char *dummy_hash;
+    /* Password hashes (register, login) one client address may have queued or running
+     * in the shared hash pool at once; beyond it RESOURCE_EXHAUSTED. 0: no limit. */
+    size_t hash_per_address;
+    unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
 } tms_auth_config_t;
 
 /** Start the actor on loop (subscribed to compensate_user_deletion in group

@@ -27,7 +27,8 @@ struct tms_gateway {
     tms_ratelimit_t *login_limit;
     tms_ratelimit_t *create_limit;
     tms_gateway_limits_t *own_limits; /* NULL when borrowed */
-    tms_counter_t *limited;
+    unsigned ipv6_prefix;
+    tms_counter_t *limited, *table_full;
     size_t inflight; /* calls taken and not yet handed back */
     tms_stopper_t stop;
 };
@@ -129,6 +130,13 @@ static int limit(tms_gateway_t *gw, tms_api_call_t *call, tms_ratelimit_t *rl, c
     if (r.allowed)
         return 0;
     tms_counter_add(gw->limited, 1);
+    if (r.table_full) {
+        tms_counter_add(gw->table_full, 1);
+        tms_error_set(&call->err, TMS_RESOURCE_EXHAUSTED,
+                      "too many clients counted, retry in %llu s",
+                      (unsigned long long)r.retry_after_s);
+        return -1;
+    }
     tms_error_set(&call->err, TMS_RESOURCE_EXHAUSTED, "too many %s, retry in %llu s", what,
                   (unsigned long long)r.retry_after_s);
     return -1;
@@ -138,6 +146,7 @@ static void on_message(void *owner, tms_msg_t *msg)
 {
     tms_gateway_t *gw = owner;
     tms_api_call_t *call = (tms_api_call_t *)msg;
+    char addr[TMS_ADDR_KEY_MAX];
     if (msg->kind == TMS_MSG_STOP) {
         tms_stopper_hold(&gw->stop, msg);
         tms_stopper_check(&gw->stop, gw->mailbox, gw->inflight);
@@ -154,16 +163,18 @@ static void on_message(void *owner, tms_msg_t *msg)
         tms_error_set(&call->err, TMS_UNAVAILABLE, "server stopping, retry later");
         goto reply;
     }
-    if (limit(gw, call, gw->api_limit, call->client_addr, "requests") != 0)
+    /* One IPv6 subscriber holds a whole /64: per-address limits count its prefix. */
+    tms_ratelimit_addr_key(call->client_addr, gw->ipv6_prefix, addr, sizeof(addr));
+    if (limit(gw, call, gw->api_limit, addr, "requests") != 0)
         goto reply;
     if (call->op == TMS_API_LOGIN && call->email) {
-        char key[TMS_EMAIL_MAX + 80];
+        char key[TMS_EMAIL_MAX + TMS_ADDR_KEY_MAX + 2];
         size_t n = 0;
         for (const char *p = call->email; *p && n < TMS_EMAIL_MAX; p++) {
             if (!isspace((unsigned char)*p))
                 key[n++] = (char)tolower((unsigned char)*p);
         }
-        snprintf(key + n, sizeof(key) - n, "|%s", call->client_addr);
+        snprintf(key + n, sizeof(key) - n, "|%s", addr);
         if (limit(gw, call, gw->login_limit, key, "login attempts") != 0)
             goto reply;
     }
@@ -189,7 +200,13 @@ tms_gateway_t *tms_gateway_start(uv_loop_t *loop, const tms_gateway_config_t *cf
     gw->api_limit = limits->api_limit;
     gw->login_limit = limits->login_limit;
     gw->create_limit = limits->create_limit;
+    gw->ipv6_prefix = cfg->ipv6_prefix ? cfg->ipv6_prefix : 64;
     gw->limited = tms_metrics_counter("tms_ratelimited_total", "calls refused by a rate limit", "");
+    gw->table_full = tms_metrics_counter(
+        "tms_ratelimit_table_full_total",
+        "calls refused because a rate limit's table was full of live keys (it forgets a key "
+        "only once its window is over)",
+        "");
     return gw;
 }
 

@@ -18,6 +18,7 @@ typedef struct tms_gateway_config {
     uint32_t api_per_minute;       /* per client address; 0 disables */
     uint32_t login_per_15min;      /* per email and address; 0 disables */
     uint32_t task_create_per_hour; /* per user; 0 disables */
+    unsigned ipv6_prefix;          /* IPv6 clients share per-address limits per prefix; 0: 64 */
     size_t mailbox_capacity;
     /* The rate limits shared by the gateways of every worker (borrowed, outlives the
      * gateway); NULL: the gateway makes its own from the three numbers above. */

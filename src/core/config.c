@@ -45,10 +45,59 @@ static const key_t_ keys[] = {
     INT(http, head_timeout, http.head_timeout, 1, 3600, "10",
         "seconds for a request head to arrive"),
     INT(http, idle_timeout, http.idle_timeout, 1, 86400, "60",
-        "seconds an idle keep-alive connection is kept"),
+        "seconds an idle keep-alive connection is kept, and the longest pause within a request "
+        "body"),
+    INT(http, body_timeout, http.body_timeout, 1, 3600, "30",
+        "seconds for a whole request body to arrive after its head, however steadily it "
+        "trickles (408 and close beyond)"),
+    INT(http, send_timeout, http.send_timeout, 1, 3600, "30",
+        "seconds a response may take to be written out; a client that does not read it is "
+        "closed"),
     INT(http, max_connections, http.max_connections, 1, 1000000, "10000",
         "open connections per worker; more are closed at accept"),
+    INT(http, max_connections_per_address, http.max_connections_per_address, 0, 1000000, "64",
+        "open connections per client address (IPv6: per ratelimit.ipv6_prefix) on http.addr, "
+        "and as many again on grpc.addr, for the whole process, and at most half of "
+        "http.max_connections; more are closed at accept (tms_connections_refused_total). 0 "
+        "off: set it behind a reverse proxy, whose address every client would share"),
     STR(grpc, addr, grpc.addr, "0.0.0.0:50051", "gRPC listener, host:port"),
+    INT(grpc, max_message_bytes, grpc.max_message_bytes, 1024, 64 << 20, "4194304",
+        "request message limit in bytes (RESOURCE_EXHAUSTED beyond)"),
+    INT(grpc, max_unauthenticated_message_bytes, grpc.max_unauthenticated_message_bytes, 256,
+        1 << 20, "8192",
+        "request message limit in bytes on a call whose token is not checked before it runs: "
+        "methods that need none (Register, Login, VerifyToken, health, reflection) and token "
+        "methods called without an authorization header; a larger message is answered from its "
+        "prefix, before it is read (UNAUTHENTICATED on a token method, else RESOURCE_EXHAUSTED)"),
+    INT(grpc, max_connection_request_bytes, grpc.max_connection_request_bytes, 1024, 1 << 30,
+        "8388608",
+        "request bytes one connection may hold over all its streams (messages arriving or "
+        "waiting for their stream's end, copied credentials); at least max_message_bytes; the "
+        "call that would pass it gets RESOURCE_EXHAUSTED"),
+    INT(grpc, max_stream_output_bytes, grpc.max_stream_output_bytes, 1024, 1 << 30, "4194304",
+        "reply bytes queued on one stream and not yet taken by the client; beyond it the call "
+        "ends with RESOURCE_EXHAUSTED (RST_STREAM ENHANCE_YOUR_CALM once a reply was sent)"),
+    INT(grpc, max_connection_output_bytes, grpc.max_connection_output_bytes, 1024, 1 << 30,
+        "8388608",
+        "reply bytes queued on one connection, unfinished socket writes included; beyond it as "
+        "max_stream_output_bytes"),
+    INT(grpc, max_buffered_bytes, grpc.max_buffered_bytes, 1 << 20, (int64_t)1 << 40, "134217728",
+        "all request and reply bytes held by the gRPC connections of one worker, each open "
+        "stream counted as 1 KiB; beyond it a new stream is refused (RST_STREAM REFUSED_STREAM) "
+        "and a call that needs more gets RESOURCE_EXHAUSTED"),
+    INT(grpc, receive_timeout, grpc.receive_timeout, 1, 3600, "10",
+        "seconds from a stream's headers to the end of its request (on a reflection stream: to "
+        "each next message); DEADLINE_EXCEEDED beyond"),
+    INT(grpc, send_timeout, grpc.send_timeout, 1, 3600, "10",
+        "seconds a queued reply, or a connection's socket write, may wait with none of it taken "
+        "by the client; then the stream is reset (CANCEL) or the connection closed"),
+    STR(metrics, addr, metrics.addr, "127.0.0.1:9090",
+        "listener that serves only GET /metrics, without a token, host:port; keep it on "
+        "loopback or a private network (each process on a host needs its own port); empty: "
+        "none"),
+    STR(metrics, token, metrics.token, "",
+        "bearer token (32+ bytes) that GET /metrics on http.addr requires; empty: http.addr "
+        "does not serve /metrics (404)"),
     INT(server, workers, server.workers, 1, 64, "1",
         "event loops, one thread each, all accepting on http.addr and grpc.addr "
         "(SO_REUSEPORT); worker 0 also runs the outbox relays, the notifier and the Kafka "
@@ -166,6 +215,10 @@ static const key_t_ keys[] = {
         "password hashing threads, shared by all server.workers"),
     INT(auth, hash_queue, auth.hash_queue, 1, 100000, "256",
         "queued password hashes before logins answer UNAVAILABLE"),
+    INT(auth, hash_per_address, auth.hash_per_address, 0, 100000, "4",
+        "password hashes (register, login) queued or running per client address (IPv6: per "
+        "ratelimit.ipv6_prefix), for the whole process; more answer 429 at once, so a few "
+        "addresses cannot fill the hash queue; 0 off"),
     INT(auth, argon2_opslimit, auth.argon2_opslimit, 1, 64, "2", "argon2id passes"),
     INT(auth, argon2_memlimit_kib, auth.argon2_memlimit_kib, 8, 4194304, "65536",
         "argon2id memory in KiB"),
@@ -175,6 +228,9 @@ static const key_t_ keys[] = {
         "logins per 15 minutes per email and address; 0 disables"),
     INT(ratelimit, task_create_per_hour, ratelimit.task_create_per_hour, 0, 100000000, "10",
         "task creations per hour per user; 0 disables"),
+    INT(ratelimit, ipv6_prefix, ratelimit.ipv6_prefix, 1, 128, "64",
+        "IPv6 clients count as one address per prefix of this many bits (one subscriber "
+        "usually holds a /64) in every per-address limit; IPv4 addresses count alone"),
     ENUM(log, level, log.level, "debug|info|warn|error", "info", "minimum level logged"),
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -479,8 +535,20 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
         return -TMS_EINVAL;
     }
     if (check_addr("http.addr", cfg->http.addr, err, err_len) ||
-        check_addr("grpc.addr", cfg->grpc.addr, err, err_len))
+        check_addr("grpc.addr", cfg->grpc.addr, err, err_len) ||
+        (cfg->metrics.addr[0] && check_addr("metrics.addr", cfg->metrics.addr, err, err_len)))
         return -TMS_EINVAL;
+    if (cfg->metrics.token[0] && strlen(cfg->metrics.token) < 32) {
+        snprintf(err, err_len, "config: metrics.token: must be at least 32 bytes");
+        return -TMS_EINVAL;
+    }
+    if (cfg->grpc.max_connection_request_bytes < cfg->grpc.max_message_bytes) {
+        snprintf(err, err_len,
+                 "config: grpc.max_connection_request_bytes: must be at least "
+                 "grpc.max_message_bytes (%lld)",
+                 (long long)cfg->grpc.max_message_bytes);
+        return -TMS_EINVAL;
+    }
     if (cfg->users.url[0] == '\0')
         snprintf(cfg->users.url, sizeof(cfg->users.url), "sqlite://%.900s/tms.db", cfg->data.dir);
     if (cfg->tasks.url[0] == '\0')

@@ -13,11 +13,22 @@ typedef struct tms_config {
         char addr[128];
         int64_t max_head_bytes, max_body_bytes;
         int64_t head_timeout, idle_timeout; /* seconds */
+        int64_t body_timeout, send_timeout; /* seconds: a whole body, a whole response */
         int64_t max_connections;
+        int64_t max_connections_per_address; /* per listener and process; 0 off */
     } http;
     struct {
         char addr[128];
+        int64_t max_message_bytes, max_unauthenticated_message_bytes;
+        int64_t max_connection_request_bytes;
+        int64_t max_stream_output_bytes, max_connection_output_bytes;
+        int64_t max_buffered_bytes;            /* per worker */
+        int64_t receive_timeout, send_timeout; /* seconds */
     } grpc;
+    struct {
+        char addr[128];  /* separate /metrics listener; empty: none */
+        char token[256]; /* bearer for /metrics on http.addr; empty: not served there */
+    } metrics;
     struct {
         int64_t workers;
         int64_t shutdown_grace; /* seconds */
@@ -74,10 +85,12 @@ typedef struct tms_config {
         char issuer[128];
         int64_t user_cache_ms;
         int64_t hash_threads, hash_queue;
+        int64_t hash_per_address; /* hashes queued or running per client address; 0 off */
         int64_t argon2_opslimit, argon2_memlimit_kib;
     } auth;
     struct {
         int64_t api_per_minute, login_per_15min, task_create_per_hour;
+        int64_t ipv6_prefix; /* IPv6 clients are counted per prefix of this length */
     } ratelimit;
     struct {
         char level[8];

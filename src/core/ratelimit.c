@@ -1,12 +1,15 @@
 #include "core/ratelimit.h"
 
+#include <arpa/inet.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
 
 #include "core/alloc.h"
+#include "core/status.h"
 
 /* Levels are kept in units of 1/window_ms token, so that a millisecond refills exactly
  * `limit` units and a take costs exactly `window_ms` units: integer arithmetic only. */
@@ -14,6 +17,8 @@
 #define MIN_BUCKETS 64
 /* Expired entries dropped from the LRU tail per take: keeps take O(1). */
 #define SWEEP_PER_TAKE 2
+/* Entries from the LRU tail a new key may replace when the table is full. */
+#define EVICT_SCAN 8
 
 typedef struct entry {
     struct entry *hnext;               /* hash chain */
@@ -172,16 +177,38 @@ static entry_t *lookup(tms_ratelimit_t *rl, const char *key, size_t len, uint64_
     return NULL;
 }
 
+/* e's level at now_ms, refilled since its last take. */
+static uint64_t level_at(const tms_ratelimit_t *rl, const entry_t *e, uint64_t now_ms)
+{
+    uint64_t elapsed = now_ms > e->last_ms ? now_ms - e->last_ms : 0;
+    if (elapsed >= rl->window_ms || rl->cap - e->level <= elapsed * rl->limit)
+        return rl->cap;
+    return e->level + elapsed * rl->limit;
+}
+
+/* Makes room for one key: drops an entry of the LRU tail whose bucket is full again
+ * (dropping it changes nothing). Returns false when the EVICT_SCAN least recently
+ * used ones are all live: forgetting one would hand a client fresh tokens early. */
+static int make_room(tms_ratelimit_t *rl, uint64_t now_ms)
+{
+    entry_t *e = rl->lru;
+    for (int i = 0; i < EVICT_SCAN && e; i++, e = e->lru_prev) {
+        if (level_at(rl, e, now_ms) == rl->cap) {
+            remove_entry(rl, e);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static entry_t *insert(tms_ratelimit_t *rl, const char *key, size_t len, uint64_t h,
                        uint64_t now_ms)
 {
     entry_t *e;
     size_t slot;
 
-    /* When full, the LRU entry goes whether or not it has expired: under a flood of new
-     * keys an old key may get a fresh bucket early, but memory stays bounded. */
-    if (rl->count >= rl->max_keys)
-        remove_entry(rl, rl->lru);
+    if (rl->count >= rl->max_keys && !make_room(rl, now_ms))
+        return NULL;
     e = tms_malloc(sizeof *e + len + 1);
     memset(e, 0, sizeof *e);
     memcpy(e->key, key, len);
@@ -227,18 +254,20 @@ tms_ratelimit_result_t tms_ratelimit_take(tms_ratelimit_t *rl, const char *key, 
 
     if (e) {
         if (now_ms > e->last_ms) {
-            uint64_t elapsed = now_ms - e->last_ms;
-            /* elapsed < window_ms here, so elapsed * limit < cap cannot overflow. */
-            if (elapsed >= rl->window_ms || rl->cap - e->level <= elapsed * rl->limit)
-                e->level = rl->cap;
-            else
-                e->level += elapsed * rl->limit;
+            e->level = level_at(rl, e, now_ms);
             e->last_ms = now_ms;
         }
         lru_unlink(rl, e);
         lru_push_front(rl, e);
-    } else {
-        e = insert(rl, key, len, h, now_ms);
+    } else if (!(e = insert(rl, key, len, h, now_ms))) {
+        /* Full of live keys: refused until the least recently used one is full again. */
+        uint64_t wait_ms = ceil_div(rl->cap - level_at(rl, rl->lru, now_ms), rl->limit);
+        r.allowed = 0;
+        r.table_full = 1;
+        r.retry_after_s = wait_ms > 1000 ? ceil_div(wait_ms, 1000) : 1;
+        r.reset_s = r.retry_after_s;
+        pthread_mutex_unlock(&rl->lock);
+        return r;
     }
 
     if (e->level >= rl->window_ms) {
@@ -254,4 +283,33 @@ tms_ratelimit_result_t tms_ratelimit_take(tms_ratelimit_t *rl, const char *key, 
     r.reset_s = ceil_div(ceil_div(rl->cap - e->level, rl->limit), 1000);
     pthread_mutex_unlock(&rl->lock);
     return r;
+}
+
+int tms_ratelimit_addr_key(const char *ip, unsigned v6_prefix, char *out, size_t out_len)
+{
+    unsigned char a[16];
+    char net[INET6_ADDRSTRLEN];
+    if (!out_len)
+        return -TMS_EINVAL;
+    if (inet_pton(AF_INET, ip, a) == 1) {
+        snprintf(out, out_len, "%s", ip);
+        return 0;
+    }
+    if (inet_pton(AF_INET6, ip, a) != 1) {
+        snprintf(out, out_len, "%s", ip);
+        return -TMS_EINVAL;
+    }
+    /* ::ffff:a.b.c.d is an IPv4 client on a dual-stack socket. */
+    if (memcmp(a, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
+        inet_ntop(AF_INET, a + 12, net, sizeof net);
+        snprintf(out, out_len, "%s", net);
+        return 0;
+    }
+    if (v6_prefix < 1 || v6_prefix > 128)
+        v6_prefix = 128;
+    for (unsigned bit = v6_prefix; bit < 128; bit++)
+        a[bit / 8] &= (unsigned char)~(0x80u >> (bit % 8));
+    inet_ntop(AF_INET6, a, net, sizeof net);
+    snprintf(out, out_len, "%s/%u", net, v6_prefix);
+    return 0;
 }

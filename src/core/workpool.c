@@ -2,14 +2,85 @@
 
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include <sodium.h>
 
 #include "core/alloc.h"
+#include "core/status.h"
+
+/* Jobs of one key in the pool (queued or running); freed when the last one ends. */
+struct tms_job_key {
+    tms_job_key_t *next; /* hash chain */
+    uint64_t hash;
+    size_t jobs;
+    char key[];
+};
 
 struct tms_workpool {
     tms_mailbox_t *queue;
     int nthreads;
     pthread_t *threads;
+    pthread_mutex_t keys_lock; /* the key table */
+    tms_job_key_t **buckets;   /* power of two; at most one key per job in the pool */
+    size_t nbuckets, nkeys;
+    unsigned char seed[crypto_shorthash_KEYBYTES]; /* keys come from clients */
 };
+
+static uint64_t key_hash(tms_workpool_t *pool, const char *key)
+{
+    unsigned char h[crypto_shorthash_BYTES];
+    uint64_t v;
+    crypto_shorthash(h, (const unsigned char *)key, strlen(key), pool->seed);
+    memcpy(&v, h, sizeof(v));
+    return v;
+}
+
+/* Under keys_lock. */
+static tms_job_key_t *key_find(tms_workpool_t *pool, const char *key, uint64_t h)
+{
+    tms_job_key_t *k;
+    for (k = pool->buckets[h & (pool->nbuckets - 1)]; k; k = k->next) {
+        if (k->hash == h && strcmp(k->key, key) == 0)
+            return k;
+    }
+    return NULL;
+}
+
+/* Under keys_lock: double the buckets once there are more keys than them. */
+static void keys_grow(tms_workpool_t *pool)
+{
+    size_t n = pool->nbuckets * 2;
+    tms_job_key_t **b;
+    if (pool->nkeys <= pool->nbuckets)
+        return;
+    b = tms_calloc(n, sizeof(*b));
+    for (size_t i = 0; i < pool->nbuckets; i++) {
+        tms_job_key_t *k, *next;
+        for (k = pool->buckets[i]; k; k = next) {
+            next = k->next;
+            k->next = b[k->hash & (n - 1)];
+            b[k->hash & (n - 1)] = k;
+        }
+    }
+    free(pool->buckets);
+    pool->buckets = b;
+    pool->nbuckets = n;
+}
+
+static void key_release(tms_workpool_t *pool, tms_job_key_t *k)
+{
+    tms_job_key_t **pp;
+    pthread_mutex_lock(&pool->keys_lock);
+    if (--k->jobs == 0) {
+        for (pp = &pool->buckets[k->hash & (pool->nbuckets - 1)]; *pp != k; pp = &(*pp)->next)
+            ;
+        *pp = k->next;
+        pool->nkeys--;
+        free(k);
+    }
+    pthread_mutex_unlock(&pool->keys_lock);
+}
 
 static void *worker(void *arg)
 {
@@ -18,7 +89,12 @@ static void *worker(void *arg)
     /* take() returns NULL only once the queue is closed and drained. */
     while ((msg = tms_mailbox_take(pool->queue, -1)) != NULL) {
         tms_job_t *job = (tms_job_t *)msg;
+        tms_job_key_t *k = job->key;
+        job->key = NULL;
         job->run(job);
+        /* Before the reply: once answered, the client may submit again at once. */
+        if (k)
+            key_release(pool, k);
         tms_mailbox_reply(&job->msg);
     }
     return NULL;
@@ -30,6 +106,12 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
     pool->queue = tms_mailbox_new_threaded(name, capacity);
     pool->nthreads = threads > 0 ? threads : 1;
     pool->threads = tms_calloc((size_t)pool->nthreads, sizeof(pthread_t));
+    pthread_mutex_init(&pool->keys_lock, NULL);
+    pool->nbuckets = 16;
+    pool->buckets = tms_calloc(pool->nbuckets, sizeof(*pool->buckets));
+    if (sodium_init() < 0)
+        tms_oom(__FILE__, __LINE__);
+    randombytes_buf(pool->seed, sizeof(pool->seed));
     for (int i = 0; i < pool->nthreads; i++) {
         if (pthread_create(&pool->threads[i], NULL, worker, pool) != 0)
             tms_oom(__FILE__, __LINE__);
@@ -37,15 +119,69 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
     return pool;
 }
 
-int tms_workpool_submit(tms_workpool_t *pool, tms_job_t **job)
+static int submit(tms_workpool_t *pool, tms_job_t **job, tms_job_key_t *key)
 {
     tms_msg_t *msg = &(*job)->msg;
     int rc;
     msg->kind = TMS_MSG_REQUEST;
+    (*job)->key = key;
     rc = tms_mailbox_post(pool->queue, &msg);
     if (rc == 0)
         *job = NULL;
+    else
+        (*job)->key = NULL;
     return rc;
+}
+
+int tms_workpool_submit(tms_workpool_t *pool, tms_job_t **job)
+{
+    return submit(pool, job, NULL);
+}
+
+int tms_workpool_submit_keyed(tms_workpool_t *pool, tms_job_t **job, const char *key,
+                              size_t max_per_key)
+{
+    tms_job_key_t *k;
+    uint64_t h;
+    int rc;
+    if (!max_per_key || !key)
+        return submit(pool, job, NULL);
+    h = key_hash(pool, key);
+    pthread_mutex_lock(&pool->keys_lock);
+    k = key_find(pool, key, h);
+    if (k && k->jobs >= max_per_key) {
+        pthread_mutex_unlock(&pool->keys_lock);
+        return -TMS_ERANGE;
+    }
+    if (!k) {
+        size_t len = strlen(key);
+        k = tms_malloc(sizeof(*k) + len + 1);
+        memcpy(k->key, key, len + 1);
+        k->hash = h;
+        k->jobs = 0;
+        k->next = pool->buckets[h & (pool->nbuckets - 1)];
+        pool->buckets[h & (pool->nbuckets - 1)] = k;
+        pool->nkeys++;
+        keys_grow(pool);
+    }
+    k->jobs++;
+    pthread_mutex_unlock(&pool->keys_lock);
+    rc = submit(pool, job, k);
+    if (rc != 0)
+        key_release(pool, k);
+    return rc;
+}
+
+size_t tms_workpool_key_jobs(tms_workpool_t *pool, const char *key)
+{
+    tms_job_key_t *k;
+    size_t n;
+    uint64_t h = key_hash(pool, key);
+    pthread_mutex_lock(&pool->keys_lock);
+    k = key_find(pool, key, h);
+    n = k ? k->jobs : 0;
+    pthread_mutex_unlock(&pool->keys_lock);
+    return n;
 }
 
 size_t tms_workpool_depth(tms_workpool_t *pool)
@@ -64,5 +200,7 @@ void tms_workpool_free(tms_workpool_t **ppool)
         pthread_join(pool->threads[i], NULL);
     tms_mailbox_free(&pool->queue);
     free(pool->threads);
+    free(pool->buckets); /* every job ran, so every key was released */
+    pthread_mutex_destroy(&pool->keys_lock);
     free(pool);
 }

@@ -13,9 +13,11 @@
 typedef struct tms_workpool tms_workpool_t;
 
 typedef struct tms_job tms_job_t;
+typedef struct tms_job_key tms_job_key_t;
 struct tms_job {
     tms_msg_t msg; /* first member; reply_to and cont set by the submitter */
     void (*run)(tms_job_t *job);
+    tms_job_key_t *key; /* the pool's: set by tms_workpool_submit_keyed */
 };
 
 /** Start `threads` workers sharing a queue of at most `capacity` jobs. Never NULL. */
@@ -24,6 +26,17 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
 /** Queue a job; takes ownership and clears *job on success. Returns 0, -TMS_EFULL
  * (queue full: answer UNAVAILABLE) or -TMS_ECLOSED. */
 int tms_workpool_submit(tms_workpool_t *pool, tms_job_t **job);
+
+/** Like tms_workpool_submit, but at most max_per_key jobs of one key (a client
+ * address) may be queued or running at once (0: no limit), so that a few keys cannot
+ * fill the queue and the threads for everyone; the key is copied. Returns 0,
+ * -TMS_ERANGE (key has max_per_key jobs in the pool: answer RESOURCE_EXHAUSTED),
+ * -TMS_EFULL or -TMS_ECLOSED. O(1); one mutex shared by every submitter. */
+int tms_workpool_submit_keyed(tms_workpool_t *pool, tms_job_t **job, const char *key,
+                              size_t max_per_key);
+
+/** Jobs of key queued or running (tests, metrics). */
+size_t tms_workpool_key_jobs(tms_workpool_t *pool, const char *key);
 
 /** Jobs waiting to run. */
 size_t tms_workpool_depth(tms_workpool_t *pool);

@@ -13,6 +13,9 @@ Environment:
            pid are the gateway's, log_text() is every process's log (the gateway's
            first), GET /metrics concatenates every process's metrics, stop() and kill()
            act on all four (a kill -9 test crashes the whole deployment).
+
+/metrics is served on metrics.addr, not on http.addr (issue 17): every test server gets
+a free metrics port, and srv.get("/metrics") reads it there (srv.metrics_url()).
 """
 import json
 import os
@@ -40,7 +43,7 @@ TMS_BIN = os.environ.get("TMS_BIN", str(REPO / "build" / "tms"))
 os.environ.setdefault("MONGOC_DISABLE_SHM", "1")
 
 sys.path.insert(0, str(REPO / "scripts"))
-from tms_split import LoggedProcess, SplitDeployment, free_port  # noqa: E402
+from tms_split import PORT_TAKEN, LoggedProcess, SplitDeployment, free_port  # noqa: E402
 
 SPLIT = os.environ.get("TMS_TEST_SPLIT", "") not in ("", "0")
 SPLIT_BROKERS = os.environ.get("TMS_TEST_KAFKA_BROKERS", "")
@@ -163,15 +166,20 @@ class TmsServer(LoggedProcess):
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.secret = secret
         self.port = None
+        self.metrics_port = None
+        self.http_host = "127.0.0.1"  # "[::]" for a dual-stack listener (IPv6 tests)
         self.proc = None
         self.returncode = None
         self.env = dict(env or {})
         base = {}
         if ratelimits_off:
+            # and the per-address caps: every test client comes from 127.0.0.1
             base.update({
                 "ratelimit.api_per_minute": "0",
                 "ratelimit.login_per_15min": "0",
                 "ratelimit.task_create_per_hour": "0",
+                "http.max_connections_per_address": "0",
+                "auth.hash_per_address": "0",
             })
         if secret is not None:
             base["auth.jwt_secret"] = secret
@@ -196,8 +204,9 @@ class TmsServer(LoggedProcess):
     # -- lifecycle -------------------------------------------------------
     def command(self):
         cmd = [TMS_BIN, "serve",
-               "--set", f"http.addr=127.0.0.1:{self.port}",
+               "--set", f"http.addr={self.http_host}:{self.port}",
                "--set", "grpc.addr=127.0.0.1:0",
+               "--set", f"metrics.addr=127.0.0.1:{self.metrics_port}",
                "--set", f"data.dir={self.data_dir}"]
         for k, v in self.settings.items():
             cmd += ["--set", f"{k}={v}"]
@@ -215,6 +224,7 @@ class TmsServer(LoggedProcess):
             dep.stop(signal.SIGKILL, timeout=2)
             pytest.fail(f"split deployment did not start: {e}")
         self.port = dep.gateway.port
+        self.metrics_port = dep.gateway.metrics_port
         self.proc = dep.gateway.proc
         self.returncode = None
         if not dep.wait_subscribed(timeout=45):
@@ -225,11 +235,21 @@ class TmsServer(LoggedProcess):
                         self.log_text()[-4000:])
         return self
 
-    def start(self):
+    def start(self, attempts=3):
+        """Start on free ports. free_port() is a race with every other program on the
+        machine: a port taken in between (tms refuses an address anything listens on)
+        is retried on new ports."""
         assert self.proc is None or self.proc.poll() is not None
         if SPLIT:
             return self._start_split()
+        for attempt in range(attempts):
+            if self._start_once(last=attempt == attempts - 1):
+                return self
+        raise AssertionError("unreachable")
+
+    def _start_once(self, last):
         self.port = free_port()
+        self.metrics_port = free_port()
         self._log_index += 1
         self.log_path = self.workdir / f"stderr-{self._log_index}.log"
         self._log_file = open(self.log_path, "wb")
@@ -245,6 +265,8 @@ class TmsServer(LoggedProcess):
         while True:
             if self.proc.poll() is not None:
                 self._log_file.close()
+                if not last and PORT_TAKEN in self.log_text():
+                    return False
                 pytest.fail(f"tms serve exited with {self.proc.returncode} during start; "
                             f"stderr:\n{self.log_text()[-4000:]}")
             if time.monotonic() > deadline:
@@ -260,7 +282,7 @@ class TmsServer(LoggedProcess):
             try:
                 r = requests.get(self.url("/healthz"), timeout=2)
                 if r.status_code == 200:
-                    return self
+                    return True
             except requests.RequestException:
                 pass
             time.sleep(0.05)
@@ -328,16 +350,23 @@ class TmsServer(LoggedProcess):
     def url(self, path):
         return f"http://127.0.0.1:{self.port}{path}"
 
+    def metrics_url(self):
+        """/metrics on the metrics listener (metrics.addr), where a scraper reads it."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def request(self, method, path, token=None, headers=None, **kw):
         h = dict(headers or {})
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
         kw.setdefault("timeout", 10)
-        r = requests.request(method, self.url(path), headers=h, **kw)
-        if self.split is not None and method == "GET" and path == "/metrics" and r.ok:
+        # GET /metrics without a token goes where metrics are served: metrics.addr.
+        url = (self.metrics_url() if method == "GET" and path == "/metrics" and token is None
+               and "metrics.addr" not in self.settings else self.url(path))
+        r = requests.request(method, url, headers=h, **kw)
+        if self.split is not None and url == self.metrics_url() and r.ok:
             # What a Prometheus scraping every process of the deployment sees: counters
             # of the auth, task and notifier roles live in their own processes.
-            texts = [r.text] + [requests.get(f"http://127.0.0.1:{p.port}/metrics",
+            texts = [r.text] + [requests.get(f"http://127.0.0.1:{p.metrics_port}/metrics",
                                              timeout=10).text
                                 for p in self.split.all() if p is not self.split.gateway]
             r._content = "".join(texts).encode()

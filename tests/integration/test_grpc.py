@@ -421,6 +421,42 @@ def test_encoding_and_percent_encoded_message(cli):
         sock.close()
 
 
+def test_trailers_only_errors_and_trailers_carry_exact_status(cli, server):
+    """Issue 17 item 2: every error answered before response headers (trailers-only)
+    and every status in trailers after a message; the status code string used to be
+    measured (strlen) before it was written, a stack read past an uninitialised
+    buffer that ASan aborts on (the ASan build fills uninitialised locals with a
+    pattern, so that read overruns every time). Each answer carries the exact code,
+    and the server is still alive after all of them."""
+    sock, conn = h2_connect(grpc_port(cli.srv))
+    cases = [
+        ("/AuthService/VerifyToken", [("grpc-encoding", "gzip")], "12"),
+        ("/AuthService/Nope", [], "12"),
+        ("/AuthService/VerifyToken", [("grpc-timeout", "bogus")], "3"),
+        ("/tms.internal.Actors/Call", [], None),  # 16 where served, else 12
+        ("/TaskService/ListTasks", [], "16"),  # no token: from the gateway's reply
+    ]
+    try:
+        sid = 1
+        for path, headers, want in cases:
+            h2_request(conn, sock, sid, path, b"", headers=headers)
+            ev = h2_events(sock, conn, lambda s, i=sid: any(
+                isinstance(e, h2events.StreamEnded) and e.stream_id == i for e in s))
+            t = trailers_of(ev, sid)
+            got = t.get("grpc-status")
+            assert got == want if want else got in ("16", "12"), (path, headers, ev)
+            sid += 2
+        # A status in trailers after a message (Health/Check answers OK).
+        h2_request(conn, sock, sid, "/grpc.health.v1.Health/Check", b"")
+        ev = h2_events(sock, conn, lambda s: any(
+            isinstance(e, h2events.StreamEnded) and e.stream_id == sid for e in s))
+        assert trailers_of(ev, sid).get("grpc-status") == "0", ev
+    finally:
+        sock.close()
+    assert server.proc.poll() is None, server.log_text()[-3000:]
+    assert cli.verify("x").valid is False
+
+
 def test_non_grpc_request_answered_415_after_its_end(cli):
     sock, conn = h2_connect(grpc_port(cli.srv))
     try:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (REPO, TMS_BIN, TmsServer, assert_error, make_admin, mails_to,
-                      read_mails, unique_email, wait_mails)
+from conftest import (REPO, TASKS_URL, TMS_BIN, USERS_URL, TmsServer, assert_error, make_admin,
+                      mails_to, mongo_users_url, pg_tasks_url, read_mails, unique_email,
+                      wait_mails)
 
 BROKERS = os.environ.get("TMS_TEST_KAFKA_BROKERS", "")
 SCRIPT = REPO / "scripts" / "service-kafka"
@@ -185,10 +186,22 @@ def test_broker_down_writes_succeed_and_events_follow(make_server):
 
 # -- two instances, one group --------------------------------------------------------
 
+def shared_stores(shared):
+    """Settings for instances that share their stores and Maildir, each on a data dir
+    of its own (one data dir serves one process)."""
+    shared.mkdir(parents=True, exist_ok=True)
+    return {
+        "tasks.url": pg_tasks_url(shared) if TASKS_URL else f"sqlite://{shared}/tms.db",
+        "users.url": mongo_users_url(shared) if USERS_URL else f"sqlite://{shared}/tms.db",
+        "mail.url": f"maildir://{shared}/mail",
+    }
+
+
 def test_two_instances_share_the_work_once(make_server, tmp_path):
     shared = tmp_path / "shared"
-    a = kafka_server(make_server, data_dir=shared)
-    b = kafka_server(make_server, data_dir=shared)
+    a = kafka_server(make_server, **shared_stores(shared))
+    b = kafka_server(make_server, **shared_stores(shared))
+    maildir = shared / "mail"
     # b's join made a rebalance: wait until a has its share again
     assert poll(lambda: a.log_text().count("event=kafka_assigned topic=notifications") >= 2,
                 timeout=30), a.log_text()[-2000:]
@@ -200,10 +213,10 @@ def test_two_instances_share_the_work_once(make_server, tmp_path):
         tasks.append(srv.create_task(c_tok, title="pair", assignedTo=users[i % 4]["id"]))
     for u in users:
         n = sum(1 for t in tasks if t["assignedTo"] == u["id"])
-        assert len(wait_mails(a.maildir, u["email"], n, timeout=30, settle=1.0)) == n
+        assert len(wait_mails(maildir, u["email"], n, timeout=30, settle=1.0)) == n
     for t in tasks:
         u = next(x for x in users if x["id"] == t["assignedTo"])
-        assert len(mails_to(a.maildir, u["email"], task_id=t["id"])) == 1, t
+        assert len(mails_to(maildir, u["email"], task_id=t["id"])) == 1, t
 
     def sent(srv):
         return metrics(srv, "tms_emails_total").get('{outcome="sent"}', 0)
@@ -224,8 +237,9 @@ def test_killed_instance_hands_its_partitions_over(make_server, tmp_path):
     """kill -9 of one instance: after its session times out the other gets its
     partitions and handles what it left (uncommitted), each event mailed once."""
     shared = tmp_path / "shared"
-    a = kafka_server(make_server, data_dir=shared)
-    b = kafka_server(make_server, data_dir=shared)
+    a = kafka_server(make_server, **shared_stores(shared))
+    b = kafka_server(make_server, **shared_stores(shared))
+    maildir = shared / "mail"
     assert poll(lambda: a.log_text().count("event=kafka_assigned topic=notifications") >= 2,
                 timeout=30), a.log_text()[-2000:]
     c_tok, _ = a.register(unique_email("creator"))
@@ -237,11 +251,11 @@ def test_killed_instance_hands_its_partitions_over(make_server, tmp_path):
               for i in range(20)]
     for u in users:
         n = sum(1 for t in tasks if t["assignedTo"] == u["id"])
-        assert len(wait_mails(a.maildir, u["email"], n, timeout=40, settle=1.0)) == n, u
+        assert len(wait_mails(maildir, u["email"], n, timeout=40, settle=1.0)) == n, u
     for t in tasks:
         u = next(x for x in users if x["id"] == t["assignedTo"])
-        assert len(mails_to(a.maildir, u["email"], task_id=t["id"])) == 1, t
-    assert len(read_mails(a.maildir)) == 30
+        assert len(mails_to(maildir, u["email"], task_id=t["id"])) == 1, t
+    assert len(read_mails(maildir)) == 30
     assert metrics(a, "tms_kafka_partitions_revoked_total")[
         '{topic="notifications",group="notification-group"}'] >= 1
 

@@ -105,3 +105,60 @@ def test_openapi_validates(server):
     from openapi_spec_validator import OpenAPIV31SpecValidator, validate
     doc = server.get("/openapi.json").json()
     validate(doc, cls=OpenAPIV31SpecValidator)
+
+
+# -- who may read /metrics (issue 17, item 13) ---------------------------------------
+# The login counters (tms_auth_logins_total) and the rest are not for the public port.
+
+def test_metrics_not_served_on_the_public_port(server):
+    import requests
+    r = requests.get(server.url("/metrics"), timeout=10)
+    assert r.status_code == 404, r.text[:200]
+    assert "tms_auth_logins_total" not in r.text
+    r = requests.get(server.metrics_url(), timeout=10)
+    assert r.status_code == 200 and "tms_http_requests_total" in r.text
+
+
+def test_metrics_listener_serves_only_metrics(server):
+    import requests
+    base = server.metrics_url().rsplit("/", 1)[0]
+    assert requests.get(base + "/healthz", timeout=10).status_code == 404
+    assert requests.get(base + "/api/auth/me", timeout=10).status_code == 404
+    assert requests.post(base + "/metrics", timeout=10).status_code == 404
+
+
+def test_metrics_token_on_the_public_port(make_server):
+    import requests
+    token = "metrics-token-0123456789abcdefghijklmnop"
+    srv = make_server(settings={"metrics.token": token})
+    url = srv.url("/metrics")
+    r = requests.get(url, timeout=10)
+    assert r.status_code == 401, r.text[:200]
+    assert r.headers.get("WWW-Authenticate", "").startswith("Bearer")
+    assert "tms_auth_logins_total" not in r.text
+    r = requests.get(url, headers={"Authorization": "Bearer " + token[:-1] + "X"}, timeout=10)
+    assert r.status_code == 401
+    r = requests.get(url, headers={"Authorization": "Bearer " + token}, timeout=10)
+    assert r.status_code == 200 and "tms_http_requests_total" in r.text
+    # and the metrics listener still serves it without one
+    assert requests.get(srv.metrics_url(), timeout=10).status_code == 200
+
+
+def test_metrics_defaults_are_loopback_and_no_token(tms_bin):
+    from conftest import run_cli
+    p = run_cli(["config"])
+    assert p.returncode == 0, p.stderr
+    section = p.stdout.split("[metrics]", 1)[1].split("\n[", 1)[0]
+    assert "\naddr = 127.0.0.1:9090\n" in section, section
+    assert "\ntoken = \n" in section, section
+
+
+def test_short_metrics_token_refused(tms_bin, tmp_path):
+    import subprocess
+    from conftest import TMS_BIN
+    p = subprocess.run([TMS_BIN, "serve", "--set", "metrics.token=short",
+                        "--set", f"data.dir={tmp_path}"], capture_output=True, text=True,
+                       timeout=10, stdin=subprocess.DEVNULL)
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert p.returncode != 0 and len(lines) == 1, lines
+    assert lines[0] == "tms: config: metrics.token: must be at least 32 bytes", lines

@@ -9,6 +9,7 @@ alone, so capacity = 1 / that time); then an open-loop client offers 3x that rat
 a few seconds: requests are sent on schedule whether or not earlier ones finished, so
 a slow server cannot slow the offered load down (no coordinated omission)."""
 import concurrent.futures
+import re
 import statistics
 import time
 
@@ -68,3 +69,66 @@ def test_overload_at_three_times_capacity_sheds_and_recovers(make_server):
     assert r.status_code == 201, r.text
     assert d < 3 * alone + 0.5, f"first register after the overload took {d:.2f} s"
     assert srv.get("/healthz").status_code == 200
+
+
+def test_one_address_flooding_logins_does_not_lock_out_another(make_server):
+    """Password hashing as amplification (issue 17, item 12): each login costs a hash on
+    a small pool. 32 clients from 127.0.0.1 logging in as fast as they can used to fill
+    the hash queue, and every other login got 503; with auth.hash_per_address that
+    address has at most 2 hashes queued or running, its excess answered 429 at once, and
+    a login from 127.0.0.2 is served."""
+    import http.client
+    import json
+    import threading
+
+    srv = make_server(settings={"auth.hash_threads": 1, "auth.hash_queue": 8,
+                                "auth.hash_per_address": 2})
+    victim = unique_email("victim")
+    srv.register(victim)
+    body = json.dumps({"email": unique_email("nobody"), "password": "wrong-password"})
+    stop = threading.Event()
+    statuses = []
+
+    def flood():
+        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        while not stop.is_set():
+            try:
+                c.request("POST", "/api/auth/login", body=body,
+                          headers={"Content-Type": "application/json"})
+                r = c.getresponse()
+                r.read()
+                statuses.append(r.status)
+            except (OSError, http.client.HTTPException):
+                c.close()
+                c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+            time.sleep(0.01)
+        c.close()
+
+    threads = [threading.Thread(target=flood) for _ in range(32)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        results = []
+        for _ in range(5):
+            c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30,
+                                           source_address=("127.0.0.2", 0))
+            t0 = time.monotonic()
+            c.request("POST", "/api/auth/login",
+                      body=json.dumps({"email": victim, "password": DEFAULT_PASSWORD}),
+                      headers={"Content-Type": "application/json"})
+            r = c.getresponse()
+            results.append((r.status, round(time.monotonic() - t0, 2), r.read()[:100]))
+            c.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    print(f"victim logins {results}; flood answers: {len(statuses)}, "
+          f"{statuses.count(429)} x 429, {statuses.count(401)} x 401, "
+          f"{statuses.count(503)} x 503")
+    assert [s for s, _, _ in results] == [200] * 5, results
+    assert statuses.count(429) > 0, "the flood was never refused"
+    assert statuses.count(503) == 0, "the flood itself filled the queue"
+    m = re.search(r"^tms_auth_hash_refused_total (\d+)", srv.get("/metrics").text, re.M)
+    assert m and int(m.group(1)) == statuses.count(429), m

@@ -30,6 +30,7 @@ void tms_h2_io_init(tms_h2_io_t *io, uv_loop_t *loop, const tms_h2_io_ops_t *ops
     io->owner = owner;
     io->rbuf = rbuf;
     io->rbuf_len = rbuf_len;
+    io->last_read_ms = io->last_write_ms = uv_now(loop);
     uv_tcp_init(loop, &io->tcp);
     uv_timer_init(loop, &io->timer);
     io->tcp.data = io->timer.data = io;
@@ -96,6 +97,9 @@ static void on_write(uv_write_t *w, int status)
     wreq_t *wr = (wreq_t *)w;
     tms_h2_io_t *io = wr->io;
     io->unwritten -= wr->len;
+    if (io->held)
+        *io->held -= wr->len;
+    io->last_write_ms = uv_now(io->tcp.loop);
     io->writes--;
     free(wr);
     if (io->closing)
@@ -147,7 +151,11 @@ void tms_h2_io_flush(tms_h2_io_t *io)
             io->ops->fail(io, uv_strerror(rc));
             return;
         }
+        if (io->unwritten == 0)
+            io->last_write_ms = uv_now(io->tcp.loop);
         io->unwritten += len;
+        if (io->held)
+            *io->held += len;
         io->writes++;
     }
     free(buf);
@@ -175,9 +183,9 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return;
-    /* Restarts an idle timer; uv_timer_again leaves a one-shot timer (repeat 0, as
-     * the client's connect timeout) alone. */
-    uv_timer_again(&io->timer);
+    /* Noted, not a timer restart: a peer that keeps sending must not keep the
+     * owner's periodic checks (idle, deadlines) from running. */
+    io->last_read_ms = uv_now(io->tcp.loop);
     rv = nghttp2_session_mem_recv(io->h2, (const uint8_t *)buf->base, (size_t)nread);
     if (rv < 0) {
         if (io->ops->recv_failed)

@@ -33,13 +33,16 @@ typedef struct tms_h2_io_ops {
  * here (closing also by the owner, who may mark it before tms_h2_io_close). */
 struct tms_h2_io {
     uv_tcp_t tcp;
-    uv_timer_t timer; /* the owner's: started with a repeat it is an idle timer */
+    uv_timer_t timer; /* the owner's (idle or connect timer); reads do not restart it */
     nghttp2_session *h2;
     const tms_h2_io_ops_t *ops;
     void *owner;
     char *rbuf; /* the owner's read buffer, shared by its connections */
     size_t rbuf_len;
     size_t unwritten; /* bytes handed to uv_write and not yet written */
+    size_t *held;     /* the owner's: when set, unwritten bytes are added to it too */
+    uint64_t last_read_ms, last_write_ms; /* uv_now of the last read; of the last write
+                                           * done, or queued when nothing was unwritten */
     int writes;
     int handles;
     bool closing;

@@ -213,6 +213,15 @@ static void collect(int file, int *order, int *n, int *seen)
         collect(find_file(files[file].deps[d]), order, n, seen);
 }
 
+/* Longest request string (host, file or symbol name) echoed in a reply; a longer one
+ * is echoed empty, so a reply never grows with the request (issue 17). */
+#define ECHO_MAX 256
+
+static char *echoed(char *s)
+{
+    return s && strnlen(s, ECHO_MAX + 1) <= ECHO_MAX ? s : (char *)"";
+}
+
 int tms_grpc_reflection_answer(const uint8_t *msg, size_t len, uint8_t **out, size_t *out_len)
 {
     Grpc__Reflection__V1__ServerReflectionRequest *req;
@@ -224,6 +233,9 @@ int tms_grpc_reflection_answer(const uint8_t *msg, size_t len, uint8_t **out, si
         GRPC__REFLECTION__V1__LIST_SERVICE_RESPONSE__INIT;
     Grpc__Reflection__V1__ServiceResponse svc[MAX_SERVICES], *svcp[MAX_SERVICES];
     Grpc__Reflection__V1__ErrorResponse er = GRPC__REFLECTION__V1__ERROR_RESPONSE__INIT;
+    Grpc__Reflection__V1__ServerReflectionRequest echo =
+        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__INIT;
+    Grpc__Reflection__V1__ExtensionRequest echo_ext = GRPC__REFLECTION__V1__EXTENSION_REQUEST__INIT;
     Grpc__Reflection__V1__ExtensionNumberResponse enr =
         GRPC__REFLECTION__V1__EXTENSION_NUMBER_RESPONSE__INIT;
     ProtobufCBinaryData blobs[MAX_FILES];
@@ -234,8 +246,22 @@ int tms_grpc_reflection_answer(const uint8_t *msg, size_t len, uint8_t **out, si
     req = grpc__reflection__v1__server_reflection_request__unpack(NULL, len, msg);
     if (!req)
         return -TMS_EINVAL;
-    resp.valid_host = req->host;
-    resp.original_request = req;
+    /* original_request: the request's kind and its strings up to ECHO_MAX bytes. */
+    echo.host = echoed(req->host);
+    echo.message_request_case = req->message_request_case;
+    if (req->message_request_case ==
+        GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_FILE_CONTAINING_EXTENSION) {
+        if (req->file_containing_extension) {
+            echo_ext.containing_type = echoed(req->file_containing_extension->containing_type);
+            echo_ext.extension_number = req->file_containing_extension->extension_number;
+        }
+        echo.file_containing_extension = &echo_ext;
+    } else if (req->message_request_case !=
+               GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST__NOT_SET) {
+        echo.file_by_filename = echoed(req->file_by_filename); /* a union of strings */
+    }
+    resp.valid_host = echo.host;
+    resp.original_request = &echo;
     switch (req->message_request_case) {
     case GRPC__REFLECTION__V1__SERVER_REFLECTION_REQUEST__MESSAGE_REQUEST_LIST_SERVICES:
         for (int i = 0; i < nservices; i++) {

@@ -42,6 +42,21 @@
 #define DEFAULT_HEADER_LIST 16384
 #define DEFAULT_IDLE_MS 60000
 #define DEFAULT_MAX_CONNECTIONS 10000
+/* What a client can make the server hold (server.h, README "gRPC limits"). */
+#define DEFAULT_UNAUTH_MESSAGE 8192
+#define DEFAULT_CONN_REQUEST (8 * 1024 * 1024)
+#define DEFAULT_STREAM_OUTPUT (4 * 1024 * 1024)
+#define DEFAULT_CONN_OUTPUT (8 * 1024 * 1024)
+#define DEFAULT_BUFFERED (128 * 1024 * 1024)
+#define DEFAULT_RECEIVE_MS 10000
+#define DEFAULT_SEND_MS 10000
+/* An open stream counted against max_buffered_bytes: our gstream_t and nghttp2's
+ * stream (about 800 bytes measured) rounded up. */
+#define STREAM_COST 1024
+/* The connection timer's period: idle, receive and send deadlines are checked this
+ * often (a quarter of the shortest of them, at most a second). */
+#define MAX_TICK_MS 1000
+#define MIN_TICK_MS 50
 /* Rapid reset (CVE-2023-44487): a token bucket of RST_STREAM frames per connection,
  * our own so the defence does not depend on the installed nghttp2; nghttp2's
  * limiter (when built in) is set as a second line. */
@@ -69,18 +84,28 @@ struct gstream {
     char *service_token; /* x-tms-service-token, internal service only */
     size_t header_bytes;
     bool too_large;
-    /* request body */
+    const char *no_room; /* a bound met while copying the headers */
+    /* Request body: each message's 5-byte prefix, then its bytes in a buffer that
+     * grows as they arrive (never past the declared length), so what is held is what
+     * the client sent. */
+    uint8_t prefix[TMS_GRPC_FRAME_HEADER];
+    size_t prefix_len, need;
     uint8_t *in;
     size_t in_len, in_cap;
-    uint8_t *msg;
-    size_t msg_len;
+    uint8_t *msg; /* a unary call's request, until it is dispatched */
+    size_t msg_len, msg_cap;
+    size_t req_held; /* in_cap + msg_cap + the copied headers */
     int nmsgs;
     bool remote_closed;
+    bool small_only;           /* token not checked before the call: small messages only */
+    tms_status_t small_code;   /* the answer to a larger one */
+    uint64_t recv_deadline_ms; /* uv_now by which the request must have ended */
     /* response */
-    bool headers_sent, finished, plain, eof, deferred, watching;
-    bool not_grpc; /* answered 415 once the client has sent its whole request */
-    uint8_t *out;
-    size_t out_len, out_off, out_cap;
+    bool headers_sent, finished, plain, eof, deferred, watching, reset;
+    bool not_grpc;                    /* answered 415 once the client has sent its whole request */
+    uint8_t *out;                     /* out_len - out_off bytes queued from out_off */
+    size_t out_len, out_off, out_cap; /* out_cap is what is held */
+    uint64_t out_since_ms;            /* queued output last moved (or started waiting) */
     tms_status_t status;
     char *status_msg;
     pending_t *pending;
@@ -102,10 +127,13 @@ struct conn {
     conn_t *prev, *next;
     gstream_t *streams;
     size_t nstreams;
+    size_t req_held, out_held; /* sums over its streams (socket writes: io.unwritten) */
+    uint64_t idle_since_ms;    /* when nstreams last became 0 */
     double rst_tokens;
     uint64_t rst_last_ms;
     int continuations;
-    const char *abuse; /* reason once the connection was found abusing */
+    const char *abuse;       /* reason once the connection was found abusing */
+    tms_listen_slot_t *slot; /* this connection's place in its address's count */
     char client_addr[64];
 };
 
@@ -117,6 +145,8 @@ struct tms_grpc_server {
     tms_listener_t lis;
     conn_t *conns;
     size_t nconns, pending;
+    size_t held;                /* every byte counted against cfg.max_buffered_bytes */
+    uint64_t tick_ms;           /* period of each connection's timer */
     void (*drained)(void *arg); /* tms_grpc_server_drain: once pending reaches 0 */
     void *drained_arg;
     uint64_t rng[2];
@@ -138,6 +168,17 @@ static void count_abuse(const char *reason)
     tms_counter_add(
         tms_metrics_counter("tms_grpc_abuse_total", "HTTP/2 connections closed for abuse", labels),
         1);
+}
+
+/* A bound of server.h met by a stream (or a connection): counted and logged. */
+static void count_limit(const char *limit, const char *client)
+{
+    char labels[64];
+    snprintf(labels, sizeof(labels), "limit=\"%s\"", limit);
+    tms_counter_add(tms_metrics_counter("tms_grpc_limited_total",
+                                        "gRPC streams or connections ended by a bound", labels),
+                    1);
+    tms_log_info("grpc_limit", "limit=%s client=%s", limit, client);
 }
 
 static void observe(tms_grpc_server_t *s, gstream_t *st, tms_status_t code)
@@ -175,21 +216,90 @@ static uint64_t rng_next(tms_grpc_server_t *s)
     return s->rng[1] + b;
 }
 
-/* ---- output ---- */
+/* ---- what a stream holds ---- */
 
-static void out_append(gstream_t *st, const void *data, size_t len)
+/* Request bytes: n more for st, within its connection's and the server's bounds;
+ * returns NULL, or the bound that would be passed (nothing charged). */
+static const char *charge_request(gstream_t *st, size_t n)
 {
-    if (st->out_len + len > st->out_cap) {
-        size_t cap = st->out_cap ? st->out_cap : 256;
-        while (cap < st->out_len + len)
-            cap *= 2;
-        st->out = tms_realloc(st->out, cap);
-        st->out_cap = cap;
+    conn_t *c = st->conn;
+    tms_grpc_server_t *s = c->srv;
+    if (c->req_held + n > s->cfg.max_connection_request_bytes)
+        return "connection_request";
+    if (s->held + n > s->cfg.max_buffered_bytes)
+        return "server_buffers";
+    st->req_held += n;
+    c->req_held += n;
+    s->held += n;
+    return NULL;
+}
+
+static void release_request(gstream_t *st)
+{
+    conn_t *c = st->conn;
+    size_t n = st->in_cap + st->msg_cap;
+    free(st->in);
+    free(st->msg);
+    st->in = st->msg = NULL;
+    st->in_len = st->in_cap = st->msg_len = st->msg_cap = 0;
+    st->req_held -= n;
+    c->req_held -= n;
+    c->srv->held -= n;
+}
+
+static void release_output(gstream_t *st)
+{
+    st->conn->out_held -= st->out_cap;
+    st->conn->srv->held -= st->out_cap;
+    free(st->out);
+    st->out = NULL;
+    st->out_len = st->out_off = st->out_cap = 0;
+}
+
+/* Room for n more queued output bytes: within the stream's, its connection's (socket
+ * writes included) and the server's bounds; returns NULL, or the bound that would be
+ * passed. Queued bytes move to the front first, so out_cap is all that is held. */
+static const char *out_reserve(gstream_t *st, size_t n)
+{
+    conn_t *c = st->conn;
+    tms_grpc_server_t *s = c->srv;
+    size_t queued = st->out_len - st->out_off, cap, more;
+    if (queued + n > s->cfg.max_stream_output_bytes)
+        return "stream_output";
+    if (st->out_off) {
+        memmove(st->out, st->out + st->out_off, queued);
+        st->out_len = queued;
+        st->out_off = 0;
     }
+    if (!queued)
+        st->out_since_ms = uv_now(s->loop);
+    if (queued + n <= st->out_cap)
+        return NULL;
+    cap = st->out_cap ? st->out_cap * 2 : 256;
+    if (cap > s->cfg.max_stream_output_bytes)
+        cap = s->cfg.max_stream_output_bytes;
+    if (cap < queued + n)
+        cap = queued + n;
+    more = cap - st->out_cap;
+    if (c->out_held + c->io.unwritten + more > s->cfg.max_connection_output_bytes)
+        return "connection_output";
+    if (s->held + more > s->cfg.max_buffered_bytes)
+        return "server_buffers";
+    st->out = tms_realloc(st->out, cap);
+    st->out_cap = cap;
+    c->out_held += more;
+    s->held += more;
+    return NULL;
+}
+
+/* After out_reserve. */
+static void out_put(gstream_t *st, const void *data, size_t len)
+{
     memcpy(st->out + st->out_len, data, len);
     st->out_len += len;
 }
 
+/* Takes strlen(v) where it stands: v must be written before the array is built. */
 #define NV(n, v)                                                                                   \
     {                                                                                              \
         (uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), NGHTTP2_NV_FLAG_NONE             \
@@ -204,10 +314,13 @@ static ssize_t on_data_read(nghttp2_session *h2, int32_t id, uint8_t *buf, size_
         size_t n = avail < length ? avail : length;
         memcpy(buf, st->out + st->out_off, n);
         st->out_off += n;
+        st->out_since_ms = uv_now(st->conn->srv->loop);
         if (st->out_off == st->out_len)
-            st->out_off = st->out_len = 0;
+            release_output(st); /* a drained stream holds nothing */
         return (ssize_t)n;
     }
+    if (st->reset)
+        return NGHTTP2_ERR_DEFERRED; /* our RST_STREAM is on its way */
     if (!st->eof) {
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
@@ -216,9 +329,8 @@ static ssize_t on_data_read(nghttp2_session *h2, int32_t id, uint8_t *buf, size_
     if (!st->plain) {
         char code[8];
         char *msg = tms_grpc_percent_encode(st->status_msg ? st->status_msg : "");
+        snprintf(code, sizeof(code), "%d", (int)st->status); /* before NV takes its length */
         nghttp2_nv trailers[2] = {NV("grpc-status", code), NV("grpc-message", msg)};
-        snprintf(code, sizeof(code), "%d", (int)st->status);
-        trailers[0].valuelen = strlen(code);
         *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
         nghttp2_submit_trailer(h2, id, trailers, st->status_msg && st->status_msg[0] ? 2 : 1);
         free(msg);
@@ -244,18 +356,66 @@ static void start_response(gstream_t *st)
     nghttp2_submit_response(st->conn->io.h2, st->id, h, sizeof(h) / sizeof(h[0]), &prd);
 }
 
-/* Queue one response message (copied). */
-static void send_message(gstream_t *st, const uint8_t *data, size_t len)
+static void finish(gstream_t *st, tms_status_t code, const char *message);
+
+/* Ends the stream with RST_STREAM (code) where trailers cannot be sent: a reply
+ * already started, or one that does not move. Frees what it holds. */
+static void reset_stream(gstream_t *st, uint32_t code, tms_status_t status)
+{
+    if (!st->finished) {
+        st->finished = true;
+        observe(st->conn->srv, st, status);
+    }
+    st->watching = false;
+    st->reset = true;
+    release_request(st);
+    release_output(st);
+    nghttp2_submit_rst_stream(st->conn->io.h2, NGHTTP2_FLAG_NONE, st->id, code);
+}
+
+static const char *limit_message(const char *limit)
+{
+    if (strcmp(limit, "stream_output") == 0)
+        return "reply larger than grpc.max_stream_output_bytes";
+    if (strcmp(limit, "connection_output") == 0)
+        return "too many replies wait for this connection to read them "
+               "(grpc.max_connection_output_bytes)";
+    if (strcmp(limit, "connection_request") == 0)
+        return "too many request bytes buffered on this connection "
+               "(grpc.max_connection_request_bytes)";
+    return "server buffers full (grpc.max_buffered_bytes), retry later";
+}
+
+/* A bound met: the call ends with RESOURCE_EXHAUSTED, in trailers-only when no
+ * reply was started, else with RST_STREAM ENHANCE_YOUR_CALM (which gRPC clients
+ * read as RESOURCE_EXHAUSTED): trailers cannot overtake queued messages. */
+static void over_bound(gstream_t *st, const char *limit)
+{
+    count_limit(limit, st->conn->client_addr);
+    if (!st->headers_sent)
+        finish(st, TMS_RESOURCE_EXHAUSTED, limit_message(limit));
+    else
+        reset_stream(st, NGHTTP2_ENHANCE_YOUR_CALM, TMS_RESOURCE_EXHAUSTED);
+}
+
+/* Queue one response message (copied); false when a bound ended the call instead. */
+static bool send_message(gstream_t *st, const uint8_t *data, size_t len)
 {
     uint8_t prefix[TMS_GRPC_FRAME_HEADER];
+    const char *limit = out_reserve(st, sizeof(prefix) + len);
+    if (limit) {
+        over_bound(st, limit);
+        return false;
+    }
     tms_grpc_frame_header(prefix, (uint32_t)len);
-    out_append(st, prefix, sizeof(prefix));
+    out_put(st, prefix, sizeof(prefix));
     if (len)
-        out_append(st, data, len);
+        out_put(st, data, len);
     if (!st->headers_sent)
         start_response(st);
     else
         resume(st);
+    return true;
 }
 
 /* End the call with a status: trailers after the messages, or trailers-only. */
@@ -266,6 +426,7 @@ static void finish(gstream_t *st, tms_status_t code, const char *message)
         return;
     st->finished = true;
     st->watching = false;
+    release_request(st); /* whatever still comes is discarded */
     observe(s, st, code);
     if (st->headers_sent) {
         st->status = code;
@@ -278,11 +439,10 @@ static void finish(gstream_t *st, tms_status_t code, const char *message)
     {
         char num[8];
         char *msg = tms_grpc_percent_encode(message ? message : "");
+        snprintf(num, sizeof(num), "%d", (int)code); /* before NV takes its length */
         nghttp2_nv h[] = {NV(":status", "200"), NV("content-type", "application/grpc"),
                           NV("grpc-accept-encoding", "identity"), NV("grpc-status", num),
                           NV("grpc-message", msg)};
-        snprintf(num, sizeof(num), "%d", (int)code);
-        h[3].valuelen = strlen(num);
         st->headers_sent = true;
         nghttp2_submit_response(st->conn->io.h2, st->id, h, code != TMS_OK && msg[0] ? 5 : 4, NULL);
         free(msg);
@@ -296,8 +456,14 @@ static void respond_plain(gstream_t *st, const char *status)
 {
     nghttp2_nv h[] = {NV(":status", status), NV("content-type", "text/plain")};
     nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_data_read};
+    const char *limit = out_reserve(st, sizeof(NOT_GRPC_BODY) - 1);
+    if (limit) {
+        count_limit(limit, st->conn->client_addr);
+        reset_stream(st, NGHTTP2_ENHANCE_YOUR_CALM, TMS_RESOURCE_EXHAUSTED);
+        return;
+    }
     st->finished = st->plain = st->eof = st->headers_sent = true;
-    out_append(st, NOT_GRPC_BODY, sizeof(NOT_GRPC_BODY) - 1);
+    out_put(st, NOT_GRPC_BODY, sizeof(NOT_GRPC_BODY) - 1);
     nghttp2_submit_response(st->conn->io.h2, st->id, h, 2, &prd);
 }
 
@@ -367,6 +533,12 @@ static void on_deadline(uv_timer_t *t)
     tms_h2_io_flush(&st->conn->io);
 }
 
+/* A unary request's message: never NULL, also when empty. */
+static const uint8_t *msg_of(const gstream_t *st)
+{
+    return st->msg ? st->msg : (const uint8_t *)"";
+}
+
 static char *bearer_of(const char *h)
 {
     if (strncasecmp(h, "Bearer ", 7) != 0)
@@ -387,7 +559,7 @@ static void dispatch_api(gstream_t *st)
         finish(st, TMS_UNIMPLEMENTED, "this process does not serve the public API");
         return;
     }
-    call = tms_grpc_decode_call(st->method, st->msg, st->msg_len, &err);
+    call = tms_grpc_decode_call(st->method, msg_of(st), st->msg_len, &err);
     if (!call) {
         finish(st, err.code, err.message);
         return;
@@ -404,7 +576,7 @@ static void dispatch_api(gstream_t *st)
 static void dispatch_internal(gstream_t *st)
 {
     tms_grpc_server_t *s = st->conn->srv;
-    tms_api_call_t *call = tms_internal_decode_call(st->msg, st->msg_len);
+    tms_api_call_t *call = tms_internal_decode_call(msg_of(st), st->msg_len);
     tms_mailbox_t *to;
     if (!call) {
         finish(st, TMS_INVALID_ARGUMENT, "malformed internal call");
@@ -497,7 +669,10 @@ static void health(gstream_t *st, const uint8_t *msg, size_t len)
         status = st->conn->srv->lis.stopping ? 2 : 1; /* NOT_SERVING : SERVING */
     }
     tms_grpc_health_encode(status, &out, &n);
-    send_message(st, out, n);
+    if (!send_message(st, out, n)) {
+        free(out);
+        return;
+    }
     free(out);
     if (st->method->kind == TMS_GRPC_HEALTH_CHECK)
         finish(st, TMS_OK, NULL);
@@ -523,9 +698,12 @@ static void on_message(gstream_t *st, const uint8_t *data, size_t len)
         finish(st, TMS_INVALID_ARGUMENT, "a unary call takes exactly one request message");
         return;
     }
-    st->msg = tms_malloc(len ? len : 1);
-    memcpy(st->msg, data, len);
+    /* The request buffer becomes the message (it stays counted until dispatch). */
+    st->msg = st->in;
     st->msg_len = len;
+    st->msg_cap = st->in_cap;
+    st->in = NULL;
+    st->in_len = st->in_cap = 0;
 }
 
 /* The client ended its side of the stream. */
@@ -552,7 +730,8 @@ static void on_request_end(gstream_t *st)
     else if (st->method->kind == TMS_GRPC_INTERNAL)
         dispatch_internal(st);
     else
-        health(st, st->msg, st->msg_len);
+        health(st, msg_of(st), st->msg_len);
+    release_request(st); /* decoded: the call holds its own copy */
 }
 
 /* Constant time over the credential: both sides are hashed to one length first, so
@@ -605,6 +784,23 @@ static void on_headers_done(gstream_t *st)
         finish(st, TMS_UNAVAILABLE, "server shutting down");
         return;
     }
+    if (st->no_room) {
+        over_bound(st, st->no_room);
+        return;
+    }
+    /* Until the actors check its token, a stream may buffer one small message only:
+     * methods that need no token (their requests are small by nature) and token
+     * methods called without one. A valid service credential was checked above. */
+    if (st->method->kind == TMS_GRPC_API && tms_api_op_needs_auth(st->method->op)) {
+        st->small_only = !st->authorization;
+        st->small_code = TMS_UNAUTHENTICATED;
+    } else if (st->method->kind != TMS_GRPC_INTERNAL) {
+        st->small_only = true;
+        st->small_code = TMS_RESOURCE_EXHAUSTED;
+    }
+    /* The call's own deadline counts from the headers as well. */
+    if (st->has_timeout && st->timeout_ms < s->cfg.receive_timeout_ms)
+        st->recv_deadline_ms = uv_now(s->loop) + st->timeout_ms;
 }
 
 static void stream_free(gstream_t *st)
@@ -624,15 +820,18 @@ static void stream_free(gstream_t *st)
         st->conn->streams = st->next;
     if (st->next)
         st->next->prev = st->prev;
-    st->conn->nstreams--;
+    release_request(st);
+    release_output(st);
+    /* what remains: the copied headers and the stream itself */
+    st->conn->req_held -= st->req_held;
+    st->conn->srv->held -= st->req_held + STREAM_COST;
+    if (--st->conn->nstreams == 0)
+        st->conn->idle_since_ms = uv_now(st->conn->srv->loop);
     free(st->authorization);
     if (st->service_token) {
         sodium_memzero(st->service_token, strlen(st->service_token));
         free(st->service_token);
     }
-    free(st->in);
-    free(st->msg);
-    free(st->out);
     free(st->status_msg);
     free(st);
 }
@@ -657,13 +856,22 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, voi
 {
     conn_t *c = user;
     gstream_t *st;
+    tms_grpc_server_t *s = c->srv;
     if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST)
         return 0;
+    if (s->held + STREAM_COST > s->cfg.max_buffered_bytes) {
+        count_limit("server_buffers", c->client_addr);
+        nghttp2_submit_rst_stream(h2, NGHTTP2_FLAG_NONE, frame->hd.stream_id,
+                                  NGHTTP2_REFUSED_STREAM);
+        return 0; /* no stream data: the rest of the request is ignored */
+    }
+    s->held += STREAM_COST;
     st = tms_new(gstream_t);
     st->conn = c;
     st->id = frame->hd.stream_id;
     st->method_index = (int)c->srv->nmethods;
     st->start_ns = uv_hrtime();
+    st->recv_deadline_ms = uv_now(s->loop) + s->cfg.receive_timeout_ms;
     snprintf(st->request_id, sizeof(st->request_id), "%016llx%016llx",
              (unsigned long long)rng_next(c->srv), (unsigned long long)rng_next(c->srv));
     st->next = c->streams;
@@ -717,60 +925,119 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
             tmp[valuelen] = '\0';
             st->bad_timeout = tms_grpc_timeout_parse(tmp, &st->timeout_ms) != 0;
         }
-    } else if (IS("authorization")) {
-        free(st->authorization);
-        st->authorization = tms_strndup((const char *)value, valuelen);
-    } else if (IS(TMS_INTERNAL_TOKEN_HEADER)) {
-        free(st->service_token);
-        st->service_token = tms_strndup((const char *)value, valuelen);
+    } else if (IS("authorization") || IS(TMS_INTERNAL_TOKEN_HEADER)) {
+        char **copy = IS("authorization") ? &st->authorization : &st->service_token;
+        size_t had = *copy ? strlen(*copy) + 1 : 0; /* repeated: the last one counts */
+        const char *limit = valuelen + 1 > had ? charge_request(st, valuelen + 1 - had) : NULL;
+        if (limit) {
+            st->no_room = limit;
+            return 0;
+        }
+        free(*copy);
+        *copy = tms_strndup((const char *)value, valuelen);
     }
     return 0;
 }
 
 #undef IS
 
+/* A message prefix arrived: its declared length within the bounds, or the call
+ * ends here (false). */
+static bool message_begins(gstream_t *st)
+{
+    tms_grpc_server_t *s = st->conn->srv;
+    tms_grpc_frame_t f;
+    char m[128];
+    int rc = tms_grpc_frame_parse(st->prefix, sizeof(st->prefix), s->cfg.max_message_bytes, &f);
+    if (rc == -TMS_ERANGE) {
+        snprintf(m, sizeof(m), "message larger than %zu bytes", s->cfg.max_message_bytes);
+        finish(st, TMS_RESOURCE_EXHAUSTED, m);
+        return false;
+    }
+    if (rc < 0 || st->prefix[0] == 1) {
+        finish(st, TMS_INTERNAL,
+               rc < 0 ? "malformed message prefix" : "compressed message without grpc-encoding");
+        return false;
+    }
+    st->need = (size_t)st->prefix[1] << 24 | (size_t)st->prefix[2] << 16 |
+               (size_t)st->prefix[3] << 8 | st->prefix[4];
+    if (st->small_only && st->need > s->cfg.max_unauthenticated_message_bytes) {
+        count_limit("unauthenticated_message", st->conn->client_addr);
+        if (st->small_code == TMS_UNAUTHENTICATED) {
+            finish(st, TMS_UNAUTHENTICATED, "missing bearer token");
+        } else {
+            snprintf(m, sizeof(m), "message larger than %zu bytes on a call without a token",
+                     s->cfg.max_unauthenticated_message_bytes);
+            finish(st, TMS_RESOURCE_EXHAUSTED, m);
+        }
+        return false;
+    }
+    return true;
+}
+
+/* Room for want bytes of the current message: the buffer doubles as bytes arrive,
+ * never past the declared length; false when a bound ended the call. */
+static bool in_grow(gstream_t *st, size_t want)
+{
+    size_t cap = st->in_cap ? st->in_cap * 2 : 16384;
+    const char *limit;
+    if (want <= st->in_cap)
+        return true;
+    if (cap > st->need)
+        cap = st->need;
+    if (cap < want)
+        cap = want;
+    limit = charge_request(st, cap - st->in_cap);
+    if (limit) {
+        over_bound(st, limit);
+        return false;
+    }
+    st->in = tms_realloc(st->in, cap);
+    st->in_cap = cap;
+    return true;
+}
+
+static void message_done(gstream_t *st)
+{
+    tms_grpc_server_t *s = st->conn->srv;
+    st->prefix_len = 0;
+    on_message(st, st->in ? st->in : (const uint8_t *)"", st->need);
+    if (st->in) /* not kept as a unary request: reflection answered it */
+        release_request(st);
+    if (!st->finished && st->method->kind == TMS_GRPC_REFLECTION)
+        st->recv_deadline_ms = uv_now(s->loop) + s->cfg.receive_timeout_ms; /* anew per message */
+}
+
 static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const uint8_t *data,
                          size_t len, void *user)
 {
-    conn_t *c = user;
     gstream_t *st = nghttp2_session_get_stream_user_data(h2, id);
-    tms_grpc_frame_t f;
-    size_t off = 0;
-    int rc;
     if (!st || st->finished || !st->method)
         return 0; /* answered already: the rest of the body is discarded */
-    if (st->in_len + len > st->in_cap) {
-        size_t cap = st->in_cap ? st->in_cap : 1024;
-        while (cap < st->in_len + len)
-            cap *= 2;
-        st->in = tms_realloc(st->in, cap);
-        st->in_cap = cap;
-    }
-    memcpy(st->in + st->in_len, data, len);
-    st->in_len += len;
-    while (!st->finished && (rc = tms_grpc_frame_parse(st->in + off, st->in_len - off,
-                                                       c->srv->cfg.max_message_bytes, &f)) != 0) {
-        if (rc == -TMS_ERANGE) {
-            char m[96];
-            snprintf(m, sizeof(m), "message larger than %zu bytes", c->srv->cfg.max_message_bytes);
-            finish(st, TMS_RESOURCE_EXHAUSTED, m);
-            break;
+    while (len && !st->finished) {
+        size_t n;
+        if (st->prefix_len < sizeof(st->prefix)) {
+            n = sizeof(st->prefix) - st->prefix_len;
+            n = n < len ? n : len;
+            memcpy(st->prefix + st->prefix_len, data, n);
+            st->prefix_len += n;
+            data += n;
+            len -= n;
+            if (st->prefix_len == sizeof(st->prefix) && message_begins(st) && !st->need)
+                message_done(st);
+            continue;
         }
-        if (rc < 0 || f.compressed) {
-            finish(st, TMS_INTERNAL,
-                   rc < 0 ? "malformed message prefix"
-                          : "compressed message without grpc-encoding");
+        n = st->need - st->in_len;
+        n = n < len ? n : len;
+        if (!in_grow(st, st->in_len + n))
             break;
-        }
-        off += f.consumed;
-        on_message(st, f.data, f.len);
+        memcpy(st->in + st->in_len, data, n);
+        st->in_len += n;
+        data += n;
+        len -= n;
+        if (st->in_len == st->need)
+            message_done(st);
     }
-    if (st->finished) {
-        st->in_len = 0;
-        return 0;
-    }
-    memmove(st->in, st->in + off, st->in_len - off);
-    st->in_len -= off;
     return 0;
 }
 
@@ -856,6 +1123,13 @@ static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_code,
 
 /* ---- connections ---- */
 
+static void conn_close(conn_t *c)
+{
+    if (c->io.closing)
+        return;
+    tms_h2_io_close(&c->io);
+}
+
 static void on_conn_closed(tms_h2_io_t *io)
 {
     conn_t *c = io->owner;
@@ -872,15 +1146,15 @@ static void on_conn_closed(tms_h2_io_t *io)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    tms_listener_release(&s->lis, &c->slot);
     free(c);
+    if (s->nconns == 0 && s->held != 0) {
+        /* A drift would refuse streams for good: say so, and start again from 0. */
+        tms_log_error("grpc_accounting", "held=%zu error=\"bytes counted with no connection\"",
+                      s->held);
+        s->held = 0;
+    }
     tms_listener_maybe_stopped(&s->lis);
-}
-
-static void conn_close(conn_t *c)
-{
-    if (c->io.closing)
-        return;
-    tms_h2_io_close(&c->io);
 }
 
 static void on_io_fail(tms_h2_io_t *io, const char *why)
@@ -919,14 +1193,37 @@ static const tms_h2_io_ops_t conn_ops = {
     .closed = on_conn_closed,
 };
 
-static void on_idle(uv_timer_t *t)
+/* The connection's periodic check (reads do not restart it): a stream whose request
+ * has not ended by its receive deadline is answered DEADLINE_EXCEEDED; one whose
+ * queued reply has not moved for send_timeout is reset; a connection whose socket
+ * writes have not moved for as long is closed, and one without streams that read
+ * nothing for idle_timeout gets GOAWAY. */
+static void on_tick(uv_timer_t *t)
 {
     conn_t *c = ((tms_h2_io_t *)t->data)->owner;
-    if (c->nstreams > 0) {
-        uv_timer_again(t);
+    tms_grpc_server_t *s = c->srv;
+    uint64_t now = uv_now(s->loop), last;
+    if (c->io.unwritten && now - c->io.last_write_ms >= s->cfg.send_timeout_ms) {
+        count_limit("send_timeout", c->client_addr);
+        conn_close(c);
         return;
     }
-    nghttp2_session_terminate_session(c->io.h2, NGHTTP2_NO_ERROR);
+    for (gstream_t *st = c->streams; st; st = st->next) {
+        if (!st->remote_closed && !st->finished && now >= st->recv_deadline_ms) {
+            count_limit("receive_timeout", c->client_addr);
+            if (st->method)
+                finish(st, TMS_DEADLINE_EXCEEDED, "request not received in time");
+            else
+                reset_stream(st, NGHTTP2_CANCEL, TMS_DEADLINE_EXCEEDED);
+        } else if (!st->reset && st->out_len > st->out_off &&
+                   now - st->out_since_ms >= s->cfg.send_timeout_ms) {
+            count_limit("send_timeout", c->client_addr);
+            reset_stream(st, NGHTTP2_CANCEL, TMS_CANCELLED);
+        }
+    }
+    last = c->io.last_read_ms > c->idle_since_ms ? c->io.last_read_ms : c->idle_since_ms;
+    if (c->nstreams == 0 && now - last >= s->cfg.idle_timeout_ms)
+        nghttp2_session_terminate_session(c->io.h2, NGHTTP2_NO_ERROR);
     tms_h2_io_flush(&c->io);
 }
 
@@ -947,6 +1244,8 @@ static void on_connection(uv_stream_t *listener, int status)
     c = tms_new(conn_t);
     c->srv = s;
     tms_h2_io_init(&c->io, s->loop, &conn_ops, c, s->rbuf, sizeof(s->rbuf));
+    c->io.held = &s->held; /* socket writes count against max_buffered_bytes */
+    c->idle_since_ms = uv_now(s->loop);
     c->rst_tokens = RST_BURST;
     c->rst_last_ms = uv_now(s->loop);
     c->next = s->conns;
@@ -955,8 +1254,7 @@ static void on_connection(uv_stream_t *listener, int status)
     s->conns = c;
     s->nconns++;
     nghttp2_session_server_new2(&c->io.h2, s->callbacks, c, s->option);
-    if (uv_accept(listener, (uv_stream_t *)&c->io.tcp) < 0 || s->lis.stopping ||
-        s->nconns > s->cfg.max_connections) {
+    if (uv_accept(listener, (uv_stream_t *)&c->io.tcp) < 0 || s->lis.stopping) {
         conn_close(c);
         return;
     }
@@ -966,7 +1264,17 @@ static void on_connection(uv_stream_t *listener, int status)
         else if (ss.ss_family == AF_INET6)
             uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_addr, sizeof(c->client_addr));
     }
-    uv_timer_start(&c->io.timer, on_idle, s->cfg.idle_timeout_ms, s->cfg.idle_timeout_ms);
+    /* One address may not take every slot (limit_conn): the excess goes at once. */
+    if (tms_listener_admit(&s->lis, c->client_addr, &c->slot) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (s->nconns > s->cfg.max_connections) {
+        tms_listener_refused_max(&s->lis);
+        conn_close(c);
+        return;
+    }
+    uv_timer_start(&c->io.timer, on_tick, s->tick_ms, s->tick_ms);
     /* SETTINGS at once: nghttp2's own default for concurrent streams is unlimited. */
     if (tms_h2_io_start(&c->io, iv, sizeof(iv) / sizeof(iv[0])) < 0) {
         conn_close(c);
@@ -992,6 +1300,7 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
     s->loop = loop;
     s->cfg = *cfg;
     tms_listener_init(&s->lis, s, &s->nconns, close_all);
+    tms_listener_limit(&s->lis, "grpc", cfg->max_connections_per_address, cfg->ipv6_prefix);
     if (cfg->service_token) {
         s->cfg.service_token = tms_strdup(cfg->service_token);
         crypto_generichash(s->token_hash, sizeof(s->token_hash),
@@ -1010,6 +1319,29 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
         s->cfg.max_connections = DEFAULT_MAX_CONNECTIONS;
     if (!s->cfg.call_timeout_ms)
         s->cfg.call_timeout_ms = 30000;
+    if (!s->cfg.max_unauthenticated_message_bytes)
+        s->cfg.max_unauthenticated_message_bytes = DEFAULT_UNAUTH_MESSAGE;
+    if (!s->cfg.max_connection_request_bytes)
+        s->cfg.max_connection_request_bytes = DEFAULT_CONN_REQUEST;
+    if (!s->cfg.max_stream_output_bytes)
+        s->cfg.max_stream_output_bytes = DEFAULT_STREAM_OUTPUT;
+    if (!s->cfg.max_connection_output_bytes)
+        s->cfg.max_connection_output_bytes = DEFAULT_CONN_OUTPUT;
+    if (!s->cfg.max_buffered_bytes)
+        s->cfg.max_buffered_bytes = DEFAULT_BUFFERED;
+    if (!s->cfg.receive_timeout_ms)
+        s->cfg.receive_timeout_ms = DEFAULT_RECEIVE_MS;
+    if (!s->cfg.send_timeout_ms)
+        s->cfg.send_timeout_ms = DEFAULT_SEND_MS;
+    s->tick_ms = MAX_TICK_MS;
+    if (s->tick_ms > s->cfg.receive_timeout_ms / 4)
+        s->tick_ms = s->cfg.receive_timeout_ms / 4;
+    if (s->tick_ms > s->cfg.send_timeout_ms / 4)
+        s->tick_ms = s->cfg.send_timeout_ms / 4;
+    if (s->tick_ms > s->cfg.idle_timeout_ms / 4)
+        s->tick_ms = s->cfg.idle_timeout_ms / 4;
+    if (s->tick_ms < MIN_TICK_MS)
+        s->tick_ms = MIN_TICK_MS;
     s->methods = tms_grpc_methods(&s->nmethods);
     s->requests = tms_calloc((s->nmethods + 1) * 17, sizeof(*s->requests));
     s->durations = tms_calloc(s->nmethods + 1, sizeof(*s->durations));
@@ -1037,6 +1369,11 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
 int tms_grpc_server_listen(tms_grpc_server_t *s, const char *addr)
 {
     return tms_listener_open(&s->lis, s->loop, addr, on_connection, "grpc_listen");
+}
+
+const char *tms_grpc_server_error(tms_grpc_server_t *s)
+{
+    return s->lis.error;
 }
 
 int tms_grpc_server_port(tms_grpc_server_t *s)

@@ -31,6 +31,34 @@ typedef struct tms_grpc_config {
     size_t max_header_list_bytes;    /* 0: 16 KiB */
     uint64_t idle_timeout_ms;        /* 0: 60 s; a connection with no stream for so long */
     size_t max_connections;          /* 0: 10000; beyond it accept and close at once */
+    /* Open connections per client address on this address, over every gRPC server of
+     * the process listening there; beyond it accept and close at once. 0: no cap. */
+    size_t max_connections_per_address;
+    unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
+    /* What a client can make the server hold (0: the default in parentheses); see
+     * README "gRPC limits". A request message on a stream whose token is not checked
+     * before the call (methods that need no token, and token methods called without
+     * an authorization header) over max_unauthenticated_message_bytes (8 KiB) is
+     * answered at once (UNAUTHENTICATED, or RESOURCE_EXHAUSTED on a method that needs
+     * no token); request bytes buffered by one connection over
+     * max_connection_request_bytes (8 MiB), or queued replies of one stream over
+     * max_stream_output_bytes (4 MiB) or of one connection (socket writes included)
+     * over max_connection_output_bytes (8 MiB), end the call that would pass the
+     * bound with RESOURCE_EXHAUSTED (RST_STREAM ENHANCE_YOUR_CALM once a message was
+     * sent); max_buffered_bytes (128 MiB) bounds all of it over every connection of
+     * the server, open streams counted at 1 KiB each (a stream over it is refused with
+     * RST_STREAM REFUSED_STREAM). A stream whose request has not ended
+     * receive_timeout_ms (10 s) after its headers (or after its last whole message,
+     * on a reflection stream) is answered DEADLINE_EXCEEDED; one whose queued reply
+     * has not moved for send_timeout_ms (10 s) is reset (CANCEL), and a connection
+     * whose socket writes have not moved for as long is closed. */
+    size_t max_unauthenticated_message_bytes;
+    size_t max_connection_request_bytes;
+    size_t max_stream_output_bytes;
+    size_t max_connection_output_bytes;
+    size_t max_buffered_bytes;
+    uint64_t receive_timeout_ms;
+    uint64_t send_timeout_ms;
 } tms_grpc_config_t;
 
 /** Create the server on loop. Never NULL. */
@@ -43,6 +71,9 @@ int tms_grpc_server_listen(tms_grpc_server_t *s, const char *addr);
 
 /** The port actually bound, or -1 if not listening. */
 int tms_grpc_server_port(tms_grpc_server_t *s);
+
+/** Why the last tms_grpc_server_listen failed, in one phrase ("" before any). */
+const char *tms_grpc_server_error(tms_grpc_server_t *s);
 
 /** Graceful stop: stop accepting, send GOAWAY on every connection (streams already
  * open finish; health answers NOT_SERVING), close what is still open after grace_ms,

@@ -31,9 +31,9 @@
 typedef enum phase {
     PH_IDLE,    /* between requests: idle timer */
     PH_HEAD,    /* request line and headers arriving: head timer */
-    PH_BODY,    /* body arriving: inactivity timer */
+    PH_BODY,    /* body arriving: inactivity timer, capped by the body deadline */
     PH_HANDLER, /* request with the handler: no timer, parser paused */
-    PH_WRITING, /* response queued, waiting for its write callback */
+    PH_WRITING, /* response queued, waiting for its write callback: send timer */
     PH_LINGER,  /* final response written, shutdown sent, discarding input */
 } phase_t;
 
@@ -76,6 +76,8 @@ struct conn {
     char *in;       /* unparsed input */
     char prev_byte; /* last byte but SP/HT parsed before in[0] (obs-fold check) */
     size_t in_len, in_cap;
+    uint64_t body_deadline;  /* uv_now() by which the body must be complete */
+    tms_listen_slot_t *slot; /* this connection's place in its address's count */
     char client_addr[64];
 };
 
@@ -102,7 +104,11 @@ struct tms_http_server {
     char date[40];
     metric_entry_t *metrics;
     atomic_long open_connections; /* nconns, readable from the thread that renders metrics */
+    char gauge_labels[48];
+    tms_counter_t *timeouts[3]; /* head, body, send */
 };
+
+enum { TO_HEAD, TO_BODY, TO_SEND };
 
 static double connections_gauge(void *arg)
 {
@@ -121,7 +127,12 @@ void tms_http_limits_default(tms_http_limits_t *l)
     l->max_body_bytes = 1024 * 1024;
     l->head_timeout_ms = 10000;
     l->idle_timeout_ms = 60000;
+    l->body_timeout_ms = 30000;
+    l->send_timeout_ms = 30000;
     l->max_connections = 10000;
+    l->max_connections_per_address = 0;
+    l->ipv6_prefix = 64;
+    l->listener = "http";
 }
 
 const char *tms_http_header_get(const tms_http_request_t *req, const char *name)
@@ -401,6 +412,7 @@ static void req_finish_head(tms_http_server_t *s, hreq_t *r)
 static void on_handle_close(uv_handle_t *h);
 static void process(conn_t *c);
 static void begin_linger(conn_t *c);
+static void on_conn_timeout(uv_timer_t *t);
 
 static void read_start(conn_t *c);
 
@@ -439,6 +451,7 @@ static void on_handle_close(uv_handle_t *h)
         c->next->prev = c->prev;
     s->nconns--;
     atomic_fetch_sub(&s->open_connections, 1);
+    tms_listener_release(&s->lis, &c->slot);
     free(c->in);
     free(c);
     tms_listener_maybe_stopped(&s->lis);
@@ -495,7 +508,12 @@ static void conn_write(conn_t *c, const char *data, size_t len, bool final, bool
     if (rc < 0) {
         free(wr);
         conn_close(c);
+        return;
     }
+    /* A client that does not read its response would hold the connection (and the
+     * response's bytes) for as long as it liked. */
+    if (final)
+        timer_restart(c, c->srv->limits.send_timeout_ms, on_conn_timeout);
 }
 
 /* Serialize status line, headers and body into one buffer owned by the caller. */
@@ -608,14 +626,24 @@ static void begin_linger(conn_t *c)
 static void on_conn_timeout(uv_timer_t *t)
 {
     conn_t *c = t->data;
+    tms_http_server_t *s = c->srv;
     switch (c->phase) {
     case PH_HEAD:
     case PH_BODY:
+        tms_counter_add(s->timeouts[c->phase == PH_HEAD ? TO_HEAD : TO_BODY], 1);
         conn_fail(c, 408, TMS_DEADLINE_EXCEEDED, "request not received in time");
         break;
     case PH_HANDLER:
-    case PH_WRITING:
         break; /* the handler owns deadlines */
+    case PH_WRITING:
+        /* The response was not taken in time: nothing more can be said to this client. */
+        tms_counter_add(s->timeouts[TO_SEND], 1);
+        tms_log_info("http_send_timeout", "client=%s unsent_bytes=%zu timeout_ms=%llu",
+                     c->client_addr[0] ? c->client_addr : "-",
+                     uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp),
+                     (unsigned long long)s->limits.send_timeout_ms);
+        conn_close(c);
+        break;
     default:
         conn_close(c);
         break;
@@ -773,6 +801,15 @@ static int on_header_value_complete(llhttp_t *p)
     return 0;
 }
 
+/* The body's timer: a pause of idle_timeout_ms, or the body deadline, if sooner. */
+static void body_timer(conn_t *c)
+{
+    uint64_t now = uv_now(c->srv->loop);
+    uint64_t left = c->body_deadline > now ? c->body_deadline - now : 1;
+    timer_restart(c, left < c->srv->limits.idle_timeout_ms ? left : c->srv->limits.idle_timeout_ms,
+                  on_conn_timeout);
+}
+
 static int on_headers_complete(llhttp_t *p)
 {
     conn_t *c = p->data;
@@ -788,7 +825,9 @@ static int on_headers_complete(llhttp_t *p)
     req_finish_head(s, r);
     c->in_trailers = true;
     c->phase = PH_BODY;
-    timer_restart(c, s->limits.idle_timeout_ms, on_conn_timeout);
+    /* However steadily the body trickles in, it has body_timeout_ms in all. */
+    c->body_deadline = uv_now(s->loop) + s->limits.body_timeout_ms;
+    body_timer(c);
     expect = tms_http_header_get(&r->pub, "Expect");
     if (expect && strcasecmp(expect, "100-continue") == 0 && p->http_major == 1 &&
         p->http_minor == 1 && ((p->flags & F_CHUNKED) || p->content_length > 0)) {
@@ -965,7 +1004,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         return; /* discard */
     buf_append(&c->in, &c->in_len, &c->in_cap, buf->base, (size_t)nread);
     if (c->phase == PH_BODY)
-        timer_restart(c, c->srv->limits.idle_timeout_ms, on_conn_timeout);
+        body_timer(c);
     if (c->phase == PH_IDLE || c->phase == PH_HEAD || c->phase == PH_BODY)
         process(c);
     else if (c->in_len >= PENDING_MAX) {
@@ -1005,21 +1044,27 @@ static void on_connection(uv_stream_t *server, int status)
     s->conns = c;
     s->nconns++;
     atomic_fetch_add(&s->open_connections, 1);
-    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0 || s->lis.stopping) {
         conn_close(c);
         return;
     }
-    if (s->lis.stopping || s->nconns > s->limits.max_connections) {
-        conn_close(c);
-        return;
-    }
-    uv_tcp_nodelay(&c->tcp, 1);
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sslen) == 0) {
         if (ss.ss_family == AF_INET)
             uv_ip4_name((struct sockaddr_in *)&ss, c->client_addr, sizeof c->client_addr);
         else if (ss.ss_family == AF_INET6)
             uv_ip6_name((struct sockaddr_in6 *)&ss, c->client_addr, sizeof c->client_addr);
     }
+    /* One address may not take every slot (limit_conn): the excess goes at once. */
+    if (tms_listener_admit(&s->lis, c->client_addr, &c->slot) != 0) {
+        conn_close(c);
+        return;
+    }
+    if (s->nconns > s->limits.max_connections) {
+        tms_listener_refused_max(&s->lis);
+        conn_close(c);
+        return;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     c->parser.data = c;
     c->phase = PH_IDLE;
@@ -1060,13 +1105,33 @@ tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t 
     s->settings.on_headers_complete = on_headers_complete;
     s->settings.on_body = on_body;
     s->settings.on_message_complete = on_message_complete;
+    if (!s->limits.listener)
+        s->limits.listener = "http";
     tms_listener_init(&s->lis, s, &s->nconns, close_all);
+    tms_listener_limit(&s->lis, s->limits.listener, s->limits.max_connections_per_address,
+                       s->limits.ipv6_prefix);
     if (uv_random(NULL, NULL, s->rng, sizeof s->rng, 0, NULL) < 0 || (!s->rng[0] && !s->rng[1])) {
         s->rng[0] = uv_hrtime() | 1;
         s->rng[1] = (uint64_t)(uintptr_t)s ^ 0x9e3779b97f4a7c15ull;
     }
-    tms_metrics_gauge_fn("tms_http_connections", "Open HTTP/1.1 connections", "", connections_gauge,
-                         s);
+    {
+        static const char *const phases[] = {"head", "body", "send"};
+        char labels[64];
+        for (int i = 0; i < 3; i++) {
+            snprintf(labels, sizeof labels, "listener=\"%s\",phase=\"%s\"", s->limits.listener,
+                     phases[i]);
+            s->timeouts[i] = tms_metrics_counter(
+                "tms_http_timeouts_total",
+                "HTTP/1.1 connections closed by a timeout: head or body not received in time "
+                "(408), response not taken in time (send)",
+                labels);
+        }
+    }
+    /* The public listener's gauge keeps its unlabelled name; others are told apart. */
+    if (strcmp(s->limits.listener, "http") != 0)
+        snprintf(s->gauge_labels, sizeof s->gauge_labels, "listener=\"%s\"", s->limits.listener);
+    tms_metrics_gauge_fn("tms_http_connections", "Open HTTP/1.1 connections", s->gauge_labels,
+                         connections_gauge, s);
     return s;
 }
 
@@ -1078,6 +1143,11 @@ int tms_http_server_listen(tms_http_server_t *s, const char *addr)
 int tms_http_server_port(tms_http_server_t *s)
 {
     return tms_listener_port(&s->lis);
+}
+
+const char *tms_http_server_error(tms_http_server_t *s)
+{
+    return s->lis.error;
 }
 
 void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header_t *headers,
@@ -1147,7 +1217,8 @@ void tms_http_server_free(tms_http_server_t **sp)
         free(e);
     }
     /* The gauge must not read freed memory; a stopped server has no connections. */
-    tms_metrics_gauge_fn("tms_http_connections", "Open HTTP/1.1 connections", "", zero_gauge, NULL);
+    tms_metrics_gauge_fn("tms_http_connections", "Open HTTP/1.1 connections", s->gauge_labels,
+                         zero_gauge, NULL);
     free(s);
     *sp = NULL;
 }

@@ -1,7 +1,8 @@
 /* Strict HTTP/1.1 server on libuv + llhttp: keep-alive, in-order pipelining (one request
  * with the handler at a time per connection), chunked request bodies, head/body limits,
- * slowloris and idle timeouts, graceful stop. Everything runs on the loop thread of the
- * loop given to tms_http_server_new; no function here is thread-safe. */
+ * slowloris defences (a deadline for the whole head and for the whole body, a send
+ * timeout, idle timeouts, a cap of connections per client address), graceful stop. Everything runs
+ * on the loop thread of the loop given to tms_http_server_new; no function here is thread-safe. */
 #ifndef TMS_IO_HTTP1_H
 #define TMS_IO_HTTP1_H
 
@@ -24,7 +25,15 @@ typedef struct tms_http_limits {
     size_t max_body_bytes;    /* de-chunked body (default 1 MiB) -> 413 */
     uint64_t head_timeout_ms; /* whole head after its first byte (default 10000) -> 408 */
     uint64_t idle_timeout_ms; /* keep-alive idle, and body inactivity (default 60000) */
+    uint64_t body_timeout_ms; /* whole body after the head (default 30000) -> 408 */
+    uint64_t send_timeout_ms; /* a response written out (default 30000), else closed */
     size_t max_connections;   /* default 10000; beyond it accept and close at once */
+    /* Open connections per client address on this server's address, counted over
+     * every server of the process listening there (the workers'); beyond it accept
+     * and close at once. 0 (default): no cap. */
+    size_t max_connections_per_address;
+    unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits (default 64) */
+    const char *listener; /* label in metrics and logs (default "http"); static */
 } tms_http_limits_t;
 
 /** Fill *l with the defaults of API.md "Limits". */
@@ -63,6 +72,9 @@ int tms_http_server_listen(tms_http_server_t *s, const char *addr);
 
 /** The port actually bound, or -1 if not listening. */
 int tms_http_server_port(tms_http_server_t *s);
+
+/** Why the last tms_http_server_listen failed, in one phrase ("" before any). */
+const char *tms_http_server_error(tms_http_server_t *s);
 
 /** Respond to req exactly once (synchronously from the handler or later on the loop
  * thread). Adds Date, Content-Type (if given), Content-Length, X-Request-Id and

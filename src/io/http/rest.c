@@ -1,6 +1,7 @@
 #include "io/http/rest.h"
 
 #include <jansson.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,8 @@ struct tms_rest {
     tms_mailbox_t *replies; /* only replies arrive here */
     tms_rest_config_t cfg;
     size_t pending;
+    bool metrics_public; /* /metrics served here, to the holder of metrics_token */
+    unsigned char metrics_token_hash[crypto_generichash_BYTES];
     void (*drained)(void *arg); /* tms_rest_drain: called once pending reaches 0 */
     void *drained_arg;
 };
@@ -629,6 +632,46 @@ static void readyz(tms_rest_t *rest, tms_http_request_t *req)
     uv_timer_start(&p->timer, on_probe_timeout, READY_TIMEOUT_MS, 0);
 }
 
+static void respond_metrics(tms_http_request_t *req)
+{
+    size_t n;
+    char *text = tms_metrics_render(&n);
+    tms_http_respond(req, 200, NULL, 0, "text/plain; version=0.0.4; charset=utf-8", text, n);
+    free(text);
+}
+
+/* Compared as hashes, so the time taken says nothing about the token. */
+static bool metrics_token_ok(tms_rest_t *rest, tms_http_request_t *req)
+{
+    unsigned char h[crypto_generichash_BYTES];
+    const char *a = tms_http_header_get(req, "Authorization");
+    if (!a || strncasecmp(a, "Bearer ", 7) != 0)
+        return false;
+    a += 7;
+    while (*a == ' ')
+        a++;
+    crypto_generichash(h, sizeof(h), (const unsigned char *)a, strlen(a), NULL, 0);
+    return sodium_memcmp(h, rest->metrics_token_hash, sizeof(h)) == 0;
+}
+
+void tms_rest_handle_metrics(void *ctx, tms_http_request_t *req)
+{
+    size_t len = strlen(req->path);
+    (void)ctx;
+    if (len == 8 && memcmp(req->path, "/metrics", 8) == 0) {
+        req->route = "/metrics";
+        if (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0) {
+            respond_metrics(req);
+        } else {
+            tms_http_header_t allow = {"Allow", "GET, HEAD"};
+            tms_http_respond_error(req, TMS_NOT_FOUND, "method not allowed on this path", &allow,
+                                   1);
+        }
+        return;
+    }
+    tms_http_respond_error(req, TMS_NOT_FOUND, "only /metrics is served here", NULL, 0);
+}
+
 static int serve_operations(tms_rest_t *rest, tms_http_request_t *req, const char *path, size_t len)
 {
     int get = strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0;
@@ -647,15 +690,16 @@ static int serve_operations(tms_rest_t *rest, tms_http_request_t *req, const cha
         readyz(rest, req);
         return 1;
     }
-    if (IS("/metrics")) {
-        size_t n;
-        char *text;
+    if (IS("/metrics") && rest->metrics_public) {
         req->route = "/metrics";
         if (!get)
             goto wrong_method;
-        text = tms_metrics_render(&n);
-        tms_http_respond(req, 200, NULL, 0, "text/plain; version=0.0.4; charset=utf-8", text, n);
-        free(text);
+        if (!metrics_token_ok(rest, req)) {
+            tms_http_header_t www = {"WWW-Authenticate", "Bearer realm=\"metrics\""};
+            tms_http_respond_error(req, TMS_UNAUTHENTICATED, "metrics token required", &www, 1);
+            return 1;
+        }
+        respond_metrics(req);
         return 1;
     }
     if (IS("/openapi.json")) {
@@ -752,6 +796,13 @@ tms_rest_t *tms_rest_new(uv_loop_t *loop, const tms_rest_config_t *cfg)
     tms_rest_t *rest = tms_new(tms_rest_t);
     rest->loop = loop;
     rest->cfg = *cfg;
+    rest->cfg.metrics_token = NULL; /* only its hash is kept */
+    if (cfg->metrics_token && cfg->metrics_token[0]) {
+        rest->metrics_public = true;
+        crypto_generichash(rest->metrics_token_hash, sizeof(rest->metrics_token_hash),
+                           (const unsigned char *)cfg->metrics_token, strlen(cfg->metrics_token),
+                           NULL, 0);
+    }
     /* Replies are not counted against a mailbox bound; 1 is only the request bound. */
     rest->replies = tms_mailbox_new(loop, "rest", 1, NULL, rest);
     return rest;

@@ -33,6 +33,9 @@ typedef struct tms_rest_config {
     void *events_arg;
     tms_rest_peer_check_t peers[4]; /* the peers this process calls (split deployment) */
     size_t npeers;
+    /* GET /metrics here needs `Authorization: Bearer <metrics_token>`; NULL or "": not
+     * served here (404), only on the metrics listener (tms_rest_handle_metrics). */
+    const char *metrics_token;
 } tms_rest_config_t;
 
 /** Create the adapter on loop. Never NULL. */
@@ -40,6 +43,10 @@ tms_rest_t *tms_rest_new(uv_loop_t *loop, const tms_rest_config_t *cfg);
 
 /** The tms_http_handler_fn to give the HTTP server, with the adapter as ctx. */
 void tms_rest_handle(void *rest, tms_http_request_t *req);
+
+/** A tms_http_handler_fn (ctx unused) for the separate metrics listener: GET and HEAD
+ * /metrics without a token; anything else 404. */
+void tms_rest_handle_metrics(void *ctx, tms_http_request_t *req);
 
 /** Calls and probes sent and not yet answered by the actors. */
 size_t tms_rest_pending(tms_rest_t *rest);

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "core/ratelimit.h"
+#include "core/status.h"
 #include "test.h"
 
 static void test_allow_then_deny(void)
@@ -141,34 +142,88 @@ static void test_bad_args(void)
     CHECK_EQ_INT(tms_ratelimit_take(NULL, "k", 0).allowed, 1);
 }
 
-static void test_eviction(void)
+/* Issue 17 item 11: a flood of new keys must not evict a live counter. With max_keys
+ * held, a new key may only take the place of one whose bucket is full again; otherwise
+ * it is refused (table_full) and the victim's counter stays until its window ends. */
+static void test_flood_does_not_evict_live_keys(void)
 {
     tms_ratelimit_t *rl = tms_ratelimit_new(2, 60000, 4);
+    tms_ratelimit_result_t r;
     char key[32];
-    int i;
+    int i, refused = 0;
 
-    /* Exhaust "victim", then push it out with 4 fresh keys in the same window. */
+    /* Exhaust "victim", then fill the table with 3 more live keys. */
     tms_ratelimit_take(rl, "victim", 0);
     tms_ratelimit_take(rl, "victim", 0);
     CHECK_EQ_INT(tms_ratelimit_take(rl, "victim", 0).allowed, 0);
     for (i = 0; i < 3; i++) {
         snprintf(key, sizeof key, "k%d", i);
-        tms_ratelimit_take(rl, key, 1);
+        CHECK_EQ_INT(tms_ratelimit_take(rl, key, 1).allowed, 1);
     }
     CHECK_EQ_INT(tms_ratelimit_size(rl), 4);
-    /* "victim" is still held: touching it keeps it most recent. */
-    CHECK_EQ_INT(tms_ratelimit_take(rl, "victim", 2).allowed, 0);
-    tms_ratelimit_take(rl, "k3", 3); /* evicts k0, the least recently used */
-    CHECK_EQ_INT(tms_ratelimit_size(rl), 4);
-    CHECK_EQ_INT(tms_ratelimit_take(rl, "victim", 4).allowed, 0);
-    for (i = 10; i < 14; i++) {
+    /* A flood of new keys within the window: each refused, nothing evicted. */
+    for (i = 10; i < 1010; i++) {
         snprintf(key, sizeof key, "k%d", i);
-        tms_ratelimit_take(rl, key, 5);
+        r = tms_ratelimit_take(rl, key, 2 + (uint64_t)i);
+        refused += !r.allowed && r.table_full;
     }
+    CHECK_EQ_INT(refused, 1000);
+    CHECK(r.retry_after_s >= 1 && r.retry_after_s <= 60);
     CHECK_EQ_INT(tms_ratelimit_size(rl), 4);
-    /* Evicted: it comes back with a full bucket (documented fail-open under floods). */
-    CHECK_EQ_INT(tms_ratelimit_take(rl, "victim", 6).allowed, 1);
+    r = tms_ratelimit_take(rl, "victim", 2000);
+    CHECK_EQ_INT(r.allowed, 0);
+    CHECK_EQ_INT(r.table_full, 0);
+    CHECK_EQ_INT(tms_ratelimit_take(rl, "victim", 20000).allowed, 0);
+    /* Once buckets are full again (the window is over) new keys take their place. */
+    CHECK_EQ_INT(tms_ratelimit_take(rl, "late", 61002).allowed, 1);
+    CHECK(tms_ratelimit_size(rl) <= 4);
     tms_ratelimit_free(&rl);
+}
+
+/* A full bucket is replaced even before its last take is a window old: it has been
+ * refilled, so forgetting it changes nothing. */
+static void test_full_bucket_replaced(void)
+{
+    tms_ratelimit_t *rl = tms_ratelimit_new(100, 60000, 2);
+    /* 100 per minute: one token back every 600 ms. */
+    CHECK_EQ_INT(tms_ratelimit_take(rl, "a", 0).allowed, 1);
+    CHECK_EQ_INT(tms_ratelimit_take(rl, "b", 0).allowed, 1);
+    CHECK_EQ_INT(tms_ratelimit_take(rl, "c", 100).allowed, 0); /* a and b not full yet */
+    CHECK_EQ_INT(tms_ratelimit_take(rl, "c", 600).allowed, 1); /* a is full again */
+    CHECK_EQ_INT(tms_ratelimit_size(rl), 2);
+    tms_ratelimit_free(&rl);
+}
+
+static void test_addr_key(void)
+{
+    char k[TMS_ADDR_KEY_MAX];
+    CHECK_EQ_INT(tms_ratelimit_addr_key("192.0.2.7", 64, k, sizeof k), 0);
+    CHECK_EQ_STR(k, "192.0.2.7");
+    CHECK_EQ_INT(tms_ratelimit_addr_key("::ffff:192.0.2.7", 64, k, sizeof k), 0);
+    CHECK_EQ_STR(k, "192.0.2.7");
+    /* Two addresses of one /64 are one key; the next /64 is another. */
+    CHECK_EQ_INT(tms_ratelimit_addr_key("2001:db8:1:2:aaaa:bbbb:cccc:dddd", 64, k, sizeof k), 0);
+    CHECK_EQ_STR(k, "2001:db8:1:2::/64");
+    tms_ratelimit_addr_key("2001:db8:1:2::1", 64, k, sizeof k);
+    CHECK_EQ_STR(k, "2001:db8:1:2::/64");
+    tms_ratelimit_addr_key("2001:db8:1:3::1", 64, k, sizeof k);
+    CHECK_EQ_STR(k, "2001:db8:1:3::/64");
+    tms_ratelimit_addr_key("2001:db8:1:2:ffff::1", 56, k, sizeof k);
+    CHECK_EQ_STR(k, "2001:db8:1::/56");
+    tms_ratelimit_addr_key("2001:db8:1:2ff::1", 60, k, sizeof k);
+    CHECK_EQ_STR(k, "2001:db8:1:2f0::/60");
+    tms_ratelimit_addr_key("2001:db8::1", 128, k, sizeof k);
+    CHECK_EQ_STR(k, "2001:db8::1/128");
+    tms_ratelimit_addr_key("::1", 64, k, sizeof k);
+    CHECK_EQ_STR(k, "::/64");
+    tms_ratelimit_addr_key("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", 127, k, sizeof k);
+    CHECK_EQ_STR(k, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe/127");
+    CHECK(strlen(k) < TMS_ADDR_KEY_MAX);
+    /* Not an address: kept as is. */
+    CHECK_EQ_INT(tms_ratelimit_addr_key("unix", 64, k, sizeof k), -TMS_EINVAL);
+    CHECK_EQ_STR(k, "unix");
+    CHECK_EQ_INT(tms_ratelimit_addr_key("", 64, k, sizeof k), -TMS_EINVAL);
+    CHECK_EQ_STR(k, "");
 }
 
 static void test_expired_swept(void)
@@ -205,12 +260,14 @@ static void test_many_keys(void)
     }
     CHECK(ok);
     CHECK_EQ_INT(tms_ratelimit_size(rl), max);
-    /* Keys held now still count correctly. */
+    /* Full of live keys: a new one waits for the window. */
+    CHECK_EQ_INT(tms_ratelimit_take(rl, "fresh", 2000).table_full, 1);
+    /* Keys held then still count correctly. */
     for (i = 0; i < 3; i++)
-        CHECK_EQ_INT(tms_ratelimit_take(rl, "fresh", 2000).allowed, 1);
-    CHECK_EQ_INT(tms_ratelimit_take(rl, "fresh", 2000).allowed, 0);
+        CHECK_EQ_INT(tms_ratelimit_take(rl, "fresh", 62000).allowed, 1);
+    CHECK_EQ_INT(tms_ratelimit_take(rl, "fresh", 62000).allowed, 0);
     /* Distinct keys, exact match only: a prefix is another key. */
-    CHECK_EQ_INT(tms_ratelimit_take(rl, "fres", 2000).allowed, 1);
+    CHECK_EQ_INT(tms_ratelimit_take(rl, "fres", 62000).allowed, 1);
     tms_ratelimit_free(&rl);
 }
 
@@ -252,7 +309,9 @@ int main(void)
     RUN_TEST(test_retry_after_hourly);
     RUN_TEST(test_disabled);
     RUN_TEST(test_bad_args);
-    RUN_TEST(test_eviction);
+    RUN_TEST(test_flood_does_not_evict_live_keys);
+    RUN_TEST(test_full_bucket_replaced);
+    RUN_TEST(test_addr_key);
     RUN_TEST(test_expired_swept);
     RUN_TEST(test_many_keys);
     TEST_EXIT();

@@ -1,0 +1,99 @@
+"""One instance per address and per data dir (issue 17, item 9). SO_REUSEPORT let a
+second `tms serve` bind the port of a running one: the kernel then split new
+connections between the two, and both ran relays over one SQLite file. Only a
+process's own workers may share a port now, and a second instance on the same address
+or data dir stops with one line and status 1, leaving the first alone."""
+import os
+import re
+import subprocess
+import time
+
+import pytest
+import requests
+
+from conftest import JWT_SECRET, SPLIT, TMS_BIN, free_port
+
+pytestmark = pytest.mark.skipif(SPLIT, reason="starts single processes next to the test server")
+
+
+def second_instance(data_dir, http_port=None, grpc_port=None, metrics_port=None, timeout=15):
+    """Run another `tms serve`, expected to refuse; returns (exit code or None, stderr lines).
+    None: it was still running after timeout (then it is killed)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [TMS_BIN, "serve",
+           "--set", f"http.addr=127.0.0.1:{http_port or free_port()}",
+           "--set", f"grpc.addr=127.0.0.1:{grpc_port or 0}",
+           "--set", f"metrics.addr=127.0.0.1:{metrics_port or free_port()}",
+           "--set", f"data.dir={data_dir}",
+           "--set", f"auth.jwt_secret={JWT_SECRET}"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         stdin=subprocess.DEVNULL, env=dict(os.environ))
+    try:
+        _, err = p.communicate(timeout=timeout)
+        rc = p.returncode
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+        rc = None
+    return rc, [l for l in err.splitlines() if l.strip()]
+
+
+def grpc_port_of(srv):
+    m = re.search(r"event=grpc_listen addr=\S+ port=(\d+)", srv.log_text())
+    assert m, "no grpc_listen line in the server log"
+    return int(m.group(1))
+
+
+def served_by_first(srv, n=40):
+    """n new connections to srv's port: how many the first instance logged."""
+    before = srv.log_text().count("route=/healthz")
+    for _ in range(n):
+        r = requests.get(srv.url("/healthz"), headers={"Connection": "close"}, timeout=5)
+        assert r.status_code == 200
+    time.sleep(0.2)
+    return srv.log_text().count("route=/healthz") - before
+
+
+def test_second_instance_on_the_same_http_addr_exits(make_server, tmp_path):
+    first = make_server(settings={"server.workers": 2})
+    rc, lines = second_instance(tmp_path / "other", http_port=first.port)
+    assert rc == 1, (rc, lines)
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"tms: http.addr: cannot listen on 127.0.0.1:{first.port}: "
+                               "address already in use"), lines
+    # the first (with its own two workers) still gets every connection
+    assert served_by_first(first) == 40
+    first.stop_ok()
+
+
+def test_second_instance_on_the_same_grpc_addr_exits(make_server, tmp_path):
+    first = make_server()
+    rc, lines = second_instance(tmp_path / "other", grpc_port=grpc_port_of(first))
+    assert rc == 1, (rc, lines)
+    assert len(lines) == 1 and lines[0].startswith("tms: grpc.addr: cannot listen on"), lines
+    first.stop_ok()
+
+
+def test_second_instance_on_the_same_metrics_addr_exits(make_server, tmp_path):
+    first = make_server()
+    rc, lines = second_instance(tmp_path / "other", metrics_port=first.metrics_port)
+    assert rc == 1, (rc, lines)
+    assert len(lines) == 1 and lines[0].startswith("tms: metrics.addr: cannot listen on"), lines
+    first.stop_ok()
+
+
+def test_second_instance_on_the_same_data_dir_exits(make_server):
+    first = make_server()
+    rc, lines = second_instance(first.data_dir)
+    assert rc == 1, (rc, lines)
+    assert len(lines) == 1, lines
+    assert lines[0] == (f"tms: data.dir: {first.data_dir} is in use by another tms serve "
+                        f"(pid {first.proc.pid}); each instance needs its own data.dir"), lines
+    # the first is untouched: its store still works
+    token, _ = first.register()
+    first.create_task(token)
+    # The lock is the kernel's (flock): kill -9 leaves nothing that blocks a restart.
+    first.kill()
+    first.start()
+    assert first.me(token).status_code == 200
+    first.stop_ok()

@@ -1,0 +1,120 @@
+/* The hash pool's per-key limit (issue 17 item 12): one client address may only have
+ * max_per_key jobs queued or running, so a few addresses cannot fill the queue. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/status.h"
+#include "core/workpool.h"
+#include "test.h"
+
+/* Jobs block until the gate opens, like hashes that take a while. */
+static pthread_mutex_t gate_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t gate_cond = PTHREAD_COND_INITIALIZER;
+static int gate_open;
+static atomic_int started, ran, freed;
+
+static void run_blocked(tms_job_t *job)
+{
+    (void)job;
+    atomic_fetch_add(&started, 1);
+    pthread_mutex_lock(&gate_lock);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cond, &gate_lock);
+    pthread_mutex_unlock(&gate_lock);
+    atomic_fetch_add(&ran, 1);
+}
+
+static void free_job(tms_msg_t *msg)
+{
+    atomic_fetch_add(&freed, 1);
+    free(msg);
+}
+
+static tms_job_t *new_job(void)
+{
+    tms_job_t *job = tms_new(tms_job_t);
+    job->run = run_blocked;
+    job->msg.free_fn = free_job; /* no reply_to: the reply frees it */
+    return job;
+}
+
+static int submit(tms_workpool_t *pool, const char *key, size_t max)
+{
+    tms_job_t *job = new_job();
+    int rc = tms_workpool_submit_keyed(pool, &job, key, max);
+    if (rc != 0)
+        free(job);
+    else
+        CHECK(job == NULL);
+    return rc;
+}
+
+static void open_gate(int open)
+{
+    pthread_mutex_lock(&gate_lock);
+    gate_open = open;
+    pthread_cond_broadcast(&gate_cond);
+    pthread_mutex_unlock(&gate_lock);
+}
+
+static void test_per_key_limit(void)
+{
+    tms_workpool_t *pool = tms_workpool_new("hash", 1, 16);
+    int i;
+    open_gate(0);
+    /* The flooding address gets 3 in (one running, two queued), then no more. */
+    for (i = 0; i < 3; i++)
+        CHECK_EQ_INT(submit(pool, "192.0.2.1", 3), 0);
+    for (i = 0; i < 500 && atomic_load(&started) < 1; i++)
+        usleep(2000); /* the first one runs: two wait in the queue */
+    CHECK_EQ_INT(atomic_load(&started), 1);
+    for (i = 0; i < 20; i++)
+        CHECK_EQ_INT(submit(pool, "192.0.2.1", 3), -TMS_ERANGE);
+    CHECK_EQ_INT(tms_workpool_key_jobs(pool, "192.0.2.1"), 3);
+    /* Another address still gets its place in the queue. */
+    CHECK_EQ_INT(submit(pool, "198.51.100.9", 3), 0);
+    CHECK_EQ_INT(tms_workpool_key_jobs(pool, "198.51.100.9"), 1);
+    /* No key, or no limit: only the queue bound (16 waiting) applies. */
+    for (i = 0; i < 13; i++)
+        CHECK_EQ_INT(submit(pool, i % 2 ? NULL : "192.0.2.1", 0), 0);
+    CHECK_EQ_INT(submit(pool, "203.0.113.5", 3), -TMS_EFULL);
+    CHECK_EQ_INT(tms_workpool_key_jobs(pool, "203.0.113.5"), 0);
+    /* Once its jobs ran, the address may submit again. */
+    open_gate(1);
+    for (i = 0; i < 500 && atomic_load(&freed) < 17; i++)
+        usleep(2000);
+    CHECK_EQ_INT(atomic_load(&ran), 17);
+    CHECK_EQ_INT(tms_workpool_key_jobs(pool, "192.0.2.1"), 0);
+    CHECK_EQ_INT(submit(pool, "192.0.2.1", 3), 0);
+    tms_workpool_free(&pool);
+    CHECK(pool == NULL);
+    CHECK_EQ_INT(atomic_load(&ran), 18);
+}
+
+/* Many keys at once: the table grows and every key is released. */
+static void test_many_keys(void)
+{
+    tms_workpool_t *pool = tms_workpool_new("hash", 2, 4096);
+    char key[32];
+    open_gate(0);
+    atomic_store(&ran, 0);
+    atomic_store(&freed, 0);
+    for (int i = 0; i < 2000; i++) {
+        snprintf(key, sizeof(key), "10.0.%d.%d", i / 256, i % 256);
+        CHECK_EQ_INT(submit(pool, key, 1), 0);
+        CHECK_EQ_INT(submit(pool, key, 1), -TMS_ERANGE);
+    }
+    open_gate(1);
+    tms_workpool_free(&pool);
+    CHECK_EQ_INT(atomic_load(&ran), 2000);
+    CHECK_EQ_INT(atomic_load(&freed), 2000);
+}
+
+int main(void)
+{
+    RUN_TEST(test_per_key_limit);
+    RUN_TEST(test_many_keys);
+    TEST_EXIT();
+}
