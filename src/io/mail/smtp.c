@@ -684,6 +684,7 @@ static void release_if_done(smtp_t *m)
     void *ctx = m->closed_ctx;
     if (!m->closing || m->handles_open > 0)
         return;
+    tms_metrics_drop_gauges_of(m); /* they read m */
     free(m->url);
     free(m->from);
     free(m->domain);
