@@ -1,5 +1,6 @@
 """Configuration: --set, environment overrides, validation, generated secret, CLI."""
 import os
+import secrets
 import subprocess
 import time
 
@@ -83,9 +84,10 @@ def test_malformed_set_refused(tms_bin, tmp_path):
 
 
 def test_secret_of_32_bytes_accepted(make_server):
-    srv = make_server(secret="k" * 32)
+    secret = secrets.token_hex(16)
+    srv = make_server(secret=secret)
     token, _ = srv.register()
-    jwt.decode(token, "k" * 32, algorithms=["HS256"])
+    jwt.decode(token, secret, algorithms=["HS256"])
 
 
 def test_env_token_ttl(make_server):
