@@ -564,6 +564,15 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
         return;
     case TMS_API_USER_EXISTS:
     case TMS_API_USER_INFO:
+        /* Ids of creators and assignees are in every task a user can see: without
+         * this, anyone could collect every user's email. */
+        if (!call->principal.service && !is_admin(call) &&
+            (!call->principal.authenticated ||
+             strcmp(call->target_id, call->principal.user_id) != 0)) {
+            fail(auth, call, TMS_PERMISSION_DENIED,
+                 "only the user, an admin or a TMS service may read a user's details");
+            return;
+        }
         if (!tms_objectid_valid(call->target_id)) {
             if (call->op == TMS_API_USER_EXISTS) {
                 call->flag = false;

@@ -203,6 +203,7 @@ static void seen_checked(job_t *job, tms_outbox_op_t *op)
         return;
     }
     q = tms_api_call_new(TMS_API_USER_INFO);
+    q->principal.service = true;
     snprintf(q->target_id, sizeof(q->target_id), "%s", job->user_id);
     msg = &q->msg;
     msg->op = TMS_STAGE_EXECUTE;

@@ -162,6 +162,7 @@ static void require_user(job_t *job, const char *user_id, void (*next)(job_t *jo
         return;
     }
     q = tms_api_call_new(TMS_API_USER_EXISTS);
+    q->principal.service = true; /* any user may assign to anyone who exists */
     snprintf(q->target_id, sizeof(q->target_id), "%s", user_id);
     snprintf(q->request_id, sizeof(q->request_id), "%s", job->call->request_id);
     q->deadline_ms = job->call->deadline_ms; /* the check travels within the same budget */
