@@ -48,7 +48,8 @@ tms_start() {
   local cmd=("$ROOT/build/tms" serve --set data.dir="$WORK/data"
     --set http.addr=127.0.0.1:$hp --set grpc.addr=127.0.0.1:$gp
     --set ratelimit.api_per_minute=0 --set ratelimit.login_per_15min=0
-    --set ratelimit.task_create_per_hour=0 --set log.level=warn
+    --set ratelimit.task_create_per_hour=0 --set notify.per_assigner_per_hour=0
+    --set notify.per_recipient_per_hour=0 --set log.level=warn
     --set http.max_connections=20000 "$@")
   local cpus=$SERVER_CPU
   [[ "${TMS_UNPINNED:-0}" == 1 ]] && cpus="0-$(($(nproc) - 1))"

@@ -735,6 +735,8 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                          .inbox = tasks_outbox,
                          .auth = auth_mb,
                          .bus = s->bus,
+                         .per_assigner_per_hour = (uint32_t)cfg->notify.per_assigner_per_hour,
+                         .per_recipient_per_hour = (uint32_t)cfg->notify.per_recipient_per_hour,
                      });
     if (roles & TMS_ROLE_GATEWAY)
         s->gateway = tms_gateway_start(

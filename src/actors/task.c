@@ -241,6 +241,7 @@ static void create_store(job_t *job)
     if (op->task.assigned_to[0]) {
         op->notify.enabled = true;
         snprintf(op->notify.type, sizeof(op->notify.type), "task_created");
+        snprintf(op->notify.by, sizeof(op->notify.by), "%s", call->principal.user_id);
         tms_event_id_new(op->notify.event_id);
     }
     if (call->idempotency_key) {
@@ -429,6 +430,7 @@ static void update_store(job_t *job)
         if (call->assigned_to[0] && strcmp(call->assigned_to, job->current.assigned_to) != 0) {
             op->notify.enabled = true;
             snprintf(op->notify.type, sizeof(op->notify.type), "task_assigned");
+            snprintf(op->notify.by, sizeof(op->notify.by), "%s", call->principal.user_id);
             tms_event_id_new(op->notify.event_id);
         }
     }

@@ -121,7 +121,10 @@ def test_notifications_carry_the_json_of_api_md(make_server):
     for (_, _, key, value, _), typ, user in ((created, "task_created", alice),
                                              (assigned, "task_assigned", bob)):
         assert key == str(t["id"])
-        assert set(value) == {"type", "user_id", "task_id", "event_id", "title", "occurred_at"}
+        # the original's fields, and assigned_by (issue 17: who created or reassigned it)
+        assert set(value) == {"type", "user_id", "task_id", "event_id", "title", "occurred_at",
+                              "assigned_by"}
+        assert value["assigned_by"] == creator["id"]
         assert value["type"] == typ
         assert value["user_id"] == user["id"]
         assert value["task_id"] == str(t["id"])
