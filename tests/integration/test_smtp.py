@@ -444,6 +444,38 @@ def test_tls_with_authentication(make_server, mailpit, tls_files, scheme, requir
     assert "Secr3t-pw" not in srv.log_text()
 
 
+def test_credentials_never_cross_without_starttls_by_default(make_server, mailpit, tmp_path):
+    """Issue 17, item 10: with mail.starttls=try (then the default) a server that offers no
+    STARTTLS (or a man in the middle who strips it) got mail.url's user:password in clear.
+    Now the default, auto, requires STARTTLS when the URL carries credentials: the send
+    fails with a line that says why, and the mail stays pending; mail.starttls=try, said
+    explicitly, still sends it in clear."""
+    # A server that takes any login in clear text and offers no STARTTLS.
+    mp = mailpit("--smtp-auth-accept-any", "--smtp-auth-allow-insecure")
+    url = f"smtp://tms:Cl3artext-pw@127.0.0.1:{mp.smtp_port}"
+    data = tmp_path / "cleartext-data"
+    srv = make_server(settings={"mail.url": url, "mail.retry_attempts": "1",
+                                "mail.breaker_cooldown_ms": "500"}, data_dir=data)
+    t = team(srv)
+    task = assign(srv, t.creator_token, t.a["id"])
+    m = wait_metric(srv, 'tms_mail_sends_total{result="transient"}', lambda v: v >= 1)
+    assert m['tms_mail_sends_total{result="accepted"}'] == 0
+    assert mp.to(t.a_email) == []
+    assert "event=smtp_starttls mode=require reason=credentials" in srv.log_text()
+    failed = [l for l in srv.log_text().splitlines() if "event=mail_send_failed" in l]
+    assert failed and "STARTTLS" in failed[0] and "mail.starttls" in failed[0], failed
+    assert "Cl3artext-pw" not in srv.log_text()
+    assert m["tms_outbox_pending_events"] >= 1  # pending, not dropped or dead-lettered
+    assert m["tms_mail_dead_letters_total"] == 0
+    srv.stop_ok()
+
+    # Said explicitly, try sends in clear text; the pending mail goes out then.
+    srv = make_server(settings={"mail.url": url, "mail.starttls": "try"}, data_dir=data)
+    assert "event=smtp_starttls mode=try credentials=1" in srv.log_text()
+    got = mp.wait_to(t.a_email)
+    assert len(got) == 1 and f"assigned task {task['id']} in TMS" in got[0]["Snippet"], got
+
+
 def test_bad_credentials_keep_mail_pending_not_dead_lettered(make_server, mailpit, tls_files):
     mp = mailpit("--smtp-tls-cert", str(tls_files.cert), "--smtp-tls-key", str(tls_files.key),
                  "--smtp-require-tls", "--smtp-auth-file", str(tls_files.auth))
