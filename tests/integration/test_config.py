@@ -172,3 +172,12 @@ def test_port_in_use_refused_cleanly(tms_bin, tmp_path):
         assert any(l.startswith("tms: http.addr:") for l in lines), text
     finally:
         taken.close()
+
+
+def test_config_file_is_what_tms_config_prints(tms_bin):
+    """config/tms.conf documents every key with its default: exactly `tms config`."""
+    from conftest import REPO
+    p = run_cli(["config"], timeout=10)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == (REPO / "config" / "tms.conf").read_text(), \
+        "config/tms.conf is stale: regenerate it with `build/tms config > config/tms.conf`"
