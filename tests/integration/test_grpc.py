@@ -227,7 +227,7 @@ def test_delete_user_self_other_and_admin(cli, server):
     assert cli.verify(a).valid is False
     admin, _ = make_admin(server)
     cli.auth.DeleteUser(pb.UserInforRequest(userId=b_id), metadata=cli.md(admin), timeout=10)
-    assert cli.auth.UserExists(pb.UserExistsRequest(userId=b_id), metadata=cli.md(c),
+    assert cli.auth.UserExists(pb.UserExistsRequest(userId=b_id), metadata=cli.md(admin),
                                timeout=10).exists is False
     assert code_of(lambda: cli.auth.DeleteUser(pb.UserInforRequest(userId="0" * 24),
                                                metadata=cli.md(admin), timeout=10))[0] == \
