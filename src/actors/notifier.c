@@ -15,7 +15,7 @@
 
 #define CONSUMER "notification-group"
 #define SUBJECT "New Task Assigned"
-#define LIMIT_KEYS 100000 /* buckets per limit: about 100 bytes each */
+#define LIMIT_KEYS 20000 /* buckets per limit (~130 bytes each): ~5 MiB at most for both */
 
 struct tms_notifier {
     uv_loop_t *loop;
