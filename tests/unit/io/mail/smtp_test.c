@@ -2,7 +2,7 @@
  * default must not let a stripped STARTTLS carry mail.url's credentials in clear). */
 #include <string.h>
 
-#include "io/smtp.h"
+#include "io/mail/smtp.h"
 #include "test.h"
 
 static void test_starttls_auto(void)
