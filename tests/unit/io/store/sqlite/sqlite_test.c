@@ -224,27 +224,73 @@ static void test_user_ops(void)
     r = call_key(s, TMS_USER_GET_BY_EMAIL, "alice@example.com");
     CHECK_EQ_INT(r.err.code, TMS_NOT_FOUND);
 
-    /* restore the deleted row exactly as the delete returned it */
+    /* an event that names another email or role restores nothing (issue 17: the
+     * payload chose what came back) */
     op = new_op(TMS_USER_RESTORE, NULL);
     op->user = deleted;
+    snprintf(op->user.email, sizeof(op->user.email), "attacker@example.com");
+    r = call(s, op);
+    CHECK_EQ_INT(r.err.code, TMS_FAILED_PRECONDITION);
+    CHECK(strstr(r.err.message, "email") != NULL);
+    op = new_op(TMS_USER_RESTORE, NULL);
+    op->user = deleted;
+    snprintf(op->user.role, sizeof(op->user.role), "user");
+    r = call(s, op);
+    CHECK_EQ_INT(r.err.code, TMS_FAILED_PRECONDITION);
+    CHECK(strstr(r.err.message, "role") != NULL);
+    r = call_key(s, TMS_USER_GET_BY_ID, "aaaaaaaaaaaaaaaaaaaaaaaa");
+    CHECK_EQ_INT(r.err.code, TMS_NOT_FOUND);
+    /* no tombstone, nothing to restore */
+    op = new_op(TMS_USER_RESTORE, NULL);
+    fill_user(&op->user, "dddddddddddddddddddddddd", "dave@example.com");
+    r = call(s, op);
+    CHECK_EQ_INT(r.err.code, TMS_NOT_FOUND);
+    r = call_key(s, TMS_USER_GET_BY_ID, "dddddddddddddddddddddddd");
+    CHECK_EQ_INT(r.err.code, TMS_NOT_FOUND);
+
+    /* the matching event restores the tombstone's user, whatever else it says: hash,
+     * creation time and a token version past the deleted one come from the tombstone */
+    op = new_op(TMS_USER_RESTORE, NULL);
+    op->user = deleted;
+    op->user.token_version = 99;
+    op->user.created_at_ms = 1;
+    snprintf(op->user.password_hash, sizeof(op->user.password_hash), "$argon2id$forged");
     r = call(s, op);
     CHECK_EQ_INT(r.err.code, TMS_OK);
     r = call_key(s, TMS_USER_GET_BY_ID, "aaaaaaaaaaaaaaaaaaaaaaaa");
     CHECK_EQ_INT(r.err.code, TMS_OK);
+    CHECK_EQ_STR(r.user.email, "alice@example.com");
     CHECK_EQ_STR(r.user.role, "admin");
-    CHECK_EQ_INT(r.user.token_version, 2);
+    CHECK_EQ_INT(r.user.token_version, 3);
+    CHECK_EQ_INT(r.user.created_at_ms, 1764338400000);
     CHECK_EQ_STR(r.user.password_hash, "$argon2id$new");
-
+    /* restored once: the tombstone is gone with it */
     op = new_op(TMS_USER_RESTORE, NULL);
-    fill_user(&op->user, "aaaaaaaaaaaaaaaaaaaaaaaa", "other@example.com");
+    op->user = deleted;
     r = call(s, op);
-    CHECK_EQ_INT(r.err.code, TMS_ALREADY_EXISTS);
-    CHECK_EQ_STR(r.err.message, "user id already exists");
+    CHECK_EQ_INT(r.err.code, TMS_NOT_FOUND);
+
+    /* the email was registered again since the delete */
+    r = call_key(s, TMS_USER_DELETE, "aaaaaaaaaaaaaaaaaaaaaaaa");
+    CHECK_EQ_INT(r.err.code, TMS_OK);
+    deleted = r.user;
+    op = new_op(TMS_USER_CREATE, NULL);
+    fill_user(&op->user, "eeeeeeeeeeeeeeeeeeeeeeee", "alice@example.com");
+    r = call(s, op);
+    CHECK_EQ_INT(r.err.code, TMS_OK);
     op = new_op(TMS_USER_RESTORE, NULL);
-    fill_user(&op->user, "dddddddddddddddddddddddd", "alice@example.com");
+    op->user = deleted;
     r = call(s, op);
     CHECK_EQ_INT(r.err.code, TMS_ALREADY_EXISTS);
     CHECK_EQ_STR(r.err.message, "email already registered");
+    /* the failed restore kept the tombstone: once the address is free, it works */
+    r = call_key(s, TMS_USER_DELETE, "eeeeeeeeeeeeeeeeeeeeeeee");
+    CHECK_EQ_INT(r.err.code, TMS_OK);
+    op = new_op(TMS_USER_RESTORE, NULL);
+    op->user = deleted;
+    r = call(s, op);
+    CHECK_EQ_INT(r.err.code, TMS_OK);
+    CHECK_EQ_INT(r.user.token_version, 4);
 
     r = call_key(s, TMS_USER_PING, NULL);
     CHECK_EQ_INT(r.err.code, TMS_OK);

@@ -131,6 +131,7 @@ static tms_task_op_t *create_op(const char *title, const char *status, const cha
     if (notify) {
         op->notify.enabled = true;
         snprintf(op->notify.type, sizeof(op->notify.type), "task_created");
+        snprintf(op->notify.by, sizeof(op->notify.by), "%s", U1);
         tms_event_id_new(op->notify.event_id);
     }
     return op;
@@ -217,7 +218,7 @@ static void test_create_get(void)
     tms_sqlite_t *db = open_db();
     tms_task_op_t *op;
     tms_outbox_op_t *box;
-    char type[16], user[25], event_id[37], key[24], *title = NULL;
+    char type[16], user[25], event_id[37], key[24], by[25], *title = NULL;
     int64_t id1, id2, task_id = 0;
     if (!db)
         return;
@@ -262,8 +263,9 @@ static void test_create_get(void)
         CHECK_EQ_STR(box->events[0].event_id, event_id);
         CHECK_EQ_INT(box->events[0].created_at_ms, T0);
         CHECK_EQ_INT(tms_event_notification_parse(box->events[0].payload, type, user, &task_id,
-                                                  event_id, &title),
+                                                  event_id, &title, by),
                      0);
+        CHECK_EQ_STR(by, U1);
         CHECK_EQ_STR(type, "task_created");
         CHECK_EQ_STR(user, U2);
         CHECK_EQ_INT(task_id, id2);
@@ -434,7 +436,7 @@ static void test_update(void)
     tms_sqlite_t *db = open_db();
     tms_task_op_t *op;
     tms_outbox_op_t *box;
-    char type[16], user[25], event_id[37], eid[37], *title = NULL;
+    char type[16], user[25], event_id[37], eid[37], by[25], *title = NULL;
     int64_t id, task_id = 0;
     if (!db)
         return;
@@ -481,6 +483,7 @@ static void test_update(void)
     snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s", U2);
     op->notify.enabled = true;
     snprintf(op->notify.type, sizeof(op->notify.type), "task_assigned");
+    snprintf(op->notify.by, sizeof(op->notify.by), "%s", U2);
     tms_event_id_new(op->notify.event_id);
     snprintf(eid, sizeof(eid), "%s", op->notify.event_id);
     op = run_task(db, op);
@@ -500,8 +503,9 @@ static void test_update(void)
         CHECK_EQ_STR(box->events[0].event_id, eid);
         CHECK_EQ_STR(box->events[0].topic, TMS_TOPIC_NOTIFICATIONS);
         CHECK_EQ_INT(tms_event_notification_parse(box->events[0].payload, type, user, &task_id,
-                                                  event_id, &title),
+                                                  event_id, &title, by),
                      0);
+        CHECK_EQ_STR(by, U2); /* the caller of the update, not the creator */
         CHECK_EQ_STR(type, "task_assigned");
         CHECK_EQ_STR(user, U2);
         CHECK_EQ_INT(task_id, id);
@@ -967,8 +971,8 @@ static void test_user_deleted_event(void)
     }
     tms_outbox_op_free(&box);
 
-    /* compensation: the saga restores the user from the event (no hash) with the
-     * token version it asks for; the tombstone gives the hash back */
+    /* compensation: the saga restores the user its event names (no hash) from the
+     * tombstone: the hash, and a token version past the deleted one */
     op = user_op(TMS_USER_RESTORE, NULL);
     op->user = parsed;
     op->user.token_version = 10;
@@ -978,7 +982,7 @@ static void test_user_deleted_event(void)
     op = run_user(db, user_op(TMS_USER_GET_BY_ID, U1));
     CHECK_EQ_INT(op->err.code, TMS_OK);
     CHECK_EQ_STR(op->user.password_hash, deleted.password_hash);
-    CHECK_EQ_INT(op->user.token_version, 10);
+    CHECK_EQ_INT(op->user.token_version, 4);
     CHECK_EQ_STR(op->user.role, "admin");
     free(op);
     CHECK_EQ_INT(pending(db), 1); /* restoring writes no event */
