@@ -51,7 +51,8 @@ tms_start() {
     --set http.addr=127.0.0.1:$hp --set grpc.addr=127.0.0.1:$gp
     --set metrics.addr=127.0.0.1:$mp
     --set ratelimit.api_per_minute=0 --set ratelimit.login_per_15min=0
-    --set ratelimit.task_create_per_hour=0 --set log.level=warn
+    --set ratelimit.task_create_per_hour=0 --set notify.per_assigner_per_hour=0
+    --set notify.per_recipient_per_hour=0 --set log.level=warn
     --set http.max_connections=20000 --set http.max_connections_per_address=0
     --set auth.hash_per_address=0 "$@")
   local cpus=$SERVER_CPU

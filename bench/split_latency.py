@@ -40,7 +40,8 @@ def settings(tag):
                   "events.brokers": BROKERS, "events.namespace": name.replace("_", ""),
                   "auth.jwt_secret": secrets.token_hex(24), "log.level": "warn",
                   "ratelimit.api_per_minute": "0", "ratelimit.login_per_15min": "0",
-                  "ratelimit.task_create_per_hour": "0"}
+                  "ratelimit.task_create_per_hour": "0", "notify.per_assigner_per_hour": "0",
+                  "notify.per_recipient_per_hour": "0"}
 
 
 class OneProcess(SplitDeployment):

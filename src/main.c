@@ -139,33 +139,30 @@ static int make_dir(const char *path)
     return 0;
 }
 
-/* The configured secret, or the one kept in <data.dir>/jwt.secret, created once with
- * 48 random bytes (hex) so tokens survive restarts. */
+/* The configured secret (auth.jwt_secret or its file, read and checked by the config),
+ * or the one kept in <data.dir>/jwt.secret, created once with 48 random bytes (hex) so
+ * tokens survive restarts; a kept file is held to the rules of a configured secret file
+ * (mode, length after trimming, no published value). */
 static int load_secret(const tms_config_t *cfg, char *out, size_t size)
 {
-    char path[1100];
+    char path[1100], err[1200];
     unsigned char raw[48];
     int fd;
-    ssize_t n;
     if (cfg->auth.jwt_secret[0]) {
         snprintf(out, size, "%s", cfg->auth.jwt_secret);
         return 0;
     }
     snprintf(path, sizeof(path), "%s/jwt.secret", cfg->data.dir);
-    fd = open(path, O_RDONLY);
-    if (fd >= 0) {
-        n = read(fd, out, size - 1);
-        close(fd);
-        if (n < 32) {
-            fprintf(stderr, "tms: auth.jwt_secret: %s is shorter than 32 bytes\n", path);
+    if (access(path, F_OK) == 0) {
+        if (tms_config_read_secret_file("auth.jwt_secret", path, out, size, err, sizeof(err))) {
+            fprintf(stderr, "tms: %s\n", err);
             return -1;
         }
-        out[n] = '\0';
-        out[strcspn(out, "\r\n")] = '\0';
         return 0;
     }
     randombytes_buf(raw, sizeof(raw));
     sodium_bin2hex(out, size, raw, sizeof(raw));
+    sodium_memzero(raw, sizeof(raw));
     fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0600);
     if (fd < 0 || write(fd, out, strlen(out)) != (ssize_t)strlen(out) || fsync(fd) != 0) {
         fprintf(stderr, "tms: auth.jwt_secret: cannot write %s: %s\n", path, strerror(errno));
@@ -969,6 +966,8 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                          .inbox = tasks_outbox,
                          .auth = auth_mb,
                          .bus = s->bus,
+                         .per_assigner_per_hour = (uint32_t)cfg->notify.per_assigner_per_hour,
+                         .per_recipient_per_hour = (uint32_t)cfg->notify.per_recipient_per_hour,
                      });
     if (roles & TMS_ROLE_GATEWAY)
         s->gateway = tms_gateway_start(

@@ -45,7 +45,7 @@ struct tms_auth {
     tms_event_bus_t *bus;
     tms_outbox_t *inbox;
     tms_relay_t *relay;
-    tms_counter_t *restored;
+    tms_counter_t *restored, *restore_refused;
     tms_counter_t *logins_ok, *logins_failed, *registrations;
     size_t hash_per_address;
     unsigned ipv6_prefix;
@@ -586,6 +586,15 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
         return;
     case TMS_API_USER_EXISTS:
     case TMS_API_USER_INFO:
+        /* Ids of creators and assignees are in every task a user can see: without
+         * this, anyone could collect every user's email. */
+        if (!call->principal.service && !is_admin(call) &&
+            (!call->principal.authenticated ||
+             strcmp(call->target_id, call->principal.user_id) != 0)) {
+            fail(auth, call, TMS_PERMISSION_DENIED,
+                 "only the user, an admin or a TMS service may read a user's details");
+            return;
+        }
         if (!tms_objectid_valid(call->target_id)) {
             if (call->op == TMS_API_USER_EXISTS) {
                 call->flag = false;
@@ -652,11 +661,21 @@ static void on_restored(tms_msg_t *msg)
     store_req_t *req = (store_req_t *)msg;
     comp_job_t *job = msg->ctx;
     tms_status_t code = req->op.err.code;
+    char why[sizeof(req->op.err.message)];
+    snprintf(why, sizeof(why), "%s", req->op.err.message);
+    sodium_memzero(req, sizeof(*req)); /* the restored user's password hash */
     free(req);
     if (code == TMS_ALREADY_EXISTS) {
         /* Restored by an earlier delivery, or the email was registered again since:
          * either way there is nothing left to restore. */
         tms_log_warn("user_restore_skipped", "user=%s reason=exists", job->user.id);
+    } else if (code == TMS_NOT_FOUND || code == TMS_FAILED_PRECONDITION) {
+        /* The event is not what this side wrote when it deleted the user (no
+         * tombstone, or another email or role): whoever wrote it does not get to
+         * choose whom TMS brings back. Handled, so it is not retried. */
+        tms_counter_add(job->auth->restore_refused, 1);
+        tms_log_error("user_restore_refused", "user=%s event=%s reason=\"%s\"", job->user.id,
+                      job->event_id, why);
     } else if (code != TMS_OK) {
         comp_ack(job, 0);
         return;
@@ -687,10 +706,9 @@ static void on_comp_seen(tms_msg_t *msg)
     uop->msg.cont = on_restored;
     uop->msg.ctx = job;
     uop->msg.free_fn = free_store_req;
+    /* The event's id, email and role; the store restores from the tombstone it wrote
+     * at the delete and only checks these against it. */
     uop->user = job->user;
-    /* Old tokens stay dead: the restored user starts one version later. The hash is
-     * empty: the store takes it from the deleted user's tombstone. */
-    uop->user.token_version++;
     uop->user.password_hash[0] = '\0';
     if (tms_user_store_submit(job->auth->users, &uop) != 0) {
         free(req);
@@ -771,6 +789,8 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     auth->relay = cfg->relay;
     auth->restored =
         tms_metrics_counter("tms_saga_total", "delete-user saga outcomes", "outcome=\"restored\"");
+    auth->restore_refused = tms_metrics_counter("tms_saga_total", "delete-user saga outcomes",
+                                                "outcome=\"restore_refused\"");
     if (auth->bus && auth->inbox &&
         auth->bus->subscribe(auth->bus, TMS_TOPIC_COMPENSATE, COMPENSATION_GROUP, auth->mailbox))
         tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_COMPENSATE,

@@ -11,16 +11,20 @@
 #include "core/events.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/notify.h"
 
 #define CONSUMER "notification-group"
 #define SUBJECT "New Task Assigned"
+#define LIMIT_KEYS 20000 /* buckets per limit (~130 bytes each): ~5 MiB at most for both */
 
 struct tms_notifier {
+    uv_loop_t *loop;
     tms_mailbox_t *mailbox;
     tms_notifier_config_t cfg;
+    tms_notify_limit_t *limit;
     size_t inflight;
     tms_stopper_t stop;
-    tms_counter_t *sent, *duplicate, *dropped, *failed, *dead_letter;
+    tms_counter_t *sent, *duplicate, *dropped, *failed, *dead_letter, *suppressed;
 };
 
 typedef struct job job_t;
@@ -32,6 +36,7 @@ struct job {
     int64_t task_id;
     char event_id[37];
     char *title;
+    char assigned_by[25]; /* "" when the event names nobody (older events) */
     void (*then)(job_t *job, tms_outbox_op_t *op);
 };
 
@@ -80,30 +85,6 @@ static void recorded(job_t *job, tms_outbox_op_t *op)
 
 /* ---- mail ------------------------------------------------------------ */
 
-static char *html_escape(const char *s)
-{
-    size_t n = 0;
-    char *out, *o;
-    for (const char *p = s; *p; p++)
-        n += (*p == '<' || *p == '>') ? 4 : *p == '&' ? 5 : *p == '"' ? 6 : 1;
-    out = o = tms_malloc(n + 1);
-    for (const char *p = s; *p; p++) {
-        const char *rep = *p == '<'   ? "&lt;"
-                          : *p == '>' ? "&gt;"
-                          : *p == '&' ? "&amp;"
-                          : *p == '"' ? "&quot;"
-                                      : NULL;
-        if (rep) {
-            memcpy(o, rep, strlen(rep));
-            o += strlen(rep);
-        } else {
-            *o++ = *p;
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
 static void on_mail_reply(tms_msg_t *msg)
 {
     tms_mail_t *mail = (tms_mail_t *)msg;
@@ -142,18 +123,9 @@ static void free_mail_msg(tms_msg_t *msg)
 static void send_mail(job_t *job, const char *email)
 {
     tms_mail_t *mail = tms_mail_new();
-    char *title_html = html_escape(job->title);
-    size_t tlen = strlen(job->title) + 128, hlen = strlen(title_html) + 256;
-    mail->text = tms_malloc(tlen);
-    snprintf(mail->text, tlen,
-             "Hello,\n\nYou have been assigned a task.\n\nTask %" PRId64 ": %s\n\n-- TMS\n",
-             job->task_id, job->title);
-    mail->html = tms_malloc(hlen);
-    snprintf(mail->html, hlen,
-             "<p>Hello,</p><p>You have been assigned a task.</p>"
-             "<p><b>Task %" PRId64 ":</b> %s</p><p>-- TMS</p>\n",
-             job->task_id, title_html);
-    free(title_html);
+    /* The title is whatever the assigner typed: shown quoted and labelled as theirs. */
+    mail->text = tms_notify_text(job->task_id, job->title, job->assigned_by);
+    mail->html = tms_notify_html(job->task_id, job->title, job->assigned_by);
     snprintf(mail->to, sizeof(mail->to), "%s", email);
     snprintf(mail->subject, sizeof(mail->subject), SUBJECT);
     snprintf(mail->event_id, sizeof(mail->event_id), "%s", job->event_id);
@@ -195,6 +167,7 @@ static void seen_checked(job_t *job, tms_outbox_op_t *op)
 {
     tms_api_call_t *q;
     tms_msg_t *msg;
+    tms_notify_verdict_t verdict;
     if (op->err.code != TMS_OK) {
         ack(job, 0);
         return;
@@ -204,7 +177,21 @@ static void seen_checked(job_t *job, tms_outbox_op_t *op)
         ack(job, 1);
         return;
     }
+    verdict = tms_notify_limit_check(job->n->limit, job->event_id, job->assigned_by, job->user_id,
+                                     uv_now(job->n->loop));
+    if (verdict != TMS_NOTIFY_SEND) {
+        /* Handled, not failed: recorded like a sent one, so it is neither retried nor
+         * mailed later in a burst. */
+        tms_counter_add(job->n->suppressed, 1);
+        tms_log_warn("email_suppressed", "event=%s task=%" PRId64 " user=%s by=%s limit=%s",
+                     job->event_id, job->task_id, job->user_id,
+                     job->assigned_by[0] ? job->assigned_by : "-",
+                     tms_notify_verdict_name(verdict));
+        inbox(job, TMS_INBOX_RECORD, recorded);
+        return;
+    }
     q = tms_api_call_new(TMS_API_USER_INFO);
+    q->principal.service = true;
     snprintf(q->target_id, sizeof(q->target_id), "%s", job->user_id);
     msg = &q->msg;
     msg->op = TMS_STAGE_EXECUTE;
@@ -241,7 +228,7 @@ static void on_message(void *owner, tms_msg_t *msg)
     job->delivery = d;
     n->inflight++;
     if (tms_event_notification_parse(d->payload, job->type, job->user_id, &job->task_id,
-                                     job->event_id, &job->title) != 0 ||
+                                     job->event_id, &job->title, job->assigned_by) != 0 ||
         (strcmp(job->type, "task_created") != 0 && strcmp(job->type, "task_assigned") != 0)) {
         tms_counter_add(n->dropped, 1);
         tms_log_error("event_malformed", "topic=%s dropped=1", d->topic);
@@ -264,7 +251,10 @@ static void on_message(void *owner, tms_msg_t *msg)
 tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t *cfg)
 {
     tms_notifier_t *n = tms_new(tms_notifier_t);
+    n->loop = loop;
     n->cfg = *cfg;
+    n->limit =
+        tms_notify_limit_new(cfg->per_assigner_per_hour, cfg->per_recipient_per_hour, LIMIT_KEYS);
     n->mailbox = tms_mailbox_new(loop, "notifier", cfg->mailbox_capacity, on_message, n);
 #define EMAILS(outcome)                                                                            \
     tms_metrics_counter("tms_emails_total", "assignment emails by outcome",                        \
@@ -274,6 +264,7 @@ tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t 
     n->dropped = EMAILS("dropped");
     n->failed = EMAILS("failed");
     n->dead_letter = EMAILS("dead_letter");
+    n->suppressed = EMAILS("suppressed");
 #undef EMAILS
     tms_mailbox_export_depth(n->mailbox);
     if (cfg->bus->subscribe(cfg->bus, TMS_TOPIC_NOTIFICATIONS, CONSUMER, n->mailbox))
@@ -298,5 +289,6 @@ void tms_notifier_free(tms_notifier_t **pn)
         return;
     *pn = NULL;
     tms_mailbox_free(&n->mailbox);
+    tms_notify_limit_free(&n->limit);
     free(n);
 }

@@ -6,6 +6,7 @@
 #define TMS_ACTORS_NOTIFIER_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "core/event_bus.h"
@@ -21,6 +22,10 @@ typedef struct tms_notifier_config {
     tms_outbox_t *inbox;  /* handled-event log; borrowed */
     tms_mailbox_t *auth;  /* assignee email lookups */
     tms_event_bus_t *bus; /* borrowed */
+    /* emails per hour from one assigner to one recipient, and to one recipient in all;
+     * over that an event is suppressed (logged, counted, recorded as handled); 0: no
+     * limit. Kept in this actor's memory: per process, forgotten on restart. */
+    uint32_t per_assigner_per_hour, per_recipient_per_hour;
 } tms_notifier_config_t;
 
 /** Start the actor on loop and subscribe it to notifications. Never NULL. */

@@ -164,6 +164,7 @@ static void require_user(job_t *job, const char *user_id, void (*next)(job_t *jo
         return;
     }
     q = tms_api_call_new(TMS_API_USER_EXISTS);
+    q->principal.service = true; /* any user may assign to anyone who exists */
     snprintf(q->target_id, sizeof(q->target_id), "%s", user_id);
     snprintf(q->request_id, sizeof(q->request_id), "%s", job->call->request_id);
     q->deadline_ms = job->call->deadline_ms; /* the check travels within the same budget */
@@ -242,6 +243,7 @@ static void create_store(job_t *job)
     if (op->task.assigned_to[0]) {
         op->notify.enabled = true;
         snprintf(op->notify.type, sizeof(op->notify.type), "task_created");
+        snprintf(op->notify.by, sizeof(op->notify.by), "%s", call->principal.user_id);
         tms_event_id_new(op->notify.event_id);
     }
     if (call->idempotency_key) {
@@ -430,6 +432,7 @@ static void update_store(job_t *job)
         if (call->assigned_to[0] && strcmp(call->assigned_to, job->current.assigned_to) != 0) {
             op->notify.enabled = true;
             snprintf(op->notify.type, sizeof(op->notify.type), "task_assigned");
+            snprintf(op->notify.by, sizeof(op->notify.by), "%s", call->principal.user_id);
             tms_event_id_new(op->notify.event_id);
         }
     }

@@ -24,8 +24,8 @@ typedef enum tms_api_op {
     TMS_API_LOGOUT,       /* bearer; target_id (empty: self) -> ok */
     TMS_API_ME,           /* bearer -> user */
     TMS_API_DELETE_USER,  /* bearer; target_id -> ok */
-    TMS_API_USER_EXISTS,  /* bearer; target_id -> flag */
-    TMS_API_USER_INFO,    /* bearer; target_id -> user (email, role) */
+    TMS_API_USER_EXISTS,  /* bearer (self or admin) or service; target_id -> flag */
+    TMS_API_USER_INFO,    /* bearer (self or admin) or service; target_id -> user */
     TMS_API_VERIFY_TOKEN, /* token in bearer -> flag (valid), user id and role */
     TMS_API_TASK_CREATE,  /* bearer; title, description, status?, assigned_to?,
                            * idempotency_key? -> task (replayed when idempotent) */
@@ -44,9 +44,12 @@ typedef enum tms_api_stage {
     TMS_STAGE_EXECUTE,          /* owning actor: perform the operation */
 } tms_api_stage_t;
 
-/* Who is calling, once the bearer token was verified. */
+/* Who is calling, once the bearer token was verified; or a TMS service acting on its
+ * own behalf (service: the task and notifier actors, in this process or in another one
+ * that presented the service credential), which no client can be. */
 typedef struct tms_principal {
     bool authenticated;
+    bool service;
     char user_id[TMS_USER_ID_LEN + 1];
     char role[8];
     char email[TMS_EMAIL_MAX + 1];

@@ -3,9 +3,11 @@
 #include <ctype.h>
 #include <errno.h>
 #include <ini.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "core/status.h"
 
@@ -119,10 +121,11 @@ static const key_t_ keys[] = {
     STR(peers, task, peers.task, "",
         "host:port of the task role's gRPC listener; needed when gateway runs without task"),
     STR(peers, secret, peers.secret, "",
-        "service credential (16+ bytes) every role of a split deployment shares; required "
-        "unless server.roles has all four roles"),
+        "service credential every role of a split deployment shares (at least 32 bytes, not "
+        "an example value); required unless server.roles has all four roles"),
     STR(peers, secret_file, peers.secret_file, "",
-        "file holding peers.secret (first line), used when peers.secret is empty"),
+        "file holding peers.secret (its first line, blanks trimmed), used when peers.secret "
+        "is empty; refused when group or others may access it"),
     INT(peers, pool_size, peers.pool_size, 1, 64, "2", "HTTP/2 connections per peer"),
     INT(peers, connect_timeout_ms, peers.connect_timeout_ms, 50, 60000, "2000",
         "ms a connection to a peer may take"),
@@ -180,8 +183,10 @@ static const key_t_ keys[] = {
         "smtp://[user:password@]host:port / smtps://... (implicit TLS)"),
     STR(mail, from, mail.from, "no-reply@tms.local",
         "sender address of assignment emails; its domain names the Message-IDs"),
-    ENUM(mail, starttls, mail.starttls, "off|try|require", "try",
-         "SMTP: STARTTLS on smtp:// URLs; require fails a send without it"),
+    ENUM(mail, starttls, mail.starttls, "auto|off|try|require", "auto",
+         "SMTP: STARTTLS on smtp:// URLs; require fails a send without it, try sends in clear "
+         "text when the server offers none, auto is require when mail.url carries credentials "
+         "and try otherwise"),
     STR(mail, ca_file, mail.ca_file, "",
         "SMTP: PEM file of CAs that verify the server's certificate; empty: the system store"),
     INT(mail, timeout_ms, mail.timeout_ms, 100, 600000, "5000",
@@ -204,7 +209,11 @@ static const key_t_ keys[] = {
         "SMTP: dead letters (permanent 5xx), one file per event (default "
         "<data.dir>/mail-dlq); `tms mail dlq list|replay`"),
     STR(auth, jwt_secret, auth.jwt_secret, "",
-        "HS256 key, at least 32 bytes; empty: generated once into <data.dir>/jwt.secret"),
+        "HS256 key, at least 32 bytes, not an example value; empty: auth.jwt_secret_file, or "
+        "generated once into <data.dir>/jwt.secret (mode 0600)"),
+    STR(auth, jwt_secret_file, auth.jwt_secret_file, "",
+        "file holding auth.jwt_secret (its first line, blanks trimmed), used when "
+        "auth.jwt_secret is empty; refused when group or others may access it"),
     INT(auth, token_ttl, auth.token_ttl, 1, 31536000, "3600", "token lifetime in seconds"),
     STR(auth, issuer, auth.issuer, "tms", "JWT iss claim, checked on every token"),
     INT(auth, user_cache_ms, auth.user_cache_ms, 0, 60000, "1000",
@@ -231,6 +240,13 @@ static const key_t_ keys[] = {
     INT(ratelimit, ipv6_prefix, ratelimit.ipv6_prefix, 1, 128, "64",
         "IPv6 clients count as one address per prefix of this many bits (one subscriber "
         "usually holds a /64) in every per-address limit; IPv4 addresses count alone"),
+    INT(notify, per_assigner_per_hour, notify.per_assigner_per_hour, 0, 100000000, "5",
+        "assignment emails per hour from one user (who created or reassigned the task) to "
+        "one recipient; more are suppressed (logged, counted, not sent); per notifier process; "
+        "0 disables"),
+    INT(notify, per_recipient_per_hour, notify.per_recipient_per_hour, 0, 100000000, "20",
+        "assignment emails per hour to one recipient from everyone; more are suppressed; per "
+        "notifier process; 0 disables"),
     ENUM(log, level, log.level, "debug|info|warn|error", "info", "minimum level logged"),
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -445,23 +461,150 @@ static int parse_roles(const char *text, unsigned *mask)
     return *mask ? 0 : -1;
 }
 
-/* The secret from peers.secret_file when peers.secret is empty: its first line. */
-static int read_secret_file(tms_config_t *cfg, char *err, size_t err_len)
+/* Values published with TMS, in the repository now or in its history: the old
+ * fallbacks of deploy/compose.yaml, the keys of the tests, the fuzzers and the fuzz
+ * corpus. Anyone can read them, so a server keyed with one has no key at all.
+ * tests/integration/test_secrets.py greps the repository for secret-like literals and
+ * checks that the server refuses each of them. */
+static const char *const published_secrets[] = {
+    "change-me-jwt-secret-0123456789abcdef0123",
+    "change-me-service-credential-0123456789",
+    "integration-test-secret-0123456789abcdefghijklmn",
+    "another-secret-key-that-is-not-the-server-one-0123456789",
+    "another-secret-another-secret-another!!",
+    "0123456789abcdef0123456789abcdef",
+    "0123456789abcdef0123456789abcdef-test-key",
+    "0123456789abcdef0123456789abcdef-fuzz-key",
+};
+
+static bool blank(char c)
 {
-    FILE *f;
-    size_t n;
-    if (cfg->peers.secret[0] || !cfg->peers.secret_file[0])
-        return 0;
-    f = fopen(cfg->peers.secret_file, "r");
-    if (!f) {
-        snprintf(err, err_len, "config: peers.secret_file: cannot read %.900s: %s",
-                 cfg->peers.secret_file, strerror(errno));
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
+/* Case-insensitive: does s[0..n) contain the NUL-terminated word? */
+static bool contains_word(const char *s, size_t n, const char *word)
+{
+    size_t w = strlen(word);
+    for (size_t i = 0; i + w <= n; i++) {
+        size_t j = 0;
+        while (j < w && tolower((unsigned char)s[i + j]) == word[j])
+            j++;
+        if (j == w)
+            return true;
+    }
+    return false;
+}
+
+int tms_config_check_secret(const char *key, const char *secret, char *err, size_t err_len)
+{
+    const char *p = secret;
+    size_t n = strlen(secret), distinct = 0;
+    bool seen[256] = {false};
+    while (n && blank(*p))
+        p++, n--;
+    while (n && blank(p[n - 1]))
+        n--;
+    if (n < TMS_SECRET_MIN) {
+        snprintf(err, err_len, "config: %s: must be at least %d bytes (without surrounding blanks)",
+                 key, TMS_SECRET_MIN);
         return -TMS_EINVAL;
     }
-    n = fread(cfg->peers.secret, 1, sizeof(cfg->peers.secret) - 1, f);
+    for (size_t i = 0; i < n; i++) {
+        distinct += !seen[(unsigned char)p[i]];
+        seen[(unsigned char)p[i]] = true;
+    }
+    if (distinct < 8) {
+        snprintf(err, err_len,
+                 "config: %s: has fewer than 8 different characters; use a random value "
+                 "(e.g. openssl rand -hex 32)",
+                 key);
+        return -TMS_EINVAL;
+    }
+    for (size_t i = 0; i < sizeof(published_secrets) / sizeof(published_secrets[0]); i++) {
+        if (strlen(published_secrets[i]) == n && memcmp(published_secrets[i], p, n) == 0)
+            goto published;
+    }
+    if (contains_word(p, n, "change-me") || contains_word(p, n, "changeme"))
+        goto published;
+    return 0;
+published:
+    snprintf(err, err_len,
+             "config: %s: is an example value published with TMS (anyone can read it); use a "
+             "random value (e.g. openssl rand -hex 32)",
+             key);
+    return -TMS_EINVAL;
+}
+
+int tms_config_read_secret_file(const char *key, const char *path, char *out, size_t size,
+                                char *err, size_t err_len)
+{
+    struct stat st;
+    FILE *f;
+    size_t n, start = 0;
+    int c, rc = -TMS_EINVAL;
+    f = fopen(path, "r");
+    if (!f) {
+        snprintf(err, err_len, "config: %s: cannot read %.900s: %s", key, path, strerror(errno));
+        return -TMS_EINVAL;
+    }
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        snprintf(err, err_len, "config: %s: %.900s is not a regular file", key, path);
+        goto out;
+    }
+    if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+        snprintf(err, err_len,
+                 "config: %s: %.900s is accessible by group or others (mode %04o); "
+                 "chmod 600 it",
+                 key, path, (unsigned)(st.st_mode & 07777));
+        goto out;
+    }
+    /* The first line; the rest (a trailing newline, comments) is not the secret. */
+    n = 0;
+    while ((c = getc(f)) != EOF && c != '\n') {
+        if (n + 1 >= size) {
+            snprintf(err, err_len, "config: %s: the first line of %.900s is longer than %zu bytes",
+                     key, path, size - 1);
+            goto out;
+        }
+        out[n++] = (char)c;
+    }
+    out[n] = '\0';
+    while (n && blank(out[n - 1]))
+        out[--n] = '\0';
+    while (start < n && blank(out[start]))
+        start++;
+    memmove(out, out + start, n - start + 1);
+    rc = tms_config_check_secret(key, out, err, err_len);
+    if (rc) {
+        size_t used = strlen(err);
+        snprintf(err + used, err_len - used, " (first line of %.900s)", path);
+    }
+out:
     fclose(f);
-    cfg->peers.secret[n] = '\0';
-    cfg->peers.secret[strcspn(cfg->peers.secret, "\r\n")] = '\0';
+    if (rc)
+        memset(out, 0, size);
+    return rc;
+}
+
+/* Every secret given, inline or through its file (used when the inline one is empty). */
+static int finish_secrets(tms_config_t *cfg, char *err, size_t err_len)
+{
+    if (!cfg->auth.jwt_secret[0] && cfg->auth.jwt_secret_file[0] &&
+        tms_config_read_secret_file("auth.jwt_secret_file", cfg->auth.jwt_secret_file,
+                                    cfg->auth.jwt_secret, sizeof(cfg->auth.jwt_secret), err,
+                                    err_len))
+        return -TMS_EINVAL;
+    if (cfg->auth.jwt_secret[0] &&
+        tms_config_check_secret("auth.jwt_secret", cfg->auth.jwt_secret, err, err_len))
+        return -TMS_EINVAL;
+    if (!cfg->peers.secret[0] && cfg->peers.secret_file[0] &&
+        tms_config_read_secret_file("peers.secret_file", cfg->peers.secret_file, cfg->peers.secret,
+                                    sizeof(cfg->peers.secret), err, err_len))
+        return -TMS_EINVAL;
+    if (cfg->peers.secret[0] &&
+        tms_config_check_secret("peers.secret", cfg->peers.secret, err, err_len))
+        return -TMS_EINVAL;
     return 0;
 }
 
@@ -507,13 +650,12 @@ static int finish_roles(tms_config_t *cfg, char *err, size_t err_len)
         if (check_addr("peers.task", cfg->peers.task, err, err_len))
             return -TMS_EINVAL;
     }
-    if (read_secret_file(cfg, err, err_len))
-        return -TMS_EINVAL;
-    if (strlen(cfg->peers.secret) < 16) {
+    if (!cfg->peers.secret[0]) {
         snprintf(err, err_len,
-                 "config: peers.secret: a service credential of at least 16 bytes is required "
+                 "config: peers.secret: a service credential of at least %d bytes is required "
                  "when server.roles is not all four roles (set peers.secret or "
-                 "peers.secret_file)");
+                 "peers.secret_file)",
+                 TMS_SECRET_MIN);
         return -TMS_EINVAL;
     }
     if (!cfg->events.brokers[0]) {
@@ -566,10 +708,8 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
                  cfg->mail.from);
         return -TMS_EINVAL;
     }
-    if (cfg->auth.jwt_secret[0] != '\0' && strlen(cfg->auth.jwt_secret) < 32) {
-        snprintf(err, err_len, "config: auth.jwt_secret: must be at least 32 bytes");
+    if (finish_secrets(cfg, err, err_len))
         return -TMS_EINVAL;
-    }
     return finish_roles(cfg, err, err_len);
 }
 

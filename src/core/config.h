@@ -70,7 +70,7 @@ typedef struct tms_config {
     struct {
         char url[1024];
         char from[256];
-        char starttls[8];                          /* SMTP: off | try | require */
+        char starttls[8];                          /* SMTP: auto | off | try | require */
         int64_t timeout_ms, max_concurrent;        /* SMTP: per send; transfers at once */
         int64_t retry_attempts;                    /* SMTP: attempts per mail before pending */
         int64_t retry_base_ms, retry_max_ms;       /* SMTP: full-jitter back-off bounds */
@@ -80,7 +80,8 @@ typedef struct tms_config {
         char ca_file[1024]; /* SMTP: PEM CAs for TLS; empty: the system store */
     } mail;
     struct {
-        char jwt_secret[512];
+        char jwt_secret[512]; /* from jwt_secret_file if empty */
+        char jwt_secret_file[1024];
         int64_t token_ttl;
         char issuer[128];
         int64_t user_cache_ms;
@@ -92,6 +93,9 @@ typedef struct tms_config {
         int64_t api_per_minute, login_per_15min, task_create_per_hour;
         int64_t ipv6_prefix; /* IPv6 clients are counted per prefix of this length */
     } ratelimit;
+    struct {
+        int64_t per_assigner_per_hour, per_recipient_per_hour; /* emails; 0: no limit */
+    } notify;
     struct {
         char level[8];
     } log;
@@ -120,6 +124,25 @@ int tms_config_set(tms_config_t *cfg, const char *assignment, char *err, size_t 
 
 /** Cross-key checks and derived defaults (users.url from data.dir, ...). */
 int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len);
+
+/* Secrets (auth.jwt_secret, peers.secret, their files) are at least this long after
+ * trimming blanks. */
+#define TMS_SECRET_MIN 32
+
+/** Check a secret for key ("auth.jwt_secret"): at least TMS_SECRET_MIN bytes without
+ * the blanks around it, at least 8 different bytes, and not a value that appears in
+ * the TMS repository (deploy/compose.yaml's old fallbacks, test and fuzz keys, which
+ * anyone can read). Returns 0, or -TMS_EINVAL with one line naming the key (never the
+ * secret) in err. */
+int tms_config_check_secret(const char *key, const char *secret, char *err, size_t err_len);
+
+/** Read a secret from the file at path into out (size bytes); key names the setting
+ * in errors ("auth.jwt_secret_file"). Refused when group or others have any access to
+ * the file (the line names the file and its mode);
+ * the secret is the file's first line without the blanks around it, checked with
+ * tms_config_check_secret. Returns 0, or -TMS_EINVAL with one line in err. */
+int tms_config_read_secret_file(const char *key, const char *path, char *out, size_t size,
+                                char *err, size_t err_len);
 
 /** Write the documented default config file text (config/tms.conf) to a FILE*. */
 void tms_config_write_defaults(void *file);

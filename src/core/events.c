@@ -35,13 +35,19 @@ static char *dump(json_t *j)
 }
 
 char *tms_event_notification_json(const char *type, const char *user_id, int64_t task_id,
-                                  const char *event_id, const char *title, int64_t occurred_ms)
+                                  const char *event_id, const char *title, int64_t occurred_ms,
+                                  const char *assigned_by)
 {
     char id[24], ts[32];
+    json_t *j;
     snprintf(id, sizeof(id), "%lld", (long long)task_id);
-    return dump(json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "type", type, "user_id", user_id,
-                          "task_id", id, "event_id", event_id, "title", title, "occurred_at",
-                          tms_format_time(occurred_ms, ts, sizeof(ts))));
+    j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s}", "type", type, "user_id", user_id, "task_id", id,
+                  "event_id", event_id, "title", title, "occurred_at",
+                  tms_format_time(occurred_ms, ts, sizeof(ts)));
+    if (j && assigned_by && *assigned_by &&
+        json_object_set_new(j, "assigned_by", json_string(assigned_by)) != 0)
+        tms_oom(__FILE__, __LINE__);
+    return dump(j);
 }
 
 char *tms_event_user_json(const tms_user_t *u, const char *event_id)
@@ -102,9 +108,10 @@ out:
 }
 
 int tms_event_notification_parse(const char *json, char type[16], char user_id[25],
-                                 int64_t *task_id, char event_id[37], char **title)
+                                 int64_t *task_id, char event_id[37], char **title,
+                                 char assigned_by[25])
 {
-    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, NULL), *t;
+    json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, NULL), *t, *by;
     char id[24], *end;
     int rc = -TMS_EINVAL;
     if (!root)
@@ -117,6 +124,12 @@ int tms_event_notification_parse(const char *json, char type[16], char user_id[2
     *task_id = strtoll(id, &end, 10);
     if (*end != '\0' || *task_id <= 0)
         goto out;
+    by = json_object_get(root, "assigned_by");
+    if (assigned_by) {
+        assigned_by[0] = '\0';
+        if (by && !json_is_null(by) && copy_str(root, "assigned_by", assigned_by, 25))
+            goto out;
+    }
     *title = tms_strdup(json_string_value(t));
     rc = 0;
 out:

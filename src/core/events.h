@@ -14,10 +14,13 @@
 /** A new random (v4) UUID as 36 characters plus NUL. Thread-safe. */
 void tms_event_id_new(char out[37]);
 
-/** {type, user_id, task_id, event_id, title, occurred_at}: task_id as decimal string.
- * Returns heap JSON text; never NULL. */
+/** {type, user_id, task_id, event_id, title, occurred_at, assigned_by}: task_id as
+ * decimal string; assigned_by (an addition to the original's shape: the user who
+ * created or reassigned the task) left out when NULL or "". Returns heap JSON text;
+ * never NULL. */
 char *tms_event_notification_json(const char *type, const char *user_id, int64_t task_id,
-                                  const char *event_id, const char *title, int64_t occurred_ms);
+                                  const char *event_id, const char *title, int64_t occurred_ms,
+                                  const char *assigned_by);
 
 /** {user: {id, email, role, tokenVersion, createdAt}, event_id}: for user_deleted and
  * compensate_user_deletion. Never includes the password hash. Heap; never NULL. */
@@ -27,8 +30,11 @@ char *tms_event_user_json(const tms_user_t *user, const char *event_id);
  * password_hash left empty). Returns 0 or -TMS_EINVAL. */
 int tms_event_user_parse(const char *json, tms_user_t *user, char event_id[37]);
 
-/** Parse a notification event. Returns 0 or -TMS_EINVAL; *title is heap. */
+/** Parse a notification event. Returns 0 or -TMS_EINVAL; *title is heap. assigned_by
+ * (may be NULL) gets "" when the event has none (the original's events, TMS before
+ * issue 17). */
 int tms_event_notification_parse(const char *json, char type[16], char user_id[25],
-                                 int64_t *task_id, char event_id[37], char **title);
+                                 int64_t *task_id, char event_id[37], char **title,
+                                 char assigned_by[25]);
 
 #endif

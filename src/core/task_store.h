@@ -48,6 +48,7 @@ typedef struct tms_task_notify {
     bool enabled;
     char type[16]; /* "task_created" | "task_assigned" */
     char event_id[TMS_EVENT_ID_LEN + 1];
+    char by[TMS_USER_ID_LEN + 1]; /* who created or reassigned the task: assigned_by */
 } tms_task_notify_t;
 
 typedef struct tms_task_op {

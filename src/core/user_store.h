@@ -35,8 +35,15 @@ typedef enum tms_user_op_kind {
                             * token_version. out: user after the change, or NOT_FOUND */
     TMS_USER_SET_ROLE,     /* in: key = email, user.role. out: user, or NOT_FOUND */
     TMS_USER_DELETE,       /* in: key = id. out: user as it was, or NOT_FOUND */
-    TMS_USER_RESTORE,      /* in: user (all fields): re-insert a deleted user as it was;
-                            * err ALREADY_EXISTS if the id or email is taken */
+    TMS_USER_RESTORE,      /* in: user.id, and user.email and user.role as the caller
+                            * believes them (an event's). Re-inserts the user as the
+                            * tombstone that DELETE wrote keeps it (email, role, hash,
+                            * created_at; token_version one past the deleted one), never
+                            * from the input. out: user as restored. err NOT_FOUND
+                            * without a tombstone; FAILED_PRECONDITION when the input's
+                            * email or role differs from the tombstone's (or it keeps
+                            * neither: written before they were kept); ALREADY_EXISTS if
+                            * the id or email is taken */
     TMS_USER_PING,         /* readiness probe: err OK when the store answers */
 } tms_user_op_kind_t;
 

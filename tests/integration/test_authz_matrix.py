@@ -56,9 +56,9 @@ DELETE /api/task/:id                U     403   403      200     200    U       
 grpc AuthService/Register           OK    OK    OK       OK      OK     OK      OK         OK      OK        OK   OK    OK
 grpc AuthService/Login              OK    OK    OK       OK      OK     OK      OK         OK      OK        OK   OK    OK
 grpc AuthService/Logout(creator)    U     PERMISSION_DENIED PERMISSION_DENIED OK OK U U    U       U         U    U     U
-grpc AuthService/UserExists         U     OK    OK       OK      OK     U       U          U       U         U    U     U
+grpc AuthService/UserExists(creator) U    PERMISSION_DENIED PERMISSION_DENIED OK OK U U    U       U         U    U     U
 grpc AuthService/VerifyToken        invalid valid valid  valid   valid  invalid invalid    invalid invalid   invalid invalid invalid
-grpc AuthService/GetUserInfo        U     OK    OK       OK      OK     U       U          U       U         U    U     U
+grpc AuthService/GetUserInfo(creator) U   PERMISSION_DENIED PERMISSION_DENIED OK OK U U    U       U         U    U     U
 grpc AuthService/DeleteUser(creator) U    PERMISSION_DENIED PERMISSION_DENIED OK OK U U    U       U         U    U     U
 grpc TaskService/CreateTask         U     OK    OK       OK      OK     U       U          U       U         U    U     U
 grpc TaskService/ListTasks          U     OK    OK       OK      OK     U       U          U       U         U    U     U
@@ -268,11 +268,11 @@ def grpc_cell(op, w, token, rpc):
                                            rpc.auth.Login(a.LoginRequest(**creds), **kw))[1],
         "grpc AuthService/Logout(creator)":
             lambda: rpc.auth.Logout(a.LogoutRequest(userId=creator), **kw),
-        "grpc AuthService/UserExists":
+        "grpc AuthService/UserExists(creator)":
             lambda: rpc.auth.UserExists(a.UserExistsRequest(userId=creator), **kw),
         "grpc AuthService/VerifyToken":
             lambda: rpc.auth.VerifyToken(a.VerifyTokenRequest(token=token or ""), timeout=10),
-        "grpc AuthService/GetUserInfo":
+        "grpc AuthService/GetUserInfo(creator)":
             lambda: rpc.auth.GetUserInfo(a.UserInforRequest(userId=creator), **kw),
         "grpc AuthService/DeleteUser(creator)":
             lambda: rpc.auth.DeleteUser(a.UserInforRequest(userId=creator), **kw),

@@ -1,5 +1,6 @@
 """Configuration: --set, environment overrides, validation, generated secret, CLI."""
 import os
+import secrets
 import subprocess
 import time
 
@@ -83,9 +84,10 @@ def test_malformed_set_refused(tms_bin, tmp_path):
 
 
 def test_secret_of_32_bytes_accepted(make_server):
-    srv = make_server(secret="k" * 32)
+    secret = secrets.token_hex(16)
+    srv = make_server(secret=secret)
     token, _ = srv.register()
-    jwt.decode(token, "k" * 32, algorithms=["HS256"])
+    jwt.decode(token, secret, algorithms=["HS256"])
 
 
 def test_env_token_ttl(make_server):
@@ -170,3 +172,12 @@ def test_port_in_use_refused_cleanly(tms_bin, tmp_path):
         assert any(l.startswith("tms: http.addr:") for l in lines), text
     finally:
         taken.close()
+
+
+def test_config_file_is_what_tms_config_prints(tms_bin):
+    """config/tms.conf documents every key with its default: exactly `tms config`."""
+    from conftest import REPO
+    p = run_cli(["config"], timeout=10)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == (REPO / "config" / "tms.conf").read_text(), \
+        "config/tms.conf is stale: regenerate it with `build/tms config > config/tms.conf`"

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import REPO, DEFAULT_PASSWORD, TMS_BIN, make_admin, unique_email
+from conftest import REPO, DEFAULT_PASSWORD, TMS_BIN, make_admin, unique_email, wait_mails
 
 grpc = pytest.importorskip("grpc")
 protoc = pytest.importorskip("grpc_tools.protoc")
@@ -140,14 +140,16 @@ def test_user_exists_info_and_token_rules(cli):
     uid = cli.verify(token).userId
     r = cli.auth.UserExists(pb.UserExistsRequest(userId=uid), metadata=cli.md(token), timeout=10)
     assert r.exists is True
-    r = cli.auth.UserExists(pb.UserExistsRequest(userId="0" * 24), metadata=cli.md(token),
-                            timeout=10)
-    assert r.exists is False
     info = cli.auth.GetUserInfo(pb.UserInforRequest(userId=uid), metadata=cli.md(token),
                                 timeout=10)
     assert (info.email, info.role) == (email, "user")
+    # another id: only an admin may ask (see test_user_info_is_self_or_admin_only)
+    admin, _ = make_admin(cli.srv)
+    r = cli.auth.UserExists(pb.UserExistsRequest(userId="0" * 24), metadata=cli.md(admin),
+                            timeout=10)
+    assert r.exists is False
     assert code_of(lambda: cli.auth.GetUserInfo(pb.UserInforRequest(userId="0" * 24),
-                                                metadata=cli.md(token), timeout=10))[0] == \
+                                                metadata=cli.md(admin), timeout=10))[0] == \
         C.NOT_FOUND
     # Every method but Register, Login and VerifyToken needs a token.
     for fn in (lambda md: cli.auth.UserExists(pb.UserExistsRequest(userId=uid), metadata=md),
@@ -157,6 +159,41 @@ def test_user_exists_info_and_token_rules(cli):
         assert code_of(lambda: fn([]))[0] == C.UNAUTHENTICATED
         assert code_of(lambda: fn([("authorization", "Bearer garbage")]))[0] == C.UNAUTHENTICATED
         assert code_of(lambda: fn([("authorization", "Basic abc")]))[0] == C.UNAUTHENTICATED
+
+
+def test_user_info_is_self_or_admin_only(cli, server):
+    """Issue 17: ids of creators and assignees are in every task a user can see, and
+    GetUserInfo answered anyone with the email behind any id. Now: self, admin, or a TMS
+    service (the notifier's lookup, which must still mail the assignee)."""
+    pb = cli.pb.auth_pb2
+    victim_tok, victim_email = cli.register()
+    attacker_tok, _ = cli.register()
+    victim_id = cli.verify(victim_tok).userId
+    task = cli.create(victim_tok, assignedTo=victim_id)  # the attacker sees ids like this
+    for ask in (lambda: cli.auth.GetUserInfo(pb.UserInforRequest(userId=victim_id),
+                                             metadata=cli.md(attacker_tok), timeout=10),
+                lambda: cli.auth.UserExists(pb.UserExistsRequest(userId=victim_id),
+                                            metadata=cli.md(attacker_tok), timeout=10),
+                lambda: cli.auth.UserExists(pb.UserExistsRequest(userId="0" * 24),
+                                            metadata=cli.md(attacker_tok), timeout=10),
+                lambda: cli.auth.GetUserInfo(pb.UserInforRequest(userId="not-an-id"),
+                                             metadata=cli.md(attacker_tok), timeout=10)):
+        code, details = code_of(ask)
+        assert code == C.PERMISSION_DENIED, (code, details)
+        assert victim_email not in details
+    admin, _ = make_admin(server)
+    info = cli.auth.GetUserInfo(pb.UserInforRequest(userId=victim_id), metadata=cli.md(admin),
+                                timeout=10)
+    assert info.email == victim_email
+    # the notifier (a service, in this process or over the internal service when split)
+    # still reads the assignee's address
+    assert len(wait_mails(server.maildir, victim_email, 1, task_id=int(task.id),
+                          timeout=15)) == 1
+    # and the task actor still checks that an assignee exists
+    other = cli.create(attacker_tok, assignedTo=victim_id)
+    assert other.assignedTo == victim_id
+    assert code_of(lambda: cli.create(attacker_tok, assignedTo="0" * 24))[0] == \
+        C.INVALID_ARGUMENT
 
 
 def test_logout_self_other_and_admin(cli, server):
@@ -190,7 +227,7 @@ def test_delete_user_self_other_and_admin(cli, server):
     assert cli.verify(a).valid is False
     admin, _ = make_admin(server)
     cli.auth.DeleteUser(pb.UserInforRequest(userId=b_id), metadata=cli.md(admin), timeout=10)
-    assert cli.auth.UserExists(pb.UserExistsRequest(userId=b_id), metadata=cli.md(c),
+    assert cli.auth.UserExists(pb.UserExistsRequest(userId=b_id), metadata=cli.md(admin),
                                timeout=10).exists is False
     assert code_of(lambda: cli.auth.DeleteUser(pb.UserInforRequest(userId="0" * 24),
                                                metadata=cli.md(admin), timeout=10))[0] == \

@@ -122,7 +122,10 @@ def test_notifications_carry_the_json_of_api_md(make_server):
     for (_, _, key, value, _), typ, user in ((created, "task_created", alice),
                                              (assigned, "task_assigned", bob)):
         assert key == str(t["id"])
-        assert set(value) == {"type", "user_id", "task_id", "event_id", "title", "occurred_at"}
+        # the original's fields, and assigned_by (issue 17: who created or reassigned it)
+        assert set(value) == {"type", "user_id", "task_id", "event_id", "title", "occurred_at",
+                              "assigned_by"}
+        assert value["assigned_by"] == creator["id"]
         assert value["type"] == typ
         assert value["user_id"] == user["id"]
         assert value["task_id"] == str(t["id"])
@@ -341,3 +344,50 @@ def test_saga_compensation_over_kafka(make_server):
     msgs = read_topic("compensate_user_deletion", lambda g: any(m[2] == victim["id"] for m in g))
     mine = [m for m in msgs if m[2] == victim["id"]]
     assert len(mine) == 1 and mine[0][3]["user"]["id"] == victim["id"]
+
+
+def test_forged_compensation_over_kafka_restores_nothing(make_server):
+    """Issue 17, item 8: whoever can produce to compensate_user_deletion chose the role and
+    email of the restored user. Now the auth side restores from the tombstone it wrote at
+    the delete (users on SQLite here, on MongoDB when TMS_TEST_USERS_URL is set), and an
+    event whose email or role differs from it is logged and ignored."""
+    from confluent_kafka import Producer
+    srv = kafka_server(make_server)
+    deadline = time.monotonic() + 30
+    while not any("event=kafka_assigned" in l and "compensate_user_deletion" in l
+                  for l in srv.log_text().splitlines()):
+        assert time.monotonic() < deadline, srv.log_text()[-3000:]
+        time.sleep(0.1)
+    ns = srv.settings.get("events.namespace", "")
+    topic = (ns + "." if ns else "") + "compensate_user_deletion"
+    v_email = unique_email("victim")
+    v_tok, victim = srv.register(v_email)
+    r = srv.delete(f"/api/auth/delete/{victim['id']}", token=v_tok)
+    assert r.status_code == 200, r.text
+    victim = dict(victim, tokenVersion=1)
+    producer = Producer({"bootstrap.servers": BROKERS})
+
+    def send(user):
+        producer.produce(topic, key=user["id"],
+                         value=json.dumps({"user": user, "event_id": str(uuid.uuid4())}))
+        producer.flush(10)
+
+    def refused():
+        return metrics(srv, "tms_saga_total").get('{outcome="restore_refused"}', 0)
+
+    forged_email = unique_email("attacker")
+    send(dict(victim, email=forged_email, role="admin"))
+    assert poll(lambda: refused() >= 1, timeout=20), srv.log_text()[-3000:]
+    send(dict(victim, role="admin"))
+    assert poll(lambda: refused() >= 2, timeout=20), srv.log_text()[-3000:]
+    assert_error(srv.login(forged_email), 401, "UNAUTHENTICATED")
+    assert_error(srv.login(v_email), 401, "UNAUTHENTICATED")
+    lines = [l for l in srv.log_text().splitlines() if "event=user_restore_refused" in l]
+    assert len(lines) == 2 and all(victim["id"] in l for l in lines), lines
+    # the event the saga itself would write still restores the user, as the tombstone has it
+    send(victim)
+    assert poll(lambda: srv.login(v_email).status_code == 200, timeout=20), \
+        srv.log_text()[-3000:]
+    _, back = srv.login_ok(v_email)
+    assert (back["id"], back["role"], back["createdAt"]) == \
+        (victim["id"], "user", victim["createdAt"])

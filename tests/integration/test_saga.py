@@ -1,11 +1,15 @@
 """The delete-user saga: user_deleted -> the task actor unassigns the user's tasks; if that
 fails, compensate_user_deletion restores the user (same id, email, role; old tokens dead)."""
+import json
 import re
+import sqlite3
 import time
+import uuid
 
 import pytest
 
-from conftest import (TMS_BIN, assert_error, make_admin, mails_to, unique_email, wait_mails)
+from conftest import (SPLIT, TASKS_URL, TMS_BIN, USERS_URL, assert_error, make_admin, mails_to,
+                      unique_email, wait_mails)
 
 SAGA_TIMEOUT = 10.0
 
@@ -143,3 +147,73 @@ def test_saga_compensation_restores_user(make_server):
     assert any(v for v in samples.values()), f"no tms_saga_total sample: {samples}"
     assert any(re.search(r'outcome="[^"]*compensat', k) and v for k, v in samples.items()), \
         samples
+
+
+# -- compensation restores what the auth side wrote (issue 17, item 8) -----------------
+
+def inject_compensation(srv, user, event_id=None):
+    """A compensate_user_deletion event written straight into the embedded store's outbox
+    (as anyone who can write events could): the relay delivers it to the auth actor."""
+    event_id = event_id or str(uuid.uuid4())
+    payload = json.dumps({"user": user, "event_id": event_id})
+    db = sqlite3.connect(srv.data_dir / "tms.db", timeout=10)
+    try:
+        db.execute("INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
+                   " VALUES (?, 'compensate_user_deletion', ?, ?, ?)",
+                   (event_id, user["id"], payload, int(time.time() * 1000)))
+        db.commit()
+    finally:
+        db.close()
+    return event_id
+
+
+def saga_outcome(srv, outcome):
+    return metric_total(srv, "tms_saga_total").get(f'tms_saga_total{{outcome="{outcome}"}}', 0)
+
+
+@pytest.mark.skipif(bool(SPLIT or TASKS_URL or USERS_URL),
+                    reason="writes the embedded SQLite outbox of a single process")
+def test_forged_compensation_restores_nothing(make_server):
+    srv = make_server()
+    v_email = unique_email("victim")
+    v_tok, victim = srv.register(v_email)
+    r = srv.delete(f"/api/auth/delete/{victim['id']}", token=v_tok)
+    assert r.status_code == 200, r.text
+    poll(lambda: "event=user_deleted" in srv.log_text())
+
+    # The payload picks the role and an address its writer controls.
+    forged_email = unique_email("attacker")
+    victim = dict(victim, tokenVersion=1)  # the event's shape: {id, email, role, tokenVersion, createdAt}
+    forged = dict(victim, email=forged_email, role="admin")
+    inject_compensation(srv, forged)
+    assert poll(lambda: saga_outcome(srv, "restore_refused") >= 1), \
+        f"forged event not refused:\n{srv.log_text()[-3000:]}"
+    line = [l for l in srv.log_text().splitlines() if "event=user_restore_refused" in l]
+    assert len(line) == 1 and victim["id"] in line[0] and "email" in line[0], line
+    assert_error(srv.login(forged_email), 401, "UNAUTHENTICATED")
+    assert_error(srv.login(v_email), 401, "UNAUTHENTICATED")
+    r = srv.post("/api/auth/register", json={"email": forged_email, "password": "another-pw-123"})
+    assert r.status_code == 201, r.text  # the address was never taken
+    # a forged role alone is refused too
+    inject_compensation(srv, dict(victim, role="admin"))
+    assert poll(lambda: saga_outcome(srv, "restore_refused") >= 2)
+    assert_error(srv.login(v_email), 401, "UNAUTHENTICATED")
+    # so is one for a user that was never deleted here (no tombstone)
+    ghost = dict(victim, id="0123456789abcdef0123456a", email=unique_email("ghost"))
+    inject_compensation(srv, ghost)
+    assert poll(lambda: saga_outcome(srv, "restore_refused") >= 3)
+    assert_error(srv.login(ghost["email"]), 401, "UNAUTHENTICATED")
+    assert saga_outcome(srv, "restored") == 0
+
+    # The event the saga would write (its email and role) brings back the tombstone's
+    # user, whatever else it claims: creation time and token version are the tombstone's.
+    inject_compensation(srv, dict(victim, tokenVersion=999, createdAt="2000-01-01T00:00:00.000Z"))
+    assert poll(lambda: srv.login(v_email).status_code == 200), srv.log_text()[-3000:]
+    _, back = srv.login_ok(v_email)
+    assert (back["id"], back["role"], back["createdAt"]) == \
+        (victim["id"], "user", victim["createdAt"])
+    assert_error(srv.me(v_tok), 401, "UNAUTHENTICATED")  # old tokens stay dead
+    # every one of these events was handled: nothing left pending or retried
+    assert poll(lambda: all(
+        float(l.rsplit(" ", 1)[1]) == 0 for l in srv.get("/metrics").text.splitlines()
+        if l.startswith("tms_outbox_pending_events")))

@@ -218,7 +218,8 @@ def test_assignment_sends_exactly_one_email_with_headers(make_server):
         assert len(msg.get_all(h, [])) == 1, h
     assert msg.get_content_type() == "multipart/alternative"
     text = msg.get_body(preferencelist=("plain",)).get_content()
-    assert f"Task {task['id']}: Grüße from TMS" in text, text
+    assert f"assigned task {task['id']} in TMS" in text, text
+    assert "\n> Grüße from TMS\n" in text.replace("\r\n", "\n"), text
     assert "Grüße from TMS" in msg.get_body(preferencelist=("html",)).get_content()
 
     # Reassigning mails the new assignee once and the old one not again.
@@ -286,7 +287,7 @@ def test_smtp_down_breaker_opens_mails_arrive_once_after_recovery(make_server, m
     ids = [g["MessageID"] for g in got]
     assert len(got) == n, f"{len(got)} of {n} emails after {drained:.1f}s"
     assert len(set(ids)) == n, "duplicate Message-IDs"
-    titles = {re.search(r"Task \d+: (held \d+)", g["Snippet"]).group(1) for g in got}
+    titles = {re.search(r"\b(held \d+)\b", g["Snippet"]).group(1) for g in got}
     assert titles == {f"held {i}" for i in range(n)}
     m = wait_metric(srv, "tms_mail_breaker_state", lambda v: v == 0)
     assert m['tms_mail_breaker_transitions_total{to="closed"}'] >= 1
@@ -408,7 +409,7 @@ def test_permanent_550_goes_to_dead_letter_and_is_not_retried(make_server, mailp
     assert res.returncode == 0, res.stdout + res.stderr
     got = box.wait_to(t.a_email)
     assert len(got) == 1 and got[0]["MessageID"] == f"{event_id}@tms.local", got
-    assert f"Task {bad_task['id']}:" in got[0]["Snippet"]
+    assert f"assigned task {bad_task['id']} in TMS" in got[0]["Snippet"]
     assert run_cli(["mail", "dlq", "list", *base]).stdout == ""
     assert (dlq / "replayed" / f"{event_id}.eml").exists()
 
@@ -441,6 +442,42 @@ def test_tls_with_authentication(make_server, mailpit, tls_files, scheme, requir
     assign(srv, t.creator_token, t.a["id"])
     assert len(mp.wait_to(t.a_email)) == 1
     assert "Secr3t-pw" not in srv.log_text()
+
+
+def test_credentials_never_cross_without_starttls_by_default(make_server, mailpit, tmp_path):
+    """Issue 17, item 10: with mail.starttls=try (then the default) a server that offers no
+    STARTTLS (or a man in the middle who strips it) got mail.url's user:password in clear.
+    Now the default, auto, requires STARTTLS when the URL carries credentials: the send
+    fails with a line that says why, and the mail stays pending; mail.starttls=try, said
+    explicitly, still sends it in clear."""
+    # A server that takes any login in clear text and offers no STARTTLS.
+    mp = mailpit("--smtp-auth-accept-any", "--smtp-auth-allow-insecure")
+    url = f"smtp://tms:Cl3artext-pw@127.0.0.1:{mp.smtp_port}"
+    data = tmp_path / "cleartext-data"
+    srv = make_server(settings={"mail.url": url, "mail.retry_attempts": "1",
+                                "mail.breaker_cooldown_ms": "500"}, data_dir=data)
+    t = team(srv)
+    task = assign(srv, t.creator_token, t.a["id"])
+    m = wait_metric(srv, 'tms_mail_sends_total{result="transient"}', lambda v: v >= 1)
+    assert m['tms_mail_sends_total{result="accepted"}'] == 0
+    assert mp.to(t.a_email) == []
+    assert "event=smtp_starttls mode=require reason=credentials" in srv.log_text()
+    failed = [l for l in srv.log_text().splitlines() if "event=mail_send_failed" in l]
+    assert failed and "STARTTLS" in failed[0] and "mail.starttls" in failed[0], failed
+    assert "Cl3artext-pw" not in srv.log_text()
+    # not dead-lettered or dropped: the event stays unhandled (it is mailed after the
+    # restart below)
+    m = wait_metric(srv, 'tms_emails_total{outcome="failed"}', lambda v: v >= 1)
+    assert m["tms_mail_dead_letters_total"] == 0
+    assert m['tms_emails_total{outcome="sent"}'] == 0
+    assert m['tms_emails_total{outcome="dropped"}'] == 0
+    srv.stop_ok()
+
+    # Said explicitly, try sends in clear text; the pending mail goes out then.
+    srv = make_server(settings={"mail.url": url, "mail.starttls": "try"}, data_dir=data)
+    assert "event=smtp_starttls mode=try credentials=1" in srv.log_text()
+    got = mp.wait_to(t.a_email)
+    assert len(got) == 1 and f"assigned task {task['id']} in TMS" in got[0]["Snippet"], got
 
 
 def test_bad_credentials_keep_mail_pending_not_dead_lettered(make_server, mailpit, tls_files):

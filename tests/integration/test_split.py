@@ -60,7 +60,8 @@ def deploy(tmp_path):
              "events.brokers": BROKERS, "auth.jwt_secret": JWT_SECRET,
              "mail.url": SMTP or f"maildir://{tmp_path}/mail",
              "ratelimit.api_per_minute": "0", "ratelimit.login_per_15min": "0",
-             "ratelimit.task_create_per_hour": "0"}
+             "ratelimit.task_create_per_hour": "0", "notify.per_assigner_per_hour": "0",
+             "notify.per_recipient_per_hour": "0"}
         s.update({k.replace("__", "."): str(v) for k, v in settings.items()})
         dep = SplitDeployment(TMS_BIN, tmp_path / f"dep{len(made)}", s, gateways=gateways,
                               notifiers=notifiers, env=env)

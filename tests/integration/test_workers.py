@@ -7,6 +7,7 @@ tms_worker_http_requests_total{worker="i"} of the serving worker rises by exactl
 import http.client
 import json
 import re
+import secrets
 import statistics
 import time
 
@@ -292,7 +293,7 @@ def test_a_worker_that_cannot_start_stops_all(tmp_path):
     proc = subprocess.Popen([TMS_BIN, "serve", "--set", "server.workers=3",
                              "--set", f"http.addr=127.0.0.1:{port}",
                              "--set", "grpc.addr=127.0.0.1:0", "--set", f"data.dir={tmp_path}",
-                             "--set", "auth.jwt_secret=" + "s" * 40],
+                             "--set", "auth.jwt_secret=" + secrets.token_hex(20)],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env=dict(os.environ, TMS_FAULT_WORKER_START="2"))
     try:

@@ -114,6 +114,9 @@ tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
         COPY(call->principal.role, m->principal->role);
         COPY(call->principal.email, m->principal->email);
     }
+    /* A gateway forwards its clients' calls with the user it authenticated; a call
+     * without one is the peer's own (older peers send no such flag: derived here). */
+    call->principal.service = !call->principal.authenticated;
     call->bearer = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_BEARER, m->bearer);
     call->email = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_EMAIL, m->email);
     call->password = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_PASSWORD, m->password);

@@ -20,7 +20,10 @@
 void tms_internal_encode_call(const tms_api_call_t *call, uint8_t **out, size_t *len);
 
 /** A new call (owned by the caller) from a serialized ActorCall, msg.op set to its
- * stage; NULL when the message does not parse or names no known op or stage. */
+ * stage; NULL when the message does not parse or names no known op or stage. Only for
+ * calls that came with the service credential: one without an authenticated user is
+ * the calling process's own (its task or notifier actor), so its principal is the
+ * service (principal.service). */
 tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len);
 
 /** Serialize the results of a finished call (error, principal, user, token, flag,

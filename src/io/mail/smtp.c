@@ -345,16 +345,50 @@ static size_t on_read(char *buf, size_t size, size_t nitems, void *arg)
     return n;
 }
 
+static bool url_has_credentials(const char *url)
+{
+    CURLU *u = curl_url();
+    char *part = NULL;
+    bool yes = false;
+    if (!u)
+        tms_oom(__FILE__, __LINE__);
+    if (curl_url_set(u, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK) {
+        yes = curl_url_get(u, CURLUPART_USER, &part, 0) == CURLUE_OK && part && *part;
+        curl_free(part);
+        part = NULL;
+        if (!yes)
+            yes = curl_url_get(u, CURLUPART_PASSWORD, &part, 0) == CURLUE_OK && part && *part;
+        curl_free(part);
+    } else {
+        /* Unparsable here (curl will refuse it too): assume the worst. */
+        yes = strchr(url, '@') != NULL;
+    }
+    curl_url_cleanup(u);
+    return yes;
+}
+
+const char *tms_smtp_starttls_mode(const char *url, const char *starttls)
+{
+    if (strcmp(starttls, "off") == 0)
+        return "off";
+    if (strcmp(starttls, "require") == 0)
+        return "require";
+    if (strcmp(starttls, "auto") == 0)
+        return url_has_credentials(url) ? "require" : "try";
+    return "try";
+}
+
 /* Options shared by the loop's sends and the CLI's blocking replay. */
 static struct curl_slist *setup_easy(CURL *e, const tms_smtp_options_t *opt, const char *to,
                                      char *errbuf)
 {
     char addr[TMS_EMAIL_MAX + 3];
     struct curl_slist *rcpt;
+    const char *mode = tms_smtp_starttls_mode(opt->url, opt->starttls);
     long tls = CURLUSESSL_TRY;
-    if (strcmp(opt->starttls, "off") == 0)
+    if (strcmp(mode, "off") == 0)
         tls = CURLUSESSL_NONE;
-    else if (strcmp(opt->starttls, "require") == 0)
+    else if (strcmp(mode, "require") == 0)
         tls = CURLUSESSL_ALL;
     snprintf(addr, sizeof(addr), "<%s>", to);
     rcpt = curl_slist_append(NULL, addr);
@@ -493,9 +527,14 @@ static void on_done(smtp_t *m, send_t *s, CURLcode res)
     tms_breaker_record(&m->breaker, !permanent, now_ms(m));
     breaker_moved(m, before);
     tms_log_warn("mail_send_failed",
-                 "event=%s attempt=%d code=%ld curl=%d permanent=%d error=\"%s\"",
+                 "event=%s attempt=%d code=%ld curl=%d permanent=%d error=\"%s\"%s",
                  s->mail->event_id, s->attempt, code, (int)res, permanent,
-                 s->errbuf[0] ? s->errbuf : curl_easy_strerror(res));
+                 s->errbuf[0] ? s->errbuf : curl_easy_strerror(res),
+                 res == CURLE_USE_SSL_FAILED
+                     ? " hint=\"the server offers no STARTTLS and mail.starttls requires it "
+                       "(auto requires it when mail.url carries credentials, so they never go "
+                       "in clear text); the mail stays pending\""
+                     : "");
     if (permanent) {
         tms_counter_add(m->permanent, 1);
         dead_letter(m, s, code);
@@ -820,9 +859,17 @@ tms_mailer_t *tms_smtp_new(uv_loop_t *loop, const tms_smtp_options_t *opt, tms_w
     m->opt.domain = m->domain;
     m->opt.dlq_dir = m->dlq_dir;
     m->opt.ca_file = m->ca_file;
-    m->opt.starttls = strcmp(opt->starttls, "off") == 0       ? "off"
-                      : strcmp(opt->starttls, "require") == 0 ? "require"
-                                                              : "try";
+    m->opt.starttls = tms_smtp_starttls_mode(opt->url, opt->starttls);
+    if (strncmp(opt->url, "smtp://", 7) == 0 && url_has_credentials(opt->url)) {
+        if (strcmp(m->opt.starttls, "require") == 0)
+            tms_log_info("smtp_starttls", "mode=require reason=credentials setting=%s",
+                         opt->starttls);
+        else /* said explicitly: mail.starttls=off or try */
+            tms_log_warn("smtp_starttls",
+                         "mode=%s credentials=1 note=\"mail.url's credentials may be sent in "
+                         "clear text\"",
+                         m->opt.starttls);
+    }
     if (m->opt.max_concurrent < 1)
         m->opt.max_concurrent = 1;
     if (m->opt.retry_attempts < 1)

@@ -16,7 +16,7 @@ typedef struct tms_smtp_options {
     const char *url;       /* smtp://[user:pass@]host:port or smtps://... */
     const char *from;      /* envelope and header From */
     const char *domain;    /* Message-ID right-hand side */
-    const char *starttls;  /* "off" | "try" | "require" (smtp:// only) */
+    const char *starttls;  /* "auto" | "off" | "try" | "require" (smtp:// only) */
     const char *dlq_dir;   /* dead letters, one <event_id>.eml each */
     const char *ca_file;   /* PEM CAs to verify the server; NULL or "": system store */
     int64_t timeout_ms;    /* one attempt, connect to final reply */
@@ -38,6 +38,13 @@ typedef struct tms_smtp_options {
  * from/domain, dead-letter directory not writable, curl failed). */
 tms_mailer_t *tms_smtp_new(uv_loop_t *loop, const tms_smtp_options_t *opt, tms_workpool_t *pool,
                            char *err, size_t err_len);
+
+/** What STARTTLS setting a send uses: "auto" becomes "require" when url carries
+ * credentials (a user name or password: a server that offers no STARTTLS, or a
+ * man in the middle who strips it, must not get them in clear text) and "try"
+ * otherwise; "off", "try" and "require" stay as they are (anything else is "try").
+ * Returns a static string. */
+const char *tms_smtp_starttls_mode(const char *url, const char *starttls);
 
 /** Send one complete RFC 5322 message synchronously (the CLI's dead-letter replay;
  * never on a loop). Returns 0, or -1 with the reason in err; *smtp_code is the

@@ -2,10 +2,17 @@
  * naming the key for every kind of bad value. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+
+#include <sodium.h>
 
 #include "core/config.h"
 #include "core/status.h"
 #include "test.h"
+
+/* A random 32-byte secret made at start: any literal in the repository is published,
+ * and refused by design. */
+static char GOOD[33];
 
 static void test_defaults(void)
 {
@@ -85,7 +92,7 @@ static void test_smtp(void)
                  0);
     CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
     CHECK_EQ_STR(c.mail.dlq_dir, "./data/mail-dlq");
-    CHECK_EQ_STR(c.mail.starttls, "try");
+    CHECK_EQ_STR(c.mail.starttls, "auto");
     CHECK_EQ_INT(c.mail.timeout_ms, 5000);
     CHECK_EQ_INT(c.mail.breaker_window, 10);
     CHECK_EQ_INT(c.mail.breaker_threshold, 50);
@@ -128,13 +135,13 @@ static void test_roles(void)
 
     fd = mkstemp(path);
     f = fdopen(fd, "w");
-    fprintf(f, "0123456789abcdef0123\n");
+    fprintf(f, "  %s  \r\n# a comment\n", GOOD);
     fclose(f);
     snprintf(set, sizeof(set), "peers.secret_file=%s", path);
     CHECK_EQ_INT(tms_config_set(&c, set, err, sizeof(err)), 0);
     CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), -TMS_EINVAL);
     CHECK(strstr(err, "events.brokers") != NULL);
-    CHECK_EQ_STR(c.peers.secret, "0123456789abcdef0123");
+    CHECK_EQ_STR(c.peers.secret, GOOD);
     CHECK_EQ_INT(tms_config_set(&c, "events.brokers=127.0.0.1:9092", err, sizeof(err)), 0);
     CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
     CHECK_EQ_INT(c.server.role_mask, TMS_ROLE_GATEWAY | TMS_ROLE_NOTIFIER);
@@ -146,6 +153,119 @@ static void test_roles(void)
                  0);
     CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
     remove(path);
+}
+
+static void expect_secret_refused(const char *secret, const char *needle)
+{
+    char err[512] = "";
+    CHECK_EQ_INT(tms_config_check_secret("auth.jwt_secret", secret, err, sizeof(err)), -TMS_EINVAL);
+    CHECK(strstr(err, "auth.jwt_secret") != NULL);
+    CHECK(strstr(err, needle) != NULL);
+    CHECK(strchr(err, '\n') == NULL);
+    CHECK(strlen(secret) < 8 || strstr(err, secret) == NULL); /* never echoed */
+}
+
+static void test_secret_rules(void)
+{
+    char err[512] = "";
+    char shorter[64];
+    CHECK_EQ_INT(tms_config_check_secret("auth.jwt_secret", GOOD, err, sizeof(err)), 0);
+    snprintf(shorter, sizeof(shorter), "%.31s", GOOD);
+    expect_secret_refused(shorter, "at least 32 bytes");
+    /* blanks around a secret do not count */
+    snprintf(shorter, sizeof(shorter), "   %.29s  \n", GOOD);
+    expect_secret_refused(shorter, "at least 32 bytes");
+    expect_secret_refused("kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk", "different characters");
+    /* every value published with TMS (deploy/compose.yaml before issue 17, tests) */
+    expect_secret_refused("change-me-jwt-secret-0123456789abcdef0123", "example value");
+    expect_secret_refused("change-me-service-credential-0123456789", "example value");
+    expect_secret_refused("integration-test-secret-0123456789abcdefghijklmn", "example value");
+    expect_secret_refused("0123456789abcdef0123456789abcdef", "example value");
+    expect_secret_refused("  0123456789abcdef0123456789abcdef-test-key\n", "example value");
+    /* an edited placeholder is still a placeholder */
+    expect_secret_refused("CHANGE-ME-jwt-secret-0123456789abcdef9999", "example value");
+    snprintf(shorter, sizeof(shorter), "changeme-%s", GOOD);
+    expect_secret_refused(shorter, "example value");
+}
+
+/* Writes text into a new file with mode; the path goes to path (a mkstemp template). */
+static void write_file(char *path, const char *text, int mode)
+{
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "w");
+    fputs(text, f);
+    fclose(f);
+    CHECK_EQ_INT(chmod(path, (mode_t)mode), 0);
+}
+
+static void test_secret_files(void)
+{
+    char out[64], err[1200] = "", text[128];
+    char path[] = "/tmp/tms_config_secretXXXXXX";
+    tms_config_t c;
+    char set[128];
+
+    /* the length counts after the cut at the first newline, not the file's size */
+    write_file(path, "abc\n# a comment that makes the file longer than 32 bytes\n", 0600);
+    CHECK_EQ_INT(tms_config_read_secret_file("auth.jwt_secret_file", path, out, sizeof(out), err,
+                                             sizeof(err)),
+                 -TMS_EINVAL);
+    CHECK(strstr(err, "auth.jwt_secret_file") != NULL);
+    CHECK(strstr(err, "at least 32 bytes") != NULL);
+    CHECK(strstr(err, path) != NULL);
+    CHECK_EQ_STR(out, "");
+    remove(path);
+
+    /* group- or world-accessible: refused, naming the file and its mode */
+    for (int i = 0; i < 3; i++) {
+        static const int modes[] = {0640, 0604, 0620};
+        char want[16];
+        snprintf(path, sizeof(path), "/tmp/tms_config_secretXXXXXX");
+        snprintf(text, sizeof(text), "%s\n", GOOD);
+        write_file(path, text, modes[i]);
+        CHECK_EQ_INT(tms_config_read_secret_file("peers.secret_file", path, out, sizeof(out), err,
+                                                 sizeof(err)),
+                     -TMS_EINVAL);
+        snprintf(want, sizeof(want), "mode %04o", modes[i]);
+        CHECK(strstr(err, "peers.secret_file") != NULL);
+        CHECK(strstr(err, path) != NULL);
+        CHECK(strstr(err, want) != NULL);
+        CHECK(strstr(err, GOOD) == NULL);
+        CHECK(strchr(err, '\n') == NULL);
+        remove(path);
+    }
+
+    /* 0400 and 0600 are fine; the first line without blanks is the secret */
+    snprintf(path, sizeof(path), "/tmp/tms_config_secretXXXXXX");
+    snprintf(text, sizeof(text), "\t%s \r\nsecond line\n", GOOD);
+    write_file(path, text, 0400);
+    CHECK_EQ_INT(tms_config_read_secret_file("auth.jwt_secret_file", path, out, sizeof(out), err,
+                                             sizeof(err)),
+                 0);
+    CHECK_EQ_STR(out, GOOD);
+    /* through the config: auth.jwt_secret_file fills auth.jwt_secret */
+    tms_config_defaults(&c);
+    snprintf(set, sizeof(set), "auth.jwt_secret_file=%s", path);
+    CHECK_EQ_INT(tms_config_set(&c, set, err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
+    CHECK_EQ_STR(c.auth.jwt_secret, GOOD);
+    /* a first line longer than the buffer is refused, not cut */
+    CHECK_EQ_INT(
+        tms_config_read_secret_file("auth.jwt_secret_file", path, out, 20, err, sizeof(err)),
+        -TMS_EINVAL);
+    CHECK(strstr(err, "longer than") != NULL);
+    remove(path);
+
+    /* published values are refused from files too, and inline peers.secret as well */
+    snprintf(path, sizeof(path), "/tmp/tms_config_secretXXXXXX");
+    write_file(path, "change-me-service-credential-0123456789\n", 0600);
+    CHECK_EQ_INT(
+        tms_config_read_secret_file("peers.secret_file", path, out, sizeof(out), err, sizeof(err)),
+        -TMS_EINVAL);
+    CHECK(strstr(err, "example value") != NULL);
+    remove(path);
+    expect_error("peers.secret=change-me-service-credential-0123456789", "peers.secret");
+    expect_error("auth.jwt_secret_file=/nonexistent/jwt.secret", "auth.jwt_secret_file");
 }
 
 static void test_bad_file(void)
@@ -166,11 +286,16 @@ static void test_bad_file(void)
 
 int main(void)
 {
+    unsigned char raw[16];
+    randombytes_buf(raw, sizeof(raw));
+    sodium_bin2hex(GOOD, sizeof(GOOD), raw, sizeof(raw));
     RUN_TEST(test_defaults);
     RUN_TEST(test_layers);
     RUN_TEST(test_errors);
     RUN_TEST(test_bad_file);
     RUN_TEST(test_smtp);
     RUN_TEST(test_roles);
+    RUN_TEST(test_secret_rules);
+    RUN_TEST(test_secret_files);
     TEST_EXIT();
 }

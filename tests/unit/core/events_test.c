@@ -14,22 +14,36 @@ static void test_event_id(void)
 
 static void test_notification_roundtrip(void)
 {
-    char type[16], user[25], eid[37], *title = NULL;
+    char type[16], user[25], eid[37], by[25] = "x", *title = NULL;
     int64_t task = 0;
     char *json = tms_event_notification_json("task_assigned", "0123456789abcdef01234567", 42,
                                              "e1e1e1e1-0000-4000-8000-000000000000", "T\"itle\n",
-                                             1764338400123);
+                                             1764338400123, "aaaaaaaaaaaaaaaaaaaaaaaa");
     CHECK(strstr(json, "\"task_id\":\"42\"") != NULL);
     CHECK(strstr(json, "\"occurred_at\":\"2025-11-28T14:00:00.123Z\"") != NULL);
-    CHECK_EQ_INT(tms_event_notification_parse(json, type, user, &task, eid, &title), 0);
+    CHECK_EQ_INT(tms_event_notification_parse(json, type, user, &task, eid, &title, by), 0);
     CHECK_EQ_STR(type, "task_assigned");
     CHECK_EQ_STR(user, "0123456789abcdef01234567");
     CHECK_EQ_INT(task, 42);
     CHECK_EQ_STR(title, "T\"itle\n");
+    CHECK_EQ_STR(by, "aaaaaaaaaaaaaaaaaaaaaaaa");
     free(title);
     free(json);
-    CHECK_EQ_INT(tms_event_notification_parse("{}", type, user, &task, eid, &title), -1);
-    CHECK(tms_event_notification_parse("not json", type, user, &task, eid, &title) != 0);
+    /* the original's shape (no assigned_by) still parses, with "" */
+    json = tms_event_notification_json("task_created", "0123456789abcdef01234567", 7,
+                                       "e1e1e1e1-0000-4000-8000-000000000001", "t", 0, NULL);
+    CHECK(strstr(json, "assigned_by") == NULL);
+    CHECK_EQ_INT(tms_event_notification_parse(json, type, user, &task, eid, &title, by), 0);
+    CHECK_EQ_STR(by, "");
+    free(title);
+    free(json);
+    CHECK_EQ_INT(tms_event_notification_parse(
+                     "{\"type\":\"task_created\",\"user_id\":\"u\",\"task_id\":\"1\","
+                     "\"event_id\":\"e\",\"title\":\"t\",\"assigned_by\":5}",
+                     type, user, &task, eid, &title, by),
+                 -1);
+    CHECK_EQ_INT(tms_event_notification_parse("{}", type, user, &task, eid, &title, NULL), -1);
+    CHECK(tms_event_notification_parse("not json", type, user, &task, eid, &title, NULL) != 0);
 }
 
 static void test_user_roundtrip(void)

@@ -72,6 +72,7 @@ static tms_task_op_t *create_op(const char *title, const char *status, const cha
     if (notify) {
         op->notify.enabled = true;
         snprintf(op->notify.type, sizeof(op->notify.type), "task_created");
+        snprintf(op->notify.by, sizeof(op->notify.by), "%s", U1);
         tms_event_id_new(op->notify.event_id);
     }
     return op;
@@ -133,7 +134,7 @@ static void test_create_get(void)
     store_t s = open_store(backend);
     tms_task_op_t *op;
     tms_outbox_op_t *box;
-    char type[16], user[25], event_id[37], key[24], *title = NULL;
+    char type[16], user[25], event_id[37], key[24], by[25], *title = NULL;
     int64_t id1, id2, task_id = 0;
     CHECK_EQ_STR(s.tasks->name, backend);
 
@@ -176,8 +177,9 @@ static void test_create_get(void)
         CHECK_EQ_STR(box->events[0].event_id, event_id);
         CHECK_EQ_INT(box->events[0].created_at_ms, T0);
         CHECK_EQ_INT(tms_event_notification_parse(box->events[0].payload, type, user, &task_id,
-                                                  event_id, &title),
+                                                  event_id, &title, by),
                      0);
+        CHECK_EQ_STR(by, U1);
         CHECK_EQ_STR(type, "task_created");
         CHECK_EQ_STR(user, U2);
         CHECK_EQ_INT(task_id, id2);
@@ -346,7 +348,7 @@ static void test_update(void)
     store_t s = open_store(backend);
     tms_task_op_t *op;
     tms_outbox_op_t *box;
-    char type[16], user[25], event_id[37], eid[37], *title = NULL;
+    char type[16], user[25], event_id[37], eid[37], by[25], *title = NULL;
     int64_t id, task_id = 0;
     id = create(&s, "before", "open", U1);
 
@@ -389,6 +391,7 @@ static void test_update(void)
     snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s", U2);
     op->notify.enabled = true;
     snprintf(op->notify.type, sizeof(op->notify.type), "task_assigned");
+    snprintf(op->notify.by, sizeof(op->notify.by), "%s", U2);
     tms_event_id_new(op->notify.event_id);
     snprintf(eid, sizeof(eid), "%s", op->notify.event_id);
     op = run_task(&s, op);
@@ -408,8 +411,9 @@ static void test_update(void)
         CHECK_EQ_STR(box->events[0].event_id, eid);
         CHECK_EQ_STR(box->events[0].topic, TMS_TOPIC_NOTIFICATIONS);
         CHECK_EQ_INT(tms_event_notification_parse(box->events[0].payload, type, user, &task_id,
-                                                  event_id, &title),
+                                                  event_id, &title, by),
                      0);
+        CHECK_EQ_STR(by, U2); /* the caller of the update, not the creator */
         CHECK_EQ_STR(type, "task_assigned");
         CHECK_EQ_STR(user, U2);
         CHECK_EQ_INT(task_id, id);

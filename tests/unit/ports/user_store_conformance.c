@@ -213,7 +213,8 @@ static void test_bump_is_atomic(void)
 }
 
 /* A delete writes user_deleted into the same store's outbox, with the user as it was
- * but no password hash; restoring from that event (no hash) gives the hash back. */
+ * but no password hash, and keeps a tombstone; restoring (the saga's compensation)
+ * brings back the tombstone's user when the event's email and role match it. */
 static void test_delete_and_restore(void)
 {
     store_t s = open_store(backend);
@@ -266,25 +267,60 @@ static void test_delete_and_restore(void)
     }
     tms_outbox_op_free(&box);
 
-    /* the saga's compensation: the user comes back from the event */
+    /* an event that names another email or role restores nothing */
     op = user_op(TMS_USER_RESTORE, NULL);
     op->user = parsed;
+    snprintf(op->user.email, sizeof(op->user.email), "attacker@example.com");
+    CHECK_EQ_INT(call(&s, op).err.code, TMS_FAILED_PRECONDITION);
+    op = user_op(TMS_USER_RESTORE, NULL);
+    op->user = parsed;
+    snprintf(op->user.role, sizeof(op->user.role), "user");
+    CHECK_EQ_INT(call(&s, op).err.code, TMS_FAILED_PRECONDITION);
+    r = call_key(&s, TMS_USER_GET_BY_ID, ID_A);
+    CHECK_EQ_INT(r.err.code, TMS_NOT_FOUND);
+    /* no tombstone, nothing to restore */
+    op = user_op(TMS_USER_RESTORE, NULL);
+    fill_user(&op->user, ID_D, "dave@example.com");
+    CHECK_EQ_INT(call(&s, op).err.code, TMS_NOT_FOUND);
+    r = call_key(&s, TMS_USER_GET_BY_ID, ID_D);
+    CHECK_EQ_INT(r.err.code, TMS_NOT_FOUND);
+
+    /* the saga's compensation: the user its event names comes back from the
+     * tombstone, whatever else the input says (hash, creation time, and a token
+     * version past the deleted one, so older tokens stay dead) */
+    op = user_op(TMS_USER_RESTORE, NULL);
+    op->user = parsed;
+    op->user.token_version = 99;
+    op->user.created_at_ms = 1;
+    snprintf(op->user.password_hash, sizeof(op->user.password_hash), "$argon2id$forged");
     CHECK_EQ_INT(call(&s, op).err.code, TMS_OK);
     r = call_key(&s, TMS_USER_GET_BY_ID, ID_A);
     CHECK_EQ_INT(r.err.code, TMS_OK);
     CHECK_EQ_STR(r.user.email, "gone@example.com");
     CHECK_EQ_STR(r.user.role, "admin");
     CHECK_EQ_STR(r.user.password_hash, deleted.password_hash);
-    CHECK(r.user.token_version >= 3);
+    CHECK_EQ_INT(r.user.created_at_ms, T0);
+    CHECK_EQ_INT(r.user.token_version, 4);
     CHECK_EQ_INT(pending(&s), 1); /* restoring writes no event */
+    /* restored once: the tombstone went with it */
+    op = user_op(TMS_USER_RESTORE, NULL);
+    op->user = parsed;
+    CHECK_EQ_INT(call(&s, op).err.code, TMS_NOT_FOUND);
 
-    /* taken id or email */
+    /* the email was registered again since the delete: refused, tombstone kept */
+    r = call_key(&s, TMS_USER_DELETE, ID_A);
+    CHECK_EQ_INT(r.err.code, TMS_OK);
+    CHECK_EQ_INT(create(&s, ID_B, "gone@example.com"), TMS_OK);
     op = user_op(TMS_USER_RESTORE, NULL);
-    op->user = deleted;
+    op->user = parsed;
     CHECK_EQ_INT(call(&s, op).err.code, TMS_ALREADY_EXISTS);
+    r = call_key(&s, TMS_USER_DELETE, ID_B);
+    CHECK_EQ_INT(r.err.code, TMS_OK);
     op = user_op(TMS_USER_RESTORE, NULL);
-    fill_user(&op->user, ID_D, "gone@example.com");
-    CHECK_EQ_INT(call(&s, op).err.code, TMS_ALREADY_EXISTS);
+    op->user = parsed;
+    r = call(&s, op);
+    CHECK_EQ_INT(r.err.code, TMS_OK);
+    CHECK_EQ_INT(r.user.token_version, 5);
     close_store(&s);
 }
 

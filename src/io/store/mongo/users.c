@@ -221,7 +221,7 @@ static void insert_user(mongoc_collection_t *c, tms_user_op_t *op, const char *w
 /* Delete without a multi-document transaction (FerretDB v1 has none, and a
  * standalone MongoDB neither). The order makes every crash point recoverable:
  *   1. read the user (the event carries it as it was);
- *   2. upsert its tombstone (the password hash, for compensation; a stale
+ *   2. upsert its tombstone (the whole user as read, for compensation; a stale
  *      tombstone of a user that still exists is harmless: only restore reads
  * it);
  *   3. insert the user_deleted event in state "prepared" (the relay skips it);
@@ -255,7 +255,8 @@ static void delete_user(tms_mongo_t *m, mongoc_client_t *client, tms_user_op_t *
     filter = BCON_NEW("_id", BCON_OID(&oid));
     tomb = BCON_NEW("_id", BCON_OID(&oid), "password", BCON_UTF8(op->user.password_hash),
                     "tokenVersion", BCON_INT64(op->user.token_version), "deletedAt",
-                    BCON_DATE_TIME(now));
+                    BCON_DATE_TIME(now), "email", BCON_UTF8(op->user.email), "role",
+                    BCON_UTF8(op->user.role), "createdAt", BCON_DATE_TIME(op->user.created_at_ms));
     opts = BCON_NEW("upsert", BCON_BOOL(true));
     if (!mongoc_collection_replace_one(tombs, filter, tomb, opts, NULL, &error)) {
         tms__mongo_fail(&op->err, &error, "delete");
@@ -307,38 +308,54 @@ out:
     mongoc_collection_destroy(outbox);
 }
 
-/* Restore re-inserts the user; with no hash given, the tombstone's hash comes
- * back and the token version moves past the one at deletion, so old tokens stay
- * dead. */
+static bool has_utf8(const bson_t *doc, const char *key)
+{
+    bson_iter_t it;
+    return bson_iter_init_find(&it, doc, key) && BSON_ITER_HOLDS_UTF8(&it);
+}
+
+/* Restore re-inserts the user its tombstone keeps, with the token version one past
+ * the deleted one (old tokens stay dead); the caller's email and role must match the
+ * tombstone's, and are never what is written. */
 static void restore_user(tms_mongo_t *m, mongoc_client_t *client, tms_user_op_t *op)
 {
     mongoc_collection_t *users = tms__mongo_coll(m, client, TMS_MONGO_USERS);
     mongoc_collection_t *tombs = tms__mongo_coll(m, client, TMS_MONGO_DELETED_USERS);
-    bson_t *filter = NULL, tomb;
+    bson_t *filter = NULL, doc;
     bson_oid_t oid;
+    tms_user_t tomb;
+    bool complete;
     int found;
 
     if (!parse_id(op->user.id, &oid)) {
-        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        tms_error_set(&op->err, TMS_NOT_FOUND, "no tombstone for this user");
         goto out;
     }
     filter = BCON_NEW("_id", BCON_OID(&oid));
-    if (op->user.password_hash[0] == '\0') {
-        /* No tombstone: an unusable hash; the user must be given a new password. */
-        snprintf(op->user.password_hash, sizeof(op->user.password_hash), "!");
-        found = find_one(tombs, filter, &tomb, &op->err, "restore");
-        if (found < 0)
-            goto out;
-        if (found == 1) {
-            bson_iter_t it;
-            if (bson_iter_init_find(&it, &tomb, "password") && BSON_ITER_HOLDS_UTF8(&it))
-                copy_utf8(op->user.password_hash, sizeof(op->user.password_hash), &it);
-            if (bson_iter_init_find(&it, &tomb, "tokenVersion") && BSON_ITER_HOLDS_NUMBER(&it) &&
-                bson_iter_as_int64(&it) + 1 > op->user.token_version)
-                op->user.token_version = bson_iter_as_int64(&it) + 1;
-            bson_destroy(&tomb);
-        }
+    found = find_one(tombs, filter, &doc, &op->err, "restore");
+    if (found < 0)
+        goto out;
+    if (found == 0) {
+        tms_error_set(&op->err, TMS_NOT_FOUND, "no tombstone for this user");
+        goto out;
     }
+    read_user(&doc, &tomb);
+    complete = has_utf8(&doc, "email") && has_utf8(&doc, "role");
+    bson_destroy(&doc);
+    if (!complete) {
+        tms_error_set(&op->err, TMS_FAILED_PRECONDITION,
+                      "the tombstone keeps no email and role (written by an older version)");
+        goto out;
+    }
+    if (strcmp(tomb.email, op->user.email) != 0 || strcmp(tomb.role, op->user.role) != 0) {
+        tms_error_set(&op->err, TMS_FAILED_PRECONDITION, "%s differs from the tombstone",
+                      strcmp(tomb.email, op->user.email) != 0 ? "email" : "role");
+        goto out;
+    }
+    if (!tomb.password_hash[0]) /* an unusable hash: the user must be given a new one */
+        snprintf(tomb.password_hash, sizeof(tomb.password_hash), "!");
+    tomb.token_version++;
+    op->user = tomb;
     insert_user(users, op, "restore");
     if (op->err.code == TMS_OK) /* a tombstone left behind is harmless */
         mongoc_collection_delete_one(tombs, filter, NULL, NULL, NULL);

@@ -32,7 +32,7 @@ static const tms_pg_stmt_t stmts[] = {
     {"task_list3", "SELECT " COLS " FROM tasks WHERE id > $1 AND assigned_to = $3"
                    " AND status = $4 ORDER BY id LIMIT $2"},
     {"task_update", "SELECT " OUT_COLS " FROM tms_task_update($1, $2, $3, $4, $5, $6, $7, $8,"
-                    " $9, $10, $11, $12, $13)"},
+                    " $9, $10, $11, $12, $13, $14)"},
     {"task_delete", "SELECT " OUT_COLS " FROM tms_task_delete($1, $2)"},
     {"task_unassign", "UPDATE tasks SET assigned_to = NULL, version = version + 1,"
                       " updated_at_ms = $2 WHERE assigned_to = $1"},
@@ -87,7 +87,7 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
     }
     case TMS_TASK_UPDATE:
         c->stmt = "task_update";
-        c->nparams = 13;
+        c->nparams = 14;
         v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->id);
         v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->expected_version);
         v[2] = b(op->set_title);
@@ -101,6 +101,7 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
         v[10] = tms__pg_i64(c->num[2], sizeof(c->num[2]), op->task.updated_at_ms);
         v[11] = op->notify.enabled ? op->notify.type : "";
         v[12] = op->notify.event_id;
+        v[13] = op->notify.by;
         return 0;
     case TMS_TASK_DELETE:
         c->stmt = "task_delete";

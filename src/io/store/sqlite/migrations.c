@@ -56,6 +56,11 @@ static const char *const migrations[] = {
     " password_hash TEXT NOT NULL,"
     " token_version INTEGER NOT NULL,"
     " deleted_at_ms INTEGER NOT NULL)",
+    /* 3 (issue 17): tombstones keep the whole user, so that compensation restores what
+     * the delete wrote here, not what an event says (NULL in older tombstones) */
+    "ALTER TABLE deleted_users ADD COLUMN email TEXT;"
+    "ALTER TABLE deleted_users ADD COLUMN role TEXT;"
+    "ALTER TABLE deleted_users ADD COLUMN created_at_ms INTEGER",
 };
 
 #define KNOWN ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -126,7 +126,8 @@ static int write_event(tasks_t *t, tms_task_op_t *op, sqlite3 *db, const tms_tas
     int rc;
     snprintf(key, sizeof(key), "%" PRId64, task->id);
     payload = tms_event_notification_json(op->notify.type, task->assigned_to, task->id,
-                                          op->notify.event_id, task->title, task->updated_at_ms);
+                                          op->notify.event_id, task->title, task->updated_at_ms,
+                                          op->notify.by);
     rc = tms__sqlite_outbox_insert(db, &t->stmt[ST_OUTBOX], op->notify.event_id,
                                    TMS_TOPIC_NOTIFICATIONS, key, payload, task->updated_at_ms);
     free(payload);

@@ -176,13 +176,17 @@ static int delete_user(users_t *u, tms_user_op_t *op, sqlite3 *db)
         return SQLITE_OK; /* NOT_FOUND or a failure already set */
     st = tms__sqlite_stmt(db, &u->extra[ST_TOMB_PUT],
                           "INSERT OR REPLACE INTO deleted_users (id, password_hash,"
-                          " token_version, deleted_at_ms) VALUES (?1, ?2, ?3, ?4)");
+                          " token_version, deleted_at_ms, email, role, created_at_ms)"
+                          " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
     if (!st)
         return SQLITE_ERROR;
     bind_str(st, 1, op->user.id, sizeof(op->user.id));
     bind_str(st, 2, op->user.password_hash, sizeof(op->user.password_hash));
     sqlite3_bind_int64(st, 3, op->user.token_version);
     sqlite3_bind_int64(st, 4, tms_now_ms());
+    bind_str(st, 5, op->user.email, sizeof(op->user.email));
+    bind_str(st, 6, op->user.role, sizeof(op->user.role));
+    sqlite3_bind_int64(st, 7, op->user.created_at_ms);
     if ((rc = step_done(st)) != SQLITE_DONE)
         return rc;
     tms_event_id_new(event_id);
@@ -193,32 +197,48 @@ static int delete_user(users_t *u, tms_user_op_t *op, sqlite3 *db)
     return rc;
 }
 
-/* Restore re-inserts the user; with no hash given, the tombstone's hash comes back
- * and the token version moves past the one at deletion, so old tokens stay dead. */
+/* Restore re-inserts the user its tombstone keeps, with the token version one past
+ * the deleted one (old tokens stay dead); the caller's email and role must match the
+ * tombstone's, and are never what is written. */
 static int restore_user(users_t *u, tms_user_op_t *op, sqlite3 *db)
 {
     sqlite3_stmt *st;
+    tms_user_t tomb;
     int rc;
-    if (op->user.password_hash[0] == '\0') {
-        st = tms__sqlite_stmt(db, &u->extra[ST_TOMB_GET],
-                              "SELECT password_hash, token_version FROM deleted_users"
-                              " WHERE id = ?1");
-        if (!st)
-            return SQLITE_ERROR;
-        bind_str(st, 1, op->user.id, sizeof(op->user.id));
-        /* No tombstone: an unusable hash; the user must be given a new password. */
-        snprintf(op->user.password_hash, sizeof(op->user.password_hash), "!");
-        if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-            int64_t tv = sqlite3_column_int64(st, 1) + 1;
-            tms__sqlite_column_str(op->user.password_hash, sizeof(op->user.password_hash), st, 0);
-            if (tv > op->user.token_version)
-                op->user.token_version = tv;
-            rc = SQLITE_DONE;
-        }
-        tms__sqlite_done(st);
-        if (rc != SQLITE_DONE)
-            return rc;
+    st = tms__sqlite_stmt(db, &u->extra[ST_TOMB_GET],
+                          "SELECT password_hash, token_version, email, role, created_at_ms"
+                          " FROM deleted_users WHERE id = ?1");
+    if (!st)
+        return SQLITE_ERROR;
+    bind_str(st, 1, op->user.id, sizeof(op->user.id));
+    memset(&tomb, 0, sizeof(tomb));
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        snprintf(tomb.id, sizeof(tomb.id), "%s", op->user.id);
+        tms__sqlite_column_str(tomb.password_hash, sizeof(tomb.password_hash), st, 0);
+        tomb.token_version = sqlite3_column_int64(st, 1) + 1;
+        tms__sqlite_column_str(tomb.email, sizeof(tomb.email), st, 2);
+        tms__sqlite_column_str(tomb.role, sizeof(tomb.role), st, 3);
+        tomb.created_at_ms = sqlite3_column_int64(st, 4);
     }
+    tms__sqlite_done(st);
+    if (rc == SQLITE_DONE) {
+        tms_error_set(&op->err, TMS_NOT_FOUND, "no tombstone for this user");
+        return SQLITE_OK;
+    }
+    if (rc != SQLITE_ROW)
+        return rc;
+    if (!tomb.email[0] || !tomb.role[0]) {
+        tms_error_set(&op->err, TMS_FAILED_PRECONDITION,
+                      "the tombstone keeps no email and role (written by an older version)");
+        return SQLITE_OK;
+    }
+    if (strcmp(tomb.email, op->user.email) != 0 || strcmp(tomb.role, op->user.role) != 0) {
+        tms_error_set(&op->err, TMS_FAILED_PRECONDITION, "%s differs from the tombstone",
+                      strcmp(tomb.email, op->user.email) != 0 ? "email" : "role");
+        return SQLITE_OK;
+    }
+    op->user = tomb;
     st = tms__sqlite_stmt(db, &u->stmt[TMS_USER_RESTORE], op_sql[TMS_USER_RESTORE]);
     if (!st)
         return SQLITE_ERROR;

@@ -276,22 +276,44 @@ static void test_delete_outbox_and_restore(void)
     CHECK_EQ_INT(box->count, 0);
     tms_outbox_op_free(&box);
 
-    /* Compensation: the hash comes from the tombstone, old tokens stay dead. */
+    /* Compensation restores from the tombstone; an event that names another role or
+     * email restores nothing (issue 17). */
     op = user_op(TMS_USER_RESTORE, NULL);
-    op->user = u;
-    op->user.password_hash[0] = '\0';
+    op->user = parsed;
+    snprintf(op->user.role, sizeof(op->user.role), "admin");
+    op = run_user(op);
+    CHECK_EQ_INT(op->err.code, TMS_FAILED_PRECONDITION);
+    free(op);
+    op = user_op(TMS_USER_RESTORE, NULL);
+    op->user = parsed;
+    snprintf(op->user.email, sizeof(op->user.email), "attacker@example.com");
+    op = run_user(op);
+    CHECK_EQ_INT(op->err.code, TMS_FAILED_PRECONDITION);
+    free(op);
+    op = run_user(user_op(TMS_USER_GET_BY_ID, u.id));
+    CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
+    free(op);
+    /* the event's own email and role: the hash, creation time and a token version past
+     * the deleted one come from the tombstone (old tokens stay dead) */
+    op = user_op(TMS_USER_RESTORE, NULL);
+    op->user = parsed;
+    op->user.token_version = 99;
     op = run_user(op);
     CHECK_EQ_INT(op->err.code, TMS_OK);
     free(op);
     op = run_user(user_op(TMS_USER_GET_BY_ID, u.id));
     CHECK_EQ_INT(op->err.code, TMS_OK);
     CHECK_EQ_STR(op->user.password_hash, u.password_hash);
+    CHECK_EQ_STR(op->user.email, u.email);
+    CHECK_EQ_STR(op->user.role, u.role);
+    CHECK_EQ_INT(op->user.created_at_ms, u.created_at_ms);
     CHECK_EQ_INT(op->user.token_version, 4);
     free(op);
+    /* restored once: its tombstone went with it */
     op = user_op(TMS_USER_RESTORE, NULL);
-    op->user = u;
+    op->user = parsed;
     op = run_user(op);
-    CHECK_EQ_INT(op->err.code, TMS_ALREADY_EXISTS);
+    CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
     free(op);
 }
 
