@@ -145,8 +145,10 @@ struct tms_grpc_server {
     tms_listener_t lis;
     conn_t *conns;
     size_t nconns, pending;
-    size_t held;      /* every byte counted against cfg.max_buffered_bytes */
-    uint64_t tick_ms; /* period of each connection's timer */
+    size_t held;                /* every byte counted against cfg.max_buffered_bytes */
+    uint64_t tick_ms;           /* period of each connection's timer */
+    void (*drained)(void *arg); /* tms_grpc_server_drain: once pending reaches 0 */
+    void *drained_arg;
     uint64_t rng[2];
     nghttp2_session_callbacks *callbacks;
     nghttp2_option *option;
@@ -470,9 +472,14 @@ static void respond_plain(gstream_t *st, const char *status)
 static void on_pending_closed(uv_handle_t *h)
 {
     pending_t *p = h->data;
-    p->srv->pending--;
+    tms_grpc_server_t *s = p->srv;
+    void (*drained)(void *) = s->drained;
     tms_api_cancel_release(&p->cancel);
     free(p);
+    if (--s->pending == 0 && drained) {
+        s->drained = NULL;
+        drained(s->drained_arg);
+    }
 }
 
 static void render(gstream_t *st, tms_api_call_t *call)
@@ -1391,6 +1398,16 @@ void tms_grpc_server_stop(tms_grpc_server_t *s, uint64_t grace_ms, void (*on_sto
         tms_h2_io_flush(&c->io);
     }
     tms_listener_maybe_stopped(&s->lis);
+}
+
+void tms_grpc_server_drain(tms_grpc_server_t *s, void (*drained)(void *arg), void *arg)
+{
+    if (s->pending == 0) {
+        drained(arg);
+        return;
+    }
+    s->drained = drained;
+    s->drained_arg = arg;
 }
 
 size_t tms_grpc_server_busy(tms_grpc_server_t *s)

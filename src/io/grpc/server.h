@@ -81,6 +81,10 @@ const char *tms_grpc_server_error(tms_grpc_server_t *s);
 void tms_grpc_server_stop(tms_grpc_server_t *s, uint64_t grace_ms, void (*on_stopped)(void *arg),
                           void *arg);
 
+/** Call drained(arg) once no call is with the actors any more (at once when none
+ * is; later from the loop when the last answered and its timer closed). */
+void tms_grpc_server_drain(tms_grpc_server_t *s, void (*drained)(void *arg), void *arg);
+
 /** What stop still waits for: calls with the actors, open connections, and 1 while
  * a started stop has not completed. 0 before stop only when idle. */
 size_t tms_grpc_server_busy(tms_grpc_server_t *s);
