@@ -2,6 +2,7 @@
 one item hidden from it, setup names that item and the Debian package that provides it
 in one line, and exits non-zero before anything is built. Nothing is uninstalled: the
 item is hidden by a PATH or a pkg-config directory made for the test."""
+import hashlib
 import os
 import shutil
 import subprocess
@@ -106,3 +107,33 @@ def test_missing_bench_tools_are_named(baseline, tmp_path):
                  "setup: missing nginx -> apt-get install nginx-light",
                  "setup: missing pgbench -> apt-get install postgresql-client"]:
         assert want in lines, p.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs PostgreSQL as the postgres user (root only)")
+def test_service_pg_works_from_a_clone_postgres_cannot_enter(tmp_path):
+    """A clone in root's home (mode 0700), as a new user makes it: scripts/service-pg still
+    starts the throwaway PostgreSQL (its cluster then lives in /var/tmp) and stops it."""
+    if not Path("/usr/lib/postgresql/15/bin/initdb").exists():
+        pytest.skip("PostgreSQL 15 is not installed (scripts/setup --test)")
+    home = tmp_path / "home"
+    (home / "tms" / "scripts").mkdir(parents=True)
+    home.chmod(0o700)
+    shutil.copy(REPO / "scripts" / "service-pg", home / "tms" / "scripts" / "service-pg")
+    script = home / "tms" / "scripts" / "service-pg"
+    try:
+        p = subprocess.run([str(script)], capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+        assert p.returncode == 0, p.stderr
+        url = p.stdout.strip().splitlines()[-1]
+        assert url.startswith("postgres://postgres@127.0.0.1:") and url.endswith("/tms")
+        q = subprocess.run(["psql", "-qAt", url, "-c", "SELECT 1"], capture_output=True,
+                           text=True, timeout=30)
+        assert q.stdout.strip() == "1", q.stderr
+    finally:
+        s = subprocess.run([str(script), "stop"], capture_output=True, text=True, timeout=120)
+        shutil.rmtree(Path("/var/tmp") / ("tms-pg-" + hashlib.sha256(
+            str(home / "tms").encode()).hexdigest()[:12]), ignore_errors=True)
+    assert s.returncode == 0, s.stderr
+    assert "Permission denied" not in p.stderr + s.stderr
+    assert subprocess.run(["psql", "-qAt", url, "-c", "SELECT 1"], capture_output=True,
+                          timeout=30).returncode != 0
