@@ -2,6 +2,7 @@
  * configuration. */
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -199,8 +200,15 @@ typedef struct server {
     tms_sqlite_t *users_db, *tasks_db; /* the same handle when both URLs name one file */
     tms_pg_t *tasks_pg;                /* tasks.url=postgres://...: instead of tasks_db */
     tms_mongo_t *users_mongo;          /* users.url=mongodb://...: instead of users_db */
+    /* The store ports handed to the actors; this worker closes those it owns (worker 0
+     * all; the others only their own PostgreSQL pool's). */
+    tms_user_store_t *users_store;
+    tms_task_store_t *tasks_store;
+    tms_outbox_t *users_outbox, *tasks_outbox; /* the same port for one file */
+    bool own_users, own_tasks;
     tms_workpool_t *hashers, *mail_pool;
     tms_event_bus_t *bus;
+    tms_kafka_bus_t *kafka; /* the bus's adapter when it is Kafka (for /readyz) */
     tms_mailer_t *mailer;
     tms_relay_t *users_relay, *tasks_relay; /* the same relay for one file */
     tms_auth_t *auth;
@@ -212,19 +220,27 @@ typedef struct server {
     tms_grpc_server_t *grpc;         /* the gRPC listener (grpc.addr) */
     tms_grpc_service_t *grpc_api;    /* what it serves */
     tms_http_server_t *metrics_http; /* metrics.addr: worker 0 only */
-    bool metrics_stopped;
     /* Roles that run elsewhere (split deployment): a client and a proxy mailbox each. */
     tms_grpc_client_t *auth_client, *task_client;
     tms_remote_actor_t *auth_proxy, *task_proxy;
-    uv_timer_t lag_timer, drain_timer;
+    uv_timer_t lag_timer, deadline_timer;
     uint64_t lag_expected;
     unsigned ticks;
     _Atomic double lag_max; /* seconds, decaying maximum; read by any worker's /metrics */
-    uint64_t drain_deadline;
     int stopping;
-    int background_stopping; /* relays, Kafka and SMTP told to stop */
-    int stops_pending;       /* failed start: listeners still closing */
+    /* Shutdown (see "shutdown" below): the step under way and the callbacks it still
+     * waits for; stop replies arrive in the control mailbox. */
+    tms_mailbox_t *control;
+    int step, step_pending;
+    uint64_t deadline;
+    /* Worker 0: the other workers not yet ended, and the async they wake it with. */
+    int peers_running;
+    bool peers_open, peers_waited;
+    uv_async_t peers_async;
 } server_t;
+
+/* Guards peers_running and peers_open of worker 0 against the other workers. */
+static pthread_mutex_t peers_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static double lag_gauge(void *arg)
 {
@@ -254,30 +270,122 @@ static void close_handle(uv_handle_t *h)
         uv_close(h, NULL);
 }
 
-/* Last step of shutdown: nothing is in flight, so actors and stores can go. Also
- * the clean-up path of a failed start, so every free here accepts NULL. */
+/* ---- shutdown ------------------------------------------------------------ */
+
+/* A worker stops in steps; each starts once every callback of the one before has
+ * come, so nothing here polls:
+ *   listeners  HTTP and gRPC stop accepting and finish their requests (grace)
+ *   front      calls still with the actors come back to REST and gRPC; the gateway
+ *              stops once the calls it took are answered
+ *   peers      worker 0 only: the other workers have ended (their writes use its
+ *              embedded stores and are published by its relays)
+ *   relays     the relays finish the batch in flight, and the mailer closes: mails
+ *              waiting come back at once (their events stay pending), sends in
+ *              flight finish, so a batch whose events wait for mails ends soon
+ *   bus        the bus closes (consumers finish the deliveries they hold)
+ *   actors     the notifier and the task actor finish what they hold and stop
+ *   auth       the auth actor and the proxies stop (the others ask them to the end)
+ *   stores     the store ports this worker owns close, answering what they hold
+ * then the rest is freed and the loop ends. Ports close through their vtables and
+ * actors stop on a stop message, whatever the adapter. server.shutdown_grace bounds
+ * the listeners; the steps after them get what is left of it, at least a second. */
+enum {
+    STEP_LISTENERS,
+    STEP_FRONT,
+    STEP_PEERS,
+    STEP_RELAYS,
+    STEP_BUS,
+    STEP_ACTORS,
+    STEP_AUTH,
+    STEP_STORES,
+    STEP_DONE,
+};
+
+static const char *const step_names[] = {"listeners", "front", "peers",  "relays", "bus",
+                                         "actors",    "auth",  "stores", "done"};
+
+#define MIN_AFTER_LISTENERS_MS 1000
+
+static void run_steps(server_t *s);
+
+static void step_done(void *arg)
+{
+    server_t *s = arg;
+    if (--s->step_pending == 0)
+        run_steps(s);
+}
+
+static void on_actor_stopped(tms_msg_t *msg)
+{
+    server_t *s = msg->ctx;
+    msg->free_fn(msg);
+    step_done(s);
+}
+
+static void stop_actor(server_t *s, tms_mailbox_t *mb)
+{
+    if (!mb)
+        return;
+    s->step_pending++;
+    if (tms_stop_send(mb, s->control, on_actor_stopped, s) != 0)
+        s->step_pending--; /* already stopped */
+}
+
+static void on_control(void *owner, tms_msg_t *msg)
+{
+    (void)owner; /* only replies are expected here */
+    if (msg->free_fn)
+        msg->free_fn(msg);
+}
+
+/* Worker 0: another worker ended. */
+static void on_peer_ended(uv_async_t *a)
+{
+    server_t *s = a->data;
+    int running;
+    pthread_mutex_lock(&peers_lock);
+    running = s->peers_running;
+    pthread_mutex_unlock(&peers_lock);
+    if (running == 0 && s->peers_waited) {
+        s->peers_waited = false;
+        step_done(s);
+    }
+}
+
+/* Worker 0: wait for the other workers (step_done when the last has ended). */
+static void wait_peers(server_t *s)
+{
+    pthread_mutex_lock(&peers_lock);
+    if (s->peers_running > 0) {
+        s->peers_waited = true;
+        s->step_pending++;
+    }
+    pthread_mutex_unlock(&peers_lock);
+}
+
+/* A worker other than 0 ended: worker 0 may go on. */
+static void peer_ended(server_t *primary)
+{
+    pthread_mutex_lock(&peers_lock);
+    primary->peers_running--;
+    if (primary->peers_open)
+        uv_async_send(&primary->peers_async);
+    pthread_mutex_unlock(&peers_lock);
+}
+
+/* Last step of shutdown: nothing is in flight and every port is closed, so what is
+ * left can go. Every free here accepts NULL. */
 static void finish_shutdown(server_t *s)
 {
     tms_metrics_drop_thread_gauges(); /* before what the gauges read goes */
-    if (s->drain_timer.loop)
-        uv_timer_stop(&s->drain_timer);
-    close_handle((uv_handle_t *)&s->drain_timer);
+    close_handle((uv_handle_t *)&s->deadline_timer);
     close_handle((uv_handle_t *)&s->lag_timer);
     if (s->primary) { /* borrowed from worker 0, which frees them after this worker ended */
-        s->users_db = s->tasks_db = NULL;
-        s->users_mongo = NULL;
         s->hashers = NULL;
         s->user_cache = NULL;
         s->limits = NULL;
     }
-    /* Worker threads first: closing a store or pool answers what it still holds,
-     * into mailboxes that are still alive (and free the replies with them). */
-    if (s->users_db == s->tasks_db)
-        s->users_db = NULL;
-    tms_sqlite_close(&s->users_db);
-    tms_sqlite_close(&s->tasks_db);
-    tms_pg_close(&s->tasks_pg);
-    tms_mongo_close(&s->users_mongo);
+    /* Pools first: what they still run answers into mailboxes that are still alive. */
     tms_workpool_free(&s->hashers);
     tms_workpool_free(&s->mail_pool);
     tms_http_server_free(&s->http);
@@ -289,7 +397,6 @@ static void finish_shutdown(server_t *s)
     tms_notifier_free(&s->notifier);
     tms_task_actor_free(&s->task);
     tms_auth_free(&s->auth);
-    /* After everyone that posts to them; nothing is in flight by now. */
     tms_remote_actor_free(&s->task_proxy);
     tms_remote_actor_free(&s->auth_proxy);
     if (s->task_client)
@@ -300,111 +407,212 @@ static void finish_shutdown(server_t *s)
         s->users_relay = NULL;
     tms_relay_free(&s->users_relay);
     tms_relay_free(&s->tasks_relay);
-    if (s->bus && strcmp(s->bus->name, "kafka") == 0)
-        tms_kafka_bus_free(&s->bus);
-    else
-        tms_bus_local_free(&s->bus);
-    if (s->mailer && strcmp(s->mailer->name, "smtp") == 0)
-        tms_smtp_free(&s->mailer);
-    else
-        tms_maildir_free(&s->mailer);
     tms_user_cache_free(&s->user_cache);
     tms_gateway_limits_free(&s->limits);
-}
-
-static size_t work_in_flight(server_t *s)
-{
-    return tms_rest_pending(s->rest) + (s->grpc ? tms_grpc_server_busy(s->grpc) : 0) +
-           (s->metrics_http && !s->metrics_stopped ? 1 : 0) +
-           (s->auth ? tms_auth_inflight(s->auth) : 0) +
-           (s->task ? tms_task_actor_inflight(s->task) : 0) +
-           (s->notifier ? tms_notifier_inflight(s->notifier) : 0) +
-           tms_remote_actor_inflight(s->auth_proxy) + tms_remote_actor_inflight(s->task_proxy) +
-           (size_t)(s->tasks_relay ? tms_relay_busy(s->tasks_relay) : 0) +
-           (size_t)(s->users_relay ? tms_relay_busy(s->users_relay) : 0) +
-           (s->bus && strcmp(s->bus->name, "kafka") == 0 ? tms_kafka_bus_busy(s->bus) : 0);
-}
-
-/* No new requests; let the relays finish their batch and the actors their work
- * (a call whose client already got a 504 may still be with them). */
-static void stop_background(server_t *s)
-{
-    s->background_stopping = 1;
-    if (s->tasks_relay)
-        tms_relay_stop(s->tasks_relay, NULL, NULL);
-    if (s->users_relay && s->users_relay != s->tasks_relay)
-        tms_relay_stop(s->users_relay, NULL, NULL);
-    /* Kafka consumers finish what they hold, then leave their groups. */
-    if (strcmp(s->bus->name, "kafka") == 0)
-        tms_kafka_bus_stop(s->bus);
-    /* Mails backing off come back at once (their events stay pending). */
-    if (s->mailer && strcmp(s->mailer->name, "smtp") == 0)
-        tms_smtp_stop(s->mailer);
-}
-
-static void on_drain_tick(uv_timer_t *t)
-{
-    server_t *s = t->data;
-    size_t busy;
-    /* Worker 0's relays publish what the other workers' last writes left in the
-     * outbox, and its stores serve them: it goes on until they have ended. */
-    if (!s->background_stopping && (s->primary || tms_workers_alive(s->workers) <= 1))
-        stop_background(s);
-    busy = work_in_flight(s);
-    if (busy == 0 && s->background_stopping) {
-        finish_shutdown(s);
-        tms_log_info("stopped", "worker=%d clean=1", s->index);
-    } else if (uv_now(s->loop) >= s->drain_deadline) {
-        /* Acknowledged writes are committed; what is left (outbox events, emails)
-         * is redone after the next start. */
-        tms_log_warn("stopped", "clean=0 in_flight=%zu", busy);
-        fflush(stderr);
-        _exit(0);
+    tms_mailbox_free(&s->control);
+    if (s->primary) {
+        peer_ended(s->primary);
+    } else if (s->peers_async.loop) {
+        pthread_mutex_lock(&peers_lock);
+        s->peers_open = false;
+        pthread_mutex_unlock(&peers_lock);
+        close_handle((uv_handle_t *)&s->peers_async);
     }
 }
 
-static void on_metrics_stopped(void *arg)
+static void close_mailer(server_t *s)
 {
-    ((server_t *)arg)->metrics_stopped = true;
+    tms_mailer_t *mailer = s->mailer;
+    s->mailer = NULL;
+    if (mailer) {
+        s->step_pending++;
+        mailer->close(mailer, step_done, s);
+    }
 }
 
-static void on_http_stopped(void *arg)
+static void close_bus(server_t *s)
+{
+    tms_event_bus_t *bus = s->bus;
+    s->bus = NULL;
+    s->kafka = NULL;
+    if (bus) {
+        s->step_pending++;
+        bus->close(bus, step_done, s);
+    }
+}
+
+/* The store ports this worker owns; each backend goes with its last port. */
+static void close_stores(server_t *s)
+{
+    tms_user_store_t *users = s->own_users ? s->users_store : NULL;
+    tms_task_store_t *tasks = s->own_tasks ? s->tasks_store : NULL;
+    tms_outbox_t *uo = s->own_users ? s->users_outbox : NULL;
+    tms_outbox_t *to = s->own_tasks ? s->tasks_outbox : NULL;
+    s->users_store = NULL;
+    s->tasks_store = NULL;
+    s->users_outbox = s->tasks_outbox = NULL;
+    s->users_db = s->tasks_db = NULL;
+    s->tasks_pg = NULL;
+    s->users_mongo = NULL;
+    if (users) {
+        s->step_pending++;
+        users->close(users, step_done, s);
+    }
+    if (tasks) {
+        s->step_pending++;
+        tasks->close(tasks, step_done, s);
+    }
+    if (uo) {
+        s->step_pending++;
+        uo->close(uo, step_done, s);
+    }
+    if (to && to != uo) {
+        s->step_pending++;
+        to->close(to, step_done, s);
+    }
+}
+
+/* Starts the next step(s); a step whose stops all completed at once is followed by
+ * the next straight away. */
+static void run_steps(server_t *s)
+{
+    do {
+        s->step++;
+        s->step_pending = 1; /* held while this step's stops are started */
+        switch (s->step) {
+        case STEP_FRONT:
+            if (s->rest) {
+                s->step_pending++;
+                tms_rest_drain(s->rest, step_done, s);
+            }
+            if (s->grpc_api) {
+                s->step_pending++;
+                tms_grpc_service_drain(s->grpc_api, step_done, s);
+            }
+            stop_actor(s, s->gateway ? tms_gateway_mailbox(s->gateway) : NULL);
+            break;
+        case STEP_PEERS:
+            if (!s->primary)
+                wait_peers(s);
+            break;
+        case STEP_RELAYS:
+            if (s->tasks_relay) {
+                s->step_pending++;
+                tms_relay_stop(s->tasks_relay, step_done, s);
+            }
+            if (s->users_relay && s->users_relay != s->tasks_relay) {
+                s->step_pending++;
+                tms_relay_stop(s->users_relay, step_done, s);
+            }
+            close_mailer(s);
+            break;
+        case STEP_BUS:
+            close_bus(s);
+            break;
+        case STEP_ACTORS:
+            stop_actor(s, s->notifier ? tms_notifier_mailbox(s->notifier) : NULL);
+            stop_actor(s, s->task ? tms_task_actor_mailbox(s->task) : NULL);
+            break;
+        case STEP_AUTH:
+            stop_actor(s, s->auth ? tms_auth_mailbox(s->auth) : NULL);
+            stop_actor(s, s->auth_proxy ? tms_remote_actor_mailbox(s->auth_proxy) : NULL);
+            stop_actor(s, s->task_proxy ? tms_remote_actor_mailbox(s->task_proxy) : NULL);
+            break;
+        case STEP_STORES:
+            close_stores(s);
+            break;
+        default:
+            finish_shutdown(s);
+            if (s->stopping)
+                tms_log_info("stopped", "worker=%d clean=1", s->index);
+            return;
+        }
+    } while (--s->step_pending == 0);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    server_t *s = t->data;
+    /* Acknowledged writes are committed; what is left (outbox events, emails) is
+     * redone after the next start. */
+    tms_log_warn("stopped", "worker=%d clean=0 waiting=%s", s->index, step_names[s->step]);
+    fflush(stderr);
+    _exit(0);
+}
+
+/* The listeners have stopped: what follows gets the rest of the grace period. */
+static void on_listeners_stopped(void *arg)
 {
     server_t *s = arg;
-    uv_timer_start(&s->drain_timer, on_drain_tick, 0, 10);
+    uint64_t now = uv_now(s->loop);
+    if (--s->step_pending > 0)
+        return;
+    uv_timer_start(
+        &s->deadline_timer, on_deadline,
+        s->deadline > now + MIN_AFTER_LISTENERS_MS ? s->deadline - now : MIN_AFTER_LISTENERS_MS, 0);
+    run_steps(s);
 }
 
 /* On the worker's thread after the main thread took SIGINT/SIGTERM. */
 static void stop_worker(server_t *s)
 {
+    uint64_t grace_ms = (uint64_t)s->cfg->server.shutdown_grace * 1000;
     s->stopping = 1;
     tms_log_info("worker_stopping", "worker=%d inflight=%zu grace_s=%lld", s->index,
                  tms_http_server_inflight(s->http), (long long)s->cfg->server.shutdown_grace);
-    s->drain_deadline = uv_now(s->loop) + (uint64_t)s->cfg->server.shutdown_grace * 1000;
-    tms_http_server_stop(s->http, (uint64_t)s->cfg->server.shutdown_grace * 1000, on_http_stopped,
-                         s);
-    /* gRPC: GOAWAY now; the drain waits for its calls and connections (busy count). */
+    s->deadline = uv_now(s->loop) + grace_ms;
+    s->step = STEP_LISTENERS;
+    s->step_pending = 3; /* HTTP, gRPC, metrics */
+    tms_http_server_stop(s->http, grace_ms, on_listeners_stopped, s);
+    /* gRPC: GOAWAY now; streams already open finish. */
     if (s->grpc)
-        tms_grpc_server_stop(s->grpc, (uint64_t)s->cfg->server.shutdown_grace * 1000, NULL, NULL);
+        tms_grpc_server_stop(s->grpc, grace_ms, on_listeners_stopped, s);
+    else
+        on_listeners_stopped(s);
+    /* The metrics listener: what a scrape in progress needs, no more. */
     if (s->metrics_http)
-        tms_http_server_stop(s->metrics_http, 1000, on_metrics_stopped, s);
+        tms_http_server_stop(s->metrics_http, 1000, on_listeners_stopped, s);
+    else
+        on_listeners_stopped(s);
 }
 
-static tms_sqlite_t *open_db(const char *key, const char *url, const tms_config_t *cfg)
+/* A failed start: stop what did start, as a stop does (the loop then runs it to the
+ * end); listeners that were listening close first. */
+static void abort_start(server_t *s)
+{
+    s->step = STEP_LISTENERS;
+    s->step_pending = 1;
+    if (s->http) {
+        s->step_pending++;
+        tms_http_server_stop(s->http, 0, step_done, s);
+    }
+    if (s->grpc) {
+        s->step_pending++;
+        tms_grpc_server_stop(s->grpc, 0, step_done, s);
+    }
+    if (s->metrics_http) {
+        s->step_pending++;
+        tms_http_server_stop(s->metrics_http, 0, step_done, s);
+    }
+    step_done(s);
+}
+
+static tms_sqlite_t *open_db(uv_loop_t *loop, const char *key, const char *url,
+                             const tms_config_t *cfg)
 {
     char err[512];
-    tms_sqlite_t *db =
-        tms_sqlite_open(sqlite_path(url), (size_t)cfg->server.mailbox_capacity, err, sizeof(err));
+    tms_sqlite_t *db = tms_sqlite_open(loop, sqlite_path(url), (size_t)cfg->server.mailbox_capacity,
+                                       err, sizeof(err));
     if (!db)
         fprintf(stderr, "tms: %s: %s\n", key, err);
     return db;
 }
 
-static tms_mongo_t *open_mongo(const tms_config_t *cfg)
+static tms_mongo_t *open_mongo(uv_loop_t *loop, const tms_config_t *cfg)
 {
     char err[512];
     tms_mongo_t *m = tms_mongo_open(
-        cfg->users.url,
+        loop, cfg->users.url,
         &(tms_mongo_options_t){
             .pool_size = (int)cfg->users.pool_size,
             .server_selection_timeout_ms = (int)cfg->users.server_selection_timeout_ms,
@@ -422,13 +630,13 @@ static int open_users(server_t *s, const tms_config_t *cfg, tms_user_store_t **s
                       tms_outbox_t **outbox)
 {
     if (tms_mongo_url(cfg->users.url)) {
-        if (!s->users_mongo && !(s->users_mongo = open_mongo(cfg)))
+        if (!s->users_mongo && !(s->users_mongo = open_mongo(s->loop, cfg)))
             return -1;
         *store = tms_mongo_user_store(s->users_mongo);
         *outbox = tms_mongo_outbox(s->users_mongo);
         return 0;
     }
-    if (!s->users_db && !(s->users_db = open_db("users.url", cfg->users.url, cfg)))
+    if (!s->users_db && !(s->users_db = open_db(s->loop, "users.url", cfg->users.url, cfg)))
         return -1;
     *store = tms_sqlite_user_store(s->users_db);
     *outbox = tms_sqlite_outbox(s->users_db);
@@ -461,9 +669,9 @@ static int smtp_url(const char *url)
     return strncmp(url, "smtp://", 7) == 0 || strncmp(url, "smtps://", 8) == 0;
 }
 
-static int kafka_ready(void *bus)
+static int kafka_ready(void *kafka)
 {
-    return tms_kafka_bus_reachable(bus);
+    return tms_kafka_bus_reachable(kafka);
 }
 
 /* The mailer (worker 0 only: it alone runs the notifier); 0 or -1 (already said). */
@@ -476,8 +684,9 @@ static int start_mailer(server_t *s, const tms_config_t *cfg)
         tms_smtp_options_t opt = smtp_options(cfg);
         s->mailer = tms_smtp_new(s->loop, &opt, s->mail_pool, err, sizeof(err));
     } else {
-        s->mailer = tms_maildir_new(maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
-                                    s->mail_pool, err, sizeof(err));
+        s->mailer =
+            tms_maildir_new(s->loop, maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
+                            s->mail_pool, err, sizeof(err));
     }
     if (!s->mailer) {
         fprintf(stderr, "tms: mail.url: %s\n", err);
@@ -624,7 +833,7 @@ static int open_tasks(server_t *s, const tms_config_t *cfg, tms_task_store_t **s
     if (!s->tasks_db && s->users_db &&
         strcmp(sqlite_path(cfg->users.url), sqlite_path(cfg->tasks.url)) == 0)
         s->tasks_db = s->users_db;
-    else if (!s->tasks_db && !(s->tasks_db = open_db("tasks.url", cfg->tasks.url, cfg)))
+    else if (!s->tasks_db && !(s->tasks_db = open_db(s->loop, "tasks.url", cfg->tasks.url, cfg)))
         return -1;
     *store = tms_sqlite_task_store(s->tasks_db);
     *outbox = tms_sqlite_outbox(s->tasks_db);
@@ -647,38 +856,45 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
     tms_task_store_t *tasks_store = NULL;
     tms_user_store_t *users_store = NULL;
     tms_mailbox_t *auth_mb = NULL, *task_mb = NULL;
-    tms_event_bus_t *events;
+    tms_kafka_bus_t *events;
     const char *dummy_hash;
 
     share_parts(s, cfg);
     if ((roles & TMS_ROLE_AUTH) && open_users(s, cfg, &users_store, &users_outbox) != 0)
         return -1;
+    s->users_store = users_store;
+    s->users_outbox = users_outbox;
+    s->own_users = !s->primary; /* the user store is worker 0's, whatever the backend */
     if ((roles & (TMS_ROLE_TASK | TMS_ROLE_NOTIFIER)) &&
         open_tasks(s, cfg, &tasks_store, &tasks_outbox) != 0)
         return -1;
+    s->tasks_store = tasks_store;
+    s->tasks_outbox = tasks_outbox;
+    s->own_tasks = !s->primary || s->tasks_pg; /* PostgreSQL: a pool per worker */
 
     /* The other workers get an in-process bus nothing publishes to: their writes are
      * published by worker 0's relays. */
     if (cfg->events.brokers[0] && !s->primary) {
         static const char *const topics[] = {TMS_TOPIC_NOTIFICATIONS, TMS_TOPIC_USER_DELETED,
                                              TMS_TOPIC_COMPENSATE, NULL};
-        s->bus = tms_kafka_bus_new(s->loop,
-                                   &(tms_kafka_options_t){
-                                       .brokers = cfg->events.brokers,
-                                       .client_id = cfg->events.client_id,
-                                       .ns = cfg->events.ns,
-                                       .topics = topics,
-                                       .partitions = (int)cfg->events.partitions,
-                                       .replication = (int)cfg->events.replication,
-                                       .dlq_after = (int)cfg->events.dlq_after,
-                                       .retry_ms = (int)cfg->events.retry_ms,
-                                       .publish_timeout_ms = (int)cfg->events.publish_timeout_ms,
-                                   },
-                                   err, sizeof(err));
-        if (!s->bus) {
+        s->kafka = tms_kafka_bus_new(s->loop,
+                                     &(tms_kafka_options_t){
+                                         .brokers = cfg->events.brokers,
+                                         .client_id = cfg->events.client_id,
+                                         .ns = cfg->events.ns,
+                                         .topics = topics,
+                                         .partitions = (int)cfg->events.partitions,
+                                         .replication = (int)cfg->events.replication,
+                                         .dlq_after = (int)cfg->events.dlq_after,
+                                         .retry_ms = (int)cfg->events.retry_ms,
+                                         .publish_timeout_ms = (int)cfg->events.publish_timeout_ms,
+                                     },
+                                     err, sizeof(err));
+        if (!s->kafka) {
             fprintf(stderr, "tms: events.brokers: %s\n", err);
             return -1;
         }
+        s->bus = tms_kafka_bus_port(s->kafka);
     } else {
         s->bus = tms_bus_local_new(s->loop);
     }
@@ -770,16 +986,14 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
             auth_mb, task_mb);
     /* Every process serves /healthz, /readyz and /metrics; only a gateway the API.
      * /readyz asks worker 0's Kafka client, whichever worker answers. */
-    events = s->primary ? s->primary->bus : s->bus;
+    events = s->primary ? s->primary->kafka : s->kafka;
     {
         tms_rest_config_t rc = {
             .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
             .users = users_store,
             .tasks = tasks_store,
             .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
-            .events_ready = strcmp(events->name, "kafka") == 0 && roles != TMS_ROLE_GATEWAY
-                                ? kafka_ready
-                                : NULL,
+            .events_ready = events && roles != TMS_ROLE_GATEWAY ? kafka_ready : NULL,
             .events_arg = events,
             .metrics_token = cfg->metrics.token,
         };
@@ -805,11 +1019,6 @@ static void bound_addr(char *out, size_t size, const char *configured, int port)
 {
     const char *colon = strrchr(configured, ':');
     snprintf(out, size, "%.*s:%d", (int)(colon - configured), configured, port);
-}
-
-static void on_listener_stopped(void *arg)
-{
-    ((server_t *)arg)->stops_pending--;
 }
 
 static void on_http_request(void *ctx, tms_http_request_t *req)
@@ -856,6 +1065,19 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     s->index = index;
     s->workers = w;
     s->primary = index ? &sv->servers[0] : NULL;
+    s->control = tms_mailbox_new(loop, "control", 8, on_control, s);
+    uv_timer_init(s->loop, &s->deadline_timer);
+    s->deadline_timer.data = s;
+    if (s->primary) { /* counted before anything can fail: finish_shutdown counts it off */
+        pthread_mutex_lock(&peers_lock);
+        s->primary->peers_running++;
+        pthread_mutex_unlock(&peers_lock);
+    } else {
+        uv_async_init(loop, &s->peers_async, on_peer_ended);
+        s->peers_async.data = s;
+        uv_unref((uv_handle_t *)&s->peers_async);
+        s->peers_open = true;
+    }
     if (start_parts(s, cfg, sv->secret) != 0)
         goto fail;
 
@@ -876,7 +1098,7 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     if (tms_http_server_listen(s->http, http_addr) != 0) {
         fprintf(stderr, "tms: http.addr: cannot listen on %s: %s\n", http_addr,
                 tms_http_server_error(s->http));
-        goto fail_listen;
+        goto fail;
     }
 
     /* The gRPC listener on grpc.addr (serves_grpc). */
@@ -912,7 +1134,7 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     if (s->grpc && tms_grpc_server_listen(s->grpc, grpc_addr) != 0) {
         fprintf(stderr, "tms: grpc.addr: cannot listen on %s: %s\n", grpc_addr,
                 tms_grpc_server_error(s->grpc));
-        goto fail_listen;
+        goto fail;
     }
     /* /metrics without a token, apart from the public port: worker 0 serves it for the
      * whole process (every counter is process-wide). */
@@ -929,14 +1151,14 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
         if (tms_http_server_listen(s->metrics_http, cfg->metrics.addr) != 0) {
             fprintf(stderr, "tms: metrics.addr: cannot listen on %s: %s\n", cfg->metrics.addr,
                     tms_http_server_error(s->metrics_http));
-            goto fail_listen;
+            goto fail;
         }
     }
 #ifdef TMS_FAULTS
     if (index > 0 && getenv("TMS_FAULT_WORKER_START") &&
         atoi(getenv("TMS_FAULT_WORKER_START")) == index) { /* test-only: a late failure */
         fprintf(stderr, "tms: fault: worker %d refuses to start\n", index);
-        goto fail_listen;
+        goto fail;
     }
 #endif
     s->http_port = tms_http_server_port(s->http);
@@ -947,8 +1169,7 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     }
 
     uv_timer_init(s->loop, &s->lag_timer);
-    uv_timer_init(s->loop, &s->drain_timer);
-    s->lag_timer.data = s->drain_timer.data = s;
+    s->lag_timer.data = s;
     s->lag_expected = uv_hrtime() + LAG_INTERVAL_MS * 1000000ull;
     uv_timer_start(&s->lag_timer, on_lag_tick, LAG_INTERVAL_MS, LAG_INTERVAL_MS);
     uv_unref((uv_handle_t *)&s->lag_timer);
@@ -957,18 +1178,8 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     tms_log_info("worker_started", "worker=%d port=%d grpc_port=%d", index, s->http_port,
                  s->grpc_port);
     return 0;
-fail_listen: /* every listener made so far must close first (those that never listened too) */
-    s->stops_pending = 1 + (s->grpc ? 1 : 0) + (s->metrics_http ? 1 : 0);
-    tms_http_server_stop(s->http, 0, on_listener_stopped, s);
-    if (s->grpc)
-        tms_grpc_server_stop(s->grpc, 0, on_listener_stopped, s);
-    if (s->metrics_http)
-        tms_http_server_stop(s->metrics_http, 0, on_listener_stopped, s);
 fail:
-    uv_run(s->loop, UV_RUN_NOWAIT);
-    while (s->stops_pending > 0) /* listeners that were listening close first */
-        uv_run(s->loop, UV_RUN_ONCE);
-    finish_shutdown(s);
+    abort_start(s); /* the loop runs it to the end */
     return -1;
 }
 
@@ -1105,6 +1316,11 @@ static void free_op(tms_msg_t *msg)
     free(msg);
 }
 
+static void on_store_closed(void *arg)
+{
+    *(bool *)arg = true;
+}
+
 /* Runs one SET_ROLE through the store's own thread on a private loop, so the CLI
  * and the server share one code path to the database (WAL lets both run at once). */
 static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
@@ -1116,6 +1332,7 @@ static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
     tms_sqlite_t *db = NULL;
     tms_mongo_t *mongo = NULL;
     tms_user_store_t *store;
+    bool closed = false;
     int rc = 1;
 
     if (strcmp(role, "admin") != 0 && strcmp(role, "user") != 0) {
@@ -1126,17 +1343,17 @@ static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
         fprintf(stderr, "tms: data.dir: cannot create %s\n", cfg->data.dir);
         return 1;
     }
+    uv_loop_init(&loop);
     if (tms_mongo_url(cfg->users.url)) {
-        if (!(mongo = open_mongo(cfg)))
-            return 1;
+        if (!(mongo = open_mongo(&loop, cfg)))
+            goto out;
         store = tms_mongo_user_store(mongo);
-    } else if ((db = tms_sqlite_open(sqlite_path(cfg->users.url), 4, err, sizeof(err)))) {
+    } else if ((db = tms_sqlite_open(&loop, sqlite_path(cfg->users.url), 4, err, sizeof(err)))) {
         store = tms_sqlite_user_store(db);
     } else {
         fprintf(stderr, "tms: users.url: %s\n", err);
-        return 1;
+        goto out;
     }
-    uv_loop_init(&loop);
     replies = tms_mailbox_new(&loop, "cli", 1, NULL, NULL);
     op = calloc(1, sizeof(*op));
     if (!op)
@@ -1165,10 +1382,12 @@ static int cmd_set_role(tms_config_t *cfg, const char *email, const char *role)
         free(done);
     }
     tms_mailbox_free(&replies);
+    store->close(store, on_store_closed, &closed); /* the store goes with its port */
+    while (!closed)
+        uv_run(&loop, UV_RUN_ONCE);
+out:
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
-    tms_sqlite_close(&db);
-    tms_mongo_close(&mongo);
     return rc;
 }
 

@@ -41,6 +41,7 @@ struct tms_auth {
     size_t memlimit;
     char dummy_hash[crypto_pwhash_STRBYTES]; /* verified for unknown emails */
     size_t inflight;
+    tms_stopper_t stop;
     tms_event_bus_t *bus;
     tms_outbox_t *inbox;
     tms_relay_t *relay;
@@ -73,6 +74,7 @@ static void finish(tms_auth_t *auth, tms_api_call_t *call)
     auth->inflight--;
     sodium_memzero(call->user.password_hash, sizeof(call->user.password_hash));
     tms_mailbox_reply(&call->msg);
+    tms_stopper_check(&auth->stop, auth->mailbox, auth->inflight);
 }
 
 static void fail(tms_auth_t *auth, tms_api_call_t *call, tms_status_t code, const char *fmt, ...)
@@ -620,10 +622,12 @@ typedef struct comp_job {
 
 static void comp_ack(comp_job_t *job, int ok)
 {
-    job->auth->bus->ack(job->auth->bus, &job->delivery, ok);
-    job->auth->inflight--;
+    tms_auth_t *auth = job->auth;
+    auth->bus->ack(auth->bus, &job->delivery, ok);
+    auth->inflight--;
     sodium_memzero(job, sizeof(*job));
     free(job);
+    tms_stopper_check(&auth->stop, auth->mailbox, auth->inflight);
 }
 
 static void on_comp_recorded(tms_msg_t *msg)
@@ -729,15 +733,23 @@ static void on_message(void *owner, tms_msg_t *msg)
     tms_auth_t *auth = owner;
     tms_api_call_t *call = (tms_api_call_t *)msg;
     if (msg->kind == TMS_MSG_STOP) {
-        if (msg->free_fn)
-            msg->free_fn(msg);
+        tms_stopper_hold(&auth->stop, msg);
+        tms_stopper_check(&auth->stop, auth->mailbox, auth->inflight);
         return;
     }
     if (msg->op == TMS_EVENT_DELIVERY) {
-        on_compensate(auth, (tms_delivery_t *)msg);
+        tms_delivery_t *d = (tms_delivery_t *)msg;
+        if (tms_stopping(&auth->stop)) /* comes again after a restart */
+            auth->bus->ack(auth->bus, &d, 0);
+        else
+            on_compensate(auth, d);
         return;
     }
     auth->inflight++;
+    if (tms_stopping(&auth->stop)) {
+        fail(auth, call, TMS_UNAVAILABLE, "server stopping, retry later");
+        return;
+    }
     if (msg->op == TMS_STAGE_AUTHENTICATE)
         do_authenticate(auth, call);
     else

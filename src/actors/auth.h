@@ -54,6 +54,9 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
 /** The actor's mailbox: post tms_api_call_t with msg.op = TMS_STAGE_*. */
 tms_mailbox_t *tms_auth_mailbox(tms_auth_t *auth);
 
+/* The actor stops on a stop message (tms_stop_send, core/mailbox.h): calls and
+ * compensations it holds finish first; tms_auth_free once it replied. */
+
 /** Calls being worked on (waiting for the store or the hash pool). */
 size_t tms_auth_inflight(tms_auth_t *auth);
 
@@ -61,7 +64,7 @@ size_t tms_auth_inflight(tms_auth_t *auth);
  * until tms_auth_free). */
 const char *tms_auth_dummy_hash(tms_auth_t *auth);
 
-/** Free once no call is in flight (after the front ends drained). Sets *auth NULL. */
+/** Free once stopped, or once no call is in flight. Sets *auth NULL. */
 void tms_auth_free(tms_auth_t **auth);
 
 #endif

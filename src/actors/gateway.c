@@ -29,6 +29,8 @@ struct tms_gateway {
     tms_gateway_limits_t *own_limits; /* NULL when borrowed */
     unsigned ipv6_prefix;
     tms_counter_t *limited, *table_full;
+    size_t inflight; /* calls taken and not yet handed back */
+    tms_stopper_t stop;
 };
 
 tms_gateway_limits_t *tms_gateway_limits_new(uint32_t api_per_minute, uint32_t login_per_15min,
@@ -54,12 +56,14 @@ void tms_gateway_limits_free(tms_gateway_limits_t **pl)
 }
 
 /* Hands the call back to the adapter that posted it. */
-static void reply_to_origin(tms_api_call_t *call)
+static void reply_to_origin(tms_gateway_t *gw, tms_api_call_t *call)
 {
     call->msg.reply_to = call->origin_reply_to;
     call->msg.cont = call->origin_cont;
     call->msg.ctx = call->origin_ctx;
     tms_mailbox_reply(&call->msg);
+    gw->inflight--;
+    tms_stopper_check(&gw->stop, gw->mailbox, gw->inflight);
 }
 
 static void on_hop_reply(tms_msg_t *msg);
@@ -74,7 +78,7 @@ static void hop(tms_gateway_t *gw, tms_api_call_t *call, tms_mailbox_t *to, tms_
     msg->cont = on_hop_reply;
     if (tms_mailbox_post(to, &msg) != 0) {
         tms_error_set(&call->err, TMS_UNAVAILABLE, "server overloaded, retry later");
-        reply_to_origin(call);
+        reply_to_origin(gw, call);
     }
 }
 
@@ -92,13 +96,13 @@ static void on_hop_reply(tms_msg_t *msg)
     tms_gateway_t *gw = msg->ctx;
     const tms_op_t *op = tms_op_get(call->op);
     if (call->err.code != TMS_OK || msg->op == TMS_STAGE_EXECUTE) {
-        reply_to_origin(call);
+        reply_to_origin(gw, call);
         return;
     }
     /* Authenticated: the per-user creation limit, then the owning actor. */
     if (op->rate == TMS_RATE_TASK_CREATE &&
         limit(gw, call, gw->create_limit, call->principal.user_id, "task creations") != 0) {
-        reply_to_origin(call);
+        reply_to_origin(gw, call);
         return;
     }
     hop(gw, call, owner_of(gw, op), TMS_STAGE_EXECUTE);
@@ -137,8 +141,8 @@ static void on_message(void *owner, tms_msg_t *msg)
     const tms_op_t *op;
     char addr[TMS_ADDR_KEY_MAX];
     if (msg->kind == TMS_MSG_STOP) {
-        if (msg->free_fn)
-            msg->free_fn(msg);
+        tms_stopper_hold(&gw->stop, msg);
+        tms_stopper_check(&gw->stop, gw->mailbox, gw->inflight);
         return;
     }
     call->origin_reply_to = msg->reply_to;
@@ -147,6 +151,11 @@ static void on_message(void *owner, tms_msg_t *msg)
     /* The adapter's route is kept in origin_*; while actors work on the call,
      * msg->ctx is ours. */
     msg->ctx = gw;
+    gw->inflight++;
+    if (tms_stopping(&gw->stop)) {
+        tms_error_set(&call->err, TMS_UNAVAILABLE, "server stopping, retry later");
+        goto reply;
+    }
     op = tms_op_get(call->op);
     if (!op) {
         tms_error_set(&call->err, TMS_UNIMPLEMENTED, "unknown operation");
@@ -171,7 +180,7 @@ static void on_message(void *owner, tms_msg_t *msg)
         op->needs_caller ? TMS_STAGE_AUTHENTICATE : TMS_STAGE_EXECUTE);
     return;
 reply:
-    reply_to_origin(call);
+    reply_to_origin(gw, call);
 }
 
 tms_gateway_t *tms_gateway_start(uv_loop_t *loop, const tms_gateway_config_t *cfg,

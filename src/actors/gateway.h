@@ -42,7 +42,10 @@ tms_gateway_t *tms_gateway_start(uv_loop_t *loop, const tms_gateway_config_t *cf
 /** Where adapters post calls (tms_api_call_t with reply_to and cont set). */
 tms_mailbox_t *tms_gateway_mailbox(tms_gateway_t *gw);
 
-/** Free once no call is in flight. Sets *gw NULL. */
+/* The gateway stops on a stop message (tms_stop_send, core/mailbox.h): calls it
+ * took come back from the actors first; tms_gateway_free once it replied. */
+
+/** Free once stopped, or once no call is in flight. Sets *gw NULL. */
 void tms_gateway_free(tms_gateway_t **gw);
 
 #endif

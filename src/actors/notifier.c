@@ -23,6 +23,7 @@ struct tms_notifier {
     tms_notifier_config_t cfg;
     tms_notify_limit_t *limit;
     size_t inflight;
+    tms_stopper_t stop;
     tms_counter_t *sent, *duplicate, *dropped, *failed, *dead_letter, *suppressed;
 };
 
@@ -46,6 +47,7 @@ static void ack(job_t *job, int ok)
     n->inflight--;
     free(job->title);
     free(job);
+    tms_stopper_check(&n->stop, n->mailbox, n->inflight);
 }
 
 /* ---- inbox ----------------------------------------------------------- */
@@ -207,9 +209,18 @@ static void on_message(void *owner, tms_msg_t *msg)
     tms_notifier_t *n = owner;
     tms_delivery_t *d = (tms_delivery_t *)msg;
     job_t *job;
-    if (msg->kind == TMS_MSG_STOP || msg->op != TMS_EVENT_DELIVERY) {
+    if (msg->kind == TMS_MSG_STOP) {
+        tms_stopper_hold(&n->stop, msg);
+        tms_stopper_check(&n->stop, n->mailbox, n->inflight);
+        return;
+    }
+    if (msg->op != TMS_EVENT_DELIVERY) {
         if (msg->free_fn)
             msg->free_fn(msg);
+        return;
+    }
+    if (tms_stopping(&n->stop)) { /* comes again after a restart */
+        n->cfg.bus->ack(n->cfg.bus, &d, 0);
         return;
     }
     job = tms_new(job_t);
@@ -259,6 +270,11 @@ tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t 
     if (cfg->bus->subscribe(cfg->bus, TMS_TOPIC_NOTIFICATIONS, CONSUMER, n->mailbox))
         tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_NOTIFICATIONS, CONSUMER);
     return n;
+}
+
+tms_mailbox_t *tms_notifier_mailbox(tms_notifier_t *n)
+{
+    return n->mailbox;
 }
 
 size_t tms_notifier_inflight(tms_notifier_t *n)

@@ -31,10 +31,16 @@ typedef struct tms_notifier_config {
 /** Start the actor on loop and subscribe it to notifications. Never NULL. */
 tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t *cfg);
 
+/* The actor stops on a stop message (tms_stop_send, core/mailbox.h): deliveries it
+ * holds finish first; tms_notifier_free once it replied. */
+
+/** The actor's mailbox (deliveries arrive through the bus; stop messages here). */
+tms_mailbox_t *tms_notifier_mailbox(tms_notifier_t *n);
+
 /** Deliveries being worked on. */
 size_t tms_notifier_inflight(tms_notifier_t *n);
 
-/** Free once nothing is in flight. Sets *n NULL. */
+/** Free once stopped, or once nothing is in flight. Sets *n NULL. */
 void tms_notifier_free(tms_notifier_t **n);
 
 #endif

@@ -24,6 +24,7 @@ struct tms_task_actor {
     tms_mailbox_t *mailbox;
     tms_task_actor_config_t cfg;
     size_t inflight;
+    tms_stopper_t stop;
     tms_counter_t *saga_unassigned, *saga_compensated, *saga_failed;
 };
 
@@ -52,6 +53,7 @@ static void finish(job_t *job)
     tms_task_dispose(&job->current);
     tms_mailbox_reply(&job->call->msg);
     free(job);
+    tms_stopper_check(&a->stop, a->mailbox, a->inflight);
 }
 
 static void fail(job_t *job, tms_status_t code, const char *fmt, ...)
@@ -545,6 +547,7 @@ static void ack(job_t *job, int ok)
     a->cfg.bus->ack(a->cfg.bus, &job->delivery, ok);
     a->inflight--;
     free(job);
+    tms_stopper_check(&a->stop, a->mailbox, a->inflight);
 }
 
 typedef void (*outbox_step_fn)(job_t *job, tms_outbox_op_t *op);
@@ -757,18 +760,26 @@ static void on_message(void *owner, tms_msg_t *msg)
     tms_task_actor_t *a = owner;
     job_t *job;
     if (msg->kind == TMS_MSG_STOP) {
-        if (msg->free_fn)
-            msg->free_fn(msg);
+        tms_stopper_hold(&a->stop, msg);
+        tms_stopper_check(&a->stop, a->mailbox, a->inflight);
         return;
     }
     if (msg->op == TMS_EVENT_DELIVERY) {
-        on_user_deleted(a, (tms_delivery_t *)msg);
+        tms_delivery_t *d = (tms_delivery_t *)msg;
+        if (tms_stopping(&a->stop)) /* comes again after a restart */
+            a->cfg.bus->ack(a->cfg.bus, &d, 0);
+        else
+            on_user_deleted(a, d);
         return;
     }
     job = tms_new(job_t);
     job->a = a;
     job->call = (tms_api_call_t *)msg;
     a->inflight++;
+    if (tms_stopping(&a->stop)) {
+        fail(job, TMS_UNAVAILABLE, "server stopping, retry later");
+        return;
+    }
 #ifdef TMS_FAULTS
     if (delay_call(job))
         return;

@@ -33,10 +33,13 @@ tms_task_actor_t *tms_task_actor_start(uv_loop_t *loop, const tms_task_actor_con
 /** Where the gateway posts task calls (msg.op = TMS_STAGE_EXECUTE). */
 tms_mailbox_t *tms_task_actor_mailbox(tms_task_actor_t *actor);
 
+/* The actor stops on a stop message (tms_stop_send, core/mailbox.h): calls and
+ * deliveries it holds finish first; tms_task_actor_free once it replied. */
+
 /** Calls and deliveries being worked on. */
 size_t tms_task_actor_inflight(tms_task_actor_t *actor);
 
-/** Free once nothing is in flight. Sets *actor NULL. */
+/** Free once stopped, or once nothing is in flight. Sets *actor NULL. */
 void tms_task_actor_free(tms_task_actor_t **actor);
 
 #endif

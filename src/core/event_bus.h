@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 #include "core/mailbox.h"
+#include "core/port.h"
 
 /* The op code a delivery carries in msg.op when it arrives in a subscriber's mailbox. */
 #define TMS_EVENT_DELIVERY 0x7e00
@@ -31,7 +32,7 @@ typedef struct tms_delivery {
 typedef void (*tms_publish_done_fn)(void *ctx, int status);
 
 struct tms_event_bus {
-    const char *name; /* "local", "kafka" */
+    const char *name; /* "local", "kafka": for logs only, never to dispatch on */
     /** Publish a copy of payload under topic and key; done(ctx, status) follows
      * exactly once. Returns 0, or a negative tms_err when refused at once (then done
      * is not called). */
@@ -44,6 +45,14 @@ struct tms_event_bus {
     /** Acknowledge a delivery taken from the mailbox: ok != 0 when handled (or a
      * duplicate), 0 to have it redelivered later. Frees the delivery; clears *d. */
     void (*ack)(tms_event_bus_t *self, tms_delivery_t **d, int ok);
+    /** Publishes not yet done plus deliveries not yet acknowledged (and, while
+     * closing, consumers not yet closed): core/port.h. Loop thread. */
+    size_t (*busy)(tms_event_bus_t *self);
+    /** Refuse publish and subscribe; consumers take no new events; wait until every
+     * publish is done and every held delivery acknowledged; free; then cb(ctx) on
+     * the bus's loop (core/port.h). Deliveries still queued in a mailbox freed
+     * later are freed through msg.free_fn. */
+    void (*close)(tms_event_bus_t *self, tms_port_closed_fn cb, void *ctx);
 };
 
 #endif

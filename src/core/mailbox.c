@@ -369,3 +369,47 @@ void tms_mailbox_free(tms_mailbox_t **pmb)
     ready_remove(mb);
     uv_close((uv_handle_t *)mb->async, on_async_closed);
 }
+
+/* ---- stopping actors ------------------------------------------------------ */
+
+static void free_stop(tms_msg_t *msg)
+{
+    free(msg);
+}
+
+int tms_stop_send(tms_mailbox_t *mb, tms_mailbox_t *reply_to, tms_cont_fn cont, void *ctx)
+{
+    tms_msg_t *msg = tms_new(tms_msg_t);
+    int rc;
+    msg->kind = TMS_MSG_STOP;
+    msg->reply_to = reply_to;
+    msg->cont = cont;
+    msg->ctx = ctx;
+    msg->free_fn = free_stop;
+    rc = tms_mailbox_post(mb, &msg);
+    if (rc != 0)
+        free(msg);
+    return rc;
+}
+
+void tms_stopper_hold(tms_stopper_t *s, tms_msg_t *msg)
+{
+    msg->next = s->held;
+    s->held = msg;
+    if (s->state == 0)
+        s->state = 1;
+}
+
+void tms_stopper_check(tms_stopper_t *s, tms_mailbox_t *mb, size_t inflight)
+{
+    tms_msg_t *msg, *next;
+    if (s->state != 1 || inflight > 0)
+        return;
+    s->state = 2;
+    tms_mailbox_close(mb);
+    for (msg = s->held, s->held = NULL; msg; msg = next) {
+        next = msg->next;
+        msg->next = NULL;
+        tms_mailbox_reply(msg);
+    }
+}

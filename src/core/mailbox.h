@@ -78,6 +78,39 @@ const char *tms_mailbox_name(tms_mailbox_t *mb);
  * take (threaded mode) until empty. */
 void tms_mailbox_close(tms_mailbox_t *mb);
 
+/* Stopping an actor (STYLE.md; CZMQ's actor contract). Whoever owns the actor posts
+ * a stop message (tms_stop_send); everything posted before it is handled as usual.
+ * The actor keeps the message (tms_stopper_hold) and from then on refuses new work:
+ * a call that arrives after it is answered UNAVAILABLE, a bus delivery is
+ * acknowledged as not handled (it comes again after a restart). It finishes what
+ * it holds (calls, deliveries, their store operations and mails), and once nothing
+ * is in flight (tms_stopper_check after each completion) it closes its mailbox,
+ * so later posts fail with -TMS_ECLOSED, and replies to the stop message. The owner
+ * may free the actor once that reply has arrived. */
+typedef struct tms_stopper {
+    tms_msg_t *held; /* stop messages received, answered together when idle */
+    int state;       /* 0 running, 1 stopping, 2 stopped */
+} tms_stopper_t;
+
+/** Post a stop message to an actor's mailbox mb: when the actor has stopped,
+ * cont(msg) runs on reply_to's loop with msg->ctx == ctx, and frees msg with
+ * msg->free_fn(msg). Returns 0, or -TMS_ECLOSED when mb no longer takes messages
+ * (the actor has stopped; cont does not run). A stop is never refused for room. */
+int tms_stop_send(tms_mailbox_t *mb, tms_mailbox_t *reply_to, tms_cont_fn cont, void *ctx);
+
+/** Actor side: the stop message arrived; keep it until idle. */
+void tms_stopper_hold(tms_stopper_t *s, tms_msg_t *msg);
+
+/** Actor side: true once a stop message arrived (new work is refused). */
+static inline int tms_stopping(const tms_stopper_t *s)
+{
+    return s->state != 0;
+}
+
+/** Actor side, after a completion (and right after tms_stopper_hold): when stopping
+ * and inflight is 0, close mb and reply to the stop messages held. */
+void tms_stopper_check(tms_stopper_t *s, tms_mailbox_t *mb, size_t inflight);
+
 /** Free the mailbox. Loop mode: closes the async handle, frees in its close
  * callback; any message still queued is freed through its free_fn. Sets *mb NULL. */
 void tms_mailbox_free(tms_mailbox_t **mb);

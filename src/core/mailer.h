@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "core/mailbox.h"
+#include "core/port.h"
 #include "core/status.h"
 #include "core/user_store.h"
 
@@ -33,10 +34,16 @@ void tms_mail_free(tms_mail_t **m);
 
 typedef struct tms_mailer tms_mailer_t;
 struct tms_mailer {
-    const char *name; /* "maildir", "smtp" */
+    const char *name; /* "maildir", "smtp": for logs only, never to dispatch on */
     /** Queue mail; on success takes ownership and later replies. Returns 0,
      * -TMS_EFULL or -TMS_ECLOSED. */
     int (*submit)(tms_mailer_t *self, tms_mail_t **mail);
+    /** Mails accepted and not yet answered (core/port.h). Loop thread. */
+    size_t (*busy)(tms_mailer_t *self);
+    /** Refuse new mails; mails waiting (queued, backing off) come back UNAVAILABLE
+     * at once (their events stay pending), sends in flight finish; free; then
+     * cb(ctx) on the mailer's loop (core/port.h). */
+    void (*close)(tms_mailer_t *self, tms_port_closed_fn cb, void *ctx);
 };
 
 static inline int tms_mailer_submit(tms_mailer_t *m, tms_mail_t **mail)

@@ -126,14 +126,14 @@ void tms_metrics_thread_label(const char *label)
     snprintf(thread_label, sizeof(thread_label), "%s", label ? label : "");
 }
 
-void tms_metrics_drop_thread_gauges(void)
+/* Unregister the gauges for which drop(s, key) holds (under the lock, so a scrape in
+ * progress finishes first). */
+static void drop_gauges(int (*drop)(const series_t *s, const void *key), const void *key)
 {
     series_t **p, *s, *prev = NULL;
-    if (!thread_label[0])
-        return;
     pthread_mutex_lock(&lock);
     for (p = &head; (s = *p) != NULL;) {
-        if (s->kind == KIND_GAUGE_FN && s->owner && strcmp(s->owner, thread_label) == 0) {
+        if (s->kind == KIND_GAUGE_FN && drop(s, key)) {
             *p = s->next;
             if (tail == s)
                 tail = prev;
@@ -148,6 +148,27 @@ void tms_metrics_drop_thread_gauges(void)
         p = &s->next;
     }
     pthread_mutex_unlock(&lock);
+}
+
+static int owned_by(const series_t *s, const void *label)
+{
+    return s->owner && strcmp(s->owner, label) == 0;
+}
+
+static int reads(const series_t *s, const void *arg)
+{
+    return s->u.gauge.arg == arg;
+}
+
+void tms_metrics_drop_thread_gauges(void)
+{
+    if (thread_label[0])
+        drop_gauges(owned_by, thread_label);
+}
+
+void tms_metrics_drop_gauges_of(const void *arg)
+{
+    drop_gauges(reads, arg);
 }
 
 typedef struct {

@@ -41,6 +41,10 @@ void tms_metrics_thread_label(const char *label);
  * objects their functions read are freed; a scrape in progress finishes first). */
 void tms_metrics_drop_thread_gauges(void);
 
+/** Unregister every gauge whose function reads arg (before arg is freed; a scrape in
+ * progress finishes first). A gauge registered again since with another arg stays. */
+void tms_metrics_drop_gauges_of(const void *arg);
+
 /** Render every series in Prometheus text format 0.0.4; caller frees the result. */
 char *tms_metrics_render(size_t *len);
 

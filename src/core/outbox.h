@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "core/mailbox.h"
+#include "core/port.h"
 #include "core/status.h"
 
 typedef struct tms_outbox_event {
@@ -25,8 +26,10 @@ typedef struct tms_outbox_event {
 
 typedef enum tms_outbox_op_kind {
     TMS_OUTBOX_FETCH = 1, /* in: limit. out: events[0..nevents) not yet sent, by seq */
-    TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Idempotent */
-    TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event */
+    TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Idempotent: a second mark keeps the
+                           * first send time; unknown seqs are ignored */
+    TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event;
+                           * the same event_id again is a retry (OK, nothing added) */
     TMS_INBOX_SEEN,       /* in: consumer, event_id. out: seen */
     TMS_INBOX_RECORD,     /* in: consumer, event_id. Idempotent */
     TMS_OUTBOX_PENDING,   /* out: count of unsent events */
@@ -57,9 +60,14 @@ tms_outbox_op_t *tms_outbox_op_new(tms_outbox_op_kind_t kind);
 
 typedef struct tms_outbox tms_outbox_t;
 struct tms_outbox {
-    const char *name;
+    const char *name; /* for logs only, never to dispatch on */
     /** Queue op; as tms_task_store_t.submit. */
     int (*submit)(tms_outbox_t *self, tms_outbox_op_t **op);
+    /** Operations accepted and not yet answered (core/port.h). */
+    size_t (*busy)(tms_outbox_t *self);
+    /** Refuse new ops, answer those accepted, then cb(ctx) on the store's loop
+     * (core/port.h); self is invalid when cb runs. */
+    void (*close)(tms_outbox_t *self, tms_port_closed_fn cb, void *ctx);
 };
 
 static inline int tms_outbox_submit(tms_outbox_t *o, tms_outbox_op_t **op)

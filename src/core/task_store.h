@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "core/mailbox.h"
+#include "core/port.h"
 #include "core/status.h"
 #include "core/task.h"
 
@@ -38,8 +39,9 @@ typedef enum tms_task_op_kind {
                              * differs */
     TMS_TASK_DELETE,        /* in: id, expected_version (0 = any). out: task as it was,
                              * NOT_FOUND or FAILED_PRECONDITION */
-    TMS_TASK_UNASSIGN_USER, /* in: user_id. Every task assigned to user_id gets no
-                             * assignee (version + 1). out: count */
+    TMS_TASK_UNASSIGN_USER, /* in: user_id, task.updated_at_ms (0: the store's clock).
+                             * Every task assigned to user_id gets no assignee
+                             * (version + 1). out: count */
     TMS_TASK_PING,          /* readiness probe */
 } tms_task_op_kind_t;
 
@@ -101,10 +103,15 @@ void tms_task_op_free(tms_task_op_t **op);
 
 typedef struct tms_task_store tms_task_store_t;
 struct tms_task_store {
-    const char *name; /* "sqlite", "postgres" */
+    const char *name; /* "sqlite", "postgres": for logs only, never to dispatch on */
     /** Queue op; on success takes ownership (clears *op) and later replies to
      * (*op)->msg.reply_to. Returns 0, -TMS_EFULL or -TMS_ECLOSED. */
     int (*submit)(tms_task_store_t *self, tms_task_op_t **op);
+    /** Operations accepted and not yet answered (core/port.h). */
+    size_t (*busy)(tms_task_store_t *self);
+    /** Refuse new ops, answer those accepted, then cb(ctx) on the store's loop
+     * (core/port.h); self is invalid when cb runs. */
+    void (*close)(tms_task_store_t *self, tms_port_closed_fn cb, void *ctx);
 };
 
 static inline int tms_task_store_submit(tms_task_store_t *s, tms_task_op_t **op)

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "core/mailbox.h"
+#include "core/port.h"
 #include "core/status.h"
 
 #define TMS_USER_ID_LEN 24 /* hex of a 12-byte ObjectId */
@@ -57,10 +58,15 @@ typedef struct tms_user_op {
 
 typedef struct tms_user_store tms_user_store_t;
 struct tms_user_store {
-    const char *name; /* "sqlite", "mongodb" */
+    const char *name; /* "sqlite", "mongodb": for logs only, never to dispatch on */
     /** Queue op; on success takes ownership (clears *op) and later replies to
      * (*op)->msg.reply_to. Returns 0, -TMS_EFULL (store busy) or -TMS_ECLOSED. */
     int (*submit)(tms_user_store_t *self, tms_user_op_t **op);
+    /** Operations accepted and not yet answered (core/port.h). */
+    size_t (*busy)(tms_user_store_t *self);
+    /** Refuse new ops, answer those accepted, then cb(ctx) on the store's loop
+     * (core/port.h); self is invalid when cb runs. */
+    void (*close)(tms_user_store_t *self, tms_port_closed_fn cb, void *ctx);
 };
 
 /** Convenience: submit through the port. */

@@ -197,14 +197,15 @@ static void start(void)
     atexit(remove_maildir);
     tms_log_set_level(getenv("TMS_FUZZ_LOG") ? TMS_LOG_DEBUG : TMS_LOG_ERROR + 1);
     loop = uv_default_loop();
-    db = tms_sqlite_open(":memory:", 1024, err, sizeof err);
+    db = tms_sqlite_open(loop, ":memory:", 1024, err, sizeof err);
     if (!db) {
         fprintf(stderr, "http_fuzz: %s\n", err);
         abort();
     }
     bus = tms_bus_local_new(loop);
     mail_pool = tms_workpool_new("mail", 1, 1024);
-    mailer = tms_maildir_new(maildir, "tms@example.com", "example.com", mail_pool, err, sizeof err);
+    mailer = tms_maildir_new(loop, maildir, "tms@example.com", "example.com", mail_pool, err,
+                             sizeof err);
     if (!mailer)
         abort();
     relay = tms_relay_new(loop, tms_sqlite_outbox(db), bus, 1000);

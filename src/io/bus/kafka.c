@@ -35,7 +35,7 @@
 #define RETRY_MAX_MS 30000
 #define MAX_TOPICS 16
 
-typedef struct kbus kbus_t;
+typedef struct tms_kafka_bus kbus_t;
 typedef struct sub sub_t;
 typedef struct part part_t;
 
@@ -74,7 +74,8 @@ struct part {
 struct sub {
     sub_t *next;
     kbus_t *bus;
-    char topic[64], group[64];
+    char topic[64], group[64]; /* as in Kafka (with the namespace) */
+    char role_topic[64];       /* as the subscriber named it: what deliveries carry */
     tms_mailbox_t *mailbox;
     rd_kafka_t *rk;
     rd_kafka_queue_t *queue;
@@ -95,7 +96,7 @@ typedef struct pub {
     entry_t *entry; /* a dead-letter publish: its entry */
 } pub_t;
 
-struct kbus {
+struct tms_kafka_bus {
     tms_event_bus_t base; /* first member */
     uv_loop_t *loop;
     tms_kafka_options_t opt;
@@ -107,17 +108,23 @@ struct kbus {
     int fds[2];
     uv_poll_t poll;
     uv_timer_t housekeeping, retry_timer;
+    uv_timer_t close_timer; /* closing and idle: free on the next turn */
+    tms_port_closed_fn closed_cb;
+    void *closed_ctx;
     uint64_t retry_due; /* when retry_timer fires; 0 idle */
     sub_t *subs;
     size_t outstanding; /* publishes awaiting their delivery report */
     int handles;        /* uv handles not yet closed */
-    int topics_ready, admin_pending, stopping, freeing;
+    int topics_ready, admin_pending, stopping, closing, freeing;
     _Atomic int reachable;
     uint64_t admin_retry_at;
     tms_counter_t *published, *publish_failed;
 };
 
 static void post_entry(sub_t *s, entry_t *e);
+static void maybe_closed(kbus_t *bus);
+static size_t busy(tms_event_bus_t *self);
+static void bus_close(tms_event_bus_t *self, tms_port_closed_fn cb, void *ctx);
 static void to_dlq(entry_t *e);
 static void start_consumer(sub_t *s);
 static void check_close(sub_t *s);
@@ -170,12 +177,16 @@ static void drain_pipe(int fd)
 static void handle_gone(kbus_t *bus)
 {
     if (--bus->handles == 0) {
+        tms_port_closed_fn cb = bus->closed_cb;
+        void *ctx = bus->closed_ctx;
         for (int i = 0; i < bus->ntopics; i++)
             free(bus->topics[i]);
         free(bus->brokers);
         free(bus->client_id);
         free(bus->ns);
         free(bus);
+        if (cb)
+            cb(ctx);
     }
 }
 
@@ -328,6 +339,7 @@ static void on_retry_timer(uv_timer_t *t)
     }
     if (next)
         arm_retry_timer(bus, next);
+    maybe_closed(bus);
 }
 
 /* ---- producing ------------------------------------------------------------
@@ -345,7 +357,7 @@ static int produce(kbus_t *bus, const char *topic, const char *key, const char *
         err = rd_kafka_producev(
             bus->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
             RD_KAFKA_V_VALUE((void *)payload, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-            RD_KAFKA_V_HEADER("tms.topic", dead->d.topic, -1),
+            RD_KAFKA_V_HEADER("tms.topic", dead->sub->topic, -1),
             RD_KAFKA_V_HEADER("tms.partition", part, -1), RD_KAFKA_V_HEADER("tms.offset", off, -1),
             RD_KAFKA_V_HEADER("tms.attempts", att, -1), RD_KAFKA_V_OPAQUE(pub), RD_KAFKA_V_END);
     } else {
@@ -520,6 +532,7 @@ static void on_main_readable(uv_poll_t *h, int status, int events)
         }
         rd_kafka_event_destroy(ev);
     }
+    maybe_closed(bus);
 }
 
 /* ---- consuming ------------------------------------------------------------
@@ -585,6 +598,7 @@ static void on_entry_dropped(tms_msg_t *msg)
     e->state = DROPPED;
     free(e->d.payload);
     e->d.payload = NULL;
+    check_close(e->sub);
 }
 
 static void post_entry(sub_t *s, entry_t *e)
@@ -628,7 +642,7 @@ static void take(sub_t *s, const rd_kafka_message_t *m)
     e->part = p;
     e->partition = m->partition;
     e->offset = m->offset;
-    snprintf(e->d.topic, sizeof(e->d.topic), "%s", s->topic);
+    snprintf(e->d.topic, sizeof(e->d.topic), "%s", s->role_topic);
     snprintf(e->d.key, sizeof(e->d.key), "%.*s", m->key_len < 63 ? (int)m->key_len : 63,
              m->key ? (const char *)m->key : "");
     e->d.payload = tms_malloc(m->len + 1);
@@ -730,6 +744,7 @@ static void serve_closing(sub_t *s, int timeout_ms)
         s->closed = 1;
         uv_poll_stop(&s->poll);
         tms_log_info("kafka_consumer_closed", "topic=%s group=%s", s->topic, s->group);
+        maybe_closed(s->bus);
     }
 }
 
@@ -757,11 +772,14 @@ static void on_consumer_readable(uv_poll_t *h, int status, int events)
 
 static void check_close(sub_t *s)
 {
-    if (!s->bus->stopping || s->closing || s->inflight || s->owned)
+    if (!s->bus->stopping || s->closing || s->inflight || s->owned) {
+        maybe_closed(s->bus);
         return;
+    }
     s->closing = 1;
     if (!s->started) {
         s->closed = 1;
+        maybe_closed(s->bus);
         return;
     }
     rd_kafka_error_t *err = rd_kafka_consumer_close_queue(s->rk, s->queue);
@@ -770,6 +788,7 @@ static void check_close(sub_t *s)
                      rd_kafka_error_string(err));
         rd_kafka_error_destroy(err);
         s->closed = 1;
+        maybe_closed(s->bus);
         return;
     }
     serve_closing(s, 0);
@@ -821,6 +840,7 @@ static void on_housekeeping(uv_timer_t *t)
         }
         atomic_store(&s->lag, lag);
     }
+    maybe_closed(bus);
 }
 
 static double lag_gauge(void *arg)
@@ -874,6 +894,8 @@ static int publish(tms_event_bus_t *self, const char *role_topic, const char *ke
     char topic[64];
     pub_t *pub;
     int rc;
+    if (bus->closing)
+        return -TMS_ECLOSED;
     ns_name(bus, role_topic, topic, sizeof(topic));
     if (!name_ok(topic) || !key || (!payload && len > 0) || !done)
         return -TMS_EINVAL;
@@ -900,7 +922,9 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
         snprintf(group, sizeof(group), "%s.%s", role_group ? role_group : "", bus->ns);
     else
         snprintf(group, sizeof(group), "%s", role_group ? role_group : "");
-    if (!name_ok(topic) || !name_ok(group) || !mailbox || bus->stopping)
+    if (bus->stopping)
+        return -TMS_ECLOSED;
+    if (!name_ok(topic) || !name_ok(group) || !mailbox)
         return -TMS_EINVAL;
     for (s = bus->subs; s; s = s->next) {
         if (strcmp(s->group, group) == 0)
@@ -925,6 +949,7 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
     s = tms_new(sub_t);
     s->bus = bus;
     snprintf(s->topic, sizeof(s->topic), "%s", topic);
+    snprintf(s->role_topic, sizeof(s->role_topic), "%s", role_topic);
     snprintf(s->group, sizeof(s->group), "%s", group);
     s->mailbox = mailbox;
     rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
@@ -991,7 +1016,7 @@ static void ack(tms_event_bus_t *self, tms_delivery_t **pd, int ok)
     check_close(s);
 }
 
-tms_event_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *opt, char *err,
+tms_kafka_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *opt, char *err,
                                    size_t err_len)
 {
     kbus_t *bus = tms_new(kbus_t);
@@ -1001,6 +1026,8 @@ tms_event_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
     bus->base.publish = publish;
     bus->base.subscribe = subscribe;
     bus->base.ack = ack;
+    bus->base.busy = busy;
+    bus->base.close = bus_close;
     bus->loop = loop;
     bus->opt = *opt;
     bus->opt.partitions = opt->partitions > 0 ? opt->partitions : 3;
@@ -1052,8 +1079,9 @@ tms_event_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
     uv_poll_init(loop, &bus->poll, bus->fds[0]);
     uv_timer_init(loop, &bus->housekeeping);
     uv_timer_init(loop, &bus->retry_timer);
-    bus->poll.data = bus->housekeeping.data = bus->retry_timer.data = bus;
-    bus->handles = 3;
+    uv_timer_init(loop, &bus->close_timer);
+    bus->poll.data = bus->housekeeping.data = bus->retry_timer.data = bus->close_timer.data = bus;
+    bus->handles = 4;
     uv_poll_start(&bus->poll, UV_READABLE, on_main_readable);
     uv_timer_start(&bus->housekeeping, on_housekeeping, HOUSEKEEPING_MS, HOUSEKEEPING_MS);
     uv_unref((uv_handle_t *)&bus->housekeeping);
@@ -1069,7 +1097,7 @@ tms_event_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
         create_topics(bus);
     else
         bus->topics_ready = 1;
-    return &bus->base;
+    return bus;
 fail:
     if (conf)
         rd_kafka_conf_destroy(conf);
@@ -1088,10 +1116,11 @@ fail:
     return NULL;
 }
 
-void tms_kafka_bus_stop(tms_event_bus_t *self)
+/* Consumers take no new events, finish what they hold, then leave their groups
+ * (committing what was handled). Publishing still works. */
+static void stop(kbus_t *bus)
 {
-    kbus_t *bus = (kbus_t *)self;
-    if (!bus || bus->stopping)
+    if (bus->stopping)
         return;
     bus->stopping = 1;
     for (sub_t *s = bus->subs; s; s = s->next) {
@@ -1100,21 +1129,23 @@ void tms_kafka_bus_stop(tms_event_bus_t *self)
     }
 }
 
-size_t tms_kafka_bus_busy(tms_event_bus_t *self)
+static size_t busy(tms_event_bus_t *self)
 {
     kbus_t *bus = (kbus_t *)self;
-    size_t n;
-    if (!bus)
-        return 0;
-    n = bus->outstanding;
+    size_t n = bus->outstanding;
     for (sub_t *s = bus->subs; s; s = s->next)
         n += s->inflight + s->owned + (bus->stopping && !s->closed ? 1 : 0);
     return n;
 }
 
-int tms_kafka_bus_reachable(tms_event_bus_t *self)
+int tms_kafka_bus_reachable(tms_kafka_bus_t *bus)
 {
-    return self ? atomic_load(&((kbus_t *)self)->reachable) : 0;
+    return bus ? atomic_load(&bus->reachable) : 0;
+}
+
+tms_event_bus_t *tms_kafka_bus_port(tms_kafka_bus_t *bus)
+{
+    return &bus->base;
 }
 
 static void close_fd_handle(uv_poll_t *poll, int fds[2], uv_close_cb on_closed)
@@ -1124,12 +1155,10 @@ static void close_fd_handle(uv_poll_t *poll, int fds[2], uv_close_cb on_closed)
     close(fds[1]);
 }
 
-void tms_kafka_bus_free(tms_event_bus_t **pbus)
+/* Closing and idle (or the loop is being torn down): leave the groups, drop what is
+ * left, close the handles; the bus goes, and its close's cb runs, with the last. */
+static void destroy(kbus_t *bus)
 {
-    kbus_t *bus = (kbus_t *)*pbus;
-    if (!bus)
-        return;
-    *pbus = NULL;
     bus->freeing = 1;
     uv_timer_stop(&bus->retry_timer);
     for (sub_t *s = bus->subs, *sn; s; s = sn) {
@@ -1150,6 +1179,7 @@ void tms_kafka_bus_free(tms_event_bus_t **pbus)
             entry_free(e);
         }
         rd_kafka_destroy(s->rk);
+        tms_metrics_drop_gauges_of(s);
         close_fd_handle(&s->poll, s->fds, on_sub_closed);
     }
     bus->subs = NULL;
@@ -1173,7 +1203,35 @@ void tms_kafka_bus_free(tms_event_bus_t **pbus)
     }
     rd_kafka_queue_destroy(bus->main_q);
     rd_kafka_destroy(bus->producer);
+    tms_metrics_drop_gauges_of(bus);
     uv_close((uv_handle_t *)&bus->housekeeping, on_handle_closed);
     uv_close((uv_handle_t *)&bus->retry_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&bus->close_timer, on_handle_closed);
     close_fd_handle(&bus->poll, bus->fds, on_handle_closed);
+}
+
+static void on_close_due(uv_timer_t *t)
+{
+    kbus_t *bus = t->data;
+    if (!bus->freeing && busy(&bus->base) == 0)
+        destroy(bus);
+}
+
+/* From the handlers where busy may have dropped: once closing and idle, destroy on
+ * the next turn (never inside a handler that still uses the bus or a sub). */
+static void maybe_closed(kbus_t *bus)
+{
+    if (bus->closing && !bus->freeing && busy(&bus->base) == 0 &&
+        !uv_is_active((uv_handle_t *)&bus->close_timer))
+        uv_timer_start(&bus->close_timer, on_close_due, 0, 0);
+}
+
+static void bus_close(tms_event_bus_t *self, tms_port_closed_fn cb, void *ctx)
+{
+    kbus_t *bus = (kbus_t *)self;
+    bus->closing = 1;
+    bus->closed_cb = cb;
+    bus->closed_ctx = ctx;
+    stop(bus);
+    maybe_closed(bus);
 }

@@ -36,29 +36,23 @@ typedef struct tms_kafka_options {
     const char *ns; /* namespace: topics "<ns>.<topic>", groups "<group>.<ns>"; NULL/"": none */
 } tms_kafka_options_t;
 
+typedef struct tms_kafka_bus tms_kafka_bus_t;
+
 /** Create the bus on loop: producer, topic creation (asynchronous; consumers
  * join their groups once it has answered). Returns NULL with err filled when
  * librdkafka refuses the configuration. */
-tms_event_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *opt, char *err,
+tms_kafka_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *opt, char *err,
                                    size_t err_len);
 
-/** Begin a graceful stop: consumers take no new events, finish what they hold,
- * then leave their groups (committing what was handled). Publishing still
- * works. */
-void tms_kafka_bus_stop(tms_event_bus_t *bus);
-
-/** Work the bus still has: publishes awaiting delivery, held deliveries,
- * consumers not yet closed after stop. 0 when a stopped bus may be freed. */
-size_t tms_kafka_bus_busy(tms_event_bus_t *bus);
+/** The event bus port of bus (the same pointer on every call). Its close
+ * (core/port.h): publish and subscribe refused; consumers take no new events,
+ * finish what they hold (retries and dead letters included), then leave their
+ * groups, committing what was handled; publishes already made get their done
+ * (within publish_timeout_ms); then the bus is freed and cb runs. */
+tms_event_bus_t *tms_kafka_bus_port(tms_kafka_bus_t *bus);
 
 /** 1 when a broker answered recently (a delivery, a fetch or metadata), else 0.
- */
-int tms_kafka_bus_reachable(tms_event_bus_t *bus);
-
-/** Free the bus. Outstanding publishes are purged without their done;
- * deliveries still queued in mailboxes stay valid (free them through
- * msg.free_fn). Handles close asynchronously: run the loop afterwards. Sets
- * *bus NULL. */
-void tms_kafka_bus_free(tms_event_bus_t **bus);
+ * Any thread (read by /readyz on any worker). */
+int tms_kafka_bus_reachable(tms_kafka_bus_t *bus);
 
 #endif

@@ -2,8 +2,8 @@
  * unacknowledged and keeps the first failure; when the count reaches zero the record
  * joins a ready queue that a zero timer drains, so done never runs inside publish or
  * ack (callers may publish again from done without re-entering the bus). Every copy
- * links back to its record through bus_ref; freeing the bus clears those links, so a
- * copy freed later (by its mailbox) finds nothing to update. Costs: a publish is
+ * links back to its record through bus_ref. Closing waits until every record is
+ * done, so no copy outlives the bus with a link. Costs: a publish is
  * O(subscriptions); an ack is O(1). */
 #include "io/bus/local.h"
 
@@ -62,8 +62,14 @@ struct bus {
     sub_t *subs;
     topic_stat_t *topics;
     record_t *records;
+    size_t nrecords; /* publishes whose done has not run */
     record_t *ready_head, *ready_tail;
+    bool closing, released;
+    tms_port_closed_fn closed_cb;
+    void *closed_ctx;
 };
+
+static void maybe_release(bus_t *bus);
 
 /* Topic and group names: Kafka's legal characters, which also keeps them safe inside
  * Prometheus label values. */
@@ -117,10 +123,12 @@ static void on_ready(uv_timer_t *timer)
     }
     for (r = list; r; r = next) {
         next = r->ready_next;
+        bus->nrecords--;
         if (r->done)
             r->done(r->ctx, r->status);
         free(r);
     }
+    maybe_release(bus);
 }
 
 static void make_ready(record_t *r)
@@ -178,6 +186,8 @@ static int publish(tms_event_bus_t *self, const char *topic, const char *key, co
 {
     bus_t *bus = (bus_t *)self;
     record_t *r;
+    if (bus->closing)
+        return -TMS_ECLOSED;
     if (!name_ok(topic) || !key || strlen(key) > NAME_MAX_LEN || (!payload && len > 0))
         return -TMS_EINVAL;
     tms_counter_add(published_counter(bus, topic), 1);
@@ -189,6 +199,7 @@ static int publish(tms_event_bus_t *self, const char *topic, const char *key, co
     if (bus->records)
         bus->records->prev = r;
     bus->records = r;
+    bus->nrecords++;
     for (sub_t *s = bus->subs; s; s = s->next) {
         if (strcmp(s->topic, topic) != 0)
             continue;
@@ -241,6 +252,8 @@ static int subscribe(tms_event_bus_t *self, const char *topic, const char *group
     bus_t *bus = (bus_t *)self;
     sub_t *s, **tail;
     char labels[160];
+    if (bus->closing)
+        return -TMS_ECLOSED;
     if (!name_ok(topic) || !name_ok(group) || !mailbox)
         return -TMS_EINVAL;
     for (tail = &bus->subs; *tail; tail = &(*tail)->next) {
@@ -269,39 +282,27 @@ static void ack(tms_event_bus_t *self, tms_delivery_t **pd, int ok)
     copy_free(c);
 }
 
-tms_event_bus_t *tms_bus_local_new(uv_loop_t *loop)
+static size_t busy(tms_event_bus_t *self)
 {
-    bus_t *bus = tms_new(bus_t);
-    bus->base.name = "local";
-    bus->base.publish = publish;
-    bus->base.subscribe = subscribe;
-    bus->base.ack = ack;
-    bus->loop = loop;
-    if (uv_timer_init(loop, &bus->timer) != 0)
-        tms_oom(__FILE__, __LINE__);
-    bus->timer.data = bus;
-    return &bus->base;
+    return ((bus_t *)self)->nrecords;
 }
 
 static void on_timer_closed(uv_handle_t *handle)
 {
-    free(handle->data);
+    bus_t *bus = handle->data;
+    tms_port_closed_fn cb = bus->closed_cb;
+    void *ctx = bus->closed_ctx;
+    free(bus);
+    if (cb)
+        cb(ctx);
 }
 
-void tms_bus_local_free(tms_event_bus_t **pbus)
+/* Closing and every publish done: no copy links to the bus any more. */
+static void maybe_release(bus_t *bus)
 {
-    bus_t *bus = (bus_t *)*pbus;
-    if (!bus)
+    if (!bus->closing || bus->released || bus->nrecords > 0)
         return;
-    *pbus = NULL;
-    /* Outstanding and ready records go without done: their publishers are gone. */
-    for (record_t *r = bus->records, *rn; r; r = rn) {
-        rn = r->next;
-        for (copy_t *c = r->copies; c; c = c->next)
-            c->d.bus_ref = NULL;
-        free(r);
-    }
-    bus->records = bus->ready_head = bus->ready_tail = NULL;
+    bus->released = true;
     for (sub_t *s = bus->subs, *sn; s; s = sn) {
         sn = s->next;
         free(s);
@@ -313,4 +314,29 @@ void tms_bus_local_free(tms_event_bus_t **pbus)
     bus->subs = NULL;
     bus->topics = NULL;
     uv_close((uv_handle_t *)&bus->timer, on_timer_closed);
+}
+
+static void bus_close(tms_event_bus_t *self, tms_port_closed_fn cb, void *ctx)
+{
+    bus_t *bus = (bus_t *)self;
+    bus->closing = true;
+    bus->closed_cb = cb;
+    bus->closed_ctx = ctx;
+    maybe_release(bus); /* the handle's close callback runs cb: never inside close */
+}
+
+tms_event_bus_t *tms_bus_local_new(uv_loop_t *loop)
+{
+    bus_t *bus = tms_new(bus_t);
+    bus->base.name = "local";
+    bus->base.publish = publish;
+    bus->base.subscribe = subscribe;
+    bus->base.ack = ack;
+    bus->base.busy = busy;
+    bus->base.close = bus_close;
+    bus->loop = loop;
+    if (uv_timer_init(loop, &bus->timer) != 0)
+        tms_oom(__FILE__, __LINE__);
+    bus->timer.data = bus;
+    return &bus->base;
 }

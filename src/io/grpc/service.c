@@ -57,6 +57,8 @@ struct tms_grpc_service {
     tms_grpc_route_t *routes; /* the table's gRPC methods, then own_routes */
     size_t nroutes;
     size_t pending;
+    void (*drained)(void *arg); /* tms_grpc_service_drain: once pending reaches 0 */
+    void *drained_arg;
 };
 
 /* A call with the actors. Freed when its reply came and the timer closed; st is NULL
@@ -74,9 +76,14 @@ typedef struct pending {
 static void on_pending_closed(uv_handle_t *h)
 {
     pending_t *p = h->data;
-    p->svc->pending--;
+    tms_grpc_service_t *svc = p->svc;
+    void (*drained)(void *) = svc->drained;
     tms_api_cancel_release(&p->cancel);
     free(p);
+    if (--svc->pending == 0 && drained) {
+        svc->drained = NULL;
+        drained(svc->drained_arg);
+    }
 }
 
 static void render(tms_grpc_stream_t *st, tms_api_call_t *call)
@@ -404,6 +411,16 @@ tms_grpc_service_t *tms_grpc_service_new(uv_loop_t *loop, const tms_grpc_service
     /* Replies are not counted against a mailbox bound; 1 is only the request bound. */
     svc->replies = tms_mailbox_new(loop, "grpc", 1, NULL, svc);
     return svc;
+}
+
+void tms_grpc_service_drain(tms_grpc_service_t *svc, void (*drained)(void *arg), void *arg)
+{
+    if (svc->pending == 0) {
+        drained(arg);
+        return;
+    }
+    svc->drained = drained;
+    svc->drained_arg = arg;
 }
 
 size_t tms_grpc_service_pending(tms_grpc_service_t *svc)

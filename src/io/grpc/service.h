@@ -36,6 +36,10 @@ tms_grpc_service_t *tms_grpc_service_new(uv_loop_t *loop, const tms_grpc_service
  * the server. */
 tms_grpc_handler_t tms_grpc_service_handler(tms_grpc_service_t *svc);
 
+/** Call drained(arg) once no call is with the actors any more (at once when none
+ * is; later from the loop when the last answered and its timer closed). */
+void tms_grpc_service_drain(tms_grpc_service_t *svc, void (*drained)(void *arg), void *arg);
+
 /** Calls sent to the actors and not yet answered (the handler's busy count). */
 size_t tms_grpc_service_pending(tms_grpc_service_t *svc);
 

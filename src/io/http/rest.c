@@ -26,7 +26,18 @@ struct tms_rest {
     size_t pending;
     bool metrics_public; /* /metrics served here, to the holder of metrics_token */
     unsigned char metrics_token_hash[crypto_generichash_BYTES];
+    void (*drained)(void *arg); /* tms_rest_drain: called once pending reaches 0 */
+    void *drained_arg;
 };
+
+static void less_pending(tms_rest_t *rest)
+{
+    void (*cb)(void *) = rest->drained;
+    if (--rest->pending == 0 && cb) {
+        rest->drained = NULL;
+        cb(rest->drained_arg);
+    }
+}
 
 /* A request waiting for the actors. Freed when the reply arrived and the timer
  * closed; req is NULL once the deadline answered the client first. */
@@ -145,8 +156,9 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
 static void on_pending_closed(uv_handle_t *handle)
 {
     pending_t *p = handle->data;
-    p->rest->pending--;
+    tms_rest_t *rest = p->rest;
     free(p);
+    less_pending(rest);
 }
 
 static void on_reply(tms_msg_t *msg)
@@ -508,8 +520,9 @@ static void respond_ready(probe_t *p)
 static void on_probe_closed(uv_handle_t *h)
 {
     probe_t *p = h->data;
-    p->rest->pending--;
+    tms_rest_t *rest = p->rest;
     free(p);
+    less_pending(rest);
 }
 
 static void probe_release(probe_t *p)
@@ -812,6 +825,16 @@ tms_rest_t *tms_rest_new(uv_loop_t *loop, const tms_rest_config_t *cfg)
 size_t tms_rest_pending(tms_rest_t *rest)
 {
     return rest->pending;
+}
+
+void tms_rest_drain(tms_rest_t *rest, void (*drained)(void *arg), void *arg)
+{
+    if (rest->pending == 0) {
+        drained(arg);
+        return;
+    }
+    rest->drained = drained;
+    rest->drained_arg = arg;
 }
 
 void tms_rest_free(tms_rest_t **prest)

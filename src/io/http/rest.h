@@ -57,6 +57,10 @@ void tms_rest_routes(void (*fn)(void *arg, const char *method, const char *route
 /** Calls and probes sent and not yet answered by the actors. */
 size_t tms_rest_pending(tms_rest_t *rest);
 
+/** Call drained(arg) once tms_rest_pending() is 0 (at once when it is; later from the
+ * loop when the last call or probe answered and its timer closed). */
+void tms_rest_drain(tms_rest_t *rest, void (*drained)(void *arg), void *arg);
+
 /** Free once tms_rest_pending() is 0. Sets *rest NULL. */
 void tms_rest_free(tms_rest_t **rest);
 

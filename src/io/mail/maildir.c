@@ -35,8 +35,13 @@
 #define NAME_ROOM 96
 
 typedef struct maildir {
-    tms_mailer_t base; /* first member */
-    atomic_int refs;   /* the owner plus one per mail in flight */
+    tms_mailer_t base;    /* first member */
+    atomic_long inflight; /* mails submitted and not yet back */
+    atomic_bool closing;
+    bool released;
+    uv_async_t async; /* unreferenced: closing and the last mail came back */
+    tms_port_closed_fn closed_cb;
+    void *closed_ctx;
     char *dir, *from, *domain;
     tms_workpool_t *pool;
     tms_counter_t *written, *duplicates;
@@ -52,14 +57,12 @@ typedef struct write_job {
     int duplicate;
 } write_job_t;
 
-static void release(maildir_t *md)
+/* A mail came back (on the submitter's loop, or on a worker when its reply had
+ * nowhere to go). */
+static void mail_done(maildir_t *md)
 {
-    if (atomic_fetch_sub(&md->refs, 1) != 1)
-        return;
-    free(md->dir);
-    free(md->from);
-    free(md->domain);
-    free(md);
+    if (atomic_fetch_sub(&md->inflight, 1) == 1 && atomic_load(&md->closing))
+        uv_async_send(&md->async);
 }
 
 /* ---- the write, on a worker thread ---------------------------------------- */
@@ -256,11 +259,12 @@ static void on_written(tms_msg_t *msg)
 {
     write_job_t *w = (write_job_t *)msg;
     tms_mail_t *mail = w->mail;
+    maildir_t *md = w->md;
     mail->err = w->err;
     mail->duplicate = w->duplicate;
-    release(w->md);
     free(w);
     return_mail(mail);
+    mail_done(md);
 }
 
 /* The reply could not be delivered (no reply_to, or it was freed): drop both. */
@@ -268,20 +272,30 @@ static void free_job_msg(tms_msg_t *msg)
 {
     write_job_t *w = (write_job_t *)msg;
     tms_mail_t *mail = w->mail;
-    release(w->md);
+    maildir_t *md = w->md;
     free(w);
     if (mail->msg.free_fn)
         mail->msg.free_fn(&mail->msg);
     else
         tms_mail_free(&mail);
+    mail_done(md);
 }
 
 static int submit(tms_mailer_t *self, tms_mail_t **mail)
 {
     maildir_t *md = (maildir_t *)self;
-    write_job_t *w = tms_new(write_job_t);
-    tms_job_t *job = &w->job;
+    write_job_t *w;
+    tms_job_t *job;
     int rc;
+    /* Counted before the closing check: either this sees closing, or close's drain
+     * sees the mail in flight. */
+    atomic_fetch_add(&md->inflight, 1);
+    if (atomic_load(&md->closing)) {
+        mail_done(md);
+        return -TMS_ECLOSED;
+    }
+    w = tms_new(write_job_t);
+    job = &w->job;
     w->md = md;
     w->mail = *mail;
     job->run = run_write;
@@ -290,11 +304,10 @@ static int submit(tms_mailer_t *self, tms_mail_t **mail)
     job->msg.cont = on_written;
     job->msg.ctx = w;
     job->msg.free_fn = free_job_msg;
-    atomic_fetch_add(&md->refs, 1);
     rc = tms_workpool_submit(md->pool, &job);
     if (rc != 0) {
-        release(md);
         free(w);
+        mail_done(md);
         return rc; /* the caller keeps the mail */
     }
     *mail = NULL;
@@ -358,8 +371,47 @@ static void clean_tmp(const char *dir)
     closedir(d);
 }
 
-tms_mailer_t *tms_maildir_new(const char *dir, const char *from, const char *domain,
-                              tms_workpool_t *pool, char *err, size_t err_len)
+static size_t busy(tms_mailer_t *self)
+{
+    return (size_t)atomic_load(&((maildir_t *)self)->inflight);
+}
+
+static void on_async_closed(uv_handle_t *h)
+{
+    maildir_t *md = h->data;
+    tms_port_closed_fn cb = md->closed_cb;
+    void *ctx = md->closed_ctx;
+    free(md->dir);
+    free(md->from);
+    free(md->domain);
+    free(md);
+    if (cb)
+        cb(ctx);
+}
+
+static void on_async(uv_async_t *a)
+{
+    maildir_t *md = a->data;
+    if (!atomic_load(&md->closing) || md->released || atomic_load(&md->inflight) != 0)
+        return;
+    md->released = true;
+    uv_close((uv_handle_t *)&md->async, on_async_closed);
+}
+
+static void mailer_close(tms_mailer_t *self, tms_port_closed_fn cb, void *ctx)
+{
+    maildir_t *md = (maildir_t *)self;
+    md->closed_cb = cb;
+    md->closed_ctx = ctx;
+    atomic_store(&md->closing, true);
+    /* Checked on the loop (cb never runs inside close), which the handle keeps alive
+     * until the last mail came back. */
+    uv_ref((uv_handle_t *)&md->async);
+    uv_async_send(&md->async);
+}
+
+tms_mailer_t *tms_maildir_new(uv_loop_t *loop, const char *dir, const char *from,
+                              const char *domain, tms_workpool_t *pool, char *err, size_t err_len)
 {
     static const char *const subdirs[] = {"tmp", "new", "cur"};
     char path[PATH_MAX];
@@ -399,7 +451,12 @@ tms_mailer_t *tms_maildir_new(const char *dir, const char *from, const char *dom
     md = tms_new(maildir_t);
     md->base.name = "maildir";
     md->base.submit = submit;
-    atomic_init(&md->refs, 1);
+    md->base.busy = busy;
+    md->base.close = mailer_close;
+    if (uv_async_init(loop, &md->async, on_async) != 0)
+        tms_oom(__FILE__, __LINE__);
+    md->async.data = md;
+    uv_unref((uv_handle_t *)&md->async);
     atomic_init(&md->tmp_seq, 0);
     md->dir = tms_strdup(dir);
     md->from = tms_strdup(from);
@@ -411,13 +468,4 @@ tms_mailer_t *tms_maildir_new(const char *dir, const char *from, const char *dom
     md->duration = tms_metrics_histogram("tms_mail_write_duration_seconds",
                                          "Time to render, write and sync one Maildir mail", "");
     return &md->base;
-}
-
-void tms_maildir_free(tms_mailer_t **pm)
-{
-    tms_mailer_t *m = *pm;
-    if (!m)
-        return;
-    *pm = NULL;
-    release((maildir_t *)m);
 }

@@ -6,6 +6,7 @@
 #define TMS_IO_MAILDIR_H
 
 #include <stddef.h>
+#include <uv.h>
 
 #include "core/mailer.h"
 #include "core/workpool.h"
@@ -13,13 +14,12 @@
 /** Create the Maildir mailer: makes dir and dir/{tmp,new,cur} (mode 0700) when
  * missing. from is the From address and domain the Message-ID right-hand side (both
  * copied). File writes run on pool, which the caller owns and must keep until every
- * submitted mail came back. Returns NULL with a message in err when a directory
- * cannot be created or written, or from/domain are not usable in a header. */
-tms_mailer_t *tms_maildir_new(const char *dir, const char *from, const char *domain,
-                              tms_workpool_t *pool, char *err, size_t err_len);
-
-/** Release the mailer; sets *m NULL. Mails still in flight keep what they need and
- * still come back. */
-void tms_maildir_free(tms_mailer_t **m);
+ * submitted mail came back. Call on loop's thread; the mailer port is closed through
+ * its vtable (core/port.h): new mails refused, mails being written come back, then
+ * the mailer is freed and cb runs on loop. Returns NULL with a message in err when a
+ * directory cannot be created or written, or from/domain are not usable in a
+ * header. */
+tms_mailer_t *tms_maildir_new(uv_loop_t *loop, const char *dir, const char *from,
+                              const char *domain, tms_workpool_t *pool, char *err, size_t err_len);
 
 #endif

@@ -77,7 +77,9 @@ struct smtp {
     CURLM *multi;
     uv_timer_t curl_timer, retry_timer;
     int handles_open; /* timers and polls not yet closed; freed at 0 once closing */
-    bool stopping, closing;
+    bool stopping, closing, close_asked;
+    tms_port_closed_fn closed_cb; /* the port's close: runs once the mailer is freed */
+    void *closed_ctx;
     char *url, *from, *domain, *dlq_dir, *ca_file;
     tms_smtp_options_t opt; /* strings point at the copies above */
     tms_workpool_t *pool;
@@ -100,6 +102,7 @@ struct smtp {
 };
 
 static void pump(smtp_t *m);
+static void held_less(smtp_t *m);
 
 /* ---- small helpers ---------------------------------------------------------- */
 
@@ -185,11 +188,10 @@ static void reply(tms_mail_t *mail, tms_status_t code, const char *why)
 
 static void finish(smtp_t *m, send_t *s, tms_status_t code, const char *why)
 {
-    m->held--;
-    atomic_store_explicit(&m->held_gauge, m->held, memory_order_relaxed);
     reply(s->mail, code, why);
     s->mail = NULL;
     send_free(s);
+    held_less(m);
 }
 
 /* ---- dead letters (file write on the pool) --------------------------------- */
@@ -276,9 +278,8 @@ static void dead_letter(smtp_t *m, send_t *s, long code)
     }
     s->data = NULL;
     s->mail = NULL;
-    m->held--;
-    atomic_store_explicit(&m->held_gauge, m->held, memory_order_relaxed);
     send_free(s);
+    held_less(m);
 }
 
 /* ---- retries ------------------------------------------------------------------ */
@@ -705,10 +706,12 @@ static void fail_waiting(smtp_t *m, const char *why)
     uv_timer_stop(&m->retry_timer);
 }
 
-void tms_smtp_stop(tms_mailer_t *self)
+/* Shutdown, first step: mails queued or backing off come back UNAVAILABLE at once
+ * (their events stay pending), new submissions are refused with -TMS_ECLOSED, sends
+ * in flight finish (within timeout_ms). */
+static void stop(smtp_t *m)
 {
-    smtp_t *m = (smtp_t *)self;
-    if (!m || m->stopping)
+    if (m->stopping)
         return;
     m->stopping = true;
     fail_waiting(m, "mailer stopping");
@@ -716,14 +719,19 @@ void tms_smtp_stop(tms_mailer_t *self)
 
 static void release_if_done(smtp_t *m)
 {
+    tms_port_closed_fn cb = m->closed_cb;
+    void *ctx = m->closed_ctx;
     if (!m->closing || m->handles_open > 0)
         return;
+    tms_metrics_drop_gauges_of(m); /* they read m */
     free(m->url);
     free(m->from);
     free(m->domain);
     free(m->dlq_dir);
     free(m->ca_file);
     free(m);
+    if (cb)
+        cb(ctx);
 }
 
 static void on_handle_closed(uv_handle_t *h)
@@ -740,14 +748,12 @@ static void on_handle_closed(uv_handle_t *h)
     release_if_done(m);
 }
 
-void tms_smtp_free(tms_mailer_t **pm)
+/* Abort what is left (replies UNAVAILABLE), close the handles and free in their
+ * close callbacks. */
+static void destroy(smtp_t *m)
 {
-    smtp_t *m = (smtp_t *)*pm;
     int n = 0;
-    if (!m)
-        return;
-    *pm = NULL;
-    tms_smtp_stop(&m->base);
+    stop(m);
     m->closing = true;
     /* Transfers still running (a forced shutdown): their events stay pending. */
     while (m->active_list) {
@@ -765,6 +771,39 @@ void tms_smtp_free(tms_mailer_t **pm)
         sock_close(m, m->socks);
     uv_close((uv_handle_t *)&m->curl_timer, on_handle_closed);
     uv_close((uv_handle_t *)&m->retry_timer, on_handle_closed);
+}
+
+static void on_close_due(uv_timer_t *t)
+{
+    smtp_t *m = t->data;
+    if (!m->closing && m->held == 0)
+        destroy(m);
+}
+
+/* A mail went back (or to the dead-letter pool): once the port is closing and
+ * nothing is held, destroy on the next turn, outside curl's callbacks. */
+static void held_less(smtp_t *m)
+{
+    m->held--;
+    atomic_store_explicit(&m->held_gauge, m->held, memory_order_relaxed);
+    if (m->close_asked && m->held == 0 && !m->closing)
+        uv_timer_start(&m->retry_timer, on_close_due, 0, 0);
+}
+
+static size_t busy(tms_mailer_t *self)
+{
+    return ((smtp_t *)self)->held;
+}
+
+static void mailer_close(tms_mailer_t *self, tms_port_closed_fn cb, void *ctx)
+{
+    smtp_t *m = (smtp_t *)self;
+    m->close_asked = true;
+    m->closed_cb = cb;
+    m->closed_ctx = ctx;
+    stop(m); /* fail_waiting stopped the retry timer: it is free for the close */
+    if (m->held == 0)
+        uv_timer_start(&m->retry_timer, on_close_due, 0, 0);
 }
 
 /* ---- setup ----------------------------------------------------------------------- */
@@ -805,6 +844,8 @@ tms_mailer_t *tms_smtp_new(uv_loop_t *loop, const tms_smtp_options_t *opt, tms_w
     m = tms_new(smtp_t);
     m->base.name = "smtp";
     m->base.submit = submit;
+    m->base.busy = busy;
+    m->base.close = mailer_close;
     m->loop = loop;
     m->pool = pool;
     m->url = tms_strdup(opt->url);

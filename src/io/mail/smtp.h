@@ -28,20 +28,16 @@ typedef struct tms_smtp_options {
     int64_t breaker_cooldown_ms;
 } tms_smtp_options_t;
 
-/** Create the mailer on loop. Dead letters are written on pool (borrowed; it must
- * outlive every submitted mail). Returns NULL with one line in err when the options
- * are unusable (bad from/domain, dead-letter directory not writable, curl failed). */
+/** Create the mailer on loop; the mailer port, closed through its vtable
+ * (core/port.h): new mails refused with -TMS_ECLOSED, mails queued or backing off
+ * come back UNAVAILABLE at once (their events stay pending), sends in flight finish
+ * (within timeout_ms), then the handles close, the mailer is freed and cb runs. A
+ * mail a server rejected for good goes to the dead-letter pool and replies from
+ * there. Dead letters are written on pool (borrowed; it must outlive every submitted
+ * mail). Returns NULL with one line in err when the options are unusable (bad
+ * from/domain, dead-letter directory not writable, curl failed). */
 tms_mailer_t *tms_smtp_new(uv_loop_t *loop, const tms_smtp_options_t *opt, tms_workpool_t *pool,
                            char *err, size_t err_len);
-
-/** Shutdown, first step: mails queued or backing off come back UNAVAILABLE at once
- * (their events stay pending), new submissions are refused with -TMS_ECLOSED, sends
- * in flight finish (within timeout_ms). */
-void tms_smtp_stop(tms_mailer_t *m);
-
-/** Abort what is left (replies UNAVAILABLE), close the handles and free in their
- * close callbacks. Sets *m NULL. */
-void tms_smtp_free(tms_mailer_t **m);
 
 /** What STARTTLS setting a send uses: "auto" becomes "require" when url carries
  * credentials (a user name or password: a server that offers no STARTTLS, or a

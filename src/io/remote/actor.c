@@ -32,6 +32,7 @@ struct tms_remote_actor {
     uv_timer_t scan; /* while calls are in flight: looks for cancelled ones */
     job_t *jobs;
     size_t inflight;
+    tms_stopper_t stop;
 };
 
 static void job_unlink(job_t *job)
@@ -81,6 +82,7 @@ static void on_done(void *ctx, int status, const char *message, const uint8_t *r
     else if (tms_internal_decode_result(call, resp, resp_len) != 0)
         hop_failed(r, call, TMS_INTERNAL, "malformed answer");
     tms_mailbox_reply(&call->msg);
+    tms_stopper_check(&r->stop, r->mailbox, r->inflight);
 }
 
 static void on_scan(uv_timer_t *t)
@@ -105,10 +107,18 @@ static void on_message(void *owner, tms_msg_t *msg)
     uint8_t *req;
     size_t len;
     job_t *job;
-    if (msg->kind == TMS_MSG_STOP ||
-        (msg->op != TMS_STAGE_AUTHENTICATE && msg->op != TMS_STAGE_EXECUTE)) {
+    if (msg->kind == TMS_MSG_STOP) {
+        tms_stopper_hold(&r->stop, msg);
+        tms_stopper_check(&r->stop, r->mailbox, r->inflight);
+        return;
+    }
+    if (msg->op != TMS_STAGE_AUTHENTICATE && msg->op != TMS_STAGE_EXECUTE) {
         if (msg->free_fn)
             msg->free_fn(msg);
+        return;
+    }
+    if (tms_stopping(&r->stop)) {
+        tms_api_fail(call, TMS_UNAVAILABLE, "server stopping, retry later");
         return;
     }
     if (tms_api_call_abandoned(call, now)) {

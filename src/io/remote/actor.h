@@ -31,6 +31,9 @@ tms_remote_actor_t *tms_remote_actor_start(uv_loop_t *loop, const tms_remote_act
 /** Where callers post tms_api_call_t (msg.op = TMS_STAGE_*), as to the real actor. */
 tms_mailbox_t *tms_remote_actor_mailbox(tms_remote_actor_t *r);
 
+/* The proxy stops on a stop message (tms_stop_send, core/mailbox.h): the calls it
+ * sent are answered first; tms_remote_actor_free once it replied. */
+
 /** Calls sent to the peer and not yet answered. */
 size_t tms_remote_actor_inflight(tms_remote_actor_t *r);
 

@@ -1,6 +1,7 @@
 /* The task actor's rules with an in-memory task store and a fake auth actor (fakes
  * are fine in unit tests): who may change what, If-Match, and which writes carry an
- * event (task_created with an assignee, task_assigned on a change of assignee). */
+ * event (task_created with an assignee, task_assigned on a change of assignee); and
+ * its stop message (core/mailbox.h): what it holds finishes first. */
 #include <uv.h>
 
 #include "actors/task.h"
@@ -227,8 +228,111 @@ static void test_rules(void)
         tms_task_dispose(&e.store.tasks[i]);
 }
 
+/* A fake auth actor that keeps the question until the test answers it. */
+static tms_msg_t *held_auth;
+
+static void on_auth_held(void *owner, tms_msg_t *msg)
+{
+    (void)owner;
+    held_auth = msg;
+}
+
+static int stopped;
+
+static void on_stopped(tms_msg_t *msg)
+{
+    stopped++;
+    msg->free_fn(msg);
+}
+
+/* A call in flight when the stop message comes is finished first; a call after it is
+ * refused UNAVAILABLE; the reply to the stop comes once nothing is in flight, and the
+ * mailbox takes nothing after it. */
+static void test_stop_finishes_what_it_holds(void)
+{
+    static env_t e;
+    tms_api_call_t *c, *late;
+    tms_msg_t *msg;
+    memset(&e, 0, sizeof(e));
+    e.store.port.name = "fake";
+    e.store.port.submit = store_submit;
+    uv_loop_init(&e.loop);
+    e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth_held, NULL);
+    e.replies = tms_mailbox_new(&e.loop, "replies", 4, NULL, NULL);
+    e.actor = tms_task_actor_start(&e.loop, &(tms_task_actor_config_t){
+                                                .mailbox_capacity = 16,
+                                                .tasks = &e.store.port,
+                                                .auth = e.auth,
+                                            });
+    /* a create with an assignee waits for auth */
+    c = tms_api_call_new(TMS_API_TASK_CREATE);
+    c->title = tms_strdup("held");
+    c->description = tms_strdup("Description");
+    c->assigned_to = tms_strdup(BOB);
+    snprintf(c->principal.user_id, sizeof(c->principal.user_id), "%s", ALICE);
+    snprintf(c->principal.role, sizeof(c->principal.role), "user");
+    c->principal.authenticated = true;
+    msg = &c->msg;
+    msg->op = TMS_STAGE_EXECUTE;
+    msg->reply_to = e.replies;
+    msg->cont = on_reply;
+    done_call = NULL;
+    held_auth = NULL;
+    CHECK_EQ_INT(tms_mailbox_post(tms_task_actor_mailbox(e.actor), &msg), 0);
+    for (int i = 0; i < 100 && !held_auth && !done_call; i++)
+        uv_run(&e.loop, UV_RUN_NOWAIT);
+    CHECK(held_auth != NULL);
+    if (!held_auth)
+        return;
+    CHECK_EQ_INT(tms_task_actor_inflight(e.actor), 1);
+
+    stopped = 0;
+    CHECK_EQ_INT(tms_stop_send(tms_task_actor_mailbox(e.actor), e.replies, on_stopped, NULL), 0);
+    for (int i = 0; i < 5; i++)
+        uv_run(&e.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(stopped, 0); /* the create is still in flight */
+    CHECK(done_call == NULL);
+
+    /* after the stop message: refused at once */
+    late = tms_api_call_new(TMS_API_TASK_GET);
+    late->task_id = 1;
+    late = run(&e, late, ALICE, "user");
+    CHECK_EQ_INT(late->err.code, TMS_UNAVAILABLE);
+    tms_api_call_free(&late);
+    CHECK_EQ_INT(stopped, 0);
+
+    /* auth answers: the create finishes, then the stop is answered */
+    done_call = NULL;
+    ((tms_api_call_t *)held_auth)->flag = true;
+    tms_mailbox_reply(held_auth);
+    for (int i = 0; i < 1000 && (!done_call || !stopped); i++)
+        uv_run(&e.loop, UV_RUN_NOWAIT);
+    CHECK(done_call != NULL);
+    if (!done_call)
+        return;
+    CHECK_EQ_INT(done_call->err.code, TMS_OK);
+    CHECK_EQ_INT(e.store.n, 1);
+    tms_api_call_free(&done_call);
+    CHECK_EQ_INT(stopped, 1);
+    CHECK_EQ_INT(tms_task_actor_inflight(e.actor), 0);
+    /* stopped: its mailbox takes nothing more */
+    late = tms_api_call_new(TMS_API_TASK_GET);
+    msg = &late->msg;
+    CHECK_EQ_INT(tms_mailbox_post(tms_task_actor_mailbox(e.actor), &msg), -TMS_ECLOSED);
+    tms_api_call_free(&late);
+
+    tms_task_actor_free(&e.actor);
+    tms_mailbox_free(&e.auth);
+    tms_mailbox_free(&e.replies);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&e.loop), 0);
+    for (int i = 0; i < e.store.n; i++)
+        tms_task_dispose(&e.store.tasks[i]);
+}
+
 int main(void)
 {
     RUN_TEST(test_rules);
+    RUN_TEST(test_stop_finishes_what_it_holds);
     TEST_EXIT();
 }

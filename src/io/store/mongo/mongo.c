@@ -14,14 +14,11 @@
 
 #define DEFAULT_DB "tms"
 
-enum { PORT_USERS = 0, PORT_OUTBOX = 1 };
-
 typedef struct mongo_job {
     tms_job_t job; /* first member */
     tms_mongo_t *m;
     tms_msg_t *op;
-    tms_mongo_run_fn run;
-    int port;
+    tms_store_port_t port;
 } mongo_job_t;
 
 /* After an operation found no server, others fail at once for this long instead of
@@ -107,26 +104,6 @@ mongoc_collection_t *tms__mongo_coll(tms_mongo_t *m, mongoc_client_t *client, co
     return mongoc_client_get_collection(client, m->db_name, name);
 }
 
-void tms__mongo_port_metrics(const char *const *names, int nops, tms_histogram_t **duration,
-                             tms_counter_t **errors)
-{
-    char labels[64];
-    for (int i = 1; i < nops; i++) {
-        snprintf(labels, sizeof(labels), "store=\"mongodb\",op=\"%s\"", names[i]);
-        duration[i] = tms_metrics_histogram("tms_store_duration_seconds",
-                                            "Time to run one store operation.", labels);
-        errors[i] = tms_metrics_counter("tms_store_errors_total",
-                                        "Store operations that failed (UNAVAILABLE or "
-                                        "INTERNAL; not found and conflicts excluded).",
-                                        labels);
-    }
-}
-
-static tms_error_t *op_error(tms_msg_t *msg, int port)
-{
-    return port == PORT_USERS ? &((tms_user_op_t *)msg)->err : &((tms_outbox_op_t *)msg)->err;
-}
-
 /* With the server believed down: true when this op should fail at once, false when
  * it goes ahead (as the one probe, or a ping). */
 static bool fail_fast(tms_mongo_t *m, bool is_ping)
@@ -145,29 +122,23 @@ static void run_job(tms_job_t *job)
     mongo_job_t *j = (mongo_job_t *)job;
     tms_mongo_t *m = j->m;
     tms_msg_t *msg = j->op;
-    tms_error_t *err = op_error(msg, j->port);
-    int kind = msg->op;
-    uint64_t t0 = uv_hrtime();
+    uint64_t t0 = tms_store_begin(&m->st);
 
     j->op = NULL;
-    if (atomic_load(&m->closing)) {
-        tms_error_set(err, TMS_UNAVAILABLE, "user store closing");
-    } else if (fail_fast(m, j->port == PORT_USERS && kind == TMS_USER_PING)) {
-        tms_error_set(err, TMS_UNAVAILABLE, "user store unavailable");
+    if (fail_fast(m, j->port == TMS_STORE_USERS && msg->op == TMS_USER_PING)) {
+        tms_error_set(tms_store_op_err(j->port, msg), TMS_UNAVAILABLE, "user store unavailable");
     } else {
         mongoc_client_t *client = mongoc_client_pool_pop(m->pool);
         op_found_down = false;
-        j->run(m, client, msg);
+        if (j->port == TMS_STORE_USERS)
+            tms__mongo_users_run(m, client, msg);
+        else
+            tms__mongo_outbox_run(m, client, msg);
         mongoc_client_pool_push(m->pool, client);
         atomic_store(&m->down_until_ms,
                      op_found_down ? (uint64_t)tms_now_ms() + DOWN_WINDOW_MS : 0);
     }
-    if (kind > 0 && kind < 16 && m->duration[j->port][kind]) {
-        if (err->code == TMS_INTERNAL || err->code == TMS_UNAVAILABLE)
-            tms_counter_add(m->errors[j->port][kind], 1);
-        tms_histogram_observe(m->duration[j->port][kind], (double)(uv_hrtime() - t0) / 1e9);
-    }
-    tms_mailbox_reply(msg);
+    tms_store_reply(&m->st, j->port, msg, t0);
 }
 
 static void free_job(tms_msg_t *msg)
@@ -175,19 +146,17 @@ static void free_job(tms_msg_t *msg)
     free(msg);
 }
 
-int tms__mongo_submit(tms_mongo_t *m, tms_msg_t **msg, tms_mongo_run_fn run)
+/* The backend's submit (any thread): one job on the worker pool. */
+static int mongo_submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **msg)
 {
-    mongo_job_t *j;
+    tms_mongo_t *m = (tms_mongo_t *)st;
+    mongo_job_t *j = tms_new(mongo_job_t);
     int rc;
-    if (atomic_load(&m->closing))
-        return -TMS_ECLOSED;
-    j = tms_new(mongo_job_t);
     j->job.run = run_job;
     j->job.msg.free_fn = free_job; /* no reply_to: the worker frees the job after run */
     j->m = m;
     j->op = *msg;
-    j->run = run;
-    j->port = run == tms__mongo_users_run ? PORT_USERS : PORT_OUTBOX;
+    j->port = port;
     rc = tms_workpool_submit(m->workers, (tms_job_t **)&j);
     if (rc != 0) {
         free(j);
@@ -197,24 +166,22 @@ int tms__mongo_submit(tms_mongo_t *m, tms_msg_t **msg, tms_mongo_run_fn run)
     return 0;
 }
 
-static int users_submit(tms_user_store_t *self, tms_user_op_t **op)
+/* Every port handed out is closed and drained: join the workers and let go of the
+ * connections. */
+static void mongo_release(tms_store_t *st)
 {
-    tms_msg_t *msg = &(*op)->msg;
-    int rc = tms__mongo_submit((tms_mongo_t *)self, &msg, tms__mongo_users_run);
-    if (rc == 0)
-        *op = NULL;
-    return rc;
+    tms_mongo_t *m = (tms_mongo_t *)st;
+    tms_workpool_free(&m->workers);
+    mongoc_client_pool_destroy(m->pool);
+    tms_store_released(st);
+    free(m);
 }
 
-static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op)
-{
-    tms_mongo_t *m = (tms_mongo_t *)((char *)self - offsetof(tms_mongo_t, outbox));
-    tms_msg_t *msg = &(*op)->msg;
-    int rc = tms__mongo_submit(m, &msg, tms__mongo_outbox_run);
-    if (rc == 0)
-        *op = NULL;
-    return rc;
-}
+static const tms_store_backend_t backend = {
+    .name = "mongodb",
+    .submit = mongo_submit,
+    .release = mongo_release,
+};
 
 /* Token claims only matter while a token could carry their version; on MongoDB,
  * whose $inc never hands out a version twice, they are not needed at all. */
@@ -311,16 +278,8 @@ static void set_timeouts(mongoc_uri_t *uri, const tms_mongo_options_t *o)
         mongoc_uri_set_option_as_int32(uri, MONGOC_URI_SOCKETTIMEOUTMS, sock);
 }
 
-static void register_metrics(tms_mongo_t *m)
-{
-    tms__mongo_port_metrics(tms__mongo_user_op_names, tms__mongo_user_nops, m->duration[0],
-                            m->errors[0]);
-    tms__mongo_port_metrics(tms__mongo_outbox_op_names, tms__mongo_outbox_nops, m->duration[1],
-                            m->errors[1]);
-}
-
-tms_mongo_t *tms_mongo_open(const char *url, const tms_mongo_options_t *opt, char *err,
-                            size_t err_len)
+tms_mongo_t *tms_mongo_open(uv_loop_t *loop, const char *url, const tms_mongo_options_t *opt,
+                            char *err, size_t err_len)
 {
     tms_mongo_options_t o = opt ? *opt : (tms_mongo_options_t){0};
     bson_error_t error;
@@ -346,15 +305,12 @@ tms_mongo_t *tms_mongo_open(const char *url, const tms_mongo_options_t *opt, cha
     if (prepare(uri, db_name, err, err_len) != 0)
         goto fail;
     m = tms_new(tms_mongo_t);
-    m->users.name = "mongodb";
-    m->users.submit = users_submit;
-    m->outbox.name = "mongodb";
-    m->outbox.submit = outbox_submit;
     snprintf(m->db_name, sizeof(m->db_name), "%s", db_name);
     m->pool = mongoc_client_pool_new(uri);
     mongoc_client_pool_set_error_api(m->pool, MONGOC_ERROR_API_VERSION_2);
     mongoc_client_pool_set_appname(m->pool, "tms");
-    register_metrics(m);
+    tms_store_init(&m->st, &backend, loop,
+                   TMS_STORE_SERVES(TMS_STORE_USERS) | TMS_STORE_SERVES(TMS_STORE_OUTBOX));
     m->workers = tms_workpool_new("mongo", threads, o.queue_capacity ? o.queue_capacity : 1024);
     mongoc_uri_destroy(uri);
     return m;
@@ -365,24 +321,10 @@ fail:
 
 tms_user_store_t *tms_mongo_user_store(tms_mongo_t *m)
 {
-    return &m->users;
+    return tms_store_users(&m->st);
 }
 
 tms_outbox_t *tms_mongo_outbox(tms_mongo_t *m)
 {
-    return &m->outbox;
-}
-
-void tms_mongo_close(tms_mongo_t **pm)
-{
-    tms_mongo_t *m = *pm;
-    if (!m)
-        return;
-    *pm = NULL;
-    /* Queued jobs still run, but answer UNAVAILABLE at once instead of waiting
-     * for a server that may be gone. */
-    atomic_store(&m->closing, true);
-    tms_workpool_free(&m->workers);
-    mongoc_client_pool_destroy(m->pool);
-    free(m);
+    return tms_store_outbox(&m->st);
 }

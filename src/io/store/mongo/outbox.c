@@ -12,13 +12,6 @@
 #include "core/log.h"
 #include "io/store/mongo/internal.h"
 
-const char *const tms__mongo_outbox_op_names[] = {
-    [TMS_OUTBOX_FETCH] = "outbox_fetch", [TMS_OUTBOX_MARK_SENT] = "outbox_mark_sent",
-    [TMS_OUTBOX_ADD] = "outbox_add",     [TMS_INBOX_SEEN] = "inbox_seen",
-    [TMS_INBOX_RECORD] = "inbox_record", [TMS_OUTBOX_PENDING] = "outbox_pending",
-};
-const int tms__mongo_outbox_nops = TMS_OUTBOX_PENDING + 1;
-
 /* Seq order is the order seqs were handed out, which two concurrent writers may
  * commit the other way round; events of different users have no order to keep.
  */
@@ -264,16 +257,6 @@ void tms__mongo_outbox_run(tms_mongo_t *m, mongoc_client_t *client, tms_msg_t *m
     bson_error_t error;
     bool ok = true;
 
-    tms_error_set(&op->err, TMS_OK, "%s", "");
-    /* An op that came back as a reply may be submitted again: drop old outputs.
-     */
-    op->seen = false;
-    op->count = 0;
-    for (size_t i = 0; i < op->nevents; i++)
-        free(op->events[i].payload);
-    free(op->events);
-    op->events = NULL;
-    op->nevents = 0;
     if (msg->op == TMS_INBOX_SEEN || msg->op == TMS_INBOX_RECORD) {
         inbox(m, client, op);
         return;
@@ -303,6 +286,6 @@ void tms__mongo_outbox_run(tms_mongo_t *m, mongoc_client_t *client, tms_msg_t *m
         break;
     }
     if (!ok)
-        tms__mongo_fail(&op->err, &error, tms__mongo_outbox_op_names[msg->op]);
+        tms__mongo_fail(&op->err, &error, tms_store_op_name(TMS_STORE_OUTBOX, msg->op));
     mongoc_collection_destroy(outbox);
 }

@@ -13,14 +13,6 @@
 #include "core/log.h"
 #include "io/store/mongo/internal.h"
 
-const char *const tms__mongo_user_op_names[] = {
-    [TMS_USER_CREATE] = "create",       [TMS_USER_GET_BY_EMAIL] = "get_by_email",
-    [TMS_USER_GET_BY_ID] = "get_by_id", [TMS_USER_BUMP_VERSION] = "bump_version",
-    [TMS_USER_SET_ROLE] = "set_role",   [TMS_USER_DELETE] = "delete",
-    [TMS_USER_RESTORE] = "restore",     [TMS_USER_PING] = "ping",
-};
-const int tms__mongo_user_nops = TMS_USER_PING + 1;
-
 static void copy_utf8(char *dst, size_t cap, const bson_iter_t *it)
 {
     uint32_t len = 0;
@@ -388,7 +380,6 @@ void tms__mongo_users_run(tms_mongo_t *m, mongoc_client_t *client, tms_msg_t *ms
     mongoc_collection_t *users;
     bson_oid_t oid;
 
-    tms_error_set(&op->err, TMS_OK, "%s", "");
     switch (msg->op) {
     case TMS_USER_DELETE:
         delete_user(m, client, op);

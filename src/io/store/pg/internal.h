@@ -10,9 +10,9 @@
 #include <stddef.h>
 
 #include "core/mailbox.h"
-#include "core/metrics.h"
 #include "core/status.h"
 #include "io/store/pg/pg.h"
+#include "io/store/store.h"
 
 #define TMS_PG_MAX_PARAMS 16
 
@@ -32,37 +32,20 @@ typedef struct tms_pg_call {
     char *heap; /* freed with the call */
 } tms_pg_call_t;
 
-/* What pg.c needs from a port. Ops are numbered 1..nops-1. */
+/* What pg.c needs from a port's SQL (tasks.c, outbox.c). */
 typedef struct tms_pg_port {
     const char *name;
-    int nops;
-    const char *const *op_names;
     const tms_pg_stmt_t *stmts;
     size_t nstmts;
-    /** Reset msg's outcome and fill call; returns 0, or -1 with the op's error set. */
+    /** Fill call for msg (op code in range, outputs reset); returns 0, or -1 with the
+     * op's error set. */
     int (*prepare)(tms_msg_t *msg, tms_pg_call_t *call);
     /** Store the outcome of a successful statement (rows or command status). */
     void (*finish)(tms_msg_t *msg, const PGresult *res);
-    /** The op's error slot. */
-    tms_error_t *(*err)(tms_msg_t *msg);
 } tms_pg_port_t;
-
-enum { TMS_PG_PORT_TASKS = 0, TMS_PG_PORT_OUTBOX, TMS_PG_NPORTS };
 
 extern const tms_pg_port_t tms__pg_tasks_port;
 extern const tms_pg_port_t tms__pg_outbox_port;
-
-/** Queue msg for port on pg (loop thread). Returns 0 (ownership taken), -TMS_EFULL or
- * -TMS_ECLOSED. */
-int tms__pg_submit(tms_pg_t *pg, int port, tms_msg_t *msg);
-
-/** The ports' submit functions (loop thread). */
-int tms__pg_tasks_submit(tms_task_store_t *self, tms_task_op_t **op);
-int tms__pg_outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op);
-
-/** The pg of a task store / outbox port pointer. */
-tms_pg_t *tms__pg_of_tasks(tms_task_store_t *self);
-tms_pg_t *tms__pg_of_outbox(tms_outbox_t *self);
 
 /** Format v into buf (for a call's num[] slot); returns buf. */
 const char *tms__pg_i64(char *buf, size_t size, long long v);

@@ -11,21 +11,16 @@
 #include "core/log.h"
 #include "io/store/pg/internal.h"
 
-enum { NOPS = TMS_OUTBOX_PENDING + 1 };
-
-static const char *const op_names[NOPS] = {
-    [TMS_OUTBOX_FETCH] = "outbox_fetch", [TMS_OUTBOX_MARK_SENT] = "outbox_mark_sent",
-    [TMS_OUTBOX_ADD] = "outbox_add",     [TMS_INBOX_SEEN] = "inbox_seen",
-    [TMS_INBOX_RECORD] = "inbox_record", [TMS_OUTBOX_PENDING] = "outbox_pending",
-};
-
 static const tms_pg_stmt_t stmts[] = {
     {"outbox_fetch", "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
                      " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT $1"},
-    /* one statement marks the whole batch: one commit */
-    {"outbox_mark_sent", "UPDATE outbox SET sent_at_ms = $2 WHERE seq = ANY($1::bigint[])"},
+    /* one statement marks the whole batch: one commit; a second mark keeps the first
+     * time (as on SQLite) */
+    {"outbox_mark_sent", "UPDATE outbox SET sent_at_ms = $2 WHERE seq = ANY($1::bigint[])"
+                         " AND sent_at_ms IS NULL"},
+    /* the same event again is a retry, not an error (as on SQLite and MongoDB) */
     {"outbox_add", "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
-                   " VALUES ($1, $2, $3, $4, $5)"},
+                   " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"},
     {"inbox_seen", "SELECT 1 FROM inbox WHERE consumer = $1 AND event_id = $2"},
     {"inbox_record", "INSERT INTO inbox (consumer, event_id, handled_at_ms) VALUES ($1, $2, $3)"
                      " ON CONFLICT DO NOTHING"},
@@ -48,15 +43,7 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
 {
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
     const char **v = c->values;
-    op->seen = false;
-    op->count = 0;
-    tms_error_set(&op->err, TMS_OK, "%s", "");
-    if (msg->op <= 0 || msg->op >= NOPS) {
-        tms_log_error("pg_bad_op", "port=outbox op=%d", msg->op);
-        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
-        return -1;
-    }
-    c->stmt = op_names[msg->op];
+    c->stmt = tms_store_op_name(TMS_STORE_OUTBOX, msg->op);
     switch (msg->op) {
     case TMS_OUTBOX_FETCH:
         c->nparams = 1;
@@ -121,26 +108,10 @@ static void finish(tms_msg_t *msg, const PGresult *res)
     }
 }
 
-static tms_error_t *err_of(tms_msg_t *msg)
-{
-    return &((tms_outbox_op_t *)msg)->err;
-}
-
 const tms_pg_port_t tms__pg_outbox_port = {
     .name = "outbox",
-    .nops = NOPS,
-    .op_names = op_names,
     .stmts = stmts,
     .nstmts = sizeof(stmts) / sizeof(stmts[0]),
     .prepare = prepare,
     .finish = finish,
-    .err = err_of,
 };
-
-int tms__pg_outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op)
-{
-    int rc = tms__pg_submit(tms__pg_of_outbox(self), TMS_PG_PORT_OUTBOX, &(*op)->msg);
-    if (rc == 0)
-        *op = NULL;
-    return rc;
-}

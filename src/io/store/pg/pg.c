@@ -15,28 +15,22 @@
 #include "core/metrics.h"
 #include "io/store/pg/internal.h"
 
-#define MAX_OPS 16
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define TICK_MS 50
 
-static const tms_pg_port_t *const ports[TMS_PG_NPORTS] = {
-    [TMS_PG_PORT_TASKS] = &tms__pg_tasks_port,
-    [TMS_PG_PORT_OUTBOX] = &tms__pg_outbox_port,
+static const tms_pg_port_t *const ports[TMS_STORE_NPORTS] = {
+    [TMS_STORE_TASKS] = &tms__pg_tasks_port,
+    [TMS_STORE_OUTBOX] = &tms__pg_outbox_port,
 };
-
-/* Process-wide pool gauges (every pool adds to them), so a scrape never reads a
- * freed pool. */
-/* For a gauge that outlives its pool: a closed pool has nothing up or queued. */
-static long g_zero;
 
 typedef struct req req_t;
 struct req {
     req_t *next;
-    int port; /* -1: a connection's setup (the prepares) */
+    int port; /* a tms_store_port_t, or -1: a connection's setup (the prepares) */
     tms_msg_t *msg;
     tms_pg_call_t call;
-    uint64_t t0;       /* uv_hrtime at submit */
+    uint64_t began;    /* tms_store_begin when sent; 0 while queued */
     uint64_t deadline; /* uv_now ms */
     int nq;            /* statements before the sync */
     int ngot;          /* results read */
@@ -75,9 +69,8 @@ struct conn {
 };
 
 struct tms_pg {
-    tms_task_store_t task_store;     /* first member */
-    long g_up, g_queued, g_inflight; /* the gauges, read by any worker's /metrics */
-    tms_outbox_t outbox;
+    tms_store_t st; /* first member: the ports, their lifecycle and metrics */
+    long g_up;      /* connections up, read by any worker's /metrics */
     uv_loop_t *loop;
     tms_pg_options_t opt;
     PQconninfoOption *info;
@@ -90,8 +83,6 @@ struct tms_pg {
     uv_timer_t tick;
     int closing, handles;
     uint64_t rng;
-    tms_histogram_t *duration[TMS_PG_NPORTS][MAX_OPS];
-    tms_counter_t *errors[TMS_PG_NPORTS][MAX_OPS];
 };
 
 static void conn_down(conn_t *c, const char *why);
@@ -126,24 +117,14 @@ bool tms_pg_url(const char *url)
     return strncmp(url, "postgres://", 11) == 0 || strncmp(url, "postgresql://", 13) == 0;
 }
 
-tms_pg_t *tms__pg_of_tasks(tms_task_store_t *self)
-{
-    return (tms_pg_t *)((char *)self - offsetof(tms_pg_t, task_store));
-}
-
-tms_pg_t *tms__pg_of_outbox(tms_outbox_t *self)
-{
-    return (tms_pg_t *)((char *)self - offsetof(tms_pg_t, outbox));
-}
-
 tms_task_store_t *tms_pg_task_store(tms_pg_t *pg)
 {
-    return &pg->task_store;
+    return tms_store_tasks(&pg->st);
 }
 
 tms_outbox_t *tms_pg_outbox(tms_pg_t *pg)
 {
-    return &pg->outbox;
+    return tms_store_outbox(&pg->st);
 }
 
 int tms_pg_connections_up(tms_pg_t *pg)
@@ -206,15 +187,7 @@ static void map_error(tms_error_t *e, const PGresult *res, const char *op)
 
 static void reply(tms_pg_t *pg, req_t *r)
 {
-    const tms_pg_port_t *p = ports[r->port];
-    int op = r->msg->op;
-    tms_error_t *e = p->err(r->msg);
-    if (op > 0 && op < p->nops) {
-        if (e->code == TMS_INTERNAL || e->code == TMS_UNAVAILABLE)
-            tms_counter_add(pg->errors[r->port][op], 1);
-        tms_histogram_observe(pg->duration[r->port][op], (double)(uv_hrtime() - r->t0) / 1e9);
-    }
-    tms_mailbox_reply(r->msg);
+    tms_store_reply(&pg->st, (tms_store_port_t)r->port, r->msg, r->began);
     free_req(r);
 }
 
@@ -224,18 +197,18 @@ static void fail_req(tms_pg_t *pg, req_t *r, const char *why)
         free_req(r);
         return;
     }
-    tms_error_set(ports[r->port]->err(r->msg), TMS_UNAVAILABLE, "%s", why);
+    tms_error_set(tms_store_op_err((tms_store_port_t)r->port, r->msg), TMS_UNAVAILABLE, "%s", why);
     reply(pg, r);
 }
 
 /* ---- the socket ---------------------------------------------------------- */
 
-static void forget_gauges(void);
-
+/* The last handle closed: the pool is gone. */
 static void release(tms_pg_t *pg)
 {
     if (--pg->handles == 0) {
-        forget_gauges();
+        tms_metrics_drop_gauges_of(&pg->g_up);
+        tms_store_released(&pg->st);
         free(pg->conns);
         free(pg);
     }
@@ -350,7 +323,6 @@ static void conn_down(conn_t *c, const char *why)
      * UNAVAILABLE and retries (creates with an Idempotency-Key replay safely). */
     while ((r = c->head) != NULL) {
         c->head = r->next;
-        gauge_add(&pg->g_inflight, -1);
         fail_req(pg, r, "store unavailable");
     }
     c->tail = NULL;
@@ -382,8 +354,8 @@ static void send_setup(conn_t *c)
         conn_down(c, "cannot enter pipeline mode");
         return;
     }
-    for (int p = 0; p < TMS_PG_NPORTS; p++) {
-        for (size_t i = 0; i < ports[p]->nstmts; i++) {
+    for (int p = 0; p < TMS_STORE_NPORTS; p++) {
+        for (size_t i = 0; ports[p] && i < ports[p]->nstmts; i++) {
             if (PQsendPrepare(c->pq, ports[p]->stmts[i].name, ports[p]->stmts[i].sql, 0, NULL) !=
                 1) {
                 free(r);
@@ -533,17 +505,15 @@ static void complete(conn_t *c, req_t *r)
         setup_done(c, r);
         return;
     }
-    gauge_add(&c->pg->g_inflight, -1);
     {
-        const tms_pg_port_t *p = ports[r->port];
-        int op = r->msg->op;
-        const char *name = op > 0 && op < p->nops ? p->op_names[op] : "?";
+        tms_store_port_t port = (tms_store_port_t)r->port;
+        tms_error_t *e = tms_store_op_err(port, r->msg);
         if (r->err)
-            map_error(p->err(r->msg), r->err, name);
+            map_error(e, r->err, tms_store_op_name(port, r->msg->op));
         else if (r->res)
-            p->finish(r->msg, r->res);
+            ports[port]->finish(r->msg, r->res);
         else
-            tms_error_set(p->err(r->msg), TMS_INTERNAL, "internal error");
+            tms_error_set(e, TMS_INTERNAL, "internal error");
     }
     reply(c->pg, r);
 }
@@ -635,20 +605,9 @@ static conn_t *pick(tms_pg_t *pg)
 
 static void send_req(conn_t *c, req_t *r)
 {
-    if (PQsendQueryPrepared(c->pq, r->call.stmt, r->call.nparams, r->call.values, NULL, NULL, 0) !=
-            1 ||
-        PQpipelineSync(c->pq) != 1) {
-        /* The connection is broken: this op fails like the ones in flight. */
-        r->next = NULL;
-        if (c->tail)
-            c->tail->next = r;
-        else
-            c->head = r;
-        c->tail = r;
-        c->ninflight++;
-        conn_down(c, PQerrorMessage(c->pq));
-        return;
-    }
+    bool sent = PQsendQueryPrepared(c->pq, r->call.stmt, r->call.nparams, r->call.values, NULL,
+                                    NULL, 0) == 1 &&
+                PQpipelineSync(c->pq) == 1;
     r->next = NULL;
     if (c->tail)
         c->tail->next = r;
@@ -656,6 +615,10 @@ static void send_req(conn_t *c, req_t *r)
         c->head = r;
     c->tail = r;
     c->ninflight++;
+    if (!sent) { /* the connection is broken: this op fails like the ones in flight */
+        conn_down(c, PQerrorMessage(c->pq));
+        return;
+    }
     c->dirty = 1;
 }
 
@@ -672,12 +635,11 @@ static void pump(tms_pg_t *pg)
         if (!pg->qhead)
             pg->qtail = NULL;
         pg->qlen--;
-        gauge_add(&pg->g_queued, -1);
         if (dead) {
             fail_req(pg, r, "store unavailable");
             continue;
         }
-        gauge_add(&pg->g_inflight, 1);
+        r->began = tms_store_begin(&pg->st);
         send_req(c, r);
     }
     for (int i = 0; i < pg->nconns; i++)
@@ -685,26 +647,26 @@ static void pump(tms_pg_t *pg)
             flush(&pg->conns[i]);
 }
 
-int tms__pg_submit(tms_pg_t *pg, int port, tms_msg_t *msg)
+/* The backend's submit (loop thread). */
+static int pg_submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **pmsg)
 {
+    tms_pg_t *pg = (tms_pg_t *)st;
+    tms_msg_t *msg = *pmsg;
     req_t *r;
-    if (pg->closing)
-        return -TMS_ECLOSED;
     if (pg->qlen >= pg->opt.queue_capacity)
         return -TMS_EFULL;
-    msg->kind = TMS_MSG_REQUEST; /* a caller may reuse an op that came back */
+    *pmsg = NULL;
     r = tms_new(req_t);
-    r->port = port;
+    r->port = (int)port;
     r->msg = msg;
     r->nq = 1;
-    r->t0 = uv_hrtime();
     r->deadline = uv_now(pg->loop) + (uint64_t)pg->opt.statement_timeout_ms + 1000;
     if (ports[port]->prepare(msg, &r->call) != 0) {
         reply(pg, r);
         return 0;
     }
     /* A readiness probe answers now when no connection is up. */
-    if (port == TMS_PG_PORT_TASKS && msg->op == TMS_TASK_PING && pg->up == 0) {
+    if (port == TMS_STORE_TASKS && msg->op == TMS_TASK_PING && pg->up == 0) {
         fail_req(pg, r, "store unavailable");
         return 0;
     }
@@ -714,7 +676,6 @@ int tms__pg_submit(tms_pg_t *pg, int port, tms_msg_t *msg)
         pg->qhead = r;
     pg->qtail = r;
     pg->qlen++;
-    gauge_add(&pg->g_queued, 1);
     pump(pg);
     return 0;
 }
@@ -731,7 +692,6 @@ static void on_tick(uv_timer_t *t)
         if (!pg->qhead)
             pg->qtail = NULL;
         pg->qlen--;
-        gauge_add(&pg->g_queued, -1);
         fail_req(pg, r, "store unavailable");
     }
     for (int i = 0; i < pg->nconns; i++) {
@@ -751,37 +711,10 @@ static void on_handle_closed(uv_handle_t *h)
     release(h->data);
 }
 
-/* The gauges stop reading a pool about to be freed. */
-static void forget_gauges(void)
-{
-    tms_metrics_gauge_fn("tms_pg_connections_up", "PostgreSQL connections ready.", "", gauge_read,
-                         &g_zero);
-    tms_metrics_gauge_fn("tms_pg_queue_depth", "Operations waiting for a PostgreSQL connection.",
-                         "", gauge_read, &g_zero);
-    tms_metrics_gauge_fn("tms_pg_inflight", "Operations sent to PostgreSQL, not yet answered.", "",
-                         gauge_read, &g_zero);
-}
-
 static void metrics(tms_pg_t *pg)
 {
-    char labels[96];
-    for (int p = 0; p < TMS_PG_NPORTS; p++) {
-        for (int i = 1; i < ports[p]->nops && i < MAX_OPS; i++) {
-            snprintf(labels, sizeof(labels), "store=\"postgres\",op=\"%s\"", ports[p]->op_names[i]);
-            pg->duration[p][i] = tms_metrics_histogram("tms_store_duration_seconds",
-                                                       "Time to run one store operation.", labels);
-            pg->errors[p][i] = tms_metrics_counter("tms_store_errors_total",
-                                                   "Store operations that failed (UNAVAILABLE or "
-                                                   "INTERNAL; not found and conflicts excluded).",
-                                                   labels);
-        }
-    }
     tms_metrics_gauge_fn("tms_pg_connections_up", "PostgreSQL connections ready.", "", gauge_read,
                          &pg->g_up);
-    tms_metrics_gauge_fn("tms_pg_queue_depth", "Operations waiting for a PostgreSQL connection.",
-                         "", gauge_read, &pg->g_queued);
-    tms_metrics_gauge_fn("tms_pg_inflight", "Operations sent to PostgreSQL, not yet answered.", "",
-                         gauge_read, &pg->g_inflight);
 }
 
 /* Which host name, if any, the pool must resolve itself (libpq's lookup blocks). */
@@ -809,6 +742,32 @@ static void find_host(tms_pg_t *pg)
     pg->resolve_host = tms_strdup(host);
 }
 
+/* Every port handed out is closed and drained (nothing queued or in flight): close
+ * the connections and handles; pg goes in the last close callback (release). */
+static void pg_release(tms_store_t *st)
+{
+    tms_pg_t *pg = (tms_pg_t *)st;
+    pg->closing = 1;
+    for (int i = 0; i < pg->nconns; i++) {
+        conn_t *c = &pg->conns[i];
+        if (c->state != DOWN || c->pq)
+            conn_down(c, "closing");
+        c->timer.data = pg;
+        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    }
+    PQconninfoFree(pg->info);
+    pg->info = NULL;
+    free(pg->resolve_host);
+    pg->resolve_host = NULL;
+    uv_close((uv_handle_t *)&pg->tick, on_handle_closed);
+}
+
+static const tms_store_backend_t backend = {
+    .name = "postgres",
+    .submit = pg_submit,
+    .release = pg_release,
+};
+
 tms_pg_t *tms_pg_open(uv_loop_t *loop, const char *url, const tms_pg_options_t *opt, char *err,
                       size_t err_len)
 {
@@ -834,10 +793,8 @@ tms_pg_t *tms_pg_open(uv_loop_t *loop, const char *url, const tms_pg_options_t *
     }
 
     pg = tms_new(tms_pg_t);
-    pg->task_store.name = "postgres";
-    pg->task_store.submit = tms__pg_tasks_submit;
-    pg->outbox.name = "postgres";
-    pg->outbox.submit = tms__pg_outbox_submit;
+    tms_store_init(&pg->st, &backend, loop,
+                   TMS_STORE_SERVES(TMS_STORE_TASKS) | TMS_STORE_SERVES(TMS_STORE_OUTBOX));
     pg->loop = loop;
     pg->info = info;
     if (opt)
@@ -872,33 +829,4 @@ tms_pg_t *tms_pg_open(uv_loop_t *loop, const char *url, const tms_pg_options_t *
         start_connect(c);
     }
     return pg;
-}
-
-void tms_pg_close(tms_pg_t **ppg)
-{
-    tms_pg_t *pg = *ppg;
-    req_t *r;
-    if (!pg)
-        return;
-    *ppg = NULL;
-    pg->closing = 1;
-    while ((r = pg->qhead) != NULL) {
-        pg->qhead = r->next;
-        gauge_add(&pg->g_queued, -1);
-        fail_req(pg, r, "store closing");
-    }
-    pg->qtail = NULL;
-    pg->qlen = 0;
-    for (int i = 0; i < pg->nconns; i++) {
-        conn_t *c = &pg->conns[i];
-        if (c->state != DOWN || c->pq)
-            conn_down(c, "closing");
-        c->timer.data = pg;
-        uv_close((uv_handle_t *)&c->timer, on_handle_closed);
-    }
-    PQconninfoFree(pg->info);
-    pg->info = NULL;
-    free(pg->resolve_host);
-    pg->resolve_host = NULL;
-    uv_close((uv_handle_t *)&pg->tick, on_handle_closed);
 }

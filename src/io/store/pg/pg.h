@@ -4,7 +4,8 @@
  * mode, prepared statements, and one statement per operation (the transactional
  * writes are server-side functions installed by the migrations, so a task change,
  * its outbox event and its idempotency record commit together). Ports must be
- * submitted from the loop's thread; replies go to msg.reply_to like every store. */
+ * submitted from the loop's thread; replies go to msg.reply_to like every store
+ * (io/store/store.h; core/port.h). */
 #ifndef TMS_IO_PG_H
 #define TMS_IO_PG_H
 
@@ -34,19 +35,16 @@ typedef struct tms_pg_options {
 tms_pg_t *tms_pg_open(uv_loop_t *loop, const char *url, const tms_pg_options_t *opt, char *err,
                       size_t err_len);
 
-/** The task store port served by pg (owned by pg, valid until tms_pg_close). */
+/** The task store port served by pg (the same pointer on every call). Close it
+ * through its vtable (core/port.h); pg is released, its connections closed, with the
+ * last port it handed out. */
 tms_task_store_t *tms_pg_task_store(tms_pg_t *pg);
 
-/** The outbox and inbox port served by pg (owned by pg, valid until tms_pg_close). */
+/** The outbox and inbox port served by pg; as tms_pg_task_store. */
 tms_outbox_t *tms_pg_outbox(tms_pg_t *pg);
 
 /** Connections currently up (loop thread). */
 int tms_pg_connections_up(tms_pg_t *pg);
-
-/** Stop accepting (-TMS_ECLOSED), answer every queued or in-flight op with
- * UNAVAILABLE now (their reply mailboxes are still alive), close the connections and
- * free pg in the handles' close callbacks once the loop runs. Sets *pg NULL. */
-void tms_pg_close(tms_pg_t **pg);
 
 /** Apply pending migrations on a blocking connection (for `tms migrate`; never on a
  * serving loop). Returns 0, or -TMS_EIO with a one-line reason in err. */

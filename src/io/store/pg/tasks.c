@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "io/store/pg/internal.h"
 
@@ -18,15 +19,6 @@
 #define OUT_COLS                                                                                   \
     "o_st, o_id, o_title, o_description, o_status, o_assigned_to, o_created_by, o_created_at_ms,"  \
     " o_updated_at_ms, o_version"
-
-enum { NOPS = TMS_TASK_PING + 1 };
-
-static const char *const op_names[NOPS] = {
-    [TMS_TASK_CREATE] = "task_create", [TMS_TASK_GET] = "task_get",
-    [TMS_TASK_LIST] = "task_list",     [TMS_TASK_UPDATE] = "task_update",
-    [TMS_TASK_DELETE] = "task_delete", [TMS_TASK_UNASSIGN_USER] = "task_unassign_user",
-    [TMS_TASK_PING] = "task_ping",
-};
 
 static const tms_pg_stmt_t stmts[] = {
     {"task_create", "SELECT " OUT_COLS " FROM tms_task_create($1, $2, $3, $4, $5, $6, $7, $8,"
@@ -58,10 +50,6 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
 {
     tms_task_op_t *op = (tms_task_op_t *)msg;
     const char **v = c->values;
-    op->replayed = false;
-    op->has_more = false;
-    op->count = 0;
-    tms_error_set(&op->err, TMS_OK, "%s", "");
     switch (msg->op) {
     case TMS_TASK_CREATE:
         c->stmt = "task_create";
@@ -125,7 +113,9 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
         c->stmt = "task_unassign";
         c->nparams = 2;
         v[0] = op->user_id;
-        v[1] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->task.updated_at_ms);
+        /* As on SQLite: without a time from the caller, the store's clock. */
+        v[1] = tms__pg_i64(c->num[0], sizeof(c->num[0]),
+                           op->task.updated_at_ms ? op->task.updated_at_ms : tms_now_ms());
         return 0;
     case TMS_TASK_PING:
         c->stmt = "task_ping";
@@ -171,7 +161,8 @@ static void finish_write(tms_task_op_t *op, const PGresult *res)
     } else if (strcmp(st, "gone") == 0) {
         tms_task_op_refuse(op, TMS_ALREADY_EXISTS, TMS_TASK_IDEMPOTENCY_GONE);
     } else {
-        tms_log_error("pg_bad_result", "op=%s st=%s", op_names[op->msg.op], st);
+        tms_log_error("pg_bad_result", "op=%s st=%s",
+                      tms_store_op_name(TMS_STORE_TASKS, op->msg.op), st);
         tms_error_set(&op->err, TMS_INTERNAL, "internal error");
     }
 }
@@ -213,26 +204,10 @@ static void finish(tms_msg_t *msg, const PGresult *res)
     }
 }
 
-static tms_error_t *err_of(tms_msg_t *msg)
-{
-    return &((tms_task_op_t *)msg)->err;
-}
-
 const tms_pg_port_t tms__pg_tasks_port = {
     .name = "tasks",
-    .nops = NOPS,
-    .op_names = op_names,
     .stmts = stmts,
     .nstmts = sizeof(stmts) / sizeof(stmts[0]),
     .prepare = prepare,
     .finish = finish,
-    .err = err_of,
 };
-
-int tms__pg_tasks_submit(tms_task_store_t *self, tms_task_op_t **op)
-{
-    int rc = tms__pg_submit(tms__pg_of_tasks(self), TMS_PG_PORT_TASKS, &(*op)->msg);
-    if (rc == 0)
-        *op = NULL;
-    return rc;
-}

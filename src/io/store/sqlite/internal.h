@@ -10,32 +10,27 @@
 #include <stddef.h>
 
 #include "core/mailbox.h"
-#include "core/metrics.h"
 #include "core/status.h"
 #include "core/outbox.h"
 #include "core/task_store.h"
 #include "core/user_store.h"
 #include "io/store/sqlite/sqlite.h"
+#include "io/store/store.h"
 
-/* Ports served by the db thread. The port index travels in the high bits of msg->op
- * while the message is queued (ports number their own ops from 1, so they would
- * collide otherwise) and is removed before the port sees the message. 0 is unused so
- * that an untagged message is caught. */
-enum {
-    TMS_SQLITE_PORT_USERS = 1,
-    TMS_SQLITE_PORT_TASKS,
-    TMS_SQLITE_PORT_OUTBOX,
-    TMS_SQLITE_NPORTS,
-};
+/* The port index (tms_store_port_t + 1) travels in the high bits of msg->op while
+ * the message is queued (ports number their own ops from 1, so they would collide
+ * otherwise) and is removed before the port sees the message. 0 is unused so that an
+ * untagged message is caught. */
 #define TMS_SQLITE_PORT_SHIFT 16
 
-/* What the db thread needs from a port. */
+/* What the db thread needs from a port's SQL (users.c, tasks.c, outbox.c). */
 typedef struct tms_sqlite_port {
     const char *name;
-    /** After the database is open: allocate the port's state (statement cache,
-     * metrics). Never NULL. */
+    /** After the database is open: allocate the port's state (statement cache).
+     * Never NULL. */
     void *(*start)(sqlite3 *db);
-    /** Run one operation and store its outcome in msg; the db thread replies. */
+    /** Run one operation (op code in range, outputs reset) and store its outcome in
+     * msg; the db thread replies. */
     void (*run)(void *state, sqlite3 *db, tms_msg_t *msg);
     /** Before the database closes: finalize statements and free state. */
     void (*stop)(void *state);
@@ -46,13 +41,11 @@ extern const tms_sqlite_port_t tms__sqlite_tasks_port;
 extern const tms_sqlite_port_t tms__sqlite_outbox_port;
 
 struct tms_sqlite {
-    tms_user_store_t user_store; /* first member; submit: tms__sqlite_users_submit */
-    tms_task_store_t task_store; /* submit: tms__sqlite_tasks_submit */
-    tms_outbox_t outbox;         /* submit: tms__sqlite_outbox_submit */
-    tms_mailbox_t *mb;           /* threaded; consumed only by the owner thread */
+    tms_store_t st;    /* first member: the ports, their lifecycle and metrics */
+    tms_mailbox_t *mb; /* threaded; consumed only by the owner thread */
     pthread_t thread;
     char *path;
-    void *port_state[TMS_SQLITE_NPORTS]; /* owner thread only */
+    void *port_state[TMS_STORE_NPORTS]; /* owner thread only */
     /* start-up handshake: the owner thread reports whether open and migrate worked */
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -60,25 +53,6 @@ struct tms_sqlite {
     int start_rc;
     char start_err[256];
 };
-
-/** Any thread: tag msg with port, mark it a request and post it to the db thread.
- * Takes ownership and clears *msg on success; on failure the message is left as it
- * was. Returns 0, -TMS_EFULL, -TMS_ECLOSED or -TMS_EINVAL (op out of range). */
-int tms__sqlite_post(tms_sqlite_t *db, int port, tms_msg_t **msg);
-
-/** The user store port's submit (any thread). */
-int tms__sqlite_users_submit(tms_user_store_t *self, tms_user_op_t **op);
-
-/** The task store port's submit (any thread). */
-int tms__sqlite_tasks_submit(tms_task_store_t *self, tms_task_op_t **op);
-
-/** The outbox port's submit (any thread). */
-int tms__sqlite_outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op);
-
-/** Register tms_store_duration_seconds and tms_store_errors_total for ops 1..nops-1
- * of a port (store="sqlite", op=names[i]) into duration[] and errors[]. */
-void tms__sqlite_port_metrics(const char *const *names, int nops, tms_histogram_t **duration,
-                              tms_counter_t **errors);
 
 /** Column i of the current row as a heap string ("" for NULL). */
 char *tms__sqlite_column_dup(sqlite3_stmt *st, int i);

@@ -10,16 +10,9 @@
 #include "core/alloc.h"
 #include "core/clock.h"
 #include "core/log.h"
-#include "core/metrics.h"
 #include "io/store/sqlite/internal.h"
 
 enum { NOPS = TMS_OUTBOX_PENDING + 1 };
-
-static const char *const op_names[NOPS] = {
-    [TMS_OUTBOX_FETCH] = "outbox_fetch", [TMS_OUTBOX_MARK_SENT] = "outbox_mark_sent",
-    [TMS_OUTBOX_ADD] = "outbox_add",     [TMS_INBOX_SEEN] = "inbox_seen",
-    [TMS_INBOX_RECORD] = "inbox_record", [TMS_OUTBOX_PENDING] = "outbox_pending",
-};
 
 static const char *const op_sql[NOPS] = {
     [TMS_OUTBOX_FETCH] = "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
@@ -38,8 +31,6 @@ static const char *const op_sql[NOPS] = {
 
 typedef struct outbox {
     sqlite3_stmt *stmt[NOPS];
-    tms_histogram_t *duration[NOPS];
-    tms_counter_t *errors[NOPS];
 } outbox_t;
 
 int tms__sqlite_outbox_insert(sqlite3 *db, sqlite3_stmt **slot, const char *event_id,
@@ -66,7 +57,6 @@ static void *outbox_start(sqlite3 *db)
 {
     outbox_t *o = tms_new(outbox_t);
     (void)db; /* statements are prepared on first use */
-    tms__sqlite_port_metrics(op_names, NOPS, o->duration, o->errors);
     return o;
 }
 
@@ -126,27 +116,11 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
     outbox_t *o = state;
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
     int kind = msg->op, rc;
-    uint64_t t0 = uv_hrtime();
-    sqlite3_stmt *st = NULL;
+    sqlite3_stmt *st = tms__sqlite_stmt(db, &o->stmt[kind], op_sql[kind]);
 
-    tms_error_set(&op->err, TMS_OK, "%s", "");
-    /* An op that came back as a reply may be submitted again: drop old outputs. */
-    op->seen = false;
-    op->count = 0;
-    for (size_t i = 0; i < op->nevents; i++)
-        free(op->events[i].payload);
-    free(op->events);
-    op->events = NULL;
-    op->nevents = 0;
-    if (kind <= 0 || kind >= NOPS) {
-        tms_log_error("sqlite_bad_op", "port=outbox op=%d", kind);
-        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
-        return;
-    }
-    st = tms__sqlite_stmt(db, &o->stmt[kind], op_sql[kind]);
     if (!st) {
         tms_error_set(&op->err, TMS_INTERNAL, "internal error");
-        goto out;
+        return;
     }
     switch (kind) {
     case TMS_OUTBOX_FETCH:
@@ -187,11 +161,7 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
     }
     tms__sqlite_done(st);
     if (rc != SQLITE_DONE)
-        tms__sqlite_fail(&op->err, db, rc, op_names[kind]);
-out:
-    if (op->err.code == TMS_INTERNAL || op->err.code == TMS_UNAVAILABLE)
-        tms_counter_add(o->errors[kind], 1);
-    tms_histogram_observe(o->duration[kind], (double)(uv_hrtime() - t0) / 1e9);
+        tms__sqlite_fail(&op->err, db, rc, tms_store_op_name(TMS_STORE_OUTBOX, kind));
 }
 
 const tms_sqlite_port_t tms__sqlite_outbox_port = {
@@ -200,13 +170,3 @@ const tms_sqlite_port_t tms__sqlite_outbox_port = {
     .run = outbox_run,
     .stop = outbox_stop,
 };
-
-int tms__sqlite_outbox_submit(tms_outbox_t *self, tms_outbox_op_t **op)
-{
-    tms_sqlite_t *db = (tms_sqlite_t *)((char *)self - offsetof(tms_sqlite_t, outbox));
-    tms_msg_t *msg = &(*op)->msg;
-    int rc = tms__sqlite_post(db, TMS_SQLITE_PORT_OUTBOX, &msg);
-    if (rc == 0)
-        *op = NULL;
-    return rc;
-}

@@ -11,17 +11,16 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
-#include "core/metrics.h"
 #include "io/store/sqlite/internal.h"
 
 /* How long a write waits for another connection (another process, `tms migrate`)
  * to release the database before the op fails UNAVAILABLE. */
 #define BUSY_TIMEOUT_MS 5000
 
-static const tms_sqlite_port_t *const ports[TMS_SQLITE_NPORTS] = {
-    [TMS_SQLITE_PORT_USERS] = &tms__sqlite_users_port,
-    [TMS_SQLITE_PORT_TASKS] = &tms__sqlite_tasks_port,
-    [TMS_SQLITE_PORT_OUTBOX] = &tms__sqlite_outbox_port,
+static const tms_sqlite_port_t *const ports[TMS_STORE_NPORTS] = {
+    [TMS_STORE_USERS] = &tms__sqlite_users_port,
+    [TMS_STORE_TASKS] = &tms__sqlite_tasks_port,
+    [TMS_STORE_OUTBOX] = &tms__sqlite_outbox_port,
 };
 
 static int exec_pragma(sqlite3 *db, const char *sql, char *err, size_t err_len)
@@ -128,15 +127,14 @@ void tms__sqlite_fail(tms_error_t *err, sqlite3 *db, int rc, const char *op)
     }
 }
 
-int tms__sqlite_post(tms_sqlite_t *db, int port, tms_msg_t **msg)
+/* The backend's submit (any thread): tag msg with its port and post it to the db
+ * thread. */
+static int sqlite_submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **msg)
 {
+    tms_sqlite_t *db = (tms_sqlite_t *)st;
     tms_msg_t *m = *msg;
     int op = m->op, rc;
-    if (op < 0 || op >= (1 << TMS_SQLITE_PORT_SHIFT))
-        return -TMS_EINVAL;
-    /* A caller may reuse an op that came back as a reply. */
-    m->kind = TMS_MSG_REQUEST;
-    m->op = op | (port << TMS_SQLITE_PORT_SHIFT);
+    m->op = op | ((int)(port + 1) << TMS_SQLITE_PORT_SHIFT);
     rc = tms_mailbox_post(db->mb, msg);
     if (rc != 0)
         m->op = op;
@@ -145,20 +143,16 @@ int tms__sqlite_post(tms_sqlite_t *db, int port, tms_msg_t **msg)
 
 static void dispatch(tms_sqlite_t *s, sqlite3 *db, tms_msg_t *msg)
 {
-    int port = (int)((unsigned)msg->op >> TMS_SQLITE_PORT_SHIFT);
-    if (msg->kind == TMS_MSG_STOP) {
-        /* Nobody sends one today; honour it the way close does. */
-        tms_mailbox_close(s->mb);
-        tms_mailbox_reply(msg);
-        return;
-    }
+    int tag = (int)((unsigned)msg->op >> TMS_SQLITE_PORT_SHIFT);
+    tms_store_port_t port = (tms_store_port_t)(tag - 1);
+    uint64_t t0 = tms_store_begin(&s->st);
     msg->op &= (1 << TMS_SQLITE_PORT_SHIFT) - 1;
-    if (port <= 0 || port >= TMS_SQLITE_NPORTS || !ports[port]) {
-        tms_log_error("sqlite_bad_message", "port=%d op=%d", port, msg->op);
-    } else {
-        ports[port]->run(s->port_state[port], db, msg);
+    if (tag <= 0 || tag > TMS_STORE_NPORTS) { /* only submit posts here */
+        tms_log_error("sqlite_bad_message", "port=%d op=%d", tag, msg->op);
+        abort();
     }
-    tms_mailbox_reply(msg);
+    ports[port]->run(s->port_state[port], db, msg);
+    tms_store_reply(&s->st, port, msg, t0);
 }
 
 static void report_start(tms_sqlite_t *s, int rc)
@@ -179,7 +173,7 @@ static void *db_main(void *arg)
 
     rc = tms__sqlite_open_db(s->path, &db, s->start_err, sizeof(s->start_err));
     if (rc == 0) {
-        for (i = 1; i < TMS_SQLITE_NPORTS; i++)
+        for (i = 0; i < TMS_STORE_NPORTS; i++)
             s->port_state[i] = ports[i]->start(db);
     }
     report_start(s, rc);
@@ -189,7 +183,7 @@ static void *db_main(void *arg)
      * accepted op is answered before the database closes. */
     while ((msg = tms_mailbox_take(s->mb, -1)) != NULL)
         dispatch(s, db, msg);
-    for (i = 1; i < TMS_SQLITE_NPORTS; i++)
+    for (i = 0; i < TMS_STORE_NPORTS; i++)
         ports[i]->stop(s->port_state[i]);
     rc = sqlite3_close(db);
     if (rc != SQLITE_OK) /* a statement left unfinalized: a bug in a port */
@@ -206,17 +200,29 @@ static void destroy(tms_sqlite_t *s)
     free(s);
 }
 
-tms_sqlite_t *tms_sqlite_open(const char *path, size_t queue_capacity, char *err, size_t err_len)
+/* Every port handed out is closed and drained: stop the thread (it answers what is
+ * left, which is nothing), close the database and free. */
+static void sqlite_release(tms_store_t *st)
+{
+    tms_sqlite_t *s = (tms_sqlite_t *)st;
+    tms_mailbox_close(s->mb);
+    pthread_join(s->thread, NULL);
+    tms_store_released(st);
+    destroy(s);
+}
+
+static const tms_store_backend_t backend = {
+    .name = "sqlite",
+    .submit = sqlite_submit,
+    .release = sqlite_release,
+};
+
+tms_sqlite_t *tms_sqlite_open(uv_loop_t *loop, const char *path, size_t queue_capacity, char *err,
+                              size_t err_len)
 {
     tms_sqlite_t *s = tms_new(tms_sqlite_t);
     int rc;
 
-    s->user_store.name = "sqlite";
-    s->user_store.submit = tms__sqlite_users_submit;
-    s->task_store.name = "sqlite";
-    s->task_store.submit = tms__sqlite_tasks_submit;
-    s->outbox.name = "sqlite";
-    s->outbox.submit = tms__sqlite_outbox_submit;
     s->path = tms_strdup(path);
     s->mb = tms_mailbox_new_threaded("sqlite", queue_capacity);
     pthread_mutex_init(&s->lock, NULL);
@@ -236,6 +242,9 @@ tms_sqlite_t *tms_sqlite_open(const char *path, size_t queue_capacity, char *err
         snprintf(err, err_len, "%s", s->start_err);
         goto fail;
     }
+    tms_store_init(&s->st, &backend, loop,
+                   TMS_STORE_SERVES(TMS_STORE_USERS) | TMS_STORE_SERVES(TMS_STORE_TASKS) |
+                       TMS_STORE_SERVES(TMS_STORE_OUTBOX));
     return s;
 fail:
     destroy(s);
@@ -244,28 +253,17 @@ fail:
 
 tms_user_store_t *tms_sqlite_user_store(tms_sqlite_t *db)
 {
-    return &db->user_store;
+    return tms_store_users(&db->st);
 }
 
 tms_task_store_t *tms_sqlite_task_store(tms_sqlite_t *db)
 {
-    return &db->task_store;
+    return tms_store_tasks(&db->st);
 }
 
 tms_outbox_t *tms_sqlite_outbox(tms_sqlite_t *db)
 {
-    return &db->outbox;
-}
-
-void tms_sqlite_close(tms_sqlite_t **pdb)
-{
-    tms_sqlite_t *s = *pdb;
-    if (!s)
-        return;
-    *pdb = NULL;
-    tms_mailbox_close(s->mb);
-    pthread_join(s->thread, NULL);
-    destroy(s);
+    return tms_store_outbox(&db->st);
 }
 
 int tms_sqlite_migrate(const char *path, char *err, size_t err_len)
@@ -276,21 +274,6 @@ int tms_sqlite_migrate(const char *path, char *err, size_t err_len)
         return rc;
     sqlite3_close(db);
     return 0;
-}
-
-void tms__sqlite_port_metrics(const char *const *names, int nops, tms_histogram_t **duration,
-                              tms_counter_t **errors)
-{
-    char labels[64];
-    for (int i = 1; i < nops; i++) {
-        snprintf(labels, sizeof(labels), "store=\"sqlite\",op=\"%s\"", names[i]);
-        duration[i] = tms_metrics_histogram("tms_store_duration_seconds",
-                                            "Time to run one store operation.", labels);
-        errors[i] = tms_metrics_counter("tms_store_errors_total",
-                                        "Store operations that failed (UNAVAILABLE or "
-                                        "INTERNAL; not found and conflicts excluded).",
-                                        labels);
-    }
 }
 
 char *tms__sqlite_column_dup(sqlite3_stmt *st, int i)

@@ -12,21 +12,11 @@
 #include "core/clock.h"
 #include "core/events.h"
 #include "core/log.h"
-#include "core/metrics.h"
 #include "io/store/sqlite/internal.h"
 
 #define COLS                                                                                       \
     "id, title, description, status, assigned_to, created_by, created_at_ms, updated_at_ms,"       \
     " version"
-
-enum { NOPS = TMS_TASK_PING + 1 };
-
-static const char *const op_names[NOPS] = {
-    [TMS_TASK_CREATE] = "task_create", [TMS_TASK_GET] = "task_get",
-    [TMS_TASK_LIST] = "task_list",     [TMS_TASK_UPDATE] = "task_update",
-    [TMS_TASK_DELETE] = "task_delete", [TMS_TASK_UNASSIGN_USER] = "task_unassign_user",
-    [TMS_TASK_PING] = "task_ping",
-};
 
 enum stmt_id {
     ST_INSERT,
@@ -52,15 +42,12 @@ static const char *const list_sql[4] = {
 
 typedef struct tasks {
     sqlite3_stmt *stmt[ST_COUNT];
-    tms_histogram_t *duration[NOPS];
-    tms_counter_t *errors[NOPS];
 } tasks_t;
 
 static void *tasks_start(sqlite3 *db)
 {
     tasks_t *t = tms_new(tasks_t);
     (void)db; /* statements are prepared on first use */
-    tms__sqlite_port_metrics(op_names, NOPS, t->duration, t->errors);
     return t;
 }
 
@@ -115,7 +102,7 @@ static int step_task(tms_task_op_t *op, sqlite3 *db, sqlite3_stmt *st, tms_task_
     }
     tms__sqlite_done(st);
     if (rc != SQLITE_DONE) {
-        tms__sqlite_fail(&op->err, db, rc, op_names[op->msg.op]);
+        tms__sqlite_fail(&op->err, db, rc, tms_store_op_name(TMS_STORE_TASKS, op->msg.op));
         return -1;
     }
     return rows > 0;
@@ -374,26 +361,9 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
 {
     tasks_t *t = state;
     tms_task_op_t *op = (tms_task_op_t *)msg;
-    int kind = msg->op;
-    uint64_t t0 = uv_hrtime();
     sqlite3_stmt *st;
 
-    tms_error_set(&op->err, TMS_OK, "%s", "");
-    /* An op that came back as a reply may be submitted again: drop old outputs. */
-    op->replayed = false;
-    op->has_more = false;
-    op->count = 0;
-    for (size_t i = 0; i < op->ntasks; i++)
-        tms_task_dispose(&op->tasks[i]);
-    free(op->tasks);
-    op->tasks = NULL;
-    op->ntasks = 0;
-    if (kind <= 0 || kind >= NOPS) {
-        tms_log_error("sqlite_bad_op", "port=tasks op=%d", kind);
-        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
-        return;
-    }
-    switch (kind) {
+    switch (msg->op) {
     case TMS_TASK_CREATE:
         in_transaction(t, op, db, do_create);
         break;
@@ -423,9 +393,6 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
             step_task(op, db, st, NULL);
         break;
     }
-    if (op->err.code == TMS_INTERNAL || op->err.code == TMS_UNAVAILABLE)
-        tms_counter_add(t->errors[kind], 1);
-    tms_histogram_observe(t->duration[kind], (double)(uv_hrtime() - t0) / 1e9);
 }
 
 const tms_sqlite_port_t tms__sqlite_tasks_port = {
@@ -434,13 +401,3 @@ const tms_sqlite_port_t tms__sqlite_tasks_port = {
     .run = tasks_run,
     .stop = tasks_stop,
 };
-
-int tms__sqlite_tasks_submit(tms_task_store_t *self, tms_task_op_t **op)
-{
-    tms_sqlite_t *db = (tms_sqlite_t *)((char *)self - offsetof(tms_sqlite_t, task_store));
-    tms_msg_t *msg = &(*op)->msg;
-    int rc = tms__sqlite_post(db, TMS_SQLITE_PORT_TASKS, &msg);
-    if (rc == 0)
-        *op = NULL;
-    return rc;
-}

@@ -10,19 +10,11 @@
 #include "core/clock.h"
 #include "core/events.h"
 #include "core/log.h"
-#include "core/metrics.h"
 #include "io/store/sqlite/internal.h"
 
 #define COLS "id, email, password_hash, role, token_version, created_at_ms"
 
 enum { NOPS = TMS_USER_PING + 1 };
-
-static const char *const op_names[NOPS] = {
-    [TMS_USER_CREATE] = "create",       [TMS_USER_GET_BY_EMAIL] = "get_by_email",
-    [TMS_USER_GET_BY_ID] = "get_by_id", [TMS_USER_BUMP_VERSION] = "bump_version",
-    [TMS_USER_SET_ROLE] = "set_role",   [TMS_USER_DELETE] = "delete",
-    [TMS_USER_RESTORE] = "restore",     [TMS_USER_PING] = "ping",
-};
 
 /* CREATE and RESTORE share the insert. */
 static const char *const op_sql[NOPS] = {
@@ -43,15 +35,12 @@ enum { ST_TOMB_PUT, ST_TOMB_GET, ST_TOMB_DEL, ST_OUTBOX, NEXTRA };
 typedef struct users {
     sqlite3_stmt *stmt[NOPS];
     sqlite3_stmt *extra[NEXTRA];
-    tms_histogram_t *duration[NOPS];
-    tms_counter_t *errors[NOPS];
 } users_t;
 
 static void *users_start(sqlite3 *db)
 {
     users_t *u = tms_new(users_t);
     (void)db; /* statements are prepared on first use */
-    tms__sqlite_port_metrics(op_names, NOPS, u->duration, u->errors);
     return u;
 }
 
@@ -294,32 +283,21 @@ static void users_run(void *state, sqlite3 *db, tms_msg_t *msg)
     users_t *u = state;
     tms_user_op_t *op = (tms_user_op_t *)msg;
     int kind = msg->op;
-    uint64_t t0 = uv_hrtime();
+    const char *name = tms_store_op_name(TMS_STORE_USERS, kind);
     sqlite3_stmt *st;
 
-    tms_error_set(&op->err, TMS_OK, "%s", "");
-    if (kind <= 0 || kind >= NOPS) {
-        tms_log_error("sqlite_bad_op", "port=users op=%d", kind);
-        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
-        return;
-    }
     if (kind == TMS_USER_DELETE || kind == TMS_USER_RESTORE) {
-        in_transaction(u, op, db, kind == TMS_USER_DELETE ? delete_user : restore_user,
-                       op_names[kind]);
-        goto out;
+        in_transaction(u, op, db, kind == TMS_USER_DELETE ? delete_user : restore_user, name);
+        return;
     }
     st = tms__sqlite_stmt(db, &u->stmt[kind], op_sql[kind]);
     if (!st) {
         tms_error_set(&op->err, TMS_INTERNAL, "internal error");
     } else {
         bind_op(op, st);
-        run_stmt(op, db, st, op_names[kind]);
+        run_stmt(op, db, st, name);
         tms__sqlite_done(st);
     }
-out:
-    if (op->err.code == TMS_INTERNAL || op->err.code == TMS_UNAVAILABLE)
-        tms_counter_add(u->errors[kind], 1);
-    tms_histogram_observe(u->duration[kind], (double)(uv_hrtime() - t0) / 1e9);
 }
 
 const tms_sqlite_port_t tms__sqlite_users_port = {
@@ -328,13 +306,3 @@ const tms_sqlite_port_t tms__sqlite_users_port = {
     .run = users_run,
     .stop = users_stop,
 };
-
-int tms__sqlite_users_submit(tms_user_store_t *self, tms_user_op_t **op)
-{
-    tms_sqlite_t *db = (tms_sqlite_t *)self; /* user_store is its first member */
-    tms_msg_t *msg = &(*op)->msg;
-    int rc = tms__sqlite_post(db, TMS_SQLITE_PORT_USERS, &msg);
-    if (rc == 0)
-        *op = NULL;
-    return rc;
-}

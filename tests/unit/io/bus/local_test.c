@@ -63,9 +63,26 @@ static void spin(uv_loop_t *loop)
         uv_run(loop, UV_RUN_NOWAIT);
 }
 
+static void on_closed(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+/* Close the bus through its port and wait for its callback. */
+static void close_bus(uv_loop_t *loop, tms_event_bus_t **bus)
+{
+    int closed = 0;
+    (*bus)->close(*bus, on_closed, &closed);
+    *bus = NULL;
+    CHECK_EQ_INT(closed, 0); /* never inside close */
+    while (!closed && uv_run(loop, UV_RUN_ONCE))
+        ;
+    CHECK_EQ_INT(closed, 1);
+}
+
 static void finish(uv_loop_t *loop, tms_event_bus_t **bus, consumer_t *cs, int ncs)
 {
-    tms_bus_local_free(bus);
+    close_bus(loop, bus);
     for (int i = 0; i < ncs; i++)
         tms_mailbox_free(&cs[i].mailbox);
     uv_run(loop, UV_RUN_DEFAULT);
@@ -212,7 +229,7 @@ static void test_full_mailbox(void)
 
     /* Refused by the only subscriber: the failure still arrives asynchronously. */
     tms_mailbox_close(cs[1].mailbox);
-    tms_bus_local_free(&bus);
+    close_bus(&loop, &bus);
     bus = tms_bus_local_new(&loop);
     bus->subscribe(bus, "notifications", "tight", cs[1].mailbox);
     CHECK_EQ_INT(bus->publish(bus, "notifications", "3", "{}", 2, on_done, &r3), 0);
@@ -305,20 +322,34 @@ static void test_dropped_and_outstanding(void)
     CHECK_EQ_INT(r1.calls, 1);
     CHECK_EQ_INT(r1.status, -TMS_EIO);
 
-    /* Free the bus with one copy in a consumer's hands and one still queued. */
+    /* Close the bus with one copy in a consumer's hands and one still queued: it
+     * refuses new work at once and waits for both publishes to be done. */
     CHECK_EQ_INT(bus->publish(bus, "notifications", "1", "{}", 2, on_done, &r2), 0);
     spin(&loop);
     CHECK_EQ_INT(cs[0].n, 1);
     CHECK_EQ_INT(bus->publish(bus, "notifications", "2", "{}", 2, on_done, &r3), 0);
-    tms_bus_local_free(&bus);
-    CHECK(bus == NULL);
-    /* The consumer stopped: it frees what it holds through free_fn (no ack now). */
-    tms_delivery_t *d = cs[0].held[0];
-    d->msg.free_fn(&d->msg);
-    tms_mailbox_free(&cs[0].mailbox); /* frees the queued copy */
+    CHECK_EQ_INT(bus->busy(bus), 2);
+    int closed = 0;
+    bus->close(bus, on_closed, &closed);
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "3", "{}", 2, on_done, &r1), -TMS_ECLOSED);
+    CHECK_EQ_INT(bus->subscribe(bus, "notifications", "late", cs[0].mailbox), -TMS_ECLOSED);
+    spin(&loop); /* the queued copy reaches the consumer too */
+    CHECK_EQ_INT(closed, 0);
+    CHECK_EQ_INT(cs[0].n, 2);
+    /* Held copies are still acknowledged while the bus closes. */
+    ack_at(bus, &cs[0], 0, 1);
+    spin(&loop);
+    CHECK_EQ_INT(r2.calls, 1);
+    CHECK_EQ_INT(r2.status, 0);
+    CHECK_EQ_INT(closed, 0);
+    ack_at(bus, &cs[0], 1, 0);
+    for (int i = 0; i < 20 && !closed; i++)
+        spin(&loop);
+    CHECK_EQ_INT(r3.calls, 1);
+    CHECK_EQ_INT(r3.status, -TMS_EIO);
+    CHECK_EQ_INT(closed, 1);
+    tms_mailbox_free(&cs[0].mailbox);
     uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(r2.calls, 0);
-    CHECK_EQ_INT(r3.calls, 0);
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 

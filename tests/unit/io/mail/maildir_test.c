@@ -104,6 +104,24 @@ static tms_mail_t *make_mail(env_t *e, const char *to, const char *event_id)
     return m;
 }
 
+static void on_closed(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+/* Close through the port and wait for its callback. */
+static void close_mailer(env_t *e, tms_mailer_t **m)
+{
+    int closed = 0;
+    CHECK_EQ_INT((*m)->busy(*m), 0);
+    (*m)->close(*m, on_closed, &closed);
+    *m = NULL;
+    CHECK_EQ_INT(closed, 0); /* never inside close */
+    while (!closed && uv_run(&e->loop, UV_RUN_ONCE))
+        ;
+    CHECK_EQ_INT(closed, 1);
+}
+
 /* Submit and run the loop until the mail comes back. */
 static int send_and_wait(env_t *e, tms_mailer_t *mailer, const char *to, const char *event_id)
 {
@@ -178,8 +196,8 @@ static void test_write_and_duplicate(void)
     env_init(&e);
     uint64_t written0 = tms_counter_value(tms_metrics_counter("tms_mail_written_total", "", ""));
     uint64_t dups0 = tms_counter_value(tms_metrics_counter("tms_mail_duplicates_total", "", ""));
-    tms_mailer_t *mailer =
-        tms_maildir_new(e.dir, "tms@example.org", "tms.example.org", e.pool, err, sizeof(err));
+    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
+                                           e.pool, err, sizeof(err));
     CHECK(mailer != NULL);
     if (!mailer) {
         fprintf(stderr, "  %s\n", err);
@@ -246,7 +264,7 @@ static void test_write_and_duplicate(void)
         tms_counter_value(tms_metrics_counter("tms_mail_written_total", "", "")) - written0, 2);
     CHECK_EQ_INT(
         tms_counter_value(tms_metrics_counter("tms_mail_duplicates_total", "", "")) - dups0, 2);
-    tms_maildir_free(&mailer);
+    close_mailer(&e, &mailer);
     CHECK(mailer == NULL);
     env_dispose(&e);
 }
@@ -256,8 +274,8 @@ static void test_refused_mail_writes_nothing(void)
     env_t e;
     char err[256] = "";
     env_init(&e);
-    tms_mailer_t *mailer =
-        tms_maildir_new(e.dir, "tms@example.org", "tms.example.org", e.pool, err, sizeof(err));
+    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
+                                           e.pool, err, sizeof(err));
     CHECK(mailer != NULL);
     if (!mailer) {
         env_dispose(&e);
@@ -286,7 +304,7 @@ static void test_refused_mail_writes_nothing(void)
     send_and_wait(&e, mailer, "bob@example.com", EVENT_ID);
     CHECK_EQ_INT(e.code, TMS_UNAVAILABLE);
     CHECK_EQ_INT(count_in(&e, "tmp"), 0);
-    tms_maildir_free(&mailer);
+    close_mailer(&e, &mailer);
     env_dispose(&e);
 }
 
@@ -302,12 +320,13 @@ static void test_new_fails(void)
     if (f)
         fclose(f);
     snprintf(path, sizeof(path), "%s/file/mail", e.root);
-    tms_mailer_t *m = tms_maildir_new(path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
+    tms_mailer_t *m =
+        tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
     CHECK(m == NULL);
     CHECK(strstr(err, "maildir") != NULL);
     snprintf(path, sizeof(path), "%s/file", e.root);
     err[0] = '\0';
-    m = tms_maildir_new(path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
+    m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
     CHECK(m == NULL);
     CHECK(err[0] != '\0');
     /* A subdirectory that is a file. */
@@ -318,19 +337,20 @@ static void test_new_fails(void)
     if (f)
         fclose(f);
     snprintf(path, sizeof(path), "%s/box", e.root);
-    m = tms_maildir_new(path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
+    m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
     CHECK(m == NULL);
     /* Unusable From or domain. */
-    m = tms_maildir_new(e.dir, "TMS <tms@example.org>", "x.org", e.pool, err, sizeof(err));
+    m = tms_maildir_new(&e.loop, e.dir, "TMS <tms@example.org>", "x.org", e.pool, err, sizeof(err));
     CHECK(m == NULL);
-    m = tms_maildir_new(e.dir, "tms@example.org", "x.org>\r\nBcc: y", e.pool, err, sizeof(err));
+    m = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "x.org>\r\nBcc: y", e.pool, err,
+                        sizeof(err));
     CHECK(m == NULL);
     if (getuid() != 0) {
         /* Permissions only bind non-root users. */
         snprintf(path, sizeof(path), "%s/ro", e.root);
         CHECK_EQ_INT(mkdir(path, 0500), 0);
         snprintf(path, sizeof(path), "%s/ro/mail", e.root);
-        m = tms_maildir_new(path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
+        m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
         CHECK(m == NULL);
         snprintf(path, sizeof(path), "%s/ro", e.root);
         chmod(path, 0700);

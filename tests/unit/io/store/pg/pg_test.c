@@ -1,7 +1,8 @@
 /* Tests for src/io/store/pg/ against a real PostgreSQL (TMS_TEST_PG_URL; skipped with
- * exit code 77 when unset): every task store and outbox op, idempotency, version
- * checks, a full queue, a killed connection and the start-up checks. Each run uses a
- * fresh database, dropped at the end. */
+ * exit code 77 when unset) of what only this adapter has: a bounded queue in front of
+ * pipelined connections, a killed connection and reconnection, and the start-up
+ * checks. The task store and outbox ports themselves are tested on every adapter by
+ * tests/unit/ports/. Each run uses a fresh database, dropped at the end. */
 #include <libpq-fe.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -11,9 +12,7 @@
 #include <uv.h>
 
 #include "core/alloc.h"
-#include "core/events.h"
 #include "core/metrics.h"
-#include "core/outbox.h"
 #include "core/task_store.h"
 #include "io/store/pg/pg.h"
 #include "test.h"
@@ -50,15 +49,6 @@ static tms_task_op_t *task_op(int kind)
     return op;
 }
 
-static tms_outbox_op_t *box_op(int kind)
-{
-    tms_outbox_op_t *op = tms_outbox_op_new(kind);
-    op->msg.reply_to = replies;
-    op->msg.cont = on_reply;
-    op->err.code = TMS_UNKNOWN;
-    return op;
-}
-
 /* Submits and runs the loop until the reply; returns the op (caller frees). */
 static tms_task_op_t *run_task(tms_pg_t *pg, tms_task_op_t *op)
 {
@@ -68,53 +58,6 @@ static tms_task_op_t *run_task(tms_pg_t *pg, tms_task_op_t *op)
     while (!got)
         uv_run(&loop, UV_RUN_ONCE);
     return (tms_task_op_t *)got;
-}
-
-static tms_outbox_op_t *run_box(tms_pg_t *pg, tms_outbox_op_t *op)
-{
-    tms_msg_t *got = NULL;
-    op->msg.ctx = &got;
-    CHECK_EQ_INT(tms_outbox_submit(tms_pg_outbox(pg), &op), 0);
-    while (!got)
-        uv_run(&loop, UV_RUN_ONCE);
-    return (tms_outbox_op_t *)got;
-}
-
-static const char *U1 = "aaaaaaaaaaaaaaaaaaaaaaaa", *U2 = "bbbbbbbbbbbbbbbbbbbbbbbb";
-
-static tms_task_op_t *create_op(const char *title, const char *assignee)
-{
-    tms_task_op_t *op = task_op(TMS_TASK_CREATE);
-    op->task.title = tms_strdup(title);
-    op->task.description = tms_strdup("desc");
-    snprintf(op->task.status, sizeof(op->task.status), "open");
-    snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s", assignee);
-    snprintf(op->task.created_by, sizeof(op->task.created_by), "%s", U1);
-    op->task.created_at_ms = op->task.updated_at_ms = 1764338400000;
-    if (assignee[0]) {
-        op->notify.enabled = true;
-        snprintf(op->notify.type, sizeof(op->notify.type), "task_created");
-        tms_event_id_new(op->notify.event_id);
-    }
-    return op;
-}
-
-static int64_t create(tms_pg_t *pg, const char *title, const char *assignee)
-{
-    tms_task_op_t *op = run_task(pg, create_op(title, assignee));
-    int64_t id = op->task.id;
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK_EQ_INT(op->task.version, 1);
-    tms_task_op_free(&op);
-    return id;
-}
-
-static long long pending(tms_pg_t *pg)
-{
-    tms_outbox_op_t *op = run_box(pg, box_op(TMS_OUTBOX_PENDING));
-    long long n = op->err.code == TMS_OK ? op->count : -1;
-    tms_outbox_op_free(&op);
-    return n;
 }
 
 /* Blocking side connection: runs sql on `db` and returns the first value as int. */
@@ -155,253 +98,23 @@ static tms_pg_t *open_pg(tms_pg_options_t o)
     return pg;
 }
 
+static void on_closed(void *arg)
+{
+    (*(int *)arg)++;
+}
+
+/* Close both ports; pg goes with the last. */
 static void close_pg(tms_pg_t **pg)
 {
-    tms_pg_close(pg);
-    CHECK(*pg == NULL);
+    int closed = 0;
+    tms_task_store_t *tasks = tms_pg_task_store(*pg);
+    tms_outbox_t *outbox = tms_pg_outbox(*pg);
+    *pg = NULL;
+    tasks->close(tasks, on_closed, &closed);
+    outbox->close(outbox, on_closed, &closed);
+    while (closed < 2)
+        uv_run(&loop, UV_RUN_ONCE);
     uv_run(&loop, UV_RUN_NOWAIT);
-}
-
-static void test_task_ops(void)
-{
-    tms_pg_t *pg = open_pg((tms_pg_options_t){0});
-    tms_task_op_t *op;
-    tms_outbox_op_t *bo;
-    int64_t id, ids[5];
-    if (!pg)
-        return;
-    side(url, "TRUNCATE tasks, outbox, inbox, idempotency");
-
-    id = create(pg, "first", U2);
-    CHECK(id > 0);
-    CHECK_EQ_INT(pending(pg), 1);
-    bo = box_op(TMS_OUTBOX_FETCH);
-    bo->limit = 10;
-    bo = run_box(pg, bo);
-    CHECK_EQ_INT(bo->err.code, TMS_OK);
-    CHECK_EQ_INT(bo->nevents, 1);
-    if (bo->nevents == 1) {
-        char want[64];
-        snprintf(want, sizeof(want), "\"%lld\"", (long long)id);
-        CHECK_EQ_STR(bo->events[0].topic, "notifications");
-        CHECK(strstr(bo->events[0].payload, "\"task_created\"") != NULL);
-        CHECK(strstr(bo->events[0].payload, want) != NULL);
-        CHECK(strstr(bo->events[0].payload, "2025-11-28T14:00:00.000Z") != NULL);
-        {
-            tms_outbox_op_t *m = box_op(TMS_OUTBOX_MARK_SENT);
-            m->seqs = tms_calloc(1, sizeof(int64_t));
-            m->seqs[0] = bo->events[0].seq;
-            m->nseqs = 1;
-            m = run_box(pg, m);
-            CHECK_EQ_INT(m->err.code, TMS_OK);
-            tms_outbox_op_free(&m);
-        }
-    }
-    tms_outbox_op_free(&bo);
-    CHECK_EQ_INT(pending(pg), 0);
-
-    op = task_op(TMS_TASK_GET);
-    op->id = id;
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK_EQ_STR(op->task.title, "first");
-    CHECK_EQ_STR(op->task.assigned_to, U2);
-    CHECK_EQ_STR(op->task.status, "open");
-    tms_task_op_free(&op);
-    op = task_op(TMS_TASK_GET);
-    op->id = id + 1000;
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
-    tms_task_op_free(&op);
-
-    /* update: wrong version, then right version with an event */
-    op = task_op(TMS_TASK_UPDATE);
-    op->id = id;
-    op->expected_version = 7;
-    op->set_status = true;
-    snprintf(op->task.status, sizeof(op->task.status), "closed");
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_FAILED_PRECONDITION);
-    tms_task_op_free(&op);
-    op = task_op(TMS_TASK_UPDATE);
-    op->id = id;
-    op->expected_version = 1;
-    op->set_status = op->set_assigned_to = true;
-    snprintf(op->task.status, sizeof(op->task.status), "in progress");
-    snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s", U1);
-    op->task.updated_at_ms = 1764338500000;
-    op->notify.enabled = true;
-    snprintf(op->notify.type, sizeof(op->notify.type), "task_assigned");
-    tms_event_id_new(op->notify.event_id);
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK_EQ_INT(op->task.version, 2);
-    CHECK_EQ_STR(op->task.title, "first");
-    CHECK_EQ_STR(op->task.status, "in progress");
-    CHECK_EQ_STR(op->task.assigned_to, U1);
-    CHECK_EQ_INT(op->task.updated_at_ms, 1764338500000);
-    tms_task_op_free(&op);
-    CHECK_EQ_INT(pending(pg), 1);
-    op = task_op(TMS_TASK_UPDATE);
-    op->id = id + 1000;
-    op->set_title = true;
-    op->task.title = tms_strdup("x");
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
-    tms_task_op_free(&op);
-
-    /* list: pagination and filters */
-    for (int i = 0; i < 5; i++)
-        ids[i] = create(pg, "page", i % 2 ? U2 : "");
-    op = task_op(TMS_TASK_LIST);
-    op->limit = 2;
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK_EQ_INT(op->ntasks, 2);
-    CHECK(op->has_more);
-    if (op->ntasks == 2) {
-        CHECK_EQ_INT(op->tasks[0].id, id);
-        CHECK_EQ_INT(op->tasks[1].id, ids[0]);
-    }
-    tms_task_op_free(&op);
-    op = task_op(TMS_TASK_LIST);
-    op->limit = 10;
-    op->after_id = ids[2];
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->ntasks, 2);
-    CHECK(!op->has_more);
-    tms_task_op_free(&op);
-    op = task_op(TMS_TASK_LIST);
-    op->limit = 10;
-    snprintf(op->filter_assigned_to, sizeof(op->filter_assigned_to), "%s", U2);
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->ntasks, 2);
-    tms_task_op_free(&op);
-    op = task_op(TMS_TASK_LIST);
-    op->limit = 10;
-    snprintf(op->filter_status, sizeof(op->filter_status), "in progress");
-    snprintf(op->filter_assigned_to, sizeof(op->filter_assigned_to), "%s", U1);
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->ntasks, 1);
-    tms_task_op_free(&op);
-
-    /* unassign */
-    op = task_op(TMS_TASK_UNASSIGN_USER);
-    snprintf(op->user_id, sizeof(op->user_id), "%s", U2);
-    op->task.updated_at_ms = 1764338600000;
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK_EQ_INT(op->count, 2);
-    tms_task_op_free(&op);
-    op = task_op(TMS_TASK_GET);
-    op->id = ids[1];
-    op = run_task(pg, op);
-    CHECK_EQ_STR(op->task.assigned_to, "");
-    CHECK_EQ_INT(op->task.version, 2);
-    tms_task_op_free(&op);
-
-    /* delete: wrong version, right version, gone; ids are never reused */
-    op = task_op(TMS_TASK_DELETE);
-    op->id = ids[4];
-    op->expected_version = 3;
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_FAILED_PRECONDITION);
-    tms_task_op_free(&op);
-    op = task_op(TMS_TASK_DELETE);
-    op->id = ids[4];
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK_EQ_INT(op->task.id, ids[4]);
-    tms_task_op_free(&op);
-    op = task_op(TMS_TASK_DELETE);
-    op->id = ids[4];
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
-    tms_task_op_free(&op);
-    CHECK(create(pg, "after delete", "") > ids[4]);
-
-    op = run_task(pg, task_op(TMS_TASK_PING));
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    tms_task_op_free(&op);
-    close_pg(&pg);
-}
-
-static void test_idempotency(void)
-{
-    tms_pg_t *pg = open_pg((tms_pg_options_t){.pool_size = 2});
-    tms_task_op_t *op;
-    int64_t id;
-    long long before;
-    if (!pg)
-        return;
-    before = pending(pg);
-    op = create_op("idem", U2);
-    snprintf(op->idem_key, sizeof(op->idem_key), "key-1");
-    snprintf(op->idem_hash, sizeof(op->idem_hash), "%064d", 1);
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK(!op->replayed);
-    id = op->task.id;
-    tms_task_op_free(&op);
-    op = create_op("idem", U2);
-    snprintf(op->idem_key, sizeof(op->idem_key), "key-1");
-    snprintf(op->idem_hash, sizeof(op->idem_hash), "%064d", 1);
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK(op->replayed);
-    CHECK_EQ_INT(op->task.id, id);
-    tms_task_op_free(&op);
-    op = create_op("other", U2);
-    snprintf(op->idem_key, sizeof(op->idem_key), "key-1");
-    snprintf(op->idem_hash, sizeof(op->idem_hash), "%064d", 2);
-    op = run_task(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_ALREADY_EXISTS);
-    tms_task_op_free(&op);
-    CHECK_EQ_INT(pending(pg), before + 1); /* one event: no second email */
-    CHECK_EQ_INT(side(url, "SELECT count(*) FROM tasks WHERE title = 'idem'"), 1);
-    close_pg(&pg);
-}
-
-static void test_outbox_inbox(void)
-{
-    tms_pg_t *pg = open_pg((tms_pg_options_t){.pool_size = 1});
-    tms_outbox_op_t *op;
-    long long before;
-    if (!pg)
-        return;
-    before = pending(pg);
-    op = box_op(TMS_OUTBOX_ADD);
-    tms_event_id_new(op->event.event_id);
-    snprintf(op->event.topic, sizeof(op->event.topic), "compensate_user_deletion");
-    snprintf(op->event.key, sizeof(op->event.key), "%s", U1);
-    op->event.payload = tms_strdup("{\"x\":1}");
-    op = run_box(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    tms_outbox_op_free(&op);
-    CHECK_EQ_INT(pending(pg), before + 1);
-
-    op = box_op(TMS_INBOX_SEEN);
-    snprintf(op->consumer, sizeof(op->consumer), "tasks");
-    snprintf(op->event_id, sizeof(op->event_id), "e-1");
-    op = run_box(pg, op);
-    CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK(!op->seen);
-    tms_outbox_op_free(&op);
-    for (int i = 0; i < 2; i++) { /* idempotent */
-        op = box_op(TMS_INBOX_RECORD);
-        snprintf(op->consumer, sizeof(op->consumer), "tasks");
-        snprintf(op->event_id, sizeof(op->event_id), "e-1");
-        op = run_box(pg, op);
-        CHECK_EQ_INT(op->err.code, TMS_OK);
-        tms_outbox_op_free(&op);
-    }
-    op = box_op(TMS_INBOX_SEEN);
-    snprintf(op->consumer, sizeof(op->consumer), "tasks");
-    snprintf(op->event_id, sizeof(op->event_id), "e-1");
-    op = run_box(pg, op);
-    CHECK(op->seen);
-    tms_outbox_op_free(&op);
-    close_pg(&pg);
 }
 
 static int nreplies;
@@ -535,9 +248,6 @@ int main(void)
     uv_loop_init(&loop);
     replies = tms_mailbox_new(&loop, "test", 64, on_request, NULL);
 
-    RUN_TEST(test_task_ops);
-    RUN_TEST(test_idempotency);
-    RUN_TEST(test_outbox_inbox);
     RUN_TEST(test_full_queue);
     RUN_TEST(test_killed_connection);
     RUN_TEST(test_start_checks);

@@ -1,0 +1,287 @@
+/* The outbox and inbox port (core/outbox.h, core/port.h) on every adapter: SQLite, and
+ * PostgreSQL and MongoDB when TMS_TEST_PG_URL / TMS_TEST_MONGO_URL are set. Standalone
+ * events, fetching in order, marking sent (idempotent), the consumers' handled-event
+ * log, and the lifecycle. */
+#include "core/events.h"
+#include "stores.h"
+
+#define T0 1764338400000LL
+
+static const char *backend;
+
+static tms_outbox_op_t *box_op(int kind)
+{
+    tms_outbox_op_t *op = tms_outbox_op_new(kind);
+    op->msg.reply_to = replies;
+    op->msg.cont = on_reply;
+    op->err.code = TMS_UNKNOWN; /* the store must overwrite it */
+    return op;
+}
+
+static tms_outbox_op_t *run_box(store_t *s, tms_outbox_op_t *op)
+{
+    tms_msg_t *got = NULL;
+    op->msg.ctx = &got;
+    CHECK_EQ_INT(tms_outbox_submit(s->outbox, &op), 0);
+    CHECK(op == NULL);
+    CHECK(got == NULL); /* never answered on the caller's stack */
+    return (tms_outbox_op_t *)wait_reply(&got);
+}
+
+static long long pending(store_t *s)
+{
+    tms_outbox_op_t *op = run_box(s, box_op(TMS_OUTBOX_PENDING));
+    long long n = op->err.code == TMS_OK ? op->count : -1;
+    tms_outbox_op_free(&op);
+    return n;
+}
+
+/* Copies a test string into a fixed field; a string that does not fit fails the test. */
+#define SET_FIELD(dst, src) CHECK(snprintf((dst), sizeof(dst), "%s", (src)) < (int)sizeof(dst))
+
+static tms_outbox_op_t *add_op(const char *event_id, const char *topic, const char *key,
+                               const char *payload)
+{
+    tms_outbox_op_t *op = box_op(TMS_OUTBOX_ADD);
+    SET_FIELD(op->event.event_id, event_id);
+    SET_FIELD(op->event.topic, topic);
+    SET_FIELD(op->event.key, key);
+    op->event.payload = tms_strdup(payload);
+    return op;
+}
+
+static tms_outbox_op_t *mark_op(const int64_t *seqs, size_t n)
+{
+    tms_outbox_op_t *op = box_op(TMS_OUTBOX_MARK_SENT);
+    if (n) {
+        op->seqs = tms_calloc(n, sizeof(int64_t));
+        memcpy(op->seqs, seqs, n * sizeof(int64_t));
+    }
+    op->nseqs = n;
+    return op;
+}
+
+static void test_outbox(void)
+{
+    store_t s = open_store(backend);
+    tms_outbox_op_t *op;
+    char ids[4][37];
+    int64_t seqs[4] = {0};
+    CHECK_EQ_STR(s.outbox->name, backend);
+    CHECK_EQ_INT(pending(&s), 0);
+    for (int i = 0; i < 4; i++) {
+        char payload[32];
+        tms_event_id_new(ids[i]);
+        snprintf(payload, sizeof(payload), "{\"n\":%d}", i);
+        op = run_box(&s, add_op(ids[i], TMS_TOPIC_COMPENSATE, "k1", payload));
+        CHECK_EQ_INT(op->err.code, TMS_OK);
+        tms_outbox_op_free(&op);
+    }
+    CHECK_EQ_INT(pending(&s), 4);
+    /* the same event again is a retry, not a second event */
+    op = run_box(&s, add_op(ids[1], TMS_TOPIC_COMPENSATE, "k1", "{\"n\":9}"));
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    tms_outbox_op_free(&op);
+    CHECK_EQ_INT(pending(&s), 4);
+
+    op = box_op(TMS_OUTBOX_FETCH);
+    op->limit = 3;
+    op = run_box(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK_EQ_INT(op->nevents, 3);
+    for (size_t i = 0; i < op->nevents && i < 3; i++) {
+        char payload[32];
+        snprintf(payload, sizeof(payload), "{\"n\":%zu}", i);
+        CHECK_EQ_STR(op->events[i].event_id, ids[i]);
+        CHECK_EQ_STR(op->events[i].topic, TMS_TOPIC_COMPENSATE);
+        CHECK_EQ_STR(op->events[i].key, "k1");
+        CHECK_EQ_STR(op->events[i].payload, payload);
+        CHECK(op->events[i].created_at_ms > T0);
+        if (i > 0)
+            CHECK(op->events[i].seq > op->events[i - 1].seq);
+        seqs[i] = op->events[i].seq;
+    }
+    tms_outbox_op_free(&op);
+
+    /* mark the first two sent (and one that does not exist) */
+    {
+        int64_t mark[3] = {seqs[0], seqs[1], 999999};
+        op = run_box(&s, mark_op(mark, 3));
+    }
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK_EQ_INT(pending(&s), 2);
+    /* again: idempotent, and the first send time stays */
+    sql_query(&s, "UPDATE outbox SET sent_at_ms = 42 WHERE sent_at_ms IS NOT NULL");
+    op = run_box(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    tms_outbox_op_free(&op);
+    CHECK_EQ_INT(pending(&s), 2);
+    {
+        long long n = sql_query(&s, "SELECT count(*) FROM outbox WHERE sent_at_ms = 42");
+        if (n != -2)
+            CHECK_EQ_INT(n, 2);
+    }
+
+    op = box_op(TMS_OUTBOX_FETCH);
+    op->limit = 10;
+    op = run_box(&s, op);
+    CHECK_EQ_INT(op->nevents, 2);
+    if (op->nevents == 2) {
+        CHECK_EQ_STR(op->events[0].event_id, ids[2]);
+        CHECK_EQ_STR(op->events[1].event_id, ids[3]);
+        seqs[3] = op->events[1].seq;
+    }
+    /* resubmitted: the old events are dropped, not leaked */
+    op = run_box(&s, op);
+    CHECK_EQ_INT(op->nevents, 2);
+    tms_outbox_op_free(&op);
+
+    {
+        int64_t mark[2] = {seqs[2], seqs[3]};
+        op = run_box(&s, mark_op(mark, 2));
+    }
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    tms_outbox_op_free(&op);
+    CHECK_EQ_INT(pending(&s), 0);
+    op = box_op(TMS_OUTBOX_FETCH);
+    op->limit = 10;
+    op = run_box(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK_EQ_INT(op->nevents, 0);
+    tms_outbox_op_free(&op);
+
+    /* an empty mark is fine */
+    op = run_box(&s, mark_op(NULL, 0));
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    tms_outbox_op_free(&op);
+    close_store(&s);
+}
+
+static tms_outbox_op_t *inbox_op(int kind, const char *consumer, const char *event_id)
+{
+    tms_outbox_op_t *op = box_op(kind);
+    snprintf(op->consumer, sizeof(op->consumer), "%s", consumer);
+    snprintf(op->event_id, sizeof(op->event_id), "%s", event_id);
+    return op;
+}
+
+static void test_inbox(void)
+{
+    store_t s = open_store(backend);
+    tms_outbox_op_t *op;
+    char e1[37], e2[37];
+    tms_event_id_new(e1);
+    tms_event_id_new(e2);
+    op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "task", e1));
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK(!op->seen);
+    tms_outbox_op_free(&op);
+    for (int i = 0; i < 2; i++) { /* idempotent */
+        op = run_box(&s, inbox_op(TMS_INBOX_RECORD, "task", e1));
+        CHECK_EQ_INT(op->err.code, TMS_OK);
+        tms_outbox_op_free(&op);
+    }
+    {
+        long long n = sql_query(&s, "SELECT count(*) FROM inbox");
+        if (n != -2)
+            CHECK_EQ_INT(n, 1);
+    }
+    op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "task", e1));
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK(op->seen);
+    /* reused for another question: the old answer does not stick */
+    snprintf(op->event_id, sizeof(op->event_id), "%s", e2);
+    op = run_box(&s, op);
+    CHECK(!op->seen);
+    tms_outbox_op_free(&op);
+    /* per consumer */
+    op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "notifier", e1));
+    CHECK(!op->seen);
+    tms_outbox_op_free(&op);
+    CHECK_EQ_INT(pending(&s), 0); /* the inbox is not the outbox */
+    close_store(&s);
+}
+
+static int nanswered;
+
+static void count_reply(tms_msg_t *msg)
+{
+    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    nanswered++;
+    tms_outbox_op_free(&op);
+}
+
+static void test_lifecycle(void)
+{
+    store_t s = open_store(backend);
+    tms_outbox_op_t *op;
+    int accepted = 0, closed = 0;
+
+    op = box_op(0);
+    CHECK_EQ_INT(tms_outbox_submit(s.outbox, &op), -TMS_EINVAL);
+    CHECK(op != NULL);
+    op->msg.op = TMS_OUTBOX_PENDING + 1;
+    CHECK_EQ_INT(tms_outbox_submit(s.outbox, &op), -TMS_EINVAL);
+    tms_outbox_op_free(&op);
+    CHECK_EQ_INT(s.outbox->busy(s.outbox), 0);
+
+    nanswered = 0;
+    for (int i = 0; i < 20; i++) {
+        char id[37];
+        tms_event_id_new(id);
+        op = i % 2 ? box_op(TMS_OUTBOX_PENDING) : add_op(id, TMS_TOPIC_COMPENSATE, "k", "{}");
+        op->msg.cont = count_reply;
+        if (tms_outbox_submit(s.outbox, &op) == 0)
+            accepted++;
+        else
+            tms_outbox_op_free(&op);
+    }
+    CHECK_EQ_INT(accepted, 20);
+    CHECK(s.outbox->busy(s.outbox) <= 20);
+    s.outbox->close(s.outbox, on_closed, &closed);
+    CHECK_EQ_INT(closed, 0); /* never inside close */
+    op = box_op(TMS_OUTBOX_PENDING);
+    CHECK_EQ_INT(tms_outbox_submit(s.outbox, &op), -TMS_ECLOSED);
+    CHECK(op != NULL);
+    tms_outbox_op_free(&op);
+    CHECK(spin_until(&closed, 1, 30000));
+    CHECK_EQ_INT(nanswered, 20); /* every op accepted was answered before the callback */
+    s.outbox = NULL;
+    close_store(&s); /* the backend's other ports; the last releases it */
+    CHECK_EQ_INT(closed, 1);
+}
+
+static void test_metrics(void)
+{
+    store_t s = open_store(backend);
+    char line[160];
+    CHECK_EQ_INT(pending(&s), 0);
+    snprintf(line, sizeof(line),
+             "tms_store_duration_seconds_count{store=\"%s\",op=\"outbox_pending\"}", backend);
+    CHECK(metric_has(line));
+    snprintf(line, sizeof(line), "tms_store_errors_total{store=\"%s\",op=\"inbox_seen\"} 0",
+             backend);
+    CHECK(metric_has(line));
+    close_store(&s);
+}
+
+static void tests(const adapter_t *a)
+{
+    backend = a->name;
+    RUN_TEST(test_outbox);
+    RUN_TEST(test_inbox);
+    RUN_TEST(test_lifecycle);
+    RUN_TEST(test_metrics);
+}
+
+static const adapter_t adapters[] = {
+    {"sqlite", sqlite_setup, sqlite_teardown},
+    {"postgres", pg_setup, pg_teardown},
+    {"mongodb", mongo_setup, mongo_teardown},
+};
+
+int main(int argc, char **argv)
+{
+    return run_suite("outbox", adapters, sizeof(adapters) / sizeof(adapters[0]), argc, argv, tests);
+}
