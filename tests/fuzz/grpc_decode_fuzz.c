@@ -1,7 +1,7 @@
 /* libFuzzer: protobuf request messages of every gRPC method (tms_grpc_decode_call for
- * the operations of the table with a gRPC method, the health, reflection and
- * internal-service decoders for the others). The first byte picks the method, the
- * rest is the message. */
+ * the operations of the table with a gRPC method, the health and reflection decoders,
+ * and the split deployment's internal ActorCall / ActorResult codec). The first byte
+ * picks the method, the rest is the message. */
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -44,12 +44,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (tms_grpc_reflection_answer(data, size, &out, &len) == 0)
             free(out);
     } else {
+        /* The same bytes as an ActorCall (what a role serves) and as an ActorResult
+         * (what the calling role reads back); what decodes must encode again. */
         tms_api_call_t *call = tms_internal_decode_call(data, size);
+        uint8_t *out = NULL;
+        size_t len = 0;
         if (call) {
-            uint8_t *out = NULL;
-            size_t len = 0;
-            tms_internal_encode_result(call, &out, &len);
+            tms_internal_encode_call(call, &out, &len);
             free(out);
+            if (tms_internal_decode_result(call, data, size) == 0) {
+                tms_internal_encode_result(call, &out, &len);
+                free(out);
+            }
             tms_api_call_free(&call);
         }
     }
