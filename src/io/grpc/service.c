@@ -95,9 +95,8 @@ static void render(tms_grpc_stream_t *st, tms_api_call_t *call)
     if (route->kind == KIND_INTERNAL) {
         /* The domain outcome, errors included, is the payload: the calling process
          * answers its own client with it. */
-        tms_internal_encode_result(call, &out, &len);
+        tms_internal_encode_result(call, &out, &len); /* in the call's arena */
         tms_grpc_stream_send(st, out, len);
-        free(out);
         tms_grpc_stream_finish(st, TMS_OK, NULL);
         return;
     }
@@ -105,8 +104,7 @@ static void render(tms_grpc_stream_t *st, tms_api_call_t *call)
         tms_grpc_stream_finish(st, err.code, err.message);
         return;
     }
-    tms_grpc_stream_send(st, out, len);
-    free(out);
+    tms_grpc_stream_send(st, out, len); /* copies out, which is in the call's arena */
     tms_grpc_stream_finish(st, TMS_OK, NULL);
 }
 
@@ -187,14 +185,14 @@ static void post_call(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_ca
     uv_timer_start(&p->timer, on_deadline, timeout, 0);
 }
 
-static char *bearer_of(const char *h)
+static char *bearer_of(tms_api_call_t *call, const char *h)
 {
     if (strncasecmp(h, "Bearer ", 7) != 0)
-        return tms_strdup(""); /* present but not a bearer token: invalid */
+        return tms_api_call_strdup(call, ""); /* present but not a bearer token: invalid */
     h += 7;
     while (*h == ' ')
         h++;
-    return tms_strdup(h);
+    return tms_api_call_strdup(call, h);
 }
 
 static void call_api(tms_grpc_service_t *svc, tms_grpc_stream_t *st, const tms_op_t *op,
@@ -213,7 +211,7 @@ static void call_api(tms_grpc_service_t *svc, tms_grpc_stream_t *st, const tms_o
         return;
     }
     if (!call->bearer && authorization)
-        call->bearer = bearer_of(authorization);
+        call->bearer = bearer_of(call, authorization);
     snprintf(call->request_id, sizeof(call->request_id), "%s", tms_grpc_stream_request_id(st));
     snprintf(call->client_addr, sizeof(call->client_addr), "%s", tms_grpc_stream_client(st));
     post_call(svc, st, call, svc->cfg.gateway);

@@ -19,6 +19,7 @@
 typedef struct fake_store {
     tms_task_store_t port;
     tms_task_t tasks[16];
+    tms_arena_t arena; /* the stored tasks' strings */
     int n;
     tms_task_notify_t last_notify;
     int writes;
@@ -35,17 +36,16 @@ static int store_submit(tms_task_store_t *self, tms_task_op_t **pop)
     switch (op->msg.op) {
     case TMS_TASK_CREATE:
         t = &s->tasks[s->n++];
-        tms_task_copy(t, &op->task);
+        tms_task_copy(&s->arena, t, &op->task);
         t->id = s->n;
         t->version = 1;
-        tms_task_dispose(&op->task);
-        tms_task_copy(&op->task, t);
+        tms_task_copy(op->arena, &op->task, t);
         s->last_notify = op->notify;
         s->writes++;
         break;
     case TMS_TASK_GET:
         if (t)
-            tms_task_copy(&op->task, t);
+            tms_task_copy(op->arena, &op->task, t);
         else
             op->err.code = TMS_NOT_FOUND;
         break;
@@ -60,8 +60,7 @@ static int store_submit(tms_task_store_t *self, tms_task_op_t **pop)
             if (op->set_status)
                 snprintf(t->status, sizeof(t->status), "%s", op->task.status);
             t->version++;
-            tms_task_dispose(&op->task);
-            tms_task_copy(&op->task, t);
+            tms_task_copy(op->arena, &op->task, t);
             s->last_notify = op->notify;
             s->writes++;
         }
@@ -70,7 +69,7 @@ static int store_submit(tms_task_store_t *self, tms_task_op_t **pop)
         if (!t) {
             op->err.code = TMS_NOT_FOUND;
         } else {
-            tms_task_dispose(t);
+            memset(t, 0, sizeof(*t));
             s->writes++;
         }
         break;
@@ -125,10 +124,10 @@ static tms_status_t create(env_t *e, const char *as, const char *assignee)
 {
     tms_api_call_t *c = tms_api_call_new(TMS_API_TASK_CREATE);
     tms_status_t code;
-    c->title = tms_strdup("  Title  ");
-    c->description = tms_strdup("Description");
+    c->title = tms_api_call_strdup(c, "  Title  ");
+    c->description = tms_api_call_strdup(c, "Description");
     if (assignee)
-        c->assigned_to = tms_strdup(assignee);
+        c->assigned_to = tms_api_call_strdup(c, assignee);
     c = run(e, c, as, "user");
     code = c->err.code;
     if (code == TMS_OK) {
@@ -146,9 +145,9 @@ static tms_status_t update(env_t *e, int64_t id, const char *as, const char *rol
     tms_status_t code;
     c->task_id = id;
     if (assignee)
-        c->assigned_to = tms_strdup(assignee);
+        c->assigned_to = tms_api_call_strdup(c, assignee);
     else
-        c->status = tms_strdup("closed");
+        c->status = tms_api_call_strdup(c, "closed");
     c->has_if_match = if_match > 0;
     c->if_match = if_match;
     c = run(e, c, as, role);
@@ -174,6 +173,7 @@ static void test_rules(void)
     memset(&e, 0, sizeof(e));
     e.store.port.name = "fake";
     e.store.port.submit = store_submit;
+    tms_arena_init(&e.store.arena, NULL, 0);
     uv_loop_init(&e.loop);
     e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth, NULL);
     e.replies = tms_mailbox_new(&e.loop, "replies", 1, NULL, NULL);
@@ -224,8 +224,7 @@ static void test_rules(void)
     tms_mailbox_free(&e.replies);
     uv_run(&e.loop, UV_RUN_DEFAULT);
     CHECK_EQ_INT(uv_loop_close(&e.loop), 0);
-    for (int i = 0; i < e.store.n; i++)
-        tms_task_dispose(&e.store.tasks[i]);
+    tms_arena_fini(&e.store.arena);
 }
 
 /* A fake auth actor that keeps the question until the test answers it. */
@@ -256,6 +255,7 @@ static void test_stop_finishes_what_it_holds(void)
     memset(&e, 0, sizeof(e));
     e.store.port.name = "fake";
     e.store.port.submit = store_submit;
+    tms_arena_init(&e.store.arena, NULL, 0);
     uv_loop_init(&e.loop);
     e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth_held, NULL);
     e.replies = tms_mailbox_new(&e.loop, "replies", 4, NULL, NULL);
@@ -266,9 +266,9 @@ static void test_stop_finishes_what_it_holds(void)
                                             });
     /* a create with an assignee waits for auth */
     c = tms_api_call_new(TMS_API_TASK_CREATE);
-    c->title = tms_strdup("held");
-    c->description = tms_strdup("Description");
-    c->assigned_to = tms_strdup(BOB);
+    c->title = tms_api_call_strdup(c, "held");
+    c->description = tms_api_call_strdup(c, "Description");
+    c->assigned_to = tms_api_call_strdup(c, BOB);
     snprintf(c->principal.user_id, sizeof(c->principal.user_id), "%s", ALICE);
     snprintf(c->principal.role, sizeof(c->principal.role), "user");
     c->principal.authenticated = true;
@@ -326,8 +326,7 @@ static void test_stop_finishes_what_it_holds(void)
     tms_mailbox_free(&e.replies);
     uv_run(&e.loop, UV_RUN_DEFAULT);
     CHECK_EQ_INT(uv_loop_close(&e.loop), 0);
-    for (int i = 0; i < e.store.n; i++)
-        tms_task_dispose(&e.store.tasks[i]);
+    tms_arena_fini(&e.store.arena);
 }
 
 int main(void)
