@@ -48,7 +48,6 @@ void tms_api_call_free(tms_api_call_t **pcall)
     wipe(call->password);
     wipe(call->token);
     sodium_memzero(call->user.password_hash, sizeof(call->user.password_hash));
-    tms_api_cancel_release(&call->cancel);
     tms_arena_fini(&call->arena);
     free(call);
 }
@@ -56,17 +55,8 @@ void tms_api_call_free(tms_api_call_t **pcall)
 tms_api_cancel_t *tms_api_cancel_attach(tms_api_call_t *call)
 {
     if (!call->cancel)
-        call->cancel = tms_new(tms_api_cancel_t);
-    call->cancel->refs = 2; /* the call's and the adapter's */
+        call->cancel = tms_arena_calloc(&call->arena, 1, sizeof(*call->cancel));
     return call->cancel;
-}
-
-void tms_api_cancel_release(tms_api_cancel_t **pc)
-{
-    tms_api_cancel_t *c = *pc;
-    *pc = NULL;
-    if (c && --c->refs == 0)
-        free(c);
 }
 
 bool tms_api_call_abandoned(const tms_api_call_t *call, uint64_t now_ms)

@@ -49,10 +49,9 @@ typedef struct tms_principal {
 } tms_principal_t;
 
 /* Set by an adapter when nobody waits for a call's answer any more (a gRPC client
- * reset its stream). Shared by the adapter and the call, counted; loop thread only,
- * like every actor that reads it. */
+ * reset its stream). In the call's arena: it lives as long as the call, which its
+ * adapter frees last; loop thread only, like every actor that reads it. */
 typedef struct tms_api_cancel {
-    int refs;
     bool cancelled;
 } tms_api_cancel_t;
 
@@ -123,12 +122,9 @@ char *tms_api_call_strdup(tms_api_call_t *call, const char *s);
  * (bearer, password, token, the user's password hash). Sets *call NULL. */
 void tms_api_call_free(tms_api_call_t **call);
 
-/** Give call a cancel flag and return the adapter's reference to it (release it
- * with tms_api_cancel_release; the call releases its own when freed). */
+/** Give call a cancel flag (in its arena, valid until the call is freed) and return
+ * it for the adapter to set. */
 tms_api_cancel_t *tms_api_cancel_attach(tms_api_call_t *call);
-
-/** Drop one reference; frees the flag with the last one. Sets *c NULL. */
-void tms_api_cancel_release(tms_api_cancel_t **c);
 
 /** Nobody waits for the answer any more: the adapter cancelled the call or its
  * deadline (uv_now based, like deadline_ms) has passed at now_ms. Actors ask this

@@ -61,12 +61,14 @@ struct tms_grpc_service {
     void *drained_arg;
 };
 
-/* A call with the actors. Freed when its reply came and the timer closed; st is NULL
- * once the stream was answered otherwise or is gone. */
+/* A call with the actors, in the call's arena. The call is freed (and this with it)
+ * when its reply came and the timer closed; st is NULL once the stream was answered
+ * otherwise or is gone. */
 typedef struct pending {
     uv_timer_t timer;
     tms_grpc_service_t *svc;
     tms_grpc_stream_t *st;
+    tms_api_call_t *call;
     tms_api_op_t op;
     tms_api_cancel_t *cancel; /* set when the stream is reset before the reply */
 } pending_t;
@@ -78,8 +80,7 @@ static void on_pending_closed(uv_handle_t *h)
     pending_t *p = h->data;
     tms_grpc_service_t *svc = p->svc;
     void (*drained)(void *) = svc->drained;
-    tms_api_cancel_release(&p->cancel);
-    free(p);
+    tms_api_call_free(&p->call); /* p goes with it */
     if (--svc->pending == 0 && drained) {
         svc->drained = NULL;
         drained(svc->drained_arg);
@@ -118,8 +119,7 @@ static void on_reply(tms_msg_t *msg)
         render(st, call);
         tms_grpc_stream_flush(st);
     }
-    tms_api_call_free(&call);
-    uv_close((uv_handle_t *)&p->timer, on_pending_closed);
+    uv_close((uv_handle_t *)&p->timer, on_pending_closed); /* frees the call */
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -161,9 +161,10 @@ static void post_call(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_ca
         return;
     }
     call->deadline_ms = uv_now(svc->loop) + timeout;
-    p = tms_new(pending_t);
+    p = tms_arena_calloc(&call->arena, 1, sizeof(*p));
     p->svc = svc;
     p->st = st;
+    p->call = call;
     p->op = call->op;
     p->cancel = tms_api_cancel_attach(call);
     msg = &call->msg;
@@ -172,9 +173,7 @@ static void post_call(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_ca
     msg->cont = on_reply;
     msg->ctx = p;
     if (tms_mailbox_post(to, &msg) != 0) {
-        tms_api_cancel_release(&p->cancel);
-        free(p);
-        tms_api_call_free(&call);
+        tms_api_call_free(&call); /* p with it */
         tms_grpc_stream_finish(st, TMS_UNAVAILABLE, "server overloaded, retry later");
         return;
     }

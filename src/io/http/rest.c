@@ -39,8 +39,9 @@ static void less_pending(tms_rest_t *rest)
     }
 }
 
-/* A request waiting for the actors. Freed when the reply arrived and the timer
- * closed; req is NULL once the deadline answered the client first. */
+/* A request waiting for the actors, in the call's arena. The call is freed (and this
+ * with it) when the reply arrived and the timer closed; req is NULL once the
+ * deadline answered the client first. */
 typedef struct pending {
     uv_timer_t timer;
     tms_rest_t *rest;
@@ -157,7 +158,7 @@ static void on_pending_closed(uv_handle_t *handle)
 {
     pending_t *p = handle->data;
     tms_rest_t *rest = p->rest;
-    free(p);
+    tms_api_call_free(&p->call); /* p goes with it */
     less_pending(rest);
 }
 
@@ -167,8 +168,7 @@ static void on_reply(tms_msg_t *msg)
     pending_t *p = msg->ctx;
     if (p->req)
         render(p->req, call);
-    tms_api_call_free(&call);
-    uv_close((uv_handle_t *)&p->timer, on_pending_closed);
+    uv_close((uv_handle_t *)&p->timer, on_pending_closed); /* frees the call */
 }
 
 static void on_deadline(uv_timer_t *timer)
@@ -189,7 +189,7 @@ static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t 
         tms_http_respond_error(req, TMS_NOT_FOUND, "this process does not serve the API", NULL, 0);
         return;
     }
-    p = tms_new(pending_t);
+    p = tms_arena_calloc(&call->arena, 1, sizeof(*p));
     p->rest = rest;
     p->req = req;
     p->call = call;
@@ -201,8 +201,7 @@ static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t 
     msg->cont = on_reply;
     msg->ctx = p;
     if (tms_mailbox_post(rest->cfg.gateway, &msg) != 0) {
-        free(p);
-        tms_api_call_free(&call);
+        tms_api_call_free(&call); /* p with it */
         tms_http_respond_error(req, TMS_UNAVAILABLE, "server overloaded, retry later", NULL, 0);
         return;
     }
