@@ -28,9 +28,9 @@
 typedef struct tms_arena_block tms_arena_block_t;
 
 typedef struct tms_arena {
-    char *cur, *end;            /* the free part of the current chunk */
-    tms_arena_block_t *blocks;  /* heap chunks and large blocks, newest first */
-    void *first;                /* the owner's first chunk; NULL: none */
+    char *cur, *end;           /* the free part of the current chunk */
+    tms_arena_block_t *blocks; /* heap chunks and large blocks, newest first */
+    void *first;               /* the owner's first chunk; NULL: none */
     size_t first_size;
 } tms_arena_t;
 
