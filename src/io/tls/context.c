@@ -4,6 +4,7 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -80,6 +81,9 @@ static int load_cert_and_key(SSL_CTX *ssl, const tms_tls_options_t *o, char *err
     struct stat st;
     char why[160], when[40];
     X509 *x;
+    EVP_PKEY *pkey;
+    FILE *f;
+    int rc;
     if (check_readable(o, "tls_cert", o->cert, &st, err, err_len))
         return -TMS_EINVAL;
     if (SSL_CTX_use_certificate_chain_file(ssl, o->cert) != 1) {
@@ -110,20 +114,31 @@ static int load_cert_and_key(SSL_CTX *ssl, const tms_tls_options_t *o, char *err
                  o->section, o->key, (unsigned)(st.st_mode & 07777));
         return -TMS_EINVAL;
     }
-    SSL_CTX_set_default_passwd_cb(ssl, no_password);
-    if (SSL_CTX_use_PrivateKey_file(ssl, o->key, SSL_FILETYPE_PEM) != 1) {
+    f = fopen(o->key, "r");
+    pkey = f ? PEM_read_PrivateKey(f, NULL, no_password, NULL) : NULL;
+    if (f)
+        fclose(f);
+    if (!pkey) {
         snprintf(err, err_len,
                  "config: %s.tls_key: no usable PEM private key in %.900s (%s; a key with a "
                  "passphrase cannot be used)",
                  o->section, o->key, ssl_reason(why, sizeof(why)));
         return -TMS_EINVAL;
     }
-    if (SSL_CTX_check_private_key(ssl) != 1) {
+    if (X509_check_private_key(x, pkey) != 1) {
         ERR_clear_error();
+        EVP_PKEY_free(pkey);
         snprintf(err, err_len,
                  "config: %s.tls_key: the key in %.400s does not match the certificate of "
                  "%s.tls_cert (%.400s)",
                  o->section, o->key, o->section, o->cert);
+        return -TMS_EINVAL;
+    }
+    rc = SSL_CTX_use_PrivateKey(ssl, pkey);
+    EVP_PKEY_free(pkey);
+    if (rc != 1) {
+        snprintf(err, err_len, "config: %s.tls_key: cannot use the key in %.900s (%s)",
+                 o->section, o->key, ssl_reason(why, sizeof(why)));
         return -TMS_EINVAL;
     }
     return 0;

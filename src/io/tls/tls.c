@@ -301,6 +301,15 @@ const char *tms_tls_alpn(const tms_tls_t *t)
     return name;
 }
 
+void tms_tls_peer_subject(const tms_tls_t *t, char *out, size_t size)
+{
+    X509 *x = SSL_get0_peer_certificate(t->ssl);
+    if (size)
+        out[0] = '\0';
+    if (x && size)
+        X509_NAME_oneline(X509_get_subject_name(x), out, (int)size);
+}
+
 void tms_tls_timed_out(tms_tls_t *t)
 {
     tms_counter_add(t->ctx->timeouts, 1);

@@ -119,6 +119,9 @@ const char *tms_tls_error(const tms_tls_t *t);
 /** The protocol selected by ALPN ("h2", "http/1.1"), or "" when none. */
 const char *tms_tls_alpn(const tms_tls_t *t);
 
+/** The subject of the peer's certificate ("/CN=..."), or "" when it sent none. */
+void tms_tls_peer_subject(const tms_tls_t *t, char *out, size_t size);
+
 /** The owner gave up on a handshake that took too long: counted in
  * tms_tls_handshake_failures_total{reason="timeout"}. */
 void tms_tls_timed_out(tms_tls_t *t);
