@@ -200,7 +200,8 @@ class SplitDeployment:
         self.settings.setdefault("events.namespace", "split" + secrets.token_hex(4))
         if not self.settings.get("events.brokers"):
             raise ValueError("a split deployment needs events.brokers (Kafka)")
-        self.tls = make_tls(self.workdir / "tls") if tls else None
+        # tls: True (a CA and certificates of its own) or make_tls()'s result to share
+        self.tls = tls if isinstance(tls, dict) else make_tls(self.workdir / "tls") if tls else None
         self.procs = {"auth": [RoleProcess(self, "auth", 0)],
                       "task": [RoleProcess(self, "task", 0)],
                       "notifier": [RoleProcess(self, "notifier", i) for i in range(notifiers)],

@@ -156,6 +156,20 @@ def _drop_pg_databases():
                         f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
 
 
+_SPLIT_TLS_FILES = []
+
+
+def _split_tls():
+    """One throwaway CA and role certificates for every split deployment of the session
+    (TMS_TEST_SPLIT_TLS), or False."""
+    if not SPLIT_TLS:
+        return False
+    if not _SPLIT_TLS_FILES:
+        from tms_split import make_tls
+        _SPLIT_TLS_FILES.append(make_tls(tempfile.mkdtemp(prefix="tms-split-tls-")))
+    return _SPLIT_TLS_FILES[0]
+
+
 def _norm_key(k):
     return k.replace("__", ".")
 
@@ -229,7 +243,7 @@ class TmsServer(LoggedProcess):
         self._log_index += 1
         dep = SplitDeployment(TMS_BIN, self.workdir / f"split-{self._log_index}", self.settings,
                               env=self.env, secret=self._split_secret,
-                              data_root=self.data_dir / "roles", tls=SPLIT_TLS)
+                              data_root=self.data_dir / "roles", tls=_split_tls())
         self.split = dep
         try:
             dep.start(timeout=START_TIMEOUT)
