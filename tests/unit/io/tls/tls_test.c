@@ -72,11 +72,12 @@ static void pump(tms_tls_t *c, tms_tls_t *s, sink_t *cs, sink_t *ss, int *crc, i
 static tms_tls_ctx_t *server_ctx(const char *alpn, const char *ca_file)
 {
     char err[1200];
-    tms_tls_ctx_t *ctx = tms_tls_ctx_new(
-        &(tms_tls_options_t){
-            .section = "grpc", .cert = path("server.pem"), .key = path("server.key"),
-            .ca = ca_file, .alpn = alpn},
-        err, sizeof(err));
+    tms_tls_ctx_t *ctx = tms_tls_ctx_new(&(tms_tls_options_t){.section = "grpc",
+                                                              .cert = path("server.pem"),
+                                                              .key = path("server.key"),
+                                                              .ca = ca_file,
+                                                              .alpn = alpn},
+                                         err, sizeof(err));
     if (!ctx)
         fprintf(stderr, "server_ctx: %s\n", err);
     return ctx;
@@ -284,7 +285,8 @@ static void test_context_checks(void)
         {path("future.pem"), path("future.key"), NULL, "http.tls_cert", "not valid before"},
         {path("missing.pem"), path("server.key"), NULL, "http.tls_cert", "No such file"},
         {path("garbage.pem"), path("server.key"), NULL, "http.tls_cert", "no start line"},
-        {path("server.pem"), path("garbage.pem"), NULL, "http.tls_key", "no usable PEM private key"},
+        {path("server.pem"), path("garbage.pem"), NULL, "http.tls_key",
+         "no usable PEM private key"},
         {path("server.pem"), path("server.key"), "NOT-A-CIPHER", "http.tls_ciphers", "no usable"},
         {path("server.pem"), NULL, NULL, "http.tls_key", "required with http.tls_cert"},
     };
@@ -330,11 +332,10 @@ static void test_reload(void)
     int crc, src;
     certs_write_cert(path("reload.pem"), &server_cert, NULL);
     certs_write_key(path("reload.key"), &server_cert, 0600);
-    sc = tms_tls_ctx_new(&(tms_tls_options_t){.section = "grpc",
-                                              .cert = path("reload.pem"),
-                                              .key = path("reload.key"),
-                                              .alpn = "h2"},
-                         err, sizeof(err));
+    sc = tms_tls_ctx_new(
+        &(tms_tls_options_t){
+            .section = "grpc", .cert = path("reload.pem"), .key = path("reload.key"), .alpn = "h2"},
+        err, sizeof(err));
     c1 = tms_tls_new(cc, "localhost");
     s1 = tms_tls_new(sc, NULL);
     pump(c1, s1, &cs, &ss, &crc, &src);
