@@ -208,8 +208,9 @@ def test_curl_and_requests_over_tls(tls_srv, pki):
     # A client that does not trust the CA is refused; cleartext gets nothing back.
     with pytest.raises(requests.exceptions.SSLError):
         requests.get(tls_srv.url("/healthz"), timeout=5, verify=True)
-    with pytest.raises(requests.exceptions.ConnectionError):
-        requests.get(f"http://127.0.0.1:{tls_srv.port}/healthz", timeout=5)
+    r = requests.get(f"http://127.0.0.1:{tls_srv.port}/healthz", timeout=5)
+    assert r.status_code == 400 and "use https://" in r.json()["error"]["message"]
+    assert r.headers["Connection"] == "close"
 
 
 def test_grpcio_ssl_channel_credentials(tls_srv, pki, pb):

@@ -1051,6 +1051,14 @@ static int tls_read(conn_t *c, const char *data, size_t n)
     conn_write(c, NULL, 0, false, false); /* handshake, tickets, alerts */
     if (c->closing)
         return -1;
+    if (rc < 0 && tms_tls_plain_http(c->tls)) {
+        /* http:// to the TLS port: say so in its own language (as nginx does), then close. */
+        tms_tls_free(&c->tls);
+        c->in_len = 0;
+        conn_fail(c, 400, TMS_INVALID_ARGUMENT,
+                  "plain HTTP request sent to the TLS port; use https://");
+        return -1;
+    }
     if (rc < 0) {
         /* Refused or broken: the alert goes out, then the connection closes. */
         tms_log(TMS_LOG_DEBUG, "tls_failed", "listener=%s client=%s error=\"%s\"",

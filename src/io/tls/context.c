@@ -137,8 +137,8 @@ static int load_cert_and_key(SSL_CTX *ssl, const tms_tls_options_t *o, char *err
     rc = SSL_CTX_use_PrivateKey(ssl, pkey);
     EVP_PKEY_free(pkey);
     if (rc != 1) {
-        snprintf(err, err_len, "config: %s.tls_key: cannot use the key in %.900s (%s)",
-                 o->section, o->key, ssl_reason(why, sizeof(why)));
+        snprintf(err, err_len, "config: %s.tls_key: cannot use the key in %.900s (%s)", o->section,
+                 o->key, ssl_reason(why, sizeof(why)));
         return -TMS_EINVAL;
     }
     return 0;

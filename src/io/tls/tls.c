@@ -27,7 +27,7 @@ struct tms_tls {
     size_t in_len;
     char *out; /* ciphertext to send, for the owner to take */
     size_t out_len, out_cap;
-    bool client, established, failed, shut;
+    bool client, established, failed, shut, plain_http;
     char error[160];
 };
 
@@ -99,6 +99,7 @@ static void failed(tms_tls_t *t, int rc)
     if (!t->established)
         tms_counter_add(t->ctx->failed, 1);
     t->failed = true;
+    t->plain_http = code && ERR_GET_REASON(code) == SSL_R_HTTP_REQUEST;
     if (verify != X509_V_OK && t->client)
         snprintf(t->error, sizeof(t->error), "certificate verify failed: %s",
                  X509_verify_cert_error_string(verify));
@@ -286,6 +287,11 @@ bool tms_tls_established(const tms_tls_t *t)
 const char *tms_tls_error(const tms_tls_t *t)
 {
     return t->error;
+}
+
+bool tms_tls_plain_http(const tms_tls_t *t)
+{
+    return t->plain_http;
 }
 
 const char *tms_tls_alpn(const tms_tls_t *t)

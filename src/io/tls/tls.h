@@ -116,6 +116,10 @@ bool tms_tls_established(const tms_tls_t *t);
 /** Why the last failure happened, in a few words ("" if none). */
 const char *tms_tls_error(const tms_tls_t *t);
 
+/** The handshake failed on a cleartext HTTP request (someone sent http:// to the
+ * TLS port): the owner may answer it in cleartext. */
+bool tms_tls_plain_http(const tms_tls_t *t);
+
 /** The protocol selected by ALPN ("h2", "http/1.1"), or "" when none. */
 const char *tms_tls_alpn(const tms_tls_t *t);
 

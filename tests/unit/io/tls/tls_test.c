@@ -267,6 +267,7 @@ static void test_not_tls(void)
     static const char req[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
     CHECK_EQ_INT(tms_tls_input(s, req, sizeof(req) - 1, on_plain, &ss), -TMS_EIO);
     CHECK(tms_tls_error(s)[0] != '\0');
+    CHECK(tms_tls_plain_http(s)); /* http1.c answers it with a cleartext 400 */
     CHECK_EQ_INT(tms_tls_input(s, req, sizeof(req) - 1, on_plain, &ss), -TMS_EIO);
     CHECK_EQ_INT(ss.len, 0);
     tms_tls_free(&s);
