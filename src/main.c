@@ -31,6 +31,7 @@
 #include "core/workpool.h"
 #include "io/bus/local.h"
 #include "io/grpc/server.h"
+#include "io/grpc/service.h"
 #include "io/http/http1.h"
 #include "io/http/listen.h"
 #include "io/bus/kafka.h"
@@ -218,6 +219,7 @@ typedef struct server {
     tms_rest_t *rest;
     tms_http_server_t *http;
     tms_grpc_server_t *grpc;         /* the gRPC listener (grpc.addr) */
+    tms_grpc_service_t *grpc_api;    /* what it serves */
     tms_http_server_t *metrics_http; /* metrics.addr: worker 0 only */
     /* Roles that run elsewhere (split deployment): a client and a proxy mailbox each. */
     tms_grpc_client_t *auth_client, *task_client;
@@ -391,6 +393,7 @@ static void finish_shutdown(server_t *s)
     tms_http_server_free(&s->http);
     tms_http_server_free(&s->metrics_http);
     tms_grpc_server_free(&s->grpc);
+    tms_grpc_service_free(&s->grpc_api);
     tms_rest_free(&s->rest);
     tms_gateway_free(&s->gateway);
     tms_notifier_free(&s->notifier);
@@ -484,9 +487,9 @@ static void run_steps(server_t *s)
                 s->step_pending++;
                 tms_rest_drain(s->rest, step_done, s);
             }
-            if (s->grpc) {
+            if (s->grpc_api) {
                 s->step_pending++;
-                tms_grpc_server_drain(s->grpc, step_done, s);
+                tms_grpc_service_drain(s->grpc_api, step_done, s);
             }
             stop_actor(s, s->gateway ? tms_gateway_mailbox(s->gateway) : NULL);
             break;
@@ -1115,15 +1118,19 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
 
     /* The gRPC listener on grpc.addr (serves_grpc). */
     split = cfg->server.role_mask != TMS_ROLE_ALL;
-    if (serves_grpc(cfg))
+    if (serves_grpc(cfg)) {
+        s->grpc_api = tms_grpc_service_new(
+            s->loop, &(tms_grpc_service_config_t){
+                         .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+                         .service_token = split ? cfg->peers.secret : NULL,
+                         .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
+                         .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
+                         .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                     });
         s->grpc = tms_grpc_server_new(
             s->loop,
             &(tms_grpc_config_t){
-                .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
-                .service_token = split ? cfg->peers.secret : NULL,
-                .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
-                .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
-                .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                .handler = tms_grpc_service_handler(s->grpc_api),
                 .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
                 .max_connections = (size_t)cfg->http.max_connections,
                 .max_connections_per_address = per_address_cap(cfg),
@@ -1140,6 +1147,7 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
                 .tls = sv->tls[TLS_GRPC],
                 .tls_handshake_timeout_ms = (uint64_t)cfg->http.tls_handshake_timeout * 1000,
             });
+    }
     if (s->grpc && tms_grpc_server_listen(s->grpc, grpc_addr) != 0) {
         fprintf(stderr, "tms: grpc.addr: cannot listen on %s: %s\n", grpc_addr,
                 tms_grpc_server_error(s->grpc));
