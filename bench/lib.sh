@@ -187,8 +187,8 @@ our_server_pids() {
   for p in "${TMS_PID:-}" "${NGINX_PID:-}"; do
     [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null && list+=("$p") && list+=($(pgrep -P "$p" || true))
   done
-  if [[ -f "$WORK/pg/data/postmaster.pid" ]]; then
-    pm=$(head -1 "$WORK/pg/data/postmaster.pid")
+  if [[ -f "$PG_DIR/data/postmaster.pid" ]]; then
+    pm=$(head -1 "$PG_DIR/data/postmaster.pid")
     list+=("$pm" $(pgrep -P "$pm" || true))
   fi
   (IFS=,; echo "${list[*]}")

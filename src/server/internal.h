@@ -21,6 +21,7 @@
 #include "io/bus/kafka.h"
 #include "io/grpc/client.h"
 #include "io/grpc/server.h"
+#include "io/grpc/service.h"
 #include "io/http/http1.h"
 #include "io/http/rest.h"
 #include "io/mail/smtp.h"
@@ -67,6 +68,7 @@ struct tms_server {
     tms_rest_t *rest;
     tms_http_server_t *http;
     tms_grpc_server_t *grpc;         /* the gRPC listener (grpc.addr) */
+    tms_grpc_service_t *grpc_api;    /* what it serves */
     tms_http_server_t *metrics_http; /* metrics.addr: worker 0 only */
     /* Roles that run elsewhere (split deployment): a client and a proxy mailbox each. */
     tms_grpc_client_t *auth_client, *task_client;

@@ -88,13 +88,17 @@ static int listen_grpc(tms_server_t *s, const char *addr)
 {
     const tms_config_t *cfg = s->cfg;
     bool split = cfg->server.role_mask != TMS_ROLE_ALL;
-    s->grpc = tms_grpc_server_new(
-        s->loop, &(tms_grpc_config_t){
+    s->grpc_api = tms_grpc_service_new(
+        s->loop, &(tms_grpc_service_config_t){
                      .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
                      .service_token = split ? cfg->peers.secret : NULL,
                      .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
                      .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
                      .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                 });
+    s->grpc = tms_grpc_server_new(
+        s->loop, &(tms_grpc_config_t){
+                     .handler = tms_grpc_service_handler(s->grpc_api),
                      .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
                      .max_connections = (size_t)cfg->http.max_connections,
                      .max_connections_per_address = per_address_cap(cfg),

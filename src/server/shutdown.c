@@ -163,6 +163,7 @@ static void finish_shutdown(tms_server_t *s)
     tms_http_server_free(&s->http);
     tms_http_server_free(&s->metrics_http);
     tms_grpc_server_free(&s->grpc);
+    tms_grpc_service_free(&s->grpc_api);
     tms_rest_free(&s->rest);
     tms_gateway_free(&s->gateway);
     tms_notifier_free(&s->notifier);
@@ -261,9 +262,9 @@ static void run_steps(tms_server_t *s)
                 s->step_pending++;
                 tms_rest_drain(s->rest, step_done, s);
             }
-            if (s->grpc) {
+            if (s->grpc_api) {
                 s->step_pending++;
-                tms_grpc_server_drain(s->grpc, step_done, s);
+                tms_grpc_service_drain(s->grpc_api, step_done, s);
             }
             stop_actor(s, s->gateway ? tms_gateway_mailbox(s->gateway) : NULL);
             break;

@@ -1180,9 +1180,16 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
 void tms_http_respond_error(tms_http_request_t *req, tms_status_t code, const char *message,
                             const tms_http_header_t *headers, size_t nheaders)
 {
+    tms_http_respond_error_status(req, tms_status_http(code), code, message, headers, nheaders);
+}
+
+void tms_http_respond_error_status(tms_http_request_t *req, int status, tms_status_t code,
+                                   const char *message, const tms_http_header_t *headers,
+                                   size_t nheaders)
+{
     size_t len;
     char *body = error_body(code, message, &len);
-    tms_http_respond(req, tms_status_http(code), headers, nheaders, "application/json", body, len);
+    tms_http_respond(req, status, headers, nheaders, "application/json", body, len);
     free(body);
 }
 

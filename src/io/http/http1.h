@@ -88,6 +88,12 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
 void tms_http_respond_error(tms_http_request_t *req, tms_status_t code, const char *message,
                             const tms_http_header_t *headers, size_t nheaders);
 
+/** The same body with an HTTP status of its own (405 UNIMPLEMENTED: a known path
+ * without that method). Frees req like tms_http_respond. */
+void tms_http_respond_error_status(tms_http_request_t *req, int status, tms_status_t code,
+                                   const char *message, const tms_http_header_t *headers,
+                                   size_t nheaders);
+
 /** Graceful stop: stop accepting, close idle connections now, let requests with the
  * handler finish (their responses carry Connection: close), close what is still open
  * after grace_ms, then call on_stopped(arg) from the loop once every handle is closed.
