@@ -142,7 +142,7 @@ int server_open_bus(tms_server_t *s)
     const tms_config_t *cfg = s->cfg;
     char err[512];
     if (!cfg->events.brokers[0] || s->primary) {
-        s->bus = tms_bus_local_new(s->loop);
+        s->bus = tms_local_bus_new(s->loop);
         return 0;
     }
     s->kafka = tms_kafka_bus_new(s->loop,

@@ -93,7 +93,7 @@ static int listen_grpc(tms_server_t *s, const char *addr)
                      .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
                      .service_token = split ? cfg->peers.secret : NULL,
                      .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
-                     .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
+                     .task = split && s->task ? tms_task_mailbox(s->task) : NULL,
                      .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
                  });
     s->grpc = tms_grpc_server_new(

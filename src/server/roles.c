@@ -247,16 +247,16 @@ int server_start_roles(tms_server_t *s)
             return -1;
     }
     if (roles & TMS_ROLE_TASK) {
-        s->task = tms_task_actor_start(s->loop,
-                                       &(tms_task_actor_config_t){
-                                           .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-                                           .tasks = s->tasks_store,
-                                           .outbox = s->tasks_outbox,
-                                           .auth = auth_mb,
-                                           .bus = s->bus,
-                                           .relay = s->tasks_relay,
-                                       });
-        task_mb = tms_task_actor_mailbox(s->task);
+        s->task =
+            tms_task_start(s->loop, &(tms_task_config_t){
+                                        .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+                                        .tasks = s->tasks_store,
+                                        .outbox = s->tasks_outbox,
+                                        .auth = auth_mb,
+                                        .bus = s->bus,
+                                        .relay = s->tasks_relay,
+                                    });
+        task_mb = tms_task_mailbox(s->task);
     } else if (roles & TMS_ROLE_GATEWAY) {
         if (!(task_mb = start_proxy(s, "task", cfg->peers.task, &s->task_client, &s->task_proxy)))
             return -1;

@@ -167,7 +167,7 @@ static void finish_shutdown(tms_server_t *s)
     tms_rest_free(&s->rest);
     tms_gateway_free(&s->gateway);
     tms_notifier_free(&s->notifier);
-    tms_task_actor_free(&s->task);
+    tms_task_free(&s->task);
     tms_auth_free(&s->auth);
     tms_remote_actor_free(&s->task_proxy);
     tms_remote_actor_free(&s->auth_proxy);
@@ -288,7 +288,7 @@ static void run_steps(tms_server_t *s)
             break;
         case STEP_ACTORS:
             stop_actor(s, s->notifier ? tms_notifier_mailbox(s->notifier) : NULL);
-            stop_actor(s, s->task ? tms_task_actor_mailbox(s->task) : NULL);
+            stop_actor(s, s->task ? tms_task_mailbox(s->task) : NULL);
             break;
         case STEP_AUTH:
             stop_actor(s, s->auth ? tms_auth_mailbox(s->auth) : NULL);
