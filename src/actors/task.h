@@ -15,6 +15,7 @@
 #include "core/relay.h"
 #include "core/task_store.h"
 
+/* The actor (tms_task_t is a task, core/task.h). */
 typedef struct tms_task_actor tms_task_actor_t;
 
 typedef struct tms_task_config {
