@@ -156,6 +156,10 @@ int server_open_bus(tms_server_t *s)
                                      .dlq_after = (int)cfg->events.dlq_after,
                                      .retry_ms = (int)cfg->events.retry_ms,
                                      .publish_timeout_ms = (int)cfg->events.publish_timeout_ms,
+                                     .security_protocol = cfg->events.security_protocol,
+                                     .tls_ca = cfg->events.tls_ca,
+                                     .tls_cert = cfg->events.tls_cert,
+                                     .tls_key = cfg->events.tls_key,
                                  },
                                  err, sizeof(err));
     if (!s->kafka) {

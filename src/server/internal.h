@@ -29,9 +29,13 @@
 #include "io/store/mongo/mongo.h"
 #include "io/store/pg/pg.h"
 #include "io/store/sqlite/sqlite.h"
+#include "io/tls/tls.h"
 #include "server/server.h"
 
 typedef struct serve serve_t;
+
+/* The TLS contexts of a process (tls.c), by what uses them. */
+enum { SERVER_TLS_HTTP, SERVER_TLS_GRPC, SERVER_TLS_PEERS, SERVER_TLS_N };
 
 /* One worker's parts. Worker 0 owns what every worker shares (the embedded stores,
  * the hash threads, the user cache, the rate limits) and runs the outbox relays, the
@@ -97,6 +101,9 @@ struct serve {
     char secret[600];
     tms_server_t *servers;               /* one per worker */
     char http_addr[160], grpc_addr[160]; /* worker 0's bound addresses, for the others */
+    /* TLS contexts (NULL: cleartext), one per listener and one for the peers, shared by
+     * every worker; SIGHUP reloads them on the main thread. */
+    tms_tls_ctx_t *tls[SERVER_TLS_N];
     /* tms_server_start: the process is this one worker on the caller's loop; it frees
      * itself once its handles have closed, then calls stopped(stopped_arg). */
     bool embedded;
@@ -143,6 +150,12 @@ int server_check_addresses(const serve_t *sv);
 
 /* secrets.c: auth.jwt_secret, or the one kept in data.dir (made once). 0 or -1 (said). */
 int server_load_secret(const tms_config_t *cfg, char *out, size_t size);
+
+/* tls.c: the contexts of the settings into sv->tls (0, or -1 after one line on
+ * stderr, none kept), their reload (SIGHUP) and their end. */
+int server_open_tls(serve_t *sv);
+void server_reload_tls(serve_t *sv);
+void server_free_tls(serve_t *sv);
 
 /* shutdown.c: stop in steps (after a signal, or tms_server_stop). */
 void server_stop(tms_server_t *s);

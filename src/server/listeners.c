@@ -75,6 +75,8 @@ static int listen_http(tms_server_t *s, const char *addr)
     limits.max_connections = (size_t)cfg->http.max_connections;
     limits.max_connections_per_address = per_address_cap(cfg);
     limits.ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix;
+    limits.tls = s->sv->tls[SERVER_TLS_HTTP];
+    limits.tls_handshake_timeout_ms = (uint64_t)cfg->http.tls_handshake_timeout * 1000;
     s->http = tms_http_server_new(s->loop, &limits, on_http_request, s);
     if (tms_http_server_listen(s->http, addr) != 0) {
         fprintf(stderr, "tms: http.addr: cannot listen on %s: %s\n", addr,
@@ -112,6 +114,8 @@ static int listen_grpc(tms_server_t *s, const char *addr)
                      .max_buffered_bytes = (size_t)cfg->grpc.max_buffered_bytes,
                      .receive_timeout_ms = (uint64_t)cfg->grpc.receive_timeout * 1000,
                      .send_timeout_ms = (uint64_t)cfg->grpc.send_timeout * 1000,
+                     .tls = s->sv->tls[SERVER_TLS_GRPC],
+                     .tls_handshake_timeout_ms = (uint64_t)cfg->http.tls_handshake_timeout * 1000,
                  });
     if (tms_grpc_server_listen(s->grpc, addr) != 0) {
         fprintf(stderr, "tms: grpc.addr: cannot listen on %s: %s\n", addr,

@@ -100,6 +100,7 @@ static tms_mailbox_t *start_proxy(tms_server_t *s, const char *role, const char 
                                       .connect_timeout_ms = (int)cfg->peers.connect_timeout_ms,
                                       .retry_attempts = (int)cfg->peers.retry_attempts,
                                       .breaker_cooldown_ms = cfg->peers.breaker_cooldown_ms,
+                                      .tls = s->sv->tls[SERVER_TLS_PEERS],
                                   },
                                   err, sizeof(err));
     if (!*client) {

@@ -1,5 +1,6 @@
 /* `tms serve`: the process around the workers. It makes data.dir and holds its lock,
- * checks the listen addresses, loads the JWT secret, then runs server.workers loops
+ * checks the listen addresses, loads the JWT secret and the TLS contexts (tls.c),
+ * reloading them on SIGHUP, then runs server.workers loops
  * on their own threads (core/workers.h) while this thread only takes the signals. */
 #include <errno.h>
 #include <fcntl.h>
@@ -55,6 +56,11 @@ static void on_started(void *arg, int nworkers)
     sodium_memzero(sv->secret, sizeof(sv->secret)); /* every auth actor has its copy */
 }
 
+static void on_reload(void *arg)
+{
+    server_reload_tls(arg);
+}
+
 static void on_stopping(void *arg, int signum)
 {
     serve_t *sv = arg;
@@ -100,6 +106,7 @@ int tms_server_serve(tms_config_t *cfg)
         .finished = on_worker_finished,
         .started = on_started,
         .stopping = on_stopping,
+        .reload = on_reload,
         .arg = sv,
     };
     int rc = 1;
@@ -108,6 +115,8 @@ int tms_server_serve(tms_config_t *cfg)
         return 1;
     sv->cfg = cfg;
     signal(SIGPIPE, SIG_IGN);
+    if (server_open_tls(sv) != 0)
+        goto out;
     if (server_make_dir(cfg->data.dir) != 0) {
         fprintf(stderr, "tms: data.dir: cannot create %s: %s\n", cfg->data.dir, strerror(errno));
         goto out;
@@ -122,6 +131,7 @@ int tms_server_serve(tms_config_t *cfg)
     tms_metrics_reset();
 out:
     sodium_memzero(sv->secret, sizeof(sv->secret));
+    server_free_tls(sv);
     free(sv->servers);
     free(sv);
     return rc;

@@ -135,6 +135,7 @@ static void on_handle_closed(uv_handle_t *h)
     int clean = s->stopping;
     if (--s->handles_open > 0 || !sv->embedded)
         return;
+    server_free_tls(sv);
     free(sv->servers);
     free(sv);
     if (stopped)

@@ -112,6 +112,8 @@ tms_server_t *tms_server_start(uv_loop_t *loop, tms_config_t *cfg, const tms_ser
     sv->servers = calloc(1, sizeof(tms_server_t));
     if (!sv->servers)
         abort();
+    if (server_open_tls(sv) != 0)
+        goto fail;
     if (!cfg->auth.jwt_secret[0] && server_make_dir(cfg->data.dir) != 0) {
         fprintf(stderr, "tms: data.dir: cannot create %s: %s\n", cfg->data.dir, strerror(errno));
         goto fail;
@@ -123,6 +125,7 @@ tms_server_t *tms_server_start(uv_loop_t *loop, tms_config_t *cfg, const tms_ser
     sodium_memzero(sv->secret, sizeof(sv->secret)); /* the auth actor has its copy */
     return &sv->servers[0];
 fail:
+    server_free_tls(sv);
     free(sv->servers);
     free(sv);
     return NULL;

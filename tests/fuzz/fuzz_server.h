@@ -1,8 +1,13 @@
-/* Shared by the HTTP-level fuzz harnesses (http_fuzz.c, rest_fuzz.c): the server of
- * `tms serve` in this process (server/server.h: the same assembly, every role, on an
- * in-memory SQLite store), listening on a free port of 127.0.0.1 and nowhere else, and
- * a client that sends bytes on a fresh connection and reads the answer to the end.
- * Header-only (static functions) so that each harness stays one file. */
+/* Shared by the HTTP-level fuzz harnesses (http_fuzz.c, rest_fuzz.c, http_tls_fuzz.c):
+ * the server of `tms serve` in this process (server/server.h: the same assembly, every
+ * role, on an in-memory SQLite store), listening on a free port of 127.0.0.1 and
+ * nowhere else, and a client that sends bytes on a fresh connection and reads the
+ * answer to the end. With fuzz_tls_cert and fuzz_tls_key set before the first input
+ * the server's listener speaks TLS (http.tls_cert, http.tls_key), and with
+ * fuzz_tls_client the client does a TLS handshake (io/tls's client engine) and sends
+ * the bytes as application data, then close_notify; with fuzz_raw_tls it sends them as
+ * they are (TLS records straight at the server's handshake). Header-only (static
+ * functions) so that each harness stays one file. */
 #ifndef TMS_FUZZ_SERVER_H
 #define TMS_FUZZ_SERVER_H
 
@@ -22,6 +27,7 @@
 
 #include "core/config.h"
 #include "core/log.h"
+#include "io/tls/tls.h"
 #include "server/server.h"
 
 static uv_loop_t *loop;
@@ -32,6 +38,9 @@ static int port;
 static char token[1024];
 static unsigned users_made;
 static int need_token = 1;
+static const char *fuzz_tls_cert, *fuzz_tls_key; /* the server's, when set */
+static tms_tls_ctx_t *fuzz_tls_client;
+static int fuzz_raw_tls;
 
 /* One client connection: writes out, half-closes, reads everything into in. */
 typedef struct client {
@@ -43,11 +52,15 @@ typedef struct client {
     char *in;
     size_t in_len, in_cap;
     int closed;
+    tms_tls_t *tls; /* TLS mode: the client's engine */
+    int sent;
 } client_t;
 
 static void on_client_close(uv_handle_t *h)
 {
-    ((client_t *)h->data)->closed = 1;
+    client_t *c = h->data;
+    tms_tls_free(&c->tls);
+    c->closed = 1;
 }
 
 static void client_close(client_t *c)
@@ -90,11 +103,96 @@ static void on_write(uv_write_t *w, int status)
         client_close(c);
 }
 
+/* ---- TLS mode: ciphertext through the client engine ---- */
+
+typedef struct tls_write {
+    uv_write_t req;
+    char *buf;
+} tls_write_t;
+
+static void on_tls_write(uv_write_t *w, int status)
+{
+    tls_write_t *t = (tls_write_t *)w;
+    free(t->buf);
+    free(t);
+}
+
+static void tls_send(client_t *c)
+{
+    size_t n;
+    char *out = tms_tls_take(c->tls, &n);
+    tls_write_t *t;
+    uv_buf_t b;
+    if (!out)
+        return;
+    t = malloc(sizeof *t);
+    t->buf = out;
+    b = uv_buf_init(out, (unsigned)n);
+    if (uv_write(&t->req, (uv_stream_t *)&c->tcp, &b, 1, on_tls_write) < 0) {
+        free(out);
+        free(t);
+        client_close(c);
+    }
+}
+
+static void on_tls_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static char rbuf[65536];
+    *buf = uv_buf_init(rbuf, sizeof rbuf);
+}
+
+static int on_client_plain(void *arg, const char *data, size_t n)
+{
+    client_t *c = arg;
+    if (c->in_cap - c->in_len < n + 1) {
+        c->in_cap = c->in_cap * 2 + n + 1;
+        c->in = realloc(c->in, c->in_cap);
+    }
+    memcpy(c->in + c->in_len, data, n);
+    c->in_len += n;
+    return 0;
+}
+
+static void on_tls_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+    client_t *c = st->data;
+    int was, rc;
+    if (n < 0) {
+        client_close(c);
+        return;
+    }
+    was = tms_tls_established(c->tls);
+    rc = tms_tls_input(c->tls, buf->base, (size_t)n, on_client_plain, c);
+    tls_send(c);
+    if (rc != 0) { /* refused, broken, or the server's close_notify */
+        client_close(c);
+        return;
+    }
+    if (!was && tms_tls_established(c->tls) && !c->sent) {
+        /* The fuzz bytes as application data (records of up to 16 KiB), then
+         * close_notify and FIN. */
+        c->sent = 1;
+        if (c->out.len && tms_tls_write(c->tls, c->out.base, c->out.len) != 0) {
+            client_close(c);
+            return;
+        }
+        tms_tls_shutdown(c->tls);
+        tls_send(c);
+        if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
+            client_close(c);
+    }
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     client_t *c = req->data;
     if (status < 0) {
         client_close(c);
+        return;
+    }
+    if (c->tls) {
+        uv_read_start((uv_stream_t *)&c->tcp, on_tls_alloc, on_tls_read);
+        tls_send(c); /* the ClientHello */
         return;
     }
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -116,6 +214,8 @@ static char *exchange(const char *bytes, size_t n, size_t *len)
     uv_ip4_addr("127.0.0.1", port, &addr);
     uv_tcp_init(loop, &c.tcp);
     c.tcp.data = &c;
+    if (fuzz_tls_client && !fuzz_raw_tls)
+        c.tls = tms_tls_new(fuzz_tls_client, "localhost");
     if (uv_tcp_connect(&c.connect, &c.tcp, (const struct sockaddr *)&addr, on_connect) < 0)
         client_close(&c);
     /* Wait for our side and the server's side of the connection, and for every call
@@ -210,6 +310,13 @@ static void configure(tms_config_t *cfg)
     set(cfg, buf);
     snprintf(buf, sizeof buf, "mail.url=maildir://%s/mail", data_dir);
     set(cfg, buf);
+    if (fuzz_tls_cert) {
+        snprintf(buf, sizeof buf, "http.tls_cert=%s", fuzz_tls_cert);
+        set(cfg, buf);
+        snprintf(buf, sizeof buf, "http.tls_key=%s", fuzz_tls_key);
+        set(cfg, buf);
+        set(cfg, "http.tls_handshake_timeout=2");
+    }
     randombytes_buf(raw, sizeof raw);
     strcpy(buf, "auth.jwt_secret=");
     sodium_bin2hex(buf + strlen(buf), sizeof buf - strlen(buf), raw, sizeof raw);

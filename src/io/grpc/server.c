@@ -965,6 +965,10 @@ static void on_tick(uv_timer_t *t)
     conn_t *c = ((tms_h2_io_t *)t->data)->owner;
     tms_grpc_server_t *s = c->srv;
     uint64_t now = uv_now(s->loop), last;
+    if (tms_h2_io_handshake_overdue(&c->io, now, s->cfg.tls_handshake_timeout_ms)) {
+        conn_close(c);
+        return;
+    }
     if (c->io.unwritten && now - c->io.last_write_ms >= s->cfg.send_timeout_ms) {
         count_limit("send_timeout", c->client_addr);
         conn_close(c);
@@ -1037,6 +1041,8 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     uv_timer_start(&c->io.timer, on_tick, s->tick_ms, s->tick_ms);
+    if (s->cfg.tls) /* the session's frames wait for the handshake (h2_io) */
+        c->io.tls = tms_tls_new(s->cfg.tls, NULL);
     /* SETTINGS at once: nghttp2's own default for concurrent streams is unlimited. */
     if (tms_h2_io_start(&c->io, iv, sizeof(iv) / sizeof(iv[0])) < 0) {
         conn_close(c);
@@ -1088,6 +1094,8 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
         s->cfg.receive_timeout_ms = DEFAULT_RECEIVE_MS;
     if (!s->cfg.send_timeout_ms)
         s->cfg.send_timeout_ms = DEFAULT_SEND_MS;
+    if (!s->cfg.tls_handshake_timeout_ms)
+        s->cfg.tls_handshake_timeout_ms = 10000;
     s->tick_ms = MAX_TICK_MS;
     if (s->tick_ms > s->cfg.receive_timeout_ms / 4)
         s->tick_ms = s->cfg.receive_timeout_ms / 4;
@@ -1095,6 +1103,8 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
         s->tick_ms = s->cfg.send_timeout_ms / 4;
     if (s->tick_ms > s->cfg.idle_timeout_ms / 4)
         s->tick_ms = s->cfg.idle_timeout_ms / 4;
+    if (s->cfg.tls && s->tick_ms > s->cfg.tls_handshake_timeout_ms / 4)
+        s->tick_ms = s->cfg.tls_handshake_timeout_ms / 4;
     if (s->tick_ms < MIN_TICK_MS)
         s->tick_ms = MIN_TICK_MS;
     s->requests = tms_calloc((s->h.nroutes + 1) * 17, sizeof(*s->requests));

@@ -16,6 +16,7 @@
 #include <uv.h>
 
 #include "core/status.h"
+#include "io/tls/tls.h"
 
 typedef struct tms_grpc_server tms_grpc_server_t;
 typedef struct tms_grpc_stream tms_grpc_stream_t;
@@ -96,6 +97,11 @@ typedef struct tms_grpc_config {
     size_t max_buffered_bytes;
     uint64_t receive_timeout_ms;
     uint64_t send_timeout_ms;
+    /* TLS (NULL: cleartext h2c): every connection speaks TLS only (ALPN h2), on this
+     * context (shared, not owned; it outlives the server); a handshake not done within
+     * tls_handshake_timeout_ms (0: 10 s) closes the connection. */
+    tms_tls_ctx_t *tls;
+    uint64_t tls_handshake_timeout_ms;
 } tms_grpc_config_t;
 
 /** Create the server on loop. Never NULL. */

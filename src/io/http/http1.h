@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "core/status.h"
+#include "io/tls/tls.h"
 
 typedef struct tms_http_server tms_http_server_t;
 
@@ -34,6 +35,11 @@ typedef struct tms_http_limits {
     size_t max_connections_per_address;
     unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits (default 64) */
     const char *listener; /* label in metrics and logs (default "http"); static */
+    /* TLS (NULL: cleartext): every connection speaks TLS only, on this context
+     * (shared, not owned; it outlives the server). A handshake not done within
+     * tls_handshake_timeout_ms (default 10000) closes the connection. */
+    tms_tls_ctx_t *tls;
+    uint64_t tls_handshake_timeout_ms;
 } tms_http_limits_t;
 
 /** Fill *l with the defaults of API.md "Limits". */
