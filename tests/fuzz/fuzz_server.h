@@ -31,7 +31,7 @@
 #include "server/server.h"
 
 static uv_loop_t *loop;
-static tms_server_t *server;
+static tms_server_t *fuzz_srv;
 static tms_http_server_t *http;
 static tms_rest_t *rest;
 static int port;
@@ -337,12 +337,12 @@ static void start(void)
     tms_log_set_level(getenv("TMS_FUZZ_LOG") ? TMS_LOG_DEBUG : TMS_LOG_ERROR + 1);
     configure(&cfg);
     loop = uv_default_loop();
-    server = tms_server_start(loop, &cfg, &(tms_server_options_t){.http_only = true});
-    if (!server)
+    fuzz_srv = tms_server_start(loop, &cfg, &(tms_server_options_t){.http_only = true});
+    if (!fuzz_srv)
         abort();
-    http = tms_server_http(server);
-    rest = tms_server_rest(server);
-    port = tms_server_http_port(server);
+    http = tms_server_http(fuzz_srv);
+    rest = tms_server_rest(fuzz_srv);
+    port = tms_server_http_port(fuzz_srv);
 }
 
 /* Start the server once; then make sure token[] holds a live token (inputs that hit
