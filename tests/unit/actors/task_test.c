@@ -381,11 +381,11 @@ static void test_one_allocation_per_call(void)
     uv_loop_init(&e.loop);
     e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth, NULL);
     e.replies = tms_mailbox_new(&e.loop, "replies", 1, NULL, NULL);
-    e.actor = tms_task_actor_start(&e.loop, &(tms_task_actor_config_t){
-                                                .mailbox_capacity = 16,
-                                                .tasks = &e.store.port,
-                                                .auth = e.auth,
-                                            });
+    e.actor = tms_task_start(&e.loop, &(tms_task_config_t){
+                                          .mailbox_capacity = 16,
+                                          .tasks = &e.store.port,
+                                          .auth = e.auth,
+                                      });
     CHECK_EQ_INT(create(&e, ALICE, NULL), TMS_OK); /* warm: first log line, loop state */
 
     c = tms_api_call_new(TMS_API_TASK_CREATE);
@@ -422,7 +422,7 @@ static void test_one_allocation_per_call(void)
     CHECK(tms_arena_blocks(&c->arena) > 0);
     tms_api_call_free(&c);
 
-    tms_task_actor_free(&e.actor);
+    tms_task_free(&e.actor);
     tms_mailbox_free(&e.auth);
     tms_mailbox_free(&e.replies);
     uv_run(&e.loop, UV_RUN_DEFAULT);
