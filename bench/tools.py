@@ -371,6 +371,19 @@ def evaluate(P):
             "linger.ms %s; p50 %s ms, %s of %s consumed, at %s creates/s" % (
                 linger, g("pg_post", "kafka_e2e.p50_ms"), g("pg_post", "kafka_e2e.consumed"),
                 g("pg_post", "kafka_e2e.created"), g("pg_post", "kafka_e2e.rate")))
+    if "sqlite_post" in P:
+        c = P["sqlite_post"].get("conns") or "CONNS"
+        row("sqlite_post", "POST rps TMS (group commit) / C reference, one transaction per "
+            "create, %s connections" % c,
+            _ratio(g("sqlite_post", "tms.rps"), g("sqlite_post", "ref_c%s.rps" % c)), ">= 2.0",
+            lambda v: v >= 2.0, "reference %s creates/s, %s failed (busy)" % (
+                g("sqlite_post", "ref_c%s.rps" % c), g("sqlite_post", "ref_c%s.failures" % c)))
+        row("sqlite_post", "POST rps TMS / C reference, one transaction per create, 1 connection",
+            _ratio(g("sqlite_post", "tms.rps"), g("sqlite_post", "ref_c1.rps")), "info",
+            lambda v: None, "SQLite's one writer without contention: %s creates/s" %
+            g("sqlite_post", "ref_c1.rps"))
+        row("sqlite_post", "writes per group commit (TMS)", g("sqlite_post", "writes_per_commit"),
+            "info", lambda v: None, "tasks, outbox marks and inbox records share each fsync")
     if "grpc" in P:
         row("grpc", "gRPC GetTask (h2load) / REST GET (wrk, 100 conns)",
             _ratio(g("grpc", "tms_h2load.rps"), g("grpc", "rest.rps")), ">= 0.70",
@@ -427,6 +440,7 @@ CHART = [
     ("http", "GET fixed rate\nvs nginx", "tms_fixed", "nginx_fixed", "nginx"),
     ("pg_get", "GET on PG\nvs pgbench", "tms", "pgbench", "pgbench"),
     ("pg_post", "POST on PG\nvs pgbench", "tms", "pgbench", "pgbench"),
+    ("sqlite_post", "POST on SQLite\nvs C ref", "tms", "ref_c64", "C, 64 conns"),
     ("grpc", "gRPC GetTask\nvs nginx h2", "tms_h2load", "nginx_h2load", "nginx h2"),
     ("grpc", "gRPC GetTask\nvs REST", "tms_h2load", "rest", "REST"),
     ("login", "GET in login storm\nvs alone", "storm_get", "alone_get", "alone"),
