@@ -1,6 +1,8 @@
+#define _GNU_SOURCE /* pthread_setname_np */
 #include "core/workpool.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,8 +115,12 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
         tms_oom(__FILE__, __LINE__);
     randombytes_buf(pool->seed, sizeof(pool->seed));
     for (int i = 0; i < pool->nthreads; i++) {
+        char tname[16];
         if (pthread_create(&pool->threads[i], NULL, worker, pool) != 0)
             tms_oom(__FILE__, __LINE__);
+        /* ps, top and perf then tell the pools apart (not the loop's name, inherited) */
+        snprintf(tname, sizeof(tname), "tms-%s", name);
+        pthread_setname_np(pool->threads[i], tname);
     }
     return pool;
 }
