@@ -893,7 +893,10 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
         }
         s->bus = tms_kafka_bus_port(s->kafka);
     } else {
-        s->bus = tms_bus_local_new(s->loop);
+        s->bus = tms_bus_local_new_with(s->loop, &(tms_bus_local_options_t){
+                                                     .dlq_after = (int)cfg->events.dlq_after,
+                                                     .retry_ms = (int)cfg->events.retry_ms,
+                                                 });
     }
     if (s->primary) {
         s->tasks_relay = tms_relay_remote_new(s->primary->tasks_relay);

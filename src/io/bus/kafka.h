@@ -7,11 +7,13 @@
  *
  * Consumers: offsets are stored (and auto-committed) only up to the first
  * delivery of a partition its consumer has not acknowledged, so a commit never
- * covers an unhandled event. A nack redelivers the event after a back-off;
- * after dlq_after attempts it goes to `<topic>.dlq` and counts as handled, so
- * one poison message delays only itself. A revoked partition's held deliveries
- * are orphaned: their acks are ignored and the new owner redelivers from the
- * committed offset, which the handlers' inbox (dedup by event_id) absorbs.
+ * covers an unhandled event. A permanent failure redelivers the event after a
+ * back-off; after dlq_after attempts it goes to `<topic>.dlq` (headers tms.topic,
+ * tms.partition, tms.offset, tms.attempts, tms.reason, tms.group) and counts as
+ * handled, so one poison message delays only itself. A transient failure pauses
+ * the consumer's partitions until a probe is handled (core/event_bus.h). A revoked partition's held
+ * deliveries are orphaned: their acks are ignored and the new owner redelivers from the committed
+ * offset, which the handlers' inbox (dedup by event_id) absorbs.
  *
  * Single loop: every call and completion runs on the loop given to new. */
 #ifndef TMS_IO_KAFKA_H
@@ -33,6 +35,7 @@ typedef struct tms_kafka_options {
     int publish_timeout_ms;    /* a publish not acknowledged by then fails; 0: 10000
                                 */
     int max_inflight;          /* held deliveries per consumer before pausing; 0: 64 */
+    int max_poll_interval_ms;  /* librdkafka's max.poll.interval.ms (tests); 0: 300000 */
     const char *ns; /* namespace: topics "<ns>.<topic>", groups "<group>.<ns>"; NULL/"": none */
 } tms_kafka_options_t;
 
