@@ -419,7 +419,7 @@ static void test_transient_pauses_without_attempts(void)
         for (int round = 0; round < 200 && got < 3; round++) {
             spin_until(&loop, &c.n, i + 1, 50);
             for (; i < c.n && i < MAX_HELD && got < 3; i++, got++) {
-                char name[8];
+                char name[16];
                 snprintf(name, sizeof(name), "e%d", got);
                 CHECK_EQ_STR(c.held[i]->payload, name);
                 CHECK_EQ_INT(c.held[i]->attempt, 1);
