@@ -1,6 +1,7 @@
 #include "actors/notifier.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -31,6 +32,8 @@ struct tms_notifier {
     tms_notifier_config_t cfg;
     tms_notify_limit_t *limit;
     size_t inflight;
+    bool mailer_closed;      /* cfg.mailer is closing or gone: not to be used */
+    const char *mailer_name; /* its name (a literal): for reasons, after it is gone too */
     tms_stopper_t stop;
     tms_counter_t *sent, *duplicate, *dropped, *failed, *dead_letter, *suppressed;
     /* Events whose mail the mailer refused for good (and kept as a dead letter): their
@@ -137,7 +140,7 @@ static void on_mail_reply(tms_msg_t *msg)
          * a permanent failure, so the event reaches the bus's dead letters too, with
          * the server's reply; its redeliveries are not mailed again. */
         char reason[sizeof(why) + 8];
-        snprintf(reason, sizeof(reason), "%s %s", n->cfg.mailer->name, why);
+        snprintf(reason, sizeof(reason), "%s %s", n->mailer_name, why);
         tms_counter_add(n->dead_letter, 1);
         tms_log_warn("email_dead_letter", "event=%s task=%" PRId64 " user=%s", job->event_id,
                      job->task_id, job->user_id);
@@ -153,7 +156,7 @@ static void on_mail_reply(tms_msg_t *msg)
         /* Down, refusing for now (4xx), timed out, or its breaker open: not the event's
          * fault. The bus pauses (one log line), so nothing is logged per event. */
         tms_counter_add(n->failed, 1);
-        ack(job, tms_ack_transient(n->cfg.mailer->name, why, retry_after));
+        ack(job, tms_ack_transient(n->mailer_name, why, retry_after));
     }
 }
 
@@ -165,7 +168,12 @@ static void free_mail_msg(tms_msg_t *msg)
 
 static void send_mail(job_t *job, const char *email)
 {
-    tms_mail_t *mail = tms_mail_new();
+    tms_mail_t *mail;
+    if (job->n->mailer_closed) {
+        ack(job, tms_ack_transient("mailer", "closed (shutting down)", 0));
+        return;
+    }
+    mail = tms_mail_new();
     /* The title is whatever the assigner typed: shown quoted and labelled as theirs. */
     mail->text = tms_notify_text(job->task_id, job->title, job->assigned_by);
     mail->html = tms_notify_html(job->task_id, job->title, job->assigned_by);
@@ -179,7 +187,7 @@ static void send_mail(job_t *job, const char *email)
     mail->msg.free_fn = free_mail_msg;
     if (tms_mailer_submit(job->n->cfg.mailer, &mail) != 0) {
         tms_mail_free(&mail);
-        ack(job, tms_ack_transient(job->n->cfg.mailer->name, "mail queue full or closed", 0));
+        ack(job, tms_ack_transient("mailer", "mail queue full or closed", 0));
     }
 }
 
@@ -310,6 +318,7 @@ tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t 
     tms_notifier_t *n = tms_new(tms_notifier_t);
     n->loop = loop;
     n->cfg = *cfg;
+    n->mailer_name = cfg->mailer && cfg->mailer->name ? cfg->mailer->name : "mailer";
     n->limit =
         tms_notify_limit_new(cfg->per_assigner_per_hour, cfg->per_recipient_per_hour, LIMIT_KEYS);
     n->mailbox = tms_mailbox_new(loop, "notifier", cfg->mailbox_capacity, on_message, n);
@@ -327,6 +336,11 @@ tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t 
     if (cfg->bus->subscribe(cfg->bus, TMS_TOPIC_NOTIFICATIONS, CONSUMER, n->mailbox))
         tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_NOTIFICATIONS, CONSUMER);
     return n;
+}
+
+void tms_notifier_mailer_closed(tms_notifier_t *n)
+{
+    n->mailer_closed = true;
 }
 
 tms_mailbox_t *tms_notifier_mailbox(tms_notifier_t *n)

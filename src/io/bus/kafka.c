@@ -325,6 +325,11 @@ static void arm_retry_timer(kbus_t *bus, uint64_t due)
 static void schedule_retry(entry_t *e, entry_state_t state, uint64_t ms)
 {
     sub_t *s = e->sub;
+    if (s->bus->stopping) { /* no more redeliveries: left uncommitted (stop) */
+        e->state = WAIT;
+        s->waiting++;
+        return;
+    }
     e->state = state;
     e->due = uv_now(s->bus->loop) + ms;
     e->retry_next = s->retries;
@@ -1445,6 +1450,17 @@ static void stop(kbus_t *bus)
         return;
     bus->stopping = 1;
     for (sub_t *s = bus->subs; s; s = s->next) {
+        /* Redeliveries still waiting are not made any more (the subscribers' own
+         * dependencies close around now): they stay uncommitted, for the next start,
+         * as do the events a pause holds. */
+        entry_t *e;
+        while ((e = s->retries)) {
+            s->retries = e->retry_next;
+            e->retry_next = NULL;
+            s->owned--;
+            e->state = WAIT;
+            s->waiting++;
+        }
         apply_pause(s);
         check_close(s);
     }

@@ -49,8 +49,9 @@ tms_kafka_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
 
 /** The event bus port of bus (the same pointer on every call). Its close
  * (core/port.h): publish and subscribe refused; consumers take no new events,
- * finish what they hold (retries and dead letters included), then leave their
- * groups, committing what was handled; publishes already made get their done
+ * finish what they hold (dead letters being produced included; redeliveries not yet
+ * made are left, uncommitted, to the next start), then leave their groups,
+ * committing what was handled; publishes already made get their done
  * (within publish_timeout_ms); then the bus is freed and cb runs. */
 tms_event_bus_t *tms_kafka_bus_port(tms_kafka_bus_t *bus);
 
