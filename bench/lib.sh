@@ -41,8 +41,8 @@ on_exit() { _PIDS=(); trap '_kill_all' EXIT; }
 
 # tms_start NAME [--set k=v ...]: TMS pinned to SERVER_CPU on $WORK/data, rate limits and
 # per-address caps off (every load client comes from 127.0.0.1).
-# Sets TMS_PID, TMS_URL (REST), TMS_GRPC (host:port), TMS_METRICS_URL (GET /metrics).
-# Unpinned when TMS_UNPINNED=1 (seeding).
+# Sets TMS_PID, TMS_URL (REST; https:// when http.tls_cert is set), TMS_GRPC (host:port),
+# TMS_METRICS_URL (GET /metrics). Unpinned when TMS_UNPINNED=1 (seeding).
 tms_start() {
   local name=$1; shift
   local hp gp mp
@@ -55,15 +55,16 @@ tms_start() {
     --set notify.per_recipient_per_hour=0 --set log.level=warn
     --set http.max_connections=20000 --set http.max_connections_per_address=0
     --set auth.hash_per_address=0 "$@")
-  local cpus=$SERVER_CPU
+  local cpus=$SERVER_CPU scheme=http a
   [[ "${TMS_UNPINNED:-0}" == 1 ]] && cpus="0-$(($(nproc) - 1))"
+  for a in "$@"; do [[ "$a" == http.tls_cert=* ]] && scheme=https; done
   taskset -c "$cpus" "${cmd[@]}" 2>>"$WORK/tms.$name.log" &
   TMS_PID=$!; track "$TMS_PID"
-  TMS_URL="http://127.0.0.1:$hp"; TMS_GRPC="127.0.0.1:$gp"
+  TMS_URL="$scheme://127.0.0.1:$hp"; TMS_GRPC="127.0.0.1:$gp"
   TMS_METRICS_URL="http://127.0.0.1:$mp/metrics"
   local _
   for _ in $(seq 150); do
-    curl -sf "$TMS_URL/readyz" >/dev/null 2>&1 && return 0
+    curl -sfk "$TMS_URL/readyz" >/dev/null 2>&1 && return 0
     kill -0 "$TMS_PID" 2>/dev/null || break
     sleep 0.1
   done
@@ -187,8 +188,8 @@ our_server_pids() {
   for p in "${TMS_PID:-}" "${NGINX_PID:-}"; do
     [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null && list+=("$p") && list+=($(pgrep -P "$p" || true))
   done
-  if [[ -f "$WORK/pg/data/postmaster.pid" ]]; then
-    pm=$(head -1 "$WORK/pg/data/postmaster.pid")
+  if [[ -f "$PG_DIR/data/postmaster.pid" ]]; then
+    pm=$(head -1 "$PG_DIR/data/postmaster.pid")
     list+=("$pm" $(pgrep -P "$pm" || true))
   fi
   (IFS=,; echo "${list[*]}")

@@ -63,6 +63,17 @@ def cmd_wrk(path):
     out(d)
 
 
+def cmd_stime(*paths):
+    """Parallel `openssl s_time -new` runs: handshakes per second of wall time, summed."""
+    total, rate = 0, 0.0
+    for p in paths:
+        m = re.search(r"(\d+) connections in (\d+) real seconds", open(p).read())
+        if m and int(m.group(2)) > 0:
+            total += int(m.group(1))
+            rate += int(m.group(1)) / int(m.group(2))
+    out({"hs_per_s": round(rate, 1), "connections": total, "clients": len(paths)})
+
+
 def cmd_h2load(path, logf):
     t = open(path).read()
     d = {"rps": float(re.search(r"finished in [^,]+, ([\d.]+) req/s", t).group(1))}
@@ -385,6 +396,15 @@ def evaluate(P):
         row("login", "GET p99 in storm / alone",
             _ratio(g("login", "storm_get.p99_ms"), g("login", "alone_get.p99_ms")), "info",
             lambda v: None)
+    if "tls" in P:
+        row("tls", "GET over TLS 1.3 (keep-alive) rps TMS / nginx",
+            _ratio(g("tls", "tms.rps"), g("tls", "nginx.rps")), ">= 0.70", lambda v: v >= 0.70,
+            "same RSA 2048 certificate; cipher %s / %s" % (g("tls", "tms.cipher"),
+                                                           g("tls", "nginx.cipher")))
+        row("tls", "new TLS handshakes/s TMS / nginx",
+            _ratio(g("tls", "tms_hs.hs_per_s"), g("tls", "nginx_hs.hs_per_s")), ">= 0.80",
+            lambda v: v >= 0.80, "%s vs %s per s, 8 x openssl s_time -new" % (
+                g("tls", "tms_hs.hs_per_s"), g("tls", "nginx_hs.hs_per_s")))
     if "workers" in P:
         row("workers", "rps workers=2 / workers=1",
             _ratio(g("workers", "w2.rps"), g("workers", "w1.rps")), ">= 1.6",
@@ -410,6 +430,7 @@ CHART = [
     ("grpc", "gRPC GetTask\nvs nginx h2", "tms_h2load", "nginx_h2load", "nginx h2"),
     ("grpc", "gRPC GetTask\nvs REST", "tms_h2load", "rest", "REST"),
     ("login", "GET in login storm\nvs alone", "storm_get", "alone_get", "alone"),
+    ("tls", "GET over TLS\nvs nginx TLS", "tms", "nginx", "nginx"),
 ]
 
 
@@ -621,6 +642,6 @@ def cmd_kafka_e2e(url, token, assignee, brokers, n, rate):
 
 if __name__ == "__main__":
     c, a = sys.argv[1], sys.argv[2:]
-    {"wrk": cmd_wrk, "h2load": cmd_h2load, "pgbench": cmd_pgbench,
+    {"wrk": cmd_wrk, "h2load": cmd_h2load, "pgbench": cmd_pgbench, "stime": cmd_stime,
      "ghz": cmd_ghz, "seed": cmd_seed, "seed-sql": cmd_seed_sql, "conns": cmd_conns, "kafka-e2e": cmd_kafka_e2e,
      "report": cmd_report}[c](*a)

@@ -10,9 +10,14 @@ internal one on auth and task), a data dir of its own, and the same generated se
 (peers.secret), JWT secret and Kafka namespace (events.namespace: topics and consumer
 groups of its own, so deployments sharing one cluster stay apart). Stores, Kafka and SMTP come
 from the settings given (tasks.url, users.url, events.brokers, mail.url).
+
+With tls=True the roles talk mutual TLS (issue 22): make_tls() makes a throwaway CA and a
+certificate per role with the openssl command, and every role gets peers.tls_cert,
+peers.tls_key and peers.tls_ca (the service credential stays required as well).
 """
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +37,40 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def make_tls(directory, names=ROLES):
+    """A throwaway CA (valid 2 days) and, for each name, a key and a certificate it signs
+    for localhost and 127.0.0.1, for server and client use, made with the openssl command
+    in directory. Returns {"ca": path, name: (cert path, key path), ...}."""
+    if not shutil.which("openssl"):
+        raise RuntimeError("openssl not found (scripts/setup --test installs it)")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args):
+        r = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=d)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]}: {r.stderr.strip()}")
+
+    newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *newkey, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=tms throwaway CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    (d / "leaf.ext").write_text("basicConstraints=CA:FALSE\n"
+                                "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                                "extendedKeyUsage=serverAuth,clientAuth\n")
+    out = {"ca": str(d / "ca.pem")}
+    for name in names:
+        openssl("req", *newkey, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN={name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-set_serial", str(int.from_bytes(secrets.token_bytes(8), "big") >> 1),
+                "-days", "2", "-extfile", "leaf.ext", "-out", f"{name}.pem")
+        os.chmod(d / f"{name}.key", 0o600)
+        out[name] = (str(d / f"{name}.pem"), str(d / f"{name}.key"))
+    os.chmod(d / "ca.key", 0o600)
+    return out
 
 
 class LoggedProcess:
@@ -145,7 +184,7 @@ class SplitDeployment:
     """The four roles as processes; gateways and notifiers may be several."""
 
     def __init__(self, tms_bin, workdir, settings, gateways=1, notifiers=1, env=None,
-                 secret=None, data_root=None):
+                 secret=None, data_root=None, tls=False):
         self.tms_bin = str(tms_bin)
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +200,8 @@ class SplitDeployment:
         self.settings.setdefault("events.namespace", "split" + secrets.token_hex(4))
         if not self.settings.get("events.brokers"):
             raise ValueError("a split deployment needs events.brokers (Kafka)")
+        # tls: True (a CA and certificates of its own) or make_tls()'s result to share
+        self.tls = tls if isinstance(tls, dict) else make_tls(self.workdir / "tls") if tls else None
         self.procs = {"auth": [RoleProcess(self, "auth", 0)],
                       "task": [RoleProcess(self, "task", 0)],
                       "notifier": [RoleProcess(self, "notifier", i) for i in range(notifiers)],
@@ -195,6 +236,9 @@ class SplitDeployment:
         s["peers.auth"] = f"127.0.0.1:{self.auth.grpc_port}"
         if role == "gateway":
             s["peers.task"] = f"127.0.0.1:{self.task.grpc_port}"
+        if self.tls:
+            s["peers.tls_cert"], s["peers.tls_key"] = self.tls[role]
+            s["peers.tls_ca"] = self.tls["ca"]
         return s
 
     def start(self, timeout=30.0, attempts=3):

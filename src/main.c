@@ -31,6 +31,7 @@
 #include "core/workpool.h"
 #include "io/bus/local.h"
 #include "io/grpc/server.h"
+#include "io/grpc/service.h"
 #include "io/http/http1.h"
 #include "io/http/listen.h"
 #include "io/bus/kafka.h"
@@ -43,6 +44,7 @@
 #include "io/store/pg/pg.h"
 #include "io/remote/actor.h"
 #include "io/store/sqlite/sqlite.h"
+#include "io/tls/tls.h"
 
 #define MAX_SETS 64
 #define LAG_INTERVAL_MS 100
@@ -217,10 +219,12 @@ typedef struct server {
     tms_rest_t *rest;
     tms_http_server_t *http;
     tms_grpc_server_t *grpc;         /* the gRPC listener (grpc.addr) */
+    tms_grpc_service_t *grpc_api;    /* what it serves */
     tms_http_server_t *metrics_http; /* metrics.addr: worker 0 only */
     /* Roles that run elsewhere (split deployment): a client and a proxy mailbox each. */
     tms_grpc_client_t *auth_client, *task_client;
     tms_remote_actor_t *auth_proxy, *task_proxy;
+    tms_tls_ctx_t *peers_tls; /* their TLS (peers.tls_*), shared by the workers; or NULL */
     uv_timer_t lag_timer, deadline_timer;
     uint64_t lag_expected;
     unsigned ticks;
@@ -389,6 +393,7 @@ static void finish_shutdown(server_t *s)
     tms_http_server_free(&s->http);
     tms_http_server_free(&s->metrics_http);
     tms_grpc_server_free(&s->grpc);
+    tms_grpc_service_free(&s->grpc_api);
     tms_rest_free(&s->rest);
     tms_gateway_free(&s->gateway);
     tms_notifier_free(&s->notifier);
@@ -484,9 +489,9 @@ static void run_steps(server_t *s)
                 s->step_pending++;
                 tms_rest_drain(s->rest, step_done, s);
             }
-            if (s->grpc) {
+            if (s->grpc_api) {
                 s->step_pending++;
-                tms_grpc_server_drain(s->grpc, step_done, s);
+                tms_grpc_service_drain(s->grpc_api, step_done, s);
             }
             stop_actor(s, s->gateway ? tms_gateway_mailbox(s->gateway) : NULL);
             break;
@@ -783,6 +788,7 @@ static tms_mailbox_t *start_proxy(server_t *s, const tms_config_t *cfg, const ch
                                       .connect_timeout_ms = (int)cfg->peers.connect_timeout_ms,
                                       .retry_attempts = (int)cfg->peers.retry_attempts,
                                       .breaker_cooldown_ms = cfg->peers.breaker_cooldown_ms,
+                                      .tls = s->peers_tls,
                                   },
                                   err, sizeof(err));
     if (!*client) {
@@ -887,6 +893,10 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                                          .dlq_after = (int)cfg->events.dlq_after,
                                          .retry_ms = (int)cfg->events.retry_ms,
                                          .publish_timeout_ms = (int)cfg->events.publish_timeout_ms,
+                                         .security_protocol = cfg->events.security_protocol,
+                                         .tls_ca = cfg->events.tls_ca,
+                                         .tls_cert = cfg->events.tls_cert,
+                                         .tls_key = cfg->events.tls_key,
                                      },
                                      err, sizeof(err));
         if (!s->kafka) {
@@ -1014,7 +1024,12 @@ typedef struct serve {
     char secret[600];
     server_t *servers;                   /* one per worker */
     char http_addr[160], grpc_addr[160]; /* worker 0's bound addresses, for the others */
+    /* TLS contexts (NULL: cleartext), one per listener and one for the peers, shared by
+     * every worker; SIGHUP reloads them on the main thread. */
+    tms_tls_ctx_t *tls[3];
 } serve_t;
+
+enum { TLS_HTTP, TLS_GRPC, TLS_PEERS };
 
 /* host:port with the port a listener actually got (the configured one may be 0). */
 static void bound_addr(char *out, size_t size, const char *configured, int port)
@@ -1067,6 +1082,7 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     s->index = index;
     s->workers = w;
     s->primary = index ? &sv->servers[0] : NULL;
+    s->peers_tls = sv->tls[TLS_PEERS];
     s->control = tms_mailbox_new(loop, "control", 8, on_control, s);
     uv_timer_init(s->loop, &s->deadline_timer);
     s->deadline_timer.data = s;
@@ -1096,6 +1112,8 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
     limits.max_connections = (size_t)cfg->http.max_connections;
     limits.max_connections_per_address = per_address_cap(cfg);
     limits.ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix;
+    limits.tls = sv->tls[TLS_HTTP];
+    limits.tls_handshake_timeout_ms = (uint64_t)cfg->http.tls_handshake_timeout * 1000;
     s->http = tms_http_server_new(s->loop, &limits, on_http_request, s);
     if (tms_http_server_listen(s->http, http_addr) != 0) {
         fprintf(stderr, "tms: http.addr: cannot listen on %s: %s\n", http_addr,
@@ -1105,15 +1123,19 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
 
     /* The gRPC listener on grpc.addr (serves_grpc). */
     split = cfg->server.role_mask != TMS_ROLE_ALL;
-    if (serves_grpc(cfg))
+    if (serves_grpc(cfg)) {
+        s->grpc_api = tms_grpc_service_new(
+            s->loop, &(tms_grpc_service_config_t){
+                         .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+                         .service_token = split ? cfg->peers.secret : NULL,
+                         .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
+                         .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
+                         .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                     });
         s->grpc = tms_grpc_server_new(
             s->loop,
             &(tms_grpc_config_t){
-                .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
-                .service_token = split ? cfg->peers.secret : NULL,
-                .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
-                .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
-                .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                .handler = tms_grpc_service_handler(s->grpc_api),
                 .idle_timeout_ms = (uint64_t)cfg->http.idle_timeout * 1000,
                 .max_connections = (size_t)cfg->http.max_connections,
                 .max_connections_per_address = per_address_cap(cfg),
@@ -1127,7 +1149,10 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
                 .max_buffered_bytes = (size_t)cfg->grpc.max_buffered_bytes,
                 .receive_timeout_ms = (uint64_t)cfg->grpc.receive_timeout * 1000,
                 .send_timeout_ms = (uint64_t)cfg->grpc.send_timeout * 1000,
+                .tls = sv->tls[TLS_GRPC],
+                .tls_handshake_timeout_ms = (uint64_t)cfg->http.tls_handshake_timeout * 1000,
             });
+    }
     if (s->grpc && tms_grpc_server_listen(s->grpc, grpc_addr) != 0) {
         fprintf(stderr, "tms: grpc.addr: cannot listen on %s: %s\n", grpc_addr,
                 tms_grpc_server_error(s->grpc));
@@ -1220,6 +1245,94 @@ static void on_stopping(void *arg, int signum)
                  (long long)sv->cfg->server.workers, (long long)sv->cfg->server.shutdown_grace);
 }
 
+/* The TLS contexts of the settings (config.c has checked how they combine): the
+ * files are read and checked here, before anything else starts. 0 or -1 (said). */
+static int open_tls(const tms_config_t *cfg, tms_tls_ctx_t *tls[3])
+{
+    unsigned m = cfg->server.role_mask;
+    bool split = m != TMS_ROLE_ALL;
+    char err[1400], about[400];
+    tms_tls_options_t o[3];
+    memset(o, 0, sizeof(o));
+    if (cfg->http.tls_cert[0])
+        o[TLS_HTTP] = (tms_tls_options_t){
+            .section = "http",
+            .cert = cfg->http.tls_cert,
+            .key = cfg->http.tls_key,
+            .ca = cfg->http.tls_client_ca,
+            .protocols = cfg->http.tls_protocols,
+            .ciphers = cfg->http.tls_ciphers,
+            .alpn = "http/1.1",
+        };
+    if (serves_grpc(cfg) && split && !(m & TMS_ROLE_GATEWAY) && cfg->peers.tls_cert[0])
+        /* The internal service alone: only peers with a certificate from peers.tls_ca. */
+        o[TLS_GRPC] = (tms_tls_options_t){
+            .section = "peers",
+            .label = "grpc",
+            .cert = cfg->peers.tls_cert,
+            .key = cfg->peers.tls_key,
+            .ca = cfg->peers.tls_ca,
+            .alpn = "h2",
+        };
+    else if (serves_grpc(cfg) && cfg->grpc.tls_cert[0])
+        o[TLS_GRPC] = (tms_tls_options_t){
+            .section = "grpc",
+            .cert = cfg->grpc.tls_cert,
+            .key = cfg->grpc.tls_key,
+            .ca = cfg->grpc.tls_client_ca,
+            .protocols = cfg->grpc.tls_protocols,
+            .ciphers = cfg->grpc.tls_ciphers,
+            .alpn = "h2",
+        };
+    if (split && cfg->peers.tls_cert[0] && (cfg->peers.auth[0] || cfg->peers.task[0]))
+        o[TLS_PEERS] = (tms_tls_options_t){
+            .section = "peers",
+            .label = "peers",
+            .client = true,
+            .cert = cfg->peers.tls_cert,
+            .key = cfg->peers.tls_key,
+            .ca = cfg->peers.tls_ca,
+            .alpn = "h2",
+        };
+    for (int i = 0; i < 3; i++) {
+        if (!o[i].section)
+            continue;
+        tls[i] = tms_tls_ctx_new(&o[i], err, sizeof(err));
+        if (!tls[i]) {
+            fprintf(stderr, "tms: %s\n", err);
+            return -1;
+        }
+        tms_tls_ctx_describe(tls[i], about, sizeof(about));
+        tms_log_info("tls", "context=%s %s", tms_tls_ctx_label(tls[i]), about);
+    }
+    return 0;
+}
+
+/* SIGHUP, on the main thread: new certificates for new connections; a file that does
+ * not pass keeps the old one. */
+static void on_reload(void *arg)
+{
+    serve_t *sv = arg;
+    char err[1400], about[400];
+    int n = 0;
+    for (int i = 0; i < 3; i++) {
+        tms_tls_ctx_t *t = sv->tls[i];
+        if (!t)
+            continue;
+        n++;
+        if (tms_tls_ctx_reload(t, err, sizeof(err)) != 0) {
+            char q[1500];
+            tms_log_error("tls_reload_failed", "context=%s kept=old error=%s", tms_tls_ctx_label(t),
+                          tms_log_quote(q, sizeof(q), err, strlen(err)));
+            continue;
+        }
+        tms_tls_ctx_describe(t, about, sizeof(about));
+        tms_log_info("tls_reloaded", "context=%s %s", tms_tls_ctx_label(t), about);
+    }
+    if (n == 0)
+        tms_log_info("reload", "tls=none");
+}
+
 /* One `tms serve` per data dir: two would run relays over one SQLite file and split
  * its Maildir. An flock on <data.dir>/tms.lock (holding the pid, for the message) is
  * kept until exit; the kernel drops it however the process ends. 0 or -1 (said). */
@@ -1277,28 +1390,37 @@ static int cmd_serve(tms_config_t *cfg)
         .finished = on_worker_finished,
         .started = on_started,
         .stopping = on_stopping,
+        .reload = on_reload,
         .arg = &sv,
     };
     int rc;
 
     sv.cfg = cfg;
     signal(SIGPIPE, SIG_IGN);
+    if (open_tls(cfg, sv.tls) != 0)
+        goto out;
     if (make_dir(cfg->data.dir) != 0) {
         fprintf(stderr, "tms: data.dir: cannot create %s: %s\n", cfg->data.dir, strerror(errno));
-        return 1;
+        goto out;
     }
     if (lock_data_dir(cfg) != 0 || check_addresses(cfg) != 0)
-        return 1;
+        goto out;
     if (load_secret(cfg, sv.secret, sizeof(sv.secret)) != 0)
-        return 1;
+        goto out;
     sv.servers = calloc((size_t)cfg->server.workers, sizeof(server_t));
     if (!sv.servers)
-        return 1;
+        goto out;
     rc = tms_workers_run((int)cfg->server.workers, &hooks);
     sodium_memzero(sv.secret, sizeof(sv.secret));
     free(sv.servers);
+    for (int i = 0; i < 3; i++)
+        tms_tls_ctx_free(&sv.tls[i]);
     tms_metrics_reset();
     return rc;
+out:
+    for (int i = 0; i < 3; i++)
+        tms_tls_ctx_free(&sv.tls[i]);
+    return 1;
 }
 
 /* ---- one-shot store commands ------------------------------------------ */

@@ -486,11 +486,6 @@ static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
 
 /* ---- operations on a verified principal ------------------------------ */
 
-static int is_admin(const tms_api_call_t *call)
-{
-    return strcmp(call->principal.role, "admin") == 0;
-}
-
 /* Resolves the target of logout/delete: empty means self; others need admin. */
 static int allowed_target(tms_auth_t *auth, tms_api_call_t *call)
 {
@@ -500,7 +495,9 @@ static int allowed_target(tms_auth_t *auth, tms_api_call_t *call)
         fail(auth, call, TMS_INVALID_ARGUMENT, "invalid user id");
         return 0;
     }
-    if (strcmp(call->target_id, call->principal.user_id) != 0 && !is_admin(call)) {
+    if (!tms_op_permits(
+            tms_op_get(call->op), &call->principal,
+            &(tms_op_subject_t){.self = strcmp(call->target_id, call->principal.user_id) == 0})) {
         fail(auth, call, TMS_PERMISSION_DENIED, "only the user or an admin may do this");
         return 0;
     }
@@ -588,9 +585,9 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
     case TMS_API_USER_INFO:
         /* Ids of creators and assignees are in every task a user can see: without
          * this, anyone could collect every user's email. */
-        if (!call->principal.service && !is_admin(call) &&
-            (!call->principal.authenticated ||
-             strcmp(call->target_id, call->principal.user_id) != 0)) {
+        if (!tms_op_permits(tms_op_get(call->op), &call->principal,
+                            &(tms_op_subject_t){
+                                .self = strcmp(call->target_id, call->principal.user_id) == 0})) {
             fail(auth, call, TMS_PERMISSION_DENIED,
                  "only the user, an admin or a TMS service may read a user's details");
             return;

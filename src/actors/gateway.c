@@ -82,18 +82,9 @@ static void hop(tms_gateway_t *gw, tms_api_call_t *call, tms_mailbox_t *to, tms_
     }
 }
 
-static tms_mailbox_t *owner_of(tms_gateway_t *gw, tms_api_op_t op)
+static tms_mailbox_t *owner_of(tms_gateway_t *gw, const tms_op_t *op)
 {
-    switch (op) {
-    case TMS_API_TASK_CREATE:
-    case TMS_API_TASK_GET:
-    case TMS_API_TASK_LIST:
-    case TMS_API_TASK_UPDATE:
-    case TMS_API_TASK_DELETE:
-        return gw->task;
-    default:
-        return gw->auth;
-    }
+    return op->owner == TMS_OWNER_TASK ? gw->task : gw->auth;
 }
 
 static int limit(tms_gateway_t *gw, tms_api_call_t *call, tms_ratelimit_t *rl, const char *key,
@@ -103,17 +94,18 @@ static void on_hop_reply(tms_msg_t *msg)
 {
     tms_api_call_t *call = (tms_api_call_t *)msg;
     tms_gateway_t *gw = msg->ctx;
+    const tms_op_t *op = tms_op_get(call->op);
     if (call->err.code != TMS_OK || msg->op == TMS_STAGE_EXECUTE) {
         reply_to_origin(gw, call);
         return;
     }
     /* Authenticated: the per-user creation limit, then the owning actor. */
-    if (call->op == TMS_API_TASK_CREATE &&
+    if (op->rate == TMS_RATE_TASK_CREATE &&
         limit(gw, call, gw->create_limit, call->principal.user_id, "task creations") != 0) {
         reply_to_origin(gw, call);
         return;
     }
-    hop(gw, call, owner_of(gw, call->op), TMS_STAGE_EXECUTE);
+    hop(gw, call, owner_of(gw, op), TMS_STAGE_EXECUTE);
 }
 
 static int limit(tms_gateway_t *gw, tms_api_call_t *call, tms_ratelimit_t *rl, const char *key,
@@ -146,6 +138,7 @@ static void on_message(void *owner, tms_msg_t *msg)
 {
     tms_gateway_t *gw = owner;
     tms_api_call_t *call = (tms_api_call_t *)msg;
+    const tms_op_t *op;
     char addr[TMS_ADDR_KEY_MAX];
     if (msg->kind == TMS_MSG_STOP) {
         tms_stopper_hold(&gw->stop, msg);
@@ -163,11 +156,16 @@ static void on_message(void *owner, tms_msg_t *msg)
         tms_error_set(&call->err, TMS_UNAVAILABLE, "server stopping, retry later");
         goto reply;
     }
+    op = tms_op_get(call->op);
+    if (!op) {
+        tms_error_set(&call->err, TMS_UNIMPLEMENTED, "unknown operation");
+        goto reply;
+    }
     /* One IPv6 subscriber holds a whole /64: per-address limits count its prefix. */
     tms_ratelimit_addr_key(call->client_addr, gw->ipv6_prefix, addr, sizeof(addr));
     if (limit(gw, call, gw->api_limit, addr, "requests") != 0)
         goto reply;
-    if (call->op == TMS_API_LOGIN && call->email) {
+    if (op->rate == TMS_RATE_LOGIN && call->email) {
         char key[TMS_EMAIL_MAX + TMS_ADDR_KEY_MAX + 2];
         size_t n = 0;
         for (const char *p = call->email; *p && n < TMS_EMAIL_MAX; p++) {
@@ -178,8 +176,8 @@ static void on_message(void *owner, tms_msg_t *msg)
         if (limit(gw, call, gw->login_limit, key, "login attempts") != 0)
             goto reply;
     }
-    hop(gw, call, tms_api_op_needs_auth(call->op) ? gw->auth : owner_of(gw, call->op),
-        tms_api_op_needs_auth(call->op) ? TMS_STAGE_AUTHENTICATE : TMS_STAGE_EXECUTE);
+    hop(gw, call, op->needs_caller ? gw->auth : owner_of(gw, op),
+        op->needs_caller ? TMS_STAGE_AUTHENTICATE : TMS_STAGE_EXECUTE);
     return;
 reply:
     reply_to_origin(gw, call);

@@ -104,12 +104,19 @@ static int store_failed(job_t *job, tms_task_op_t *op)
 {
     if (op->err.code == TMS_OK)
         return 0;
+    /* The store gives a code and a reason; the words are ours. */
     if (op->err.code == TMS_UNAVAILABLE)
         fail(job, TMS_UNAVAILABLE, "task store unavailable, retry later");
     else if (op->err.code == TMS_NOT_FOUND)
         fail(job, TMS_NOT_FOUND, "task %" PRId64 " not found", job->call->task_id);
-    else if (op->err.code == TMS_ALREADY_EXISTS || op->err.code == TMS_FAILED_PRECONDITION)
-        fail(job, op->err.code, "%s", op->err.message);
+    else if (op->reason == TMS_TASK_VERSION_MISMATCH)
+        fail(job, TMS_FAILED_PRECONDITION,
+             "version mismatch: task %" PRId64 " is at version %" PRId64, op->id,
+             op->current_version);
+    else if (op->reason == TMS_TASK_IDEMPOTENCY_REUSED)
+        fail(job, TMS_ALREADY_EXISTS, "Idempotency-Key reused with a different request");
+    else if (op->reason == TMS_TASK_IDEMPOTENCY_GONE)
+        fail(job, TMS_ALREADY_EXISTS, "Idempotency-Key was used for a task that no longer exists");
     else
         fail(job, TMS_INTERNAL, "internal error");
     return 1;
@@ -338,9 +345,11 @@ static void do_list(job_t *job)
     tms_api_call_t *call = job->call;
     tms_task_op_t *op;
     int64_t after = 0;
-    int limit = call->limit ? call->limit : TMS_LIST_LIMIT_DEFAULT;
-    if (limit < 1 || limit > TMS_LIST_LIMIT_MAX) {
-        fail(job, TMS_INVALID_ARGUMENT, "limit must be 1 to %d", TMS_LIST_LIMIT_MAX);
+    const tms_op_t *row = tms_op_get(call->op);
+    int limit = tms_op_list_size(row, call->limit);
+    tms_error_t err;
+    if (tms_op_check_list_size(row, limit, &err) != 0) {
+        fail(job, err.code, "%s", err.message);
         return;
     }
     if (call->status && !tms_task_status_valid(call->status)) {
@@ -469,8 +478,8 @@ static void on_current(job_t *job, tms_task_op_t *op)
     memset(&op->task, 0, sizeof(op->task));
     creator = strcmp(job->current.created_by, me) == 0;
     assignee = strcmp(job->current.assigned_to, me) == 0;
-    if (call->op == TMS_API_TASK_UPDATE ? !(creator || assignee || is_admin(call))
-                                        : !(creator || is_admin(call))) {
+    if (!tms_op_permits(tms_op_get(call->op), &call->principal,
+                        &(tms_op_subject_t){.creator = creator, .assignee = assignee})) {
         fail(job, TMS_PERMISSION_DENIED,
              call->op == TMS_API_TASK_UPDATE
                  ? "only the creator, the assignee or an admin may update this task"

@@ -86,33 +86,9 @@ tms_status_t tms_api_abandoned_status(const tms_api_call_t *call, const char **m
     return cancelled ? TMS_CANCELLED : TMS_DEADLINE_EXCEEDED;
 }
 
-static const char *const op_names[TMS_API_OP_COUNT] = {
-    [TMS_API_REGISTER] = "register",       [TMS_API_LOGIN] = "login",
-    [TMS_API_LOGOUT] = "logout",           [TMS_API_ME] = "me",
-    [TMS_API_DELETE_USER] = "delete_user", [TMS_API_USER_EXISTS] = "user_exists",
-    [TMS_API_USER_INFO] = "user_info",     [TMS_API_VERIFY_TOKEN] = "verify_token",
-    [TMS_API_TASK_CREATE] = "task_create", [TMS_API_TASK_GET] = "task_get",
-    [TMS_API_TASK_LIST] = "task_list",     [TMS_API_TASK_UPDATE] = "task_update",
-    [TMS_API_TASK_DELETE] = "task_delete",
-};
-
 const char *tms_api_op_name(tms_api_op_t op)
 {
-    if ((unsigned)op >= TMS_API_OP_COUNT || !op_names[op])
-        return "unknown";
-    return op_names[op];
-}
-
-bool tms_api_op_needs_auth(tms_api_op_t op)
-{
-    switch (op) {
-    case TMS_API_REGISTER:
-    case TMS_API_LOGIN:
-    case TMS_API_VERIFY_TOKEN:
-        return false;
-    default:
-        return true;
-    }
+    return tms_op_name(op);
 }
 
 void tms_api_fail(tms_api_call_t *call, tms_status_t code, const char *fmt, ...)

@@ -14,29 +14,10 @@
 #include <stdint.h>
 
 #include "core/mailbox.h"
+#include "core/ops.h"
 #include "core/status.h"
 #include "core/task.h"
 #include "core/user_store.h"
-
-typedef enum tms_api_op {
-    TMS_API_REGISTER = 1, /* email, password -> token, user */
-    TMS_API_LOGIN,        /* email, password -> token, user */
-    TMS_API_LOGOUT,       /* bearer; target_id (empty: self) -> ok */
-    TMS_API_ME,           /* bearer -> user */
-    TMS_API_DELETE_USER,  /* bearer; target_id -> ok */
-    TMS_API_USER_EXISTS,  /* bearer (self or admin) or service; target_id -> flag */
-    TMS_API_USER_INFO,    /* bearer (self or admin) or service; target_id -> user */
-    TMS_API_VERIFY_TOKEN, /* token in bearer -> flag (valid), user id and role */
-    TMS_API_TASK_CREATE,  /* bearer; title, description, status?, assigned_to?,
-                           * idempotency_key? -> task (replayed when idempotent) */
-    TMS_API_TASK_GET,     /* bearer; task_id -> task */
-    TMS_API_TASK_LIST,    /* bearer; assigned_to?, status?, limit (0 = default),
-                           * cursor? -> tasks, next_cursor */
-    TMS_API_TASK_UPDATE,  /* bearer; task_id, any of title/description/status/
-                           * assigned_to ("" unassigns), if_match? -> task */
-    TMS_API_TASK_DELETE,  /* bearer; task_id, if_match? -> ok */
-    TMS_API_OP_COUNT,
-} tms_api_op_t;
 
 /* Where the call is in its route: the gateway sets it before each hop. */
 typedef enum tms_api_stage {
@@ -139,11 +120,8 @@ bool tms_api_call_abandoned(const tms_api_call_t *call, uint64_t now_ms);
  * message for its answer (which its adapter may already have given on its own). */
 tms_status_t tms_api_abandoned_status(const tms_api_call_t *call, const char **message);
 
-/** The op's name for logs and metrics ("register", ...). */
+/** The op's name for logs and metrics ("register", ...): its row's (core/ops.h). */
 const char *tms_api_op_name(tms_api_op_t op);
-
-/** True when op needs a verified bearer token before it runs. */
-bool tms_api_op_needs_auth(tms_api_op_t op);
 
 /** Set the call's error and reply to its current reply_to. */
 void tms_api_fail(tms_api_call_t *call, tms_status_t code, const char *fmt, ...)

@@ -38,6 +38,11 @@ typedef struct key {
             0, choices, def, doc                                                                   \
     }
 
+/* io/tls's TMS_TLS_CIPHERS (core cannot include io/): Mozilla intermediate, ECDHE. */
+#define TLS_CIPHERS                                                                                \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"     \
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
 static const key_t_ keys[] = {
     STR(http, addr, http.addr, "0.0.0.0:3000", "REST listener, host:port"),
     INT(http, max_head_bytes, http.max_head_bytes, 1024, 1 << 20, "16384",
@@ -62,6 +67,25 @@ static const key_t_ keys[] = {
         "and as many again on grpc.addr, for the whole process, and at most half of "
         "http.max_connections; more are closed at accept (tms_connections_refused_total). 0 "
         "off: set it behind a reverse proxy, whose address every client would share"),
+    STR(http, tls_cert, http.tls_cert, "",
+        "PEM certificate chain (leaf first) for http.addr; set, the listener speaks TLS only "
+        "(ALPN http/1.1); an unreadable or expired certificate stops start-up; re-read on "
+        "SIGHUP for new connections; empty: cleartext"),
+    STR(http, tls_key, http.tls_key, "",
+        "PEM private key of http.tls_cert, without a passphrase; refused when others may read "
+        "it (chmod 600, or 640 with a group of its own) or when it does not match the "
+        "certificate"),
+    STR(http, tls_client_ca, http.tls_client_ca, "",
+        "PEM CA certificates: clients on http.addr must present a certificate from one of "
+        "them (mutual TLS); empty: none asked"),
+    STR(http, tls_protocols, http.tls_protocols, "TLSv1.2 TLSv1.3",
+        "TLS versions on http.addr: TLSv1.2 and/or TLSv1.3 (older ones are not available)"),
+    STR(http, tls_ciphers, http.tls_ciphers, TLS_CIPHERS,
+        "TLS 1.2 cipher suites on http.addr (OpenSSL list; TLS 1.3 suites are OpenSSL's); "
+        "default: Mozilla intermediate without DHE"),
+    INT(http, tls_handshake_timeout, http.tls_handshake_timeout, 1, 3600, "10",
+        "seconds a TLS handshake may take on http.addr and grpc.addr; then the connection is "
+        "closed (tms_tls_handshake_failures_total{reason=\"timeout\"})"),
     STR(grpc, addr, grpc.addr, "0.0.0.0:50051", "gRPC listener, host:port"),
     INT(grpc, max_message_bytes, grpc.max_message_bytes, 1024, 64 << 20, "4194304",
         "request message limit in bytes (RESOURCE_EXHAUSTED beyond)"),
@@ -93,6 +117,19 @@ static const key_t_ keys[] = {
     INT(grpc, send_timeout, grpc.send_timeout, 1, 3600, "10",
         "seconds a queued reply, or a connection's socket write, may wait with none of it taken "
         "by the client; then the stream is reset (CANCEL) or the connection closed"),
+    STR(grpc, tls_cert, grpc.tls_cert, "",
+        "PEM certificate chain for grpc.addr; set, the listener speaks TLS only (ALPN h2; a "
+        "client offering ALPN without h2 is refused with no_application_protocol); re-read on "
+        "SIGHUP; empty: cleartext h2c. Not on a process without gateway (its listener serves "
+        "the internal service: peers.tls_cert)"),
+    STR(grpc, tls_key, grpc.tls_key, "", "PEM private key of grpc.tls_cert (as http.tls_key)"),
+    STR(grpc, tls_client_ca, grpc.tls_client_ca, "",
+        "PEM CA certificates: clients on grpc.addr must present a certificate from one of "
+        "them; empty: none asked"),
+    STR(grpc, tls_protocols, grpc.tls_protocols, "TLSv1.2 TLSv1.3",
+        "TLS versions on grpc.addr: TLSv1.2 and/or TLSv1.3"),
+    STR(grpc, tls_ciphers, grpc.tls_ciphers, TLS_CIPHERS,
+        "TLS 1.2 cipher suites on grpc.addr (OpenSSL list)"),
     STR(metrics, addr, metrics.addr, "127.0.0.1:9090",
         "listener that serves only GET /metrics, without a token, host:port; keep it on "
         "loopback or a private network (each process on a host needs its own port); empty: "
@@ -136,6 +173,17 @@ static const key_t_ keys[] = {
         "only when the request never left"),
     INT(peers, breaker_cooldown_ms, peers.breaker_cooldown_ms, 100, 600000, "2000",
         "ms a peer's circuit breaker stays open (calls answer 503 at once) before a probe"),
+    STR(peers, tls_cert, peers.tls_cert, "",
+        "mutual TLS between the roles of a split deployment: this process's PEM certificate "
+        "chain, presented to the peers it calls and served on grpc.addr by a process without "
+        "gateway (whose listener then requires a client certificate from peers.tls_ca); the "
+        "service credential (peers.secret) is still required on every call; re-read on "
+        "SIGHUP; empty: cleartext between roles"),
+    STR(peers, tls_key, peers.tls_key, "", "PEM private key of peers.tls_cert"),
+    STR(peers, tls_ca, peers.tls_ca, "",
+        "PEM CA certificates that sign every role's peers.tls_cert: the server's certificate "
+        "must come from one and carry the host of peers.auth / peers.task (name or IP), and so "
+        "must a caller's"),
     STR(data, dir, data.dir, "./data", "embedded stores, generated secret, Maildir"),
     STR(users, url, users.url, "",
         "user store: sqlite:///path or mongodb://host:port/db (default "
@@ -178,6 +226,14 @@ static const key_t_ keys[] = {
         "Kafka: back-off before the second attempt at an event, doubled per attempt"),
     INT(events, publish_timeout_ms, events.publish_timeout_ms, 1000, 600000, "10000",
         "Kafka: a publish not acknowledged by then fails (the outbox retries it)"),
+    ENUM(events, security_protocol, events.security_protocol, "plaintext|ssl", "plaintext",
+         "Kafka security.protocol: ssl speaks TLS to the brokers and checks their certificates "
+         "and host names"),
+    STR(events, tls_ca, events.tls_ca, "",
+        "Kafka ssl.ca.location: PEM CAs of the brokers' certificates; empty: the system store"),
+    STR(events, tls_cert, events.tls_cert, "",
+        "Kafka ssl.certificate.location: PEM client certificate for brokers that ask for one"),
+    STR(events, tls_key, events.tls_key, "", "Kafka ssl.key.location: its PEM private key"),
     STR(mail, url, mail.url, "",
         "mailer: maildir:///path (default maildir://<data.dir>/mail), or "
         "smtp://[user:password@]host:port / smtps://... (implicit TLS)"),
@@ -667,6 +723,100 @@ static int finish_roles(tms_config_t *cfg, char *err, size_t err_len)
     return 0;
 }
 
+/* TLS versions named in key (section.tls_protocols): TLSv1.2 and TLSv1.3 only. */
+static int check_protocols(const char *key, const char *v, char *err, size_t err_len)
+{
+    int n = 0;
+    while (*v) {
+        size_t len = strcspn(v, " ,:\t");
+        if (len &&
+            !(len == 7 && (strncmp(v, "TLSv1.2", 7) == 0 || strncmp(v, "TLSv1.3", 7) == 0))) {
+            snprintf(err, err_len,
+                     "config: %s: \"%.*s\" is not supported (TLSv1.2 and TLSv1.3 only)", key,
+                     (int)(len > 32 ? 32 : len), v);
+            return -TMS_EINVAL;
+        }
+        n += len > 0;
+        v += len;
+        v += strspn(v, " ,:\t");
+    }
+    if (!n) {
+        snprintf(err, err_len, "config: %s: names no protocol (TLSv1.2 TLSv1.3)", key);
+        return -TMS_EINVAL;
+    }
+    return 0;
+}
+
+/* a and b go together: set one, set the other. */
+static int both_or_neither(const char *ka, const char *a, const char *kb, const char *b, char *err,
+                           size_t err_len)
+{
+    if (!a[0] == !b[0])
+        return 0;
+    snprintf(err, err_len, "config: %s: required with %s", a[0] ? kb : ka, a[0] ? ka : kb);
+    return -TMS_EINVAL;
+}
+
+/* The TLS settings of the listeners, the roles' mutual TLS and Kafka. */
+static int finish_tls(tms_config_t *cfg, char *err, size_t err_len)
+{
+    unsigned m = cfg->server.role_mask;
+    bool split = m != TMS_ROLE_ALL;
+    bool internal = split && (m & (TMS_ROLE_AUTH | TMS_ROLE_TASK));
+    if (both_or_neither("http.tls_cert", cfg->http.tls_cert, "http.tls_key", cfg->http.tls_key, err,
+                        err_len) ||
+        both_or_neither("grpc.tls_cert", cfg->grpc.tls_cert, "grpc.tls_key", cfg->grpc.tls_key, err,
+                        err_len) ||
+        both_or_neither("peers.tls_cert", cfg->peers.tls_cert, "peers.tls_key", cfg->peers.tls_key,
+                        err, err_len) ||
+        both_or_neither("peers.tls_cert", cfg->peers.tls_cert, "peers.tls_ca", cfg->peers.tls_ca,
+                        err, err_len) ||
+        both_or_neither("events.tls_cert", cfg->events.tls_cert, "events.tls_key",
+                        cfg->events.tls_key, err, err_len) ||
+        check_protocols("http.tls_protocols", cfg->http.tls_protocols, err, err_len) ||
+        check_protocols("grpc.tls_protocols", cfg->grpc.tls_protocols, err, err_len))
+        return -TMS_EINVAL;
+    if (cfg->http.tls_client_ca[0] && !cfg->http.tls_cert[0]) {
+        snprintf(err, err_len,
+                 "config: http.tls_client_ca: needs http.tls_cert (client "
+                 "certificates are asked for over TLS only)");
+        return -TMS_EINVAL;
+    }
+    if (cfg->grpc.tls_client_ca[0] && !cfg->grpc.tls_cert[0]) {
+        snprintf(err, err_len,
+                 "config: grpc.tls_client_ca: needs grpc.tls_cert (client "
+                 "certificates are asked for over TLS only)");
+        return -TMS_EINVAL;
+    }
+    if (internal && !(m & TMS_ROLE_GATEWAY) && cfg->grpc.tls_cert[0]) {
+        snprintf(err, err_len,
+                 "config: grpc.tls_cert: this process (server.roles=%.64s) serves only the "
+                 "internal service on grpc.addr; its TLS is peers.tls_cert, peers.tls_key and "
+                 "peers.tls_ca",
+                 cfg->server.roles);
+        return -TMS_EINVAL;
+    }
+    if (internal && (m & TMS_ROLE_GATEWAY) && cfg->peers.tls_cert[0]) {
+        snprintf(err, err_len,
+                 "config: peers.tls_cert: mutual TLS between roles needs the gateway in a process "
+                 "of its own (server.roles=%.64s would serve the public gRPC API and the internal "
+                 "service on one listener)",
+                 cfg->server.roles);
+        return -TMS_EINVAL;
+    }
+    if (strcmp(cfg->events.security_protocol, "ssl") != 0) {
+        const char *keys_[] = {"events.tls_ca", "events.tls_cert"};
+        const char *vals[] = {cfg->events.tls_ca, cfg->events.tls_cert};
+        for (int i = 0; i < 2; i++) {
+            if (vals[i][0]) {
+                snprintf(err, err_len, "config: %s: needs events.security_protocol=ssl", keys_[i]);
+                return -TMS_EINVAL;
+            }
+        }
+    }
+    return 0;
+}
+
 int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
 {
     static const char *const user_stores[] = {"sqlite://", "mongodb://", "mongodb+srv://", NULL};
@@ -708,9 +858,9 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
                  cfg->mail.from);
         return -TMS_EINVAL;
     }
-    if (finish_secrets(cfg, err, err_len))
+    if (finish_secrets(cfg, err, err_len) || finish_roles(cfg, err, err_len))
         return -TMS_EINVAL;
-    return finish_roles(cfg, err, err_len);
+    return finish_tls(cfg, err, err_len);
 }
 
 void tms_config_write_defaults(void *file)

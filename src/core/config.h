@@ -16,6 +16,10 @@ typedef struct tms_config {
         int64_t body_timeout, send_timeout; /* seconds: a whole body, a whole response */
         int64_t max_connections;
         int64_t max_connections_per_address; /* per listener and process; 0 off */
+        /* TLS (io/tls): PEM files, nginx's names; a cert makes the listener TLS only */
+        char tls_cert[1024], tls_key[1024], tls_client_ca[1024];
+        char tls_protocols[64], tls_ciphers[512];
+        int64_t tls_handshake_timeout; /* seconds, http.addr and grpc.addr */
     } http;
     struct {
         char addr[128];
@@ -24,6 +28,8 @@ typedef struct tms_config {
         int64_t max_stream_output_bytes, max_connection_output_bytes;
         int64_t max_buffered_bytes;            /* per worker */
         int64_t receive_timeout, send_timeout; /* seconds */
+        char tls_cert[1024], tls_key[1024], tls_client_ca[1024];
+        char tls_protocols[64], tls_ciphers[512];
     } grpc;
     struct {
         char addr[128];  /* separate /metrics listener; empty: none */
@@ -43,6 +49,7 @@ typedef struct tms_config {
         char secret_file[1024];
         int64_t pool_size, connect_timeout_ms, timeout_ms, retry_attempts;
         int64_t breaker_cooldown_ms;
+        char tls_cert[1024], tls_key[1024], tls_ca[1024]; /* mutual TLS between roles */
     } peers;
     struct {
         char dir[1024];
@@ -66,6 +73,8 @@ typedef struct tms_config {
         int64_t partitions, replication; /* of topics created at start */
         int64_t dlq_after, retry_ms;     /* consumer attempts, first back-off */
         int64_t publish_timeout_ms;      /* a publish fails after this */
+        char security_protocol[16];      /* Kafka security.protocol: plaintext | ssl */
+        char tls_ca[1024], tls_cert[1024], tls_key[1024]; /* ssl.*.location */
     } events;
     struct {
         char url[1024];

@@ -9,8 +9,6 @@
 
 #define TMS_TITLE_MAX_CHARS 200
 #define TMS_DESCRIPTION_MAX_CHARS 10000
-#define TMS_LIST_LIMIT_MAX 200
-#define TMS_LIST_LIMIT_DEFAULT 50
 
 typedef struct tms_task {
     int64_t id;

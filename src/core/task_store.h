@@ -26,15 +26,17 @@ typedef enum tms_task_op_kind {
                              * out: task with id and version 1. With an idempotency key
                              * already used by the same user within 24 h: the first task
                              * and replayed = true if idem_hash matches, else err
-                             * ALREADY_EXISTS. */
-    TMS_TASK_GET,           /* in: id. out: task, or NOT_FOUND */
+                             * ALREADY_EXISTS (IDEMPOTENCY_REUSED, or _GONE when that
+                             * task was deleted since). */
+    TMS_TASK_GET,           /* in: id. out: task, or NOT_FOUND (NO_SUCH_TASK) */
     TMS_TASK_LIST,          /* in: filter_assigned_to, filter_status ("" = any), after_id,
                              * limit. out: tasks[0..ntasks) ordered by id ascending with
                              * id > after_id, has_more */
     TMS_TASK_UPDATE,        /* in: id, expected_version (0 = any), set_* flags with the new
                              * values in task, updated_at_ms, notify. out: task after the
                              * change (version + 1), or NOT_FOUND, or FAILED_PRECONDITION
-                             * when the version differs */
+                             * (VERSION_MISMATCH, current_version) when the version
+                             * differs */
     TMS_TASK_DELETE,        /* in: id, expected_version (0 = any). out: task as it was,
                              * NOT_FOUND or FAILED_PRECONDITION */
     TMS_TASK_UNASSIGN_USER, /* in: user_id, task.updated_at_ms (0: the store's clock).
@@ -42,6 +44,16 @@ typedef enum tms_task_op_kind {
                              * (version + 1). out: count */
     TMS_TASK_PING,          /* readiness probe */
 } tms_task_op_kind_t;
+
+/* Why an operation failed, beside err.code: the task actor words what clients see
+ * (adapters write no client-facing text; err.message is for logs). */
+typedef enum tms_task_reason {
+    TMS_TASK_REASON_NONE = 0,
+    TMS_TASK_NO_SUCH_TASK,       /* NOT_FOUND: no task with that id */
+    TMS_TASK_VERSION_MISMATCH,   /* FAILED_PRECONDITION: current_version differs */
+    TMS_TASK_IDEMPOTENCY_REUSED, /* ALREADY_EXISTS: the key came with another request */
+    TMS_TASK_IDEMPOTENCY_GONE,   /* ALREADY_EXISTS: the key's task was deleted since */
+} tms_task_reason_t;
 
 /* The event a write must also record (in the same transaction). */
 typedef struct tms_task_notify {
@@ -68,12 +80,23 @@ typedef struct tms_task_op {
     char user_id[TMS_USER_ID_LEN + 1];
     /* out */
     tms_error_t err;
+    tms_task_reason_t reason; /* with err: why */
+    int64_t current_version;  /* VERSION_MISMATCH: the version the task is at */
     bool replayed;
     tms_task_t *tasks; /* list: heap array, each disposed with tms_task_dispose */
     size_t ntasks;
     bool has_more;
     int64_t count;
 } tms_task_op_t;
+
+/** An adapter's refusal: code and reason, no text (the actor words it). */
+static inline void tms_task_op_refuse(tms_task_op_t *op, tms_status_t code,
+                                      tms_task_reason_t reason)
+{
+    op->err.code = code;
+    op->err.message[0] = '\0';
+    op->reason = reason;
+}
 
 /** Free everything an op owns (task strings, list) and the op itself. */
 void tms_task_op_free(tms_task_op_t **op);

@@ -33,7 +33,7 @@ struct tms_workers {
     atomic_int alive;
     uv_loop_t main_loop;
     uv_async_t wake; /* a worker's loop ended */
-    uv_signal_t sigint, sigterm;
+    uv_signal_t sigint, sigterm, sighup;
     int stopping; /* the workers were told to stop (signal or failure) */
     int failed;   /* exit status 1 whatever happens next */
     worker_t workers[TMS_WORKERS_MAX];
@@ -129,6 +129,7 @@ static void check_ended(tms_workers_t *w)
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->sigint, NULL);
     uv_close((uv_handle_t *)&w->sigterm, NULL);
+    uv_close((uv_handle_t *)&w->sighup, NULL);
 }
 
 static void on_wake(uv_async_t *a)
@@ -147,6 +148,14 @@ static void on_signal(uv_signal_t *h, int signum)
     if (w->hooks->stopping)
         w->hooks->stopping(w->hooks->arg, signum);
     stop_all(w);
+}
+
+static void on_sighup(uv_signal_t *h, int signum)
+{
+    tms_workers_t *w = h->data;
+    (void)signum;
+    if (!w->stopping && w->hooks->reload)
+        w->hooks->reload(w->hooks->arg);
 }
 
 static int spawn(tms_workers_t *w, int i)
@@ -204,15 +213,18 @@ int tms_workers_run(int n, const tms_workers_hooks_t *hooks)
     w->wake.data = w;
     uv_signal_init(&w->main_loop, &w->sigint);
     uv_signal_init(&w->main_loop, &w->sigterm);
-    w->sigint.data = w->sigterm.data = w;
+    uv_signal_init(&w->main_loop, &w->sighup);
+    w->sigint.data = w->sigterm.data = w->sighup.data = w;
     uv_signal_start(&w->sigint, on_signal, SIGINT);
     uv_signal_start(&w->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&w->sighup, on_sighup, SIGHUP);
 
     /* Threads inherit the mask: only this thread takes the stop signals (a signal
      * arriving meanwhile waits until the mask is restored, then the loop sees it). */
     sigemptyset(&block);
     sigaddset(&block, SIGINT);
     sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &block, &old);
     if (spawn(w, 0) != 0) {
         spawned = 0;

@@ -8,8 +8,9 @@
  * SIGINT or SIGTERM asks every worker to stop (each stops accepting, finishes what it
  * has in flight and closes its handles, which ends its loop); a second one ends the
  * process at once with status 1. A worker whose loop ends without being asked stops
- * the others too. Worker threads block SIGINT and SIGTERM (so do the threads they
- * create), so only the main thread takes them. */
+ * the others too. SIGHUP runs the reload hook on the main thread (and nothing else:
+ * it no longer ends the process). Worker threads block SIGINT, SIGTERM and SIGHUP
+ * (so do the threads they create), so only the main thread takes them. */
 #ifndef TMS_CORE_WORKERS_H
 #define TMS_CORE_WORKERS_H
 
@@ -35,6 +36,10 @@ typedef struct tms_workers_hooks {
     /* On the main thread at the first SIGINT/SIGTERM, before the workers are told to
      * stop. May be NULL. */
     void (*stopping)(void *arg, int signum);
+    /* On the main thread at each SIGHUP while serving: re-read what can be re-read
+     * (TLS certificates); whatever it swaps must be safe for the workers to see.
+     * May be NULL. */
+    void (*reload)(void *arg);
     void *arg;
 } tms_workers_hooks_t;
 

@@ -1,8 +1,12 @@
-/* Shared by the HTTP-level fuzz harnesses (http_fuzz.c, rest_fuzz.c): the whole
- * server in this process (llhttp and http1.c, the REST adapter, the gateway, auth and
- * task actors, notifier, relay, on an in-memory SQLite store), listening on
+/* Shared by the HTTP-level fuzz harnesses (http_fuzz.c, rest_fuzz.c, http_tls_fuzz.c):
+ * the whole server in this process (llhttp and http1.c, the REST adapter, the gateway,
+ * auth and task actors, notifier, relay, on an in-memory SQLite store), listening on
  * 127.0.0.1, and a client that sends bytes on a fresh connection and reads the answer
- * to the end. Header-only (static functions) so that each harness stays one file. */
+ * to the end. With fuzz_tls_server set before the first input the listener speaks TLS
+ * and the client does a TLS handshake (io/tls's client engine) and sends the bytes as
+ * application data, then close_notify; with fuzz_raw_tls it sends them as they are
+ * (TLS records straight at the server's handshake). Header-only (static functions) so
+ * that each harness stays one file. */
 #ifndef TMS_FUZZ_SERVER_H
 #define TMS_FUZZ_SERVER_H
 
@@ -32,6 +36,7 @@
 #include "io/mail/maildir.h"
 #include "io/http/rest.h"
 #include "io/store/sqlite/sqlite.h"
+#include "io/tls/tls.h"
 
 static const char KEY[] = "0123456789abcdef0123456789abcdef-fuzz-key";
 
@@ -42,6 +47,8 @@ static int port;
 static char token[1024];
 static unsigned users_made;
 static int need_token = 1;
+static tms_tls_ctx_t *fuzz_tls_server, *fuzz_tls_client;
+static int fuzz_raw_tls;
 
 /* One client connection: writes out, half-closes, reads everything into in. */
 typedef struct client {
@@ -53,11 +60,15 @@ typedef struct client {
     char *in;
     size_t in_len, in_cap;
     int closed;
+    tms_tls_t *tls; /* TLS mode: the client's engine */
+    int sent;
 } client_t;
 
 static void on_client_close(uv_handle_t *h)
 {
-    ((client_t *)h->data)->closed = 1;
+    client_t *c = h->data;
+    tms_tls_free(&c->tls);
+    c->closed = 1;
 }
 
 static void client_close(client_t *c)
@@ -100,11 +111,96 @@ static void on_write(uv_write_t *w, int status)
         client_close(c);
 }
 
+/* ---- TLS mode: ciphertext through the client engine ---- */
+
+typedef struct tls_write {
+    uv_write_t req;
+    char *buf;
+} tls_write_t;
+
+static void on_tls_write(uv_write_t *w, int status)
+{
+    tls_write_t *t = (tls_write_t *)w;
+    free(t->buf);
+    free(t);
+}
+
+static void tls_send(client_t *c)
+{
+    size_t n;
+    char *out = tms_tls_take(c->tls, &n);
+    tls_write_t *t;
+    uv_buf_t b;
+    if (!out)
+        return;
+    t = malloc(sizeof *t);
+    t->buf = out;
+    b = uv_buf_init(out, (unsigned)n);
+    if (uv_write(&t->req, (uv_stream_t *)&c->tcp, &b, 1, on_tls_write) < 0) {
+        free(out);
+        free(t);
+        client_close(c);
+    }
+}
+
+static void on_tls_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static char rbuf[65536];
+    *buf = uv_buf_init(rbuf, sizeof rbuf);
+}
+
+static int on_client_plain(void *arg, const char *data, size_t n)
+{
+    client_t *c = arg;
+    if (c->in_cap - c->in_len < n + 1) {
+        c->in_cap = c->in_cap * 2 + n + 1;
+        c->in = realloc(c->in, c->in_cap);
+    }
+    memcpy(c->in + c->in_len, data, n);
+    c->in_len += n;
+    return 0;
+}
+
+static void on_tls_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+    client_t *c = st->data;
+    int was, rc;
+    if (n < 0) {
+        client_close(c);
+        return;
+    }
+    was = tms_tls_established(c->tls);
+    rc = tms_tls_input(c->tls, buf->base, (size_t)n, on_client_plain, c);
+    tls_send(c);
+    if (rc != 0) { /* refused, broken, or the server's close_notify */
+        client_close(c);
+        return;
+    }
+    if (!was && tms_tls_established(c->tls) && !c->sent) {
+        /* The fuzz bytes as application data (records of up to 16 KiB), then
+         * close_notify and FIN. */
+        c->sent = 1;
+        if (c->out.len && tms_tls_write(c->tls, c->out.base, c->out.len) != 0) {
+            client_close(c);
+            return;
+        }
+        tms_tls_shutdown(c->tls);
+        tls_send(c);
+        if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) < 0)
+            client_close(c);
+    }
+}
+
 static void on_connect(uv_connect_t *req, int status)
 {
     client_t *c = req->data;
     if (status < 0) {
         client_close(c);
+        return;
+    }
+    if (c->tls) {
+        uv_read_start((uv_stream_t *)&c->tcp, on_tls_alloc, on_tls_read);
+        tls_send(c); /* the ClientHello */
         return;
     }
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
@@ -126,6 +222,8 @@ static char *exchange(const char *bytes, size_t n, size_t *len)
     uv_ip4_addr("127.0.0.1", port, &addr);
     uv_tcp_init(loop, &c.tcp);
     c.tcp.data = &c;
+    if (fuzz_tls_client && !fuzz_raw_tls)
+        c.tls = tms_tls_new(fuzz_tls_client, "localhost");
     if (uv_tcp_connect(&c.connect, &c.tcp, (const struct sockaddr *)&addr, on_connect) < 0)
         client_close(&c);
     /* Wait for our side and the server's side of the connection, and for every call
@@ -251,6 +349,8 @@ static void start(void)
     tms_http_limits_default(&limits);
     limits.head_timeout_ms = 2000;
     limits.idle_timeout_ms = 2000;
+    limits.tls = fuzz_tls_server;
+    limits.tls_handshake_timeout_ms = 2000;
     http = tms_http_server_new(loop, &limits, tms_rest_handle, rest);
     if (tms_http_server_listen(http, "127.0.0.1:0") != 0)
         abort();

@@ -13,6 +13,8 @@ Environment:
            pid are the gateway's, log_text() is every process's log (the gateway's
            first), GET /metrics concatenates every process's metrics, stop() and kill()
            act on all four (a kill -9 test crashes the whole deployment).
+  TMS_TEST_SPLIT_TLS=1  with TMS_TEST_SPLIT: the roles talk mutual TLS (issue 22:
+           peers.tls_* from a throwaway CA made with openssl, scripts/tms_split.py)
 
 /metrics is served on metrics.addr, not on http.addr (issue 17): every test server gets
 a free metrics port, and srv.get("/metrics") reads it there (srv.metrics_url()).
@@ -46,6 +48,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 from tms_split import PORT_TAKEN, LoggedProcess, SplitDeployment, free_port  # noqa: E402
 
 SPLIT = os.environ.get("TMS_TEST_SPLIT", "") not in ("", "0")
+SPLIT_TLS = SPLIT and os.environ.get("TMS_TEST_SPLIT_TLS", "") not in ("", "0")
 SPLIT_BROKERS = os.environ.get("TMS_TEST_KAFKA_BROKERS", "")
 
 # Random per session: a literal would be published in the repository, and the server
@@ -153,6 +156,20 @@ def _drop_pg_databases():
                         f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
 
 
+_SPLIT_TLS_FILES = []
+
+
+def _split_tls():
+    """One throwaway CA and role certificates for every split deployment of the session
+    (TMS_TEST_SPLIT_TLS), or False."""
+    if not SPLIT_TLS:
+        return False
+    if not _SPLIT_TLS_FILES:
+        from tms_split import make_tls
+        _SPLIT_TLS_FILES.append(make_tls(tempfile.mkdtemp(prefix="tms-split-tls-")))
+    return _SPLIT_TLS_FILES[0]
+
+
 def _norm_key(k):
     return k.replace("__", ".")
 
@@ -170,6 +187,11 @@ class TmsServer(LoggedProcess):
         self.port = None
         self.metrics_port = None
         self.http_host = "127.0.0.1"  # "[::]" for a dual-stack listener (IPv6 tests)
+        # A CA file when http.addr speaks TLS (http.tls_cert): url() is then
+        # https://localhost:port and requests verify against it; tls_client_cert
+        # (cert, key) is presented when set (http.tls_client_ca).
+        self.tls_ca = None
+        self.tls_client_cert = None
         self.proc = None
         self.returncode = None
         self.env = dict(env or {})
@@ -221,7 +243,7 @@ class TmsServer(LoggedProcess):
         self._log_index += 1
         dep = SplitDeployment(TMS_BIN, self.workdir / f"split-{self._log_index}", self.settings,
                               env=self.env, secret=self._split_secret,
-                              data_root=self.data_dir / "roles")
+                              data_root=self.data_dir / "roles", tls=_split_tls())
         self.split = dep
         try:
             dep.start(timeout=START_TIMEOUT)
@@ -285,7 +307,8 @@ class TmsServer(LoggedProcess):
                 time.sleep(0.05)
                 continue
             try:
-                r = requests.get(self.url("/healthz"), timeout=2)
+                r = requests.get(self.url("/healthz"), timeout=2, verify=self.tls_ca or True,
+                                 cert=self.tls_client_cert)
                 if r.status_code == 200:
                     return True
             except requests.RequestException:
@@ -353,6 +376,8 @@ class TmsServer(LoggedProcess):
 
     # -- HTTP helpers ----------------------------------------------------
     def url(self, path):
+        if self.tls_ca:
+            return f"https://localhost:{self.port}{path}"
         return f"http://127.0.0.1:{self.port}{path}"
 
     def metrics_url(self):
@@ -364,6 +389,9 @@ class TmsServer(LoggedProcess):
         if token is not None:
             h["Authorization"] = f"Bearer {token}"
         kw.setdefault("timeout", 10)
+        kw.setdefault("verify", self.tls_ca or True)
+        if self.tls_client_cert:
+            kw.setdefault("cert", self.tls_client_cert)
         # GET /metrics without a token goes where metrics are served: metrics.addr.
         url = (self.metrics_url() if method == "GET" and path == "/metrics" and token is None
                and "metrics.addr" not in self.settings else self.url(path))

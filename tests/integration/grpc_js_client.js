@@ -1,20 +1,25 @@
 // A client of the original gateway's kind: @grpc/grpc-js + @grpc/proto-loader
 // loading the package-less protos, doing register, login, create, list, update and
-// delete. Usage: node grpc_js_client.js HOST:PORT PROTO_DIR
-// Prints one JSON line with what it saw; exits non-zero on any failure.
+// delete. Usage: node grpc_js_client.js HOST:PORT PROTO_DIR [CA_PEM]
+// With CA_PEM it connects over TLS (credentials.createSsl, the server's certificate
+// checked against that CA and HOST). Prints one JSON line with what it saw; exits
+// non-zero on any failure.
 'use strict';
+const fs = require('fs');
 const path = require('path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 
-const [addr, protoDir] = process.argv.slice(2);
+const [addr, protoDir, caFile] = process.argv.slice(2);
+const creds = caFile ? grpc.credentials.createSsl(fs.readFileSync(caFile))
+  : grpc.credentials.createInsecure();
 const opts = { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true };
 const auth = grpc.loadPackageDefinition(
   protoLoader.loadSync(path.join(protoDir, 'auth.proto'), opts));
 const task = grpc.loadPackageDefinition(
   protoLoader.loadSync(path.join(protoDir, 'task.proto'), opts));
-const authClient = new auth.AuthService(addr, grpc.credentials.createInsecure());
-const taskClient = new task.TaskService(addr, grpc.credentials.createInsecure());
+const authClient = new auth.AuthService(addr, creds);
+const taskClient = new task.TaskService(addr, creds);
 
 function call(client, method, req, token) {
   const md = new grpc.Metadata();

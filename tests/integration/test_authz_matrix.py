@@ -329,9 +329,12 @@ def test_authorization_matrix(op, caller, srv, world, rpc):
 
 
 def test_matrix_covers_every_route_and_method(rpc):
-    """Every REST route of the adapter and every API method of the .proto files has a row."""
-    rest_src = (REPO / "src" / "io" / "http" / "rest.c").read_text()
-    routes = set(re.findall(r'\{"(GET|POST|PATCH|DELETE)", "(/api/[^"]+)", TMS_API_', rest_src))
+    """Every REST route of the operation table and every API method of the .proto files
+    has a row."""
+    ops_src = (REPO / "src" / "core" / "ops.c").read_text()
+    routes = set(re.findall(r'\.rest_method = "(GET|POST|PATCH|DELETE)",\s*\.rest_route = "(/api/[^"]+)"',
+                            ops_src))
+    assert routes, "no REST route found in src/core/ops.c"
     rows = {op.split()[0] + " " + op.split()[1].replace(":creator", ":id")
             for op in EXPECTED if not op.startswith("grpc ")}
     assert {f"{m} {p}" for m, p in routes} == rows

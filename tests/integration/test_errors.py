@@ -18,20 +18,25 @@ def test_unknown_route_404_json(server, method, path):
     assert_error(server.request(method, path), 404, "NOT_FOUND")
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/api/auth/register"),
-    ("PUT", "/api/auth/login"),
-    ("DELETE", "/api/auth/me"),
-    ("GET", "/api/auth/logout"),
-    ("POST", "/api/auth/delete/0123456789abcdef01234567"),
-    ("POST", "/healthz"),
+@pytest.mark.parametrize("method,path,allow", [
+    ("GET", "/api/auth/register", {"POST"}),
+    ("PUT", "/api/auth/login", {"POST"}),
+    ("DELETE", "/api/auth/me", {"GET"}),
+    ("GET", "/api/auth/logout", {"POST"}),
+    ("POST", "/api/auth/delete/0123456789abcdef01234567", {"DELETE"}),
+    ("PUT", "/api/task", {"GET", "POST"}),
+    ("DELETE", "/api/task/", {"GET", "POST"}),
+    ("POST", "/api/task/42", {"GET", "PATCH", "DELETE"}),
+    ("PUT", "/api/task/" + "9" * 40, {"GET", "PATCH", "DELETE"}),
+    ("POST", "/healthz", {"GET", "HEAD"}),
+    ("DELETE", "/openapi.json", {"GET", "HEAD"}),
 ])
-def test_wrong_method_404_or_405_json(server, method, path):
+def test_wrong_method_405_with_allow(server, method, path, allow):
+    """API.md: a known path with a method it does not have answers 405 with Allow
+    (it used to be 404), the JSON error body and nothing done."""
     r = server.request(method, path)
-    assert r.status_code in (404, 405), f"{r.status_code}: {r.text[:300]}"
-    err = assert_error(r, r.status_code)
-    if r.status_code == 404:
-        assert err["code"] == "NOT_FOUND"
+    assert_error(r, 405, "UNIMPLEMENTED")
+    assert {m.strip() for m in r.headers.get("Allow", "").split(",")} == allow, r.headers
 
 
 def test_every_response_has_request_id(server):

@@ -124,7 +124,8 @@ def test_metrics_listener_serves_only_metrics(server):
     base = server.metrics_url().rsplit("/", 1)[0]
     assert requests.get(base + "/healthz", timeout=10).status_code == 404
     assert requests.get(base + "/api/auth/me", timeout=10).status_code == 404
-    assert requests.post(base + "/metrics", timeout=10).status_code == 404
+    r = requests.post(base + "/metrics", timeout=10)
+    assert r.status_code == 405 and r.headers.get("Allow") == "GET, HEAD", (r.status_code, r.headers)
 
 
 def test_metrics_token_on_the_public_port(make_server):

@@ -8,6 +8,10 @@ MongoDB (wire protocol), Kafka and SMTP.
   (c) the internal method without or with a wrong service credential: UNAUTHENTICATED
       and nothing done; reflection does not list it
   (d) a short grpc-timeout at the gateway travels with the hop to the task process
+  (e) with mutual TLS between the roles (TMS_TEST_SPLIT_TLS=1, as scripts/test runs the
+      split pass): the internal listener refuses cleartext and a client certificate that
+      is missing, expired or from another CA; a good certificate still needs the service
+      credential
 
 Runs in the split pass of scripts/test (TMS_TEST_SPLIT=1), which has every service."""
 import hashlib
@@ -23,7 +27,7 @@ import grpc
 import pytest
 import requests
 
-from conftest import (DEFAULT_PASSWORD, JWT_SECRET, SPLIT, TMS_BIN, unique_email)
+from conftest import (DEFAULT_PASSWORD, JWT_SECRET, SPLIT, SPLIT_TLS, TMS_BIN, unique_email)
 from tms_split import SplitDeployment
 
 PG = os.environ.get("TMS_TEST_PG_URL", "")
@@ -64,7 +68,7 @@ def deploy(tmp_path):
              "notify.per_recipient_per_hour": "0"}
         s.update({k.replace("__", "."): str(v) for k, v in settings.items()})
         dep = SplitDeployment(TMS_BIN, tmp_path / f"dep{len(made)}", s, gateways=gateways,
-                              notifiers=notifiers, env=env)
+                              notifiers=notifiers, env=env, tls=SPLIT_TLS)
         made.append((dep, name))
         try:
             dep.start()
@@ -128,9 +132,22 @@ def actor_call_create(user_id, title):
             _field(13, "made through the internal method"))
 
 
-def internal_call(port, payload, token=None, timeout=5):
+def peer_credentials(dep, cert=None):
+    """grpcio credentials of a peer of dep's mutual TLS: the CA, and cert (cert, key)
+    or the gateway's; None without TLS."""
+    if not dep.tls:
+        return None
+    cert = cert or dep.tls["gateway"]
+    with open(dep.tls["ca"], "rb") as ca, open(cert[0], "rb") as c, open(cert[1], "rb") as k:
+        return grpc.ssl_channel_credentials(root_certificates=ca.read(), private_key=k.read(),
+                                            certificate_chain=c.read())
+
+
+def internal_call(port, payload, token=None, timeout=5, creds=None):
+    """The internal method on port: cleartext, or TLS with creds (peer_credentials)."""
     md = [("x-tms-service-token", token)] if token is not None else []
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    target = f"127.0.0.1:{port}"
+    with (grpc.secure_channel(target, creds) if creds else grpc.insecure_channel(target)) as ch:
         fn = ch.unary_unary(INTERNAL, request_serializer=None, response_deserializer=None)
         return fn(payload, metadata=md, timeout=timeout)
 
@@ -280,16 +297,19 @@ def test_internal_method_needs_service_credential(deploy):
     dep = deploy()
     gw = dep.gateway
     token, user, _ = register(gw)
+    peer = peer_credentials(dep)  # the roles' internal listeners speak TLS when set
     for port, cred in [(dep.task.grpc_port, None), (dep.task.grpc_port, "wrong-" + dep.secret),
                        (dep.task.grpc_port, ""), (dep.auth.grpc_port, None),
                        (gw.grpc_port, None), (gw.grpc_port, "x" * 48)]:
         with pytest.raises(grpc.RpcError) as e:
-            internal_call(port, actor_call_create(user["id"], "forged"), cred)
+            internal_call(port, actor_call_create(user["id"], "forged"), cred,
+                          creds=None if port == gw.grpc_port else peer)
         assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, (port, cred, e.value)
     assert "forged" not in titles(gw, token)
     # the same message with the credential is a valid call (so the refusals above were
     # about the credential alone)
-    out = internal_call(dep.task.grpc_port, actor_call_create(user["id"], "trusted"), dep.secret)
+    out = internal_call(dep.task.grpc_port, actor_call_create(user["id"], "trusted"), dep.secret,
+                        creds=peer)
     assert b"trusted" in out
     assert titles(gw, token) == ["trusted"]
     # a gateway runs no task actor: even with the credential it performs nothing itself
@@ -335,3 +355,73 @@ def test_grpc_timeout_at_gateway_travels_to_task_process(deploy):
     assert float(line[0][1]) < 400, line
     time.sleep(1.2)  # the actor's delay has passed: a write would have happened by now
     assert "expired" not in titles(gw, token)
+
+
+# -- (e) mutual TLS between the roles --------------------------------------------------
+
+def _signed_by(ca_pem, ca_key, directory, name, days):
+    """A client certificate for name signed by the CA in ca_pem/ca_key, valid from now +
+    days[0] to now + days[1] days (cryptography); returns (cert path, key path)."""
+    import datetime
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    ca_cert = x509.load_pem_x509_certificate(open(ca_pem, "rb").read())
+    signer = serialization.load_pem_private_key(open(ca_key, "rb").read(), None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now + datetime.timedelta(days=days[0]))
+            .not_valid_after(now + datetime.timedelta(days=days[1]))
+            .sign(signer, hashes.SHA256()))
+    cp, kp = directory / f"{name}.pem", directory / f"{name}.key"
+    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()))
+    return str(cp), str(kp)
+
+
+@pytest.mark.skipif(not SPLIT_TLS, reason="mutual TLS between roles (TMS_TEST_SPLIT_TLS=1)")
+def test_mutual_tls_between_roles(deploy, tmp_path):
+    from tms_split import make_tls
+    dep = deploy()
+    gw = dep.gateway
+    token, user, _ = register(gw)
+    # The hops the whole suite made went over TLS: the gateway's peers are up, and
+    # each role counted handshakes with its client certificate.
+    assert api(gw, "GET", "/api/auth/me", token).status_code == 200
+    text = requests.get(f"http://127.0.0.1:{dep.task.metrics_port}/metrics", timeout=10).text
+    assert re.search(r'tms_tls_handshakes_total\{context="grpc",version="TLSv1.3",'
+                     r'resumed="false"\} [1-9]', text), text[-2000:]
+    other = make_tls(tmp_path / "other-ca", names=("intruder",))
+    ca_key = os.path.join(os.path.dirname(dep.tls["ca"]), "ca.key")
+    expired = _signed_by(dep.tls["ca"], ca_key, tmp_path, "expired-peer", (-10, -1))
+    payload = actor_call_create(user["id"], "intruded")
+    with open(dep.tls["ca"], "rb") as f:
+        ca = f.read()
+    refused = {
+        "cleartext": None,
+        "no certificate": grpc.ssl_channel_credentials(root_certificates=ca),
+        "expired": peer_credentials(dep, expired),
+        "other CA": peer_credentials(dep, other["intruder"]),
+    }
+    for port in (dep.task.grpc_port, dep.auth.grpc_port):
+        for why, creds in refused.items():
+            with pytest.raises(grpc.RpcError) as e:
+                internal_call(port, payload, dep.secret, creds=creds,
+                              timeout=5) if creds else internal_call(port, payload, dep.secret)
+            assert e.value.code() == grpc.StatusCode.UNAVAILABLE, (port, why, e.value)
+    # A certificate from the CA is not enough: the service credential is still checked.
+    with pytest.raises(grpc.RpcError) as e:
+        internal_call(dep.task.grpc_port, payload, None, creds=peer_credentials(dep))
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "intruded" not in titles(gw, token)
+    for p in (dep.task, dep.auth):
+        text = requests.get(f"http://127.0.0.1:{p.metrics_port}/metrics", timeout=10).text
+        m = re.search(r'tms_tls_handshake_failures_total\{context="grpc",reason="error"\} (\d+)',
+                      text)
+        assert m and int(m.group(1)) >= 3, (p.name, text[-1500:])

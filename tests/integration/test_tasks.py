@@ -1,5 +1,6 @@
 """Task routes of API.md: create, get, list, update, delete; validation, permissions,
 versions and If-Match, filters and cursor pagination, Idempotency-Key, rate limit."""
+import re
 import secrets
 import types
 
@@ -437,6 +438,10 @@ def test_if_match_concurrent_writers_one_wins(server, team):
         th.join()
     codes = sorted(r.status_code for r in results)
     assert codes == [200] + [412] * 7, [(r.status_code, r.text[:200]) for r in results]
+    for r in results:  # the actor's words, whether it or the store saw the conflict
+        if r.status_code == 412:
+            assert re.fullmatch(rf"version mismatch: task {t['id']} is at version 2",
+                                r.json()["error"]["message"]), r.text
     winner = next(r.json() for r in results if r.status_code == 200)
     now = server.task_ok(team.creator_token, t["id"])
     assert now == winner and now["version"] == 2
@@ -687,11 +692,26 @@ def test_idempotent_key_different_body_409(server, team):
     assert r1.status_code == 201, r1.text
     r2 = server.post("/api/task", token=team.creator_token,
                      json={"title": "second", "description": "d"}, headers={"Idempotency-Key": key})
-    assert_error(r2, 409, "ALREADY_EXISTS")
+    err = assert_error(r2, 409, "ALREADY_EXISTS")
+    assert err["message"] == "Idempotency-Key reused with a different request", err
     # the first result is still what the key returns
     r3 = server.post("/api/task", token=team.creator_token,
                      json={"title": "first", "description": "d"}, headers={"Idempotency-Key": key})
     assert r3.status_code == 201 and r3.json()["id"] == r1.json()["id"], r3.text
+
+
+def test_idempotency_key_of_a_deleted_task_409(server, team):
+    """The stores give a reason, the task actor the words: the same text on every store."""
+    key = secrets.token_hex(8)
+    body = {"title": "short-lived", "description": "d"}
+    r1 = server.post("/api/task", token=team.creator_token, json=body,
+                     headers={"Idempotency-Key": key})
+    assert r1.status_code == 201, r1.text
+    assert server.delete(f"/api/task/{r1.json()['id']}", token=team.creator_token).status_code == 200
+    r2 = server.post("/api/task", token=team.creator_token, json=body,
+                     headers={"Idempotency-Key": key})
+    err = assert_error(r2, 409, "ALREADY_EXISTS")
+    assert err["message"] == "Idempotency-Key was used for a task that no longer exists", err
 
 
 def test_idempotency_key_is_per_user(server, team):

@@ -129,6 +129,7 @@ struct tms_kafka_bus {
     uv_loop_t *loop;
     tms_kafka_options_t opt;
     char *brokers, *client_id, *ns;
+    char *security[4]; /* security.protocol, ssl.ca/certificate/key.location ("": unset) */
     char *topics[MAX_TOPICS];
     int ntopics;
     rd_kafka_t *producer;
@@ -168,6 +169,19 @@ static int set(rd_kafka_conf_t *conf, const char *key, const char *value, char *
 {
     if (rd_kafka_conf_set(conf, key, value, err, len) != RD_KAFKA_CONF_OK)
         return -TMS_EINVAL;
+    return 0;
+}
+
+/* TLS to the brokers (events.security_protocol and events.tls_*): librdkafka checks
+ * the brokers' certificates and host names itself (ssl.endpoint.identification). */
+static int set_security(const kbus_t *bus, rd_kafka_conf_t *conf, char *err, size_t len)
+{
+    static const char *const keys[] = {"security.protocol", "ssl.ca.location",
+                                       "ssl.certificate.location", "ssl.key.location"};
+    for (int i = 0; i < 4; i++) {
+        if (bus->security[i][0] && set(conf, keys[i], bus->security[i], err, len))
+            return -TMS_EINVAL;
+    }
     return 0;
 }
 
@@ -214,6 +228,8 @@ static void handle_gone(kbus_t *bus)
         for (int i = 0; i < bus->ntopics; i++)
             free(bus->topics[i]);
         free(bus->brokers);
+        for (int i = 0; i < 4; i++)
+            free(bus->security[i]);
         free(bus->client_id);
         free(bus->ns);
         free(bus);
@@ -1234,7 +1250,8 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
         set(conf, "max.poll.interval.ms", poll_ms, err, sizeof(err)) ||
         set(conf, "topic.metadata.refresh.interval.ms", "5000", err, sizeof(err)) ||
         set(conf, "socket.timeout.ms", "10000", err, sizeof(err)) ||
-        set(conf, "reconnect.backoff.max.ms", "1000", err, sizeof(err))) {
+        set(conf, "reconnect.backoff.max.ms", "1000", err, sizeof(err)) ||
+        set_security(bus, conf, err, sizeof(err))) {
         tms_log_error("kafka_consumer_config", "group=%s error=\"%s\"", group, err);
         rd_kafka_conf_destroy(conf);
         return -TMS_EINVAL;
@@ -1363,6 +1380,10 @@ tms_kafka_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
     bus->brokers = tms_strdup(opt->brokers ? opt->brokers : "");
     bus->client_id = tms_strdup(opt->client_id ? opt->client_id : "tms");
     bus->ns = tms_strdup(opt->ns ? opt->ns : "");
+    bus->security[0] = tms_strdup(opt->security_protocol ? opt->security_protocol : "");
+    bus->security[1] = tms_strdup(opt->tls_ca ? opt->tls_ca : "");
+    bus->security[2] = tms_strdup(opt->tls_cert ? opt->tls_cert : "");
+    bus->security[3] = tms_strdup(opt->tls_key ? opt->tls_key : "");
     bus->fds[0] = bus->fds[1] = -1;
     for (const char *const *t = opt->topics; t && *t && bus->ntopics < MAX_TOPICS; t++) {
         char name[64];
@@ -1387,7 +1408,8 @@ tms_kafka_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
         set(conf, "topic.metadata.refresh.interval.ms", "10000", err, err_len) ||
         /* A request on a connection that died without a reset (a broker host gone,
          * a dropped route) is given up after this, not librdkafka's 60 s. */
-        set(conf, "socket.timeout.ms", "10000", err, err_len))
+        set(conf, "socket.timeout.ms", "10000", err, err_len) ||
+        set_security(bus, conf, err, err_len))
         goto fail;
     rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
     rd_kafka_conf_set_events(conf, RD_KAFKA_EVENT_DR | RD_KAFKA_EVENT_ERROR |
@@ -1436,6 +1458,8 @@ fail:
     for (int i = 0; i < bus->ntopics; i++)
         free(bus->topics[i]);
     free(bus->brokers);
+    for (int i = 0; i < 4; i++)
+        free(bus->security[i]);
     free(bus->client_id);
     free(bus->ns);
     free(bus);

@@ -37,6 +37,10 @@ typedef struct tms_kafka_options {
     int max_inflight;          /* held deliveries per consumer before pausing; 0: 64 */
     int max_poll_interval_ms;  /* librdkafka's max.poll.interval.ms (tests); 0: 300000 */
     const char *ns; /* namespace: topics "<ns>.<topic>", groups "<group>.<ns>"; NULL/"": none */
+    /* TLS to the brokers, librdkafka's own: security.protocol ("ssl"; NULL/"":
+     * plaintext), ssl.ca.location, ssl.certificate.location, ssl.key.location (NULL/"":
+     * librdkafka's defaults). Set on the producer and every consumer. */
+    const char *security_protocol, *tls_ca, *tls_cert, *tls_key;
 } tms_kafka_options_t;
 
 typedef struct tms_kafka_bus tms_kafka_bus_t;

@@ -431,7 +431,7 @@ static bool submit_stream(conn_t *conn, call_t *call)
     char timeout[16];
     nghttp2_nv h[8] = {
         NV(":method", "POST", 4),
-        NV(":scheme", "http", 4),
+        NV(":scheme", c->opt.tls ? "https" : "http", c->opt.tls ? 5 : 4),
         NV(":path", call->path, strlen(call->path)),
         NV(":authority", c->addr, strlen(c->addr)),
         NV("content-type", "application/grpc", 16),
@@ -527,12 +527,30 @@ static void conn_failed(conn_t *conn, const char *why)
 
 static void on_io_fail(tms_h2_io_t *io, const char *why)
 {
-    conn_close(io->owner, why);
+    conn_t *conn = io->owner;
+    /* A TLS failure (a refused certificate, either way: with TLS 1.3 the server's
+     * verdict on ours comes after our side is up) is a failed connect: logged, and
+     * the next one waits a back-off. */
+    if (!conn->up || (io->tls && tms_tls_error(io->tls)[0])) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "tls: %s", why);
+        conn_failed(conn, msg);
+        return;
+    }
+    conn_close(conn, why);
+}
+
+static void conn_up(conn_t *conn);
+
+static void on_established(tms_h2_io_t *io)
+{
+    conn_up(io->owner);
 }
 
 static const tms_h2_io_ops_t conn_ops = {
     .fail = on_io_fail,
     .closed = on_conn_closed,
+    .established = on_established,
 };
 
 /* Nothing is written before the connection is up: calls queue on it meanwhile. */
@@ -585,6 +603,16 @@ static void on_connect(uv_connect_t *req, int status)
         char why[128];
         snprintf(why, sizeof(why), "connect: %s", uv_strerror(status));
         conn_failed(conn, why);
+        return;
+    }
+    if (conn->c->opt.tls) { /* up once the handshake is done (on_established) */
+        int rc;
+        conn->io.tls = tms_tls_new(conn->c->opt.tls, conn->c->host);
+        if ((rc = tms_h2_io_handshake(&conn->io)) < 0) {
+            char why[128];
+            snprintf(why, sizeof(why), "tls: %s", uv_strerror(rc));
+            conn_failed(conn, why);
+        }
         return;
     }
     conn_up(conn);

@@ -13,6 +13,8 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "io/tls/tls.h"
+
 typedef struct tms_grpc_client tms_grpc_client_t;
 typedef struct tms_grpc_client_call tms_grpc_client_call_t;
 
@@ -29,6 +31,10 @@ typedef struct tms_grpc_client_options {
     int breaker_threshold_pct;   /* 0: 50 */
     int64_t breaker_cooldown_ms; /* 0: 2000 */
     size_t max_message_bytes;    /* 0: 4 MiB; a larger answer fails with RESOURCE_EXHAUSTED */
+    /* TLS (NULL: cleartext h2c): a client context (shared, not owned); the server's
+     * certificate must carry the host of addr (a name, also sent as SNI, or an IP
+     * address), and the handshake counts in connect_timeout_ms. */
+    tms_tls_ctx_t *tls;
 } tms_grpc_client_options_t;
 
 /* Called exactly once per call, on the loop thread and never from inside

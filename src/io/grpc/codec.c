@@ -1,4 +1,5 @@
-/* Protobuf <-> tms_api_call_t for the gRPC adapter, and the health service. */
+/* Protobuf <-> tms_api_call_t for the gRPC methods of the operation table, and the
+ * health service's messages. */
 #include "io/grpc/codec.h"
 
 #include <stdio.h>
@@ -14,42 +15,6 @@
 #include "health.pb-c.h"
 #include "io/grpc/wire.h"
 #include "task.pb-c.h"
-
-static const tms_grpc_method_t methods[] = {
-    {"/AuthService/Register", TMS_GRPC_API, TMS_API_REGISTER},
-    {"/AuthService/Login", TMS_GRPC_API, TMS_API_LOGIN},
-    {"/AuthService/Logout", TMS_GRPC_API, TMS_API_LOGOUT},
-    {"/AuthService/UserExists", TMS_GRPC_API, TMS_API_USER_EXISTS},
-    {"/AuthService/VerifyToken", TMS_GRPC_API, TMS_API_VERIFY_TOKEN},
-    {"/AuthService/GetUserInfo", TMS_GRPC_API, TMS_API_USER_INFO},
-    {"/AuthService/DeleteUser", TMS_GRPC_API, TMS_API_DELETE_USER},
-    {"/TaskService/CreateTask", TMS_GRPC_API, TMS_API_TASK_CREATE},
-    {"/TaskService/ListTasks", TMS_GRPC_API, TMS_API_TASK_LIST},
-    {"/TaskService/GetTask", TMS_GRPC_API, TMS_API_TASK_GET},
-    {"/TaskService/UpdateTask", TMS_GRPC_API, TMS_API_TASK_UPDATE},
-    {"/TaskService/DeleteTask", TMS_GRPC_API, TMS_API_TASK_DELETE},
-    {"/grpc.health.v1.Health/Check", TMS_GRPC_HEALTH_CHECK, 0},
-    {"/grpc.health.v1.Health/Watch", TMS_GRPC_HEALTH_WATCH, 0},
-    {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", TMS_GRPC_REFLECTION, 0},
-    {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", TMS_GRPC_REFLECTION, 0},
-    {"/tms.internal.Actors/Call", TMS_GRPC_INTERNAL, 0},
-};
-#define NMETHODS (sizeof(methods) / sizeof(methods[0]))
-
-const tms_grpc_method_t *tms_grpc_methods(size_t *n)
-{
-    *n = NMETHODS;
-    return methods;
-}
-
-const tms_grpc_method_t *tms_grpc_method_find(const char *path, size_t len)
-{
-    for (size_t i = 0; i < NMETHODS; i++) {
-        if (strlen(methods[i].path) == len && memcmp(methods[i].path, path, len) == 0)
-            return &methods[i];
-    }
-    return NULL;
-}
 
 static const ProtobufCMessageDescriptor *request_type(tms_api_op_t op)
 {
@@ -108,10 +73,10 @@ static int update_presence(const uint8_t *msg, size_t len, int present[6])
     return rc;
 }
 
-tms_api_call_t *tms_grpc_decode_call(const tms_grpc_method_t *m, const uint8_t *msg, size_t len,
+tms_api_call_t *tms_grpc_decode_call(const tms_op_t *op, const uint8_t *msg, size_t len,
                                      tms_error_t *err)
 {
-    const ProtobufCMessageDescriptor *type = request_type(m->op);
+    const ProtobufCMessageDescriptor *type = op->grpc_method ? request_type(op->op) : NULL;
     ProtobufCMessage *pm;
     tms_api_call_t *call;
     if (!type) {
@@ -123,8 +88,8 @@ tms_api_call_t *tms_grpc_decode_call(const tms_grpc_method_t *m, const uint8_t *
         tms_error_set(err, TMS_INVALID_ARGUMENT, "malformed protobuf request");
         return NULL;
     }
-    call = tms_api_call_new(m->op);
-    switch (m->op) {
+    call = tms_api_call_new(op->op);
+    switch (op->op) {
     case TMS_API_REGISTER:
     case TMS_API_LOGIN: {
         /* Register and Login requests share the layout {email=1, password=2}. */
@@ -156,10 +121,8 @@ tms_api_call_t *tms_grpc_decode_call(const tms_grpc_method_t *m, const uint8_t *
     }
     case TMS_API_TASK_LIST: {
         ListTasksRequest *r = (ListTasksRequest *)pm;
-        if (r->limit < 0 || r->limit > TMS_LIST_LIMIT_MAX) {
-            tms_error_set(err, TMS_INVALID_ARGUMENT, "limit must be an integer from 1 to 200");
-            goto bad;
-        }
+        if (r->limit != 0 && tms_op_check_list_size(op, r->limit, err) != 0)
+            goto bad; /* 0: not given (proto3), the default */
         call->limit = r->limit;
         call->status = given(r->status);
         call->assigned_to = given(r->assignedto);
@@ -231,13 +194,15 @@ static void task_message(Task *pt, task_text_t *tx, const tms_task_t *t)
     pt->version = t->version;
 }
 
-tms_status_t tms_grpc_encode_reply(const tms_grpc_method_t *m, const tms_api_call_t *call,
-                                   uint8_t **out, size_t *len, tms_error_t *err)
+tms_status_t tms_grpc_encode_reply(const tms_op_t *op, const tms_api_call_t *call, uint8_t **out,
+                                   size_t *len, tms_error_t *err)
 {
+    const tms_op_t *called = tms_op_get(call->op);
     *out = NULL;
     *len = 0;
     if (call->err.code != TMS_OK) {
-        if (call->op == TMS_API_VERIFY_TOKEN && call->err.code == TMS_UNAUTHENTICATED) {
+        if (called && called->result == TMS_RESULT_PRINCIPAL &&
+            call->err.code == TMS_UNAUTHENTICATED) {
             VerifyTokenResponse r = VERIFY_TOKEN_RESPONSE__INIT;
             r.valid = 0;
             pack(&r.base, out, len);
@@ -246,7 +211,7 @@ tms_status_t tms_grpc_encode_reply(const tms_grpc_method_t *m, const tms_api_cal
         *err = call->err;
         return err->code;
     }
-    switch (m->op) {
+    switch (op->op) {
     case TMS_API_REGISTER:
     case TMS_API_LOGIN: {
         AuthResponse r = AUTH_RESPONSE__INIT;

@@ -1,7 +1,7 @@
-/* The gRPC method table and the mapping between protobuf messages (src/proto) and
- * tms_api_call_t: the gRPC twin of the JSON parsing and rendering in http/rest.c. No
- * domain rule lives here; validation beyond "is it a well-formed message" is the
- * actors'. */
+/* The mapping between protobuf messages (src/proto) and tms_api_call_t for each
+ * operation with a gRPC method (core/ops.h): the gRPC twin of the JSON parsing and
+ * rendering in http/rest.c; grpc/service.c serves them. No domain rule lives here;
+ * validation beyond "is it a well-formed message" is the actors'. */
 #ifndef TMS_IO_GRPC_CODEC_H
 #define TMS_IO_GRPC_CODEC_H
 
@@ -9,41 +9,23 @@
 #include <stdint.h>
 
 #include "core/api.h"
+#include "core/ops.h"
 #include "core/status.h"
 
-typedef enum tms_grpc_kind {
-    TMS_GRPC_API = 1,      /* unary; a tms_api_call_t for the gateway */
-    TMS_GRPC_HEALTH_CHECK, /* unary, answered by the adapter */
-    TMS_GRPC_HEALTH_WATCH, /* server streaming, answered by the adapter */
-    TMS_GRPC_REFLECTION,   /* bidirectional streaming, answered by the adapter */
-    TMS_GRPC_INTERNAL,     /* unary; a call between the roles of a split deployment */
-} tms_grpc_kind_t;
-
-typedef struct tms_grpc_method {
-    const char *path; /* "/AuthService/Login" */
-    tms_grpc_kind_t kind;
-    tms_api_op_t op; /* TMS_GRPC_API only */
-} tms_grpc_method_t;
-
-/** The method table; *n receives its length. Index order is stable (metrics). */
-const tms_grpc_method_t *tms_grpc_methods(size_t *n);
-
-/** The method served at path[0..len), or NULL. */
-const tms_grpc_method_t *tms_grpc_method_find(const char *path, size_t len);
-
-/** Decode the request message of an API method into a new call (owned by the
- * caller). On a malformed message returns NULL with *err set (INVALID_ARGUMENT).
- * VerifyToken puts the request's token in call->bearer; the caller fills bearer
- * from metadata for the other methods. */
-tms_api_call_t *tms_grpc_decode_call(const tms_grpc_method_t *m, const uint8_t *msg, size_t len,
+/** Decode the request message of op's gRPC method into a new call (owned by the
+ * caller). On a malformed message returns NULL with *err set (INVALID_ARGUMENT;
+ * UNIMPLEMENTED for an op without a gRPC method). VerifyToken puts the request's
+ * token in call->bearer; the caller fills bearer from metadata for the other
+ * methods. */
+tms_api_call_t *tms_grpc_decode_call(const tms_op_t *op, const uint8_t *msg, size_t len,
                                      tms_error_t *err);
 
-/** Encode the response message of a finished call into *out (heap, caller frees;
- * *len may be 0). Returns TMS_OK, or the call's error status with *err filled and
- * nothing allocated. VerifyToken answers an UNAUTHENTICATED call as OK
- * {valid: false}, as the original did. */
-tms_status_t tms_grpc_encode_reply(const tms_grpc_method_t *m, const tms_api_call_t *call,
-                                   uint8_t **out, size_t *len, tms_error_t *err);
+/** Encode the response message of op's gRPC method for a finished call into *out
+ * (heap, caller frees; *len may be 0). Returns TMS_OK, or the call's error status
+ * with *err filled and nothing allocated. A call whose result is a token check
+ * (VerifyToken) answers UNAUTHENTICATED as OK {valid: false}, as the original did. */
+tms_status_t tms_grpc_encode_reply(const tms_op_t *op, const tms_api_call_t *call, uint8_t **out,
+                                   size_t *len, tms_error_t *err);
 
 /** Health Check/Watch: decode HealthCheckRequest.service into buf (truncated);
  * returns 0 or -TMS_EINVAL on a malformed message. */

@@ -2,7 +2,9 @@
  * server (server.c) and the gRPC client (client.c) share. Bytes read go to
  * nghttp2_session_mem_recv; what the session wants to send is pulled with
  * nghttp2_session_mem_send and written with one uv_write, up to a cap of unwritten
- * bytes. Streams, settings policy and abuse defences stay with the owner. */
+ * bytes. With TLS (io->tls set by the owner before start) the bytes pass through
+ * io/tls first, and the session sends nothing until the handshake is done.
+ * Streams, settings policy and abuse defences stay with the owner. */
 #ifndef TMS_IO_H2_IO_H
 #define TMS_IO_H2_IO_H
 
@@ -11,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
+
+#include "io/tls/tls.h"
 
 #define TMS_H2_READ_CHUNK 65536
 #define TMS_H2_STREAM_WINDOW (1024 * 1024)
@@ -27,6 +31,8 @@ typedef struct tms_h2_io_ops {
     void (*recv_failed)(tms_h2_io_t *io, int rv);
     /** Both handles are closed: the owner may free what embeds io. */
     void (*closed)(tms_h2_io_t *io);
+    /** Optional: the TLS handshake is done (the client starts its session here). */
+    void (*established)(tms_h2_io_t *io);
 } tms_h2_io_ops_t;
 
 /* Embedded in the owner's connection; the fields are read by the owner, written
@@ -43,10 +49,14 @@ struct tms_h2_io {
     size_t *held;     /* the owner's: when set, unwritten bytes are added to it too */
     uint64_t last_read_ms, last_write_ms; /* uv_now of the last read; of the last write
                                            * done, or queued when nothing was unwritten */
+    uint64_t started_ms;                  /* uv_now at init: the handshake's start */
+    tms_tls_t *tls; /* the owner's to create (before start or handshake); freed here */
+    int recv_rv;    /* TLS: nghttp2_session_mem_recv's failure within one read */
     int writes;
     int handles;
     bool closing;
     bool handles_closing;
+    bool reading;
     uv_shutdown_t shutdown_req; /* the lingering close's FIN */
 };
 
@@ -58,6 +68,15 @@ void tms_h2_io_init(tms_h2_io_t *io, uv_loop_t *loop, const tms_h2_io_ops_t *ops
 /** On a connected socket: no Nagle, our SETTINGS (iv) and connection window,
  * then reading. Returns 0 or the negative libuv error of uv_read_start. */
 int tms_h2_io_start(tms_h2_io_t *io, const nghttp2_settings_entry *iv, size_t niv);
+
+/** TLS client: sends the ClientHello of io->tls and starts reading; ops->established
+ * runs once the handshake is done (then tms_h2_io_start). Returns 0 or the negative
+ * libuv error of uv_read_start. */
+int tms_h2_io_handshake(tms_h2_io_t *io);
+
+/** TLS: the handshake has not completed within timeout_ms of init (the owner then
+ * closes the connection; counted as a handshake timeout). */
+bool tms_h2_io_handshake_overdue(tms_h2_io_t *io, uint64_t now, uint64_t timeout_ms);
 
 /** Pulls what the session wants to send and writes it; calls ops->fail on an error
  * or once the session neither reads nor writes and nothing is left unwritten. */

@@ -45,7 +45,8 @@ void tms_internal_encode_call(const tms_api_call_t *call, uint8_t **out, size_t 
     Tms__Internal__ActorCall m = TMS__INTERNAL__ACTOR_CALL__INIT;
     Tms__Internal__Principal p = TMS__INTERNAL__PRINCIPAL__INIT;
     Tms__Internal__User u = TMS__INTERNAL__USER__INIT;
-    m.op = (int32_t)call->op;
+    const tms_op_t *row = tms_op_get(call->op);
+    m.op = row ? row->internal_op : 0;
     m.stage = call->msg.op;
     m.request_id = str(call->request_id);
     m.client_addr = str(call->client_addr);
@@ -94,17 +95,18 @@ static char *dup_if(uint32_t present, uint32_t bit, const char *s)
 tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
 {
     Tms__Internal__ActorCall *m = tms__internal__actor_call__unpack(NULL, len, msg);
+    const tms_op_t *row;
     tms_api_call_t *call;
     uint32_t pr;
     if (!m)
         return NULL;
-    if (m->op < TMS_API_REGISTER || m->op >= TMS_API_OP_COUNT ||
-        (m->stage != TMS_STAGE_AUTHENTICATE && m->stage != TMS_STAGE_EXECUTE)) {
+    row = tms_op_by_internal(m->op);
+    if (!row || (m->stage != TMS_STAGE_AUTHENTICATE && m->stage != TMS_STAGE_EXECUTE)) {
         tms__internal__actor_call__free_unpacked(m, NULL);
         return NULL;
     }
     pr = m->present;
-    call = tms_api_call_new((tms_api_op_t)m->op);
+    call = tms_api_call_new(row->op);
     call->msg.op = m->stage;
     COPY(call->request_id, m->request_id);
     COPY(call->client_addr, m->client_addr);
@@ -273,17 +275,8 @@ int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t 
 
 bool tms_internal_idempotent(const tms_api_call_t *call)
 {
+    const tms_op_t *row = tms_op_get(call->op);
     if (call->msg.op == TMS_STAGE_AUTHENTICATE)
         return true; /* verifies a token: reads only */
-    switch (call->op) {
-    case TMS_API_ME:
-    case TMS_API_USER_EXISTS:
-    case TMS_API_USER_INFO:
-    case TMS_API_VERIFY_TOKEN:
-    case TMS_API_TASK_GET:
-    case TMS_API_TASK_LIST:
-        return true;
-    default:
-        return false;
-    }
+    return row && row->idempotent;
 }

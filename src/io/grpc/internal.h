@@ -20,7 +20,8 @@
 void tms_internal_encode_call(const tms_api_call_t *call, uint8_t **out, size_t *len);
 
 /** A new call (owned by the caller) from a serialized ActorCall, msg.op set to its
- * stage; NULL when the message does not parse or names no known op or stage. Only for
+ * stage; NULL when the message does not parse or names no known op (the rows'
+ * internal_op) or stage. Only for
  * calls that came with the service credential: one without an authenticated user is
  * the calling process's own (its task or notifier actor), so its principal is the
  * service (principal.service). */
@@ -34,9 +35,9 @@ void tms_internal_encode_result(const tms_api_call_t *call, uint8_t **out, size_
  * Returns 0, or -TMS_EINVAL when it does not parse (call->err untouched). */
 int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t len);
 
-/** True when running the call twice cannot change anything: reads and token
- * checks. Register, login (it bumps the token version), logout, delete, create and
- * update are not. */
+/** True when running the call twice cannot change anything: the authenticate stage
+ * (a token check), and the execute stage of an operation whose row says idempotent
+ * (core/ops.h). */
 bool tms_internal_idempotent(const tms_api_call_t *call);
 
 #endif

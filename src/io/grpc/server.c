@@ -1,18 +1,18 @@
-/* gRPC over HTTP/2 (nghttp2 callbacks API on libuv).
+/* The gRPC server transport (server.h): HTTP/2 sessions, streams and their bounds,
+ * abuse defences and timeouts; no method means anything here.
  *
  * Per connection, h2_io moves the bytes (shared with the client): reads go to
  * nghttp2_session_mem_recv; whatever the session wants to send is pulled after each
- * read and after each asynchronous reply, and written with one uv_write. The abuse
- * defences (rapid reset, CONTINUATION flood, limits) stay here. A request stream collects
- * its length-prefixed messages; a unary call is dispatched when the client ends the
- * stream, reflection answers each message as it arrives. Responses are written
- * through a data provider over the stream's output buffer, which defers while empty
- * and ends with the trailers (grpc-status, grpc-message). An error before any
- * message is a trailers-only response.
+ * read and after each asynchronous answer, and written with one uv_write. A request
+ * stream collects its length-prefixed messages; a unary route's request goes to the
+ * handler when the client ends the stream, a bidi route's messages as they arrive.
+ * Responses are written through a data provider over the stream's output buffer,
+ * which defers while empty and ends with the trailers (grpc-status, grpc-message). An
+ * error before any message is a trailers-only response.
  *
- * A call with the actors is a pending_t that outlives its stream: a deadline, a
- * RST_STREAM from the client or a closed connection only detach it, and the reply,
- * when it comes, is dropped and freed (as http/rest.c does). */
+ * What the handler attached to a stream outlives it: a RST_STREAM from the client or
+ * a closed connection hands it back (detach) for the handler to drop its answer when
+ * it comes (as http/rest.c does with a request whose connection closed). */
 #include "io/grpc/server.h"
 
 #include <netinet/in.h>
@@ -27,14 +27,11 @@
 #include <sodium.h>
 
 #include "core/alloc.h"
-#include "core/api.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/status.h"
-#include "io/grpc/codec.h"
-#include "io/grpc/internal.h"
-#include "io/grpc/wire.h"
 #include "io/grpc/h2_io.h"
+#include "io/grpc/wire.h"
 #include "io/http/listen.h"
 
 #define DEFAULT_STREAMS 100
@@ -67,21 +64,19 @@
 #define NOT_GRPC_BODY "this is a gRPC server: use content-type application/grpc\n"
 
 typedef struct conn conn_t;
-typedef struct gstream gstream_t;
-typedef struct pending pending_t;
+typedef struct tms_grpc_stream gstream_t;
 
-struct gstream {
+struct tms_grpc_stream {
     gstream_t *prev, *next;
     conn_t *conn;
     int32_t id;
-    const tms_grpc_method_t *method;
-    int method_index; /* metrics row; nmethods = unknown */
+    const tms_grpc_route_t *route; /* NULL until the headers named a known one */
+    size_t route_index;            /* metrics row; nroutes = unknown */
     /* request head */
     char path[256];
     bool path_long, is_post, grpc_ctype, bad_encoding, has_timeout, bad_timeout;
     uint64_t timeout_ms;
-    char *authorization;
-    char *service_token; /* x-tms-service-token, internal service only */
+    char *meta[TMS_GRPC_MAX_METADATA]; /* the handler's metadata headers */
     size_t header_bytes;
     bool too_large;
     const char *no_room; /* a bound met while copying the headers */
@@ -97,8 +92,9 @@ struct gstream {
     size_t req_held; /* in_cap + msg_cap + the copied headers */
     int nmsgs;
     bool remote_closed;
-    bool small_only;           /* token not checked before the call: small messages only */
+    bool small_only;           /* caller not checked before the call: small messages only */
     tms_status_t small_code;   /* the answer to a larger one */
+    const char *small_message; /* NULL: say how large it may be */
     uint64_t recv_deadline_ms; /* uv_now by which the request must have ended */
     /* response */
     bool headers_sent, finished, plain, eof, deferred, watching, reset;
@@ -108,17 +104,9 @@ struct gstream {
     uint64_t out_since_ms;            /* queued output last moved (or started waiting) */
     tms_status_t status;
     char *status_msg;
-    pending_t *pending;
+    void *attached; /* the handler's, until it answers */
     uint64_t start_ns;
     char request_id[33];
-};
-
-struct pending {
-    uv_timer_t timer;
-    tms_grpc_server_t *srv;
-    gstream_t *st; /* NULL once the stream was answered otherwise or is gone */
-    tms_api_op_t op;
-    tms_api_cancel_t *cancel; /* set when the stream is reset before the reply */
 };
 
 struct conn {
@@ -140,22 +128,17 @@ struct conn {
 struct tms_grpc_server {
     uv_loop_t *loop;
     tms_grpc_config_t cfg;
-    unsigned char token_hash[crypto_generichash_BYTES]; /* of cfg.service_token */
-    tms_mailbox_t *replies;
+    tms_grpc_handler_t h; /* cfg.handler */
     tms_listener_t lis;
     conn_t *conns;
-    size_t nconns, pending;
-    size_t held;                /* every byte counted against cfg.max_buffered_bytes */
-    uint64_t tick_ms;           /* period of each connection's timer */
-    void (*drained)(void *arg); /* tms_grpc_server_drain: once pending reaches 0 */
-    void *drained_arg;
+    size_t nconns;
+    size_t held;      /* every byte counted against cfg.max_buffered_bytes */
+    uint64_t tick_ms; /* period of each connection's timer */
     uint64_t rng[2];
     nghttp2_session_callbacks *callbacks;
     nghttp2_option *option;
-    const tms_grpc_method_t *methods;
-    size_t nmethods;
-    tms_counter_t **requests;    /* [(nmethods + 1) * 17], created on first use */
-    tms_histogram_t **durations; /* [nmethods + 1] */
+    tms_counter_t **requests;    /* [(nroutes + 1) * 17], created on first use */
+    tms_histogram_t **durations; /* [nroutes + 1] */
     char rbuf[TMS_H2_READ_CHUNK];
 };
 
@@ -183,8 +166,8 @@ static void count_limit(const char *limit, const char *client)
 
 static void observe(tms_grpc_server_t *s, gstream_t *st, tms_status_t code)
 {
-    size_t row = (size_t)st->method_index;
-    const char *name = row < s->nmethods ? s->methods[row].path : "unknown";
+    size_t row = st->route_index;
+    const char *name = row < s->h.nroutes ? s->h.routes[row].path : "unknown";
     double secs = (double)(uv_hrtime() - st->start_ns) / 1e9;
     size_t cell = row * 17 + ((unsigned)code <= 16 ? (size_t)code : TMS_UNKNOWN);
     char labels[160], qpath[96];
@@ -467,71 +450,7 @@ static void respond_plain(gstream_t *st, const char *status)
     nghttp2_submit_response(st->conn->io.h2, st->id, h, 2, &prd);
 }
 
-/* ---- calls to the gateway ---- */
-
-static void on_pending_closed(uv_handle_t *h)
-{
-    pending_t *p = h->data;
-    tms_grpc_server_t *s = p->srv;
-    void (*drained)(void *) = s->drained;
-    tms_api_cancel_release(&p->cancel);
-    free(p);
-    if (--s->pending == 0 && drained) {
-        s->drained = NULL;
-        drained(s->drained_arg);
-    }
-}
-
-static void render(gstream_t *st, tms_api_call_t *call)
-{
-    uint8_t *out;
-    size_t len;
-    tms_error_t err;
-    if (st->method->kind == TMS_GRPC_INTERNAL) {
-        /* The domain outcome, errors included, is the payload: the calling process
-         * answers its own client with it. */
-        tms_internal_encode_result(call, &out, &len);
-        send_message(st, out, len);
-        free(out);
-        finish(st, TMS_OK, NULL);
-        return;
-    }
-    if (tms_grpc_encode_reply(st->method, call, &out, &len, &err) != TMS_OK) {
-        finish(st, err.code, err.message);
-        return;
-    }
-    send_message(st, out, len);
-    free(out);
-    finish(st, TMS_OK, NULL);
-}
-
-static void on_reply(tms_msg_t *msg)
-{
-    tms_api_call_t *call = (tms_api_call_t *)msg;
-    pending_t *p = msg->ctx;
-    gstream_t *st = p->st;
-    if (st) {
-        st->pending = NULL;
-        render(st, call);
-        tms_h2_io_flush(&st->conn->io);
-    }
-    tms_api_call_free(&call);
-    uv_close((uv_handle_t *)&p->timer, on_pending_closed);
-}
-
-static void on_deadline(uv_timer_t *t)
-{
-    pending_t *p = t->data;
-    gstream_t *st = p->st;
-    if (!st)
-        return;
-    tms_log_warn("deadline_exceeded", "rid=%s op=%s proto=grpc", st->request_id,
-                 tms_api_op_name(p->op));
-    st->pending = NULL;
-    p->st = NULL; /* the call is still with the actors; its reply is dropped */
-    finish(st, TMS_DEADLINE_EXCEEDED, "deadline exceeded");
-    tms_h2_io_flush(&st->conn->io);
-}
+/* ---- requests ---- */
 
 /* A unary request's message: never NULL, also when empty. */
 static const uint8_t *msg_of(const gstream_t *st)
@@ -539,159 +458,12 @@ static const uint8_t *msg_of(const gstream_t *st)
     return st->msg ? st->msg : (const uint8_t *)"";
 }
 
-static char *bearer_of(const char *h)
-{
-    if (strncasecmp(h, "Bearer ", 7) != 0)
-        return tms_strdup(""); /* present but not a bearer token: invalid */
-    h += 7;
-    while (*h == ' ')
-        h++;
-    return tms_strdup(h);
-}
-
-static void post_call(gstream_t *st, tms_api_call_t *call, tms_mailbox_t *to);
-
-static void dispatch_api(gstream_t *st)
-{
-    tms_error_t err;
-    tms_api_call_t *call;
-    if (!st->conn->srv->cfg.gateway) {
-        finish(st, TMS_UNIMPLEMENTED, "this process does not serve the public API");
-        return;
-    }
-    call = tms_grpc_decode_call(st->method, msg_of(st), st->msg_len, &err);
-    if (!call) {
-        finish(st, err.code, err.message);
-        return;
-    }
-    if (!call->bearer && st->authorization)
-        call->bearer = bearer_of(st->authorization);
-    snprintf(call->request_id, sizeof(call->request_id), "%s", st->request_id);
-    snprintf(call->client_addr, sizeof(call->client_addr), "%s", st->conn->client_addr);
-    post_call(st, call, st->conn->srv->cfg.gateway);
-}
-
-/* A call of the internal service: straight to the local auth or task actor, with
- * the stage, principal and request id the calling process gave it. */
-static void dispatch_internal(gstream_t *st)
-{
-    tms_grpc_server_t *s = st->conn->srv;
-    tms_api_call_t *call = tms_internal_decode_call(msg_of(st), st->msg_len);
-    tms_mailbox_t *to;
-    if (!call) {
-        finish(st, TMS_INVALID_ARGUMENT, "malformed internal call");
-        return;
-    }
-    if (call->request_id[0]) /* one request id in the logs of every process it crossed */
-        snprintf(st->request_id, sizeof(st->request_id), "%.32s", call->request_id);
-    switch (call->op) {
-    case TMS_API_TASK_CREATE:
-    case TMS_API_TASK_GET:
-    case TMS_API_TASK_LIST:
-    case TMS_API_TASK_UPDATE:
-    case TMS_API_TASK_DELETE:
-        to = call->msg.op == TMS_STAGE_AUTHENTICATE ? s->cfg.auth : s->cfg.task;
-        break;
-    default:
-        to = s->cfg.auth;
-    }
-    if (!to) {
-        tms_api_call_free(&call);
-        finish(st, TMS_UNIMPLEMENTED, "this process does not run the role of that call");
-        return;
-    }
-    post_call(st, call, to);
-}
-
-/* Hands a decoded call to an actor mailbox with the stream's deadline; the reply
- * comes back to on_reply. A full mailbox answers UNAVAILABLE at once. */
-static void post_call(gstream_t *st, tms_api_call_t *call, tms_mailbox_t *to)
-{
-    conn_t *c = st->conn;
-    tms_grpc_server_t *s = c->srv;
-    uint64_t timeout = s->cfg.call_timeout_ms;
-    uint64_t elapsed_ms = (uv_hrtime() - st->start_ns) / 1000000;
-    tms_msg_t *msg;
-    pending_t *p;
-    if (st->has_timeout && st->timeout_ms < timeout)
-        timeout = st->timeout_ms;
-    if (elapsed_ms >= timeout) {
-        tms_api_call_free(&call);
-        finish(st, TMS_DEADLINE_EXCEEDED, "deadline exceeded");
-        return;
-    }
-    timeout -= elapsed_ms;
-    call->deadline_ms = uv_now(s->loop) + timeout;
-    p = tms_new(pending_t);
-    p->srv = s;
-    p->st = st;
-    p->op = call->op;
-    p->cancel = tms_api_cancel_attach(call);
-    msg = &call->msg;
-    msg->kind = TMS_MSG_REQUEST;
-    msg->reply_to = s->replies;
-    msg->cont = on_reply;
-    msg->ctx = p;
-    if (tms_mailbox_post(to, &msg) != 0) {
-        tms_api_cancel_release(&p->cancel);
-        free(p);
-        tms_api_call_free(&call);
-        finish(st, TMS_UNAVAILABLE, "server overloaded, retry later");
-        return;
-    }
-    s->pending++;
-    st->pending = p;
-    uv_timer_init(s->loop, &p->timer);
-    p->timer.data = p;
-    uv_timer_start(&p->timer, on_deadline, timeout, 0);
-}
-
-/* ---- requests ---- */
-
-static void health(gstream_t *st, const uint8_t *msg, size_t len)
-{
-    char service[128];
-    uint8_t *out;
-    size_t n;
-    int status;
-    if (tms_grpc_health_decode(msg, len, service, sizeof(service)) != 0) {
-        finish(st, TMS_INVALID_ARGUMENT, "malformed protobuf request");
-        return;
-    }
-    if (service[0] && strcmp(service, "AuthService") != 0 && strcmp(service, "TaskService") != 0 &&
-        strcmp(service, "grpc.health.v1.Health") != 0) {
-        if (st->method->kind == TMS_GRPC_HEALTH_CHECK) {
-            finish(st, TMS_NOT_FOUND, "unknown service");
-            return;
-        }
-        status = 3; /* SERVICE_UNKNOWN */
-    } else {
-        status = st->conn->srv->lis.stopping ? 2 : 1; /* NOT_SERVING : SERVING */
-    }
-    tms_grpc_health_encode(status, &out, &n);
-    if (!send_message(st, out, n)) {
-        free(out);
-        return;
-    }
-    free(out);
-    if (st->method->kind == TMS_GRPC_HEALTH_CHECK)
-        finish(st, TMS_OK, NULL);
-    else
-        st->watching = true; /* open until the client cancels or the server stops */
-}
-
 /* One whole request message arrived. */
 static void on_message(gstream_t *st, const uint8_t *data, size_t len)
 {
-    if (st->method->kind == TMS_GRPC_REFLECTION) {
-        uint8_t *out;
-        size_t n;
-        if (tms_grpc_reflection_answer(data, len, &out, &n) != 0) {
-            finish(st, TMS_INVALID_ARGUMENT, "malformed reflection request");
-            return;
-        }
-        send_message(st, out, n);
-        free(out);
+    tms_grpc_server_t *s = st->conn->srv;
+    if (st->route->shape == TMS_GRPC_BIDI) {
+        s->h.message(s->h.ctx, st, data, len);
         return;
     }
     if (st->nmsgs++ > 0) {
@@ -709,13 +481,14 @@ static void on_message(gstream_t *st, const uint8_t *data, size_t len)
 /* The client ended its side of the stream. */
 static void on_request_end(gstream_t *st)
 {
+    tms_grpc_server_t *s = st->conn->srv;
     if (!st->finished && st->not_grpc) {
         respond_plain(st, "415");
         return;
     }
-    if (st->finished || !st->method)
+    if (st->finished || !st->route)
         return;
-    if (st->method->kind == TMS_GRPC_REFLECTION) {
+    if (st->route->shape == TMS_GRPC_BIDI) {
         finish(st, TMS_OK, NULL);
         return;
     }
@@ -723,27 +496,19 @@ static void on_request_end(gstream_t *st)
         finish(st, TMS_INVALID_ARGUMENT, "a unary call takes exactly one request message");
         return;
     }
-    if (st->pending)
+    if (st->attached)
         return;
-    if (st->method->kind == TMS_GRPC_API)
-        dispatch_api(st);
-    else if (st->method->kind == TMS_GRPC_INTERNAL)
-        dispatch_internal(st);
-    else
-        health(st, msg_of(st), st->msg_len);
-    release_request(st); /* decoded: the call holds its own copy */
+    s->h.call(s->h.ctx, st, msg_of(st), st->msg_len);
+    release_request(st); /* decoded: the handler holds its own copy */
 }
 
-/* Constant time over the credential: both sides are hashed to one length first, so
- * neither the content nor the length of the configured token leaks through timing. */
-static bool service_token_ok(tms_grpc_server_t *s, const gstream_t *st)
+static const tms_grpc_route_t *find_route(tms_grpc_server_t *s, const char *path, size_t len)
 {
-    unsigned char h[crypto_generichash_BYTES];
-    if (!s->cfg.service_token || !st->service_token)
-        return false;
-    crypto_generichash(h, sizeof(h), (const unsigned char *)st->service_token,
-                       strlen(st->service_token), NULL, 0);
-    return sodium_memcmp(h, s->token_hash, sizeof(h)) == 0;
+    for (size_t i = 0; i < s->h.nroutes; i++) {
+        if (strlen(s->h.routes[i].path) == len && memcmp(s->h.routes[i].path, path, len) == 0)
+            return &s->h.routes[i];
+    }
+    return NULL;
 }
 
 static void on_headers_done(gstream_t *st)
@@ -769,34 +534,19 @@ static void on_headers_done(gstream_t *st)
         finish(st, TMS_INVALID_ARGUMENT, "malformed grpc-timeout");
         return;
     }
-    st->method = st->path_long ? NULL : tms_grpc_method_find(st->path, strlen(st->path));
-    if (!st->method) {
+    st->route = st->path_long ? NULL : find_route(s, st->path, strlen(st->path));
+    if (!st->route) {
         finish(st, TMS_UNIMPLEMENTED, "unknown method");
         return;
     }
-    st->method_index = (int)(st->method - s->methods);
-    if (st->method->kind == TMS_GRPC_INTERNAL && !service_token_ok(s, st)) {
-        finish(st, TMS_UNAUTHENTICATED, "internal method: missing or wrong service credential");
+    st->route_index = (size_t)(st->route - s->h.routes);
+    if (s->h.begin)
+        s->h.begin(s->h.ctx, st); /* credentials, shutdown, small messages */
+    if (st->finished)
         return;
-    }
-    if (s->lis.stopping &&
-        (st->method->kind == TMS_GRPC_API || st->method->kind == TMS_GRPC_INTERNAL)) {
-        finish(st, TMS_UNAVAILABLE, "server shutting down");
-        return;
-    }
     if (st->no_room) {
         over_bound(st, st->no_room);
         return;
-    }
-    /* Until the actors check its token, a stream may buffer one small message only:
-     * methods that need no token (their requests are small by nature) and token
-     * methods called without one. A valid service credential was checked above. */
-    if (st->method->kind == TMS_GRPC_API && tms_api_op_needs_auth(st->method->op)) {
-        st->small_only = !st->authorization;
-        st->small_code = TMS_UNAUTHENTICATED;
-    } else if (st->method->kind != TMS_GRPC_INTERNAL) {
-        st->small_only = true;
-        st->small_code = TMS_RESOURCE_EXHAUSTED;
     }
     /* The call's own deadline counts from the headers as well. */
     if (st->has_timeout && st->timeout_ms < s->cfg.receive_timeout_ms)
@@ -805,15 +555,15 @@ static void on_headers_done(gstream_t *st)
 
 static void stream_free(gstream_t *st)
 {
-    if (st->pending) {
-        /* Reset or closed before the answer: the reply will be dropped, and the
-         * actors skip whatever store work of the call has not started yet. */
-        st->pending->cancel->cancelled = true;
-        st->pending->st = NULL;
-        st->pending = NULL;
+    tms_grpc_server_t *s = st->conn->srv;
+    if (st->attached) {
+        /* Reset or closed before the answer: the handler drops it when it comes. */
+        void *attached = st->attached;
+        st->attached = NULL;
+        s->h.detach(s->h.ctx, st, attached);
     }
-    if (!st->finished && st->method)
-        observe(st->conn->srv, st, TMS_CANCELLED);
+    if (!st->finished && st->route)
+        observe(s, st, TMS_CANCELLED);
     if (st->prev)
         st->prev->next = st->next;
     else
@@ -827,10 +577,11 @@ static void stream_free(gstream_t *st)
     st->conn->srv->held -= st->req_held + STREAM_COST;
     if (--st->conn->nstreams == 0)
         st->conn->idle_since_ms = uv_now(st->conn->srv->loop);
-    free(st->authorization);
-    if (st->service_token) {
-        sodium_memzero(st->service_token, strlen(st->service_token));
-        free(st->service_token);
+    for (size_t i = 0; i < TMS_GRPC_MAX_METADATA; i++) {
+        if (st->meta[i]) { /* tokens and credentials: wiped */
+            sodium_memzero(st->meta[i], strlen(st->meta[i]));
+            free(st->meta[i]);
+        }
     }
     free(st->status_msg);
     free(st);
@@ -869,7 +620,7 @@ static int on_begin_headers(nghttp2_session *h2, const nghttp2_frame *frame, voi
     st = tms_new(gstream_t);
     st->conn = c;
     st->id = frame->hd.stream_id;
-    st->method_index = (int)c->srv->nmethods;
+    st->route_index = c->srv->h.nroutes;
     st->start_ns = uv_hrtime();
     st->recv_deadline_ms = uv_now(s->loop) + s->cfg.receive_timeout_ms;
     snprintf(st->request_id, sizeof(st->request_id), "%016llx%016llx",
@@ -925,16 +676,27 @@ static int on_header(nghttp2_session *h2, const nghttp2_frame *frame, const uint
             tmp[valuelen] = '\0';
             st->bad_timeout = tms_grpc_timeout_parse(tmp, &st->timeout_ms) != 0;
         }
-    } else if (IS("authorization") || IS(TMS_INTERNAL_TOKEN_HEADER)) {
-        char **copy = IS("authorization") ? &st->authorization : &st->service_token;
-        size_t had = *copy ? strlen(*copy) + 1 : 0; /* repeated: the last one counts */
-        const char *limit = valuelen + 1 > had ? charge_request(st, valuelen + 1 - had) : NULL;
-        if (limit) {
-            st->no_room = limit;
-            return 0;
+    } else {
+        const tms_grpc_handler_t *h = &c->srv->h;
+        for (size_t i = 0; i < h->nmetadata && i < TMS_GRPC_MAX_METADATA; i++) {
+            char **copy = &st->meta[i];
+            size_t had;
+            const char *limit;
+            if (strlen(h->metadata[i]) != namelen || memcmp(h->metadata[i], name, namelen) != 0)
+                continue;
+            had = *copy ? strlen(*copy) + 1 : 0; /* repeated: the last one counts */
+            limit = valuelen + 1 > had ? charge_request(st, valuelen + 1 - had) : NULL;
+            if (limit) {
+                st->no_room = limit;
+                return 0;
+            }
+            if (*copy) {
+                sodium_memzero(*copy, had - 1);
+                free(*copy);
+            }
+            *copy = tms_strndup((const char *)value, valuelen);
+            break;
         }
-        free(*copy);
-        *copy = tms_strndup((const char *)value, valuelen);
     }
     return 0;
 }
@@ -963,12 +725,12 @@ static bool message_begins(gstream_t *st)
                (size_t)st->prefix[3] << 8 | st->prefix[4];
     if (st->small_only && st->need > s->cfg.max_unauthenticated_message_bytes) {
         count_limit("unauthenticated_message", st->conn->client_addr);
-        if (st->small_code == TMS_UNAUTHENTICATED) {
-            finish(st, TMS_UNAUTHENTICATED, "missing bearer token");
+        if (st->small_message) {
+            finish(st, st->small_code, st->small_message);
         } else {
             snprintf(m, sizeof(m), "message larger than %zu bytes on a call without a token",
                      s->cfg.max_unauthenticated_message_bytes);
-            finish(st, TMS_RESOURCE_EXHAUSTED, m);
+            finish(st, st->small_code, m);
         }
         return false;
     }
@@ -1004,7 +766,7 @@ static void message_done(gstream_t *st)
     on_message(st, st->in ? st->in : (const uint8_t *)"", st->need);
     if (st->in) /* not kept as a unary request: reflection answered it */
         release_request(st);
-    if (!st->finished && st->method->kind == TMS_GRPC_REFLECTION)
+    if (!st->finished && st->route->shape == TMS_GRPC_BIDI)
         st->recv_deadline_ms = uv_now(s->loop) + s->cfg.receive_timeout_ms; /* anew per message */
 }
 
@@ -1012,7 +774,7 @@ static int on_data_chunk(nghttp2_session *h2, uint8_t flags, int32_t id, const u
                          size_t len, void *user)
 {
     gstream_t *st = nghttp2_session_get_stream_user_data(h2, id);
-    if (!st || st->finished || !st->method)
+    if (!st || st->finished || !st->route)
         return 0; /* answered already: the rest of the body is discarded */
     while (len && !st->finished) {
         size_t n;
@@ -1203,6 +965,10 @@ static void on_tick(uv_timer_t *t)
     conn_t *c = ((tms_h2_io_t *)t->data)->owner;
     tms_grpc_server_t *s = c->srv;
     uint64_t now = uv_now(s->loop), last;
+    if (tms_h2_io_handshake_overdue(&c->io, now, s->cfg.tls_handshake_timeout_ms)) {
+        conn_close(c);
+        return;
+    }
     if (c->io.unwritten && now - c->io.last_write_ms >= s->cfg.send_timeout_ms) {
         count_limit("send_timeout", c->client_addr);
         conn_close(c);
@@ -1211,7 +977,7 @@ static void on_tick(uv_timer_t *t)
     for (gstream_t *st = c->streams; st; st = st->next) {
         if (!st->remote_closed && !st->finished && now >= st->recv_deadline_ms) {
             count_limit("receive_timeout", c->client_addr);
-            if (st->method)
+            if (st->route)
                 finish(st, TMS_DEADLINE_EXCEEDED, "request not received in time");
             else
                 reset_stream(st, NGHTTP2_CANCEL, TMS_DEADLINE_EXCEEDED);
@@ -1275,6 +1041,8 @@ static void on_connection(uv_stream_t *listener, int status)
         return;
     }
     uv_timer_start(&c->io.timer, on_tick, s->tick_ms, s->tick_ms);
+    if (s->cfg.tls) /* the session's frames wait for the handshake (h2_io) */
+        c->io.tls = tms_tls_new(s->cfg.tls, NULL);
     /* SETTINGS at once: nghttp2's own default for concurrent streams is unlimited. */
     if (tms_h2_io_start(&c->io, iv, sizeof(iv) / sizeof(iv[0])) < 0) {
         conn_close(c);
@@ -1299,14 +1067,9 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
     nghttp2_session_callbacks *cb;
     s->loop = loop;
     s->cfg = *cfg;
+    s->h = cfg->handler;
     tms_listener_init(&s->lis, s, &s->nconns, close_all);
     tms_listener_limit(&s->lis, "grpc", cfg->max_connections_per_address, cfg->ipv6_prefix);
-    if (cfg->service_token) {
-        s->cfg.service_token = tms_strdup(cfg->service_token);
-        crypto_generichash(s->token_hash, sizeof(s->token_hash),
-                           (const unsigned char *)cfg->service_token, strlen(cfg->service_token),
-                           NULL, 0);
-    }
     if (!s->cfg.max_concurrent_streams)
         s->cfg.max_concurrent_streams = DEFAULT_STREAMS;
     if (!s->cfg.max_message_bytes)
@@ -1317,8 +1080,6 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
         s->cfg.idle_timeout_ms = DEFAULT_IDLE_MS;
     if (!s->cfg.max_connections)
         s->cfg.max_connections = DEFAULT_MAX_CONNECTIONS;
-    if (!s->cfg.call_timeout_ms)
-        s->cfg.call_timeout_ms = 30000;
     if (!s->cfg.max_unauthenticated_message_bytes)
         s->cfg.max_unauthenticated_message_bytes = DEFAULT_UNAUTH_MESSAGE;
     if (!s->cfg.max_connection_request_bytes)
@@ -1333,6 +1094,8 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
         s->cfg.receive_timeout_ms = DEFAULT_RECEIVE_MS;
     if (!s->cfg.send_timeout_ms)
         s->cfg.send_timeout_ms = DEFAULT_SEND_MS;
+    if (!s->cfg.tls_handshake_timeout_ms)
+        s->cfg.tls_handshake_timeout_ms = 10000;
     s->tick_ms = MAX_TICK_MS;
     if (s->tick_ms > s->cfg.receive_timeout_ms / 4)
         s->tick_ms = s->cfg.receive_timeout_ms / 4;
@@ -1340,13 +1103,12 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
         s->tick_ms = s->cfg.send_timeout_ms / 4;
     if (s->tick_ms > s->cfg.idle_timeout_ms / 4)
         s->tick_ms = s->cfg.idle_timeout_ms / 4;
+    if (s->cfg.tls && s->tick_ms > s->cfg.tls_handshake_timeout_ms / 4)
+        s->tick_ms = s->cfg.tls_handshake_timeout_ms / 4;
     if (s->tick_ms < MIN_TICK_MS)
         s->tick_ms = MIN_TICK_MS;
-    s->methods = tms_grpc_methods(&s->nmethods);
-    s->requests = tms_calloc((s->nmethods + 1) * 17, sizeof(*s->requests));
-    s->durations = tms_calloc(s->nmethods + 1, sizeof(*s->durations));
-    /* Replies are not counted against a mailbox bound; 1 is only the request bound. */
-    s->replies = tms_mailbox_new(loop, "grpc", 1, NULL, s);
+    s->requests = tms_calloc((s->h.nroutes + 1) * 17, sizeof(*s->requests));
+    s->durations = tms_calloc(s->h.nroutes + 1, sizeof(*s->durations));
     if (nghttp2_session_callbacks_new(&cb) != 0 || nghttp2_option_new(&s->option) != 0)
         tms_oom(__FILE__, __LINE__);
     nghttp2_session_callbacks_set_on_begin_frame_callback(cb, on_begin_frame);
@@ -1400,21 +1162,16 @@ void tms_grpc_server_stop(tms_grpc_server_t *s, uint64_t grace_ms, void (*on_sto
     tms_listener_maybe_stopped(&s->lis);
 }
 
-void tms_grpc_server_drain(tms_grpc_server_t *s, void (*drained)(void *arg), void *arg)
+static size_t handler_busy(tms_grpc_server_t *s)
 {
-    if (s->pending == 0) {
-        drained(arg);
-        return;
-    }
-    s->drained = drained;
-    s->drained_arg = arg;
+    return s->h.busy ? s->h.busy(s->h.ctx) : 0;
 }
 
 size_t tms_grpc_server_busy(tms_grpc_server_t *s)
 {
     if (!s)
         return 0;
-    return s->pending + s->nconns + (s->lis.stopping && !s->lis.stopped ? 1 : 0);
+    return handler_busy(s) + s->nconns + (s->lis.stopping && !s->lis.stopped ? 1 : 0);
 }
 
 void tms_grpc_server_free(tms_grpc_server_t **sp)
@@ -1423,18 +1180,86 @@ void tms_grpc_server_free(tms_grpc_server_t **sp)
     if (!s)
         return;
     *sp = NULL;
-    if ((s->lis.listening || s->lis.grace_started) && (!s->lis.stopped || s->pending)) {
+    if ((s->lis.listening || s->lis.grace_started) && (!s->lis.stopped || handler_busy(s))) {
         tms_log_error("grpc_free", "error=\"server freed before stop completed; leaking it\"");
         return;
     }
-    tms_mailbox_free(&s->replies);
     nghttp2_session_callbacks_del(s->callbacks);
     nghttp2_option_del(s->option);
     free(s->requests);
     free(s->durations);
-    if (s->cfg.service_token) {
-        sodium_memzero((char *)s->cfg.service_token, strlen(s->cfg.service_token));
-        free((char *)s->cfg.service_token);
-    }
     free(s);
+}
+
+/* ---- for the handler ---- */
+
+const tms_grpc_route_t *tms_grpc_stream_route(const tms_grpc_stream_t *st)
+{
+    return st->route;
+}
+
+const char *tms_grpc_stream_metadata(const tms_grpc_stream_t *st, size_t i)
+{
+    return i < TMS_GRPC_MAX_METADATA ? st->meta[i] : NULL;
+}
+
+const char *tms_grpc_stream_request_id(const tms_grpc_stream_t *st)
+{
+    return st->request_id;
+}
+
+void tms_grpc_stream_set_request_id(tms_grpc_stream_t *st, const char *id)
+{
+    snprintf(st->request_id, sizeof(st->request_id), "%.32s", id);
+}
+
+const char *tms_grpc_stream_client(const tms_grpc_stream_t *st)
+{
+    return st->conn->client_addr;
+}
+
+bool tms_grpc_stream_stopping(const tms_grpc_stream_t *st)
+{
+    return st->conn->srv->lis.stopping;
+}
+
+uint64_t tms_grpc_stream_time_left_ms(const tms_grpc_stream_t *st, uint64_t cap_ms)
+{
+    uint64_t timeout = cap_ms, elapsed_ms = (uv_hrtime() - st->start_ns) / 1000000;
+    if (st->has_timeout && st->timeout_ms < timeout)
+        timeout = st->timeout_ms;
+    return elapsed_ms >= timeout ? 0 : timeout - elapsed_ms;
+}
+
+void tms_grpc_stream_limit_unchecked(tms_grpc_stream_t *st, tms_status_t code, const char *message)
+{
+    st->small_only = true;
+    st->small_code = code;
+    st->small_message = message;
+}
+
+bool tms_grpc_stream_send(tms_grpc_stream_t *st, const uint8_t *msg, size_t len)
+{
+    return send_message(st, msg, len);
+}
+
+void tms_grpc_stream_finish(tms_grpc_stream_t *st, tms_status_t code, const char *message)
+{
+    finish(st, code, message);
+}
+
+void tms_grpc_stream_watch(tms_grpc_stream_t *st)
+{
+    if (!st->finished)
+        st->watching = true;
+}
+
+void tms_grpc_stream_attach(tms_grpc_stream_t *st, void *attached)
+{
+    st->attached = attached;
+}
+
+void tms_grpc_stream_flush(tms_grpc_stream_t *st)
+{
+    tms_h2_io_flush(&st->conn->io);
 }

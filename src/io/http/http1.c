@@ -29,12 +29,13 @@
 #define DETACHED_STATUS 499
 
 typedef enum phase {
-    PH_IDLE,    /* between requests: idle timer */
-    PH_HEAD,    /* request line and headers arriving: head timer */
-    PH_BODY,    /* body arriving: inactivity timer, capped by the body deadline */
-    PH_HANDLER, /* request with the handler: no timer, parser paused */
-    PH_WRITING, /* response queued, waiting for its write callback: send timer */
-    PH_LINGER,  /* final response written, shutdown sent, discarding input */
+    PH_HANDSHAKE, /* TLS handshake: handshake timer */
+    PH_IDLE,      /* between requests: idle timer */
+    PH_HEAD,      /* request line and headers arriving: head timer */
+    PH_BODY,      /* body arriving: inactivity timer, capped by the body deadline */
+    PH_HANDLER,   /* request with the handler: no timer, parser paused */
+    PH_WRITING,   /* response queued, waiting for its write callback: send timer */
+    PH_LINGER,    /* final response written, shutdown sent, discarding input */
 } phase_t;
 
 typedef struct conn conn_t;
@@ -78,6 +79,7 @@ struct conn {
     size_t in_len, in_cap;
     uint64_t body_deadline;  /* uv_now() by which the body must be complete */
     tms_listen_slot_t *slot; /* this connection's place in its address's count */
+    tms_tls_t *tls;          /* NULL: cleartext */
     char client_addr[64];
 };
 
@@ -105,10 +107,10 @@ struct tms_http_server {
     metric_entry_t *metrics;
     atomic_long open_connections; /* nconns, readable from the thread that renders metrics */
     char gauge_labels[48];
-    tms_counter_t *timeouts[3]; /* head, body, send */
+    tms_counter_t *timeouts[4]; /* head, body, send, handshake */
 };
 
-enum { TO_HEAD, TO_BODY, TO_SEND };
+enum { TO_HEAD, TO_BODY, TO_SEND, TO_HANDSHAKE };
 
 static double connections_gauge(void *arg)
 {
@@ -133,6 +135,8 @@ void tms_http_limits_default(tms_http_limits_t *l)
     l->max_connections_per_address = 0;
     l->ipv6_prefix = 64;
     l->listener = "http";
+    l->tls = NULL;
+    l->tls_handshake_timeout_ms = 10000;
 }
 
 const char *tms_http_header_get(const tms_http_request_t *req, const char *name)
@@ -452,6 +456,7 @@ static void on_handle_close(uv_handle_t *h)
     s->nconns--;
     atomic_fetch_sub(&s->open_connections, 1);
     tms_listener_release(&s->lis, &c->slot);
+    tms_tls_free(&c->tls);
     free(c->in);
     free(c);
     tms_listener_maybe_stopped(&s->lis);
@@ -468,6 +473,7 @@ typedef struct wreq {
     uv_write_t w;
     conn_t *conn;
     bool close_after, final;
+    char *heap; /* TLS: the ciphertext (ours to free); else the bytes are in data */
     char data[];
 } wreq_t;
 
@@ -476,6 +482,7 @@ static void on_write(uv_write_t *w, int status)
     wreq_t *wr = (wreq_t *)w;
     conn_t *c = wr->conn;
     bool close_after = wr->close_after, final = wr->final;
+    free(wr->heap);
     free(wr);
     if (c->closing)
         return;
@@ -493,19 +500,39 @@ static void on_write(uv_write_t *w, int status)
     process(c);
 }
 
-/* Queue len bytes (copied) on c. final marks the response that ends a request. */
+/* Queue len bytes (copied; on TLS, encrypted with whatever TLS has to send before
+ * them) on c. final marks the response that ends a request; a write that is not
+ * final with no bytes sends only what TLS has waiting (handshake, alerts). */
 static void conn_write(conn_t *c, const char *data, size_t len, bool final, bool close_after)
 {
-    wreq_t *wr = tms_malloc(sizeof *wr + len);
+    wreq_t *wr;
     uv_buf_t b;
     int rc;
+    if (c->tls) {
+        char *out;
+        size_t out_len = 0;
+        if (len && tms_tls_write(c->tls, data, len) != 0) {
+            conn_close(c);
+            return;
+        }
+        out = tms_tls_take(c->tls, &out_len);
+        if (!out && !final)
+            return;
+        wr = tms_malloc(sizeof *wr);
+        wr->heap = out;
+        b = uv_buf_init(out ? out : wr->data, (unsigned)out_len);
+    } else {
+        wr = tms_malloc(sizeof *wr + len);
+        wr->heap = NULL;
+        memcpy(wr->data, data, len);
+        b = uv_buf_init(wr->data, (unsigned)len);
+    }
     wr->conn = c;
     wr->final = final;
     wr->close_after = close_after;
-    memcpy(wr->data, data, len);
-    b = uv_buf_init(wr->data, (unsigned)len);
     rc = uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (rc < 0) {
+        free(wr->heap);
         free(wr);
         conn_close(c);
         return;
@@ -611,6 +638,12 @@ static void begin_linger(conn_t *c)
 {
     c->phase = PH_LINGER;
     c->in_len = 0;
+    if (c->tls) { /* close_notify (or the alert of a failed handshake) before the FIN */
+        tms_tls_shutdown(c->tls);
+        conn_write(c, NULL, 0, false, false);
+        if (c->closing)
+            return;
+    }
     c->shutdown.data = c;
     if (uv_shutdown(&c->shutdown, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
         conn_close(c);
@@ -628,6 +661,11 @@ static void on_conn_timeout(uv_timer_t *t)
     conn_t *c = t->data;
     tms_http_server_t *s = c->srv;
     switch (c->phase) {
+    case PH_HANDSHAKE:
+        tms_counter_add(s->timeouts[TO_HANDSHAKE], 1);
+        tms_tls_timed_out(c->tls);
+        conn_close(c);
+        break;
     case PH_HEAD:
     case PH_BODY:
         tms_counter_add(s->timeouts[c->phase == PH_HEAD ? TO_HEAD : TO_BODY], 1);
@@ -978,31 +1016,86 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->srv->rbuf, sizeof c->srv->rbuf);
 }
 
+/* The peer closed its side (nread < 0: EOF or an error). */
+static void peer_gone(conn_t *c, ssize_t nread)
+{
+    if (nread == UV_EOF && (c->phase == PH_HANDLER || c->phase == PH_WRITING)) {
+        /* Half-close: answer, then close. */
+        c->peer_eof = true;
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    } else if (nread == UV_EOF && c->phase == PH_BODY) {
+        /* The peer is done: close after the answer, without lingering for input. */
+        c->peer_eof = true;
+        conn_fail(c, 400, TMS_INVALID_ARGUMENT, "malformed HTTP request: truncated body");
+    } else {
+        conn_close(c);
+    }
+}
+
+static int on_plaintext(void *arg, const char *data, size_t n)
+{
+    conn_t *c = arg;
+    buf_append(&c->in, &c->in_len, &c->in_cap, data, n);
+    return 0;
+}
+
+/* Ciphertext read: the handshake goes on, plaintext joins c->in, and what TLS must
+ * send goes out. Returns 0 (go on with c->in), TMS_TLS_EOF (the same, then the
+ * peer's close), or -1: nothing more to do with this read (still handshaking, or
+ * the connection is going). */
+static int tls_read(conn_t *c, const char *data, size_t n)
+{
+    bool was = tms_tls_established(c->tls);
+    int rc = tms_tls_input(c->tls, data, n, on_plaintext, c);
+    conn_write(c, NULL, 0, false, false); /* handshake, tickets, alerts */
+    if (c->closing)
+        return -1;
+    if (rc < 0 && tms_tls_plain_http(c->tls)) {
+        /* http:// to the TLS port: say so in its own language (as nginx does), then close. */
+        tms_tls_free(&c->tls);
+        c->in_len = 0;
+        conn_fail(c, 400, TMS_INVALID_ARGUMENT,
+                  "plain HTTP request sent to the TLS port; use https://");
+        return -1;
+    }
+    if (rc < 0) {
+        /* Refused or broken: the alert goes out, then the connection closes. */
+        tms_log(TMS_LOG_DEBUG, "tls_failed", "listener=%s client=%s error=\"%s\"",
+                c->srv->limits.listener, c->client_addr, tms_tls_error(c->tls));
+        c->in_len = 0;
+        begin_linger(c);
+        return -1;
+    }
+    if (!was) {
+        if (!tms_tls_established(c->tls))
+            return -1;
+        c->phase = PH_IDLE; /* process() starts the idle timer */
+    }
+    return rc;
+}
+
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
 {
     conn_t *c = st->data;
+    int tls_rc = 0;
     if (c->closing)
         return;
     if (nread < 0) {
-        if (nread == UV_EOF && (c->phase == PH_HANDLER || c->phase == PH_WRITING)) {
-            /* Half-close: answer, then close. */
-            c->peer_eof = true;
-            uv_read_stop(st);
-            c->reading = false;
-        } else if (nread == UV_EOF && c->phase == PH_BODY) {
-            /* The peer is done: close after the answer, without lingering for input. */
-            c->peer_eof = true;
-            conn_fail(c, 400, TMS_INVALID_ARGUMENT, "malformed HTTP request: truncated body");
-        } else {
-            conn_close(c);
-        }
+        peer_gone(c, nread);
         return;
     }
     if (nread == 0)
         return;
     if (c->phase == PH_LINGER)
         return; /* discard */
-    buf_append(&c->in, &c->in_len, &c->in_cap, buf->base, (size_t)nread);
+    if (c->tls) {
+        tls_rc = tls_read(c, buf->base, (size_t)nread);
+        if (tls_rc < 0)
+            return;
+    } else {
+        buf_append(&c->in, &c->in_len, &c->in_cap, buf->base, (size_t)nread);
+    }
     if (c->phase == PH_BODY)
         body_timer(c);
     if (c->phase == PH_IDLE || c->phase == PH_HEAD || c->phase == PH_BODY)
@@ -1011,6 +1104,8 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         uv_read_stop(st);
         c->reading = false;
     }
+    if (tls_rc == TMS_TLS_EOF && !c->closing && c->phase != PH_LINGER && !c->peer_eof)
+        peer_gone(c, UV_EOF);
 }
 
 static void read_start(conn_t *c)
@@ -1068,6 +1163,15 @@ static void on_connection(uv_stream_t *server, int status)
     llhttp_init(&c->parser, HTTP_REQUEST, &s->settings);
     c->parser.data = c;
     c->phase = PH_IDLE;
+    if (s->limits.tls) {
+        /* The handshake is bounded like a request head: a client that starts one and
+         * stalls holds its slot for tls_handshake_timeout_ms at most. */
+        c->tls = tms_tls_new(s->limits.tls, NULL);
+        c->phase = PH_HANDSHAKE;
+        timer_restart(c, s->limits.tls_handshake_timeout_ms, on_conn_timeout);
+        read_start(c);
+        return;
+    }
     process(c);
 }
 
@@ -1107,6 +1211,8 @@ tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t 
     s->settings.on_message_complete = on_message_complete;
     if (!s->limits.listener)
         s->limits.listener = "http";
+    if (!s->limits.tls_handshake_timeout_ms)
+        s->limits.tls_handshake_timeout_ms = 10000;
     tms_listener_init(&s->lis, s, &s->nconns, close_all);
     tms_listener_limit(&s->lis, s->limits.listener, s->limits.max_connections_per_address,
                        s->limits.ipv6_prefix);
@@ -1115,15 +1221,16 @@ tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t 
         s->rng[1] = (uint64_t)(uintptr_t)s ^ 0x9e3779b97f4a7c15ull;
     }
     {
-        static const char *const phases[] = {"head", "body", "send"};
+        static const char *const phases[] = {"head", "body", "send", "handshake"};
         char labels[64];
-        for (int i = 0; i < 3; i++) {
+        for (int i = 0; i < 4; i++) {
             snprintf(labels, sizeof labels, "listener=\"%s\",phase=\"%s\"", s->limits.listener,
                      phases[i]);
             s->timeouts[i] = tms_metrics_counter(
                 "tms_http_timeouts_total",
                 "HTTP/1.1 connections closed by a timeout: head or body not received in time "
-                "(408), response not taken in time (send)",
+                "(408), response not taken in time (send), TLS handshake not done in time "
+                "(handshake)",
                 labels);
         }
     }
@@ -1180,9 +1287,16 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
 void tms_http_respond_error(tms_http_request_t *req, tms_status_t code, const char *message,
                             const tms_http_header_t *headers, size_t nheaders)
 {
+    tms_http_respond_error_status(req, tms_status_http(code), code, message, headers, nheaders);
+}
+
+void tms_http_respond_error_status(tms_http_request_t *req, int status, tms_status_t code,
+                                   const char *message, const tms_http_header_t *headers,
+                                   size_t nheaders)
+{
     size_t len;
     char *body = error_body(code, message, &len);
-    tms_http_respond(req, tms_status_http(code), headers, nheaders, "application/json", body, len);
+    tms_http_respond(req, status, headers, nheaders, "application/json", body, len);
     free(body);
 }
 

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "core/status.h"
+#include "io/tls/tls.h"
 
 typedef struct tms_http_server tms_http_server_t;
 
@@ -34,6 +35,11 @@ typedef struct tms_http_limits {
     size_t max_connections_per_address;
     unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits (default 64) */
     const char *listener; /* label in metrics and logs (default "http"); static */
+    /* TLS (NULL: cleartext): every connection speaks TLS only, on this context
+     * (shared, not owned; it outlives the server). A handshake not done within
+     * tls_handshake_timeout_ms (default 10000) closes the connection. */
+    tms_tls_ctx_t *tls;
+    uint64_t tls_handshake_timeout_ms;
 } tms_http_limits_t;
 
 /** Fill *l with the defaults of API.md "Limits". */
@@ -87,6 +93,12 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
  * (tms_status_http); message is JSON-escaped. Frees req like tms_http_respond. */
 void tms_http_respond_error(tms_http_request_t *req, tms_status_t code, const char *message,
                             const tms_http_header_t *headers, size_t nheaders);
+
+/** The same body with an HTTP status of its own (405 UNIMPLEMENTED: a known path
+ * without that method). Frees req like tms_http_respond. */
+void tms_http_respond_error_status(tms_http_request_t *req, int status, tms_status_t code,
+                                   const char *message, const tms_http_header_t *headers,
+                                   size_t nheaders);
 
 /** Graceful stop: stop accepting, close idle connections now, let requests with the
  * handler finish (their responses carry Connection: close), close what is still open

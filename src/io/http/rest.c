@@ -48,27 +48,6 @@ typedef struct pending {
     tms_api_call_t *call;
 } pending_t;
 
-typedef struct route {
-    const char *method;
-    const char *path; /* a trailing ":id" matches one path segment */
-    tms_api_op_t op;
-    const char *name; /* route label for logs and metrics */
-} route_t;
-
-static const route_t routes[] = {
-    {"POST", "/api/auth/register", TMS_API_REGISTER, "/api/auth/register"},
-    {"POST", "/api/auth/login", TMS_API_LOGIN, "/api/auth/login"},
-    {"POST", "/api/auth/logout", TMS_API_LOGOUT, "/api/auth/logout"},
-    {"GET", "/api/auth/me", TMS_API_ME, "/api/auth/me"},
-    {"DELETE", "/api/auth/delete/:id", TMS_API_DELETE_USER, "/api/auth/delete/:id"},
-    {"POST", "/api/task", TMS_API_TASK_CREATE, "/api/task"},
-    {"GET", "/api/task", TMS_API_TASK_LIST, "/api/task"},
-    {"GET", "/api/task/:id", TMS_API_TASK_GET, "/api/task/:id"},
-    {"PATCH", "/api/task/:id", TMS_API_TASK_UPDATE, "/api/task/:id"},
-    {"DELETE", "/api/task/:id", TMS_API_TASK_DELETE, "/api/task/:id"},
-};
-#define NROUTES (sizeof(routes) / sizeof(routes[0]))
-
 /* ---- responses ------------------------------------------------------- */
 
 static void respond_json(tms_http_request_t *req, int status, json_t *body,
@@ -103,14 +82,16 @@ static json_t *task_json(const tms_task_t *t)
                      (json_int_t)t->version);
 }
 
-/* Renders a finished call: errors per API.md's table, results per route. */
+/* Renders a finished call: errors per API.md's table, results per the shape of the
+ * operation's result and with its success status (core/ops.h). */
 static void render(tms_http_request_t *req, tms_api_call_t *call)
 {
+    const tms_op_t *op = tms_op_get(call->op);
     tms_http_header_t h[6];
     char lim[24], rem[24], reset[24], retry[24], etag[32];
     size_t nh = 0;
     json_t *body = NULL;
-    int status = 200;
+    int status;
 
     if (call->ratelimit.applied) {
         snprintf(lim, sizeof(lim), "%u", call->ratelimit.limit);
@@ -133,29 +114,23 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
         tms_http_respond_error(req, call->err.code, call->err.message, h, nh);
         return;
     }
-    switch (call->op) {
-    case TMS_API_REGISTER:
-    case TMS_API_LOGIN:
-        status = call->op == TMS_API_REGISTER ? 201 : 200;
+    switch (op ? op->result : 0) {
+    case TMS_RESULT_SESSION:
         body = json_pack("{s:s, s:o}", "token", call->token, "user", user_json(&call->user));
         break;
-    case TMS_API_ME:
+    case TMS_RESULT_USER:
         body = user_json(&call->user);
         break;
-    case TMS_API_LOGOUT:
-    case TMS_API_DELETE_USER:
+    case TMS_RESULT_DONE:
         body = json_pack("{s:b}", "success", 1);
         break;
-    case TMS_API_TASK_CREATE:
-    case TMS_API_TASK_GET:
-    case TMS_API_TASK_UPDATE:
+    case TMS_RESULT_TASK:
         /* A replayed create answers exactly as the first request did. */
-        status = call->op == TMS_API_TASK_CREATE ? 201 : 200;
         snprintf(etag, sizeof(etag), "\"%lld\"", (long long)call->task.version);
         h[nh++] = (tms_http_header_t){"ETag", etag};
         body = task_json(&call->task);
         break;
-    case TMS_API_TASK_LIST: {
+    case TMS_RESULT_TASKS: {
         json_t *arr = json_array();
         for (size_t i = 0; i < call->ntasks; i++)
             json_array_append_new(arr, task_json(&call->tasks[i]));
@@ -163,13 +138,14 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
                          call->next_cursor ? json_string(call->next_cursor) : json_null());
         break;
     }
-    case TMS_API_TASK_DELETE:
+    case TMS_RESULT_DELETED:
         body = json_pack("{s:s}", "message", "Task deleted");
         break;
     default:
         tms_http_respond_error(req, TMS_INTERNAL, "internal error", h, nh);
         return;
     }
+    status = op->rest_status;
     if (!body)
         tms_oom(__FILE__, __LINE__);
     respond_json(req, status, body, h, nh);
@@ -378,10 +354,12 @@ static char *url_decode(const char *s, size_t len)
 }
 
 /* Parses ?assignedTo=&status=&limit=&cursor= into call; unknown parameters are
- * ignored, as Express does. Answers 400 itself and returns -1 on bad input. */
-static int parse_list_query(tms_http_request_t *req, tms_api_call_t *call)
+ * ignored, as Express does. limit is checked against op's list size. Answers 400
+ * itself and returns -1 on bad input. */
+static int parse_list_query(tms_http_request_t *req, const tms_op_t *op, tms_api_call_t *call)
 {
     const char *q = req->query, *problem = NULL;
+    tms_error_t err;
     while (*q) {
         const char *amp = strchr(q, '&'), *eq;
         size_t n = amp ? (size_t)(amp - q) : strlen(q);
@@ -404,8 +382,8 @@ static int parse_list_query(tms_http_request_t *req, tms_api_call_t *call)
             else if (KEY("limit")) {
                 int64_t v = tms_parse_id(value, strlen(value));
                 free(value);
-                if (v < 1 || v > TMS_LIST_LIMIT_MAX) {
-                    problem = "limit must be an integer from 1 to 200";
+                if (tms_op_check_list_size(op, v, &err) != 0) {
+                    problem = err.message;
                     goto bad;
                 }
                 call->limit = (int32_t)v;
@@ -458,13 +436,15 @@ static int parse_if_match(tms_http_request_t *req, tms_api_call_t *call)
     return 0;
 }
 
-/* Matches path against a route path; a trailing ":id" captures one segment. */
+/* Matches path against a route; a trailing ":id" captures one segment into id.
+ * Returns 2 for a route without ":id", 1 for one with it, 0 when path is not the
+ * route's, -1 when it is but the segment does not fit id. */
 static int match_path(const char *pattern, const char *path, size_t path_len, char *id,
                       size_t id_size)
 {
     const char *colon = strstr(pattern, ":id");
     if (!colon)
-        return strlen(pattern) == path_len && strncmp(pattern, path, path_len) == 0;
+        return strlen(pattern) == path_len && strncmp(pattern, path, path_len) == 0 ? 2 : 0;
     size_t prefix = (size_t)(colon - pattern);
     if (path_len <= prefix || strncmp(pattern, path, prefix) != 0)
         return 0;
@@ -664,8 +644,8 @@ void tms_rest_handle_metrics(void *ctx, tms_http_request_t *req)
             respond_metrics(req);
         } else {
             tms_http_header_t allow = {"Allow", "GET, HEAD"};
-            tms_http_respond_error(req, TMS_NOT_FOUND, "method not allowed on this path", &allow,
-                                   1);
+            tms_http_respond_error_status(req, 405, TMS_UNIMPLEMENTED,
+                                          "method not allowed on this path", &allow, 1);
         }
         return;
     }
@@ -714,78 +694,112 @@ static int serve_operations(tms_rest_t *rest, tms_http_request_t *req, const cha
     return 0;
 wrong_method : {
     tms_http_header_t allow = {"Allow", "GET, HEAD"};
-    tms_http_respond_error(req, TMS_NOT_FOUND, "method not allowed on this path", &allow, 1);
+    tms_http_respond_error_status(req, 405, TMS_UNIMPLEMENTED, "method not allowed on this path",
+                                  &allow, 1);
     return 1;
 }
 }
 
-/* Fills call from the request for op; answers 400 itself and returns -1 on bad input. */
-static int decode_call(tms_http_request_t *req, tms_api_op_t op, const char *id,
+/* Fills call from the request, taking the arguments op's row names (core/ops.h);
+ * answers 400 itself and returns -1 on bad input. */
+static int decode_call(tms_http_request_t *req, const tms_op_t *op, const char *id,
                        tms_api_call_t *call)
 {
     const char *idem;
-    if (op == TMS_API_REGISTER || op == TMS_API_LOGIN)
-        return parse_credentials(req, call);
-    call->bearer = bearer_token(req);
-    switch (op) {
-    case TMS_API_DELETE_USER:
+    if (op->needs_caller)
+        call->bearer = bearer_token(req);
+    if (op->args & TMS_ARGS_USER_ID)
         snprintf(call->target_id, sizeof(call->target_id), "%s", id);
-        return 0;
-    case TMS_API_TASK_CREATE:
-        idem = tms_http_header_get(req, "Idempotency-Key");
-        if (idem)
-            call->idempotency_key = tms_strdup(idem);
-        return parse_task_body(req, call, 0);
-    case TMS_API_TASK_LIST:
-        return parse_list_query(req, call);
-    case TMS_API_TASK_GET:
-    case TMS_API_TASK_UPDATE:
-    case TMS_API_TASK_DELETE:
+    if (op->args & TMS_ARGS_TASK_ID)
         call->task_id = tms_parse_id(id, strlen(id)); /* 0: malformed, the actor says so */
-        if (op != TMS_API_TASK_GET && parse_if_match(req, call) != 0)
-            return -1;
-        return op == TMS_API_TASK_UPDATE ? parse_task_body(req, call, 1) : 0;
-    default:
-        return 0;
+    if ((op->args & TMS_ARGS_IF_MATCH) && parse_if_match(req, call) != 0)
+        return -1;
+    if ((op->args & TMS_ARGS_IDEMPOTENCY) && (idem = tms_http_header_get(req, "Idempotency-Key")))
+        call->idempotency_key = tms_strdup(idem);
+    if (op->args & TMS_ARGS_CREDENTIALS)
+        return parse_credentials(req, call);
+    if (op->args & (TMS_ARGS_TASK | TMS_ARGS_TASK_PATCH))
+        return parse_task_body(req, call, (op->args & TMS_ARGS_TASK_PATCH) != 0);
+    if (op->args & TMS_ARGS_LIST)
+        return parse_list_query(req, op, call);
+    return 0;
+}
+
+/* The operations endpoints, each GET (and HEAD); served by serve_operations. */
+static const char *const operations_paths[] = {"/healthz", "/readyz", "/metrics", "/openapi.json"};
+
+void tms_rest_routes(void (*fn)(void *arg, const char *method, const char *route), void *arg)
+{
+    size_t n;
+    const tms_op_t *ops = tms_ops(&n);
+    for (size_t i = 0; i < sizeof(operations_paths) / sizeof(operations_paths[0]); i++)
+        fn(arg, "GET", operations_paths[i]);
+    for (size_t i = 0; i < n; i++) {
+        if (ops[i].rest_method)
+            fn(arg, ops[i].rest_method, ops[i].rest_route);
     }
 }
 
+/* Routes a request by the operation table: the row whose route and method match
+ * (a route without ":id" wins over one with it); a path some row has with other
+ * methods only is 405 with Allow; any other path 404. */
 void tms_rest_handle(void *ctx, tms_http_request_t *req)
 {
     tms_rest_t *rest = ctx;
-    size_t len = strlen(req->path);
+    size_t len = strlen(req->path), nops;
     const char *path = req->path;
-    const route_t *path_match = NULL;
-    char id[32];
+    const tms_op_t *ops = tms_ops(&nops), *op = NULL;
+    int best = 0, op_match = 0;
+    char id[32], scratch[32], allow[64] = "";
+    const char *route = NULL;
 
     if (len > 1 && path[len - 1] == '/')
         len--; /* Express matches with or without one trailing slash */
     if (serve_operations(rest, req, path, len))
         return;
-    for (size_t i = 0; i < NROUTES; i++) {
-        const route_t *r = &routes[i];
-        int m = match_path(r->path, path, len, id, sizeof(id));
-        if (m == 0)
-            continue;
-        path_match = r;
-        if (strcmp(r->method, req->method) != 0)
-            continue;
-        req->route = r->name;
-        if (m < 0) {
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < nops; i++) {
+            int m, rank;
+            if (!ops[i].rest_method)
+                continue;
+            m = match_path(ops[i].rest_route, path, len, scratch, sizeof(scratch));
+            rank = m < 0 ? 1 : m; /* a segment too long for an id still names the route */
+            if (pass == 0) {
+                best = rank > best ? rank : best;
+                continue;
+            }
+            if (!best || rank != best)
+                continue;
+            route = ops[i].rest_route;
+            snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s",
+                     allow[0] ? ", " : "", ops[i].rest_method);
+            if (!op && strcmp(ops[i].rest_method, req->method) == 0) {
+                op = &ops[i];
+                op_match = m;
+                if (m == 1)
+                    memcpy(id, scratch, sizeof(id));
+            }
+        }
+    }
+    if (op) {
+        req->route = op->rest_route;
+        if (op_match < 0) {
             tms_http_respond_error(req, TMS_INVALID_ARGUMENT, "invalid id", NULL, 0);
             return;
         }
-        tms_api_call_t *call = tms_api_call_new(r->op);
-        if (decode_call(req, r->op, id, call) != 0) {
+        tms_api_call_t *call = tms_api_call_new(op->op);
+        if (decode_call(req, op, op_match == 1 ? id : "", call) != 0) {
             tms_api_call_free(&call);
             return;
         }
         send_call(rest, req, call);
         return;
     }
-    if (path_match) {
-        req->route = path_match->name;
-        tms_http_respond_error(req, TMS_NOT_FOUND, "no route for this method and path", NULL, 0);
+    if (route) {
+        tms_http_header_t h = {"Allow", allow};
+        req->route = route;
+        tms_http_respond_error_status(req, 405, TMS_UNIMPLEMENTED,
+                                      "no route for this method and path", &h, 1);
         return;
     }
     tms_http_respond_error(req, TMS_NOT_FOUND, "no route for this path", NULL, 0);

@@ -1,7 +1,8 @@
-/* The REST adapter: maps HTTP requests on the API.md routes to tms_api_call_t for
- * the gateway actor and renders the replies as JSON; also serves /healthz, /readyz,
- * /metrics and /openapi.json. Routes, JSON bodies and status codes live here and
- * nowhere else; domain rules live in the actors. */
+/* The REST adapter: maps HTTP requests on the routes of the operation table
+ * (core/ops.h) to tms_api_call_t for the gateway actor and renders the replies as
+ * JSON; also serves /healthz, /readyz, /metrics and /openapi.json. A known path with
+ * a method it does not have answers 405 with Allow. JSON bodies and status codes
+ * live here and nowhere else; domain rules live in the actors. */
 #ifndef TMS_IO_REST_H
 #define TMS_IO_REST_H
 
@@ -45,8 +46,13 @@ tms_rest_t *tms_rest_new(uv_loop_t *loop, const tms_rest_config_t *cfg);
 void tms_rest_handle(void *rest, tms_http_request_t *req);
 
 /** A tms_http_handler_fn (ctx unused) for the separate metrics listener: GET and HEAD
- * /metrics without a token; anything else 404. */
+ * /metrics without a token; another method there 405; anything else 404. */
 void tms_rest_handle_metrics(void *ctx, tms_http_request_t *req);
+
+/** Every method and route tms_rest_handle serves (GET implies HEAD on the operations
+ * endpoints): fn(arg, "GET", "/healthz"), ..., then the REST rows of the operation
+ * table (core/ops.h) in table order. /openapi.json documents exactly these. */
+void tms_rest_routes(void (*fn)(void *arg, const char *method, const char *route), void *arg);
 
 /** Calls and probes sent and not yet answered by the actors. */
 size_t tms_rest_pending(tms_rest_t *rest);

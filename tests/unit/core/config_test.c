@@ -155,6 +155,66 @@ static void test_roles(void)
     remove(path);
 }
 
+/* Settings applied in order, then tms_config_finish must fail naming needle. */
+static void expect_finish_error(const char *const *sets, const char *needle)
+{
+    tms_config_t c;
+    char err[512] = "";
+    tms_config_defaults(&c);
+    for (; *sets; sets++)
+        CHECK_EQ_INT(tms_config_set(&c, *sets, err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), -TMS_EINVAL);
+    if (!strstr(err, needle)) {
+        fprintf(stderr, "  wanted \"%s\" in: %s\n", needle, err);
+        CHECK(0);
+    }
+}
+
+/* TLS settings that do not go together (issue 22), each error naming its key; the files
+ * themselves are checked by io/tls at start. */
+static void test_tls_settings(void)
+{
+    tms_config_t c;
+    char err[512] = "", secret[64];
+    snprintf(secret, sizeof(secret), "peers.secret=%s", GOOD);
+    tms_config_defaults(&c);
+    CHECK_EQ_STR(c.http.tls_protocols, "TLSv1.2 TLSv1.3");
+    CHECK(strstr(c.grpc.tls_ciphers, "ECDHE-ECDSA-AES128-GCM-SHA256") == c.grpc.tls_ciphers);
+    CHECK_EQ_STR(c.events.security_protocol, "plaintext");
+    CHECK_EQ_INT(c.http.tls_handshake_timeout, 10);
+    CHECK_EQ_INT(tms_config_set(&c, "http.tls_cert=/c.pem", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_set(&c, "http.tls_key=/k.pem", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_set(&c, "http.tls_protocols=TLSv1.3", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
+    expect_error("events.security_protocol=sasl_ssl", "events.security_protocol");
+    expect_error("http.tls_handshake_timeout=0", "http.tls_handshake_timeout");
+    expect_finish_error((const char *[]){"http.tls_cert=/c", NULL},
+                        "http.tls_key: required with http.tls_cert");
+    expect_finish_error((const char *[]){"grpc.tls_key=/k", NULL},
+                        "grpc.tls_cert: required with grpc.tls_key");
+    expect_finish_error((const char *[]){"http.tls_client_ca=/ca", NULL},
+                        "http.tls_client_ca: needs http.tls_cert");
+    expect_finish_error((const char *[]){"http.tls_protocols=TLSv1.1 TLSv1.2", NULL},
+                        "http.tls_protocols: \"TLSv1.1\"");
+    expect_finish_error((const char *[]){"grpc.tls_protocols=, ,", NULL}, "grpc.tls_protocols");
+    expect_finish_error((const char *[]){"peers.tls_cert=/c", "peers.tls_key=/k", NULL},
+                        "peers.tls_ca: required with peers.tls_cert");
+    expect_finish_error((const char *[]){"events.tls_ca=/ca", NULL},
+                        "events.tls_ca: needs events.security_protocol=ssl");
+    expect_finish_error(
+        (const char *[]){"events.security_protocol=ssl", "events.tls_cert=/c", NULL},
+        "events.tls_key");
+    /* The internal listener's TLS is the peers'; one listener cannot be both. */
+    expect_finish_error((const char *[]){"server.roles=auth", secret, "events.brokers=k:9092",
+                                         "grpc.tls_cert=/c", "grpc.tls_key=/k", NULL},
+                        "grpc.tls_cert: this process (server.roles=auth) serves only the internal");
+    expect_finish_error((const char *[]){"server.roles=gateway,auth", secret,
+                                         "events.brokers=k:9092", "peers.task=127.0.0.1:1",
+                                         "peers.tls_cert=/c", "peers.tls_key=/k",
+                                         "peers.tls_ca=/ca", NULL},
+                        "peers.tls_cert: mutual TLS between roles needs the gateway");
+}
+
 static void expect_secret_refused(const char *secret, const char *needle)
 {
     char err[512] = "";
@@ -295,6 +355,7 @@ int main(void)
     RUN_TEST(test_bad_file);
     RUN_TEST(test_smtp);
     RUN_TEST(test_roles);
+    RUN_TEST(test_tls_settings);
     RUN_TEST(test_secret_rules);
     RUN_TEST(test_secret_files);
     TEST_EXIT();

@@ -5,6 +5,7 @@
 #include <inttypes.h>
 
 #include "core/events.h"
+#include "core/ops.h"
 #include "stores.h"
 
 static const char *U1 = "aaaaaaaaaaaaaaaaaaaaaaaa", *U2 = "bbbbbbbbbbbbbbbbbbbbbbbb",
@@ -100,7 +101,7 @@ static long long count_tasks(store_t *s)
 {
     tms_task_op_t *op = task_op(TMS_TASK_LIST);
     long long n = 0;
-    op->limit = TMS_LIST_LIMIT_MAX;
+    op->limit = tms_op_get(TMS_API_TASK_LIST)->list.max;
     for (;;) {
         op = run_task(s, op);
         CHECK_EQ_INT(op->err.code, TMS_OK);
@@ -207,6 +208,7 @@ static void test_create_get(void)
     tms_task_op_free(&op);
     op = get(&s, 999);
     CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
+    CHECK_EQ_INT(op->reason, TMS_TASK_NO_SUCH_TASK);
     tms_task_op_free(&op);
 
     op = run_task(&s, task_op(TMS_TASK_PING));
@@ -298,7 +300,8 @@ static void test_list(void)
             }
             CHECK(expected > 0);
             walk(&s, filters_a[fa], filters_s[fs], 7, expected, match, ids, N);
-            walk(&s, filters_a[fa], filters_s[fs], TMS_LIST_LIMIT_MAX, expected, match, ids, N);
+            walk(&s, filters_a[fa], filters_s[fs], tms_op_get(TMS_API_TASK_LIST)->list.max,
+                 expected, match, ids, N);
         }
     }
 
@@ -375,6 +378,10 @@ static void test_update(void)
     snprintf(op->task.status, sizeof(op->task.status), "closed");
     op = run_task(&s, op);
     CHECK_EQ_INT(op->err.code, TMS_FAILED_PRECONDITION);
+    /* a reason and the version, no text: the task actor words it */
+    CHECK_EQ_INT(op->reason, TMS_TASK_VERSION_MISMATCH);
+    CHECK_EQ_INT(op->current_version, 2);
+    CHECK_EQ_STR(op->err.message, "");
     tms_task_op_free(&op);
     op = get(&s, id);
     CHECK_EQ_STR(op->task.status, "open");
@@ -449,6 +456,7 @@ static void test_update(void)
     op->task.title = tms_strdup("x");
     op = run_task(&s, op);
     CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
+    CHECK_EQ_INT(op->reason, TMS_TASK_NO_SUCH_TASK);
     tms_task_op_free(&op);
     close_store(&s);
 }
@@ -466,6 +474,8 @@ static void test_delete(void)
     op->expected_version = 2;
     op = run_task(&s, op);
     CHECK_EQ_INT(op->err.code, TMS_FAILED_PRECONDITION);
+    CHECK_EQ_INT(op->reason, TMS_TASK_VERSION_MISMATCH);
+    CHECK_EQ_INT(op->current_version, 1);
     tms_task_op_free(&op);
     op = get(&s, id2);
     CHECK_EQ_INT(op->err.code, TMS_OK);
@@ -603,6 +613,8 @@ static void test_idempotency(void)
     /* same key, different request */
     op = run_task(&s, idem_op(U1, "key-1", h2, T0 + 60000));
     CHECK_EQ_INT(op->err.code, TMS_ALREADY_EXISTS);
+    CHECK_EQ_INT(op->reason, TMS_TASK_IDEMPOTENCY_REUSED);
+    CHECK_EQ_STR(op->err.message, "");
     CHECK(!op->replayed);
     tms_task_op_free(&op);
     CHECK_EQ_INT(count_tasks(&s), 1);
@@ -637,6 +649,7 @@ static void test_idempotency(void)
     tms_task_op_free(&op);
     op = run_task(&s, idem_op(U1, "key-1", h2, T0 + TMS_IDEMPOTENCY_TTL_MS + 3));
     CHECK_EQ_INT(op->err.code, TMS_ALREADY_EXISTS);
+    CHECK_EQ_INT(op->reason, TMS_TASK_IDEMPOTENCY_GONE);
     tms_task_op_free(&op);
     CHECK_EQ_INT(count_tasks(&s), 2);
     CHECK_EQ_INT(pending(&s), 3);

@@ -150,19 +150,16 @@ static void finish_write(tms_task_op_t *op, const PGresult *res)
         read_task(res, 0, 1, &op->task);
         op->replayed = st[0] == 'r';
     } else if (strcmp(st, "not_found") == 0) {
-        tms_error_set(&op->err, TMS_NOT_FOUND, "task %" PRId64 " not found", op->id);
+        tms_task_op_refuse(op, TMS_NOT_FOUND, TMS_TASK_NO_SUCH_TASK);
     } else if (strcmp(st, "conflict") == 0 && op->msg.op == TMS_TASK_CREATE) {
-        tms_error_set(&op->err, TMS_ALREADY_EXISTS,
-                      "Idempotency-Key reused with a different request");
+        tms_task_op_refuse(op, TMS_ALREADY_EXISTS, TMS_TASK_IDEMPOTENCY_REUSED);
     } else if (strcmp(st, "conflict") == 0) {
         if (op->msg.op == TMS_TASK_DELETE)
             read_task(res, 0, 1, &op->task);
-        tms_error_set(&op->err, TMS_FAILED_PRECONDITION,
-                      "version mismatch: task %" PRId64 " is at version %lld", op->id,
-                      tms__pg_int(res, 0, 9));
+        tms_task_op_refuse(op, TMS_FAILED_PRECONDITION, TMS_TASK_VERSION_MISMATCH);
+        op->current_version = tms__pg_int(res, 0, 9);
     } else if (strcmp(st, "gone") == 0) {
-        tms_error_set(&op->err, TMS_ALREADY_EXISTS,
-                      "Idempotency-Key was used for a task that no longer exists");
+        tms_task_op_refuse(op, TMS_ALREADY_EXISTS, TMS_TASK_IDEMPOTENCY_GONE);
     } else {
         tms_log_error("pg_bad_result", "op=%s st=%s",
                       tms_store_op_name(TMS_STORE_TASKS, op->msg.op), st);
@@ -182,7 +179,7 @@ static void finish(tms_msg_t *msg, const PGresult *res)
         break;
     case TMS_TASK_GET:
         if (n == 0)
-            tms_error_set(&op->err, TMS_NOT_FOUND, "task %" PRId64 " not found", op->id);
+            tms_task_op_refuse(op, TMS_NOT_FOUND, TMS_TASK_NO_SUCH_TASK);
         else
             read_task(res, 0, 0, &op->task);
         break;

@@ -169,16 +169,14 @@ static int check_idempotency(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
     if (!found || op->task.created_at_ms - created > TMS_IDEMPOTENCY_TTL_MS)
         return 0; /* unused, or expired: the new request takes the key */
     if (!same) {
-        tms_error_set(&op->err, TMS_ALREADY_EXISTS,
-                      "Idempotency-Key reused with a different request");
+        tms_task_op_refuse(op, TMS_ALREADY_EXISTS, TMS_TASK_IDEMPOTENCY_REUSED);
         return -1;
     }
     rc = get_task(t, op, db, task_id, &op->task);
     if (rc < 0)
         return -1;
     if (rc == 0) {
-        tms_error_set(&op->err, TMS_ALREADY_EXISTS,
-                      "Idempotency-Key was used for a task that no longer exists");
+        tms_task_op_refuse(op, TMS_ALREADY_EXISTS, TMS_TASK_IDEMPOTENCY_GONE);
         return -1;
     }
     op->replayed = true;
@@ -234,13 +232,12 @@ static int check_version(tasks_t *t, tms_task_op_t *op, sqlite3 *db, tms_task_t 
     if (rc < 0)
         return -1;
     if (rc == 0) {
-        tms_error_set(&op->err, TMS_NOT_FOUND, "task %" PRId64 " not found", op->id);
+        tms_task_op_refuse(op, TMS_NOT_FOUND, TMS_TASK_NO_SUCH_TASK);
         return -1;
     }
     if (op->expected_version && op->expected_version != current->version) {
-        tms_error_set(&op->err, TMS_FAILED_PRECONDITION,
-                      "version mismatch: task %" PRId64 " is at version %" PRId64, op->id,
-                      current->version);
+        tms_task_op_refuse(op, TMS_FAILED_PRECONDITION, TMS_TASK_VERSION_MISMATCH);
+        op->current_version = current->version;
         return -1;
     }
     return 0;
@@ -373,7 +370,7 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
     case TMS_TASK_GET: {
         int rc = get_task(t, op, db, op->id, &op->task);
         if (rc == 0)
-            tms_error_set(&op->err, TMS_NOT_FOUND, "task %" PRId64 " not found", op->id);
+            tms_task_op_refuse(op, TMS_NOT_FOUND, TMS_TASK_NO_SUCH_TASK);
         break;
     }
     case TMS_TASK_LIST:

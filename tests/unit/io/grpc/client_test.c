@@ -16,8 +16,9 @@
 #include "core/mailbox.h"
 #include "core/metrics.h"
 #include "core/status.h"
-#include "io/grpc/server.h"
 #include "io/grpc/client.h"
+#include "io/grpc/server.h"
+#include "io/grpc/service.h"
 #include "io/grpc/wire.h"
 #include "task.pb-c.h"
 #include "test.h"
@@ -193,6 +194,7 @@ static bool held_at_least(void *arg)
 typedef struct server {
     gateway_t gw;
     tms_grpc_server_t *srv;
+    tms_grpc_service_t *api;
     int port;
     bool stopped;
 } server_t;
@@ -202,8 +204,9 @@ static void server_start(server_t *s, const char *addr, uint32_t max_streams)
     tms_grpc_config_t cfg = {0};
     memset(s, 0, sizeof(*s));
     s->gw.mb = tms_mailbox_new(loop, "gateway", 256, on_gateway, &s->gw);
-    cfg.gateway = s->gw.mb;
-    cfg.call_timeout_ms = 10000;
+    s->api = tms_grpc_service_new(
+        loop, &(tms_grpc_service_config_t){.gateway = s->gw.mb, .call_timeout_ms = 10000});
+    cfg.handler = tms_grpc_service_handler(s->api);
     cfg.max_concurrent_streams = max_streams;
     s->srv = tms_grpc_server_new(loop, &cfg);
     CHECK_EQ_INT(tms_grpc_server_listen(s->srv, addr), 0);
@@ -234,6 +237,7 @@ static void server_finish(server_t *s)
     }
     CHECK(run_until(server_idle, s->srv, 3000));
     tms_grpc_server_free(&s->srv);
+    tms_grpc_service_free(&s->api);
     tms_mailbox_close(s->gw.mb);
     tms_mailbox_free(&s->gw.mb);
     uv_run(loop, UV_RUN_NOWAIT);

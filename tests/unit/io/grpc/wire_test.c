@@ -130,8 +130,8 @@ static void test_pb_reader(void)
 
 static void test_decode_update_presence(void)
 {
-    const tms_grpc_method_t *m =
-        tms_grpc_method_find("/TaskService/UpdateTask", strlen("/TaskService/UpdateTask"));
+    const tms_op_t *m =
+        tms_op_by_grpc("/TaskService/UpdateTask", strlen("/TaskService/UpdateTask"));
     UpdateTaskRequest r = UPDATE_TASK_REQUEST__INIT;
     uint8_t buf[256];
     size_t n;
@@ -163,7 +163,7 @@ static void test_decode_update_presence(void)
 
 static void test_decode_create_and_verify(void)
 {
-    const tms_grpc_method_t *m = tms_grpc_method_find("/TaskService/CreateTask", 23);
+    const tms_op_t *m = tms_op_by_grpc("/TaskService/CreateTask", 23);
     CreateTaskRequest r = CREATE_TASK_REQUEST__INIT;
     uint8_t buf[256];
     size_t n;
@@ -177,7 +177,7 @@ static void test_decode_create_and_verify(void)
     CHECK(call && strcmp(call->title, "t") == 0);
     tms_api_call_free(&call);
 
-    m = tms_grpc_method_find("/AuthService/VerifyToken", 24);
+    m = tms_op_by_grpc("/AuthService/VerifyToken", 24);
     call = tms_api_call_new(TMS_API_VERIFY_TOKEN);
     call->err.code = TMS_UNAUTHENTICATED;
     uint8_t *out;
@@ -188,12 +188,12 @@ static void test_decode_create_and_verify(void)
     verify_token_response__free_unpacked(v, NULL);
     free(out);
     call->op = TMS_API_VERIFY_TOKEN;
-    m = tms_grpc_method_find("/AuthService/Login", 18);
+    m = tms_op_by_grpc("/AuthService/Login", 18);
     call->err.code = TMS_UNAUTHENTICATED;
     CHECK_EQ_INT(tms_grpc_encode_reply(m, call, &out, &n, &err), TMS_OK); /* op decides */
     free(out);
     tms_api_call_free(&call);
-    CHECK(tms_grpc_method_find("/AuthService/Nope", 17) == NULL);
+    CHECK(tms_op_by_grpc("/AuthService/Nope", 17) == NULL);
 }
 
 int main(void)

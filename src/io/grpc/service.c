@@ -1,0 +1,448 @@
+/* The gRPC API mapping (service.h): routes from the operation table, method ->
+ * tms_api_call_t, result -> protobuf, status; health, reflection and the internal
+ * service.
+ *
+ * A call with the actors is a pending_t attached to its stream and outliving it: a
+ * deadline, a RST_STREAM from the client or a closed connection only detach it, and
+ * the reply, when it comes, is dropped and freed (as http/rest.c does). */
+#include "io/grpc/service.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <sodium.h>
+
+#include "core/alloc.h"
+#include "core/api.h"
+#include "core/log.h"
+#include "core/ops.h"
+#include "core/status.h"
+#include "io/grpc/codec.h"
+#include "io/grpc/internal.h"
+
+#define DEFAULT_CALL_TIMEOUT_MS 30000
+
+/* What a route is, beside its shape. */
+enum {
+    KIND_API = 1,      /* an operation of the table: route.data is its row */
+    KIND_HEALTH_CHECK, /* unary */
+    KIND_HEALTH_WATCH, /* unary request, open until cancelled or stopped */
+    KIND_REFLECTION,   /* bidi */
+    KIND_INTERNAL,     /* tms.internal.Actors/Call */
+};
+
+/* The metadata the transport keeps for us, by index. */
+enum { META_AUTHORIZATION, META_SERVICE_TOKEN };
+static const char *const metadata[] = {"authorization", TMS_INTERNAL_TOKEN_HEADER};
+
+static const tms_grpc_route_t own_routes[] = {
+    {"/grpc.health.v1.Health/Check", TMS_GRPC_UNARY, KIND_HEALTH_CHECK, NULL},
+    {"/grpc.health.v1.Health/Watch", TMS_GRPC_UNARY, KIND_HEALTH_WATCH, NULL},
+    {"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", TMS_GRPC_BIDI,
+     KIND_REFLECTION, NULL},
+    {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", TMS_GRPC_BIDI, KIND_REFLECTION,
+     NULL},
+    {TMS_INTERNAL_CALL_PATH, TMS_GRPC_UNARY, KIND_INTERNAL, NULL},
+};
+#define NOWN (sizeof(own_routes) / sizeof(own_routes[0]))
+
+struct tms_grpc_service {
+    uv_loop_t *loop;
+    tms_grpc_service_config_t cfg;
+    unsigned char token_hash[crypto_generichash_BYTES]; /* of cfg.service_token */
+    tms_mailbox_t *replies;
+    tms_grpc_route_t *routes; /* the table's gRPC methods, then own_routes */
+    size_t nroutes;
+    size_t pending;
+    void (*drained)(void *arg); /* tms_grpc_service_drain: once pending reaches 0 */
+    void *drained_arg;
+};
+
+/* A call with the actors. Freed when its reply came and the timer closed; st is NULL
+ * once the stream was answered otherwise or is gone. */
+typedef struct pending {
+    uv_timer_t timer;
+    tms_grpc_service_t *svc;
+    tms_grpc_stream_t *st;
+    tms_api_op_t op;
+    tms_api_cancel_t *cancel; /* set when the stream is reset before the reply */
+} pending_t;
+
+/* ---- calls to the actors ---- */
+
+static void on_pending_closed(uv_handle_t *h)
+{
+    pending_t *p = h->data;
+    tms_grpc_service_t *svc = p->svc;
+    void (*drained)(void *) = svc->drained;
+    tms_api_cancel_release(&p->cancel);
+    free(p);
+    if (--svc->pending == 0 && drained) {
+        svc->drained = NULL;
+        drained(svc->drained_arg);
+    }
+}
+
+static void render(tms_grpc_stream_t *st, tms_api_call_t *call)
+{
+    const tms_grpc_route_t *route = tms_grpc_stream_route(st);
+    uint8_t *out;
+    size_t len;
+    tms_error_t err;
+    if (route->kind == KIND_INTERNAL) {
+        /* The domain outcome, errors included, is the payload: the calling process
+         * answers its own client with it. */
+        tms_internal_encode_result(call, &out, &len);
+        tms_grpc_stream_send(st, out, len);
+        free(out);
+        tms_grpc_stream_finish(st, TMS_OK, NULL);
+        return;
+    }
+    if (tms_grpc_encode_reply(route->data, call, &out, &len, &err) != TMS_OK) {
+        tms_grpc_stream_finish(st, err.code, err.message);
+        return;
+    }
+    tms_grpc_stream_send(st, out, len);
+    free(out);
+    tms_grpc_stream_finish(st, TMS_OK, NULL);
+}
+
+static void on_reply(tms_msg_t *msg)
+{
+    tms_api_call_t *call = (tms_api_call_t *)msg;
+    pending_t *p = msg->ctx;
+    tms_grpc_stream_t *st = p->st;
+    if (st) {
+        tms_grpc_stream_attach(st, NULL);
+        render(st, call);
+        tms_grpc_stream_flush(st);
+    }
+    tms_api_call_free(&call);
+    uv_close((uv_handle_t *)&p->timer, on_pending_closed);
+}
+
+static void on_deadline(uv_timer_t *t)
+{
+    pending_t *p = t->data;
+    tms_grpc_stream_t *st = p->st;
+    if (!st)
+        return;
+    tms_log_warn("deadline_exceeded", "rid=%s op=%s proto=grpc", tms_grpc_stream_request_id(st),
+                 tms_api_op_name(p->op));
+    tms_grpc_stream_attach(st, NULL);
+    p->st = NULL; /* the call is still with the actors; its reply is dropped */
+    tms_grpc_stream_finish(st, TMS_DEADLINE_EXCEEDED, "deadline exceeded");
+    tms_grpc_stream_flush(st);
+}
+
+/* The stream went away before the answer: the reply will be dropped, and the actors
+ * skip whatever store work of the call has not started yet. */
+static void detach(void *ctx, tms_grpc_stream_t *st, void *attached)
+{
+    pending_t *p = attached;
+    (void)ctx;
+    (void)st;
+    p->cancel->cancelled = true;
+    p->st = NULL;
+}
+
+/* Hands a decoded call to an actor mailbox with the stream's deadline; the reply
+ * comes back to on_reply. A full mailbox answers UNAVAILABLE at once. */
+static void post_call(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_call_t *call,
+                      tms_mailbox_t *to)
+{
+    uint64_t timeout = tms_grpc_stream_time_left_ms(st, svc->cfg.call_timeout_ms);
+    tms_msg_t *msg;
+    pending_t *p;
+    if (!timeout) {
+        tms_api_call_free(&call);
+        tms_grpc_stream_finish(st, TMS_DEADLINE_EXCEEDED, "deadline exceeded");
+        return;
+    }
+    call->deadline_ms = uv_now(svc->loop) + timeout;
+    p = tms_new(pending_t);
+    p->svc = svc;
+    p->st = st;
+    p->op = call->op;
+    p->cancel = tms_api_cancel_attach(call);
+    msg = &call->msg;
+    msg->kind = TMS_MSG_REQUEST;
+    msg->reply_to = svc->replies;
+    msg->cont = on_reply;
+    msg->ctx = p;
+    if (tms_mailbox_post(to, &msg) != 0) {
+        tms_api_cancel_release(&p->cancel);
+        free(p);
+        tms_api_call_free(&call);
+        tms_grpc_stream_finish(st, TMS_UNAVAILABLE, "server overloaded, retry later");
+        return;
+    }
+    svc->pending++;
+    tms_grpc_stream_attach(st, p);
+    uv_timer_init(svc->loop, &p->timer);
+    p->timer.data = p;
+    uv_timer_start(&p->timer, on_deadline, timeout, 0);
+}
+
+static char *bearer_of(const char *h)
+{
+    if (strncasecmp(h, "Bearer ", 7) != 0)
+        return tms_strdup(""); /* present but not a bearer token: invalid */
+    h += 7;
+    while (*h == ' ')
+        h++;
+    return tms_strdup(h);
+}
+
+static void call_api(tms_grpc_service_t *svc, tms_grpc_stream_t *st, const tms_op_t *op,
+                     const uint8_t *msg, size_t len)
+{
+    const char *authorization = tms_grpc_stream_metadata(st, META_AUTHORIZATION);
+    tms_error_t err;
+    tms_api_call_t *call;
+    if (!svc->cfg.gateway) {
+        tms_grpc_stream_finish(st, TMS_UNIMPLEMENTED, "this process does not serve the public API");
+        return;
+    }
+    call = tms_grpc_decode_call(op, msg, len, &err);
+    if (!call) {
+        tms_grpc_stream_finish(st, err.code, err.message);
+        return;
+    }
+    if (!call->bearer && authorization)
+        call->bearer = bearer_of(authorization);
+    snprintf(call->request_id, sizeof(call->request_id), "%s", tms_grpc_stream_request_id(st));
+    snprintf(call->client_addr, sizeof(call->client_addr), "%s", tms_grpc_stream_client(st));
+    post_call(svc, st, call, svc->cfg.gateway);
+}
+
+/* A call of the internal service: straight to the local actor of its stage and its
+ * operation's owner, with the principal and request id the calling process gave it. */
+static void call_internal(tms_grpc_service_t *svc, tms_grpc_stream_t *st, const uint8_t *msg,
+                          size_t len)
+{
+    tms_api_call_t *call = tms_internal_decode_call(msg, len);
+    tms_mailbox_t *to;
+    if (!call) {
+        tms_grpc_stream_finish(st, TMS_INVALID_ARGUMENT, "malformed internal call");
+        return;
+    }
+    if (call->request_id[0]) /* one request id in the logs of every process it crossed */
+        tms_grpc_stream_set_request_id(st, call->request_id);
+    to = tms_op_get(call->op)->owner == TMS_OWNER_TASK && call->msg.op != TMS_STAGE_AUTHENTICATE
+             ? svc->cfg.task
+             : svc->cfg.auth;
+    if (!to) {
+        tms_api_call_free(&call);
+        tms_grpc_stream_finish(st, TMS_UNIMPLEMENTED,
+                               "this process does not run the role of that call");
+        return;
+    }
+    post_call(svc, st, call, to);
+}
+
+/* ---- health and reflection ---- */
+
+/* A service of the table (the part of a method path between its slashes), or the
+ * health service itself. */
+static bool known_service(const char *name)
+{
+    size_t n, len = strlen(name);
+    const tms_op_t *ops = tms_ops(&n);
+    if (strcmp(name, "grpc.health.v1.Health") == 0)
+        return true;
+    for (size_t i = 0; i < n; i++) {
+        const char *m = ops[i].grpc_method;
+        if (m && strncmp(m + 1, name, len) == 0 && m[len + 1] == '/')
+            return true;
+    }
+    return false;
+}
+
+static void health(tms_grpc_stream_t *st, int kind, const uint8_t *msg, size_t len)
+{
+    char service[128];
+    uint8_t *out;
+    size_t n;
+    int status;
+    if (tms_grpc_health_decode(msg, len, service, sizeof(service)) != 0) {
+        tms_grpc_stream_finish(st, TMS_INVALID_ARGUMENT, "malformed protobuf request");
+        return;
+    }
+    if (service[0] && !known_service(service)) {
+        if (kind == KIND_HEALTH_CHECK) {
+            tms_grpc_stream_finish(st, TMS_NOT_FOUND, "unknown service");
+            return;
+        }
+        status = 3; /* SERVICE_UNKNOWN */
+    } else {
+        status = tms_grpc_stream_stopping(st) ? 2 : 1; /* NOT_SERVING : SERVING */
+    }
+    tms_grpc_health_encode(status, &out, &n);
+    if (!tms_grpc_stream_send(st, out, n)) {
+        free(out);
+        return;
+    }
+    free(out);
+    if (kind == KIND_HEALTH_CHECK)
+        tms_grpc_stream_finish(st, TMS_OK, NULL);
+    else
+        tms_grpc_stream_watch(st); /* open until the client cancels or the server stops */
+}
+
+static void on_reflection(void *ctx, tms_grpc_stream_t *st, const uint8_t *msg, size_t len)
+{
+    uint8_t *out;
+    size_t n;
+    (void)ctx;
+    if (tms_grpc_reflection_answer(msg, len, &out, &n) != 0) {
+        tms_grpc_stream_finish(st, TMS_INVALID_ARGUMENT, "malformed reflection request");
+        return;
+    }
+    tms_grpc_stream_send(st, out, n);
+    free(out);
+}
+
+/* ---- the handler ---- */
+
+/* Constant time over the credential: both sides are hashed to one length first, so
+ * neither the content nor the length of the configured token leaks through timing. */
+static bool service_token_ok(tms_grpc_service_t *svc, const char *token)
+{
+    unsigned char h[crypto_generichash_BYTES];
+    if (!svc->cfg.service_token || !token)
+        return false;
+    crypto_generichash(h, sizeof(h), (const unsigned char *)token, strlen(token), NULL, 0);
+    return sodium_memcmp(h, svc->token_hash, sizeof(h)) == 0;
+}
+
+static void on_begin(void *ctx, tms_grpc_stream_t *st)
+{
+    tms_grpc_service_t *svc = ctx;
+    const tms_grpc_route_t *route = tms_grpc_stream_route(st);
+    if (route->kind == KIND_INTERNAL &&
+        !service_token_ok(svc, tms_grpc_stream_metadata(st, META_SERVICE_TOKEN))) {
+        tms_grpc_stream_finish(st, TMS_UNAUTHENTICATED,
+                               "internal method: missing or wrong service credential");
+        return;
+    }
+    if (tms_grpc_stream_stopping(st) && (route->kind == KIND_API || route->kind == KIND_INTERNAL)) {
+        tms_grpc_stream_finish(st, TMS_UNAVAILABLE, "server shutting down");
+        return;
+    }
+    /* Until the actors check its token, a stream may buffer one small message only:
+     * operations whose requests are small by nature (they need no token) and token
+     * operations called without one. A valid service credential was checked above. */
+    if (route->kind == KIND_API) {
+        const tms_op_t *op = route->data;
+        if (op->needs_caller && !tms_grpc_stream_metadata(st, META_AUTHORIZATION))
+            tms_grpc_stream_limit_unchecked(st, TMS_UNAUTHENTICATED, "missing bearer token");
+        else if (op->body == TMS_BODY_SMALL)
+            tms_grpc_stream_limit_unchecked(st, TMS_RESOURCE_EXHAUSTED, NULL);
+    } else if (route->kind != KIND_INTERNAL) {
+        tms_grpc_stream_limit_unchecked(st, TMS_RESOURCE_EXHAUSTED, NULL);
+    }
+}
+
+static void on_call(void *ctx, tms_grpc_stream_t *st, const uint8_t *msg, size_t len)
+{
+    tms_grpc_service_t *svc = ctx;
+    const tms_grpc_route_t *route = tms_grpc_stream_route(st);
+    switch (route->kind) {
+    case KIND_API:
+        call_api(svc, st, route->data, msg, len);
+        break;
+    case KIND_INTERNAL:
+        call_internal(svc, st, msg, len);
+        break;
+    default:
+        health(st, route->kind, msg, len);
+        break;
+    }
+}
+
+static size_t busy(void *ctx)
+{
+    return ((tms_grpc_service_t *)ctx)->pending;
+}
+
+tms_grpc_handler_t tms_grpc_service_handler(tms_grpc_service_t *svc)
+{
+    return (tms_grpc_handler_t){
+        .ctx = svc,
+        .routes = svc->routes,
+        .nroutes = svc->nroutes,
+        .metadata = metadata,
+        .nmetadata = sizeof(metadata) / sizeof(metadata[0]),
+        .begin = on_begin,
+        .message = on_reflection,
+        .call = on_call,
+        .detach = detach,
+        .busy = busy,
+    };
+}
+
+tms_grpc_service_t *tms_grpc_service_new(uv_loop_t *loop, const tms_grpc_service_config_t *cfg)
+{
+    tms_grpc_service_t *svc = tms_new(tms_grpc_service_t);
+    size_t nops;
+    const tms_op_t *ops = tms_ops(&nops);
+    svc->loop = loop;
+    svc->cfg = *cfg;
+    if (!svc->cfg.call_timeout_ms)
+        svc->cfg.call_timeout_ms = DEFAULT_CALL_TIMEOUT_MS;
+    if (cfg->service_token) {
+        svc->cfg.service_token = tms_strdup(cfg->service_token);
+        crypto_generichash(svc->token_hash, sizeof(svc->token_hash),
+                           (const unsigned char *)cfg->service_token, strlen(cfg->service_token),
+                           NULL, 0);
+    }
+    svc->routes = tms_calloc(nops + NOWN, sizeof(*svc->routes));
+    for (size_t i = 0; i < nops; i++) {
+        if (ops[i].grpc_method)
+            svc->routes[svc->nroutes++] =
+                (tms_grpc_route_t){ops[i].grpc_method, TMS_GRPC_UNARY, KIND_API, &ops[i]};
+    }
+    for (size_t i = 0; i < NOWN; i++)
+        svc->routes[svc->nroutes++] = own_routes[i];
+    /* Replies are not counted against a mailbox bound; 1 is only the request bound. */
+    svc->replies = tms_mailbox_new(loop, "grpc", 1, NULL, svc);
+    return svc;
+}
+
+void tms_grpc_service_drain(tms_grpc_service_t *svc, void (*drained)(void *arg), void *arg)
+{
+    if (svc->pending == 0) {
+        drained(arg);
+        return;
+    }
+    svc->drained = drained;
+    svc->drained_arg = arg;
+}
+
+size_t tms_grpc_service_pending(tms_grpc_service_t *svc)
+{
+    return svc ? svc->pending : 0;
+}
+
+void tms_grpc_service_free(tms_grpc_service_t **psvc)
+{
+    tms_grpc_service_t *svc = psvc ? *psvc : NULL;
+    if (!svc)
+        return;
+    *psvc = NULL;
+    if (svc->pending) {
+        tms_log_error("grpc_free", "error=\"service freed with calls pending; leaking it\"");
+        return;
+    }
+    tms_mailbox_free(&svc->replies);
+    free(svc->routes);
+    if (svc->cfg.service_token) {
+        sodium_memzero((char *)svc->cfg.service_token, strlen(svc->cfg.service_token));
+        free((char *)svc->cfg.service_token);
+    }
+    free(svc);
+}
