@@ -81,7 +81,8 @@ struct part {
     int64_t sought;    /* the offset of our last seek; -1 none */
     int64_t stored;    /* next offset to consume as stored for commit; -1 none */
     int64_t hi;        /* high watermark last asked for (paused: no fetch updates it) */
-    int64_t committed; /* the group's committed offset, last asked for; -1 unknown */
+    int64_t committed; /* where the group stands (its committed offset, or the log start
+                        * when it has none), last asked for; -1 unknown */
     entry_t *head, *tail;
     _Atomic int64_t lag; /* its gauge, tms_kafka_consumer_lag{...,partition} */
 };
@@ -1016,7 +1017,7 @@ typedef struct wm_query {
     char topic[64];
     int n;
     int32_t *partition;
-    int64_t *hi, *committed;
+    int64_t *lo, *hi, *committed;
 } wm_query_t;
 
 static void wm_query_run(uv_work_t *w)
@@ -1024,17 +1025,18 @@ static void wm_query_run(uv_work_t *w)
     wm_query_t *q = w->data;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(q->n);
     for (int i = 0; i < q->n; i++) {
-        int64_t lo;
         q->committed[i] = -1;
-        if (rd_kafka_query_watermark_offsets(q->rk, q->topic, q->partition[i], &lo, &q->hi[i],
+        if (rd_kafka_query_watermark_offsets(q->rk, q->topic, q->partition[i], &q->lo[i], &q->hi[i],
                                              1000) != RD_KAFKA_RESP_ERR_NO_ERROR)
-            q->hi[i] = -1;
+            q->lo[i] = q->hi[i] = -1;
         rd_kafka_topic_partition_list_add(l, q->topic, q->partition[i]);
     }
     if (rd_kafka_committed(q->rk, l, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         for (int i = 0; i < l->cnt && i < q->n; i++) {
-            if (!l->elems[i].err && l->elems[i].offset >= 0)
-                q->committed[i] = l->elems[i].offset;
+            if (l->elems[i].err)
+                continue;
+            /* No commit yet: the group starts at the log start (auto.offset.reset). */
+            q->committed[i] = l->elems[i].offset >= 0 ? l->elems[i].offset : q->lo[i];
         }
     }
     rd_kafka_topic_partition_list_destroy(l);
@@ -1058,6 +1060,7 @@ static void wm_query_done(uv_work_t *w, int status)
             p->committed = q->committed[i];
     }
     free(q->partition);
+    free(q->lo);
     free(q->hi);
     free(q->committed);
     free(q);
@@ -1078,6 +1081,7 @@ static void query_watermarks(sub_t *s)
     q->rk = s->rk;
     snprintf(q->topic, sizeof(q->topic), "%s", s->topic);
     q->partition = tms_calloc((size_t)n, sizeof(int32_t));
+    q->lo = tms_calloc((size_t)n, sizeof(int64_t));
     q->hi = tms_calloc((size_t)n, sizeof(int64_t));
     q->committed = tms_calloc((size_t)n, sizeof(int64_t));
     for (part_t *p = s->parts; p; p = p->next)
@@ -1085,6 +1089,7 @@ static void query_watermarks(sub_t *s)
     q->work.data = q;
     if (uv_queue_work(bus->loop, &q->work, wm_query_run, wm_query_done) != 0) {
         free(q->partition);
+        free(q->lo);
         free(q->hi);
         free(q->committed);
         free(q);
@@ -1130,7 +1135,12 @@ static void on_housekeeping(uv_timer_t *t)
          * leave its group. */
         if (s->started)
             on_consumer_readable(&s->poll, 0, UV_READABLE);
-        if (s->kpaused && !s->querying && !bus->stopping &&
+        /* Ask while paused, and until we know where the group stands on a partition we
+         * have taken nothing from (else its lag would be unknown). */
+        int unknown = 0;
+        for (part_t *p = s->parts; p; p = p->next)
+            unknown |= p->stored < 0 && !p->head && p->committed < 0;
+        if ((s->kpaused || unknown) && !s->querying && !bus->stopping &&
             now - s->queried_at >= WATERMARK_EVERY_MS)
             query_watermarks(s);
         for (part_t *p = s->parts; p; p = p->next)
