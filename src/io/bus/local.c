@@ -81,7 +81,7 @@ struct copy {
 struct bus {
     tms_event_bus_t base; /* first member */
     uv_loop_t *loop;
-    tms_bus_local_options_t opt;
+    tms_local_bus_options_t opt;
     uv_timer_t timer;       /* drains the ready queue */
     uv_timer_t retry_timer; /* redeliveries after a permanent failure */
     int handles;            /* timers not yet closed: the bus is freed with the last */
@@ -571,12 +571,12 @@ static void bus_close(tms_event_bus_t *self, tms_port_closed_fn cb, void *ctx)
     maybe_release(bus); /* the handle's close callback runs cb: never inside close */
 }
 
-tms_event_bus_t *tms_bus_local_new(uv_loop_t *loop)
+tms_event_bus_t *tms_local_bus_new(uv_loop_t *loop)
 {
-    return tms_bus_local_new_with(loop, &(tms_bus_local_options_t){0});
+    return tms_local_bus_new_with(loop, &(tms_local_bus_options_t){0});
 }
 
-tms_event_bus_t *tms_bus_local_new_with(uv_loop_t *loop, const tms_bus_local_options_t *opt)
+tms_event_bus_t *tms_local_bus_new_with(uv_loop_t *loop, const tms_local_bus_options_t *opt)
 {
     bus_t *bus = tms_new(bus_t);
     bus->opt.dlq_after = opt && opt->dlq_after > 0 ? opt->dlq_after : 5;

@@ -4,7 +4,7 @@
  * outbox, not the bus, carries events across a crash.
  *
  * Single loop: publish, subscribe, ack and close must all run on the loop given to
- * tms_bus_local_new, and subscriber mailboxes must be consumed on that loop too.
+ * tms_local_bus_new, and subscriber mailboxes must be consumed on that loop too.
  * Completions run on a later iteration of that loop, never inside publish or ack. */
 #ifndef TMS_IO_BUS_LOCAL_H
 #define TMS_IO_BUS_LOCAL_H
@@ -13,12 +13,12 @@
 
 #include "core/event_bus.h"
 
-typedef struct tms_bus_local_options {
+typedef struct tms_local_bus_options {
     int dlq_after; /* attempts (permanent failures) before a copy is dead-lettered; 0: 5 */
     int retry_ms;  /* first redelivery back-off after a permanent failure, doubled per
                     * attempt; also the first probe back-off of a paused subscription;
                     * 0: 200 */
-} tms_bus_local_options_t;
+} tms_local_bus_options_t;
 
 /** Create a bus on loop; the event bus port, closed through its vtable
  * (core/port.h): publish and subscribe refused, then, once every publish is done
@@ -33,9 +33,9 @@ typedef struct tms_bus_local_options {
  * pending and publishes it again on its next round), and so does every copy for that
  * subscription published while it is paused, without reaching its mailbox, except
  * one probe once the back-off is over; the probe handled, it resumes. */
-tms_event_bus_t *tms_bus_local_new_with(uv_loop_t *loop, const tms_bus_local_options_t *opt);
+tms_event_bus_t *tms_local_bus_new_with(uv_loop_t *loop, const tms_local_bus_options_t *opt);
 
-/** tms_bus_local_new_with with the default options. */
-tms_event_bus_t *tms_bus_local_new(uv_loop_t *loop);
+/** tms_local_bus_new_with with the default options. */
+tms_event_bus_t *tms_local_bus_new(uv_loop_t *loop);
 
 #endif

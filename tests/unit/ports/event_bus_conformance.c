@@ -99,8 +99,8 @@ static tms_event_bus_t *new_bus(void)
     char ns[48], err[256] = "";
     tms_kafka_bus_t *kb;
     if (!kafka)
-        return tms_bus_local_new_with(&loop,
-                                      &(tms_bus_local_options_t){.dlq_after = 2, .retry_ms = 20});
+        return tms_local_bus_new_with(&loop,
+                                      &(tms_local_bus_options_t){.dlq_after = 2, .retry_ms = 20});
     snprintf(ns, sizeof(ns), "conf%d_%d_%u", (int)getpid(), ++nbus,
              (unsigned)(uv_hrtime() % 100000));
     if (mock) { /* the mock cluster has no admin API: its topics are made here */

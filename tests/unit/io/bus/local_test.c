@@ -131,7 +131,7 @@ static void test_two_groups_done_after_both_acks(void)
     result_t r = {0};
     const char payload[] = "{\"type\":\"task_assigned\",\"task_id\":\"42\"}";
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     CHECK_EQ_STR(bus->name, "local");
     consumer_init(&cs[0], &loop, "notifier", 8);
     consumer_init(&cs[1], &loop, "audit", 8);
@@ -191,7 +191,7 @@ static void test_nack(void)
     consumer_t cs[2];
     result_t r = {0};
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     consumer_init(&cs[0], &loop, "a", 8);
     consumer_init(&cs[1], &loop, "b", 8);
     bus->subscribe(bus, "notifications", "a", cs[0].mailbox);
@@ -216,7 +216,7 @@ static void test_no_subscribers_async(void)
     uv_loop_t loop;
     result_t r = {0};
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u1", "{}", 2, on_done, &r), 0);
     CHECK_EQ_INT(r.calls, 0); /* not inside publish */
     uv_run(&loop, UV_RUN_NOWAIT);
@@ -235,7 +235,7 @@ static void test_full_mailbox(void)
     consumer_t cs[2];
     result_t r1 = {0}, r2 = {0}, r3 = {0};
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     consumer_init(&cs[0], &loop, "roomy", 16);
     consumer_init(&cs[1], &loop, "tight", 1);
     bus->subscribe(bus, "notifications", "roomy", cs[0].mailbox);
@@ -260,7 +260,7 @@ static void test_full_mailbox(void)
     /* Refused by the only subscriber: the failure still arrives asynchronously. */
     tms_mailbox_close(cs[1].mailbox);
     close_bus(&loop, &bus);
-    bus = tms_bus_local_new(&loop);
+    bus = tms_local_bus_new(&loop);
     bus->subscribe(bus, "notifications", "tight", cs[1].mailbox);
     CHECK_EQ_INT(bus->publish(bus, "notifications", "3", "{}", 2, on_done, &r3), 0);
     CHECK_EQ_INT(r3.calls, 0);
@@ -277,7 +277,7 @@ static void test_order_per_subscriber(void)
     result_t r[10] = {{0}};
     char key[16], payload[32];
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     consumer_init(&cs[0], &loop, "a", 64);
     consumer_init(&cs[1], &loop, "b", 64);
     bus->subscribe(bus, "notifications", "a", cs[0].mailbox);
@@ -326,7 +326,7 @@ static void test_publish_from_done(void)
 {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     republished = 0;
     CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u", "{}", 2, on_done_republish, bus), 0);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -340,7 +340,7 @@ static void test_dropped_and_outstanding(void)
     consumer_t cs[2];
     result_t r1 = {0}, r2 = {0}, r3 = {0};
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     consumer_init(&cs[0], &loop, "held", 8);
     consumer_init(&cs[1], &loop, "gone", 8);
     bus->subscribe(bus, "notifications", "held", cs[0].mailbox);
@@ -394,7 +394,7 @@ static void test_transient_pauses_until_a_probe_is_handled(void)
     result_t r[8] = {{0}};
     uv_loop_init(&loop);
     tms_event_bus_t *bus =
-        tms_bus_local_new_with(&loop, &(tms_bus_local_options_t){.dlq_after = 2, .retry_ms = 20});
+        tms_local_bus_new_with(&loop, &(tms_local_bus_options_t){.dlq_after = 2, .retry_ms = 20});
     consumer_init(&c, &loop, "n", 8);
     bus->subscribe(bus, "notifications", "n", c.mailbox);
     uint64_t held0 = counter("tms_bus_held_back_total", "topic=\"notifications\",group=\"n\"");
@@ -460,7 +460,7 @@ static void test_permanent_redelivered_then_dead_lettered(void)
     result_t r = {0};
     uv_loop_init(&loop);
     tms_event_bus_t *bus =
-        tms_bus_local_new_with(&loop, &(tms_bus_local_options_t){.dlq_after = 3, .retry_ms = 10});
+        tms_local_bus_new_with(&loop, &(tms_local_bus_options_t){.dlq_after = 3, .retry_ms = 10});
     consumer_init(&c, &loop, "p", 8);
     bus->subscribe(bus, "user_deleted", "p", c.mailbox);
     uint64_t dead0 = counter("tms_bus_dead_lettered_total", "topic=\"user_deleted\",group=\"p\"");
