@@ -24,6 +24,7 @@
 #include "core/events.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/ops.h"
 #include "core/relay.h"
 #include "core/status.h"
 #include "core/user_cache.h"
@@ -843,6 +844,18 @@ static int open_tasks(server_t *s, const tms_config_t *cfg, tms_task_store_t **s
     return 0;
 }
 
+/* The services a gateway of this process serves over gRPC, as a set of owners (the
+ * grpc service's owners): all with the gateway role; without it, the roles run here
+ * (auth: AuthService, task: TaskService), served only in migration mode. */
+static unsigned serve_owners(const tms_config_t *cfg)
+{
+    unsigned m = cfg->server.role_mask;
+    if (m & TMS_ROLE_GATEWAY)
+        return 0;
+    return (m & TMS_ROLE_AUTH ? 1u << TMS_OWNER_AUTH : 0) |
+           (m & TMS_ROLE_TASK ? 1u << TMS_OWNER_TASK : 0);
+}
+
 /* Starts the stores, bus, mailer, relays and actors of the roles in server.roles for
  * one worker, and a proxy for each role another process runs; 0 or -1 (already said).
  *   gateway:  rate limits and routing (REST and public gRPC listen in start_worker)
@@ -979,7 +992,10 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
                          .per_assigner_per_hour = (uint32_t)cfg->notify.per_assigner_per_hour,
                          .per_recipient_per_hour = (uint32_t)cfg->notify.per_recipient_per_hour,
                      });
-    if (roles & TMS_ROLE_GATEWAY)
+    /* Migration mode (grpc.trusted_peers): a process without the gateway role gets a
+     * gateway of its own too, for the original services of its roles on grpc.addr
+     * (serve_owners); REST stays without the API there. */
+    if ((roles & TMS_ROLE_GATEWAY) || (cfg->grpc.trusted_peers[0] && serve_owners(cfg)))
         s->gateway = tms_gateway_start(
             s->loop,
             &(tms_gateway_config_t){
@@ -996,7 +1012,8 @@ static int start_parts(server_t *s, tms_config_t *cfg, const char *secret)
     events = s->primary ? s->primary->kafka : s->kafka;
     {
         tms_rest_config_t rc = {
-            .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+            .gateway =
+                s->gateway && (roles & TMS_ROLE_GATEWAY) ? tms_gateway_mailbox(s->gateway) : NULL,
             .users = users_store,
             .tasks = tasks_store,
             .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
@@ -1122,6 +1139,8 @@ static int start_worker(void *arg, tms_workers_t *w, int index, uv_loop_t *loop)
         s->grpc_api = tms_grpc_service_new(
             s->loop, &(tms_grpc_service_config_t){
                          .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+                         .owners = serve_owners(cfg),
+                         .trusted_peers = cfg->grpc.trusted_peers,
                          .service_token = split ? cfg->peers.secret : NULL,
                          .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
                          .task = split && s->task ? tms_task_actor_mailbox(s->task) : NULL,
@@ -1231,6 +1250,19 @@ static void on_started(void *arg, int nworkers)
                                                : "maildir",
                  sv->cfg->data.dir);
     sodium_memzero(sv->secret, sizeof(sv->secret)); /* every auth actor has its copy */
+    if (sv->cfg->grpc.trusted_peers[0] && s->grpc) {
+        char q[1100];
+        const char *tp = sv->cfg->grpc.trusted_peers;
+        unsigned o = serve_owners(sv->cfg);
+        tms_log_warn("trusted_peers",
+                     "trusted_peers=%s services=%s note=\"gRPC calls without a token from these "
+                     "addresses are served with the original system's semantics: no caller, no "
+                     "permission checks (migration only; see README)\"",
+                     tms_log_quote(q, sizeof(q), tp, strlen(tp)),
+                     o == 1u << TMS_OWNER_AUTH   ? "AuthService"
+                     : o == 1u << TMS_OWNER_TASK ? "TaskService"
+                                                 : "AuthService,TaskService");
+    }
 }
 
 static void on_stopping(void *arg, int signum)
