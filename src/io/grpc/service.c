@@ -443,6 +443,7 @@ tms_grpc_service_t *tms_grpc_service_new(uv_loop_t *loop, const tms_grpc_service
                                     labels);
         }
     }
+    svc->cfg.trusted_peers = NULL; /* parsed into svc->trusted; not kept */
     svc->routes = tms_calloc(nops + NOWN, sizeof(*svc->routes));
     for (size_t i = 0; i < nops; i++) {
         if (ops[i].grpc_method)

@@ -27,7 +27,7 @@ typedef struct tms_grpc_service_config {
     /* grpc.trusted_peers (core/cidr.h syntax, checked by config): a call without an
      * authorization header from one of these addresses is marked trusted_peer for
      * the gateway (core/ops.h legacy rules), logged with trusted_peer=<addr> and
-     * counted (tms_grpc_trusted_calls_total); NULL or "": none. Copied. */
+     * counted (tms_grpc_trusted_calls_total); NULL or "": none. Parsed at creation. */
     const char *trusted_peers;
     /* The internal service (/tms.internal.Actors/Call) of a split deployment: served
      * only when service_token is set, and only to callers presenting it in
