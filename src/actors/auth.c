@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/clock.h"
+#include "core/objectid.h"
 #include "core/events.h"
 #include "core/jwt.h"
 #include "core/log.h"

@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/clock.h"
+#include "core/objectid.h"
 #include "core/events.h"
 #include "core/log.h"
 #include "core/metrics.h"
@@ -22,7 +23,7 @@
 struct tms_task_actor {
     uv_loop_t *loop;
     tms_mailbox_t *mailbox;
-    tms_task_actor_config_t cfg;
+    tms_task_config_t cfg;
     size_t inflight;
     tms_stopper_t stop;
     tms_counter_t *saga_unassigned, *saga_compensated, *saga_failed;
@@ -789,7 +790,7 @@ static void on_message(void *owner, tms_msg_t *msg)
     run_call(job);
 }
 
-tms_task_actor_t *tms_task_actor_start(uv_loop_t *loop, const tms_task_actor_config_t *cfg)
+tms_task_actor_t *tms_task_start(uv_loop_t *loop, const tms_task_config_t *cfg)
 {
     tms_task_actor_t *a = tms_new(tms_task_actor_t);
     a->loop = loop;
@@ -807,17 +808,17 @@ tms_task_actor_t *tms_task_actor_start(uv_loop_t *loop, const tms_task_actor_con
     return a;
 }
 
-tms_mailbox_t *tms_task_actor_mailbox(tms_task_actor_t *a)
+tms_mailbox_t *tms_task_mailbox(tms_task_actor_t *a)
 {
     return a->mailbox;
 }
 
-size_t tms_task_actor_inflight(tms_task_actor_t *a)
+size_t tms_task_inflight(tms_task_actor_t *a)
 {
     return a->inflight;
 }
 
-void tms_task_actor_free(tms_task_actor_t **pa)
+void tms_task_free(tms_task_actor_t **pa)
 {
     tms_task_actor_t *a = *pa;
     if (!a)

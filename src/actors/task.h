@@ -15,31 +15,32 @@
 #include "core/relay.h"
 #include "core/task_store.h"
 
+/* The actor (tms_task_t is a task, core/task.h). */
 typedef struct tms_task_actor tms_task_actor_t;
 
-typedef struct tms_task_actor_config {
+typedef struct tms_task_config {
     size_t mailbox_capacity;
     tms_task_store_t *tasks; /* borrowed */
     tms_outbox_t *outbox;    /* the task store's outbox and inbox; borrowed */
     tms_mailbox_t *auth;     /* for "does this assignee exist" */
     tms_event_bus_t *bus;    /* user_deleted arrives through it */
     tms_relay_t *relay;      /* kicked after writes with events */
-} tms_task_actor_config_t;
+} tms_task_config_t;
 
 /** Start the actor on loop and subscribe it to user_deleted (group task-group).
  * Never NULL. */
-tms_task_actor_t *tms_task_actor_start(uv_loop_t *loop, const tms_task_actor_config_t *cfg);
+tms_task_actor_t *tms_task_start(uv_loop_t *loop, const tms_task_config_t *cfg);
 
 /** Where the gateway posts task calls (msg.op = TMS_STAGE_EXECUTE). */
-tms_mailbox_t *tms_task_actor_mailbox(tms_task_actor_t *actor);
+tms_mailbox_t *tms_task_mailbox(tms_task_actor_t *actor);
 
 /* The actor stops on a stop message (tms_stop_send, core/mailbox.h): calls and
- * deliveries it holds finish first; tms_task_actor_free once it replied. */
+ * deliveries it holds finish first; tms_task_free once it replied. */
 
 /** Calls and deliveries being worked on. */
-size_t tms_task_actor_inflight(tms_task_actor_t *actor);
+size_t tms_task_inflight(tms_task_actor_t *actor);
 
 /** Free once stopped, or once nothing is in flight. Sets *actor NULL. */
-void tms_task_actor_free(tms_task_actor_t **actor);
+void tms_task_free(tms_task_actor_t **actor);
 
 #endif

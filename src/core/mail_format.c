@@ -11,7 +11,7 @@
 #include <time.h>
 
 #include "core/alloc.h"
-#include "core/mailer.h"
+#include "core/mail_format.h"
 
 typedef struct sbuf {
     char *p;

@@ -51,11 +51,4 @@ static inline int tms_mailer_submit(tms_mailer_t *m, tms_mail_t **mail)
     return m->submit(m, mail);
 }
 
-/** Render mail as an RFC 5322 message with CRLF line ends: Date, From, To, Subject
- * (RFC 2047 encoded when not ASCII), Message-ID <event_id@domain>, MIME-Version and
- * a multipart/alternative text + HTML body (quoted-printable). Returns heap text, or
- * NULL when a header value would carry CR, LF or another control character (header
- * injection) or an address is not a plain addr-spec. */
-char *tms_mail_render(const tms_mail_t *mail, const char *from, const char *domain, size_t *len);
-
 #endif

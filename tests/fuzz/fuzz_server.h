@@ -1,12 +1,13 @@
 /* Shared by the HTTP-level fuzz harnesses (http_fuzz.c, rest_fuzz.c, http_tls_fuzz.c):
- * the whole server in this process (llhttp and http1.c, the REST adapter, the gateway,
- * auth and task actors, notifier, relay, on an in-memory SQLite store), listening on
- * 127.0.0.1, and a client that sends bytes on a fresh connection and reads the answer
- * to the end. With fuzz_tls_server set before the first input the listener speaks TLS
- * and the client does a TLS handshake (io/tls's client engine) and sends the bytes as
- * application data, then close_notify; with fuzz_raw_tls it sends them as they are
- * (TLS records straight at the server's handshake). Header-only (static functions) so
- * that each harness stays one file. */
+ * the server of `tms serve` in this process (server/server.h: the same assembly, every
+ * role, on an in-memory SQLite store), listening on a free port of 127.0.0.1 and
+ * nowhere else, and a client that sends bytes on a fresh connection and reads the
+ * answer to the end. With fuzz_tls_cert and fuzz_tls_key set before the first input
+ * the server's listener speaks TLS (http.tls_cert, http.tls_key), and with
+ * fuzz_tls_client the client does a TLS handshake (io/tls's client engine) and sends
+ * the bytes as application data, then close_notify; with fuzz_raw_tls it sends them as
+ * they are (TLS records straight at the server's handshake). Header-only (static
+ * functions) so that each harness stays one file. */
 #ifndef TMS_FUZZ_SERVER_H
 #define TMS_FUZZ_SERVER_H
 
@@ -24,30 +25,21 @@
 #include <sodium.h>
 #include <uv.h>
 
-#include "actors/auth.h"
-#include "actors/gateway.h"
-#include "actors/notifier.h"
-#include "actors/task.h"
+#include "core/config.h"
 #include "core/log.h"
-#include "core/relay.h"
-#include "core/workpool.h"
-#include "io/bus/local.h"
-#include "io/http/http1.h"
-#include "io/mail/maildir.h"
-#include "io/http/rest.h"
-#include "io/store/sqlite/sqlite.h"
 #include "io/tls/tls.h"
-
-static const char KEY[] = "0123456789abcdef0123456789abcdef-fuzz-key";
+#include "server/server.h"
 
 static uv_loop_t *loop;
+static tms_server_t *fuzz_srv;
 static tms_http_server_t *http;
 static tms_rest_t *rest;
 static int port;
 static char token[1024];
 static unsigned users_made;
 static int need_token = 1;
-static tms_tls_ctx_t *fuzz_tls_server, *fuzz_tls_client;
+static const char *fuzz_tls_cert, *fuzz_tls_key; /* the server's, when set */
+static tms_tls_ctx_t *fuzz_tls_client;
 static int fuzz_raw_tls;
 
 /* One client connection: writes out, half-closes, reads everything into in. */
@@ -262,7 +254,7 @@ static void new_token(void)
     need_token = 0;
 }
 
-static char maildir[] = "/tmp/tms-http-fuzz.XXXXXX";
+static char data_dir[] = "/tmp/tms-http-fuzz.XXXXXX";
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -271,90 +263,86 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 }
 
 /* The mails the notifier wrote during the run go with the process. */
-static void remove_maildir(void)
+static void remove_data_dir(void)
 {
-    nftw(maildir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    nftw(data_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void set(tms_config_t *cfg, const char *assignment)
+{
+    char err[512];
+    if (tms_config_set(cfg, assignment, err, sizeof err) != 0) {
+        fprintf(stderr, "fuzz: %s\n", err);
+        abort();
+    }
+}
+
+/* Defaults but for what a fuzzer needs: stores in memory, a free port, a fresh key,
+ * the cheapest password hash and no rate limits (every input comes from one
+ * address), short timeouts. */
+static void configure(tms_config_t *cfg)
+{
+    static const char *const sets[] = {
+        "http.addr=127.0.0.1:0",
+        "users.url=sqlite://:memory:",
+        "tasks.url=sqlite://:memory:",
+        "auth.argon2_opslimit=1",
+        "auth.argon2_memlimit_kib=8",
+        "auth.hash_threads=1",
+        "auth.hash_queue=1024",
+        "auth.hash_per_address=0",
+        "ratelimit.api_per_minute=0",
+        "ratelimit.login_per_15min=0",
+        "ratelimit.task_create_per_hour=0",
+        "notify.per_assigner_per_hour=0",
+        "notify.per_recipient_per_hour=0",
+        "http.head_timeout=2",
+        "http.idle_timeout=2",
+        "server.request_timeout=5",
+        NULL,
+    };
+    char buf[1200], err[512];
+    unsigned char raw[32];
+    tms_config_defaults(cfg);
+    for (int i = 0; sets[i]; i++)
+        set(cfg, sets[i]);
+    snprintf(buf, sizeof buf, "data.dir=%s", data_dir);
+    set(cfg, buf);
+    snprintf(buf, sizeof buf, "mail.url=maildir://%s/mail", data_dir);
+    set(cfg, buf);
+    if (fuzz_tls_cert) {
+        snprintf(buf, sizeof buf, "http.tls_cert=%s", fuzz_tls_cert);
+        set(cfg, buf);
+        snprintf(buf, sizeof buf, "http.tls_key=%s", fuzz_tls_key);
+        set(cfg, buf);
+        set(cfg, "http.tls_handshake_timeout=2");
+    }
+    randombytes_buf(raw, sizeof raw);
+    strcpy(buf, "auth.jwt_secret=");
+    sodium_bin2hex(buf + strlen(buf), sizeof buf - strlen(buf), raw, sizeof raw);
+    set(cfg, buf);
+    if (tms_config_finish(cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "fuzz: %s\n", err);
+        abort();
+    }
 }
 
 static void start(void)
 {
-    char err[256];
-    tms_sqlite_t *db;
-    tms_event_bus_t *bus;
-    tms_workpool_t *mail_pool, *hashers;
-    tms_mailer_t *mailer;
-    tms_relay_t *relay;
-    tms_auth_t *auth;
-    tms_task_actor_t *task;
-    tms_gateway_t *gateway;
-    tms_http_limits_t limits;
-
+    static tms_config_t cfg;
     signal(SIGPIPE, SIG_IGN);
-    if (sodium_init() < 0 || !mkdtemp(maildir))
+    if (sodium_init() < 0 || !mkdtemp(data_dir))
         abort();
-    atexit(remove_maildir);
+    atexit(remove_data_dir);
     tms_log_set_level(getenv("TMS_FUZZ_LOG") ? TMS_LOG_DEBUG : TMS_LOG_ERROR + 1);
+    configure(&cfg);
     loop = uv_default_loop();
-    db = tms_sqlite_open(loop, ":memory:", 1024, err, sizeof err);
-    if (!db) {
-        fprintf(stderr, "http_fuzz: %s\n", err);
+    fuzz_srv = tms_server_start(loop, &cfg, &(tms_server_options_t){.http_only = true});
+    if (!fuzz_srv)
         abort();
-    }
-    bus = tms_bus_local_new(loop);
-    mail_pool = tms_workpool_new("mail", 1, 1024);
-    mailer = tms_maildir_new(loop, maildir, "tms@example.com", "example.com", mail_pool, err,
-                             sizeof err);
-    if (!mailer)
-        abort();
-    relay = tms_relay_new(loop, tms_sqlite_outbox(db), bus, 1000);
-    hashers = tms_workpool_new("hash", 1, 1024);
-    auth = tms_auth_start(loop,
-                          &(tms_auth_config_t){
-                              .jwt_key = (const unsigned char *)KEY,
-                              .jwt_key_len = strlen(KEY),
-                              .issuer = "tms",
-                              .token_ttl = 3600,
-                              .argon2_opslimit = crypto_pwhash_OPSLIMIT_MIN,
-                              .argon2_memlimit = crypto_pwhash_MEMLIMIT_MIN,
-                              .mailbox_capacity = 1024,
-                              .user_cache_ms = 1000,
-                              .bus = bus,
-                              .inbox = tms_sqlite_outbox(db),
-                              .relay = relay,
-                          },
-                          tms_sqlite_user_store(db), hashers);
-    task = tms_task_actor_start(loop, &(tms_task_actor_config_t){
-                                          .mailbox_capacity = 1024,
-                                          .tasks = tms_sqlite_task_store(db),
-                                          .outbox = tms_sqlite_outbox(db),
-                                          .auth = tms_auth_mailbox(auth),
-                                          .bus = bus,
-                                          .relay = relay,
-                                      });
-    tms_notifier_start(loop, &(tms_notifier_config_t){
-                                 .mailbox_capacity = 1024,
-                                 .mailer = mailer,
-                                 .inbox = tms_sqlite_outbox(db),
-                                 .auth = tms_auth_mailbox(auth),
-                                 .bus = bus,
-                             });
-    gateway = tms_gateway_start(loop, &(tms_gateway_config_t){.mailbox_capacity = 1024},
-                                tms_auth_mailbox(auth), tms_task_actor_mailbox(task));
-    rest = tms_rest_new(loop, &(tms_rest_config_t){
-                                  .gateway = tms_gateway_mailbox(gateway),
-                                  .users = tms_sqlite_user_store(db),
-                                  .tasks = tms_sqlite_task_store(db),
-                                  .call_timeout_ms = 5000,
-                              });
-    tms_http_limits_default(&limits);
-    limits.head_timeout_ms = 2000;
-    limits.idle_timeout_ms = 2000;
-    limits.tls = fuzz_tls_server;
-    limits.tls_handshake_timeout_ms = 2000;
-    http = tms_http_server_new(loop, &limits, tms_rest_handle, rest);
-    if (tms_http_server_listen(http, "127.0.0.1:0") != 0)
-        abort();
-    port = tms_http_server_port(http);
+    http = tms_server_http(fuzz_srv);
+    rest = tms_server_rest(fuzz_srv);
+    port = tms_server_http_port(fuzz_srv);
 }
 
 /* Start the server once; then make sure token[] holds a live token (inputs that hit

@@ -325,7 +325,7 @@ static void bus_close(tms_event_bus_t *self, tms_port_closed_fn cb, void *ctx)
     maybe_release(bus); /* the handle's close callback runs cb: never inside close */
 }
 
-tms_event_bus_t *tms_bus_local_new(uv_loop_t *loop)
+tms_event_bus_t *tms_local_bus_new(uv_loop_t *loop)
 {
     bus_t *bus = tms_new(bus_t);
     bus->base.name = "local";

@@ -4,7 +4,7 @@
  * outbox, not the bus, carries events across a crash.
  *
  * Single loop: publish, subscribe, ack and close must all run on the loop given to
- * tms_bus_local_new, and subscriber mailboxes must be consumed on that loop too.
+ * tms_local_bus_new, and subscriber mailboxes must be consumed on that loop too.
  * Completions run on a later iteration of that loop, never inside publish or ack. */
 #ifndef TMS_IO_BUS_LOCAL_H
 #define TMS_IO_BUS_LOCAL_H
@@ -17,6 +17,6 @@
  * (core/port.h): publish and subscribe refused, then, once every publish is done
  * (every copy acknowledged, nacked, or freed with its mailbox), the bus is freed and
  * cb runs. Never NULL. */
-tms_event_bus_t *tms_bus_local_new(uv_loop_t *loop);
+tms_event_bus_t *tms_local_bus_new(uv_loop_t *loop);
 
 #endif

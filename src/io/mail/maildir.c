@@ -27,6 +27,7 @@
 
 #include "core/alloc.h"
 #include "core/log.h"
+#include "core/mail_format.h"
 #include "core/metrics.h"
 
 /* Maildir convention: files left in tmp/ this long by a crash are garbage. */

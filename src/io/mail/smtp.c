@@ -40,6 +40,7 @@
 #include "core/alloc.h"
 #include "core/breaker.h"
 #include "core/log.h"
+#include "core/mail_format.h"
 #include "core/metrics.h"
 #include "io/mail/dlq.h"
 

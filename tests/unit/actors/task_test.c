@@ -115,7 +115,7 @@ static tms_api_call_t *run(env_t *e, tms_api_call_t *call, const char *as, const
     msg->reply_to = e->replies;
     msg->cont = on_reply;
     done_call = NULL;
-    CHECK_EQ_INT(tms_mailbox_post(tms_task_actor_mailbox(e->actor), &msg), 0);
+    CHECK_EQ_INT(tms_mailbox_post(tms_task_mailbox(e->actor), &msg), 0);
     while (!done_call)
         uv_run(&e->loop, UV_RUN_ONCE);
     return done_call;
@@ -177,11 +177,11 @@ static void test_rules(void)
     uv_loop_init(&e.loop);
     e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth, NULL);
     e.replies = tms_mailbox_new(&e.loop, "replies", 1, NULL, NULL);
-    e.actor = tms_task_actor_start(&e.loop, &(tms_task_actor_config_t){
-                                                .mailbox_capacity = 16,
-                                                .tasks = &e.store.port,
-                                                .auth = e.auth,
-                                            });
+    e.actor = tms_task_start(&e.loop, &(tms_task_config_t){
+                                          .mailbox_capacity = 16,
+                                          .tasks = &e.store.port,
+                                          .auth = e.auth,
+                                      });
 
     /* create: an event only with an assignee, who must exist */
     CHECK_EQ_INT(create(&e, ALICE, NULL), TMS_OK);
@@ -219,7 +219,7 @@ static void test_rules(void)
     CHECK_EQ_INT(delete (&e, 1, ALICE, "user"), TMS_NOT_FOUND);
     CHECK_EQ_INT(delete (&e, 2, ALICE, "user"), TMS_OK);
 
-    tms_task_actor_free(&e.actor);
+    tms_task_free(&e.actor);
     tms_mailbox_free(&e.auth);
     tms_mailbox_free(&e.replies);
     uv_run(&e.loop, UV_RUN_DEFAULT);
@@ -259,11 +259,11 @@ static void test_stop_finishes_what_it_holds(void)
     uv_loop_init(&e.loop);
     e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth_held, NULL);
     e.replies = tms_mailbox_new(&e.loop, "replies", 4, NULL, NULL);
-    e.actor = tms_task_actor_start(&e.loop, &(tms_task_actor_config_t){
-                                                .mailbox_capacity = 16,
-                                                .tasks = &e.store.port,
-                                                .auth = e.auth,
-                                            });
+    e.actor = tms_task_start(&e.loop, &(tms_task_config_t){
+                                          .mailbox_capacity = 16,
+                                          .tasks = &e.store.port,
+                                          .auth = e.auth,
+                                      });
     /* a create with an assignee waits for auth */
     c = tms_api_call_new(TMS_API_TASK_CREATE);
     c->title = tms_strdup("held");
@@ -278,16 +278,16 @@ static void test_stop_finishes_what_it_holds(void)
     msg->cont = on_reply;
     done_call = NULL;
     held_auth = NULL;
-    CHECK_EQ_INT(tms_mailbox_post(tms_task_actor_mailbox(e.actor), &msg), 0);
+    CHECK_EQ_INT(tms_mailbox_post(tms_task_mailbox(e.actor), &msg), 0);
     for (int i = 0; i < 100 && !held_auth && !done_call; i++)
         uv_run(&e.loop, UV_RUN_NOWAIT);
     CHECK(held_auth != NULL);
     if (!held_auth)
         return;
-    CHECK_EQ_INT(tms_task_actor_inflight(e.actor), 1);
+    CHECK_EQ_INT(tms_task_inflight(e.actor), 1);
 
     stopped = 0;
-    CHECK_EQ_INT(tms_stop_send(tms_task_actor_mailbox(e.actor), e.replies, on_stopped, NULL), 0);
+    CHECK_EQ_INT(tms_stop_send(tms_task_mailbox(e.actor), e.replies, on_stopped, NULL), 0);
     for (int i = 0; i < 5; i++)
         uv_run(&e.loop, UV_RUN_NOWAIT);
     CHECK_EQ_INT(stopped, 0); /* the create is still in flight */
@@ -314,14 +314,14 @@ static void test_stop_finishes_what_it_holds(void)
     CHECK_EQ_INT(e.store.n, 1);
     tms_api_call_free(&done_call);
     CHECK_EQ_INT(stopped, 1);
-    CHECK_EQ_INT(tms_task_actor_inflight(e.actor), 0);
+    CHECK_EQ_INT(tms_task_inflight(e.actor), 0);
     /* stopped: its mailbox takes nothing more */
     late = tms_api_call_new(TMS_API_TASK_GET);
     msg = &late->msg;
-    CHECK_EQ_INT(tms_mailbox_post(tms_task_actor_mailbox(e.actor), &msg), -TMS_ECLOSED);
+    CHECK_EQ_INT(tms_mailbox_post(tms_task_mailbox(e.actor), &msg), -TMS_ECLOSED);
     tms_api_call_free(&late);
 
-    tms_task_actor_free(&e.actor);
+    tms_task_free(&e.actor);
     tms_mailbox_free(&e.auth);
     tms_mailbox_free(&e.replies);
     uv_run(&e.loop, UV_RUN_DEFAULT);

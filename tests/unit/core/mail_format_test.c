@@ -7,7 +7,7 @@
 #include <strings.h>
 
 #include "core/alloc.h"
-#include "core/mailer.h"
+#include "core/mail_format.h"
 #include "test.h"
 
 #define EVENT_ID "0f8fad5b-d9cb-469f-a165-70867728950e"

@@ -1,6 +1,6 @@
 /* Worker threads: worker 0 starts alone before the others, each worker runs its own
  * loop on its own thread, SIGTERM stops every worker (worker 0 last here, the way
- * main.c orders it), a failed start stops the started ones, and n is bounded. */
+ * src/server/shutdown.c orders it), a failed start stops the started ones, and n is bounded. */
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>

@@ -97,7 +97,7 @@ static tms_event_bus_t *new_bus(void)
     char ns[48], err[256] = "";
     tms_kafka_bus_t *kb;
     if (!kafka)
-        return tms_bus_local_new(&loop);
+        return tms_local_bus_new(&loop);
     snprintf(ns, sizeof(ns), "conf%d_%d_%u", (int)getpid(), ++nbus,
              (unsigned)(uv_hrtime() % 100000));
     if (mock) { /* the mock cluster has no admin API: its topics are made here */

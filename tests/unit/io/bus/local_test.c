@@ -101,7 +101,7 @@ static void test_two_groups_done_after_both_acks(void)
     result_t r = {0};
     const char payload[] = "{\"type\":\"task_assigned\",\"task_id\":\"42\"}";
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     CHECK_EQ_STR(bus->name, "local");
     consumer_init(&cs[0], &loop, "notifier", 8);
     consumer_init(&cs[1], &loop, "audit", 8);
@@ -161,7 +161,7 @@ static void test_nack(void)
     consumer_t cs[2];
     result_t r = {0};
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     consumer_init(&cs[0], &loop, "a", 8);
     consumer_init(&cs[1], &loop, "b", 8);
     bus->subscribe(bus, "notifications", "a", cs[0].mailbox);
@@ -186,7 +186,7 @@ static void test_no_subscribers_async(void)
     uv_loop_t loop;
     result_t r = {0};
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u1", "{}", 2, on_done, &r), 0);
     CHECK_EQ_INT(r.calls, 0); /* not inside publish */
     uv_run(&loop, UV_RUN_NOWAIT);
@@ -205,7 +205,7 @@ static void test_full_mailbox(void)
     consumer_t cs[2];
     result_t r1 = {0}, r2 = {0}, r3 = {0};
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     consumer_init(&cs[0], &loop, "roomy", 16);
     consumer_init(&cs[1], &loop, "tight", 1);
     bus->subscribe(bus, "notifications", "roomy", cs[0].mailbox);
@@ -230,7 +230,7 @@ static void test_full_mailbox(void)
     /* Refused by the only subscriber: the failure still arrives asynchronously. */
     tms_mailbox_close(cs[1].mailbox);
     close_bus(&loop, &bus);
-    bus = tms_bus_local_new(&loop);
+    bus = tms_local_bus_new(&loop);
     bus->subscribe(bus, "notifications", "tight", cs[1].mailbox);
     CHECK_EQ_INT(bus->publish(bus, "notifications", "3", "{}", 2, on_done, &r3), 0);
     CHECK_EQ_INT(r3.calls, 0);
@@ -247,7 +247,7 @@ static void test_order_per_subscriber(void)
     result_t r[10] = {{0}};
     char key[16], payload[32];
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     consumer_init(&cs[0], &loop, "a", 64);
     consumer_init(&cs[1], &loop, "b", 64);
     bus->subscribe(bus, "notifications", "a", cs[0].mailbox);
@@ -296,7 +296,7 @@ static void test_publish_from_done(void)
 {
     uv_loop_t loop;
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     republished = 0;
     CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u", "{}", 2, on_done_republish, bus), 0);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -310,7 +310,7 @@ static void test_dropped_and_outstanding(void)
     consumer_t cs[2];
     result_t r1 = {0}, r2 = {0}, r3 = {0};
     uv_loop_init(&loop);
-    tms_event_bus_t *bus = tms_bus_local_new(&loop);
+    tms_event_bus_t *bus = tms_local_bus_new(&loop);
     consumer_init(&cs[0], &loop, "held", 8);
     consumer_init(&cs[1], &loop, "gone", 8);
     bus->subscribe(bus, "notifications", "held", cs[0].mailbox);
