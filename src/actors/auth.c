@@ -301,14 +301,17 @@ static int check_credentials(tms_auth_t *auth, tms_api_call_t *call)
 
 static void issue_token(tms_auth_t *auth, tms_api_call_t *call)
 {
-    call->token =
+    char *token =
         tms_jwt_sign(auth->key, auth->key_len, auth->issuer, call->user.id, call->user.role,
                      call->user.token_version, tms_now_ms() / 1000, auth->token_ttl);
-    if (!call->token) {
+    if (!token) {
         tms_log_error("jwt_sign_failed", "user=%s", call->user.id);
         fail(auth, call, TMS_INTERNAL, "internal error");
         return;
     }
+    call->token = tms_api_call_strdup(call, token); /* the call's strings are in its arena */
+    sodium_memzero(token, strlen(token));
+    free(token);
     finish(auth, call);
 }
 

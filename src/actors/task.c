@@ -29,7 +29,8 @@ struct tms_task_actor {
     tms_counter_t *saga_unassigned, *saga_compensated, *saga_failed;
 };
 
-/* One call (or one delivery) in progress. */
+/* One call (or one delivery) in progress. A call's job lives in the call's arena, with
+ * the store operations it sends, and goes with the call; a delivery's is on the heap. */
 typedef struct job job_t;
 typedef void (*step_fn)(job_t *job, tms_task_op_t *op);
 struct job {
@@ -51,9 +52,8 @@ static void finish(job_t *job)
 {
     tms_task_actor_t *a = job->a;
     a->inflight--;
-    tms_task_dispose(&job->current);
+    /* The job is in the call's arena: answered, the call is its adapter's again. */
     tms_mailbox_reply(&job->call->msg);
-    free(job);
     tms_stopper_check(&a->stop, a->mailbox, a->inflight);
 }
 
@@ -75,24 +75,20 @@ static void on_store_reply(tms_msg_t *msg)
 {
     tms_task_op_t *op = (tms_task_op_t *)msg;
     job_t *job = msg->ctx;
+    /* An op in the call's arena goes with the call, which then() may answer: only an
+     * op with an arena of its own (a delivery's) is freed here, and that is known
+     * before. */
+    tms_task_op_t *own = op->arena == &op->own ? op : NULL;
     job->then(job, op);
-    tms_task_op_free(&op);
-}
-
-static void free_task_op(tms_msg_t *msg)
-{
-    tms_task_op_t *op = (tms_task_op_t *)msg;
-    tms_task_op_free(&op);
+    tms_task_op_free(&own);
 }
 
 static tms_task_op_t *new_op(job_t *job, tms_task_op_kind_t kind, step_fn then)
 {
-    tms_task_op_t *op = tms_new(tms_task_op_t);
-    op->msg.op = (int)kind;
+    tms_task_op_t *op = tms_task_op_new(kind, job->call ? &job->call->arena : NULL);
     op->msg.reply_to = job->a->mailbox;
     op->msg.cont = on_store_reply;
     op->msg.ctx = job;
-    op->msg.free_fn = free_task_op;
     job->then = then;
     return op;
 }
@@ -240,8 +236,8 @@ static void create_store(job_t *job)
     tms_api_call_t *call = job->call;
     tms_task_op_t *op = new_op(job, TMS_TASK_CREATE, created);
     int64_t now = tms_now_ms();
-    op->task.title = tms_strdup(call->title);
-    op->task.description = tms_strdup(call->description);
+    op->task.title = call->title; /* the op lives in the call's arena: no copies */
+    op->task.description = call->description;
     snprintf(op->task.status, sizeof(op->task.status), "%s", call->status ? call->status : "open");
     snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s",
              call->assigned_to ? call->assigned_to : "");
@@ -336,7 +332,7 @@ static void listed(job_t *job, tms_task_op_t *op)
     op->tasks = NULL;
     op->ntasks = 0;
     if (op->has_more && call->ntasks > 0)
-        call->next_cursor = tms_task_cursor_encode(call->tasks[call->ntasks - 1].id);
+        call->next_cursor = tms_task_cursor_encode(&call->arena, call->tasks[call->ntasks - 1].id);
     finish(job);
 }
 
@@ -385,7 +381,6 @@ static int version_conflict(job_t *job, tms_task_op_t *op)
     /* Someone changed the task between our read and write; the client asked for no
      * particular version, so read again and re-apply. */
     if (++job->attempts < MAX_ATTEMPTS) {
-        tms_task_dispose(&job->current);
         read_current(job);
     } else {
         fail(job, TMS_UNAVAILABLE, "task %" PRId64 " is changing too often, retry",
@@ -425,11 +420,11 @@ static void update_store(job_t *job)
     op->task.updated_at_ms = tms_now_ms();
     if (call->title) {
         op->set_title = true;
-        op->task.title = tms_strdup(call->title);
+        op->task.title = call->title;
     }
     if (call->description) {
         op->set_description = true;
-        op->task.description = tms_strdup(call->description);
+        op->task.description = call->description;
     }
     if (call->status) {
         op->set_status = true;
@@ -668,14 +663,16 @@ static void on_user_deleted(tms_task_actor_t *a, tms_delivery_t *d)
 
 /* ---- dispatch ---------------------------------------------------------- */
 
-/* True (and the call answered) when nobody waits for it any more: checked before
- * every store operation of a call, so an abandoned call does no more I/O. */
-static bool abandoned(job_t *job)
+/* True (and the call answered, *op freed first: it may be in the call's arena) when
+ * nobody waits for the call any more: checked before every store operation of a
+ * call, so an abandoned call does no more I/O. */
+static bool abandoned(job_t *job, tms_task_op_t **op)
 {
     const char *why;
     tms_status_t code;
     if (!job->call || !tms_api_call_abandoned(job->call, uv_now(job->a->loop)))
         return false;
+    tms_task_op_free(op);
     code = tms_api_abandoned_status(job->call, &why);
     tms_log_debug("call_abandoned", "rid=%s op=%s why=%s", job->call->request_id,
                   tms_api_op_name(job->call->op), why);
@@ -685,10 +682,8 @@ static bool abandoned(job_t *job)
 
 static void submit(job_t *job, tms_task_op_t *op)
 {
-    if (abandoned(job)) {
-        tms_task_op_free(&op);
+    if (abandoned(job, &op))
         return;
-    }
     if (tms_task_store_submit(job->a->cfg.tasks, &op) == 0)
         return;
     tms_task_op_free(&op);
@@ -775,7 +770,7 @@ static void on_message(void *owner, tms_msg_t *msg)
             on_user_deleted(a, d);
         return;
     }
-    job = tms_new(job_t);
+    job = tms_arena_calloc(&((tms_api_call_t *)msg)->arena, 1, sizeof(*job));
     job->a = a;
     job->call = (tms_api_call_t *)msg;
     a->inflight++;

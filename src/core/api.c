@@ -1,6 +1,7 @@
 #include "core/api.h"
 
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,18 +18,24 @@ static void free_msg(tms_msg_t *msg)
 
 tms_api_call_t *tms_api_call_new(tms_api_op_t op)
 {
-    tms_api_call_t *call = tms_new(tms_api_call_t);
+    tms_api_call_t *call = tms_malloc(sizeof(*call));
+    /* The arena's chunk is not zeroed: every allocation from it is written first. */
+    memset(call, 0, offsetof(tms_api_call_t, arena_first));
+    tms_arena_init(&call->arena, call->arena_first, sizeof(call->arena_first));
     call->op = op;
     call->msg.free_fn = free_msg;
     return call;
 }
 
-static void free_secret(char *s)
+char *tms_api_call_strdup(tms_api_call_t *call, const char *s)
 {
-    if (!s)
-        return;
-    sodium_memzero(s, strlen(s));
-    free(s);
+    return s ? tms_arena_strdup(&call->arena, s) : NULL;
+}
+
+static void wipe(char *s)
+{
+    if (s)
+        sodium_memzero(s, strlen(s));
 }
 
 void tms_api_call_free(tms_api_call_t **pcall)
@@ -37,40 +44,19 @@ void tms_api_call_free(tms_api_call_t **pcall)
     if (!call)
         return;
     *pcall = NULL;
-    free_secret(call->bearer);
-    free(call->email);
-    free_secret(call->password);
-    free_secret(call->token);
-    free(call->title);
-    free(call->description);
-    free(call->status);
-    free(call->assigned_to);
-    free(call->idempotency_key);
-    free(call->cursor);
-    free(call->next_cursor);
-    tms_task_dispose(&call->task);
-    for (size_t i = 0; i < call->ntasks; i++)
-        tms_task_dispose(&call->tasks[i]);
-    free(call->tasks);
-    tms_api_cancel_release(&call->cancel);
+    wipe(call->bearer);
+    wipe(call->password);
+    wipe(call->token);
     sodium_memzero(call->user.password_hash, sizeof(call->user.password_hash));
+    tms_arena_fini(&call->arena);
     free(call);
 }
 
 tms_api_cancel_t *tms_api_cancel_attach(tms_api_call_t *call)
 {
     if (!call->cancel)
-        call->cancel = tms_new(tms_api_cancel_t);
-    call->cancel->refs = 2; /* the call's and the adapter's */
+        call->cancel = tms_arena_calloc(&call->arena, 1, sizeof(*call->cancel));
     return call->cancel;
-}
-
-void tms_api_cancel_release(tms_api_cancel_t **pc)
-{
-    tms_api_cancel_t *c = *pc;
-    *pc = NULL;
-    if (c && --c->refs == 0)
-        free(c);
 }
 
 bool tms_api_call_abandoned(const tms_api_call_t *call, uint64_t now_ms)

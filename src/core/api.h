@@ -5,19 +5,31 @@
  *
  * Ownership: the adapter allocates a call with tms_api_call_new, posts it to the
  * gateway with reply_to/cont set, and frees it with tms_api_call_free when the reply
- * arrives. Actors forward the same call and reply with it; strings are owned by
- * the call. */
+ * arrives. Actors forward the same call and reply with it.
+ *
+ * Memory: one arena per call (core/arena.h), whose first chunk is inside the call, so
+ * that a typical call is one malloc. Every string and array the call points to lives
+ * in it: the arguments the adapter decodes, the results, and what the actors allocate
+ * while they serve the call (their job state, the store operations they send, which
+ * the stores fill in the same arena). tms_api_call_free wipes the secrets and
+ * releases it all at once. Whoever holds the call may allocate from call->arena;
+ * while a store operation that borrowed it is out, nobody else does. */
 #ifndef TMS_CORE_API_H
 #define TMS_CORE_API_H
 
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/arena.h"
 #include "core/mailbox.h"
 #include "core/ops.h"
 #include "core/status.h"
 #include "core/task.h"
 #include "core/user_store.h"
+
+/* Bytes of arena inside every call: room for a GET's or a create's strings, job and
+ * store operation (more chains heap chunks). */
+#define TMS_API_CALL_ARENA 4096
 
 /* Where the call is in its route: the gateway sets it before each hop. */
 typedef enum tms_api_stage {
@@ -41,10 +53,9 @@ typedef struct tms_principal {
 } tms_principal_t;
 
 /* Set by an adapter when nobody waits for a call's answer any more (a gRPC client
- * reset its stream). Shared by the adapter and the call, counted; loop thread only,
- * like every actor that reads it. */
+ * reset its stream). In the call's arena: it lives as long as the call, which its
+ * adapter frees last; loop thread only, like every actor that reads it. */
 typedef struct tms_api_cancel {
-    int refs;
     bool cancelled;
 } tms_api_cancel_t;
 
@@ -65,8 +76,9 @@ typedef struct tms_api_call {
      * (grpc.trusted_peers); the gateway decides what that means from the table. */
     bool trusted_peer;
     tms_api_cancel_t *cancel; /* NULL: the adapter cannot cancel this call */
+    tms_arena_t arena;        /* every string and array below, and the actors' per-call state */
 
-    /* arguments (NULL when absent) */
+    /* arguments (NULL when absent; strings in arena) */
     char *bearer;
     char *email;
     char *password;
@@ -93,7 +105,7 @@ typedef struct tms_api_call {
     char *token;
     bool flag;
     tms_task_t task;
-    tms_task_t *tasks; /* list: heap array of ntasks */
+    tms_task_t *tasks; /* list: array of ntasks in arena */
     size_t ntasks;
     char *next_cursor; /* NULL at the end */
     bool replayed;     /* idempotent create answered with the first result */
@@ -102,20 +114,24 @@ typedef struct tms_api_call {
     tms_mailbox_t *origin_reply_to;
     tms_cont_fn origin_cont;
     void *origin_ctx;
+
+    /* the arena's first chunk: last, and not zeroed by tms_api_call_new */
+    _Alignas(max_align_t) unsigned char arena_first[TMS_API_CALL_ARENA];
 } tms_api_call_t;
 
-/** Allocate a zeroed call for op; never NULL. */
+/** Allocate a call for op, zeroed but for its arena's first chunk; never NULL. */
 tms_api_call_t *tms_api_call_new(tms_api_op_t op);
 
-/** Free a call and every string it owns; wipes the password. Sets *call NULL. */
+/** A copy of s in the call's arena; NULL when s is NULL. */
+char *tms_api_call_strdup(tms_api_call_t *call, const char *s);
+
+/** Free a call and its arena (every string it points to), wiping the secrets first
+ * (bearer, password, token, the user's password hash). Sets *call NULL. */
 void tms_api_call_free(tms_api_call_t **call);
 
-/** Give call a cancel flag and return the adapter's reference to it (release it
- * with tms_api_cancel_release; the call releases its own when freed). */
+/** Give call a cancel flag (in its arena, valid until the call is freed) and return
+ * it for the adapter to set. */
 tms_api_cancel_t *tms_api_cancel_attach(tms_api_call_t *call);
-
-/** Drop one reference; frees the flag with the last one. Sets *c NULL. */
-void tms_api_cancel_release(tms_api_cancel_t **c);
 
 /** Nobody waits for the answer any more: the adapter cancelled the call or its
  * deadline (uv_now based, like deadline_ms) has passed at now_ms. Actors ask this

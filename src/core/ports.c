@@ -6,17 +6,38 @@
 #include "core/outbox.h"
 #include "core/task_store.h"
 
+static void free_task_msg(tms_msg_t *msg)
+{
+    tms_task_op_t *op = (tms_task_op_t *)msg;
+    tms_task_op_free(&op);
+}
+
+tms_task_op_t *tms_task_op_new(tms_task_op_kind_t kind, tms_arena_t *arena)
+{
+    tms_task_op_t *op;
+    if (arena) {
+        op = tms_arena_calloc(arena, 1, sizeof(*op));
+        op->arena = arena;
+    } else {
+        op = tms_new(tms_task_op_t);
+        tms_arena_init(&op->own, NULL, 0);
+        op->arena = &op->own;
+    }
+    op->msg.op = (int)kind;
+    op->msg.free_fn = free_task_msg;
+    return op;
+}
+
 void tms_task_op_free(tms_task_op_t **pop)
 {
     tms_task_op_t *op = *pop;
     if (!op)
         return;
     *pop = NULL;
-    tms_task_dispose(&op->task);
-    for (size_t i = 0; i < op->ntasks; i++)
-        tms_task_dispose(&op->tasks[i]);
-    free(op->tasks);
-    free(op);
+    if (op->arena == &op->own) {
+        tms_arena_fini(&op->own);
+        free(op);
+    }
 }
 
 void tms_outbox_op_free(tms_outbox_op_t **pop)

@@ -2,26 +2,17 @@
 
 #include <inttypes.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include <sodium.h>
 
-#include "core/alloc.h"
 #include "core/text.h"
 
-void tms_task_dispose(tms_task_t *t)
-{
-    free(t->title);
-    free(t->description);
-    memset(t, 0, sizeof(*t));
-}
-
-void tms_task_copy(tms_task_t *dst, const tms_task_t *src)
+void tms_task_copy(tms_arena_t *arena, tms_task_t *dst, const tms_task_t *src)
 {
     *dst = *src;
-    dst->title = src->title ? tms_strdup(src->title) : NULL;
-    dst->description = src->description ? tms_strdup(src->description) : NULL;
+    dst->title = src->title ? tms_arena_strdup(arena, src->title) : NULL;
+    dst->description = src->description ? tms_arena_strdup(arena, src->description) : NULL;
 }
 
 int tms_task_status_valid(const char *s)
@@ -32,12 +23,12 @@ int tms_task_status_valid(const char *s)
 #define CURSOR_PREFIX "t1:"
 
 /* Cursors are opaque to clients: base64url of "t1:<last id>". */
-char *tms_task_cursor_encode(int64_t last_id)
+char *tms_task_cursor_encode(tms_arena_t *arena, int64_t last_id)
 {
     char raw[40], *out;
     size_t n = (size_t)snprintf(raw, sizeof(raw), CURSOR_PREFIX "%" PRId64, last_id);
     size_t cap = sodium_base64_encoded_len(n, sodium_base64_VARIANT_URLSAFE_NO_PADDING);
-    out = tms_malloc(cap);
+    out = tms_arena_alloc(arena, cap);
     sodium_bin2base64(out, cap, (const unsigned char *)raw, n,
                       sodium_base64_VARIANT_URLSAFE_NO_PADDING);
     return out;

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "core/arena.h"
 #include "core/mailbox.h"
 #include "core/port.h"
 #include "core/status.h"
@@ -63,8 +64,15 @@ typedef struct tms_task_notify {
     char by[TMS_USER_ID_LEN + 1]; /* who created or reassigned the task: assigned_by */
 } tms_task_notify_t;
 
+/* An operation and everything it points to live in an arena: the one of the call it
+ * serves (the op is then allocated in it too, and the call outlives it), or its own.
+ * The store allocates the strings of task and the tasks array of its answer there,
+ * on the thread that runs the op: from an accepted submit until the reply the arena
+ * is the store's, and the op's sender allocates nothing from it. */
 typedef struct tms_task_op {
-    tms_msg_t msg; /* first member; msg.op is a tms_task_op_kind_t */
+    tms_msg_t msg;      /* first member; msg.op is a tms_task_op_kind_t */
+    tms_arena_t *arena; /* where task's strings and tasks live: own or the call's */
+    tms_arena_t own;    /* the op's own arena (tms_task_op_new without one) */
     /* in */
     int64_t id;
     int64_t expected_version;
@@ -83,7 +91,7 @@ typedef struct tms_task_op {
     tms_task_reason_t reason; /* with err: why */
     int64_t current_version;  /* VERSION_MISMATCH: the version the task is at */
     bool replayed;
-    tms_task_t *tasks; /* list: heap array, each disposed with tms_task_dispose */
+    tms_task_t *tasks; /* list: array in arena */
     size_t ntasks;
     bool has_more;
     int64_t count;
@@ -98,7 +106,13 @@ static inline void tms_task_op_refuse(tms_task_op_t *op, tms_status_t code,
     op->reason = reason;
 }
 
-/** Free everything an op owns (task strings, list) and the op itself. */
+/** A zeroed op of kind, allocated in arena (it then lives and dies with the arena, and
+ * so does everything the store answers in it), or with arena NULL on the heap with
+ * an arena of its own. Sets msg.free_fn. Never NULL. */
+tms_task_op_t *tms_task_op_new(tms_task_op_kind_t kind, tms_arena_t *arena);
+
+/** Free an op made by tms_task_op_new: with its own arena, that arena and the op; in
+ * another's arena, nothing (the arena's release frees it). Sets *op NULL. */
 void tms_task_op_free(tms_task_op_t **op);
 
 typedef struct tms_task_store tms_task_store_t;

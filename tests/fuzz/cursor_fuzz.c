@@ -17,10 +17,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (id < 0)
         abort();
     if (id > 0) {
-        again = tms_task_cursor_encode(id);
+        tms_arena_t arena;
+        tms_arena_init(&arena, NULL, 0);
+        again = tms_task_cursor_encode(&arena, id);
         if (tms_task_cursor_decode(again) != id)
             abort();
-        free(again);
+        tms_arena_fini(&arena);
     }
     free(s);
     return 0;

@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/text.h"
 #include "health.pb-c.h"
+#include "io/grpc/pb_arena.h"
 #include "io/grpc/wire.h"
 #include "task.pb-c.h"
 
@@ -47,10 +48,16 @@ static const ProtobufCMessageDescriptor *request_type(tms_api_op_t op)
     }
 }
 
-/* An empty proto3 string means "not given" in create and list requests. */
-static char *given(const char *s)
+/* A string of the request, unpacked in the call's arena: used in place. */
+static char *text(tms_api_call_t *call, char *s)
 {
-    return s && s[0] ? tms_strdup(s) : NULL;
+    return tms_pb_arena_string(&call->arena, s);
+}
+
+/* An empty proto3 string means "not given" in create and list requests. */
+static char *given(char *s)
+{
+    return s && s[0] ? s : NULL;
 }
 
 static void set_target(tms_api_call_t *call, const char *id)
@@ -78,24 +85,27 @@ tms_api_call_t *tms_grpc_decode_call(const tms_op_t *op, const uint8_t *msg, siz
 {
     const ProtobufCMessageDescriptor *type = op->grpc_method ? request_type(op->op) : NULL;
     ProtobufCMessage *pm;
+    ProtobufCAllocator arena;
     tms_api_call_t *call;
     if (!type) {
         tms_error_set(err, TMS_UNIMPLEMENTED, "method not implemented");
         return NULL;
     }
-    pm = protobuf_c_message_unpack(type, NULL, len, msg);
+    call = tms_api_call_new(op->op);
+    arena = tms_pb_arena(&call->arena);
+    pm = protobuf_c_message_unpack(type, &arena, len, msg);
     if (!pm) {
         tms_error_set(err, TMS_INVALID_ARGUMENT, "malformed protobuf request");
+        tms_api_call_free(&call);
         return NULL;
     }
-    call = tms_api_call_new(op->op);
     switch (op->op) {
     case TMS_API_REGISTER:
     case TMS_API_LOGIN: {
         /* Register and Login requests share the layout {email=1, password=2}. */
         RegisterRequest *r = (RegisterRequest *)pm;
-        call->email = tms_strdup(r->email);
-        call->password = tms_strdup(r->password);
+        call->email = text(call, r->email);
+        call->password = text(call, r->password);
         break;
     }
     case TMS_API_LOGOUT:
@@ -109,12 +119,12 @@ tms_api_call_t *tms_grpc_decode_call(const tms_op_t *op, const uint8_t *msg, siz
         set_target(call, ((UserInforRequest *)pm)->userid);
         break;
     case TMS_API_VERIFY_TOKEN:
-        call->bearer = tms_strdup(((VerifyTokenRequest *)pm)->token);
+        call->bearer = text(call, ((VerifyTokenRequest *)pm)->token);
         break;
     case TMS_API_TASK_CREATE: {
         CreateTaskRequest *r = (CreateTaskRequest *)pm;
-        call->title = tms_strdup(r->title); /* "" is a title the actor refuses */
-        call->description = tms_strdup(r->description);
+        call->title = text(call, r->title); /* "" is a title the actor refuses */
+        call->description = text(call, r->description);
         call->status = given(r->status);
         call->assigned_to = given(r->assignedto);
         break;
@@ -142,13 +152,13 @@ tms_api_call_t *tms_grpc_decode_call(const tms_op_t *op, const uint8_t *msg, siz
         update_presence(msg, len, present); /* the message parsed, so this does too */
         call->task_id = tms_parse_id(r->id, strlen(r->id));
         if (present[2])
-            call->title = tms_strdup(r->title);
+            call->title = text(call, r->title);
         if (present[3])
-            call->description = tms_strdup(r->description);
+            call->description = text(call, r->description);
         if (present[4])
-            call->assigned_to = tms_strdup(r->assignedto); /* "" unassigns */
+            call->assigned_to = text(call, r->assignedto); /* "" unassigns */
         if (present[5])
-            call->status = tms_strdup(r->status);
+            call->status = text(call, r->status);
         if (!present[2] && !present[3] && !present[4] && !present[5]) {
             tms_error_set(err, TMS_INVALID_ARGUMENT, "no fields to update");
             goto bad;
@@ -158,19 +168,17 @@ tms_api_call_t *tms_grpc_decode_call(const tms_op_t *op, const uint8_t *msg, siz
     default:
         break;
     }
-    protobuf_c_message_free_unpacked(pm, NULL);
-    return call;
+    return call; /* pm is in the call's arena */
 bad:
-    protobuf_c_message_free_unpacked(pm, NULL);
     tms_api_call_free(&call);
     return NULL;
 }
 
-/* Serializes m into a new buffer. */
-static void pack(const ProtobufCMessage *m, uint8_t **out, size_t *len)
+/* Serializes m into a new buffer: in arena, or on the heap with arena NULL. */
+static void pack(tms_arena_t *arena, const ProtobufCMessage *m, uint8_t **out, size_t *len)
 {
     *len = protobuf_c_message_get_packed_size(m);
-    *out = tms_malloc(*len ? *len : 1);
+    *out = arena ? tms_arena_alloc(arena, *len) : tms_malloc(*len ? *len : 1);
     protobuf_c_message_pack(m, *out);
 }
 
@@ -194,7 +202,7 @@ static void task_message(Task *pt, task_text_t *tx, const tms_task_t *t)
     pt->version = t->version;
 }
 
-tms_status_t tms_grpc_encode_reply(const tms_op_t *op, const tms_api_call_t *call, uint8_t **out,
+tms_status_t tms_grpc_encode_reply(const tms_op_t *op, tms_api_call_t *call, uint8_t **out,
                                    size_t *len, tms_error_t *err)
 {
     const tms_op_t *called = tms_op_get(call->op);
@@ -205,7 +213,7 @@ tms_status_t tms_grpc_encode_reply(const tms_op_t *op, const tms_api_call_t *cal
             call->err.code == TMS_UNAUTHENTICATED) {
             VerifyTokenResponse r = VERIFY_TOKEN_RESPONSE__INIT;
             r.valid = 0;
-            pack(&r.base, out, len);
+            pack(&call->arena, &r.base, out, len);
             return TMS_OK;
         }
         *err = call->err;
@@ -216,19 +224,19 @@ tms_status_t tms_grpc_encode_reply(const tms_op_t *op, const tms_api_call_t *cal
     case TMS_API_LOGIN: {
         AuthResponse r = AUTH_RESPONSE__INIT;
         r.token = call->token ? call->token : "";
-        pack(&r.base, out, len);
+        pack(&call->arena, &r.base, out, len);
         break;
     }
     case TMS_API_LOGOUT: {
         LogoutResponse r = LOGOUT_RESPONSE__INIT;
         r.success = 1;
-        pack(&r.base, out, len);
+        pack(&call->arena, &r.base, out, len);
         break;
     }
     case TMS_API_USER_EXISTS: {
         UserExistsResponse r = USER_EXISTS_RESPONSE__INIT;
         r.exists = call->flag;
-        pack(&r.base, out, len);
+        pack(&call->arena, &r.base, out, len);
         break;
     }
     case TMS_API_VERIFY_TOKEN: {
@@ -236,19 +244,19 @@ tms_status_t tms_grpc_encode_reply(const tms_op_t *op, const tms_api_call_t *cal
         r.valid = call->principal.authenticated;
         r.userid = (char *)call->principal.user_id;
         r.role = (char *)call->principal.role;
-        pack(&r.base, out, len);
+        pack(&call->arena, &r.base, out, len);
         break;
     }
     case TMS_API_USER_INFO: {
         UserInfoResponse r = USER_INFO_RESPONSE__INIT;
         r.email = (char *)call->user.email;
         r.role = (char *)call->user.role;
-        pack(&r.base, out, len);
+        pack(&call->arena, &r.base, out, len);
         break;
     }
     case TMS_API_DELETE_USER: {
         Empty r = EMPTY__INIT;
-        pack(&r.base, out, len);
+        pack(&call->arena, &r.base, out, len);
         break;
     }
     case TMS_API_TASK_CREATE:
@@ -257,14 +265,14 @@ tms_status_t tms_grpc_encode_reply(const tms_op_t *op, const tms_api_call_t *cal
         Task t;
         task_text_t tx;
         task_message(&t, &tx, &call->task);
-        pack(&t.base, out, len);
+        pack(&call->arena, &t.base, out, len);
         break;
     }
     case TMS_API_TASK_LIST: {
         ListTasksResponse r = LIST_TASKS_RESPONSE__INIT;
-        Task *tasks = tms_calloc(call->ntasks ? call->ntasks : 1, sizeof(Task));
-        Task **ptrs = tms_calloc(call->ntasks ? call->ntasks : 1, sizeof(Task *));
-        task_text_t *tx = tms_calloc(call->ntasks ? call->ntasks : 1, sizeof(task_text_t));
+        Task *tasks = tms_arena_calloc(&call->arena, call->ntasks, sizeof(Task));
+        Task **ptrs = tms_arena_calloc(&call->arena, call->ntasks, sizeof(Task *));
+        task_text_t *tx = tms_arena_calloc(&call->arena, call->ntasks, sizeof(task_text_t));
         for (size_t i = 0; i < call->ntasks; i++) {
             task_message(&tasks[i], &tx[i], &call->tasks[i]);
             ptrs[i] = &tasks[i];
@@ -272,16 +280,13 @@ tms_status_t tms_grpc_encode_reply(const tms_op_t *op, const tms_api_call_t *cal
         r.n_tasks = call->ntasks;
         r.tasks = ptrs;
         r.nextcursor = call->next_cursor ? call->next_cursor : "";
-        pack(&r.base, out, len);
-        free(tasks);
-        free(ptrs);
-        free(tx);
+        pack(&call->arena, &r.base, out, len);
         break;
     }
     case TMS_API_TASK_DELETE: {
         DeleteTaskResponse r = DELETE_TASK_RESPONSE__INIT;
         r.message = "Task deleted";
-        pack(&r.base, out, len);
+        pack(&call->arena, &r.base, out, len);
         break;
     }
     default:
@@ -306,5 +311,5 @@ void tms_grpc_health_encode(int status, uint8_t **out, size_t *len)
 {
     Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     r.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
-    pack(&r.base, out, len);
+    pack(NULL, &r.base, out, len);
 }

@@ -13,7 +13,8 @@
 #include "core/status.h"
 
 /** Decode the request message of op's gRPC method into a new call (owned by the
- * caller). On a malformed message returns NULL with *err set (INVALID_ARGUMENT;
+ * caller; the message is unpacked into the call's arena and its strings used in
+ * place). On a malformed message returns NULL with *err set (INVALID_ARGUMENT;
  * UNIMPLEMENTED for an op without a gRPC method). VerifyToken puts the request's
  * token in call->bearer; the caller fills bearer from metadata for the other
  * methods. */
@@ -21,10 +22,11 @@ tms_api_call_t *tms_grpc_decode_call(const tms_op_t *op, const uint8_t *msg, siz
                                      tms_error_t *err);
 
 /** Encode the response message of op's gRPC method for a finished call into *out
- * (heap, caller frees; *len may be 0). Returns TMS_OK, or the call's error status
- * with *err filled and nothing allocated. A call whose result is a token check
- * (VerifyToken) answers UNAUTHENTICATED as OK {valid: false}, as the original did. */
-tms_status_t tms_grpc_encode_reply(const tms_op_t *op, const tms_api_call_t *call, uint8_t **out,
+ * (in the call's arena: valid until the call is freed; *len may be 0). Returns
+ * TMS_OK, or the call's error status with *err filled and nothing allocated. A call
+ * whose result is a token check (VerifyToken) answers UNAUTHENTICATED as OK
+ * {valid: false}, as the original did. */
+tms_status_t tms_grpc_encode_reply(const tms_op_t *op, tms_api_call_t *call, uint8_t **out,
                                    size_t *len, tms_error_t *err);
 
 /** Health Check/Watch: decode HealthCheckRequest.service into buf (truncated);

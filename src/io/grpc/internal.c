@@ -9,6 +9,7 @@
 #include "core/alloc.h"
 #include "core/status.h"
 #include "internal.pb-c.h"
+#include "io/grpc/pb_arena.h"
 
 /* "" for NULL: protobuf-c packs a string field from a non-NULL pointer. */
 static char *str(const char *s)
@@ -40,7 +41,7 @@ static void user_from_pb(tms_user_t *user, const Tms__Internal__User *u)
     user->created_at_ms = u->created_at_ms;
 }
 
-void tms_internal_encode_call(const tms_api_call_t *call, uint8_t **out, size_t *len)
+void tms_internal_encode_call(tms_api_call_t *call, uint8_t **out, size_t *len)
 {
     Tms__Internal__ActorCall m = TMS__INTERNAL__ACTOR_CALL__INIT;
     Tms__Internal__Principal p = TMS__INTERNAL__PRINCIPAL__INIT;
@@ -82,32 +83,44 @@ void tms_internal_encode_call(const tms_api_call_t *call, uint8_t **out, size_t 
     user_to_pb(&u, &call->user);
     m.user = &u;
     *len = tms__internal__actor_call__get_packed_size(&m);
-    *out = tms_malloc(*len ? *len : 1);
+    *out = tms_arena_alloc(&call->arena, *len);
     tms__internal__actor_call__pack(&m, *out);
 }
 
-static char *dup_if(uint32_t present, uint32_t bit, const char *s)
+/* A string field of a message unpacked in the call's arena, taken in place when its
+ * presence bit is set. */
+static char *take_if(tms_api_call_t *call, uint32_t present, uint32_t bit, char *s)
 {
-    return (present & bit) ? tms_strdup(s) : NULL;
+    return (present & bit) ? tms_pb_arena_string(&call->arena, s) : NULL;
+}
+
+/* A secret the call did not take is wiped now: the call's own are wiped when it
+ * is freed. */
+static void wipe_unless(char *s, const char *taken)
+{
+    if (s && s != taken && s != protobuf_c_empty_string)
+        sodium_memzero(s, strlen(s));
 }
 
 #define COPY(dst, src) snprintf((dst), sizeof(dst), "%s", (src) ? (src) : "")
 
 tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
 {
-    Tms__Internal__ActorCall *m = tms__internal__actor_call__unpack(NULL, len, msg);
-    const tms_op_t *row;
-    tms_api_call_t *call;
+    tms_api_call_t *call = tms_api_call_new(0);
+    ProtobufCAllocator arena = tms_pb_arena(&call->arena);
+    Tms__Internal__ActorCall *m = tms__internal__actor_call__unpack(&arena, len, msg);
+    const tms_op_t *row = m ? tms_op_by_internal(m->op) : NULL;
     uint32_t pr;
-    if (!m)
-        return NULL;
-    row = tms_op_by_internal(m->op);
     if (!row || (m->stage != TMS_STAGE_AUTHENTICATE && m->stage != TMS_STAGE_EXECUTE)) {
-        tms__internal__actor_call__free_unpacked(m, NULL);
+        if (m) {
+            wipe_unless(m->password, NULL);
+            wipe_unless(m->bearer, NULL);
+        }
+        tms_api_call_free(&call);
         return NULL;
     }
     pr = m->present;
-    call = tms_api_call_new(row->op);
+    call->op = row->op;
     call->msg.op = m->stage;
     COPY(call->request_id, m->request_id);
     COPY(call->client_addr, m->client_addr);
@@ -122,29 +135,28 @@ tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
      * trusted peer's; a call with neither is the peer's own (older peers send no such
      * flag: derived here). */
     call->principal.service = !call->principal.authenticated && !call->principal.trusted;
-    call->bearer = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_BEARER, m->bearer);
-    call->email = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_EMAIL, m->email);
-    call->password = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_PASSWORD, m->password);
+    call->bearer = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_BEARER, m->bearer);
+    call->email = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_EMAIL, m->email);
+    call->password = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_PASSWORD, m->password);
     COPY(call->target_id, m->target_id);
     call->task_id = m->task_id;
-    call->title = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_TITLE, m->title);
-    call->description = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_DESCRIPTION, m->description);
-    call->status = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_STATUS, m->status);
-    call->assigned_to = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_ASSIGNED_TO, m->assigned_to);
+    call->title = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_TITLE, m->title);
+    call->description =
+        take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_DESCRIPTION, m->description);
+    call->status = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_STATUS, m->status);
+    call->assigned_to =
+        take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_ASSIGNED_TO, m->assigned_to);
     call->has_if_match = m->has_if_match;
     call->if_match = m->if_match;
     call->idempotency_key =
-        dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_IDEMPOTENCY_KEY, m->idempotency_key);
-    call->cursor = dup_if(pr, TMS__INTERNAL__PRESENT__PRESENT_CURSOR, m->cursor);
+        take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_IDEMPOTENCY_KEY, m->idempotency_key);
+    call->cursor = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_CURSOR, m->cursor);
     call->limit = m->limit;
     if (m->user)
         user_from_pb(&call->user, m->user);
-    if (m->password)
-        sodium_memzero(m->password, strlen(m->password));
-    if (m->bearer)
-        sodium_memzero(m->bearer, strlen(m->bearer));
-    tms__internal__actor_call__free_unpacked(m, NULL);
-    return call;
+    wipe_unless(m->password, call->password);
+    wipe_unless(m->bearer, call->bearer);
+    return call; /* m is in the call's arena */
 }
 
 static void task_to_pb(Tms__Internal__Task *pb, const tms_task_t *t)
@@ -161,11 +173,12 @@ static void task_to_pb(Tms__Internal__Task *pb, const tms_task_t *t)
     pb->version = t->version;
 }
 
-static void task_from_pb(tms_task_t *t, const Tms__Internal__Task *pb)
+/* pb was unpacked in arena: its strings are taken in place. */
+static void task_from_pb(tms_arena_t *arena, tms_task_t *t, const Tms__Internal__Task *pb)
 {
     t->id = pb->id;
-    t->title = tms_strdup(str(pb->title));
-    t->description = tms_strdup(str(pb->description));
+    t->title = tms_pb_arena_string(arena, pb->title);
+    t->description = tms_pb_arena_string(arena, pb->description);
     COPY(t->status, pb->status);
     COPY(t->assigned_to, pb->assigned_to);
     COPY(t->created_by, pb->created_by);
@@ -174,7 +187,7 @@ static void task_from_pb(tms_task_t *t, const Tms__Internal__Task *pb)
     t->version = pb->version;
 }
 
-void tms_internal_encode_result(const tms_api_call_t *call, uint8_t **out, size_t *len)
+void tms_internal_encode_result(tms_api_call_t *call, uint8_t **out, size_t *len)
 {
     Tms__Internal__ActorResult m = TMS__INTERNAL__ACTOR_RESULT__INIT;
     Tms__Internal__Principal p = TMS__INTERNAL__PRINCIPAL__INIT;
@@ -200,8 +213,8 @@ void tms_internal_encode_result(const tms_api_call_t *call, uint8_t **out, size_
         m.task = &t;
     }
     if (call->ntasks) {
-        items = tms_calloc(call->ntasks, sizeof(*items));
-        ptrs = tms_calloc(call->ntasks, sizeof(*ptrs));
+        items = tms_arena_calloc(&call->arena, call->ntasks, sizeof(*items));
+        ptrs = tms_arena_calloc(&call->arena, call->ntasks, sizeof(*ptrs));
         for (size_t i = 0; i < call->ntasks; i++) {
             task_to_pb(&items[i], &call->tasks[i]);
             ptrs[i] = &items[i];
@@ -219,15 +232,14 @@ void tms_internal_encode_result(const tms_api_call_t *call, uint8_t **out, size_
     rl.retry_after_s = call->ratelimit.retry_after_s;
     m.ratelimit = &rl;
     *len = tms__internal__actor_result__get_packed_size(&m);
-    *out = tms_malloc(*len ? *len : 1);
+    *out = tms_arena_alloc(&call->arena, *len);
     tms__internal__actor_result__pack(&m, *out);
-    free(items);
-    free(ptrs);
 }
 
 int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t len)
 {
-    Tms__Internal__ActorResult *m = tms__internal__actor_result__unpack(NULL, len, msg);
+    ProtobufCAllocator arena = tms_pb_arena(&call->arena);
+    Tms__Internal__ActorResult *m = tms__internal__actor_result__unpack(&arena, len, msg);
     if (!m)
         return -TMS_EINVAL;
     call->err.code = (tms_status_t)m->err_code;
@@ -240,30 +252,24 @@ int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t 
     }
     if (m->user)
         user_from_pb(&call->user, m->user);
-    if (call->token) {
+    if (call->token) /* replaced: what it held was in the arena, wiped now */
         sodium_memzero(call->token, strlen(call->token));
-        free(call->token);
-    }
-    call->token = m->has_token ? tms_strdup(str(m->token)) : NULL;
-    if (m->token)
-        sodium_memzero(m->token, strlen(m->token));
+    call->token = m->has_token ? tms_pb_arena_string(&call->arena, m->token) : NULL;
+    wipe_unless(m->token, call->token);
     call->flag = m->flag;
-    tms_task_dispose(&call->task);
+    memset(&call->task, 0, sizeof(call->task));
     if (m->has_task && m->task)
-        task_from_pb(&call->task, m->task);
-    for (size_t i = 0; i < call->ntasks; i++)
-        tms_task_dispose(&call->tasks[i]);
-    free(call->tasks);
+        task_from_pb(&call->arena, &call->task, m->task);
     call->tasks = NULL;
     call->ntasks = 0;
     if (m->n_tasks) {
-        call->tasks = tms_calloc(m->n_tasks, sizeof(*call->tasks));
+        call->tasks = tms_arena_calloc(&call->arena, m->n_tasks, sizeof(*call->tasks));
         for (size_t i = 0; i < m->n_tasks; i++)
-            task_from_pb(&call->tasks[i], m->tasks[i]);
+            task_from_pb(&call->arena, &call->tasks[i], m->tasks[i]);
         call->ntasks = m->n_tasks;
     }
-    free(call->next_cursor);
-    call->next_cursor = m->has_next_cursor ? tms_strdup(str(m->next_cursor)) : NULL;
+    call->next_cursor =
+        m->has_next_cursor ? tms_pb_arena_string(&call->arena, m->next_cursor) : NULL;
     call->replayed = m->replayed;
     if (m->ratelimit) {
         call->ratelimit.applied = m->ratelimit->applied;
@@ -272,8 +278,7 @@ int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t 
         call->ratelimit.reset_s = m->ratelimit->reset_s;
         call->ratelimit.retry_after_s = m->ratelimit->retry_after_s;
     }
-    tms__internal__actor_result__free_unpacked(m, NULL);
-    return 0;
+    return 0; /* m is in the call's arena */
 }
 
 bool tms_internal_idempotent(const tms_api_call_t *call)

@@ -16,22 +16,23 @@
 #define TMS_INTERNAL_TOKEN_HEADER "x-tms-service-token"
 
 /** Serialize the arguments of call (op, stage = call->msg.op, principal, request
- * id, arguments) into *out (heap; caller frees). */
-void tms_internal_encode_call(const tms_api_call_t *call, uint8_t **out, size_t *len);
+ * id, arguments) into *out, in the call's arena (valid until the call is freed). */
+void tms_internal_encode_call(tms_api_call_t *call, uint8_t **out, size_t *len);
 
-/** A new call (owned by the caller) from a serialized ActorCall, msg.op set to its
- * stage; NULL when the message does not parse or names no known op (the rows'
- * internal_op) or stage. Only for
- * calls that came with the service credential: one without an authenticated user is
- * the calling process's own (its task or notifier actor), so its principal is the
- * service (principal.service). */
+/** A new call (owned by the caller) from a serialized ActorCall, unpacked in the
+ * call's arena, msg.op set to its stage; NULL when the message does not parse or names no known op
+ * (the rows' internal_op) or stage. Only for calls that came with the service credential: one
+ * without an authenticated user is the calling process's own (its task or notifier actor), so its
+ * principal is the service (principal.service). */
 tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len);
 
 /** Serialize the results of a finished call (error, principal, user, token, flag,
- * task(s), cursor, replayed, rate limit) into *out (heap; caller frees). */
-void tms_internal_encode_result(const tms_api_call_t *call, uint8_t **out, size_t *len);
+ * task(s), cursor, replayed, rate limit) into *out, in the call's arena (valid until
+ * the call is freed). */
+void tms_internal_encode_result(tms_api_call_t *call, uint8_t **out, size_t *len);
 
-/** Fill call's results from a serialized ActorResult (replacing what it held).
+/** Fill call's results from a serialized ActorResult (replacing what it held;
+ * unpacked in the call's arena, a replaced token wiped).
  * Returns 0, or -TMS_EINVAL when it does not parse (call->err untouched). */
 int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t len);
 

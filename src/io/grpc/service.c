@@ -65,12 +65,14 @@ struct tms_grpc_service {
     void *drained_arg;
 };
 
-/* A call with the actors. Freed when its reply came and the timer closed; st is NULL
- * once the stream was answered otherwise or is gone. */
+/* A call with the actors, in the call's arena. The call is freed (and this with it)
+ * when its reply came and the timer closed; st is NULL once the stream was answered
+ * otherwise or is gone. */
 typedef struct pending {
     uv_timer_t timer;
     tms_grpc_service_t *svc;
     tms_grpc_stream_t *st;
+    tms_api_call_t *call;
     tms_api_op_t op;
     tms_api_cancel_t *cancel; /* set when the stream is reset before the reply */
 } pending_t;
@@ -82,8 +84,7 @@ static void on_pending_closed(uv_handle_t *h)
     pending_t *p = h->data;
     tms_grpc_service_t *svc = p->svc;
     void (*drained)(void *) = svc->drained;
-    tms_api_cancel_release(&p->cancel);
-    free(p);
+    tms_api_call_free(&p->call); /* p goes with it */
     if (--svc->pending == 0 && drained) {
         svc->drained = NULL;
         drained(svc->drained_arg);
@@ -99,9 +100,8 @@ static void render(tms_grpc_stream_t *st, tms_api_call_t *call)
     if (route->kind == KIND_INTERNAL) {
         /* The domain outcome, errors included, is the payload: the calling process
          * answers its own client with it. */
-        tms_internal_encode_result(call, &out, &len);
+        tms_internal_encode_result(call, &out, &len); /* in the call's arena */
         tms_grpc_stream_send(st, out, len);
-        free(out);
         tms_grpc_stream_finish(st, TMS_OK, NULL);
         return;
     }
@@ -109,8 +109,7 @@ static void render(tms_grpc_stream_t *st, tms_api_call_t *call)
         tms_grpc_stream_finish(st, err.code, err.message);
         return;
     }
-    tms_grpc_stream_send(st, out, len);
-    free(out);
+    tms_grpc_stream_send(st, out, len); /* copies out, which is in the call's arena */
     tms_grpc_stream_finish(st, TMS_OK, NULL);
 }
 
@@ -124,8 +123,7 @@ static void on_reply(tms_msg_t *msg)
         render(st, call);
         tms_grpc_stream_flush(st);
     }
-    tms_api_call_free(&call);
-    uv_close((uv_handle_t *)&p->timer, on_pending_closed);
+    uv_close((uv_handle_t *)&p->timer, on_pending_closed); /* frees the call */
 }
 
 static void on_deadline(uv_timer_t *t)
@@ -167,9 +165,10 @@ static void post_call(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_ca
         return;
     }
     call->deadline_ms = uv_now(svc->loop) + timeout;
-    p = tms_new(pending_t);
+    p = tms_arena_calloc(&call->arena, 1, sizeof(*p));
     p->svc = svc;
     p->st = st;
+    p->call = call;
     p->op = call->op;
     p->cancel = tms_api_cancel_attach(call);
     msg = &call->msg;
@@ -178,9 +177,7 @@ static void post_call(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_ca
     msg->cont = on_reply;
     msg->ctx = p;
     if (tms_mailbox_post(to, &msg) != 0) {
-        tms_api_cancel_release(&p->cancel);
-        free(p);
-        tms_api_call_free(&call);
+        tms_api_call_free(&call); /* p with it */
         tms_grpc_stream_finish(st, TMS_UNAVAILABLE, "server overloaded, retry later");
         return;
     }
@@ -191,14 +188,14 @@ static void post_call(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_ca
     uv_timer_start(&p->timer, on_deadline, timeout, 0);
 }
 
-static char *bearer_of(const char *h)
+static char *bearer_of(tms_api_call_t *call, const char *h)
 {
     if (strncasecmp(h, "Bearer ", 7) != 0)
-        return tms_strdup(""); /* present but not a bearer token: invalid */
+        return tms_api_call_strdup(call, ""); /* present but not a bearer token: invalid */
     h += 7;
     while (*h == ' ')
         h++;
-    return tms_strdup(h);
+    return tms_api_call_strdup(call, h);
 }
 
 /* A call without a token from a trusted peer (grpc.trusted_peers). */
@@ -232,7 +229,7 @@ static void call_api(tms_grpc_service_t *svc, tms_grpc_stream_t *st, const tms_o
         return;
     }
     if (!call->bearer && authorization)
-        call->bearer = bearer_of(authorization);
+        call->bearer = bearer_of(call, authorization);
     snprintf(call->request_id, sizeof(call->request_id), "%s", tms_grpc_stream_request_id(st));
     snprintf(call->client_addr, sizeof(call->client_addr), "%s", tms_grpc_stream_client(st));
     if (!call->bearer && from_trusted_peer(svc, st)) {

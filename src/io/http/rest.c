@@ -39,8 +39,9 @@ static void less_pending(tms_rest_t *rest)
     }
 }
 
-/* A request waiting for the actors. Freed when the reply arrived and the timer
- * closed; req is NULL once the deadline answered the client first. */
+/* A request waiting for the actors, in the call's arena. The call is freed (and this
+ * with it) when the reply arrived and the timer closed; req is NULL once the
+ * deadline answered the client first. */
 typedef struct pending {
     uv_timer_t timer;
     tms_rest_t *rest;
@@ -157,7 +158,7 @@ static void on_pending_closed(uv_handle_t *handle)
 {
     pending_t *p = handle->data;
     tms_rest_t *rest = p->rest;
-    free(p);
+    tms_api_call_free(&p->call); /* p goes with it */
     less_pending(rest);
 }
 
@@ -167,8 +168,7 @@ static void on_reply(tms_msg_t *msg)
     pending_t *p = msg->ctx;
     if (p->req)
         render(p->req, call);
-    tms_api_call_free(&call);
-    uv_close((uv_handle_t *)&p->timer, on_pending_closed);
+    uv_close((uv_handle_t *)&p->timer, on_pending_closed); /* frees the call */
 }
 
 static void on_deadline(uv_timer_t *timer)
@@ -189,7 +189,7 @@ static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t 
         tms_http_respond_error(req, TMS_NOT_FOUND, "this process does not serve the API", NULL, 0);
         return;
     }
-    p = tms_new(pending_t);
+    p = tms_arena_calloc(&call->arena, 1, sizeof(*p));
     p->rest = rest;
     p->req = req;
     p->call = call;
@@ -201,8 +201,7 @@ static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t 
     msg->cont = on_reply;
     msg->ctx = p;
     if (tms_mailbox_post(rest->cfg.gateway, &msg) != 0) {
-        free(p);
-        tms_api_call_free(&call);
+        tms_api_call_free(&call); /* p with it */
         tms_http_respond_error(req, TMS_UNAVAILABLE, "server overloaded, retry later", NULL, 0);
         return;
     }
@@ -214,17 +213,17 @@ static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t 
 
 /* ---- request parsing -------------------------------------------------- */
 
-static char *bearer_token(const tms_http_request_t *req)
+static char *bearer_token(const tms_http_request_t *req, tms_api_call_t *call)
 {
     const char *h = tms_http_header_get(req, "Authorization");
     if (!h)
         return NULL;
     if (strncasecmp(h, "Bearer ", 7) != 0)
-        return tms_strdup(""); /* present but not a bearer token: invalid */
+        return tms_api_call_strdup(call, ""); /* present but not a bearer token: invalid */
     h += 7;
     while (*h == ' ')
         h++;
-    return tms_strdup(h);
+    return tms_api_call_strdup(call, h);
 }
 
 /* Parses {email, password}; answers 400 itself and returns -1 on bad input. */
@@ -257,8 +256,8 @@ static int parse_credentials(tms_http_request_t *req, tms_api_call_t *call)
         problem = "email and password must not contain NUL characters";
         goto bad;
     }
-    call->email = tms_strdup(json_string_value(email));
-    call->password = tms_strdup(json_string_value(password));
+    call->email = tms_api_call_strdup(call, json_string_value(email));
+    call->password = tms_api_call_strdup(call, json_string_value(password));
     json_decref(root);
     return 0;
 bad:
@@ -299,7 +298,7 @@ static int parse_task_body(tms_http_request_t *req, tms_api_call_t *call, int up
             goto bad;
         }
         if (json_is_null(v) && slot == &call->assigned_to) {
-            *slot = tms_strdup("");
+            *slot = tms_api_call_strdup(call, "");
             continue;
         }
         if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v)) {
@@ -308,7 +307,7 @@ static int parse_task_body(tms_http_request_t *req, tms_api_call_t *call, int up
             problem = msg;
             goto bad;
         }
-        *slot = tms_strdup(json_string_value(v));
+        *slot = tms_api_call_strdup(call, json_string_value(v));
     }
     if (update && json_object_size(root) == 0) {
         problem = "no fields to update";
@@ -331,26 +330,26 @@ static int hexval(char c)
                                   : -1;
 }
 
-/* Percent-decodes (and '+' as space) s[0..len) into a new string; NULL when the
- * encoding is broken or decodes to a NUL. */
-static char *url_decode(const char *s, size_t len)
+/* Percent-decodes (and '+' as space) s[0..len) into out (len + 1 bytes; NULL: only
+ * check); -1 when the encoding is broken or decodes to a NUL. */
+static int url_decode(char *out, const char *s, size_t len)
 {
-    char *out = tms_malloc(len + 1), *o = out;
+    char *o = out;
     for (size_t i = 0; i < len; i++) {
+        char c = s[i] == '+' ? ' ' : s[i];
         if (s[i] == '%') {
             if (i + 2 >= len || hexval(s[i + 1]) < 0 || hexval(s[i + 2]) < 0 ||
-                (hexval(s[i + 1]) == 0 && hexval(s[i + 2]) == 0)) {
-                free(out);
-                return NULL;
-            }
-            *o++ = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+                (hexval(s[i + 1]) == 0 && hexval(s[i + 2]) == 0))
+                return -1;
+            c = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
             i += 2;
-        } else {
-            *o++ = s[i] == '+' ? ' ' : s[i];
         }
+        if (o)
+            *o++ = c;
     }
-    *o = '\0';
-    return out;
+    if (o)
+        *o = '\0';
+    return 0;
 }
 
 /* Parses ?assignedTo=&status=&limit=&cursor= into call; unknown parameters are
@@ -365,14 +364,18 @@ static int parse_list_query(tms_http_request_t *req, const tms_op_t *op, tms_api
         size_t n = amp ? (size_t)(amp - q) : strlen(q);
         eq = memchr(q, '=', n);
         if (eq) {
-            size_t klen = (size_t)(eq - q);
-            char *value = url_decode(eq + 1, n - klen - 1);
-            char **slot = NULL;
-            if (!value) {
+            size_t klen = (size_t)(eq - q), vlen = n - klen - 1;
+            char *value = NULL, **slot = NULL, num[24];
+#define KEY(k) (klen == sizeof(k) - 1 && memcmp(q, k, klen) == 0)
+            /* Only the values kept take room in the call; the others are checked. */
+            if (KEY("assignedTo") || KEY("status") || KEY("cursor"))
+                value = tms_arena_alloc(&call->arena, vlen + 1);
+            else if (KEY("limit"))
+                value = vlen < sizeof(num) ? num : tms_arena_alloc(&call->arena, vlen + 1);
+            if (url_decode(value, eq + 1, vlen) != 0) {
                 problem = "malformed query string";
                 goto bad;
             }
-#define KEY(k) (klen == sizeof(k) - 1 && memcmp(q, k, klen) == 0)
             if (KEY("assignedTo"))
                 slot = &call->assigned_to;
             else if (KEY("status"))
@@ -381,27 +384,20 @@ static int parse_list_query(tms_http_request_t *req, const tms_op_t *op, tms_api
                 slot = &call->cursor;
             else if (KEY("limit")) {
                 int64_t v = tms_parse_id(value, strlen(value));
-                free(value);
                 if (tms_op_check_list_size(op, v, &err) != 0) {
                     problem = err.message;
                     goto bad;
                 }
                 call->limit = (int32_t)v;
-            } else {
-                free(value);
             }
 #undef KEY
             if (slot) {
                 if (*slot) { /* a repeated parameter is ambiguous */
-                    free(value);
                     problem = "query parameter given twice";
                     goto bad;
                 }
-                if (value[0] == '\0' && slot != &call->cursor) {
-                    free(value); /* an empty filter means no filter */
-                } else {
-                    *slot = value;
-                }
+                if (value[0] != '\0' || slot == &call->cursor)
+                    *slot = value; /* an empty filter means no filter */
             }
         }
         q += n + (amp ? 1 : 0);
@@ -707,7 +703,7 @@ static int decode_call(tms_http_request_t *req, const tms_op_t *op, const char *
 {
     const char *idem;
     if (op->needs_caller)
-        call->bearer = bearer_token(req);
+        call->bearer = bearer_token(req, call);
     if (op->args & TMS_ARGS_USER_ID)
         snprintf(call->target_id, sizeof(call->target_id), "%s", id);
     if (op->args & TMS_ARGS_TASK_ID)
@@ -715,7 +711,7 @@ static int decode_call(tms_http_request_t *req, const tms_op_t *op, const char *
     if ((op->args & TMS_ARGS_IF_MATCH) && parse_if_match(req, call) != 0)
         return -1;
     if ((op->args & TMS_ARGS_IDEMPOTENCY) && (idem = tms_http_header_get(req, "Idempotency-Key")))
-        call->idempotency_key = tms_strdup(idem);
+        call->idempotency_key = tms_api_call_strdup(call, idem);
     if (op->args & TMS_ARGS_CREDENTIALS)
         return parse_credentials(req, call);
     if (op->args & (TMS_ARGS_TASK | TMS_ARGS_TASK_PATCH))

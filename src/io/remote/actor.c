@@ -75,8 +75,7 @@ static void on_done(void *ctx, int status, const char *message, const uint8_t *r
     job_t *job = ctx;
     tms_remote_actor_t *r = job->r;
     tms_api_call_t *call = job->call;
-    job_unlink(job);
-    free(job);
+    job_unlink(job); /* in the call's arena: goes with the call */
     if (status != TMS_OK)
         hop_failed(r, call, status, message);
     else if (tms_internal_decode_result(call, resp, resp_len) != 0)
@@ -128,8 +127,8 @@ static void on_message(void *owner, tms_msg_t *msg)
         return;
     }
     deadline = call->deadline_ms ? call->deadline_ms : now + r->cfg.default_timeout_ms;
-    tms_internal_encode_call(call, &req, &len);
-    job = tms_new(job_t);
+    tms_internal_encode_call(call, &req, &len); /* in the call's arena */
+    job = tms_arena_calloc(&call->arena, 1, sizeof(*job));
     job->r = r;
     job->call = call;
     job->next = r->jobs;
@@ -142,7 +141,6 @@ static void on_message(void *owner, tms_msg_t *msg)
     /* done never runs from inside this call, so job is still ours here. */
     job->handle = tms_grpc_client_call(r->cfg.client, TMS_INTERNAL_CALL_PATH, req, len, deadline,
                                        tms_internal_idempotent(call), on_done, job);
-    free(req);
 }
 
 tms_remote_actor_t *tms_remote_actor_start(uv_loop_t *loop, const tms_remote_actor_config_t *cfg)

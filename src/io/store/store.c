@@ -64,10 +64,7 @@ static void reset(tms_store_port_t port, tms_msg_t *msg)
         op->replayed = false;
         op->has_more = false;
         op->count = 0;
-        for (size_t i = 0; i < op->ntasks; i++)
-            tms_task_dispose(&op->tasks[i]);
-        free(op->tasks);
-        op->tasks = NULL;
+        op->tasks = NULL; /* in op->arena: released with it */
         op->ntasks = 0;
     } else if (port == TMS_STORE_OUTBOX) {
         tms_outbox_op_t *op = (tms_outbox_op_t *)msg;

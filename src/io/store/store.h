@@ -11,7 +11,9 @@
  *   hands it to backend->submit(st, port, &msg), which queues it: 0 takes ownership
  *   (clears *msg), -TMS_EFULL leaves it with the caller;
  * - the same ownership: from an accepted submit until its reply the op is the
- *   backend's; the reply hands it back to msg.reply_to;
+ *   backend's, and so is a task op's arena (op->arena: its own or its call's), where
+ *   the backend puts the strings and list of the answer; the reply hands both back
+ *   to msg.reply_to;
  * - the same threads: submit from any thread for SQLite and MongoDB (the embedded
  *   stores are shared by every worker), from the loop's thread for PostgreSQL (one
  *   pool per worker); an op runs on the backend's own thread (SQLite: its owner

@@ -14,11 +14,42 @@
 #define CAROL "cccccccccccccccccccccccc"
 #define NOBODY "dddddddddddddddddddddddd"
 
+/* ---- counting allocations --------------------------------------------- */
+
+/* This test's link wraps malloc, calloc and realloc (CMakeLists.txt): every
+ * allocation TMS's own code makes goes through these and is counted. */
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t n);
+static long allocs;
+
+void *__wrap_malloc(size_t n);
+void *__wrap_malloc(size_t n)
+{
+    allocs++;
+    return __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_calloc(size_t n, size_t size)
+{
+    allocs++;
+    return __real_calloc(n, size);
+}
+
+void *__wrap_realloc(void *p, size_t n);
+void *__wrap_realloc(void *p, size_t n)
+{
+    allocs++;
+    return __real_realloc(p, n);
+}
+
 /* ---- an in-memory task store ------------------------------------------ */
 
 typedef struct fake_store {
     tms_task_store_t port;
     tms_task_t tasks[16];
+    tms_arena_t arena; /* the stored tasks' strings */
     int n;
     tms_task_notify_t last_notify;
     int writes;
@@ -35,17 +66,16 @@ static int store_submit(tms_task_store_t *self, tms_task_op_t **pop)
     switch (op->msg.op) {
     case TMS_TASK_CREATE:
         t = &s->tasks[s->n++];
-        tms_task_copy(t, &op->task);
+        tms_task_copy(&s->arena, t, &op->task);
         t->id = s->n;
         t->version = 1;
-        tms_task_dispose(&op->task);
-        tms_task_copy(&op->task, t);
+        tms_task_copy(op->arena, &op->task, t);
         s->last_notify = op->notify;
         s->writes++;
         break;
     case TMS_TASK_GET:
         if (t)
-            tms_task_copy(&op->task, t);
+            tms_task_copy(op->arena, &op->task, t);
         else
             op->err.code = TMS_NOT_FOUND;
         break;
@@ -60,8 +90,7 @@ static int store_submit(tms_task_store_t *self, tms_task_op_t **pop)
             if (op->set_status)
                 snprintf(t->status, sizeof(t->status), "%s", op->task.status);
             t->version++;
-            tms_task_dispose(&op->task);
-            tms_task_copy(&op->task, t);
+            tms_task_copy(op->arena, &op->task, t);
             s->last_notify = op->notify;
             s->writes++;
         }
@@ -70,7 +99,7 @@ static int store_submit(tms_task_store_t *self, tms_task_op_t **pop)
         if (!t) {
             op->err.code = TMS_NOT_FOUND;
         } else {
-            tms_task_dispose(t);
+            memset(t, 0, sizeof(*t));
             s->writes++;
         }
         break;
@@ -127,10 +156,10 @@ static tms_status_t create(env_t *e, const char *as, const char *assignee)
 {
     tms_api_call_t *c = tms_api_call_new(TMS_API_TASK_CREATE);
     tms_status_t code;
-    c->title = tms_strdup("  Title  ");
-    c->description = tms_strdup("Description");
+    c->title = tms_api_call_strdup(c, "  Title  ");
+    c->description = tms_api_call_strdup(c, "Description");
     if (assignee)
-        c->assigned_to = tms_strdup(assignee);
+        c->assigned_to = tms_api_call_strdup(c, assignee);
     c = run(e, c, as, "user");
     code = c->err.code;
     if (code == TMS_OK) {
@@ -148,9 +177,9 @@ static tms_status_t update(env_t *e, int64_t id, const char *as, const char *rol
     tms_status_t code;
     c->task_id = id;
     if (assignee)
-        c->assigned_to = tms_strdup(assignee);
+        c->assigned_to = tms_api_call_strdup(c, assignee);
     else
-        c->status = tms_strdup("closed");
+        c->status = tms_api_call_strdup(c, "closed");
     c->has_if_match = if_match > 0;
     c->if_match = if_match;
     c = run(e, c, as, role);
@@ -176,6 +205,7 @@ static void test_rules(void)
     memset(&e, 0, sizeof(e));
     e.store.port.name = "fake";
     e.store.port.submit = store_submit;
+    tms_arena_init(&e.store.arena, NULL, 0);
     uv_loop_init(&e.loop);
     e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth, NULL);
     e.replies = tms_mailbox_new(&e.loop, "replies", 1, NULL, NULL);
@@ -240,8 +270,7 @@ static void test_rules(void)
     tms_mailbox_free(&e.replies);
     uv_run(&e.loop, UV_RUN_DEFAULT);
     CHECK_EQ_INT(uv_loop_close(&e.loop), 0);
-    for (int i = 0; i < e.store.n; i++)
-        tms_task_dispose(&e.store.tasks[i]);
+    tms_arena_fini(&e.store.arena);
 }
 
 /* A fake auth actor that keeps the question until the test answers it. */
@@ -272,6 +301,7 @@ static void test_stop_finishes_what_it_holds(void)
     memset(&e, 0, sizeof(e));
     e.store.port.name = "fake";
     e.store.port.submit = store_submit;
+    tms_arena_init(&e.store.arena, NULL, 0);
     uv_loop_init(&e.loop);
     e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth_held, NULL);
     e.replies = tms_mailbox_new(&e.loop, "replies", 4, NULL, NULL);
@@ -282,9 +312,9 @@ static void test_stop_finishes_what_it_holds(void)
                                       });
     /* a create with an assignee waits for auth */
     c = tms_api_call_new(TMS_API_TASK_CREATE);
-    c->title = tms_strdup("held");
-    c->description = tms_strdup("Description");
-    c->assigned_to = tms_strdup(BOB);
+    c->title = tms_api_call_strdup(c, "held");
+    c->description = tms_api_call_strdup(c, "Description");
+    c->assigned_to = tms_api_call_strdup(c, BOB);
     snprintf(c->principal.user_id, sizeof(c->principal.user_id), "%s", ALICE);
     snprintf(c->principal.role, sizeof(c->principal.role), "user");
     c->principal.authenticated = true;
@@ -342,13 +372,84 @@ static void test_stop_finishes_what_it_holds(void)
     tms_mailbox_free(&e.replies);
     uv_run(&e.loop, UV_RUN_DEFAULT);
     CHECK_EQ_INT(uv_loop_close(&e.loop), 0);
-    for (int i = 0; i < e.store.n; i++)
-        tms_task_dispose(&e.store.tasks[i]);
+    tms_arena_fini(&e.store.arena);
+}
+
+/* A call costs one allocation, the call itself (its arena's first chunk inside): the
+ * task actor's job, the store operation it sends and the strings of the answer all
+ * go in that arena, which a create or a GET with ordinary text does not outgrow.
+ * (Issue 19's budget: nothing else per request on the hot path.) */
+static void test_one_allocation_per_call(void)
+{
+    static env_t e;
+    static _Alignas(max_align_t) char stored[1 << 16];
+    char title[121], description[1001];
+    tms_api_call_t *c;
+    long before;
+    memset(&e, 0, sizeof(e));
+    memset(title, 't', sizeof(title) - 1);
+    title[sizeof(title) - 1] = '\0';
+    memset(description, 'd', sizeof(description) - 1);
+    description[sizeof(description) - 1] = '\0';
+    e.store.port.name = "fake";
+    e.store.port.submit = store_submit;
+    tms_arena_init(&e.store.arena, stored, sizeof(stored)); /* the fake allocates nothing */
+    uv_loop_init(&e.loop);
+    e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth, NULL);
+    e.replies = tms_mailbox_new(&e.loop, "replies", 1, NULL, NULL);
+    e.actor = tms_task_start(&e.loop, &(tms_task_config_t){
+                                          .mailbox_capacity = 16,
+                                          .tasks = &e.store.port,
+                                          .auth = e.auth,
+                                      });
+    CHECK_EQ_INT(create(&e, ALICE, NULL), TMS_OK); /* warm: first log line, loop state */
+
+    c = tms_api_call_new(TMS_API_TASK_CREATE);
+    c->title = tms_api_call_strdup(c, title);
+    c->description = tms_api_call_strdup(c, description);
+    before = allocs;
+    c = run(&e, c, ALICE, "user");
+    CHECK_EQ_INT(allocs - before, 0);
+    CHECK_EQ_INT(c->err.code, TMS_OK);
+    CHECK_EQ_STR(c->task.description, description);
+    CHECK_EQ_INT(tms_arena_blocks(&c->arena), 0);
+    tms_api_call_free(&c);
+
+    c = tms_api_call_new(TMS_API_TASK_GET);
+    c->task_id = 2;
+    before = allocs;
+    c = run(&e, c, ALICE, "user");
+    CHECK_EQ_INT(allocs - before, 0);
+    CHECK_EQ_INT(c->err.code, TMS_OK);
+    CHECK_EQ_STR(c->task.title, title);
+    CHECK_EQ_STR(c->task.description, description);
+    CHECK_EQ_INT(tms_arena_blocks(&c->arena), 0);
+    tms_api_call_free(&c);
+
+    /* Beyond the first chunk the arena chains heap blocks, and the answer is whole. */
+    c = tms_api_call_new(TMS_API_TASK_CREATE);
+    c->title = tms_api_call_strdup(c, "long");
+    c->description = tms_arena_alloc(&c->arena, 9001);
+    memset(c->description, 'x', 9000);
+    c->description[9000] = '\0';
+    c = run(&e, c, ALICE, "user");
+    CHECK_EQ_INT(c->err.code, TMS_OK);
+    CHECK_EQ_INT(strlen(c->task.description), 9000);
+    CHECK(tms_arena_blocks(&c->arena) > 0);
+    tms_api_call_free(&c);
+
+    tms_task_free(&e.actor);
+    tms_mailbox_free(&e.auth);
+    tms_mailbox_free(&e.replies);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&e.loop), 0);
+    tms_arena_fini(&e.store.arena);
 }
 
 int main(void)
 {
     RUN_TEST(test_rules);
     RUN_TEST(test_stop_finishes_what_it_holds);
+    RUN_TEST(test_one_allocation_per_call);
     TEST_EXIT();
 }

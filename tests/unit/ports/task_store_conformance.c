@@ -14,19 +14,11 @@ static const char *U1 = "aaaaaaaaaaaaaaaaaaaaaaaa", *U2 = "bbbbbbbbbbbbbbbbbbbbb
 
 static const char *backend; /* the adapter under test */
 
-static void free_task_msg(tms_msg_t *msg)
-{
-    tms_task_op_t *op = (tms_task_op_t *)msg;
-    tms_task_op_free(&op);
-}
-
 static tms_task_op_t *task_op(int kind)
 {
-    tms_task_op_t *op = tms_new(tms_task_op_t);
-    op->msg.op = kind;
+    tms_task_op_t *op = tms_task_op_new(kind, NULL);
     op->msg.reply_to = replies;
     op->msg.cont = on_reply;
-    op->msg.free_fn = free_task_msg;
     op->err.code = TMS_UNKNOWN; /* the store must overwrite it */
     return op;
 }
@@ -64,8 +56,8 @@ static tms_task_op_t *create_op(const char *title, const char *status, const cha
                                 int notify)
 {
     tms_task_op_t *op = task_op(TMS_TASK_CREATE);
-    op->task.title = tms_strdup(title);
-    op->task.description = tms_strdup("desc");
+    op->task.title = tms_arena_strdup(op->arena, title);
+    op->task.description = tms_arena_strdup(op->arena, "desc");
     snprintf(op->task.status, sizeof(op->task.status), "%s", status);
     snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s", assignee);
     snprintf(op->task.created_by, sizeof(op->task.created_by), "%s", U1);
@@ -358,7 +350,7 @@ static void test_update(void)
     /* title only: everything else stays */
     op = update_op(id, 1);
     op->set_title = true;
-    op->task.title = tms_strdup("after");
+    op->task.title = tms_arena_strdup(op->arena, "after");
     op = run_task(&s, op);
     CHECK_EQ_INT(op->err.code, TMS_OK);
     CHECK_EQ_STR(op->task.title, "after");
@@ -391,7 +383,7 @@ static void test_update(void)
     /* description, status and a new assignee with notify; version 0 = any */
     op = update_op(id, 0);
     op->set_description = true;
-    op->task.description = tms_strdup("new desc");
+    op->task.description = tms_arena_strdup(op->arena, "new desc");
     op->set_status = true;
     snprintf(op->task.status, sizeof(op->task.status), "in progress");
     op->set_assigned_to = true;
@@ -453,7 +445,7 @@ static void test_update(void)
 
     op = update_op(12345, 0);
     op->set_title = true;
-    op->task.title = tms_strdup("x");
+    op->task.title = tms_arena_strdup(op->arena, "x");
     op = run_task(&s, op);
     CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
     CHECK_EQ_INT(op->reason, TMS_TASK_NO_SUCH_TASK);

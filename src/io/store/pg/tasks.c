@@ -127,13 +127,20 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
     return -1;
 }
 
-/* Row r from column c0 on: the nine task columns. */
-static void read_task(const PGresult *res, int r, int c0, tms_task_t *t)
+/* A text column copied into arena ("" for NULL). */
+static char *text_dup(tms_arena_t *arena, const PGresult *res, int r, int c)
 {
-    tms_task_dispose(t);
+    if (PQgetisnull(res, r, c))
+        return tms_arena_strdup(arena, "");
+    return tms_arena_strndup(arena, PQgetvalue(res, r, c), (size_t)PQgetlength(res, r, c));
+}
+
+/* Row r from column c0 on: the nine task columns, strings into arena. */
+static void read_task(const PGresult *res, int r, int c0, tms_arena_t *arena, tms_task_t *t)
+{
     t->id = tms__pg_int(res, r, c0);
-    t->title = tms__pg_dup(res, r, c0 + 1);
-    t->description = tms__pg_dup(res, r, c0 + 2);
+    t->title = text_dup(arena, res, r, c0 + 1);
+    t->description = text_dup(arena, res, r, c0 + 2);
     tms__pg_str(t->status, sizeof(t->status), res, r, c0 + 3);
     tms__pg_str(t->assigned_to, sizeof(t->assigned_to), res, r, c0 + 4);
     tms__pg_str(t->created_by, sizeof(t->created_by), res, r, c0 + 5);
@@ -147,7 +154,7 @@ static void finish_write(tms_task_op_t *op, const PGresult *res)
 {
     const char *st = PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "";
     if (strcmp(st, "ok") == 0 || strcmp(st, "replayed") == 0) {
-        read_task(res, 0, 1, &op->task);
+        read_task(res, 0, 1, op->arena, &op->task);
         op->replayed = st[0] == 'r';
     } else if (strcmp(st, "not_found") == 0) {
         tms_task_op_refuse(op, TMS_NOT_FOUND, TMS_TASK_NO_SUCH_TASK);
@@ -155,7 +162,7 @@ static void finish_write(tms_task_op_t *op, const PGresult *res)
         tms_task_op_refuse(op, TMS_ALREADY_EXISTS, TMS_TASK_IDEMPOTENCY_REUSED);
     } else if (strcmp(st, "conflict") == 0) {
         if (op->msg.op == TMS_TASK_DELETE)
-            read_task(res, 0, 1, &op->task);
+            read_task(res, 0, 1, op->arena, &op->task);
         tms_task_op_refuse(op, TMS_FAILED_PRECONDITION, TMS_TASK_VERSION_MISMATCH);
         op->current_version = tms__pg_int(res, 0, 9);
     } else if (strcmp(st, "gone") == 0) {
@@ -181,18 +188,18 @@ static void finish(tms_msg_t *msg, const PGresult *res)
         if (n == 0)
             tms_task_op_refuse(op, TMS_NOT_FOUND, TMS_TASK_NO_SUCH_TASK);
         else
-            read_task(res, 0, 0, &op->task);
+            read_task(res, 0, 0, op->arena, &op->task);
         break;
     case TMS_TASK_LIST: {
         size_t cap = op->limit > 0 ? (size_t)op->limit : 0;
-        op->tasks = tms_calloc(cap ? cap : 1, sizeof(tms_task_t));
+        op->tasks = tms_arena_calloc(op->arena, cap ? cap : 1, sizeof(tms_task_t));
         op->ntasks = 0;
         for (int r = 0; r < n; r++) {
             if (op->ntasks == cap) {
                 op->has_more = true;
                 break;
             }
-            read_task(res, r, 0, &op->tasks[op->ntasks++]);
+            read_task(res, r, 0, op->arena, &op->tasks[op->ntasks++]);
         }
         break;
     }

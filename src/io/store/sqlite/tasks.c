@@ -64,12 +64,20 @@ static sqlite3_stmt *stmt(tasks_t *t, sqlite3 *db, enum stmt_id id, const char *
     return tms__sqlite_stmt(db, &t->stmt[id], sql);
 }
 
-static void read_task(sqlite3_stmt *st, tms_task_t *t)
+/* A text column copied into arena ("" for NULL). */
+static char *column_dup(tms_arena_t *arena, sqlite3_stmt *st, int i)
 {
-    tms_task_dispose(t);
+    const unsigned char *s = sqlite3_column_text(st, i);
+    return tms_arena_strndup(arena, s ? (const char *)s : "", (size_t)sqlite3_column_bytes(st, i));
+}
+
+/* The row's task into t, its strings into arena; with arena NULL, all but the
+ * strings (a check that needs the version only copies no text). */
+static void read_task(sqlite3_stmt *st, tms_arena_t *arena, tms_task_t *t)
+{
     t->id = sqlite3_column_int64(st, 0);
-    t->title = tms__sqlite_column_dup(st, 1);
-    t->description = tms__sqlite_column_dup(st, 2);
+    t->title = arena ? column_dup(arena, st, 1) : NULL;
+    t->description = arena ? column_dup(arena, st, 2) : NULL;
     tms__sqlite_column_str(t->status, sizeof(t->status), st, 3);
     tms__sqlite_column_str(t->assigned_to, sizeof(t->assigned_to), st, 4);
     tms__sqlite_column_str(t->created_by, sizeof(t->created_by), st, 5);
@@ -92,13 +100,15 @@ static void bind_assignee(sqlite3_stmt *st, int i, const char *s)
         sqlite3_bind_null(st, i);
 }
 
-/* Steps a statement that returns at most one task row; 1 row, 0 none, <0 error. */
-static int step_task(tms_task_op_t *op, sqlite3 *db, sqlite3_stmt *st, tms_task_t *out)
+/* Steps a statement that returns at most one task row, read into out (strings in
+ * arena; NULL: none); 1 row, 0 none, <0 error. */
+static int step_task(tms_task_op_t *op, sqlite3 *db, sqlite3_stmt *st, tms_arena_t *arena,
+                     tms_task_t *out)
 {
     int rc, rows = 0;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (rows++ == 0 && out)
-            read_task(st, out);
+            read_task(st, arena, out);
     }
     tms__sqlite_done(st);
     if (rc != SQLITE_DONE) {
@@ -108,7 +118,8 @@ static int step_task(tms_task_op_t *op, sqlite3 *db, sqlite3_stmt *st, tms_task_
     return rows > 0;
 }
 
-static int get_task(tasks_t *t, tms_task_op_t *op, sqlite3 *db, int64_t id, tms_task_t *out)
+static int get_task(tasks_t *t, tms_task_op_t *op, sqlite3 *db, int64_t id, tms_arena_t *arena,
+                    tms_task_t *out)
 {
     sqlite3_stmt *st = stmt(t, db, ST_GET, "SELECT " COLS " FROM tasks WHERE id = ?1");
     if (!st) {
@@ -116,7 +127,7 @@ static int get_task(tasks_t *t, tms_task_op_t *op, sqlite3 *db, int64_t id, tms_
         return -1;
     }
     sqlite3_bind_int64(st, 1, id);
-    return step_task(op, db, st, out);
+    return step_task(op, db, st, arena, out);
 }
 
 static int write_event(tasks_t *t, tms_task_op_t *op, sqlite3 *db, const tms_task_t *task)
@@ -172,7 +183,7 @@ static int check_idempotency(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
         tms_task_op_refuse(op, TMS_ALREADY_EXISTS, TMS_TASK_IDEMPOTENCY_REUSED);
         return -1;
     }
-    rc = get_task(t, op, db, task_id, &op->task);
+    rc = get_task(t, op, db, task_id, op->arena, &op->task);
     if (rc < 0)
         return -1;
     if (rc == 0) {
@@ -201,7 +212,7 @@ static int do_create(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
     bind_assignee(st, 4, op->task.assigned_to);
     bind_text(st, 5, op->task.created_by);
     sqlite3_bind_int64(st, 6, op->task.created_at_ms);
-    if (step_task(op, db, st, &op->task) != 1)
+    if (step_task(op, db, st, op->arena, &op->task) != 1)
         return -1;
     if (op->idem_key[0]) {
         st = stmt(t, db, ST_IDEM_PUT,
@@ -214,7 +225,7 @@ static int do_create(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
         bind_text(st, 3, op->idem_hash);
         sqlite3_bind_int64(st, 4, op->task.id);
         sqlite3_bind_int64(st, 5, op->task.created_at_ms);
-        if (step_task(op, db, st, NULL) < 0)
+        if (step_task(op, db, st, NULL, NULL) < 0)
             return -1;
     }
     if (op->notify.enabled && write_event(t, op, db, &op->task) != 0)
@@ -225,10 +236,12 @@ internal:
     return -1;
 }
 
-/* Reads the row and checks the expected version: 0 ok, -1 error set. */
-static int check_version(tasks_t *t, tms_task_op_t *op, sqlite3 *db, tms_task_t *current)
+/* Reads the row into current (strings in arena, NULL: none) and checks the expected
+ * version: 0 ok, -1 error set. */
+static int check_version(tasks_t *t, tms_task_op_t *op, sqlite3 *db, tms_arena_t *arena,
+                         tms_task_t *current)
 {
-    int rc = get_task(t, op, db, op->id, current);
+    int rc = get_task(t, op, db, op->id, arena, current);
     if (rc < 0)
         return -1;
     if (rc == 0) {
@@ -247,8 +260,7 @@ static int do_update(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
 {
     tms_task_t current = {0};
     sqlite3_stmt *st;
-    int rc = check_version(t, op, db, &current);
-    tms_task_dispose(&current);
+    int rc = check_version(t, op, db, NULL, &current);
     if (rc)
         return -1;
     st = stmt(t, db, ST_UPDATE,
@@ -273,7 +285,7 @@ static int do_update(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
     sqlite3_bind_int(st, 8, op->set_assigned_to);
     bind_assignee(st, 9, op->task.assigned_to);
     sqlite3_bind_int64(st, 10, op->task.updated_at_ms);
-    if (step_task(op, db, st, &op->task) != 1)
+    if (step_task(op, db, st, op->arena, &op->task) != 1)
         return -1;
     if (op->notify.enabled && write_event(t, op, db, &op->task) != 0)
         return -1;
@@ -283,7 +295,7 @@ static int do_update(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
 static int do_delete(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
 {
     sqlite3_stmt *st;
-    if (check_version(t, op, db, &op->task))
+    if (check_version(t, op, db, op->arena, &op->task))
         return -1;
     st = stmt(t, db, ST_DELETE, "DELETE FROM tasks WHERE id = ?1");
     if (!st) {
@@ -291,7 +303,7 @@ static int do_delete(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
         return -1;
     }
     sqlite3_bind_int64(st, 1, op->id);
-    return step_task(op, db, st, NULL) < 0 ? -1 : 0;
+    return step_task(op, db, st, NULL, NULL) < 0 ? -1 : 0;
 }
 
 static void do_list(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
@@ -308,13 +320,13 @@ static void do_list(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
     bind_text(st, 2, op->filter_assigned_to);
     bind_text(st, 3, op->filter_status);
     sqlite3_bind_int(st, 4, op->limit + 1); /* one more tells whether a next page exists */
-    op->tasks = tms_calloc(cap ? cap : 1, sizeof(tms_task_t));
+    op->tasks = tms_arena_calloc(op->arena, cap ? cap : 1, sizeof(tms_task_t));
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (op->ntasks == cap) {
             op->has_more = true;
             continue;
         }
-        read_task(st, &op->tasks[op->ntasks++]);
+        read_task(st, op->arena, &op->tasks[op->ntasks++]);
     }
     tms__sqlite_done(st);
     if (rc != SQLITE_DONE)
@@ -333,7 +345,7 @@ static void do_unassign(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
     bind_text(st, 1, op->user_id);
     /* The caller's clock when it gave one, so every write of a saga step agrees. */
     sqlite3_bind_int64(st, 2, op->task.updated_at_ms ? op->task.updated_at_ms : tms_now_ms());
-    if (step_task(op, db, st, NULL) >= 0)
+    if (step_task(op, db, st, NULL, NULL) >= 0)
         op->count = sqlite3_changes(db);
 }
 
@@ -368,7 +380,7 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
         in_transaction(t, op, db, do_create);
         break;
     case TMS_TASK_GET: {
-        int rc = get_task(t, op, db, op->id, &op->task);
+        int rc = get_task(t, op, db, op->id, op->arena, &op->task);
         if (rc == 0)
             tms_task_op_refuse(op, TMS_NOT_FOUND, TMS_TASK_NO_SUCH_TASK);
         break;
@@ -390,7 +402,7 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
         if (!st)
             tms_error_set(&op->err, TMS_INTERNAL, "internal error");
         else
-            step_task(op, db, st, NULL);
+            step_task(op, db, st, NULL, NULL);
         break;
     }
 }

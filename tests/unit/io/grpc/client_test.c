@@ -52,8 +52,8 @@ typedef struct gateway {
 static void answer(gateway_t *gw, tms_api_call_t *call)
 {
     call->task.id = call->task_id;
-    call->task.title = strdup("hello");
-    call->task.description = malloc(gw->desc_len + 1);
+    call->task.title = tms_api_call_strdup(call, "hello");
+    call->task.description = tms_arena_alloc(&call->arena, gw->desc_len + 1);
     memset(call->task.description, 'd', gw->desc_len);
     call->task.description[gw->desc_len] = '\0';
     snprintf(call->task.status, sizeof(call->task.status), "open");

@@ -24,16 +24,15 @@ static void test_call_round_trip(void)
     snprintf(c->user.id, sizeof(c->user.id), "0123456789abcdef01234567");
     snprintf(c->user.password_hash, sizeof(c->user.password_hash), "$argon2id$secret");
     c->user.token_version = 7;
-    c->bearer = strdup("tok");
+    c->bearer = tms_api_call_strdup(c, "tok");
     c->task_id = 42;
-    c->title = strdup("t\xc3\xa9");
-    c->assigned_to = strdup(""); /* unassign: present and empty */
+    c->title = tms_api_call_strdup(c, "t\xc3\xa9");
+    c->assigned_to = tms_api_call_strdup(c, ""); /* unassign: present and empty */
     c->has_if_match = true;
     c->if_match = 3;
     c->limit = 5;
     tms_internal_encode_call(c, &buf, &len);
-    d = tms_internal_decode_call(buf, len);
-    free(buf);
+    d = tms_internal_decode_call(buf, len); /* buf is in c's arena */
     CHECK(d != NULL);
     CHECK_EQ_INT(d->op, TMS_API_TASK_UPDATE);
     CHECK_EQ_INT(d->msg.op, TMS_STAGE_EXECUTE);
@@ -66,20 +65,19 @@ static void test_result_round_trip(void)
     size_t len;
     c->err.code = TMS_OK;
     c->ntasks = 2;
-    c->tasks = calloc(2, sizeof(*c->tasks));
+    c->tasks = tms_arena_calloc(&c->arena, 2, sizeof(*c->tasks));
     for (int i = 0; i < 2; i++) {
         c->tasks[i].id = i + 1;
-        c->tasks[i].title = strdup(i ? "two" : "one");
-        c->tasks[i].description = strdup("d");
+        c->tasks[i].title = tms_api_call_strdup(c, i ? "two" : "one");
+        c->tasks[i].description = tms_api_call_strdup(c, "d");
         snprintf(c->tasks[i].status, sizeof(c->tasks[i].status), "open");
         c->tasks[i].version = 1;
     }
-    c->next_cursor = strdup("cur");
+    c->next_cursor = tms_api_call_strdup(c, "cur");
     c->ratelimit.applied = true;
     c->ratelimit.remaining = 9;
     tms_internal_encode_result(c, &buf, &len);
-    CHECK_EQ_INT(tms_internal_decode_result(d, buf, len), 0);
-    free(buf);
+    CHECK_EQ_INT(tms_internal_decode_result(d, buf, len), 0); /* buf is in c's arena */
     CHECK_EQ_INT(d->err.code, TMS_OK);
     CHECK_EQ_INT(d->ntasks, 2);
     CHECK_EQ_STR(d->tasks[1].title, "two");
@@ -95,8 +93,7 @@ static void test_result_round_trip(void)
     c = tms_api_call_new(TMS_API_TASK_GET);
     tms_error_set(&c->err, TMS_NOT_FOUND, "task 9 not found");
     tms_internal_encode_result(c, &buf, &len);
-    CHECK_EQ_INT(tms_internal_decode_result(d, buf, len), 0);
-    free(buf);
+    CHECK_EQ_INT(tms_internal_decode_result(d, buf, len), 0); /* buf is in c's arena */
     CHECK_EQ_INT(d->err.code, TMS_NOT_FOUND);
     CHECK_EQ_STR(d->err.message, "task 9 not found");
     CHECK_EQ_INT(d->ntasks, 0);

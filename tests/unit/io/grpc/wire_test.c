@@ -186,12 +186,10 @@ static void test_decode_create_and_verify(void)
     VerifyTokenResponse *v = verify_token_response__unpack(NULL, n, out);
     CHECK(v && !v->valid);
     verify_token_response__free_unpacked(v, NULL);
-    free(out);
     call->op = TMS_API_VERIFY_TOKEN;
     m = tms_op_by_grpc("/AuthService/Login", 18);
     call->err.code = TMS_UNAUTHENTICATED;
     CHECK_EQ_INT(tms_grpc_encode_reply(m, call, &out, &n, &err), TMS_OK); /* op decides */
-    free(out);
     tms_api_call_free(&call);
     CHECK(tms_op_by_grpc("/AuthService/Nope", 17) == NULL);
 }

@@ -32,19 +32,11 @@ static void on_reply(tms_msg_t *msg)
     *(tms_msg_t **)msg->ctx = msg;
 }
 
-static void free_task_op(tms_msg_t *msg)
-{
-    tms_task_op_t *op = (tms_task_op_t *)msg;
-    tms_task_op_free(&op);
-}
-
 static tms_task_op_t *task_op(int kind)
 {
-    tms_task_op_t *op = tms_new(tms_task_op_t);
-    op->msg.op = kind;
+    tms_task_op_t *op = tms_task_op_new(kind, NULL);
     op->msg.reply_to = replies;
     op->msg.cont = on_reply;
-    op->msg.free_fn = free_task_op;
     op->err.code = TMS_UNKNOWN; /* the store must overwrite it */
     return op;
 }

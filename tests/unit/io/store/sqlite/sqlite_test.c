@@ -199,15 +199,14 @@ static void on_task(tms_msg_t *msg)
 /* A task op through db's task store; the reply (caller frees). */
 static tms_task_op_t *run_task(tms_sqlite_t *db, int kind, int64_t id)
 {
-    tms_task_op_t *op = tms_new(tms_task_op_t), *got = NULL;
-    op->msg.op = kind;
+    tms_task_op_t *op = tms_task_op_new(kind, NULL), *got = NULL;
     op->msg.reply_to = replies;
     op->msg.cont = on_task;
     op->msg.ctx = &got;
     op->id = id;
     if (kind == TMS_TASK_CREATE) {
-        op->task.title = tms_strdup("t");
-        op->task.description = tms_strdup("");
+        op->task.title = tms_arena_strdup(op->arena, "t");
+        op->task.description = tms_arena_strdup(op->arena, "");
         snprintf(op->task.status, sizeof(op->task.status), "open");
         snprintf(op->task.created_by, sizeof(op->task.created_by), "aaaaaaaaaaaaaaaaaaaaaaaa");
         op->task.created_at_ms = op->task.updated_at_ms = 1764338400000;
