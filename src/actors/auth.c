@@ -490,9 +490,40 @@ static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
 
 /* ---- operations on a verified principal ------------------------------ */
 
+/* The userId a trusted peer's call names (its op's legacy rule MESSAGE_USER), checked
+ * as the original auth-service did and refused in its words: its clients match on
+ * them (the original notifier skips an event on "Invalid userId provided" only). */
+static int legacy_target(tms_auth_t *auth, tms_api_call_t *call)
+{
+    if (tms_op_get(call->op)->legacy != TMS_LEGACY_MESSAGE_USER) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "missing bearer token");
+        return 0;
+    }
+    if (call->target_id[0] == '\0') {
+        fail(auth, call, TMS_INVALID_ARGUMENT, "User ID is required");
+        return 0;
+    }
+    if (!tms_objectid_valid(call->target_id)) {
+        fail(auth, call, TMS_INVALID_ARGUMENT, "Invalid userId provided");
+        return 0;
+    }
+    return 1;
+}
+
+/* NOT_FOUND for the target user, in the original's words to a trusted peer. */
+static void target_not_found(tms_auth_t *auth, tms_api_call_t *call)
+{
+    if (call->principal.trusted)
+        fail(auth, call, TMS_NOT_FOUND, "User not found");
+    else
+        fail(auth, call, TMS_NOT_FOUND, "user %s not found", call->target_id);
+}
+
 /* Resolves the target of logout/delete: empty means self; others need admin. */
 static int allowed_target(tms_auth_t *auth, tms_api_call_t *call)
 {
+    if (call->principal.trusted)
+        return legacy_target(auth, call);
     if (call->target_id[0] == '\0')
         snprintf(call->target_id, sizeof(call->target_id), "%s", call->principal.user_id);
     if (!tms_objectid_valid(call->target_id)) {
@@ -511,21 +542,25 @@ static int allowed_target(tms_auth_t *auth, tms_api_call_t *call)
 static void logout_done(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
 {
     if (op->err.code == TMS_NOT_FOUND) {
-        fail(auth, call, TMS_NOT_FOUND, "user not found");
+        if (call->principal.trusted)
+            target_not_found(auth, call);
+        else
+            fail(auth, call, TMS_NOT_FOUND, "user not found");
         return;
     }
     if (store_failed(auth, call, op))
         return;
     call->flag = true;
     tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
-    tms_log_info("user_logged_out", "user=%s by=%s", op->user.id, call->principal.user_id);
+    tms_log_info("user_logged_out", "user=%s by=%s", op->user.id,
+                 call->principal.trusted ? "trusted_peer" : call->principal.user_id);
     finish(auth, call);
 }
 
 static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
 {
     if (op->err.code == TMS_NOT_FOUND) {
-        fail(auth, call, TMS_NOT_FOUND, "user %s not found", call->target_id);
+        target_not_found(auth, call);
         return;
     }
     if (store_failed(auth, call, op))
@@ -537,7 +572,8 @@ static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
      * saga brings the user back at this very version). */
     op->user.token_version++;
     tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
-    tms_log_info("user_deleted", "user=%s by=%s", op->user.id, call->principal.user_id);
+    tms_log_info("user_deleted", "user=%s by=%s", op->user.id,
+                 call->principal.trusted ? "trusted_peer" : call->principal.user_id);
     if (auth->relay) /* the store wrote user_deleted into its outbox with the delete */
         tms_relay_kick(auth->relay);
     finish(auth, call);
@@ -550,7 +586,7 @@ static void looked_up(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
             call->flag = false;
             finish(auth, call);
         } else {
-            fail(auth, call, TMS_NOT_FOUND, "user %s not found", call->target_id);
+            target_not_found(auth, call);
         }
         return;
     }
@@ -587,6 +623,11 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
         return;
     case TMS_API_USER_EXISTS:
     case TMS_API_USER_INFO:
+        if (call->principal.trusted) {
+            if (legacy_target(auth, call))
+                store(auth, call, TMS_USER_GET_BY_ID, call->target_id, NULL, NULL, looked_up);
+            return;
+        }
         /* Ids of creators and assignees are in every task a user can see: without
          * this, anyone could collect every user's email. */
         if (!tms_op_permits(tms_op_get(call->op), &call->principal,
@@ -735,6 +776,8 @@ static void on_compensate(tms_auth_t *auth, tms_delivery_t *d)
         comp_ack(job, tms_ack_permanent("malformed event"));
         return;
     }
+    if (!job->event_id[0]) /* the original task-service sends none */
+        tms_event_id_derive(d->topic, d->payload, d->payload_len, job->event_id);
     comp_inbox(job, TMS_INBOX_SEEN, on_comp_seen);
 }
 

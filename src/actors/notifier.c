@@ -26,6 +26,8 @@
 #define INBOX "task store" /* the inbox lives in the task store */
 #define USERS "auth"       /* the assignee's address comes from the auth actor (or peer) */
 
+typedef struct job job_t;
+
 struct tms_notifier {
     uv_loop_t *loop;
     tms_mailbox_t *mailbox;
@@ -34,6 +36,7 @@ struct tms_notifier {
     size_t inflight;
     bool mailer_closed;      /* cfg.mailer is closing or gone: not to be used */
     const char *mailer_name; /* its name (a literal): for reasons, after it is gone too */
+    job_t *jobs;             /* in flight and past their parse, for twins (see twin_of) */
     tms_stopper_t stop;
     tms_counter_t *sent, *duplicate, *dropped, *failed, *dead_letter, *suppressed;
     /* Events whose mail the mailer refused for good (and kept as a dead letter): their
@@ -45,7 +48,6 @@ struct tms_notifier {
     size_t dead_next;
 };
 
-typedef struct job job_t;
 struct job {
     tms_notifier_t *n;
     tms_delivery_t *delivery;
@@ -56,11 +58,55 @@ struct job {
     char *title;
     char assigned_by[25]; /* "" when the event names nobody (older events) */
     void (*then)(job_t *job, tms_outbox_op_t *op);
+    job_t *prev, *next; /* in n->jobs */
+    job_t *twins;       /* the same event delivered again while this one is in flight */
 };
+
+static void inbox(job_t *job, tms_outbox_op_kind_t kind,
+                  void (*then)(job_t *job, tms_outbox_op_t *op));
+static void seen_checked(job_t *job, tms_outbox_op_t *op);
+
+/* The job in flight with the same event id, or NULL. O(jobs in flight), at most the
+ * mailbox's capacity. */
+static job_t *twin_of(tms_notifier_t *n, const char *event_id)
+{
+    for (job_t *j = n->jobs; j; j = j->next) {
+        if (strcmp(j->event_id, event_id) == 0)
+            return j;
+    }
+    return NULL;
+}
+
+static void track(job_t *job)
+{
+    tms_notifier_t *n = job->n;
+    job->next = n->jobs;
+    if (n->jobs)
+        n->jobs->prev = job;
+    n->jobs = job;
+}
 
 static void ack(job_t *job, tms_ack_t out)
 {
     tms_notifier_t *n = job->n;
+    job_t *twins = job->twins;
+    if (job->prev || n->jobs == job) {
+        if (job->prev)
+            job->prev->next = job->next;
+        else
+            n->jobs = job->next;
+        if (job->next)
+            job->next->prev = job->prev;
+    }
+    /* Twins waited for this one's outcome: now the inbox knows whether it was mailed
+     * (they are duplicates) or not (the first of them goes on). */
+    if (twins) {
+        job_t *first = twins;
+        first->twins = twins->next;
+        first->next = NULL;
+        track(first);
+        inbox(first, TMS_INBOX_SEEN, seen_checked);
+    }
     n->cfg.bus->ack(n->cfg.bus, &job->delivery, out);
     n->inflight--;
     free(job->title);
@@ -300,11 +346,27 @@ static void on_message(void *owner, tms_msg_t *msg)
         ack(job, tms_ack_permanent("malformed event"));
         return;
     }
+    if (!job->event_id[0]) /* the original system's producers send none */
+        tms_event_id_derive(d->topic, d->payload, d->payload_len, job->event_id);
+    {
+        /* The same event twice at once (the original's producers publish a payload
+         * again as a new message, on another partition): the inbox could not tell them
+         * apart until the first is recorded, so the second waits for it. */
+        job_t *twin = twin_of(n, job->event_id);
+        if (twin) {
+            job_t **tail = &twin->twins;
+            while (*tail)
+                tail = &(*tail)->next;
+            *tail = job;
+            return;
+        }
+        track(job);
+    }
 #ifdef TMS_FAULTS
     /* Test-only switch (never compiled into release builds): an event with this
      * title fails every time, as a poison message for the dead-letter path. */
     const char *poison = getenv("TMS_FAULT_NOTIFY_FAIL_TITLE");
-    if (poison && strcmp(poison, job->title) == 0) {
+    if (poison && job->title && strcmp(poison, job->title) == 0) {
         tms_counter_add(n->failed, 1);
         ack(job, tms_ack_permanent("TMS_FAULT_NOTIFY_FAIL_TITLE"));
         return;

@@ -665,6 +665,8 @@ static void on_user_deleted(tms_task_actor_t *a, tms_delivery_t *d)
         ack(job, tms_ack_permanent("malformed event")); /* dead-lettered, never retried forever */
         return;
     }
+    if (!job->event_id[0]) /* the original auth-service sends none */
+        tms_event_id_derive(d->topic, d->payload, d->payload_len, job->event_id);
     outbox(job, TMS_INBOX_SEEN, seen_checked, tms_outbox_op_new(TMS_INBOX_SEEN));
 }
 

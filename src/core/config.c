@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/cidr.h"
 #include "core/status.h"
 
 typedef enum { T_STR, T_INT, T_ENUM } type_t;
@@ -130,6 +131,14 @@ static const key_t_ keys[] = {
         "TLS versions on grpc.addr: TLSv1.2 and/or TLSv1.3"),
     STR(grpc, tls_ciphers, grpc.tls_ciphers, TLS_CIPHERS,
         "TLS 1.2 cipher suites on grpc.addr (OpenSSL list)"),
+    STR(grpc, trusted_peers, grpc.trusted_peers, "",
+        "migration from the original Node.js system: addresses or CIDR ranges (IPv4/IPv6, "
+        "comma or blank separated, at most 64) whose gRPC calls without a token are served with "
+        "the original's semantics: task calls act with no caller and no permission check, "
+        "Logout, DeleteUser and GetUserInfo act on the userId in the message; a process without "
+        "the gateway role then also serves its roles' original services (auth: AuthService, "
+        "task: TaskService). A call with a token follows TMS's rules. Each such call is logged "
+        "(trusted_peer=) and counted; empty: off"),
     STR(metrics, addr, metrics.addr, "127.0.0.1:9090",
         "listener that serves only GET /metrics, without a token, host:port; keep it on "
         "loopback or a private network (each process on a host needs its own port); empty: "
@@ -837,6 +846,14 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
     if (cfg->metrics.token[0] && strlen(cfg->metrics.token) < 32) {
         snprintf(err, err_len, "config: metrics.token: must be at least 32 bytes");
         return -TMS_EINVAL;
+    }
+    {
+        tms_cidr_list_t peers;
+        char why[200];
+        if (tms_cidr_list_parse(cfg->grpc.trusted_peers, &peers, why, sizeof(why)) != 0) {
+            snprintf(err, err_len, "config: grpc.trusted_peers: %s", why);
+            return -TMS_EINVAL;
+        }
     }
     if (cfg->grpc.max_connection_request_bytes < cfg->grpc.max_message_bytes) {
         snprintf(err, err_len,

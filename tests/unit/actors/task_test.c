@@ -196,9 +196,11 @@ static void on_reply(tms_msg_t *msg)
 static tms_api_call_t *run(env_t *e, tms_api_call_t *call, const char *as, const char *role)
 {
     tms_msg_t *msg = &call->msg;
-    snprintf(call->principal.user_id, sizeof(call->principal.user_id), "%s", as);
+    /* as NULL: a trusted peer's call without a token (the gateway's principal.trusted) */
+    snprintf(call->principal.user_id, sizeof(call->principal.user_id), "%s", as ? as : "");
     snprintf(call->principal.role, sizeof(call->principal.role), "%s", role);
-    call->principal.authenticated = true;
+    call->principal.authenticated = as != NULL;
+    call->principal.trusted = as == NULL;
     msg->op = TMS_STAGE_EXECUTE;
     msg->reply_to = e->replies;
     msg->cont = on_reply;
@@ -221,7 +223,7 @@ static tms_status_t create(env_t *e, const char *as, const char *assignee)
     code = c->err.code;
     if (code == TMS_OK) {
         CHECK_EQ_STR(c->task.title, "Title"); /* trimmed */
-        CHECK_EQ_STR(c->task.created_by, as);
+        CHECK_EQ_STR(c->task.created_by, as ? as : "");
     }
     tms_api_call_free(&c);
     return code;
@@ -307,6 +309,20 @@ static void test_rules(void)
     CHECK_EQ_INT(delete (&e, 1, CAROL, "admin"), TMS_OK);
     CHECK_EQ_INT(delete (&e, 1, ALICE, "user"), TMS_NOT_FOUND);
     CHECK_EQ_INT(delete (&e, 2, ALICE, "user"), TMS_OK);
+
+    /* a trusted peer's call without a token (issue 21): no caller, so no creator, and
+     * anyone's task may be changed or deleted, as the original task-service did */
+    CHECK_EQ_INT(create(&e, NULL, BOB), TMS_OK); /* task 3 */
+    CHECK_EQ_STR(e.store.tasks[2].created_by, "");
+    CHECK_EQ_STR(e.store.last_notify.type, "task_created");
+    CHECK_EQ_STR(e.store.last_notify.by, "");
+    CHECK_EQ_INT(create(&e, ALICE, NULL), TMS_OK); /* task 4, ALICE's */
+    CHECK_EQ_INT(update(&e, 4, NULL, "", CAROL, 0), TMS_OK);
+    CHECK_EQ_INT(delete (&e, 4, NULL, ""), TMS_OK);
+    /* a task without a creator: no user is its creator, so only an admin deletes it */
+    CHECK_EQ_INT(delete (&e, 3, CAROL, "user"), TMS_PERMISSION_DENIED);
+    CHECK_EQ_INT(update(&e, 3, BOB, "user", NULL, 0), TMS_OK); /* its assignee */
+    CHECK_EQ_INT(delete (&e, 3, NULL, ""), TMS_OK);
 
     tms_task_free(&e.actor);
     tms_mailbox_free(&e.auth);
