@@ -665,10 +665,12 @@ typedef struct comp_job {
     char event_id[37];
 } comp_job_t;
 
-static void comp_ack(comp_job_t *job, int ok)
+#define USER_STORE "user store" /* what compensation needs: its failures are transient */
+
+static void comp_ack(comp_job_t *job, tms_ack_t out)
 {
     tms_auth_t *auth = job->auth;
-    auth->bus->ack(auth->bus, &job->delivery, ok);
+    auth->bus->ack(auth->bus, &job->delivery, out);
     auth->inflight--;
     sodium_memzero(job, sizeof(*job));
     free(job);
@@ -679,9 +681,11 @@ static void on_comp_recorded(tms_msg_t *msg)
 {
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
     comp_job_t *job = msg->ctx;
-    int ok = op->err.code == TMS_OK;
+    tms_ack_t out = op->err.code == TMS_OK
+                        ? tms_ack_ok()
+                        : tms_ack_transient(USER_STORE, "inbox record failed", 0);
     tms_outbox_op_free(&op);
-    comp_ack(job, ok);
+    comp_ack(job, out);
 }
 
 static void comp_inbox(comp_job_t *job, tms_outbox_op_kind_t kind, tms_cont_fn cont)
@@ -694,7 +698,7 @@ static void comp_inbox(comp_job_t *job, tms_outbox_op_kind_t kind, tms_cont_fn c
     snprintf(op->event_id, sizeof(op->event_id), "%s", job->event_id);
     if (tms_outbox_submit(job->auth->inbox, &op) != 0) {
         tms_outbox_op_free(&op);
-        comp_ack(job, 0);
+        comp_ack(job, tms_ack_transient(USER_STORE, "inbox queue full or closed", 0));
     }
 }
 
@@ -719,7 +723,7 @@ static void on_restored(tms_msg_t *msg)
         tms_log_error("user_restore_refused", "user=%s event=%s reason=\"%s\"", job->user.id,
                       job->event_id, why);
     } else if (code != TMS_OK) {
-        comp_ack(job, 0);
+        comp_ack(job, tms_ack_transient(USER_STORE, why, 0));
         return;
     } else {
         tms_counter_add(job->auth->restored, 1);
@@ -737,7 +741,8 @@ static void on_comp_seen(tms_msg_t *msg)
     int failed = op->err.code != TMS_OK, seen = op->seen;
     tms_outbox_op_free(&op);
     if (failed || seen) {
-        comp_ack(job, !failed);
+        comp_ack(job,
+                 failed ? tms_ack_transient(USER_STORE, "inbox check failed", 0) : tms_ack_ok());
         return;
     }
     req = tms_new(store_req_t);
@@ -754,7 +759,7 @@ static void on_comp_seen(tms_msg_t *msg)
     uop->user.password_hash[0] = '\0';
     if (tms_user_store_submit(job->auth->users, &uop) != 0) {
         free(req);
-        comp_ack(job, 0);
+        comp_ack(job, tms_ack_transient(USER_STORE, "user store queue full or closed", 0));
     }
 }
 
@@ -766,8 +771,9 @@ static void on_compensate(tms_auth_t *auth, tms_delivery_t *d)
     auth->inflight++;
     if (tms_event_user_parse(d->payload, &job->user, job->event_id) != 0 ||
         !tms_objectid_valid(job->user.id)) {
-        tms_log_error("event_malformed", "topic=%s dropped=1", d->topic);
-        comp_ack(job, 1);
+        if (d->attempt == 1)
+            tms_log_error("event_malformed", "topic=%s", d->topic);
+        comp_ack(job, tms_ack_permanent("malformed event"));
         return;
     }
     if (!job->event_id[0]) /* the original task-service sends none */
@@ -787,7 +793,7 @@ static void on_message(void *owner, tms_msg_t *msg)
     if (msg->op == TMS_EVENT_DELIVERY) {
         tms_delivery_t *d = (tms_delivery_t *)msg;
         if (tms_stopping(&auth->stop)) /* comes again after a restart */
-            auth->bus->ack(auth->bus, &d, 0);
+            auth->bus->ack(auth->bus, &d, tms_ack_transient("auth", "stopping", 0));
         else
             on_compensate(auth, d);
         return;

@@ -230,9 +230,13 @@ static const key_t_ keys[] = {
     INT(events, replication, events.replication, 1, 32, "1",
         "Kafka: replication factor of the topics TMS creates"),
     INT(events, dlq_after, events.dlq_after, 1, 1000, "5",
-        "Kafka: attempts at an event before it goes to <topic>.dlq"),
+        "attempts at an event that fails permanently (malformed, recipient refused for good, "
+        "user gone) before it is dead-lettered (Kafka: <topic>.dlq; in process: logged); a "
+        "dependency that is down pauses the consumer instead and counts no attempt"),
     INT(events, retry_ms, events.retry_ms, 10, 60000, "200",
-        "Kafka: back-off before the second attempt at an event, doubled per attempt"),
+        "back-off before the next attempt at a failed event, doubled per attempt; also the first "
+        "probe after a consumer paused for a dependency (doubled up to 5 s, at least a "
+        "breaker's cool-down)"),
     INT(events, publish_timeout_ms, events.publish_timeout_ms, 1000, 600000, "10000",
         "Kafka: a publish not acknowledged by then fails (the outbox retries it)"),
     ENUM(events, security_protocol, events.security_protocol, "plaintext|ssl", "plaintext",
