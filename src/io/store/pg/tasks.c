@@ -57,8 +57,24 @@
     "  ELSE 'replayed' END, " T_COLS                                                               \
     " FROM prev p LEFT JOIN tasks t ON t.id = p.task_id AND p.request_hash = $8::text"
 
+/* A create without an Idempotency-Key (most of them): the task and its outbox event
+ * only, without the idempotency lookup and the UNION, which cost the database about a
+ * third of pgbench's INSERT rate (bench pair pg_post). */
+#define CREATE_PLAIN_SQL                                                                           \
+    "WITH t AS (INSERT INTO tasks AS t (title, description, status, assigned_to, created_by,"      \
+    "  created_at_ms, updated_at_ms, version)"                                                     \
+    "  VALUES ($1::text, $2::text, $3::text, NULLIF($4::text, ''), $5::text, $6::bigint,"          \
+    "  $6::bigint, 1) RETURNING " T_COLS "),"                                                      \
+    " o AS (INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"                     \
+    "  SELECT $8::text, 'notifications', t.id::text, json_build_object('type', $7::text,"          \
+    "  'user_id', coalesce(t.assigned_to, ''), 'task_id', t.id::text, 'event_id', $8::text,"       \
+    "  'title', t.title, 'occurred_at', $9::text, 'assigned_by', t.created_by)::text,"             \
+    "  t.updated_at_ms FROM t WHERE $7::text <> '')"                                               \
+    " SELECT 'ok'::text, " T_COLS " FROM t"
+
 static const tms_pg_stmt_t stmts[] = {
     {"task_create", CREATE_SQL},
+    {"task_create_plain", CREATE_PLAIN_SQL},
     /* the same lock as tms_task_create (migration 1) takes, so that an older instance
      * still calling it and this one exclude each other too */
     {"task_create_lock",
@@ -92,20 +108,26 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
     const char **v = c->values;
     switch (msg->op) {
     case TMS_TASK_CREATE:
-        c->stmt = "task_create";
-        c->nparams = 12;
-        if (op->idem_key[0]) {
-            c->first_stmt = "task_create_lock";
-            c->first_nparams = 2;
-            c->first_values[0] = op->task.created_by;
-            c->first_values[1] = op->idem_key;
-        }
         v[0] = op->task.title ? op->task.title : "";
         v[1] = op->task.description ? op->task.description : "";
         v[2] = op->task.status;
         v[3] = op->task.assigned_to;
         v[4] = op->task.created_by;
         v[5] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->task.created_at_ms);
+        if (!op->idem_key[0]) {
+            c->stmt = "task_create_plain";
+            c->nparams = 9;
+            v[6] = op->notify.enabled ? op->notify.type : "";
+            v[7] = op->notify.event_id;
+            v[8] = tms_format_time(op->task.created_at_ms, c->num[2], sizeof(c->num[2]));
+            return 0;
+        }
+        c->stmt = "task_create";
+        c->nparams = 12;
+        c->first_stmt = "task_create_lock";
+        c->first_nparams = 2;
+        c->first_values[0] = op->task.created_by;
+        c->first_values[1] = op->idem_key;
         v[6] = op->idem_key;
         v[7] = op->idem_hash;
         v[8] = tms__pg_i64(c->num[1], sizeof(c->num[1]), TMS_IDEMPOTENCY_TTL_MS);
