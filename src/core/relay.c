@@ -13,6 +13,9 @@
 /* Events handed to the bus and not yet done, at most: a mail backing off on the
  * embedded bus stays in flight for seconds while the relay goes on with the others. */
 #define MAX_INFLIGHT 1000
+/* The pending-events gauge is refreshed (an index-only count) at most this often: a
+ * pipelined relay fetches after every few commits. */
+#define COUNT_EVERY_MS 250
 
 /* Pipelined (issue 20): a fetch reads the pending events that are not in flight, in
  * outbox order, and publishes them; the next fetch does not wait for their delivery
@@ -34,6 +37,7 @@ struct tms_relay {
     int fetching;           /* a fetch op out */
     int marking;            /* a mark op out */
     int counting;           /* a pending-count op out */
+    uint64_t counted_at;    /* uv_now of the last count sent */
     int again;              /* kicked while fetching: fetch again right after */
     uint64_t backoff_until; /* uv_now: a publish failed; no fetch before (0: none) */
     int stopping;
@@ -101,8 +105,9 @@ static void on_counted(tms_msg_t *msg)
 static void count_pending(tms_relay_t *r)
 {
     tms_outbox_op_t *op;
-    if (r->counting || r->stopping)
+    if (r->counting || r->stopping || uv_now(r->loop) < r->counted_at + COUNT_EVERY_MS)
         return;
+    r->counted_at = uv_now(r->loop);
     op = tms_outbox_op_new(TMS_OUTBOX_PENDING);
     op->msg.reply_to = r->replies;
     op->msg.cont = on_counted;
@@ -222,7 +227,7 @@ static void plan_next(tms_relay_t *r, int full)
         schedule(r, r->backoff_until - now);
     else
         schedule(r, now_more ? 0 : r->poll_ms);
-    count_pending(r); /* after every fetch, as the gauge's refresh (one out at a time) */
+    count_pending(r); /* after a fetch, at most every COUNT_EVERY_MS */
 }
 
 static void on_fetched(tms_msg_t *msg)
