@@ -14,6 +14,7 @@
 #include "core/mailbox.h"
 #include "core/outbox.h"
 #include "core/relay.h"
+#include "core/ticket.h"
 #include "core/user_cache.h"
 #include "core/user_store.h"
 #include "core/workpool.h"
@@ -43,6 +44,9 @@ typedef struct tms_auth_config {
      * in the shared hash pool at once; beyond it RESOURCE_EXHAUSTED. 0: no limit. */
     size_t hash_per_address;
     unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
+    /* The used stream tickets, shared by the auth actors of every worker (borrowed,
+     * outlives the actor); NULL: the actor keeps its own. */
+    tms_ticket_book_t *tickets;
 } tms_auth_config_t;
 
 /** Start the actor on loop (subscribed to compensate_user_deletion in group

@@ -86,6 +86,9 @@ static const key_t_ keys[] = {
     INT(http, tls_handshake_timeout, http.tls_handshake_timeout, 1, 3600, "10",
         "seconds a TLS handshake may take on http.addr and grpc.addr; then the connection is "
         "closed (tms_tls_handshake_failures_total{reason=\"timeout\"})"),
+    STR(http, cors_origins, http.cors_origins, "",
+        "origins (scheme://host[:port], comma-separated) whose browser pages may call the REST "
+        "API and open task event streams (CORS, with preflight); * allows any; empty: none"),
     STR(grpc, addr, grpc.addr, "0.0.0.0:50051", "gRPC listener, host:port"),
     INT(grpc, max_message_bytes, grpc.max_message_bytes, 1024, 64 << 20, "4194304",
         "request message limit in bytes (RESOURCE_EXHAUSTED beyond)"),
@@ -303,6 +306,27 @@ static const key_t_ keys[] = {
     INT(notify, per_recipient_per_hour, notify.per_recipient_per_hour, 0, 100000000, "20",
         "assignment emails per hour to one recipient from everyone; more are suppressed; per "
         "notifier process; 0 disables"),
+    INT(push, retention, push.retention, 60, 31536000, "86400",
+        "seconds the push log keeps task events for streams that resume (Last-Event-ID, "
+        "?since=); older ones are purged, and a resume from before them starts with a reset "
+        "event"),
+    INT(push, max_events, push.max_events, 1, 1000000000, "1000000",
+        "task events the push log keeps at most, whatever their age"),
+    INT(push, max_subscribers, push.max_subscribers, 1, 1000000, "10000",
+        "open task event streams (SSE and gRPC) per process; more are refused (429 / "
+        "RESOURCE_EXHAUSTED)"),
+    INT(push, max_subscribers_per_user, push.max_subscribers_per_user, 1, 1000000, "16",
+        "open task event streams of one user per process; more are refused"),
+    INT(push, queue_bytes, push.queue_bytes, 4096, 64 << 20, "262144",
+        "bytes of events one stream may have queued and not yet taken by its client; past it "
+        "the stream ends (slow consumer: SSE event error, gRPC RESOURCE_EXHAUSTED)"),
+    INT(push, heartbeat, push.heartbeat, 1, 3600, "15",
+        "seconds between SSE comment heartbeats on a quiet stream"),
+    INT(push, recheck, push.recheck, 1, 3600, "30",
+        "seconds between checks that each stream's token is still valid (a logout or delete "
+        "on this process ends its streams at once; elsewhere within this time)"),
+    INT(push, retry_ms, push.retry_ms, 100, 600000, "3000",
+        "reconnection delay advised to SSE clients (retry:)"),
     ENUM(log, level, log.level, "debug|info|warn|error", "info", "minimum level logged"),
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -817,6 +841,36 @@ static int finish_tls(tms_config_t *cfg, char *err, size_t err_len)
     return 0;
 }
 
+/* http.cors_origins: "*", or origins as browsers send them (scheme://host[:port], no
+ * path), comma-separated. */
+static int check_origins(const char *v, char *err, size_t err_len)
+{
+    const char *p = v;
+    if (strcmp(v, "*") == 0 || !v[0])
+        return 0;
+    while (*p) {
+        size_t n = strcspn(p, ","), host;
+        const char *o = p;
+        while (n && *o == ' ')
+            o++, n--;
+        while (n && o[n - 1] == ' ')
+            n--;
+        host = strncmp(o, "https://", 8) == 0 ? 8 : strncmp(o, "http://", 7) == 0 ? 7 : 0;
+        if (!host || n <= host || memchr(o + host, '/', n - host) || memchr(o, ' ', n) ||
+            memchr(o, '*', n)) {
+            snprintf(err, err_len,
+                     "config: http.cors_origins: \"%.*s\" is not an origin "
+                     "(scheme://host[:port]) or *",
+                     (int)(n < 200 ? n : 200), o);
+            return -TMS_EINVAL;
+        }
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
 int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
 {
     static const char *const user_stores[] = {"sqlite://", "mongodb://", "mongodb+srv://", NULL};
@@ -834,6 +888,8 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
         snprintf(err, err_len, "config: metrics.token: must be at least 32 bytes");
         return -TMS_EINVAL;
     }
+    if (check_origins(cfg->http.cors_origins, err, err_len))
+        return -TMS_EINVAL;
     if (cfg->grpc.max_connection_request_bytes < cfg->grpc.max_message_bytes) {
         snprintf(err, err_len,
                  "config: grpc.max_connection_request_bytes: must be at least "

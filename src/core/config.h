@@ -20,6 +20,7 @@ typedef struct tms_config {
         char tls_cert[1024], tls_key[1024], tls_client_ca[1024];
         char tls_protocols[64], tls_ciphers[512];
         int64_t tls_handshake_timeout; /* seconds, http.addr and grpc.addr */
+        char cors_origins[1024];       /* comma-separated origins, "*", or "": no CORS */
     } http;
     struct {
         char addr[128];
@@ -105,6 +106,14 @@ typedef struct tms_config {
     struct {
         int64_t per_assigner_per_hour, per_recipient_per_hour; /* emails; 0: no limit */
     } notify;
+    struct {
+        int64_t retention;                                 /* seconds the push log keeps events */
+        int64_t max_events;                                /* and at most this many */
+        int64_t max_subscribers, max_subscribers_per_user; /* per process */
+        int64_t queue_bytes;                               /* per subscriber, not yet taken */
+        int64_t heartbeat, recheck;                        /* seconds */
+        int64_t retry_ms;                                  /* SSE reconnection advice */
+    } push;
     struct {
         char level[8];
     } log;

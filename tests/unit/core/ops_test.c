@@ -22,7 +22,8 @@ static void test_one_row_per_op(void)
         CHECK(row->result != 0);
         /* A caller is needed exactly when the rule asks for one. */
         CHECK_EQ_INT(row->needs_caller, row->rule != TMS_RULE_ANYONE);
-        CHECK(row->rest_method || row->grpc_method);
+        /* Only the services' own operations are on no public protocol. */
+        CHECK(row->rest_method || row->grpc_method || row->rule == TMS_RULE_SERVICE);
         CHECK(!row->rest_method == !row->rest_route);
         CHECK(!row->rest_method || row->rest_status == 200 || row->rest_status == 201);
         CHECK(!row->grpc_method || row->grpc_method[0] == '/');
@@ -75,7 +76,8 @@ static void test_internal_numbers_are_stable(void)
         {TMS_API_ME, 4},           {TMS_API_DELETE_USER, 5},  {TMS_API_USER_EXISTS, 6},
         {TMS_API_USER_INFO, 7},    {TMS_API_VERIFY_TOKEN, 8}, {TMS_API_TASK_CREATE, 9},
         {TMS_API_TASK_GET, 10},    {TMS_API_TASK_LIST, 11},   {TMS_API_TASK_UPDATE, 12},
-        {TMS_API_TASK_DELETE, 13},
+        {TMS_API_TASK_DELETE, 13}, {TMS_API_TASK_WATCH, 14},  {TMS_API_TASK_EVENTS_TICKET, 15},
+        {TMS_API_TASK_EVENTS, 16},
     };
     for (size_t i = 0; i < sizeof(wire) / sizeof(wire[0]); i++) {
         CHECK_EQ_INT(tms_op_get(wire[i].op)->internal_op, wire[i].n);
@@ -144,6 +146,13 @@ static void test_permits(void)
     CHECK(!tms_op_permits(del_task, &u, &assignee));
     CHECK(tms_op_permits(del_task, &admin, &other));
     CHECK(!tms_op_permits(del_task, &service, &assignee));
+
+    /* The push log is the push hubs' (a service) alone; every user may watch. */
+    CHECK(tms_op_permits(tms_op_get(TMS_API_TASK_EVENTS), &service, NULL));
+    CHECK(!tms_op_permits(tms_op_get(TMS_API_TASK_EVENTS), &admin, NULL));
+    CHECK(!tms_op_permits(tms_op_get(TMS_API_TASK_EVENTS), &u, NULL));
+    CHECK(tms_op_permits(tms_op_get(TMS_API_TASK_WATCH), &u, NULL));
+    CHECK(!tms_op_permits(tms_op_get(TMS_API_TASK_WATCH), &nobody, NULL));
 }
 
 static void test_list_size(void)
