@@ -65,6 +65,7 @@ struct bus {
     size_t nrecords; /* publishes whose done has not run */
     record_t *ready_head, *ready_tail;
     bool closing, released;
+    unsigned nall; /* subscribe_all's groups */
     tms_port_closed_fn closed_cb;
     void *closed_ctx;
 };
@@ -271,6 +272,15 @@ static int subscribe(tms_event_bus_t *self, const char *topic, const char *group
     return 0;
 }
 
+/* One process is every instance of the in-process bus: a subscription of its own. */
+static int subscribe_all(tms_event_bus_t *self, const char *topic, tms_mailbox_t *mailbox)
+{
+    bus_t *bus = (bus_t *)self;
+    char group[NAME_MAX_LEN + 1];
+    snprintf(group, sizeof(group), "all-%u", ++bus->nall);
+    return subscribe(self, topic, group, mailbox);
+}
+
 static void ack(tms_event_bus_t *self, tms_delivery_t **pd, int ok)
 {
     copy_t *c = (copy_t *)*pd;
@@ -331,6 +341,7 @@ tms_event_bus_t *tms_local_bus_new(uv_loop_t *loop)
     bus->base.name = "local";
     bus->base.publish = publish;
     bus->base.subscribe = subscribe;
+    bus->base.subscribe_all = subscribe_all;
     bus->base.ack = ack;
     bus->base.busy = busy;
     bus->base.close = bus_close;
