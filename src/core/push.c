@@ -180,7 +180,7 @@ static void on_feed(void *owner, tms_msg_t *msg)
     tms_delivery_t *d = (tms_delivery_t *)msg;
     if (msg->kind == TMS_MSG_STOP || msg->op != TMS_EVENT_DELIVERY)
         return;
-    s->bus->ack(s->bus, &d, 1);
+    s->bus->ack(s->bus, &d, tms_ack_ok());
     tms_counter_add(s->doorbells_in, 1);
     if (!s->stopping)
         poke_hubs(s);
