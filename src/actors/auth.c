@@ -53,6 +53,7 @@ struct tms_auth {
     tms_counter_t *hash_refused;
     tms_ticket_book_t *tickets;
     bool own_tickets;
+    tms_push_shared_t *push;
 };
 
 /* A hashing job: runs on the hash pool with its own copies of the inputs. */
@@ -623,6 +624,7 @@ static void logout_done(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *o
     tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
     tms_log_info("user_logged_out", "user=%s by=%s", op->user.id,
                  call->principal.trusted ? "trusted_peer" : call->principal.user_id);
+    tms_push_revoked(auth->push, op->user.id);
     finish(auth, call);
 }
 
@@ -645,6 +647,7 @@ static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
                  call->principal.trusted ? "trusted_peer" : call->principal.user_id);
     if (auth->relay) /* the store wrote user_deleted into its outbox with the delete */
         tms_relay_kick(auth->relay);
+    tms_push_revoked(auth->push, op->user.id);
     finish(auth, call);
 }
 
@@ -681,7 +684,10 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
     case TMS_API_ME:
     case TMS_API_TASK_WATCH: /* the stream itself is the push hub's (core/push.h) */
         /* authenticate already loaded the user */
-        finish(auth, call);
+        if (call->task_id < 0 || call->since < 0)
+            fail(auth, call, TMS_INVALID_ARGUMENT, "id and since must be ids");
+        else
+            finish(auth, call);
         return;
     case TMS_API_TASK_EVENTS_TICKET:
         issue_ticket(auth, call);
@@ -894,6 +900,7 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     auth->cache =
         cfg->user_cache ? cfg->user_cache : tms_user_cache_new(cfg->user_cache_ms, 100000);
     auth->tokens = tms_token_cache_new(20000);
+    auth->push = cfg->push;
     auth->own_tickets = cfg->tickets == NULL;
     auth->tickets = cfg->tickets ? cfg->tickets : tms_ticket_book_new(100000);
     auth->key_len = cfg->jwt_key_len < sizeof(auth->key) ? cfg->jwt_key_len : sizeof(auth->key);

@@ -13,6 +13,7 @@
 #include "core/event_bus.h"
 #include "core/mailbox.h"
 #include "core/outbox.h"
+#include "core/push.h"
 #include "core/relay.h"
 #include "core/ticket.h"
 #include "core/user_cache.h"
@@ -47,6 +48,9 @@ typedef struct tms_auth_config {
     /* The used stream tickets, shared by the auth actors of every worker (borrowed,
      * outlives the actor); NULL: the actor keeps its own. */
     tms_ticket_book_t *tickets;
+    /* Told of a logout or delete, so that the user's task event streams end at once
+     * (core/push.h); NULL: nobody to tell. */
+    tms_push_shared_t *push;
 } tms_auth_config_t;
 
 /** Start the actor on loop (subscribed to compensate_user_deletion in group
