@@ -396,3 +396,116 @@ def test_stream_outlives_the_request_timeout(make_server):
     ev = s.next_event()
     assert ev and ev["data"]["task"]["title"] == "after the timeout"
     s.close()
+
+
+# ---- gRPC: tms.v1.TaskEvents/Watch ----------------------------------------------
+
+def _grpc():
+    return pytest.importorskip("grpc")
+
+
+@pytest.fixture(scope="module")
+def events_pb(tmp_path_factory):
+    """task_events.proto compiled by grpcio-tools."""
+    import importlib
+    import sys
+    from conftest import REPO
+    protoc = pytest.importorskip("grpc_tools.protoc")
+    proto_dir = REPO / "src" / "proto"
+    out = tmp_path_factory.mktemp("events-stubs")
+    rc = protoc.main(["protoc", f"-I{proto_dir}", f"--python_out={out}",
+                      f"--grpc_python_out={out}", str(proto_dir / "task_events.proto")])
+    assert rc == 0
+    sys.path.insert(0, str(out))
+    mods = {n: importlib.import_module(n) for n in ("task_events_pb2", "task_events_pb2_grpc")}
+    yield type("PB", (), mods)
+    sys.path.remove(str(out))
+
+
+def grpc_addr(srv):
+    m = re.search(r"event=grpc_listen addr=\S+ port=(\d+)", srv.log_text())
+    assert m, "no grpc_listen line in the server log"
+    return f"127.0.0.1:{m.group(1)}"
+
+
+def watch(events_pb, srv, tok, options=None, **req):
+    grpc = _grpc()
+    ch = grpc.insecure_channel(grpc_addr(srv), options=options or [])
+    stub = events_pb.task_events_pb2_grpc.TaskEventsStub(ch)
+    md = [("authorization", f"Bearer {tok}")] if tok else []
+    return ch, stub.Watch(events_pb.task_events_pb2.WatchRequest(**req), metadata=md,
+                          timeout=60)
+
+
+def test_grpc_watch_streams_events_and_resumes(srv, events_pb):
+    me, tok = user(srv)
+    ch, stream = watch(events_pb, srv, tok)
+    wait_subscribed(srv, 1)
+    t = srv.create_task(tok, title="over grpc")
+    srv.patch(f"/api/task/{t['id']}", token=tok, json={"assignedTo": me})
+    E = events_pb.task_events_pb2.EventType
+    a, b = next(stream), next(stream)
+    assert a.type == E.Value("EVENT_TYPE_CREATED") and a.task.title == "over grpc"
+    assert b.type == E.Value("EVENT_TYPE_ASSIGNED") and b.task.assignedTo == me
+    assert int(b.id) > int(a.id) and a.task.id == t["id"]
+    stream.cancel()
+    ch.close()
+    # missed while away, then resumed with since
+    srv.create_task(tok, title="missed 1")
+    srv.create_task(tok, title="missed 2")
+    ch, stream = watch(events_pb, srv, tok, since=b.id)
+    assert [next(stream).task.title for _ in range(2)] == ["missed 1", "missed 2"]
+    stream.cancel()
+    ch.close()
+
+
+def test_grpc_watch_needs_a_token_and_ends_on_logout(srv, events_pb):
+    grpc = _grpc()
+    _, tok = user(srv)
+    ch, stream = watch(events_pb, srv, None)
+    with pytest.raises(grpc.RpcError) as e:
+        next(stream)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    ch.close()
+    ch, stream = watch(events_pb, srv, tok)
+    wait_subscribed(srv, 1)
+    assert srv.post("/api/auth/logout", token=tok).status_code == 200
+    with pytest.raises(grpc.RpcError) as e:
+        next(stream)
+    assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "revoked" in e.value.details()
+    ch.close()
+
+
+def test_grpc_slow_watcher_gets_resource_exhausted(make_server, events_pb):
+    grpc = _grpc()
+    srv = make_server({**FAST, "push.queue_bytes": "16384"})
+    _, tok = user(srv)
+    # never read until the end; a fixed HTTP/2 window (no BDP probe) so that what it
+    # does not read stays on the server
+    ch, stream = watch(events_pb, srv, tok, options=[("grpc.http2.bdp_probe", 0)])
+    wait_subscribed(srv, 1)
+    for i in range(200):
+        srv.create_task(tok, title=f"bulk {i}", description="y" * 9000)
+    n = 0
+    with pytest.raises(grpc.RpcError) as e:
+        for _ in stream:
+            n += 1
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "slow consumer" in e.value.details()
+    assert n < 200
+    ch.close()
+
+
+def test_grpc_reflection_lists_task_events(srv):
+    from conftest import REPO
+    grpcurl = REPO / "build-tools" / "bin" / "grpcurl"
+    if not grpcurl.exists():
+        pytest.skip("grpcurl not installed (scripts/setup-grpc-tools)")
+    r = subprocess.run([str(grpcurl), "-plaintext", grpc_addr(srv), "list"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "tms.v1.TaskEvents" in r.stdout.split()
+    r = subprocess.run([str(grpcurl), "-plaintext", grpc_addr(srv), "describe",
+                        "tms.v1.TaskEvents.Watch"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and "stream .tms.v1.TaskEvent" in r.stdout, r.stdout + r.stderr
