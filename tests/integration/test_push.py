@@ -509,3 +509,33 @@ def test_grpc_reflection_lists_task_events(srv):
     r = subprocess.run([str(grpcurl), "-plaintext", grpc_addr(srv), "describe",
                         "tms.v1.TaskEvents.Watch"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and "stream .tms.v1.TaskEvent" in r.stdout, r.stdout + r.stderr
+
+
+# ---- across instances on Kafka ------------------------------------------------------
+
+KAFKA = __import__("os").environ.get("TMS_TEST_KAFKA_BROKERS", "")
+
+
+@pytest.mark.skipif(not KAFKA, reason="TMS_TEST_KAFKA_BROKERS is not set")
+def test_two_instances_on_kafka_each_deliver_every_event_once(make_server, tmp_path):
+    from test_kafka import kafka_server, shared_stores
+    shared = tmp_path / "shared"
+    a = kafka_server(make_server, **FAST, **shared_stores(shared))
+    b = kafka_server(make_server, **FAST, **shared_stores(shared))
+    _, tok = user(a)
+    subs = [open_stream(a, tok), open_stream(a, tok), open_stream(b, tok), open_stream(b, tok)]
+    wait_subscribed(a, 2)
+    wait_subscribed(b, 2)
+    n = 30
+    made = [(a if i % 2 else b).create_task(tok, title=f"pair {i}")["id"] for i in range(n)]
+    for s in subs:
+        evs = s.events(n, timeout=30)
+        assert [e["data"]["task"]["id"] for e in evs] == made  # every one, once, in order
+        assert s.next_event(timeout=1.5) is None  # and nothing twice
+        s.close()
+    # the doorbells crossed the bus: each instance heard the other's writes
+    for srv in (a, b):
+        text = requests.get(srv.metrics_url(), timeout=5).text
+        m = re.search(r"^tms_push_doorbells_total\{[^}]*dir=\"in\"[^}]*\} (\S+)$", text,
+                      re.M)
+        assert m and float(m.group(1)) > 0, [l for l in text.splitlines() if "doorbell" in l]
