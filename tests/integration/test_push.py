@@ -539,3 +539,102 @@ def test_two_instances_on_kafka_each_deliver_every_event_once(make_server, tmp_p
         m = re.search(r"^tms_push_doorbells_total\{[^}]*dir=\"in\"[^}]*\} (\S+)$", text,
                       re.M)
         assert m and float(m.group(1)) > 0, [l for l in text.splitlines() if "doorbell" in l]
+
+
+# ---- CORS (http.cors_origins) and a real browser ------------------------------------
+
+def test_cors_preflight_and_headers_for_configured_origins_only(make_server):
+    srv = make_server({**FAST, "http.cors_origins": "http://app.example:8080, https://b.example"})
+    _, tok = user(srv)
+    pre = requests.options(srv.url("/api/task/events/ticket"), timeout=5, headers={
+        "Origin": "http://app.example:8080", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization"})
+    assert pre.status_code == 204
+    assert pre.headers["Access-Control-Allow-Origin"] == "http://app.example:8080"
+    assert "POST" in pre.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in pre.headers["Access-Control-Allow-Headers"]
+    assert "Last-Event-ID" in pre.headers["Access-Control-Allow-Headers"]
+    r = srv.post("/api/task/events/ticket", token=tok, headers={"Origin": "https://b.example"})
+    assert r.status_code == 200 and r.headers["Access-Control-Allow-Origin"] == "https://b.example"
+    s = open_stream(srv, tok, headers={"Origin": "https://b.example"})
+    assert s.head["access-control-allow-origin"] == "https://b.example"
+    s.close()
+    # another origin gets no CORS headers, and its preflight is not answered as one
+    r = srv.get("/api/auth/me", token=tok, headers={"Origin": "http://evil.example"})
+    assert "Access-Control-Allow-Origin" not in r.headers
+    pre = requests.options(srv.url("/api/task"), timeout=5, headers={
+        "Origin": "http://evil.example", "Access-Control-Request-Method": "POST"})
+    assert pre.status_code != 204 and "Access-Control-Allow-Origin" not in pre.headers
+
+
+def test_cors_origins_must_be_origins(tmp_path):
+    from conftest import TMS_BIN
+    r = subprocess.run([TMS_BIN, "serve", "--set", f"data.dir={tmp_path}", "--set",
+                        "http.cors_origins=http://a.example/path"], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode != 0 and "http.cors_origins" in r.stderr, r.stderr
+
+
+PAGE = """<!doctype html><html><body><div id="state">loading</div><ul id="tasks"></ul>
+<script>
+const q = new URLSearchParams(location.search), api = q.get("api");
+const state = document.getElementById("state");
+async function main() {
+  let r = await fetch(api + "/api/auth/login", {method: "POST",
+    headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({email: q.get("email"), password: q.get("password")})});
+  const token = (await r.json()).token;
+  r = await fetch(api + "/api/task/events/ticket", {method: "POST",
+    headers: {"Authorization": "Bearer " + token}});
+  const ticket = (await r.json()).ticket;
+  const es = new EventSource(api + "/api/task/events?ticket=" + encodeURIComponent(ticket));
+  es.onopen = () => { state.textContent = "open"; };
+  es.addEventListener("created", (e) => {
+    const li = document.createElement("li");
+    li.textContent = "created:" + JSON.parse(e.data).task.title;
+    document.getElementById("tasks").appendChild(li);
+    es.close();  // done: lets the browser's virtual time run out and the DOM be dumped
+  });
+}
+main().catch((e) => { state.textContent = "failed: " + e; });
+</script></body></html>"""
+
+
+def test_headless_chromium_page_on_another_origin_shows_a_pushed_task(make_server, tmp_path):
+    import http.server
+    import shutil
+    import urllib.parse
+    from conftest import DEFAULT_PASSWORD, free_port
+    browser = shutil.which("chromium")
+    if not browser:
+        pytest.skip("chromium not installed (scripts/setup --test)")
+    (tmp_path / "web").mkdir()
+    (tmp_path / "web" / "page.html").write_text(PAGE)
+    web_port = free_port()
+    origin = f"http://127.0.0.1:{web_port}"
+    srv = make_server({**FAST, "http.cors_origins": origin})
+    email = unique_email("browser")
+    srv.register(email)
+    _, tok = user(srv)
+
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(  # noqa: E731
+        *a, directory=str(tmp_path / "web"), **k)
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", web_port), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    url = f"{origin}/page.html?" + urllib.parse.urlencode(
+        {"api": srv.url("").rstrip("/"), "email": email, "password": DEFAULT_PASSWORD})
+    p = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--user-data-dir={tmp_path / 'profile'}",
+                          "--virtual-time-budget=10000", "--dump-dom", url],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        wait_subscribed(srv, 1, timeout=30)  # the page's EventSource is open
+        srv.create_task(tok, title="seen in the browser")
+        dom, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        web.shutdown()
+    dom = dom.decode()
+    assert "<li>created:seen in the browser</li>" in dom, dom[:2000]

@@ -147,6 +147,7 @@ void tms_http_limits_default(tms_http_limits_t *l)
     l->listener = "http";
     l->tls = NULL;
     l->tls_handshake_timeout_ms = 10000;
+    l->cors_origins = NULL;
 }
 
 const char *tms_http_header_get(const tms_http_request_t *req, const char *name)
@@ -626,6 +627,87 @@ static char *build_response(tms_http_server_t *s, int status, const char *rid, b
     return b;
 }
 
+/* ---- CORS (http.cors_origins): all of it is here ---- */
+
+#define CORS_MAX_HEADERS 4
+
+/* Whether origin is one of the configured ones ("*": any). */
+static bool cors_allowed(const tms_http_server_t *s, const char *origin)
+{
+    const char *p = s->limits.cors_origins;
+    size_t olen;
+    if (!p || !p[0] || !origin || !origin[0] || strcmp(origin, "null") == 0)
+        return false;
+    if (strcmp(p, "*") == 0)
+        return true;
+    olen = strlen(origin);
+    while (*p) {
+        size_t n = strcspn(p, ",");
+        const char *o = p;
+        while (n && *o == ' ')
+            o++, n--;
+        while (n && o[n - 1] == ' ')
+            n--;
+        if (n == olen && strncasecmp(o, origin, n) == 0)
+            return true;
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    return false;
+}
+
+/* The CORS headers of a response to req (added to out; returns how many). */
+static size_t cors_headers(const tms_http_server_t *s, const tms_http_request_t *req,
+                           tms_http_header_t *out)
+{
+    const char *origin = tms_http_header_get(req, "Origin");
+    if (!cors_allowed(s, origin))
+        return 0;
+    out[0] = (tms_http_header_t){"Access-Control-Allow-Origin", origin};
+    out[1] = (tms_http_header_t){"Vary", "Origin"};
+    out[2] = (tms_http_header_t){"Access-Control-Expose-Headers",
+                                 "ETag, Retry-After, X-Request-Id, RateLimit-Limit, "
+                                 "RateLimit-Remaining, RateLimit-Reset"};
+    return 3;
+}
+
+/* headers plus the CORS ones, in *buf (heap when more than fit in local). */
+static const tms_http_header_t *with_cors(const tms_http_server_t *s, const tms_http_request_t *req,
+                                          const tms_http_header_t *headers, size_t *nheaders,
+                                          tms_http_header_t **heap)
+{
+    tms_http_header_t extra[CORS_MAX_HEADERS];
+    size_t n = cors_headers(s, req, extra);
+    *heap = NULL;
+    if (!n)
+        return headers;
+    *heap = tms_calloc(*nheaders + n, sizeof(tms_http_header_t));
+    if (*nheaders)
+        memcpy(*heap, headers, *nheaders * sizeof(tms_http_header_t));
+    memcpy(*heap + *nheaders, extra, n * sizeof(tms_http_header_t));
+    *nheaders += n;
+    return *heap;
+}
+
+/* An allowed preflight: answered here. True when it was one. */
+static bool cors_preflight(tms_http_server_t *s, tms_http_request_t *req)
+{
+    const char *origin = tms_http_header_get(req, "Origin");
+    tms_http_header_t h[3] = {
+        {"Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE"},
+        {"Access-Control-Allow-Headers",
+         "Authorization, Content-Type, Idempotency-Key, If-Match, Last-Event-ID, X-Request-Id"},
+        {"Access-Control-Max-Age", "600"},
+    };
+    if (strcmp(req->method, "OPTIONS") != 0 ||
+        !tms_http_header_get(req, "Access-Control-Request-Method") || !cors_allowed(s, origin))
+        return false;
+    req->route = "preflight";
+    tms_http_respond(req, 204, h, 3, NULL, "", 0); /* adds Allow-Origin and Vary */
+    return true;
+}
+
 /* Answer a request the server itself rejects (400, 408, 413, 431), then close. */
 static void conn_fail(conn_t *c, int status, tms_status_t code, const char *message)
 {
@@ -977,6 +1059,8 @@ static void dispatch(conn_t *c)
     c->phase = PH_HANDLER;
     uv_timer_stop(&c->timer);
     s->inflight++;
+    if (cors_preflight(s, &r->pub))
+        return;
     s->handler(s->ctx, &r->pub);
 }
 
@@ -1306,6 +1390,7 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
     bool close_after;
     char *resp;
     size_t resp_len;
+    tms_http_header_t *cors;
     if (!c) {
         log_request(NULL, req, DETACHED_STATUS);
         req_free(r);
@@ -1313,8 +1398,10 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
     }
     s = c->srv;
     close_after = !r->keep_alive || s->lis.stopping;
+    headers = with_cors(s, req, headers, &nheaders, &cors);
     resp = build_response(s, status, req->request_id, close_after, headers, nheaders, content_type,
                           body, body_len, r->is_head, &resp_len);
+    free(cors);
     c->req = NULL;
     c->phase = PH_WRITING;
     s->inflight--;
@@ -1337,6 +1424,7 @@ tms_http_stream_t *tms_http_stream_begin(tms_http_request_t *req, int status,
     tms_http_stream_t *st;
     char *resp, *cl;
     size_t resp_len;
+    tms_http_header_t *cors;
     if (!c) {
         log_request(NULL, req, DETACHED_STATUS);
         req_free(r);
@@ -1344,8 +1432,10 @@ tms_http_stream_t *tms_http_stream_begin(tms_http_request_t *req, int status,
     }
     s = c->srv;
     /* The body ends with the connection: no Content-Length, Connection: close. */
+    headers = with_cors(s, req, headers, &nheaders, &cors);
     resp = build_response(s, status, req->request_id, true, headers, nheaders, content_type, "", 0,
                           true, &resp_len);
+    free(cors);
     cl = strstr(resp, "Content-Length: 0\r\n");
     if (cl) {
         memmove(cl, cl + 19, resp_len - (size_t)(cl + 19 - resp));

@@ -40,6 +40,12 @@ typedef struct tms_http_limits {
      * tls_handshake_timeout_ms (default 10000) closes the connection. */
     tms_tls_ctx_t *tls;
     uint64_t tls_handshake_timeout_ms;
+    /* http.cors_origins (borrowed; outlives the server): "" none, "*" any, or origins
+     * separated by commas. A request whose Origin is allowed gets
+     * Access-Control-Allow-Origin (and Vary, Expose-Headers) on its response; an
+     * allowed preflight (OPTIONS with Access-Control-Request-Method) is answered 204
+     * here, without the handler. */
+    const char *cors_origins;
 } tms_http_limits_t;
 
 /** Fill *l with the defaults of API.md "Limits". */
