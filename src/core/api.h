@@ -29,8 +29,9 @@
 #include "core/user_store.h"
 
 /* Bytes of arena inside every call: room for a GET's or a create's strings, job and
- * store operation (more chains heap chunks). */
-#define TMS_API_CALL_ARENA 4096
+ * store operation (more chains heap chunks); 4096 + 128 since the store operation
+ * carries the push log read's fields (issue 23). */
+#define TMS_API_CALL_ARENA (4096 + 128)
 
 /* Where the call is in its route: the gateway sets it before each hop. */
 typedef enum tms_api_stage {
