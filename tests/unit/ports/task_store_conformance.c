@@ -585,7 +585,14 @@ static void test_push_log(void)
 {
     store_t s = open_store(backend);
     tms_task_op_t *op;
-    int64_t a, b, first, last;
+    int64_t a, b, first, last, base;
+    /* a backend shared with other tests (PostgreSQL) has their events: after base */
+    op = task_op(TMS_TASK_EVENTS);
+    op->limit = 0; /* the bounds only */
+    op = run_task(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    base = op->last_seq;
+    tms_task_op_free(&op);
     a = create(&s, "a", "open", U1);
     b = create(&s, "b", "open", "");
     op = update_op(a, 1);
@@ -605,7 +612,7 @@ static void test_push_log(void)
     CHECK_EQ_INT(op->err.code, TMS_OK);
     tms_task_op_free(&op);
 
-    op = events(&s, 0, "", 0);
+    op = events(&s, base, "", 0);
     CHECK_EQ_INT(op->nevents, 5);
     if (op->nevents == 5) {
         static const tms_task_event_type_t want[] = {
@@ -621,10 +628,10 @@ static void test_push_log(void)
         CHECK_EQ_STR(op->events[3].task.title, "b2");
         CHECK_EQ_INT(op->events[3].task.version, 2);
         CHECK_EQ_INT(op->events[4].task.id, b);
-        CHECK_EQ_INT(op->first_seq, op->events[0].seq);
+        CHECK(op->first_seq <= op->events[0].seq);
         CHECK_EQ_INT(op->last_seq, op->events[4].seq);
     }
-    first = op->first_seq;
+    first = op->nevents ? op->events[0].seq : 0;
     last = op->last_seq;
     tms_task_op_free(&op);
 
@@ -632,10 +639,10 @@ static void test_push_log(void)
     op = events(&s, first, "", 0);
     CHECK_EQ_INT(op->nevents, 4);
     tms_task_op_free(&op);
-    op = events(&s, 0, U1, 0);
+    op = events(&s, base, U1, 0);
     CHECK_EQ_INT(op->nevents, 2); /* a created for U1, a assigned away from U1 */
     tms_task_op_free(&op);
-    op = events(&s, 0, "", b);
+    op = events(&s, base, "", b);
     CHECK_EQ_INT(op->nevents, 3);
     tms_task_op_free(&op);
 
@@ -646,7 +653,7 @@ static void test_push_log(void)
     op->limit = 1000;
     op = run_task(&s, op);
     CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK_EQ_INT(op->count, 3);
+    CHECK(op->count >= 3);
     tms_task_op_free(&op);
     op = events(&s, 0, "", 0);
     CHECK_EQ_INT(op->nevents, 2);
@@ -659,6 +666,7 @@ static void test_push_log(void)
     op->keep_events = 1000;
     op->limit = 1000;
     op = run_task(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
     CHECK_EQ_INT(op->count, 1);
     tms_task_op_free(&op);
     op = events(&s, 0, "", 0);
