@@ -787,12 +787,19 @@ out:
         hub_read(hub);
 }
 
-/* Reads the log after last (at first: only where it stands). Coalesced. */
+/* Reads the log after last (at first: only where it stands). Coalesced. A hub without
+ * subscribers reads nothing (no load on the task store or its peer, whose breaker
+ * failed reads would trip while it starts) and forgets where the log stands: the next
+ * subscriber's read learns it afresh. */
 static void hub_read(tms_push_hub_t *hub)
 {
     tms_api_call_t *call;
     if (hub->stopping)
         return;
+    if (hub->nsubs == 0 && !hub->reading) {
+        hub->known = false;
+        return;
+    }
     if (hub->reading) {
         hub->again = true;
         return;

@@ -517,6 +517,7 @@ KAFKA = __import__("os").environ.get("TMS_TEST_KAFKA_BROKERS", "")
 
 
 @pytest.mark.skipif(not KAFKA, reason="TMS_TEST_KAFKA_BROKERS is not set")
+@pytest.mark.skipif(__import__("conftest").SPLIT, reason="two single-process instances")
 def test_two_instances_on_kafka_each_deliver_every_event_once(make_server, tmp_path):
     from test_kafka import kafka_server, shared_stores
     shared = tmp_path / "shared"

@@ -1477,7 +1477,9 @@ int tms_http_stream_write(tms_http_stream_t *st, const char *data, size_t len)
 
 size_t tms_http_stream_queued(const tms_http_stream_t *st)
 {
-    return st->queued;
+    /* What the socket has not taken: a burst the kernel takes at once is not queued,
+     * though its write callbacks come on the next turn of the loop. */
+    return st->conn ? uv_stream_get_write_queue_size((const uv_stream_t *)&st->conn->tcp) : 0;
 }
 
 void tms_http_stream_end(tms_http_stream_t *st)

@@ -125,7 +125,7 @@ tms_http_stream_t *tms_http_stream_begin(tms_http_request_t *req, int status,
 /** Queue len bytes (copied). 0, or -1 when the connection is gone or closing. */
 int tms_http_stream_write(tms_http_stream_t *st, const char *data, size_t len);
 
-/** Bytes queued and not yet written to the socket. */
+/** Bytes queued and not yet taken by the socket. */
 size_t tms_http_stream_queued(const tms_http_stream_t *st);
 
 /** End the stream: what is queued is sent, then the connection closes. closed is not
