@@ -94,22 +94,22 @@ static void on_mail_reply(tms_msg_t *msg)
     tms_mail_free(&mail);
     if (code == TMS_OK) {
         tms_counter_add(duplicate ? job->n->duplicate : job->n->sent, 1);
-        tms_log_info("email_sent", "event=%s task=%" PRId64 " user=%s duplicate=%d", job->event_id,
-                     job->task_id, job->user_id, duplicate);
+        tms_log_info("email_sent", "event_id=%s task=%" PRId64 " user=%s duplicate=%d",
+                     job->event_id, job->task_id, job->user_id, duplicate);
         inbox(job, TMS_INBOX_RECORD, recorded);
     } else if (code == TMS_FAILED_PRECONDITION) {
         /* Refused permanently and kept as a dead letter by the mailer: handled. */
         tms_counter_add(job->n->dead_letter, 1);
-        tms_log_warn("email_dead_letter", "event=%s task=%" PRId64 " user=%s", job->event_id,
+        tms_log_warn("email_dead_letter", "event_id=%s task=%" PRId64 " user=%s", job->event_id,
                      job->task_id, job->user_id);
         inbox(job, TMS_INBOX_RECORD, recorded);
     } else if (code == TMS_INVALID_ARGUMENT) {
         tms_counter_add(job->n->dropped, 1);
-        tms_log_error("email_dropped", "event=%s reason=unsafe_mail", job->event_id);
+        tms_log_error("email_dropped", "event_id=%s reason=unsafe_mail", job->event_id);
         inbox(job, TMS_INBOX_RECORD, recorded);
     } else {
         tms_counter_add(job->n->failed, 1);
-        tms_log_warn("email_failed", "event=%s error=%s", job->event_id, tms_status_name(code));
+        tms_log_warn("email_failed", "event_id=%s error=%s", job->event_id, tms_status_name(code));
         ack(job, 0);
     }
 }
@@ -148,7 +148,7 @@ static void on_user_info(tms_msg_t *msg)
     job_t *job = msg->ctx;
     if (q->err.code == TMS_NOT_FOUND || q->err.code == TMS_INVALID_ARGUMENT) {
         tms_counter_add(job->n->dropped, 1);
-        tms_log_warn("email_dropped", "event=%s reason=assignee_gone user=%s", job->event_id,
+        tms_log_warn("email_dropped", "event_id=%s reason=assignee_gone user=%s", job->event_id,
                      job->user_id);
         tms_api_call_free(&q);
         inbox(job, TMS_INBOX_RECORD, recorded);
@@ -183,7 +183,7 @@ static void seen_checked(job_t *job, tms_outbox_op_t *op)
         /* Handled, not failed: recorded like a sent one, so it is neither retried nor
          * mailed later in a burst. */
         tms_counter_add(job->n->suppressed, 1);
-        tms_log_warn("email_suppressed", "event=%s task=%" PRId64 " user=%s by=%s limit=%s",
+        tms_log_warn("email_suppressed", "event_id=%s task=%" PRId64 " user=%s by=%s limit=%s",
                      job->event_id, job->task_id, job->user_id,
                      job->assigned_by[0] ? job->assigned_by : "-",
                      tms_notify_verdict_name(verdict));

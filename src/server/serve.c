@@ -127,6 +127,7 @@ int tms_server_serve(tms_config_t *cfg)
     sv->servers = calloc((size_t)cfg->server.workers, sizeof(tms_server_t));
     if (!sv->servers)
         goto out;
+    tms_metrics_process_register(); /* on this thread: no worker label */
     rc = tms_workers_run((int)cfg->server.workers, &hooks);
     tms_metrics_reset();
 out:
