@@ -825,3 +825,14 @@ def test_reset_or_expired_call_does_no_store_work(pb, make_server):
         assert titles == ["kept"], titles
     finally:
         c.channel.close()
+
+
+def test_register_follows_auth_registration(pb, make_server):
+    """auth.registration=admin|closed refuses AuthService/Register as it refuses REST's
+    register (issue 25): one rule in the auth actor for both protocols."""
+    srv = make_server(auth__registration="admin")
+    c = Client(pb, srv)
+    try:
+        assert code_of(c.register)[0] == C.PERMISSION_DENIED
+    finally:
+        c.channel.close()
