@@ -308,8 +308,9 @@ static char *bearer_token(const tms_http_request_t *req, tms_api_call_t *call)
     return tms_api_call_strdup(call, h);
 }
 
-/* The body as a JSON object, or NULL after answering 400 (a parse error names its line
- * and column: "malformed JSON body at line 1, column 9: ..."). */
+/* The body as a JSON object, or NULL after answering 400 (a parse error names the line
+ * and column where parsing stopped, the last character of the offending token:
+ * "malformed JSON body at line 1, column 12: ':' expected near '"t"'"). */
 static json_t *load_body(tms_http_request_t *req)
 {
     json_error_t jerr;
