@@ -785,7 +785,7 @@ def test_h2spec(cli):
     m = re.search(r"(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed", r.stdout)
     assert m, r.stdout[-3000:] + r.stderr
     failures = r.stdout.split("Failures:")[-1] if "Failures:" in r.stdout else ""
-    # Known and explained (README): nghttp2 deliberately ignores a HEADERS frame on a
+    # Known and explained (docs/OPERATIONS.md): nghttp2 deliberately ignores a HEADERS frame on a
     # stream id below the last one instead of a connection error, since it cannot
     # tell it from trailers for a stream it already closed (http2/5.1.1/2). Every
     # other case must pass on every run: a non-gRPC request is answered only after
