@@ -90,6 +90,9 @@ static const key_t_ keys[] = {
     INT(http, tls_handshake_timeout, http.tls_handshake_timeout, 1, 3600, "10",
         "seconds a TLS handshake may take on http.addr and grpc.addr; then the connection is "
         "closed (tms_tls_handshake_failures_total{reason=\"timeout\"})"),
+    STR(http, cors_origins, http.cors_origins, "",
+        "origins (scheme://host[:port], comma-separated) whose browser pages may call the REST "
+        "API (CORS, with preflight); * allows any; empty: none"),
     STR(http, trusted_proxies, http.trusted_proxies, "",
         "reverse proxies (addresses or CIDR ranges, IPv4/IPv6, comma or blank separated, at "
         "most 64): on a request from one of them the client address is taken from "
@@ -925,6 +928,36 @@ static int finish_tls(tms_config_t *cfg, char *err, size_t err_len)
     return 0;
 }
 
+/* http.cors_origins: "*", or origins as browsers send them (scheme://host[:port], no
+ * path), comma-separated. */
+static int check_origins(const char *v, char *err, size_t err_len)
+{
+    const char *p = v;
+    if (strcmp(v, "*") == 0 || !v[0])
+        return 0;
+    while (*p) {
+        size_t n = strcspn(p, ","), host;
+        const char *o = p;
+        while (n && *o == ' ')
+            o++, n--;
+        while (n && o[n - 1] == ' ')
+            n--;
+        host = strncmp(o, "https://", 8) == 0 ? 8 : strncmp(o, "http://", 7) == 0 ? 7 : 0;
+        if (!host || n <= host || memchr(o + host, '/', n - host) || memchr(o, ' ', n) ||
+            memchr(o, '*', n)) {
+            snprintf(err, err_len,
+                     "config: http.cors_origins: \"%.*s\" is not an origin "
+                     "(scheme://host[:port]) or *",
+                     (int)(n < 200 ? n : 200), o);
+            return -TMS_EINVAL;
+        }
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
 int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
 {
     static const char *const user_stores[] = {"sqlite://", "mongodb://", "mongodb+srv://", NULL};
@@ -951,6 +984,8 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
         snprintf(err, err_len, "config: metrics.token: must be at least 32 bytes");
         return -TMS_EINVAL;
     }
+    if (check_origins(cfg->http.cors_origins, err, err_len))
+        return -TMS_EINVAL;
     {
         tms_cidr_list_t peers;
         char why[200];

@@ -20,6 +20,7 @@ typedef struct tms_config {
         char tls_cert[1024], tls_key[1024], tls_client_ca[1024];
         char tls_protocols[64], tls_ciphers[512];
         int64_t tls_handshake_timeout; /* seconds, http.addr and grpc.addr */
+        char cors_origins[1024];       /* comma-separated origins, "*", or "": no CORS */
         /* CIDR list: peers whose X-Forwarded-For / Forwarded name the client (core/cidr.h) */
         char trusted_proxies[1024];
     } http;

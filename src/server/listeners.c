@@ -86,6 +86,7 @@ static int listen_http(tms_server_t *s, const char *addr)
         }
         limits.trusted_proxies = &s->trusted_proxies;
     }
+    limits.cors_origins = cfg->http.cors_origins[0] ? cfg->http.cors_origins : NULL;
     s->http = tms_http_server_new(s->loop, &limits, on_http_request, s);
     if (tms_http_server_listen(s->http, addr) != 0) {
         fprintf(stderr, "tms: http.addr: cannot listen on %s: %s\n", addr,

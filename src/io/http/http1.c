@@ -20,6 +20,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "io/http/cors.h"
 #include "io/http/forwarded.h"
 #include "io/http/listen.h"
 
@@ -139,6 +140,7 @@ void tms_http_limits_default(tms_http_limits_t *l)
     l->tls = NULL;
     l->tls_handshake_timeout_ms = 10000;
     l->trusted_proxies = NULL;
+    l->cors_origins = NULL;
 }
 
 const char *tms_http_header_get(const tms_http_request_t *req, const char *name)
@@ -947,6 +949,17 @@ static void dispatch(conn_t *c)
     c->phase = PH_HANDLER;
     uv_timer_stop(&c->timer);
     s->inflight++;
+    if (s->limits.cors_origins && tms_cors_is_preflight(&r->pub)) {
+        /* Answered here, before any route or limit: the browser asks what it may send. */
+        tms_http_header_t h[TMS_CORS_PREFLIGHT_HEADERS];
+        r->pub.route = "preflight";
+        if (tms_cors_allowed(s->limits.cors_origins, tms_http_header_get(&r->pub, "Origin")))
+            tms_http_respond(&r->pub, 204, h, tms_cors_preflight(h), NULL, NULL, 0);
+        else
+            tms_http_respond_error_status(&r->pub, 403, TMS_PERMISSION_DENIED,
+                                          "origin not allowed (http.cors_origins)", NULL, 0);
+        return;
+    }
     s->handler(s->ctx, &r->pub);
 }
 
@@ -1281,8 +1294,18 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
     }
     s = c->srv;
     close_after = !r->keep_alive || s->lis.stopping;
-    resp = build_response(s, status, req->request_id, close_after, headers, nheaders, content_type,
-                          body, body_len, r->is_head, &resp_len);
+    if (s->limits.cors_origins) {
+        tms_http_header_t *all = tms_malloc((nheaders + TMS_CORS_RESPONSE_HEADERS) * sizeof(*all));
+        size_t n = tms_cors_response(s->limits.cors_origins, req, all);
+        if (nheaders)
+            memcpy(all + n, headers, nheaders * sizeof(*all));
+        resp = build_response(s, status, req->request_id, close_after, all, n + nheaders,
+                              content_type, body, body_len, r->is_head, &resp_len);
+        free(all);
+    } else {
+        resp = build_response(s, status, req->request_id, close_after, headers, nheaders,
+                              content_type, body, body_len, r->is_head, &resp_len);
+    }
     c->req = NULL;
     c->phase = PH_WRITING;
     s->inflight--;

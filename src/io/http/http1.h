@@ -45,6 +45,10 @@ typedef struct tms_http_limits {
      * gets its client_addr from X-Forwarded-For / Forwarded (io/http/forwarded.h). The
      * connection caps still count the peer. */
     const tms_cidr_list_t *trusted_proxies;
+    /* http.cors_origins as written (borrowed, outlives the server; NULL or "": no CORS):
+     * preflights are answered here, and responses to a listed Origin carry the CORS
+     * headers (io/http/cors.h). */
+    const char *cors_origins;
 } tms_http_limits_t;
 
 /** Fill *l with the defaults of API.md "Limits". */

@@ -387,6 +387,9 @@ static void test_listen_forms(void)
     CHECK_EQ_STR(c.metrics.addr, "127.0.0.1:9");
     expect_error("http.addr=example.com:80", "http.addr");
     expect_error("http.trusted_proxies=10.0.0.0/8 nonsense", "http.trusted_proxies");
+    expect_error("http.cors_origins=app.example.com", "http.cors_origins");
+    expect_error("http.cors_origins=https://a.example/path", "http.cors_origins");
+    expect_error("http.cors_origins=https://*.example", "http.cors_origins");
     expect_error("auth.registration=maybe", "auth.registration");
     expect_error("auth.login_revokes_others=yes", "auth.login_revokes_others");
 }
