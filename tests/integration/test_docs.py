@@ -4,6 +4,8 @@ serves (/openapi.json), the .proto files and `tms config --defaults`; every rela
 link of README and docs/ names a file of the repository (none points out of it)."""
 import re
 
+import pytest
+
 from conftest import REPO, run_cli
 
 API_MD = REPO / "docs" / "API.md"
@@ -117,3 +119,22 @@ def test_license_is_isc():
     text = (REPO / "LICENSE").read_text()
     assert text.startswith("ISC License")
     assert "PERMISSION TO USE, COPY, MODIFY" in text.upper()
+
+
+def test_cmake_install_into_a_prefix_of_ones_own(tms_bin, tmp_path):
+    """README's "From source, without root": `cmake --install` of the build that made
+    TMS_BIN puts bin/tms and etc/tms/tms.conf under the prefix, and that tms runs."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+    build = Path(tms_bin).resolve().parent
+    if not (build / "cmake_install.cmake").exists() or not shutil.which("cmake"):
+        pytest.skip(f"{build} is not a CMake build directory")
+    p = subprocess.run(["cmake", "--install", str(build), "--prefix", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "etc" / "tms" / "tms.conf").read_text() == \
+        (REPO / "config" / "tms.conf").read_text()
+    v = subprocess.run([str(tmp_path / "bin" / "tms"), "--version"], capture_output=True,
+                       text=True, timeout=30)
+    assert v.returncode == 0 and v.stdout.startswith("tms "), v.stderr
