@@ -275,6 +275,13 @@ def test_logins_coexist_when_configured(make_server):
 
 # -- /openapi.json and /metrics ----------------------------------------------------------------
 
+@pytest.mark.parametrize("path", ["/", "/api/tasks", "/api"])
+def test_a_wrong_path_says_where_the_routes_are(server, path):
+    r = server.get(path)
+    assert_error(r, 404, "NOT_FOUND")
+    assert "GET /openapi.json lists the routes" in r.json()["error"]["message"]
+
+
 def test_openapi_servers_is_relative(server):
     doc = server.get("/openapi.json").json()
     assert [s["url"] for s in doc["servers"]] == ["/"]

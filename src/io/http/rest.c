@@ -916,7 +916,9 @@ void tms_rest_handle(void *ctx, tms_http_request_t *req)
                                       "no route for this method and path", &h, 1);
         return;
     }
-    tms_http_respond_error(req, TMS_NOT_FOUND, "no route for this path", NULL, 0);
+    /* `curl /` or `/api/tasks` is often a newcomer's first call: say where the routes are. */
+    tms_http_respond_error(req, TMS_NOT_FOUND,
+                           "no route for this path; GET /openapi.json lists the routes", NULL, 0);
 }
 
 tms_rest_t *tms_rest_new(uv_loop_t *loop, const tms_rest_config_t *cfg)
