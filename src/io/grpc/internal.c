@@ -329,7 +329,9 @@ int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t 
         }
         call->nevents = m->n_events;
     }
-    if (m->ratelimit) {
+    /* The gateway's own limits stay as it counted them: a role elsewhere applies none, and
+     * its zeros used to erase the RateLimit-* headers of a split deployment's answers. */
+    if (m->ratelimit && m->ratelimit->applied) {
         call->ratelimit.applied = m->ratelimit->applied;
         call->ratelimit.limit = m->ratelimit->limit;
         call->ratelimit.remaining = m->ratelimit->remaining;

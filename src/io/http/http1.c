@@ -20,6 +20,8 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "io/http/cors.h"
+#include "io/http/forwarded.h"
 #include "io/http/listen.h"
 
 #define READ_CHUNK 65536
@@ -147,6 +149,7 @@ void tms_http_limits_default(tms_http_limits_t *l)
     l->listener = "http";
     l->tls = NULL;
     l->tls_handshake_timeout_ms = 10000;
+    l->trusted_proxies = NULL;
     l->cors_origins = NULL;
 }
 
@@ -357,9 +360,10 @@ static void log_request(tms_http_server_t *s, const tms_http_request_t *r, int s
     /* Never the query string: clients put tokens and passwords there. A request that
      * failed before its head was complete still has it attached here. */
     tms_log_quote(qpath, sizeof qpath, path, strcspn(path, "?"));
-    tms_log_info("request", "method=%s route=%s path=%s status=%d dur_ms=%.3f rid=%s client=%s",
+    tms_log_info("request", "method=%s route=%s path=%s status=%d dur_ms=%.3f rid=%s client=%s%s%s",
                  method, route, qpath, status, secs * 1e3, r->request_id,
-                 r->client_addr[0] ? r->client_addr : "-");
+                 r->client_addr[0] ? r->client_addr : "-", r->proxy_addr[0] ? " via=" : "",
+                 r->proxy_addr);
     observe(s, route, method, status, secs);
 }
 
@@ -412,6 +416,10 @@ static void req_finish_head(tms_http_server_t *s, hreq_t *r)
         r->pub.headers[i].value = r->hoff[i].value == SIZE_MAX ? "" : r->buf + r->hoff[i].value;
     }
     r->pub.nheaders = r->nh;
+    if (s->limits.trusted_proxies &&
+        tms_http_forwarded_client(&r->pub, r->conn->client_addr, s->limits.trusted_proxies,
+                                  r->pub.client_addr, sizeof r->pub.client_addr))
+        snprintf(r->pub.proxy_addr, sizeof r->pub.proxy_addr, "%s", r->conn->client_addr);
     rid = tms_http_header_get(&r->pub, "X-Request-Id");
     if (rid && request_id_sane(rid)) {
         snprintf(r->pub.request_id, sizeof r->pub.request_id, "%s", rid);
@@ -601,7 +609,8 @@ static char *build_response(tms_http_server_t *s, int status, const char *rid, b
         buf_append(&b, &len, &cap, content_type, strcspn(content_type, "\r\n"));
         buf_append(&b, &len, &cap, "\r\n", 2);
     }
-    if (status != 204 && !(status >= 100 && status < 200)) {
+    /* A 304 has no body, and a Content-Length there would have to be the 200's. */
+    if (status != 204 && status != 304 && !(status >= 100 && status < 200)) {
         n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", no_body_status ? 0 : body_len);
         buf_append(&b, &len, &cap, line, (size_t)n);
     }
@@ -625,87 +634,6 @@ static char *build_response(tms_http_server_t *s, int status, const char *rid, b
         buf_append(&b, &len, &cap, body, body_len);
     *out_len = len;
     return b;
-}
-
-/* ---- CORS (http.cors_origins): all of it is here ---- */
-
-#define CORS_MAX_HEADERS 4
-
-/* Whether origin is one of the configured ones ("*": any). */
-static bool cors_allowed(const tms_http_server_t *s, const char *origin)
-{
-    const char *p = s->limits.cors_origins;
-    size_t olen;
-    if (!p || !p[0] || !origin || !origin[0] || strcmp(origin, "null") == 0)
-        return false;
-    if (strcmp(p, "*") == 0)
-        return true;
-    olen = strlen(origin);
-    while (*p) {
-        size_t n = strcspn(p, ",");
-        const char *o = p;
-        while (n && *o == ' ')
-            o++, n--;
-        while (n && o[n - 1] == ' ')
-            n--;
-        if (n == olen && strncasecmp(o, origin, n) == 0)
-            return true;
-        p += strcspn(p, ",");
-        if (*p == ',')
-            p++;
-    }
-    return false;
-}
-
-/* The CORS headers of a response to req (added to out; returns how many). */
-static size_t cors_headers(const tms_http_server_t *s, const tms_http_request_t *req,
-                           tms_http_header_t *out)
-{
-    const char *origin = tms_http_header_get(req, "Origin");
-    if (!cors_allowed(s, origin))
-        return 0;
-    out[0] = (tms_http_header_t){"Access-Control-Allow-Origin", origin};
-    out[1] = (tms_http_header_t){"Vary", "Origin"};
-    out[2] = (tms_http_header_t){"Access-Control-Expose-Headers",
-                                 "ETag, Retry-After, X-Request-Id, RateLimit-Limit, "
-                                 "RateLimit-Remaining, RateLimit-Reset"};
-    return 3;
-}
-
-/* headers plus the CORS ones, in *buf (heap when more than fit in local). */
-static const tms_http_header_t *with_cors(const tms_http_server_t *s, const tms_http_request_t *req,
-                                          const tms_http_header_t *headers, size_t *nheaders,
-                                          tms_http_header_t **heap)
-{
-    tms_http_header_t extra[CORS_MAX_HEADERS];
-    size_t n = cors_headers(s, req, extra);
-    *heap = NULL;
-    if (!n)
-        return headers;
-    *heap = tms_calloc(*nheaders + n, sizeof(tms_http_header_t));
-    if (*nheaders)
-        memcpy(*heap, headers, *nheaders * sizeof(tms_http_header_t));
-    memcpy(*heap + *nheaders, extra, n * sizeof(tms_http_header_t));
-    *nheaders += n;
-    return *heap;
-}
-
-/* An allowed preflight: answered here. True when it was one. */
-static bool cors_preflight(tms_http_server_t *s, tms_http_request_t *req)
-{
-    const char *origin = tms_http_header_get(req, "Origin");
-    tms_http_header_t h[3] = {
-        {"Access-Control-Allow-Methods", "GET, POST, PUT, PATCH, DELETE"},
-        {"Access-Control-Allow-Headers",
-         "Authorization, Content-Type, Idempotency-Key, If-Match, Last-Event-ID, X-Request-Id"},
-        {"Access-Control-Max-Age", "600"},
-    };
-    if (strcmp(req->method, "OPTIONS") != 0 ||
-        !tms_http_header_get(req, "Access-Control-Request-Method") || !cors_allowed(s, origin))
-        return false;
-    req->route = "preflight";
-    tms_http_respond(req, 204, h, 3, NULL, "", 0); /* adds Allow-Origin and Vary */
-    return true;
 }
 
 /* Answer a request the server itself rejects (400, 408, 413, 431), then close. */
@@ -1059,8 +987,17 @@ static void dispatch(conn_t *c)
     c->phase = PH_HANDLER;
     uv_timer_stop(&c->timer);
     s->inflight++;
-    if (cors_preflight(s, &r->pub))
+    if (s->limits.cors_origins && tms_cors_is_preflight(&r->pub)) {
+        /* Answered here, before any route or limit: the browser asks what it may send. */
+        tms_http_header_t h[TMS_CORS_PREFLIGHT_HEADERS];
+        r->pub.route = "preflight";
+        if (tms_cors_allowed(s->limits.cors_origins, tms_http_header_get(&r->pub, "Origin")))
+            tms_http_respond(&r->pub, 204, h, tms_cors_preflight(h), NULL, NULL, 0);
+        else
+            tms_http_respond_error_status(&r->pub, 403, TMS_PERMISSION_DENIED,
+                                          "origin not allowed (http.cors_origins)", NULL, 0);
         return;
+    }
     s->handler(s->ctx, &r->pub);
 }
 
@@ -1390,7 +1327,6 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
     bool close_after;
     char *resp;
     size_t resp_len;
-    tms_http_header_t *cors;
     if (!c) {
         log_request(NULL, req, DETACHED_STATUS);
         req_free(r);
@@ -1398,10 +1334,18 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
     }
     s = c->srv;
     close_after = !r->keep_alive || s->lis.stopping;
-    headers = with_cors(s, req, headers, &nheaders, &cors);
-    resp = build_response(s, status, req->request_id, close_after, headers, nheaders, content_type,
-                          body, body_len, r->is_head, &resp_len);
-    free(cors);
+    if (s->limits.cors_origins) {
+        tms_http_header_t *all = tms_malloc((nheaders + TMS_CORS_RESPONSE_HEADERS) * sizeof(*all));
+        size_t n = tms_cors_response(s->limits.cors_origins, req, all);
+        if (nheaders)
+            memcpy(all + n, headers, nheaders * sizeof(*all));
+        resp = build_response(s, status, req->request_id, close_after, all, n + nheaders,
+                              content_type, body, body_len, r->is_head, &resp_len);
+        free(all);
+    } else {
+        resp = build_response(s, status, req->request_id, close_after, headers, nheaders,
+                              content_type, body, body_len, r->is_head, &resp_len);
+    }
     c->req = NULL;
     c->phase = PH_WRITING;
     s->inflight--;
@@ -1423,7 +1367,7 @@ tms_http_stream_t *tms_http_stream_begin(tms_http_request_t *req, int status,
     tms_http_server_t *s;
     tms_http_stream_t *st;
     char *resp, *cl;
-    size_t resp_len;
+    size_t resp_len, n;
     tms_http_header_t *cors;
     if (!c) {
         log_request(NULL, req, DETACHED_STATUS);
@@ -1432,8 +1376,11 @@ tms_http_stream_t *tms_http_stream_begin(tms_http_request_t *req, int status,
     }
     s = c->srv;
     /* The body ends with the connection: no Content-Length, Connection: close. */
-    headers = with_cors(s, req, headers, &nheaders, &cors);
-    resp = build_response(s, status, req->request_id, true, headers, nheaders, content_type, "", 0,
+    cors = tms_malloc((nheaders + TMS_CORS_RESPONSE_HEADERS) * sizeof(*cors));
+    n = s->limits.cors_origins ? tms_cors_response(s->limits.cors_origins, req, cors) : 0;
+    if (nheaders)
+        memcpy(cors + n, headers, nheaders * sizeof(*cors));
+    resp = build_response(s, status, req->request_id, true, cors, n + nheaders, content_type, "", 0,
                           true, &resp_len);
     free(cors);
     cl = strstr(resp, "Content-Length: 0\r\n");
