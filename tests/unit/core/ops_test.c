@@ -72,12 +72,15 @@ static void test_internal_numbers_are_stable(void)
         tms_api_op_t op;
         int32_t n;
     } wire[] = {
-        {TMS_API_REGISTER, 1},     {TMS_API_LOGIN, 2},        {TMS_API_LOGOUT, 3},
-        {TMS_API_ME, 4},           {TMS_API_DELETE_USER, 5},  {TMS_API_USER_EXISTS, 6},
-        {TMS_API_USER_INFO, 7},    {TMS_API_VERIFY_TOKEN, 8}, {TMS_API_TASK_CREATE, 9},
-        {TMS_API_TASK_GET, 10},    {TMS_API_TASK_LIST, 11},   {TMS_API_TASK_UPDATE, 12},
-        {TMS_API_TASK_DELETE, 13}, {TMS_API_TASK_WATCH, 14},  {TMS_API_TASK_EVENTS_TICKET, 15},
-        {TMS_API_TASK_EVENTS, 16},
+        {TMS_API_REGISTER, 1},     {TMS_API_LOGIN, 2},
+        {TMS_API_LOGOUT, 3},       {TMS_API_ME, 4},
+        {TMS_API_DELETE_USER, 5},  {TMS_API_USER_EXISTS, 6},
+        {TMS_API_USER_INFO, 7},    {TMS_API_VERIFY_TOKEN, 8},
+        {TMS_API_TASK_CREATE, 9},  {TMS_API_TASK_GET, 10},
+        {TMS_API_TASK_LIST, 11},   {TMS_API_TASK_UPDATE, 12},
+        {TMS_API_TASK_DELETE, 13}, {TMS_API_USER_CREATE, 14},
+        {TMS_API_TASK_WATCH, 15},  {TMS_API_TASK_EVENTS_TICKET, 16},
+        {TMS_API_TASK_EVENTS, 17},
     };
     for (size_t i = 0; i < sizeof(wire) / sizeof(wire[0]); i++) {
         CHECK_EQ_INT(tms_op_get(wire[i].op)->internal_op, wire[i].n);
