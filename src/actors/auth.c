@@ -19,12 +19,12 @@
 #include "core/password.h"
 #include "core/ratelimit.h"
 #include "core/status.h"
+#include "core/text.h"
 #include "core/token_cache.h"
 #include "core/user_cache.h"
 
-#define PASSWORD_MIN 8
-#define PASSWORD_MAX 256
-#define EMAIL_MIN 3
+#define PASSWORD_MIN TMS_PASSWORD_MIN
+#define PASSWORD_MAX TMS_PASSWORD_MAX
 
 struct tms_auth {
     uv_loop_t *loop;
@@ -52,6 +52,11 @@ struct tms_auth {
     uint64_t hash_queue_ms; /* 0: no limit */
     unsigned ipv6_prefix;
     tms_counter_t *hash_refused, *hash_expired;
+    tms_ticket_book_t *tickets;
+    bool own_tickets;
+    tms_push_shared_t *push;
+    int registration;        /* TMS_REGISTRATION_* */
+    bool login_keeps_others; /* a login does not bump the token version */
 };
 
 /* A hashing job: runs on the hash pool with its own copies of the inputs. */
@@ -264,41 +269,6 @@ static int hash_expired(tms_auth_t *auth, tms_api_call_t *call, hash_job_t *h)
 
 /* ---- validation ------------------------------------------------------- */
 
-/* Trims and lower-cases the email in place; API.md: 3..254 chars, one '@'. */
-static int normalize_email(char *email, const char **why)
-{
-    size_t len, start = 0, at = 0, ats = 0;
-    len = strlen(email);
-    while (start < len && isspace((unsigned char)email[start]))
-        start++;
-    while (len > start && isspace((unsigned char)email[len - 1]))
-        len--;
-    memmove(email, email + start, len - start);
-    len -= start;
-    email[len] = '\0';
-    if (len < EMAIL_MIN || len > TMS_EMAIL_MAX) {
-        *why = "email must be 3 to 254 characters";
-        return -1;
-    }
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)email[i];
-        if (c <= 0x20 || c == 0x7f) {
-            *why = "email must not contain spaces or control characters";
-            return -1;
-        }
-        if (c == '@') {
-            ats++;
-            at = i;
-        }
-        email[i] = (char)tolower(c);
-    }
-    if (ats != 1 || at == 0 || at == len - 1) {
-        *why = "email must contain exactly one @ between a name and a domain";
-        return -1;
-    }
-    return 0;
-}
-
 static int check_credentials(tms_auth_t *auth, tms_api_call_t *call)
 {
     const char *why = NULL;
@@ -307,7 +277,7 @@ static int check_credentials(tms_auth_t *auth, tms_api_call_t *call)
         fail(auth, call, TMS_INVALID_ARGUMENT, "email and password are required");
         return -1;
     }
-    if (normalize_email(call->email, &why) != 0) {
+    if (tms_email_normalize(call->email, &why) != 0) {
         fail(auth, call, TMS_INVALID_ARGUMENT, "%s", why);
         return -1;
     }
@@ -347,6 +317,12 @@ static void register_created(tms_auth_t *auth, tms_api_call_t *call, tms_user_op
         return;
     call->user = op->user;
     tms_counter_add(auth->registrations, 1);
+    if (call->op == TMS_API_USER_CREATE) { /* an admin made it: no token for the admin */
+        tms_log_info("user_registered", "user=%s by=%s", call->user.id, call->principal.user_id);
+        memset(call->user.password_hash, 0, sizeof(call->user.password_hash));
+        finish(auth, call);
+        return;
+    }
     tms_log_info("user_registered", "user=%s", call->user.id);
     issue_token(auth, call);
 }
@@ -379,6 +355,24 @@ static void register_hashed(tms_msg_t *msg)
 
 static void do_register(tms_auth_t *auth, tms_api_call_t *call)
 {
+    if (call->op == TMS_API_REGISTER && auth->registration != TMS_REGISTRATION_OPEN) {
+        fail(auth, call, TMS_PERMISSION_DENIED,
+             auth->registration == TMS_REGISTRATION_ADMIN
+                 ? "registration is closed: an admin creates accounts (POST /api/auth/users)"
+                 : "registration is closed: ask the operator for an account");
+        return;
+    }
+    if (call->op == TMS_API_USER_CREATE) {
+        if (!tms_op_permits(tms_op_get(call->op), &call->principal, NULL)) {
+            fail(auth, call, TMS_PERMISSION_DENIED, "only an admin may create users");
+            return;
+        }
+        if (auth->registration == TMS_REGISTRATION_CLOSED) {
+            fail(auth, call, TMS_PERMISSION_DENIED,
+                 "registration is closed: accounts are made with `tms user create`");
+            return;
+        }
+    }
     if (check_credentials(auth, call) == 0)
         hash_submit(auth, call, 0, NULL, register_hashed);
 }
@@ -417,9 +411,17 @@ static void login_verified(tms_msg_t *msg)
         return;
     }
     /* The version bump kills older tokens; a legacy (bcrypt) or weak hash is replaced
-     * in the same write. */
+     * in the same write. With auth.login_revokes_others=false the token carries the
+     * current version and nothing is written (but for a rehash, whose write is a bump:
+     * once per legacy user). */
     if (fresh[0])
         tms_log_info("password_rehashed", "user=%s", call->user.id);
+    if (auth->login_keeps_others && !fresh[0]) {
+        tms_user_cache_put(auth->cache, &call->user, uv_now(auth->loop));
+        tms_counter_add(auth->logins_ok, 1);
+        issue_token(auth, call);
+        return;
+    }
     store(auth, call, TMS_USER_BUMP_VERSION, call->user.id, NULL, fresh, login_bumped);
     sodium_memzero(fresh, sizeof(fresh));
 }
@@ -479,10 +481,45 @@ static void authenticated_by_store(tms_auth_t *auth, tms_api_call_t *call, tms_u
 
 /* Verifies the bearer token: signature, alg, exp and iss here, then the token
  * version against the store, so logout and login revoke at once. */
+static void check_user(tms_auth_t *auth, tms_api_call_t *call, const char *sub,
+                       int64_t token_version, int64_t exp_s);
+
+/* A stream ticket instead of the token (only where the operation takes one): checked
+ * like a token, its user and token version included, and usable once. */
+static void authenticate_ticket(tms_auth_t *auth, tms_api_call_t *call)
+{
+    tms_ticket_claims_t c;
+    int64_t now_ms = tms_now_ms();
+    int rc = tms_ticket_verify(auth->key, auth->key_len, call->ticket, now_ms, &c);
+    if (rc == -TMS_ERANGE) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "ticket expired");
+        return;
+    }
+    if (rc != 0) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "invalid ticket");
+        return;
+    }
+    rc = tms_ticket_book_use(auth->tickets, &c, now_ms);
+    if (rc == -TMS_EFULL) {
+        fail(auth, call, TMS_UNAVAILABLE, "too many tickets in use, retry later");
+        return;
+    }
+    if (rc != 0) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "ticket already used");
+        return;
+    }
+    check_user(auth, call, c.sub, c.token_version, c.token_exp_s);
+}
+
 static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
 {
     tms_jwt_claims_t claims;
     char why[128];
+    const tms_op_t *op = tms_op_get(call->op);
+    if ((!call->bearer || !call->bearer[0]) && call->ticket && op && (op->args & TMS_ARGS_WATCH)) {
+        authenticate_ticket(auth, call);
+        return;
+    }
     if (!call->bearer || !call->bearer[0]) {
         fail(auth, call, TMS_UNAUTHENTICATED, "missing bearer token");
         return;
@@ -496,20 +533,52 @@ static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
         }
         tms_token_cache_put(auth->tokens, call->bearer, &claims);
     }
+    check_user(auth, call, claims.sub, claims.token_version, claims.exp);
+}
+
+/* The credential is genuine: its user must exist with that token version. */
+static void check_user(tms_auth_t *auth, tms_api_call_t *call, const char *sub,
+                       int64_t token_version, int64_t exp_s)
+{
     memset(&call->user, 0, sizeof(call->user));
-    call->user.token_version = claims.token_version;
+    call->user.token_version = token_version;
+    call->principal.expires_at_s = exp_s;
     {
         /* Versions only grow: a cached version above the claim proves the token
          * revoked, an equal one proves it current; a lower one may be stale. */
         tms_user_op_t hit;
-        if (tms_user_cache_get(auth->cache, claims.sub, uv_now(auth->loop), &hit.user) &&
-            hit.user.token_version >= claims.token_version) {
+        if (tms_user_cache_get(auth->cache, sub, uv_now(auth->loop), &hit.user) &&
+            hit.user.token_version >= token_version) {
             hit.err.code = TMS_OK;
             authenticated(auth, call, &hit);
             return;
         }
     }
-    store(auth, call, TMS_USER_GET_BY_ID, claims.sub, NULL, NULL, authenticated_by_store);
+    store(auth, call, TMS_USER_GET_BY_ID, sub, NULL, NULL, authenticated_by_store);
+}
+
+/* A ticket for the caller's streams: made from the token the call came with (its
+ * version and end), so that logging out revokes it too. */
+static void issue_ticket(tms_auth_t *auth, tms_api_call_t *call)
+{
+    tms_ticket_claims_t c = {0};
+    char text[TMS_TICKET_MAX];
+    int64_t now_ms = tms_now_ms();
+    snprintf(c.sub, sizeof(c.sub), "%s", call->principal.user_id);
+    c.token_version = call->user.token_version;
+    c.token_exp_s = call->principal.expires_at_s;
+    c.exp_ms = now_ms + TMS_TICKET_TTL_MS;
+    if (c.token_exp_s && c.exp_ms > c.token_exp_s * 1000)
+        c.exp_ms = c.token_exp_s * 1000; /* never outlives its token */
+    randombytes_buf(c.nonce, sizeof(c.nonce));
+    if (tms_ticket_mint(auth->key, auth->key_len, &c, text) != 0) {
+        fail(auth, call, TMS_INTERNAL, "internal error");
+        return;
+    }
+    call->token = tms_api_call_strdup(call, text);
+    sodium_memzero(text, sizeof(text));
+    call->ticket_expires_ms = c.exp_ms;
+    finish(auth, call);
 }
 
 /* ---- operations on a verified principal ------------------------------ */
@@ -578,6 +647,7 @@ static void logout_done(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *o
     tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
     tms_log_info("user_logged_out", "user=%s by=%s", op->user.id,
                  call->principal.trusted ? "trusted_peer" : call->principal.user_id);
+    tms_push_revoked(auth->push, op->user.id);
     finish(auth, call);
 }
 
@@ -600,6 +670,7 @@ static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
                  call->principal.trusted ? "trusted_peer" : call->principal.user_id);
     if (auth->relay) /* the store wrote user_deleted into its outbox with the delete */
         tms_relay_kick(auth->relay);
+    tms_push_revoked(auth->push, op->user.id);
     finish(auth, call);
 }
 
@@ -625,6 +696,7 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
 {
     switch (call->op) {
     case TMS_API_REGISTER:
+    case TMS_API_USER_CREATE:
         do_register(auth, call);
         return;
     case TMS_API_LOGIN:
@@ -634,8 +706,15 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
         do_authenticate(auth, call);
         return;
     case TMS_API_ME:
+    case TMS_API_TASK_WATCH: /* the stream itself is the push hub's (core/push.h) */
         /* authenticate already loaded the user */
-        finish(auth, call);
+        if (call->task_id < 0 || call->since < 0)
+            fail(auth, call, TMS_INVALID_ARGUMENT, "id and since must be ids");
+        else
+            finish(auth, call);
+        return;
+    case TMS_API_TASK_EVENTS_TICKET:
+        issue_ticket(auth, call);
         return;
     case TMS_API_LOGOUT:
         if (allowed_target(auth, call))
@@ -744,7 +823,7 @@ static void on_restored(tms_msg_t *msg)
          * tombstone, or another email or role): whoever wrote it does not get to
          * choose whom TMS brings back. Handled, so it is not retried. */
         tms_counter_add(job->auth->restore_refused, 1);
-        tms_log_error("user_restore_refused", "user=%s event=%s reason=\"%s\"", job->user.id,
+        tms_log_error("user_restore_refused", "user=%s event_id=%s reason=\"%s\"", job->user.id,
                       job->event_id, why);
     } else if (code != TMS_OK) {
         comp_ack(job, tms_ack_transient(USER_STORE, why, 0));
@@ -845,6 +924,9 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     auth->cache =
         cfg->user_cache ? cfg->user_cache : tms_user_cache_new(cfg->user_cache_ms, 100000);
     auth->tokens = tms_token_cache_new(20000);
+    auth->push = cfg->push;
+    auth->own_tickets = cfg->tickets == NULL;
+    auth->tickets = cfg->tickets ? cfg->tickets : tms_ticket_book_new(100000);
     auth->key_len = cfg->jwt_key_len < sizeof(auth->key) ? cfg->jwt_key_len : sizeof(auth->key);
     memcpy(auth->key, cfg->jwt_key, auth->key_len);
     snprintf(auth->issuer, sizeof(auth->issuer), "%s", cfg->issuer);
@@ -883,6 +965,8 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
         "auth.hash_queue_ms in the queue",
         "");
     auth->ipv6_prefix = cfg->ipv6_prefix ? cfg->ipv6_prefix : 64;
+    auth->registration = cfg->registration;
+    auth->login_keeps_others = cfg->login_keeps_others;
     auth->hash_refused = tms_metrics_counter(
         "tms_auth_hash_refused_total",
         "registers and logins refused because their address had auth.hash_per_address "
@@ -917,6 +1001,8 @@ void tms_auth_free(tms_auth_t **pauth)
     if (auth->own_cache)
         tms_user_cache_free(&auth->cache);
     tms_token_cache_free(&auth->tokens);
+    if (auth->own_tickets)
+        tms_ticket_book_free(&auth->tickets);
     sodium_memzero(auth->key, sizeof(auth->key));
     free(auth);
 }

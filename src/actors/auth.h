@@ -6,6 +6,7 @@
 #ifndef TMS_ACTORS_AUTH_H
 #define TMS_ACTORS_AUTH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -13,7 +14,9 @@
 #include "core/event_bus.h"
 #include "core/mailbox.h"
 #include "core/outbox.h"
+#include "core/push.h"
 #include "core/relay.h"
+#include "core/ticket.h"
 #include "core/user_cache.h"
 #include "core/user_store.h"
 #include "core/workpool.h"
@@ -46,6 +49,22 @@ typedef struct tms_auth_config {
      * register or login answers UNAVAILABLE (503). 0: no limit. */
     uint64_t hash_queue_ms;
     unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
+    /* The used stream tickets, shared by the auth actors of every worker (borrowed,
+     * outlives the actor); NULL: the actor keeps its own. */
+    tms_ticket_book_t *tickets;
+    /* Told of a logout or delete, so that the user's task event streams end at once
+     * (core/push.h); NULL: nobody to tell. */
+    tms_push_shared_t *push;
+    /* auth.registration: who creates accounts (register is refused unless OPEN; the
+     * admin route unless OPEN or ADMIN). */
+    enum {
+        TMS_REGISTRATION_OPEN = 0, /* anyone registers, as the original */
+        TMS_REGISTRATION_ADMIN,    /* admins create users (POST /api/auth/users) */
+        TMS_REGISTRATION_CLOSED,   /* only `tms user create` */
+    } registration;
+    /* auth.login_revokes_others=false: a login leaves the user's other tokens valid
+     * (false, the default: each login ends them, as the original). */
+    bool login_keeps_others;
 } tms_auth_config_t;
 
 /** Start the actor on loop (subscribed to compensate_user_deletion in group

@@ -48,11 +48,15 @@ POST /api/auth/login                200   200   200      200     200    200     
 POST /api/auth/logout               U     200   200      200     200    U       U          U       U         U    U     U
 GET /api/auth/me                    U     200   200      200     200    U       U          U       U         U    U     U
 DELETE /api/auth/delete/:creator    U     403   403      200     200    U       U          U       U         U    U     U
+POST /api/auth/users                U     403   403      403     201    U       U          U       U         U    U     U
+GET /api/auth/users/:creator        U     403   403      200     200    U       U          U       U         U    U     U
 POST /api/task                      U     201   201      201     201    U       U          U       U         U    U     U
 GET /api/task                       U     200   200      200     200    U       U          U       U         U    U     U
 GET /api/task/:id                   U     200   200      200     200    U       U          U       U         U    U     U
 PATCH /api/task/:id                 U     403   200      200     200    U       U          U       U         U    U     U
 DELETE /api/task/:id                U     403   403      200     200    U       U          U       U         U    U     U
+GET /api/task/events                U     200   200      200     200    U       U          U       U         U    U     U
+POST /api/task/events/ticket        U     200   200      200     200    U       U          U       U         U    U     U
 grpc AuthService/Register           OK    OK    OK       OK      OK     OK      OK         OK      OK        OK   OK    OK
 grpc AuthService/Login              OK    OK    OK       OK      OK     OK      OK         OK      OK        OK   OK    OK
 grpc AuthService/Logout(creator)    U     PERMISSION_DENIED PERMISSION_DENIED OK OK U U    U       U         U    U     U
@@ -240,6 +244,10 @@ def rest_cell(op, w, token):
         return srv.get("/api/auth/me", token=token)
     if op == "DELETE /api/auth/delete/:creator":
         return srv.delete(f"/api/auth/delete/{w.users['creator']['id']}", token=token)
+    if op == "POST /api/auth/users":
+        return srv.post("/api/auth/users", token=token, json=creds)
+    if op == "GET /api/auth/users/:creator":
+        return srv.get(f"/api/auth/users/{w.users['creator']['id']}", token=token)
     if op == "POST /api/task":
         return srv.post("/api/task", token=token, json={"title": "t", "description": "d"})
     if op == "GET /api/task":
@@ -252,6 +260,14 @@ def rest_cell(op, w, token):
     if op == "DELETE /api/task/:id":
         task = w.new_task()
         return srv.delete(f"/api/task/{task['id']}", token=token)
+    if op == "GET /api/task/events":  # a stream: its status, then hang up
+        r = srv.get("/api/task/events", token=token, stream=True, timeout=10)
+        if r.status_code == 200:
+            r.close()
+            r._content = b"(event stream)"
+        return r
+    if op == "POST /api/task/events/ticket":
+        return srv.post("/api/task/events/ticket", token=token)
     raise AssertionError(op)
 
 

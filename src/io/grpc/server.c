@@ -39,7 +39,7 @@
 #define DEFAULT_HEADER_LIST 16384
 #define DEFAULT_IDLE_MS 60000
 #define DEFAULT_MAX_CONNECTIONS 10000
-/* What a client can make the server hold (server.h, README "gRPC limits"). */
+/* What a client can make the server hold (server.h, docs/OPERATIONS.md "gRPC limits"). */
 #define DEFAULT_UNAUTH_MESSAGE 8192
 #define DEFAULT_CONN_REQUEST (8 * 1024 * 1024)
 #define DEFAULT_STREAM_OUTPUT (4 * 1024 * 1024)
@@ -1241,6 +1241,11 @@ void tms_grpc_stream_limit_unchecked(tms_grpc_stream_t *st, tms_status_t code, c
 bool tms_grpc_stream_send(tms_grpc_stream_t *st, const uint8_t *msg, size_t len)
 {
     return send_message(st, msg, len);
+}
+
+size_t tms_grpc_stream_queued(const tms_grpc_stream_t *st)
+{
+    return st->out_len - st->out_off;
 }
 
 void tms_grpc_stream_finish(tms_grpc_stream_t *st, tms_status_t code, const char *message)

@@ -75,7 +75,7 @@ typedef struct tms_grpc_config {
     size_t max_connections_per_address;
     unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
     /* What a client can make the server hold (0: the default in parentheses); see
-     * README "gRPC limits". A request message on a stream whose caller is not checked
+     * docs/OPERATIONS.md "gRPC limits". A request message on a stream whose caller is not checked
      * before the call (tms_grpc_stream_limit_unchecked: the service says which) over
      * max_unauthenticated_message_bytes (8 KiB) is answered at once with the code the
      * handler gave; request bytes buffered by one connection over
@@ -163,6 +163,9 @@ void tms_grpc_stream_limit_unchecked(tms_grpc_stream_t *st, tms_status_t code, c
 
 /** Queue one response message (copied). False when a bound ended the call instead. */
 bool tms_grpc_stream_send(tms_grpc_stream_t *st, const uint8_t *msg, size_t len);
+
+/** Reply bytes queued on the stream and not yet handed to the connection. */
+size_t tms_grpc_stream_queued(const tms_grpc_stream_t *st);
 
 /** End the call with a status (message for non-OK; may be NULL): trailers after the
  * messages, or trailers-only. A finished stream ignores further answers. */

@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/cidr.h"
 #include "core/status.h"
 #include "io/tls/tls.h"
 
@@ -40,6 +41,14 @@ typedef struct tms_http_limits {
      * tls_handshake_timeout_ms (default 10000) closes the connection. */
     tms_tls_ctx_t *tls;
     uint64_t tls_handshake_timeout_ms;
+    /* Reverse proxies (borrowed, outlives the server; NULL: none): a request from one
+     * gets its client_addr from X-Forwarded-For / Forwarded (io/http/forwarded.h). The
+     * connection caps still count the peer. */
+    const tms_cidr_list_t *trusted_proxies;
+    /* http.cors_origins as written (borrowed, outlives the server; NULL or "": no CORS):
+     * preflights are answered here, and responses to a listed Origin carry the CORS
+     * headers (io/http/cors.h). */
+    const char *cors_origins;
 } tms_http_limits_t;
 
 /** Fill *l with the defaults of API.md "Limits". */
@@ -54,7 +63,9 @@ typedef struct tms_http_request {
     const char *body; /* de-chunked body, NUL-terminated; "" when empty */
     size_t body_len;
     char request_id[65];  /* client's X-Request-Id if sane, else 32 hex chars */
-    char client_addr[64]; /* peer IP, no port */
+    char client_addr[64]; /* client IP, no port: the peer's, or behind a trusted proxy
+                           * the one its X-Forwarded-For names */
+    char proxy_addr[64];  /* the trusted proxy's IP when client_addr came from it, or "" */
     const char *route;    /* set by the handler (static string); default "unmatched" */
     uint64_t start_ns;    /* uv_hrtime() at head complete */
     void *user;           /* free for the handler */
@@ -99,6 +110,32 @@ void tms_http_respond_error(tms_http_request_t *req, tms_status_t code, const ch
 void tms_http_respond_error_status(tms_http_request_t *req, int status, tms_status_t code,
                                    const char *message, const tms_http_header_t *headers,
                                    size_t nheaders);
+
+/* A streamed response (Server-Sent Events): the head now, the body as it comes, ended
+ * by closing the connection (no Content-Length; Connection: close). While it is open
+ * the connection reads and discards input, and bytes not taken by the client within
+ * send_timeout_ms close it; it counts against the connection limits as any other. */
+typedef struct tms_http_stream tms_http_stream_t;
+
+/** Answer req with status and headers and keep the connection for the body. req is
+ * freed. closed(arg) runs once, from the loop, when the connection is gone (the
+ * client left, a write failed, the send timeout, the server's stop) unless
+ * tms_http_stream_end came first; the stream is freed after it. NULL when the
+ * connection was already gone (closed is not called then). */
+tms_http_stream_t *tms_http_stream_begin(tms_http_request_t *req, int status,
+                                         const tms_http_header_t *headers, size_t nheaders,
+                                         const char *content_type, void (*closed)(void *arg),
+                                         void *arg);
+
+/** Queue len bytes (copied). 0, or -1 when the connection is gone or closing. */
+int tms_http_stream_write(tms_http_stream_t *st, const char *data, size_t len);
+
+/** Bytes queued and not yet taken by the socket. */
+size_t tms_http_stream_queued(const tms_http_stream_t *st);
+
+/** End the stream: what is queued is sent, then the connection closes. closed is not
+ * called; st must not be used again. */
+void tms_http_stream_end(tms_http_stream_t *st);
 
 /** Graceful stop: stop accepting, close idle connections now, let requests with the
  * handler finish (their responses carry Connection: close), close what is still open

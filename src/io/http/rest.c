@@ -1,5 +1,6 @@
 #include "io/http/rest.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -11,6 +12,7 @@
 #include "core/api.h"
 #include "core/clock.h"
 #include "core/log.h"
+#include "core/push.h"
 #include "core/metrics.h"
 #include "core/text.h"
 
@@ -85,11 +87,70 @@ static json_t *task_json(const tms_task_t *t)
 
 /* Renders a finished call: errors per API.md's table, results per the shape of the
  * operation's result and with its success status (core/ops.h). */
+/* Does an If-None-Match field value ("3", W/"3", a list of them, or *) name etag? */
+static bool etag_matches(const char *field, const char *etag)
+{
+    const char *p = field;
+    size_t n = strlen(etag);
+    while (*p) {
+        size_t len;
+        p += strspn(p, " \t,");
+        if (*p == '*')
+            return true;
+        if (strncmp(p, "W/", 2) == 0)
+            p += 2;
+        len = strcspn(p, " \t,");
+        if (len == n && memcmp(p, etag, n) == 0)
+            return true;
+        p += len;
+    }
+    return false;
+}
+
+/* Percent-encodes s for a query value into buf[size) (cut to fit). */
+static void query_encode(char *buf, size_t size, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *s && o + 4 < size; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+            buf[o++] = (char)c;
+        } else {
+            buf[o++] = '%';
+            buf[o++] = hex[c >> 4];
+            buf[o++] = hex[c & 15];
+        }
+    }
+    buf[o] = '\0';
+}
+
+/* Link: <route?filters&limit=&cursor=next>; rel="next" for a page that has a next one:
+ * the same query with the next cursor (RFC 8288; relative to the request's URL). */
+static void next_link(const tms_op_t *op, const tms_api_call_t *call, char *out, size_t size)
+{
+    char enc[3 * 256 + 1];
+    size_t o = (size_t)snprintf(out, size, "<%s?", op->rest_route);
+    if (call->assigned_to && call->assigned_to[0] && o < size) {
+        query_encode(enc, sizeof(enc), call->assigned_to);
+        o += (size_t)snprintf(out + o, size - o, "assignedTo=%s&", enc);
+    }
+    if (call->status && call->status[0] && o < size) {
+        query_encode(enc, sizeof(enc), call->status);
+        o += (size_t)snprintf(out + o, size - o, "status=%s&", enc);
+    }
+    query_encode(enc, sizeof(enc), call->next_cursor);
+    if (o < size)
+        snprintf(out + o, size - o, "limit=%d&cursor=%s>; rel=\"next\"",
+                 (int)tms_op_list_size(op, call->limit), enc);
+}
+
 static void render(tms_http_request_t *req, tms_api_call_t *call)
 {
     const tms_op_t *op = tms_op_get(call->op);
-    tms_http_header_t h[6];
-    char lim[24], rem[24], reset[24], retry[24], etag[32];
+    tms_http_header_t h[8];
+    char lim[24], rem[24], reset[24], retry[24], etag[32], location[96], link[1200];
+    const char *inm;
     size_t nh = 0;
     json_t *body = NULL;
     int status;
@@ -115,6 +176,12 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
         tms_http_respond_error(req, call->err.code, call->err.message, h, nh);
         return;
     }
+    /* A created user is at /api/auth/users/:id (GET: the user or an admin). */
+    if (op && op->rest_status == 201 &&
+        (op->result == TMS_RESULT_SESSION || op->result == TMS_RESULT_USER)) {
+        snprintf(location, sizeof(location), "/api/auth/users/%s", call->user.id);
+        h[nh++] = (tms_http_header_t){"Location", location};
+    }
     switch (op ? op->result : 0) {
     case TMS_RESULT_SESSION:
         body = json_pack("{s:s, s:o}", "token", call->token, "user", user_json(&call->user));
@@ -129,10 +196,26 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
         /* A replayed create answers exactly as the first request did. */
         snprintf(etag, sizeof(etag), "\"%lld\"", (long long)call->task.version);
         h[nh++] = (tms_http_header_t){"ETag", etag};
+        if (op->rest_status == 201) {
+            snprintf(location, sizeof(location), "%s/%lld", op->rest_route,
+                     (long long)call->task.id);
+            h[nh++] = (tms_http_header_t){"Location", location};
+        }
+        /* The version is the ETag: a client holding it is told that nothing changed. */
+        if (op->rest_status == 200 &&
+            (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0) &&
+            (inm = tms_http_header_get(req, "If-None-Match")) && etag_matches(inm, etag)) {
+            tms_http_respond(req, 304, h, nh, NULL, "", 0);
+            return;
+        }
         body = task_json(&call->task);
         break;
     case TMS_RESULT_TASKS: {
         json_t *arr = json_array();
+        if (call->next_cursor) {
+            next_link(op, call, link, sizeof(link));
+            h[nh++] = (tms_http_header_t){"Link", link};
+        }
         for (size_t i = 0; i < call->ntasks; i++)
             json_array_append_new(arr, task_json(&call->tasks[i]));
         body = json_pack("{s:o, s:o}", "tasks", arr, "nextCursor",
@@ -142,6 +225,13 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
     case TMS_RESULT_DELETED:
         body = json_pack("{s:s}", "message", "Task deleted");
         break;
+    case TMS_RESULT_TICKET: {
+        char exp[32];
+        h[nh++] = (tms_http_header_t){"Cache-Control", "no-store"};
+        body = json_pack("{s:s, s:s}", "ticket", call->token ? call->token : "", "expiresAt",
+                         tms_format_time(call->ticket_expires_ms, exp, sizeof(exp)));
+        break;
+    }
     default:
         tms_http_respond_error(req, TMS_INTERNAL, "internal error", h, nh);
         return;
@@ -150,6 +240,174 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
     if (!body)
         tms_oom(__FILE__, __LINE__);
     respond_json(req, status, body, h, nh);
+}
+
+/* ---- Server-Sent Events: GET /api/task/events (core/push.h) ----------- */
+
+/* One stream: the hub's sink over the HTTP stream. Freed by whichever ends first: the
+ * hub (end) or the connection (closed). */
+typedef struct sse {
+    tms_push_sink_t sink; /* first: the hub hands &sink back */
+    tms_http_stream_t *st;
+    tms_push_sub_t *sub;
+    /* before the stream began (tms_push_subscribe may send at once): bytes held, and
+     * the end the hub gave, if it did */
+    char *pre;
+    size_t pre_len;
+    bool ended; /* the hub ended it already: start_stream sends what is held, then ends */
+} sse_t;
+
+/* Bytes to the client, or held until the stream begins. */
+static void sse_write(sse_t *x, const char *b, size_t len)
+{
+    if (x->st) {
+        (void)tms_http_stream_write(x->st, b, len); /* a closed connection says so itself */
+        return;
+    }
+    x->pre = tms_realloc(x->pre, x->pre_len + len);
+    memcpy(x->pre + x->pre_len, b, len);
+    x->pre_len += len;
+}
+
+static const char *const sse_types[] = {"unknown",  "created", "updated",
+                                        "assigned", "deleted", "reset"};
+
+/* The event's bytes, made once for every stream of the hub. */
+static const char *sse_bytes(tms_push_event_t *e, size_t *len)
+{
+    if (!e->enc[TMS_PUSH_ENC_SSE]) {
+        const tms_task_event_t *ev = &e->ev;
+        const char *type = (size_t)ev->type < sizeof(sse_types) / sizeof(sse_types[0])
+                               ? sse_types[ev->type]
+                               : "unknown";
+        char id[24], at[32];
+        json_t *data;
+        char *text, *out;
+        int n;
+        snprintf(id, sizeof(id), "%lld", (long long)ev->seq);
+        data = json_pack("{s:s, s:s, s:s}", "id", id, "type", type, "time",
+                         tms_format_time(ev->at_ms, at, sizeof(at)));
+        if (!data)
+            tms_oom(__FILE__, __LINE__);
+        if (ev->type != TMS_TASK_EVENT_RESET)
+            json_object_set_new(data, "task", task_json(&ev->task));
+        text = json_dumps(data, JSON_COMPACT); /* one line: no raw newlines in JSON */
+        json_decref(data);
+        if (!text)
+            tms_oom(__FILE__, __LINE__);
+        n = snprintf(NULL, 0, "id: %s\nevent: %s\ndata: %s\n\n", id, type, text);
+        out = tms_malloc((size_t)n + 1);
+        snprintf(out, (size_t)n + 1, "id: %s\nevent: %s\ndata: %s\n\n", id, type, text);
+        free(text);
+        e->enc[TMS_PUSH_ENC_SSE] = out;
+        e->enc_len[TMS_PUSH_ENC_SSE] = (size_t)n;
+    }
+    *len = e->enc_len[TMS_PUSH_ENC_SSE];
+    return e->enc[TMS_PUSH_ENC_SSE];
+}
+
+static int sse_send(tms_push_sink_t *self, tms_push_event_t *e)
+{
+    sse_t *x = (sse_t *)self;
+    size_t len;
+    const char *b = sse_bytes(e, &len);
+    if (self->queued(self) + len > self->queue_bytes)
+        return -1;
+    sse_write(x, b, len);
+    return 0;
+}
+
+static size_t sse_queued(tms_push_sink_t *self)
+{
+    sse_t *x = (sse_t *)self;
+    return x->st ? tms_http_stream_queued(x->st) : x->pre_len;
+}
+
+static void sse_heartbeat(tms_push_sink_t *self)
+{
+    sse_write((sse_t *)self, ": heartbeat\n\n", 13);
+}
+
+/* The hub ends the stream: a last event says why (slow consumer, revoked, shutdown). */
+static void sse_end(tms_push_sink_t *self, tms_status_t code, const char *message)
+{
+    sse_t *x = (sse_t *)self;
+    json_t *data =
+        json_pack("{s:s, s:s}", "code", tms_status_name(code), "message", message ? message : "");
+    char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
+    if (text) {
+        size_t n = strlen(text) + 32;
+        char *out = tms_malloc(n);
+        int len = snprintf(out, n, "event: error\ndata: %s\n\n", text);
+        sse_write(x, out, (size_t)len);
+        free(out);
+        free(text);
+    }
+    json_decref(data);
+    x->sub = NULL;
+    if (!x->st) {
+        x->ended = true;
+        return;
+    }
+    tms_http_stream_end(x->st);
+    free(x->pre);
+    free(x);
+}
+
+/* The client went away (or the send timeout): the hub forgets it. */
+static void sse_closed(void *arg)
+{
+    sse_t *x = arg;
+    tms_push_unsubscribe(&x->sub);
+    free(x->pre);
+    free(x);
+}
+
+/* A watch call the auth actor answered OK: subscribe its caller, then stream. */
+static void start_stream(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t *call)
+{
+    sse_t *x;
+    tms_error_t err = {0};
+    char retry[48];
+    tms_http_header_t h[3] = {{"Cache-Control", "no-store"}, {"X-Accel-Buffering", "no"}};
+    int n;
+    if (!rest->cfg.push) {
+        tms_http_respond_error(req, TMS_UNAVAILABLE, "task events are not served here", NULL, 0);
+        return;
+    }
+    x = tms_new(sse_t);
+    x->sink.send = sse_send;
+    x->sink.queued = sse_queued;
+    x->sink.heartbeat = sse_heartbeat;
+    x->sink.end = sse_end;
+    x->sub = tms_push_subscribe(rest->cfg.push, call, &x->sink, &err);
+    if (!x->sub) {
+        tms_http_header_t ra = {"Retry-After", "5"};
+        free(x);
+        tms_http_respond_error(req, err.code, err.message, &ra,
+                               err.code == TMS_RESOURCE_EXHAUSTED ? 1 : 0);
+        return;
+    }
+    x->st = tms_http_stream_begin(req, 200, h, 2, "text/event-stream; charset=utf-8",
+                                  x->ended ? NULL : sse_closed, x);
+    if (!x->st) {
+        tms_push_unsubscribe(&x->sub);
+        free(x->pre);
+        free(x);
+        return;
+    }
+    n = snprintf(retry, sizeof(retry), "retry: %llu\n\n",
+                 (unsigned long long)(rest->cfg.sse_retry_ms ? rest->cfg.sse_retry_ms : 3000));
+    (void)tms_http_stream_write(x->st, retry, (size_t)n);
+    if (x->pre_len)
+        (void)tms_http_stream_write(x->st, x->pre, x->pre_len);
+    free(x->pre);
+    x->pre = NULL;
+    x->pre_len = 0;
+    if (x->ended) {
+        tms_http_stream_end(x->st);
+        free(x);
+    }
 }
 
 /* ---- calls to the gateway -------------------------------------------- */
@@ -166,7 +424,10 @@ static void on_reply(tms_msg_t *msg)
 {
     tms_api_call_t *call = (tms_api_call_t *)msg;
     pending_t *p = msg->ctx;
-    if (p->req)
+    const tms_op_t *op = tms_op_get(call->op);
+    if (p->req && call->err.code == TMS_OK && op && op->result == TMS_RESULT_STREAM)
+        start_stream(p->rest, p->req, call);
+    else if (p->req)
         render(p->req, call);
     uv_close((uv_handle_t *)&p->timer, on_pending_closed); /* frees the call */
 }
@@ -226,20 +487,50 @@ static char *bearer_token(const tms_http_request_t *req, tms_api_call_t *call)
     return tms_api_call_strdup(call, h);
 }
 
-/* Parses {email, password}; answers 400 itself and returns -1 on bad input. */
-static int parse_credentials(tms_http_request_t *req, tms_api_call_t *call)
+/* The body as a JSON object, or NULL after answering 400 (a parse error names the line
+ * and column where parsing stopped, the last character of the offending token:
+ * "malformed JSON body at line 1, column 12: ':' expected near '"t"'"). */
+static json_t *load_body(tms_http_request_t *req)
 {
     json_error_t jerr;
-    json_t *root, *email, *password;
-    const char *problem = NULL;
-    root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    char msg[200];
+    json_t *root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        problem = "malformed JSON body";
-        goto bad;
+        if (req->body_len == 0)
+            snprintf(msg, sizeof(msg), "a JSON body is required");
+        else
+            snprintf(msg, sizeof(msg), "malformed JSON body at line %d, column %d: %.100s",
+                     jerr.line, jerr.column, jerr.text);
+        tms_http_respond_error(req, TMS_INVALID_ARGUMENT, msg, NULL, 0);
+        return NULL;
     }
     if (!json_is_object(root)) {
-        problem = "request body must be a JSON object";
-        goto bad;
+        json_decref(root);
+        tms_http_respond_error(req, TMS_INVALID_ARGUMENT, "request body must be a JSON object",
+                               NULL, 0);
+        return NULL;
+    }
+    return root;
+}
+
+/* Parses {email, password}; with only_known, any other field is refused as task bodies
+ * refuse theirs. Answers 400 itself and returns -1 on bad input. */
+static int parse_credentials(tms_http_request_t *req, tms_api_call_t *call, bool only_known)
+{
+    json_t *root, *email, *password, *v;
+    const char *problem = NULL, *key;
+    char msg[160];
+    if (!(root = load_body(req)))
+        return -1;
+    if (only_known) {
+        json_object_foreach(root, key, v)
+        {
+            if (strcmp(key, "email") != 0 && strcmp(key, "password") != 0) {
+                snprintf(msg, sizeof(msg), "unknown field: %.64s (known: email, password)", key);
+                problem = msg;
+                goto bad;
+            }
+        }
     }
     email = json_object_get(root, "email");
     password = json_object_get(root, "password");
@@ -272,19 +563,11 @@ bad:
  * API.md asks. Answers 400 itself and returns -1 on bad input. */
 static int parse_task_body(tms_http_request_t *req, tms_api_call_t *call, int update)
 {
-    json_error_t jerr;
     json_t *root, *v;
     const char *key, *problem = NULL;
     char msg[160];
-    root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        problem = "malformed JSON body";
-        goto bad;
-    }
-    if (!json_is_object(root)) {
-        problem = "request body must be a JSON object";
-        goto bad;
-    }
+    if (!(root = load_body(req)))
+        return -1;
     json_object_foreach(root, key, v)
     {
         char **slot = strcmp(key, "title") == 0         ? &call->title
@@ -293,7 +576,8 @@ static int parse_task_body(tms_http_request_t *req, tms_api_call_t *call, int up
                       : strcmp(key, "assignedTo") == 0  ? &call->assigned_to
                                                         : NULL;
         if (!slot) {
-            snprintf(msg, sizeof(msg), "unknown field: %.64s", key);
+            snprintf(msg, sizeof(msg),
+                     "unknown field: %.64s (known: title, description, status, assignedTo)", key);
             problem = msg;
             goto bad;
         }
@@ -352,27 +636,40 @@ static int url_decode(char *out, const char *s, size_t len)
     return 0;
 }
 
-/* Parses ?assignedTo=&status=&limit=&cursor= into call; unknown parameters are
- * ignored, as Express does. limit is checked against op's list size. Answers 400
- * itself and returns -1 on bad input. */
+/* Parses ?assignedTo=&status=&limit=&cursor= into call; any other parameter is
+ * refused, naming it (Express ignored them: a client with a typo believed it had
+ * filtered). limit is checked against op's list size. Answers 400 itself and returns
+ * -1 on bad input. */
 static int parse_list_query(tms_http_request_t *req, const tms_op_t *op, tms_api_call_t *call)
 {
     const char *q = req->query, *problem = NULL;
+    char msg[200], name[48];
     tms_error_t err;
     while (*q) {
         const char *amp = strchr(q, '&'), *eq;
         size_t n = amp ? (size_t)(amp - q) : strlen(q);
         eq = memchr(q, '=', n);
-        if (eq) {
-            size_t klen = (size_t)(eq - q), vlen = n - klen - 1;
+        if (!eq)
+            eq = q + n; /* "?status": a key without a value, as "?status=" */
+        if (n) {
+            size_t klen = (size_t)(eq - q), vlen = klen < n ? n - klen - 1 : 0;
             char *value = NULL, **slot = NULL, num[24];
 #define KEY(k) (klen == sizeof(k) - 1 && memcmp(q, k, klen) == 0)
             /* Only the values kept take room in the call; the others are checked. */
-            if (KEY("assignedTo") || KEY("status") || KEY("cursor"))
+            if (KEY("assignedTo") || KEY("status") || KEY("cursor")) {
                 value = tms_arena_alloc(&call->arena, vlen + 1);
-            else if (KEY("limit"))
+            } else if (KEY("limit")) {
                 value = vlen < sizeof(num) ? num : tms_arena_alloc(&call->arena, vlen + 1);
-            if (url_decode(value, eq + 1, vlen) != 0) {
+            } else {
+                if (klen >= sizeof(name) || url_decode(name, q, klen) != 0)
+                    snprintf(name, sizeof(name), "%.*s...", (int)(klen < 32 ? klen : 32), q);
+                snprintf(msg, sizeof(msg),
+                         "unknown query parameter: %s (known: assignedTo, status, limit, cursor)",
+                         name);
+                problem = msg;
+                goto bad;
+            }
+            if (url_decode(value, klen < n ? eq + 1 : eq, vlen) != 0) {
                 problem = "malformed query string";
                 goto bad;
             }
@@ -402,6 +699,97 @@ static int parse_list_query(tms_http_request_t *req, const tms_op_t *op, tms_api
         }
         q += n + (amp ? 1 : 0);
     }
+    return 0;
+bad:
+    tms_http_respond_error(req, TMS_INVALID_ARGUMENT, problem, NULL, 0);
+    return -1;
+}
+
+/* A decimal event or task id: 0 or more; -1 when malformed. */
+static int64_t decimal(const char *v)
+{
+    int64_t n = 0;
+    if (!v[0] || strlen(v) > 18)
+        return -1;
+    for (const char *p = v; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        n = n * 10 + (*p - '0');
+    }
+    return n;
+}
+
+/* GET /api/task/events: ?assignedTo=&status=&id=&since=&ticket= and Last-Event-ID
+ * (which wins over since: it is where a reconnecting EventSource was). Answers 400
+ * itself and returns -1 on bad input. */
+static int parse_watch_query(tms_http_request_t *req, tms_api_call_t *call)
+{
+    const char *q = req->query, *problem = NULL, *last;
+    const char *since = NULL;
+    while (*q) {
+        const char *amp = strchr(q, '&'), *eq;
+        size_t n = amp ? (size_t)(amp - q) : strlen(q);
+        eq = memchr(q, '=', n);
+        if (eq) {
+            size_t klen = (size_t)(eq - q), vlen = n - klen - 1;
+            char *value, **slot = NULL;
+#define KEY(k) (klen == sizeof(k) - 1 && memcmp(q, k, klen) == 0)
+            if (KEY("assignedTo") || KEY("status") || KEY("id") || KEY("since") || KEY("ticket")) {
+                if (vlen > 256) {
+                    problem = "query parameter too long";
+                    goto bad;
+                }
+                value = tms_arena_alloc(&call->arena, vlen + 1);
+                if (url_decode(value, eq + 1, vlen) != 0) {
+                    problem = "malformed query string";
+                    goto bad;
+                }
+                if (KEY("assignedTo"))
+                    slot = &call->assigned_to;
+                else if (KEY("status"))
+                    slot = &call->status;
+                else if (KEY("ticket"))
+                    slot = &call->ticket;
+                else if (KEY("since")) {
+                    if (since) {
+                        problem = "query parameter given twice";
+                        goto bad;
+                    }
+                    since = value;
+                } else if (value[0]) {
+                    int64_t id = decimal(value);
+                    if (id <= 0 || call->task_id) {
+                        problem = "id must be a task id, given once";
+                        goto bad;
+                    }
+                    call->task_id = id;
+                }
+            }
+#undef KEY
+            if (slot) {
+                if (*slot) {
+                    problem = "query parameter given twice";
+                    goto bad;
+                }
+                if (value[0])
+                    *slot = value;
+            }
+        }
+        q += n + (amp ? 1 : 0);
+    }
+    last = tms_http_header_get(req, "Last-Event-ID");
+    if (last && last[0])
+        since = last;
+    if (since && since[0]) {
+        call->since = decimal(since);
+        if (call->since < 0) {
+            problem = "since and Last-Event-ID must be an event id";
+            goto bad;
+        }
+        call->has_since = true;
+    }
+    if (call->bearer && call->ticket)
+        call->ticket = NULL; /* the header wins; the ticket stays unused */
     return 0;
 bad:
     tms_http_respond_error(req, TMS_INVALID_ARGUMENT, problem, NULL, 0);
@@ -713,11 +1101,13 @@ static int decode_call(tms_http_request_t *req, const tms_op_t *op, const char *
     if ((op->args & TMS_ARGS_IDEMPOTENCY) && (idem = tms_http_header_get(req, "Idempotency-Key")))
         call->idempotency_key = tms_api_call_strdup(call, idem);
     if (op->args & TMS_ARGS_CREDENTIALS)
-        return parse_credentials(req, call);
+        return parse_credentials(req, call, (op->args & TMS_ARGS_ONLY_KNOWN) != 0);
     if (op->args & (TMS_ARGS_TASK | TMS_ARGS_TASK_PATCH))
         return parse_task_body(req, call, (op->args & TMS_ARGS_TASK_PATCH) != 0);
     if (op->args & TMS_ARGS_LIST)
         return parse_list_query(req, op, call);
+    if (op->args & TMS_ARGS_WATCH)
+        return parse_watch_query(req, call);
     return 0;
 }
 
@@ -798,7 +1188,9 @@ void tms_rest_handle(void *ctx, tms_http_request_t *req)
                                       "no route for this method and path", &h, 1);
         return;
     }
-    tms_http_respond_error(req, TMS_NOT_FOUND, "no route for this path", NULL, 0);
+    /* `curl /` or `/api/tasks` is often a newcomer's first call: say where the routes are. */
+    tms_http_respond_error(req, TMS_NOT_FOUND,
+                           "no route for this path; GET /openapi.json lists the routes", NULL, 0);
 }
 
 tms_rest_t *tms_rest_new(uv_loop_t *loop, const tms_rest_config_t *cfg)

@@ -191,7 +191,55 @@ static const char *const migrations[] = {
     "  END IF;"
     "  o_st := 'ok';"
     " END $$;",
-    /* 3 (issue 20): the writes insert their outbox row themselves instead of calling
+    /* 3 (issue 23): the push log, one row per change of a task written by a trigger
+     * in the change's transaction (the write functions above stay as they are). seq
+     * comes from a sequence: two transactions may commit in the other order than
+     * their seq, which the push hubs wait out (core/push.h). */
+    "CREATE TABLE task_events ("
+    " seq BIGSERIAL PRIMARY KEY,"
+    " type TEXT NOT NULL,"
+    " at_ms BIGINT NOT NULL,"
+    " task_id BIGINT NOT NULL,"
+    " title TEXT NOT NULL,"
+    " description TEXT NOT NULL,"
+    " status TEXT NOT NULL,"
+    " assigned_to TEXT,"
+    " created_by TEXT NOT NULL,"
+    " created_at_ms BIGINT NOT NULL,"
+    " updated_at_ms BIGINT NOT NULL,"
+    " version BIGINT NOT NULL,"
+    " prev_assigned_to TEXT,"
+    " prev_status TEXT);"
+    "CREATE FUNCTION tms_task_event() RETURNS trigger LANGUAGE plpgsql AS $$"
+    " BEGIN"
+    "  IF TG_OP = 'DELETE' THEN"
+    "   INSERT INTO task_events (type, at_ms, task_id, title, description, status,"
+    "    assigned_to, created_by, created_at_ms, updated_at_ms, version, prev_assigned_to,"
+    "    prev_status)"
+    "   VALUES ('deleted', (extract(epoch FROM clock_timestamp()) * 1000)::bigint, OLD.id,"
+    "    OLD.title, OLD.description, OLD.status, OLD.assigned_to, OLD.created_by,"
+    "    OLD.created_at_ms, OLD.updated_at_ms, OLD.version, OLD.assigned_to, OLD.status);"
+    "   RETURN OLD;"
+    "  END IF;"
+    "  IF TG_OP = 'INSERT' THEN"
+    "   INSERT INTO task_events (type, at_ms, task_id, title, description, status,"
+    "    assigned_to, created_by, created_at_ms, updated_at_ms, version)"
+    "   VALUES ('created', NEW.updated_at_ms, NEW.id, NEW.title, NEW.description, NEW.status,"
+    "    NEW.assigned_to, NEW.created_by, NEW.created_at_ms, NEW.updated_at_ms, NEW.version);"
+    "   RETURN NEW;"
+    "  END IF;"
+    "  INSERT INTO task_events (type, at_ms, task_id, title, description, status,"
+    "   assigned_to, created_by, created_at_ms, updated_at_ms, version, prev_assigned_to,"
+    "   prev_status)"
+    "  VALUES (CASE WHEN NEW.assigned_to IS DISTINCT FROM OLD.assigned_to THEN 'assigned'"
+    "   ELSE 'updated' END, NEW.updated_at_ms, NEW.id, NEW.title, NEW.description,"
+    "   NEW.status, NEW.assigned_to, NEW.created_by, NEW.created_at_ms, NEW.updated_at_ms,"
+    "   NEW.version, OLD.assigned_to, OLD.status);"
+    "  RETURN NEW;"
+    " END $$;"
+    "CREATE TRIGGER task_events AFTER INSERT OR UPDATE OR DELETE ON tasks"
+    " FOR EACH ROW EXECUTE FUNCTION tms_task_event();",
+    /* 4 (issue 20): the writes insert their outbox row themselves instead of calling
      * tms_notify, a SQL function that PostgreSQL parses and plans again on every call
      * (plpgsql keeps the plans of its own statements for the session). A create is now
      * a statement of its own (io/store/pg/tasks.c); tms_task_create stays for instances
