@@ -490,9 +490,40 @@ static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
 
 /* ---- operations on a verified principal ------------------------------ */
 
+/* The userId a trusted peer's call names (its op's legacy rule MESSAGE_USER), checked
+ * as the original auth-service did and refused in its words: its clients match on
+ * them (the original notifier skips an event on "Invalid userId provided" only). */
+static int legacy_target(tms_auth_t *auth, tms_api_call_t *call)
+{
+    if (tms_op_get(call->op)->legacy != TMS_LEGACY_MESSAGE_USER) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "missing bearer token");
+        return 0;
+    }
+    if (call->target_id[0] == '\0') {
+        fail(auth, call, TMS_INVALID_ARGUMENT, "User ID is required");
+        return 0;
+    }
+    if (!tms_objectid_valid(call->target_id)) {
+        fail(auth, call, TMS_INVALID_ARGUMENT, "Invalid userId provided");
+        return 0;
+    }
+    return 1;
+}
+
+/* NOT_FOUND for the target user, in the original's words to a trusted peer. */
+static void target_not_found(tms_auth_t *auth, tms_api_call_t *call)
+{
+    if (call->principal.trusted)
+        fail(auth, call, TMS_NOT_FOUND, "User not found");
+    else
+        fail(auth, call, TMS_NOT_FOUND, "user %s not found", call->target_id);
+}
+
 /* Resolves the target of logout/delete: empty means self; others need admin. */
 static int allowed_target(tms_auth_t *auth, tms_api_call_t *call)
 {
+    if (call->principal.trusted)
+        return legacy_target(auth, call);
     if (call->target_id[0] == '\0')
         snprintf(call->target_id, sizeof(call->target_id), "%s", call->principal.user_id);
     if (!tms_objectid_valid(call->target_id)) {
@@ -511,21 +542,25 @@ static int allowed_target(tms_auth_t *auth, tms_api_call_t *call)
 static void logout_done(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
 {
     if (op->err.code == TMS_NOT_FOUND) {
-        fail(auth, call, TMS_NOT_FOUND, "user not found");
+        if (call->principal.trusted)
+            target_not_found(auth, call);
+        else
+            fail(auth, call, TMS_NOT_FOUND, "user not found");
         return;
     }
     if (store_failed(auth, call, op))
         return;
     call->flag = true;
     tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
-    tms_log_info("user_logged_out", "user=%s by=%s", op->user.id, call->principal.user_id);
+    tms_log_info("user_logged_out", "user=%s by=%s", op->user.id,
+                 call->principal.trusted ? "trusted_peer" : call->principal.user_id);
     finish(auth, call);
 }
 
 static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
 {
     if (op->err.code == TMS_NOT_FOUND) {
-        fail(auth, call, TMS_NOT_FOUND, "user %s not found", call->target_id);
+        target_not_found(auth, call);
         return;
     }
     if (store_failed(auth, call, op))
@@ -537,7 +572,8 @@ static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
      * saga brings the user back at this very version). */
     op->user.token_version++;
     tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
-    tms_log_info("user_deleted", "user=%s by=%s", op->user.id, call->principal.user_id);
+    tms_log_info("user_deleted", "user=%s by=%s", op->user.id,
+                 call->principal.trusted ? "trusted_peer" : call->principal.user_id);
     if (auth->relay) /* the store wrote user_deleted into its outbox with the delete */
         tms_relay_kick(auth->relay);
     finish(auth, call);
@@ -550,7 +586,7 @@ static void looked_up(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
             call->flag = false;
             finish(auth, call);
         } else {
-            fail(auth, call, TMS_NOT_FOUND, "user %s not found", call->target_id);
+            target_not_found(auth, call);
         }
         return;
     }
@@ -587,6 +623,11 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
         return;
     case TMS_API_USER_EXISTS:
     case TMS_API_USER_INFO:
+        if (call->principal.trusted) {
+            if (legacy_target(auth, call))
+                store(auth, call, TMS_USER_GET_BY_ID, call->target_id, NULL, NULL, looked_up);
+            return;
+        }
         /* Ids of creators and assignees are in every task a user can see: without
          * this, anyone could collect every user's email. */
         if (!tms_op_permits(tms_op_get(call->op), &call->principal,
@@ -624,10 +665,12 @@ typedef struct comp_job {
     char event_id[37];
 } comp_job_t;
 
-static void comp_ack(comp_job_t *job, int ok)
+#define USER_STORE "user store" /* what compensation needs: its failures are transient */
+
+static void comp_ack(comp_job_t *job, tms_ack_t out)
 {
     tms_auth_t *auth = job->auth;
-    auth->bus->ack(auth->bus, &job->delivery, ok);
+    auth->bus->ack(auth->bus, &job->delivery, out);
     auth->inflight--;
     sodium_memzero(job, sizeof(*job));
     free(job);
@@ -638,9 +681,11 @@ static void on_comp_recorded(tms_msg_t *msg)
 {
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
     comp_job_t *job = msg->ctx;
-    int ok = op->err.code == TMS_OK;
+    tms_ack_t out = op->err.code == TMS_OK
+                        ? tms_ack_ok()
+                        : tms_ack_transient(USER_STORE, "inbox record failed", 0);
     tms_outbox_op_free(&op);
-    comp_ack(job, ok);
+    comp_ack(job, out);
 }
 
 static void comp_inbox(comp_job_t *job, tms_outbox_op_kind_t kind, tms_cont_fn cont)
@@ -653,7 +698,7 @@ static void comp_inbox(comp_job_t *job, tms_outbox_op_kind_t kind, tms_cont_fn c
     snprintf(op->event_id, sizeof(op->event_id), "%s", job->event_id);
     if (tms_outbox_submit(job->auth->inbox, &op) != 0) {
         tms_outbox_op_free(&op);
-        comp_ack(job, 0);
+        comp_ack(job, tms_ack_transient(USER_STORE, "inbox queue full or closed", 0));
     }
 }
 
@@ -678,7 +723,7 @@ static void on_restored(tms_msg_t *msg)
         tms_log_error("user_restore_refused", "user=%s event=%s reason=\"%s\"", job->user.id,
                       job->event_id, why);
     } else if (code != TMS_OK) {
-        comp_ack(job, 0);
+        comp_ack(job, tms_ack_transient(USER_STORE, why, 0));
         return;
     } else {
         tms_counter_add(job->auth->restored, 1);
@@ -696,7 +741,8 @@ static void on_comp_seen(tms_msg_t *msg)
     int failed = op->err.code != TMS_OK, seen = op->seen;
     tms_outbox_op_free(&op);
     if (failed || seen) {
-        comp_ack(job, !failed);
+        comp_ack(job,
+                 failed ? tms_ack_transient(USER_STORE, "inbox check failed", 0) : tms_ack_ok());
         return;
     }
     req = tms_new(store_req_t);
@@ -713,7 +759,7 @@ static void on_comp_seen(tms_msg_t *msg)
     uop->user.password_hash[0] = '\0';
     if (tms_user_store_submit(job->auth->users, &uop) != 0) {
         free(req);
-        comp_ack(job, 0);
+        comp_ack(job, tms_ack_transient(USER_STORE, "user store queue full or closed", 0));
     }
 }
 
@@ -725,10 +771,13 @@ static void on_compensate(tms_auth_t *auth, tms_delivery_t *d)
     auth->inflight++;
     if (tms_event_user_parse(d->payload, &job->user, job->event_id) != 0 ||
         !tms_objectid_valid(job->user.id)) {
-        tms_log_error("event_malformed", "topic=%s dropped=1", d->topic);
-        comp_ack(job, 1);
+        if (d->attempt == 1)
+            tms_log_error("event_malformed", "topic=%s", d->topic);
+        comp_ack(job, tms_ack_permanent("malformed event"));
         return;
     }
+    if (!job->event_id[0]) /* the original task-service sends none */
+        tms_event_id_derive(d->topic, d->payload, d->payload_len, job->event_id);
     comp_inbox(job, TMS_INBOX_SEEN, on_comp_seen);
 }
 
@@ -744,7 +793,7 @@ static void on_message(void *owner, tms_msg_t *msg)
     if (msg->op == TMS_EVENT_DELIVERY) {
         tms_delivery_t *d = (tms_delivery_t *)msg;
         if (tms_stopping(&auth->stop)) /* comes again after a restart */
-            auth->bus->ack(auth->bus, &d, 0);
+            auth->bus->ack(auth->bus, &d, tms_ack_transient("auth", "stopping", 0));
         else
             on_compensate(auth, d);
         return;

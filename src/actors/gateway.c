@@ -72,6 +72,11 @@ static void on_hop_reply(tms_msg_t *msg);
 static void hop(tms_gateway_t *gw, tms_api_call_t *call, tms_mailbox_t *to, tms_api_stage_t stage)
 {
     tms_msg_t *msg = &call->msg;
+    if (!to) { /* a role-only process serves its own roles' operations only */
+        tms_error_set(&call->err, TMS_UNIMPLEMENTED, "this process does not run that role");
+        reply_to_origin(gw, call);
+        return;
+    }
     msg->kind = TMS_MSG_REQUEST;
     msg->op = (int)stage;
     msg->reply_to = gw->mailbox;
@@ -161,9 +166,11 @@ static void on_message(void *owner, tms_msg_t *msg)
         tms_error_set(&call->err, TMS_UNIMPLEMENTED, "unknown operation");
         goto reply;
     }
-    /* One IPv6 subscriber holds a whole /64: per-address limits count its prefix. */
+    /* One IPv6 subscriber holds a whole /64: per-address limits count its prefix. A
+     * trusted peer (the original's gateway) speaks for all of its users from one
+     * address, and limits them itself: it is not held to one client's share. */
     tms_ratelimit_addr_key(call->client_addr, gw->ipv6_prefix, addr, sizeof(addr));
-    if (limit(gw, call, gw->api_limit, addr, "requests") != 0)
+    if (!call->trusted_peer && limit(gw, call, gw->api_limit, addr, "requests") != 0)
         goto reply;
     if (op->rate == TMS_RATE_LOGIN && call->email) {
         char key[TMS_EMAIL_MAX + TMS_ADDR_KEY_MAX + 2];
@@ -175,6 +182,12 @@ static void on_message(void *owner, tms_msg_t *msg)
         snprintf(key + n, sizeof(key) - n, "|%s", addr);
         if (limit(gw, call, gw->login_limit, key, "login attempts") != 0)
             goto reply;
+    }
+    if (call->trusted_peer && !call->bearer && tms_op_trusted_runs(op)) {
+        /* No token to verify: the owning actor applies the op's legacy rule. */
+        call->principal.trusted = true;
+        hop(gw, call, owner_of(gw, op), TMS_STAGE_EXECUTE);
+        return;
     }
     hop(gw, call, op->needs_caller ? gw->auth : owner_of(gw, op),
         op->needs_caller ? TMS_STAGE_AUTHENTICATE : TMS_STAGE_EXECUTE);

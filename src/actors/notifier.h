@@ -37,6 +37,10 @@ tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t 
 /** The actor's mailbox (deliveries arrive through the bus; stop messages here). */
 tms_mailbox_t *tms_notifier_mailbox(tms_notifier_t *n);
 
+/** The mailer is closing (and will be freed): from now on a delivery that needs it
+ * fails transiently (its event stays pending) instead of reaching it. Loop thread. */
+void tms_notifier_mailer_closed(tms_notifier_t *n);
+
 /** Deliveries being worked on. */
 size_t tms_notifier_inflight(tms_notifier_t *n);
 

@@ -18,7 +18,8 @@
 #include "core/text.h"
 
 #define CONSUMER "task-group"
-#define MAX_ATTEMPTS 16 /* optimistic-concurrency retries without If-Match */
+#define STORE "task store" /* what the saga's step needs: its failures are transient */
+#define MAX_ATTEMPTS 16    /* optimistic-concurrency retries without If-Match */
 
 struct tms_task_actor {
     uv_loop_t *loop;
@@ -537,10 +538,10 @@ static void do_delete(job_t *job)
 
 /* ---- the saga: user_deleted ------------------------------------------- */
 
-static void ack(job_t *job, int ok)
+static void ack(job_t *job, tms_ack_t out)
 {
     tms_task_actor_t *a = job->a;
-    a->cfg.bus->ack(a->cfg.bus, &job->delivery, ok);
+    a->cfg.bus->ack(a->cfg.bus, &job->delivery, out);
     a->inflight--;
     free(job);
     tms_stopper_check(&a->stop, a->mailbox, a->inflight);
@@ -567,13 +568,13 @@ static void outbox(job_t *job, tms_outbox_op_kind_t kind, outbox_step_fn then, t
     job->outbox_then = then;
     if (tms_outbox_submit(job->a->cfg.outbox, &op) != 0) {
         tms_outbox_op_free(&op);
-        ack(job, 0); /* redelivered later */
+        ack(job, tms_ack_transient(STORE, "outbox queue full or closed", 0)); /* later */
     }
 }
 
 static void recorded(job_t *job, tms_outbox_op_t *op)
 {
-    ack(job, op->err.code == TMS_OK);
+    ack(job, op->err.code == TMS_OK ? tms_ack_ok() : tms_ack_transient(STORE, op->err.message, 0));
 }
 
 static void record_handled(job_t *job)
@@ -587,7 +588,7 @@ static void compensation_written(job_t *job, tms_outbox_op_t *op)
         tms_counter_add(job->a->saga_failed, 1);
         tms_log_error("saga_compensation_failed", "user=%s error=%s", job->deleted_user.id,
                       tms_status_name(op->err.code));
-        ack(job, 0);
+        ack(job, tms_ack_transient(STORE, op->err.message, 0));
         return;
     }
     tms_counter_add(job->a->saga_compensated, 1);
@@ -609,6 +610,13 @@ static void compensate(job_t *job)
 
 static void unassigned(job_t *job, tms_task_op_t *op)
 {
+    if (op->err.code == TMS_UNAVAILABLE) {
+        /* The store is down, not the saga failing: the event waits (the consumer
+         * pauses) and the unassignment runs when the store answers again. Bringing
+         * the user back for an outage would undo a delete the user asked for. */
+        ack(job, tms_ack_transient(STORE, op->err.message, 0));
+        return;
+    }
     if (op->err.code != TMS_OK) {
         tms_log_warn("saga_unassign_failed", "user=%s error=%s", job->deleted_user.id,
                      tms_status_name(op->err.code));
@@ -624,11 +632,11 @@ static void seen_checked(job_t *job, tms_outbox_op_t *op)
 {
     tms_task_op_t *t;
     if (op->err.code != TMS_OK) {
-        ack(job, 0);
+        ack(job, tms_ack_transient(STORE, op->err.message, 0));
         return;
     }
     if (op->seen) {
-        ack(job, 1); /* a redelivery */
+        ack(job, tms_ack_ok()); /* a redelivery */
         return;
     }
 #ifdef TMS_FAULTS
@@ -652,10 +660,13 @@ static void on_user_deleted(tms_task_actor_t *a, tms_delivery_t *d)
     job->delivery = d;
     a->inflight++;
     if (tms_event_user_parse(d->payload, &job->deleted_user, job->event_id) != 0) {
-        tms_log_error("event_malformed", "topic=%s dropped=1", d->topic);
-        ack(job, 1); /* a poison message is dropped, never retried forever */
+        if (d->attempt == 1)
+            tms_log_error("event_malformed", "topic=%s", d->topic);
+        ack(job, tms_ack_permanent("malformed event")); /* dead-lettered, never retried forever */
         return;
     }
+    if (!job->event_id[0]) /* the original auth-service sends none */
+        tms_event_id_derive(d->topic, d->payload, d->payload_len, job->event_id);
     outbox(job, TMS_INBOX_SEEN, seen_checked, tms_outbox_op_new(TMS_INBOX_SEEN));
 }
 
@@ -688,7 +699,7 @@ static void submit(job_t *job, tms_task_op_t *op)
     if (job->call)
         fail(job, TMS_UNAVAILABLE, "task store is overloaded, retry later");
     else
-        ack(job, 0);
+        ack(job, tms_ack_transient(STORE, "task store queue full or closed", 0));
 }
 
 static void run_call(job_t *job)
@@ -763,7 +774,7 @@ static void on_message(void *owner, tms_msg_t *msg)
     if (msg->op == TMS_EVENT_DELIVERY) {
         tms_delivery_t *d = (tms_delivery_t *)msg;
         if (tms_stopping(&a->stop)) /* comes again after a restart */
-            a->cfg.bus->ack(a->cfg.bus, &d, 0);
+            a->cfg.bus->ack(a->cfg.bus, &d, tms_ack_transient("task actor", "stopping", 0));
         else
             on_user_deleted(a, d);
         return;

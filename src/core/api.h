@@ -39,10 +39,14 @@ typedef enum tms_api_stage {
 
 /* Who is calling, once the bearer token was verified; or a TMS service acting on its
  * own behalf (service: the task and notifier actors, in this process or in another one
- * that presented the service credential), which no client can be. */
+ * that presented the service credential), which no client can be; or (trusted) a
+ * trusted peer's call without a token (grpc.trusted_peers), set by the gateway for an
+ * operation whose legacy rule serves one (core/ops.h): no user, the op's legacy rule
+ * applies. */
 typedef struct tms_principal {
     bool authenticated;
     bool service;
+    bool trusted;
     char user_id[TMS_USER_ID_LEN + 1];
     char role[8];
     char email[TMS_EMAIL_MAX + 1];
@@ -68,6 +72,9 @@ typedef struct tms_api_call {
     uint64_t deadline_ms; /* uv_now-based absolute deadline; 0 = none */
     char request_id[65];
     char client_addr[64];
+    /* Set by an adapter only: the call came without a token from a trusted peer
+     * (grpc.trusted_peers); the gateway decides what that means from the table. */
+    bool trusted_peer;
     tms_api_cancel_t *cancel; /* NULL: the adapter cannot cancel this call */
     tms_arena_t arena;        /* every string and array below, and the actors' per-call state */
 

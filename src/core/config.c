@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/cidr.h"
 #include "core/status.h"
 
 typedef enum { T_STR, T_INT, T_ENUM } type_t;
@@ -130,6 +131,14 @@ static const key_t_ keys[] = {
         "TLS versions on grpc.addr: TLSv1.2 and/or TLSv1.3"),
     STR(grpc, tls_ciphers, grpc.tls_ciphers, TLS_CIPHERS,
         "TLS 1.2 cipher suites on grpc.addr (OpenSSL list)"),
+    STR(grpc, trusted_peers, grpc.trusted_peers, "",
+        "migration from the original Node.js system: addresses or CIDR ranges (IPv4/IPv6, "
+        "comma or blank separated, at most 64) whose gRPC calls without a token are served with "
+        "the original's semantics: task calls act with no caller and no permission check, "
+        "Logout, DeleteUser and GetUserInfo act on the userId in the message; a process without "
+        "the gateway role then also serves its roles' original services (auth: AuthService, "
+        "task: TaskService). A call with a token follows TMS's rules. Each such call is logged "
+        "(trusted_peer=) and counted; empty: off"),
     STR(metrics, addr, metrics.addr, "127.0.0.1:9090",
         "listener that serves only GET /metrics, without a token, host:port; keep it on "
         "loopback or a private network (each process on a host needs its own port); empty: "
@@ -221,9 +230,13 @@ static const key_t_ keys[] = {
     INT(events, replication, events.replication, 1, 32, "1",
         "Kafka: replication factor of the topics TMS creates"),
     INT(events, dlq_after, events.dlq_after, 1, 1000, "5",
-        "Kafka: attempts at an event before it goes to <topic>.dlq"),
+        "attempts at an event that fails permanently (malformed, recipient refused for good, "
+        "user gone) before it is dead-lettered (Kafka: <topic>.dlq; in process: logged); a "
+        "dependency that is down pauses the consumer instead and counts no attempt"),
     INT(events, retry_ms, events.retry_ms, 10, 60000, "200",
-        "Kafka: back-off before the second attempt at an event, doubled per attempt"),
+        "back-off before the next attempt at a failed event, doubled per attempt; also the first "
+        "probe after a consumer paused for a dependency (doubled up to 5 s, at least a "
+        "breaker's cool-down)"),
     INT(events, publish_timeout_ms, events.publish_timeout_ms, 1000, 600000, "10000",
         "Kafka: a publish not acknowledged by then fails (the outbox retries it)"),
     ENUM(events, security_protocol, events.security_protocol, "plaintext|ssl", "plaintext",
@@ -833,6 +846,14 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
     if (cfg->metrics.token[0] && strlen(cfg->metrics.token) < 32) {
         snprintf(err, err_len, "config: metrics.token: must be at least 32 bytes");
         return -TMS_EINVAL;
+    }
+    {
+        tms_cidr_list_t peers;
+        char why[200];
+        if (tms_cidr_list_parse(cfg->grpc.trusted_peers, &peers, why, sizeof(why)) != 0) {
+            snprintf(err, err_len, "config: grpc.trusted_peers: %s", why);
+            return -TMS_EINVAL;
+        }
     }
     if (cfg->grpc.max_connection_request_bytes < cfg->grpc.max_message_bytes) {
         snprintf(err, err_len,

@@ -30,6 +30,7 @@ typedef struct tms_config {
         int64_t receive_timeout, send_timeout; /* seconds */
         char tls_cert[1024], tls_key[1024], tls_client_ca[1024];
         char tls_protocols[64], tls_ciphers[512];
+        char trusted_peers[1024]; /* CIDR list (core/cidr.h); empty: no trusted peer */
     } grpc;
     struct {
         char addr[128];  /* separate /metrics listener; empty: none */

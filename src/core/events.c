@@ -22,6 +22,30 @@ void tms_event_id_new(char out[37])
              b[14], b[15]);
 }
 
+void tms_event_id_derive(const char *topic, const char *payload, size_t len, char out[37])
+{
+    unsigned char b[16];
+    crypto_generichash_state st;
+    json_t *root = json_loadb(payload, len, JSON_REJECT_DUPLICATES, NULL);
+    /* The same JSON from another producer (other key order or spacing) is the same
+     * event: hash its canonical form; bytes that are no JSON as they are. */
+    char *canon = root ? json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY) : NULL;
+    json_decref(root);
+    crypto_generichash_init(&st, NULL, 0, sizeof(b));
+    crypto_generichash_update(&st, (const unsigned char *)topic, strlen(topic) + 1);
+    if (canon)
+        crypto_generichash_update(&st, (const unsigned char *)canon, strlen(canon));
+    else
+        crypto_generichash_update(&st, (const unsigned char *)payload, len);
+    crypto_generichash_final(&st, b, sizeof(b));
+    free(canon);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x80); /* version 8: derived, never a random v4 */
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80); /* RFC 9562 variant */
+    snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+             b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+             b[14], b[15]);
+}
+
 static char *dump(json_t *j)
 {
     char *text;
@@ -83,6 +107,16 @@ static int copy_str(json_t *obj, const char *key, char *dst, size_t size)
     return 0;
 }
 
+/* event_id, or "" when the event has none (the original system's events). */
+static int copy_event_id(json_t *obj, char event_id[37])
+{
+    json_t *v = json_object_get(obj, "event_id");
+    event_id[0] = '\0';
+    if (!v || json_is_null(v))
+        return 0;
+    return copy_str(obj, "event_id", event_id, 37) || !event_id[0] ? -TMS_EINVAL : 0;
+}
+
 int tms_event_user_parse(const char *json, tms_user_t *user, char event_id[37])
 {
     json_t *root = json_loads(json, JSON_REJECT_DUPLICATES, NULL), *u, *tv, *ca;
@@ -96,8 +130,7 @@ int tms_event_user_parse(const char *json, tms_user_t *user, char event_id[37])
     if (!json_is_object(u) || !json_is_integer(tv) || !json_is_string(ca) ||
         copy_str(u, "id", user->id, sizeof(user->id)) ||
         copy_str(u, "email", user->email, sizeof(user->email)) ||
-        copy_str(u, "role", user->role, sizeof(user->role)) ||
-        copy_str(root, "event_id", event_id, 37) ||
+        copy_str(u, "role", user->role, sizeof(user->role)) || copy_event_id(root, event_id) ||
         parse_time(json_string_value(ca), &user->created_at_ms))
         goto out;
     user->token_version = json_integer_value(tv);
@@ -118,8 +151,8 @@ int tms_event_notification_parse(const char *json, char type[16], char user_id[2
         return rc;
     t = json_object_get(root, "title");
     if (copy_str(root, "type", type, 16) || copy_str(root, "user_id", user_id, 25) ||
-        copy_str(root, "task_id", id, sizeof(id)) || copy_str(root, "event_id", event_id, 37) ||
-        !json_is_string(t))
+        copy_str(root, "task_id", id, sizeof(id)) || copy_event_id(root, event_id) ||
+        (t && !json_is_null(t) && !json_is_string(t)))
         goto out;
     *task_id = strtoll(id, &end, 10);
     if (*end != '\0' || *task_id <= 0)
@@ -130,7 +163,7 @@ int tms_event_notification_parse(const char *json, char type[16], char user_id[2
         if (by && !json_is_null(by) && copy_str(root, "assigned_by", assigned_by, 25))
             goto out;
     }
-    *title = tms_strdup(json_string_value(t));
+    *title = json_is_string(t) ? tms_strdup(json_string_value(t)) : NULL;
     rc = 0;
 out:
     json_decref(root);

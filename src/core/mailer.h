@@ -15,15 +15,17 @@
 typedef struct tms_mail {
     tms_msg_t msg; /* first member */
     char to[TMS_EMAIL_MAX + 1];
-    char subject[256]; /* UTF-8; encoded by the renderer when not ASCII */
-    char event_id[37]; /* the Message-ID is derived from it */
-    char *text;        /* plain text body, UTF-8, heap */
-    char *html;        /* HTML body, UTF-8, heap; may be NULL */
-    int64_t date_ms;   /* Date: header */
-    tms_error_t err;   /* out: OK, INVALID_ARGUMENT (unsafe address), UNAVAILABLE (try
-                        * again later), FAILED_PRECONDITION (refused for good and kept
-                        * as a dead letter: do not retry) */
-    int duplicate;     /* out: the adapter found it already delivered */
+    char subject[256];       /* UTF-8; encoded by the renderer when not ASCII */
+    char event_id[37];       /* the Message-ID is derived from it */
+    char *text;              /* plain text body, UTF-8, heap */
+    char *html;              /* HTML body, UTF-8, heap; may be NULL */
+    int64_t date_ms;         /* Date: header */
+    tms_error_t err;         /* out: OK, INVALID_ARGUMENT (unsafe address), UNAVAILABLE (try
+                              * again later), FAILED_PRECONDITION (refused for good and kept
+                              * as a dead letter: do not retry) */
+    int duplicate;           /* out: the adapter found it already delivered */
+    uint64_t retry_after_ms; /* out, UNAVAILABLE: no use trying before this (a circuit
+                              * breaker's remaining cool-down); 0: unknown */
 } tms_mail_t;
 
 /** Allocate a zeroed mail; never NULL. */

@@ -130,6 +130,10 @@ char *tms_notify_text(int64_t task_id, const char *title, const char *assigner)
     addf(&b, "Hello,\n\nYou have been assigned task %" PRId64 " in TMS", task_id);
     if (assigner && *assigner)
         addf(&b, " by user %.64s", assigner);
+    if (!title) { /* an original system's event: its id only, as the original mailed */
+        adds(&b, ".\n\n-- TMS\n");
+        return b.p;
+    }
     adds(&b, ".\n\nIts title, as a TMS user wrote it (not a message from TMS):\n> ");
     /* Every line of the title quoted, so no line of it can pass for TMS's own text. */
     for (const char *p = title; *p; p++) {
@@ -176,6 +180,10 @@ char *tms_notify_html(int64_t task_id, const char *title, const char *assigner)
     if (assigner && *assigner) {
         adds(&b, " by user ");
         add_html_escaped(&b, assigner);
+    }
+    if (!title) {
+        adds(&b, ".</p><p>-- TMS</p>\n");
+        return b.p;
     }
     adds(&b, ".</p><p>Its title, as a TMS user wrote it (not a message from TMS):</p>"
              "<blockquote style=\"border-left:3px solid #999;margin:0;padding-left:8px\">");

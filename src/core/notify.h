@@ -43,7 +43,8 @@ const char *tms_notify_verdict_name(tms_notify_verdict_t v);
 
 /** The plain-text body of an assignment email: the task id, who assigned it (assigner
  * "" leaves that out), and the title quoted line by line ("> ") under a line that says
- * a user wrote it. Heap; never NULL. */
+ * a user wrote it; title NULL (an original system's event, which has none) leaves the
+ * title out, as the original's mail did. Heap; never NULL. */
 char *tms_notify_text(int64_t task_id, const char *title, const char *assigner);
 
 /** The HTML body: the same, with the title HTML-escaped in a labelled <blockquote>.

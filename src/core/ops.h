@@ -58,6 +58,20 @@ typedef enum tms_op_rule {
     TMS_RULE_CREATOR_OR_ADMIN,          /* of the task */
 } tms_op_rule_t;
 
+/* What a call without a token from a trusted peer gets (grpc.trusted_peers: the
+ * original Node.js system's own gateway and notifier during a migration, which
+ * authenticate users themselves and call the services with no metadata). Calls with
+ * a token, and calls from anyone else, never see this: they follow the rule above. */
+typedef enum tms_op_legacy {
+    TMS_LEGACY_NONE = 0,     /* nothing special: a token when needs_caller, as for anyone */
+    TMS_LEGACY_NO_CALLER,    /* as the original task-service: no caller and no permission
+                              * check (a created task has no creator; any task may be
+                              * changed or deleted) */
+    TMS_LEGACY_MESSAGE_USER, /* as the original auth-service: acts on the userId of the
+                              * message, which is required, with the original's error texts
+                              * ("User ID is required", "User not found") */
+} tms_op_legacy_t;
+
 /* A rate limit of the gateway beyond the per-address one that every call takes. */
 typedef enum tms_op_rate {
     TMS_RATE_NONE = 0,
@@ -104,7 +118,8 @@ typedef struct tms_op {
     tms_op_owner_t owner;
     bool needs_caller; /* a verified bearer token first (the auth actor's AUTHENTICATE) */
     tms_op_rule_t rule;
-    bool idempotent; /* running it twice changes nothing: a peer call may be retried */
+    tms_op_legacy_t legacy; /* for a trusted peer's call without a token */
+    bool idempotent;        /* running it twice changes nothing: a peer call may be retried */
     tms_op_rate_t rate;
     tms_op_body_t body;
     struct {
@@ -143,7 +158,12 @@ typedef struct tms_op_subject {
 
 struct tms_principal;
 
-/** True when op's rule lets principal act on subject (NULL: none). */
+/** True when a trusted peer's call without a token skips authentication and runs
+ * under op's legacy rule (principal.trusted); false when it needs a token as usual. */
+bool tms_op_trusted_runs(const tms_op_t *op);
+
+/** True when op's rule lets principal act on subject (NULL: none); for a trusted
+ * principal, op's legacy rule decides instead. */
 bool tms_op_permits(const tms_op_t *op, const struct tms_principal *principal,
                     const tms_op_subject_t *subject);
 

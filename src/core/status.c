@@ -90,6 +90,8 @@ const char *tms_strerror(int err)
         return "not found";
     case TMS_ERANGE:
         return "out of range";
+    case TMS_EAGAIN:
+        return "paused, try again later";
     default:
         return "unknown error";
     }

@@ -34,6 +34,7 @@ enum tms_err {
     TMS_EIO = 4,     /* I/O or library failure */
     TMS_ENOENT = 5,  /* not found */
     TMS_ERANGE = 6,  /* value out of range */
+    TMS_EAGAIN = 7,  /* not now: a consumer is paused while a dependency is down */
 };
 
 /* A domain error: status plus a message safe to show to clients. */

@@ -142,7 +142,10 @@ int server_open_bus(tms_server_t *s)
     const tms_config_t *cfg = s->cfg;
     char err[512];
     if (!cfg->events.brokers[0] || s->primary) {
-        s->bus = tms_local_bus_new(s->loop);
+        s->bus = tms_local_bus_new_with(s->loop, &(tms_local_bus_options_t){
+                                                     .dlq_after = (int)cfg->events.dlq_after,
+                                                     .retry_ms = (int)cfg->events.retry_ms,
+                                                 });
         return 0;
     }
     s->kafka = tms_kafka_bus_new(s->loop,

@@ -139,6 +139,11 @@ bool server_smtp_url(const char *url);
 int server_start_roles(tms_server_t *s);
 /* roles.c: probe the peers that are down (once a second, from the lag tick). */
 void server_probe_unhealthy_peers(tms_server_t *s);
+/* roles.c: the services a gateway of this process serves over gRPC, as a set of
+ * owners (tms_grpc_service_config_t.owners): 0 (all) with the gateway role; without
+ * it the roles run here (auth: AuthService, task: TaskService), served only in
+ * migration mode (grpc.trusted_peers). */
+unsigned server_grpc_owners(const tms_config_t *cfg);
 
 /* listeners.c: HTTP on http_addr, gRPC on grpc_addr when this process serves it, and
  * metrics.addr on worker 0. 0 or -1 (said). */

@@ -93,6 +93,8 @@ static int listen_grpc(tms_server_t *s, const char *addr)
     s->grpc_api = tms_grpc_service_new(
         s->loop, &(tms_grpc_service_config_t){
                      .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+                     .owners = server_grpc_owners(cfg),
+                     .trusted_peers = cfg->grpc.trusted_peers,
                      .service_token = split ? cfg->peers.secret : NULL,
                      .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
                      .task = split && s->task ? tms_task_mailbox(s->task) : NULL,

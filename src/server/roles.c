@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/ops.h"
 #include "server/internal.h"
 
 /* What every worker shares: worker 0 makes the cache and the limits (and opens the
@@ -201,14 +202,25 @@ static void start_auth(tms_server_t *s)
                        s->users_store, s->hashers);
 }
 
-/* Every process serves /healthz, /readyz and /metrics; only a gateway the API.
+unsigned server_grpc_owners(const tms_config_t *cfg)
+{
+    unsigned m = cfg->server.role_mask;
+    if (m & TMS_ROLE_GATEWAY)
+        return 0;
+    return (m & TMS_ROLE_AUTH ? 1u << TMS_OWNER_AUTH : 0) |
+           (m & TMS_ROLE_TASK ? 1u << TMS_OWNER_TASK : 0);
+}
+
+/* Every process serves /healthz, /readyz and /metrics; only the gateway role the API
+ * (a role-only process's gateway of migration mode is for gRPC alone).
  * /readyz asks worker 0's Kafka client, whichever worker answers. */
 static void start_rest(tms_server_t *s, unsigned roles)
 {
     const tms_config_t *cfg = s->cfg;
     tms_kafka_bus_t *events = s->primary ? s->primary->kafka : s->kafka;
     tms_rest_config_t rc = {
-        .gateway = s->gateway ? tms_gateway_mailbox(s->gateway) : NULL,
+        .gateway =
+            s->gateway && (roles & TMS_ROLE_GATEWAY) ? tms_gateway_mailbox(s->gateway) : NULL,
         .users = s->users_store,
         .tasks = s->tasks_store,
         .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
@@ -273,7 +285,10 @@ int server_start_roles(tms_server_t *s)
                          .per_assigner_per_hour = (uint32_t)cfg->notify.per_assigner_per_hour,
                          .per_recipient_per_hour = (uint32_t)cfg->notify.per_recipient_per_hour,
                      });
-    if (roles & TMS_ROLE_GATEWAY)
+    /* Migration mode (grpc.trusted_peers): a process without the gateway role gets a
+     * gateway of its own too, for the original services of its roles on grpc.addr
+     * (server_grpc_owners). */
+    if ((roles & TMS_ROLE_GATEWAY) || (cfg->grpc.trusted_peers[0] && server_grpc_owners(cfg)))
         s->gateway = tms_gateway_start(
             s->loop,
             &(tms_gateway_config_t){

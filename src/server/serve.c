@@ -14,6 +14,7 @@
 #include <sodium.h>
 
 #include "core/log.h"
+#include "core/ops.h"
 #include "core/workers.h"
 #include "server/internal.h"
 
@@ -54,6 +55,19 @@ static void on_started(void *arg, int nworkers)
                                                       : "maildir",
                  sv->cfg->data.dir);
     sodium_memzero(sv->secret, sizeof(sv->secret)); /* every auth actor has its copy */
+    if (sv->cfg->grpc.trusted_peers[0] && s->grpc) {
+        char q[1100];
+        const char *tp = sv->cfg->grpc.trusted_peers;
+        unsigned o = server_grpc_owners(sv->cfg);
+        tms_log_warn("trusted_peers",
+                     "trusted_peers=%s services=%s note=\"gRPC calls without a token from these "
+                     "addresses are served with the original system's semantics: no caller, no "
+                     "permission checks (migration only; see README)\"",
+                     tms_log_quote(q, sizeof(q), tp, strlen(tp)),
+                     o == 1u << TMS_OWNER_AUTH   ? "AuthService"
+                     : o == 1u << TMS_OWNER_TASK ? "TaskService"
+                                                 : "AuthService,TaskService");
+    }
 }
 
 static void on_reload(void *arg)

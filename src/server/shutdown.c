@@ -203,6 +203,8 @@ static void close_mailer(tms_server_t *s)
     tms_mailer_t *mailer = s->mailer;
     s->mailer = NULL;
     if (mailer) {
+        if (s->notifier) /* it may still hold deliveries until the bus step */
+            tms_notifier_mailer_closed(s->notifier);
         s->step_pending++;
         mailer->close(mailer, step_done, s);
     }

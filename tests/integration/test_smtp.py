@@ -275,8 +275,12 @@ def test_smtp_down_breaker_opens_mails_arrive_once_after_recovery(make_server, m
     wait_metric(srv, 'tms_mail_breaker_transitions_total{to="open"}', lambda v: v >= 1)
     m = metrics(srv)
     assert m['tms_mail_sends_total{result="accepted"}'] == 0
-    assert m['tms_mail_short_circuited_total'] >= 1
     assert m['tms_mail_dead_letters_total'] == 0
+    # The notifier's subscription paused (issue 24): the held events wait in the outbox
+    # instead of going round the mailer, so the server sees probes, not 100 x retries.
+    assert m['tms_bus_paused{topic="notifications",group="notification-group"}'] == 1
+    assert m['tms_mail_sends_total{result="transient"}'] < 40, m
+    assert srv.log_text().count("event=consumer_paused") == 1
 
     back = time.monotonic()
     mp.start()
@@ -555,16 +559,23 @@ def test_silent_server_times_out_and_opens_breaker(make_server):
         assert m["tms_mail_send_duration_seconds_sum"] >= 0.5  # two attempts of >= 0.3 s
         assert len(silent.conns) >= 1
         assert "event=mail_breaker" in srv.log_text()
-        # Open: events stay pending and come back without connecting.
-        wait_metric(srv, "tms_mail_short_circuited_total", lambda v: v >= 1)
+        # Open: events stay pending; the notifier's subscription pauses (issue 24) until
+        # the cool-down is over, so nothing goes round to the mailer meanwhile.
+        m = wait_metric(srv, 'tms_bus_paused{topic="notifications",group="notification-group"}',
+                        lambda v: v == 1)
+        assert m["tms_outbox_pending_events"] >= 1
+        conns = len(silent.conns)
+        time.sleep(1.0)
+        assert len(silent.conns) == conns
     finally:
         silent.close()
 
 
 def test_concurrent_sends_are_capped(make_server, tmp_path):
     """Six pending events reach a server that never answers: two connections, no more.
-    The events are made pending first (a refused port, breaker open at the first
-    failure), so the restarted server's relay hands all six to the mailer at once."""
+    The events are made pending first (a refused port: the first failure opens the
+    breaker and pauses the subscription), so the restarted server's relay hands all six
+    to the mailer at once."""
     data = tmp_path / "capped-data"
     srv = make_server(data_dir=data, settings={
         "mail.url": f"smtp://127.0.0.1:{free_port()}", "mail.retry_attempts": "1",
@@ -572,7 +583,9 @@ def test_concurrent_sends_are_capped(make_server, tmp_path):
     t = team(srv)
     for _ in range(6):
         assign(srv, t.creator_token, t.a["id"])
-    wait_metric(srv, "tms_mail_short_circuited_total", lambda v: v >= 5)
+    # the first failure pauses the notifier's subscription: the other five are held back
+    wait_metric(srv, 'tms_bus_held_back_total{topic="notifications",group="notification-group"}',
+                lambda v: v >= 5)
     srv.stop_ok()
 
     silent = SilentServer()

@@ -9,7 +9,14 @@
  * The stored offset (committed by librdkafka's auto-commit) advances only over
  * handled entries at the head of that list. Costs: a take and an ack are O(1)
  * amortised; the retry list is O(n) in entries waiting for a redelivery (a few,
- * normally). */
+ * normally); a resume after a pause is O(entries waiting).
+ *
+ * Pausing (core/event_bus.h): a transient failure pauses every partition of the
+ * consumer (rd_kafka_pause_partitions); the event and those that come back after it
+ * wait in their partitions' lists (state WAIT: not an attempt, never committed over)
+ * until a probe is due, then the oldest goes out alone; handled, the others follow
+ * and the partitions resume. Paused partitions fetch nothing, so their high
+ * watermarks (for the lag gauges) are asked for on libuv's thread pool meanwhile. */
 #include "io/bus/kafka.h"
 
 #include <errno.h>
@@ -22,6 +29,7 @@
 #include <string.h>
 #include <syslog.h>
 #include <unistd.h>
+#include <uv.h>
 
 #include <librdkafka/rdkafka.h>
 
@@ -33,6 +41,8 @@
 #define HOUSEKEEPING_MS 500
 #define ADMIN_RETRY_MS 5000
 #define RETRY_MAX_MS 30000
+#define PROBE_MAX_MS 5000       /* probe back-off cap while paused */
+#define WATERMARK_EVERY_MS 2000 /* high watermarks of paused partitions, asked this often */
 #define MAX_TOPICS 16
 
 typedef struct tms_kafka_bus kbus_t;
@@ -46,6 +56,7 @@ typedef enum entry_state {
     DLQ_RETRY, /* that failed; waiting in the retry list to try again */
     DONE,      /* handled (or dead-lettered); waits for earlier offsets */
     DROPPED,   /* its mailbox was freed unhandled: blocks the offset forever */
+    WAIT,      /* failed transiently: waits, unheld, for the consumer to resume */
 } entry_state_t;
 
 typedef struct entry {
@@ -60,6 +71,7 @@ typedef struct entry {
     int bump; /* the next redelivery is a new attempt (not a full-mailbox retry)
                */
     uint64_t due;
+    char reason[160]; /* of the last permanent failure: the dead letter's tms.reason */
 } entry_t;
 
 struct part {
@@ -68,7 +80,11 @@ struct part {
     int64_t next_take; /* first offset not yet taken; -1 before the first */
     int64_t sought;    /* the offset of our last seek; -1 none */
     int64_t stored;    /* next offset to consume as stored for commit; -1 none */
+    int64_t hi;        /* high watermark last asked for (paused: no fetch updates it) */
+    int64_t committed; /* where the group stands (its committed offset, or the log start
+                        * when it has none), last asked for; -1 unknown */
     entry_t *head, *tail;
+    _Atomic int64_t lag; /* its gauge, tms_kafka_consumer_lag{...,partition} */
 };
 
 struct sub {
@@ -85,9 +101,22 @@ struct sub {
     entry_t *retries;
     size_t inflight; /* HELD entries */
     size_t owned;    /* RETRY, DLQ, DLQ_RETRY entries */
-    int started, paused, closing, closed;
-    _Atomic int64_t lag;
-    tms_counter_t *delivered, *retried, *dead, *revoked;
+    size_t waiting;  /* WAIT entries */
+    int started, closing, closed;
+    int flow_paused; /* holding max_inflight deliveries */
+    int kpaused;     /* what librdkafka was last told for the assigned partitions */
+    /* paused while a dependency is down */
+    int dep_paused;
+    char dependency[32];
+    uint64_t paused_at, probe_due; /* uv_now */
+    int probes;                    /* failed probes of this pause */
+    entry_t *probe;                /* the probe out, if any */
+    /* watermark queries of paused partitions (thread pool) */
+    int querying;
+    uint64_t queried_at;
+    _Atomic int nparts_paused;
+    _Atomic uint64_t paused_since_ns, paused_total_ns;
+    tms_counter_t *delivered, *retried, *dead, *revoked, *pauses;
 };
 
 typedef struct pub {
@@ -117,6 +146,7 @@ struct tms_kafka_bus {
     size_t outstanding; /* publishes awaiting their delivery report */
     int handles;        /* uv handles not yet closed */
     int topics_ready, admin_pending, stopping, closing, freeing;
+    int queries; /* watermark queries on the thread pool */
     _Atomic int reachable;
     uint64_t admin_retry_at;
     tms_counter_t *published, *publish_failed;
@@ -129,6 +159,9 @@ static void bus_close(tms_event_bus_t *self, tms_port_closed_fn cb, void *ctx);
 static void to_dlq(entry_t *e);
 static void start_consumer(sub_t *s);
 static void check_close(sub_t *s);
+static void apply_pause(sub_t *s);
+static void resume_dep(sub_t *s);
+static void send_probe(sub_t *s);
 
 /* ---- small helpers ---------------------------------------------------------
  */
@@ -309,6 +342,11 @@ static void arm_retry_timer(kbus_t *bus, uint64_t due)
 static void schedule_retry(entry_t *e, entry_state_t state, uint64_t ms)
 {
     sub_t *s = e->sub;
+    if (s->bus->stopping) { /* no more redeliveries: left uncommitted (stop) */
+        e->state = WAIT;
+        s->waiting++;
+        return;
+    }
     e->state = state;
     e->due = uv_now(s->bus->loop) + ms;
     e->retry_next = s->retries;
@@ -344,12 +382,24 @@ static void on_retry_timer(uv_timer_t *t)
             s->owned--;
             if (e->state == DLQ_RETRY) {
                 to_dlq(e);
+            } else if (s->dep_paused) {
+                /* A redelivery that comes due while paused waits with the others. */
+                if (e->bump)
+                    e->d.attempt++;
+                e->state = WAIT;
+                s->waiting++;
             } else {
                 if (e->bump)
                     e->d.attempt++;
                 tms_counter_add(s->retried, 1);
                 post_entry(s, e);
             }
+        }
+        if (s->dep_paused && !s->probe && !bus->stopping) {
+            if (s->probe_due <= now)
+                send_probe(s);
+            else if (!next || s->probe_due < next)
+                next = s->probe_due;
         }
         check_close(s);
     }
@@ -367,6 +417,7 @@ static int produce(kbus_t *bus, const char *topic, const char *key, const char *
     rd_kafka_resp_err_t err;
     if (dead) {
         char part[16], off[24], att[16];
+        const char *why = dead->reason[0] ? dead->reason : "failed";
         snprintf(part, sizeof(part), "%d", (int)dead->partition);
         snprintf(off, sizeof(off), "%" PRId64, dead->offset);
         snprintf(att, sizeof(att), "%d", dead->d.attempt);
@@ -375,7 +426,9 @@ static int produce(kbus_t *bus, const char *topic, const char *key, const char *
             RD_KAFKA_V_VALUE((void *)payload, len), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
             RD_KAFKA_V_HEADER("tms.topic", dead->sub->topic, -1),
             RD_KAFKA_V_HEADER("tms.partition", part, -1), RD_KAFKA_V_HEADER("tms.offset", off, -1),
-            RD_KAFKA_V_HEADER("tms.attempts", att, -1), RD_KAFKA_V_OPAQUE(pub), RD_KAFKA_V_END);
+            RD_KAFKA_V_HEADER("tms.attempts", att, -1), RD_KAFKA_V_HEADER("tms.reason", why, -1),
+            RD_KAFKA_V_HEADER("tms.group", dead->sub->group, -1), RD_KAFKA_V_OPAQUE(pub),
+            RD_KAFKA_V_END);
     } else {
         err = rd_kafka_producev(
             bus->producer, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(key, strlen(key)),
@@ -399,9 +452,12 @@ static void on_dlq_done(void *ctx, int status)
     if (!e->part) {
         entry_free(e);
     } else if (status == 0) {
+        char q[200];
         tms_counter_add(s->dead, 1);
-        tms_log_warn("event_dead_lettered", "topic=%s partition=%d offset=%" PRId64 " attempts=%d",
-                     s->topic, (int)e->partition, e->offset, e->d.attempt);
+        tms_log_warn("event_dead_lettered",
+                     "topic=%s group=%s partition=%d offset=%" PRId64 " attempts=%d reason=%s",
+                     s->topic, s->group, (int)e->partition, e->offset, e->d.attempt,
+                     tms_log_quote(q, sizeof(q), e->reason, strlen(e->reason)));
         finish(e);
     } else {
         schedule_retry(e, DLQ_RETRY, backoff_ms(s->bus, 3));
@@ -585,19 +641,111 @@ static void seek_back(sub_t *s, part_t *p)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
-/* Flow control: a consumer holding max_inflight deliveries stops fetching;
- * librdkafka resumes each partition from the offset after the last message
- * taken. */
-static void set_paused(sub_t *s, int paused)
+/* Whether the consumer fetches: not while it holds max_inflight deliveries (flow
+ * control), while a dependency is down, or once the bus stops. librdkafka resumes
+ * each partition from the offset after the last message taken. */
+static int want_paused(const sub_t *s)
+{
+    return s->flow_paused || s->dep_paused || s->bus->stopping;
+}
+
+static void apply_pause(sub_t *s)
 {
     rd_kafka_topic_partition_list_t *l;
-    if (s->paused == paused || !s->started || s->closing)
+    int want = want_paused(s);
+    int n = 0;
+    for (part_t *p = s->parts; p; p = p->next)
+        n++;
+    atomic_store(&s->nparts_paused, s->dep_paused ? n : 0);
+    if (s->kpaused == want || !s->started || s->closing)
         return;
-    s->paused = paused;
+    s->kpaused = want;
     l = assigned_list(s);
     if (l->cnt)
-        (void)(paused ? rd_kafka_pause_partitions(s->rk, l) : rd_kafka_resume_partitions(s->rk, l));
+        (void)(want ? rd_kafka_pause_partitions(s->rk, l) : rd_kafka_resume_partitions(s->rk, l));
     rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* ---- pausing while a dependency is down ---------------------------------- */
+
+static uint64_t probe_wait(const sub_t *s, const tms_ack_t *out)
+{
+    uint64_t ms = backoff_ms(s->bus, s->probes + 1);
+    if (ms > PROBE_MAX_MS)
+        ms = PROBE_MAX_MS;
+    return out->retry_after_ms > ms ? out->retry_after_ms : ms;
+}
+
+static void pause_dep(sub_t *s, const tms_ack_t *out)
+{
+    kbus_t *bus = s->bus;
+    char q[200];
+    const char *why = out->reason ? out->reason : "";
+    s->dep_paused = 1;
+    s->probes = 0;
+    s->paused_at = uv_now(bus->loop);
+    s->probe_due = s->paused_at + probe_wait(s, out);
+    snprintf(s->dependency, sizeof(s->dependency), "%s",
+             out->dependency ? out->dependency : "dependency");
+    atomic_store(&s->paused_since_ns, uv_hrtime());
+    tms_counter_add(s->pauses, 1);
+    apply_pause(s);
+    tms_log_warn("consumer_paused",
+                 "bus=kafka topic=%s group=%s partitions=%d dependency=\"%s\" reason=%s", s->topic,
+                 s->group, atomic_load(&s->nparts_paused), s->dependency,
+                 tms_log_quote(q, sizeof(q), why, strlen(why)));
+    arm_retry_timer(bus, s->probe_due);
+}
+
+/* The oldest waiting event goes out alone; none waiting (revoked meanwhile): resume,
+ * and the next events test the dependency. */
+static void send_probe(sub_t *s)
+{
+    entry_t *best = NULL;
+    for (part_t *p = s->parts; p; p = p->next) {
+        for (entry_t *e = p->head; e; e = e->next) {
+            if (e->state == WAIT) {
+                if (!best || e->offset < best->offset)
+                    best = e;
+                break;
+            }
+        }
+    }
+    if (!best) {
+        resume_dep(s);
+        return;
+    }
+    s->waiting--;
+    s->probe = best;
+    post_entry(s, best);
+    if (best->state != HELD) /* mailbox full: retried shortly, not a probe yet */
+        s->probe = NULL;
+}
+
+static void resume_dep(sub_t *s)
+{
+    uint64_t since = atomic_exchange(&s->paused_since_ns, 0);
+    if (!s->dep_paused)
+        return;
+    s->dep_paused = 0;
+    s->probe = NULL;
+    if (since)
+        atomic_fetch_add(&s->paused_total_ns, uv_hrtime() - since);
+    tms_log_info("consumer_resumed",
+                 "bus=kafka topic=%s group=%s dependency=\"%s\" paused_ms=%" PRIu64
+                 " probes=%d waiting=%zu",
+                 s->topic, s->group, s->dependency, uv_now(s->bus->loop) - s->paused_at,
+                 s->probes + 1, s->waiting);
+    /* What waited goes out in offset order per partition, then fetching resumes. */
+    for (part_t *p = s->parts; p; p = p->next) {
+        for (entry_t *e = p->head; e; e = e->next) {
+            if (e->state == WAIT) {
+                s->waiting--;
+                post_entry(s, e);
+            }
+        }
+    }
+    apply_pause(s);
 }
 
 static void on_entry_dropped(tms_msg_t *msg)
@@ -629,8 +777,10 @@ static void post_entry(sub_t *s, entry_t *e)
     if (tms_mailbox_post(s->mailbox, &msg) == 0) {
         s->inflight++;
         tms_counter_add(s->delivered, 1);
-        if (s->inflight >= (size_t)s->bus->opt.max_inflight)
-            set_paused(s, 1);
+        if (!s->flow_paused && s->inflight >= (size_t)s->bus->opt.max_inflight) {
+            s->flow_paused = 1;
+            apply_pause(s);
+        }
         return;
     }
     /* Mailbox full: try again shortly, without counting an attempt. */
@@ -674,6 +824,11 @@ static void take(sub_t *s, const rd_kafka_message_t *m)
     else
         p->head = e;
     p->tail = e;
+    if (s->dep_paused) { /* fetched before the pause took effect: waits with the others */
+        e->state = WAIT;
+        s->waiting++;
+        return;
+    }
     post_entry(s, e);
 }
 
@@ -696,10 +851,15 @@ static void revoke_part(sub_t *s, part_t *p)
             s->owned--;
             entry_free(e);
             break;
+        case WAIT:
+            s->waiting--;
+            entry_free(e);
+            break;
         default:
             entry_free(e);
         }
     }
+    tms_metrics_drop_gauges_of(p);
     free(p);
 }
 
@@ -716,6 +876,11 @@ static void revoke_all(sub_t *s)
         tms_counter_add(s->revoked, (uint64_t)n);
 }
 
+static double part_lag_gauge(void *arg)
+{
+    return (double)atomic_load(&((part_t *)arg)->lag);
+}
+
 static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
@@ -723,16 +888,27 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         rd_kafka_assign(rk, parts);
         for (int i = 0; i < parts->cnt; i++) {
+            char labels[200];
             if (find_part(s, parts->elems[i].partition))
                 continue;
             part_t *p = tms_new(part_t);
             p->partition = parts->elems[i].partition;
-            p->next_take = p->stored = p->sought = -1;
+            p->next_take = p->stored = p->sought = p->hi = p->committed = -1;
             p->next = s->parts;
             s->parts = p;
+            snprintf(labels, sizeof(labels), "topic=\"%s\",group=\"%s\",partition=\"%d\"", s->topic,
+                     s->group, (int)p->partition);
+            tms_metrics_gauge_fn("tms_kafka_consumer_lag",
+                                 "messages after the committed position, per assigned partition",
+                                 labels, part_lag_gauge, p);
         }
-        if (s->paused)
+        /* librdkafka keeps a partition's pause across a revoke and a new assign: say
+         * what we want for these, whatever was said before. */
+        if (want_paused(s))
             rd_kafka_pause_partitions(rk, parts);
+        else
+            rd_kafka_resume_partitions(rk, parts);
+        apply_pause(s); /* the paused-partitions gauge */
         tms_log_info("kafka_assigned", "topic=%s group=%s partitions=%d", s->topic, s->group,
                      parts->cnt);
     } else {
@@ -831,37 +1007,160 @@ static void start_consumer(sub_t *s)
 /* ---- housekeeping: lag, admin retries, closing consumers --------------------
  */
 
+/* Paused partitions fetch nothing, so their cached watermarks stand still while the
+ * backlog grows: ask the brokers (blocking calls, so on libuv's thread pool, at most
+ * one round per consumer at a time; the bus is not freed while one runs). */
+typedef struct wm_query {
+    uv_work_t work;
+    sub_t *sub;
+    rd_kafka_t *rk;
+    char topic[64];
+    int n;
+    int32_t *partition;
+    int64_t *lo, *hi, *committed;
+} wm_query_t;
+
+static void wm_query_run(uv_work_t *w)
+{
+    wm_query_t *q = w->data;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(q->n);
+    for (int i = 0; i < q->n; i++) {
+        q->committed[i] = -1;
+        if (rd_kafka_query_watermark_offsets(q->rk, q->topic, q->partition[i], &q->lo[i], &q->hi[i],
+                                             1000) != RD_KAFKA_RESP_ERR_NO_ERROR)
+            q->lo[i] = q->hi[i] = -1;
+        rd_kafka_topic_partition_list_add(l, q->topic, q->partition[i]);
+    }
+    if (rd_kafka_committed(q->rk, l, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        for (int i = 0; i < l->cnt && i < q->n; i++) {
+            if (l->elems[i].err)
+                continue;
+            /* No commit yet: the group starts at the log start (auto.offset.reset). */
+            q->committed[i] = l->elems[i].offset >= 0 ? l->elems[i].offset : q->lo[i];
+        }
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+static void wm_query_done(uv_work_t *w, int status)
+{
+    wm_query_t *q = w->data;
+    sub_t *s = q->sub;
+    kbus_t *bus = s->bus;
+    (void)status;
+    bus->queries--;
+    s->querying = 0;
+    for (int i = 0; i < q->n; i++) {
+        part_t *p = find_part(s, q->partition[i]);
+        if (!p)
+            continue;
+        if (q->hi[i] > p->hi)
+            p->hi = q->hi[i];
+        if (q->committed[i] >= 0)
+            p->committed = q->committed[i];
+    }
+    free(q->partition);
+    free(q->lo);
+    free(q->hi);
+    free(q->committed);
+    free(q);
+    maybe_closed(bus);
+}
+
+static void query_watermarks(sub_t *s)
+{
+    kbus_t *bus = s->bus;
+    wm_query_t *q;
+    int n = 0;
+    for (part_t *p = s->parts; p; p = p->next)
+        n++;
+    if (!n)
+        return;
+    q = tms_new(wm_query_t);
+    q->sub = s;
+    q->rk = s->rk;
+    snprintf(q->topic, sizeof(q->topic), "%s", s->topic);
+    q->partition = tms_calloc((size_t)n, sizeof(int32_t));
+    q->lo = tms_calloc((size_t)n, sizeof(int64_t));
+    q->hi = tms_calloc((size_t)n, sizeof(int64_t));
+    q->committed = tms_calloc((size_t)n, sizeof(int64_t));
+    for (part_t *p = s->parts; p; p = p->next)
+        q->partition[q->n++] = p->partition;
+    q->work.data = q;
+    if (uv_queue_work(bus->loop, &q->work, wm_query_run, wm_query_done) != 0) {
+        free(q->partition);
+        free(q->lo);
+        free(q->hi);
+        free(q->committed);
+        free(q);
+        return;
+    }
+    s->querying = 1;
+    s->queried_at = uv_now(bus->loop);
+    bus->queries++;
+}
+
+/* Lag of one partition: its high watermark minus the first offset not yet handled. */
+static void update_lag(sub_t *s, part_t *p)
+{
+    int64_t lo, hi = -1, from;
+    /* Cached watermarks from fetch responses: no request, no wait. */
+    if (rd_kafka_get_watermark_offsets(s->rk, s->topic, p->partition, &lo, &hi) || hi < p->hi)
+        hi = p->hi;
+    if (hi < 0)
+        return;
+    from = p->stored >= 0      ? p->stored
+           : p->head           ? p->head->offset
+           : p->committed >= 0 ? p->committed
+                               : hi;
+    atomic_store(&p->lag, hi > from ? hi - from : 0);
+}
+
 static void on_housekeeping(uv_timer_t *t)
 {
     kbus_t *bus = t->data;
-    if (bus->admin_retry_at && uv_now(bus->loop) >= bus->admin_retry_at && !bus->admin_pending) {
+    uint64_t now = uv_now(bus->loop);
+    if (bus->admin_retry_at && now >= bus->admin_retry_at && !bus->admin_pending) {
         bus->admin_retry_at = 0;
         create_topics(bus);
     }
     for (sub_t *s = bus->subs; s; s = s->next) {
-        int64_t lag = 0;
         if (s->closing) {
             if (!s->closed)
                 serve_closing(s, 0);
             continue;
         }
-        for (part_t *p = s->parts; p; p = p->next) {
-            int64_t lo, hi;
-            /* Cached watermarks from fetch responses: no request, no wait. */
-            if (rd_kafka_get_watermark_offsets(s->rk, s->topic, p->partition, &lo, &hi) || hi < 0)
-                continue;
-            int64_t from = p->stored >= 0 ? p->stored : p->head ? p->head->offset : hi;
-            if (hi > from)
-                lag += hi - from;
-        }
-        atomic_store(&s->lag, lag);
+        /* Poll even when nothing arrives (idle, or paused): librdkafka takes a consumer
+         * that has not polled for max.poll.interval.ms (5 min) for stuck and makes it
+         * leave its group. */
+        if (s->started)
+            on_consumer_readable(&s->poll, 0, UV_READABLE);
+        /* Ask while paused, and until we know where the group stands on a partition we
+         * have taken nothing from (else its lag would be unknown). */
+        int unknown = 0;
+        for (part_t *p = s->parts; p; p = p->next)
+            unknown |= p->stored < 0 && !p->head && p->committed < 0;
+        if ((s->kpaused || unknown) && !s->querying && !bus->stopping &&
+            now - s->queried_at >= WATERMARK_EVERY_MS)
+            query_watermarks(s);
+        for (part_t *p = s->parts; p; p = p->next)
+            update_lag(s, p);
     }
     maybe_closed(bus);
 }
 
-static double lag_gauge(void *arg)
+static double paused_parts_gauge(void *arg)
 {
-    return (double)atomic_load(&((sub_t *)arg)->lag);
+    return (double)atomic_load(&((sub_t *)arg)->nparts_paused);
+}
+
+static double paused_seconds_gauge(void *arg)
+{
+    sub_t *s = arg;
+    uint64_t total = atomic_load(&s->paused_total_ns), since = atomic_load(&s->paused_since_ns);
+    if (since)
+        total += uv_hrtime() - since;
+    return (double)total / 1e9;
 }
 
 static double outq_gauge(void *arg)
@@ -928,7 +1227,7 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
                      tms_mailbox_t *mailbox)
 {
     kbus_t *bus = (kbus_t *)self;
-    char err[512], labels[160], group[64], topic[64];
+    char err[512], labels[160], group[64], topic[64], poll_ms[16];
     rd_kafka_conf_t *conf;
     sub_t *s;
     /* A namespace keeps deployments that share one cluster apart: topics and groups
@@ -946,6 +1245,8 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
         if (strcmp(s->group, group) == 0)
             return -TMS_EINVAL; /* one subscriber per group per process */
     }
+    snprintf(poll_ms, sizeof(poll_ms), "%d",
+             bus->opt.max_poll_interval_ms > 0 ? bus->opt.max_poll_interval_ms : 300000);
     conf = rd_kafka_conf_new();
     if (set(conf, "bootstrap.servers", bus->brokers, err, sizeof(err)) ||
         set(conf, "client.id", bus->client_id, err, sizeof(err)) ||
@@ -956,8 +1257,10 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
         set(conf, "auto.offset.reset", "earliest", err, sizeof(err)) ||
         set(conf, "session.timeout.ms", "10000", err, sizeof(err)) ||
         set(conf, "heartbeat.interval.ms", "1000", err, sizeof(err)) ||
+        set(conf, "max.poll.interval.ms", poll_ms, err, sizeof(err)) ||
         set(conf, "topic.metadata.refresh.interval.ms", "5000", err, sizeof(err)) ||
-        set(conf, "reconnect.backoff.max.ms", "2000", err, sizeof(err)) ||
+        set(conf, "socket.timeout.ms", "10000", err, sizeof(err)) ||
+        set(conf, "reconnect.backoff.max.ms", "1000", err, sizeof(err)) ||
         set_security(bus, conf, err, sizeof(err))) {
         tms_log_error("kafka_consumer_config", "group=%s error=\"%s\"", group, err);
         rd_kafka_conf_destroy(conf);
@@ -999,8 +1302,14 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
                                   "events moved to <topic>.dlq after dlq_after attempts", labels);
     s->revoked = tms_metrics_counter("tms_kafka_partitions_revoked_total",
                                      "partitions taken away by a rebalance", labels);
-    tms_metrics_gauge_fn("tms_kafka_consumer_lag", "messages after the committed position", labels,
-                         lag_gauge, s);
+    s->pauses = tms_metrics_counter("tms_kafka_consumer_pauses_total",
+                                    "consumers paused because a dependency was down", labels);
+    tms_metrics_gauge_fn("tms_kafka_paused_partitions",
+                         "assigned partitions paused because a dependency is down", labels,
+                         paused_parts_gauge, s);
+    tms_metrics_gauge_fn("tms_kafka_paused_seconds",
+                         "time the consumer spent paused because a dependency was down", labels,
+                         paused_seconds_gauge, s);
     s->next = bus->subs;
     bus->subs = s;
     if (bus->topics_ready)
@@ -1008,28 +1317,53 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
     return 0;
 }
 
-static void ack(tms_event_bus_t *self, tms_delivery_t **pd, int ok)
+static void ack(tms_event_bus_t *self, tms_delivery_t **pd, tms_ack_t out)
 {
     entry_t *e = (entry_t *)*pd;
     sub_t *s;
+    int probe;
     (void)self;
     if (!e)
         return;
     *pd = NULL;
     s = e->sub;
     s->inflight--;
+    probe = s->probe == e;
+    if (probe)
+        s->probe = NULL;
+    if (out.kind == TMS_ACK_TRANSIENT && !s->bus->stopping) {
+        if (!s->dep_paused) {
+            pause_dep(s, &out);
+        } else if (probe) {
+            s->probes++;
+            s->probe_due = uv_now(s->bus->loop) + probe_wait(s, &out);
+            arm_retry_timer(s->bus, s->probe_due);
+        }
+    } else if (probe) {
+        resume_dep(s); /* handled, or refused for good: the dependency answered */
+    }
     if (!e->part) {
         entry_free(e); /* revoked meanwhile: the new owner has it */
-    } else if (ok) {
+    } else if (out.kind == TMS_ACK_OK) {
         finish(e);
-    } else if (e->d.attempt >= s->bus->opt.dlq_after) {
-        to_dlq(e);
+    } else if (out.kind == TMS_ACK_TRANSIENT) {
+        /* Not an attempt; waits (uncommitted) until the consumer resumes, or, when the
+         * bus is stopping, until the consumer closes and the next owner takes it. */
+        e->state = WAIT;
+        s->waiting++;
     } else {
-        e->bump = 1;
-        schedule_retry(e, RETRY, backoff_ms(s->bus, e->d.attempt));
+        snprintf(e->reason, sizeof(e->reason), "%s", out.reason ? out.reason : "failed");
+        if (e->d.attempt >= s->bus->opt.dlq_after) {
+            to_dlq(e);
+        } else {
+            e->bump = 1;
+            schedule_retry(e, RETRY, backoff_ms(s->bus, e->d.attempt));
+        }
     }
-    if (s->paused && !s->bus->stopping && s->inflight <= (size_t)s->bus->opt.max_inflight / 2)
-        set_paused(s, 0);
+    if (s->flow_paused && s->inflight <= (size_t)s->bus->opt.max_inflight / 2) {
+        s->flow_paused = 0;
+        apply_pause(s);
+    }
     check_close(s);
 }
 
@@ -1082,7 +1416,9 @@ tms_kafka_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
         set(conf, "partitioner", "murmur2_random", err, err_len) ||
         set(conf, "statistics.interval.ms", "1000", err, err_len) ||
         set(conf, "topic.metadata.refresh.interval.ms", "10000", err, err_len) ||
-        set(conf, "reconnect.backoff.max.ms", "2000", err, err_len) ||
+        /* A request on a connection that died without a reset (a broker host gone,
+         * a dropped route) is given up after this, not librdkafka's 60 s. */
+        set(conf, "socket.timeout.ms", "10000", err, err_len) ||
         set_security(bus, conf, err, err_len))
         goto fail;
     rd_kafka_conf_set_log_cb(conf, on_rdkafka_log);
@@ -1148,7 +1484,18 @@ static void stop(kbus_t *bus)
         return;
     bus->stopping = 1;
     for (sub_t *s = bus->subs; s; s = s->next) {
-        set_paused(s, 1);
+        /* Redeliveries still waiting are not made any more (the subscribers' own
+         * dependencies close around now): they stay uncommitted, for the next start,
+         * as do the events a pause holds. */
+        entry_t *e;
+        while ((e = s->retries)) {
+            s->retries = e->retry_next;
+            e->retry_next = NULL;
+            s->owned--;
+            e->state = WAIT;
+            s->waiting++;
+        }
+        apply_pause(s);
         check_close(s);
     }
 }
@@ -1237,7 +1584,7 @@ static void destroy(kbus_t *bus)
 static void on_close_due(uv_timer_t *t)
 {
     kbus_t *bus = t->data;
-    if (!bus->freeing && busy(&bus->base) == 0)
+    if (!bus->freeing && busy(&bus->base) == 0 && bus->queries == 0)
         destroy(bus);
 }
 
@@ -1245,7 +1592,7 @@ static void on_close_due(uv_timer_t *t)
  * the next turn (never inside a handler that still uses the bus or a sub). */
 static void maybe_closed(kbus_t *bus)
 {
-    if (bus->closing && !bus->freeing && busy(&bus->base) == 0 &&
+    if (bus->closing && !bus->freeing && busy(&bus->base) == 0 && bus->queries == 0 &&
         !uv_is_active((uv_handle_t *)&bus->close_timer))
         uv_timer_start(&bus->close_timer, on_close_due, 0, 0);
 }

@@ -7,11 +7,13 @@
  *
  * Consumers: offsets are stored (and auto-committed) only up to the first
  * delivery of a partition its consumer has not acknowledged, so a commit never
- * covers an unhandled event. A nack redelivers the event after a back-off;
- * after dlq_after attempts it goes to `<topic>.dlq` and counts as handled, so
- * one poison message delays only itself. A revoked partition's held deliveries
- * are orphaned: their acks are ignored and the new owner redelivers from the
- * committed offset, which the handlers' inbox (dedup by event_id) absorbs.
+ * covers an unhandled event. A permanent failure redelivers the event after a
+ * back-off; after dlq_after attempts it goes to `<topic>.dlq` (headers tms.topic,
+ * tms.partition, tms.offset, tms.attempts, tms.reason, tms.group) and counts as
+ * handled, so one poison message delays only itself. A transient failure pauses
+ * the consumer's partitions until a probe is handled (core/event_bus.h). A revoked partition's held
+ * deliveries are orphaned: their acks are ignored and the new owner redelivers from the committed
+ * offset, which the handlers' inbox (dedup by event_id) absorbs.
  *
  * Single loop: every call and completion runs on the loop given to new. */
 #ifndef TMS_IO_KAFKA_H
@@ -33,6 +35,7 @@ typedef struct tms_kafka_options {
     int publish_timeout_ms;    /* a publish not acknowledged by then fails; 0: 10000
                                 */
     int max_inflight;          /* held deliveries per consumer before pausing; 0: 64 */
+    int max_poll_interval_ms;  /* librdkafka's max.poll.interval.ms (tests); 0: 300000 */
     const char *ns; /* namespace: topics "<ns>.<topic>", groups "<group>.<ns>"; NULL/"": none */
     /* TLS to the brokers, librdkafka's own: security.protocol ("ssl"; NULL/"":
      * plaintext), ssl.ca.location, ssl.certificate.location, ssl.key.location (NULL/"":
@@ -50,8 +53,9 @@ tms_kafka_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
 
 /** The event bus port of bus (the same pointer on every call). Its close
  * (core/port.h): publish and subscribe refused; consumers take no new events,
- * finish what they hold (retries and dead letters included), then leave their
- * groups, committing what was handled; publishes already made get their done
+ * finish what they hold (dead letters being produced included; redeliveries not yet
+ * made are left, uncommitted, to the next start), then leave their groups,
+ * committing what was handled; publishes already made get their done
  * (within publish_timeout_ms); then the bus is freed and cb runs. */
 tms_event_bus_t *tms_kafka_bus_port(tms_kafka_bus_t *bus);
 

@@ -52,6 +52,7 @@ void tms_internal_encode_call(tms_api_call_t *call, uint8_t **out, size_t *len)
     m.request_id = str(call->request_id);
     m.client_addr = str(call->client_addr);
     p.authenticated = call->principal.authenticated;
+    p.trusted = call->principal.trusted;
     p.user_id = str(call->principal.user_id);
     p.role = str(call->principal.role);
     p.email = str(call->principal.email);
@@ -125,13 +126,15 @@ tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
     COPY(call->client_addr, m->client_addr);
     if (m->principal) {
         call->principal.authenticated = m->principal->authenticated;
+        call->principal.trusted = m->principal->trusted && !m->principal->authenticated;
         COPY(call->principal.user_id, m->principal->user_id);
         COPY(call->principal.role, m->principal->role);
         COPY(call->principal.email, m->principal->email);
     }
-    /* A gateway forwards its clients' calls with the user it authenticated; a call
-     * without one is the peer's own (older peers send no such flag: derived here). */
-    call->principal.service = !call->principal.authenticated;
+    /* A gateway forwards its clients' calls with the user it authenticated, or as a
+     * trusted peer's; a call with neither is the peer's own (older peers send no such
+     * flag: derived here). */
+    call->principal.service = !call->principal.authenticated && !call->principal.trusted;
     call->bearer = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_BEARER, m->bearer);
     call->email = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_EMAIL, m->email);
     call->password = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_PASSWORD, m->password);

@@ -17,7 +17,9 @@
 
 #include "core/alloc.h"
 #include "core/api.h"
+#include "core/cidr.h"
 #include "core/log.h"
+#include "core/metrics.h"
 #include "core/ops.h"
 #include "core/status.h"
 #include "io/grpc/codec.h"
@@ -54,7 +56,9 @@ struct tms_grpc_service {
     tms_grpc_service_config_t cfg;
     unsigned char token_hash[crypto_generichash_BYTES]; /* of cfg.service_token */
     tms_mailbox_t *replies;
-    tms_grpc_route_t *routes; /* the table's gRPC methods, then own_routes */
+    tms_cidr_list_t trusted;                        /* cfg.trusted_peers */
+    tms_counter_t *trusted_calls[TMS_API_OP_COUNT]; /* by op, when trusted.n */
+    tms_grpc_route_t *routes;                       /* the table's gRPC methods, then own_routes */
     size_t nroutes;
     size_t pending;
     void (*drained)(void *arg); /* tms_grpc_service_drain: once pending reaches 0 */
@@ -194,6 +198,13 @@ static char *bearer_of(tms_api_call_t *call, const char *h)
     return tms_api_call_strdup(call, h);
 }
 
+/* A call without a token from a trusted peer (grpc.trusted_peers). */
+static bool from_trusted_peer(const tms_grpc_service_t *svc, const tms_grpc_stream_t *st)
+{
+    return svc->trusted.n && !tms_grpc_stream_metadata(st, META_AUTHORIZATION) &&
+           tms_cidr_list_match(&svc->trusted, tms_grpc_stream_client(st));
+}
+
 static void call_api(tms_grpc_service_t *svc, tms_grpc_stream_t *st, const tms_op_t *op,
                      const uint8_t *msg, size_t len)
 {
@@ -202,6 +213,14 @@ static void call_api(tms_grpc_service_t *svc, tms_grpc_stream_t *st, const tms_o
     tms_api_call_t *call;
     if (!svc->cfg.gateway) {
         tms_grpc_stream_finish(st, TMS_UNIMPLEMENTED, "this process does not serve the public API");
+        return;
+    }
+    if (svc->cfg.owners && !(svc->cfg.owners & (1u << op->owner))) {
+        char m[96];
+        const char *service = op->grpc_method + 1;
+        snprintf(m, sizeof(m), "this process does not serve %.*s", (int)strcspn(service, "/"),
+                 service);
+        tms_grpc_stream_finish(st, TMS_UNIMPLEMENTED, m);
         return;
     }
     call = tms_grpc_decode_call(op, msg, len, &err);
@@ -213,6 +232,12 @@ static void call_api(tms_grpc_service_t *svc, tms_grpc_stream_t *st, const tms_o
         call->bearer = bearer_of(call, authorization);
     snprintf(call->request_id, sizeof(call->request_id), "%s", tms_grpc_stream_request_id(st));
     snprintf(call->client_addr, sizeof(call->client_addr), "%s", tms_grpc_stream_client(st));
+    if (!call->bearer && from_trusted_peer(svc, st)) {
+        call->trusted_peer = true;
+        tms_counter_add(svc->trusted_calls[op->op], 1);
+        tms_log_info("grpc_trusted_call", "rid=%s op=%s trusted_peer=%s", call->request_id,
+                     op->name, call->client_addr);
+    }
     post_call(svc, st, call, svc->cfg.gateway);
 }
 
@@ -335,6 +360,10 @@ static void on_begin(void *ctx, tms_grpc_stream_t *st)
      * operations called without one. A valid service credential was checked above. */
     if (route->kind == KIND_API) {
         const tms_op_t *op = route->data;
+        /* A trusted peer's call without a token is served as it is (the original's
+         * gateway sends whole tasks without one): bound by grpc.max_message_bytes. */
+        if (op->needs_caller && tms_op_trusted_runs(op) && from_trusted_peer(svc, st))
+            return;
         if (op->needs_caller && !tms_grpc_stream_metadata(st, META_AUTHORIZATION))
             tms_grpc_stream_limit_unchecked(st, TMS_UNAUTHENTICATED, "missing bearer token");
         else if (op->body == TMS_BODY_SMALL)
@@ -397,6 +426,21 @@ tms_grpc_service_t *tms_grpc_service_new(uv_loop_t *loop, const tms_grpc_service
                            (const unsigned char *)cfg->service_token, strlen(cfg->service_token),
                            NULL, 0);
     }
+    if (cfg->trusted_peers && cfg->trusted_peers[0]) {
+        char err[200];
+        if (tms_cidr_list_parse(cfg->trusted_peers, &svc->trusted, err, sizeof(err)) != 0)
+            tms_log_error("grpc_trusted_peers", "error=\"%s\" trusted_peers=none", err);
+        for (size_t i = 0; svc->trusted.n && i < nops; i++) {
+            char labels[64];
+            snprintf(labels, sizeof(labels), "op=\"%s\"", ops[i].name);
+            svc->trusted_calls[ops[i].op] =
+                tms_metrics_counter("tms_grpc_trusted_calls_total",
+                                    "gRPC calls without a token from grpc.trusted_peers, served "
+                                    "with the original system's semantics where the op has them",
+                                    labels);
+        }
+    }
+    svc->cfg.trusted_peers = NULL; /* parsed into svc->trusted; not kept */
     svc->routes = tms_calloc(nops + NOWN, sizeof(*svc->routes));
     for (size_t i = 0; i < nops; i++) {
         if (ops[i].grpc_method)

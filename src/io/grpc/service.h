@@ -19,6 +19,16 @@ typedef struct tms_grpc_service tms_grpc_service_t;
 
 typedef struct tms_grpc_service_config {
     tms_mailbox_t *gateway; /* where API calls go; NULL: the public API is not served here */
+    /* With a gateway: the services served, as a set of owners (1u << TMS_OWNER_AUTH:
+     * AuthService, 1u << TMS_OWNER_TASK: TaskService); 0: all. A process without the
+     * gateway role serves its own roles' original services only (migration mode);
+     * the others answer UNIMPLEMENTED. */
+    unsigned owners;
+    /* grpc.trusted_peers (core/cidr.h syntax, checked by config): a call without an
+     * authorization header from one of these addresses is marked trusted_peer for
+     * the gateway (core/ops.h legacy rules), logged with trusted_peer=<addr> and
+     * counted (tms_grpc_trusted_calls_total); NULL or "": none. Parsed at creation. */
+    const char *trusted_peers;
     /* The internal service (/tms.internal.Actors/Call) of a split deployment: served
      * only when service_token is set, and only to callers presenting it in
      * x-tms-service-token (others get UNAUTHENTICATED). A call goes to the auth or

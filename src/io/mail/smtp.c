@@ -85,6 +85,8 @@ struct smtp {
     tms_smtp_options_t opt; /* strings point at the copies above */
     tms_workpool_t *pool;
     tms_breaker_t breaker;
+    int64_t down_since_ms; /* the breaker left closed */
+    int probes;            /* half-open probes since */
     send_t *ready_head, *ready_tail;
     send_t *retry;       /* sorted by due_ms */
     send_t *active_list; /* transfers in curl */
@@ -157,12 +159,22 @@ static void breaker_moved(smtp_t *m, tms_breaker_state_t from)
                     : to == TMS_BREAKER_HALF_OPEN ? m->to_half_open
                                                   : m->to_closed,
                     1);
-    if (to == TMS_BREAKER_OPEN)
+    /* An outage logs two lines, when it starts and when it ends; the probes between
+     * (open -> half-open -> open, once per cool-down) are debug lines. */
+    if (from == TMS_BREAKER_CLOSED) {
+        m->down_since_ms = now_ms(m);
+        m->probes = 0;
         tms_log_warn("mail_breaker", "from=%s to=open window=%d cooldown_ms=%" PRId64,
                      tms_breaker_state_name(from), m->breaker.window, m->breaker.cooldown_ms);
-    else
-        tms_log_info("mail_breaker", "from=%s to=%s", tms_breaker_state_name(from),
-                     tms_breaker_state_name(to));
+    } else if (to == TMS_BREAKER_CLOSED) {
+        tms_log_info("mail_breaker", "from=%s to=closed down_ms=%" PRId64 " probes=%d",
+                     tms_breaker_state_name(from), now_ms(m) - m->down_since_ms, m->probes);
+    } else {
+        if (to == TMS_BREAKER_HALF_OPEN)
+            m->probes++;
+        tms_log_debug("mail_breaker", "from=%s to=%s", tms_breaker_state_name(from),
+                      tms_breaker_state_name(to));
+    }
 }
 
 /* ---- finishing a mail --------------------------------------------------------- */
@@ -187,8 +199,20 @@ static void reply(tms_mail_t *mail, tms_status_t code, const char *why)
     tms_mailbox_reply(&mail->msg);
 }
 
+/* How long the breaker still refuses sends; 0 when it does not. */
+static uint64_t breaker_wait(smtp_t *m)
+{
+    int64_t left;
+    if (m->breaker.state != TMS_BREAKER_OPEN)
+        return 0;
+    left = m->breaker.opened_at_ms + m->breaker.cooldown_ms - now_ms(m);
+    return left > 0 ? (uint64_t)left : 0;
+}
+
 static void finish(smtp_t *m, send_t *s, tms_status_t code, const char *why)
 {
+    if (code == TMS_UNAVAILABLE)
+        s->mail->retry_after_ms = breaker_wait(m);
     reply(s->mail, code, why);
     s->mail = NULL;
     send_free(s);
@@ -230,7 +254,7 @@ static void on_dlq_written(tms_msg_t *msg)
         tms_counter_add(j->written, 1);
         tms_log_error("mail_dead_letter", "event=%s dir=%s reason=\"%s\"", mail->event_id, j->dir,
                       j->reason);
-        reply(mail, TMS_FAILED_PRECONDITION, "rejected permanently; dead-lettered");
+        reply(mail, TMS_FAILED_PRECONDITION, j->reason); /* the server's reply */
     } else {
         /* Left pending: the redelivery meets the same 5xx and tries the write again. */
         tms_counter_add(j->failed, 1);
@@ -527,15 +551,16 @@ static void on_done(smtp_t *m, send_t *s, CURLcode res)
     permanent = is_permanent(s, res, code);
     tms_breaker_record(&m->breaker, !permanent, now_ms(m));
     breaker_moved(m, before);
-    tms_log_warn("mail_send_failed",
-                 "event=%s attempt=%d code=%ld curl=%d permanent=%d error=\"%s\"%s",
-                 s->mail->event_id, s->attempt, code, (int)res, permanent,
-                 s->errbuf[0] ? s->errbuf : curl_easy_strerror(res),
-                 res == CURLE_USE_SSL_FAILED
-                     ? " hint=\"the server offers no STARTTLS and mail.starttls requires it "
-                       "(auto requires it when mail.url carries credentials, so they never go "
-                       "in clear text); the mail stays pending\""
-                     : "");
+    /* A failed half-open probe is the outage going on: a debug line. */
+    tms_log(before == TMS_BREAKER_HALF_OPEN && !permanent ? TMS_LOG_DEBUG : TMS_LOG_WARN,
+            "mail_send_failed", "event=%s attempt=%d code=%ld curl=%d permanent=%d error=\"%s\"%s",
+            s->mail->event_id, s->attempt, code, (int)res, permanent,
+            s->errbuf[0] ? s->errbuf : curl_easy_strerror(res),
+            res == CURLE_USE_SSL_FAILED
+                ? " hint=\"the server offers no STARTTLS and mail.starttls requires it "
+                  "(auto requires it when mail.url carries credentials, so they never go "
+                  "in clear text); the mail stays pending\""
+                : "");
     if (permanent) {
         tms_counter_add(m->permanent, 1);
         dead_letter(m, s, code);

@@ -1,12 +1,15 @@
 /* The task actor's rules with an in-memory task store and a fake auth actor (fakes
  * are fine in unit tests): who may change what, If-Match, and which writes carry an
  * event (task_created with an assignee, task_assigned on a change of assignee); and
- * its stop message (core/mailbox.h): what it holds finishes first. */
+ * its stop message (core/mailbox.h): what it holds finishes first; and the saga's
+ * user_deleted step with the task store down: a transient failure (the consumer
+ * pauses), never a compensation that would bring the deleted user back. */
 #include <uv.h>
 
 #include "actors/task.h"
 #include "core/alloc.h"
 #include "core/api.h"
+#include "core/events.h"
 #include "test.h"
 
 #define ALICE "aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -53,6 +56,8 @@ typedef struct fake_store {
     int n;
     tms_task_notify_t last_notify;
     int writes;
+    bool down;     /* UNASSIGN_USER answers UNAVAILABLE */
+    int unassigns; /* done */
 } fake_store_t;
 
 static int store_submit(tms_task_store_t *self, tms_task_op_t **pop)
@@ -103,11 +108,65 @@ static int store_submit(tms_task_store_t *self, tms_task_op_t **pop)
             s->writes++;
         }
         break;
+    case TMS_TASK_UNASSIGN_USER:
+        if (s->down) {
+            tms_error_set(&op->err, TMS_UNAVAILABLE, "store unavailable");
+        } else {
+            s->unassigns++;
+            op->count = 1;
+        }
+        break;
     default:
         op->err.code = TMS_UNIMPLEMENTED;
     }
     tms_mailbox_reply(&op->msg);
     return 0;
+}
+
+/* ---- an outbox/inbox that remembers, and a bus that records acks ---------- */
+
+typedef struct fake_outbox {
+    tms_outbox_t port;
+    int records, compensations;
+} fake_outbox_t;
+
+static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
+{
+    fake_outbox_t *o = (fake_outbox_t *)self;
+    tms_outbox_op_t *op = *pop;
+    *pop = NULL;
+    if (op->msg.op == TMS_INBOX_RECORD)
+        o->records++;
+    else if (op->msg.op == TMS_OUTBOX_ADD)
+        o->compensations++;
+    op->seen = false;
+    tms_mailbox_reply(&op->msg);
+    return 0;
+}
+
+typedef struct fake_bus {
+    tms_event_bus_t port;
+    int acks;
+    tms_ack_t last;
+    char dependency[32];
+} fake_bus_t;
+
+static int bus_subscribe(tms_event_bus_t *self, const char *topic, const char *group,
+                         tms_mailbox_t *mailbox)
+{
+    return 0;
+}
+
+static void bus_ack(tms_event_bus_t *self, tms_delivery_t **pd, tms_ack_t out)
+{
+    fake_bus_t *b = (fake_bus_t *)self;
+    b->acks++;
+    b->last = out;
+    snprintf(b->dependency, sizeof(b->dependency), "%s", out.dependency ? out.dependency : "");
+    b->last.dependency = b->last.reason = NULL;
+    free((*pd)->payload);
+    free(*pd);
+    *pd = NULL;
 }
 
 /* ---- a fake auth actor: ALICE, BOB and CAROL exist ---------------------- */
@@ -137,9 +196,11 @@ static void on_reply(tms_msg_t *msg)
 static tms_api_call_t *run(env_t *e, tms_api_call_t *call, const char *as, const char *role)
 {
     tms_msg_t *msg = &call->msg;
-    snprintf(call->principal.user_id, sizeof(call->principal.user_id), "%s", as);
+    /* as NULL: a trusted peer's call without a token (the gateway's principal.trusted) */
+    snprintf(call->principal.user_id, sizeof(call->principal.user_id), "%s", as ? as : "");
     snprintf(call->principal.role, sizeof(call->principal.role), "%s", role);
-    call->principal.authenticated = true;
+    call->principal.authenticated = as != NULL;
+    call->principal.trusted = as == NULL;
     msg->op = TMS_STAGE_EXECUTE;
     msg->reply_to = e->replies;
     msg->cont = on_reply;
@@ -162,7 +223,7 @@ static tms_status_t create(env_t *e, const char *as, const char *assignee)
     code = c->err.code;
     if (code == TMS_OK) {
         CHECK_EQ_STR(c->task.title, "Title"); /* trimmed */
-        CHECK_EQ_STR(c->task.created_by, as);
+        CHECK_EQ_STR(c->task.created_by, as ? as : "");
     }
     tms_api_call_free(&c);
     return code;
@@ -248,6 +309,20 @@ static void test_rules(void)
     CHECK_EQ_INT(delete (&e, 1, CAROL, "admin"), TMS_OK);
     CHECK_EQ_INT(delete (&e, 1, ALICE, "user"), TMS_NOT_FOUND);
     CHECK_EQ_INT(delete (&e, 2, ALICE, "user"), TMS_OK);
+
+    /* a trusted peer's call without a token (issue 21): no caller, so no creator, and
+     * anyone's task may be changed or deleted, as the original task-service did */
+    CHECK_EQ_INT(create(&e, NULL, BOB), TMS_OK); /* task 3 */
+    CHECK_EQ_STR(e.store.tasks[2].created_by, "");
+    CHECK_EQ_STR(e.store.last_notify.type, "task_created");
+    CHECK_EQ_STR(e.store.last_notify.by, "");
+    CHECK_EQ_INT(create(&e, ALICE, NULL), TMS_OK); /* task 4, ALICE's */
+    CHECK_EQ_INT(update(&e, 4, NULL, "", CAROL, 0), TMS_OK);
+    CHECK_EQ_INT(delete (&e, 4, NULL, ""), TMS_OK);
+    /* a task without a creator: no user is its creator, so only an admin deletes it */
+    CHECK_EQ_INT(delete (&e, 3, CAROL, "user"), TMS_PERMISSION_DENIED);
+    CHECK_EQ_INT(update(&e, 3, BOB, "user", NULL, 0), TMS_OK); /* its assignee */
+    CHECK_EQ_INT(delete (&e, 3, NULL, ""), TMS_OK);
 
     tms_task_free(&e.actor);
     tms_mailbox_free(&e.auth);
@@ -430,10 +505,72 @@ static void test_one_allocation_per_call(void)
     tms_arena_fini(&e.store.arena);
 }
 
+/* user_deleted with the task store down: acknowledged as transient (the bus pauses
+ * and redelivers it, never dead-letters it) and no compensation is written (the old
+ * code asked for the user back, undoing a delete over an outage); once the store
+ * answers, the same event unassigns and is recorded. */
+static void test_saga_waits_for_the_store(void)
+{
+    static env_t e;
+    static fake_outbox_t outbox;
+    static fake_bus_t bus;
+    tms_user_t victim = {0};
+    memset(&e, 0, sizeof(e));
+    e.store.port.name = "fake";
+    e.store.port.submit = store_submit;
+    outbox.port.name = "fake";
+    outbox.port.submit = outbox_submit;
+    bus.port.name = "fake";
+    bus.port.subscribe = bus_subscribe;
+    bus.port.ack = bus_ack;
+    uv_loop_init(&e.loop);
+    e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth, NULL);
+    e.actor = tms_task_start(&e.loop, &(tms_task_config_t){
+                                          .mailbox_capacity = 16,
+                                          .tasks = &e.store.port,
+                                          .outbox = &outbox.port,
+                                          .auth = e.auth,
+                                          .bus = &bus.port,
+                                      });
+    snprintf(victim.id, sizeof(victim.id), "%s", BOB);
+    snprintf(victim.email, sizeof(victim.email), "bob@example.com");
+    snprintf(victim.role, sizeof(victim.role), "user");
+    for (int round = 0; round < 2; round++) {
+        tms_delivery_t *d = tms_new(tms_delivery_t);
+        tms_msg_t *msg = &d->msg;
+        e.store.down = round == 0;
+        msg->kind = TMS_MSG_REQUEST;
+        msg->op = TMS_EVENT_DELIVERY;
+        snprintf(d->topic, sizeof(d->topic), "user_deleted");
+        snprintf(d->key, sizeof(d->key), "%s", BOB);
+        d->payload = tms_event_user_json(&victim, "0b7c6a0e-5d5e-4f57-9d43-1b1a3c0f0a01");
+        d->payload_len = strlen(d->payload);
+        d->attempt = 1;
+        CHECK_EQ_INT(tms_mailbox_post(tms_task_mailbox(e.actor), &msg), 0);
+        while (bus.acks == round)
+            uv_run(&e.loop, UV_RUN_ONCE);
+        if (round == 0) {
+            CHECK_EQ_INT(bus.last.kind, TMS_ACK_TRANSIENT);
+            CHECK_EQ_STR(bus.dependency, "task store");
+            CHECK_EQ_INT(outbox.records, 0);
+        } else {
+            CHECK_EQ_INT(bus.last.kind, TMS_ACK_OK);
+            CHECK_EQ_INT(e.store.unassigns, 1);
+            CHECK_EQ_INT(outbox.records, 1);
+        }
+        CHECK_EQ_INT(outbox.compensations, 0);
+    }
+    tms_task_free(&e.actor);
+    tms_mailbox_free(&e.auth);
+    uv_run(&e.loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&e.loop), 0);
+}
+
 int main(void)
 {
     RUN_TEST(test_rules);
     RUN_TEST(test_stop_finishes_what_it_holds);
     RUN_TEST(test_one_allocation_per_call);
+    RUN_TEST(test_saga_waits_for_the_store);
     TEST_EXIT();
 }

@@ -80,6 +80,10 @@ static void test_errors(void)
     expect_error("http.addr=1.2.3.4:99999", "http.addr");
     expect_error("users.url=mysql://x", "users.url");
     expect_error("ratelimit.api_per_minute=-1", "ratelimit.api_per_minute");
+    /* grpc.trusted_peers (issue 21): one line naming the key and the bad entry */
+    expect_error("grpc.trusted_peers=10.0.0.0/8,bogus", "config: grpc.trusted_peers: \"bogus\"");
+    expect_error("grpc.trusted_peers=10.0.0.1/8", "grpc.trusted_peers");
+    expect_error("grpc.trusted_peers=::1/200", "grpc.trusted_peers");
 }
 
 /* mail.url takes smtp:// and smtps:// besides maildir://; SMTP settings are bounded. */

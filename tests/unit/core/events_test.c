@@ -71,8 +71,74 @@ static void test_user_roundtrip(void)
     CHECK(tms_event_user_parse("{\"user\":{}}", &back, eid) != 0);
 }
 
+/* The original system's producers: no event_id, no title, a password hash in the user
+ * (issue 21). They parse, with "" for the event id and no title. */
+static void test_original_shapes(void)
+{
+    char type[16], user[25], eid[37] = "x", by[25] = "x", *title = (char *)"x";
+    int64_t task = 0;
+    tms_user_t back;
+    CHECK_EQ_INT(tms_event_notification_parse("{\"type\":\"task_created\",\"user_id\":"
+                                              "\"0123456789abcdef01234567\",\"task_id\":\"12\"}",
+                                              type, user, &task, eid, &title, by),
+                 0);
+    CHECK_EQ_STR(type, "task_created");
+    CHECK_EQ_STR(user, "0123456789abcdef01234567");
+    CHECK_EQ_INT(task, 12);
+    CHECK_EQ_STR(eid, "");
+    CHECK(title == NULL);
+    CHECK_EQ_STR(by, "");
+    /* an event_id that is there must be a non-empty string */
+    CHECK_EQ_INT(tms_event_notification_parse("{\"type\":\"task_created\",\"user_id\":\"u\","
+                                              "\"task_id\":\"1\",\"event_id\":\"\"}",
+                                              type, user, &task, eid, &title, NULL),
+                 -1);
+    CHECK_EQ_INT(tms_event_notification_parse("{\"type\":\"task_created\",\"user_id\":\"u\","
+                                              "\"task_id\":\"1\",\"event_id\":7}",
+                                              type, user, &task, eid, &title, NULL),
+                 -1);
+    CHECK_EQ_INT(tms_event_notification_parse("{\"type\":\"task_created\",\"user_id\":\"u\","
+                                              "\"task_id\":\"1\",\"title\":3}",
+                                              type, user, &task, eid, &title, NULL),
+                 -1);
+    CHECK_EQ_INT(
+        tms_event_user_parse("{\"user\":{\"id\":\"0123456789abcdef01234567\",\"email\":\"a@b.c\","
+                             "\"password\":\"$2a$10$abcdefghijklmnopqrstuv\",\"role\":\"user\","
+                             "\"tokenVersion\":3,\"createdAt\":\"2025-02-20T08:53:10.123Z\"}}",
+                             &back, eid),
+        0);
+    CHECK_EQ_STR(back.id, "0123456789abcdef01234567");
+    CHECK_EQ_INT(back.token_version, 3);
+    CHECK_EQ_STR(back.password_hash, "");
+    CHECK_EQ_STR(eid, "");
+}
+
+/* A derived id: stable for the same topic and JSON (whatever its key order and
+ * spacing), different for another payload or topic, UUID-shaped, never a v4. */
+static void test_event_id_derive(void)
+{
+    const char *a = "{\"type\":\"task_created\",\"user_id\":\"u1\",\"task_id\":\"5\"}";
+    const char *a2 = "{ \"task_id\": \"5\", \"type\": \"task_created\", \"user_id\": \"u1\" }";
+    const char *b = "{\"type\":\"task_created\",\"user_id\":\"u1\",\"task_id\":\"6\"}";
+    char x[37], y[37], z[37], w[37], v[37];
+    tms_event_id_derive("notifications", a, strlen(a), x);
+    tms_event_id_derive("notifications", a2, strlen(a2), y);
+    tms_event_id_derive("notifications", b, strlen(b), z);
+    tms_event_id_derive("user_deleted", a, strlen(a), w);
+    tms_event_id_derive("notifications", "not json", 8, v);
+    CHECK_EQ_STR(x, y);
+    CHECK(strcmp(x, z) != 0);
+    CHECK(strcmp(x, w) != 0);
+    CHECK(strcmp(x, v) != 0);
+    CHECK_EQ_INT(strlen(x), 36);
+    CHECK(x[8] == '-' && x[13] == '-' && x[14] == '8' && x[18] == '-' && x[23] == '-');
+    CHECK(strchr("89ab", x[19]) != NULL);
+}
+
 int main(void)
 {
+    RUN_TEST(test_original_shapes);
+    RUN_TEST(test_event_id_derive);
     RUN_TEST(test_event_id);
     RUN_TEST(test_notification_roundtrip);
     RUN_TEST(test_user_roundtrip);

@@ -124,11 +124,26 @@ static void test_bodies_mark_the_title(void)
     free(html);
 }
 
+/* An original system's event has no title: the mail names the task id only, as the
+ * original's did. */
+static void test_bodies_without_title(void)
+{
+    char *text = tms_notify_text(7, NULL, "");
+    char *html = tms_notify_html(7, NULL, "");
+    CHECK(strstr(text, "assigned task 7 in TMS.\n") != NULL);
+    CHECK(strstr(text, "title") == NULL && strstr(text, "\n-- TMS\n") != NULL);
+    CHECK(strstr(html, "assigned task 7 in TMS.</p>") != NULL);
+    CHECK(strstr(html, "blockquote") == NULL);
+    free(text);
+    free(html);
+}
+
 int main(void)
 {
     RUN_TEST(test_per_assigner);
     RUN_TEST(test_per_recipient);
     RUN_TEST(test_redelivery_and_off);
     RUN_TEST(test_bodies_mark_the_title);
+    RUN_TEST(test_bodies_without_title);
     TEST_EXIT();
 }

@@ -146,6 +146,35 @@ static void test_permits(void)
     CHECK(!tms_op_permits(del_task, &service, &assignee));
 }
 
+/* A trusted peer's call without a token (grpc.trusted_peers, issue 21): the task calls
+ * and the auth calls that name a user run with no caller under the op's legacy rule;
+ * nothing else skips its token (Me is REST only and has none), and a principal that is
+ * both a user and trusted is refused (the gateway never makes one). */
+static void test_trusted_legacy_rule(void)
+{
+    tms_principal_t trusted = {.trusted = true}, both = user("admin");
+    tms_op_subject_t other = {0};
+    size_t n;
+    const tms_op_t *ops = tms_ops(&n);
+    both.trusted = true;
+    for (size_t i = 0; i < n; i++) {
+        const tms_op_t *op = &ops[i];
+        bool task = op->owner == TMS_OWNER_TASK;
+        bool names_user = op->op == TMS_API_LOGOUT || op->op == TMS_API_DELETE_USER ||
+                          op->op == TMS_API_USER_INFO || op->op == TMS_API_USER_EXISTS;
+        CHECK_EQ_INT(op->legacy, task         ? TMS_LEGACY_NO_CALLER
+                                 : names_user ? TMS_LEGACY_MESSAGE_USER
+                                              : TMS_LEGACY_NONE);
+        /* every op the original served over gRPC is served to a trusted peer */
+        CHECK_EQ_INT(tms_op_trusted_runs(op), op->grpc_method != NULL && op->needs_caller);
+        CHECK_EQ_INT(tms_op_permits(op, &trusted, &other),
+                     op->legacy != TMS_LEGACY_NONE || op->rule == TMS_RULE_ANYONE);
+        CHECK(!tms_op_permits(op, &both, &other));
+    }
+    CHECK(!tms_op_trusted_runs(tms_op_get(TMS_API_ME)));
+    CHECK(!tms_op_permits(tms_op_get(TMS_API_ME), &trusted, NULL));
+}
+
 static void test_list_size(void)
 {
     const tms_op_t *list = tms_op_get(TMS_API_TASK_LIST);
@@ -169,6 +198,7 @@ int main(void)
     RUN_TEST(test_needs_caller);
     RUN_TEST(test_idempotent_reads_only);
     RUN_TEST(test_permits);
+    RUN_TEST(test_trusted_legacy_rule);
     RUN_TEST(test_list_size);
     TEST_EXIT();
 }

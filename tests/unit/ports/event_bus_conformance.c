@@ -3,7 +3,9 @@
  * cluster. A publish reaches every consumer group once, completes on the publisher's
  * loop (never inside publish), a nacked delivery is not lost, bad names are refused
  * at once, and the lifecycle: busy counts held deliveries, close refuses new work,
- * lets held deliveries be acknowledged and calls back once after them. */
+ * lets held deliveries be acknowledged and calls back once after them. A transient
+ * failure is never an attempt and never dead-lettered however often it happens; a
+ * permanent one is, after dlq_after attempts (core/event_bus.h). */
 #include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafka_mock.h>
 #include <unistd.h>
@@ -97,7 +99,8 @@ static tms_event_bus_t *new_bus(void)
     char ns[48], err[256] = "";
     tms_kafka_bus_t *kb;
     if (!kafka)
-        return tms_local_bus_new(&loop);
+        return tms_local_bus_new_with(&loop,
+                                      &(tms_local_bus_options_t){.dlq_after = 2, .retry_ms = 20});
     snprintf(ns, sizeof(ns), "conf%d_%d_%u", (int)getpid(), ++nbus,
              (unsigned)(uv_hrtime() % 100000));
     if (mock) { /* the mock cluster has no admin API: its topics are made here */
@@ -112,7 +115,8 @@ static tms_event_bus_t *new_bus(void)
                                .brokers = brokers,
                                .topics = mock ? NULL : topics,
                                .partitions = 1,
-                               .retry_ms = 50,
+                               .dlq_after = 2,
+                               .retry_ms = 20,
                                .publish_timeout_ms = 10000,
                                .ns = ns,
                            },
@@ -161,7 +165,7 @@ static void test_publish_deliver_ack(void)
         CHECK_EQ_INT(d->payload_len, 7);
         CHECK_EQ_INT(d->attempt, 1);
         CHECK(bus->busy(bus) >= 1); /* held */
-        bus->ack(bus, &c.held[0], 1);
+        bus->ack(bus, &c.held[0], tms_ack_ok());
         CHECK(c.held[0] == NULL);
     }
     CHECK(spin_until(&r.calls, 1, WAIT_MS));
@@ -191,9 +195,9 @@ static void test_every_group_gets_a_copy(void)
     if (a.n && b.n)
         CHECK(a.held[0] != b.held[0]); /* each its own copy */
     for (int i = 0; i < a.n && i < MAX_HELD; i++)
-        bus->ack(bus, &a.held[i], 1);
+        bus->ack(bus, &a.held[i], tms_ack_ok());
     for (int i = 0; i < b.n && i < MAX_HELD; i++)
-        bus->ack(bus, &b.held[i], 1);
+        bus->ack(bus, &b.held[i], tms_ack_ok());
     CHECK(spin_until(&r.calls, 1, WAIT_MS));
     CHECK_EQ_INT(r.status, 0);
     spin(50);
@@ -219,13 +223,13 @@ static void test_nack_is_not_lost(void)
     publish(bus, "conf_a", "k", "{\"n\":2}", &r);
     CHECK(spin_until(&c.n, 1, WAIT_MS));
     if (c.n >= 1)
-        bus->ack(bus, &c.held[0], 0);
+        bus->ack(bus, &c.held[0], tms_ack_permanent("test"));
     for (int i = 0; i < WAIT_MS / 50 && c.n < 2 && !(r.calls && r.status != 0); i++)
         spin(50);
     if (c.n >= 2) { /* redelivered */
         CHECK_EQ_STR(c.held[1]->payload, "{\"n\":2}");
         CHECK_EQ_INT(c.held[1]->attempt, 2);
-        bus->ack(bus, &c.held[1], 1);
+        bus->ack(bus, &c.held[1], tms_ack_ok());
         again = 1;
     } else {
         CHECK_EQ_INT(r.calls, 1);
@@ -233,6 +237,61 @@ static void test_nack_is_not_lost(void)
     }
     CHECK(again || r.calls == 1);
     spin_until(&r.calls, 1, WAIT_MS);
+    close_bus(&bus);
+    tms_mailbox_free(&c.mailbox);
+}
+
+/* A dependency down: however many times the event fails transiently (more than
+ * dlq_after), it comes again as its first attempt (the bus redelivers it as a probe,
+ * or fails its publish so that the publisher, as the relay would, publishes it
+ * again), and once handled it is done, never dead-lettered. */
+static void test_transient_is_no_attempt(void)
+{
+    tms_event_bus_t *bus = new_bus();
+    consumer_t c;
+    result_t r = {0, 99};
+    int failures = 0;
+    uint64_t dead0 = tms_counter_value(
+        tms_metrics_counter(kafka ? "tms_kafka_dead_lettered_total" : "tms_bus_dead_lettered_total",
+                            "", kafka ? "" : "topic=\"conf_a\",group=\"gt\""));
+    consumer_init(&c, "c");
+    CHECK_EQ_INT(bus->subscribe(bus, "conf_a", "gt", c.mailbox), 0);
+    publish(bus, "conf_a", "k", "{\"n\":4}", &r);
+    for (int i = 0; i < WAIT_MS / 20 && failures < 4; i++) {
+        spin(20);
+        if (r.calls && r.status != 0) { /* refused: the publisher tries again later */
+            r = (result_t){0, 99};
+            publish(bus, "conf_a", "k", "{\"n\":4}", &r);
+        }
+        if (c.n > failures && c.held[failures]) {
+            CHECK_EQ_STR(c.held[failures]->payload, "{\"n\":4}");
+            CHECK_EQ_INT(c.held[failures]->attempt, 1);
+            bus->ack(bus, &c.held[failures], tms_ack_transient("test", "down", 0));
+            failures++;
+        }
+    }
+    CHECK_EQ_INT(failures, 4);
+    for (int i = 0; i < WAIT_MS / 20 && c.n <= failures; i++) { /* back: handled */
+        spin(20);
+        if (r.calls && r.status != 0) {
+            r = (result_t){0, 99};
+            publish(bus, "conf_a", "k", "{\"n\":4}", &r);
+        }
+    }
+    if (c.n > failures && c.held[failures]) {
+        CHECK_EQ_INT(c.held[failures]->attempt, 1);
+        bus->ack(bus, &c.held[failures], tms_ack_ok());
+    }
+    CHECK(spin_until(&r.calls, 1, WAIT_MS));
+    CHECK_EQ_INT(r.status, 0);
+    spin(100);
+    CHECK_EQ_INT(c.n, failures + 1);                 /* not again */
+    if (!kafka || !getenv("TMS_TEST_KAFKA_BROKERS")) /* a shared broker's counter moves */
+        CHECK_EQ_INT(tms_counter_value(tms_metrics_counter(
+                         kafka ? "tms_kafka_dead_lettered_total" : "tms_bus_dead_lettered_total",
+                         "", kafka ? "" : "topic=\"conf_a\",group=\"gt\"")) -
+                         dead0,
+                     0);
     close_bus(&bus);
     tms_mailbox_free(&c.mailbox);
 }
@@ -272,7 +331,7 @@ static void test_lifecycle(void)
     spin(200);
     CHECK_EQ_INT(closed, 0); /* a delivery is still held */
     if (c.n >= 1)
-        bus->ack(bus, &c.held[0], 1); /* still acknowledged while closing */
+        bus->ack(bus, &c.held[0], tms_ack_ok()); /* still acknowledged while closing */
     CHECK(spin_until(&closed, 1, WAIT_MS));
     CHECK_EQ_INT(r.calls, 1); /* the publish was done before the callback */
     CHECK_EQ_INT(r.status, 0);
@@ -288,6 +347,7 @@ static void tests(const adapter_t *a)
     RUN_TEST(test_publish_deliver_ack);
     RUN_TEST(test_every_group_gets_a_copy);
     RUN_TEST(test_nack_is_not_lost);
+    RUN_TEST(test_transient_is_no_attempt);
     RUN_TEST(test_refused_at_once);
     RUN_TEST(test_lifecycle);
 }

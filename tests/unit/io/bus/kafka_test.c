@@ -4,7 +4,10 @@
  * the next event of the same partition is handled meanwhile, an unacknowledged
  * event is redelivered to the next consumer of the group (offsets stop before
  * it), and a publish fails while the broker is down and succeeds once it is
- * back. */
+ * back. A transient failure pauses the consumer (no attempt counted, nothing
+ * dead-lettered, only probes go out) past max.poll.interval.ms without leaving the
+ * group, and a consumer paused when its partitions were revoked fetches again
+ * once they come back. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,7 +22,7 @@
 #include "io/bus/kafka.h"
 #include "test.h"
 
-#define MAX_HELD 32
+#define MAX_HELD 64
 
 typedef struct consumer {
     tms_mailbox_t *mailbox;
@@ -164,7 +167,7 @@ static void test_publish_consume_ack(void)
         CHECK_EQ_INT(c.held[0]->payload_len, 7);
         CHECK_EQ_INT(c.held[0]->attempt, 1);
         CHECK(bus->busy(bus) >= 1);
-        bus->ack(bus, &c.held[0], 1);
+        bus->ack(bus, &c.held[0], tms_ack_ok());
         CHECK(c.held[0] == NULL);
     }
     CHECK_EQ_INT(tms_kafka_bus_reachable(kafka), 1);
@@ -204,12 +207,12 @@ static void test_nack_retries_then_dead_letters_without_stalling(void)
             if (strcmp(d->payload, "poison") == 0) {
                 poison_attempts++;
                 CHECK_EQ_INT(d->attempt, poison_attempts);
-                bus->ack(bus, &c.held[j], 0);
+                bus->ack(bus, &c.held[j], tms_ack_permanent("test"));
             } else {
                 good++;
                 /* the good event is not held up by the failing one before it */
                 CHECK(poison_attempts < 3);
-                bus->ack(bus, &c.held[j], 1);
+                bus->ack(bus, &c.held[j], tms_ack_ok());
             }
         }
         spin_until(&loop, &dlq.n, 1, 10);
@@ -220,7 +223,7 @@ static void test_nack_retries_then_dead_letters_without_stalling(void)
     if (dlq.n >= 1) {
         CHECK_EQ_STR(dlq.held[0]->payload, "poison");
         CHECK_EQ_STR(dlq.held[0]->key, "same-key");
-        bus->ack(bus, &dlq.held[0], 1);
+        bus->ack(bus, &dlq.held[0], tms_ack_ok());
     }
     CHECK_EQ_INT(tms_counter_value(tms_metrics_counter("tms_kafka_dead_lettered_total", "",
                                                        "topic=\"t2\",group=\"g2\"")),
@@ -252,8 +255,8 @@ static void test_unacked_event_goes_to_next_consumer(void)
     publish_ok(&loop, bus, "t3", "k", "e3");
     CHECK(spin_until(&loop, &c.n, 3, 15000));
     if (c.n == 3) {
-        bus->ack(bus, &c.held[0], 1);
-        bus->ack(bus, &c.held[2], 1);
+        bus->ack(bus, &c.held[0], tms_ack_ok());
+        bus->ack(bus, &c.held[2], tms_ack_ok());
     }
     /* Let an auto-commit happen, then leave without handling e2 (a crash would do
      * the same): the consumer drops e2 unhandled, and the bus closes. */
@@ -275,7 +278,7 @@ static void test_unacked_event_goes_to_next_consumer(void)
     if (c2.n >= 1)
         CHECK_EQ_STR(c2.held[0]->payload, "e2");
     for (int j = 0; j < c2.n && j < MAX_HELD; j++)
-        bus->ack(bus, &c2.held[j], 1);
+        bus->ack(bus, &c2.held[j], tms_ack_ok());
     bus_finish(&loop, &bus);
     tms_mailbox_free(&c2.mailbox);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -316,7 +319,7 @@ static void test_pause_resume_loses_nothing(void)
             tms_delivery_t *d = c.held[next];
             snprintf(payload, sizeof(payload), "e%d", next);
             CHECK_EQ_STR(d->payload, payload);
-            bus->ack(bus, &c.held[next], 1);
+            bus->ack(bus, &c.held[next], tms_ack_ok());
             acked++;
         }
     }
@@ -353,6 +356,152 @@ static void test_publish_fails_while_broker_down(void)
     mock_stop(&m);
 }
 
+static uint64_t counter(const char *name, const char *labels)
+{
+    return tms_counter_value(tms_metrics_counter(name, "", labels));
+}
+
+/* A dependency is down: the first failure pauses the consumer; the events after the
+ * failing one are not handed out; the failing one comes back as a probe, never as a
+ * new attempt, however many times and however long (past max.poll.interval.ms: the
+ * consumer must stay in its group); when a probe is handled the others follow in
+ * order. Nothing is dead-lettered. */
+static void test_transient_pauses_without_attempts(void)
+{
+    uv_loop_t loop;
+    mock_t m;
+    consumer_t c = {0};
+    tms_event_bus_t *bus;
+    char err[256];
+    int probes = 0, others_before = 0;
+    uint64_t start;
+    uv_loop_init(&loop);
+    mock_start(&m);
+    rd_kafka_mock_topic_create(m.mc, "t6", 1, 1);
+    rd_kafka_mock_topic_create(m.mc, "t6.dlq", 1, 1);
+    kafka = tms_kafka_bus_new(&loop,
+                              &(tms_kafka_options_t){.brokers = m.brokers,
+                                                     .dlq_after = 2,
+                                                     .retry_ms = 20,
+                                                     .publish_timeout_ms = 2000,
+                                                     .max_poll_interval_ms = 10000},
+                              err, sizeof(err));
+    CHECK(kafka != NULL);
+    bus = tms_kafka_bus_port(kafka);
+    publish_ok(&loop, bus, "t6", "k", "e0");
+    publish_ok(&loop, bus, "t6", "k", "e1");
+    publish_ok(&loop, bus, "t6", "k", "e2");
+    c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
+    CHECK_EQ_INT(bus->subscribe(bus, "t6", "g6", c.mailbox), 0);
+    CHECK(spin_until(&loop, &c.n, 1, 15000));
+    start = uv_now(&loop);
+    /* Fail whatever arrives for 11 s (max.poll.interval.ms is 10 s). */
+    for (int next = 0; uv_now(&loop) - start < 11000 && next < MAX_HELD - 4;) {
+        spin_until(&loop, &c.n, next + 1, 200);
+        for (; next < c.n && next < MAX_HELD - 4; next++) {
+            tms_delivery_t *d = c.held[next];
+            CHECK_EQ_INT(d->attempt, 1);
+            if (strcmp(d->payload, "e0") == 0)
+                probes++;
+            else
+                others_before += probes <= 1 ? 1 : 100; /* only before the pause held */
+            bus->ack(bus, &c.held[next], tms_ack_transient("smtp", "circuit open", 0));
+        }
+    }
+    CHECK(probes >= 4);
+    CHECK(others_before <= 2);
+    CHECK_EQ_INT(counter("tms_kafka_consumer_pauses_total", "topic=\"t6\",group=\"g6\""), 1);
+    CHECK_EQ_INT(counter("tms_kafka_dead_lettered_total", "topic=\"t6\",group=\"g6\""), 0);
+    CHECK_EQ_INT(counter("tms_kafka_partitions_revoked_total", "topic=\"t6\",group=\"g6\""), 0);
+    /* The dependency is back: the next probe is handled, the rest follow in order. */
+    {
+        int i = c.n, got = 0;
+        for (int round = 0; round < 200 && got < 3; round++) {
+            spin_until(&loop, &c.n, i + 1, 50);
+            for (; i < c.n && i < MAX_HELD && got < 3; i++, got++) {
+                char name[16];
+                snprintf(name, sizeof(name), "e%d", got);
+                CHECK_EQ_STR(c.held[i]->payload, name);
+                CHECK_EQ_INT(c.held[i]->attempt, 1);
+                bus->ack(bus, &c.held[i], tms_ack_ok());
+            }
+        }
+        CHECK_EQ_INT(got, 3);
+    }
+    bus_finish(&loop, &bus);
+    tms_mailbox_free(&c.mailbox);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    mock_stop(&m);
+}
+
+/* librdkafka keeps a partition paused across a revoke and a new assign. A consumer
+ * that held max_inflight deliveries (paused) when the broker went away for longer
+ * than the session, and handled them after its partitions were revoked, must fetch
+ * again once they are assigned back (the old code resumed an empty assignment and
+ * stayed paused for good). */
+static void test_paused_consumer_fetches_after_reassign(void)
+{
+    uv_loop_t loop;
+    mock_t m;
+    consumer_t c = {0};
+    tms_event_bus_t *bus;
+    char err[256], payload[16];
+    bool seen[10] = {false};
+    int distinct = 0;
+    uv_loop_init(&loop);
+    mock_start(&m);
+    rd_kafka_mock_topic_create(m.mc, "t7", 1, 1);
+    kafka = tms_kafka_bus_new(
+        &loop,
+        &(tms_kafka_options_t){
+            .brokers = m.brokers, .retry_ms = 20, .publish_timeout_ms = 2000, .max_inflight = 4},
+        err, sizeof(err));
+    CHECK(kafka != NULL);
+    bus = tms_kafka_bus_port(kafka);
+    for (int i = 0; i < 10; i++) {
+        snprintf(payload, sizeof(payload), "e%d", i);
+        publish_ok(&loop, bus, "t7", "k", payload);
+    }
+    c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
+    CHECK_EQ_INT(bus->subscribe(bus, "t7", "g7", c.mailbox), 0);
+    CHECK(spin_until(&loop, &c.n, 4, 15000));
+    {
+        int zero = 0;
+        spin_until(&loop, &zero, 1, 300);
+    }
+    CHECK_EQ_INT(c.n, 4); /* paused at max_inflight */
+    rd_kafka_mock_broker_set_down(m.mc, 1);
+    for (int i = 0; i < 300; i++) {
+        int zero = 0;
+        if (counter("tms_kafka_partitions_revoked_total", "topic=\"t7\",group=\"g7\"") >= 1)
+            break;
+        spin_until(&loop, &zero, 1, 100);
+    }
+    CHECK(counter("tms_kafka_partitions_revoked_total", "topic=\"t7\",group=\"g7\"") >= 1);
+    for (int i = 0; i < 4; i++) /* handled after the revoke */
+        bus->ack(bus, &c.held[i], tms_ack_ok());
+    rd_kafka_mock_broker_set_up(m.mc, 1);
+    /* Assigned again: every event comes (again), from the committed offset. */
+    for (int next = 4, round = 0; round < 300 && distinct < 10; round++) {
+        spin_until(&loop, &c.n, next + 1, 100);
+        for (; next < c.n && next < MAX_HELD; next++) {
+            int i = atoi(c.held[next]->payload + 1);
+            if (i >= 0 && i < 10 && !seen[i]) {
+                seen[i] = true;
+                distinct++;
+            }
+            bus->ack(bus, &c.held[next], tms_ack_ok());
+        }
+    }
+    CHECK_EQ_INT(distinct, 10);
+    bus_finish(&loop, &bus);
+    tms_mailbox_free(&c.mailbox);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    mock_stop(&m);
+}
+
 int main(void)
 {
     RUN_TEST(test_publish_consume_ack);
@@ -360,6 +509,8 @@ int main(void)
     RUN_TEST(test_unacked_event_goes_to_next_consumer);
     RUN_TEST(test_pause_resume_loses_nothing);
     RUN_TEST(test_publish_fails_while_broker_down);
+    RUN_TEST(test_transient_pauses_without_attempts);
+    RUN_TEST(test_paused_consumer_fetches_after_reassign);
     tms_metrics_reset();
     TEST_EXIT();
 }

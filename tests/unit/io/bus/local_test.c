@@ -1,6 +1,9 @@
 /* In-process bus: a copy per consumer group, done only after every ack, nack and
  * refusal fail the publish, no-subscriber publishes complete asynchronously, order
- * per subscriber, and freeing with deliveries outstanding leaks nothing. */
+ * per subscriber, and freeing with deliveries outstanding leaks nothing. Failures
+ * (core/event_bus.h): a transient one pauses the subscription (its copies are
+ * refused, uncounted as attempts, until a probe is handled); a permanent one is
+ * redelivered with its attempt number and dead-lettered at dlq_after. */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,11 +50,18 @@ static void consumer_init(consumer_t *c, uv_loop_t *loop, const char *name, size
     c->mailbox = tms_mailbox_new(loop, name, cap, on_delivery, c);
 }
 
-/* Acknowledge the i-th held delivery. */
-static void ack_at(tms_event_bus_t *bus, consumer_t *c, int i, int ok)
+#define OK 1
+#define TRANSIENT 0
+#define PERMANENT 2
+
+/* Acknowledge the i-th held delivery: OK, TRANSIENT or PERMANENT. */
+static void ack_at(tms_event_bus_t *bus, consumer_t *c, int i, int how)
 {
     tms_delivery_t *d = c->held[i];
-    bus->ack(bus, &d, ok);
+    bus->ack(bus, &d,
+             how == OK          ? tms_ack_ok()
+             : how == TRANSIENT ? tms_ack_transient("smtp", "circuit open", 0)
+                                : tms_ack_permanent("bad"));
     CHECK(d == NULL);
     c->held[i] = NULL;
 }
@@ -78,6 +88,26 @@ static void close_bus(uv_loop_t *loop, tms_event_bus_t **bus)
     while (!closed && uv_run(loop, UV_RUN_ONCE))
         ;
     CHECK_EQ_INT(closed, 1);
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Run the loop for about ms (timers included). */
+static void wait_ms(uv_loop_t *loop, uint64_t ms)
+{
+    uv_timer_t t;
+    uint64_t end;
+    uv_update_time(loop);
+    end = uv_now(loop) + ms;
+    uv_timer_init(loop, &t);
+    uv_timer_start(&t, on_tick, 5, 5);
+    while (uv_now(loop) < end)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT);
 }
 
 static void finish(uv_loop_t *loop, tms_event_bus_t **bus, consumer_t *cs, int ncs)
@@ -170,13 +200,13 @@ static void test_nack(void)
     CHECK_EQ_INT(bus->publish(bus, "notifications", "7", "{}", 2, on_done, &r), 0);
     spin(&loop);
     CHECK_EQ_INT(cs[0].n + cs[1].n, 2);
-    ack_at(bus, &cs[0], 0, 0);
+    ack_at(bus, &cs[0], 0, TRANSIENT);
     spin(&loop);
     CHECK_EQ_INT(r.calls, 0); /* b still holds its copy */
     ack_at(bus, &cs[1], 0, 1);
     spin(&loop);
     CHECK_EQ_INT(r.calls, 1);
-    CHECK_EQ_INT(r.status, -TMS_EIO);
+    CHECK_EQ_INT(r.status, -TMS_EAGAIN); /* the relay keeps the event and tries again */
     CHECK_EQ_INT(counter("tms_bus_nacked_total", "topic=\"notifications\",group=\"a\"") - nack0, 1);
     finish(&loop, &bus, cs, 2);
 }
@@ -342,15 +372,118 @@ static void test_dropped_and_outstanding(void)
     CHECK_EQ_INT(r2.calls, 1);
     CHECK_EQ_INT(r2.status, 0);
     CHECK_EQ_INT(closed, 0);
-    ack_at(bus, &cs[0], 1, 0);
+    ack_at(bus, &cs[0], 1, PERMANENT); /* no redelivery once closing */
     for (int i = 0; i < 20 && !closed; i++)
         spin(&loop);
     CHECK_EQ_INT(r3.calls, 1);
-    CHECK_EQ_INT(r3.status, -TMS_EIO);
+    CHECK_EQ_INT(r3.status, -TMS_ECLOSED);
     CHECK_EQ_INT(closed, 1);
     tms_mailbox_free(&cs[0].mailbox);
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+/* A transient failure pauses the subscription: what is published meanwhile never
+ * reaches the consumer (refused: the relay keeps it), until the probe is due; a
+ * failed probe waits longer (at least retry_after_ms), a handled one resumes. No
+ * delivery counts as an attempt. */
+static void test_transient_pauses_until_a_probe_is_handled(void)
+{
+    uv_loop_t loop;
+    consumer_t c;
+    result_t r[8] = {{0}};
+    uv_loop_init(&loop);
+    tms_event_bus_t *bus =
+        tms_local_bus_new_with(&loop, &(tms_local_bus_options_t){.dlq_after = 2, .retry_ms = 20});
+    consumer_init(&c, &loop, "n", 8);
+    bus->subscribe(bus, "notifications", "n", c.mailbox);
+    uint64_t held0 = counter("tms_bus_held_back_total", "topic=\"notifications\",group=\"n\"");
+    uint64_t dead0 = counter("tms_bus_dead_lettered_total", "topic=\"notifications\",group=\"n\"");
+
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "1", "{}", 2, on_done, &r[0]), 0);
+    spin(&loop);
+    CHECK_EQ_INT(c.n, 1);
+    ack_at(bus, &c, 0, TRANSIENT); /* paused; first probe after retry_ms */
+    spin(&loop);
+    CHECK_EQ_INT(r[0].status, -TMS_EAGAIN);
+    for (int i = 1; i <= 3; i++) /* dlq_after is 2: none of these may count */
+        CHECK_EQ_INT(bus->publish(bus, "notifications", "2", "{}", 2, on_done, &r[i]), 0);
+    spin(&loop);
+    CHECK_EQ_INT(c.n, 1); /* not delivered */
+    CHECK_EQ_INT(r[3].calls, 1);
+    CHECK_EQ_INT(r[3].status, -TMS_EAGAIN);
+    CHECK_EQ_INT(counter("tms_bus_held_back_total", "topic=\"notifications\",group=\"n\"") - held0,
+                 3);
+
+    wait_ms(&loop, 40); /* the probe is due: the next copy goes out */
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "3", "{}", 2, on_done, &r[4]), 0);
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "4", "{}", 2, on_done, &r[5]), 0);
+    spin(&loop);
+    CHECK_EQ_INT(c.n, 2); /* the probe only */
+    CHECK_EQ_INT(c.held[1]->attempt, 1);
+    CHECK_EQ_INT(r[5].status, -TMS_EAGAIN);
+    /* The probe fails too, with a cool-down of 300 ms to wait. */
+    tms_delivery_t *d = c.held[1];
+    c.held[1] = NULL;
+    bus->ack(bus, &d, tms_ack_transient("smtp", "circuit open", 300));
+    wait_ms(&loop, 100);
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "5", "{}", 2, on_done, &r[6]), 0);
+    spin(&loop);
+    CHECK_EQ_INT(c.n, 2); /* still within the cool-down */
+    wait_ms(&loop, 250);
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "6", "{}", 2, on_done, &r[7]), 0);
+    spin(&loop);
+    CHECK_EQ_INT(c.n, 3);   /* probe */
+    ack_at(bus, &c, 2, OK); /* handled: resumed */
+    spin(&loop);
+    CHECK_EQ_INT(r[7].status, 0);
+    result_t after = {0};
+    CHECK_EQ_INT(bus->publish(bus, "notifications", "7", "{}", 2, on_done, &after), 0);
+    spin(&loop);
+    CHECK_EQ_INT(c.n, 4);
+    CHECK_EQ_INT(c.held[3]->attempt, 1);
+    ack_at(bus, &c, 3, OK);
+    spin(&loop);
+    CHECK_EQ_INT(after.status, 0);
+    CHECK_EQ_INT(
+        counter("tms_bus_dead_lettered_total", "topic=\"notifications\",group=\"n\"") - dead0, 0);
+    finish(&loop, &bus, &c, 1);
+}
+
+/* A permanent failure is redelivered by the bus with the next attempt number (the
+ * publish stays open), and after dlq_after attempts dead-lettered: counted, and done
+ * as handled so the relay does not publish it again. */
+static void test_permanent_redelivered_then_dead_lettered(void)
+{
+    uv_loop_t loop;
+    consumer_t c;
+    result_t r = {0};
+    uv_loop_init(&loop);
+    tms_event_bus_t *bus =
+        tms_local_bus_new_with(&loop, &(tms_local_bus_options_t){.dlq_after = 3, .retry_ms = 10});
+    consumer_init(&c, &loop, "p", 8);
+    bus->subscribe(bus, "user_deleted", "p", c.mailbox);
+    uint64_t dead0 = counter("tms_bus_dead_lettered_total", "topic=\"user_deleted\",group=\"p\"");
+    CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u", "not json", 8, on_done, &r), 0);
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        for (int i = 0; i < 100 && c.n < attempt; i++)
+            wait_ms(&loop, 5);
+        CHECK_EQ_INT(c.n, attempt);
+        if (c.n != attempt)
+            break;
+        CHECK_EQ_INT(c.held[attempt - 1]->attempt, attempt);
+        CHECK_EQ_STR(c.held[attempt - 1]->payload, "not json");
+        CHECK_EQ_INT(r.calls, 0); /* open while it is retried */
+        ack_at(bus, &c, attempt - 1, PERMANENT);
+    }
+    spin(&loop);
+    CHECK_EQ_INT(r.calls, 1);
+    CHECK_EQ_INT(r.status, 0);
+    CHECK_EQ_INT(
+        counter("tms_bus_dead_lettered_total", "topic=\"user_deleted\",group=\"p\"") - dead0, 1);
+    wait_ms(&loop, 50);
+    CHECK_EQ_INT(c.n, 3); /* never again */
+    finish(&loop, &bus, &c, 1);
 }
 
 int main(void)
@@ -362,5 +495,7 @@ int main(void)
     RUN_TEST(test_order_per_subscriber);
     RUN_TEST(test_publish_from_done);
     RUN_TEST(test_dropped_and_outstanding);
+    RUN_TEST(test_transient_pauses_until_a_probe_is_handled);
+    RUN_TEST(test_permanent_redelivered_then_dead_lettered);
     TEST_EXIT();
 }
