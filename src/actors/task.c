@@ -25,6 +25,7 @@ struct tms_task_actor {
     uv_loop_t *loop;
     tms_mailbox_t *mailbox;
     tms_task_config_t cfg;
+    tms_task_reader_t *reader; /* the store's reader on this loop; NULL: none */
     size_t inflight;
     tms_stopper_t stop;
     tms_counter_t *saga_unassigned, *saga_compensated, *saga_failed;
@@ -691,8 +692,15 @@ static bool abandoned(job_t *job, tms_task_op_t **op)
 
 static void submit(job_t *job, tms_task_op_t *op)
 {
+    tms_task_reader_t *reader = job->a->reader;
     if (abandoned(job, &op))
         return;
+    /* A read the store's reader answers now: no queue, no thread hop. */
+    if (reader && (op->msg.op == TMS_TASK_GET || op->msg.op == TMS_TASK_LIST) &&
+        reader->read(reader, op) == 0) {
+        on_store_reply(&op->msg);
+        return;
+    }
     if (tms_task_store_submit(job->a->cfg.tasks, &op) == 0)
         return;
     tms_task_op_free(&op);
@@ -807,6 +815,8 @@ tms_task_actor_t *tms_task_start(uv_loop_t *loop, const tms_task_config_t *cfg)
     a->saga_failed =
         tms_metrics_counter("tms_saga_total", "delete-user saga outcomes", "outcome=\"failed\"");
     tms_mailbox_export_depth(a->mailbox);
+    if (cfg->tasks && cfg->tasks->reader_open)
+        a->reader = cfg->tasks->reader_open(cfg->tasks);
     if (cfg->bus && cfg->bus->subscribe(cfg->bus, TMS_TOPIC_USER_DELETED, CONSUMER, a->mailbox))
         tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_USER_DELETED, CONSUMER);
     return a;
@@ -829,5 +839,7 @@ void tms_task_free(tms_task_actor_t **pa)
         return;
     *pa = NULL;
     tms_mailbox_free(&a->mailbox);
+    if (a->reader)
+        a->reader->close(a->reader);
     free(a);
 }

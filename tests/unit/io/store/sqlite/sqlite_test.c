@@ -243,6 +243,75 @@ static void test_ids_not_reused(void)
     remove_db();
 }
 
+/* A GET or LIST through the reader (on the caller's thread); the op (caller frees). */
+static tms_task_op_t *read_now(tms_task_reader_t *r, int kind, int64_t id)
+{
+    tms_task_op_t *op = tms_task_op_new(kind, NULL);
+    op->id = id;
+    op->limit = 10;
+    CHECK_EQ_INT(r->read(r, op), 0);
+    return op;
+}
+
+/* The reader answers on the calling thread and sees every write whose reply came back
+ * before (issue 19: read-your-writes with reads off the owner thread). */
+static void test_reader_sees_acknowledged_writes(void)
+{
+    tms_sqlite_t *db = open_db(8);
+    tms_task_store_t *tasks;
+    tms_task_reader_t *r;
+    tms_task_op_t *op;
+    int64_t id;
+    if (!db)
+        return;
+    tasks = tms_sqlite_task_store(db);
+    r = tasks->reader_open(tasks);
+    CHECK(r != NULL);
+    if (!r) {
+        close_db(&db);
+        return;
+    }
+    op = read_now(r, TMS_TASK_LIST, 0);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK_EQ_INT((int)op->ntasks, 0);
+    tms_task_op_free(&op);
+    for (int i = 0; i < 20; i++) {
+        op = run_task(db, TMS_TASK_CREATE, 0);
+        id = op->task.id;
+        tms_task_op_free(&op);
+        op = read_now(r, TMS_TASK_GET, id);
+        CHECK_EQ_INT(op->err.code, TMS_OK);
+        CHECK(op->task.id == id && op->task.version == 1);
+        CHECK_EQ_STR(op->task.title, "t");
+        tms_task_op_free(&op);
+        op = read_now(r, TMS_TASK_LIST, 0);
+        CHECK_EQ_INT((int)op->ntasks, i < 10 ? i + 1 : 10);
+        CHECK(op->has_more == (i >= 10));
+        tms_task_op_free(&op);
+        op = run_task(db, TMS_TASK_DELETE, id);
+        CHECK_EQ_INT(op->err.code, TMS_OK);
+        tms_task_op_free(&op);
+        op = read_now(r, TMS_TASK_GET, id);
+        CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
+        CHECK_EQ_INT(op->reason, TMS_TASK_NO_SUCH_TASK);
+        tms_task_op_free(&op);
+        op = run_task(db, TMS_TASK_CREATE, 0); /* kept: the list grows */
+        tms_task_op_free(&op);
+    }
+    /* Writes only go to the owner thread: the reader refuses them. */
+    op = tms_task_op_new(TMS_TASK_DELETE, NULL);
+    op->id = 1;
+    CHECK_EQ_INT(r->read(r, op), -TMS_EINVAL);
+    tms_task_op_free(&op);
+    close_db(&db);
+    /* The reader may outlive the store's ports: it has its own connection. */
+    op = read_now(r, TMS_TASK_LIST, 0);
+    CHECK_EQ_INT((int)op->ntasks, 10);
+    tms_task_op_free(&op);
+    r->close(r);
+    remove_db();
+}
+
 static void test_migrations_idempotent(void)
 {
     char err[256] = "";
@@ -371,6 +440,7 @@ int main(void)
 
     RUN_TEST(test_constraints);
     RUN_TEST(test_ids_not_reused);
+    RUN_TEST(test_reader_sees_acknowledged_writes);
     RUN_TEST(test_migrations_idempotent);
     RUN_TEST(test_future_version_refused);
     RUN_TEST(test_open_fails);
