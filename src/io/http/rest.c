@@ -10,6 +10,7 @@
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/clock.h"
+#include "core/jsonw.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/text.h"
@@ -69,18 +70,71 @@ static json_t *user_json(const tms_user_t *u)
                      "createdAt", tms_format_time(u->created_at_ms, ts, sizeof(ts)));
 }
 
-static json_t *task_json(const tms_task_t *t)
+/* Bytes put_task may write for t. */
+static size_t task_bound(const tms_task_t *t)
 {
-    char id[24], created[32], updated[32];
-    snprintf(id, sizeof(id), "%lld", (long long)t->id);
-    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:I}", "id", id, "title",
-                     t->title ? t->title : "", "description", t->description ? t->description : "",
-                     "status", t->status, "assignedTo",
-                     t->assigned_to[0] ? json_string(t->assigned_to) : json_null(), "createdBy",
-                     t->created_by, "createdAt",
-                     tms_format_time(t->created_at_ms, created, sizeof(created)), "updatedAt",
-                     tms_format_time(t->updated_at_ms, updated, sizeof(updated)), "version",
-                     (json_int_t)t->version);
+    return 160 + 2 * 25 + TMS_JSONW_INT_MAX * 2 +
+           tms_jsonw_string_bound(t->title ? strlen(t->title) : 0) +
+           tms_jsonw_string_bound(t->description ? strlen(t->description) : 0) +
+           tms_jsonw_string_bound(sizeof(t->status)) +
+           tms_jsonw_string_bound(sizeof(t->assigned_to)) +
+           tms_jsonw_string_bound(sizeof(t->created_by));
+}
+
+/* API.md's task, written straight into p (issue 19: no document tree). */
+static char *put_task(char *p, const tms_task_t *t)
+{
+    char ts[32];
+    p = tms_jsonw_lit(p, "{\"id\":\"");
+    p = tms_jsonw_int(p, t->id);
+    p = tms_jsonw_lit(p, "\",\"title\":");
+    p = tms_jsonw_string(p, t->title ? t->title : "", t->title ? strlen(t->title) : 0);
+    p = tms_jsonw_lit(p, ",\"description\":");
+    p = tms_jsonw_string(p, t->description ? t->description : "",
+                         t->description ? strlen(t->description) : 0);
+    p = tms_jsonw_lit(p, ",\"status\":");
+    p = tms_jsonw_string_or_null(p, t->status);
+    p = tms_jsonw_lit(p, ",\"assignedTo\":");
+    p = tms_jsonw_string_or_null(p, t->assigned_to[0] ? t->assigned_to : NULL);
+    p = tms_jsonw_lit(p, ",\"createdBy\":");
+    p = tms_jsonw_string_or_null(p, t->created_by);
+    p = tms_jsonw_lit(p, ",\"createdAt\":");
+    p = tms_jsonw_string_or_null(p, tms_format_time(t->created_at_ms, ts, sizeof(ts)));
+    p = tms_jsonw_lit(p, ",\"updatedAt\":");
+    p = tms_jsonw_string_or_null(p, tms_format_time(t->updated_at_ms, ts, sizeof(ts)));
+    p = tms_jsonw_lit(p, ",\"version\":");
+    p = tms_jsonw_int(p, t->version);
+    *p++ = '}';
+    return p;
+}
+
+/* A task or a page of tasks, written into the call's arena (no allocation of its own)
+ * and answered. */
+static void respond_tasks(tms_http_request_t *req, tms_api_call_t *call, int status,
+                          const tms_http_header_t *headers, size_t nheaders, bool list)
+{
+    size_t cap = 64, n = list ? call->ntasks : 1;
+    const tms_task_t *tasks = list ? call->tasks : &call->task;
+    char *body, *p;
+    for (size_t i = 0; i < n; i++)
+        cap += task_bound(&tasks[i]) + 1;
+    if (list && call->next_cursor)
+        cap += tms_jsonw_string_bound(strlen(call->next_cursor));
+    p = body = tms_arena_alloc(&call->arena, cap);
+    if (!list) {
+        p = put_task(p, &call->task);
+    } else {
+        p = tms_jsonw_lit(p, "{\"tasks\":[");
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                *p++ = ',';
+            p = put_task(p, &tasks[i]);
+        }
+        p = tms_jsonw_lit(p, "],\"nextCursor\":");
+        p = tms_jsonw_string_or_null(p, call->next_cursor);
+        *p++ = '}';
+    }
+    tms_http_respond(req, status, headers, nheaders, "application/json", body, (size_t)(p - body));
 }
 
 /* Renders a finished call: errors per API.md's table, results per the shape of the
@@ -125,20 +179,20 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
     case TMS_RESULT_DONE:
         body = json_pack("{s:b}", "success", 1);
         break;
-    case TMS_RESULT_TASK:
+    case TMS_RESULT_TASK: {
         /* A replayed create answers exactly as the first request did. */
-        snprintf(etag, sizeof(etag), "\"%lld\"", (long long)call->task.version);
+        char *e = etag;
+        *e++ = '"';
+        e = tms_jsonw_int(e, call->task.version);
+        *e++ = '"';
+        *e = '\0';
         h[nh++] = (tms_http_header_t){"ETag", etag};
-        body = task_json(&call->task);
-        break;
-    case TMS_RESULT_TASKS: {
-        json_t *arr = json_array();
-        for (size_t i = 0; i < call->ntasks; i++)
-            json_array_append_new(arr, task_json(&call->tasks[i]));
-        body = json_pack("{s:o, s:o}", "tasks", arr, "nextCursor",
-                         call->next_cursor ? json_string(call->next_cursor) : json_null());
-        break;
+        respond_tasks(req, call, op->rest_status, h, nh, false);
+        return;
     }
+    case TMS_RESULT_TASKS:
+        respond_tasks(req, call, op->rest_status, h, nh, true);
+        return;
     case TMS_RESULT_DELETED:
         body = json_pack("{s:s}", "message", "Task deleted");
         break;
