@@ -816,7 +816,7 @@ tms_task_actor_t *tms_task_start(uv_loop_t *loop, const tms_task_config_t *cfg)
         tms_metrics_counter("tms_saga_total", "delete-user saga outcomes", "outcome=\"failed\"");
     tms_mailbox_export_depth(a->mailbox);
     if (cfg->tasks && cfg->tasks->reader_open)
-        a->reader = cfg->tasks->reader_open(cfg->tasks);
+        a->reader = cfg->tasks->reader_open(cfg->tasks, loop);
     if (cfg->bus && cfg->bus->subscribe(cfg->bus, TMS_TOPIC_USER_DELETED, CONSUMER, a->mailbox))
         tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_USER_DELETED, CONSUMER);
     return a;

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "core/arena.h"
 #include "core/mailbox.h"
@@ -119,7 +120,8 @@ void tms_task_op_free(tms_task_op_t **op);
  * thread hop, when the backend can do so without waiting on I/O (SQLite: a read-only
  * connection of its own, with the database file mapped). It sees every write whose
  * reply was delivered before the read starts (read-your-writes). One thread uses it:
- * the one that opened it. */
+ * the one running the loop it was opened on; close it there, and run that loop once
+ * more (it may close a handle). */
 typedef struct tms_task_reader tms_task_reader_t;
 struct tms_task_reader {
     /** Run a TMS_TASK_GET or TMS_TASK_LIST op now and fill its outputs (err, task,
@@ -144,7 +146,7 @@ struct tms_task_store {
     /** Optional (NULL: the backend has none): a reader for the calling thread, or NULL
      * when it cannot open one (the caller then submits every op). The reader may
      * outlive the port. */
-    tms_task_reader_t *(*reader_open)(tms_task_store_t *self);
+    tms_task_reader_t *(*reader_open)(tms_task_store_t *self, uv_loop_t *loop);
 };
 
 static inline int tms_task_store_submit(tms_task_store_t *s, tms_task_op_t **op)

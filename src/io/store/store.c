@@ -253,10 +253,10 @@ static void outbox_close(tms_outbox_t *self, tms_port_closed_fn cb, void *ctx)
     close_port(OF(outbox, self), TMS_STORE_OUTBOX, cb, ctx);
 }
 
-static tms_task_reader_t *tasks_reader_open(tms_task_store_t *self)
+static tms_task_reader_t *tasks_reader_open(tms_task_store_t *self, uv_loop_t *loop)
 {
     tms_store_t *st = OF(tasks, self);
-    return st->backend->task_reader_open ? st->backend->task_reader_open(st) : NULL;
+    return st->backend->task_reader_open ? st->backend->task_reader_open(st, loop) : NULL;
 }
 
 tms_user_store_t *tms_store_users(tms_store_t *st)
