@@ -537,6 +537,27 @@ static void conn_write(conn_t *c, const char *data, size_t len, bool final, bool
         wr->heap = out;
         b = uv_buf_init(out ? out : wr->data, (unsigned)out_len);
     } else {
+        if (final && !close_after && c->in_len == 0 && !c->peer_eof) {
+            /* The common case, a response that ends a request with nothing pipelined
+             * after it: try to send it at once. All sent, the connection is idle
+             * again as on_write would make it, with no write request: no copy, no
+             * allocation, and no epoll_ctl (libuv re-arms the socket's interest after
+             * every queued write). uv_try_write refuses while writes are queued. */
+            int n = uv_try_write((uv_stream_t *)&c->tcp,
+                                 &(uv_buf_t){.base = (char *)data, .len = len}, 1);
+            if (n == (int)len) {
+                c->phase = PH_IDLE;
+                timer_restart(c, c->srv->limits.idle_timeout_ms, on_conn_timeout);
+                return;
+            }
+            if (n > 0) {
+                data += n;
+                len -= (size_t)n;
+            } else if (n != UV_EAGAIN) {
+                conn_close(c);
+                return;
+            }
+        }
         wr = tms_malloc(sizeof *wr + len);
         wr->heap = NULL;
         memcpy(wr->data, data, len);
