@@ -19,6 +19,7 @@
 #include "core/password.h"
 #include "core/ratelimit.h"
 #include "core/status.h"
+#include "core/text.h"
 #include "core/token_cache.h"
 #include "core/user_cache.h"
 
@@ -502,9 +503,9 @@ bool tms_auth_authenticate_now(tms_auth_t *auth, tms_api_call_t *call)
         return false;
     sodium_memzero(user.password_hash, sizeof(user.password_hash));
     call->principal.authenticated = true;
-    snprintf(call->principal.user_id, sizeof(call->principal.user_id), "%s", user.id);
-    snprintf(call->principal.role, sizeof(call->principal.role), "%s", user.role);
-    snprintf(call->principal.email, sizeof(call->principal.email), "%s", user.email);
+    tms_text_copy(call->principal.user_id, sizeof(call->principal.user_id), user.id);
+    tms_text_copy(call->principal.role, sizeof(call->principal.role), user.role);
+    tms_text_copy(call->principal.email, sizeof(call->principal.email), user.email);
     call->user = user;
     return true;
 }

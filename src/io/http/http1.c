@@ -21,6 +21,7 @@
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/text.h"
 #include "io/http/listen.h"
 
 #define READ_CHUNK 65536
@@ -377,7 +378,7 @@ static hreq_t *req_new(conn_t *c)
     r->pub.route = "unmatched";
     r->pub.query = "";
     r->pub.body = "";
-    snprintf(r->pub.client_addr, sizeof r->pub.client_addr, "%s", c->client_addr);
+    tms_text_copy(r->pub.client_addr, sizeof r->pub.client_addr, c->client_addr);
     return r;
 }
 
@@ -418,10 +419,13 @@ static void req_finish_head(tms_http_server_t *s, hreq_t *r)
     r->pub.nheaders = r->nh;
     rid = tms_http_header_get(&r->pub, "X-Request-Id");
     if (rid && request_id_sane(rid)) {
-        snprintf(r->pub.request_id, sizeof r->pub.request_id, "%s", rid);
-    } else {
-        snprintf(r->pub.request_id, sizeof r->pub.request_id, "%016llx%016llx",
-                 (unsigned long long)rng_next(s), (unsigned long long)rng_next(s));
+        tms_text_copy(r->pub.request_id, sizeof r->pub.request_id, rid);
+    } else { /* 32 hex digits, as "%016llx%016llx" without printf */
+        static const char hex[] = "0123456789abcdef";
+        uint64_t v[2] = {rng_next(s), rng_next(s)};
+        for (int i = 0; i < 32; i++)
+            r->pub.request_id[i] = hex[(v[i / 16] >> (60 - 4 * (i % 16))) & 15];
+        r->pub.request_id[32] = '\0';
     }
     r->pub.start_ns = uv_hrtime();
 }

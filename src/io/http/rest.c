@@ -247,8 +247,8 @@ static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t 
     p->rest = rest;
     p->req = req;
     p->call = call;
-    snprintf(call->request_id, sizeof(call->request_id), "%s", req->request_id);
-    snprintf(call->client_addr, sizeof(call->client_addr), "%s", req->client_addr);
+    tms_text_copy(call->request_id, sizeof(call->request_id), req->request_id);
+    tms_text_copy(call->client_addr, sizeof(call->client_addr), req->client_addr);
     call->deadline_ms = uv_now(rest->loop) + rest->cfg.call_timeout_ms;
     msg->kind = TMS_MSG_REQUEST;
     msg->reply_to = rest->replies;
@@ -492,11 +492,16 @@ static int parse_if_match(tms_http_request_t *req, tms_api_call_t *call)
 static int match_path(const char *pattern, const char *path, size_t path_len, char *id,
                       size_t id_size)
 {
-    const char *colon = strstr(pattern, ":id");
-    if (!colon)
-        return strlen(pattern) == path_len && strncmp(pattern, path, path_len) == 0 ? 2 : 0;
-    size_t prefix = (size_t)(colon - pattern);
-    if (path_len <= prefix || strncmp(pattern, path, prefix) != 0)
+    size_t prefix = 0;
+    /* One pass over the pattern (this runs for every route of every request). */
+    while (pattern[prefix] && pattern[prefix] != ':') {
+        if (prefix >= path_len || pattern[prefix] != path[prefix])
+            return 0;
+        prefix++;
+    }
+    if (!pattern[prefix])
+        return prefix == path_len ? 2 : 0;
+    if (strcmp(pattern + prefix, ":id") != 0 || path_len <= prefix)
         return 0;
     const char *seg = path + prefix;
     size_t seg_len = path_len - prefix;
@@ -821,8 +826,6 @@ void tms_rest_handle(void *ctx, tms_http_request_t *req)
             if (!best || rank != best)
                 continue;
             route = ops[i].rest_route;
-            snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s",
-                     allow[0] ? ", " : "", ops[i].rest_method);
             if (!op && strcmp(ops[i].rest_method, req->method) == 0) {
                 op = &ops[i];
                 op_match = m;
@@ -846,7 +849,17 @@ void tms_rest_handle(void *ctx, tms_http_request_t *req)
         return;
     }
     if (route) {
+        /* 405: the methods of the routes that matched best (only now: this is rare). */
         tms_http_header_t h = {"Allow", allow};
+        for (size_t i = 0; i < nops; i++) {
+            int m;
+            if (!ops[i].rest_method)
+                continue;
+            m = match_path(ops[i].rest_route, path, len, scratch, sizeof(scratch));
+            if ((m < 0 ? 1 : m) == best)
+                snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s",
+                         allow[0] ? ", " : "", ops[i].rest_method);
+        }
         req->route = route;
         tms_http_respond_error_status(req, 405, TMS_UNIMPLEMENTED,
                                       "no route for this method and path", &h, 1);
