@@ -32,6 +32,15 @@ ROLES = ("auth", "task", "notifier", "gateway")  # start order: callees first
 PORT_TAKEN = "address already in use"
 
 
+def tms_env(extra=None):
+    """The environment for a tms process: this one's without its TMS_* variables (the
+    test harness's own, TMS_BIN, TMS_TEST_*, which tms would report as unknown
+    settings), plus extra (the settings or fault hooks a caller means to give)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TMS_")}
+    env.update(extra or {})
+    return env
+
+
 def free_port():
     """A port that was free a moment ago (bind to 0, read it, release it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -135,8 +144,7 @@ class RoleProcess(LoggedProcess):
         self._starts += 1
         self.log_path = self.dep.workdir / f"{self.name}-{self._starts}.log"
         self._log_file = open(self.log_path, "wb")
-        env = dict(os.environ)
-        env.update(self.dep.env)
+        env = tms_env(self.dep.env)
         self.proc = subprocess.Popen(self.command(), stdout=self._log_file,
                                      stderr=self._log_file, stdin=subprocess.DEVNULL, env=env)
 

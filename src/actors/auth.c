@@ -23,9 +23,8 @@
 #include "core/token_cache.h"
 #include "core/user_cache.h"
 
-#define PASSWORD_MIN 8
-#define PASSWORD_MAX 256
-#define EMAIL_MIN 3
+#define PASSWORD_MIN TMS_PASSWORD_MIN
+#define PASSWORD_MAX TMS_PASSWORD_MAX
 
 struct tms_auth {
     uv_loop_t *loop;
@@ -52,6 +51,8 @@ struct tms_auth {
     size_t hash_per_address;
     unsigned ipv6_prefix;
     tms_counter_t *hash_refused;
+    int registration;        /* TMS_REGISTRATION_* */
+    bool login_keeps_others; /* a login does not bump the token version */
 };
 
 /* A hashing job: runs on the hash pool with its own copies of the inputs. */
@@ -245,41 +246,6 @@ static void hash_submit(tms_auth_t *auth, tms_api_call_t *call, int verify, cons
 
 /* ---- validation ------------------------------------------------------- */
 
-/* Trims and lower-cases the email in place; API.md: 3..254 chars, one '@'. */
-static int normalize_email(char *email, const char **why)
-{
-    size_t len, start = 0, at = 0, ats = 0;
-    len = strlen(email);
-    while (start < len && isspace((unsigned char)email[start]))
-        start++;
-    while (len > start && isspace((unsigned char)email[len - 1]))
-        len--;
-    memmove(email, email + start, len - start);
-    len -= start;
-    email[len] = '\0';
-    if (len < EMAIL_MIN || len > TMS_EMAIL_MAX) {
-        *why = "email must be 3 to 254 characters";
-        return -1;
-    }
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)email[i];
-        if (c <= 0x20 || c == 0x7f) {
-            *why = "email must not contain spaces or control characters";
-            return -1;
-        }
-        if (c == '@') {
-            ats++;
-            at = i;
-        }
-        email[i] = (char)tolower(c);
-    }
-    if (ats != 1 || at == 0 || at == len - 1) {
-        *why = "email must contain exactly one @ between a name and a domain";
-        return -1;
-    }
-    return 0;
-}
-
 static int check_credentials(tms_auth_t *auth, tms_api_call_t *call)
 {
     const char *why = NULL;
@@ -288,7 +254,7 @@ static int check_credentials(tms_auth_t *auth, tms_api_call_t *call)
         fail(auth, call, TMS_INVALID_ARGUMENT, "email and password are required");
         return -1;
     }
-    if (normalize_email(call->email, &why) != 0) {
+    if (tms_email_normalize(call->email, &why) != 0) {
         fail(auth, call, TMS_INVALID_ARGUMENT, "%s", why);
         return -1;
     }
@@ -328,6 +294,12 @@ static void register_created(tms_auth_t *auth, tms_api_call_t *call, tms_user_op
         return;
     call->user = op->user;
     tms_counter_add(auth->registrations, 1);
+    if (call->op == TMS_API_USER_CREATE) { /* an admin made it: no token for the admin */
+        tms_log_info("user_registered", "user=%s by=%s", call->user.id, call->principal.user_id);
+        memset(call->user.password_hash, 0, sizeof(call->user.password_hash));
+        finish(auth, call);
+        return;
+    }
     tms_log_info("user_registered", "user=%s", call->user.id);
     issue_token(auth, call);
 }
@@ -358,6 +330,24 @@ static void register_hashed(tms_msg_t *msg)
 
 static void do_register(tms_auth_t *auth, tms_api_call_t *call)
 {
+    if (call->op == TMS_API_REGISTER && auth->registration != TMS_REGISTRATION_OPEN) {
+        fail(auth, call, TMS_PERMISSION_DENIED,
+             auth->registration == TMS_REGISTRATION_ADMIN
+                 ? "registration is closed: an admin creates accounts (POST /api/auth/users)"
+                 : "registration is closed: ask the operator for an account");
+        return;
+    }
+    if (call->op == TMS_API_USER_CREATE) {
+        if (!tms_op_permits(tms_op_get(call->op), &call->principal, NULL)) {
+            fail(auth, call, TMS_PERMISSION_DENIED, "only an admin may create users");
+            return;
+        }
+        if (auth->registration == TMS_REGISTRATION_CLOSED) {
+            fail(auth, call, TMS_PERMISSION_DENIED,
+                 "registration is closed: accounts are made with `tms user create`");
+            return;
+        }
+    }
     if (check_credentials(auth, call) == 0)
         hash_submit(auth, call, 0, NULL, register_hashed);
 }
@@ -394,9 +384,17 @@ static void login_verified(tms_msg_t *msg)
         return;
     }
     /* The version bump kills older tokens; a legacy (bcrypt) or weak hash is replaced
-     * in the same write. */
+     * in the same write. With auth.login_revokes_others=false the token carries the
+     * current version and nothing is written (but for a rehash, whose write is a bump:
+     * once per legacy user). */
     if (fresh[0])
         tms_log_info("password_rehashed", "user=%s", call->user.id);
+    if (auth->login_keeps_others && !fresh[0]) {
+        tms_user_cache_put(auth->cache, &call->user, uv_now(auth->loop));
+        tms_counter_add(auth->logins_ok, 1);
+        issue_token(auth, call);
+        return;
+    }
     store(auth, call, TMS_USER_BUMP_VERSION, call->user.id, NULL, fresh, login_bumped);
     sodium_memzero(fresh, sizeof(fresh));
 }
@@ -623,6 +621,7 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
 {
     switch (call->op) {
     case TMS_API_REGISTER:
+    case TMS_API_USER_CREATE:
         do_register(auth, call);
         return;
     case TMS_API_LOGIN:
@@ -742,7 +741,7 @@ static void on_restored(tms_msg_t *msg)
          * tombstone, or another email or role): whoever wrote it does not get to
          * choose whom TMS brings back. Handled, so it is not retried. */
         tms_counter_add(job->auth->restore_refused, 1);
-        tms_log_error("user_restore_refused", "user=%s event=%s reason=\"%s\"", job->user.id,
+        tms_log_error("user_restore_refused", "user=%s event_id=%s reason=\"%s\"", job->user.id,
                       job->event_id, why);
     } else if (code != TMS_OK) {
         comp_ack(job, tms_ack_transient(USER_STORE, why, 0));
@@ -875,6 +874,8 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
         tms_metrics_counter("tms_auth_registrations_total", "accounts registered", "");
     auth->hash_per_address = cfg->hash_per_address;
     auth->ipv6_prefix = cfg->ipv6_prefix ? cfg->ipv6_prefix : 64;
+    auth->registration = cfg->registration;
+    auth->login_keeps_others = cfg->login_keeps_others;
     auth->hash_refused = tms_metrics_counter(
         "tms_auth_hash_refused_total",
         "registers and logins refused because their address had auth.hash_per_address "

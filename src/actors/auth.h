@@ -45,6 +45,16 @@ typedef struct tms_auth_config {
      * in the shared hash pool at once; beyond it RESOURCE_EXHAUSTED. 0: no limit. */
     size_t hash_per_address;
     unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
+    /* auth.registration: who creates accounts (register is refused unless OPEN; the
+     * admin route unless OPEN or ADMIN). */
+    enum {
+        TMS_REGISTRATION_OPEN = 0, /* anyone registers, as the original */
+        TMS_REGISTRATION_ADMIN,    /* admins create users (POST /api/auth/users) */
+        TMS_REGISTRATION_CLOSED,   /* only `tms user create` */
+    } registration;
+    /* auth.login_revokes_others=false: a login leaves the user's other tokens valid
+     * (false, the default: each login ends them, as the original). */
+    bool login_keeps_others;
 } tms_auth_config_t;
 
 /** Start the actor on loop (subscribed to compensate_user_deletion in group

@@ -178,8 +178,8 @@ static void on_mail_reply(tms_msg_t *msg)
     tms_mail_free(&mail);
     if (code == TMS_OK) {
         tms_counter_add(duplicate ? n->duplicate : n->sent, 1);
-        tms_log_info("email_sent", "event=%s task=%" PRId64 " user=%s duplicate=%d", job->event_id,
-                     job->task_id, job->user_id, duplicate);
+        tms_log_info("email_sent", "event_id=%s task=%" PRId64 " user=%s duplicate=%d",
+                     job->event_id, job->task_id, job->user_id, duplicate);
         inbox(job, TMS_INBOX_RECORD, recorded);
     } else if (code == TMS_FAILED_PRECONDITION) {
         /* Refused for good, and kept by the mailer as a dead letter (`tms mail dlq`):
@@ -188,14 +188,14 @@ static void on_mail_reply(tms_msg_t *msg)
         char reason[sizeof(why) + 8];
         snprintf(reason, sizeof(reason), "%s %s", n->mailer_name, why);
         tms_counter_add(n->dead_letter, 1);
-        tms_log_warn("email_dead_letter", "event=%s task=%" PRId64 " user=%s", job->event_id,
+        tms_log_warn("email_dead_letter", "event_id=%s task=%" PRId64 " user=%s", job->event_id,
                      job->task_id, job->user_id);
         remember_dead(n, job->event_id, reason);
         ack(job, tms_ack_permanent(reason));
     } else if (code == TMS_INVALID_ARGUMENT) {
         if (job->delivery->attempt == 1) {
             tms_counter_add(n->dropped, 1);
-            tms_log_error("email_dropped", "event=%s reason=unsafe_mail", job->event_id);
+            tms_log_error("email_dropped", "event_id=%s reason=unsafe_mail", job->event_id);
         }
         ack(job, tms_ack_permanent("unsafe mail (address or header)"));
     } else {
@@ -247,7 +247,7 @@ static void on_user_info(tms_msg_t *msg)
         /* Deleted (the saga ran) or never valid: no retry can find an address. */
         if (job->delivery->attempt == 1) {
             tms_counter_add(job->n->dropped, 1);
-            tms_log_warn("email_dropped", "event=%s reason=assignee_gone user=%s", job->event_id,
+            tms_log_warn("email_dropped", "event_id=%s reason=assignee_gone user=%s", job->event_id,
                          job->user_id);
         }
         tms_api_call_free(&q);
@@ -290,7 +290,7 @@ static void seen_checked(job_t *job, tms_outbox_op_t *op)
         /* Handled, not failed: recorded like a sent one, so it is neither retried nor
          * mailed later in a burst. */
         tms_counter_add(job->n->suppressed, 1);
-        tms_log_warn("email_suppressed", "event=%s task=%" PRId64 " user=%s by=%s limit=%s",
+        tms_log_warn("email_suppressed", "event_id=%s task=%" PRId64 " user=%s by=%s limit=%s",
                      job->event_id, job->task_id, job->user_id,
                      job->assigned_by[0] ? job->assigned_by : "-",
                      tms_notify_verdict_name(verdict));

@@ -64,6 +64,9 @@ typedef struct tms_api_ratelimit {
     bool applied;
     uint32_t limit, remaining;
     uint64_t reset_s, retry_after_s;
+    /* The gateway's own: a task creation slot was taken for this call; it is given back
+     * unless the call creates a task (a failure or a replay uses none). */
+    bool slot_taken;
 } tms_api_ratelimit_t;
 
 typedef struct tms_api_call {

@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <ini.h>
@@ -7,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include "core/cidr.h"
@@ -87,6 +90,16 @@ static const key_t_ keys[] = {
     INT(http, tls_handshake_timeout, http.tls_handshake_timeout, 1, 3600, "10",
         "seconds a TLS handshake may take on http.addr and grpc.addr; then the connection is "
         "closed (tms_tls_handshake_failures_total{reason=\"timeout\"})"),
+    STR(http, cors_origins, http.cors_origins, "",
+        "origins (scheme://host[:port], comma-separated) whose browser pages may call the REST "
+        "API (CORS, with preflight); * allows any; empty: none"),
+    STR(http, trusted_proxies, http.trusted_proxies, "",
+        "reverse proxies (addresses or CIDR ranges, IPv4/IPv6, comma or blank separated, at "
+        "most 64): on a request from one of them the client address is taken from "
+        "X-Forwarded-For (or Forwarded: for=), the rightmost hop that is not itself a trusted "
+        "proxy, for the rate limits, auth.hash_per_address and the logs; from any other peer "
+        "those headers are ignored. Connection caps still count the proxy's address. Empty: "
+        "the peer's address is the client's"),
     STR(grpc, addr, grpc.addr, "0.0.0.0:50051", "gRPC listener, host:port"),
     INT(grpc, max_message_bytes, grpc.max_message_bytes, 1024, 64 << 20, "4194304",
         "request message limit in bytes (RESOURCE_EXHAUSTED beyond)"),
@@ -300,6 +313,14 @@ static const key_t_ keys[] = {
     INT(auth, argon2_opslimit, auth.argon2_opslimit, 1, 64, "2", "argon2id passes"),
     INT(auth, argon2_memlimit_kib, auth.argon2_memlimit_kib, 8, 4194304, "65536",
         "argon2id memory in KiB"),
+    ENUM(auth, registration, auth.registration, "open|closed|admin", "open",
+         "who creates accounts: open, anyone (POST /api/auth/register, AuthService/Register), as "
+         "the original; admin, only admins (POST /api/auth/users) and `tms user create`; closed, "
+         "only `tms user create`. Register answers 403 unless open"),
+    ENUM(auth, login_revokes_others, auth.login_revokes_others, "true|false", "true",
+         "true: each login ends the user's earlier tokens, as the original (one session per "
+         "user); false: logins coexist (several devices) until they expire or a logout ends "
+         "them all"),
     INT(ratelimit, api_per_minute, ratelimit.api_per_minute, 0, 100000000, "100",
         "API requests per minute per client address; 0 disables"),
     INT(ratelimit, login_per_15min, ratelimit.login_per_15min, 0, 100000000, "5",
@@ -319,6 +340,7 @@ static const key_t_ keys[] = {
     ENUM(log, level, log.level, "debug|info|warn|error", "info", "minimum level logged"),
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
+_Static_assert(NKEYS <= sizeof(((tms_config_t *)0)->source), "tms_config_t.source is too small");
 
 static const key_t_ *find_key(const char *section, const char *name)
 {
@@ -411,6 +433,8 @@ static int on_ini(void *user, const char *section, const char *name, const char 
         return 0;
     }
     c->rc = set_value(c->cfg, k, value, c->err, c->err_len);
+    if (c->rc == 0)
+        c->cfg->source[k - keys] = TMS_CONFIG_FROM_FILE;
     return c->rc == 0;
 }
 
@@ -450,6 +474,7 @@ int tms_config_load_env(tms_config_t *cfg, char *err, size_t err_len)
                 snprintf(err + used, err_len - used, " (from %s)", var);
                 return rc;
             }
+            cfg->source[i] = TMS_CONFIG_FROM_ENV;
         }
     }
     return 0;
@@ -475,7 +500,10 @@ int tms_config_set(tms_config_t *cfg, const char *assignment, char *err, size_t 
         snprintf(err, err_len, "config: unknown key %.64s.%.64s", section, name);
         return -TMS_EINVAL;
     }
-    return set_value(cfg, k, eq + 1, err, err_len);
+    if (set_value(cfg, k, eq + 1, err, err_len) != 0)
+        return -TMS_EINVAL;
+    cfg->source[k - keys] = TMS_CONFIG_FROM_SET;
+    return 0;
 }
 
 static int check_url(const char *key, const char *url, const char *const *schemes, char *err,
@@ -503,6 +531,76 @@ static int check_addr(const char *key, const char *addr, char *err, size_t err_l
 bad:
     snprintf(err, err_len, "config: %s: \"%.128s\" is not host:port", key, addr);
     return -TMS_EINVAL;
+}
+
+int tms_config_parse_listen(const char *key, const char *addr, char *out, size_t out_len, char *err,
+                            size_t err_len)
+{
+    char host[128];
+    const char *port_s;
+    unsigned char bin[16];
+    char *end;
+    long port;
+    bool v6 = false;
+    if (addr[0] == '[') {
+        const char *rb = strchr(addr, ']');
+        if (!rb || rb[1] != ':' || (size_t)(rb - addr - 1) >= sizeof(host))
+            goto bad;
+        memcpy(host, addr + 1, (size_t)(rb - addr - 1));
+        host[rb - addr - 1] = '\0';
+        port_s = rb + 2;
+        if (inet_pton(AF_INET6, host, bin) != 1)
+            goto bad;
+        v6 = true;
+    } else {
+        const char *colon = strrchr(addr, ':');
+        size_t hlen = colon ? (size_t)(colon - addr) : 0;
+        if (colon && memchr(addr, ':', hlen)) {
+            snprintf(err, err_len,
+                     "config: %s: \"%.128s\": write an IPv6 address in brackets, e.g. [::1]:3000",
+                     key, addr);
+            return -TMS_EINVAL;
+        }
+        if (hlen >= sizeof(host))
+            goto bad;
+        memcpy(host, addr, hlen);
+        host[hlen] = '\0';
+        port_s = colon ? colon + 1 : addr; /* "3000": a port alone */
+        if (!host[0])
+            snprintf(host, sizeof(host), "0.0.0.0");
+        else if (strcasecmp(host, "localhost") == 0)
+            snprintf(host, sizeof(host), "127.0.0.1");
+        else if (inet_pton(AF_INET, host, bin) != 1)
+            goto bad;
+    }
+    errno = 0;
+    port = strtol(port_s, &end, 10);
+    if (errno || end == port_s || *end || !isdigit((unsigned char)port_s[0]) || port < 0 ||
+        port > 65535)
+        goto bad;
+    if ((size_t)snprintf(out, out_len, v6 ? "[%s]:%ld" : "%s:%ld", host, port) >= out_len)
+        goto bad;
+    return 0;
+bad:
+    snprintf(err, err_len,
+             "config: %s: \"%.128s\" is not a listen address (port, :port, host:port with a "
+             "numeric IPv4 address or localhost, or [IPv6]:port)",
+             key, addr);
+    return -TMS_EINVAL;
+}
+
+/* A listen address of cfg, rewritten to its numeric form in place. */
+static int finish_listen(const char *key, char *addr, size_t size, char *err, size_t err_len)
+{
+    char out[160];
+    if (tms_config_parse_listen(key, addr, out, sizeof(out), err, err_len) != 0)
+        return -TMS_EINVAL;
+    if (strlen(out) >= size) {
+        snprintf(err, err_len, "config: %s: value longer than %zu bytes", key, size - 1);
+        return -TMS_EINVAL;
+    }
+    memcpy(addr, out, strlen(out) + 1);
+    return 0;
 }
 
 static int parse_roles(const char *text, unsigned *mask)
@@ -830,6 +928,36 @@ static int finish_tls(tms_config_t *cfg, char *err, size_t err_len)
     return 0;
 }
 
+/* http.cors_origins: "*", or origins as browsers send them (scheme://host[:port], no
+ * path), comma-separated. */
+static int check_origins(const char *v, char *err, size_t err_len)
+{
+    const char *p = v;
+    if (strcmp(v, "*") == 0 || !v[0])
+        return 0;
+    while (*p) {
+        size_t n = strcspn(p, ","), host;
+        const char *o = p;
+        while (n && *o == ' ')
+            o++, n--;
+        while (n && o[n - 1] == ' ')
+            n--;
+        host = strncmp(o, "https://", 8) == 0 ? 8 : strncmp(o, "http://", 7) == 0 ? 7 : 0;
+        if (!host || n <= host || memchr(o + host, '/', n - host) || memchr(o, ' ', n) ||
+            memchr(o, '*', n)) {
+            snprintf(err, err_len,
+                     "config: http.cors_origins: \"%.*s\" is not an origin "
+                     "(scheme://host[:port]) or *",
+                     (int)(n < 200 ? n : 200), o);
+            return -TMS_EINVAL;
+        }
+        p += strcspn(p, ",");
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
 int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
 {
     static const char *const user_stores[] = {"sqlite://", "mongodb://", "mongodb+srv://", NULL};
@@ -839,14 +967,25 @@ int tms_config_finish(tms_config_t *cfg, char *err, size_t err_len)
         snprintf(err, err_len, "config: data.dir: must not be empty");
         return -TMS_EINVAL;
     }
-    if (check_addr("http.addr", cfg->http.addr, err, err_len) ||
-        check_addr("grpc.addr", cfg->grpc.addr, err, err_len) ||
-        (cfg->metrics.addr[0] && check_addr("metrics.addr", cfg->metrics.addr, err, err_len)))
+    if (finish_listen("http.addr", cfg->http.addr, sizeof(cfg->http.addr), err, err_len) ||
+        finish_listen("grpc.addr", cfg->grpc.addr, sizeof(cfg->grpc.addr), err, err_len) ||
+        (cfg->metrics.addr[0] &&
+         finish_listen("metrics.addr", cfg->metrics.addr, sizeof(cfg->metrics.addr), err, err_len)))
         return -TMS_EINVAL;
+    {
+        tms_cidr_list_t proxies;
+        char why[200];
+        if (tms_cidr_list_parse(cfg->http.trusted_proxies, &proxies, why, sizeof(why)) != 0) {
+            snprintf(err, err_len, "config: http.trusted_proxies: %s", why);
+            return -TMS_EINVAL;
+        }
+    }
     if (cfg->metrics.token[0] && strlen(cfg->metrics.token) < 32) {
         snprintf(err, err_len, "config: metrics.token: must be at least 32 bytes");
         return -TMS_EINVAL;
     }
+    if (check_origins(cfg->http.cors_origins, err, err_len))
+        return -TMS_EINVAL;
     {
         tms_cidr_list_t peers;
         char why[200];
@@ -897,5 +1036,177 @@ void tms_config_write_defaults(void *file)
             fprintf(f, "\n[%s]\n", section);
         }
         fprintf(f, "# %s\n%s = %s\n", keys[i].doc, keys[i].name, keys[i].def);
+    }
+}
+
+/* Keys whose value is a secret: printed masked. */
+static bool secret_key(const key_t_ *k)
+{
+    static const char *const names[][2] = {
+        {"auth", "jwt_secret"}, {"peers", "secret"}, {"metrics", "token"}};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(k->section, names[i][0]) == 0 && strcmp(k->name, names[i][1]) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* A URL with the password of its userinfo (scheme://user:password@) and the values of
+ * password= parameters replaced by ********. */
+static void mask_url(const char *url, char *out, size_t size)
+{
+    const char *scheme = strstr(url, "://"), *p;
+    size_t o = 0;
+#define PUT(c)                                                                                     \
+    do {                                                                                           \
+        if (o + 1 < size)                                                                          \
+            out[o++] = (c);                                                                        \
+    } while (0)
+#define PUTS(s)                                                                                    \
+    do {                                                                                           \
+        for (const char *q_ = (s); *q_; q_++)                                                      \
+            PUT(*q_);                                                                              \
+    } while (0)
+    p = url;
+    if (scheme) {
+        const char *auth = scheme + 3, *end = auth + strcspn(auth, "/?#");
+        const char *at = NULL, *colon;
+        for (const char *q = auth; q < end; q++) {
+            if (*q == '@')
+                at = q; /* the last one: a password may hold '@' */
+        }
+        while (p < auth)
+            PUT(*p++);
+        if (at && (colon = memchr(auth, ':', (size_t)(at - auth)))) {
+            while (p <= colon)
+                PUT(*p++);
+            PUTS("********");
+            p = at;
+        }
+    }
+    while (*p) {
+        if ((p[0] == '?' || p[0] == '&') && strncasecmp(p + 1, "password=", 9) == 0) {
+            for (int i = 0; i < 10; i++)
+                PUT(*p++);
+            PUTS("********");
+            p += strcspn(p, "&#");
+            continue;
+        }
+        PUT(*p++);
+    }
+    out[o < size ? o : size - 1] = '\0';
+#undef PUT
+#undef PUTS
+}
+
+void tms_config_write(const tms_config_t *cfg, void *file)
+{
+    FILE *f = file;
+    const char *section = "";
+    fprintf(f, "# TMS configuration in effect: every key with its value after the config file,\n"
+               "# the TMS_<SECTION>_<KEY> environment variables and --set (secrets masked).\n"
+               "# `tms config --defaults` prints the defaults (config/tms.conf).\n");
+    for (size_t i = 0; i < NKEYS; i++) {
+        const key_t_ *k = &keys[i];
+        const char *base = (const char *)cfg + k->offset;
+        char value[1100];
+        if (strcmp(section, k->section) != 0) {
+            section = k->section;
+            fprintf(f, "\n[%s]\n", section);
+        }
+        if (k->type == T_INT)
+            snprintf(value, sizeof(value), "%lld", (long long)*(const int64_t *)base);
+        else if (secret_key(k) && base[0])
+            snprintf(value, sizeof(value), "********");
+        else if (strcmp(k->name, "url") == 0)
+            mask_url(base, value, sizeof(value));
+        else
+            snprintf(value, sizeof(value), "%s", base);
+        fprintf(f, "# %s\n", k->doc);
+        switch (cfg->source[i]) {
+        case TMS_CONFIG_FROM_FILE:
+            fprintf(f, "# (from the config file; default %s)\n", k->def[0] ? k->def : "empty");
+            break;
+        case TMS_CONFIG_FROM_ENV: {
+            char var[128];
+            size_t n = (size_t)snprintf(var, sizeof(var), "TMS_%s_%s", k->section, k->name);
+            for (size_t j = 0; j < n && j < sizeof(var); j++)
+                var[j] = (char)toupper((unsigned char)var[j]);
+            fprintf(f, "# (from %s; default %s)\n", var, k->def[0] ? k->def : "empty");
+            break;
+        }
+        case TMS_CONFIG_FROM_SET:
+            fprintf(f, "# (from --set; default %s)\n", k->def[0] ? k->def : "empty");
+            break;
+        default:
+            break;
+        }
+        fprintf(f, "%s = %s\n", k->name, value);
+    }
+}
+
+/* Levenshtein distance of a and b (both shorter than 128 bytes), case-insensitive. */
+static size_t distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b), row[128];
+    if (la >= 128 || lb >= 128)
+        return SIZE_MAX;
+    for (size_t j = 0; j <= lb; j++)
+        row[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t up = row[j];
+            size_t cost = toupper((unsigned char)a[i - 1]) != toupper((unsigned char)b[j - 1]);
+            size_t best = diag + cost;
+            if (row[j] + 1 < best)
+                best = row[j] + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[lb];
+}
+
+extern char **environ;
+
+void tms_config_check_env(void (*warn)(void *arg, const char *line), void *arg)
+{
+    for (char **e = environ; e && *e; e++) {
+        char name[128], var[128], best_var[128] = "", line[512];
+        const key_t_ *best = NULL;
+        size_t n = strcspn(*e, "="), best_d = SIZE_MAX;
+        bool known = false;
+        if (strncmp(*e, "TMS_", 4) != 0 || strncmp(*e, "TMS_FAULT_", 10) == 0 || n >= sizeof(name))
+            continue;
+        memcpy(name, *e, n);
+        name[n] = '\0';
+        for (size_t i = 0; i < NKEYS && !known; i++) {
+            size_t len =
+                (size_t)snprintf(var, sizeof(var), "TMS_%s_%s", keys[i].section, keys[i].name);
+            size_t d;
+            for (size_t j = 0; j < len && j < sizeof(var); j++)
+                var[j] = (char)toupper((unsigned char)var[j]);
+            if (strcmp(var, name) == 0) {
+                known = true;
+                break;
+            }
+            d = distance(name, var);
+            if (d < best_d) {
+                best_d = d;
+                best = &keys[i];
+                snprintf(best_var, sizeof(best_var), "%s", var);
+            }
+        }
+        if (known || !best)
+            continue;
+        snprintf(line, sizeof(line),
+                 "%s is not a setting; did you mean %s (%s.%s)? ignored (the settings' variables "
+                 "are listed by `tms config --defaults`: TMS_<SECTION>_<KEY>)",
+                 name, best_var, best->section, best->name);
+        warn(arg, line);
     }
 }

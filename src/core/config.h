@@ -20,6 +20,9 @@ typedef struct tms_config {
         char tls_cert[1024], tls_key[1024], tls_client_ca[1024];
         char tls_protocols[64], tls_ciphers[512];
         int64_t tls_handshake_timeout; /* seconds, http.addr and grpc.addr */
+        char cors_origins[1024];       /* comma-separated origins, "*", or "": no CORS */
+        /* CIDR list: peers whose X-Forwarded-For / Forwarded name the client (core/cidr.h) */
+        char trusted_proxies[1024];
     } http;
     struct {
         char addr[128];
@@ -98,6 +101,8 @@ typedef struct tms_config {
         int64_t hash_threads, hash_queue;
         int64_t hash_per_address; /* hashes queued or running per client address; 0 off */
         int64_t argon2_opslimit, argon2_memlimit_kib;
+        char registration[8];         /* open | closed | admin */
+        char login_revokes_others[8]; /* true | false */
     } auth;
     struct {
         int64_t api_per_minute, login_per_15min, task_create_per_hour;
@@ -109,7 +114,15 @@ typedef struct tms_config {
     struct {
         char level[8];
     } log;
+    /* Where each key's value came from (TMS_CONFIG_FROM_*), in the table's order: what
+     * `tms config` prints beside a value that is not the default. */
+    unsigned char source[160];
 } tms_config_t;
+
+#define TMS_CONFIG_FROM_DEFAULT 0
+#define TMS_CONFIG_FROM_FILE 1
+#define TMS_CONFIG_FROM_ENV 2
+#define TMS_CONFIG_FROM_SET 3
 
 /* The roles of server.roles: the four actors and what each needs. */
 #define TMS_ROLE_GATEWAY 1u
@@ -156,5 +169,26 @@ int tms_config_read_secret_file(const char *key, const char *path, char *out, si
 
 /** Write the documented default config file text (config/tms.conf) to a FILE*. */
 void tms_config_write_defaults(void *file);
+
+/** Write cfg as a config file (the layout of tms_config_write_defaults) to a FILE*: each
+ * key's value after file, environment and --set (and tms_config_finish's derived values),
+ * with a comment naming where a value that is not the default came from. Secrets
+ * (auth.jwt_secret, peers.secret, metrics.token) print as ******** when set, and the
+ * password of a URL (user:password@, password=) as well. */
+void tms_config_write(const tms_config_t *cfg, void *file);
+
+/** Call warn(arg, line) once per variable of the environment that starts with TMS_ and
+ * names no key (TMS_FAULT_*, the fault hooks of test builds, excepted): one line naming
+ * the variable and the closest key's variable, e.g. "TMS_HTTP_ADR is not a setting; did
+ * you mean TMS_HTTP_ADDR (http.addr)? ignored". */
+void tms_config_check_env(void (*warn)(void *arg, const char *line), void *arg);
+
+/** Parse a listen address and write its numeric form "host:port" or "[v6]:port" into
+ * out: ":3000" and "3000" listen on every IPv4 address (0.0.0.0:3000), "localhost:3000"
+ * on 127.0.0.1, "[::1]:3000" on an IPv6 address; other host names are refused (a
+ * listener binds addresses, not names). Returns 0, or -TMS_EINVAL with one line naming
+ * key in err. */
+int tms_config_parse_listen(const char *key, const char *addr, char *out, size_t out_len, char *err,
+                            size_t err_len);
 
 #endif

@@ -13,7 +13,7 @@
 static const double bucket_bounds[NBUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
                                                0.025,  0.05,    0.1,    0.25,  0.5,    1.0,   10.0};
 
-typedef enum { KIND_COUNTER, KIND_GAUGE_FN, KIND_HISTOGRAM } kind_t;
+typedef enum { KIND_COUNTER, KIND_GAUGE_FN, KIND_HISTOGRAM, KIND_COUNTER_FN } kind_t;
 
 struct tms_counter {
     _Atomic uint64_t value;
@@ -101,8 +101,23 @@ void tms_histogram_observe(tms_histogram_t *h, double seconds)
     atomic_fetch_add_explicit(&h->sum_ns, (uint64_t)(seconds * 1e9), memory_order_relaxed);
 }
 
+static void register_fn(kind_t kind, const char *name, const char *help, const char *labels,
+                        double (*fn)(void *arg), void *arg);
+
 void tms_metrics_gauge_fn(const char *name, const char *help, const char *labels,
                           double (*fn)(void *arg), void *arg)
+{
+    register_fn(KIND_GAUGE_FN, name, help, labels, fn, arg);
+}
+
+void tms_metrics_counter_fn(const char *name, const char *help, const char *labels,
+                            double (*fn)(void *arg), void *arg)
+{
+    register_fn(KIND_COUNTER_FN, name, help, labels, fn, arg);
+}
+
+static void register_fn(kind_t kind, const char *name, const char *help, const char *labels,
+                        double (*fn)(void *arg), void *arg)
 {
     char all[512];
     series_t *s;
@@ -112,7 +127,7 @@ void tms_metrics_gauge_fn(const char *name, const char *help, const char *labels
         snprintf(all, sizeof(all), "%s%s%s", labels, labels[0] ? "," : "", thread_label);
         labels = all;
     }
-    s = find_or_add(KIND_GAUGE_FN, name, help, labels);
+    s = find_or_add(kind, name, help, labels);
     pthread_mutex_lock(&lock);
     s->u.gauge.fn = fn;
     s->u.gauge.arg = arg;
@@ -133,7 +148,7 @@ static void drop_gauges(int (*drop)(const series_t *s, const void *key), const v
     series_t **p, *s, *prev = NULL;
     pthread_mutex_lock(&lock);
     for (p = &head; (s = *p) != NULL;) {
-        if (s->kind == KIND_GAUGE_FN && drop(s, key)) {
+        if ((s->kind == KIND_GAUGE_FN || s->kind == KIND_COUNTER_FN) && drop(s, key)) {
             *p = s->next;
             if (tail == s)
                 tail = prev;
@@ -196,7 +211,9 @@ static void sb_printf(sbuf_t *b, const char *fmt, ...)
 
 static const char *type_name(kind_t k)
 {
-    return k == KIND_COUNTER ? "counter" : k == KIND_HISTOGRAM ? "histogram" : "gauge";
+    return k == KIND_COUNTER || k == KIND_COUNTER_FN ? "counter"
+           : k == KIND_HISTOGRAM                     ? "histogram"
+                                                     : "gauge";
 }
 
 char *tms_metrics_render(size_t *len)
@@ -226,7 +243,7 @@ char *tms_metrics_render(size_t *len)
             if (t->kind == KIND_COUNTER) {
                 sb_printf(&b, "%s%s%s%s %llu\n", t->name, *l ? "{" : "", l, *l ? "}" : "",
                           (unsigned long long)tms_counter_value(&t->u.counter));
-            } else if (t->kind == KIND_GAUGE_FN) {
+            } else if (t->kind == KIND_GAUGE_FN || t->kind == KIND_COUNTER_FN) {
                 double v = t->u.gauge.fn ? t->u.gauge.fn(t->u.gauge.arg) : 0;
                 sb_printf(&b, "%s%s%s%s %.17g\n", t->name, *l ? "{" : "", l, *l ? "}" : "", v);
             } else {

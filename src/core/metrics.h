@@ -31,6 +31,17 @@ void tms_histogram_observe(tms_histogram_t *h, double seconds);
 void tms_metrics_gauge_fn(const char *name, const char *help, const char *labels,
                           double (*fn)(void *arg), void *arg);
 
+/** The same for a counter whose value a function computes (process_cpu_seconds_total). */
+void tms_metrics_counter_fn(const char *name, const char *help, const char *labels,
+                            double (*fn)(void *arg), void *arg);
+
+/** Register the process's own series (the Prometheus client conventions):
+ * process_cpu_seconds_total, process_resident_memory_bytes,
+ * process_virtual_memory_bytes, process_open_fds, process_max_fds,
+ * process_start_time_seconds, and tms_build_info{version,commit} 1. Read from /proc
+ * and getrusage at scrape time. Call once per process (tms serve does). */
+void tms_metrics_process_register(void);
+
 /** From now on, gauges registered from the calling thread get `label` (preformatted,
  * e.g. `worker="1"`; "" or NULL: none) appended to their labels, so that each worker
  * loop exports its own series; counters and histograms stay shared and sum over all

@@ -13,7 +13,8 @@
 static const tms_op_t ops[] = {
     {.op = TMS_API_REGISTER, .name = "register", .owner = TMS_OWNER_AUTH,
      .needs_caller = false, .rule = TMS_RULE_ANYONE, .idempotent = false,
-     .body = TMS_BODY_SMALL, .args = TMS_ARGS_CREDENTIALS, .result = TMS_RESULT_SESSION,
+     .body = TMS_BODY_SMALL, .args = TMS_ARGS_CREDENTIALS | TMS_ARGS_ONLY_KNOWN,
+     .result = TMS_RESULT_SESSION,
      .rest_method = "POST", .rest_route = "/api/auth/register", .rest_status = 201,
      .grpc_method = "/AuthService/Register", .internal_op = 1},
     {.op = TMS_API_LOGIN, .name = "login", .owner = TMS_OWNER_AUTH,
@@ -47,7 +48,8 @@ static const tms_op_t ops[] = {
     {.op = TMS_API_USER_INFO, .name = "user_info", .owner = TMS_OWNER_AUTH,
      .needs_caller = true, .rule = TMS_RULE_SELF_ADMIN_OR_SERVICE, .legacy = TMS_LEGACY_MESSAGE_USER,
      .idempotent = true,
-     .result = TMS_RESULT_USER,
+     .args = TMS_ARGS_USER_ID, .result = TMS_RESULT_USER,
+     .rest_method = "GET", .rest_route = "/api/auth/users/:id", .rest_status = 200,
      .grpc_method = "/AuthService/GetUserInfo", .internal_op = 7},
     {.op = TMS_API_VERIFY_TOKEN, .name = "verify_token", .owner = TMS_OWNER_AUTH,
      .needs_caller = false, .rule = TMS_RULE_ANYONE, .idempotent = true,
@@ -86,6 +88,11 @@ static const tms_op_t ops[] = {
      .args = TMS_ARGS_TASK_ID | TMS_ARGS_IF_MATCH, .result = TMS_RESULT_DELETED,
      .rest_method = "DELETE", .rest_route = "/api/task/:id", .rest_status = 200,
      .grpc_method = "/TaskService/DeleteTask", .internal_op = 13},
+    {.op = TMS_API_USER_CREATE, .name = "user_create", .owner = TMS_OWNER_AUTH,
+     .needs_caller = true, .rule = TMS_RULE_ADMIN, .idempotent = false,
+     .args = TMS_ARGS_CREDENTIALS | TMS_ARGS_ONLY_KNOWN, .result = TMS_RESULT_USER,
+     .rest_method = "POST", .rest_route = "/api/auth/users", .rest_status = 201,
+     .internal_op = 14},
 };
 /* clang-format on */
 #define NOPS (sizeof(ops) / sizeof(ops[0]))
@@ -155,6 +162,8 @@ bool tms_op_permits(const tms_op_t *op, const tms_principal_t *p, const tms_op_s
         return admin || (user && (s->creator || s->assignee));
     case TMS_RULE_CREATOR_OR_ADMIN:
         return admin || (user && s->creator);
+    case TMS_RULE_ADMIN:
+        return admin;
     }
     return false;
 }

@@ -38,6 +38,7 @@ typedef enum tms_api_op {
     TMS_API_TASK_UPDATE,  /* bearer; task_id, any of title/description/status/
                            * assigned_to ("" unassigns), if_match? -> task */
     TMS_API_TASK_DELETE,  /* bearer; task_id, if_match? -> ok */
+    TMS_API_USER_CREATE,  /* bearer (admin); email, password -> user (auth.registration) */
     TMS_API_OP_COUNT,
 } tms_api_op_t;
 
@@ -56,6 +57,7 @@ typedef enum tms_op_rule {
     TMS_RULE_SELF_ADMIN_OR_SERVICE,     /* the same, or a TMS service (principal.service) */
     TMS_RULE_CREATOR_ASSIGNEE_OR_ADMIN, /* of the task */
     TMS_RULE_CREATOR_OR_ADMIN,          /* of the task */
+    TMS_RULE_ADMIN,                     /* an admin */
 } tms_op_rule_t;
 
 /* What a call without a token from a trusted peer gets (grpc.trusted_peers: the
@@ -98,6 +100,8 @@ enum tms_op_args {
     TMS_ARGS_LIST = 1u << 5,        /* query assignedTo, status, limit, cursor */
     TMS_ARGS_IF_MATCH = 1u << 6,    /* header If-Match: the version expected */
     TMS_ARGS_IDEMPOTENCY = 1u << 7, /* header Idempotency-Key */
+    TMS_ARGS_ONLY_KNOWN = 1u << 8,  /* a body field other than the ones named is refused
+                                     * (task bodies always refuse them) */
 };
 
 /* What a successful call answers with. */

@@ -285,6 +285,32 @@ tms_ratelimit_result_t tms_ratelimit_take(tms_ratelimit_t *rl, const char *key, 
     return r;
 }
 
+uint32_t tms_ratelimit_give_back(tms_ratelimit_t *rl, const char *key, uint64_t now_ms)
+{
+    entry_t *e;
+    size_t len;
+    uint32_t left;
+    if (!rl || rl->limit == 0)
+        return 0;
+    if (!key)
+        key = "";
+    len = strlen(key);
+    pthread_mutex_lock(&rl->lock);
+    e = lookup(rl, key, len, hash_key(rl, key, len));
+    if (!e) {
+        pthread_mutex_unlock(&rl->lock);
+        return rl->limit;
+    }
+    if (now_ms > e->last_ms) {
+        e->level = level_at(rl, e, now_ms);
+        e->last_ms = now_ms;
+    }
+    e->level = rl->cap - e->level <= rl->window_ms ? rl->cap : e->level + rl->window_ms;
+    left = (uint32_t)(e->level / rl->window_ms);
+    pthread_mutex_unlock(&rl->lock);
+    return left;
+}
+
 int tms_ratelimit_addr_key(const char *ip, unsigned v6_prefix, char *out, size_t out_len)
 {
     unsigned char a[16];

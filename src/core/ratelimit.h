@@ -41,6 +41,11 @@ void tms_ratelimit_free(tms_ratelimit_t **rl);
  * time earlier than the key's last take counts as no time passing); the key is copied. */
 tms_ratelimit_result_t tms_ratelimit_take(tms_ratelimit_t *rl, const char *key, uint64_t now_ms);
 
+/** Give one token back to key's bucket at now_ms (never above the limit): a take whose
+ * call turned out not to count (a task creation that failed). Returns the whole tokens
+ * left after it (RateLimit-Remaining); a key no longer held is full already. */
+uint32_t tms_ratelimit_give_back(tms_ratelimit_t *rl, const char *key, uint64_t now_ms);
+
 /** Number of keys currently held (for tests and metrics). */
 size_t tms_ratelimit_size(const tms_ratelimit_t *rl);
 

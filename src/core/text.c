@@ -3,6 +3,8 @@
 #include <ctype.h>
 #include <string.h>
 
+#include "core/user_store.h"
+
 char *tms_text_trim(char *s)
 {
     size_t start = 0, len = strlen(s);
@@ -77,4 +79,38 @@ char *tms_text_copy(char *dst, size_t size, const char *src)
     memcpy(dst, src, n);
     dst[n] = '\0';
     return dst;
+}
+
+int tms_email_normalize(char *email, const char **why)
+{
+    size_t len, start = 0, at = 0, ats = 0;
+    len = strlen(email);
+    while (start < len && isspace((unsigned char)email[start]))
+        start++;
+    while (len > start && isspace((unsigned char)email[len - 1]))
+        len--;
+    memmove(email, email + start, len - start);
+    len -= start;
+    email[len] = '\0';
+    if (len < TMS_EMAIL_MIN || len > TMS_EMAIL_MAX) {
+        *why = "email must be 3 to 254 characters";
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)email[i];
+        if (c <= 0x20 || c == 0x7f) {
+            *why = "email must not contain spaces or control characters";
+            return -1;
+        }
+        if (c == '@') {
+            ats++;
+            at = i;
+        }
+        email[i] = (char)tolower(c);
+    }
+    if (ats != 1 || at == 0 || at == len - 1) {
+        *why = "email must contain exactly one @ between a name and a domain";
+        return -1;
+    }
+    return 0;
 }

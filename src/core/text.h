@@ -20,4 +20,9 @@ int64_t tms_parse_id(const char *s, size_t len);
  * NUL-terminated, as snprintf(dst, size, "%s", src) without printf's cost. Returns dst. */
 char *tms_text_copy(char *dst, size_t size, const char *src);
 
+/** Trim and lower-case an email in place and check it (API.md: 3..254 characters, no
+ * blanks or control characters, exactly one '@' between a name and a domain). Returns
+ * 0, or -1 with *why set to the message every protocol answers. */
+int tms_email_normalize(char *email, const char **why);
+
 #endif

@@ -14,6 +14,9 @@
 
 #define TMS_USER_ID_LEN 24 /* hex of a 12-byte ObjectId */
 #define TMS_EMAIL_MAX 254
+#define TMS_EMAIL_MIN 3
+#define TMS_PASSWORD_MIN 8   /* bytes */
+#define TMS_PASSWORD_MAX 256 /* bytes */
 #define TMS_HASH_MAX 255
 
 typedef struct tms_user {

@@ -71,6 +71,7 @@ struct tms_server {
     tms_gateway_t *gateway;
     tms_rest_t *rest;
     tms_http_server_t *http;
+    tms_cidr_list_t trusted_proxies; /* http.trusted_proxies, which http borrows */
     tms_grpc_server_t *grpc;         /* the gRPC listener (grpc.addr) */
     tms_grpc_service_t *grpc_api;    /* what it serves */
     tms_http_server_t *metrics_http; /* metrics.addr: worker 0 only */

@@ -77,6 +77,16 @@ static int listen_http(tms_server_t *s, const char *addr)
     limits.ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix;
     limits.tls = s->sv->tls[SERVER_TLS_HTTP];
     limits.tls_handshake_timeout_ms = (uint64_t)cfg->http.tls_handshake_timeout * 1000;
+    if (cfg->http.trusted_proxies[0]) { /* checked by the configuration already */
+        char why[200];
+        if (tms_cidr_list_parse(cfg->http.trusted_proxies, &s->trusted_proxies, why, sizeof(why)) !=
+            0) {
+            fprintf(stderr, "tms: http.trusted_proxies: %s\n", why);
+            return -1;
+        }
+        limits.trusted_proxies = &s->trusted_proxies;
+    }
+    limits.cors_origins = cfg->http.cors_origins[0] ? cfg->http.cors_origins : NULL;
     s->http = tms_http_server_new(s->loop, &limits, on_http_request, s);
     if (tms_http_server_listen(s->http, addr) != 0) {
         fprintf(stderr, "tms: http.addr: cannot listen on %s: %s\n", addr,

@@ -186,26 +186,31 @@ static void start_auth(tms_server_t *s)
 {
     const tms_config_t *cfg = s->cfg;
     const char *secret = s->sv->secret;
-    s->auth =
-        tms_auth_start(s->loop,
-                       &(tms_auth_config_t){
-                           .jwt_key = (const unsigned char *)secret,
-                           .jwt_key_len = strlen(secret),
-                           .issuer = cfg->auth.issuer,
-                           .token_ttl = cfg->auth.token_ttl,
-                           .argon2_opslimit = (unsigned long long)cfg->auth.argon2_opslimit,
-                           .argon2_memlimit = (size_t)cfg->auth.argon2_memlimit_kib * 1024,
-                           .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
-                           .user_cache_ms = (uint64_t)cfg->auth.user_cache_ms,
-                           .bus = s->bus,
-                           .inbox = s->users_outbox,
-                           .relay = s->users_relay,
-                           .user_cache = s->user_cache,
-                           .dummy_hash = s->primary ? tms_auth_dummy_hash(s->primary->auth) : NULL,
-                           .hash_per_address = (size_t)cfg->auth.hash_per_address,
-                           .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
-                       },
-                       s->users_store, s->hashers);
+    s->auth = tms_auth_start(
+        s->loop,
+        &(tms_auth_config_t){
+            .jwt_key = (const unsigned char *)secret,
+            .jwt_key_len = strlen(secret),
+            .issuer = cfg->auth.issuer,
+            .token_ttl = cfg->auth.token_ttl,
+            .argon2_opslimit = (unsigned long long)cfg->auth.argon2_opslimit,
+            .argon2_memlimit = (size_t)cfg->auth.argon2_memlimit_kib * 1024,
+            .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
+            .user_cache_ms = (uint64_t)cfg->auth.user_cache_ms,
+            .bus = s->bus,
+            .inbox = s->users_outbox,
+            .relay = s->users_relay,
+            .user_cache = s->user_cache,
+            .dummy_hash = s->primary ? tms_auth_dummy_hash(s->primary->auth) : NULL,
+            .hash_per_address = (size_t)cfg->auth.hash_per_address,
+            .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
+            .registration = strcmp(cfg->auth.registration, "admin") == 0 ? TMS_REGISTRATION_ADMIN
+                            : strcmp(cfg->auth.registration, "closed") == 0
+                                ? TMS_REGISTRATION_CLOSED
+                                : TMS_REGISTRATION_OPEN,
+            .login_keeps_others = strcmp(cfg->auth.login_revokes_others, "false") == 0,
+        },
+        s->users_store, s->hashers);
 }
 
 unsigned server_grpc_owners(const tms_config_t *cfg)

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -18,13 +19,28 @@ int server_load_secret(const tms_config_t *cfg, char *out, size_t size)
 {
     char path[1100], err[1200];
     unsigned char raw[48];
+    struct stat st;
     int fd;
     if (cfg->auth.jwt_secret[0]) {
         snprintf(out, size, "%s", cfg->auth.jwt_secret);
         return 0;
     }
     snprintf(path, sizeof(path), "%s/jwt.secret", cfg->data.dir);
-    if (access(path, F_OK) == 0) {
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && (errno != ENOENT || lstat(path, &st) == 0)) {
+        /* There but unreadable (permissions, a link to nothing): never made anew, which
+         * would end every token it signed; the owner decides. */
+        int e = errno;
+        fprintf(stderr,
+                "tms: auth.jwt_secret: the kept key %s is unreadable: %s%s; make it readable by "
+                "the user tms runs as (mode 0600), or remove it to have a new one made (tokens "
+                "signed with the old one then stop working)\n",
+                path, strerror(e),
+                e == ENOENT ? " (a symbolic link to a file that does not exist)" : "");
+        return -1;
+    }
+    if (fd >= 0) {
+        close(fd);
         if (tms_config_read_secret_file("auth.jwt_secret", path, out, size, err, sizeof(err))) {
             fprintf(stderr, "tms: %s\n", err);
             return -1;

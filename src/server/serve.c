@@ -62,7 +62,7 @@ static void on_started(void *arg, int nworkers)
         tms_log_warn("trusted_peers",
                      "trusted_peers=%s services=%s note=\"gRPC calls without a token from these "
                      "addresses are served with the original system's semantics: no caller, no "
-                     "permission checks (migration only; see README)\"",
+                     "permission checks (migration only; see docs/OPERATIONS.md)\"",
                      tms_log_quote(q, sizeof(q), tp, strlen(tp)),
                      o == 1u << TMS_OWNER_AUTH   ? "AuthService"
                      : o == 1u << TMS_OWNER_TASK ? "TaskService"
@@ -145,6 +145,7 @@ int tms_server_serve(tms_config_t *cfg)
      * written out before this returns (core/log.h). */
     if (tms_log_start_writer() != 0)
         fprintf(stderr, "tms: cannot start the log thread; logging unbuffered\n");
+    tms_metrics_process_register(); /* on this thread: no worker label */
     rc = tms_workers_run((int)cfg->server.workers, &hooks);
     tms_log_stop_writer();
     tms_metrics_reset();

@@ -45,7 +45,8 @@ TMS_BIN = os.environ.get("TMS_BIN", str(REPO / "build" / "tms"))
 os.environ.setdefault("MONGOC_DISABLE_SHM", "1")
 
 sys.path.insert(0, str(REPO / "scripts"))
-from tms_split import PORT_TAKEN, LoggedProcess, SplitDeployment, free_port  # noqa: E402
+from tms_split import (PORT_TAKEN, LoggedProcess, SplitDeployment, free_port,  # noqa: E402
+                       tms_env)
 
 SPLIT = os.environ.get("TMS_TEST_SPLIT", "") not in ("", "0")
 SPLIT_TLS = SPLIT and os.environ.get("TMS_TEST_SPLIT_TLS", "") not in ("", "0")
@@ -82,12 +83,14 @@ def unique_email(prefix="user"):
     return f"{prefix}-{secrets.token_hex(6)}@example.com"
 
 
-def run_cli(args, env=None, timeout=30):
-    """Run `tms <args>` to completion; returns CompletedProcess (text mode)."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
+def run_cli(args, env=None, timeout=30, **kw):
+    """Run `tms <args>` to completion; returns CompletedProcess (text mode). The
+    environment is this one's without the harness's TMS_* variables (tms_env), plus
+    env."""
+    if "input" not in kw:
+        kw["stdin"] = subprocess.DEVNULL
     return subprocess.run([TMS_BIN, *args], capture_output=True, text=True,
-                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+                          timeout=timeout, env=tms_env(env), **kw)
 
 
 # -- tasks on PostgreSQL (TMS_TEST_TASKS_URL) -----------------------------------
@@ -280,8 +283,7 @@ class TmsServer(LoggedProcess):
         self._log_index += 1
         self.log_path = self.workdir / f"stderr-{self._log_index}.log"
         self._log_file = open(self.log_path, "wb")
-        env = dict(os.environ)
-        env.update(self.env)
+        env = tms_env(self.env)
         self.proc = subprocess.Popen(self.command(), stdout=self._log_file,
                                      stderr=self._log_file, stdin=subprocess.DEVNULL,
                                      env=env)
@@ -467,6 +469,48 @@ class TmsServer(LoggedProcess):
         if "users.url" in self.settings:  # the store the server uses, not the default
             args += ["--set", f"users.url={self.settings['users.url']}"]
         return run_cli(args)
+
+
+# -- logs ----------------------------------------------------------------------
+
+_LOGFMT_PAIR = re.compile(r'([^\s=]+)(?:=("(?:[^"\\]|\\.)*"|[^\s"]*))?(?=\s|$)')
+
+
+def logfmt(line):
+    """The key/value pairs of one logfmt line, in order (a bare word is a key without a
+    value); raises ValueError where the line is not logfmt (an unbalanced quote)."""
+    pairs, pos = [], 0
+    while pos < len(line):
+        if line[pos].isspace():
+            pos += 1
+            continue
+        m = _LOGFMT_PAIR.match(line, pos)
+        if not m:
+            raise ValueError(f"not logfmt at column {pos}: {line[pos:pos + 40]!r}")
+        value = m.group(2)
+        if value and value.startswith('"'):
+            value = value[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        pairs.append((m.group(1), value))
+        pos = m.end()
+    return pairs
+
+
+def log_problems(text):
+    """The lines of a tms log (those that start with ts=, TMS's own) that are not
+    logfmt or name a key twice (issue 25: `event=email_sent event=<uuid>`)."""
+    problems = []
+    for line in text.splitlines():
+        if not line.startswith("ts="):
+            continue
+        try:
+            keys = [k for k, _ in logfmt(line)]
+        except ValueError as e:
+            problems.append(f"{e}: {line}")
+            continue
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        if dup:
+            problems.append(f"key {', '.join(dup)} twice: {line}")
+    return problems
 
 
 # -- assertion helpers ---------------------------------------------------------
@@ -767,6 +811,8 @@ def server(tms_bin, tmp_path_factory):
     srv.start()
     yield srv
     srv.stop_ok()
+    bad = log_problems(srv.log_text())
+    assert not bad, "log lines that are not logfmt:\n" + "\n".join(bad[:10])
 
 
 @pytest.fixture
@@ -797,6 +843,10 @@ def make_server(tms_bin, tmp_path):
                 srv.stop_ok()
             except AssertionError as e:
                 errors.append(str(e))
+        if srv.proc is not None:  # every line of every run is logfmt, no key twice
+            bad = log_problems(srv.log_text())
+            if bad:
+                errors.append("log lines that are not logfmt:\n" + "\n".join(bad[:10]))
     if errors:
         pytest.fail("server teardown: " + "; ".join(errors))
 

@@ -48,6 +48,8 @@ POST /api/auth/login                200   200   200      200     200    200     
 POST /api/auth/logout               U     200   200      200     200    U       U          U       U         U    U     U
 GET /api/auth/me                    U     200   200      200     200    U       U          U       U         U    U     U
 DELETE /api/auth/delete/:creator    U     403   403      200     200    U       U          U       U         U    U     U
+POST /api/auth/users                U     403   403      403     201    U       U          U       U         U    U     U
+GET /api/auth/users/:creator        U     403   403      200     200    U       U          U       U         U    U     U
 POST /api/task                      U     201   201      201     201    U       U          U       U         U    U     U
 GET /api/task                       U     200   200      200     200    U       U          U       U         U    U     U
 GET /api/task/:id                   U     200   200      200     200    U       U          U       U         U    U     U
@@ -240,6 +242,10 @@ def rest_cell(op, w, token):
         return srv.get("/api/auth/me", token=token)
     if op == "DELETE /api/auth/delete/:creator":
         return srv.delete(f"/api/auth/delete/{w.users['creator']['id']}", token=token)
+    if op == "POST /api/auth/users":
+        return srv.post("/api/auth/users", token=token, json=creds)
+    if op == "GET /api/auth/users/:creator":
+        return srv.get(f"/api/auth/users/{w.users['creator']['id']}", token=token)
     if op == "POST /api/task":
         return srv.post("/api/task", token=token, json={"title": "t", "description": "d"})
     if op == "GET /api/task":

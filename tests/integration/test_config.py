@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from conftest import JWT_SECRET, TMS_BIN, free_port, run_cli
+from conftest import JWT_SECRET, TMS_BIN, free_port, run_cli, tms_env
 
 
 def serve_fails(tmp_path, sets=(), env=None, with_secret=True, timeout=10):
@@ -20,8 +20,7 @@ def serve_fails(tmp_path, sets=(), env=None, with_secret=True, timeout=10):
         args += ["--set", f"auth.jwt_secret={JWT_SECRET}"]
     for s in sets:
         args += ["--set", s]
-    full_env = dict(os.environ)
-    full_env.update(env or {})
+    full_env = tms_env(env)
     t0 = time.monotonic()
     try:
         p = subprocess.run([TMS_BIN, *args], capture_output=True, text=True, timeout=timeout,
@@ -149,7 +148,10 @@ def test_version_command(tms_bin):
 
 
 def test_migrate_command(tms_bin, tmp_path):
+    # no database there yet: refused unless asked to make one (issue 25)
     p = run_cli(["migrate", "--set", f"data.dir={tmp_path}"], timeout=20)
+    assert p.returncode == 1 and "no database at" in p.stderr, p.stderr
+    p = run_cli(["migrate", "--create", "--set", f"data.dir={tmp_path}"], timeout=20)
     assert p.returncode == 0, p.stderr
     # idempotent
     p = run_cli(["migrate", "--set", f"data.dir={tmp_path}"], timeout=20)
@@ -175,9 +177,10 @@ def test_port_in_use_refused_cleanly(tms_bin, tmp_path):
 
 
 def test_config_file_is_what_tms_config_prints(tms_bin):
-    """config/tms.conf documents every key with its default: exactly `tms config`."""
+    """config/tms.conf documents every key with its default: exactly `tms config
+    --defaults`."""
     from conftest import REPO
-    p = run_cli(["config"], timeout=10)
+    p = run_cli(["config", "--defaults"], timeout=10)
     assert p.returncode == 0, p.stderr
     assert p.stdout == (REPO / "config" / "tms.conf").read_text(), \
-        "config/tms.conf is stale: regenerate it with `build/tms config > config/tms.conf`"
+        "config/tms.conf is stale: regenerate it with `build/tms config --defaults > config/tms.conf`"

@@ -785,7 +785,7 @@ def test_h2spec(cli):
     m = re.search(r"(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed", r.stdout)
     assert m, r.stdout[-3000:] + r.stderr
     failures = r.stdout.split("Failures:")[-1] if "Failures:" in r.stdout else ""
-    # Known and explained (README): nghttp2 deliberately ignores a HEADERS frame on a
+    # Known and explained (docs/OPERATIONS.md): nghttp2 deliberately ignores a HEADERS frame on a
     # stream id below the last one instead of a connection error, since it cannot
     # tell it from trailers for a stream it already closed (http2/5.1.1/2). Every
     # other case must pass on every run: a non-gRPC request is answered only after
@@ -823,5 +823,16 @@ def test_reset_or_expired_call_does_no_store_work(pb, make_server):
         assert r.status_code == 200, r.text
         titles = [t["title"] for t in r.json()["tasks"]]
         assert titles == ["kept"], titles
+    finally:
+        c.channel.close()
+
+
+def test_register_follows_auth_registration(pb, make_server):
+    """auth.registration=admin|closed refuses AuthService/Register as it refuses REST's
+    register (issue 25): one rule in the auth actor for both protocols."""
+    srv = make_server(auth__registration="admin")
+    c = Client(pb, srv)
+    try:
+        assert code_of(c.register)[0] == C.PERMISSION_DENIED
     finally:
         c.channel.close()

@@ -2,7 +2,7 @@
 (grpc_probes.py): each probe of the audit, with the answer the server must give within
 its bound or deadline, the server's RSS (VmRSS) staying far below what the probe
 would make it hold without the bounds, and a normal client served afterwards.
-Bounds and defaults: README "gRPC limits", config/tms.conf [grpc]."""
+Bounds and defaults: docs/OPERATIONS.md "gRPC limits", config/tms.conf [grpc]."""
 import re
 import time
 

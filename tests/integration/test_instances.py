@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import JWT_SECRET, SPLIT, TMS_BIN, free_port
+from conftest import JWT_SECRET, SPLIT, TMS_BIN, free_port, tms_env
 
 pytestmark = pytest.mark.skipif(SPLIT, reason="starts single processes next to the test server")
 
@@ -27,7 +27,7 @@ def second_instance(data_dir, http_port=None, grpc_port=None, metrics_port=None,
            "--set", f"data.dir={data_dir}",
            "--set", f"auth.jwt_secret={JWT_SECRET}"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         stdin=subprocess.DEVNULL, env=dict(os.environ))
+                         stdin=subprocess.DEVNULL, env=tms_env())
     try:
         _, err = p.communicate(timeout=timeout)
         rc = p.returncode

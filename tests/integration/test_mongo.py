@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from conftest import (DEFAULT_PASSWORD, REPO, assert_error, assert_user_shape, free_port,
-                      mongo_users_url, unique_email)
+                      mongo_users_url, tms_env, unique_email)
 
 pymongo = pytest.importorskip("pymongo")
 bcrypt = pytest.importorskip("bcrypt")
@@ -274,7 +274,7 @@ def test_unreachable_mongodb_stops_start_with_one_line(tmp_path):
          "--set", "http.addr=127.0.0.1:0", "--set", "grpc.addr=127.0.0.1:0",
          "--set", f"data.dir={tmp_path}", "--set", f"users.url=mongodb://127.0.0.1:{port}/x",
          "--set", "users.server_selection_timeout_ms=500"],
-        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, env=tms_env())
     assert proc.returncode == 1, proc.stderr
     assert time.monotonic() - t0 < 10
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("tms: ")]

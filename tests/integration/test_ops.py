@@ -147,7 +147,7 @@ def test_metrics_token_on_the_public_port(make_server):
 
 def test_metrics_defaults_are_loopback_and_no_token(tms_bin):
     from conftest import run_cli
-    p = run_cli(["config"])
+    p = run_cli(["config", "--defaults"])
     assert p.returncode == 0, p.stderr
     section = p.stdout.split("[metrics]", 1)[1].split("\n[", 1)[0]
     assert "\naddr = 127.0.0.1:9090\n" in section, section
@@ -156,10 +156,10 @@ def test_metrics_defaults_are_loopback_and_no_token(tms_bin):
 
 def test_short_metrics_token_refused(tms_bin, tmp_path):
     import subprocess
-    from conftest import TMS_BIN
+    from conftest import TMS_BIN, tms_env
     p = subprocess.run([TMS_BIN, "serve", "--set", "metrics.token=short",
                         "--set", f"data.dir={tmp_path}"], capture_output=True, text=True,
-                       timeout=10, stdin=subprocess.DEVNULL)
+                       timeout=10, stdin=subprocess.DEVNULL, env=tms_env())
     lines = [l for l in p.stderr.splitlines() if l.strip()]
     assert p.returncode != 0 and len(lines) == 1, lines
     assert lines[0] == "tms: config: metrics.token: must be at least 32 bytes", lines

@@ -297,7 +297,7 @@ def test_pg_down_under_task_group_saga_waits_then_completes(make_server, pg):  #
 
 # -- a broker restart: every event delivered within a stated bound --------------------
 
-RESTART_BOUND_S = 30.0  # after the broker answers again (README, "Kafka")
+RESTART_BOUND_S = 30.0  # after the broker answers again (docs/OPERATIONS.md, "Kafka")
 
 
 def test_broker_restart_every_event_mailed_within_the_bound(make_server):

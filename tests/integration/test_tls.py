@@ -269,7 +269,7 @@ def test_h2spec_over_tls(tls_srv):
     assert m, r.stdout[-3000:] + r.stderr
     assert int(m.group(1)) > 140
     failures = r.stdout.split("Failures:")[-1] if "Failures:" in r.stdout else ""
-    # The one known case of cleartext (test_grpc.py::test_h2spec, README), nothing more.
+    # The one known case of cleartext (test_grpc.py::test_h2spec, docs/OPERATIONS.md), nothing more.
     allowed = {"Sends stream identifier that is numerically smaller than previous"}
     assert set(re.findall(r"× \d+: (.+)", failures)) <= allowed, r.stdout[-3000:]
 

@@ -313,14 +313,14 @@ def test_a_worker_that_cannot_start_stops_all(tmp_path):
     import os
     import socket
     import subprocess
-    from conftest import TMS_BIN, free_port
+    from conftest import TMS_BIN, free_port, tms_env
     port = free_port()
     proc = subprocess.Popen([TMS_BIN, "serve", "--set", "server.workers=3",
                              "--set", f"http.addr=127.0.0.1:{port}",
                              "--set", "grpc.addr=127.0.0.1:0", "--set", f"data.dir={tmp_path}",
                              "--set", "auth.jwt_secret=" + secrets.token_hex(20)],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=dict(os.environ, TMS_FAULT_WORKER_START="2"))
+                            env=tms_env({"TMS_FAULT_WORKER_START": "2"}))
     try:
         _, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:

@@ -271,7 +271,9 @@ int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t 
     call->next_cursor =
         m->has_next_cursor ? tms_pb_arena_string(&call->arena, m->next_cursor) : NULL;
     call->replayed = m->replayed;
-    if (m->ratelimit) {
+    /* The gateway's own limits stay as it counted them: a role elsewhere applies none, and
+     * its zeros used to erase the RateLimit-* headers of a split deployment's answers. */
+    if (m->ratelimit && m->ratelimit->applied) {
         call->ratelimit.applied = m->ratelimit->applied;
         call->ratelimit.limit = m->ratelimit->limit;
         call->ratelimit.remaining = m->ratelimit->remaining;

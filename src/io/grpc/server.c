@@ -39,7 +39,7 @@
 #define DEFAULT_HEADER_LIST 16384
 #define DEFAULT_IDLE_MS 60000
 #define DEFAULT_MAX_CONNECTIONS 10000
-/* What a client can make the server hold (server.h, README "gRPC limits"). */
+/* What a client can make the server hold (server.h, docs/OPERATIONS.md "gRPC limits"). */
 #define DEFAULT_UNAUTH_MESSAGE 8192
 #define DEFAULT_CONN_REQUEST (8 * 1024 * 1024)
 #define DEFAULT_STREAM_OUTPUT (4 * 1024 * 1024)

@@ -75,7 +75,7 @@ typedef struct tms_grpc_config {
     size_t max_connections_per_address;
     unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
     /* What a client can make the server hold (0: the default in parentheses); see
-     * README "gRPC limits". A request message on a stream whose caller is not checked
+     * docs/OPERATIONS.md "gRPC limits". A request message on a stream whose caller is not checked
      * before the call (tms_grpc_stream_limit_unchecked: the service says which) over
      * max_unauthenticated_message_bytes (8 KiB) is answered at once with the code the
      * handler gave; request bytes buffered by one connection over

@@ -22,6 +22,8 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/text.h"
+#include "io/http/cors.h"
+#include "io/http/forwarded.h"
 #include "io/http/listen.h"
 
 #define READ_CHUNK 65536
@@ -139,6 +141,8 @@ void tms_http_limits_default(tms_http_limits_t *l)
     l->listener = "http";
     l->tls = NULL;
     l->tls_handshake_timeout_ms = 10000;
+    l->trusted_proxies = NULL;
+    l->cors_origins = NULL;
 }
 
 const char *tms_http_header_get(const tms_http_request_t *req, const char *name)
@@ -363,6 +367,10 @@ static void log_request(tms_http_server_t *s, const tms_http_request_t *r, int s
         tms_log_add_str(&l, r->request_id);
         tms_log_add(&l, " client=", 8);
         tms_log_add_str(&l, r->client_addr[0] ? r->client_addr : "-");
+        if (r->proxy_addr[0]) {
+            tms_log_add(&l, " via=", 5);
+            tms_log_add_str(&l, r->proxy_addr);
+        }
         tms_log_end(&l);
     }
     observe(s, route, method, status, (double)ns / 1e9);
@@ -417,6 +425,10 @@ static void req_finish_head(tms_http_server_t *s, hreq_t *r)
         r->pub.headers[i].value = r->hoff[i].value == SIZE_MAX ? "" : r->buf + r->hoff[i].value;
     }
     r->pub.nheaders = r->nh;
+    if (s->limits.trusted_proxies &&
+        tms_http_forwarded_client(&r->pub, r->conn->client_addr, s->limits.trusted_proxies,
+                                  r->pub.client_addr, sizeof r->pub.client_addr))
+        snprintf(r->pub.proxy_addr, sizeof r->pub.proxy_addr, "%s", r->conn->client_addr);
     rid = tms_http_header_get(&r->pub, "X-Request-Id");
     if (rid && request_id_sane(rid)) {
         tms_text_copy(r->pub.request_id, sizeof r->pub.request_id, rid);
@@ -610,7 +622,8 @@ static char *build_response(tms_http_server_t *s, int status, const char *rid, b
         buf_append(&b, &len, &cap, content_type, strcspn(content_type, "\r\n"));
         buf_append(&b, &len, &cap, "\r\n", 2);
     }
-    if (status != 204 && !(status >= 100 && status < 200)) {
+    /* A 304 has no body, and a Content-Length there would have to be the 200's. */
+    if (status != 204 && status != 304 && !(status >= 100 && status < 200)) {
         n = (int)(tms_jsonw_int(line, no_body_status ? 0 : (int64_t)body_len) - line);
         buf_append(&b, &len, &cap, "Content-Length: ", 16);
         buf_append(&b, &len, &cap, line, (size_t)n);
@@ -989,6 +1002,17 @@ static void dispatch(conn_t *c)
     c->phase = PH_HANDLER;
     uv_timer_stop(&c->timer);
     s->inflight++;
+    if (s->limits.cors_origins && tms_cors_is_preflight(&r->pub)) {
+        /* Answered here, before any route or limit: the browser asks what it may send. */
+        tms_http_header_t h[TMS_CORS_PREFLIGHT_HEADERS];
+        r->pub.route = "preflight";
+        if (tms_cors_allowed(s->limits.cors_origins, tms_http_header_get(&r->pub, "Origin")))
+            tms_http_respond(&r->pub, 204, h, tms_cors_preflight(h), NULL, NULL, 0);
+        else
+            tms_http_respond_error_status(&r->pub, 403, TMS_PERMISSION_DENIED,
+                                          "origin not allowed (http.cors_origins)", NULL, 0);
+        return;
+    }
     s->handler(s->ctx, &r->pub);
 }
 
@@ -1323,8 +1347,18 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
     }
     s = c->srv;
     close_after = !r->keep_alive || s->lis.stopping;
-    resp = build_response(s, status, req->request_id, close_after, headers, nheaders, content_type,
-                          body, body_len, r->is_head, &resp_len);
+    if (s->limits.cors_origins) {
+        tms_http_header_t *all = tms_malloc((nheaders + TMS_CORS_RESPONSE_HEADERS) * sizeof(*all));
+        size_t n = tms_cors_response(s->limits.cors_origins, req, all);
+        if (nheaders)
+            memcpy(all + n, headers, nheaders * sizeof(*all));
+        resp = build_response(s, status, req->request_id, close_after, all, n + nheaders,
+                              content_type, body, body_len, r->is_head, &resp_len);
+        free(all);
+    } else {
+        resp = build_response(s, status, req->request_id, close_after, headers, nheaders,
+                              content_type, body, body_len, r->is_head, &resp_len);
+    }
     c->req = NULL;
     c->phase = PH_WRITING;
     s->inflight--;

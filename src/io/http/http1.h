@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/cidr.h"
 #include "core/status.h"
 #include "io/tls/tls.h"
 
@@ -40,6 +41,14 @@ typedef struct tms_http_limits {
      * tls_handshake_timeout_ms (default 10000) closes the connection. */
     tms_tls_ctx_t *tls;
     uint64_t tls_handshake_timeout_ms;
+    /* Reverse proxies (borrowed, outlives the server; NULL: none): a request from one
+     * gets its client_addr from X-Forwarded-For / Forwarded (io/http/forwarded.h). The
+     * connection caps still count the peer. */
+    const tms_cidr_list_t *trusted_proxies;
+    /* http.cors_origins as written (borrowed, outlives the server; NULL or "": no CORS):
+     * preflights are answered here, and responses to a listed Origin carry the CORS
+     * headers (io/http/cors.h). */
+    const char *cors_origins;
 } tms_http_limits_t;
 
 /** Fill *l with the defaults of API.md "Limits". */
@@ -54,7 +63,9 @@ typedef struct tms_http_request {
     const char *body; /* de-chunked body, NUL-terminated; "" when empty */
     size_t body_len;
     char request_id[65];  /* client's X-Request-Id if sane, else 32 hex chars */
-    char client_addr[64]; /* peer IP, no port */
+    char client_addr[64]; /* client IP, no port: the peer's, or behind a trusted proxy
+                           * the one its X-Forwarded-For names */
+    char proxy_addr[64];  /* the trusted proxy's IP when client_addr came from it, or "" */
     const char *route;    /* set by the handler (static string); default "unmatched" */
     uint64_t start_ns;    /* uv_hrtime() at head complete */
     void *user;           /* free for the handler */

@@ -1,5 +1,6 @@
 #include "io/http/rest.h"
 
+#include <ctype.h>
 #include <jansson.h>
 #include <sodium.h>
 #include <stdio.h>
@@ -139,11 +140,70 @@ static void respond_tasks(tms_http_request_t *req, tms_api_call_t *call, int sta
 
 /* Renders a finished call: errors per API.md's table, results per the shape of the
  * operation's result and with its success status (core/ops.h). */
+/* Does an If-None-Match field value ("3", W/"3", a list of them, or *) name etag? */
+static bool etag_matches(const char *field, const char *etag)
+{
+    const char *p = field;
+    size_t n = strlen(etag);
+    while (*p) {
+        size_t len;
+        p += strspn(p, " \t,");
+        if (*p == '*')
+            return true;
+        if (strncmp(p, "W/", 2) == 0)
+            p += 2;
+        len = strcspn(p, " \t,");
+        if (len == n && memcmp(p, etag, n) == 0)
+            return true;
+        p += len;
+    }
+    return false;
+}
+
+/* Percent-encodes s for a query value into buf[size) (cut to fit). */
+static void query_encode(char *buf, size_t size, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *s && o + 4 < size; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') {
+            buf[o++] = (char)c;
+        } else {
+            buf[o++] = '%';
+            buf[o++] = hex[c >> 4];
+            buf[o++] = hex[c & 15];
+        }
+    }
+    buf[o] = '\0';
+}
+
+/* Link: <route?filters&limit=&cursor=next>; rel="next" for a page that has a next one:
+ * the same query with the next cursor (RFC 8288; relative to the request's URL). */
+static void next_link(const tms_op_t *op, const tms_api_call_t *call, char *out, size_t size)
+{
+    char enc[3 * 256 + 1];
+    size_t o = (size_t)snprintf(out, size, "<%s?", op->rest_route);
+    if (call->assigned_to && call->assigned_to[0] && o < size) {
+        query_encode(enc, sizeof(enc), call->assigned_to);
+        o += (size_t)snprintf(out + o, size - o, "assignedTo=%s&", enc);
+    }
+    if (call->status && call->status[0] && o < size) {
+        query_encode(enc, sizeof(enc), call->status);
+        o += (size_t)snprintf(out + o, size - o, "status=%s&", enc);
+    }
+    query_encode(enc, sizeof(enc), call->next_cursor);
+    if (o < size)
+        snprintf(out + o, size - o, "limit=%d&cursor=%s>; rel=\"next\"",
+                 (int)tms_op_list_size(op, call->limit), enc);
+}
+
 static void render(tms_http_request_t *req, tms_api_call_t *call)
 {
     const tms_op_t *op = tms_op_get(call->op);
-    tms_http_header_t h[6];
-    char lim[24], rem[24], reset[24], retry[24], etag[32];
+    tms_http_header_t h[8];
+    char lim[24], rem[24], reset[24], retry[24], etag[32], location[96], link[1200];
+    const char *inm;
     size_t nh = 0;
     json_t *body = NULL;
     int status;
@@ -169,6 +229,12 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
         tms_http_respond_error(req, call->err.code, call->err.message, h, nh);
         return;
     }
+    /* A created user is at /api/auth/users/:id (GET: the user or an admin). */
+    if (op && op->rest_status == 201 &&
+        (op->result == TMS_RESULT_SESSION || op->result == TMS_RESULT_USER)) {
+        snprintf(location, sizeof(location), "/api/auth/users/%s", call->user.id);
+        h[nh++] = (tms_http_header_t){"Location", location};
+    }
     switch (op ? op->result : 0) {
     case TMS_RESULT_SESSION:
         body = json_pack("{s:s, s:o}", "token", call->token, "user", user_json(&call->user));
@@ -187,10 +253,26 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
         *e++ = '"';
         *e = '\0';
         h[nh++] = (tms_http_header_t){"ETag", etag};
+        if (op->rest_status == 201) {
+            snprintf(location, sizeof(location), "%s/%lld", op->rest_route,
+                     (long long)call->task.id);
+            h[nh++] = (tms_http_header_t){"Location", location};
+        }
+        /* The version is the ETag: a client holding it is told that nothing changed. */
+        if (op->rest_status == 200 &&
+            (strcmp(req->method, "GET") == 0 || strcmp(req->method, "HEAD") == 0) &&
+            (inm = tms_http_header_get(req, "If-None-Match")) && etag_matches(inm, etag)) {
+            tms_http_respond(req, 304, h, nh, NULL, "", 0);
+            return;
+        }
         respond_tasks(req, call, op->rest_status, h, nh, false);
         return;
     }
     case TMS_RESULT_TASKS:
+        if (call->next_cursor) {
+            next_link(op, call, link, sizeof(link));
+            h[nh++] = (tms_http_header_t){"Link", link};
+        }
         respond_tasks(req, call, op->rest_status, h, nh, true);
         return;
     case TMS_RESULT_DELETED:
@@ -280,20 +362,50 @@ static char *bearer_token(const tms_http_request_t *req, tms_api_call_t *call)
     return tms_api_call_strdup(call, h);
 }
 
-/* Parses {email, password}; answers 400 itself and returns -1 on bad input. */
-static int parse_credentials(tms_http_request_t *req, tms_api_call_t *call)
+/* The body as a JSON object, or NULL after answering 400 (a parse error names the line
+ * and column where parsing stopped, the last character of the offending token:
+ * "malformed JSON body at line 1, column 12: ':' expected near '"t"'"). */
+static json_t *load_body(tms_http_request_t *req)
 {
     json_error_t jerr;
-    json_t *root, *email, *password;
-    const char *problem = NULL;
-    root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    char msg[200];
+    json_t *root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        problem = "malformed JSON body";
-        goto bad;
+        if (req->body_len == 0)
+            snprintf(msg, sizeof(msg), "a JSON body is required");
+        else
+            snprintf(msg, sizeof(msg), "malformed JSON body at line %d, column %d: %.100s",
+                     jerr.line, jerr.column, jerr.text);
+        tms_http_respond_error(req, TMS_INVALID_ARGUMENT, msg, NULL, 0);
+        return NULL;
     }
     if (!json_is_object(root)) {
-        problem = "request body must be a JSON object";
-        goto bad;
+        json_decref(root);
+        tms_http_respond_error(req, TMS_INVALID_ARGUMENT, "request body must be a JSON object",
+                               NULL, 0);
+        return NULL;
+    }
+    return root;
+}
+
+/* Parses {email, password}; with only_known, any other field is refused as task bodies
+ * refuse theirs. Answers 400 itself and returns -1 on bad input. */
+static int parse_credentials(tms_http_request_t *req, tms_api_call_t *call, bool only_known)
+{
+    json_t *root, *email, *password, *v;
+    const char *problem = NULL, *key;
+    char msg[160];
+    if (!(root = load_body(req)))
+        return -1;
+    if (only_known) {
+        json_object_foreach(root, key, v)
+        {
+            if (strcmp(key, "email") != 0 && strcmp(key, "password") != 0) {
+                snprintf(msg, sizeof(msg), "unknown field: %.64s (known: email, password)", key);
+                problem = msg;
+                goto bad;
+            }
+        }
     }
     email = json_object_get(root, "email");
     password = json_object_get(root, "password");
@@ -326,19 +438,11 @@ bad:
  * API.md asks. Answers 400 itself and returns -1 on bad input. */
 static int parse_task_body(tms_http_request_t *req, tms_api_call_t *call, int update)
 {
-    json_error_t jerr;
     json_t *root, *v;
     const char *key, *problem = NULL;
     char msg[160];
-    root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root) {
-        problem = "malformed JSON body";
-        goto bad;
-    }
-    if (!json_is_object(root)) {
-        problem = "request body must be a JSON object";
-        goto bad;
-    }
+    if (!(root = load_body(req)))
+        return -1;
     json_object_foreach(root, key, v)
     {
         char **slot = strcmp(key, "title") == 0         ? &call->title
@@ -347,7 +451,8 @@ static int parse_task_body(tms_http_request_t *req, tms_api_call_t *call, int up
                       : strcmp(key, "assignedTo") == 0  ? &call->assigned_to
                                                         : NULL;
         if (!slot) {
-            snprintf(msg, sizeof(msg), "unknown field: %.64s", key);
+            snprintf(msg, sizeof(msg),
+                     "unknown field: %.64s (known: title, description, status, assignedTo)", key);
             problem = msg;
             goto bad;
         }
@@ -406,27 +511,40 @@ static int url_decode(char *out, const char *s, size_t len)
     return 0;
 }
 
-/* Parses ?assignedTo=&status=&limit=&cursor= into call; unknown parameters are
- * ignored, as Express does. limit is checked against op's list size. Answers 400
- * itself and returns -1 on bad input. */
+/* Parses ?assignedTo=&status=&limit=&cursor= into call; any other parameter is
+ * refused, naming it (Express ignored them: a client with a typo believed it had
+ * filtered). limit is checked against op's list size. Answers 400 itself and returns
+ * -1 on bad input. */
 static int parse_list_query(tms_http_request_t *req, const tms_op_t *op, tms_api_call_t *call)
 {
     const char *q = req->query, *problem = NULL;
+    char msg[200], name[48];
     tms_error_t err;
     while (*q) {
         const char *amp = strchr(q, '&'), *eq;
         size_t n = amp ? (size_t)(amp - q) : strlen(q);
         eq = memchr(q, '=', n);
-        if (eq) {
-            size_t klen = (size_t)(eq - q), vlen = n - klen - 1;
+        if (!eq)
+            eq = q + n; /* "?status": a key without a value, as "?status=" */
+        if (n) {
+            size_t klen = (size_t)(eq - q), vlen = klen < n ? n - klen - 1 : 0;
             char *value = NULL, **slot = NULL, num[24];
 #define KEY(k) (klen == sizeof(k) - 1 && memcmp(q, k, klen) == 0)
             /* Only the values kept take room in the call; the others are checked. */
-            if (KEY("assignedTo") || KEY("status") || KEY("cursor"))
+            if (KEY("assignedTo") || KEY("status") || KEY("cursor")) {
                 value = tms_arena_alloc(&call->arena, vlen + 1);
-            else if (KEY("limit"))
+            } else if (KEY("limit")) {
                 value = vlen < sizeof(num) ? num : tms_arena_alloc(&call->arena, vlen + 1);
-            if (url_decode(value, eq + 1, vlen) != 0) {
+            } else {
+                if (klen >= sizeof(name) || url_decode(name, q, klen) != 0)
+                    snprintf(name, sizeof(name), "%.*s...", (int)(klen < 32 ? klen : 32), q);
+                snprintf(msg, sizeof(msg),
+                         "unknown query parameter: %s (known: assignedTo, status, limit, cursor)",
+                         name);
+                problem = msg;
+                goto bad;
+            }
+            if (url_decode(value, klen < n ? eq + 1 : eq, vlen) != 0) {
                 problem = "malformed query string";
                 goto bad;
             }
@@ -772,7 +890,7 @@ static int decode_call(tms_http_request_t *req, const tms_op_t *op, const char *
     if ((op->args & TMS_ARGS_IDEMPOTENCY) && (idem = tms_http_header_get(req, "Idempotency-Key")))
         call->idempotency_key = tms_api_call_strdup(call, idem);
     if (op->args & TMS_ARGS_CREDENTIALS)
-        return parse_credentials(req, call);
+        return parse_credentials(req, call, (op->args & TMS_ARGS_ONLY_KNOWN) != 0);
     if (op->args & (TMS_ARGS_TASK | TMS_ARGS_TASK_PATCH))
         return parse_task_body(req, call, (op->args & TMS_ARGS_TASK_PATCH) != 0);
     if (op->args & TMS_ARGS_LIST)
@@ -865,7 +983,9 @@ void tms_rest_handle(void *ctx, tms_http_request_t *req)
                                       "no route for this method and path", &h, 1);
         return;
     }
-    tms_http_respond_error(req, TMS_NOT_FOUND, "no route for this path", NULL, 0);
+    /* `curl /` or `/api/tasks` is often a newcomer's first call: say where the routes are. */
+    tms_http_respond_error(req, TMS_NOT_FOUND,
+                           "no route for this path; GET /openapi.json lists the routes", NULL, 0);
 }
 
 tms_rest_t *tms_rest_new(uv_loop_t *loop, const tms_rest_config_t *cfg)

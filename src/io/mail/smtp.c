@@ -252,13 +252,13 @@ static void on_dlq_written(tms_msg_t *msg)
     tms_mail_t *mail = j->mail;
     if (j->rc == 0) {
         tms_counter_add(j->written, 1);
-        tms_log_error("mail_dead_letter", "event=%s dir=%s reason=\"%s\"", mail->event_id, j->dir,
-                      j->reason);
+        tms_log_error("mail_dead_letter", "event_id=%s dir=%s reason=\"%s\"", mail->event_id,
+                      j->dir, j->reason);
         reply(mail, TMS_FAILED_PRECONDITION, j->reason); /* the server's reply */
     } else {
         /* Left pending: the redelivery meets the same 5xx and tries the write again. */
         tms_counter_add(j->failed, 1);
-        tms_log_error("mail_dead_letter_failed", "event=%s dir=%s errno=%d error=\"%s\"",
+        tms_log_error("mail_dead_letter_failed", "event_id=%s dir=%s errno=%d error=\"%s\"",
                       mail->event_id, j->dir, j->saved_errno, strerror(j->saved_errno));
         reply(mail, TMS_UNAVAILABLE, "dead letter not written");
     }
@@ -553,7 +553,8 @@ static void on_done(smtp_t *m, send_t *s, CURLcode res)
     breaker_moved(m, before);
     /* A failed half-open probe is the outage going on: a debug line. */
     tms_log(before == TMS_BREAKER_HALF_OPEN && !permanent ? TMS_LOG_DEBUG : TMS_LOG_WARN,
-            "mail_send_failed", "event=%s attempt=%d code=%ld curl=%d permanent=%d error=\"%s\"%s",
+            "mail_send_failed",
+            "event_id=%s attempt=%d code=%ld curl=%d permanent=%d error=\"%s\"%s",
             s->mail->event_id, s->attempt, code, (int)res, permanent,
             s->errbuf[0] ? s->errbuf : curl_easy_strerror(res),
             res == CURLE_USE_SSL_FAILED

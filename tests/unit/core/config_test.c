@@ -348,6 +348,105 @@ static void test_bad_file(void)
     remove(path);
 }
 
+/* Listen addresses: a port alone, :port, localhost and bracketed IPv6 are written in
+ * their numeric form; names and bare IPv6 are refused naming the key. */
+static void test_listen_forms(void)
+{
+    static const char *const in[][2] = {
+        {"3000", "0.0.0.0:3000"},
+        {":3000", "0.0.0.0:3000"},
+        {"localhost:3000", "127.0.0.1:3000"},
+        {"LocalHost:1", "127.0.0.1:1"},
+        {"[::1]:3000", "[::1]:3000"},
+        {"127.0.0.1:0", "127.0.0.1:0"},
+        {"0.0.0.0:3000", "0.0.0.0:3000"},
+    };
+    char out[160], err[256];
+    for (size_t i = 0; i < sizeof(in) / sizeof(in[0]); i++) {
+        CHECK_EQ_INT(
+            tms_config_parse_listen("http.addr", in[i][0], out, sizeof(out), err, sizeof(err)), 0);
+        CHECK_EQ_STR(out, in[i][1]);
+    }
+    static const char *const bad[] = {
+        "example.com:3000", "::1:3000", "[::1]",    "[nope]:1", "3000x", ":",
+        "1.2.3.4:-1",       "",         "1.2.3.4:", "[::1]:"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        CHECK_EQ_INT(
+            tms_config_parse_listen("grpc.addr", bad[i], out, sizeof(out), err, sizeof(err)),
+            -TMS_EINVAL);
+        CHECK(strstr(err, "grpc.addr") != NULL);
+    }
+    /* finish rewrites the three listeners */
+    tms_config_t c;
+    tms_config_defaults(&c);
+    CHECK_EQ_INT(tms_config_set(&c, "http.addr=8080", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_set(&c, "metrics.addr=localhost:9", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
+    CHECK_EQ_STR(c.http.addr, "0.0.0.0:8080");
+    CHECK_EQ_STR(c.metrics.addr, "127.0.0.1:9");
+    expect_error("http.addr=example.com:80", "http.addr");
+    expect_error("http.trusted_proxies=10.0.0.0/8 nonsense", "http.trusted_proxies");
+    expect_error("http.cors_origins=app.example.com", "http.cors_origins");
+    expect_error("http.cors_origins=https://a.example/path", "http.cors_origins");
+    expect_error("http.cors_origins=https://*.example", "http.cors_origins");
+    expect_error("auth.registration=maybe", "auth.registration");
+    expect_error("auth.login_revokes_others=yes", "auth.login_revokes_others");
+}
+
+static void on_warning(void *arg, const char *line)
+{
+    char *out = arg;
+    snprintf(out + strlen(out), 1024 - strlen(out), "%s\n", line);
+}
+
+/* A TMS_ variable that names no key is reported with the closest key; the keys'
+ * variables and the fault hooks are not. */
+static void test_env_warnings(void)
+{
+    char out[1024] = "";
+    setenv("TMS_HTTP_ADR", "x", 1);
+    setenv("TMS_HTTP_ADDR", "127.0.0.1:1", 1);
+    setenv("TMS_FAULT_SOMETHING", "1", 1);
+    tms_config_check_env(on_warning, out);
+    CHECK(strstr(out, "TMS_HTTP_ADR is not a setting; did you mean TMS_HTTP_ADDR (http.addr)?") !=
+          NULL);
+    CHECK(strstr(out, "TMS_HTTP_ADDR is") == NULL);
+    CHECK(strstr(out, "TMS_FAULT") == NULL);
+    unsetenv("TMS_HTTP_ADR");
+    unsetenv("TMS_HTTP_ADDR");
+    unsetenv("TMS_FAULT_SOMETHING");
+}
+
+/* tms config: values in effect, their source, secrets and URL passwords masked. */
+static void test_write_effective(void)
+{
+    tms_config_t c;
+    char err[256], *text = NULL, set[128];
+    size_t len = 0;
+    FILE *f;
+    tms_config_defaults(&c);
+    snprintf(set, sizeof(set), "auth.jwt_secret=%s", GOOD);
+    CHECK_EQ_INT(tms_config_set(&c, set, err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_set(&c, "tasks.url=postgres://tms:hunter2hunter2@db/tms?password=pw2",
+                                err, sizeof(err)),
+                 0);
+    CHECK_EQ_INT(tms_config_set(&c, "auth.token_ttl=600", err, sizeof(err)), 0);
+    CHECK_EQ_INT(tms_config_finish(&c, err, sizeof(err)), 0);
+    f = open_memstream(&text, &len);
+    tms_config_write(&c, f);
+    fclose(f);
+    CHECK(strstr(text, GOOD) == NULL);
+    CHECK(strstr(text, "hunter2") == NULL);
+    CHECK(strstr(text, "pw2") == NULL);
+    CHECK(strstr(text, "\njwt_secret = ********\n") != NULL);
+    CHECK(strstr(text, "\nurl = postgres://tms:********@db/tms?password=********\n") != NULL);
+    CHECK(strstr(text, "# (from --set; default 3600)\ntoken_ttl = 600\n") != NULL);
+    CHECK(strstr(text, "\nurl = sqlite://./data/tms.db\n") != NULL); /* derived */
+    CHECK(strstr(text, "\ntoken = \n") != NULL);                     /* empty secret */
+    free(text);
+}
+
 int main(void)
 {
     unsigned char raw[16];
@@ -362,5 +461,8 @@ int main(void)
     RUN_TEST(test_tls_settings);
     RUN_TEST(test_secret_rules);
     RUN_TEST(test_secret_files);
+    RUN_TEST(test_listen_forms);
+    RUN_TEST(test_env_warnings);
+    RUN_TEST(test_write_effective);
     TEST_EXIT();
 }

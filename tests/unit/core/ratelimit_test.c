@@ -301,6 +301,28 @@ static void test_shared_between_threads(void)
     tms_ratelimit_free(&shared);
 }
 
+/* A take given back (a creation that made no task) is a token again, never above the
+ * limit; an unknown key is full. */
+static void test_give_back(void)
+{
+    tms_ratelimit_t *rl = tms_ratelimit_new(3, 3600 * 1000, 100);
+    tms_ratelimit_result_t r;
+    for (int i = 0; i < 3; i++)
+        CHECK(tms_ratelimit_take(rl, "u", 1000).allowed);
+    CHECK(!tms_ratelimit_take(rl, "u", 1000).allowed);
+    CHECK_EQ_INT(tms_ratelimit_give_back(rl, "u", 1000), 1);
+    r = tms_ratelimit_take(rl, "u", 1000);
+    CHECK(r.allowed);
+    CHECK_EQ_INT(r.remaining, 0);
+    CHECK_EQ_INT(tms_ratelimit_give_back(rl, "u", 1000), 1);
+    CHECK_EQ_INT(tms_ratelimit_give_back(rl, "u", 1000), 2);
+    CHECK_EQ_INT(tms_ratelimit_give_back(rl, "u", 1000), 3);
+    CHECK_EQ_INT(tms_ratelimit_give_back(rl, "u", 1000), 3); /* capped */
+    CHECK_EQ_INT(tms_ratelimit_give_back(rl, "nobody", 1000), 3);
+    tms_ratelimit_free(&rl);
+    CHECK_EQ_INT(tms_ratelimit_give_back(NULL, "u", 0), 0);
+}
+
 int main(void)
 {
     RUN_TEST(test_shared_between_threads);
@@ -314,5 +336,6 @@ int main(void)
     RUN_TEST(test_addr_key);
     RUN_TEST(test_expired_swept);
     RUN_TEST(test_many_keys);
+    RUN_TEST(test_give_back);
     TEST_EXIT();
 }

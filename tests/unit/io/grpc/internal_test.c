@@ -98,6 +98,9 @@ static void test_result_round_trip(void)
     CHECK_EQ_STR(d->err.message, "task 9 not found");
     CHECK_EQ_INT(d->ntasks, 0);
     CHECK(d->next_cursor == NULL);
+    /* a role elsewhere applies no limit: the gateway's count stays for the headers */
+    CHECK(d->ratelimit.applied);
+    CHECK_EQ_INT(d->ratelimit.remaining, 9);
     tms_api_call_free(&c);
     tms_api_call_free(&d);
 }
