@@ -409,6 +409,13 @@ def evaluate(P):
         row("workers", "rps workers=2 / workers=1",
             _ratio(g("workers", "w2.rps"), g("workers", "w1.rps")), ">= 1.6",
             lambda v: v >= 1.6)
+    if "push" in P:
+        row("push", "SSE commit -> delivery at the last of %s subscribers, p99 (ms)" %
+            g("push", "subs"), g("push", "p99_ms"), "info", lambda v: None,
+            "%s changes/s; p50 %s ms; %s (event, subscriber) pairs missing" % (
+                g("push", "rate"), g("push", "p50_ms"), g("push", "missing")))
+        row("push", "server RSS per idle SSE subscriber (KiB)", g("push", "rss_per_sub_kib"),
+            "info", lambda v: None)
     if "memory" in P:
         d = g("memory", "conns_rss_kib"), g("memory", "idle_rss_kib")
         row("memory", "RSS with %s idle keep-alive conns - idle (MiB)" % g("memory", "conns_open"),

@@ -51,6 +51,9 @@ struct tms_auth {
     size_t hash_per_address;
     unsigned ipv6_prefix;
     tms_counter_t *hash_refused;
+    tms_ticket_book_t *tickets;
+    bool own_tickets;
+    tms_push_shared_t *push;
     int registration;        /* TMS_REGISTRATION_* */
     bool login_keeps_others; /* a login does not bump the token version */
 };
@@ -454,10 +457,45 @@ static void authenticated_by_store(tms_auth_t *auth, tms_api_call_t *call, tms_u
 
 /* Verifies the bearer token: signature, alg, exp and iss here, then the token
  * version against the store, so logout and login revoke at once. */
+static void check_user(tms_auth_t *auth, tms_api_call_t *call, const char *sub,
+                       int64_t token_version, int64_t exp_s);
+
+/* A stream ticket instead of the token (only where the operation takes one): checked
+ * like a token, its user and token version included, and usable once. */
+static void authenticate_ticket(tms_auth_t *auth, tms_api_call_t *call)
+{
+    tms_ticket_claims_t c;
+    int64_t now_ms = tms_now_ms();
+    int rc = tms_ticket_verify(auth->key, auth->key_len, call->ticket, now_ms, &c);
+    if (rc == -TMS_ERANGE) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "ticket expired");
+        return;
+    }
+    if (rc != 0) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "invalid ticket");
+        return;
+    }
+    rc = tms_ticket_book_use(auth->tickets, &c, now_ms);
+    if (rc == -TMS_EFULL) {
+        fail(auth, call, TMS_UNAVAILABLE, "too many tickets in use, retry later");
+        return;
+    }
+    if (rc != 0) {
+        fail(auth, call, TMS_UNAUTHENTICATED, "ticket already used");
+        return;
+    }
+    check_user(auth, call, c.sub, c.token_version, c.token_exp_s);
+}
+
 static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
 {
     tms_jwt_claims_t claims;
     char why[128];
+    const tms_op_t *op = tms_op_get(call->op);
+    if ((!call->bearer || !call->bearer[0]) && call->ticket && op && (op->args & TMS_ARGS_WATCH)) {
+        authenticate_ticket(auth, call);
+        return;
+    }
     if (!call->bearer || !call->bearer[0]) {
         fail(auth, call, TMS_UNAUTHENTICATED, "missing bearer token");
         return;
@@ -471,20 +509,52 @@ static void do_authenticate(tms_auth_t *auth, tms_api_call_t *call)
         }
         tms_token_cache_put(auth->tokens, call->bearer, &claims);
     }
+    check_user(auth, call, claims.sub, claims.token_version, claims.exp);
+}
+
+/* The credential is genuine: its user must exist with that token version. */
+static void check_user(tms_auth_t *auth, tms_api_call_t *call, const char *sub,
+                       int64_t token_version, int64_t exp_s)
+{
     memset(&call->user, 0, sizeof(call->user));
-    call->user.token_version = claims.token_version;
+    call->user.token_version = token_version;
+    call->principal.expires_at_s = exp_s;
     {
         /* Versions only grow: a cached version above the claim proves the token
          * revoked, an equal one proves it current; a lower one may be stale. */
         tms_user_op_t hit;
-        if (tms_user_cache_get(auth->cache, claims.sub, uv_now(auth->loop), &hit.user) &&
-            hit.user.token_version >= claims.token_version) {
+        if (tms_user_cache_get(auth->cache, sub, uv_now(auth->loop), &hit.user) &&
+            hit.user.token_version >= token_version) {
             hit.err.code = TMS_OK;
             authenticated(auth, call, &hit);
             return;
         }
     }
-    store(auth, call, TMS_USER_GET_BY_ID, claims.sub, NULL, NULL, authenticated_by_store);
+    store(auth, call, TMS_USER_GET_BY_ID, sub, NULL, NULL, authenticated_by_store);
+}
+
+/* A ticket for the caller's streams: made from the token the call came with (its
+ * version and end), so that logging out revokes it too. */
+static void issue_ticket(tms_auth_t *auth, tms_api_call_t *call)
+{
+    tms_ticket_claims_t c = {0};
+    char text[TMS_TICKET_MAX];
+    int64_t now_ms = tms_now_ms();
+    snprintf(c.sub, sizeof(c.sub), "%s", call->principal.user_id);
+    c.token_version = call->user.token_version;
+    c.token_exp_s = call->principal.expires_at_s;
+    c.exp_ms = now_ms + TMS_TICKET_TTL_MS;
+    if (c.token_exp_s && c.exp_ms > c.token_exp_s * 1000)
+        c.exp_ms = c.token_exp_s * 1000; /* never outlives its token */
+    randombytes_buf(c.nonce, sizeof(c.nonce));
+    if (tms_ticket_mint(auth->key, auth->key_len, &c, text) != 0) {
+        fail(auth, call, TMS_INTERNAL, "internal error");
+        return;
+    }
+    call->token = tms_api_call_strdup(call, text);
+    sodium_memzero(text, sizeof(text));
+    call->ticket_expires_ms = c.exp_ms;
+    finish(auth, call);
 }
 
 bool tms_auth_authenticate_now(tms_auth_t *auth, tms_api_call_t *call)
@@ -574,6 +644,7 @@ static void logout_done(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *o
     tms_user_cache_put(auth->cache, &op->user, uv_now(auth->loop));
     tms_log_info("user_logged_out", "user=%s by=%s", op->user.id,
                  call->principal.trusted ? "trusted_peer" : call->principal.user_id);
+    tms_push_revoked(auth->push, op->user.id);
     finish(auth, call);
 }
 
@@ -596,6 +667,7 @@ static void deleted(tms_auth_t *auth, tms_api_call_t *call, tms_user_op_t *op)
                  call->principal.trusted ? "trusted_peer" : call->principal.user_id);
     if (auth->relay) /* the store wrote user_deleted into its outbox with the delete */
         tms_relay_kick(auth->relay);
+    tms_push_revoked(auth->push, op->user.id);
     finish(auth, call);
 }
 
@@ -631,8 +703,15 @@ static void do_execute(tms_auth_t *auth, tms_api_call_t *call)
         do_authenticate(auth, call);
         return;
     case TMS_API_ME:
+    case TMS_API_TASK_WATCH: /* the stream itself is the push hub's (core/push.h) */
         /* authenticate already loaded the user */
-        finish(auth, call);
+        if (call->task_id < 0 || call->since < 0)
+            fail(auth, call, TMS_INVALID_ARGUMENT, "id and since must be ids");
+        else
+            finish(auth, call);
+        return;
+    case TMS_API_TASK_EVENTS_TICKET:
+        issue_ticket(auth, call);
         return;
     case TMS_API_LOGOUT:
         if (allowed_target(auth, call))
@@ -842,6 +921,9 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     auth->cache =
         cfg->user_cache ? cfg->user_cache : tms_user_cache_new(cfg->user_cache_ms, 100000);
     auth->tokens = tms_token_cache_new(20000);
+    auth->push = cfg->push;
+    auth->own_tickets = cfg->tickets == NULL;
+    auth->tickets = cfg->tickets ? cfg->tickets : tms_ticket_book_new(100000);
     auth->key_len = cfg->jwt_key_len < sizeof(auth->key) ? cfg->jwt_key_len : sizeof(auth->key);
     memcpy(auth->key, cfg->jwt_key, auth->key_len);
     snprintf(auth->issuer, sizeof(auth->issuer), "%s", cfg->issuer);
@@ -910,6 +992,8 @@ void tms_auth_free(tms_auth_t **pauth)
     if (auth->own_cache)
         tms_user_cache_free(&auth->cache);
     tms_token_cache_free(&auth->tokens);
+    if (auth->own_tickets)
+        tms_ticket_book_free(&auth->tickets);
     sodium_memzero(auth->key, sizeof(auth->key));
     free(auth);
 }

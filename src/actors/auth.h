@@ -15,7 +15,9 @@
 #include "core/event_bus.h"
 #include "core/mailbox.h"
 #include "core/outbox.h"
+#include "core/push.h"
 #include "core/relay.h"
+#include "core/ticket.h"
 #include "core/user_cache.h"
 #include "core/user_store.h"
 #include "core/workpool.h"
@@ -45,6 +47,12 @@ typedef struct tms_auth_config {
      * in the shared hash pool at once; beyond it RESOURCE_EXHAUSTED. 0: no limit. */
     size_t hash_per_address;
     unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
+    /* The used stream tickets, shared by the auth actors of every worker (borrowed,
+     * outlives the actor); NULL: the actor keeps its own. */
+    tms_ticket_book_t *tickets;
+    /* Told of a logout or delete, so that the user's task event streams end at once
+     * (core/push.h); NULL: nobody to tell. */
+    tms_push_shared_t *push;
     /* auth.registration: who creates accounts (register is refused unless OPEN; the
      * admin route unless OPEN or ADMIN). */
     enum {

@@ -27,6 +27,9 @@ struct tms_task_actor {
     tms_task_config_t cfg;
     tms_task_reader_t *reader; /* the store's reader on this loop; NULL: none */
     size_t inflight;
+    uv_timer_t *purge_timer; /* NULL: no purge here; freed in its close callback */
+    bool purging;
+    tms_counter_t *purged;
     tms_stopper_t stop;
     tms_counter_t *saga_unassigned, *saga_compensated, *saga_failed;
 };
@@ -197,6 +200,12 @@ static void kick_relay(job_t *job)
         tms_relay_kick(job->a->cfg.relay);
 }
 
+/* A write committed: its task events are in the push log for the hubs to read. */
+static void poke_push(job_t *job)
+{
+    tms_push_poke(job->a->cfg.push);
+}
+
 /* ---- create ------------------------------------------------------------ */
 
 static void created(job_t *job, tms_task_op_t *op)
@@ -208,6 +217,8 @@ static void created(job_t *job, tms_task_op_t *op)
     job->call->replayed = op->replayed;
     if (op->notify.enabled && !op->replayed)
         kick_relay(job);
+    if (!op->replayed)
+        poke_push(job);
     if (!op->replayed)
         tms_log_info("task_created", "task=%" PRId64 " by=%s assignee=%s rid=%s",
                      job->call->task.id, job->call->principal.user_id,
@@ -397,6 +408,7 @@ static void updated(job_t *job, tms_task_op_t *op)
         return;
     job->call->task = op->task;
     memset(&op->task, 0, sizeof(op->task));
+    poke_push(job);
     if (op->notify.enabled) {
         tms_log_info("task_assigned", "task=%" PRId64 " assignee=%s rid=%s", op->id,
                      job->call->task.assigned_to, job->call->request_id);
@@ -452,6 +464,7 @@ static void deleted(job_t *job, tms_task_op_t *op)
         return;
     tms_log_info("task_deleted", "task=%" PRId64 " by=%s rid=%s", op->id,
                  job->call->principal.user_id, job->call->request_id);
+    poke_push(job);
     job->call->flag = true;
     finish(job);
 }
@@ -535,6 +548,87 @@ static void do_delete(job_t *job)
 {
     if (check_id(job) == 0)
         read_current(job);
+}
+
+/* ---- the push log (core/push.h) ---------------------------------------- */
+
+static void events_read(job_t *job, tms_task_op_t *op)
+{
+    tms_api_call_t *call = job->call;
+    if (store_failed(job, op))
+        return;
+    call->events = op->events; /* in the call's arena, as the op */
+    call->nevents = op->nevents;
+    call->first_seq = op->first_seq;
+    call->last_seq = op->last_seq;
+    finish(job);
+}
+
+/* The push hubs' read: events after since (up to upto), matching the filters. */
+static void do_events(job_t *job)
+{
+    tms_api_call_t *call = job->call;
+    tms_task_op_t *op;
+    if (!tms_op_permits(tms_op_get(call->op), &call->principal, NULL)) {
+        fail(job, TMS_PERMISSION_DENIED, "task events are for TMS services");
+        return;
+    }
+    if (call->limit < 0 || call->limit > 1000 || call->since < 0) {
+        fail(job, TMS_INVALID_ARGUMENT, "limit must be 0 to 1000 and since not negative");
+        return;
+    }
+    op = new_op(job, TMS_TASK_EVENTS, events_read);
+    op->after_id = call->since;
+    op->upto_seq = call->upto;
+    op->limit = call->limit;
+    op->id = call->task_id;
+    if (call->assigned_to)
+        snprintf(op->filter_assigned_to, sizeof(op->filter_assigned_to), "%s", call->assigned_to);
+    if (call->status)
+        snprintf(op->filter_status, sizeof(op->filter_status), "%s", call->status);
+    submit(job, op);
+}
+
+static void on_purge_timer(uv_timer_t *t);
+
+static void on_purged(tms_msg_t *msg)
+{
+    tms_task_op_t *op = (tms_task_op_t *)msg;
+    tms_task_actor_t *a = msg->ctx;
+    bool more = false;
+    a->purging = false;
+    if (op->err.code != TMS_OK)
+        tms_log_warn("push_purge_failed", "error=%s", tms_status_name(op->err.code));
+    else if (op->count > 0) {
+        tms_counter_add(a->purged, (uint64_t)op->count);
+        more = op->count >= op->limit; /* a bounded step: go on soon */
+    }
+    tms_task_op_free(&op);
+    a->inflight--;
+    if (more && a->purge_timer && !tms_stopping(&a->stop))
+        uv_timer_start(a->purge_timer, on_purge_timer, 100, a->cfg.push_purge_ms);
+    tms_stopper_check(&a->stop, a->mailbox, a->inflight);
+}
+
+static void on_purge_timer(uv_timer_t *t)
+{
+    tms_task_actor_t *a = t->data;
+    tms_task_op_t *op;
+    if (a->purging || tms_stopping(&a->stop))
+        return;
+    op = tms_task_op_new(TMS_TASK_EVENTS_PURGE, NULL);
+    op->before_ms = tms_now_ms() - (int64_t)a->cfg.push_retention_ms;
+    op->keep_events = a->cfg.push_max_events;
+    op->limit = 10000;
+    op->msg.reply_to = a->mailbox;
+    op->msg.cont = on_purged;
+    op->msg.ctx = a;
+    if (tms_task_store_submit(a->cfg.tasks, &op) != 0) {
+        tms_task_op_free(&op);
+        return;
+    }
+    a->purging = true;
+    a->inflight++;
 }
 
 /* ---- the saga: user_deleted ------------------------------------------- */
@@ -625,6 +719,8 @@ static void unassigned(job_t *job, tms_task_op_t *op)
         return;
     }
     tms_counter_add(job->a->saga_unassigned, 1);
+    if (op->count > 0)
+        poke_push(job);
     tms_log_info("saga_unassigned", "user=%s tasks=%" PRId64, job->deleted_user.id, op->count);
     record_handled(job);
 }
@@ -728,6 +824,9 @@ static void run_call(job_t *job)
     case TMS_API_TASK_DELETE:
         do_delete(job);
         break;
+    case TMS_API_TASK_EVENTS:
+        do_events(job);
+        break;
     default:
         fail(job, TMS_UNIMPLEMENTED, "operation not served by the task actor");
         break;
@@ -775,6 +874,8 @@ static void on_message(void *owner, tms_msg_t *msg)
     tms_task_actor_t *a = owner;
     job_t *job;
     if (msg->kind == TMS_MSG_STOP) {
+        if (a->purge_timer)
+            uv_timer_stop(a->purge_timer);
         tms_stopper_hold(&a->stop, msg);
         tms_stopper_check(&a->stop, a->mailbox, a->inflight);
         return;
@@ -802,6 +903,11 @@ static void on_message(void *owner, tms_msg_t *msg)
     run_call(job);
 }
 
+static void on_purge_timer_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
 tms_task_actor_t *tms_task_start(uv_loop_t *loop, const tms_task_config_t *cfg)
 {
     tms_task_actor_t *a = tms_new(tms_task_actor_t);
@@ -817,6 +923,15 @@ tms_task_actor_t *tms_task_start(uv_loop_t *loop, const tms_task_config_t *cfg)
     tms_mailbox_export_depth(a->mailbox);
     if (cfg->tasks && cfg->tasks->reader_open)
         a->reader = cfg->tasks->reader_open(cfg->tasks, loop);
+    a->purged = tms_metrics_counter("tms_push_purged_total",
+                                    "task events purged from the push log (push.retention)", "");
+    if (cfg->push_purge_ms) {
+        a->purge_timer = tms_new(uv_timer_t);
+        uv_timer_init(loop, a->purge_timer);
+        a->purge_timer->data = a;
+        uv_timer_start(a->purge_timer, on_purge_timer, 1000, cfg->push_purge_ms);
+        uv_unref((uv_handle_t *)a->purge_timer);
+    }
     if (cfg->bus && cfg->bus->subscribe(cfg->bus, TMS_TOPIC_USER_DELETED, CONSUMER, a->mailbox))
         tms_log_error("subscribe_failed", "topic=%s group=%s", TMS_TOPIC_USER_DELETED, CONSUMER);
     return a;
@@ -841,5 +956,7 @@ void tms_task_free(tms_task_actor_t **pa)
     tms_mailbox_free(&a->mailbox);
     if (a->reader)
         a->reader->close(a->reader);
+    if (a->purge_timer)
+        uv_close((uv_handle_t *)a->purge_timer, on_purge_timer_closed);
     free(a);
 }

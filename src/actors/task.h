@@ -2,7 +2,8 @@
  * validation, who may change what, versions and If-Match, idempotent creation —
  * and the task side of the delete-user saga (consumer of user_deleted). It reaches
  * tasks through the task store port, asks the auth actor whether an assignee exists,
- * and kicks the outbox relay after each write that recorded an event. */
+ * and kicks the outbox relay after each write that recorded an event. It also reads
+ * the push log for the push hubs (TMS_API_TASK_EVENTS) and purges it. */
 #ifndef TMS_ACTORS_TASK_H
 #define TMS_ACTORS_TASK_H
 
@@ -12,6 +13,7 @@
 #include "core/event_bus.h"
 #include "core/mailbox.h"
 #include "core/outbox.h"
+#include "core/push.h"
 #include "core/relay.h"
 #include "core/task_store.h"
 
@@ -25,6 +27,14 @@ typedef struct tms_task_config {
     tms_mailbox_t *auth;     /* for "does this assignee exist" */
     tms_event_bus_t *bus;    /* user_deleted arrives through it */
     tms_relay_t *relay;      /* kicked after writes with events */
+    /* Poked after every write (its task events are committed: core/push.h); NULL:
+     * nobody to tell. */
+    tms_push_shared_t *push;
+    /* The push log's retention: events older than retention_ms, or beyond the newest
+     * max_events, are purged every purge_ms (0: this actor does not purge; one actor
+     * per process does). */
+    uint64_t push_retention_ms, push_purge_ms;
+    int64_t push_max_events;
 } tms_task_config_t;
 
 /** Start the actor on loop and subscribe it to user_deleted (group task-group).

@@ -47,6 +47,7 @@ void tms_api_call_free(tms_api_call_t **pcall)
     wipe(call->bearer);
     wipe(call->password);
     wipe(call->token);
+    wipe(call->ticket);
     sodium_memzero(call->user.password_hash, sizeof(call->user.password_hash));
     tms_arena_fini(&call->arena);
     free(call);

@@ -25,11 +25,13 @@
 #include "core/ops.h"
 #include "core/status.h"
 #include "core/task.h"
+#include "core/task_event.h"
 #include "core/user_store.h"
 
 /* Bytes of arena inside every call: room for a GET's or a create's strings, job and
- * store operation (more chains heap chunks). */
-#define TMS_API_CALL_ARENA 4096
+ * store operation (more chains heap chunks); 4096 + 128 since the store operation
+ * carries the push log read's fields (issue 23). */
+#define TMS_API_CALL_ARENA (4096 + 128)
 
 /* Where the call is in its route: the gateway sets it before each hop. */
 typedef enum tms_api_stage {
@@ -50,6 +52,7 @@ typedef struct tms_principal {
     char user_id[TMS_USER_ID_LEN + 1];
     char role[8];
     char email[TMS_EMAIL_MAX + 1];
+    int64_t expires_at_s; /* the end of the credential that authenticated it (token exp) */
 } tms_principal_t;
 
 /* Set by an adapter when nobody waits for a call's answer any more (a gRPC client
@@ -97,6 +100,11 @@ typedef struct tms_api_call {
     char *idempotency_key;
     char *cursor;
     int32_t limit; /* 0 = default */
+    /* task events (issue 23): watch and the push log read */
+    char *ticket;   /* a stream ticket instead of the bearer token (core/ticket.h) */
+    bool has_since; /* resume after the event `since` (watch); read after it */
+    int64_t since;
+    int64_t upto; /* read: events up to this one (0: no bound) */
 
     /* set by the gateway / auth actor */
     tms_principal_t principal;
@@ -112,6 +120,12 @@ typedef struct tms_api_call {
     size_t ntasks;
     char *next_cursor; /* NULL at the end */
     bool replayed;     /* idempotent create answered with the first result */
+    /* the ticket result: the ticket in token (wiped like a token), its end */
+    int64_t ticket_expires_ms;
+    /* the push log read: events in arena, the log's first and last seq */
+    tms_task_event_t *events;
+    size_t nevents;
+    int64_t first_seq, last_seq;
 
     /* the adapter's reply route, kept while actors forward the call */
     tms_mailbox_t *origin_reply_to;

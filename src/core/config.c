@@ -92,7 +92,7 @@ static const key_t_ keys[] = {
         "closed (tms_tls_handshake_failures_total{reason=\"timeout\"})"),
     STR(http, cors_origins, http.cors_origins, "",
         "origins (scheme://host[:port], comma-separated) whose browser pages may call the REST "
-        "API (CORS, with preflight); * allows any; empty: none"),
+        "API and open task event streams (CORS, with preflight); * allows any; empty: none"),
     STR(http, trusted_proxies, http.trusted_proxies, "",
         "reverse proxies (addresses or CIDR ranges, IPv4/IPv6, comma or blank separated, at "
         "most 64): on a request from one of them the client address is taken from "
@@ -337,6 +337,27 @@ static const key_t_ keys[] = {
     INT(notify, per_recipient_per_hour, notify.per_recipient_per_hour, 0, 100000000, "20",
         "assignment emails per hour to one recipient from everyone; more are suppressed; per "
         "notifier process; 0 disables"),
+    INT(push, retention, push.retention, 60, 31536000, "86400",
+        "seconds the push log keeps task events for streams that resume (Last-Event-ID, "
+        "?since=); older ones are purged, and a resume from before them starts with a reset "
+        "event"),
+    INT(push, max_events, push.max_events, 1, 1000000000, "1000000",
+        "task events the push log keeps at most, whatever their age"),
+    INT(push, max_subscribers, push.max_subscribers, 1, 1000000, "10000",
+        "open task event streams (SSE and gRPC) per process; more are refused (429 / "
+        "RESOURCE_EXHAUSTED)"),
+    INT(push, max_subscribers_per_user, push.max_subscribers_per_user, 1, 1000000, "16",
+        "open task event streams of one user per process; more are refused"),
+    INT(push, queue_bytes, push.queue_bytes, 4096, 64 << 20, "262144",
+        "bytes of events one stream may have queued and not yet taken by its client; past it "
+        "the stream ends (slow consumer: SSE event error, gRPC RESOURCE_EXHAUSTED)"),
+    INT(push, heartbeat, push.heartbeat, 1, 3600, "15",
+        "seconds between SSE comment heartbeats on a quiet stream"),
+    INT(push, recheck, push.recheck, 1, 3600, "30",
+        "seconds between checks that each stream's token is still valid (a logout or delete "
+        "on this process ends its streams at once; elsewhere within this time)"),
+    INT(push, retry_ms, push.retry_ms, 100, 600000, "3000",
+        "reconnection delay advised to SSE clients (retry:)"),
     ENUM(log, level, log.level, "debug|info|warn|error", "info", "minimum level logged"),
 };
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))

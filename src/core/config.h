@@ -112,6 +112,14 @@ typedef struct tms_config {
         int64_t per_assigner_per_hour, per_recipient_per_hour; /* emails; 0: no limit */
     } notify;
     struct {
+        int64_t retention;                                 /* seconds the push log keeps events */
+        int64_t max_events;                                /* and at most this many */
+        int64_t max_subscribers, max_subscribers_per_user; /* per process */
+        int64_t queue_bytes;                               /* per subscriber, not yet taken */
+        int64_t heartbeat, recheck;                        /* seconds */
+        int64_t retry_ms;                                  /* SSE reconnection advice */
+    } push;
+    struct {
         char level[8];
     } log;
     /* Where each key's value came from (TMS_CONFIG_FROM_*), in the table's order: what

@@ -95,6 +95,12 @@ struct tms_event_bus {
      * per group per process. Returns 0 or a negative tms_err. */
     int (*subscribe)(tms_event_bus_t *self, const char *topic, const char *group,
                      tms_mailbox_t *mailbox);
+    /** Deliver every event of topic published from now on to mailbox, outside every
+     * consumer group: each process that subscribes so gets every event, whichever
+     * instance published it (Kafka: a group of its own, starting at the end, never
+     * committing). Deliveries are acknowledged as usual. NULL: not supported.
+     * Returns 0 or a negative tms_err. */
+    int (*subscribe_all)(tms_event_bus_t *self, const char *topic, tms_mailbox_t *mailbox);
     /** Acknowledge a delivery taken from the mailbox with its outcome (above).
      * Frees the delivery; clears *d. */
     void (*ack)(tms_event_bus_t *self, tms_delivery_t **d, tms_ack_t outcome);

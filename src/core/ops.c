@@ -93,6 +93,19 @@ static const tms_op_t ops[] = {
      .args = TMS_ARGS_CREDENTIALS | TMS_ARGS_ONLY_KNOWN, .result = TMS_RESULT_USER,
      .rest_method = "POST", .rest_route = "/api/auth/users", .rest_status = 201,
      .internal_op = 14},
+    {.op = TMS_API_TASK_WATCH, .name = "task_watch", .owner = TMS_OWNER_AUTH,
+     .needs_caller = true, .rule = TMS_RULE_CALLER, .idempotent = true,
+     .args = TMS_ARGS_WATCH, .result = TMS_RESULT_STREAM,
+     .rest_method = "GET", .rest_route = "/api/task/events", .rest_status = 200,
+     .grpc_method = "/tms.v1.TaskEvents/Watch", .internal_op = 15},
+    {.op = TMS_API_TASK_EVENTS_TICKET, .name = "task_events_ticket", .owner = TMS_OWNER_AUTH,
+     .needs_caller = true, .rule = TMS_RULE_CALLER, .idempotent = false,
+     .result = TMS_RESULT_TICKET,
+     .rest_method = "POST", .rest_route = "/api/task/events/ticket", .rest_status = 200,
+     .internal_op = 16},
+    {.op = TMS_API_TASK_EVENTS, .name = "task_events", .owner = TMS_OWNER_TASK,
+     .needs_caller = true, .rule = TMS_RULE_SERVICE, .idempotent = true,
+     .result = TMS_RESULT_EVENTS, .internal_op = 17},
 };
 /* clang-format on */
 #define NOPS (sizeof(ops) / sizeof(ops[0]))
@@ -162,6 +175,8 @@ bool tms_op_permits(const tms_op_t *op, const tms_principal_t *p, const tms_op_s
         return admin || (user && (s->creator || s->assignee));
     case TMS_RULE_CREATOR_OR_ADMIN:
         return admin || (user && s->creator);
+    case TMS_RULE_SERVICE:
+        return p->service;
     case TMS_RULE_ADMIN:
         return admin;
     }

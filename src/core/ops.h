@@ -22,23 +22,30 @@
 #include "core/status.h"
 
 typedef enum tms_api_op {
-    TMS_API_REGISTER = 1, /* email, password -> token, user */
-    TMS_API_LOGIN,        /* email, password -> token, user */
-    TMS_API_LOGOUT,       /* bearer; target_id (empty: self) -> ok */
-    TMS_API_ME,           /* bearer -> user */
-    TMS_API_DELETE_USER,  /* bearer; target_id -> ok */
-    TMS_API_USER_EXISTS,  /* bearer (self or admin) or service; target_id -> flag */
-    TMS_API_USER_INFO,    /* bearer (self or admin) or service; target_id -> user */
-    TMS_API_VERIFY_TOKEN, /* token in bearer -> flag (valid), user id and role */
-    TMS_API_TASK_CREATE,  /* bearer; title, description, status?, assigned_to?,
-                           * idempotency_key? -> task (replayed when idempotent) */
-    TMS_API_TASK_GET,     /* bearer; task_id -> task */
-    TMS_API_TASK_LIST,    /* bearer; assigned_to?, status?, limit (0 = default),
-                           * cursor? -> tasks, next_cursor */
-    TMS_API_TASK_UPDATE,  /* bearer; task_id, any of title/description/status/
-                           * assigned_to ("" unassigns), if_match? -> task */
-    TMS_API_TASK_DELETE,  /* bearer; task_id, if_match? -> ok */
-    TMS_API_USER_CREATE,  /* bearer (admin); email, password -> user (auth.registration) */
+    TMS_API_REGISTER = 1,       /* email, password -> token, user */
+    TMS_API_LOGIN,              /* email, password -> token, user */
+    TMS_API_LOGOUT,             /* bearer; target_id (empty: self) -> ok */
+    TMS_API_ME,                 /* bearer -> user */
+    TMS_API_DELETE_USER,        /* bearer; target_id -> ok */
+    TMS_API_USER_EXISTS,        /* bearer (self or admin) or service; target_id -> flag */
+    TMS_API_USER_INFO,          /* bearer (self or admin) or service; target_id -> user */
+    TMS_API_VERIFY_TOKEN,       /* token in bearer -> flag (valid), user id and role */
+    TMS_API_TASK_CREATE,        /* bearer; title, description, status?, assigned_to?,
+                                 * idempotency_key? -> task (replayed when idempotent) */
+    TMS_API_TASK_GET,           /* bearer; task_id -> task */
+    TMS_API_TASK_LIST,          /* bearer; assigned_to?, status?, limit (0 = default),
+                                 * cursor? -> tasks, next_cursor */
+    TMS_API_TASK_UPDATE,        /* bearer; task_id, any of title/description/status/
+                                 * assigned_to ("" unassigns), if_match? -> task */
+    TMS_API_TASK_DELETE,        /* bearer; task_id, if_match? -> ok */
+    TMS_API_USER_CREATE,        /* bearer (admin); email, password -> user (auth.registration) */
+    TMS_API_TASK_WATCH,         /* bearer or ticket; assigned_to?, status?, task_id (0 = any),
+                                 * since? -> the principal for a stream of task events (the
+                                 * adapter hands it to the push hub, core/push.h) */
+    TMS_API_TASK_EVENTS_TICKET, /* bearer -> ticket (in token), ticket_expires_ms */
+    TMS_API_TASK_EVENTS,        /* service only (the push hubs); since, upto, limit,
+                                 * assigned_to?, status?, task_id -> events, first_seq,
+                                 * last_seq */
     TMS_API_OP_COUNT,
 } tms_api_op_t;
 
@@ -57,6 +64,7 @@ typedef enum tms_op_rule {
     TMS_RULE_SELF_ADMIN_OR_SERVICE,     /* the same, or a TMS service (principal.service) */
     TMS_RULE_CREATOR_ASSIGNEE_OR_ADMIN, /* of the task */
     TMS_RULE_CREATOR_OR_ADMIN,          /* of the task */
+    TMS_RULE_SERVICE,                   /* a TMS service only (principal.service) */
     TMS_RULE_ADMIN,                     /* an admin */
 } tms_op_rule_t;
 
@@ -102,6 +110,8 @@ enum tms_op_args {
     TMS_ARGS_IDEMPOTENCY = 1u << 7, /* header Idempotency-Key */
     TMS_ARGS_ONLY_KNOWN = 1u << 8,  /* a body field other than the ones named is refused
                                      * (task bodies always refuse them) */
+    TMS_ARGS_WATCH = 1u << 9,       /* query assignedTo, status, id, since, ticket; header
+                                     * Last-Event-ID */
 };
 
 /* What a successful call answers with. */
@@ -114,6 +124,10 @@ typedef enum tms_op_result {
     TMS_RESULT_TASK,        /* task (REST: with its ETag) */
     TMS_RESULT_TASKS,       /* a page of tasks and the cursor of the next */
     TMS_RESULT_DELETED,     /* "Task deleted" */
+    TMS_RESULT_STREAM,      /* a stream of task events: REST text/event-stream, gRPC a
+                             * server stream (the adapters and core/push.h) */
+    TMS_RESULT_TICKET,      /* a stream ticket and its end */
+    TMS_RESULT_EVENTS,      /* task events and the log's bounds (internal only) */
 } tms_op_result_t;
 
 typedef struct tms_op {

@@ -18,6 +18,7 @@
 #include "core/port.h"
 #include "core/status.h"
 #include "core/task.h"
+#include "core/task_event.h"
 
 #define TMS_EVENT_ID_LEN 36 /* UUID text */
 #define TMS_IDEMPOTENCY_KEY_MAX 128
@@ -45,6 +46,15 @@ typedef enum tms_task_op_kind {
                              * Every task assigned to user_id gets no assignee
                              * (version + 1). out: count */
     TMS_TASK_PING,          /* readiness probe */
+    TMS_TASK_EVENTS,        /* the push log (issue 23). in: after_id (seq), upto_seq (0: no
+                             * bound), limit (0: bounds only), filter_assigned_to and
+                             * filter_status (matching before or after the change; "" =
+                             * any), id (0 = any task). out: events[0..nevents) with
+                             * after_id < seq <= upto_seq by seq, first_seq and last_seq
+                             * of the whole log (0 when empty) */
+    TMS_TASK_EVENTS_PURGE,  /* in: before_ms, keep_events: drop events older than before_ms
+                             * or beyond the newest keep_events, at most limit of them,
+                             * never the newest. out: count dropped */
 } tms_task_op_kind_t;
 
 /* Why an operation failed, beside err.code: the task actor words what clients see
@@ -86,6 +96,7 @@ typedef struct tms_task_op {
     char filter_status[16];
     int64_t after_id;
     int limit;
+    int64_t upto_seq, before_ms, keep_events; /* TMS_TASK_EVENTS(_PURGE) */
     char user_id[TMS_USER_ID_LEN + 1];
     /* out */
     tms_error_t err;
@@ -96,6 +107,9 @@ typedef struct tms_task_op {
     size_t ntasks;
     bool has_more;
     int64_t count;
+    tms_task_event_t *events; /* TMS_TASK_EVENTS: array in arena */
+    size_t nevents;
+    int64_t first_seq, last_seq;
 } tms_task_op_t;
 
 /** An adapter's refusal: code and reason, no text (the actor words it). */

@@ -138,7 +138,7 @@ int server_open_tasks(tms_server_t *s, tms_task_store_t **store, tms_outbox_t **
 int server_open_bus(tms_server_t *s)
 {
     static const char *const topics[] = {TMS_TOPIC_NOTIFICATIONS, TMS_TOPIC_USER_DELETED,
-                                         TMS_TOPIC_COMPENSATE, NULL};
+                                         TMS_TOPIC_COMPENSATE, TMS_PUSH_TOPIC, NULL};
     const tms_config_t *cfg = s->cfg;
     char err[512];
     if (!cfg->events.brokers[0] || s->primary) {

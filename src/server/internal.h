@@ -67,6 +67,11 @@ struct tms_server {
     tms_relay_t *users_relay, *tasks_relay; /* the same relay for one file */
     tms_auth_t *auth;
     tms_task_actor_t *task;
+    /* Task event streams (core/push.h): worker 0's shared part and ticket book (the
+     * others borrow them), each gateway worker's hub. */
+    tms_push_shared_t *push;
+    tms_ticket_book_t *tickets;
+    tms_push_hub_t *push_hub;
     tms_notifier_t *notifier;
     tms_gateway_t *gateway;
     tms_rest_t *rest;

@@ -109,6 +109,7 @@ static int listen_grpc(tms_server_t *s, const char *addr)
                      .auth = split && s->auth ? tms_auth_mailbox(s->auth) : NULL,
                      .task = split && s->task ? tms_task_mailbox(s->task) : NULL,
                      .call_timeout_ms = (uint64_t)cfg->server.request_timeout * 1000,
+                     .push = s->push_hub,
                  });
     s->grpc = tms_grpc_server_new(
         s->loop, &(tms_grpc_config_t){

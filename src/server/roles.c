@@ -7,6 +7,10 @@
 #include <string.h>
 
 #include "core/ops.h"
+
+/* How often worker 0's task actor trims the push log to push.retention and
+ * push.max_events. */
+#define PUSH_PURGE_MS 5000
 #include "server/internal.h"
 
 /* What every worker shares: worker 0 makes the cache and the limits (and opens the
@@ -17,6 +21,7 @@ static void share_parts(tms_server_t *s)
     tms_server_t *p = s->primary;
     if (!p) {
         s->user_cache = tms_user_cache_new((uint64_t)cfg->auth.user_cache_ms, 100000);
+        s->tickets = tms_ticket_book_new(100000);
         s->limits = tms_gateway_limits_new((uint32_t)cfg->ratelimit.api_per_minute,
                                            (uint32_t)cfg->ratelimit.login_per_15min,
                                            (uint32_t)cfg->ratelimit.task_create_per_hour);
@@ -28,6 +33,29 @@ static void share_parts(tms_server_t *s)
     s->hashers = p->hashers;
     s->user_cache = p->user_cache;
     s->limits = p->limits;
+    s->tickets = p->tickets;
+}
+
+/* Worker 0's push part, once the bus is open: doorbells go to other processes when
+ * the bus reaches them (Kafka). */
+static void start_push(tms_server_t *s)
+{
+    const tms_config_t *cfg = s->cfg;
+    if (s->primary) {
+        s->push = s->primary->push;
+        return;
+    }
+    s->push = tms_push_shared_new(
+        s->loop,
+        &(tms_push_limits_t){
+            .max_subscribers = (size_t)cfg->push.max_subscribers,
+            .max_subscribers_per_user = (size_t)cfg->push.max_subscribers_per_user,
+            .queue_bytes = (size_t)cfg->push.queue_bytes,
+            .heartbeat_ms = (uint64_t)cfg->push.heartbeat * 1000,
+            .recheck_ms = (uint64_t)cfg->push.recheck * 1000,
+            .retention_ms = (uint64_t)cfg->push.retention * 1000,
+        },
+        s->bus, s->kafka != NULL);
 }
 
 /* ---- peers: roles that run in another process ------------------------------ */
@@ -209,6 +237,8 @@ static void start_auth(tms_server_t *s)
                                 ? TMS_REGISTRATION_CLOSED
                                 : TMS_REGISTRATION_OPEN,
             .login_keeps_others = strcmp(cfg->auth.login_revokes_others, "false") == 0,
+            .tickets = s->tickets,
+            .push = s->push,
         },
         s->users_store, s->hashers);
 }
@@ -238,6 +268,8 @@ static void start_rest(tms_server_t *s, unsigned roles)
         .events_ready = events && roles != TMS_ROLE_GATEWAY ? kafka_ready : NULL,
         .events_arg = events,
         .metrics_token = cfg->metrics.token,
+        .push = s->push_hub,
+        .sse_retry_ms = (uint64_t)cfg->push.retry_ms,
     };
     if (s->auth_client)
         rc.peers[rc.npeers++] = (tms_rest_peer_check_t){"auth", auth_peer_ready, s};
@@ -263,6 +295,7 @@ int server_start_roles(tms_server_t *s)
     share_parts(s);
     if (open_stores(s, roles) != 0 || server_open_bus(s) != 0 || start_relays(s, roles) != 0)
         return -1;
+    start_push(s);
     if (roles & TMS_ROLE_AUTH) {
         start_auth(s);
         auth_mb = tms_auth_mailbox(s->auth);
@@ -279,6 +312,10 @@ int server_start_roles(tms_server_t *s)
                                         .auth = auth_mb,
                                         .bus = s->bus,
                                         .relay = s->tasks_relay,
+                                        .push = s->push,
+                                        .push_retention_ms = (uint64_t)cfg->push.retention * 1000,
+                                        .push_purge_ms = s->primary ? 0 : PUSH_PURGE_MS,
+                                        .push_max_events = cfg->push.max_events,
                                     });
         task_mb = tms_task_mailbox(s->task);
     } else if (roles & TMS_ROLE_GATEWAY) {
@@ -313,6 +350,8 @@ int server_start_roles(tms_server_t *s)
                 .authenticate_ctx = s->auth,
             },
             auth_mb, task_mb);
+    if ((roles & TMS_ROLE_GATEWAY) && task_mb && auth_mb)
+        s->push_hub = tms_push_hub_start(s->loop, s->push, task_mb, auth_mb);
     start_rest(s, roles);
     return 0;
 }

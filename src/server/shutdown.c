@@ -2,11 +2,12 @@
  * come, so nothing here polls:
  *   listeners  HTTP and gRPC stop accepting and finish their requests (grace)
  *   front      calls still with the actors come back to REST and gRPC; the gateway
- *              stops once the calls it took are answered
+ *              stops once the calls it took are answered; the push hub ends its
+ *              streams (the listeners already closed SSE connections)
  *   peers      worker 0 only: the other workers have ended (their writes use its
  *              embedded stores and are published by its relays)
- *   relays     the relays finish the batch in flight, and the mailer closes: mails
- *              waiting come back at once (their events stay pending), sends in
+ *   relays     worker 0's push part stops taking doorbells; the relays finish the batch in flight,
+ * and the mailer closes: mails waiting come back at once (their events stay pending), sends in
  *              flight finish, so a batch whose events wait for mails ends soon
  *   bus        the bus closes (consumers finish the deliveries they hold)
  *   actors     the notifier and the task actor finish what they hold and stop
@@ -180,6 +181,13 @@ static void finish_shutdown(tms_server_t *s)
         s->users_relay = NULL;
     tms_relay_free(&s->users_relay);
     tms_relay_free(&s->tasks_relay);
+    tms_push_hub_free(&s->push_hub);
+    if (s->primary) {
+        s->push = NULL;
+        s->tickets = NULL;
+    }
+    tms_push_shared_free(&s->push);
+    tms_ticket_book_free(&s->tickets);
     tms_user_cache_free(&s->user_cache);
     tms_gateway_limits_free(&s->limits);
     tms_mailbox_free(&s->control);
@@ -270,12 +278,20 @@ static void run_steps(tms_server_t *s)
                 tms_grpc_service_drain(s->grpc_api, step_done, s);
             }
             stop_actor(s, s->gateway ? tms_gateway_mailbox(s->gateway) : NULL);
+            if (s->push_hub) { /* its streams end; reads in flight come back */
+                s->step_pending++;
+                tms_push_hub_stop(s->push_hub, step_done, s);
+            }
             break;
         case STEP_PEERS:
             if (!s->primary)
                 wait_peers(s);
             break;
         case STEP_RELAYS:
+            if (!s->primary && s->push) { /* every hub has stopped: doorbells end */
+                s->step_pending++;
+                tms_push_shared_stop(s->push, step_done, s);
+            }
             if (s->tasks_relay) {
                 s->step_pending++;
                 tms_relay_stop(s->tasks_relay, step_done, s);

@@ -55,6 +55,8 @@ GET /api/task                       U     200   200      200     200    U       
 GET /api/task/:id                   U     200   200      200     200    U       U          U       U         U    U     U
 PATCH /api/task/:id                 U     403   200      200     200    U       U          U       U         U    U     U
 DELETE /api/task/:id                U     403   403      200     200    U       U          U       U         U    U     U
+GET /api/task/events                U     200   200      200     200    U       U          U       U         U    U     U
+POST /api/task/events/ticket        U     200   200      200     200    U       U          U       U         U    U     U
 grpc AuthService/Register           OK    OK    OK       OK      OK     OK      OK         OK      OK        OK   OK    OK
 grpc AuthService/Login              OK    OK    OK       OK      OK     OK      OK         OK      OK        OK   OK    OK
 grpc AuthService/Logout(creator)    U     PERMISSION_DENIED PERMISSION_DENIED OK OK U U    U       U         U    U     U
@@ -258,6 +260,14 @@ def rest_cell(op, w, token):
     if op == "DELETE /api/task/:id":
         task = w.new_task()
         return srv.delete(f"/api/task/{task['id']}", token=token)
+    if op == "GET /api/task/events":  # a stream: its status, then hang up
+        r = srv.get("/api/task/events", token=token, stream=True, timeout=10)
+        if r.status_code == 200:
+            r.close()
+            r._content = b"(event stream)"
+        return r
+    if op == "POST /api/task/events/ticket":
+        return srv.post("/api/task/events/ticket", token=token)
     raise AssertionError(op)
 
 

@@ -32,6 +32,7 @@
 #include <uv.h>
 
 #include <librdkafka/rdkafka.h>
+#include <sodium.h>
 
 #include "core/alloc.h"
 #include "core/log.h"
@@ -1223,10 +1224,12 @@ static int publish(tms_event_bus_t *self, const char *role_topic, const char *ke
     return rc;
 }
 
-static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *role_group,
-                     tms_mailbox_t *mailbox)
+/* A consumer of role_topic in role_group; with every, in a group of its own that
+ * starts at the end and commits nothing (subscribe_all: each process gets every
+ * event, and a restart leaves no group with offsets behind). */
+static int add_sub(kbus_t *bus, const char *role_topic, const char *role_group,
+                   tms_mailbox_t *mailbox, bool every)
 {
-    kbus_t *bus = (kbus_t *)self;
     char err[512], labels[160], group[64], topic[64], poll_ms[16];
     rd_kafka_conf_t *conf;
     sub_t *s;
@@ -1251,10 +1254,10 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
     if (set(conf, "bootstrap.servers", bus->brokers, err, sizeof(err)) ||
         set(conf, "client.id", bus->client_id, err, sizeof(err)) ||
         set(conf, "group.id", group, err, sizeof(err)) ||
-        set(conf, "enable.auto.commit", "true", err, sizeof(err)) ||
+        set(conf, "enable.auto.commit", every ? "false" : "true", err, sizeof(err)) ||
         set(conf, "auto.commit.interval.ms", "1000", err, sizeof(err)) ||
         set(conf, "enable.auto.offset.store", "false", err, sizeof(err)) ||
-        set(conf, "auto.offset.reset", "earliest", err, sizeof(err)) ||
+        set(conf, "auto.offset.reset", every ? "latest" : "earliest", err, sizeof(err)) ||
         set(conf, "session.timeout.ms", "10000", err, sizeof(err)) ||
         set(conf, "heartbeat.interval.ms", "1000", err, sizeof(err)) ||
         set(conf, "max.poll.interval.ms", poll_ms, err, sizeof(err)) ||
@@ -1317,6 +1320,23 @@ static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *
     return 0;
 }
 
+static int subscribe(tms_event_bus_t *self, const char *role_topic, const char *role_group,
+                     tms_mailbox_t *mailbox)
+{
+    return add_sub((kbus_t *)self, role_topic, role_group, mailbox, false);
+}
+
+static int subscribe_all(tms_event_bus_t *self, const char *role_topic, tms_mailbox_t *mailbox)
+{
+    kbus_t *bus = (kbus_t *)self;
+    unsigned char rnd[6];
+    char group[40], hex[13];
+    randombytes_buf(rnd, sizeof(rnd));
+    sodium_bin2hex(hex, sizeof(hex), rnd, sizeof(rnd));
+    snprintf(group, sizeof(group), "tms-all-%s", hex);
+    return add_sub(bus, role_topic, group, mailbox, true);
+}
+
 static void ack(tms_event_bus_t *self, tms_delivery_t **pd, tms_ack_t out)
 {
     entry_t *e = (entry_t *)*pd;
@@ -1376,6 +1396,7 @@ tms_kafka_bus_t *tms_kafka_bus_new(uv_loop_t *loop, const tms_kafka_options_t *o
     bus->base.name = "kafka";
     bus->base.publish = publish;
     bus->base.subscribe = subscribe;
+    bus->base.subscribe_all = subscribe_all;
     bus->base.ack = ack;
     bus->base.busy = busy;
     bus->base.close = bus_close;

@@ -92,6 +92,7 @@ struct bus {
     size_t nrecords; /* publishes whose done has not run */
     record_t *ready_head, *ready_tail;
     bool closing, released;
+    unsigned nall; /* subscribe_all's groups */
     tms_port_closed_fn closed_cb;
     void *closed_ctx;
 };
@@ -460,6 +461,15 @@ static int subscribe(tms_event_bus_t *self, const char *topic, const char *group
     return 0;
 }
 
+/* One process is every instance of the in-process bus: a subscription of its own. */
+static int subscribe_all(tms_event_bus_t *self, const char *topic, tms_mailbox_t *mailbox)
+{
+    bus_t *bus = (bus_t *)self;
+    char group[NAME_MAX_LEN + 1];
+    snprintf(group, sizeof(group), "all-%u", ++bus->nall);
+    return subscribe(self, topic, group, mailbox);
+}
+
 static void dead_letter(sub_t *s, copy_t *c, const char *reason)
 {
     char q[300];
@@ -584,6 +594,7 @@ tms_event_bus_t *tms_local_bus_new_with(uv_loop_t *loop, const tms_local_bus_opt
     bus->base.name = "local";
     bus->base.publish = publish;
     bus->base.subscribe = subscribe;
+    bus->base.subscribe_all = subscribe_all;
     bus->base.ack = ack;
     bus->base.busy = busy;
     bus->base.close = bus_close;

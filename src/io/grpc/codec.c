@@ -16,6 +16,7 @@
 #include "io/grpc/pb_arena.h"
 #include "io/grpc/wire.h"
 #include "task.pb-c.h"
+#include "task_events.pb-c.h"
 
 static const ProtobufCMessageDescriptor *request_type(tms_api_op_t op)
 {
@@ -43,6 +44,8 @@ static const ProtobufCMessageDescriptor *request_type(tms_api_op_t op)
         return &update_task_request__descriptor;
     case TMS_API_TASK_DELETE:
         return &delete_task_request__descriptor;
+    case TMS_API_TASK_WATCH:
+        return &tms__v1__watch_request__descriptor;
     default:
         return NULL;
     }
@@ -58,6 +61,13 @@ static char *text(tms_api_call_t *call, char *s)
 static char *given(char *s)
 {
     return s && s[0] ? s : NULL;
+}
+
+/* A given id: its value, or -1 when it is none (the actor refuses it). */
+static int64_t id_or_bad(const char *s)
+{
+    int64_t v = tms_parse_id(s, strlen(s));
+    return v > 0 ? v : -1;
 }
 
 static void set_target(tms_api_call_t *call, const char *id)
@@ -162,6 +172,19 @@ tms_api_call_t *tms_grpc_decode_call(const tms_op_t *op, const uint8_t *msg, siz
         if (!present[2] && !present[3] && !present[4] && !present[5]) {
             tms_error_set(err, TMS_INVALID_ARGUMENT, "no fields to update");
             goto bad;
+        }
+        break;
+    }
+    case TMS_API_TASK_WATCH: {
+        Tms__V1__WatchRequest *r = (Tms__V1__WatchRequest *)pm;
+        call->assigned_to = given(r->assignedto);
+        call->status = given(r->status);
+        /* -1: given but not an id; the actor answers INVALID_ARGUMENT */
+        if (r->id && r->id[0])
+            call->task_id = id_or_bad(r->id);
+        if (r->since && r->since[0]) {
+            call->has_since = true;
+            call->since = strcmp(r->since, "0") == 0 ? 0 : id_or_bad(r->since);
         }
         break;
     }
@@ -312,4 +335,39 @@ void tms_grpc_health_encode(int status, uint8_t **out, size_t *len)
     Grpc__Health__V1__HealthCheckResponse r = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
     r.status = (Grpc__Health__V1__HealthCheckResponse__ServingStatus)status;
     pack(NULL, &r.base, out, len);
+}
+
+static const Tms__V1__EventType event_types[] = {
+    [TMS_TASK_EVENT_CREATED] = TMS__V1__EVENT_TYPE__EVENT_TYPE_CREATED,
+    [TMS_TASK_EVENT_UPDATED] = TMS__V1__EVENT_TYPE__EVENT_TYPE_UPDATED,
+    [TMS_TASK_EVENT_ASSIGNED] = TMS__V1__EVENT_TYPE__EVENT_TYPE_ASSIGNED,
+    [TMS_TASK_EVENT_DELETED] = TMS__V1__EVENT_TYPE__EVENT_TYPE_DELETED,
+    [TMS_TASK_EVENT_RESET] = TMS__V1__EVENT_TYPE__EVENT_TYPE_RESET,
+};
+
+void tms_grpc_encode_event(const tms_task_event_t *e, uint8_t **out, size_t *len)
+{
+    Tms__V1__TaskEvent m = TMS__V1__TASK_EVENT__INIT;
+    Tms__V1__Task t = TMS__V1__TASK__INIT;
+    char id[24], at[32], tid[24], created[32], updated[32];
+    snprintf(id, sizeof(id), "%lld", (long long)e->seq);
+    m.id = id;
+    m.type = (size_t)e->type < sizeof(event_types) / sizeof(event_types[0])
+                 ? event_types[e->type]
+                 : TMS__V1__EVENT_TYPE__EVENT_TYPE_UNSPECIFIED;
+    m.time = tms_format_time(e->at_ms, at, sizeof(at));
+    if (e->type != TMS_TASK_EVENT_RESET) {
+        snprintf(tid, sizeof(tid), "%lld", (long long)e->task.id);
+        t.id = tid;
+        t.title = e->task.title ? e->task.title : "";
+        t.description = e->task.description ? e->task.description : "";
+        t.assignedto = (char *)e->task.assigned_to;
+        t.status = (char *)e->task.status;
+        t.createdat = tms_format_time(e->task.created_at_ms, created, sizeof(created));
+        t.updatedat = tms_format_time(e->task.updated_at_ms, updated, sizeof(updated));
+        t.createdby = (char *)e->task.created_by;
+        t.version = e->task.version;
+        m.task = &t;
+    }
+    pack(NULL, &m.base, out, len);
 }

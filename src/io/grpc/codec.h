@@ -29,6 +29,9 @@ tms_api_call_t *tms_grpc_decode_call(const tms_op_t *op, const uint8_t *msg, siz
 tms_status_t tms_grpc_encode_reply(const tms_op_t *op, tms_api_call_t *call, uint8_t **out,
                                    size_t *len, tms_error_t *err);
 
+/** A TaskEvent (tms.v1, src/proto/task_events.proto) of e into *out (heap). */
+void tms_grpc_encode_event(const tms_task_event_t *e, uint8_t **out, size_t *len);
+
 /** Health Check/Watch: decode HealthCheckRequest.service into buf (truncated);
  * returns 0 or -TMS_EINVAL on a malformed message. */
 int tms_grpc_health_decode(const uint8_t *msg, size_t len, char *service, size_t size);

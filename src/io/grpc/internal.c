@@ -56,8 +56,10 @@ void tms_internal_encode_call(tms_api_call_t *call, uint8_t **out, size_t *len)
     p.user_id = str(call->principal.user_id);
     p.role = str(call->principal.role);
     p.email = str(call->principal.email);
+    p.expires_at_s = call->principal.expires_at_s;
     m.principal = &p;
     m.present = bit_if(call->bearer, TMS__INTERNAL__PRESENT__PRESENT_BEARER) |
+                bit_if(call->ticket, TMS__INTERNAL__PRESENT__PRESENT_TICKET) |
                 bit_if(call->email, TMS__INTERNAL__PRESENT__PRESENT_EMAIL) |
                 bit_if(call->password, TMS__INTERNAL__PRESENT__PRESENT_PASSWORD) |
                 bit_if(call->title, TMS__INTERNAL__PRESENT__PRESENT_TITLE) |
@@ -80,6 +82,10 @@ void tms_internal_encode_call(tms_api_call_t *call, uint8_t **out, size_t *len)
     m.idempotency_key = str(call->idempotency_key);
     m.cursor = str(call->cursor);
     m.limit = call->limit;
+    m.ticket = str(call->ticket);
+    m.has_since = call->has_since;
+    m.since = call->since;
+    m.upto = call->upto;
     user_to_pb(&u, &call->user);
     m.user = &u;
     *len = tms__internal__actor_call__get_packed_size(&m);
@@ -115,6 +121,7 @@ tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
         if (m) {
             wipe_unless(m->password, NULL);
             wipe_unless(m->bearer, NULL);
+            wipe_unless(m->ticket, NULL);
         }
         tms_api_call_free(&call);
         return NULL;
@@ -130,6 +137,7 @@ tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
         COPY(call->principal.user_id, m->principal->user_id);
         COPY(call->principal.role, m->principal->role);
         COPY(call->principal.email, m->principal->email);
+        call->principal.expires_at_s = m->principal->expires_at_s;
     }
     /* A gateway forwards its clients' calls with the user it authenticated, or as a
      * trusted peer's; a call with neither is the peer's own (older peers send no such
@@ -152,10 +160,15 @@ tms_api_call_t *tms_internal_decode_call(const uint8_t *msg, size_t len)
         take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_IDEMPOTENCY_KEY, m->idempotency_key);
     call->cursor = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_CURSOR, m->cursor);
     call->limit = m->limit;
+    call->ticket = take_if(call, pr, TMS__INTERNAL__PRESENT__PRESENT_TICKET, m->ticket);
+    call->has_since = m->has_since;
+    call->since = m->since;
+    call->upto = m->upto;
     if (m->user)
         user_from_pb(&call->user, m->user);
     wipe_unless(m->password, call->password);
     wipe_unless(m->bearer, call->bearer);
+    wipe_unless(m->ticket, call->ticket);
     return call; /* m is in the call's arena */
 }
 
@@ -201,6 +214,7 @@ void tms_internal_encode_result(tms_api_call_t *call, uint8_t **out, size_t *len
     p.user_id = (char *)call->principal.user_id;
     p.role = (char *)call->principal.role;
     p.email = (char *)call->principal.email;
+    p.expires_at_s = call->principal.expires_at_s;
     m.principal = &p;
     user_to_pb(&u, &call->user);
     m.user = &u;
@@ -231,6 +245,29 @@ void tms_internal_encode_result(tms_api_call_t *call, uint8_t **out, size_t *len
     rl.reset_s = call->ratelimit.reset_s;
     rl.retry_after_s = call->ratelimit.retry_after_s;
     m.ratelimit = &rl;
+    m.ticket_expires_ms = call->ticket_expires_ms;
+    m.first_seq = call->first_seq;
+    m.last_seq = call->last_seq;
+    if (call->nevents) {
+        Tms__Internal__TaskEvent *evs = tms_arena_calloc(&call->arena, call->nevents, sizeof(*evs));
+        Tms__Internal__TaskEvent **evp =
+            tms_arena_calloc(&call->arena, call->nevents, sizeof(*evp));
+        Tms__Internal__Task *ts = tms_arena_calloc(&call->arena, call->nevents, sizeof(*ts));
+        for (size_t i = 0; i < call->nevents; i++) {
+            const tms_task_event_t *e = &call->events[i];
+            tms__internal__task_event__init(&evs[i]);
+            evs[i].seq = e->seq;
+            evs[i].type = (int32_t)e->type;
+            evs[i].at_ms = e->at_ms;
+            task_to_pb(&ts[i], &e->task);
+            evs[i].task = &ts[i];
+            evs[i].prev_assigned_to = (char *)e->prev_assigned_to;
+            evs[i].prev_status = (char *)e->prev_status;
+            evp[i] = &evs[i];
+        }
+        m.n_events = call->nevents;
+        m.events = evp;
+    }
     *len = tms__internal__actor_result__get_packed_size(&m);
     *out = tms_arena_alloc(&call->arena, *len);
     tms__internal__actor_result__pack(&m, *out);
@@ -249,6 +286,7 @@ int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t 
         COPY(call->principal.user_id, m->principal->user_id);
         COPY(call->principal.role, m->principal->role);
         COPY(call->principal.email, m->principal->email);
+        call->principal.expires_at_s = m->principal->expires_at_s;
     }
     if (m->user)
         user_from_pb(&call->user, m->user);
@@ -271,6 +309,26 @@ int tms_internal_decode_result(tms_api_call_t *call, const uint8_t *msg, size_t 
     call->next_cursor =
         m->has_next_cursor ? tms_pb_arena_string(&call->arena, m->next_cursor) : NULL;
     call->replayed = m->replayed;
+    call->ticket_expires_ms = m->ticket_expires_ms;
+    call->first_seq = m->first_seq;
+    call->last_seq = m->last_seq;
+    call->events = NULL;
+    call->nevents = 0;
+    if (m->n_events) {
+        call->events = tms_arena_calloc(&call->arena, m->n_events, sizeof(*call->events));
+        for (size_t i = 0; i < m->n_events; i++) {
+            tms_task_event_t *e = &call->events[i];
+            const Tms__Internal__TaskEvent *pb = m->events[i];
+            e->seq = pb->seq;
+            e->type = (tms_task_event_type_t)pb->type;
+            e->at_ms = pb->at_ms;
+            if (pb->task)
+                task_from_pb(&call->arena, &e->task, pb->task);
+            COPY(e->prev_assigned_to, pb->prev_assigned_to);
+            COPY(e->prev_status, pb->prev_status);
+        }
+        call->nevents = m->n_events;
+    }
     /* The gateway's own limits stay as it counted them: a role elsewhere applies none, and
      * its zeros used to erase the RateLimit-* headers of a split deployment's answers. */
     if (m->ratelimit && m->ratelimit->applied) {

@@ -1254,6 +1254,11 @@ bool tms_grpc_stream_send(tms_grpc_stream_t *st, const uint8_t *msg, size_t len)
     return send_message(st, msg, len);
 }
 
+size_t tms_grpc_stream_queued(const tms_grpc_stream_t *st)
+{
+    return st->out_len - st->out_off;
+}
+
 void tms_grpc_stream_finish(tms_grpc_stream_t *st, tms_status_t code, const char *message)
 {
     finish(st, code, message);

@@ -164,6 +164,9 @@ void tms_grpc_stream_limit_unchecked(tms_grpc_stream_t *st, tms_status_t code, c
 /** Queue one response message (copied). False when a bound ended the call instead. */
 bool tms_grpc_stream_send(tms_grpc_stream_t *st, const uint8_t *msg, size_t len);
 
+/** Reply bytes queued on the stream and not yet handed to the connection. */
+size_t tms_grpc_stream_queued(const tms_grpc_stream_t *st);
+
 /** End the call with a status (message for non-OK; may be NULL): trailers after the
  * messages, or trailers-only. A finished stream ignores further answers. */
 void tms_grpc_stream_finish(tms_grpc_stream_t *st, tms_status_t code, const char *message);

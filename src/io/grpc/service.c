@@ -8,6 +8,7 @@
 #include "io/grpc/service.h"
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,7 @@ struct tms_grpc_service {
  * when its reply came and the timer closed; st is NULL once the stream was answered
  * otherwise or is gone. */
 typedef struct pending {
+    bool watch; /* false: what a stream has attached is this, not a watch_t */
     uv_timer_t timer;
     tms_grpc_service_t *svc;
     tms_grpc_stream_t *st;
@@ -113,14 +115,89 @@ static void render(tms_grpc_stream_t *st, tms_api_call_t *call)
     tms_grpc_stream_finish(st, TMS_OK, NULL);
 }
 
+/* ---- tms.v1.TaskEvents/Watch: a push hub's sink (core/push.h) ---- */
+
+typedef struct watch {
+    bool watch; /* true: as pending_t's first member */
+    tms_push_sink_t sink;
+    tms_grpc_stream_t *st;
+    tms_push_sub_t *sub;
+} watch_t;
+
+static int watch_send(tms_push_sink_t *self, tms_push_event_t *e)
+{
+    watch_t *w = (watch_t *)((char *)self - offsetof(watch_t, sink));
+    if (!e->enc[TMS_PUSH_ENC_GRPC]) {
+        uint8_t *out;
+        size_t len;
+        tms_grpc_encode_event(&e->ev, &out, &len);
+        e->enc[TMS_PUSH_ENC_GRPC] = out;
+        e->enc_len[TMS_PUSH_ENC_GRPC] = len;
+    }
+    if (tms_grpc_stream_queued(w->st) + e->enc_len[TMS_PUSH_ENC_GRPC] > self->queue_bytes)
+        return -1;
+    /* false: a transport bound ended the call; detach follows */
+    (void)tms_grpc_stream_send(w->st, e->enc[TMS_PUSH_ENC_GRPC], e->enc_len[TMS_PUSH_ENC_GRPC]);
+    tms_grpc_stream_flush(w->st);
+    return 0;
+}
+
+static size_t watch_queued(tms_push_sink_t *self)
+{
+    watch_t *w = (watch_t *)((char *)self - offsetof(watch_t, sink));
+    return tms_grpc_stream_queued(w->st);
+}
+
+static void watch_end(tms_push_sink_t *self, tms_status_t code, const char *message)
+{
+    watch_t *w = (watch_t *)((char *)self - offsetof(watch_t, sink));
+    tms_grpc_stream_t *st = w->st;
+    tms_grpc_stream_attach(st, NULL);
+    w->sub = NULL;
+    free(w);
+    tms_grpc_stream_finish(st, code, message);
+    tms_grpc_stream_flush(st);
+}
+
+/* The auth actor accepted the caller: subscribe it, keep the stream open. */
+static void start_watch(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_call_t *call)
+{
+    watch_t *w;
+    tms_error_t err = {0};
+    if (!svc->cfg.push) {
+        tms_grpc_stream_finish(st, TMS_UNAVAILABLE, "task events are not served here");
+        return;
+    }
+    w = tms_new(watch_t);
+    w->watch = true;
+    w->st = st;
+    w->sink.send = watch_send;
+    w->sink.queued = watch_queued;
+    w->sink.end = watch_end;
+    /* before subscribing: the hub may send (or end) at once */
+    tms_grpc_stream_watch(st);
+    tms_grpc_stream_attach(st, w);
+    w->sub = tms_push_subscribe(svc->cfg.push, call, &w->sink, &err);
+    if (!w->sub) {
+        tms_grpc_stream_attach(st, NULL);
+        free(w);
+        tms_grpc_stream_finish(st, err.code, err.message);
+    }
+}
+
 static void on_reply(tms_msg_t *msg)
 {
     tms_api_call_t *call = (tms_api_call_t *)msg;
     pending_t *p = msg->ctx;
     tms_grpc_stream_t *st = p->st;
     if (st) {
+        const tms_op_t *op = tms_op_get(call->op);
         tms_grpc_stream_attach(st, NULL);
-        render(st, call);
+        if (call->err.code == TMS_OK && op && op->result == TMS_RESULT_STREAM &&
+            tms_grpc_stream_route(st)->kind == KIND_API)
+            start_watch(p->svc, st, call);
+        else
+            render(st, call);
         tms_grpc_stream_flush(st);
     }
     uv_close((uv_handle_t *)&p->timer, on_pending_closed); /* frees the call */
@@ -147,6 +224,12 @@ static void detach(void *ctx, tms_grpc_stream_t *st, void *attached)
     pending_t *p = attached;
     (void)ctx;
     (void)st;
+    if (p->watch) { /* a watcher went away: the hub forgets it */
+        watch_t *w = attached;
+        tms_push_unsubscribe(&w->sub);
+        free(w);
+        return;
+    }
     p->cancel->cancelled = true;
     p->st = NULL;
 }

@@ -13,6 +13,7 @@
 #include <uv.h>
 
 #include "core/mailbox.h"
+#include "core/push.h"
 #include "io/grpc/server.h"
 
 typedef struct tms_grpc_service tms_grpc_service_t;
@@ -37,6 +38,8 @@ typedef struct tms_grpc_service_config {
     const char *service_token; /* copied */
     tms_mailbox_t *auth, *task;
     uint64_t call_timeout_ms; /* deadline of a call without (or above) grpc-timeout; 0: 30 s */
+    /* tms.v1.TaskEvents/Watch: the worker's push hub (NULL: UNAVAILABLE here). */
+    tms_push_hub_t *push;
 } tms_grpc_service_config_t;
 
 /** Create the mapping on loop. Never NULL. */

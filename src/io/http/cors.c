@@ -8,7 +8,8 @@
  * (Access-Control-Expose-Headers) beyond the CORS-safelisted ones. */
 #define ALLOW_METHODS "GET, POST, PATCH, DELETE"
 #define ALLOW_HEADERS                                                                              \
-    "Authorization, Content-Type, If-Match, If-None-Match, Idempotency-Key, X-Request-Id"
+    "Authorization, Content-Type, If-Match, If-None-Match, Idempotency-Key, Last-Event-ID, "       \
+    "X-Request-Id"
 #define EXPOSE_HEADERS                                                                             \
     "ETag, Location, Link, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset, "   \
     "X-Request-Id"

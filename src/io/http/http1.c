@@ -40,6 +40,8 @@ typedef enum phase {
     PH_HANDLER,   /* request with the handler: no timer, parser paused */
     PH_WRITING,   /* response queued, waiting for its write callback: send timer */
     PH_LINGER,    /* final response written, shutdown sent, discarding input */
+    PH_STREAM,    /* a streamed response (tms_http_stream_begin): send timer while
+                   * bytes wait, input discarded, ends with the connection */
 } phase_t;
 
 typedef struct conn conn_t;
@@ -81,10 +83,18 @@ struct conn {
     char *in;       /* unparsed input */
     char prev_byte; /* last byte but SP/HT parsed before in[0] (obs-fold check) */
     size_t in_len, in_cap;
-    uint64_t body_deadline;  /* uv_now() by which the body must be complete */
-    tms_listen_slot_t *slot; /* this connection's place in its address's count */
-    tms_tls_t *tls;          /* NULL: cleartext */
+    uint64_t body_deadline;    /* uv_now() by which the body must be complete */
+    tms_listen_slot_t *slot;   /* this connection's place in its address's count */
+    tms_tls_t *tls;            /* NULL: cleartext */
+    tms_http_stream_t *stream; /* PH_STREAM: told when the connection is gone */
     char client_addr[64];
+};
+
+struct tms_http_stream {
+    conn_t *conn; /* NULL once the connection is gone or the stream ended */
+    void (*closed)(void *arg);
+    void *arg;
+    size_t queued; /* bytes handed to uv_write and not yet written */
 };
 
 typedef struct metric_entry {
@@ -478,6 +488,14 @@ static void on_handle_close(uv_handle_t *h)
     tms_http_server_t *s = c->srv;
     if (--c->handles > 0)
         return;
+    if (c->stream) { /* the stream's owner learns it only now: never from inside a write */
+        tms_http_stream_t *st = c->stream;
+        c->stream = NULL;
+        st->conn = NULL;
+        if (st->closed)
+            st->closed(st->arg);
+        free(st);
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -503,6 +521,7 @@ static void timer_restart(conn_t *c, uint64_t ms, uv_timer_cb cb)
 typedef struct wreq {
     uv_write_t w;
     conn_t *conn;
+    size_t stream_bytes; /* counted in the stream's queued */
     bool close_after, final;
     char *heap; /* TLS: the ciphertext (ours to free); else the bytes are in data */
     char data[];
@@ -513,6 +532,11 @@ static void on_write(uv_write_t *w, int status)
     wreq_t *wr = (wreq_t *)w;
     conn_t *c = wr->conn;
     bool close_after = wr->close_after, final = wr->final;
+    if (c->stream && wr->stream_bytes) {
+        c->stream->queued -= wr->stream_bytes;
+        if (c->stream->queued == 0 && c->phase == PH_STREAM && !c->closing)
+            uv_timer_stop(&c->timer); /* everything taken: no send deadline */
+    }
     free(wr->heap);
     free(wr);
     if (c->closing)
@@ -534,7 +558,16 @@ static void on_write(uv_write_t *w, int status)
 /* Queue len bytes (copied; on TLS, encrypted with whatever TLS has to send before
  * them) on c. final marks the response that ends a request; a write that is not
  * final with no bytes sends only what TLS has waiting (handshake, alerts). */
+static void conn_write_ex(conn_t *c, const char *data, size_t len, bool final, bool close_after,
+                          size_t stream_bytes);
+
 static void conn_write(conn_t *c, const char *data, size_t len, bool final, bool close_after)
+{
+    conn_write_ex(c, data, len, final, close_after, 0);
+}
+
+static void conn_write_ex(conn_t *c, const char *data, size_t len, bool final, bool close_after,
+                          size_t stream_bytes)
 {
     wreq_t *wr;
     uv_buf_t b;
@@ -547,8 +580,11 @@ static void conn_write(conn_t *c, const char *data, size_t len, bool final, bool
             return;
         }
         out = tms_tls_take(c->tls, &out_len);
-        if (!out && !final)
+        if (!out && !final) {
+            if (stream_bytes && c->stream)
+                c->stream->queued -= stream_bytes;
             return;
+        }
         wr = tms_malloc(sizeof *wr);
         wr->heap = out;
         b = uv_buf_init(out ? out : wr->data, (unsigned)out_len);
@@ -580,6 +616,7 @@ static void conn_write(conn_t *c, const char *data, size_t len, bool final, bool
         b = uv_buf_init(wr->data, (unsigned)len);
     }
     wr->conn = c;
+    wr->stream_bytes = stream_bytes;
     wr->final = final;
     wr->close_after = close_after;
     rc = uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write);
@@ -736,6 +773,7 @@ static void on_conn_timeout(uv_timer_t *t)
         break;
     case PH_HANDLER:
         break; /* the handler owns deadlines */
+    case PH_STREAM:
     case PH_WRITING:
         /* The response was not taken in time: nothing more can be said to this client. */
         tms_counter_add(s->timeouts[TO_SEND], 1);
@@ -1093,7 +1131,9 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 /* The peer closed its side (nread < 0: EOF or an error). */
 static void peer_gone(conn_t *c, ssize_t nread)
 {
-    if (nread == UV_EOF && (c->phase == PH_HANDLER || c->phase == PH_WRITING)) {
+    if (nread == UV_EOF && c->phase == PH_STREAM) {
+        conn_close(c); /* the client went away: the stream ends */
+    } else if (nread == UV_EOF && (c->phase == PH_HANDLER || c->phase == PH_WRITING)) {
         /* Half-close: answer, then close. */
         c->peer_eof = true;
         uv_read_stop((uv_stream_t *)&c->tcp);
@@ -1161,7 +1201,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     }
     if (nread == 0)
         return;
-    if (c->phase == PH_LINGER)
+    if (c->phase == PH_LINGER || c->phase == PH_STREAM)
         return; /* discard */
     if (c->tls) {
         tls_rc = tls_read(c, buf->base, (size_t)nread);
@@ -1366,6 +1406,93 @@ void tms_http_respond(tms_http_request_t *req, int status, const tms_http_header
     req_free(r);
     conn_write(c, resp, resp_len, true, close_after);
     free(resp);
+}
+
+/* ---- streamed responses ---- */
+
+tms_http_stream_t *tms_http_stream_begin(tms_http_request_t *req, int status,
+                                         const tms_http_header_t *headers, size_t nheaders,
+                                         const char *content_type, void (*closed)(void *arg),
+                                         void *arg)
+{
+    hreq_t *r = (hreq_t *)req;
+    conn_t *c = r->conn;
+    tms_http_server_t *s;
+    tms_http_stream_t *st;
+    char *resp, *cl;
+    size_t resp_len, n;
+    tms_http_header_t *cors;
+    if (!c) {
+        log_request(NULL, req, DETACHED_STATUS);
+        req_free(r);
+        return NULL;
+    }
+    s = c->srv;
+    /* The body ends with the connection: no Content-Length, Connection: close. */
+    cors = tms_malloc((nheaders + TMS_CORS_RESPONSE_HEADERS) * sizeof(*cors));
+    n = s->limits.cors_origins ? tms_cors_response(s->limits.cors_origins, req, cors) : 0;
+    if (nheaders)
+        memcpy(cors + n, headers, nheaders * sizeof(*cors));
+    resp = build_response(s, status, req->request_id, true, cors, n + nheaders, content_type, "", 0,
+                          true, &resp_len);
+    free(cors);
+    cl = strstr(resp, "Content-Length: 0\r\n");
+    if (cl) {
+        memmove(cl, cl + 19, resp_len - (size_t)(cl + 19 - resp));
+        resp_len -= 19;
+    }
+    st = tms_new(tms_http_stream_t);
+    st->conn = c;
+    st->closed = closed;
+    st->arg = arg;
+    c->stream = st;
+    c->req = NULL;
+    c->phase = PH_STREAM;
+    s->inflight--;
+    log_request(s, req, status);
+    req_free(r);
+    conn_write(c, resp, resp_len, false, false);
+    free(resp);
+    if (!c->closing)
+        read_start(c); /* to see the client go */
+    return st;
+}
+
+int tms_http_stream_write(tms_http_stream_t *st, const char *data, size_t len)
+{
+    conn_t *c = st->conn;
+    if (!c || c->closing)
+        return -1;
+    if (len == 0)
+        return 0;
+    st->queued += len; /* counted off in on_write */
+    conn_write_ex(c, data, len, false, false, len);
+    if (c->closing)
+        return -1;
+    /* A client that does not read would hold its bytes for as long as it liked. */
+    if (!uv_is_active((uv_handle_t *)&c->timer))
+        timer_restart(c, c->srv->limits.send_timeout_ms, on_conn_timeout);
+    return 0;
+}
+
+size_t tms_http_stream_queued(const tms_http_stream_t *st)
+{
+    /* What the socket has not taken: a burst the kernel takes at once is not queued,
+     * though its write callbacks come on the next turn of the loop. */
+    return st->conn ? uv_stream_get_write_queue_size((const uv_stream_t *)&st->conn->tcp) : 0;
+}
+
+void tms_http_stream_end(tms_http_stream_t *st)
+{
+    conn_t *c = st->conn;
+    if (!c) {
+        free(st);
+        return;
+    }
+    st->closed = NULL; /* the owner is done: freed with the connection */
+    c->phase = PH_WRITING;
+    if (!c->closing) /* the final (empty) write lingers once everything is out */
+        conn_write(c, "", 0, true, true);
 }
 
 void tms_http_respond_error(tms_http_request_t *req, tms_status_t code, const char *message,

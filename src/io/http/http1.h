@@ -111,6 +111,32 @@ void tms_http_respond_error_status(tms_http_request_t *req, int status, tms_stat
                                    const char *message, const tms_http_header_t *headers,
                                    size_t nheaders);
 
+/* A streamed response (Server-Sent Events): the head now, the body as it comes, ended
+ * by closing the connection (no Content-Length; Connection: close). While it is open
+ * the connection reads and discards input, and bytes not taken by the client within
+ * send_timeout_ms close it; it counts against the connection limits as any other. */
+typedef struct tms_http_stream tms_http_stream_t;
+
+/** Answer req with status and headers and keep the connection for the body. req is
+ * freed. closed(arg) runs once, from the loop, when the connection is gone (the
+ * client left, a write failed, the send timeout, the server's stop) unless
+ * tms_http_stream_end came first; the stream is freed after it. NULL when the
+ * connection was already gone (closed is not called then). */
+tms_http_stream_t *tms_http_stream_begin(tms_http_request_t *req, int status,
+                                         const tms_http_header_t *headers, size_t nheaders,
+                                         const char *content_type, void (*closed)(void *arg),
+                                         void *arg);
+
+/** Queue len bytes (copied). 0, or -1 when the connection is gone or closing. */
+int tms_http_stream_write(tms_http_stream_t *st, const char *data, size_t len);
+
+/** Bytes queued and not yet taken by the socket. */
+size_t tms_http_stream_queued(const tms_http_stream_t *st);
+
+/** End the stream: what is queued is sent, then the connection closes. closed is not
+ * called; st must not be used again. */
+void tms_http_stream_end(tms_http_stream_t *st);
+
 /** Graceful stop: stop accepting, close idle connections now, let requests with the
  * handler finish (their responses carry Connection: close), close what is still open
  * after grace_ms, then call on_stopped(arg) from the loop once every handle is closed.

@@ -13,6 +13,7 @@
 #include "core/clock.h"
 #include "core/jsonw.h"
 #include "core/log.h"
+#include "core/push.h"
 #include "core/metrics.h"
 #include "core/text.h"
 
@@ -69,6 +70,21 @@ static json_t *user_json(const tms_user_t *u)
     char ts[32];
     return json_pack("{s:s, s:s, s:s, s:s}", "id", u->id, "email", u->email, "role", u->role,
                      "createdAt", tms_format_time(u->created_at_ms, ts, sizeof(ts)));
+}
+
+/* A task as a jansson value, for the bodies built as trees (the SSE events). */
+static json_t *task_json(const tms_task_t *t)
+{
+    char id[24], created[32], updated[32];
+    snprintf(id, sizeof(id), "%lld", (long long)t->id);
+    return json_pack("{s:s, s:s, s:s, s:s, s:o, s:s, s:s, s:s, s:I}", "id", id, "title",
+                     t->title ? t->title : "", "description", t->description ? t->description : "",
+                     "status", t->status, "assignedTo",
+                     t->assigned_to[0] ? json_string(t->assigned_to) : json_null(), "createdBy",
+                     t->created_by, "createdAt",
+                     tms_format_time(t->created_at_ms, created, sizeof(created)), "updatedAt",
+                     tms_format_time(t->updated_at_ms, updated, sizeof(updated)), "version",
+                     (json_int_t)t->version);
 }
 
 /* Bytes put_task may write for t. */
@@ -278,6 +294,13 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
     case TMS_RESULT_DELETED:
         body = json_pack("{s:s}", "message", "Task deleted");
         break;
+    case TMS_RESULT_TICKET: {
+        char exp[32];
+        h[nh++] = (tms_http_header_t){"Cache-Control", "no-store"};
+        body = json_pack("{s:s, s:s}", "ticket", call->token ? call->token : "", "expiresAt",
+                         tms_format_time(call->ticket_expires_ms, exp, sizeof(exp)));
+        break;
+    }
     default:
         tms_http_respond_error(req, TMS_INTERNAL, "internal error", h, nh);
         return;
@@ -286,6 +309,174 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
     if (!body)
         tms_oom(__FILE__, __LINE__);
     respond_json(req, status, body, h, nh);
+}
+
+/* ---- Server-Sent Events: GET /api/task/events (core/push.h) ----------- */
+
+/* One stream: the hub's sink over the HTTP stream. Freed by whichever ends first: the
+ * hub (end) or the connection (closed). */
+typedef struct sse {
+    tms_push_sink_t sink; /* first: the hub hands &sink back */
+    tms_http_stream_t *st;
+    tms_push_sub_t *sub;
+    /* before the stream began (tms_push_subscribe may send at once): bytes held, and
+     * the end the hub gave, if it did */
+    char *pre;
+    size_t pre_len;
+    bool ended; /* the hub ended it already: start_stream sends what is held, then ends */
+} sse_t;
+
+/* Bytes to the client, or held until the stream begins. */
+static void sse_write(sse_t *x, const char *b, size_t len)
+{
+    if (x->st) {
+        (void)tms_http_stream_write(x->st, b, len); /* a closed connection says so itself */
+        return;
+    }
+    x->pre = tms_realloc(x->pre, x->pre_len + len);
+    memcpy(x->pre + x->pre_len, b, len);
+    x->pre_len += len;
+}
+
+static const char *const sse_types[] = {"unknown",  "created", "updated",
+                                        "assigned", "deleted", "reset"};
+
+/* The event's bytes, made once for every stream of the hub. */
+static const char *sse_bytes(tms_push_event_t *e, size_t *len)
+{
+    if (!e->enc[TMS_PUSH_ENC_SSE]) {
+        const tms_task_event_t *ev = &e->ev;
+        const char *type = (size_t)ev->type < sizeof(sse_types) / sizeof(sse_types[0])
+                               ? sse_types[ev->type]
+                               : "unknown";
+        char id[24], at[32];
+        json_t *data;
+        char *text, *out;
+        int n;
+        snprintf(id, sizeof(id), "%lld", (long long)ev->seq);
+        data = json_pack("{s:s, s:s, s:s}", "id", id, "type", type, "time",
+                         tms_format_time(ev->at_ms, at, sizeof(at)));
+        if (!data)
+            tms_oom(__FILE__, __LINE__);
+        if (ev->type != TMS_TASK_EVENT_RESET)
+            json_object_set_new(data, "task", task_json(&ev->task));
+        text = json_dumps(data, JSON_COMPACT); /* one line: no raw newlines in JSON */
+        json_decref(data);
+        if (!text)
+            tms_oom(__FILE__, __LINE__);
+        n = snprintf(NULL, 0, "id: %s\nevent: %s\ndata: %s\n\n", id, type, text);
+        out = tms_malloc((size_t)n + 1);
+        snprintf(out, (size_t)n + 1, "id: %s\nevent: %s\ndata: %s\n\n", id, type, text);
+        free(text);
+        e->enc[TMS_PUSH_ENC_SSE] = out;
+        e->enc_len[TMS_PUSH_ENC_SSE] = (size_t)n;
+    }
+    *len = e->enc_len[TMS_PUSH_ENC_SSE];
+    return e->enc[TMS_PUSH_ENC_SSE];
+}
+
+static int sse_send(tms_push_sink_t *self, tms_push_event_t *e)
+{
+    sse_t *x = (sse_t *)self;
+    size_t len;
+    const char *b = sse_bytes(e, &len);
+    if (self->queued(self) + len > self->queue_bytes)
+        return -1;
+    sse_write(x, b, len);
+    return 0;
+}
+
+static size_t sse_queued(tms_push_sink_t *self)
+{
+    sse_t *x = (sse_t *)self;
+    return x->st ? tms_http_stream_queued(x->st) : x->pre_len;
+}
+
+static void sse_heartbeat(tms_push_sink_t *self)
+{
+    sse_write((sse_t *)self, ": heartbeat\n\n", 13);
+}
+
+/* The hub ends the stream: a last event says why (slow consumer, revoked, shutdown). */
+static void sse_end(tms_push_sink_t *self, tms_status_t code, const char *message)
+{
+    sse_t *x = (sse_t *)self;
+    json_t *data =
+        json_pack("{s:s, s:s}", "code", tms_status_name(code), "message", message ? message : "");
+    char *text = data ? json_dumps(data, JSON_COMPACT) : NULL;
+    if (text) {
+        size_t n = strlen(text) + 32;
+        char *out = tms_malloc(n);
+        int len = snprintf(out, n, "event: error\ndata: %s\n\n", text);
+        sse_write(x, out, (size_t)len);
+        free(out);
+        free(text);
+    }
+    json_decref(data);
+    x->sub = NULL;
+    if (!x->st) {
+        x->ended = true;
+        return;
+    }
+    tms_http_stream_end(x->st);
+    free(x->pre);
+    free(x);
+}
+
+/* The client went away (or the send timeout): the hub forgets it. */
+static void sse_closed(void *arg)
+{
+    sse_t *x = arg;
+    tms_push_unsubscribe(&x->sub);
+    free(x->pre);
+    free(x);
+}
+
+/* A watch call the auth actor answered OK: subscribe its caller, then stream. */
+static void start_stream(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t *call)
+{
+    sse_t *x;
+    tms_error_t err = {0};
+    char retry[48];
+    tms_http_header_t h[3] = {{"Cache-Control", "no-store"}, {"X-Accel-Buffering", "no"}};
+    int n;
+    if (!rest->cfg.push) {
+        tms_http_respond_error(req, TMS_UNAVAILABLE, "task events are not served here", NULL, 0);
+        return;
+    }
+    x = tms_new(sse_t);
+    x->sink.send = sse_send;
+    x->sink.queued = sse_queued;
+    x->sink.heartbeat = sse_heartbeat;
+    x->sink.end = sse_end;
+    x->sub = tms_push_subscribe(rest->cfg.push, call, &x->sink, &err);
+    if (!x->sub) {
+        tms_http_header_t ra = {"Retry-After", "5"};
+        free(x);
+        tms_http_respond_error(req, err.code, err.message, &ra,
+                               err.code == TMS_RESOURCE_EXHAUSTED ? 1 : 0);
+        return;
+    }
+    x->st = tms_http_stream_begin(req, 200, h, 2, "text/event-stream; charset=utf-8",
+                                  x->ended ? NULL : sse_closed, x);
+    if (!x->st) {
+        tms_push_unsubscribe(&x->sub);
+        free(x->pre);
+        free(x);
+        return;
+    }
+    n = snprintf(retry, sizeof(retry), "retry: %llu\n\n",
+                 (unsigned long long)(rest->cfg.sse_retry_ms ? rest->cfg.sse_retry_ms : 3000));
+    (void)tms_http_stream_write(x->st, retry, (size_t)n);
+    if (x->pre_len)
+        (void)tms_http_stream_write(x->st, x->pre, x->pre_len);
+    free(x->pre);
+    x->pre = NULL;
+    x->pre_len = 0;
+    if (x->ended) {
+        tms_http_stream_end(x->st);
+        free(x);
+    }
 }
 
 /* ---- calls to the gateway -------------------------------------------- */
@@ -302,7 +493,10 @@ static void on_reply(tms_msg_t *msg)
 {
     tms_api_call_t *call = (tms_api_call_t *)msg;
     pending_t *p = msg->ctx;
-    if (p->req)
+    const tms_op_t *op = tms_op_get(call->op);
+    if (p->req && call->err.code == TMS_OK && op && op->result == TMS_RESULT_STREAM)
+        start_stream(p->rest, p->req, call);
+    else if (p->req)
         render(p->req, call);
     uv_close((uv_handle_t *)&p->timer, on_pending_closed); /* frees the call */
 }
@@ -574,6 +768,97 @@ static int parse_list_query(tms_http_request_t *req, const tms_op_t *op, tms_api
         }
         q += n + (amp ? 1 : 0);
     }
+    return 0;
+bad:
+    tms_http_respond_error(req, TMS_INVALID_ARGUMENT, problem, NULL, 0);
+    return -1;
+}
+
+/* A decimal event or task id: 0 or more; -1 when malformed. */
+static int64_t decimal(const char *v)
+{
+    int64_t n = 0;
+    if (!v[0] || strlen(v) > 18)
+        return -1;
+    for (const char *p = v; *p; p++) {
+        if (*p < '0' || *p > '9')
+            return -1;
+        n = n * 10 + (*p - '0');
+    }
+    return n;
+}
+
+/* GET /api/task/events: ?assignedTo=&status=&id=&since=&ticket= and Last-Event-ID
+ * (which wins over since: it is where a reconnecting EventSource was). Answers 400
+ * itself and returns -1 on bad input. */
+static int parse_watch_query(tms_http_request_t *req, tms_api_call_t *call)
+{
+    const char *q = req->query, *problem = NULL, *last;
+    const char *since = NULL;
+    while (*q) {
+        const char *amp = strchr(q, '&'), *eq;
+        size_t n = amp ? (size_t)(amp - q) : strlen(q);
+        eq = memchr(q, '=', n);
+        if (eq) {
+            size_t klen = (size_t)(eq - q), vlen = n - klen - 1;
+            char *value, **slot = NULL;
+#define KEY(k) (klen == sizeof(k) - 1 && memcmp(q, k, klen) == 0)
+            if (KEY("assignedTo") || KEY("status") || KEY("id") || KEY("since") || KEY("ticket")) {
+                if (vlen > 256) {
+                    problem = "query parameter too long";
+                    goto bad;
+                }
+                value = tms_arena_alloc(&call->arena, vlen + 1);
+                if (url_decode(value, eq + 1, vlen) != 0) {
+                    problem = "malformed query string";
+                    goto bad;
+                }
+                if (KEY("assignedTo"))
+                    slot = &call->assigned_to;
+                else if (KEY("status"))
+                    slot = &call->status;
+                else if (KEY("ticket"))
+                    slot = &call->ticket;
+                else if (KEY("since")) {
+                    if (since) {
+                        problem = "query parameter given twice";
+                        goto bad;
+                    }
+                    since = value;
+                } else if (value[0]) {
+                    int64_t id = decimal(value);
+                    if (id <= 0 || call->task_id) {
+                        problem = "id must be a task id, given once";
+                        goto bad;
+                    }
+                    call->task_id = id;
+                }
+            }
+#undef KEY
+            if (slot) {
+                if (*slot) {
+                    problem = "query parameter given twice";
+                    goto bad;
+                }
+                if (value[0])
+                    *slot = value;
+            }
+        }
+        q += n + (amp ? 1 : 0);
+    }
+    last = tms_http_header_get(req, "Last-Event-ID");
+    if (last && last[0])
+        since = last;
+    if (since && since[0]) {
+        call->since = decimal(since);
+        if (call->since < 0) {
+            problem = "since and Last-Event-ID must be an event id";
+            goto bad;
+        }
+        call->has_since = true;
+    }
+    if (call->bearer && call->ticket)
+        call->ticket = NULL; /* the header wins; the ticket stays unused */
     return 0;
 bad:
     tms_http_respond_error(req, TMS_INVALID_ARGUMENT, problem, NULL, 0);
@@ -895,6 +1180,8 @@ static int decode_call(tms_http_request_t *req, const tms_op_t *op, const char *
         return parse_task_body(req, call, (op->args & TMS_ARGS_TASK_PATCH) != 0);
     if (op->args & TMS_ARGS_LIST)
         return parse_list_query(req, op, call);
+    if (op->args & TMS_ARGS_WATCH)
+        return parse_watch_query(req, call);
     return 0;
 }
 

@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "core/mailbox.h"
+#include "core/push.h"
 #include "core/task_store.h"
 #include "core/user_store.h"
 #include "io/http/http1.h"
@@ -37,6 +38,10 @@ typedef struct tms_rest_config {
     /* GET /metrics here needs `Authorization: Bearer <metrics_token>`; NULL or "": not
      * served here (404), only on the metrics listener (tms_rest_handle_metrics). */
     const char *metrics_token;
+    /* GET /api/task/events (Server-Sent Events): the worker's push hub (NULL: the route
+     * answers 503 here) and the reconnection delay advised (retry:, ms). */
+    tms_push_hub_t *push;
+    uint64_t sse_retry_ms;
 } tms_rest_config_t;
 
 /** Create the adapter on loop. Never NULL. */

@@ -17,10 +17,15 @@ static const char *const user_ops[] = {
 };
 
 static const char *const task_ops[] = {
-    [TMS_TASK_CREATE] = "task_create", [TMS_TASK_GET] = "task_get",
-    [TMS_TASK_LIST] = "task_list",     [TMS_TASK_UPDATE] = "task_update",
-    [TMS_TASK_DELETE] = "task_delete", [TMS_TASK_UNASSIGN_USER] = "task_unassign_user",
+    [TMS_TASK_CREATE] = "task_create",
+    [TMS_TASK_GET] = "task_get",
+    [TMS_TASK_LIST] = "task_list",
+    [TMS_TASK_UPDATE] = "task_update",
+    [TMS_TASK_DELETE] = "task_delete",
+    [TMS_TASK_UNASSIGN_USER] = "task_unassign_user",
     [TMS_TASK_PING] = "task_ping",
+    [TMS_TASK_EVENTS] = "task_events",
+    [TMS_TASK_EVENTS_PURGE] = "task_events_purge",
 };
 
 static const char *const outbox_ops[] = {
@@ -36,13 +41,14 @@ static const struct family {
     size_t err_offset;
 } families[TMS_STORE_NPORTS] = {
     [TMS_STORE_USERS] = {"users", TMS_USER_PING + 1, user_ops, offsetof(tms_user_op_t, err)},
-    [TMS_STORE_TASKS] = {"tasks", TMS_TASK_PING + 1, task_ops, offsetof(tms_task_op_t, err)},
+    [TMS_STORE_TASKS] = {"tasks", TMS_TASK_EVENTS_PURGE + 1, task_ops,
+                         offsetof(tms_task_op_t, err)},
     [TMS_STORE_OUTBOX] = {"outbox", TMS_OUTBOX_PENDING + 1, outbox_ops,
                           offsetof(tms_outbox_op_t, err)},
 };
 
 _Static_assert(TMS_USER_PING + 1 <= TMS_STORE_MAX_OPS, "user ops fit the metrics table");
-_Static_assert(TMS_TASK_PING + 1 <= TMS_STORE_MAX_OPS, "task ops fit the metrics table");
+_Static_assert(TMS_TASK_EVENTS_PURGE + 1 <= TMS_STORE_MAX_OPS, "task ops fit the metrics table");
 _Static_assert(TMS_OUTBOX_PENDING + 1 <= TMS_STORE_MAX_OPS, "outbox ops fit the metrics table");
 
 tms_error_t *tms_store_op_err(tms_store_port_t port, tms_msg_t *msg)
@@ -66,6 +72,9 @@ static void reset(tms_store_port_t port, tms_msg_t *msg)
         op->count = 0;
         op->tasks = NULL; /* in op->arena: released with it */
         op->ntasks = 0;
+        op->events = NULL;
+        op->nevents = 0;
+        op->first_seq = op->last_seq = 0;
     } else if (port == TMS_STORE_OUTBOX) {
         tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
         op->seen = false;

@@ -22,7 +22,8 @@ static void test_one_row_per_op(void)
         CHECK(row->result != 0);
         /* A caller is needed exactly when the rule asks for one. */
         CHECK_EQ_INT(row->needs_caller, row->rule != TMS_RULE_ANYONE);
-        CHECK(row->rest_method || row->grpc_method);
+        /* Only the services' own operations are on no public protocol. */
+        CHECK(row->rest_method || row->grpc_method || row->rule == TMS_RULE_SERVICE);
         CHECK(!row->rest_method == !row->rest_route);
         CHECK(!row->rest_method || row->rest_status == 200 || row->rest_status == 201);
         CHECK(!row->grpc_method || row->grpc_method[0] == '/');
@@ -71,11 +72,15 @@ static void test_internal_numbers_are_stable(void)
         tms_api_op_t op;
         int32_t n;
     } wire[] = {
-        {TMS_API_REGISTER, 1},     {TMS_API_LOGIN, 2},        {TMS_API_LOGOUT, 3},
-        {TMS_API_ME, 4},           {TMS_API_DELETE_USER, 5},  {TMS_API_USER_EXISTS, 6},
-        {TMS_API_USER_INFO, 7},    {TMS_API_VERIFY_TOKEN, 8}, {TMS_API_TASK_CREATE, 9},
-        {TMS_API_TASK_GET, 10},    {TMS_API_TASK_LIST, 11},   {TMS_API_TASK_UPDATE, 12},
-        {TMS_API_TASK_DELETE, 13},
+        {TMS_API_REGISTER, 1},     {TMS_API_LOGIN, 2},
+        {TMS_API_LOGOUT, 3},       {TMS_API_ME, 4},
+        {TMS_API_DELETE_USER, 5},  {TMS_API_USER_EXISTS, 6},
+        {TMS_API_USER_INFO, 7},    {TMS_API_VERIFY_TOKEN, 8},
+        {TMS_API_TASK_CREATE, 9},  {TMS_API_TASK_GET, 10},
+        {TMS_API_TASK_LIST, 11},   {TMS_API_TASK_UPDATE, 12},
+        {TMS_API_TASK_DELETE, 13}, {TMS_API_USER_CREATE, 14},
+        {TMS_API_TASK_WATCH, 15},  {TMS_API_TASK_EVENTS_TICKET, 16},
+        {TMS_API_TASK_EVENTS, 17},
     };
     for (size_t i = 0; i < sizeof(wire) / sizeof(wire[0]); i++) {
         CHECK_EQ_INT(tms_op_get(wire[i].op)->internal_op, wire[i].n);
@@ -144,6 +149,13 @@ static void test_permits(void)
     CHECK(!tms_op_permits(del_task, &u, &assignee));
     CHECK(tms_op_permits(del_task, &admin, &other));
     CHECK(!tms_op_permits(del_task, &service, &assignee));
+
+    /* The push log is the push hubs' (a service) alone; every user may watch. */
+    CHECK(tms_op_permits(tms_op_get(TMS_API_TASK_EVENTS), &service, NULL));
+    CHECK(!tms_op_permits(tms_op_get(TMS_API_TASK_EVENTS), &admin, NULL));
+    CHECK(!tms_op_permits(tms_op_get(TMS_API_TASK_EVENTS), &u, NULL));
+    CHECK(tms_op_permits(tms_op_get(TMS_API_TASK_WATCH), &u, NULL));
+    CHECK(!tms_op_permits(tms_op_get(TMS_API_TASK_WATCH), &nobody, NULL));
 }
 
 /* A trusted peer's call without a token (grpc.trusted_peers, issue 21): the task calls
@@ -159,14 +171,17 @@ static void test_trusted_legacy_rule(void)
     both.trusted = true;
     for (size_t i = 0; i < n; i++) {
         const tms_op_t *op = &ops[i];
-        bool task = op->owner == TMS_OWNER_TASK;
+        /* the push log read is the hubs' own (a service's), no original call */
+        bool task = op->owner == TMS_OWNER_TASK && op->op != TMS_API_TASK_EVENTS;
+        /* tms.v1 services (TaskEvents/Watch) are TMS's own: a stream needs a user */
+        bool original = op->grpc_method && strncmp(op->grpc_method, "/tms.", 5) != 0;
         bool names_user = op->op == TMS_API_LOGOUT || op->op == TMS_API_DELETE_USER ||
                           op->op == TMS_API_USER_INFO || op->op == TMS_API_USER_EXISTS;
         CHECK_EQ_INT(op->legacy, task         ? TMS_LEGACY_NO_CALLER
                                  : names_user ? TMS_LEGACY_MESSAGE_USER
                                               : TMS_LEGACY_NONE);
         /* every op the original served over gRPC is served to a trusted peer */
-        CHECK_EQ_INT(tms_op_trusted_runs(op), op->grpc_method != NULL && op->needs_caller);
+        CHECK_EQ_INT(tms_op_trusted_runs(op), original && op->needs_caller);
         CHECK_EQ_INT(tms_op_permits(op, &trusted, &other),
                      op->legacy != TMS_LEGACY_NONE || op->rule == TMS_RULE_ANYONE);
         CHECK(!tms_op_permits(op, &both, &other));

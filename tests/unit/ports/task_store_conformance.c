@@ -566,6 +566,122 @@ static void test_unassign_user(void)
     close_store(&s);
 }
 
+/* The push log (issue 23): one event per change, in the change's transaction, read
+ * in seq order with filters matching before or after the change, and trimmed by age
+ * and count without ever dropping the newest. */
+static tms_task_op_t *events(store_t *s, int64_t after, const char *assignee, int64_t task_id)
+{
+    tms_task_op_t *op = task_op(TMS_TASK_EVENTS);
+    op->after_id = after;
+    op->limit = 100;
+    op->id = task_id;
+    snprintf(op->filter_assigned_to, sizeof(op->filter_assigned_to), "%s", assignee);
+    op = run_task(s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    return op;
+}
+
+static void test_push_log(void)
+{
+    store_t s = open_store(backend);
+    tms_task_op_t *op;
+    int64_t a, b, first, last, base;
+    /* a backend shared with other tests (PostgreSQL) has their events: after base */
+    op = task_op(TMS_TASK_EVENTS);
+    op->limit = 0; /* the bounds only */
+    op = run_task(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    base = op->last_seq;
+    tms_task_op_free(&op);
+    a = create(&s, "a", "open", U1);
+    b = create(&s, "b", "open", "");
+    op = update_op(a, 1);
+    op->set_assigned_to = true;
+    snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s", U2);
+    op = run_task(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    tms_task_op_free(&op);
+    op = update_op(b, 1);
+    op->set_title = true;
+    op->task.title = tms_arena_strdup(op->arena, "b2");
+    op = run_task(&s, op);
+    tms_task_op_free(&op);
+    op = task_op(TMS_TASK_DELETE);
+    op->id = b;
+    op = run_task(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    tms_task_op_free(&op);
+
+    op = events(&s, base, "", 0);
+    CHECK_EQ_INT(op->nevents, 5);
+    if (op->nevents == 5) {
+        static const tms_task_event_type_t want[] = {
+            TMS_TASK_EVENT_CREATED, TMS_TASK_EVENT_CREATED, TMS_TASK_EVENT_ASSIGNED,
+            TMS_TASK_EVENT_UPDATED, TMS_TASK_EVENT_DELETED};
+        for (size_t i = 0; i < 5; i++) {
+            CHECK_EQ_INT(op->events[i].type, want[i]);
+            if (i)
+                CHECK(op->events[i].seq > op->events[i - 1].seq);
+        }
+        CHECK_EQ_STR(op->events[2].task.assigned_to, U2);
+        CHECK_EQ_STR(op->events[2].prev_assigned_to, U1);
+        CHECK_EQ_STR(op->events[3].task.title, "b2");
+        CHECK_EQ_INT(op->events[3].task.version, 2);
+        CHECK_EQ_INT(op->events[4].task.id, b);
+        CHECK(op->first_seq <= op->events[0].seq);
+        CHECK_EQ_INT(op->last_seq, op->events[4].seq);
+    }
+    first = op->nevents ? op->events[0].seq : 0;
+    last = op->last_seq;
+    tms_task_op_free(&op);
+
+    /* after an event; filters: U1 before the change counts, one task only */
+    op = events(&s, first, "", 0);
+    CHECK_EQ_INT(op->nevents, 4);
+    tms_task_op_free(&op);
+    op = events(&s, base, U1, 0);
+    CHECK_EQ_INT(op->nevents, 2); /* a created for U1, a assigned away from U1 */
+    tms_task_op_free(&op);
+    op = events(&s, base, "", b);
+    CHECK_EQ_INT(op->nevents, 3);
+    tms_task_op_free(&op);
+
+    /* keep the newest 2: the rest goes, the bounds say so, seq never comes back */
+    op = task_op(TMS_TASK_EVENTS_PURGE);
+    op->before_ms = 0;
+    op->keep_events = 2;
+    op->limit = 1000;
+    op = run_task(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK(op->count >= 3);
+    tms_task_op_free(&op);
+    op = events(&s, 0, "", 0);
+    CHECK_EQ_INT(op->nevents, 2);
+    CHECK_EQ_INT(op->last_seq, last);
+    CHECK(op->first_seq > first);
+    tms_task_op_free(&op);
+    /* by age: everything older than now, but never the newest */
+    op = task_op(TMS_TASK_EVENTS_PURGE);
+    op->before_ms = INT64_MAX / 2;
+    op->keep_events = 1000;
+    op->limit = 1000;
+    op = run_task(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK_EQ_INT(op->count, 1);
+    tms_task_op_free(&op);
+    op = events(&s, 0, "", 0);
+    CHECK_EQ_INT(op->nevents, 1);
+    CHECK_EQ_INT(op->first_seq, last);
+    tms_task_op_free(&op);
+    create(&s, "c", "open", "");
+    op = events(&s, last, "", 0);
+    CHECK_EQ_INT(op->nevents, 1);
+    if (op->nevents == 1)
+        CHECK(op->events[0].seq > last);
+    tms_task_op_free(&op);
+    close_store(&s);
+}
+
 static tms_task_op_t *idem_op(const char *user, const char *key, const char *hash, int64_t at)
 {
     tms_task_op_t *op = create_op("idem", "open", U2, 1);
@@ -669,8 +785,8 @@ static void test_lifecycle(void)
 
     op = task_op(0);
     CHECK_EQ_INT(tms_task_store_submit(s.tasks, &op), -TMS_EINVAL);
-    CHECK(op != NULL); /* left with the caller */
-    op->msg.op = TMS_TASK_PING + 1;
+    CHECK(op != NULL);                      /* left with the caller */
+    op->msg.op = TMS_TASK_EVENTS_PURGE + 1; /* past the last op */
     CHECK_EQ_INT(tms_task_store_submit(s.tasks, &op), -TMS_EINVAL);
     tms_task_op_free(&op);
     CHECK_EQ_INT(s.tasks->busy(s.tasks), 0);
@@ -736,6 +852,7 @@ static void tests(const adapter_t *a)
     RUN_TEST(test_update);
     RUN_TEST(test_delete);
     RUN_TEST(test_unassign_user);
+    RUN_TEST(test_push_log);
     RUN_TEST(test_idempotency);
     RUN_TEST(test_lifecycle);
     RUN_TEST(test_metrics);

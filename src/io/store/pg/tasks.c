@@ -37,6 +37,23 @@ static const tms_pg_stmt_t stmts[] = {
     {"task_unassign", "UPDATE tasks SET assigned_to = NULL, version = version + 1,"
                       " updated_at_ms = $2 WHERE assigned_to = $1"},
     {"task_ping", "SELECT count(*) FROM schema_migrations"},
+    /* the push log (migration 3): its bounds with every read, so they agree */
+    {"task_events",
+     "SELECT b.first, b.last, e.seq, e.type, e.at_ms, e.task_id, e.title, e.description,"
+     " e.status, e.assigned_to, e.created_by, e.created_at_ms, e.updated_at_ms, e.version,"
+     " e.prev_assigned_to, e.prev_status"
+     " FROM (SELECT (SELECT min(seq) FROM task_events) AS first,"
+     " (SELECT max(seq) FROM task_events) AS last) b"
+     " LEFT JOIN LATERAL (SELECT * FROM task_events WHERE seq > $1 AND seq <= $2"
+     " AND ($3 = '' OR assigned_to = $3 OR prev_assigned_to = $3)"
+     " AND ($4 = '' OR status = $4 OR prev_status = $4)"
+     " AND ($5 = 0 OR task_id = $5) ORDER BY seq LIMIT $6) e ON true ORDER BY e.seq"},
+    {"task_events_purge",
+     "DELETE FROM task_events WHERE seq < LEAST("
+     " GREATEST(coalesce((SELECT seq FROM task_events WHERE at_ms >= $1 ORDER BY seq LIMIT 1),"
+     "   (SELECT max(seq) FROM task_events)),"
+     "  (SELECT max(seq) FROM task_events) - $2 + 1),"
+     " (SELECT min(seq) FROM task_events) + $3)"},
 };
 
 static const char *const list_stmt[4] = {"task_list0", "task_list1", "task_list2", "task_list3"};
@@ -121,6 +138,24 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
         c->stmt = "task_ping";
         c->nparams = 0;
         return 0;
+    case TMS_TASK_EVENTS:
+        c->stmt = "task_events";
+        c->nparams = 6;
+        v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->after_id);
+        v[1] =
+            tms__pg_i64(c->num[1], sizeof(c->num[1]), op->upto_seq > 0 ? op->upto_seq : INT64_MAX);
+        v[2] = op->filter_assigned_to;
+        v[3] = op->filter_status;
+        v[4] = tms__pg_i64(c->num[2], sizeof(c->num[2]), op->id);
+        v[5] = tms__pg_i64(c->num[3], sizeof(c->num[3]), op->limit > 0 ? op->limit : 0);
+        return 0;
+    case TMS_TASK_EVENTS_PURGE:
+        c->stmt = "task_events_purge";
+        c->nparams = 3;
+        v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->before_ms);
+        v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->keep_events > 0 ? op->keep_events : 1);
+        v[2] = tms__pg_i64(c->num[2], sizeof(c->num[2]), op->limit > 0 ? op->limit : 10000);
+        return 0;
     }
     tms_log_error("pg_bad_op", "port=tasks op=%d", msg->op);
     tms_error_set(&op->err, TMS_INTERNAL, "internal error");
@@ -174,6 +209,31 @@ static void finish_write(tms_task_op_t *op, const PGresult *res)
     }
 }
 
+/* Rows of task_events: the log's bounds in every row (one row of NULLs when nothing
+ * matched), then an event from column 2 on. */
+static void finish_events(tms_task_op_t *op, const PGresult *res)
+{
+    int n = PQntuples(res);
+    if (n == 0)
+        return;
+    op->first_seq = PQgetisnull(res, 0, 0) ? 0 : tms__pg_int(res, 0, 0);
+    op->last_seq = PQgetisnull(res, 0, 1) ? 0 : tms__pg_int(res, 0, 1);
+    if (op->limit <= 0 || PQgetisnull(res, 0, 2))
+        return;
+    op->events = tms_arena_calloc(op->arena, (size_t)n, sizeof(tms_task_event_t));
+    for (int r = 0; r < n && r < op->limit; r++) {
+        tms_task_event_t *e = &op->events[op->nevents++];
+        char type[16];
+        e->seq = tms__pg_int(res, r, 2);
+        tms__pg_str(type, sizeof(type), res, r, 3);
+        e->type = tms_task_event_type_parse(type);
+        e->at_ms = tms__pg_int(res, r, 4);
+        read_task(res, r, 5, op->arena, &e->task);
+        tms__pg_str(e->prev_assigned_to, sizeof(e->prev_assigned_to), res, r, 14);
+        tms__pg_str(e->prev_status, sizeof(e->prev_status), res, r, 15);
+    }
+}
+
 static void finish(tms_msg_t *msg, const PGresult *res)
 {
     tms_task_op_t *op = (tms_task_op_t *)msg;
@@ -204,7 +264,11 @@ static void finish(tms_msg_t *msg, const PGresult *res)
         break;
     }
     case TMS_TASK_UNASSIGN_USER:
+    case TMS_TASK_EVENTS_PURGE:
         op->count = atoll(PQcmdTuples((PGresult *)res));
+        break;
+    case TMS_TASK_EVENTS:
+        finish_events(op, res);
         break;
     default: /* PING */
         break;

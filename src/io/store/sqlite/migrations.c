@@ -61,6 +61,46 @@ static const char *const migrations[] = {
     "ALTER TABLE deleted_users ADD COLUMN email TEXT;"
     "ALTER TABLE deleted_users ADD COLUMN role TEXT;"
     "ALTER TABLE deleted_users ADD COLUMN created_at_ms INTEGER",
+    /* 4 (issue 23): the push log. Triggers write one row per change of a task in the
+     * change's own transaction, so every write (the actor's, the saga's unassign,
+     * anyone's) has its event, and only committed ones are ever read; AUTOINCREMENT
+     * keeps seq growing in commit order and never reused after a purge. */
+    "CREATE TABLE task_events ("
+    " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " type TEXT NOT NULL,"
+    " at_ms INTEGER NOT NULL,"
+    " task_id INTEGER NOT NULL,"
+    " title TEXT NOT NULL,"
+    " description TEXT NOT NULL,"
+    " status TEXT NOT NULL,"
+    " assigned_to TEXT,"
+    " created_by TEXT NOT NULL,"
+    " created_at_ms INTEGER NOT NULL,"
+    " updated_at_ms INTEGER NOT NULL,"
+    " version INTEGER NOT NULL,"
+    " prev_assigned_to TEXT,"
+    " prev_status TEXT);"
+    "CREATE TRIGGER task_events_created AFTER INSERT ON tasks BEGIN"
+    " INSERT INTO task_events (type, at_ms, task_id, title, description, status, assigned_to,"
+    "  created_by, created_at_ms, updated_at_ms, version)"
+    " VALUES ('created', NEW.updated_at_ms, NEW.id, NEW.title, NEW.description, NEW.status,"
+    "  NEW.assigned_to, NEW.created_by, NEW.created_at_ms, NEW.updated_at_ms, NEW.version);"
+    " END;"
+    "CREATE TRIGGER task_events_updated AFTER UPDATE ON tasks BEGIN"
+    " INSERT INTO task_events (type, at_ms, task_id, title, description, status, assigned_to,"
+    "  created_by, created_at_ms, updated_at_ms, version, prev_assigned_to, prev_status)"
+    " VALUES (CASE WHEN NEW.assigned_to IS NOT OLD.assigned_to THEN 'assigned'"
+    "  ELSE 'updated' END, NEW.updated_at_ms, NEW.id, NEW.title, NEW.description, NEW.status,"
+    "  NEW.assigned_to, NEW.created_by, NEW.created_at_ms, NEW.updated_at_ms, NEW.version,"
+    "  OLD.assigned_to, OLD.status);"
+    " END;"
+    "CREATE TRIGGER task_events_deleted AFTER DELETE ON tasks BEGIN"
+    " INSERT INTO task_events (type, at_ms, task_id, title, description, status, assigned_to,"
+    "  created_by, created_at_ms, updated_at_ms, version, prev_assigned_to, prev_status)"
+    " VALUES ('deleted', CAST(round((julianday('now') - 2440587.5) * 86400000) AS INTEGER),"
+    "  OLD.id, OLD.title, OLD.description, OLD.status, OLD.assigned_to, OLD.created_by,"
+    "  OLD.created_at_ms, OLD.updated_at_ms, OLD.version, OLD.assigned_to, OLD.status);"
+    " END",
 };
 
 #define KNOWN ((int)(sizeof(migrations) / sizeof(migrations[0])))

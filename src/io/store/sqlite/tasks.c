@@ -29,6 +29,9 @@ enum stmt_id {
     ST_IDEM_PUT,
     ST_OUTBOX,
     ST_PING,
+    ST_EVENTS,
+    ST_EVENT_BOUNDS,
+    ST_EVENTS_PURGE,
     ST_COUNT,
 };
 
@@ -349,6 +352,100 @@ static void do_unassign(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
         op->count = sqlite3_changes(db);
 }
 
+/* ---- the push log (task_events, written by the triggers of migration 4) ---- */
+
+#define EVENT_COLS                                                                                 \
+    "seq, type, at_ms, task_id, title, description, status, assigned_to, created_by,"              \
+    " created_at_ms, updated_at_ms, version, prev_assigned_to, prev_status"
+
+static void read_event(sqlite3_stmt *st, tms_arena_t *arena, tms_task_event_t *e)
+{
+    const unsigned char *type = sqlite3_column_text(st, 1);
+    e->seq = sqlite3_column_int64(st, 0);
+    e->type = tms_task_event_type_parse(type ? (const char *)type : "");
+    e->at_ms = sqlite3_column_int64(st, 2);
+    e->task.id = sqlite3_column_int64(st, 3);
+    e->task.title = column_dup(arena, st, 4);
+    e->task.description = column_dup(arena, st, 5);
+    tms__sqlite_column_str(e->task.status, sizeof(e->task.status), st, 6);
+    tms__sqlite_column_str(e->task.assigned_to, sizeof(e->task.assigned_to), st, 7);
+    tms__sqlite_column_str(e->task.created_by, sizeof(e->task.created_by), st, 8);
+    e->task.created_at_ms = sqlite3_column_int64(st, 9);
+    e->task.updated_at_ms = sqlite3_column_int64(st, 10);
+    e->task.version = sqlite3_column_int64(st, 11);
+    tms__sqlite_column_str(e->prev_assigned_to, sizeof(e->prev_assigned_to), st, 12);
+    tms__sqlite_column_str(e->prev_status, sizeof(e->prev_status), st, 13);
+}
+
+/* Reads the log's bounds, then the events asked for; one read transaction, so the
+ * bounds and the rows agree. */
+static void do_events(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
+{
+    sqlite3_stmt *st = stmt(t, db, ST_EVENT_BOUNDS,
+                            "SELECT (SELECT min(seq) FROM task_events),"
+                            " (SELECT max(seq) FROM task_events)");
+    size_t cap = op->limit > 0 ? (size_t)op->limit : 0;
+    int rc;
+    if (!st)
+        goto internal;
+    if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        op->first_seq = sqlite3_column_int64(st, 0);
+        op->last_seq = sqlite3_column_int64(st, 1);
+        rc = SQLITE_DONE;
+    }
+    tms__sqlite_done(st);
+    if (rc != SQLITE_DONE) {
+        tms__sqlite_fail(&op->err, db, rc, "task_events");
+        return;
+    }
+    if (!cap)
+        return;
+    st = stmt(t, db, ST_EVENTS,
+              "SELECT " EVENT_COLS " FROM task_events WHERE seq > ?1 AND seq <= ?2"
+              " AND (?3 = '' OR assigned_to = ?3 OR prev_assigned_to = ?3)"
+              " AND (?4 = '' OR status = ?4 OR prev_status = ?4)"
+              " AND (?5 = 0 OR task_id = ?5) ORDER BY seq LIMIT ?6");
+    if (!st)
+        goto internal;
+    sqlite3_bind_int64(st, 1, op->after_id);
+    sqlite3_bind_int64(st, 2, op->upto_seq > 0 ? op->upto_seq : INT64_MAX);
+    bind_text(st, 3, op->filter_assigned_to);
+    bind_text(st, 4, op->filter_status);
+    sqlite3_bind_int64(st, 5, op->id);
+    sqlite3_bind_int64(st, 6, (sqlite3_int64)cap);
+    op->events = tms_arena_calloc(op->arena, cap, sizeof(tms_task_event_t));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW && op->nevents < cap)
+        read_event(st, op->arena, &op->events[op->nevents++]);
+    tms__sqlite_done(st);
+    if (rc != SQLITE_DONE && rc != SQLITE_ROW)
+        tms__sqlite_fail(&op->err, db, rc, "task_events");
+    return;
+internal:
+    tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+}
+
+/* Drops what is older than before_ms or beyond the newest keep_events, at most limit
+ * rows per statement (a short write lock) and never the newest row. */
+static void do_events_purge(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
+{
+    sqlite3_stmt *st =
+        stmt(t, db, ST_EVENTS_PURGE,
+             "DELETE FROM task_events WHERE seq < min("
+             " max(coalesce((SELECT seq FROM task_events WHERE at_ms >= ?1 ORDER BY seq LIMIT 1),"
+             "   (SELECT max(seq) FROM task_events)),"
+             "  (SELECT max(seq) FROM task_events) - ?2 + 1),"
+             " (SELECT min(seq) FROM task_events) + ?3)");
+    if (!st) {
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+        return;
+    }
+    sqlite3_bind_int64(st, 1, op->before_ms);
+    sqlite3_bind_int64(st, 2, op->keep_events > 0 ? op->keep_events : 1);
+    sqlite3_bind_int64(st, 3, op->limit > 0 ? op->limit : 10000);
+    if (step_task(op, db, st, NULL, NULL) >= 0)
+        op->count = sqlite3_changes(db);
+}
+
 /* Runs fn inside BEGIN IMMEDIATE ... COMMIT, rolling back on error. */
 static void in_transaction(tasks_t *t, tms_task_op_t *op, sqlite3 *db,
                            int (*fn)(tasks_t *, tms_task_op_t *, sqlite3 *))
@@ -396,6 +493,17 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
         break;
     case TMS_TASK_UNASSIGN_USER:
         do_unassign(t, op, db);
+        break;
+    case TMS_TASK_EVENTS:
+        if (tms__sqlite_exec(db, "BEGIN") != SQLITE_OK) {
+            tms__sqlite_fail(&op->err, db, SQLITE_ERROR, "begin");
+            break;
+        }
+        do_events(t, op, db);
+        tms__sqlite_exec(db, "COMMIT");
+        break;
+    case TMS_TASK_EVENTS_PURGE:
+        do_events_purge(t, op, db);
         break;
     case TMS_TASK_PING:
         st = stmt(t, db, ST_PING, "SELECT count(*) FROM schema_migrations");
