@@ -141,6 +141,27 @@ static int sqlite_submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **msg
     return rc;
 }
 
+/* Ops that never write: the rest are counted in s->writes. */
+static bool read_only(tms_store_port_t port, int op)
+{
+    switch (port) {
+    case TMS_STORE_TASKS:
+        return op == TMS_TASK_GET || op == TMS_TASK_LIST || op == TMS_TASK_PING;
+    case TMS_STORE_USERS:
+        return op == TMS_USER_GET_BY_EMAIL || op == TMS_USER_GET_BY_ID || op == TMS_USER_PING;
+    case TMS_STORE_OUTBOX:
+        return op == TMS_OUTBOX_FETCH || op == TMS_OUTBOX_PENDING || op == TMS_INBOX_SEEN;
+    default:
+        return false;
+    }
+}
+
+void tms__sqlite_writes_unref(tms_sqlite_writes_t *w)
+{
+    if (w && atomic_fetch_sub(&w->refs, 1) == 1)
+        free(w);
+}
+
 static void dispatch(tms_sqlite_t *s, sqlite3 *db, tms_msg_t *msg)
 {
     int tag = (int)((unsigned)msg->op >> TMS_SQLITE_PORT_SHIFT);
@@ -152,6 +173,8 @@ static void dispatch(tms_sqlite_t *s, sqlite3 *db, tms_msg_t *msg)
         abort();
     }
     ports[port]->run(s->port_state[port], db, msg);
+    if (!read_only(port, msg->op)) /* before the reply: whoever sees it reads it */
+        atomic_fetch_add(&s->writes->n, 1);
     tms_store_reply(&s->st, port, msg, t0);
 }
 
@@ -194,6 +217,7 @@ static void *db_main(void *arg)
 static void destroy(tms_sqlite_t *s)
 {
     tms_mailbox_free(&s->mb);
+    tms__sqlite_writes_unref(s->writes);
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->lock);
     free(s->path);
@@ -215,6 +239,7 @@ static const tms_store_backend_t backend = {
     .name = "sqlite",
     .submit = sqlite_submit,
     .release = sqlite_release,
+    .task_reader_open = tms__sqlite_reader_open,
 };
 
 tms_sqlite_t *tms_sqlite_open(uv_loop_t *loop, const char *path, size_t queue_capacity, char *err,
@@ -224,6 +249,8 @@ tms_sqlite_t *tms_sqlite_open(uv_loop_t *loop, const char *path, size_t queue_ca
     int rc;
 
     s->path = tms_strdup(path);
+    s->writes = tms_new(tms_sqlite_writes_t);
+    atomic_init(&s->writes->refs, 1);
     s->mb = tms_mailbox_new_threaded("sqlite", queue_capacity);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
