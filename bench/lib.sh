@@ -55,7 +55,7 @@ tms_start() {
     --set metrics.addr=127.0.0.1:$mp
     --set ratelimit.api_per_minute=0 --set ratelimit.login_per_15min=0
     --set ratelimit.task_create_per_hour=0 --set notify.per_assigner_per_hour=0
-    --set notify.per_recipient_per_hour=0 --set log.level=warn
+    --set notify.per_recipient_per_hour=0 --set log.level=info
     --set http.max_connections=20000 --set http.max_connections_per_address=0
     --set auth.hash_per_address=0 "$@")
   local cpus=$SERVER_CPU scheme=http a

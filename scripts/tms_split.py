@@ -106,7 +106,18 @@ class LoggedProcess:
     def log_text(self):
         if self.log_path is None or not self.log_path.exists():
             return ""
-        return self.log_path.read_text(errors="replace")
+        text = self.log_path.read_text(errors="replace")
+        # A running server writes its lines from a log thread in batches (every 2 ms
+        # while lines come, issue 19): the line of the request just answered may
+        # follow the response by a moment. Read until the file stops growing.
+        deadline = time.monotonic() + 0.5
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+            again = self.log_path.read_text(errors="replace")
+            if again == text:
+                break
+            text = again
+        return text
 
 
 class RoleProcess(LoggedProcess):

@@ -11,6 +11,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/api.h"
 #include "core/event_bus.h"
 #include "core/mailbox.h"
 #include "core/outbox.h"
@@ -75,6 +76,14 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
 
 /** The actor's mailbox: post tms_api_call_t with msg.op = TMS_STAGE_*. */
 tms_mailbox_t *tms_auth_mailbox(tms_auth_t *auth);
+
+/** On auth's loop thread, for a caller on that loop (the gateway): the authenticate
+ * stage as a function call when it needs nothing but memory: the bearer token is in
+ * the verified-token cache and its user in the user cache at the token's version.
+ * Then call->principal and call->user are set as the stage's reply would set them and
+ * it returns true. Otherwise (a miss, a revoked token, no token, stopping) false and
+ * the call is untouched: post it to the auth actor's mailbox as before. */
+bool tms_auth_authenticate_now(tms_auth_t *auth, tms_api_call_t *call);
 
 /* The actor stops on a stop message (tms_stop_send, core/mailbox.h): calls and
  * compensations it holds finish first; tms_auth_free once it replied. */

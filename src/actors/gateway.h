@@ -5,10 +5,12 @@
 #ifndef TMS_ACTORS_GATEWAY_H
 #define TMS_ACTORS_GATEWAY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/api.h"
 #include "core/mailbox.h"
 
 typedef struct tms_gateway tms_gateway_t;
@@ -23,6 +25,11 @@ typedef struct tms_gateway_config {
     /* The rate limits shared by the gateways of every worker (borrowed, outlives the
      * gateway); NULL: the gateway makes its own from the three numbers above. */
     tms_gateway_limits_t *limits;
+    /* Optional: the authenticate stage as a function call, where the auth actor runs
+     * on the gateway's loop (tms_auth_authenticate_now): true when it authenticated the
+     * call from memory; false (or NULL) posts the call to the auth mailbox. */
+    bool (*authenticate_now)(void *ctx, tms_api_call_t *call);
+    void *authenticate_ctx;
 } tms_gateway_config_t;
 
 /** The limiters of API.md's three rate limits (0 disables one), thread-safe, to be

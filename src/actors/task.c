@@ -25,6 +25,7 @@ struct tms_task_actor {
     uv_loop_t *loop;
     tms_mailbox_t *mailbox;
     tms_task_config_t cfg;
+    tms_task_reader_t *reader; /* the store's reader on this loop; NULL: none */
     size_t inflight;
     uv_timer_t *purge_timer; /* NULL: no purge here; freed in its close callback */
     bool purging;
@@ -787,8 +788,15 @@ static bool abandoned(job_t *job, tms_task_op_t **op)
 
 static void submit(job_t *job, tms_task_op_t *op)
 {
+    tms_task_reader_t *reader = job->a->reader;
     if (abandoned(job, &op))
         return;
+    /* A read the store's reader answers now: no queue, no thread hop. */
+    if (reader && (op->msg.op == TMS_TASK_GET || op->msg.op == TMS_TASK_LIST) &&
+        reader->read(reader, op) == 0) {
+        on_store_reply(&op->msg);
+        return;
+    }
     if (tms_task_store_submit(job->a->cfg.tasks, &op) == 0)
         return;
     tms_task_op_free(&op);
@@ -913,6 +921,8 @@ tms_task_actor_t *tms_task_start(uv_loop_t *loop, const tms_task_config_t *cfg)
     a->saga_failed =
         tms_metrics_counter("tms_saga_total", "delete-user saga outcomes", "outcome=\"failed\"");
     tms_mailbox_export_depth(a->mailbox);
+    if (cfg->tasks && cfg->tasks->reader_open)
+        a->reader = cfg->tasks->reader_open(cfg->tasks, loop);
     a->purged = tms_metrics_counter("tms_push_purged_total",
                                     "task events purged from the push log (push.retention)", "");
     if (cfg->push_purge_ms) {
@@ -944,6 +954,8 @@ void tms_task_free(tms_task_actor_t **pa)
         return;
     *pa = NULL;
     tms_mailbox_free(&a->mailbox);
+    if (a->reader)
+        a->reader->close(a->reader);
     if (a->purge_timer)
         uv_close((uv_handle_t *)a->purge_timer, on_purge_timer_closed);
     free(a);

@@ -11,6 +11,7 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "core/arena.h"
 #include "core/mailbox.h"
@@ -129,6 +130,22 @@ tms_task_op_t *tms_task_op_new(tms_task_op_kind_t kind, tms_arena_t *arena);
  * another's arena, nothing (the arena's release frees it). Sets *op NULL. */
 void tms_task_op_free(tms_task_op_t **op);
 
+/* A reader that answers GET and LIST ops on the calling thread, without a queue or a
+ * thread hop, when the backend can do so without waiting on I/O (SQLite: a read-only
+ * connection of its own, with the database file mapped). It sees every write whose
+ * reply was delivered before the read starts (read-your-writes). One thread uses it:
+ * the one running the loop it was opened on; close it there, and run that loop once
+ * more (it may close a handle). */
+typedef struct tms_task_reader tms_task_reader_t;
+struct tms_task_reader {
+    /** Run a TMS_TASK_GET or TMS_TASK_LIST op now and fill its outputs (err, task,
+     * tasks) as its reply would: 0. Or -TMS_EAGAIN when it cannot be answered now
+     * without waiting (the database busy): the op is untouched, submit it instead. */
+    int (*read)(tms_task_reader_t *self, tms_task_op_t *op);
+    /** Close and free (on the thread that opened it). */
+    void (*close)(tms_task_reader_t *self);
+};
+
 typedef struct tms_task_store tms_task_store_t;
 struct tms_task_store {
     const char *name; /* "sqlite", "postgres": for logs only, never to dispatch on */
@@ -140,6 +157,10 @@ struct tms_task_store {
     /** Refuse new ops, answer those accepted, then cb(ctx) on the store's loop
      * (core/port.h); self is invalid when cb runs. */
     void (*close)(tms_task_store_t *self, tms_port_closed_fn cb, void *ctx);
+    /** Optional (NULL: the backend has none): a reader for the calling thread, or NULL
+     * when it cannot open one (the caller then submits every op). The reader may
+     * outlive the port. */
+    tms_task_reader_t *(*reader_open)(tms_task_store_t *self, uv_loop_t *loop);
 };
 
 static inline int tms_task_store_submit(tms_task_store_t *s, tms_task_op_t **op)

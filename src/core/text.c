@@ -73,6 +73,14 @@ int64_t tms_parse_id(const char *s, size_t len)
     return v;
 }
 
+char *tms_text_copy(char *dst, size_t size, const char *src)
+{
+    size_t n = strnlen(src, size - 1);
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return dst;
+}
+
 int tms_email_normalize(char *email, const char **why)
 {
     size_t len, start = 0, at = 0, ats = 0;

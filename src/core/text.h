@@ -16,6 +16,10 @@ long tms_utf8_length(const char *s, size_t len);
  * is not one (so 0 doubles as "malformed", since ids start at 1). */
 int64_t tms_parse_id(const char *s, size_t len);
 
+/** Copy src into dst[size] (size > 0), truncated to size - 1 bytes and always
+ * NUL-terminated, as snprintf(dst, size, "%s", src) without printf's cost. Returns dst. */
+char *tms_text_copy(char *dst, size_t size, const char *src);
+
 /** Trim and lower-case an email in place and check it (API.md: 3..254 characters, no
  * blanks or control characters, exactly one '@' between a name and a domain). Returns
  * 0, or -1 with *why set to the message every protocol answers. */

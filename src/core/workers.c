@@ -142,6 +142,7 @@ static void on_signal(uv_signal_t *h, int signum)
     tms_workers_t *w = h->data;
     if (w->stopping) {
         tms_log_warn("shutdown_forced", "signal=%d", signum);
+        tms_log_flush_now();
         fflush(stderr);
         _exit(1);
     }

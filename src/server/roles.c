@@ -169,6 +169,12 @@ static tms_mailbox_t *start_proxy(tms_server_t *s, const char *role, const char 
 
 /* ---- the actors ------------------------------------------------------------- */
 
+/* The gateway's direct call into the auth actor of its own loop (same worker). */
+static bool authenticate_now(void *auth, tms_api_call_t *call)
+{
+    return tms_auth_authenticate_now(auth, call);
+}
+
 static int kafka_ready(void *kafka)
 {
     return tms_kafka_bus_reachable(kafka);
@@ -358,6 +364,8 @@ int server_start_roles(tms_server_t *s)
                 .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
                 .mailbox_capacity = (size_t)cfg->server.mailbox_capacity,
                 .limits = s->limits,
+                .authenticate_now = s->auth ? authenticate_now : NULL,
+                .authenticate_ctx = s->auth,
             },
             auth_mb, task_mb);
     if ((roles & TMS_ROLE_GATEWAY) && task_mb && auth_mb)

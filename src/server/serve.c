@@ -141,8 +141,13 @@ int tms_server_serve(tms_config_t *cfg)
     sv->servers = calloc((size_t)cfg->server.workers, sizeof(tms_server_t));
     if (!sv->servers)
         goto out;
+    /* Lines are buffered and written by a log thread while the workers run, and all
+     * written out before this returns (core/log.h). */
+    if (tms_log_start_writer() != 0)
+        fprintf(stderr, "tms: cannot start the log thread; logging unbuffered\n");
     tms_metrics_process_register(); /* on this thread: no worker label */
     rc = tms_workers_run((int)cfg->server.workers, &hooks);
+    tms_log_stop_writer();
     tms_metrics_reset();
 out:
     sodium_memzero(sv->secret, sizeof(sv->secret));

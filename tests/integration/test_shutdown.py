@@ -99,3 +99,25 @@ def test_stop_logs_and_exit_fast_when_idle(make_server):
     srv = make_server()
     took = srv.stop_ok()
     assert took < 5, f"idle server took {took:.1f}s to stop"
+
+
+def test_sigterm_writes_out_every_buffered_log_line(make_server):
+    """Access lines are buffered and written by a log thread (core/log.h): a stop right
+    after a burst still writes every one of them before the process exits."""
+    srv = make_server()
+    n = 3000
+    line = "route=/healthz path=\"/healthz\" status=200"
+    time.sleep(0.1)
+    before = srv.log_text().count(line)  # the fixture's own probes
+    s = raw_connect(srv.port, timeout=10)
+    s.sendall(b"GET /healthz?burst=1 HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+    reader = RawReader(s)
+    for _ in range(n):
+        assert reader.read_response().status == 200
+    srv.proc.send_signal(signal.SIGTERM)
+    rc = srv.wait_exit()
+    s.close()
+    assert rc == 0, f"exit code {rc}; stderr:\n{srv.log_text()[-2000:]}"
+    log = srv.log_text()
+    assert log.count(line) == before + n
+    assert "event=stopped worker=0 clean=1" in log

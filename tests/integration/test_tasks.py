@@ -246,6 +246,29 @@ def test_missing_task_404(server, team):
                  "NOT_FOUND")
 
 
+def test_reads_see_every_acknowledged_write(server, fresh_team):
+    """Reads are served on the loop by a connection of their own (issue 19), writes by
+    the store's writer: a GET or list right after a 201, 200 or delete answer shows it."""
+    me, a = fresh_team.creator_token, fresh_team.assignee["id"]
+    ids = []
+    for i in range(40):
+        t = server.create_task(me, title=f"ryw {i}", assignedTo=a)
+        ids.append(t["id"])
+        assert server.task_ok(fresh_team.other_token, t["id"]) == t
+        r = server.list_tasks(me, assignedTo=a, limit=100)
+        assert r.status_code == 200, r.text
+        assert [x["id"] for x in r.json()["tasks"]] == ids
+        r = server.patch(f"/api/task/{t['id']}", token=me, json={"status": "closed"})
+        assert r.status_code == 200, r.text
+        assert server.task_ok(me, t["id"]) == r.json()
+        r = server.list_tasks(me, assignedTo=a, status="closed", limit=100)
+        assert [x["id"] for x in r.json()["tasks"]] == ids
+        if i % 2:
+            assert server.delete(f"/api/task/{t['id']}", token=me).status_code in (200, 204)
+            assert_error(server.get_task(me, t["id"]), 404, "NOT_FOUND")
+            ids.pop()
+
+
 # -- update --------------------------------------------------------------------------
 
 def test_update_partial_and_version(server, team):

@@ -125,6 +125,31 @@ def test_readyz_and_healthz_on_each_worker(make_server):
     srv.stop_ok()
 
 
+def test_a_write_on_one_worker_is_read_on_the_other_at_once(make_server):
+    """Each worker reads tasks on its own loop (issue 19): a write answered by one
+    worker is seen by the other's very next GET and list."""
+    srv = start(make_server, workers=2)
+    token, _ = srv.register(unique_email("w"))
+    conns = conns_on_each_worker(srv)
+    for i in range(30):
+        w, r = conns[i % 2], conns[(i + 1) % 2]
+        status, body = w.request("POST", "/api/task", token,
+                                 {"title": f"t{i}", "description": "d"})
+        assert status == 201, body
+        task = json.loads(body)
+        status, body = r.get(f"/api/task/{task['id']}", token)
+        assert status == 200 and json.loads(body) == task, (r.worker, status, body)
+        status, body = w.request("PATCH", f"/api/task/{task['id']}", token, {"status": "closed"})
+        assert status == 200, body
+        status, body = r.get(f"/api/task/{task['id']}", token)
+        assert status == 200 and json.loads(body)["version"] == 2, (r.worker, body)
+        status, body = r.get("/api/task?status=closed&limit=200", token)
+        assert task["id"] in [t["id"] for t in json.loads(body)["tasks"]], body
+    for c in conns:
+        c.close()
+    srv.stop_ok()
+
+
 def test_logout_on_one_worker_revokes_on_the_other_at_once(make_server):
     srv = start(make_server, workers=2)
     email = unique_email("w")

@@ -168,9 +168,10 @@ static void observe(tms_grpc_server_t *s, gstream_t *st, tms_status_t code)
 {
     size_t row = st->route_index;
     const char *name = row < s->h.nroutes ? s->h.routes[row].path : "unknown";
-    double secs = (double)(uv_hrtime() - st->start_ns) / 1e9;
+    uint64_t ns = uv_hrtime() - st->start_ns;
     size_t cell = row * 17 + ((unsigned)code <= 16 ? (size_t)code : TMS_UNKNOWN);
-    char labels[160], qpath[96];
+    char labels[160];
+    tms_log_line_t l;
     if (!s->requests[cell]) {
         snprintf(labels, sizeof(labels), "method=\"%s\",code=\"%s\"", name, tms_status_name(code));
         s->requests[cell] =
@@ -183,11 +184,21 @@ static void observe(tms_grpc_server_t *s, gstream_t *st, tms_status_t code)
                                   "gRPC call duration from headers to status", labels);
     }
     tms_counter_add(s->requests[cell], 1);
-    tms_histogram_observe(s->durations[row], secs);
-    tms_log_quote(qpath, sizeof(qpath), st->path, strlen(st->path));
-    tms_log_info("grpc_request", "method=%s code=%s dur_ms=%.3f rid=%s client=%s", qpath,
-                 tms_status_name(code), secs * 1e3, st->request_id,
-                 st->conn ? st->conn->client_addr : "-");
+    tms_histogram_observe(s->durations[row], (double)ns / 1e9);
+    /* The access line, built without printf (core/log.h): one per call. */
+    if (tms_log_begin(&l, TMS_LOG_INFO, "grpc_request")) {
+        tms_log_add(&l, " method=", 8);
+        tms_log_add_quoted(&l, st->path, strlen(st->path), 95);
+        tms_log_add(&l, " code=", 6);
+        tms_log_add_str(&l, tms_status_name(code));
+        tms_log_add(&l, " dur_ms=", 8);
+        tms_log_add_ms(&l, ns);
+        tms_log_add(&l, " rid=", 5);
+        tms_log_add_str(&l, st->request_id);
+        tms_log_add(&l, " client=", 8);
+        tms_log_add_str(&l, st->conn ? st->conn->client_addr : "-");
+        tms_log_end(&l);
+    }
 }
 
 static uint64_t rng_next(tms_grpc_server_t *s)

@@ -18,8 +18,10 @@
 #include <time.h>
 
 #include "core/alloc.h"
+#include "core/jsonw.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/text.h"
 #include "io/http/cors.h"
 #include "io/http/forwarded.h"
 #include "io/http/listen.h"
@@ -349,22 +351,39 @@ static void observe(tms_http_server_t *s, const char *route, const char *method,
     tms_histogram_observe(e->hist, seconds);
 }
 
+/* The access line, built without printf (core/log.h): one per request. */
 static void log_request(tms_http_server_t *s, const tms_http_request_t *r, int status)
 {
-    char qpath[256];
+    tms_log_line_t l;
     uint64_t now = uv_hrtime();
-    double secs = r->start_ns && now >= r->start_ns ? (double)(now - r->start_ns) / 1e9 : 0.0;
+    uint64_t ns = r->start_ns && now >= r->start_ns ? now - r->start_ns : 0;
     const char *path = r->path ? r->path : "-";
     const char *route = r->route ? r->route : "unmatched";
     const char *method = r->method && r->method[0] ? r->method : "-";
-    /* Never the query string: clients put tokens and passwords there. A request that
-     * failed before its head was complete still has it attached here. */
-    tms_log_quote(qpath, sizeof qpath, path, strcspn(path, "?"));
-    tms_log_info("request", "method=%s route=%s path=%s status=%d dur_ms=%.3f rid=%s client=%s%s%s",
-                 method, route, qpath, status, secs * 1e3, r->request_id,
-                 r->client_addr[0] ? r->client_addr : "-", r->proxy_addr[0] ? " via=" : "",
-                 r->proxy_addr);
-    observe(s, route, method, status, secs);
+    if (tms_log_begin(&l, TMS_LOG_INFO, "request")) {
+        tms_log_add(&l, " method=", 8);
+        tms_log_add_str(&l, method);
+        tms_log_add(&l, " route=", 7);
+        tms_log_add_str(&l, route);
+        /* Never the query string: clients put tokens and passwords there. A request
+         * that failed before its head was complete still has it attached here. */
+        tms_log_add(&l, " path=", 6);
+        tms_log_add_quoted(&l, path, strcspn(path, "?"), 255);
+        tms_log_add(&l, " status=", 8);
+        tms_log_add_int(&l, status);
+        tms_log_add(&l, " dur_ms=", 8);
+        tms_log_add_ms(&l, ns);
+        tms_log_add(&l, " rid=", 5);
+        tms_log_add_str(&l, r->request_id);
+        tms_log_add(&l, " client=", 8);
+        tms_log_add_str(&l, r->client_addr[0] ? r->client_addr : "-");
+        if (r->proxy_addr[0]) {
+            tms_log_add(&l, " via=", 5);
+            tms_log_add_str(&l, r->proxy_addr);
+        }
+        tms_log_end(&l);
+    }
+    observe(s, route, method, status, (double)ns / 1e9);
 }
 
 /* ---- requests ---- */
@@ -377,7 +396,7 @@ static hreq_t *req_new(conn_t *c)
     r->pub.route = "unmatched";
     r->pub.query = "";
     r->pub.body = "";
-    snprintf(r->pub.client_addr, sizeof r->pub.client_addr, "%s", c->client_addr);
+    tms_text_copy(r->pub.client_addr, sizeof r->pub.client_addr, c->client_addr);
     return r;
 }
 
@@ -422,10 +441,13 @@ static void req_finish_head(tms_http_server_t *s, hreq_t *r)
         snprintf(r->pub.proxy_addr, sizeof r->pub.proxy_addr, "%s", r->conn->client_addr);
     rid = tms_http_header_get(&r->pub, "X-Request-Id");
     if (rid && request_id_sane(rid)) {
-        snprintf(r->pub.request_id, sizeof r->pub.request_id, "%s", rid);
-    } else {
-        snprintf(r->pub.request_id, sizeof r->pub.request_id, "%016llx%016llx",
-                 (unsigned long long)rng_next(s), (unsigned long long)rng_next(s));
+        tms_text_copy(r->pub.request_id, sizeof r->pub.request_id, rid);
+    } else { /* 32 hex digits, as "%016llx%016llx" without printf */
+        static const char hex[] = "0123456789abcdef";
+        uint64_t v[2] = {rng_next(s), rng_next(s)};
+        for (int i = 0; i < 32; i++)
+            r->pub.request_id[i] = hex[(v[i / 16] >> (60 - 4 * (i % 16))) & 15];
+        r->pub.request_id[32] = '\0';
     }
     r->pub.start_ns = uv_hrtime();
 }
@@ -567,6 +589,27 @@ static void conn_write_ex(conn_t *c, const char *data, size_t len, bool final, b
         wr->heap = out;
         b = uv_buf_init(out ? out : wr->data, (unsigned)out_len);
     } else {
+        if (final && !close_after && c->in_len == 0 && !c->peer_eof) {
+            /* The common case, a response that ends a request with nothing pipelined
+             * after it: try to send it at once. All sent, the connection is idle
+             * again as on_write would make it, with no write request: no copy, no
+             * allocation, and no epoll_ctl (libuv re-arms the socket's interest after
+             * every queued write). uv_try_write refuses while writes are queued. */
+            int n = uv_try_write((uv_stream_t *)&c->tcp,
+                                 &(uv_buf_t){.base = (char *)data, .len = len}, 1);
+            if (n == (int)len) {
+                c->phase = PH_IDLE;
+                timer_restart(c, c->srv->limits.idle_timeout_ms, on_conn_timeout);
+                return;
+            }
+            if (n > 0) {
+                data += n;
+                len -= (size_t)n;
+            } else if (n != UV_EAGAIN) {
+                conn_close(c);
+                return;
+            }
+        }
         wr = tms_malloc(sizeof *wr + len);
         wr->heap = NULL;
         memcpy(wr->data, data, len);
@@ -600,10 +643,17 @@ static char *build_response(tms_http_server_t *s, int status, const char *rid, b
     char line[256];
     int n;
     bool no_body_status = status == 204 || status == 304 || (status >= 100 && status < 200);
+    const char *reason = reason_phrase(status), *date = http_date(s);
     b = tms_malloc(cap);
-    n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\nDate: %s\r\n", status, reason_phrase(status),
-                 http_date(s));
+    /* Formatted by hand: no printf on the path of every response (issue 19). */
+    buf_append(&b, &len, &cap, "HTTP/1.1 ", 9);
+    n = (int)(tms_jsonw_int(line, status) - line);
     buf_append(&b, &len, &cap, line, (size_t)n);
+    buf_append(&b, &len, &cap, " ", 1);
+    buf_append(&b, &len, &cap, reason, strlen(reason));
+    buf_append(&b, &len, &cap, "\r\nDate: ", 8);
+    buf_append(&b, &len, &cap, date, strlen(date));
+    buf_append(&b, &len, &cap, "\r\n", 2);
     if (content_type && !no_body_status) {
         buf_append(&b, &len, &cap, "Content-Type: ", 14);
         buf_append(&b, &len, &cap, content_type, strcspn(content_type, "\r\n"));
@@ -611,11 +661,14 @@ static char *build_response(tms_http_server_t *s, int status, const char *rid, b
     }
     /* A 304 has no body, and a Content-Length there would have to be the 200's. */
     if (status != 204 && status != 304 && !(status >= 100 && status < 200)) {
-        n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", no_body_status ? 0 : body_len);
+        n = (int)(tms_jsonw_int(line, no_body_status ? 0 : (int64_t)body_len) - line);
+        buf_append(&b, &len, &cap, "Content-Length: ", 16);
         buf_append(&b, &len, &cap, line, (size_t)n);
+        buf_append(&b, &len, &cap, "\r\n", 2);
     }
-    n = snprintf(line, sizeof line, "X-Request-Id: %s\r\n", rid);
-    buf_append(&b, &len, &cap, line, (size_t)n);
+    buf_append(&b, &len, &cap, "X-Request-Id: ", 14);
+    buf_append(&b, &len, &cap, rid, strnlen(rid, 200));
+    buf_append(&b, &len, &cap, "\r\n", 2);
     if (close_after)
         buf_append(&b, &len, &cap, "Connection: close\r\n", 19);
     for (size_t i = 0; i < nheaders; i++) {

@@ -11,6 +11,7 @@
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/clock.h"
+#include "core/jsonw.h"
 #include "core/log.h"
 #include "core/push.h"
 #include "core/metrics.h"
@@ -71,6 +72,7 @@ static json_t *user_json(const tms_user_t *u)
                      "createdAt", tms_format_time(u->created_at_ms, ts, sizeof(ts)));
 }
 
+/* A task as a jansson value, for the bodies built as trees (the SSE events). */
 static json_t *task_json(const tms_task_t *t)
 {
     char id[24], created[32], updated[32];
@@ -83,6 +85,73 @@ static json_t *task_json(const tms_task_t *t)
                      tms_format_time(t->created_at_ms, created, sizeof(created)), "updatedAt",
                      tms_format_time(t->updated_at_ms, updated, sizeof(updated)), "version",
                      (json_int_t)t->version);
+}
+
+/* Bytes put_task may write for t. */
+static size_t task_bound(const tms_task_t *t)
+{
+    return 160 + 2 * 25 + TMS_JSONW_INT_MAX * 2 +
+           tms_jsonw_string_bound(t->title ? strlen(t->title) : 0) +
+           tms_jsonw_string_bound(t->description ? strlen(t->description) : 0) +
+           tms_jsonw_string_bound(sizeof(t->status)) +
+           tms_jsonw_string_bound(sizeof(t->assigned_to)) +
+           tms_jsonw_string_bound(sizeof(t->created_by));
+}
+
+/* API.md's task, written straight into p (issue 19: no document tree). */
+static char *put_task(char *p, const tms_task_t *t)
+{
+    char ts[32];
+    p = tms_jsonw_lit(p, "{\"id\":\"");
+    p = tms_jsonw_int(p, t->id);
+    p = tms_jsonw_lit(p, "\",\"title\":");
+    p = tms_jsonw_string(p, t->title ? t->title : "", t->title ? strlen(t->title) : 0);
+    p = tms_jsonw_lit(p, ",\"description\":");
+    p = tms_jsonw_string(p, t->description ? t->description : "",
+                         t->description ? strlen(t->description) : 0);
+    p = tms_jsonw_lit(p, ",\"status\":");
+    p = tms_jsonw_string_or_null(p, t->status);
+    p = tms_jsonw_lit(p, ",\"assignedTo\":");
+    p = tms_jsonw_string_or_null(p, t->assigned_to[0] ? t->assigned_to : NULL);
+    p = tms_jsonw_lit(p, ",\"createdBy\":");
+    p = tms_jsonw_string_or_null(p, t->created_by);
+    p = tms_jsonw_lit(p, ",\"createdAt\":");
+    p = tms_jsonw_string_or_null(p, tms_format_time(t->created_at_ms, ts, sizeof(ts)));
+    p = tms_jsonw_lit(p, ",\"updatedAt\":");
+    p = tms_jsonw_string_or_null(p, tms_format_time(t->updated_at_ms, ts, sizeof(ts)));
+    p = tms_jsonw_lit(p, ",\"version\":");
+    p = tms_jsonw_int(p, t->version);
+    *p++ = '}';
+    return p;
+}
+
+/* A task or a page of tasks, written into the call's arena (no allocation of its own)
+ * and answered. */
+static void respond_tasks(tms_http_request_t *req, tms_api_call_t *call, int status,
+                          const tms_http_header_t *headers, size_t nheaders, bool list)
+{
+    size_t cap = 64, n = list ? call->ntasks : 1;
+    const tms_task_t *tasks = list ? call->tasks : &call->task;
+    char *body, *p;
+    for (size_t i = 0; i < n; i++)
+        cap += task_bound(&tasks[i]) + 1;
+    if (list && call->next_cursor)
+        cap += tms_jsonw_string_bound(strlen(call->next_cursor));
+    p = body = tms_arena_alloc(&call->arena, cap);
+    if (!list) {
+        p = put_task(p, &call->task);
+    } else {
+        p = tms_jsonw_lit(p, "{\"tasks\":[");
+        for (size_t i = 0; i < n; i++) {
+            if (i)
+                *p++ = ',';
+            p = put_task(p, &tasks[i]);
+        }
+        p = tms_jsonw_lit(p, "],\"nextCursor\":");
+        p = tms_jsonw_string_or_null(p, call->next_cursor);
+        *p++ = '}';
+    }
+    tms_http_respond(req, status, headers, nheaders, "application/json", body, (size_t)(p - body));
 }
 
 /* Renders a finished call: errors per API.md's table, results per the shape of the
@@ -192,9 +261,13 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
     case TMS_RESULT_DONE:
         body = json_pack("{s:b}", "success", 1);
         break;
-    case TMS_RESULT_TASK:
+    case TMS_RESULT_TASK: {
         /* A replayed create answers exactly as the first request did. */
-        snprintf(etag, sizeof(etag), "\"%lld\"", (long long)call->task.version);
+        char *e = etag;
+        *e++ = '"';
+        e = tms_jsonw_int(e, call->task.version);
+        *e++ = '"';
+        *e = '\0';
         h[nh++] = (tms_http_header_t){"ETag", etag};
         if (op->rest_status == 201) {
             snprintf(location, sizeof(location), "%s/%lld", op->rest_route,
@@ -208,20 +281,16 @@ static void render(tms_http_request_t *req, tms_api_call_t *call)
             tms_http_respond(req, 304, h, nh, NULL, "", 0);
             return;
         }
-        body = task_json(&call->task);
-        break;
-    case TMS_RESULT_TASKS: {
-        json_t *arr = json_array();
+        respond_tasks(req, call, op->rest_status, h, nh, false);
+        return;
+    }
+    case TMS_RESULT_TASKS:
         if (call->next_cursor) {
             next_link(op, call, link, sizeof(link));
             h[nh++] = (tms_http_header_t){"Link", link};
         }
-        for (size_t i = 0; i < call->ntasks; i++)
-            json_array_append_new(arr, task_json(&call->tasks[i]));
-        body = json_pack("{s:o, s:o}", "tasks", arr, "nextCursor",
-                         call->next_cursor ? json_string(call->next_cursor) : json_null());
-        break;
-    }
+        respond_tasks(req, call, op->rest_status, h, nh, true);
+        return;
     case TMS_RESULT_DELETED:
         body = json_pack("{s:s}", "message", "Task deleted");
         break;
@@ -454,8 +523,8 @@ static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t 
     p->rest = rest;
     p->req = req;
     p->call = call;
-    snprintf(call->request_id, sizeof(call->request_id), "%s", req->request_id);
-    snprintf(call->client_addr, sizeof(call->client_addr), "%s", req->client_addr);
+    tms_text_copy(call->request_id, sizeof(call->request_id), req->request_id);
+    tms_text_copy(call->client_addr, sizeof(call->client_addr), req->client_addr);
     call->deadline_ms = uv_now(rest->loop) + rest->cfg.call_timeout_ms;
     msg->kind = TMS_MSG_REQUEST;
     msg->reply_to = rest->replies;
@@ -826,11 +895,16 @@ static int parse_if_match(tms_http_request_t *req, tms_api_call_t *call)
 static int match_path(const char *pattern, const char *path, size_t path_len, char *id,
                       size_t id_size)
 {
-    const char *colon = strstr(pattern, ":id");
-    if (!colon)
-        return strlen(pattern) == path_len && strncmp(pattern, path, path_len) == 0 ? 2 : 0;
-    size_t prefix = (size_t)(colon - pattern);
-    if (path_len <= prefix || strncmp(pattern, path, prefix) != 0)
+    size_t prefix = 0;
+    /* One pass over the pattern (this runs for every route of every request). */
+    while (pattern[prefix] && pattern[prefix] != ':') {
+        if (prefix >= path_len || pattern[prefix] != path[prefix])
+            return 0;
+        prefix++;
+    }
+    if (!pattern[prefix])
+        return prefix == path_len ? 2 : 0;
+    if (strcmp(pattern + prefix, ":id") != 0 || path_len <= prefix)
         return 0;
     const char *seg = path + prefix;
     size_t seg_len = path_len - prefix;
@@ -1157,8 +1231,6 @@ void tms_rest_handle(void *ctx, tms_http_request_t *req)
             if (!best || rank != best)
                 continue;
             route = ops[i].rest_route;
-            snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s",
-                     allow[0] ? ", " : "", ops[i].rest_method);
             if (!op && strcmp(ops[i].rest_method, req->method) == 0) {
                 op = &ops[i];
                 op_match = m;
@@ -1182,7 +1254,17 @@ void tms_rest_handle(void *ctx, tms_http_request_t *req)
         return;
     }
     if (route) {
+        /* 405: the methods of the routes that matched best (only now: this is rare). */
         tms_http_header_t h = {"Allow", allow};
+        for (size_t i = 0; i < nops; i++) {
+            int m;
+            if (!ops[i].rest_method)
+                continue;
+            m = match_path(ops[i].rest_route, path, len, scratch, sizeof(scratch));
+            if ((m < 0 ? 1 : m) == best)
+                snprintf(allow + strlen(allow), sizeof(allow) - strlen(allow), "%s%s",
+                         allow[0] ? ", " : "", ops[i].rest_method);
+        }
         req->route = route;
         tms_http_respond_error_status(req, 405, TMS_UNIMPLEMENTED,
                                       "no route for this method and path", &h, 1);

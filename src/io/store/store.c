@@ -262,6 +262,12 @@ static void outbox_close(tms_outbox_t *self, tms_port_closed_fn cb, void *ctx)
     close_port(OF(outbox, self), TMS_STORE_OUTBOX, cb, ctx);
 }
 
+static tms_task_reader_t *tasks_reader_open(tms_task_store_t *self, uv_loop_t *loop)
+{
+    tms_store_t *st = OF(tasks, self);
+    return st->backend->task_reader_open ? st->backend->task_reader_open(st, loop) : NULL;
+}
+
 tms_user_store_t *tms_store_users(tms_store_t *st)
 {
     if (!(st->serves & TMS_STORE_SERVES(TMS_STORE_USERS)))
@@ -334,8 +340,11 @@ void tms_store_init(tms_store_t *st, const tms_store_backend_t *backend, uv_loop
     st->serves = serves;
     st->users = (tms_user_store_t){
         .name = backend->name, .submit = users_submit, .busy = users_busy, .close = users_close};
-    st->tasks = (tms_task_store_t){
-        .name = backend->name, .submit = tasks_submit, .busy = tasks_busy, .close = tasks_close};
+    st->tasks = (tms_task_store_t){.name = backend->name,
+                                   .submit = tasks_submit,
+                                   .busy = tasks_busy,
+                                   .close = tasks_close,
+                                   .reader_open = tasks_reader_open};
     st->outbox = (tms_outbox_t){
         .name = backend->name, .submit = outbox_submit, .busy = outbox_busy, .close = outbox_close};
     st->waker = tms_new(waker_t);

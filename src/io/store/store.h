@@ -72,6 +72,8 @@ typedef struct tms_store_backend {
      * when all is gone (now or later from a close callback on the loop), then free
      * the backend's memory right after that call returns. */
     void (*release)(tms_store_t *st);
+    /** Optional: the task store port's reader_open (core/task_store.h). */
+    tms_task_reader_t *(*task_reader_open)(tms_store_t *st, uv_loop_t *loop);
 } tms_store_backend_t;
 
 typedef struct tms_store_port_state {

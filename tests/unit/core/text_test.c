@@ -40,10 +40,20 @@ static void test_parse_id(void)
     CHECK_EQ_INT(tms_parse_id(" 1", 2), 0);
 }
 
+static void test_copy(void)
+{
+    char small[4], big[16];
+    CHECK_EQ_STR(tms_text_copy(small, sizeof(small), "abcdef"), "abc");
+    CHECK_EQ_STR(tms_text_copy(small, sizeof(small), ""), "");
+    CHECK_EQ_STR(tms_text_copy(big, sizeof(big), "abcdef"), "abcdef");
+    CHECK_EQ_STR(tms_text_copy(small, 1, "x"), "");
+}
+
 int main(void)
 {
     RUN_TEST(test_trim);
     RUN_TEST(test_utf8);
     RUN_TEST(test_parse_id);
+    RUN_TEST(test_copy);
     TEST_EXIT();
 }

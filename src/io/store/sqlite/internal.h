@@ -7,6 +7,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdatomic.h>
 #include <sqlite3.h>
 #include <stddef.h>
 
@@ -50,13 +51,26 @@ extern const tms_sqlite_port_t tms__sqlite_users_port;
 extern const tms_sqlite_port_t tms__sqlite_tasks_port;
 extern const tms_sqlite_port_t tms__sqlite_outbox_port;
 
+/* Ops the owner thread ran that may have written, counted before each one's reply:
+ * a reader whose open read transaction began at another count ends it, so that it
+ * sees every write answered before (reader.c). Shared with the readers, which may
+ * outlive the store: freed by the last reference. */
+typedef struct tms_sqlite_writes {
+    atomic_ulong n;
+    atomic_int refs;
+} tms_sqlite_writes_t;
+
+/** Drop a reference to w; the last frees it. */
+void tms__sqlite_writes_unref(tms_sqlite_writes_t *w);
+
 struct tms_sqlite {
     tms_store_t st;    /* first member: the ports, their lifecycle and metrics */
     tms_mailbox_t *mb; /* threaded; consumed only by the owner thread */
     pthread_t thread;
     char *path;
     tms_counter_t *commits, *group_writes; /* group commits and the writes in them */
-    void *port_state[TMS_STORE_NPORTS];    /* owner thread only */
+    tms_sqlite_writes_t *writes;
+    void *port_state[TMS_STORE_NPORTS]; /* owner thread only */
     /* start-up handshake: the owner thread reports whether open and migrate worked */
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -64,6 +78,10 @@ struct tms_sqlite {
     int start_rc;
     char start_err[256];
 };
+
+/** Loop thread (any thread but the owner's): the task store's reader on a read-only
+ * connection of the caller's (reader.c), NULL when it cannot be opened (logged). */
+tms_task_reader_t *tms__sqlite_reader_open(tms_store_t *st, uv_loop_t *loop);
 
 /** Column i of the current row as a heap string ("" for NULL). */
 char *tms__sqlite_column_dup(sqlite3_stmt *st, int i);

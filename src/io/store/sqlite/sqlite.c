@@ -144,6 +144,27 @@ static int sqlite_submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **msg
     return rc;
 }
 
+/* Ops that never write: the rest are counted in s->writes. */
+static bool read_only(tms_store_port_t port, int op)
+{
+    switch (port) {
+    case TMS_STORE_TASKS:
+        return op == TMS_TASK_GET || op == TMS_TASK_LIST || op == TMS_TASK_PING;
+    case TMS_STORE_USERS:
+        return op == TMS_USER_GET_BY_EMAIL || op == TMS_USER_GET_BY_ID || op == TMS_USER_PING;
+    case TMS_STORE_OUTBOX:
+        return op == TMS_OUTBOX_FETCH || op == TMS_OUTBOX_PENDING || op == TMS_INBOX_SEEN;
+    default:
+        return false;
+    }
+}
+
+void tms__sqlite_writes_unref(tms_sqlite_writes_t *w)
+{
+    if (w && atomic_fetch_sub(&w->refs, 1) == 1)
+        free(w);
+}
+
 /* The port a queued message was tagged with by sqlite_submit; the tag is removed. */
 static tms_store_port_t untag(tms_msg_t *msg)
 {
@@ -239,6 +260,8 @@ static void commit_group(tms_sqlite_t *s, group_t *g, sqlite3 *db)
     if (!sqlite3_get_autocommit(db))
         tx(g, db, TX_ROLLBACK);
 reply:
+    /* before the replies: whoever sees one reads it (the loop's readers, reader.c) */
+    atomic_fetch_add(&s->writes->n, (unsigned long)g->n);
     for (i = 0; i < g->n; i++)
         tms_store_reply(&s->st, g->port[i], g->msg[i], g->began[i]);
     g->n = 0;
@@ -260,6 +283,8 @@ static void run_batch(tms_sqlite_t *s, group_t *g, sqlite3 *db, tms_msg_t **msgs
             continue;
         }
         ports[port]->run(s->port_state[port], db, msg);
+        if (!read_only(port, msg->op)) /* before the reply: whoever sees it reads it */
+            atomic_fetch_add(&s->writes->n, 1);
         tms_store_reply(&s->st, port, msg, t0);
     }
     if (g->n)
@@ -315,6 +340,7 @@ static void *db_main(void *arg)
 static void destroy(tms_sqlite_t *s)
 {
     tms_mailbox_free(&s->mb);
+    tms__sqlite_writes_unref(s->writes);
     pthread_cond_destroy(&s->cond);
     pthread_mutex_destroy(&s->lock);
     free(s->path);
@@ -336,6 +362,7 @@ static const tms_store_backend_t backend = {
     .name = "sqlite",
     .submit = sqlite_submit,
     .release = sqlite_release,
+    .task_reader_open = tms__sqlite_reader_open,
 };
 
 tms_sqlite_t *tms_sqlite_open(uv_loop_t *loop, const char *path, size_t queue_capacity, char *err,
@@ -351,6 +378,8 @@ tms_sqlite_t *tms_sqlite_open(uv_loop_t *loop, const char *path, size_t queue_ca
         tms_metrics_counter("tms_sqlite_group_writes_total",
                             "Writes committed by the SQLite writer's group commits.", "");
 
+    s->writes = tms_new(tms_sqlite_writes_t);
+    atomic_init(&s->writes->refs, 1);
     s->mb = tms_mailbox_new_threaded("sqlite", queue_capacity);
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);

@@ -244,6 +244,104 @@ static void test_ids_not_reused(void)
     remove_db();
 }
 
+/* A GET or LIST through the reader (on the caller's thread); the op (caller frees). */
+static tms_task_op_t *read_now(tms_task_reader_t *r, int kind, int64_t id)
+{
+    tms_task_op_t *op = tms_task_op_new(kind, NULL);
+    op->id = id;
+    op->after_id = id; /* LIST: the tasks after id */
+    op->limit = 10;
+    CHECK_EQ_INT(r->read(r, op), 0);
+    return op;
+}
+
+/* The reader answers on the calling thread and sees every write whose reply came back
+ * before (issue 19: read-your-writes with reads off the owner thread). */
+static void test_reader_sees_acknowledged_writes(void)
+{
+    tms_sqlite_t *db = open_db(8);
+    tms_task_store_t *tasks;
+    tms_task_reader_t *r;
+    tms_task_op_t *op;
+    int64_t id;
+    if (!db)
+        return;
+    tasks = tms_sqlite_task_store(db);
+    r = tasks->reader_open(tasks, &loop);
+    CHECK(r != NULL);
+    if (!r) {
+        close_db(&db);
+        return;
+    }
+    op = read_now(r, TMS_TASK_LIST, 0);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK_EQ_INT((int)op->ntasks, 0);
+    tms_task_op_free(&op);
+    for (int i = 0; i < 20; i++) {
+        op = run_task(db, TMS_TASK_CREATE, 0);
+        id = op->task.id;
+        tms_task_op_free(&op);
+        op = read_now(r, TMS_TASK_GET, id);
+        CHECK_EQ_INT(op->err.code, TMS_OK);
+        CHECK(op->task.id == id && op->task.version == 1);
+        CHECK_EQ_STR(op->task.title, "t");
+        tms_task_op_free(&op);
+        op = read_now(r, TMS_TASK_LIST, 0);
+        CHECK_EQ_INT((int)op->ntasks, i < 10 ? i + 1 : 10);
+        CHECK(op->has_more == (i >= 10));
+        tms_task_op_free(&op);
+        op = run_task(db, TMS_TASK_DELETE, id);
+        CHECK_EQ_INT(op->err.code, TMS_OK);
+        tms_task_op_free(&op);
+        op = read_now(r, TMS_TASK_GET, id);
+        CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
+        CHECK_EQ_INT(op->reason, TMS_TASK_NO_SUCH_TASK);
+        tms_task_op_free(&op);
+        op = run_task(db, TMS_TASK_CREATE, 0); /* kept: the list grows */
+        tms_task_op_free(&op);
+    }
+    /* A read transaction open (the loop has not turned since the last read) when a
+     * write is answered: the next read sees the write all the same. */
+    {
+        tms_task_op_t *w = tms_task_op_new(TMS_TASK_CREATE, NULL), *got = NULL;
+        op = read_now(r, TMS_TASK_LIST, id + 1); /* after the newest task */
+        CHECK_EQ_INT((int)op->ntasks, 0);
+        tms_task_op_free(&op);
+        w->msg.reply_to = replies;
+        w->msg.cont = on_task;
+        w->msg.ctx = &got;
+        w->task.title = tms_arena_strdup(w->arena, "late");
+        w->task.description = tms_arena_strdup(w->arena, "");
+        snprintf(w->task.status, sizeof(w->task.status), "open");
+        snprintf(w->task.created_by, sizeof(w->task.created_by), "aaaaaaaaaaaaaaaaaaaaaaaa");
+        w->task.created_at_ms = w->task.updated_at_ms = 1764338400000;
+        CHECK_EQ_INT(tms_task_store_submit(tasks, &w), 0);
+        while (tasks->busy(tasks) > 0) /* answered (posted), the loop not run */
+            usleep(1000);
+        op = read_now(r, TMS_TASK_LIST, id + 1);
+        CHECK_EQ_INT((int)op->ntasks, 1);
+        if (op->ntasks == 1)
+            CHECK_EQ_STR(op->tasks[0].title, "late");
+        tms_task_op_free(&op);
+        while (!got)
+            uv_run(&loop, UV_RUN_ONCE);
+        tms_task_op_free(&got);
+    }
+    /* Writes only go to the owner thread: the reader refuses them. */
+    op = tms_task_op_new(TMS_TASK_DELETE, NULL);
+    op->id = 1;
+    CHECK_EQ_INT(r->read(r, op), -TMS_EINVAL);
+    tms_task_op_free(&op);
+    close_db(&db);
+    /* The reader may outlive the store's ports: it has its own connection. */
+    op = read_now(r, TMS_TASK_LIST, 0);
+    CHECK_EQ_INT((int)op->ntasks, 10);
+    tms_task_op_free(&op);
+    r->close(r);
+    uv_run(&loop, UV_RUN_NOWAIT); /* the reader's handle closes */
+    remove_db();
+}
+
 static void test_migrations_idempotent(void)
 {
     char err[256] = "";
@@ -469,6 +567,7 @@ int main(void)
 
     RUN_TEST(test_constraints);
     RUN_TEST(test_ids_not_reused);
+    RUN_TEST(test_reader_sees_acknowledged_writes);
     RUN_TEST(test_migrations_idempotent);
     RUN_TEST(test_future_version_refused);
     RUN_TEST(test_open_fails);

@@ -1,0 +1,165 @@
+/* The task store's reader on SQLite (core/task_store.h): a read-only connection of
+ * the calling thread (a worker's loop) that answers GET and LIST at once, with no
+ * mailbox and no wake-up of the owner thread. WAL lets it read beside the owner
+ * thread's writes.
+ *
+ * One read transaction serves the reads of a loop iteration: it begins at the first
+ * read and ends before the loop next waits for I/O (a prepare handle), so the WAL
+ * read-mark lock (an fcntl on the -shm file each way) is taken once per iteration,
+ * not per read, and no snapshot is held while the loop is idle. It also ends as soon
+ * as the owner thread has run a write since it began (tms_sqlite_writes_t, counted
+ * before the write's reply): a read sees every write answered before it started.
+ *
+ * The loop must not wait on I/O: the database file is memory-mapped (mmap_size), the
+ * connection's page cache keeps what was read since the last write, and it never waits
+ * for a lock (busy_timeout 0): a busy database (a WAL recovery) sends the op to the
+ * owner thread instead. Pages changed since the last checkpoint are read from the WAL
+ * file, which the writer has just written (in the OS page cache). */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "io/store/sqlite/internal.h"
+
+/* Covers any database this server is meant for; SQLite maps only the file's size. */
+#define READER_MMAP_SIZE "268435456"
+
+typedef struct reader {
+    tms_task_reader_t base; /* first member */
+    sqlite3 *db;
+    void *tasks; /* the tasks port's statement cache on this connection */
+    sqlite3_stmt *begin, *commit;
+    tms_sqlite_writes_t *writes; /* the owner thread's write count (shared) */
+    unsigned long seen;          /* writes->n when the open transaction began */
+    bool in_txn;
+    uv_prepare_t prepare; /* ends the transaction before the loop waits */
+    tms_histogram_t *duration[TMS_STORE_MAX_OPS];
+    tms_counter_t *errors[TMS_STORE_MAX_OPS];
+} reader_t;
+
+static void end_txn(reader_t *r)
+{
+    int rc;
+    if (!r->in_txn)
+        return;
+    r->in_txn = false;
+    uv_prepare_stop(&r->prepare);
+    rc = sqlite3_step(r->commit);
+    sqlite3_reset(r->commit);
+    if (rc != SQLITE_DONE)
+        tms_log_warn("sqlite_reader", "end rc=%d msg=%s", rc, sqlite3_errmsg(r->db));
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    end_txn(h->data);
+}
+
+/* BEGIN (deferred: the snapshot is taken by the first read, after the count is read). */
+static void begin_txn(reader_t *r)
+{
+    int rc;
+    r->seen = atomic_load(&r->writes->n);
+    rc = sqlite3_step(r->begin);
+    sqlite3_reset(r->begin);
+    if (rc != SQLITE_DONE) /* the op then runs in a transaction of its own */
+        return;
+    r->in_txn = true;
+    uv_prepare_start(&r->prepare, on_prepare);
+}
+
+static int reader_read(tms_task_reader_t *self, tms_task_op_t *op)
+{
+    reader_t *r = (reader_t *)self;
+    int kind = op->msg.op;
+    uint64_t t0;
+    if (kind != TMS_TASK_GET && kind != TMS_TASK_LIST)
+        return -TMS_EINVAL;
+    t0 = uv_hrtime();
+    if (r->in_txn && atomic_load(&r->writes->n) != r->seen)
+        end_txn(r); /* a write ran since the snapshot: take a new one */
+    if (!r->in_txn)
+        begin_txn(r);
+    tms__sqlite_tasks_port.run(r->tasks, r->db, &op->msg);
+    if (op->err.code == TMS_UNAVAILABLE) { /* busy: the owner thread waits for it */
+        end_txn(r);
+        tms_error_set(&op->err, TMS_OK, "%s", "");
+        op->tasks = NULL; /* in op->arena */
+        op->ntasks = 0;
+        op->has_more = false;
+        return -TMS_EAGAIN;
+    }
+    if (op->err.code == TMS_INTERNAL)
+        tms_counter_add(r->errors[kind], 1);
+    tms_histogram_observe(r->duration[kind], (double)(uv_hrtime() - t0) / 1e9);
+    return 0;
+}
+
+static void free_reader(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void reader_close(tms_task_reader_t *self)
+{
+    reader_t *r = (reader_t *)self;
+    int rc;
+    end_txn(r);
+    sqlite3_finalize(r->begin);
+    sqlite3_finalize(r->commit);
+    tms__sqlite_tasks_port.stop(r->tasks);
+    rc = sqlite3_close(r->db);
+    if (rc != SQLITE_OK) /* a statement left unfinalized: a bug in the port */
+        tms_log_error("sqlite_close", "reader rc=%d", rc);
+    tms__sqlite_writes_unref(r->writes);
+    uv_close((uv_handle_t *)&r->prepare, free_reader);
+}
+
+tms_task_reader_t *tms__sqlite_reader_open(tms_store_t *st, uv_loop_t *loop)
+{
+    tms_sqlite_t *s = (tms_sqlite_t *)st;
+    reader_t *r;
+    sqlite3 *db = NULL;
+    sqlite3_stmt *begin = NULL, *commit = NULL;
+    char *errmsg = NULL;
+    int rc = sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_exec(db,
+                          "PRAGMA mmap_size=" READER_MMAP_SIZE ";"
+                          "PRAGMA query_only=1;",
+                          NULL, NULL, &errmsg);
+    if (rc == SQLITE_OK && sqlite3_db_readonly(db, "main") != 1)
+        rc = SQLITE_MISUSE;
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v3(db, "BEGIN", -1, SQLITE_PREPARE_PERSISTENT, &begin, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v3(db, "COMMIT", -1, SQLITE_PREPARE_PERSISTENT, &commit, NULL);
+    if (rc != SQLITE_OK) { /* every op then goes to the owner thread, as before */
+        tms_log_warn("sqlite_reader", "path=%s rc=%d msg=%s", s->path, rc,
+                     errmsg ? errmsg : (db ? sqlite3_errmsg(db) : sqlite3_errstr(rc)));
+        sqlite3_free(errmsg);
+        sqlite3_finalize(begin);
+        sqlite3_finalize(commit);
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, 0); /* never wait on the loop */
+    r = tms_new(reader_t);
+    r->base.read = reader_read;
+    r->base.close = reader_close;
+    r->db = db;
+    r->tasks = tms__sqlite_tasks_port.start(db);
+    r->begin = begin;
+    r->commit = commit;
+    r->writes = s->writes;
+    atomic_fetch_add(&r->writes->refs, 1);
+    uv_prepare_init(loop, &r->prepare);
+    r->prepare.data = r;
+    memcpy(r->duration, st->port[TMS_STORE_TASKS].duration, sizeof(r->duration));
+    memcpy(r->errors, st->port[TMS_STORE_TASKS].errors, sizeof(r->errors));
+    return &r->base;
+}
