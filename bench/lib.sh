@@ -7,6 +7,9 @@
 # Every process started here is killed by the EXIT trap of the (sub)shell that started it.
 
 BIN="$ROOT/build-tools/bin"
+# The TMS binary measured: build/tms, or TMS_BENCH_BIN (e.g. main's build kept in
+# build-before/ to compare before and after in one run).
+TMS_BIN=${TMS_BENCH_BIN:-$ROOT/build/tms}
 PY="$ROOT/build-venv-bench/bin/python"
 TOOLS="$ROOT/bench/tools.py"
 
@@ -47,7 +50,7 @@ tms_start() {
   local name=$1; shift
   local hp gp mp
   hp=$(free_port); gp=$(free_port); mp=$(free_port)
-  local cmd=("$ROOT/build/tms" serve --set data.dir="$WORK/data"
+  local cmd=("$TMS_BIN" serve --set data.dir="$WORK/data"
     --set http.addr=127.0.0.1:$hp --set grpc.addr=127.0.0.1:$gp
     --set metrics.addr=127.0.0.1:$mp
     --set ratelimit.api_per_minute=0 --set ratelimit.login_per_15min=0

@@ -49,8 +49,9 @@ struct tms_auth {
     tms_counter_t *restored, *restore_refused;
     tms_counter_t *logins_ok, *logins_failed, *registrations;
     size_t hash_per_address;
+    uint64_t hash_queue_ms; /* 0: no limit */
     unsigned ipv6_prefix;
-    tms_counter_t *hash_refused;
+    tms_counter_t *hash_refused, *hash_expired;
     tms_ticket_book_t *tickets;
     bool own_tickets;
     tms_push_shared_t *push;
@@ -69,6 +70,8 @@ typedef struct hash_job {
     char hash[TMS_HASH_MAX + 1];  /* verify: stored hash */
     char fresh[TMS_HASH_MAX + 1]; /* hash / rehash result, "" if none */
     int ok;
+    uint64_t expires_ns; /* uv_hrtime by which it must have left the queue; 0: never */
+    int expired;         /* waited past expires_ns: not computed, answer 503 */
 } hash_job_t;
 
 static void on_message(void *owner, tms_msg_t *msg);
@@ -184,7 +187,10 @@ static void run_hash_job(tms_job_t *job)
 {
     hash_job_t *h = (hash_job_t *)job;
     h->fresh[0] = '\0';
-    if (h->verify) {
+    if (h->expires_ns && uv_hrtime() > h->expires_ns) {
+        h->expired = 1;
+        h->ok = 0;
+    } else if (h->verify) {
         h->ok = tms_password_verify(h->password, h->password_len, h->hash) == 1;
         if (h->ok &&
             tms_password_needs_rehash(h->hash, h->auth->opslimit, h->auth->memlimit) == 1 &&
@@ -224,6 +230,8 @@ static void hash_submit(tms_auth_t *auth, tms_api_call_t *call, int verify, cons
     if (hash)
         snprintf(h->hash, sizeof(h->hash), "%s", hash);
     job->run = run_hash_job;
+    if (auth->hash_queue_ms)
+        h->expires_ns = uv_hrtime() + auth->hash_queue_ms * 1000000u;
     job->msg.reply_to = auth->mailbox;
     job->msg.cont = cont;
     job->msg.ctx = call;
@@ -245,6 +253,18 @@ static void hash_submit(tms_auth_t *auth, tms_api_call_t *call, int verify, cons
         }
         fail(auth, call, TMS_UNAVAILABLE, "server busy, retry later");
     }
+}
+
+/* A hash that waited past auth.hash_queue_ms was not computed: 503, and the job is
+ * freed. Returns 1 then. */
+static int hash_expired(tms_auth_t *auth, tms_api_call_t *call, hash_job_t *h)
+{
+    if (!h->expired)
+        return 0;
+    free_hash_job(&h->job.msg);
+    tms_counter_add(auth->hash_expired, 1);
+    fail(auth, call, TMS_UNAVAILABLE, "password checks are queued too long, retry later");
+    return 1;
 }
 
 /* ---- validation ------------------------------------------------------- */
@@ -313,6 +333,8 @@ static void register_hashed(tms_msg_t *msg)
     tms_api_call_t *call = h->call;
     tms_auth_t *auth = h->auth;
     tms_user_t user;
+    if (hash_expired(auth, call, h))
+        return;
     if (!h->ok) {
         free_hash_job(msg);
         tms_log_error("password_hash_failed", "rid=%s", call->request_id);
@@ -379,6 +401,8 @@ static void login_verified(tms_msg_t *msg)
     tms_auth_t *auth = h->auth;
     char fresh[TMS_HASH_MAX + 1];
     int ok = h->ok && call->user.id[0] != '\0';
+    if (hash_expired(auth, call, h))
+        return;
     snprintf(fresh, sizeof(fresh), "%s", h->fresh);
     free_hash_job(msg);
     if (!ok) {
@@ -955,6 +979,12 @@ tms_auth_t *tms_auth_start(uv_loop_t *loop, const tms_auth_config_t *cfg, tms_us
     auth->registrations =
         tms_metrics_counter("tms_auth_registrations_total", "accounts registered", "");
     auth->hash_per_address = cfg->hash_per_address;
+    auth->hash_queue_ms = cfg->hash_queue_ms;
+    auth->hash_expired = tms_metrics_counter(
+        "tms_auth_hash_expired_total",
+        "registers and logins answered 503 because their password hash waited longer than "
+        "auth.hash_queue_ms in the queue",
+        "");
     auth->ipv6_prefix = cfg->ipv6_prefix ? cfg->ipv6_prefix : 64;
     auth->registration = cfg->registration;
     auth->login_keeps_others = cfg->login_keeps_others;

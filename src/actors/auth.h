@@ -46,6 +46,9 @@ typedef struct tms_auth_config {
     /* Password hashes (register, login) one client address may have queued or running
      * in the shared hash pool at once; beyond it RESOURCE_EXHAUSTED. 0: no limit. */
     size_t hash_per_address;
+    /* A hash that waited longer than this in the hash pool's queue is not computed: the
+     * register or login answers UNAVAILABLE (503). 0: no limit. */
+    uint64_t hash_queue_ms;
     unsigned ipv6_prefix; /* IPv6 clients count per prefix of this many bits; 0: 64 */
     /* The used stream tickets, shared by the auth actors of every worker (borrowed,
      * outlives the actor); NULL: the actor keeps its own. */

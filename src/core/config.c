@@ -303,9 +303,14 @@ static const key_t_ keys[] = {
         "logins, logouts and deletes apply at once in every worker, other writers (another "
         "instance, `tms user set-role`) within this time; 0 off"),
     INT(auth, hash_threads, auth.hash_threads, 1, 64, "2",
-        "password hashing threads, shared by all server.workers"),
+        "password hashing threads, shared by all server.workers; at most the CPUs the "
+        "process may run on less one (at least 1), at nice 10, so that hashes never take "
+        "every core from the loops"),
     INT(auth, hash_queue, auth.hash_queue, 1, 100000, "256",
         "queued password hashes before logins answer UNAVAILABLE"),
+    INT(auth, hash_queue_ms, auth.hash_queue_ms, 0, 60000, "2000",
+        "ms a password hash may wait in the queue; a register or login whose hash waited "
+        "longer answers 503 without hashing; 0 off"),
     INT(auth, hash_per_address, auth.hash_per_address, 0, 100000, "4",
         "password hashes (register, login) queued or running per client address (IPv6: per "
         "ratelimit.ipv6_prefix), for the whole process; more answer 429 at once, so a few "

@@ -241,6 +241,12 @@ static void drain(uv_async_t *handle)
 tms_msg_t *tms_mailbox_take(tms_mailbox_t *mb, int timeout_ms)
 {
     tms_msg_t *msg = NULL;
+    return tms_mailbox_take_many(mb, timeout_ms, &msg, 1) ? msg : NULL;
+}
+
+size_t tms_mailbox_take_many(tms_mailbox_t *mb, int timeout_ms, tms_msg_t **out, size_t max)
+{
+    size_t n = 0;
     struct timespec deadline;
     if (timeout_ms >= 0) {
         clock_gettime(CLOCK_MONOTONIC, &deadline);
@@ -259,8 +265,8 @@ tms_msg_t *tms_mailbox_take(tms_mailbox_t *mb, int timeout_ms)
             break;
         }
     }
-    if (mb->head) {
-        msg = mb->head;
+    while (mb->head && n < max) {
+        tms_msg_t *msg = mb->head;
         mb->head = msg->next;
         if (!mb->head)
             mb->tail = NULL;
@@ -268,9 +274,10 @@ tms_msg_t *tms_mailbox_take(tms_mailbox_t *mb, int timeout_ms)
         if (msg->kind != TMS_MSG_REPLY)
             mb->queued_requests--;
         msg->next = NULL;
+        out[n++] = msg;
     }
     pthread_mutex_unlock(&mb->lock);
-    return msg;
+    return n;
 }
 
 size_t tms_mailbox_depth(tms_mailbox_t *mb)

@@ -59,6 +59,10 @@ void tms_mailbox_reply(tms_msg_t *msg);
  * Returns NULL on timeout or when the mailbox is closed and drained. */
 tms_msg_t *tms_mailbox_take(tms_mailbox_t *mb, int timeout_ms);
 
+/** Threaded consumer: as tms_mailbox_take, but takes up to max messages at once (in
+ * order) into out[]; returns how many (0 on timeout, or closed and drained). */
+size_t tms_mailbox_take_many(tms_mailbox_t *mb, int timeout_ms, tms_msg_t **out, size_t max);
+
 /** Number of messages waiting (requests and replies). Safe from any thread. */
 size_t tms_mailbox_depth(tms_mailbox_t *mb);
 

@@ -10,7 +10,21 @@
 #include "core/status.h"
 
 #define BATCH 100
+/* Events handed to the bus and not yet done, at most: a mail backing off on the
+ * embedded bus stays in flight for seconds while the relay goes on with the others. */
+#define MAX_INFLIGHT 1000
+/* The pending-events gauge is refreshed (an index-only count) at most this often: a
+ * pipelined relay fetches after every few commits. */
+#define COUNT_EVERY_MS 250
 
+/* Pipelined (issue 20): a fetch reads the pending events that are not in flight, in
+ * outbox order, and publishes them; the next fetch does not wait for their delivery
+ * (an event the bus holds, a mail backing off, or a Kafka delivery report, delays no
+ * other event). Each event is marked sent once the bus accepted it, in batches (one
+ * mark op out at a time). A refused event stays pending and is fetched again after
+ * the poll interval (the back-off); until then later events go on, of its key too:
+ * per key, order holds for events accepted on their first publish (consumers are
+ * idempotent and each event carries its own state). */
 struct tms_relay {
     uv_loop_t *loop;
     tms_outbox_t *outbox;
@@ -20,17 +34,19 @@ struct tms_relay {
     tms_relay_t *remote; /* set on a remote relay only: the relay it kicks */
     uint64_t poll_ms;
     tms_mailbox_t *replies; /* outbox replies come back here */
-    int busy;
-    int again; /* kicked while busy: run another batch right after */
+    int fetching;           /* a fetch op out */
+    int marking;            /* a mark op out */
+    int counting;           /* a pending-count op out */
+    uint64_t counted_at;    /* uv_now of the last count sent */
+    int again;              /* kicked while fetching: fetch again right after */
+    uint64_t backoff_until; /* uv_now: a publish failed; no fetch before (0: none) */
     int stopping;
     void (*on_stopped)(void *);
     void *stopped_arg;
-    /* the batch in flight */
-    tms_outbox_op_t *batch;
-    size_t outstanding;
-    int64_t *accepted;
-    size_t naccepted;
-    size_t nfailed;
+    int64_t *inflight; /* seqs handed to the bus and not yet refused or marked sent */
+    size_t ninflight;
+    int64_t *accepted; /* seqs the bus accepted, to mark sent */
+    size_t naccepted, cap_accepted;
     _Atomic int64_t pending; /* unsent events at the last count; read by any worker */
     tms_counter_t *published, *failed;
 };
@@ -42,10 +58,24 @@ typedef struct publish_ctx {
 
 static void run_batch(tms_relay_t *r);
 
+static int idle(const tms_relay_t *r)
+{
+    return !r->fetching && !r->marking && !r->counting && r->ninflight == 0;
+}
+
+static void check_stopped(tms_relay_t *r)
+{
+    if (r->stopping && idle(r) && r->on_stopped) {
+        void (*cb)(void *) = r->on_stopped;
+        r->on_stopped = NULL;
+        cb(r->stopped_arg);
+    }
+}
+
 static void on_timer(uv_timer_t *t)
 {
     tms_relay_t *r = t->data;
-    if (!r->busy && !r->stopping)
+    if (!r->stopping)
         run_batch(r);
 }
 
@@ -60,78 +90,64 @@ static double pending_gauge(void *arg)
     return (double)atomic_load_explicit(&((tms_relay_t *)arg)->pending, memory_order_relaxed);
 }
 
-/* The batch is over: go idle and plan the next one. */
-static void batch_done(tms_relay_t *r, int go_on_now)
-{
-    r->busy = 0;
-    if (r->stopping) {
-        if (r->on_stopped)
-            r->on_stopped(r->stopped_arg);
-        return;
-    }
-    /* More may be waiting: go on at once unless something failed, in which case
-     * the poll interval is the retry back-off. */
-    schedule(r, go_on_now || r->again ? 0 : r->poll_ms);
-    r->again = 0;
-}
-
 static void on_counted(tms_msg_t *msg)
 {
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
     tms_relay_t *r = msg->ctx;
-    int go_on_now = op->limit; /* the decision finish_batch carried along */
+    r->counting = 0;
     if (op->err.code == TMS_OK)
         atomic_store_explicit(&r->pending, op->count, memory_order_relaxed);
     tms_outbox_op_free(&op);
-    batch_done(r, go_on_now);
+    check_stopped(r);
 }
 
-static void finish_batch(tms_relay_t *r)
+/* Refresh the pending-events gauge (an index-only count). */
+static void count_pending(tms_relay_t *r)
 {
-    int full = r->batch && r->batch->nevents == BATCH;
-    int go_on_now = (r->again || full) && r->nfailed == 0;
-    if (r->nfailed)
-        r->again = 0; /* retry after the poll interval, not in a tight loop */
     tms_outbox_op_t *op;
-    tms_outbox_op_free(&r->batch);
-    free(r->accepted);
-    r->accepted = NULL;
-    r->naccepted = r->nfailed = 0;
-    if (r->stopping) {
-        batch_done(r, 0);
+    if (r->counting || r->stopping || uv_now(r->loop) < r->counted_at + COUNT_EVERY_MS)
         return;
-    }
-    /* Refresh the pending-events gauge (an index-only count) as the batch's last
-     * step, so that nothing of the relay is in flight once it is idle. */
+    r->counted_at = uv_now(r->loop);
     op = tms_outbox_op_new(TMS_OUTBOX_PENDING);
     op->msg.reply_to = r->replies;
     op->msg.cont = on_counted;
     op->msg.ctx = r;
-    op->limit = go_on_now;
+    r->counting = 1;
     if (tms_outbox_submit(r->outbox, &op) != 0) {
         tms_outbox_op_free(&op);
-        batch_done(r, go_on_now);
+        r->counting = 0;
     }
 }
+
+static void mark_sent(tms_relay_t *r);
+static void forget_in_flight(tms_relay_t *r, int64_t seq);
 
 static void on_marked(tms_msg_t *msg)
 {
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
     tms_relay_t *r = msg->ctx;
-    if (op->err.code != TMS_OK)
+    int was_full = r->ninflight >= MAX_INFLIGHT;
+    r->marking = 0;
+    if (op->err.code != TMS_OK) /* pending still: fetched and published again */
         tms_log_warn("outbox_mark_failed", "events=%zu error=%s", op->nseqs,
                      tms_status_name(op->err.code));
+    for (size_t i = 0; i < op->nseqs; i++)
+        forget_in_flight(r, op->seqs[i]);
     tms_outbox_op_free(&op);
-    finish_batch(r);
+    if (r->again || was_full)
+        schedule(r, 0); /* the fetch that waited for this mark */
+    mark_sent(r);       /* those accepted meanwhile */
+    check_stopped(r);
 }
 
+/* The accepted events so far, in one mark op. One outbox op of the relay's out at a
+ * time, a fetch or a mark: a fetch that ran before a mark committed cannot answer
+ * after it with events already marked (PostgreSQL runs ops on several connections). */
 static void mark_sent(tms_relay_t *r)
 {
     tms_outbox_op_t *op;
-    if (r->naccepted == 0) {
-        finish_batch(r);
+    if (r->marking || r->fetching || r->naccepted == 0)
         return;
-    }
     op = tms_outbox_op_new(TMS_OUTBOX_MARK_SENT);
     op->msg.reply_to = r->replies;
     op->msg.cont = on_marked;
@@ -139,72 +155,149 @@ static void mark_sent(tms_relay_t *r)
     op->seqs = r->accepted;
     op->nseqs = r->naccepted;
     r->accepted = NULL;
+    r->naccepted = r->cap_accepted = 0;
+    r->marking = 1;
     if (tms_outbox_submit(r->outbox, &op) != 0) {
-        tms_outbox_op_free(&op); /* sent again next batch; consumers dedup */
-        finish_batch(r);
+        for (size_t i = 0; i < op->nseqs; i++) /* pending: published again */
+            forget_in_flight(r, op->seqs[i]);
+        tms_outbox_op_free(&op);
+        r->marking = 0;
     }
+}
+
+static int in_flight(const tms_relay_t *r, int64_t seq)
+{
+    for (size_t i = 0; i < r->ninflight; i++) {
+        if (r->inflight[i] == seq)
+            return 1;
+    }
+    return 0;
+}
+
+static void forget_in_flight(tms_relay_t *r, int64_t seq)
+{
+    for (size_t i = 0; i < r->ninflight; i++) {
+        if (r->inflight[i] == seq) {
+            r->inflight[i] = r->inflight[--r->ninflight];
+            return;
+        }
+    }
+}
+
+static void failed_one(tms_relay_t *r)
+{
+    tms_counter_add(r->failed, 1);
+    r->backoff_until = uv_now(r->loop) + r->poll_ms;
 }
 
 static void on_published(void *ctx, int status)
 {
     publish_ctx_t *p = ctx;
     tms_relay_t *r = p->relay;
-    if (status == 0) {
+    int was_full = r->ninflight >= MAX_INFLIGHT;
+    if (status != 0)
+        forget_in_flight(r, p->seq); /* pending: fetched again after the back-off */
+    if (status == 0) { /* in flight until marked sent, so no fetch publishes it again */
+        if (r->naccepted == r->cap_accepted) {
+            r->cap_accepted = r->cap_accepted ? 2 * r->cap_accepted : 64;
+            r->accepted = tms_realloc(r->accepted, r->cap_accepted * sizeof(int64_t));
+        }
         r->accepted[r->naccepted++] = p->seq;
         tms_counter_add(r->published, 1);
     } else {
-        r->nfailed++;
-        tms_counter_add(r->failed, 1);
+        failed_one(r);
     }
     free(p);
-    if (--r->outstanding == 0)
-        mark_sent(r);
+    mark_sent(r);
+    if (was_full && r->ninflight < MAX_INFLIGHT && !r->stopping)
+        schedule(r, 0); /* room again: fetch what waited */
+    check_stopped(r);
+}
+
+/* What comes after a fetch: at once when more may be waiting (a full fetch, or a kick
+ * meanwhile), unless a publish failed (then after the back-off); else at the poll. */
+static void plan_next(tms_relay_t *r, int full)
+{
+    uint64_t now = uv_now(r->loop);
+    int now_more = full || r->again;
+    r->again = 0;
+    if (r->stopping)
+        return;
+    if (r->backoff_until > now)
+        schedule(r, r->backoff_until - now);
+    else
+        schedule(r, now_more ? 0 : r->poll_ms);
+    count_pending(r); /* after a fetch, at most every COUNT_EVERY_MS */
 }
 
 static void on_fetched(tms_msg_t *msg)
 {
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
     tms_relay_t *r = msg->ctx;
-    r->batch = op;
-    if (op->err.code != TMS_OK || op->nevents == 0) {
-        if (op->err.code != TMS_OK)
-            r->nfailed = 1;
-        finish_batch(r);
+    size_t handed = 0;
+    r->fetching = 0;
+    if (op->err.code != TMS_OK) {
+        r->backoff_until = uv_now(r->loop) + r->poll_ms;
+        tms_outbox_op_free(&op);
+        plan_next(r, 0);
+        check_stopped(r);
         return;
     }
-    r->accepted = tms_calloc(op->nevents, sizeof(int64_t));
-    /* Count every publish before starting any, so a completion that runs early
-     * cannot see outstanding reach zero mid-loop. */
-    r->outstanding = op->nevents + 1;
-    for (size_t i = 0; i < op->nevents; i++) {
+    for (size_t i = 0; i < op->nevents && !r->stopping; i++) {
         tms_outbox_event_t *e = &op->events[i];
-        publish_ctx_t *p = tms_new(publish_ctx_t);
+        publish_ctx_t *p;
+        if (in_flight(r, e->seq))
+            continue;
+        if (handed == BATCH || r->ninflight >= MAX_INFLIGHT)
+            break;
+        p = tms_new(publish_ctx_t);
         p->relay = r;
         p->seq = e->seq;
+        /* in flight before the publish: done may run inside it */
+        r->inflight[r->ninflight++] = e->seq;
+        handed++;
         if (r->bus->publish(r->bus, e->topic, e->key, e->payload, strlen(e->payload), on_published,
                             p) != 0) {
+            forget_in_flight(r, e->seq);
             free(p);
-            r->nfailed++;
-            tms_counter_add(r->failed, 1);
-            r->outstanding--;
+            failed_one(r);
         }
     }
-    if (--r->outstanding == 0)
-        mark_sent(r);
+    tms_outbox_op_free(&op);
+    plan_next(r, handed == BATCH);
+    mark_sent(r); /* accepted while the fetch was out, or inside publish */
+    check_stopped(r);
 }
 
 static void run_batch(tms_relay_t *r)
 {
-    tms_outbox_op_t *op = tms_outbox_op_new(TMS_OUTBOX_FETCH);
-    r->busy = 1;
+    tms_outbox_op_t *op;
+    uint64_t now = uv_now(r->loop);
+    if (r->stopping)
+        return;
+    if (r->fetching || r->marking) {
+        r->again = 1; /* after the op out (on_fetched, on_marked) */
+        return;
+    }
+    if (r->ninflight >= MAX_INFLIGHT)
+        return; /* a done makes room and fetches */
+    if (r->backoff_until > now) {
+        schedule(r, r->backoff_until - now);
+        return;
+    }
+    r->backoff_until = 0;
+    op = tms_outbox_op_new(TMS_OUTBOX_FETCH);
     op->msg.reply_to = r->replies;
     op->msg.cont = on_fetched;
     op->msg.ctx = r;
-    op->limit = BATCH;
+    /* those in flight come back too (still pending): skipped */
+    op->limit = BATCH + (int)r->ninflight;
+    r->fetching = 1;
     if (tms_outbox_submit(r->outbox, &op) != 0) {
         tms_outbox_op_free(&op);
-        r->nfailed = 1;
-        finish_batch(r);
+        r->fetching = 0;
+        r->backoff_until = now + r->poll_ms;
+        plan_next(r, 0);
     }
 }
 
@@ -221,6 +314,7 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
     r->outbox = outbox;
     r->bus = bus;
     r->poll_ms = poll_ms ? poll_ms : 1000;
+    r->inflight = tms_calloc(MAX_INFLIGHT, sizeof(int64_t));
     r->timer = tms_new(uv_timer_t);
     uv_timer_init(loop, r->timer);
     r->timer->data = r;
@@ -255,7 +349,7 @@ void tms_relay_kick(tms_relay_t *r)
     }
     if (r->stopping)
         return;
-    if (r->busy)
+    if (r->fetching || r->marking)
         r->again = 1;
     else
         schedule(r, 0);
@@ -263,7 +357,7 @@ void tms_relay_kick(tms_relay_t *r)
 
 int tms_relay_busy(tms_relay_t *r)
 {
-    return r->busy;
+    return !r->remote && !idle(r);
 }
 
 void tms_relay_stop(tms_relay_t *r, void (*on_stopped)(void *arg), void *arg)
@@ -277,8 +371,8 @@ void tms_relay_stop(tms_relay_t *r, void (*on_stopped)(void *arg), void *arg)
     uv_timer_stop(r->timer);
     r->on_stopped = on_stopped;
     r->stopped_arg = arg;
-    if (!r->busy && on_stopped)
-        on_stopped(arg);
+    mark_sent(r); /* accepted ones still unmarked */
+    check_stopped(r);
 }
 
 static void on_timer_closed(uv_handle_t *h) /* the timer and the wake-up */
@@ -299,7 +393,7 @@ void tms_relay_free(tms_relay_t **pr)
     uv_close((uv_handle_t *)r->timer, on_timer_closed);
     uv_close((uv_handle_t *)r->wake, on_timer_closed);
     tms_mailbox_free(&r->replies);
-    tms_outbox_op_free(&r->batch);
+    free(r->inflight);
     free(r->accepted);
     free(r);
 }

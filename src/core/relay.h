@@ -1,7 +1,9 @@
 /* The outbox relay: moves committed events from a store's outbox to the event bus.
- * One batch at a time, in outbox order: fetch pending events, publish each, and mark
- * sent exactly those the bus accepted. Runs when kicked after a write, and on a
- * timer so that events left by a crash or a failed publish go out too. */
+ * Pipelined, in outbox order: fetch the pending events not in flight, publish each,
+ * and go on without waiting for the bus (an event it holds, a mail backing off,
+ * delays no other); mark sent exactly those the bus accepted, as they are accepted.
+ * Runs when kicked after a write, and on a timer so that events left by a crash or a
+ * failed publish (retried after the poll interval) go out too. */
 #ifndef TMS_CORE_RELAY_H
 #define TMS_CORE_RELAY_H
 
@@ -26,10 +28,11 @@ tms_relay_t *tms_relay_remote_new(tms_relay_t *relay);
  * relay's loop thread (any thread for a remote relay). */
 void tms_relay_kick(tms_relay_t *relay);
 
-/** True while a batch is in flight. */
+/** True while an outbox op or a publish is in flight. */
 int tms_relay_busy(tms_relay_t *relay);
 
-/** Stop polling; a batch in flight finishes. on_stopped(arg) runs when idle. */
+/** Stop polling; publishes in flight finish and are marked. on_stopped(arg) runs when
+ * idle. */
 void tms_relay_stop(tms_relay_t *relay, void (*on_stopped)(void *arg), void *arg);
 
 /** Free a stopped relay (after on_stopped; handles close asynchronously). */

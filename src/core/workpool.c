@@ -1,8 +1,12 @@
+#define _GNU_SOURCE /* pthread_setname_np, gettid */
 #include "core/workpool.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <sodium.h>
 
@@ -20,6 +24,7 @@ struct tms_job_key {
 struct tms_workpool {
     tms_mailbox_t *queue;
     int nthreads;
+    int nice; /* of each worker thread (Linux: nice is per thread) */
     pthread_t *threads;
     pthread_mutex_t keys_lock; /* the key table */
     tms_job_key_t **buckets;   /* power of two; at most one key per job in the pool */
@@ -86,6 +91,9 @@ static void *worker(void *arg)
 {
     tms_workpool_t *pool = arg;
     tms_msg_t *msg;
+    /* Best effort: raising one's own nice value needs no privilege. */
+    if (pool->nice > 0)
+        (void)setpriority(PRIO_PROCESS, (id_t)gettid(), pool->nice);
     /* take() returns NULL only once the queue is closed and drained. */
     while ((msg = tms_mailbox_take(pool->queue, -1)) != NULL) {
         tms_job_t *job = (tms_job_t *)msg;
@@ -102,7 +110,13 @@ static void *worker(void *arg)
 
 tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
 {
+    return tms_workpool_new_nice(name, threads, capacity, 0);
+}
+
+tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capacity, int nice)
+{
     tms_workpool_t *pool = tms_new(tms_workpool_t);
+    pool->nice = nice < 0 ? 0 : nice > 19 ? 19 : nice;
     pool->queue = tms_mailbox_new_threaded(name, capacity);
     pool->nthreads = threads > 0 ? threads : 1;
     pool->threads = tms_calloc((size_t)pool->nthreads, sizeof(pthread_t));
@@ -113,8 +127,12 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
         tms_oom(__FILE__, __LINE__);
     randombytes_buf(pool->seed, sizeof(pool->seed));
     for (int i = 0; i < pool->nthreads; i++) {
+        char tname[16];
         if (pthread_create(&pool->threads[i], NULL, worker, pool) != 0)
             tms_oom(__FILE__, __LINE__);
+        /* ps, top and perf then tell the pools apart (not the loop's name, inherited) */
+        snprintf(tname, sizeof(tname), "tms-%s", name);
+        pthread_setname_np(pool->threads[i], tname);
     }
     return pool;
 }

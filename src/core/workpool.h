@@ -23,6 +23,11 @@ struct tms_job {
 /** Start `threads` workers sharing a queue of at most `capacity` jobs. Never NULL. */
 tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity);
 
+/** The same with the workers at nice value `nice` (0..19, clamped): the kernel then
+ * gives the loops the CPU first, and the pool the rest (work that may lag behind a
+ * burst: mail files, password hashes). */
+tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capacity, int nice);
+
 /** Queue a job; takes ownership and clears *job on success. Returns 0, -TMS_EFULL
  * (queue full: answer UNAVAILABLE) or -TMS_ECLOSED. */
 int tms_workpool_submit(tms_workpool_t *pool, tms_job_t **job);

@@ -200,13 +200,17 @@ bool server_smtp_url(const char *url)
 }
 
 /* The mailer of mail.url (worker 0 only: it alone runs the notifier), SMTP or
- * Maildir, sending on its own pool. */
+ * Maildir, sending on its own pool. Its threads run at nice MAIL_NICE: rendering and
+ * writing a mail (two fsyncs for Maildir) then takes the CPU the loops leave, so a
+ * burst of assigning creates is answered first and its mails follow (issue 20). */
+#define MAIL_NICE 10
 int server_open_mailer(tms_server_t *s)
 {
     const tms_config_t *cfg = s->cfg;
     char err[512];
     const char *maildir = cfg->mail.url + strlen("maildir://");
-    s->mail_pool = tms_workpool_new("mail", 2, (size_t)cfg->server.mailbox_capacity);
+    s->mail_pool =
+        tms_workpool_new_nice("mail", 2, (size_t)cfg->server.mailbox_capacity, MAIL_NICE);
     if (server_smtp_url(cfg->mail.url)) {
         tms_smtp_options_t opt = server_smtp_options(cfg);
         s->mailer = tms_smtp_new(s->loop, &opt, s->mail_pool, err, sizeof(err));

@@ -134,6 +134,10 @@ int server_open_users(tms_server_t *s, tms_user_store_t **store, tms_outbox_t **
 int server_open_tasks(tms_server_t *s, tms_task_store_t **store, tms_outbox_t **outbox);
 int server_open_bus(tms_server_t *s);
 int server_open_mailer(tms_server_t *s);
+
+/* The hash threads for auth.hash_threads: at most the CPUs this process may run on
+ * less one, at least 1. */
+int server_hash_threads(int64_t configured);
 /* The stores' migrations on the calling thread: 0, or -1 with one line in err (not
  * printed). */
 int server_migrate_stores(const tms_config_t *cfg, char *err, size_t err_len);

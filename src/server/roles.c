@@ -3,6 +3,8 @@
  * with a proxy mailbox that callers post to as if it were the actor's own (a split
  * deployment). Also the REST handler every process has (/healthz, /readyz, /metrics,
  * and the API on a gateway). */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -12,6 +14,21 @@
  * push.max_events. */
 #define PUSH_PURGE_MS 5000
 #include "server/internal.h"
+
+/* Password hashes (argon2id: tens of ms of CPU and memory bandwidth each) run at this
+ * nice value, on fewer threads than the CPUs the process may use: during a login storm
+ * the loops keep a core and most of the CPU, and hashes queue (issue 20). */
+#define HASH_NICE 10
+
+int server_hash_threads(int64_t configured)
+{
+    cpu_set_t set;
+    int cpus = 0, cap;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0)
+        cpus = CPU_COUNT(&set);
+    cap = cpus > 1 ? cpus - 1 : 1;
+    return configured < cap ? (int)configured : cap;
+}
 
 /* What every worker shares: worker 0 makes the cache and the limits (and opens the
  * embedded stores and hash threads in server_start_roles); the others borrow all of it. */
@@ -204,8 +221,8 @@ static int start_relays(tms_server_t *s, unsigned roles)
         s->users_relay = s->users_outbox == s->tasks_outbox && s->tasks_relay
                              ? s->tasks_relay
                              : tms_relay_new(s->loop, s->users_outbox, s->bus, 1000);
-        s->hashers =
-            tms_workpool_new("hash", (int)cfg->auth.hash_threads, (size_t)cfg->auth.hash_queue);
+        s->hashers = tms_workpool_new_nice("hash", server_hash_threads(cfg->auth.hash_threads),
+                                           (size_t)cfg->auth.hash_queue, HASH_NICE);
     }
     return 0;
 }
@@ -231,6 +248,7 @@ static void start_auth(tms_server_t *s)
             .user_cache = s->user_cache,
             .dummy_hash = s->primary ? tms_auth_dummy_hash(s->primary->auth) : NULL,
             .hash_per_address = (size_t)cfg->auth.hash_per_address,
+            .hash_queue_ms = (uint64_t)cfg->auth.hash_queue_ms,
             .ipv6_prefix = (unsigned)cfg->ratelimit.ipv6_prefix,
             .registration = strcmp(cfg->auth.registration, "admin") == 0 ? TMS_REGISTRATION_ADMIN
                             : strcmp(cfg->auth.registration, "closed") == 0

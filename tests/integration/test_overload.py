@@ -132,3 +132,77 @@ def test_one_address_flooding_logins_does_not_lock_out_another(make_server):
     assert statuses.count(503) == 0, "the flood itself filled the queue"
     m = re.search(r"^tms_auth_hash_refused_total (\d+)", srv.get("/metrics").text, re.M)
     assert m and int(m.group(1)) == statuses.count(429), m
+
+
+def metric_total(srv, name):
+    text = srv.get("/metrics").text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name) and not line.startswith("#"))
+
+
+def test_hash_queued_past_auth_hash_queue_ms_answers_503_without_hashing(make_server):
+    """Issue 20: a password hash that waited longer than auth.hash_queue_ms in the queue
+    is not computed; its register answers 503 UNAVAILABLE (nothing written: the same
+    email registers afterwards), so a login storm cannot make answers wait without
+    bound behind the hash threads."""
+    import concurrent.futures
+
+    deadline_ms = 100
+    srv = make_server(settings={"auth.hash_threads": 1, "auth.hash_queue": 64,
+                                "auth.hash_queue_ms": deadline_ms})
+    register(srv)  # warm-up
+    alone = statistics.median(register(srv)[1] for _ in range(3))
+    # enough registers that the last ones wait well past the deadline
+    n = min(64, max(8, int(4 * deadline_ms / 1000 / alone) + 2))
+    emails = [unique_email("queued") for _ in range(n)]
+
+    def one(email):
+        t0 = time.monotonic()
+        r = requests.post(srv.url("/api/auth/register"), timeout=30,
+                          json={"email": email, "password": DEFAULT_PASSWORD})
+        return email, r, time.monotonic() - t0
+
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(one, emails))
+    ok = [e for e, r, _ in results if r.status_code == 201]
+    late = [(e, r, d) for e, r, d in results if r.status_code == 503]
+    print(f"alone {alone * 1000:.0f} ms, {n} at once: {len(ok)} x 201, {len(late)} x 503")
+    assert sorted(r.status_code for _, r, _ in results if r.status_code not in (201, 503)) == []
+    assert ok, "the hash at the head of the queue was refused"
+    assert late, "no hash waited past auth.hash_queue_ms"
+    for _, r, d in late:
+        assert_error(r, 503, "UNAVAILABLE")
+        # refused once it reached a thread: the deadline plus one hash ahead of it
+        assert d < deadline_ms / 1000 + 3 * alone + 2.0, f"a 503 took {d:.2f} s"
+    # the accepted ones did not wait much longer than the deadline either
+    assert max(d for _, r, d in results if r.status_code == 201) < \
+        deadline_ms / 1000 + 3 * alone + 2.0
+    assert metric_total(srv, "tms_auth_hash_expired_total") == len(late)
+    # nothing was written for a refused register
+    email = late[0][0]
+    r = requests.post(srv.url("/api/auth/register"), timeout=30,
+                      json={"email": email, "password": DEFAULT_PASSWORD})
+    assert r.status_code == 201, r.text
+
+
+def test_hash_threads_leave_a_cpu_and_run_niced(make_server):
+    """Issue 20: hashes never take every CPU from the loops. On one CPU (the process's
+    affinity), auth.hash_threads=4 runs one hashing thread, at nice 10."""
+    import os
+
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        srv = make_server(settings={"auth.hash_threads": 4})
+    finally:
+        os.sched_setaffinity(0, before)
+    srv.register(unique_email("niced"))
+    tasks = f"/proc/{srv.proc.pid}/task"
+    hashers = []
+    for tid in os.listdir(tasks):
+        with open(f"{tasks}/{tid}/comm") as f:
+            if f.read().strip() == "tms-hash":
+                with open(f"{tasks}/{tid}/stat") as s:
+                    stat = s.read()
+                hashers.append(int(stat[stat.rindex(")") + 2:].split()[16]))  # nice
+    assert hashers == [10], hashers

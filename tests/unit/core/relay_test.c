@@ -2,6 +2,7 @@
  * events go out in seq order, only accepted ones are marked sent, refused ones are
  * retried on the next poll, and a kick runs a batch at once. */
 #include <pthread.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "core/alloc.h"
@@ -10,11 +11,13 @@
 #include "test.h"
 
 #define N 5
+#define MAX_EVENTS 16
 
 typedef struct fake_outbox {
     tms_outbox_t port;
-    int sent[N + 1]; /* by seq */
+    int sent[MAX_EVENTS + 1]; /* by seq */
     int fetches;
+    int n; /* events written (seq 1..n); 0: N */
 } fake_outbox_t;
 
 static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
@@ -24,8 +27,9 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     *pop = NULL;
     if (op->msg.op == TMS_OUTBOX_FETCH) {
         o->fetches++;
-        op->events = tms_calloc(N, sizeof(tms_outbox_event_t));
-        for (int seq = 1; seq <= N && (int)op->nevents < op->limit; seq++) {
+        int n = o->n ? o->n : N;
+        op->events = tms_calloc((size_t)n, sizeof(tms_outbox_event_t));
+        for (int seq = 1; seq <= n && (int)op->nevents < op->limit; seq++) {
             if (o->sent[seq])
                 continue;
             tms_outbox_event_t *e = &op->events[op->nevents++];
@@ -45,6 +49,9 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
 typedef struct fake_bus {
     tms_event_bus_t port;
     int refuse_key; /* publish of this key fails (async) */
+    int hold_key;   /* publish of this key is done only when released (a mail backing off) */
+    tms_publish_done_fn held_done;
+    void *held_ctx;
     int order[64];
     int n;
 } fake_bus_t;
@@ -56,8 +63,65 @@ static int bus_publish(tms_event_bus_t *self, const char *topic, const char *key
     int k = atoi(key);
     if (b->n < 64)
         b->order[b->n++] = k;
+    if (k == b->hold_key) {
+        b->held_done = done;
+        b->held_ctx = ctx;
+        return 0;
+    }
     done(ctx, k == b->refuse_key ? -TMS_EIO : 0);
     return 0;
+}
+
+static void run_for(uv_loop_t *loop, uint64_t ms, const int *until_set)
+{
+    uint64_t until = uv_now(loop) + ms;
+    while (uv_now(loop) < until && !(until_set && *until_set)) {
+        uv_run(loop, UV_RUN_NOWAIT); /* the 10 s poll timer must not block it */
+        usleep(1000);
+        uv_update_time(loop);
+    }
+}
+
+/* Issue 20: no head-of-line blocking. An event the bus holds (a mail backing off on
+ * the embedded bus) delays no other: the events after it, and those written while it
+ * is held, are published and marked sent; it is not published twice while held, and
+ * it is marked once it is done. */
+static void test_held_event_delays_no_other(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}};
+    fake_bus_t b = {.port = {.name = "fake", .publish = bus_publish}, .hold_key = 2};
+    tms_relay_t *r;
+    int published2 = 0;
+    uv_loop_init(&loop);
+    r = tms_relay_new(&loop, &o.port, &b.port, 10000); /* only kicks run it */
+    run_for(&loop, 2000, &o.sent[5]);
+    CHECK_EQ_INT(o.sent[1] + o.sent[3] + o.sent[4] + o.sent[5], 4);
+    CHECK_EQ_INT(o.sent[2], 0);
+    CHECK(b.held_done != NULL);
+    /* Written while 2 is held: out at the kick, without waiting for 2. */
+    o.n = 8;
+    tms_relay_kick(r);
+    run_for(&loop, 2000, &o.sent[8]);
+    CHECK_EQ_INT(o.sent[6] + o.sent[7] + o.sent[8], 3);
+    CHECK_EQ_INT(o.sent[2], 0);
+    tms_relay_kick(r); /* another fetch while 2 is still held: 2 is not published again */
+    run_for(&loop, 50, NULL);
+    for (int i = 0; i < b.n; i++)
+        published2 += b.order[i] == 2;
+    CHECK_EQ_INT(published2, 1);
+    /* 2 is done at last: marked sent. */
+    b.held_done(b.held_ctx, 0);
+    run_for(&loop, 2000, &o.sent[2]);
+    CHECK_EQ_INT(o.sent[2], 1);
+    for (int seq = 1; seq <= 8; seq++)
+        CHECK_EQ_INT(o.sent[seq], 1);
+    tms_relay_stop(r, NULL, NULL);
+    while (tms_relay_busy(r))
+        uv_run(&loop, UV_RUN_ONCE);
+    tms_relay_free(&r);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
 static void test_relay(void)
@@ -152,5 +216,6 @@ int main(void)
 {
     RUN_TEST(test_relay);
     RUN_TEST(test_remote_kick);
+    RUN_TEST(test_held_event_delays_no_other);
     TEST_EXIT();
 }

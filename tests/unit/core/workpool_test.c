@@ -1,7 +1,9 @@
 /* The hash pool's per-key limit (issue 17 item 12): one client address may only have
  * max_per_key jobs queued or running, so a few addresses cannot fill the queue. */
+#define _GNU_SOURCE /* gettid */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -112,9 +114,35 @@ static void test_many_keys(void)
     CHECK_EQ_INT(atomic_load(&freed), 2000);
 }
 
+static atomic_int seen_nice = -100;
+
+static void run_nice(tms_job_t *job)
+{
+    (void)job;
+    atomic_store(&seen_nice, getpriority(PRIO_PROCESS, (id_t)gettid()));
+    atomic_fetch_add(&ran, 1);
+}
+
+/* Issue 20: a pool made with a nice value runs its jobs at it (the loops keep the CPU
+ * during a burst of mail or hashes); the submitting thread keeps its own. */
+static void test_nice(void)
+{
+    int own = getpriority(PRIO_PROCESS, (id_t)gettid());
+    tms_workpool_t *pool = tms_workpool_new_nice("mail", 1, 4, 10);
+    tms_job_t *job = new_job();
+    atomic_store(&ran, 0);
+    job->run = run_nice;
+    CHECK_EQ_INT(tms_workpool_submit(pool, &job), 0);
+    tms_workpool_free(&pool);
+    CHECK_EQ_INT(atomic_load(&ran), 1);
+    CHECK_EQ_INT(atomic_load(&seen_nice), own > 10 ? own : 10);
+    CHECK_EQ_INT(getpriority(PRIO_PROCESS, (id_t)gettid()), own);
+}
+
 int main(void)
 {
     RUN_TEST(test_per_key_limit);
     RUN_TEST(test_many_keys);
+    RUN_TEST(test_nice);
     TEST_EXIT();
 }

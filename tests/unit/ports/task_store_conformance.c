@@ -764,6 +764,45 @@ static void test_idempotency(void)
     close_store(&s);
 }
 
+#define SAME_KEY 8
+
+static tms_task_op_t *same_key[SAME_KEY];
+static int nsame_key;
+
+static void on_same_key(tms_msg_t *msg)
+{
+    same_key[nsame_key++] = (tms_task_op_t *)msg;
+}
+
+/* Creates with one key sent at once (on PostgreSQL they go out on several
+ * connections): one writes the task and its event, every other replays it. */
+static void test_idempotency_concurrent(void)
+{
+    store_t s = open_store(backend);
+    const char *h = "3333333333333333333333333333333333333333333333333333333333333333";
+    int fresh = 0;
+    int64_t id;
+    nsame_key = 0;
+    for (int i = 0; i < SAME_KEY; i++) {
+        tms_task_op_t *op = idem_op(U1, "key-c", h, T0 + i);
+        op->msg.cont = on_same_key;
+        CHECK_EQ_INT(tms_task_store_submit(s.tasks, &op), 0);
+    }
+    while (nsame_key < SAME_KEY)
+        uv_run(&loop, UV_RUN_ONCE);
+    id = same_key[0]->task.id;
+    for (int i = 0; i < SAME_KEY; i++) {
+        CHECK_EQ_INT(same_key[i]->err.code, TMS_OK);
+        CHECK_EQ_INT(same_key[i]->task.id, id);
+        fresh += !same_key[i]->replayed;
+        tms_task_op_free(&same_key[i]);
+    }
+    CHECK_EQ_INT(fresh, 1);
+    CHECK_EQ_INT(count_tasks(&s), 1);
+    CHECK_EQ_INT(pending(&s), 1);
+    close_store(&s);
+}
+
 static int nanswered;
 
 static void count_reply(tms_msg_t *msg)
@@ -854,6 +893,7 @@ static void tests(const adapter_t *a)
     RUN_TEST(test_unassign_user);
     RUN_TEST(test_push_log);
     RUN_TEST(test_idempotency);
+    RUN_TEST(test_idempotency_concurrent);
     RUN_TEST(test_lifecycle);
     RUN_TEST(test_metrics);
 }

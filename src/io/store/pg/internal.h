@@ -22,14 +22,19 @@ typedef struct tms_pg_stmt {
     const char *sql;
 } tms_pg_stmt_t;
 
-/* One operation as one statement call: what pg.c sends. values[] may point into the
+/* One operation as one statement call (or two): what pg.c sends. values[] may point into the
  * op (it outlives the send) or into num[]/heap, which live until the op completes. */
 typedef struct tms_pg_call {
     const char *stmt;
     int nparams;
     const char *values[TMS_PG_MAX_PARAMS];
-    char num[8][24];
-    char *heap; /* freed with the call */
+    /* Optional: a statement sent first, in the same implicit transaction (one sync for
+     * both; an error in either rolls back both); its rows are dropped (a lock). */
+    const char *first_stmt;
+    int first_nparams;
+    const char *first_values[4];
+    char num[8][32]; /* numbers, times */
+    char *heap;      /* freed with the call */
 } tms_pg_call_t;
 
 /* What pg.c needs from a port's SQL (tasks.c, outbox.c). */

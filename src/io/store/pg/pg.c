@@ -1,8 +1,9 @@
 /* The PostgreSQL pool: a few libpq connections in non-blocking pipeline mode, each
  * socket on a uv_poll of the owning loop, a bounded FIFO of operations waiting for a
  * connection, per-op deadlines, and reconnection with exponential backoff and
- * jitter. Every operation is one prepared statement followed by a sync, so a failed
- * statement aborts only itself and results come back in order. Ports (tasks.c,
+ * jitter. Every operation is one prepared statement (or two, in one transaction)
+ * followed by a sync, so a failed statement aborts only its op and results come back
+ * in order. Ports (tasks.c,
  * outbox.c) turn ops into statement calls and results back into ops. */
 #include "io/store/pg/pg.h"
 
@@ -34,7 +35,7 @@ struct req {
     uint64_t deadline; /* uv_now ms */
     int nq;            /* statements before the sync */
     int ngot;          /* results read */
-    PGresult *res;     /* the first result */
+    PGresult *res;     /* the last statement's result */
     PGresult *err;     /* the first error */
 };
 
@@ -547,12 +548,10 @@ static void drain_results(conn_t *c)
             else
                 PQclear(res);
             break;
-        default:
+        default: /* the op's outcome is its last statement's */
             r->ngot++;
-            if (!r->res)
-                r->res = res;
-            else
-                PQclear(res);
+            PQclear(r->res);
+            r->res = res;
             break;
         }
         if (c->state == DOWN)
@@ -605,7 +604,10 @@ static conn_t *pick(tms_pg_t *pg)
 
 static void send_req(conn_t *c, req_t *r)
 {
-    bool sent = PQsendQueryPrepared(c->pq, r->call.stmt, r->call.nparams, r->call.values, NULL,
+    bool sent = (!r->call.first_stmt ||
+                 PQsendQueryPrepared(c->pq, r->call.first_stmt, r->call.first_nparams,
+                                     r->call.first_values, NULL, NULL, 0) == 1) &&
+                PQsendQueryPrepared(c->pq, r->call.stmt, r->call.nparams, r->call.values, NULL,
                                     NULL, 0) == 1 &&
                 PQpipelineSync(c->pq) == 1;
     r->next = NULL;

@@ -6,6 +6,7 @@
 #define TMS_IO_SQLITE_INTERNAL_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdatomic.h>
 #include <sqlite3.h>
 #include <stddef.h>
@@ -24,12 +25,21 @@
  * untagged message is caught. */
 #define TMS_SQLITE_PORT_SHIFT 16
 
+/* Ops the db thread takes from its queue at once; their writes share one commit. */
+#define TMS_SQLITE_GROUP_MAX 256
+
 /* What the db thread needs from a port's SQL (users.c, tasks.c, outbox.c). */
 typedef struct tms_sqlite_port {
     const char *name;
     /** After the database is open: allocate the port's state (statement cache).
      * Never NULL. */
     void *(*start)(sqlite3 *db);
+    /** True when op writes. A write runs inside the db thread's group transaction, in
+     * a savepoint of its own that is rolled back when run leaves an error in the op
+     * (so run opens no transaction and leaves nothing half done that an error would
+     * keep); it is answered after the group's COMMIT. Other ops run outside any
+     * transaction, on committed data, and are answered at once. */
+    bool (*writes)(int op);
     /** Run one operation (op code in range, outputs reset) and store its outcome in
      * msg; the db thread replies. */
     void (*run)(void *state, sqlite3 *db, tms_msg_t *msg);
@@ -58,6 +68,7 @@ struct tms_sqlite {
     tms_mailbox_t *mb; /* threaded; consumed only by the owner thread */
     pthread_t thread;
     char *path;
+    tms_counter_t *commits, *group_writes; /* group commits and the writes in them */
     tms_sqlite_writes_t *writes;
     void *port_state[TMS_STORE_NPORTS]; /* owner thread only */
     /* start-up handshake: the owner thread reports whether open and migrate worked */

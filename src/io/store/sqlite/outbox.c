@@ -86,29 +86,25 @@ static int fetch(tms_outbox_op_t *op, sqlite3_stmt *st)
     return rc == SQLITE_ROW ? SQLITE_DONE : rc;
 }
 
-/* Marks every seq in one transaction: one fsync for the batch. */
-static int mark_sent(tms_outbox_op_t *op, sqlite3 *db, sqlite3_stmt *st)
+/* Marks every seq (in the op's savepoint of the group transaction: one fsync for all). */
+static int mark_sent(tms_outbox_op_t *op, sqlite3_stmt *st)
 {
     int64_t now = tms_now_ms();
-    int rc = tms__sqlite_exec(db, "BEGIN IMMEDIATE");
-    if (rc != SQLITE_OK)
-        return rc;
     for (size_t i = 0; i < op->nseqs; i++) {
+        int rc;
         sqlite3_bind_int64(st, 1, op->seqs[i]);
         sqlite3_bind_int64(st, 2, now);
         rc = sqlite3_step(st);
         sqlite3_reset(st);
-        if (rc != SQLITE_DONE) {
-            tms__sqlite_exec(db, "ROLLBACK");
+        if (rc != SQLITE_DONE)
             return rc;
-        }
-    }
-    rc = tms__sqlite_exec(db, "COMMIT");
-    if (rc != SQLITE_OK) {
-        tms__sqlite_exec(db, "ROLLBACK");
-        return rc;
     }
     return SQLITE_DONE;
+}
+
+static bool outbox_writes(int op)
+{
+    return op == TMS_OUTBOX_MARK_SENT || op == TMS_OUTBOX_ADD || op == TMS_INBOX_RECORD;
 }
 
 static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
@@ -127,7 +123,7 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
         rc = fetch(op, st);
         break;
     case TMS_OUTBOX_MARK_SENT:
-        rc = mark_sent(op, db, st);
+        rc = mark_sent(op, st);
         break;
     case TMS_OUTBOX_ADD: {
         tms_outbox_event_t *e = &op->event;
@@ -167,6 +163,7 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
 const tms_sqlite_port_t tms__sqlite_outbox_port = {
     .name = "outbox",
     .start = outbox_start,
+    .writes = outbox_writes,
     .run = outbox_run,
     .stop = outbox_stop,
 };

@@ -1,8 +1,11 @@
 #define _GNU_SOURCE /* pthread_setname_np */
 /* The generic SQLite owner thread: opens the database, serves the ports' messages
- * one at a time from its mailbox, and closes the database when the mailbox is
- * closed and drained. Ports (users.c, ...) know the SQL; this file knows the
- * thread and the mailbox. */
+ * from its mailbox, and closes the database when the mailbox is closed and drained.
+ * It takes every message queued at once and commits their writes together (group
+ * commit): one transaction and one fsync for all, a savepoint per write so that one
+ * failing write fails alone, and no write answered before the COMMIT. Ports
+ * (users.c, ...) know the SQL; this file knows the thread, the mailbox and the
+ * transactions. */
 #include "io/store/sqlite/sqlite.h"
 
 #include <stdio.h>
@@ -162,20 +165,130 @@ void tms__sqlite_writes_unref(tms_sqlite_writes_t *w)
         free(w);
 }
 
-static void dispatch(tms_sqlite_t *s, sqlite3 *db, tms_msg_t *msg)
+/* The port a queued message was tagged with by sqlite_submit; the tag is removed. */
+static tms_store_port_t untag(tms_msg_t *msg)
 {
     int tag = (int)((unsigned)msg->op >> TMS_SQLITE_PORT_SHIFT);
-    tms_store_port_t port = (tms_store_port_t)(tag - 1);
-    uint64_t t0 = tms_store_begin(&s->st);
     msg->op &= (1 << TMS_SQLITE_PORT_SHIFT) - 1;
     if (tag <= 0 || tag > TMS_STORE_NPORTS) { /* only submit posts here */
         tms_log_error("sqlite_bad_message", "port=%d op=%d", tag, msg->op);
         abort();
     }
-    ports[port]->run(s->port_state[port], db, msg);
-    if (!read_only(port, msg->op)) /* before the reply: whoever sees it reads it */
-        atomic_fetch_add(&s->writes->n, 1);
-    tms_store_reply(&s->st, port, msg, t0);
+    return (tms_store_port_t)(tag - 1);
+}
+
+/* Transaction control, prepared once. */
+enum { TX_BEGIN, TX_COMMIT, TX_ROLLBACK, TX_SAVEPOINT, TX_ROLLBACK_TO, TX_RELEASE, TX_COUNT };
+
+static const char *const tx_sql[TX_COUNT] = {
+    "BEGIN IMMEDIATE", "COMMIT", "ROLLBACK", "SAVEPOINT op", "ROLLBACK TO op", "RELEASE op",
+};
+
+typedef struct group {
+    sqlite3_stmt *tx[TX_COUNT];
+    tms_msg_t *msg[TMS_SQLITE_GROUP_MAX]; /* the writes of the group */
+    tms_store_port_t port[TMS_SQLITE_GROUP_MAX];
+    uint64_t began[TMS_SQLITE_GROUP_MAX];
+    size_t n;
+    tms_counter_t *commits, *writes;
+} group_t;
+
+static int tx(group_t *g, sqlite3 *db, int which)
+{
+    sqlite3_stmt *st = tms__sqlite_stmt(db, &g->tx[which], tx_sql[which]);
+    int rc;
+    if (!st)
+        return SQLITE_ERROR;
+    rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    return rc == SQLITE_DONE ? SQLITE_OK : rc;
+}
+
+/* Every write of the group that has no error of its own fails with err. */
+static void fail_group(group_t *g, size_t from, const tms_error_t *err)
+{
+    for (size_t i = from; i < g->n; i++) {
+        tms_error_t *e = tms_store_op_err(g->port[i], g->msg[i]);
+        if (e->code == TMS_OK)
+            *e = *err;
+    }
+}
+
+/* The group's writes in one transaction, each in a savepoint of its own (a failing
+ * write rolls back only itself), one COMMIT (one fsync with synchronous=FULL) for all,
+ * and only then the answers: no write is acknowledged before it is durable. */
+static void commit_group(tms_sqlite_t *s, group_t *g, sqlite3 *db)
+{
+    tms_error_t err = {0};
+    size_t i;
+    int rc = tx(g, db, TX_BEGIN);
+    if (rc != SQLITE_OK) {
+        tms__sqlite_fail(&err, db, rc, "begin");
+        fail_group(g, 0, &err);
+        goto reply;
+    }
+    for (i = 0; i < g->n; i++) {
+        tms_msg_t *msg = g->msg[i];
+        tms_store_port_t port = g->port[i];
+        if ((rc = tx(g, db, TX_SAVEPOINT)) != SQLITE_OK)
+            break;
+        ports[port]->run(s->port_state[port], db, msg);
+        if (tms_store_op_err(port, msg)->code != TMS_OK && !sqlite3_get_autocommit(db) &&
+            (rc = tx(g, db, TX_ROLLBACK_TO)) != SQLITE_OK)
+            break;
+        /* An I/O error or a full disk may have rolled back the whole transaction,
+         * and with it the writes before this one. */
+        if (sqlite3_get_autocommit(db)) {
+            rc = SQLITE_ABORT;
+            break;
+        }
+        if ((rc = tx(g, db, TX_RELEASE)) != SQLITE_OK)
+            break;
+    }
+    if (rc == SQLITE_OK) {
+        rc = tx(g, db, TX_COMMIT);
+        if (rc == SQLITE_OK) {
+            tms_counter_add(g->commits, 1);
+            tms_counter_add(g->writes, (uint64_t)g->n);
+            goto reply;
+        }
+    }
+    /* The transaction is lost: every write in it fails, those that had succeeded too
+     * (nothing of them is durable) and those not run yet; a refusal stays as it was. */
+    tms__sqlite_fail(&err, db, rc, rc == SQLITE_ABORT ? "group" : "commit");
+    fail_group(g, 0, &err);
+    if (!sqlite3_get_autocommit(db))
+        tx(g, db, TX_ROLLBACK);
+reply:
+    /* before the replies: whoever sees one reads it (the loop's readers, reader.c) */
+    atomic_fetch_add(&s->writes->n, (unsigned long)g->n);
+    for (i = 0; i < g->n; i++)
+        tms_store_reply(&s->st, g->port[i], g->msg[i], g->began[i]);
+    g->n = 0;
+}
+
+/* A batch taken from the queue: reads run and are answered at once, on committed
+ * data; the writes then commit together. Concurrent requests have no order among
+ * themselves, so answering the reads first keeps every answer consistent. */
+static void run_batch(tms_sqlite_t *s, group_t *g, sqlite3 *db, tms_msg_t **msgs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        tms_msg_t *msg = msgs[i];
+        tms_store_port_t port = untag(msg);
+        uint64_t t0 = tms_store_begin(&s->st);
+        if (ports[port]->writes(msg->op)) {
+            g->msg[g->n] = msg;
+            g->port[g->n] = port;
+            g->began[g->n++] = t0;
+            continue;
+        }
+        ports[port]->run(s->port_state[port], db, msg);
+        if (!read_only(port, msg->op)) /* before the reply: whoever sees it reads it */
+            atomic_fetch_add(&s->writes->n, 1);
+        tms_store_reply(&s->st, port, msg, t0);
+    }
+    if (g->n)
+        commit_group(s, g, db);
 }
 
 static void report_start(tms_sqlite_t *s, int rc)
@@ -191,7 +304,9 @@ static void *db_main(void *arg)
 {
     tms_sqlite_t *s = arg;
     sqlite3 *db = NULL;
-    tms_msg_t *msg;
+    tms_msg_t *msgs[TMS_SQLITE_GROUP_MAX];
+    group_t *g = tms_new(group_t);
+    size_t n;
     int i, rc;
 
     rc = tms__sqlite_open_db(s->path, &db, s->start_err, sizeof(s->start_err));
@@ -200,12 +315,20 @@ static void *db_main(void *arg)
             s->port_state[i] = ports[i]->start(db);
     }
     report_start(s, rc);
-    if (rc != 0)
+    if (rc != 0) {
+        free(g);
         return NULL;
-    /* take returns NULL only once the mailbox is closed and drained, so every
-     * accepted op is answered before the database closes. */
-    while ((msg = tms_mailbox_take(s->mb, -1)) != NULL)
-        dispatch(s, db, msg);
+    }
+    g->commits = s->commits;
+    g->writes = s->group_writes;
+    /* Everything queued is taken at once: while one group commits (waits for its
+     * fsync), the next one queues. take_many returns 0 only once the mailbox is closed
+     * and drained, so every accepted op is answered before the database closes. */
+    while ((n = tms_mailbox_take_many(s->mb, -1, msgs, TMS_SQLITE_GROUP_MAX)) > 0)
+        run_batch(s, g, db, msgs, n);
+    for (i = 0; i < TX_COUNT; i++)
+        sqlite3_finalize(g->tx[i]);
+    free(g);
     for (i = 0; i < TMS_STORE_NPORTS; i++)
         ports[i]->stop(s->port_state[i]);
     rc = sqlite3_close(db);
@@ -249,6 +372,12 @@ tms_sqlite_t *tms_sqlite_open(uv_loop_t *loop, const char *path, size_t queue_ca
     int rc;
 
     s->path = tms_strdup(path);
+    s->commits = tms_metrics_counter("tms_sqlite_commits_total",
+                                     "Group commits of the SQLite writer (one fsync each).", "");
+    s->group_writes =
+        tms_metrics_counter("tms_sqlite_group_writes_total",
+                            "Writes committed by the SQLite writer's group commits.", "");
+
     s->writes = tms_new(tms_sqlite_writes_t);
     atomic_init(&s->writes->refs, 1);
     s->mb = tms_mailbox_new_threaded("sqlite", queue_capacity);

@@ -1,7 +1,8 @@
-/* The task store port on SQLite. Writes that record an event or an idempotency key
- * run in one BEGIN IMMEDIATE transaction with them, so a task change, its outbox
- * event and its idempotency record commit together or not at all. Runs on the db
- * owner thread. */
+/* The task store port on SQLite. A write and the event or idempotency record it
+ * writes run in one savepoint of the db thread's group transaction (sqlite.c), so a
+ * task change, its outbox event and its idempotency record commit together or not at
+ * all: every failure leaves an error in the op, which rolls the savepoint back. Runs
+ * on the db owner thread. */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -446,24 +447,18 @@ static void do_events_purge(tasks_t *t, tms_task_op_t *op, sqlite3 *db)
         op->count = sqlite3_changes(db);
 }
 
-/* Runs fn inside BEGIN IMMEDIATE ... COMMIT, rolling back on error. */
-static void in_transaction(tasks_t *t, tms_task_op_t *op, sqlite3 *db,
-                           int (*fn)(tasks_t *, tms_task_op_t *, sqlite3 *))
+/* A write that failed without saying why still fails (its savepoint rolls back). */
+static void write_op(tasks_t *t, tms_task_op_t *op, sqlite3 *db,
+                     int (*fn)(tasks_t *, tms_task_op_t *, sqlite3 *))
 {
-    int rc = tms__sqlite_exec(db, "BEGIN IMMEDIATE");
-    if (rc != SQLITE_OK) {
-        tms__sqlite_fail(&op->err, db, rc, "begin");
-        return;
-    }
-    if (fn(t, op, db) != 0) {
-        tms__sqlite_exec(db, "ROLLBACK");
-        return;
-    }
-    rc = tms__sqlite_exec(db, "COMMIT");
-    if (rc != SQLITE_OK) {
-        tms__sqlite_fail(&op->err, db, rc, "commit");
-        tms__sqlite_exec(db, "ROLLBACK");
-    }
+    if (fn(t, op, db) != 0 && op->err.code == TMS_OK)
+        tms_error_set(&op->err, TMS_INTERNAL, "internal error");
+}
+
+static bool tasks_writes(int op)
+{
+    return op == TMS_TASK_CREATE || op == TMS_TASK_UPDATE || op == TMS_TASK_DELETE ||
+           op == TMS_TASK_UNASSIGN_USER;
 }
 
 static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
@@ -474,7 +469,7 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
 
     switch (msg->op) {
     case TMS_TASK_CREATE:
-        in_transaction(t, op, db, do_create);
+        write_op(t, op, db, do_create);
         break;
     case TMS_TASK_GET: {
         int rc = get_task(t, op, db, op->id, op->arena, &op->task);
@@ -486,10 +481,10 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
         do_list(t, op, db);
         break;
     case TMS_TASK_UPDATE:
-        in_transaction(t, op, db, do_update);
+        write_op(t, op, db, do_update);
         break;
     case TMS_TASK_DELETE:
-        in_transaction(t, op, db, do_delete);
+        write_op(t, op, db, do_delete);
         break;
     case TMS_TASK_UNASSIGN_USER:
         do_unassign(t, op, db);
@@ -518,6 +513,7 @@ static void tasks_run(void *state, sqlite3 *db, tms_msg_t *msg)
 const tms_sqlite_port_t tms__sqlite_tasks_port = {
     .name = "tasks",
     .start = tasks_start,
+    .writes = tasks_writes,
     .run = tasks_run,
     .stop = tasks_stop,
 };

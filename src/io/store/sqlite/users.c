@@ -1,6 +1,7 @@
-/* The user store port on SQLite: one prepared statement per operation, each a
- * single autocommit statement (writes use RETURNING, so the reply shows exactly the
- * row that was written or deleted). Runs on the db owner thread. */
+/* The user store port on SQLite: one prepared statement per operation (writes use
+ * RETURNING, so the reply shows exactly the row that was written or deleted); delete
+ * and restore are a few statements, kept whole by the savepoint the db thread puts
+ * around every write (sqlite.c). Runs on the db owner thread. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,8 +97,7 @@ static void constraint_error(tms_user_op_t *op, sqlite3 *db, int rc, const char 
     }
 }
 
-/* Steps st to the end: a row (at most one) is read into op->user. Stepping to
- * SQLITE_DONE matters for writes: the autocommit transaction commits there. */
+/* Steps st to the end: a row (at most one) is read into op->user. */
 static void run_stmt(tms_user_op_t *op, sqlite3 *db, sqlite3_stmt *st, const char *name)
 {
     int rc, rows = 0;
@@ -255,27 +255,20 @@ static int restore_user(users_t *u, tms_user_op_t *op, sqlite3 *db)
     return rc == SQLITE_DONE ? SQLITE_OK : rc;
 }
 
-/* Runs fn in BEGIN IMMEDIATE ... COMMIT; rolls back when fn failed or set an error. */
-static void in_transaction(users_t *u, tms_user_op_t *op, sqlite3 *db,
-                           int (*fn)(users_t *, tms_user_op_t *, sqlite3 *), const char *name)
+/* Runs fn, a multi-statement write: the db thread's savepoint around it keeps all or
+ * nothing of it, rolling back when an error is left in the op. */
+static void run_write(users_t *u, tms_user_op_t *op, sqlite3 *db,
+                      int (*fn)(users_t *, tms_user_op_t *, sqlite3 *), const char *name)
 {
-    int rc = tms__sqlite_exec(db, "BEGIN IMMEDIATE");
-    if (rc != SQLITE_OK) {
+    int rc = fn(u, op, db);
+    if (rc != SQLITE_OK && op->err.code == TMS_OK)
         tms__sqlite_fail(&op->err, db, rc, name);
-        return;
-    }
-    rc = fn(u, op, db);
-    if (rc != SQLITE_OK || op->err.code != TMS_OK) {
-        if (rc != SQLITE_OK && op->err.code == TMS_OK)
-            tms__sqlite_fail(&op->err, db, rc, name);
-        tms__sqlite_exec(db, "ROLLBACK");
-        return;
-    }
-    rc = tms__sqlite_exec(db, "COMMIT");
-    if (rc != SQLITE_OK) {
-        tms__sqlite_fail(&op->err, db, rc, name);
-        tms__sqlite_exec(db, "ROLLBACK");
-    }
+}
+
+static bool users_writes(int op)
+{
+    return op == TMS_USER_CREATE || op == TMS_USER_BUMP_VERSION || op == TMS_USER_SET_ROLE ||
+           op == TMS_USER_DELETE || op == TMS_USER_RESTORE;
 }
 
 static void users_run(void *state, sqlite3 *db, tms_msg_t *msg)
@@ -287,7 +280,7 @@ static void users_run(void *state, sqlite3 *db, tms_msg_t *msg)
     sqlite3_stmt *st;
 
     if (kind == TMS_USER_DELETE || kind == TMS_USER_RESTORE) {
-        in_transaction(u, op, db, kind == TMS_USER_DELETE ? delete_user : restore_user, name);
+        run_write(u, op, db, kind == TMS_USER_DELETE ? delete_user : restore_user, name);
         return;
     }
     st = tms__sqlite_stmt(db, &u->stmt[kind], op_sql[kind]);
@@ -303,6 +296,7 @@ static void users_run(void *state, sqlite3 *db, tms_msg_t *msg)
 const tms_sqlite_port_t tms__sqlite_users_port = {
     .name = "users",
     .start = users_start,
+    .writes = users_writes,
     .run = users_run,
     .stop = users_stop,
 };

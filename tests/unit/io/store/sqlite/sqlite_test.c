@@ -3,6 +3,7 @@
  * and ids across a restart, on a temporary database file. The user store, task store
  * and outbox ports themselves are tested on every adapter by tests/unit/ports/. */
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -456,6 +457,103 @@ static void test_full_queue(void)
     remove_db();
 }
 
+/* The value of a metric line that starts with name (-1 when absent). */
+static double metric_value(const char *name)
+{
+    size_t len;
+    char *text = tms_metrics_render(&len);
+    const char *p = strstr(text, name);
+    double v = -1;
+    size_t n = strlen(name);
+    while (p && !(p == text || p[-1] == '\n'))
+        p = strstr(p + n, name);
+    if (p && p[n] == ' ')
+        v = atof(p + n + 1);
+    free(text);
+    return v;
+}
+
+/* A create with an event (event_id given), titled title. */
+static tms_task_op_t *new_create(const char *title, const char *event_id, tms_task_op_t **got)
+{
+    tms_task_op_t *op = tms_task_op_new(TMS_TASK_CREATE, NULL);
+    op->msg.reply_to = replies;
+    op->msg.cont = on_task;
+    op->msg.ctx = got;
+    op->task.title = tms_arena_strdup(op->arena, title);
+    op->task.description = tms_arena_strdup(op->arena, "d");
+    snprintf(op->task.status, sizeof(op->task.status), "open");
+    snprintf(op->task.created_by, sizeof(op->task.created_by), "aaaaaaaaaaaaaaaaaaaaaaaa");
+    snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "bbbbbbbbbbbbbbbbbbbbbbbb");
+    op->task.created_at_ms = op->task.updated_at_ms = 1764338400000;
+    op->notify.enabled = true;
+    snprintf(op->notify.type, sizeof(op->notify.type), "task_created");
+    snprintf(op->notify.event_id, sizeof(op->notify.event_id), "%s", event_id);
+    return op;
+}
+
+/* Group commit: writes queued while the writer waits commit in one transaction, and
+ * one that fails half way (its task inserted, then its outbox row refused: a
+ * duplicate event_id) rolls back alone, to its savepoint: the others of its group
+ * are committed and answered OK, and nothing of it is left. */
+static void test_group_commit_savepoints(void)
+{
+    static const char *const ev[] = {"00000000-0000-4000-8000-000000000000",
+                                     "00000000-0000-4000-8000-000000000001",
+                                     "00000000-0000-4000-8000-000000000002"};
+    tms_sqlite_t *db = open_db(64);
+    tms_task_store_t *s;
+    sqlite3 *other = NULL;
+    tms_task_op_t *op, *got[4] = {0};
+    double commits0, commits1;
+    int n = 0;
+    if (!db)
+        return;
+    s = tms_sqlite_task_store(db);
+    commits0 = metric_value("tms_sqlite_commits_total");
+    /* Another connection holds the write lock: the writer takes the first create and
+     * waits in BEGIN IMMEDIATE while the next three queue behind it. */
+    CHECK_EQ_INT(sqlite3_open(path, &other), SQLITE_OK);
+    CHECK_EQ_INT(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    op = new_create("first", ev[0], &got[0]);
+    CHECK_EQ_INT(tms_task_store_submit(s, &op), 0);
+    for (int i = 0; i < 5000 && atomic_load(&db->st.queued) > 0; i++)
+        usleep(1000); /* taken from the queue */
+    op = new_create("second", ev[1], &got[1]);
+    CHECK_EQ_INT(tms_task_store_submit(s, &op), 0);
+    op = new_create("broken", ev[1], &got[2]); /* the same event_id: its outbox row fails */
+    CHECK_EQ_INT(tms_task_store_submit(s, &op), 0);
+    op = new_create("fourth", ev[2], &got[3]);
+    CHECK_EQ_INT(tms_task_store_submit(s, &op), 0);
+    CHECK_EQ_INT(sqlite3_exec(other, "COMMIT", NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(other);
+    while (n < 4) {
+        uv_run(&loop, UV_RUN_ONCE);
+        n = (got[0] != NULL) + (got[1] != NULL) + (got[2] != NULL) + (got[3] != NULL);
+    }
+    CHECK_EQ_INT(got[0]->err.code, TMS_OK);
+    CHECK_EQ_INT(got[1]->err.code, TMS_OK);
+    CHECK_EQ_INT(got[2]->err.code, TMS_INTERNAL);
+    CHECK_EQ_INT(got[3]->err.code, TMS_OK);
+    CHECK(got[3]->task.id > got[1]->task.id);
+    /* two transactions: the first create alone, then the other three together */
+    commits1 = metric_value("tms_sqlite_commits_total");
+    CHECK(commits0 >= 0);
+    CHECK_EQ_INT((int)(commits1 - commits0), 2);
+    for (int i = 0; i < 4; i++)
+        tms_task_op_free(&got[i]);
+    close_db(&db);
+    CHECK_EQ_INT(raw_query("SELECT count(*) FROM tasks WHERE title IN"
+                           " ('first', 'second', 'fourth')"),
+                 3);
+    CHECK_EQ_INT(raw_query("SELECT count(*) FROM tasks WHERE title = 'broken'"), 0);
+    CHECK_EQ_INT(raw_query("SELECT count(*) FROM outbox"), 3);
+    CHECK_EQ_INT(raw_query("SELECT count(*) FROM outbox o JOIN tasks t ON o.key = t.id"
+                           " WHERE t.title = 'second' AND o.event_id LIKE '%0001'"),
+                 1);
+    remove_db();
+}
+
 int main(void)
 {
     snprintf(dir, sizeof(dir), "/tmp/tms_sqlite_XXXXXX");
@@ -474,6 +572,7 @@ int main(void)
     RUN_TEST(test_future_version_refused);
     RUN_TEST(test_open_fails);
     RUN_TEST(test_full_queue);
+    RUN_TEST(test_group_commit_savepoints);
 
     tms_mailbox_free(&replies);
     uv_run(&loop, UV_RUN_DEFAULT);
