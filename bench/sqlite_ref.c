@@ -8,7 +8,7 @@
  *   cc -O2 -o sqlite_ref bench/sqlite_ref.c -lsqlite3 -lpthread
  *   sqlite_ref DB THREADS SECONDS ASSIGNEE CREATOR
  *
- * DB must have TMS's schema (`tms migrate --set data.dir=...`). */
+ * DB must have TMS's schema (`tms migrate --create --set data.dir=...`). */
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdatomic.h>

@@ -17,7 +17,7 @@ tms_stop
 
 cc -O2 -o "$WORK/sqlite_ref" "$ROOT/bench/sqlite_ref.c" -lsqlite3 -lpthread || die "cannot build bench/sqlite_ref.c"
 rm -rf "$WORK/refdata"
-"$TMS_BIN" migrate --set data.dir="$WORK/refdata" 2>/dev/null || die "tms migrate failed"
+"$TMS_BIN" migrate --create --set data.dir="$WORK/refdata" 2>/dev/null || die "tms migrate failed"
 for n in "$CONNS" 1; do
   side=ref_c$n
   server "$WORK/sqlite_ref" "$WORK/refdata/tms.db" "$n" "$WARM" "$assignee" "$creator" >/dev/null
