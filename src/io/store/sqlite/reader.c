@@ -118,6 +118,17 @@ static void reader_close(tms_task_reader_t *self)
     uv_close((uv_handle_t *)&r->prepare, free_reader);
 }
 
+static bool in_wal_mode(sqlite3 *db)
+{
+    sqlite3_stmt *st = NULL;
+    bool wal = false;
+    if (sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL) == SQLITE_OK &&
+        sqlite3_step(st) == SQLITE_ROW)
+        wal = strcmp((const char *)sqlite3_column_text(st, 0), "wal") == 0;
+    sqlite3_finalize(st);
+    return wal;
+}
+
 tms_task_reader_t *tms__sqlite_reader_open(tms_store_t *st, uv_loop_t *loop)
 {
     tms_sqlite_t *s = (tms_sqlite_t *)st;
@@ -133,6 +144,14 @@ tms_task_reader_t *tms__sqlite_reader_open(tms_store_t *st, uv_loop_t *loop)
                           NULL, NULL, &errmsg);
     if (rc == SQLITE_OK && sqlite3_db_readonly(db, "main") != 1)
         rc = SQLITE_MISUSE;
+    if (rc == SQLITE_OK && !in_wal_mode(db)) {
+        /* An in-memory database (":memory:" opens a new, empty one per connection) or
+         * a file system without WAL: nothing a second connection may read beside the
+         * writer. Every op goes to the owner thread, as before. */
+        tms_log_info("sqlite_reader_off", "path=%s reason=not_wal", s->path);
+        sqlite3_close(db);
+        return NULL;
+    }
     if (rc == SQLITE_OK)
         rc = sqlite3_prepare_v3(db, "BEGIN", -1, SQLITE_PREPARE_PERSISTENT, &begin, NULL);
     if (rc == SQLITE_OK)

@@ -255,6 +255,22 @@ static tms_task_op_t *read_now(tms_task_reader_t *r, int kind, int64_t id)
     return op;
 }
 
+/* An in-memory database has no reader: a second connection to ":memory:" is a new,
+ * empty database ("no such table: tasks", a 500 the HTTP fuzzer found), so reads stay
+ * on the owner thread. */
+static void test_no_reader_on_memory(void)
+{
+    char err[256] = "";
+    tms_sqlite_t *db = tms_sqlite_open(&loop, ":memory:", 8, err, sizeof(err));
+    tms_task_store_t *tasks;
+    CHECK(db != NULL);
+    if (!db)
+        return;
+    tasks = tms_sqlite_task_store(db);
+    CHECK(tasks->reader_open(tasks, &loop) == NULL);
+    close_db(&db);
+}
+
 /* The reader answers on the calling thread and sees every write whose reply came back
  * before (issue 19: read-your-writes with reads off the owner thread). */
 static void test_reader_sees_acknowledged_writes(void)
@@ -568,6 +584,7 @@ int main(void)
     RUN_TEST(test_constraints);
     RUN_TEST(test_ids_not_reused);
     RUN_TEST(test_reader_sees_acknowledged_writes);
+    RUN_TEST(test_no_reader_on_memory);
     RUN_TEST(test_migrations_idempotent);
     RUN_TEST(test_future_version_refused);
     RUN_TEST(test_open_fails);
