@@ -25,7 +25,7 @@ typedef struct tms_outbox_event {
 } tms_outbox_event_t;
 
 typedef enum tms_outbox_op_kind {
-    TMS_OUTBOX_FETCH = 1, /* in: limit. out: events[0..nevents) not yet sent, by seq */
+    TMS_OUTBOX_FETCH = 1, /* in: limit, after_seq. out: events[0..nevents) not yet sent, by seq */
     TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Idempotent: a second mark keeps the
                            * first send time; unknown seqs are ignored */
     TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event;
@@ -39,7 +39,8 @@ typedef struct tms_outbox_op {
     tms_msg_t msg; /* first member; msg.op is a tms_outbox_op_kind_t */
     /* in */
     int limit;
-    int64_t *seqs; /* heap */
+    int64_t after_seq; /* FETCH: only events with seq > after_seq (0: from the first) */
+    int64_t *seqs;     /* heap */
     size_t nseqs;
     tms_outbox_event_t event; /* ADD */
     char consumer[32];

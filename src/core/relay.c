@@ -24,7 +24,13 @@
  * mark op out at a time). A refused event stays pending and is fetched again after
  * the poll interval (the back-off); until then later events go on, of its key too:
  * per key, order holds for events accepted on their first publish (consumers are
- * idempotent and each event carries its own state). */
+ * idempotent and each event carries its own state).
+ * A fetch reads only the events after the highest seq handed so far (an index range),
+ * so a relay with a thousand events in flight does not read them all again on every
+ * commit. It reads from the first pending event again after a refused publish, and at
+ * least every poll interval: on PostgreSQL a transaction may commit a seq below one
+ * already handed (sequence values are taken before commit), and the periodic full
+ * read bounds its wait by the poll interval. */
 struct tms_relay {
     uv_loop_t *loop;
     tms_outbox_t *outbox;
@@ -39,6 +45,9 @@ struct tms_relay {
     int counting;           /* a pending-count op out */
     uint64_t counted_at;    /* uv_now of the last count sent */
     int again;              /* kicked while fetching: fetch again right after */
+    int64_t handed_max;     /* highest seq handed to the bus: a fetch reads after it */
+    int rescan;             /* a publish was refused: the next fetch reads from the first */
+    uint64_t scanned_at;    /* uv_now of the last fetch from the first pending event */
     uint64_t backoff_until; /* uv_now: a publish failed; no fetch before (0: none) */
     int stopping;
     void (*on_stopped)(void *);
@@ -187,6 +196,7 @@ static void forget_in_flight(tms_relay_t *r, int64_t seq)
 static void failed_one(tms_relay_t *r)
 {
     tms_counter_add(r->failed, 1);
+    r->rescan = 1;
     r->backoff_until = uv_now(r->loop) + r->poll_ms;
 }
 
@@ -246,8 +256,8 @@ static void on_fetched(tms_msg_t *msg)
     for (size_t i = 0; i < op->nevents && !r->stopping; i++) {
         tms_outbox_event_t *e = &op->events[i];
         publish_ctx_t *p;
-        if (in_flight(r, e->seq))
-            continue;
+        if (e->seq <= r->handed_max && in_flight(r, e->seq))
+            continue; /* (a seq above handed_max was never handed) */
         if (handed == BATCH || r->ninflight >= MAX_INFLIGHT)
             break;
         p = tms_new(publish_ctx_t);
@@ -255,6 +265,8 @@ static void on_fetched(tms_msg_t *msg)
         p->seq = e->seq;
         /* in flight before the publish: done may run inside it */
         r->inflight[r->ninflight++] = e->seq;
+        if (e->seq > r->handed_max)
+            r->handed_max = e->seq;
         handed++;
         if (r->bus->publish(r->bus, e->topic, e->key, e->payload, strlen(e->payload), on_published,
                             p) != 0) {
@@ -290,8 +302,16 @@ static void run_batch(tms_relay_t *r)
     op->msg.reply_to = r->replies;
     op->msg.cont = on_fetched;
     op->msg.ctx = r;
-    /* those in flight come back too (still pending): skipped */
-    op->limit = BATCH + (int)r->ninflight;
+    if (r->rescan || r->handed_max == 0 || now - r->scanned_at >= r->poll_ms) {
+        /* from the first pending event: those in flight come back too (skipped) */
+        op->limit = BATCH + (int)r->ninflight;
+        op->after_seq = 0;
+        r->rescan = 0;
+        r->scanned_at = now;
+    } else {
+        op->limit = BATCH;
+        op->after_seq = r->handed_max;
+    }
     r->fetching = 1;
     if (tms_outbox_submit(r->outbox, &op) != 0) {
         tms_outbox_op_free(&op);

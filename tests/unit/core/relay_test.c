@@ -30,7 +30,7 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
         int n = o->n ? o->n : N;
         op->events = tms_calloc((size_t)n, sizeof(tms_outbox_event_t));
         for (int seq = 1; seq <= n && (int)op->nevents < op->limit; seq++) {
-            if (o->sent[seq])
+            if (o->sent[seq] || seq <= op->after_seq)
                 continue;
             tms_outbox_event_t *e = &op->events[op->nevents++];
             e->seq = seq;

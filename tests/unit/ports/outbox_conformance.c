@@ -103,6 +103,19 @@ static void test_outbox(void)
     }
     tms_outbox_op_free(&op);
 
+    /* after_seq: only the events after it (the relay's read past what it handed) */
+    op = box_op(TMS_OUTBOX_FETCH);
+    op->limit = 10;
+    op->after_seq = seqs[1];
+    op = run_box(&s, op);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK_EQ_INT(op->nevents, 2);
+    if (op->nevents == 2) {
+        CHECK_EQ_STR(op->events[0].event_id, ids[2]);
+        CHECK_EQ_STR(op->events[1].event_id, ids[3]);
+    }
+    tms_outbox_op_free(&op);
+
     /* mark the first two sent (and one that does not exist) */
     {
         int64_t mark[3] = {seqs[0], seqs[1], 999999};

@@ -147,7 +147,8 @@ static bool fetch(tms_mongo_t *m, mongoc_client_t *client, mongoc_collection_t *
                   tms_outbox_op_t *op, bson_error_t *error)
 {
     size_t cap = op->limit > 0 ? (size_t)op->limit : 1;
-    bson_t *filter = BCON_NEW("state", BCON_UTF8("pending"));
+    bson_t *filter =
+        BCON_NEW("state", BCON_UTF8("pending"), "seq", "{", "$gt", BCON_INT64(op->after_seq), "}");
     bson_t *opts = BCON_NEW("sort", "{", "seq", BCON_INT32(1), "}", "limit", BCON_INT64(cap));
     mongoc_cursor_t *cur;
     const bson_t *doc;

@@ -13,7 +13,7 @@
 
 static const tms_pg_stmt_t stmts[] = {
     {"outbox_fetch", "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
-                     " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT $1"},
+                     " WHERE sent_at_ms IS NULL AND seq > $2 ORDER BY seq LIMIT $1"},
     /* one statement marks the whole batch: one commit; a second mark keeps the first
      * time (as on SQLite) */
     {"outbox_mark_sent", "UPDATE outbox SET sent_at_ms = $2 WHERE seq = ANY($1::bigint[])"
@@ -46,8 +46,9 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
     c->stmt = tms_store_op_name(TMS_STORE_OUTBOX, msg->op);
     switch (msg->op) {
     case TMS_OUTBOX_FETCH:
-        c->nparams = 1;
+        c->nparams = 2;
         v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->limit > 0 ? op->limit : 1);
+        v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->after_seq);
         break;
     case TMS_OUTBOX_MARK_SENT:
         c->nparams = 2;

@@ -16,7 +16,7 @@ enum { NOPS = TMS_OUTBOX_PENDING + 1 };
 
 static const char *const op_sql[NOPS] = {
     [TMS_OUTBOX_FETCH] = "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
-                         " WHERE sent_at_ms IS NULL ORDER BY seq LIMIT ?1",
+                         " WHERE sent_at_ms IS NULL AND seq > ?2 ORDER BY seq LIMIT ?1",
     /* Marking again keeps the first time: a relay retry is not a second send. */
     [TMS_OUTBOX_MARK_SENT] = "UPDATE outbox SET sent_at_ms = ?2 WHERE seq = ?1"
                              " AND sent_at_ms IS NULL",
@@ -73,6 +73,7 @@ static int fetch(tms_outbox_op_t *op, sqlite3_stmt *st)
     size_t cap = op->limit > 0 ? (size_t)op->limit : 1;
     int rc;
     sqlite3_bind_int(st, 1, (int)cap);
+    sqlite3_bind_int64(st, 2, op->after_seq);
     op->events = tms_calloc(cap, sizeof(tms_outbox_event_t));
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && op->nevents < cap) {
         tms_outbox_event_t *e = &op->events[op->nevents++];
