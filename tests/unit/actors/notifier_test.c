@@ -9,6 +9,7 @@
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/events.h"
+#include "fake_bus.h"
 #include "test.h"
 
 #define BOB "bbbbbbbbbbbbbbbbbbbbbbbb"
@@ -54,32 +55,6 @@ static int inbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     return 0;
 }
 
-typedef struct fake_bus {
-    tms_event_bus_t port;
-    int acks;
-    tms_ack_t last;
-    char dependency[32];
-} fake_bus_t;
-
-static int bus_subscribe(tms_event_bus_t *self, const char *topic, const char *group,
-                         tms_mailbox_t *mailbox)
-{
-    (void)self, (void)topic, (void)group, (void)mailbox;
-    return 0;
-}
-
-static void bus_ack(tms_event_bus_t *self, tms_delivery_t **pd, tms_ack_t out)
-{
-    fake_bus_t *b = (fake_bus_t *)self;
-    b->acks++;
-    b->last = out;
-    snprintf(b->dependency, sizeof(b->dependency), "%s", out.dependency ? out.dependency : "");
-    b->last.dependency = b->last.reason = NULL;
-    free((*pd)->payload);
-    free(*pd);
-    *pd = NULL;
-}
-
 /* The auth actor keeps the lookup until the test answers it. */
 static tms_msg_t *held_lookup;
 
@@ -113,9 +88,7 @@ static void env_init(env_t *e)
     e->mailer.port.submit = mailer_submit;
     e->inbox.port.name = "fake";
     e->inbox.port.submit = inbox_submit;
-    e->bus.port.name = "fake";
-    e->bus.port.subscribe = bus_subscribe;
-    e->bus.port.ack = bus_ack;
+    fake_bus_init(&e->bus);
     uv_loop_init(&e->loop);
     e->auth = tms_mailbox_new(&e->loop, "auth", 16, on_auth, NULL);
     e->notifier = tms_notifier_start(&e->loop, &(tms_notifier_config_t){

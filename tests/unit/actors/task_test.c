@@ -10,6 +10,7 @@
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/events.h"
+#include "fake_bus.h"
 #include "test.h"
 
 #define ALICE "aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -142,31 +143,6 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     op->seen = false;
     tms_mailbox_reply(&op->msg);
     return 0;
-}
-
-typedef struct fake_bus {
-    tms_event_bus_t port;
-    int acks;
-    tms_ack_t last;
-    char dependency[32];
-} fake_bus_t;
-
-static int bus_subscribe(tms_event_bus_t *self, const char *topic, const char *group,
-                         tms_mailbox_t *mailbox)
-{
-    return 0;
-}
-
-static void bus_ack(tms_event_bus_t *self, tms_delivery_t **pd, tms_ack_t out)
-{
-    fake_bus_t *b = (fake_bus_t *)self;
-    b->acks++;
-    b->last = out;
-    snprintf(b->dependency, sizeof(b->dependency), "%s", out.dependency ? out.dependency : "");
-    b->last.dependency = b->last.reason = NULL;
-    free((*pd)->payload);
-    free(*pd);
-    *pd = NULL;
 }
 
 /* ---- a fake auth actor: ALICE, BOB and CAROL exist ---------------------- */
@@ -520,9 +496,7 @@ static void test_saga_waits_for_the_store(void)
     e.store.port.submit = store_submit;
     outbox.port.name = "fake";
     outbox.port.submit = outbox_submit;
-    bus.port.name = "fake";
-    bus.port.subscribe = bus_subscribe;
-    bus.port.ack = bus_ack;
+    fake_bus_init(&bus);
     uv_loop_init(&e.loop);
     e.auth = tms_mailbox_new(&e.loop, "auth", 16, on_auth, NULL);
     e.actor = tms_task_start(&e.loop, &(tms_task_config_t){
