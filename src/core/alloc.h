@@ -21,4 +21,22 @@ char *tms__strndup(const char *s, size_t n, const char *file, int line);
 #define tms_strndup(s, n) tms__strndup((s), (n), __FILE__, __LINE__)
 #define tms_new(T) ((T *)tms_calloc(1, sizeof(T)))
 
+/* Memory kept for reuse (arenas, recycled requests and calls) is poisoned under
+ * AddressSanitizer while it waits, so a use after "free" is still reported. */
+#if defined(__SANITIZE_ADDRESS__)
+#define TMS_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TMS_ASAN 1
+#endif
+#endif
+#ifdef TMS_ASAN
+#include <sanitizer/asan_interface.h>
+#define TMS_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define TMS_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define TMS_POISON(p, n) ((void)(p), (void)(n))
+#define TMS_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #endif

@@ -143,7 +143,8 @@ tms_api_call_t *tms_api_call_new(tms_api_op_t op);
 char *tms_api_call_strdup(tms_api_call_t *call, const char *s);
 
 /** Free a call and its arena (every string it points to), wiping the secrets first
- * (bearer, password, token, the user's password hash). Sets *call NULL. */
+ * (bearer, password, token, the user's password hash). Sets *call NULL. The call's
+ * memory is kept for reuse by this thread (at most 64; poisoned under ASan). */
 void tms_api_call_free(tms_api_call_t **call);
 
 /** Give call a cancel flag (in its arena, valid until the call is freed) and return

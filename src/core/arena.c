@@ -6,22 +6,11 @@
 
 #include "core/alloc.h"
 
-#if defined(__SANITIZE_ADDRESS__)
-#define TMS_ARENA_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define TMS_ARENA_ASAN 1
-#endif
-#endif
-
-#ifdef TMS_ARENA_ASAN
-#include <sanitizer/asan_interface.h>
-#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#define POISON TMS_POISON
+#define UNPOISON TMS_UNPOISON
+#ifdef TMS_ASAN
 #define REDZONE TMS_ARENA_ALIGN /* a poisoned gap after every allocation */
 #else
-#define POISON(p, n) ((void)(p), (void)(n))
-#define UNPOISON(p, n) ((void)(p), (void)(n))
 #define REDZONE 0
 #endif
 

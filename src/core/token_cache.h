@@ -2,7 +2,7 @@
  * every request pays for the JSON parsing and the HMAC once. Only the signature and
  * claim checks are skipped: expiry is checked on every hit, and the token version
  * is still compared with the user's. One loop thread only; O(token length) per
- * operation; at most max_entries tokens (emptied when full). */
+ * operation (a key from the last 32 bytes); at most max_entries tokens (emptied when full). */
 #ifndef TMS_CORE_TOKEN_CACHE_H
 #define TMS_CORE_TOKEN_CACHE_H
 

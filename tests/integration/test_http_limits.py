@@ -334,3 +334,41 @@ def test_head_and_idle_timeouts(make_server):
     finally:
         s.close()
     assert srv.get("/healthz").status_code == 200
+
+
+def test_each_waiting_request_gets_its_own_deadline(make_server):
+    """server.request_timeout answers 504 DEADLINE_EXCEEDED to each request at its own
+    deadline. Since issue 19 one timer serves every call waiting for the actors (armed
+    for the oldest): a later request must be answered at its deadline, not at the first
+    one's and not when the actor finally replies. TMS_FAULT_TASK_DELAY_MS (test-only,
+    the ASan build) makes the task actor hold each call 3 s."""
+    import threading
+
+    from conftest import TMS_BIN
+    if "asan" not in TMS_BIN:
+        pytest.skip("TMS_FAULT_TASK_DELAY_MS is compiled out of this build")
+    srv = make_server(env={"TMS_FAULT_TASK_DELAY_MS": "3000"}, server__request_timeout=1)
+    token, _ = srv.register()
+    results = {}
+
+    def one(i):
+        t0 = time.monotonic()
+        r = srv.get_task(token, 1)
+        results[i] = (time.monotonic() - t0, r)
+
+    threads = []
+    for i in range(3):
+        th = threading.Thread(target=one, args=(i,))
+        th.start()
+        threads.append(th)
+        time.sleep(0.4)
+    for th in threads:
+        th.join(15)
+    assert sorted(results) == [0, 1, 2]
+    for i, (took, r) in results.items():
+        assert_error(r, 504, "DEADLINE_EXCEEDED")
+        assert 0.8 <= took <= 2.2, f"request {i} answered after {took:.2f} s (timeout 1 s)"
+    time.sleep(2.5)  # the actor's late replies arrive and are dropped
+    assert srv.get("/healthz").status_code == 200
+    r = srv.get_task(token, 1)  # and the next call still gets its deadline
+    assert_error(r, 504, "DEADLINE_EXCEEDED")

@@ -64,6 +64,9 @@ typedef struct hreq {
     size_t body_len, body_cap;
     char method[24];
     bool is_head, keep_alive, dispatched;
+    tms_http_header_t *hdrs; /* pub.headers' storage, hdr_cap entries */
+    size_t hdr_cap;
+    struct hreq *next_spare; /* in the server's spare list */
 } hreq_t;
 
 struct conn {
@@ -83,7 +86,10 @@ struct conn {
     char *in;       /* unparsed input */
     char prev_byte; /* last byte but SP/HT parsed before in[0] (obs-fold check) */
     size_t in_len, in_cap;
-    uint64_t body_deadline;    /* uv_now() by which the body must be complete */
+    uint64_t body_deadline; /* uv_now() by which the body must be complete */
+    uint64_t due;           /* uv_now() at which due_cb runs; 0: no deadline */
+    uint64_t armed;         /* when the uv timer fires (it may fire before due) */
+    uv_timer_cb due_cb;
     tms_listen_slot_t *slot;   /* this connection's place in its address's count */
     tms_tls_t *tls;            /* NULL: cleartext */
     tms_http_stream_t *stream; /* PH_STREAM: told when the connection is gone */
@@ -122,6 +128,8 @@ struct tms_http_server {
     atomic_long open_connections; /* nconns, readable from the thread that renders metrics */
     char gauge_labels[48];
     tms_counter_t *timeouts[4]; /* head, body, send, handshake */
+    hreq_t *spare; /* finished requests kept with their buffers (at most MAX_SPARE_REQS) */
+    size_t nspare;
 };
 
 enum { TO_HEAD, TO_BODY, TO_SEND, TO_HANDSHAKE };
@@ -388,9 +396,37 @@ static void log_request(tms_http_server_t *s, const tms_http_request_t *r, int s
 
 /* ---- requests ---- */
 
+/* A finished request goes back to its server with its buffers, so that the next one
+ * on this loop costs no allocation (four per request before: the request, its head
+ * buffer, header offsets, header array; issue 19). Bounded in count and in the bytes
+ * kept: a request with a large head or body frees what it grew. */
+#define MAX_SPARE_REQS 256
+#define MAX_SPARE_BUF 8192
+#define MAX_SPARE_HEADERS 64
+
 static hreq_t *req_new(conn_t *c)
 {
-    hreq_t *r = tms_new(hreq_t);
+    tms_http_server_t *s = c->srv;
+    hreq_t *r = s->spare;
+    if (r) {
+        hreq_t keep;
+        TMS_UNPOISON(r, sizeof *r);
+        keep = *r;
+        TMS_UNPOISON(keep.buf, keep.cap);
+        TMS_UNPOISON(keep.hoff, keep.hcap * sizeof *keep.hoff);
+        TMS_UNPOISON(keep.hdrs, keep.hdr_cap * sizeof *keep.hdrs);
+        s->spare = r->next_spare;
+        s->nspare--;
+        memset(r, 0, sizeof *r);
+        r->buf = keep.buf;
+        r->cap = keep.cap;
+        r->hoff = keep.hoff;
+        r->hcap = keep.hcap;
+        r->hdrs = keep.hdrs;
+        r->hdr_cap = keep.hdr_cap;
+    } else {
+        r = tms_new(hreq_t);
+    }
     r->conn = c;
     r->url_off = SIZE_MAX;
     r->pub.route = "unmatched";
@@ -402,12 +438,28 @@ static hreq_t *req_new(conn_t *c)
 
 static void req_free(hreq_t *r)
 {
+    tms_http_server_t *s;
     if (!r)
         return;
+    free(r->body);
+    r->body = NULL;
+    s = r->conn ? r->conn->srv : NULL; /* detached: the server may be gone before it */
+    if (s && s->nspare < MAX_SPARE_REQS && r->cap <= MAX_SPARE_BUF &&
+        r->hcap <= MAX_SPARE_HEADERS && r->hdr_cap <= MAX_SPARE_HEADERS) {
+        r->next_spare = s->spare;
+        s->spare = r;
+        s->nspare++;
+        /* Under ASan a use after this is still reported (the next_spare link too:
+         * req_new unpoisons before reading it). */
+        TMS_POISON(r->buf, r->cap);
+        TMS_POISON(r->hoff, r->hcap * sizeof *r->hoff);
+        TMS_POISON(r->hdrs, r->hdr_cap * sizeof *r->hdrs);
+        TMS_POISON(r, sizeof *r);
+        return;
+    }
     free(r->buf);
     free(r->hoff);
-    free(r->pub.headers);
-    free(r->body);
+    free(r->hdrs);
     free(r);
 }
 
@@ -429,7 +481,12 @@ static void req_finish_head(tms_http_server_t *s, hreq_t *r)
     }
     r->pub.path = url;
     r->pub.method = r->method;
-    r->pub.headers = tms_calloc(r->nh ? r->nh : 1, sizeof(tms_http_header_t));
+    if (r->hdr_cap < r->nh || !r->hdrs) {
+        free(r->hdrs);
+        r->hdr_cap = r->nh > 16 ? r->nh : 16;
+        r->hdrs = tms_calloc(r->hdr_cap, sizeof(tms_http_header_t));
+    }
+    r->pub.headers = r->hdrs;
     for (size_t i = 0; i < r->nh; i++) {
         r->pub.headers[i].name = r->buf + r->hoff[i].name;
         r->pub.headers[i].value = r->hoff[i].value == SIZE_MAX ? "" : r->buf + r->hoff[i].value;
@@ -511,11 +568,43 @@ static void on_handle_close(uv_handle_t *h)
     tms_listener_maybe_stopped(&s->lis);
 }
 
+/* The connection's one deadline, set lazily: every request moves it (head, idle,
+ * send), and a uv_timer_stop + uv_timer_start per move was 3 % of a GET (issue 19).
+ * Moving it only writes due; the uv timer is re-armed when a deadline comes sooner
+ * than it fires, and when it fires before due it sleeps again for the rest. */
+static void on_due(uv_timer_t *t)
+{
+    conn_t *c = t->data;
+    uint64_t now = uv_now(c->srv->loop);
+    if (!c->due)
+        return;
+    if (now < c->due) {
+        c->armed = c->due;
+        uv_timer_start(&c->timer, on_due, c->due - now, 0);
+        return;
+    }
+    c->due = 0;
+    c->due_cb(t);
+}
+
+static void timer_cancel(conn_t *c)
+{
+    c->due = 0; /* the uv timer, if armed, finds nothing to do */
+}
+
 static void timer_restart(conn_t *c, uint64_t ms, uv_timer_cb cb)
 {
-    uv_timer_stop(&c->timer);
-    if (ms > 0)
-        uv_timer_start(&c->timer, cb, ms, 0);
+    uint64_t now = uv_now(c->srv->loop);
+    if (ms == 0) {
+        timer_cancel(c);
+        return;
+    }
+    c->due = now + ms;
+    c->due_cb = cb;
+    if (!uv_is_active((uv_handle_t *)&c->timer) || c->armed > c->due) {
+        c->armed = c->due;
+        uv_timer_start(&c->timer, on_due, ms, 0);
+    }
 }
 
 typedef struct wreq {
@@ -535,7 +624,7 @@ static void on_write(uv_write_t *w, int status)
     if (c->stream && wr->stream_bytes) {
         c->stream->queued -= wr->stream_bytes;
         if (c->stream->queued == 0 && c->phase == PH_STREAM && !c->closing)
-            uv_timer_stop(&c->timer); /* everything taken: no send deadline */
+            timer_cancel(c); /* everything taken: no send deadline */
     }
     free(wr->heap);
     free(wr);
@@ -715,7 +804,7 @@ static void conn_fail(conn_t *c, int status, tms_status_t code, const char *mess
     req_free(r);
     c->req = NULL;
     c->phase = PH_WRITING;
-    uv_timer_stop(&c->timer);
+    timer_cancel(c);
     conn_write(c, resp, resp_len, true, true);
     free(resp);
 }
@@ -827,8 +916,8 @@ static int on_method(llhttp_t *p, const char *at, size_t n)
 static int on_method_complete(llhttp_t *p)
 {
     conn_t *c = p->data;
-    snprintf(c->req->method, sizeof c->req->method, "%s",
-             llhttp_method_name((llhttp_method_t)llhttp_get_method(p)));
+    tms_text_copy(c->req->method, sizeof c->req->method,
+                  llhttp_method_name((llhttp_method_t)llhttp_get_method(p)));
     c->req->is_head = llhttp_get_method(p) == HTTP_HEAD;
     return 0;
 }
@@ -1038,7 +1127,7 @@ static void dispatch(conn_t *c)
     hreq_t *r = c->req;
     r->dispatched = true;
     c->phase = PH_HANDLER;
-    uv_timer_stop(&c->timer);
+    timer_cancel(c);
     s->inflight++;
     if (s->limits.cors_origins && tms_cors_is_preflight(&r->pub)) {
         /* Answered here, before any route or limit: the browser asks what it may send. */
@@ -1470,7 +1559,7 @@ int tms_http_stream_write(tms_http_stream_t *st, const char *data, size_t len)
     if (c->closing)
         return -1;
     /* A client that does not read would hold its bytes for as long as it liked. */
-    if (!uv_is_active((uv_handle_t *)&c->timer))
+    if (!c->due)
         timer_restart(c, c->srv->limits.send_timeout_ms, on_conn_timeout);
     return 0;
 }
@@ -1533,6 +1622,15 @@ void tms_http_server_free(tms_http_server_t **sp)
         tms_log_error("http_free", "error=\"server freed before stop completed; leaking it\"");
         *sp = NULL;
         return;
+    }
+    while (s->spare) {
+        hreq_t *r = s->spare;
+        TMS_UNPOISON(r, sizeof *r);
+        s->spare = r->next_spare;
+        free(r->buf);
+        free(r->hoff);
+        free(r->hdrs);
+        free(r);
     }
     while (s->metrics) {
         metric_entry_t *e = s->metrics;

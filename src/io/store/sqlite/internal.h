@@ -87,6 +87,9 @@ tms_task_reader_t *tms__sqlite_reader_open(tms_store_t *st, uv_loop_t *loop);
 char *tms__sqlite_column_dup(sqlite3_stmt *st, int i);
 
 /** Column i of the current row copied into dst (truncated to cap, "" for NULL). */
+/** Process-wide SQLite settings (memory statistics off); call before opening. */
+void tms__sqlite_configure(void);
+
 void tms__sqlite_column_str(char *dst, size_t cap, sqlite3_stmt *st, int i);
 
 /** Run sql (no parameters, no rows) on db; returns the SQLite result code. */

@@ -136,7 +136,9 @@ tms_task_reader_t *tms__sqlite_reader_open(tms_store_t *st, uv_loop_t *loop)
     sqlite3 *db = NULL;
     sqlite3_stmt *begin = NULL, *commit = NULL;
     char *errmsg = NULL;
-    int rc = sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
+    int rc;
+    tms__sqlite_configure();
+    rc = sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(db,
                           "PRAGMA mmap_size=" READER_MMAP_SIZE ";"
