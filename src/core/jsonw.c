@@ -5,43 +5,73 @@
 
 static const char hex[] = "0123456789ABCDEF";
 
+/* 1 when none of the 8 bytes of x needs escaping: no control byte (< 0x20), no '"',
+ * no '\\' (bytes >= 0x80, UTF-8, go through as they are). The "has a zero byte" test,
+ * exact for the word as a whole. */
+static inline int word_clean(uint64_t x)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    uint64_t q = x ^ (ones * '"'), b = x ^ (ones * '\\');
+    uint64_t bad = ((x - ones * 0x20) & ~x) | ((q - ones) & ~q) | ((b - ones) & ~b);
+    return (bad & highs) == 0;
+}
+
 char *tms_jsonw_string(char *p, const char *s, size_t n)
 {
+    size_t i = 0;
     *p++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *p++ = (char)c;
-            continue;
+    /* Text is mostly plain: copy it 8 bytes at a time, escape byte by byte only in a
+     * word that needs it (a byte loop was 2 % of a GET; issue 19). */
+    while (i < n) {
+        size_t end;
+        if (n - i >= 8) {
+            uint64_t x;
+            memcpy(&x, s + i, 8);
+            if (word_clean(x)) {
+                memcpy(p, &x, 8);
+                p += 8;
+                i += 8;
+                continue;
+            }
+            end = i + 8;
+        } else {
+            end = n;
         }
-        *p++ = '\\';
-        switch (c) {
-        case '"':
-        case '\\':
-            *p++ = (char)c;
-            break;
-        case '\b':
-            *p++ = 'b';
-            break;
-        case '\f':
-            *p++ = 'f';
-            break;
-        case '\n':
-            *p++ = 'n';
-            break;
-        case '\r':
-            *p++ = 'r';
-            break;
-        case '\t':
-            *p++ = 't';
-            break;
-        default:
-            *p++ = 'u';
-            *p++ = '0';
-            *p++ = '0';
-            *p++ = hex[c >> 4];
-            *p++ = hex[c & 15];
-            break;
+        for (; i < end; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c >= 0x20 && c != '"' && c != '\\') {
+                *p++ = (char)c;
+                continue;
+            }
+            *p++ = '\\';
+            switch (c) {
+            case '"':
+            case '\\':
+                *p++ = (char)c;
+                break;
+            case '\b':
+                *p++ = 'b';
+                break;
+            case '\f':
+                *p++ = 'f';
+                break;
+            case '\n':
+                *p++ = 'n';
+                break;
+            case '\r':
+                *p++ = 'r';
+                break;
+            case '\t':
+                *p++ = 't';
+                break;
+            default:
+                *p++ = 'u';
+                *p++ = '0';
+                *p++ = '0';
+                *p++ = hex[c >> 4];
+                *p++ = hex[c & 15];
+                break;
+            }
         }
     }
     *p++ = '"';

@@ -10,6 +10,7 @@
 
 #include "core/alloc.h"
 #include "core/status.h"
+#include "core/text.h"
 
 /* Levels are kept in units of 1/window_ms token, so that a millisecond refills exactly
  * `limit` units and a take costs exactly `window_ms` units: integer arithmetic only. */
@@ -317,18 +318,18 @@ int tms_ratelimit_addr_key(const char *ip, unsigned v6_prefix, char *out, size_t
     char net[INET6_ADDRSTRLEN];
     if (!out_len)
         return -TMS_EINVAL;
-    if (inet_pton(AF_INET, ip, a) == 1) {
-        snprintf(out, out_len, "%s", ip);
+    if (inet_pton(AF_INET, ip, a) == 1) { /* every request: no printf here (issue 19) */
+        tms_text_copy(out, out_len, ip);
         return 0;
     }
     if (inet_pton(AF_INET6, ip, a) != 1) {
-        snprintf(out, out_len, "%s", ip);
+        tms_text_copy(out, out_len, ip);
         return -TMS_EINVAL;
     }
     /* ::ffff:a.b.c.d is an IPv4 client on a dual-stack socket. */
     if (memcmp(a, "\0\0\0\0\0\0\0\0\0\0\xff\xff", 12) == 0) {
         inet_ntop(AF_INET, a + 12, net, sizeof net);
-        snprintf(out, out_len, "%s", net);
+        tms_text_copy(out, out_len, net);
         return 0;
     }
     if (v6_prefix < 1 || v6_prefix > 128)

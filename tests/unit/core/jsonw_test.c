@@ -41,6 +41,38 @@ static void test_strings(void)
     check_string(all, sizeof(all));
 }
 
+/* The writer copies 8 clean bytes at a time and escapes within a word byte by byte:
+ * every position of a byte to escape, in strings of every length around a word, and
+ * random mixes of plain, special and UTF-8 bytes. */
+static void test_strings_by_word(void)
+{
+    static const char specials[] = {'"', '\\', '\n', '\x01', '\x1f', ' ', '\x7f', (char)0xc3};
+    char s[64];
+    unsigned seed = 12345;
+    for (size_t n = 1; n <= 33; n++) {
+        for (size_t at = 0; at < n; at++) {
+            for (size_t k = 0; k < sizeof(specials); k++) {
+                memset(s, 'a', n);
+                s[at] = specials[k];
+                if ((unsigned char)specials[k] == 0xc3) {
+                    if (at + 1 >= n)
+                        continue; /* keep the UTF-8 whole */
+                    s[at + 1] = (char)0xa9;
+                }
+                check_string(s, n);
+            }
+        }
+    }
+    for (int round = 0; round < 2000; round++) {
+        size_t n = (size_t)(rand_r(&seed) % 48);
+        for (size_t i = 0; i < n; i++) {
+            int r = rand_r(&seed) % 10;
+            s[i] = r < 7 ? (char)('a' + r) : specials[rand_r(&seed) % 7];
+        }
+        check_string(s, n);
+    }
+}
+
 static void test_ints(void)
 {
     const int64_t v[] = {0, 1, -1, 9, 10, 123456789, INT64_MAX, INT64_MIN, -42};
@@ -84,6 +116,7 @@ static void test_times(void)
 int main(void)
 {
     RUN_TEST(test_strings);
+    RUN_TEST(test_strings_by_word);
     RUN_TEST(test_ints);
     RUN_TEST(test_times);
     TEST_EXIT();
