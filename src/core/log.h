@@ -59,6 +59,14 @@ void tms_log_stop_writer(void);
  * log thread is writing at that moment may be cut short). */
 void tms_log_flush_now(void);
 
+/** On a loop thread: gather this thread's lines in a buffer of its own (16 KiB) until
+ * tms_log_stage_flush, which the loop calls once per iteration (before it waits for
+ * I/O) and when the buffer is full. tms_log_stage_stop flushes and ends it; call it
+ * before the thread exits, or its last lines are lost. */
+void tms_log_stage_start(void);
+void tms_log_stage_flush(void);
+void tms_log_stage_stop(void);
+
 /** Lines dropped because the buffer was full, since start. */
 uint64_t tms_log_dropped(void);
 

@@ -18,7 +18,8 @@ typedef struct worker {
     pthread_t thread;
     int created; /* the thread exists and is joined at the end */
     uv_loop_t loop;
-    uv_async_t control; /* the main thread's stop request; closed when acted on */
+    uv_async_t control;     /* the main thread's stop request; closed when acted on */
+    uv_prepare_t log_flush; /* this thread's log lines out once per loop iteration */
     atomic_int stop_requested;
     int start_done, start_rc; /* under w->lock */
     atomic_int ended;         /* the loop ended */
@@ -51,6 +52,14 @@ static void on_control(uv_async_t *a)
     wk->w->hooks->stop(wk->w->hooks->arg, wk->index);
 }
 
+/* Once per loop iteration, before the loop waits: this thread's log lines to the
+ * log thread's buffer (core/log.h). */
+static void on_log_flush(uv_prepare_t *h)
+{
+    (void)h;
+    tms_log_stage_flush();
+}
+
 static void *worker_main(void *arg)
 {
     worker_t *wk = arg;
@@ -63,6 +72,10 @@ static void *worker_main(void *arg)
         tms_metrics_thread_label(label);
     }
     uv_loop_init(&wk->loop);
+    tms_log_stage_start();
+    uv_prepare_init(&wk->loop, &wk->log_flush);
+    uv_prepare_start(&wk->log_flush, on_log_flush);
+    uv_unref((uv_handle_t *)&wk->log_flush); /* the loop ends when the parts have ended */
     uv_async_init(&wk->loop, &wk->control, on_control);
     wk->control.data = wk;
     rc = w->hooks->start(w->hooks->arg, w, wk->index, &wk->loop);
@@ -75,6 +88,9 @@ static void *worker_main(void *arg)
     pthread_mutex_unlock(&w->lock);
 
     uv_run(&wk->loop, UV_RUN_DEFAULT);
+    uv_close((uv_handle_t *)&wk->log_flush, NULL);
+    uv_run(&wk->loop, UV_RUN_DEFAULT); /* the close */
+    tms_log_stage_stop();
     wk->clean =
         rc == 0 && (!w->hooks->finished || w->hooks->finished(w->hooks->arg, wk->index) == 0);
     tms_metrics_drop_thread_gauges();

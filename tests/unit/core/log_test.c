@@ -169,6 +169,59 @@ static void test_writer_loses_nothing(void)
     CHECK_EQ_INT(tms_log_dropped(), 0);
 }
 
+/* A loop thread's staged lines (issue 19): flushed once per "iteration" here, and the
+ * rest by tms_log_stage_stop; every line comes out once, in this thread's order, with
+ * a line of another (unstaged) thread among them. */
+static void *log_other(void *arg)
+{
+    (void)arg;
+    tms_log_info("other", "thread=2");
+    return NULL;
+}
+
+static void test_staged_lines_lose_nothing(void)
+{
+    static char out[4 << 20];
+    reader_t r = {capture_stderr(), out, sizeof(out), 0};
+    pthread_t t, other;
+    char want[64];
+    int ok = 1;
+    const char *p = out;
+    pthread_create(&t, NULL, read_until_eof, &r);
+    CHECK_EQ_INT(tms_log_start_writer(), 0);
+    tms_log_stage_start();
+    for (int i = 0; i < 20000; i++) {
+        tms_log_info("staged", "i=%d", i);
+        if (i % 100 == 99)
+            tms_log_stage_flush();
+        if (i == 5000) {
+            pthread_create(&other, NULL, log_other, NULL);
+            pthread_join(other, NULL);
+        }
+    }
+    tms_log_info("staged", "i=%d", 20000); /* left in the stage: stop flushes it */
+    tms_log_stage_stop();
+    tms_log_stop_writer();
+    restore_stderr();
+    pthread_join(t, NULL);
+    close(r.fd);
+    CHECK_EQ_INT(count_lines(out, "\n"), 20002);
+    CHECK_EQ_INT(count_lines(out, "event=other thread=2\n"), 1);
+    for (int i = 0; i <= 20000 && ok; i++) {
+        const char *nl = memchr(p, '\n', (size_t)(out + r.n - p));
+        if (nl && memmem(p, (size_t)(nl - p), "event=other", 11)) { /* skip it */
+            p = nl + 1;
+            nl = memchr(p, '\n', (size_t)(out + r.n - p));
+        }
+        snprintf(want, sizeof(want), " event=staged i=%d", i);
+        ok = nl && (size_t)(nl - p) > strlen(want) &&
+             memcmp(nl - strlen(want), want, strlen(want)) == 0;
+        p = nl ? nl + 1 : p;
+    }
+    CHECK(ok);
+    CHECK_EQ_INT(tms_log_dropped(), 0);
+}
+
 static uint64_t now_ms(void)
 {
     struct timespec ts;
@@ -213,6 +266,7 @@ int main(void)
     RUN_TEST(test_line_format);
     RUN_TEST(test_line_cut);
     RUN_TEST(test_writer_loses_nothing);
+    RUN_TEST(test_staged_lines_lose_nothing);
     RUN_TEST(test_writer_drops_when_the_sink_blocks);
     TEST_EXIT();
 }
