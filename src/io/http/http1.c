@@ -674,9 +674,28 @@ static void conn_write_ex(conn_t *c, const char *data, size_t len, bool final, b
                 c->stream->queued -= stream_bytes;
             return;
         }
+        size_t sent = 0;
+        if (out && final && !close_after && c->in_len == 0 && !c->peer_eof) {
+            /* As for cleartext below: the ciphertext sent at once, no write request. */
+            int n =
+                uv_try_write((uv_stream_t *)&c->tcp, &(uv_buf_t){.base = out, .len = out_len}, 1);
+            if (n == (int)out_len) {
+                free(out);
+                c->phase = PH_IDLE;
+                timer_restart(c, c->srv->limits.idle_timeout_ms, on_conn_timeout);
+                return;
+            }
+            if (n > 0) {
+                sent = (size_t)n;
+            } else if (n != UV_EAGAIN) {
+                free(out);
+                conn_close(c);
+                return;
+            }
+        }
         wr = tms_malloc(sizeof *wr);
         wr->heap = out;
-        b = uv_buf_init(out ? out : wr->data, (unsigned)out_len);
+        b = uv_buf_init(out ? out + sent : wr->data, (unsigned)(out_len - sent));
     } else {
         if (final && !close_after && c->in_len == 0 && !c->peer_eof) {
             /* The common case, a response that ends a request with nothing pipelined
