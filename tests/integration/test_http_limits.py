@@ -372,3 +372,38 @@ def test_each_waiting_request_gets_its_own_deadline(make_server):
     assert srv.get("/healthz").status_code == 200
     r = srv.get_task(token, 1)  # and the next call still gets its deadline
     assert_error(r, 504, "DEADLINE_EXCEEDED")
+
+
+def test_pipelined_gets_answered_in_order_and_without_waiting_for_the_next(server):
+    """Responses to pipelined requests are gathered and sent in one write per loop
+    iteration (issue 19): 200 pipelined GETs of different tasks come back in order, each
+    with its own task; and responses gathered while the next request is still incomplete
+    are sent anyway (the client waits for them before it sends the rest)."""
+    token, _ = server.register()
+    ids = [server.create_task(token, title=f"pipe {i}")["id"] for i in range(5)]
+    auth = {"Authorization": f"Bearer {token}"}
+    data = b"".join(req("GET", f"/api/task/{ids[i % 5]}", {**auth, "X-Request-Id": f"p-{i}"})
+                    for i in range(200))
+    s = raw_connect(server.port, timeout=10)
+    try:
+        s.sendall(data)
+        reader = RawReader(s)
+        for i in range(200):
+            r = reader.read_response()
+            assert r.status == 200, (i, r.status)
+            assert r.headers.get("x-request-id") == f"p-{i}"
+            assert r.json()["id"] == ids[i % 5] and r.json()["title"] == f"pipe {i % 5}"
+        # ten whole requests and half of an eleventh: the ten answers must not wait
+        whole = b"".join(req("GET", f"/api/task/{ids[0]}", {**auth, "X-Request-Id": f"q-{i}"})
+                         for i in range(10))
+        last = req("GET", f"/api/task/{ids[1]}", {**auth, "X-Request-Id": "q-last"})
+        s.sendall(whole + last[:20])
+        for i in range(10):
+            r = reader.read_response()
+            assert r.status == 200 and r.headers.get("x-request-id") == f"q-{i}"
+        s.sendall(last[20:])
+        r = reader.read_response()
+        assert r.status == 200 and r.headers.get("x-request-id") == "q-last"
+        assert r.json()["id"] == ids[1]
+    finally:
+        s.close()

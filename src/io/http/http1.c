@@ -30,6 +30,9 @@
 #define LINGER_MS 2000
 /* Bytes buffered while a request is with the handler before reading pauses. */
 #define PENDING_MAX (256 * 1024)
+/* Responses to pipelined requests are gathered per connection and sent in one write
+ * per loop iteration, up to this many bytes (then written at once). */
+#define CORK_MAX (64 * 1024)
 #define DETACHED_STATUS 499
 
 typedef enum phase {
@@ -87,8 +90,13 @@ struct conn {
     char prev_byte; /* last byte but SP/HT parsed before in[0] (obs-fold check) */
     size_t in_len, in_cap;
     uint64_t body_deadline; /* uv_now() by which the body must be complete */
-    uint64_t due;           /* uv_now() at which due_cb runs; 0: no deadline */
-    uint64_t armed;         /* when the uv timer fires (it may fire before due) */
+    char *out;              /* corked responses (pipelined), at most CORK_MAX bytes */
+    size_t out_len, out_cap;
+    conn_t *cork_prev, *cork_next; /* in the server's list while out_len > 0 */
+    unsigned writes_queued;        /* uv_write requests not yet called back */
+    bool in_process;               /* process() is on the stack */
+    uint64_t due;                  /* uv_now() at which due_cb runs; 0: no deadline */
+    uint64_t armed;                /* when the uv timer fires (it may fire before due) */
     uv_timer_cb due_cb;
     tms_listen_slot_t *slot;   /* this connection's place in its address's count */
     tms_tls_t *tls;            /* NULL: cleartext */
@@ -128,7 +136,9 @@ struct tms_http_server {
     atomic_long open_connections; /* nconns, readable from the thread that renders metrics */
     char gauge_labels[48];
     tms_counter_t *timeouts[4]; /* head, body, send, handshake */
-    hreq_t *spare; /* finished requests kept with their buffers (at most MAX_SPARE_REQS) */
+    hreq_t *spare;        /* finished requests kept with their buffers (at most MAX_SPARE_REQS) */
+    conn_t *corked;       /* connections with corked output, written before the loop waits */
+    uv_prepare_t *uncork; /* its own allocation: closed when the server is freed */
     size_t nspare;
 };
 
@@ -518,6 +528,21 @@ static void on_conn_timeout(uv_timer_t *t);
 
 static void read_start(conn_t *c);
 
+static void cork_unlist(conn_t *c)
+{
+    tms_http_server_t *s = c->srv;
+    if (!c->out_len)
+        return;
+    if (c->cork_prev)
+        c->cork_prev->cork_next = c->cork_next;
+    else
+        s->corked = c->cork_next;
+    if (c->cork_next)
+        c->cork_next->cork_prev = c->cork_prev;
+    c->cork_prev = c->cork_next = NULL;
+    c->out_len = 0;
+}
+
 static void conn_close(conn_t *c)
 {
     hreq_t *r = c->req;
@@ -534,6 +559,7 @@ static void conn_close(conn_t *c)
             req_free(r);
         }
     }
+    cork_unlist(c);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_handle_close);
     uv_close((uv_handle_t *)&c->tcp, on_handle_close);
@@ -564,6 +590,7 @@ static void on_handle_close(uv_handle_t *h)
     tms_listener_release(&s->lis, &c->slot);
     tms_tls_free(&c->tls);
     free(c->in);
+    free(c->out);
     free(c);
     tms_listener_maybe_stopped(&s->lis);
 }
@@ -621,6 +648,7 @@ static void on_write(uv_write_t *w, int status)
     wreq_t *wr = (wreq_t *)w;
     conn_t *c = wr->conn;
     bool close_after = wr->close_after, final = wr->final;
+    c->writes_queued--;
     if (c->stream && wr->stream_bytes) {
         c->stream->queued -= wr->stream_bytes;
         if (c->stream->queued == 0 && c->phase == PH_STREAM && !c->closing)
@@ -697,6 +725,32 @@ static void conn_write_ex(conn_t *c, const char *data, size_t len, bool final, b
         wr->heap = out;
         b = uv_buf_init(out ? out + sent : wr->data, (unsigned)(out_len - sent));
     } else {
+        if (final && !close_after && c->in_len > 0 && !c->peer_eof && !c->writes_queued &&
+            c->out_len + len <= CORK_MAX) {
+            /* More requests are pipelined behind this one: keep the response and go on
+             * with the next request; what gathered goes out in one write, with the
+             * last response or before the loop waits (on_uncork). */
+            if (!c->out_len) {
+                tms_http_server_t *s = c->srv;
+                c->cork_prev = NULL;
+                c->cork_next = s->corked;
+                if (s->corked)
+                    s->corked->cork_prev = c;
+                s->corked = c;
+            }
+            buf_append(&c->out, &c->out_len, &c->out_cap, data, len);
+            c->phase = PH_IDLE;
+            if (!c->in_process)
+                process(c); /* called from a reply: on to the next request */
+            return;
+        }
+        if (c->out_len) { /* corked responses go first, in the same write */
+            size_t n = c->out_len;
+            buf_append(&c->out, &n, &c->out_cap, data, len);
+            cork_unlist(c);
+            data = c->out;
+            len = n;
+        }
         if (final && !close_after && c->in_len == 0 && !c->peer_eof) {
             /* The common case, a response that ends a request with nothing pipelined
              * after it: try to send it at once. All sent, the connection is idle
@@ -734,10 +788,42 @@ static void conn_write_ex(conn_t *c, const char *data, size_t len, bool final, b
         conn_close(c);
         return;
     }
+    c->writes_queued++;
     /* A client that does not read its response would hold the connection (and the
      * response's bytes) for as long as it liked. */
     if (final)
         timer_restart(c, c->srv->limits.send_timeout_ms, on_conn_timeout);
+}
+
+/* Write what c has corked (not a final write: the phase stays as it is). */
+static void uncork(conn_t *c)
+{
+    size_t len = c->out_len;
+    int n;
+    cork_unlist(c);
+    n = uv_try_write((uv_stream_t *)&c->tcp, &(uv_buf_t){.base = c->out, .len = len}, 1);
+    if (n == (int)len)
+        return;
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_close(c);
+        return;
+    }
+    if (n < 0)
+        n = 0;
+    conn_write_ex(c, c->out + n, len - (size_t)n, false, false, 0);
+}
+
+/* Before the loop waits: every connection's corked responses go out, one write each. */
+static void on_uncork(uv_prepare_t *h)
+{
+    tms_http_server_t *s = h->data;
+    while (s->corked)
+        uncork(s->corked);
+}
+
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
 }
 
 /* Serialize status line, headers and body into one buffer owned by the caller. */
@@ -1165,16 +1251,19 @@ static void dispatch(conn_t *c)
 /* Parse buffered input until a request is complete, an error, or the input runs out. */
 static void process(conn_t *c)
 {
+    c->in_process = true;
     while (!c->closing && (c->phase == PH_IDLE || c->phase == PH_HEAD || c->phase == PH_BODY)) {
         llhttp_errno_t e;
         size_t used;
         if (c->in_len == 0) {
             if (c->peer_eof) {
+                c->in_process = false;
                 conn_close(c); /* nothing more will come */
                 return;
             }
             if (c->phase == PH_IDLE) {
                 if (c->srv->lis.stopping) {
+                    c->in_process = false;
                     conn_close(c);
                     return;
                 }
@@ -1197,6 +1286,7 @@ static void process(conn_t *c)
                 code = TMS_RESOURCE_EXHAUSTED;
             snprintf(msg, sizeof msg, "%s%s", status == 400 ? "malformed HTTP request: " : "", why);
             c->in_len = 0;
+            c->in_process = false;
             conn_fail(c, status, code, msg);
             return;
         }
@@ -1211,9 +1301,12 @@ static void process(conn_t *c)
         if (c->ready) {
             c->ready = false;
             dispatch(c);
-            break;
+            if (c->phase != PH_IDLE)
+                break; /* with the handler, or its response being written */
+            /* answered at once and corked: on to the next pipelined request */
         }
     }
+    c->in_process = false;
     if (c->in_len == 0 && c->in_cap > READ_CHUNK) {
         free(c->in);
         c->in = NULL;
@@ -1436,6 +1529,11 @@ tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t 
     if (!s->limits.tls_handshake_timeout_ms)
         s->limits.tls_handshake_timeout_ms = 10000;
     tms_listener_init(&s->lis, s, &s->nconns, close_all);
+    s->uncork = tms_new(uv_prepare_t);
+    uv_prepare_init(loop, s->uncork);
+    s->uncork->data = s;
+    uv_prepare_start(s->uncork, on_uncork);
+    uv_unref((uv_handle_t *)s->uncork);
     tms_listener_limit(&s->lis, s->limits.listener, s->limits.max_connections_per_address,
                        s->limits.ipv6_prefix);
     if (uv_random(NULL, NULL, s->rng, sizeof s->rng, 0, NULL) < 0 || (!s->rng[0] && !s->rng[1])) {
@@ -1642,6 +1740,7 @@ void tms_http_server_free(tms_http_server_t **sp)
         *sp = NULL;
         return;
     }
+    uv_close((uv_handle_t *)s->uncork, free_handle);
     while (s->spare) {
         hreq_t *r = s->spare;
         TMS_UNPOISON(r, sizeof *r);
