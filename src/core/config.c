@@ -304,8 +304,8 @@ static const key_t_ keys[] = {
         "instance, `tms user set-role`) within this time; 0 off"),
     INT(auth, hash_threads, auth.hash_threads, 1, 64, "2",
         "password hashing threads, shared by all server.workers; at most the CPUs the "
-        "process may run on less one (at least 1), at nice 10, so that hashes never take "
-        "every core from the loops"),
+        "process may run on less one (at least 1), at SCHED_IDLE (nice 10 where not available), "
+        "so that hashes never take every core from the loops nor keep a waking loop waiting"),
     INT(auth, hash_queue, auth.hash_queue, 1, 100000, "256",
         "queued password hashes before logins answer UNAVAILABLE"),
     INT(auth, hash_queue_ms, auth.hash_queue_ms, 0, 60000, "2000",

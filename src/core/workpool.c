@@ -2,6 +2,7 @@
 #include "core/workpool.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,7 @@ struct tms_workpool {
     tms_mailbox_t *queue;
     int nthreads;
     int nice; /* of each worker thread (Linux: nice is per thread) */
+    int idle; /* workers at SCHED_IDLE where the kernel has it */
     pthread_t *threads;
     pthread_mutex_t keys_lock; /* the key table */
     tms_job_key_t **buckets;   /* power of two; at most one key per job in the pool */
@@ -94,6 +96,13 @@ static void *worker(void *arg)
     /* Best effort: raising one's own nice value needs no privilege. */
     if (pool->nice > 0)
         (void)setpriority(PRIO_PROCESS, (id_t)gettid(), pool->nice);
+#ifdef SCHED_IDLE
+    /* Also needs no privilege. The nice value stays where it is not available. */
+    if (pool->idle) {
+        struct sched_param sp = {0};
+        (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+    }
+#endif
     /* take() returns NULL only once the queue is closed and drained. */
     while ((msg = tms_mailbox_take(pool->queue, -1)) != NULL) {
         tms_job_t *job = (tms_job_t *)msg;
@@ -113,10 +122,11 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
     return tms_workpool_new_nice(name, threads, capacity, 0);
 }
 
-tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capacity, int nice)
+static tms_workpool_t *pool_new(const char *name, int threads, size_t capacity, int nice, int idle)
 {
     tms_workpool_t *pool = tms_new(tms_workpool_t);
     pool->nice = nice < 0 ? 0 : nice > 19 ? 19 : nice;
+    pool->idle = idle;
     pool->queue = tms_mailbox_new_threaded(name, capacity);
     pool->nthreads = threads > 0 ? threads : 1;
     pool->threads = tms_calloc((size_t)pool->nthreads, sizeof(pthread_t));
@@ -135,6 +145,16 @@ tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capa
         pthread_setname_np(pool->threads[i], tname);
     }
     return pool;
+}
+
+tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capacity, int nice)
+{
+    return pool_new(name, threads, capacity, nice, 0);
+}
+
+tms_workpool_t *tms_workpool_new_idle(const char *name, int threads, size_t capacity, int nice)
+{
+    return pool_new(name, threads, capacity, nice, 1);
 }
 
 static int submit(tms_workpool_t *pool, tms_job_t **job, tms_job_key_t *key)

@@ -28,6 +28,14 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
  * burst: mail files, password hashes). */
 tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capacity, int nice);
 
+/** The same with the workers at SCHED_IDLE (Linux; at nice `nice` where that is not
+ * available): they run only when no other thread of their CPU wants it, and a loop that
+ * wakes takes the CPU from them at once. At nice 10 alone, the kernel lets a running
+ * worker finish its slice first: a waking loop waited up to 3.8 ms behind a password
+ * hash (issue 20). Their jobs should hold locks only briefly: a worker preempted while
+ * holding one waits for the CPU to be idle (or for its small share of it). */
+tms_workpool_t *tms_workpool_new_idle(const char *name, int threads, size_t capacity, int nice);
+
 /** Queue a job; takes ownership and clears *job on success. Returns 0, -TMS_EFULL
  * (queue full: answer UNAVAILABLE) or -TMS_ECLOSED. */
 int tms_workpool_submit(tms_workpool_t *pool, tms_job_t **job);

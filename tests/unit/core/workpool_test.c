@@ -2,6 +2,7 @@
  * max_per_key jobs queued or running, so a few addresses cannot fill the queue. */
 #define _GNU_SOURCE /* gettid */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -139,10 +140,54 @@ static void test_nice(void)
     CHECK_EQ_INT(getpriority(PRIO_PROCESS, (id_t)gettid()), own);
 }
 
+static atomic_int seen_policy = -100;
+
+static void run_policy(tms_job_t *job)
+{
+    (void)job;
+    atomic_store(&seen_policy, sched_getscheduler(0));
+    atomic_store(&seen_nice, getpriority(PRIO_PROCESS, (id_t)gettid()));
+    atomic_fetch_add(&ran, 1);
+}
+
+/* Issue 20: an idle pool (password hashes) runs its jobs at SCHED_IDLE, so a loop that
+ * wakes takes the CPU back at once, and at its nice value too; the submitting thread
+ * keeps its own policy and nice value. */
+static void test_idle(void)
+{
+    int own_policy = sched_getscheduler(0), own = getpriority(PRIO_PROCESS, (id_t)gettid());
+    tms_workpool_t *pool = tms_workpool_new_idle("hash", 1, 4, 10);
+    tms_job_t *job = new_job();
+    atomic_store(&ran, 0);
+    job->run = run_policy;
+    CHECK_EQ_INT(tms_workpool_submit(pool, &job), 0);
+    tms_workpool_free(&pool);
+    CHECK_EQ_INT(atomic_load(&ran), 1);
+    CHECK_EQ_INT(atomic_load(&seen_policy), SCHED_IDLE);
+    CHECK_EQ_INT(atomic_load(&seen_nice), own > 10 ? own : 10);
+    CHECK_EQ_INT(sched_getscheduler(0), own_policy);
+    CHECK_EQ_INT(getpriority(PRIO_PROCESS, (id_t)gettid()), own);
+}
+
+/* A nice pool stays at the normal policy (mail: fsyncs and file locks). */
+static void test_nice_is_not_idle(void)
+{
+    tms_workpool_t *pool = tms_workpool_new_nice("mail", 1, 4, 10);
+    tms_job_t *job = new_job();
+    atomic_store(&ran, 0);
+    job->run = run_policy;
+    CHECK_EQ_INT(tms_workpool_submit(pool, &job), 0);
+    tms_workpool_free(&pool);
+    CHECK_EQ_INT(atomic_load(&ran), 1);
+    CHECK_EQ_INT(atomic_load(&seen_policy), SCHED_OTHER);
+}
+
 int main(void)
 {
     RUN_TEST(test_per_key_limit);
     RUN_TEST(test_many_keys);
     RUN_TEST(test_nice);
+    RUN_TEST(test_idle);
+    RUN_TEST(test_nice_is_not_idle);
     TEST_EXIT();
 }
