@@ -195,7 +195,8 @@ def test_hash_threads_leave_a_cpu_and_run_at_sched_idle(make_server):
     """Issue 20: hashes never take every CPU from the loops, nor keep a waking loop
     waiting. On one CPU (the process's affinity), auth.hash_threads=4 runs one hashing
     thread, at SCHED_IDLE (and nice 10, what it runs at where the kernel has no
-    SCHED_IDLE); the loop and the other threads stay at the normal policy."""
+    SCHED_IDLE), and its kicker; the loop and the other threads stay at the normal
+    policy."""
     import os
 
     before = os.sched_getaffinity(0)
@@ -206,16 +207,21 @@ def test_hash_threads_leave_a_cpu_and_run_at_sched_idle(make_server):
         os.sched_setaffinity(0, before)
     srv.register(unique_email("niced"))
     tasks = f"/proc/{srv.proc.pid}/task"
-    hashers, others = [], set()
+    hashers, kickers, others = [], [], set()
     for tid in os.listdir(tasks):
         with open(f"{tasks}/{tid}/comm") as f:
             comm = f.read().strip()
         policy = os.sched_getscheduler(int(tid))
-        if comm == "tms-hash":
+        if comm == "tms-hash-kick":
+            kickers.append(policy)
+        elif comm == "tms-hash":
             with open(f"{tasks}/{tid}/stat") as s:
                 stat = s.read()
             hashers.append((policy, int(stat[stat.rindex(")") + 2:].split()[16])))  # nice
         else:
             others.add(policy)
     assert hashers == [(os.SCHED_IDLE, 10)], hashers
+    # the hash pool's kicker: at the normal policy, its wake-ups take the CPU from a
+    # hash the kernel ran while the loop was runnable
+    assert kickers == [os.SCHED_OTHER], kickers
     assert others == {os.SCHED_OTHER}, others
