@@ -225,3 +225,30 @@ def test_hash_threads_leave_a_cpu_and_run_at_sched_idle(make_server):
     # hash the kernel ran while the loop was runnable
     assert kickers == [os.SCHED_OTHER], kickers
     assert others == {os.SCHED_OTHER}, others
+
+
+@pytest.mark.skipif(SPLIT, reason="the hash threads live in the auth role's process, not in "
+                    "the gateway's that srv.proc is")
+def test_hash_priority_nice_runs_hashes_at_nice_10_without_a_kicker(make_server):
+    """auth.hash_priority=nice (for hosts whose CPUs are never idle: at SCHED_IDLE hashes
+    would not advance there): the hash thread at the normal policy and nice 10, no
+    kicker; logins work."""
+    import os
+
+    srv = make_server(settings={"auth.hash_threads": 1, "auth.hash_priority": "nice"})
+    email = unique_email("nice")
+    srv.register(email)
+    r = requests.post(srv.url("/api/auth/login"), timeout=30,
+                      json={"email": email, "password": DEFAULT_PASSWORD})
+    assert r.status_code == 200, r.text
+    tasks = f"/proc/{srv.proc.pid}/task"
+    threads = []
+    for tid in os.listdir(tasks):
+        with open(f"{tasks}/{tid}/comm") as f:
+            comm = f.read().strip()
+        if comm.startswith("tms-hash"):
+            with open(f"{tasks}/{tid}/stat") as s:
+                stat = s.read()
+            nice = int(stat[stat.rindex(")") + 2:].split()[16])
+            threads.append((comm, os.sched_getscheduler(int(tid)), nice))
+    assert threads == [("tms-hash", os.SCHED_OTHER, 10)], threads
