@@ -100,6 +100,7 @@ typedef struct tms_config {
         int64_t user_cache_ms;
         int64_t hash_threads, hash_queue;
         int64_t hash_queue_ms;    /* a hash queued longer answers 503; 0 off */
+        char hash_priority[8];    /* idle | nice */
         int64_t hash_per_address; /* hashes queued or running per client address; 0 off */
         int64_t argon2_opslimit, argon2_memlimit_kib;
         char registration[8];         /* open | closed | admin */

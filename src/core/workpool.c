@@ -2,10 +2,13 @@
 #include "core/workpool.h"
 
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <sodium.h>
@@ -25,6 +28,14 @@ struct tms_workpool {
     tms_mailbox_t *queue;
     int nthreads;
     int nice; /* of each worker thread (Linux: nice is per thread) */
+    int idle; /* workers at SCHED_IDLE where the kernel has it */
+    /* An idle pool's kicker: while a job runs, it wakes every KICK_NS (see kicker()). */
+    pthread_t kicker;
+    pthread_mutex_t run_lock;
+    pthread_cond_t run_cond;
+    int running; /* jobs running now */
+    int stopping;
+    atomic_uint_least64_t kicks; /* the kicker's wake-ups, for tests */
     pthread_t *threads;
     pthread_mutex_t keys_lock; /* the key table */
     tms_job_key_t **buckets;   /* power of two; at most one key per job in the pool */
@@ -87,6 +98,42 @@ static void key_release(tms_workpool_t *pool, tms_job_key_t *k)
     pthread_mutex_unlock(&pool->keys_lock);
 }
 
+/* How often an idle pool's kicker wakes while a job runs. */
+#define KICK_NS 500000L
+
+/* A thread at the normal policy that only sleeps for KICK_NS at a time while a job of
+ * the pool runs: the kernel runs a thread at SCHED_IDLE when the loop on its CPU is
+ * runnable too, now and then, and then lets it keep the CPU until the next tick (4 ms at
+ * HZ 250) unless a normal thread wakes. This wake-up is one: it hands the CPU back to
+ * the scheduler every KICK_NS, which then runs the loop (issue 20). */
+static void *kicker(void *arg)
+{
+    tms_workpool_t *pool = arg;
+    struct timespec ts = {0, KICK_NS};
+    pthread_mutex_lock(&pool->run_lock);
+    while (!pool->stopping) {
+        if (!pool->running) {
+            pthread_cond_wait(&pool->run_cond, &pool->run_lock);
+            continue;
+        }
+        pthread_mutex_unlock(&pool->run_lock);
+        nanosleep(&ts, NULL);
+        atomic_fetch_add_explicit(&pool->kicks, 1, memory_order_relaxed);
+        pthread_mutex_lock(&pool->run_lock);
+    }
+    pthread_mutex_unlock(&pool->run_lock);
+    return NULL;
+}
+
+static void set_running(tms_workpool_t *pool, int delta)
+{
+    pthread_mutex_lock(&pool->run_lock);
+    pool->running += delta;
+    if (delta > 0 && pool->running == 1)
+        pthread_cond_signal(&pool->run_cond);
+    pthread_mutex_unlock(&pool->run_lock);
+}
+
 static void *worker(void *arg)
 {
     tms_workpool_t *pool = arg;
@@ -94,12 +141,23 @@ static void *worker(void *arg)
     /* Best effort: raising one's own nice value needs no privilege. */
     if (pool->nice > 0)
         (void)setpriority(PRIO_PROCESS, (id_t)gettid(), pool->nice);
+#ifdef SCHED_IDLE
+    /* Also needs no privilege. The nice value stays where it is not available. */
+    if (pool->idle) {
+        struct sched_param sp = {0};
+        (void)pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
+    }
+#endif
     /* take() returns NULL only once the queue is closed and drained. */
     while ((msg = tms_mailbox_take(pool->queue, -1)) != NULL) {
         tms_job_t *job = (tms_job_t *)msg;
         tms_job_key_t *k = job->key;
         job->key = NULL;
+        if (pool->idle)
+            set_running(pool, 1);
         job->run(job);
+        if (pool->idle)
+            set_running(pool, -1);
         /* Before the reply: once answered, the client may submit again at once. */
         if (k)
             key_release(pool, k);
@@ -113,14 +171,17 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
     return tms_workpool_new_nice(name, threads, capacity, 0);
 }
 
-tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capacity, int nice)
+static tms_workpool_t *pool_new(const char *name, int threads, size_t capacity, int nice, int idle)
 {
     tms_workpool_t *pool = tms_new(tms_workpool_t);
     pool->nice = nice < 0 ? 0 : nice > 19 ? 19 : nice;
+    pool->idle = idle;
     pool->queue = tms_mailbox_new_threaded(name, capacity);
     pool->nthreads = threads > 0 ? threads : 1;
     pool->threads = tms_calloc((size_t)pool->nthreads, sizeof(pthread_t));
     pthread_mutex_init(&pool->keys_lock, NULL);
+    pthread_mutex_init(&pool->run_lock, NULL);
+    pthread_cond_init(&pool->run_cond, NULL);
     pool->nbuckets = 16;
     pool->buckets = tms_calloc(pool->nbuckets, sizeof(*pool->buckets));
     if (sodium_init() < 0)
@@ -134,7 +195,24 @@ tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capa
         snprintf(tname, sizeof(tname), "tms-%s", name);
         pthread_setname_np(pool->threads[i], tname);
     }
+    if (idle) {
+        char tname[16];
+        if (pthread_create(&pool->kicker, NULL, kicker, pool) != 0)
+            tms_oom(__FILE__, __LINE__);
+        snprintf(tname, sizeof(tname), "tms-%.6s-kick", name);
+        pthread_setname_np(pool->kicker, tname);
+    }
     return pool;
+}
+
+tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capacity, int nice)
+{
+    return pool_new(name, threads, capacity, nice, 0);
+}
+
+tms_workpool_t *tms_workpool_new_idle(const char *name, int threads, size_t capacity, int nice)
+{
+    return pool_new(name, threads, capacity, nice, 1);
 }
 
 static int submit(tms_workpool_t *pool, tms_job_t **job, tms_job_key_t *key)
@@ -202,6 +280,11 @@ size_t tms_workpool_key_jobs(tms_workpool_t *pool, const char *key)
     return n;
 }
 
+uint64_t tms_workpool_kicks(tms_workpool_t *pool)
+{
+    return atomic_load_explicit(&pool->kicks, memory_order_relaxed);
+}
+
 size_t tms_workpool_depth(tms_workpool_t *pool)
 {
     return tms_mailbox_depth(pool->queue);
@@ -216,6 +299,15 @@ void tms_workpool_free(tms_workpool_t **ppool)
     tms_mailbox_close(pool->queue);
     for (int i = 0; i < pool->nthreads; i++)
         pthread_join(pool->threads[i], NULL);
+    if (pool->idle) {
+        pthread_mutex_lock(&pool->run_lock);
+        pool->stopping = 1;
+        pthread_cond_signal(&pool->run_cond);
+        pthread_mutex_unlock(&pool->run_lock);
+        pthread_join(pool->kicker, NULL);
+    }
+    pthread_mutex_destroy(&pool->run_lock);
+    pthread_cond_destroy(&pool->run_cond);
     tms_mailbox_free(&pool->queue);
     free(pool->threads);
     free(pool->buckets); /* every job ran, so every key was released */

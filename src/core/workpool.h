@@ -28,6 +28,21 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
  * burst: mail files, password hashes). */
 tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capacity, int nice);
 
+/** The same with the workers at SCHED_IDLE (Linux; at nice `nice` where that is not
+ * available): they run only when no other thread of their CPU wants it, and a loop that
+ * wakes takes the CPU from them at once. At nice 10 alone, the kernel lets a running
+ * worker finish its slice first: a waking loop waited up to 3.8 ms behind a password
+ * hash (issue 20). And the kernel still runs such a worker now and then while the loop
+ * is runnable, until its next tick (4 ms at HZ 250): a thread of the pool at the normal
+ * policy (`tms-<name>-kick`) wakes every 0.5 ms while a job runs, which takes the CPU
+ * from the worker and hands it back to the loop. Their jobs should hold locks only
+ * briefly: a worker preempted while holding one waits for the CPU to be idle (or for
+ * its small share of it). */
+tms_workpool_t *tms_workpool_new_idle(const char *name, int threads, size_t capacity, int nice);
+
+/** How often an idle pool's kicker woke so far (0 for the other pools). */
+uint64_t tms_workpool_kicks(tms_workpool_t *pool);
+
 /** Queue a job; takes ownership and clears *job on success. Returns 0, -TMS_EFULL
  * (queue full: answer UNAVAILABLE) or -TMS_ECLOSED. */
 int tms_workpool_submit(tms_workpool_t *pool, tms_job_t **job);

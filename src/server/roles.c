@@ -15,9 +15,11 @@
 #define PUSH_PURGE_MS 5000
 #include "server/internal.h"
 
-/* Password hashes (argon2id: tens of ms of CPU and memory bandwidth each) run at this
- * nice value, on fewer threads than the CPUs the process may use: during a login storm
- * the loops keep a core and most of the CPU, and hashes queue (issue 20). */
+/* Password hashes (argon2id: tens of ms of CPU and memory bandwidth each) run at
+ * SCHED_IDLE with a kicker (auth.hash_priority=idle; this nice value where the kernel
+ * has no SCHED_IDLE) or at this nice value (nice), on fewer threads than the CPUs the
+ * process may use: during a login storm the loops keep a core and hashes queue (issue
+ * 20). */
 #define HASH_NICE 10
 
 int server_hash_threads(int64_t configured)
@@ -221,8 +223,11 @@ static int start_relays(tms_server_t *s, unsigned roles)
         s->users_relay = s->users_outbox == s->tasks_outbox && s->tasks_relay
                              ? s->tasks_relay
                              : tms_relay_new(s->loop, s->users_outbox, s->bus, 1000);
-        s->hashers = tms_workpool_new_nice("hash", server_hash_threads(cfg->auth.hash_threads),
-                                           (size_t)cfg->auth.hash_queue, HASH_NICE);
+        int n = server_hash_threads(cfg->auth.hash_threads);
+        s->hashers =
+            strcmp(cfg->auth.hash_priority, "nice") == 0
+                ? tms_workpool_new_nice("hash", n, (size_t)cfg->auth.hash_queue, HASH_NICE)
+                : tms_workpool_new_idle("hash", n, (size_t)cfg->auth.hash_queue, HASH_NICE);
     }
     return 0;
 }

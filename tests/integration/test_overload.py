@@ -191,9 +191,12 @@ def test_hash_queued_past_auth_hash_queue_ms_answers_503_without_hashing(make_se
 
 @pytest.mark.skipif(SPLIT, reason="the hash threads live in the auth role's process, not in "
                     "the gateway's that srv.proc is")
-def test_hash_threads_leave_a_cpu_and_run_niced(make_server):
-    """Issue 20: hashes never take every CPU from the loops. On one CPU (the process's
-    affinity), auth.hash_threads=4 runs one hashing thread, at nice 10."""
+def test_hash_threads_leave_a_cpu_and_run_at_sched_idle(make_server):
+    """Issue 20: hashes never take every CPU from the loops, nor keep a waking loop
+    waiting. On one CPU (the process's affinity), auth.hash_threads=4 runs one hashing
+    thread, at SCHED_IDLE (and nice 10, what it runs at where the kernel has no
+    SCHED_IDLE), and its kicker; the loop and the other threads stay at the normal
+    policy."""
     import os
 
     before = os.sched_getaffinity(0)
@@ -204,11 +207,48 @@ def test_hash_threads_leave_a_cpu_and_run_niced(make_server):
         os.sched_setaffinity(0, before)
     srv.register(unique_email("niced"))
     tasks = f"/proc/{srv.proc.pid}/task"
-    hashers = []
+    hashers, kickers, others = [], [], set()
     for tid in os.listdir(tasks):
         with open(f"{tasks}/{tid}/comm") as f:
-            if f.read().strip() == "tms-hash":
-                with open(f"{tasks}/{tid}/stat") as s:
-                    stat = s.read()
-                hashers.append(int(stat[stat.rindex(")") + 2:].split()[16]))  # nice
-    assert hashers == [10], hashers
+            comm = f.read().strip()
+        policy = os.sched_getscheduler(int(tid))
+        if comm == "tms-hash-kick":
+            kickers.append(policy)
+        elif comm == "tms-hash":
+            with open(f"{tasks}/{tid}/stat") as s:
+                stat = s.read()
+            hashers.append((policy, int(stat[stat.rindex(")") + 2:].split()[16])))  # nice
+        else:
+            others.add(policy)
+    assert hashers == [(os.SCHED_IDLE, 10)], hashers
+    # the hash pool's kicker: at the normal policy, its wake-ups take the CPU from a
+    # hash the kernel ran while the loop was runnable
+    assert kickers == [os.SCHED_OTHER], kickers
+    assert others == {os.SCHED_OTHER}, others
+
+
+@pytest.mark.skipif(SPLIT, reason="the hash threads live in the auth role's process, not in "
+                    "the gateway's that srv.proc is")
+def test_hash_priority_nice_runs_hashes_at_nice_10_without_a_kicker(make_server):
+    """auth.hash_priority=nice (for hosts whose CPUs are never idle: at SCHED_IDLE hashes
+    would not advance there): the hash thread at the normal policy and nice 10, no
+    kicker; logins work."""
+    import os
+
+    srv = make_server(settings={"auth.hash_threads": 1, "auth.hash_priority": "nice"})
+    email = unique_email("nice")
+    srv.register(email)
+    r = requests.post(srv.url("/api/auth/login"), timeout=30,
+                      json={"email": email, "password": DEFAULT_PASSWORD})
+    assert r.status_code == 200, r.text
+    tasks = f"/proc/{srv.proc.pid}/task"
+    threads = []
+    for tid in os.listdir(tasks):
+        with open(f"{tasks}/{tid}/comm") as f:
+            comm = f.read().strip()
+        if comm.startswith("tms-hash"):
+            with open(f"{tasks}/{tid}/stat") as s:
+                stat = s.read()
+            nice = int(stat[stat.rindex(")") + 2:].split()[16])
+            threads.append((comm, os.sched_getscheduler(int(tid)), nice))
+    assert threads == [("tms-hash", os.SCHED_OTHER, 10)], threads

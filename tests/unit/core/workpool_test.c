@@ -2,6 +2,7 @@
  * max_per_key jobs queued or running, so a few addresses cannot fill the queue. */
 #define _GNU_SOURCE /* gettid */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -139,10 +140,86 @@ static void test_nice(void)
     CHECK_EQ_INT(getpriority(PRIO_PROCESS, (id_t)gettid()), own);
 }
 
+static atomic_int seen_policy = -100;
+
+static void run_policy(tms_job_t *job)
+{
+    (void)job;
+    atomic_store(&seen_policy, sched_getscheduler(0));
+    atomic_store(&seen_nice, getpriority(PRIO_PROCESS, (id_t)gettid()));
+    atomic_fetch_add(&ran, 1);
+}
+
+/* Issue 20: an idle pool (password hashes) runs its jobs at SCHED_IDLE, so a loop that
+ * wakes takes the CPU back at once, and at its nice value too; the submitting thread
+ * keeps its own policy and nice value. */
+static void test_idle(void)
+{
+    int own_policy = sched_getscheduler(0), own = getpriority(PRIO_PROCESS, (id_t)gettid());
+    tms_workpool_t *pool = tms_workpool_new_idle("hash", 1, 4, 10);
+    tms_job_t *job = new_job();
+    atomic_store(&ran, 0);
+    job->run = run_policy;
+    CHECK_EQ_INT(tms_workpool_submit(pool, &job), 0);
+    tms_workpool_free(&pool);
+    CHECK_EQ_INT(atomic_load(&ran), 1);
+    CHECK_EQ_INT(atomic_load(&seen_policy), SCHED_IDLE);
+    CHECK_EQ_INT(atomic_load(&seen_nice), own > 10 ? own : 10);
+    CHECK_EQ_INT(sched_getscheduler(0), own_policy);
+    CHECK_EQ_INT(getpriority(PRIO_PROCESS, (id_t)gettid()), own);
+}
+
+static tms_workpool_t *kicked_pool;
+
+/* Waits (up to 30 s, not a timing assertion) until the kicker woke three times. */
+static void run_until_kicked(tms_job_t *job)
+{
+    uint64_t first = tms_workpool_kicks(kicked_pool);
+    (void)job;
+    for (int i = 0; i < 30000 && tms_workpool_kicks(kicked_pool) < first + 3; i++)
+        usleep(1000);
+    atomic_store(&seen_policy, (int)(tms_workpool_kicks(kicked_pool) - first));
+    atomic_fetch_add(&ran, 1);
+}
+
+/* Issue 20: while a job of an idle pool runs, its kicker keeps waking (each wake-up
+ * takes the CPU from a worker the kernel ran while a loop was runnable). */
+static void test_idle_kicker_wakes_while_a_job_runs(void)
+{
+    tms_job_t *job = new_job();
+    kicked_pool = tms_workpool_new_idle("hash", 1, 4, 10);
+    atomic_store(&ran, 0);
+    job->run = run_until_kicked;
+    CHECK_EQ_INT(tms_workpool_submit(kicked_pool, &job), 0);
+    while (atomic_load(&ran) == 0)
+        usleep(1000);
+    CHECK(atomic_load(&seen_policy) >= 3);
+    tms_workpool_free(&kicked_pool);
+}
+
+/* A nice pool stays at the normal policy (mail: fsyncs and file locks). */
+static void test_nice_is_not_idle(void)
+{
+    tms_workpool_t *pool = tms_workpool_new_nice("mail", 1, 4, 10);
+    tms_job_t *job = new_job();
+    atomic_store(&ran, 0);
+    job->run = run_policy;
+    CHECK_EQ_INT(tms_workpool_submit(pool, &job), 0);
+    while (atomic_load(&ran) == 0)
+        usleep(1000);
+    CHECK_EQ_INT((int)tms_workpool_kicks(pool), 0); /* and no kicker */
+    tms_workpool_free(&pool);
+    CHECK_EQ_INT(atomic_load(&ran), 1);
+    CHECK_EQ_INT(atomic_load(&seen_policy), SCHED_OTHER);
+}
+
 int main(void)
 {
     RUN_TEST(test_per_key_limit);
     RUN_TEST(test_many_keys);
     RUN_TEST(test_nice);
+    RUN_TEST(test_idle);
+    RUN_TEST(test_nice_is_not_idle);
+    RUN_TEST(test_idle_kicker_wakes_while_a_job_runs);
     TEST_EXIT();
 }
