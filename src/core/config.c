@@ -306,12 +306,12 @@ static const key_t_ keys[] = {
         "password hashing threads, shared by all server.workers; at most the CPUs the "
         "process may run on less one (at least 1), at auth.hash_priority, so that hashes "
         "never take every core from the loops"),
-    ENUM(auth, hash_priority, auth.hash_priority, "idle|nice", "idle",
-         "idle: the hash threads run at SCHED_IDLE (nice 10 where not available) and a "
-         "thread wakes every 0.5 ms while one hashes, so a loop waits at most about that "
-         "for its CPU; but on a CPU that other threads never leave idle, hashes do not "
-         "advance and logins time out. nice: at nice 10, hashes always get about a tenth of "
-         "a busy CPU, and a loop may wait behind one for a few ms (a kernel tick)"),
+    ENUM(auth, hash_priority, auth.hash_priority, "nice|idle", "nice",
+         "nice: the hash threads run at nice 10 and a thread wakes every 0.5 ms while one "
+         "hashes, so hashes always get about a tenth of a busy CPU and a loop waits about "
+         "2 ms at most behind one. idle: at SCHED_IDLE (nice 10 where not available), a "
+         "loop waits at most about 0.7 ms; but on a CPU that other processes never leave "
+         "idle, hashes do not advance and logins time out"),
     INT(auth, hash_queue, auth.hash_queue, 1, 100000, "256",
         "queued password hashes before logins answer UNAVAILABLE"),
     INT(auth, hash_queue_ms, auth.hash_queue_ms, 0, 60000, "2000",

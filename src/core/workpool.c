@@ -29,6 +29,7 @@ struct tms_workpool {
     int nthreads;
     int nice; /* of each worker thread (Linux: nice is per thread) */
     int idle; /* workers at SCHED_IDLE where the kernel has it */
+    int kick; /* a kicker runs (always with idle) */
     /* An idle pool's kicker: while a job runs, it wakes every KICK_NS (see kicker()). */
     pthread_t kicker;
     pthread_mutex_t run_lock;
@@ -153,10 +154,10 @@ static void *worker(void *arg)
         tms_job_t *job = (tms_job_t *)msg;
         tms_job_key_t *k = job->key;
         job->key = NULL;
-        if (pool->idle)
+        if (pool->kick)
             set_running(pool, 1);
         job->run(job);
-        if (pool->idle)
+        if (pool->kick)
             set_running(pool, -1);
         /* Before the reply: once answered, the client may submit again at once. */
         if (k)
@@ -171,11 +172,13 @@ tms_workpool_t *tms_workpool_new(const char *name, int threads, size_t capacity)
     return tms_workpool_new_nice(name, threads, capacity, 0);
 }
 
-static tms_workpool_t *pool_new(const char *name, int threads, size_t capacity, int nice, int idle)
+static tms_workpool_t *pool_new(const char *name, int threads, size_t capacity, int nice, int idle,
+                                int kick)
 {
     tms_workpool_t *pool = tms_new(tms_workpool_t);
     pool->nice = nice < 0 ? 0 : nice > 19 ? 19 : nice;
     pool->idle = idle;
+    pool->kick = idle || kick;
     pool->queue = tms_mailbox_new_threaded(name, capacity);
     pool->nthreads = threads > 0 ? threads : 1;
     pool->threads = tms_calloc((size_t)pool->nthreads, sizeof(pthread_t));
@@ -195,7 +198,7 @@ static tms_workpool_t *pool_new(const char *name, int threads, size_t capacity, 
         snprintf(tname, sizeof(tname), "tms-%s", name);
         pthread_setname_np(pool->threads[i], tname);
     }
-    if (idle) {
+    if (pool->kick) {
         char tname[16];
         if (pthread_create(&pool->kicker, NULL, kicker, pool) != 0)
             tms_oom(__FILE__, __LINE__);
@@ -207,12 +210,17 @@ static tms_workpool_t *pool_new(const char *name, int threads, size_t capacity, 
 
 tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capacity, int nice)
 {
-    return pool_new(name, threads, capacity, nice, 0);
+    return pool_new(name, threads, capacity, nice, 0, 0);
+}
+
+tms_workpool_t *tms_workpool_new_kicked(const char *name, int threads, size_t capacity, int nice)
+{
+    return pool_new(name, threads, capacity, nice, 0, 1);
 }
 
 tms_workpool_t *tms_workpool_new_idle(const char *name, int threads, size_t capacity, int nice)
 {
-    return pool_new(name, threads, capacity, nice, 1);
+    return pool_new(name, threads, capacity, nice, 1, 1);
 }
 
 static int submit(tms_workpool_t *pool, tms_job_t **job, tms_job_key_t *key)
@@ -299,7 +307,7 @@ void tms_workpool_free(tms_workpool_t **ppool)
     tms_mailbox_close(pool->queue);
     for (int i = 0; i < pool->nthreads; i++)
         pthread_join(pool->threads[i], NULL);
-    if (pool->idle) {
+    if (pool->kick) {
         pthread_mutex_lock(&pool->run_lock);
         pool->stopping = 1;
         pthread_cond_signal(&pool->run_cond);

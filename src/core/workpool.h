@@ -40,6 +40,12 @@ tms_workpool_t *tms_workpool_new_nice(const char *name, int threads, size_t capa
  * its small share of it). */
 tms_workpool_t *tms_workpool_new_idle(const char *name, int threads, size_t capacity, int nice);
 
+/** As tms_workpool_new_nice, with the kicker of tms_workpool_new_idle: workers at the
+ * normal policy and this nice value always advance on a busy CPU (about a tenth of it
+ * at nice 10), and the kicker's wake-ups bound how long a waking loop waits behind one
+ * (1.3-2.1 ms measured, against 3.9 ms without; issue 20). */
+tms_workpool_t *tms_workpool_new_kicked(const char *name, int threads, size_t capacity, int nice);
+
 /** How often an idle pool's kicker woke so far (0 for the other pools). */
 uint64_t tms_workpool_kicks(tms_workpool_t *pool);
 

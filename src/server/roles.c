@@ -15,9 +15,10 @@
 #define PUSH_PURGE_MS 5000
 #include "server/internal.h"
 
-/* Password hashes (argon2id: tens of ms of CPU and memory bandwidth each) run at
- * SCHED_IDLE with a kicker (auth.hash_priority=idle; this nice value where the kernel
- * has no SCHED_IDLE) or at this nice value (nice), on fewer threads than the CPUs the
+/* Password hashes (argon2id: tens of ms of CPU and memory bandwidth each) run at this
+ * nice value with a kicker (auth.hash_priority=nice, the default) or at SCHED_IDLE with
+ * a kicker (idle; this nice value where the kernel has no SCHED_IDLE), on fewer threads
+ * than the CPUs the
  * process may use: during a login storm the loops keep a core and hashes queue (issue
  * 20). */
 #define HASH_NICE 10
@@ -226,7 +227,7 @@ static int start_relays(tms_server_t *s, unsigned roles)
         int n = server_hash_threads(cfg->auth.hash_threads);
         s->hashers =
             strcmp(cfg->auth.hash_priority, "nice") == 0
-                ? tms_workpool_new_nice("hash", n, (size_t)cfg->auth.hash_queue, HASH_NICE)
+                ? tms_workpool_new_kicked("hash", n, (size_t)cfg->auth.hash_queue, HASH_NICE)
                 : tms_workpool_new_idle("hash", n, (size_t)cfg->auth.hash_queue, HASH_NICE);
     }
     return 0;

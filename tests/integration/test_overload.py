@@ -194,15 +194,15 @@ def test_hash_queued_past_auth_hash_queue_ms_answers_503_without_hashing(make_se
 def test_hash_threads_leave_a_cpu_and_run_at_sched_idle(make_server):
     """Issue 20: hashes never take every CPU from the loops, nor keep a waking loop
     waiting. On one CPU (the process's affinity), auth.hash_threads=4 runs one hashing
-    thread, at SCHED_IDLE (and nice 10, what it runs at where the kernel has no
-    SCHED_IDLE), and its kicker; the loop and the other threads stay at the normal
-    policy."""
+    thread, with auth.hash_priority=idle at SCHED_IDLE (and nice 10, what it runs at
+    where the kernel has no SCHED_IDLE), and its kicker; the loop and the other threads
+    stay at the normal policy."""
     import os
 
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(before)})
     try:
-        srv = make_server(settings={"auth.hash_threads": 4})
+        srv = make_server(settings={"auth.hash_threads": 4, "auth.hash_priority": "idle"})
     finally:
         os.sched_setaffinity(0, before)
     srv.register(unique_email("niced"))
@@ -229,13 +229,13 @@ def test_hash_threads_leave_a_cpu_and_run_at_sched_idle(make_server):
 
 @pytest.mark.skipif(SPLIT, reason="the hash threads live in the auth role's process, not in "
                     "the gateway's that srv.proc is")
-def test_hash_priority_nice_runs_hashes_at_nice_10_without_a_kicker(make_server):
-    """auth.hash_priority=nice (for hosts whose CPUs are never idle: at SCHED_IDLE hashes
-    would not advance there): the hash thread at the normal policy and nice 10, no
-    kicker; logins work."""
+def test_hash_priority_nice_by_default_runs_hashes_at_nice_10_with_a_kicker(make_server):
+    """auth.hash_priority=nice, the default (at SCHED_IDLE hashes would not advance on a
+    CPU other processes never leave idle): the hash thread at the normal policy and
+    nice 10, its kicker at nice 0; logins work."""
     import os
 
-    srv = make_server(settings={"auth.hash_threads": 1, "auth.hash_priority": "nice"})
+    srv = make_server(settings={"auth.hash_threads": 1})
     email = unique_email("nice")
     srv.register(email)
     r = requests.post(srv.url("/api/auth/login"), timeout=30,
@@ -251,4 +251,5 @@ def test_hash_priority_nice_runs_hashes_at_nice_10_without_a_kicker(make_server)
                 stat = s.read()
             nice = int(stat[stat.rindex(")") + 2:].split()[16])
             threads.append((comm, os.sched_getscheduler(int(tid)), nice))
-    assert threads == [("tms-hash", os.SCHED_OTHER, 10)], threads
+    assert sorted(threads) == [("tms-hash", os.SCHED_OTHER, 10),
+                               ("tms-hash-kick", os.SCHED_OTHER, 0)], threads
