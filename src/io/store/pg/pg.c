@@ -641,19 +641,13 @@ static void on_poll(uv_poll_t *h, int status, int events)
 
 /* ---- dispatch ------------------------------------------------------------ */
 
-/* The connection for an op: a read joins the group of reads this loop iteration has
- * open on a connection with room (one sync, one wake-up of one backend for all of
- * them); otherwise the ready connection with the fewest ops in flight. */
-static conn_t *pick(tms_pg_t *pg, bool read)
+static conn_t *pick(tms_pg_t *pg)
 {
     conn_t *best = NULL;
     for (int i = 0; i < pg->nconns; i++) {
         conn_t *c = &pg->conns[i];
-        if (c->state != READY || c->ninflight >= pg->opt.pipeline_depth)
-            continue;
-        if (read && c->open)
-            return c;
-        if (!best || c->ninflight < best->ninflight)
+        if (c->state == READY && c->ninflight < pg->opt.pipeline_depth &&
+            (!best || c->ninflight < best->ninflight))
             best = c;
     }
     return best;
@@ -739,7 +733,7 @@ static void pump(tms_pg_t *pg)
     conn_t *c;
     while ((r = pg->qhead) != NULL && !pg->closing) {
         int dead = unreachable(pg);
-        c = dead ? NULL : pick(pg, r->call.read_only && !r->resent);
+        c = dead ? NULL : pick(pg);
         if (!dead && !c)
             break;
         pg->qhead = r->next;
