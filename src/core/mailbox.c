@@ -215,15 +215,11 @@ static void drain_one(tms_mailbox_t *mb)
     }
 }
 
-static void drain(uv_async_t *handle)
+/* Delivers what the ready list holds (posts made while draining), then leaves the
+ * draining state. */
+static void run_ready(void)
 {
     int rounds = 0;
-    if (draining) { /* not expected: libuv does not nest callbacks */
-        drain_one(handle->data);
-        return;
-    }
-    draining = 1;
-    drain_one(handle->data);
     while (ready_head) {
         tms_mailbox_t *mb = ready_head;
         ready_head = mb->ready_next;
@@ -236,6 +232,31 @@ static void drain(uv_async_t *handle)
             drain_one(mb);
     }
     draining = 0;
+}
+
+static void drain(uv_async_t *handle)
+{
+    if (draining) { /* not expected: libuv does not nest callbacks */
+        drain_one(handle->data);
+        return;
+    }
+    draining = 1;
+    drain_one(handle->data);
+    run_ready();
+}
+
+bool tms_mailbox_batch_begin(void)
+{
+    if (draining)
+        return false;
+    draining = 1;
+    return true;
+}
+
+void tms_mailbox_batch_end(bool began)
+{
+    if (began)
+        run_ready();
 }
 
 tms_msg_t *tms_mailbox_take(tms_mailbox_t *mb, int timeout_ms)

@@ -10,6 +10,7 @@
 #ifndef TMS_CORE_MAILBOX_H
 #define TMS_CORE_MAILBOX_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
@@ -50,6 +51,15 @@ tms_mailbox_t *tms_mailbox_new_threaded(const char *name, size_t capacity);
  * Returns 0, -TMS_EFULL when the bound is reached (caller keeps *msg and answers
  * UNAVAILABLE), or -TMS_ECLOSED after close. Safe from any thread. */
 int tms_mailbox_post(tms_mailbox_t *mb, tms_msg_t **msg);
+
+/** Loop thread, in a libuv callback that is not a mailbox drain: until
+ * tms_mailbox_batch_end, posts and replies to mailboxes of this thread's loop join the
+ * same-thread ready list (as posts made while draining do) and are delivered by
+ * batch_end, within the callback, instead of waking the loop through the mailbox's
+ * async handle (an eventfd write, and a loop iteration later). Returns false when a
+ * drain or batch is already running; give batch_end what begin returned. */
+bool tms_mailbox_batch_begin(void);
+void tms_mailbox_batch_end(bool began);
 
 /** Send msg back to msg->reply_to as a reply; never fails for lack of room. If the
  * reply mailbox is closed or absent, the message is freed through msg->free_fn. */

@@ -1,5 +1,6 @@
 /* Mailbox: FIFO order, the bound, request/reply continuations, cross-thread posts
- * with one wake-up per batch, stop messages through a full box, threaded consumers. */
+ * with one wake-up per batch, stop messages through a full box, threaded consumers,
+ * same-thread delivery in a drain or a batch. */
 #include <pthread.h>
 #include <sched.h>
 #include <uv.h>
@@ -245,9 +246,52 @@ static void test_same_thread_fast_path(void)
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
+/* Posts made inside a batch (a libuv callback that is not a drain, such as a store's
+ * socket callback) are delivered by tms_mailbox_batch_end, before the callback
+ * returns, without running the loop; a nested begin says false and changes nothing. */
+static void test_batch_delivers_before_returning(void)
+{
+    uv_loop_t loop;
+    relay_owner_t a = {0}, b = {0};
+    tms_mailbox_t *ma, *mb;
+    item_t items[3];
+    bool began, nested;
+    uv_loop_init(&loop);
+    mb = tms_mailbox_new(&loop, "b", 8, forward, &b);
+    ma = tms_mailbox_new(&loop, "a", 8, forward, &a);
+    a.next = mb;
+    began = tms_mailbox_batch_begin();
+    nested = tms_mailbox_batch_begin();
+    CHECK(began);
+    CHECK(!nested);
+    for (int i = 0; i < 3; i++) {
+        tms_msg_t *m = &items[i].msg;
+        items[i] = (item_t){.value = i};
+        CHECK_EQ_INT(tms_mailbox_post(ma, &m), 0);
+    }
+    tms_mailbox_batch_end(nested);
+    CHECK_EQ_INT(a.seen, 0); /* not yet: the outer batch delivers */
+    tms_mailbox_batch_end(began);
+    CHECK_EQ_INT(a.seen, 3); /* the loop never ran: a -> b in the batch */
+    CHECK_EQ_INT(b.seen, 3);
+    /* outside a batch, a post waits for the loop */
+    {
+        tms_msg_t *m = &items[0].msg;
+        CHECK_EQ_INT(tms_mailbox_post(ma, &m), 0);
+        CHECK_EQ_INT(a.seen, 3);
+        uv_run(&loop, UV_RUN_NOWAIT);
+        CHECK_EQ_INT(a.seen, 4);
+    }
+    tms_mailbox_free(&ma);
+    tms_mailbox_free(&mb);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     RUN_TEST(test_same_thread_fast_path);
+    RUN_TEST(test_batch_delivers_before_returning);
     RUN_TEST(test_fifo_and_bound);
     RUN_TEST(test_request_reply);
     RUN_TEST(test_cross_thread);

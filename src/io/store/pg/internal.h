@@ -33,6 +33,11 @@ typedef struct tms_pg_call {
     const char *first_stmt;
     int first_nparams;
     const char *first_values[4];
+    /* A single read statement (GET, LIST): it may share one sync with the reads sent
+     * next to it on its connection (one implicit transaction, one round of the
+     * server's per-sync work), and is sent again alone if a neighbour's error aborts
+     * it. */
+    bool read_only;
     char num[8][32]; /* numbers, times */
     char *heap;      /* freed with the call */
 } tms_pg_call_t;

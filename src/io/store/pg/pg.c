@@ -3,8 +3,15 @@
  * connection, per-op deadlines, and reconnection with exponential backoff and
  * jitter. Every operation is one prepared statement (or two, in one transaction)
  * followed by a sync, so a failed statement aborts only its op and results come back
- * in order. Ports (tasks.c,
- * outbox.c) turn ops into statement calls and results back into ops. */
+ * in order; except that single reads (GET, LIST) sent in a row on one connection share
+ * one sync (the server's per-sync work, its ReadyForQuery and flush, once for all of
+ * them), and a read aborted by a neighbour's error is sent again alone. Nothing is
+ * written to a socket while ops arrive: the pool flushes each connection once per
+ * loop iteration (a uv_check after the iteration's I/O callbacks, and a uv_prepare
+ * before the loop waits, for ops submitted later in the iteration). Replies read in a
+ * poll callback are delivered before it returns (tms_mailbox_batch_begin), not a loop
+ * iteration later. Ports (tasks.c, outbox.c) turn ops into statement calls and results
+ * back into ops. */
 #include "io/store/pg/pg.h"
 
 #include <stdio.h>
@@ -37,6 +44,8 @@ struct req {
     int ngot;          /* results read */
     PGresult *res;     /* the last statement's result */
     PGresult *err;     /* the first error */
+    bool synced;       /* a sync follows this op (else it ends at its statement's end) */
+    bool resent;       /* a read sent again after a neighbour's error aborted it */
 };
 
 typedef struct conn conn_t;
@@ -66,7 +75,8 @@ struct conn {
     int ninflight;
     int failures; /* consecutive failed connects or drops */
     uint64_t started;
-    int dirty; /* sent since the last flush */
+    int dirty;   /* sent since the last flush */
+    req_t *open; /* the last read sent without a sync yet (its group's end) */
 };
 
 struct tms_pg {
@@ -82,6 +92,8 @@ struct tms_pg {
     req_t *qhead, *qtail;
     size_t qlen;
     uv_timer_t tick;
+    uv_check_t check;     /* after the iteration's I/O: sync and flush what was sent */
+    uv_prepare_t prepare; /* before the loop waits: the same, for ops sent after check */
     int closing, handles;
     uint64_t rng;
 };
@@ -327,6 +339,7 @@ static void conn_down(conn_t *c, const char *why)
         fail_req(pg, r, "store unavailable");
     }
     c->tail = NULL;
+    c->open = NULL;
     c->ninflight = 0;
     if (pg->closing)
         return;
@@ -371,6 +384,7 @@ static void send_setup(conn_t *c)
         conn_down(c, PQerrorMessage(c->pq));
         return;
     }
+    r->synced = true;
     c->head = c->tail = r;
     c->ninflight = 1;
     c->state = SETUP;
@@ -496,6 +510,22 @@ static void setup_done(conn_t *c, req_t *r)
     tms_log_info("pg_conn_up", "conn=%d up=%d", c->idx, pg->up);
 }
 
+/* A read aborted by the error of another read in its group: first in the queue again,
+ * to be sent with a sync of its own. */
+static void requeue(tms_pg_t *pg, req_t *r)
+{
+    PQclear(r->res);
+    PQclear(r->err);
+    r->res = r->err = NULL;
+    r->ngot = 0;
+    r->resent = true;
+    r->next = pg->qhead;
+    pg->qhead = r;
+    if (!pg->qtail)
+        pg->qtail = r;
+    pg->qlen++;
+}
+
 static void complete(conn_t *c, req_t *r)
 {
     c->head = r->next;
@@ -504,6 +534,11 @@ static void complete(conn_t *c, req_t *r)
     c->ninflight--;
     if (r->port < 0) {
         setup_done(c, r);
+        return;
+    }
+    if (r->err && PQresultStatus(r->err) == PGRES_PIPELINE_ABORTED && r->call.read_only &&
+        !r->resent) {
+        requeue(c->pg, r);
         return;
     }
     {
@@ -519,8 +554,9 @@ static void complete(conn_t *c, req_t *r)
     reply(c->pg, r);
 }
 
-/* Reads every result that has arrived. In pipeline mode each op's results end with
- * NULL and then its sync's PGRES_PIPELINE_SYNC, which completes it. */
+/* Reads every result that has arrived. In pipeline mode each statement's results end
+ * with NULL; an op followed by a sync is complete at the sync's PGRES_PIPELINE_SYNC,
+ * a read of a group (no sync of its own) at the NULL after its statement. */
 static void drain_results(conn_t *c)
 {
     int nulls = 0;
@@ -530,6 +566,12 @@ static void drain_results(conn_t *c)
         if (!res) {
             if (r->ngot == 0 || ++nulls > 1)
                 break; /* nothing more of this op yet */
+            if (!r->synced && r->ngot >= r->nq) {
+                nulls = 0;
+                complete(c, r);
+                if (c->state == DOWN)
+                    return;
+            }
             continue;
         }
         nulls = 0;
@@ -561,10 +603,8 @@ static void drain_results(conn_t *c)
         conn_down(c, PQerrorMessage(c->pq));
 }
 
-static void on_poll(uv_poll_t *h, int status, int events)
+static void poll_events(conn_t *c, int status, int events)
 {
-    conn_t *c = h->data;
-    tms_pg_t *pg = c->pg;
     if (status < 0) {
         conn_down(c, uv_strerror(status));
         return;
@@ -585,7 +625,18 @@ static void on_poll(uv_poll_t *h, int status, int events)
         }
         drain_results(c);
     }
+}
+
+/* The replies of this callback (and the ops their requesters submit in turn) are
+ * delivered before it returns, in one batch. */
+static void on_poll(uv_poll_t *h, int status, int events)
+{
+    conn_t *c = h->data;
+    tms_pg_t *pg = c->pg;
+    bool batch = tms_mailbox_batch_begin();
+    poll_events(c, status, events);
     pump(pg);
+    tms_mailbox_batch_end(batch);
 }
 
 /* ---- dispatch ------------------------------------------------------------ */
@@ -602,14 +653,27 @@ static conn_t *pick(tms_pg_t *pg)
     return best;
 }
 
+/* Ends the connection's open group of reads with a sync. */
+static bool close_group(conn_t *c)
+{
+    if (!c->open)
+        return true;
+    c->open->synced = true;
+    c->open = NULL;
+    return PQpipelineSync(c->pq) == 1;
+}
+
 static void send_req(conn_t *c, req_t *r)
 {
-    bool sent = (!r->call.first_stmt ||
+    bool group = r->call.read_only && !r->resent;
+    bool sent = (group || close_group(c)) &&
+                (!r->call.first_stmt ||
                  PQsendQueryPrepared(c->pq, r->call.first_stmt, r->call.first_nparams,
                                      r->call.first_values, NULL, NULL, 0) == 1) &&
                 PQsendQueryPrepared(c->pq, r->call.stmt, r->call.nparams, r->call.values, NULL,
                                     NULL, 0) == 1 &&
-                PQpipelineSync(c->pq) == 1;
+                (group || PQpipelineSync(c->pq) == 1);
+    r->synced = !group;
     r->next = NULL;
     if (c->tail)
         c->tail->next = r;
@@ -621,7 +685,46 @@ static void send_req(conn_t *c, req_t *r)
         conn_down(c, PQerrorMessage(c->pq));
         return;
     }
+    if (group)
+        c->open = r;
     c->dirty = 1;
+}
+
+/* Once per loop iteration: every open group gets its sync, every connection sent to
+ * one flush. */
+static void flush_all(tms_pg_t *pg)
+{
+    for (int i = 0; i < pg->nconns; i++) {
+        conn_t *c = &pg->conns[i];
+        if (c->state != READY || (!c->dirty && !c->open))
+            continue;
+        if (!close_group(c)) {
+            conn_down(c, PQerrorMessage(c->pq));
+            continue;
+        }
+        flush(c);
+    }
+}
+
+/* A connection found broken fails its ops: their replies are delivered now, and what
+ * their requesters send in turn is flushed too (a failure then replies through the
+ * mailbox's wake-up), so nothing sent waits for the loop's next wake-up. */
+static void flush_iteration(tms_pg_t *pg)
+{
+    bool batch = tms_mailbox_batch_begin();
+    flush_all(pg);
+    tms_mailbox_batch_end(batch);
+    flush_all(pg);
+}
+
+static void on_check(uv_check_t *h)
+{
+    flush_iteration(h->data);
+}
+
+static void on_prepare(uv_prepare_t *h)
+{
+    flush_iteration(h->data);
 }
 
 static void pump(tms_pg_t *pg)
@@ -641,12 +744,10 @@ static void pump(tms_pg_t *pg)
             fail_req(pg, r, "store unavailable");
             continue;
         }
-        r->began = tms_store_begin(&pg->st);
+        if (!r->began) /* a resent read began the first time */
+            r->began = tms_store_begin(&pg->st);
         send_req(c, r);
     }
-    for (int i = 0; i < pg->nconns; i++)
-        if (pg->conns[i].dirty && pg->conns[i].state == READY)
-            flush(&pg->conns[i]);
 }
 
 /* The backend's submit (loop thread). */
@@ -762,6 +863,8 @@ static void pg_release(tms_store_t *st)
     free(pg->resolve_host);
     pg->resolve_host = NULL;
     uv_close((uv_handle_t *)&pg->tick, on_handle_closed);
+    uv_close((uv_handle_t *)&pg->check, on_handle_closed);
+    uv_close((uv_handle_t *)&pg->prepare, on_handle_closed);
 }
 
 static const tms_store_backend_t backend = {
@@ -818,6 +921,16 @@ tms_pg_t *tms_pg_open(uv_loop_t *loop, const char *url, const tms_pg_options_t *
     pg->handles++;
     uv_timer_start(&pg->tick, on_tick, TICK_MS, TICK_MS);
     uv_unref((uv_handle_t *)&pg->tick);
+    uv_check_init(loop, &pg->check);
+    pg->check.data = pg;
+    pg->handles++;
+    uv_check_start(&pg->check, on_check);
+    uv_unref((uv_handle_t *)&pg->check);
+    uv_prepare_init(loop, &pg->prepare);
+    pg->prepare.data = pg;
+    pg->handles++;
+    uv_prepare_start(&pg->prepare, on_prepare);
+    uv_unref((uv_handle_t *)&pg->prepare);
     pg->nconns = pg->opt.pool_size;
     pg->conns = tms_calloc((size_t)pg->nconns, sizeof(conn_t));
     for (int i = 0; i < pg->nconns; i++) {

@@ -155,12 +155,14 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
     case TMS_TASK_GET:
         c->stmt = "task_get";
         c->nparams = 1;
+        c->read_only = true;
         v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->id);
         return 0;
     case TMS_TASK_LIST: {
         int which = (op->filter_assigned_to[0] ? 1 : 0) | (op->filter_status[0] ? 2 : 0);
         int n = 2;
         c->stmt = list_stmt[which];
+        c->read_only = true;
         v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->after_id);
         /* one more row tells whether a next page exists */
         v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), (long long)op->limit + 1);

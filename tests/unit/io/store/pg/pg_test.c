@@ -1,8 +1,9 @@
 /* Tests for src/io/store/pg/ against a real PostgreSQL (TMS_TEST_PG_URL; skipped with
  * exit code 77 when unset) of what only this adapter has: a bounded queue in front of
- * pipelined connections, a killed connection and reconnection, and the start-up
- * checks. The task store and outbox ports themselves are tested on every adapter by
- * tests/unit/ports/. Each run uses a fresh database, dropped at the end. */
+ * pipelined connections, a killed connection and reconnection, reads sharing a sync
+ * (one aborted by another's error is sent again), and the start-up checks. The task store and
+ * outbox ports themselves are tested on every adapter by tests/unit/ports/. Each run uses a fresh
+ * database, dropped at the end. */
 #include <libpq-fe.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -189,6 +190,49 @@ static void test_killed_connection(void)
     close_pg(&pg);
 }
 
+static int nunavailable, nnotfound;
+static void code_reply(tms_msg_t *msg)
+{
+    tms_task_op_t *op = (tms_task_op_t *)msg;
+    nreplies++;
+    nunavailable += op->err.code == TMS_UNAVAILABLE;
+    nnotfound += op->err.code == TMS_NOT_FOUND;
+    tms_task_op_free(&op);
+}
+
+/* Reads sent together on a connection share one sync (one implicit transaction): when
+ * one of them fails (here its statement timeout, the table locked by another session),
+ * the server aborts the others with it; they must be sent again, not failed. */
+static void test_aborted_reads_are_sent_again(void)
+{
+    tms_pg_t *pg = open_pg((tms_pg_options_t){.pool_size = 1, .statement_timeout_ms = 2000});
+    PGconn *locker;
+    PGresult *r;
+    if (!pg)
+        return;
+    locker = PQconnectdb(url);
+    r = PQexec(locker, "BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE");
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+    PQclear(r);
+    nreplies = nunavailable = nnotfound = 0;
+    for (int i = 0; i < 4; i++) { /* one loop iteration: one group on the one connection */
+        tms_task_op_t *op = task_op(TMS_TASK_GET);
+        op->id = 1000 + i;
+        op->msg.cont = code_reply;
+        CHECK_EQ_INT(tms_task_store_submit(tms_pg_task_store(pg), &op), 0);
+    }
+    while (nreplies < 1)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_EQ_INT(nunavailable, 1); /* the first read's statement timeout */
+    PQclear(PQexec(locker, "COMMIT"));
+    PQfinish(locker);
+    while (nreplies < 4)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_EQ_INT(nunavailable, 1);
+    CHECK_EQ_INT(nnotfound, 3); /* the others were answered: no such task */
+    close_pg(&pg);
+}
+
 static void test_start_checks(void)
 {
     char err[512] = "", sql[160];
@@ -242,6 +286,7 @@ int main(void)
 
     RUN_TEST(test_full_queue);
     RUN_TEST(test_killed_connection);
+    RUN_TEST(test_aborted_reads_are_sent_again);
     RUN_TEST(test_start_checks);
 
     tms_mailbox_free(&replies);
