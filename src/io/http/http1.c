@@ -1723,6 +1723,12 @@ void tms_http_server_stop(tms_http_server_t *s, uint64_t grace_ms, void (*on_sto
 {
     if (!tms_listener_stop(&s->lis, s->loop, grace_ms, on_stopped, arg))
         return;
+    /* Gathered responses go out first; from now on every response closes its
+     * connection, so none is gathered again and the handle can go. */
+    while (s->corked)
+        uncork(s->corked);
+    uv_close((uv_handle_t *)s->uncork, free_handle);
+    s->uncork = NULL;
     for (conn_t *c = s->conns; c; c = c->next) {
         if (c->phase != PH_HANDLER && c->phase != PH_WRITING && c->phase != PH_LINGER)
             conn_close(c);
@@ -1741,7 +1747,8 @@ void tms_http_server_free(tms_http_server_t **sp)
         *sp = NULL;
         return;
     }
-    uv_close((uv_handle_t *)s->uncork, free_handle);
+    if (s->uncork) /* stopped without tms_http_server_stop */
+        uv_close((uv_handle_t *)s->uncork, free_handle);
     while (s->spare) {
         hreq_t *r = s->spare;
         s->spare = r->next_spare;
