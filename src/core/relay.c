@@ -59,6 +59,7 @@ typedef struct held_key {
     int64_t head;      /* KEY_RETRYING: the event published again */
     uint64_t retry_at; /* uv_now */
     uint64_t gen;      /* KEY_CLEARED: full reads submitted before the clear */
+    uint64_t seen;     /* the last full read (its gen) that had an event of the key */
 } held_key_t;
 
 struct tms_relay {
@@ -278,11 +279,15 @@ static void accepted_one(tms_relay_t *r, int64_t seq, const char *key)
     }
 }
 
-/* Drop the keys that a complete full read, submitted after they were cleared, released. */
-static void drop_released(tms_relay_t *r, uint64_t gen)
+/* After a complete full read (gen, at now): drop the keys it released (cleared before
+ * it was submitted), and the held keys due with no event pending any more (nothing to
+ * retry: a full read would come for them on every run). */
+static void drop_released(tms_relay_t *r, uint64_t gen, uint64_t now)
 {
     for (size_t i = 0; i < r->nheld_keys;) {
-        if (r->held[i].state == KEY_CLEARED && r->held[i].gen < gen)
+        const held_key_t *h = &r->held[i];
+        if ((h->state == KEY_CLEARED && h->gen < gen) ||
+            (h->state == KEY_HELD && h->retry_at <= now && h->seen != gen))
             r->held[i] = r->held[--r->nheld_keys];
         else
             i++;
@@ -371,6 +376,8 @@ static void on_fetched(tms_msg_t *msg)
         if (handed == BATCH || r->ninflight >= MAX_INFLIGHT)
             break;
         h = r->nheld_keys ? find_held(r, e->key) : NULL;
+        if (h && full_read)
+            h->seen = gen;
         if (h && full_read && h->state == KEY_HELD && now >= h->retry_at) {
             h->state = KEY_RETRYING; /* the key's first pending event, published again */
             h->head = e->seq;
@@ -400,7 +407,7 @@ static void on_fetched(tms_msg_t *msg)
         r->nheld += skipped;
     } else if (i == op->nevents) {                /* complete: every held event was seen */
         r->nheld = skipped + (r->nheld - nheld0); /* + those refused meanwhile */
-        drop_released(r, gen);
+        drop_released(r, gen, now);
     } else if (r->nheld_keys) {
         r->rescan = 1; /* cleared keys are released by a complete one */
     }
