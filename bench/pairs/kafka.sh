@@ -22,6 +22,20 @@ restore_kafka() {
 trap '_kill_all; restore_kafka' EXIT
 rec kafka linger_ms "$(grep -o '"linger.ms", "[0-9]*"' "$ROOT/src/io/bus/kafka.c" | grep -o '[0-9]*' | head -1)"
 
+# CPU time per created task, by process (robust where rates swing with the machine's
+# other tenants): clock ticks of TMS (every thread), this run's PostgreSQL and the
+# broker, around a wrk run of its own; recorded as ms per 1,000 creates.
+ticks() { local t=0 p; for p in ${1//,/ }; do [[ -r /proc/$p/stat ]] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+pg_pids() { local pm; pm=$(head -1 "$PG_DIR/data/postmaster.pid" 2>/dev/null) || return 0; echo "$pm" $(pgrep -P "$pm" || true); }
+cpu_mark() { T0_TMS=$(ticks "$TMS_PID"); T0_PG=$(ticks "$(pg_pids | tr ' ' ,)"); T0_K=$(ticks "$(cat "$kafka_pid")"); }
+cpu_rec() {  # SIDE WRK_OUTPUT
+  local side=$1 n hz; n=$(awk '/requests in/ {print $1}' "$2"); hz=$(getconf CLK_TCK)
+  [[ -n "$n" && "$n" -gt 0 ]] || return 0
+  rec kafka "$side.cpu_ms_per_1k_creates.tms" "$(awk -v a="$T0_TMS" -v b="$(ticks "$TMS_PID")" -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) * 1000 / hz * 1000 / n}')"
+  rec kafka "$side.cpu_ms_per_1k_creates.postgres" "$(awk -v a="$T0_PG" -v b="$(ticks "$(pg_pids | tr ' ' ,)")" -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) * 1000 / hz * 1000 / n}')"
+  rec kafka "$side.cpu_ms_per_1k_creates.broker" "$(awk -v a="$T0_K" -v b="$(ticks "$(cat "$kafka_pid")")" -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) * 1000 / hz * 1000 / n}')"
+}
+
 drain() {  # the outbox and the notifier catch up (60 s at most)
   local pending
   for _ in $(seq 600); do
@@ -33,10 +47,19 @@ drain() {  # the outbox and the notifier catch up (60 s at most)
 
 tms_start kafka_off --set tasks.url="$PG_URL" || die "tms did not start"
 wrk_measure kafka tms_local "$TMS_URL/api/task" -s "$lua" -H "Authorization: Bearer $tok"
+cpu_mark
+client wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$lua" -H "Authorization: Bearer $tok" "$TMS_URL/api/task" > "$WORK/wrk.kafka.off.cpu.txt"
+cpu_rec off "$WORK/wrk.kafka.off.cpu.txt"
+profile kafka off client wrk -t1 -c"$CONNS" -d"$((DUR + 1))s" -s "$lua" -H "Authorization: Bearer $tok" "$TMS_URL/api/task"
 tms_stop
 
 tms_start kafka_on --set tasks.url="$PG_URL" --set events.brokers="$brokers" || die "tms with Kafka did not start"
 wrk_measure kafka tms_kafka "$TMS_URL/api/task" -s "$lua" -H "Authorization: Bearer $tok"
+cpu_mark
+client wrk -t1 -c"$CONNS" -d"${DUR}s" -s "$lua" -H "Authorization: Bearer $tok" "$TMS_URL/api/task" > "$WORK/wrk.kafka.on.cpu.txt"
+cpu_rec on "$WORK/wrk.kafka.on.cpu.txt"
+rec kafka on.push_doorbells_out_total "$(curl -sf "$TMS_METRICS_URL" | awk '/^tms_push_doorbells_total\{dir="out"/ {print $2}')"
+profile kafka on client wrk -t1 -c"$CONNS" -d"$((DUR + 1))s" -s "$lua" -H "Authorization: Bearer $tok" "$TMS_URL/api/task"
 drain
 for rate in 100 1000; do
   if ((QUICK)); then n=$((rate * 3)); else n=$((rate * 10)); fi

@@ -1,6 +1,7 @@
 #include "core/relay.h"
 
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,21 +17,51 @@
 /* The pending-events gauge is refreshed (an index-only count) at most this often: a
  * pipelined relay fetches after every few commits. */
 #define COUNT_EVERY_MS 250
+/* Keys held behind a refused event, at most; one more refused key falls back to holding
+ * every key for the poll interval (the bus is most likely down for all of them). */
+#define MAX_HELD_KEYS 1000
+/* Events skipped because their key is held, at most, before fetches stop reading new
+ * events (a full read rereads them all: its limit grows with them). */
+#define MAX_HELD 10000
 
 /* Pipelined (issue 20): a fetch reads the pending events that are not in flight, in
  * outbox order, and publishes them; the next fetch does not wait for their delivery
  * (an event the bus holds, a mail backing off, or a Kafka delivery report, delays no
  * other event). Each event is marked sent once the bus accepted it, in batches (one
- * mark op out at a time). A refused event stays pending and is fetched again after
- * the poll interval (the back-off); until then later events go on, of its key too:
- * per key, order holds for events accepted on their first publish (consumers are
- * idempotent and each event carries its own state).
- * A fetch reads only the events after the highest seq handed so far (an index range),
- * so a relay with a thousand events in flight does not read them all again on every
- * commit. It reads from the first pending event again after a refused publish, and at
- * least every poll interval: on PostgreSQL a transaction may commit a seq below one
- * already handed (sequence values are taken before commit), and the periodic full
- * read bounds its wait by the poll interval. */
+ * mark op out at a time).
+ *
+ * Per-key order, the rule for a refused event (the bus refused the publish, or its
+ * delivery failed): its key is held. No later event of that key is handed to the bus
+ * while it is held; the refused event is published again after the poll interval (a
+ * back-off of that key only), from the first pending event of the key; once the bus
+ * accepts it, the key's held events follow in seq order (from the next full read),
+ * then its new ones. Other keys are not delayed. Events of the key already handed
+ * to the bus when the refusal is reported are not recalled: the bus orders those
+ * (Kafka: the idempotent producer keeps a partition's order across its own retries;
+ * if it gives up on one, a later one it had may still be accepted before the retry).
+ * Bounds: MAX_HELD_KEYS keys (one more holds every key for the poll interval, the
+ * old back-off: the bus is most likely down) and MAX_HELD held events (then no new
+ * events are read until the held ones move).
+ *
+ * A fetch reads only the events after the highest seq handed or held so far (an index
+ * range), so a relay with a thousand events in flight does not read them all again on
+ * every commit. A full read (from the first pending event) comes when a held key's
+ * retry is due, after a held key was cleared, and at least every poll interval: on
+ * PostgreSQL a transaction may commit a seq below one already handed (sequence values
+ * are taken before commit), and the periodic full read bounds its wait by the poll
+ * interval. */
+enum { KEY_HELD = 1, KEY_RETRYING, KEY_CLEARED };
+
+typedef struct held_key {
+    char key[64];
+    int state;         /* KEY_HELD: retry due at retry_at; KEY_RETRYING: head out again;
+                        * KEY_CLEARED: head accepted, held events go at the next full read */
+    int64_t head;      /* KEY_RETRYING: the event published again */
+    uint64_t retry_at; /* uv_now */
+    uint64_t gen;      /* KEY_CLEARED: full reads submitted before the clear */
+    uint64_t seen;     /* the last full read (its gen) that had an event of the key */
+} held_key_t;
+
 struct tms_relay {
     uv_loop_t *loop;
     tms_outbox_t *outbox;
@@ -45,9 +76,14 @@ struct tms_relay {
     int counting;           /* a pending-count op out */
     uint64_t counted_at;    /* uv_now of the last count sent */
     int again;              /* kicked while fetching: fetch again right after */
-    int64_t handed_max;     /* highest seq handed to the bus: a fetch reads after it */
-    int rescan;             /* a publish was refused: the next fetch reads from the first */
+    int64_t handed_max;     /* highest seq handed to the bus or held: a fetch reads after it */
+    int rescan;             /* the next fetch reads from the first pending event */
     uint64_t scanned_at;    /* uv_now of the last fetch from the first pending event */
+    uint64_t scan_gen;      /* full reads submitted */
+    int fetch_full;         /* the fetch out is a full read */
+    held_key_t *held;       /* keys held behind a refused event */
+    size_t nheld_keys;
+    size_t nheld; /* events skipped as held (exact after a full read, an upper bound between) */
     uint64_t backoff_until; /* uv_now: a publish failed; no fetch before (0: none) */
     int stopping;
     void (*on_stopped)(void *);
@@ -63,6 +99,7 @@ struct tms_relay {
 typedef struct publish_ctx {
     tms_relay_t *relay;
     int64_t seq;
+    char key[64];
 } publish_ctx_t;
 
 static void run_batch(tms_relay_t *r);
@@ -193,11 +230,80 @@ static void forget_in_flight(tms_relay_t *r, int64_t seq)
     }
 }
 
-static void failed_one(tms_relay_t *r)
+static held_key_t *find_held(tms_relay_t *r, const char *key)
 {
+    for (size_t i = 0; i < r->nheld_keys; i++) {
+        if (strcmp(r->held[i].key, key) == 0)
+            return &r->held[i];
+    }
+    return NULL;
+}
+
+/* seq of key was refused: hold the key (see the rule above). */
+static void failed_one(tms_relay_t *r, int64_t seq, const char *key)
+{
+    held_key_t *h = find_held(r, key);
+    uint64_t now = uv_now(r->loop);
     tms_counter_add(r->failed, 1);
-    r->rescan = 1;
-    r->backoff_until = uv_now(r->loop) + r->poll_ms;
+    r->nheld++; /* pending again, and held */
+    if (!h) {
+        if (r->nheld_keys == MAX_HELD_KEYS) { /* every key waits the poll interval */
+            r->rescan = 1;
+            r->backoff_until = now + r->poll_ms;
+            return;
+        }
+        h = &r->held[r->nheld_keys++];
+        snprintf(h->key, sizeof(h->key), "%s", key);
+        h->state = KEY_HELD;
+        h->retry_at = now + r->poll_ms;
+    } else if (h->state == KEY_CLEARED || (h->state == KEY_RETRYING && h->head == seq)) {
+        h->state = KEY_HELD;
+        h->retry_at = now + r->poll_ms;
+    } /* else: held already (an event handed before the hold, or its retry is out) */
+}
+
+/* seq of key was accepted: a key's retried event clears it. */
+static void accepted_one(tms_relay_t *r, int64_t seq, const char *key)
+{
+    held_key_t *h = r->nheld_keys ? find_held(r, key) : NULL;
+    if (h && h->state == KEY_RETRYING && h->head == seq) {
+        h->state = KEY_CLEARED;
+        h->gen = r->scan_gen;
+        r->rescan = 1;
+        if (!r->stopping) {
+            if (r->fetching || r->marking)
+                r->again = 1;
+            else
+                schedule(r, 0);
+        }
+    }
+}
+
+/* After a complete full read (gen, at now): drop the keys it released (cleared before
+ * it was submitted), and the held keys due with no event pending any more (nothing to
+ * retry: a full read would come for them on every run). */
+static void drop_released(tms_relay_t *r, uint64_t gen, uint64_t now)
+{
+    for (size_t i = 0; i < r->nheld_keys;) {
+        const held_key_t *h = &r->held[i];
+        if ((h->state == KEY_CLEARED && h->gen < gen) ||
+            (h->state == KEY_HELD && h->retry_at <= now && h->seen != gen))
+            r->held[i] = r->held[--r->nheld_keys];
+        else
+            i++;
+    }
+}
+
+/* ms until the first held key's retry is due (UINT64_MAX: none). */
+static uint64_t next_retry_in(const tms_relay_t *r, uint64_t now)
+{
+    uint64_t in = UINT64_MAX;
+    for (size_t i = 0; i < r->nheld_keys; i++) {
+        const held_key_t *h = &r->held[i];
+        if (h->state == KEY_HELD)
+            in = h->retry_at <= now ? 0 : (h->retry_at - now < in ? h->retry_at - now : in);
+    }
+    return in;
 }
 
 static void on_published(void *ctx, int status)
@@ -206,7 +312,7 @@ static void on_published(void *ctx, int status)
     tms_relay_t *r = p->relay;
     int was_full = r->ninflight >= MAX_INFLIGHT;
     if (status != 0)
-        forget_in_flight(r, p->seq); /* pending: fetched again after the back-off */
+        forget_in_flight(r, p->seq); /* pending: its key is held, retried after the back-off */
     if (status == 0) { /* in flight until marked sent, so no fetch publishes it again */
         if (r->naccepted == r->cap_accepted) {
             r->cap_accepted = r->cap_accepted ? 2 * r->cap_accepted : 64;
@@ -214,8 +320,9 @@ static void on_published(void *ctx, int status)
         }
         r->accepted[r->naccepted++] = p->seq;
         tms_counter_add(r->published, 1);
+        accepted_one(r, p->seq, p->key);
     } else {
-        failed_one(r);
+        failed_one(r, p->seq, p->key);
     }
     free(p);
     mark_sent(r);
@@ -224,19 +331,22 @@ static void on_published(void *ctx, int status)
     check_stopped(r);
 }
 
-/* What comes after a fetch: at once when more may be waiting (a full fetch, or a kick
- * meanwhile), unless a publish failed (then after the back-off); else at the poll. */
+/* What comes after a fetch: at once when more may be waiting (a full fetch, a kick
+ * meanwhile), unless every key backs off; else at the first held key's retry or the
+ * poll, whichever is first. */
 static void plan_next(tms_relay_t *r, int full)
 {
-    uint64_t now = uv_now(r->loop);
+    uint64_t now = uv_now(r->loop), in;
     int now_more = full || r->again;
     r->again = 0;
     if (r->stopping)
         return;
-    if (r->backoff_until > now)
+    if (r->backoff_until > now) {
         schedule(r, r->backoff_until - now);
-    else
-        schedule(r, now_more ? 0 : r->poll_ms);
+    } else {
+        in = now_more ? 0 : next_retry_in(r, now);
+        schedule(r, in < r->poll_ms ? in : r->poll_ms);
+    }
     count_pending(r); /* after a fetch, at most every COUNT_EVERY_MS */
 }
 
@@ -244,25 +354,43 @@ static void on_fetched(tms_msg_t *msg)
 {
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
     tms_relay_t *r = msg->ctx;
-    size_t handed = 0;
+    size_t handed = 0, skipped = 0, i, nheld0 = r->nheld;
+    int full_read = r->fetch_full;
+    uint64_t now = uv_now(r->loop), gen = r->scan_gen;
     r->fetching = 0;
+    r->fetch_full = 0;
     if (op->err.code != TMS_OK) {
+        r->rescan |= full_read;
         r->backoff_until = uv_now(r->loop) + r->poll_ms;
         tms_outbox_op_free(&op);
         plan_next(r, 0);
         check_stopped(r);
         return;
     }
-    for (size_t i = 0; i < op->nevents && !r->stopping; i++) {
+    for (i = 0; i < op->nevents && !r->stopping; i++) {
         tms_outbox_event_t *e = &op->events[i];
+        held_key_t *h;
         publish_ctx_t *p;
         if (e->seq <= r->handed_max && in_flight(r, e->seq))
             continue; /* (a seq above handed_max was never handed) */
         if (handed == BATCH || r->ninflight >= MAX_INFLIGHT)
             break;
+        h = r->nheld_keys ? find_held(r, e->key) : NULL;
+        if (h && full_read)
+            h->seen = gen;
+        if (h && full_read && h->state == KEY_HELD && now >= h->retry_at) {
+            h->state = KEY_RETRYING; /* the key's first pending event, published again */
+            h->head = e->seq;
+        } else if (h && !(full_read && h->state == KEY_CLEARED && h->gen < gen)) {
+            skipped++; /* held: behind its key's refused event */
+            if (e->seq > r->handed_max)
+                r->handed_max = e->seq;
+            continue;
+        }
         p = tms_new(publish_ctx_t);
         p->relay = r;
         p->seq = e->seq;
+        snprintf(p->key, sizeof(p->key), "%s", e->key);
         /* in flight before the publish: done may run inside it */
         r->inflight[r->ninflight++] = e->seq;
         if (e->seq > r->handed_max)
@@ -272,11 +400,19 @@ static void on_fetched(tms_msg_t *msg)
                             p) != 0) {
             forget_in_flight(r, e->seq);
             free(p);
-            failed_one(r);
+            failed_one(r, e->seq, e->key); /* the key's later events in this read wait */
         }
     }
+    if (!full_read) {
+        r->nheld += skipped;
+    } else if (i == op->nevents) {                /* complete: every held event was seen */
+        r->nheld = skipped + (r->nheld - nheld0); /* + those refused meanwhile */
+        drop_released(r, gen, now);
+    } else if (r->nheld_keys) {
+        r->rescan = 1; /* cleared keys are released by a complete one */
+    }
+    plan_next(r, op->nevents >= (size_t)op->limit || i < op->nevents);
     tms_outbox_op_free(&op);
-    plan_next(r, handed == BATCH);
     mark_sent(r); /* accepted while the fetch was out, or inside publish */
     check_stopped(r);
 }
@@ -285,6 +421,7 @@ static void run_batch(tms_relay_t *r)
 {
     tms_outbox_op_t *op;
     uint64_t now = uv_now(r->loop);
+    int full;
     if (r->stopping)
         return;
     if (r->fetching || r->marking) {
@@ -298,16 +435,25 @@ static void run_batch(tms_relay_t *r)
         return;
     }
     r->backoff_until = 0;
+    full = r->rescan || r->handed_max == 0 || now - r->scanned_at >= r->poll_ms ||
+           (r->nheld_keys && next_retry_in(r, now) == 0);
+    if (!full && r->nheld >= MAX_HELD) { /* wait for held events to move */
+        uint64_t in = next_retry_in(r, now);
+        schedule(r, in < r->poll_ms ? in : r->poll_ms);
+        return;
+    }
     op = tms_outbox_op_new(TMS_OUTBOX_FETCH);
     op->msg.reply_to = r->replies;
     op->msg.cont = on_fetched;
     op->msg.ctx = r;
-    if (r->rescan || r->handed_max == 0 || now - r->scanned_at >= r->poll_ms) {
-        /* from the first pending event: those in flight come back too (skipped) */
-        op->limit = BATCH + (int)r->ninflight;
+    if (full) {
+        /* from the first pending event: those in flight and held come back too */
+        op->limit = BATCH + (int)r->ninflight + (int)r->nheld;
         op->after_seq = 0;
         r->rescan = 0;
         r->scanned_at = now;
+        r->scan_gen++;
+        r->fetch_full = 1;
     } else {
         op->limit = BATCH;
         op->after_seq = r->handed_max;
@@ -316,6 +462,8 @@ static void run_batch(tms_relay_t *r)
     if (tms_outbox_submit(r->outbox, &op) != 0) {
         tms_outbox_op_free(&op);
         r->fetching = 0;
+        r->fetch_full = 0;
+        r->rescan |= full;
         r->backoff_until = now + r->poll_ms;
         plan_next(r, 0);
     }
@@ -335,6 +483,7 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
     r->bus = bus;
     r->poll_ms = poll_ms ? poll_ms : 1000;
     r->inflight = tms_calloc(MAX_INFLIGHT, sizeof(int64_t));
+    r->held = tms_calloc(MAX_HELD_KEYS, sizeof(held_key_t));
     r->timer = tms_new(uv_timer_t);
     uv_timer_init(loop, r->timer);
     r->timer->data = r;
@@ -414,6 +563,7 @@ void tms_relay_free(tms_relay_t **pr)
     uv_close((uv_handle_t *)r->wake, on_timer_closed);
     tms_mailbox_free(&r->replies);
     free(r->inflight);
+    free(r->held);
     free(r->accepted);
     free(r);
 }

@@ -2,8 +2,10 @@
  * Pipelined, in outbox order: fetch the pending events not in flight, publish each,
  * and go on without waiting for the bus (an event it holds, a mail backing off,
  * delays no other); mark sent exactly those the bus accepted, as they are accepted.
+ * A refused event holds its key only: its later events wait and follow it, in order,
+ * once a retry (after the poll interval) is accepted; other keys go on (relay.c).
  * Runs when kicked after a write, and on a timer so that events left by a crash or a
- * failed publish (retried after the poll interval) go out too. */
+ * refused publish go out too. */
 #ifndef TMS_CORE_RELAY_H
 #define TMS_CORE_RELAY_H
 

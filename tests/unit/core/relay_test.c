@@ -1,6 +1,7 @@
 /* Outbox relay with an in-memory outbox and bus (fakes are fine in unit tests):
  * events go out in seq order, only accepted ones are marked sent, refused ones are
- * retried on the next poll, and a kick runs a batch at once. */
+ * retried on the next poll, a refused event holds its key only (its later events
+ * follow it in order), and a kick runs a batch at once. */
 #include <pthread.h>
 #include <unistd.h>
 #include <uv.h>
@@ -17,7 +18,8 @@ typedef struct fake_outbox {
     tms_outbox_t port;
     int sent[MAX_EVENTS + 1]; /* by seq */
     int fetches;
-    int n; /* events written (seq 1..n); 0: N */
+    int n;                      /* events written (seq 1..n); 0: N */
+    int key_of[MAX_EVENTS + 1]; /* the key of seq (0: the seq itself) */
 } fake_outbox_t;
 
 static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
@@ -35,8 +37,9 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
             tms_outbox_event_t *e = &op->events[op->nevents++];
             e->seq = seq;
             snprintf(e->topic, sizeof(e->topic), "t");
-            snprintf(e->key, sizeof(e->key), "%d", seq);
-            e->payload = tms_strdup("{}");
+            snprintf(e->key, sizeof(e->key), "%d", o->key_of[seq] ? o->key_of[seq] : seq);
+            e->payload = tms_malloc(16);
+            snprintf(e->payload, 16, "%d", seq);
         }
     } else if (op->msg.op == TMS_OUTBOX_MARK_SENT) {
         for (size_t i = 0; i < op->nseqs; i++)
@@ -48,11 +51,14 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
 
 typedef struct fake_bus {
     tms_event_bus_t port;
-    int refuse_key; /* publish of this key fails (async) */
-    int hold_key;   /* publish of this key is done only when released (a mail backing off) */
+    int refuse_key;   /* publish of this key fails (async) */
+    int refuse_seq;   /* publish of this seq fails (async) ... */
+    int refuse_times; /* ... this many times */
+    int hold_key;     /* publish of this key is done only when released (a mail backing off) */
     tms_publish_done_fn held_done;
     void *held_ctx;
-    int order[64];
+    int order[64]; /* seqs published (again when retried) */
+    int ok[64];    /* 1: that publish was accepted */
     int n;
 } fake_bus_t;
 
@@ -60,15 +66,22 @@ static int bus_publish(tms_event_bus_t *self, const char *topic, const char *key
                        const char *payload, size_t len, tms_publish_done_fn done, void *ctx)
 {
     fake_bus_t *b = (fake_bus_t *)self;
-    int k = atoi(key);
-    if (b->n < 64)
-        b->order[b->n++] = k;
+    int k = atoi(key), seq = atoi(payload), refuse = k == b->refuse_key;
+    (void)topic, (void)len;
+    if (seq == b->refuse_seq && b->refuse_times > 0) {
+        b->refuse_times--;
+        refuse = 1;
+    }
+    if (b->n < 64) {
+        b->ok[b->n] = !refuse && k != b->hold_key;
+        b->order[b->n++] = seq;
+    }
     if (k == b->hold_key) {
         b->held_done = done;
         b->held_ctx = ctx;
         return 0;
     }
-    done(ctx, k == b->refuse_key ? -TMS_EIO : 0);
+    done(ctx, refuse ? -TMS_EIO : 0);
     return 0;
 }
 
@@ -116,6 +129,86 @@ static void test_held_event_delays_no_other(void)
     CHECK_EQ_INT(o.sent[2], 1);
     for (int seq = 1; seq <= 8; seq++)
         CHECK_EQ_INT(o.sent[seq], 1);
+    tms_relay_stop(r, NULL, NULL);
+    while (tms_relay_busy(r))
+        uv_run(&loop, UV_RUN_ONCE);
+    tms_relay_free(&r);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+/* Where seq's first / last publish is in the bus's order (-1: never). */
+static int first_pub(const fake_bus_t *b, int seq)
+{
+    for (int i = 0; i < b->n; i++) {
+        if (b->order[i] == seq)
+            return i;
+    }
+    return -1;
+}
+
+/* How often seq was published before index at of the bus's order. */
+static int pubs_before(const fake_bus_t *b, int seq, int at)
+{
+    int n = 0;
+    for (int i = 0; i < at && i < b->n; i++)
+        n += b->order[i] == seq;
+    return n;
+}
+
+static int last_pub(const fake_bus_t *b, int seq)
+{
+    int at = -1;
+    for (int i = 0; i < b->n; i++) {
+        if (b->order[i] == seq)
+            at = i;
+    }
+    return at;
+}
+
+/* Issue 20, the per-key order rule: a refused event holds its key only. Key 1's first
+ * event (seq 1) is refused twice; its later events (3, then 6 written meanwhile) are
+ * not published until the retry of 1 is accepted, and then follow it in order. Key 2
+ * (seqs 2, 4, and 5 written after the refusal) is not held: all of it is accepted
+ * before 1 is even published again. */
+static void test_refused_event_holds_its_key_only(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .n = 4};
+    fake_bus_t b = {
+        .port = {.name = "fake", .publish = bus_publish}, .refuse_seq = 1, .refuse_times = 2};
+    tms_relay_t *r;
+    int retry_of_1, accepted_1 = -1, i;
+    o.key_of[1] = o.key_of[3] = o.key_of[6] = 1;
+    o.key_of[2] = o.key_of[4] = o.key_of[5] = 2;
+    uv_loop_init(&loop);
+    r = tms_relay_new(&loop, &o.port, &b.port, 300); /* the retry back-off */
+    run_for(&loop, 2000, &o.sent[4]);
+    CHECK_EQ_INT(o.sent[2] + o.sent[4], 2);
+    CHECK_EQ_INT(o.sent[1] + o.sent[3], 0);
+    CHECK_EQ_INT(first_pub(&b, 3), -1); /* held behind 1 */
+    /* Written after the refusal: key 2's event goes out at the kick, key 1's waits. */
+    o.n = 6;
+    tms_relay_kick(r);
+    run_for(&loop, 2000, &o.sent[5]);
+    CHECK_EQ_INT(o.sent[5], 1);
+    CHECK_EQ_INT(pubs_before(&b, 1, first_pub(&b, 5)), 1); /* not delayed by 1's back-off */
+    CHECK_EQ_INT(first_pub(&b, 6), -1);
+    /* The retries: refused once more, then accepted; 3 and 6 follow, in order. */
+    run_for(&loop, 5000, &o.sent[6]);
+    for (int seq = 1; seq <= 6; seq++)
+        CHECK_EQ_INT(o.sent[seq], 1);
+    for (i = 0; i < b.n; i++) {
+        if (b.order[i] == 1 && b.ok[i])
+            accepted_1 = i;
+    }
+    retry_of_1 = first_pub(&b, 1) < accepted_1;
+    CHECK(retry_of_1);
+    CHECK(accepted_1 >= 0 && accepted_1 < first_pub(&b, 3));
+    CHECK(first_pub(&b, 3) < first_pub(&b, 6));
+    CHECK_EQ_INT(first_pub(&b, 3), last_pub(&b, 3)); /* each published once */
+    CHECK_EQ_INT(first_pub(&b, 6), last_pub(&b, 6));
+    CHECK_EQ_INT(b.refuse_times, 0);
     tms_relay_stop(r, NULL, NULL);
     while (tms_relay_busy(r))
         uv_run(&loop, UV_RUN_ONCE);
@@ -217,5 +310,6 @@ int main(void)
     RUN_TEST(test_relay);
     RUN_TEST(test_remote_kick);
     RUN_TEST(test_held_event_delays_no_other);
+    RUN_TEST(test_refused_event_holds_its_key_only);
     TEST_EXIT();
 }
