@@ -337,19 +337,19 @@ def evaluate(P):
 
     if "http" in P:
         row("http", "GET rps TMS / nginx", _ratio(g("http", "tms.rps"), g("http", "nginx.rps")),
-            ">= 0.60", lambda v: v >= 0.6)
+            ">= 0.70", lambda v: v >= 0.7)
         rate, got = g("http", "tms_fixed.rate"), g("http", "tms_fixed.rps")
         kept = rate is not None and got is not None and got >= 0.95 * rate
         row("http", "p99 at half nginx peak, TMS / nginx",
             _ratio(g("http", "tms_fixed.p99_ms"), g("http", "nginx_fixed.p99_ms")),
-            "<= 2.0", lambda v: v <= 2.0 and kept,
+            "<= 1.5", lambda v: v <= 1.5 and kept,
             "rate %s/s; achieved TMS %s/s, nginx %s/s%s" % (
                 rate, got, g("http", "nginx_fixed.rps"),
                 "" if kept else "; TMS could not keep the rate, so its queueing is not in its p99"))
     if "pg_get" in P:
         row("pg_get", "GET rps TMS (pipelined) / pgbench",
-            _ratio(g("pg_get", "tms.rps"), g("pg_get", "pgbench.rps")), ">= 0.70 (> 1.0 hoped)",
-            lambda v: v >= 0.7)
+            _ratio(g("pg_get", "tms.rps"), g("pg_get", "pgbench.rps")), ">= 1.0",
+            lambda v: v >= 1.0)
         row("pg_get", "GET rps TMS (pipeline_depth=1) / pgbench",
             _ratio(g("pg_get", "tms_unpipelined.rps"), g("pg_get", "pgbench.rps")), "info",
             lambda v: None)
@@ -391,8 +391,8 @@ def evaluate(P):
             _ratio(g("grpc", "tms_h2load.rps"), g("grpc", "rest.rps")), ">= 0.70",
             lambda v: v >= 0.7)
         row("grpc", "gRPC GetTask (h2load) / nginx h2 same bytes",
-            _ratio(g("grpc", "tms_h2load.rps"), g("grpc", "nginx_h2load.rps")), ">= 0.50",
-            lambda v: v >= 0.5)
+            _ratio(g("grpc", "tms_h2load.rps"), g("grpc", "nginx_h2load.rps")), ">= 1.0",
+            lambda v: v >= 1.0)
         row("grpc", "ghz GetTask / nginx h2 same bytes (h2load)",
             _ratio(g("grpc", "tms_ghz.rps"), g("grpc", "nginx_h2load.rps")), "info",
             lambda v: None, "different clients: ghz is the heavier one")
