@@ -96,6 +96,17 @@ static void run_for(uv_loop_t *loop, uint64_t ms, const int *until_set)
     }
 }
 
+/* Stops r, frees it and closes the loop (every handle gone). */
+static void stop_relay(uv_loop_t *loop, tms_relay_t **r)
+{
+    tms_relay_stop(*r, NULL, NULL);
+    while (tms_relay_busy(*r))
+        uv_run(loop, UV_RUN_ONCE);
+    tms_relay_free(r);
+    uv_run(loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(loop), 0);
+}
+
 /* Issue 20: no head-of-line blocking. An event the bus holds (a mail backing off on
  * the embedded bus) delays no other: the events after it, and those written while it
  * is held, are published and marked sent; it is not published twice while held, and
@@ -130,12 +141,7 @@ static void test_held_event_delays_no_other(void)
     CHECK_EQ_INT(o.sent[2], 1);
     for (int seq = 1; seq <= 8; seq++)
         CHECK_EQ_INT(o.sent[seq], 1);
-    tms_relay_stop(r, NULL, NULL);
-    while (tms_relay_busy(r))
-        uv_run(&loop, UV_RUN_ONCE);
-    tms_relay_free(&r);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    stop_relay(&loop, &r);
 }
 
 /* PostgreSQL: a transaction that took seq 3 commits after the one that took 4 and 5.
@@ -166,12 +172,7 @@ static void test_late_commit_below_handed_is_published_soon(void)
     run_for(&loop, 3000, &o.sent[3]);
     CHECK_EQ_INT(o.sent[3], 1);
     CHECK(uv_now(&loop) - t0 < 2000); /* not the 10 s poll (a generous bound) */
-    tms_relay_stop(r, NULL, NULL);
-    while (tms_relay_busy(r))
-        uv_run(&loop, UV_RUN_ONCE);
-    tms_relay_free(&r);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    stop_relay(&loop, &r);
 }
 
 /* Where seq's first / last publish is in the bus's order (-1: never). */
@@ -246,12 +247,7 @@ static void test_refused_event_holds_its_key_only(void)
     CHECK_EQ_INT(first_pub(&b, 3), last_pub(&b, 3)); /* each published once */
     CHECK_EQ_INT(first_pub(&b, 6), last_pub(&b, 6));
     CHECK_EQ_INT(b.refuse_times, 0);
-    tms_relay_stop(r, NULL, NULL);
-    while (tms_relay_busy(r))
-        uv_run(&loop, UV_RUN_ONCE);
-    tms_relay_free(&r);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    stop_relay(&loop, &r);
 }
 
 static void test_relay(void)
@@ -289,12 +285,7 @@ static void test_relay(void)
             uv_run(&loop, UV_RUN_ONCE);
         CHECK(o.fetches > before);
     }
-    tms_relay_stop(r, NULL, NULL);
-    while (tms_relay_busy(r))
-        uv_run(&loop, UV_RUN_ONCE);
-    tms_relay_free(&r);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    stop_relay(&loop, &r);
 }
 
 /* Another worker's thread kicks through a remote stand-in: the relay runs a batch at
@@ -334,12 +325,7 @@ static void test_remote_kick(void)
     tms_relay_kick(remote_of); /* stopped: a no-op */
     tms_relay_free(&remote_of);
     CHECK(remote_of == NULL);
-    tms_relay_stop(r, NULL, NULL);
-    while (tms_relay_busy(r))
-        uv_run(&loop, UV_RUN_ONCE);
-    tms_relay_free(&r);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    stop_relay(&loop, &r);
 }
 
 int main(void)
