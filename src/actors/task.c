@@ -16,6 +16,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/text.h"
+#include "core/uv_close.h"
 
 #define CONSUMER "task-group"
 #define STORE "task store" /* what the saga's step needs: its failures are transient */
@@ -903,11 +904,6 @@ static void on_message(void *owner, tms_msg_t *msg)
     run_call(job);
 }
 
-static void on_purge_timer_closed(uv_handle_t *h)
-{
-    free(h);
-}
-
 tms_task_actor_t *tms_task_start(uv_loop_t *loop, const tms_task_config_t *cfg)
 {
     tms_task_actor_t *a = tms_new(tms_task_actor_t);
@@ -957,6 +953,6 @@ void tms_task_free(tms_task_actor_t **pa)
     if (a->reader)
         a->reader->close(a->reader);
     if (a->purge_timer)
-        uv_close((uv_handle_t *)a->purge_timer, on_purge_timer_closed);
+        uv_close((uv_handle_t *)a->purge_timer, tms_uv_free_on_close);
     free(a);
 }

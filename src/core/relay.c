@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/status.h"
+#include "core/uv_close.h"
 
 #define BATCH 100
 /* Events handed to the bus and not yet done, at most: a mail backing off on the
@@ -571,11 +572,6 @@ void tms_relay_stop(tms_relay_t *r, void (*on_stopped)(void *arg), void *arg)
     check_stopped(r);
 }
 
-static void on_timer_closed(uv_handle_t *h) /* the timer and the wake-up */
-{
-    free(h);
-}
-
 void tms_relay_free(tms_relay_t **pr)
 {
     tms_relay_t *r = *pr;
@@ -586,8 +582,8 @@ void tms_relay_free(tms_relay_t **pr)
         free(r);
         return;
     }
-    uv_close((uv_handle_t *)r->timer, on_timer_closed);
-    uv_close((uv_handle_t *)r->wake, on_timer_closed);
+    uv_close((uv_handle_t *)r->timer, tms_uv_free_on_close);
+    uv_close((uv_handle_t *)r->wake, tms_uv_free_on_close);
     tms_mailbox_free(&r->replies);
     free(r->inflight);
     free(r->held);

@@ -22,6 +22,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/text.h"
+#include "core/uv_close.h"
 #include "io/http/cors.h"
 #include "io/http/forwarded.h"
 #include "io/http/listen.h"
@@ -820,11 +821,6 @@ static void on_uncork(uv_prepare_t *h)
     tms_http_server_t *s = h->data;
     while (s->corked)
         uncork(s->corked);
-}
-
-static void free_handle(uv_handle_t *h)
-{
-    free(h);
 }
 
 /* Serialize status line, headers and body into one buffer owned by the caller. */
@@ -1727,7 +1723,7 @@ void tms_http_server_stop(tms_http_server_t *s, uint64_t grace_ms, void (*on_sto
      * connection, so none is gathered again and the handle can go. */
     while (s->corked)
         uncork(s->corked);
-    uv_close((uv_handle_t *)s->uncork, free_handle);
+    uv_close((uv_handle_t *)s->uncork, tms_uv_free_on_close);
     s->uncork = NULL;
     for (conn_t *c = s->conns; c; c = c->next) {
         if (c->phase != PH_HANDLER && c->phase != PH_WRITING && c->phase != PH_LINGER)
@@ -1748,7 +1744,7 @@ void tms_http_server_free(tms_http_server_t **sp)
         return;
     }
     if (s->uncork) /* stopped without tms_http_server_stop */
-        uv_close((uv_handle_t *)s->uncork, free_handle);
+        uv_close((uv_handle_t *)s->uncork, tms_uv_free_on_close);
     while (s->spare) {
         hreq_t *r = s->spare;
         s->spare = r->next_spare;

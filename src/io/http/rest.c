@@ -16,6 +16,7 @@
 #include "core/push.h"
 #include "core/metrics.h"
 #include "core/text.h"
+#include "core/uv_close.h"
 
 extern const unsigned char tms_openapi_json[];
 extern const unsigned long tms_openapi_json_len;
@@ -486,11 +487,6 @@ static void start_stream(tms_rest_t *rest, tms_http_request_t *req, tms_api_call
 }
 
 /* ---- calls to the gateway -------------------------------------------- */
-
-static void free_handle(uv_handle_t *h)
-{
-    free(h);
-}
 
 static void pending_unlink(tms_rest_t *rest, pending_t *p)
 {
@@ -1357,6 +1353,6 @@ void tms_rest_free(tms_rest_t **prest)
         return;
     *prest = NULL;
     tms_mailbox_free(&rest->replies);
-    uv_close((uv_handle_t *)rest->deadline_timer, free_handle);
+    uv_close((uv_handle_t *)rest->deadline_timer, tms_uv_free_on_close);
     free(rest);
 }
