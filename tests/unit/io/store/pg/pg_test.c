@@ -144,6 +144,17 @@ static void test_full_queue(void)
     close_pg(&pg);
 }
 
+/* Another session holding the tasks table locked (until it is finished), so that
+ * TMS's operations on it stay in flight. */
+static PGconn *lock_tasks(void)
+{
+    PGconn *locker = PQconnectdb(url);
+    PGresult *r = PQexec(locker, "BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE");
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+    PQclear(r);
+    return locker;
+}
+
 static void test_killed_connection(void)
 {
     tms_pg_t *pg = open_pg((tms_pg_options_t){.pool_size = 1});
@@ -154,10 +165,7 @@ static void test_killed_connection(void)
     if (!pg)
         return;
     /* Hold a lock so that the op stays in flight, then kill TMS's backend. */
-    locker = PQconnectdb(url);
-    r = PQexec(locker, "BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE");
-    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
-    PQclear(r);
+    locker = lock_tasks();
     op = task_op(TMS_TASK_GET);
     op->id = 1;
     op->msg.ctx = &got;
@@ -207,13 +215,9 @@ static void test_aborted_reads_are_sent_again(void)
 {
     tms_pg_t *pg = open_pg((tms_pg_options_t){.pool_size = 1, .statement_timeout_ms = 2000});
     PGconn *locker;
-    PGresult *r;
     if (!pg)
         return;
-    locker = PQconnectdb(url);
-    r = PQexec(locker, "BEGIN; LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE");
-    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
-    PQclear(r);
+    locker = lock_tasks();
     nreplies = nunavailable = nnotfound = 0;
     for (int i = 0; i < 4; i++) { /* one loop iteration: one group on the one connection */
         tms_task_op_t *op = task_op(TMS_TASK_GET);
