@@ -40,6 +40,7 @@
 #include "core/status.h"
 
 #define HOUSEKEEPING_MS 500
+#define FETCH_WAIT_MS "100" /* longest a consumer's idle fetch waits at the broker */
 #define ADMIN_RETRY_MS 5000
 #define RETRY_MAX_MS 30000
 #define PROBE_MAX_MS 5000       /* probe back-off cap while paused */
@@ -650,6 +651,26 @@ static int want_paused(const sub_t *s)
     return s->flow_paused || s->dep_paused || s->bus->stopping;
 }
 
+/* After a resume: seek every partition we have taken from to its next offset. A resume
+ * alone does not wake librdkafka's (2.0) broker thread, so the partition waited for
+ * that thread's next idle wake-up (500 ms to 1 s): behind flow control the notifier
+ * then got max_inflight events a second. A seek wakes it ("seek done"), and the
+ * offset is the one a resume fetches from anyway. */
+static void wake_fetcher(sub_t *s)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    rd_kafka_error_t *err;
+    for (part_t *p = s->parts; p; p = p->next) {
+        if (p->next_take < 0)
+            continue; /* nothing taken: librdkafka looks its offset up, and wakes */
+        rd_kafka_topic_partition_list_add(l, s->topic, p->partition)->offset = p->next_take;
+        p->sought = p->next_take;
+    }
+    if (l->cnt && (err = rd_kafka_seek_partitions(s->rk, l, 0)))
+        rd_kafka_error_destroy(err);
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 static void apply_pause(sub_t *s)
 {
     rd_kafka_topic_partition_list_t *l;
@@ -662,8 +683,12 @@ static void apply_pause(sub_t *s)
         return;
     s->kpaused = want;
     l = assigned_list(s);
-    if (l->cnt)
-        (void)(want ? rd_kafka_pause_partitions(s->rk, l) : rd_kafka_resume_partitions(s->rk, l));
+    if (l->cnt && want) {
+        rd_kafka_pause_partitions(s->rk, l);
+    } else if (l->cnt) {
+        rd_kafka_resume_partitions(s->rk, l);
+        wake_fetcher(s);
+    }
     rd_kafka_topic_partition_list_destroy(l);
 }
 
@@ -1264,6 +1289,12 @@ static int add_sub(kbus_t *bus, const char *role_topic, const char *role_group,
         set(conf, "topic.metadata.refresh.interval.ms", "5000", err, sizeof(err)) ||
         set(conf, "socket.timeout.ms", "10000", err, sizeof(err)) ||
         set(conf, "reconnect.backoff.max.ms", "1000", err, sizeof(err)) ||
+        /* A fetch long-polling for partitions without data holds the next one (one in
+         * flight per broker), so a resume could wait the whole 500 ms default. */
+        set(conf, "fetch.wait.max.ms", FETCH_WAIT_MS, err, sizeof(err)) ||
+        /* Flow control drops what was fetched past max_inflight (librdkafka purges a
+         * paused partition's queue): fetch 64 KiB (~250 events) at a time, not 1 MiB. */
+        set(conf, "max.partition.fetch.bytes", "65536", err, sizeof(err)) ||
         set_security(bus, conf, err, sizeof(err))) {
         tms_log_error("kafka_consumer_config", "group=%s error=\"%s\"", group, err);
         rd_kafka_conf_destroy(conf);

@@ -332,6 +332,61 @@ static void test_pause_resume_loses_nothing(void)
     mock_stop(&m);
 }
 
+/* A consumer that resumes after flow control fetches at once. librdkafka (2.0) does not
+ * wake its broker thread on a resume, so the partition used to wait for that thread's
+ * next idle wake-up (up to fetch.wait.max.ms, 500 ms, and more): with a mailer taking
+ * its events promptly, the notifier then got max_inflight events a second (64 mails/s
+ * behind a Kafka bus in the bench). Here: hold max_inflight deliveries until the
+ * consumer has paused, hand them back, and time the next delivery, three times. */
+static void test_resume_fetches_without_waiting(void)
+{
+    uv_loop_t loop;
+    mock_t m;
+    consumer_t c = {0};
+    tms_event_bus_t *bus;
+    char err[256], payload[16];
+    int acked = 0;
+    double slowest = 0;
+    uv_loop_init(&loop);
+    mock_start(&m);
+    rd_kafka_mock_topic_create(m.mc, "t8", 1, 1);
+    kafka = tms_kafka_bus_new(
+        &loop, &(tms_kafka_options_t){.brokers = m.brokers, .retry_ms = 20, .max_inflight = 4}, err,
+        sizeof(err));
+    CHECK(kafka != NULL);
+    bus = tms_kafka_bus_port(kafka);
+    for (int i = 0; i < 40; i++) {
+        snprintf(payload, sizeof(payload), "e%d", i);
+        publish_ok(&loop, bus, "t8", "k", payload);
+    }
+    c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
+    CHECK_EQ_INT(bus->subscribe(bus, "t8", "g8", c.mailbox), 0);
+    CHECK(spin_until(&loop, &c.n, 1, 15000));
+    for (int round = 0; round < 3; round++) {
+        int zero = 0, held;
+        spin_until(&loop, &zero, 1, 700); /* paused, its fetched messages dropped */
+        held = c.n;
+        CHECK(held < 40);
+        for (; acked < c.n && acked < MAX_HELD; acked++)
+            bus->ack(bus, &c.held[acked], tms_ack_ok()); /* resumes */
+        uint64_t t0 = uv_hrtime();
+        CHECK(spin_until(&loop, &c.n, held + 1, 5000));
+        double took = (double)(uv_hrtime() - t0) / 1e9;
+        if (took > slowest)
+            slowest = took;
+    }
+    if (slowest >= 0.25)
+        fprintf(stderr, "slowest delivery after a resume: %.3f s\n", slowest);
+    CHECK(slowest < 0.25);
+    while (acked < c.n && acked < MAX_HELD)
+        bus->ack(bus, &c.held[acked++], tms_ack_ok());
+    bus_finish(&loop, &bus);
+    tms_mailbox_free(&c.mailbox);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    mock_stop(&m);
+}
+
 static void test_publish_fails_while_broker_down(void)
 {
     uv_loop_t loop;
@@ -508,6 +563,7 @@ int main(void)
     RUN_TEST(test_nack_retries_then_dead_letters_without_stalling);
     RUN_TEST(test_unacked_event_goes_to_next_consumer);
     RUN_TEST(test_pause_resume_loses_nothing);
+    RUN_TEST(test_resume_fetches_without_waiting);
     RUN_TEST(test_publish_fails_while_broker_down);
     RUN_TEST(test_transient_pauses_without_attempts);
     RUN_TEST(test_paused_consumer_fetches_after_reassign);
