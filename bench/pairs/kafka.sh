@@ -39,9 +39,9 @@ cpu_rec() {  # SIDE WRK_OUTPUT
 # NAME: the outbox is empty and the notifier has taken every event (its deliveries have
 # not moved for a second), 30 s at most; records how long that took, or how far the
 # notifier still was behind. The throughput runs before the latency runs assign tens of
-# thousands of tasks, and the Maildir mailer writes about 64 mails a second here (an
-# fsync each): the notifier is then still mailing during the latency runs, on the same
-# CPU (recorded, so that the p99 is read with it).
+# thousands of tasks, and the notifier of the same process mails them afterwards (about
+# 1,200 a second here; 64 before the consumer's resume was fixed, docs/perf-write-path.md
+# step 9), on the same CPU (recorded, so that the p99 is read with it).
 drain() {
   local pending i delivered last="" still=0
   for i in $(seq 300); do
