@@ -376,6 +376,57 @@ def test_deadline_exceeded(cli):
     assert cli.verify("x").valid is False
 
 
+def test_each_waiting_call_gets_its_own_deadline(make_server):
+    """Calls waiting for the actors are answered DEADLINE_EXCEEDED by the server at
+    their own deadline (the smaller of grpc-timeout and server.request_timeout). Since
+    issue 19 one timer serves them all, armed for the first due: a call due before the
+    armed one must re-arm it, and later ones must still be answered at theirs, not when
+    the actor replies. Raw HTTP/2, so that no client-side deadline answers instead.
+    TMS_FAULT_TASK_DELAY_MS (test-only, the ASan build) holds each task call 3 s."""
+    if "asan" not in TMS_BIN:
+        pytest.skip("TMS_FAULT_TASK_DELAY_MS is compiled out of this build")
+    srv = make_server(env={"TMS_FAULT_TASK_DELAY_MS": "3000"}, server__request_timeout=2)
+    token, _ = srv.register()
+    sock, conn = h2_connect(grpc_port(srv))
+    body = b"\x0a\x011"  # GetTaskRequest{id: "1"}
+    auth = ("authorization", f"Bearer {token}")
+    # a: due at 2 s (server.request_timeout); b: grpc-timeout 600 ms, due first (re-arms
+    # the timer); c: due 2 s after its start, after a.
+    plan = [(1, []), (3, [("grpc-timeout", "600m")]), (5, [])]
+    sent, ended, status = {}, {}, {}
+
+    def note(events):
+        for e in events:
+            if isinstance(e, (h2events.ResponseReceived, h2events.TrailersReceived)):
+                status.setdefault(e.stream_id, dict(e.headers).get("grpc-status"))
+            if isinstance(e, h2events.StreamEnded):
+                ended[e.stream_id] = time.monotonic()
+
+    try:
+        for sid, extra in plan:
+            sent[sid] = time.monotonic()
+            h2_request(conn, sock, sid, "/TaskService/GetTask", body, headers=[auth, *extra])
+            note(h2_events(sock, conn, lambda s: False, timeout=0.3))
+        deadline = time.monotonic() + 10
+        while len(ended) < 3 and time.monotonic() < deadline:
+            note(h2_events(sock, conn, lambda s: any(
+                isinstance(x, h2events.StreamEnded) for x in s), timeout=1))
+        took = {sid: ended[sid] - sent[sid] for sid in ended}
+        assert sorted(took) == [1, 3, 5], (took, status)
+        assert 0.5 <= took[3] <= 1.3, f"grpc-timeout 600m answered after {took[3]:.2f} s"
+        for sid in (1, 5):
+            assert 1.8 <= took[sid] <= 2.7, f"stream {sid} answered after {took[sid]:.2f} s"
+        for sid in (1, 3, 5):
+            assert status.get(sid) == "4", (sid, status)  # DEADLINE_EXCEEDED
+        time.sleep(1.5)  # the actor's late replies arrive and are dropped
+        h2_request(conn, sock, 7, "/grpc.health.v1.Health/Check", b"")
+        ev = h2_events(sock, conn, lambda s: any(
+            isinstance(e, h2events.StreamEnded) and e.stream_id == 7 for e in s))
+        assert trailers_of(ev, 7).get("grpc-status") == "0", ev
+    finally:
+        sock.close()
+
+
 def test_metrics_count_grpc_calls(cli, server):
     cli.verify("x")
     text = server.get("/metrics").text
