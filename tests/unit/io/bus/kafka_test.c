@@ -286,6 +286,29 @@ static void test_unacked_event_goes_to_next_consumer(void)
     mock_stop(&m);
 }
 
+/* A bus that pauses at 4 held deliveries (flow control), with n events "e0".."e<n-1>"
+ * published to topic (one partition) under one key. */
+static tms_event_bus_t *flow_bus_with_events(uv_loop_t *loop, mock_t *m, const char *topic, int n)
+{
+    char err[256], payload[16];
+    tms_event_bus_t *bus;
+    rd_kafka_mock_topic_create(m->mc, topic, 1, 1);
+    kafka = tms_kafka_bus_new(
+        loop,
+        &(tms_kafka_options_t){
+            .brokers = m->brokers, .retry_ms = 20, .publish_timeout_ms = 2000, .max_inflight = 4},
+        err, sizeof(err));
+    if (!kafka)
+        fprintf(stderr, "kafka bus: %s\n", err);
+    CHECK(kafka != NULL);
+    bus = tms_kafka_bus_port(kafka);
+    for (int i = 0; i < n; i++) {
+        snprintf(payload, sizeof(payload), "e%d", i);
+        publish_ok(loop, bus, topic, "k", payload);
+    }
+    return bus;
+}
+
 /* Flow control: with max_inflight 4 the consumer pauses and resumes many times;
  * every event still arrives exactly once, in order. */
 static void test_pause_resume_loses_nothing(void)
@@ -294,20 +317,11 @@ static void test_pause_resume_loses_nothing(void)
     mock_t m;
     consumer_t c = {0};
     tms_event_bus_t *bus;
-    char err[256], payload[16];
+    char payload[16];
     int next = 0, acked = 0;
     uv_loop_init(&loop);
     mock_start(&m);
-    rd_kafka_mock_topic_create(m.mc, "t5", 1, 1);
-    kafka = tms_kafka_bus_new(
-        &loop, &(tms_kafka_options_t){.brokers = m.brokers, .retry_ms = 20, .max_inflight = 4}, err,
-        sizeof(err));
-    CHECK(kafka != NULL);
-    bus = tms_kafka_bus_port(kafka);
-    for (int i = 0; i < 30; i++) {
-        snprintf(payload, sizeof(payload), "e%d", i);
-        publish_ok(&loop, bus, "t5", "k", payload);
-    }
+    bus = flow_bus_with_events(&loop, &m, "t5", 30);
     c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
     CHECK_EQ_INT(bus->subscribe(bus, "t5", "g5", c.mailbox), 0);
     /* Hold what arrives for a while (so the consumer pauses), then ack it all. */
@@ -344,21 +358,11 @@ static void test_resume_fetches_without_waiting(void)
     mock_t m;
     consumer_t c = {0};
     tms_event_bus_t *bus;
-    char err[256], payload[16];
     int acked = 0;
     double slowest = 0;
     uv_loop_init(&loop);
     mock_start(&m);
-    rd_kafka_mock_topic_create(m.mc, "t8", 1, 1);
-    kafka = tms_kafka_bus_new(
-        &loop, &(tms_kafka_options_t){.brokers = m.brokers, .retry_ms = 20, .max_inflight = 4}, err,
-        sizeof(err));
-    CHECK(kafka != NULL);
-    bus = tms_kafka_bus_port(kafka);
-    for (int i = 0; i < 40; i++) {
-        snprintf(payload, sizeof(payload), "e%d", i);
-        publish_ok(&loop, bus, "t8", "k", payload);
-    }
+    bus = flow_bus_with_events(&loop, &m, "t8", 40);
     c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
     CHECK_EQ_INT(bus->subscribe(bus, "t8", "g8", c.mailbox), 0);
     CHECK(spin_until(&loop, &c.n, 1, 15000));
@@ -501,23 +505,11 @@ static void test_paused_consumer_fetches_after_reassign(void)
     mock_t m;
     consumer_t c = {0};
     tms_event_bus_t *bus;
-    char err[256], payload[16];
     bool seen[10] = {false};
     int distinct = 0;
     uv_loop_init(&loop);
     mock_start(&m);
-    rd_kafka_mock_topic_create(m.mc, "t7", 1, 1);
-    kafka = tms_kafka_bus_new(
-        &loop,
-        &(tms_kafka_options_t){
-            .brokers = m.brokers, .retry_ms = 20, .publish_timeout_ms = 2000, .max_inflight = 4},
-        err, sizeof(err));
-    CHECK(kafka != NULL);
-    bus = tms_kafka_bus_port(kafka);
-    for (int i = 0; i < 10; i++) {
-        snprintf(payload, sizeof(payload), "e%d", i);
-        publish_ok(&loop, bus, "t7", "k", payload);
-    }
+    bus = flow_bus_with_events(&loop, &m, "t7", 10);
     c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
     CHECK_EQ_INT(bus->subscribe(bus, "t7", "g7", c.mailbox), 0);
     CHECK(spin_until(&loop, &c.n, 4, 15000));
