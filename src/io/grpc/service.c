@@ -19,11 +19,11 @@
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/cidr.h"
+#include "core/deadlines.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/ops.h"
 #include "core/status.h"
-#include "core/uv_close.h"
 #include "io/grpc/codec.h"
 #include "io/grpc/internal.h"
 
@@ -65,22 +65,15 @@ struct tms_grpc_service {
     size_t pending;
     void (*drained)(void *arg); /* tms_grpc_service_drain: once pending reaches 0 */
     void *drained_arg;
-    /* Calls whose stream still waits, in deadline order (most share the default
-     * timeout, so a new one goes at the end after a step or none), and one timer for
-     * the first: a timer per call, started and closed, cost a loop turn before the
-     * call could be freed (issue 19, as http/rest.c). */
-    struct pending *first, *last;
-    uv_timer_t *deadline_timer; /* its own allocation: closed after the rest is freed */
-    uint64_t timer_due;         /* when deadline_timer fires, while it is active */
+    tms_deadlines_t *deadlines; /* of the calls whose stream still waits: one timer */
 };
 
 /* A call with the actors, in the call's arena. The call is freed (and this with it)
  * when its reply comes; st is NULL once the stream was answered otherwise or is gone
  * (and it is then off the service's deadline list). */
 typedef struct pending {
-    bool watch;                  /* false: what a stream has attached is this, not a watch_t */
-    struct pending *prev, *next; /* the service's deadline list, while st is set */
-    uint64_t due;                /* uv_now() of the deadline */
+    bool watch;              /* false: what a stream has attached is this, not a watch_t */
+    tms_deadline_t deadline; /* on svc->deadlines while st is set */
     tms_grpc_service_t *svc;
     tms_grpc_stream_t *st;
     tms_api_call_t *call;
@@ -97,49 +90,6 @@ static void less_pending(tms_grpc_service_t *svc)
         svc->drained = NULL;
         drained(svc->drained_arg);
     }
-}
-
-static void pending_unlink(tms_grpc_service_t *svc, pending_t *p)
-{
-    if (p->prev)
-        p->prev->next = p->next;
-    else
-        svc->first = p->next;
-    if (p->next)
-        p->next->prev = p->prev;
-    else
-        svc->last = p->prev;
-    p->prev = p->next = NULL;
-}
-
-static void on_deadline(uv_timer_t *timer);
-
-static void arm_deadline(tms_grpc_service_t *svc, uint64_t due)
-{
-    uint64_t now = uv_now(svc->loop);
-    svc->timer_due = due;
-    uv_timer_start(svc->deadline_timer, on_deadline, due > now ? due - now : 0, 0);
-}
-
-/* Into the list in deadline order, from the end; the timer is re-armed only when the
- * new call is due before it fires (a running timer finds later ones when it fires). */
-static void pending_link(tms_grpc_service_t *svc, pending_t *p)
-{
-    pending_t *after = svc->last;
-    while (after && after->due > p->due)
-        after = after->prev;
-    p->prev = after;
-    p->next = after ? after->next : svc->first;
-    if (p->next)
-        p->next->prev = p;
-    else
-        svc->last = p;
-    if (after)
-        after->next = p;
-    else
-        svc->first = p;
-    if (!uv_is_active((uv_handle_t *)svc->deadline_timer) || p->due < svc->timer_due)
-        arm_deadline(svc, p->due);
 }
 
 static void render(tms_grpc_stream_t *st, tms_api_call_t *call)
@@ -242,7 +192,7 @@ static void on_reply(tms_msg_t *msg)
     if (st) {
         const tms_op_t *op = tms_op_get(call->op);
         tms_grpc_stream_attach(st, NULL);
-        pending_unlink(p->svc, p);
+        tms_deadlines_remove(p->svc->deadlines, &p->deadline);
         if (call->err.code == TMS_OK && op && op->result == TMS_RESULT_STREAM &&
             tms_grpc_stream_route(st)->kind == KIND_API)
             start_watch(p->svc, st, call);
@@ -255,25 +205,19 @@ static void on_reply(tms_msg_t *msg)
     less_pending(svc);
 }
 
-/* Answers every call past its deadline (the call is still with the actors; its reply
- * is dropped when it comes), then sleeps until the first one left is due. */
-static void on_deadline(uv_timer_t *timer)
+/* A call past its deadline (off the list already): answered DEADLINE_EXCEEDED; the
+ * call is still with the actors, and its reply is dropped when it comes. */
+static void on_deadline(tms_deadline_t *d, void *ctx)
 {
-    tms_grpc_service_t *svc = timer->data;
-    uint64_t now = uv_now(svc->loop);
-    pending_t *p;
-    while ((p = svc->first) != NULL && p->due <= now) {
-        tms_grpc_stream_t *st = p->st;
-        pending_unlink(svc, p);
-        tms_log_warn("deadline_exceeded", "rid=%s op=%s proto=grpc", tms_grpc_stream_request_id(st),
-                     tms_api_op_name(p->op));
-        tms_grpc_stream_attach(st, NULL);
-        p->st = NULL;
-        tms_grpc_stream_finish(st, TMS_DEADLINE_EXCEEDED, "deadline exceeded");
-        tms_grpc_stream_flush(st);
-    }
-    if (svc->first)
-        arm_deadline(svc, svc->first->due);
+    pending_t *p = (pending_t *)((char *)d - offsetof(pending_t, deadline));
+    tms_grpc_stream_t *st = p->st;
+    (void)ctx;
+    tms_log_warn("deadline_exceeded", "rid=%s op=%s proto=grpc", tms_grpc_stream_request_id(st),
+                 tms_api_op_name(p->op));
+    tms_grpc_stream_attach(st, NULL);
+    p->st = NULL;
+    tms_grpc_stream_finish(st, TMS_DEADLINE_EXCEEDED, "deadline exceeded");
+    tms_grpc_stream_flush(st);
 }
 
 /* The stream went away before the answer: the reply will be dropped, and the actors
@@ -290,8 +234,7 @@ static void detach(void *ctx, tms_grpc_stream_t *st, void *attached)
         return;
     }
     p->cancel->cancelled = true;
-    if (p->st)
-        pending_unlink(p->svc, p);
+    tms_deadlines_remove(p->svc->deadlines, &p->deadline);
     p->st = NULL;
 }
 
@@ -310,7 +253,6 @@ static void post_call(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_ca
     }
     call->deadline_ms = uv_now(svc->loop) + timeout;
     p = tms_arena_calloc(&call->arena, 1, sizeof(*p));
-    p->due = call->deadline_ms;
     p->svc = svc;
     p->st = st;
     p->call = call;
@@ -328,7 +270,7 @@ static void post_call(tms_grpc_service_t *svc, tms_grpc_stream_t *st, tms_api_ca
     }
     svc->pending++;
     tms_grpc_stream_attach(st, p);
-    pending_link(svc, p);
+    tms_deadlines_add(svc->deadlines, &p->deadline, call->deadline_ms);
 }
 
 static char *bearer_of(tms_api_call_t *call, const char *h)
@@ -561,9 +503,7 @@ tms_grpc_service_t *tms_grpc_service_new(uv_loop_t *loop, const tms_grpc_service
     const tms_op_t *ops = tms_ops(&nops);
     svc->loop = loop;
     svc->cfg = *cfg;
-    svc->deadline_timer = tms_new(uv_timer_t);
-    uv_timer_init(loop, svc->deadline_timer);
-    svc->deadline_timer->data = svc;
+    svc->deadlines = tms_deadlines_new(loop, on_deadline, svc);
     if (!svc->cfg.call_timeout_ms)
         svc->cfg.call_timeout_ms = DEFAULT_CALL_TIMEOUT_MS;
     if (cfg->service_token) {
@@ -626,7 +566,7 @@ void tms_grpc_service_free(tms_grpc_service_t **psvc)
         return;
     }
     tms_mailbox_free(&svc->replies);
-    uv_close((uv_handle_t *)svc->deadline_timer, tms_uv_free_on_close);
+    tms_deadlines_free(&svc->deadlines);
     free(svc->routes);
     if (svc->cfg.service_token) {
         sodium_memzero((char *)svc->cfg.service_token, strlen(svc->cfg.service_token));

@@ -11,12 +11,12 @@
 #include "core/alloc.h"
 #include "core/api.h"
 #include "core/clock.h"
+#include "core/deadlines.h"
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/push.h"
 #include "core/metrics.h"
 #include "core/text.h"
-#include "core/uv_close.h"
 
 extern const unsigned char tms_openapi_json[];
 extern const unsigned long tms_openapi_json_len;
@@ -32,11 +32,7 @@ struct tms_rest {
     unsigned char metrics_token_hash[crypto_generichash_BYTES];
     void (*drained)(void *arg); /* tms_rest_drain: called once pending reaches 0 */
     void *drained_arg;
-    /* Calls whose client still waits, oldest first: every call has the same timeout,
-     * so this is deadline order, and one timer for the oldest serves them all (a
-     * timer per call, started and closed, was 3 % of a GET; issue 19). */
-    struct pending *oldest, *newest;
-    uv_timer_t *deadline_timer; /* its own allocation: closed after the rest is freed */
+    tms_deadlines_t *deadlines; /* of the calls whose client still waits: one timer */
 };
 
 static void less_pending(tms_rest_t *rest)
@@ -52,8 +48,7 @@ static void less_pending(tms_rest_t *rest)
  * with it) when the reply arrives; req is NULL once the deadline answered the client
  * first (and it is then off the rest's list). */
 typedef struct pending {
-    struct pending *prev, *next; /* the rest's list, while req is set */
-    uint64_t due;                /* uv_now() of the deadline */
+    tms_deadline_t deadline; /* first member; on rest->deadlines while req is set */
     tms_rest_t *rest;
     tms_http_request_t *req;
     tms_api_call_t *call;
@@ -488,19 +483,6 @@ static void start_stream(tms_rest_t *rest, tms_http_request_t *req, tms_api_call
 
 /* ---- calls to the gateway -------------------------------------------- */
 
-static void pending_unlink(tms_rest_t *rest, pending_t *p)
-{
-    if (p->prev)
-        p->prev->next = p->next;
-    else
-        rest->oldest = p->next;
-    if (p->next)
-        p->next->prev = p->prev;
-    else
-        rest->newest = p->prev;
-    p->prev = p->next = NULL;
-}
-
 static void on_reply(tms_msg_t *msg)
 {
     tms_api_call_t *call = (tms_api_call_t *)msg;
@@ -508,7 +490,7 @@ static void on_reply(tms_msg_t *msg)
     tms_rest_t *rest = p->rest;
     const tms_op_t *op = tms_op_get(call->op);
     if (p->req) {
-        pending_unlink(rest, p);
+        tms_deadlines_remove(rest->deadlines, &p->deadline);
         if (call->err.code == TMS_OK && op && op->result == TMS_RESULT_STREAM)
             start_stream(rest, p->req, call);
         else
@@ -518,23 +500,17 @@ static void on_reply(tms_msg_t *msg)
     less_pending(rest);
 }
 
-/* Answers every call past its deadline (the call is still with the actors; its reply
- * is dropped when it comes), then sleeps until the oldest one left is due. */
-static void on_deadline(uv_timer_t *timer)
+/* A call past its deadline (off the list already): answered 504; the call is still
+ * with the actors, and its reply is dropped when it comes. */
+static void on_deadline(tms_deadline_t *d, void *ctx)
 {
-    tms_rest_t *rest = timer->data;
-    uint64_t now = uv_now(rest->loop);
-    pending_t *p;
-    while ((p = rest->oldest) != NULL && p->due <= now) {
-        tms_http_request_t *req = p->req;
-        pending_unlink(rest, p);
-        p->req = NULL;
-        tms_log_warn("deadline_exceeded", "rid=%s op=%s", req->request_id,
-                     tms_api_op_name(p->call->op));
-        tms_http_respond_error(req, TMS_DEADLINE_EXCEEDED, "request took too long", NULL, 0);
-    }
-    if (rest->oldest)
-        uv_timer_start(timer, on_deadline, rest->oldest->due - now, 0);
+    pending_t *p = (pending_t *)d;
+    tms_http_request_t *req = p->req;
+    (void)ctx;
+    p->req = NULL;
+    tms_log_warn("deadline_exceeded", "rid=%s op=%s", req->request_id,
+                 tms_api_op_name(p->call->op));
+    tms_http_respond_error(req, TMS_DEADLINE_EXCEEDED, "request took too long", NULL, 0);
 }
 
 static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t *call)
@@ -552,8 +528,7 @@ static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t 
     p->call = call;
     tms_text_copy(call->request_id, sizeof(call->request_id), req->request_id);
     tms_text_copy(call->client_addr, sizeof(call->client_addr), req->client_addr);
-    p->due = uv_now(rest->loop) + rest->cfg.call_timeout_ms;
-    call->deadline_ms = p->due;
+    call->deadline_ms = uv_now(rest->loop) + rest->cfg.call_timeout_ms;
     msg->kind = TMS_MSG_REQUEST;
     msg->reply_to = rest->replies;
     msg->cont = on_reply;
@@ -564,16 +539,7 @@ static void send_call(tms_rest_t *rest, tms_http_request_t *req, tms_api_call_t 
         return;
     }
     rest->pending++;
-    p->prev = rest->newest;
-    if (rest->newest)
-        rest->newest->next = p;
-    else
-        rest->oldest = p;
-    rest->newest = p;
-    /* Armed for the oldest; a later call is due later (one timeout for all), so a
-     * running timer stays as it is and finds the rest when it fires. */
-    if (!uv_is_active((uv_handle_t *)rest->deadline_timer))
-        uv_timer_start(rest->deadline_timer, on_deadline, rest->cfg.call_timeout_ms, 0);
+    tms_deadlines_add(rest->deadlines, &p->deadline, call->deadline_ms);
 }
 
 /* ---- request parsing -------------------------------------------------- */
@@ -1325,9 +1291,7 @@ tms_rest_t *tms_rest_new(uv_loop_t *loop, const tms_rest_config_t *cfg)
     }
     /* Replies are not counted against a mailbox bound; 1 is only the request bound. */
     rest->replies = tms_mailbox_new(loop, "rest", 1, NULL, rest);
-    rest->deadline_timer = tms_new(uv_timer_t);
-    uv_timer_init(loop, rest->deadline_timer);
-    rest->deadline_timer->data = rest;
+    rest->deadlines = tms_deadlines_new(loop, on_deadline, rest);
     return rest;
 }
 
@@ -1353,6 +1317,6 @@ void tms_rest_free(tms_rest_t **prest)
         return;
     *prest = NULL;
     tms_mailbox_free(&rest->replies);
-    uv_close((uv_handle_t *)rest->deadline_timer, tms_uv_free_on_close);
+    tms_deadlines_free(&rest->deadlines);
     free(rest);
 }
