@@ -38,6 +38,13 @@ static void on_expired(tms_deadline_t *d, void *ctx)
     }
 }
 
+static void start(uv_loop_t *loop, seen_t *s)
+{
+    uv_loop_init(loop);
+    s->loop = loop;
+    s->list = tms_deadlines_new(loop, on_expired, s);
+}
+
 static void finish(uv_loop_t *loop, seen_t *s)
 {
     tms_deadlines_free(&s->list);
@@ -50,9 +57,7 @@ static void test_order_and_remove(void)
     uv_loop_t loop;
     seen_t s = {0};
     entry_t e[5] = {{.id = 0}, {.id = 1}, {.id = 2}, {.id = 3}, {.id = 4}};
-    uv_loop_init(&loop);
-    s.loop = &loop;
-    s.list = tms_deadlines_new(&loop, on_expired, &s);
+    start(&loop, &s);
     uint64_t now = uv_now(&loop);
     tms_deadlines_add(s.list, &e[0].d, now + 60);
     tms_deadlines_add(s.list, &e[1].d, now + 20);
@@ -78,9 +83,7 @@ static void test_earlier_entry_rearms(void)
     uv_loop_t loop;
     seen_t s = {0};
     entry_t late = {.id = 1}, early = {.id = 2};
-    uv_loop_init(&loop);
-    s.loop = &loop;
-    s.list = tms_deadlines_new(&loop, on_expired, &s);
+    start(&loop, &s);
     uint64_t now = uv_now(&loop);
     tms_deadlines_add(s.list, &late.d, now + 500);
     tms_deadlines_add(s.list, &early.d, now + 20);
@@ -100,9 +103,7 @@ static void test_entry_added_on_expiry_does_not_delay_others(void)
     uv_loop_t loop;
     seen_t s = {0};
     entry_t a = {.id = 1}, b = {.id = 2}, c = {.id = 3};
-    uv_loop_init(&loop);
-    s.loop = &loop;
-    s.list = tms_deadlines_new(&loop, on_expired, &s);
+    start(&loop, &s);
     s.add_on_expiry = &c;
     uint64_t now = uv_now(&loop);
     tms_deadlines_add(s.list, &a.d, now + 20);
