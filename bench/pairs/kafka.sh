@@ -49,9 +49,11 @@ DRAIN_S=$((QUICK ? 30 : 60))
 drain() {
   local pending i delivered mailed last="" still=0 now
   for i in $(seq $((DRAIN_S * 10))); do
-    pending=$(curl -sf "$TMS_METRICS_URL" | awk '/^tms_outbox_pending_events/ {s += $2} END {print s + 0}')
-    delivered=$(curl -sf "$TMS_METRICS_URL" | awk '/^tms_kafka_delivered_total\{topic="notifications"/ {s += $2} END {print s + 0}')
-    mailed=$(curl -sf "$TMS_METRICS_URL" | awk '/^tms_mail_written_total/ {s += $2} END {print s + 0}')
+    read -r pending delivered mailed < <(curl -sf "$TMS_METRICS_URL" | awk '
+      /^tms_outbox_pending_events/ {p += $2}
+      /^tms_kafka_delivered_total\{topic="notifications"/ {d += $2}
+      /^tms_mail_written_total/ {m += $2}
+      END {print p + 0, d + 0, m + 0}')
     now="$delivered/$mailed"
     if [[ "$pending" == 0 && "$now" == "$last" ]]; then
       still=$((still + 1))
