@@ -59,6 +59,18 @@ void tms_outbox_op_free(tms_outbox_op_t **op);
 /** Allocate a zeroed op whose msg.free_fn frees it (for undeliverable replies). */
 tms_outbox_op_t *tms_outbox_op_new(tms_outbox_op_kind_t kind);
 
+/* Several processes on one database (tms_outbox_t.lead): which of their relays
+ * publishes. One does; the others stand aside and wake it after their writes, so an
+ * event is published once and at once, whichever process wrote it. */
+typedef enum tms_outbox_lead {
+    TMS_LEAD_UNKNOWN = 0, /* not known (no lead connection): relay, as a lone process does */
+    TMS_LEAD_HELD,        /* this process relays the outbox */
+    TMS_LEAD_OTHER,       /* another process holds the lead: stand aside */
+    TMS_LEAD_WOKEN,       /* not a state: another process wrote events */
+} tms_outbox_lead_t;
+
+typedef void (*tms_outbox_lead_fn)(void *arg, tms_outbox_lead_t what);
+
 typedef struct tms_outbox tms_outbox_t;
 struct tms_outbox {
     const char *name; /* for logs only, never to dispatch on */
@@ -69,6 +81,15 @@ struct tms_outbox {
     /** Refuse new ops, answer those accepted, then cb(ctx) on the store's loop
      * (core/port.h); self is invalid when cb runs. */
     void (*close)(tms_outbox_t *self, tms_port_closed_fn cb, void *ctx);
+    /** Optional (NULL where one process relays the outbox: SQLite, MongoDB). Contend
+     * for the lead among the processes sharing the outbox: fn(arg, what) runs on the
+     * store's loop when the lead changes (HELD, OTHER, UNKNOWN) and when another
+     * process wrote events (WOKEN). fn NULL: stop calling (before arg goes). */
+    void (*lead)(tms_outbox_t *self, tms_outbox_lead_fn fn, void *arg);
+    /** Optional, with lead: tell the process holding the lead that events were
+     * written here (coalesced; dropped while the lead connection is down: the
+     * leader's poll finds them). */
+    void (*wake_leader)(tms_outbox_t *self);
 };
 
 static inline int tms_outbox_submit(tms_outbox_t *o, tms_outbox_op_t **op)

@@ -102,6 +102,8 @@ struct tms_relay {
     int64_t *accepted; /* seqs the bus accepted, to mark sent */
     size_t naccepted, cap_accepted;
     _Atomic int64_t pending; /* unsent events at the last count; read by any worker */
+    _Atomic int aside;       /* another process relays this outbox (tms_outbox_t.lead) */
+    tms_outbox_lead_t lead;  /* the last lead state reported */
     tms_counter_t *published, *failed;
 };
 
@@ -461,6 +463,11 @@ static void run_batch(tms_relay_t *r)
         return;
     }
     r->backoff_until = 0;
+    if (atomic_load_explicit(&r->aside, memory_order_relaxed)) {
+        count_pending(r); /* the gauge stays true; the leader publishes */
+        schedule(r, r->poll_ms);
+        return;
+    }
     full = r->rescan || r->handed_max == 0 || now - r->scanned_at >= r->poll_ms ||
            (r->gap && now - r->scanned_at >= gap_wait(r)) ||
            (r->nheld_keys && next_retry_in(r, now) == 0);
@@ -502,10 +509,41 @@ static void on_wake(uv_async_t *a)
     tms_relay_kick(a->data);
 }
 
+static double relaying_gauge(void *arg)
+{
+    return !atomic_load_explicit(&((tms_relay_t *)arg)->aside, memory_order_relaxed);
+}
+
+/* The outbox's lead among processes sharing it (core/outbox.h): stand aside while
+ * another process holds it; relay when this one does or when it is not known (a lone
+ * process, or the lead connection down: an event may then go out twice, never late). */
+static void on_lead(void *arg, tms_outbox_lead_t what)
+{
+    static const char *const names[] = {"unknown", "held", "other"};
+    tms_relay_t *r = arg;
+    int aside = atomic_load_explicit(&r->aside, memory_order_relaxed);
+    if (what == TMS_LEAD_WOKEN) {
+        if (!aside)
+            tms_relay_kick(r);
+        return;
+    }
+    if (what != r->lead)
+        tms_log(what == TMS_LEAD_UNKNOWN ? TMS_LOG_WARN : TMS_LOG_INFO, "outbox_lead",
+                "outbox=%s lead=%s relaying=%d", r->outbox->name, names[what],
+                what != TMS_LEAD_OTHER);
+    r->lead = what;
+    atomic_store_explicit(&r->aside, what == TMS_LEAD_OTHER, memory_order_relaxed);
+    if (what != TMS_LEAD_OTHER && aside) {
+        r->rescan = 1; /* from the first pending event: the other's leftovers too */
+        tms_relay_kick(r);
+    }
+}
+
 tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_t *bus,
                            uint64_t poll_ms)
 {
     tms_relay_t *r = tms_new(tms_relay_t);
+    char labels[64];
     r->loop = loop;
     r->outbox = outbox;
     r->bus = bus;
@@ -524,8 +562,17 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
         tms_metrics_counter("tms_outbox_published_total", "outbox events accepted by the bus", "");
     r->failed = tms_metrics_counter("tms_outbox_publish_failures_total",
                                     "outbox events the bus refused (retried later)", "");
+    /* one series per relay: with tasks and users in two stores there are two relays,
+     * and the second registered would replace the first's series */
+    snprintf(labels, sizeof(labels), "store=\"%s\"", outbox->name);
     tms_metrics_gauge_fn("tms_outbox_pending_events", "outbox events not yet accepted by the bus",
-                         "", pending_gauge, r);
+                         labels, pending_gauge, r);
+    tms_metrics_gauge_fn("tms_outbox_relaying",
+                         "1: this process publishes this outbox; 0: another process sharing the "
+                         "database does",
+                         labels, relaying_gauge, r);
+    if (outbox->lead)
+        outbox->lead(outbox, on_lead, r);
     schedule(r, 0); /* events left from before a restart go out at start */
     return r;
 }
@@ -546,6 +593,10 @@ void tms_relay_kick(tms_relay_t *r)
     }
     if (r->stopping)
         return;
+    if (atomic_load_explicit(&r->aside, memory_order_relaxed)) {
+        r->outbox->wake_leader(r->outbox); /* the leader publishes what was written here */
+        return;
+    }
     if (r->fetching || r->marking)
         r->again = 1;
     else
@@ -566,6 +617,8 @@ void tms_relay_stop(tms_relay_t *r, void (*on_stopped)(void *arg), void *arg)
         return;
     }
     uv_timer_stop(r->timer);
+    if (r->outbox->lead)
+        r->outbox->lead(r->outbox, NULL, NULL);
     r->on_stopped = on_stopped;
     r->stopped_arg = arg;
     mark_sent(r); /* accepted ones still unmarked */

@@ -5,7 +5,9 @@
  * A refused event holds its key only: its later events wait and follow it, in order,
  * once a retry (after the poll interval) is accepted; other keys go on (relay.c).
  * Runs when kicked after a write, and on a timer so that events left by a crash or a
- * refused publish go out too. */
+ * refused publish go out too. Where processes share the outbox and it has a lead
+ * (PostgreSQL: tms_outbox_t.lead), only the leader's relay publishes; the others stand
+ * aside, and a kick after their write wakes the leader instead. */
 #ifndef TMS_CORE_RELAY_H
 #define TMS_CORE_RELAY_H
 

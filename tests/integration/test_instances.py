@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-from conftest import JWT_SECRET, SPLIT, TMS_BIN, free_port, tms_env
+from conftest import JWT_SECRET, SPLIT, TASKS_URL, TMS_BIN, free_port, tms_env
 
 pytestmark = pytest.mark.skipif(SPLIT, reason="starts single processes next to the test server")
 
@@ -97,3 +97,77 @@ def test_second_instance_on_the_same_data_dir_exits(make_server):
     first.start()
     assert first.me(token).status_code == 200
     first.stop_ok()
+
+
+# ---- instances sharing one PostgreSQL database: one relays (issue 20) -----------------
+
+def _series(srv, name, **labels):
+    """Sum of the series of one family whose labels include these."""
+    total = 0.0
+    for line in requests.get(srv.metrics_url(), timeout=5).text.splitlines():
+        key, _, val = line.rpartition(" ")
+        if (key == name or key.startswith(name + "{")) and all(
+                f'{k}="{v}"' in key for k, v in labels.items()):
+            total += float(val)
+    return total
+
+
+def _poll(fn, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not fn():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _send_delays_ms(url, title):
+    """Commit -> marked sent, per outbox event of the tasks with this title (psql)."""
+    out = subprocess.run(
+        ["psql", "-qAt", url, "-c",
+         "SELECT o.sent_at_ms - o.created_at_ms FROM outbox o JOIN tasks t"
+         f" ON o.key = t.id::text WHERE t.title = '{title}' AND o.sent_at_ms IS NOT NULL"],
+        check=True, capture_output=True, text=True).stdout.split()
+    return sorted(int(v) for v in out)
+
+
+@pytest.mark.skipif(not TASKS_URL, reason="the relay's lead is PostgreSQL's (TMS_TEST_TASKS_URL)")
+def test_instances_on_one_postgresql_database_relay_once_and_wake_the_relaying_one(
+        make_server, tmp_path):
+    """Two instances on one PostgreSQL database (each on its own data dir): one relay
+    publishes the outbox (an advisory lock), the other stands aside and NOTIFYs it after
+    its writes, so an event written there goes out at once, not at the leader's next poll
+    (1 s: 20 creates spaced 50 ms took 530 ms from commit to sent at the median). Killed,
+    the leader's lock goes with its session and the other takes over."""
+    from test_kafka import shared_stores
+    shared = shared_stores(tmp_path / "shared")
+    a = make_server(settings=shared)
+    assert _poll(lambda: "event=outbox_lead outbox=postgres lead=held relaying=1"
+                 in a.log_text()), a.log_text()[-2000:]
+    b = make_server(settings=shared)
+    assert _poll(lambda: "event=outbox_lead outbox=postgres lead=other relaying=0"
+                 in b.log_text()), b.log_text()[-2000:]
+    assert _series(a, "tms_outbox_relaying", store="postgres") == 1
+    assert _series(b, "tms_outbox_relaying", store="postgres") == 0
+    for srv in (a, b):  # the users outbox's relay no longer replaces the tasks one's series
+        text = requests.get(srv.metrics_url(), timeout=5).text
+        assert re.search(r'^tms_outbox_pending_events\{store="postgres"', text, re.M), text
+    token, user = a.register()
+    n = 20
+    for _ in range(n):
+        b.create_task(token, title="written on b", assignedTo=user["id"])
+        time.sleep(0.05)
+    url = shared["tasks.url"]
+    assert _poll(lambda: len(_send_delays_ms(url, "written on b")) == n)
+    delays = _send_delays_ms(url, "written on b")
+    assert delays[n // 2] < 200 and delays[-1] < 800, delays
+    assert _series(b, "tms_outbox_lead_wakes_total", dir="out") >= 1
+    assert _series(a, "tms_outbox_lead_wakes_total", dir="in") >= 1
+    # the leader dies: the other takes the lead and publishes what is written there
+    a.kill()
+    assert _poll(lambda: "event=outbox_lead outbox=postgres lead=held relaying=1"
+                 in b.log_text(), timeout=10), b.log_text()[-2000:]
+    assert _series(b, "tms_outbox_relaying", store="postgres") == 1
+    b.create_task(token, title="after the leader died", assignedTo=user["id"])
+    assert _poll(lambda: len(_send_delays_ms(url, "after the leader died")) == 1, timeout=5)
+    b.stop_ok()

@@ -328,6 +328,73 @@ static void test_remote_kick(void)
     stop_relay(&loop, &r);
 }
 
+/* Processes sharing an outbox (tms_outbox_t.lead): while another holds the lead the
+ * relay publishes nothing, not even at its poll, and a kick wakes the leader instead;
+ * a wake from another process is ignored then. Once it holds the lead (or the lead is
+ * unknown: its connection is down) it publishes what is pending, and a wake fetches at
+ * once. Stopping unregisters. */
+typedef struct fake_lead {
+    fake_outbox_t o;
+    tms_outbox_lead_fn fn;
+    void *arg;
+    int wakes; /* wake_leader calls */
+} fake_lead_t;
+
+static void lead_register(tms_outbox_t *self, tms_outbox_lead_fn fn, void *arg)
+{
+    fake_lead_t *l = (fake_lead_t *)self;
+    l->fn = fn;
+    l->arg = arg;
+}
+
+static void lead_wake(tms_outbox_t *self)
+{
+    ((fake_lead_t *)self)->wakes++;
+}
+
+static void test_stands_aside_while_another_leads(void)
+{
+    uv_loop_t loop;
+    fake_lead_t l = {.o = {.port = {.name = "fake",
+                                    .submit = outbox_submit,
+                                    .lead = lead_register,
+                                    .wake_leader = lead_wake}}};
+    fake_bus_t b = {.port = {.name = "fake", .publish = bus_publish}};
+    tms_relay_t *r;
+    int before;
+    uv_loop_init(&loop);
+    r = tms_relay_new(&loop, &l.o.port, &b.port, 20);
+    CHECK(l.fn != NULL);
+    l.fn(l.arg, TMS_LEAD_OTHER); /* before the start batch ran */
+    run_for(&loop, 100, NULL);   /* five polls */
+    CHECK_EQ_INT(b.n, 0);
+    CHECK_EQ_INT(l.o.sent[1], 0);
+    tms_relay_kick(r); /* a write here: the leader is woken */
+    CHECK_EQ_INT(l.wakes, 1);
+    l.fn(l.arg, TMS_LEAD_WOKEN); /* another's write: not ours to publish */
+    run_for(&loop, 30, NULL);
+    CHECK_EQ_INT(b.n, 0);
+    l.fn(l.arg, TMS_LEAD_HELD); /* the leader went: what is pending goes out at once */
+    run_for(&loop, 15, &l.o.sent[N]);
+    CHECK_EQ_INT(b.n, N);
+    for (int seq = 1; seq <= N; seq++)
+        CHECK_EQ_INT(l.o.sent[seq], 1);
+    before = l.o.fetches;
+    l.fn(l.arg, TMS_LEAD_WOKEN);
+    run_for(&loop, 10, NULL); /* below the 20 ms poll */
+    CHECK(l.o.fetches > before);
+    CHECK_EQ_INT(l.wakes, 1); /* the leader's kicks wake no one */
+    tms_relay_kick(r);
+    CHECK_EQ_INT(l.wakes, 1);
+    l.o.n = N + 1; /* one more written; the lead connection drops: publish anyway */
+    l.fn(l.arg, TMS_LEAD_UNKNOWN);
+    tms_relay_kick(r);
+    run_for(&loop, 15, &l.o.sent[N + 1]);
+    CHECK_EQ_INT(l.o.sent[N + 1], 1);
+    stop_relay(&loop, &r);
+    CHECK(l.fn == NULL);
+}
+
 int main(void)
 {
     RUN_TEST(test_relay);
@@ -335,5 +402,6 @@ int main(void)
     RUN_TEST(test_held_event_delays_no_other);
     RUN_TEST(test_refused_event_holds_its_key_only);
     RUN_TEST(test_late_commit_below_handed_is_published_soon);
+    RUN_TEST(test_stands_aside_while_another_leads);
     TEST_EXIT();
 }

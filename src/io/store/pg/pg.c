@@ -26,6 +26,12 @@
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 #define TICK_MS 50
+/* The relay's lead (tms_outbox_t.lead): a session advisory lock on a connection of
+ * its own, and the channel the other processes NOTIFY after their writes. */
+#define LEAD_LOCK_KEY 0x746d735f72656cLL /* "tms_rel" */
+#define LEAD_CHANNEL "tms_outbox"
+#define LEAD_RETRY_MS 1000 /* a process standing aside tries for the lock this often */
+enum { LQ_NONE, LQ_TRY, LQ_NOTIFY };
 
 static const tms_pg_port_t *const ports[TMS_STORE_NPORTS] = {
     [TMS_STORE_TASKS] = &tms__pg_tasks_port,
@@ -75,8 +81,9 @@ struct conn {
     int ninflight;
     int failures; /* consecutive failed connects or drops */
     uint64_t started;
-    int dirty;   /* sent since the last flush */
-    req_t *open; /* the last read sent without a sync yet (its group's end) */
+    int dirty;    /* sent since the last flush */
+    req_t *open;  /* the last read sent without a sync yet (its group's end) */
+    bool is_lead; /* the relay's lead connection, outside the pool (no ops, no pipeline) */
 };
 
 struct tms_pg {
@@ -96,11 +103,25 @@ struct tms_pg {
     uv_prepare_t prepare; /* before the loop waits: the same, for ops sent after check */
     int closing, handles;
     uint64_t rng;
+    /* The relay's lead: conns[nconns], connected once a relay asks (tms_outbox_t.lead);
+     * one query out at a time. */
+    conn_t *lead;
+    tms_outbox_lead_fn lead_fn;
+    void *lead_arg;
+    tms_outbox_lead_t lead_state;
+    int lead_query; /* LQ_*: what is out on the lead connection */
+    uint64_t lead_sent, lead_retry_at;
+    bool lead_notify; /* a wake for the leader waits to be sent */
+    tms_counter_t *wakes_out, *wakes_in;
 };
 
 static void conn_down(conn_t *c, const char *why);
 static void pump(tms_pg_t *pg);
 static void on_poll(uv_poll_t *h, int status, int events);
+static void lead_setup(conn_t *c);
+static void lead_results(conn_t *c);
+static void lead_lost(tms_pg_t *pg);
+static void lead_next(conn_t *c);
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -316,13 +337,14 @@ static void conn_down(conn_t *c, const char *why)
     tms_pg_t *pg = c->pg;
     req_t *r;
     char msg[256];
-    if (c->state == READY) {
+    if (c->state == READY && !c->is_lead) {
         pg->up--;
         gauge_add(&pg->g_up, -1);
     }
     one_line(msg, sizeof(msg), why);
     tms_log(pg->closing ? TMS_LOG_DEBUG : TMS_LOG_WARN, "pg_conn_down",
-            "conn=%d state=%d inflight=%d why=%s", c->idx, (int)c->state, c->ninflight, msg);
+            "conn=%d%s state=%d inflight=%d why=%s", c->idx, c->is_lead ? " role=relay_lead" : "",
+            (int)c->state, c->ninflight, msg);
     unwatch(c);
     if (c->gai) {
         c->gai->c = NULL;
@@ -332,6 +354,8 @@ static void conn_down(conn_t *c, const char *why)
     PQfinish(c->pq);
     c->pq = NULL;
     c->state = DOWN;
+    if (c->is_lead)
+        lead_lost(pg); /* the lock went with the session */
     /* Whatever was in flight may or may not have committed; the caller learns
      * UNAVAILABLE and retries (creates with an Idempotency-Key replay safely). */
     while ((r = c->head) != NULL) {
@@ -396,7 +420,10 @@ static void connect_step(conn_t *c)
     PostgresPollingStatusType st = PQconnectPoll(c->pq);
     switch (st) {
     case PGRES_POLLING_OK:
-        send_setup(c);
+        if (c->is_lead)
+            lead_setup(c);
+        else
+            send_setup(c);
         return;
     case PGRES_POLLING_READING:
         if (watch(c, UV_READABLE) != 0)
@@ -472,7 +499,7 @@ static void start_connect(conn_t *c)
 {
     tms_pg_t *pg = c->pg;
     struct addrinfo hints = {.ai_socktype = SOCK_STREAM};
-    if (pg->closing)
+    if (pg->closing || (c->is_lead && !pg->lead_fn))
         return;
     c->started = uv_now(pg->loop);
     if (!pg->resolve_host) {
@@ -623,7 +650,10 @@ static void poll_events(conn_t *c, int status, int events)
             conn_down(c, PQerrorMessage(c->pq));
             return;
         }
-        drain_results(c);
+        if (c->is_lead)
+            lead_results(c);
+        else
+            drain_results(c);
     }
 }
 
@@ -797,7 +827,7 @@ static void on_tick(uv_timer_t *t)
         pg->qlen--;
         fail_req(pg, r, "store unavailable");
     }
-    for (int i = 0; i < pg->nconns; i++) {
+    for (int i = 0; i <= pg->nconns; i++) { /* the pool and the lead connection */
         conn_t *c = &pg->conns[i];
         if ((c->state == RESOLVING || c->state == CONNECTING) &&
             now - c->started > (uint64_t)pg->opt.statement_timeout_ms)
@@ -805,6 +835,147 @@ static void on_tick(uv_timer_t *t)
         else if ((c->state == READY || c->state == SETUP) && c->head && now >= c->head->deadline)
             conn_down(c, "operation deadline passed");
     }
+    if (pg->lead_query && now - pg->lead_sent > (uint64_t)pg->opt.statement_timeout_ms)
+        conn_down(pg->lead, "relay lead query deadline passed");
+    else
+        lead_next(pg->lead); /* standing aside: try for the lock again when due */
+}
+
+/* ---- the relay's lead ----------------------------------------------------- */
+
+/* Processes sharing the database each run a relay; the one whose lead connection holds
+ * the advisory lock publishes (tms_outbox_t.lead). The lock is the session's: it goes
+ * when the process or its connection does, and a process standing aside takes it at
+ * its next try (LEAD_RETRY_MS). Every lead connection LISTENs; a process standing aside
+ * NOTIFYs after its writes (on this connection, after their commit), which wakes the
+ * leader's relay at once instead of at its next poll. */
+
+static tms_pg_t *pg_of_outbox(tms_outbox_t *o)
+{
+    return (tms_pg_t *)((char *)o - offsetof(tms_store_t, outbox)); /* st is pg's first */
+}
+
+static void lead_tell(tms_pg_t *pg, tms_outbox_lead_t what)
+{
+    if (pg->lead_fn && !pg->closing)
+        pg->lead_fn(pg->lead_arg, what);
+}
+
+static void lead_set(tms_pg_t *pg, tms_outbox_lead_t state)
+{
+    if (state == TMS_LEAD_OTHER)
+        pg->lead_retry_at = uv_now(pg->loop) + LEAD_RETRY_MS;
+    if (state != pg->lead_state) {
+        pg->lead_state = state;
+        lead_tell(pg, state);
+    }
+}
+
+static void lead_lost(tms_pg_t *pg)
+{
+    pg->lead_query = LQ_NONE;
+    lead_set(pg, TMS_LEAD_UNKNOWN);
+}
+
+static void lead_send(conn_t *c, const char *sql, int kind)
+{
+    tms_pg_t *pg = c->pg;
+    if (PQsendQuery(c->pq, sql) != 1) {
+        conn_down(c, PQerrorMessage(c->pq));
+        return;
+    }
+    pg->lead_query = kind;
+    pg->lead_sent = uv_now(pg->loop);
+    flush(c);
+}
+
+static void lead_setup(conn_t *c)
+{
+    char sql[128];
+    PQsetnonblocking(c->pq, 1);
+    PQsetNoticeProcessor(c->pq, quiet, NULL);
+    c->state = SETUP;
+    snprintf(sql, sizeof(sql), "LISTEN " LEAD_CHANNEL "; SELECT pg_try_advisory_lock(%lld)",
+             LEAD_LOCK_KEY);
+    lead_send(c, sql, LQ_TRY);
+}
+
+/* The next query, when none is out: a wake for the leader, or a try for the lock. */
+static void lead_next(conn_t *c)
+{
+    tms_pg_t *pg = c->pg;
+    char sql[64];
+    if (c->state != READY || pg->lead_query != LQ_NONE)
+        return;
+    if (pg->lead_notify) {
+        pg->lead_notify = false;
+        tms_counter_add(pg->wakes_out, 1);
+        lead_send(c, "NOTIFY " LEAD_CHANNEL, LQ_NOTIFY);
+    } else if (pg->lead_state == TMS_LEAD_OTHER && uv_now(pg->loop) >= pg->lead_retry_at) {
+        snprintf(sql, sizeof(sql), "SELECT pg_try_advisory_lock(%lld)", LEAD_LOCK_KEY);
+        lead_send(c, sql, LQ_TRY);
+    }
+}
+
+static void lead_results(conn_t *c)
+{
+    tms_pg_t *pg = c->pg;
+    PGnotify *n;
+    uint64_t woken = 0;
+    while (pg->lead_query != LQ_NONE && !PQisBusy(c->pq)) {
+        PGresult *res = PQgetResult(c->pq);
+        if (!res) { /* the query is done */
+            pg->lead_query = LQ_NONE;
+            if (c->state == SETUP) {
+                c->state = READY;
+                c->failures = 0;
+                tms_log_info("pg_conn_up", "conn=%d role=relay_lead", c->idx);
+            }
+            lead_next(c);
+            if (c->state == DOWN)
+                return;
+            continue;
+        }
+        if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+            bool held = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
+            lead_set(pg, held ? TMS_LEAD_HELD : TMS_LEAD_OTHER);
+        } else if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+            char msg[256];
+            one_line(msg, sizeof(msg), PQresultErrorMessage(res));
+            PQclear(res);
+            tms_log_warn("pg_relay_lead", "msg=%s", msg);
+            conn_down(c, "relay lead query failed");
+            return;
+        }
+        PQclear(res);
+    }
+    while ((n = PQnotifies(c->pq)) != NULL) {
+        woken++;
+        PQfreemem(n);
+    }
+    if (woken) {
+        tms_counter_add(pg->wakes_in, woken);
+        lead_tell(pg, TMS_LEAD_WOKEN);
+    }
+    if (c->pq && PQstatus(c->pq) == CONNECTION_BAD)
+        conn_down(c, PQerrorMessage(c->pq));
+}
+
+/* tms_outbox_t.lead: the relay on this pool's loop asks (worker 0's pool only). */
+static void pg_lead(tms_outbox_t *self, tms_outbox_lead_fn fn, void *arg)
+{
+    tms_pg_t *pg = pg_of_outbox(self);
+    pg->lead_fn = fn;
+    pg->lead_arg = arg;
+    if (fn && pg->lead->state == DOWN && !uv_is_active((uv_handle_t *)&pg->lead->timer))
+        start_connect(pg->lead);
+}
+
+static void pg_wake_leader(tms_outbox_t *self)
+{
+    tms_pg_t *pg = pg_of_outbox(self);
+    pg->lead_notify = true;
+    lead_next(pg->lead);
 }
 
 /* ---- open and close ------------------------------------------------------ */
@@ -818,6 +989,12 @@ static void metrics(tms_pg_t *pg)
 {
     tms_metrics_gauge_fn("tms_pg_connections_up", "PostgreSQL connections ready.", "", gauge_read,
                          &pg->g_up);
+    pg->wakes_out = tms_metrics_counter("tms_outbox_lead_wakes_total",
+                                        "NOTIFYs to the relaying process (out) and received (in)",
+                                        "dir=\"out\"");
+    pg->wakes_in = tms_metrics_counter("tms_outbox_lead_wakes_total",
+                                       "NOTIFYs to the relaying process (out) and received (in)",
+                                       "dir=\"in\"");
 }
 
 /* Which host name, if any, the pool must resolve itself (libpq's lookup blocks). */
@@ -851,7 +1028,7 @@ static void pg_release(tms_store_t *st)
 {
     tms_pg_t *pg = (tms_pg_t *)st;
     pg->closing = 1;
-    for (int i = 0; i < pg->nconns; i++) {
+    for (int i = 0; i <= pg->nconns; i++) { /* the pool and the lead connection */
         conn_t *c = &pg->conns[i];
         if (c->state != DOWN || c->pq)
             conn_down(c, "closing");
@@ -932,8 +1109,10 @@ tms_pg_t *tms_pg_open(uv_loop_t *loop, const char *url, const tms_pg_options_t *
     uv_prepare_start(&pg->prepare, on_prepare);
     uv_unref((uv_handle_t *)&pg->prepare);
     pg->nconns = pg->opt.pool_size;
-    pg->conns = tms_calloc((size_t)pg->nconns, sizeof(conn_t));
-    for (int i = 0; i < pg->nconns; i++) {
+    pg->conns = tms_calloc((size_t)pg->nconns + 1, sizeof(conn_t));
+    pg->lead = &pg->conns[pg->nconns];
+    pg->lead->is_lead = true;
+    for (int i = 0; i <= pg->nconns; i++) {
         conn_t *c = &pg->conns[i];
         c->pg = pg;
         c->idx = i;
@@ -941,7 +1120,9 @@ tms_pg_t *tms_pg_open(uv_loop_t *loop, const char *url, const tms_pg_options_t *
         uv_timer_init(loop, &c->timer);
         c->timer.data = c;
         pg->handles++;
-        start_connect(c);
+        start_connect(c); /* the lead connection: once a relay asks (pg_lead) */
     }
+    pg->st.outbox.lead = pg_lead;
+    pg->st.outbox.wake_leader = pg_wake_leader;
     return pg;
 }
