@@ -10,6 +10,7 @@ needs matplotlib). Parsers print `key value` lines that bench/lib.sh records.
   tools.py seed-sql sqlite|pg DB|URL SEED N                 --quick: straight into the store
   tools.py conns HOST PORT N PID    opens N keep-alive connections, prints RSS (KiB)
   tools.py report WORK OUTDIR STAMP writes STAMP.json, STAMP.md, STAMP-*.png, latest.*
+  tools.py kafka-e2e URL TOKEN ASSIGNEE BROKERS N RATE   create response -> event consumed
 """
 import json
 import os
@@ -369,10 +370,12 @@ def evaluate(P):
             e = "e2e_%d." % rate
             row("kafka", "p99 create response -> event consumed at %d creates/s (ms)" % rate,
                 g("kafka", e + "p99_ms"), "<= %d" % limit, lambda v, limit=limit: v <= limit,
-                "p50 %s ms, %s of %s consumed, achieved %s creates/s; linger.ms %s" % (
+                "p50 %s ms, %s of %s consumed, achieved %s creates/s, creates sent late "
+                "p99 %s ms; p99 of the legs: relay %s ms, Kafka %s ms; linger.ms %s" % (
                     g("kafka", e + "p50_ms"), g("kafka", e + "consumed"),
                     g("kafka", e + "created"), g("kafka", e + "achieved_rate"),
-                    g("kafka", "linger_ms")))
+                    g("kafka", e + "late_starts_p99_ms"), g("kafka", e + "relay_p99_ms"),
+                    g("kafka", e + "kafka_p99_ms"), g("kafka", "linger_ms")))
     if "sqlite_post" in P:
         c = P["sqlite_post"].get("conns") or "CONNS"
         row("sqlite_post", "POST rps TMS (group commit) / C reference, one transaction per "
@@ -591,83 +594,170 @@ def cmd_report(work, outdir, stamp):
 
 
 # --- Kafka: create response -> event consumed -------------------------------------------
+# The client is split into processes so that its own GIL does not show up in the figure:
+# with the consumer and ~20 creator threads in one interpreter, a consumed message waited
+# for whatever thread held the GIL before it was timestamped, and at 1,000/s the creators
+# fell behind their schedule. Now the consumer has a process of its own (it only polls and
+# timestamps) and at high rates the creators are two processes, each sending half of the
+# schedule from the same absolute start. Every timestamp is time.monotonic()
+# (CLOCK_MONOTONIC, one clock for every process on Linux), so a create's response time in
+# one process and its event's arrival in another can be subtracted.
 def cmd_kafka_e2e(url, token, assignee, brokers, n, rate):
-    """Creates n assigned tasks at a fixed rate (open loop, one keep-alive connection
-    per in-flight create) while a consumer of its own group reads `notifications`;
-    prints the latency from each create's response to its event arriving here."""
-    from confluent_kafka import Consumer
+    """Creates n assigned tasks at a fixed rate (open loop: create i is due at start +
+    i / rate, whatever happened to the ones before) while a consumer of its own group
+    reads `notifications`; prints the latency from each create's response to its event
+    arriving at the consumer, and how late the creates were sent against their schedule."""
+    import multiprocessing
     n, rate = int(n), float(rate)
-    got, sent, lock = {}, {}, threading.Lock()
-    c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-e2e-%d" % os.getpid(),
-                  "auto.offset.reset": "latest", "enable.auto.commit": False,
-                  "fetch.wait.max.ms": 1, "fetch.min.bytes": 1})
-    c.subscribe(["notifications"])
-    assigned = threading.Event()
-    stop = threading.Event()
+    body = {"title": "e2e", "description": "kafka latency", "assignedTo": assignee}
+    # "spawn": fresh interpreters, no threads or sockets of this one inherited
+    ctx = multiprocessing.get_context("spawn")
+    cons_pipe, child = ctx.Pipe()
+    consumer = ctx.Process(target=_e2e_consume, args=(brokers, child), daemon=True)
+    consumer.start()
+    if not cons_pipe.poll(60) or cons_pipe.recv() != "ready":
+        raise RuntimeError("the e2e consumer got no assignment in 60 s")
 
-    def consume():
-        while not stop.is_set():
-            m = c.poll(0.05)
-            if c.assignment():
-                assigned.set()
-            if m is None or m.error():
-                continue
-            t = time.monotonic()
+    # One keep-alive connection (and thread) per in-flight create, as before: 8 at
+    # 100/s, 20 at 1,000/s; above 200/s they are spread over two processes.
+    slots = max(8, int(rate) // 50)
+    procs = 2 if rate > 200 else 1
+    pipes, creators = [], []
+    for p in range(procs):
+        mine, child = ctx.Pipe()
+        creators.append(ctx.Process(
+            target=_e2e_create, daemon=True,
+            args=(child, url, token, body, rate, list(range(p, n, procs)), slots // procs)))
+        creators[-1].start()
+        pipes.append(mine)
+    for pp in pipes:  # every creator has its connections open
+        if not pp.poll(60) or pp.recv() != "ready":
+            raise RuntimeError("an e2e creator did not start in 60 s")
+    start = time.monotonic() + 0.2
+    for pp in pipes:
+        pp.send(start)
+    sent, late, errors, finished = {}, [], 0, start
+    for pp in pipes:
+        r = pp.recv()
+        sent.update(r["sent"])
+        late += r["late"]
+        errors += r["errors"]
+        finished = max(finished, r["finished"])
+    for c in creators:
+        c.join(10)
+    took = finished - start
+    cons_pipe.send(list(sent))  # the task ids to wait for (30 s at most)
+    got = cons_pipe.recv()
+    consumer.join(10)
+    lat = sorted((got[k][0] - v) * 1000 for k, v in sent.items() if k in got)
+    # The two legs, split at the event's Kafka CreateTime (when TMS handed it to
+    # librdkafka; wall clock, 1 ms resolution): TMS's relay, then producer + broker +
+    # consumer. Percentiles of each leg: they do not add up to the total's. The relay's
+    # leg is negative when TMS hands the event over before its response reaches us.
+    relay = [(got[k][1] - v) * 1000 for k, v in sent.items() if k in got and got[k][1] is not None]
+    kafka = [(got[k][0] - got[k][1]) * 1000 for k in sent if k in got and got[k][1] is not None]
+    out({"n": n, "rate": rate, "created": len(sent), "consumed": len(lat),
+         "achieved_rate": round(len(sent) / took, 1) if took > 0 else None,
+         "lost": len(sent) - len(lat), "errors": errors,
+         "p50_ms": round(pct(lat, 50), 2) if lat else None,
+         "p99_ms": round(pct(lat, 99), 2) if lat else None,
+         "max_ms": round(lat[-1], 2) if lat else None,
+         "late_starts_p99_ms": round(pct(late, 99) * 1000, 2) if late else None,
+         "relay_p50_ms": round(pct(relay, 50), 1) if relay else None,
+         "relay_p99_ms": round(pct(relay, 99), 1) if relay else None,
+         "kafka_p50_ms": round(pct(kafka, 50), 1) if kafka else None,
+         "kafka_p99_ms": round(pct(kafka, 99), 1) if kafka else None})
+
+
+def _e2e_consume(brokers, pipe):
+    """The consumer process: sends "ready" once its partitions are assigned at the log's
+    end, timestamps every event as it is polled, then, given the created task ids, waits
+    (30 s at most) for the missing ones and sends back {task_id: (consumed_at,
+    produced_at)}, produced_at the event's CreateTime on the monotonic clock."""
+    from confluent_kafka import TIMESTAMP_CREATE_TIME, Consumer
+    c = Consumer({"bootstrap.servers": brokers, "group.id": "bench-e2e-%d" % os.getpid(),
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 1, "fetch.min.bytes": 1})
+    assigned = []
+
+    def on_assign(consumer, parts):
+        # Start at each partition's end offset as it is now, explicitly: with
+        # auto.offset.reset=latest the position is resolved later, in the background,
+        # and events committed before that would be skipped (counted lost).
+        for tp in parts:
+            tp.offset = consumer.get_watermark_offsets(tp, timeout=10)[1]
+        consumer.assign(parts)
+        assigned.extend(parts)
+
+    c.subscribe(["notifications"], on_assign=on_assign)
+    deadline = time.monotonic() + 60
+    while not assigned and time.monotonic() < deadline:
+        c.poll(0.05)
+    # A little polling before "ready" so the fetch requests are already going out when the
+    # creates begin (the first events are then not timed with the fetcher's start-up).
+    settle = time.monotonic() + 0.5
+    while time.monotonic() < settle:
+        c.poll(0.05)
+    pipe.send("ready")
+    wall_ahead = time.time() - time.monotonic()
+    got, missing, until = {}, None, None
+    while missing is None or (missing and time.monotonic() < until):
+        m = c.poll(0.05)
+        t = time.monotonic()  # at once: nothing else runs in this process to delay it
+        if m is not None and not m.error():
             try:
                 tid = str(json.loads(m.value())["task_id"])
             except (ValueError, KeyError, TypeError):
                 continue
-            with lock:
-                got.setdefault(tid, t)
+            kind, ms = m.timestamp()
+            made = ms / 1000.0 - wall_ahead if kind == TIMESTAMP_CREATE_TIME else None
+            got.setdefault(tid, (t, made))
+            if missing is not None:
+                missing.discard(tid)
+        if missing is None and pipe.poll():  # the creates are done: their ids
+            wanted = pipe.recv()
+            missing = set(wanted) - got.keys()
+            until = time.monotonic() + 30
+    c.close()
+    pipe.send({k: got[k] for k in wanted if k in got})
 
-    th = threading.Thread(target=consume, daemon=True)
-    th.start()
-    assigned.wait(30)
-    time.sleep(1.0)  # the assignment's fetch position is settled
-    body = {"title": "e2e", "description": "kafka latency", "assignedTo": assignee}
-    start = time.monotonic() + 0.1
-    conns = [_client(url) for _ in range(max(8, int(rate) // 50))]
-    errors = []
 
-    def one(i):
-        d = start + i / rate - time.monotonic()
-        if d > 0:
-            time.sleep(d)
-        conn = conns[i % len(conns)]
-        try:
-            task = _call(conn, "POST", "/api/task", body, token)
-            with lock:
-                sent[str(task["id"])] = time.monotonic()
-        except Exception as e:  # noqa: BLE001 - counted
-            errors.append(repr(e))
+def _e2e_create(pipe, url, token, body, rate, indices, threads):
+    """A creator process: one thread per keep-alive connection, thread k sending creates
+    indices[k::threads], create i at start + i / rate; sends back {task_id: response
+    time}, how late each create was sent (s) and the error count."""
+    conns = [_client(url) for _ in range(threads)]
+    for c in conns:
+        c.connect()
+    pipe.send("ready")
+    start = pipe.recv()
+    sent, late, errors, lock = {}, [], [0], threading.Lock()
 
-    # one thread per connection slot keeps the schedule; creates on a slot are sequential
     def slot(k):
-        for i in range(k, n, len(conns)):
-            one(i)
+        conn = conns[k]
+        for i in indices[k::threads]:
+            due = start + i / rate
+            d = due - time.monotonic()
+            if d > 0:
+                time.sleep(d)
+            began = time.monotonic()
+            try:
+                tid = str(_call(conn, "POST", "/api/task", body, token)["id"])
+                t = time.monotonic()
+                with lock:
+                    sent[tid] = t
+            except Exception:  # noqa: BLE001 - counted
+                with lock:
+                    errors[0] += 1
+            # late: the thread slept too long or its previous create was still waiting
+            # for its response (a slow server also shows here)
+            late.append(began - due)
 
-    ts = [threading.Thread(target=slot, args=(k,)) for k in range(len(conns))]
+    ts = [threading.Thread(target=slot, args=(k,)) for k in range(threads)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
-    took = time.monotonic() - start
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with lock:
-            if all(k in got for k in sent):
-                break
-        time.sleep(0.05)
-    stop.set()
-    th.join(5)
-    c.close()
-    lat = sorted((got[k] - v) * 1000 for k, v in sent.items() if k in got)
-    out({"n": n, "rate": rate, "created": len(sent), "consumed": len(lat),
-         "achieved_rate": round(len(sent) / took, 1) if took > 0 else None,
-         "lost": len(sent) - len(lat), "errors": len(errors),
-         "p50_ms": round(pct(lat, 50), 2) if lat else None,
-         "p99_ms": round(pct(lat, 99), 2) if lat else None,
-         "max_ms": round(lat[-1], 2) if lat else None})
+    pipe.send({"sent": sent, "late": late, "errors": errors[0], "finished": time.monotonic()})
 
 
 if __name__ == "__main__":
