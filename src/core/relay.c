@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/status.h"
@@ -105,11 +106,13 @@ struct tms_relay {
     _Atomic int aside;       /* another process relays this outbox (tms_outbox_t.lead) */
     tms_outbox_lead_t lead;  /* the last lead state reported */
     tms_counter_t *published, *failed;
+    tms_histogram_t *delay; /* write -> accepted by the bus */
 };
 
 typedef struct publish_ctx {
     tms_relay_t *relay;
     int64_t seq;
+    int64_t created_at_ms; /* the event's write (wall clock) */
     char key[64];
 } publish_ctx_t;
 
@@ -331,6 +334,10 @@ static void on_published(void *ctx, int status)
         }
         r->accepted[r->naccepted++] = p->seq;
         tms_counter_add(r->published, 1);
+        if (p->created_at_ms > 0) {
+            int64_t ms = tms_now_ms() - p->created_at_ms;
+            tms_histogram_observe(r->delay, ms > 0 ? (double)ms / 1000.0 : 0.0);
+        }
         accepted_one(r, p->seq, p->key);
     } else {
         failed_one(r, p->seq, p->key);
@@ -418,6 +425,7 @@ static void on_fetched(tms_msg_t *msg)
         p = tms_new(publish_ctx_t);
         p->relay = r;
         p->seq = e->seq;
+        p->created_at_ms = e->created_at_ms;
         snprintf(p->key, sizeof(p->key), "%s", e->key);
         /* in flight before the publish: done may run inside it */
         r->inflight[r->ninflight++] = e->seq;
@@ -562,6 +570,12 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
         tms_metrics_counter("tms_outbox_published_total", "outbox events accepted by the bus", "");
     r->failed = tms_metrics_counter("tms_outbox_publish_failures_total",
                                     "outbox events the bus refused (retried later)", "");
+    /* where an event waits between its write and its consumers (ms resolution: the
+     * outbox stores milliseconds) */
+    r->delay = tms_metrics_histogram("tms_outbox_publish_delay_seconds",
+                                     "from an outbox event's write to the bus accepting it "
+                                     "(Kafka: the broker's acknowledgement)",
+                                     "");
     /* one series per relay: with tasks and users in two stores there are two relays,
      * and the second registered would replace the first's series */
     snprintf(labels, sizeof(labels), "store=\"%s\"", outbox->name);

@@ -274,6 +274,10 @@ def test_email_metrics(make_server):
     assert total("tms_emails_total") >= 1
     assert re.search(r'^tms_emails_total\{[^}]*outcome="', text, re.M), "no outcome label"
     assert total("tms_outbox_published_total") >= 1
+    # how long events waited between their write and the bus accepting them
+    assert total("tms_outbox_publish_delay_seconds_count") >= 1
+    assert re.search(r'^tms_outbox_publish_delay_seconds_bucket\{le="10"\} [1-9]', text, re.M), \
+        [l for l in text.splitlines() if "publish_delay" in l]
 
 
 # -- crash consistency -------------------------------------------------------------------------
