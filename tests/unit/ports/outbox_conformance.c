@@ -325,6 +325,65 @@ static void test_lead(void)
     close_store(&b);
 }
 
+/* A process standing aside that keeps writing (a wake every 2 ms, as under load)
+ * still takes the lead once the leader's session is gone. */
+static tms_outbox_t *busy_outbox;
+static int nbusy;
+static void on_busy_write(uv_check_t *t)
+{
+    (void)t;
+    nbusy++;
+    busy_outbox->wake_leader(busy_outbox);
+}
+
+static void test_lead_taken_while_writing(void)
+{
+    store_t a = open_store(backend), b;
+    lead_seen_t la = {0}, lb = {0};
+    uv_check_t w;
+    if (!a.outbox->lead) {
+        close_store(&a);
+        return;
+    }
+    a.outbox->lead(a.outbox, on_lead, &la);
+    CHECK(spin_until(&la.held, 1, 10000));
+    b = open_store(backend);
+    b.outbox->lead(b.outbox, on_lead, &lb);
+    CHECK(spin_until(&lb.other, 1, 10000));
+    busy_outbox = b.outbox;
+    uv_check_init(&loop, &w);
+    uv_check_start(&w, on_busy_write);
+    a.outbox->lead(a.outbox, NULL, NULL);
+    close_store(&a);
+    CHECK(spin_until(&lb.held, 1, 5000));
+    uv_close((uv_handle_t *)&w, NULL);
+    b.outbox->lead(b.outbox, NULL, NULL);
+    close_store(&b);
+}
+
+/* A relay that stops (shutdown: the bus, the actors and the stores close after it)
+ * gives the lead up at once: another process takes it at its next try, without
+ * waiting for this one's pool to close. */
+static void test_lead_given_up_on_unregister(void)
+{
+    store_t a = open_store(backend), b;
+    lead_seen_t la = {0}, lb = {0};
+    if (!a.outbox->lead) {
+        close_store(&a);
+        return;
+    }
+    a.outbox->lead(a.outbox, on_lead, &la);
+    CHECK(spin_until(&la.held, 1, 10000));
+    b = open_store(backend);
+    b.outbox->lead(b.outbox, on_lead, &lb);
+    CHECK(spin_until(&lb.other, 1, 10000));
+    a.outbox->lead(a.outbox, NULL, NULL); /* a's relay stopped; its pool stays open */
+    CHECK(spin_until(&lb.held, 1, 3000));
+    b.outbox->lead(b.outbox, NULL, NULL);
+    close_store(&b);
+    close_store(&a);
+}
+
 static void tests(const adapter_t *a)
 {
     backend = a->name;
@@ -333,6 +392,8 @@ static void tests(const adapter_t *a)
     RUN_TEST(test_lifecycle);
     RUN_TEST(test_metrics);
     RUN_TEST(test_lead);
+    RUN_TEST(test_lead_taken_while_writing);
+    RUN_TEST(test_lead_given_up_on_unregister);
 }
 
 static const adapter_t adapters[] = {

@@ -342,9 +342,9 @@ static void conn_down(conn_t *c, const char *why)
         gauge_add(&pg->g_up, -1);
     }
     one_line(msg, sizeof(msg), why);
-    tms_log(pg->closing ? TMS_LOG_DEBUG : TMS_LOG_WARN, "pg_conn_down",
-            "conn=%d%s state=%d inflight=%d why=%s", c->idx, c->is_lead ? " role=relay_lead" : "",
-            (int)c->state, c->ninflight, msg);
+    tms_log(pg->closing || (c->is_lead && !pg->lead_fn) ? TMS_LOG_DEBUG : TMS_LOG_WARN,
+            "pg_conn_down", "conn=%d%s state=%d inflight=%d why=%s", c->idx,
+            c->is_lead ? " role=relay_lead" : "", (int)c->state, c->ninflight, msg);
     unwatch(c);
     if (c->gai) {
         c->gai->c = NULL;
@@ -874,6 +874,7 @@ static void lead_set(tms_pg_t *pg, tms_outbox_lead_t state)
 static void lead_lost(tms_pg_t *pg)
 {
     pg->lead_query = LQ_NONE;
+    pg->lead_notify = false; /* this process relays itself now (core/outbox.h) */
     lead_set(pg, TMS_LEAD_UNKNOWN);
 }
 
@@ -904,16 +905,22 @@ static void lead_setup(conn_t *c)
 static void lead_next(conn_t *c)
 {
     tms_pg_t *pg = c->pg;
-    char sql[64];
+    char sql[128];
+    bool notify = pg->lead_notify;
     if (c->state != READY || pg->lead_query != LQ_NONE)
         return;
-    if (pg->lead_notify) {
+    if (notify) {
         pg->lead_notify = false;
         tms_counter_add(pg->wakes_out, 1);
-        lead_send(c, "NOTIFY " LEAD_CHANNEL, LQ_NOTIFY);
-    } else if (pg->lead_state == TMS_LEAD_OTHER && uv_now(pg->loop) >= pg->lead_retry_at) {
-        snprintf(sql, sizeof(sql), "SELECT pg_try_advisory_lock(%lld)", LEAD_LOCK_KEY);
+    }
+    /* a try when due goes first (with the wake, if any): writes here faster than a
+     * NOTIFY's round trip must not keep this process from ever trying again */
+    if (pg->lead_state == TMS_LEAD_OTHER && uv_now(pg->loop) >= pg->lead_retry_at) {
+        snprintf(sql, sizeof(sql), "%sSELECT pg_try_advisory_lock(%lld)",
+                 notify ? "NOTIFY " LEAD_CHANNEL "; " : "", LEAD_LOCK_KEY);
         lead_send(c, sql, LQ_TRY);
+    } else if (notify) {
+        lead_send(c, "NOTIFY " LEAD_CHANNEL, LQ_NOTIFY);
     }
 }
 
@@ -950,7 +957,7 @@ static void lead_results(conn_t *c)
         PQclear(res);
     }
     while ((n = PQnotifies(c->pq)) != NULL) {
-        woken++;
+        woken += n->be_pid != PQbackendPID(c->pq); /* not our own NOTIFY, echoed back */
         PQfreemem(n);
     }
     if (woken) {
@@ -967,7 +974,13 @@ static void pg_lead(tms_outbox_t *self, tms_outbox_lead_fn fn, void *arg)
     tms_pg_t *pg = pg_of_outbox(self);
     pg->lead_fn = fn;
     pg->lead_arg = arg;
-    if (fn && pg->lead->state == DOWN && !uv_is_active((uv_handle_t *)&pg->lead->timer))
+    if (!fn) { /* the relay stopped: give the lock up now, not when the pool closes */
+        if (pg->lead->state != DOWN || pg->lead->pq)
+            conn_down(pg->lead, "relay stopped");
+        uv_timer_stop(&pg->lead->timer);
+        return;
+    }
+    if (pg->lead->state == DOWN && !uv_is_active((uv_handle_t *)&pg->lead->timer))
         start_connect(pg->lead);
 }
 
