@@ -73,6 +73,7 @@ typedef struct held_key {
 
 struct tms_relay {
     uv_loop_t *loop;
+    const char *name; /* "tasks", "users": labels, logs */
     tms_outbox_t *outbox;
     tms_event_bus_t *bus;
     uv_timer_t *timer;   /* freed in its close callback */
@@ -537,7 +538,7 @@ static void on_lead(void *arg, tms_outbox_lead_t what)
     }
     if (what != r->lead)
         tms_log(what == TMS_LEAD_UNKNOWN ? TMS_LOG_WARN : TMS_LOG_INFO, "outbox_lead",
-                "outbox=%s lead=%s relaying=%d", r->outbox->name, names[what],
+                "outbox=%s store=%s lead=%s relaying=%d", r->name, r->outbox->name, names[what],
                 what != TMS_LEAD_OTHER);
     r->lead = what;
     atomic_store_explicit(&r->aside, what == TMS_LEAD_OTHER, memory_order_relaxed);
@@ -548,11 +549,12 @@ static void on_lead(void *arg, tms_outbox_lead_t what)
 }
 
 tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_t *bus,
-                           uint64_t poll_ms)
+                           uint64_t poll_ms, const char *name)
 {
     tms_relay_t *r = tms_new(tms_relay_t);
-    char labels[64];
+    char labels[96];
     r->loop = loop;
+    r->name = name;
     r->outbox = outbox;
     r->bus = bus;
     r->poll_ms = poll_ms ? poll_ms : 1000;
@@ -578,7 +580,7 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
                                      "");
     /* one series per relay: with tasks and users in two stores there are two relays,
      * and the second registered would replace the first's series */
-    snprintf(labels, sizeof(labels), "store=\"%s\"", outbox->name);
+    snprintf(labels, sizeof(labels), "outbox=\"%s\",store=\"%s\"", name, outbox->name);
     tms_metrics_gauge_fn("tms_outbox_pending_events", "outbox events not yet accepted by the bus",
                          labels, pending_gauge, r);
     tms_metrics_gauge_fn("tms_outbox_relaying",

@@ -19,9 +19,11 @@
 
 typedef struct tms_relay tms_relay_t;
 
-/** Start relaying from outbox to bus on loop, polling every poll_ms. Never NULL. */
+/** Start relaying from outbox to bus on loop, polling every poll_ms. name tells this
+ * outbox's series and log lines from another relay's ("tasks", "users"; static). Never
+ * NULL. */
 tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_t *bus,
-                           uint64_t poll_ms);
+                           uint64_t poll_ms, const char *name);
 
 /** A stand-in for relay, which runs on another worker's loop: kicking it wakes relay
  * through a uv_async (safe from any thread, coalesced), stopping it is immediate, and

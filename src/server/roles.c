@@ -218,12 +218,15 @@ static int start_relays(tms_server_t *s, unsigned roles)
     }
     if ((roles & TMS_ROLE_NOTIFIER) && server_open_mailer(s) != 0)
         return -1;
-    if (roles & TMS_ROLE_TASK)
-        s->tasks_relay = tms_relay_new(s->loop, s->tasks_outbox, s->bus, 1000);
+    if (roles & TMS_ROLE_TASK) /* one outbox (one SQLite file) may hold both kinds */
+        s->tasks_relay = tms_relay_new(s->loop, s->tasks_outbox, s->bus, 1000,
+                                       (roles & TMS_ROLE_AUTH) && s->users_outbox == s->tasks_outbox
+                                           ? "tasks+users"
+                                           : "tasks");
     if (roles & TMS_ROLE_AUTH) {
         s->users_relay = s->users_outbox == s->tasks_outbox && s->tasks_relay
                              ? s->tasks_relay
-                             : tms_relay_new(s->loop, s->users_outbox, s->bus, 1000);
+                             : tms_relay_new(s->loop, s->users_outbox, s->bus, 1000, "users");
         int n = server_hash_threads(cfg->auth.hash_threads);
         s->hashers =
             strcmp(cfg->auth.hash_priority, "nice") == 0

@@ -5,6 +5,7 @@ process's own workers may share a port now, and a second instance on the same ad
 or data dir stops with one line and status 1, leaving the first alone."""
 import os
 import re
+import signal
 import subprocess
 import time
 
@@ -137,21 +138,22 @@ def test_instances_on_one_postgresql_database_relay_once_and_wake_the_relaying_o
     """Two instances on one PostgreSQL database (each on its own data dir): one relay
     publishes the outbox (an advisory lock), the other stands aside and NOTIFYs it after
     its writes, so an event written there goes out at once, not at the leader's next poll
-    (1 s: 20 creates spaced 50 ms took 530 ms from commit to sent at the median). Killed,
-    the leader's lock goes with its session and the other takes over."""
+    (1 s: 20 creates spaced 50 ms took 552 ms from commit to sent at the median). Hung,
+    the holder's idle lock session is ended by the server and the other takes over; killed,
+    its lock goes with its session."""
     from test_kafka import shared_stores
     shared = shared_stores(tmp_path / "shared")
     a = make_server(settings=shared)
-    assert _poll(lambda: "event=outbox_lead outbox=postgres lead=held relaying=1"
+    assert _poll(lambda: "event=outbox_lead outbox=tasks store=postgres lead=held relaying=1"
                  in a.log_text()), a.log_text()[-2000:]
     b = make_server(settings=shared)
-    assert _poll(lambda: "event=outbox_lead outbox=postgres lead=other relaying=0"
+    assert _poll(lambda: "event=outbox_lead outbox=tasks store=postgres lead=other relaying=0"
                  in b.log_text()), b.log_text()[-2000:]
-    assert _series(a, "tms_outbox_relaying", store="postgres") == 1
-    assert _series(b, "tms_outbox_relaying", store="postgres") == 0
+    assert _series(a, "tms_outbox_relaying", outbox="tasks") == 1
+    assert _series(b, "tms_outbox_relaying", outbox="tasks") == 0
     for srv in (a, b):  # the users outbox's relay no longer replaces the tasks one's series
         text = requests.get(srv.metrics_url(), timeout=5).text
-        assert re.search(r'^tms_outbox_pending_events\{store="postgres"', text, re.M), text
+        assert re.search(r'^tms_outbox_pending_events\{outbox="tasks",store="postgres"', text, re.M), text
     token, user = a.register()
     n = 20
     for _ in range(n):
@@ -163,11 +165,24 @@ def test_instances_on_one_postgresql_database_relay_once_and_wake_the_relaying_o
     assert delays[n // 2] < 200 and delays[-1] < 800, delays
     assert _series(b, "tms_outbox_lead_wakes_total", dir="out") >= 1
     assert _series(a, "tms_outbox_lead_wakes_total", dir="in") >= 1
-    # the leader dies: the other takes the lead and publishes what is written there
-    a.kill()
-    assert _poll(lambda: "event=outbox_lead outbox=postgres lead=held relaying=1"
-                 in b.log_text(), timeout=10), b.log_text()[-2000:]
-    assert _series(b, "tms_outbox_relaying", store="postgres") == 1
-    b.create_task(token, title="after the leader died", assignedTo=user["id"])
-    assert _poll(lambda: len(_send_delays_ms(url, "after the leader died")) == 1, timeout=5)
-    b.stop_ok()
+    held = "event=outbox_lead outbox=tasks store=postgres lead=held relaying=1"
+    # the holder hangs (SIGSTOP: its sockets stay open): the server ends its idle lock
+    # session (5 s) and the other takes the lead and publishes what is written there
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        assert _poll(lambda: held in b.log_text(), timeout=20), b.log_text()[-2000:]
+        assert _series(b, "tms_outbox_relaying", outbox="tasks") == 1
+        b.create_task(token, title="while the holder hung", assignedTo=user["id"])
+        assert _poll(lambda: len(_send_delays_ms(url, "while the holder hung")) == 1, timeout=5)
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    # back, it finds its session gone and stands aside
+    assert _poll(lambda: a.log_text().count("lead=other relaying=0") == 1, timeout=20), \
+        a.log_text()[-2000:]
+    assert _series(a, "tms_outbox_relaying", outbox="tasks") == 0
+    # the holder dies: its lock goes with its session, the first takes the lead again
+    b.kill()
+    assert _poll(lambda: a.log_text().count(held) == 2, timeout=10), a.log_text()[-2000:]
+    a.create_task(token, title="after the holder died", assignedTo=user["id"])
+    assert _poll(lambda: len(_send_delays_ms(url, "after the holder died")) == 1, timeout=5)
+    a.stop_ok()

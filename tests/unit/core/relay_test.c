@@ -119,7 +119,7 @@ static void test_held_event_delays_no_other(void)
     tms_relay_t *r;
     int published2 = 0;
     uv_loop_init(&loop);
-    r = tms_relay_new(&loop, &o.port, &b.port, 10000); /* only kicks run it */
+    r = tms_relay_new(&loop, &o.port, &b.port, 10000, "test"); /* only kicks run it */
     run_for(&loop, 2000, &o.sent[5]);
     CHECK_EQ_INT(o.sent[1] + o.sent[3] + o.sent[4] + o.sent[5], 4);
     CHECK_EQ_INT(o.sent[2], 0);
@@ -157,7 +157,7 @@ static void test_late_commit_below_handed_is_published_soon(void)
     tms_relay_t *r;
     uint64_t t0;
     uv_loop_init(&loop);
-    r = tms_relay_new(&loop, &o.port, &b.port, 10000); /* the poll never comes */
+    r = tms_relay_new(&loop, &o.port, &b.port, 10000, "test"); /* the poll never comes */
     run_for(&loop, 2000, &o.sent[2]);
     CHECK_EQ_INT(o.sent[1] + o.sent[2], 2);
     o.n = 5;
@@ -220,7 +220,7 @@ static void test_refused_event_holds_its_key_only(void)
     o.key_of[1] = o.key_of[3] = o.key_of[6] = 1;
     o.key_of[2] = o.key_of[4] = o.key_of[5] = 2;
     uv_loop_init(&loop);
-    r = tms_relay_new(&loop, &o.port, &b.port, 300); /* the retry back-off */
+    r = tms_relay_new(&loop, &o.port, &b.port, 300, "test"); /* the retry back-off */
     run_for(&loop, 2000, &o.sent[4]);
     CHECK_EQ_INT(o.sent[2] + o.sent[4], 2);
     CHECK_EQ_INT(o.sent[1] + o.sent[3], 0);
@@ -258,7 +258,7 @@ static void test_relay(void)
     tms_relay_t *r;
     uint64_t until;
     uv_loop_init(&loop);
-    r = tms_relay_new(&loop, &o.port, &b.port, 50);
+    r = tms_relay_new(&loop, &o.port, &b.port, 50, "test");
     /* The first batch runs at start: 1..5 published in order, 3 refused. */
     until = uv_now(&loop) + 30;
     while (uv_now(&loop) < until)
@@ -309,7 +309,7 @@ static void test_remote_kick(void)
     uint64_t until;
     int before;
     uv_loop_init(&loop);
-    r = tms_relay_new(&loop, &o.port, &b.port, 10000); /* the poll never comes */
+    r = tms_relay_new(&loop, &o.port, &b.port, 10000, "test"); /* the poll never comes */
     remote_of = tms_relay_remote_new(r);
     CHECK_EQ_INT(tms_relay_busy(remote_of), 0);
     while (o.fetches == 0 || tms_relay_busy(r)) /* the start batch */
@@ -363,7 +363,7 @@ static void test_stands_aside_while_another_leads(void)
     tms_relay_t *r;
     int before;
     uv_loop_init(&loop);
-    r = tms_relay_new(&loop, &l.o.port, &b.port, 20);
+    r = tms_relay_new(&loop, &l.o.port, &b.port, 20, "test");
     CHECK(l.fn != NULL);
     l.fn(l.arg, TMS_LEAD_OTHER); /* before the start batch ran */
     run_for(&loop, 100, NULL);   /* five polls */

@@ -31,7 +31,15 @@
 #define LEAD_LOCK_KEY 0x746d735f72656cLL /* "tms_rel" */
 #define LEAD_CHANNEL "tms_outbox"
 #define LEAD_RETRY_MS 1000 /* a process standing aside tries for the lock this often */
-enum { LQ_NONE, LQ_TRY, LQ_NOTIFY };
+#define LEAD_BEAT_MS 1000  /* the holder shows it is alive this often ... */
+/* ... and the server ends a lead session idle this long (PostgreSQL 14+), which frees
+ * the lock of a holder whose loop hangs; a holder's host or network gone is found by
+ * TCP keepalives and the user timeout on both ends (10 s), not 2 h of defaults. */
+#define LEAD_IDLE_MS 5000
+#define LEAD_SERVER_OPTIONS                                                                        \
+    " -c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"             \
+    " -c tcp_user_timeout=10000"
+enum { LQ_NONE, LQ_TRY, LQ_NOTIFY, LQ_BEAT };
 
 static const tms_pg_port_t *const ports[TMS_STORE_NPORTS] = {
     [TMS_STORE_TASKS] = &tms__pg_tasks_port,
@@ -110,8 +118,9 @@ struct tms_pg {
     void *lead_arg;
     tms_outbox_lead_t lead_state;
     int lead_query; /* LQ_*: what is out on the lead connection */
-    uint64_t lead_sent, lead_retry_at;
-    bool lead_notify; /* a wake for the leader waits to be sent */
+    uint64_t lead_sent, lead_retry_at, lead_beat_at;
+    char lead_options[1200]; /* options + LEAD_SERVER_OPTIONS */
+    bool lead_notify;        /* a wake for the leader waits to be sent */
     tms_counter_t *wakes_out, *wakes_in;
 };
 
@@ -442,7 +451,7 @@ static void connect_step(conn_t *c)
 static void connect_to(conn_t *c, const char *hostaddr)
 {
     tms_pg_t *pg = c->pg;
-    const char *kw[64], *val[64];
+    const char *kw[72], *val[72];
     int n = 0;
     for (PQconninfoOption *o = pg->info; o->keyword && n < 60; o++) {
         if (!o->val || !strcmp(o->keyword, "options") ||
@@ -452,7 +461,18 @@ static void connect_to(conn_t *c, const char *hostaddr)
         val[n++] = o->val;
     }
     kw[n] = "options";
-    val[n++] = pg->options;
+    val[n++] = c->is_lead ? pg->lead_options : pg->options;
+    if (c->is_lead) { /* this end finds a dead server or network in ~10 s too */
+        static const char *const ka[][2] = {{"keepalives", "1"},
+                                            {"keepalives_idle", "5"},
+                                            {"keepalives_interval", "2"},
+                                            {"keepalives_count", "3"},
+                                            {"tcp_user_timeout", "10000"}};
+        for (size_t i = 0; i < sizeof(ka) / sizeof(ka[0]); i++) {
+            kw[n] = ka[i][0];
+            val[n++] = ka[i][1];
+        }
+    }
     if (hostaddr) {
         kw[n] = "hostaddr";
         val[n++] = hostaddr;
@@ -892,12 +912,15 @@ static void lead_send(conn_t *c, const char *sql, int kind)
 
 static void lead_setup(conn_t *c)
 {
-    char sql[128];
+    char sql[320];
     PQsetnonblocking(c->pq, 1);
     PQsetNoticeProcessor(c->pq, quiet, NULL);
     c->state = SETUP;
-    snprintf(sql, sizeof(sql), "LISTEN " LEAD_CHANNEL "; SELECT pg_try_advisory_lock(%lld)",
-             LEAD_LOCK_KEY);
+    snprintf(sql, sizeof(sql),
+             "SELECT set_config('idle_session_timeout', '%d', false)"
+             " WHERE current_setting('server_version_num')::int >= 140000;"
+             " LISTEN " LEAD_CHANNEL "; SELECT pg_try_advisory_lock(%lld)",
+             LEAD_IDLE_MS, LEAD_LOCK_KEY);
     lead_send(c, sql, LQ_TRY);
 }
 
@@ -921,6 +944,9 @@ static void lead_next(conn_t *c)
         lead_send(c, sql, LQ_TRY);
     } else if (notify) {
         lead_send(c, "NOTIFY " LEAD_CHANNEL, LQ_NOTIFY);
+    } else if (pg->lead_state == TMS_LEAD_HELD && uv_now(pg->loop) >= pg->lead_beat_at) {
+        pg->lead_beat_at = uv_now(pg->loop) + LEAD_BEAT_MS;
+        lead_send(c, "SELECT 1", LQ_BEAT);
     }
 }
 
@@ -943,10 +969,12 @@ static void lead_results(conn_t *c)
                 return;
             continue;
         }
-        if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        if (PQresultStatus(res) == PGRES_TUPLES_OK && PQnfields(res) == 1 &&
+            strcmp(PQfname(res, 0), "pg_try_advisory_lock") == 0) {
             bool held = PQntuples(res) == 1 && PQgetvalue(res, 0, 0)[0] == 't';
             lead_set(pg, held ? TMS_LEAD_HELD : TMS_LEAD_OTHER);
-        } else if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+        } else if (PQresultStatus(res) != PGRES_COMMAND_OK &&
+                   PQresultStatus(res) != PGRES_TUPLES_OK) { /* set_config, SELECT 1 */
             char msg[256];
             one_line(msg, sizeof(msg), PQresultErrorMessage(res));
             PQclear(res);
@@ -1024,6 +1052,7 @@ static void find_host(tms_pg_t *pg)
     }
     snprintf(pg->options, sizeof(pg->options), "%s%s-c statement_timeout=%d", opts ? opts : "",
              opts && opts[0] ? " " : "", pg->opt.statement_timeout_ms);
+    snprintf(pg->lead_options, sizeof(pg->lead_options), "%s" LEAD_SERVER_OPTIONS, pg->options);
     if (hostaddr && hostaddr[0])
         return;
     if (!host || !host[0] || host[0] == '/' || host[0] == '@')
