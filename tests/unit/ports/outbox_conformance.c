@@ -297,20 +297,30 @@ static void on_lead(void *arg, tms_outbox_lead_t what)
     l->woken += what == TMS_LEAD_WOKEN;
 }
 
+/* Opens a and b on the backend: a holds the lead, b has learned another holds it. False
+ * (nothing left open) when the backend has no lead. */
+static bool contenders(store_t *a, store_t *b, lead_seen_t *la, lead_seen_t *lb)
+{
+    *a = open_store(backend);
+    if (!a->outbox->lead) {
+        CHECK(a->outbox->wake_leader == NULL);
+        close_store(a);
+        return false;
+    }
+    a->outbox->lead(a->outbox, on_lead, la);
+    CHECK(spin_until(&la->held, 1, 10000));
+    *b = open_store(backend);
+    b->outbox->lead(b->outbox, on_lead, lb);
+    CHECK(spin_until(&lb->other, 1, 10000));
+    return true;
+}
+
 static void test_lead(void)
 {
-    store_t a = open_store(backend), b;
+    store_t a, b;
     lead_seen_t la = {0}, lb = {0};
-    if (!a.outbox->lead) {
-        CHECK(a.outbox->wake_leader == NULL);
-        close_store(&a);
+    if (!contenders(&a, &b, &la, &lb))
         return;
-    }
-    a.outbox->lead(a.outbox, on_lead, &la);
-    CHECK(spin_until(&la.held, 1, 10000));
-    b = open_store(backend);
-    b.outbox->lead(b.outbox, on_lead, &lb);
-    CHECK(spin_until(&lb.other, 1, 10000));
     b.outbox->wake_leader(b.outbox);
     CHECK(spin_until(&la.woken, 1, 10000));
     spin(1500); /* b tried again at least once, in vain */
@@ -338,18 +348,11 @@ static void on_busy_write(uv_check_t *t)
 
 static void test_lead_taken_while_writing(void)
 {
-    store_t a = open_store(backend), b;
+    store_t a, b;
     lead_seen_t la = {0}, lb = {0};
     uv_check_t w;
-    if (!a.outbox->lead) {
-        close_store(&a);
+    if (!contenders(&a, &b, &la, &lb))
         return;
-    }
-    a.outbox->lead(a.outbox, on_lead, &la);
-    CHECK(spin_until(&la.held, 1, 10000));
-    b = open_store(backend);
-    b.outbox->lead(b.outbox, on_lead, &lb);
-    CHECK(spin_until(&lb.other, 1, 10000));
     busy_outbox = b.outbox;
     uv_check_init(&loop, &w);
     uv_check_start(&w, on_busy_write);
@@ -366,17 +369,10 @@ static void test_lead_taken_while_writing(void)
  * waiting for this one's pool to close. */
 static void test_lead_given_up_on_unregister(void)
 {
-    store_t a = open_store(backend), b;
+    store_t a, b;
     lead_seen_t la = {0}, lb = {0};
-    if (!a.outbox->lead) {
-        close_store(&a);
+    if (!contenders(&a, &b, &la, &lb))
         return;
-    }
-    a.outbox->lead(a.outbox, on_lead, &la);
-    CHECK(spin_until(&la.held, 1, 10000));
-    b = open_store(backend);
-    b.outbox->lead(b.outbox, on_lead, &lb);
-    CHECK(spin_until(&lb.other, 1, 10000));
     a.outbox->lead(a.outbox, NULL, NULL); /* a's relay stopped; its pool stays open */
     CHECK(spin_until(&lb.held, 1, 3000));
     b.outbox->lead(b.outbox, NULL, NULL);
