@@ -838,7 +838,10 @@ def make_server(tms_bin, tmp_path):
     yield factory
     errors = []
     for srv in servers:
-        if srv.proc is not None and srv.proc.poll() is None:
+        alive = srv.proc is not None and srv.proc.poll() is None
+        if srv.split is not None:  # a test that stopped its gateway alone left the roles
+            alive = alive or any(p.alive() for p in srv.split.all())
+        if alive:
             try:
                 srv.stop_ok()
             except AssertionError as e:
@@ -891,3 +894,40 @@ def sigterm_with_logins_in_flight(srv, socks, readers, emails):
         except (ConnectionError, OSError) as ex:
             results.append(repr(ex))
     return results, t0
+
+
+# -- nothing left running ------------------------------------------------------------
+
+def _left_running(basetemp):
+    """pids of processes whose command line names a path under basetemp (every server
+    a test starts has its data dir there), other than this one."""
+    mark, found = str(basetemp).encode(), []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                if mark in f.read():
+                    found.append(int(d))
+        except OSError:
+            pass
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A server a test left running (a split deployment whose gateway a test stopped
+    alone left its three roles running after the run: 9 per CI run, found busy on the
+    machine of the next benchmark) fails the run; it is killed here."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None:
+        return
+    pids = _left_running(factory.getbasetemp())
+    if not pids:
+        return
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    sys.stderr.write(f"\nprocesses left running by the tests, killed: {pids}\n")
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
