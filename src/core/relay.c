@@ -104,8 +104,7 @@ struct tms_relay {
     int64_t *accepted; /* seqs the bus accepted, to mark sent */
     size_t naccepted, cap_accepted;
     _Atomic int64_t pending; /* unsent events at the last count; read by any worker */
-    _Atomic int aside;       /* another process relays this outbox (tms_outbox_t.lead) */
-    tms_outbox_lead_t lead;  /* the last lead state reported */
+    _Atomic int lead;        /* the last tms_outbox_lead_t reported; read by any worker's gauge */
     tms_counter_t *published, *failed;
     tms_histogram_t *delay; /* write -> accepted by the bus */
 };
@@ -454,6 +453,12 @@ static void on_fetched(tms_msg_t *msg)
     check_stopped(r);
 }
 
+/* Another process relays this outbox (tms_outbox_t.lead): stand aside. */
+static int aside(tms_relay_t *r)
+{
+    return atomic_load_explicit(&r->lead, memory_order_relaxed) == TMS_LEAD_OTHER;
+}
+
 static void run_batch(tms_relay_t *r)
 {
     tms_outbox_op_t *op;
@@ -472,7 +477,7 @@ static void run_batch(tms_relay_t *r)
         return;
     }
     r->backoff_until = 0;
-    if (atomic_load_explicit(&r->aside, memory_order_relaxed)) {
+    if (aside(r)) {
         count_pending(r); /* the gauge stays true; the leader publishes */
         schedule(r, r->poll_ms);
         return;
@@ -520,7 +525,7 @@ static void on_wake(uv_async_t *a)
 
 static double relaying_gauge(void *arg)
 {
-    return !atomic_load_explicit(&((tms_relay_t *)arg)->aside, memory_order_relaxed);
+    return !aside(arg);
 }
 
 /* The outbox's lead among processes sharing it (core/outbox.h): stand aside while
@@ -530,19 +535,18 @@ static void on_lead(void *arg, tms_outbox_lead_t what)
 {
     static const char *const names[] = {"unknown", "held", "other"};
     tms_relay_t *r = arg;
-    int aside = atomic_load_explicit(&r->aside, memory_order_relaxed);
+    int was_aside = aside(r);
     if (what == TMS_LEAD_WOKEN) {
-        if (!aside)
+        if (!was_aside)
             tms_relay_kick(r);
         return;
     }
-    if (what != r->lead)
+    if ((int)what != atomic_load_explicit(&r->lead, memory_order_relaxed))
         tms_log(what == TMS_LEAD_UNKNOWN ? TMS_LOG_WARN : TMS_LOG_INFO, "outbox_lead",
                 "outbox=%s store=%s lead=%s relaying=%d", r->name, r->outbox->name, names[what],
                 what != TMS_LEAD_OTHER);
-    r->lead = what;
-    atomic_store_explicit(&r->aside, what == TMS_LEAD_OTHER, memory_order_relaxed);
-    if (what != TMS_LEAD_OTHER && aside) {
+    atomic_store_explicit(&r->lead, (int)what, memory_order_relaxed);
+    if (what != TMS_LEAD_OTHER && was_aside) {
         r->rescan = 1; /* from the first pending event: the other's leftovers too */
         tms_relay_kick(r);
     }
@@ -609,7 +613,7 @@ void tms_relay_kick(tms_relay_t *r)
     }
     if (r->stopping)
         return;
-    if (atomic_load_explicit(&r->aside, memory_order_relaxed)) {
+    if (aside(r)) {
         r->outbox->wake_leader(r->outbox); /* the leader publishes what was written here */
         return;
     }

@@ -1030,12 +1030,9 @@ static void metrics(tms_pg_t *pg)
 {
     tms_metrics_gauge_fn("tms_pg_connections_up", "PostgreSQL connections ready.", "", gauge_read,
                          &pg->g_up);
-    pg->wakes_out = tms_metrics_counter("tms_outbox_lead_wakes_total",
-                                        "NOTIFYs to the relaying process (out) and received (in)",
-                                        "dir=\"out\"");
-    pg->wakes_in = tms_metrics_counter("tms_outbox_lead_wakes_total",
-                                       "NOTIFYs to the relaying process (out) and received (in)",
-                                       "dir=\"in\"");
+    static const char wakes_help[] = "NOTIFYs to the relaying process (out) and received (in)";
+    pg->wakes_out = tms_metrics_counter("tms_outbox_lead_wakes_total", wakes_help, "dir=\"out\"");
+    pg->wakes_in = tms_metrics_counter("tms_outbox_lead_wakes_total", wakes_help, "dir=\"in\"");
 }
 
 /* Which host name, if any, the pool must resolve itself (libpq's lookup blocks). */
