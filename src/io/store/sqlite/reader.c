@@ -10,11 +10,18 @@
  * as the owner thread has run a write since it began (tms_sqlite_writes_t, counted
  * before the write's reply): a read sees every write answered before it started.
  *
- * The loop must not wait on I/O: the database file is memory-mapped (mmap_size), the
- * connection's page cache keeps what was read since the last write, and it never waits
- * for a lock (busy_timeout 0): a busy database (a WAL recovery) sends the op to the
- * owner thread instead. Pages changed since the last checkpoint are read from the WAL
- * file, which the writer has just written (in the OS page cache). */
+ * The loop must not wait on I/O: the connection's page cache keeps what was read since
+ * the last write, the pages it reads are those the writer thread has just written or
+ * read (in the OS page cache: a pread copies them), and it never waits for a lock
+ * (busy_timeout 0): a busy database (a WAL recovery) sends the op to the owner thread
+ * instead.
+ *
+ * The file is not memory-mapped (mmap_size 0): with a mapping, SQLite unmaps the whole
+ * file at the first read after any write and maps it again, and munmap and mmap take
+ * the process's memory-map lock for writing. A password hash maps and unmaps its 64 MiB
+ * on the hash threads of this process: behind one, the loop waited 15-20 ms (GET p99
+ * 12-15 ms during the bench's login storm; 2-4 ms without the mapping). Without it a GET
+ * also costs less CPU (8.3 against 8.8 us, LIST 23.8 against 26.5 us: bench/cost). */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,8 +31,6 @@
 #include "core/log.h"
 #include "io/store/sqlite/internal.h"
 
-/* Covers any database this server is meant for; SQLite maps only the file's size. */
-#define READER_MMAP_SIZE "268435456"
 
 typedef struct reader {
     tms_task_reader_t base; /* first member */
@@ -141,7 +146,7 @@ tms_task_reader_t *tms__sqlite_reader_open(tms_store_t *st, uv_loop_t *loop)
     rc = sqlite3_open_v2(s->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc == SQLITE_OK)
         rc = sqlite3_exec(db,
-                          "PRAGMA mmap_size=" READER_MMAP_SIZE ";"
+                          "PRAGMA mmap_size=0;"
                           "PRAGMA query_only=1;",
                           NULL, NULL, &errmsg);
     if (rc == SQLITE_OK && sqlite3_db_readonly(db, "main") != 1)
