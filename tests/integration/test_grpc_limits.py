@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("h2.connection")
 
 import grpc_probes as gp  # noqa: E402
+from conftest import SPLIT  # noqa: E402
 
 MiB = 1 << 20
 UNAUTHENTICATED, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED = "16", "4", "8"
@@ -251,3 +252,49 @@ def test_streams_over_the_server_budget_are_refused(make_server):
             c.close()
     time.sleep(1.0)
     assert health_ok(port)
+
+
+def write_syscalls(pid):
+    """Write-family system calls the process has made (/proc/<pid>/io syscw)."""
+    with open(f"/proc/{pid}/io") as f:
+        for line in f:
+            if line.startswith("syscw:"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(SPLIT, reason="the gateway's own calls to the task role are "
+                    "writes of the same process")
+def test_replies_answered_in_one_turn_go_out_in_one_write(server):
+    """50 GetTask calls sent in one TCP write on one connection: their replies come back
+    from the actors in the same turn of the loop and go out together (issue 19). Before,
+    each reply was written on its own: 50 writes where a handful do (the access log's
+    writes are counted too)."""
+    token, _ = server.register()
+    task = server.create_task(token)
+    port = grpc_port(server)
+    c = gp.Conn(port)
+    try:
+        assert health_ok(port)  # warm: the first call's allocations and log lines
+        req = gp.grpc_frame(gp.pb_string(1, str(task["id"]).encode()))
+        auth = [("authorization", f"Bearer {token}")]
+        sids = [1 + 2 * i for i in range(50)]
+        # warm the token cache: one call first, alone
+        c.headers(sids[0], gp.GET_TASK, auth)
+        c.send(sids[0], req, end=True)
+        assert c.wait(lambda: c.stream_done(sids[0]), 10)
+        time.sleep(0.3)  # the log thread's writes of that call are done
+        for sid in sids[1:]:
+            c.h2.send_headers(sid, [(":method", "POST"), (":scheme", "http"),
+                                    (":path", gp.GET_TASK), (":authority", "localhost"),
+                                    ("content-type", "application/grpc"), ("te", "trailers"),
+                                    *auth])
+            c.h2.send_data(sid, req, end_stream=True)
+        before = write_syscalls(server.proc.pid)
+        c.flush()  # every stream in one sendall
+        assert c.wait(lambda: all(c.stream_done(s) for s in sids[1:]), 20), c.events[-5:]
+        writes = write_syscalls(server.proc.pid) - before
+        assert all(c.status(s)[0] == "0" for s in sids[1:]), [c.status(s) for s in sids[1:]]
+    finally:
+        c.close()
+    assert writes <= 15, f"{writes} write calls for 49 replies on one connection"

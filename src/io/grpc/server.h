@@ -180,7 +180,8 @@ void tms_grpc_stream_watch(tms_grpc_stream_t *st);
 void tms_grpc_stream_attach(tms_grpc_stream_t *st, void *attached);
 
 /** Write what is queued: after answering outside of a handler function (a reply from
- * the actors, a timer). */
+ * the actors, a timer). The write happens before the loop next waits, one for every
+ * stream of the connection answered meanwhile. */
 void tms_grpc_stream_flush(tms_grpc_stream_t *st);
 
 #endif
