@@ -137,8 +137,8 @@ struct tms_grpc_server {
     size_t nconns;
     conn_t *dirty;       /* connections with replies to write before the loop waits */
     uv_prepare_t *flush; /* writes them: its own allocation, closed when the server is freed */
-    size_t held;      /* every byte counted against cfg.max_buffered_bytes */
-    uint64_t tick_ms; /* period of each connection's timer */
+    size_t held;         /* every byte counted against cfg.max_buffered_bytes */
+    uint64_t tick_ms;    /* period of each connection's timer */
     uint64_t rng[2];
     nghttp2_session_callbacks *callbacks;
     nghttp2_option *option;

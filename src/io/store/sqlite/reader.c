@@ -31,7 +31,6 @@
 #include "core/log.h"
 #include "io/store/sqlite/internal.h"
 
-
 typedef struct reader {
     tms_task_reader_t base; /* first member */
     sqlite3 *db;
