@@ -976,6 +976,63 @@ static void test_pool_spread(void)
     server_finish(&s);
 }
 
+/* Write system calls this process has made (/proc/self/io syscw). */
+static long write_calls(void)
+{
+    char line[128];
+    long n = -1;
+    FILE *f = fopen("/proc/self/io", "r");
+    while (f && fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "syscw:", 6) == 0)
+            n = atol(line + 6);
+    }
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* Calls started in one turn of the loop on one connection leave in one write, not one
+ * each (a gateway answering many clients at once calls one role many times). */
+static void test_calls_of_one_turn_share_a_write(void)
+{
+    enum { CALLS = 40 };
+    tms_grpc_client_options_t o = {.pool_size = 1};
+    server_t s;
+    result_t first = {0}, r[CALLS];
+    many_t all = {r, CALLS};
+    uint8_t req[64];
+    size_t n = get_task_req(req, "12");
+    long w0, writes;
+    tms_grpc_client_t *c;
+    memset(r, 0, sizeof(r));
+    server_start(&s, "127.0.0.1:0", CALLS + 1);
+    c = client_new("turn", s.port, &o);
+    /* the connection up first: its handshake is writes of its own */
+    tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(3000), false, on_done,
+                         &first);
+    CHECK(run_until(is_done, &first, 3000));
+    CHECK_EQ_INT(first.status, TMS_OK);
+    run_for(20);
+    s.gw.mode = GW_HOLD; /* the server's replies wait: what is written is the client's */
+    s.gw.fail_times = CALLS;
+    w0 = write_calls();
+    for (int i = 0; i < CALLS; i++)
+        tms_grpc_client_call(c, "/TaskService/GetTask", req, n, deadline_in(3000), false, on_done,
+                             &r[i]);
+    CHECK(run_until(held_at_least, &s.gw, 3000));
+    writes = write_calls() - w0;
+    CHECK(w0 >= 0);
+    if (writes >= 10)
+        fprintf(stderr, "%ld write calls for %d calls started in one turn\n", writes, CALLS);
+    CHECK(writes < 10);
+    release_held(&s.gw);
+    CHECK(run_until(all_done, &all, 3000));
+    for (int i = 0; i < CALLS; i++)
+        CHECK(r[i].n == 1 && r[i].status == TMS_OK);
+    client_close(&c);
+    server_finish(&s);
+}
+
 static void test_request_headers(void)
 {
     tms_grpc_client_options_t o = {.credential = "svc-secret"};
@@ -1159,6 +1216,7 @@ int main(void)
     RUN_TEST(test_goaway);
     RUN_TEST(test_oversized);
     RUN_TEST(test_pool_spread);
+    RUN_TEST(test_calls_of_one_turn_share_a_write);
     RUN_TEST(test_request_headers);
     RUN_TEST(test_http_mapping);
     RUN_TEST(test_close_pending);
