@@ -95,8 +95,6 @@ struct tms_grpc_client_call {
 struct conn {
     tms_h2_io_t io; /* socket, connect timeout timer, session */
     conn_t *prev, *next;
-    conn_t *dirty_prev, *dirty_next; /* in c->dirty while a new call waits for the flush */
-    bool dirty;
     tms_grpc_client_t *c;
     int slot; /* index in c->slots, -1 once replaced (GOAWAY) or closing */
     uv_connect_t creq;
@@ -118,10 +116,9 @@ struct tms_grpc_client {
     conn_t *conns; /* every connection not yet freed, in a slot or not */
     call_t *calls;
     size_t busy;
-    size_t live; /* calls and connections not yet freed, + 1 for each of our handles */
+    size_t live; /* calls and connections not yet freed, + 1 for our own timer */
     uv_timer_t timer;
-    uv_prepare_t flush; /* writes the connections in dirty before the loop waits */
-    conn_t *dirty;
+    tms_h2_flusher_t flusher; /* connections with new calls to write before the loop waits */
     tms_breaker_t breaker;
     int connect_fails;
     uint64_t reconnect_at;
@@ -462,27 +459,11 @@ static bool submit_stream(conn_t *conn, call_t *call)
 
 /* ---- connections ---- */
 
-static void dirty_unlist(conn_t *conn)
-{
-    tms_grpc_client_t *c = conn->c;
-    if (!conn->dirty)
-        return;
-    conn->dirty = false;
-    if (conn->dirty_prev)
-        conn->dirty_prev->dirty_next = conn->dirty_next;
-    else
-        c->dirty = conn->dirty_next;
-    if (conn->dirty_next)
-        conn->dirty_next->dirty_prev = conn->dirty_prev;
-    conn->dirty_prev = conn->dirty_next = NULL;
-}
-
 static void conn_maybe_free(conn_t *conn)
 {
     tms_grpc_client_t *c = conn->c;
     if (conn->io.handles > 0 || conn->resolving)
         return;
-    dirty_unlist(conn);
     nghttp2_session_del(conn->io.h2);
     if (conn->prev)
         conn->prev->next = conn->next;
@@ -585,25 +566,8 @@ static void conn_flush(conn_t *conn)
  * answering many clients at once starts many calls to one role). */
 static void conn_flush_later(conn_t *conn)
 {
-    tms_grpc_client_t *c = conn->c;
-    if (conn->dirty || !conn->up || conn->io.closing)
-        return;
-    conn->dirty = true;
-    conn->dirty_prev = NULL;
-    conn->dirty_next = c->dirty;
-    if (c->dirty)
-        c->dirty->dirty_prev = conn;
-    c->dirty = conn;
-}
-
-static void on_flush(uv_prepare_t *h)
-{
-    tms_grpc_client_t *c = h->data;
-    while (c->dirty) {
-        conn_t *conn = c->dirty;
-        dirty_unlist(conn);
-        conn_flush(conn); /* may close conn: it is off the list already */
-    }
+    if (conn->up)
+        tms_h2_io_flush_later(&conn->io, &conn->c->flusher);
 }
 
 static void conn_up(conn_t *conn)
@@ -1169,11 +1133,8 @@ tms_grpc_client_t *tms_grpc_client_new(uv_loop_t *loop, const tms_grpc_client_op
     register_metrics(c);
     uv_timer_init(loop, &c->timer);
     c->timer.data = c;
-    uv_prepare_init(loop, &c->flush);
-    c->flush.data = c;
-    uv_prepare_start(&c->flush, on_flush);
-    uv_unref((uv_handle_t *)&c->flush);
-    c->live = 2;
+    tms_h2_flusher_init(&c->flusher, loop);
+    c->live = 1;
     return c;
 
 fail:
@@ -1246,7 +1207,7 @@ size_t tms_grpc_client_busy(const tms_grpc_client_t *c)
     return c->busy;
 }
 
-static void on_client_handle_closed(uv_handle_t *h)
+static void on_client_timer_closed(uv_handle_t *h)
 {
     tms_grpc_client_t *c = h->data;
     c->live--;
@@ -1277,6 +1238,6 @@ void tms_grpc_client_close(tms_grpc_client_t **cp, void (*on_closed)(void *arg),
         call_abort(call, TMS_UNAVAILABLE, "shutting down", false);
     for (conn_t *conn = c->conns; conn; conn = conn->next)
         conn_close(conn, "shutting down");
-    uv_close((uv_handle_t *)&c->timer, on_client_handle_closed);
-    uv_close((uv_handle_t *)&c->flush, on_client_handle_closed);
+    tms_h2_flusher_close(&c->flusher);
+    uv_close((uv_handle_t *)&c->timer, on_client_timer_closed);
 }

@@ -22,6 +22,14 @@
 
 typedef struct tms_h2_io tms_h2_io_t;
 
+/* The connections of one owner (a server, a client) with frames to write before the
+ * loop waits: each is written once however many of its streams were answered or
+ * started in this turn of the loop (a write per reply was a third of a GetTask's CPU). */
+typedef struct tms_h2_flusher {
+    uv_prepare_t *prepare; /* its own allocation: tms_h2_flusher_close closes and frees it */
+    tms_h2_io_t *dirty;
+} tms_h2_flusher_t;
+
 typedef struct tms_h2_io_ops {
     /** The connection must close: a read, write or session error, the peer closed,
      * or the session has nothing left to do; why is for the logs. */
@@ -58,6 +66,8 @@ struct tms_h2_io {
     bool handles_closing;
     bool reading;
     uv_shutdown_t shutdown_req; /* the lingering close's FIN */
+    tms_h2_flusher_t *flusher;  /* set while on its dirty list */
+    tms_h2_io_t *dirty_prev, *dirty_next;
 };
 
 /** Initialises io and its two handles on loop; h2 is the owner's to create (with
@@ -81,6 +91,17 @@ bool tms_h2_io_handshake_overdue(tms_h2_io_t *io, uint64_t now, uint64_t timeout
 /** Pulls what the session wants to send and writes it; calls ops->fail on an error
  * or once the session neither reads nor writes and nothing is left unwritten. */
 void tms_h2_io_flush(tms_h2_io_t *io);
+
+/** Starts f on loop (it does not keep the loop alive). */
+void tms_h2_flusher_init(tms_h2_flusher_t *f, uv_loop_t *loop);
+
+/** Stops f: its handle closes and is freed; connections still listed are not written
+ * by it any more (they leave the list when they close). */
+void tms_h2_flusher_close(tms_h2_flusher_t *f);
+
+/** tms_h2_io_flush, before the loop next waits (once, however often this is called
+ * meanwhile); nothing on a closing io. io leaves f's list when its handles close. */
+void tms_h2_io_flush_later(tms_h2_io_t *io, tms_h2_flusher_t *f);
 
 /** Marks io closing and closes the connection gracefully: FIN after the pending
  * writes, then what the peer still sends is dropped until it closes too (500 ms at

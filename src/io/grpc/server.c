@@ -30,7 +30,6 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/status.h"
-#include "core/uv_close.h"
 #include "io/grpc/h2_io.h"
 #include "io/grpc/wire.h"
 #include "io/http/listen.h"
@@ -114,8 +113,6 @@ struct conn {
     tms_h2_io_t io; /* socket, idle timer, session */
     tms_grpc_server_t *srv;
     conn_t *prev, *next;
-    conn_t *dirty_prev, *dirty_next; /* in srv->dirty while a reply waits for the flush */
-    bool dirty;
     gstream_t *streams;
     size_t nstreams;
     size_t req_held, out_held; /* sums over its streams (socket writes: io.unwritten) */
@@ -135,10 +132,9 @@ struct tms_grpc_server {
     tms_listener_t lis;
     conn_t *conns;
     size_t nconns;
-    conn_t *dirty;       /* connections with replies to write before the loop waits */
-    uv_prepare_t *flush; /* writes them: its own allocation, closed when the server is freed */
-    size_t held;         /* every byte counted against cfg.max_buffered_bytes */
-    uint64_t tick_ms;    /* period of each connection's timer */
+    tms_h2_flusher_t flusher; /* connections with replies to write before the loop waits */
+    size_t held;              /* every byte counted against cfg.max_buffered_bytes */
+    uint64_t tick_ms;         /* period of each connection's timer */
     uint64_t rng[2];
     nghttp2_session_callbacks *callbacks;
     nghttp2_option *option;
@@ -901,34 +897,6 @@ static int on_stream_close(nghttp2_session *h2, int32_t id, uint32_t error_code,
 
 /* ---- connections ---- */
 
-static void dirty_unlist(conn_t *c)
-{
-    tms_grpc_server_t *s = c->srv;
-    if (!c->dirty)
-        return;
-    c->dirty = false;
-    if (c->dirty_prev)
-        c->dirty_prev->dirty_next = c->dirty_next;
-    else
-        s->dirty = c->dirty_next;
-    if (c->dirty_next)
-        c->dirty_next->dirty_prev = c->dirty_prev;
-    c->dirty_prev = c->dirty_next = NULL;
-}
-
-/* Before the loop waits: each connection with replies since its last write writes
- * them, one write for all the streams it answered in this turn of the loop (issue 19:
- * a write per reply was a third of a GetTask's CPU with 10 streams per connection). */
-static void on_flush(uv_prepare_t *h)
-{
-    tms_grpc_server_t *s = h->data;
-    while (s->dirty) {
-        conn_t *c = s->dirty;
-        dirty_unlist(c);
-        tms_h2_io_flush(&c->io); /* may close c: it is off the list already */
-    }
-}
-
 static void conn_close(conn_t *c)
 {
     if (c->io.closing)
@@ -945,7 +913,6 @@ static void on_conn_closed(tms_h2_io_t *io)
         stream_free(c->streams);
     }
     nghttp2_session_del(c->io.h2);
-    dirty_unlist(c);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -1152,11 +1119,7 @@ tms_grpc_server_t *tms_grpc_server_new(uv_loop_t *loop, const tms_grpc_config_t 
         s->tick_ms = s->cfg.tls_handshake_timeout_ms / 4;
     if (s->tick_ms < MIN_TICK_MS)
         s->tick_ms = MIN_TICK_MS;
-    s->flush = tms_new(uv_prepare_t);
-    uv_prepare_init(loop, s->flush);
-    s->flush->data = s;
-    uv_prepare_start(s->flush, on_flush);
-    uv_unref((uv_handle_t *)s->flush);
+    tms_h2_flusher_init(&s->flusher, loop);
     s->requests = tms_calloc((s->h.nroutes + 1) * 17, sizeof(*s->requests));
     s->durations = tms_calloc(s->h.nroutes + 1, sizeof(*s->durations));
     if (nghttp2_session_callbacks_new(&cb) != 0 || nghttp2_option_new(&s->option) != 0)
@@ -1234,7 +1197,7 @@ void tms_grpc_server_free(tms_grpc_server_t **sp)
         tms_log_error("grpc_free", "error=\"server freed before stop completed; leaking it\"");
         return;
     }
-    uv_close((uv_handle_t *)s->flush, tms_uv_free_on_close);
+    tms_h2_flusher_close(&s->flusher);
     nghttp2_session_callbacks_del(s->callbacks);
     nghttp2_option_del(s->option);
     free(s->requests);
@@ -1317,14 +1280,5 @@ void tms_grpc_stream_attach(tms_grpc_stream_t *st, void *attached)
 
 void tms_grpc_stream_flush(tms_grpc_stream_t *st)
 {
-    conn_t *c = st->conn;
-    tms_grpc_server_t *s = c->srv;
-    if (c->dirty || c->io.closing)
-        return;
-    c->dirty = true;
-    c->dirty_prev = NULL;
-    c->dirty_next = s->dirty;
-    if (s->dirty)
-        s->dirty->dirty_prev = c;
-    s->dirty = c;
+    tms_h2_io_flush_later(&st->conn->io, &st->conn->srv->flusher);
 }
