@@ -215,6 +215,9 @@ LUA
 # tens of thousands: the next pair's TMS relayed and mailed them (a Maildir fsync and
 # inbox rows each) during its own measurement, beside a reference with nothing of the
 # kind (the grpc pair after sqlite_post: 41k calls/s in full runs, 76-91k without).
+discard_pg_backlog() {
+  psql -qAt "$PG_URL" -c "WITH d AS (UPDATE outbox SET sent_at_ms = 0 WHERE sent_at_ms IS NULL RETURNING 1) SELECT count(*) FROM d"
+}
 discard_backlog() {
   local n_sqlite=0 n_pg=0
   [[ -f "$WORK/data/tms.db" ]] && n_sqlite=$("$PY" - "$WORK/data/tms.db" <<'PY'
@@ -225,7 +228,7 @@ db.commit()
 print(n)
 PY
 )
-  [[ -n "${PG_URL:-}" ]] && n_pg=$(psql -qAt "$PG_URL" -c "WITH d AS (UPDATE outbox SET sent_at_ms = 0 WHERE sent_at_ms IS NULL RETURNING 1) SELECT count(*) FROM d" 2>/dev/null)
+  [[ -n "${PG_URL:-}" ]] && n_pg=$(discard_pg_backlog 2>/dev/null)
   rec "$1" backlog_discarded_sqlite "${n_sqlite:-0}"
   rec "$1" backlog_discarded_pg "${n_pg:-0}"
 }

@@ -71,8 +71,7 @@ drain() {
 }
 
 # Unsent outbox rows left by the pairs before (pg_post's pgbench inserts outbox rows that
-# nothing sends) would be the off side's backlog: marked sent first (recorded).
-rec kafka leftover_at_start_discarded "$(psql -qAt "$PG_URL" -c "WITH d AS (UPDATE outbox SET sent_at_ms = 0 WHERE sent_at_ms IS NULL RETURNING 1) SELECT count(*) FROM d")"
+# nothing sends) were marked sent by bench/run before this pair (backlog_discarded_pg).
 tms_start kafka_off --set tasks.url="$PG_URL" || die "tms did not start"
 wrk_measure kafka tms_local "$TMS_URL/api/task" -s "$lua" -H "Authorization: Bearer $tok"
 cpu_mark
@@ -81,7 +80,7 @@ cpu_rec off "$WORK/wrk.kafka.off.cpu.txt"
 profile kafka off client wrk -t1 -c"$CONNS" -d"$((DUR + 1))s" -s "$lua" -H "Authorization: Bearer $tok" "$TMS_URL/api/task"
 drain off_after_post_load
 tms_stop
-rec kafka off_leftover_discarded "$(psql -qAt "$PG_URL" -c "WITH d AS (UPDATE outbox SET sent_at_ms = 0 WHERE sent_at_ms IS NULL RETURNING 1) SELECT count(*) FROM d")"
+rec kafka off_leftover_discarded "$(discard_pg_backlog)"
 
 tms_start kafka_on --set tasks.url="$PG_URL" --set events.brokers="$brokers" || die "tms with Kafka did not start"
 wrk_measure kafka tms_kafka "$TMS_URL/api/task" -s "$lua" -H "Authorization: Bearer $tok"
