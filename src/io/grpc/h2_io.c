@@ -5,7 +5,6 @@
 #include <string.h>
 
 #include "core/alloc.h"
-#include "core/uv_close.h"
 
 #define WRITE_HIGH (1024 * 1024) /* stop pulling frames while this much is unwritten */
 #define LINGER_MS 500            /* a closing connection waits this long for the peer's FIN */
@@ -18,72 +17,37 @@ typedef struct wreq {
     uint8_t data[];
 } wreq_t;
 
-static void unlist(tms_h2_io_t *io)
-{
-    tms_h2_flusher_t *f = io->flusher;
-    if (!f)
-        return;
-    if (io->dirty_prev)
-        io->dirty_prev->dirty_next = io->dirty_next;
-    else
-        f->dirty = io->dirty_next;
-    if (io->dirty_next)
-        io->dirty_next->dirty_prev = io->dirty_prev;
-    io->dirty_prev = io->dirty_next = NULL;
-    io->flusher = NULL;
-}
-
 static void on_handle_closed(uv_handle_t *h)
 {
     tms_h2_io_t *io = h->data;
     if (--io->handles == 0) {
-        unlist(io);
+        tms_flush_item_remove(&io->dirty);
         tms_tls_free(&io->tls);
         io->ops->closed(io);
     }
 }
 
-static void on_flush(uv_prepare_t *h)
+static void flush_item(tms_flush_item_t *item)
 {
-    tms_h2_flusher_t *f = h->data;
-    while (f->dirty) {
-        tms_h2_io_t *io = f->dirty;
-        unlist(io);
-        tms_h2_io_flush(io); /* may close io: it is off the list already */
-    }
+    tms_h2_io_flush(TMS_FLUSH_OWNER(item, tms_h2_io_t, dirty)); /* may close it */
 }
 
 void tms_h2_flusher_init(tms_h2_flusher_t *f, uv_loop_t *loop)
 {
-    f->dirty = NULL;
-    f->prepare = tms_new(uv_prepare_t);
-    uv_prepare_init(loop, f->prepare);
-    f->prepare->data = f;
-    uv_prepare_start(f->prepare, on_flush);
-    uv_unref((uv_handle_t *)f->prepare);
+    tms_flush_later_init(f, loop, flush_item);
 }
 
 void tms_h2_flusher_close(tms_h2_flusher_t *f)
 {
-    if (f->prepare)
-        uv_close((uv_handle_t *)f->prepare, tms_uv_free_on_close);
-    f->prepare = NULL;
+    tms_flush_later_close(f);
 }
 
 void tms_h2_io_flush_later(tms_h2_io_t *io, tms_h2_flusher_t *f)
 {
-    if (io->flusher || io->closing)
+    if (io->closing)
         return;
-    if (!f->prepare) { /* the owner is stopping: no turn to wait for */
+    if (!tms_flush_later_add(f, &io->dirty)) /* the owner is stopping: no turn to wait for */
         tms_h2_io_flush(io);
-        return;
-    }
-    io->flusher = f;
-    io->dirty_prev = NULL;
-    io->dirty_next = f->dirty;
-    if (f->dirty)
-        f->dirty->dirty_prev = io;
-    f->dirty = io;
 }
 
 void tms_h2_io_init(tms_h2_io_t *io, uv_loop_t *loop, const tms_h2_io_ops_t *ops, void *owner,

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "core/flush_later.h"
 #include "io/tls/tls.h"
 
 #define TMS_H2_READ_CHUNK 65536
@@ -24,11 +25,8 @@ typedef struct tms_h2_io tms_h2_io_t;
 
 /* The connections of one owner (a server, a client) with frames to write before the
  * loop waits: each is written once however many of its streams were answered or
- * started in this turn of the loop (a write per reply was a third of a GetTask's CPU). */
-typedef struct tms_h2_flusher {
-    uv_prepare_t *prepare; /* its own allocation: tms_h2_flusher_close closes and frees it */
-    tms_h2_io_t *dirty;
-} tms_h2_flusher_t;
+ * started in this turn of the loop (core/flush_later.h). */
+typedef tms_flush_later_t tms_h2_flusher_t;
 
 typedef struct tms_h2_io_ops {
     /** The connection must close: a read, write or session error, the peer closed,
@@ -66,8 +64,7 @@ struct tms_h2_io {
     bool handles_closing;
     bool reading;
     uv_shutdown_t shutdown_req; /* the lingering close's FIN */
-    tms_h2_flusher_t *flusher;  /* set while on its dirty list */
-    tms_h2_io_t *dirty_prev, *dirty_next;
+    tms_flush_item_t dirty;     /* on the owner's flusher until written */
 };
 
 /** Initialises io and its two handles on loop; h2 is the owner's to create (with

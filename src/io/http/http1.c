@@ -18,11 +18,11 @@
 #include <time.h>
 
 #include "core/alloc.h"
+#include "core/flush_later.h"
 #include "core/jsonw.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/text.h"
-#include "core/uv_close.h"
 #include "io/http/cors.h"
 #include "io/http/forwarded.h"
 #include "io/http/listen.h"
@@ -93,11 +93,11 @@ struct conn {
     uint64_t body_deadline; /* uv_now() by which the body must be complete */
     char *out;              /* corked responses (pipelined), at most CORK_MAX bytes */
     size_t out_len, out_cap;
-    conn_t *cork_prev, *cork_next; /* in the server's list while out_len > 0 */
-    unsigned writes_queued;        /* uv_write requests not yet called back */
-    bool in_process;               /* process() is on the stack */
-    uint64_t due;                  /* uv_now() at which due_cb runs; 0: no deadline */
-    uint64_t armed;                /* when the uv timer fires (it may fire before due) */
+    tms_flush_item_t cork;  /* on the server's uncork list while out_len > 0 */
+    unsigned writes_queued; /* uv_write requests not yet called back */
+    bool in_process;        /* process() is on the stack */
+    uint64_t due;           /* uv_now() at which due_cb runs; 0: no deadline */
+    uint64_t armed;         /* when the uv timer fires (it may fire before due) */
     uv_timer_cb due_cb;
     tms_listen_slot_t *slot;   /* this connection's place in its address's count */
     tms_tls_t *tls;            /* NULL: cleartext */
@@ -137,9 +137,8 @@ struct tms_http_server {
     atomic_long open_connections; /* nconns, readable from the thread that renders metrics */
     char gauge_labels[48];
     tms_counter_t *timeouts[4]; /* head, body, send, handshake */
-    hreq_t *spare;        /* finished requests kept with their buffers (at most MAX_SPARE_REQS) */
-    conn_t *corked;       /* connections with corked output, written before the loop waits */
-    uv_prepare_t *uncork; /* its own allocation: closed when the server is freed */
+    hreq_t *spare; /* finished requests kept with their buffers (at most MAX_SPARE_REQS) */
+    tms_flush_later_t uncork; /* connections with corked output, written before the loop waits */
     size_t nspare;
 };
 
@@ -532,16 +531,7 @@ static void read_start(conn_t *c);
 
 static void cork_unlist(conn_t *c)
 {
-    tms_http_server_t *s = c->srv;
-    if (!c->out_len)
-        return;
-    if (c->cork_prev)
-        c->cork_prev->cork_next = c->cork_next;
-    else
-        s->corked = c->cork_next;
-    if (c->cork_next)
-        c->cork_next->cork_prev = c->cork_prev;
-    c->cork_prev = c->cork_next = NULL;
+    tms_flush_item_remove(&c->cork);
     c->out_len = 0;
 }
 
@@ -728,18 +718,10 @@ static void conn_write_ex(conn_t *c, const char *data, size_t len, bool final, b
         b = uv_buf_init(out ? out + sent : wr->data, (unsigned)(out_len - sent));
     } else {
         if (final && !close_after && c->in_len > 0 && !c->peer_eof && !c->writes_queued &&
-            c->out_len + len <= CORK_MAX) {
+            c->out_len + len <= CORK_MAX && tms_flush_later_add(&c->srv->uncork, &c->cork)) {
             /* More requests are pipelined behind this one: keep the response and go on
              * with the next request; what gathered goes out in one write, with the
              * last response or before the loop waits (on_uncork). */
-            if (!c->out_len) {
-                tms_http_server_t *s = c->srv;
-                c->cork_prev = NULL;
-                c->cork_next = s->corked;
-                if (s->corked)
-                    s->corked->cork_prev = c;
-                s->corked = c;
-            }
             buf_append(&c->out, &c->out_len, &c->out_cap, data, len);
             c->phase = PH_IDLE;
             if (!c->in_process)
@@ -816,11 +798,9 @@ static void uncork(conn_t *c)
 }
 
 /* Before the loop waits: every connection's corked responses go out, one write each. */
-static void on_uncork(uv_prepare_t *h)
+static void on_uncork(tms_flush_item_t *item)
 {
-    tms_http_server_t *s = h->data;
-    while (s->corked)
-        uncork(s->corked);
+    uncork(TMS_FLUSH_OWNER(item, conn_t, cork));
 }
 
 /* Serialize status line, headers and body into one buffer owned by the caller. */
@@ -1526,11 +1506,7 @@ tms_http_server_t *tms_http_server_new(uv_loop_t *loop, const tms_http_limits_t 
     if (!s->limits.tls_handshake_timeout_ms)
         s->limits.tls_handshake_timeout_ms = 10000;
     tms_listener_init(&s->lis, s, &s->nconns, close_all);
-    s->uncork = tms_new(uv_prepare_t);
-    uv_prepare_init(loop, s->uncork);
-    s->uncork->data = s;
-    uv_prepare_start(s->uncork, on_uncork);
-    uv_unref((uv_handle_t *)s->uncork);
+    tms_flush_later_init(&s->uncork, loop, on_uncork);
     tms_listener_limit(&s->lis, s->limits.listener, s->limits.max_connections_per_address,
                        s->limits.ipv6_prefix);
     if (uv_random(NULL, NULL, s->rng, sizeof s->rng, 0, NULL) < 0 || (!s->rng[0] && !s->rng[1])) {
@@ -1721,10 +1697,8 @@ void tms_http_server_stop(tms_http_server_t *s, uint64_t grace_ms, void (*on_sto
         return;
     /* Gathered responses go out first; from now on every response closes its
      * connection, so none is gathered again and the handle can go. */
-    while (s->corked)
-        uncork(s->corked);
-    uv_close((uv_handle_t *)s->uncork, tms_uv_free_on_close);
-    s->uncork = NULL;
+    tms_flush_later_run(&s->uncork);
+    tms_flush_later_close(&s->uncork);
     for (conn_t *c = s->conns; c; c = c->next) {
         if (c->phase != PH_HANDLER && c->phase != PH_WRITING && c->phase != PH_LINGER)
             conn_close(c);
@@ -1743,8 +1717,7 @@ void tms_http_server_free(tms_http_server_t **sp)
         *sp = NULL;
         return;
     }
-    if (s->uncork) /* stopped without tms_http_server_stop */
-        uv_close((uv_handle_t *)s->uncork, tms_uv_free_on_close);
+    tms_flush_later_close(&s->uncork); /* stopped without tms_http_server_stop */
     while (s->spare) {
         hreq_t *r = s->spare;
         s->spare = r->next_spare;
