@@ -24,8 +24,11 @@ typedef enum tms_log_level {
 } tms_log_level_t;
 
 /* Bytes of lines the buffered writer holds at most (twice: one buffer being filled,
- * one being written); beyond it lines are dropped and counted. */
-#define TMS_LOG_BUFFER_BYTES (1024 * 1024)
+ * one being written); beyond it lines are dropped and counted. A batch is 10 ms of
+ * lines (log.c): 4 MiB holds 400 MB/s of them, some 2.6 million access-log lines a
+ * second (one loop writes ~20 MB/s at 130,000 GETs/s). The pages are touched only as
+ * far as a batch fills them. */
+#define TMS_LOG_BUFFER_BYTES (4 * 1024 * 1024)
 
 /* A line is cut at this many bytes. */
 #define TMS_LOG_LINE_MAX 2048
