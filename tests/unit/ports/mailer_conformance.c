@@ -206,7 +206,8 @@ static void test_lifecycle(void)
     }
     CHECK_EQ_INT(accepted, 8);
     CHECK_EQ_INT(nanswered, 0); /* never on the caller's stack */
-    CHECK(mailer->busy(mailer) > 0);
+    /* At most what was accepted; not "> 0": the mailer's thread may have answered
+     * them all already (the same check failed a CI run of the task store's). */
     CHECK(mailer->busy(mailer) <= 8);
     mailer->close(mailer, on_closed, &closed);
     CHECK_EQ_INT(closed, 0); /* never inside close */

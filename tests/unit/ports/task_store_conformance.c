@@ -842,7 +842,9 @@ static void test_lifecycle(void)
     }
     CHECK_EQ_INT(accepted, 20);
     CHECK_EQ_INT(nanswered, 0); /* never on the caller's stack */
-    CHECK(s.tasks->busy(s.tasks) > 0);
+    /* At most what was accepted; not "> 0": the store's thread may have answered all
+     * 20 already (it settles them when it posts the replies), which failed a CI run
+     * on a loaded machine. */
     CHECK(s.tasks->busy(s.tasks) <= 20);
     s.tasks->close(s.tasks, on_closed, &closed);
     CHECK_EQ_INT(closed, 0); /* never inside close */
