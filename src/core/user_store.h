@@ -7,6 +7,7 @@
 #define TMS_CORE_USER_STORE_H
 
 #include <stdint.h>
+#include <uv.h>
 
 #include "core/mailbox.h"
 #include "core/port.h"
@@ -59,6 +60,22 @@ typedef struct tms_user_op {
                         INTERNAL */
 } tms_user_op_t;
 
+/* A reader that answers TMS_USER_GET_BY_ID on the calling thread, without a queue or a
+ * thread hop, when the backend can do so without waiting on I/O (SQLite: a read-only
+ * connection of the loop, as the task store's reader in core/task_store.h). It sees
+ * every write whose reply was delivered before the read starts. One thread uses it:
+ * the one running the loop it was opened on; close it there, and run that loop once
+ * more (it may close a handle). */
+typedef struct tms_user_reader tms_user_reader_t;
+struct tms_user_reader {
+    /** Run a TMS_USER_GET_BY_ID op now and fill its outputs (err, user) as its reply
+     * would: 0. Or -TMS_EAGAIN when it cannot be answered now without waiting (the
+     * database busy): the op is untouched, submit it instead. */
+    int (*read)(tms_user_reader_t *self, tms_user_op_t *op);
+    /** Close and free (on the thread that opened it). */
+    void (*close)(tms_user_reader_t *self);
+};
+
 typedef struct tms_user_store tms_user_store_t;
 struct tms_user_store {
     const char *name; /* "sqlite", "mongodb": for logs only, never to dispatch on */
@@ -70,6 +87,10 @@ struct tms_user_store {
     /** Refuse new ops, answer those accepted, then cb(ctx) on the store's loop
      * (core/port.h); self is invalid when cb runs. */
     void (*close)(tms_user_store_t *self, tms_port_closed_fn cb, void *ctx);
+    /** Optional (NULL: the backend has none): a reader for the calling thread, or NULL
+     * when it cannot open one (the caller then submits every op). The reader may
+     * outlive the port. */
+    tms_user_reader_t *(*reader_open)(tms_user_store_t *self, uv_loop_t *loop);
 };
 
 /** Convenience: submit through the port. */

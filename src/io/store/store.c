@@ -268,6 +268,12 @@ static tms_task_reader_t *tasks_reader_open(tms_task_store_t *self, uv_loop_t *l
     return st->backend->task_reader_open ? st->backend->task_reader_open(st, loop) : NULL;
 }
 
+static tms_user_reader_t *users_reader_open(tms_user_store_t *self, uv_loop_t *loop)
+{
+    tms_store_t *st = OF(users, self);
+    return st->backend->user_reader_open ? st->backend->user_reader_open(st, loop) : NULL;
+}
+
 tms_user_store_t *tms_store_users(tms_store_t *st)
 {
     if (!(st->serves & TMS_STORE_SERVES(TMS_STORE_USERS)))
@@ -338,8 +344,11 @@ void tms_store_init(tms_store_t *st, const tms_store_backend_t *backend, uv_loop
     st->backend = backend;
     st->loop = loop;
     st->serves = serves;
-    st->users = (tms_user_store_t){
-        .name = backend->name, .submit = users_submit, .busy = users_busy, .close = users_close};
+    st->users = (tms_user_store_t){.name = backend->name,
+                                   .submit = users_submit,
+                                   .busy = users_busy,
+                                   .close = users_close,
+                                   .reader_open = users_reader_open};
     st->tasks = (tms_task_store_t){.name = backend->name,
                                    .submit = tasks_submit,
                                    .busy = tasks_busy,

@@ -74,6 +74,8 @@ typedef struct tms_store_backend {
     void (*release)(tms_store_t *st);
     /** Optional: the task store port's reader_open (core/task_store.h). */
     tms_task_reader_t *(*task_reader_open)(tms_store_t *st, uv_loop_t *loop);
+    /** Optional: the user store port's reader_open (core/user_store.h). */
+    tms_user_reader_t *(*user_reader_open)(tms_store_t *st, uv_loop_t *loop);
 } tms_store_backend_t;
 
 typedef struct tms_store_port_state {

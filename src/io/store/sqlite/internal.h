@@ -79,9 +79,10 @@ struct tms_sqlite {
     char start_err[256];
 };
 
-/** Loop thread (any thread but the owner's): the task store's reader on a read-only
+/** Loop thread (any thread but the owner's): the task (or user) store's reader on a read-only
  * connection of the caller's (reader.c), NULL when it cannot be opened (logged). */
 tms_task_reader_t *tms__sqlite_reader_open(tms_store_t *st, uv_loop_t *loop);
+tms_user_reader_t *tms__sqlite_user_reader_open(tms_store_t *st, uv_loop_t *loop);
 
 /** Column i of the current row as a heap string ("" for NULL). */
 char *tms__sqlite_column_dup(sqlite3_stmt *st, int i);

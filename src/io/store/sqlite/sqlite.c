@@ -380,6 +380,7 @@ static const tms_store_backend_t backend = {
     .submit = sqlite_submit,
     .release = sqlite_release,
     .task_reader_open = tms__sqlite_reader_open,
+    .user_reader_open = tms__sqlite_user_reader_open,
 };
 
 tms_sqlite_t *tms_sqlite_open(uv_loop_t *loop, const char *path, size_t queue_capacity, char *err,

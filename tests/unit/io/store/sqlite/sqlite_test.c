@@ -632,6 +632,60 @@ static void test_group_commit_savepoints(void)
     remove_db();
 }
 
+/* The user store's reader answers a lookup by id on the loop's thread and sees every
+ * write answered before it (created, bumped with a read transaction open, deleted);
+ * it takes no other op. */
+static void test_user_reader_sees_acknowledged_writes(void)
+{
+    tms_sqlite_t *db = open_db(8);
+    tms_user_store_t *users;
+    tms_user_reader_t *r;
+    tms_user_op_t *op, got;
+    const char *id = "aaaaaaaaaaaaaaaaaaaaaab1";
+    if (!db)
+        return;
+    users = tms_sqlite_user_store(db);
+    CHECK(users->reader_open != NULL);
+    r = users->reader_open ? users->reader_open(users, &loop) : NULL;
+    CHECK(r != NULL);
+    if (!r) {
+        close_db(&db);
+        return;
+    }
+    op = new_op(TMS_USER_GET_BY_ID, id);
+    CHECK_EQ_INT(r->read(r, op), 0);
+    CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
+    free(op);
+    op = new_op(TMS_USER_CREATE, NULL);
+    fill_user(&op->user, id, "reader@example.com");
+    CHECK_EQ_INT(call(users, op).err.code, TMS_OK);
+    op = new_op(TMS_USER_GET_BY_ID, id); /* the transaction of the read above is open */
+    CHECK_EQ_INT(r->read(r, op), 0);
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK_EQ_STR(op->user.email, "reader@example.com");
+    CHECK_EQ_INT(op->user.token_version, 0);
+    free(op);
+    got = call_key(users, TMS_USER_BUMP_VERSION, id);
+    CHECK_EQ_INT(got.err.code, TMS_OK);
+    op = new_op(TMS_USER_GET_BY_ID, id);
+    CHECK_EQ_INT(r->read(r, op), 0);
+    CHECK_EQ_INT(op->user.token_version, 1);
+    free(op);
+    CHECK_EQ_INT(call_key(users, TMS_USER_DELETE, id).err.code, TMS_OK);
+    op = new_op(TMS_USER_GET_BY_ID, id);
+    CHECK_EQ_INT(r->read(r, op), 0);
+    CHECK_EQ_INT(op->err.code, TMS_NOT_FOUND);
+    free(op);
+    op = new_op(TMS_USER_GET_BY_EMAIL, "reader@example.com"); /* not the reader's */
+    CHECK_EQ_INT(r->read(r, op), -TMS_EINVAL);
+    CHECK_EQ_INT(op->err.code, TMS_UNKNOWN); /* untouched */
+    free(op);
+    CHECK(metric_line("tms_store_duration_seconds_count{store=\"sqlite\",op=\"get_by_id\"} 4"));
+    r->close(r);
+    uv_run(&loop, UV_RUN_NOWAIT); /* the reader's handle */
+    close_db(&db);
+}
+
 int main(void)
 {
     snprintf(dir, sizeof(dir), "/tmp/tms_sqlite_XXXXXX");
@@ -646,6 +700,7 @@ int main(void)
     RUN_TEST(test_constraints);
     RUN_TEST(test_ids_not_reused);
     RUN_TEST(test_reader_sees_acknowledged_writes);
+    RUN_TEST(test_user_reader_sees_acknowledged_writes);
     RUN_TEST(test_no_reader_on_memory);
     RUN_TEST(test_reader_does_not_map_the_file);
     RUN_TEST(test_migrations_idempotent);
