@@ -15,6 +15,7 @@ With tls=True the roles talk mutual TLS (issue 22): make_tls() makes a throwaway
 certificate per role with the openssl command, and every role gets peers.tls_cert,
 peers.tls_key and peers.tls_ca (the service credential stays required as well).
 """
+import collections
 import os
 import secrets
 import shutil
@@ -41,11 +42,22 @@ def tms_env(extra=None):
     return env
 
 
+_RECENT_PORTS = collections.deque(maxlen=1024)
+
+
 def free_port():
-    """A port that was free a moment ago (bind to 0, read it, release it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port that was free a moment ago (bind to 0, read it, release it), and not one of
+    the last 1,024 this process handed out: the kernel picks a port at random, so two
+    picks for one server can be the same port (a split role's metrics and HTTP addresses
+    were, once, and the role refused to start)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _RECENT_PORTS:
+            _RECENT_PORTS.append(port)
+            return port
+    raise RuntimeError("no free port that was not handed out just before")
 
 
 def make_tls(directory, names=ROLES):
