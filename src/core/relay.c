@@ -37,7 +37,9 @@
  * outbox order, and publishes them; the next fetch does not wait for their delivery
  * (an event the bus holds, a mail backing off, or a Kafka delivery report, delays no
  * other event). Each event is marked sent once the bus accepted it, in batches (one
- * mark op out at a time).
+ * mark op out at a time). A read after the highest seq handed runs while a mark is out
+ * (the two touch different events), so an event committed meanwhile is not held behind
+ * the mark's commit; a full read and a mark never overlap (below, mark_sent).
  *
  * Per-key order, the rule for a refused event (the bus refused the publish, or its
  * delivery failed): its key is held. No later event of that key is handed to the bus
@@ -200,13 +202,15 @@ static void on_marked(tms_msg_t *msg)
     check_stopped(r);
 }
 
-/* The accepted events so far, in one mark op. One outbox op of the relay's out at a
- * time, a fetch or a mark: a fetch that ran before a mark committed cannot answer
- * after it with events already marked (PostgreSQL runs ops on several connections). */
+/* The accepted events so far, in one mark op. A full read and a mark are never out
+ * together: a full read that ran before a mark committed could answer after it with
+ * events already marked and forgotten (PostgreSQL runs ops on several connections),
+ * and they would go out twice. A read after handed_max may overlap a mark: it returns
+ * only seqs above every seq handed, and a mark only has seqs handed. */
 static void mark_sent(tms_relay_t *r)
 {
     tms_outbox_op_t *op;
-    if (r->marking || r->fetching || r->naccepted == 0)
+    if (r->marking || (r->fetching && r->fetch_full) || r->naccepted == 0)
         return;
     op = tms_outbox_op_new(TMS_OUTBOX_MARK_SENT);
     op->msg.reply_to = r->replies;
@@ -285,10 +289,10 @@ static void accepted_one(tms_relay_t *r, int64_t seq, const char *key)
         h->gen = r->scan_gen;
         r->rescan = 1;
         if (!r->stopping) {
-            if (r->fetching || r->marking)
+            if (r->fetching)
                 r->again = 1;
             else
-                schedule(r, 0);
+                schedule(r, 0); /* a full read: after a mark out (run_batch) */
         }
     }
 }
@@ -466,8 +470,8 @@ static void run_batch(tms_relay_t *r)
     int full;
     if (r->stopping)
         return;
-    if (r->fetching || r->marking) {
-        r->again = 1; /* after the op out (on_fetched, on_marked) */
+    if (r->fetching) {
+        r->again = 1; /* after the fetch out (on_fetched) */
         return;
     }
     if (r->ninflight >= MAX_INFLIGHT)
@@ -485,6 +489,10 @@ static void run_batch(tms_relay_t *r)
     full = r->rescan || r->handed_max == 0 || now - r->scanned_at >= r->poll_ms ||
            (r->gap && now - r->scanned_at >= gap_wait(r)) ||
            (r->nheld_keys && next_retry_in(r, now) == 0);
+    if (full && r->marking) {
+        r->again = 1; /* after the mark (on_marked): see mark_sent */
+        return;
+    }
     if (!full && r->nheld >= MAX_HELD) { /* wait for held events to move */
         uint64_t in = next_retry_in(r, now);
         schedule(r, in < r->poll_ms ? in : r->poll_ms);
@@ -617,10 +625,10 @@ void tms_relay_kick(tms_relay_t *r)
         r->outbox->wake_leader(r->outbox); /* the leader publishes what was written here */
         return;
     }
-    if (r->fetching || r->marking)
+    if (r->fetching)
         r->again = 1;
     else
-        schedule(r, 0);
+        schedule(r, 0); /* a read after handed_max does not wait for a mark out */
 }
 
 int tms_relay_busy(tms_relay_t *r)

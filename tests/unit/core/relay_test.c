@@ -21,6 +21,9 @@ typedef struct fake_outbox {
     int n;                      /* events written (seq 1..n); 0: N */
     int key_of[MAX_EVENTS + 1]; /* the key of seq (0: the seq itself) */
     int uncommitted;            /* this seq is not visible yet (0: none) */
+    int hold_marks;             /* mark ops wait in held_mark until release_mark */
+    tms_outbox_op_t *held_mark;
+    int full_reads_while_marking; /* fetches from the first pending event, a mark out */
 } fake_outbox_t;
 
 static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
@@ -30,6 +33,7 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     *pop = NULL;
     if (op->msg.op == TMS_OUTBOX_FETCH) {
         o->fetches++;
+        o->full_reads_while_marking += o->held_mark && op->after_seq == 0;
         int n = o->n ? o->n : N;
         op->events = tms_calloc((size_t)n, sizeof(tms_outbox_event_t));
         for (int seq = 1; seq <= n && (int)op->nevents < op->limit; seq++) {
@@ -42,12 +46,26 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
             e->payload = tms_malloc(16);
             snprintf(e->payload, 16, "%d", seq);
         }
+    } else if (op->msg.op == TMS_OUTBOX_MARK_SENT && o->hold_marks) {
+        CHECK(o->held_mark == NULL); /* one mark out at a time */
+        o->held_mark = op;
+        return 0;
     } else if (op->msg.op == TMS_OUTBOX_MARK_SENT) {
         for (size_t i = 0; i < op->nseqs; i++)
             o->sent[op->seqs[i]]++;
     }
     tms_mailbox_reply(&op->msg);
     return 0;
+}
+
+/* The held mark commits: its events are sent, and the reply goes back. */
+static void release_mark(fake_outbox_t *o)
+{
+    tms_outbox_op_t *op = o->held_mark;
+    o->held_mark = NULL;
+    for (size_t i = 0; i < op->nseqs; i++)
+        o->sent[op->seqs[i]]++;
+    tms_mailbox_reply(&op->msg);
 }
 
 typedef struct fake_bus {
@@ -172,6 +190,52 @@ static void test_late_commit_below_handed_is_published_soon(void)
     run_for(&loop, 3000, &o.sent[3]);
     CHECK_EQ_INT(o.sent[3], 1);
     CHECK(uv_now(&loop) - t0 < 2000); /* not the 10 s poll (a generous bound) */
+    stop_relay(&loop, &r);
+}
+
+static int published_count(const fake_bus_t *b, int seq)
+{
+    int n = 0;
+    for (int i = 0; i < b->n; i++)
+        n += b->order[i] == seq;
+    return n;
+}
+
+/* An event committed while the relay's mark op is out (a PostgreSQL UPDATE waiting for
+ * its commit on a busy server) is published at its kick, not after the mark: the read
+ * after the highest seq handed does not touch the events being marked. A read from the
+ * first pending event (the poll's) still waits for the mark, which would otherwise
+ * return the events being marked, and they would go out twice. */
+static void test_new_events_do_not_wait_for_a_mark(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .hold_marks = 1};
+    fake_bus_t b = {.port = {.name = "fake", .publish = bus_publish}};
+    tms_relay_t *r;
+    uv_loop_init(&loop);
+    r = tms_relay_new(&loop, &o.port, &b.port, 1000, "test");
+    run_for(&loop, 50, NULL);
+    CHECK(o.held_mark != NULL); /* 1..5 published, their mark out */
+    CHECK_EQ_INT(b.n, N);
+    o.n = 8; /* committed meanwhile */
+    tms_relay_kick(r);
+    run_for(&loop, 50, NULL); /* below the 1 s poll */
+    CHECK_EQ_INT(b.n, 8);
+    for (int seq = 6; seq <= 8; seq++)
+        CHECK_EQ_INT(published_count(&b, seq), 1);
+    run_for(&loop, 1100, NULL); /* the poll comes due: its full read waits for the mark */
+    CHECK_EQ_INT(o.full_reads_while_marking, 0);
+    CHECK_EQ_INT(b.n, 8);
+    while (o.held_mark) { /* the marks commit: 1..5, then 6..8 */
+        release_mark(&o);
+        run_for(&loop, 50, NULL);
+    }
+    for (int seq = 1; seq <= 8; seq++) {
+        CHECK_EQ_INT(o.sent[seq], 1);
+        CHECK_EQ_INT(published_count(&b, seq), 1); /* none went out twice */
+    }
+    CHECK_EQ_INT(o.full_reads_while_marking, 0);
+    o.hold_marks = 0;
     stop_relay(&loop, &r);
 }
 
@@ -403,5 +467,6 @@ int main(void)
     RUN_TEST(test_refused_event_holds_its_key_only);
     RUN_TEST(test_late_commit_below_handed_is_published_soon);
     RUN_TEST(test_stands_aside_while_another_leads);
+    RUN_TEST(test_new_events_do_not_wait_for_a_mark);
     TEST_EXIT();
 }
