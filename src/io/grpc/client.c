@@ -118,7 +118,7 @@ struct tms_grpc_client {
     size_t busy;
     size_t live; /* calls and connections not yet freed, + 1 for our own timer */
     uv_timer_t timer;
-    tms_h2_flusher_t flusher; /* connections with new calls to write before the loop waits */
+    tms_flush_later_t flusher; /* connections with new calls to write before the loop waits */
     tms_breaker_t breaker;
     int connect_fails;
     uint64_t reconnect_at;
@@ -1238,6 +1238,6 @@ void tms_grpc_client_close(tms_grpc_client_t **cp, void (*on_closed)(void *arg),
         call_abort(call, TMS_UNAVAILABLE, "shutting down", false);
     for (conn_t *conn = c->conns; conn; conn = conn->next)
         conn_close(conn, "shutting down");
-    tms_h2_flusher_close(&c->flusher);
+    tms_flush_later_close(&c->flusher);
     uv_close((uv_handle_t *)&c->timer, on_client_timer_closed);
 }

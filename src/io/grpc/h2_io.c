@@ -32,17 +32,12 @@ static void flush_item(tms_flush_item_t *item)
     tms_h2_io_flush(TMS_FLUSH_OWNER(item, tms_h2_io_t, dirty)); /* may close it */
 }
 
-void tms_h2_flusher_init(tms_h2_flusher_t *f, uv_loop_t *loop)
+void tms_h2_flusher_init(tms_flush_later_t *f, uv_loop_t *loop)
 {
     tms_flush_later_init(f, loop, flush_item);
 }
 
-void tms_h2_flusher_close(tms_h2_flusher_t *f)
-{
-    tms_flush_later_close(f);
-}
-
-void tms_h2_io_flush_later(tms_h2_io_t *io, tms_h2_flusher_t *f)
+void tms_h2_io_flush_later(tms_h2_io_t *io, tms_flush_later_t *f)
 {
     if (io->closing)
         return;

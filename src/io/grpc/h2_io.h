@@ -23,11 +23,6 @@
 
 typedef struct tms_h2_io tms_h2_io_t;
 
-/* The connections of one owner (a server, a client) with frames to write before the
- * loop waits: each is written once however many of its streams were answered or
- * started in this turn of the loop (core/flush_later.h). */
-typedef tms_flush_later_t tms_h2_flusher_t;
-
 typedef struct tms_h2_io_ops {
     /** The connection must close: a read, write or session error, the peer closed,
      * or the session has nothing left to do; why is for the logs. */
@@ -89,16 +84,15 @@ bool tms_h2_io_handshake_overdue(tms_h2_io_t *io, uint64_t now, uint64_t timeout
  * or once the session neither reads nor writes and nothing is left unwritten. */
 void tms_h2_io_flush(tms_h2_io_t *io);
 
-/** Starts f on loop (it does not keep the loop alive). */
-void tms_h2_flusher_init(tms_h2_flusher_t *f, uv_loop_t *loop);
-
-/** Stops f: its handle closes and is freed; connections still listed are not written
- * by it any more (they leave the list when they close). */
-void tms_h2_flusher_close(tms_h2_flusher_t *f);
+/** Starts f on loop as the list of one owner's (a server's, a client's) connections
+ * with frames to write before the loop waits: each is written once however many of
+ * its streams were answered or started in this turn of the loop (core/flush_later.h;
+ * tms_flush_later_close stops it). It does not keep the loop alive. */
+void tms_h2_flusher_init(tms_flush_later_t *f, uv_loop_t *loop);
 
 /** tms_h2_io_flush, before the loop next waits (once, however often this is called
  * meanwhile); nothing on a closing io. io leaves f's list when its handles close. */
-void tms_h2_io_flush_later(tms_h2_io_t *io, tms_h2_flusher_t *f);
+void tms_h2_io_flush_later(tms_h2_io_t *io, tms_flush_later_t *f);
 
 /** Marks io closing and closes the connection gracefully: FIN after the pending
  * writes, then what the peer still sends is dropped until it closes too (500 ms at

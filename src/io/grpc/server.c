@@ -132,9 +132,9 @@ struct tms_grpc_server {
     tms_listener_t lis;
     conn_t *conns;
     size_t nconns;
-    tms_h2_flusher_t flusher; /* connections with replies to write before the loop waits */
-    size_t held;              /* every byte counted against cfg.max_buffered_bytes */
-    uint64_t tick_ms;         /* period of each connection's timer */
+    tms_flush_later_t flusher; /* connections with replies to write before the loop waits */
+    size_t held;               /* every byte counted against cfg.max_buffered_bytes */
+    uint64_t tick_ms;          /* period of each connection's timer */
     uint64_t rng[2];
     nghttp2_session_callbacks *callbacks;
     nghttp2_option *option;
@@ -1197,7 +1197,7 @@ void tms_grpc_server_free(tms_grpc_server_t **sp)
         tms_log_error("grpc_free", "error=\"server freed before stop completed; leaking it\"");
         return;
     }
-    tms_h2_flusher_close(&s->flusher);
+    tms_flush_later_close(&s->flusher);
     nghttp2_session_callbacks_del(s->callbacks);
     nghttp2_option_del(s->option);
     free(s->requests);

@@ -169,7 +169,8 @@ static bool in_wal_mode(sqlite3 *db)
     return wal;
 }
 
-/* A reader of port (TMS_STORE_TASKS or TMS_STORE_USERS) on loop, or NULL. */
+/* A reader of port (TMS_STORE_TASKS or TMS_STORE_USERS) on loop, its base (the port's
+ * reader type) filled in, or NULL. */
 static reader_t *open_reader(tms_store_t *st, uv_loop_t *loop, tms_store_port_t port)
 {
     tms_sqlite_t *s = (tms_sqlite_t *)st;
@@ -222,25 +223,24 @@ static reader_t *open_reader(tms_store_t *st, uv_loop_t *loop, tms_store_port_t 
     r->prepare.data = r;
     memcpy(r->duration, st->port[port].duration, sizeof(r->duration));
     memcpy(r->errors, st->port[port].errors, sizeof(r->errors));
+    if (port == TMS_STORE_USERS) {
+        r->base.users.read = user_read;
+        r->base.users.close = user_reader_close;
+    } else {
+        r->base.tasks.read = task_read;
+        r->base.tasks.close = task_reader_close;
+    }
     return r;
 }
 
 tms_task_reader_t *tms__sqlite_reader_open(tms_store_t *st, uv_loop_t *loop)
 {
     reader_t *r = open_reader(st, loop, TMS_STORE_TASKS);
-    if (!r)
-        return NULL;
-    r->base.tasks.read = task_read;
-    r->base.tasks.close = task_reader_close;
-    return &r->base.tasks;
+    return r ? &r->base.tasks : NULL;
 }
 
 tms_user_reader_t *tms__sqlite_user_reader_open(tms_store_t *st, uv_loop_t *loop)
 {
     reader_t *r = open_reader(st, loop, TMS_STORE_USERS);
-    if (!r)
-        return NULL;
-    r->base.users.read = user_read;
-    r->base.users.close = user_reader_close;
-    return &r->base.users;
+    return r ? &r->base.users : NULL;
 }
