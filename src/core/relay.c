@@ -196,9 +196,11 @@ static void on_marked(tms_msg_t *msg)
     for (size_t i = 0; i < op->nseqs; i++)
         forget_in_flight(r, op->seqs[i]);
     tms_outbox_op_free(&op);
-    if (r->again || was_full)
+    if (r->again || was_full) {
+        r->again = 0;   /* run_batch sets it again if a fetch is still out */
         schedule(r, 0); /* the fetch that waited for this mark */
-    mark_sent(r);       /* those accepted meanwhile */
+    }
+    mark_sent(r); /* those accepted meanwhile */
     check_stopped(r);
 }
 
@@ -403,6 +405,7 @@ static void on_fetched(tms_msg_t *msg)
         r->backoff_until = uv_now(r->loop) + r->poll_ms;
         tms_outbox_op_free(&op);
         plan_next(r, 0);
+        mark_sent(r); /* accepted while a full read was out: a stop waits for their mark */
         check_stopped(r);
         return;
     }

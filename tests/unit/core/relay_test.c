@@ -24,6 +24,8 @@ typedef struct fake_outbox {
     int hold_marks;             /* mark ops wait in held_mark until release_mark */
     tms_outbox_op_t *held_mark;
     int full_reads_while_marking; /* fetches from the first pending event, a mark out */
+    int hold_fetches;             /* fetch ops wait in held_fetch until fail_fetch */
+    tms_outbox_op_t *held_fetch;
 } fake_outbox_t;
 
 static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
@@ -31,6 +33,10 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     fake_outbox_t *o = (fake_outbox_t *)self;
     tms_outbox_op_t *op = *pop;
     *pop = NULL;
+    if (op->msg.op == TMS_OUTBOX_FETCH && o->hold_fetches) {
+        o->held_fetch = op;
+        return 0;
+    }
     if (op->msg.op == TMS_OUTBOX_FETCH) {
         o->fetches++;
         o->full_reads_while_marking += o->held_mark && op->after_seq == 0;
@@ -65,6 +71,15 @@ static void release_mark(fake_outbox_t *o)
     o->held_mark = NULL;
     for (size_t i = 0; i < op->nseqs; i++)
         o->sent[op->seqs[i]]++;
+    tms_mailbox_reply(&op->msg);
+}
+
+/* The held fetch fails (the database went away). */
+static void fail_fetch(fake_outbox_t *o)
+{
+    tms_outbox_op_t *op = o->held_fetch;
+    o->held_fetch = NULL;
+    tms_error_set(&op->err, TMS_UNAVAILABLE, "database gone");
     tms_mailbox_reply(&op->msg);
 }
 
@@ -237,6 +252,42 @@ static void test_new_events_do_not_wait_for_a_mark(void)
     CHECK_EQ_INT(o.full_reads_while_marking, 0);
     o.hold_marks = 0;
     stop_relay(&loop, &r);
+}
+
+static void on_stopped(void *arg)
+{
+    *(int *)arg = 1;
+}
+
+/* Stopping while a full read is out, an event accepted meanwhile (its mark waits for the
+ * read), and the read fails: the accepted event is still marked, and the stop completes
+ * (before, the failed read's path never marked it, and the relay stayed busy forever: a
+ * shutdown that never ended). */
+static void test_stop_completes_after_a_failed_full_read(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .n = 1};
+    fake_bus_t b = {.port = {.name = "fake", .publish = bus_publish}, .hold_key = 1};
+    tms_relay_t *r;
+    int stopped = 0;
+    uv_loop_init(&loop);
+    r = tms_relay_new(&loop, &o.port, &b.port, 100, "test");
+    run_for(&loop, 50, NULL);
+    CHECK(b.held_done != NULL); /* 1 published, not yet done */
+    o.hold_fetches = 1;
+    run_for(&loop, 200, NULL); /* the poll's full read is out */
+    CHECK(o.held_fetch != NULL);
+    tms_relay_stop(r, on_stopped, &stopped);
+    b.held_done(b.held_ctx, 0); /* 1 accepted: its mark waits for the full read */
+    CHECK_EQ_INT(o.sent[1], 0);
+    fail_fetch(&o);
+    run_for(&loop, 500, &stopped);
+    CHECK_EQ_INT(o.sent[1], 1);
+    CHECK_EQ_INT(stopped, 1);
+    CHECK_EQ_INT(tms_relay_busy(r), 0);
+    tms_relay_free(&r);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
 }
 
 /* Where seq's first / last publish is in the bus's order (-1: never). */
@@ -468,5 +519,6 @@ int main(void)
     RUN_TEST(test_late_commit_below_handed_is_published_soon);
     RUN_TEST(test_stands_aside_while_another_leads);
     RUN_TEST(test_new_events_do_not_wait_for_a_mark);
+    RUN_TEST(test_stop_completes_after_a_failed_full_read);
     TEST_EXIT();
 }
