@@ -403,7 +403,7 @@ def evaluate(P):
                     g("kafka", e + "created"), g("kafka", e + "achieved_rate"),
                     g("kafka", e + "late_starts_p99_ms"), g("kafka", e + "relay_p99_ms"),
                     g("kafka", e + "kafka_p99_ms"), g("kafka", "linger_ms"),
-                    g("kafka", e + "consumer_fetch_wait_ms")))
+                    g("kafka", e + "consumer_fetch_wait_ms") or "1 (before it was recorded)"))
     if "sqlite_post" in P:
         c = P["sqlite_post"].get("conns") or "CONNS"
         row("sqlite_post", "POST rps TMS (group commit) / C reference, one transaction per "
@@ -723,7 +723,8 @@ def cmd_kafka_skip(brokers, group, topic):
 
 
 def _e2e_fetch_wait_ms():
-    return int(os.environ.get("TMS_BENCH_E2E_FETCH_WAIT_MS", "10"))
+    v = os.environ.get("TMS_BENCH_E2E_FETCH_WAIT_MS", "").strip()
+    return int(v) if v.isdigit() else 10
 
 
 def _e2e_consume(brokers, pipe):

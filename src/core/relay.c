@@ -197,7 +197,10 @@ static void on_marked(tms_msg_t *msg)
         forget_in_flight(r, op->seqs[i]);
     tms_outbox_op_free(&op);
     if (r->again || was_full) {
-        r->again = 0;   /* run_batch sets it again if a fetch is still out */
+        /* The kick it served is cleared, unless a fetch is out: then the kick may have
+         * come during that fetch (after its snapshot), and its plan_next must see it. */
+        if (!r->fetching)
+            r->again = 0;
         schedule(r, 0); /* the fetch that waited for this mark */
     }
     mark_sent(r); /* those accepted meanwhile */
