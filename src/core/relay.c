@@ -147,6 +147,17 @@ static void schedule(tms_relay_t *r, uint64_t ms)
         uv_timer_start(r->timer, on_timer, ms, 0);
 }
 
+/* A fetch right after the one out (its on_fetched plans it: a timer started now would be
+ * restarted there), or on the next turn; a read after handed_max does not wait for a
+ * mark out, a full read does (run_batch). */
+static void fetch_soon(tms_relay_t *r)
+{
+    if (r->fetching)
+        r->again = 1;
+    else
+        schedule(r, 0);
+}
+
 static double pending_gauge(void *arg)
 {
     return (double)atomic_load_explicit(&((tms_relay_t *)arg)->pending, memory_order_relaxed);
@@ -293,12 +304,8 @@ static void accepted_one(tms_relay_t *r, int64_t seq, const char *key)
         h->state = KEY_CLEARED;
         h->gen = r->scan_gen;
         r->rescan = 1;
-        if (!r->stopping) {
-            if (r->fetching)
-                r->again = 1;
-            else
-                schedule(r, 0); /* a full read: after a mark out (run_batch) */
-        }
+        if (!r->stopping)
+            fetch_soon(r); /* a full read: after a mark out (run_batch) */
     }
 }
 
@@ -631,10 +638,7 @@ void tms_relay_kick(tms_relay_t *r)
         r->outbox->wake_leader(r->outbox); /* the leader publishes what was written here */
         return;
     }
-    if (r->fetching)
-        r->again = 1;
-    else
-        schedule(r, 0); /* a read after handed_max does not wait for a mark out */
+    fetch_soon(r);
 }
 
 int tms_relay_busy(tms_relay_t *r)

@@ -216,12 +216,19 @@ static void test_late_commit_below_handed_is_published_soon(void)
     stop_relay(&loop, &r);
 }
 
-static int published_count(const fake_bus_t *b, int seq)
+/* How often seq was published before index at of the bus's order. */
+static int pubs_before(const fake_bus_t *b, int seq, int at)
 {
     int n = 0;
-    for (int i = 0; i < b->n; i++)
+    for (int i = 0; i < at && i < b->n; i++)
         n += b->order[i] == seq;
     return n;
+}
+
+/* How often seq was published. */
+static int published_count(const fake_bus_t *b, int seq)
+{
+    return pubs_before(b, seq, b->n);
 }
 
 /* An event committed while the relay's mark op is out (a PostgreSQL UPDATE waiting for
@@ -338,15 +345,6 @@ static int first_pub(const fake_bus_t *b, int seq)
             return i;
     }
     return -1;
-}
-
-/* How often seq was published before index at of the bus's order. */
-static int pubs_before(const fake_bus_t *b, int seq, int at)
-{
-    int n = 0;
-    for (int i = 0; i < at && i < b->n; i++)
-        n += b->order[i] == seq;
-    return n;
 }
 
 static int last_pub(const fake_bus_t *b, int seq)

@@ -213,7 +213,15 @@ static reader_t *open_reader(tms_store_t *st, uv_loop_t *loop, tms_store_port_t 
     sqlite3_busy_timeout(db, 0); /* never wait on the loop */
     r = tms_new(reader_t);
     r->db = db;
-    r->port = port == TMS_STORE_USERS ? &tms__sqlite_users_port : &tms__sqlite_tasks_port;
+    if (port == TMS_STORE_USERS) {
+        r->port = &tms__sqlite_users_port;
+        r->base.users.read = user_read;
+        r->base.users.close = user_reader_close;
+    } else {
+        r->port = &tms__sqlite_tasks_port;
+        r->base.tasks.read = task_read;
+        r->base.tasks.close = task_reader_close;
+    }
     r->state = r->port->start(db);
     r->begin = begin;
     r->commit = commit;
@@ -223,13 +231,6 @@ static reader_t *open_reader(tms_store_t *st, uv_loop_t *loop, tms_store_port_t 
     r->prepare.data = r;
     memcpy(r->duration, st->port[port].duration, sizeof(r->duration));
     memcpy(r->errors, st->port[port].errors, sizeof(r->errors));
-    if (port == TMS_STORE_USERS) {
-        r->base.users.read = user_read;
-        r->base.users.close = user_reader_close;
-    } else {
-        r->base.tasks.read = task_read;
-        r->base.tasks.close = task_reader_close;
-    }
     return r;
 }
 
