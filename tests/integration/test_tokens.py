@@ -182,12 +182,16 @@ def test_token_for_other_user_id_401(server, user_token):
 
 
 def test_token_expires_with_short_ttl(make_server):
-    srv = make_server(auth__token_ttl=1)
+    # iat is the issuing second's floor, so a token lives between ttl - 1 and ttl
+    # seconds. With ttl 1 it could expire before the next request (CI saw that,
+    # in this client's own exp check): ttl 2 leaves at least a second.
+    srv = make_server(auth__token_ttl=2)
     token, _ = srv.register()
-    c = decode(token)
-    assert c["exp"] - c["iat"] == 1
+    c = jwt.decode(token, JWT_SECRET, algorithms=["HS256"],
+                   options={"verify_iss": False, "verify_exp": False})
+    assert c["exp"] - c["iat"] == 2
     assert srv.me(token).status_code == 200
-    time.sleep(2.2)
+    time.sleep(max(0.0, c["exp"] - time.time()) + 0.2)
     assert_error(srv.me(token), 401, "UNAUTHENTICATED")
 
 
