@@ -234,30 +234,34 @@ static uint64_t now_ms(void)
  * the tms_log_dropped_total counter of /metrics. */
 static void test_writer_drops_when_the_sink_blocks(void)
 {
-    static char out[8 << 20], pad[1001];
+    /* More than both buffers and the pipe (up to 1 MiB with pipe-max-size) hold,
+     * however early the writer took its first buffer: at 4 MiB buffers, 6,000 lines
+     * fitted when it took one nearly full, and nothing was dropped. */
+    enum { LINE = 1060, TOTAL = (2 * TMS_LOG_BUFFER_BYTES + (1 << 20)) / LINE + 2000 };
+    static char out[2 * TMS_LOG_BUFFER_BYTES + (2 << 20)], pad[1001];
     reader_t r = {capture_stderr(), out, sizeof(out), 0};
     pthread_t t;
-    const int total = 6000; /* 6 MB: more than both buffers and the pipe hold */
-    uint64_t t0, took, dropped;
+    uint64_t t0, took, dropped, counted;
     memset(pad, 'p', sizeof(pad) - 1);
     CHECK_EQ_INT(tms_log_start_writer(), 0);
     t0 = now_ms();
-    for (int i = 0; i < total; i++)
+    for (int i = 0; i < TOTAL; i++)
         tms_log_info("big", "i=%d pad=%s", i, pad);
     took = now_ms() - t0;
     dropped = tms_log_dropped();
+    counted = tms_counter_value(tms_metrics_counter("tms_log_dropped_total", "", ""));
+    pthread_create(&t, NULL, read_until_eof, &r); /* the sink unblocks */
+    tms_log_stop_writer();
+    restore_stderr(); /* before any CHECK: a failure's message must not wait on the pipe */
+    pthread_join(t, NULL);
+    close(r.fd);
     /* Generous: the point is that it returned at all while nothing was read. */
     CHECK(took < 30000);
     CHECK(dropped > 0);
-    CHECK(dropped < (uint64_t)total);
-    CHECK_EQ_INT(tms_counter_value(tms_metrics_counter("tms_log_dropped_total", "", "")), dropped);
-    pthread_create(&t, NULL, read_until_eof, &r); /* the sink unblocks */
-    tms_log_stop_writer();
-    restore_stderr();
-    pthread_join(t, NULL);
-    close(r.fd);
+    CHECK(dropped < (uint64_t)TOTAL);
+    CHECK_EQ_INT(counted, dropped);
     /* What was not dropped came out whole. */
-    CHECK_EQ_INT(count_lines(out, "event=big ") + dropped, total);
+    CHECK_EQ_INT(count_lines(out, "event=big ") + dropped, TOTAL);
     CHECK_EQ_INT(count_lines(out, "\n"), count_lines(out, "event=big "));
 }
 
