@@ -18,6 +18,7 @@
 #define SUBJECT "New Task Assigned"
 #define LIMIT_KEYS 20000 /* buckets per limit (~130 bytes each): ~5 MiB at most for both */
 #define DEAD_KEPT 256    /* events the mailer dead-lettered, remembered (~200 bytes each) */
+#define INBOX_BATCH 64   /* events in one inbox statement at most */
 
 /* Why each failure is what it is (core/event_bus.h): a store, the user lookup or the
  * mailer that does not answer is transient (the event waits, paused, and is never
@@ -27,6 +28,21 @@
 #define USERS "auth"       /* the assignee's address comes from the auth actor (or peer) */
 
 typedef struct job job_t;
+
+typedef void (*inbox_fn)(job_t *job, const tms_error_t *err, bool seen);
+
+/* The inbox questions (SEEN) or records (RECORD) of the jobs that came while one of
+ * the same kind was out: they go in one op, and one statement, when it is back. The
+ * first goes at once; under load, a batch is whatever arrived during a round trip
+ * (on PostgreSQL a record is a commit: one per batch, not one per mail). */
+typedef struct inbox_queue {
+    tms_outbox_op_kind_t kind;
+    inbox_fn then;
+    job_t *head, *tail; /* waiting, linked by job->queued */
+    size_t n;
+    job_t *sent; /* the batch out */
+    bool out;    /* an op of this kind is out (or its answers are being handed out) */
+} inbox_queue_t;
 
 struct tms_notifier {
     uv_loop_t *loop;
@@ -38,6 +54,7 @@ struct tms_notifier {
     const char *mailer_name; /* its name (a literal): for reasons, after it is gone too */
     job_t *jobs;             /* in flight and past their parse, for twins (see twin_of) */
     tms_stopper_t stop;
+    inbox_queue_t seen_q, record_q;
     tms_counter_t *sent, *duplicate, *dropped, *failed, *dead_letter, *suppressed;
     /* Events whose mail the mailer refused for good (and kept as a dead letter): their
      * redeliveries fail the same way without a second send. A ring. */
@@ -57,14 +74,12 @@ struct job {
     char event_id[37];
     char *title;
     char assigned_by[25]; /* "" when the event names nobody (older events) */
-    void (*then)(job_t *job, tms_outbox_op_t *op);
-    job_t *prev, *next; /* in n->jobs */
-    job_t *twins;       /* the same event delivered again while this one is in flight */
+    job_t *queued;        /* next in an inbox queue or batch */
+    job_t *prev, *next;   /* in n->jobs */
+    job_t *twins;         /* the same event delivered again while this one is in flight */
 };
 
-static void inbox(job_t *job, tms_outbox_op_kind_t kind,
-                  void (*then)(job_t *job, tms_outbox_op_t *op));
-static void seen_checked(job_t *job, tms_outbox_op_t *op);
+static void inbox(job_t *job, inbox_queue_t *q);
 
 /* The job in flight with the same event id, or NULL. O(jobs in flight), at most the
  * mailbox's capacity. */
@@ -105,7 +120,7 @@ static void ack(job_t *job, tms_ack_t out)
         first->twins = twins->next;
         first->next = NULL;
         track(first);
-        inbox(first, TMS_INBOX_SEEN, seen_checked);
+        inbox(first, &n->seen_q);
     }
     n->cfg.bus->ack(n->cfg.bus, &job->delivery, out);
     n->inflight--;
@@ -116,35 +131,90 @@ static void ack(job_t *job, tms_ack_t out)
 
 /* ---- inbox ----------------------------------------------------------- */
 
+/* Hands each job of batch its answer; the queue counts as out meanwhile, so that what
+ * the callbacks ask joins the queue rather than going alone. */
+static void inbox_answer(inbox_queue_t *q, job_t *batch, const tms_error_t *err, const bool *seen)
+{
+    q->out = true;
+    for (size_t i = 0; batch; i++) {
+        job_t *job = batch;
+        batch = job->queued;
+        job->queued = NULL;
+        q->then(job, err, seen && seen[i]);
+    }
+    q->out = false;
+}
+
+static void inbox_pump(tms_notifier_t *n, inbox_queue_t *q);
+
 static void on_inbox_reply(tms_msg_t *msg)
 {
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
-    job_t *job = msg->ctx;
-    job->then(job, op);
+    tms_notifier_t *n = msg->ctx;
+    inbox_queue_t *q = op->msg.op == TMS_INBOX_SEEN ? &n->seen_q : &n->record_q;
+    job_t *batch = q->sent;
+    q->sent = NULL;
+    inbox_answer(q, batch, &op->err, op->ids_seen);
     tms_outbox_op_free(&op);
+    inbox_pump(n, q);
 }
 
-static void inbox(job_t *job, tms_outbox_op_kind_t kind,
-                  void (*then)(job_t *job, tms_outbox_op_t *op))
+/* While nothing of the queue's kind is out: its next jobs (INBOX_BATCH at most) go in
+ * one op. */
+static void inbox_pump(tms_notifier_t *n, inbox_queue_t *q)
 {
-    tms_outbox_op_t *op = tms_outbox_op_new(kind);
-    op->msg.reply_to = job->n->mailbox;
-    op->msg.cont = on_inbox_reply;
-    op->msg.ctx = job;
-    snprintf(op->consumer, sizeof(op->consumer), CONSUMER);
-    snprintf(op->event_id, sizeof(op->event_id), "%s", job->event_id);
-    job->then = then;
-    if (tms_outbox_submit(job->n->cfg.inbox, &op) != 0) {
-        tms_outbox_op_free(&op);
-        ack(job, tms_ack_transient(INBOX, "inbox queue full or closed", 0));
+    while (q->head && !q->out) {
+        tms_outbox_op_t *op = tms_outbox_op_new(q->kind);
+        job_t *last = NULL;
+        size_t k = q->n < INBOX_BATCH ? q->n : INBOX_BATCH;
+        op->ids = tms_calloc(k, sizeof(*op->ids));
+        op->ids_seen = tms_calloc(k, sizeof(*op->ids_seen));
+        op->nids = k;
+        for (size_t i = 0; i < k; i++) {
+            last = last ? last->queued : q->head;
+            snprintf(op->ids[i], sizeof(op->ids[i]), "%s", last->event_id);
+        }
+        q->sent = q->head;
+        q->head = last->queued;
+        if (!q->head)
+            q->tail = NULL;
+        last->queued = NULL;
+        q->n -= k;
+        op->msg.reply_to = n->mailbox;
+        op->msg.cont = on_inbox_reply;
+        op->msg.ctx = n;
+        snprintf(op->consumer, sizeof(op->consumer), CONSUMER);
+        q->out = true;
+        if (tms_outbox_submit(n->cfg.inbox, &op) != 0) {
+            tms_error_t err = {.code = TMS_UNAVAILABLE};
+            job_t *batch = q->sent;
+            snprintf(err.message, sizeof(err.message), "inbox queue full or closed");
+            tms_outbox_op_free(&op);
+            q->sent = NULL;
+            inbox_answer(q, batch, &err, NULL);
+        }
     }
 }
 
-static void recorded(job_t *job, tms_outbox_op_t *op)
+/* Asks (SEEN) or records (RECORD) job's event: now, or in the batch after the op out. */
+static void inbox(job_t *job, inbox_queue_t *q)
 {
+    job->queued = NULL;
+    if (q->tail)
+        q->tail->queued = job;
+    else
+        q->head = job;
+    q->tail = job;
+    q->n++;
+    inbox_pump(job->n, q);
+}
+
+static void recorded(job_t *job, const tms_error_t *err, bool seen)
+{
+    (void)seen;
     /* If the record failed, a redelivery mails again; the Maildir adapter still
      * recognises the event_id, and SMTP receivers the Message-ID. */
-    ack(job, op->err.code == TMS_OK ? tms_ack_ok() : tms_ack_transient(INBOX, op->err.message, 0));
+    ack(job, err->code == TMS_OK ? tms_ack_ok() : tms_ack_transient(INBOX, err->message, 0));
 }
 
 static const char *dead_reason(tms_notifier_t *n, const char *event_id)
@@ -180,7 +250,7 @@ static void on_mail_reply(tms_msg_t *msg)
         tms_counter_add(duplicate ? n->duplicate : n->sent, 1);
         tms_log_info("email_sent", "event_id=%s task=%" PRId64 " user=%s duplicate=%d",
                      job->event_id, job->task_id, job->user_id, duplicate);
-        inbox(job, TMS_INBOX_RECORD, recorded);
+        inbox(job, &job->n->record_q);
     } else if (code == TMS_FAILED_PRECONDITION) {
         /* Refused for good, and kept by the mailer as a dead letter (`tms mail dlq`):
          * a permanent failure, so the event reaches the bus's dead letters too, with
@@ -265,16 +335,16 @@ static void on_user_info(tms_msg_t *msg)
     tms_api_call_free(&q);
 }
 
-static void seen_checked(job_t *job, tms_outbox_op_t *op)
+static void seen_checked(job_t *job, const tms_error_t *err, bool seen)
 {
     tms_api_call_t *q;
     tms_msg_t *msg;
     tms_notify_verdict_t verdict;
-    if (op->err.code != TMS_OK) {
-        ack(job, tms_ack_transient(INBOX, op->err.message, 0));
+    if (err->code != TMS_OK) {
+        ack(job, tms_ack_transient(INBOX, err->message, 0));
         return;
     }
-    if (op->seen) {
+    if (seen) {
         tms_counter_add(job->n->duplicate, 1);
         ack(job, tms_ack_ok());
         return;
@@ -294,7 +364,7 @@ static void seen_checked(job_t *job, tms_outbox_op_t *op)
                      job->event_id, job->task_id, job->user_id,
                      job->assigned_by[0] ? job->assigned_by : "-",
                      tms_notify_verdict_name(verdict));
-        inbox(job, TMS_INBOX_RECORD, recorded);
+        inbox(job, &job->n->record_q);
         return;
     }
     q = tms_api_call_new(TMS_API_USER_INFO);
@@ -372,7 +442,7 @@ static void on_message(void *owner, tms_msg_t *msg)
         return;
     }
 #endif
-    inbox(job, TMS_INBOX_SEEN, seen_checked);
+    inbox(job, &n->seen_q);
 }
 
 tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t *cfg)
@@ -384,6 +454,8 @@ tms_notifier_t *tms_notifier_start(uv_loop_t *loop, const tms_notifier_config_t 
     n->limit =
         tms_notify_limit_new(cfg->per_assigner_per_hour, cfg->per_recipient_per_hour, LIMIT_KEYS);
     n->mailbox = tms_mailbox_new(loop, "notifier", cfg->mailbox_capacity, on_message, n);
+    n->seen_q = (inbox_queue_t){.kind = TMS_INBOX_SEEN, .then = seen_checked};
+    n->record_q = (inbox_queue_t){.kind = TMS_INBOX_RECORD, .then = recorded};
 #define EMAILS(outcome)                                                                            \
     tms_metrics_counter("tms_emails_total", "assignment emails by outcome",                        \
                         "outcome=\"" outcome "\"")

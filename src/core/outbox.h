@@ -30,8 +30,8 @@ typedef enum tms_outbox_op_kind {
                            * first send time; unknown seqs are ignored */
     TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event;
                            * the same event_id again is a retry (OK, nothing added) */
-    TMS_INBOX_SEEN,       /* in: consumer, event_id. out: seen */
-    TMS_INBOX_RECORD,     /* in: consumer, event_id. Idempotent */
+    TMS_INBOX_SEEN,       /* in: consumer, event_id (or ids). out: seen (or ids_seen) */
+    TMS_INBOX_RECORD,     /* in: consumer, event_id (or ids). Idempotent */
     TMS_OUTBOX_PENDING,   /* out: count of unsent events */
 } tms_outbox_op_kind_t;
 
@@ -45,6 +45,12 @@ typedef struct tms_outbox_op {
     tms_outbox_event_t event; /* ADD */
     char consumer[32];
     char event_id[37];
+    /* SEEN and RECORD for several events in one statement (the notifier's batches):
+     * when nids > 0, ids[0..nids) instead of event_id, and SEEN answers in
+     * ids_seen[0..nids) (allocated by the caller) instead of seen. */
+    char (*ids)[37]; /* heap */
+    size_t nids;
+    bool *ids_seen; /* heap */
     /* out */
     tms_error_t err;
     tms_outbox_event_t *events; /* heap array; payloads heap */

@@ -47,6 +47,8 @@ void tms_outbox_op_free(tms_outbox_op_t **pop)
         return;
     *pop = NULL;
     free(op->seqs);
+    free(op->ids);
+    free(op->ids_seen);
     free(op->event.payload);
     for (size_t i = 0; i < op->nevents; i++)
         free(op->events[i].payload);

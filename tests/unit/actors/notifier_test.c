@@ -38,38 +38,75 @@ static int mailer_submit(tms_mailer_t *self, tms_mail_t **pmail)
     return 0;
 }
 
+/* An inbox that knows one event (seen_id) and can hold its ops until released. */
 typedef struct fake_inbox {
     tms_outbox_t port;
-    int records;
+    int records; /* events recorded */
+    int seen_ops, record_ops;
+    size_t seen_nids[16]; /* events asked in each SEEN op */
+    char seen_id[37];
+    bool hold;
+    tms_outbox_op_t *held[16];
+    int nheld;
 } fake_inbox_t;
 
 static int inbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
 {
     fake_inbox_t *o = (fake_inbox_t *)self;
     tms_outbox_op_t *op = *pop;
+    size_t n = op->nids ? op->nids : 1;
     *pop = NULL;
-    if (op->msg.op == TMS_INBOX_RECORD)
-        o->records++;
-    op->seen = false;
+    if (op->msg.op == TMS_INBOX_RECORD) {
+        o->records += (int)n;
+        o->record_ops++;
+    } else {
+        if (o->seen_ops < 16)
+            o->seen_nids[o->seen_ops] = n;
+        o->seen_ops++;
+    }
+    op->seen = !op->nids && strcmp(op->event_id, o->seen_id) == 0;
+    for (size_t i = 0; i < op->nids; i++)
+        op->ids_seen[i] = strcmp(op->ids[i], o->seen_id) == 0;
+    if (o->hold && o->nheld < 16) {
+        o->held[o->nheld++] = op;
+        return 0;
+    }
     tms_mailbox_reply(&op->msg);
     return 0;
 }
 
-/* The auth actor keeps the lookup until the test answers it. */
+static void inbox_release(fake_inbox_t *o)
+{
+    for (int i = 0; i < o->nheld; i++)
+        tms_mailbox_reply(&o->held[i]->msg);
+    o->nheld = 0;
+}
+
+/* The auth actor keeps the lookup until the test answers it (or answers at once). */
 static tms_msg_t *held_lookup;
+static bool answer_at_once;
+
+static void answer(tms_msg_t *msg)
+{
+    tms_api_call_t *q = (tms_api_call_t *)msg;
+    snprintf(q->user.email, sizeof(q->user.email), "bob@example.com");
+    tms_mailbox_reply(&q->msg);
+}
 
 static void on_auth(void *owner, tms_msg_t *msg)
 {
     (void)owner;
-    held_lookup = msg;
+    if (answer_at_once)
+        answer(msg);
+    else
+        held_lookup = msg;
 }
 
 static void answer_lookup(void)
 {
-    tms_api_call_t *q = (tms_api_call_t *)held_lookup;
+    tms_msg_t *msg = held_lookup;
     held_lookup = NULL;
-    snprintf(q->user.email, sizeof(q->user.email), "bob@example.com");
-    tms_mailbox_reply(&q->msg);
+    answer(msg);
 }
 
 typedef struct env {
@@ -108,8 +145,8 @@ static void env_fini(env_t *e)
     CHECK_EQ_INT(uv_loop_close(&e->loop), 0);
 }
 
-/* Deliver one task_assigned event for BOB and run until the lookup is held. */
-static void deliver(env_t *e, const char *event_id)
+/* Posts one task_assigned event for BOB to the notifier. */
+static void post_delivery(env_t *e, const char *event_id)
 {
     tms_delivery_t *d = tms_new(tms_delivery_t);
     tms_msg_t *msg = &d->msg;
@@ -120,8 +157,14 @@ static void deliver(env_t *e, const char *event_id)
     d->payload = tms_event_notification_json("task_assigned", BOB, 7, event_id, "Title", 0, ALICE);
     d->payload_len = strlen(d->payload);
     d->attempt = 1;
-    held_lookup = NULL;
     CHECK_EQ_INT(tms_mailbox_post(tms_notifier_mailbox(e->notifier), &msg), 0);
+}
+
+/* Delivers one task_assigned event for BOB and runs until the lookup is held. */
+static void deliver(env_t *e, const char *event_id)
+{
+    held_lookup = NULL;
+    post_delivery(e, event_id);
     for (int i = 0; i < 1000 && !held_lookup; i++)
         uv_run(&e->loop, UV_RUN_NOWAIT);
     CHECK(held_lookup != NULL);
@@ -170,9 +213,44 @@ static void test_no_mail_after_mailer_closed(void)
     env_fini(&e);
 }
 
+/* Events that come while an inbox op is out share the next one (on PostgreSQL one
+ * statement and, for records, one commit), and each gets its own answer: here the
+ * third was handled before, so it is not mailed again. Before batching, every event
+ * had an inbox op of its own. */
+static void test_inbox_ops_are_batched(void)
+{
+    static env_t e;
+    char ids[5][37];
+    env_init(&e);
+    answer_at_once = true;
+    for (int i = 0; i < 5; i++)
+        snprintf(ids[i], sizeof(ids[i]), "3f0c1d8e-6a52-4c8f-9a57-0d2b6f4e1b%02d", i);
+    snprintf(e.inbox.seen_id, sizeof(e.inbox.seen_id), "%s", ids[2]);
+    e.inbox.hold = true;
+    for (int i = 0; i < 5; i++)
+        post_delivery(&e, ids[i]);
+    for (int i = 0; i < 100; i++)
+        uv_run(&e.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(e.inbox.seen_ops, 1); /* the first went at once, alone */
+    CHECK_EQ_INT(e.inbox.seen_nids[0], 1);
+    e.inbox.hold = false;
+    inbox_release(&e.inbox);
+    run_until_acks(&e, 5);
+    CHECK_EQ_INT(e.inbox.seen_ops, 2); /* the four others in one */
+    CHECK_EQ_INT(e.inbox.seen_nids[1], 4);
+    CHECK_EQ_INT(e.mailer.submits, 4); /* the one seen before is not mailed */
+    CHECK_EQ_INT(e.inbox.records, 4);
+    CHECK(e.inbox.record_ops < 4);
+    CHECK_EQ_INT(e.bus.last.kind, TMS_ACK_OK);
+    CHECK_EQ_INT(tms_notifier_inflight(e.notifier), 0);
+    answer_at_once = false;
+    env_fini(&e);
+}
+
 int main(void)
 {
     RUN_TEST(test_delivery_is_mailed);
     RUN_TEST(test_no_mail_after_mailer_closed);
+    RUN_TEST(test_inbox_ops_are_batched);
     TEST_EXIT();
 }

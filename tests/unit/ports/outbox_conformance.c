@@ -215,6 +215,55 @@ static void test_inbox(void)
     close_store(&s);
 }
 
+/* Several events in one op (the notifier's batches): each its own answer, records
+ * idempotent per event; ids a producer chose, with a quote and a backslash in them,
+ * are taken as they are. */
+static tms_outbox_op_t *inbox_batch(int kind, char (*ids)[37], size_t n)
+{
+    tms_outbox_op_t *op = box_op(kind);
+    snprintf(op->consumer, sizeof(op->consumer), "notifier");
+    op->ids = tms_calloc(n, sizeof(*op->ids));
+    op->ids_seen = tms_calloc(n, sizeof(*op->ids_seen));
+    memcpy(op->ids, ids, n * sizeof(*ids));
+    op->nids = n;
+    return op;
+}
+
+static void test_inbox_batch(void)
+{
+    store_t s = open_store(backend);
+    tms_outbox_op_t *op;
+    char ids[4][37] = {"", "odd \"id\" \\ {x,y}", "", ""};
+    tms_event_id_new(ids[0]);
+    tms_event_id_new(ids[2]);
+    tms_event_id_new(ids[3]);
+    /* two recorded, one of them alone before */
+    op = run_box(&s, inbox_op(TMS_INBOX_RECORD, "notifier", ids[2]));
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    tms_outbox_op_free(&op);
+    op = run_box(&s, inbox_batch(TMS_INBOX_RECORD, ids, 3)); /* ids[2] again: fine */
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    tms_outbox_op_free(&op);
+    {
+        long long n = sql_query(&s, "SELECT count(*) FROM inbox");
+        if (n != -2)
+            CHECK_EQ_INT(n, 3);
+    }
+    op = run_box(&s, inbox_batch(TMS_INBOX_SEEN, ids, 4));
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK(op->ids_seen[0] && op->ids_seen[1] && op->ids_seen[2]);
+    CHECK(!op->ids_seen[3]);
+    tms_outbox_op_free(&op);
+    /* one by one, the odd id is the same event */
+    op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "notifier", ids[1]));
+    CHECK(op->seen);
+    tms_outbox_op_free(&op);
+    op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "task", ids[1])); /* per consumer */
+    CHECK(!op->seen);
+    tms_outbox_op_free(&op);
+    close_store(&s);
+}
+
 static int nanswered;
 
 static void count_reply(tms_msg_t *msg)
@@ -385,6 +434,7 @@ static void tests(const adapter_t *a)
     backend = a->name;
     RUN_TEST(test_outbox);
     RUN_TEST(test_inbox);
+    RUN_TEST(test_inbox_batch);
     RUN_TEST(test_lifecycle);
     RUN_TEST(test_metrics);
     RUN_TEST(test_lead);

@@ -221,33 +221,55 @@ static void add(tms_mongo_t *m, mongoc_client_t *client, mongoc_collection_t *ou
     bson_destroy(doc);
 }
 
-static void inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t *op)
+/* One event's record or lookup; *seen is its answer (SEEN). false on an error. */
+static bool inbox_one(mongoc_collection_t *c, tms_outbox_op_t *op, const char *event_id, bool *seen)
 {
-    mongoc_collection_t *c = tms__mongo_coll(m, client, TMS_MONGO_INBOX);
     char id[sizeof(op->consumer) + sizeof(op->event_id) + 1];
     bson_error_t error;
     bson_t *doc;
-    snprintf(id, sizeof(id), "%s/%s", op->consumer, op->event_id);
+    bool ok = true;
+    snprintf(id, sizeof(id), "%s/%s", op->consumer, event_id);
     if (op->msg.op == TMS_INBOX_RECORD) {
         doc = BCON_NEW("_id", BCON_UTF8(id), "consumer", BCON_UTF8(op->consumer), "eventId",
-                       BCON_UTF8(op->event_id), "handledAt", BCON_INT64(tms_now_ms()));
+                       BCON_UTF8(event_id), "handledAt", BCON_INT64(tms_now_ms()));
         if (!mongoc_collection_insert_one(c, doc, NULL, NULL, &error) &&
-            !tms__mongo_duplicate(&error))
+            !tms__mongo_duplicate(&error)) {
             tms__mongo_fail(&op->err, &error, "inbox_record");
+            ok = false;
+        }
     } else {
         bson_t *opts = BCON_NEW("limit", BCON_INT64(1));
         mongoc_cursor_t *cur;
         const bson_t *found;
         doc = BCON_NEW("_id", BCON_UTF8(id));
         cur = mongoc_collection_find_with_opts(c, doc, opts, NULL);
-        if (mongoc_cursor_next(cur, &found))
-            op->seen = true;
-        else if (mongoc_cursor_error(cur, &error))
+        *seen = mongoc_cursor_next(cur, &found);
+        if (!*seen && mongoc_cursor_error(cur, &error)) {
             tms__mongo_fail(&op->err, &error, "inbox_seen");
+            ok = false;
+        }
         mongoc_cursor_destroy(cur);
         bson_destroy(opts);
     }
     bson_destroy(doc);
+    return ok;
+}
+
+/* One event (event_id) or a batch (ids), one after the other: the first error ends
+ * the op (a record is idempotent, so the batch can be sent again whole). */
+static void inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t *op)
+{
+    mongoc_collection_t *c = tms__mongo_coll(m, client, TMS_MONGO_INBOX);
+    bool seen = false;
+    if (!op->nids) {
+        inbox_one(c, op, op->event_id, &seen);
+        op->seen = seen;
+    }
+    for (size_t i = 0; i < op->nids; i++) {
+        if (!inbox_one(c, op, op->ids[i], &seen))
+            break;
+        op->ids_seen[i] = seen;
+    }
     mongoc_collection_destroy(c);
 }
 

@@ -21,9 +21,10 @@ static const tms_pg_stmt_t stmts[] = {
     /* the same event again is a retry, not an error (as on SQLite and MongoDB) */
     {"outbox_add", "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"},
-    {"inbox_seen", "SELECT 1 FROM inbox WHERE consumer = $1 AND event_id = $2"},
-    {"inbox_record", "INSERT INTO inbox (consumer, event_id, handled_at_ms) VALUES ($1, $2, $3)"
-                     " ON CONFLICT DO NOTHING"},
+    /* one event or a batch (op->ids): one statement, one commit */
+    {"inbox_seen", "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::text[])"},
+    {"inbox_record", "INSERT INTO inbox (consumer, event_id, handled_at_ms)"
+                     " SELECT $1::text, unnest($2::text[]), $3::bigint ON CONFLICT DO NOTHING"},
     {"outbox_pending", "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL"},
 };
 
@@ -36,6 +37,30 @@ static char *seq_array(const int64_t *seqs, size_t n)
     for (size_t i = 0; i < n; i++)
         len += (size_t)snprintf(s + len, cap - len, "%s%lld", i ? "," : "", (long long)seqs[i]);
     snprintf(s + len, cap - len, "}");
+    return s;
+}
+
+/* '{"id1","id2"}': the op's event ids (or its one event_id) as a text[] parameter,
+ * each quoted (a " or \\ escaped), whatever a producer put in them. Heap. */
+static char *id_array(const tms_outbox_op_t *op)
+{
+    size_t n = op->nids ? op->nids : 1, cap = n * (2 * 36 + 3) + 3, len = 0;
+    char *s = tms_malloc(cap);
+    s[len++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        const char *id = op->nids ? op->ids[i] : op->event_id;
+        if (i)
+            s[len++] = ',';
+        s[len++] = '"';
+        for (; *id; id++) {
+            if (*id == '"' || *id == '\\')
+                s[len++] = '\\';
+            s[len++] = *id;
+        }
+        s[len++] = '"';
+    }
+    s[len++] = '}';
+    s[len] = '\0';
     return s;
 }
 
@@ -67,8 +92,9 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
     case TMS_INBOX_SEEN:
     case TMS_INBOX_RECORD:
         c->nparams = msg->op == TMS_INBOX_RECORD ? 3 : 2;
+        c->heap = id_array(op);
         v[0] = op->consumer;
-        v[1] = op->event_id;
+        v[1] = c->heap;
         v[2] = tms__pg_i64(c->num[0], sizeof(c->num[0]), tms_now_ms());
         break;
     default: /* PENDING */
@@ -100,6 +126,12 @@ static void finish(tms_msg_t *msg, const PGresult *res)
     }
     case TMS_INBOX_SEEN:
         op->seen = n > 0;
+        for (size_t i = 0; i < op->nids; i++) {
+            op->ids_seen[i] = false;
+            for (int r = 0; r < n; r++)
+                if (strcmp(PQgetvalue(res, r, 0), op->ids[i]) == 0)
+                    op->ids_seen[i] = true;
+        }
         break;
     case TMS_OUTBOX_PENDING:
         op->count = n > 0 ? tms__pg_int(res, 0, 0) : 0;

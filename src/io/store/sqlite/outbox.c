@@ -103,6 +103,30 @@ static int mark_sent(tms_outbox_op_t *op, sqlite3_stmt *st)
     return SQLITE_DONE;
 }
 
+/* One event (event_id) or a batch (ids); a batch's records share the op's savepoint. */
+static int inbox(tms_outbox_op_t *op, int kind, sqlite3_stmt *st)
+{
+    size_t n = op->nids ? op->nids : 1;
+    int64_t now = tms_now_ms();
+    op->seen = false;
+    for (size_t i = 0; i < n; i++) {
+        int rc;
+        sqlite3_bind_text(st, 1, op->consumer, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, op->nids ? op->ids[i] : op->event_id, -1, SQLITE_STATIC);
+        if (kind == TMS_INBOX_RECORD)
+            sqlite3_bind_int64(st, 3, now);
+        rc = sqlite3_step(st);
+        sqlite3_reset(st);
+        if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+            return rc;
+        if (op->nids)
+            op->ids_seen[i] = rc == SQLITE_ROW;
+        else
+            op->seen = rc == SQLITE_ROW;
+    }
+    return SQLITE_DONE;
+}
+
 static bool outbox_writes(int op)
 {
     return op == TMS_OUTBOX_MARK_SENT || op == TMS_OUTBOX_ADD || op == TMS_INBOX_RECORD;
@@ -138,15 +162,7 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
     }
     case TMS_INBOX_SEEN:
     case TMS_INBOX_RECORD:
-        sqlite3_bind_text(st, 1, op->consumer, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, op->event_id, -1, SQLITE_STATIC);
-        if (kind == TMS_INBOX_RECORD)
-            sqlite3_bind_int64(st, 3, tms_now_ms());
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-            op->seen = true;
-            rc = SQLITE_DONE;
-        }
+        rc = inbox(op, kind, st);
         break;
     default: /* TMS_OUTBOX_PENDING */
         rc = sqlite3_step(st);
