@@ -32,9 +32,9 @@ typedef struct job job_t;
 typedef void (*inbox_fn)(job_t *job, const tms_error_t *err, bool seen);
 
 /* The inbox questions (SEEN) or records (RECORD) of the jobs that came while one of
- * the same kind was out: they go in one op, and one statement, when it is back. The
- * first goes at once; under load, a batch is whatever arrived during a round trip
- * (on PostgreSQL a record is a commit: one per batch, not one per mail). */
+ * the same kind was out: they go in one op when it is back. The first goes at once;
+ * under load, a batch is whatever arrived during a round trip (on PostgreSQL one
+ * statement, and for records one commit per batch instead of one per mail). */
 typedef struct inbox_queue {
     tms_outbox_op_kind_t kind;
     inbox_fn then;
@@ -168,7 +168,8 @@ static void inbox_pump(tms_notifier_t *n, inbox_queue_t *q)
         job_t *last = NULL;
         size_t k = q->n < INBOX_BATCH ? q->n : INBOX_BATCH;
         op->ids = tms_calloc(k, sizeof(*op->ids));
-        op->ids_seen = tms_calloc(k, sizeof(*op->ids_seen));
+        if (q->kind == TMS_INBOX_SEEN)
+            op->ids_seen = tms_calloc(k, sizeof(*op->ids_seen));
         op->nids = k;
         for (size_t i = 0; i < k; i++) {
             last = last ? last->queued : q->head;

@@ -45,9 +45,10 @@ typedef struct tms_outbox_op {
     tms_outbox_event_t event; /* ADD */
     char consumer[32];
     char event_id[37];
-    /* SEEN and RECORD for several events in one statement (the notifier's batches):
-     * when nids > 0, ids[0..nids) instead of event_id, and SEEN answers in
-     * ids_seen[0..nids) (allocated by the caller) instead of seen. */
+    /* SEEN and RECORD for several events in one op (the notifier's batches; one
+     * statement on PostgreSQL): when nids > 0, ids[0..nids) instead of event_id, and
+     * SEEN answers in ids_seen[0..nids) (allocated by the caller; NULL for RECORD)
+     * instead of seen. */
     char (*ids)[37]; /* heap */
     size_t nids;
     bool *ids_seen; /* heap */

@@ -22,11 +22,14 @@ typedef struct fake_mailer {
     int submits;
     int submits_after_close;
     bool closed;
+    char mailed[128][37]; /* the event ids of the first 128 mails */
 } fake_mailer_t;
 
 static int mailer_submit(tms_mailer_t *self, tms_mail_t **pmail)
 {
     fake_mailer_t *m = (fake_mailer_t *)self;
+    if (m->submits < 128)
+        snprintf(m->mailed[m->submits], sizeof(m->mailed[0]), "%s", (*pmail)->event_id);
     m->submits++;
     if (m->closed) {
         m->submits_after_close++;
@@ -45,7 +48,7 @@ typedef struct fake_inbox {
     int seen_ops, record_ops;
     size_t seen_nids[16]; /* events asked in each SEEN op */
     char seen_id[37];
-    bool hold;
+    bool hold, refuse;
     tms_outbox_op_t *held[16];
     int nheld;
 } fake_inbox_t;
@@ -55,6 +58,8 @@ static int inbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     fake_inbox_t *o = (fake_inbox_t *)self;
     tms_outbox_op_t *op = *pop;
     size_t n = op->nids ? op->nids : 1;
+    if (o->refuse)
+        return -TMS_ECLOSED; /* the op stays the caller's */
     *pop = NULL;
     if (op->msg.op == TMS_INBOX_RECORD) {
         o->records += (int)n;
@@ -65,7 +70,7 @@ static int inbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
         o->seen_ops++;
     }
     op->seen = !op->nids && strcmp(op->event_id, o->seen_id) == 0;
-    for (size_t i = 0; i < op->nids; i++)
+    for (size_t i = 0; op->ids_seen && i < op->nids; i++)
         op->ids_seen[i] = strcmp(op->ids[i], o->seen_id) == 0;
     if (o->hold && o->nheld < 16) {
         o->held[o->nheld++] = op;
@@ -127,9 +132,9 @@ static void env_init(env_t *e)
     e->inbox.port.submit = inbox_submit;
     fake_bus_init(&e->bus);
     uv_loop_init(&e->loop);
-    e->auth = tms_mailbox_new(&e->loop, "auth", 16, on_auth, NULL);
+    e->auth = tms_mailbox_new(&e->loop, "auth", 128, on_auth, NULL);
     e->notifier = tms_notifier_start(&e->loop, &(tms_notifier_config_t){
-                                                   .mailbox_capacity = 16,
+                                                   .mailbox_capacity = 128,
                                                    .mailer = &e->mailer.port,
                                                    .inbox = &e->inbox.port,
                                                    .auth = e->auth,
@@ -213,21 +218,30 @@ static void test_no_mail_after_mailer_closed(void)
     env_fini(&e);
 }
 
+static bool was_mailed(const fake_mailer_t *m, const char *event_id)
+{
+    for (int i = 0; i < m->submits && i < 128; i++)
+        if (strcmp(m->mailed[i], event_id) == 0)
+            return true;
+    return false;
+}
+
 /* Events that come while an inbox op is out share the next one (on PostgreSQL one
- * statement and, for records, one commit), and each gets its own answer: here the
- * third was handled before, so it is not mailed again. Before batching, every event
- * had an inbox op of its own. */
+ * statement and, for records, one commit), INBOX_BATCH (64) at most, and each gets
+ * its own answer: here the third was handled before, so it alone is not mailed
+ * again. Before batching, every event had an inbox op of its own. */
 static void test_inbox_ops_are_batched(void)
 {
+    enum { N = 70 };
     static env_t e;
-    char ids[5][37];
+    static char ids[N][37];
     env_init(&e);
     answer_at_once = true;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < N; i++)
         snprintf(ids[i], sizeof(ids[i]), "3f0c1d8e-6a52-4c8f-9a57-0d2b6f4e1b%02d", i);
     snprintf(e.inbox.seen_id, sizeof(e.inbox.seen_id), "%s", ids[2]);
     e.inbox.hold = true;
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < N; i++)
         post_delivery(&e, ids[i]);
     for (int i = 0; i < 100; i++)
         uv_run(&e.loop, UV_RUN_NOWAIT);
@@ -235,13 +249,42 @@ static void test_inbox_ops_are_batched(void)
     CHECK_EQ_INT(e.inbox.seen_nids[0], 1);
     e.inbox.hold = false;
     inbox_release(&e.inbox);
-    run_until_acks(&e, 5);
-    CHECK_EQ_INT(e.inbox.seen_ops, 2); /* the four others in one */
-    CHECK_EQ_INT(e.inbox.seen_nids[1], 4);
-    CHECK_EQ_INT(e.mailer.submits, 4); /* the one seen before is not mailed */
-    CHECK_EQ_INT(e.inbox.records, 4);
-    CHECK(e.inbox.record_ops < 4);
+    run_until_acks(&e, N);
+    CHECK_EQ_INT(e.inbox.seen_ops, 3); /* then 64, then the 5 left */
+    CHECK_EQ_INT(e.inbox.seen_nids[1], 64);
+    CHECK_EQ_INT(e.inbox.seen_nids[2], 5);
+    CHECK_EQ_INT(e.mailer.submits, N - 1);
+    for (int i = 0; i < N; i++)
+        CHECK(was_mailed(&e.mailer, ids[i]) == (i != 2));
+    CHECK_EQ_INT(e.inbox.records, N - 1);
+    CHECK(e.inbox.record_ops < N - 1);
     CHECK_EQ_INT(e.bus.last.kind, TMS_ACK_OK);
+    CHECK_EQ_INT(tms_notifier_inflight(e.notifier), 0);
+    answer_at_once = false;
+    env_fini(&e);
+}
+
+/* An inbox that refuses ops (its queue full or closed): every event of the batch is
+ * acknowledged transient (it comes again), none is lost or mailed. */
+static void test_refused_inbox_batch_acks_each(void)
+{
+    static env_t e;
+    env_init(&e);
+    answer_at_once = true;
+    e.inbox.hold = true;
+    post_delivery(&e, "3f0c1d8e-6a52-4c8f-9a57-0d2b6f4e1c01");
+    for (int i = 0; i < 100; i++)
+        uv_run(&e.loop, UV_RUN_NOWAIT);
+    e.inbox.refuse = true;
+    post_delivery(&e, "3f0c1d8e-6a52-4c8f-9a57-0d2b6f4e1c02");
+    post_delivery(&e, "3f0c1d8e-6a52-4c8f-9a57-0d2b6f4e1c03");
+    for (int i = 0; i < 100; i++)
+        uv_run(&e.loop, UV_RUN_NOWAIT);
+    CHECK_EQ_INT(e.bus.acks, 0); /* waiting for the op out */
+    inbox_release(&e.inbox);     /* the first is answered; the two others are refused */
+    run_until_acks(&e, 3);
+    CHECK_EQ_INT(e.mailer.submits, 1);
+    CHECK_EQ_INT(e.bus.last.kind, TMS_ACK_TRANSIENT);
     CHECK_EQ_INT(tms_notifier_inflight(e.notifier), 0);
     answer_at_once = false;
     env_fini(&e);
@@ -252,5 +295,6 @@ int main(void)
     RUN_TEST(test_delivery_is_mailed);
     RUN_TEST(test_no_mail_after_mailer_closed);
     RUN_TEST(test_inbox_ops_are_batched);
+    RUN_TEST(test_refused_inbox_batch_acks_each);
     TEST_EXIT();
 }

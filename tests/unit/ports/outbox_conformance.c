@@ -223,7 +223,8 @@ static tms_outbox_op_t *inbox_batch(int kind, char (*ids)[37], size_t n)
     tms_outbox_op_t *op = box_op(kind);
     snprintf(op->consumer, sizeof(op->consumer), "notifier");
     op->ids = tms_calloc(n, sizeof(*op->ids));
-    op->ids_seen = tms_calloc(n, sizeof(*op->ids_seen));
+    if (kind == TMS_INBOX_SEEN) /* a record has no answers to give */
+        op->ids_seen = tms_calloc(n, sizeof(*op->ids_seen));
     memcpy(op->ids, ids, n * sizeof(*ids));
     op->nids = n;
     return op;

@@ -268,7 +268,8 @@ static void inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t *op)
     for (size_t i = 0; i < op->nids; i++) {
         if (!inbox_one(c, op, op->ids[i], &seen))
             break;
-        op->ids_seen[i] = seen;
+        if (op->msg.op == TMS_INBOX_SEEN)
+            op->ids_seen[i] = seen;
     }
     mongoc_collection_destroy(c);
 }

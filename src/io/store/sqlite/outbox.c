@@ -119,6 +119,8 @@ static int inbox(tms_outbox_op_t *op, int kind, sqlite3_stmt *st)
         sqlite3_reset(st);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE)
             return rc;
+        if (kind == TMS_INBOX_RECORD)
+            continue;
         if (op->nids)
             op->ids_seen[i] = rc == SQLITE_ROW;
         else
