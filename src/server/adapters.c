@@ -201,7 +201,7 @@ bool server_smtp_url(const char *url)
 
 /* The mailer of mail.url (worker 0 only: it alone runs the notifier), SMTP or
  * Maildir, sending on its own pool. Its threads run at nice MAIL_NICE: rendering and
- * writing a mail (two fsyncs for Maildir) then takes the CPU the loops leave, so a
+ * writing a mail (fsyncs for Maildir) then takes the CPU the loops leave, so a
  * burst of assigning creates is answered first and its mails follow (issue 20). */
 #define MAIL_NICE 10
 int server_open_mailer(tms_server_t *s)

@@ -5,6 +5,7 @@
 #define _XOPEN_SOURCE 700
 #include <dirent.h>
 #include <ftw.h>
+#include <semaphore.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,7 @@ typedef struct env {
     tms_mail_t *sent;
     tms_status_t code;
     int duplicate;
+    int ok, duplicates, failed; /* of many mails at once (on_many) */
 } env_t;
 
 static void on_request(void *owner, tms_msg_t *msg)
@@ -72,7 +74,7 @@ static void env_init(env_t *e)
     memset(e, 0, sizeof(*e));
     uv_loop_init(&e->loop);
     e->inbox = tms_mailbox_new(&e->loop, "maildir_test", 16, on_request, e);
-    e->pool = tms_workpool_new("mailpool", 2, 8);
+    e->pool = tms_workpool_new("mailpool", 2, 64);
     snprintf(e->root, sizeof(e->root), "/tmp/tms_maildir_XXXXXX");
     CHECK(mkdtemp(e->root) != NULL);
     /* Two missing levels: new must create parents as well. */
@@ -358,9 +360,84 @@ static void test_new_fails(void)
     env_dispose(&e);
 }
 
+static void on_many(tms_msg_t *msg)
+{
+    tms_mail_t *mail = (tms_mail_t *)msg;
+    env_t *e = msg->ctx;
+    e->ok += mail->err.code == TMS_OK && !mail->duplicate;
+    e->duplicates += mail->err.code == TMS_OK && mail->duplicate;
+    e->failed += mail->err.code != TMS_OK;
+    e->replies++;
+    tms_mail_free(&mail);
+}
+
+/* A job that holds a pool thread until the gate opens. */
+static sem_t gate;
+
+static void run_gate(tms_job_t *job)
+{
+    (void)job;
+    sem_wait(&gate);
+}
+
+static void free_gate(tms_msg_t *msg)
+{
+    free(msg);
+}
+
+/* Mails submitted together are written together: each file fsynced and linked, then
+ * one fsync of new/ for the batch (tms_mail_syncs_total), and each answered after it;
+ * an event twice in one batch is written once, and a bad mail fails alone. Both pool
+ * threads are held while the mails are submitted, so that all of them are queued when
+ * the first runs. Before, every mail had its own fsync of new/. */
+static void test_mails_written_together_share_a_sync(void)
+{
+    enum { N = 40 };
+    env_t e;
+    char err[256] = "", id[37];
+    tms_counter_t *syncs = tms_metrics_counter("tms_mail_syncs_total", "", "");
+    uint64_t syncs0 = tms_counter_value(syncs);
+    env_init(&e);
+    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
+                                           e.pool, err, sizeof(err));
+    CHECK(mailer != NULL);
+    CHECK_EQ_INT(sem_init(&gate, 0, 0), 0);
+    for (int i = 0; i < 2; i++) {
+        tms_job_t *g = tms_new(tms_job_t);
+        g->run = run_gate;
+        g->msg.free_fn = free_gate; /* no reply_to: freed when done */
+        CHECK_EQ_INT(tms_workpool_submit(e.pool, &g), 0);
+    }
+    for (int i = 0; i <= N; i++) {
+        /* the 40th is the first's event again; the 41st has no valid event id */
+        if (i < N)
+            snprintf(id, sizeof(id), "00000000-0000-4000-8000-0000000000%02d", i % (N - 1));
+        else
+            snprintf(id, sizeof(id), "not an event id");
+        tms_mail_t *m = make_mail(&e, "bob@example.com", id);
+        m->msg.cont = on_many;
+        CHECK_EQ_INT(tms_mailer_submit(mailer, &m), 0);
+    }
+    sem_post(&gate);
+    sem_post(&gate);
+    while (e.replies < N + 1 && uv_run(&e.loop, UV_RUN_ONCE))
+        ;
+    CHECK_EQ_INT(e.replies, N + 1);
+    CHECK_EQ_INT(e.ok, N - 1);
+    CHECK_EQ_INT(e.duplicates, 1);
+    CHECK_EQ_INT(e.failed, 1);
+    CHECK_EQ_INT(count_in(&e, "new"), N - 1);
+    CHECK_EQ_INT(count_in(&e, "tmp"), 0);
+    CHECK_EQ_INT(tms_counter_value(syncs) - syncs0, 1);
+    close_mailer(&e, &mailer);
+    sem_destroy(&gate);
+    env_dispose(&e);
+}
+
 int main(void)
 {
     RUN_TEST(test_write_and_duplicate);
+    RUN_TEST(test_mails_written_together_share_a_sync);
     RUN_TEST(test_refused_mail_writes_nothing);
     RUN_TEST(test_new_fails);
     TEST_EXIT();
