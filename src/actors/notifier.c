@@ -18,7 +18,7 @@
 #define SUBJECT "New Task Assigned"
 #define LIMIT_KEYS 20000 /* buckets per limit (~130 bytes each): ~5 MiB at most for both */
 #define DEAD_KEPT 256    /* events the mailer dead-lettered, remembered (~200 bytes each) */
-#define INBOX_BATCH 64   /* events in one inbox statement at most */
+#define INBOX_BATCH 64   /* events in one inbox op at most */
 
 /* Why each failure is what it is (core/event_bus.h): a store, the user lookup or the
  * mailer that does not answer is transient (the event waits, paused, and is never
@@ -187,9 +187,9 @@ static void inbox_pump(tms_notifier_t *n, inbox_queue_t *q)
         snprintf(op->consumer, sizeof(op->consumer), CONSUMER);
         q->out = true;
         if (tms_outbox_submit(n->cfg.inbox, &op) != 0) {
-            tms_error_t err = {.code = TMS_UNAVAILABLE};
+            tms_error_t err;
             job_t *batch = q->sent;
-            snprintf(err.message, sizeof(err.message), "inbox queue full or closed");
+            tms_error_set(&err, TMS_UNAVAILABLE, "inbox queue full or closed");
             tms_outbox_op_free(&op);
             q->sent = NULL;
             inbox_answer(q, batch, &err, NULL);

@@ -1,7 +1,8 @@
 /* Maildir mailer. The loop never touches the file system: submit wraps the mail in a
- * workpool job, the worker renders and writes it, and on the submitter's loop the
- * job's continuation copies the outcome into the mail and hands the mail itself to
- * the mail's own continuation, so the caller only ever sees its tms_mail_t.
+ * workpool job, a worker renders and writes it (that job's worker, or another that took
+ * it into its batch: below), and on the submitter's loop the job's continuation copies
+ * the outcome into the mail and hands the mail itself to the mail's own continuation,
+ * so the caller only ever sees its tms_mail_t.
  *
  * Delivery is idempotent per event: the file name is `<event_id>.tms`, the file is
  * written under a unique name in tmp/ and hard-linked into new/, where link() fails

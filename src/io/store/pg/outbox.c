@@ -21,9 +21,10 @@ static const tms_pg_stmt_t stmts[] = {
     /* the same event again is a retry, not an error (as on SQLite and MongoDB) */
     {"outbox_add", "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"},
-    /* one event or a batch (op->ids): one statement, one commit. A batch's rows go in
-     * id order: two processes recording the same events (an event published twice
-     * lands on two of them) then wait for each other in one order, never deadlock */
+    /* one event or a batch (op->ids): one statement each (a record, one commit). A
+     * batch's rows go in id order: two processes recording the same events (an event
+     * published twice lands on two of them) then wait for each other in one order,
+     * never deadlock */
     {"inbox_seen", "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::text[])"},
     {"inbox_record", "INSERT INTO inbox (consumer, event_id, handled_at_ms)"
                      " SELECT $1::text, e, $3::bigint FROM unnest($2::text[]) AS e ORDER BY e"
