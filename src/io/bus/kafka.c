@@ -135,6 +135,7 @@ struct tms_kafka_bus {
     char *security[4]; /* security.protocol, ssl.ca/certificate/key.location ("": unset) */
     char *topics[MAX_TOPICS];
     int ntopics;
+    rd_kafka_topic_t *warm[MAX_TOPICS]; /* the producer's handles of topics[] (see warm_topics) */
     rd_kafka_t *producer;
     rd_kafka_queue_t *main_q;
     int fds[2];
@@ -538,6 +539,27 @@ static void create_topics(kbus_t *bus)
     rd_kafka_AdminOptions_destroy(ao);
 }
 
+/* librdkafka before 2.10.1 looks up the metadata of a topic first produced to only on
+ * its once-a-second topic scan (librdkafka #5032), so each process's first event and
+ * first push doorbell on a topic waited up to 1 s. A handle per topic, made once the
+ * topics exist, asks for their metadata now; the handles live as long as the producer. */
+static void warm_topics(kbus_t *bus)
+{
+    for (int i = 0; i < bus->ntopics; i++) {
+        if (!bus->warm[i])
+            bus->warm[i] = rd_kafka_topic_new(bus->producer, bus->topics[i], NULL);
+    }
+}
+
+static void unwarm_topics(kbus_t *bus)
+{
+    for (int i = 0; i < bus->ntopics; i++) {
+        if (bus->warm[i])
+            rd_kafka_topic_destroy(bus->warm[i]);
+        bus->warm[i] = NULL;
+    }
+}
+
 static void on_topics_created(kbus_t *bus, rd_kafka_event_t *ev)
 {
     const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
@@ -564,6 +586,7 @@ static void on_topics_created(kbus_t *bus, rd_kafka_event_t *ev)
      * metadata refresh once something creates it (the broker may auto-create). */
     if (!bus->topics_ready) {
         bus->topics_ready = 1;
+        warm_topics(bus);
         for (sub_t *s = bus->subs; s; s = s->next)
             start_consumer(s);
     }
@@ -1624,6 +1647,7 @@ static void destroy(kbus_t *bus)
             rd_kafka_event_destroy(ev);
         }
     }
+    unwarm_topics(bus);
     rd_kafka_queue_destroy(bus->main_q);
     rd_kafka_destroy(bus->producer);
     tms_metrics_drop_gauges_of(bus);
