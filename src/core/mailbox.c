@@ -72,8 +72,11 @@ tms_mailbox_t *tms_mailbox_new_threaded(const char *name, size_t capacity)
     return mb;
 }
 
-/* Appends under the lock; returns true when the consumer must be woken (the list
- * went from empty to non-empty), so a burst of posts costs one wake-up. */
+/* Appends under the lock; returns true when the consumer must be woken. A loop's
+ * mailbox has one consumer: only when the list went from empty to non-empty, so a
+ * burst of posts costs one wake-up. A threaded one (a work pool) may have several
+ * consumers asleep: every post wakes one, or a second idle thread would sleep while
+ * jobs wait behind the first (glibc's signal costs no system call with no waiter). */
 static bool append_locked(tms_mailbox_t *mb, tms_msg_t *msg)
 {
     bool was_empty = mb->head == NULL;
@@ -88,7 +91,7 @@ static bool append_locked(tms_mailbox_t *mb, tms_msg_t *msg)
         mb->queued_requests++;
     if (mb->depth > mb->peak)
         mb->peak = mb->depth;
-    return was_empty;
+    return was_empty || mb->threaded;
 }
 
 /* Same-thread fast path. While a loop thread drains a mailbox, posts it makes to

@@ -213,6 +213,32 @@ static void test_nice_is_not_idle(void)
     CHECK_EQ_INT(atomic_load(&seen_policy), SCHED_OTHER);
 }
 
+/* Jobs posted back to back run on every idle thread. A post woke a sleeper only when
+ * the queue had been empty, so the second of two quick posts could wait for the first
+ * job's thread while another slept: a login burst ran on fewer hash threads than
+ * configured. Two blocking jobs must both start; 50 rounds (13 of 20 failed before). */
+static void test_back_to_back_jobs_use_every_thread(void)
+{
+    tms_workpool_t *pool = tms_workpool_new("burst", 2, 16);
+    for (int round = 0; round < 50; round++) {
+        int waited_ms = 0;
+        atomic_store(&started, 0);
+        atomic_store(&ran, 0);
+        open_gate(0);
+        CHECK_EQ_INT(submit(pool, "", 0), 0);
+        CHECK_EQ_INT(submit(pool, "", 0), 0);
+        while (atomic_load(&started) < 2 && waited_ms < 2000) {
+            usleep(1000);
+            waited_ms++;
+        }
+        CHECK_EQ_INT(atomic_load(&started), 2);
+        open_gate(1);
+        while (atomic_load(&ran) < 2)
+            usleep(1000);
+    }
+    tms_workpool_free(&pool);
+}
+
 int main(void)
 {
     RUN_TEST(test_per_key_limit);
@@ -221,5 +247,6 @@ int main(void)
     RUN_TEST(test_idle);
     RUN_TEST(test_nice_is_not_idle);
     RUN_TEST(test_idle_kicker_wakes_while_a_job_runs);
+    RUN_TEST(test_back_to_back_jobs_use_every_thread);
     TEST_EXIT();
 }
