@@ -82,13 +82,6 @@ typedef struct pending {
     struct pending *queued; /* next in md's queue, under md->lock */
 } pending_t;
 
-/* The pool's job that writes the queue out. Apart from md: the pool frees it after
- * run returns, when md may be gone already. */
-typedef struct drain_job {
-    tms_job_t job; /* first member */
-    maildir_t *md;
-} drain_job_t;
-
 /* A mail came back (on the submitter's loop, or on a worker when its reply had
  * nowhere to go). */
 static void mail_done(maildir_t *md)
@@ -331,7 +324,7 @@ static void write_batch(maildir_t *md, pending_t **batch, size_t n)
 /* The drain job: writes the queue out batch by batch until it is empty. */
 static void run_drain(tms_job_t *job)
 {
-    maildir_t *md = ((drain_job_t *)job)->md;
+    maildir_t *md = job->msg.ctx;
     pending_t *a[MAX_BATCH], *b[MAX_BATCH], **batch = a, **next = b, **t;
     size_t n = take_batch(md, batch), m;
     while (n > 0) {
@@ -395,19 +388,19 @@ static void free_pending_msg(tms_msg_t *msg)
     mail_done(md);
 }
 
-/* Under md->lock, with the queue empty and no drain job: schedules one. Returns 0, or
- * the pool's -TMS_EFULL or -TMS_ECLOSED. */
+/* Under md->lock, with the queue empty and no drain job: schedules one, apart from md
+ * since the pool frees it after run returns, when md may be gone. Returns 0, or the
+ * pool's -TMS_EFULL or -TMS_ECLOSED. */
 static int schedule_drain(maildir_t *md)
 {
-    drain_job_t *d = tms_new(drain_job_t);
-    tms_job_t *job = &d->job;
+    tms_job_t *job = tms_new(tms_job_t);
     int rc;
-    d->md = md;
     job->run = run_drain;
+    job->msg.ctx = md;
     job->msg.free_fn = free_drain_job; /* no reply_to: the pool frees it when done */
     rc = tms_workpool_submit(md->pool, &job);
     if (rc != 0) {
-        free(d);
+        free(job);
         return rc;
     }
     md->draining = true;
