@@ -217,7 +217,7 @@ int server_open_mailer(tms_server_t *s)
     } else {
         s->mailer =
             tms_maildir_new(s->loop, maildir, cfg->mail.from, strchr(cfg->mail.from, '@') + 1,
-                            s->mail_pool, err, sizeof(err));
+                            s->mail_pool, (size_t)cfg->server.mailbox_capacity, err, sizeof(err));
     }
     if (!s->mailer) {
         fprintf(stderr, "tms: mail.url: %s\n", err);

@@ -1,8 +1,8 @@
-/* Maildir mailer. The loop never touches the file system: submit wraps the mail in a
- * workpool job, a worker renders and writes it (that job's worker, or another that took
- * it into its batch: below), and on the submitter's loop the job's continuation copies
- * the outcome into the mail and hands the mail itself to the mail's own continuation,
- * so the caller only ever sees its tms_mail_t.
+/* Maildir mailer. The loop never touches the file system: submit queues the mail and, if
+ * no drain job is scheduled or running, schedules one on the workpool; that job renders
+ * and writes the queued mails, and each mail's answer goes back to the submitter's loop,
+ * where it copies the outcome into the mail and hands the mail itself to the mail's own
+ * continuation, so the caller only ever sees its tms_mail_t.
  *
  * Delivery is idempotent per event: the file name is `<event_id>.tms`, the file is
  * written under a unique name in tmp/ and hard-linked into new/, where link() fails
@@ -12,15 +12,15 @@
  * new/ to cur/ between that scan and the link can still cause a second copy; that
  * window is a few microseconds, and consumers are at-least-once anyway.
  *
- * Mails written together share the fsync of new/: a worker takes the mails queued when
- * it starts (MAX_BATCH at most, its own among them or after them) and writes them in
- * submit order, each file written and fsynced, then linked, then new/ fsynced once for
- * all. A mail is answered only after a fsync of new/ that began after its link, or
- * after the link it found there (a duplicate in new/ may be another batch's, not yet
- * synced). Their own jobs, when they run, find them written (or wait for the batch)
- * and just return. Under load that halves the fsyncs (issue 20: the mail thread was
- * 15 % of the server core in pg_post); the files of a batch are written one after the
- * other, and a mail waits for its batch. */
+ * Mails written together share the fsync of new/: the drain job takes the mails at the
+ * head of the queue (MAX_BATCH at most) and writes them in submit order, each file
+ * written and fsynced, then linked, then new/ fsynced once for all, and goes on until
+ * the queue is empty. A mail is answered only after a fsync of new/ that began after
+ * its link, or after the link it found there (a duplicate in new/ may be another
+ * batch's, not yet synced). Under load that halves the fsyncs (issue 20: the mail
+ * thread was 15 % of the server core in pg_post); the files are written one after the
+ * other on one thread at a time, and a mail waits for its batch. At most queue_capacity
+ * mails wait for a batch; a submit beyond that is refused (-TMS_EFULL). */
 #include "io/mail/maildir.h"
 
 #include <dirent.h>
@@ -46,7 +46,7 @@
 #define STALE_TMP_SECONDS (36 * 3600)
 /* Room left in a path buffer after the directory for "/new/<36>.tms.<pid>.<n>". */
 #define NAME_ROOM 96
-/* Mails written by one worker before their one fsync of new/. */
+/* Mails written before their one fsync of new/. */
 #define MAX_BATCH 64
 
 typedef struct maildir {
@@ -57,29 +57,30 @@ typedef struct maildir {
     uv_async_t async; /* unreferenced: closing and the last mail came back */
     tms_port_closed_fn closed_cb;
     void *closed_ctx;
-    char *dir, *from, *domain;
+    char *dir, *dir_new, *from, *domain;
     tms_workpool_t *pool;
+    size_t capacity; /* mails queued at most */
     tms_counter_t *written, *duplicates, *syncs;
     tms_histogram_t *duration;
     atomic_uint_fast64_t tmp_seq;
-    /* Mails submitted and not yet taken into a batch, in submit order; and the
-     * batches' end, for jobs whose mail another worker is writing. */
+    /* Mails submitted and not yet taken into a batch, in submit order, and whether a
+     * drain job is scheduled or running (always, while the queue is not empty). */
     pthread_mutex_t lock;
-    pthread_cond_t written_cond;
-    struct write_job *queue_head, *queue_tail;
+    struct pending *queue_head, *queue_tail;
+    size_t queued;
+    bool draining;
 } maildir_t;
 
-typedef struct write_job {
-    tms_job_t job; /* first member */
+/* A mail from submit to its answer, which is this message sent to the mail's
+ * reply_to. */
+typedef struct pending {
+    tms_msg_t msg; /* first member */
     maildir_t *md;
     tms_mail_t *mail;
     tms_error_t err; /* filled on the worker, copied into the mail on the loop */
     int duplicate;
-    /* under md->lock */
-    struct write_job *queued; /* next in md's queue */
-    bool taken;               /* in a batch (its own worker's or another's) */
-    bool written;             /* its batch is done: err and duplicate are final */
-} write_job_t;
+    struct pending *queued; /* next in md's queue, under md->lock */
+} pending_t;
 
 /* A mail came back (on the submitter's loop, or on a worker when its reply had
  * nowhere to go). */
@@ -172,7 +173,7 @@ static int fsync_dir(const char *path)
 enum { WROTE_NOTHING, LINKED, FOUND_IN_NEW };
 
 /* Renders, writes, fsyncs and links one mail. */
-static int write_one(write_job_t *w)
+static int write_one(pending_t *w)
 {
     maildir_t *md = w->md;
     const tms_mail_t *mail = w->mail;
@@ -195,7 +196,7 @@ static int write_one(write_job_t *w)
     }
     snprintf(name, sizeof(name), "%s.tms", mail->event_id);
     snprintf(dir_cur, sizeof(dir_cur), "%s/cur", md->dir);
-    snprintf(dst, sizeof(dst), "%s/new/%s", md->dir, name);
+    snprintf(dst, sizeof(dst), "%s/%s", md->dir_new, name);
     snprintf(tmp, sizeof(tmp), "%s/tmp/%s.%ld.%llu", md->dir, name, (long)getpid(),
              (unsigned long long)atomic_fetch_add(&md->tmp_seq, 1));
 
@@ -267,38 +268,40 @@ done:
     return out;
 }
 
-/* Takes the mails at the head of the queue (MAX_BATCH at most) and writes them: each
- * file fsynced and linked, then one fsync of new/ for all. Called and returns with
- * md->lock held; the queue is not empty. */
-static void write_batch(maildir_t *md)
+/* Takes the mails at the head of the queue (MAX_BATCH at most) into batch; when there
+ * are none, the drain ends (the next submit schedules another). Returns how many. */
+static size_t take_batch(maildir_t *md, pending_t **batch)
 {
-    write_job_t *batch[MAX_BATCH];
-    int did[MAX_BATCH];
-    double began[MAX_BATCH];
-    bool sync = false;
-    char dir_new[PATH_MAX];
     size_t n = 0;
-
+    pthread_mutex_lock(&md->lock);
     while (md->queue_head && n < MAX_BATCH) {
-        write_job_t *q = md->queue_head;
-        md->queue_head = q->queued;
-        q->queued = NULL;
-        q->taken = true;
-        batch[n++] = q;
+        batch[n++] = md->queue_head;
+        md->queue_head = md->queue_head->queued;
     }
     if (!md->queue_head)
         md->queue_tail = NULL;
+    md->queued -= n;
+    if (n == 0)
+        md->draining = false;
     pthread_mutex_unlock(&md->lock);
+    return n;
+}
+
+/* Writes a batch: each file fsynced and linked, then one fsync of new/ for all. */
+static void write_batch(maildir_t *md, pending_t **batch, size_t n)
+{
+    int did[MAX_BATCH];
+    double began[MAX_BATCH];
+    bool sync = false;
 
     for (size_t i = 0; i < n; i++) {
         began[i] = now_seconds();
         did[i] = write_one(batch[i]);
         sync |= did[i] != WROTE_NOTHING;
     }
-    snprintf(dir_new, sizeof(dir_new), "%s/new", md->dir);
     if (sync) {
         tms_counter_add(md->syncs, 1);
-        if (fsync_dir(dir_new) != 0) {
+        if (fsync_dir(md->dir_new) != 0) {
             int e = errno;
             tms_log_error("maildir_write_failed",
                           "op=fsync_dir mails=%zu first_event_id=%s errno=%d"
@@ -316,26 +319,31 @@ static void write_batch(maildir_t *md)
             tms_counter_add(md->written, 1);
         tms_histogram_observe(md->duration, now_seconds() - began[i]);
     }
-    pthread_mutex_lock(&md->lock);
-    for (size_t i = 0; i < n; i++)
-        batch[i]->written = true; /* its own job may return (and its mail be freed) now */
-    pthread_cond_broadcast(&md->written_cond);
 }
 
-/* The pool's job for one mail: writes it in a batch with the mails queued beside it,
- * unless another worker took it into its batch (then waits for that batch's end). */
-static void run_write(tms_job_t *job)
+/* The drain job: writes the queue out batch by batch until it is empty. */
+static void run_drain(tms_job_t *job)
 {
-    write_job_t *w = (write_job_t *)job;
-    maildir_t *md = w->md;
-    pthread_mutex_lock(&md->lock);
-    /* w is in the queue (submit queued it under this lock) until a batch takes it, by
-     * this worker or another: every batch takes the head, so w's turn comes */
-    while (!w->taken)
-        write_batch(md);
-    while (!w->written)
-        pthread_cond_wait(&md->written_cond, &md->lock);
-    pthread_mutex_unlock(&md->lock);
+    maildir_t *md = job->msg.ctx;
+    pending_t *a[MAX_BATCH], *b[MAX_BATCH], **batch = a, **next = b, **t;
+    size_t n = take_batch(md, batch), m;
+    while (n > 0) {
+        write_batch(md, batch, n);
+        /* The next batch is taken before this one is answered: once its last mail is
+         * back, a closing md may be freed (the mails still queued keep it until then). */
+        m = take_batch(md, next);
+        for (size_t i = 0; i < n; i++)
+            tms_mailbox_reply(&batch[i]->msg);
+        t = batch;
+        batch = next;
+        next = t;
+        n = m;
+    }
+}
+
+static void free_drain_job(tms_msg_t *msg)
+{
+    free(msg);
 }
 
 /* ---- back on the submitter's loop ---------------------------------------- */
@@ -352,27 +360,27 @@ static void return_mail(tms_mail_t *mail)
         tms_mail_free(&mail);
 }
 
-/* The job arrived in mail->msg.reply_to's mailbox, so this already runs where the
+/* The answer arrived in mail->msg.reply_to's mailbox, so this already runs where the
  * mail's continuation must: call it directly rather than queue a second hop. */
 static void on_written(tms_msg_t *msg)
 {
-    write_job_t *w = (write_job_t *)msg;
-    tms_mail_t *mail = w->mail;
-    maildir_t *md = w->md;
-    mail->err = w->err;
-    mail->duplicate = w->duplicate;
-    free(w);
+    pending_t *p = (pending_t *)msg;
+    tms_mail_t *mail = p->mail;
+    maildir_t *md = p->md;
+    mail->err = p->err;
+    mail->duplicate = p->duplicate;
+    free(p);
     return_mail(mail);
     mail_done(md);
 }
 
-/* The reply could not be delivered (no reply_to, or it was freed): drop both. */
-static void free_job_msg(tms_msg_t *msg)
+/* The answer could not be delivered (no reply_to, or it was freed): drop both. */
+static void free_pending_msg(tms_msg_t *msg)
 {
-    write_job_t *w = (write_job_t *)msg;
-    tms_mail_t *mail = w->mail;
-    maildir_t *md = w->md;
-    free(w);
+    pending_t *p = (pending_t *)msg;
+    tms_mail_t *mail = p->mail;
+    maildir_t *md = p->md;
+    free(p);
     if (mail->msg.free_fn)
         mail->msg.free_fn(&mail->msg);
     else
@@ -380,12 +388,30 @@ static void free_job_msg(tms_msg_t *msg)
     mail_done(md);
 }
 
+/* Under md->lock, with the queue empty and no drain job: schedules one, apart from md
+ * since the pool frees it after run returns, when md may be gone. Returns 0, or the
+ * pool's -TMS_EFULL or -TMS_ECLOSED. */
+static int schedule_drain(maildir_t *md)
+{
+    tms_job_t *job = tms_new(tms_job_t);
+    int rc;
+    job->run = run_drain;
+    job->msg.ctx = md;
+    job->msg.free_fn = free_drain_job; /* no reply_to: the pool frees it when done */
+    rc = tms_workpool_submit(md->pool, &job);
+    if (rc != 0) {
+        free(job);
+        return rc;
+    }
+    md->draining = true;
+    return 0;
+}
+
 static int submit(tms_mailer_t *self, tms_mail_t **mail)
 {
     maildir_t *md = (maildir_t *)self;
-    write_job_t *w;
-    tms_job_t *job;
-    int rc;
+    pending_t *p;
+    int rc = 0;
     /* Counted before the closing check: either this sees closing, or close's drain
      * sees the mail in flight. */
     atomic_fetch_add(&md->inflight, 1);
@@ -393,29 +419,31 @@ static int submit(tms_mailer_t *self, tms_mail_t **mail)
         mail_done(md);
         return -TMS_ECLOSED;
     }
-    w = tms_new(write_job_t);
-    job = &w->job;
-    w->md = md;
-    w->mail = *mail;
-    job->run = run_write;
-    job->msg.op = 0;
-    job->msg.reply_to = (*mail)->msg.reply_to;
-    job->msg.cont = on_written;
-    job->msg.ctx = w;
-    job->msg.free_fn = free_job_msg;
-    /* Queued under the lock that run_write takes first: its worker finds it there. */
+    p = tms_new(pending_t);
+    p->md = md;
+    p->mail = *mail;
+    p->msg.reply_to = (*mail)->msg.reply_to;
+    p->msg.cont = on_written;
+    p->msg.ctx = p;
+    p->msg.free_fn = free_pending_msg;
     pthread_mutex_lock(&md->lock);
-    rc = tms_workpool_submit(md->pool, &job);
+    /* Full: fails at once, and the notifier keeps the event pending (as when each mail
+     * was a job of its own and the pool's queue was full). */
+    if (md->queued >= md->capacity)
+        rc = -TMS_EFULL;
+    else if (!md->draining)
+        rc = schedule_drain(md); /* its run_drain waits for this lock: finds p queued */
     if (rc == 0) {
         if (md->queue_tail)
-            md->queue_tail->queued = w;
+            md->queue_tail->queued = p;
         else
-            md->queue_head = w;
-        md->queue_tail = w;
+            md->queue_head = p;
+        md->queue_tail = p;
+        md->queued++;
     }
     pthread_mutex_unlock(&md->lock);
     if (rc != 0) {
-        free(w);
+        free(p);
         mail_done(md);
         return rc; /* the caller keeps the mail */
     }
@@ -490,9 +518,9 @@ static void on_async_closed(uv_handle_t *h)
     maildir_t *md = h->data;
     tms_port_closed_fn cb = md->closed_cb;
     void *ctx = md->closed_ctx;
-    pthread_cond_destroy(&md->written_cond);
     pthread_mutex_destroy(&md->lock);
     free(md->dir);
+    free(md->dir_new);
     free(md->from);
     free(md->domain);
     free(md);
@@ -522,7 +550,8 @@ static void mailer_close(tms_mailer_t *self, tms_port_closed_fn cb, void *ctx)
 }
 
 tms_mailer_t *tms_maildir_new(uv_loop_t *loop, const char *dir, const char *from,
-                              const char *domain, tms_workpool_t *pool, char *err, size_t err_len)
+                              const char *domain, tms_workpool_t *pool, size_t queue_capacity,
+                              char *err, size_t err_len)
 {
     static const char *const subdirs[] = {"tmp", "new", "cur"};
     char path[PATH_MAX];
@@ -570,11 +599,13 @@ tms_mailer_t *tms_maildir_new(uv_loop_t *loop, const char *dir, const char *from
     uv_unref((uv_handle_t *)&md->async);
     atomic_init(&md->tmp_seq, 0);
     pthread_mutex_init(&md->lock, NULL);
-    pthread_cond_init(&md->written_cond, NULL);
     md->dir = tms_strdup(dir);
+    snprintf(path, sizeof(path), "%s/new", dir);
+    md->dir_new = tms_strdup(path);
     md->from = tms_strdup(from);
     md->domain = tms_strdup(domain);
     md->pool = pool;
+    md->capacity = queue_capacity;
     md->written = tms_metrics_counter("tms_mail_written_total", "Mails written to the Maildir", "");
     md->duplicates = tms_metrics_counter("tms_mail_duplicates_total",
                                          "Mails not written because their event was delivered", "");

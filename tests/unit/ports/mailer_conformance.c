@@ -80,7 +80,7 @@ static tms_mailer_t *new_mailer(void)
         };
         m = tms_smtp_new(&loop, &opt, pool, err, sizeof(err));
     } else {
-        m = tms_maildir_new(&loop, maildir, "tms@example.org", "example.org", pool, err,
+        m = tms_maildir_new(&loop, maildir, "tms@example.org", "example.org", pool, 64, err,
                             sizeof(err));
     }
     if (!m) {

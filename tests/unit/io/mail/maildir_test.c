@@ -1,7 +1,8 @@
 /* Maildir mailer on a real loop and workpool: one file per event under new/, the
  * same event again is a duplicate (in new/ or already moved to cur/), unsafe mails
  * and bad event ids write nothing, I/O failures answer UNAVAILABLE, and a directory
- * that cannot be created fails at start. */
+ * that cannot be created fails at start. Mails queued together share one fsync of
+ * new/, the queue is bounded, and closing still writes the queued mails. */
 #define _XOPEN_SOURCE 700
 #include <dirent.h>
 #include <ftw.h>
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -22,6 +24,8 @@
 #include "test.h"
 
 #define EVENT_ID "6f1c2b7e-93a4-4d2e-8f00-1234567890ab"
+/* Mails waiting at most (server.mailbox_capacity in tms). */
+#define CAPACITY 64
 
 typedef struct env {
     uv_loop_t loop;
@@ -35,6 +39,7 @@ typedef struct env {
     tms_status_t code;
     int duplicate;
     int ok, duplicates, failed; /* of many mails at once (on_many) */
+    int closed, replies_at_close;
 } env_t;
 
 static void on_request(void *owner, tms_msg_t *msg)
@@ -199,7 +204,7 @@ static void test_write_and_duplicate(void)
     uint64_t written0 = tms_counter_value(tms_metrics_counter("tms_mail_written_total", "", ""));
     uint64_t dups0 = tms_counter_value(tms_metrics_counter("tms_mail_duplicates_total", "", ""));
     tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
-                                           e.pool, err, sizeof(err));
+                                           e.pool, CAPACITY, err, sizeof(err));
     CHECK(mailer != NULL);
     if (!mailer) {
         fprintf(stderr, "  %s\n", err);
@@ -277,7 +282,7 @@ static void test_refused_mail_writes_nothing(void)
     char err[256] = "";
     env_init(&e);
     tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
-                                           e.pool, err, sizeof(err));
+                                           e.pool, CAPACITY, err, sizeof(err));
     CHECK(mailer != NULL);
     if (!mailer) {
         env_dispose(&e);
@@ -322,13 +327,14 @@ static void test_new_fails(void)
     if (f)
         fclose(f);
     snprintf(path, sizeof(path), "%s/file/mail", e.root);
-    tms_mailer_t *m =
-        tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
+    tms_mailer_t *m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, CAPACITY,
+                                      err, sizeof(err));
     CHECK(m == NULL);
     CHECK(strstr(err, "maildir") != NULL);
     snprintf(path, sizeof(path), "%s/file", e.root);
     err[0] = '\0';
-    m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
+    m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, CAPACITY, err,
+                        sizeof(err));
     CHECK(m == NULL);
     CHECK(err[0] != '\0');
     /* A subdirectory that is a file. */
@@ -339,20 +345,23 @@ static void test_new_fails(void)
     if (f)
         fclose(f);
     snprintf(path, sizeof(path), "%s/box", e.root);
-    m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
+    m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, CAPACITY, err,
+                        sizeof(err));
     CHECK(m == NULL);
     /* Unusable From or domain. */
-    m = tms_maildir_new(&e.loop, e.dir, "TMS <tms@example.org>", "x.org", e.pool, err, sizeof(err));
-    CHECK(m == NULL);
-    m = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "x.org>\r\nBcc: y", e.pool, err,
+    m = tms_maildir_new(&e.loop, e.dir, "TMS <tms@example.org>", "x.org", e.pool, CAPACITY, err,
                         sizeof(err));
+    CHECK(m == NULL);
+    m = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "x.org>\r\nBcc: y", e.pool, CAPACITY,
+                        err, sizeof(err));
     CHECK(m == NULL);
     if (getuid() != 0) {
         /* Permissions only bind non-root users. */
         snprintf(path, sizeof(path), "%s/ro", e.root);
         CHECK_EQ_INT(mkdir(path, 0500), 0);
         snprintf(path, sizeof(path), "%s/ro/mail", e.root);
-        m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, err, sizeof(err));
+        m = tms_maildir_new(&e.loop, path, "tms@example.org", "x.org", e.pool, CAPACITY, err,
+                            sizeof(err));
         CHECK(m == NULL);
         snprintf(path, sizeof(path), "%s/ro", e.root);
         chmod(path, 0700);
@@ -385,11 +394,43 @@ static void free_gate(tms_msg_t *msg)
     free(msg);
 }
 
+/* Holds both pool threads, and returns once both run a gate job: the mailer's drain
+ * job, submitted after this, waits in the pool's queue until release_pool. One gate at
+ * a time: the pool's queue wakes one idle thread when it goes from empty to not empty,
+ * so a second gate posted before the first was taken could wait behind it. */
+static void hold_pool(env_t *e)
+{
+    CHECK_EQ_INT(sem_init(&gate, 0, 0), 0);
+    for (int i = 0; i < 2; i++) {
+        tms_job_t *g = tms_new(tms_job_t);
+        g->run = run_gate;
+        g->msg.free_fn = free_gate; /* no reply_to: freed when done */
+        CHECK_EQ_INT(tms_workpool_submit(e->pool, &g), 0);
+        for (int j = 0; j < 5000 && tms_workpool_depth(e->pool) > 0; j++)
+            nanosleep(&(struct timespec){0, 1000000}, NULL);
+        CHECK_EQ_INT(tms_workpool_depth(e->pool), 0);
+    }
+}
+
+static void release_pool(void)
+{
+    sem_post(&gate);
+    sem_post(&gate);
+}
+
+/* Runs the loop until n mails came back. */
+static void wait_replies(env_t *e, int n)
+{
+    while (e->replies < n && uv_run(&e->loop, UV_RUN_ONCE))
+        ;
+    CHECK_EQ_INT(e->replies, n);
+}
+
 /* Mails submitted together are written together: each file fsynced and linked, then
  * one fsync of new/ for the batch (tms_mail_syncs_total), and each answered after it;
  * an event twice in one batch is written once, and a bad mail fails alone. Both pool
  * threads are held while the mails are submitted, so that all of them are queued when
- * the first runs. Before, every mail had its own fsync of new/. */
+ * the mailer's one drain job runs. Before, every mail had its own fsync of new/. */
 static void test_mails_written_together_share_a_sync(void)
 {
     enum { N = 40 };
@@ -399,15 +440,9 @@ static void test_mails_written_together_share_a_sync(void)
     uint64_t syncs0 = tms_counter_value(syncs);
     env_init(&e);
     tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
-                                           e.pool, err, sizeof(err));
+                                           e.pool, CAPACITY, err, sizeof(err));
     CHECK(mailer != NULL);
-    CHECK_EQ_INT(sem_init(&gate, 0, 0), 0);
-    for (int i = 0; i < 2; i++) {
-        tms_job_t *g = tms_new(tms_job_t);
-        g->run = run_gate;
-        g->msg.free_fn = free_gate; /* no reply_to: freed when done */
-        CHECK_EQ_INT(tms_workpool_submit(e.pool, &g), 0);
-    }
+    hold_pool(&e);
     for (int i = 0; i <= N; i++) {
         /* the 40th is the first's event again; the 41st has no valid event id */
         if (i < N)
@@ -418,11 +453,9 @@ static void test_mails_written_together_share_a_sync(void)
         m->msg.cont = on_many;
         CHECK_EQ_INT(tms_mailer_submit(mailer, &m), 0);
     }
-    sem_post(&gate);
-    sem_post(&gate);
-    while (e.replies < N + 1 && uv_run(&e.loop, UV_RUN_ONCE))
-        ;
-    CHECK_EQ_INT(e.replies, N + 1);
+    CHECK_EQ_INT(tms_workpool_depth(e.pool), 1); /* one job for them all */
+    release_pool();
+    wait_replies(&e, N + 1);
     CHECK_EQ_INT(e.ok, N - 1);
     CHECK_EQ_INT(e.duplicates, 1);
     CHECK_EQ_INT(e.failed, 1);
@@ -434,10 +467,93 @@ static void test_mails_written_together_share_a_sync(void)
     env_dispose(&e);
 }
 
+/* At most queue_capacity mails wait to be written: the next submit fails at once with
+ * -TMS_EFULL and leaves the mail with the caller (the notifier keeps its event
+ * pending); once the queue is written out, submits are taken again. */
+static void test_queue_is_bounded(void)
+{
+    enum { CAP = 4 };
+    env_t e;
+    char err[256] = "", id[37];
+    tms_mail_t *m;
+    env_init(&e);
+    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
+                                           e.pool, CAP, err, sizeof(err));
+    CHECK(mailer != NULL);
+    hold_pool(&e);
+    for (int i = 0; i < CAP; i++) {
+        snprintf(id, sizeof(id), "00000000-0000-4000-8000-0000000000%02d", i);
+        m = make_mail(&e, "bob@example.com", id);
+        m->msg.cont = on_many;
+        CHECK_EQ_INT(tms_mailer_submit(mailer, &m), 0);
+    }
+    m = make_mail(&e, "bob@example.com", "00000000-0000-4000-8000-000000000099");
+    m->msg.cont = on_many;
+    CHECK_EQ_INT(tms_mailer_submit(mailer, &m), -TMS_EFULL);
+    CHECK(m != NULL); /* left with the caller */
+    tms_mail_free(&m);
+    CHECK_EQ_INT(mailer->busy(mailer), CAP);
+    release_pool();
+    wait_replies(&e, CAP);
+    CHECK_EQ_INT(e.ok, CAP);
+    CHECK_EQ_INT(count_in(&e, "new"), CAP);
+    send_and_wait(&e, mailer, "bob@example.com", "00000000-0000-4000-8000-000000000099");
+    CHECK_EQ_INT(e.code, TMS_OK);
+    CHECK_EQ_INT(count_in(&e, "new"), CAP + 1);
+    close_mailer(&e, &mailer);
+    sem_destroy(&gate);
+    env_dispose(&e);
+}
+
+static void on_closed_after(void *arg)
+{
+    env_t *e = arg;
+    e->closed++;
+    e->replies_at_close = e->replies;
+}
+
+/* Closing with mails queued: new mails are refused, the queued ones are still written
+ * and come back, and the close callback runs after the last of them. */
+static void test_close_writes_queued_mails(void)
+{
+    enum { N = 3 };
+    env_t e;
+    char err[256] = "", id[37];
+    tms_mail_t *m;
+    env_init(&e);
+    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
+                                           e.pool, CAPACITY, err, sizeof(err));
+    CHECK(mailer != NULL);
+    hold_pool(&e);
+    for (int i = 0; i < N; i++) {
+        snprintf(id, sizeof(id), "00000000-0000-4000-8000-0000000000%02d", i);
+        m = make_mail(&e, "bob@example.com", id);
+        m->msg.cont = on_many;
+        CHECK_EQ_INT(tms_mailer_submit(mailer, &m), 0);
+    }
+    mailer->close(mailer, on_closed_after, &e);
+    m = make_mail(&e, "bob@example.com", "00000000-0000-4000-8000-000000000099");
+    CHECK_EQ_INT(tms_mailer_submit(mailer, &m), -TMS_ECLOSED);
+    CHECK(m != NULL);
+    tms_mail_free(&m);
+    mailer = NULL;
+    release_pool();
+    while (!e.closed && uv_run(&e.loop, UV_RUN_ONCE))
+        ;
+    CHECK_EQ_INT(e.closed, 1);
+    CHECK_EQ_INT(e.replies_at_close, N);
+    CHECK_EQ_INT(e.ok, N);
+    CHECK_EQ_INT(count_in(&e, "new"), N);
+    sem_destroy(&gate);
+    env_dispose(&e);
+}
+
 int main(void)
 {
     RUN_TEST(test_write_and_duplicate);
     RUN_TEST(test_mails_written_together_share_a_sync);
+    RUN_TEST(test_queue_is_bounded);
+    RUN_TEST(test_close_writes_queued_mails);
     RUN_TEST(test_refused_mail_writes_nothing);
     RUN_TEST(test_new_fails);
     TEST_EXIT();
