@@ -40,14 +40,17 @@ def kafka_server(make_server, env=None, data_dir=None, **settings):
     return srv
 
 
-def wait_assigned(srv, timeout=30.0):
-    """Until the notifier's consumer has partitions (joining the group takes a moment)."""
+def wait_assigned(srv, timeout=30.0, topic="notifications"):
+    """Until the consumer of topic (the notifier's by default) has partitions (joining
+    the group takes a moment); topic is named as in the settings' events.namespace."""
+    ns = srv.settings.get("events.namespace", "")
+    line = "event=kafka_assigned topic=" + (ns + "." if ns else "") + topic + " "
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if "event=kafka_assigned topic=notifications" in srv.log_text():
+        if line in srv.log_text():
             return
         time.sleep(0.1)
-    pytest.fail("notifier never joined notification-group:\n" + srv.log_text()[-3000:])
+    pytest.fail(f"no consumer of {topic} was assigned partitions:\n" + srv.log_text()[-3000:])
 
 
 def poll(fn, timeout=15.0, interval=0.1):
@@ -144,6 +147,27 @@ def test_notifications_carry_the_json_of_api_md(make_server):
 def script_broker():
     return SCRIPT.exists() and SCRIPT_BROKERS.exists() and \
         SCRIPT_BROKERS.read_text().strip() == BROKERS
+
+
+def test_topics_the_broker_refused_are_not_auto_created(make_server):
+    """events.replication above the broker count: CreateTopics fails, the log says which
+    topic and why (it said error="Success"), and nothing makes the broker create the
+    topics with its own defaults instead (the producer's early metadata request did, in
+    e502368), so the admin retry can still create them as configured."""
+    from confluent_kafka.admin import AdminClient
+    ns = "norep" + secrets.token_hex(3)
+    srv = make_server(settings={"events.brokers": BROKERS, "events.namespace": ns,
+                                "events.replication": "2"})
+    deadline = time.monotonic() + 30
+    while "event=kafka_topics_not_created" not in srv.log_text():
+        assert time.monotonic() < deadline, srv.log_text()[-3000:]
+        time.sleep(0.1)
+    line = next(l for l in srv.log_text().splitlines() if "kafka_topics_not_created" in l)
+    assert f"topic={ns}." in line and 'error="Success"' not in line, line
+    assert "replication" in line.lower(), line
+    time.sleep(3)  # the metadata requests of the producer and consumers have gone out
+    topics = AdminClient({"bootstrap.servers": BROKERS}).list_topics(timeout=10).topics
+    assert not [t for t in topics if t.startswith(ns + ".")], sorted(topics)
 
 
 def test_broker_down_writes_succeed_and_events_follow(make_server):

@@ -3,6 +3,7 @@ through a raw-socket client, requests and `curl -N`; tickets; resume after a dis
 bounds (slow consumer, subscribers per user); logout ends the stream; CORS."""
 import json
 import re
+import secrets
 import socket
 import subprocess
 import threading
@@ -523,10 +524,14 @@ def doorbells_in(srv):
 @pytest.mark.skipif(not KAFKA, reason="TMS_TEST_KAFKA_BROKERS is not set")
 @pytest.mark.skipif(__import__("conftest").SPLIT, reason="two single-process instances")
 def test_two_instances_on_kafka_each_deliver_every_event_once(make_server, tmp_path):
-    from test_kafka import kafka_server, shared_stores
+    from test_kafka import kafka_server, shared_stores, wait_assigned
     shared = tmp_path / "shared"
-    a = kafka_server(make_server, **FAST, **shared_stores(shared))
-    b = kafka_server(make_server, **FAST, **shared_stores(shared))
+    # topics of their own: other processes on the broker ring no doorbells here
+    ns = {"events.namespace": "push" + secrets.token_hex(3)}
+    a = kafka_server(make_server, **FAST, **ns, **shared_stores(shared))
+    b = kafka_server(make_server, **FAST, **ns, **shared_stores(shared))
+    for srv in (a, b):  # each hears doorbells from now on (its feed starts at the end)
+        wait_assigned(srv, topic="tms.task_events")
     _, tok = user(a)
     subs = [open_stream(a, tok), open_stream(a, tok), open_stream(b, tok), open_stream(b, tok)]
     wait_subscribed(a, 2)

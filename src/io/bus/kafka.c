@@ -565,28 +565,36 @@ static void on_topics_created(kbus_t *bus, rd_kafka_event_t *ev)
     const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
     size_t n = 0, created = 0;
     int failed = rd_kafka_event_error(ev) != 0;
+    const char *why = failed ? rd_kafka_event_error_string(ev) : NULL, *which = "";
     const rd_kafka_topic_result_t **tr = res ? rd_kafka_CreateTopics_result_topics(res, &n) : NULL;
     bus->admin_pending = 0;
     for (size_t i = 0; i < n; i++) {
         rd_kafka_resp_err_t err = rd_kafka_topic_result_error(tr[i]);
-        if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR) {
             created++;
-        else if (err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-            failed = 1;
+        } else if (err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS && !failed++) {
+            /* the first refused topic's own error: the event's says "Success" */
+            which = rd_kafka_topic_result_name(tr[i]);
+            why = rd_kafka_topic_result_error_string(tr[i]);
+            if (!why || !why[0])
+                why = rd_kafka_err2str(err);
+        }
     }
     if (failed) {
-        tms_log_warn("kafka_topics_not_created", "error=\"%s\" retry_ms=%d",
-                     rd_kafka_event_error_string(ev), ADMIN_RETRY_MS);
+        tms_log_warn("kafka_topics_not_created", "topic=%s error=\"%s\" retry_ms=%d", which,
+                     why ? why : "", ADMIN_RETRY_MS);
         bus->admin_retry_at = uv_now(bus->loop) + ADMIN_RETRY_MS;
     } else {
         atomic_store(&bus->reachable, 1);
         tms_log_info("kafka_topics_ready", "created=%zu", created);
+        /* Only topics that exist as configured: asking for the metadata of a missing
+         * one would have the broker auto-create it with its own defaults. */
+        warm_topics(bus);
     }
     /* Consumers start either way: a missing topic is found by their periodic
      * metadata refresh once something creates it (the broker may auto-create). */
     if (!bus->topics_ready) {
         bus->topics_ready = 1;
-        warm_topics(bus);
         for (sub_t *s = bus->subs; s; s = s->next)
             start_consumer(s);
     }
