@@ -820,12 +820,11 @@ static void on_comp_recorded(tms_msg_t *msg)
 
 static void comp_inbox(comp_job_t *job, tms_outbox_op_kind_t kind, tms_cont_fn cont)
 {
-    tms_outbox_op_t *op = tms_outbox_op_new(kind);
+    tms_outbox_op_t *op = tms_inbox_op_new(kind, COMPENSATION_GROUP, 1);
     op->msg.reply_to = job->auth->mailbox;
     op->msg.cont = cont;
     op->msg.ctx = job;
-    snprintf(op->consumer, sizeof(op->consumer), COMPENSATION_GROUP);
-    snprintf(op->event_id, sizeof(op->event_id), "%s", job->event_id);
+    snprintf(op->ids[0], sizeof(op->ids[0]), "%s", job->event_id);
     if (tms_outbox_submit(job->auth->inbox, &op) != 0) {
         tms_outbox_op_free(&op);
         comp_ack(job, tms_ack_transient(USER_STORE, "inbox queue full or closed", 0));
@@ -868,7 +867,7 @@ static void on_comp_seen(tms_msg_t *msg)
     comp_job_t *job = msg->ctx;
     store_req_t *req;
     tms_user_op_t *uop;
-    int failed = op->err.code != TMS_OK, seen = op->seen;
+    int failed = op->err.code != TMS_OK, seen = op->ids_seen[0];
     tms_outbox_op_free(&op);
     if (failed || seen) {
         comp_ack(job,

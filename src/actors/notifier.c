@@ -164,13 +164,9 @@ static void on_inbox_reply(tms_msg_t *msg)
 static void inbox_pump(tms_notifier_t *n, inbox_queue_t *q)
 {
     while (q->head && !q->out) {
-        tms_outbox_op_t *op = tms_outbox_op_new(q->kind);
-        job_t *last = NULL;
         size_t k = q->n < INBOX_BATCH ? q->n : INBOX_BATCH;
-        op->ids = tms_calloc(k, sizeof(*op->ids));
-        if (q->kind == TMS_INBOX_SEEN)
-            op->ids_seen = tms_calloc(k, sizeof(*op->ids_seen));
-        op->nids = k;
+        tms_outbox_op_t *op = tms_inbox_op_new(q->kind, CONSUMER, k);
+        job_t *last = NULL;
         for (size_t i = 0; i < k; i++) {
             last = last ? last->queued : q->head;
             snprintf(op->ids[i], sizeof(op->ids[i]), "%s", last->event_id);
@@ -184,7 +180,6 @@ static void inbox_pump(tms_notifier_t *n, inbox_queue_t *q)
         op->msg.reply_to = n->mailbox;
         op->msg.cont = on_inbox_reply;
         op->msg.ctx = n;
-        snprintf(op->consumer, sizeof(op->consumer), CONSUMER);
         q->out = true;
         if (tms_outbox_submit(n->cfg.inbox, &op) != 0) {
             tms_error_t err;

@@ -653,14 +653,11 @@ static void on_outbox_reply(tms_msg_t *msg)
     tms_outbox_op_free(&op);
 }
 
-static void outbox(job_t *job, tms_outbox_op_kind_t kind, outbox_step_fn then, tms_outbox_op_t *op)
+static void outbox(job_t *job, outbox_step_fn then, tms_outbox_op_t *op)
 {
-    op->msg.op = (int)kind;
     op->msg.reply_to = job->a->mailbox;
     op->msg.cont = on_outbox_reply;
     op->msg.ctx = job;
-    snprintf(op->consumer, sizeof(op->consumer), CONSUMER);
-    snprintf(op->event_id, sizeof(op->event_id), "%s", job->event_id);
     job->outbox_then = then;
     if (tms_outbox_submit(job->a->cfg.outbox, &op) != 0) {
         tms_outbox_op_free(&op);
@@ -673,9 +670,17 @@ static void recorded(job_t *job, tms_outbox_op_t *op)
     ack(job, op->err.code == TMS_OK ? tms_ack_ok() : tms_ack_transient(STORE, op->err.message, 0));
 }
 
+/* Asks whether (SEEN) or records that (RECORD) the job's event was handled. */
+static void inbox(job_t *job, tms_outbox_op_kind_t kind, outbox_step_fn then)
+{
+    tms_outbox_op_t *op = tms_inbox_op_new(kind, CONSUMER, 1);
+    snprintf(op->ids[0], sizeof(op->ids[0]), "%s", job->event_id);
+    outbox(job, then, op);
+}
+
 static void record_handled(job_t *job)
 {
-    outbox(job, TMS_INBOX_RECORD, recorded, tms_outbox_op_new(TMS_INBOX_RECORD));
+    inbox(job, TMS_INBOX_RECORD, recorded);
 }
 
 static void compensation_written(job_t *job, tms_outbox_op_t *op)
@@ -701,7 +706,7 @@ static void compensate(job_t *job)
     snprintf(op->event.topic, sizeof(op->event.topic), TMS_TOPIC_COMPENSATE);
     snprintf(op->event.key, sizeof(op->event.key), "%s", job->deleted_user.id);
     op->event.payload = tms_event_user_json(&job->deleted_user, op->event.event_id);
-    outbox(job, TMS_OUTBOX_ADD, compensation_written, op);
+    outbox(job, compensation_written, op);
 }
 
 static void unassigned(job_t *job, tms_task_op_t *op)
@@ -733,7 +738,7 @@ static void seen_checked(job_t *job, tms_outbox_op_t *op)
         ack(job, tms_ack_transient(STORE, op->err.message, 0));
         return;
     }
-    if (op->seen) {
+    if (op->ids_seen[0]) {
         ack(job, tms_ack_ok()); /* a redelivery */
         return;
     }
@@ -765,7 +770,7 @@ static void on_user_deleted(tms_task_actor_t *a, tms_delivery_t *d)
     }
     if (!job->event_id[0]) /* the original auth-service sends none */
         tms_event_id_derive(d->topic, d->payload, d->payload_len, job->event_id);
-    outbox(job, TMS_INBOX_SEEN, seen_checked, tms_outbox_op_new(TMS_INBOX_SEEN));
+    inbox(job, TMS_INBOX_SEEN, seen_checked);
 }
 
 /* ---- dispatch ---------------------------------------------------------- */

@@ -30,8 +30,8 @@ typedef enum tms_outbox_op_kind {
                            * first send time; unknown seqs are ignored */
     TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event;
                            * the same event_id again is a retry (OK, nothing added) */
-    TMS_INBOX_SEEN,       /* in: consumer, event_id (or ids). out: seen (or ids_seen) */
-    TMS_INBOX_RECORD,     /* in: consumer, event_id (or ids). Idempotent */
+    TMS_INBOX_SEEN,       /* in: consumer, ids. out: ids_seen */
+    TMS_INBOX_RECORD,     /* in: consumer, ids. Idempotent per id */
     TMS_OUTBOX_PENDING,   /* out: count of unsent events */
 } tms_outbox_op_kind_t;
 
@@ -44,11 +44,9 @@ typedef struct tms_outbox_op {
     size_t nseqs;
     tms_outbox_event_t event; /* ADD */
     char consumer[32];
-    char event_id[37];
-    /* SEEN and RECORD for several events in one op (the notifier's batches; one
-     * statement on PostgreSQL): when nids > 0, ids[0..nids) instead of event_id, and
-     * SEEN answers in ids_seen[0..nids) (allocated by the caller; NULL for RECORD)
-     * instead of seen. */
+    /* SEEN and RECORD: the events ids[0..nids), nids >= 1 (one event, or a batch of
+     * the notifier's: one statement on PostgreSQL); SEEN answers in ids_seen[0..nids),
+     * allocated by the caller (NULL for RECORD). tms_inbox_op_new allocates both. */
     char (*ids)[37]; /* heap */
     size_t nids;
     bool *ids_seen; /* heap */
@@ -56,7 +54,6 @@ typedef struct tms_outbox_op {
     tms_error_t err;
     tms_outbox_event_t *events; /* heap array; payloads heap */
     size_t nevents;
-    bool seen;
     int64_t count;
 } tms_outbox_op_t;
 
@@ -65,6 +62,10 @@ void tms_outbox_op_free(tms_outbox_op_t **op);
 
 /** Allocate a zeroed op whose msg.free_fn frees it (for undeliverable replies). */
 tms_outbox_op_t *tms_outbox_op_new(tms_outbox_op_kind_t kind);
+
+/** As tms_outbox_op_new for SEEN or RECORD by consumer, with room for nids (>= 1)
+ * event ids for the caller to fill in ids and, for SEEN, their answers (all false). */
+tms_outbox_op_t *tms_inbox_op_new(tms_outbox_op_kind_t kind, const char *consumer, size_t nids);
 
 /* Several processes on one database (tms_outbox_t.lead): which of their relays
  * publishes. One does; the others stand aside and wake it after their writes, so an

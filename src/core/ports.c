@@ -1,4 +1,5 @@
 /* Destructors of the port messages (task store, outbox, mailer). */
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "core/alloc.h"
@@ -67,6 +68,17 @@ tms_outbox_op_t *tms_outbox_op_new(tms_outbox_op_kind_t kind)
     tms_outbox_op_t *op = tms_new(tms_outbox_op_t);
     op->msg.op = (int)kind;
     op->msg.free_fn = free_outbox_msg;
+    return op;
+}
+
+tms_outbox_op_t *tms_inbox_op_new(tms_outbox_op_kind_t kind, const char *consumer, size_t nids)
+{
+    tms_outbox_op_t *op = tms_outbox_op_new(kind);
+    snprintf(op->consumer, sizeof(op->consumer), "%s", consumer);
+    op->ids = tms_calloc(nids, sizeof(*op->ids));
+    if (kind == TMS_INBOX_SEEN) /* a record has no answers to give */
+        op->ids_seen = tms_calloc(nids, sizeof(*op->ids_seen));
+    op->nids = nids;
     return op;
 }
 

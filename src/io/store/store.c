@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/alloc.h"
 
@@ -77,7 +78,8 @@ static void reset(tms_store_port_t port, tms_msg_t *msg)
         op->first_seq = op->last_seq = 0;
     } else if (port == TMS_STORE_OUTBOX) {
         tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
-        op->seen = false;
+        if (op->ids_seen)
+            memset(op->ids_seen, 0, op->nids * sizeof(*op->ids_seen));
         op->count = 0;
         for (size_t i = 0; i < op->nevents; i++)
             free(op->events[i].payload);

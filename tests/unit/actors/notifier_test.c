@@ -57,7 +57,7 @@ static int inbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
 {
     fake_inbox_t *o = (fake_inbox_t *)self;
     tms_outbox_op_t *op = *pop;
-    size_t n = op->nids ? op->nids : 1;
+    size_t n = op->nids;
     if (o->refuse)
         return -TMS_ECLOSED; /* the op stays the caller's */
     *pop = NULL;
@@ -69,7 +69,6 @@ static int inbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
             o->seen_nids[o->seen_ops] = n;
         o->seen_ops++;
     }
-    op->seen = !op->nids && strcmp(op->event_id, o->seen_id) == 0;
     for (size_t i = 0; op->ids_seen && i < op->nids; i++)
         op->ids_seen[i] = strcmp(op->ids[i], o->seen_id) == 0;
     if (o->hold && o->nheld < 16) {

@@ -140,7 +140,6 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
         o->records++;
     else if (op->msg.op == TMS_OUTBOX_ADD)
         o->compensations++;
-    op->seen = false;
     tms_mailbox_reply(&op->msg);
     return 0;
 }

@@ -170,11 +170,21 @@ static void test_outbox(void)
     close_store(&s);
 }
 
+/* As box_op, for an inbox op of n ids (given later). */
+static tms_outbox_op_t *inbox_new(int kind, const char *consumer, size_t n)
+{
+    tms_outbox_op_t *op = tms_inbox_op_new(kind, consumer, n);
+    op->msg.reply_to = replies;
+    op->msg.cont = on_reply;
+    op->err.code = TMS_UNKNOWN; /* the store must overwrite it */
+    return op;
+}
+
+/* An inbox op for one event (the task and auth actors' ops). */
 static tms_outbox_op_t *inbox_op(int kind, const char *consumer, const char *event_id)
 {
-    tms_outbox_op_t *op = box_op(kind);
-    snprintf(op->consumer, sizeof(op->consumer), "%s", consumer);
-    snprintf(op->event_id, sizeof(op->event_id), "%s", event_id);
+    tms_outbox_op_t *op = inbox_new(kind, consumer, 1);
+    snprintf(op->ids[0], sizeof(op->ids[0]), "%s", event_id);
     return op;
 }
 
@@ -187,7 +197,7 @@ static void test_inbox(void)
     tms_event_id_new(e2);
     op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "task", e1));
     CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK(!op->seen);
+    CHECK(!op->ids_seen[0]);
     tms_outbox_op_free(&op);
     for (int i = 0; i < 2; i++) { /* idempotent */
         op = run_box(&s, inbox_op(TMS_INBOX_RECORD, "task", e1));
@@ -201,15 +211,15 @@ static void test_inbox(void)
     }
     op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "task", e1));
     CHECK_EQ_INT(op->err.code, TMS_OK);
-    CHECK(op->seen);
+    CHECK(op->ids_seen[0]);
     /* reused for another question: the old answer does not stick */
-    snprintf(op->event_id, sizeof(op->event_id), "%s", e2);
+    snprintf(op->ids[0], sizeof(op->ids[0]), "%s", e2);
     op = run_box(&s, op);
-    CHECK(!op->seen);
+    CHECK(!op->ids_seen[0]);
     tms_outbox_op_free(&op);
     /* per consumer */
     op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "notifier", e1));
-    CHECK(!op->seen);
+    CHECK(!op->ids_seen[0]);
     tms_outbox_op_free(&op);
     CHECK_EQ_INT(pending(&s), 0); /* the inbox is not the outbox */
     close_store(&s);
@@ -220,13 +230,8 @@ static void test_inbox(void)
  * are taken as they are. */
 static tms_outbox_op_t *inbox_batch(int kind, char (*ids)[37], size_t n)
 {
-    tms_outbox_op_t *op = box_op(kind);
-    snprintf(op->consumer, sizeof(op->consumer), "notifier");
-    op->ids = tms_calloc(n, sizeof(*op->ids));
-    if (kind == TMS_INBOX_SEEN) /* a record has no answers to give */
-        op->ids_seen = tms_calloc(n, sizeof(*op->ids_seen));
+    tms_outbox_op_t *op = inbox_new(kind, "notifier", n);
     memcpy(op->ids, ids, n * sizeof(*ids));
-    op->nids = n;
     return op;
 }
 
@@ -257,10 +262,10 @@ static void test_inbox_batch(void)
     tms_outbox_op_free(&op);
     /* one by one, the odd id is the same event */
     op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "notifier", ids[1]));
-    CHECK(op->seen);
+    CHECK(op->ids_seen[0]);
     tms_outbox_op_free(&op);
     op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "task", ids[1])); /* per consumer */
-    CHECK(!op->seen);
+    CHECK(!op->ids_seen[0]);
     tms_outbox_op_free(&op);
     close_store(&s);
 }

@@ -221,10 +221,12 @@ static void add(tms_mongo_t *m, mongoc_client_t *client, mongoc_collection_t *ou
     bson_destroy(doc);
 }
 
-/* One event's record or lookup; *seen is its answer (SEEN). false on an error. */
-static bool inbox_one(mongoc_collection_t *c, tms_outbox_op_t *op, const char *event_id, bool *seen)
+/* The record or lookup of the op's ids[i] (SEEN: answered in ids_seen[i]). false on
+ * an error. */
+static bool inbox_one(mongoc_collection_t *c, tms_outbox_op_t *op, size_t i)
 {
-    char id[sizeof(op->consumer) + sizeof(op->event_id) + 1];
+    const char *event_id = op->ids[i];
+    char id[sizeof(op->consumer) + sizeof(op->ids[i]) + 1];
     bson_error_t error;
     bson_t *doc;
     bool ok = true;
@@ -243,8 +245,8 @@ static bool inbox_one(mongoc_collection_t *c, tms_outbox_op_t *op, const char *e
         const bson_t *found;
         doc = BCON_NEW("_id", BCON_UTF8(id));
         cur = mongoc_collection_find_with_opts(c, doc, opts, NULL);
-        *seen = mongoc_cursor_next(cur, &found);
-        if (!*seen && mongoc_cursor_error(cur, &error)) {
+        op->ids_seen[i] = mongoc_cursor_next(cur, &found);
+        if (!op->ids_seen[i] && mongoc_cursor_error(cur, &error)) {
             tms__mongo_fail(&op->err, &error, "inbox_seen");
             ok = false;
         }
@@ -255,22 +257,14 @@ static bool inbox_one(mongoc_collection_t *c, tms_outbox_op_t *op, const char *e
     return ok;
 }
 
-/* One event (event_id) or a batch (ids), one after the other: the first error ends
- * the op (a record is idempotent, so the batch can be sent again whole). */
+/* The op's ids one after the other: the first error ends the op (a record is
+ * idempotent, so the batch can be sent again whole). */
 static void inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t *op)
 {
     mongoc_collection_t *c = tms__mongo_coll(m, client, TMS_MONGO_INBOX);
-    bool seen = false;
-    if (!op->nids) {
-        inbox_one(c, op, op->event_id, &seen);
-        op->seen = seen;
-    }
-    for (size_t i = 0; i < op->nids; i++) {
-        if (!inbox_one(c, op, op->ids[i], &seen))
+    for (size_t i = 0; i < op->nids; i++)
+        if (!inbox_one(c, op, i))
             break;
-        if (op->msg.op == TMS_INBOX_SEEN)
-            op->ids_seen[i] = seen;
-    }
     mongoc_collection_destroy(c);
 }
 

@@ -21,10 +21,9 @@ static const tms_pg_stmt_t stmts[] = {
     /* the same event again is a retry, not an error (as on SQLite and MongoDB) */
     {"outbox_add", "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"},
-    /* one event or a batch (op->ids): one statement each (a record, one commit). A
-     * batch's rows go in id order: two processes recording the same events (an event
-     * published twice lands on two of them) then wait for each other in one order,
-     * never deadlock */
+    /* one statement for all of an op's ids (a record, one commit). A batch's rows go
+     * in id order: two processes recording the same events (an event published twice
+     * lands on two of them) then wait for each other in one order, never deadlock */
     {"inbox_seen", "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::text[])"},
     {"inbox_record", "INSERT INTO inbox (consumer, event_id, handled_at_ms)"
                      " SELECT $1::text, e, $3::bigint FROM unnest($2::text[]) AS e ORDER BY e"
@@ -44,15 +43,15 @@ static char *seq_array(const int64_t *seqs, size_t n)
     return s;
 }
 
-/* '{"id1","id2"}': the op's event ids (or its one event_id) as a text[] parameter,
- * each quoted (a " or \\ escaped), whatever a producer put in them. Heap. */
+/* '{"id1","id2"}': the op's event ids as a text[] parameter, each quoted (a " or \\
+ * escaped), whatever a producer put in them. Heap. */
 static char *id_array(const tms_outbox_op_t *op)
 {
-    size_t n = op->nids ? op->nids : 1, cap = n * (2 * 36 + 3) + 3, len = 0;
+    size_t cap = op->nids * (2 * 36 + 3) + 3, len = 0;
     char *s = tms_malloc(cap);
     s[len++] = '{';
-    for (size_t i = 0; i < n; i++) {
-        const char *id = op->nids ? op->ids[i] : op->event_id;
+    for (size_t i = 0; i < op->nids; i++) {
+        const char *id = op->ids[i];
         if (i)
             s[len++] = ',';
         s[len++] = '"';
@@ -129,7 +128,6 @@ static void finish(tms_msg_t *msg, const PGresult *res)
         break;
     }
     case TMS_INBOX_SEEN:
-        op->seen = n > 0;
         for (size_t i = 0; i < op->nids; i++) {
             op->ids_seen[i] = false;
             for (int r = 0; r < n; r++)

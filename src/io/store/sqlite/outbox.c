@@ -103,28 +103,22 @@ static int mark_sent(tms_outbox_op_t *op, sqlite3_stmt *st)
     return SQLITE_DONE;
 }
 
-/* One event (event_id) or a batch (ids); a batch's records share the op's savepoint. */
+/* Each of the op's ids in turn; a batch's records share the op's savepoint. */
 static int inbox(tms_outbox_op_t *op, int kind, sqlite3_stmt *st)
 {
-    size_t n = op->nids ? op->nids : 1;
     int64_t now = tms_now_ms();
-    op->seen = false;
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < op->nids; i++) {
         int rc;
         sqlite3_bind_text(st, 1, op->consumer, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 2, op->nids ? op->ids[i] : op->event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, op->ids[i], -1, SQLITE_STATIC);
         if (kind == TMS_INBOX_RECORD)
             sqlite3_bind_int64(st, 3, now);
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_ROW && rc != SQLITE_DONE)
             return rc;
-        if (kind == TMS_INBOX_RECORD)
-            continue;
-        if (op->nids)
+        if (kind == TMS_INBOX_SEEN)
             op->ids_seen[i] = rc == SQLITE_ROW;
-        else
-            op->seen = rc == SQLITE_ROW;
     }
     return SQLITE_DONE;
 }
