@@ -820,11 +820,10 @@ static void on_comp_recorded(tms_msg_t *msg)
 
 static void comp_inbox(comp_job_t *job, tms_outbox_op_kind_t kind, tms_cont_fn cont)
 {
-    tms_outbox_op_t *op = tms_inbox_op_new(kind, COMPENSATION_GROUP, 1);
+    tms_outbox_op_t *op = tms_inbox_op_one(kind, COMPENSATION_GROUP, job->event_id);
     op->msg.reply_to = job->auth->mailbox;
     op->msg.cont = cont;
     op->msg.ctx = job;
-    snprintf(op->ids[0], sizeof(op->ids[0]), "%s", job->event_id);
     if (tms_outbox_submit(job->auth->inbox, &op) != 0) {
         tms_outbox_op_free(&op);
         comp_ack(job, tms_ack_transient(USER_STORE, "inbox queue full or closed", 0));

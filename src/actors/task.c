@@ -673,9 +673,7 @@ static void recorded(job_t *job, tms_outbox_op_t *op)
 /* Asks whether (SEEN) or records that (RECORD) the job's event was handled. */
 static void inbox(job_t *job, tms_outbox_op_kind_t kind, outbox_step_fn then)
 {
-    tms_outbox_op_t *op = tms_inbox_op_new(kind, CONSUMER, 1);
-    snprintf(op->ids[0], sizeof(op->ids[0]), "%s", job->event_id);
-    outbox(job, then, op);
+    outbox(job, then, tms_inbox_op_one(kind, CONSUMER, job->event_id));
 }
 
 static void record_handled(job_t *job)

@@ -46,7 +46,8 @@ typedef struct tms_outbox_op {
     char consumer[32];
     /* SEEN and RECORD: the events ids[0..nids), nids >= 1 (one event, or a batch of
      * the notifier's: one statement on PostgreSQL); SEEN answers in ids_seen[0..nids),
-     * allocated by the caller (NULL for RECORD). tms_inbox_op_new allocates both. */
+     * allocated by the caller (NULL for RECORD). tms_inbox_op_new allocates ids and,
+     * for SEEN, ids_seen; a store refuses an op without them (-TMS_EINVAL). */
     char (*ids)[37]; /* heap */
     size_t nids;
     bool *ids_seen; /* heap */
@@ -66,6 +67,10 @@ tms_outbox_op_t *tms_outbox_op_new(tms_outbox_op_kind_t kind);
 /** As tms_outbox_op_new for SEEN or RECORD by consumer, with room for nids (>= 1)
  * event ids for the caller to fill in ids and, for SEEN, their answers (all false). */
 tms_outbox_op_t *tms_inbox_op_new(tms_outbox_op_kind_t kind, const char *consumer, size_t nids);
+
+/** As tms_inbox_op_new for the one event event_id (the task and auth actors' ops). */
+tms_outbox_op_t *tms_inbox_op_one(tms_outbox_op_kind_t kind, const char *consumer,
+                                  const char *event_id);
 
 /* Several processes on one database (tms_outbox_t.lead): which of their relays
  * publishes. One does; the others stand aside and wake it after their writes, so an

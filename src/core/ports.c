@@ -82,6 +82,14 @@ tms_outbox_op_t *tms_inbox_op_new(tms_outbox_op_kind_t kind, const char *consume
     return op;
 }
 
+tms_outbox_op_t *tms_inbox_op_one(tms_outbox_op_kind_t kind, const char *consumer,
+                                  const char *event_id)
+{
+    tms_outbox_op_t *op = tms_inbox_op_new(kind, consumer, 1);
+    snprintf(op->ids[0], sizeof(op->ids[0]), "%s", event_id);
+    return op;
+}
+
 tms_mail_t *tms_mail_new(void)
 {
     return tms_new(tms_mail_t);

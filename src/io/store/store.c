@@ -168,12 +168,22 @@ void tms_store_released(tms_store_t *st)
 
 /* ---- the ports ------------------------------------------------------------------ */
 
+/* An inbox op names at least one event, and a SEEN has room for the answers: one
+ * without would "succeed" having recorded nothing, or crash its caller. */
+static bool well_formed(tms_store_port_t port, const tms_msg_t *msg)
+{
+    const tms_outbox_op_t *op = (const tms_outbox_op_t *)msg;
+    if (port != TMS_STORE_OUTBOX || (msg->op != TMS_INBOX_SEEN && msg->op != TMS_INBOX_RECORD))
+        return true;
+    return op->nids > 0 && op->ids && (msg->op != TMS_INBOX_SEEN || op->ids_seen);
+}
+
 static int submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **pmsg)
 {
     tms_store_port_state_t *ps = &st->port[port];
     tms_msg_t *msg = *pmsg;
     int rc;
-    if (msg->op <= 0 || msg->op >= families[port].nops)
+    if (msg->op <= 0 || msg->op >= families[port].nops || !well_formed(port, msg))
         return -TMS_EINVAL;
     /* Counted before the closed check (both sequentially consistent): either this
      * submit sees closed, or close's drain sees it in flight. */

@@ -9,13 +9,18 @@
 
 static const char *backend;
 
-static tms_outbox_op_t *box_op(int kind)
+/* The op answers to this test's mailbox. */
+static tms_outbox_op_t *box_reply(tms_outbox_op_t *op)
 {
-    tms_outbox_op_t *op = tms_outbox_op_new(kind);
     op->msg.reply_to = replies;
     op->msg.cont = on_reply;
     op->err.code = TMS_UNKNOWN; /* the store must overwrite it */
     return op;
+}
+
+static tms_outbox_op_t *box_op(int kind)
+{
+    return box_reply(tms_outbox_op_new(kind));
 }
 
 static tms_outbox_op_t *run_box(store_t *s, tms_outbox_op_t *op)
@@ -173,19 +178,13 @@ static void test_outbox(void)
 /* As box_op, for an inbox op of n ids (given later). */
 static tms_outbox_op_t *inbox_new(int kind, const char *consumer, size_t n)
 {
-    tms_outbox_op_t *op = tms_inbox_op_new(kind, consumer, n);
-    op->msg.reply_to = replies;
-    op->msg.cont = on_reply;
-    op->err.code = TMS_UNKNOWN; /* the store must overwrite it */
-    return op;
+    return box_reply(tms_inbox_op_new(kind, consumer, n));
 }
 
 /* An inbox op for one event (the task and auth actors' ops). */
 static tms_outbox_op_t *inbox_op(int kind, const char *consumer, const char *event_id)
 {
-    tms_outbox_op_t *op = inbox_new(kind, consumer, 1);
-    snprintf(op->ids[0], sizeof(op->ids[0]), "%s", event_id);
-    return op;
+    return box_reply(tms_inbox_op_one(kind, consumer, event_id));
 }
 
 static void test_inbox(void)
@@ -208,6 +207,13 @@ static void test_inbox(void)
         long long n = sql_query(&s, "SELECT count(*) FROM inbox");
         if (n != -2)
             CHECK_EQ_INT(n, 1);
+    }
+    /* an op naming no event is refused, not "recorded" */
+    for (int kind = TMS_INBOX_SEEN; kind <= TMS_INBOX_RECORD; kind++) {
+        op = box_op(kind);
+        CHECK_EQ_INT(tms_outbox_submit(s.outbox, &op), -TMS_EINVAL);
+        CHECK(op != NULL);
+        tms_outbox_op_free(&op);
     }
     op = run_box(&s, inbox_op(TMS_INBOX_SEEN, "task", e1));
     CHECK_EQ_INT(op->err.code, TMS_OK);
