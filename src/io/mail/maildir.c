@@ -83,11 +83,14 @@ typedef struct pending {
 } pending_t;
 
 /* A mail came back (on the submitter's loop, or on a worker when its reply had
- * nowhere to go). */
+ * nowhere to go). Under md->lock, which on_async takes too: on a worker, the last mail
+ * of a closing mailer must not free md (on the loop) between its count and its send. */
 static void mail_done(maildir_t *md)
 {
+    pthread_mutex_lock(&md->lock);
     if (atomic_fetch_sub(&md->inflight, 1) == 1 && atomic_load(&md->closing))
         uv_async_send(&md->async);
+    pthread_mutex_unlock(&md->lock);
 }
 
 /* ---- the write, on a worker thread ---------------------------------------- */
@@ -531,7 +534,11 @@ static void on_async_closed(uv_handle_t *h)
 static void on_async(uv_async_t *a)
 {
     maildir_t *md = a->data;
-    if (!atomic_load(&md->closing) || md->released || atomic_load(&md->inflight) != 0)
+    bool last;
+    pthread_mutex_lock(&md->lock); /* a worker's mail_done is done with md */
+    last = atomic_load(&md->closing) && !md->released && atomic_load(&md->inflight) == 0;
+    pthread_mutex_unlock(&md->lock);
+    if (!last)
         return;
     md->released = true;
     uv_close((uv_handle_t *)&md->async, on_async_closed);
@@ -605,7 +612,7 @@ tms_mailer_t *tms_maildir_new(uv_loop_t *loop, const char *dir, const char *from
     md->from = tms_strdup(from);
     md->domain = tms_strdup(domain);
     md->pool = pool;
-    md->capacity = queue_capacity;
+    md->capacity = queue_capacity ? queue_capacity : 1;
     md->written = tms_metrics_counter("tms_mail_written_total", "Mails written to the Maildir", "");
     md->duplicates = tms_metrics_counter("tms_mail_duplicates_total",
                                          "Mails not written because their event was delivered", "");

