@@ -565,7 +565,7 @@ static void on_topics_created(kbus_t *bus, rd_kafka_event_t *ev)
     const rd_kafka_CreateTopics_result_t *res = rd_kafka_event_CreateTopics_result(ev);
     size_t n = 0, created = 0;
     int failed = rd_kafka_event_error(ev) != 0;
-    const char *why = failed ? rd_kafka_event_error_string(ev) : NULL, *which = "";
+    const char *why = failed ? rd_kafka_event_error_string(ev) : NULL, *which = "-";
     const rd_kafka_topic_result_t **tr = res ? rd_kafka_CreateTopics_result_topics(res, &n) : NULL;
     bus->admin_pending = 0;
     for (size_t i = 0; i < n; i++) {

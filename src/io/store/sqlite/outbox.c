@@ -107,8 +107,6 @@ static int mark_sent(tms_outbox_op_t *op, sqlite3_stmt *st)
 static int inbox(tms_outbox_op_t *op, int kind, sqlite3_stmt *st)
 {
     int64_t now = tms_now_ms();
-    if (kind == TMS_INBOX_SEEN) /* an error part-way leaves no answers behind */
-        memset(op->ids_seen, 0, op->nids * sizeof(*op->ids_seen));
     for (size_t i = 0; i < op->nids; i++) {
         int rc;
         sqlite3_bind_text(st, 1, op->consumer, -1, SQLITE_STATIC);

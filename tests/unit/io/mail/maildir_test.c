@@ -394,6 +394,23 @@ static void free_gate(tms_msg_t *msg)
     free(msg);
 }
 
+/* Until a thread took every queued job of pool (5 s at most). */
+static void wait_pool_taken(tms_workpool_t *pool)
+{
+    for (int j = 0; j < 5000 && tms_workpool_depth(pool) > 0; j++)
+        nanosleep(&(struct timespec){0, 1000000}, NULL);
+    CHECK_EQ_INT(tms_workpool_depth(pool), 0);
+}
+
+/* A job that waits for release_pool. */
+static void submit_gate(tms_workpool_t *pool)
+{
+    tms_job_t *g = tms_new(tms_job_t);
+    g->run = run_gate;
+    g->msg.free_fn = free_gate; /* no reply_to: freed when done */
+    CHECK_EQ_INT(tms_workpool_submit(pool, &g), 0);
+}
+
 /* Holds both pool threads, and returns once both run a gate job: the mailer's drain
  * job, submitted after this, waits in the pool's queue until release_pool. One gate at
  * a time, each taken before the next is posted, so that the pool is known to be held
@@ -402,13 +419,8 @@ static void hold_pool(env_t *e)
 {
     CHECK_EQ_INT(sem_init(&gate, 0, 0), 0);
     for (int i = 0; i < 2; i++) {
-        tms_job_t *g = tms_new(tms_job_t);
-        g->run = run_gate;
-        g->msg.free_fn = free_gate; /* no reply_to: freed when done */
-        CHECK_EQ_INT(tms_workpool_submit(e->pool, &g), 0);
-        for (int j = 0; j < 5000 && tms_workpool_depth(e->pool) > 0; j++)
-            nanosleep(&(struct timespec){0, 1000000}, NULL);
-        CHECK_EQ_INT(tms_workpool_depth(e->pool), 0);
+        submit_gate(e->pool);
+        wait_pool_taken(e->pool);
     }
 }
 
@@ -416,6 +428,29 @@ static void release_pool(void)
 {
     sem_post(&gate);
     sem_post(&gate);
+}
+
+/* The mailer of these tests on e's Maildir, with at most capacity mails queued. */
+static tms_mailer_t *open_mailer(env_t *e, size_t capacity)
+{
+    char err[256] = "";
+    tms_mailer_t *m = tms_maildir_new(&e->loop, e->dir, "tms@example.org", "tms.example.org",
+                                      e->pool, capacity, err, sizeof(err));
+    CHECK(m != NULL);
+    return m;
+}
+
+/* Submits mails for the events numbered first to first + n - 1 (on_many counts their
+ * answers); each must be taken. */
+static void submit_numbered(env_t *e, tms_mailer_t *mailer, int first, int n)
+{
+    char id[37];
+    for (int i = first; i < first + n; i++) {
+        snprintf(id, sizeof(id), "00000000-0000-4000-8000-%012d", i);
+        tms_mail_t *m = make_mail(e, "bob@example.com", id);
+        m->msg.cont = on_many;
+        CHECK_EQ_INT(tms_mailer_submit(mailer, &m), 0);
+    }
 }
 
 /* Runs the loop until n mails came back. */
@@ -435,13 +470,11 @@ static void test_mails_written_together_share_a_sync(void)
 {
     enum { N = 40 };
     env_t e;
-    char err[256] = "", id[37];
+    char id[37];
     tms_counter_t *syncs = tms_metrics_counter("tms_mail_syncs_total", "", "");
     uint64_t syncs0 = tms_counter_value(syncs);
     env_init(&e);
-    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
-                                           e.pool, CAPACITY, err, sizeof(err));
-    CHECK(mailer != NULL);
+    tms_mailer_t *mailer = open_mailer(&e, CAPACITY);
     hold_pool(&e);
     for (int i = 0; i <= N; i++) {
         /* the 40th is the first's event again; the 41st has no valid event id */
@@ -474,19 +507,11 @@ static void test_queue_is_bounded(void)
 {
     enum { CAP = 4 };
     env_t e;
-    char err[256] = "", id[37];
     tms_mail_t *m;
     env_init(&e);
-    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
-                                           e.pool, CAP, err, sizeof(err));
-    CHECK(mailer != NULL);
+    tms_mailer_t *mailer = open_mailer(&e, CAP);
     hold_pool(&e);
-    for (int i = 0; i < CAP; i++) {
-        snprintf(id, sizeof(id), "00000000-0000-4000-8000-0000000000%02d", i);
-        m = make_mail(&e, "bob@example.com", id);
-        m->msg.cont = on_many;
-        CHECK_EQ_INT(tms_mailer_submit(mailer, &m), 0);
-    }
+    submit_numbered(&e, mailer, 0, CAP);
     m = make_mail(&e, "bob@example.com", "00000000-0000-4000-8000-000000000099");
     m->msg.cont = on_many;
     CHECK_EQ_INT(tms_mailer_submit(mailer, &m), -TMS_EFULL);
@@ -518,19 +543,11 @@ static void test_close_writes_queued_mails(void)
 {
     enum { N = 3 };
     env_t e;
-    char err[256] = "", id[37];
     tms_mail_t *m;
     env_init(&e);
-    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
-                                           e.pool, CAPACITY, err, sizeof(err));
-    CHECK(mailer != NULL);
+    tms_mailer_t *mailer = open_mailer(&e, CAPACITY);
     hold_pool(&e);
-    for (int i = 0; i < N; i++) {
-        snprintf(id, sizeof(id), "00000000-0000-4000-8000-0000000000%02d", i);
-        m = make_mail(&e, "bob@example.com", id);
-        m->msg.cont = on_many;
-        CHECK_EQ_INT(tms_mailer_submit(mailer, &m), 0);
-    }
+    submit_numbered(&e, mailer, 0, N);
     mailer->close(mailer, on_closed_after, &e);
     m = make_mail(&e, "bob@example.com", "00000000-0000-4000-8000-000000000099");
     CHECK_EQ_INT(tms_mailer_submit(mailer, &m), -TMS_ECLOSED);
@@ -555,20 +572,12 @@ static void test_a_long_queue_goes_in_batches(void)
 {
     enum { N = 150 };
     env_t e;
-    char err[256] = "", id[37];
     tms_counter_t *syncs = tms_metrics_counter("tms_mail_syncs_total", "", "");
     uint64_t syncs0 = tms_counter_value(syncs);
     env_init(&e);
-    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
-                                           e.pool, 1000, err, sizeof(err));
-    CHECK(mailer != NULL);
+    tms_mailer_t *mailer = open_mailer(&e, 1000);
     hold_pool(&e);
-    for (int i = 0; i < N; i++) {
-        snprintf(id, sizeof(id), "00000000-0000-4000-8000-000000000%03d", i);
-        tms_mail_t *m = make_mail(&e, "bob@example.com", id);
-        m->msg.cont = on_many;
-        CHECK_EQ_INT(tms_mailer_submit(mailer, &m), 0);
-    }
+    submit_numbered(&e, mailer, 0, N);
     CHECK_EQ_INT(tms_workpool_depth(e.pool), 1);
     release_pool();
     wait_replies(&e, N);
@@ -586,31 +595,22 @@ static void test_a_long_queue_goes_in_batches(void)
 static void test_pool_refusing_the_drain_job(void)
 {
     env_t e;
-    char err[256] = "";
     tms_mail_t *m;
     env_init(&e);
     tms_workpool_free(&e.pool);
     e.pool = tms_workpool_new("mailpool", 1, 1); /* one thread, one job queued */
-    tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
-                                           e.pool, CAPACITY, err, sizeof(err));
-    CHECK(mailer != NULL);
+    tms_mailer_t *mailer = open_mailer(&e, CAPACITY);
     CHECK_EQ_INT(sem_init(&gate, 0, 0), 0);
-    for (int i = 0; i < 2; i++) { /* one runs, one waits: the pool is full */
-        tms_job_t *g = tms_new(tms_job_t);
-        g->run = run_gate;
-        g->msg.free_fn = free_gate;
-        CHECK_EQ_INT(tms_workpool_submit(e.pool, &g), 0);
-        for (int j = 0; i == 0 && j < 5000 && tms_workpool_depth(e.pool) > 0; j++)
-            nanosleep(&(struct timespec){0, 1000000}, NULL);
-    }
+    submit_gate(e.pool); /* runs */
+    wait_pool_taken(e.pool);
+    submit_gate(e.pool); /* waits: the pool is full */
     m = make_mail(&e, "bob@example.com", EVENT_ID);
     CHECK_EQ_INT(tms_mailer_submit(mailer, &m), -TMS_EFULL);
     CHECK(m != NULL);
     tms_mail_free(&m);
     CHECK_EQ_INT(mailer->busy(mailer), 0);
     release_pool();
-    for (int j = 0; j < 5000 && tms_workpool_depth(e.pool) > 0; j++)
-        nanosleep(&(struct timespec){0, 1000000}, NULL); /* room again */
+    wait_pool_taken(e.pool); /* room again */
     CHECK_EQ_INT(send_and_wait(&e, mailer, "bob@example.com", EVENT_ID), 0);
     CHECK_EQ_INT(e.code, TMS_OK);
     CHECK_EQ_INT(count_in(&e, "new"), 1);
@@ -619,20 +619,18 @@ static void test_pool_refusing_the_drain_job(void)
     env_dispose(&e);
 }
 
-/* A mail nobody waits for (no reply_to) is written and freed on the worker, and a close
- * right behind it completes: the worker's last count and the loop's free of the mailer
- * are ordered by its lock (a 5 ms pause between them had ASan report a use after free
- * in 200 rounds; here the rounds only show the path works and leaks nothing). */
-static void test_mail_without_reply_to_then_close(void)
+/* Smoke test of a path no other test takes: a mail nobody waits for (no reply_to) is
+ * written and freed on the worker, and a close right behind it completes without a leak.
+ * It does not catch the race fixed in 9f2a7b9 (the worker's last count and the loop's
+ * free of the mailer, now ordered by its lock): that showed only with a 5 ms pause
+ * widened in by hand, under ASan. */
+static void test_mail_without_reply_to_smoke(void)
 {
-    for (int round = 0; round < 50; round++) {
+    for (int round = 0; round < 10; round++) {
         env_t e;
-        char err[256] = "";
         int closed = 0;
         env_init(&e);
-        tms_mailer_t *mailer = tms_maildir_new(&e.loop, e.dir, "tms@example.org", "tms.example.org",
-                                               e.pool, CAPACITY, err, sizeof(err));
-        CHECK(mailer != NULL);
+        tms_mailer_t *mailer = open_mailer(&e, CAPACITY);
         tms_mail_t *m = make_mail(&e, "bob@example.com", EVENT_ID);
         m->msg.reply_to = NULL; /* freed by its free_fn where it ends */
         CHECK_EQ_INT(tms_mailer_submit(mailer, &m), 0);
@@ -655,7 +653,7 @@ int main(void)
     RUN_TEST(test_close_writes_queued_mails);
     RUN_TEST(test_a_long_queue_goes_in_batches);
     RUN_TEST(test_pool_refusing_the_drain_job);
-    RUN_TEST(test_mail_without_reply_to_then_close);
+    RUN_TEST(test_mail_without_reply_to_smoke);
     RUN_TEST(test_refused_mail_writes_nothing);
     RUN_TEST(test_new_fails);
     TEST_EXIT();
