@@ -581,6 +581,13 @@ def cmd_report(work, outdir, stamp):
          "data: %s users, %s tasks; seeding: %s." % (
              meta.get("duration_s"), meta.get("warmup_s"), meta.get("connections"),
              meta.get("users"), meta.get("tasks"), meta.get("seeding")), "",
+         *(["The previous run deleted its scratch %s s before this one started: on ext4 "
+            "without a journal new files (the Maildir's) cost more for up to 5 min after "
+            "a mass deletion ([perf-write-path.md](../../docs/perf-write-path.md), "
+            "\"Session 13\"), so `pg_post` and `kafka` may read low." %
+            meta["previous_cleanup_s_ago"], ""]
+           if meta.get("previous_cleanup_s_ago") is not None
+           and meta["previous_cleanup_s_ago"] < 300 else []),
          "## Ratios and targets", "",
          "| pair | ratio / figure | value | target | met |", "|---|---|---|---|---|"]
     for r in rows:
