@@ -198,6 +198,30 @@ our_server_pids() {
   (IFS=,; echo "${list[*]}")
 }
 
+# pg_mark: snapshots PostgreSQL's counters (tasks rows, commits, WAL records, flushes and
+# bytes) into PG_MARK. pg_cost PAIR SIDE: records what happened since, per task created
+# (SIDE.pg_commits_per_create, .pg_wal_flushes_per_create, .pg_wal_records_per_create,
+# .pg_wal_bytes_per_create). Backends report their counters when they disconnect (or
+# after a second idle), so take pg_cost after the side's clients and server have gone.
+_pg_counters() {
+  psql -qAt -F ' ' "$PG_URL" -c "SELECT (SELECT count(*) FROM tasks),
+    (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
+    wal_records, wal_sync, wal_bytes FROM pg_stat_wal"
+}
+pg_mark() { sleep 1.2; PG_MARK=$(_pg_counters); }
+pg_cost() {
+  local pair=$1 side=$2 now
+  sleep 1.2
+  now=$(_pg_counters)
+  awk -v a="$PG_MARK" -v b="$now" -v s="$side" 'BEGIN {
+    split(a, x, " "); split(b, y, " "); n = y[1] - x[1]; if (n <= 0) exit
+    printf "%s.pg_commits_per_create %.2f\n", s, (y[2] - x[2]) / n
+    printf "%s.pg_wal_records_per_create %.2f\n", s, (y[3] - x[3]) / n
+    printf "%s.pg_wal_flushes_per_create %.3f\n", s, (y[4] - x[4]) / n
+    printf "%s.pg_wal_bytes_per_create %.0f\n", s, (y[5] - x[5]) / n }' |
+    while read -r k v; do rec "$pair" "$k" "$v"; done
+}
+
 # Writes a wrk Lua script sending METHOD with BODY (JSON) to $WORK/NAME.lua.
 wrk_lua() {
   local name=$1 method=$2 body=$3
