@@ -226,8 +226,8 @@ static const key_t_ keys[] = {
          "auto applies migrations at start; off leaves it to `tms migrate`"),
     INT(tasks, pool_size, tasks.pool_size, 1, 64, "4", "PostgreSQL: connections per worker"),
     INT(tasks, pipeline_depth, tasks.pipeline_depth, 1, 1024, "32",
-        "PostgreSQL: statements in flight per connection (pipeline mode); 1 turns pipelining "
-        "off"),
+        "PostgreSQL: operations in flight per connection (pipeline mode), which also bounds "
+        "a group of writes committed together; 1 turns pipelining and groups off"),
     INT(tasks, statement_timeout_ms, tasks.statement_timeout_ms, 100, 600000, "5000",
         "PostgreSQL: server-side statement_timeout in ms; a slower statement fails with 503"),
     ENUM(tasks, synchronous_commit, tasks.synchronous_commit, "require|accept-off", "require",

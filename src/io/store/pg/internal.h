@@ -28,15 +28,16 @@ typedef struct tms_pg_call {
     const char *stmt;
     int nparams;
     const char *values[TMS_PG_MAX_PARAMS];
-    /* Optional: a statement sent first, in the same implicit transaction (one sync for
-     * both; an error in either rolls back both); its rows are dropped (a lock). */
+    /* Optional: a statement sent first, in the same transaction (an error in either
+     * rolls back both, with the rest of the op's group); its rows are dropped (a
+     * lock). */
     const char *first_stmt;
     int first_nparams;
     const char *first_values[4];
-    /* A single read statement (GET, LIST): it may share one sync with the reads sent
-     * next to it on its connection (one implicit transaction, one round of the
-     * server's per-sync work), and is sent again alone if a neighbour's error aborts
-     * it. */
+    /* A single read statement (GET, LIST, the relay's fetch, ...): it may share one
+     * sync with the reads sent next to it on its connection (one round of the server's
+     * per-sync work), goes out at once, and is sent again alone if a neighbour's error
+     * aborts it. Every other op is a write: it commits in a group of writes (pg.c). */
     bool read_only;
     char num[8][32]; /* numbers, times */
     char *heap;      /* freed with the call */

@@ -14,16 +14,17 @@
 static const tms_pg_stmt_t stmts[] = {
     {"outbox_fetch", "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
                      " WHERE sent_at_ms IS NULL AND seq > $2 ORDER BY seq LIMIT $1"},
-    /* one statement marks the whole batch: one commit; a second mark keeps the first
-     * time (as on SQLite) */
+    /* one statement marks the whole batch; a second mark keeps the first time (as on
+     * SQLite) */
     {"outbox_mark_sent", "UPDATE outbox SET sent_at_ms = $2 WHERE seq = ANY($1::bigint[])"
                          " AND sent_at_ms IS NULL"},
     /* the same event again is a retry, not an error (as on SQLite and MongoDB) */
     {"outbox_add", "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"},
-    /* one statement for all of an op's ids (a record, one commit). A batch's rows go
-     * in id order: two processes recording the same events (an event published twice
-     * lands on two of them) then wait for each other in one order, never deadlock */
+    /* one statement for all of an op's ids. A batch's rows go in id order: two
+     * processes recording the same events (an event published twice lands on two of
+     * them) then wait for each other in one order. (Two groups of writes (pg.c) can
+     * still deadlock on them; the pool then sends their writes again alone.) */
     {"inbox_seen", "SELECT event_id FROM inbox WHERE consumer = $1 AND event_id = ANY($2::text[])"},
     {"inbox_record", "INSERT INTO inbox (consumer, event_id, handled_at_ms)"
                      " SELECT $1::text, e, $3::bigint FROM unnest($2::text[]) AS e ORDER BY e"
@@ -74,6 +75,7 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
     c->stmt = tms_store_op_name(TMS_STORE_OUTBOX, msg->op);
     switch (msg->op) {
     case TMS_OUTBOX_FETCH:
+        c->read_only = true;
         c->nparams = 2;
         v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->limit > 0 ? op->limit : 1);
         v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->after_seq);
@@ -95,12 +97,14 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
     case TMS_INBOX_SEEN:
     case TMS_INBOX_RECORD:
         c->nparams = msg->op == TMS_INBOX_RECORD ? 3 : 2;
+        c->read_only = msg->op == TMS_INBOX_SEEN;
         c->heap = id_array(op);
         v[0] = op->consumer;
         v[1] = c->heap;
         v[2] = tms__pg_i64(c->num[0], sizeof(c->num[0]), tms_now_ms());
         break;
     default: /* PENDING */
+        c->read_only = true;
         c->nparams = 0;
         break;
     }

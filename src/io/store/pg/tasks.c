@@ -1,9 +1,10 @@
 /* The task store port on PostgreSQL: each operation is one prepared statement (a
- * create with an Idempotency-Key two, in one implicit transaction). A create is a
- * statement with data-modifying CTEs; update and delete call the functions of the
- * migrations, which check the version, change the task and write its outbox event in
- * the statement's own transaction, exactly as sqlite/tasks.c does in its savepoint.
- * Runs on the pool's loop thread. */
+ * create with an Idempotency-Key two). A create is a statement with data-modifying
+ * CTEs; update and delete call the functions of the migrations, which check the
+ * version, change the task and write its outbox event in one statement, exactly as
+ * sqlite/tasks.c does in its savepoint. Writes commit in groups (pg.c): the group's
+ * transaction holds their row and advisory locks until it commits. Runs on the pool's
+ * loop thread. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,9 +31,10 @@
  * data-modifying CTEs, so they commit together. An Idempotency-Key used by the same
  * user within the TTL ($9 ms) answers instead: the first task ('replayed'), 'gone'
  * when it was deleted since, 'conflict' when the request differs. With a key, the
- * statement runs after task_create_lock in the same implicit transaction (one sync):
- * concurrent requests with one key wait there for each other, and the statement's
- * snapshot, taken after the wait, sees the record the first one committed. */
+ * statement runs after task_create_lock in the same transaction: concurrent requests
+ * with one key wait there for each other, and the statement's snapshot, taken after
+ * the wait, sees the record the first one committed (or, in the same group of writes,
+ * wrote earlier in the same transaction: the lock is the transaction's own). */
 #define CREATE_SQL                                                                                 \
     "WITH prev AS (SELECT i.request_hash, i.task_id FROM idempotency i"                            \
     "  WHERE $7::text <> '' AND i.user_id = $5::text AND i.key = $7::text"                         \
@@ -206,10 +208,12 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
                            op->task.updated_at_ms ? op->task.updated_at_ms : tms_now_ms());
         return 0;
     case TMS_TASK_PING:
+        c->read_only = true;
         c->stmt = "task_ping";
         c->nparams = 0;
         return 0;
     case TMS_TASK_EVENTS:
+        c->read_only = true;
         c->stmt = "task_events";
         c->nparams = 6;
         v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->after_id);
