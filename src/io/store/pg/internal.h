@@ -39,6 +39,10 @@ typedef struct tms_pg_call {
      * per-sync work), goes out at once, and is sent again alone if a neighbour's error
      * aborts it. Every other op is a write: it commits in a group of writes (pg.c). */
     bool read_only;
+    /* A write that may touch many rows (unassigning a user's tasks, purging the push
+     * log): sent alone, in a transaction of its own, so that it neither delays a group
+     * of creates nor widens its locks. */
+    bool solo;
     char num[8][32]; /* numbers, times */
     char *heap;      /* freed with the call */
 } tms_pg_call_t;

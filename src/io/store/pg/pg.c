@@ -59,11 +59,12 @@ struct req {
     tms_pg_call_t call;
     uint64_t began;    /* tms_store_begin when sent; 0 while queued */
     uint64_t deadline; /* uv_now ms */
-    int nq;            /* statements before the sync */
+    int nq;            /* its statements (a first_stmt and the statement, or one) */
     int ngot;          /* results read */
     PGresult *res;     /* the last statement's result */
     PGresult *err;     /* the first error */
-    bool synced;       /* a sync follows this op (else it ends at its statement's end) */
+    bool synced;       /* a sync follows this op (else a read ends at its statement's end, a
+                        * write waits for its group's sync: hold) */
     bool resent;       /* sent again alone after a neighbour's error aborted its group */
 };
 
@@ -115,6 +116,7 @@ struct tms_pg {
     int nconns, up;
     req_t *qhead, *qtail;
     size_t qlen;
+    size_t qreads; /* of them reads: pump stops walking past waiting writes at none */
     uv_timer_t tick;
     uv_check_t check;     /* after the iteration's I/O: sync and flush what was sent */
     uv_prepare_t prepare; /* before the loop waits: the same, for ops sent after check */
@@ -592,6 +594,7 @@ static void requeue(tms_pg_t *pg, req_t *first, req_t *last)
         r->ngot = 0;
         r->resent = true;
         pg->qlen++;
+        pg->qreads += r->call.read_only;
         if (r == last)
             break;
     }
@@ -805,18 +808,44 @@ static void on_poll(uv_poll_t *h, int status, int events)
 
 /* ---- dispatch ------------------------------------------------------------ */
 
+/* Whether the connection has a group of writes open (still taking writes). */
+static bool open_writes(const conn_t *c)
+{
+    return c->open && !c->open->call.read_only;
+}
+
+/* Whether the op goes in a sync (a transaction) of its own: sent again after its group
+ * failed, or a solo write (tms_pg_call_t.solo). */
+static bool alone(const req_t *r)
+{
+    return r->resent || r->call.solo;
+}
+
 /* Whether the write may go to the connection: into its open group of writes, or as
  * the first of a group when no write is in flight there. So while a group commits (its
  * WAL flush), the writes arriving wait in the queue and go together as the next group:
- * the group's size follows the load. Reads go out at once; so do the writes of a failed
- * group sent again, each in a transaction of its own, pipelined as before groups. */
+ * the group's size follows the load. Reads go out at once; so do writes that go alone,
+ * each in a transaction of its own, pipelined as before groups. */
 static bool takes_write(const conn_t *c, const req_t *r)
 {
-    if (r->resent || (c->open && !c->open->call.read_only))
+    if (alone(r) || open_writes(c))
         return true;
     return c->nwrites == 0;
 }
 
+/* Whether c is a better connection for an op than best: for a read, one whose open
+ * group of writes it would not end (a read closes the group before it); then the one
+ * with fewer ops in flight. */
+static bool better(const conn_t *c, const conn_t *best, bool read)
+{
+    if (!best)
+        return true;
+    if (read && open_writes(best) != open_writes(c))
+        return !open_writes(c);
+    return c->ninflight < best->ninflight;
+}
+
+/* The connection for the op: a write's open group first, else the better one. */
 static conn_t *pick(tms_pg_t *pg, const req_t *r)
 {
     conn_t *best = NULL;
@@ -826,9 +855,9 @@ static conn_t *pick(tms_pg_t *pg, const req_t *r)
             continue;
         if (!r->call.read_only && !takes_write(c, r))
             continue;
-        if (!r->call.read_only && c->open && !c->open->call.read_only && !r->resent)
-            return c; /* the open group of writes */
-        if (!best || c->ninflight < best->ninflight)
+        if (!r->call.read_only && open_writes(c) && !alone(r))
+            return c;
+        if (better(c, best, r->call.read_only))
             best = c;
     }
     return best;
@@ -848,7 +877,7 @@ static bool close_group(conn_t *c)
  * starts one; an op sent again goes alone. */
 static void send_req(conn_t *c, req_t *r)
 {
-    bool group = !r->resent;
+    bool group = !alone(r);
     bool join = group && (!c->open || c->open->call.read_only == r->call.read_only);
     bool sent = (join || close_group(c)) &&
                 (!r->call.first_stmt ||
@@ -920,7 +949,7 @@ static void pump(tms_pg_t *pg)
 {
     req_t **link = &pg->qhead, *r, *kept = NULL;
     bool writes_wait = false;
-    while ((r = *link) != NULL && !pg->closing) {
+    while ((r = *link) != NULL && !pg->closing && !(writes_wait && pg->qreads == 0)) {
         int dead = unreachable(pg);
         conn_t *c = NULL;
         if (!dead && !(writes_wait && !r->call.read_only))
@@ -937,6 +966,7 @@ static void pump(tms_pg_t *pg)
         if (pg->qtail == r)
             pg->qtail = kept;
         pg->qlen--;
+        pg->qreads -= r->call.read_only;
         if (dead) {
             fail_req(pg, r, "store unavailable");
             continue;
@@ -978,6 +1008,7 @@ static int pg_submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **pmsg)
         pg->qhead = r;
     pg->qtail = r;
     pg->qlen++;
+    pg->qreads += r->call.read_only;
     pump(pg);
     return 0;
 }
@@ -994,6 +1025,7 @@ static void on_tick(uv_timer_t *t)
         if (!pg->qhead)
             pg->qtail = NULL;
         pg->qlen--;
+        pg->qreads -= r->call.read_only;
         fail_req(pg, r, "store unavailable");
     }
     for (int i = 0; i <= pg->nconns; i++) { /* the pool and the lead connection */
@@ -1001,8 +1033,9 @@ static void on_tick(uv_timer_t *t)
         if ((c->state == RESOLVING || c->state == CONNECTING) &&
             now - c->started > (uint64_t)pg->opt.statement_timeout_ms)
             conn_down(c, "connect timed out");
-        else if ((c->state == READY || c->state == SETUP) && (c->held || c->head) &&
-                 now >= (c->held ? c->held : c->head)->deadline)
+        /* c->head, not a held write: the held ones are done, and the op in the works
+         * (or the group's sync) is the head */
+        else if ((c->state == READY || c->state == SETUP) && c->head && now >= c->head->deadline)
             conn_down(c, "operation deadline passed");
     }
     if (pg->lead_query && now - pg->lead_sent > (uint64_t)pg->opt.statement_timeout_ms)

@@ -200,6 +200,7 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
         v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->expected_version);
         return 0;
     case TMS_TASK_UNASSIGN_USER:
+        c->solo = true;
         c->stmt = "task_unassign";
         c->nparams = 2;
         v[0] = op->user_id;
@@ -225,6 +226,7 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
         v[5] = tms__pg_i64(c->num[3], sizeof(c->num[3]), op->limit > 0 ? op->limit : 0);
         return 0;
     case TMS_TASK_EVENTS_PURGE:
+        c->solo = true;
         c->stmt = "task_events_purge";
         c->nparams = 3;
         v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->before_ms);

@@ -249,16 +249,22 @@ static void create_reply(tms_msg_t *msg)
     tms_task_op_free(&op);
 }
 
-static void submit_create(tms_pg_t *pg, const char *title)
+static void submit_create_for(tms_pg_t *pg, const char *title, const char *assignee)
 {
     tms_task_op_t *op = task_op(TMS_TASK_CREATE);
     op->task.title = tms_arena_strdup(op->arena, title);
+    snprintf(op->task.assigned_to, sizeof(op->task.assigned_to), "%s", assignee);
     op->task.description = tms_arena_strdup(op->arena, "d");
     snprintf(op->task.status, sizeof(op->task.status), "open");
     snprintf(op->task.created_by, sizeof(op->task.created_by), "u1");
     op->task.created_at_ms = op->task.updated_at_ms = 1700000000000;
     op->msg.cont = create_reply;
     CHECK_EQ_INT(tms_task_store_submit(tms_pg_task_store(pg), &op), 0);
+}
+
+static void submit_create(tms_pg_t *pg, const char *title)
+{
+    submit_create_for(pg, title, "");
 }
 
 /* Submits creates of these titles in one loop iteration (so one group, on a pool of
@@ -356,6 +362,36 @@ static void test_reads_pass_writes_waiting_for_a_group(void)
     close_pg(&pg);
 }
 
+/* A write that may touch many rows (here unassigning a user's tasks) goes alone, in a
+ * transaction of its own, not in the group of the creates sent with it. */
+static void test_solo_writes_go_alone(void)
+{
+    tms_pg_t *pg = open_pg((tms_pg_options_t){.pool_size = 1});
+    tms_task_op_t *op;
+    if (!pg)
+        return;
+    nreplies = nok = 0;
+    submit_create_for(pg, "assigned", "u9");
+    while (nreplies < 1)
+        uv_run(&loop, UV_RUN_ONCE);
+    submit_create(pg, "s1");
+    op = task_op(TMS_TASK_UNASSIGN_USER);
+    snprintf(op->user_id, sizeof(op->user_id), "u9");
+    op->msg.cont = count_reply;
+    CHECK_EQ_INT(tms_task_store_submit(tms_pg_task_store(pg), &op), 0);
+    submit_create(pg, "s2");
+    while (nreplies < 4)
+        uv_run(&loop, UV_RUN_ONCE);
+    CHECK_EQ_INT(nok, 3);
+    CHECK_EQ_INT(side(url, "SELECT count(*) FROM tasks WHERE title = 'assigned'"
+                           " AND assigned_to IS NULL"),
+                 1);
+    CHECK_EQ_INT(side(url, "SELECT count(DISTINCT xmin::text) FROM tasks"
+                           " WHERE title IN ('assigned', 's1', 's2')"),
+                 3);
+    close_pg(&pg);
+}
+
 /* A trigger failing the creates of some titles: 'fails' always (an error of the op's
  * own), 'deadlock-once' the first time with a deadlock's SQLSTATE (what the group's
  * longer transaction can cause, so it is tried again alone; a sequence counts, since
@@ -363,13 +399,14 @@ static void test_reads_pass_writes_waiting_for_a_group(void)
 static void add_failing_trigger(void)
 {
     CHECK_EQ_INT(side(url, "CREATE SEQUENCE gc_deadlocks"), 0);
-    CHECK_EQ_INT(side(url,
-                      "CREATE FUNCTION gc_fail() RETURNS trigger LANGUAGE plpgsql AS $$"
-                      " BEGIN"
-                      " IF NEW.title = 'fails' THEN RAISE EXCEPTION 'refused by a test'; END IF;"
-                      " IF NEW.title = 'deadlock-once' AND nextval('gc_deadlocks') = 1 THEN"
-                      "  RAISE EXCEPTION 'simulated deadlock' USING ERRCODE = '40P01'; END IF;"
-                      " RETURN NEW; END $$"),
+    CHECK_EQ_INT(side(url, "CREATE SEQUENCE gc_fail_tries"), 0);
+    CHECK_EQ_INT(side(url, "CREATE FUNCTION gc_fail() RETURNS trigger LANGUAGE plpgsql AS $$"
+                           " BEGIN"
+                           " IF NEW.title = 'fails' THEN PERFORM nextval('gc_fail_tries');"
+                           " RAISE EXCEPTION 'refused by a test'; END IF;"
+                           " IF NEW.title = 'deadlock-once' AND nextval('gc_deadlocks') = 1 THEN"
+                           "  RAISE EXCEPTION 'simulated deadlock' USING ERRCODE = '40P01'; END IF;"
+                           " RETURN NEW; END $$"),
                  0);
     CHECK_EQ_INT(side(url, "CREATE TRIGGER gc_fail BEFORE INSERT ON tasks"
                            " FOR EACH ROW EXECUTE FUNCTION gc_fail()"),
@@ -381,6 +418,7 @@ static void drop_failing_trigger(void)
     side(url, "DROP TRIGGER gc_fail ON tasks");
     side(url, "DROP FUNCTION gc_fail()");
     side(url, "DROP SEQUENCE gc_deadlocks");
+    side(url, "DROP SEQUENCE gc_fail_tries");
 }
 
 /* One write of a group fails: the server rolls the whole group back, so the write
@@ -402,6 +440,10 @@ static void test_failed_write_fails_alone(void)
     CHECK_EQ_INT(count_titled("before"), 1);
     CHECK_EQ_INT(count_titled("fails"), 0);
     CHECK_EQ_INT(count_titled("after"), 1);
+    /* the failing write ran once: its own error answered it, it was not sent again */
+    CHECK_EQ_INT(side(url, "SELECT CASE WHEN is_called THEN last_value ELSE 0 END"
+                           " FROM gc_fail_tries"),
+                 1);
     CHECK_EQ_INT((int)(tms_counter_value(retried) - retried0), 1);
     drop_failing_trigger();
     close_pg(&pg);
@@ -426,7 +468,7 @@ static void test_deadlocked_group_is_sent_again(void)
 }
 
 /* The results of a group can come back before its sync went out: libpq sends early
- * once its buffer fills (31 creates of 4 KiB here), and a failing write's error comes
+ * once its buffer fills (a failing create and 30 of 4 KiB here), and a failing write's error comes
  * back at once, aborting the rest of the group, its last op included. Submitted in a
  * poll callback (the I/O phase), the group's results are read in the same phase, before
  * the iteration's flush sends the sync. The group must then end there: before, its last
@@ -566,6 +608,7 @@ int main(void)
     RUN_TEST(test_writes_sent_together_commit_together);
     RUN_TEST(test_writes_wait_for_the_group_in_flight);
     RUN_TEST(test_reads_pass_writes_waiting_for_a_group);
+    RUN_TEST(test_solo_writes_go_alone);
     RUN_TEST(test_failed_write_fails_alone);
     RUN_TEST(test_deadlocked_group_is_sent_again);
     RUN_TEST(test_results_before_the_groups_sync);
