@@ -13,6 +13,7 @@
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/notify.h"
+#include "core/queue.h"
 
 #define CONSUMER "notification-group"
 #define SUBJECT "New Task Assigned"
@@ -195,12 +196,7 @@ static void inbox_pump(tms_notifier_t *n, inbox_queue_t *q)
 /* Asks (SEEN) or records (RECORD) job's event: now, or in the batch after the op out. */
 static void inbox(job_t *job, inbox_queue_t *q)
 {
-    job->queued = NULL;
-    if (q->tail)
-        q->tail->queued = job;
-    else
-        q->head = job;
-    q->tail = job;
+    TMS_FIFO_APPEND(q->head, q->tail, job, queued);
     q->n++;
     inbox_pump(job->n, q);
 }

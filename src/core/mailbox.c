@@ -11,6 +11,7 @@
 
 #include "core/alloc.h"
 #include "core/metrics.h"
+#include "core/queue.h"
 #include "core/status.h"
 
 struct tms_mailbox {
@@ -80,12 +81,7 @@ tms_mailbox_t *tms_mailbox_new_threaded(const char *name, size_t capacity)
 static bool append_locked(tms_mailbox_t *mb, tms_msg_t *msg)
 {
     bool was_empty = mb->head == NULL;
-    msg->next = NULL;
-    if (mb->tail)
-        mb->tail->next = msg;
-    else
-        mb->head = msg;
-    mb->tail = msg;
+    TMS_FIFO_APPEND(mb->head, mb->tail, msg, next);
     mb->depth++;
     if (msg->kind != TMS_MSG_REPLY)
         mb->queued_requests++;

@@ -22,6 +22,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/queue.h"
 #include "core/status.h"
 
 #define NAME_MAX_LEN 63    /* topic[64] and key[64] in tms_delivery_t */
@@ -162,12 +163,7 @@ static void on_ready(uv_timer_t *timer)
 static void make_ready(record_t *r)
 {
     bus_t *bus = r->bus;
-    r->ready_next = NULL;
-    if (bus->ready_tail)
-        bus->ready_tail->ready_next = r;
-    else
-        bus->ready_head = r;
-    bus->ready_tail = r;
+    TMS_FIFO_APPEND(bus->ready_head, bus->ready_tail, r, ready_next);
     if (!uv_is_active((uv_handle_t *)&bus->timer))
         uv_timer_start(&bus->timer, on_ready, 0, 0);
 }

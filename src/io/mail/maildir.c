@@ -41,6 +41,7 @@
 #include "core/log.h"
 #include "core/mail_format.h"
 #include "core/metrics.h"
+#include "core/queue.h"
 
 /* Maildir convention: files left in tmp/ this long by a crash are garbage. */
 #define STALE_TMP_SECONDS (36 * 3600)
@@ -437,11 +438,7 @@ static int submit(tms_mailer_t *self, tms_mail_t **mail)
     else if (!md->draining)
         rc = schedule_drain(md); /* its run_drain waits for this lock: finds p queued */
     if (rc == 0) {
-        if (md->queue_tail)
-            md->queue_tail->queued = p;
-        else
-            md->queue_head = p;
-        md->queue_tail = p;
+        TMS_FIFO_APPEND(md->queue_head, md->queue_tail, p, queued);
         md->queued++;
     }
     pthread_mutex_unlock(&md->lock);

@@ -42,6 +42,7 @@
 #include "core/log.h"
 #include "core/mail_format.h"
 #include "core/metrics.h"
+#include "core/queue.h"
 #include "io/mail/dlq.h"
 
 /* Accepted event ids remembered: a redelivery after a failed inbox record (store
@@ -311,12 +312,7 @@ static void dead_letter(smtp_t *m, send_t *s, long code)
 
 static void enqueue(smtp_t *m, send_t *s)
 {
-    s->next = NULL;
-    if (m->ready_tail)
-        m->ready_tail->next = s;
-    else
-        m->ready_head = s;
-    m->ready_tail = s;
+    TMS_FIFO_APPEND(m->ready_head, m->ready_tail, s, next);
 }
 
 static void on_retry_due(uv_timer_t *t);

@@ -26,6 +26,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/metrics.h"
+#include "core/queue.h"
 #include "io/store/pg/internal.h"
 
 #define BACKOFF_MIN_MS 100
@@ -653,11 +654,7 @@ static void finish_group(conn_t *c, req_t *last)
             answer(pg, r);
             continue;
         }
-        if (again_tail)
-            again_tail->next = r;
-        else
-            again = r;
-        again_tail = r;
+        TMS_FIFO_APPEND(again, again_tail, r, next);
     }
     if (again) {
         tms_counter_add(pg->groups_failed, 1);
@@ -671,12 +668,7 @@ static void hold(conn_t *c, req_t *r)
     c->head = r->next;
     if (!c->head)
         c->tail = NULL;
-    r->next = NULL;
-    if (c->held_tail)
-        c->held_tail->next = r;
-    else
-        c->held = r;
-    c->held_tail = r;
+    TMS_FIFO_APPEND(c->held, c->held_tail, r, next);
 }
 
 static void complete(conn_t *c, req_t *r)
@@ -887,14 +879,9 @@ static void send_req(conn_t *c, req_t *r)
                                     NULL, 0) == 1 &&
                 (group || PQpipelineSync(c->pq) == 1);
     r->synced = !group;
-    r->next = NULL;
     if (!r->call.read_only)
         c->nwrites++;
-    if (c->tail)
-        c->tail->next = r;
-    else
-        c->head = r;
-    c->tail = r;
+    TMS_FIFO_APPEND(c->head, c->tail, r, next);
     c->ninflight++;
     if (!sent) { /* the connection is broken: this op fails like the ones in flight */
         conn_down(c, PQerrorMessage(c->pq));
@@ -1002,11 +989,7 @@ static int pg_submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **pmsg)
         fail_req(pg, r, "store unavailable");
         return 0;
     }
-    if (pg->qtail)
-        pg->qtail->next = r;
-    else
-        pg->qhead = r;
-    pg->qtail = r;
+    TMS_FIFO_APPEND(pg->qhead, pg->qtail, r, next);
     pg->qlen++;
     pg->qreads += r->call.read_only;
     pump(pg);
