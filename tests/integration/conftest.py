@@ -19,6 +19,7 @@ Environment:
 /metrics is served on metrics.addr, not on http.addr (issue 17): every test server gets
 a free metrics port, and srv.get("/metrics") reads it there (srv.metrics_url()).
 """
+import itertools
 import json
 import os
 import re
@@ -159,6 +160,54 @@ def _drop_pg_databases():
                         f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True)
 
 
+# -- Kafka: a namespace per test -------------------------------------------------
+
+# Every server a test starts on Kafka runs in an events.namespace (topics "<ns>.<topic>",
+# groups "<group>.<ns>") unless the test names one. With the plain names, two runs
+# against one broker (two people, a helper and CI) joined one notification-group and
+# took each other's events. pid and a random suffix make it the run's, the counter the
+# test's: a test's servers share it (two instances sharing the work), later tests start
+# clean.
+KAFKA_RUN = f"it{os.getpid()}{secrets.token_hex(2)}"
+_KAFKA_TESTS = itertools.count(1)
+_KAFKA_NAMESPACES = set()  # (brokers, namespace) of every server started on Kafka
+
+
+def kafka_namespace():
+    """A namespace no other test (of this run or another) uses."""
+    return f"{KAFKA_RUN}t{next(_KAFKA_TESTS)}"
+
+
+def delete_kafka_namespaces(pairs):
+    """Best effort: delete the topics of these (brokers, namespace) pairs. TMS creates
+    eight topics per namespace (four and their .dlq), so a run would leave hundreds."""
+    by_brokers = {}
+    for brokers, ns in pairs:
+        by_brokers.setdefault(brokers, set()).add(ns + ".")
+    try:
+        from confluent_kafka.admin import AdminClient
+    except ImportError:
+        return
+    for brokers, prefixes in by_brokers.items():
+        try:
+            admin = AdminClient({"bootstrap.servers": brokers})
+            topics = [t for t in admin.list_topics(timeout=5).topics
+                      if t.startswith(tuple(prefixes))]
+            if not topics:
+                continue
+            for f in admin.delete_topics(topics, operation_timeout=10,
+                                         request_timeout=15).values():
+                f.result()
+        except Exception:  # noqa: BLE001 (a broker gone or slow must not fail a test)
+            pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_kafka_topics():
+    yield
+    delete_kafka_namespaces(_KAFKA_NAMESPACES)
+
+
 _SPLIT_TLS_FILES = []
 
 
@@ -181,7 +230,7 @@ class TmsServer(LoggedProcess):
     """One `tms serve` process on a free port with its own data dir."""
 
     def __init__(self, workdir, settings=None, env=None, secret=JWT_SECRET,
-                 data_dir=None, ratelimits_off=True):
+                 data_dir=None, ratelimits_off=True, kafka_ns=None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.data_dir = Path(data_dir) if data_dir else self.workdir / "data"
@@ -218,12 +267,16 @@ class TmsServer(LoggedProcess):
             base["tasks.url"] = pg_tasks_url(self.data_dir)
         if USERS_URL and "users.url" not in base:
             base["users.url"] = mongo_users_url(self.data_dir)
+        if base.get("events.brokers") and kafka_ns:
+            base.setdefault("events.namespace", kafka_ns)
         if SPLIT:
             # One Kafka cluster for the session: a namespace per server (kept across its
             # restarts), and mail into <data.dir>/mail as in one process.
             base.setdefault("events.brokers", SPLIT_BROKERS)
             base.setdefault("events.namespace", "it" + secrets.token_hex(4))
             base.setdefault("mail.url", f"maildir://{self.data_dir}/mail")
+        if base.get("events.brokers") and base.get("events.namespace"):
+            _KAFKA_NAMESPACES.add((base["events.brokers"], base["events.namespace"]))
         self.settings = base
         self.split = None
         self._split_secret = secrets.token_hex(24)
@@ -375,6 +428,17 @@ class TmsServer(LoggedProcess):
                            self.split.gateways + [self.split.auth, self.split.task] +
                            self.split.notifiers)
         return super().log_text()
+
+    # -- Kafka names (events.namespace) -----------------------------------
+    def kafka_topic(self, name):
+        """The broker's name of TMS's topic `name`: "<ns>.<name>" in a namespace."""
+        ns = self.settings.get("events.namespace", "")
+        return f"{ns}.{name}" if ns else name
+
+    def kafka_group(self, name):
+        """The broker's name of TMS's consumer group `name`: "<name>.<ns>" in one."""
+        ns = self.settings.get("events.namespace", "")
+        return f"{name}.{ns}" if ns else name
 
     # -- HTTP helpers ----------------------------------------------------
     def url(self, path):
@@ -822,6 +886,7 @@ def make_server(tms_bin, tmp_path):
     Servers still running at teardown must stop cleanly."""
     servers = []
     counter = [0]
+    kafka_ns = kafka_namespace()  # for servers on Kafka whose test names none
 
     def factory(settings=None, env=None, secret=JWT_SECRET, data_dir=None, start=True,
                 ratelimits_off=True, **kw):
@@ -829,7 +894,7 @@ def make_server(tms_bin, tmp_path):
         s = dict(settings or {})
         s.update(kw)
         srv = TmsServer(tmp_path / f"srv{counter[0]}", settings=s, env=env, secret=secret,
-                        data_dir=data_dir, ratelimits_off=ratelimits_off)
+                        data_dir=data_dir, ratelimits_off=ratelimits_off, kafka_ns=kafka_ns)
         servers.append(srv)
         if start:
             srv.start()
@@ -850,6 +915,12 @@ def make_server(tms_bin, tmp_path):
             bad = log_problems(srv.log_text())
             if bad:
                 errors.append("log lines that are not logfmt:\n" + "\n".join(bad[:10]))
+    # every server has stopped: this test's topics go now, not at the end of the run
+    mine = {(srv.settings["events.brokers"], srv.settings["events.namespace"])
+            for srv in servers if srv.settings.get("events.brokers")
+            and srv.settings.get("events.namespace")}
+    delete_kafka_namespaces(mine)
+    _KAFKA_NAMESPACES.difference_update(mine)
     if errors:
         pytest.fail("server teardown: " + "; ".join(errors))
 

@@ -2,7 +2,9 @@
 `notifications`, writes that succeed while the broker is down and events that go out
 after it returns, two instances sharing the notifier work in one consumer group, a
 poison message moved to `notifications.dlq` without stalling its partition, and the
-delete-user saga (with and without compensation) over Kafka.
+delete-user saga (with and without compensation) over Kafka. Each test's servers run in
+an events.namespace of the test's own (conftest.kafka_namespace), so the topics are
+`<ns>.notifications` and so on, and runs sharing a broker do not meet.
 
 Needs TMS_TEST_KAFKA_BROKERS (host:port); `scripts/service-kafka` starts a broker
 and prints it. The broker-down test also needs that script's broker (it stops and
@@ -43,8 +45,7 @@ def kafka_server(make_server, env=None, data_dir=None, **settings):
 def wait_assigned(srv, timeout=30.0, topic="notifications"):
     """Until the consumer of topic (the notifier's by default) has partitions (joining
     the group takes a moment); topic is named as in the settings' events.namespace."""
-    ns = srv.settings.get("events.namespace", "")
-    line = "event=kafka_assigned topic=" + (ns + "." if ns else "") + topic + " "
+    line = "event=kafka_assigned topic=" + srv.kafka_topic(topic) + " "
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if line in srv.log_text():
@@ -72,12 +73,13 @@ def metrics(srv, name):
     return out
 
 
-def read_topic(topic, want, timeout=20.0):
-    """Read `topic` from the beginning with a throwaway group until want(msgs) is true;
-    returns every message read as (partition, offset, key, value dict or raw, headers)."""
+def read_topic(srv, topic, want, timeout=20.0):
+    """Read srv's `topic` (in its namespace) from the beginning with a throwaway group
+    until want(msgs) is true; returns every message read as (partition, offset, key,
+    value dict or raw, headers)."""
     c = Consumer({"bootstrap.servers": BROKERS, "group.id": "it-" + uuid.uuid4().hex,
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
-    c.subscribe([topic])
+    c.subscribe([srv.kafka_topic(topic)])
     got = []
     deadline = time.monotonic() + timeout
     try:
@@ -95,6 +97,12 @@ def read_topic(topic, want, timeout=20.0):
     finally:
         c.close()
     return got
+
+
+def notifier_labels(srv):
+    """The labels of the notifier's consumer metrics, named as on the broker."""
+    return '{topic="%s",group="%s"}' % (srv.kafka_topic("notifications"),
+                                        srv.kafka_group("notification-group"))
 
 
 def for_tasks(msgs, task_ids, user_ids):
@@ -117,7 +125,8 @@ def test_notifications_carry_the_json_of_api_md(make_server):
     assert r.status_code == 200, r.text
 
     users = [alice["id"], bob["id"]]
-    msgs = read_topic("notifications", lambda g: len(for_tasks(g, [t["id"]], users)) >= 2)
+    msgs = read_topic(srv, "notifications",
+                      lambda g: len(for_tasks(g, [t["id"]], users)) >= 2)
     mine = for_tasks(msgs, [t["id"]], users)
     assert len(mine) == 2, mine
     created, assigned = sorted(mine, key=lambda m: m[1])
@@ -230,8 +239,8 @@ def test_two_instances_share_the_work_once(make_server, tmp_path):
     b = kafka_server(make_server, **shared_stores(shared))
     maildir = shared / "mail"
     # b's join made a rebalance: wait until a has its share again
-    assert poll(lambda: a.log_text().count("event=kafka_assigned topic=notifications") >= 2,
-                timeout=30), a.log_text()[-2000:]
+    assigned = "event=kafka_assigned topic=" + a.kafka_topic("notifications") + " "
+    assert poll(lambda: a.log_text().count(assigned) >= 2, timeout=30), a.log_text()[-2000:]
     c_tok, _ = a.register(unique_email("creator"))
     users = [a.register(unique_email("pair"))[1] for _ in range(4)]
     tasks = []
@@ -267,8 +276,8 @@ def test_killed_instance_hands_its_partitions_over(make_server, tmp_path):
     a = kafka_server(make_server, **shared_stores(shared))
     b = kafka_server(make_server, **shared_stores(shared))
     maildir = shared / "mail"
-    assert poll(lambda: a.log_text().count("event=kafka_assigned topic=notifications") >= 2,
-                timeout=30), a.log_text()[-2000:]
+    assigned = "event=kafka_assigned topic=" + a.kafka_topic("notifications") + " "
+    assert poll(lambda: a.log_text().count(assigned) >= 2, timeout=30), a.log_text()[-2000:]
     c_tok, _ = a.register(unique_email("creator"))
     users = [a.register(unique_email("kill"))[1] for _ in range(3)]
     tasks = [a.create_task(c_tok, title="before", assignedTo=users[i % 3]["id"])
@@ -283,8 +292,7 @@ def test_killed_instance_hands_its_partitions_over(make_server, tmp_path):
         u = next(x for x in users if x["id"] == t["assignedTo"])
         assert len(mails_to(maildir, u["email"], task_id=t["id"])) == 1, t
     assert len(read_mails(maildir)) == 30
-    assert metrics(a, "tms_kafka_partitions_revoked_total")[
-        '{topic="notifications",group="notification-group"}'] >= 1
+    assert metrics(a, "tms_kafka_partitions_revoked_total")[notifier_labels(a)] >= 1
 
 
 # -- a poison message ---------------------------------------------------------------
@@ -300,7 +308,8 @@ def test_poison_message_goes_to_dlq_without_stalling_its_partition(make_server):
     # enough ordinary tasks that some share the poison's partition
     good = [srv.create_task(c_tok, title="good", assignedTo=user["id"]) for _ in range(12)]
     ids = [t["id"] for t in good + [poison]]
-    msgs = read_topic("notifications", lambda g: len(for_tasks(g, ids, [user["id"]])) >= 13)
+    msgs = read_topic(srv, "notifications",
+                      lambda g: len(for_tasks(g, ids, [user["id"]])) >= 13)
     part = {m[3]["task_id"]: m[0] for m in for_tasks(msgs, ids, [user["id"]])}
     same = [t for t in good if part[str(t["id"])] == part[str(poison["id"])]]
     assert same, "no ordinary task landed on the poison's partition (3 partitions, 12 tasks)"
@@ -313,16 +322,16 @@ def test_poison_message_goes_to_dlq_without_stalling_its_partition(make_server):
     assert len(got) == len(good), f"partition stalled behind the poison message: {len(got)}"
     assert [m for m in read_mails(srv.maildir) if title in m.text] == []
 
-    dlq = read_topic("notifications.dlq",
+    dlq = read_topic(srv, "notifications.dlq",
                      lambda g: for_tasks(g, [poison["id"]], [user["id"]]), timeout=30)
     mine = for_tasks(dlq, [poison["id"]], [user["id"]])
     assert len(mine) == 1, dlq[-5:]
     _, _, key, value, headers = mine[0]
     assert key == str(poison["id"]) and value["title"] == title
-    assert headers.get("tms.topic") == "notifications"
+    assert headers.get("tms.topic") == srv.kafka_topic("notifications")
     assert headers.get("tms.attempts") == "3"
     dead = metrics(srv, "tms_kafka_dead_lettered_total")
-    assert dead.get('{topic="notifications",group="notification-group"}') == 1, dead
+    assert dead.get(notifier_labels(srv)) == 1, dead
     # the partition moved on: later events still flow
     later = srv.create_task(c_tok, title="after poison", assignedTo=user["id"])
     assert len(wait_mails(srv.maildir, user["email"], 1, task_id=later["id"], timeout=10)) == 1
@@ -339,7 +348,7 @@ def test_delete_user_saga_over_kafka(make_server):
     assert r.status_code == 200, r.text
     assert poll(lambda: all(srv.task_ok(c_tok, t["id"])["assignedTo"] is None for t in tasks),
                 timeout=20), [srv.task_ok(c_tok, t["id"]) for t in tasks]
-    msgs = read_topic("user_deleted", lambda g: any(m[2] == victim["id"] for m in g))
+    msgs = read_topic(srv, "user_deleted", lambda g: any(m[2] == victim["id"] for m in g))
     mine = [m for m in msgs if m[2] == victim["id"]]
     assert len(mine) == 1
     value = mine[0][3]
@@ -365,7 +374,8 @@ def test_saga_compensation_over_kafka(make_server):
     assert (user["id"], user["email"], user["role"]) == (victim["id"], v_email, "admin")
     assert_error(srv.me(admin_tok), 401, "UNAUTHENTICATED")
     assert srv.task_ok(c_tok, t["id"])["assignedTo"] == victim["id"]
-    msgs = read_topic("compensate_user_deletion", lambda g: any(m[2] == victim["id"] for m in g))
+    msgs = read_topic(srv, "compensate_user_deletion",
+                      lambda g: any(m[2] == victim["id"] for m in g))
     mine = [m for m in msgs if m[2] == victim["id"]]
     assert len(mine) == 1 and mine[0][3]["user"]["id"] == victim["id"]
 
@@ -382,8 +392,7 @@ def test_forged_compensation_over_kafka_restores_nothing(make_server):
                   for l in srv.log_text().splitlines()):
         assert time.monotonic() < deadline, srv.log_text()[-3000:]
         time.sleep(0.1)
-    ns = srv.settings.get("events.namespace", "")
-    topic = (ns + "." if ns else "") + "compensate_user_deletion"
+    topic = srv.kafka_topic("compensate_user_deletion")
     v_email = unique_email("victim")
     v_tok, victim = srv.register(v_email)
     r = srv.delete(f"/api/auth/delete/{victim['id']}", token=v_tok)

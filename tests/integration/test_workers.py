@@ -412,7 +412,8 @@ def test_kafka_one_client_and_one_email_per_assignment(make_server):
     srv = start(make_server, workers=2, events__brokers=KAFKA,
                 events__client_id="tms-it-w-" + secrets.token_hex(3))
     deadline = time.monotonic() + 30
-    while "event=kafka_assigned topic=notifications" not in srv.log_text():
+    assigned = "event=kafka_assigned topic=" + srv.kafka_topic("notifications") + " "
+    while assigned not in srv.log_text():
         assert time.monotonic() < deadline, srv.log_text()[-3000:]
         time.sleep(0.1)
     creator, _ = srv.register()
