@@ -337,6 +337,35 @@ def test_poison_message_goes_to_dlq_without_stalling_its_partition(make_server):
     assert len(wait_mails(srv.maildir, user["email"], 1, task_id=later["id"], timeout=10)) == 1
 
 
+def test_first_dead_letter_of_a_process_goes_out_at_once(make_server):
+    """librdkafka before 2.10.1 looks up a topic first produced to only at its
+    once-a-second scan (librdkafka #5032): each process's first dead letter waited up to
+    1 s for the metadata of <topic>.dlq, which TMS had created at start. Three processes
+    (namespaces of their own: each its own group, its own first dead letter), so that a
+    wait of random length shows up in at least one."""
+    took = []
+    for _ in range(3):
+        title = "poison-" + secrets.token_hex(4)
+        srv = kafka_server(make_server, env={"TMS_FAULT_NOTIFY_FAIL_TITLE": title},
+                           events__dlq_after="1", events__namespace="dlqw" + secrets.token_hex(4))
+        c_tok, _ = srv.register(unique_email("creator"))
+        _, user = srv.register(unique_email("victim"))
+        srv.create_task(c_tok, title="good", assignedTo=user["id"])  # the path is warm
+        assert len(wait_mails(srv.maildir, user["email"], 1, timeout=15)) == 1
+        t0 = time.monotonic()
+        srv.create_task(c_tok, title=title, assignedTo=user["id"])
+        dead = poll(lambda: metrics(srv, "tms_kafka_dead_lettered_total").get(
+            notifier_labels(srv), 0), timeout=10, interval=0.01)
+        took.append(time.monotonic() - t0)
+        if not dead and "asan" not in TMS_BIN:
+            pytest.skip("TMS_FAULT_NOTIFY_FAIL_TITLE needs the TMS_FAULTS (ASan) build")
+        assert dead == 1, srv.log_text()[-3000:]
+        srv.stop_ok()
+    # publish, consume, dead letter: tens of milliseconds; the scan's wait: up to 1 s
+    assert max(took) < 0.3, "from a poison event to its dead letter: " + \
+        ", ".join("%.3f s" % t for t in took)
+
+
 # -- the saga ------------------------------------------------------------------------
 
 def test_delete_user_saga_over_kafka(make_server):

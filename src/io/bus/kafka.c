@@ -135,7 +135,9 @@ struct tms_kafka_bus {
     char *security[4]; /* security.protocol, ssl.ca/certificate/key.location ("": unset) */
     char *topics[MAX_TOPICS];
     int ntopics;
-    rd_kafka_topic_t *warm[MAX_TOPICS]; /* the producer's handles of topics[] (see warm_topics) */
+    /* the producer's handles of topics[] and, at MAX_TOPICS + i, of the .dlq of those
+     * consumed here (see warm_topics) */
+    rd_kafka_topic_t *warm[MAX_TOPICS * 2];
     rd_kafka_t *producer;
     rd_kafka_queue_t *main_q;
     int fds[2];
@@ -149,7 +151,8 @@ struct tms_kafka_bus {
     size_t outstanding; /* publishes awaiting their delivery report */
     int handles;        /* uv handles not yet closed */
     int topics_ready, admin_pending, stopping, closing, freeing;
-    int queries; /* watermark queries on the thread pool */
+    int topics_created; /* CreateTopics succeeded: topics[] and their .dlq exist */
+    int queries;        /* watermark queries on the thread pool */
     _Atomic int reachable;
     uint64_t admin_retry_at;
     tms_counter_t *published, *publish_failed;
@@ -551,9 +554,27 @@ static void warm_topics(kbus_t *bus)
     }
 }
 
+/* The same for the .dlq of a topic s consumes, where this process produces its dead
+ * letters (the first one waited up to 1 s); only once CreateTopics made it, as above.
+ * Called when s gets partitions: right after CreateTopics the broker may not know the
+ * new topics yet (KRaft applies them a moment later), and a handle whose first lookup
+ * found nothing is looked up again only at the scan. */
+static void warm_dlq(kbus_t *bus, const sub_t *s)
+{
+    char name[80];
+    if (!bus->topics_created)
+        return;
+    for (int i = 0; i < bus->ntopics; i++) {
+        if (strcmp(bus->topics[i], s->topic) == 0 && !bus->warm[MAX_TOPICS + i]) {
+            snprintf(name, sizeof(name), "%s.dlq", bus->topics[i]);
+            bus->warm[MAX_TOPICS + i] = rd_kafka_topic_new(bus->producer, name, NULL);
+        }
+    }
+}
+
 static void unwarm_topics(kbus_t *bus)
 {
-    for (int i = 0; i < bus->ntopics; i++) {
+    for (int i = 0; i < MAX_TOPICS * 2; i++) {
         if (bus->warm[i])
             rd_kafka_topic_destroy(bus->warm[i]);
         bus->warm[i] = NULL;
@@ -589,7 +610,12 @@ static void on_topics_created(kbus_t *bus, rd_kafka_event_t *ev)
         tms_log_info("kafka_topics_ready", "created=%zu", created);
         /* Only topics that exist as configured: asking for the metadata of a missing
          * one would have the broker auto-create it with its own defaults. */
+        bus->topics_created = 1;
         warm_topics(bus);
+        for (sub_t *s = bus->subs; s; s = s->next) {
+            if (s->parts) /* assigned before a retry of CreateTopics made the topics */
+                warm_dlq(bus, s);
+        }
     }
     /* Consumers start either way: a missing topic is found by their periodic
      * metadata refresh once something creates it (the broker may auto-create). */
@@ -966,6 +992,7 @@ static void on_rebalance(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         else
             rd_kafka_resume_partitions(rk, parts);
         apply_pause(s); /* the paused-partitions gauge */
+        warm_dlq(s->bus, s);
         tms_log_info("kafka_assigned", "topic=%s group=%s partitions=%d", s->topic, s->group,
                      parts->cnt);
     } else {
