@@ -106,12 +106,7 @@ static void wake(tms_mailbox_t *mb)
     } else if (draining && pthread_equal(pthread_self(), mb->owner_thread)) {
         if (!mb->in_ready) {
             mb->in_ready = true;
-            mb->ready_next = NULL;
-            if (ready_tail)
-                ready_tail->ready_next = mb;
-            else
-                ready_head = mb;
-            ready_tail = mb;
+            TMS_FIFO_APPEND(ready_head, ready_tail, mb, ready_next);
         }
     } else {
         uv_async_send(mb->async);

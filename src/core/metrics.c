@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/queue.h"
 
 #define NBUCKETS 14
 static const double bucket_bounds[NBUCKETS] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
@@ -59,11 +60,7 @@ static series_t *find_or_add(kind_t kind, const char *name, const char *help, co
     s->help = tms_strdup(help);
     s->labels = tms_strdup(labels);
     /* Appending keeps series of one name together when registered together. */
-    if (tail)
-        tail->next = s;
-    else
-        head = s;
-    tail = s;
+    TMS_FIFO_APPEND(head, tail, s, next);
 out:
     pthread_mutex_unlock(&lock);
     return s;

@@ -6,8 +6,8 @@
 
 #include <stddef.h>
 
-/* Appends node at tail: TMS_FIFO_APPEND(q->head, q->tail, job, next). The arguments are
- * evaluated more than once: pass plain lvalues. */
+/** Appends node at tail: TMS_FIFO_APPEND(q->head, q->tail, job, next). The arguments
+ * are evaluated more than once: pass plain lvalues. */
 #define TMS_FIFO_APPEND(head, tail, node, link)                                                    \
     do {                                                                                           \
         (node)->link = NULL;                                                                       \

@@ -690,6 +690,13 @@ static void complete(conn_t *c, req_t *r)
         requeue(c->pg, r, r);
         return;
     }
+    /* A write that went out as a group of one meets a deadlock or serialization failure
+     * as a group would: sent again, once (alone, as resent). */
+    if (r->err && !r->call.read_only && !r->resent && !own_error(r)) {
+        tms_counter_add(c->pg->groups_failed, 1);
+        requeue(c->pg, r, r);
+        return;
+    }
     answer(c->pg, r);
 }
 
@@ -825,14 +832,14 @@ static bool takes_write(const conn_t *c, const req_t *r)
     return c->nwrites == 0;
 }
 
-/* Whether c is a better connection for an op than best: for a read, one whose open
- * group of writes it would not end (a read closes the group before it); then the one
- * with fewer ops in flight. */
-static bool better(const conn_t *c, const conn_t *best, bool read)
+/* Whether c is a better connection for an op than best: for an op that would end an
+ * open group of writes (a read, or a write going alone), one without such a group; then
+ * the one with fewer ops in flight. */
+static bool better(const conn_t *c, const conn_t *best, bool ends_group)
 {
     if (!best)
         return true;
-    if (read && open_writes(best) != open_writes(c))
+    if (ends_group && open_writes(best) != open_writes(c))
         return !open_writes(c);
     return c->ninflight < best->ninflight;
 }
@@ -849,7 +856,7 @@ static conn_t *pick(tms_pg_t *pg, const req_t *r)
             continue;
         if (!r->call.read_only && open_writes(c) && !alone(r))
             return c;
-        if (better(c, best, r->call.read_only))
+        if (better(c, best, r->call.read_only || alone(r)))
             best = c;
     }
     return best;
@@ -1016,8 +1023,9 @@ static void on_tick(uv_timer_t *t)
         if ((c->state == RESOLVING || c->state == CONNECTING) &&
             now - c->started > (uint64_t)pg->opt.statement_timeout_ms)
             conn_down(c, "connect timed out");
-        /* c->head, not a held write: the held ones are done, and the op in the works
-         * (or the group's sync) is the head */
+        /* c->head, not a held write: the held ones' statements are done (they wait for
+         * the commit at the group's sync, whose op is the head), so a held write may
+         * wait past its own deadline, by at most the head's (statement_timeout + 1 s) */
         else if ((c->state == READY || c->state == SETUP) && c->head && now >= c->head->deadline)
             conn_down(c, "operation deadline passed");
     }

@@ -450,7 +450,8 @@ static void test_failed_write_fails_alone(void)
 }
 
 /* A deadlock (or serialization failure) fails the group, not its op: every write of
- * the group is sent again alone, the one that met it included, and all commit. */
+ * the group is sent again alone, the one that met it included, and all commit; so is a
+ * write that went out alone. */
 static void test_deadlocked_group_is_sent_again(void)
 {
     static const char *const titles[] = {"d-before", "deadlock-once", "d-after"};
@@ -463,6 +464,11 @@ static void test_deadlocked_group_is_sent_again(void)
     CHECK_EQ_INT(count_titled("d-before"), 1);
     CHECK_EQ_INT(count_titled("deadlock-once"), 1);
     CHECK_EQ_INT(count_titled("d-after"), 1);
+    /* a write alone (a group of one) is sent again too */
+    CHECK_EQ_INT(side(url, "ALTER SEQUENCE gc_deadlocks RESTART"), 0);
+    create_together(pg, titles + 1, 1);
+    CHECK_EQ_INT(nok, 1);
+    CHECK_EQ_INT(count_titled("deadlock-once"), 2);
     drop_failing_trigger();
     close_pg(&pg);
 }
