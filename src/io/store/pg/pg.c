@@ -583,6 +583,19 @@ static void setup_done(conn_t *c, req_t *r)
     tms_log_info("pg_conn_up", "conn=%d up=%d", c->idx, pg->up);
 }
 
+/* The queue's counts, kept with every op that enters or leaves it. */
+static void counted_in(tms_pg_t *pg, const req_t *r)
+{
+    pg->qlen++;
+    pg->qreads += r->call.read_only;
+}
+
+static void counted_out(tms_pg_t *pg, const req_t *r)
+{
+    pg->qlen--;
+    pg->qreads -= r->call.read_only;
+}
+
 /* Ops aborted by another op's error in their group (first..last, chained in the order
  * they were sent): first in the queue again, in that order, each to be sent with a sync
  * of its own. */
@@ -594,8 +607,7 @@ static void requeue(tms_pg_t *pg, req_t *first, req_t *last)
         r->res = r->err = NULL;
         r->ngot = 0;
         r->resent = true;
-        pg->qlen++;
-        pg->qreads += r->call.read_only;
+        counted_in(pg, r);
         if (r == last)
             break;
     }
@@ -632,17 +644,17 @@ static bool own_error(const req_t *r)
     return !state || strncmp(state, "40", 2) != 0;
 }
 
-/* A group of writes ended with its sync, the last op: the held ops and it were one
- * transaction. If none of them failed, it committed, and all are answered; if one did,
- * the server rolled all of it back: the op whose own error it was is answered with it,
- * and the others are sent again, each alone. */
+/* A group of writes ended with its sync, the last op: the held ops (none for a write
+ * that went alone) and it were one transaction. If none of them failed, it committed,
+ * and all are answered; if one did, the server rolled all of it back: the op whose own
+ * error it was is answered with it, and the others are sent again, each alone (once: an
+ * op already sent again is answered with what it met). */
 static void finish_group(conn_t *c, req_t *last)
 {
     tms_pg_t *pg = c->pg;
     req_t *r, *next, *again = NULL, *again_tail = NULL;
     bool failed = false;
-    c->held_tail->next = last;
-    last->next = NULL;
+    TMS_FIFO_APPEND(c->held, c->held_tail, last, next);
     r = c->held;
     c->held = c->held_tail = NULL;
     for (req_t *q = r; q; q = q->next)
@@ -650,7 +662,7 @@ static void finish_group(conn_t *c, req_t *last)
     for (; r; r = next) {
         next = r->next;
         leave(c, r);
-        if (!failed || own_error(r)) {
+        if (!failed || own_error(r) || r->resent) {
             answer(pg, r);
             continue;
         }
@@ -662,21 +674,25 @@ static void finish_group(conn_t *c, req_t *last)
     }
 }
 
-/* A grouped write whose statements are done waits for its group's sync. */
-static void hold(conn_t *c, req_t *r)
+/* The op at the head of the connection's pipeline leaves it. */
+static void pop_head(conn_t *c, const req_t *r)
 {
     c->head = r->next;
     if (!c->head)
         c->tail = NULL;
+}
+
+/* A grouped write whose statements are done waits for its group's sync. */
+static void hold(conn_t *c, req_t *r)
+{
+    pop_head(c, r);
     TMS_FIFO_APPEND(c->held, c->held_tail, r, next);
 }
 
 static void complete(conn_t *c, req_t *r)
 {
-    c->head = r->next;
-    if (!c->head)
-        c->tail = NULL;
-    if (c->held) { /* the sync of a group of writes */
+    pop_head(c, r);
+    if (r->port >= 0 && !r->call.read_only) { /* a write: the sync of its group */
         finish_group(c, r);
         return;
     }
@@ -685,15 +701,7 @@ static void complete(conn_t *c, req_t *r)
         setup_done(c, r);
         return;
     }
-    if (r->err && PQresultStatus(r->err) == PGRES_PIPELINE_ABORTED && r->call.read_only &&
-        !r->resent) {
-        requeue(c->pg, r, r);
-        return;
-    }
-    /* A write that went out as a group of one meets a deadlock or serialization failure
-     * as a group would: sent again, once (alone, as resent). */
-    if (r->err && !r->call.read_only && !r->resent && !own_error(r)) {
-        tms_counter_add(c->pg->groups_failed, 1);
+    if (r->err && PQresultStatus(r->err) == PGRES_PIPELINE_ABORTED && !r->resent) {
         requeue(c->pg, r, r);
         return;
     }
@@ -959,8 +967,7 @@ static void pump(tms_pg_t *pg)
         *link = r->next;
         if (pg->qtail == r)
             pg->qtail = kept;
-        pg->qlen--;
-        pg->qreads -= r->call.read_only;
+        counted_out(pg, r);
         if (dead) {
             fail_req(pg, r, "store unavailable");
             continue;
@@ -997,8 +1004,7 @@ static int pg_submit(tms_store_t *st, tms_store_port_t port, tms_msg_t **pmsg)
         return 0;
     }
     TMS_FIFO_APPEND(pg->qhead, pg->qtail, r, next);
-    pg->qlen++;
-    pg->qreads += r->call.read_only;
+    counted_in(pg, r);
     pump(pg);
     return 0;
 }
@@ -1014,8 +1020,7 @@ static void on_tick(uv_timer_t *t)
         pg->qhead = r->next;
         if (!pg->qhead)
             pg->qtail = NULL;
-        pg->qlen--;
-        pg->qreads -= r->call.read_only;
+        counted_out(pg, r);
         fail_req(pg, r, "store unavailable");
     }
     for (int i = 0; i <= pg->nconns; i++) { /* the pool and the lead connection */
