@@ -1,6 +1,7 @@
 /* Real-time push of task events (push.h). Costs: delivering an event is O(subscribers
  * of the hub); a token re-check round sorts the hub's subscribers by user, O(n log n)
  * every recheck_ms. */
+#define _GNU_SOURCE /* memmem */
 #include "core/push.h"
 
 #include <pthread.h>
@@ -20,6 +21,13 @@
 #define READ_TIMEOUT_MS 10000
 #define HUB_MAILBOX 1024 /* revocation notices; past it the next round re-checks */
 #define USER_BUCKETS 1024
+/* Doorbells go only to processes that listen: one with streams says so on the
+ * doorbell topic when its first stream opens and then this often, and another process
+ * rings for LISTEN_TTL_MS after it last heard that (three announcements: one lost
+ * does not stop the doorbells). */
+#define ANNOUNCE_MS 5000
+#define LISTEN_TTL_MS 15000
+#define ANNOUNCE_KEY "\"listening\":\""
 
 enum { MSG_REVOKED = 1 };
 
@@ -79,9 +87,18 @@ struct tms_push_shared {
     size_t nhubs, hubs_cap;
     size_t total;
     user_count_t *users[USER_BUCKETS];
-    uv_async_t wake; /* a poke from any thread: publish a doorbell */
-    atomic_int want_doorbell;
-    bool publishing, stopping, stopped, closed;
+    uv_async_t wake; /* a poke from any thread: publish a doorbell or an announcement */
+    atomic_int want_doorbell, want_announce;
+    bool publishing, announcing, stopping, stopped, closed;
+    /* Listening (ANNOUNCE_MS): this process's id in its announcements; until when
+     * (uv_hrtime ms) another process is known to have streams; a doorbell was skipped
+     * for want of one (rung when one is next heard: its stream may have opened just
+     * before that write). */
+    char self_id[17];
+    _Atomic uint64_t listeners_until;
+    bool skipped;
+    uv_timer_t announce_timer;
+    int open_handles; /* wake, announce_timer: freed when both closed */
     void (*stopped_cb)(void *);
     void *stopped_arg;
     tms_mailbox_t *feed; /* doorbells of every process */
@@ -92,7 +109,7 @@ struct tms_push_shared {
 static struct {
     pthread_once_t once;
     tms_counter_t *pushed, *resumed, *reset, *slow, *revoked, *expired, *refused_user,
-        *refused_total, *gaps, *read_failed;
+        *refused_total, *gaps, *read_failed, *announced;
 } m = {.once = PTHREAD_ONCE_INIT};
 
 static void metrics_init(void)
@@ -119,6 +136,9 @@ static void metrics_init(void)
                                  "holes in the push log given up after the gap wait", "");
     m.read_failed = tms_metrics_counter("tms_push_read_failures_total",
                                         "reads of the push log that failed", "");
+    m.announced = tms_metrics_counter(
+        "tms_push_listening_announcements_total",
+        "announcements on the doorbell topic that this process has streams", "");
 }
 
 static double subscribers_gauge(void *arg)
@@ -137,7 +157,23 @@ static void poke_hubs(tms_push_shared_t *s)
     pthread_mutex_unlock(&s->mu);
 }
 
+static uint64_t mono_ms(void)
+{
+    return uv_hrtime() / 1000000;
+}
+
 static void publish_doorbell(tms_push_shared_t *s);
+static void publish_announcement(tms_push_shared_t *s);
+
+/* Stopping: done once neither a doorbell nor an announcement is in flight. */
+static void check_stopped(tms_push_shared_t *s)
+{
+    if (s->stopping && !s->publishing && !s->announcing && !s->stopped) {
+        s->stopped = true;
+        if (s->stopped_cb)
+            s->stopped_cb(s->stopped_arg);
+    }
+}
 
 static void on_doorbell_sent(void *ctx, int status)
 {
@@ -146,44 +182,128 @@ static void on_doorbell_sent(void *ctx, int status)
     if (status == 0)
         tms_counter_add(s->doorbells_out, 1);
     if (s->stopping) {
-        if (!s->stopped && s->stopped_cb) {
-            s->stopped = true;
-            s->stopped_cb(s->stopped_arg);
-        }
+        check_stopped(s);
         return;
     }
     if (atomic_load(&s->want_doorbell))
         publish_doorbell(s);
 }
 
-/* At most one doorbell in flight; pokes meanwhile make one more after it. */
+static bool listeners_known(const tms_push_shared_t *s)
+{
+    return mono_ms() < atomic_load(&s->listeners_until);
+}
+
+/* At most one doorbell in flight; pokes meanwhile make one more after it. None while
+ * no other process is known to have streams: a process's own hubs were poked
+ * directly, and a doorbell nobody listens for costs the broker a produce and every
+ * process a fetch (issue 20: a third of the broker's requests in the Kafka bench). */
 static void publish_doorbell(tms_push_shared_t *s)
 {
     static const char body[] = "{}";
     if (s->publishing || s->stopping || !s->publish || !s->bus)
         return;
     atomic_store(&s->want_doorbell, 0);
+    if (!listeners_known(s)) {
+        s->skipped = true;
+        return;
+    }
+    s->skipped = false;
     s->publishing = true;
     if (s->bus->publish(s->bus, TMS_PUSH_TOPIC, "", body, sizeof(body) - 1, on_doorbell_sent, s) !=
         0)
         s->publishing = false; /* the poll of the other processes covers it */
 }
 
+static void on_announcement_sent(void *ctx, int status)
+{
+    tms_push_shared_t *s = ctx;
+    s->announcing = false;
+    if (status == 0)
+        tms_counter_add(m.announced, 1);
+    if (s->stopping) {
+        check_stopped(s);
+        return;
+    }
+    if (atomic_load(&s->want_announce))
+        publish_announcement(s);
+}
+
+/* "This process has streams": other processes ring doorbells for LISTEN_TTL_MS. */
+static void publish_announcement(tms_push_shared_t *s)
+{
+    char body[64];
+    int n;
+    if (s->announcing || s->stopping || !s->publish || !s->bus)
+        return;
+    atomic_store(&s->want_announce, 0);
+    if (tms_push_subscribers(s) == 0)
+        return;
+    n = snprintf(body, sizeof(body), "{" ANNOUNCE_KEY "%s\"}", s->self_id);
+    s->announcing = true;
+    if (s->bus->publish(s->bus, TMS_PUSH_TOPIC, "", body, (size_t)n, on_announcement_sent, s) != 0)
+        s->announcing = false; /* the next one is due in ANNOUNCE_MS */
+}
+
 static void on_shared_wake(uv_async_t *a)
 {
-    publish_doorbell(a->data);
+    tms_push_shared_t *s = a->data;
+    if (atomic_load(&s->want_announce))
+        publish_announcement(s);
+    if (atomic_load(&s->want_doorbell))
+        publish_doorbell(s);
+}
+
+static void on_announce_timer(uv_timer_t *t)
+{
+    tms_push_shared_t *s = t->data;
+    atomic_store(&s->want_announce, 1);
+    publish_announcement(s);
+}
+
+/* An announcement from another process (its own are ignored): doorbells go out for
+ * LISTEN_TTL_MS more; one skipped before it is rung now. */
+static void heard_listener(tms_push_shared_t *s, const char *payload, size_t len)
+{
+    const char *id = memmem(payload, len, ANNOUNCE_KEY, sizeof(ANNOUNCE_KEY) - 1);
+    bool known = listeners_known(s);
+    id += sizeof(ANNOUNCE_KEY) - 1;
+    if ((size_t)(payload + len - id) > strlen(s->self_id) &&
+        memcmp(id, s->self_id, strlen(s->self_id)) == 0 && id[strlen(s->self_id)] == '"')
+        return;
+    atomic_store(&s->listeners_until, mono_ms() + LISTEN_TTL_MS);
+    if (!known) {
+        tms_log_info("push_listener_heard", "doorbells=on skipped=%s",
+                     s->skipped ? "rung" : "none");
+        if (s->skipped && !s->stopping) {
+            atomic_store(&s->want_doorbell, 1);
+            publish_doorbell(s);
+        }
+    }
 }
 
 static void on_feed(void *owner, tms_msg_t *msg)
 {
     tms_push_shared_t *s = owner;
     tms_delivery_t *d = (tms_delivery_t *)msg;
+    bool announcement;
     if (msg->kind == TMS_MSG_STOP || msg->op != TMS_EVENT_DELIVERY)
         return;
+    announcement =
+        d->payload && memmem(d->payload, d->payload_len, ANNOUNCE_KEY, sizeof(ANNOUNCE_KEY) - 1);
+    if (announcement)
+        heard_listener(s, d->payload, d->payload_len);
     s->bus->ack(s->bus, &d, tms_ack_ok());
+    if (announcement)
+        return;
     tms_counter_add(s->doorbells_in, 1);
     if (!s->stopping)
         poke_hubs(s);
+}
+
+static double remote_listeners_gauge(void *arg)
+{
+    return listeners_known(arg) ? 1 : 0;
 }
 
 tms_push_shared_t *tms_push_shared_new(uv_loop_t *loop, const tms_push_limits_t *limits,
@@ -211,6 +331,16 @@ tms_push_shared_t *tms_push_shared_new(uv_loop_t *loop, const tms_push_limits_t 
     uv_async_init(loop, &s->wake, on_shared_wake);
     s->wake.data = s;
     uv_unref((uv_handle_t *)&s->wake);
+    uv_timer_init(loop, &s->announce_timer);
+    s->announce_timer.data = s;
+    s->open_handles = 2;
+    {
+        unsigned char r[8];
+        if (uv_random(NULL, NULL, r, sizeof(r), 0, NULL) != 0)
+            snprintf((char *)r, sizeof(r), "%07x", (unsigned)uv_hrtime() & 0xfffffff);
+        for (size_t i = 0; i < sizeof(r); i++)
+            snprintf(s->self_id + 2 * i, 3, "%02x", r[i]);
+    }
     s->doorbells_in = tms_metrics_counter("tms_push_doorbells_total",
                                           "push doorbells between processes", "dir=\"in\"");
     s->doorbells_out = tms_metrics_counter("tms_push_doorbells_total",
@@ -221,6 +351,14 @@ tms_push_shared_t *tms_push_shared_new(uv_loop_t *loop, const tms_push_limits_t 
         s->feed = tms_mailbox_new(loop, "push", 1024, on_feed, s);
         if (bus->subscribe_all(bus, TMS_PUSH_TOPIC, s->feed) != 0)
             tms_log_error("subscribe_failed", "topic=%s group=(every instance)", TMS_PUSH_TOPIC);
+    }
+    if (s->publish && s->bus) {
+        tms_metrics_gauge_fn("tms_push_remote_listeners",
+                             "1 while another process is known to have task event streams"
+                             " (this one rings doorbells), else 0",
+                             "", remote_listeners_gauge, s);
+        uv_timer_start(&s->announce_timer, on_announce_timer, ANNOUNCE_MS, ANNOUNCE_MS);
+        uv_unref((uv_handle_t *)&s->announce_timer);
     }
     return s;
 }
@@ -287,7 +425,11 @@ static int shared_take(tms_push_shared_t *s, const char *user_id)
             *slot = u;
         }
         u->n++;
-        s->total++;
+        if (s->total++ == 0 && s->publish) {
+            /* the first stream: other processes start ringing (publish_announcement) */
+            atomic_store(&s->want_announce, 1);
+            uv_async_send(&s->wake);
+        }
     }
     pthread_mutex_unlock(&s->mu);
     return rc;
@@ -338,16 +480,15 @@ void tms_push_shared_stop(tms_push_shared_t *s, void (*cb)(void *arg), void *arg
     s->stopping = true;
     s->stopped_cb = cb;
     s->stopped_arg = arg;
-    if (!s->publishing) {
-        s->stopped = true;
-        if (cb)
-            cb(arg);
-    }
+    uv_timer_stop(&s->announce_timer);
+    check_stopped(s);
 }
 
 static void on_shared_closed(uv_handle_t *h)
 {
     tms_push_shared_t *s = h->data;
+    if (--s->open_handles > 0)
+        return;
     pthread_mutex_destroy(&s->mu);
     for (int i = 0; i < USER_BUCKETS; i++) {
         while (s->users[i]) {
@@ -369,6 +510,7 @@ void tms_push_shared_free(tms_push_shared_t **ps)
     tms_metrics_drop_gauges_of(s);
     tms_mailbox_free(&s->feed);
     uv_close((uv_handle_t *)&s->wake, on_shared_closed);
+    uv_close((uv_handle_t *)&s->announce_timer, on_shared_closed);
 }
 
 /* ---- one worker's hub ------------------------------------------------------------ */

@@ -11,8 +11,10 @@
  *   - a poke (tms_push_poke): a write committed in this process (the task actor),
  *     or a doorbell from another process: each process publishes one on the topic
  *     TMS_PUSH_TOPIC after its writes (coalesced, not durable) when told to
- *     (cross-process buses), and every process takes that topic outside the consumer
- *     groups (event_bus subscribe_all: each instance gets every doorbell);
+ *     (cross-process buses) and while another process is known to have streams
+ *     (each process with streams announces that on the same topic), and every
+ *     process takes that topic outside the consumer groups (event_bus
+ *     subscribe_all: each instance gets every doorbell);
  *   - a poll every poll_ms, which covers a doorbell lost with a crash.
  * seq grows in commit order on SQLite (one writer). On PostgreSQL a sequence hands
  * out seq before commit, so a later seq may commit first: a hub that finds a hole
@@ -109,8 +111,9 @@ typedef struct tms_push_shared tms_push_shared_t;
 
 /** The shared part, on loop (the bus's loop: worker 0's). With a bus, takes
  * TMS_PUSH_TOPIC outside the consumer groups (bus->subscribe_all) and, when
- * publish_doorbells, publishes a doorbell there after pokes (a bus that reaches
- * other processes). Never NULL. */
+ * publish_doorbells, publishes a doorbell there after pokes while another process
+ * has streams, and announces this process's own streams (a bus that reaches other
+ * processes). Never NULL. */
 tms_push_shared_t *tms_push_shared_new(uv_loop_t *loop, const tms_push_limits_t *limits,
                                        tms_event_bus_t *bus, bool publish_doorbells);
 

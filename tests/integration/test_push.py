@@ -564,6 +564,47 @@ def test_two_instances_on_kafka_each_deliver_every_event_once(make_server, tmp_p
     assert metric(a, "tms_push_doorbells_total", 'dir="out"') > 0
 
 
+@pytest.mark.skipif(not KAFKA, reason="TMS_TEST_KAFKA_BROKERS is not set")
+@pytest.mark.skipif(__import__("conftest").SPLIT, reason="two single-process instances")
+def test_doorbells_ring_only_while_another_instance_has_streams(make_server, tmp_path):
+    from test_kafka import kafka_server, shared_stores, wait_assigned
+    shared = tmp_path / "shared"
+    ns = {"events.namespace": "push" + secrets.token_hex(3)}
+    a = kafka_server(make_server, **FAST, **ns, **shared_stores(shared))
+    b = kafka_server(make_server, **FAST, **ns, **shared_stores(shared))
+    for srv in (a, b):
+        wait_assigned(srv, topic="tms.task_events")
+    _, tok = user(a)
+    out = lambda srv: metric(srv, "tms_push_doorbells_total", 'dir="out"')
+    # nobody has a stream: writes ring nothing (each was a produce and a fetch per
+    # process before), and nobody announces
+    for i in range(5):
+        a.create_task(tok, title=f"unheard {i}")
+    time.sleep(1)
+    assert out(a) == 0 and doorbells_in(b) == 0
+    assert metric(a, "tms_push_remote_listeners") == 0
+    assert metric(b, "tms_push_listening_announcements_total") == 0
+    # b's first stream announces; a's next write reaches it by doorbell, well before
+    # b's own 1 s poll, whether a had heard the announcement before the write (it
+    # rings) or only after (it rings the doorbell it skipped then)
+    s = open_stream(b, tok)
+    wait_subscribed(b, 1)
+    t = time.monotonic()
+    made = a.create_task(tok, title="heard")["id"]
+    ev = s.next_event(timeout=5)
+    took = time.monotonic() - t
+    assert ev and ev["data"]["task"]["id"] == made
+    assert took < 0.5, "b's stream got a's write after %.3f s" % took
+    assert doorbells_in(b) > 0 and out(a) > 0
+    assert metric(a, "tms_push_remote_listeners") == 1
+    assert metric(b, "tms_push_listening_announcements_total") >= 1
+    # a has no stream of its own, so b does not ring for a
+    b.create_task(tok, title="from b")
+    assert s.next_event(timeout=5)["data"]["task"]["title"] == "from b"
+    assert out(b) == 0 and metric(b, "tms_push_remote_listeners") == 0
+    s.close()
+
+
 # ---- CORS (http.cors_origins) and a real browser ------------------------------------
 
 def test_cors_preflight_and_headers_for_configured_origins_only(make_server):
