@@ -23,10 +23,12 @@
 #define USER_BUCKETS 1024
 /* Doorbells go only to processes that listen: one with streams says so on the
  * doorbell topic when its first stream opens and then this often, and another process
- * rings for LISTEN_TTL_MS after it last heard that (three announcements: one lost
- * does not stop the doorbells). */
-#define ANNOUNCE_MS 5000
-#define LISTEN_TTL_MS 15000
+ * rings for LISTEN_TTL_MS after it last heard that (three announcements: one lost, or
+ * one that failed to go out, does not stop the doorbells). A process that starts, or
+ * whose feed joins late, rings once it hears the next one: until then, at most
+ * ANNOUNCE_MS, remote streams get its writes at their poll. */
+#define ANNOUNCE_MS 2000
+#define LISTEN_TTL_MS 7000
 #define ANNOUNCE_KEY "\"listening\":\""
 
 enum { MSG_REVOKED = 1 };
@@ -91,12 +93,13 @@ struct tms_push_shared {
     atomic_int want_doorbell, want_announce;
     bool publishing, announcing, stopping, stopped, closed;
     /* Listening (ANNOUNCE_MS): this process's id in its announcements; until when
-     * (uv_hrtime ms) another process is known to have streams; a doorbell was skipped
-     * for want of one (rung when one is next heard: its stream may have opened just
-     * before that write). */
+     * (uv_hrtime ms) another process is known to have streams; when a doorbell was
+     * last skipped for want of one (0: never). One skipped within poll_ms before an
+     * announcement arrives is rung then: that stream may have opened just before the
+     * write; an older one its poll has covered. */
     char self_id[17];
     _Atomic uint64_t listeners_until;
-    bool skipped;
+    uint64_t skipped_at;
     uv_timer_t announce_timer;
     int open_handles; /* wake, announce_timer: freed when both closed */
     void (*stopped_cb)(void *);
@@ -205,10 +208,10 @@ static void publish_doorbell(tms_push_shared_t *s)
         return;
     atomic_store(&s->want_doorbell, 0);
     if (!listeners_known(s)) {
-        s->skipped = true;
+        s->skipped_at = mono_ms();
         return;
     }
-    s->skipped = false;
+    s->skipped_at = 0;
     s->publishing = true;
     if (s->bus->publish(s->bus, TMS_PUSH_TOPIC, "", body, sizeof(body) - 1, on_doorbell_sent, s) !=
         0)
@@ -271,11 +274,12 @@ static void heard_listener(tms_push_shared_t *s, const char *payload, size_t len
     if ((size_t)(payload + len - id) > strlen(s->self_id) &&
         memcmp(id, s->self_id, strlen(s->self_id)) == 0 && id[strlen(s->self_id)] == '"')
         return;
-    atomic_store(&s->listeners_until, mono_ms() + LISTEN_TTL_MS);
+    uint64_t now = mono_ms();
+    bool ring = s->skipped_at && now - s->skipped_at <= s->lim.poll_ms;
+    atomic_store(&s->listeners_until, now + LISTEN_TTL_MS);
     if (!known) {
-        tms_log_info("push_listener_heard", "doorbells=on skipped=%s",
-                     s->skipped ? "rung" : "none");
-        if (s->skipped && !s->stopping) {
+        tms_log_info("push_listener_heard", "doorbells=on skipped=%s", ring ? "rung" : "none");
+        if (ring && !s->stopping) {
             atomic_store(&s->want_doorbell, 1);
             publish_doorbell(s);
         }
