@@ -29,6 +29,10 @@
  * ANNOUNCE_MS, remote streams get its writes at their poll. */
 #define ANNOUNCE_MS 2000
 #define LISTEN_TTL_MS 7000
+/* A first stream announces at once, but not within this of the last announcement
+ * (others still hear that one): a client opening and closing its one stream makes
+ * at most one announcement a second, besides the periodic ones. */
+#define ANNOUNCE_GAP_MS 1000
 #define ANNOUNCE_KEY "\"listening\":\""
 
 enum { MSG_REVOKED = 1 };
@@ -98,6 +102,7 @@ struct tms_push_shared {
      * announcement arrives is rung then: that stream may have opened just before the
      * write; an older one its poll has covered. */
     char self_id[17];
+    uint64_t announced_at; /* mono_ms of the last announcement sent; 0: none */
     _Atomic uint64_t listeners_until;
     uint64_t skipped_at;
     uv_timer_t announce_timer;
@@ -224,12 +229,9 @@ static void on_announcement_sent(void *ctx, int status)
     s->announcing = false;
     if (status == 0)
         tms_counter_add(m.announced, 1);
-    if (s->stopping) {
-        check_stopped(s);
-        return;
-    }
-    if (atomic_load(&s->want_announce))
-        publish_announcement(s);
+    /* A first stream that opened meanwhile was announced by this one (the message is
+     * the same); a failed one is repeated by the timer. */
+    check_stopped(s);
 }
 
 /* "This process has streams": other processes ring doorbells for LISTEN_TTL_MS. */
@@ -244,6 +246,7 @@ static void publish_announcement(tms_push_shared_t *s)
         return;
     n = snprintf(body, sizeof(body), "{" ANNOUNCE_KEY "%s\"}", s->self_id);
     s->announcing = true;
+    s->announced_at = mono_ms();
     if (s->bus->publish(s->bus, TMS_PUSH_TOPIC, "", body, (size_t)n, on_announcement_sent, s) != 0)
         s->announcing = false; /* the next one is due in ANNOUNCE_MS */
 }
@@ -251,8 +254,12 @@ static void publish_announcement(tms_push_shared_t *s)
 static void on_shared_wake(uv_async_t *a)
 {
     tms_push_shared_t *s = a->data;
-    if (atomic_load(&s->want_announce))
-        publish_announcement(s);
+    if (atomic_load(&s->want_announce)) {
+        if (!s->announced_at || mono_ms() - s->announced_at >= ANNOUNCE_GAP_MS)
+            publish_announcement(s);
+        else
+            atomic_store(&s->want_announce, 0); /* the timer's next one, in ANNOUNCE_MS */
+    }
     if (atomic_load(&s->want_doorbell))
         publish_doorbell(s);
 }

@@ -605,6 +605,27 @@ def test_doorbells_ring_only_while_another_instance_has_streams(make_server, tmp
     s.close()
 
 
+@pytest.mark.skipif(not KAFKA, reason="TMS_TEST_KAFKA_BROKERS is not set")
+@pytest.mark.skipif(__import__("conftest").SPLIT, reason="a single-process instance")
+def test_a_client_reopening_its_stream_makes_few_announcements(make_server):
+    from test_kafka import kafka_server, wait_assigned
+    a = kafka_server(make_server, **FAST, **{"events.namespace": "push" + secrets.token_hex(3)})
+    wait_assigned(a, topic="tms.task_events")
+    _, tok = user(a)
+    said = lambda: metric(a, "tms_push_listening_announcements_total")
+    t = time.monotonic()
+    for _ in range(30):  # the process's only stream, opened and closed
+        s = open_stream(a, tok)
+        s.close()
+        while metric(a, "tms_push_subscribers") > 0:
+            time.sleep(0.01)
+    took = time.monotonic() - t
+    time.sleep(0.5)  # the last one's delivery report
+    # one at once, then at most one a second (and the periodic one, each 2 s, while a
+    # stream happens to be open); each open announced before the bound (30 here)
+    assert 1 <= said() <= 2 + 1.5 * took, "%d announcements in %.2f s" % (said(), took)
+
+
 # ---- CORS (http.cors_origins) and a real browser ------------------------------------
 
 def test_cors_preflight_and_headers_for_configured_origins_only(make_server):
