@@ -1,4 +1,4 @@
-/* Wall-clock time and RFC 3339 formatting (identifiers: core/objectid.h). */
+/* Wall-clock and monotonic time, RFC 3339 formatting (identifiers: core/objectid.h). */
 #ifndef TMS_CORE_CLOCK_H
 #define TMS_CORE_CLOCK_H
 
@@ -7,6 +7,10 @@
 
 /** Milliseconds since the Unix epoch (CLOCK_REALTIME). */
 int64_t tms_now_ms(void);
+
+/** Milliseconds of CLOCK_MONOTONIC: for intervals, comparable across threads (a loop's
+ * uv_now is not). */
+uint64_t tms_mono_ms(void);
 
 /** Format ms since the epoch as RFC 3339 UTC with milliseconds
  * ("2026-11-28T14:00:00.000Z") into buf (at least 25 bytes). Returns buf. */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "core/clock.h"
@@ -34,6 +35,7 @@
  * at most one announcement a second, besides the periodic ones. */
 #define ANNOUNCE_GAP_MS 1000
 #define ANNOUNCE_KEY "\"listening\":\""
+#define SELF_ID_LEN 16 /* hex digits of a process's id in its announcements */
 
 enum { MSG_REVOKED = 1 };
 
@@ -97,12 +99,12 @@ struct tms_push_shared {
     atomic_int want_doorbell, want_announce;
     bool publishing, announcing, stopping, stopped, closed;
     /* Listening (ANNOUNCE_MS): this process's id in its announcements; until when
-     * (uv_hrtime ms) another process is known to have streams; when a doorbell was
+     * (tms_mono_ms) another process is known to have streams; when a doorbell was
      * last skipped for want of one (0: never). One skipped within poll_ms before an
      * announcement arrives is rung then: that stream may have opened just before the
      * write; an older one its poll has covered. */
-    char self_id[17];
-    uint64_t announced_at; /* mono_ms of the last announcement sent; 0: none */
+    char self_id[SELF_ID_LEN + 1];
+    uint64_t announced_at; /* tms_mono_ms of the last announcement sent; 0: none */
     _Atomic uint64_t listeners_until;
     uint64_t skipped_at;
     uv_timer_t announce_timer;
@@ -165,11 +167,6 @@ static void poke_hubs(tms_push_shared_t *s)
     pthread_mutex_unlock(&s->mu);
 }
 
-static uint64_t mono_ms(void)
-{
-    return uv_hrtime() / 1000000;
-}
-
 static void publish_doorbell(tms_push_shared_t *s);
 static void publish_announcement(tms_push_shared_t *s);
 
@@ -199,13 +196,14 @@ static void on_doorbell_sent(void *ctx, int status)
 
 static bool listeners_known(const tms_push_shared_t *s)
 {
-    return mono_ms() < atomic_load(&s->listeners_until);
+    return tms_mono_ms() < atomic_load(&s->listeners_until);
 }
 
 /* At most one doorbell in flight; pokes meanwhile make one more after it. None while
  * no other process is known to have streams: a process's own hubs were poked
  * directly, and a doorbell nobody listens for costs the broker a produce and every
- * process a fetch (issue 20: a third of the broker's requests in the Kafka bench). */
+ * process a fetch (issue 20: two thirds of TMS's requests to the broker in the Kafka
+ * bench at full load). */
 static void publish_doorbell(tms_push_shared_t *s)
 {
     static const char body[] = "{}";
@@ -213,7 +211,7 @@ static void publish_doorbell(tms_push_shared_t *s)
         return;
     atomic_store(&s->want_doorbell, 0);
     if (!listeners_known(s)) {
-        s->skipped_at = mono_ms();
+        s->skipped_at = tms_mono_ms();
         return;
     }
     s->skipped_at = 0;
@@ -246,16 +244,17 @@ static void publish_announcement(tms_push_shared_t *s)
         return;
     n = snprintf(body, sizeof(body), "{" ANNOUNCE_KEY "%s\"}", s->self_id);
     s->announcing = true;
-    s->announced_at = mono_ms();
     if (s->bus->publish(s->bus, TMS_PUSH_TOPIC, "", body, (size_t)n, on_announcement_sent, s) != 0)
         s->announcing = false; /* the next one is due in ANNOUNCE_MS */
+    else
+        s->announced_at = tms_mono_ms();
 }
 
 static void on_shared_wake(uv_async_t *a)
 {
     tms_push_shared_t *s = a->data;
     if (atomic_load(&s->want_announce)) {
-        if (!s->announced_at || mono_ms() - s->announced_at >= ANNOUNCE_GAP_MS)
+        if (!s->announced_at || tms_mono_ms() - s->announced_at >= ANNOUNCE_GAP_MS)
             publish_announcement(s);
         else
             atomic_store(&s->want_announce, 0); /* the timer's next one, in ANNOUNCE_MS */
@@ -273,16 +272,14 @@ static void on_announce_timer(uv_timer_t *t)
 
 /* An announcement from another process (its own are ignored): doorbells go out for
  * LISTEN_TTL_MS more; one skipped before it is rung now. */
-static void heard_listener(tms_push_shared_t *s, const char *payload, size_t len)
+static void heard_listener(tms_push_shared_t *s, const char *id, const char *end)
 {
-    const char *id = memmem(payload, len, ANNOUNCE_KEY, sizeof(ANNOUNCE_KEY) - 1);
     bool known = listeners_known(s);
-    id += sizeof(ANNOUNCE_KEY) - 1;
-    if ((size_t)(payload + len - id) > strlen(s->self_id) &&
-        memcmp(id, s->self_id, strlen(s->self_id)) == 0 && id[strlen(s->self_id)] == '"')
-        return;
-    uint64_t now = mono_ms();
+    uint64_t now = tms_mono_ms();
     bool ring = s->skipped_at && now - s->skipped_at <= s->lim.poll_ms;
+    if ((size_t)(end - id) > SELF_ID_LEN && memcmp(id, s->self_id, SELF_ID_LEN) == 0 &&
+        id[SELF_ID_LEN] == '"')
+        return; /* our own */
     atomic_store(&s->listeners_until, now + LISTEN_TTL_MS);
     if (!known) {
         tms_log_info("push_listener_heard", "doorbells=on skipped=%s", ring ? "rung" : "none");
@@ -297,13 +294,16 @@ static void on_feed(void *owner, tms_msg_t *msg)
 {
     tms_push_shared_t *s = owner;
     tms_delivery_t *d = (tms_delivery_t *)msg;
+    const char *key;
     bool announcement;
     if (msg->kind == TMS_MSG_STOP || msg->op != TMS_EVENT_DELIVERY)
         return;
-    announcement =
-        d->payload && memmem(d->payload, d->payload_len, ANNOUNCE_KEY, sizeof(ANNOUNCE_KEY) - 1);
+    key = d->payload ? memmem(d->payload, d->payload_len, ANNOUNCE_KEY, sizeof(ANNOUNCE_KEY) - 1)
+                     : NULL;
+    announcement = key != NULL;
     if (announcement)
-        heard_listener(s, d->payload, d->payload_len);
+        heard_listener(s, (const char *)key + sizeof(ANNOUNCE_KEY) - 1,
+                       d->payload + d->payload_len);
     s->bus->ack(s->bus, &d, tms_ack_ok());
     if (announcement)
         return;
@@ -345,12 +345,17 @@ tms_push_shared_t *tms_push_shared_new(uv_loop_t *loop, const tms_push_limits_t 
     uv_timer_init(loop, &s->announce_timer);
     s->announce_timer.data = s;
     s->open_handles = 2;
+    /* Only has to differ between the processes on one bus; a pid may repeat across
+     * hosts and containers, so random. */
     {
-        unsigned char r[8];
-        if (uv_random(NULL, NULL, r, sizeof(r), 0, NULL) != 0)
-            snprintf((char *)r, sizeof(r), "%07x", (unsigned)uv_hrtime() & 0xfffffff);
-        for (size_t i = 0; i < sizeof(r); i++)
-            snprintf(s->self_id + 2 * i, 3, "%02x", r[i]);
+        unsigned char r[SELF_ID_LEN / 2];
+        if (uv_random(NULL, NULL, r, sizeof(r), 0, NULL) == 0) {
+            for (size_t i = 0; i < sizeof(r); i++)
+                snprintf(s->self_id + 2 * i, 3, "%02x", r[i]);
+        } else {
+            snprintf(s->self_id, sizeof(s->self_id), "%08x%08x", (unsigned)getpid(),
+                     (unsigned)uv_hrtime());
+        }
     }
     s->doorbells_in = tms_metrics_counter("tms_push_doorbells_total",
                                           "push doorbells between processes", "dir=\"in\"");

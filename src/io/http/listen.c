@@ -13,6 +13,7 @@
 #include <sodium.h>
 
 #include "core/alloc.h"
+#include "core/clock.h"
 #include "core/log.h"
 #include "core/metrics.h"
 #include "core/ratelimit.h"
@@ -352,7 +353,7 @@ int tms_listener_admit(tms_listener_t *l, const char *ip, tms_listen_slot_t **sl
     }
     /* Over the cap (so e->open > 0 and e stays while its connections do). */
     e->refused++;
-    now_ms = uv_hrtime() / 1000000;
+    now_ms = tms_mono_ms();
     if (!e->last_log_ms || now_ms - e->last_log_ms >= REFUSED_LOG_MS) {
         log = true;
         refused = e->refused;
