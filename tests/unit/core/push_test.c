@@ -133,7 +133,6 @@ static void test_doorbells_only_after_an_announcement(void)
     bus_complete(&b);
     CHECK_EQ_INT(b.published, 2);
 
-
     /* stopping waits for the doorbell in flight */
     tms_push_shared_stop(s, on_stopped, &stopped);
     CHECK_EQ_INT(stopped, 0);
