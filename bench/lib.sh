@@ -241,9 +241,11 @@ LUA
 # kind (the grpc pair after sqlite_post: 41k calls/s in full runs, 76-91k without).
 # The rows marked are dead tuples until a vacuum, and the pending-events index still
 # points at them: the next TMS's relay walked them in every count (each 250 ms) and full
-# read, and the kafka pair's in-process side, the first after pg_post's 300,000, paid
-# for it (PostgreSQL 92 ms of CPU per 1,000 creates in a full run, 62 in a quick run
-# without that backlog). So the table is vacuumed after a discard.
+# read, and the kafka pair's in-process side, the first after pg_post's 200,000-300,000,
+# paid for it: without / with the vacuum, in two runs of `--only pg_post,kafka` in a row
+# (20261207T153142Z, 153608Z), its PostgreSQL took 87.7 / 68.4 ms of CPU per 1,000
+# creates and it made 6,525-6,984 / 8,816-8,922 creates/s. So the table is vacuumed
+# after a discard.
 discard_pg_backlog() {
   local n
   n=$(psql -qAt "$PG_URL" -c "WITH d AS (UPDATE outbox SET sent_at_ms = 0 WHERE sent_at_ms IS NULL RETURNING 1) SELECT count(*) FROM d")
