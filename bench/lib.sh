@@ -233,22 +233,22 @@ LUA
   echo "$WORK/$name.lua"
 }
 
-# discard_backlog PAIR: marks every event still unsent in the outboxes (the SQLite file
-# and PostgreSQL) sent, before a pair starts, and records how many. The seeding through
-# the API leaves ~3,600 of its 5,000 assignments unsent when it stops, and a write pair
-# tens of thousands: the next pair's TMS relayed and mailed them (a Maildir fsync and
-# inbox rows each) during its own measurement, beside a reference with nothing of the
-# kind (the grpc pair after sqlite_post: 41k calls/s in full runs, 76-91k without).
-# The rows marked are dead tuples until a vacuum, and the pending-events index still
-# points at them: the next TMS's relay walked them in every count (each 250 ms) and full
-# read, and the kafka pair's in-process side, the first after pg_post's 200,000-300,000,
-# paid for it: without / with the vacuum, in two runs of `--only pg_post,kafka` in a row
-# (20261207T153142Z, 153608Z), its PostgreSQL took 87.7 / 68.4 ms of CPU per 1,000
-# creates and it made 6,525-6,984 / 8,816-8,922 creates/s. So the table is vacuumed
-# after a discard.
+# discard_backlog PAIR: deletes every event still unsent in the outboxes (the SQLite file
+# and PostgreSQL), as the relay does with a sent one, before a pair starts, and records
+# how many. The seeding through the API leaves ~3,600 of its 5,000 assignments unsent
+# when it stops, and a write pair tens of thousands: the next pair's TMS relayed and
+# mailed them (a Maildir fsync and inbox rows each) during its own measurement, beside a
+# reference with nothing of the kind (the grpc pair after sqlite_post: 41k calls/s in
+# full runs, 76-91k without). The rows discarded are dead tuples until a vacuum, and the
+# pending-events index still points at them: the next TMS's relay walked them in every
+# count (each 250 ms) and full read, and the kafka pair's in-process side, the first
+# after pg_post's 200,000-300,000, paid for it: without / with the vacuum, in two runs of
+# `--only pg_post,kafka` in a row (20261207T153142Z, 153608Z, when discarding marked the
+# rows sent), its PostgreSQL took 87.7 / 68.4 ms of CPU per 1,000 creates and it made
+# 6,525-6,984 / 8,816-8,922 creates/s. So the table is vacuumed after a discard.
 discard_pg_backlog() {
   local n
-  n=$(psql -qAt "$PG_URL" -c "WITH d AS (UPDATE outbox SET sent_at_ms = 0 WHERE sent_at_ms IS NULL RETURNING 1) SELECT count(*) FROM d")
+  n=$(psql -qAt "$PG_URL" -c "WITH d AS (DELETE FROM outbox WHERE sent_at_ms IS NULL RETURNING 1) SELECT count(*) FROM d")
   [[ "$n" =~ ^[1-9] ]] && psql -qAt "$PG_URL" -c "VACUUM (ANALYZE) outbox" >/dev/null
   echo "$n"
 }
@@ -257,7 +257,7 @@ discard_backlog() {
   [[ -f "$WORK/data/tms.db" ]] && n_sqlite=$("$PY" - "$WORK/data/tms.db" <<'PY'
 import sqlite3, sys
 db = sqlite3.connect(sys.argv[1], timeout=30)
-n = db.execute("UPDATE outbox SET sent_at_ms = 0 WHERE sent_at_ms IS NULL").rowcount
+n = db.execute("DELETE FROM outbox WHERE sent_at_ms IS NULL").rowcount
 db.commit()
 print(n)
 PY

@@ -26,8 +26,9 @@ typedef struct tms_outbox_event {
 
 typedef enum tms_outbox_op_kind {
     TMS_OUTBOX_FETCH = 1, /* in: limit, after_seq. out: events[0..nevents) not yet sent, by seq */
-    TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Idempotent: a second mark keeps the
-                           * first send time; unknown seqs are ignored */
+    TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Removes those events: a sent event
+                           * is gone, so the outbox holds only what is pending.
+                           * Idempotent; unknown seqs are ignored */
     TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event;
                            * the same event_id again is a retry (OK, nothing added) */
     TMS_INBOX_SEEN,       /* in: consumer, ids. out: ids_seen */

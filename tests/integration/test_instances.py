@@ -122,13 +122,26 @@ def _poll(fn, timeout=15.0):
     return True
 
 
+def _psql(url, sql):
+    return subprocess.run(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", url, "-c", sql], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _log_sends(url):
+    """A sent event's outbox row is deleted: a trigger of the test's records, per row,
+    its key and the time from its write to its delete."""
+    _psql(url, "CREATE TABLE sent_log (key text, delay_ms bigint);"
+          " CREATE FUNCTION log_sent() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+          "  INSERT INTO sent_log VALUES (OLD.key,"
+          "   (extract(epoch FROM clock_timestamp()) * 1000)::bigint - OLD.created_at_ms);"
+          "  RETURN OLD; END $$;"
+          " CREATE TRIGGER log_sent AFTER DELETE ON outbox FOR EACH ROW EXECUTE FUNCTION log_sent()")
+
+
 def _send_delays_ms(url, title):
-    """Commit -> marked sent, per outbox event of the tasks with this title (psql)."""
-    out = subprocess.run(
-        ["psql", "-qAt", url, "-c",
-         "SELECT o.sent_at_ms - o.created_at_ms FROM outbox o JOIN tasks t"
-         f" ON o.key = t.id::text WHERE t.title = '{title}' AND o.sent_at_ms IS NOT NULL"],
-        check=True, capture_output=True, text=True).stdout.split()
+    """Commit -> sent (its row deleted), per outbox event of the tasks with this title."""
+    out = _psql(url, "SELECT s.delay_ms FROM sent_log s JOIN tasks t ON s.key = t.id::text"
+                f" WHERE t.title = '{title}'").split()
     return sorted(int(v) for v in out)
 
 
@@ -154,12 +167,13 @@ def test_instances_on_one_postgresql_database_relay_once_and_wake_the_relaying_o
     for srv in (a, b):  # the users outbox's relay no longer replaces the tasks one's series
         text = requests.get(srv.metrics_url(), timeout=5).text
         assert re.search(r'^tms_outbox_pending_events\{outbox="tasks",store="postgres"', text, re.M), text
+    url = shared["tasks.url"]
+    _log_sends(url)
     token, user = a.register()
     n = 20
     for _ in range(n):
         b.create_task(token, title="written on b", assignedTo=user["id"])
         time.sleep(0.05)
-    url = shared["tasks.url"]
     assert _poll(lambda: len(_send_delays_ms(url, "written on b")) == n)
     delays = _send_delays_ms(url, "written on b")
     assert delays[n // 2] < 200 and delays[-1] < 800, delays

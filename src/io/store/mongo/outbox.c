@@ -1,7 +1,8 @@
 /* The outbox and inbox port on MongoDB. An event is a document of `Outbox`:
- * {_id: event_id, seq, topic, key, payload, createdAt, state, sentAt}, state
+ * {_id: event_id, seq, topic, key, payload, createdAt, state}, state
  * one of "prepared" (its change may not have happened yet: see delete in
- * users.c), "pending" (to publish), "sent", "aborted". Handled events are
+ * users.c), "pending" (to publish), "aborted"; a sent event is deleted ("sent",
+ * with sentAt, is what versions before that left). Handled events are
  * documents of `Inbox` keyed "<consumer>/<event_id>". Runs on a worker. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,12 +177,11 @@ static bool fetch(tms_mongo_t *m, mongoc_client_t *client, mongoc_collection_t *
     return ok;
 }
 
-/* One updateMany for the batch; marking again keeps the first time. */
+/* One deleteMany for the batch: a sent event is gone, as on the SQL stores (pg/outbox.c
+ * says why); again, it finds nothing. */
 static bool mark_sent(mongoc_collection_t *outbox, tms_outbox_op_t *op, bson_error_t *error)
 {
     bson_t filter = BSON_INITIALIZER, in, seqs;
-    bson_t *update =
-        BCON_NEW("$set", "{", "state", BCON_UTF8("sent"), "sentAt", BCON_INT64(tms_now_ms()), "}");
     bool ok;
     BSON_APPEND_DOCUMENT_BEGIN(&filter, "seq", &in);
     BSON_APPEND_ARRAY_BEGIN(&in, "$in", &seqs);
@@ -194,10 +194,8 @@ static bool mark_sent(mongoc_collection_t *outbox, tms_outbox_op_t *op, bson_err
     bson_append_array_end(&in, &seqs);
     bson_append_document_end(&filter, &in);
     BSON_APPEND_UTF8(&filter, "state", "pending");
-    ok =
-        op->nseqs == 0 || mongoc_collection_update_many(outbox, &filter, update, NULL, NULL, error);
+    ok = op->nseqs == 0 || mongoc_collection_delete_many(outbox, &filter, NULL, NULL, error);
     bson_destroy(&filter);
-    bson_destroy(update);
     return ok;
 }
 

@@ -324,6 +324,9 @@ static const char *const migrations[] = {
     "  END IF;"
     "  o_st := 'ok';"
     " END $$;",
+    /* 5: the relay deletes a sent event's row (io/store/pg/outbox.c); the rows that
+     * versions before marked sent go now, or they would stay for good */
+    "DELETE FROM outbox WHERE sent_at_ms IS NOT NULL",
 };
 
 #define KNOWN ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -1,5 +1,5 @@
 /* The outbox and inbox port on PostgreSQL: pending events in seq order for the
- * relay, marking them sent, standalone events (saga compensation), and the
+ * relay, removing them once sent, standalone events (saga compensation), and the
  * consumers' handled-event log; one prepared statement each. Runs on the pool's loop
  * thread. */
 #include <stdio.h>
@@ -14,10 +14,13 @@
 static const tms_pg_stmt_t stmts[] = {
     {"outbox_fetch", "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
                      " WHERE sent_at_ms IS NULL AND seq > $2 ORDER BY seq LIMIT $1"},
-    /* one statement marks the whole batch; a second mark keeps the first time (as on
-     * SQLite) */
-    {"outbox_mark_sent", "UPDATE outbox SET sent_at_ms = $2 WHERE seq = ANY($1::bigint[])"
-                         " AND sent_at_ms IS NULL"},
+    /* One statement for the whole batch. A sent event's row is deleted, not updated:
+     * an update wrote a new version of the row and an entry in each of its indexes
+     * (sent_at_ms is in the pending index's predicate, so it is never a HOT update),
+     * ~15 us of the server per event against ~5 for a delete (pgbench, batches of
+     * 50); and sent rows piled up with nothing to purge them. (sent_at_ms stays for
+     * instances of an older version during an upgrade: they still mark.) */
+    {"outbox_mark_sent", "DELETE FROM outbox WHERE seq = ANY($1::bigint[])"},
     /* the same event again is a retry, not an error (as on SQLite and MongoDB) */
     {"outbox_add", "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"},
@@ -81,10 +84,9 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
         v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->after_seq);
         break;
     case TMS_OUTBOX_MARK_SENT:
-        c->nparams = 2;
+        c->nparams = 1;
         c->heap = seq_array(op->seqs, op->nseqs);
         v[0] = c->heap;
-        v[1] = tms__pg_i64(c->num[0], sizeof(c->num[0]), tms_now_ms());
         break;
     case TMS_OUTBOX_ADD:
         c->nparams = 5;

@@ -101,6 +101,9 @@ static const char *const migrations[] = {
     "  OLD.id, OLD.title, OLD.description, OLD.status, OLD.assigned_to, OLD.created_by,"
     "  OLD.created_at_ms, OLD.updated_at_ms, OLD.version, OLD.assigned_to, OLD.status);"
     " END",
+    /* 5: the relay deletes a sent event's row (io/store/sqlite/outbox.c); the rows
+     * that versions before marked sent go now, or they would stay for good */
+    "DELETE FROM outbox WHERE sent_at_ms IS NOT NULL",
 };
 
 #define KNOWN ((int)(sizeof(migrations) / sizeof(migrations[0])))

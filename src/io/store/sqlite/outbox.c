@@ -1,5 +1,5 @@
 /* The outbox and inbox port on SQLite: pending events in seq order for the relay,
- * marking them sent, standalone events (saga compensation), and the consumers'
+ * removing them once sent, standalone events (saga compensation), and the consumers'
  * handled-event log. Runs on the db owner thread. */
 #include <inttypes.h>
 #include <stdint.h>
@@ -17,9 +17,8 @@ enum { NOPS = TMS_OUTBOX_PENDING + 1 };
 static const char *const op_sql[NOPS] = {
     [TMS_OUTBOX_FETCH] = "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
                          " WHERE sent_at_ms IS NULL AND seq > ?2 ORDER BY seq LIMIT ?1",
-    /* Marking again keeps the first time: a relay retry is not a second send. */
-    [TMS_OUTBOX_MARK_SENT] = "UPDATE outbox SET sent_at_ms = ?2 WHERE seq = ?1"
-                             " AND sent_at_ms IS NULL",
+    /* A sent event is deleted, as on PostgreSQL (pg/outbox.c says why). */
+    [TMS_OUTBOX_MARK_SENT] = "DELETE FROM outbox WHERE seq = ?1",
     /* Adding an event_id again is a retry of the same event, not a second one. */
     [TMS_OUTBOX_ADD] = "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
                        " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (event_id) DO NOTHING",
@@ -87,14 +86,12 @@ static int fetch(tms_outbox_op_t *op, sqlite3_stmt *st)
     return rc == SQLITE_ROW ? SQLITE_DONE : rc;
 }
 
-/* Marks every seq (in the op's savepoint of the group transaction: one fsync for all). */
+/* Removes every seq (in the op's savepoint of the group transaction: one fsync for all). */
 static int mark_sent(tms_outbox_op_t *op, sqlite3_stmt *st)
 {
-    int64_t now = tms_now_ms();
     for (size_t i = 0; i < op->nseqs; i++) {
         int rc;
         sqlite3_bind_int64(st, 1, op->seqs[i]);
-        sqlite3_bind_int64(st, 2, now);
         rc = sqlite3_step(st);
         sqlite3_reset(st);
         if (rc != SQLITE_DONE)

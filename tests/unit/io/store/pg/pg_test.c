@@ -569,6 +569,15 @@ static void test_start_checks(void)
     CHECK(tms_pg_migrate_sync(url, err, sizeof(err)) != 0);
     CHECK(strstr(err, "newer") != NULL);
     side(url, "DELETE FROM schema_migrations WHERE version = 99");
+    /* migration 5: rows an older version marked sent go, pending ones stay */
+    side(url, "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms, sent_at_ms)"
+              " VALUES ('m5-sent', 'notifications', '1', '{}', 1, 2),"
+              " ('m5-pending', 'notifications', '2', '{}', 1, NULL)");
+    side(url, "DELETE FROM schema_migrations WHERE version = 5");
+    CHECK_EQ_INT(tms_pg_migrate_sync(url, err, sizeof(err)), 0);
+    CHECK_EQ_INT(side(url, "SELECT count(*) FROM outbox WHERE event_id LIKE 'm5-%'"), 1);
+    CHECK_EQ_INT(side(url, "SELECT count(*) FROM outbox WHERE event_id = 'm5-pending'"), 1);
+    side(url, "DELETE FROM outbox WHERE event_id LIKE 'm5-%'");
     /* synchronous_commit off: refused unless accepted */
     snprintf(sql, sizeof(sql), "ALTER DATABASE %s SET synchronous_commit = off", dbname);
     side(base_url, sql);

@@ -458,6 +458,23 @@ static void test_migrations_idempotent(void)
     remove_db();
 }
 
+/* Migration 5: rows that an older version marked sent go; pending ones stay (the relay
+ * now deletes what it sent, and nothing else would ever purge the old marks). */
+static void test_marked_outbox_rows_purged(void)
+{
+    char err[256] = "";
+    CHECK_EQ_INT(tms_sqlite_migrate(path, err, sizeof(err)), 0);
+    raw_query("INSERT INTO outbox (event_id, topic, key, payload, created_at_ms, sent_at_ms)"
+              " VALUES ('old-sent', 'notifications', '1', '{}', 1, 2),"
+              " ('old-pending', 'notifications', '2', '{}', 1, NULL)");
+    raw_query("DELETE FROM schema_migrations WHERE version = 5");
+    CHECK_EQ_INT(raw_query("SELECT count(*) FROM outbox"), 2);
+    CHECK_EQ_INT(tms_sqlite_migrate(path, err, sizeof(err)), 0);
+    CHECK_EQ_INT(raw_query("SELECT count(*) FROM outbox"), 1);
+    CHECK_EQ_INT(raw_query("SELECT count(*) FROM outbox WHERE event_id = 'old-pending'"), 1);
+    remove_db();
+}
+
 static void test_future_version_refused(void)
 {
     char err[256] = "";
@@ -704,6 +721,7 @@ int main(void)
     RUN_TEST(test_no_reader_on_memory);
     RUN_TEST(test_reader_does_not_map_the_file);
     RUN_TEST(test_migrations_idempotent);
+    RUN_TEST(test_marked_outbox_rows_purged);
     RUN_TEST(test_future_version_refused);
     RUN_TEST(test_open_fails);
     RUN_TEST(test_full_queue);
