@@ -37,7 +37,8 @@
  * outbox order, and publishes them; the next fetch does not wait for their delivery
  * (an event the bus holds, a mail backing off, or a Kafka delivery report, delays no
  * other event). Each event is marked sent once the bus accepted it, in batches (one
- * mark op out at a time). A read after the highest seq handed runs while a mark is out
+ * mark op out at a time); the store deletes a sent event's row, so the outbox holds
+ * only what is pending. A read after the highest seq handed runs while a mark is out
  * (the two touch different events), so an event committed meanwhile is not held behind
  * the mark's commit; a full read and a mark never overlap (below, mark_sent).
  *

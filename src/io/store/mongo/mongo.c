@@ -210,6 +210,24 @@ static bool create_index(mongoc_database_t *db, const char *coll, bson_t *keys, 
     return ok;
 }
 
+/* A sent event's document is deleted (outbox.c); those that earlier versions left in
+ * state "sent" go here, as migration 5 does on the SQL stores. After the first start it
+ * finds none (the state index). */
+static bool purge_sent(mongoc_database_t *db, bson_error_t *error)
+{
+    mongoc_collection_t *outbox = mongoc_database_get_collection(db, TMS_MONGO_OUTBOX);
+    bson_t *sent = BCON_NEW("state", BCON_UTF8("sent"));
+    bson_t reply;
+    bool ok = mongoc_collection_delete_many(outbox, sent, NULL, &reply, error);
+    bson_iter_t it;
+    if (ok && bson_iter_init_find(&it, &reply, "deletedCount") && bson_iter_as_int64(&it) > 0)
+        tms_log_info("mongo_outbox_purged", "sent=%lld", (long long)bson_iter_as_int64(&it));
+    bson_destroy(&reply);
+    bson_destroy(sent);
+    mongoc_collection_destroy(outbox);
+    return ok;
+}
+
 /* Start-up, on the calling thread before anything is served: the server answers
  * and has the indexes. The unique email index is what makes a second
  * registration of one email fail (there is no check-then-insert); `email_1` is
@@ -240,6 +258,10 @@ static int prepare(const mongoc_uri_t *uri, const char *db_name, char *err, size
         !create_index(db, TMS_MONGO_OUTBOX, BCON_NEW("state", BCON_INT32(1), "seq", BCON_INT32(1)),
                       "state_1_seq_1", false, 0, &error)) {
         snprintf(err, err_len, "cannot create indexes: %s", error.message);
+        goto out;
+    }
+    if (!purge_sent(db, &error)) {
+        snprintf(err, err_len, "cannot delete the outbox's sent events: %s", error.message);
         goto out;
     }
     /* FerretDB v1 has no TTL indexes (NotImplemented, 238): its claims are kept. */

@@ -382,6 +382,43 @@ static void on_closed(void *arg)
     (*(int *)arg)++;
 }
 
+static void close_mongo(void);
+
+/* Earlier versions kept sent events as documents in state "sent"; a start deletes
+ * them (nothing else ever would) and keeps the pending ones. */
+static void test_start_purges_sent_events(void)
+{
+    char err[512] = "";
+    mongoc_client_t *client;
+    mongoc_collection_t *c = raw_coll(&client, "Outbox");
+    bson_t *sent = BCON_NEW("_id", BCON_UTF8("44444444-4444-4444-8444-444444444444"), "seq",
+                            BCON_INT64(900004), "topic", BCON_UTF8("user_deleted"), "key",
+                            BCON_UTF8("0123456789abcdef01234569"), "payload", BCON_UTF8("{}"),
+                            "createdAt", BCON_INT64(1), "state", BCON_UTF8("sent"), "sentAt",
+                            BCON_INT64(2));
+    bson_t *pending = BCON_NEW("_id", BCON_UTF8("55555555-5555-4555-8555-555555555555"), "seq",
+                               BCON_INT64(900005), "topic", BCON_UTF8("user_deleted"), "key",
+                               BCON_UTF8("0123456789abcdef01234569"), "payload", BCON_UTF8("{}"),
+                               "createdAt", BCON_INT64(1), "state", BCON_UTF8("pending"));
+    bson_t *all = BCON_NEW("key", BCON_UTF8("0123456789abcdef01234569")); /* these two */
+    mark_all_sent();
+    CHECK(mongoc_collection_insert_one(c, sent, NULL, NULL, NULL));
+    CHECK(mongoc_collection_insert_one(c, pending, NULL, NULL, NULL));
+    CHECK_EQ_INT(mongoc_collection_count_documents(c, all, NULL, NULL, NULL, NULL), 2);
+    close_mongo();
+    mongo = tms_mongo_open(&loop, url, &(tms_mongo_options_t){.pool_size = 4}, err, sizeof(err));
+    CHECK(mongo != NULL);
+    CHECK_EQ_INT(mongoc_collection_count_documents(c, all, NULL, NULL, NULL, NULL), 1);
+    CHECK_EQ_INT(mongoc_collection_count_documents(c, pending, NULL, NULL, NULL, NULL), 1);
+    if (mongo)
+        mark_all_sent();
+    bson_destroy(all);
+    bson_destroy(pending);
+    bson_destroy(sent);
+    mongoc_collection_destroy(c);
+    mongoc_client_destroy(client);
+}
+
 /* Close both ports; the adapter goes with the last. */
 static void close_mongo(void)
 {
@@ -433,8 +470,10 @@ int main(void)
     RUN_TEST(test_original_document);
     RUN_TEST(test_delete_outbox_and_restore);
     RUN_TEST(test_prepared_recovery);
+    RUN_TEST(test_start_purges_sent_events);
     RUN_TEST(test_unreachable);
-    close_mongo();
+    if (mongo)
+        close_mongo();
     drop_database();
     tms_mailbox_free(&replies);
     uv_run(&loop, UV_RUN_DEFAULT);
