@@ -391,11 +391,11 @@ static void test_start_purges_sent_events(void)
     char err[512] = "";
     mongoc_client_t *client;
     mongoc_collection_t *c = raw_coll(&client, "Outbox");
-    bson_t *sent = BCON_NEW("_id", BCON_UTF8("44444444-4444-4444-8444-444444444444"), "seq",
-                            BCON_INT64(900004), "topic", BCON_UTF8("user_deleted"), "key",
-                            BCON_UTF8("0123456789abcdef01234569"), "payload", BCON_UTF8("{}"),
-                            "createdAt", BCON_INT64(1), "state", BCON_UTF8("sent"), "sentAt",
-                            BCON_INT64(2));
+    bson_t *sent =
+        BCON_NEW("_id", BCON_UTF8("44444444-4444-4444-8444-444444444444"), "seq",
+                 BCON_INT64(900004), "topic", BCON_UTF8("user_deleted"), "key",
+                 BCON_UTF8("0123456789abcdef01234569"), "payload", BCON_UTF8("{}"), "createdAt",
+                 BCON_INT64(1), "state", BCON_UTF8("sent"), "sentAt", BCON_INT64(2));
     bson_t *pending = BCON_NEW("_id", BCON_UTF8("55555555-5555-4555-8555-555555555555"), "seq",
                                BCON_INT64(900005), "topic", BCON_UTF8("user_deleted"), "key",
                                BCON_UTF8("0123456789abcdef01234569"), "payload", BCON_UTF8("{}"),
