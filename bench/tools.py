@@ -577,6 +577,8 @@ def cmd_report(work, outdir, stamp):
              meta.get("commit", "?")[:12], " (dirty tree)" if meta.get("dirty") else "",
              meta.get("cpu_model", "?"), meta.get("nproc", "?"), meta.get("layout", "?"),
              meta.get("loadavg_start", "?"), meta.get("loadavg_end", "?")),
+         *(["The binary measured is not this commit's build: `%s` (TMS_BENCH_BIN)." % meta["binary"]]
+           if meta.get("binary") and meta.get("commit", "?")[:12] not in meta["binary"] else []),
          "Each measurement: %ss after a %ss warm-up; HTTP/1.1 clients: %s connections, 1 thread; "
          "data: %s users, %s tasks; seeding: %s." % (
              meta.get("duration_s"), meta.get("warmup_s"), meta.get("connections"),
