@@ -416,7 +416,7 @@ def evaluate(P):
             lambda v: None, "SQLite's one writer without contention: %s creates/s" %
             g("sqlite_post", "ref_c1.rps"))
         row("sqlite_post", "writes per group commit (TMS)", g("sqlite_post", "writes_per_commit"),
-            "info", lambda v: None, "tasks, outbox marks and inbox records share each fsync")
+            "info", lambda v: None, "tasks, outbox deletes (sent) and inbox records share each fsync")
     if "grpc" in P:
         row("grpc", "gRPC GetTask (h2load) / REST GET (wrk, 100 conns)",
             _ratio(g("grpc", "tms_h2load.rps"), g("grpc", "rest.rps")), ">= 0.70",
@@ -577,7 +577,7 @@ def cmd_report(work, outdir, stamp):
              meta.get("commit", "?")[:12], " (dirty tree)" if meta.get("dirty") else "",
              meta.get("cpu_model", "?"), meta.get("nproc", "?"), meta.get("layout", "?"),
              meta.get("loadavg_start", "?"), meta.get("loadavg_end", "?")),
-         *(["The binary measured is not this commit's build: `%s` (TMS_BENCH_BIN)." % meta["binary"]]
+         *(["The binary measured says it is not this commit's build: `%s`." % meta["binary"]]
            if meta.get("binary") and meta.get("commit", "?")[:12] not in meta["binary"] else []),
          "Each measurement: %ss after a %ss warm-up; HTTP/1.1 clients: %s connections, 1 thread; "
          "data: %s users, %s tasks; seeding: %s." % (

@@ -30,7 +30,10 @@ pg_pids() { local pm; pm=$(head -1 "$PG_DIR/data/postmaster.pid" 2>/dev/null) ||
 # The server CPU's own split (/proc/stat): whether the side ran the core full (idle ~0) or
 # waited on something else (idle or iowait high), and what the kernel took besides.
 core_ticks() { awk -v c="cpu$SERVER_CPU" '$1 == c {print $2 + $3, $4, $5, $6, $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9}' /proc/stat; }
-cpu_mark() { T0_TMS=$(ticks "$TMS_PID"); T0_PG=$(ticks "$(pg_pids | tr ' ' ,)"); T0_K=$(ticks "$(cat "$kafka_pid")"); T0_CORE=$(core_ticks); }
+# The WAL PostgreSQL wrote per create (LSN before and after): the database's work
+# without the noise of CPU time (an outbox mark that updated rows showed here).
+wal_lsn() { psql -qAt "$PG_URL" -c "SELECT pg_current_wal_lsn()"; }
+cpu_mark() { T0_TMS=$(ticks "$TMS_PID"); T0_PG=$(ticks "$(pg_pids | tr ' ' ,)"); T0_K=$(ticks "$(cat "$kafka_pid")"); T0_CORE=$(core_ticks); T0_LSN=$(wal_lsn); }
 cpu_rec() {  # SIDE WRK_OUTPUT
   local side=$1 n hz; n=$(awk '/requests in/ {print $1}' "$2"); hz=$(getconf CLK_TCK)
   [[ -n "$n" && "$n" -gt 0 ]] || return 0
@@ -38,6 +41,7 @@ cpu_rec() {  # SIDE WRK_OUTPUT
   rec kafka "$side.cpu_ms_per_1k_creates.postgres" "$(awk -v a="$T0_PG" -v b="$(ticks "$(pg_pids | tr ' ' ,)")" -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) * 1000 / hz * 1000 / n}')"
   rec kafka "$side.cpu_ms_per_1k_creates.broker" "$(awk -v a="$T0_K" -v b="$(ticks "$(cat "$kafka_pid")")" -v n="$n" -v hz="$hz" 'BEGIN {printf "%.1f", (b - a) * 1000 / hz * 1000 / n}')"
   rec kafka "$side.cpu_run_rps" "$(awk '/Requests\/sec/ {print $2}' "$2")"
+  rec kafka "$side.pg_wal_bytes_per_create" "$(psql -qAt "$PG_URL" -c "SELECT round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$T0_LSN') / $n)")"
   rec kafka "$side.server_core_pct" "$(echo "$T0_CORE $(core_ticks)" | awk '{t = $12 - $6; printf "user %.0f sys %.0f idle %.0f iowait %.0f irq %.0f", ($7 - $1) * 100 / t, ($8 - $2) * 100 / t, ($9 - $3) * 100 / t, ($10 - $4) * 100 / t, ($11 - $5) * 100 / t}')"
 }
 
@@ -47,7 +51,7 @@ cpu_rec() {  # SIDE WRK_OUTPUT
 # and the notifier of the same process mails them afterwards (about 1,200 a second here;
 # 64 before the consumer's resume was fixed, docs/perf-write-path.md step 9), on the same
 # CPU. The off side drains too before it stops; what its notifier still had not mailed
-# stays unsent in the outbox of the shared database and is marked sent before the on side
+# stays unsent in the outbox of the shared database and is deleted before the on side
 # starts (recorded): the on side inherited it otherwise (70,000 of the off side's events
 # mailed during the on side's runs, in one full run).
 DRAIN_S=$((QUICK ? 30 : 60))
@@ -76,7 +80,7 @@ drain() {
 }
 
 # Unsent outbox rows left by the pairs before (pg_post's pgbench inserts outbox rows that
-# nothing sends) were marked sent by bench/run before this pair (backlog_discarded_pg).
+# nothing sends) were deleted by bench/run before this pair (backlog_discarded_pg).
 tms_start kafka_off --set tasks.url="$PG_URL" || die "tms did not start"
 wrk_measure kafka tms_local "$TMS_URL/api/task" -s "$lua" -H "Authorization: Bearer $tok"
 cpu_mark

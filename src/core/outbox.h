@@ -26,11 +26,12 @@ typedef struct tms_outbox_event {
 
 typedef enum tms_outbox_op_kind {
     TMS_OUTBOX_FETCH = 1, /* in: limit, after_seq. out: events[0..nevents) not yet sent, by seq */
-    TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Removes those events: a sent event
-                           * is gone, so the outbox holds only what is pending.
-                           * Idempotent; unknown seqs are ignored */
+    TMS_OUTBOX_MARK_SENT, /* in: seqs[0..nseqs). Deletes those events: a sent event
+                           * leaves the outbox. Idempotent; unknown seqs are ignored */
     TMS_OUTBOX_ADD,       /* in: event (topic, key, payload, event_id): a standalone event;
-                           * the same event_id again is a retry (OK, nothing added) */
+                           * the same event_id again while it is pending is a retry
+                           * (OK, nothing added); after it was sent (deleted), it goes
+                           * out again, and consumers drop it by event_id */
     TMS_INBOX_SEEN,       /* in: consumer, ids. out: ids_seen */
     TMS_INBOX_RECORD,     /* in: consumer, ids. Idempotent per id */
     TMS_OUTBOX_PENDING,   /* out: count of unsent events */

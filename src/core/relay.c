@@ -37,10 +37,10 @@
  * outbox order, and publishes them; the next fetch does not wait for their delivery
  * (an event the bus holds, a mail backing off, or a Kafka delivery report, delays no
  * other event). Each event is marked sent once the bus accepted it, in batches (one
- * mark op out at a time); the store deletes a sent event's row, so the outbox holds
- * only what is pending. A read after the highest seq handed runs while a mark is out
- * (the two touch different events), so an event committed meanwhile is not held behind
- * the mark's commit; a full read and a mark never overlap (below, mark_sent).
+ * mark op out at a time; the store deletes a sent event's row). A read after the
+ * highest seq handed runs while a mark is out (the two touch different events), so an
+ * event committed meanwhile is not held behind the mark's commit; a full read and a
+ * mark never overlap (below, mark_sent).
  *
  * Per-key order, the rule for a refused event (the bus refused the publish, or its
  * delivery failed): its key is held. No later event of that key is handed to the bus

@@ -129,7 +129,8 @@ def _psql(url, sql):
 
 def _log_sends(url):
     """A sent event's outbox row is deleted: a trigger of the test's records, per row,
-    its key and the time from its write to its delete."""
+    its key and the time from its write to its delete (TMS's clock to PostgreSQL's: one
+    host here)."""
     _psql(url, "CREATE TABLE sent_log (key text, delay_ms bigint);"
           " CREATE FUNCTION log_sent() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
           "  INSERT INTO sent_log VALUES (OLD.key,"

@@ -211,8 +211,8 @@ static bool create_index(mongoc_database_t *db, const char *coll, bson_t *keys, 
 }
 
 /* A sent event's document is deleted (outbox.c); those that earlier versions left in
- * state "sent" go here, as migration 5 does on the SQL stores. After the first start it
- * finds none (the state index). */
+ * state "sent" go at each start, as on the SQL stores (migrations.c). After the first
+ * start it finds none (the state index). */
 static bool purge_sent(mongoc_database_t *db, bson_error_t *error)
 {
     mongoc_collection_t *outbox = mongoc_database_get_collection(db, TMS_MONGO_OUTBOX);
@@ -260,10 +260,8 @@ static int prepare(const mongoc_uri_t *uri, const char *db_name, char *err, size
         snprintf(err, err_len, "cannot create indexes: %s", error.message);
         goto out;
     }
-    if (!purge_sent(db, &error)) {
-        snprintf(err, err_len, "cannot delete the outbox's sent events: %s", error.message);
-        goto out;
-    }
+    if (!purge_sent(db, &error)) /* nothing reads a sent event: only said */
+        tms_log_warn("mongo_outbox_purge_failed", "error=\"%s\"", error.message);
     /* FerretDB v1 has no TTL indexes (NotImplemented, 238): its claims are kept. */
     if (!create_index(db, TMS_MONGO_TOKEN_CLAIMS, BCON_NEW("createdAt", BCON_INT32(1)),
                       "createdAt_ttl", false, CLAIM_TTL_S, &error)) {

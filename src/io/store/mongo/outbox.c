@@ -199,7 +199,7 @@ static bool mark_sent(mongoc_collection_t *outbox, tms_outbox_op_t *op, bson_err
     return ok;
 }
 
-/* Adding an event_id again is a retry of the same event, not a second one. */
+/* Adding a pending event_id again is a retry of the same event, not a second one. */
 static void add(tms_mongo_t *m, mongoc_client_t *client, mongoc_collection_t *outbox,
                 tms_outbox_op_t *op)
 {

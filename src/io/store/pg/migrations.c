@@ -324,9 +324,6 @@ static const char *const migrations[] = {
     "  END IF;"
     "  o_st := 'ok';"
     " END $$;",
-    /* 5: the relay deletes a sent event's row (io/store/pg/outbox.c); the rows that
-     * versions before marked sent go now, or they would stay for good */
-    "DELETE FROM outbox WHERE sent_at_ms IS NOT NULL",
 };
 
 #define KNOWN ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -423,6 +420,23 @@ fail:
     return -1;
 }
 
+/* The relay deletes a sent event's row (outbox.c); the rows that earlier versions marked
+ * sent and kept, and those an instance of such a version still marks during an upgrade,
+ * go at each start (normally none). Not a migration: a schema version would stop a
+ * binary of an earlier version from starting on this database (a rollback). A failure
+ * is only logged: nothing reads a sent row, so one left over does no harm. */
+static void purge_sent(PGconn *c)
+{
+    PGresult *r = PQexec(c, "DELETE FROM outbox WHERE sent_at_ms IS NOT NULL");
+    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+        const char *m = PQerrorMessage(c);
+        tms_log_warn("pg_outbox_purge_failed", "error=\"%.*s\"", (int)strcspn(m, "\n"), m);
+    } else if (atoll(PQcmdTuples(r)) > 0) {
+        tms_log_info("pg_outbox_purged", "sent=%s", PQcmdTuples(r));
+    }
+    PQclear(r);
+}
+
 int tms__pg_apply_migrations(PGconn *c, char *err, size_t err_len)
 {
     char sql[96];
@@ -434,6 +448,8 @@ int tms__pg_apply_migrations(PGconn *c, char *err, size_t err_len)
     rc = apply(c, err, err_len);
     snprintf(sql, sizeof(sql), "SELECT pg_advisory_unlock(%lld)", MIGRATION_LOCK_KEY);
     PQclear(PQexec(c, sql));
+    if (rc == 0)
+        purge_sent(c); /* outside the lock: another instance starting need not wait */
     return rc == 0 ? 0 : -TMS_EIO;
 }
 

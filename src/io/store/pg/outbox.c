@@ -21,7 +21,8 @@ static const tms_pg_stmt_t stmts[] = {
      * 50); and sent rows piled up with nothing to purge them. (sent_at_ms stays for
      * instances of an older version during an upgrade: they still mark.) */
     {"outbox_mark_sent", "DELETE FROM outbox WHERE seq = ANY($1::bigint[])"},
-    /* the same event again is a retry, not an error (as on SQLite and MongoDB) */
+    /* the same event again while pending is a retry, not an error (as on SQLite and
+     * MongoDB) */
     {"outbox_add", "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING"},
     /* one statement for all of an op's ids. A batch's rows go in id order: two

@@ -101,9 +101,6 @@ static const char *const migrations[] = {
     "  OLD.id, OLD.title, OLD.description, OLD.status, OLD.assigned_to, OLD.created_by,"
     "  OLD.created_at_ms, OLD.updated_at_ms, OLD.version, OLD.assigned_to, OLD.status);"
     " END",
-    /* 5: the relay deletes a sent event's row (io/store/sqlite/outbox.c); the rows
-     * that versions before marked sent go now, or they would stay for good */
-    "DELETE FROM outbox WHERE sent_at_ms IS NOT NULL",
 };
 
 #define KNOWN ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -143,6 +140,19 @@ static int record_version(sqlite3 *db, int version)
     return rc;
 }
 
+/* The relay deletes a sent event's row (outbox.c); the rows that earlier versions marked
+ * sent and kept go at each start (normally none). Not a migration, so that a binary of
+ * an earlier version still starts on this file (a rollback); a failure is only logged,
+ * as nothing reads a sent row. */
+static void purge_sent(sqlite3 *db)
+{
+    if (sqlite3_exec(db, "DELETE FROM outbox WHERE sent_at_ms IS NOT NULL", NULL, NULL, NULL) !=
+        SQLITE_OK)
+        tms_log_warn("sqlite_outbox_purge_failed", "error=\"%s\"", sqlite3_errmsg(db));
+    else if (sqlite3_changes(db) > 0)
+        tms_log_info("sqlite_outbox_purged", "sent=%d", sqlite3_changes(db));
+}
+
 /* Each step reads the version and applies one migration inside one IMMEDIATE
  * transaction, so two processes migrating the same file at once apply each
  * migration exactly once: the second waits for the write lock, then sees the new
@@ -175,6 +185,7 @@ int tms__sqlite_apply_migrations(sqlite3 *db, char *err, size_t err_len)
                 snprintf(err, err_len, "sqlite: commit failed: %s", sqlite3_errmsg(db));
                 goto fail;
             }
+            purge_sent(db);
             return 0;
         }
         if (sqlite3_exec(db, migrations[version], NULL, NULL, NULL) != SQLITE_OK ||

@@ -19,7 +19,7 @@ static const char *const op_sql[NOPS] = {
                          " WHERE sent_at_ms IS NULL AND seq > ?2 ORDER BY seq LIMIT ?1",
     /* A sent event is deleted, as on PostgreSQL (pg/outbox.c says why). */
     [TMS_OUTBOX_MARK_SENT] = "DELETE FROM outbox WHERE seq = ?1",
-    /* Adding an event_id again is a retry of the same event, not a second one. */
+    /* Adding a pending event_id again is a retry of the same event, not a second one. */
     [TMS_OUTBOX_ADD] = "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms)"
                        " VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (event_id) DO NOTHING",
     [TMS_INBOX_SEEN] = "SELECT 1 FROM inbox WHERE consumer = ?1 AND event_id = ?2",

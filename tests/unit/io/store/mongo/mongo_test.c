@@ -275,6 +275,15 @@ static void test_delete_outbox_and_restore(void)
     box = run_box(box_op(TMS_OUTBOX_PENDING));
     CHECK_EQ_INT(box->count, 0);
     tms_outbox_op_free(&box);
+    { /* sent: the document is gone, not kept in state "sent" */
+        mongoc_client_t *client;
+        mongoc_collection_t *c = raw_coll(&client, "Outbox");
+        bson_t *mine = BCON_NEW("seq", BCON_INT64(seq));
+        CHECK_EQ_INT(mongoc_collection_count_documents(c, mine, NULL, NULL, NULL, NULL), 0);
+        bson_destroy(mine);
+        mongoc_collection_destroy(c);
+        mongoc_client_destroy(client);
+    }
 
     /* Compensation restores from the tombstone; an event that names another role or
      * email restores nothing (issue 17). */
