@@ -579,6 +579,7 @@ def cmd_report(work, outdir, stamp):
              meta.get("loadavg_start", "?"), meta.get("loadavg_end", "?")),
          *(["The binary measured says it is not this commit's build: `%s`." % meta["binary"]]
            if meta.get("binary") and meta.get("commit", "?")[:12] not in meta["binary"] else []),
+         *(["Note: %s." % meta["note"]] if meta.get("note") else []),
          "Each measurement: %ss after a %ss warm-up; HTTP/1.1 clients: %s connections, 1 thread; "
          "data: %s users, %s tasks; seeding: %s." % (
              meta.get("duration_s"), meta.get("warmup_s"), meta.get("connections"),

@@ -111,6 +111,7 @@ int server_open_tasks(tms_server_t *s, tms_task_store_t **store, tms_outbox_t **
                 .queue_capacity = (size_t)cfg->server.mailbox_capacity,
                 .accept_async_commit = strcmp(cfg->tasks.synchronous_commit, "accept-off") == 0,
                 .migrate = strcmp(cfg->tasks.migrate, "auto") == 0 && !s->primary,
+                .purge_sent = !s->primary, /* one process-wide, as the migrations */
             },
             err, sizeof(err));
         if (!s->tasks_pg) {

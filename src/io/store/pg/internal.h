@@ -83,5 +83,7 @@ int tms__pg_check_server(PGconn *c, bool accept_async, char *err, size_t err_len
 /** Blocking: apply pending migrations under an advisory lock, each in its own
  * transaction. 0 or -TMS_EIO with err (failed migration, schema newer than us). */
 int tms__pg_apply_migrations(PGconn *c, char *err, size_t err_len);
+/* Deletes the outbox rows earlier versions marked sent (migrations.c); only logs. */
+void tms__pg_purge_sent(PGconn *c);
 
 #endif

@@ -422,19 +422,37 @@ fail:
 
 /* The relay deletes a sent event's row (outbox.c); the rows that earlier versions marked
  * sent and kept, and those an instance of such a version still marks during an upgrade,
- * go at each start (normally none). Not a migration: a schema version would stop a
- * binary of an earlier version from starting on this database (a rollback). A failure
- * is only logged: nothing reads a sent row, so one left over does no harm. */
-static void purge_sent(PGconn *c)
+ * go when a process starts (worker 0, whatever tasks.migrate says) and on `tms migrate`:
+ * normally none. In batches that each commit, so a start killed midway keeps what it
+ * deleted and no transaction holds a large table. Not a migration: a schema version
+ * would stop a binary of an earlier version from starting on this database (a
+ * rollback). A failure is only logged: nothing reads a sent row, so one left over does
+ * no harm. */
+enum { PURGE_BATCH = 10000 };
+void tms__pg_purge_sent(PGconn *c)
 {
-    PGresult *r = PQexec(c, "DELETE FROM outbox WHERE sent_at_ms IS NOT NULL");
-    if (PQresultStatus(r) != PGRES_COMMAND_OK) {
-        const char *m = PQerrorMessage(c);
-        tms_log_warn("pg_outbox_purge_failed", "error=\"%.*s\"", (int)strcspn(m, "\n"), m);
-    } else if (atoll(PQcmdTuples(r)) > 0) {
-        tms_log_info("pg_outbox_purged", "sent=%s", PQcmdTuples(r));
-    }
-    PQclear(r);
+    char limit[16];
+    const char *batch = limit;
+    long long total = 0, n;
+    snprintf(limit, sizeof(limit), "%d", PURGE_BATCH);
+    do {
+        PGresult *r = PQexecParams(c,
+                                   "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox"
+                                   " WHERE sent_at_ms IS NOT NULL ORDER BY seq LIMIT $1::int)",
+                                   1, NULL, &batch, NULL, NULL, 0);
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            const char *m = PQerrorMessage(c);
+            tms_log_warn("pg_outbox_purge_failed", "deleted=%lld error=\"%.*s\"", total,
+                         (int)strcspn(m, "\n"), m);
+            PQclear(r);
+            return;
+        }
+        n = atoll(PQcmdTuples(r));
+        total += n;
+        PQclear(r);
+    } while (n >= PURGE_BATCH);
+    if (total > 0)
+        tms_log_info("pg_outbox_purged", "sent=%lld", total);
 }
 
 int tms__pg_apply_migrations(PGconn *c, char *err, size_t err_len)
@@ -448,8 +466,6 @@ int tms__pg_apply_migrations(PGconn *c, char *err, size_t err_len)
     rc = apply(c, err, err_len);
     snprintf(sql, sizeof(sql), "SELECT pg_advisory_unlock(%lld)", MIGRATION_LOCK_KEY);
     PQclear(PQexec(c, sql));
-    if (rc == 0)
-        purge_sent(c); /* outside the lock: another instance starting need not wait */
     return rc == 0 ? 0 : -TMS_EIO;
 }
 
@@ -460,6 +476,8 @@ int tms_pg_migrate_sync(const char *url, char *err, size_t err_len)
     if (!c)
         return -TMS_EIO;
     rc = tms__pg_apply_migrations(c, err, err_len);
+    if (rc == 0)
+        tms__pg_purge_sent(c);
     PQfinish(c);
     return rc;
 }

@@ -1287,6 +1287,8 @@ tms_pg_t *tms_pg_open(uv_loop_t *loop, const char *url, const tms_pg_options_t *
         PQfinish(sync);
         return NULL;
     }
+    if (opt && opt->purge_sent)
+        tms__pg_purge_sent(sync);
     PQfinish(sync);
     info = PQconninfoParse(url, &perr);
     if (!info) {

@@ -25,6 +25,7 @@ typedef struct tms_pg_options {
     size_t queue_capacity;    /* ops waiting for a connection; 0 = 1024 */
     bool accept_async_commit; /* accept a server with synchronous_commit off */
     bool migrate;             /* apply pending migrations at open (tasks.migrate=auto) */
+    bool purge_sent;          /* delete outbox rows earlier versions marked sent */
 } tms_pg_options_t;
 
 /** Check the server (synchronous_commit), optionally migrate, then start the pool on

@@ -141,16 +141,44 @@ static int record_version(sqlite3 *db, int version)
 }
 
 /* The relay deletes a sent event's row (outbox.c); the rows that earlier versions marked
- * sent and kept go at each start (normally none). Not a migration, so that a binary of
+ * sent and kept go at each start (normally none: then only a read, no write lock). In
+ * batches that each commit, so another process on the file waits for one batch at most,
+ * and a start killed midway keeps what it deleted. Not a migration, so that a binary of
  * an earlier version still starts on this file (a rollback); a failure is only logged,
  * as nothing reads a sent row. */
+enum { PURGE_BATCH = 10000 };
 static void purge_sent(sqlite3 *db)
 {
-    if (sqlite3_exec(db, "DELETE FROM outbox WHERE sent_at_ms IS NOT NULL", NULL, NULL, NULL) !=
-        SQLITE_OK)
-        tms_log_warn("sqlite_outbox_purge_failed", "error=\"%s\"", sqlite3_errmsg(db));
-    else if (sqlite3_changes(db) > 0)
-        tms_log_info("sqlite_outbox_purged", "sent=%d", sqlite3_changes(db));
+    sqlite3_stmt *any = NULL, *del = NULL;
+    long long total = 0;
+    int rc = sqlite3_prepare_v2(db, "SELECT 1 FROM outbox WHERE sent_at_ms IS NOT NULL LIMIT 1", -1,
+                                &any, NULL);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_step(any);
+    sqlite3_reset(any); /* an active read would hold every batch in one transaction */
+    if (rc == SQLITE_ROW)
+        rc = sqlite3_prepare_v2(db,
+                                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox"
+                                " WHERE sent_at_ms IS NOT NULL LIMIT ?1)",
+                                -1, &del, NULL);
+    while (rc == SQLITE_OK && del) {
+        sqlite3_bind_int(del, 1, PURGE_BATCH);
+        rc = sqlite3_step(del);
+        sqlite3_reset(del);
+        if (rc != SQLITE_DONE)
+            break;
+        rc = SQLITE_OK;
+        total += sqlite3_changes(db);
+        if (sqlite3_changes(db) < PURGE_BATCH)
+            break;
+    }
+    if (rc != SQLITE_OK && rc != SQLITE_DONE)
+        tms_log_warn("sqlite_outbox_purge_failed", "deleted=%lld error=\"%s\"", total,
+                     sqlite3_errmsg(db));
+    else if (total > 0)
+        tms_log_info("sqlite_outbox_purged", "sent=%lld", total);
+    sqlite3_finalize(any);
+    sqlite3_finalize(del);
 }
 
 /* Each step reads the version and applies one migration inside one IMMEDIATE

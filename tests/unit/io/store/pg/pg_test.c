@@ -573,14 +573,24 @@ static void test_start_checks(void)
     /* a start deletes the rows an earlier version marked sent, keeps pending ones, and
      * leaves the schema version (an earlier binary still starts) */
     side(url, "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms, sent_at_ms)"
-              " VALUES ('m5-sent', 'notifications', '1', '{}', 1, 2),"
-              " ('m5-pending', 'notifications', '2', '{}', 1, NULL)");
+              " VALUES ('old-sent', 'notifications', '1', '{}', 1, 2),"
+              " ('old-pending', 'notifications', '2', '{}', 1, NULL)");
+    side(url, "INSERT INTO outbox (event_id, topic, key, payload, created_at_ms, sent_at_ms)"
+              " SELECT 'old-' || i, 'notifications', '1', '{}', 1, 2"
+              " FROM generate_series(1, 25000) i"); /* more than two batches (10,000) */
     version = side(url, "SELECT max(version) FROM schema_migrations");
     CHECK_EQ_INT(tms_pg_migrate_sync(url, err, sizeof(err)), 0);
     CHECK_EQ_INT(side(url, "SELECT max(version) FROM schema_migrations"), version);
-    CHECK_EQ_INT(side(url, "SELECT count(*) FROM outbox WHERE event_id LIKE 'm5-%'"), 1);
-    CHECK_EQ_INT(side(url, "SELECT count(*) FROM outbox WHERE event_id = 'm5-pending'"), 1);
-    side(url, "DELETE FROM outbox WHERE event_id LIKE 'm5-%'");
+    CHECK_EQ_INT(side(url, "SELECT count(*) FROM outbox WHERE event_id LIKE 'old-%'"), 1);
+    CHECK_EQ_INT(side(url, "SELECT count(*) FROM outbox WHERE event_id = 'old-pending'"), 1);
+    /* and a start that does not migrate (tasks.migrate=off) still purges */
+    side(url, "UPDATE outbox SET sent_at_ms = 3 WHERE event_id = 'old-pending'");
+    pg = tms_pg_open(&loop, url, &(tms_pg_options_t){.pool_size = 1, .purge_sent = true}, err,
+                     sizeof(err));
+    CHECK(pg != NULL);
+    if (pg)
+        close_pg(&pg);
+    CHECK_EQ_INT(side(url, "SELECT count(*) FROM outbox WHERE event_id LIKE 'old-%'"), 0);
     /* synchronous_commit off: refused unless accepted */
     snprintf(sql, sizeof(sql), "ALTER DATABASE %s SET synchronous_commit = off", dbname);
     side(base_url, sql);

@@ -468,7 +468,11 @@ static void test_marked_outbox_rows_purged(void)
     raw_query("INSERT INTO outbox (event_id, topic, key, payload, created_at_ms, sent_at_ms)"
               " VALUES ('old-sent', 'notifications', '1', '{}', 1, 2),"
               " ('old-pending', 'notifications', '2', '{}', 1, NULL)");
-    CHECK_EQ_INT(raw_query("SELECT count(*) FROM outbox"), 2);
+    /* more than two batches of the purge (10,000) */
+    raw_query("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 25000)"
+              " INSERT INTO outbox (event_id, topic, key, payload, created_at_ms, sent_at_ms)"
+              " SELECT 'old-' || i, 'notifications', '1', '{}', 1, 2 FROM n");
+    CHECK_EQ_INT(raw_query("SELECT count(*) FROM outbox"), 25002);
     CHECK_EQ_INT(tms_sqlite_migrate(path, err, sizeof(err)), 0);
     CHECK_EQ_INT(raw_query("SELECT count(*) FROM outbox"), 1);
     CHECK_EQ_INT(raw_query("SELECT count(*) FROM outbox WHERE event_id = 'old-pending'"), 1);
