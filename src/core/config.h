@@ -77,6 +77,7 @@ typedef struct tms_config {
         int64_t partitions, replication; /* of topics created at start */
         int64_t dlq_after, retry_ms;     /* consumer attempts, first back-off */
         int64_t publish_timeout_ms;      /* a publish fails after this */
+        int64_t inbox_retention;         /* seconds handled-event records are kept; 0: all */
         char security_protocol[16];      /* Kafka security.protocol: plaintext | ssl */
         char tls_ca[1024], tls_cert[1024], tls_key[1024]; /* ssl.*.location */
     } events;

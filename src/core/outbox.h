@@ -3,7 +3,8 @@
  * change that caused them; the relay (core/relay.h) reads pending events in order,
  * publishes them and marks them sent once the bus accepted them. Consumers record
  * what they handled in the inbox (keyed by consumer and event_id) to drop
- * redeliveries. */
+ * redeliveries, and the relay trims the inbox to its retention (events.inbox_retention).
+ */
 #ifndef TMS_CORE_OUTBOX_H
 #define TMS_CORE_OUTBOX_H
 
@@ -35,6 +36,9 @@ typedef enum tms_outbox_op_kind {
     TMS_INBOX_SEEN,       /* in: consumer, ids. out: ids_seen */
     TMS_INBOX_RECORD,     /* in: consumer, ids. Idempotent per id */
     TMS_OUTBOX_PENDING,   /* out: count of unsent events */
+    TMS_INBOX_TRIM,       /* in: before_ms, limit. Deletes inbox records (any consumer)
+                           * handled before before_ms, limit at most (a bounded step; the
+                           * oldest first where the store can tell). out: count deleted */
 } tms_outbox_op_kind_t;
 
 typedef struct tms_outbox_op {
@@ -42,6 +46,7 @@ typedef struct tms_outbox_op {
     /* in */
     int limit;
     int64_t after_seq; /* FETCH: only events with seq > after_seq (0: from the first) */
+    int64_t before_ms; /* INBOX_TRIM: records handled before this (wall clock, ms) */
     int64_t *seqs;     /* heap */
     size_t nseqs;
     tms_outbox_event_t event; /* ADD */

@@ -13,6 +13,10 @@
 /* How often worker 0's task actor trims the push log to push.retention and
  * push.max_events. */
 #define PUSH_PURGE_MS 5000
+/* When worker 0's relays trim their stores' inboxes to events.inbox_retention: soon
+ * after start, then hourly (a record's age only matters in days). */
+#define INBOX_TRIM_FIRST_MS 5000
+#define INBOX_TRIM_EVERY_MS 3600000
 #include "server/internal.h"
 
 /* Password hashes (argon2id: tens of ms of CPU and memory bandwidth each) run at this
@@ -233,6 +237,13 @@ static int start_relays(tms_server_t *s, unsigned roles)
                 ? tms_workpool_new_kicked("hash", n, (size_t)cfg->auth.hash_queue, HASH_NICE)
                 : tms_workpool_new_idle("hash", n, (size_t)cfg->auth.hash_queue, HASH_NICE);
     }
+    /* each relay trims its store's inbox (a relay serving both stores' outbox, once) */
+    if (s->tasks_relay)
+        tms_relay_trim_inbox(s->tasks_relay, (uint64_t)cfg->events.inbox_retention * 1000,
+                             INBOX_TRIM_FIRST_MS, INBOX_TRIM_EVERY_MS);
+    if (s->users_relay)
+        tms_relay_trim_inbox(s->users_relay, (uint64_t)cfg->events.inbox_retention * 1000,
+                             INBOX_TRIM_FIRST_MS, INBOX_TRIM_EVERY_MS);
     return 0;
 }
 

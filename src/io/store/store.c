@@ -33,6 +33,7 @@ static const char *const outbox_ops[] = {
     [TMS_OUTBOX_FETCH] = "outbox_fetch", [TMS_OUTBOX_MARK_SENT] = "outbox_mark_sent",
     [TMS_OUTBOX_ADD] = "outbox_add",     [TMS_INBOX_SEEN] = "inbox_seen",
     [TMS_INBOX_RECORD] = "inbox_record", [TMS_OUTBOX_PENDING] = "outbox_pending",
+    [TMS_INBOX_TRIM] = "inbox_trim",
 };
 
 static const struct family {
@@ -44,13 +45,12 @@ static const struct family {
     [TMS_STORE_USERS] = {"users", TMS_USER_PING + 1, user_ops, offsetof(tms_user_op_t, err)},
     [TMS_STORE_TASKS] = {"tasks", TMS_TASK_EVENTS_PURGE + 1, task_ops,
                          offsetof(tms_task_op_t, err)},
-    [TMS_STORE_OUTBOX] = {"outbox", TMS_OUTBOX_PENDING + 1, outbox_ops,
-                          offsetof(tms_outbox_op_t, err)},
+    [TMS_STORE_OUTBOX] = {"outbox", TMS_INBOX_TRIM + 1, outbox_ops, offsetof(tms_outbox_op_t, err)},
 };
 
 _Static_assert(TMS_USER_PING + 1 <= TMS_STORE_MAX_OPS, "user ops fit the metrics table");
 _Static_assert(TMS_TASK_EVENTS_PURGE + 1 <= TMS_STORE_MAX_OPS, "task ops fit the metrics table");
-_Static_assert(TMS_OUTBOX_PENDING + 1 <= TMS_STORE_MAX_OPS, "outbox ops fit the metrics table");
+_Static_assert(TMS_INBOX_TRIM + 1 <= TMS_STORE_MAX_OPS, "outbox ops fit the metrics table");
 
 tms_error_t *tms_store_op_err(tms_store_port_t port, tms_msg_t *msg)
 {

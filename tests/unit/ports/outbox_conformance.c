@@ -1,7 +1,8 @@
 /* The outbox and inbox port (core/outbox.h, core/port.h) on every adapter: SQLite, and
  * PostgreSQL and MongoDB when TMS_TEST_PG_URL / TMS_TEST_MONGO_URL are set. Standalone
  * events, fetching in order, marking sent (idempotent), the consumers' handled-event
- * log, and the lifecycle. */
+ * log and its trim, and the lifecycle. */
+#include "core/clock.h"
 #include "core/events.h"
 #include "stores.h"
 
@@ -278,6 +279,63 @@ static void test_inbox_batch(void)
     close_store(&s);
 }
 
+static tms_outbox_op_t *trim_op(int64_t before_ms, int limit)
+{
+    tms_outbox_op_t *op = box_op(TMS_INBOX_TRIM);
+    op->before_ms = before_ms;
+    op->limit = limit;
+    return op;
+}
+
+/* Retention: a trim deletes the records handled before its cutoff, of every consumer,
+ * at most its limit a step; younger records stay, and a trimmed event reads as
+ * unseen. Pending outbox events are not touched. */
+static void test_inbox_trim(void)
+{
+    store_t s = open_store(backend);
+    tms_outbox_op_t *op;
+    char ids[5][37];
+    int64_t t0 = tms_now_ms(), left = 5;
+    for (int i = 0; i < 5; i++) {
+        tms_event_id_new(ids[i]);
+        op = run_box(&s, inbox_op(TMS_INBOX_RECORD, i < 4 ? "notifier" : "task", ids[i]));
+        CHECK_EQ_INT(op->err.code, TMS_OK);
+        tms_outbox_op_free(&op);
+    }
+    op = run_box(&s, add_op("0b7e1b8e-0000-4000-8000-000000000001", "notifications", "k", "{}"));
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    tms_outbox_op_free(&op);
+    /* a cutoff before they were handled: nothing goes */
+    op = run_box(&s, trim_op(t0 - 3600 * 1000, 100));
+    CHECK_EQ_INT(op->err.code, TMS_OK);
+    CHECK_EQ_INT(op->count, 0);
+    tms_outbox_op_free(&op);
+    /* after them: all go, two a step at most */
+    for (int step = 0; step < 3; step++) {
+        op = run_box(&s, trim_op(tms_now_ms() + 1000, 2));
+        CHECK_EQ_INT(op->err.code, TMS_OK);
+        CHECK_EQ_INT(op->count, left < 2 ? left : 2);
+        left -= op->count;
+        tms_outbox_op_free(&op);
+    }
+    op = run_box(&s, trim_op(tms_now_ms() + 1000, 2));
+    CHECK_EQ_INT(op->count, 0);
+    tms_outbox_op_free(&op);
+    for (int i = 0; i < 5; i++) {
+        op = run_box(&s, inbox_op(TMS_INBOX_SEEN, i < 4 ? "notifier" : "task", ids[i]));
+        CHECK_EQ_INT(op->err.code, TMS_OK);
+        CHECK(!op->ids_seen[0]);
+        tms_outbox_op_free(&op);
+    }
+    {
+        long long n = sql_query(&s, "SELECT count(*) FROM inbox");
+        if (n != -2)
+            CHECK_EQ_INT(n, 0);
+    }
+    CHECK_EQ_INT(pending(&s), 1); /* the outbox is not the inbox */
+    close_store(&s);
+}
+
 static int nanswered;
 
 static void count_reply(tms_msg_t *msg)
@@ -297,7 +355,7 @@ static void test_lifecycle(void)
     op = box_op(0);
     CHECK_EQ_INT(tms_outbox_submit(s.outbox, &op), -TMS_EINVAL);
     CHECK(op != NULL);
-    op->msg.op = TMS_OUTBOX_PENDING + 1;
+    op->msg.op = TMS_INBOX_TRIM + 1;
     CHECK_EQ_INT(tms_outbox_submit(s.outbox, &op), -TMS_EINVAL);
     tms_outbox_op_free(&op);
     CHECK_EQ_INT(s.outbox->busy(s.outbox), 0);
@@ -449,6 +507,7 @@ static void tests(const adapter_t *a)
     RUN_TEST(test_outbox);
     RUN_TEST(test_inbox);
     RUN_TEST(test_inbox_batch);
+    RUN_TEST(test_inbox_trim);
     RUN_TEST(test_lifecycle);
     RUN_TEST(test_metrics);
     RUN_TEST(test_lead);

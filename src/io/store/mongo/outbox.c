@@ -266,6 +266,49 @@ static void inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t *op)
     mongoc_collection_destroy(c);
 }
 
+/* A bounded step of the trim: the ids of op->limit records handled before
+ * op->before_ms at most, then one deleteMany of those ids (deleteMany takes no limit). */
+static void trim_inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t *op)
+{
+    mongoc_collection_t *c = tms__mongo_coll(m, client, TMS_MONGO_INBOX);
+    bson_t *filter = BCON_NEW("handledAt", "{", "$lt", BCON_INT64(op->before_ms), "}");
+    bson_t *opts = BCON_NEW("limit", BCON_INT64(op->limit > 0 ? op->limit : 1), "projection", "{",
+                            "_id", BCON_INT32(1), "}");
+    bson_t del = BSON_INITIALIZER, in, ids, reply = BSON_INITIALIZER;
+    mongoc_cursor_t *cur = mongoc_collection_find_with_opts(c, filter, opts, NULL);
+    const bson_t *doc;
+    bson_error_t error;
+    bson_iter_t it;
+    uint32_t n = 0;
+
+    BSON_APPEND_DOCUMENT_BEGIN(&del, "_id", &in);
+    BSON_APPEND_ARRAY_BEGIN(&in, "$in", &ids);
+    while (mongoc_cursor_next(cur, &doc))
+        if (bson_iter_init_find(&it, doc, "_id") && BSON_ITER_HOLDS_UTF8(&it)) {
+            char idx[16];
+            const char *k;
+            bson_uint32_to_string(n++, &k, idx, sizeof(idx));
+            BSON_APPEND_UTF8(&ids, k, bson_iter_utf8(&it, NULL));
+        }
+    bson_append_array_end(&in, &ids);
+    bson_append_document_end(&del, &in);
+    if (mongoc_cursor_error(cur, &error))
+        tms__mongo_fail(&op->err, &error, "inbox_trim");
+    else if (n > 0) {
+        bson_destroy(&reply);
+        if (!mongoc_collection_delete_many(c, &del, NULL, &reply, &error))
+            tms__mongo_fail(&op->err, &error, "inbox_trim");
+        else if (bson_iter_init_find(&it, &reply, "deletedCount"))
+            op->count = bson_iter_as_int64(&it);
+    }
+    bson_destroy(&reply);
+    bson_destroy(&del);
+    mongoc_cursor_destroy(cur);
+    bson_destroy(opts);
+    bson_destroy(filter);
+    mongoc_collection_destroy(c);
+}
+
 void tms__mongo_outbox_run(tms_mongo_t *m, mongoc_client_t *client, tms_msg_t *msg)
 {
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
@@ -275,6 +318,10 @@ void tms__mongo_outbox_run(tms_mongo_t *m, mongoc_client_t *client, tms_msg_t *m
 
     if (msg->op == TMS_INBOX_SEEN || msg->op == TMS_INBOX_RECORD) {
         inbox(m, client, op);
+        return;
+    }
+    if (msg->op == TMS_INBOX_TRIM) {
+        trim_inbox(m, client, op);
         return;
     }
     outbox = tms__mongo_coll(m, client, TMS_MONGO_OUTBOX);

@@ -34,6 +34,10 @@ static const tms_pg_stmt_t stmts[] = {
                      " SELECT $1::text, e, $3::bigint FROM unnest($2::text[]) AS e ORDER BY e"
                      " ON CONFLICT DO NOTHING"},
     {"outbox_pending", "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL"},
+    /* $2 records at most handled before $1 (no index on handled_at_ms: one would cost
+     * every record; the scan runs once an interval, alone, outside the writes' groups) */
+    {"inbox_trim", "DELETE FROM inbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM inbox"
+                   " WHERE handled_at_ms < $1 LIMIT $2))"},
 };
 
 /* "{1,2,3}": a bigint[] parameter in text form. Heap. */
@@ -106,6 +110,12 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
         v[1] = c->heap;
         v[2] = tms__pg_i64(c->num[0], sizeof(c->num[0]), tms_now_ms());
         break;
+    case TMS_INBOX_TRIM:
+        c->solo = true; /* up to op->limit rows: a transaction of its own */
+        c->nparams = 2;
+        v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->before_ms);
+        v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->limit > 0 ? op->limit : 1);
+        break;
     default: /* PENDING */
         c->read_only = true;
         c->nparams = 0;
@@ -144,6 +154,9 @@ static void finish(tms_msg_t *msg, const PGresult *res)
         break;
     case TMS_OUTBOX_PENDING:
         op->count = n > 0 ? tms__pg_int(res, 0, 0) : 0;
+        break;
+    case TMS_INBOX_TRIM:
+        op->count = atoll(PQcmdTuples((PGresult *)res));
         break;
     default:
         break;

@@ -12,7 +12,7 @@
 #include "core/log.h"
 #include "io/store/sqlite/internal.h"
 
-enum { NOPS = TMS_OUTBOX_PENDING + 1 };
+enum { NOPS = TMS_INBOX_TRIM + 1 };
 
 static const char *const op_sql[NOPS] = {
     [TMS_OUTBOX_FETCH] = "SELECT seq, event_id, topic, key, payload, created_at_ms FROM outbox"
@@ -26,6 +26,12 @@ static const char *const op_sql[NOPS] = {
     [TMS_INBOX_RECORD] = "INSERT OR IGNORE INTO inbox (consumer, event_id, handled_at_ms)"
                          " VALUES (?1, ?2, ?3)",
     [TMS_OUTBOX_PENDING] = "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL",
+    /* Among the ?2 oldest records (rowid order is the order they were recorded in), those
+     * handled before ?1: a step that reads ?2 rows at most, whatever the inbox holds, as
+     * it runs on the writer thread. A step that deletes fewer than ?2 found the young
+     * end; a record out of order (the wall clock stepped back) waits for a later trim. */
+    [TMS_INBOX_TRIM] = "DELETE FROM inbox WHERE rowid IN (SELECT rowid FROM inbox ORDER BY rowid"
+                       " LIMIT ?2) AND handled_at_ms < ?1",
 };
 
 typedef struct outbox {
@@ -122,7 +128,8 @@ static int inbox(tms_outbox_op_t *op, int kind, sqlite3_stmt *st)
 
 static bool outbox_writes(int op)
 {
-    return op == TMS_OUTBOX_MARK_SENT || op == TMS_OUTBOX_ADD || op == TMS_INBOX_RECORD;
+    return op == TMS_OUTBOX_MARK_SENT || op == TMS_OUTBOX_ADD || op == TMS_INBOX_RECORD ||
+           op == TMS_INBOX_TRIM;
 }
 
 static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
@@ -156,6 +163,12 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
     case TMS_INBOX_SEEN:
     case TMS_INBOX_RECORD:
         rc = inbox(op, kind, st);
+        break;
+    case TMS_INBOX_TRIM:
+        sqlite3_bind_int64(st, 1, op->before_ms);
+        sqlite3_bind_int(st, 2, op->limit > 0 ? op->limit : 1);
+        rc = sqlite3_step(st);
+        op->count = rc == SQLITE_DONE ? sqlite3_changes(db) : 0;
         break;
     default: /* TMS_OUTBOX_PENDING */
         rc = sqlite3_step(st);
