@@ -252,11 +252,12 @@ static const key_t_ keys[] = {
         "breaker's cool-down)"),
     INT(events, publish_timeout_ms, events.publish_timeout_ms, 1000, 600000, "10000",
         "Kafka: a publish not acknowledged by then fails (the outbox retries it)"),
-    INT(events, inbox_retention, events.inbox_retention, 0, 3153600000, "604800",
+    INT(events, inbox_retention, events.inbox_retention, 0, 3153600000, "1209600",
         "seconds the consumers' records of handled events (the inbox, which drops "
-        "redeliveries) are kept; older ones are deleted every hour (and 5 s after start). "
-        "Keep it above how long the bus may redeliver an event (Kafka: the topics' "
-        "retention, 7 days by default); 0 keeps them all"),
+        "redeliveries) are kept; older ones are deleted every hour (and 5 s after start). A "
+        "redelivery after that is handled again (a mail, a saga step), so keep it above how "
+        "long the bus may redeliver an event (Kafka: log.retention plus segment.ms, 14 days "
+        "by default, and any offset reset); 0 keeps them all"),
     ENUM(events, security_protocol, events.security_protocol, "plaintext|ssl", "plaintext",
          "Kafka security.protocol: ssl speaks TLS to the brokers and checks their certificates "
          "and host names"),

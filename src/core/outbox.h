@@ -3,8 +3,7 @@
  * change that caused them; the relay (core/relay.h) reads pending events in order,
  * publishes them and marks them sent once the bus accepted them. Consumers record
  * what they handled in the inbox (keyed by consumer and event_id) to drop
- * redeliveries, and the relay trims the inbox to its retention (events.inbox_retention).
- */
+ * redeliveries; core/inbox_trim.h deletes records older than events.inbox_retention. */
 #ifndef TMS_CORE_OUTBOX_H
 #define TMS_CORE_OUTBOX_H
 

@@ -32,11 +32,6 @@
 /* Events skipped because their key is held, at most, before fetches stop reading new
  * events (a full read rereads them all: its limit grows with them). */
 #define MAX_HELD 10000
-/* Inbox retention (tms_relay_trim_inbox): records are deleted in steps of TRIM_BATCH
- * at most (a step's work is bounded whatever the inbox holds), the next TRIM_STEP_MS
- * after a step that found a full batch. */
-#define TRIM_BATCH 10000
-#define TRIM_STEP_MS 100
 
 /* Pipelined (issue 20): a fetch reads the pending events that are not in flight, in
  * outbox order, and publishes them; the next fetch does not wait for their delivery
@@ -113,12 +108,8 @@ struct tms_relay {
     size_t naccepted, cap_accepted;
     _Atomic int64_t pending; /* unsent events at the last count; read by any worker */
     _Atomic int lead;        /* the last tms_outbox_lead_t reported; read by any worker's gauge */
-    tms_counter_t *published, *failed, *trimmed;
+    tms_counter_t *published, *failed;
     tms_histogram_t *delay; /* write -> accepted by the bus */
-    /* inbox retention (tms_relay_trim_inbox) */
-    uv_timer_t *trim_timer; /* NULL: the inbox is kept whole; freed in its close callback */
-    uint64_t trim_every_ms, retention_ms;
-    int trimming; /* a trim op out */
 };
 
 typedef struct publish_ctx {
@@ -132,7 +123,7 @@ static void run_batch(tms_relay_t *r);
 
 static int idle(const tms_relay_t *r)
 {
-    return !r->fetching && !r->marking && !r->counting && !r->trimming && r->ninflight == 0;
+    return !r->fetching && !r->marking && !r->counting && r->ninflight == 0;
 }
 
 static void check_stopped(tms_relay_t *r)
@@ -583,66 +574,6 @@ static void on_lead(void *arg, tms_outbox_lead_t what)
     }
 }
 
-/* ---- inbox retention ------------------------------------------------ */
-
-static void on_trim_timer(uv_timer_t *t);
-
-static void on_trimmed(tms_msg_t *msg)
-{
-    tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
-    tms_relay_t *r = msg->ctx;
-    int more = 0;
-    r->trimming = 0;
-    if (op->err.code != TMS_OK)
-        tms_log_warn("inbox_trim_failed", "outbox=%s store=%s error=\"%s\"", r->name,
-                     r->outbox->name, op->err.message);
-    else if (op->count > 0) {
-        tms_counter_add(r->trimmed, (uint64_t)op->count);
-        tms_log_info("inbox_trimmed", "outbox=%s store=%s records=%lld", r->name, r->outbox->name,
-                     (long long)op->count);
-        more = op->count >= op->limit; /* a full step: the next one soon */
-    }
-    tms_outbox_op_free(&op);
-    if (more && !r->stopping)
-        uv_timer_start(r->trim_timer, on_trim_timer, TRIM_STEP_MS, r->trim_every_ms);
-    check_stopped(r);
-}
-
-/* One step: the records handled more than retention_ms ago, TRIM_BATCH at most. Where
- * processes share the outbox, only the one that publishes it trims. */
-static void on_trim_timer(uv_timer_t *t)
-{
-    tms_relay_t *r = t->data;
-    tms_outbox_op_t *op;
-    if (r->trimming || r->stopping || aside(r))
-        return;
-    op = tms_outbox_op_new(TMS_INBOX_TRIM);
-    op->before_ms = tms_now_ms() - (int64_t)r->retention_ms;
-    op->limit = TRIM_BATCH;
-    op->msg.reply_to = r->replies;
-    op->msg.cont = on_trimmed;
-    op->msg.ctx = r;
-    r->trimming = 1;
-    if (tms_outbox_submit(r->outbox, &op) != 0) {
-        tms_outbox_op_free(&op);
-        r->trimming = 0;
-    }
-}
-
-void tms_relay_trim_inbox(tms_relay_t *r, uint64_t retention_ms, uint64_t first_ms,
-                          uint64_t every_ms)
-{
-    if (r->remote || r->trim_timer || retention_ms == 0)
-        return;
-    r->retention_ms = retention_ms;
-    r->trim_every_ms = every_ms ? every_ms : 1;
-    r->trim_timer = tms_new(uv_timer_t);
-    uv_timer_init(r->loop, r->trim_timer);
-    r->trim_timer->data = r;
-    uv_timer_start(r->trim_timer, on_trim_timer, first_ms, r->trim_every_ms);
-    uv_unref((uv_handle_t *)r->trim_timer); /* the poll timer decides whether the loop lives */
-}
-
 tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_t *bus,
                            uint64_t poll_ms, const char *name)
 {
@@ -667,9 +598,6 @@ tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_
         tms_metrics_counter("tms_outbox_published_total", "outbox events accepted by the bus", "");
     r->failed = tms_metrics_counter("tms_outbox_publish_failures_total",
                                     "outbox events the bus refused (retried later)", "");
-    r->trimmed =
-        tms_metrics_counter("tms_inbox_trimmed_total",
-                            "handled-event records deleted after events.inbox_retention", "");
     /* where an event waits between its write and its consumers (ms resolution: the
      * outbox stores milliseconds) */
     r->delay = tms_metrics_histogram("tms_outbox_publish_delay_seconds",
@@ -728,8 +656,6 @@ void tms_relay_stop(tms_relay_t *r, void (*on_stopped)(void *arg), void *arg)
         return;
     }
     uv_timer_stop(r->timer);
-    if (r->trim_timer)
-        uv_timer_stop(r->trim_timer);
     if (r->outbox->lead)
         r->outbox->lead(r->outbox, NULL, NULL);
     r->on_stopped = on_stopped;
@@ -750,8 +676,6 @@ void tms_relay_free(tms_relay_t **pr)
     }
     uv_close((uv_handle_t *)r->timer, tms_uv_free_on_close);
     uv_close((uv_handle_t *)r->wake, tms_uv_free_on_close);
-    if (r->trim_timer)
-        uv_close((uv_handle_t *)r->trim_timer, tms_uv_free_on_close);
     tms_mailbox_free(&r->replies);
     free(r->inflight);
     free(r->held);

@@ -7,8 +7,7 @@
  * Runs when kicked after a write, and on a timer so that events left by a crash or a
  * refused publish go out too. Where processes share the outbox and it has a lead
  * (PostgreSQL: tms_outbox_t.lead), only the leader's relay publishes; the others stand
- * aside, and a kick after their write wakes the leader instead. The relay also trims
- * its store's inbox to a retention (tms_relay_trim_inbox). */
+ * aside, and a kick after their write wakes the leader instead. */
 #ifndef TMS_CORE_RELAY_H
 #define TMS_CORE_RELAY_H
 
@@ -25,13 +24,6 @@ typedef struct tms_relay tms_relay_t;
  * NULL. */
 tms_relay_t *tms_relay_new(uv_loop_t *loop, tms_outbox_t *outbox, tms_event_bus_t *bus,
                            uint64_t poll_ms, const char *name);
-
-/** Keep the inbox of relay's store (the consumers' records of handled events) to
- * retention_ms: delete older records first_ms from now and then every every_ms, in
- * bounded steps, while this relay publishes (on PostgreSQL, only the lead trims).
- * retention_ms 0: keep them all. Once per relay; not for a remote one. */
-void tms_relay_trim_inbox(tms_relay_t *relay, uint64_t retention_ms, uint64_t first_ms,
-                          uint64_t every_ms);
 
 /** A stand-in for relay, which runs on another worker's loop: kicking it wakes relay
  * through a uv_async (safe from any thread, coalesced), stopping it is immediate, and

@@ -15,6 +15,7 @@
 #include "core/config.h"
 #include "core/mailbox.h"
 #include "core/metrics.h"
+#include "core/inbox_trim.h"
 #include "core/relay.h"
 #include "core/user_cache.h"
 #include "core/workpool.h"
@@ -64,7 +65,8 @@ struct tms_server {
     tms_event_bus_t *bus;
     tms_kafka_bus_t *kafka; /* the bus's adapter when it is Kafka (for /readyz) */
     tms_mailer_t *mailer;
-    tms_relay_t *users_relay, *tasks_relay; /* the same relay for one file */
+    tms_relay_t *users_relay, *tasks_relay;    /* the same relay for one file */
+    tms_inbox_trim_t *users_trim, *tasks_trim; /* worker 0; NULL: none (one file: tasks) */
     tms_auth_t *auth;
     tms_task_actor_t *task;
     /* Task event streams (core/push.h): worker 0's shared part and ticket book (the

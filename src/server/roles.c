@@ -13,8 +13,8 @@
 /* How often worker 0's task actor trims the push log to push.retention and
  * push.max_events. */
 #define PUSH_PURGE_MS 5000
-/* When worker 0's relays trim their stores' inboxes to events.inbox_retention: soon
- * after start, then hourly (a record's age only matters in days). */
+/* When worker 0 trims its stores' inboxes to events.inbox_retention: soon after start,
+ * then hourly (a record's age matters in days). */
 #define INBOX_TRIM_FIRST_MS 5000
 #define INBOX_TRIM_EVERY_MS 3600000
 #include "server/internal.h"
@@ -208,6 +208,22 @@ static int open_stores(tms_server_t *s, unsigned roles)
     return 0;
 }
 
+/* Worker 0 trims the inboxes its consumers keep (events.inbox_retention): the task
+ * actor's and the notifier's in the task store, the auth actor's in the user store
+ * (one file holding both: once). A notifier-only process trims its own, as a task
+ * process does on a shared database. */
+static void start_inbox_trims(tms_server_t *s, unsigned roles)
+{
+    uint64_t keep_ms = (uint64_t)s->cfg->events.inbox_retention * 1000;
+    bool both = s->tasks_outbox && s->users_outbox == s->tasks_outbox;
+    if (s->tasks_outbox)
+        s->tasks_trim = tms_inbox_trim_new(s->loop, s->tasks_outbox, keep_ms, INBOX_TRIM_FIRST_MS,
+                                           INBOX_TRIM_EVERY_MS, both ? "tasks+users" : "tasks");
+    if ((roles & TMS_ROLE_AUTH) && s->users_outbox && !both)
+        s->users_trim = tms_inbox_trim_new(s->loop, s->users_outbox, keep_ms, INBOX_TRIM_FIRST_MS,
+                                           INBOX_TRIM_EVERY_MS, "users");
+}
+
 /* Worker 0 runs the relays (and the mailer, and the hash threads); the others kick
  * its relays through stand-ins. */
 static int start_relays(tms_server_t *s, unsigned roles)
@@ -237,13 +253,7 @@ static int start_relays(tms_server_t *s, unsigned roles)
                 ? tms_workpool_new_kicked("hash", n, (size_t)cfg->auth.hash_queue, HASH_NICE)
                 : tms_workpool_new_idle("hash", n, (size_t)cfg->auth.hash_queue, HASH_NICE);
     }
-    /* each relay trims its store's inbox (a relay serving both stores' outbox, once) */
-    if (s->tasks_relay)
-        tms_relay_trim_inbox(s->tasks_relay, (uint64_t)cfg->events.inbox_retention * 1000,
-                             INBOX_TRIM_FIRST_MS, INBOX_TRIM_EVERY_MS);
-    if (s->users_relay)
-        tms_relay_trim_inbox(s->users_relay, (uint64_t)cfg->events.inbox_retention * 1000,
-                             INBOX_TRIM_FIRST_MS, INBOX_TRIM_EVERY_MS);
+    start_inbox_trims(s, roles);
     return 0;
 }
 

@@ -181,6 +181,8 @@ static void finish_shutdown(tms_server_t *s)
         s->users_relay = NULL;
     tms_relay_free(&s->users_relay);
     tms_relay_free(&s->tasks_relay);
+    tms_inbox_trim_free(&s->users_trim);
+    tms_inbox_trim_free(&s->tasks_trim);
     tms_push_hub_free(&s->push_hub);
     if (s->primary) {
         s->push = NULL;
@@ -299,6 +301,14 @@ static void run_steps(tms_server_t *s)
             if (s->users_relay && s->users_relay != s->tasks_relay) {
                 s->step_pending++;
                 tms_relay_stop(s->users_relay, step_done, s);
+            }
+            if (s->tasks_trim) {
+                s->step_pending++;
+                tms_inbox_trim_stop(s->tasks_trim, step_done, s);
+            }
+            if (s->users_trim) {
+                s->step_pending++;
+                tms_inbox_trim_stop(s->users_trim, step_done, s);
             }
             close_mailer(s);
             break;

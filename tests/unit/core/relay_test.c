@@ -7,7 +7,6 @@
 #include <uv.h>
 
 #include "core/alloc.h"
-#include "core/clock.h"
 #include "core/relay.h"
 #include "core/status.h"
 #include "test.h"
@@ -27,12 +26,6 @@ typedef struct fake_outbox {
     int full_reads_while_marking; /* fetches from the first pending event, a mark out */
     int hold_fetches;             /* fetch ops wait in held_fetch until fail_fetch */
     tms_outbox_op_t *held_fetch;
-    int trims;              /* inbox trim ops */
-    int64_t trim_before[8]; /* their before_ms */
-    int trim_limit;         /* the last one's limit */
-    int inbox;              /* records left to trim */
-    int hold_trims;         /* trim ops wait in held_trim */
-    tms_outbox_op_t *held_trim;
 } fake_outbox_t;
 
 static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
@@ -66,17 +59,6 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     } else if (op->msg.op == TMS_OUTBOX_MARK_SENT) {
         for (size_t i = 0; i < op->nseqs; i++)
             o->sent[op->seqs[i]]++;
-    } else if (op->msg.op == TMS_INBOX_TRIM) {
-        if (o->trims < 8)
-            o->trim_before[o->trims] = op->before_ms;
-        o->trims++;
-        o->trim_limit = op->limit;
-        op->count = o->inbox < op->limit ? o->inbox : op->limit;
-        o->inbox -= (int)op->count;
-        if (o->hold_trims) {
-            o->held_trim = op;
-            return 0;
-        }
     }
     tms_mailbox_reply(&op->msg);
     return 0;
@@ -566,75 +548,6 @@ static void test_stands_aside_while_another_leads(void)
     CHECK(l.fn == NULL);
 }
 
-/* Inbox retention: the first trim comes when asked, for records older than the
- * retention, in bounded steps: a full step is followed by the next one at once (not an
- * interval later), a short one ends the round; the next round waits for the interval.
- * Retention 0 never trims; a stop waits for the trim out. */
-static void test_inbox_trim(void)
-{
-    uv_loop_t loop;
-    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .n = 1};
-    fake_bus_t b = {.port = {.name = "fake", .publish = bus_publish}};
-    tms_relay_t *r;
-    int64_t now;
-    uv_loop_init(&loop);
-    r = tms_relay_new(&loop, &o.port, &b.port, 10000, "test");
-    o.inbox = 25000; /* two full steps and a short one */
-    now = tms_now_ms();
-    tms_relay_trim_inbox(r, 60000, 200, 5000);
-    tms_relay_trim_inbox(r, 1, 1, 1); /* once per relay: ignored */
-    run_for(&loop, 50, NULL);
-    CHECK_EQ_INT(o.trims, 0); /* not before first_ms */
-    run_for(&loop, 2000, NULL);
-    CHECK_EQ_INT(o.trims, 3);
-    CHECK_EQ_INT(o.inbox, 0);
-    CHECK(o.trim_limit > 0 && o.trim_limit <= 10000);
-    CHECK(o.trim_before[0] >= now - 60000 && o.trim_before[0] < now - 60000 + 2000);
-    run_for(&loop, 500, NULL);
-    CHECK_EQ_INT(o.trims, 3); /* the next round at the interval (5 s) */
-    stop_relay(&loop, &r);
-
-    /* retention 0: the inbox is kept whole */
-    uv_loop_init(&loop);
-    o.trims = 0;
-    o.inbox = 5;
-    r = tms_relay_new(&loop, &o.port, &b.port, 10000, "test");
-    tms_relay_trim_inbox(r, 0, 1, 10);
-    run_for(&loop, 100, NULL);
-    CHECK_EQ_INT(o.trims, 0);
-    stop_relay(&loop, &r);
-}
-
-/* A stop waits for the inbox trim out, and no trim starts once stopping. */
-static void test_stop_waits_for_a_trim(void)
-{
-    uv_loop_t loop;
-    fake_outbox_t o = {
-        .port = {.name = "fake", .submit = outbox_submit}, .n = 1, .hold_trims = 1, .inbox = 3};
-    fake_bus_t b = {.port = {.name = "fake", .publish = bus_publish}};
-    tms_relay_t *r;
-    uv_loop_init(&loop);
-    r = tms_relay_new(&loop, &o.port, &b.port, 10000, "test");
-    tms_relay_trim_inbox(r, 1000, 1, 10);
-    run_for(&loop, 1000, &o.sent[1]);
-    run_for(&loop, 20, NULL);
-    CHECK_EQ_INT(o.trims, 1); /* one out at a time */
-    CHECK(o.held_trim != NULL);
-    tms_relay_stop(r, NULL, NULL);
-    CHECK(tms_relay_busy(r));
-    {
-        tms_outbox_op_t *op = o.held_trim;
-        o.held_trim = NULL;
-        tms_mailbox_reply(&op->msg);
-    }
-    run_for(&loop, 50, NULL);
-    CHECK(!tms_relay_busy(r));
-    CHECK_EQ_INT(o.trims, 1);
-    tms_relay_free(&r);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
-}
-
 int main(void)
 {
     RUN_TEST(test_relay);
@@ -646,7 +559,5 @@ int main(void)
     RUN_TEST(test_new_events_do_not_wait_for_a_mark);
     RUN_TEST(test_stop_completes_after_a_failed_full_read);
     RUN_TEST(test_kick_during_a_read_survives_a_mark);
-    RUN_TEST(test_inbox_trim);
-    RUN_TEST(test_stop_waits_for_a_trim);
     TEST_EXIT();
 }

@@ -267,7 +267,9 @@ static void inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t *op)
 }
 
 /* A bounded step of the trim: the ids of op->limit records handled before
- * op->before_ms at most, then one deleteMany of those ids (deleteMany takes no limit). */
+ * op->before_ms at most, then one deleteMany of those ids (deleteMany takes no limit).
+ * No index on handledAt: a step with nothing to delete reads the collection (the users
+ * store's inbox holds the auth actor's few compensation records). */
 static void trim_inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t *op)
 {
     mongoc_collection_t *c = tms__mongo_coll(m, client, TMS_MONGO_INBOX);
@@ -292,6 +294,9 @@ static void trim_inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t 
         }
     bson_append_array_end(&in, &ids);
     bson_append_document_end(&del, &in);
+    /* still old: one recorded again meanwhile (a redelivery after another process's
+     * trim) stays */
+    BCON_APPEND(&del, "handledAt", "{", "$lt", BCON_INT64(op->before_ms), "}");
     if (mongoc_cursor_error(cur, &error))
         tms__mongo_fail(&op->err, &error, "inbox_trim");
     else if (n > 0) {

@@ -1,0 +1,163 @@
+/* Inbox retention (core/inbox_trim.h) with an in-memory outbox (fakes are fine in unit
+ * tests): the first round comes when asked, for records older than the retention; a
+ * round goes on in steps while a step deletes anything (also after a short one) and
+ * keeps one cutoff; the next round waits for the interval; retention 0 never trims; a
+ * stop waits for the step out and starts no other. */
+#include <unistd.h>
+#include <uv.h>
+
+#include "core/alloc.h"
+#include "core/clock.h"
+#include "core/inbox_trim.h"
+#include "core/status.h"
+#include "test.h"
+
+typedef struct fake_outbox {
+    tms_outbox_t port;
+    int steps;         /* trim ops */
+    int64_t before[8]; /* their before_ms */
+    int limit;         /* the last one's limit */
+    int old;           /* records older than any cutoff left */
+    int step_max;      /* a step deletes this many at most (0: its limit) */
+    int hold;          /* steps wait in held until released */
+    tms_outbox_op_t *held;
+} fake_outbox_t;
+
+static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
+{
+    fake_outbox_t *o = (fake_outbox_t *)self;
+    tms_outbox_op_t *op = *pop;
+    int max;
+    *pop = NULL;
+    CHECK_EQ_INT(op->msg.op, TMS_INBOX_TRIM);
+    if (o->steps < 8)
+        o->before[o->steps] = op->before_ms;
+    o->steps++;
+    o->limit = op->limit;
+    max = o->step_max ? o->step_max : op->limit;
+    op->count = o->old < max ? o->old : max;
+    o->old -= (int)op->count;
+    if (o->hold) {
+        o->held = op;
+        return 0;
+    }
+    tms_mailbox_reply(&op->msg);
+    return 0;
+}
+
+static void run_for(uv_loop_t *loop, uint64_t ms)
+{
+    uint64_t until = uv_now(loop) + ms;
+    while (uv_now(loop) < until) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        usleep(1000);
+        uv_update_time(loop);
+    }
+}
+
+static int stopped;
+
+static void on_stopped(void *arg)
+{
+    (void)arg;
+    stopped++;
+}
+
+static void stop_and_free(uv_loop_t *loop, tms_inbox_trim_t **t)
+{
+    stopped = 0;
+    tms_inbox_trim_stop(*t, on_stopped, NULL);
+    CHECK_EQ_INT(stopped, 1); /* nothing out */
+    tms_inbox_trim_free(t);
+    CHECK(*t == NULL);
+    uv_run(loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(loop), 0);
+}
+
+static void test_rounds_and_steps(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}};
+    tms_inbox_trim_t *t;
+    int64_t now;
+    uv_loop_init(&loop);
+    o.old = 25000; /* two full steps and a short one, then an empty one ends the round */
+    now = tms_now_ms();
+    t = tms_inbox_trim_new(&loop, &o.port, 60000, 200, 5000, "test");
+    CHECK(t != NULL);
+    run_for(&loop, 50);
+    CHECK_EQ_INT(o.steps, 0); /* not before first_ms */
+    run_for(&loop, 2000);
+    CHECK_EQ_INT(o.steps, 4);
+    CHECK_EQ_INT(o.old, 0);
+    CHECK(o.limit > 0 && o.limit <= 10000);
+    CHECK(o.before[0] >= now - 60000 && o.before[0] < now - 60000 + 2000);
+    for (int i = 1; i < 4; i++)
+        CHECK(o.before[i] == o.before[0]); /* one cutoff per round */
+    run_for(&loop, 500);
+    CHECK_EQ_INT(o.steps, 4); /* the next round at the interval (5 s) */
+    stop_and_free(&loop, &t);
+}
+
+/* A short step (on SQLite: a young record among the oldest, the clock stepped back)
+ * does not end the round while records are deleted. */
+static void test_short_steps_go_on(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .old = 30, .step_max = 7};
+    tms_inbox_trim_t *t;
+    uv_loop_init(&loop);
+    t = tms_inbox_trim_new(&loop, &o.port, 1000, 1, 60000, "test");
+    run_for(&loop, 2000);
+    CHECK_EQ_INT(o.old, 0);
+    CHECK_EQ_INT(o.steps, 6); /* 7, 7, 7, 7, 2, then 0 */
+    stop_and_free(&loop, &t);
+}
+
+static void test_zero_retention_keeps_all(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .old = 5};
+    uv_loop_init(&loop);
+    CHECK(tms_inbox_trim_new(&loop, &o.port, 0, 1, 10, "test") == NULL);
+    run_for(&loop, 50);
+    CHECK_EQ_INT(o.steps, 0);
+    stopped = 0;
+    tms_inbox_trim_stop(NULL, on_stopped, NULL); /* a server without one stops as well */
+    CHECK_EQ_INT(stopped, 1);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+static void test_stop_waits_for_the_step_out(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .old = 3, .hold = 1};
+    tms_inbox_trim_t *t;
+    tms_outbox_op_t *op;
+    uv_loop_init(&loop);
+    t = tms_inbox_trim_new(&loop, &o.port, 1000, 1, 10, "test");
+    run_for(&loop, 100);
+    CHECK_EQ_INT(o.steps, 1); /* one out at a time, even past the 10 ms interval */
+    CHECK(o.held != NULL);
+    stopped = 0;
+    tms_inbox_trim_stop(t, on_stopped, NULL);
+    CHECK_EQ_INT(stopped, 0);
+    op = o.held;
+    o.held = NULL;
+    tms_mailbox_reply(&op->msg); /* deleted 3: no next step once stopping */
+    run_for(&loop, 100);
+    CHECK_EQ_INT(stopped, 1);
+    CHECK_EQ_INT(o.steps, 1);
+    tms_inbox_trim_free(&t);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+}
+
+int main(void)
+{
+    RUN_TEST(test_rounds_and_steps);
+    RUN_TEST(test_short_steps_go_on);
+    RUN_TEST(test_zero_retention_keeps_all);
+    RUN_TEST(test_stop_waits_for_the_step_out);
+    TEST_EXIT();
+}
