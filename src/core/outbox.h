@@ -35,9 +35,10 @@ typedef enum tms_outbox_op_kind {
     TMS_INBOX_SEEN,       /* in: consumer, ids. out: ids_seen */
     TMS_INBOX_RECORD,     /* in: consumer, ids. Idempotent per id */
     TMS_OUTBOX_PENDING,   /* out: count of unsent events */
-    TMS_INBOX_TRIM,       /* in: before_ms, limit. Deletes inbox records (any consumer)
-                           * handled before before_ms, limit at most (a bounded step; the
-                           * oldest first where the store can tell). out: count deleted */
+    TMS_INBOX_TRIM,       /* in: before_ms, limit, resume. A step: deletes inbox records
+                           * (any consumer) handled before before_ms, limit at most. out:
+                           * count deleted; more: a next step may find more; resume: where
+                           * the next step of the round starts */
 } tms_outbox_op_kind_t;
 
 typedef struct tms_outbox_op {
@@ -46,6 +47,7 @@ typedef struct tms_outbox_op {
     int limit;
     int64_t after_seq; /* FETCH: only events with seq > after_seq (0: from the first) */
     int64_t before_ms; /* INBOX_TRIM: records handled before this (wall clock, ms) */
+    char resume[32];   /* INBOX_TRIM: in and out, "" at a round's start (PostgreSQL: a ctid) */
     int64_t *seqs;     /* heap */
     size_t nseqs;
     tms_outbox_event_t event; /* ADD */
@@ -62,6 +64,7 @@ typedef struct tms_outbox_op {
     tms_outbox_event_t *events; /* heap array; payloads heap */
     size_t nevents;
     int64_t count;
+    bool more; /* INBOX_TRIM */
 } tms_outbox_op_t;
 
 /** Free everything an op owns and the op. Sets *op NULL. */

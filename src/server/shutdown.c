@@ -6,7 +6,8 @@
  *              streams (the listeners already closed SSE connections)
  *   peers      worker 0 only: the other workers have ended (their writes use its
  *              embedded stores and are published by its relays)
- *   relays     worker 0's push part stops taking doorbells; the relays finish the batch in flight,
+ *   relays     worker 0's push part stops taking doorbells; the relays finish the batch in flight
+ *              and the inbox trims their step,
  * and the mailer closes: mails waiting come back at once (their events stay pending), sends in
  *              flight finish, so a batch whose events wait for mails ends soon
  *   bus        the bus closes (consumers finish the deliveries they hold)

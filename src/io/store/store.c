@@ -81,6 +81,7 @@ static void reset(tms_store_port_t port, tms_msg_t *msg)
         if (op->ids_seen)
             memset(op->ids_seen, 0, op->nids * sizeof(*op->ids_seen));
         op->count = 0;
+        op->more = false;
         for (size_t i = 0; i < op->nevents; i++)
             free(op->events[i].payload);
         free(op->events);

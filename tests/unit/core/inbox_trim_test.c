@@ -1,8 +1,9 @@
 /* Inbox retention (core/inbox_trim.h) with an in-memory outbox (fakes are fine in unit
  * tests): the first round comes when asked, for records older than the retention; a
- * round goes on in steps while a step deletes anything (also after a short one) and
- * keeps one cutoff; the next round waits for the interval; retention 0 never trims; a
- * stop waits for the step out and starts no other. */
+ * round goes on in steps while the store says more may be found, keeps one cutoff and
+ * hands each step where the one before stopped; the next round waits for the
+ * interval; retention 0 never trims; a stop waits for the step out and starts no
+ * other. */
 #include <unistd.h>
 #include <uv.h>
 
@@ -14,12 +15,14 @@
 
 typedef struct fake_outbox {
     tms_outbox_t port;
-    int steps;         /* trim ops */
-    int64_t before[8]; /* their before_ms */
-    int limit;         /* the last one's limit */
-    int old;           /* records older than any cutoff left */
-    int step_max;      /* a step deletes this many at most (0: its limit) */
-    int hold;          /* steps wait in held until released */
+    int steps;          /* trim ops */
+    int64_t before[8];  /* their before_ms */
+    char resume[8][32]; /* their resume, as handed in */
+    int limit;          /* the last one's limit */
+    int old;            /* records older than any cutoff left */
+    int step_max;       /* a step deletes this many at most (0: its limit) */
+    int any_more;       /* more after any deletion (SQLite); else after a full step */
+    int hold;           /* steps wait in held until released */
     tms_outbox_op_t *held;
 } fake_outbox_t;
 
@@ -30,13 +33,17 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     int max;
     *pop = NULL;
     CHECK_EQ_INT(op->msg.op, TMS_INBOX_TRIM);
-    if (o->steps < 8)
+    if (o->steps < 8) {
         o->before[o->steps] = op->before_ms;
+        snprintf(o->resume[o->steps], sizeof(o->resume[0]), "%s", op->resume);
+    }
     o->steps++;
     o->limit = op->limit;
     max = o->step_max ? o->step_max : op->limit;
     op->count = o->old < max ? o->old : max;
     o->old -= (int)op->count;
+    op->more = o->any_more ? op->count > 0 : op->count >= op->limit;
+    snprintf(op->resume, sizeof(op->resume), "(%d,1)", o->steps);
     if (o->hold) {
         o->held = op;
         return 0;
@@ -81,30 +88,34 @@ static void test_rounds_and_steps(void)
     tms_inbox_trim_t *t;
     int64_t now;
     uv_loop_init(&loop);
-    o.old = 25000; /* two full steps and a short one, then an empty one ends the round */
+    o.old = 2500; /* two full steps (1,000 each), and a short one ends the round */
     now = tms_now_ms();
     t = tms_inbox_trim_new(&loop, &o.port, 60000, 200, 5000, "test");
     CHECK(t != NULL);
     run_for(&loop, 50);
     CHECK_EQ_INT(o.steps, 0); /* not before first_ms */
     run_for(&loop, 2000);
-    CHECK_EQ_INT(o.steps, 4);
+    CHECK_EQ_INT(o.steps, 3);
     CHECK_EQ_INT(o.old, 0);
-    CHECK(o.limit > 0 && o.limit <= 10000);
+    CHECK_EQ_INT(o.limit, 1000);
     CHECK(o.before[0] >= now - 60000 && o.before[0] < now - 60000 + 2000);
-    for (int i = 1; i < 4; i++)
+    for (int i = 1; i < 3; i++)
         CHECK(o.before[i] == o.before[0]); /* one cutoff per round */
+    CHECK_EQ_STR(o.resume[0], "");
+    CHECK_EQ_STR(o.resume[1], "(1,1)"); /* where the step before stopped */
+    CHECK_EQ_STR(o.resume[2], "(2,1)");
     run_for(&loop, 500);
-    CHECK_EQ_INT(o.steps, 4); /* the next round at the interval (5 s) */
+    CHECK_EQ_INT(o.steps, 3); /* the next round at the interval (5 s) */
     stop_and_free(&loop, &t);
 }
 
-/* A short step (on SQLite: a young record among the oldest, the clock stepped back)
- * does not end the round while records are deleted. */
+/* Where the store says a short step may be followed by more (SQLite: a young record
+ * among the oldest, the clock stepped back), the round goes on while steps delete. */
 static void test_short_steps_go_on(void)
 {
     uv_loop_t loop;
-    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .old = 30, .step_max = 7};
+    fake_outbox_t o = {
+        .port = {.name = "fake", .submit = outbox_submit}, .old = 30, .step_max = 7, .any_more = 1};
     tms_inbox_trim_t *t;
     uv_loop_init(&loop);
     t = tms_inbox_trim_new(&loop, &o.port, 1000, 1, 60000, "test");

@@ -305,6 +305,7 @@ static void trim_inbox(tms_mongo_t *m, mongoc_client_t *client, tms_outbox_op_t 
             tms__mongo_fail(&op->err, &error, "inbox_trim");
         else if (bson_iter_init_find(&it, &reply, "deletedCount"))
             op->count = bson_iter_as_int64(&it);
+        op->more = n >= (uint32_t)(op->limit > 0 ? op->limit : 1);
     }
     bson_destroy(&reply);
     bson_destroy(&del);

@@ -34,10 +34,15 @@ static const tms_pg_stmt_t stmts[] = {
                      " SELECT $1::text, e, $3::bigint FROM unnest($2::text[]) AS e ORDER BY e"
                      " ON CONFLICT DO NOTHING"},
     {"outbox_pending", "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL"},
-    /* $2 records at most handled before $1 (no index on handled_at_ms: one would cost
-     * every record; the scan runs once an interval, alone, outside the writes' groups) */
-    {"inbox_trim", "DELETE FROM inbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM inbox"
-                   " WHERE handled_at_ms < $1 LIMIT $2))"},
+    /* $2 records at most handled before $1, from the ctid $3 on (a TID range scan on
+     * PostgreSQL 14+: a round reads the table once, not from its first page at every
+     * step); answers the records deleted, those picked, and the last ctid picked (the
+     * next step's $3). No index on handled_at_ms: one would cost every record. */
+    {"inbox_trim",
+     "WITH picked AS (SELECT ctid FROM inbox WHERE ctid > $3::tid AND handled_at_ms < $1 LIMIT $2),"
+     " gone AS (DELETE FROM inbox WHERE ctid = ANY(ARRAY(SELECT ctid FROM picked)) RETURNING 1)"
+     " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM picked),"
+     " (SELECT ctid FROM picked ORDER BY ctid DESC LIMIT 1)"},
 };
 
 /* "{1,2,3}": a bigint[] parameter in text form. Heap. */
@@ -112,9 +117,10 @@ static int prepare(tms_msg_t *msg, tms_pg_call_t *c)
         break;
     case TMS_INBOX_TRIM:
         c->solo = true; /* up to op->limit rows: a transaction of its own */
-        c->nparams = 2;
+        c->nparams = 3;
         v[0] = tms__pg_i64(c->num[0], sizeof(c->num[0]), op->before_ms);
         v[1] = tms__pg_i64(c->num[1], sizeof(c->num[1]), op->limit > 0 ? op->limit : 1);
+        v[2] = op->resume[0] ? op->resume : "(0,0)";
         break;
     default: /* PENDING */
         c->read_only = true;
@@ -156,7 +162,10 @@ static void finish(tms_msg_t *msg, const PGresult *res)
         op->count = n > 0 ? tms__pg_int(res, 0, 0) : 0;
         break;
     case TMS_INBOX_TRIM:
-        op->count = atoll(PQcmdTuples((PGresult *)res));
+        op->count = n > 0 ? tms__pg_int(res, 0, 0) : 0;
+        op->more = n > 0 && tms__pg_int(res, 0, 1) >= (op->limit > 0 ? op->limit : 1);
+        if (n > 0 && !PQgetisnull(res, 0, 2))
+            tms__pg_str(op->resume, sizeof(op->resume), res, 0, 2);
         break;
     default:
         break;

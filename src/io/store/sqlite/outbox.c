@@ -27,9 +27,10 @@ static const char *const op_sql[NOPS] = {
                          " VALUES (?1, ?2, ?3)",
     [TMS_OUTBOX_PENDING] = "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL",
     /* Among the ?2 oldest records (rowid order is the order they were recorded in), those
-     * handled before ?1: a step that reads ?2 rows at most, whatever the inbox holds, as
-     * it runs on the writer thread. A step that deletes fewer than ?2 found the young
-     * end; a record out of order (the wall clock stepped back) waits for a later trim. */
+     * handled before ?1: a step reads ?2 rows at most, whatever the inbox holds, as it
+     * runs on the writer thread. A record out of clock order among them (the wall clock
+     * stepped back) makes the step short, not the last: the round goes on while steps
+     * delete anything. */
     [TMS_INBOX_TRIM] = "DELETE FROM inbox WHERE rowid IN (SELECT rowid FROM inbox ORDER BY rowid"
                        " LIMIT ?2) AND handled_at_ms < ?1",
 };
@@ -169,6 +170,7 @@ static void outbox_run(void *state, sqlite3 *db, tms_msg_t *msg)
         sqlite3_bind_int(st, 2, op->limit > 0 ? op->limit : 1);
         rc = sqlite3_step(st);
         op->count = rc == SQLITE_DONE ? sqlite3_changes(db) : 0;
+        op->more = op->count > 0;
         break;
     default: /* TMS_OUTBOX_PENDING */
         rc = sqlite3_step(st);
