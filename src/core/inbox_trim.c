@@ -1,5 +1,6 @@
 #include "core/inbox_trim.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -15,20 +16,20 @@
  * random event ids) a step of 10,000 took 159 ms and 30.7 MB of WAL, all of it in
  * one group commit that other writes wait for; one of 1,000 took 14 ms and 4.1 MB. */
 #define STEP_RECORDS 1000
-/* The pause between steps of a round. */
+/* The pause between steps of a round: the writer (SQLite) or the pool's connection
+ * (PostgreSQL) serves requests in between, so a long round does not crowd them out. */
 #define STEP_PAUSE_MS 100
 /* A step the store refused (its queue full) is tried again this much later. */
 #define RETRY_MS 60000
 
 struct tms_inbox_trim {
-    uv_loop_t *loop;
     tms_outbox_t *outbox;
     const char *name;
     uv_timer_t *timer; /* freed in its close callback */
     tms_mailbox_t *replies;
     uint64_t retention_ms, every_ms;
-    int out; /* a step out */
-    int stopping;
+    bool out; /* a step out */
+    bool stopping;
     int64_t before_ms; /* this round deletes records handled before (set at its start) */
     char resume[32];   /* where the round's next step starts (the store's; "" first) */
     int64_t round;     /* records deleted in this round so far */
@@ -65,7 +66,7 @@ static void on_step(tms_msg_t *msg)
     tms_outbox_op_t *op = (tms_outbox_op_t *)msg;
     tms_inbox_trim_t *t = msg->ctx;
     int more = 0;
-    t->out = 0;
+    t->out = false;
     t->steps++;
     if (op->err.code != TMS_OK) {
         tms_log_warn("inbox_trim_failed", "inbox=%s store=%s error=\"%s\"", t->name,
@@ -106,10 +107,10 @@ static void on_timer(uv_timer_t *timer)
     op->msg.reply_to = t->replies;
     op->msg.cont = on_step;
     op->msg.ctx = t;
-    t->out = 1;
+    t->out = true;
     if (tms_outbox_submit(t->outbox, &op) != 0) { /* its queue full (or closing) */
         tms_outbox_op_free(&op);
-        t->out = 0;
+        t->out = false;
         tms_log_warn("inbox_trim_deferred", "inbox=%s store=%s retry_ms=%d", t->name,
                      t->outbox->name, RETRY_MS);
         uv_timer_start(t->timer, on_timer, RETRY_MS, t->every_ms); /* the round goes on */
@@ -124,7 +125,6 @@ tms_inbox_trim_t *tms_inbox_trim_new(uv_loop_t *loop, tms_outbox_t *outbox, uint
     if (retention_ms == 0)
         return NULL;
     t = tms_new(tms_inbox_trim_t);
-    t->loop = loop;
     t->outbox = outbox;
     t->name = name;
     t->retention_ms = retention_ms;
@@ -149,7 +149,7 @@ void tms_inbox_trim_stop(tms_inbox_trim_t *t, void (*on_stopped)(void *arg), voi
             on_stopped(arg);
         return;
     }
-    t->stopping = 1;
+    t->stopping = true;
     uv_timer_stop(t->timer);
     if (!t->out)
         end_round(t); /* stopped between two steps: what the round did is logged */

@@ -14,9 +14,9 @@
 typedef struct tms_inbox_trim tms_inbox_trim_t;
 
 /** Trim outbox's inbox to retention_ms: a round first_ms from now and then every
- * every_ms; a round goes on in steps while a step deleted something. name labels its
- * log lines and metric ("tasks", "users"; static). retention_ms 0: NULL (the inbox is
- * kept whole). */
+ * every_ms; a round goes on in steps while the store says a next step may find more
+ * (TMS_INBOX_TRIM's more). name labels its log lines and metric ("tasks", "users";
+ * static). retention_ms 0: NULL (the inbox is kept whole). */
 tms_inbox_trim_t *tms_inbox_trim_new(uv_loop_t *loop, tms_outbox_t *outbox, uint64_t retention_ms,
                                      uint64_t first_ms, uint64_t every_ms, const char *name);
 

@@ -52,6 +52,17 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     return 0;
 }
 
+/* Runs the loop until *n reaches want, ms at most. */
+static void run_until(uv_loop_t *loop, uint64_t ms, const int *n, int want)
+{
+    uint64_t until = uv_now(loop) + ms;
+    while (uv_now(loop) < until && *n < want) {
+        uv_run(loop, UV_RUN_NOWAIT);
+        usleep(1000);
+        uv_update_time(loop);
+    }
+}
+
 static void run_for(uv_loop_t *loop, uint64_t ms)
 {
     uint64_t until = uv_now(loop) + ms;
@@ -90,22 +101,26 @@ static void test_rounds_and_steps(void)
     uv_loop_init(&loop);
     o.old = 2500; /* two full steps (1,000 each), and a short one ends the round */
     now = tms_now_ms();
-    t = tms_inbox_trim_new(&loop, &o.port, 60000, 200, 5000, "test");
+    t = tms_inbox_trim_new(&loop, &o.port, 60000, 200, 1500, "test");
     CHECK(t != NULL);
     run_for(&loop, 50);
     CHECK_EQ_INT(o.steps, 0); /* not before first_ms */
-    run_for(&loop, 2000);
+    run_until(&loop, 3000, &o.steps, 3);
     CHECK_EQ_INT(o.steps, 3);
     CHECK_EQ_INT(o.old, 0);
     CHECK_EQ_INT(o.limit, 1000);
-    CHECK(o.before[0] >= now - 60000 && o.before[0] < now - 60000 + 2000);
+    CHECK(o.before[0] >= now - 60000 && o.before[0] < now - 60000 + 3000);
     for (int i = 1; i < 3; i++)
         CHECK(o.before[i] == o.before[0]); /* one cutoff per round */
     CHECK_EQ_STR(o.resume[0], "");
     CHECK_EQ_STR(o.resume[1], "(1,1)"); /* where the step before stopped */
     CHECK_EQ_STR(o.resume[2], "(2,1)");
-    run_for(&loop, 500);
-    CHECK_EQ_INT(o.steps, 3); /* the next round at the interval (5 s) */
+    run_for(&loop, 300);
+    CHECK_EQ_INT(o.steps, 3); /* the round ended; the next comes at the interval */
+    run_until(&loop, 5000, &o.steps, 4);
+    CHECK_EQ_INT(o.steps, 4);
+    CHECK_EQ_STR(o.resume[3], "");    /* a new round starts from the start */
+    CHECK(o.before[3] > o.before[0]); /* with its own cutoff */
     stop_and_free(&loop, &t);
 }
 
@@ -142,7 +157,8 @@ static void test_zero_retention_keeps_all(void)
 static void test_stop_waits_for_the_step_out(void)
 {
     uv_loop_t loop;
-    fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .old = 3, .hold = 1};
+    fake_outbox_t o = {
+        .port = {.name = "fake", .submit = outbox_submit}, .old = 3, .hold = 1, .any_more = 1};
     tms_inbox_trim_t *t;
     tms_outbox_op_t *op;
     uv_loop_init(&loop);
@@ -155,8 +171,8 @@ static void test_stop_waits_for_the_step_out(void)
     CHECK_EQ_INT(stopped, 0);
     op = o.held;
     o.held = NULL;
-    tms_mailbox_reply(&op->msg); /* deleted 3: no next step once stopping */
-    run_for(&loop, 100);
+    tms_mailbox_reply(&op->msg); /* deleted 3, more may come: no next step once stopping */
+    run_for(&loop, 300);
     CHECK_EQ_INT(stopped, 1);
     CHECK_EQ_INT(o.steps, 1);
     tms_inbox_trim_free(&t);

@@ -1229,7 +1229,12 @@ static void find_host(tms_pg_t *pg)
         else if (!strcmp(o->keyword, "options"))
             opts = o->val;
     }
-    snprintf(pg->options, sizeof(pg->options), "%s%s-c statement_timeout=%d", opts ? opts : "",
+    /* synchronize_seqscans off: the inbox trim resumes each step after the last ctid
+     * it picked, which needs its scan to run in page order from where it asked; a
+     * synchronized seq scan of a large table starts where another scan of it was. No
+     * other statement here scans a table. */
+    snprintf(pg->options, sizeof(pg->options),
+             "%s%s-c statement_timeout=%d -c synchronize_seqscans=off", opts ? opts : "",
              opts && opts[0] ? " " : "", pg->opt.statement_timeout_ms);
     snprintf(pg->lead_options, sizeof(pg->lead_options), "%s" LEAD_SERVER_OPTIONS, pg->options);
     if (hostaddr && hostaddr[0])
