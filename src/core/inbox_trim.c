@@ -19,7 +19,8 @@
 /* The pause between steps of a round: the writer (SQLite) or the pool's connection
  * (PostgreSQL) serves requests in between, so a long round does not crowd them out. */
 #define STEP_PAUSE_MS 100
-/* A step the store refused (its queue full) is tried again this much later. */
+/* A step the store refused (its queue full) is tried again this much later, or at the
+ * interval if that is shorter. */
 #define RETRY_MS 60000
 
 struct tms_inbox_trim {
@@ -111,9 +112,10 @@ static void on_timer(uv_timer_t *timer)
     if (tms_outbox_submit(t->outbox, &op) != 0) { /* its queue full (or closing) */
         tms_outbox_op_free(&op);
         t->out = false;
-        tms_log_warn("inbox_trim_deferred", "inbox=%s store=%s retry_ms=%d", t->name,
-                     t->outbox->name, RETRY_MS);
-        uv_timer_start(t->timer, on_timer, RETRY_MS, t->every_ms); /* the round goes on */
+        uint64_t retry_ms = t->every_ms < RETRY_MS ? t->every_ms : RETRY_MS;
+        tms_log_warn("inbox_trim_deferred", "inbox=%s store=%s retry_ms=%llu", t->name,
+                     t->outbox->name, (unsigned long long)retry_ms);
+        uv_timer_start(t->timer, on_timer, retry_ms, t->every_ms); /* the round goes on */
     }
 }
 

@@ -23,6 +23,8 @@ typedef struct fake_outbox {
     int step_max;       /* a step deletes this many at most (0: its limit) */
     int any_more;       /* more after any deletion (SQLite); else after a full step */
     int hold;           /* steps wait in held until released */
+    int refuse_at;      /* the submit of this step (1: the first) is refused once (0: none) */
+    int submits;        /* submits, refused ones too */
     tms_outbox_op_t *held;
 } fake_outbox_t;
 
@@ -31,8 +33,10 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     fake_outbox_t *o = (fake_outbox_t *)self;
     tms_outbox_op_t *op = *pop;
     int max;
-    *pop = NULL;
     CHECK_EQ_INT(op->msg.op, TMS_INBOX_TRIM);
+    if (++o->submits == o->refuse_at)
+        return -TMS_EAGAIN; /* the queue is full: the op stays the caller's */
+    *pop = NULL;
     if (o->steps < 8) {
         o->before[o->steps] = op->before_ms;
         snprintf(o->resume[o->steps], sizeof(o->resume[0]), "%s", op->resume);
@@ -140,6 +144,35 @@ static void test_short_steps_go_on(void)
     stop_and_free(&loop, &t);
 }
 
+/* A step the store's queue refused is tried again (here at the 300 ms interval, which
+ * is shorter than the minute), in the same round: same cutoff, same cursor; and a stop
+ * right after a refusal has nothing to wait for. */
+static void test_refused_step_is_tried_again(void)
+{
+    uv_loop_t loop;
+    fake_outbox_t o = {
+        .port = {.name = "fake", .submit = outbox_submit}, .old = 2500, .refuse_at = 2};
+    tms_inbox_trim_t *t;
+    uv_loop_init(&loop);
+    t = tms_inbox_trim_new(&loop, &o.port, 1000, 1, 300, "test");
+    run_until(&loop, 3000, &o.steps, 3);
+    CHECK_EQ_INT(o.steps, 3);
+    CHECK_EQ_INT(o.submits, 4);
+    CHECK_EQ_INT(o.old, 0);
+    CHECK(o.before[1] == o.before[0] && o.before[2] == o.before[0]);
+    CHECK_EQ_STR(o.resume[1], "(1,1)"); /* where the step before the refusal stopped */
+    stop_and_free(&loop, &t);
+
+    uv_loop_init(&loop);
+    o = (fake_outbox_t){
+        .port = {.name = "fake", .submit = outbox_submit}, .old = 5, .refuse_at = 1};
+    t = tms_inbox_trim_new(&loop, &o.port, 1000, 1, 60000, "test");
+    run_for(&loop, 100);
+    CHECK_EQ_INT(o.submits, 1);
+    CHECK_EQ_INT(o.steps, 0);
+    stop_and_free(&loop, &t); /* nothing out: stopped at once */
+}
+
 static void test_zero_retention_keeps_all(void)
 {
     uv_loop_t loop;
@@ -184,6 +217,7 @@ int main(void)
 {
     RUN_TEST(test_rounds_and_steps);
     RUN_TEST(test_short_steps_go_on);
+    RUN_TEST(test_refused_step_is_tried_again);
     RUN_TEST(test_zero_retention_keeps_all);
     RUN_TEST(test_stop_waits_for_the_step_out);
     TEST_EXIT();
