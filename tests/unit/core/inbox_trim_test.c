@@ -4,7 +4,6 @@
  * hands each step where the one before stopped; the next round waits for the
  * interval; retention 0 never trims; a stop waits for the step out and starts no
  * other. */
-#include <unistd.h>
 #include <uv.h>
 
 #include "core/alloc.h"
@@ -12,6 +11,7 @@
 #include "core/inbox_trim.h"
 #include "core/status.h"
 #include "test.h"
+#include "test_loop.h"
 
 typedef struct fake_outbox {
     tms_outbox_t port;
@@ -56,27 +56,6 @@ static int outbox_submit(tms_outbox_t *self, tms_outbox_op_t **pop)
     return 0;
 }
 
-/* Runs the loop until *n reaches want, ms at most. */
-static void run_until(uv_loop_t *loop, uint64_t ms, const int *n, int want)
-{
-    uint64_t until = uv_now(loop) + ms;
-    while (uv_now(loop) < until && *n < want) {
-        uv_run(loop, UV_RUN_NOWAIT);
-        usleep(1000);
-        uv_update_time(loop);
-    }
-}
-
-static void run_for(uv_loop_t *loop, uint64_t ms)
-{
-    uint64_t until = uv_now(loop) + ms;
-    while (uv_now(loop) < until) {
-        uv_run(loop, UV_RUN_NOWAIT);
-        usleep(1000);
-        uv_update_time(loop);
-    }
-}
-
 static int stopped;
 
 static void on_stopped(void *arg)
@@ -107,9 +86,9 @@ static void test_rounds_and_steps(void)
     now = tms_now_ms();
     t = tms_inbox_trim_new(&loop, &o.port, 60000, 200, 1500, "test");
     CHECK(t != NULL);
-    run_for(&loop, 50);
+    tms_test_spin(&loop, 50);
     CHECK_EQ_INT(o.steps, 0); /* not before first_ms */
-    run_until(&loop, 3000, &o.steps, 3);
+    tms_test_spin_until(&loop, &o.steps, 3, 3000);
     CHECK_EQ_INT(o.steps, 3);
     CHECK_EQ_INT(o.old, 0);
     CHECK_EQ_INT(o.limit, 1000);
@@ -119,9 +98,9 @@ static void test_rounds_and_steps(void)
     CHECK_EQ_STR(o.resume[0], "");
     CHECK_EQ_STR(o.resume[1], "(1,1)"); /* where the step before stopped */
     CHECK_EQ_STR(o.resume[2], "(2,1)");
-    run_for(&loop, 300);
+    tms_test_spin(&loop, 300);
     CHECK_EQ_INT(o.steps, 3); /* the round ended; the next comes at the interval */
-    run_until(&loop, 5000, &o.steps, 4);
+    tms_test_spin_until(&loop, &o.steps, 4, 5000);
     CHECK_EQ_INT(o.steps, 4);
     CHECK_EQ_STR(o.resume[3], "");    /* a new round starts from the start */
     CHECK(o.before[3] > o.before[0]); /* with its own cutoff */
@@ -138,7 +117,7 @@ static void test_short_steps_go_on(void)
     tms_inbox_trim_t *t;
     uv_loop_init(&loop);
     t = tms_inbox_trim_new(&loop, &o.port, 1000, 1, 60000, "test");
-    run_for(&loop, 2000);
+    tms_test_spin(&loop, 2000);
     CHECK_EQ_INT(o.old, 0);
     CHECK_EQ_INT(o.steps, 6); /* 7, 7, 7, 7, 2, then 0 */
     stop_and_free(&loop, &t);
@@ -155,7 +134,7 @@ static void test_refused_step_is_tried_again(void)
     tms_inbox_trim_t *t;
     uv_loop_init(&loop);
     t = tms_inbox_trim_new(&loop, &o.port, 1000, 1, 300, "test");
-    run_until(&loop, 3000, &o.steps, 3);
+    tms_test_spin_until(&loop, &o.steps, 3, 3000);
     CHECK_EQ_INT(o.steps, 3);
     CHECK_EQ_INT(o.submits, 4);
     CHECK_EQ_INT(o.old, 0);
@@ -167,7 +146,7 @@ static void test_refused_step_is_tried_again(void)
     o = (fake_outbox_t){
         .port = {.name = "fake", .submit = outbox_submit}, .old = 5, .refuse_at = 1};
     t = tms_inbox_trim_new(&loop, &o.port, 1000, 1, 60000, "test");
-    run_for(&loop, 100);
+    tms_test_spin(&loop, 100);
     CHECK_EQ_INT(o.submits, 1);
     CHECK_EQ_INT(o.steps, 0);
     stop_and_free(&loop, &t); /* nothing out: stopped at once */
@@ -179,7 +158,7 @@ static void test_zero_retention_keeps_all(void)
     fake_outbox_t o = {.port = {.name = "fake", .submit = outbox_submit}, .old = 5};
     uv_loop_init(&loop);
     CHECK(tms_inbox_trim_new(&loop, &o.port, 0, 1, 10, "test") == NULL);
-    run_for(&loop, 50);
+    tms_test_spin(&loop, 50);
     CHECK_EQ_INT(o.steps, 0);
     stopped = 0;
     tms_inbox_trim_stop(NULL, on_stopped, NULL); /* a server without one stops as well */
@@ -196,7 +175,7 @@ static void test_stop_waits_for_the_step_out(void)
     tms_outbox_op_t *op;
     uv_loop_init(&loop);
     t = tms_inbox_trim_new(&loop, &o.port, 1000, 1, 10, "test");
-    run_for(&loop, 100);
+    tms_test_spin(&loop, 100);
     CHECK_EQ_INT(o.steps, 1); /* one out at a time, even past the 10 ms interval */
     CHECK(o.held != NULL);
     stopped = 0;
@@ -205,7 +184,7 @@ static void test_stop_waits_for_the_step_out(void)
     op = o.held;
     o.held = NULL;
     tms_mailbox_reply(&op->msg); /* deleted 3, more may come: no next step once stopping */
-    run_for(&loop, 300);
+    tms_test_spin(&loop, 300);
     CHECK_EQ_INT(stopped, 1);
     CHECK_EQ_INT(o.steps, 1);
     tms_inbox_trim_free(&t);

@@ -3,13 +3,13 @@
  * retried on the next poll, a refused event holds its key only (its later events
  * follow it in order), and a kick runs a batch at once. */
 #include <pthread.h>
-#include <unistd.h>
 #include <uv.h>
 
 #include "core/alloc.h"
 #include "core/relay.h"
 #include "core/status.h"
 #include "test.h"
+#include "test_loop.h"
 
 #define N 5
 #define MAX_EVENTS 16
@@ -127,16 +127,6 @@ static int bus_publish(tms_event_bus_t *self, const char *topic, const char *key
     return 0;
 }
 
-static void run_for(uv_loop_t *loop, uint64_t ms, const int *until_set)
-{
-    uint64_t until = uv_now(loop) + ms;
-    while (uv_now(loop) < until && !(until_set && *until_set)) {
-        uv_run(loop, UV_RUN_NOWAIT); /* the 10 s poll timer must not block it */
-        usleep(1000);
-        uv_update_time(loop);
-    }
-}
-
 /* Stops r, frees it and closes the loop (every handle gone). */
 static void stop_relay(uv_loop_t *loop, tms_relay_t **r)
 {
@@ -161,24 +151,24 @@ static void test_held_event_delays_no_other(void)
     int published2 = 0;
     uv_loop_init(&loop);
     r = tms_relay_new(&loop, &o.port, &b.port, 10000, "test"); /* only kicks run it */
-    run_for(&loop, 2000, &o.sent[5]);
+    tms_test_spin_until(&loop, &o.sent[5], 1, 2000);
     CHECK_EQ_INT(o.sent[1] + o.sent[3] + o.sent[4] + o.sent[5], 4);
     CHECK_EQ_INT(o.sent[2], 0);
     CHECK(b.held_done != NULL);
     /* Written while 2 is held: out at the kick, without waiting for 2. */
     o.n = 8;
     tms_relay_kick(r);
-    run_for(&loop, 2000, &o.sent[8]);
+    tms_test_spin_until(&loop, &o.sent[8], 1, 2000);
     CHECK_EQ_INT(o.sent[6] + o.sent[7] + o.sent[8], 3);
     CHECK_EQ_INT(o.sent[2], 0);
     tms_relay_kick(r); /* another fetch while 2 is still held: 2 is not published again */
-    run_for(&loop, 50, NULL);
+    tms_test_spin(&loop, 50);
     for (int i = 0; i < b.n; i++)
         published2 += b.order[i] == 2;
     CHECK_EQ_INT(published2, 1);
     /* 2 is done at last: marked sent. */
     b.held_done(b.held_ctx, 0);
-    run_for(&loop, 2000, &o.sent[2]);
+    tms_test_spin_until(&loop, &o.sent[2], 1, 2000);
     CHECK_EQ_INT(o.sent[2], 1);
     for (int seq = 1; seq <= 8; seq++)
         CHECK_EQ_INT(o.sent[seq], 1);
@@ -199,18 +189,18 @@ static void test_late_commit_below_handed_is_published_soon(void)
     uint64_t t0;
     uv_loop_init(&loop);
     r = tms_relay_new(&loop, &o.port, &b.port, 10000, "test"); /* the poll never comes */
-    run_for(&loop, 2000, &o.sent[2]);
+    tms_test_spin_until(&loop, &o.sent[2], 1, 2000);
     CHECK_EQ_INT(o.sent[1] + o.sent[2], 2);
     o.n = 5;
     o.uncommitted = 3;
     tms_relay_kick(r);
-    run_for(&loop, 2000, &o.sent[5]);
+    tms_test_spin_until(&loop, &o.sent[5], 1, 2000);
     CHECK_EQ_INT(o.sent[4] + o.sent[5], 2);
     CHECK_EQ_INT(o.sent[3], 0);
     o.uncommitted = 0; /* 3 commits, and kicks */
     tms_relay_kick(r);
     t0 = uv_now(&loop);
-    run_for(&loop, 3000, &o.sent[3]);
+    tms_test_spin_until(&loop, &o.sent[3], 1, 3000);
     CHECK_EQ_INT(o.sent[3], 1);
     CHECK(uv_now(&loop) - t0 < 2000); /* not the 10 s poll (a generous bound) */
     stop_relay(&loop, &r);
@@ -244,21 +234,21 @@ static void test_new_events_do_not_wait_for_a_mark(void)
     tms_relay_t *r;
     uv_loop_init(&loop);
     r = tms_relay_new(&loop, &o.port, &b.port, 1000, "test");
-    run_for(&loop, 50, NULL);
+    tms_test_spin(&loop, 50);
     CHECK(o.held_mark != NULL); /* 1..5 published, their mark out */
     CHECK_EQ_INT(b.n, N);
     o.n = 8; /* committed meanwhile */
     tms_relay_kick(r);
-    run_for(&loop, 50, NULL); /* below the 1 s poll */
+    tms_test_spin(&loop, 50); /* below the 1 s poll */
     CHECK_EQ_INT(b.n, 8);
     for (int seq = 6; seq <= 8; seq++)
         CHECK_EQ_INT(published_count(&b, seq), 1);
-    run_for(&loop, 1100, NULL); /* the poll comes due: its full read waits for the mark */
+    tms_test_spin(&loop, 1100); /* the poll comes due: its full read waits for the mark */
     CHECK_EQ_INT(o.full_reads_while_marking, 0);
     CHECK_EQ_INT(b.n, 8);
     while (o.held_mark) { /* the marks commit: 1..5, then 6..8 */
         release_mark(&o);
-        run_for(&loop, 50, NULL);
+        tms_test_spin(&loop, 50);
     }
     for (int seq = 1; seq <= 8; seq++) {
         CHECK_EQ_INT(o.sent[seq], 1);
@@ -281,13 +271,13 @@ static void test_kick_during_a_read_survives_a_mark(void)
     tms_relay_t *r;
     uv_loop_init(&loop);
     r = tms_relay_new(&loop, &o.port, &b.port, 1000, "test");
-    run_for(&loop, 50, NULL);
+    tms_test_spin(&loop, 50);
     CHECK_EQ_INT(b.n, 2);
     CHECK(o.held_mark != NULL); /* 1 (or 1 and 2) being marked */
     o.hold_fetches = 1;
     o.n = 3;
     tms_relay_kick(r); /* a read beside the mark: it will return 3 */
-    run_for(&loop, 20, NULL);
+    tms_test_spin(&loop, 20);
     CHECK(o.held_fetch != NULL);
     o.n = 4;
     tms_relay_kick(r); /* 4 committed after the read was sent */
@@ -295,7 +285,7 @@ static void test_kick_during_a_read_survives_a_mark(void)
     o.hold_marks = 0;
     release_mark(&o); /* both replies are taken in one turn, the mark's first */
     release_fetch(&o);
-    run_for(&loop, 200, NULL); /* well below the poll */
+    tms_test_spin(&loop, 200); /* well below the poll */
     CHECK_EQ_INT(published_count(&b, 3), 1);
     CHECK_EQ_INT(published_count(&b, 4), 1);
     stop_relay(&loop, &r);
@@ -319,16 +309,16 @@ static void test_stop_completes_after_a_failed_full_read(void)
     int stopped = 0;
     uv_loop_init(&loop);
     r = tms_relay_new(&loop, &o.port, &b.port, 100, "test");
-    run_for(&loop, 50, NULL);
+    tms_test_spin(&loop, 50);
     CHECK(b.held_done != NULL); /* 1 published, not yet done */
     o.hold_fetches = 1;
-    run_for(&loop, 200, NULL); /* the poll's full read is out */
+    tms_test_spin(&loop, 200); /* the poll's full read is out */
     CHECK(o.held_fetch != NULL);
     tms_relay_stop(r, on_stopped, &stopped);
     b.held_done(b.held_ctx, 0); /* 1 accepted: its mark waits for the full read */
     CHECK_EQ_INT(o.sent[1], 0);
     fail_fetch(&o);
-    run_for(&loop, 500, &stopped);
+    tms_test_spin_until(&loop, &stopped, 1, 500);
     CHECK_EQ_INT(o.sent[1], 1);
     CHECK_EQ_INT(stopped, 1);
     CHECK_EQ_INT(tms_relay_busy(r), 0);
@@ -374,19 +364,19 @@ static void test_refused_event_holds_its_key_only(void)
     o.key_of[2] = o.key_of[4] = o.key_of[5] = 2;
     uv_loop_init(&loop);
     r = tms_relay_new(&loop, &o.port, &b.port, 300, "test"); /* the retry back-off */
-    run_for(&loop, 2000, &o.sent[4]);
+    tms_test_spin_until(&loop, &o.sent[4], 1, 2000);
     CHECK_EQ_INT(o.sent[2] + o.sent[4], 2);
     CHECK_EQ_INT(o.sent[1] + o.sent[3], 0);
     CHECK_EQ_INT(first_pub(&b, 3), -1); /* held behind 1 */
     /* Written after the refusal: key 2's event goes out at the kick, key 1's waits. */
     o.n = 6;
     tms_relay_kick(r);
-    run_for(&loop, 2000, &o.sent[5]);
+    tms_test_spin_until(&loop, &o.sent[5], 1, 2000);
     CHECK_EQ_INT(o.sent[5], 1);
     CHECK_EQ_INT(pubs_before(&b, 1, first_pub(&b, 5)), 1); /* not delayed by 1's back-off */
     CHECK_EQ_INT(first_pub(&b, 6), -1);
     /* The retries: refused once more, then accepted; 3 and 6 follow, in order. */
-    run_for(&loop, 5000, &o.sent[6]);
+    tms_test_spin_until(&loop, &o.sent[6], 1, 5000);
     for (int seq = 1; seq <= 6; seq++)
         CHECK_EQ_INT(o.sent[seq], 1);
     for (i = 0; i < b.n; i++) {
@@ -519,22 +509,22 @@ static void test_stands_aside_while_another_leads(void)
     r = tms_relay_new(&loop, &l.o.port, &b.port, 20, "test");
     CHECK(l.fn != NULL);
     l.fn(l.arg, TMS_LEAD_OTHER); /* before the start batch ran */
-    run_for(&loop, 100, NULL);   /* five polls */
+    tms_test_spin(&loop, 100);   /* five polls */
     CHECK_EQ_INT(b.n, 0);
     CHECK_EQ_INT(l.o.sent[1], 0);
     tms_relay_kick(r); /* a write here: the leader is woken */
     CHECK_EQ_INT(l.wakes, 1);
     l.fn(l.arg, TMS_LEAD_WOKEN); /* another's write: not ours to publish */
-    run_for(&loop, 30, NULL);
+    tms_test_spin(&loop, 30);
     CHECK_EQ_INT(b.n, 0);
     l.fn(l.arg, TMS_LEAD_HELD); /* the leader went: what is pending goes out at once */
-    run_for(&loop, 15, &l.o.sent[N]);
+    tms_test_spin_until(&loop, &l.o.sent[N], 1, 15);
     CHECK_EQ_INT(b.n, N);
     for (int seq = 1; seq <= N; seq++)
         CHECK_EQ_INT(l.o.sent[seq], 1);
     before = l.o.fetches;
     l.fn(l.arg, TMS_LEAD_WOKEN);
-    run_for(&loop, 10, NULL); /* below the 20 ms poll */
+    tms_test_spin(&loop, 10); /* below the 20 ms poll */
     CHECK(l.o.fetches > before);
     CHECK_EQ_INT(l.wakes, 1); /* the leader's kicks wake no one */
     tms_relay_kick(r);
@@ -542,7 +532,7 @@ static void test_stands_aside_while_another_leads(void)
     l.o.n = N + 1; /* one more written; the lead connection drops: publish anyway */
     l.fn(l.arg, TMS_LEAD_UNKNOWN);
     tms_relay_kick(r);
-    run_for(&loop, 15, &l.o.sent[N + 1]);
+    tms_test_spin_until(&loop, &l.o.sent[N + 1], 1, 15);
     CHECK_EQ_INT(l.o.sent[N + 1], 1);
     stop_relay(&loop, &r);
     CHECK(l.fn == NULL);

@@ -20,6 +20,7 @@
 #include "core/metrics.h"
 #include "core/status.h"
 #include "test.h"
+#include "test_loop.h"
 
 #define SKIPPED 77
 
@@ -52,46 +53,29 @@ static void on_reply(tms_msg_t *msg)
     *(tms_msg_t **)msg->ctx = msg;
 }
 
-static void on_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
-/* Run the loop until *flag reaches want, or ms pass; true when it did. */
+/* The suite's loop (tests/unit/test_loop.h): until *flag reaches want, or ms pass; true
+ * when it did. */
 static bool spin_until(const int *flag, int want, int ms)
 {
-    uv_timer_t tick;
-    uint64_t deadline = uv_now(&loop) + (uint64_t)ms;
-    uv_timer_init(&loop, &tick);
-    uv_timer_start(&tick, on_tick, 10, 10);
-    while (*flag < want && uv_now(&loop) < deadline)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&tick, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    return *flag >= want;
+    return tms_test_spin_until(&loop, flag, want, ms);
 }
 
 /* A few loop turns without blocking for long. */
 static void spin(int ms)
 {
-    int never = 0;
-    spin_until(&never, 1, ms);
+    tms_test_spin(&loop, ms);
+}
+
+static bool got_reply(void *got)
+{
+    return *(tms_msg_t **)got != NULL;
 }
 
 /* Wait for the reply whose slot is *got (bounded: a store that never answers fails the
  * test instead of hanging it). */
 static tms_msg_t *wait_reply(tms_msg_t **got)
 {
-    uv_timer_t tick;
-    uint64_t deadline;
-    uv_update_time(&loop);
-    deadline = uv_now(&loop) + 30000;
-    uv_timer_init(&loop, &tick);
-    uv_timer_start(&tick, on_tick, 50, 50);
-    while (!*got && uv_now(&loop) < deadline)
-        uv_run(&loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&tick, NULL);
-    uv_run(&loop, UV_RUN_NOWAIT);
+    tms_test_run_until(&loop, got_reply, got, 30000);
     CHECK(*got != NULL);
     if (!*got) {
         fprintf(stderr, "no reply within 30 s\n");

@@ -21,6 +21,7 @@
 #include "core/metrics.h"
 #include "io/bus/kafka.h"
 #include "test.h"
+#include "test_loop.h"
 
 #define MAX_HELD 64
 
@@ -86,25 +87,6 @@ static void mock_stop(mock_t *m)
     rd_kafka_destroy(m->rk);
 }
 
-static void on_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
-/* Run the loop until *flag reaches want or ms pass; returns whether it did. */
-static bool spin_until(uv_loop_t *loop, const int *flag, int want, int ms)
-{
-    uv_timer_t tick;
-    uint64_t deadline = uv_now(loop) + (uint64_t)ms;
-    uv_timer_init(loop, &tick);
-    uv_timer_start(&tick, on_tick, 20, 20);
-    while (*flag < want && uv_now(loop) < deadline)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&tick, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return *flag >= want;
-}
-
 static tms_kafka_bus_t *kafka; /* the adapter of the last bus made */
 
 static tms_event_bus_t *bus_new(uv_loop_t *loop, const mock_t *m, int dlq_after)
@@ -138,7 +120,7 @@ static void bus_finish(uv_loop_t *loop, tms_event_bus_t **bus)
     *bus = NULL;
     kafka = NULL;
     CHECK_EQ_INT(closed, 0); /* never inside close */
-    CHECK(spin_until(loop, &closed, 1, 15000));
+    CHECK(tms_test_spin_until(loop, &closed, 1, 15000));
     for (int i = 0; i < 4; i++)
         uv_run(loop, UV_RUN_NOWAIT); /* close callbacks; mailboxes are still open */
 }
@@ -149,7 +131,7 @@ static void publish_ok(uv_loop_t *loop, tms_event_bus_t *bus, const char *topic,
     result_t r = {0, 99};
     CHECK_EQ_INT(bus->publish(bus, topic, key, payload, strlen(payload), on_done, &r), 0);
     CHECK_EQ_INT(r.calls, 0); /* never inside publish */
-    CHECK(spin_until(loop, &r.calls, 1, 10000));
+    CHECK(tms_test_spin_until(loop, &r.calls, 1, 10000));
     CHECK_EQ_INT(r.status, 0);
 }
 
@@ -168,7 +150,7 @@ static void test_publish_consume_ack(void)
     CHECK(bus->subscribe(bus, "t1", "g1", c.mailbox) < 0); /* one subscriber per group */
     CHECK(bus->publish(bus, "bad topic", "k", "x", 1, on_done, NULL) < 0);
     publish_ok(&loop, bus, "t1", "key-1", "{\"a\":1}");
-    CHECK(spin_until(&loop, &c.n, 1, 15000));
+    CHECK(tms_test_spin_until(&loop, &c.n, 1, 15000));
     if (c.n >= 1) {
         CHECK_EQ_STR(c.held[0]->topic, "t1");
         CHECK_EQ_STR(c.held[0]->key, "key-1");
@@ -208,7 +190,7 @@ static void test_nack_retries_then_dead_letters_without_stalling(void)
     /* Handle what arrives: fail the poison every time, ack the good one. */
     for (int i = 0; i < 400 && dlq.n == 0; i++) {
         int seen = c.n;
-        spin_until(&loop, &c.n, seen + 1, 50);
+        tms_test_spin_until(&loop, &c.n, seen + 1, 50);
         for (int j = 0; j < c.n && j < MAX_HELD; j++) {
             tms_delivery_t *d = c.held[j];
             if (!d)
@@ -224,11 +206,11 @@ static void test_nack_retries_then_dead_letters_without_stalling(void)
                 bus->ack(bus, &c.held[j], tms_ack_ok());
             }
         }
-        spin_until(&loop, &dlq.n, 1, 10);
+        tms_test_spin_until(&loop, &dlq.n, 1, 10);
     }
     CHECK_EQ_INT(poison_attempts, 3);
     CHECK_EQ_INT(good, 1);
-    CHECK(spin_until(&loop, &dlq.n, 1, 10000));
+    CHECK(tms_test_spin_until(&loop, &dlq.n, 1, 10000));
     if (dlq.n >= 1) {
         CHECK_EQ_STR(dlq.held[0]->payload, "poison");
         CHECK_EQ_STR(dlq.held[0]->key, "same-key");
@@ -262,17 +244,14 @@ static void test_unacked_event_goes_to_next_consumer(void)
     publish_ok(&loop, bus, "t3", "k", "e1");
     publish_ok(&loop, bus, "t3", "k", "e2");
     publish_ok(&loop, bus, "t3", "k", "e3");
-    CHECK(spin_until(&loop, &c.n, 3, 15000));
+    CHECK(tms_test_spin_until(&loop, &c.n, 3, 15000));
     if (c.n == 3) {
         bus->ack(bus, &c.held[0], tms_ack_ok());
         bus->ack(bus, &c.held[2], tms_ack_ok());
     }
     /* Let an auto-commit happen, then leave without handling e2 (a crash would do
      * the same): the consumer drops e2 unhandled, and the bus closes. */
-    {
-        int zero = 0;
-        spin_until(&loop, &zero, 1, 1500);
-    }
+    tms_test_spin(&loop, 1500);
     if (c.held[1])
         c.held[1]->msg.free_fn(&c.held[1]->msg);
     bus_finish(&loop, &bus);
@@ -282,7 +261,7 @@ static void test_unacked_event_goes_to_next_consumer(void)
     bus = bus_new(&loop, &m, 5);
     c2.mailbox = tms_mailbox_new(&loop, "c2", 16, on_delivery, &c2);
     CHECK_EQ_INT(bus->subscribe(bus, "t3", "g3", c2.mailbox), 0);
-    CHECK(spin_until(&loop, &c2.n, 2, 15000));
+    CHECK(tms_test_spin_until(&loop, &c2.n, 2, 15000));
     CHECK_EQ_INT(c2.n, 2); /* e2 and e3, not e1 */
     if (c2.n >= 1)
         CHECK_EQ_STR(c2.held[0]->payload, "e2");
@@ -336,7 +315,7 @@ static void test_pause_resume_loses_nothing(void)
     /* Hold what arrives for a while (so the consumer pauses), then ack it all. */
     for (int round = 0; round < 200 && acked < 30; round++) {
         int seen = c.n;
-        spin_until(&loop, &c.n, seen + 1, 100);
+        tms_test_spin_until(&loop, &c.n, seen + 1, 100);
         CHECK(c.n - acked <= 5); /* max_inflight, plus one already in flight */
         for (; next < c.n && next < MAX_HELD; next++) {
             tms_delivery_t *d = c.held[next];
@@ -376,16 +355,16 @@ static void test_resume_fetches_without_waiting(void)
     bus = flow_bus_with_events(&loop, &m, "t8", 40);
     c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
     CHECK_EQ_INT(bus->subscribe(bus, "t8", "g8", c.mailbox), 0);
-    CHECK(spin_until(&loop, &c.n, 1, 15000));
+    CHECK(tms_test_spin_until(&loop, &c.n, 1, 15000));
     for (int round = 0; round < 3; round++) {
-        int zero = 0, held;
-        spin_until(&loop, &zero, 1, 700); /* paused, its fetched messages dropped */
+        int held;
+        tms_test_spin(&loop, 700); /* paused, its fetched messages dropped */
         held = c.n;
         CHECK(held < 40);
         for (; acked < c.n && acked < MAX_HELD; acked++)
             bus->ack(bus, &c.held[acked], tms_ack_ok()); /* resumes */
         uint64_t t0 = uv_hrtime();
-        CHECK(spin_until(&loop, &c.n, held + 1, 5000));
+        CHECK(tms_test_spin_until(&loop, &c.n, held + 1, 5000));
         double took = (double)(uv_hrtime() - t0) / 1e9;
         if (took > slowest)
             slowest = took;
@@ -400,10 +379,7 @@ static void test_resume_fetches_without_waiting(void)
     c.ack_on = bus;
     while (acked < c.n && acked < MAX_HELD)
         bus->ack(bus, &c.held[acked++], tms_ack_ok());
-    {
-        int zero = 0;
-        spin_until(&loop, &zero, 1, 300);
-    }
+    tms_test_spin(&loop, 300);
     bus_finish(&loop, &bus);
     tms_mailbox_free(&c.mailbox);
     uv_run(&loop, UV_RUN_DEFAULT);
@@ -424,7 +400,7 @@ static void test_publish_fails_while_broker_down(void)
     publish_ok(&loop, bus, "t4", "k", "before");
     rd_kafka_mock_broker_set_down(m.mc, 1);
     CHECK_EQ_INT(bus->publish(bus, "t4", "k", "during", 6, on_done, &r), 0);
-    CHECK(spin_until(&loop, &r.calls, 1, 10000));
+    CHECK(tms_test_spin_until(&loop, &r.calls, 1, 10000));
     CHECK(r.status < 0); /* publish_timeout_ms (2 s) passed: the outbox keeps it */
     rd_kafka_mock_broker_set_up(m.mc, 1);
     /* Back within one publish timeout: the producer's reconnect back-off is capped at
@@ -472,11 +448,11 @@ static void test_transient_pauses_without_attempts(void)
     publish_ok(&loop, bus, "t6", "k", "e2");
     c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
     CHECK_EQ_INT(bus->subscribe(bus, "t6", "g6", c.mailbox), 0);
-    CHECK(spin_until(&loop, &c.n, 1, 15000));
+    CHECK(tms_test_spin_until(&loop, &c.n, 1, 15000));
     start = uv_now(&loop);
     /* Fail whatever arrives for 11 s (max.poll.interval.ms is 10 s). */
     for (int next = 0; uv_now(&loop) - start < 11000 && next < MAX_HELD - 4;) {
-        spin_until(&loop, &c.n, next + 1, 200);
+        tms_test_spin_until(&loop, &c.n, next + 1, 200);
         for (; next < c.n && next < MAX_HELD - 4; next++) {
             tms_delivery_t *d = c.held[next];
             CHECK_EQ_INT(d->attempt, 1);
@@ -496,7 +472,7 @@ static void test_transient_pauses_without_attempts(void)
     {
         int i = c.n, got = 0;
         for (int round = 0; round < 200 && got < 3; round++) {
-            spin_until(&loop, &c.n, i + 1, 50);
+            tms_test_spin_until(&loop, &c.n, i + 1, 50);
             for (; i < c.n && i < MAX_HELD && got < 3; i++, got++) {
                 char name[16];
                 snprintf(name, sizeof(name), "e%d", got);
@@ -534,18 +510,14 @@ static void test_paused_consumer_fetches_after_reassign(void)
     bus = flow_bus_with_events(&loop, &m, "t7", 10);
     c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
     CHECK_EQ_INT(bus->subscribe(bus, "t7", "g7", c.mailbox), 0);
-    CHECK(spin_until(&loop, &c.n, 4, 15000));
-    {
-        int zero = 0;
-        spin_until(&loop, &zero, 1, 300);
-    }
+    CHECK(tms_test_spin_until(&loop, &c.n, 4, 15000));
+    tms_test_spin(&loop, 300);
     CHECK_EQ_INT(c.n, 4); /* paused at max_inflight */
     rd_kafka_mock_broker_set_down(m.mc, 1);
     for (int i = 0; i < 300; i++) {
-        int zero = 0;
         if (counter("tms_kafka_partitions_revoked_total", "topic=\"t7\",group=\"g7\"") >= 1)
             break;
-        spin_until(&loop, &zero, 1, 100);
+        tms_test_spin(&loop, 100);
     }
     CHECK(counter("tms_kafka_partitions_revoked_total", "topic=\"t7\",group=\"g7\"") >= 1);
     for (int i = 0; i < 4; i++) /* handled after the revoke */
@@ -553,7 +525,7 @@ static void test_paused_consumer_fetches_after_reassign(void)
     rd_kafka_mock_broker_set_up(m.mc, 1);
     /* Assigned again: every event comes (again), from the committed offset. */
     for (int next = 4, round = 0; round < 300 && distinct < 10; round++) {
-        spin_until(&loop, &c.n, next + 1, 100);
+        tms_test_spin_until(&loop, &c.n, next + 1, 100);
         for (; next < c.n && next < MAX_HELD; next++) {
             int i = atoi(c.held[next]->payload + 1);
             if (i >= 0 && i < 10 && !seen[i]) {

@@ -14,6 +14,7 @@
 #include "core/status.h"
 #include "io/bus/local.h"
 #include "test.h"
+#include "test_loop.h"
 
 #define MAX_HELD 64
 
@@ -88,26 +89,6 @@ static void close_bus(uv_loop_t *loop, tms_event_bus_t **bus)
     while (!closed && uv_run(loop, UV_RUN_ONCE))
         ;
     CHECK_EQ_INT(closed, 1);
-}
-
-static void on_tick(uv_timer_t *t)
-{
-    (void)t;
-}
-
-/* Run the loop for about ms (timers included). */
-static void wait_ms(uv_loop_t *loop, uint64_t ms)
-{
-    uv_timer_t t;
-    uint64_t end;
-    uv_update_time(loop);
-    end = uv_now(loop) + ms;
-    uv_timer_init(loop, &t);
-    uv_timer_start(&t, on_tick, 5, 5);
-    while (uv_now(loop) < end)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&t, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
 }
 
 static void finish(uv_loop_t *loop, tms_event_bus_t **bus, consumer_t *cs, int ncs)
@@ -415,7 +396,7 @@ static void test_transient_pauses_until_a_probe_is_handled(void)
     CHECK_EQ_INT(counter("tms_bus_held_back_total", "topic=\"notifications\",group=\"n\"") - held0,
                  3);
 
-    wait_ms(&loop, 40); /* the probe is due: the next copy goes out */
+    tms_test_spin(&loop, 40); /* the probe is due: the next copy goes out */
     CHECK_EQ_INT(bus->publish(bus, "notifications", "3", "{}", 2, on_done, &r[4]), 0);
     CHECK_EQ_INT(bus->publish(bus, "notifications", "4", "{}", 2, on_done, &r[5]), 0);
     spin(&loop);
@@ -426,11 +407,11 @@ static void test_transient_pauses_until_a_probe_is_handled(void)
     tms_delivery_t *d = c.held[1];
     c.held[1] = NULL;
     bus->ack(bus, &d, tms_ack_transient("smtp", "circuit open", 300));
-    wait_ms(&loop, 100);
+    tms_test_spin(&loop, 100);
     CHECK_EQ_INT(bus->publish(bus, "notifications", "5", "{}", 2, on_done, &r[6]), 0);
     spin(&loop);
     CHECK_EQ_INT(c.n, 2); /* still within the cool-down */
-    wait_ms(&loop, 250);
+    tms_test_spin(&loop, 250);
     CHECK_EQ_INT(bus->publish(bus, "notifications", "6", "{}", 2, on_done, &r[7]), 0);
     spin(&loop);
     CHECK_EQ_INT(c.n, 3);   /* probe */
@@ -467,7 +448,7 @@ static void test_permanent_redelivered_then_dead_lettered(void)
     CHECK_EQ_INT(bus->publish(bus, "user_deleted", "u", "not json", 8, on_done, &r), 0);
     for (int attempt = 1; attempt <= 3; attempt++) {
         for (int i = 0; i < 100 && c.n < attempt; i++)
-            wait_ms(&loop, 5);
+            tms_test_spin(&loop, 5);
         CHECK_EQ_INT(c.n, attempt);
         if (c.n != attempt)
             break;
@@ -481,7 +462,7 @@ static void test_permanent_redelivered_then_dead_lettered(void)
     CHECK_EQ_INT(r.status, 0);
     CHECK_EQ_INT(
         counter("tms_bus_dead_lettered_total", "topic=\"user_deleted\",group=\"p\"") - dead0, 1);
-    wait_ms(&loop, 50);
+    tms_test_spin(&loop, 50);
     CHECK_EQ_INT(c.n, 3); /* never again */
     finish(&loop, &bus, &c, 1);
 }

@@ -22,6 +22,7 @@
 #include "io/grpc/wire.h"
 #include "task.pb-c.h"
 #include "test.h"
+#include "test_loop.h"
 
 #define HELD_MAX 64
 
@@ -101,38 +102,18 @@ static void release_held(gateway_t *gw)
 
 /* ---- the loop ---- */
 
-static void on_tick(uv_timer_t *t)
-{
-}
-
 typedef bool (*pred_fn)(void *arg);
 
-/* Run the loop until pred(arg) holds or timeout_ms passed; returns pred(arg). A
- * ticking timer keeps uv_run from blocking while nothing else is due. */
-static bool run_until(pred_fn pred, void *arg, uint64_t timeout_ms)
+/* The test's loop (tests/unit/test_loop.h): until pred(arg) holds or timeout_ms passed;
+ * returns pred(arg). */
+static bool run_until(pred_fn pred, void *arg, int timeout_ms)
 {
-    uv_timer_t tick;
-    uint64_t end;
-    bool ok;
-    uv_update_time(loop);
-    end = uv_now(loop) + timeout_ms;
-    uv_timer_init(loop, &tick);
-    uv_timer_start(&tick, on_tick, 2, 2);
-    while (!(ok = pred(arg)) && uv_now(loop) < end)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&tick, NULL);
-    uv_run(loop, UV_RUN_NOWAIT);
-    return ok;
+    return tms_test_run_until(loop, pred, arg, timeout_ms);
 }
 
-static bool never(void *arg)
+static void run_for(int ms)
 {
-    return false;
-}
-
-static void run_for(uint64_t ms)
-{
-    run_until(never, NULL, ms);
+    tms_test_spin(loop, ms);
 }
 
 /* ---- one call's result ---- */
