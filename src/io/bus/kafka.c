@@ -45,6 +45,9 @@
 #define RETRY_MAX_MS 30000
 #define PROBE_MAX_MS 5000       /* probe back-off cap while paused */
 #define WATERMARK_EVERY_MS 2000 /* high watermarks of paused partitions, asked this often */
+/* Held at max_inflight this long: pause the partitions (librdkafka drops what it had
+ * fetched for them) rather than keep the fetched events waiting in its queue. */
+#define FLOW_PAUSE_MS 1000
 #define MAX_TOPICS 16
 
 typedef struct tms_kafka_bus kbus_t;
@@ -105,8 +108,10 @@ struct sub {
     size_t owned;    /* RETRY, DLQ, DLQ_RETRY entries */
     size_t waiting;  /* WAIT entries */
     int started, closing, closed;
-    int flow_paused; /* holding max_inflight deliveries */
-    int kpaused;     /* what librdkafka was last told for the assigned partitions */
+    int flow_paused;     /* holding max_inflight deliveries: takes nothing more */
+    int flow_long;       /* ... for FLOW_PAUSE_MS: the partitions are paused too */
+    uint64_t flow_since; /* uv_now when flow_paused was set */
+    int kpaused;         /* what librdkafka was last told for the assigned partitions */
     /* paused while a dependency is down */
     int dep_paused;
     char dependency[32];
@@ -700,12 +705,28 @@ static void seek_back(sub_t *s, part_t *p)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
-/* Whether the consumer fetches: not while it holds max_inflight deliveries (flow
- * control), while a dependency is down, or once the bus stops. librdkafka resumes
- * each partition from the offset after the last message taken. */
+/* Whether the consumer fetches: not while a dependency is down, once the bus stops,
+ * or after FLOW_PAUSE_MS at max_inflight deliveries. librdkafka resumes each partition
+ * from the offset after the last message taken.
+ *
+ * A short spell at max_inflight (a subscriber behind, handling as fast as it can) only
+ * stops taking: what librdkafka fetched meanwhile waits in its queue, bounded by
+ * queued.max.messages.kbytes, and is taken as soon as there is room. Pausing there
+ * made librdkafka drop those events, and each resume fetched them again: behind a
+ * notifier at 1,000 mails/s and 4,000 creates/s, the broker sent each event many
+ * times (docs/perf-write-path.md). */
 static int want_paused(const sub_t *s)
 {
-    return s->flow_paused || s->dep_paused || s->bus->stopping;
+    return (s->flow_paused && s->flow_long) || s->dep_paused || s->bus->stopping;
+}
+
+/* The consumer takes what librdkafka holds on the loop's next turn: its queue does not
+ * signal again for events it signalled before they were left there. */
+static void wake_consumer(sub_t *s)
+{
+    if (write(s->fds[1], "1", 1) < 0) {
+        /* full: readable anyway */
+    }
 }
 
 /* After a resume: seek every partition we have taken from to its next offset. A resume
@@ -861,8 +882,8 @@ static void post_entry(sub_t *s, entry_t *e)
         s->inflight++;
         tms_counter_add(s->delivered, 1);
         if (!s->flow_paused && s->inflight >= (size_t)s->bus->opt.max_inflight) {
-            s->flow_paused = 1;
-            apply_pause(s);
+            s->flow_paused = 1; /* on_consumer_readable takes no more */
+            s->flow_since = uv_now(s->bus->loop);
         }
         return;
     }
@@ -1035,7 +1056,10 @@ static void on_consumer_readable(uv_poll_t *h, int status, int events)
         serve_closing(s, 0);
         return;
     }
-    while ((m = rd_kafka_consumer_poll(s->rk, 0))) {
+    /* At max_inflight with the partitions not paused, what librdkafka fetched stays in
+     * its queue until there is room (want_paused). Paused, a poll returns no events of
+     * theirs, but it must still come (max.poll.interval.ms, rebalances). */
+    while (!(s->flow_paused && !s->kpaused) && (m = rd_kafka_consumer_poll(s->rk, 0))) {
         if (m->err) {
             tms_log_warn("kafka_consume_error", "topic=%s group=%s error=\"%s\"", s->topic,
                          s->group, rd_kafka_message_errstr(m));
@@ -1217,6 +1241,10 @@ static void on_housekeeping(uv_timer_t *t)
         /* Poll even when nothing arrives (idle, or paused): librdkafka takes a consumer
          * that has not polled for max.poll.interval.ms (5 min) for stuck and makes it
          * leave its group. */
+        if (s->flow_paused && !s->flow_long && now - s->flow_since >= FLOW_PAUSE_MS) {
+            s->flow_long = 1;
+            apply_pause(s);
+        }
         if (s->started)
             on_consumer_readable(&s->poll, 0, UV_READABLE);
         /* Ask while paused, and until we know where the group stands on a partition we
@@ -1350,9 +1378,14 @@ static int add_sub(kbus_t *bus, const char *role_topic, const char *role_group,
         /* A fetch long-polling for partitions without data holds the next one (one in
          * flight per broker), so a resume could wait the whole 500 ms default. */
         set(conf, "fetch.wait.max.ms", FETCH_WAIT_MS, err, sizeof(err)) ||
-        /* Flow control drops what was fetched past max_inflight (librdkafka purges a
-         * paused partition's queue): fetch 64 KiB (~250 events) at a time, not 1 MiB. */
+        /* A long flow-control pause drops what was fetched past max_inflight
+         * (librdkafka purges a paused partition's queue): fetch 64 KiB (~250 events)
+         * at a time, not 1 MiB. */
         set(conf, "max.partition.fetch.bytes", "65536", err, sizeof(err)) ||
+        /* What librdkafka fetches ahead and holds while the subscriber is behind
+         * (want_paused): 1 MiB, not its default 64 MiB, and 1,000 events, not 100,000. */
+        set(conf, "queued.max.messages.kbytes", "1024", err, sizeof(err)) ||
+        set(conf, "queued.min.messages", "1000", err, sizeof(err)) ||
         set_security(bus, conf, err, sizeof(err))) {
         tms_log_error("kafka_consumer_config", "group=%s error=\"%s\"", group, err);
         rd_kafka_conf_destroy(conf);
@@ -1470,8 +1503,9 @@ static void ack(tms_event_bus_t *self, tms_delivery_t **pd, tms_ack_t out)
         }
     }
     if (s->flow_paused && s->inflight <= (size_t)s->bus->opt.max_inflight / 2) {
-        s->flow_paused = 0;
+        s->flow_paused = s->flow_long = 0;
         apply_pause(s);
+        wake_consumer(s);
     }
     check_close(s);
 }

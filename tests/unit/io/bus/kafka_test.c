@@ -336,12 +336,68 @@ static void test_pause_resume_loses_nothing(void)
     mock_stop(&m);
 }
 
-/* A consumer that resumes after flow control fetches at once. librdkafka (2.0) does not
- * wake its broker thread on a resume, so the partition used to wait for that thread's
- * next idle wake-up (up to fetch.wait.max.ms, 500 ms, and more): with a mailer taking
- * its events promptly, the notifier then got max_inflight events a second (64 mails/s
- * behind a Kafka bus in the bench). Here: hold max_inflight deliveries until the
- * consumer has paused, hand them back, and time the next delivery, three times. */
+/* A consumer behind (at max_inflight, handing deliveries back promptly) takes what
+ * librdkafka already fetched, without asking the broker again. It used to pause its
+ * partitions at max_inflight, which made librdkafka drop what it held, and each resume
+ * fetched it again: behind a notifier the broker sent each event many times. Here the
+ * broker answers only after 800 ms once all 40 events are fetched; three rounds of
+ * "hand back what is held" must each bring the next delivery well before that. */
+static void test_behind_takes_what_was_fetched(void)
+{
+    uv_loop_t loop;
+    mock_t m;
+    consumer_t c = {0};
+    tms_event_bus_t *bus;
+    int acked = 0;
+    double slowest = 0;
+    uv_loop_init(&loop);
+    mock_start(&m);
+    bus = flow_bus_with_events(&loop, &m, "t9", 40);
+    c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
+    CHECK_EQ_INT(bus->subscribe(bus, "t9", "g9", c.mailbox), 0);
+    CHECK(tms_test_spin_until(&loop, &c.n, 4, 15000));
+    tms_test_spin(&loop, 300); /* the one fetch of all 40 is in */
+    CHECK_EQ_INT(c.n, 4);      /* max_inflight */
+    rd_kafka_mock_broker_set_rtt(m.mc, 1, 800);
+    for (int round = 0; round < 3; round++) {
+        int held = c.n;
+        for (; acked < c.n && acked < MAX_HELD; acked++) {
+            char payload[16];
+            snprintf(payload, sizeof(payload), "e%d", acked);
+            CHECK_EQ_STR(c.held[acked]->payload, payload); /* in order, none twice */
+            bus->ack(bus, &c.held[acked], tms_ack_ok());
+        }
+        uint64_t t0 = uv_hrtime();
+        CHECK(tms_test_spin_until(&loop, &c.n, held + 1, 5000));
+        double took = (double)(uv_hrtime() - t0) / 1e9;
+        if (took > slowest)
+            slowest = took;
+        tms_test_spin(&loop, 50);
+        CHECK(c.n - acked <= 4); /* still no more than max_inflight held */
+    }
+    if (slowest >= 0.2)
+        fprintf(stderr, "slowest delivery behind flow control: %.3f s\n", slowest);
+    CHECK(slowest < 0.2);
+    rd_kafka_mock_broker_set_rtt(m.mc, 1, 0);
+    c.ack_on = bus;
+    while (acked < c.n && acked < MAX_HELD)
+        bus->ack(bus, &c.held[acked++], tms_ack_ok());
+    tms_test_spin(&loop, 300);
+    bus_finish(&loop, &bus);
+    tms_mailbox_free(&c.mailbox);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&loop), 0);
+    mock_stop(&m);
+}
+
+/* A consumer that resumes after a long flow-control pause (max_inflight held for over
+ * a second: the partitions are paused and librdkafka drops what it fetched) fetches at
+ * once. librdkafka (2.0) does not wake its broker thread on a resume, so the partition
+ * used to wait for that thread's next idle wake-up (up to fetch.wait.max.ms, 500 ms,
+ * and more): with a mailer taking its events promptly, the notifier then got
+ * max_inflight events a second (64 mails/s behind a Kafka bus in the bench). Here: hold
+ * max_inflight deliveries until the consumer has paused, hand them back, and time the
+ * next delivery, three times. */
 static void test_resume_fetches_without_waiting(void)
 {
     uv_loop_t loop;
@@ -358,7 +414,7 @@ static void test_resume_fetches_without_waiting(void)
     CHECK(tms_test_spin_until(&loop, &c.n, 1, 15000));
     for (int round = 0; round < 3; round++) {
         int held;
-        tms_test_spin(&loop, 700); /* paused, its fetched messages dropped */
+        tms_test_spin(&loop, 1700); /* paused, its fetched messages dropped */
         held = c.n;
         CHECK(held < 40);
         for (; acked < c.n && acked < MAX_HELD; acked++)
@@ -550,6 +606,7 @@ int main(void)
     RUN_TEST(test_nack_retries_then_dead_letters_without_stalling);
     RUN_TEST(test_unacked_event_goes_to_next_consumer);
     RUN_TEST(test_pause_resume_loses_nothing);
+    RUN_TEST(test_behind_takes_what_was_fetched);
     RUN_TEST(test_resume_fetches_without_waiting);
     RUN_TEST(test_publish_fails_while_broker_down);
     RUN_TEST(test_transient_pauses_without_attempts);
