@@ -46,7 +46,8 @@
 #define PROBE_MAX_MS 5000       /* probe back-off cap while paused */
 #define WATERMARK_EVERY_MS 2000 /* high watermarks of paused partitions, asked this often */
 /* Held at max_inflight this long: pause the partitions (librdkafka drops what it had
- * fetched for them) rather than keep the fetched events waiting in its queue. */
+ * fetched for them) rather than keep the fetched events waiting in its queue. Checked
+ * by the housekeeping tick, so the pause comes 1.0 to 1.5 s after max_inflight. */
 #define FLOW_PAUSE_MS 1000
 #define MAX_TOPICS 16
 
@@ -123,7 +124,7 @@ struct sub {
     uint64_t queried_at;
     _Atomic int nparts_paused;
     _Atomic uint64_t paused_since_ns, paused_total_ns;
-    tms_counter_t *delivered, *retried, *dead, *revoked, *pauses;
+    tms_counter_t *delivered, *retried, *dead, *revoked, *pauses, *flow_pauses;
 };
 
 typedef struct pub {
@@ -714,18 +715,31 @@ static void seek_back(sub_t *s, part_t *p)
  * queued.max.messages.kbytes, and is taken as soon as there is room. Pausing there
  * made librdkafka drop those events, and each resume fetched them again: behind a
  * notifier at 1,000 mails/s and 4,000 creates/s, the broker sent each event many
- * times (docs/perf-write-path.md). */
+ * times (docs/perf-write-path.md). While the consumer takes nothing, a rebalance waits
+ * in its queue too: it is served at the next halving or the pause, 1.5 s at most. */
 static int want_paused(const sub_t *s)
 {
     return (s->flow_paused && s->flow_long) || s->dep_paused || s->bus->stopping;
 }
 
-/* The consumer takes what librdkafka holds on the loop's next turn: its queue does not
- * signal again for events it signalled before they were left there. */
+/* The consumer takes what librdkafka holds on the loop's next turn: its queue writes
+ * the wake-up byte only "whenever a new element is enqueued on a previously empty
+ * queue" (rd_kafka_queue_io_event_enable), and events left in it keep it non-empty. */
 static void wake_consumer(sub_t *s)
 {
     if (write(s->fds[1], "1", 1) < 0) {
         /* full: readable anyway */
+    }
+}
+
+/* A held delivery came back (handled or dropped): at half of max_inflight the consumer
+ * takes again, and its partitions resume if the hold had paused them. */
+static void flow_check(sub_t *s)
+{
+    if (s->flow_paused && s->inflight <= (size_t)s->bus->opt.max_inflight / 2) {
+        s->flow_paused = s->flow_long = 0;
+        apply_pause(s);
+        wake_consumer(s);
     }
 }
 
@@ -766,6 +780,7 @@ static void apply_pause(sub_t *s)
     } else if (l->cnt) {
         rd_kafka_resume_partitions(s->rk, l);
         wake_fetcher(s);
+        s->flow_since = uv_now(s->bus->loop); /* a hold counts from the resume */
     }
     rd_kafka_topic_partition_list_destroy(l);
 }
@@ -866,6 +881,7 @@ static void on_entry_dropped(tms_msg_t *msg)
     e->state = DROPPED;
     free(e->d.payload);
     e->d.payload = NULL;
+    flow_check(e->sub);
     check_close(e->sub);
 }
 
@@ -1243,6 +1259,7 @@ static void on_housekeeping(uv_timer_t *t)
          * leave its group. */
         if (s->flow_paused && !s->flow_long && now - s->flow_since >= FLOW_PAUSE_MS) {
             s->flow_long = 1;
+            tms_counter_add(s->flow_pauses, 1);
             apply_pause(s);
         }
         if (s->started)
@@ -1383,9 +1400,14 @@ static int add_sub(kbus_t *bus, const char *role_topic, const char *role_group,
          * at a time, not 1 MiB. */
         set(conf, "max.partition.fetch.bytes", "65536", err, sizeof(err)) ||
         /* What librdkafka fetches ahead and holds while the subscriber is behind
-         * (want_paused): 1 MiB, not its default 64 MiB, and 1,000 events, not 100,000. */
-        set(conf, "queued.max.messages.kbytes", "1024", err, sizeof(err)) ||
-        set(conf, "queued.min.messages", "1000", err, sizeof(err)) ||
+         * (want_paused): about 4 MiB and 10,000 events, not its defaults of 64 MiB and
+         * 100,000. These are levels at which it stops starting fetches (one response may
+         * pass them; it is itself cut to queued.max.messages.kbytes), and librdkafka
+         * 2.0 looks again only when its broker thread wakes, not when we take: 1 MiB and
+         * 1,000 capped the notifier at ~1,360 mails/s in the bench, 4 MiB and 10,000 let
+         * it write 2,048 a second (docs/perf-write-path.md, step 24). */
+        set(conf, "queued.max.messages.kbytes", "4096", err, sizeof(err)) ||
+        set(conf, "queued.min.messages", "10000", err, sizeof(err)) ||
         set_security(bus, conf, err, sizeof(err))) {
         tms_log_error("kafka_consumer_config", "group=%s error=\"%s\"", group, err);
         rd_kafka_conf_destroy(conf);
@@ -1429,6 +1451,9 @@ static int add_sub(kbus_t *bus, const char *role_topic, const char *role_group,
                                      "partitions taken away by a rebalance", labels);
     s->pauses = tms_metrics_counter("tms_kafka_consumer_pauses_total",
                                     "consumers paused because a dependency was down", labels);
+    s->flow_pauses = tms_metrics_counter(
+        "tms_kafka_flow_pauses_total",
+        "consumers paused after holding max_inflight deliveries for a second", labels);
     tms_metrics_gauge_fn("tms_kafka_paused_partitions",
                          "assigned partitions paused because a dependency is down", labels,
                          paused_parts_gauge, s);
@@ -1502,11 +1527,7 @@ static void ack(tms_event_bus_t *self, tms_delivery_t **pd, tms_ack_t out)
             schedule_retry(e, RETRY, backoff_ms(s->bus, e->d.attempt));
         }
     }
-    if (s->flow_paused && s->inflight <= (size_t)s->bus->opt.max_inflight / 2) {
-        s->flow_paused = s->flow_long = 0;
-        apply_pause(s);
-        wake_consumer(s);
-    }
+    flow_check(s);
     check_close(s);
 }
 

@@ -34,7 +34,8 @@ typedef struct tms_kafka_options {
     int retry_ms;              /* first redelivery back-off, doubled per attempt; 0: 200 */
     int publish_timeout_ms;    /* a publish not acknowledged by then fails; 0: 10000
                                 */
-    int max_inflight;          /* held deliveries per consumer before pausing; 0: 64 */
+    int max_inflight;          /* held deliveries per consumer before it takes no more (its
+                                * partitions pause after a second of that); 0: 64 */
     int max_poll_interval_ms;  /* librdkafka's max.poll.interval.ms (tests); 0: 300000 */
     const char *ns; /* namespace: topics "<ns>.<topic>", groups "<group>.<ns>"; NULL/"": none */
     /* TLS to the brokers, librdkafka's own: security.protocol ("ssl"; NULL/"":

@@ -274,6 +274,11 @@ static void test_unacked_event_goes_to_next_consumer(void)
     mock_stop(&m);
 }
 
+static uint64_t counter(const char *name, const char *labels)
+{
+    return tms_counter_value(tms_metrics_counter(name, "", labels));
+}
+
 /* A bus that pauses at 4 held deliveries (flow control), with n events "e0".."e<n-1>"
  * published to topic (one partition) under one key. */
 static tms_event_bus_t *flow_bus_with_events(uv_loop_t *loop, mock_t *m, const char *topic, int n)
@@ -375,6 +380,7 @@ static void test_behind_takes_what_was_fetched(void)
         tms_test_spin(&loop, 50);
         CHECK(c.n - acked <= 4); /* still no more than max_inflight held */
     }
+    CHECK_EQ_INT(counter("tms_kafka_flow_pauses_total", "topic=\"t9\",group=\"g9\""), 0);
     if (slowest >= 0.2)
         fprintf(stderr, "slowest delivery behind flow control: %.3f s\n", slowest);
     CHECK(slowest < 0.2);
@@ -396,8 +402,8 @@ static void test_behind_takes_what_was_fetched(void)
  * used to wait for that thread's next idle wake-up (up to fetch.wait.max.ms, 500 ms,
  * and more): with a mailer taking its events promptly, the notifier then got
  * max_inflight events a second (64 mails/s behind a Kafka bus in the bench). Here: hold
- * max_inflight deliveries until the consumer has paused, hand them back, and time the
- * next delivery, three times. */
+ * max_inflight deliveries until the consumer has paused (counted), hand them back, and
+ * time the next delivery, three times. */
 static void test_resume_fetches_without_waiting(void)
 {
     uv_loop_t loop;
@@ -414,7 +420,9 @@ static void test_resume_fetches_without_waiting(void)
     CHECK(tms_test_spin_until(&loop, &c.n, 1, 15000));
     for (int round = 0; round < 3; round++) {
         int held;
-        tms_test_spin(&loop, 1700); /* paused, its fetched messages dropped */
+        tms_test_spin(&loop, 2200); /* paused, its fetched messages dropped */
+        CHECK_EQ_INT(counter("tms_kafka_flow_pauses_total", "topic=\"t8\",group=\"g8\""),
+                     round + 1);
         held = c.n;
         CHECK(held < 40);
         for (; acked < c.n && acked < MAX_HELD; acked++)
@@ -465,11 +473,6 @@ static void test_publish_fails_while_broker_down(void)
     bus_finish(&loop, &bus);
     CHECK_EQ_INT(uv_loop_close(&loop), 0);
     mock_stop(&m);
-}
-
-static uint64_t counter(const char *name, const char *labels)
-{
-    return tms_counter_value(tms_metrics_counter(name, "", labels));
 }
 
 /* A dependency is down: the first failure pauses the consumer; the events after the
