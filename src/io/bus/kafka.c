@@ -1257,7 +1257,10 @@ static void on_housekeeping(uv_timer_t *t)
         /* Poll even when nothing arrives (idle, or paused): librdkafka takes a consumer
          * that has not polled for max.poll.interval.ms (5 min) for stuck and makes it
          * leave its group. */
-        if (s->flow_paused && !s->flow_long && now - s->flow_since >= FLOW_PAUSE_MS) {
+        /* Only a hold with fetched events waiting (not paused for a dependency, or
+         * stopping) turns into a flow pause. */
+        if (s->flow_paused && !s->flow_long && !s->kpaused &&
+            now - s->flow_since >= FLOW_PAUSE_MS) {
             s->flow_long = 1;
             tms_counter_add(s->flow_pauses, 1);
             apply_pause(s);
@@ -1405,7 +1408,7 @@ static int add_sub(kbus_t *bus, const char *role_topic, const char *role_group,
          * pass them; it is itself cut to queued.max.messages.kbytes), and librdkafka
          * 2.0 looks again only when its broker thread wakes, not when we take: 1 MiB and
          * 1,000 capped the notifier at ~1,360 mails/s in the bench, 4 MiB and 10,000 let
-         * it write 2,048 a second (docs/perf-write-path.md, step 24). */
+         * it write 1,729-2,048 a second (docs/perf-write-path.md, step 24). */
         set(conf, "queued.max.messages.kbytes", "4096", err, sizeof(err)) ||
         set(conf, "queued.min.messages", "10000", err, sizeof(err)) ||
         set_security(bus, conf, err, sizeof(err))) {
@@ -1452,7 +1455,7 @@ static int add_sub(kbus_t *bus, const char *role_topic, const char *role_group,
     s->pauses = tms_metrics_counter("tms_kafka_consumer_pauses_total",
                                     "consumers paused because a dependency was down", labels);
     s->flow_pauses = tms_metrics_counter(
-        "tms_kafka_flow_pauses_total",
+        "tms_kafka_consumer_flow_pauses_total",
         "consumers paused after holding max_inflight deliveries for a second", labels);
     tms_metrics_gauge_fn("tms_kafka_paused_partitions",
                          "assigned partitions paused because a dependency is down", labels,
