@@ -341,6 +341,28 @@ static void test_pause_resume_loses_nothing(void)
     mock_stop(&m);
 }
 
+/* Acks every delivery held, checking they came in order ("e0", "e1", ...). */
+static void ack_held_in_order(tms_event_bus_t *bus, consumer_t *c, int *acked)
+{
+    for (; *acked < c->n && *acked < MAX_HELD; (*acked)++) {
+        char payload[16];
+        snprintf(payload, sizeof(payload), "e%d", *acked);
+        CHECK_EQ_STR(c->held[*acked]->payload, payload); /* in order, none twice */
+        bus->ack(bus, &c->held[*acked], tms_ack_ok());
+    }
+}
+
+/* Seconds until a delivery after the first `held` comes (5 s at most); *slowest keeps
+ * the longest wait seen. */
+static void time_next_delivery(uv_loop_t *loop, consumer_t *c, int held, double *slowest)
+{
+    uint64_t t0 = uv_hrtime();
+    CHECK(tms_test_spin_until(loop, &c->n, held + 1, 5000));
+    double took = (double)(uv_hrtime() - t0) / 1e9;
+    if (took > *slowest)
+        *slowest = took;
+}
+
 /* A consumer behind (at max_inflight, handing deliveries back promptly) takes what
  * librdkafka already fetched, without asking the broker again. It used to pause its
  * partitions at max_inflight, which made librdkafka drop what it held, and each resume
@@ -366,17 +388,8 @@ static void test_behind_takes_what_was_fetched(void)
     rd_kafka_mock_broker_set_rtt(m.mc, 1, 800);
     for (int round = 0; round < 3; round++) {
         int held = c.n;
-        for (; acked < c.n && acked < MAX_HELD; acked++) {
-            char payload[16];
-            snprintf(payload, sizeof(payload), "e%d", acked);
-            CHECK_EQ_STR(c.held[acked]->payload, payload); /* in order, none twice */
-            bus->ack(bus, &c.held[acked], tms_ack_ok());
-        }
-        uint64_t t0 = uv_hrtime();
-        CHECK(tms_test_spin_until(&loop, &c.n, held + 1, 5000));
-        double took = (double)(uv_hrtime() - t0) / 1e9;
-        if (took > slowest)
-            slowest = took;
+        ack_held_in_order(bus, &c, &acked);
+        time_next_delivery(&loop, &c, held, &slowest);
         tms_test_spin(&loop, 50);
         CHECK(c.n - acked <= 4); /* still no more than max_inflight held */
     }
@@ -425,17 +438,8 @@ static void test_resume_fetches_without_waiting(void)
                      round + 1);
         held = c.n;
         CHECK(held < 40);
-        for (; acked < c.n && acked < MAX_HELD; acked++) {
-            char payload[16];
-            snprintf(payload, sizeof(payload), "e%d", acked);
-            CHECK_EQ_STR(c.held[acked]->payload, payload); /* in order across the pause */
-            bus->ack(bus, &c.held[acked], tms_ack_ok());   /* resumes */
-        }
-        uint64_t t0 = uv_hrtime();
-        CHECK(tms_test_spin_until(&loop, &c.n, held + 1, 5000));
-        double took = (double)(uv_hrtime() - t0) / 1e9;
-        if (took > slowest)
-            slowest = took;
+        ack_held_in_order(bus, &c, &acked); /* in order across the pause; resumes */
+        time_next_delivery(&loop, &c, held, &slowest);
     }
     if (slowest >= 0.25)
         fprintf(stderr, "slowest delivery after a resume: %.3f s\n", slowest);
