@@ -705,6 +705,10 @@ def cmd_kafka_e2e(url, token, assignee, brokers, n, rate):
          "relay_p99_ms": round(pct(relay, 99), 1) if relay else None,
          "kafka_p50_ms": round(pct(kafka, 50), 1) if kafka else None,
          "kafka_p99_ms": round(pct(kafka, 99), 1) if kafka else None,
+         # The worst of each leg: a relay that missed a commit showed here as ~1 s (the
+         # periodic full read) while the p99 stayed at a few ms.
+         "relay_max_ms": round(max(relay), 1) if relay else None,
+         "kafka_max_ms": round(max(kafka), 1) if kafka else None,
          "consumer_fetch_wait_ms": _e2e_fetch_wait_ms()})
 
 
