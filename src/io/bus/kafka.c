@@ -867,22 +867,36 @@ static void resume_dep(sub_t *s)
     apply_pause(s);
 }
 
+/* A delivery's free_fn: the subscriber let it go unhandled (its mailbox was freed with it
+ * queued). It is held no more, revoked meanwhile or not, as after an ack. A probe that
+ * goes this way told nothing about the dependency: another goes after the probe wait. */
 static void on_entry_dropped(tms_msg_t *msg)
 {
     entry_t *e = (entry_t *)msg;
-    if (!e->sub || !e->part) {
+    sub_t *s = e->sub;
+    if (!s) {
         entry_free(e);
         return;
     }
-    /* The subscriber is gone with this event unhandled: it must never be
-     * committed over, so it stays in its partition as a barrier until the
-     * partition goes. */
-    e->sub->inflight--;
-    e->state = DROPPED;
-    free(e->d.payload);
-    e->d.payload = NULL;
-    flow_check(e->sub);
-    check_close(e->sub);
+    s->inflight--;
+    if (s->probe == e) {
+        s->probe = NULL;
+        if (s->dep_paused && !s->bus->stopping) {
+            s->probe_due = uv_now(s->bus->loop) + probe_wait(s, &(tms_ack_t){.retry_after_ms = 0});
+            arm_retry_timer(s->bus, s->probe_due);
+        }
+    }
+    if (!e->part) {
+        entry_free(e); /* revoked meanwhile: the new owner has it */
+    } else {
+        /* Unhandled, it must never be committed over: it stays in its partition as a
+         * barrier until the partition goes. */
+        e->state = DROPPED;
+        free(e->d.payload);
+        e->d.payload = NULL;
+    }
+    flow_check(s);
+    check_close(s);
 }
 
 static void post_entry(sub_t *s, entry_t *e)
@@ -1722,9 +1736,9 @@ static void destroy(kbus_t *bus)
         close_fd_handle(&s->poll, s->fds, on_sub_closed);
     }
     bus->subs = NULL;
-    /* Entries still held by consumers were orphaned by revoke_all (part NULL):
-     * their free_fn frees them without looking at the freed sub. Dead-letter
-     * publishes in flight are purged; on_delivery frees their entries. */
+    /* No entry is held by a subscriber now (busy() was 0: each came back, acked or
+     * dropped), so no free_fn looks at a freed sub later. Dead-letter publishes in
+     * flight are purged; on_delivery frees their entries. */
     if (bus->outstanding) {
         rd_kafka_purge(bus->producer, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
         for (int i = 0; i < 100 && bus->outstanding; i++) {
