@@ -2,35 +2,48 @@
  * the unit tests (static inline: a test that uses none of these gets no unused-function
  * warning).
  *
- * The wait runs the loop with UV_RUN_ONCE and a 1 ms ticking timer of its own: the tick is
- * there so UV_RUN_ONCE never blocks on a long timer (a 10 s poll) or on nothing at all,
- * so the condition and the deadline are looked at every millisecond at least. */
+ * A wait is a series of UV_RUN_NOWAIT turns, each after blocking (outside the loop) until
+ * the loop has something to do, 1 ms at most: so it never blocks on a long timer (a 10 s
+ * poll) or on nothing at all, and the condition and the deadline are looked at every
+ * millisecond at least. It adds no handle to the loop, so nothing is left to close: the
+ * last turn it runs is the one after which the condition held, and the loop can be closed
+ * right after. (A ticking timer of its own needed one more turn to close, and that turn
+ * ran whatever else was due, timers, I/O, mailboxes: a test could see more than it waited
+ * for.) Like uv_run, it runs turns only while the loop is alive (a referenced handle or
+ * request, or a handle closing); otherwise it only lets the time pass. A wait whose
+ * condition holds already runs no turn at all: a handle closed just before it needs a
+ * turn to finish its close, so wait for its close callback instead. */
 #ifndef TMS_TEST_LOOP_H
 #define TMS_TEST_LOOP_H
 
+#include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
 
-static inline void tms_test_on_tick(uv_timer_t *t)
+/* Block until the loop has something to do, 1 ms at most: its backend (epoll) fd is
+ * readable once one of its watchers is, and uv_backend_timeout is 0 while callbacks are
+ * pending or a handle is closing, else the time to its next timer (-1: none). Watchers
+ * started since the last turn are not in the backend yet: the 1 ms bound covers them. */
+static inline void tms_test_wait_for_work(uv_loop_t *loop)
 {
-    (void)t;
+    struct pollfd p = {.fd = uv_backend_fd(loop), .events = POLLIN};
+    int ms = uv_loop_alive(loop) ? uv_backend_timeout(loop) : 1;
+    (void)poll(&p, 1, ms < 0 || ms > 1 ? 1 : ms);
 }
 
-/* Run the loop until pred(arg) holds or ms pass (counted from now); returns pred(arg). */
+/* Run the loop until pred(arg) holds or ms pass (counted from now); returns pred(arg).
+ * Nothing runs after pred(arg) is seen to hold. */
 static inline bool tms_test_run_until(uv_loop_t *loop, bool (*pred)(void *arg), void *arg, int ms)
 {
-    uv_timer_t tick;
     uint64_t deadline;
     bool ok;
     uv_update_time(loop);
     deadline = uv_now(loop) + (uint64_t)ms;
-    uv_timer_init(loop, &tick);
-    uv_timer_start(&tick, tms_test_on_tick, 1, 1);
-    while (!(ok = pred(arg)) && uv_now(loop) < deadline)
-        uv_run(loop, UV_RUN_ONCE);
-    uv_close((uv_handle_t *)&tick, NULL);
-    uv_run(loop, UV_RUN_NOWAIT); /* the tick's close completes: it lives on this stack */
+    while (!(ok = pred(arg)) && uv_now(loop) < deadline) {
+        tms_test_wait_for_work(loop);
+        uv_run(loop, UV_RUN_NOWAIT); /* updates uv_now, alive or not */
+    }
     return ok;
 }
 

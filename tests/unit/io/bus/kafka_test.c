@@ -304,43 +304,64 @@ static tms_event_bus_t *flow_bus_with_events(uv_loop_t *loop, mock_t *m, const c
     return bus;
 }
 
+/* A flow-control test's loop, mock cluster, flow bus with n events on topic, and one
+ * consumer (mailbox of 64) subscribed in group. */
+typedef struct flow_env {
+    uv_loop_t loop;
+    mock_t m;
+    consumer_t c;
+    tms_event_bus_t *bus;
+} flow_env_t;
+
+static void flow_env_setup(flow_env_t *e, const char *topic, const char *group, int n)
+{
+    memset(e, 0, sizeof(*e));
+    uv_loop_init(&e->loop);
+    mock_start(&e->m);
+    e->bus = flow_bus_with_events(&e->loop, &e->m, topic, n);
+    e->c.mailbox = tms_mailbox_new(&e->loop, "c", 64, on_delivery, &e->c);
+    CHECK_EQ_INT(e->bus->subscribe(e->bus, topic, group, e->c.mailbox), 0);
+}
+
+/* Closes the bus (a delivery still held keeps it waiting), the mailbox, the loop and the
+ * cluster. */
+static void flow_env_teardown(flow_env_t *e)
+{
+    bus_finish(&e->loop, &e->bus);
+    tms_mailbox_free(&e->c.mailbox);
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    CHECK_EQ_INT(uv_loop_close(&e->loop), 0);
+    mock_stop(&e->m);
+}
+
 /* Flow control: with max_inflight 4 the consumer stops and starts taking many times;
  * every event still arrives exactly once, in order. */
 static void test_pause_resume_loses_nothing(void)
 {
-    uv_loop_t loop;
-    mock_t m;
-    consumer_t c = {0};
-    tms_event_bus_t *bus;
+    flow_env_t e;
     char payload[16];
     int next = 0, acked = 0;
-    uv_loop_init(&loop);
-    mock_start(&m);
-    bus = flow_bus_with_events(&loop, &m, "t5", 30);
-    c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
-    CHECK_EQ_INT(bus->subscribe(bus, "t5", "g5", c.mailbox), 0);
+    flow_env_setup(&e, "t5", "g5", 30);
     /* Hold what arrives for a while (so the consumer pauses), then ack it all. */
     for (int round = 0; round < 200 && acked < 30; round++) {
-        int seen = c.n;
-        tms_test_spin_until(&loop, &c.n, seen + 1, 100);
-        CHECK(c.n - acked <= 5); /* max_inflight, plus one already in flight */
-        for (; next < c.n && next < MAX_HELD; next++) {
-            tms_delivery_t *d = c.held[next];
+        int seen = e.c.n;
+        tms_test_spin_until(&e.loop, &e.c.n, seen + 1, 100);
+        CHECK(e.c.n - acked <= 5); /* max_inflight, plus one already in flight */
+        for (; next < e.c.n && next < MAX_HELD; next++) {
+            tms_delivery_t *d = e.c.held[next];
             snprintf(payload, sizeof(payload), "e%d", next);
             CHECK_EQ_STR(d->payload, payload);
-            bus->ack(bus, &c.held[next], tms_ack_ok());
+            e.bus->ack(e.bus, &e.c.held[next], tms_ack_ok());
             acked++;
         }
     }
     CHECK_EQ_INT(acked, 30);
-    CHECK_EQ_INT(c.n, 30);
-    c.ack_on = bus; /* none expected: counted in c.late, checked after the close */
-    bus_finish(&loop, &bus);
-    CHECK_EQ_INT(c.late, 0); /* every event once: no delivery after the last ack */
-    tms_mailbox_free(&c.mailbox);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
-    mock_stop(&m);
+    CHECK_EQ_INT(e.c.n, 30);
+    e.c.ack_on = e.bus; /* none expected: counted in c.late, checked after the close */
+    flow_env_teardown(&e);
+    /* every event once: no delivery after the last ack (the mailbox's free delivers
+     * nothing more) */
+    CHECK_EQ_INT(e.c.late, 0);
 }
 
 /* Acks every delivery held, checking they came in order ("e0", "e1", ...). */
@@ -365,6 +386,19 @@ static void time_next_delivery(uv_loop_t *loop, consumer_t *c, int held, double 
         *slowest = took;
 }
 
+/* Before the close: acks every delivery still held (the first `acked` are done) and what
+ * comes in the next 300 ms. More of the events come after these acks, and a delivery the
+ * consumer still holds keeps the bus's close waiting (busy): the resume test hung when one
+ * arrived after them (now and then, beside other tests). 300 ms is long enough for some
+ * to come every time. */
+static void flow_env_hand_back(flow_env_t *e, int acked)
+{
+    e->c.ack_on = e->bus;
+    while (acked < e->c.n && acked < MAX_HELD)
+        e->bus->ack(e->bus, &e->c.held[acked++], tms_ack_ok());
+    tms_test_spin(&e->loop, 300);
+}
+
 /* A consumer behind (at max_inflight, handing deliveries back promptly) takes what
  * librdkafka already fetched, without asking the broker again. It used to pause its
  * partitions at max_inflight, which made librdkafka drop what it held, and each resume
@@ -373,42 +407,28 @@ static void time_next_delivery(uv_loop_t *loop, consumer_t *c, int held, double 
  * "hand back what is held" must each bring the next delivery well before that. */
 static void test_behind_takes_what_was_fetched(void)
 {
-    uv_loop_t loop;
-    mock_t m;
-    consumer_t c = {0};
-    tms_event_bus_t *bus;
+    flow_env_t e;
     int acked = 0;
     double slowest = 0;
-    uv_loop_init(&loop);
-    mock_start(&m);
-    bus = flow_bus_with_events(&loop, &m, "t9", 40);
-    c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
-    CHECK_EQ_INT(bus->subscribe(bus, "t9", "g9", c.mailbox), 0);
-    CHECK(tms_test_spin_until(&loop, &c.n, 4, 15000));
-    tms_test_spin(&loop, 300); /* the one fetch of all 40 is in */
-    CHECK_EQ_INT(c.n, 4);      /* max_inflight */
-    rd_kafka_mock_broker_set_rtt(m.mc, 1, 800);
+    flow_env_setup(&e, "t9", "g9", 40);
+    CHECK(tms_test_spin_until(&e.loop, &e.c.n, 4, 15000));
+    tms_test_spin(&e.loop, 300); /* the one fetch of all 40 is in */
+    CHECK_EQ_INT(e.c.n, 4);      /* max_inflight */
+    rd_kafka_mock_broker_set_rtt(e.m.mc, 1, 800);
     for (int round = 0; round < 3; round++) {
-        int held = c.n;
-        ack_held_in_order(bus, &c, &acked);
-        time_next_delivery(&loop, &c, held, &slowest);
-        tms_test_spin(&loop, 50);
-        CHECK(c.n - acked <= 4); /* still no more than max_inflight held */
+        int held = e.c.n;
+        ack_held_in_order(e.bus, &e.c, &acked);
+        time_next_delivery(&e.loop, &e.c, held, &slowest);
+        tms_test_spin(&e.loop, 50);
+        CHECK(e.c.n - acked <= 4); /* still no more than max_inflight held */
     }
     CHECK_EQ_INT(counter("tms_kafka_consumer_flow_pauses_total", "topic=\"t9\",group=\"g9\""), 0);
     if (slowest >= 0.2)
         fprintf(stderr, "slowest delivery behind flow control: %.3f s\n", slowest);
     CHECK(slowest < 0.2);
-    rd_kafka_mock_broker_set_rtt(m.mc, 1, 0);
-    c.ack_on = bus;
-    while (acked < c.n && acked < MAX_HELD)
-        bus->ack(bus, &c.held[acked++], tms_ack_ok());
-    tms_test_spin(&loop, 300);
-    bus_finish(&loop, &bus);
-    tms_mailbox_free(&c.mailbox);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
-    mock_stop(&m);
+    rd_kafka_mock_broker_set_rtt(e.m.mc, 1, 0);
+    flow_env_hand_back(&e, acked);
+    flow_env_teardown(&e);
 }
 
 /* A consumer that resumes after a long flow-control pause (max_inflight held for over
@@ -421,44 +441,27 @@ static void test_behind_takes_what_was_fetched(void)
  * time the next delivery, three times. */
 static void test_resume_fetches_without_waiting(void)
 {
-    uv_loop_t loop;
-    mock_t m;
-    consumer_t c = {0};
-    tms_event_bus_t *bus;
+    flow_env_t e;
     int acked = 0;
     double slowest = 0;
-    uv_loop_init(&loop);
-    mock_start(&m);
-    bus = flow_bus_with_events(&loop, &m, "t8", 40);
-    c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
-    CHECK_EQ_INT(bus->subscribe(bus, "t8", "g8", c.mailbox), 0);
-    CHECK(tms_test_spin_until(&loop, &c.n, 1, 15000));
+    flow_env_setup(&e, "t8", "g8", 40);
+    CHECK(tms_test_spin_until(&e.loop, &e.c.n, 1, 15000));
     for (int round = 0; round < 3; round++) {
         int held;
-        tms_test_spin(&loop, 2200); /* paused, its fetched messages dropped */
+        tms_test_spin(&e.loop, 2200); /* paused, its fetched messages dropped */
         CHECK_EQ_INT(counter("tms_kafka_consumer_flow_pauses_total", "topic=\"t8\",group=\"g8\""),
                      round + 1);
-        held = c.n;
+        held = e.c.n;
         CHECK(held < 40);
-        ack_held_in_order(bus, &c, &acked); /* in order across the pause; resumes */
-        time_next_delivery(&loop, &c, held, &slowest);
+        ack_held_in_order(e.bus, &e.c, &acked); /* in order across the pause; resumes */
+        time_next_delivery(&e.loop, &e.c, held, &slowest);
     }
     if (slowest >= 0.25)
         fprintf(stderr, "slowest delivery after a resume: %.3f s\n", slowest);
     CHECK(slowest < 0.25);
-    /* The acks resume the consumer, and more of the 40 events come: a delivery the
-     * consumer still holds keeps the bus's close waiting (busy), so the test hung when
-     * one arrived after these acks (it did, now and then, beside other tests). They are
-     * acked as they come, and the loop runs long enough for some to come every time. */
-    c.ack_on = bus;
-    while (acked < c.n && acked < MAX_HELD)
-        bus->ack(bus, &c.held[acked++], tms_ack_ok());
-    tms_test_spin(&loop, 300);
-    bus_finish(&loop, &bus);
-    tms_mailbox_free(&c.mailbox);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
-    mock_stop(&m);
+    /* The acks resume the consumer, and more of the 40 events come. */
+    flow_env_hand_back(&e, acked);
+    flow_env_teardown(&e);
 }
 
 static void test_publish_fails_while_broker_down(void)
@@ -568,49 +571,38 @@ static void test_transient_pauses_without_attempts(void)
  * stayed paused for good). */
 static void test_paused_consumer_fetches_after_reassign(void)
 {
-    uv_loop_t loop;
-    mock_t m;
-    consumer_t c = {0};
-    tms_event_bus_t *bus;
+    flow_env_t e;
     bool seen[10] = {false};
     int distinct = 0;
-    uv_loop_init(&loop);
-    mock_start(&m);
-    bus = flow_bus_with_events(&loop, &m, "t7", 10);
-    c.mailbox = tms_mailbox_new(&loop, "c", 64, on_delivery, &c);
-    CHECK_EQ_INT(bus->subscribe(bus, "t7", "g7", c.mailbox), 0);
-    CHECK(tms_test_spin_until(&loop, &c.n, 4, 15000));
-    tms_test_spin(&loop, 300);
-    CHECK_EQ_INT(c.n, 4); /* takes no more at max_inflight (and pauses a second later) */
-    rd_kafka_mock_broker_set_down(m.mc, 1);
+    flow_env_setup(&e, "t7", "g7", 10);
+    CHECK(tms_test_spin_until(&e.loop, &e.c.n, 4, 15000));
+    tms_test_spin(&e.loop, 300);
+    CHECK_EQ_INT(e.c.n, 4); /* takes no more at max_inflight (and pauses a second later) */
+    rd_kafka_mock_broker_set_down(e.m.mc, 1);
     for (int i = 0; i < 300; i++) {
         if (counter("tms_kafka_partitions_revoked_total", "topic=\"t7\",group=\"g7\"") >= 1)
             break;
-        tms_test_spin(&loop, 100);
+        tms_test_spin(&e.loop, 100);
     }
     CHECK(counter("tms_kafka_partitions_revoked_total", "topic=\"t7\",group=\"g7\"") >= 1);
     for (int i = 0; i < 4; i++) /* handled after the revoke */
-        bus->ack(bus, &c.held[i], tms_ack_ok());
-    rd_kafka_mock_broker_set_up(m.mc, 1);
+        e.bus->ack(e.bus, &e.c.held[i], tms_ack_ok());
+    rd_kafka_mock_broker_set_up(e.m.mc, 1);
     /* Assigned again: every event comes (again), from the committed offset. */
     for (int next = 4, round = 0; round < 300 && distinct < 10; round++) {
-        tms_test_spin_until(&loop, &c.n, next + 1, 100);
-        for (; next < c.n && next < MAX_HELD; next++) {
-            int i = atoi(c.held[next]->payload + 1);
+        tms_test_spin_until(&e.loop, &e.c.n, next + 1, 100);
+        for (; next < e.c.n && next < MAX_HELD; next++) {
+            int i = atoi(e.c.held[next]->payload + 1);
             if (i >= 0 && i < 10 && !seen[i]) {
                 seen[i] = true;
                 distinct++;
             }
-            bus->ack(bus, &c.held[next], tms_ack_ok());
+            e.bus->ack(e.bus, &e.c.held[next], tms_ack_ok());
         }
     }
     CHECK_EQ_INT(distinct, 10);
-    c.ack_on = bus; /* "every event comes (again)": a redelivery may still be on its way */
-    bus_finish(&loop, &bus);
-    tms_mailbox_free(&c.mailbox);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    CHECK_EQ_INT(uv_loop_close(&loop), 0);
-    mock_stop(&m);
+    e.c.ack_on = e.bus; /* "every event comes (again)": a redelivery may still be on its way */
+    flow_env_teardown(&e);
 }
 
 /* A consumer at max_inflight whose partitions are revoked (a rebalance) and which then

@@ -310,6 +310,8 @@ typedef struct raw_server {
     raw_mode_t mode;
     int streams; /* requests seen */
     int conns;   /* connections open */
+    /* the listener, until its close callback (it lives in this struct) */
+    bool listening;
     char method[16], scheme[16], path[64], authority[64], ctype[64], te[16], timeout[16], token[64];
 } raw_server_t;
 
@@ -490,22 +492,30 @@ static void raw_start(raw_server_t *srv, raw_mode_t mode)
     uv_ip4_addr("127.0.0.1", 0, &sa);
     uv_tcp_init(loop, &srv->listener);
     srv->listener.data = srv;
+    srv->listening = true;
     CHECK_EQ_INT(uv_tcp_bind(&srv->listener, (struct sockaddr *)&sa, 0), 0);
     CHECK_EQ_INT(uv_listen((uv_stream_t *)&srv->listener, 16, on_raw_connection), 0);
     uv_tcp_getsockname(&srv->listener, (struct sockaddr *)&ss, &len);
     srv->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
 }
 
-static bool raw_no_conns(void *arg)
+static void on_listener_closed(uv_handle_t *h)
 {
-    return ((raw_server_t *)arg)->conns == 0;
+    ((raw_server_t *)h->data)->listening = false;
 }
 
-/* Call after the client closed: its connections end, then ours. */
+static bool raw_closed(void *arg)
+{
+    const raw_server_t *srv = arg;
+    return srv->conns == 0 && !srv->listening;
+}
+
+/* Call after the client closed: its connections end, then ours, and the listener's
+ * close completes (the struct is on the test's stack, reused by the next test). */
 static void raw_finish(raw_server_t *srv)
 {
-    uv_close((uv_handle_t *)&srv->listener, NULL);
-    CHECK(run_until(raw_no_conns, srv, 3000));
+    uv_close((uv_handle_t *)&srv->listener, on_listener_closed);
+    CHECK(run_until(raw_closed, srv, 3000));
 }
 
 /* ---- tests ---- */

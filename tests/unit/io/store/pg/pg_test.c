@@ -6,6 +6,7 @@
  * checks. The task store and outbox ports themselves are tested on every adapter by
  * tests/unit/ports/. Each run uses a fresh database, dropped at the end. */
 #include <libpq-fe.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,7 @@
 #include "core/task_store.h"
 #include "io/store/pg/pg.h"
 #include "test.h"
+#include "test_loop.h"
 
 static uv_loop_t loop;
 static tms_mailbox_t *replies;
@@ -73,9 +75,27 @@ static long long side(const char *u, const char *sql)
     return v;
 }
 
+typedef struct pool_want {
+    tms_pg_t *pg;
+    int n;
+} pool_want_t;
+
+static bool pool_up(void *arg)
+{
+    const pool_want_t *w = arg;
+    return tms_pg_connections_up(w->pg) >= w->n;
+}
+
+/* Runs the loop until n of pg's connections are up, ms at most. */
+static void wait_connections(tms_pg_t *pg, int n, int ms)
+{
+    tms_test_run_until(&loop, pool_up, &(pool_want_t){pg, n}, ms);
+}
+
 static tms_pg_t *open_pg(tms_pg_options_t o)
 {
     char err[512] = "";
+    int want = o.pool_size ? o.pool_size : 4;
     tms_pg_t *pg;
     o.migrate = true;
     pg = tms_pg_open(&loop, url, &o, err, sizeof(err));
@@ -84,11 +104,8 @@ static tms_pg_t *open_pg(tms_pg_options_t o)
         fprintf(stderr, "open: %s\n", err);
         return NULL;
     }
-    for (int i = 0; i < 200 && tms_pg_connections_up(pg) < (o.pool_size ? o.pool_size : 4); i++) {
-        uv_run(&loop, UV_RUN_NOWAIT);
-        usleep(10000);
-    }
-    CHECK_EQ_INT(tms_pg_connections_up(pg), o.pool_size ? o.pool_size : 4);
+    wait_connections(pg, want, 2000);
+    CHECK_EQ_INT(tms_pg_connections_up(pg), want);
     return pg;
 }
 
@@ -188,10 +205,7 @@ static void test_killed_connection(void)
     PQclear(PQexec(locker, "ROLLBACK"));
     PQfinish(locker);
     /* reconnects with backoff; the next op succeeds */
-    for (int i = 0; i < 300 && tms_pg_connections_up(pg) < 1; i++) {
-        uv_run(&loop, UV_RUN_NOWAIT);
-        usleep(10000);
-    }
+    wait_connections(pg, 1, 3000);
     CHECK_EQ_INT(tms_pg_connections_up(pg), 1);
     op = run_task(pg, task_op(TMS_TASK_PING));
     CHECK_EQ_INT(op->err.code, TMS_OK);
