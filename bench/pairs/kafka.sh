@@ -56,15 +56,17 @@ cpu_rec() {  # SIDE WRK_OUTPUT
 # mailed during the on side's runs, in one full run).
 DRAIN_S=$((QUICK ? 30 : 60))
 drain() {
-  local pending i delivered mailed last="" still=0 now mailed0=""
+  local pending i delivered mailed last="" still=0 now mailed0="" t0="" t_last="" rate
   for i in $(seq $((DRAIN_S * 10))); do
+    # a failed scrape prints nothing (not zeros) and is skipped
     read -r pending delivered mailed < <(curl -sf "$TMS_METRICS_URL" | awk '
       /^tms_outbox_pending_events/ {p += $2}
       /^tms_kafka_delivered_total\{topic="notifications"/ {d += $2}
       /^tms_mail_written_total/ {m += $2}
-      END {print p + 0, d + 0, m + 0}')
-    [[ -n "$mailed0" ]] || mailed0=$mailed
+      END {if (NR) print p + 0, d + 0, m + 0}') || { sleep 0.1; continue; }
+    [[ -n "$mailed0" ]] || { mailed0=$mailed; t0=$EPOCHREALTIME; t_last=$t0; }
     now="$delivered/$mailed"
+    [[ "$now" == "$last" ]] || t_last=$EPOCHREALTIME
     if [[ "$pending" == 0 && "$now" == "$last" ]]; then
       still=$((still + 1))
     else
@@ -73,10 +75,11 @@ drain() {
     last=$now
     if ((still >= 10)); then
       rec kafka "drain_$1.seconds" "$(awk -v i="$i" 'BEGIN {printf "%.1f", (i - 10) / 10}')"
-      # The notifier's pace while it caught up (mails written over the drain's seconds,
-      # the last still second left out): step 24 of docs/perf-write-path.md read it from
-      # the log by hand.
-      ((i > 20)) && rec kafka "drain_$1.mails_per_s" "$(awk -v a="$mailed0" -v b="$mailed" -v i="$i" 'BEGIN {printf "%.0f", (b - a) / ((i - 10) / 10)}')"
+      # The notifier's pace while it caught up: mails written from the first scrape to
+      # the last change, over the wall time between them (a poll takes more than its
+      # 0.1 s sleep); step 24 of docs/perf-write-path.md read it from the log by hand.
+      rate=$(awk -v a="$mailed0" -v b="$mailed" -v t0="$t0" -v t1="$t_last" 'BEGIN {if (t1 > t0) printf "%.0f", (b - a) / (t1 - t0)}')
+      ((i > 20)) && [[ -n "$rate" ]] && rec kafka "drain_$1.mails_per_s" "$rate"
       return 0
     fi
     sleep 0.1
